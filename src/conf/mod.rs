@@ -1,0 +1,202 @@
+//! `qkdpfd.conf` (DESIGN §3): the per-gateway facts. Read by the parent (and
+//! by `qkdctl` for `policy verify`); the engine gets a checked copy over fd 3.
+//!
+//! Types here are the checked result. `parse` turns TOML text into them and
+//! reports every error as `file:line:col: what was expected`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod parse;
+pub mod print;
+
+pub use parse::{ConfError, ConfErrors, load, parse};
+
+pub const CONFFILE: &str = "/etc/qkdpfd.conf";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The file this came from (for messages).
+    pub path: PathBuf,
+    pub daemon: DaemonConf,
+    pub policy: PolicyConf,
+    pub firewall: FirewallConf,
+    pub wireguard: WireguardConf,
+    pub peering: Option<PeeringConf>,
+    pub kme: BTreeMap<String, KmeConf>,
+    pub qber: BTreeMap<String, QberConf>,
+    pub link: BTreeMap<String, LinkConf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonConf {
+    pub user: String,
+    pub chroot: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_group: Option<String>,
+    pub syslog_facility: String,
+    pub metrics: Option<SocketAddr>,
+    pub on_stop: OnStop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnStop {
+    Keep,
+    Lockdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyConf {
+    pub pubkeys: Vec<PathBuf>,
+    pub dir: PathBuf,
+    pub incoming: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirewallBackend {
+    Pf,
+    Nftables,
+    DryRun,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FirewallConf {
+    pub backend: FirewallBackend,
+    /// pf anchor root / nft table name.
+    pub anchor: String,
+    /// Path of pfctl (default /sbin/pfctl); tests point it at a recorder.
+    pub pfctl: PathBuf,
+    /// Path of nft (default /usr/sbin/nft).
+    pub nft: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireguardBackend {
+    Openbsd,
+    Linux,
+    Userspace,
+    DryRun,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireguardConf {
+    pub backend: WireguardBackend,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeeringConf {
+    pub listen: SocketAddr,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KmeConf {
+    pub url: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub sae_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QberDriver {
+    Sim,
+    Etsi015,
+    Prometheus,
+    HttpJson,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QberConf {
+    pub driver: QberDriver,
+    pub url: Option<String>,
+    pub poll: Duration,
+    /// http-json: JSON pointer to the value.
+    pub pointer: Option<String>,
+    /// http-json: multiply the value by this (0.01 for percent).
+    pub scale: f64,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// sim: the physical link model.
+    pub sim: SimLinkConf,
+}
+
+/// Physical parameters of a simulated QKD link (reference/qkd-physics.md,
+/// decoy-state BB84 with the GYS parameter set as defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimLinkConf {
+    pub length_km: f64,
+    pub loss_db_km: f64,
+    pub detector_efficiency: f64,
+    pub dark_count: f64,
+    pub misalignment: f64,
+    pub mean_photon: f64,
+    /// Sifted bits per QBER estimate (finite-sample fluctuation).
+    pub sample_bits: u64,
+    /// Fraction of photons intercepted and resent at start (0..=1).
+    pub eve: f64,
+    /// Extra QBER from noise at start.
+    pub noise: f64,
+    pub seed: u64,
+}
+
+impl Default for SimLinkConf {
+    fn default() -> SimLinkConf {
+        SimLinkConf {
+            length_km: 25.0,
+            loss_db_km: 0.21,
+            detector_efficiency: 0.045,
+            dark_count: 1.7e-6,
+            misalignment: 0.033,
+            mean_photon: 0.48,
+            sample_bits: 20_000,
+            eve: 0.0,
+            noise: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Master,
+    Slave,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkConf {
+    /// `^[a-z][a-z0-9_]{0,30}$`
+    pub name: String,
+    /// Name of a `[qber.X]` section.
+    pub qber: String,
+    pub qber_id: String,
+    /// Key agreement (issue 3); optional until then, all-or-nothing.
+    pub kme: Option<String>,
+    pub peer_sae_id: Option<String>,
+    pub role: Option<Role>,
+    pub peer: Option<String>,
+    pub peer_pubkey: Option<String>,
+    pub wg_interface: String,
+    pub wg_peer: Option<String>,
+    pub wg_port: u16,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl LinkConf {
+    pub fn addrs4(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses.iter().copied().filter(IpAddr::is_ipv4)
+    }
+    pub fn addrs6(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses.iter().copied().filter(IpAddr::is_ipv6)
+    }
+}

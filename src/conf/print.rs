@@ -1,0 +1,1 @@
+//! `qkdpfd -nv`: the normalised configuration (stub).

@@ -1,0 +1,1 @@
+//! The unprivileged engine (DESIGN §2).

@@ -1,0 +1,1 @@
+//! The privileged parent (DESIGN §2).

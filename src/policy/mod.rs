@@ -1,0 +1,2 @@
+//! Signed policy bundles (DESIGN §4).
+pub mod params;

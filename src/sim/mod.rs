@@ -1,0 +1,1 @@
+//! The simulated QKD link (physics model, later a KME pair).
