@@ -12,8 +12,10 @@
 //! - [`sim`]: the simulated QKD link model.
 
 pub mod conf;
+pub mod duration;
 pub mod engine;
 pub mod lock;
+pub mod log;
 pub mod parent;
 pub mod policy;
 pub mod sim;

@@ -112,7 +112,9 @@ impl Reasons {
         self.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = LockReason> {
-        LockReason::ALL.into_iter().filter(move |r| self.contains(*r))
+        LockReason::ALL
+            .into_iter()
+            .filter(move |r| self.contains(*r))
     }
     pub fn union(self, other: Reasons) -> Reasons {
         Reasons(self.0 | other.0)

@@ -1,1 +1,3 @@
 //! The privileged parent (DESIGN §2).
+pub mod fw;
+pub mod state;

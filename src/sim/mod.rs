@@ -1,1 +1,2 @@
-//! The simulated QKD link (physics model, later a KME pair).
+//! The simulated QKD link: physics model (and, later, a KME pair).
+pub mod model;

@@ -1,0 +1,1 @@
+//! Per-link state machine (DESIGN §6).

@@ -1,0 +1,1 @@
+//! QBER sources.

@@ -1,0 +1,1 @@
+//! Firewall backends (DESIGN §5).

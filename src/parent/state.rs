@@ -1,0 +1,1 @@
+//! The state file (DESIGN §4, §6).

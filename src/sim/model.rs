@@ -1,0 +1,1 @@
+//! Physical QKD link model.
