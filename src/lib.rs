@@ -14,8 +14,10 @@
 pub mod conf;
 pub mod duration;
 pub mod engine;
+pub mod imsg;
 pub mod lock;
 pub mod log;
 pub mod parent;
 pub mod policy;
+pub mod proto;
 pub mod sim;

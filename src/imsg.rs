@@ -1,0 +1,385 @@
+//! THE parent <-> engine vocabulary (DESIGN §2): every message that crosses
+//! the socketpair on fd 3, its framing, and the receiver's checks.
+//!
+//! A frame is an 8-byte header — payload length (u32, big endian), protocol
+//! version (u8), reserved zero byte, message type (u16) — followed by a JSON
+//! body for that type. Receivers refuse a wrong version, an unknown type, an
+//! oversized frame, or a body that does not parse as exactly that type with
+//! no unknown fields; a malformed frame is fatal for the connection (the
+//! parent then locks every link). Semantic checks (known link, ...) are done
+//! by the receiver's dispatcher against its own config.
+
+use crate::conf::QberConf;
+use crate::lock::{Enforcement, Reasons};
+use crate::policy::params::LinkPolicy;
+use crate::proto::ctl::{Reply, Target};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+/// Policy bundles travel in frames: 4 MiB of files, base64, plus slack.
+pub const MAX_PAYLOAD: usize = 8 << 20;
+
+/// Messages types. 0 is reserved (never valid), then grouped by direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Type {
+    None = 0,
+    /* parent -> engine */
+    Config = 1,
+    Policy = 2,
+    LinkState = 3,
+    CtlReply = 4,
+    /* engine -> parent */
+    Hello = 100,
+    Reasons = 101,
+    Log = 102,
+    CtlRequest = 103,
+}
+
+impl Type {
+    fn from_u16(v: u16) -> Option<Type> {
+        Some(match v {
+            1 => Type::Config,
+            2 => Type::Policy,
+            3 => Type::LinkState,
+            4 => Type::CtlReply,
+            100 => Type::Hello,
+            101 => Type::Reasons,
+            102 => Type::Log,
+            103 => Type::CtlRequest,
+            _ => return None,
+        })
+    }
+}
+
+/// The checked configuration the engine runs on (it reads no files).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    pub links: Vec<EngineLink>,
+    pub qber: BTreeMap<String, QberConf>,
+    /// uids allowed read-only control commands (socket_group members).
+    pub ctl_readonly_uids: Vec<u32>,
+    pub ctl_readonly_gid: Option<u32>,
+    pub verbose: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineLink {
+    pub name: String,
+    pub qber: String,
+    pub qber_id: String,
+    /// Engine-owned reasons persisted in the state file (qber).
+    pub persisted: Reasons,
+}
+
+/// The active policy as the engine needs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivePolicy {
+    pub serial: u64,
+    pub not_after: Option<u64>,
+    pub signer: String,
+    pub links: BTreeMap<String, LinkPolicy>,
+}
+
+/// Parent's view of a link, sent whenever it changes (for `show`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkState {
+    pub link: String,
+    pub enforcement: Enforcement,
+    pub parent_reasons: Reasons,
+}
+
+/// Control requests only the parent can answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum ParentRequest {
+    Lockdown { target: Target },
+    Unlock { target: Target, force: bool },
+    Reload,
+    PolicyLoad { bundle: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtlRequest {
+    pub id: u64,
+    pub uid: u32,
+    pub request: ParentRequest,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CtlReply {
+    pub id: u64,
+    pub reply: Reply,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub version: u8,
+    pub pid: u32,
+}
+
+/// The engine-owned reasons of one link (the whole set, not a delta).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkReasons {
+    pub link: String,
+    pub reasons: Reasons,
+    /// Last QBER for the `lockdown` event line the parent writes.
+    pub qber: Option<f64>,
+    pub threshold: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRecord {
+    pub prio: u8,
+    pub line: String,
+}
+
+/// Every message, by direction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToEngine {
+    Config(EngineConfig),
+    Policy(Option<ActivePolicy>),
+    LinkState(LinkState),
+    CtlReply(CtlReply),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToParent {
+    Hello(Hello),
+    Reasons(LinkReasons),
+    Log(LogRecord),
+    CtlRequest(CtlRequest),
+}
+
+/// Framing or decoding failure: fatal for the channel.
+#[derive(Debug)]
+pub enum Error {
+    Io(io::Error),
+    Version(u8),
+    UnknownType(u16),
+    WrongDirection(u16),
+    TooLarge(usize),
+    Body(Type, String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "imsg: {e}"),
+            Error::Version(v) => write!(f, "imsg: version {v}, expected {VERSION}"),
+            Error::UnknownType(t) => write!(f, "imsg: unknown type {t}"),
+            Error::WrongDirection(t) => write!(f, "imsg: type {t} not valid in this direction"),
+            Error::TooLarge(n) => write!(f, "imsg: frame of {n} bytes exceeds {MAX_PAYLOAD}"),
+            Error::Body(t, e) => write!(f, "imsg: bad {t:?} body: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+fn frame(ty: Type, body: &impl Serialize) -> Vec<u8> {
+    let payload = serde_json::to_vec(body).expect("imsg bodies always serialize");
+    assert!(payload.len() <= MAX_PAYLOAD, "imsg body too large");
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.push(VERSION);
+    out.push(0);
+    out.extend_from_slice(&(ty as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn body<T: DeserializeOwned>(ty: Type, payload: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(payload).map_err(|e| Error::Body(ty, e.to_string()))
+}
+
+/// Parses a header; returns (payload length, type code).
+pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(usize, u16), Error> {
+    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    if h[4] != VERSION || h[5] != 0 {
+        return Err(Error::Version(h[4]));
+    }
+    if len > MAX_PAYLOAD {
+        return Err(Error::TooLarge(len));
+    }
+    Ok((len, u16::from_be_bytes([h[6], h[7]])))
+}
+
+impl ToEngine {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ToEngine::Config(c) => frame(Type::Config, c),
+            ToEngine::Policy(p) => frame(Type::Policy, p),
+            ToEngine::LinkState(s) => frame(Type::LinkState, s),
+            ToEngine::CtlReply(r) => frame(Type::CtlReply, r),
+        }
+    }
+
+    pub fn decode(code: u16, payload: &[u8]) -> Result<ToEngine, Error> {
+        let ty = Type::from_u16(code).ok_or(Error::UnknownType(code))?;
+        Ok(match ty {
+            Type::Config => ToEngine::Config(body(ty, payload)?),
+            Type::Policy => ToEngine::Policy(body(ty, payload)?),
+            Type::LinkState => ToEngine::LinkState(body(ty, payload)?),
+            Type::CtlReply => ToEngine::CtlReply(body(ty, payload)?),
+            _ => return Err(Error::WrongDirection(code)),
+        })
+    }
+}
+
+impl ToParent {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ToParent::Hello(h) => frame(Type::Hello, h),
+            ToParent::Reasons(r) => frame(Type::Reasons, r),
+            ToParent::Log(l) => frame(Type::Log, l),
+            ToParent::CtlRequest(r) => frame(Type::CtlRequest, r),
+        }
+    }
+
+    pub fn decode(code: u16, payload: &[u8]) -> Result<ToParent, Error> {
+        let ty = Type::from_u16(code).ok_or(Error::UnknownType(code))?;
+        Ok(match ty {
+            Type::Hello => ToParent::Hello(body(ty, payload)?),
+            Type::Reasons => ToParent::Reasons(body(ty, payload)?),
+            Type::Log => ToParent::Log(body(ty, payload)?),
+            Type::CtlRequest => ToParent::CtlRequest(body(ty, payload)?),
+            _ => return Err(Error::WrongDirection(code)),
+        })
+    }
+}
+
+/// Blocking read of one frame (used before any runtime exists). `Ok(None)` on EOF.
+pub fn read_frame_blocking(r: &mut impl Read) -> Result<Option<(u16, Vec<u8>)>, Error> {
+    let mut h = [0u8; HEADER_LEN];
+    match r.read_exact(&mut h) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let (len, code) = parse_header(&h)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(Some((code, payload)))
+}
+
+pub fn write_frame_blocking(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    w.write_all(frame)?;
+    w.flush()
+}
+
+/// Async read of one frame. `Ok(None)` on EOF at a frame boundary.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<(u16, Vec<u8>)>, Error> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; HEADER_LEN];
+    match r.read_exact(&mut h).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let (len, code) = parse_header(&h)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Some((code, payload)))
+}
+
+/// How long the parent waits for the engine's Hello before giving up.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockReason;
+
+    #[test]
+    fn round_trip_every_type() {
+        let to_parent = [
+            ToParent::Hello(Hello {
+                version: VERSION,
+                pid: 7,
+            }),
+            ToParent::Reasons(LinkReasons {
+                link: "dr".into(),
+                reasons: [LockReason::Qber].into_iter().collect(),
+                qber: Some(0.25),
+                threshold: Some(0.08),
+            }),
+            ToParent::Log(LogRecord {
+                prio: 6,
+                line: "event=x".into(),
+            }),
+            ToParent::CtlRequest(CtlRequest {
+                id: 3,
+                uid: 0,
+                request: ParentRequest::Unlock {
+                    target: Target::All,
+                    force: true,
+                },
+            }),
+        ];
+        for m in to_parent {
+            let f = m.encode();
+            let (code, payload) = read_frame_blocking(&mut &f[..]).unwrap().unwrap();
+            assert_eq!(ToParent::decode(code, &payload).unwrap(), m);
+            assert!(
+                ToEngine::decode(code, &payload).is_err(),
+                "direction is checked"
+            );
+        }
+        let m = ToEngine::Policy(None);
+        let f = m.encode();
+        let (code, payload) = read_frame_blocking(&mut &f[..]).unwrap().unwrap();
+        assert_eq!(ToEngine::decode(code, &payload).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_bad_frames() {
+        let good = ToParent::Hello(Hello { version: 1, pid: 1 }).encode();
+        let mut v = good.clone();
+        v[4] = 2;
+        assert!(matches!(
+            read_frame_blocking(&mut &v[..]),
+            Err(Error::Version(2))
+        ));
+        let mut v = good.clone();
+        v[0..4].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            read_frame_blocking(&mut &v[..]),
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            ToParent::decode(0, b"{}"),
+            Err(Error::UnknownType(0))
+        ));
+        assert!(matches!(
+            ToParent::decode(999, b"{}"),
+            Err(Error::UnknownType(999))
+        ));
+        // Unknown field: refused.
+        let r = ToParent::decode(100, br#"{"version":1,"pid":1,"extra":2}"#);
+        assert!(matches!(r, Err(Error::Body(Type::Hello, _))));
+        // Truncated frame is an error, not a silent EOF.
+        assert!(read_frame_blocking(&mut &good[..good.len() - 1]).is_err());
+        assert!(read_frame_blocking(&mut &good[..0]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,216 @@
+//! The control socket protocol (DESIGN §7), engine <-> qkdctl.
+//!
+//! One JSON document per line. The client sends one [`Request`]; the server
+//! answers with one [`Reply`] line, or for `monitor` a stream of
+//! [`Reply::Event`] lines until either side closes. Key material never
+//! appears in any of these types.
+
+use crate::lock::{Band, Enforcement, Reasons};
+use crate::policy::params::LinkPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Largest request line the server reads (a 4 MiB bundle in base64 plus slack).
+pub const MAX_REQUEST: usize = 6 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Target {
+    All,
+    Link(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::All => f.write_str("all"),
+            Target::Link(l) => f.write_str(l),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    ShowLinks,
+    ShowLink {
+        link: String,
+    },
+    ShowPolicy,
+    Monitor,
+    Lockdown {
+        target: Target,
+    },
+    Unlock {
+        target: Target,
+        force: bool,
+    },
+    Reload,
+    /// The bundle as bytes (a tar or gzip'd tar; qkdctl packs a directory),
+    /// read by qkdctl as the invoking user: the daemon opens no client path.
+    PolicyLoad {
+        bundle_b64: String,
+    },
+    Log {
+        verbose: bool,
+    },
+    SimEve {
+        link: String,
+        fraction: f64,
+    },
+    SimNoise {
+        link: String,
+        qber: f64,
+    },
+}
+
+impl Request {
+    /// The read-only allow-list for `socket_group` members; all else is denied.
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::Status
+                | Request::ShowLinks
+                | Request::ShowLink { .. }
+                | Request::ShowPolicy
+                | Request::Monitor
+        )
+    }
+
+    /// A short name for `ctl_command command=` log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::ShowLinks => "show-links",
+            Request::ShowLink { .. } => "show-link",
+            Request::ShowPolicy => "show-policy",
+            Request::Monitor => "monitor",
+            Request::Lockdown { .. } => "lockdown",
+            Request::Unlock { .. } => "unlock",
+            Request::Reload => "reload",
+            Request::PolicyLoad { .. } => "policy-load",
+            Request::Log { .. } => "log",
+            Request::SimEve { .. } => "sim-eve",
+            Request::SimNoise { .. } => "sim-noise",
+        }
+    }
+}
+
+/// Why a request failed; qkdctl exits 1 for all of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    Denied,
+    BadRequest,
+    NoSuchLink,
+    Refused,
+    PolicyRejected,
+    ConfigError,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub policy_serial: Option<u64>,
+    pub links_open: usize,
+    pub links_locked: usize,
+    pub verbose: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkInfo {
+    pub name: String,
+    pub enforcement: Enforcement,
+    /// Engine-owned and parent-owned, together.
+    pub reasons: Reasons,
+    pub band: Option<Band>,
+    pub qber: Option<f64>,
+    /// Seconds since the last fresh sample.
+    pub sample_age_secs: Option<f64>,
+    pub threshold: Option<f64>,
+    pub trip_count: u32,
+    pub manual_hold: bool,
+    pub qber_source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInfo {
+    pub serial: u64,
+    pub not_after: Option<u64>,
+    pub expired: bool,
+    pub signer: String,
+    pub links: BTreeMap<String, LinkPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Reply {
+    Ok {
+        message: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Status(DaemonStatus),
+    Links(Vec<LinkInfo>),
+    Policy(Option<PolicyInfo>),
+    /// One `event=...` line (monitor).
+    Event(String),
+}
+
+impl Reply {
+    pub fn ok(message: impl Into<String>) -> Reply {
+        Reply::Ok {
+            message: message.into(),
+        }
+    }
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_is_read_only() {
+        assert!(Request::Status.read_only());
+        assert!(Request::ShowLink { link: "dr".into() }.read_only());
+        assert!(!Request::Reload.read_only());
+        assert!(
+            !Request::Unlock {
+                target: Target::All,
+                force: false
+            }
+            .read_only()
+        );
+        assert!(
+            !Request::SimEve {
+                link: "dr".into(),
+                fraction: 1.0
+            }
+            .read_only()
+        );
+    }
+
+    #[test]
+    fn unknown_fields_refused() {
+        let r: Result<Request, _> = serde_json::from_str(r#"{"reload":null}"#);
+        assert!(r.is_err());
+        let r: Request = serde_json::from_str(r#""reload""#).unwrap();
+        assert_eq!(r, Request::Reload);
+        let r: Result<Request, _> = serde_json::from_str(r#"{"lockdown":{"target":"all","x":1}}"#);
+        assert!(r.is_err());
+    }
+}

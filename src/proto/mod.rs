@@ -1,0 +1,3 @@
+//! Wire formats shared between processes that are not parent and engine:
+//! the control socket (engine <-> qkdctl).
+pub mod ctl;
