@@ -248,7 +248,8 @@ impl Link {
             trips: self.trips,
             over_threshold: self.over_threshold(),
             tripped: self.trip,
-            releasable: self.trip.is_some() && self.recovery_blocker(now).is_none(),
+            releasable: matches!(self.trip, Some(OnQber::Lockdown | OnQber::Hold))
+                && self.recovery_blocker(now).is_none(),
             below_for: self.below_since.map(|s| now.duration_since(s)),
             since_sample: now.duration_since(self.last_sample),
             reporting: self.determined,
