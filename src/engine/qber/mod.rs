@@ -1,1 +1,181 @@
-//! QBER sources.
+//! QBER sources (DESIGN §3): one driver per `[qber.X]` section, polled by the
+//! engine; each poll yields a range-checked [`Sample`] that the engine passes
+//! through a per-link [`Freshness`] before it reaches the link state machine.
+//!
+//! Runs in the engine. Drivers may talk to their source over the network
+//! (later ones will); the sim driver only computes.
+
+pub mod sim;
+
+use crate::conf::{QberConf, QberDriver, SimLinkConf};
+
+/// One QBER reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// Fraction of sifted bits in error, 0..=0.5.
+    pub qber: f64,
+    /// The source's measurement sequence number or time stamp; a reading is
+    /// new only if this advanced.
+    pub seq: u64,
+}
+
+/// Checks a reading from a source: outside [0, 0.5] (or NaN) is an error,
+/// never clamped, since a wrong scale (percent vs fraction) must not pass.
+pub fn validate(qber: f64) -> Result<f64, String> {
+    if qber.is_nan() || !(0.0..=0.5).contains(&qber) {
+        return Err(format!("QBER must be between 0 and 0.5, found {qber}"));
+    }
+    Ok(qber)
+}
+
+/// Tells a new measurement from a stalled agent repeating its last value
+/// (DESIGN §3). Keep one per link: a sample is fresh only if its `seq` is
+/// greater than every `seq` seen before on that stream.
+#[derive(Clone, Debug, Default)]
+pub struct Freshness {
+    last: Option<u64>,
+}
+
+impl Freshness {
+    pub fn new() -> Freshness {
+        Freshness::default()
+    }
+
+    /// True, and remembered, if `s.seq` advanced. A sequence that goes back
+    /// (a restarted agent) is not fresh until it passes the old high mark or
+    /// the driver calls [`Freshness::reset`] after reconnecting.
+    pub fn is_fresh(&mut self, s: &Sample) -> bool {
+        if self.last.is_some_and(|last| s.seq <= last) {
+            return false;
+        }
+        self.last = Some(s.seq);
+        true
+    }
+
+    /// Forgets the high mark (a driver that knows its source restarted).
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Demo knobs of the simulated link (`qkdctl sim eve 0.5`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SimControl {
+    /// Fraction of photons intercepted and resent, 0..=1.
+    Eve(f64),
+    /// Extra QBER from channel noise, 0..=0.5.
+    Noise(f64),
+}
+
+/// A configured QBER source.
+#[derive(Debug)]
+pub enum Source {
+    Sim(sim::SimSource),
+}
+
+impl Source {
+    /// Builds the driver a `[qber.X]` section names.
+    pub fn open(conf: &QberConf) -> Result<Source, String> {
+        match conf.driver {
+            QberDriver::Sim => Source::sim(&conf.sim),
+            other => Err(format!(
+                "QBER driver {} is not available yet",
+                driver_name(other)
+            )),
+        }
+    }
+
+    pub fn sim(conf: &SimLinkConf) -> Result<Source, String> {
+        Ok(Source::Sim(sim::SimSource::new(conf)?))
+    }
+
+    /// Takes one reading; the value is range-checked whatever the driver.
+    pub fn poll(&mut self) -> Result<Sample, String> {
+        let s = match self {
+            Source::Sim(s) => s.poll(),
+        };
+        validate(s.qber)?;
+        Ok(s)
+    }
+
+    /// Turns a knob of the simulated link; an error for real sources.
+    pub fn control(&mut self, c: SimControl) -> Result<(), String> {
+        match self {
+            Source::Sim(s) => s.control(c),
+        }
+    }
+}
+
+fn driver_name(d: QberDriver) -> &'static str {
+    match d {
+        QberDriver::Sim => "sim",
+        QberDriver::Etsi015 => "etsi015",
+        QberDriver::Prometheus => "prometheus",
+        QberDriver::HttpJson => "http-json",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn validate_refuses_out_of_range() {
+        assert_eq!(validate(0.0), Ok(0.0));
+        assert_eq!(validate(0.5), Ok(0.5));
+        assert_eq!(validate(0.031), Ok(0.031));
+        for bad in [-0.0001, 0.5001, 3.1, f64::NAN, f64::INFINITY] {
+            let e = validate(bad).unwrap_err();
+            assert!(e.contains("between 0 and 0.5"), "{e}");
+        }
+    }
+
+    #[test]
+    fn freshness_needs_an_advancing_seq() {
+        let mut f = Freshness::new();
+        let s = |seq| Sample { qber: 0.01, seq };
+        assert!(f.is_fresh(&s(0)));
+        assert!(!f.is_fresh(&s(0)));
+        assert!(f.is_fresh(&s(5)));
+        assert!(!f.is_fresh(&s(3)));
+        assert!(!f.is_fresh(&s(5)));
+        assert!(f.is_fresh(&s(6)));
+        f.reset();
+        assert!(f.is_fresh(&s(1)));
+    }
+
+    fn qber_conf(driver: QberDriver) -> QberConf {
+        QberConf {
+            driver,
+            url: None,
+            poll: Duration::from_secs(1),
+            pointer: None,
+            scale: 1.0,
+            ca: None,
+            cert: None,
+            key: None,
+            sim: SimLinkConf::default(),
+        }
+    }
+
+    #[test]
+    fn open_builds_sim_and_refuses_missing_drivers() {
+        let mut src = Source::open(&qber_conf(QberDriver::Sim)).unwrap();
+        let a = src.poll().unwrap();
+        let b = src.poll().unwrap();
+        assert!(b.seq > a.seq);
+        let e = Source::open(&qber_conf(QberDriver::Etsi015)).unwrap_err();
+        assert!(e.contains("etsi015"), "{e}");
+    }
+
+    #[test]
+    fn control_reaches_the_model() {
+        let mut src = Source::sim(&SimLinkConf::default()).unwrap();
+        src.control(SimControl::Eve(1.0)).unwrap();
+        let s = src.poll().unwrap();
+        assert!(s.qber > 0.2, "{}", s.qber);
+        assert!(src.control(SimControl::Noise(0.7)).is_err());
+        assert!(src.control(SimControl::Eve(-1.0)).is_err());
+    }
+}

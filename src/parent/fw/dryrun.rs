@@ -1,0 +1,265 @@
+//! dry-run firewall (DESIGN §5), run by the privileged parent when the config
+//! says `backend = "dry-run"`: for demos and for trying a bundle on a host
+//! whose firewall must not change. It touches only `<state_dir>/dry-run/`,
+//! where it writes, per link, exactly what the real backend would feed its
+//! tool (`<link>.nft`: the nft script; `<link>.pf`: pfctl's stdin), and logs
+//! the command lines it would run. Rulesets get the same checks as the real
+//! backend's, except the tool's own parse.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Firewall, FwError, LinkTarget, check_names, nft, pf};
+use crate::lock::Enforcement;
+
+/// Which real backend's files and checks to imitate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Nft,
+    Pf,
+}
+
+impl Flavor {
+    /// pf on OpenBSD, nftables elsewhere.
+    pub fn native() -> Flavor {
+        if cfg!(target_os = "openbsd") {
+            Flavor::Pf
+        } else {
+            Flavor::Nft
+        }
+    }
+}
+
+/// The dry-run backend.
+pub struct DryRun {
+    flavor: Flavor,
+    anchor: String,
+    dir: PathBuf,
+}
+
+impl DryRun {
+    pub fn new(flavor: Flavor, anchor: &str, state_dir: &Path) -> DryRun {
+        DryRun {
+            flavor,
+            anchor: anchor.to_string(),
+            dir: state_dir.join("dry-run"),
+        }
+    }
+
+    /// Where the link's would-be rules are written.
+    pub fn path(&self, link: &LinkTarget) -> PathBuf {
+        self.dir.join(format!("{}.{}", link.name, self.extension()))
+    }
+
+    fn write(&self, link: &LinkTarget, what: &str, content: &str) -> Result<(), FwError> {
+        let path = self.path(link);
+        write_atomic(&path, content.as_bytes()).map_err(|e| {
+            FwError::refused(format!(
+                "dry-run: {what}: cannot write {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Checks and renders the link's input; the commands it would run.
+    fn render(
+        &self,
+        link: &LinkTarget,
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(String, Vec<String>), String> {
+        match self.flavor {
+            Flavor::Nft => {
+                let stmts = nft::render_statements(link, ruleset)?;
+                let script = nft::flip_script(&self.anchor, link, &stmts);
+                Ok((script, vec!["nft -f -".to_string()]))
+            }
+            Flavor::Pf => {
+                pf::check_ruleset(ruleset)?;
+                let mut cmds = vec![pfctl_line(&pf::load_args(&self.anchor, link, false))];
+                if state == Enforcement::Lockdown {
+                    cmds.extend(pf::kill_args(link).iter().map(|a| pfctl_line(a)));
+                }
+                Ok((pf::load_input(link, ruleset), cmds))
+            }
+        }
+    }
+
+    fn cleared(&self, link: &LinkTarget) -> String {
+        match self.flavor {
+            Flavor::Nft => nft::flip_script(&self.anchor, link, &[]),
+            Flavor::Pf => String::new(),
+        }
+    }
+}
+
+fn pfctl_line(args: &[String]) -> String {
+    format!("pfctl {}", args.join(" "))
+}
+
+impl Firewall for DryRun {
+    fn name(&self) -> &'static str {
+        "dry-run"
+    }
+
+    fn extension(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Nft => "nft",
+            Flavor::Pf => "pf",
+        }
+    }
+
+    fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
+        for l in links {
+            check_names(&self.anchor, l)?;
+        }
+        fs::create_dir_all(&self.dir).map_err(|e| {
+            FwError::refused(format!(
+                "dry-run: cannot create {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        if self.flavor == Flavor::Nft {
+            crate::log::debug(format_args!(
+                "dry-run: would run nft -f - <<'EOF'\n{}EOF",
+                nft::skeleton(&self.anchor, links)
+            ));
+        }
+        // Like an nft link chain created empty: a link never loaded is locked.
+        for l in links.iter().filter(|l| !self.path(l).exists()) {
+            self.write(l, "init", &self.cleared(l))?;
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        link: &LinkTarget,
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(), FwError> {
+        check_names(&self.anchor, link)?;
+        let (content, cmds) = self.render(link, state, ruleset).map_err(|e| {
+            FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
+        })?;
+        self.write(link, state.as_str(), &content)?;
+        for c in cmds {
+            crate::log::info(format!(
+                "dry-run: link {} {state}: would run {c} (input in {})",
+                link.name,
+                self.path(link).display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
+        check_names(&self.anchor, link)?;
+        self.write(link, "clear", &self.cleared(link))?;
+        crate::log::info(format!("dry-run: link {} cleared", link.name));
+        Ok(())
+    }
+
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        check_names(&self.anchor, link).map_err(|e| e.to_string())?;
+        self.render(link, state, ruleset)
+            .map(drop)
+            .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))
+    }
+
+    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
+        check_names(&self.anchor, link)?;
+        let path = self.path(link);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(FwError::refused(format!(
+                    "dry-run: cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(text.lines().map(str::trim).any(|l| match self.flavor {
+            Flavor::Nft => l.starts_with("add rule "),
+            Flavor::Pf => {
+                !(l.is_empty() || l.starts_with('#') || l.starts_with("table <qkd_peer>"))
+            }
+        }))
+    }
+}
+
+/// Write temp, fsync, rename, fsync the directory: a reader sees the old file
+/// or the new one, never half of one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dr() -> LinkTarget {
+        LinkTarget {
+            name: "dr".into(),
+            wg_if: "wg0".into(),
+            wg_port: 51820,
+            addrs4: vec!["198.51.100.2".parse().unwrap()],
+            addrs6: vec!["2001:db8::2".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn nft_flavor_writes_and_reads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut fw = DryRun::new(Flavor::Nft, "qkdpfd", tmp.path());
+        fw.init(&[dr()]).unwrap();
+        let path = tmp.path().join("dry-run/dr.nft");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "flush chain inet qkdpfd link_dr\n"
+        );
+        assert!(!fw.has_rules(&dr()).unwrap());
+        fw.apply(&dr(), Enforcement::Open, "ip saddr $peer4 accept\n")
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "flush chain inet qkdpfd link_dr\nadd rule inet qkdpfd link_dr ip saddr @peer4_dr accept\n"
+        );
+        assert!(fw.has_rules(&dr()).unwrap());
+        // init again keeps the link's rules; a refused ruleset changes nothing.
+        fw.init(&[dr()]).unwrap();
+        assert!(fw.apply(&dr(), Enforcement::Lockdown, "jump x").is_err());
+        assert!(fw.has_rules(&dr()).unwrap());
+        assert!(fw.check(&dr(), Enforcement::Open, "$nope").is_err());
+        fw.clear(&dr()).unwrap();
+        assert!(!fw.has_rules(&dr()).unwrap());
+    }
+
+    #[test]
+    fn pf_flavor_writes_pfctl_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut fw = DryRun::new(Flavor::Pf, "qkdpfd", tmp.path());
+        assert_eq!(fw.extension(), "pf");
+        fw.init(&[dr()]).unwrap();
+        assert!(!fw.has_rules(&dr()).unwrap());
+        fw.apply(&dr(), Enforcement::Lockdown, "block quick on $wg_if")
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("dry-run/dr.pf")).unwrap(),
+            "table <qkd_peer> const { 198.51.100.2 2001:db8::2 }\nblock quick on $wg_if\n"
+        );
+        assert!(fw.has_rules(&dr()).unwrap());
+        fw.clear(&dr()).unwrap();
+        assert!(!fw.has_rules(&dr()).unwrap());
+    }
+}

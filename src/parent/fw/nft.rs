@@ -1,0 +1,375 @@
+//! nftables backend (DESIGN §5), run by the privileged parent on Linux. It
+//! renders nft(8) scripts and pipes each to one `nft -f -`, which the kernel
+//! applies as one transaction: a rejected script leaves every chain as it was.
+//! It touches only table `inet <anchor>`.
+//!
+//! Layout of the table, rebuilt by [`Nft::init`] except the link chains:
+//!
+//! ```text
+//! table inet qkdpfd
+//!   set peer4_<link> { type ipv4_addr }   set peer6_<link> { type ipv6_addr }
+//!   chain input   (hook input,   priority filter - 10, policy accept)
+//!     ip  saddr @peer4_<link> udp sport <wg_port> jump link_<link>   + same match: drop
+//!     ip6 saddr @peer6_<link> udp sport <wg_port> jump link_<link>   + drop
+//!     iifname "<wg_if>" jump link_<link>                               + drop
+//!   chain output  (daddr / dport / oifname, likewise)
+//!   chain forward (iifname and oifname "<wg_if>", likewise)
+//!   chain link_<link>   the bundle's statements for the link's state
+//! ```
+//!
+//! Every protected packet is sent to its link chain and dropped unless that
+//! chain reaches `accept`: an empty chain, a chain that returns, a missing
+//! rule, all mean locked. A drop in our table is final whatever other tables
+//! say. A flip to lockdown needs no conntrack flush: nftables evaluates every
+//! packet of a flow against the hooks, and an established flow skips our link
+//! chain only if a rule accepts it by `ct state established` *before* the
+//! jump, which this table never does. Bundle authors must not put `ct state
+//! established accept` ahead of their policy in `open.nft` believing it is a
+//! shortcut: it is harmless within the link chain (the flip replaces the whole
+//! chain) but such a rule in any base chain of ours would let old flows
+//! through. Flows offloaded to a flowtable skip the forward hook: unsupported.
+//!
+//! A `.nft` bundle file holds statements for the link chain only, one per
+//! line. Macros `$link`, `$wg_if`, `$wg_port`, `$peer4`, `$peer6` are
+//! substituted here; anything that could leave the chain (`jump`, `goto`, `;`,
+//! a command word, a raw `@set`) is refused.
+
+use std::path::{Path, PathBuf};
+
+use super::{Firewall, FwError, LinkTarget, TOOL_TIMEOUT, Tool, check_names};
+use crate::lock::Enforcement;
+
+/// Words that start an nft command; a statement line must not begin with one.
+const COMMAND_WORDS: &[&str] = &[
+    "table", "chain", "flush", "delete", "add", "insert", "include", "define", "replace", "create",
+    "reset", "list", "rename", "destroy", "export", "import", "monitor", "describe", "set", "map",
+    "element", "rule",
+];
+
+/// Words refused anywhere in a statement: they leave the link's chain.
+const ESCAPE_WORDS: &[&str] = &["jump", "goto"];
+
+/// The nftables backend.
+pub struct Nft {
+    nft: PathBuf,
+    table: String,
+}
+
+impl Nft {
+    pub fn new(nft: &Path, table: &str) -> Nft {
+        Nft {
+            nft: nft.to_path_buf(),
+            table: table.to_string(),
+        }
+    }
+
+    fn run(&self, what: &str, script: &str) -> Result<String, FwError> {
+        let tool = Tool::new(&self.nft, &["-f", "-"]);
+        crate::log::debug(format_args!("fw: {} <<'EOF'\n{script}EOF", tool.line()));
+        tool.run(what, script, TOOL_TIMEOUT).map(|o| o.stdout)
+    }
+}
+
+impl Firewall for Nft {
+    fn name(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+
+    fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
+        for l in links {
+            check_names(&self.table, l)?;
+        }
+        let script = skeleton(&self.table, links);
+        self.run("create nftables table and base chains", &script)
+            .map(drop)
+    }
+
+    fn apply(
+        &mut self,
+        link: &LinkTarget,
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(), FwError> {
+        check_names(&self.table, link)?;
+        let stmts = render_statements(link, ruleset).map_err(|e| {
+            FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
+        })?;
+        let script = flip_script(&self.table, link, &stmts);
+        self.run(
+            &format!("load {state} rules for link {}", link.name),
+            &script,
+        )
+        .map(drop)
+    }
+
+    fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
+        check_names(&self.table, link)?;
+        let script = flip_script(&self.table, link, &[]);
+        self.run(&format!("empty chain of link {}", link.name), &script)
+            .map(drop)
+    }
+
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        check_names(&self.table, link).map_err(|e| e.to_string())?;
+        let stmts = render_statements(link, ruleset)
+            .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
+        let mut script = skeleton(&self.table, std::slice::from_ref(link));
+        script.push_str(&flip_script(&self.table, link, &stmts));
+        // nft -c still asks the kernel; without root a private user and
+        // network namespace gives it one to ask, touching nothing real.
+        let tool = if nix::unistd::geteuid().is_root() {
+            Tool::new(&self.nft, &["-c", "-f", "-"])
+        } else {
+            let nft = self.nft.display().to_string();
+            Tool::new(Path::new("unshare"), &["-rn", &nft, "-c", "-f", "-"])
+        };
+        let what = format!("check {state} rules for link {}", link.name);
+        tool.run(&what, &script, TOOL_TIMEOUT)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
+        check_names(&self.table, link)?;
+        let chain = format!("link_{}", link.name);
+        let tool = Tool::new(&self.nft, &["list", "chain", "inet", &self.table, &chain]);
+        match tool.run(
+            &format!("list chain of link {}", link.name),
+            "",
+            TOOL_TIMEOUT,
+        ) {
+            Ok(out) => Ok(listing_has_rules(&out.stdout)),
+            // No table or no chain: nothing passes, the link is locked.
+            Err(e) if e.stderr.contains("No such file or directory") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether `nft list chain` output holds any rule.
+pub fn listing_has_rules(listing: &str) -> bool {
+    listing
+        .lines()
+        .map(str::trim)
+        .any(|l| !(l.is_empty() || l == "}" || l.starts_with("table ") || l.starts_with("chain ")))
+}
+
+/// The table, base chains and per-link sets, rebuilt in one transaction;
+/// link chains are created if missing (empty = locked) and never flushed here.
+pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
+    let mut s = format!("add table inet {table}\n");
+    for hook in ["input", "forward", "output"] {
+        s.push_str(&format!(
+            "add chain inet {table} {hook} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n\
+             flush chain inet {table} {hook}\n"
+        ));
+    }
+    for l in links {
+        let n = &l.name;
+        s.push_str(&format!("add chain inet {table} link_{n}\n"));
+        let v4: Vec<String> = l.addrs4.iter().map(|a| a.to_string()).collect();
+        let v6: Vec<String> = l.addrs6.iter().map(|a| a.to_string()).collect();
+        push_set(&mut s, table, &format!("peer4_{n}"), "ipv4_addr", &v4);
+        push_set(&mut s, table, &format!("peer6_{n}"), "ipv6_addr", &v6);
+    }
+    for l in links {
+        for (hook, m) in protected_matches(l) {
+            for verdict in [format!("jump link_{}", l.name), "drop".to_string()] {
+                s.push_str(&format!("add rule inet {table} {hook} {m} {verdict}\n"));
+            }
+        }
+    }
+    s
+}
+
+fn push_set(s: &mut String, table: &str, set: &str, ty: &str, elems: &[String]) {
+    s.push_str(&format!(
+        "add set inet {table} {set} {{ type {ty}; }}\nflush set inet {table} {set}\n"
+    ));
+    if !elems.is_empty() {
+        s.push_str(&format!(
+            "add element inet {table} {set} {{ {} }}\n",
+            elems.join(", ")
+        ));
+    }
+}
+
+/// (base chain, match) for each kind of the link's protected traffic.
+fn protected_matches(l: &LinkTarget) -> Vec<(&'static str, String)> {
+    let (n, p, i) = (&l.name, l.wg_port, &l.wg_if);
+    vec![
+        ("input", format!("ip saddr @peer4_{n} udp sport {p}")),
+        ("input", format!("ip6 saddr @peer6_{n} udp sport {p}")),
+        ("input", format!("iifname \"{i}\"")),
+        ("output", format!("ip daddr @peer4_{n} udp dport {p}")),
+        ("output", format!("ip6 daddr @peer6_{n} udp dport {p}")),
+        ("output", format!("oifname \"{i}\"")),
+        ("forward", format!("iifname \"{i}\"")),
+        ("forward", format!("oifname \"{i}\"")),
+    ]
+}
+
+/// Replaces the link chain's contents with `stmts` (none = locked).
+pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
+    let chain = format!("link_{}", link.name);
+    let mut s = format!("flush chain inet {table} {chain}\n");
+    for st in stmts {
+        s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
+    }
+    s
+}
+
+/// Checks a `.nft` bundle file and substitutes the link's macros; one
+/// statement per returned line. Errors name the line.
+pub fn render_statements(link: &LinkTarget, ruleset: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in ruleset.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let stmt = check_statement(link, line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.push(stmt);
+    }
+    Ok(out)
+}
+
+fn check_statement(link: &LinkTarget, line: &str) -> Result<String, String> {
+    if let Some(c) = line
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        return Err(format!("character {c:?} not allowed"));
+    }
+    for (c, why) in [
+        (';', "';' would start another command"),
+        ('\\', "backslash not allowed"),
+        ('@', "refer to sets with $peer4 / $peer6, not '@'"),
+    ] {
+        if line.contains(c) {
+            return Err(why.to_string());
+        }
+    }
+    let first = line.split_whitespace().next().unwrap_or("");
+    if COMMAND_WORDS.contains(&first.to_ascii_lowercase().as_str()) {
+        return Err(format!("a statement may not start with {first:?}"));
+    }
+    let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    if let Some(w) = words
+        .into_iter()
+        .find(|w| ESCAPE_WORDS.contains(&w.to_ascii_lowercase().as_str()))
+    {
+        return Err(format!("{w:?} would leave the link's chain"));
+    }
+    substitute(link, line)
+}
+
+/// Expands `$name` macros; an unknown one is an error, not left to nft.
+fn substitute(link: &LinkTarget, line: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut rest = line;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..len];
+        let value = match name {
+            "link" => link.name.clone(),
+            "wg_if" => format!("\"{}\"", link.wg_if),
+            "wg_port" => link.wg_port.to_string(),
+            "peer4" => format!("@peer4_{}", link.name),
+            "peer6" => format!("@peer6_{}", link.name),
+            "" => return Err("'$' without a macro name".to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown macro ${name} (known: $link $wg_if $wg_port $peer4 $peer6)"
+                ));
+            }
+        };
+        out.push_str(&value);
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dr() -> LinkTarget {
+        LinkTarget {
+            name: "dr".into(),
+            wg_if: "wg0".into(),
+            wg_port: 51820,
+            addrs4: vec!["198.51.100.2".parse().unwrap()],
+            addrs6: vec![],
+        }
+    }
+
+    #[test]
+    fn macros_expand() {
+        let got = render_statements(
+            &dr(),
+            "# comment\n\n ip saddr $peer4 udp sport $wg_port iifname $wg_if counter accept\r\n\
+             ip6 daddr $peer6 log prefix \"qkd $link \" drop\n",
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                "ip saddr @peer4_dr udp sport 51820 iifname \"wg0\" counter accept",
+                "ip6 daddr @peer6_dr log prefix \"qkd dr \" drop",
+            ]
+        );
+    }
+
+    #[test]
+    fn forbidden_constructs() {
+        for (bad, why) in [
+            ("accept; add rule inet qkdpfd link_x accept", "';'"),
+            ("jump link_other", "leave"),
+            ("udp dport 1 goto x", "leave"),
+            ("meta l4proto vmap { udp : jump x }", "leave"),
+            ("ip saddr $unknown accept", "unknown macro $unknown"),
+            ("ip saddr $ accept", "without a macro"),
+            ("ip saddr @peer4_other accept", "'@'"),
+            ("table inet x { }", "may not start"),
+            ("flush ruleset", "may not start"),
+            ("include \"/etc/x\"", "may not start"),
+            ("accept \\", "backslash"),
+            ("accept\u{7}", "character"),
+        ] {
+            let e = render_statements(&dr(), &format!("accept\n{bad}\n")).unwrap_err();
+            assert!(e.starts_with("line 2: "), "{bad}: {e}");
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn skeleton_jumps_then_drops() {
+        let s = skeleton("qkdpfd", &[dr()]);
+        assert!(s.contains(
+            "add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 jump link_dr\n\
+             add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 drop\n"
+        ));
+        assert!(s.contains("add element inet qkdpfd peer4_dr { 198.51.100.2 }\n"));
+        assert!(!s.contains("add element inet qkdpfd peer6_dr"));
+        assert!(!s.contains("flush chain inet qkdpfd link_dr"));
+        assert_eq!(s.matches(" drop\n").count(), 8);
+    }
+
+    #[test]
+    fn listing() {
+        let empty = "table inet qkdpfd {\n\tchain link_dr {\n\t}\n}\n";
+        assert!(!listing_has_rules(empty));
+        let full = "table inet qkdpfd {\n\tchain link_dr {\n\t\taccept\n\t}\n}\n";
+        assert!(listing_has_rules(full));
+    }
+}

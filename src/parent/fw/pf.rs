@@ -1,0 +1,335 @@
+//! pf backend (DESIGN §5), run by the privileged parent on OpenBSD through
+//! pfctl(8). Each link owns anchor `<root>/<link>`; pf.conf holds `anchor
+//! "<root>/*"` followed by `block quick` rules for every link's protected
+//! traffic (see `pf-anchors/pf.conf.example`), so an empty or missing anchor
+//! means locked and there is nothing to create at start-up.
+//!
+//! A load is one `pfctl -a <root>/<link> -D ... -f -`: pfctl wraps the anchor's
+//! rules and tables in one DIOCXBEGIN/DIOCXCOMMIT transaction, and the link's
+//! table `<qkd_peer>` is rendered into the same input, so rules and addresses
+//! change together or not at all (on error the old anchor stays).
+//!
+//! pf passes packets that match an existing state without evaluating rules,
+//! so a lockdown also kills the link's states (pfctl.c
+//! `pfctl_net_kill_states`, pf_ioctl.c DIOCKILLSTATES):
+//! - `-k A` kills states whose initiator is A (A's connections to us);
+//! - `-k 0.0.0.0/0 -k A` (`::/0` for IPv6: the second host must have the
+//!   first one's address family) kills states towards A (ours to A);
+//! - `-i IF -k 0.0.0.0/0` and `-i IF -k ::/0` kill states bound to IF. The
+//!   kernel compares the state's interface, and floating states (pf's default
+//!   state-policy) belong to no interface: rulesets pass tunnel traffic with
+//!   `keep state (if-bound)` so these kills find them (see `open.pf`).
+//!
+//! pfctl cannot restrict `-k host` to a port, so a lockdown also resets other
+//! states with the peer's address (an underlay SSH session to it, say); the
+//! peer protocol is UDP and recovers with its next datagram.
+
+use std::path::{Path, PathBuf};
+
+use super::{Firewall, FwError, LinkTarget, TOOL_TIMEOUT, Tool, check_names};
+use crate::lock::Enforcement;
+
+/// Macros pfctl gets with `-D`; a ruleset may use no other.
+const MACROS: &[&str] = &["link", "wg_if", "wg_port", "peer4", "peer6"];
+
+/// Words that would make pfctl read other files or load other anchors.
+const FORBIDDEN_WORDS: &[&str] = &["include", "load", "file"];
+
+/// The pf backend.
+pub struct Pf {
+    pfctl: PathBuf,
+    anchor: String,
+}
+
+impl Pf {
+    pub fn new(pfctl: &Path, anchor: &str) -> Pf {
+        Pf {
+            pfctl: pfctl.to_path_buf(),
+            anchor: anchor.to_string(),
+        }
+    }
+
+    fn tool(&self, args: &[String]) -> Tool {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tool::new(&self.pfctl, &args)
+    }
+
+    fn run(&self, what: &str, args: &[String], stdin: &str) -> Result<String, FwError> {
+        let tool = self.tool(args);
+        crate::log::debug(format_args!("fw: {}", tool.line()));
+        tool.run(what, stdin, TOOL_TIMEOUT).map(|o| o.stdout)
+    }
+
+    /// Runs every state kill for the link; reports the first failure after
+    /// trying them all (a partial kill is still better than none).
+    fn kill_states(&self, link: &LinkTarget) -> Result<(), FwError> {
+        let what = format!("kill states of link {}", link.name);
+        let mut first = None;
+        for args in kill_args(link) {
+            if let Err(e) = self.run(&what, &args, "") {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Firewall for Pf {
+    fn name(&self) -> &'static str {
+        "pf"
+    }
+
+    fn extension(&self) -> &'static str {
+        "pf"
+    }
+
+    fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
+        for l in links {
+            check_names(&self.anchor, l)?;
+        }
+        // pf.conf holds the block rules; a disabled pf enforces nothing at all.
+        let args = vec!["-s".to_string(), "info".to_string()];
+        let out = self.run("read pf status", &args, "")?;
+        if !out.lines().any(|l| l.starts_with("Status: Enabled")) {
+            return Err(FwError {
+                what: "pf is not enabled (pfctl -e, pf=YES in rc.conf.local)".to_string(),
+                command: self.tool(&args).line(),
+                status: "exit status 0".to_string(),
+                stderr: String::new(),
+            });
+        }
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        link: &LinkTarget,
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(), FwError> {
+        check_names(&self.anchor, link)?;
+        check_ruleset(ruleset).map_err(|e| {
+            FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
+        })?;
+        let what = format!("load {state} rules for link {}", link.name);
+        self.run(
+            &what,
+            &load_args(&self.anchor, link, false),
+            &load_input(link, ruleset),
+        )?;
+        if state == Enforcement::Lockdown {
+            self.kill_states(link)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
+        check_names(&self.anchor, link)?;
+        let what = format!("empty anchor of link {}", link.name);
+        for args in clear_args(&self.anchor, link) {
+            self.run(&what, &args, "")?;
+        }
+        // Empty rules stop new flows; old states would still pass.
+        self.kill_states(link)
+    }
+
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        check_names(&self.anchor, link).map_err(|e| e.to_string())?;
+        check_ruleset(ruleset).map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
+        let what = format!("check {state} rules for link {}", link.name);
+        self.tool(&load_args(&self.anchor, link, true))
+            .run(&what, &load_input(link, ruleset), TOOL_TIMEOUT)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
+        check_names(&self.anchor, link)?;
+        let args = vec![
+            "-a".to_string(),
+            anchor_path(&self.anchor, link),
+            "-s".to_string(),
+            "rules".to_string(),
+        ];
+        match self.run(&format!("list anchor of link {}", link.name), &args, "") {
+            Ok(out) => Ok(!out.trim().is_empty()),
+            // The kernel answers EINVAL for an anchor never loaded: no rules.
+            Err(e)
+                if e.stderr.contains("Invalid argument") || e.stderr.contains("does not exist") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+pub fn anchor_path(anchor: &str, link: &LinkTarget) -> String {
+    format!("{anchor}/{}", link.name)
+}
+
+/// `pfctl [-n] -a <root>/<link> -D link=.. -D wg_if=.. -D wg_port=..
+/// [-D peer4=..] [-D peer6=..] -f -`
+pub fn load_args(anchor: &str, link: &LinkTarget, parse_only: bool) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    if parse_only {
+        a.push("-n".into());
+    }
+    a.extend(["-a".into(), anchor_path(anchor, link)]);
+    let mut define = |k: &str, v: String| a.extend(["-D".to_string(), format!("{k}={v}")]);
+    define("link", link.name.clone());
+    define("wg_if", link.wg_if.clone());
+    define("wg_port", link.wg_port.to_string());
+    let v4: Vec<String> = link.addrs4.iter().map(|x| x.to_string()).collect();
+    let v6: Vec<String> = link.addrs6.iter().map(|x| x.to_string()).collect();
+    if !v4.is_empty() {
+        define("peer4", pf_list(&v4));
+    }
+    if !v6.is_empty() {
+        define("peer6", pf_list(&v6));
+    }
+    a.extend(["-f".into(), "-".into()]);
+    a
+}
+
+/// One address as is, several as a pf list `{ a b }`.
+fn pf_list(addrs: &[String]) -> String {
+    match addrs {
+        [one] => one.clone(),
+        many => format!("{{ {} }}", many.join(" ")),
+    }
+}
+
+/// The anchor's input: the link's table, then the bundle's rules.
+pub fn load_input(link: &LinkTarget, ruleset: &str) -> String {
+    let addrs: Vec<String> = link
+        .addrs4
+        .iter()
+        .map(|a| a.to_string())
+        .chain(link.addrs6.iter().map(|a| a.to_string()))
+        .collect();
+    let mut s = if addrs.is_empty() {
+        "table <qkd_peer> const persist\n".to_string()
+    } else {
+        format!("table <qkd_peer> const {{ {} }}\n", addrs.join(" "))
+    };
+    s.push_str(ruleset);
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// The state kills for a lockdown, one pfctl argv each (see module docs).
+pub fn kill_args(link: &LinkTarget) -> Vec<Vec<String>> {
+    let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    let addrs = link
+        .addrs4
+        .iter()
+        .map(|a| (a.to_string(), "0.0.0.0/0"))
+        .chain(link.addrs6.iter().map(|a| (a.to_string(), "::/0")));
+    for (a, any) in addrs {
+        out.push(v(&["-k", &a]));
+        out.push(v(&["-k", any, "-k", &a]));
+    }
+    out.push(v(&["-i", &link.wg_if, "-k", "0.0.0.0/0"]));
+    out.push(v(&["-i", &link.wg_if, "-k", "::/0"]));
+    out
+}
+
+/// Empties the anchor: its rules, then its table.
+pub fn clear_args(anchor: &str, link: &LinkTarget) -> Vec<Vec<String>> {
+    let path = anchor_path(anchor, link);
+    ["rules", "Tables"]
+        .iter()
+        .map(|what| {
+            vec![
+                "-a".to_string(),
+                path.clone(),
+                "-F".to_string(),
+                what.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// Refuses what would let a ruleset reach beyond its anchor: reading files
+/// (`include`, `load anchor`, `table ... file`), line continuations (which
+/// can glue a keyword together) and macros other than the link's own
+/// (a ruleset-defined macro can expand to a keyword). Comments are skipped;
+/// words inside quoted strings are refused too, to keep the rule simple.
+pub fn check_ruleset(ruleset: &str) -> Result<(), String> {
+    for (i, raw) in ruleset.lines().enumerate() {
+        let line = strip_comment(raw).trim();
+        check_line(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
+/// Cuts a `#` comment, except inside a quoted string (pf keeps those).
+fn strip_comment(line: &str) -> &str {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+fn check_line(line: &str) -> Result<(), String> {
+    if let Some(c) = line
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        return Err(format!("character {c:?} not allowed"));
+    }
+    if line.contains('\\') {
+        return Err("line continuation (backslash) not allowed".to_string());
+    }
+    let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    for w in words {
+        if FORBIDDEN_WORDS.contains(&w.to_ascii_lowercase().as_str()) {
+            return Err(format!("{w:?} would reach beyond the link's anchor"));
+        }
+    }
+    let mut rest = line;
+    while let Some(pos) = rest.find('$') {
+        let after = &rest[pos + 1..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if !MACROS.contains(&&after[..len]) {
+            return Err(format!(
+                "unknown macro ${} (known: $link $wg_if $wg_port $peer4 $peer6)",
+                &after[..len]
+            ));
+        }
+        rest = &after[len..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_checks() {
+        assert!(check_ruleset("pass quick on $wg_if keep state (if-bound) # load\n").is_ok());
+        for (bad, why) in [
+            ("include \"/etc/x\"", "\"include\""),
+            ("load anchor x from \"/etc/x\"", "\"load\""),
+            ("table <t> file \"/etc/x\"", "\"file\""),
+            ("pass \\", "continuation"),
+            ("pass to $other", "unknown macro $other"),
+            ("pass label \"a#\" load anchor", "\"load\""),
+        ] {
+            let e = check_ruleset(&format!("pass\n{bad}\n")).unwrap_err();
+            assert!(e.starts_with("line 2: ") && e.contains(why), "{bad}: {e}");
+        }
+    }
+}

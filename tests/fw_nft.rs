@@ -1,0 +1,275 @@
+//! The nftables backend against real nftables, each test in its own network
+//! namespace (`ip netns add qkdfw_<random>`), reached through a wrapper script
+//! that `FirewallConf::nft` points at. Needs root: without it the tests are
+//! skipped loudly, unless CI=true, where they fail.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qkdpfd::conf::{FirewallBackend, FirewallConf};
+use qkdpfd::lock::Enforcement;
+use qkdpfd::parent::fw::{self, Firewall, LinkTarget};
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root (CI=true)");
+    }
+    eprintln!("!!!!! SKIPPED {test}: needs root for network namespaces and nftables !!!!!");
+    false
+}
+
+fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A network namespace deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("qkdfw_{:08x}", rand::random::<u32>());
+        sh(&["ip", "netns", "add", &name]);
+        Netns { name }
+    }
+
+    fn exec(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    fn nft(&self, args: &str) -> String {
+        let mut cmd = vec!["nft"];
+        cmd.extend(args.split_whitespace());
+        self.exec(&cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A namespace, a wrapper script running nft inside it, and the backend.
+struct Rig {
+    ns: Netns,
+    _dir: tempfile::TempDir,
+    fw: Box<dyn Firewall>,
+}
+
+fn rig() -> Rig {
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = write_wrapper(dir.path(), &ns.name);
+    let conf = FirewallConf {
+        backend: FirewallBackend::Nftables,
+        anchor: "qkdpfd".into(),
+        pfctl: PathBuf::from("/sbin/pfctl"),
+        nft: wrapper,
+    };
+    let fw = fw::new(&conf, dir.path());
+    Rig { ns, _dir: dir, fw }
+}
+
+fn write_wrapper(dir: &Path, ns: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("nft");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nexec ip netns exec {ns} nft \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
+    LinkTarget {
+        name: name.into(),
+        wg_if: wg_if.into(),
+        wg_port: 51820,
+        addrs4: vec![Ipv4Addr::from(addr)],
+        addrs6: vec!["2001:db8::2".parse().unwrap()],
+    }
+}
+
+/// The rules of `chain`, one per line, as nft lists them.
+fn rules(ns: &Netns, chain: &str) -> Vec<String> {
+    let out = ns.nft(&format!("list chain inet qkdpfd {chain}"));
+    out.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !(l.is_empty()
+                || *l == "}"
+                || l.starts_with("table ")
+                || l.starts_with("chain ")
+                || l.starts_with("type "))
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn init_builds_skeleton_with_empty_link_chains() {
+    if !root_or_skip("init_builds_skeleton_with_empty_link_chains") {
+        return;
+    }
+    let mut r = rig();
+    let (dr, hq) = (
+        link("dr", "wg0", [198, 51, 100, 2]),
+        link("hq", "wg1", [203, 0, 113, 9]),
+    );
+    r.fw.init(&[dr.clone(), hq.clone()]).unwrap();
+    let table = r.ns.nft("list table inet qkdpfd");
+    for want in [
+        "type filter hook input priority filter - 10; policy accept;",
+        "type filter hook output priority filter - 10; policy accept;",
+        "type filter hook forward priority filter - 10; policy accept;",
+        "ip saddr @peer4_dr udp sport 51820 jump link_dr",
+        "ip saddr @peer4_dr udp sport 51820 drop",
+        "ip6 daddr @peer6_hq udp dport 51820 jump link_hq",
+        "iifname \"wg0\" jump link_dr",
+        "oifname \"wg1\" drop",
+    ] {
+        assert!(table.contains(want), "missing {want:?} in\n{table}");
+    }
+    assert_eq!(rules(&r.ns, "link_dr"), Vec::<String>::new());
+    assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
+    assert!(!r.fw.has_rules(&dr).unwrap());
+    let set = r.ns.nft("list set inet qkdpfd peer4_dr");
+    assert!(set.contains("elements = { 198.51.100.2 }"), "{set}");
+    let set = r.ns.nft("list set inet qkdpfd peer6_hq");
+    assert!(set.contains("elements = { 2001:db8::2 }"), "{set}");
+    // Forward has exactly jump+drop for iifname and oifname per link.
+    assert_eq!(rules(&r.ns, "forward").len(), 8);
+}
+
+#[test]
+fn apply_flips_only_that_link_and_init_keeps_chains() {
+    if !root_or_skip("apply_flips_only_that_link_and_init_keeps_chains") {
+        return;
+    }
+    let mut r = rig();
+    let (dr, hq) = (
+        link("dr", "wg0", [198, 51, 100, 2]),
+        link("hq", "wg1", [203, 0, 113, 9]),
+    );
+    r.fw.init(&[dr.clone(), hq.clone()]).unwrap();
+    let open = "# open\nip saddr $peer4 udp sport $wg_port counter accept\niifname $wg_if accept\n";
+    r.fw.apply(&dr, Enforcement::Open, open).unwrap();
+    r.fw.apply(&hq, Enforcement::Open, "accept").unwrap();
+    assert_eq!(
+        rules(&r.ns, "link_dr"),
+        [
+            "ip saddr @peer4_dr udp sport 51820 counter packets 0 bytes 0 accept",
+            "iifname \"wg0\" accept"
+        ]
+    );
+    assert!(r.fw.has_rules(&dr).unwrap());
+    r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
+    assert_eq!(rules(&r.ns, "link_dr"), ["drop"]);
+    assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
+
+    // A reload (init again, new address) keeps both chains' contents.
+    let mut dr2 = dr.clone();
+    dr2.addrs4 = vec![Ipv4Addr::new(198, 51, 100, 7)];
+    r.fw.init(&[dr2.clone(), hq.clone()]).unwrap();
+    assert_eq!(rules(&r.ns, "link_dr"), ["drop"]);
+    assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
+    let set = r.ns.nft("list set inet qkdpfd peer4_dr");
+    assert!(set.contains("elements = { 198.51.100.7 }"), "{set}");
+
+    r.fw.clear(&hq).unwrap();
+    assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
+    assert!(!r.fw.has_rules(&hq).unwrap());
+    assert_eq!(rules(&r.ns, "link_dr"), ["drop"]);
+}
+
+#[test]
+fn rejected_ruleset_leaves_previous_chain() {
+    if !root_or_skip("rejected_ruleset_leaves_previous_chain") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    r.fw.init(std::slice::from_ref(&dr)).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    // First line is fine, second is nonsense: nft refuses the whole script,
+    // including the flush that came before it.
+    let e =
+        r.fw.apply(
+            &dr,
+            Enforcement::Lockdown,
+            "drop\nudp dport frobnicate drop\n",
+        )
+        .unwrap_err();
+    assert!(e.command.ends_with("nft -f -"), "{e}");
+    assert!(e.status.starts_with("exit status"), "{e}");
+    assert!(e.stderr.contains("frobnicate"), "{e}");
+    assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
+    // Refused before nft: unchanged too.
+    assert!(
+        r.fw.apply(&dr, Enforcement::Lockdown, "jump link_dr")
+            .is_err()
+    );
+    assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
+}
+
+#[test]
+fn apply_before_init_fails() {
+    if !root_or_skip("apply_before_init_fails") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    assert!(r.fw.apply(&dr, Enforcement::Open, "accept").is_err());
+    assert!(!r.fw.has_rules(&dr).unwrap());
+}
+
+#[test]
+fn check_accepts_samples_and_refuses_bad_statements() {
+    if !root_or_skip("check_accepts_samples_and_refuses_bad_statements") {
+        return;
+    }
+    let r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors");
+    for (file, state) in [
+        ("open.nft", Enforcement::Open),
+        ("lockdown.nft", Enforcement::Lockdown),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        r.fw.check(&dr, state, &text)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    for (bad, why) in [
+        ("udp dport frobnicate drop", "frobnicate"),
+        ("accept; flush ruleset", "';'"),
+        ("jump link_hq", "leave the link's chain"),
+        ("goto link_hq", "leave the link's chain"),
+        ("ip saddr $unknown accept", "unknown macro $unknown"),
+        ("table inet qkdpfd { }", "may not start"),
+        ("ip saddr @peer4_hq accept", "'@'"),
+    ] {
+        let e = r.fw.check(&dr, Enforcement::Open, bad).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    // check touched nothing.
+    let tables = r.ns.nft("list tables");
+    assert!(!tables.contains("qkdpfd"), "{tables}");
+}

@@ -1,0 +1,291 @@
+//! The pf backend, by the exact pfctl argv and stdin it produces (DESIGN §10):
+//! `FirewallConf::pfctl` points at a recording stand-in that writes each
+//! call's arguments (one per line) and stdin to numbered files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use qkdpfd::conf::{FirewallBackend, FirewallConf};
+use qkdpfd::lock::Enforcement;
+use qkdpfd::parent::fw::{self, Firewall, LinkTarget};
+
+const RECORDER: &str = r#"#!/bin/sh
+d='@DIR@'
+n=$(cat "$d/count" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$d/count"
+for a in "$@"; do printf '%s\n' "$a"; done > "$d/$n.argv"
+cat > "$d/$n.stdin"
+[ -f "$d/stdout" ] && cat "$d/stdout"
+[ -f "$d/stderr" ] && cat "$d/stderr" >&2
+if [ -f "$d/fail_on" ] && [ "$*" = "$(cat "$d/fail_on")" ]; then
+    echo "pfctl: DIOCKILLSTATES: Operation not permitted" >&2; exit 1
+fi
+exit "$(cat "$d/exit" 2>/dev/null || echo 0)"
+"#;
+
+struct Rec {
+    dir: tempfile::TempDir,
+    fw: Box<dyn Firewall>,
+}
+
+impl Rec {
+    fn new() -> Rec {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pfctl = dir.path().join("pfctl");
+        fs::write(
+            &pfctl,
+            RECORDER.replace("@DIR@", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        fs::set_permissions(&pfctl, fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = FirewallConf {
+            backend: FirewallBackend::Pf,
+            anchor: "qkdpfd".into(),
+            pfctl,
+            nft: PathBuf::from("/usr/sbin/nft"),
+        };
+        let fw = fw::new(&conf, dir.path());
+        Rec { dir, fw }
+    }
+
+    fn set(&self, file: &str, text: &str) {
+        fs::write(self.dir.path().join(file), text).unwrap();
+    }
+
+    fn unset(&self, file: &str) {
+        let _ = fs::remove_file(self.dir.path().join(file));
+    }
+
+    /// Every call so far: (argv without argv[0], stdin). Clears the record.
+    fn take(&self) -> Vec<(Vec<String>, String)> {
+        let d = self.dir.path();
+        let n: usize = fs::read_to_string(d.join("count"))
+            .map(|s| s.trim().parse().unwrap())
+            .unwrap_or(0);
+        let calls = (1..=n)
+            .map(|i| {
+                let argv = read(d, &format!("{i}.argv"));
+                (
+                    argv.lines().map(String::from).collect(),
+                    read(d, &format!("{i}.stdin")),
+                )
+            })
+            .collect();
+        let _ = fs::remove_file(d.join("count"));
+        calls
+    }
+}
+
+fn read(d: &Path, f: &str) -> String {
+    fs::read_to_string(d.join(f)).unwrap()
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split('|').map(String::from).collect()
+}
+
+fn dr() -> LinkTarget {
+    LinkTarget {
+        name: "dr".into(),
+        wg_if: "wg0".into(),
+        wg_port: 51820,
+        addrs4: vec!["198.51.100.2".parse().unwrap()],
+        addrs6: vec!["2001:db8::2".parse().unwrap()],
+    }
+}
+
+const OPEN: &str = "pass quick on $wg_if keep state (if-bound)\n";
+
+#[test]
+fn init_needs_pf_enabled() {
+    let mut r = Rec::new();
+    r.set(
+        "stdout",
+        "Status: Enabled for 0 days 00:10:00           Debug: err\n",
+    );
+    r.fw.init(&[dr()]).unwrap();
+    assert_eq!(r.take(), [(args("-s|info"), String::new())]);
+    r.set(
+        "stdout",
+        "Status: Disabled for 0 days 00:10:00          Debug: err\n",
+    );
+    let e = r.fw.init(&[dr()]).unwrap_err();
+    assert!(e.to_string().starts_with("pf is not enabled"), "{e}");
+    r.take();
+    // A link name that would break out of its anchor is refused before pfctl runs.
+    let mut bad = dr();
+    bad.name = "dr/../hq".into();
+    assert!(r.fw.init(&[bad]).is_err());
+    assert!(r.take().is_empty());
+}
+
+#[test]
+fn apply_open_is_one_load_with_table_and_macros() {
+    let mut r = Rec::new();
+    r.fw.apply(&dr(), Enforcement::Open, OPEN).unwrap();
+    assert_eq!(
+        r.take(),
+        [(
+            args(
+                "-a|qkdpfd/dr|-D|link=dr|-D|wg_if=wg0|-D|wg_port=51820\
+                 |-D|peer4=198.51.100.2|-D|peer6=2001:db8::2|-f|-"
+            ),
+            "table <qkd_peer> const { 198.51.100.2 2001:db8::2 }\n\
+             pass quick on $wg_if keep state (if-bound)\n"
+                .to_string()
+        )]
+    );
+}
+
+#[test]
+fn apply_lockdown_loads_then_kills_states_both_ways() {
+    let mut r = Rec::new();
+    let mut link = dr();
+    link.addrs4.push("198.51.100.3".parse().unwrap());
+    r.fw.apply(&link, Enforcement::Lockdown, "block drop quick on $wg_if")
+        .unwrap();
+    let calls = r.take();
+    let argvs: Vec<Vec<String>> = calls.iter().map(|c| c.0.clone()).collect();
+    assert_eq!(
+        argvs,
+        [
+            args(
+                "-a|qkdpfd/dr|-D|link=dr|-D|wg_if=wg0|-D|wg_port=51820\
+                 |-D|peer4={ 198.51.100.2 198.51.100.3 }|-D|peer6=2001:db8::2|-f|-"
+            ),
+            args("-k|198.51.100.2"),
+            args("-k|0.0.0.0/0|-k|198.51.100.2"),
+            args("-k|198.51.100.3"),
+            args("-k|0.0.0.0/0|-k|198.51.100.3"),
+            args("-k|2001:db8::2"),
+            args("-k|::/0|-k|2001:db8::2"),
+            args("-i|wg0|-k|0.0.0.0/0"),
+            args("-i|wg0|-k|::/0"),
+        ]
+    );
+    assert_eq!(
+        calls[0].1,
+        "table <qkd_peer> const { 198.51.100.2 198.51.100.3 2001:db8::2 }\n\
+         block drop quick on $wg_if\n"
+    );
+    assert!(calls[1..].iter().all(|c| c.1.is_empty()));
+}
+
+#[test]
+fn lockdown_fails_if_load_or_any_kill_fails() {
+    let mut r = Rec::new();
+    // The load fails: no kills, an error naming the command and pfctl's words.
+    r.set("exit", "1");
+    r.set("stderr", "stdin:2: syntax error\n");
+    let e =
+        r.fw.apply(&dr(), Enforcement::Lockdown, "block quick")
+            .unwrap_err();
+    assert_eq!(r.take().len(), 1);
+    assert!(e.command.ends_with("pfctl -a qkdpfd/dr -D link=dr -D wg_if=wg0 -D wg_port=51820 -D peer4=198.51.100.2 -D peer6=2001:db8::2 -f -"), "{e}");
+    assert_eq!(e.status, "exit status 1");
+    assert!(e.to_string().ends_with(": stdin:2: syntax error"), "{e}");
+    // One kill fails: the others still run, and the flip is an error.
+    r.unset("exit");
+    r.unset("stderr");
+    r.set("fail_on", "-k 0.0.0.0/0 -k 198.51.100.2");
+    let e =
+        r.fw.apply(&dr(), Enforcement::Lockdown, "block quick")
+            .unwrap_err();
+    assert_eq!(r.take().len(), 7);
+    assert!(e.stderr.contains("DIOCKILLSTATES"), "{e}");
+    // An open flip has no kills, so the same failure does not touch it.
+    r.fw.apply(&dr(), Enforcement::Open, OPEN).unwrap();
+    assert_eq!(r.take().len(), 1);
+}
+
+#[test]
+fn check_parses_only() {
+    let r = Rec::new();
+    r.fw.check(&dr(), Enforcement::Open, OPEN).unwrap();
+    assert_eq!(
+        r.take(),
+        [(
+            args(
+                "-n|-a|qkdpfd/dr|-D|link=dr|-D|wg_if=wg0|-D|wg_port=51820\
+                 |-D|peer4=198.51.100.2|-D|peer6=2001:db8::2|-f|-"
+            ),
+            format!("table <qkd_peer> const {{ 198.51.100.2 2001:db8::2 }}\n{OPEN}")
+        )]
+    );
+    // Refused before pfctl: reading other files, unknown macros.
+    for bad in [
+        "include \"/etc/pf.conf\"",
+        "pass to $nope",
+        "load anchor x from \"/tmp/x\"",
+    ] {
+        assert!(r.fw.check(&dr(), Enforcement::Open, bad).is_err(), "{bad}");
+    }
+    assert!(r.take().is_empty());
+    // pfctl's refusal comes back as the error text.
+    r.set("exit", "1");
+    r.set("stderr", "stdin:2: syntax error\n");
+    let e =
+        r.fw.check(&dr(), Enforcement::Open, "pas quick")
+            .unwrap_err();
+    assert!(
+        e.contains("stdin:2: syntax error") && e.contains("pfctl -n -a qkdpfd/dr"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sample_rulesets_pass_check() {
+    let r = Rec::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors");
+    for (file, state) in [
+        ("open.pf", Enforcement::Open),
+        ("lockdown.pf", Enforcement::Lockdown),
+    ] {
+        let text = fs::read_to_string(dir.join(file)).unwrap();
+        r.fw.check(&dr(), state, &text)
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let calls = r.take();
+        assert_eq!(calls.len(), 1);
+        assert!(calls[0].1.ends_with(&text));
+    }
+}
+
+#[test]
+fn clear_flushes_rules_and_table_then_kills_states() {
+    let mut r = Rec::new();
+    r.fw.clear(&dr()).unwrap();
+    let argvs: Vec<Vec<String>> = r.take().into_iter().map(|c| c.0).collect();
+    assert_eq!(
+        argvs,
+        [
+            args("-a|qkdpfd/dr|-F|rules"),
+            args("-a|qkdpfd/dr|-F|Tables"),
+            args("-k|198.51.100.2"),
+            args("-k|0.0.0.0/0|-k|198.51.100.2"),
+            args("-k|2001:db8::2"),
+            args("-k|::/0|-k|2001:db8::2"),
+            args("-i|wg0|-k|0.0.0.0/0"),
+            args("-i|wg0|-k|::/0"),
+        ]
+    );
+}
+
+#[test]
+fn has_rules_lists_the_anchor() {
+    let mut r = Rec::new();
+    r.set(
+        "stdout",
+        "pass quick on wg0 all flags S/SA keep state (if-bound)\n",
+    );
+    assert!(r.fw.has_rules(&dr()).unwrap());
+    assert_eq!(r.take(), [(args("-a|qkdpfd/dr|-s|rules"), String::new())]);
+    r.set("stdout", "");
+    assert!(!r.fw.has_rules(&dr()).unwrap());
+    // An anchor never loaded: the kernel says EINVAL, which means no rules.
+    r.set("exit", "1");
+    r.set("stderr", "pfctl: Invalid argument\n");
+    assert!(!r.fw.has_rules(&dr()).unwrap());
+    // Anything else is an error for the caller to treat as locked.
+    r.set("stderr", "pfctl: /dev/pf: Permission denied\n");
+    assert!(r.fw.has_rules(&dr()).is_err());
+}
