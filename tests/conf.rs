@@ -97,3 +97,124 @@ fn shipped_example() {
     assert_eq!(c.qber["clavis"].driver, conf::QberDriver::HttpJson);
     round_trip(&c);
 }
+
+#[test]
+fn load_reports_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.conf");
+    let e = conf::load(&missing).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!((e.0[0].line, e.0[0].col), (0, 0));
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("{}: cannot read: ", missing.display())),
+        "{shown}"
+    );
+
+    let latin1 = dir.path().join("latin1.conf");
+    fs::write(&latin1, b"[daemon]\nuser = \"caf\xe9\"\n").unwrap();
+    let e = conf::load(&latin1).unwrap_err();
+    assert_eq!((e.0[0].line, e.0[0].col), (2, 12), "{e}");
+    assert!(e.to_string().contains(":2:12: expected UTF-8 text"), "{e}");
+
+    let huge = dir.path().join("huge.conf");
+    fs::write(&huge, "#".repeat(2 << 20)).unwrap();
+    assert!(
+        conf::load(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than")
+    );
+}
+
+#[test]
+fn default_backends_follow_the_os() {
+    let text = fs::read_to_string(golden_dir().join("minimal.conf")).unwrap();
+    let c = conf::parse("minimal.conf", &text).unwrap();
+    assert_eq!(c.path, PathBuf::from("minimal.conf"));
+    let openbsd = cfg!(target_os = "openbsd");
+    let fw = [conf::FirewallBackend::Nftables, conf::FirewallBackend::Pf];
+    let wg = [
+        conf::WireguardBackend::Linux,
+        conf::WireguardBackend::Openbsd,
+    ];
+    assert_eq!(c.firewall.backend, fw[openbsd as usize]);
+    assert_eq!(c.wireguard.backend, wg[openbsd as usize]);
+    assert_eq!(c.qber["lab"].sim, conf::SimLinkConf::default());
+}
+
+#[test]
+fn every_error_has_a_position_and_they_are_sorted() {
+    let text = fs::read_to_string(golden_dir().join("errors.conf")).unwrap();
+    let e = conf::parse("errors.conf", &text).unwrap_err();
+    assert!(e.0.len() >= 30, "{e}");
+    assert!(e.0.iter().all(|e| e.line >= 1 && e.col >= 1), "{e}");
+    let pos: Vec<(usize, usize)> = e.0.iter().map(|e| (e.line, e.col)).collect();
+    assert!(pos.windows(2).all(|w| w[0].0 <= w[1].0), "{pos:?}");
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    fn base() -> Config {
+        let text = fs::read_to_string(golden_dir().join("full.conf")).unwrap();
+        conf::parse("full.conf", &text).unwrap()
+    }
+
+    fn unit(lo: f64, hi: f64) -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(lo),
+            Just(hi),
+            lo..=hi,
+            (0u32..1000).prop_map(move |i| lo + f64::from(i) * (hi - lo) / 1000.0)
+        ]
+    }
+
+    prop_compose! {
+        fn sim()(length_km in unit(0.0, 500.0), loss in unit(0.0, 2.0), eff in unit(1e-9, 1.0),
+                 dark in unit(0.0, 0.999), mis in unit(0.0, 0.5), mu in unit(1e-9, 10.0),
+                 bits in 100u64..=1_000_000_000, eve in unit(0.0, 1.0), noise in unit(0.0, 0.5),
+                 seed in 0..=i64::MAX as u64) -> conf::SimLinkConf {
+            conf::SimLinkConf { length_km, loss_db_km: loss, detector_efficiency: eff,
+                dark_count: dark, misalignment: mis, mean_photon: mu, sample_bits: bits,
+                eve, noise, seed }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn normalised_parses_back(
+            sim in sim(),
+            poll_ms in 100u64..=3_600_000,
+            scale in prop_oneof![Just(0.01), 1e-6..1e6f64],
+            qber_id in "[ -~]{1,128}",
+            sae_id in "[!-~]{1,64}",
+            port in 1u16..,
+            addrs in proptest::collection::hash_set(any::<IpAddr>(), 1..5),
+            name in "[a-z][a-z0-9_]{0,30}",
+        ) {
+            let mut c = base();
+            let lab = c.qber.get_mut("lab").unwrap();
+            lab.sim = sim;
+            lab.poll = Duration::from_millis(poll_ms);
+            c.qber.get_mut("clavis").unwrap().scale = scale;
+            c.kme.get_mut("site").unwrap().sae_id = sae_id;
+            let mut l = c.link.remove("watch").unwrap();
+            l.name = name.clone();
+            l.qber_id = qber_id;
+            l.wg_port = port;
+            // IPv4-mapped addresses are refused: pf would never match them.
+            l.addresses = addrs.into_iter().filter(|a| match a {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
+                IpAddr::V4(_) => true,
+            }).collect();
+            prop_assume!(!l.addresses.is_empty() && !c.link.contains_key(&name));
+            c.link.insert(name, l);
+            round_trip(&c);
+        }
+    }
+}

@@ -143,43 +143,24 @@ struct Named<'d> {
 pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
     check_top(root, errs);
     let empty = Table::new();
-    let section = |name| section(root, name, &empty);
-    let (t, at) = section("daemon");
-    let daemon = daemon(Sect::new(t, title("daemon", None), at, errs, DAEMON_KEYS));
+    let daemon = daemon(fixed(root, &empty, "daemon", DAEMON_KEYS, errs));
     let policy = match root.contains_key("policy") {
-        true => {
-            let (t, at) = section("policy");
-            policy(Sect::new(t, title("policy", None), at, errs, POLICY_KEYS))
-        }
+        true => policy(fixed(root, &empty, "policy", POLICY_KEYS, errs)),
         false => {
             errs.at(0, "missing section [policy] (pubkeys is required)".into());
             None
         }
     };
-    let (t, at) = section("firewall");
-    let firewall = firewall(Sect::new(
-        t,
-        title("firewall", None),
-        at,
-        errs,
-        FIREWALL_KEYS,
-    ));
-    let (t, at) = section("wireguard");
-    let wireguard = wireguard(Sect::new(
-        t,
-        title("wireguard", None),
-        at,
-        errs,
-        WIREGUARD_KEYS,
-    ));
-    let peering = root.contains_key("peering").then(|| {
-        let (t, at) = section("peering");
-        peering(Sect::new(t, title("peering", None), at, errs, PEERING_KEYS))
-    });
+    let firewall = firewall(fixed(root, &empty, "firewall", FIREWALL_KEYS, errs));
+    let wireguard = wireguard(fixed(root, &empty, "wireguard", WIREGUARD_KEYS, errs));
+    let peering = match root.contains_key("peering") {
+        true => peering(fixed(root, &empty, "peering", PEERING_KEYS, errs)),
+        false => None,
+    };
 
     let kmes = named(root, "kme", errs);
     let qbers = named(root, "qber", errs);
-    let links = named(root, "link", errs);
+    let link_sects = named(root, "link", errs);
     let kme_names: Vec<&str> = kmes.iter().map(|n| n.name).collect();
     let qber_names: Vec<&str> = qbers.iter().map(|n| n.name).collect();
     let mut conf = Config {
@@ -192,7 +173,7 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
         }),
         firewall,
         wireguard,
-        peering: peering.flatten(),
+        peering,
         kme: BTreeMap::new(),
         qber: BTreeMap::new(),
         link: BTreeMap::new(),
@@ -209,6 +190,18 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
             conf.qber.insert(n.name.to_string(), q);
         }
     }
+    conf.link = links(&link_sects, &qber_names, &kme_names, errs);
+    conf
+}
+
+/// The `[link.NAME]` sections; no WireGuard peer may serve two links.
+fn links(
+    links: &[Named],
+    qbers: &[&str],
+    kmes: &[&str],
+    errs: &mut Errs,
+) -> BTreeMap<String, LinkConf> {
+    let mut out = BTreeMap::new();
     if links.is_empty() {
         errs.at(
             0,
@@ -216,13 +209,13 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
         );
     }
     let mut peers: HashMap<(String, String), &str> = HashMap::new();
-    for n in &links {
+    for n in links {
         if !value::valid_name(n.name) {
             let msg = format!("link name {:?}: expected {}", n.name, value::NAME_RULE);
             errs.at(n.name_at, msg);
         }
         let s = Sect::new(n.t, title("link", Some(n.name)), n.at, errs, LINK_KEYS);
-        let Some((l, wg_peer_at)) = link(s, n.name, &qber_names, &kme_names) else {
+        let Some((l, wg_peer_at)) = link(s, n.name, qbers, kmes) else {
             continue;
         };
         if let Some(wg_peer) = &l.wg_peer {
@@ -233,18 +226,25 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
                 errs.at(wg_peer_at, msg);
             }
         }
-        conf.link.insert(n.name.to_string(), l);
+        out.insert(n.name.to_string(), l);
     }
-    conf
+    out
 }
 
-/// A fixed section, or `empty` where it is absent (or not a table, which
-/// `check_top` reports), and where its header is.
-fn section<'d>(root: &'d Table, name: &str, empty: &'d Table) -> (&'d dyn TableLike, usize) {
-    match root.get_key_value(name) {
+/// A reader over the fixed section `name`, or over `empty` where it is
+/// absent (or not a table, which `check_top` reports).
+fn fixed<'d, 'e>(
+    root: &'d Table,
+    empty: &'d Table,
+    name: &str,
+    keys: &[&str],
+    errs: &'e mut Errs,
+) -> Sect<'d, 'e> {
+    let (t, at): (&dyn TableLike, usize) = match root.get_key_value(name) {
         Some((k, item)) => (item.as_table_like().unwrap_or(empty), item_at(k, item, 0)),
         None => (empty, 0),
-    }
+    };
+    Sect::new(t, title(name, None), at, errs, keys)
 }
 
 /// Top-level keys: only the known sections, each a table.
