@@ -75,7 +75,7 @@ pub fn run(args: &[String], verify: VerifyHook) -> i32 {
         Ok(()) => EXIT_OK,
         Err(Fail::Quiet) => EXIT_REFUSED,
         Err(Fail::Msg(m)) => {
-            eprintln!("qkdctl: {m}");
+            eprintln!("qkdctl: {}", output::printable(&m));
             EXIT_REFUSED
         }
     }

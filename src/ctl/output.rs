@@ -7,6 +7,7 @@
 use crate::duration;
 use crate::proto::ctl::{DaemonStatus, LinkInfo, PolicyInfo};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ pub struct Json;
 
 impl Output for Human {
     fn message(&self, w: &mut dyn Write, message: &str) -> io::Result<()> {
-        writeln!(w, "{message}")
+        writeln!(w, "{}", printable(message))
     }
 
     fn status(&self, w: &mut dyn Write, s: &DaemonStatus) -> io::Result<()> {
@@ -112,7 +113,7 @@ impl Output for Human {
     }
 
     fn event(&self, w: &mut dyn Write, line: &str) -> io::Result<()> {
-        writeln!(w, "{line}")
+        writeln!(w, "{}", printable(line))
     }
 }
 
@@ -250,12 +251,33 @@ fn unescape(s: &[u8]) -> Option<(u8, usize)> {
     }
 }
 
+/// Text from the daemon as it may reach a terminal: control characters
+/// (other than newline) escaped, so no reply can drive the terminal.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\n') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn row(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
 /// Left-aligned columns two spaces apart; the last column is not padded.
 fn table(w: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -266,7 +288,7 @@ fn table(w: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
                 .unwrap_or(0)
         })
         .collect();
-    for r in rows {
+    for r in &rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
             if c + 1 == r.len() {
@@ -284,7 +306,7 @@ fn table(w: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {
 fn key_values(w: &mut dyn Write, pairs: &[(&str, String)]) -> io::Result<()> {
     let width = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
     for (k, v) in pairs {
-        writeln!(w, "{:<width$} {v}", format!("{k}:"))?;
+        writeln!(w, "{:<width$} {}", format!("{k}:"), printable(v))?;
     }
     Ok(())
 }
@@ -403,6 +425,12 @@ mod tests {
         assert!(event_fields("no equals here").is_none());
         assert!(event_fields(r#"event=x k="unterminated"#).is_none());
         assert!(event_fields("link=dr").is_none());
+    }
+
+    #[test]
+    fn control_characters_escaped() {
+        assert_eq!(printable("ok\nline"), "ok\nline");
+        assert_eq!(printable("a\x1b[2Jb\r"), "a\\u{1b}[2Jb\\r");
     }
 
     #[test]
