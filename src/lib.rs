@@ -12,6 +12,7 @@
 //! - [`sim`]: the simulated QKD link model.
 
 pub mod conf;
+pub mod ctl;
 pub mod duration;
 pub mod engine;
 pub mod imsg;
