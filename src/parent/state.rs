@@ -1,1 +1,219 @@
-//! The state file (DESIGN §4, §6).
+//! The state file (DESIGN §4, §6), kept by the parent in `state_dir`: which
+//! bundle is active and the persisted lock reasons of each link. It is the
+//! single source of truth at start-up.
+//!
+//! Written atomically (temp file in the same directory, fsync, rename, fsync
+//! the directory), mode 0600, JSON. A file that does not parse is an error,
+//! never an empty state: a restart must not open a link that was locked.
+
+use crate::lock::Reasons;
+use crate::policy::signify::{hex, parse_hex32};
+use crate::policy::store::{Store, fsync_dir};
+use crate::policy::verify::{Floor, signed_list_digest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+pub const VERSION: u32 = 1;
+/// A state file larger than this is corrupt, not big.
+const MAX_STATE_SIZE: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    pub active: Option<ActivePolicy>,
+    pub links: BTreeMap<String, LinkRecord>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            version: VERSION,
+            active: None,
+            links: BTreeMap::new(),
+        }
+    }
+}
+
+/// The active bundle: `policy/<serial>/`, identified by its list digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivePolicy {
+    pub serial: u64,
+    /// SHA-256 of the signed list, lowercase hex.
+    pub digest: String,
+}
+
+impl ActivePolicy {
+    pub fn new(serial: u64, digest: &[u8; 32]) -> ActivePolicy {
+        ActivePolicy {
+            serial,
+            digest: hex(digest),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRecord {
+    /// Only the reasons that survive a restart (`LockReason::persisted`).
+    pub reasons: Reasons,
+}
+
+impl LinkRecord {
+    pub fn new(reasons: Reasons) -> LinkRecord {
+        LinkRecord {
+            reasons: reasons.persisted(),
+        }
+    }
+}
+
+fn invalid(path: &Path, msg: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {msg}", path.display()),
+    )
+}
+
+/// Reads the state file: `None` if it does not exist, an error if it exists
+/// but is unreadable, unparsable or of another version.
+pub fn load(path: &Path) -> io::Result<Option<State>> {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    io::Read::read_to_string(&mut io::Read::take(file, MAX_STATE_SIZE + 1), &mut text)?;
+    if text.len() as u64 > MAX_STATE_SIZE {
+        return Err(invalid(path, "state file too large"));
+    }
+    let mut state: State = serde_json::from_str(&text).map_err(|e| invalid(path, e))?;
+    if state.version != VERSION {
+        return Err(invalid(
+            path,
+            format!("state file version {} (expected {VERSION})", state.version),
+        ));
+    }
+    if let Some(a) = &state.active
+        && parse_hex32(&a.digest).is_none()
+    {
+        return Err(invalid(path, "active digest is not 64 hex digits"));
+    }
+    for rec in state.links.values_mut() {
+        rec.reasons = rec.reasons.persisted();
+    }
+    Ok(Some(state))
+}
+
+/// Writes the state file atomically (only persisted reasons are kept).
+pub fn save(path: &Path, state: &State) -> io::Result<()> {
+    let mut state = state.clone();
+    for rec in state.links.values_mut() {
+        rec.reasons = rec.reasons.persisted();
+    }
+    let mut json = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
+    json.push(b'\n');
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| invalid(path, "not a file path"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let result = write_synced(&tmp, &json).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsync_dir(dir)
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// The rollback floor: the larger of the active serial and the highest
+/// `policy/<serial>` in the store. A stored bundle above the active one (an
+/// activation interrupted before the state file was written) contributes
+/// its own digest, so pushing that same bundle again is `Unchanged` — the
+/// caller must then activate it if `state.active` names another serial.
+pub fn floor(state: Option<&State>, store: &Store) -> io::Result<Option<Floor>> {
+    let active = state.and_then(|s| s.active.as_ref());
+    let active_floor = match active {
+        Some(a) => Some(Floor {
+            serial: a.serial,
+            digest: parse_hex32(&a.digest).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "active digest is not hex")
+            })?,
+        }),
+        None => None,
+    };
+    let stored = store.highest_serial()?;
+    match (active_floor, stored) {
+        (Some(a), Some(s)) if s <= a.serial => Ok(Some(a)),
+        (_, Some(s)) => Ok(Some(Floor {
+            serial: s,
+            // Unreadable: all zeros, so only a higher serial passes.
+            digest: store
+                .read(s)
+                .ok()
+                .and_then(|f| signed_list_digest(&f))
+                .unwrap_or([0; 32]),
+        })),
+        (a, None) => Ok(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockReason;
+
+    #[test]
+    fn link_record_keeps_persisted_only() {
+        let r: Reasons = [
+            LockReason::Qber,
+            LockReason::SourceLost,
+            LockReason::Operator,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(LinkRecord::new(r).reasons.to_string(), "qber,operator");
+    }
+
+    #[test]
+    fn rejects_garbage_and_versions() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state");
+        assert_eq!(load(&p).unwrap(), None);
+        fs::write(&p, b"{").unwrap();
+        assert_eq!(load(&p).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        fs::write(&p, br#"{"version":2,"active":null,"links":{}}"#).unwrap();
+        assert!(load(&p).is_err());
+        fs::write(&p, br#"{"version":1,"active":null,"links":{},"x":1}"#).unwrap();
+        assert!(load(&p).is_err());
+        fs::write(
+            &p,
+            br#"{"version":1,"active":{"serial":1,"digest":"zz"},"links":{}}"#,
+        )
+        .unwrap();
+        assert!(load(&p).is_err());
+    }
+}
