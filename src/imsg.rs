@@ -34,6 +34,7 @@ pub enum Type {
     Policy = 2,
     LinkState = 3,
     CtlReply = 4,
+    Event = 5,
     /* engine -> parent */
     Hello = 100,
     Reasons = 101,
@@ -48,6 +49,7 @@ impl Type {
             2 => Type::Policy,
             3 => Type::LinkState,
             4 => Type::CtlReply,
+            5 => Type::Event,
             100 => Type::Hello,
             101 => Type::Reasons,
             102 => Type::Log,
@@ -67,6 +69,17 @@ pub struct EngineConfig {
     pub ctl_readonly_uids: Vec<u32>,
     pub ctl_readonly_gid: Option<u32>,
     pub verbose: bool,
+    /// chroot and user to drop to (absent when the parent is not root).
+    pub drop_to: Option<DropTo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropTo {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub chroot: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -102,10 +115,18 @@ pub struct LinkState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum ParentRequest {
-    Lockdown { target: Target },
-    Unlock { target: Target, force: bool },
+    Lockdown {
+        target: Target,
+    },
+    Unlock {
+        target: Target,
+        force: bool,
+    },
     Reload,
-    PolicyLoad { bundle: Vec<u8> },
+    /// The bundle (tar or gzip'd tar) in base64, as qkdctl sent it.
+    PolicyLoad {
+        bundle_b64: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +176,8 @@ pub enum ToEngine {
     Policy(Option<ActivePolicy>),
     LinkState(LinkState),
     CtlReply(CtlReply),
+    /// An event line the parent logged, for `qkdctl monitor`.
+    Event(LogRecord),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -230,6 +253,7 @@ impl ToEngine {
             ToEngine::Policy(p) => frame(Type::Policy, p),
             ToEngine::LinkState(s) => frame(Type::LinkState, s),
             ToEngine::CtlReply(r) => frame(Type::CtlReply, r),
+            ToEngine::Event(e) => frame(Type::Event, e),
         }
     }
 
@@ -240,6 +264,7 @@ impl ToEngine {
             Type::Policy => ToEngine::Policy(body(ty, payload)?),
             Type::LinkState => ToEngine::LinkState(body(ty, payload)?),
             Type::CtlReply => ToEngine::CtlReply(body(ty, payload)?),
+            Type::Event => ToEngine::Event(body(ty, payload)?),
             _ => return Err(Error::WrongDirection(code)),
         })
     }

@@ -20,5 +20,6 @@ pub mod lock;
 pub mod log;
 pub mod parent;
 pub mod policy;
+pub mod privsep;
 pub mod proto;
 pub mod sim;

@@ -248,7 +248,7 @@ fn check_accepts_samples_and_refuses_bad_statements() {
     }
     let r = rig();
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors/bundle/anchors");
     for (file, state) in [
         ("open.nft", Enforcement::Open),
         ("lockdown.nft", Enforcement::Lockdown),

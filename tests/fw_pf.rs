@@ -236,7 +236,7 @@ fn check_parses_only() {
 #[test]
 fn sample_rulesets_pass_check() {
     let r = Rec::new();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors/bundle/anchors");
     for (file, state) in [
         ("open.pf", Enforcement::Open),
         ("lockdown.pf", Enforcement::Lockdown),

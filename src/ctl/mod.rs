@@ -11,6 +11,7 @@
 pub mod output;
 pub mod pack;
 pub mod parser;
+pub mod verify;
 
 use crate::proto::ctl::{Reply, Request};
 use output::Output;

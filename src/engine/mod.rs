@@ -1,3 +1,578 @@
-//! The unprivileged engine (DESIGN §2).
+//! The unprivileged engine (DESIGN §2): re-exec'd as `qkdpfd -P engine`,
+//! chrooted and running as the configured user. It reads no files: the
+//! parent sends a checked config over fd 3. It polls the QBER sources, runs
+//! each link's pure state machine ([`link`]), serves the control socket
+//! ([`control`]) and asks the parent for everything that touches the kernel
+//! by reporting each link's engine-owned lock reasons.
+//!
+//! If the parent goes away the engine exits at once.
+
+pub mod control;
 pub mod link;
 pub mod qber;
+
+use crate::imsg::{self, CtlRequest, EngineConfig, Hello, LinkReasons, LogRecord};
+use crate::imsg::{ActivePolicy, LinkState, ParentRequest, ToEngine, ToParent};
+use crate::lock::{Enforcement, LockReason};
+use crate::log::{self, Prio};
+use crate::policy::params::{OnQber, UnlockMode};
+use crate::proto::ctl::{DaemonStatus, ErrorCode, LinkInfo, PolicyInfo, Reply, Request, Target};
+use control::{Access, CtlCall};
+use link::{Action, Input, Link};
+use qber::{Freshness, SimControl, Source};
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+type Tx = mpsc::UnboundedSender<Vec<u8>>;
+
+/// One link in the engine: its state machine and its QBER source.
+struct LinkSlot {
+    link: Link,
+    source: Source,
+    fresh: Freshness,
+    poll: Duration,
+    next_poll: Instant,
+    qber_name: String,
+    parent: Option<LinkState>,
+    source_errors: u64,
+}
+
+struct Engine {
+    links: BTreeMap<String, LinkSlot>,
+    policy: Option<ActivePolicy>,
+    tx: Tx,
+    pending: HashMap<u64, (oneshot::Sender<Reply>, Vec<String>)>,
+    next_id: u64,
+    events: broadcast::Sender<String>,
+    started: Instant,
+}
+
+fn fatal(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("qkdpfd engine: {msg}");
+    ExitCode::FAILURE
+}
+
+pub fn main() -> ExitCode {
+    let chan = match crate::privsep::engine_channel() {
+        Ok(c) => c,
+        Err(e) => return fatal(e),
+    };
+    let listener = match crate::privsep::control_listener() {
+        Ok(l) => l,
+        Err(e) => return fatal(e),
+    };
+    let cfg = match imsg::read_frame_blocking(&mut &chan) {
+        Ok(Some((code, payload))) => match ToEngine::decode(code, &payload) {
+            Ok(ToEngine::Config(c)) => c,
+            Ok(_) => return fatal("first message was not the config"),
+            Err(e) => return fatal(e),
+        },
+        Ok(None) => return fatal("parent closed the channel"),
+        Err(e) => return fatal(e),
+    };
+    if let Err(e) = check_config(&cfg) {
+        return fatal(e);
+    }
+    let dropped = match &cfg.drop_to {
+        Some(d) => match crate::privsep::drop_privileges(d) {
+            Ok(()) => true,
+            Err(e) => return fatal(e),
+        },
+        None => false,
+    };
+    log::set_verbose(cfg.verbose);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fatal(e),
+    };
+    rt.block_on(run(cfg, chan, listener, dropped))
+}
+
+/// The engine checks what the parent sent too (names, references, ranges).
+fn check_config(cfg: &EngineConfig) -> Result<(), String> {
+    for l in &cfg.links {
+        let name_ok = l.name.len() <= 31
+            && l.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && l.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(format!("bad link name {:?}", l.name));
+        }
+        if !cfg.qber.contains_key(&l.qber) {
+            return Err(format!(
+                "link {} names unknown qber source {}",
+                l.name, l.qber
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn run(
+    cfg: EngineConfig,
+    chan: std::os::unix::net::UnixStream,
+    listener: std::os::unix::net::UnixListener,
+    dropped: bool,
+) -> ExitCode {
+    let setup = chan
+        .set_nonblocking(true)
+        .and_then(|_| listener.set_nonblocking(true));
+    if let Err(e) = setup {
+        return fatal(e);
+    }
+    let (chan, listener) = match (
+        tokio::net::UnixStream::from_std(chan),
+        tokio::net::UnixListener::from_std(listener),
+    ) {
+        (Ok(c), Ok(l)) => (c, l),
+        _ => return fatal("cannot register sockets"),
+    };
+    let (mut rd, mut wr) = chan.into_split();
+    let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(f) = out.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                std::process::exit(0);
+            }
+        }
+    });
+    // Every record goes to the parent, which owns syslog/stderr.
+    let log_tx = tx.clone();
+    log::init(Box::new(move |prio, line| {
+        let rec = LogRecord {
+            prio: prio as u8,
+            line: line.to_string(),
+        };
+        let _ = log_tx.send(ToParent::Log(rec).encode());
+    }));
+    let _ = tx.send(
+        ToParent::Hello(Hello {
+            version: imsg::VERSION,
+            pid: std::process::id(),
+        })
+        .encode(),
+    );
+    if !dropped {
+        log::warn("engine: privilege drop skipped (not started as root)");
+    }
+    let (events, _) = broadcast::channel(1024);
+    let (calls_tx, mut calls) = mpsc::channel::<CtlCall>(64);
+    let access = Access {
+        readonly_uids: cfg.ctl_readonly_uids.clone(),
+        readonly_gid: cfg.ctl_readonly_gid,
+    };
+    tokio::spawn(control::serve(listener, access, calls_tx, events.clone()));
+    let (in_tx, mut from_parent) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let r = match imsg::read_frame(&mut rd).await {
+                Ok(Some((code, payload))) => {
+                    ToEngine::decode(code, &payload).map_err(|e| e.to_string())
+                }
+                Ok(None) => Err("parent closed the channel".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let stop = r.is_err();
+            if in_tx.send(r).is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut eng = Engine {
+        links: BTreeMap::new(),
+        policy: None,
+        tx,
+        pending: HashMap::new(),
+        next_id: 1,
+        events,
+        started: Instant::now(),
+    };
+    eng.configure(cfg, Instant::now());
+    loop {
+        let wake = eng.next_wakeup();
+        tokio::select! {
+            m = from_parent.recv() => match m {
+                Some(Ok(msg)) => if let Err(e) = eng.dispatch_parent(msg) { return fatal(e) },
+                // The parent is gone: exit at once (DESIGN §2).
+                Some(Err(e)) => return fatal(e),
+                None => return fatal("parent reader ended"),
+            },
+            Some(call) = calls.recv() => eng.control(call),
+            _ = tokio::time::sleep_until(wake.into()) => eng.tick(Instant::now()),
+        }
+    }
+}
+
+impl Engine {
+    /// (Re)builds the link set from the parent's config; links whose
+    /// settings did not change keep their state machine.
+    fn configure(&mut self, cfg: EngineConfig, now: Instant) {
+        log::set_verbose(cfg.verbose);
+        let mut old = std::mem::take(&mut self.links);
+        for l in cfg.links {
+            let qconf = &cfg.qber[&l.qber];
+            if let Some(slot) = old.remove(&l.name) {
+                if slot.qber_name == l.qber {
+                    self.links.insert(l.name.clone(), slot);
+                    continue;
+                }
+            }
+            let mut sim = qconf.sim.clone();
+            // Links sharing a sim section must not see the same noise.
+            sim.seed = sim.seed.wrapping_add(fnv1a(l.qber_id.as_bytes()));
+            let source = match qconf.driver {
+                crate::conf::QberDriver::Sim => Source::sim(&sim),
+                _ => Source::open(qconf),
+            };
+            let source = match source {
+                Ok(s) => s,
+                Err(e) => {
+                    log::event(Prio::Err, "qber_source_error")
+                        .kv("link", &l.name)
+                        .msg(e)
+                        .send();
+                    continue;
+                }
+            };
+            let policy = self
+                .policy
+                .as_ref()
+                .and_then(|p| p.links.get(&l.name).cloned());
+            let link = Link::new(&l.name, policy, false, l.persisted, now);
+            self.links.insert(
+                l.name.clone(),
+                LinkSlot {
+                    link,
+                    source,
+                    fresh: Freshness::new(),
+                    poll: qconf.poll,
+                    next_poll: now,
+                    qber_name: l.qber.clone(),
+                    parent: None,
+                    source_errors: 0,
+                },
+            );
+        }
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        self.links
+            .values()
+            .flat_map(|s| [Some(s.next_poll), s.link.next_deadline()])
+            .flatten()
+            .min()
+            .unwrap_or(far)
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let names: Vec<String> = self.links.keys().cloned().collect();
+        for name in names {
+            let slot = self.links.get_mut(&name).expect("known");
+            let input = if now >= slot.next_poll {
+                slot.next_poll = now + slot.poll;
+                match slot.source.poll() {
+                    Ok(s) => {
+                        let fresh = slot.fresh.is_fresh(&s);
+                        Input::Sample {
+                            qber: s.qber,
+                            fresh,
+                        }
+                    }
+                    Err(e) => {
+                        slot.source_errors += 1;
+                        log::event(Prio::Warning, "qber_source_error")
+                            .kv("link", &name)
+                            .kv("source", &slot.qber_name)
+                            .msg(e)
+                            .send();
+                        Input::Tick
+                    }
+                }
+            } else {
+                Input::Tick
+            };
+            self.feed(&name, now, input);
+        }
+    }
+
+    /// Runs one input through a link and carries out its actions.
+    fn feed(&mut self, name: &str, now: Instant, input: Input) -> Vec<&'static str> {
+        let Some(slot) = self.links.get_mut(name) else {
+            return Vec::new();
+        };
+        let actions = slot.link.handle(now, input);
+        let status = slot.link.status(now);
+        let threshold = slot.link.policy().map(|p| p.qber_lockdown);
+        let mut refused = Vec::new();
+        for a in actions {
+            match a {
+                Action::Report(reasons) => {
+                    let m = LinkReasons {
+                        link: name.to_string(),
+                        reasons,
+                        qber: status.qber,
+                        threshold,
+                    };
+                    let _ = self.tx.send(ToParent::Reasons(m).encode());
+                }
+                Action::Band { from, to, qber } => {
+                    log::event(Prio::Info, "band")
+                        .kv("link", name)
+                        .kv("from", from.map(|b| b.as_str()).unwrap_or("-"))
+                        .kv("to", to)
+                        .kv("qber", format!("{qber:.4}"))
+                        .send();
+                }
+                Action::Lock { reason, .. } => log::debug(format!("engine: {name}: set {reason}")),
+                Action::Unlock { reason, by } => log::debug(format!(
+                    "engine: {name}: cleared {reason} by {}",
+                    by.as_str()
+                )),
+                Action::Alert { qber, threshold } => qber_exceeded(name, qber, threshold, "alert"),
+                Action::Hold { on: true } => qber_exceeded(
+                    name,
+                    status.qber.unwrap_or(0.0),
+                    threshold.unwrap_or(0.0),
+                    "hold",
+                ),
+                Action::Hold { on: false } => log::event(Prio::Notice, "hold_released")
+                    .kv("link", name)
+                    .send(),
+                Action::UnlockRefused { why } => refused.push(why),
+            }
+        }
+        refused
+    }
+
+    fn dispatch_parent(&mut self, msg: ToEngine) -> Result<(), String> {
+        let now = Instant::now();
+        match msg {
+            ToEngine::Config(c) => {
+                check_config(&c)?;
+                self.configure(c, now);
+            }
+            ToEngine::Policy(p) => {
+                self.policy = p;
+                let names: Vec<String> = self.links.keys().cloned().collect();
+                for n in names {
+                    let lp = self.policy.as_ref().and_then(|p| p.links.get(&n).cloned());
+                    self.feed(&n, now, Input::Policy(lp));
+                }
+            }
+            ToEngine::LinkState(s) => {
+                // A state for a link we do not run is ignored, not trusted.
+                if let Some(slot) = self.links.get_mut(&s.link) {
+                    slot.parent = Some(s);
+                }
+            }
+            ToEngine::CtlReply(r) => {
+                if let Some((tx, notes)) = self.pending.remove(&r.id) {
+                    let reply = match (r.reply, notes.is_empty()) {
+                        (Reply::Ok { message }, false) => {
+                            Reply::ok(format!("{}\n{message}", notes.join("\n")))
+                        }
+                        (other, _) => other,
+                    };
+                    let _ = tx.send(reply);
+                }
+            }
+            ToEngine::Event(e) => {
+                let _ = self.events.send(e.line);
+            }
+        }
+        Ok(())
+    }
+
+    fn control(&mut self, call: CtlCall) {
+        let CtlCall {
+            uid,
+            request,
+            reply,
+        } = call;
+        let now = Instant::now();
+        let answer = match request {
+            Request::Status => Reply::Status(self.status(now)),
+            Request::ShowLinks => {
+                Reply::Links(self.links.keys().map(|n| self.info(n, now)).collect())
+            }
+            Request::ShowLink { link } if self.links.contains_key(&link) => {
+                Reply::Links(vec![self.info(&link, now)])
+            }
+            Request::ShowLink { link } => no_such_link(&link),
+            Request::ShowPolicy => Reply::Policy(self.policy_info()),
+            Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
+            Request::Log { verbose } => {
+                log::set_verbose(verbose);
+                Reply::ok(if verbose {
+                    "logging verbose"
+                } else {
+                    "logging brief"
+                })
+            }
+            Request::SimEve { link, fraction } => self.sim(&link, SimControl::Eve(fraction)),
+            Request::SimNoise { link, qber } => self.sim(&link, SimControl::Noise(qber)),
+            Request::Lockdown { target } => {
+                return self.forward(uid, ParentRequest::Lockdown { target }, Vec::new(), reply);
+            }
+            Request::Unlock { target, force } => {
+                let names = match self.target_names(&target) {
+                    Ok(n) => n,
+                    Err(r) => {
+                        let _ = reply.send(r);
+                        return;
+                    }
+                };
+                let mut notes = Vec::new();
+                for n in names {
+                    for why in self.feed(&n, now, Input::Unlock { force }) {
+                        notes.push(format!("{n}: qber hold kept: {why}"));
+                    }
+                }
+                return self.forward(uid, ParentRequest::Unlock { target, force }, notes, reply);
+            }
+            Request::Reload => return self.forward(uid, ParentRequest::Reload, Vec::new(), reply),
+            Request::PolicyLoad { bundle_b64 } => {
+                return self.forward(
+                    uid,
+                    ParentRequest::PolicyLoad { bundle_b64 },
+                    Vec::new(),
+                    reply,
+                );
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn forward(
+        &mut self,
+        uid: u32,
+        request: ParentRequest,
+        notes: Vec<String>,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, (reply, notes));
+        let _ = self
+            .tx
+            .send(ToParent::CtlRequest(CtlRequest { id, uid, request }).encode());
+    }
+
+    fn target_names(&self, t: &Target) -> Result<Vec<String>, Reply> {
+        match t {
+            Target::All => Ok(self.links.keys().cloned().collect()),
+            Target::Link(l) if self.links.contains_key(l) => Ok(vec![l.clone()]),
+            Target::Link(l) => Err(no_such_link(l)),
+        }
+    }
+
+    fn sim(&mut self, link: &str, c: SimControl) -> Reply {
+        let Some(slot) = self.links.get_mut(link) else {
+            return no_such_link(link);
+        };
+        match slot.source.control(c) {
+            Ok(()) => {
+                let (what, v) = match c {
+                    SimControl::Eve(f) => ("eve", f),
+                    SimControl::Noise(q) => ("noise", q),
+                };
+                log::event(Prio::Notice, "sim_control")
+                    .kv("link", link)
+                    .kv(what, v)
+                    .send();
+                Reply::ok(format!("{link}: sim {what} {v}"))
+            }
+            Err(e) => Reply::error(ErrorCode::Refused, e),
+        }
+    }
+
+    fn enforcement(slot: &LinkSlot) -> Enforcement {
+        slot.parent
+            .as_ref()
+            .map(|p| p.enforcement)
+            .unwrap_or(Enforcement::Lockdown)
+    }
+
+    fn info(&self, name: &str, now: Instant) -> LinkInfo {
+        let slot = &self.links[name];
+        let st = slot.link.status(now);
+        let parent = slot
+            .parent
+            .as_ref()
+            .map(|p| p.parent_reasons)
+            .unwrap_or_default();
+        let policy = slot.link.policy();
+        LinkInfo {
+            name: name.to_string(),
+            enforcement: Self::enforcement(slot),
+            reasons: st.reasons.union(parent),
+            band: st.band,
+            qber: st.qber,
+            sample_age_secs: st.qber.map(|_| st.since_sample.as_secs_f64()),
+            threshold: policy.map(|p| p.qber_lockdown),
+            trip_count: st.over_threshold,
+            manual_hold: st.tripped == Some(OnQber::Lockdown)
+                && st.reasons.contains(LockReason::Qber)
+                && policy.is_some_and(|p| p.unlock == UnlockMode::Manual),
+            qber_source: slot.qber_name.clone(),
+        }
+    }
+
+    fn status(&self, _now: Instant) -> DaemonStatus {
+        let open = self
+            .links
+            .values()
+            .filter(|s| Self::enforcement(s) == Enforcement::Open)
+            .count();
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            policy_serial: self.policy.as_ref().map(|p| p.serial),
+            links_open: open,
+            links_locked: self.links.len() - open,
+            verbose: log::verbose(),
+        }
+    }
+
+    fn policy_info(&self) -> Option<PolicyInfo> {
+        let p = self.policy.as_ref()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Some(PolicyInfo {
+            serial: p.serial,
+            not_after: p.not_after,
+            expired: p.not_after.is_some_and(|na| now > na),
+            signer: p.signer.clone(),
+            links: p.links.clone(),
+        })
+    }
+}
+
+fn no_such_link(l: &str) -> Reply {
+    Reply::error(ErrorCode::NoSuchLink, format!("no such link: {l}"))
+}
+
+fn qber_exceeded(link: &str, qber: f64, threshold: f64, action: &str) {
+    log::event(Prio::Alert, "qber_exceeded")
+        .kv("link", link)
+        .kv("qber", format!("{qber:.4}"))
+        .kv("threshold", threshold)
+        .kv("action", action)
+        .send();
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
+}

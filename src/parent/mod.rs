@@ -1,3 +1,292 @@
-//! The privileged parent (DESIGN §2).
+//! The privileged parent (DESIGN §2). Reads qkdpfd.conf, verifies and
+//! activates policy bundles, keeps the state file, and is the only process
+//! that touches the kernel (firewall). It owns the lock reasons no remote
+//! input may clear (operator, no-policy, process-failure, psk-drift) and
+//! re-checks every engine request against its own config.
+//!
+//! Start-up order: config, state file, active bundle, firewall skeleton,
+//! control socket, daemonize, re-exec the engine — all before any runtime
+//! or thread exists — then a current-thread tokio loop.
+
+pub mod activate;
 pub mod fw;
+pub mod links;
+mod run;
 pub mod state;
+mod syslog;
+
+use crate::conf::{self, Config};
+use crate::lock::{Enforcement, LockReason};
+use crate::log::{self, Prio};
+use crate::parent::activate::Checker;
+use crate::parent::links::{LinkCtl, Links};
+use crate::policy::{Bundle, PublicKey, Store};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Command-line options of `qkdpfd [-dLnv] [-f file]`.
+#[derive(Clone, Debug, Default)]
+pub struct Opts {
+    pub argv0: PathBuf,
+    pub foreground: bool,
+    pub lockdown: bool,
+    pub check: bool,
+    pub verbose: u8,
+    pub config: Option<PathBuf>,
+    /// Arguments to pass on to the engine (the original flags).
+    pub args: Vec<OsString>,
+}
+
+/// Everything the parent holds.
+pub struct Parent {
+    pub conf: Config,
+    pub opts: Opts,
+    pub keys: Vec<PublicKey>,
+    pub store: Store,
+    pub bundle: Option<Bundle>,
+    pub links: Links,
+    pub started: std::time::Instant,
+}
+
+pub fn state_path(conf: &Config) -> PathBuf {
+    conf.daemon.state_dir.join("state")
+}
+
+fn exit_err(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("qkdpfd: {msg}");
+    ExitCode::FAILURE
+}
+
+pub fn main(opts: Opts) -> ExitCode {
+    log::set_verbose(opts.verbose > 0);
+    let path = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(conf::CONFFILE));
+    let conf = match conf::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return exit_err(format!("{}: configuration has errors", path.display()));
+        }
+    };
+    if opts.check {
+        return check(&conf, opts.verbose > 0);
+    }
+    if opts.lockdown {
+        return lockdown_and_exit(conf);
+    }
+    if let Err(e) = crate::privsep::check_argv0(&opts.argv0) {
+        return exit_err(e);
+    }
+    let parent = match Parent::new(conf, opts) {
+        Ok(p) => p,
+        Err(e) => return exit_err(e),
+    };
+    parent.start()
+}
+
+/// `qkdpfd -n`: config and active bundle; `-nv` also prints the config.
+fn check(conf: &Config, verbose: bool) -> ExitCode {
+    if verbose {
+        print!("{}", conf::print::normalised(conf));
+    }
+    let keys = match read_keys(conf) {
+        Ok(k) => k,
+        Err(e) => return exit_err(e),
+    };
+    let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
+    let targets = targets(conf);
+    let checker = Checker {
+        fw: fw.as_ref(),
+        targets: &targets,
+    };
+    let store = Store::new(conf.policy.dir.clone());
+    match state::load(&state_path(conf)) {
+        Err(e) => return exit_err(format!("state file: {e}")),
+        Ok(None) => println!("no state file: no active policy"),
+        Ok(Some(st)) => match activate::restore(&keys, &store, &st, &checker) {
+            Ok(Some(b)) => println!("active policy serial {} OK", b.policy.serial),
+            Ok(None) => println!("no active policy"),
+            Err(e) => return exit_err(format!("active policy: {e}")),
+        },
+    }
+    println!("configuration OK");
+    ExitCode::SUCCESS
+}
+
+pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
+    conf.policy
+        .pubkeys
+        .iter()
+        .map(|p| crate::policy::read_pubkey(p).map_err(|e| format!("{}: {e}", p.display())))
+        .collect()
+}
+
+pub fn targets(conf: &Config) -> BTreeMap<String, fw::LinkTarget> {
+    conf.link
+        .iter()
+        .map(|(n, l)| (n.clone(), links::target_of(l)))
+        .collect()
+}
+
+/// `qkdpfd -L`: lock every configured link, record `process-failure`, exit.
+fn lockdown_and_exit(conf: Config) -> ExitCode {
+    log::init(Box::new(|_, line| eprintln!("qkdpfd: {line}")));
+    let opts = Opts::default();
+    let mut p = match Parent::new(conf, opts) {
+        Ok(p) => p,
+        Err(e) => return exit_err(e),
+    };
+    let names: Vec<String> = p.links.links.keys().cloned().collect();
+    for n in &names {
+        p.links
+            .set_parent_reason(n, LockReason::ProcessFailure, true);
+    }
+    p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
+    let all_locked = p
+        .links
+        .links
+        .values()
+        .all(|l| l.applied == Some(Enforcement::Lockdown));
+    if all_locked {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+impl Parent {
+    /// Loads state, keys and the active bundle and installs the firewall
+    /// skeleton (every link default-deny). Fails closed: without a usable
+    /// bundle, links are held by `no-policy`.
+    pub fn new(conf: Config, opts: Opts) -> Result<Parent, String> {
+        let dir = &conf.daemon.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let keys = read_keys(&conf)?;
+        let state_path = state_path(&conf);
+        let st = state::load(&state_path)
+            .map_err(|e| format!("state file {}: {e}", state_path.display()))?
+            .unwrap_or_default();
+        let store = Store::new(conf.policy.dir.clone());
+        let mut fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
+        let targets = targets(&conf);
+        let tlist: Vec<_> = targets.values().cloned().collect();
+        fw.init(&tlist).map_err(|e| format!("firewall init: {e}"))?;
+        let bundle = {
+            let checker = Checker {
+                fw: fw.as_ref(),
+                targets: &targets,
+            };
+            match activate::restore(&keys, &store, &st, &checker) {
+                Ok(b) => b,
+                Err(e) => {
+                    log::event(Prio::Alert, "policy_rejected")
+                        .kv("reason", e.reason())
+                        .kv("source", "startup")
+                        .msg(&e)
+                        .send();
+                    None
+                }
+            }
+        };
+        let mut map = BTreeMap::new();
+        for (name, lc) in &conf.link {
+            let mut l = LinkCtl::new(lc);
+            if let Some(rec) = st.links.get(name) {
+                l.parent = rec.reasons.owned_by(crate::lock::Owner::Parent);
+            }
+            if bundle.is_none() {
+                l.parent.insert(LockReason::NoPolicy);
+            }
+            // An empty chain/anchor is locked; remember it so nothing is
+            // opened before the engine has fresh state.
+            if let Ok(false) = fw.has_rules(&l.target) {
+                l.applied = Some(Enforcement::Lockdown);
+            }
+            map.insert(name.clone(), l);
+        }
+        let links = Links {
+            links: map,
+            fw,
+            state: st,
+            state_path,
+        };
+        let mut p = Parent {
+            conf,
+            opts,
+            keys,
+            store,
+            bundle,
+            links,
+            started: std::time::Instant::now(),
+        };
+        p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
+        Ok(p)
+    }
+
+    fn start(self) -> ExitCode {
+        if crate::privsep::is_real_root() {
+            // Started as root: the engine must be able to drop, or we do not start.
+            if let Err(e) =
+                crate::privsep::prepare_chroot(&self.conf.daemon.chroot).and_then(|_| {
+                    crate::privsep::resolve_user(&self.conf.daemon.user, &self.conf.daemon.chroot)
+                })
+            {
+                return exit_err(e);
+            }
+        }
+        let ctl = match open_control_socket(&self.conf) {
+            Ok(fd) => fd,
+            Err(e) => return exit_err(e),
+        };
+        if !self.opts.foreground && unsafe { libc::daemon(0, 0) } != 0 {
+            return exit_err(format!("daemon: {}", std::io::Error::last_os_error()));
+        }
+        let engine = match crate::privsep::spawn_engine(&self.opts.argv0, &self.opts.args, &ctl) {
+            Ok(e) => e,
+            Err(e) => return exit_err(format!("starting engine: {e}")),
+        };
+        drop(ctl);
+        run::run(self, engine)
+    }
+}
+
+/// Creates the control socket (0660 root:socket_group). A socket that still
+/// accepts connections means another qkdpfd runs: refuse to start.
+fn open_control_socket(conf: &Config) -> Result<OwnedFd, String> {
+    let path = &conf.daemon.socket;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "already running: control socket {} answers",
+            path.display()
+        ));
+    }
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !md.file_type().is_socket() {
+            return Err(format!("{} exists and is not a socket", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("unlink {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let old = unsafe { libc::umask(0o117) };
+    let l = std::os::unix::net::UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let l = l.map_err(|e| format!("bind {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    if let Some(g) = &conf.daemon.socket_group {
+        let (gid, _) = crate::privsep::resolve_group(g)?;
+        nix::unistd::chown(path.as_path(), None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    Ok(OwnedFd::from(l))
+}

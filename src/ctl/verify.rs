@@ -1,0 +1,135 @@
+//! `qkdctl policy verify [-p pubkey] PATH` (DESIGN §7): the daemon's own
+//! checks, run locally with no daemon. Keys come from `-p` or the config's
+//! `[policy] pubkeys`; with a config, every configured link's rulesets are
+//! rendered and checked by its firewall backend and the serial is compared
+//! with the local state file when it is readable.
+
+use super::VerifyArgs;
+use crate::conf::{self, Config};
+use crate::parent::activate::{Checker, now_unix};
+use crate::parent::{fw, state};
+use crate::policy::{self, Files, Reject, Store, Verified, VerifyOpts};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn read_bundle(path: &Path) -> Result<Files, Reject> {
+    let md = std::fs::metadata(path).map_err(|e| Reject::Unreadable {
+        what: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    if md.is_dir() {
+        return policy::read_dir(path);
+    }
+    if md.len() > 8 << 20 {
+        return Err(Reject::TooLarge {
+            what: format!("{} (over 8 MiB)", path.display()),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|e| Reject::Unreadable {
+        what: path.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    policy::read_bytes(&bytes)
+}
+
+fn fail(json: bool, reason: &str, msg: &str) -> i32 {
+    if json {
+        let v = serde_json::json!({ "ok": false, "reason": reason, "message": msg });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        eprintln!("qkdctl: policy verify: {msg}");
+    }
+    1
+}
+
+/// Exit status 0 when the bundle would be accepted, 1 otherwise.
+pub fn run(a: &VerifyArgs) -> i32 {
+    let config_path = a.config.clone().unwrap_or_else(|| conf::CONFFILE.into());
+    // A config is needed for the keys unless -p names one; with -p it is
+    // still used (rulesets, state file) when present and valid.
+    let config: Option<Config> = match conf::load(&config_path) {
+        Ok(c) => Some(c),
+        Err(e) if a.pubkey.is_none() || a.config.is_some() => {
+            return fail(a.json, "config", e.to_string().trim_end());
+        }
+        Err(_) => None,
+    };
+    let key_paths: Vec<std::path::PathBuf> = match (&a.pubkey, &config) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(c)) => c.policy.pubkeys.clone(),
+        (None, None) => return fail(a.json, "config", "no public key: use -p or -f"),
+    };
+    let mut keys = Vec::new();
+    for p in &key_paths {
+        match policy::read_pubkey(p) {
+            Ok(k) => keys.push(k),
+            Err(e) => return fail(a.json, "pubkey", &format!("{}: {e}", p.display())),
+        }
+    }
+    let files = match read_bundle(&a.path) {
+        Ok(f) => f,
+        Err(e) => return fail(a.json, e.reason(), &e.to_string()),
+    };
+    let (fw, targets, floor) = match &config {
+        Some(c) => {
+            let st = state::load(&c.daemon.state_dir.join("state"))
+                .ok()
+                .flatten();
+            let store = Store::new(c.policy.dir.clone());
+            let floor = state::floor(st.as_ref(), &store).ok().flatten();
+            (
+                Some(fw::new(&c.firewall, &c.daemon.state_dir)),
+                crate::parent::targets(c),
+                floor,
+            )
+        }
+        None => (None, BTreeMap::new(), None),
+    };
+    let opts = VerifyOpts {
+        now_unix: now_unix(),
+        floor,
+        check_expiry: true,
+        links: targets.keys().cloned().collect(),
+    };
+    let result = match &fw {
+        Some(fw) => policy::verify(
+            &files,
+            &keys,
+            &opts,
+            &Checker {
+                fw: fw.as_ref(),
+                targets: &targets,
+            },
+        ),
+        None => policy::verify(&files, &keys, &opts, &policy::AcceptAll("nft")),
+    };
+    match result {
+        Ok(Verified::New(b)) => {
+            if a.json {
+                let v = serde_json::json!({
+                    "ok": true, "serial": b.policy.serial, "signer": b.signer,
+                    "warnings": b.warnings, "links_checked": opts.links,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                for w in &b.warnings {
+                    eprintln!("qkdctl: warning: {w}");
+                }
+                println!("OK serial={}", b.policy.serial);
+            }
+            0
+        }
+        Ok(Verified::Unchanged { serial }) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "serial": serial, "unchanged": true })
+                );
+            } else {
+                println!("OK serial={serial} (already active)");
+            }
+            0
+        }
+        Err(e) => fail(a.json, e.reason(), &e.to_string()),
+    }
+}

@@ -1,0 +1,277 @@
+//! The parent's per-link enforcement: combines the engine's reasons with
+//! the parent-owned ones, flips the firewall, persists (DESIGN §5, §6).
+//!
+//! Lock = apply, then persist; unlock = persist, then apply. A failed flip
+//! to lockdown is retried once, then the anchor/chain is emptied (= locked)
+//! and `lockdown_failed` is logged. A failed flip to open leaves the link
+//! locked; [`Links::reconcile`] retries it on the next tick.
+
+use crate::conf::LinkConf;
+use crate::lock::{Enforcement, LockReason, Owner, Reasons};
+use crate::log::{self, Prio};
+use crate::parent::fw::{Firewall, LinkTarget};
+use crate::parent::state::{LinkRecord, State};
+use crate::policy::Bundle;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One link as the parent sees it.
+pub struct LinkCtl {
+    pub target: LinkTarget,
+    /// Engine-owned reasons; None until the engine's first report.
+    pub engine: Option<Reasons>,
+    pub parent: Reasons,
+    /// What the kernel holds as far as we know; None = not touched since start.
+    pub applied: Option<Enforcement>,
+    pub qber: Option<f64>,
+    pub threshold: Option<f64>,
+}
+
+impl LinkCtl {
+    pub fn new(conf: &LinkConf) -> LinkCtl {
+        LinkCtl {
+            target: target_of(conf),
+            engine: None,
+            parent: Reasons::EMPTY,
+            applied: None,
+            qber: None,
+            threshold: None,
+        }
+    }
+
+    pub fn reasons(&self) -> Reasons {
+        self.engine.unwrap_or(Reasons::EMPTY).union(self.parent)
+    }
+
+    /// What the link should be: until the engine has reported, only a
+    /// parent reason changes anything (a restart neither opens a locked link
+    /// nor locks an open one without a reason).
+    pub fn desired(&self) -> Option<Enforcement> {
+        match self.engine {
+            None if self.parent.is_empty() => None,
+            _ => Some(self.reasons().enforcement()),
+        }
+    }
+}
+
+pub fn target_of(l: &LinkConf) -> LinkTarget {
+    LinkTarget {
+        name: l.name.clone(),
+        wg_if: l.wg_interface.clone(),
+        wg_port: l.wg_port,
+        addrs4: l
+            .addresses
+            .iter()
+            .filter_map(|a| match a {
+                std::net::IpAddr::V4(v) => Some(*v),
+                _ => None,
+            })
+            .collect(),
+        addrs6: l
+            .addresses
+            .iter()
+            .filter_map(|a| match a {
+                std::net::IpAddr::V6(v) => Some(*v),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// All links plus what they need to flip: the firewall, the active bundle,
+/// the state file.
+pub struct Links {
+    pub links: BTreeMap<String, LinkCtl>,
+    pub fw: Box<dyn Firewall>,
+    pub state: State,
+    pub state_path: PathBuf,
+}
+
+/// How a link was opened, for the `unlock` event.
+#[derive(Clone, Copy)]
+pub enum OpenedBy {
+    Auto,
+    Operator,
+}
+
+impl Links {
+    /// Brings every link to its desired state; returns the links that changed.
+    pub fn reconcile(
+        &mut self,
+        bundle: Option<&Bundle>,
+        by: OpenedBy,
+    ) -> Vec<(String, Enforcement)> {
+        let names: Vec<String> = self.links.keys().cloned().collect();
+        let mut changed = Vec::new();
+        for name in names {
+            if let Some(e) = self.converge(&name, bundle, by, false) {
+                changed.push((name, e));
+            }
+        }
+        changed
+    }
+
+    /// Re-applies every link's current state (a new bundle's rulesets).
+    pub fn reapply_all(&mut self, bundle: Option<&Bundle>) {
+        let names: Vec<String> = self.links.keys().cloned().collect();
+        for name in names {
+            self.converge(&name, bundle, OpenedBy::Auto, true);
+        }
+    }
+
+    /// One link toward its desired state. Returns the new enforcement if it changed.
+    pub fn converge(
+        &mut self,
+        name: &str,
+        bundle: Option<&Bundle>,
+        by: OpenedBy,
+        force: bool,
+    ) -> Option<Enforcement> {
+        let l = self.links.get(name)?;
+        let want = l.desired()?;
+        if l.applied == Some(want) && !force {
+            return None;
+        }
+        let before = l.applied;
+        match want {
+            Enforcement::Lockdown => {
+                self.lock(name, bundle);
+                self.persist();
+            }
+            Enforcement::Open => {
+                self.persist();
+                if !self.open(name, bundle) {
+                    return None;
+                }
+                if before != Some(Enforcement::Open) {
+                    let by = match by {
+                        OpenedBy::Auto => "auto",
+                        OpenedBy::Operator => "operator",
+                    };
+                    log::event(Prio::Notice, "unlock")
+                        .kv("link", name)
+                        .kv("by", by)
+                        .send();
+                }
+            }
+        }
+        (before != Some(want)).then_some(want)
+    }
+
+    fn lock(&mut self, name: &str, bundle: Option<&Bundle>) {
+        let fw = &mut self.fw;
+        let l = self.links.get_mut(name).expect("known link");
+        let ruleset = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
+        let result = match ruleset {
+            Some(r) => fw
+                .apply(&l.target, Enforcement::Lockdown, r)
+                .or_else(|_| fw.apply(&l.target, Enforcement::Lockdown, r)),
+            // No policy: an empty anchor/chain is the lockdown.
+            None => fw.clear(&l.target),
+        };
+        if let Err(e) = result {
+            let cleared = fw.clear(&l.target);
+            log::event(Prio::Alert, "lockdown_failed")
+                .kv("link", name)
+                .kv("cleared", if cleared.is_ok() { "yes" } else { "no" })
+                .msg(e)
+                .send();
+        }
+        l.applied = Some(Enforcement::Lockdown);
+    }
+
+    fn open(&mut self, name: &str, bundle: Option<&Bundle>) -> bool {
+        let fw = &mut self.fw;
+        let l = self.links.get_mut(name).expect("known link");
+        let Some(r) = bundle.and_then(|b| b.ruleset(Enforcement::Open, fw.extension())) else {
+            return false;
+        };
+        match fw.apply(&l.target, Enforcement::Open, r) {
+            Ok(()) => {
+                l.applied = Some(Enforcement::Open);
+                true
+            }
+            Err(e) => {
+                log::event(Prio::Err, "unlock_failed")
+                    .kv("link", name)
+                    .msg(e)
+                    .send();
+                false
+            }
+        }
+    }
+
+    /// Writes the persisted reasons of every link (write, fsync, rename).
+    pub fn persist(&mut self) {
+        let mut links = BTreeMap::new();
+        for (name, l) in &self.links {
+            let r = l.reasons().persisted();
+            if !r.is_empty() {
+                links.insert(name.clone(), LinkRecord { reasons: r });
+            }
+        }
+        if links == self.state.links {
+            return;
+        }
+        self.state.links = links;
+        if let Err(e) = crate::parent::state::save(&self.state_path, &self.state) {
+            log::event(Prio::Crit, "state_write_failed")
+                .kv("path", self.state_path.display())
+                .msg(e)
+                .send();
+        }
+    }
+
+    /// Sets or clears parent-owned reasons; logs `lockdown` for each added one.
+    pub fn set_parent_reason(&mut self, name: &str, r: LockReason, on: bool) {
+        debug_assert_eq!(r.owner(), Owner::Parent);
+        let Some(l) = self.links.get_mut(name) else {
+            return;
+        };
+        if on {
+            if l.parent.insert(r) {
+                log::event(Prio::Alert, "lockdown")
+                    .kv("link", name)
+                    .kv("reason", r)
+                    .send();
+            }
+        } else {
+            l.parent.remove(r);
+        }
+    }
+
+    /// Takes a new engine-owned reason set; logs `lockdown` for each added one.
+    pub fn set_engine_reasons(
+        &mut self,
+        name: &str,
+        reasons: Reasons,
+        qber: Option<f64>,
+        threshold: Option<f64>,
+    ) {
+        let Some(l) = self.links.get_mut(name) else {
+            return;
+        };
+        let before = l.engine.unwrap_or(Reasons::EMPTY);
+        for r in reasons.iter().filter(|r| !before.contains(*r)) {
+            let mut ev = log::event(Prio::Alert, "lockdown")
+                .kv("link", name)
+                .kv("reason", r);
+            if r == LockReason::Qber {
+                if let Some(q) = qber {
+                    ev = ev.kv("qber", format!("{q:.4}"));
+                }
+                if let Some(t) = threshold {
+                    ev = ev.kv("threshold", t);
+                }
+            }
+            ev.send();
+        }
+        // First fresh report: the engine has fresh state, process-failure ends.
+        if l.engine.is_none() {
+            l.parent.remove(LockReason::ProcessFailure);
+        }
+        l.engine = Some(reasons);
+        l.qber = qber;
+        l.threshold = threshold;
+    }
+}

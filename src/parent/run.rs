@@ -1,0 +1,576 @@
+//! The parent's event loop (current-thread tokio, started after the engine
+//! exists): engine messages, signals, the incoming spool, expiry, retries.
+//! `dispatch_engine` re-checks every engine message against the config; a
+//! malformed or impossible one is treated like the engine's death: every
+//! link locked with `process-failure`, exit non-zero.
+
+use super::{Parent, activate, links::OpenedBy};
+use crate::imsg::{self, ActivePolicy, CtlReply, EngineConfig, EngineLink, LinkState, LogRecord};
+use crate::imsg::{ParentRequest, ToEngine, ToParent};
+use crate::lock::{LockReason, Owner};
+use crate::log::{self, Prio};
+use crate::privsep::EngineProc;
+use crate::proto::ctl::{ErrorCode, Reply, Target};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+type Tx = mpsc::UnboundedSender<Vec<u8>>;
+
+pub fn run(p: Parent, engine: EngineProc) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qkdpfd: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(main_loop(p, engine))
+}
+
+fn install_sink(p: &Parent, tx: Tx) {
+    let foreground = p.opts.foreground;
+    if !foreground {
+        super::syslog::open(&p.conf.daemon.syslog_facility);
+    }
+    log::init(Box::new(move |prio, line| {
+        if foreground {
+            eprintln!("{line}");
+        } else {
+            super::syslog::write(prio, line);
+        }
+        if line.starts_with("event=") {
+            let ev = LogRecord {
+                prio: prio as u8,
+                line: line.to_string(),
+            };
+            let _ = tx.send(ToEngine::Event(ev).encode());
+        }
+    }));
+}
+
+async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
+    let EngineProc { mut child, chan } = engine;
+    if let Err(e) = chan.set_nonblocking(true) {
+        eprintln!("qkdpfd: {e}");
+        return ExitCode::FAILURE;
+    }
+    let chan = match tokio::net::UnixStream::from_std(chan) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qkdpfd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut rd, mut wr) = chan.into_split();
+    let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(f) = out.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let (in_tx, mut from_engine) = mpsc::unbounded_channel::<Result<ToParent, String>>();
+    tokio::spawn(async move {
+        loop {
+            let r = match imsg::read_frame(&mut rd).await {
+                Ok(Some((code, payload))) => {
+                    ToParent::decode(code, &payload).map_err(|e| e.to_string())
+                }
+                Ok(None) => Err("lost connection to engine".into()),
+                Err(e) => Err(e.to_string()),
+            };
+            let stop = r.is_err();
+            if in_tx.send(r).is_err() || stop {
+                break;
+            }
+        }
+    });
+    install_sink(&p, tx.clone());
+    log::event(Prio::Notice, "startup")
+        .kv("version", env!("CARGO_PKG_VERSION"))
+        .kv("links", p.links.links.len())
+        .kv(
+            "policy",
+            p.bundle
+                .as_ref()
+                .map(|b| b.policy.serial.to_string())
+                .unwrap_or("none".into()),
+        )
+        .kv("firewall", p.links.fw.name())
+        .send();
+    let _ = tx.send(ToEngine::Config(engine_config(&p)).encode());
+    send_policy(&p, &tx);
+    send_all_states(&p, &tx);
+
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        _ => return ExitCode::FAILURE,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let hello_deadline = Instant::now() + imsg::HELLO_TIMEOUT;
+    let mut hello = false;
+    let mut last_expiry_log: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            m = from_engine.recv() => {
+                let m = m.unwrap_or_else(|| Err("engine reader ended".into()));
+                match m {
+                    Ok(ToParent::Hello(h)) if h.version == imsg::VERSION => hello = true,
+                    Ok(msg) if hello => {
+                        if let Err(e) = dispatch_engine(&mut p, &tx, msg) {
+                            return engine_lost(&mut p, &mut child, &e);
+                        }
+                    }
+                    Ok(_) => return engine_lost(&mut p, &mut child, "engine spoke before hello"),
+                    Err(e) => return engine_lost(&mut p, &mut child, &e),
+                }
+            }
+            _ = hup.recv() => {
+                let r = reload(&mut p, &tx);
+                log::debug(format!("SIGHUP: {r:?}"));
+            }
+            _ = term.recv() => return shutdown(&mut p, &mut child, "SIGTERM"),
+            _ = int.recv() => return shutdown(&mut p, &mut child, "SIGINT"),
+            _ = tick.tick() => {
+                if !hello && Instant::now() > hello_deadline {
+                    return engine_lost(&mut p, &mut child, "engine did not say hello");
+                }
+                let changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+                if !changed.is_empty() { send_all_states(&p, &tx); }
+                scan_spool(&mut p, &tx);
+                check_expiry(&mut p, &tx, &mut last_expiry_log);
+            }
+        }
+    }
+}
+
+fn engine_config(p: &Parent) -> EngineConfig {
+    let (gid, uids) = p
+        .conf
+        .daemon
+        .socket_group
+        .as_deref()
+        .and_then(|g| crate::privsep::resolve_group(g).ok())
+        .map(|(g, u)| (Some(g), u))
+        .unwrap_or((None, Vec::new()));
+    let drop_to = if crate::privsep::is_real_root() {
+        match crate::privsep::resolve_user(&p.conf.daemon.user, &p.conf.daemon.chroot) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // The engine refuses to run as root without a drop target.
+                log::event(Prio::Crit, "privdrop_unavailable").msg(e).send();
+                None
+            }
+        }
+    } else {
+        None
+    };
+    EngineConfig {
+        links: p
+            .conf
+            .link
+            .values()
+            .map(|l| EngineLink {
+                name: l.name.clone(),
+                qber: l.qber.clone(),
+                qber_id: l.qber_id.clone(),
+                persisted: p
+                    .links
+                    .state
+                    .links
+                    .get(&l.name)
+                    .map(|r| r.reasons.owned_by(Owner::Engine))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        qber: p.conf.qber.clone(),
+        ctl_readonly_uids: uids,
+        ctl_readonly_gid: gid,
+        verbose: log::verbose(),
+        drop_to,
+    }
+}
+
+fn send_policy(p: &Parent, tx: &Tx) {
+    let msg = p.bundle.as_ref().map(|b| ActivePolicy {
+        serial: b.policy.serial,
+        not_after: b.policy.not_after,
+        signer: b.signer.clone(),
+        links: p
+            .conf
+            .link
+            .keys()
+            .map(|n| (n.clone(), b.policy.for_link(n)))
+            .collect(),
+    });
+    let _ = tx.send(ToEngine::Policy(msg).encode());
+}
+
+fn send_all_states(p: &Parent, tx: &Tx) {
+    for (name, l) in &p.links.links {
+        let st = LinkState {
+            link: name.clone(),
+            enforcement: l.applied.unwrap_or(crate::lock::Enforcement::Lockdown),
+            parent_reasons: l.parent,
+        };
+        let _ = tx.send(ToEngine::LinkState(st).encode());
+    }
+}
+
+/// Every engine message is checked against the parent's own config.
+fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String> {
+    match msg {
+        ToParent::Hello(_) => Err("second hello".into()),
+        ToParent::Reasons(r) => {
+            if !p.links.links.contains_key(&r.link) {
+                return Err(format!("reasons for unknown link {:?}", r.link));
+            }
+            if r.reasons.iter().any(|x| x.owner() != Owner::Engine) {
+                return Err(format!("engine claimed parent-owned reasons {}", r.reasons));
+            }
+            if r.qber.is_some_and(|q| !(0.0..=0.5).contains(&q))
+                || r.threshold.is_some_and(|t| !(0.0..=0.5).contains(&t))
+            {
+                return Err("qber out of range".into());
+            }
+            p.links
+                .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
+            p.links
+                .converge(&r.link, p.bundle.as_ref(), OpenedBy::Auto, false);
+            send_all_states(p, tx);
+            Ok(())
+        }
+        ToParent::Log(rec) => {
+            let prio = Prio::from_u8(rec.prio).ok_or("bad log priority")?;
+            if rec.line.len() > 4096 {
+                return Err("oversized log record".into());
+            }
+            let clean: String = rec
+                .line
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            log::emit(prio, &clean);
+            Ok(())
+        }
+        ToParent::CtlRequest(req) => {
+            if req.uid != 0 {
+                // The engine allows only read-only commands to non-root.
+                return Err(format!("mutating request for uid {}", req.uid));
+            }
+            let reply = match req.request {
+                ParentRequest::Lockdown { target } => operator_lock(p, &target),
+                ParentRequest::Unlock { target, force } => operator_unlock(p, &target, force),
+                ParentRequest::Reload => reload(p, tx),
+                ParentRequest::PolicyLoad { bundle_b64 } => policy_load(p, tx, &bundle_b64),
+            };
+            send_all_states(p, tx);
+            let _ = tx.send(ToEngine::CtlReply(CtlReply { id: req.id, reply }).encode());
+            Ok(())
+        }
+    }
+}
+
+fn targets_of(p: &Parent, t: &Target) -> Result<Vec<String>, Reply> {
+    match t {
+        Target::All => Ok(p.links.links.keys().cloned().collect()),
+        Target::Link(l) if p.links.links.contains_key(l) => Ok(vec![l.clone()]),
+        Target::Link(l) => Err(Reply::error(
+            ErrorCode::NoSuchLink,
+            format!("no such link: {l}"),
+        )),
+    }
+}
+
+fn operator_lock(p: &mut Parent, t: &Target) -> Reply {
+    let names = match targets_of(p, t) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    for n in &names {
+        p.links.set_parent_reason(n, LockReason::Operator, true);
+        p.links
+            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
+    }
+    Reply::ok(format!("lockdown: {}", names.join(" ")))
+}
+
+fn operator_unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
+    let names = match targets_of(p, t) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut lines = Vec::new();
+    for n in &names {
+        p.links.set_parent_reason(n, LockReason::Operator, false);
+        if force {
+            p.links
+                .set_parent_reason(n, LockReason::ProcessFailure, false);
+            p.links.set_parent_reason(n, LockReason::PskDrift, false);
+            log::event(Prio::Alert, "unlock_forced")
+                .kv("link", n)
+                .send();
+        }
+        p.links
+            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
+        let l = &p.links.links[n];
+        lines.push(match l.applied {
+            Some(crate::lock::Enforcement::Open) => format!("{n}: open"),
+            _ => format!("{n}: locked ({})", l.reasons()),
+        });
+    }
+    Reply::ok(lines.join("\n"))
+}
+
+/// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is
+/// valid and changes nothing a reload cannot apply.
+fn reload(p: &mut Parent, tx: &Tx) -> Reply {
+    let path = p.conf.path.clone();
+    let new = match crate::conf::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::event(Prio::Err, "reload_failed")
+                .kv("config", path.display())
+                .msg(e.to_string().trim_end().replace('\n', "; "))
+                .send();
+            return Reply::error(
+                ErrorCode::ConfigError,
+                format!(
+                    "config file {} has errors, not reloading:\n{e}",
+                    path.display()
+                ),
+            );
+        }
+    };
+    if new.daemon != p.conf.daemon || new.firewall != p.conf.firewall || new.link != p.conf.link {
+        let msg = "[daemon], [firewall] and [link] changes need a restart; not reloading";
+        log::event(Prio::Err, "reload_failed").msg(msg).send();
+        return Reply::error(ErrorCode::Refused, msg);
+    }
+    let keys = match super::read_keys(&new) {
+        Ok(k) => k,
+        Err(e) => {
+            log::event(Prio::Err, "reload_failed").msg(&e).send();
+            return Reply::error(ErrorCode::ConfigError, e);
+        }
+    };
+    p.keys = keys;
+    p.store = crate::policy::Store::new(new.policy.dir.clone());
+    p.conf = new;
+    let _ = tx.send(ToEngine::Config(engine_config(p)).encode());
+    send_policy(p, tx);
+    log::event(Prio::Notice, "reload")
+        .kv("config", path.display())
+        .send();
+    Reply::ok("reloaded")
+}
+
+fn policy_load(p: &mut Parent, tx: &Tx, b64: &str) -> Reply {
+    use base64::Engine as _;
+    if b64.len() > crate::proto::ctl::MAX_REQUEST {
+        return Reply::error(ErrorCode::BadRequest, "bundle too large");
+    }
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(b64) {
+        Ok(b) => b,
+        Err(_) => return Reply::error(ErrorCode::BadRequest, "bundle is not valid base64"),
+    };
+    let files = match crate::policy::read_bytes(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            log::event(Prio::Err, "policy_rejected")
+                .kv("reason", e.reason())
+                .kv("source", "qkdctl")
+                .msg(&e)
+                .send();
+            return Reply::error(ErrorCode::PolicyRejected, e.to_string());
+        }
+    };
+    activate_files(p, tx, &files, "qkdctl")
+}
+
+fn activate_files(p: &mut Parent, tx: &Tx, files: &crate::policy::Files, source: &str) -> Reply {
+    let targets = super::targets(&p.conf);
+    let result = {
+        let checker = activate::Checker {
+            fw: p.links.fw.as_ref(),
+            targets: &targets,
+        };
+        activate::load(
+            files,
+            &p.keys,
+            &p.store,
+            &mut p.links.state,
+            &p.links.state_path.clone(),
+            &checker,
+            source,
+        )
+    };
+    match result {
+        Ok(activate::Outcome::Unchanged(serial)) => {
+            Reply::ok(format!("policy_unchanged serial={serial}"))
+        }
+        Ok(activate::Outcome::Loaded(b)) => {
+            let serial = b.policy.serial;
+            p.bundle = Some(*b);
+            let names: Vec<String> = p.links.links.keys().cloned().collect();
+            for n in &names {
+                p.links.set_parent_reason(n, LockReason::NoPolicy, false);
+            }
+            send_policy(p, tx);
+            p.links.reapply_all(p.bundle.as_ref());
+            send_all_states(p, tx);
+            Reply::ok(format!("policy_loaded serial={serial}"))
+        }
+        Err(e) => Reply::error(ErrorCode::PolicyRejected, e.to_string()),
+    }
+}
+
+/// The GitOps spool: every regular file (tar/tgz) or directory not starting
+/// with "." is a bundle; it is removed after a decision (rejected ones are
+/// renamed `.rejected-<name>` so they are kept for inspection but not retried).
+fn scan_spool(p: &mut Parent, tx: &Tx) {
+    let Some(dir) = p.conf.policy.incoming.clone() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+    names.sort();
+    for name in names {
+        let s = name.to_string_lossy().to_string();
+        if s.starts_with('.') {
+            continue;
+        }
+        let path = dir.join(&name);
+        let Ok(md) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let files = if md.is_dir() {
+            crate::policy::read_dir(&path)
+        } else if md.is_file() && md.len() <= 8 << 20 {
+            match std::fs::read(&path) {
+                Ok(b) => crate::policy::read_bytes(&b),
+                Err(e) => Err(crate::policy::Reject::Unreadable {
+                    what: s.clone(),
+                    msg: e.to_string(),
+                }),
+            }
+        } else {
+            Err(crate::policy::Reject::Unreadable {
+                what: s.clone(),
+                msg: "not a regular file or directory (or over 8 MiB)".into(),
+            })
+        };
+        let ok = match files {
+            Ok(f) => matches!(activate_files(p, tx, &f, "incoming"), Reply::Ok { .. }),
+            Err(e) => {
+                log::event(Prio::Err, "policy_rejected")
+                    .kv("reason", e.reason())
+                    .kv("source", "incoming")
+                    .msg(&e)
+                    .send();
+                false
+            }
+        };
+        let done = if ok {
+            None
+        } else {
+            Some(dir.join(format!(".rejected-{s}")))
+        };
+        let _ = match (done, md.is_dir()) {
+            (None, true) => std::fs::remove_dir_all(&path),
+            (None, false) => std::fs::remove_file(&path),
+            (Some(to), _) => std::fs::rename(&path, to),
+        };
+    }
+}
+
+/// An active bundle past `not_after` stays in force with an hourly alert,
+/// unless it says `expired_action = "lockdown"`.
+fn check_expiry(p: &mut Parent, tx: &Tx, last: &mut Option<Instant>) {
+    let Some(b) = &p.bundle else { return };
+    let Some(na) = b.policy.not_after else { return };
+    if activate::now_unix() <= na {
+        return;
+    }
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+        *last = Some(Instant::now());
+        log::event(Prio::Alert, "policy_expired")
+            .kv("serial", b.policy.serial)
+            .kv("not_after", na)
+            .send();
+    }
+    if b.policy.expired_action == crate::policy::ExpiredAction::Lockdown {
+        let names: Vec<String> = p.links.links.keys().cloned().collect();
+        for n in &names {
+            if !p.links.links[n].parent.contains(LockReason::NoPolicy) {
+                p.links.set_parent_reason(n, LockReason::NoPolicy, true);
+                p.links
+                    .converge(n, p.bundle.as_ref(), OpenedBy::Auto, false);
+            }
+        }
+        send_all_states(p, tx);
+    }
+}
+
+fn stop_engine(child: &mut std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+/// The engine died or misbehaved: lock every link, record it, exit non-zero.
+fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> ExitCode {
+    log::event(Prio::Crit, "engine_lost").msg(why).send();
+    let names: Vec<String> = p.links.links.keys().cloned().collect();
+    for n in &names {
+        p.links
+            .set_parent_reason(n, LockReason::ProcessFailure, true);
+    }
+    p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+    p.links.persist();
+    stop_engine(child);
+    log::event(Prio::Crit, "shutdown")
+        .kv("reason", "process-failure")
+        .send();
+    ExitCode::FAILURE
+}
+
+fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitCode {
+    let lock = p.conf.daemon.on_stop == crate::conf::OnStop::Lockdown;
+    if lock {
+        let names: Vec<String> = p.links.links.keys().cloned().collect();
+        for n in &names {
+            p.links
+                .set_parent_reason(n, LockReason::ProcessFailure, true);
+        }
+        p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+    }
+    stop_engine(child);
+    let _ = std::fs::remove_file(&p.conf.daemon.socket);
+    log::event(Prio::Notice, "shutdown")
+        .kv("signal", sig)
+        .kv("kernel_state", if lock { "lockdown" } else { "kept" })
+        .send();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,207 @@
+//! Process split (DESIGN §2): the parent re-execs itself as the engine with
+//! the socketpair on fd 3 and the listening control socket on fd 4; the
+//! engine chroots and drops to the configured user.
+//!
+//! Everything here runs before any runtime or thread exists (the split must
+//! happen in a single-threaded process).
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::unistd::{Gid, Uid};
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+
+/// The engine's end of the socketpair.
+pub const ENGINE_FD: RawFd = 3;
+/// The listening control socket, created by the parent.
+pub const CONTROL_FD: RawFd = 4;
+
+/// The running engine as the parent sees it.
+pub struct EngineProc {
+    pub child: Child,
+    pub chan: UnixStream,
+}
+
+pub use crate::imsg::DropTo;
+
+/// `argv0` must be absolute (as sshd requires): we re-exec that very file.
+pub fn check_argv0(argv0: &Path) -> Result<(), String> {
+    if argv0.is_absolute() {
+        Ok(())
+    } else {
+        Err(format!(
+            "re-exec requires execution with an absolute path (got {})",
+            argv0.display()
+        ))
+    }
+}
+
+/// Duplicates `fd` to a number >= 10, close-on-exec, so the child's dup2 to
+/// 3 and 4 cannot clobber one source with another.
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Starts `argv0 -P engine args...` with the channel on fd 3 and `control`
+/// on fd 4, with an empty environment.
+pub fn spawn_engine(argv0: &Path, args: &[OsString], control: &OwnedFd) -> io::Result<EngineProc> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let theirs = dup_high(theirs.as_raw_fd())?;
+    let ctl = dup_high(control.as_raw_fd())?;
+    let (chan_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.as_raw_fd());
+    let mut cmd = Command::new(argv0);
+    cmd.arg("-P").arg("engine").args(args).env_clear();
+    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(chan_fd, ENGINE_FD) < 0 || libc::dup2(ctl_fd, CONTROL_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop((theirs, ctl));
+    Ok(EngineProc {
+        child,
+        chan: UnixStream::from(ours),
+    })
+}
+
+/// The engine's channel to the parent (fd 3), taken once at start-up.
+pub fn engine_channel() -> io::Result<UnixStream> {
+    take_fd(ENGINE_FD).map(UnixStream::from)
+}
+
+/// The listening control socket (fd 4).
+pub fn control_listener() -> io::Result<std::os::unix::net::UnixListener> {
+    take_fd(CONTROL_FD).map(std::os::unix::net::UnixListener::from)
+}
+
+fn take_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("fd {fd} is not open: the engine is started by the parent, not by hand"),
+        ));
+    }
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates the chroot directory if missing (root-owned, 0755) and refuses one
+/// that is group- or other-writable or not owned by root (as ntpd does).
+pub fn prepare_chroot(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    }
+    let md = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
+        return Err(format!("bad privsep dir {} permissions", dir.display()));
+    }
+    Ok(())
+}
+
+/// chroot, chdir, setgroups, setresgid, setresuid — in that order — and check
+/// that root cannot be regained.
+pub fn drop_privileges(to: &DropTo) -> Result<(), String> {
+    nix::unistd::chroot(&to.chroot).map_err(|e| format!("chroot {}: {e}", to.chroot.display()))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let gid = Gid::from_raw(to.gid);
+    let uid = Uid::from_raw(to.uid);
+    nix::unistd::setgroups(&[gid]).map_err(|e| format!("setgroups: {e}"))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
+    if to.uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err("privilege drop failed: could regain root".into());
+    }
+    Ok(())
+}
+
+/// Root in the initial user namespace (not `unshare -r`'s mapped root):
+/// only then is a privilege drop possible and required.
+pub fn is_real_root() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        // "0 0 4294967295" in the initial namespace; "0 1000 1" under unshare -r.
+        Ok(m) => m.split_whitespace().take(2).eq(["0", "0"]),
+        // No /proc (OpenBSD): euid 0 is real root.
+        Err(_) => true,
+    }
+}
+
+/// Resolves the engine user (root only; non-root runs skip the drop).
+pub fn resolve_user(user: &str, chroot: &Path) -> Result<DropTo, String> {
+    let u = nix::unistd::User::from_name(user)
+        .map_err(|e| format!("getpwnam {user}: {e}"))?
+        .ok_or_else(|| format!("unknown user {user}"))?;
+    if u.uid.is_root() {
+        return Err(format!("user {user} must not be root"));
+    }
+    Ok(DropTo {
+        user: user.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        chroot: chroot.to_path_buf(),
+    })
+}
+
+/// uids and gid allowed read-only control access (`socket_group`).
+pub fn resolve_group(group: &str) -> Result<(u32, Vec<u32>), String> {
+    let g = nix::unistd::Group::from_name(group)
+        .map_err(|e| format!("getgrnam {group}: {e}"))?
+        .ok_or_else(|| format!("unknown group {group}"))?;
+    let mut uids = Vec::new();
+    for m in &g.mem {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(m) {
+            uids.push(u.uid.as_raw());
+        }
+    }
+    Ok((g.gid.as_raw(), uids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv0_must_be_absolute() {
+        assert!(check_argv0(Path::new("/usr/sbin/qkdpfd")).is_ok());
+        assert!(check_argv0(Path::new("qkdpfd")).is_err());
+        assert!(check_argv0(Path::new("./target/qkdpfd")).is_err());
+    }
+
+    #[test]
+    fn chroot_dir_checks() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("empty");
+        if nix::unistd::geteuid().is_root() {
+            prepare_chroot(&d).unwrap();
+            assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o755);
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+            assert!(prepare_chroot(&d).unwrap_err().contains("bad privsep dir"));
+        } else {
+            // Created by us, so not root-owned: refused.
+            assert!(prepare_chroot(&d).is_err());
+        }
+    }
+}
