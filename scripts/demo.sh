@@ -60,6 +60,10 @@ pinging "no qkdpfd yet"
 say "qkdpfd -n: configuration check"
 ip netns exec qkdemo-a "$bin/qkdpfd" -n -f "$conf"
 
+say "qkdpfd -L at boot (rc.local / ExecStartPre): table installed, every link locked"
+ip netns exec qkdemo-a "$bin/qkdpfd" -L -f "$conf"
+pinging "daemon never started, boot lockdown in place"
+
 say "starting qkdpfd on gateway A (nftables backend, simulator QBER source)"
 ip netns exec qkdemo-a "$bin/qkdpfd" -d -f "$conf" 2>"$work/qkdpfd.log" &
 pid=$!

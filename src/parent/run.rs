@@ -92,6 +92,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             }
         }
     });
+    // The config is the engine's first message; only then may events flow.
+    let _ = tx.send(ToEngine::Config(engine_config(&p)).encode());
     install_sink(&p, tx.clone());
     log::event(Prio::Notice, "startup")
         .kv("version", env!("CARGO_PKG_VERSION"))
@@ -105,7 +107,6 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
         )
         .kv("firewall", p.links.fw.name())
         .send();
-    let _ = tx.send(ToEngine::Config(engine_config(&p)).encode());
     send_policy(&p, &tx);
     send_all_states(&p, &tx);
 
