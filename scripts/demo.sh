@@ -42,7 +42,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 say "building"
-if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
+if [ -z "${SKIP_BUILD:-}" ]; then
+	if [ "$profile" = release ]; then cargo build --release --bins -q; else cargo build --bins -q; fi
+fi
 
 say "a signing key and a freshly signed sample bundle ($SIGNIFY)"
 rm -rf "$work"

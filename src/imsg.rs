@@ -160,6 +160,8 @@ pub struct LinkReasons {
     /// Last QBER for the `lockdown` event line the parent writes.
     pub qber: Option<f64>,
     pub threshold: Option<f64>,
+    /// The change came from `qkdctl unlock` (for `unlock by=operator`).
+    pub by_operator: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -348,6 +350,7 @@ mod tests {
                 reasons: [LockReason::Qber].into_iter().collect(),
                 qber: Some(0.25),
                 threshold: Some(0.08),
+                by_operator: false,
             }),
             ToParent::Log(LogRecord {
                 prio: 6,

@@ -540,9 +540,16 @@ fn policy_load_archive_sent_as_bytes() {
 #[test]
 fn policy_verify_runs_hook_without_daemon() {
     // A missing key is refused locally; the daemon is never contacted.
-    let r = run(&["policy", "verify", "-p", "/nonexistent/k.pub", "bundle"], &[ok("x")]);
+    let r = run(
+        &["policy", "verify", "-p", "/nonexistent/k.pub", "bundle"],
+        &[ok("x")],
+    );
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.starts_with("qkdctl: policy verify: "), "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("qkdctl: policy verify: "),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.request, None);
 }
 

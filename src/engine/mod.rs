@@ -305,6 +305,7 @@ impl Engine {
 
     /// Runs one input through a link and carries out its actions.
     fn feed(&mut self, name: &str, now: Instant, input: Input) -> Vec<&'static str> {
+        let by_operator = matches!(input, Input::Unlock { .. });
         let Some(slot) = self.links.get_mut(name) else {
             return Vec::new();
         };
@@ -320,6 +321,7 @@ impl Engine {
                         reasons,
                         qber: status.qber,
                         threshold,
+                        by_operator,
                     };
                     let _ = self.tx.send(ToParent::Reasons(m).encode());
                 }

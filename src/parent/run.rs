@@ -247,8 +247,12 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             }
             p.links
                 .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
-            p.links
-                .converge(&r.link, p.bundle.as_ref(), OpenedBy::Auto, false);
+            let by = if r.by_operator {
+                OpenedBy::Operator
+            } else {
+                OpenedBy::Auto
+            };
+            p.links.converge(&r.link, p.bundle.as_ref(), by, false);
             send_all_states(p, tx);
             Ok(())
         }

@@ -1,0 +1,229 @@
+//! The whole daemon with real parts (DESIGN §10): two gateway namespaces, a
+//! wireguard-go tunnel, real nftables, bundles signed by signify-openbsd,
+//! qkdpfd driven by qkdctl, and packets sent across the tunnel.
+
+mod common;
+
+use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy, reply_times, unix_now};
+use std::time::Duration;
+
+const POLL_MS: u64 = 200;
+const TRIP: u64 = 3;
+
+#[test]
+fn eavesdropper_locks_within_bound_and_link_recovers() {
+    let Some(mut gw) = Gateway::new("qkt1", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    assert_eq!(gw.pings(5), 5, "open link passes traffic");
+
+    let (mut ping, log) = gw.ping_stream();
+    std::thread::sleep(Duration::from_millis(500));
+    let t_eve = unix_now();
+    gw.ctl_ok(&["sim", "eve", "dr", "1.0"]);
+    gw.wait_state("lockdown", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    let t_off = unix_now();
+    gw.ctl_ok(&["sim", "eve", "dr", "0"]);
+    gw.wait_state("open", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = ping.kill();
+    let _ = ping.wait();
+
+    let times = reply_times(&log);
+    let bound = ((TRIP + 1) * POLL_MS + 500) as f64 / 1000.0;
+    let before: Vec<f64> = times.iter().copied().filter(|t| *t < t_eve).collect();
+    let after_eve: Vec<f64> = times
+        .iter()
+        .copied()
+        .filter(|t| *t >= t_eve && *t < t_off)
+        .collect();
+    let recovered: Vec<f64> = times.iter().copied().filter(|t| *t >= t_off).collect();
+    assert!(
+        before.len() >= 10,
+        "traffic passed before the eavesdropper: {}",
+        before.len()
+    );
+    let last = after_eve.last().copied().unwrap_or(t_eve);
+    eprintln!(
+        "traffic stopped {:.0} ms after `sim eve` (bound {:.0} ms)",
+        (last - t_eve) * 1000.0,
+        bound * 1000.0
+    );
+    assert!(
+        last - t_eve <= bound,
+        "a reply {:.3}s after the eavesdropper (bound {bound}s)",
+        last - t_eve
+    );
+    // Nothing passed while locked: no reply between the bound and recovery.
+    assert!(after_eve.iter().all(|t| *t <= t_eve + bound));
+    assert!(
+        recovered.len() >= 5,
+        "traffic passes again after recovery: {}",
+        recovered.len()
+    );
+    assert!(
+        gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"])
+            .contains("accept")
+    );
+    let log = gw.log();
+    assert!(log.contains("event=lockdown link=dr reason=qber"), "{log}");
+    assert!(log.contains("event=unlock link=dr by=auto"), "{log}");
+}
+
+#[test]
+fn manual_unlock_holds_until_qkdctl_unlock() {
+    let Some(mut gw) = Gateway::new("qkt2", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle(
+        "b1",
+        &policy(1, true, "unlock = \"manual\"\nrecover_after = \"1s\""),
+        OPEN_NFT,
+        LOCKDOWN_NFT,
+    );
+    // recover_after appears twice in [defaults]: refused as a TOML error.
+    assert!(
+        !gw.ctl(&["policy", "load", b.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let p = policy(1, true, "unlock = \"manual\"")
+        .replace("recover_after = \"2s\"", "recover_after = \"1s\"");
+    let b = gw.bundle("b2", &p, OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    gw.ctl_ok(&["sim", "eve", "dr", "1"]);
+    gw.wait_state("lockdown", Duration::from_secs(5));
+    gw.ctl_ok(&["sim", "eve", "dr", "0"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(gw.state(), "lockdown", "manual mode holds after recovery");
+    assert_eq!(gw.pings(5), 0, "no traffic while held");
+    let show = gw.ctl_ok(&["-j", "show", "link", "dr"]);
+    assert!(show.contains("\"manual_hold\": true"), "{show}");
+    let out = gw.ctl_ok(&["unlock", "dr"]);
+    assert!(out.contains("dr: open"), "{out}");
+    gw.wait_state("open", Duration::from_secs(2));
+    assert_eq!(gw.pings(5), 5);
+    let log = gw.log();
+    assert!(log.contains("event=unlock link=dr by=operator"), "{log}");
+}
+
+#[test]
+fn blocked_before_start_and_without_bundle() {
+    let Some(mut gw) = Gateway::new("qkt3", "200ms", "") else {
+        return;
+    };
+    assert_eq!(gw.pings(3), 3, "no qkdpfd at all: nothing installed yet");
+    // Boot: `qkdpfd -L` installs the table; the daemon never started.
+    let o = gw.qkdpfd(&["-L"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        gw.pings(5),
+        0,
+        "daemon never started: protected traffic blocked"
+    );
+    assert!(
+        gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"])
+            .lines()
+            .count()
+            <= 4
+    );
+    gw.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.state(), "lockdown");
+    let show = gw.ctl_ok(&["show", "link", "dr"]);
+    assert!(show.contains("no-policy"), "{show}");
+    assert_eq!(gw.pings(5), 0, "no bundle: protected traffic blocked");
+    // The underlay outside the protected port still works (control plane).
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "qkt3-b",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "192.0.2.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "control plane must not be cut");
+}
+
+#[test]
+fn engine_killed_locks_every_link_and_parent_exits_nonzero() {
+    let Some(mut gw) = Gateway::new("qkt4", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    assert_eq!(gw.pings(3), 3);
+    let ip_pid = gw.daemon.as_ref().unwrap().id();
+    // `ip netns exec` execs qkdpfd in place: the parent has ip's pid.
+    let engine = std::fs::read_to_string(format!("/proc/{ip_pid}/task/{ip_pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("engine pid")
+        .parse::<i32>()
+        .unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{engine}/cmdline")).unwrap();
+    assert!(cmdline.contains("-P\0engine"), "{cmdline:?}");
+    let status = std::fs::read_to_string(format!("/proc/{engine}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.contains("65534"),
+        "engine runs as nobody: {uid_line}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(engine),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let code = gw.daemon.take().unwrap().wait().unwrap();
+    assert!(!code.success(), "parent must exit non-zero");
+    assert_eq!(gw.pings(5), 0, "every link locked after the engine died");
+    let state = std::fs::read_to_string(gw.path("state/state")).unwrap();
+    assert!(state.contains("process-failure"), "{state}");
+    assert!(gw.log().contains("event=engine_lost"));
+    // A restart keeps the link locked until the engine has fresh state.
+    gw.start();
+    gw.wait_state("open", Duration::from_secs(10));
+    let state = std::fs::read_to_string(gw.path("state/state")).unwrap();
+    assert!(!state.contains("process-failure"), "{state}");
+}
+
+#[test]
+fn operator_lockdown_survives_restart() {
+    let Some(mut gw) = Gateway::new("qkt5", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    gw.ctl_ok(&["lockdown", "all"]);
+    assert_eq!(gw.state(), "lockdown");
+    gw.stop();
+    assert_eq!(gw.pings(3), 0, "on_stop = keep: kernel state kept (locked)");
+    gw.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.state(), "lockdown", "operator reason persisted");
+    gw.ctl_ok(&["unlock", "dr"]);
+    gw.wait_state("open", Duration::from_secs(2));
+    assert_eq!(gw.pings(3), 3);
+    // A second instance refuses while the socket answers.
+    let o = gw.qkdpfd(&["-d"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already running"));
+}
