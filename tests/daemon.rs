@@ -227,3 +227,248 @@ fn operator_lockdown_survives_restart() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already running"));
 }
+
+/// Every bad bundle is refused through the running daemon with its reason,
+/// and the active policy stays as it was.
+#[test]
+fn bad_bundles_refused_active_policy_untouched() {
+    use std::fs;
+    let Some(mut gw) = Gateway::new("qkt6", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let good = gw.bundle("good", &policy(5, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", good.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    let load = |dir: &std::path::Path| gw.ctl(&["policy", "load", dir.to_str().unwrap()]);
+
+    // An identical re-push is harmless.
+    let o = load(&good);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("policy_unchanged serial=5"));
+
+    let mut cases: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    let b = gw.bundle("tampered", &policy(6, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    fs::write(b.join("anchors/open.nft"), "accept\n").unwrap();
+    cases.push(("digest", b));
+    let other = common::bundle::TestKeys::signify().unwrap();
+    let b = gw.path("wrongkey");
+    common::bundle::make_bundle(
+        &b,
+        &[
+            ("policy.toml", &policy(6, true, "")),
+            ("anchors/open.nft", OPEN_NFT),
+            ("anchors/lockdown.nft", LOCKDOWN_NFT),
+        ],
+    );
+    common::bundle::sign(&b, &other);
+    cases.push(("not signed by any configured key", b));
+    cases.push((
+        "not greater than active 5",
+        gw.bundle("lower", &policy(4, true, ""), OPEN_NFT, LOCKDOWN_NFT),
+    ));
+    cases.push((
+        "already active with different content",
+        gw.bundle(
+            "samediff",
+            &policy(5, true, "on_qber = \"alert\""),
+            OPEN_NFT,
+            LOCKDOWN_NFT,
+        ),
+    ));
+    let expired = policy(6, true, "").replace(
+        "serial = 6\n",
+        "serial = 6\nnot_after = \"2020-01-01T00:00:00Z\"\n",
+    );
+    cases.push((
+        "has passed",
+        gw.bundle("expired", &expired, OPEN_NFT, LOCKDOWN_NFT),
+    ));
+    let b = gw.bundle("extra", &policy(6, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    fs::write(b.join("README"), "not listed\n").unwrap();
+    cases.push(("README", b));
+    let b = gw.bundle("missing", &policy(6, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    fs::remove_file(b.join("anchors/lockdown.nft")).unwrap();
+    cases.push(("anchors/lockdown.nft", b));
+    let b = gw.path("badname");
+    common::bundle::make_bundle(
+        &b,
+        &[
+            ("policy.toml", &policy(6, true, "")),
+            ("anchors/open.nft", OPEN_NFT),
+            ("anchors/lockdown.nft", LOCKDOWN_NFT),
+            ("bad name!", "x"),
+        ],
+    );
+    common::bundle::sign(&b, &gw.keys);
+    cases.push(("bad name!", b));
+    cases.push((
+        "policy.toml",
+        gw.bundle("unparsable", "serial = = 6\n", OPEN_NFT, LOCKDOWN_NFT),
+    ));
+    cases.push((
+        "colour",
+        gw.bundle(
+            "unknownkey",
+            &policy(6, true, "colour = \"red\""),
+            OPEN_NFT,
+            LOCKDOWN_NFT,
+        ),
+    ));
+    let high = policy(6, true, "").replace("qber_lockdown = 0.08", "qber_lockdown = 0.12");
+    cases.push((
+        "0.11",
+        gw.bundle("threshold", &high, OPEN_NFT, LOCKDOWN_NFT),
+    ));
+    cases.push((
+        "nft",
+        gw.bundle(
+            "nftfail",
+            &policy(6, true, ""),
+            "ip saddr $peer4 bogus accept\n",
+            LOCKDOWN_NFT,
+        ),
+    ));
+
+    let mut wrong = Vec::new();
+    for (want, dir) in &cases {
+        let o = load(dir);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{dir:?} accepted");
+        if !err.contains(want) {
+            wrong.push(format!("{dir:?}: expected {want:?} in: {err}"));
+        }
+        let pol = gw.ctl_ok(&["-j", "show", "policy"]);
+        assert!(
+            pol.contains("\"serial\": 5"),
+            "active policy changed by {dir:?}: {pol}"
+        );
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let log = gw.log();
+    for reason in [
+        "digest-mismatch",
+        "unknown-signer",
+        "rollback",
+        "expired",
+        "extra-file",
+        "missing-file",
+        "bad-name",
+        "policy-syntax",
+        "policy-invalid",
+        "ruleset-check",
+    ] {
+        assert!(
+            log.contains(&format!("event=policy_rejected reason={reason}")),
+            "{reason} not logged:\n{log}"
+        );
+    }
+    assert!(log.contains("event=policy_unchanged serial=5"));
+    assert_eq!(gw.state(), "open", "link untouched by every rejection");
+    assert!(
+        !gw.path("state/policy/6").exists(),
+        "nothing stored for a rejected bundle"
+    );
+
+    // GitOps spool: a tgz dropped in incoming/ is loaded.
+    let next = gw.bundle("next", &policy(7, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    let tgz = common::bundle::tgz_of_dir(&next);
+    fs::write(gw.path("incoming/.tmp"), tgz).unwrap();
+    fs::rename(gw.path("incoming/.tmp"), gw.path("incoming/p7.tgz")).unwrap();
+    let t = std::time::Instant::now();
+    while !gw
+        .ctl_ok(&["-j", "show", "policy"])
+        .contains("\"serial\": 7")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "spool not picked up:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gw.path("state/policy/7").is_dir());
+    let state = fs::read_to_string(gw.path("state/state")).unwrap();
+    assert!(
+        state.contains("\"serial\": 7") || state.contains("\"serial\":7"),
+        "{state}"
+    );
+}
+
+#[test]
+fn reload_keeps_old_config_on_errors() {
+    let Some(mut gw) = Gateway::new("qkt7", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let good = std::fs::read_to_string(&gw.conf).unwrap();
+    std::fs::write(&gw.conf, format!("{good}\n[daemon2]\nx = 1\n")).unwrap();
+    let o = gw.ctl(&["reload"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("qkdpfd.conf:") && err.contains("daemon2"),
+        "{err}"
+    );
+    // SIGHUP does the same and the daemon keeps running.
+    let pid = gw.daemon.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.ctl(&["status"]).status.success());
+    assert!(gw.log().contains("event=reload_failed"));
+    std::fs::write(&gw.conf, &good).unwrap();
+    gw.ctl_ok(&["reload"]);
+}
+
+#[test]
+fn group_members_read_only_others_refused() {
+    let Some(mut gw) = Gateway::new("qkt8", "200ms", "socket_group = \"nogroup\"") else {
+        return;
+    };
+    gw.start();
+    let sock = gw.path("qkdpfd.sock");
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                common::gateway::BIN_QKDCTL,
+                "-s",
+            ])
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&["status"]);
+    assert!(
+        o.status.success(),
+        "read-only command for a socket_group member: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for cmd in [
+        &["lockdown", "all"][..],
+        &["reload"],
+        &["sim", "eve", "dr", "1"],
+        &["unlock", "-f", "dr"],
+    ] {
+        let o = as_nobody(cmd);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("denied"),
+            "{cmd:?}"
+        );
+    }
+    let log = gw.log();
+    assert!(log.contains("event=ctl_denied uid=65534"), "{log}");
+    assert_eq!(
+        log.matches("event=ctl_denied").count(),
+        1,
+        "rate-limited to one line a minute"
+    );
+}
