@@ -162,6 +162,17 @@ pub struct LinkReasons {
     pub threshold: Option<f64>,
     /// The change came from `qkdctl unlock` (for `unlock by=operator`).
     pub by_operator: bool,
+    /// CLOCK_MONOTONIC (ns) when the engine received the sample that caused
+    /// this report; system-wide, so the parent can time sample-to-kernel.
+    pub sampled_ns: Option<u64>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (comparable across processes).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -351,6 +362,7 @@ mod tests {
                 qber: Some(0.25),
                 threshold: Some(0.08),
                 by_operator: false,
+                sampled_ns: Some(1),
             }),
             ToParent::Log(LogRecord {
                 prio: 6,

@@ -38,6 +38,8 @@ struct LinkSlot {
     qber_name: String,
     parent: Option<LinkState>,
     source_errors: u64,
+    /// CLOCK_MONOTONIC when the last sample arrived (flip latency).
+    sampled_ns: Option<u64>,
 }
 
 struct Engine {
@@ -257,6 +259,7 @@ impl Engine {
                     qber_name: l.qber.clone(),
                     parent: None,
                     source_errors: 0,
+                    sampled_ns: None,
                 },
             );
         }
@@ -280,6 +283,7 @@ impl Engine {
                 slot.next_poll = now + slot.poll;
                 match slot.source.poll() {
                     Ok(s) => {
+                        slot.sampled_ns = Some(imsg::monotonic_ns());
                         let fresh = slot.fresh.is_fresh(&s);
                         Input::Sample {
                             qber: s.qber,
@@ -309,6 +313,10 @@ impl Engine {
         let Some(slot) = self.links.get_mut(name) else {
             return Vec::new();
         };
+        let sampled_ns = match input {
+            Input::Sample { .. } => slot.sampled_ns.take(),
+            _ => None,
+        };
         let actions = slot.link.handle(now, input);
         let status = slot.link.status(now);
         let threshold = slot.link.policy().map(|p| p.qber_lockdown);
@@ -322,6 +330,7 @@ impl Engine {
                         qber: status.qber,
                         threshold,
                         by_operator,
+                        sampled_ns,
                     };
                     let _ = self.tx.send(ToParent::Reasons(m).encode());
                 }

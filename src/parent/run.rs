@@ -252,7 +252,16 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             } else {
                 OpenedBy::Auto
             };
-            p.links.converge(&r.link, p.bundle.as_ref(), by, false);
+            let flipped = p.links.converge(&r.link, p.bundle.as_ref(), by, false);
+            if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
+                // Sample received by the engine -> firewall tool returned.
+                let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
+                log::event(Prio::Debug, "flip")
+                    .kv("link", &r.link)
+                    .kv("to", to)
+                    .kv("sample_to_kernel_us", us)
+                    .send();
+            }
             send_all_states(p, tx);
             Ok(())
         }

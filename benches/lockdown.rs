@@ -1,0 +1,199 @@
+//! Lockdown latency and memory (BENCHMARKS.md). Needs root: runs the real
+//! daemon in a private network namespace with real nftables.
+//!
+//! 1. Latency: trip_samples = 1, poll 100 ms. For each of N flips, the
+//!    simulated eavesdropper is switched on; the engine stamps
+//!    CLOCK_MONOTONIC when it receives the sample, the parent stamps it when
+//!    `nft -f -` has returned success for the lockdown ruleset and logs the
+//!    difference (`event=flip ... sample_to_kernel_us=`, at -v). The
+//!    eavesdropper is then switched off and the link recovers before the
+//!    next flip.
+//! 2. Memory: the daemon with 100 simulated links, a bundle active, after
+//!    5 s of polling: VmRSS of the parent and of the engine.
+//!
+//! `cargo bench --bench lockdown` (QKD_BENCH_FLIPS=N to change N).
+
+#[path = "../tests/common/bundle.rs"]
+#[allow(dead_code)]
+mod bundle;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const QKDPFD: &str = env!("CARGO_BIN_EXE_qkdpfd");
+const QKDCTL: &str = env!("CARGO_BIN_EXE_qkdctl");
+const NS: &str = "qkdbench";
+
+fn config(dir: &Path, pubkey: &Path, links: usize) -> PathBuf {
+    let d = dir.display();
+    let mut c = format!(
+        "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\n\
+         [policy]\npubkeys = [\"{}\"]\ndir = \"{d}/state/policy\"\n\n\
+         [firewall]\nbackend = \"nftables\"\n\n[wireguard]\nbackend = \"dry-run\"\n\n\
+         [qber.sim]\ndriver = \"sim\"\npoll = \"100ms\"\n\n",
+        pubkey.display()
+    );
+    for i in 0..links {
+        c += &format!(
+            "[link.l{i}]\nqber = \"sim\"\nqber_id = \"l{i}\"\nwg_interface = \"wg{i}\"\nwg_port = 51820\n\
+             addresses = [\"198.18.{}.{}\"]\n\n",
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    let p = dir.join("qkdpfd.conf");
+    fs::write(&p, c).unwrap();
+    p
+}
+
+const POLICY: &str = "serial = 1\n[defaults]\ntrip_samples = 1\nqber_lockdown = 0.08\n\
+recover_below = 0.05\nrecover_after = \"100ms\"\nqber_timeout = \"5s\"\n\
+[rulesets]\nopen = \"anchors/open\"\nlockdown = \"anchors/lockdown\"\n";
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, conf: &Path, verbose: bool) -> Daemon {
+        let log = fs::File::create(dir.join("log")).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", NS, QKDPFD, "-d", "-f"]).arg(conf);
+        if verbose {
+            cmd.arg("-v");
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let d = Daemon { child, dir: dir.to_path_buf() };
+        let t = Instant::now();
+        while !d.ctl(&["status"]).0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "daemon did not start: {}",
+                fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn ctl(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new(QKDCTL).arg("-s").arg(self.dir.join("sock")).args(args).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn wait(&self, link: &str, state: &str) {
+        let t = Instant::now();
+        loop {
+            let (_, out) = self.ctl(&["-j", "show", "link", link]);
+            if out.contains(&format!("\"enforcement\": \"{state}\"")) {
+                return;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{link} never {state}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn rss_kib(&self) -> (u64, u64) {
+        // `ip netns exec` execs qkdpfd in place: the child pid is the parent.
+        let parent = self.child.id();
+        let engine: u32 = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (vm_rss(parent), vm_rss(engine))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn vm_rss(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("lockdown bench: needs root (network namespace, nftables)");
+        return;
+    }
+    let flips: usize = std::env::var("QKD_BENCH_FLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let _ = Command::new("ip").args(["netns", "del", NS]).status();
+    assert!(Command::new("ip").args(["netns", "add", NS]).status().unwrap().success());
+    let keys = bundle::TestKeys::signify().expect("signify-openbsd");
+    let (_b, bdir) = bundle::signed_bundle(
+        &keys,
+        &[("policy.toml", POLICY), ("anchors/open.nft", "accept\n"), ("anchors/lockdown.nft", "counter drop\n")],
+    );
+
+    // 1. Latency.
+    let work = tempfile::tempdir().unwrap();
+    let conf = config(work.path(), &keys.pubkey, 1);
+    let d = Daemon::start(work.path(), &conf, true);
+    assert!(d.ctl(&["policy", "load", bdir.to_str().unwrap()]).0);
+    d.wait("l0", "open");
+    let t = Instant::now();
+    for _ in 0..flips {
+        assert!(d.ctl(&["sim", "eve", "l0", "1"]).0);
+        d.wait("l0", "lockdown");
+        assert!(d.ctl(&["sim", "eve", "l0", "0"]).0);
+        d.wait("l0", "open");
+    }
+    let elapsed = t.elapsed();
+    drop(d);
+    let log = fs::read_to_string(work.path().join("log")).unwrap();
+    let mut lock: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("event=flip") && l.contains("to=lockdown"))
+        .filter_map(|l| l.rsplit("sample_to_kernel_us=").next()?.trim().parse().ok())
+        .collect();
+    lock.sort_unstable();
+    assert!(lock.len() >= flips, "{} lockdown flips logged, wanted {flips}", lock.len());
+    println!(
+        "lockdown latency, sample received by engine -> nft returned (trip_samples=1), {} flips in {:.1}s:",
+        lock.len(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (target p99 < 20 ms)",
+        pct(&lock, 0.5) as f64 / 1000.0,
+        pct(&lock, 0.9) as f64 / 1000.0,
+        pct(&lock, 0.99) as f64 / 1000.0,
+        *lock.last().unwrap() as f64 / 1000.0
+    );
+
+    // 2. Memory with 100 links.
+    let work = tempfile::tempdir().unwrap();
+    let conf = config(work.path(), &keys.pubkey, 100);
+    let d = Daemon::start(work.path(), &conf, false);
+    assert!(d.ctl(&["policy", "load", bdir.to_str().unwrap()]).0);
+    d.wait("l99", "open");
+    std::thread::sleep(Duration::from_secs(5));
+    let (p, e) = d.rss_kib();
+    println!(
+        "resident memory, 100 simulated links polled every 100 ms: parent {:.1} MiB + engine {:.1} MiB = {:.1} MiB (target < 30 MB)",
+        p as f64 / 1024.0,
+        e as f64 / 1024.0,
+        (p + e) as f64 / 1024.0
+    );
+    drop(d);
+    let _ = Command::new("ip").args(["netns", "del", NS]).status();
+}
