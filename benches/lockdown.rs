@@ -61,12 +61,16 @@ impl Daemon {
     fn start(dir: &Path, conf: &Path, verbose: bool) -> Daemon {
         let log = fs::File::create(dir.join("log")).unwrap();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", NS, QKDPFD, "-d", "-f"]).arg(conf);
+        cmd.args(["netns", "exec", NS, QKDPFD, "-d", "-f"])
+            .arg(conf);
         if verbose {
             cmd.arg("-v");
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        let d = Daemon { child, dir: dir.to_path_buf() };
+        let d = Daemon {
+            child,
+            dir: dir.to_path_buf(),
+        };
         let t = Instant::now();
         while !d.ctl(&["status"]).0 {
             assert!(
@@ -80,8 +84,16 @@ impl Daemon {
     }
 
     fn ctl(&self, args: &[&str]) -> (bool, String) {
-        let o = Command::new(QKDCTL).arg("-s").arg(self.dir.join("sock")).args(args).output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+        let o = Command::new(QKDCTL)
+            .arg("-s")
+            .arg(self.dir.join("sock"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     }
 
     fn wait(&self, link: &str, state: &str) {
@@ -91,7 +103,10 @@ impl Daemon {
             if out.contains(&format!("\"enforcement\": \"{state}\"")) {
                 return;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "{link} never {state}");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{link} never {state}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -112,7 +127,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -135,13 +152,26 @@ fn main() {
         eprintln!("lockdown bench: needs root (network namespace, nftables)");
         return;
     }
-    let flips: usize = std::env::var("QKD_BENCH_FLIPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let flips: usize = std::env::var("QKD_BENCH_FLIPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    assert!(Command::new("ip").args(["netns", "add", NS]).status().unwrap().success());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", NS])
+            .status()
+            .unwrap()
+            .success()
+    );
     let keys = bundle::TestKeys::signify().expect("signify-openbsd");
     let (_b, bdir) = bundle::signed_bundle(
         &keys,
-        &[("policy.toml", POLICY), ("anchors/open.nft", "accept\n"), ("anchors/lockdown.nft", "counter drop\n")],
+        &[
+            ("policy.toml", POLICY),
+            ("anchors/open.nft", "accept\n"),
+            ("anchors/lockdown.nft", "counter drop\n"),
+        ],
     );
 
     // 1. Latency.
@@ -166,7 +196,11 @@ fn main() {
         .filter_map(|l| l.rsplit("sample_to_kernel_us=").next()?.trim().parse().ok())
         .collect();
     lock.sort_unstable();
-    assert!(lock.len() >= flips, "{} lockdown flips logged, wanted {flips}", lock.len());
+    assert!(
+        lock.len() >= flips,
+        "{} lockdown flips logged, wanted {flips}",
+        lock.len()
+    );
     println!(
         "lockdown latency, sample received by engine -> nft returned (trip_samples=1), {} flips in {:.1}s:",
         lock.len(),

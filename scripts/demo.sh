@@ -89,7 +89,8 @@ qkdctl sim eve dr 1.0
 wait_state lockdown
 qkdctl show link dr
 pinging "eavesdropper: link locked"
-ip netns exec qkdemo-a nft list chain inet qkdpfd link_dr | sed 's/^/   /'
+ip netns exec qkdemo-a nft list chain inet qkdpfd link_dr | sed "s/^/   /"
+ip netns exec qkdemo-a nft list chain inet qkdpfd lock_dr | sed "s/^/   /"
 
 say "eavesdropper gone: qkdctl sim eve dr 0 (recovery after recover_after = 10s below 5 %)"
 qkdctl sim eve dr 0

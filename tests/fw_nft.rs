@@ -182,14 +182,18 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     );
     assert!(r.fw.has_rules(&dr).unwrap());
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
-    assert_eq!(rules(&r.ns, "link_dr"), ["drop"]);
+    // Not staged: the lockdown chain is loaded and the link chain only diverts.
+    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
+    assert!(!r.fw.has_rules(&dr).unwrap());
     assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
 
     // A reload (init again, new address) keeps both chains' contents.
     let mut dr2 = dr.clone();
     dr2.addrs4 = vec![Ipv4Addr::new(198, 51, 100, 7)];
     r.fw.init(&[dr2.clone(), hq.clone()]).unwrap();
-    assert_eq!(rules(&r.ns, "link_dr"), ["drop"]);
+    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
     assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
     let set = r.ns.nft("list set inet qkdpfd peer4_dr");
     assert!(set.contains("elements = { 198.51.100.7 }"), "{set}");
@@ -197,7 +201,41 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     r.fw.clear(&hq).unwrap();
     assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
     assert!(!r.fw.has_rules(&hq).unwrap());
-    assert_eq!(rules(&r.ns, "link_dr"), ["drop"]);
+    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+}
+
+#[test]
+fn staged_lockdown_flips_by_one_insert() {
+    if !root_or_skip("staged_lockdown_flips_by_one_insert") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    r.fw.init(std::slice::from_ref(&dr)).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(
+        rules(&r.ns, "link_dr"),
+        ["accept"],
+        "staging changes nothing that passes"
+    );
+    assert_eq!(rules(&r.ns, "lock_dr"), ["counter packets 0 bytes 0 drop"]);
+    assert!(r.fw.has_rules(&dr).unwrap());
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr", "accept"]);
+    assert!(!r.fw.has_rules(&dr).unwrap());
+    // Open replaces the link chain whole: the divert is gone.
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
+    // A different lockdown text takes the slow path and is loaded.
+    r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
+    assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
+    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    r.fw.clear(&dr).unwrap();
+    assert_eq!(rules(&r.ns, "link_dr"), Vec::<String>::new());
+    assert_eq!(rules(&r.ns, "lock_dr"), Vec::<String>::new());
 }
 
 #[test]

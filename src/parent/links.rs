@@ -189,6 +189,15 @@ impl Links {
         match fw.apply(&l.target, Enforcement::Open, r) {
             Ok(()) => {
                 l.applied = Some(Enforcement::Open);
+                // Preload the lockdown rules so the next flip is quick.
+                let lock = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
+                if let Some(Err(e)) = lock.map(|lr| fw.stage(&l.target, Enforcement::Lockdown, lr))
+                {
+                    log::event(Prio::Warning, "stage_failed")
+                        .kv("link", name)
+                        .msg(e)
+                        .send();
+                }
                 true
             }
             Err(e) => {

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::conf::{FirewallBackend, FirewallConf, LinkConf};
 use crate::lock::Enforcement;
@@ -125,9 +125,23 @@ pub trait Firewall: Send {
     ) -> Result<(), FwError>;
     /// Empties the link's anchor/chain (= locked). Last resort after a failed lockdown.
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError>;
+    /// Loads `ruleset` ahead of time so that a later `apply` of the same
+    /// text for `state` is quick (nft: the lockdown chain is preloaded and
+    /// the flip only adds one rule). Off the critical path; a backend without
+    /// a fast path does nothing.
+    fn stage(
+        &mut self,
+        link: &LinkTarget,
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(), FwError> {
+        let _ = (link, state, ruleset);
+        Ok(())
+    }
     /// Renders for `link` and checks without applying (`nft -c`, `pfctl -n`).
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String>;
-    /// Whether the kernel holds a non-empty anchor/chain for the link.
+    /// Whether the kernel holds an open ruleset for the link (a non-empty
+    /// anchor/chain not diverted to lockdown); false means locked.
     fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError>;
 }
 
@@ -244,19 +258,23 @@ impl Tool {
         });
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break Ok(st),
-                Ok(None) if start.elapsed() >= timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break Err(format!("killed after {}", crate::duration::format(timeout)));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => break Err(format!("wait failed: {e}")),
+        // Wait in a thread so the result arrives the moment the tool exits
+        // (a lockdown flip is timed in milliseconds), with a hard timeout.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(timeout) {
+            Ok(Ok(st)) => Ok(st),
+            Ok(Err(e)) => Err(format!("wait failed: {e}")),
+            Err(_) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = rx.recv();
+                Err(format!("killed after {}", crate::duration::format(timeout)))
             }
         };
+        let _ = waiter.join();
         let _ = feeder.join();
         let stdout = out.join().unwrap_or_default();
         let stderr = clip(err.join().unwrap_or_default());
