@@ -472,3 +472,48 @@ fn group_members_read_only_others_refused() {
         "rate-limited to one line a minute"
     );
 }
+
+#[test]
+fn parent_killed_engine_exits_kernel_state_kept() {
+    let Some(mut gw) = Gateway::new("qkt9", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    let parent = gw.daemon.as_ref().unwrap().id();
+    let engine: i32 = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(parent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = gw.daemon.take().unwrap().wait();
+    let t = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{engine}/cmdline")).exists()
+        && !std::fs::read_to_string(format!("/proc/{engine}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "engine outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        gw.pings(3),
+        3,
+        "kernel state kept: the open link stays open"
+    );
+    // The next start restores from the state file and the kernel.
+    gw.start();
+    gw.wait_state("open", Duration::from_secs(10));
+}

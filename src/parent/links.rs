@@ -55,27 +55,7 @@ impl LinkCtl {
 }
 
 pub fn target_of(l: &LinkConf) -> LinkTarget {
-    LinkTarget {
-        name: l.name.clone(),
-        wg_if: l.wg_interface.clone(),
-        wg_port: l.wg_port,
-        addrs4: l
-            .addresses
-            .iter()
-            .filter_map(|a| match a {
-                std::net::IpAddr::V4(v) => Some(*v),
-                _ => None,
-            })
-            .collect(),
-        addrs6: l
-            .addresses
-            .iter()
-            .filter_map(|a| match a {
-                std::net::IpAddr::V6(v) => Some(*v),
-                _ => None,
-            })
-            .collect(),
-    }
+    LinkTarget::from_conf(l)
 }
 
 /// All links plus what they need to flip: the firewall, the active bundle,
@@ -282,5 +262,189 @@ impl Links {
         l.engine = Some(reasons);
         l.qber = qber;
         l.threshold = threshold;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parent::fw::FwError;
+    use crate::parent::state;
+    use crate::policy::{ExpiredAction, Files, Policy, Rulesets};
+    use std::sync::{Arc, Mutex};
+
+    /// Records every call; fails the first `fail_applies` applies.
+    #[derive(Default)]
+    struct Fake {
+        calls: Arc<Mutex<Vec<String>>>,
+        fail_applies: usize,
+        fail_clear: bool,
+    }
+
+    impl Firewall for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn extension(&self) -> &'static str {
+            "nft"
+        }
+        fn init(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
+            Ok(())
+        }
+        fn apply(&mut self, l: &LinkTarget, s: Enforcement, r: &str) -> Result<(), FwError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("apply {} {s} {}", l.name, r.trim()));
+            if self.fail_applies > 0 {
+                self.fail_applies -= 1;
+                return Err(FwError::refused("injected"));
+            }
+            Ok(())
+        }
+        fn clear(&mut self, l: &LinkTarget) -> Result<(), FwError> {
+            self.calls.lock().unwrap().push(format!("clear {}", l.name));
+            if self.fail_clear {
+                return Err(FwError::refused("injected"));
+            }
+            Ok(())
+        }
+        fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn has_rules(&mut self, _: &LinkTarget) -> Result<bool, FwError> {
+            Ok(false)
+        }
+    }
+
+    fn bundle() -> Bundle {
+        let mut m = BTreeMap::new();
+        m.insert("anchors/open.nft".to_string(), b"accept\n".to_vec());
+        m.insert("anchors/lockdown.nft".to_string(), b"drop\n".to_vec());
+        Bundle {
+            policy: Policy {
+                serial: 1,
+                not_after: None,
+                expired_action: ExpiredAction::Keep,
+                defaults: Default::default(),
+                links: BTreeMap::new(),
+                rulesets: Rulesets {
+                    open: "anchors/open".into(),
+                    lockdown: "anchors/lockdown".into(),
+                },
+            },
+            files: Files::from_map(m).unwrap(),
+            digest: [0; 32],
+            signer: "test".into(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn links(fw: Fake, dir: &std::path::Path) -> Links {
+        let conf = crate::conf::parse(
+            "t.conf",
+            "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n\
+             [link.dr]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg0\"\nwg_port = 51820\n\
+             addresses = [\"192.0.2.2\"]\n",
+        )
+        .unwrap();
+        let mut map = BTreeMap::new();
+        map.insert("dr".to_string(), LinkCtl::new(&conf.link["dr"]));
+        Links {
+            links: map,
+            fw: Box::new(fw),
+            state: State::default(),
+            state_path: dir.join("state"),
+        }
+    }
+
+    #[test]
+    fn failed_lockdown_is_retried_then_cleared() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = Fake {
+            fail_applies: 2,
+            ..Fake::default()
+        };
+        let calls = fake.calls.clone();
+        let mut l = links(fake, t.path());
+        l.set_parent_reason("dr", LockReason::Operator, true);
+        let b = bundle();
+        assert_eq!(
+            l.converge("dr", Some(&b), OpenedBy::Auto, false),
+            Some(Enforcement::Lockdown)
+        );
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                "apply dr lockdown drop",
+                "apply dr lockdown drop",
+                "clear dr"
+            ]
+        );
+        // Lock = apply, then persist: the operator reason is on disk.
+        let st = state::load(&t.path().join("state")).unwrap().unwrap();
+        assert!(st.links["dr"].reasons.contains(LockReason::Operator));
+    }
+
+    #[test]
+    fn failed_open_stays_locked_and_is_retried() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = Fake {
+            fail_applies: 1,
+            ..Fake::default()
+        };
+        let calls = fake.calls.clone();
+        let mut l = links(fake, t.path());
+        l.links.get_mut("dr").unwrap().applied = Some(Enforcement::Lockdown);
+        l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+        let b = bundle();
+        assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
+        assert_eq!(l.links["dr"].applied, Some(Enforcement::Lockdown));
+        // The next tick's reconcile retries and opens.
+        let changed = l.reconcile(Some(&b), OpenedBy::Auto);
+        assert_eq!(changed, [("dr".to_string(), Enforcement::Open)]);
+        assert_eq!(
+            calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c.starts_with("apply dr open"))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn no_policy_means_cleared_and_never_opened() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let calls = fake.calls.clone();
+        let mut l = links(fake, t.path());
+        l.set_engine_reasons("dr", Reasons::EMPTY, None, None);
+        l.set_parent_reason("dr", LockReason::NoPolicy, true);
+        l.reconcile(None, OpenedBy::Auto);
+        assert_eq!(*calls.lock().unwrap(), ["clear dr"]);
+        // Even with the reason gone, no bundle means no open ruleset: stays locked.
+        l.set_parent_reason("dr", LockReason::NoPolicy, false);
+        assert!(l.reconcile(None, OpenedBy::Auto).is_empty());
+        assert_eq!(l.links["dr"].applied, Some(Enforcement::Lockdown));
+    }
+
+    #[test]
+    fn silent_engine_keeps_kernel_state() {
+        let t = tempfile::tempdir().unwrap();
+        let fake = Fake::default();
+        let calls = fake.calls.clone();
+        let mut l = links(fake, t.path());
+        assert_eq!(l.links["dr"].desired(), None);
+        assert!(l.reconcile(Some(&bundle()), OpenedBy::Auto).is_empty());
+        assert!(
+            calls.lock().unwrap().is_empty(),
+            "nothing touched before the engine reports"
+        );
+        // Engine's first report clears process-failure (fresh state).
+        l.set_parent_reason("dr", LockReason::ProcessFailure, true);
+        l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), None);
+        assert!(!l.links["dr"].parent.contains(LockReason::ProcessFailure));
     }
 }
