@@ -36,6 +36,7 @@ struct LinkSlot {
     poll: Duration,
     next_poll: Instant,
     qber_name: String,
+    qconf: crate::conf::QberConf,
     parent: Option<LinkState>,
     source_errors: u64,
     /// CLOCK_MONOTONIC when the last sample arrived (flip latency).
@@ -220,9 +221,10 @@ impl Engine {
         let mut old = std::mem::take(&mut self.links);
         for l in cfg.links {
             let qconf = &cfg.qber[&l.qber];
-            if let Some(slot) = old.remove(&l.name) {
-                if slot.qber_name == l.qber {
-                    self.links.insert(l.name.clone(), slot);
+            let kept = old.remove(&l.name);
+            if let Some(slot) = &kept {
+                if slot.qber_name == l.qber && slot.qconf == *qconf {
+                    self.links.insert(l.name.clone(), kept.expect("checked"));
                     continue;
                 }
             }
@@ -236,18 +238,34 @@ impl Engine {
             let source = match source {
                 Ok(s) => s,
                 Err(e) => {
+                    // Fail closed: a link we cannot watch is locked.
                     log::event(Prio::Err, "qber_source_error")
                         .kv("link", &l.name)
                         .msg(e)
                         .send();
+                    let m = LinkReasons {
+                        link: l.name.clone(),
+                        reasons: [LockReason::SourceLost].into_iter().collect(),
+                        qber: None,
+                        threshold: None,
+                        by_operator: false,
+                        sampled_ns: None,
+                    };
+                    let _ = self.tx.send(ToParent::Reasons(m).encode());
                     continue;
                 }
             };
-            let policy = self
-                .policy
-                .as_ref()
-                .and_then(|p| p.links.get(&l.name).cloned());
-            let link = Link::new(&l.name, policy, false, l.persisted, now);
+            // A changed source keeps the link's state machine (and its reasons).
+            let link = match kept {
+                Some(slot) => slot.link,
+                None => {
+                    let policy = self
+                        .policy
+                        .as_ref()
+                        .and_then(|p| p.links.get(&l.name).cloned());
+                    Link::new(&l.name, policy, false, l.persisted, now)
+                }
+            };
             self.links.insert(
                 l.name.clone(),
                 LinkSlot {
@@ -257,6 +275,7 @@ impl Engine {
                     poll: qconf.poll,
                     next_poll: now,
                     qber_name: l.qber.clone(),
+                    qconf: qconf.clone(),
                     parent: None,
                     source_errors: 0,
                     sampled_ns: None,

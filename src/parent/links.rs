@@ -110,6 +110,10 @@ impl Links {
         let l = self.links.get(name)?;
         let want = l.desired()?;
         if l.applied == Some(want) && !force {
+            if want == Enforcement::Open {
+                // Open from before a restart: preload lockdown (a no-op once done).
+                self.stage_lockdown(name, bundle);
+            }
             return None;
         }
         let before = l.applied;
@@ -187,6 +191,21 @@ impl Links {
                     .send();
                 false
             }
+        }
+    }
+
+    /// Preloads the link's lockdown rules so the next flip is quick.
+    fn stage_lockdown(&mut self, name: &str, bundle: Option<&Bundle>) {
+        let fw = &mut self.fw;
+        let Some(l) = self.links.get(name) else {
+            return;
+        };
+        let lock = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
+        if let Some(Err(e)) = lock.map(|r| fw.stage(&l.target, Enforcement::Lockdown, r)) {
+            log::event(Prio::Warning, "stage_failed")
+                .kv("link", name)
+                .msg(e)
+                .send();
         }
     }
 

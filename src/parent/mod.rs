@@ -74,6 +74,9 @@ pub fn main(opts: Opts) -> ExitCode {
             return exit_err(format!("{}: configuration has errors", path.display()));
         }
     };
+    if let Err(e) = check_supported(&conf) {
+        return exit_err(e);
+    }
     if opts.check {
         return check(&conf, opts.verbose > 0);
     }
@@ -82,6 +85,13 @@ pub fn main(opts: Opts) -> ExitCode {
     }
     if let Err(e) = crate::privsep::check_argv0(&opts.argv0) {
         return exit_err(e);
+    }
+    // Before touching the firewall: a live socket means another qkdpfd runs.
+    if std::os::unix::net::UnixStream::connect(&conf.daemon.socket).is_ok() {
+        return exit_err(format!(
+            "already running: control socket {} answers",
+            conf.daemon.socket.display()
+        ));
     }
     let parent = match Parent::new(conf, opts) {
         Ok(p) => p,
@@ -117,6 +127,21 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
     }
     println!("configuration OK");
     ExitCode::SUCCESS
+}
+
+/// What the config may name but this release cannot run yet. Refused here
+/// rather than left unwatched in the engine.
+pub fn check_supported(conf: &Config) -> Result<(), String> {
+    for (name, q) in &conf.qber {
+        if q.driver != crate::conf::QberDriver::Sim {
+            return Err(format!(
+                "{}: [qber.{name}]: driver {:?} is not supported by this release (only \"sim\")",
+                conf.path.display(),
+                q.driver
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
@@ -206,6 +231,10 @@ impl Parent {
             }
             // An empty chain/anchor is locked; remember it so nothing is
             // opened before the engine has fresh state.
+            // What the kernel holds now (empty chain/anchor = locked); nothing
+            // is changed before the engine has fresh state for the link.
+            // Non-empty is not proof of open (a pf anchor holds the lockdown
+            // rules too): then the engine's first report re-applies.
             if let Ok(false) = fw.has_rules(&l.target) {
                 l.applied = Some(Enforcement::Lockdown);
             }

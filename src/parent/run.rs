@@ -378,6 +378,10 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
         log::event(Prio::Err, "reload_failed").msg(msg).send();
         return Reply::error(ErrorCode::Refused, msg);
     }
+    if let Err(e) = super::check_supported(&new) {
+        log::event(Prio::Err, "reload_failed").msg(&e).send();
+        return Reply::error(ErrorCode::ConfigError, e);
+    }
     let keys = match super::read_keys(&new) {
         Ok(k) => k,
         Err(e) => {
@@ -390,6 +394,7 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
     p.conf = new;
     let _ = tx.send(ToEngine::Config(engine_config(p)).encode());
     send_policy(p, tx);
+    send_all_states(p, tx);
     log::event(Prio::Notice, "reload")
         .kv("config", path.display())
         .send();
