@@ -98,8 +98,25 @@ fn manual_unlock_holds_until_qkdctl_unlock() {
     let b = gw.bundle("b2", &p, OPEN_NFT, LOCKDOWN_NFT);
     gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
     gw.wait_state("open", Duration::from_secs(10));
+    let mon_out = gw.path("monitor.txt");
+    let mut monitor = std::process::Command::new(common::gateway::BIN_QKDCTL)
+        .arg("-s")
+        .arg(gw.path("qkdpfd.sock"))
+        .arg("monitor")
+        .stdout(std::fs::File::create(&mon_out).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     gw.ctl_ok(&["sim", "eve", "dr", "1"]);
     gw.wait_state("lockdown", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let streamed = std::fs::read_to_string(&mon_out).unwrap();
+    assert!(
+        streamed.contains("event=lockdown link=dr reason=qber"),
+        "monitor: {streamed}"
+    );
     gw.ctl_ok(&["sim", "eve", "dr", "0"]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(gw.state(), "lockdown", "manual mode holds after recovery");
