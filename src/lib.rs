@@ -2,14 +2,23 @@
 //!
 //! # Layout
 //!
-//! The module tree follows the process diagram of DESIGN §2.
+//! The module tree follows the process diagram of DESIGN §2: a privileged
+//! parent and an unprivileged engine, re-exec'd from one binary, talking over
+//! fd 3; `qkdctl` talks to the engine over the control socket.
 //!
-//! - [`lock`]: lock reasons, enforcement states, QBER bands (shared).
+//! - [`parent`]: the privileged parent: enforcement ([`parent::links`]),
+//!   bundle activation, the state file, firewall backends ([`parent::fw`]).
+//! - [`engine`]: the unprivileged engine: the pure link state machine
+//!   ([`engine::link`]), QBER sources, the control socket server.
+//! - [`imsg`]: every parent <-> engine message, its framing and checks.
+//! - [`privsep`]: socketpair, re-exec, chroot and privilege drop.
+//! - [`proto`]: the control socket protocol (engine <-> qkdctl).
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
-//! - [`policy`]: signed policy bundles: reading, signature and digest checks, parameters.
-//! - [`parent`]: the privileged parent: firewall backends, state file.
-//! - [`engine`]: the unprivileged engine: link state machine, QBER sources.
+//! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
+//! - [`ctl`]: `qkdctl`.
 //! - [`sim`]: the simulated QKD link model.
+//! - [`lock`], [`log`], [`duration`]: lock reasons and bands, the event log
+//!   helper, durations — shared by every process.
 
 pub mod conf;
 pub mod ctl;

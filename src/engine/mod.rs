@@ -100,11 +100,7 @@ pub fn main() -> ExitCode {
 /// The engine checks what the parent sent too (names, references, ranges).
 fn check_config(cfg: &EngineConfig) -> Result<(), String> {
     for l in &cfg.links {
-        let name_ok = l.name.len() <= 31
-            && l.name.starts_with(|c: char| c.is_ascii_lowercase())
-            && l.name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let name_ok = crate::conf::valid_link_name(&l.name);
         if !name_ok {
             return Err(format!("bad link name {:?}", l.name));
         }

@@ -429,12 +429,7 @@ fn set<T>(slot: &mut T, v: Option<T>) {
 
 /// `^[a-z][a-z0-9_]{0,30}$` (pf anchor, nft chain, label).
 pub fn valid_link_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 31
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    crate::conf::valid_link_name(s)
 }
 
 /// A range or consistency problem with one key of a merged link policy.

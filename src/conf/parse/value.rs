@@ -182,10 +182,7 @@ pub(super) fn http_url(g: Got) -> Check<String> {
 /// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor, used in pf anchor
 /// paths, nft chain names and log labels.
 pub(crate) fn valid_name(s: &str) -> bool {
-    let mut cs = s.chars();
-    let first = cs.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
-    first && s.len() <= 31 && cs.all(rest)
+    crate::conf::valid_link_name(s)
 }
 
 pub(super) const NAME_RULE: &str =

@@ -161,12 +161,7 @@ pub fn new(conf: &FirewallConf, state_dir: &Path) -> Box<dyn Firewall> {
 /// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor/table name. They end
 /// up inside pf and nft syntax, so nothing else may pass.
 pub fn valid_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 31
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+    crate::conf::valid_link_name(s)
 }
 
 /// An interface name as the kernels accept it (IFNAMSIZ 16 incl. NUL), with
