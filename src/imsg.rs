@@ -127,6 +127,10 @@ pub enum ParentRequest {
     PolicyLoad {
         bundle_b64: String,
     },
+    /// `qkdctl log verbose|brief`: the parent's level too.
+    Log {
+        verbose: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@
 //! - [`proto`]: the control socket protocol (engine <-> qkdctl).
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
-//! - [`ctl`]: `qkdctl`.
+//! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
 //! - [`sim`]: the simulated QKD link model.
 //! - [`lock`], [`log`], [`duration`]: lock reasons and bands, the event log
 //!   helper, durations — shared by every process.

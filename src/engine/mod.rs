@@ -437,11 +437,7 @@ impl Engine {
             Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
             Request::Log { verbose } => {
                 log::set_verbose(verbose);
-                Reply::ok(if verbose {
-                    "logging verbose"
-                } else {
-                    "logging brief"
-                })
+                return self.forward(uid, ParentRequest::Log { verbose }, Vec::new(), reply);
             }
             Request::SimEve { link, fraction } => self.sim(&link, SimControl::Eve(fraction)),
             Request::SimNoise { link, qber } => self.sim(&link, SimControl::Noise(qber)),

@@ -17,7 +17,7 @@ mod syslog;
 
 use crate::conf::{self, Config};
 use crate::lock::{Enforcement, LockReason};
-use crate::log::{self, Prio};
+use crate::log;
 use crate::parent::activate::Checker;
 use crate::parent::links::{LinkCtl, Links};
 use crate::policy::{Bundle, PublicKey, Store};
@@ -92,6 +92,15 @@ pub fn main(opts: Opts) -> ExitCode {
             "already running: control socket {} answers",
             conf.daemon.socket.display()
         ));
+    }
+    if !opts.foreground {
+        // Start-up events (a rejected active bundle, a failed lockdown)
+        // must reach syslog too; the run loop replaces this sink.
+        syslog::open(&conf.daemon.syslog_facility);
+        log::init(Box::new(|prio, line| {
+            eprintln!("qkdpfd: {line}");
+            syslog::write(prio, line);
+        }));
     }
     let parent = match Parent::new(conf, opts) {
         Ok(p) => p,
@@ -208,17 +217,9 @@ impl Parent {
                 fw: fw.as_ref(),
                 targets: &targets,
             };
-            match activate::restore(&keys, &store, &st, &checker) {
-                Ok(b) => b,
-                Err(e) => {
-                    log::event(Prio::Alert, "policy_rejected")
-                        .kv("reason", e.reason())
-                        .kv("source", "startup")
-                        .msg(&e)
-                        .send();
-                    None
-                }
-            }
+            // A failure is logged as policy_rejected source=state; the links
+            // then stay locked by no-policy.
+            activate::restore(&keys, &store, &st, &checker).unwrap_or_default()
         };
         let mut map = BTreeMap::new();
         for (name, lc) in &conf.link {

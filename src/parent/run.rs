@@ -294,6 +294,14 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                 ParentRequest::Unlock { target, force } => operator_unlock(p, &target, force),
                 ParentRequest::Reload => reload(p, tx),
                 ParentRequest::PolicyLoad { bundle_b64 } => policy_load(p, tx, &bundle_b64),
+                ParentRequest::Log { verbose } => {
+                    log::set_verbose(verbose);
+                    Reply::ok(if verbose {
+                        "logging verbose"
+                    } else {
+                        "logging brief"
+                    })
+                }
             };
             send_all_states(p, tx);
             let _ = tx.send(ToEngine::CtlReply(CtlReply { id: req.id, reply }).encode());
