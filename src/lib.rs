@@ -17,8 +17,8 @@
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
 //! - [`sim`]: the simulated QKD link model.
-//! - [`lock`], [`log`], [`duration`]: lock reasons and bands, the event log
-//!   helper, durations — shared by every process.
+//! - [`lock`], [`log`], [`duration`], [`secret`]: lock reasons and bands, the
+//!   event log helper, durations, key types — shared by every process.
 
 pub mod conf;
 pub mod ctl;
@@ -31,4 +31,5 @@ pub mod parent;
 pub mod policy;
 pub mod privsep;
 pub mod proto;
+pub mod secret;
 pub mod sim;
