@@ -14,6 +14,7 @@ pub mod links;
 mod run;
 pub mod state;
 mod syslog;
+pub mod wg;
 
 use crate::conf::{self, Config};
 use crate::lock::{Enforcement, LockReason};

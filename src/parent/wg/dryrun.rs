@@ -1,0 +1,151 @@
+//! dry-run WireGuard backend (DESIGN §5), run by the privileged parent when
+//! the config says `[wireguard] backend = "dry-run"`: for demos, benchmarks
+//! and hosts whose tunnels must not change. It touches only
+//! `<state_dir>/dry-run/wg-<if>.psk-fp`, which it rewrites atomically with
+//! one line `<peer public key, base64> <PSK fingerprint>` per peer it was
+//! asked to set on that interface. The key itself stays in memory (for
+//! get_psk) and never reaches the file. Every peer "exists" with no PSK
+//! (all zero) until it is set, as on a freshly configured interface.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{WgBackend, WgError, WgPeer, check_ifname};
+use crate::log;
+use crate::parent::fw::dryrun::write_atomic;
+use crate::secret::Psk;
+
+pub struct DryRun {
+    dir: PathBuf,
+    /// interface -> peer public key -> PSK.
+    psks: BTreeMap<String, BTreeMap<[u8; 32], Psk>>,
+}
+
+impl DryRun {
+    pub fn new(state_dir: &Path) -> DryRun {
+        DryRun {
+            dir: state_dir.join("dry-run"),
+            psks: BTreeMap::new(),
+        }
+    }
+
+    /// The fingerprint file of one interface.
+    pub fn path(&self, ifname: &str) -> PathBuf {
+        self.dir.join(format!("wg-{ifname}.psk-fp"))
+    }
+
+    fn write(&self, ifname: &str) -> Result<(), WgError> {
+        let mut text = String::new();
+        for (pk, psk) in self.psks.get(ifname).into_iter().flatten() {
+            let peer = WgPeer {
+                interface: ifname.to_string(),
+                public_key: *pk,
+            };
+            text += &format!("{} {}\n", peer.public_b64(), psk.fingerprint());
+        }
+        let path = self.path(ifname);
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|_| write_atomic(&path, text.as_bytes()))
+            .map_err(|e| WgError::Io(format!("dry-run: cannot write {}: {e}", path.display())))
+    }
+}
+
+impl WgBackend for DryRun {
+    fn name(&self) -> &'static str {
+        "dry-run"
+    }
+
+    fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
+        check_ifname(&peer.interface)?;
+        let ifpeers = self.psks.entry(peer.interface.clone()).or_default();
+        let old = ifpeers.insert(peer.public_key, psk.clone());
+        if let Err(e) = self.write(&peer.interface) {
+            // The file is what a dry run shows: keep memory equal to it.
+            let ifpeers = self.psks.entry(peer.interface.clone()).or_default();
+            match old {
+                Some(o) => ifpeers.insert(peer.public_key, o),
+                None => ifpeers.remove(&peer.public_key),
+            };
+            return Err(e);
+        }
+        log::debug(format!(
+            "dry-run: would set the PSK of peer {} on {} (fp {})",
+            peer.public_b64(),
+            peer.interface,
+            psk.fingerprint()
+        ));
+        Ok(())
+    }
+
+    fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
+        check_ifname(&peer.interface)?;
+        Ok(self
+            .psks
+            .get(&peer.interface)
+            .and_then(|m| m.get(&peer.public_key))
+            .cloned()
+            .unwrap_or_else(|| Psk::from_bytes([0; 32])))
+    }
+}
+
+impl std::fmt::Debug for DryRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DryRun({})", self.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_fingerprints_not_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = DryRun::new(tmp.path());
+        let a = WgPeer {
+            interface: "wg0".into(),
+            public_key: [1; 32],
+        };
+        let b = WgPeer {
+            public_key: [2; 32],
+            ..a.clone()
+        };
+        assert_eq!(d.get_psk(&a).unwrap().expose(), &[0; 32]);
+        let ka = Psk::from_bytes([0x41; 32]);
+        let kb = Psk::from_bytes([0x42; 32]);
+        d.set_psk(&a, &ka).unwrap();
+        d.set_psk(&b, &kb).unwrap();
+        assert_eq!(d.get_psk(&a).unwrap(), ka);
+        assert_eq!(d.get_psk(&b).unwrap(), kb);
+        let text = std::fs::read_to_string(tmp.path().join("dry-run/wg-wg0.psk-fp")).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{} {}\n{} {}\n",
+                a.public_b64(),
+                ka.fingerprint(),
+                b.public_b64(),
+                kb.fingerprint()
+            )
+        );
+        assert!(!text.contains("QUFB") && !text.contains("4141"));
+        assert!(format!("{d:?}").starts_with("DryRun("));
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_psk() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A file where the dry-run directory should be.
+        std::fs::write(tmp.path().join("dry-run"), b"").unwrap();
+        let mut d = DryRun::new(tmp.path());
+        let p = WgPeer {
+            interface: "wg0".into(),
+            public_key: [1; 32],
+        };
+        assert!(matches!(
+            d.set_psk(&p, &Psk::from_bytes([3; 32])),
+            Err(WgError::Io(_))
+        ));
+        assert_eq!(d.get_psk(&p).unwrap().expose(), &[0; 32]);
+    }
+}

@@ -1,0 +1,321 @@
+//! WireGuard PSK writers (DESIGN §5 "WireGuard"). Run by the privileged
+//! parent only: the one place qkdpfd touches a WireGuard interface, and then
+//! only the pre-shared key of a peer that already exists.
+//!
+//! Each backend sits behind [`WgBackend`]: `uapi` (the text protocol of
+//! wireguard-go's socket), `linux` (generic netlink to the kernel module),
+//! `openbsd` (SIOCSWG/SIOCGWG on wg(4)) and `dryrun` (records a fingerprint).
+//! Every "set" asks the OS to update an existing peer only; since those
+//! flags skip a missing peer silently, every write is read back and compared
+//! in constant time. Key bytes never reach an error, a log line or a Debug
+//! print: errors carry errno values and the tool's words, never a buffer.
+
+use std::fmt;
+use std::path::Path;
+
+use base64::Engine;
+
+use crate::conf::{WireguardBackend, WireguardConf};
+use crate::secret::Psk;
+
+pub mod dryrun;
+pub mod linux;
+pub mod openbsd;
+pub mod uapi;
+
+/// Where wireguard-go (and wireguard-tools) keep their UAPI sockets.
+pub const UAPI_DIR: &str = "/var/run/wireguard";
+
+/// IFNAMSIZ on Linux and OpenBSD, including the terminating NUL.
+pub const IFNAMSIZ: usize = 16;
+
+/// One WireGuard peer of one interface: the config's `wg_interface` and
+/// `wg_peer` (the far gateway's public key, not secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub interface: String,
+    pub public_key: [u8; 32],
+}
+
+impl WgPeer {
+    /// From the config's `wg_interface` and `wg_peer` (base64 of 32 bytes,
+    /// already checked by the config parser; checked again here).
+    pub fn from_conf(interface: &str, wg_peer_b64: &str) -> Result<WgPeer, String> {
+        check_ifname(interface).map_err(|e| e.to_string())?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(wg_peer_b64.trim())
+            .map_err(|_| format!("wg_peer {wg_peer_b64:?}: not base64"))?;
+        let public_key: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| format!("wg_peer {wg_peer_b64:?}: not 32 bytes"))?;
+        Ok(WgPeer {
+            interface: interface.to_string(),
+            public_key,
+        })
+    }
+
+    /// The public key as wg(8) shows it.
+    pub fn public_b64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.public_key)
+    }
+}
+
+impl fmt::Debug for WgPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WgPeer({} {})", self.interface, self.public_b64())
+    }
+}
+
+/// Why a PSK could not be written or read. `Display` never holds key bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WgError {
+    NoSuchInterface,
+    NoSuchPeer,
+    /// The OS or the socket failed (errno text, timeouts, unsupported OS).
+    Io(String),
+    /// The other side answered something we do not understand or refused.
+    Protocol(String),
+    /// The read-back differs from what was written.
+    Mismatch,
+}
+
+impl WgError {
+    /// The `reason=` word for `key_rotation_failed` and similar events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WgError::NoSuchInterface => "no-such-interface",
+            WgError::NoSuchPeer => "no-such-peer",
+            WgError::Io(_) => "wg-io",
+            WgError::Protocol(_) => "wg-protocol",
+            WgError::Mismatch => "psk-mismatch",
+        }
+    }
+}
+
+impl fmt::Display for WgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WgError::NoSuchInterface => f.write_str("no such WireGuard interface"),
+            WgError::NoSuchPeer => f.write_str("no such peer on the WireGuard interface"),
+            WgError::Io(m) => write!(f, "WireGuard I/O: {m}"),
+            WgError::Protocol(m) => write!(f, "WireGuard protocol: {m}"),
+            WgError::Mismatch => f.write_str("PSK read back differs from the one written"),
+        }
+    }
+}
+
+impl std::error::Error for WgError {}
+
+/// One way of reaching WireGuard.
+pub trait WgBackend: Send {
+    fn name(&self) -> &'static str;
+    /// Sets ONLY the PSK of an EXISTING peer (never creates a peer, never
+    /// touches anything else), then reads it back; a missing peer is
+    /// `Err(NoSuchPeer)` (the update-only flags skip a missing peer
+    /// silently, so the read-back is what detects it).
+    fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError>;
+    /// Reads the peer's current PSK (all zero when it has none).
+    fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError>;
+}
+
+/// The backend the config names. Kernel backends on the wrong OS are still
+/// built; their methods then fail with `Io` (fail closed, never silently).
+pub fn new(conf: &WireguardConf, state_dir: &Path) -> Box<dyn WgBackend> {
+    match conf.backend {
+        WireguardBackend::Userspace => Box::new(uapi::Uapi::new(Path::new(UAPI_DIR))),
+        WireguardBackend::Linux => Box::new(linux::Linux::new()),
+        WireguardBackend::Openbsd => Box::new(openbsd::OpenBsd::new()),
+        WireguardBackend::DryRun => Box::new(dryrun::DryRun::new(state_dir)),
+    }
+}
+
+/// What the periodic re-read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drift {
+    /// The peer still has the PSK we installed.
+    Same,
+    /// Someone else changed it (`wg setconf`, netstart, another tool): lock
+    /// the link with `psk-drift`.
+    Changed,
+}
+
+/// The periodic drift check: re-reads the peer's PSK and compares it with
+/// the one installed, in constant time. Errors (peer gone, interface gone)
+/// are the caller's to treat as failures, not as "no drift".
+pub fn check_drift(
+    backend: &mut dyn WgBackend,
+    peer: &WgPeer,
+    installed: &Psk,
+) -> Result<Drift, WgError> {
+    let now = backend.get_psk(peer)?;
+    Ok(if ct_eq(now.expose(), installed.expose()) {
+        Drift::Same
+    } else {
+        Drift::Changed
+    })
+}
+
+/// The read-back every backend does after a write: the peer must exist
+/// (absent = `NoSuchPeer`) and hold exactly `psk`.
+pub fn verify(found: Option<Psk>, psk: &Psk) -> Result<(), WgError> {
+    match found {
+        None => Err(WgError::NoSuchPeer),
+        Some(now) if ct_eq(now.expose(), psk.expose()) => Ok(()),
+        Some(_) => Err(WgError::Mismatch),
+    }
+}
+
+/// Constant-time equality of two keys: no early exit on the first
+/// differing byte.
+pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut acc = 0u8;
+    for i in 0..32 {
+        acc |= a[i] ^ b[i];
+    }
+    std::hint::black_box(acc) == 0
+}
+
+/// An interface name both kernels would accept: 1..=15 bytes of
+/// `[A-Za-z0-9_.-]`, not `.`/`..` (it also becomes a socket file name).
+pub fn check_ifname(name: &str) -> Result<(), WgError> {
+    let ok = !name.is_empty()
+        && name.len() < IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(WgError::Protocol(format!(
+            "invalid interface name {name:?} (1-15 of [A-Za-z0-9_.-])"
+        )))
+    }
+}
+
+/// Lower-case hex of a key, as UAPI wants it.
+pub(crate) fn hex_into(out: &mut String, key: &[u8; 32]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in key {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+}
+
+/// Parses 64 hex digits (either case) into a key. The error never quotes
+/// the input: it may be a key.
+pub(crate) fn hex_key(s: &str) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    for (i, pair) in s.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(Option<Psk>);
+
+    impl WgBackend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn set_psk(&mut self, _: &WgPeer, psk: &Psk) -> Result<(), WgError> {
+            self.0 = Some(psk.clone());
+            Ok(())
+        }
+        fn get_psk(&mut self, _: &WgPeer) -> Result<Psk, WgError> {
+            self.0.clone().ok_or(WgError::NoSuchPeer)
+        }
+    }
+
+    fn peer() -> WgPeer {
+        WgPeer::from_conf("wg0", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap()
+    }
+
+    #[test]
+    fn peer_from_conf_checks_key_and_name() {
+        let p = peer();
+        assert_eq!(p.public_key, [1; 32]);
+        assert_eq!(
+            p.public_b64(),
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+        );
+        assert!(WgPeer::from_conf("wg0", "AAAA").is_err());
+        assert!(WgPeer::from_conf("wg0", "not base64!").is_err());
+        assert!(WgPeer::from_conf("../x", &p.public_b64()).is_err());
+        assert!(WgPeer::from_conf("0123456789abcdef", &p.public_b64()).is_err());
+        assert!(WgPeer::from_conf("", &p.public_b64()).is_err());
+        assert!(check_ifname("wg0").is_ok() && check_ifname("a.b-c_d").is_ok());
+        assert!(check_ifname("..").is_err() && check_ifname("a/b").is_err());
+    }
+
+    #[test]
+    fn drift_compares_with_installed() {
+        let mut f = Fake(None);
+        let p = peer();
+        let k = Psk::from_bytes([5; 32]);
+        assert_eq!(check_drift(&mut f, &p, &k), Err(WgError::NoSuchPeer));
+        f.set_psk(&p, &k).unwrap();
+        assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Same));
+        f.0 = Some(Psk::from_bytes([6; 32]));
+        assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Changed));
+    }
+
+    #[test]
+    fn verify_maps_absent_and_different() {
+        let k = Psk::from_bytes([9; 32]);
+        assert_eq!(verify(None, &k), Err(WgError::NoSuchPeer));
+        assert_eq!(
+            verify(Some(Psk::from_bytes([8; 32])), &k),
+            Err(WgError::Mismatch)
+        );
+        assert_eq!(verify(Some(k.clone()), &k), Ok(()));
+        let mut b = [9; 32];
+        b[31] = 0;
+        assert!(!ct_eq(&b, k.expose()) && ct_eq(k.expose(), k.expose()));
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let mut key = [0u8; 32];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37);
+        }
+        let mut s = String::new();
+        hex_into(&mut s, &key);
+        assert_eq!(&s[..6], "00254a");
+        assert_eq!(*hex_key(&s).unwrap(), key);
+        assert_eq!(*hex_key(&s.to_uppercase()).unwrap(), key);
+        assert!(hex_key(&s[1..]).is_none());
+        assert!(hex_key(&s.replace('a', "g")).is_none());
+    }
+
+    #[test]
+    fn errors_name_reasons_without_secrets() {
+        let all = [
+            WgError::NoSuchInterface,
+            WgError::NoSuchPeer,
+            WgError::Io("x".into()),
+            WgError::Protocol("y".into()),
+            WgError::Mismatch,
+        ];
+        let reasons: Vec<_> = all.iter().map(|e| e.reason()).collect();
+        assert_eq!(reasons[1], "no-such-peer");
+        let mut dedup = reasons.clone();
+        dedup.dedup();
+        assert_eq!(dedup.len(), all.len());
+        for e in &all {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! `openbsd` WireGuard backend (DESIGN §5, reference/openbsd.md "wg(4)
+//! PSK"), run by the privileged parent: SIOCSWG/SIOCGWG on wg(4) through an
+//! AF_INET datagram socket. It touches only the PSK of one existing peer.
+//!
+//! The structures of sys/net/if_wg.h are plain `#[repr(C)]` Rust here, with
+//! OpenBSD's own sockaddr and timespec (sa_family_t is one byte there), so
+//! the layout, the request encoder and the reply decoder compile and are
+//! tested on every platform. Only the `ioctl(2)` call is OpenBSD-only; on
+//! other systems the backend fails with `Io`. Request and reply buffers are
+//! zeroized (a SIOCGWG reply also holds the interface's private key).
+
+use std::mem::{offset_of, size_of};
+
+use zeroize::Zeroizing;
+
+use super::{WgBackend, WgError, WgPeer, check_ifname, verify};
+use crate::secret::Psk;
+
+pub const WG_PEER_HAS_PUBLIC: i32 = 1 << 0;
+pub const WG_PEER_HAS_PSK: i32 = 1 << 1;
+pub const WG_PEER_UPDATE: i32 = 1 << 6;
+
+/// OpenBSD `struct sockaddr`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Sockaddr {
+    pub sa_len: u8,
+    pub sa_family: u8,
+    pub sa_data: [u8; 14],
+}
+
+/// OpenBSD `struct sockaddr_in`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockaddrIn {
+    pub sin_len: u8,
+    pub sin_family: u8,
+    pub sin_port: u16,
+    pub sin_addr: u32,
+    pub sin_zero: [u8; 8],
+}
+
+/// OpenBSD `struct sockaddr_in6` (28 bytes; `in6_addr` is 4-byte aligned).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockaddrIn6 {
+    pub sin6_len: u8,
+    pub sin6_family: u8,
+    pub sin6_port: u16,
+    pub sin6_flowinfo: u32,
+    pub sin6_addr: [u32; 4],
+    pub sin6_scope_id: u32,
+}
+
+/// `union wg_peer_endpoint`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union WgPeerEndpoint {
+    pub sa: Sockaddr,
+    pub sin: SockaddrIn,
+    pub sin6: SockaddrIn6,
+}
+
+/// OpenBSD `struct timespec`: `time_t` is 64 bits on every OpenBSD arch.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Timespec {
+    pub tv_sec: i64,
+    pub tv_nsec: std::ffi::c_long,
+}
+
+/// `union wg_aip_addr`: `in_addr` or `in6_addr`, both 4-byte aligned.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union WgAipAddr {
+    pub ipv4: u32,
+    pub ipv6: [u32; 4],
+}
+
+/// `struct wg_aip_io` (24 bytes on every arch).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WgAipIo {
+    pub a_af: u8,
+    pub a_cidr: i32,
+    pub a_addr: WgAipAddr,
+}
+
+/// `struct wg_peer_io` without its flexible `p_aips[]` (208 bytes on LP64).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WgPeerIo {
+    pub p_flags: i32,
+    pub p_protocol_version: i32,
+    pub p_public: [u8; 32],
+    pub p_psk: [u8; 32],
+    pub p_pka: u16,
+    pub p_endpoint: WgPeerEndpoint,
+    pub p_txbytes: u64,
+    pub p_rxbytes: u64,
+    pub p_last_handshake: Timespec,
+    pub p_description: [u8; 64],
+    pub p_aips_count: usize,
+}
+
+/// `struct wg_interface_io` without its flexible `i_peers[]` (80 on LP64).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WgInterfaceIo {
+    pub i_flags: u8,
+    pub i_port: u16,
+    pub i_rtable: i32,
+    pub i_public: [u8; 32],
+    pub i_private: [u8; 32],
+    pub i_peers_count: usize,
+}
+
+/// `struct wg_data_io` (32 bytes on LP64): the ioctl argument.
+#[repr(C)]
+pub struct WgDataIo {
+    pub wgd_name: [u8; 16],
+    pub wgd_size: usize,
+    pub wgd_interface: *mut WgInterfaceIo,
+}
+
+/// OpenBSD's `_IOWR(group, num, len)` (sys/ioccom.h).
+pub const fn iowr(group: u8, num: u8, len: usize) -> u64 {
+    const IOC_INOUT: u64 = 0x4000_0000 | 0x8000_0000;
+    const IOCPARM_MASK: u64 = 0x1fff;
+    IOC_INOUT | (((len as u64) & IOCPARM_MASK) << 16) | ((group as u64) << 8) | num as u64
+}
+
+pub const SIOCSWG: u64 = iowr(b'i', 210, size_of::<WgDataIo>());
+pub const SIOCGWG: u64 = iowr(b'i', 211, size_of::<WgDataIo>());
+
+const IFACE: usize = size_of::<WgInterfaceIo>();
+const PEER: usize = size_of::<WgPeerIo>();
+const AIP: usize = size_of::<WgAipIo>();
+
+/// Largest SIOCGWG reply accepted (the kernel names the size it needs).
+const MAX_GET: usize = 64 << 20;
+
+fn put(buf: &mut [u8], off: usize, bytes: &[u8]) {
+    buf[off..off + bytes.len()].copy_from_slice(bytes);
+}
+
+/// The SIOCSWG payload that sets one existing peer's PSK and nothing else:
+/// `i_flags = 0`, one peer, `p_flags = HAS_PUBLIC|HAS_PSK|UPDATE`, no
+/// allowed IPs. Native byte order, padding zero. `wgd_size` = its length.
+pub fn encode_set(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<Vec<u8>> {
+    let mut b = Zeroizing::new(vec![0u8; IFACE + PEER]);
+    put(
+        &mut b,
+        offset_of!(WgInterfaceIo, i_peers_count),
+        &1usize.to_ne_bytes(),
+    );
+    let p = IFACE;
+    let flags = WG_PEER_HAS_PUBLIC | WG_PEER_HAS_PSK | WG_PEER_UPDATE;
+    put(
+        &mut b,
+        p + offset_of!(WgPeerIo, p_flags),
+        &flags.to_ne_bytes(),
+    );
+    put(&mut b, p + offset_of!(WgPeerIo, p_public), public_key);
+    put(&mut b, p + offset_of!(WgPeerIo, p_psk), psk.expose());
+    b
+}
+
+/// `wgd_name`: the interface name, NUL-padded.
+pub fn ifname_bytes(name: &str) -> Result<[u8; 16], WgError> {
+    check_ifname(name)?;
+    let mut n = [0u8; 16];
+    n[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(n)
+}
+
+fn read_usize(b: &[u8], off: usize) -> Result<usize, WgError> {
+    let raw = b
+        .get(off..off + size_of::<usize>())
+        .ok_or_else(|| WgError::Protocol("SIOCGWG reply truncated".into()))?;
+    Ok(usize::from_ne_bytes(
+        raw.try_into().expect("usize-sized slice"),
+    ))
+}
+
+/// Walks a SIOCGWG reply (the first `wgd_size` bytes) for `want`: its PSK
+/// (all zero when the kernel reports none) or `None` when it is no peer.
+/// Each peer takes 208 bytes plus `p_aips_count` × 24.
+pub fn decode_get(b: &[u8], want: &[u8; 32]) -> Result<Option<Psk>, WgError> {
+    let count = read_usize(b, offset_of!(WgInterfaceIo, i_peers_count))?;
+    let mut off = IFACE;
+    let mut found = None;
+    for _ in 0..count {
+        let peer = b
+            .get(off..off + PEER)
+            .ok_or_else(|| WgError::Protocol("SIOCGWG reply truncated in a peer".into()))?;
+        let aips = read_usize(peer, offset_of!(WgPeerIo, p_aips_count))?;
+        let at = |f: usize| &peer[f..f + 32];
+        if at(offset_of!(WgPeerIo, p_public)) == want {
+            let flags_at = offset_of!(WgPeerIo, p_flags);
+            let flags = i32::from_ne_bytes(peer[flags_at..flags_at + 4].try_into().expect("4"));
+            let mut k = Zeroizing::new([0u8; 32]);
+            if flags & WG_PEER_HAS_PSK != 0 {
+                k.copy_from_slice(at(offset_of!(WgPeerIo, p_psk)));
+            }
+            found = Some(Psk::from_bytes(*k));
+        }
+        off = aips
+            .checked_mul(AIP)
+            .and_then(|a| a.checked_add(off + PEER))
+            .filter(|&end| end <= b.len())
+            .ok_or_else(|| WgError::Protocol("SIOCGWG reply: allowed IPs past its end".into()))?;
+    }
+    Ok(found)
+}
+
+/// The `openbsd` backend.
+#[derive(Debug, Default)]
+pub struct OpenBsd;
+
+impl OpenBsd {
+    pub fn new() -> OpenBsd {
+        OpenBsd
+    }
+
+    fn get(&self, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
+        let name = ifname_bytes(&peer.interface)?;
+        let mut len = IFACE + 8 * PEER + 64 * AIP;
+        // The kernel writes the size it needs when ours is too small; peers
+        // may be added in between, so try a few times.
+        for _ in 0..4 {
+            let mut buf = Zeroizing::new(vec![0u8; len]);
+            let need = ioctl_wg(SIOCGWG, &name, &mut buf)?;
+            if need <= len {
+                return decode_get(&buf[..need], &peer.public_key);
+            }
+            if need > MAX_GET {
+                return Err(WgError::Protocol(format!("SIOCGWG wants {need} bytes")));
+            }
+            len = need + 4 * PEER;
+        }
+        Err(WgError::Io("SIOCGWG: interface keeps growing".into()))
+    }
+}
+
+impl WgBackend for OpenBsd {
+    fn name(&self) -> &'static str {
+        "openbsd"
+    }
+
+    fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
+        if self.get(peer)?.is_none() {
+            return Err(WgError::NoSuchPeer);
+        }
+        let name = ifname_bytes(&peer.interface)?;
+        let mut req = encode_set(&peer.public_key, psk);
+        ioctl_wg(SIOCSWG, &name, &mut req)?;
+        drop(req);
+        verify(self.get(peer)?, psk)
+    }
+
+    fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
+        self.get(peer)?.ok_or(WgError::NoSuchPeer)
+    }
+}
+
+/// One SIOCSWG/SIOCGWG; returns the `wgd_size` the kernel left.
+#[cfg(target_os = "openbsd")]
+fn ioctl_wg(req: u64, name: &[u8; 16], buf: &mut [u8]) -> Result<usize, WgError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let what = if req == SIOCSWG { "SIOCSWG" } else { "SIOCGWG" };
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(WgError::Io(format!("socket: {e}")));
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut data = WgDataIo {
+        wgd_name: *name,
+        wgd_size: buf.len(),
+        wgd_interface: buf.as_mut_ptr().cast(),
+    };
+    // SAFETY: `data` points at `buf`, which lives across the call and is
+    // `wgd_size` bytes long; the kernel copies in/out at most that much.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), req as libc::c_ulong, &mut data) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENXIO) => WgError::NoSuchInterface,
+            Some(libc::ENOTTY) => WgError::Protocol(format!("{what}: not a wg(4) interface")),
+            _ => WgError::Io(format!("{what}: {e}")),
+        });
+    }
+    Ok(data.wgd_size)
+}
+
+#[cfg(not(target_os = "openbsd"))]
+fn ioctl_wg(_req: u64, _name: &[u8; 16], _buf: &mut [u8]) -> Result<usize, WgError> {
+    Err(WgError::Io("openbsd backend on non-OpenBSD".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers() {
+        assert_eq!(iowr(b'i', 210, 32), 0xc020_69d2);
+        assert_eq!(iowr(b'i', 211, 32), 0xc020_69d3);
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!((SIOCSWG, SIOCGWG), (0xc020_69d2, 0xc020_69d3));
+    }
+
+    #[test]
+    fn pieces_have_openbsd_sizes() {
+        assert_eq!(size_of::<Sockaddr>(), 16);
+        assert_eq!(size_of::<SockaddrIn>(), 16);
+        assert_eq!(size_of::<SockaddrIn6>(), 28);
+        assert_eq!(size_of::<WgPeerEndpoint>(), 28);
+        assert_eq!(std::mem::align_of::<WgPeerEndpoint>(), 4);
+        assert_eq!(size_of::<WgAipIo>(), 24);
+        assert_eq!(offset_of!(WgAipIo, a_cidr), 4);
+        assert_eq!(offset_of!(WgAipIo, a_addr), 8);
+        assert_eq!(offset_of!(SockaddrIn6, sin6_addr), 8);
+        assert_eq!(offset_of!(SockaddrIn6, sin6_scope_id), 24);
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn lp64_layout_matches_reference() {
+        assert_eq!(size_of::<WgDataIo>(), 32);
+        assert_eq!(offset_of!(WgDataIo, wgd_size), 16);
+        assert_eq!(offset_of!(WgDataIo, wgd_interface), 24);
+        assert_eq!(size_of::<WgInterfaceIo>(), 80);
+        assert_eq!(offset_of!(WgInterfaceIo, i_port), 2);
+        assert_eq!(offset_of!(WgInterfaceIo, i_rtable), 4);
+        assert_eq!(offset_of!(WgInterfaceIo, i_public), 8);
+        assert_eq!(offset_of!(WgInterfaceIo, i_private), 40);
+        assert_eq!(offset_of!(WgInterfaceIo, i_peers_count), 72);
+        assert_eq!(size_of::<Timespec>(), 16);
+        assert_eq!(size_of::<WgPeerIo>(), 208);
+        assert_eq!(offset_of!(WgPeerIo, p_protocol_version), 4);
+        assert_eq!(offset_of!(WgPeerIo, p_public), 8);
+        assert_eq!(offset_of!(WgPeerIo, p_psk), 40);
+        assert_eq!(offset_of!(WgPeerIo, p_pka), 72);
+        assert_eq!(offset_of!(WgPeerIo, p_endpoint), 76);
+        assert_eq!(offset_of!(WgPeerIo, p_txbytes), 104);
+        assert_eq!(offset_of!(WgPeerIo, p_rxbytes), 112);
+        assert_eq!(offset_of!(WgPeerIo, p_last_handshake), 120);
+        assert_eq!(offset_of!(WgPeerIo, p_description), 136);
+        assert_eq!(offset_of!(WgPeerIo, p_aips_count), 200);
+    }
+
+    /// 80 + 208 bytes: peers_count 1 at 72; p_flags 0x43 at 80, public key
+    /// at 88, PSK at 120, everything else zero.
+    #[cfg(all(target_pointer_width = "64", target_endian = "little"))]
+    #[test]
+    fn set_request_golden_bytes() {
+        const GOLDEN: [&str; 9] = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000010000000000000043000000000000001111111111111111",
+            "1111111111111111111111111111111111111111111111112222222222222222",
+            "2222222222222222222222222222222222222222222222220000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ];
+        let b = encode_set(&[0x11; 32], &Psk::from_bytes([0x22; 32]));
+        assert_eq!(b.len(), 288);
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(hex, GOLDEN.concat());
+    }
+
+    /// A reply as the kernel writes it: peer A with two allowed IPs (24
+    /// bytes each), then peer B with a PSK, then peer C without one.
+    #[cfg(target_pointer_width = "64")]
+    fn reply() -> Vec<u8> {
+        let mut b = vec![0u8; 80 + 208 + 2 * 24 + 208 + 208];
+        b[72..80].copy_from_slice(&3usize.to_ne_bytes());
+        let mut peer = |at: usize, key: u8, psk: Option<u8>, aips: usize| {
+            let flags = WG_PEER_HAS_PUBLIC | if psk.is_some() { WG_PEER_HAS_PSK } else { 0 };
+            b[at..at + 4].copy_from_slice(&flags.to_ne_bytes());
+            b[at + 8..at + 40].fill(key);
+            b[at + 40..at + 72].fill(psk.unwrap_or(0));
+            b[at + 200..at + 208].copy_from_slice(&aips.to_ne_bytes());
+        };
+        peer(80, 0xa1, Some(0x5a), 2);
+        peer(80 + 208 + 48, 0xb2, Some(0x6b), 0);
+        peer(80 + 208 + 48 + 208, 0xc3, None, 0);
+        b
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn decode_walks_peers_and_allowed_ips() {
+        let b = reply();
+        let a = decode_get(&b, &[0xa1; 32]).unwrap().unwrap();
+        assert_eq!(a.expose(), &[0x5a; 32]);
+        let bb = decode_get(&b, &[0xb2; 32]).unwrap().unwrap();
+        assert_eq!(bb.expose(), &[0x6b; 32]);
+        let c = decode_get(&b, &[0xc3; 32]).unwrap().unwrap();
+        assert_eq!(c.expose(), &[0; 32]);
+        assert!(decode_get(&b, &[0xd4; 32]).unwrap().is_none());
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn decode_refuses_counts_past_the_end() {
+        let b = reply();
+        assert!(decode_get(&b[..b.len() - 1], &[0xc3; 32]).is_err());
+        let mut huge = b.clone();
+        huge[80 + 200..80 + 208].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert!(matches!(
+            decode_get(&huge, &[0xb2; 32]),
+            Err(WgError::Protocol(_))
+        ));
+        let mut many = b.clone();
+        many[72..80].copy_from_slice(&1000usize.to_ne_bytes());
+        assert!(decode_get(&many, &[0xb2; 32]).is_err());
+        assert!(decode_get(&b[..40], &[0xb2; 32]).is_err());
+    }
+
+    #[test]
+    fn names_are_nul_padded_and_checked() {
+        let n = ifname_bytes("wg0").unwrap();
+        assert_eq!(&n[..4], b"wg0\0");
+        assert_eq!(n[4..], [0; 12]);
+        assert!(ifname_bytes("wg0123456789abcd").is_err());
+    }
+
+    #[cfg(not(target_os = "openbsd"))]
+    #[test]
+    fn elsewhere_fails_closed() {
+        let mut o = OpenBsd::new();
+        let p = WgPeer {
+            interface: "wg0".into(),
+            public_key: [1; 32],
+        };
+        let e = o.set_psk(&p, &Psk::from_bytes([2; 32])).unwrap_err();
+        assert_eq!(e, WgError::Io("openbsd backend on non-OpenBSD".into()));
+        assert_eq!(o.get_psk(&p).unwrap_err(), e);
+    }
+}

@@ -1,0 +1,399 @@
+//! `userspace` WireGuard backend (DESIGN §5), run by the privileged parent:
+//! the cross-platform configuration protocol spoken on
+//! `/var/run/wireguard/<if>.sock` by wireguard-go (and wireguard-tools).
+//! It touches nothing but that socket, and on it only the PSK of one peer.
+//!
+//! A request is `get=1` or `set=1`, then `key=value` lines and a blank
+//! line; the reply ends with `errno=N` and a blank line. Keys are hex.
+//! `public_key=` in a set creates a missing peer; `update_only=true` right
+//! after it undoes that, which boringtun does not understand — so a set is
+//! always preceded by a get that finds the peer, and followed by a get that
+//! reads the PSK back. A get reply carries the interface's private key too:
+//! every buffer holding a reply or a request is zeroized.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use super::{WgBackend, WgError, WgPeer, check_ifname, hex_into, hex_key, verify};
+use crate::secret::Psk;
+
+/// Default per-read/per-write socket timeout.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest reply accepted: a few thousand peers with their allowed IPs.
+const MAX_REPLY: usize = 4 << 20;
+
+/// The userspace backend: one short connection per request.
+pub struct Uapi {
+    dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Uapi {
+    /// `dir` holds the `<if>.sock` sockets (normally [`super::UAPI_DIR`]).
+    pub fn new(dir: &Path) -> Uapi {
+        Uapi::with_timeout(dir, TIMEOUT)
+    }
+
+    pub fn with_timeout(dir: &Path, timeout: Duration) -> Uapi {
+        Uapi {
+            dir: dir.to_path_buf(),
+            timeout,
+        }
+    }
+
+    pub fn socket_path(&self, ifname: &str) -> PathBuf {
+        self.dir.join(format!("{ifname}.sock"))
+    }
+
+    /// Sends one request and returns the whole reply (up to and including
+    /// the final blank line).
+    fn exchange(&self, ifname: &str, req: &[u8]) -> Result<Zeroizing<Vec<u8>>, WgError> {
+        check_ifname(ifname)?;
+        let path = self.socket_path(ifname);
+        let mut s = UnixStream::connect(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => WgError::NoSuchInterface,
+            _ => WgError::Io(format!("connect {}: {e}", path.display())),
+        })?;
+        let io = |what: &str, e: std::io::Error| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => WgError::Io(format!(
+                "{}: {what} timed out after {:?}",
+                path.display(),
+                self.timeout
+            )),
+            _ => WgError::Io(format!("{}: {what}: {e}", path.display())),
+        };
+        s.set_read_timeout(Some(self.timeout))
+            .and_then(|_| s.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| io("setsockopt", e))?;
+        s.write_all(req).map_err(|e| io("write", e))?;
+        // The read timeout is per read; a peer that dribbles bytes gets a
+        // deadline for the whole reply too.
+        let deadline = Instant::now() + self.timeout * 2;
+        let mut reply = Zeroizing::new(Vec::with_capacity(4096));
+        let mut chunk = Zeroizing::new([0u8; 4096]);
+        while !reply.ends_with(b"\n\n") {
+            if Instant::now() > deadline {
+                return Err(io("read", ErrorKind::TimedOut.into()));
+            }
+            let n = s.read(&mut chunk[..]).map_err(|e| io("read", e))?;
+            if n == 0 {
+                return Err(WgError::Protocol(format!(
+                    "{}: connection closed before the end of the reply",
+                    path.display()
+                )));
+            }
+            if reply.len() + n > MAX_REPLY {
+                return Err(WgError::Protocol(format!(
+                    "{}: reply larger than {MAX_REPLY} bytes",
+                    path.display()
+                )));
+            }
+            append(&mut reply, &chunk[..n]);
+        }
+        Ok(reply)
+    }
+
+    /// `get=1`: the peer's PSK, or `None` when the interface has no such peer.
+    fn get(&self, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
+        let reply = self.exchange(&peer.interface, b"get=1\n\n")?;
+        parse_get(&reply, &peer.public_key)
+    }
+
+    /// `set=1` for one existing peer's PSK, with `update_only=true`.
+    fn set(&self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
+        let req = set_request(&peer.public_key, psk);
+        let reply = self.exchange(&peer.interface, req.as_bytes())?;
+        match errno_of(&reply)? {
+            0 => Ok(()),
+            n => Err(WgError::Protocol(format!("set refused: errno={n}"))),
+        }
+    }
+}
+
+impl WgBackend for Uapi {
+    fn name(&self) -> &'static str {
+        "userspace"
+    }
+
+    fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
+        if self.get(peer)?.is_none() {
+            return Err(WgError::NoSuchPeer);
+        }
+        self.set(peer, psk)?;
+        verify(self.get(peer)?, psk)
+    }
+
+    fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
+        self.get(peer)?.ok_or(WgError::NoSuchPeer)
+    }
+}
+
+impl std::fmt::Debug for Uapi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Uapi({})", self.dir.display())
+    }
+}
+
+/// Appends without leaving a copy of the old contents in freed memory: a
+/// full buffer moves into a bigger one and the old one is zeroized.
+fn append(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    if buf.len() + data.len() > buf.capacity() {
+        let mut bigger = Zeroizing::new(Vec::with_capacity((buf.len() + data.len()) * 2));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(data);
+}
+
+/// The set request. Zeroized when dropped: it holds the PSK in hex.
+pub fn set_request(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::with_capacity(200));
+    s.push_str("set=1\npublic_key=");
+    hex_into(&mut s, public_key);
+    s.push_str("\nupdate_only=true\npreshared_key=");
+    hex_into(&mut s, psk.expose());
+    s.push_str("\n\n");
+    s
+}
+
+/// The `errno=N` that ends every reply.
+pub fn errno_of(reply: &[u8]) -> Result<i64, WgError> {
+    let text =
+        std::str::from_utf8(reply).map_err(|_| WgError::Protocol("reply is not UTF-8".into()))?;
+    let last = text
+        .trim_end_matches('\n')
+        .rsplit('\n')
+        .next()
+        .unwrap_or("");
+    let Some(n) = last.strip_prefix("errno=") else {
+        return Err(WgError::Protocol("reply does not end with errno=N".into()));
+    };
+    n.parse()
+        .map_err(|_| WgError::Protocol(format!("bad errno value {n:?}")))
+}
+
+/// Finds `want` among the peers of a get reply: `Some(psk)` (all zero when
+/// the peer has no PSK line) or `None`. Errors quote no line: lines hold keys.
+pub fn parse_get(reply: &[u8], want: &[u8; 32]) -> Result<Option<Psk>, WgError> {
+    match errno_of(reply)? {
+        0 => {}
+        n => return Err(WgError::Protocol(format!("get refused: errno={n}"))),
+    }
+    let text = std::str::from_utf8(reply).expect("checked by errno_of");
+    let mut in_wanted = false;
+    let mut found: Option<Psk> = None;
+    for (i, line) in text.lines().enumerate() {
+        let Some((key, value)) = line.split_once('=') else {
+            if line.is_empty() {
+                continue;
+            }
+            return Err(WgError::Protocol(format!(
+                "get reply line {}: no '='",
+                i + 1
+            )));
+        };
+        match key {
+            "public_key" => {
+                let pk = hex_key(value).ok_or_else(|| {
+                    WgError::Protocol(format!("get reply line {}: bad public_key", i + 1))
+                })?;
+                in_wanted = *pk == *want;
+                if in_wanted {
+                    if found.is_some() {
+                        return Err(WgError::Protocol("peer listed twice".into()));
+                    }
+                    found = Some(Psk::from_bytes([0; 32]));
+                }
+            }
+            "preshared_key" if in_wanted => {
+                let k = hex_key(value).ok_or_else(|| {
+                    WgError::Protocol(format!("get reply line {}: bad preshared_key", i + 1))
+                })?;
+                found = Some(Psk::from_bytes(*k));
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    fn hex(k: &[u8; 32]) -> String {
+        let mut s = String::new();
+        hex_into(&mut s, k);
+        s
+    }
+
+    fn reply_with(peers: &[([u8; 32], [u8; 32])]) -> String {
+        let mut r = format!("private_key={}\nlisten_port=51820\n", hex(&[0xee; 32]));
+        for (pk, psk) in peers {
+            r += &format!(
+                "public_key={}\npreshared_key={}\nprotocol_version=1\nallowed_ip=10.9.0.2/32\n",
+                hex(pk),
+                hex(psk)
+            );
+        }
+        r + "errno=0\n\n"
+    }
+
+    #[test]
+    fn set_request_is_exact() {
+        let r = set_request(&[0xab; 32], &Psk::from_bytes([0x01; 32]));
+        let want = format!(
+            "set=1\npublic_key={}\nupdate_only=true\npreshared_key={}\n\n",
+            "ab".repeat(32),
+            "01".repeat(32)
+        );
+        assert_eq!(*r, want);
+    }
+
+    #[test]
+    fn parse_get_finds_the_peer() {
+        let r = reply_with(&[([1; 32], [2; 32]), ([3; 32], [4; 32])]);
+        let got = parse_get(r.as_bytes(), &[3; 32]).unwrap().unwrap();
+        assert_eq!(got.expose(), &[4; 32]);
+        assert!(parse_get(r.as_bytes(), &[9; 32]).unwrap().is_none());
+        // A peer without a PSK line counts as "exists, no PSK".
+        let r = format!("public_key={}\nerrno=0\n\n", hex(&[7; 32]));
+        assert_eq!(
+            parse_get(r.as_bytes(), &[7; 32]).unwrap().unwrap().expose(),
+            &[0; 32]
+        );
+    }
+
+    #[test]
+    fn parse_get_rejects_garbage_without_quoting_keys() {
+        let bad = [
+            "public_key=zz\nerrno=0\n\n".to_string(),
+            "errno=-22\n\n".to_string(),
+            "listen_port=1\n\n".to_string(),
+            format!("public_key={}\nnonsense\nerrno=0\n\n", hex(&[1; 32])),
+            format!(
+                "public_key={}\npreshared_key={}\nerrno=0\n\n",
+                hex(&[1; 32]),
+                &hex(&[0x5a; 32])[..63]
+            ),
+        ];
+        for b in &bad {
+            let e = parse_get(b.as_bytes(), &[1; 32]).unwrap_err();
+            let s = format!("{e} {e:?}");
+            assert!(!s.contains("5a5a") && !s.contains("0101"), "{s}");
+        }
+        assert_eq!(errno_of(b"errno=-22\n\n").unwrap(), -22);
+        assert!(parse_get(&[0xff, b'\n', b'\n'], &[1; 32]).is_err());
+    }
+
+    /// A one-shot fake wireguard-go: answers each connection with the next
+    /// canned reply and hands back what it was sent.
+    fn fake(dir: &Path, ifname: &str, replies: Vec<String>) -> thread::JoinHandle<Vec<String>> {
+        let l = UnixListener::bind(dir.join(format!("{ifname}.sock"))).unwrap();
+        thread::spawn(move || {
+            let mut seen = Vec::new();
+            for r in replies {
+                let (mut c, _) = l.accept().unwrap();
+                let mut req = Vec::new();
+                let mut b = [0u8; 1];
+                while !req.ends_with(b"\n\n") && c.read(&mut b).unwrap() == 1 {
+                    req.push(b[0]);
+                }
+                seen.push(String::from_utf8(req).unwrap());
+                c.write_all(r.as_bytes()).unwrap();
+            }
+            seen
+        })
+    }
+
+    fn peer(ifname: &str) -> WgPeer {
+        WgPeer {
+            interface: ifname.into(),
+            public_key: [1; 32],
+        }
+    }
+
+    #[test]
+    fn set_psk_gets_sets_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let psk = Psk::from_bytes([0x42; 32]);
+        let srv = fake(
+            dir.path(),
+            "wgt0",
+            vec![
+                reply_with(&[([1; 32], [0; 32])]),
+                "errno=0\n\n".into(),
+                reply_with(&[([1; 32], [0x42; 32])]),
+            ],
+        );
+        let mut u = Uapi::new(dir.path());
+        u.set_psk(&peer("wgt0"), &psk).unwrap();
+        let seen = srv.join().unwrap();
+        assert_eq!(seen[0], "get=1\n\n");
+        assert_eq!(seen[1], *set_request(&[1; 32], &psk));
+        assert_eq!(seen[2], "get=1\n\n");
+    }
+
+    #[test]
+    fn set_psk_refuses_missing_peer_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(dir.path(), "wgt1", vec![reply_with(&[([3; 32], [0; 32])])]);
+        let mut u = Uapi::new(dir.path());
+        let e = u.set_psk(&peer("wgt1"), &Psk::from_bytes([5; 32]));
+        assert_eq!(e, Err(WgError::NoSuchPeer));
+        assert_eq!(srv.join().unwrap(), vec!["get=1\n\n".to_string()]);
+    }
+
+    #[test]
+    fn read_back_mismatch_and_set_errno_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(
+            dir.path(),
+            "wgt2",
+            vec![
+                reply_with(&[([1; 32], [0; 32])]),
+                "errno=0\n\n".into(),
+                reply_with(&[([1; 32], [0x43; 32])]),
+                reply_with(&[([1; 32], [0; 32])]),
+                "errno=-22\n\n".into(),
+            ],
+        );
+        let mut u = Uapi::new(dir.path());
+        let psk = Psk::from_bytes([0x42; 32]);
+        assert_eq!(u.set_psk(&peer("wgt2"), &psk), Err(WgError::Mismatch));
+        let e = u.set_psk(&peer("wgt2"), &psk).unwrap_err();
+        assert_eq!(e, WgError::Protocol("set refused: errno=-22".into()));
+        srv.join().unwrap();
+    }
+
+    #[test]
+    fn missing_socket_is_no_such_interface_and_silence_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut u = Uapi::with_timeout(dir.path(), Duration::from_millis(200));
+        assert_eq!(u.get_psk(&peer("nope0")), Err(WgError::NoSuchInterface));
+        assert!(matches!(
+            u.get_psk(&peer("../x")),
+            Err(WgError::Protocol(_))
+        ));
+        // A server that accepts and never answers.
+        let l = UnixListener::bind(dir.path().join("mute0.sock")).unwrap();
+        let t = thread::spawn(move || {
+            let c = l.accept().unwrap();
+            thread::sleep(Duration::from_millis(800));
+            drop(c);
+        });
+        let e = u.get_psk(&peer("mute0")).unwrap_err();
+        assert!(
+            matches!(&e, WgError::Io(m) if m.contains("timed out")),
+            "{e}"
+        );
+        t.join().unwrap();
+    }
+}
