@@ -203,6 +203,9 @@ pub fn errno_of(payload: &[u8]) -> Result<i32, WgError> {
 /// What a negative errno from the wireguard family means to us.
 pub fn map_errno(what: &str, errno: i32) -> WgError {
     match -errno {
+        libc::ENOENT if what == "GETFAMILY" => WgError::Io(
+            "no \"wireguard\" generic netlink family (kernel module not loaded?)".into(),
+        ),
         libc::ENODEV => WgError::NoSuchInterface,
         libc::EOPNOTSUPP => WgError::Protocol(format!("{what}: not a WireGuard interface")),
         e => WgError::Io(format!("{what}: {}", std::io::Error::from_raw_os_error(e))),
@@ -321,13 +324,8 @@ impl Linux {
                 Ok(())
             },
         );
-        match r {
-            Err(WgError::Io(m)) if m.contains("No such file") => Err(WgError::Io(
-                "no \"wireguard\" generic netlink family (kernel module not loaded?)".into(),
-            )),
-            Err(e) => Err(e),
-            Ok(()) => id.ok_or_else(|| WgError::Protocol("GETFAMILY: no reply".into())),
-        }
+        r?;
+        id.ok_or_else(|| WgError::Protocol("GETFAMILY: no reply".into()))
     }
 
     fn get(&mut self, nl: &sys::Nl, family: u16, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
