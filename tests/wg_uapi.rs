@@ -76,7 +76,26 @@ struct Rig {
 }
 
 impl Rig {
+    /// With one peer (fresh key, no PSK) on the interface.
     fn new() -> Rig {
+        let mut rig = Rig::start();
+        let private = run(&["wg", "genkey"], None);
+        let public = run(&["wg", "pubkey"], Some(&private));
+        rig.peer.public_key = B64.decode(public.trim()).unwrap().try_into().unwrap();
+        let args = [
+            "set",
+            &rig.ifname,
+            "peer",
+            public.trim(),
+            "allowed-ips",
+            "10.9.0.2/32",
+        ];
+        rig.wg(&args, None);
+        rig
+    }
+
+    /// A namespace and wireguard-go with no peer yet (`peer` is a placeholder).
+    fn start() -> Rig {
         let r: u32 = rand::random();
         let ns = format!("qkdwgu_{r:08x}");
         let ifname = format!("qkdwg{:06x}", r & 0xff_ffff);
@@ -89,7 +108,7 @@ impl Rig {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut rig = Rig {
+        let rig = Rig {
             ns,
             ifname: ifname.clone(),
             wggo,
@@ -103,21 +122,55 @@ impl Rig {
             assert!(Instant::now() < deadline, "wireguard-go made no socket");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let private = run(&["wg", "genkey"], None);
-        let public = run(&["wg", "pubkey"], Some(&private));
-        rig.peer.public_key = B64.decode(public.trim()).unwrap().try_into().unwrap();
-        rig.wg(
-            &[
-                "set",
-                &rig.ifname,
-                "peer",
-                public.trim(),
-                "allowed-ips",
-                "10.9.0.2/32",
-            ],
-            None,
-        );
         rig
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut cmd = vec!["ip", "netns", "exec", &self.ns, "ip"];
+        cmd.extend_from_slice(args);
+        run(&cmd, None)
+    }
+
+    fn ping(&self, addr: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "ping", "-c", "1", "-W", "2", addr,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The only peer's `latest-handshakes` time (0 = never).
+    fn handshake(&self) -> u64 {
+        let out = self.wg(&["show", &self.ifname, "latest-handshakes"], None);
+        let line = out.lines().next().expect("one peer");
+        line.split('\t').nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    /// (Re)creates the peer `far` from scratch: no session, no PSK. That is
+    /// how a test gets a fresh handshake: wireguard-go keeps sessions across
+    /// PSK changes.
+    fn fresh_peer(&self, far: &Rig, endpoint: &str, allowed: &str) {
+        let b64 = B64.encode(far.own_public());
+        self.wg(&["set", &self.ifname, "peer", &b64, "remove"], None);
+        let args = [
+            "set",
+            &self.ifname,
+            "peer",
+            &b64,
+            "endpoint",
+            endpoint,
+            "allowed-ips",
+            allowed,
+        ];
+        self.wg(&args, None);
+    }
+
+    fn own_public(&self) -> [u8; 32] {
+        let out = self.wg(&["show", &self.ifname, "public-key"], None);
+        B64.decode(out.trim()).unwrap().try_into().unwrap()
     }
 
     fn sock(&self) -> PathBuf {
@@ -313,4 +366,70 @@ fn errors_and_backends_print_no_keys() {
     for t in &texts {
         assert_no_secret(t, &psk);
     }
+}
+
+/// Two gateways joined by a veth: equal PSKs give a handshake and traffic;
+/// a random PSK on one end (what `key-stale` installs) makes a fresh
+/// handshake fail; equal again, traffic again.
+#[test]
+fn random_psk_breaks_the_handshake() {
+    if !ready_or_skip("random_psk_breaks_the_handshake") {
+        return;
+    }
+    assert!(have("ping"), "ping(8) is needed (iputils-ping)");
+    let (a, b) = (Rig::start(), Rig::start());
+    let r: u32 = rand::random();
+    let (va, vb) = (format!("qkva{r:08x}"), format!("qkvb{r:08x}"));
+    run(
+        &[
+            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+        ],
+        None,
+    );
+    run(&["ip", "link", "set", &va, "netns", &a.ns], None);
+    run(&["ip", "link", "set", &vb, "netns", &b.ns], None);
+    let sides = [
+        (&a, &va, "192.0.2.1/24", "10.9.0.1/24"),
+        (&b, &vb, "192.0.2.2/24", "10.9.0.2/24"),
+    ];
+    for (g, v, under, tun) in sides {
+        let private = run(&["wg", "genkey"], None);
+        let args = [
+            "set",
+            &g.ifname,
+            "listen-port",
+            "51820",
+            "private-key",
+            "/dev/stdin",
+        ];
+        g.wg(&args, Some(&private));
+        g.ip(&["addr", "add", under, "dev", v]);
+        g.ip(&["link", "set", v, "up"]);
+        g.ip(&["addr", "add", tun, "dev", &g.ifname]);
+        g.ip(&["link", "set", &g.ifname, "up"]);
+    }
+    let pa = WgPeer {
+        interface: a.ifname.clone(),
+        public_key: b.own_public(),
+    };
+    let pb = WgPeer {
+        interface: b.ifname.clone(),
+        public_key: a.own_public(),
+    };
+    let connect = |ka: &Psk, kb: &Psk| {
+        a.fresh_peer(&b, "192.0.2.2:51820", "10.9.0.2/32");
+        b.fresh_peer(&a, "192.0.2.1:51820", "10.9.0.1/32");
+        let mut u = backend();
+        u.set_psk(&pa, ka).unwrap();
+        u.set_psk(&pb, kb).unwrap();
+        a.ping("10.9.0.2")
+    };
+    let k = Psk::random();
+    assert!(connect(&k, &k), "equal PSKs: no traffic");
+    assert!(a.handshake() > 0);
+    let stale = Psk::random();
+    assert!(!connect(&stale, &k), "random PSK on one end: traffic flows");
+    assert_eq!(a.handshake(), 0, "a handshake completed under a random PSK");
+    assert!(connect(&k, &k), "equal PSKs again: no traffic");
+    assert!(a.handshake() > 0);
 }
