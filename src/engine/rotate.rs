@@ -200,7 +200,6 @@ impl Rotation {
         }
         for a in &out {
             match a {
-                Action::InstallPsk { .. } => {}
                 Action::RoundDone { epoch, key_id } => {
                     self.ctx.installed = Some((*epoch, key_id.clone()));
                     self.ctx.ok += 1;

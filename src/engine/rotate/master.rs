@@ -172,7 +172,7 @@ impl Master {
             return out.push(match m.body {
                 Body::Offer => Action::AuthFailed { why: "wrong-role" },
                 _ => Action::Ignored {
-                    why: "no round in progress",
+                    why: "no offer in flight",
                 },
             });
         };
