@@ -10,6 +10,7 @@
 pub mod control;
 pub mod link;
 pub mod qber;
+pub mod rotate;
 
 use crate::imsg::{self, CtlRequest, EngineConfig, Hello, LinkReasons, LogRecord};
 use crate::imsg::{ActivePolicy, LinkState, ParentRequest, ToEngine, ToParent};

@@ -1,0 +1,165 @@
+//! The slave's side of a round: accepts an OFFER only for an epoch above
+//! the last one it accepted (else a signed NACK), fetches the key with
+//! `dec_keys` exactly once, installs, CONFIRMs, and answers retransmits of
+//! that OFFER from its cache. Pure; see the parent module for the contract.
+
+use super::{Action, Ctx, Input};
+use crate::proto::peer::{self, Body, KeyId, Message, Nonce};
+use crate::secret::QkdKey;
+
+pub(super) struct Slave {
+    /// The last epoch accepted (persisted before `dec_keys`).
+    last: u64,
+    /// The round of epoch `last`, while this process has seen it.
+    round: Option<Round>,
+}
+
+struct Round {
+    epoch: u64,
+    nonce: Nonce,
+    key_id: KeyId,
+    state: State,
+}
+
+enum State {
+    Fetching,
+    /// The cached CONFIRM for retransmitted OFFERs.
+    Confirmed(Message),
+    /// `dec_keys` (or persisting) failed: never asked again for this key.
+    Failed,
+}
+
+impl Slave {
+    pub(super) fn new(last: u64) -> Slave {
+        Slave { last, round: None }
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.last
+    }
+
+    pub(super) fn in_round(&self) -> bool {
+        matches!(
+            self.round,
+            Some(Round {
+                state: State::Fetching,
+                ..
+            })
+        )
+    }
+
+    pub(super) fn handle(&mut self, ctx: &mut Ctx, input: Input, out: &mut Vec<Action>) {
+        match input {
+            Input::Tick | Input::Hold(_) => {}
+            Input::RotateNow => out.push(Action::Ignored {
+                why: "the master starts rounds",
+            }),
+            Input::Received(m) => match m.body {
+                Body::Offer => self.on_offer(ctx, m, out),
+                _ => out.push(Action::AuthFailed { why: "wrong-role" }),
+            },
+            Input::KeyReady { key_id, key } => self.on_key(ctx, key_id, key, out),
+            Input::KeyFailed { key_id, why } => {
+                if self.fail_fetch(key_id.as_ref()) {
+                    out.push(Action::RoundFailed {
+                        why: format!("kme: {why}"),
+                    });
+                } else {
+                    out.push(Action::Ignored {
+                        why: "kme failure for another key",
+                    });
+                }
+            }
+            Input::PersistFailed { epoch, why } => {
+                let current = self.round.as_ref().map(|r| r.key_id.clone());
+                if self.last == epoch && self.fail_fetch(current.as_ref()) {
+                    out.push(Action::RoundFailed {
+                        why: format!("epoch {epoch} not persisted: {why}"),
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_offer(&mut self, ctx: &mut Ctx, m: Message, out: &mut Vec<Action>) {
+        if let Some(r) = &self.round {
+            if r.epoch == m.epoch && r.nonce == m.nonce && r.key_id == m.key_id {
+                // A retransmit: never a second dec_keys.
+                return out.push(match &r.state {
+                    State::Confirmed(c) => Action::Send(c.clone()),
+                    State::Fetching => Action::Ignored {
+                        why: "retransmit while fetching",
+                    },
+                    State::Failed => Action::Ignored {
+                        why: "retransmit of a failed round",
+                    },
+                });
+            }
+        }
+        if m.epoch <= self.last {
+            // Replayed, or a master that lost its epoch: tell it where we are.
+            out.push(Action::AuthFailed { why: "stale-epoch" });
+            let nack = Body::Nack { last: self.last };
+            out.push(Action::Send(ctx.message(m.epoch, m.nonce, m.key_id, nack)));
+            return;
+        }
+        if ctx.held {
+            return out.push(Action::Ignored {
+                why: "rotation held (on_qber = hold)",
+            });
+        }
+        self.last = m.epoch;
+        self.round = Some(Round {
+            epoch: m.epoch,
+            nonce: m.nonce,
+            key_id: m.key_id.clone(),
+            state: State::Fetching,
+        });
+        out.push(Action::PeerRound);
+        out.push(Action::PersistEpoch(m.epoch));
+        out.push(Action::FetchDecKey { key_id: m.key_id });
+    }
+
+    fn on_key(&mut self, ctx: &mut Ctx, key_id: KeyId, key: QkdKey, out: &mut Vec<Action>) {
+        let Some(r) = self
+            .round
+            .as_mut()
+            .filter(|r| matches!(r.state, State::Fetching) && r.key_id == key_id)
+        else {
+            return out.push(Action::Ignored {
+                why: "kme key for no pending offer",
+            });
+        };
+        let l = &ctx.params.link_id;
+        let (psk, ck) = match peer::derive(&key, l, r.epoch, &r.key_id) {
+            Ok(d) => d,
+            Err(e) => {
+                r.state = State::Failed;
+                return out.push(Action::RoundFailed { why: e });
+            }
+        };
+        let tag = peer::confirm_tag(&ck, l, r.epoch, &r.nonce, &r.key_id);
+        let confirm = ctx.message(r.epoch, r.nonce, r.key_id.clone(), Body::Confirm { tag });
+        r.state = State::Confirmed(confirm.clone());
+        out.push(Action::InstallPsk {
+            epoch: r.epoch,
+            psk,
+        });
+        out.push(Action::Send(confirm));
+        out.push(Action::RoundDone {
+            epoch: r.epoch,
+            key_id: r.key_id.clone(),
+        });
+    }
+
+    /// Marks the pending fetch of `key_id` failed; false if there is none.
+    fn fail_fetch(&mut self, key_id: Option<&KeyId>) -> bool {
+        match self.round.as_mut() {
+            Some(r) if matches!(r.state, State::Fetching) && key_id == Some(&r.key_id) => {
+                r.state = State::Failed;
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Action order and timing of one endpoint; the two-endpoint behaviour is
+//! in tests/peer_protocol.rs.
+
+use super::*;
+use crate::proto::peer::Body;
+
+const PERIOD: Duration = Duration::from_secs(300);
+
+fn params(master: bool) -> Params {
+    let (a, b) = ([1u8; 32], [2u8; 32]);
+    Params {
+        link_id: LinkId([9; 32]),
+        ours: if master { a } else { b },
+        peer: if master { b } else { a },
+    }
+}
+
+fn rot(role: Role, jitter: bool, seed: u64, now: Instant) -> Rotation {
+    let sched = Schedule {
+        period: PERIOD,
+        jitter,
+        seed,
+    };
+    Rotation::new(role, params(role == Role::Master), sched, 0, now)
+}
+
+fn key_id(s: &str) -> KeyId {
+    KeyId::new(s).unwrap()
+}
+
+fn key_ready(id: &str, len: usize) -> Input {
+    Input::KeyReady {
+        key_id: key_id(id),
+        key: QkdKey::new(vec![0x42; len]),
+    }
+}
+
+/// A master that has sent its first OFFER at `t0`; returns it and the OFFER.
+fn offering(t0: Instant) -> (Rotation, Message) {
+    let mut m = rot(Role::Master, false, 1, t0);
+    assert_eq!(m.handle(t0, Input::Tick), [Action::FetchEncKey]);
+    let out = m.handle(t0, key_ready("k1", 32));
+    let [Action::PersistEpoch(1), Action::Send(offer)] = &out[..] else {
+        panic!("persist must come before the OFFER: {out:?}");
+    };
+    assert_eq!((offer.epoch, offer.body), (1, Body::Offer));
+    (m, offer.clone())
+}
+
+fn from_peer(mut m: Message, body: Body) -> Message {
+    std::mem::swap(&mut m.sender, &mut m.receiver);
+    m.body = body;
+    m
+}
+
+#[test]
+fn slave_and_master_batches_are_ordered() {
+    let t0 = Instant::now();
+    let (mut m, offer) = offering(t0);
+    let mut s = rot(Role::Slave, false, 2, t0);
+    let out = s.handle(t0, Input::Received(offer.clone()));
+    assert_eq!(
+        out,
+        [
+            Action::PeerRound,
+            Action::PersistEpoch(1),
+            Action::FetchDecKey {
+                key_id: key_id("k1")
+            }
+        ]
+    );
+    let out = s.handle(t0, key_ready("k1", 32));
+    let [
+        Action::InstallPsk { epoch: 1, psk },
+        Action::Send(confirm),
+        Action::RoundDone { epoch: 1, .. },
+    ] = &out[..]
+    else {
+        panic!("install, then CONFIRM: {out:?}");
+    };
+    let out = m.handle(t0, Input::Received(confirm.clone()));
+    assert_eq!(
+        out,
+        [
+            Action::PeerRound,
+            Action::InstallPsk {
+                epoch: 1,
+                psk: psk.clone()
+            },
+            Action::RoundDone {
+                epoch: 1,
+                key_id: key_id("k1")
+            }
+        ]
+    );
+    assert_eq!(m.status().installed, Some((1, key_id("k1"))));
+    assert_eq!(s.status().rounds_ok, 1);
+    // Exactly one period later, the next round (jitter off).
+    assert_eq!(m.next_deadline(), Some(t0 + PERIOD));
+    // A retransmitted OFFER is answered from the cache, with no fetch.
+    assert_eq!(
+        s.handle(t0, Input::Received(offer)),
+        [Action::Send(confirm.clone())]
+    );
+}
+
+#[test]
+fn retransmits_back_off_to_30s_then_the_round_is_given_up() {
+    let t0 = Instant::now();
+    let (mut m, offer) = offering(t0);
+    let mut sends = Vec::new();
+    let now = loop {
+        let now = m.next_deadline().unwrap();
+        let out = m.handle(now, Input::Tick);
+        match &out[..] {
+            [Action::Send(o)] => {
+                assert_eq!(o, &offer, "the same OFFER is retransmitted");
+                sends.push((now - t0).as_secs());
+            }
+            [Action::RoundFailed { why }] => {
+                assert!(why.contains("no confirm for epoch 1"), "{why}");
+                break now;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        sends,
+        [1, 3, 7, 15, 31, 61, 91, 121, 151, 181, 211, 241, 271]
+    );
+    assert_eq!(now - t0, PERIOD);
+    // Failed rounds are retried after 1 s, 2 s, 4 s … with a new key.
+    assert_eq!(m.next_deadline(), Some(now + Duration::from_secs(1)));
+    assert_eq!(m.status().rounds_failed, 1);
+}
+
+#[test]
+fn backoff_caps_at_30s() {
+    let d: Vec<u64> = (0..8).map(|n| Ctx::backoff(n).as_secs()).collect();
+    assert_eq!(d, [1, 2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(Ctx::backoff(u32::MAX), MAX_BACKOFF);
+}
+
+#[test]
+fn jitter_is_seeded_and_bounded() {
+    let t0 = Instant::now();
+    let first = |seed| rot(Role::Master, true, seed, t0).next_deadline().unwrap() - t0;
+    assert_eq!(first(5), first(5));
+    let spread: std::collections::BTreeSet<Duration> = (0..20).map(first).collect();
+    assert!(spread.len() > 10, "seeds give different start times");
+    assert!(spread.iter().all(|d| *d <= PERIOD / 10));
+    let mut ctx_rot = rot(Role::Master, true, 3, t0);
+    for _ in 0..200 {
+        let p = ctx_rot.ctx.jittered(PERIOD);
+        assert!(
+            p >= PERIOD.mul_f64(0.9) && p <= PERIOD.mul_f64(1.1),
+            "{p:?}"
+        );
+    }
+    assert_eq!(rot(Role::Master, false, 3, t0).next_deadline(), Some(t0));
+}
+
+#[test]
+fn short_keys_and_kme_errors_fail_the_round_without_an_offer() {
+    let t0 = Instant::now();
+    let mut m = rot(Role::Master, false, 1, t0);
+    m.handle(t0, Input::Tick);
+    let out = m.handle(t0, key_ready("k1", 16));
+    assert!(matches!(&out[..], [Action::RoundFailed { why }] if why.contains("128 bits refused")));
+    let t1 = m.next_deadline().unwrap();
+    assert_eq!(m.handle(t1, Input::Tick), [Action::FetchEncKey]);
+    let out = m.handle(
+        t1,
+        Input::KeyFailed {
+            key_id: None,
+            why: "HTTP 503".into(),
+        },
+    );
+    assert!(matches!(&out[..], [Action::RoundFailed { why }] if why == "kme: HTTP 503"));
+    assert_eq!(m.next_deadline(), Some(t1 + Duration::from_secs(2)));
+    assert_eq!(m.status().epoch, 0, "no epoch used");
+}
+
+#[test]
+fn persist_failure_abandons_the_epoch() {
+    let t0 = Instant::now();
+    let (mut m, _) = offering(t0);
+    let out = m.handle(
+        t0,
+        Input::PersistFailed {
+            epoch: 1,
+            why: "EIO".into(),
+        },
+    );
+    assert!(matches!(&out[..], [Action::RoundFailed { .. }]));
+    let t1 = m.next_deadline().unwrap();
+    m.handle(t1, Input::Tick);
+    let out = m.handle(t1, key_ready("k2", 32));
+    assert_eq!(out[0], Action::PersistEpoch(2), "epoch 1 is never reused");
+}
+
+#[test]
+fn datagrams_for_another_link_or_role_are_refused() {
+    let t0 = Instant::now();
+    let (mut m, offer) = offering(t0);
+    let mut other = from_peer(offer.clone(), Body::Confirm { tag: [0; 32] });
+    other.link_id = LinkId([8; 32]);
+    assert_eq!(
+        m.handle(t0, Input::Received(other)),
+        [Action::AuthFailed { why: "wrong-link" }]
+    );
+    let as_offer = from_peer(offer.clone(), Body::Offer);
+    assert_eq!(
+        m.handle(t0, Input::Received(as_offer)),
+        [Action::AuthFailed { why: "wrong-role" }]
+    );
+    let mut s = rot(Role::Slave, false, 2, t0);
+    let confirm = Message {
+        sender: [1; 32],
+        receiver: [2; 32],
+        body: Body::Confirm { tag: [0; 32] },
+        ..offer.clone()
+    };
+    assert_eq!(
+        s.handle(t0, Input::Received(confirm)),
+        [Action::AuthFailed { why: "wrong-role" }]
+    );
+    // A CONFIRM for another nonce is stale, not a bad tag.
+    let mut stale = from_peer(offer, Body::Confirm { tag: [0; 32] });
+    stale.nonce[0] ^= 1;
+    assert!(matches!(
+        &m.handle(t0, Input::Received(stale))[..],
+        [Action::Ignored { .. }]
+    ));
+    assert!(m.status().in_round);
+}
+
+#[test]
+fn hold_stops_new_rounds() {
+    let t0 = Instant::now();
+    let mut m = rot(Role::Master, false, 1, t0);
+    assert!(m.handle(t0, Input::Hold(true)).is_empty());
+    assert_eq!(m.next_deadline(), None);
+    assert!(matches!(
+        &m.handle(t0, Input::RotateNow)[..],
+        [Action::Ignored { .. }]
+    ));
+    assert!(m.status().held);
+    assert_eq!(m.handle(t0, Input::Hold(false)), [Action::FetchEncKey]);
+}
+
+#[test]
+fn rotate_now_during_a_round_is_ignored() {
+    let t0 = Instant::now();
+    let (mut m, _) = offering(t0);
+    assert!(matches!(
+        &m.handle(t0, Input::RotateNow)[..],
+        [Action::Ignored { .. }]
+    ));
+    let mut s = rot(Role::Slave, false, 2, t0);
+    assert!(matches!(
+        &s.handle(t0, Input::RotateNow)[..],
+        [Action::Ignored { .. }]
+    ));
+    assert_eq!(s.next_deadline(), None);
+}
+
+#[test]
+fn slave_never_fetches_twice_and_nacks_stale_epochs() {
+    let t0 = Instant::now();
+    let (_, offer) = offering(t0);
+    let mut s = rot(Role::Slave, false, 2, t0);
+    s.handle(t0, Input::Received(offer.clone()));
+    // Retransmit while dec_keys is in flight: nothing new.
+    assert!(matches!(
+        &s.handle(t0, Input::Received(offer.clone()))[..],
+        [Action::Ignored { .. }]
+    ));
+    let failed = Input::KeyFailed {
+        key_id: Some(key_id("k1")),
+        why: "HTTP 503".into(),
+    };
+    assert!(matches!(
+        &s.handle(t0, failed)[..],
+        [Action::RoundFailed { .. }]
+    ));
+    assert!(matches!(
+        &s.handle(t0, Input::Received(offer.clone()))[..],
+        [Action::Ignored { .. }]
+    ));
+    // Same epoch, other nonce: the master lost its state; NACK(last).
+    let mut again = offer;
+    again.nonce[0] ^= 1;
+    let out = s.handle(t0, Input::Received(again.clone()));
+    let [
+        Action::AuthFailed { why: "stale-epoch" },
+        Action::Send(nack),
+    ] = &out[..]
+    else {
+        panic!("{out:?}");
+    };
+    assert_eq!(nack.body, Body::Nack { last: 1 });
+    assert_eq!((nack.epoch, nack.nonce), (again.epoch, again.nonce));
+}

@@ -1,0 +1,347 @@
+//! The peer protocol between two qkdpfds (DESIGN §6 "Key agreement"):
+//! OFFER / CONFIRM / NACK datagrams, their Ed25519 signatures, and the
+//! checks every received datagram passes before the engine looks at it.
+//! Pure code, run by the engine (the UDP glue and the per-link round in
+//! [`crate::engine::rotate`] are elsewhere); it touches no socket or file.
+//!
+//! # Wire format, version 1 (all integers big-endian)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `"QKDP"` |
+//! | 4 | 1 | version = 1 |
+//! | 5 | 1 | type: OFFER = 1, CONFIRM = 2, NACK = 3 |
+//! | 6 | 32 | link_id |
+//! | 38 | 32 | sender's Ed25519 peering public key |
+//! | 70 | 32 | receiver's Ed25519 peering public key |
+//! | 102 | 8 | epoch (u64) |
+//! | 110 | 16 | nonce (the OFFER's; CONFIRM and NACK echo it) |
+//! | 126 | 1 | key_ID length n, 1..=64 |
+//! | 127 | n | key_ID, `[A-Za-z0-9-]` |
+//! | 127+n | 0/32/8 | body: OFFER none, CONFIRM tag\[32\], NACK last epoch (u64) |
+//! | end-64 | 64 | Ed25519 signature |
+//!
+//! The signature (checked with `verify_strict`) covers
+//! `"qkdpfd-peer-v1\0" ‖ bytes[5 .. end-64]`, that is `type ‖ link_id ‖
+//! sender key ‖ receiver key ‖ epoch ‖ nonce ‖ n ‖ key_ID ‖ body`: the
+//! DESIGN's list with the key_ID's length byte kept in, as on the wire. The
+//! context string keeps these signatures from ever verifying as a signify
+//! bundle signature or anything else made with the same key.
+//!
+//! A NACK answers an OFFER: it echoes the OFFER's epoch, nonce and key_ID
+//! so the master can tell it is about its current round.
+
+mod crypto;
+
+pub use crypto::{
+    ConfirmKey, KDF_INFO, MIN_QKD_KEY, TAG_LABEL, check_tag, confirm_tag, derive, link_id,
+};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use std::collections::{HashMap, HashSet};
+
+pub const MAGIC: &[u8; 4] = b"QKDP";
+pub const VERSION: u8 = 1;
+/// Domain separation for the peer signatures.
+pub const SIG_CONTEXT: &[u8] = b"qkdpfd-peer-v1\0";
+pub const MAX_KEY_ID: usize = 64;
+/// Bytes before the key_ID.
+const HEADER: usize = 127;
+const SIG: usize = 64;
+/// The largest valid datagram (a CONFIRM with a 64-byte key_ID): 287.
+pub const MAX_DATAGRAM: usize = HEADER + MAX_KEY_ID + 32 + SIG;
+
+pub type Nonce = [u8; 16];
+/// An Ed25519 public key as it appears on the wire.
+pub type PeerKey = [u8; 32];
+
+/// Identifies a link on both ends (see [`link_id`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkId(pub [u8; 32]);
+
+impl LinkId {
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl std::fmt::Debug for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkId({})", self.hex())
+    }
+}
+
+/// A KME key_ID: opaque, 1..=64 bytes of `[A-Za-z0-9-]` (no RFC 4122
+/// version is insisted on).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn new(s: &str) -> Result<KeyId, WireError> {
+        KeyId::from_bytes(s.as_bytes())
+    }
+
+    fn from_bytes(b: &[u8]) -> Result<KeyId, WireError> {
+        if b.is_empty() || b.len() > MAX_KEY_ID {
+            return Err(WireError::KeyIdLength);
+        }
+        if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
+            return Err(WireError::KeyIdCharset);
+        }
+        Ok(KeyId(String::from_utf8(b.to_vec()).expect("ASCII")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The type-specific part of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    Offer,
+    Confirm { tag: [u8; 32] },
+    Nack { last: u64 },
+}
+
+impl Body {
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Body::Offer => 1,
+            Body::Confirm { .. } => 2,
+            Body::Nack { .. } => 3,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Body::Offer => "offer",
+            Body::Confirm { .. } => "confirm",
+            Body::Nack { .. } => "nack",
+        }
+    }
+
+    fn len_for(t: u8) -> Option<usize> {
+        match t {
+            1 => Some(0),
+            2 => Some(32),
+            3 => Some(8),
+            _ => None,
+        }
+    }
+}
+
+/// One datagram, before signing or after every check passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub link_id: LinkId,
+    pub sender: PeerKey,
+    pub receiver: PeerKey,
+    pub epoch: u64,
+    pub nonce: Nonce,
+    pub key_id: KeyId,
+    pub body: Body,
+}
+
+/// Why a received datagram was dropped; each is its own variant so the
+/// engine's rate-limited `peer_auth_failed` line can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireError {
+    Oversize,
+    Truncated,
+    TrailingBytes,
+    BadMagic,
+    BadVersion,
+    BadType,
+    KeyIdLength,
+    KeyIdCharset,
+    NotForUs,
+    UnknownSender,
+    UnknownLink,
+    /// The link exists but belongs to another peer.
+    WrongPeer,
+    BadSignature,
+}
+
+impl WireError {
+    /// The `why=` value of `peer_auth_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireError::Oversize => "oversize",
+            WireError::Truncated => "truncated",
+            WireError::TrailingBytes => "trailing-bytes",
+            WireError::BadMagic => "bad-magic",
+            WireError::BadVersion => "bad-version",
+            WireError::BadType => "bad-type",
+            WireError::KeyIdLength => "key-id-length",
+            WireError::KeyIdCharset => "key-id-charset",
+            WireError::NotForUs => "not-for-us",
+            WireError::UnknownSender => "unknown-sender",
+            WireError::UnknownLink => "unknown-link",
+            WireError::WrongPeer => "wrong-peer",
+            WireError::BadSignature => "bad-signature",
+        }
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Message {
+    /// The bytes the signature covers, after [`SIG_CONTEXT`].
+    fn put_signed(&self, out: &mut Vec<u8>) {
+        out.push(self.body.type_byte());
+        out.extend_from_slice(&self.link_id.0);
+        out.extend_from_slice(&self.sender);
+        out.extend_from_slice(&self.receiver);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+        out.push(self.key_id.len() as u8);
+        out.extend_from_slice(self.key_id.as_bytes());
+        match self.body {
+            Body::Offer => {}
+            Body::Confirm { tag } => out.extend_from_slice(&tag),
+            Body::Nack { last } => out.extend_from_slice(&last.to_be_bytes()),
+        }
+    }
+
+    /// Encodes and signs with `key`, which should be the key `sender`
+    /// names (a different one makes the far end drop it: BadSignature).
+    pub fn encode(&self, key: &SigningKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_DATAGRAM);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        self.put_signed(&mut out);
+        let sig = key.sign(&signed_message(&out[5..]));
+        out.extend_from_slice(&sig.to_bytes());
+        out
+    }
+}
+
+fn signed_message(covered: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIG_CONTEXT.len() + covered.len());
+    m.extend_from_slice(SIG_CONTEXT);
+    m.extend_from_slice(covered);
+    m
+}
+
+/// Parses a datagram's structure without checking keys or the signature.
+/// Returns the message and the signature.
+pub fn parse(buf: &[u8]) -> Result<(Message, Signature), WireError> {
+    if buf.len() > MAX_DATAGRAM {
+        return Err(WireError::Oversize);
+    }
+    if buf.len() < 6 {
+        return Err(WireError::Truncated);
+    }
+    if &buf[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    if buf[4] != VERSION {
+        return Err(WireError::BadVersion);
+    }
+    let body_len = Body::len_for(buf[5]).ok_or(WireError::BadType)?;
+    if buf.len() < HEADER {
+        return Err(WireError::Truncated);
+    }
+    let n = buf[HEADER - 1] as usize;
+    if n == 0 || n > MAX_KEY_ID {
+        return Err(WireError::KeyIdLength);
+    }
+    let want = HEADER + n + body_len + SIG;
+    if buf.len() < want {
+        return Err(WireError::Truncated);
+    }
+    if buf.len() > want {
+        return Err(WireError::TrailingBytes);
+    }
+    let key_id = KeyId::from_bytes(&buf[HEADER..HEADER + n])?;
+    let b = &buf[HEADER + n..HEADER + n + body_len];
+    let body = match buf[5] {
+        1 => Body::Offer,
+        2 => Body::Confirm {
+            tag: b.try_into().expect("32"),
+        },
+        _ => Body::Nack {
+            last: u64::from_be_bytes(b.try_into().expect("8")),
+        },
+    };
+    let arr32 = |o: usize| -> [u8; 32] { buf[o..o + 32].try_into().expect("32") };
+    let m = Message {
+        link_id: LinkId(arr32(6)),
+        sender: arr32(38),
+        receiver: arr32(70),
+        epoch: u64::from_be_bytes(buf[102..110].try_into().expect("8")),
+        nonce: buf[110..126].try_into().expect("16"),
+        key_id,
+        body,
+    };
+    let sig = Signature::from_bytes(&buf[want - SIG..].try_into().expect("64"));
+    Ok((m, sig))
+}
+
+/// Who may talk to us about what: our own peering key and, per link_id,
+/// the far qkdpfd's key.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    ours: PeerKey,
+    links: HashMap<LinkId, VerifyingKey>,
+    peers: HashSet<PeerKey>,
+}
+
+impl Keyring {
+    pub fn new(ours: &VerifyingKey) -> Keyring {
+        Keyring {
+            ours: ours.to_bytes(),
+            links: HashMap::new(),
+            peers: HashSet::new(),
+        }
+    }
+
+    pub fn add_link(&mut self, link_id: LinkId, peer: VerifyingKey) {
+        self.peers.insert(peer.to_bytes());
+        self.links.insert(link_id, peer);
+    }
+
+    pub fn ours(&self) -> &PeerKey {
+        &self.ours
+    }
+
+    /// Every check of a received datagram, cheapest first; the signature
+    /// is verified last, only for a known sender on its own link.
+    pub fn open(&self, buf: &[u8]) -> Result<Message, WireError> {
+        let (m, sig) = parse(buf)?;
+        if m.receiver != self.ours {
+            return Err(WireError::NotForUs);
+        }
+        if !self.peers.contains(&m.sender) {
+            return Err(WireError::UnknownSender);
+        }
+        let peer = self.links.get(&m.link_id).ok_or(WireError::UnknownLink)?;
+        if peer.to_bytes() != m.sender {
+            return Err(WireError::WrongPeer);
+        }
+        peer.verify_strict(&signed_message(&buf[5..buf.len() - SIG]), &sig)
+            .map_err(|_| WireError::BadSignature)?;
+        Ok(m)
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;
