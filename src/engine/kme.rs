@@ -420,7 +420,7 @@ impl KmeClient {
                 .body(Full::new(Bytes::new())),
         }
         .map_err(|e| self.err(call, KmeErrorKind::Config(e.to_string())))?;
-        let http = |e: hyper::Error| self.err(call, KmeErrorKind::Http(e.to_string()));
+        let http = |e: hyper::Error| self.err(call, classify(&e));
         let rt = self.settings.read_timeout;
         match timeout(rt, conn.sender.ready()).await {
             Ok(r) => r.map_err(http)?,
@@ -456,7 +456,7 @@ impl KmeClient {
             let frame = match timeout(self.settings.read_timeout, body.frame()).await {
                 Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("read"))),
                 Ok(None) => return Ok(buf),
-                Ok(Some(f)) => f.map_err(|e| self.err(call, KmeErrorKind::Http(e.to_string())))?,
+                Ok(Some(f)) => f.map_err(|e| self.err(call, classify(&e)))?,
             };
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {
@@ -465,6 +465,30 @@ impl KmeClient {
                 buf.extend_from_slice(&data);
             }
         }
+    }
+}
+
+/// A broken exchange: `Tls` if rustls is behind it (with TLS 1.3 a KME
+/// that rejects our certificate says so only after the handshake, at the
+/// first read), else `Http`. The text follows the whole source chain.
+fn classify(e: &hyper::Error) -> KmeErrorKind {
+    let mut text = e.to_string();
+    let mut tls = false;
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        tls |= s.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>());
+        src = s.source();
+    }
+    let text = printable(&text, 200);
+    if tls {
+        KmeErrorKind::Tls(text)
+    } else {
+        KmeErrorKind::Http(text)
     }
 }
 
