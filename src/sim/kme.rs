@@ -339,7 +339,7 @@ fn keys(
         (&Method::GET | &Method::POST, "enc_keys") => {
             let (number, size) = match enc_request(method, query, body, store.conf.key_size) {
                 Ok(r) => r,
-                Err(a) => return a,
+                Err(r) => return refused(r),
             };
             match store.take(caller, sae_id, number, size, now) {
                 Ok(keys) => key_container(&keys),
@@ -349,7 +349,7 @@ fn keys(
         (&Method::GET | &Method::POST, "dec_keys") => {
             let ids = match dec_request(method, query, body) {
                 Ok(r) => r,
-                Err(a) => return a,
+                Err(r) => return refused(r),
             };
             match store.give(sae_id, caller, &ids) {
                 Ok(keys) => key_container(&keys),
@@ -381,8 +381,12 @@ fn query_params(query: &str) -> HashMap<String, Vec<String>> {
     m
 }
 
-fn bad(message: &str) -> Answer {
-    etsi_error(400, message, &[])
+fn bad(message: &str) -> Refusal {
+    Refusal {
+        status: 400,
+        message: message.to_string(),
+        details: Vec::new(),
+    }
 }
 
 /// (number, size) of an enc_keys request; ETSI defaults 1 and key_size.
@@ -391,7 +395,7 @@ fn enc_request(
     query: &str,
     body: &[u8],
     key_size: u32,
-) -> Result<(u64, u64), Answer> {
+) -> Result<(u64, u64), Refusal> {
     let num = |v: Option<&Value>, default: u64| match v {
         None | Some(Value::Null) => Ok(default),
         Some(v) => v
@@ -428,7 +432,7 @@ fn enc_request(
 }
 
 /// The key_IDs of a dec_keys request.
-fn dec_request(method: &Method, query: &str, body: &[u8]) -> Result<Vec<String>, Answer> {
+fn dec_request(method: &Method, query: &str, body: &[u8]) -> Result<Vec<String>, Refusal> {
     if method == Method::GET {
         let ids = query_params(query).remove("key_ID").unwrap_or_default();
         return if ids.len() == 1 {

@@ -218,10 +218,12 @@ mod tests {
     use std::time::Duration;
 
     fn store(rate: f64) -> (LinkStore, Instant) {
-        let mut c = LinkSimConf::default();
-        c.pulse_rate = rate;
-        c.max_key_count = 10;
-        c.max_key_per_request = 4;
+        let c = LinkSimConf {
+            pulse_rate: rate,
+            max_key_count: 10,
+            max_key_per_request: 4,
+            ..Default::default()
+        };
         let m = LinkModel::new(&c.physics).unwrap();
         let now = Instant::now();
         (LinkStore::new(c, m, now), now)
