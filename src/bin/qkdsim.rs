@@ -3,7 +3,8 @@
 //!
 //!     qkdsim serve --config FILE [-v]
 //!         serve the config's ETSI 014 KMEs over mutual TLS until SIGINT/SIGTERM;
-//!         prints `kme NAME listening on ADDR` for each KME on stdout
+//!         prints `kme NAME listening on ADDR` for each KME on stdout; a
+//!         caller's SAE ID is its client certificate's subject CN
 //!     qkdsim pki --dir DIR [--kme NAME]... [--sae NAME]... [--host NAME]...
 //!         make (or reuse) a test CA in DIR and sign KME server certificates
 //!         (SAN localhost, 127.0.0.1, ::1, NAME, each --host) and SAE client
