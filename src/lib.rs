@@ -33,3 +33,4 @@ pub mod privsep;
 pub mod proto;
 pub mod secret;
 pub mod sim;
+pub mod tls;

@@ -8,6 +8,7 @@
 //! If the parent goes away the engine exits at once.
 
 pub mod control;
+pub mod kme;
 pub mod link;
 pub mod qber;
 pub mod rotate;

@@ -1,0 +1,526 @@
+//! ETSI GS QKD 014 client (reference/etsi014.md), run by the unprivileged
+//! engine after the drop. It reads no files and resolves no names when the
+//! parent hands it an address: the CA, certificate and key arrive as PEM
+//! bytes from the parent (which read them before the chroot).
+//!
+//! Hard limits against a hostile or broken KME: a whole-request timeout, a
+//! per-read timeout (slow-loris), a body cap (64 KiB by default, streamed),
+//! and a cap on keys per request. Every answer is checked ([`answer`]) before
+//! anything is returned; a failure changes nothing and is a [`KmeError`]
+//! naming the KME, the call and the status/message, never key bytes. The
+//! caller retries with a [`Backoff`].
+
+mod answer;
+mod backoff;
+mod error;
+
+pub use answer::{KEY_ID_MAX, KeyId, Status};
+pub use backoff::Backoff;
+pub use error::{Call, KmeError, KmeErrorKind, printable};
+
+use crate::secret::QkdKey;
+use answer::Expect;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::timeout;
+use zeroize::Zeroizing;
+
+/// Limits and options of one KME client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmeSettings {
+    /// The whole call: connect, TLS, request, answer.
+    pub timeout: Duration,
+    /// Connect, handshake, and each read of the answer.
+    pub read_timeout: Duration,
+    /// Largest answer body accepted.
+    pub max_body: usize,
+    /// Most keys asked for (or accepted) in one call.
+    pub max_keys: usize,
+    /// Use `GET enc_keys?number=&size=` instead of POST.
+    pub enc_keys_get: bool,
+    /// Use `GET dec_keys?key_ID=` (one call per key) instead of POST.
+    pub dec_keys_get: bool,
+    /// Address resolved by the parent; `None` resolves the URL's host here
+    /// (which fails in a chroot without resolv.conf).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for KmeSettings {
+    fn default() -> KmeSettings {
+        KmeSettings {
+            timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(2),
+            max_body: 64 * 1024,
+            max_keys: 128,
+            enc_keys_get: false,
+            dec_keys_get: false,
+            addr: None,
+        }
+    }
+}
+
+/// Largest key size asked for, in bits.
+const MAX_KEY_BITS: u32 = 65536;
+/// Idle keep-alive connections kept per KME.
+const IDLE_CONNECTIONS: usize = 4;
+
+/// An open HTTP/1.1 connection; dropping it stops its I/O task at once.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A client for one KME (one `[kme.X]` section).
+pub struct KmeClient {
+    name: String,
+    host: String,
+    port: u16,
+    prefix: String,
+    server_name: ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+    settings: KmeSettings,
+    idle: Mutex<Vec<Conn>>,
+    stored_key_count: Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for KmeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KmeClient({} https://{}:{}{})",
+            self.name, self.host, self.port, self.prefix
+        )
+    }
+}
+
+/// A parsed `https://host[:port][/prefix]`.
+#[derive(Debug, PartialEq, Eq)]
+struct BaseUrl {
+    host: String,
+    port: u16,
+    prefix: String,
+}
+
+fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or("url must start with https://")?;
+    if rest.contains(['@', '?', '#', ' ']) {
+        return Err("url must not hold user info, query, fragment or spaces".into());
+    }
+    let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or("unclosed [ in url")?;
+        (h, p.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("url has no host".into());
+    }
+    let port = match port {
+        None => 443,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("bad port in url")?,
+    };
+    Ok(BaseUrl {
+        host: host.to_string(),
+        port,
+        prefix: prefix.trim_end_matches('/').to_string(),
+    })
+}
+
+/// Percent-encodes a path segment or query value (SAE and key IDs).
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl KmeClient {
+    /// `name` is the config's `[kme.NAME]`, used in every error. The server
+    /// certificate must name `server_name` if given, else the URL's host.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: Zeroizing<Vec<u8>>,
+        server_name: Option<&str>,
+    ) -> Result<KmeClient, KmeError> {
+        let cfg_err = |m: String| KmeError::new(name, Call::Connect, KmeErrorKind::Config(m));
+        let url = parse_base_url(base_url).map_err(cfg_err)?;
+        let sni = server_name.unwrap_or(&url.host).to_string();
+        let server_name = ServerName::try_from(sni.clone())
+            .map_err(|_| cfg_err(format!("bad server name {sni:?}")))?;
+        let tls = crate::tls::client_config(ca_pem, cert_pem, &key_pem)
+            .map_err(|e| cfg_err(e.to_string()))?;
+        Ok(KmeClient {
+            name: name.to_string(),
+            host: url.host,
+            port: url.port,
+            prefix: url.prefix,
+            server_name,
+            tls: tokio_rustls::TlsConnector::from(tls),
+            settings: KmeSettings::default(),
+            idle: Mutex::new(Vec::new()),
+            stored_key_count: Mutex::new(None),
+        })
+    }
+
+    pub fn with_settings(mut self, settings: KmeSettings) -> KmeClient {
+        self.settings = settings;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `stored_key_count` from the last successful status call.
+    pub fn stored_key_count(&self) -> Option<u64> {
+        *self
+            .stored_key_count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn err(&self, call: Call, kind: KmeErrorKind) -> KmeError {
+        KmeError::new(&self.name, call, kind)
+    }
+
+    fn path(&self, sae: &str, what: &str) -> String {
+        format!("{}/api/v1/keys/{}/{what}", self.prefix, encode(sae))
+    }
+
+    /// `GET /api/v1/keys/{slave_SAE_ID}/status`.
+    pub async fn status(&self, slave_sae_id: &str) -> Result<Status, KmeError> {
+        let body = self
+            .call(Call::Status, self.path(slave_sae_id, "status"), None)
+            .await?;
+        let st = answer::parse_status(&body).map_err(|k| self.err(Call::Status, k))?;
+        *self
+            .stored_key_count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(st.stored_key_count);
+        Ok(st)
+    }
+
+    /// `enc_keys`: `number` new keys of `size` bits for `slave_sae_id`.
+    pub async fn enc_keys(
+        &self,
+        slave_sae_id: &str,
+        number: usize,
+        size: u32,
+    ) -> Result<Vec<(KeyId, QkdKey)>, KmeError> {
+        let call = Call::EncKeys;
+        if number == 0 || number > self.settings.max_keys {
+            let m = format!("number must be 1..={}", self.settings.max_keys);
+            return Err(self.err(call, KmeErrorKind::Config(m)));
+        }
+        if size == 0 || size % 8 != 0 || size > MAX_KEY_BITS {
+            let m = format!("size must be a multiple of 8 in 8..={MAX_KEY_BITS}");
+            return Err(self.err(call, KmeErrorKind::Config(m)));
+        }
+        let path = self.path(slave_sae_id, "enc_keys");
+        let body = if self.settings.enc_keys_get {
+            self.call(call, format!("{path}?number={number}&size={size}"), None)
+                .await?
+        } else {
+            let req = serde_json::json!({"number": number, "size": size}).to_string();
+            self.call(call, path, Some(req.into_bytes())).await?
+        };
+        answer::parse_keys(&body, Expect::Count(number), size).map_err(|k| self.err(call, k))
+    }
+
+    /// `dec_keys`: the keys `ids` that `master_sae_id` got from enc_keys,
+    /// each `size` bits (the size the master asked for), in `ids` order.
+    pub async fn dec_keys(
+        &self,
+        master_sae_id: &str,
+        ids: &[KeyId],
+        size: u32,
+    ) -> Result<Vec<(KeyId, QkdKey)>, KmeError> {
+        let call = Call::DecKeys;
+        let mut unique = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        if ids.is_empty() || ids.len() > self.settings.max_keys || unique.len() != ids.len() {
+            let m = format!(
+                "key_IDs must be 1..={} distinct IDs",
+                self.settings.max_keys
+            );
+            return Err(self.err(call, KmeErrorKind::Config(m)));
+        }
+        let path = self.path(master_sae_id, "dec_keys");
+        if !self.settings.dec_keys_get {
+            let list: Vec<_> = ids
+                .iter()
+                .map(|i| serde_json::json!({"key_ID": i.as_str()}))
+                .collect();
+            let req = serde_json::json!({ "key_IDs": list }).to_string();
+            let body = self.call(call, path, Some(req.into_bytes())).await?;
+            return answer::parse_keys(&body, Expect::Ids(ids), size)
+                .map_err(|k| self.err(call, k));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let q = format!("{path}?key_ID={}", encode(id.as_str()));
+            let body = self.call(call, q, None).await?;
+            let one = std::slice::from_ref(id);
+            let mut got =
+                answer::parse_keys(&body, Expect::Ids(one), size).map_err(|k| self.err(call, k))?;
+            out.append(&mut got);
+        }
+        Ok(out)
+    }
+
+    /// One HTTP exchange under the whole-request timeout; the 200 body.
+    async fn call(
+        &self,
+        call: Call,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>, KmeError> {
+        match timeout(self.settings.timeout, self.exchange(call, &path, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.err(call, KmeErrorKind::Timeout("request"))),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        call: Call,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>, KmeError> {
+        let pooled = self.take_idle();
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect(call).await?,
+        };
+        let resp = match self.send(call, &mut conn, path, &body).await {
+            // A kept-alive connection the KME closed meanwhile: once more on
+            // a fresh one (at worst an enc_keys answer is lost: keys wasted,
+            // never reused).
+            Err(e) if reused && matches!(e.kind, KmeErrorKind::Http(_)) => {
+                conn = self.connect(call).await?;
+                self.send(call, &mut conn, path, &body).await?
+            }
+            r => r?,
+        };
+        let status = resp.status().as_u16();
+        let data = self.read_body(call, resp).await?;
+        self.put_idle(conn);
+        if status != 200 {
+            let message = answer::error_message(&data);
+            return Err(self.err(call, KmeErrorKind::Status { status, message }));
+        }
+        Ok(data)
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.sender.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_CONNECTIONS && !conn.sender.is_closed() {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect(&self, call: Call) -> Result<Conn, KmeError> {
+        let rt = self.settings.read_timeout;
+        let tcp = match self.settings.addr {
+            Some(a) => timeout(rt, tokio::net::TcpStream::connect(a)).await,
+            None => {
+                timeout(
+                    rt,
+                    tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+                )
+                .await
+            }
+        };
+        let tcp = match tcp {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(self.err(call, KmeErrorKind::Connect(e.to_string()))),
+            Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("connect"))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = match timeout(rt, self.tls.connect(self.server_name.clone(), tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(self.err(call, KmeErrorKind::Tls(e.to_string()))),
+            Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("TLS handshake"))),
+        };
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| self.err(call, KmeErrorKind::Http(e.to_string())))?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender, task })
+    }
+
+    async fn send(
+        &self,
+        call: Call,
+        conn: &mut Conn,
+        path: &str,
+        body: &Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, KmeError> {
+        let authority = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let builder = hyper::Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, "qkdpfd");
+        let req = match body {
+            Some(b) => builder
+                .method(hyper::Method::POST)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(b.clone()))),
+            None => builder
+                .method(hyper::Method::GET)
+                .body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| self.err(call, KmeErrorKind::Config(e.to_string())))?;
+        let http = |e: hyper::Error| self.err(call, classify(&e));
+        let rt = self.settings.read_timeout;
+        match timeout(rt, conn.sender.ready()).await {
+            Ok(r) => r.map_err(http)?,
+            Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("connection busy"))),
+        }
+        match timeout(rt, conn.sender.send_request(req)).await {
+            Ok(r) => r.map_err(http),
+            Err(_) => Err(self.err(call, KmeErrorKind::Timeout("read"))),
+        }
+    }
+
+    /// Streams the body with the cap and the per-read timeout. The buffer
+    /// is allocated once (no copies of keys left behind by growth) and
+    /// zeroized on drop.
+    async fn read_body(
+        &self,
+        call: Call,
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Zeroizing<Vec<u8>>, KmeError> {
+        let limit = self.settings.max_body;
+        let too_large = || self.err(call, KmeErrorKind::BodyTooLarge { limit });
+        let declared = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut buf = Zeroizing::new(Vec::with_capacity(limit));
+        let mut body = resp.into_body();
+        loop {
+            let frame = match timeout(self.settings.read_timeout, body.frame()).await {
+                Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("read"))),
+                Ok(None) => return Ok(buf),
+                Ok(Some(f)) => f.map_err(|e| self.err(call, classify(&e)))?,
+            };
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+/// A broken exchange: `Tls` if rustls is behind it (with TLS 1.3 a KME
+/// that rejects our certificate says so only after the handshake, at the
+/// first read), else `Http`. The text follows the whole source chain.
+fn classify(e: &hyper::Error) -> KmeErrorKind {
+    let mut text = e.to_string();
+    let mut tls = false;
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        tls |= s.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>());
+        src = s.source();
+    }
+    let text = printable(&text, 200);
+    if tls {
+        KmeErrorKind::Tls(text)
+    } else {
+        KmeErrorKind::Http(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        let u = parse_base_url("https://kme.example:8443/a/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("kme.example", 8443, "/a")
+        );
+        let u = parse_base_url("https://[::1]:9").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9));
+        assert_eq!(parse_base_url("https://h").unwrap().port, 443);
+        for bad in [
+            "http://h",
+            "https://",
+            "https://h:0",
+            "https://h:x",
+            "https://u@h",
+            "https://h?q",
+        ] {
+            assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(encode("SAE-1_a.b~"), "SAE-1_a.b~");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,279 @@
+//! ETSI 014 answers, checked (engine): Status, key containers and error
+//! bodies. The KME is outside our trust boundary: every field is checked
+//! before anything is returned, and the key container is walked by hand (not
+//! through serde's messages, which quote offending values — possibly keys).
+
+use super::error::{KmeErrorKind, printable};
+use crate::secret::QkdKey;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use zeroize::Zeroizing;
+
+/// Longest key_ID accepted (a UUID is 36).
+pub const KEY_ID_MAX: usize = 64;
+
+/// A key identifier: 1..=64 of `[A-Za-z0-9-]`. Not secret (it crosses the
+/// network in the peer protocol); not required to be an RFC 4122 UUID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn parse(s: &str) -> Result<KeyId, KmeErrorKind> {
+        let ok = !s.is_empty()
+            && s.len() <= KEY_ID_MAX
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok {
+            Ok(KeyId(s.to_string()))
+        } else {
+            Err(KmeErrorKind::MalformedKeyId(printable(s, KEY_ID_MAX)))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = String;
+    fn try_from(s: String) -> Result<KeyId, String> {
+        KeyId::parse(&s).map_err(|_| "malformed key_ID".to_string())
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(k: KeyId) -> String {
+        k.0
+    }
+}
+
+/// ETSI 014 Status (§6.1), every field typed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(rename = "source_KME_ID")]
+    pub source_kme_id: String,
+    #[serde(rename = "target_KME_ID")]
+    pub target_kme_id: String,
+    #[serde(rename = "master_SAE_ID")]
+    pub master_sae_id: String,
+    #[serde(rename = "slave_SAE_ID")]
+    pub slave_sae_id: String,
+    pub key_size: u64,
+    pub stored_key_count: u64,
+    pub max_key_count: u64,
+    pub max_key_per_request: u64,
+    pub max_key_size: u64,
+    pub min_key_size: u64,
+    #[serde(rename = "max_SAE_ID_count")]
+    pub max_sae_id_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_extension: Option<serde_json::Value>,
+}
+
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, KmeErrorKind> {
+    serde_json::from_slice(body).map_err(|_| KmeErrorKind::NotJson)
+}
+
+/// A parsed key container whose `key` strings are wiped when it goes away,
+/// on success and on every error path alike.
+struct Scrubbed(serde_json::Value);
+
+impl Drop for Scrubbed {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        let keys = self.0.get_mut("keys").and_then(|k| k.as_array_mut());
+        for entry in keys.into_iter().flatten() {
+            if let Some(serde_json::Value::String(s)) = entry.get_mut("key") {
+                s.zeroize();
+            }
+        }
+    }
+}
+
+/// Status: serde's messages are fine here (no key material in a status),
+/// but still cut short and made printable.
+pub fn parse_status(body: &[u8]) -> Result<Status, KmeErrorKind> {
+    let v = parse_json(body)?;
+    serde_json::from_value(v).map_err(|e| KmeErrorKind::BadShape(printable(&e.to_string(), 120)))
+}
+
+/// What the caller asked for, to check a key container against.
+pub enum Expect<'a> {
+    /// enc_keys: exactly `number` new keys.
+    Count(usize),
+    /// dec_keys: exactly these IDs, each once.
+    Ids(&'a [KeyId]),
+}
+
+/// Checks a key container: count, key_ID syntax, duplicates, requested IDs,
+/// base64 and length (`size_bits / 8` bytes). Keys come back in the KME's
+/// order for enc_keys and in the requested order for dec_keys.
+pub fn parse_keys(
+    body: &[u8],
+    expect: Expect<'_>,
+    size_bits: u32,
+) -> Result<Vec<(KeyId, QkdKey)>, KmeErrorKind> {
+    let v = Scrubbed(parse_json(body)?);
+    let keys =
+        v.0.get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| KmeErrorKind::BadShape("no \"keys\" array".into()))?;
+    let expected = match &expect {
+        Expect::Count(n) => *n,
+        Expect::Ids(ids) => ids.len(),
+    };
+    if keys.len() != expected {
+        return Err(KmeErrorKind::KeyCount {
+            expected,
+            got: keys.len(),
+        });
+    }
+    let want = size_bits as usize / 8;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(keys.len());
+    for (i, entry) in keys.iter().enumerate() {
+        let field = |name: &str| {
+            entry.get(name).and_then(|s| s.as_str()).ok_or_else(|| {
+                KmeErrorKind::BadShape(format!("keys[{i}] has no string \"{name}\""))
+            })
+        };
+        let id = KeyId::parse(field("key_ID")?)?;
+        if !seen.insert(id.clone()) {
+            return Err(KmeErrorKind::DuplicateKeyId(id.0));
+        }
+        if let Expect::Ids(ids) = &expect {
+            if !ids.contains(&id) {
+                return Err(KmeErrorKind::UnknownKeyId(id.0));
+            }
+        }
+        let key = decode_key(field("key")?).ok_or_else(|| KmeErrorKind::BadBase64 {
+            key_id: id.0.clone(),
+        })?;
+        if key.len() != want {
+            return Err(KmeErrorKind::KeySize {
+                key_id: id.0,
+                expected: want,
+                got: key.len(),
+            });
+        }
+        out.push((id, key));
+    }
+    if let Expect::Ids(ids) = expect {
+        out.sort_by_key(|(id, _)| ids.iter().position(|x| x == id));
+    }
+    Ok(out)
+}
+
+/// Standard base64 with padding (ETSI 014 §6.3); a decoder that also takes
+/// the unpadded form, as some KMEs send it.
+fn decode_key(b64: &str) -> Option<QkdKey> {
+    let e = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = Zeroizing::new(e.decode(b64).ok()?);
+    Some(QkdKey::new(bytes.to_vec()))
+}
+
+/// The message of an error answer: `message` from ETSI JSON (with `detail`
+/// for FastAPI 422s), else a short printable excerpt of the body.
+pub fn error_message(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        for field in ["message", "detail"] {
+            match v.get(field) {
+                Some(serde_json::Value::String(s)) => return printable(s, MAX),
+                Some(other) if !other.is_null() => return printable(&other.to_string(), MAX),
+                _ => {}
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
+    printable(text.trim(), MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<KeyId> {
+        v.iter().map(|s| KeyId::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn key_ids() {
+        assert!(KeyId::parse("bc490419-7d60-487f-adc1-4ddcc177c139").is_ok());
+        assert!(KeyId::parse(&"a".repeat(64)).is_ok());
+        assert!(KeyId::parse(&"a".repeat(65)).is_err());
+        assert!(KeyId::parse("").is_err());
+        assert!(KeyId::parse("a/b").is_err());
+        assert!(serde_json::from_str::<KeyId>("\"x y\"").is_err());
+    }
+
+    #[test]
+    fn keys_checked() {
+        let ok = br#"{"keys":[{"key_ID":"a-1","key":"AAECAw=="},{"key_ID":"b","key":"BAUGBw"}]}"#;
+        let k = parse_keys(ok, Expect::Count(2), 32).unwrap();
+        assert_eq!(k[1].1.expose(), &[4, 5, 6, 7]);
+        let back = parse_keys(ok, Expect::Ids(&ids(&["b", "a-1"])), 32).unwrap();
+        assert_eq!(back[0].0.as_str(), "b");
+        assert!(matches!(
+            parse_keys(ok, Expect::Count(3), 32),
+            Err(KmeErrorKind::KeyCount {
+                expected: 3,
+                got: 2
+            })
+        ));
+        assert!(matches!(
+            parse_keys(ok, Expect::Count(2), 64),
+            Err(KmeErrorKind::KeySize {
+                expected: 8,
+                got: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_keys(ok, Expect::Ids(&ids(&["a-1", "c"])), 32),
+            Err(KmeErrorKind::UnknownKeyId(id)) if id == "b"
+        ));
+        let dup = br#"{"keys":[{"key_ID":"a","key":"AAECAw=="},{"key_ID":"a","key":"AAECAw=="}]}"#;
+        assert!(matches!(
+            parse_keys(dup, Expect::Count(2), 32),
+            Err(KmeErrorKind::DuplicateKeyId(_))
+        ));
+        let bad = br#"{"keys":[{"key_ID":"a","key":"!!!"}]}"#;
+        assert!(matches!(
+            parse_keys(bad, Expect::Count(1), 32),
+            Err(KmeErrorKind::BadBase64 { .. })
+        ));
+        let shape = br#"{"keys":"QUJDRA=="}"#;
+        let e = parse_keys(shape, Expect::Count(1), 32).unwrap_err();
+        assert!(!format!("{e:?}").contains("QUJD"));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            error_message(br#"{"message":"size shall be a multiple of 8"}"#),
+            "size shall be a multiple of 8"
+        );
+        assert_eq!(
+            error_message(br#"{"detail":[{"msg":"x"}]}"#),
+            "[{\\\"msg\\\":\\\"x\\\"}]"
+        );
+        assert_eq!(
+            error_message(b"<html>\n oops </html>"),
+            "<html>\\x0a oops </html>"
+        );
+        assert_eq!(error_message(b""), "");
+    }
+}

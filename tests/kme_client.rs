@@ -1,0 +1,277 @@
+//! The ETSI 014 client against the real simulated KMEs (in process, on
+//! 127.0.0.1:0, with certificates from `qkdsim pki`'s code).
+
+use qkdpfd::engine::kme::{KmeClient, KmeErrorKind, KmeSettings};
+use qkdpfd::sim::kme::SimConfig;
+use qkdpfd::sim::pki::{self, Ca};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::sync::oneshot;
+use zeroize::Zeroizing;
+
+const NOT_FOUND: &str = "one or more keys specified are not found on KME";
+
+struct Sim {
+    dir: tempfile::TempDir,
+    addrs: HashMap<String, SocketAddr>,
+    _stop: oneshot::Sender<()>,
+}
+
+fn config(dir: &Path, pulse_rate: f64) -> String {
+    format!(
+        r#"
+[kme.a]
+listen = "127.0.0.1:0"
+kme_id = "KME-A"
+sae_ids = ["SAE-A"]
+ca = "ca.pem"
+cert = "kme-a.pem"
+key = "kme-a.key"
+[kme.b]
+listen = "127.0.0.1:0"
+kme_id = "KME-B"
+sae_ids = ["SAE-B"]
+ca = "ca.pem"
+cert = "kme-b.pem"
+key = "kme-b.key"
+[link.ab]
+kmes = ["a", "b"]
+pulse_rate = {pulse_rate:e}
+max_key_per_request = 4
+"#
+    )
+    .replace("\"ca.pem\"", &format!("{:?}", dir.join("ca.pem")))
+}
+
+async fn start(pulse_rate: f64) -> Sim {
+    let dir = tempfile::tempdir().unwrap();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    pki::create(
+        dir.path(),
+        &names(&["a", "b"]),
+        &names(&["SAE-A", "SAE-B", "SAE-X"]),
+        &[],
+    )
+    .unwrap();
+    let cfg = SimConfig::parse(&config(dir.path(), pulse_rate), dir.path()).unwrap();
+    let sim = qkdpfd::sim::kme::bind(&cfg).await.unwrap();
+    let addrs = sim.addrs().into_iter().collect();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(sim.run(async move {
+        let _ = stopped.await;
+    }));
+    Sim {
+        dir,
+        addrs,
+        _stop: stop,
+    }
+}
+
+fn read(dir: &Path, f: &str) -> Vec<u8> {
+    std::fs::read(dir.join(f)).unwrap()
+}
+
+impl Sim {
+    fn client_with(&self, kme: &str, sae: &str, name: Option<&str>) -> KmeClient {
+        let d = self.dir.path();
+        let url = format!("https://localhost:{}", self.addrs[kme].port());
+        let key = Zeroizing::new(read(d, &format!("sae-{sae}.key")));
+        KmeClient::new(
+            "site",
+            &url,
+            &read(d, "ca.pem"),
+            &read(d, &format!("sae-{sae}.pem")),
+            key,
+            name,
+        )
+        .unwrap()
+    }
+
+    fn client(&self, kme: &str, sae: &str) -> KmeClient {
+        self.client_with(kme, sae, None)
+    }
+
+    /// Waits until the link holds at least `n` keys.
+    async fn wait_keys(&self, n: u64) {
+        let c = self.client("a", "SAE-A");
+        for _ in 0..100 {
+            if c.status("SAE-B").await.unwrap().stored_key_count >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the simulated link never stored {n} keys");
+    }
+}
+
+#[tokio::test]
+async fn status_reports_every_field_and_is_tracked() {
+    let sim = start(1e9).await;
+    let c = sim.client("a", "SAE-A");
+    assert_eq!(c.stored_key_count(), None);
+    let st = c.status("SAE-B").await.unwrap();
+    assert_eq!(
+        (st.source_kme_id.as_str(), st.target_kme_id.as_str()),
+        ("KME-A", "KME-B")
+    );
+    assert_eq!(
+        (st.master_sae_id.as_str(), st.slave_sae_id.as_str()),
+        ("SAE-A", "SAE-B")
+    );
+    assert_eq!(
+        (st.key_size, st.max_key_count, st.max_key_per_request),
+        (256, 1000, 4)
+    );
+    assert_eq!(c.stored_key_count(), Some(st.stored_key_count));
+    // The slave's KME reports the same shared link.
+    let b = sim.client("b", "SAE-B").status("SAE-A").await.unwrap();
+    assert_eq!(b.source_kme_id, "KME-B");
+}
+
+#[tokio::test]
+async fn enc_keys_then_dec_keys_once() {
+    let sim = start(1e9).await;
+    sim.wait_keys(8).await;
+    let master = sim.client("a", "SAE-A");
+    let slave = sim.client("b", "SAE-B");
+    let sent = master.enc_keys("SAE-B", 2, 256).await.unwrap();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].1.len(), 32);
+    let ids: Vec<_> = sent.iter().map(|k| k.0.clone()).collect();
+    let got = slave.dec_keys("SAE-A", &ids, 256).await.unwrap();
+    assert_eq!(got[0].0, ids[0]);
+    assert_eq!(got[0].1, sent[0].1);
+    assert_eq!(got[1].1, sent[1].1);
+    assert_ne!(got[0].1, got[1].1);
+    let again = slave.dec_keys("SAE-A", &ids[..1], 256).await.unwrap_err();
+    match &again.kind {
+        KmeErrorKind::Status {
+            status: 400,
+            message,
+        } => assert_eq!(message, NOT_FOUND),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        again.to_string(),
+        format!("kme site: dec_keys: HTTP 400: {NOT_FOUND}")
+    );
+    // The master's own KME does not hand its keys out a second time either.
+    assert!(master.dec_keys("SAE-B", &ids[..1], 256).await.is_err());
+}
+
+#[tokio::test]
+async fn get_forms_work_too() {
+    let sim = start(1e9).await;
+    sim.wait_keys(4).await;
+    let get = KmeSettings {
+        enc_keys_get: true,
+        dec_keys_get: true,
+        ..KmeSettings::default()
+    };
+    let master = sim.client("a", "SAE-A").with_settings(get.clone());
+    let slave = sim.client("b", "SAE-B").with_settings(get);
+    let sent = master.enc_keys("SAE-B", 2, 128).await.unwrap();
+    let ids: Vec<_> = sent.iter().map(|k| k.0.clone()).collect();
+    let got = slave.dec_keys("SAE-A", &ids, 128).await.unwrap();
+    assert_eq!(got[1].1, sent[1].1);
+}
+
+#[tokio::test]
+async fn kme_limits_come_back_as_etsi_errors() {
+    let sim = start(1e9).await;
+    sim.wait_keys(8).await;
+    let e = sim
+        .client("a", "SAE-A")
+        .enc_keys("SAE-B", 5, 256)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(e.to_string().contains("max_key_per_request"), "{e}");
+    let e = sim
+        .client("a", "SAE-A")
+        .enc_keys("SAE-B", 1, 8)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    let e = sim
+        .client("a", "SAE-A")
+        .status("SAE-NOBODY")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+}
+
+#[tokio::test]
+async fn sae_not_served_gets_401() {
+    let sim = start(1e9).await;
+    let e = sim.client("a", "SAE-X").status("SAE-B").await.unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    assert!(
+        e.to_string().starts_with("kme site: status: HTTP 401: "),
+        "{e}"
+    );
+    // SAE-B is known, but not served by KME a.
+    let e = sim.client("a", "SAE-B").status("SAE-A").await.unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+}
+
+#[tokio::test]
+async fn client_certificate_from_another_ca_is_refused_at_tls() {
+    let sim = start(1e9).await;
+    let rogue = Ca::new().unwrap().client("SAE-A").unwrap();
+    let url = format!("https://localhost:{}", sim.addrs["a"].port());
+    let ca = read(sim.dir.path(), "ca.pem");
+    let c = KmeClient::new(
+        "site",
+        &url,
+        &ca,
+        rogue.cert_pem.as_bytes(),
+        rogue.key_bytes(),
+        None,
+    )
+    .unwrap();
+    let e = c.status("SAE-B").await.unwrap_err();
+    assert!(matches!(e.kind, KmeErrorKind::Tls(_)), "{e}");
+    assert!(e.to_string().starts_with("kme site: status: TLS: "), "{e}");
+}
+
+#[tokio::test]
+async fn server_name_is_checked() {
+    let sim = start(1e9).await;
+    let e = sim
+        .client_with("a", "SAE-A", Some("kme.elsewhere.example"))
+        .status("SAE-B")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e.kind, KmeErrorKind::Tls(m) if m.contains("not valid for name")),
+        "{e}"
+    );
+    // The IP address is in the certificate too; the KME's name "a" as well.
+    let c = sim.client_with("a", "SAE-A", Some("127.0.0.1"));
+    assert!(c.status("SAE-B").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_server_from_another_ca_is_refused() {
+    let sim = start(1e9).await;
+    let other = Ca::new().unwrap();
+    let d = sim.dir.path();
+    let url = format!("https://localhost:{}", sim.addrs["a"].port());
+    let key = Zeroizing::new(read(d, "sae-SAE-A.key"));
+    let c = KmeClient::new(
+        "site",
+        &url,
+        other.cert_pem().as_bytes(),
+        &read(d, "sae-SAE-A.pem"),
+        key,
+        None,
+    )
+    .unwrap();
+    let e = c.status("SAE-B").await.unwrap_err();
+    assert!(
+        matches!(&e.kind, KmeErrorKind::Tls(m) if m.contains("invalid peer certificate")),
+        "{e}"
+    );
+}
