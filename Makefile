@@ -27,6 +27,13 @@ demo:
 bench:
 	$(CARGO) bench --bench lockdown
 
+# Type-check the whole crate for OpenBSD (needs nightly + rust-src; CI does
+# not depend on it: .ci/run runs it only where the toolchain is there).
+check-openbsd:
+	rustup component add rust-src --toolchain nightly
+	$(CARGO) +nightly check -Zbuild-std=std,panic_abort \
+		--target x86_64-unknown-openbsd --all-targets --target-dir target/openbsd
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -48,4 +55,4 @@ install: build
 	install -m 0444 etc/qkdpfd.conf etc/qkdpfd-sim.conf pf-anchors/pf.conf.example \
 		$(DESTDIR)$(PREFIX)/share/examples/qkdpfd/
 
-.PHONY: all build test demo bench lint bundle install
+.PHONY: all build test demo bench check-openbsd lint bundle install

@@ -4,6 +4,8 @@
 //! root (CI=true without root fails) and the wireguard module: where
 //! `ip link add dev qkdwgtest type wireguard` fails it is skipped loudly.
 
+#![cfg(target_os = "linux")]
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
