@@ -10,6 +10,7 @@
 pub mod control;
 pub mod kme;
 pub mod link;
+pub mod metrics;
 pub mod qber;
 pub mod rotate;
 
