@@ -71,6 +71,8 @@ pub struct EngineConfig {
     pub verbose: bool,
     /// chroot and user to drop to (absent when the parent is not root).
     pub drop_to: Option<DropTo>,
+    /// The parent bound `[daemon] metrics` and passed it on fd 5.
+    pub metrics: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

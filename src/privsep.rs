@@ -20,6 +20,8 @@ use std::process::{Child, Command};
 pub const ENGINE_FD: RawFd = 3;
 /// The listening control socket, created by the parent.
 pub const CONTROL_FD: RawFd = 4;
+/// The optional Prometheus listener (`[daemon] metrics`), bound by the parent.
+pub const METRICS_FD: RawFd = 5;
 
 /// The running engine as the parent sees it.
 pub struct EngineProc {
@@ -53,7 +55,12 @@ fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Starts `argv0 -P engine args...` with the channel on fd 3 and `control`
 /// on fd 4, with an empty environment.
-pub fn spawn_engine(argv0: &Path, args: &[OsString], control: &OwnedFd) -> io::Result<EngineProc> {
+pub fn spawn_engine(
+    argv0: &Path,
+    args: &[OsString],
+    control: &OwnedFd,
+    metrics: Option<&OwnedFd>,
+) -> io::Result<EngineProc> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -63,7 +70,9 @@ pub fn spawn_engine(argv0: &Path, args: &[OsString], control: &OwnedFd) -> io::R
     .map_err(io::Error::from)?;
     let theirs = dup_high(theirs.as_raw_fd())?;
     let ctl = dup_high(control.as_raw_fd())?;
+    let met = metrics.map(|m| dup_high(m.as_raw_fd())).transpose()?;
     let (chan_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.as_raw_fd());
+    let met_fd = met.as_ref().map(|m| m.as_raw_fd());
     let mut cmd = Command::new(argv0);
     cmd.arg("-P").arg("engine").args(args).env_clear();
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
@@ -72,11 +81,16 @@ pub fn spawn_engine(argv0: &Path, args: &[OsString], control: &OwnedFd) -> io::R
             if libc::dup2(chan_fd, ENGINE_FD) < 0 || libc::dup2(ctl_fd, CONTROL_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            if let Some(fd) = met_fd {
+                if libc::dup2(fd, METRICS_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
-    drop((theirs, ctl));
+    drop((theirs, ctl, met));
     Ok(EngineProc {
         child,
         chan: UnixStream::from(ours),
@@ -86,6 +100,11 @@ pub fn spawn_engine(argv0: &Path, args: &[OsString], control: &OwnedFd) -> io::R
 /// The engine's channel to the parent (fd 3), taken once at start-up.
 pub fn engine_channel() -> io::Result<UnixStream> {
     take_fd(ENGINE_FD).map(UnixStream::from)
+}
+
+/// The Prometheus listener (fd 5), when the parent bound one.
+pub fn metrics_listener() -> io::Result<std::net::TcpListener> {
+    take_fd(METRICS_FD).map(std::net::TcpListener::from)
 }
 
 /// The listening control socket (fd 4).

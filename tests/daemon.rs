@@ -534,3 +534,33 @@ fn parent_killed_engine_exits_kernel_state_kept() {
     gw.start();
     gw.wait_state("open", Duration::from_secs(10));
 }
+
+#[test]
+fn prometheus_endpoint_follows_the_link() {
+    let Some(mut gw) = Gateway::new("qkt10", "200ms", "metrics = \"127.0.0.1:8072\"") else { return };
+    gw.start();
+    let scrape = || {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", "qkt10-a", "bash", "-c"])
+            .arg("exec 3<>/dev/tcp/127.0.0.1/8072; printf 'GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; timeout 2 cat <&3")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let b = gw.bundle("b1", &policy(9, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let m = scrape();
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("qkdpfd_link_locked{link=\"dr\"} 0"), "{m}");
+    assert!(m.contains("qkdpfd_policy_serial 9"), "{m}");
+    assert!(m.contains("qkd_qber{link_id=\"dr\"} 0.0"), "{m}");
+    gw.ctl_ok(&["sim", "eve", "dr", "1"]);
+    gw.wait_state("lockdown", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let m = scrape();
+    assert!(m.contains("qkdpfd_link_locked{link=\"dr\"} 1"), "{m}");
+    assert!(m.contains("qkdpfd_link_lock_reason{link=\"dr\",reason=\"qber\"} 1"), "{m}");
+    assert!(m.contains("qkd_qber_threshold_exceeded_total{link_id=\"dr\",severity=\"critical\"} 1"), "{m}");
+}

@@ -12,17 +12,17 @@ pub mod kme;
 pub mod link;
 pub mod metrics;
 pub mod qber;
+mod requests;
 pub mod rotate;
 
-use crate::imsg::{self, CtlRequest, EngineConfig, Hello, LinkReasons, LogRecord};
-use crate::imsg::{ActivePolicy, LinkState, ParentRequest, ToEngine, ToParent};
-use crate::lock::{Enforcement, LockReason};
+use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord};
+use crate::imsg::{ActivePolicy, LinkState, ToEngine, ToParent};
+use crate::lock::LockReason;
 use crate::log::{self, Prio};
-use crate::policy::params::{OnQber, UnlockMode};
-use crate::proto::ctl::{DaemonStatus, ErrorCode, LinkInfo, PolicyInfo, Reply, Request, Target};
+use crate::proto::ctl::Reply;
 use control::{Access, CtlCall};
 use link::{Action, Input, Link};
-use qber::{Freshness, SimControl, Source};
+use qber::{Freshness, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -54,6 +54,8 @@ struct Engine {
     next_id: u64,
     events: broadcast::Sender<String>,
     started: Instant,
+    /// The Prometheus endpoint's view, when `[daemon] metrics` is set.
+    metrics: Option<tokio::sync::watch::Sender<metrics::Snapshot>>,
 }
 
 fn fatal(msg: impl std::fmt::Display) -> ExitCode {
@@ -97,7 +99,14 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fatal(e),
     };
-    rt.block_on(run(cfg, chan, listener, dropped))
+    let metrics = match cfg.metrics {
+        true => match crate::privsep::metrics_listener() {
+            Ok(l) => Some(l),
+            Err(e) => return fatal(e),
+        },
+        false => None,
+    };
+    rt.block_on(run(cfg, chan, listener, metrics, dropped))
 }
 
 /// The engine checks what the parent sent too (names, references, ranges).
@@ -121,6 +130,7 @@ async fn run(
     cfg: EngineConfig,
     chan: std::os::unix::net::UnixStream,
     listener: std::os::unix::net::UnixListener,
+    metrics_listener: Option<std::net::TcpListener>,
     dropped: bool,
 ) -> ExitCode {
     let setup = chan
@@ -187,6 +197,28 @@ async fn run(
             }
         }
     });
+    let metrics = metrics_listener.and_then(|l| {
+        let l = l
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::TcpListener::from_std(l));
+        match l {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // Monitoring failing must not touch enforcement.
+                log::warn(format!("metrics: {e}"));
+                None
+            }
+        }
+    });
+    let metrics = metrics.map(|l| {
+        let (tx, rx) =
+            tokio::sync::watch::channel(metrics::Snapshot::empty(unix_now(), Instant::now()));
+        tokio::spawn(async move {
+            let e = metrics::serve(l, rx).await;
+            log::warn(format!("metrics: stopped: {e}"));
+        });
+        tx
+    });
     let mut eng = Engine {
         links: BTreeMap::new(),
         policy: None,
@@ -195,6 +227,7 @@ async fn run(
         next_id: 1,
         events,
         started: Instant::now(),
+        metrics,
     };
     eng.configure(cfg, Instant::now());
     loop {
@@ -209,7 +242,15 @@ async fn run(
             Some(call) = calls.recv() => eng.control(call),
             _ = tokio::time::sleep_until(wake.into()) => eng.tick(Instant::now()),
         }
+        eng.publish_metrics(Instant::now());
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Engine {
@@ -419,172 +460,6 @@ impl Engine {
         }
         Ok(())
     }
-
-    fn control(&mut self, call: CtlCall) {
-        let CtlCall {
-            uid,
-            request,
-            reply,
-        } = call;
-        let now = Instant::now();
-        let answer = match request {
-            Request::Status => Reply::Status(self.status(now)),
-            Request::ShowLinks => {
-                Reply::Links(self.links.keys().map(|n| self.info(n, now)).collect())
-            }
-            Request::ShowLink { link } if self.links.contains_key(&link) => {
-                Reply::Links(vec![self.info(&link, now)])
-            }
-            Request::ShowLink { link } => no_such_link(&link),
-            Request::ShowPolicy => Reply::Policy(self.policy_info()),
-            Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
-            Request::Log { verbose } => {
-                log::set_verbose(verbose);
-                return self.forward(uid, ParentRequest::Log { verbose }, Vec::new(), reply);
-            }
-            Request::SimEve { link, fraction } => self.sim(&link, SimControl::Eve(fraction)),
-            Request::SimNoise { link, qber } => self.sim(&link, SimControl::Noise(qber)),
-            Request::Lockdown { target } => {
-                return self.forward(uid, ParentRequest::Lockdown { target }, Vec::new(), reply);
-            }
-            Request::Unlock { target, force } => {
-                let names = match self.target_names(&target) {
-                    Ok(n) => n,
-                    Err(r) => {
-                        let _ = reply.send(r);
-                        return;
-                    }
-                };
-                let mut notes = Vec::new();
-                for n in names {
-                    for why in self.feed(&n, now, Input::Unlock { force }) {
-                        notes.push(format!("{n}: qber hold kept: {why}"));
-                    }
-                }
-                return self.forward(uid, ParentRequest::Unlock { target, force }, notes, reply);
-            }
-            Request::Reload => return self.forward(uid, ParentRequest::Reload, Vec::new(), reply),
-            Request::PolicyLoad { bundle_b64 } => {
-                return self.forward(
-                    uid,
-                    ParentRequest::PolicyLoad { bundle_b64 },
-                    Vec::new(),
-                    reply,
-                );
-            }
-        };
-        let _ = reply.send(answer);
-    }
-
-    fn forward(
-        &mut self,
-        uid: u32,
-        request: ParentRequest,
-        notes: Vec<String>,
-        reply: oneshot::Sender<Reply>,
-    ) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending.insert(id, (reply, notes));
-        let _ = self
-            .tx
-            .send(ToParent::CtlRequest(CtlRequest { id, uid, request }).encode());
-    }
-
-    fn target_names(&self, t: &Target) -> Result<Vec<String>, Reply> {
-        match t {
-            Target::All => Ok(self.links.keys().cloned().collect()),
-            Target::Link(l) if self.links.contains_key(l) => Ok(vec![l.clone()]),
-            Target::Link(l) => Err(no_such_link(l)),
-        }
-    }
-
-    fn sim(&mut self, link: &str, c: SimControl) -> Reply {
-        let Some(slot) = self.links.get_mut(link) else {
-            return no_such_link(link);
-        };
-        match slot.source.control(c) {
-            Ok(()) => {
-                let (what, v) = match c {
-                    SimControl::Eve(f) => ("eve", f),
-                    SimControl::Noise(q) => ("noise", q),
-                };
-                log::event(Prio::Notice, "sim_control")
-                    .kv("link", link)
-                    .kv(what, v)
-                    .send();
-                Reply::ok(format!("{link}: sim {what} {v}"))
-            }
-            Err(e) => Reply::error(ErrorCode::Refused, e),
-        }
-    }
-
-    fn enforcement(slot: &LinkSlot) -> Enforcement {
-        slot.parent
-            .as_ref()
-            .map(|p| p.enforcement)
-            .unwrap_or(Enforcement::Lockdown)
-    }
-
-    fn info(&self, name: &str, now: Instant) -> LinkInfo {
-        let slot = &self.links[name];
-        let st = slot.link.status(now);
-        let parent = slot
-            .parent
-            .as_ref()
-            .map(|p| p.parent_reasons)
-            .unwrap_or_default();
-        let policy = slot.link.policy();
-        LinkInfo {
-            name: name.to_string(),
-            enforcement: Self::enforcement(slot),
-            reasons: st.reasons.union(parent),
-            band: st.band,
-            qber: st.qber,
-            sample_age_secs: st.qber.map(|_| st.since_sample.as_secs_f64()),
-            threshold: policy.map(|p| p.qber_lockdown),
-            trip_count: st.over_threshold,
-            manual_hold: st.tripped == Some(OnQber::Lockdown)
-                && st.reasons.contains(LockReason::Qber)
-                && policy.is_some_and(|p| p.unlock == UnlockMode::Manual),
-            qber_source: slot.qber_name.clone(),
-        }
-    }
-
-    fn status(&self, _now: Instant) -> DaemonStatus {
-        let open = self
-            .links
-            .values()
-            .filter(|s| Self::enforcement(s) == Enforcement::Open)
-            .count();
-        DaemonStatus {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            policy_serial: self.policy.as_ref().map(|p| p.serial),
-            links_open: open,
-            links_locked: self.links.len() - open,
-            verbose: log::verbose(),
-        }
-    }
-
-    fn policy_info(&self) -> Option<PolicyInfo> {
-        let p = self.policy.as_ref()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        Some(PolicyInfo {
-            serial: p.serial,
-            not_after: p.not_after,
-            expired: p.not_after.is_some_and(|na| now > na),
-            signer: p.signer.clone(),
-            links: p.links.clone(),
-        })
-    }
-}
-
-fn no_such_link(l: &str) -> Reply {
-    Reply::error(ErrorCode::NoSuchLink, format!("no such link: {l}"))
 }
 
 fn qber_exceeded(link: &str, qber: f64, threshold: f64, action: &str) {

@@ -276,14 +276,27 @@ impl Parent {
             Ok(fd) => fd,
             Err(e) => return exit_err(e),
         };
+        // Bound here, before the drop: a bad address is a start-up error.
+        let metrics = match self.conf.daemon.metrics.map(std::net::TcpListener::bind) {
+            None => None,
+            Some(Ok(l)) => Some(OwnedFd::from(l)),
+            Some(Err(e)) => {
+                return exit_err(format!("metrics: bind {:?}: {e}", self.conf.daemon.metrics));
+            }
+        };
         if !self.opts.foreground && unsafe { libc::daemon(0, 0) } != 0 {
             return exit_err(format!("daemon: {}", std::io::Error::last_os_error()));
         }
-        let engine = match crate::privsep::spawn_engine(&self.opts.argv0, &self.opts.args, &ctl) {
+        let engine = match crate::privsep::spawn_engine(
+            &self.opts.argv0,
+            &self.opts.args,
+            &ctl,
+            metrics.as_ref(),
+        ) {
             Ok(e) => e,
             Err(e) => return exit_err(format!("starting engine: {e}")),
         };
-        drop(ctl);
+        drop((ctl, metrics));
         run::run(self, engine)
     }
 }

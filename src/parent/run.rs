@@ -200,6 +200,7 @@ fn engine_config(p: &Parent) -> EngineConfig {
         ctl_readonly_gid: gid,
         verbose: log::verbose(),
         drop_to,
+        metrics: p.conf.daemon.metrics.is_some(),
     }
 }
 

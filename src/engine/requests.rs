@@ -1,0 +1,208 @@
+//! Answers to control requests (DESIGN §7), in the engine: `show`/`status`
+//! from the engine's own state plus the parent's view of each link; what
+//! only the parent may do (lockdown, unlock, reload, policy load, log level)
+//! is forwarded over fd 3 and answered when the parent replies.
+
+use super::control::CtlCall;
+use super::link::Input;
+use super::qber::SimControl;
+use super::{Engine, LinkSlot};
+use crate::imsg::{CtlRequest, ParentRequest, ToParent};
+use crate::lock::{Enforcement, LockReason};
+use crate::log::{self, Prio};
+use crate::policy::params::{OnQber, UnlockMode};
+use crate::proto::ctl::{DaemonStatus, ErrorCode, LinkInfo, PolicyInfo, Reply, Request, Target};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+impl Engine {
+    pub(super) fn control(&mut self, call: CtlCall) {
+        let CtlCall {
+            uid,
+            request,
+            reply,
+        } = call;
+        let now = Instant::now();
+        let answer = match request {
+            Request::Status => Reply::Status(self.status(now)),
+            Request::ShowLinks => {
+                Reply::Links(self.links.keys().map(|n| self.info(n, now)).collect())
+            }
+            Request::ShowLink { link } if self.links.contains_key(&link) => {
+                Reply::Links(vec![self.info(&link, now)])
+            }
+            Request::ShowLink { link } => no_such_link(&link),
+            Request::ShowPolicy => Reply::Policy(self.policy_info()),
+            Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
+            Request::Log { verbose } => {
+                log::set_verbose(verbose);
+                return self.forward(uid, ParentRequest::Log { verbose }, Vec::new(), reply);
+            }
+            Request::SimEve { link, fraction } => self.sim(&link, SimControl::Eve(fraction)),
+            Request::SimNoise { link, qber } => self.sim(&link, SimControl::Noise(qber)),
+            Request::Lockdown { target } => {
+                return self.forward(uid, ParentRequest::Lockdown { target }, Vec::new(), reply);
+            }
+            Request::Unlock { target, force } => {
+                let names = match self.target_names(&target) {
+                    Ok(n) => n,
+                    Err(r) => {
+                        let _ = reply.send(r);
+                        return;
+                    }
+                };
+                let mut notes = Vec::new();
+                for n in names {
+                    for why in self.feed(&n, now, Input::Unlock { force }) {
+                        notes.push(format!("{n}: qber hold kept: {why}"));
+                    }
+                }
+                return self.forward(uid, ParentRequest::Unlock { target, force }, notes, reply);
+            }
+            Request::Reload => return self.forward(uid, ParentRequest::Reload, Vec::new(), reply),
+            Request::PolicyLoad { bundle_b64 } => {
+                return self.forward(
+                    uid,
+                    ParentRequest::PolicyLoad { bundle_b64 },
+                    Vec::new(),
+                    reply,
+                );
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn forward(
+        &mut self,
+        uid: u32,
+        request: ParentRequest,
+        notes: Vec<String>,
+        reply: oneshot::Sender<Reply>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, (reply, notes));
+        let _ = self
+            .tx
+            .send(ToParent::CtlRequest(CtlRequest { id, uid, request }).encode());
+    }
+
+    fn target_names(&self, t: &Target) -> Result<Vec<String>, Reply> {
+        match t {
+            Target::All => Ok(self.links.keys().cloned().collect()),
+            Target::Link(l) if self.links.contains_key(l) => Ok(vec![l.clone()]),
+            Target::Link(l) => Err(no_such_link(l)),
+        }
+    }
+
+    fn sim(&mut self, link: &str, c: SimControl) -> Reply {
+        let Some(slot) = self.links.get_mut(link) else {
+            return no_such_link(link);
+        };
+        match slot.source.control(c) {
+            Ok(()) => {
+                let (what, v) = match c {
+                    SimControl::Eve(f) => ("eve", f),
+                    SimControl::Noise(q) => ("noise", q),
+                };
+                log::event(Prio::Notice, "sim_control")
+                    .kv("link", link)
+                    .kv(what, v)
+                    .send();
+                Reply::ok(format!("{link}: sim {what} {v}"))
+            }
+            Err(e) => Reply::error(ErrorCode::Refused, e),
+        }
+    }
+
+    pub(super) fn enforcement(slot: &LinkSlot) -> Enforcement {
+        slot.parent
+            .as_ref()
+            .map(|p| p.enforcement)
+            .unwrap_or(Enforcement::Lockdown)
+    }
+
+    pub(super) fn info(&self, name: &str, now: Instant) -> LinkInfo {
+        let slot = &self.links[name];
+        let st = slot.link.status(now);
+        let parent = slot
+            .parent
+            .as_ref()
+            .map(|p| p.parent_reasons)
+            .unwrap_or_default();
+        let policy = slot.link.policy();
+        LinkInfo {
+            name: name.to_string(),
+            enforcement: Self::enforcement(slot),
+            reasons: st.reasons.union(parent),
+            band: st.band,
+            qber: st.qber,
+            sample_age_secs: st.qber.map(|_| st.since_sample.as_secs_f64()),
+            threshold: policy.map(|p| p.qber_lockdown),
+            trip_count: st.over_threshold,
+            manual_hold: st.tripped == Some(OnQber::Lockdown)
+                && st.reasons.contains(LockReason::Qber)
+                && policy.is_some_and(|p| p.unlock == UnlockMode::Manual),
+            qber_source: slot.qber_name.clone(),
+        }
+    }
+
+    fn status(&self, _now: Instant) -> DaemonStatus {
+        let open = self
+            .links
+            .values()
+            .filter(|s| Self::enforcement(s) == Enforcement::Open)
+            .count();
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            policy_serial: self.policy.as_ref().map(|p| p.serial),
+            links_open: open,
+            links_locked: self.links.len() - open,
+            verbose: log::verbose(),
+        }
+    }
+
+    fn policy_info(&self) -> Option<PolicyInfo> {
+        let p = self.policy.as_ref()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Some(PolicyInfo {
+            serial: p.serial,
+            not_after: p.not_after,
+            expired: p.not_after.is_some_and(|na| now > na),
+            signer: p.signer.clone(),
+            links: p.links.clone(),
+        })
+    }
+}
+
+fn no_such_link(l: &str) -> Reply {
+    Reply::error(ErrorCode::NoSuchLink, format!("no such link: {l}"))
+}
+
+impl Engine {
+    /// Refreshes the Prometheus view (plain data, no key material).
+    pub(super) fn publish_metrics(&self, now: Instant) {
+        let Some(tx) = &self.metrics else { return };
+        let mut snap = super::metrics::Snapshot::empty(tx.borrow().started_unix, now);
+        snap.policy_serial = self.policy.as_ref().map(|p| p.serial);
+        snap.policy_expired = self.policy_info().is_some_and(|p| p.expired);
+        for name in self.links.keys() {
+            let info = self.info(name, now);
+            let st = self.links[name].link.status(now);
+            let mut m = super::metrics::LinkMetrics::new(name);
+            m.qber = info.qber;
+            m.band = info.band;
+            m.threshold = info.threshold;
+            m.locked = info.enforcement == Enforcement::Lockdown;
+            m.reasons = info.reasons;
+            m.trips = st.trips;
+            m.sample_age_secs = info.sample_age_secs;
+            snap.links.push(m);
+        }
+        tx.send_replace(snap);
+    }
+}
