@@ -88,7 +88,8 @@ impl Source {
         match conf.driver {
             QberDriver::Sim => Source::sim(&conf.sim),
             other => Err(format!(
-                "QBER driver {} is not available yet",
+                "QBER driver {} is a network driver: open it with Driver::open and poll it \
+                 from a poller task",
                 driver_name(other)
             )),
         }
@@ -279,6 +280,33 @@ mod tests {
         assert!(b.seq > a.seq);
         let e = Source::open(&qber_conf(QberDriver::Etsi015)).unwrap_err();
         assert!(e.contains("etsi015"), "{e}");
+    }
+
+    #[test]
+    fn network_drivers_check_their_settings() {
+        let tls = TlsPems::default();
+        let open = |c: &QberConf| Driver::open("q", c, &tls, HttpSettings::default());
+        let e = open(&qber_conf(QberDriver::Sim)).unwrap_err();
+        assert!(e.contains("not a network driver"), "{e}");
+        let mut c = qber_conf(QberDriver::HttpJson);
+        c.url = Some("http://127.0.0.1:9/x".into());
+        assert_eq!(open(&c).unwrap_err(), "qber q: http-json needs a pointer");
+        c.pointer = Some("/v".into());
+        c.scale = 0.0;
+        assert!(open(&c).unwrap_err().contains("scale"));
+        c.scale = 0.01;
+        assert_eq!(open(&c).unwrap().source(), "q");
+        c.url = None;
+        assert_eq!(open(&c).unwrap_err(), "qber q: no url");
+    }
+
+    #[test]
+    fn changed_seq_advances_only_on_a_new_value() {
+        let mut c = ChangedSeq::default();
+        assert_eq!(
+            [c.seq(0.1), c.seq(0.1), c.seq(0.2), c.seq(0.1)],
+            [1, 1, 2, 3]
+        );
     }
 
     #[test]
