@@ -50,6 +50,8 @@ pub struct SimLink {
     pub name: String,
     pub kmes: [usize; 2],
     pub store: Mutex<LinkStore>,
+    /// The link's QBER measurement clock (`sim::qber`).
+    pub feed: Mutex<crate::sim::qber::Feed>,
 }
 
 /// Everything the KMEs share. Public so the QBER feed and eavesdropper
@@ -123,6 +125,7 @@ pub async fn bind(cfg: &SimConfig) -> Result<Sim, String> {
             name: name.clone(),
             kmes: [idx(&raw.kmes[0])?, idx(&raw.kmes[1])?],
             store: Mutex::new(LinkStore::new(conf, model, now)),
+            feed: crate::sim::qber::new_feed(&cfg.qber),
         });
     }
     Ok(Sim {
@@ -244,6 +247,16 @@ fn etsi_error(status: u16, message: &str, details: &[String]) -> Answer {
     json_answer(status, &json!({ "message": message, "details": details }))
 }
 
+fn feed_answer(r: crate::sim::qber::Reply) -> Answer {
+    let mut a = Response::new(Full::new(Bytes::from(r.body)));
+    *a.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    a.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(r.content_type),
+    );
+    a
+}
+
 fn refused(r: Refusal) -> Answer {
     etsi_error(r.status, &r.message, &r.details)
 }
@@ -273,10 +286,22 @@ async fn handle(state: &SimState, kme: usize, sae: Option<&str>, req: Request<In
             let sae_id = percent_decode(sae_id);
             keys(state, kme, caller, &method, &sae_id, op, &query, &body)
         }
-        // Extension point (issue 3 item 2, other half): the QBER feed
-        // (ETSI 015-style JSON, Prometheus `qkd_qber{link_id}`) and the
-        // eavesdropper/noise controls add their arms here, reaching each
-        // link's model with `state.link(name)` and `LinkStore::model_mut`.
+        // The QBER feed (ETSI 015-style JSON, Prometheus `qkd_qber{link_id}`,
+        // plain JSON) and the eavesdropper/noise/stall controls: any client
+        // certificate the CA signed may use them (`sim::qber`).
+        s if crate::sim::qber::is_feed_path(s) => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(a) => return a,
+            };
+            feed_answer(crate::sim::qber::route(
+                state,
+                &method,
+                s,
+                &body,
+                percent_decode,
+            ))
+        }
         _ => etsi_error(404, "not found", &[]),
     };
     log::event(Prio::Debug, "kme_request")

@@ -2,3 +2,4 @@
 pub mod kme;
 pub mod model;
 pub mod pki;
+pub mod qber;

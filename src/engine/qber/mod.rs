@@ -2,10 +2,19 @@
 //! engine; each poll yields a range-checked [`Sample`] that the engine passes
 //! through a per-link [`Freshness`] before it reaches the link state machine.
 //!
-//! Runs in the engine. Drivers may talk to their source over the network
-//! (later ones will); the sim driver only computes.
+//! Runs in the engine. The sim driver only computes ([`Source`], polled
+//! in the main loop); the network drivers (`etsi015`, `prometheus`,
+//! `http-json`: [`Driver`]) GET their source over HTTPS, each link from its
+//! own [`poller`] task.
 
+pub mod etsi015;
+pub mod fetch;
+pub mod http_json;
+pub mod poller;
+pub mod prometheus;
 pub mod sim;
+
+pub use fetch::{HttpSettings, TlsPems};
 
 use crate::conf::{QberConf, QberDriver, SimLinkConf};
 
@@ -79,7 +88,8 @@ impl Source {
         match conf.driver {
             QberDriver::Sim => Source::sim(&conf.sim),
             other => Err(format!(
-                "QBER driver {} is not available yet",
+                "QBER driver {} is a network driver: open it with Driver::open and poll it \
+                 from a poller task",
                 driver_name(other)
             )),
         }
@@ -103,6 +113,109 @@ impl Source {
         match self {
             Source::Sim(s) => s.control(c),
         }
+    }
+}
+
+/// A network QBER driver for one link: what to GET, how to read the answer,
+/// and the state of the changed-value fallback for sources without a
+/// measurement time or sequence.
+#[derive(Clone, Debug)]
+pub struct Driver {
+    kind: Kind,
+    get: fetch::Getter,
+    scale: f64,
+    changed: ChangedSeq,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Kind {
+    Etsi015,
+    Prometheus,
+    HttpJson { pointer: String },
+}
+
+/// Sequence for a source that gives none: advances only when the value
+/// changes, so a stalled agent repeating itself is not fresh. (A real link
+/// measuring exactly the same QBER twice looks stalled for one poll too.)
+#[derive(Clone, Debug, Default)]
+struct ChangedSeq {
+    last: Option<f64>,
+    seq: u64,
+}
+
+impl ChangedSeq {
+    fn seq(&mut self, v: f64) -> u64 {
+        if self.last != Some(v) {
+            self.last = Some(v);
+            self.seq += 1;
+        }
+        self.seq
+    }
+}
+
+impl Driver {
+    /// Builds the driver of `[qber.NAME]` (`conf`) with its TLS material as
+    /// bytes from the parent. The `sim` driver is not a network driver (see
+    /// [`Source`]). `conf.scale` applies to every driver (the parser only
+    /// lets http-json set it; it is 1.0 otherwise).
+    pub fn open(
+        name: &str,
+        conf: &QberConf,
+        tls: &TlsPems,
+        settings: HttpSettings,
+    ) -> Result<Driver, String> {
+        let kind = match conf.driver {
+            QberDriver::Sim => {
+                return Err(format!("qber {name}: driver sim is not a network driver"));
+            }
+            QberDriver::Etsi015 => Kind::Etsi015,
+            QberDriver::Prometheus => Kind::Prometheus,
+            QberDriver::HttpJson => Kind::HttpJson {
+                pointer: conf
+                    .pointer
+                    .clone()
+                    .ok_or(format!("qber {name}: http-json needs a pointer"))?,
+            },
+        };
+        let url = conf.url.as_deref().ok_or(format!("qber {name}: no url"))?;
+        if !(conf.scale.is_finite() && conf.scale > 0.0) {
+            return Err(format!("qber {name}: scale must be a positive number"));
+        }
+        Ok(Driver {
+            kind,
+            get: fetch::Getter::new(name, url, tls, settings)?,
+            scale: conf.scale,
+            changed: ChangedSeq::default(),
+        })
+    }
+
+    /// The `[qber.NAME]` this driver reads.
+    pub fn source(&self) -> &str {
+        self.get.source()
+    }
+
+    /// One reading of `qber_id`: GET, parse, scale, range check. Errors
+    /// name the source and URL (and the HTTP status when there was one).
+    pub async fn poll(&mut self, qber_id: &str) -> Result<Sample, String> {
+        let accept = match self.kind {
+            Kind::Prometheus => "text/plain; version=0.0.4",
+            _ => "application/json",
+        };
+        let body = self.get.get(qber_id, accept).await?;
+        let parsed = match &self.kind {
+            Kind::Etsi015 => etsi015::parse(&body),
+            Kind::Prometheus => prometheus::parse(&body, qber_id),
+            Kind::HttpJson { pointer } => http_json::parse(&body, pointer),
+        };
+        let at = || format!("qber {}: {}", self.get.source(), self.get.display(qber_id));
+        let (raw, stamp) = parsed.map_err(|e| format!("{}: {e}", at()))?;
+        let qber = validate(raw * self.scale)
+            .map_err(|e| format!("{}: {e} (value {raw} x scale {})", at(), self.scale))?;
+        let seq = match stamp {
+            Some(s) => s,
+            None => self.changed.seq(qber),
+        };
+        Ok(Sample { qber, seq })
     }
 }
 
@@ -167,6 +280,33 @@ mod tests {
         assert!(b.seq > a.seq);
         let e = Source::open(&qber_conf(QberDriver::Etsi015)).unwrap_err();
         assert!(e.contains("etsi015"), "{e}");
+    }
+
+    #[test]
+    fn network_drivers_check_their_settings() {
+        let tls = TlsPems::default();
+        let open = |c: &QberConf| Driver::open("q", c, &tls, HttpSettings::default());
+        let e = open(&qber_conf(QberDriver::Sim)).unwrap_err();
+        assert!(e.contains("not a network driver"), "{e}");
+        let mut c = qber_conf(QberDriver::HttpJson);
+        c.url = Some("http://127.0.0.1:9/x".into());
+        assert_eq!(open(&c).unwrap_err(), "qber q: http-json needs a pointer");
+        c.pointer = Some("/v".into());
+        c.scale = 0.0;
+        assert!(open(&c).unwrap_err().contains("scale"));
+        c.scale = 0.01;
+        assert_eq!(open(&c).unwrap().source(), "q");
+        c.url = None;
+        assert_eq!(open(&c).unwrap_err(), "qber q: no url");
+    }
+
+    #[test]
+    fn changed_seq_advances_only_on_a_new_value() {
+        let mut c = ChangedSeq::default();
+        assert_eq!(
+            [c.seq(0.1), c.seq(0.1), c.seq(0.2), c.seq(0.1)],
+            [1, 1, 2, 3]
+        );
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! max_key_count = 1000              # max_key_per_request as in ETSI 014
 //! [link.ab.physics]                 # crate::conf::SimLinkConf, GYS defaults
 //! length_km = 25
+//!
+//! [qber]                            # the QBER feed (sim::qber)
+//! measure_interval = "1s"           # a new QBER measurement per link this often
 //! ```
 
 use crate::conf::SimLinkConf;
@@ -31,6 +34,9 @@ pub struct SimConfig {
     pub kme: BTreeMap<String, KmeSimConf>,
     #[serde(default)]
     pub link: BTreeMap<String, RawLink>,
+    /// The QBER feed: `[qber] measure_interval = "1s"` (`sim::qber`).
+    #[serde(default)]
+    pub qber: crate::sim::qber::FeedConf,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,0 +1,439 @@
+//! One HTTP(S) GET for the network QBER drivers (`etsi015`, `prometheus`,
+//! `http-json`), run by the engine after the privilege drop: no files are
+//! read here (the CA, certificate and key come from the parent as PEM
+//! bytes) and no name is resolved if the parent handed over an address.
+//!
+//! Limits against a hostile or broken source: a whole-request timeout, a
+//! per-read timeout (slow-loris), a 64 KiB body cap (streamed, checked
+//! against Content-Length first). One fresh connection per poll (a QBER
+//! poll is once a second at most; a kept-alive connection would only save a
+//! handshake and adds state to get wrong).
+//!
+//! `http://` is accepted only for the literal loopback addresses 127.0.0.1
+//! and [::1]: a QBER value decides whether a link stays open, so a value
+//! crossing any network must be authenticated (https with the configured
+//! CA); a local agent on the same host is the one exception.
+//!
+//! The URL's path may hold `{qber_id}`: it is replaced by the link's
+//! `qber_id`, percent-encoded, so one `[qber.X]` section can serve several
+//! links of a per-link API.
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use rustls_pki_types::ServerName;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::timeout;
+use zeroize::Zeroizing;
+
+/// The TLS settings of a `[qber.X]` section, as bytes read by the parent.
+/// `ca` is required for https; `cert` and `key` (mutual TLS) go together.
+#[derive(Clone, Default)]
+pub struct TlsPems {
+    pub ca: Option<Vec<u8>>,
+    pub cert: Option<Vec<u8>>,
+    pub key: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for TlsPems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TlsPems(ca: {}, cert: {}, key: {})",
+            self.ca.is_some(),
+            self.cert.is_some(),
+            if self.key.is_some() {
+                "<SECRET>"
+            } else {
+                "none"
+            }
+        )
+    }
+}
+
+/// Limits of one source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSettings {
+    /// The whole poll: connect, TLS, request, answer.
+    pub timeout: Duration,
+    /// Connect, handshake, and each read of the answer.
+    pub read_timeout: Duration,
+    /// Largest answer body accepted.
+    pub max_body: usize,
+    /// Address resolved by the parent for an https host name; `None`
+    /// resolves here (which fails in a chroot without resolv.conf).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> HttpSettings {
+        HttpSettings {
+            timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(2),
+            max_body: 64 * 1024,
+            addr: None,
+        }
+    }
+}
+
+/// `scheme://host[:port]/path?query`, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Url {
+    https: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Url, String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("url must start with https:// (or http:// on loopback)".into());
+    };
+    if rest.contains(['@', '#']) || !rest.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("url must not hold user info, a fragment, spaces or controls".into());
+    }
+    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(cut);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6.split_once(']').ok_or("unclosed [ in url")?;
+        (h, p.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("url has no host".into());
+    }
+    let port = match port {
+        None if https => 443,
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or("bad port in url")?,
+    };
+    let path = match path {
+        "" => "/".to_string(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_string(),
+    };
+    let url = Url {
+        https,
+        host: host.to_string(),
+        port,
+        path,
+    };
+    if !https && !loopback_literal(&url.host) {
+        return Err(format!(
+            "http:// is only allowed for 127.0.0.1 and [::1], not {:?}; use https",
+            url.host
+        ));
+    }
+    Ok(url)
+}
+
+fn loopback_literal(host: &str) -> bool {
+    matches!(host.parse::<IpAddr>(), Ok(IpAddr::V4(a)) if a == Ipv4Addr::LOCALHOST)
+        || matches!(host.parse::<IpAddr>(), Ok(IpAddr::V6(a)) if a == Ipv6Addr::LOCALHOST)
+}
+
+/// Percent-encodes a qber_id for a URL path.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A GET client for one source.
+#[derive(Clone)]
+pub struct Getter {
+    source: String,
+    url: Url,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    settings: HttpSettings,
+}
+
+impl std::fmt::Debug for Getter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Getter(qber {} {})", self.source, self.display(""))
+    }
+}
+
+impl Getter {
+    /// `source` is the `[qber.NAME]`, used in every error.
+    pub fn new(
+        source: &str,
+        url: &str,
+        pems: &TlsPems,
+        settings: HttpSettings,
+    ) -> Result<Getter, String> {
+        let err = |m: String| format!("qber {source}: {m}");
+        let url = parse_url(url).map_err(err)?;
+        let tls = if url.https {
+            Some(connector(&url.host, pems).map_err(err)?)
+        } else {
+            None
+        };
+        Ok(Getter {
+            source: source.to_string(),
+            url,
+            tls,
+            settings,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn path(&self, qber_id: &str) -> String {
+        self.url.path.replace("{qber_id}", &encode(qber_id))
+    }
+
+    fn authority(&self) -> String {
+        if self.url.host.contains(':') {
+            format!("[{}]:{}", self.url.host, self.url.port)
+        } else {
+            format!("{}:{}", self.url.host, self.url.port)
+        }
+    }
+
+    /// The URL polled for `qber_id`, for messages.
+    pub fn display(&self, qber_id: &str) -> String {
+        let scheme = if self.url.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority(), self.path(qber_id))
+    }
+
+    /// GETs the URL for `qber_id`; the body of a 200 answer. Errors read
+    /// `qber NAME: GET URL: what`, with the HTTP status and the source's
+    /// message if it answered.
+    pub async fn get(&self, qber_id: &str, accept: &'static str) -> Result<Vec<u8>, String> {
+        let path = self.path(qber_id);
+        let r = match timeout(self.settings.timeout, self.exchange(&path, accept)).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".to_string()),
+        };
+        r.map_err(|e| format!("qber {}: GET {}: {e}", self.source, self.display(qber_id)))
+    }
+
+    async fn exchange(&self, path: &str, accept: &'static str) -> Result<Vec<u8>, String> {
+        let rt = self.settings.read_timeout;
+        let tcp = match (&self.tls, self.settings.addr) {
+            (Some(_), Some(a)) => timeout(rt, tokio::net::TcpStream::connect(a)).await,
+            _ => {
+                let host = self.url.host.as_str();
+                timeout(rt, tokio::net::TcpStream::connect((host, self.url.port))).await
+            }
+        };
+        let tcp = match tcp {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connect: {e}")),
+            Err(_) => return Err("timeout (connect)".into()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some((tls, name)) = &self.tls else {
+            return self.request(tcp, path, accept).await;
+        };
+        let stream = match timeout(rt, tls.connect(name.clone(), tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("TLS: {e}")),
+            Err(_) => return Err("timeout (TLS handshake)".into()),
+        };
+        self.request(stream, path, accept).await
+    }
+
+    async fn request<T>(&self, io: T, path: &str, accept: &'static str) -> Result<Vec<u8>, String>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| format!("HTTP: {}", chain(&e)))?;
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, self.authority())
+            .header(hyper::header::ACCEPT, accept)
+            .header(hyper::header::USER_AGENT, "qkdpfd")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        let resp = match timeout(self.settings.read_timeout, sender.send_request(req)).await {
+            Ok(r) => r.map_err(|e| format!("HTTP: {}", chain(&e)))?,
+            Err(_) => return Err("timeout (read)".into()),
+        };
+        let status = resp.status().as_u16();
+        let body = self.read_body(resp).await?;
+        drop(task);
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", message(&body)));
+        }
+        Ok(body)
+    }
+
+    /// Streams the body with the cap and the per-read timeout.
+    async fn read_body(
+        &self,
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Vec<u8>, String> {
+        let limit = self.settings.max_body;
+        let too_large = || format!("answer larger than {limit} bytes");
+        let declared = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut buf = Vec::new();
+        let mut body = resp.into_body();
+        loop {
+            let frame = match timeout(self.settings.read_timeout, body.frame()).await {
+                Err(_) => return Err("timeout (read)".into()),
+                Ok(None) => return Ok(buf),
+                Ok(Some(f)) => f.map_err(|e| format!("HTTP: {}", chain(&e)))?,
+            };
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A rustls connector for `host`, from the PEM bytes.
+fn connector(
+    host: &str,
+    pems: &TlsPems,
+) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), String> {
+    let ca = pems.ca.as_deref().ok_or("https needs a ca")?;
+    let cfg = match (&pems.cert, &pems.key) {
+        (Some(cert), Some(key)) => {
+            crate::tls::client_config(ca, cert, key).map_err(|e| e.to_string())?
+        }
+        (None, None) => {
+            let roots = crate::tls::roots_from_pem(ca).map_err(|e| e.to_string())?;
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| format!("tls: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Arc::new(cfg)
+        }
+        _ => return Err("cert and key must be given together".into()),
+    };
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|_| format!("bad server name {host:?}"))?;
+    Ok((tokio_rustls::TlsConnector::from(cfg), name))
+}
+
+/// The message of an error answer: an ETSI-style `message` if the body is
+/// such JSON, else the start of the body, made printable.
+fn message(body: &[u8]) -> String {
+    let from_json = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message")?.as_str().map(str::to_string));
+    let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    crate::engine::kme::printable(text.trim(), 120)
+}
+
+/// The text of an error and every source below it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    crate::engine::kme::printable(&text, 200)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("https://qkd.example:8443/a/{qber_id}?x=1").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("qkd.example", 8443));
+        assert_eq!(u.path, "/a/{qber_id}?x=1");
+        assert_eq!(parse_url("https://h").unwrap().path, "/");
+        assert_eq!(parse_url("http://127.0.0.1").unwrap().port, 80);
+        assert_eq!(parse_url("http://[::1]:9/m").unwrap().host, "::1");
+        for bad in [
+            "ftp://h",
+            "http://10.0.0.1/x",
+            "http://localhost/x",
+            "http://127.0.0.2/",
+            "https://",
+            "https://h:0",
+            "https://u@h/",
+            "https://h/a b",
+            "https://[::1/",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn qber_id_is_encoded_into_the_path() {
+        let pems = TlsPems::default();
+        let g = Getter::new(
+            "s",
+            "http://127.0.0.1:1/q/{qber_id}",
+            &pems,
+            Default::default(),
+        )
+        .unwrap();
+        assert_eq!(g.display("hq dr/1"), "http://127.0.0.1:1/q/hq%20dr%2F1");
+        let e = Getter::new("s", "https://h/", &pems, Default::default()).unwrap_err();
+        assert_eq!(e, "qber s: https needs a ca");
+    }
+
+    #[test]
+    fn error_messages_are_printable() {
+        assert_eq!(message(br#"{"message":"busy"}"#), "busy");
+        assert_eq!(message(b"oops\n"), "oops");
+        assert_eq!(message(b"a\x01b"), "a\\x01b");
+    }
+
+    #[test]
+    fn pems_debug_hides_the_key() {
+        let p = TlsPems {
+            ca: Some(b"ca".to_vec()),
+            cert: None,
+            key: Some(Zeroizing::new(b"secret".to_vec())),
+        };
+        let d = format!("{p:?}");
+        assert!(!d.contains("secret") && d.contains("<SECRET>"), "{d}");
+    }
+}
