@@ -73,6 +73,19 @@ pub struct EngineConfig {
     pub drop_to: Option<DropTo>,
     /// The parent bound `[daemon] metrics` and passed it on fd 5.
     pub metrics: bool,
+    /// TLS material and resolved address of each network `[qber.X]`, read
+    /// and resolved by the parent (the engine has no files and no resolver).
+    pub qber_net: BTreeMap<String, QberNet>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QberNet {
+    pub ca: Option<Vec<u8>>,
+    pub cert: Option<Vec<u8>>,
+    /// Zeroized on drop; the frame that carried it is zeroized too.
+    pub key: Option<zeroize::Zeroizing<Vec<u8>>>,
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -537,7 +537,9 @@ fn parent_killed_engine_exits_kernel_state_kept() {
 
 #[test]
 fn prometheus_endpoint_follows_the_link() {
-    let Some(mut gw) = Gateway::new("qkt10", "200ms", "metrics = \"127.0.0.1:8072\"") else { return };
+    let Some(mut gw) = Gateway::new("qkt10", "200ms", "metrics = \"127.0.0.1:8072\"") else {
+        return;
+    };
     gw.start();
     let scrape = || {
         let o = std::process::Command::new("ip")
@@ -561,6 +563,128 @@ fn prometheus_endpoint_follows_the_link() {
     std::thread::sleep(Duration::from_millis(300));
     let m = scrape();
     assert!(m.contains("qkdpfd_link_locked{link=\"dr\"} 1"), "{m}");
-    assert!(m.contains("qkdpfd_link_lock_reason{link=\"dr\",reason=\"qber\"} 1"), "{m}");
-    assert!(m.contains("qkd_qber_threshold_exceeded_total{link_id=\"dr\",severity=\"critical\"} 1"), "{m}");
+    assert!(
+        m.contains("qkdpfd_link_lock_reason{link=\"dr\",reason=\"qber\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("qkd_qber_threshold_exceeded_total{link_id=\"dr\",severity=\"critical\"} 1"),
+        "{m}"
+    );
+}
+
+/// A network QBER source: qkdsim's feed on the far gateway over mutual TLS,
+/// read by the http-json driver (percent, scale 0.01); its eavesdropper
+/// control locks the link, and recovery reopens it.
+#[test]
+fn network_qber_source_from_qkdsim_locks_and_recovers() {
+    use std::process::Command;
+    let Some(mut gw) = Gateway::new("qkt11", "200ms", "") else {
+        return;
+    };
+    if !common::bundle::require_tool("curl") {
+        return;
+    }
+    let pki = gw.path("pki");
+    let o = Command::new(env!("CARGO_BIN_EXE_qkdsim"))
+        .args(["pki", "--dir"])
+        .arg(&pki)
+        .args([
+            "--kme",
+            "a",
+            "--kme",
+            "b",
+            "--sae",
+            "SAE-A",
+            "--sae",
+            "SAE-B",
+            "--host",
+            "192.0.2.2",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = pki.display();
+    let sim_conf = gw.path("qkdsim.toml");
+    std::fs::write(
+        &sim_conf,
+        format!(
+            "[kme.a]\nlisten = \"192.0.2.2:8443\"\nkme_id = \"KME-A\"\nsae_ids = [\"SAE-A\"]\n\
+             ca = \"{p}/ca.pem\"\ncert = \"{p}/kme-a.pem\"\nkey = \"{p}/kme-a.key\"\n\
+             [kme.b]\nlisten = \"192.0.2.2:8444\"\nkme_id = \"KME-B\"\nsae_ids = [\"SAE-B\"]\n\
+             ca = \"{p}/ca.pem\"\ncert = \"{p}/kme-b.pem\"\nkey = \"{p}/kme-b.key\"\n\
+             [link.dr]\nkmes = [\"a\", \"b\"]\n[qber]\nmeasure_interval = \"200ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut sim = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "qkt11-b",
+            env!("CARGO_BIN_EXE_qkdsim"),
+            "serve",
+            "--config",
+        ])
+        .arg(&sim_conf)
+        .stderr(std::fs::File::create(gw.path("qkdsim.log")).unwrap())
+        .spawn()
+        .unwrap();
+    gw.set_qber(
+        &format!(
+            "[qber.net]\ndriver = \"http-json\"\nurl = \"https://192.0.2.2:8443/qber/{{qber_id}}\"\n\
+             pointer = \"/links/0/qber\"\nscale = 0.01\npoll = \"200ms\"\n\
+             ca = \"{p}/ca.pem\"\ncert = \"{p}/sae-SAE-A.pem\"\nkey = \"{p}/sae-SAE-A.key\""
+        ),
+        "dr",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    assert_eq!(gw.pings(3), 3);
+    let eve = |f: &str| {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                "qkt11-a",
+                "curl",
+                "-sS",
+                "--fail-with-body",
+                "--cacert",
+            ])
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("sae-SAE-A.pem"))
+            .arg("--key")
+            .arg(pki.join("sae-SAE-A.key"))
+            .args(["-X", "POST", "-d", &format!("{{\"fraction\": {f}}}")])
+            .arg("https://192.0.2.2:8443/sim/dr/eve")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "curl: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // The sim control of qkdctl refuses a network source.
+    assert!(!gw.ctl(&["sim", "eve", "dr", "1"]).status.success());
+    eve("1.0");
+    gw.wait_state("lockdown", Duration::from_secs(5));
+    assert_eq!(gw.pings(3), 0);
+    let show = gw.ctl_ok(&["-j", "show", "link", "dr"]);
+    assert!(show.contains("\"qber_source\": \"net\""), "{show}");
+    eve("0");
+    gw.wait_state("open", Duration::from_secs(10));
+    // The source stops: source-lost locks the link after qber_timeout (3 s).
+    let _ = sim.kill();
+    let _ = sim.wait();
+    gw.wait_state("lockdown", Duration::from_secs(6));
+    let show = gw.ctl_ok(&["show", "link", "dr"]);
+    assert!(show.contains("source-lost"), "{show}");
+    assert!(gw.log().contains("event=qber_source_error"));
 }

@@ -22,6 +22,7 @@ use crate::log::{self, Prio};
 use crate::proto::ctl::Reply;
 use control::{Access, CtlCall};
 use link::{Action, Input, Link};
+use qber::poller::PollResult;
 use qber::{Freshness, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -34,7 +35,10 @@ type Tx = mpsc::UnboundedSender<Vec<u8>>;
 /// One link in the engine: its state machine and its QBER source.
 struct LinkSlot {
     link: Link,
-    source: Source,
+    /// The built-in simulator, polled by [`Engine::tick`]; network sources
+    /// run as a poller task instead and arrive as [`PollResult`]s.
+    source: Option<Source>,
+    poller: Option<tokio::task::JoinHandle<()>>,
     fresh: Freshness,
     poll: Duration,
     next_poll: Instant,
@@ -56,6 +60,17 @@ struct Engine {
     started: Instant,
     /// The Prometheus endpoint's view, when `[daemon] metrics` is set.
     metrics: Option<tokio::sync::watch::Sender<metrics::Snapshot>>,
+    /// Where network QBER pollers send their readings.
+    polls: mpsc::Sender<PollResult>,
+}
+
+impl LinkSlot {
+    /// Stops the link's network poller (a replaced or removed source).
+    fn stop_poller(&mut self) {
+        if let Some(p) = self.poller.take() {
+            p.abort();
+        }
+    }
 }
 
 fn fatal(msg: impl std::fmt::Display) -> ExitCode {
@@ -219,6 +234,8 @@ async fn run(
         });
         tx
     });
+    // Sized for every link's poller to have a reading in flight.
+    let (polls_tx, mut polls) = mpsc::channel::<PollResult>(1024);
     let mut eng = Engine {
         links: BTreeMap::new(),
         policy: None,
@@ -228,6 +245,7 @@ async fn run(
         events,
         started: Instant::now(),
         metrics,
+        polls: polls_tx,
     };
     eng.configure(cfg, Instant::now());
     loop {
@@ -240,6 +258,7 @@ async fn run(
                 None => return fatal("parent reader ended"),
             },
             Some(call) = calls.recv() => eng.control(call),
+            Some(r) = polls.recv() => eng.on_poll(r, Instant::now()),
             _ = tokio::time::sleep_until(wake.into()) => eng.tick(Instant::now()),
         }
         eng.publish_metrics(Instant::now());
@@ -268,14 +287,8 @@ impl Engine {
                     continue;
                 }
             }
-            let mut sim = qconf.sim.clone();
-            // Links sharing a sim section must not see the same noise.
-            sim.seed = sim.seed.wrapping_add(fnv1a(l.qber_id.as_bytes()));
-            let source = match qconf.driver {
-                crate::conf::QberDriver::Sim => Source::sim(&sim),
-                _ => Source::open(qconf),
-            };
-            let source = match source {
+            let opened = self.open_source(&l.name, &l.qber, &l.qber_id, qconf, &cfg.qber_net);
+            let (source, poller) = match opened {
                 Ok(s) => s,
                 Err(e) => {
                     // Fail closed: a link we cannot watch is locked.
@@ -297,7 +310,10 @@ impl Engine {
             };
             // A changed source keeps the link's state machine (and its reasons).
             let link = match kept {
-                Some(slot) => slot.link,
+                Some(mut slot) => {
+                    slot.stop_poller();
+                    slot.link
+                }
                 None => {
                     let policy = self
                         .policy
@@ -311,6 +327,7 @@ impl Engine {
                 LinkSlot {
                     link,
                     source,
+                    poller,
                     fresh: Freshness::new(),
                     poll: qconf.poll,
                     next_poll: now,
@@ -322,13 +339,60 @@ impl Engine {
                 },
             );
         }
+        for (_, mut gone) in old {
+            gone.stop_poller();
+        }
+    }
+
+    /// The sim source, or a network driver running as a poller task.
+    fn open_source(
+        &self,
+        link: &str,
+        qber: &str,
+        qber_id: &str,
+        qconf: &crate::conf::QberConf,
+        net: &BTreeMap<String, imsg::QberNet>,
+    ) -> Result<(Option<Source>, Option<tokio::task::JoinHandle<()>>), String> {
+        if qconf.driver == crate::conf::QberDriver::Sim {
+            let mut sim = qconf.sim.clone();
+            // Links sharing a sim section must not see the same noise.
+            sim.seed = sim.seed.wrapping_add(fnv1a(qber_id.as_bytes()));
+            return Ok((Some(Source::sim(&sim)?), None));
+        }
+        let n = net
+            .get(qber)
+            .ok_or_else(|| format!("qber {qber}: no TLS settings from the parent"))?;
+        let tls = qber::fetch::TlsPems {
+            ca: n.ca.clone(),
+            cert: n.cert.clone(),
+            key: n.key.clone(),
+        };
+        let settings = qber::fetch::HttpSettings {
+            addr: n.addr,
+            ..Default::default()
+        };
+        let driver = qber::Driver::open(qber, qconf, &tls, settings)?;
+        let task = qber::poller::spawn(
+            qber.to_string(),
+            link.to_string(),
+            qber_id.to_string(),
+            driver,
+            qconf.poll,
+            self.polls.clone(),
+        );
+        Ok((None, Some(task)))
     }
 
     fn next_wakeup(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         self.links
             .values()
-            .flat_map(|s| [Some(s.next_poll), s.link.next_deadline()])
+            .flat_map(|s| {
+                [
+                    s.source.as_ref().map(|_| s.next_poll),
+                    s.link.next_deadline(),
+                ]
+            })
             .flatten()
             .min()
             .unwrap_or(far)
@@ -338,32 +402,60 @@ impl Engine {
         let names: Vec<String> = self.links.keys().cloned().collect();
         for name in names {
             let slot = self.links.get_mut(&name).expect("known");
-            let input = if now >= slot.next_poll {
-                slot.next_poll = now + slot.poll;
-                match slot.source.poll() {
-                    Ok(s) => {
-                        slot.sampled_ns = Some(imsg::monotonic_ns());
-                        let fresh = slot.fresh.is_fresh(&s);
-                        Input::Sample {
-                            qber: s.qber,
-                            fresh,
+            let input = match slot.source.as_mut().filter(|_| now >= slot.next_poll) {
+                None => Input::Tick,
+                Some(source) => {
+                    slot.next_poll = now + slot.poll;
+                    match source.poll() {
+                        Ok(s) => {
+                            slot.sampled_ns = Some(imsg::monotonic_ns());
+                            let fresh = slot.fresh.is_fresh(&s);
+                            Input::Sample {
+                                qber: s.qber,
+                                fresh,
+                            }
+                        }
+                        Err(e) => {
+                            slot.source_errors += 1;
+                            log::event(Prio::Warning, "qber_source_error")
+                                .kv("link", &name)
+                                .kv("source", &slot.qber_name)
+                                .msg(e)
+                                .send();
+                            Input::Tick
                         }
                     }
-                    Err(e) => {
-                        slot.source_errors += 1;
-                        log::event(Prio::Warning, "qber_source_error")
-                            .kv("link", &name)
-                            .kv("source", &slot.qber_name)
-                            .msg(e)
-                            .send();
-                        Input::Tick
-                    }
                 }
-            } else {
-                Input::Tick
             };
             self.feed(&name, now, input);
         }
+    }
+
+    /// A reading from a network source's poller.
+    fn on_poll(&mut self, r: PollResult, now: Instant) {
+        let Some(slot) = self.links.get_mut(&r.link) else {
+            return;
+        };
+        let input = match r.result {
+            Ok(s) => {
+                slot.sampled_ns = Some(r.sampled_ns);
+                let fresh = slot.fresh.is_fresh(&s);
+                Input::Sample {
+                    qber: s.qber,
+                    fresh,
+                }
+            }
+            Err(e) => {
+                slot.source_errors += 1;
+                log::event(Prio::Warning, "qber_source_error")
+                    .kv("link", &r.link)
+                    .kv("source", &slot.qber_name)
+                    .msg(e)
+                    .send();
+                Input::Tick
+            }
+        };
+        self.feed(&r.link, now, input);
     }
 
     /// Runs one input through a link and carries out its actions.

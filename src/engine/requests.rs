@@ -99,7 +99,13 @@ impl Engine {
         let Some(slot) = self.links.get_mut(link) else {
             return no_such_link(link);
         };
-        match slot.source.control(c) {
+        let Some(source) = slot.source.as_mut() else {
+            return Reply::error(
+                ErrorCode::Refused,
+                format!("{link}: its QBER source is not the built-in simulator"),
+            );
+        };
+        match source.control(c) {
             Ok(()) => {
                 let (what, v) = match c {
                     SimControl::Eve(f) => ("eve", f),

@@ -51,6 +51,8 @@ pub struct Parent {
     pub bundle: Option<Bundle>,
     pub links: Links,
     pub started: std::time::Instant,
+    /// TLS bytes and resolved addresses of network QBER sources, for the engine.
+    pub qber_net: BTreeMap<String, crate::imsg::QberNet>,
 }
 
 pub fn state_path(conf: &Config) -> PathBuf {
@@ -140,18 +142,60 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
 }
 
 /// What the config may name but this release cannot run yet. Refused here
-/// rather than left unwatched in the engine.
-pub fn check_supported(conf: &Config) -> Result<(), String> {
-    for (name, q) in &conf.qber {
-        if q.driver != crate::conf::QberDriver::Sim {
-            return Err(format!(
-                "{}: [qber.{name}]: driver {:?} is not supported by this release (only \"sim\")",
-                conf.path.display(),
-                q.driver
-            ));
-        }
-    }
+/// rather than left unwatched in the engine. (Every QBER driver runs now.)
+pub fn check_supported(_conf: &Config) -> Result<(), String> {
     Ok(())
+}
+
+/// Reads the TLS files of every network `[qber.X]` and resolves its URL's
+/// host (the engine is chrooted: no files, no resolver).
+pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, crate::imsg::QberNet>, String> {
+    let read = |what: &str, name: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| format!("[qber.{name}] {what} {}: {e}", p.display()))
+            })
+            .transpose()
+    };
+    let mut out = BTreeMap::new();
+    for (name, q) in &conf.qber {
+        if q.driver == crate::conf::QberDriver::Sim {
+            continue;
+        }
+        let url = q.url.as_deref().unwrap_or_default();
+        let addr = resolve_url(url).map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
+        out.insert(
+            name.clone(),
+            crate::imsg::QberNet {
+                ca: read("ca", name, &q.ca)?,
+                cert: read("cert", name, &q.cert)?,
+                key: read("key", name, &q.key)?.map(zeroize::Zeroizing::new),
+                addr: Some(addr),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `scheme://host[:port]/...` → the first address of host:port.
+fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let hostport = if authority.ends_with(']')
+        || !authority.contains(':')
+        || authority.matches(':').count() > 1 && !authority.starts_with('[')
+    {
+        format!("{authority}:{default_port}")
+    } else {
+        authority.to_string()
+    };
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport} has no address"))
 }
 
 pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
@@ -242,6 +286,7 @@ impl Parent {
             }
             map.insert(name.clone(), l);
         }
+        let qber_net = qber_net(&conf)?;
         let links = Links {
             links: map,
             fw,
@@ -256,6 +301,7 @@ impl Parent {
             bundle,
             links,
             started: std::time::Instant::now(),
+            qber_net,
         };
         p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
         Ok(p)

@@ -70,8 +70,11 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let (mut rd, mut wr) = chan.into_split();
     let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        while let Some(f) = out.recv().await {
-            if wr.write_all(&f).await.is_err() {
+        while let Some(mut f) = out.recv().await {
+            let r = wr.write_all(&f).await;
+            // Frames may carry key material (TLS keys in the config).
+            zeroize::Zeroize::zeroize(&mut f);
+            if r.is_err() {
                 break;
             }
         }
@@ -201,6 +204,7 @@ fn engine_config(p: &Parent) -> EngineConfig {
         verbose: log::verbose(),
         drop_to,
         metrics: p.conf.daemon.metrics.is_some(),
+        qber_net: p.qber_net.clone(),
     }
 }
 
@@ -398,6 +402,14 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
             return Reply::error(ErrorCode::ConfigError, e);
         }
     };
+    let net = match super::qber_net(&new) {
+        Ok(n) => n,
+        Err(e) => {
+            log::event(Prio::Err, "reload_failed").msg(&e).send();
+            return Reply::error(ErrorCode::ConfigError, e);
+        }
+    };
+    p.qber_net = net;
     p.keys = keys;
     p.store = crate::policy::Store::new(new.policy.dir.clone());
     p.conf = new;

@@ -118,6 +118,18 @@ impl Gateway {
         })
     }
 
+    /// Replaces the `[qber.sim]` section with `section` (which must define
+    /// `[qber.net]`) and points link dr at it with `qber_id`.
+    pub fn set_qber(&self, section: &str, qber_id: &str) {
+        let text = fs::read_to_string(&self.conf).unwrap();
+        let start = text.find("[qber.sim]").unwrap();
+        let end = text.find("[link.dr]").unwrap();
+        let text = format!("{}{section}\n\n{}", &text[..start], &text[end..])
+            .replace("qber = \"sim\"", "qber = \"net\"")
+            .replace("qber_id = \"t\"", &format!("qber_id = \"{qber_id}\""));
+        fs::write(&self.conf, text).unwrap();
+    }
+
     pub fn ns_a(&self) -> String {
         format!("{}-a", self.prefix)
     }
