@@ -121,6 +121,10 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
         Ok(k) => k,
         Err(e) => return exit_err(e),
     };
+    // What start-up would read: QBER sources' TLS files and host names.
+    if let Err(e) = qber_net(conf) {
+        return exit_err(e);
+    }
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
     let targets = targets(conf);
     let checker = Checker {
