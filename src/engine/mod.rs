@@ -88,8 +88,12 @@ pub fn main() -> ExitCode {
         Err(e) => return fatal(e),
     };
     let cfg = match imsg::read_frame_blocking(&mut &chan) {
-        Ok(Some((code, payload))) => match ToEngine::decode(code, &payload) {
-            Ok(ToEngine::Config(c)) => c,
+        Ok(Some((code, mut payload))) => match ToEngine::decode(code, &payload) {
+            Ok(ToEngine::Config(c)) => {
+                // The config carries TLS keys: wipe the raw frame.
+                zeroize::Zeroize::zeroize(&mut payload);
+                c
+            }
             Ok(_) => return fatal("first message was not the config"),
             Err(e) => return fatal(e),
         },
@@ -164,8 +168,10 @@ async fn run(
     let (mut rd, mut wr) = chan.into_split();
     let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
-        while let Some(f) = out.recv().await {
-            if wr.write_all(&f).await.is_err() {
+        while let Some(mut f) = out.recv().await {
+            let r = wr.write_all(&f).await;
+            zeroize::Zeroize::zeroize(&mut f);
+            if r.is_err() {
                 std::process::exit(0);
             }
         }
@@ -200,8 +206,10 @@ async fn run(
     tokio::spawn(async move {
         loop {
             let r = match imsg::read_frame(&mut rd).await {
-                Ok(Some((code, payload))) => {
-                    ToEngine::decode(code, &payload).map_err(|e| e.to_string())
+                Ok(Some((code, mut payload))) => {
+                    let m = ToEngine::decode(code, &payload).map_err(|e| e.to_string());
+                    zeroize::Zeroize::zeroize(&mut payload);
+                    m
                 }
                 Ok(None) => Err("parent closed the channel".to_string()),
                 Err(e) => Err(e.to_string()),

@@ -83,8 +83,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     tokio::spawn(async move {
         loop {
             let r = match imsg::read_frame(&mut rd).await {
-                Ok(Some((code, payload))) => {
-                    ToParent::decode(code, &payload).map_err(|e| e.to_string())
+                Ok(Some((code, mut payload))) => {
+                    let m = ToParent::decode(code, &payload).map_err(|e| e.to_string());
+                    zeroize::Zeroize::zeroize(&mut payload);
+                    m
                 }
                 Ok(None) => Err("lost connection to engine".into()),
                 Err(e) => Err(e.to_string()),
