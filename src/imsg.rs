@@ -363,6 +363,57 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     Ok(Some((code, payload)))
 }
 
+/// Reads frames in a task of their own (a half-read frame must not be lost
+/// to a `select!`), decodes them with `decode` and hands them on; the first
+/// error or EOF (`eof` says whose) is sent too and ends the task. Payloads
+/// are zeroized once decoded: some carry key material.
+pub fn spawn_reader<T: Send + 'static>(
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    decode: fn(u16, &[u8]) -> Result<T, Error>,
+    eof: &'static str,
+) -> tokio::sync::mpsc::UnboundedReceiver<Result<T, String>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let r = match read_frame(&mut rd).await {
+                Ok(Some((code, mut payload))) => {
+                    let m = decode(code, &payload).map_err(|e| e.to_string());
+                    zeroize::Zeroize::zeroize(&mut payload);
+                    m
+                }
+                Ok(None) => Err(eof.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let stop = r.is_err();
+            if tx.send(r).is_err() || stop {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Writes queued frames in order; zeroizes each once written. `on_error`
+/// runs when the peer is gone.
+pub fn spawn_writer(
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    on_error: fn(),
+) -> tokio::sync::mpsc::UnboundedSender<Vec<u8>> {
+    use tokio::io::AsyncWriteExt;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(mut f) = rx.recv().await {
+            let r = wr.write_all(&f).await;
+            zeroize::Zeroize::zeroize(&mut f);
+            if r.is_err() {
+                on_error();
+                break;
+            }
+        }
+    });
+    tx
+}
+
 /// How long the parent waits for the engine's Hello before giving up.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -27,7 +27,6 @@ use qber::{Freshness, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 type Tx = mpsc::UnboundedSender<Vec<u8>>;
@@ -165,17 +164,9 @@ async fn run(
         (Ok(c), Ok(l)) => (c, l),
         _ => return fatal("cannot register sockets"),
     };
-    let (mut rd, mut wr) = chan.into_split();
-    let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(mut f) = out.recv().await {
-            let r = wr.write_all(&f).await;
-            zeroize::Zeroize::zeroize(&mut f);
-            if r.is_err() {
-                std::process::exit(0);
-            }
-        }
-    });
+    let (rd, wr) = chan.into_split();
+    // The parent is gone: exit at once (DESIGN §2).
+    let tx = imsg::spawn_writer(wr, || std::process::exit(0));
     // Every record goes to the parent, which owns syslog/stderr.
     let log_tx = tx.clone();
     log::init(Box::new(move |prio, line| {
@@ -202,24 +193,7 @@ async fn run(
         readonly_gid: cfg.ctl_readonly_gid,
     };
     tokio::spawn(control::serve(listener, access, calls_tx, events.clone()));
-    let (in_tx, mut from_parent) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let r = match imsg::read_frame(&mut rd).await {
-                Ok(Some((code, mut payload))) => {
-                    let m = ToEngine::decode(code, &payload).map_err(|e| e.to_string());
-                    zeroize::Zeroize::zeroize(&mut payload);
-                    m
-                }
-                Ok(None) => Err("parent closed the channel".to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let stop = r.is_err();
-            if in_tx.send(r).is_err() || stop {
-                break;
-            }
-        }
-    });
+    let mut from_parent = imsg::spawn_reader(rd, ToEngine::decode, "parent closed the channel");
     let metrics = metrics_listener.and_then(|l| {
         let l = l
             .set_nonblocking(true)

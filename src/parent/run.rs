@@ -13,7 +13,6 @@ use crate::privsep::EngineProc;
 use crate::proto::ctl::{ErrorCode, Reply, Target};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -67,36 +66,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (mut rd, mut wr) = chan.into_split();
-    let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(mut f) = out.recv().await {
-            let r = wr.write_all(&f).await;
-            // Frames may carry key material (TLS keys in the config).
-            zeroize::Zeroize::zeroize(&mut f);
-            if r.is_err() {
-                break;
-            }
-        }
-    });
-    let (in_tx, mut from_engine) = mpsc::unbounded_channel::<Result<ToParent, String>>();
-    tokio::spawn(async move {
-        loop {
-            let r = match imsg::read_frame(&mut rd).await {
-                Ok(Some((code, mut payload))) => {
-                    let m = ToParent::decode(code, &payload).map_err(|e| e.to_string());
-                    zeroize::Zeroize::zeroize(&mut payload);
-                    m
-                }
-                Ok(None) => Err("lost connection to engine".into()),
-                Err(e) => Err(e.to_string()),
-            };
-            let stop = r.is_err();
-            if in_tx.send(r).is_err() || stop {
-                break;
-            }
-        }
-    });
+    let (rd, wr) = chan.into_split();
+    // Losing the writer shows up as EOF on the reader: nothing to do here.
+    let tx = imsg::spawn_writer(wr, || {});
+    let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
     let _ = tx.send(ToEngine::Config(engine_config(&p)).encode());
     install_sink(&p, tx.clone());
