@@ -78,7 +78,7 @@ pub struct EngineConfig {
     pub qber_net: BTreeMap<String, QberNet>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QberNet {
     pub ca: Option<Vec<u8>>,
@@ -105,6 +105,18 @@ pub struct EngineLink {
     pub qber_id: String,
     /// Engine-owned reasons persisted in the state file (qber).
     pub persisted: Reasons,
+}
+
+/// Debug never shows the TLS key (DESIGN §5 "Secrets").
+impl std::fmt::Debug for QberNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QberNet")
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("cert", &self.cert.as_ref().map(Vec::len))
+            .field("key", &self.key.as_ref().map(|_| "<SECRET>"))
+            .field("addr", &self.addr)
+            .finish()
+    }
 }
 
 /// The active policy as the engine needs it.
@@ -463,6 +475,23 @@ mod tests {
         let f = m.encode();
         let (code, payload) = read_frame_blocking(&mut &f[..]).unwrap().unwrap();
         assert_eq!(ToEngine::decode(code, &payload).unwrap(), m);
+    }
+
+    #[test]
+    fn debug_hides_tls_key() {
+        let n = QberNet {
+            ca: Some(b"CA".to_vec()),
+            cert: None,
+            key: Some(zeroize::Zeroizing::new(
+                b"-----BEGIN PRIVATE KEY----- SECRETBYTES".to_vec(),
+            )),
+            addr: None,
+        };
+        let d = format!("{n:?}");
+        assert!(
+            d.contains("<SECRET>") && !d.contains("SECRETBYTES") && !d.contains("83"),
+            "{d}"
+        );
     }
 
     #[test]
