@@ -69,6 +69,12 @@ fn valid_bundle_accepted_from_dir() {
     assert_eq!(b.ruleset(Enforcement::Open, "pf"), None);
     assert!(b.warnings.is_empty());
     assert!(b.files.contains("SHA256.sig"));
+    let mut o = opts();
+    o.links = vec!["branch".into()];
+    let Verified::New(b) = verify(&b.files, &[keys.public_key()], &o, &NFT).unwrap() else {
+        panic!("expected a new bundle");
+    };
+    assert_eq!(b.warnings, ["[link.dr] names a link not configured here"]);
 }
 
 #[test]
@@ -111,6 +117,14 @@ fn valid_bundle_accepted_from_tgz_both_layouts() {
     // A plain (uncompressed) tar too.
     let out = Command::new("tar")
         .args(["cf", "-", "-C"])
+        .arg(&dir)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert_eq!(read_bytes(&out.stdout).unwrap(), from_dir.files);
+    // pax format (long names and attributes in extension headers).
+    let out = Command::new("tar")
+        .args(["--format=pax", "-czf", "-", "-C"])
         .arg(&dir)
         .arg(".")
         .output()

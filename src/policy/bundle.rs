@@ -348,6 +348,12 @@ fn read_tar(r: impl Read) -> Result<Files, Reject> {
             if !parts.is_empty() {
                 entries.push((parts, Entry::Dir));
             }
+        } else if kind == tar::EntryType::XGlobalHeader {
+            // pax global header (`git archive` writes the commit id there).
+            others += 1;
+            if others > MAX_OTHER_ENTRIES {
+                return Err(Reject::too_large("too many entries in the archive"));
+            }
         } else if kind.is_file() {
             if parts.is_empty() {
                 return Err(Reject::bad_name(&path, "is not a file name"));
@@ -509,6 +515,23 @@ mod tests {
         let t = tar_of(&[("./policy.toml", b"x"), ("./anchors/open.nft", b"y")]);
         let f = read_bytes(&t).unwrap();
         assert_eq!(f.get("policy.toml"), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn pax_global_header_ignored() {
+        let mut b = tar::Builder::new(Vec::new());
+        let comment = b"52 comment=0123456789012345678901234567890123456789\n";
+        let mut h = tar::Header::new_ustar();
+        h.set_size(comment.len() as u64);
+        h.set_entry_type(tar::EntryType::XGlobalHeader);
+        b.append_data(&mut h, "pax_global_header", &comment[..])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "policy.toml", &b"x"[..]).unwrap();
+        let f = read_bytes(&b.into_inner().unwrap()).unwrap();
+        assert_eq!(f.names().collect::<Vec<_>>(), ["policy.toml"]);
     }
 
     #[test]

@@ -139,6 +139,13 @@ pub fn verify(
         check_expiry(&policy, opts.now_unix)?;
     }
     check_rulesets(files, &policy, &opts.links, checker)?;
+    let mut warnings = warnings;
+    if !opts.links.is_empty() {
+        // A fleet-wide bundle may name links of other gateways: say so, no more.
+        for name in policy.links.keys().filter(|n| !opts.links.contains(n)) {
+            warnings.push(format!("[link.{name}] names a link not configured here"));
+        }
+    }
     Ok(Verified::New(Bundle {
         policy,
         files: files.clone(),
