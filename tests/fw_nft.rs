@@ -311,3 +311,57 @@ fn check_accepts_samples_and_refuses_bad_statements() {
     let tables = r.ns.nft("list tables");
     assert!(!tables.contains("qkdpfd"), "{tables}");
 }
+
+/// Pings `addr` once from inside `ns`; true if a reply came back.
+fn ping(ns: &Netns, addr: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "ping", "-c", "1", "-W", "1", "-q", addr,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn packets_follow_the_link_chain() {
+    if !root_or_skip("packets_follow_the_link_chain") {
+        return;
+    }
+    // Gateway namespace (the rig's) and a far end, joined by a veth pair
+    // that plays the link's wg interface.
+    let mut r = rig();
+    let far = Netns::new();
+    let (a, b) = (
+        format!("qa{}", &r.ns.name[6..]),
+        format!("qb{}", &far.name[6..]),
+    );
+    sh(&[
+        "ip", "link", "add", &a, "netns", &r.ns.name, "type", "veth", "peer", "name", &b, "netns",
+        &far.name,
+    ]);
+    r.ns.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &a]);
+    r.ns.exec(&["ip", "link", "set", &a, "up"]);
+    far.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &b]);
+    far.exec(&["ip", "link", "set", &b, "up"]);
+    assert!(ping(&r.ns, "10.99.0.2"), "no path before any firewall");
+
+    let dr = link("dr", &a, [10, 99, 0, 2]);
+    r.fw.init(std::slice::from_ref(&dr)).unwrap();
+    assert!(!ping(&r.ns, "10.99.0.2"), "empty link chain must drop");
+    r.fw.apply(
+        &dr,
+        Enforcement::Open,
+        "oifname $wg_if accept\niifname $wg_if accept",
+    )
+    .unwrap();
+    assert!(ping(&r.ns, "10.99.0.2"), "open ruleset must pass");
+    r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
+    assert!(!ping(&r.ns, "10.99.0.2"), "lockdown must drop");
+    // A chain that returns without a verdict is dropped by the base chain.
+    r.fw.apply(&dr, Enforcement::Open, "counter").unwrap();
+    assert!(!ping(&r.ns, "10.99.0.2"), "no verdict must drop");
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert!(ping(&r.ns, "10.99.0.2"), "open again must pass");
+}
