@@ -34,3 +34,4 @@ pub mod proto;
 pub mod secret;
 pub mod sim;
 pub mod tls;
+pub mod utc;

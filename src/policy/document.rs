@@ -9,8 +9,8 @@
 use super::bundle::check_name;
 use super::params::{LinkPolicy, OnQber, UnlockMode};
 use super::reject::Reject;
-pub use super::utc::{format_utc, parse_utc};
 use crate::lock::Enforcement;
+pub use crate::utc::{format_utc, parse_utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -17,7 +17,6 @@ pub mod params;
 pub mod reject;
 pub mod signify;
 pub mod store;
-pub mod utc;
 pub mod verify;
 
 pub use bundle::{Files, read_bytes, read_dir};

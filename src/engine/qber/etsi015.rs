@@ -51,44 +51,10 @@ pub fn parse(body: &[u8]) -> Result<(f64, Option<u64>), String> {
     Ok((value, stamp))
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse: (year, month, day) of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// `2025-01-02T03:04:05.678Z` for unix milliseconds.
 pub fn format_time_stamp(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::utc::civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -123,7 +89,8 @@ pub fn parse_time_stamp(s: &str) -> Result<u64, String> {
     }
     let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
     let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 {
+    if !(1..=12).contains(&mo) || d < 1 || d > crate::utc::days_in_month(y, mo) || h > 23 || mi > 59
+    {
         return Err(bad());
     }
     // A leap second (:60) is read as :59.999.
@@ -162,7 +129,7 @@ pub fn parse_time_stamp(s: &str) -> Result<u64, String> {
         }
         _ => return Err(bad()),
     };
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    let secs = crate::utc::days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset;
     let total = secs * 1000 + ms;
     u64::try_from(total).map_err(|_| format!("{}: before 1970", bad()))
 }

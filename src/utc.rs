@@ -1,6 +1,7 @@
-//! UTC wall-clock times as `policy.toml` writes them (`not_after`), by
-//! hand: no date crate for one fixed format. Used for bundle expiry only
-//! (DESIGN §2: the wall clock serves bundle expiry and log stamps).
+//! UTC wall-clock times by hand (no date crate for a few fixed formats):
+//! `policy.toml`'s `not_after` (bundle expiry, DESIGN §2), qkdctl's display
+//! of it, and QBER sources' RFC 3339 time stamps. The calendar arithmetic
+//! (H. Hinnant's civil-day algorithms) lives here once.
 
 /// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds; nothing else is accepted.
 pub fn parse_utc(s: &str) -> Option<u64> {
@@ -26,20 +27,21 @@ pub fn parse_utc(s: &str) -> Option<u64> {
     if y < 1970
         || !(1..=12).contains(&mo)
         || d < 1
-        || d > days_in_month(y, mo)
+        || d as i64 > days_in_month(y as i64, mo as i64)
         || h > 23
         || mi > 59
         || sec > 59
     {
         return None;
     }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec)
+    let days = days_from_civil(y as i64, mo as i64, d as i64) as u64;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
 /// Unix seconds to `YYYY-MM-DDTHH:MM:SSZ` (for messages).
 pub fn format_utc(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = civil_from_days(days as i64);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -48,11 +50,12 @@ pub fn format_utc(secs: u64) -> String {
     )
 }
 
-fn is_leap(y: u64) -> bool {
+fn is_leap(y: i64) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 
-fn days_in_month(y: u64, m: u64) -> u64 {
+/// Days in month `m` (1..=12) of year `y`.
+pub fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
         2 if is_leap(y) => 29,
         2 => 28,
@@ -61,10 +64,11 @@ fn days_in_month(y: u64, m: u64) -> u64 {
     }
 }
 
-/// Days since 1970-01-01 (H. Hinnant's algorithm, years >= 1970 only).
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
+    let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let mp = (m + 9) % 12;
     let doy = (153 * mp + 2) / 5 + d - 1;
@@ -72,15 +76,15 @@ fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: u64) -> (u64, u64, u64) {
+/// The inverse: (year, month, day) of a day count since 1970-01-01.
+pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
-    let era = z / 146_097;
+    let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
