@@ -384,36 +384,30 @@ impl Engine {
         let names: Vec<String> = self.links.keys().cloned().collect();
         for name in names {
             let slot = self.links.get_mut(&name).expect("known");
-            let input = match slot.source.as_mut().filter(|_| now >= slot.next_poll) {
-                None => Input::Tick,
+            match slot.source.as_mut().filter(|_| now >= slot.next_poll) {
+                None => {
+                    self.feed(&name, now, Input::Tick);
+                }
+                // The simulator is read in line; its reading then takes the
+                // same path as a network poller's.
                 Some(source) => {
                     slot.next_poll = now + slot.poll;
-                    match source.poll() {
-                        Ok(s) => {
-                            slot.sampled_ns = Some(imsg::monotonic_ns());
-                            let fresh = slot.fresh.is_fresh(&s);
-                            Input::Sample {
-                                qber: s.qber,
-                                fresh,
-                            }
-                        }
-                        Err(e) => {
-                            slot.source_errors += 1;
-                            log::event(Prio::Warning, "qber_source_error")
-                                .kv("link", &name)
-                                .kv("source", &slot.qber_name)
-                                .msg(e)
-                                .send();
-                            Input::Tick
-                        }
-                    }
+                    let result = source.poll();
+                    let sampled_ns = imsg::monotonic_ns();
+                    self.on_poll(
+                        PollResult {
+                            link: name,
+                            result,
+                            sampled_ns,
+                        },
+                        now,
+                    );
                 }
-            };
-            self.feed(&name, now, input);
+            }
         }
     }
 
-    /// A reading from a network source's poller.
+    /// A reading from a QBER source (a network poller's or the simulator's).
     fn on_poll(&mut self, r: PollResult, now: Instant) {
         let Some(slot) = self.links.get_mut(&r.link) else {
             return;
