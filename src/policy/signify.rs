@@ -57,9 +57,14 @@ pub fn read_pubkey(path: &Path) -> Result<PublicKey, String> {
 /// base64 of "Ed" ‖ keynum ‖ key. Extra lines are refused (a secret key
 /// file pasted by mistake must not pass).
 pub fn parse_pubkey(text: &str) -> Result<PublicKey, String> {
+    pubkey_from_base64(key_line(text)?)
+}
+
+/// The base64 line of a signify key file (public or secret): an
+/// `untrusted comment:` line, the key line, and nothing else.
+pub fn key_line(text: &str) -> Result<&str, String> {
     let mut lines = text.lines();
-    let comment = lines.next().unwrap_or("");
-    if !comment.starts_with(COMMENT) {
+    if !lines.next().unwrap_or("").starts_with(COMMENT) {
         return Err("expected a first line starting with \"untrusted comment: \"".into());
     }
     let b64 = lines
@@ -68,7 +73,7 @@ pub fn parse_pubkey(text: &str) -> Result<PublicKey, String> {
     if lines.any(|l| !l.trim().is_empty()) {
         return Err("unexpected text after the key line".into());
     }
-    pubkey_from_base64(b64)
+    Ok(b64)
 }
 
 /// Parses the key line alone (`RWS…`, as `peer_pubkey` in qkdpfd.conf).

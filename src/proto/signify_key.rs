@@ -18,7 +18,6 @@ use sha2::{Digest, Sha512};
 use std::path::Path;
 use zeroize::Zeroizing;
 
-const COMMENT: &str = "untrusted comment: ";
 const RAW_LEN: usize = 2 + 2 + 4 + 16 + 8 + 8 + 64;
 
 /// An Ed25519 signing key from a signify secret key file.
@@ -38,16 +37,7 @@ impl SecretKey {
 
     /// Parses the text of a secret key file.
     pub fn parse(text: &str) -> Result<SecretKey, String> {
-        let mut lines = text.lines();
-        if !lines.next().unwrap_or("").starts_with(COMMENT) {
-            return Err("expected a first line starting with \"untrusted comment: \"".into());
-        }
-        let b64 = lines
-            .next()
-            .ok_or("expected a base64 key line after the comment")?;
-        if lines.any(|l| !l.trim().is_empty()) {
-            return Err("unexpected text after the key line".into());
-        }
+        let b64 = crate::policy::signify::key_line(text)?;
         let raw = Zeroizing::new(
             B64.decode(b64.trim_end_matches('\r'))
                 .map_err(|_| "the key line is not valid base64")?,
