@@ -1,87 +1,30 @@
 //! The ETSI 014 client against the real simulated KMEs (in process, on
 //! 127.0.0.1:0, with certificates from `qkdsim pki`'s code).
 
+mod common;
+
+use common::sim::{self, Sim};
 use qkdpfd::engine::kme::{KmeClient, KmeErrorKind, KmeSettings};
-use qkdpfd::sim::kme::SimConfig;
-use qkdpfd::sim::pki::{self, Ca};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::Path;
-use tokio::sync::oneshot;
+use qkdpfd::sim::pki::Ca;
 use zeroize::Zeroizing;
 
 const NOT_FOUND: &str = "one or more keys specified are not found on KME";
 
-struct Sim {
-    dir: tempfile::TempDir,
-    addrs: HashMap<String, SocketAddr>,
-    _stop: oneshot::Sender<()>,
-}
-
-fn config(dir: &Path, pulse_rate: f64) -> String {
-    format!(
-        r#"
-[kme.a]
-listen = "127.0.0.1:0"
-kme_id = "KME-A"
-sae_ids = ["SAE-A"]
-ca = "ca.pem"
-cert = "kme-a.pem"
-key = "kme-a.key"
-[kme.b]
-listen = "127.0.0.1:0"
-kme_id = "KME-B"
-sae_ids = ["SAE-B"]
-ca = "ca.pem"
-cert = "kme-b.pem"
-key = "kme-b.key"
-[link.ab]
-kmes = ["a", "b"]
-pulse_rate = {pulse_rate:e}
-max_key_per_request = 4
-"#
-    )
-    .replace("\"ca.pem\"", &format!("{:?}", dir.join("ca.pem")))
-}
-
+/// qkdsim with SAE-X holding a client certificate no KME serves.
 async fn start(pulse_rate: f64) -> Sim {
-    let dir = tempfile::tempdir().unwrap();
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    pki::create(
-        dir.path(),
-        &names(&["a", "b"]),
-        &names(&["SAE-A", "SAE-B", "SAE-X"]),
-        &[],
-    )
-    .unwrap();
-    let cfg = SimConfig::parse(&config(dir.path(), pulse_rate), dir.path()).unwrap();
-    let sim = qkdpfd::sim::kme::bind(&cfg).await.unwrap();
-    let addrs = sim.addrs().into_iter().collect();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(sim.run(async move {
-        let _ = stopped.await;
-    }));
-    Sim {
-        dir,
-        addrs,
-        _stop: stop,
-    }
-}
-
-fn read(dir: &Path, f: &str) -> Vec<u8> {
-    std::fs::read(dir.join(f)).unwrap()
+    let link = format!("pulse_rate = {pulse_rate:e}\nmax_key_per_request = 4");
+    sim::start(&["SAE-A", "SAE-B", "SAE-X"], &link).await
 }
 
 impl Sim {
     fn client_with(&self, kme: &str, sae: &str, name: Option<&str>) -> KmeClient {
-        let d = self.dir.path();
         let url = format!("https://localhost:{}", self.addrs[kme].port());
-        let key = Zeroizing::new(read(d, &format!("sae-{sae}.key")));
+        let key = Zeroizing::new(self.read(&format!("sae-{sae}.key")));
         KmeClient::new(
             "site",
             &url,
-            &read(d, "ca.pem"),
-            &read(d, &format!("sae-{sae}.pem")),
+            &self.read("ca.pem"),
+            &self.read(&format!("sae-{sae}.pem")),
             key,
             name,
         )
@@ -221,7 +164,7 @@ async fn client_certificate_from_another_ca_is_refused_at_tls() {
     let sim = start(1e9).await;
     let rogue = Ca::new().unwrap().client("SAE-A").unwrap();
     let url = format!("https://localhost:{}", sim.addrs["a"].port());
-    let ca = read(sim.dir.path(), "ca.pem");
+    let ca = sim.read("ca.pem");
     let c = KmeClient::new(
         "site",
         &url,
@@ -257,14 +200,13 @@ async fn server_name_is_checked() {
 async fn a_server_from_another_ca_is_refused() {
     let sim = start(1e9).await;
     let other = Ca::new().unwrap();
-    let d = sim.dir.path();
     let url = format!("https://localhost:{}", sim.addrs["a"].port());
-    let key = Zeroizing::new(read(d, "sae-SAE-A.key"));
+    let key = Zeroizing::new(sim.read("sae-SAE-A.key"));
     let c = KmeClient::new(
         "site",
         &url,
         other.cert_pem().as_bytes(),
-        &read(d, "sae-SAE-A.pem"),
+        &sim.read("sae-SAE-A.pem"),
         key,
         None,
     )

@@ -2,79 +2,25 @@
 //! poller against qkdsim's feed over mutual TLS (in process), and against a
 //! hostile plain-HTTP server on 127.0.0.1.
 
+mod common;
+
+use common::sim::{self, Sim};
 use qkdpfd::conf::{QberConf, QberDriver, SimLinkConf};
 use qkdpfd::engine::qber::poller::{self, PollResult};
 use qkdpfd::engine::qber::{Driver, Freshness, HttpSettings, Sample, TlsPems};
-use qkdpfd::sim::kme::{SimConfig, SimState};
-use qkdpfd::sim::pki::{self, Ca};
+use qkdpfd::sim::pki::Ca;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 const ETSI015: &str =
     "/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link={qber_id}/qkdl_performance";
 
-struct Sim {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    state: Arc<SimState>,
-    _stop: oneshot::Sender<()>,
-}
-
-fn config(dir: &Path, interval: &str) -> String {
-    let ca = format!("{:?}", dir.join("ca.pem"));
-    format!(
-        r#"
-[kme.a]
-listen = "127.0.0.1:0"
-kme_id = "KME-A"
-sae_ids = ["SAE-A"]
-ca = {ca}
-cert = "kme-a.pem"
-key = "kme-a.key"
-[kme.b]
-listen = "127.0.0.1:0"
-kme_id = "KME-B"
-sae_ids = ["SAE-B"]
-ca = {ca}
-cert = "kme-b.pem"
-key = "kme-b.key"
-[link.ab]
-kmes = ["a", "b"]
-[qber]
-measure_interval = "{interval}"
-"#
-    )
-}
-
 async fn start(interval: &str) -> Sim {
-    let dir = tempfile::tempdir().unwrap();
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    pki::create(
-        dir.path(),
-        &names(&["a", "b"]),
-        &names(&["SAE-A", "SAE-B"]),
-        &[],
-    )
-    .unwrap();
-    let cfg = SimConfig::parse(&config(dir.path(), interval), dir.path()).unwrap();
-    let sim = qkdpfd::sim::kme::bind(&cfg).await.unwrap();
-    let addr = sim.addrs()[0].1;
-    let state = sim.state();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(sim.run(async move {
-        let _ = stopped.await;
-    }));
-    Sim {
-        dir,
-        addr,
-        state,
-        _stop: stop,
-    }
+    let qber = format!("[qber]\nmeasure_interval = \"{interval}\"");
+    sim::start(&["SAE-A", "SAE-B"], &qber).await
 }
 
 fn qber_conf(driver: QberDriver, url: &str, pointer: Option<&str>, scale: f64) -> QberConf {
@@ -102,10 +48,6 @@ fn quick() -> HttpSettings {
 }
 
 impl Sim {
-    fn read(&self, f: &str) -> Vec<u8> {
-        std::fs::read(self.dir.path().join(f)).unwrap()
-    }
-
     fn pems(&self) -> TlsPems {
         TlsPems {
             ca: Some(self.read("ca.pem")),
@@ -115,7 +57,7 @@ impl Sim {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.addr.port())
+        format!("https://localhost:{}{path}", self.addr().port())
     }
 
     fn driver(&self, kind: QberDriver, path: &str, pointer: Option<&str>, scale: f64) -> Driver {

@@ -3,82 +3,27 @@
 //! agree, measurements tick and repeat between ticks, eve/noise/stall work,
 //! bad controls get ETSI-style errors.
 
+mod common;
+
+use common::sim::{self, Sim};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use qkdpfd::engine::qber::etsi015::parse_time_stamp;
-use qkdpfd::sim::kme::SimConfig;
-use qkdpfd::sim::pki::{self, Ca};
+use qkdpfd::sim::pki::Ca;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
-use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 const ETSI015: &str =
     "/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link=ab/qkdl_performance";
 
-struct Sim {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-fn config(dir: &Path, interval: &str) -> String {
-    let ca = format!("{:?}", dir.join("ca.pem"));
-    format!(
-        r#"
-[kme.a]
-listen = "127.0.0.1:0"
-kme_id = "KME-A"
-sae_ids = ["SAE-A"]
-ca = {ca}
-cert = "kme-a.pem"
-key = "kme-a.key"
-[kme.b]
-listen = "127.0.0.1:0"
-kme_id = "KME-B"
-sae_ids = ["SAE-B"]
-ca = {ca}
-cert = "kme-b.pem"
-key = "kme-b.key"
-[link.ab]
-kmes = ["a", "b"]
-[qber]
-measure_interval = "{interval}"
-"#
-    )
-}
-
 async fn start(interval: &str) -> Sim {
-    let dir = tempfile::tempdir().unwrap();
-    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    pki::create(
-        dir.path(),
-        &names(&["a", "b"]),
-        &names(&["SAE-A", "SAE-B", "SAE-X"]),
-        &[],
-    )
-    .unwrap();
-    let cfg = SimConfig::parse(&config(dir.path(), interval), dir.path()).unwrap();
-    let sim = qkdpfd::sim::kme::bind(&cfg).await.unwrap();
-    let addr = sim.addrs()[0].1;
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(sim.run(async move {
-        let _ = stopped.await;
-    }));
-    Sim {
-        dir,
-        addr,
-        _stop: stop,
-    }
+    let qber = format!("[qber]\nmeasure_interval = \"{interval}\"");
+    sim::start(&["SAE-A", "SAE-B", "SAE-X"], &qber).await
 }
 
 impl Sim {
-    fn read(&self, f: &str) -> Vec<u8> {
-        std::fs::read(self.dir.path().join(f)).unwrap()
-    }
-
     /// One request as SAE-X (a certificate the CA signed, served by no
     /// KME: the feed is open to any such client).
     async fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -86,7 +31,7 @@ impl Sim {
         let cfg =
             qkdpfd::tls::client_config(&self.read("ca.pem"), &self.read("sae-SAE-X.pem"), &key)
                 .unwrap();
-        request(cfg, self.addr, method, path, body).await.unwrap()
+        request(cfg, self.addr(), method, path, body).await.unwrap()
     }
 
     async fn json(&self, path: &str) -> Value {
@@ -322,6 +267,6 @@ async fn a_client_from_another_ca_cannot_read() {
         &rogue.key_bytes(),
     )
     .unwrap();
-    let r = request(cfg, sim.addr, "GET", "/metrics", "").await;
+    let r = request(cfg, sim.addr(), "GET", "/metrics", "").await;
     assert!(r.is_err(), "{r:?}");
 }
