@@ -17,8 +17,9 @@
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
 //! - [`sim`]: the simulated QKD link model.
-//! - [`lock`], [`log`], [`duration`], [`secret`]: lock reasons and bands, the
-//!   event log helper, durations, key types — shared by every process.
+//! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
+//!   bands, the event log helper, durations, UTC dates, key types — shared
+//!   by every process.
 
 pub mod conf;
 pub mod ctl;
