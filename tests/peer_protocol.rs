@@ -235,6 +235,8 @@ impl World {
                 Action::InstallPsk { epoch, psk } => {
                     end.psk = Some((*epoch, psk.clone()));
                     end.installs.push((*epoch, psk.clone()));
+                    // The parent answers once the PSK is in the kernel.
+                    kme_answers.push(Input::Installed { epoch: *epoch });
                 }
                 _ => {}
             }

@@ -11,6 +11,9 @@
 //! **in order**. [`Action::PersistEpoch`] must be durable (fsync) before
 //! any later action of the same batch is carried out; if it fails, the
 //! caller drops the rest of the batch and feeds [`Input::PersistFailed`].
+//! [`Action::InstallPsk`] ends its batch; the parent's answer is fed back
+//! as [`Input::Installed`] or [`Input::InstallFailed`], and only then does
+//! the slave CONFIRM and either side count the round done.
 //! Datagrams arrive here already checked by
 //! [`crate::proto::peer::Keyring::open`] (signature, keys, link_id);
 //! [`Action::Send`] carries an unsigned [`Message`] the engine signs with
@@ -88,6 +91,10 @@ pub enum Input {
     Received(Message),
     /// [`Action::PersistEpoch`] could not be made durable.
     PersistFailed { epoch: u64, why: String },
+    /// The parent installed and read back the PSK of [`Action::InstallPsk`].
+    Installed { epoch: u64 },
+    /// The parent could not install it (the previous PSK stays).
+    InstallFailed { epoch: u64, why: String },
     /// `on_qber = "hold"` stopped (true) or resumed (false) rotation.
     Hold(bool),
 }
@@ -103,7 +110,10 @@ pub enum Action {
     FetchDecKey { key_id: KeyId },
     /// Sign with the peering key and send to the peer.
     Send(Message),
-    /// Give the PSK to the parent to install on the WireGuard peer.
+    /// Give the PSK to the parent to install on the WireGuard peer; always
+    /// the last action of its batch. The answer comes back as
+    /// [`Input::Installed`] or [`Input::InstallFailed`]: the slave CONFIRMs
+    /// only a PSK that is in the kernel.
     InstallPsk { epoch: u64, psk: Psk },
     /// The round completed (log `key_rotated`; the link gets KeyInstalled).
     RoundDone { epoch: u64, key_id: KeyId },

@@ -16,9 +16,19 @@ pub(super) struct Master {
 }
 
 enum Phase {
-    Idle { next: Instant },
-    Fetching { deadline: Instant },
+    Idle {
+        next: Instant,
+    },
+    Fetching {
+        deadline: Instant,
+    },
     Offering(Box<Offer>),
+    /// CONFIRM checked; the parent is installing the PSK of `epoch`.
+    Installing {
+        epoch: u64,
+        key_id: peer::KeyId,
+        next: Instant,
+    },
 }
 
 /// An OFFER in flight and what its CONFIRM must prove.
@@ -64,6 +74,8 @@ impl Master {
             Phase::Idle { next } => Some(*next),
             Phase::Fetching { deadline } => Some(*deadline),
             Phase::Offering(o) => Some(o.next_send.min(o.give_up)),
+            // The parent always answers; nothing to time out here.
+            Phase::Installing { .. } => None,
         }
     }
 
@@ -85,6 +97,15 @@ impl Master {
                 }
                 _ => out.push(Action::Ignored {
                     why: "persist failure for another epoch",
+                }),
+            },
+            Input::Installed { epoch } => self.on_installed(ctx, epoch, out),
+            Input::InstallFailed { epoch, why } => match &self.phase {
+                Phase::Installing { epoch: e, .. } if *e == epoch => {
+                    self.fail(ctx, format!("install of epoch {epoch}: {why}"), out)
+                }
+                _ => out.push(Action::Ignored {
+                    why: "install answer for another epoch",
                 }),
             },
         }
@@ -200,21 +221,43 @@ impl Master {
         }
     }
 
+    /// The CONFIRM checked out: install (the round is done once the
+    /// parent says the PSK is in the kernel).
     fn done(&mut self, ctx: &mut Ctx, out: &mut Vec<Action>) {
         let next = ctx.now + ctx.jittered(ctx.schedule.period);
         let Phase::Offering(o) = std::mem::replace(&mut self.phase, Phase::Idle { next }) else {
             return;
         };
-        self.failures = 0;
+        self.phase = Phase::Installing {
+            epoch: o.msg.epoch,
+            key_id: o.msg.key_id,
+            next,
+        };
         out.push(Action::PeerRound);
         out.push(Action::InstallPsk {
             epoch: o.msg.epoch,
             psk: o.psk,
         });
-        out.push(Action::RoundDone {
-            epoch: o.msg.epoch,
-            key_id: o.msg.key_id,
-        });
+    }
+
+    fn on_installed(&mut self, _ctx: &mut Ctx, epoch: u64, out: &mut Vec<Action>) {
+        match &self.phase {
+            Phase::Installing {
+                epoch: e,
+                key_id,
+                next,
+            } if *e == epoch => {
+                out.push(Action::RoundDone {
+                    epoch,
+                    key_id: key_id.clone(),
+                });
+                self.failures = 0;
+                self.phase = Phase::Idle { next: *next };
+            }
+            _ => out.push(Action::Ignored {
+                why: "install answer for another epoch",
+            }),
+        }
     }
 
     fn fail(&mut self, ctx: &mut Ctx, why: String, out: &mut Vec<Action>) {

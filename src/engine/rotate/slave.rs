@@ -23,6 +23,8 @@ struct Round {
 
 enum State {
     Fetching,
+    /// The PSK is with the parent; the CONFIRM leaves once it is installed.
+    Installing(Message),
     /// The cached CONFIRM for retransmitted OFFERs.
     Confirmed(Message),
     /// `dec_keys` (or persisting) failed: never asked again for this key.
@@ -42,7 +44,7 @@ impl Slave {
         matches!(
             self.round,
             Some(Round {
-                state: State::Fetching,
+                state: State::Fetching | State::Installing(_),
                 ..
             })
         )
@@ -70,6 +72,19 @@ impl Slave {
                     });
                 }
             }
+            Input::Installed { epoch } => self.on_installed(epoch, out),
+            Input::InstallFailed { epoch, why } => match self.round.as_mut() {
+                Some(r) if r.epoch == epoch && matches!(r.state, State::Installing(_)) => {
+                    // Never CONFIRM a PSK the kernel does not hold.
+                    r.state = State::Failed;
+                    out.push(Action::RoundFailed {
+                        why: format!("install of epoch {epoch}: {why}"),
+                    });
+                }
+                _ => out.push(Action::Ignored {
+                    why: "install answer for another epoch",
+                }),
+            },
             Input::PersistFailed { epoch, why } => {
                 let current = self.round.as_ref().map(|r| r.key_id.clone());
                 if self.last == epoch && self.fail_fetch(current.as_ref()) {
@@ -87,7 +102,7 @@ impl Slave {
                 // A retransmit: never a second dec_keys.
                 return out.push(match &r.state {
                     State::Confirmed(c) => Action::Send(c.clone()),
-                    State::Fetching => Action::Ignored {
+                    State::Fetching | State::Installing(_) => Action::Ignored {
                         why: "retransmit while fetching",
                     },
                     State::Failed => Action::Ignored {
@@ -140,14 +155,29 @@ impl Slave {
         };
         let tag = peer::confirm_tag(&ck, l, r.epoch, &r.nonce, &r.key_id);
         let confirm = ctx.message(r.epoch, r.nonce, r.key_id.clone(), Body::Confirm { tag });
-        r.state = State::Confirmed(confirm.clone());
+        r.state = State::Installing(confirm);
         out.push(Action::InstallPsk {
             epoch: r.epoch,
             psk,
         });
+    }
+
+    fn on_installed(&mut self, epoch: u64, out: &mut Vec<Action>) {
+        let Some(r) = self.round.as_mut().filter(|r| r.epoch == epoch) else {
+            return out.push(Action::Ignored {
+                why: "install answer for another epoch",
+            });
+        };
+        let State::Installing(confirm) = &r.state else {
+            return out.push(Action::Ignored {
+                why: "install answer for another epoch",
+            });
+        };
+        let confirm = confirm.clone();
+        r.state = State::Confirmed(confirm.clone());
         out.push(Action::Send(confirm));
         out.push(Action::RoundDone {
-            epoch: r.epoch,
+            epoch,
             key_id: r.key_id.clone(),
         });
     }

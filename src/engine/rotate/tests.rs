@@ -70,13 +70,19 @@ fn slave_and_master_batches_are_ordered() {
         ]
     );
     let out = s.handle(t0, key_ready("k1", 32));
-    let [
-        Action::InstallPsk { epoch: 1, psk },
-        Action::Send(confirm),
-        Action::RoundDone { epoch: 1, .. },
-    ] = &out[..]
-    else {
-        panic!("install, then CONFIRM: {out:?}");
+    let [Action::InstallPsk { epoch: 1, psk }] = &out[..] else {
+        panic!("install ends the batch: {out:?}");
+    };
+    // No CONFIRM before the parent says the PSK is in the kernel.
+    assert_eq!(
+        s.handle(t0, Input::Received(offer.clone())),
+        [Action::Ignored {
+            why: "retransmit while fetching"
+        }]
+    );
+    let out = s.handle(t0, Input::Installed { epoch: 1 });
+    let [Action::Send(confirm), Action::RoundDone { epoch: 1, .. }] = &out[..] else {
+        panic!("CONFIRM once installed: {out:?}");
     };
     let out = m.handle(t0, Input::Received(confirm.clone()));
     assert_eq!(
@@ -87,11 +93,19 @@ fn slave_and_master_batches_are_ordered() {
                 epoch: 1,
                 psk: psk.clone()
             },
-            Action::RoundDone {
-                epoch: 1,
-                key_id: key_id("k1")
-            }
         ]
+    );
+    assert_eq!(
+        m.status().installed,
+        None,
+        "not installed until the parent says so"
+    );
+    assert_eq!(
+        m.handle(t0, Input::Installed { epoch: 1 }),
+        [Action::RoundDone {
+            epoch: 1,
+            key_id: key_id("k1")
+        }]
     );
     assert_eq!(m.status().installed, Some((1, key_id("k1"))));
     assert_eq!(s.status().rounds_ok, 1);
@@ -301,4 +315,50 @@ fn slave_never_fetches_twice_and_nacks_stale_epochs() {
     };
     assert_eq!(nack.body, Body::Nack { last: 1 });
     assert_eq!((nack.epoch, nack.nonce), (again.epoch, again.nonce));
+}
+
+#[test]
+fn a_failed_install_is_a_failed_round_and_never_confirmed() {
+    let t0 = Instant::now();
+    let (mut m, offer) = offering(t0);
+    let mut s = rot(Role::Slave, false, 2, t0);
+    s.handle(t0, Input::Received(offer.clone()));
+    let out = s.handle(t0, key_ready("k1", 32));
+    assert!(matches!(out[..], [Action::InstallPsk { epoch: 1, .. }]));
+    let out = s.handle(
+        t0,
+        Input::InstallFailed {
+            epoch: 1,
+            why: "no-such-peer".into(),
+        },
+    );
+    assert!(matches!(&out[..], [Action::RoundFailed { why }] if why.contains("no-such-peer")));
+    // A retransmitted OFFER gets nothing: no CONFIRM for a PSK not installed.
+    assert_eq!(
+        s.handle(t0, Input::Received(offer.clone())),
+        [Action::Ignored {
+            why: "retransmit of a failed round"
+        }]
+    );
+    assert_eq!(s.status().installed, None);
+    // The master's side: a failed install retries with a new key later.
+    let mut s2 = rot(Role::Slave, false, 2, t0);
+    s2.handle(t0, Input::Received(offer.clone()));
+    s2.handle(t0, key_ready("k1", 32));
+    let out = s2.handle(t0, Input::Installed { epoch: 1 });
+    let [Action::Send(confirm), ..] = &out[..] else {
+        panic!("{out:?}");
+    };
+    m.handle(t0, Input::Received(confirm.clone()));
+    let out = m.handle(
+        t0,
+        Input::InstallFailed {
+            epoch: 1,
+            why: "mismatch".into(),
+        },
+    );
+    assert!(matches!(&out[..], [Action::RoundFailed { .. }]));
+    let st = m.status();
+    assert_eq!((st.installed, st.rounds_ok, st.rounds_failed), (None, 0, 1));
+    assert_eq!(m.next_deadline(), Some(t0 + MIN_BACKOFF));
 }
