@@ -101,6 +101,7 @@ fn dump() -> Vec<u8> {
     let mut first = vec![WG_CMD_GET_DEVICE, 1, 0, 0];
     first.extend(attr(WGDEVICE_A_IFNAME, b"wg0\0"));
     first.extend(attr(3, &[0xee; 32])); // private key: must be skipped
+    first.extend(attr(WGDEVICE_A_PUBLIC_KEY, &[0x71; 32]));
     let peers = [peer_attr(0xa1, Some(0x5a)), peer_attr(0xb2, Some(0x6b))].concat();
     first.extend(attr(WGDEVICE_A_PEERS | NLA_F_NESTED, &peers));
     let mut cont = vec![WG_CMD_GET_DEVICE, 1, 0, 0];
@@ -131,6 +132,64 @@ fn dump_parse_finds_peers_across_fragments() {
     assert_eq!(scan(0xa1).unwrap().expose(), &[0x5a; 32]);
     assert_eq!(scan(0xb2).unwrap().expose(), &[0x6b; 32]);
     assert!(scan(0xc3).is_none());
+}
+
+/// The first message of a WG_CMD_GET_DEVICE dump of an interface with a
+/// private key: IFNAME, PRIVATE_KEY (0xee…, skipped), PUBLIC_KEY (0x71…),
+/// LISTEN_PORT 51820.
+#[cfg(target_endian = "little")]
+#[test]
+fn device_public_key_golden_bytes() {
+    let golden = [
+        "6c0000001b0002000900000000000000", // nlmsghdr: 108, family 0x1b, MULTI, seq 9
+        "00010000",                         // WG_CMD_GET_DEVICE, version 1
+        "0800020077673000",                 // IFNAME "wg0\0"
+        "24000300",                         // PRIVATE_KEY
+        &"ee".repeat(32),
+        "24000400", // PUBLIC_KEY
+        &"71".repeat(32),
+        "060006006cca0000", // LISTEN_PORT 51820 + 2 pad
+    ]
+    .concat();
+    let bytes: Vec<u8> = (0..golden.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&golden[i..i + 2], 16).unwrap())
+        .collect();
+    let m = linux::messages(&bytes).unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!((m[0].ty, m[0].seq, m[0].payload.len()), (0x1b, 9, 92));
+    let mut found = None;
+    scan_public_key(m[0].payload, &mut found).unwrap();
+    assert_eq!(found, Some([0x71; 32]));
+}
+
+#[test]
+fn device_public_key_across_a_dump() {
+    let d = dump();
+    let mut found = None;
+    for m in linux::messages(&d).unwrap() {
+        if m.ty == 0x1b {
+            scan_public_key(m.payload, &mut found).unwrap();
+        }
+    }
+    assert_eq!(found, Some([0x71; 32]));
+    // No private key on the interface: the kernel sends neither key.
+    let mut bare = vec![WG_CMD_GET_DEVICE, 1, 0, 0];
+    bare.extend(attr(WGDEVICE_A_IFNAME, b"wg0\0"));
+    let mut none = None;
+    scan_public_key(&bare, &mut none).unwrap();
+    assert_eq!(none, None);
+    // A short key, a second different key, a short message: refused.
+    let mut short = bare.clone();
+    short.extend(attr(WGDEVICE_A_PUBLIC_KEY, &[0x71; 31]));
+    assert!(matches!(
+        scan_public_key(&short, &mut None),
+        Err(WgError::Protocol(_))
+    ));
+    let mut other = bare.clone();
+    other.extend(attr(WGDEVICE_A_PUBLIC_KEY, &[0x72; 32]));
+    assert!(scan_public_key(&other, &mut found).is_err());
+    assert!(scan_public_key(&bare[..2], &mut None).is_err());
 }
 
 #[test]
@@ -261,6 +320,24 @@ fn kernel_module_set_read_back_and_drift() {
         );
         return;
     }
+    // Our own public key: none before the interface has a private key,
+    // then exactly what wg(8) shows.
+    let own = ns.enter(|| linux::Linux::new().public_key("qkdwgtest"));
+    assert_eq!(
+        own,
+        Err(WgError::Protocol("interface has no private key".into()))
+    );
+    let own_private = sh(&["wg", "genkey"], None).unwrap();
+    ns.run(
+        &["wg", "set", "qkdwgtest", "private-key", "/dev/stdin"],
+        Some(&own_private),
+    )
+    .unwrap();
+    let shown_own = ns
+        .run(&["wg", "show", "qkdwgtest", "public-key"], None)
+        .unwrap();
+    let own = ns.enter(|| linux::Linux::new().public_key("qkdwgtest").unwrap());
+    assert_eq!(wg::pubkey_b64(&own), shown_own.trim());
     let private = sh(&["wg", "genkey"], None).unwrap();
     let public = sh(&["wg", "pubkey"], Some(&private)).unwrap();
     let public = public.trim();

@@ -294,6 +294,39 @@ fn missing_interface_is_no_such_interface() {
     assert_eq!(b.get_psk(&ghost), Err(WgError::NoSuchInterface));
 }
 
+/// Our own public key is X25519 of the private key wireguard-go holds:
+/// what `wg show <if> public-key` prints, and nothing before a key is set.
+#[test]
+fn public_key_matches_wg_show() {
+    if !ready_or_skip("public_key_matches_wg_show") {
+        return;
+    }
+    let rig = Rig::start();
+    let mut b = backend();
+    let none = b.public_key(&rig.ifname);
+    assert_eq!(
+        none,
+        Err(WgError::Protocol("interface has no private key".into()))
+    );
+    let private = run(&["wg", "genkey"], None);
+    let public = run(&["wg", "pubkey"], Some(&private));
+    let args = ["set", &rig.ifname, "private-key", "/dev/stdin"];
+    rig.wg(&args, Some(&private));
+    let shown = rig.wg(&["show", &rig.ifname, "public-key"], None);
+    assert_eq!(shown.trim(), public.trim());
+    let ours = b.public_key(&rig.ifname).unwrap();
+    assert_eq!(wg::pubkey_b64(&ours), shown.trim());
+    assert_eq!(ours, rig.own_public());
+    // A new private key is a new public key (nothing cached).
+    let private2 = run(&["wg", "genkey"], None);
+    rig.wg(&args, Some(&private2));
+    let ours2 = b.public_key(&rig.ifname).unwrap();
+    assert_ne!(ours2, ours);
+    assert_eq!(ours2, rig.own_public());
+    let ghost = format!("qkdwgy{:06x}", rand::random::<u32>() & 0xff_ffff);
+    assert_eq!(b.public_key(&ghost), Err(WgError::NoSuchInterface));
+}
+
 #[test]
 fn change_behind_our_back_is_drift() {
     if !ready_or_skip("change_behind_our_back_is_drift") {
@@ -347,6 +380,9 @@ fn errors_and_backends_print_no_keys() {
         if let Err(e) = b.set_psk(&peer, &psk) {
             texts.push(format!("{e} {e:?}"));
         }
+        if let Err(e) = b.public_key("wg0") {
+            texts.push(format!("{e} {e:?}"));
+        }
         texts.push(b.name().to_string());
     }
     let mut dry = wg::dryrun::DryRun::new(tmp.path());
@@ -362,7 +398,7 @@ fn errors_and_backends_print_no_keys() {
     ] {
         texts.push(format!("{e} {e:?}"));
     }
-    assert!(texts.len() >= 10);
+    assert!(texts.len() >= 12);
     for t in &texts {
         assert_no_secret(t, &psk);
     }

@@ -5,7 +5,9 @@
 //! one line `<peer public key, base64> <PSK fingerprint>` per peer it was
 //! asked to set on that interface. The key itself stays in memory (for
 //! get_psk) and never reaches the file. Every peer "exists" with no PSK
-//! (all zero) until it is set, as on a freshly configured interface.
+//! (all zero) until it is set, as on a freshly configured interface. There
+//! is no interface, so no own public key either: a dry-run link names it
+//! in the config (`wg_pubkey`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +88,13 @@ impl WgBackend for DryRun {
             .cloned()
             .unwrap_or_else(|| Psk::from_bytes([0; 32])))
     }
+
+    fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError> {
+        check_ifname(interface)?;
+        Err(WgError::Protocol(
+            "dry-run has no interface: set wg_pubkey for the link".into(),
+        ))
+    }
 }
 
 impl std::fmt::Debug for DryRun {
@@ -130,6 +139,19 @@ mod tests {
         );
         assert!(!text.contains("QUFB") && !text.contains("4141"));
         assert!(format!("{d:?}").starts_with("DryRun("));
+    }
+
+    #[test]
+    fn public_key_asks_for_the_config_override() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = DryRun::new(tmp.path());
+        let e = d.public_key("wg0").unwrap_err();
+        assert_eq!(
+            e,
+            WgError::Protocol("dry-run has no interface: set wg_pubkey for the link".into())
+        );
+        assert!(e.to_string().contains("wg_pubkey"));
+        assert!(!tmp.path().join("dry-run").exists());
     }
 
     #[test]

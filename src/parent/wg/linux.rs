@@ -1,7 +1,8 @@
 //! `linux` WireGuard backend (DESIGN §5), run by the privileged parent:
 //! generic netlink to the kernel's "wireguard" family. It touches only the
 //! PSK of one existing peer: WG_CMD_SET_DEVICE with WGPEER_F_UPDATE_ONLY,
-//! read back with a WG_CMD_GET_DEVICE dump.
+//! read back with a WG_CMD_GET_DEVICE dump. The same dump gives the
+//! interface's own public key (WGDEVICE_A_PUBLIC_KEY).
 //!
 //! Messages are built by hand in byte buffers (host byte order, attributes
 //! padded to 4): the builders and parsers are pure and tested with golden
@@ -33,6 +34,7 @@ pub const WG_GENL_VERSION: u8 = 1;
 pub const WG_CMD_GET_DEVICE: u8 = 0;
 pub const WG_CMD_SET_DEVICE: u8 = 1;
 pub const WGDEVICE_A_IFNAME: u16 = 2;
+pub const WGDEVICE_A_PUBLIC_KEY: u16 = 4;
 pub const WGDEVICE_A_PEERS: u16 = 8;
 pub const WGPEER_A_PUBLIC_KEY: u16 = 1;
 pub const WGPEER_A_PRESHARED_KEY: u16 = 2;
@@ -260,6 +262,31 @@ pub fn scan_device(
     Ok(())
 }
 
+/// Folds one WG_CMD_GET_DEVICE message into `found`: the interface's own
+/// WGDEVICE_A_PUBLIC_KEY. The kernel sends it (with the private key) only
+/// in the first message of a dump and only when the interface has a
+/// private key; the private key attribute is not looked at.
+pub fn scan_public_key(payload: &[u8], found: &mut Option<[u8; 32]>) -> Result<(), WgError> {
+    let body = payload
+        .get(GENL_HDRLEN..)
+        .ok_or_else(|| WgError::Protocol("netlink: short generic header".into()))?;
+    for (t, d) in attrs(body)? {
+        if t != WGDEVICE_A_PUBLIC_KEY {
+            continue;
+        }
+        let key: [u8; 32] = d
+            .try_into()
+            .map_err(|_| WgError::Protocol("netlink: device public key not 32 bytes".into()))?;
+        if found.is_some_and(|f| f != key) {
+            return Err(WgError::Protocol(
+                "netlink: two device public keys in one dump".into(),
+            ));
+        }
+        *found = Some(key);
+    }
+    Ok(())
+}
+
 /// The `linux` backend. Each operation opens its own netlink socket and
 /// resolves the family id again (it changes when the module reloads).
 #[derive(Debug, Default)]
@@ -328,11 +355,22 @@ impl Linux {
         id.ok_or_else(|| WgError::Protocol("GETFAMILY: no reply".into()))
     }
 
-    fn get(&mut self, nl: &sys::Nl, family: u16, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
+    /// One WG_CMD_GET_DEVICE dump of `ifname`, each message to `each`.
+    fn dump(
+        &mut self,
+        nl: &sys::Nl,
+        family: u16,
+        ifname: &str,
+        each: impl FnMut(&[u8]) -> Result<(), WgError>,
+    ) -> Result<(), WgError> {
         let seq = self.next_seq();
-        let req = get_device_request(family, seq, nl.pid, &peer.interface);
+        let req = get_device_request(family, seq, nl.pid, ifname);
+        self.transact(nl, "WG_CMD_GET_DEVICE", &req, seq, each)
+    }
+
+    fn get(&mut self, nl: &sys::Nl, family: u16, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
         let mut found = None;
-        self.transact(nl, "WG_CMD_GET_DEVICE", &req, seq, |p| {
+        self.dump(nl, family, &peer.interface, |p| {
             scan_device(p, &peer.public_key, &mut found)
         })?;
         Ok(found)
@@ -370,6 +408,15 @@ impl WgBackend for Linux {
         let nl = sys::Nl::open()?;
         let family = self.family(&nl)?;
         self.get(&nl, family, peer)?.ok_or(WgError::NoSuchPeer)
+    }
+
+    fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError> {
+        check_ifname(interface)?;
+        let nl = sys::Nl::open()?;
+        let family = self.family(&nl)?;
+        let mut found = None;
+        self.dump(&nl, family, interface, |p| scan_public_key(p, &mut found))?;
+        found.ok_or_else(super::no_private_key)
     }
 }
 

@@ -56,7 +56,7 @@ impl WgPeer {
 
     /// The public key as wg(8) shows it.
     pub fn public_b64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.public_key)
+        pubkey_b64(&self.public_key)
     }
 }
 
@@ -116,6 +116,10 @@ pub trait WgBackend: Send {
     fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError>;
     /// Reads the peer's current PSK (all zero when it has none).
     fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError>;
+    /// This gateway's own public key on `interface` (read from the
+    /// interface): one half of the link_id (DESIGN §6). An interface
+    /// without a private key is `Err(Protocol)`, never a made-up key.
+    fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError>;
 }
 
 /// The backend the config names. Kernel backends on the wrong OS are still
@@ -194,6 +198,17 @@ pub fn check_ifname(name: &str) -> Result<(), WgError> {
     }
 }
 
+/// A public key as wg(8) shows it (standard base64, 44 characters).
+pub fn pubkey_b64(k: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(k)
+}
+
+/// The error every backend gives for an interface that has no private key
+/// yet (so no public key either).
+pub(crate) fn no_private_key() -> WgError {
+    WgError::Protocol("interface has no private key".into())
+}
+
 /// Lower-case hex of a key, as UAPI wants it.
 pub(crate) fn hex_into(out: &mut String, key: &[u8; 32]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -235,6 +250,9 @@ mod tests {
         }
         fn get_psk(&mut self, _: &WgPeer) -> Result<Psk, WgError> {
             self.0.clone().ok_or(WgError::NoSuchPeer)
+        }
+        fn public_key(&mut self, _: &str) -> Result<[u8; 32], WgError> {
+            Err(no_private_key())
         }
     }
 
@@ -283,6 +301,22 @@ mod tests {
         let mut b = [9; 32];
         b[31] = 0;
         assert!(!ct_eq(&b, k.expose()) && ct_eq(k.expose(), k.expose()));
+    }
+
+    #[test]
+    fn pubkey_b64_is_wg_format() {
+        // RFC 7748 §6.1 Alice's public key, as `wg pubkey` prints it.
+        let mut k = [0u8; 32];
+        let hex = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+        k.copy_from_slice(&*hex_key(hex).unwrap());
+        assert_eq!(
+            pubkey_b64(&k),
+            "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+        );
+        assert_eq!(peer().public_b64(), pubkey_b64(&[1; 32]));
+        let mut f = Fake(None);
+        let e = f.public_key("wg0").unwrap_err();
+        assert_eq!(e.reason(), "wg-protocol");
     }
 
     #[test]

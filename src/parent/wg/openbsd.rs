@@ -1,6 +1,7 @@
 //! `openbsd` WireGuard backend (DESIGN §5, reference/openbsd.md "wg(4)
 //! PSK"), run by the privileged parent: SIOCSWG/SIOCGWG on wg(4) through an
-//! AF_INET datagram socket. It touches only the PSK of one existing peer.
+//! AF_INET datagram socket. It touches only the PSK of one existing peer,
+//! and reads the interface's own public key (`i_public`, never `i_private`).
 //!
 //! The structures of sys/net/if_wg.h are plain `#[repr(C)]` Rust here, with
 //! OpenBSD's own sockaddr and timespec (sa_family_t is one byte there), so
@@ -19,6 +20,9 @@ use crate::secret::Psk;
 pub const WG_PEER_HAS_PUBLIC: i32 = 1 << 0;
 pub const WG_PEER_HAS_PSK: i32 = 1 << 1;
 pub const WG_PEER_UPDATE: i32 = 1 << 6;
+/// `i_flags`: the kernel filled `i_public` (the interface has a private
+/// key and the caller is root).
+pub const WG_INTERFACE_HAS_PUBLIC: u8 = 1 << 0;
 
 /// OpenBSD `struct sockaddr`.
 #[repr(C)]
@@ -214,6 +218,21 @@ pub fn decode_get(b: &[u8], want: &[u8; 32]) -> Result<Option<Psk>, WgError> {
     Ok(found)
 }
 
+/// The interface's own public key from a SIOCGWG reply: `i_public` when
+/// `i_flags` has WG_INTERFACE_HAS_PUBLIC. Touches nothing else (in
+/// particular not `i_private`).
+pub fn decode_public(b: &[u8]) -> Result<[u8; 32], WgError> {
+    let flags_at = offset_of!(WgInterfaceIo, i_flags);
+    let at = offset_of!(WgInterfaceIo, i_public);
+    let (Some(&flags), Some(public)) = (b.get(flags_at), b.get(at..at + 32)) else {
+        return Err(WgError::Protocol("SIOCGWG reply truncated".into()));
+    };
+    if flags & WG_INTERFACE_HAS_PUBLIC == 0 {
+        return Err(super::no_private_key());
+    }
+    Ok(public.try_into().expect("32 bytes"))
+}
+
 /// The `openbsd` backend.
 #[derive(Debug, Default)]
 pub struct OpenBsd;
@@ -224,7 +243,12 @@ impl OpenBsd {
     }
 
     fn get(&self, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
-        let name = ifname_bytes(&peer.interface)?;
+        decode_get(&self.read(&peer.interface)?, &peer.public_key)
+    }
+
+    /// One whole SIOCGWG reply (its first `wgd_size` bytes).
+    fn read(&self, ifname: &str) -> Result<Zeroizing<Vec<u8>>, WgError> {
+        let name = ifname_bytes(ifname)?;
         let mut len = IFACE + 8 * PEER + 64 * AIP;
         // The kernel writes the size it needs when ours is too small; peers
         // may be added in between, so try a few times.
@@ -232,7 +256,8 @@ impl OpenBsd {
             let mut buf = Zeroizing::new(vec![0u8; len]);
             let need = ioctl_wg(SIOCGWG, &name, &mut buf)?;
             if need <= len {
-                return decode_get(&buf[..need], &peer.public_key);
+                buf.truncate(need);
+                return Ok(buf);
             }
             if need > MAX_GET {
                 return Err(WgError::Protocol(format!("SIOCGWG wants {need} bytes")));
@@ -261,6 +286,10 @@ impl WgBackend for OpenBsd {
 
     fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
         self.get(peer)?.ok_or(WgError::NoSuchPeer)
+    }
+
+    fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError> {
+        decode_public(&self.read(interface)?)
     }
 }
 
@@ -338,6 +367,7 @@ mod tests {
         assert_eq!(offset_of!(WgInterfaceIo, i_public), 8);
         assert_eq!(offset_of!(WgInterfaceIo, i_private), 40);
         assert_eq!(offset_of!(WgInterfaceIo, i_peers_count), 72);
+        assert_eq!(offset_of!(WgInterfaceIo, i_flags), 0);
         assert_eq!(size_of::<Timespec>(), 16);
         assert_eq!(size_of::<WgPeerIo>(), 208);
         assert_eq!(offset_of!(WgPeerIo, p_protocol_version), 4);
@@ -423,6 +453,50 @@ mod tests {
         assert!(decode_get(&b[..40], &[0xb2; 32]).is_err());
     }
 
+    /// The interface header as the kernel writes it for root: flags
+    /// HAS_PUBLIC|HAS_PRIVATE|HAS_PORT at 0, port 51820 at 2, public key
+    /// (0x71…) at 8, private key (0x9e…) at 40, no peers.
+    #[cfg(all(target_pointer_width = "64", target_endian = "little"))]
+    #[test]
+    fn decode_public_golden_bytes() {
+        const GOLDEN: [&str; 3] = [
+            "07006cca00000000717171717171717171717171717171717171717171717171",
+            "71717171717171719e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e9e",
+            "9e9e9e9e9e9e9e9e0000000000000000",
+        ];
+        let hex = GOLDEN.concat();
+        let b: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(b.len(), 80);
+        assert_eq!(u16::from_ne_bytes([b[2], b[3]]), 51820);
+        assert_eq!(decode_public(&b).unwrap(), [0x71; 32]);
+        // With peers after it, still the header's key.
+        let mut r = reply();
+        r[..72].copy_from_slice(&b[..72]);
+        assert_eq!(decode_public(&r).unwrap(), [0x71; 32]);
+        assert_eq!(
+            decode_get(&r, &[0xb2; 32]).unwrap().unwrap().expose(),
+            &[0x6b; 32]
+        );
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn decode_public_needs_the_flag_and_the_bytes() {
+        // No private key (or not root): HAS_PORT only, i_public zero.
+        let mut b = vec![0u8; 80];
+        b[0] = 1 << 2;
+        let e = decode_public(&b).unwrap_err();
+        assert_eq!(e, WgError::Protocol("interface has no private key".into()));
+        b[0] = WG_INTERFACE_HAS_PUBLIC;
+        b[8..40].fill(0x33);
+        assert_eq!(decode_public(&b).unwrap(), [0x33; 32]);
+        assert!(matches!(decode_public(&b[..39]), Err(WgError::Protocol(_))));
+        assert!(decode_public(&[]).is_err());
+    }
+
     #[test]
     fn names_are_nul_padded_and_checked() {
         let n = ifname_bytes("wg0").unwrap();
@@ -442,5 +516,6 @@ mod tests {
         let e = o.set_psk(&p, &Psk::from_bytes([2; 32])).unwrap_err();
         assert_eq!(e, WgError::Io("openbsd backend on non-OpenBSD".into()));
         assert_eq!(o.get_psk(&p).unwrap_err(), e);
+        assert_eq!(o.public_key("wg0").unwrap_err(), e);
     }
 }

@@ -9,16 +9,21 @@
 //! after it undoes that, which boringtun does not understand — so a set is
 //! always preceded by a get that finds the peer, and followed by a get that
 //! reads the PSK back. A get reply carries the interface's private key too:
-//! every buffer holding a reply or a request is zeroized.
+//! every buffer holding a reply or a request is zeroized. That private key
+//! is also the only way to learn the interface's own public key here (the
+//! protocol has no `public_key` line for the interface): X25519 with the
+//! base point. The parsed key lives only in a `Zeroizing` buffer; the one
+//! by-value copy curve25519-dalek's `mul_base_clamped` takes is on its stack.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use zeroize::Zeroizing;
 
-use super::{WgBackend, WgError, WgPeer, check_ifname, hex_into, hex_key, verify};
+use super::{WgBackend, WgError, WgPeer, check_ifname, hex_into, hex_key, no_private_key, verify};
 use crate::secret::Psk;
 
 /// Default per-read/per-write socket timeout.
@@ -104,6 +109,13 @@ impl Uapi {
         parse_get(&reply, &peer.public_key)
     }
 
+    /// `get=1`: the interface's own public key, derived from its private key.
+    fn own_public(&self, ifname: &str) -> Result<[u8; 32], WgError> {
+        let reply = self.exchange(ifname, b"get=1\n\n")?;
+        let private = parse_private_key(&reply)?.ok_or_else(no_private_key)?;
+        Ok(public_from_private(&private))
+    }
+
     /// `set=1` for one existing peer's PSK, with `update_only=true`.
     fn set(&self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
         let req = set_request(&peer.public_key, psk);
@@ -130,6 +142,10 @@ impl WgBackend for Uapi {
 
     fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
         self.get(peer)?.ok_or(WgError::NoSuchPeer)
+    }
+
+    fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError> {
+        self.own_public(interface)
     }
 }
 
@@ -175,6 +191,42 @@ pub fn errno_of(reply: &[u8]) -> Result<i64, WgError> {
     };
     n.parse()
         .map_err(|_| WgError::Protocol(format!("bad errno value {n:?}")))
+}
+
+/// The interface's `private_key=` from a get reply (the lines before the
+/// first peer), or `None` when it has none: wireguard-go leaves the line
+/// out then, and an all-zero key counts as none too. Errors quote no line.
+fn parse_private_key(reply: &[u8]) -> Result<Option<Zeroizing<[u8; 32]>>, WgError> {
+    match errno_of(reply)? {
+        0 => {}
+        n => return Err(WgError::Protocol(format!("get refused: errno={n}"))),
+    }
+    let text = std::str::from_utf8(reply).expect("checked by errno_of");
+    let mut found: Option<Zeroizing<[u8; 32]>> = None;
+    for (i, line) in text.lines().enumerate() {
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        match key {
+            // The peers start here; a private key past it is not ours.
+            "public_key" => break,
+            "private_key" if found.is_some() => {
+                return Err(WgError::Protocol("private_key listed twice".into()));
+            }
+            "private_key" => {
+                let k = hex_key(value).ok_or_else(|| {
+                    WgError::Protocol(format!("get reply line {}: bad private_key", i + 1))
+                })?;
+                found = Some(k);
+            }
+            _ => {}
+        }
+    }
+    Ok(found.filter(|k| !super::ct_eq(k, &[0; 32])))
+}
+
+/// X25519(private, 9): the public key WireGuard announces for `private`
+/// (clamped as X25519 requires; WireGuard stores keys unclamped).
+fn public_from_private(private: &Zeroizing<[u8; 32]>) -> [u8; 32] {
+    MontgomeryPoint::mul_base_clamped(**private).to_bytes()
 }
 
 /// Finds `want` among the peers of a get reply: `Some(psk)` (all zero when
@@ -293,6 +345,57 @@ mod tests {
         assert!(parse_get(&[0xff, b'\n', b'\n'], &[1; 32]).is_err());
     }
 
+    /// RFC 7748 §6.1: Alice's private key and X25519(a, 9).
+    const ALICE_PRIVATE: &str = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+    const ALICE_PUBLIC: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+
+    fn alice_reply() -> String {
+        format!(
+            "private_key={ALICE_PRIVATE}\nlisten_port=51820\npublic_key={}\n\
+             preshared_key={}\nerrno=0\n\n",
+            hex(&[1; 32]),
+            hex(&[2; 32])
+        )
+    }
+
+    #[test]
+    fn private_key_gives_rfc7748_public_key() {
+        let r = alice_reply();
+        let k = parse_private_key(r.as_bytes()).unwrap().unwrap();
+        assert_eq!(hex(&k), ALICE_PRIVATE);
+        assert_eq!(hex(&public_from_private(&k)), ALICE_PUBLIC);
+    }
+
+    #[test]
+    fn private_key_absent_zero_or_bad() {
+        // No key, a zero key, or a "private_key" only among the peers: none.
+        let none = [
+            "listen_port=1\nerrno=0\n\n".to_string(),
+            format!("private_key={}\nerrno=0\n\n", hex(&[0; 32])),
+            format!(
+                "public_key={}\nprivate_key={ALICE_PRIVATE}\nerrno=0\n\n",
+                hex(&[1; 32])
+            ),
+        ];
+        for r in &none {
+            assert!(parse_private_key(r.as_bytes()).unwrap().is_none(), "{r}");
+        }
+        let bad = [
+            format!("private_key={}\nerrno=0\n\n", &ALICE_PRIVATE[..63]),
+            format!("private_key={ALICE_PRIVATE}\nprivate_key={ALICE_PRIVATE}\nerrno=0\n\n"),
+            format!("private_key={ALICE_PRIVATE}\nerrno=-5\n\n"),
+            "private_key\nerrno=0\n\n".to_string(),
+        ];
+        for r in &bad {
+            let e = parse_private_key(r.as_bytes()).unwrap_err();
+            let s = format!("{e} {e:?}");
+            assert!(
+                !s.contains("77076d0a") && !s.contains(&ALICE_PRIVATE[..20]),
+                "{s}"
+            );
+        }
+    }
+
     /// A one-shot fake wireguard-go: answers each connection with the next
     /// canned reply and hands back what it was sent.
     fn fake(dir: &Path, ifname: &str, replies: Vec<String>) -> thread::JoinHandle<Vec<String>> {
@@ -371,6 +474,29 @@ mod tests {
         let e = u.set_psk(&peer("wgt2"), &psk).unwrap_err();
         assert_eq!(e, WgError::Protocol("set refused: errno=-22".into()));
         srv.join().unwrap();
+    }
+
+    #[test]
+    fn public_key_derives_from_the_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(
+            dir.path(),
+            "wgt3",
+            vec![
+                alice_reply(),
+                reply_with(&[]).replace(&hex(&[0xee; 32]), &hex(&[0; 32])),
+                "listen_port=1\nerrno=0\n\n".into(),
+            ],
+        );
+        let mut u = Uapi::new(dir.path());
+        assert_eq!(hex(&u.public_key("wgt3").unwrap()), ALICE_PUBLIC);
+        for _ in 0..2 {
+            let e = u.public_key("wgt3").unwrap_err();
+            assert_eq!(e, WgError::Protocol("interface has no private key".into()));
+        }
+        assert_eq!(srv.join().unwrap(), vec!["get=1\n\n".to_string(); 3]);
+        assert_eq!(u.public_key("nope1"), Err(WgError::NoSuchInterface));
+        assert!(matches!(u.public_key("a/b"), Err(WgError::Protocol(_))));
     }
 
     #[test]
