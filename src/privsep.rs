@@ -22,6 +22,8 @@ pub const ENGINE_FD: RawFd = 3;
 pub const CONTROL_FD: RawFd = 4;
 /// The optional Prometheus listener (`[daemon] metrics`), bound by the parent.
 pub const METRICS_FD: RawFd = 5;
+/// The peering UDP socket (`[peering] listen`), bound by the parent.
+pub const PEERING_FD: RawFd = 6;
 
 /// The running engine as the parent sees it.
 pub struct EngineProc {
@@ -60,6 +62,7 @@ pub fn spawn_engine(
     args: &[OsString],
     control: &OwnedFd,
     metrics: Option<&OwnedFd>,
+    peering: Option<&OwnedFd>,
 ) -> io::Result<EngineProc> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -73,6 +76,8 @@ pub fn spawn_engine(
     let met = metrics.map(|m| dup_high(m.as_raw_fd())).transpose()?;
     let (chan_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.as_raw_fd());
     let met_fd = met.as_ref().map(|m| m.as_raw_fd());
+    let peer = peering.map(|m| dup_high(m.as_raw_fd())).transpose()?;
+    let peer_fd = peer.as_ref().map(|m| m.as_raw_fd());
     let mut cmd = Command::new(argv0);
     cmd.arg("-P").arg("engine").args(args).env_clear();
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
@@ -81,16 +86,18 @@ pub fn spawn_engine(
             if libc::dup2(chan_fd, ENGINE_FD) < 0 || libc::dup2(ctl_fd, CONTROL_FD) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if let Some(fd) = met_fd {
-                if libc::dup2(fd, METRICS_FD) < 0 {
-                    return Err(io::Error::last_os_error());
+            for (fd, to) in [(met_fd, METRICS_FD), (peer_fd, PEERING_FD)] {
+                if let Some(fd) = fd {
+                    if libc::dup2(fd, to) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
             }
             Ok(())
         });
     }
     let child = cmd.spawn()?;
-    drop((theirs, ctl, met));
+    drop((theirs, ctl, met, peer));
     Ok(EngineProc {
         child,
         chan: UnixStream::from(ours),
@@ -105,6 +112,11 @@ pub fn engine_channel() -> io::Result<UnixStream> {
 /// The Prometheus listener (fd 5), when the parent bound one.
 pub fn metrics_listener() -> io::Result<std::net::TcpListener> {
     take_fd(METRICS_FD).map(std::net::TcpListener::from)
+}
+
+/// The peering UDP socket (fd 6), when the config has `[peering]`.
+pub fn peering_socket() -> io::Result<std::net::UdpSocket> {
+    take_fd(PEERING_FD).map(std::net::UdpSocket::from)
 }
 
 /// The listening control socket (fd 4).

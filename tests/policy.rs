@@ -492,7 +492,8 @@ fn state_round_trip_and_floor() {
     let reasons: Reasons = [LockReason::Operator, LockReason::SourceLost]
         .into_iter()
         .collect();
-    st.links.insert("dr".into(), LinkRecord { reasons });
+    st.links
+        .insert("dr".into(), LinkRecord { reasons, epoch: 0 });
     state::save(&path, &st).unwrap();
     assert_eq!(mode(&path), 0o600);
     let names: Vec<String> = fs::read_dir(d.path())

@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use qkdpfd::lock::{Band, Enforcement, LockReason, Reasons};
 use qkdpfd::policy::params::LinkPolicy;
-use qkdpfd::proto::ctl::{DaemonStatus, ErrorCode, LinkInfo, PolicyInfo, Reply, Request};
+use qkdpfd::proto::ctl::{DaemonStatus, ErrorCode, KeyInfo, LinkInfo, PolicyInfo, Reply, Request};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixListener;
@@ -107,6 +107,18 @@ fn link_dr() -> LinkInfo {
         trip_count: 3,
         manual_hold: true,
         qber_source: "sim".into(),
+        keys: Some(KeyInfo {
+            role: "master".into(),
+            epoch: 12,
+            installed_epoch: Some(11),
+            psk_fingerprint: Some("a1b2c3d4".into()),
+            key_age_secs: Some(42.0),
+            rotations_ok: 11,
+            rotations_failed: 2,
+            in_round: true,
+            held: false,
+            stored_key_count: Some(950),
+        }),
     }
 }
 
@@ -122,6 +134,7 @@ fn link_hq() -> LinkInfo {
         trip_count: 0,
         manual_hold: false,
         qber_source: "etsi015".into(),
+        keys: None,
     }
 }
 
@@ -276,16 +289,25 @@ fn show_link_human_and_json() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(
         r.stdout,
-        "link:        dr\n\
-         state:       lockdown\n\
-         reasons:     qber,operator\n\
-         band:        critical\n\
-         qber:        0.0912\n\
-         sample age:  1.2s\n\
-         threshold:   0.0800\n\
-         trips:       3\n\
-         manual hold: yes\n\
-         qber source: sim\n"
+        "link:            dr\n\
+         state:           lockdown\n\
+         reasons:         qber,operator\n\
+         band:            critical\n\
+         qber:            0.0912\n\
+         sample age:      1.2s\n\
+         threshold:       0.0800\n\
+         trips:           3\n\
+         manual hold:     yes\n\
+         qber source:     sim\n\
+         key role:        master\n\
+         epoch:           12\n\
+         installed epoch: 11\n\
+         psk fingerprint: a1b2c3d4\n\
+         key age:         42s\n\
+         rotations:       ok 11 failed 2\n\
+         in round:        yes\n\
+         rotation held:   no\n\
+         kme stored keys: 950\n"
     );
     let r = run(
         &["-j", "show", "link", "dr"],
@@ -388,7 +410,7 @@ fn usage_errors_exit_2_without_connecting() {
         (&[], "missing command"),
         (&["show"], "missing argument after \"show\""),
         (&["frob"], "unknown command \"frob\""),
-        (&["rotate", "all"], "unknown command \"rotate\""),
+        (&["rotate"], "missing argument after \"rotate\""),
         (
             &["show", "lnks"],
             "unknown argument \"lnks\" after \"show\"",

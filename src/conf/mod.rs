@@ -42,6 +42,21 @@ pub struct Config {
     pub kme: BTreeMap<String, KmeConf>,
     pub qber: BTreeMap<String, QberConf>,
     pub link: BTreeMap<String, LinkConf>,
+    /// `[testing]`: accepted only by a build with the `testing` feature.
+    pub testing: TestingConf,
+}
+
+/// Test-only timing (DESIGN allows tests to shorten `rotate`): parsed only
+/// when the crate is built with the `testing` feature; a production build
+/// refuses the section as unknown.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TestingConf {
+    /// Replaces every link's policy `rotate`.
+    pub rotate: Option<Duration>,
+    /// Replaces every link's policy `max_key_age`.
+    pub max_key_age: Option<Duration>,
+    /// Rotations without jitter (benchmarks).
+    pub no_jitter: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -201,6 +216,9 @@ pub struct LinkConf {
     pub peer_pubkey: Option<String>,
     pub wg_interface: String,
     pub wg_peer: Option<String>,
+    /// This gateway's own WireGuard public key on `wg_interface` (base64);
+    /// read from the interface when absent (needed with the dry-run backend).
+    pub wg_pubkey: Option<String>,
     pub wg_port: u16,
     pub addresses: Vec<IpAddr>,
 }

@@ -159,6 +159,7 @@ pub(super) enum Got<'a> {
     Str(&'a str),
     Int(i64),
     Float(f64),
+    Bool(bool),
     Other,
 }
 
@@ -168,6 +169,7 @@ impl<'a> Got<'a> {
             Value::String(s) => Got::Str(s.value()),
             Value::Integer(i) => Got::Int(*i.value()),
             Value::Float(f) => Got::Float(*f.value()),
+            Value::Boolean(b) => Got::Bool(*b.value()),
             _ => Got::Other,
         }
     }

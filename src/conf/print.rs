@@ -38,6 +38,7 @@ pub fn normalised(c: &Config) -> String {
     for (name, l) in &c.link {
         link(&mut out, name, l);
     }
+    testing(&mut out, &c.testing);
     out.0
 }
 
@@ -146,6 +147,7 @@ fn link(out: &mut Out, name: &str, l: &LinkConf) {
     opt(out, "peer_pubkey", &l.peer_pubkey);
     out.str("wg_interface", &l.wg_interface);
     opt(out, "wg_peer", &l.wg_peer);
+    opt(out, "wg_pubkey", &l.wg_pubkey);
     out.raw("wg_port", l.wg_port.to_string());
     let addrs: Vec<String> = l.addresses.iter().map(|a| quote(&a.to_string())).collect();
     out.raw("addresses", format!("[{}]", addrs.join(", ")));
@@ -209,6 +211,23 @@ impl Out {
 
     fn path(&mut self, key: &str, value: &Path) {
         self.raw(key, quote(&path_str(value)));
+    }
+}
+
+/// Printed only when set (a production build never parses it).
+fn testing(out: &mut Out, t: &crate::conf::TestingConf) {
+    if *t == crate::conf::TestingConf::default() {
+        return;
+    }
+    out.header("testing", None);
+    if let Some(d) = t.rotate {
+        out.raw("rotate", quote(&crate::duration::format(d)));
+    }
+    if let Some(d) = t.max_key_age {
+        out.raw("max_key_age", quote(&crate::duration::format(d)));
+    }
+    if t.no_jitter {
+        out.raw("no_jitter", "true".into());
     }
 }
 

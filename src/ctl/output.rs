@@ -78,21 +78,35 @@ impl Output for Human {
     }
 
     fn link(&self, w: &mut dyn Write, l: &LinkInfo) -> io::Result<()> {
-        key_values(
-            w,
-            &[
-                ("link", l.name.clone()),
-                ("state", l.enforcement.to_string()),
-                ("reasons", l.reasons.to_string()),
-                ("band", opt(l.band)),
-                ("qber", qber(l.qber)),
-                ("sample age", age(l.sample_age_secs)),
-                ("threshold", qber(l.threshold)),
-                ("trips", l.trip_count.to_string()),
-                ("manual hold", yes_no(l.manual_hold)),
-                ("qber source", l.qber_source.clone()),
-            ],
-        )
+        let mut pairs = vec![
+            ("link", l.name.clone()),
+            ("state", l.enforcement.to_string()),
+            ("reasons", l.reasons.to_string()),
+            ("band", opt(l.band)),
+            ("qber", qber(l.qber)),
+            ("sample age", age(l.sample_age_secs)),
+            ("threshold", qber(l.threshold)),
+            ("trips", l.trip_count.to_string()),
+            ("manual hold", yes_no(l.manual_hold)),
+            ("qber source", l.qber_source.clone()),
+        ];
+        if let Some(k) = &l.keys {
+            pairs.extend([
+                ("key role", k.role.clone()),
+                ("epoch", k.epoch.to_string()),
+                ("installed epoch", opt(k.installed_epoch)),
+                ("psk fingerprint", opt(k.psk_fingerprint.clone())),
+                ("key age", age(k.key_age_secs)),
+                (
+                    "rotations",
+                    format!("ok {} failed {}", k.rotations_ok, k.rotations_failed),
+                ),
+                ("in round", yes_no(k.in_round)),
+                ("rotation held", yes_no(k.held)),
+                ("kme stored keys", opt(k.stored_key_count)),
+            ]);
+        }
+        key_values(w, &pairs)
     }
 
     fn policy(&self, w: &mut dyn Write, p: Option<&PolicyInfo>) -> io::Result<()> {

@@ -173,6 +173,7 @@ enum Action {
     Monitor,
     Lockdown,
     Unlock,
+    Rotate,
     Reload,
     PolicyLoad,
     PolicyVerify,
@@ -242,6 +243,7 @@ const T_MAIN: &[Token] = &[
     tok(K::Keyword("monitor"), A::Monitor, T_END),
     tok(K::Keyword("lockdown"), A::Lockdown, T_TARGET),
     tok(K::Keyword("unlock"), A::Unlock, T_UNLOCK),
+    tok(K::Keyword("rotate"), A::Rotate, T_TARGET),
     tok(K::Keyword("reload"), A::Reload, T_END),
     tok(K::Keyword("policy"), A::None, T_POLICY),
     tok(K::Keyword("log"), A::None, T_LOG),
@@ -414,6 +416,7 @@ impl Parsed {
                 target: target(),
                 force: self.force,
             },
+            A::Rotate => Request::Rotate { target: target() },
             A::Reload => Request::Reload,
             A::LogVerbose => Request::Log { verbose: true },
             A::LogBrief => Request::Log { verbose: false },
@@ -561,9 +564,16 @@ mod tests {
     #[test]
     fn unknown_and_extra_words() {
         assert!(
-            matches!(p("rotate all"), Err(UsageError::Unknown { word, after, .. })
-            if word == "rotate" && after.is_empty())
+            matches!(p("rotat all"), Err(UsageError::Unknown { word, after, .. })
+            if word == "rotat" && after.is_empty())
         );
+        assert_eq!(
+            p("rotate all"),
+            Ok(Command::Send(Request::Rotate {
+                target: Target::All
+            }))
+        );
+        assert!(matches!(p("rotate"), Err(UsageError::Missing { .. })));
         // Exact words only: no abbreviations.
         assert!(matches!(p("sh links"), Err(UsageError::Unknown { .. })));
         assert!(

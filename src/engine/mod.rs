@@ -8,6 +8,7 @@
 //! If the parent goes away the engine exits at once.
 
 pub mod control;
+pub mod keys;
 pub mod kme;
 pub mod link;
 pub mod metrics;
@@ -61,6 +62,10 @@ struct Engine {
     metrics: Option<tokio::sync::watch::Sender<metrics::Snapshot>>,
     /// Where network QBER pollers send their readings.
     polls: mpsc::Sender<PollResult>,
+    /// Key agreement of the keyed links.
+    keys: keys::Keys,
+    /// `[testing]` overrides of policy timing.
+    testing: crate::conf::TestingConf,
 }
 
 impl LinkSlot {
@@ -124,7 +129,14 @@ pub fn main() -> ExitCode {
         },
         false => None,
     };
-    rt.block_on(run(cfg, chan, listener, metrics, dropped))
+    let peering = match cfg.peering.is_some() {
+        true => match crate::privsep::peering_socket() {
+            Ok(s) => Some(s),
+            Err(e) => return fatal(e),
+        },
+        false => None,
+    };
+    rt.block_on(run(cfg, chan, listener, metrics, peering, dropped))
 }
 
 /// The engine checks what the parent sent too (names, references, ranges).
@@ -149,6 +161,7 @@ async fn run(
     chan: std::os::unix::net::UnixStream,
     listener: std::os::unix::net::UnixListener,
     metrics_listener: Option<std::net::TcpListener>,
+    peering: Option<std::net::UdpSocket>,
     dropped: bool,
 ) -> ExitCode {
     let setup = chan
@@ -218,6 +231,20 @@ async fn run(
     });
     // Sized for every link's poller to have a reading in flight.
     let (polls_tx, mut polls) = mpsc::channel::<PollResult>(1024);
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
+    let (dgram_tx, mut datagrams) = mpsc::channel::<keys::Datagram>(1024);
+    let mut key_state = keys::Keys::new(tx.clone(), answers_tx);
+    if let Some(sock) = peering {
+        let sock = match sock
+            .set_nonblocking(true)
+            .and_then(|_| tokio::net::UdpSocket::from_std(sock))
+        {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => return fatal(format!("peering socket: {e}")),
+        };
+        key_state.set_socket(sock.clone());
+        tokio::spawn(keys::receive(sock, dgram_tx));
+    }
     let mut eng = Engine {
         links: BTreeMap::new(),
         policy: None,
@@ -228,8 +255,12 @@ async fn run(
         started: Instant::now(),
         metrics,
         polls: polls_tx,
+        keys: key_state,
+        testing: cfg.testing.clone(),
     };
-    eng.configure(cfg, Instant::now());
+    if let Err(e) = eng.configure(cfg, Instant::now()) {
+        return fatal(e);
+    }
     loop {
         let wake = eng.next_wakeup();
         tokio::select! {
@@ -241,6 +272,16 @@ async fn run(
             },
             Some(call) = calls.recv() => eng.control(call),
             Some(r) = polls.recv() => eng.on_poll(r, Instant::now()),
+            Some(a) = answers.recv() => {
+                let now = Instant::now();
+                let inputs = eng.keys.on_kme(a, now);
+                eng.feed_keys(inputs, now);
+            }
+            Some(d) = datagrams.recv() => {
+                let now = Instant::now();
+                let inputs = eng.keys.on_datagram(d, now);
+                eng.feed_keys(inputs, now);
+            }
             _ = tokio::time::sleep_until(wake.into()) => eng.tick(Instant::now()),
         }
         eng.publish_metrics(Instant::now());
@@ -257,8 +298,20 @@ fn unix_now() -> u64 {
 impl Engine {
     /// (Re)builds the link set from the parent's config; links whose
     /// settings did not change keep their state machine.
-    fn configure(&mut self, cfg: EngineConfig, now: Instant) {
+    fn configure(&mut self, cfg: EngineConfig, now: Instant) -> Result<(), String> {
         log::set_verbose(cfg.verbose);
+        self.testing = cfg.testing.clone();
+        let policy = self.policy.clone();
+        self.keys.configure(
+            &cfg,
+            |n| {
+                policy
+                    .as_ref()
+                    .and_then(|p| p.links.get(n))
+                    .map(|p| p.rotate)
+            },
+            now,
+        )?;
         let mut old = std::mem::take(&mut self.links);
         for l in cfg.links {
             let qconf = &cfg.qber[&l.qber];
@@ -297,11 +350,8 @@ impl Engine {
                     slot.link
                 }
                 None => {
-                    let policy = self
-                        .policy
-                        .as_ref()
-                        .and_then(|p| p.links.get(&l.name).cloned());
-                    Link::new(&l.name, policy, false, l.persisted, now)
+                    let policy = self.link_policy(&l.name);
+                    Link::new(&l.name, policy, l.keys.is_some(), l.persisted, now)
                 }
             };
             self.links.insert(
@@ -323,6 +373,26 @@ impl Engine {
         }
         for (_, mut gone) in old {
             gone.stop_poller();
+        }
+        Ok(())
+    }
+
+    /// The policy of a link, with the `[testing]` timing overrides.
+    fn link_policy(&self, name: &str) -> Option<crate::policy::params::LinkPolicy> {
+        let mut p = self.policy.as_ref()?.links.get(name)?.clone();
+        if let Some(r) = self.testing.rotate {
+            p.rotate = r;
+        }
+        if let Some(a) = self.testing.max_key_age {
+            p.max_key_age = a;
+        }
+        Some(p)
+    }
+
+    /// Inputs key agreement has for links (KeyInstalled, PeerRound).
+    fn feed_keys(&mut self, inputs: Vec<(String, Input)>, now: Instant) {
+        for (name, input) in inputs {
+            self.feed(&name, now, input);
         }
     }
 
@@ -376,11 +446,14 @@ impl Engine {
                 ]
             })
             .flatten()
+            .chain(self.keys.next_deadline())
             .min()
             .unwrap_or(far)
     }
 
     fn tick(&mut self, now: Instant) {
+        let inputs = self.keys.tick(now);
+        self.feed_keys(inputs, now);
         let names: Vec<String> = self.links.keys().cloned().collect();
         for name in names {
             let slot = self.links.get_mut(&name).expect("known");
@@ -446,6 +519,11 @@ impl Engine {
         };
         let actions = slot.link.handle(now, input);
         let status = slot.link.status(now);
+        // Rotation stops and resumes with the link's hold.
+        let hold = actions.iter().find_map(|a| match a {
+            Action::Hold { on } => Some(*on),
+            _ => None,
+        });
         let threshold = slot.link.policy().map(|p| p.qber_lockdown);
         let mut refused = Vec::new();
         for a in actions {
@@ -487,6 +565,10 @@ impl Engine {
                 Action::UnlockRefused { why } => refused.push(why),
             }
         }
+        if let Some(on) = hold {
+            let inputs = self.keys.hold(name, on, now);
+            self.feed_keys(inputs, now);
+        }
         refused
     }
 
@@ -495,15 +577,26 @@ impl Engine {
         match msg {
             ToEngine::Config(c) => {
                 check_config(&c)?;
-                self.configure(c, now);
+                self.configure(c, now)?;
             }
             ToEngine::Policy(p) => {
                 self.policy = p;
+                let policy = self.policy.clone();
+                self.keys.set_periods(|n| {
+                    policy
+                        .as_ref()
+                        .and_then(|p| p.links.get(n))
+                        .map(|p| p.rotate)
+                });
                 let names: Vec<String> = self.links.keys().cloned().collect();
                 for n in names {
-                    let lp = self.policy.as_ref().and_then(|p| p.links.get(&n).cloned());
+                    let lp = self.link_policy(&n);
                     self.feed(&n, now, Input::Policy(lp));
                 }
+            }
+            ToEngine::KeyAck(a) => {
+                let inputs = self.keys.on_ack(a, now)?;
+                self.feed_keys(inputs, now);
             }
             ToEngine::LinkState(s) => {
                 // A state for a link we do not run is ignored, not trusted.

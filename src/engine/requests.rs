@@ -11,7 +11,9 @@ use crate::imsg::{CtlRequest, ParentRequest, ToParent};
 use crate::lock::{Enforcement, LockReason};
 use crate::log::{self, Prio};
 use crate::policy::params::{OnQber, UnlockMode};
-use crate::proto::ctl::{DaemonStatus, ErrorCode, LinkInfo, PolicyInfo, Reply, Request, Target};
+use crate::proto::ctl::{
+    DaemonStatus, ErrorCode, KeyInfo, LinkInfo, PolicyInfo, Reply, Request, Target,
+};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -59,6 +61,7 @@ impl Engine {
                 }
                 return self.forward(uid, ParentRequest::Unlock { target, force }, notes, reply);
             }
+            Request::Rotate { target } => self.rotate(&target, now),
             Request::Reload => return self.forward(uid, ParentRequest::Reload, Vec::new(), reply),
             Request::PolicyLoad { bundle_b64 } => {
                 return self.forward(
@@ -85,6 +88,45 @@ impl Engine {
         let _ = self
             .tx
             .send(ToParent::CtlRequest(CtlRequest { id, uid, request }).encode());
+    }
+
+    /// `qkdctl rotate`: a round now on every keyed link named (masters
+    /// start rounds; a slave follows its master).
+    fn rotate(&mut self, t: &Target, now: Instant) -> Reply {
+        let names = match self.target_names(t) {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let keyed: Vec<String> = names
+            .into_iter()
+            .filter(|n| self.keys.is_keyed(n))
+            .collect();
+        if keyed.is_empty() {
+            let what = match t {
+                Target::All => "no link has key agreement".to_string(),
+                Target::Link(l) => format!("{l} has no key agreement (no kme)"),
+            };
+            return Reply::error(ErrorCode::Refused, what);
+        }
+        let inputs = self.keys.rotate_now(&keyed, now);
+        self.feed_keys(inputs, now);
+        let lines: Vec<String> = keyed
+            .iter()
+            .map(|n| {
+                let st = self.keys.view(n, now).map(|v| v.status);
+                match st {
+                    Some(s) if s.role == crate::conf::Role::Slave => {
+                        format!("{n}: slave (the master starts rounds)")
+                    }
+                    Some(s) if s.held => format!("{n}: held (on_qber = hold)"),
+                    Some(s) if s.in_round => {
+                        format!("{n}: round started (epoch after {})", s.epoch)
+                    }
+                    _ => format!("{n}: not started"),
+                }
+            })
+            .collect();
+        Reply::ok(lines.join("\n"))
     }
 
     fn target_names(&self, t: &Target) -> Result<Vec<String>, Reply> {
@@ -150,6 +192,21 @@ impl Engine {
                 && st.reasons.contains(LockReason::Qber)
                 && policy.is_some_and(|p| p.unlock == UnlockMode::Manual),
             qber_source: slot.qber_name.clone(),
+            keys: self.keys.view(name, now).map(|v| KeyInfo {
+                role: match v.status.role {
+                    crate::conf::Role::Master => "master".into(),
+                    crate::conf::Role::Slave => "slave".into(),
+                },
+                epoch: v.status.epoch,
+                installed_epoch: v.status.installed.map(|(e, _)| e),
+                psk_fingerprint: v.psk_fingerprint,
+                key_age_secs: v.key_age.map(|d| d.as_secs_f64()),
+                rotations_ok: v.status.rounds_ok,
+                rotations_failed: v.status.rounds_failed,
+                in_round: v.status.in_round,
+                held: v.status.held,
+                stored_key_count: v.stored_key_count,
+            }),
         }
     }
 

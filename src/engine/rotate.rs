@@ -235,6 +235,11 @@ impl Rotation {
         }
     }
 
+    /// A new `rotate` from the policy; it applies from the next round.
+    pub fn set_period(&mut self, period: Duration) {
+        self.ctx.schedule.period = period;
+    }
+
     /// When the next [`Input::Tick`] is due (None: only inputs matter).
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.side {

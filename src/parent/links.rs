@@ -213,9 +213,12 @@ impl Links {
     pub fn persist(&mut self) {
         let mut links = BTreeMap::new();
         for (name, l) in &self.links {
-            let r = l.reasons().persisted();
-            if !r.is_empty() {
-                links.insert(name.clone(), LinkRecord { reasons: r });
+            let rec = LinkRecord {
+                reasons: l.reasons().persisted(),
+                epoch: self.epoch(name),
+            };
+            if !rec.is_empty() {
+                links.insert(name.clone(), rec);
             }
         }
         if links == self.state.links {
@@ -228,6 +231,25 @@ impl Links {
                 .msg(e)
                 .send();
         }
+    }
+
+    /// The persisted key-agreement epoch of a link (0: none yet).
+    pub fn epoch(&self, name: &str) -> u64 {
+        self.state.links.get(name).map_or(0, |r| r.epoch)
+    }
+
+    /// Makes new epochs durable in one write (write, fsync, rename, fsync
+    /// the directory). Epochs only grow; on error the file is unchanged
+    /// on disk and so is the state in memory.
+    pub fn persist_epochs(&mut self, updates: &[(String, u64)]) -> std::io::Result<()> {
+        let mut next = self.state.clone();
+        for (name, epoch) in updates {
+            let rec = next.links.entry(name.clone()).or_default();
+            rec.epoch = rec.epoch.max(*epoch);
+        }
+        crate::parent::state::save(&self.state_path, &next)?;
+        self.state = next;
+        Ok(())
     }
 
     /// Sets or clears parent-owned reasons; logs `lockdown` for each added one.

@@ -10,6 +10,7 @@
 
 pub mod activate;
 pub mod fw;
+pub mod keys;
 pub mod links;
 mod run;
 pub mod state;
@@ -53,6 +54,12 @@ pub struct Parent {
     pub started: std::time::Instant,
     /// TLS bytes and resolved addresses of network QBER sources, for the engine.
     pub qber_net: BTreeMap<String, crate::imsg::QberNet>,
+    /// Peering key, KME credentials and link_ids, for the engine.
+    pub key_net: keys::KeyNet,
+    /// WireGuard PSKs of keyed links.
+    pub wg: keys::Wg,
+    /// Epochs the engine asked to persist, written together (group commit).
+    pub pending_epochs: Vec<(String, u64)>,
 }
 
 pub fn state_path(conf: &Config) -> PathBuf {
@@ -105,10 +112,15 @@ pub fn main(opts: Opts) -> ExitCode {
             syslog::write(prio, line);
         }));
     }
-    let parent = match Parent::new(conf, opts) {
+    let mut parent = match Parent::new(conf, opts) {
         Ok(p) => p,
         Err(e) => return exit_err(e),
     };
+    // After the firewall skeleton (every link locked): a key file or
+    // interface we cannot read stops the start with the links locked.
+    if let Err(e) = parent.load_keys() {
+        return exit_err(e);
+    }
     parent.start()
 }
 
@@ -121,8 +133,13 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
         Ok(k) => k,
         Err(e) => return exit_err(e),
     };
-    // What start-up would read: QBER sources' TLS files and host names.
+    // What start-up would read: QBER sources' TLS files and host names,
+    // the peering key, KME credentials and the WireGuard interfaces.
     if let Err(e) = qber_net(conf) {
+        return exit_err(e);
+    }
+    let mut backend = wg::new(&conf.wireguard, &conf.daemon.state_dir);
+    if let Err(e) = keys::key_net(conf, &keys, backend.as_mut()) {
         return exit_err(e);
     }
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
@@ -182,7 +199,7 @@ pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, crate::imsg::QberNet>,
 }
 
 /// `scheme://host[:port]/...` → the first address of host:port.
-fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
+pub(crate) fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
     let authority = rest.split('/').next().unwrap_or_default();
@@ -291,6 +308,8 @@ impl Parent {
             map.insert(name.clone(), l);
         }
         let qber_net = qber_net(&conf)?;
+        let now = std::time::Instant::now();
+        let wg = keys::Wg::new(&conf, wg::new(&conf.wireguard, &conf.daemon.state_dir), now);
         let links = Links {
             links: map,
             fw,
@@ -304,11 +323,20 @@ impl Parent {
             store,
             bundle,
             links,
-            started: std::time::Instant::now(),
+            started: now,
             qber_net,
+            key_net: keys::KeyNet::default(),
+            wg,
+            pending_epochs: Vec::new(),
         };
         p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
         Ok(p)
+    }
+
+    /// Reads what key agreement needs (see [`keys::key_net`]).
+    pub fn load_keys(&mut self) -> Result<(), String> {
+        self.key_net = keys::key_net(&self.conf, &self.keys, self.wg.backend())?;
+        Ok(())
     }
 
     fn start(self) -> ExitCode {
@@ -334,6 +362,20 @@ impl Parent {
                 return exit_err(format!("metrics: bind {:?}: {e}", self.conf.daemon.metrics));
             }
         };
+        // The peering port too (it may be privileged).
+        let peering = match self
+            .conf
+            .peering
+            .as_ref()
+            .map(|p| std::net::UdpSocket::bind(p.listen))
+        {
+            None => None,
+            Some(Ok(s)) => Some(OwnedFd::from(s)),
+            Some(Err(e)) => {
+                let at = self.conf.peering.as_ref().map(|p| p.listen);
+                return exit_err(format!("peering: bind {at:?}: {e}"));
+            }
+        };
         if !self.opts.foreground && unsafe { libc::daemon(0, 0) } != 0 {
             return exit_err(format!("daemon: {}", std::io::Error::last_os_error()));
         }
@@ -342,11 +384,12 @@ impl Parent {
             &self.opts.args,
             &ctl,
             metrics.as_ref(),
+            peering.as_ref(),
         ) {
             Ok(e) => e,
             Err(e) => return exit_err(format!("starting engine: {e}")),
         };
-        drop((ctl, metrics));
+        drop((ctl, metrics, peering));
         run::run(self, engine)
     }
 }

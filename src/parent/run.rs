@@ -6,7 +6,7 @@
 
 use super::{Parent, activate, links::OpenedBy};
 use crate::imsg::{self, ActivePolicy, CtlReply, EngineConfig, EngineLink, LinkState, LogRecord};
-use crate::imsg::{ParentRequest, ToEngine, ToParent};
+use crate::imsg::{InstallPsk, KeyAck, KeyStep, LinkKeys, ParentRequest, ToEngine, ToParent};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
@@ -103,17 +103,27 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     loop {
         tokio::select! {
             m = from_engine.recv() => {
-                let m = m.unwrap_or_else(|| Err("engine reader ended".into()));
-                match m {
-                    Ok(ToParent::Hello(h)) if h.version == imsg::VERSION => hello = true,
-                    Ok(msg) if hello => {
-                        if let Err(e) = dispatch_engine(&mut p, &tx, msg) {
-                            return engine_lost(&mut p, &mut child, &e);
+                let mut m = Some(m.unwrap_or_else(|| Err("engine reader ended".into())));
+                // Drain what is already queued so that the epochs of many
+                // links share one fsync of the state file (group commit).
+                let mut budget = 256;
+                while let Some(next) = m.take() {
+                    match next {
+                        Ok(ToParent::Hello(h)) if h.version == imsg::VERSION && !hello => hello = true,
+                        Ok(msg) if hello => {
+                            if let Err(e) = dispatch_engine(&mut p, &tx, msg) {
+                                return engine_lost(&mut p, &mut child, &e);
+                            }
                         }
+                        Ok(_) => return engine_lost(&mut p, &mut child, "engine spoke before hello"),
+                        Err(e) => return engine_lost(&mut p, &mut child, &e),
                     }
-                    Ok(_) => return engine_lost(&mut p, &mut child, "engine spoke before hello"),
-                    Err(e) => return engine_lost(&mut p, &mut child, &e),
+                    budget -= 1;
+                    if budget > 0 {
+                        m = from_engine.try_recv().ok();
+                    }
                 }
+                flush_epochs(&mut p, &tx);
             }
             _ = hup.recv() => {
                 let r = reload(&mut p, &tx);
@@ -125,7 +135,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
                 }
-                let changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+                let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+                changed.extend(check_drift(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 scan_spool(&mut p, &tx);
                 check_expiry(&mut p, &tx, &mut last_expiry_log);
@@ -171,6 +182,10 @@ fn engine_config(p: &Parent) -> EngineConfig {
                     .get(&l.name)
                     .map(|r| r.reasons.owned_by(Owner::Engine))
                     .unwrap_or_default(),
+                keys: p.key_net.links.get(&l.name).map(|k| LinkKeys {
+                    epoch: p.links.epoch(&l.name),
+                    ..k.clone()
+                }),
             })
             .collect(),
         qber: p.conf.qber.clone(),
@@ -180,6 +195,9 @@ fn engine_config(p: &Parent) -> EngineConfig {
         drop_to,
         metrics: p.conf.daemon.metrics.is_some(),
         qber_net: p.qber_net.clone(),
+        peering: p.key_net.peering.clone(),
+        kme: p.key_net.kme.clone(),
+        testing: p.conf.testing.clone(),
     }
 }
 
@@ -225,6 +243,12 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             {
                 return Err("qber out of range".into());
             }
+            let was_stale = p.links.links[&r.link]
+                .engine
+                .is_some_and(|e| e.contains(LockReason::KeyStale));
+            if r.reasons.contains(LockReason::KeyStale) && !was_stale {
+                key_stale(p, &r.link);
+            }
             p.links
                 .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
             let by = if r.by_operator {
@@ -262,6 +286,20 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                 })
                 .collect();
             log::emit(prio, &clean);
+            Ok(())
+        }
+        ToParent::PersistEpoch(e) => {
+            if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
+                return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
+            }
+            p.pending_epochs.push((e.link, e.epoch));
+            Ok(())
+        }
+        ToParent::InstallPsk(i) => {
+            if !p.wg.is_keyed(&i.link) {
+                return Err(format!("PSK for unkeyed link {:?}", i.link));
+            }
+            install_psk(p, tx, i);
             Ok(())
         }
         ToParent::CtlRequest(req) => {
@@ -361,8 +399,15 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
             );
         }
     };
-    if new.daemon != p.conf.daemon || new.firewall != p.conf.firewall || new.link != p.conf.link {
-        let msg = "[daemon], [firewall] and [link] changes need a restart; not reloading";
+    let listen = |c: &crate::conf::Config| c.peering.as_ref().map(|p| p.listen);
+    if new.daemon != p.conf.daemon
+        || new.firewall != p.conf.firewall
+        || new.wireguard != p.conf.wireguard
+        || new.link != p.conf.link
+        || listen(&new) != listen(&p.conf)
+    {
+        let msg = "[daemon], [firewall], [wireguard], [link] and [peering] listen changes \
+                   need a restart; not reloading";
         log::event(Prio::Err, "reload_failed").msg(msg).send();
         return Reply::error(ErrorCode::Refused, msg);
     }
@@ -384,6 +429,14 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
             return Reply::error(ErrorCode::ConfigError, e);
         }
     };
+    let key_net = match super::keys::key_net(&new, &keys, p.wg.backend()) {
+        Ok(k) => k,
+        Err(e) => {
+            log::event(Prio::Err, "reload_failed").msg(&e).send();
+            return Reply::error(ErrorCode::ConfigError, e);
+        }
+    };
+    p.key_net = key_net;
     p.qber_net = net;
     p.keys = keys;
     p.store = crate::policy::Store::new(new.policy.dir.clone());
@@ -588,4 +641,111 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
         .kv("kernel_state", if lock { "lockdown" } else { "kept" })
         .send();
     ExitCode::SUCCESS
+}
+
+/// Makes the epochs asked for since the last call durable in one write and
+/// answers each request; on failure every one of them is refused.
+fn flush_epochs(p: &mut Parent, tx: &Tx) {
+    if p.pending_epochs.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(&mut p.pending_epochs);
+    let error = p.links.persist_epochs(&batch).err().map(|e| {
+        log::event(Prio::Crit, "state_write_failed")
+            .kv("path", p.links.state_path.display())
+            .msg(&e)
+            .send();
+        format!("state file: {e}")
+    });
+    for (link, epoch) in batch {
+        let ack = KeyAck {
+            link,
+            epoch,
+            step: KeyStep::Persist,
+            error: error.clone(),
+        };
+        let _ = tx.send(ToEngine::KeyAck(ack).encode());
+    }
+}
+
+/// Installs a PSK the engine agreed on, if its epoch is durable; a
+/// successful install clears `psk-drift`.
+fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
+    let InstallPsk {
+        link, epoch, psk, ..
+    } = i;
+    // An epoch is persisted before it is used (DESIGN §6).
+    let result = if epoch == 0 || epoch > p.links.epoch(&link) {
+        Err(format!("epoch {epoch} was never persisted"))
+    } else {
+        let period = rotate_period(p, &link);
+        p.wg.install(
+            &link,
+            crate::secret::Psk::from_bytes(*psk),
+            period,
+            Instant::now(),
+        )
+        .map_err(|e| e.reason().to_string())
+    };
+    if result.is_ok() && p.links.links[&link].parent.contains(LockReason::PskDrift) {
+        p.links
+            .set_parent_reason(&link, LockReason::PskDrift, false);
+        p.links
+            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        send_all_states(p, tx);
+    }
+    let ack = KeyAck {
+        link,
+        epoch,
+        step: KeyStep::Install,
+        error: result.err(),
+    };
+    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+}
+
+/// The link's rotation period (policy `rotate`, or the test override).
+fn rotate_period(p: &Parent, link: &str) -> Duration {
+    p.conf
+        .testing
+        .rotate
+        .or_else(|| p.bundle.as_ref().map(|b| b.policy.for_link(link).rotate))
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// `key-stale` newly set: the PSK becomes random bytes nobody knows.
+fn key_stale(p: &mut Parent, link: &str) {
+    let r = p.wg.randomize(link, Instant::now());
+    let mut ev = log::event(Prio::Alert, "key_stale").kv("link", link);
+    ev = match &r {
+        Ok(()) => ev.kv("psk", "random"),
+        Err(e) => ev.kv("psk", "unchanged").kv("reason", e.reason()),
+    };
+    ev.send();
+}
+
+/// The once-per-period re-read of every installed PSK: a change, or a
+/// peer that cannot be read, locks the link with `psk-drift`.
+fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
+    let periods: std::collections::BTreeMap<String, Duration> = p
+        .conf
+        .link
+        .keys()
+        .map(|n| (n.clone(), rotate_period(p, n)))
+        .collect();
+    let drifted = p.wg.check_drift(
+        |n| periods.get(n).copied().unwrap_or(Duration::from_secs(300)),
+        Instant::now(),
+    );
+    let mut changed = Vec::new();
+    for (link, why) in drifted {
+        super::keys::log_drift(&link, &why);
+        p.links.set_parent_reason(&link, LockReason::PskDrift, true);
+        if let Some(to) = p
+            .links
+            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false)
+        {
+            changed.push((link, to));
+        }
+    }
+    changed
 }

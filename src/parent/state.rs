@@ -62,13 +62,27 @@ impl ActivePolicy {
 pub struct LinkRecord {
     /// Only the reasons that survive a restart (`LockReason::persisted`).
     pub reasons: Reasons,
+    /// Key agreement (DESIGN §6): the master's last epoch used, the slave's
+    /// last epoch accepted. Written (fsync) before the epoch is used.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl LinkRecord {
     pub fn new(reasons: Reasons) -> LinkRecord {
         LinkRecord {
             reasons: reasons.persisted(),
+            epoch: 0,
         }
+    }
+
+    /// Nothing worth a line in the file.
+    pub fn is_empty(&self) -> bool {
+        self.reasons.is_empty() && self.epoch == 0
     }
 }
 

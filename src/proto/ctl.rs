@@ -46,6 +46,10 @@ pub enum Request {
         target: Target,
         force: bool,
     },
+    /// Start a key-agreement round now on each keyed link (master side).
+    Rotate {
+        target: Target,
+    },
     Reload,
     /// The bundle as bytes (a tar or gzip'd tar; qkdctl packs a directory),
     /// read by qkdctl as the invoking user: the daemon opens no client path.
@@ -88,6 +92,7 @@ impl Request {
             Request::Monitor => "monitor",
             Request::Lockdown { .. } => "lockdown",
             Request::Unlock { .. } => "unlock",
+            Request::Rotate { .. } => "rotate",
             Request::Reload => "reload",
             Request::PolicyLoad { .. } => "policy-load",
             Request::Log { .. } => "log",
@@ -136,6 +141,29 @@ pub struct LinkInfo {
     pub trip_count: u32,
     pub manual_hold: bool,
     pub qber_source: String,
+    /// Key agreement, for links with `kme`.
+    pub keys: Option<KeyInfo>,
+}
+
+/// A keyed link's rotation state (DESIGN §7 `show link`); never key bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    pub role: String,
+    /// Master: last epoch used; slave: last epoch accepted.
+    pub epoch: u64,
+    /// Epoch of the PSK installed last by this process.
+    pub installed_epoch: Option<u64>,
+    /// First 4 bytes of HMAC(PSK, "fp"), hex: compare both ends.
+    pub psk_fingerprint: Option<String>,
+    /// Seconds since that PSK was installed.
+    pub key_age_secs: Option<f64>,
+    pub rotations_ok: u64,
+    pub rotations_failed: u64,
+    pub in_round: bool,
+    pub held: bool,
+    /// The KME's `stored_key_count` at the last status call.
+    pub stored_key_count: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

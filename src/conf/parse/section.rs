@@ -71,7 +71,14 @@ const QBER_KEYS: &[&str] = &[
     "seed",
 ];
 /// Key agreement: present with `kme`, absent without it.
-const KEYED_KEYS: &[&str] = &["peer_sae_id", "role", "peer", "peer_pubkey", "wg_peer"];
+const KEYED_KEYS: &[&str] = &[
+    "peer_sae_id",
+    "role",
+    "peer",
+    "peer_pubkey",
+    "wg_peer",
+    "wg_pubkey",
+];
 const WITH_KME: &str = " (required with kme)";
 const LINK_KEYS: &[&str] = &[
     "qber",
@@ -83,9 +90,12 @@ const LINK_KEYS: &[&str] = &[
     "peer_pubkey",
     "wg_interface",
     "wg_peer",
+    "wg_pubkey",
     "wg_port",
     "addresses",
 ];
+#[cfg(feature = "testing")]
+const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter"];
 
 const FACILITIES: &[(&str, &str)] = &[
     ("daemon", "daemon"),
@@ -177,7 +187,12 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
         kme: BTreeMap::new(),
         qber: BTreeMap::new(),
         link: BTreeMap::new(),
+        testing: Default::default(),
     };
+    #[cfg(feature = "testing")]
+    if root.contains_key("testing") {
+        conf.testing = testing(fixed(root, &empty, "testing", TESTING_KEYS, errs));
+    }
     for n in &kmes {
         let s = Sect::new(n.t, title("kme", Some(n.name)), n.at, errs, KME_KEYS);
         if let Some(k) = kme(s) {
@@ -191,7 +206,26 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
         }
     }
     conf.link = links(&link_sects, &qber_names, &kme_names, errs);
+    if !root.contains_key("peering") {
+        if let Some(n) = link_sects.iter().find(|n| n.t.contains_key("kme")) {
+            let msg = format!(
+                "{}: key agreement (kme) needs a [peering] section",
+                title("link", Some(n.name))
+            );
+            errs.at(n.at, msg);
+        }
+    }
     conf
+}
+
+#[cfg(feature = "testing")]
+fn testing(mut s: Sect) -> crate::conf::TestingConf {
+    let short = value::duration(Duration::from_millis(500), Duration::from_secs(86400));
+    crate::conf::TestingConf {
+        rotate: s.get("rotate", &short),
+        max_key_age: s.get("max_key_age", &short),
+        no_jitter: s.or("no_jitter", false, value::boolean),
+    }
 }
 
 /// The `[link.NAME]` sections; no WireGuard peer may serve two links.
@@ -252,7 +286,15 @@ fn check_top(root: &Table, errs: &mut Errs) {
     for (k, item) in root.iter() {
         let Some(key) = root.key(k) else { continue };
         let at = key.span().map_or(0, |s| s.start);
-        let known = ["daemon", "policy", "firewall", "wireguard", "peering"];
+        let known = [
+            "daemon",
+            "policy",
+            "firewall",
+            "wireguard",
+            "peering",
+            #[cfg(feature = "testing")]
+            "testing",
+        ];
         let named = ["kme", "qber", "link"];
         let is_table = item.as_table_like().is_some();
         let msg = if known.contains(&k) && !is_table {
@@ -493,6 +535,10 @@ fn link(mut s: Sect, name: &str, qbers: &[&str], kmes: &[&str]) -> Option<(LinkC
     let peer = part(&mut s, "peer", value::peer);
     let peer_pubkey = part(&mut s, "peer_pubkey", value::non_empty);
     let wg_peer = part(&mut s, "wg_peer", value::wg_key);
+    let wg_pubkey = match keyed {
+        true => s.get("wg_pubkey", value::wg_key),
+        false => None,
+    };
     let role = match keyed {
         true => s.req_with("role", WITH_KME, choice(ROLES)),
         false => None,
@@ -525,6 +571,7 @@ fn link(mut s: Sect, name: &str, qbers: &[&str], kmes: &[&str]) -> Option<(LinkC
         peer_pubkey,
         wg_interface: wg_interface?,
         wg_peer,
+        wg_pubkey,
         wg_port: u16::try_from(wg_port?).ok()?,
         addresses: addresses?.into_iter().map(|(a, _)| a).collect(),
     };

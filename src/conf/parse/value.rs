@@ -61,6 +61,14 @@ pub(super) fn choice<T: Copy>(opts: &'static [(&'static str, T)]) -> impl Fn(Got
 }
 
 /// An integer in `lo..=hi`, written `lo..hi` as DESIGN does.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(super) fn boolean(g: Got) -> Check<bool> {
+    match g {
+        Got::Bool(b) => Ok(b),
+        _ => Err("expected true or false".into()),
+    }
+}
+
 pub(super) fn int(lo: i64, hi: i64) -> impl Fn(Got) -> Check<i64> {
     move |g| match g {
         Got::Int(i) if (lo..=hi).contains(&i) => Ok(i),

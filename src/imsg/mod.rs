@@ -9,7 +9,11 @@
 //! parent then locks every link). Semantic checks (known link, ...) are done
 //! by the receiver's dispatcher against its own config.
 
-use crate::conf::QberConf;
+mod keys;
+
+pub use keys::{InstallPsk, KeyAck, KeyStep, KmeNet, LinkKeys, PeeringNet, PersistEpoch};
+
+use crate::conf::{QberConf, TestingConf};
 use crate::lock::{Enforcement, Reasons};
 use crate::policy::params::LinkPolicy;
 use crate::proto::ctl::{Reply, Target};
@@ -35,11 +39,14 @@ pub enum Type {
     LinkState = 3,
     CtlReply = 4,
     Event = 5,
+    KeyAck = 6,
     /* engine -> parent */
     Hello = 100,
     Reasons = 101,
     Log = 102,
     CtlRequest = 103,
+    PersistEpoch = 104,
+    InstallPsk = 105,
 }
 
 impl Type {
@@ -50,10 +57,13 @@ impl Type {
             3 => Type::LinkState,
             4 => Type::CtlReply,
             5 => Type::Event,
+            6 => Type::KeyAck,
             100 => Type::Hello,
             101 => Type::Reasons,
             102 => Type::Log,
             103 => Type::CtlRequest,
+            104 => Type::PersistEpoch,
+            105 => Type::InstallPsk,
             _ => return None,
         })
     }
@@ -76,6 +86,12 @@ pub struct EngineConfig {
     /// TLS material and resolved address of each network `[qber.X]`, read
     /// and resolved by the parent (the engine has no files and no resolver).
     pub qber_net: BTreeMap<String, QberNet>,
+    /// Present when some link runs key agreement.
+    pub peering: Option<PeeringNet>,
+    /// Every `[kme.X]` a link uses.
+    pub kme: BTreeMap<String, KmeNet>,
+    /// `[testing]` (only a `testing` build parses it; default otherwise).
+    pub testing: TestingConf,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +121,8 @@ pub struct EngineLink {
     pub qber_id: String,
     /// Engine-owned reasons persisted in the state file (qber).
     pub persisted: Reasons,
+    /// Key agreement, for links with `kme`.
+    pub keys: Option<LinkKeys>,
 }
 
 /// Debug never shows the TLS key (DESIGN §5 "Secrets").
@@ -225,6 +243,7 @@ pub enum ToEngine {
     CtlReply(CtlReply),
     /// An event line the parent logged, for `qkdctl monitor`.
     Event(LogRecord),
+    KeyAck(KeyAck),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -233,6 +252,8 @@ pub enum ToParent {
     Reasons(LinkReasons),
     Log(LogRecord),
     CtlRequest(CtlRequest),
+    PersistEpoch(PersistEpoch),
+    InstallPsk(InstallPsk),
 }
 
 /// Framing or decoding failure: fatal for the channel.
@@ -301,6 +322,7 @@ impl ToEngine {
             ToEngine::LinkState(s) => frame(Type::LinkState, s),
             ToEngine::CtlReply(r) => frame(Type::CtlReply, r),
             ToEngine::Event(e) => frame(Type::Event, e),
+            ToEngine::KeyAck(a) => frame(Type::KeyAck, a),
         }
     }
 
@@ -312,6 +334,7 @@ impl ToEngine {
             Type::LinkState => ToEngine::LinkState(body(ty, payload)?),
             Type::CtlReply => ToEngine::CtlReply(body(ty, payload)?),
             Type::Event => ToEngine::Event(body(ty, payload)?),
+            Type::KeyAck => ToEngine::KeyAck(body(ty, payload)?),
             _ => return Err(Error::WrongDirection(code)),
         })
     }
@@ -324,6 +347,8 @@ impl ToParent {
             ToParent::Reasons(r) => frame(Type::Reasons, r),
             ToParent::Log(l) => frame(Type::Log, l),
             ToParent::CtlRequest(r) => frame(Type::CtlRequest, r),
+            ToParent::PersistEpoch(p) => frame(Type::PersistEpoch, p),
+            ToParent::InstallPsk(i) => frame(Type::InstallPsk, i),
         }
     }
 
@@ -334,6 +359,8 @@ impl ToParent {
             Type::Reasons => ToParent::Reasons(body(ty, payload)?),
             Type::Log => ToParent::Log(body(ty, payload)?),
             Type::CtlRequest => ToParent::CtlRequest(body(ty, payload)?),
+            Type::PersistEpoch => ToParent::PersistEpoch(body(ty, payload)?),
+            Type::InstallPsk => ToParent::InstallPsk(body(ty, payload)?),
             _ => return Err(Error::WrongDirection(code)),
         })
     }

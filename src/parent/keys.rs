@@ -1,0 +1,247 @@
+//! The parent's half of key agreement (DESIGN §5 "WireGuard", §6): it
+//! reads the peering key and KME credentials and computes each link's
+//! link_id for the engine; it persists epochs and installs PSKs when the
+//! engine asks (checking the link is keyed), re-reads every installed PSK
+//! once per rotation period (`psk-drift`), and replaces the PSK with random
+//! bytes when the engine reports `key-stale`.
+//!
+//! Runs in the privileged parent; touches the state file and WireGuard
+//! through [`super::wg::WgBackend`] only, never with a key on a command
+//! line, in a log line or in an error.
+
+use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
+use crate::conf::{Config, LinkConf, Role};
+use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
+use crate::log::{self, Prio};
+use crate::policy::PublicKey;
+use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
+use crate::secret::Psk;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// What the engine needs for key agreement, read and resolved by the parent.
+#[derive(Clone, Debug, Default)]
+pub struct KeyNet {
+    pub peering: Option<PeeringNet>,
+    pub kme: BTreeMap<String, KmeNet>,
+    /// Per keyed link; `epoch` is filled from the state file when sent.
+    pub links: BTreeMap<String, LinkKeys>,
+}
+
+/// Reads `[peering] key`, every used `[kme.X]`'s TLS files, resolves hosts
+/// and computes each keyed link's link_id. Errors name the file or link.
+pub fn key_net(
+    conf: &Config,
+    policy_keys: &[PublicKey],
+    backend: &mut dyn WgBackend,
+) -> Result<KeyNet, String> {
+    let keyed: Vec<&LinkConf> = conf.link.values().filter(|l| l.kme.is_some()).collect();
+    if keyed.is_empty() {
+        return Ok(KeyNet::default());
+    }
+    let p = conf
+        .peering
+        .as_ref()
+        .ok_or("key agreement needs a [peering] section")?;
+    let secret = SecretKey::read(&p.key).map_err(|e| format!("[peering] key {e}"))?;
+    let ours = secret.verifying_key();
+    if policy_keys.iter().any(|k| k.key == ours) {
+        return Err(format!(
+            "[peering] key {}: the peering key must differ from every policy key",
+            p.key.display()
+        ));
+    }
+    let peering = PeeringNet {
+        secret: zeroize::Zeroizing::new(secret.signing_key().to_bytes()),
+    };
+    let mut kme = BTreeMap::new();
+    let mut links = BTreeMap::new();
+    for l in keyed {
+        let kname = l.kme.as_deref().expect("keyed");
+        let k = &conf.kme[kname];
+        if !kme.contains_key(kname) {
+            kme.insert(kname.to_string(), kme_net(kname, k)?);
+        }
+        links.insert(l.name.clone(), link_keys(l, &k.sae_id, ours, backend)?);
+    }
+    Ok(KeyNet {
+        peering: Some(peering),
+        kme,
+        links,
+    })
+}
+
+fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("[kme.{name}] {what} {}: {e}", p.display()))
+    };
+    Ok(KmeNet {
+        url: k.url.clone(),
+        sae_id: k.sae_id.clone(),
+        ca: read("ca", &k.ca)?,
+        cert: read("cert", &k.cert)?,
+        key: zeroize::Zeroizing::new(read("key", &k.key)?),
+        addr: super::resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
+    })
+}
+
+fn link_keys(
+    l: &LinkConf,
+    our_sae: &str,
+    our_peering: ed25519_dalek::VerifyingKey,
+    backend: &mut dyn WgBackend,
+) -> Result<LinkKeys, String> {
+    let at = |e: String| format!("[link.{}] {e}", l.name);
+    let (Some(peer_sae), Some(role), Some(peer), Some(peer_pubkey), Some(wg_peer)) =
+        (&l.peer_sae_id, l.role, &l.peer, &l.peer_pubkey, &l.wg_peer)
+    else {
+        return Err(at("incomplete key agreement settings".into()));
+    };
+    let far = WgPeer::from_conf(&l.wg_interface, wg_peer).map_err(at)?;
+    let ours = own_wg_key(l, backend).map_err(at)?;
+    let peer_key = parse_pubkey_line(peer_pubkey).map_err(|e| at(format!("peer_pubkey: {e}")))?;
+    if peer_key.key == our_peering {
+        return Err(at("peer_pubkey is our own peering key".into()));
+    }
+    let peer_addr = resolve(peer).map_err(|e| at(format!("peer {peer}: {e}")))?;
+    let link_id = match role {
+        Role::Master => crate::proto::peer::link_id(our_sae, peer_sae, &ours, &far.public_key),
+        Role::Slave => crate::proto::peer::link_id(peer_sae, our_sae, &far.public_key, &ours),
+    }
+    .map_err(at)?;
+    Ok(LinkKeys {
+        kme: l.kme.clone().expect("keyed"),
+        peer_sae_id: peer_sae.clone(),
+        role,
+        peer: peer_addr,
+        peer_pubkey: peer_key.key.to_bytes(),
+        link_id: link_id.0,
+        epoch: 0,
+    })
+}
+
+/// This gateway's WireGuard public key: `wg_pubkey`, checked against the
+/// interface where there is one, else read from the interface.
+fn own_wg_key(l: &LinkConf, backend: &mut dyn WgBackend) -> Result<[u8; 32], String> {
+    let configured = l
+        .wg_pubkey
+        .as_deref()
+        .map(|k| WgPeer::from_conf(&l.wg_interface, k).map(|p| p.public_key))
+        .transpose()
+        .map_err(|e| format!("wg_pubkey: {e}"))?;
+    match (configured, backend.public_key(&l.wg_interface)) {
+        (Some(c), Ok(k)) if c != k => Err(format!(
+            "wg_pubkey differs from the public key of {}",
+            l.wg_interface
+        )),
+        (_, Ok(k)) => Ok(k),
+        (Some(c), Err(_)) if backend.name() == "dry-run" => Ok(c),
+        (_, Err(e)) => Err(format!(
+            "cannot read the public key of {}: {e} (set wg_pubkey?)",
+            l.wg_interface
+        )),
+    }
+}
+
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| "no address".to_string())
+}
+
+/// WireGuard as the parent drives it for keyed links.
+pub struct Wg {
+    backend: Box<dyn WgBackend>,
+    links: BTreeMap<String, WgLink>,
+}
+
+struct WgLink {
+    peer: WgPeer,
+    /// What we last wrote (and read back): the drift check compares with it.
+    installed: Option<Psk>,
+    next_check: Instant,
+}
+
+impl Wg {
+    pub fn new(conf: &Config, backend: Box<dyn WgBackend>, now: Instant) -> Wg {
+        let links = conf
+            .link
+            .values()
+            .filter(|l| l.kme.is_some())
+            .filter_map(|l| {
+                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
+                let w = WgLink {
+                    peer,
+                    installed: None,
+                    next_check: now,
+                };
+                Some((l.name.clone(), w))
+            })
+            .collect();
+        Wg { backend, links }
+    }
+
+    pub fn backend(&mut self) -> &mut dyn WgBackend {
+        self.backend.as_mut()
+    }
+
+    pub fn is_keyed(&self, link: &str) -> bool {
+        self.links.contains_key(link)
+    }
+
+    /// Writes `psk` to the link's peer and reads it back.
+    pub fn install(
+        &mut self,
+        link: &str,
+        psk: Psk,
+        period: Duration,
+        now: Instant,
+    ) -> Result<(), WgError> {
+        let w = self.links.get_mut(link).ok_or(WgError::NoSuchPeer)?;
+        self.backend.set_psk(&w.peer, &psk)?;
+        w.installed = Some(psk);
+        w.next_check = now + period;
+        Ok(())
+    }
+
+    /// `key-stale`: no fresh key, so no key at all that anyone could know.
+    pub fn randomize(&mut self, link: &str, now: Instant) -> Result<(), WgError> {
+        self.install(link, Psk::random(), Duration::from_secs(60), now)
+    }
+
+    /// Re-reads the PSK of every link due (once per rotation period);
+    /// returns the links that drifted (or could not be read) and why.
+    pub fn check_drift(
+        &mut self,
+        period_of: impl Fn(&str) -> Duration,
+        now: Instant,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, w) in &mut self.links {
+            let Some(installed) = &w.installed else {
+                continue;
+            };
+            if now < w.next_check {
+                continue;
+            }
+            w.next_check = now + period_of(name);
+            match wg::check_drift(self.backend.as_mut(), &w.peer, installed) {
+                Ok(Drift::Same) => {}
+                Ok(Drift::Changed) => out.push((name.clone(), "changed".to_string())),
+                Err(e) => out.push((name.clone(), e.reason().to_string())),
+            }
+        }
+        out
+    }
+}
+
+/// Logs `psk_drift` (the caller sets the reason and flips the link).
+pub fn log_drift(link: &str, why: &str) {
+    log::event(Prio::Alert, "psk_drift")
+        .kv("link", link)
+        .kv("reason", why)
+        .send();
+}
