@@ -20,6 +20,7 @@ CARGO ?= cargo
 # Debian calls it signify-openbsd: make bundle SIGNIFY=signify-openbsd
 SIGNIFY ?= signify
 SECKEY ?= /etc/signify/qkdpfd-policy.sec
+BUNDLE_SRC ?= pf-anchors/bundle
 BUNDLE_OUT ?= bundle-signed
 # Optional: the serial written into the signed copy's policy.toml.
 SERIAL ?=
@@ -63,14 +64,14 @@ lint:
 	mandoc -Tlint -Wwarning man/*.[58]
 	sh -n rc.d/qkdpfd
 
-# Sign the sample bundle in pf-anchors/bundle with signify(1) into
+# Sign the bundle source BUNDLE_SRC (default the sample) with signify(1) into
 # BUNDLE_OUT, as DESIGN §4 and qkdpfd-policy(5) describe: the SHA256 list of
 # every file, signed with the list embedded (-e), then the list removed.
 bundle:
 	rm -rf $(BUNDLE_OUT)
-	cp -R pf-anchors/bundle $(BUNDLE_OUT)
+	cp -R $(BUNDLE_SRC) $(BUNDLE_OUT)
 	if [ -n "$(SERIAL)" ]; then \
-		sed 's/^serial = .*/serial = $(SERIAL)/' pf-anchors/bundle/policy.toml \
+		sed 's/^serial = .*/serial = $(SERIAL)/' $(BUNDLE_SRC)/policy.toml \
 			> $(BUNDLE_OUT)/policy.toml; \
 	fi
 	seckey="$(SECKEY)"; case "$$seckey" in /*) ;; *) seckey="`pwd`/$$seckey" ;; esac; \
