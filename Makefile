@@ -1,10 +1,34 @@
 # qkdpfd — works with GNU make and BSD make.
+# No GNU-only syntax (no $(shell), ifeq or pattern rules): what depends on
+# the OS is decided by sh in the recipes.
 PREFIX ?= /usr/local
 DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/man
+EXAMPLESDIR ?= $(PREFIX)/share/examples/qkdpfd
+# Installed only on OpenBSD (rc.d) and Linux (systemd); both go to
+# EXAMPLESDIR everywhere. OPSYS overrides `uname -s` (e.g. OPSYS=OpenBSD to
+# see the OpenBSD tree on Linux).
+RCDIR ?= /etc/rc.d
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+OPSYS ?=
+# Where `make build` leaves the binaries; install does not build (a build as
+# root would leave root-owned files in target/).
+RELEASE ?= target/release
 CARGO ?= cargo
-SIGNIFY ?= signify-openbsd
+# Debian calls it signify-openbsd: make bundle SIGNIFY=signify-openbsd
+SIGNIFY ?= signify
 SECKEY ?= /etc/signify/qkdpfd-policy.sec
+BUNDLE_SRC ?= pf-anchors/bundle
 BUNDLE_OUT ?= bundle-signed
+# Optional: the serial written into the signed copy's policy.toml.
+SERIAL ?=
+
+MAN5 = qkdpfd.conf.5 qkdpfd-policy.5
+MAN8 = qkdpfd.8 qkdctl.8
+CONFS = qkdpfd.conf qkdpfd-sim.conf
+ANCHORS = open.pf lockdown.pf open.nft lockdown.nft
 
 all: build
 
@@ -40,21 +64,83 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	mandoc -Tlint -Wwarning man/*.[58]
+	sh -n rc.d/qkdpfd
 
-# Sign the sample bundle in pf-anchors/bundle with signify(1).
+# Sign the bundle source BUNDLE_SRC (default the sample) with signify(1) into
+# BUNDLE_OUT, as DESIGN §4 and qkdpfd-policy(5) describe: the SHA256 list of
+# every file, signed with the list embedded (-e), then the list removed.
 bundle:
-	rm -rf $(BUNDLE_OUT) && cp -R pf-anchors/bundle $(BUNDLE_OUT)
-	cd $(BUNDLE_OUT) && sha256sum --tag policy.toml anchors/* > SHA256 && \
-		$(SIGNIFY) -S -e -s $(SECKEY) -m SHA256 -x SHA256.sig && rm SHA256
+	rm -rf $(BUNDLE_OUT)
+	cp -R $(BUNDLE_SRC) $(BUNDLE_OUT)
+	if [ -n "$(SERIAL)" ]; then \
+		sed 's/^serial = .*/serial = $(SERIAL)/' $(BUNDLE_SRC)/policy.toml \
+			> $(BUNDLE_OUT)/policy.toml; \
+	fi
+	seckey="$(SECKEY)"; case "$$seckey" in /*) ;; *) seckey="`pwd`/$$seckey" ;; esac; \
+	cd $(BUNDLE_OUT) && \
+	if command -v sha256 >/dev/null 2>&1; then \
+		sha256 -h SHA256 policy.toml anchors/*; \
+	else \
+		sha256sum --tag policy.toml anchors/* > SHA256; \
+	fi && \
+	$(SIGNIFY) -S -e -s "$$seckey" -m SHA256 -x SHA256.sig && rm SHA256
 
-install: build
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/man/man8 \
-		$(DESTDIR)$(PREFIX)/man/man5 $(DESTDIR)$(PREFIX)/share/examples/qkdpfd
-	install -m 0555 target/release/qkdpfd $(DESTDIR)$(PREFIX)/sbin/qkdpfd
-	install -m 0555 target/release/qkdctl $(DESTDIR)$(PREFIX)/sbin/qkdctl
-	install -m 0444 man/qkdpfd.8 man/qkdctl.8 $(DESTDIR)$(PREFIX)/man/man8/
-	install -m 0444 man/qkdpfd.conf.5 $(DESTDIR)$(PREFIX)/man/man5/
-	install -m 0444 etc/qkdpfd.conf etc/qkdpfd-sim.conf pf-anchors/pf.conf.example \
-		$(DESTDIR)$(PREFIX)/share/examples/qkdpfd/
+install:
+	@for b in qkdpfd qkdctl qkdsim; do \
+		test -x $(RELEASE)/$$b || { \
+			echo "$(RELEASE)/$$b is missing: run make build first" >&2; exit 1; }; \
+	done
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(EXAMPLESDIR)/rc.d $(DESTDIR)$(EXAMPLESDIR)/systemd \
+		$(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/anchors
+	install -m 0555 $(RELEASE)/qkdpfd $(DESTDIR)$(SBINDIR)/qkdpfd
+	install -m 0555 $(RELEASE)/qkdctl $(DESTDIR)$(SBINDIR)/qkdctl
+	install -m 0555 $(RELEASE)/qkdsim $(DESTDIR)$(BINDIR)/qkdsim
+	for f in $(MAN5); do install -m 0444 man/$$f $(DESTDIR)$(MANDIR)/man5/$$f; done
+	for f in $(MAN8); do install -m 0444 man/$$f $(DESTDIR)$(MANDIR)/man8/$$f; done
+	for f in $(CONFS); do install -m 0444 etc/$$f $(DESTDIR)$(EXAMPLESDIR)/$$f; done
+	rm -f $(DESTDIR)$(EXAMPLESDIR)/rc.d/qkdpfd $(DESTDIR)$(EXAMPLESDIR)/systemd/qkdpfd.service
+	sed 's|/usr/local|$(PREFIX)|g' rc.d/qkdpfd > $(DESTDIR)$(EXAMPLESDIR)/rc.d/qkdpfd
+	sed 's|/usr/local|$(PREFIX)|g' etc/systemd/qkdpfd.service \
+		> $(DESTDIR)$(EXAMPLESDIR)/systemd/qkdpfd.service
+	chmod 0444 $(DESTDIR)$(EXAMPLESDIR)/rc.d/qkdpfd \
+		$(DESTDIR)$(EXAMPLESDIR)/systemd/qkdpfd.service
+	install -m 0444 pf-anchors/pf.conf.example $(DESTDIR)$(EXAMPLESDIR)/pf-anchors/
+	install -m 0444 pf-anchors/bundle/policy.toml $(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/
+	for f in $(ANCHORS); do \
+		install -m 0444 pf-anchors/bundle/anchors/$$f \
+			$(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/anchors/$$f; \
+	done
+	os="$(OPSYS)"; [ -n "$$os" ] || os=`uname -s`; \
+	case "$$os" in \
+	OpenBSD) \
+		install -d $(DESTDIR)$(RCDIR) && rm -f $(DESTDIR)$(RCDIR)/qkdpfd && \
+		sed 's|/usr/local|$(PREFIX)|g' rc.d/qkdpfd > $(DESTDIR)$(RCDIR)/qkdpfd && \
+		chmod 0555 $(DESTDIR)$(RCDIR)/qkdpfd ;; \
+	Linux) \
+		install -d $(DESTDIR)$(SYSTEMDUNITDIR) && \
+		rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service && \
+		sed 's|/usr/local|$(PREFIX)|g' etc/systemd/qkdpfd.service \
+			> $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service && \
+		chmod 0444 $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service ;; \
+	esac
 
-.PHONY: all build test demo bench check-openbsd lint bundle install
+# Removes what install put there; configuration, keys and state stay.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/qkdpfd $(DESTDIR)$(SBINDIR)/qkdctl $(DESTDIR)$(BINDIR)/qkdsim
+	for f in $(MAN5); do rm -f $(DESTDIR)$(MANDIR)/man5/$$f; done
+	for f in $(MAN8); do rm -f $(DESTDIR)$(MANDIR)/man8/$$f; done
+	for f in $(CONFS) rc.d/qkdpfd systemd/qkdpfd.service pf-anchors/pf.conf.example \
+		pf-anchors/bundle/policy.toml; do rm -f $(DESTDIR)$(EXAMPLESDIR)/$$f; done
+	for f in $(ANCHORS); do rm -f $(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/anchors/$$f; done
+	for d in pf-anchors/bundle/anchors pf-anchors/bundle pf-anchors rc.d systemd; do \
+		rmdir $(DESTDIR)$(EXAMPLESDIR)/$$d 2>/dev/null || true; done
+	rmdir $(DESTDIR)$(EXAMPLESDIR) 2>/dev/null || true
+	os="$(OPSYS)"; [ -n "$$os" ] || os=`uname -s`; \
+	case "$$os" in \
+	OpenBSD) rm -f $(DESTDIR)$(RCDIR)/qkdpfd ;; \
+	Linux) rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service ;; \
+	esac
+
+.PHONY: all build test demo bench check-openbsd lint bundle install uninstall
