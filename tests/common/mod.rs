@@ -3,4 +3,5 @@
 
 pub mod bundle;
 pub mod gateway;
+pub mod pair;
 pub mod sim;
