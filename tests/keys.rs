@@ -152,3 +152,269 @@ fn a_ping_stream_loses_nothing_across_rotations() {
     );
     assert_eq!(sent, replies);
 }
+
+/// Drops B's datagrams to A's peering port (the CONFIRMs) in gateway A.
+const DROP_CONFIRMS: &str = "table inet qkktest {\n chain input {\n  type filter hook input priority -100;\n  ip saddr 192.0.2.2 udp sport 8071 drop\n }\n}\n";
+
+#[test]
+fn a_dropped_confirm_converges_on_the_retry() {
+    let Some(p) = up("qkk3", MANUAL) else {
+        return;
+    };
+    let epoch = p.installed(A);
+    let before = p.psk(A);
+    p.nft(A, DROP_CONFIRMS);
+    p.ctl_ok(A, &["rotate", "dr"]);
+    // The slave installs and CONFIRMs; the master never hears it.
+    p.wait("slave installed", Duration::from_secs(10), |_, b| {
+        b["keys"]["installed_epoch"].as_u64() == Some(epoch + 1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.installed(A), epoch, "master installed without a CONFIRM");
+    assert_eq!(p.psk(A), before, "master PSK changed without a CONFIRM");
+    assert_ne!(p.psk(B), before);
+    // Heal: the next retransmitted OFFER is answered from the slave's cache.
+    p.nft(A, "delete table inet qkktest\n");
+    let took = p.wait("master installed", Duration::from_secs(20), |a, _| {
+        a["keys"]["installed_epoch"].as_u64() == Some(epoch + 1)
+    });
+    // Retransmits are 1, 2, 4, 8 s apart: healed at ~3 s, one interval is <= 8 s.
+    assert!(
+        took <= Duration::from_secs(9),
+        "converged only after {took:?}"
+    );
+    assert_eq!(p.psk(A), p.psk(B), "{}", p.logs());
+    let rotated = format!("event=key_rotated link=dr epoch={}", epoch + 1);
+    assert_eq!(
+        p.log(B).matches(&rotated).count(),
+        1,
+        "slave fetched twice?"
+    );
+    assert!(!p.log(A).contains("key_rotation_failed"), "{}", p.logs());
+    assert_eq!(p.pings(3), 3);
+    eprintln!("converged {took:?} after healing");
+}
+
+#[test]
+fn kme_stopped_locks_with_key_stale_and_recovers() {
+    let testing = "rotate = \"2s\"\nmax_key_age = \"6s\"\nno_jitter = true";
+    let Some(mut p) = up("qkk4", testing) else {
+        return;
+    };
+    let agreed = p.psk(A);
+    assert_eq!(p.pings(3), 3);
+    p.stop_sim();
+    // Rounds fail; after max_key_age without a fresh key both ends lock.
+    let took = p.wait("key-stale on both", Duration::from_secs(15), |a, b| {
+        [a, b].iter().all(|s| {
+            s["enforcement"] == "lockdown"
+                && s["reasons"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x == "key-stale"))
+        })
+    });
+    eprintln!("key-stale lockdown {took:?} after the KME stopped");
+    // The firewall drops at once.
+    assert_eq!(p.pings(3), 0);
+    // The master's enc_keys failed (the slave only ever calls dec_keys).
+    assert!(
+        p.log(A).contains("event=kme_error link=dr kme=site"),
+        "{}",
+        p.log(A)
+    );
+    // No key anyone knows: each end holds its own random PSK.
+    let (pa, pb) = (p.psk(A), p.psk(B));
+    assert_ne!(pa, agreed);
+    assert_ne!(pb, agreed);
+    assert_ne!(pa, pb);
+    for end in [A, B] {
+        let log = p.log(end);
+        assert!(log.contains("event=key_stale link=dr psk=random"), "{log}");
+        assert!(
+            log.contains("event=lockdown link=dr reason=key-stale"),
+            "{log}"
+        );
+    }
+    let before = p.handshake(A).max(p.handshake(B));
+    std::thread::sleep(Duration::from_millis(1100));
+    p.new_session();
+    assert_eq!(p.pings(2), 0);
+    assert!(p.handshake(A) <= before, "handshake under random PSKs");
+    // The KME returns: the next round clears key-stale on both ends.
+    p.start_sim();
+    p.wait("recovered", Duration::from_secs(40), |a, b| {
+        a["enforcement"] == "open" && b["enforcement"] == "open"
+    });
+    assert_eq!(p.psk(A), p.psk(B));
+    // WireGuard retries a failed handshake every 5 s (REKEY_TIMEOUT).
+    let t = std::time::Instant::now();
+    while p.pings(3) < 3 {
+        assert!(t.elapsed() < Duration::from_secs(15), "no traffic\n{}", p.logs());
+    }
+}
+
+#[test]
+fn psk_changed_behind_the_daemon_locks_until_the_next_rotation() {
+    let testing = "rotate = \"1h\"\nmax_key_age = \"2h\"\nno_jitter = true\npsk_check = \"1s\"";
+    let Some(p) = up("qkk5", testing) else {
+        return;
+    };
+    let net = p.work.path().join("net");
+    let peer_b = std::fs::read_to_string(net.join(format!("{}.pub", p.ns(B)))).unwrap();
+    let other = p.work.path().join("other.psk");
+    std::fs::write(&other, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n").unwrap();
+    let wif = p.wg_if(A);
+    let set = [
+        "wg",
+        "set",
+        &wif,
+        "peer",
+        peer_b.trim(),
+        "preshared-key",
+        other.to_str().unwrap(),
+    ];
+    p.ns_must(A, &set);
+    // The periodic re-read finds it and locks the link at once.
+    p.wait("psk-drift", Duration::from_secs(5), |a, _| {
+        a["enforcement"] == "lockdown"
+            && a["reasons"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x == "psk-drift"))
+    });
+    assert!(
+        p.log(A).contains("event=psk_drift link=dr reason=changed"),
+        "{}",
+        p.log(A)
+    );
+    assert_eq!(p.pings(3), 0);
+    // Not cleared by anything but a successful rotation.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.show(A)["enforcement"], "lockdown");
+    p.ctl_ok(A, &["rotate", "dr"]);
+    p.wait("cleared by a rotation", Duration::from_secs(10), |a, b| {
+        a["enforcement"] == "open" && b["enforcement"] == "open"
+    });
+    assert_eq!(p.psk(A), p.psk(B));
+    assert_ne!(p.psk(A), "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    assert_eq!(p.pings(3), 3);
+}
+
+/// Sends `bytes` to B's peering port from `src` inside gateway A.
+fn send_from(p: &Pair, src: &str, bytes: Vec<u8>) {
+    let ns = format!("/run/netns/{}", p.ns(A));
+    let src: std::net::IpAddr = src.parse().unwrap();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(ns).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we own.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        let s = std::net::UdpSocket::bind((src, 0)).unwrap();
+        s.send_to(&bytes, "192.0.2.2:8071").unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn forged_replayed_and_stale_datagrams_are_dropped_and_logged() {
+    use ed25519_dalek::SigningKey;
+    use qkdpfd::proto::peer::{Body, KeyId, LinkId, Message, link_id};
+    let Some(p) = up("qkk6", MANUAL) else {
+        return;
+    };
+    for i in 11..=16 {
+        p.ns_must(
+            A,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("192.0.2.{i}/24"),
+                "dev",
+                &format!("{}-va", p.prefix),
+            ],
+        );
+    }
+    let secret =
+        |end| qkdpfd::proto::signify_key::SecretKey::read(&p.path(end, "peer.sec")).unwrap();
+    let (ka, kb) = (secret(A), secret(B));
+    let wg = |end| -> [u8; 32] {
+        let path = p.work.path().join("net").join(format!("{}.pub", p.ns(end)));
+        let b64 = std::fs::read_to_string(path).unwrap();
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let lid = link_id("SAE-A", "SAE-B", &wg(A), &wg(B)).unwrap();
+    let offer = |link: LinkId, sender: &SigningKey, epoch: u64| {
+        Message {
+            link_id: link,
+            sender: sender.verifying_key().to_bytes(),
+            receiver: kb.verifying_key().to_bytes(),
+            epoch,
+            nonce: [7; 16],
+            key_id: KeyId::new("forged-key-1").unwrap(),
+            body: Body::Offer,
+        }
+        .encode(sender)
+    };
+    let epoch = p.installed(B);
+    let psk = p.psk(B);
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let mut tampered = offer(lid, ka.signing_key(), epoch + 100);
+    let n = tampered.len();
+    tampered[n - 1] ^= 1;
+    let cases: [(&str, Vec<u8>, &str); 6] = [
+        ("192.0.2.11", b"not a qkdpfd datagram".to_vec(), "reason="),
+        (
+            "192.0.2.12",
+            offer(lid, &stranger, epoch + 100),
+            "reason=unknown-sender",
+        ),
+        (
+            "192.0.2.13",
+            offer(lid, ka.signing_key(), 1),
+            "reason=stale-epoch",
+        ),
+        (
+            "192.0.2.14",
+            offer(LinkId([5; 32]), ka.signing_key(), epoch + 100),
+            "reason=unknown-link",
+        ),
+        ("192.0.2.15", tampered, "reason=bad-signature"),
+        (
+            "192.0.2.16",
+            offer(lid, ka.signing_key(), epoch),
+            "reason=stale-epoch",
+        ),
+    ];
+    for (src, bytes, _) in &cases {
+        send_from(&p, src, bytes.clone());
+    }
+    // The same forgery again from .11 within the minute: counted, not logged.
+    send_from(&p, "192.0.2.11", b"not a qkdpfd datagram".to_vec());
+    std::thread::sleep(Duration::from_millis(500));
+    let log = p.log(B);
+    for (src, _, reason) in &cases {
+        let line = log
+            .lines()
+            .find(|l| l.contains("event=peer_auth_failed") && l.contains(&format!("from={src} ")))
+            .unwrap_or_else(|| panic!("no peer_auth_failed from {src}\n{log}"));
+        assert!(line.contains(reason), "{line}");
+    }
+    let from11 = log
+        .lines()
+        .filter(|l| l.contains("peer_auth_failed from=192.0.2.11 "))
+        .count();
+    assert_eq!(from11, 1, "rate limit per source\n{log}");
+    // Nothing changed on the slave.
+    assert_eq!(p.installed(B), epoch);
+    assert_eq!(p.psk(B), psk);
+    assert_eq!(p.show(B)["enforcement"], "open");
+    assert_eq!(p.show(B)["keys"]["epoch"].as_u64(), Some(epoch));
+    assert_eq!(p.pings(3), 3);
+}

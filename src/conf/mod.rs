@@ -57,6 +57,8 @@ pub struct TestingConf {
     pub max_key_age: Option<Duration>,
     /// Rotations without jitter (benchmarks).
     pub no_jitter: bool,
+    /// Re-read installed PSKs this often instead of once per `rotate`.
+    pub psk_check: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -678,7 +678,11 @@ fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
     let result = if epoch == 0 || epoch > p.links.epoch(&link) {
         Err(format!("epoch {epoch} was never persisted"))
     } else {
-        let period = rotate_period(p, &link);
+        let period = p
+            .conf
+            .testing
+            .psk_check
+            .unwrap_or_else(|| rotate_period(p, &link));
         p.wg.install(
             &link,
             crate::secret::Psk::from_bytes(*psk),
@@ -730,7 +734,14 @@ fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
         .conf
         .link
         .keys()
-        .map(|n| (n.clone(), rotate_period(p, n)))
+        .map(|n| {
+            let every = p
+                .conf
+                .testing
+                .psk_check
+                .unwrap_or_else(|| rotate_period(p, n));
+            (n.clone(), every)
+        })
         .collect();
     let drifted = p.wg.check_drift(
         |n| periods.get(n).copied().unwrap_or(Duration::from_secs(300)),

@@ -95,7 +95,7 @@ const LINK_KEYS: &[&str] = &[
     "addresses",
 ];
 #[cfg(feature = "testing")]
-const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter"];
+const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter", "psk_check"];
 
 const FACILITIES: &[(&str, &str)] = &[
     ("daemon", "daemon"),
@@ -225,6 +225,7 @@ fn testing(mut s: Sect) -> crate::conf::TestingConf {
         rotate: s.get("rotate", &short),
         max_key_age: s.get("max_key_age", &short),
         no_jitter: s.or("no_jitter", false, value::boolean),
+        psk_check: s.get("psk_check", &short),
     }
 }
 
