@@ -12,12 +12,14 @@ build:
 	$(CARGO) build --release --bins
 
 # The test suite. CI=true makes every real-component test mandatory.
+# --features sandbox-probe: the engine reports what its sandbox refused
+# (tests/sandbox.rs); `make build` and `make install` never include it.
 test:
 	sh scripts/setup-debian.sh
 	if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+		$(CARGO) nextest run --no-fail-fast --features sandbox-probe; \
 	else \
-		$(CARGO) test --no-fail-fast; \
+		$(CARGO) test --no-fail-fast --features sandbox-probe; \
 	fi
 
 demo:
