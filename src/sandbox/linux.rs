@@ -15,6 +15,8 @@ use landlock::{
     RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
     Scope,
 };
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 mod seccomp;
@@ -58,6 +60,7 @@ pub fn parent(paths: &ParentPaths) -> Result<Report, String> {
     if !missing.is_empty() {
         let m: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
         report.kv("missing", m.join(","));
+        report.complete = false;
     }
     Ok(report)
 }
@@ -281,13 +284,53 @@ mod probe {
         out
     }
 
-    /// After seccomp: open and exec.
+    /// After seccomp: open and exec must fail; a thread (clone3 answered
+    /// ENOSYS, then clone with CLONE_THREAD) must still start.
     pub fn seccomp() -> String {
+        let thread = match std::thread::Builder::new().spawn(|| 7).map(|h| h.join()) {
+            Ok(Ok(7)) => "ok".to_string(),
+            Ok(_) => "panicked".to_string(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
         let fd = unsafe { libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
         let open = errno_of(fd);
         let argv = [c"/bin/sh".as_ptr(), std::ptr::null()];
         let envp = [std::ptr::null()];
         let r = unsafe { libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-        format!("open={open} exec={}", errno_of(r))
+        format!("open={open} exec={} thread={thread}", errno_of(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn parent_rules_need_the_state_dirs_and_report_a_missing_spool() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |n: &str| t.path().join(n);
+        std::fs::create_dir(p("state")).unwrap();
+        let paths = ParentPaths {
+            read: vec![p("qkdpfd.conf")],
+            rwc: vec![p("state"), p("policy")],
+            incoming: Some(p("incoming")),
+            exec: Vec::new(),
+            socket: p("qkdpfd.sock"),
+        };
+        let err = parent_rules(&paths).err().unwrap();
+        assert!(
+            err.contains("policy") && err.contains("does not exist"),
+            "{err}"
+        );
+        std::fs::create_dir(p("policy")).unwrap();
+        let (rules, missing) = parent_rules(&paths).unwrap();
+        assert_eq!(missing, vec![p("incoming")]);
+        let state = rules.iter().find(|r| r.path == p("state")).unwrap();
+        assert_eq!(state.access, AccessFs::from_all(TESTED_ABI));
+        // The config's directory is readable, not writable.
+        let conf = rules.iter().find(|r| r.path == t.path()).unwrap();
+        assert!(!conf.access.contains(AccessFs::WriteFile));
+        assert!(rules.iter().all(|r| r.path != Path::new("/")));
     }
 }

@@ -52,7 +52,8 @@ pub struct Report {
     /// `key=value` pairs, e.g. `("landlock", "fully-enforced")`.
     pub kv: Vec<(&'static str, String)>,
     /// False when a layer the OS offers could not be put in force (old
-    /// kernel): logged as a warning, not fatal.
+    /// kernel) or a configured path was missing: logged as a warning, not
+    /// fatal.
     pub complete: bool,
     /// `sandbox-probe` builds only: what the sandboxed engine got when it
     /// tried to open a file, exec and connect (`open=EPERM exec=EPERM ...`).
