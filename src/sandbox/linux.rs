@@ -15,8 +15,6 @@ use landlock::{
     RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus,
     Scope,
 };
-#[cfg(test)]
-use std::path::Path;
 use std::path::PathBuf;
 
 mod seccomp;
