@@ -35,15 +35,16 @@ all: build
 build:
 	$(CARGO) build --release --bins
 
-# The test suite. CI=true makes every real-component test mandatory. The
-# `testing` feature accepts the test-only [testing] config section (short
-# rotation periods); release builds (`make build`) refuse it.
+# The test suite. CI=true makes every real-component test mandatory.
+# Test-only features, never in `make build` or `make install`:
+#   testing        the [testing] config section (short rotation periods)
+#   sandbox-probe  the engine reports what its sandbox refused (tests/sandbox.rs)
 test:
 	sh scripts/setup-debian.sh
 	if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast --features testing; \
+		$(CARGO) nextest run --no-fail-fast --features testing,sandbox-probe; \
 	else \
-		$(CARGO) test --no-fail-fast --features testing; \
+		$(CARGO) test --no-fail-fast --features testing,sandbox-probe; \
 	fi
 
 demo:

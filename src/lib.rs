@@ -32,6 +32,7 @@ pub mod parent;
 pub mod policy;
 pub mod privsep;
 pub mod proto;
+pub mod sandbox;
 pub mod secret;
 pub mod sim;
 pub mod tls;

@@ -249,7 +249,11 @@ fn kme_stopped_locks_with_key_stale_and_recovers() {
     // WireGuard retries a failed handshake every 5 s (REKEY_TIMEOUT).
     let t = std::time::Instant::now();
     while p.pings(3) < 3 {
-        assert!(t.elapsed() < Duration::from_secs(15), "no traffic\n{}", p.logs());
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no traffic\n{}",
+            p.logs()
+        );
     }
 }
 

@@ -115,6 +115,14 @@ pub fn main() -> ExitCode {
         None => false,
     };
     log::set_verbose(cfg.verbose);
+    // Before any runtime or thread: landlock + seccomp / pledge. Fail closed.
+    let limits = crate::sandbox::EngineLimits {
+        tcp_connect_ports: crate::sandbox::connect_ports(&cfg),
+    };
+    let sandbox = match crate::sandbox::engine(&limits) {
+        Ok(r) => r,
+        Err(e) => return fatal(format!("sandbox: {e}")),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,6 +144,9 @@ pub fn main() -> ExitCode {
         },
         false => None,
     };
+    // Logged once run() has installed the sink to the parent: a spawned
+    // task first runs when run() awaits, after its hello.
+    rt.spawn(async move { sandbox.log() });
     rt.block_on(run(cfg, chan, listener, metrics, peering, dropped))
 }
 

@@ -390,8 +390,24 @@ impl Parent {
             Err(e) => return exit_err(format!("starting engine: {e}")),
         };
         drop((ctl, metrics, peering));
+        // Every start-up file is read and the engine is exec'd: from here
+        // the parent keeps only what reload, activation and enforcement use.
+        match crate::sandbox::parent(&self.conf) {
+            Ok(r) => r.log(),
+            Err(e) => {
+                stop_engine(engine);
+                return exit_err(format!("sandbox: {e}"));
+            }
+        }
         run::run(self, engine)
     }
+}
+
+/// The parent could not sandbox itself: the engine goes too.
+fn stop_engine(mut engine: crate::privsep::EngineProc) {
+    let pid = nix::unistd::Pid::from_raw(engine.child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = engine.child.wait();
 }
 
 /// Creates the control socket (0660 root:socket_group). A socket that still
