@@ -688,3 +688,42 @@ fn network_qber_source_from_qkdsim_locks_and_recovers() {
     assert!(show.contains("source-lost"), "{show}");
     assert!(gw.log().contains("event=qber_source_error"));
 }
+
+/// `nft flush ruleset` (Debian's nftables.conf starts with it) deletes
+/// qkdpfd's table and every drop in it: the parent notices within a second,
+/// rebuilds the skeleton and puts each link back in its state.
+#[test]
+fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
+    let Some(mut gw) = Gateway::new("qkt12", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    gw.ctl_ok(&["lockdown", "dr"]);
+    gw.wait_state("lockdown", Duration::from_secs(5));
+    assert_eq!(gw.pings(3), 0);
+    let lost = |n: usize| {
+        let t = std::time::Instant::now();
+        while gw.log().matches("event=firewall_lost").count() < n {
+            assert!(t.elapsed() < Duration::from_secs(5), "not rebuilt\n{}", gw.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.elapsed()
+    };
+    gw.nft(&["flush", "ruleset"]);
+    let took = lost(1);
+    eprintln!("rebuilt {took:?} after the flush");
+    assert!(gw.nft(&["list", "table", "inet", "qkdpfd"]).contains("jump link_dr"));
+    assert_eq!(gw.pings(3), 0, "locked link passed traffic after the rebuild");
+    assert_eq!(gw.state(), "lockdown");
+    // An open link is opened again after the rebuild.
+    gw.ctl_ok(&["unlock", "dr"]);
+    gw.wait_state("open", Duration::from_secs(5));
+    assert_eq!(gw.pings(3), 3);
+    gw.nft(&["flush", "ruleset"]);
+    lost(2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.pings(3), 3, "{}", gw.log());
+}

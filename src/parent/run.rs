@@ -135,6 +135,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
                 }
+                rebuild_if_lost(&mut p);
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
                 changed.extend(check_drift(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
@@ -759,4 +760,34 @@ fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
         }
     }
     changed
+}
+
+/// The firewall skeleton vanished (`nft flush ruleset`, an edited base
+/// chain): rebuild it — every link chain comes back empty, that is locked —
+/// then put each link back in the state its reasons call for.
+fn rebuild_if_lost(p: &mut Parent) {
+    let targets: Vec<_> = super::targets(&p.conf).into_values().collect();
+    match p.links.fw.intact(&targets) {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            log::event(Prio::Err, "firewall_check_failed").msg(e).send();
+            return;
+        }
+    }
+    log::event(Prio::Alert, "firewall_lost")
+        .kv("firewall", p.links.fw.name())
+        .msg("default-deny skeleton missing from the kernel: rebuilding")
+        .send();
+    if let Err(e) = p.links.fw.init(&targets) {
+        log::event(Prio::Alert, "lockdown_failed")
+            .kv("link", "all")
+            .msg(e)
+            .send();
+        return;
+    }
+    for l in p.links.links.values_mut() {
+        l.applied = Some(crate::lock::Enforcement::Lockdown);
+    }
+    p.links.reapply_all(p.bundle.as_ref());
 }

@@ -143,6 +143,15 @@ pub trait Firewall: Send {
     /// Whether the kernel holds an open ruleset for the link (a non-empty
     /// anchor/chain not diverted to lockdown); false means locked.
     fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError>;
+    /// Whether the default-deny skeleton of [`Firewall::init`] is still in
+    /// the kernel. nftables: `nft flush ruleset` (Debian's nftables.conf
+    /// starts with it) deletes our table, and with it every drop: the
+    /// parent re-checks each second and rebuilds. pf: an empty or missing
+    /// anchor is locked by pf.conf's own block rules, nothing to watch.
+    fn intact(&mut self, links: &[LinkTarget]) -> Result<bool, FwError> {
+        let _ = links;
+        Ok(true)
+    }
 }
 
 /// The backend the config names.

@@ -97,6 +97,8 @@ impl Firewall for Nft {
         for l in links {
             check_names(&self.table, l)?;
         }
+        // A rebuilt table may have lost the preloaded lockdown chains.
+        self.staged.clear();
         let script = skeleton(&self.table, links);
         self.run("create nftables table and base chains", &script)
             .map(drop)
@@ -197,6 +199,15 @@ impl Firewall for Nft {
             .map_err(|e| e.to_string())
     }
 
+    fn intact(&mut self, links: &[LinkTarget]) -> Result<bool, FwError> {
+        let tool = Tool::new(&self.nft, &["list", "table", "inet", &self.table]);
+        match tool.run("list our table", "", TOOL_TIMEOUT) {
+            Ok(out) => Ok(skeleton_present(&out.stdout, links)),
+            Err(e) if e.stderr.contains("No such file or directory") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
         check_names(&self.table, link)?;
         let chain = format!("link_{}", link.name);
@@ -213,6 +224,20 @@ impl Firewall for Nft {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `nft list table` output still holds every jump-then-drop pair
+/// of the skeleton (a flushed base chain would pass the link's traffic).
+pub fn skeleton_present(listing: &str, links: &[LinkTarget]) -> bool {
+    let lines: Vec<&str> = listing.lines().map(str::trim).collect();
+    links.iter().all(|l| {
+        let jump = format!("jump link_{}", l.name);
+        let pairs = lines
+            .windows(2)
+            .filter(|w| w[0].ends_with(&jump) && w[1].ends_with("drop"))
+            .count();
+        pairs == protected_matches(l).len()
+    })
 }
 
 /// Whether `nft list chain` output holds any rule.
@@ -435,6 +460,22 @@ mod tests {
             assert!(e.starts_with("line 2: "), "{bad}: {e}");
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn skeleton_presence_needs_every_jump_and_drop() {
+        // What `nft list table` printed for the skeleton of link dr.
+        let mut listing = String::from("table inet qkdpfd {\n");
+        for (hook, m) in protected_matches(&dr()) {
+            listing += &format!("\tchain {hook}_x {{\n\t\t{m} jump link_dr\n\t\t{m} drop\n\t}}\n");
+        }
+        listing += "}\n";
+        assert!(skeleton_present(&listing, &[dr()]));
+        // One drop gone (a flushed or edited base chain): not intact.
+        let cut = listing.replacen("udp sport 51820 drop", "udp sport 51820 counter", 1);
+        assert!(!skeleton_present(&cut, &[dr()]));
+        assert!(!skeleton_present("table inet qkdpfd {\n}\n", &[dr()]));
+        assert!(!skeleton_present("", &[dr()]));
     }
 
     #[test]
