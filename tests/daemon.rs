@@ -671,9 +671,10 @@ fn network_qber_source_from_qkdsim_locks_and_recovers() {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    // The sim control of qkdctl refuses a network source.
-    assert!(!gw.ctl(&["sim", "eve", "dr", "1"]).status.success());
-    eve("1.0");
+    // qkdctl's sim control is forwarded to qkdsim over the source's mTLS.
+    let out = gw.ctl_ok(&["sim", "eve", "dr", "1"]);
+    assert!(out.contains("dr: sim eve 1"), "{out}");
+    assert!(gw.log().contains("event=sim_control link=dr eve=1"));
     gw.wait_state("lockdown", Duration::from_secs(5));
     assert_eq!(gw.pings(3), 0);
     let show = gw.ctl_ok(&["-j", "show", "link", "dr"]);
@@ -707,7 +708,11 @@ fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
     let lost = |n: usize| {
         let t = std::time::Instant::now();
         while gw.log().matches("event=firewall_lost").count() < n {
-            assert!(t.elapsed() < Duration::from_secs(5), "not rebuilt\n{}", gw.log());
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "not rebuilt\n{}",
+                gw.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         t.elapsed()
@@ -715,8 +720,15 @@ fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
     gw.nft(&["flush", "ruleset"]);
     let took = lost(1);
     eprintln!("rebuilt {took:?} after the flush");
-    assert!(gw.nft(&["list", "table", "inet", "qkdpfd"]).contains("jump link_dr"));
-    assert_eq!(gw.pings(3), 0, "locked link passed traffic after the rebuild");
+    assert!(
+        gw.nft(&["list", "table", "inet", "qkdpfd"])
+            .contains("jump link_dr")
+    );
+    assert_eq!(
+        gw.pings(3),
+        0,
+        "locked link passed traffic after the rebuild"
+    );
     assert_eq!(gw.state(), "lockdown");
     // An open link is opened again after the rebuild.
     gw.ctl_ok(&["unlock", "dr"]);

@@ -43,11 +43,16 @@ struct LinkSlot {
     poll: Duration,
     next_poll: Instant,
     qber_name: String,
+    /// The link's id at its QBER source.
+    qber_id: String,
     qconf: crate::conf::QberConf,
     parent: Option<LinkState>,
     source_errors: u64,
     /// CLOCK_MONOTONIC when the last sample arrived (flip latency).
     sampled_ns: Option<u64>,
+    /// A network source's `/sim/<qber_id>/...` controls (qkdsim serves
+    /// them; `qkdctl sim` is forwarded there).
+    sim_control: Option<qber::fetch::Getter>,
 }
 
 struct Engine {
@@ -334,6 +339,7 @@ impl Engine {
                 }
             }
             let opened = self.open_source(&l.name, &l.qber, &l.qber_id, qconf, &cfg.qber_net);
+            let sim_control = self.sim_control(&l.qber, qconf, &cfg.qber_net);
             let (source, poller) = match opened {
                 Ok(s) => s,
                 Err(e) => {
@@ -375,10 +381,12 @@ impl Engine {
                     poll: qconf.poll,
                     next_poll: now,
                     qber_name: l.qber.clone(),
+                    qber_id: l.qber_id.clone(),
                     qconf: qconf.clone(),
                     parent: None,
                     source_errors: 0,
                     sampled_ns: None,
+                    sim_control,
                 },
             );
         }
@@ -405,6 +413,31 @@ impl Engine {
         for (name, input) in inputs {
             self.feed(&name, now, input);
         }
+    }
+
+    /// The control endpoint of a network source, with its TLS settings.
+    fn sim_control(
+        &self,
+        qber: &str,
+        qconf: &crate::conf::QberConf,
+        net: &BTreeMap<String, imsg::QberNet>,
+    ) -> Option<qber::fetch::Getter> {
+        let n = net.get(qber)?;
+        let tls = qber::fetch::TlsPems {
+            ca: n.ca.clone(),
+            cert: n.cert.clone(),
+            key: n.key.clone(),
+        };
+        let settings = qber::fetch::HttpSettings {
+            addr: n.addr,
+            ..Default::default()
+        };
+        let url = qconf.url.as_deref()?;
+        let origin = qber::fetch::Getter::new(qber, url, &tls, settings.clone())
+            .ok()?
+            .origin();
+        let control = format!("{origin}/sim/{{qber_id}}");
+        qber::fetch::Getter::new(qber, &control, &tls, settings).ok()
     }
 
     /// The sim source, or a network driver running as a poller task.

@@ -40,8 +40,12 @@ impl Engine {
                 log::set_verbose(verbose);
                 return self.forward(uid, ParentRequest::Log { verbose }, Vec::new(), reply);
             }
-            Request::SimEve { link, fraction } => self.sim(&link, SimControl::Eve(fraction)),
-            Request::SimNoise { link, qber } => self.sim(&link, SimControl::Noise(qber)),
+            Request::SimEve { link, fraction } => {
+                return self.sim(&link, SimControl::Eve(fraction), reply);
+            }
+            Request::SimNoise { link, qber } => {
+                return self.sim(&link, SimControl::Noise(qber), reply);
+            }
             Request::Lockdown { target } => {
                 return self.forward(uid, ParentRequest::Lockdown { target }, Vec::new(), reply);
             }
@@ -137,30 +141,47 @@ impl Engine {
         }
     }
 
-    fn sim(&mut self, link: &str, c: SimControl) -> Reply {
+    /// `qkdctl sim eve|noise`: the built-in simulator in line; a network
+    /// source (qkdsim) gets the control forwarded to its `/sim/<qber_id>/`.
+    fn sim(&mut self, link: &str, c: SimControl, reply: oneshot::Sender<Reply>) {
         let Some(slot) = self.links.get_mut(link) else {
-            return no_such_link(link);
+            let _ = reply.send(no_such_link(link));
+            return;
         };
-        let Some(source) = slot.source.as_mut() else {
-            return Reply::error(
-                ErrorCode::Refused,
-                format!("{link}: its QBER source is not the built-in simulator"),
-            );
+        let (what, v, body) = match c {
+            SimControl::Eve(f) => ("eve", f, serde_json::json!({ "fraction": f })),
+            SimControl::Noise(q) => ("noise", q, serde_json::json!({ "qber": q })),
         };
-        match source.control(c) {
-            Ok(()) => {
-                let (what, v) = match c {
-                    SimControl::Eve(f) => ("eve", f),
-                    SimControl::Noise(q) => ("noise", q),
-                };
-                log::event(Prio::Notice, "sim_control")
-                    .kv("link", link)
-                    .kv(what, v)
-                    .send();
-                Reply::ok(format!("{link}: sim {what} {v}"))
+        let done = {
+            let link = link.to_string();
+            move |r: Result<(), String>| match r {
+                Ok(()) => {
+                    log::event(Prio::Notice, "sim_control")
+                        .kv("link", &link)
+                        .kv(what, v)
+                        .send();
+                    Reply::ok(format!("{link}: sim {what} {v}"))
+                }
+                Err(e) => Reply::error(ErrorCode::Refused, e),
             }
-            Err(e) => Reply::error(ErrorCode::Refused, e),
+        };
+        if let Some(source) = slot.source.as_mut() {
+            let _ = reply.send(done(source.control(c)));
+            return;
         }
+        let Some(control) = slot.sim_control.clone() else {
+            let why = format!("{link}: its QBER source takes no sim controls");
+            let _ = reply.send(Reply::error(ErrorCode::Refused, why));
+            return;
+        };
+        let qber_id = slot.qber_id.clone();
+        tokio::spawn(async move {
+            let suffix = format!("/{what}");
+            let r = control
+                .post(&qber_id, &suffix, body.to_string().into_bytes())
+                .await;
+            let _ = reply.send(done(r.map(drop)));
+        });
     }
 
     pub(super) fn enforcement(slot: &LinkSlot) -> Enforcement {

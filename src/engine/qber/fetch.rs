@@ -18,7 +18,7 @@
 //! `qber_id`, percent-encoded, so one `[qber.X]` section can serve several
 //! links of a per-link API.
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls_pki_types::ServerName;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -213,6 +213,12 @@ impl Getter {
         }
     }
 
+    /// `scheme://host:port` of the source (its controls live under it).
+    pub fn origin(&self) -> String {
+        let scheme = if self.url.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority())
+    }
+
     /// The URL polled for `qber_id`, for messages.
     pub fn display(&self, qber_id: &str) -> String {
         let scheme = if self.url.https { "https" } else { "http" };
@@ -224,14 +230,37 @@ impl Getter {
     /// message if it answered.
     pub async fn get(&self, qber_id: &str, accept: &'static str) -> Result<Vec<u8>, String> {
         let path = self.path(qber_id);
-        let r = match timeout(self.settings.timeout, self.exchange(&path, accept)).await {
+        let r = match timeout(self.settings.timeout, self.exchange(&path, accept, None)).await {
             Ok(r) => r,
             Err(_) => Err("timeout".to_string()),
         };
         r.map_err(|e| format!("qber {}: GET {}: {e}", self.source, self.display(qber_id)))
     }
 
-    async fn exchange(&self, path: &str, accept: &'static str) -> Result<Vec<u8>, String> {
+    /// POSTs a JSON `body` to the URL for `qber_id` followed by `suffix`
+    /// (qkdsim's controls: `/eve`, `/noise`).
+    pub async fn post(
+        &self,
+        qber_id: &str,
+        suffix: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let path = format!("{}{suffix}", self.path(qber_id));
+        let post = self.exchange(&path, "application/json", Some(body));
+        let r = match timeout(self.settings.timeout, post).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".to_string()),
+        };
+        let url = format!("{}{suffix}", self.display(qber_id));
+        r.map_err(|e| format!("qber {}: POST {url}: {e}", self.source))
+    }
+
+    async fn exchange(
+        &self,
+        path: &str,
+        accept: &'static str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, String> {
         let rt = self.settings.read_timeout;
         let tcp = match (&self.tls, self.settings.addr) {
             (Some(_), Some(a)) => timeout(rt, tokio::net::TcpStream::connect(a)).await,
@@ -247,17 +276,23 @@ impl Getter {
         };
         let _ = tcp.set_nodelay(true);
         let Some((tls, name)) = &self.tls else {
-            return self.request(tcp, path, accept).await;
+            return self.request(tcp, path, accept, body).await;
         };
         let stream = match timeout(rt, tls.connect(name.clone(), tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(format!("TLS: {e}")),
             Err(_) => return Err("timeout (TLS handshake)".into()),
         };
-        self.request(stream, path, accept).await
+        self.request(stream, path, accept, body).await
     }
 
-    async fn request<T>(&self, io: T, path: &str, accept: &'static str) -> Result<Vec<u8>, String>
+    async fn request<T>(
+        &self,
+        io: T,
+        path: &str,
+        accept: &'static str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, String>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -268,12 +303,17 @@ impl Getter {
         let task = AbortOnDrop(tokio::spawn(async move {
             let _ = conn.await;
         }));
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, self.authority())
-            .header(hyper::header::ACCEPT, accept)
-            .header(hyper::header::USER_AGENT, "qkdpfd")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("bad request: {e}"))?;
+        let req = match &body {
+            None => hyper::Request::get(path),
+            Some(_) => {
+                hyper::Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json")
+            }
+        }
+        .header(hyper::header::HOST, self.authority())
+        .header(hyper::header::ACCEPT, accept)
+        .header(hyper::header::USER_AGENT, "qkdpfd")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| format!("bad request: {e}"))?;
         let resp = match timeout(self.settings.read_timeout, sender.send_request(req)).await {
             Ok(r) => r.map_err(|e| format!("HTTP: {}", chain(&e)))?,
             Err(_) => return Err("timeout (read)".into()),
