@@ -7,16 +7,23 @@
 //! fd 3; `qkdctl` talks to the engine over the control socket.
 //!
 //! - [`parent`]: the privileged parent: enforcement ([`parent::links`]),
-//!   bundle activation, the state file, firewall backends ([`parent::fw`]).
+//!   bundle activation, the state file, firewall backends ([`parent::fw`]),
+//!   WireGuard PSK writers ([`parent::wg`]) and the key requests it answers
+//!   ([`parent::keys`]).
 //! - [`engine`]: the unprivileged engine: the pure link state machine
-//!   ([`engine::link`]), QBER sources, the control socket server.
+//!   ([`engine::link`]), QBER sources, key agreement ([`engine::keys`] runs
+//!   the pure [`engine::rotate`] with the ETSI 014 client [`engine::kme`]),
+//!   the control socket server, the Prometheus endpoint.
 //! - [`imsg`]: every parent <-> engine message, its framing and checks.
 //! - [`privsep`]: socketpair, re-exec, chroot and privilege drop.
-//! - [`proto`]: the control socket protocol (engine <-> qkdctl).
+//! - [`sandbox`]: pledge/unveil (OpenBSD), landlock and seccomp (Linux).
+//! - [`proto`]: the wire protocols: control socket (engine <-> qkdctl) and
+//!   the peer protocol between two gateways' engines.
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
-//! - [`sim`]: the simulated QKD link model.
+//! - [`sim`]: the simulated QKD link model and `qkdsim`'s KMEs, PKI and QBER feed.
+//! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
 //! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
 //!   bands, the event log helper, durations, UTC dates, key types — shared
 //!   by every process.
