@@ -99,6 +99,19 @@ fn rotations_agree_and_the_tunnel_handshakes_with_each_psk() {
         "{}",
         p.show(A)
     );
+    // The key metrics on the Prometheus endpoint, on both ends.
+    for end in [A, B] {
+        let m = p.metrics(end);
+        for want in [
+            "qkdpfd_rotations_total{link=\"dr\",result=\"ok\"} 6",
+            "qkdpfd_rotations_total{link=\"dr\",result=\"failed\"} 0",
+            "qkdpfd_key_epoch{link=\"dr\"} 6",
+            "qkdpfd_key_age_seconds{link=\"dr\"}",
+            "qkdpfd_kme_stored_keys{link=\"dr\"}",
+        ] {
+            assert!(m.contains(want), "{want} not in\n{m}");
+        }
+    }
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct KeyView {
     pub psk_fingerprint: Option<String>,
     pub key_age: Option<Duration>,
     pub stored_key_count: Option<u64>,
+    /// Times fresh keys stopped (a QBER hold or key-stale) since start.
+    pub halted: u64,
 }
 
 struct KeyedLink {
@@ -68,6 +70,7 @@ struct KeyedLink {
     pending_fp: Option<String>,
     fingerprint: Option<String>,
     installed_at: Option<Instant>,
+    halted: u64,
 }
 
 /// Every keyed link of the engine.
@@ -197,6 +200,7 @@ impl Keys {
                         pending_fp: None,
                         fingerprint: None,
                         installed_at: None,
+                        halted: 0,
                     }
                 }
             };
@@ -250,8 +254,18 @@ impl Keys {
         out
     }
 
+    /// Fresh keys stopped on a link (`key-stale`), for the metrics.
+    pub fn halted(&mut self, name: &str) {
+        if let Some(l) = self.links.get_mut(name) {
+            l.halted += 1;
+        }
+    }
+
     /// `on_qber = "hold"` started or ended on a link.
     pub fn hold(&mut self, name: &str, on: bool, now: Instant) -> Vec<(String, link::Input)> {
+        if on {
+            self.halted(name);
+        }
         let mut out = Vec::new();
         self.feed(name, Input::Hold(on), now, &mut out);
         out
@@ -293,11 +307,15 @@ impl Keys {
         now: Instant,
     ) -> Result<Vec<(String, link::Input)>, String> {
         let mut out = Vec::new();
+        // An answer nobody waits for (a link reconfigured meanwhile) changes
+        // nothing; the round it belonged to times out and retries.
         let Some(l) = self.links.get_mut(&a.link) else {
-            return Err(format!("key answer for unknown link {:?}", a.link));
+            log::warn(format!("peer: key answer for unknown link {:?}", a.link));
+            return Ok(out);
         };
         if l.waiting != Some((a.step, a.epoch)) {
-            return Err(format!("unexpected key answer for link {}", a.link));
+            log::warn(format!("peer: unexpected key answer for link {}", a.link));
+            return Ok(out);
         }
         l.waiting = None;
         let input = match (a.step, a.error) {
@@ -340,6 +358,7 @@ impl Keys {
                 .kmes
                 .get(&l.conf.kme)
                 .and_then(|k| k.stored_key_count()),
+            halted: l.halted,
         })
     }
 

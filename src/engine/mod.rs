@@ -591,7 +591,12 @@ impl Engine {
                         .kv("qber", format!("{qber:.4}"))
                         .send();
                 }
-                Action::Lock { reason, .. } => log::debug(format!("engine: {name}: set {reason}")),
+                Action::Lock { reason, .. } => {
+                    if reason == LockReason::KeyStale {
+                        self.keys.halted(name);
+                    }
+                    log::debug(format!("engine: {name}: set {reason}"))
+                }
                 Action::Unlock { reason, by } => log::debug(format!(
                     "engine: {name}: cleared {reason} by {}",
                     by.as_str()

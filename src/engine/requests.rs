@@ -285,6 +285,17 @@ impl Engine {
             m.reasons = info.reasons;
             m.trips = st.trips;
             m.sample_age_secs = info.sample_age_secs;
+            m.keys = self
+                .keys
+                .view(name, now)
+                .map(|v| super::metrics::KeyMetrics {
+                    age_secs: v.key_age.map(|d| d.as_secs_f64()),
+                    epoch: v.status.installed.map(|(e, _)| e),
+                    rotations_ok: v.status.rounds_ok,
+                    rotations_failed: v.status.rounds_failed,
+                    kme_stored_keys: v.stored_key_count,
+                    generation_halted: v.halted,
+                });
             snap.links.push(m);
         }
         tx.send_replace(snap);

@@ -98,7 +98,8 @@ impl Pair {
                 _ => ("SAE-B", "SAE-A", "slave", 8444),
             };
             let conf = format!(
-                "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/qkdpfd.sock\"\n\n\
+                "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/qkdpfd.sock\"\n\
+                 metrics = \"127.0.0.1:9107\"\n\n\
                  [policy]\npubkeys = [\"{pk}\"]\ndir = \"{d}/state/policy\"\n\n\
                  [firewall]\nbackend = \"nftables\"\n\n[wireguard]\nbackend = \"userspace\"\n\n\
                  [peering]\nlisten = \"{me}:8071\"\nkey = \"{d}/peer.sec\"\n\n\
@@ -420,6 +421,24 @@ impl Pair {
                     .and_then(|n| n.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// The Prometheus text of a gateway's qkdpfd (127.0.0.1:9107 in its namespace).
+    pub fn metrics(&self, end: usize) -> String {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(end),
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .arg("http://127.0.0.1:9107/metrics")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// Runs a command in a gateway; true on success.
