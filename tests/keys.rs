@@ -3,6 +3,8 @@
 //! TLS, real wireguard-go tunnels and nftables. A PSK counts only if the
 //! tunnel works with it: after rotations both `wg show preshared-keys`
 //! agree, and a forced new session handshakes and carries traffic.
+//! Linux only: network namespaces.
+#![cfg(target_os = "linux")]
 
 mod common;
 
