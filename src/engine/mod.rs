@@ -422,16 +422,7 @@ impl Engine {
         qconf: &crate::conf::QberConf,
         net: &BTreeMap<String, imsg::QberNet>,
     ) -> Option<qber::fetch::Getter> {
-        let n = net.get(qber)?;
-        let tls = qber::fetch::TlsPems {
-            ca: n.ca.clone(),
-            cert: n.cert.clone(),
-            key: n.key.clone(),
-        };
-        let settings = qber::fetch::HttpSettings {
-            addr: n.addr,
-            ..Default::default()
-        };
+        let (tls, settings) = client_settings(net.get(qber)?);
         let url = qconf.url.as_deref()?;
         let origin = qber::fetch::Getter::new(qber, url, &tls, settings.clone())
             .ok()?
@@ -458,15 +449,7 @@ impl Engine {
         let n = net
             .get(qber)
             .ok_or_else(|| format!("qber {qber}: no TLS settings from the parent"))?;
-        let tls = qber::fetch::TlsPems {
-            ca: n.ca.clone(),
-            cert: n.cert.clone(),
-            key: n.key.clone(),
-        };
-        let settings = qber::fetch::HttpSettings {
-            addr: n.addr,
-            ..Default::default()
-        };
+        let (tls, settings) = client_settings(n);
         let driver = qber::Driver::open(qber, qconf, &tls, settings)?;
         let task = qber::poller::spawn(
             qber.to_string(),
@@ -679,6 +662,20 @@ fn qber_exceeded(link: &str, qber: f64, threshold: f64, action: &str) {
         .kv("threshold", threshold)
         .kv("action", action)
         .send();
+}
+
+/// TLS material and the resolved address of a network QBER source.
+fn client_settings(n: &imsg::QberNet) -> (qber::fetch::TlsPems, qber::fetch::HttpSettings) {
+    let tls = qber::fetch::TlsPems {
+        ca: n.ca.clone(),
+        cert: n.cert.clone(),
+        key: n.key.clone(),
+    };
+    let settings = qber::fetch::HttpSettings {
+        addr: n.addr,
+        ..Default::default()
+    };
+    (tls, settings)
 }
 
 fn fnv1a(b: &[u8]) -> u64 {

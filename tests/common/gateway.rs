@@ -242,30 +242,7 @@ impl Gateway {
 
     /// Pings from gateway B to A's tunnel address; returns replies received.
     pub fn pings(&self, count: u32) -> u32 {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &format!("{}-b", self.prefix)])
-            .args([
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.1",
-                "-W",
-                "1",
-                "10.99.0.1",
-            ])
-            .output()
-            .unwrap();
-        let s = String::from_utf8_lossy(&o.stdout);
-        s.split(',')
-            .find_map(|p| {
-                p.trim()
-                    .strip_suffix(" received")
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
+        pings_from(&format!("{}-b", self.prefix), count)
     }
 
     /// A ping stream (every 20 ms, -D timestamps) from B, to a file.
@@ -327,6 +304,35 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
         .join(name)
+}
+
+/// Pings A's tunnel address (10.99.0.1) from namespace `ns`, 100 ms
+/// apart with a 1 s wait; the number of replies.
+pub fn pings_from(ns: &str, count: u32) -> u32 {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args([
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.1",
+            "-W",
+            "1",
+        ])
+        .arg("10.99.0.1")
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    s.split(',')
+        .find_map(|p| {
+            p.trim()
+                .strip_suffix(" received")
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Unix timestamps of the replies in a `ping -D` log.

@@ -397,30 +397,7 @@ impl Pair {
 
     /// Pings from B to A's tunnel address; replies received.
     pub fn pings(&self, count: u32) -> u32 {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &self.ns(B)])
-            .args([
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.1",
-                "-W",
-                "1",
-            ])
-            .arg("10.99.0.1")
-            .output()
-            .unwrap();
-        let s = String::from_utf8_lossy(&o.stdout);
-        s.split(',')
-            .find_map(|p| {
-                p.trim()
-                    .strip_suffix(" received")
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
+        super::gateway::pings_from(&self.ns(B), count)
     }
 
     /// The Prometheus text of a gateway's qkdpfd (127.0.0.1:9107 in its namespace).
