@@ -47,6 +47,8 @@ test:
 		$(CARGO) test --no-fail-fast --features testing,sandbox-probe; \
 	fi
 
+# The README's main command: the two-gateway demo. scripts/demo.sh builds
+# with --features testing (its configs shorten rotation in [testing]).
 demo:
 	sh scripts/setup-debian.sh
 	sh scripts/demo.sh
