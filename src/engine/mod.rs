@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod qber;
 mod requests;
 pub mod rotate;
+mod sources;
 
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord};
 use crate::imsg::{ActivePolicy, LinkState, ToEngine, ToParent};
@@ -338,8 +339,15 @@ impl Engine {
                     continue;
                 }
             }
-            let opened = self.open_source(&l.name, &l.qber, &l.qber_id, qconf, &cfg.qber_net);
-            let sim_control = self.sim_control(&l.qber, qconf, &cfg.qber_net);
+            let opened = sources::open(
+                &l.name,
+                &l.qber,
+                &l.qber_id,
+                qconf,
+                &cfg.qber_net,
+                &self.polls,
+            );
+            let sim_control = sources::sim_control(&l.qber, qconf, &cfg.qber_net);
             let (source, poller) = match opened {
                 Ok(s) => s,
                 Err(e) => {
@@ -413,53 +421,6 @@ impl Engine {
         for (name, input) in inputs {
             self.feed(&name, now, input);
         }
-    }
-
-    /// The control endpoint of a network source, with its TLS settings.
-    fn sim_control(
-        &self,
-        qber: &str,
-        qconf: &crate::conf::QberConf,
-        net: &BTreeMap<String, imsg::QberNet>,
-    ) -> Option<qber::fetch::Getter> {
-        let (tls, settings) = client_settings(net.get(qber)?);
-        let url = qconf.url.as_deref()?;
-        let origin = qber::fetch::Getter::new(qber, url, &tls, settings.clone())
-            .ok()?
-            .origin();
-        let control = format!("{origin}/sim/{{qber_id}}");
-        qber::fetch::Getter::new(qber, &control, &tls, settings).ok()
-    }
-
-    /// The sim source, or a network driver running as a poller task.
-    fn open_source(
-        &self,
-        link: &str,
-        qber: &str,
-        qber_id: &str,
-        qconf: &crate::conf::QberConf,
-        net: &BTreeMap<String, imsg::QberNet>,
-    ) -> Result<(Option<Source>, Option<tokio::task::JoinHandle<()>>), String> {
-        if qconf.driver == crate::conf::QberDriver::Sim {
-            let mut sim = qconf.sim.clone();
-            // Links sharing a sim section must not see the same noise.
-            sim.seed = sim.seed.wrapping_add(fnv1a(qber_id.as_bytes()));
-            return Ok((Some(Source::sim(&sim)?), None));
-        }
-        let n = net
-            .get(qber)
-            .ok_or_else(|| format!("qber {qber}: no TLS settings from the parent"))?;
-        let (tls, settings) = client_settings(n);
-        let driver = qber::Driver::open(qber, qconf, &tls, settings)?;
-        let task = qber::poller::spawn(
-            qber.to_string(),
-            link.to_string(),
-            qber_id.to_string(),
-            driver,
-            qconf.poll,
-            self.polls.clone(),
-        );
-        Ok((None, Some(task)))
     }
 
     fn next_wakeup(&self) -> Instant {
@@ -662,24 +623,4 @@ fn qber_exceeded(link: &str, qber: f64, threshold: f64, action: &str) {
         .kv("threshold", threshold)
         .kv("action", action)
         .send();
-}
-
-/// TLS material and the resolved address of a network QBER source.
-fn client_settings(n: &imsg::QberNet) -> (qber::fetch::TlsPems, qber::fetch::HttpSettings) {
-    let tls = qber::fetch::TlsPems {
-        ca: n.ca.clone(),
-        cert: n.cert.clone(),
-        key: n.key.clone(),
-    };
-    let settings = qber::fetch::HttpSettings {
-        addr: n.addr,
-        ..Default::default()
-    };
-    (tls, settings)
-}
-
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
-        (h ^ *x as u64).wrapping_mul(0x100000001b3)
-    })
 }

@@ -9,9 +9,14 @@
 //! through [`super::wg::WgBackend`] only, never with a key on a command
 //! line, in a log line or in an error.
 
+use super::Parent;
+use super::links::OpenedBy;
+use super::run::Tx;
 use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
 use crate::conf::{Config, LinkConf, Role};
+use crate::imsg::{InstallPsk, KeyAck, KeyStep, ToEngine};
 use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
+use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::policy::PublicKey;
 use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
@@ -244,4 +249,125 @@ pub fn log_drift(link: &str, why: &str) {
         .kv("link", link)
         .kv("reason", why)
         .send();
+}
+
+// What the parent answers the engine's key requests with (dispatched by
+// `run::dispatch_engine`), and its own periodic PSK re-read.
+
+/// Makes the epochs asked for since the last call durable in one write and
+/// answers each request; on failure every one of them is refused.
+pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
+    if p.pending_epochs.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(&mut p.pending_epochs);
+    let error = p.links.persist_epochs(&batch).err().map(|e| {
+        log::event(Prio::Crit, "state_write_failed")
+            .kv("path", p.links.state_path.display())
+            .msg(&e)
+            .send();
+        format!("state file: {e}")
+    });
+    for (link, epoch) in batch {
+        let ack = KeyAck {
+            link,
+            epoch,
+            step: KeyStep::Persist,
+            error: error.clone(),
+        };
+        let _ = tx.send(ToEngine::KeyAck(ack).encode());
+    }
+}
+
+/// Installs a PSK the engine agreed on, if its epoch is durable; a
+/// successful install clears `psk-drift`.
+pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
+    let InstallPsk {
+        link, epoch, psk, ..
+    } = i;
+    // An epoch is persisted before it is used (DESIGN §6).
+    let result = if epoch == 0 || epoch > p.links.epoch(&link) {
+        Err(format!("epoch {epoch} was never persisted"))
+    } else {
+        let period = p
+            .conf
+            .testing
+            .psk_check
+            .unwrap_or_else(|| rotate_period(p, &link));
+        p.wg.install(
+            &link,
+            crate::secret::Psk::from_bytes(*psk),
+            period,
+            Instant::now(),
+        )
+        .map_err(|e| e.reason().to_string())
+    };
+    if result.is_ok() && p.links.links[&link].parent.contains(LockReason::PskDrift) {
+        p.links
+            .set_parent_reason(&link, LockReason::PskDrift, false);
+        p.links
+            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        super::run::send_all_states(p, tx);
+    }
+    let ack = KeyAck {
+        link,
+        epoch,
+        step: KeyStep::Install,
+        error: result.err(),
+    };
+    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+}
+
+/// The link's rotation period (policy `rotate`, or the test override).
+fn rotate_period(p: &Parent, link: &str) -> Duration {
+    p.conf
+        .testing
+        .rotate
+        .or_else(|| p.bundle.as_ref().map(|b| b.policy.for_link(link).rotate))
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// `key-stale` newly set: the PSK becomes random bytes nobody knows.
+pub(super) fn key_stale(p: &mut Parent, link: &str) {
+    let r = p.wg.randomize(link, Instant::now());
+    let mut ev = log::event(Prio::Alert, "key_stale").kv("link", link);
+    ev = match &r {
+        Ok(()) => ev.kv("psk", "random"),
+        Err(e) => ev.kv("psk", "unchanged").kv("reason", e.reason()),
+    };
+    ev.send();
+}
+
+/// The once-per-period re-read of every installed PSK: a change, or a
+/// peer that cannot be read, locks the link with `psk-drift`.
+pub(super) fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
+    let periods: std::collections::BTreeMap<String, Duration> = p
+        .conf
+        .link
+        .keys()
+        .map(|n| {
+            let every = p
+                .conf
+                .testing
+                .psk_check
+                .unwrap_or_else(|| rotate_period(p, n));
+            (n.clone(), every)
+        })
+        .collect();
+    let drifted = p.wg.check_drift(
+        |n| periods.get(n).copied().unwrap_or(Duration::from_secs(300)),
+        Instant::now(),
+    );
+    let mut changed = Vec::new();
+    for (link, why) in drifted {
+        log_drift(&link, &why);
+        p.links.set_parent_reason(&link, LockReason::PskDrift, true);
+        if let Some(to) = p
+            .links
+            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false)
+        {
+            changed.push((link, to));
+        }
+    }
+    changed
 }

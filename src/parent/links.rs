@@ -233,6 +233,35 @@ impl Links {
         }
     }
 
+    /// The firewall skeleton vanished (`nft flush ruleset`, an edited base
+    /// chain): rebuild it — every link chain comes back empty, that is locked —
+    /// then put each link back in the state its reasons call for.
+    pub fn rebuild_if_lost(&mut self, targets: &[LinkTarget], bundle: Option<&Bundle>) {
+        match self.fw.intact(targets) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                log::event(Prio::Err, "firewall_check_failed").msg(e).send();
+                return;
+            }
+        }
+        log::event(Prio::Alert, "firewall_lost")
+            .kv("firewall", self.fw.name())
+            .msg("default-deny skeleton missing from the kernel: rebuilding")
+            .send();
+        if let Err(e) = self.fw.init(targets) {
+            log::event(Prio::Alert, "lockdown_failed")
+                .kv("link", "all")
+                .msg(e)
+                .send();
+            return;
+        }
+        for l in self.links.values_mut() {
+            l.applied = Some(Enforcement::Lockdown);
+        }
+        self.reapply_all(bundle);
+    }
+
     /// The persisted key-agreement epoch of a link (0: none yet).
     pub fn epoch(&self, name: &str) -> u64 {
         self.state.links.get(name).map_or(0, |r| r.epoch)

@@ -4,9 +4,9 @@
 //! malformed or impossible one is treated like the engine's death: every
 //! link locked with `process-failure`, exit non-zero.
 
-use super::{Parent, activate, links::OpenedBy};
+use super::{Parent, activate, keys, links::OpenedBy};
 use crate::imsg::{self, ActivePolicy, CtlReply, EngineConfig, EngineLink, LinkState, LogRecord};
-use crate::imsg::{InstallPsk, KeyAck, KeyStep, LinkKeys, ParentRequest, ToEngine, ToParent};
+use crate::imsg::{LinkKeys, ParentRequest, ToEngine, ToParent};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-type Tx = mpsc::UnboundedSender<Vec<u8>>;
+pub(super) type Tx = mpsc::UnboundedSender<Vec<u8>>;
 
 pub fn run(p: Parent, engine: EngineProc) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -123,7 +123,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                         m = from_engine.try_recv().ok();
                     }
                 }
-                flush_epochs(&mut p, &tx);
+                keys::flush_epochs(&mut p, &tx);
             }
             _ = hup.recv() => {
                 let r = reload(&mut p, &tx);
@@ -135,9 +135,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
                 }
-                rebuild_if_lost(&mut p);
+                let targets: Vec<_> = super::targets(&p.conf).into_values().collect();
+                p.links.rebuild_if_lost(&targets, p.bundle.as_ref());
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
-                changed.extend(check_drift(&mut p));
+                changed.extend(keys::check_drift(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 scan_spool(&mut p, &tx);
                 check_expiry(&mut p, &tx, &mut last_expiry_log);
@@ -217,7 +218,7 @@ fn send_policy(p: &Parent, tx: &Tx) {
     let _ = tx.send(ToEngine::Policy(msg).encode());
 }
 
-fn send_all_states(p: &Parent, tx: &Tx) {
+pub(super) fn send_all_states(p: &Parent, tx: &Tx) {
     for (name, l) in &p.links.links {
         let st = LinkState {
             link: name.clone(),
@@ -248,7 +249,7 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                 .engine
                 .is_some_and(|e| e.contains(LockReason::KeyStale));
             if r.reasons.contains(LockReason::KeyStale) && !was_stale {
-                key_stale(p, &r.link);
+                keys::key_stale(p, &r.link);
             }
             p.links
                 .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
@@ -300,7 +301,7 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             if !p.wg.is_keyed(&i.link) {
                 return Err(format!("PSK for unkeyed link {:?}", i.link));
             }
-            install_psk(p, tx, i);
+            keys::install_psk(p, tx, i);
             Ok(())
         }
         ToParent::CtlRequest(req) => {
@@ -642,152 +643,4 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
         .kv("kernel_state", if lock { "lockdown" } else { "kept" })
         .send();
     ExitCode::SUCCESS
-}
-
-/// Makes the epochs asked for since the last call durable in one write and
-/// answers each request; on failure every one of them is refused.
-fn flush_epochs(p: &mut Parent, tx: &Tx) {
-    if p.pending_epochs.is_empty() {
-        return;
-    }
-    let batch = std::mem::take(&mut p.pending_epochs);
-    let error = p.links.persist_epochs(&batch).err().map(|e| {
-        log::event(Prio::Crit, "state_write_failed")
-            .kv("path", p.links.state_path.display())
-            .msg(&e)
-            .send();
-        format!("state file: {e}")
-    });
-    for (link, epoch) in batch {
-        let ack = KeyAck {
-            link,
-            epoch,
-            step: KeyStep::Persist,
-            error: error.clone(),
-        };
-        let _ = tx.send(ToEngine::KeyAck(ack).encode());
-    }
-}
-
-/// Installs a PSK the engine agreed on, if its epoch is durable; a
-/// successful install clears `psk-drift`.
-fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
-    let InstallPsk {
-        link, epoch, psk, ..
-    } = i;
-    // An epoch is persisted before it is used (DESIGN §6).
-    let result = if epoch == 0 || epoch > p.links.epoch(&link) {
-        Err(format!("epoch {epoch} was never persisted"))
-    } else {
-        let period = p
-            .conf
-            .testing
-            .psk_check
-            .unwrap_or_else(|| rotate_period(p, &link));
-        p.wg.install(
-            &link,
-            crate::secret::Psk::from_bytes(*psk),
-            period,
-            Instant::now(),
-        )
-        .map_err(|e| e.reason().to_string())
-    };
-    if result.is_ok() && p.links.links[&link].parent.contains(LockReason::PskDrift) {
-        p.links
-            .set_parent_reason(&link, LockReason::PskDrift, false);
-        p.links
-            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
-        send_all_states(p, tx);
-    }
-    let ack = KeyAck {
-        link,
-        epoch,
-        step: KeyStep::Install,
-        error: result.err(),
-    };
-    let _ = tx.send(ToEngine::KeyAck(ack).encode());
-}
-
-/// The link's rotation period (policy `rotate`, or the test override).
-fn rotate_period(p: &Parent, link: &str) -> Duration {
-    p.conf
-        .testing
-        .rotate
-        .or_else(|| p.bundle.as_ref().map(|b| b.policy.for_link(link).rotate))
-        .unwrap_or(Duration::from_secs(300))
-}
-
-/// `key-stale` newly set: the PSK becomes random bytes nobody knows.
-fn key_stale(p: &mut Parent, link: &str) {
-    let r = p.wg.randomize(link, Instant::now());
-    let mut ev = log::event(Prio::Alert, "key_stale").kv("link", link);
-    ev = match &r {
-        Ok(()) => ev.kv("psk", "random"),
-        Err(e) => ev.kv("psk", "unchanged").kv("reason", e.reason()),
-    };
-    ev.send();
-}
-
-/// The once-per-period re-read of every installed PSK: a change, or a
-/// peer that cannot be read, locks the link with `psk-drift`.
-fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
-    let periods: std::collections::BTreeMap<String, Duration> = p
-        .conf
-        .link
-        .keys()
-        .map(|n| {
-            let every = p
-                .conf
-                .testing
-                .psk_check
-                .unwrap_or_else(|| rotate_period(p, n));
-            (n.clone(), every)
-        })
-        .collect();
-    let drifted = p.wg.check_drift(
-        |n| periods.get(n).copied().unwrap_or(Duration::from_secs(300)),
-        Instant::now(),
-    );
-    let mut changed = Vec::new();
-    for (link, why) in drifted {
-        super::keys::log_drift(&link, &why);
-        p.links.set_parent_reason(&link, LockReason::PskDrift, true);
-        if let Some(to) = p
-            .links
-            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false)
-        {
-            changed.push((link, to));
-        }
-    }
-    changed
-}
-
-/// The firewall skeleton vanished (`nft flush ruleset`, an edited base
-/// chain): rebuild it — every link chain comes back empty, that is locked —
-/// then put each link back in the state its reasons call for.
-fn rebuild_if_lost(p: &mut Parent) {
-    let targets: Vec<_> = super::targets(&p.conf).into_values().collect();
-    match p.links.fw.intact(&targets) {
-        Ok(true) => return,
-        Ok(false) => {}
-        Err(e) => {
-            log::event(Prio::Err, "firewall_check_failed").msg(e).send();
-            return;
-        }
-    }
-    log::event(Prio::Alert, "firewall_lost")
-        .kv("firewall", p.links.fw.name())
-        .msg("default-deny skeleton missing from the kernel: rebuilding")
-        .send();
-    if let Err(e) = p.links.fw.init(&targets) {
-        log::event(Prio::Alert, "lockdown_failed")
-            .kv("link", "all")
-            .msg(e)
-            .send();
-        return;
-    }
-    for l in p.links.links.values_mut() {
-        l.applied = Some(crate::lock::Enforcement::Lockdown);
-    }
-    p.links.reapply_all(p.bundle.as_ref());
 }

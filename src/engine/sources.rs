@@ -1,0 +1,74 @@
+//! Opening a link's QBER source in the engine: the built-in simulator
+//! (polled in line), or a network driver running as a poller task, and the
+//! `/sim/` control endpoint `qkdctl sim` is forwarded to.
+
+use super::qber::{self, Source, poller::PollResult};
+use crate::imsg;
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+
+/// The control endpoint of a network source, with its TLS settings.
+pub(super) fn sim_control(
+    qber: &str,
+    qconf: &crate::conf::QberConf,
+    net: &BTreeMap<String, imsg::QberNet>,
+) -> Option<qber::fetch::Getter> {
+    let (tls, settings) = client_settings(net.get(qber)?);
+    let url = qconf.url.as_deref()?;
+    let origin = qber::fetch::Getter::new(qber, url, &tls, settings.clone())
+        .ok()?
+        .origin();
+    let control = format!("{origin}/sim/{{qber_id}}");
+    qber::fetch::Getter::new(qber, &control, &tls, settings).ok()
+}
+
+/// The sim source, or a network driver running as a poller task.
+pub(super) fn open(
+    link: &str,
+    qber: &str,
+    qber_id: &str,
+    qconf: &crate::conf::QberConf,
+    net: &BTreeMap<String, imsg::QberNet>,
+    polls: &mpsc::Sender<PollResult>,
+) -> Result<(Option<Source>, Option<tokio::task::JoinHandle<()>>), String> {
+    if qconf.driver == crate::conf::QberDriver::Sim {
+        let mut sim = qconf.sim.clone();
+        // Links sharing a sim section must not see the same noise.
+        sim.seed = sim.seed.wrapping_add(fnv1a(qber_id.as_bytes()));
+        return Ok((Some(Source::sim(&sim)?), None));
+    }
+    let n = net
+        .get(qber)
+        .ok_or_else(|| format!("qber {qber}: no TLS settings from the parent"))?;
+    let (tls, settings) = client_settings(n);
+    let driver = qber::Driver::open(qber, qconf, &tls, settings)?;
+    let task = qber::poller::spawn(
+        qber.to_string(),
+        link.to_string(),
+        qber_id.to_string(),
+        driver,
+        qconf.poll,
+        polls.clone(),
+    );
+    Ok((None, Some(task)))
+}
+
+/// TLS material and the resolved address of a network QBER source.
+fn client_settings(n: &imsg::QberNet) -> (qber::fetch::TlsPems, qber::fetch::HttpSettings) {
+    let tls = qber::fetch::TlsPems {
+        ca: n.ca.clone(),
+        cert: n.cert.clone(),
+        key: n.key.clone(),
+    };
+    let settings = qber::fetch::HttpSettings {
+        addr: n.addr,
+        ..Default::default()
+    };
+    (tls, settings)
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, x| {
+        (h ^ *x as u64).wrapping_mul(0x100000001b3)
+    })
+}
