@@ -53,8 +53,9 @@ demo:
 	sh scripts/setup-debian.sh
 	sh scripts/demo.sh
 
+# As root (network namespaces). rotation needs the testing feature.
 bench:
-	$(CARGO) bench --bench lockdown
+	$(CARGO) bench --features testing --bench lockdown --bench rotation
 
 # Type-check the whole crate for OpenBSD (needs nightly + rust-src; CI does
 # not depend on it: .ci/run runs it only where the toolchain is there).

@@ -71,6 +71,9 @@ struct KeyedLink {
     fingerprint: Option<String>,
     installed_at: Option<Instant>,
     halted: u64,
+    /// Master: CLOCK_MONOTONIC when this round's `enc_keys` started, for
+    /// the debug `event=round` line (BENCHMARKS.md).
+    round_start_ns: Option<u64>,
 }
 
 /// Every keyed link of the engine.
@@ -201,6 +204,7 @@ impl Keys {
                         fingerprint: None,
                         installed_at: None,
                         halted: 0,
+                        round_start_ns: None,
                     }
                 }
             };
@@ -422,7 +426,10 @@ impl Keys {
                 l.pending_fp = Some(psk.fingerprint());
                 send_install(&self.parent, name, epoch, &psk);
             }
-            Action::FetchEncKey => self.fetch(name, None),
+            Action::FetchEncKey => {
+                l.round_start_ns = Some(imsg::monotonic_ns());
+                self.fetch(name, None)
+            }
             Action::FetchDecKey { key_id } => self.fetch(name, Some(key_id)),
             Action::Send(m) => {
                 let dest = match l.conf.role {
@@ -443,6 +450,16 @@ impl Keys {
                     .kv("key_id", key_id.as_str())
                     .kv("psk_fp", l.fingerprint.as_deref().unwrap_or("-"))
                     .send();
+                if let Some(t0) = l.round_start_ns.take() {
+                    // The slave installed before it CONFIRMed, so the
+                    // master's install answer (now) is the later of the two.
+                    let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
+                    log::event(Prio::Debug, "round")
+                        .kv("link", name)
+                        .kv("epoch", epoch)
+                        .kv("enc_keys_to_installed_us", us)
+                        .send();
+                }
                 out.push((name.to_string(), link::Input::KeyInstalled));
             }
             Action::RoundFailed { why } => {

@@ -307,7 +307,7 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
             .set_parent_reason(&link, LockReason::PskDrift, false);
         p.links
             .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
-        super::run::send_all_states(p, tx);
+        super::run::send_state(p, tx, &link);
     }
     let ack = KeyAck {
         link,

@@ -219,14 +219,21 @@ fn send_policy(p: &Parent, tx: &Tx) {
 }
 
 pub(super) fn send_all_states(p: &Parent, tx: &Tx) {
-    for (name, l) in &p.links.links {
-        let st = LinkState {
-            link: name.clone(),
-            enforcement: l.applied.unwrap_or(crate::lock::Enforcement::Lockdown),
-            parent_reasons: l.parent,
-        };
-        let _ = tx.send(ToEngine::LinkState(st).encode());
+    for name in p.links.links.keys() {
+        send_state(p, tx, name);
     }
+}
+
+pub(super) fn send_state(p: &Parent, tx: &Tx, name: &str) {
+    let Some(l) = p.links.links.get(name) else {
+        return;
+    };
+    let st = LinkState {
+        link: name.to_string(),
+        enforcement: l.applied.unwrap_or(crate::lock::Enforcement::Lockdown),
+        parent_reasons: l.parent,
+    };
+    let _ = tx.send(ToEngine::LinkState(st).encode());
 }
 
 /// Every engine message is checked against the parent's own config.
@@ -268,7 +275,9 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                     .kv("sample_to_kernel_us", us)
                     .send();
             }
-            send_all_states(p, tx);
+            // Only this link changed: all states per report made start-up
+            // with 1,000 links queue a million messages (BENCHMARKS.md).
+            send_state(p, tx, &r.link);
             Ok(())
         }
         ToParent::Log(rec) => {
