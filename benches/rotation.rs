@@ -199,10 +199,32 @@ fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Durati
     t.elapsed()
 }
 
+/// A tmpfs mounted for the run, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        must(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+                .arg(at),
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// The namespace, qkdsim and two configured (not started) gateways.
 struct Setup {
     // Fields drop in order: qkdsim stops before its directory goes.
     sim: Proc,
+    _dry_run: Vec<Tmpfs>,
     work: tempfile::TempDir,
     policy: PathBuf,
     _bundle: tempfile::TempDir,
@@ -238,9 +260,16 @@ impl Setup {
              [link.ab]\nkmes = [\"a\", \"b\"]\npulse_rate = 1e11\nmax_key_count = 100000\n"
         );
         fs::write(w.join("qkdsim.toml"), sim_conf).unwrap();
+        let mut dry_run = Vec::new();
         for s in ["a", "b"] {
             let d = w.join(s);
             fs::create_dir_all(&d).unwrap();
+            // The dry-run WireGuard backend records each PSK it "sets" in a
+            // file (write, fsync, rename, fsync the directory); a real
+            // backend writes no file at all. That record goes on tmpfs so
+            // it does not stand in for kernel work; the state file, whose
+            // epoch fsyncs are real, stays on disk.
+            dry_run.push(Tmpfs::mount(&d.join("state/dry-run")));
             must(
                 Command::new(bundle::SIGNIFY)
                     .args(["-G", "-n", "-c", "qkdpfd peering key", "-p"])
@@ -285,6 +314,7 @@ impl Setup {
         Setup {
             work,
             sim,
+            _dry_run: dry_run,
             policy,
             _bundle: bdir,
         }
