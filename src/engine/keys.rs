@@ -71,6 +71,10 @@ struct KeyedLink {
     fingerprint: Option<String>,
     installed_at: Option<Instant>,
     halted: u64,
+    /// The KME call of the current round. A new round's call replaces
+    /// (aborts) an old one still queued behind a slow KME, so a long KME
+    /// outage keeps at most one task per link.
+    fetch_task: Option<tokio::task::JoinHandle<()>>,
     /// Master: CLOCK_MONOTONIC when this round's `enc_keys` started, for
     /// the debug `event=round` line (BENCHMARKS.md).
     round_start_ns: Option<u64>,
@@ -204,6 +208,7 @@ impl Keys {
                         fingerprint: None,
                         installed_at: None,
                         halted: 0,
+                        fetch_task: None,
                         round_start_ns: None,
                     }
                 }
@@ -491,14 +496,19 @@ impl Keys {
     /// Starts the KME call of a round as a task; its answer comes back
     /// through `answers`.
     fn fetch(&mut self, name: &str, key_id: Option<peer::KeyId>) {
-        let l = &self.links[name];
+        let Some(l) = self.links.get_mut(name) else {
+            return;
+        };
         let Some(kme) = self.kmes.get(&l.conf.kme).cloned() else {
             return;
         };
+        if let Some(old) = l.fetch_task.take() {
+            old.abort();
+        }
         let sae = l.conf.peer_sae_id.clone();
         let tx = self.answers.clone();
         let link = name.to_string();
-        tokio::spawn(async move {
+        l.fetch_task = Some(tokio::spawn(async move {
             let input = fetch_key(&kme, &sae, key_id).await;
             if let Input::KeyFailed { why, .. } = &input {
                 log::event(Prio::Warning, "kme_error")
@@ -514,7 +524,7 @@ impl Keys {
                 // here changes nothing.
                 let _ = kme.status(&sae).await;
             }
-        });
+        }));
     }
 }
 
