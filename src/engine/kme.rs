@@ -71,7 +71,7 @@ const IDLE_CONNECTIONS: usize = 4;
 /// Calls in flight per KME: no more than the pool keeps, so a burst
 /// (`rotate all` on a hub) reuses pooled connections instead of opening a
 /// TLS connection per call (BENCHMARKS.md).
-const IN_FLIGHT: usize = IDLE_CONNECTIONS;
+pub const IN_FLIGHT: usize = IDLE_CONNECTIONS;
 
 /// An open HTTP/1.1 connection; dropping it stops its I/O task at once.
 struct Conn {

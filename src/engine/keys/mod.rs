@@ -1,5 +1,6 @@
 //! Key agreement in the engine (DESIGN §6): one [`Rotation`] per keyed
-//! link, one ETSI 014 [`KmeClient`] per `[kme.X]`, and the peering UDP
+//! link, the KME calls (`calls.rs`: one ETSI 014 client per `[kme.X]`, a
+//! bounded queue of calls per KME), and the peering UDP
 //! socket (bound by the parent, fd 6) with the [`Keyring`] that checks
 //! every datagram before a rotation sees it.
 //!
@@ -9,12 +10,16 @@
 //! [`KeyAck`] arrives: nothing after a `PersistEpoch` happens before the
 //! epoch is durable, and the slave's CONFIRM leaves only once its PSK is in
 //! the kernel. KME calls run as tasks whose answers come back as inputs.
+//! The engine's main loop owns this; nothing here blocks.
 //!
 //! What it tells the link state machine ([`link::Input::KeyInstalled`],
 //! [`link::Input::PeerRound`]) is returned to the caller, which owns the
 //! links.
 
-use super::kme::{self, KmeClient, KmeSettings};
+mod calls;
+
+pub use calls::KmeAnswer;
+
 use super::link;
 use super::rotate::{self, Action, Input, Params, Rotation, Schedule};
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
@@ -32,12 +37,6 @@ use tokio::sync::mpsc;
 pub const KEY_BITS: u32 = 256;
 /// Period used until a policy says otherwise (DESIGN §4 default).
 pub const DEFAULT_ROTATE: Duration = Duration::from_secs(300);
-
-/// A KME answer for one link, from its task.
-pub struct KmeAnswer {
-    pub link: String,
-    pub input: Input,
-}
 
 /// A received datagram, from the socket task.
 pub struct Datagram {
@@ -71,10 +70,6 @@ struct KeyedLink {
     fingerprint: Option<String>,
     installed_at: Option<Instant>,
     halted: u64,
-    /// The KME call of the current round. A new round's call replaces
-    /// (aborts) an old one still queued behind a slow KME, so a long KME
-    /// outage keeps at most one task per link.
-    fetch_task: Option<tokio::task::JoinHandle<()>>,
     /// Master: CLOCK_MONOTONIC when this round's `enc_keys` started, for
     /// the debug `event=round` line (BENCHMARKS.md).
     round_start_ns: Option<u64>,
@@ -85,11 +80,9 @@ pub struct Keys {
     signing: Option<SigningKey>,
     ring: Option<Keyring>,
     socket: Option<Arc<tokio::net::UdpSocket>>,
-    kmes: BTreeMap<String, Arc<KmeClient>>,
-    kme_net: BTreeMap<String, imsg::KmeNet>,
+    calls: calls::Calls,
     links: BTreeMap<String, KeyedLink>,
     by_id: HashMap<LinkId, String>,
-    answers: mpsc::UnboundedSender<KmeAnswer>,
     parent: mpsc::UnboundedSender<Vec<u8>>,
     auth_log: AuthLog,
     /// Source of the datagram being handled (answers go there: NAT-friendly).
@@ -107,11 +100,9 @@ impl Keys {
             signing: None,
             ring: None,
             socket: None,
-            kmes: BTreeMap::new(),
-            kme_net: BTreeMap::new(),
+            calls: calls::Calls::new(answers),
             links: BTreeMap::new(),
             by_id: HashMap::new(),
-            answers,
             parent,
             auth_log: AuthLog::default(),
             current_from: None,
@@ -144,19 +135,7 @@ impl Keys {
             .peering
             .as_ref()
             .map(|p| SigningKey::from_bytes(&p.secret));
-        if self.kme_net != cfg.kme {
-            self.kmes.clear();
-            for (name, k) in &cfg.kme {
-                let client = KmeClient::new(name, &k.url, &k.ca, &k.cert, k.key.clone(), None)
-                    .map_err(|e| e.to_string())?
-                    .with_settings(KmeSettings {
-                        addr: Some(k.addr),
-                        ..KmeSettings::default()
-                    });
-                self.kmes.insert(name.clone(), Arc::new(client));
-            }
-            self.kme_net = cfg.kme.clone();
-        }
+        self.calls.configure(&cfg.kme)?;
         let mut old = std::mem::take(&mut self.links);
         let mut ring = self
             .signing
@@ -168,7 +147,7 @@ impl Keys {
             let (Some(sk), Some(ring)) = (&self.signing, ring.as_mut()) else {
                 return Err(format!("link {} is keyed but [peering] is missing", l.name));
             };
-            if !self.kmes.contains_key(&k.kme) {
+            if !self.calls.knows(&k.kme) {
                 return Err(format!("link {} names unknown kme {}", l.name, k.kme));
             }
             let peer = VerifyingKey::from_bytes(&k.peer_pubkey)
@@ -208,7 +187,6 @@ impl Keys {
                         fingerprint: None,
                         installed_at: None,
                         halted: 0,
-                        fetch_task: None,
                         round_start_ns: None,
                     }
                 }
@@ -282,7 +260,10 @@ impl Keys {
 
     pub fn on_kme(&mut self, a: KmeAnswer, now: Instant) -> Vec<(String, link::Input)> {
         let mut out = Vec::new();
-        self.feed(&a.link, a.input, now, &mut out);
+        // An answer to a request a newer round replaced is dropped.
+        if let Some((link, input)) = self.calls.answered(a) {
+            self.feed(&link, input, now, &mut out);
+        }
         out
     }
 
@@ -363,10 +344,7 @@ impl Keys {
             status: l.rot.status(),
             psk_fingerprint: l.fingerprint.clone(),
             key_age: l.installed_at.map(|t| now.saturating_duration_since(t)),
-            stored_key_count: self
-                .kmes
-                .get(&l.conf.kme)
-                .and_then(|k| k.stored_key_count()),
+            stored_key_count: self.calls.stored_key_count(&l.conf.kme),
             halted: l.halted,
         })
     }
@@ -433,9 +411,13 @@ impl Keys {
             }
             Action::FetchEncKey => {
                 l.round_start_ns = Some(imsg::monotonic_ns());
-                self.fetch(name, None)
+                self.calls
+                    .request(name, &l.conf.kme, &l.conf.peer_sae_id, None);
             }
-            Action::FetchDecKey { key_id } => self.fetch(name, Some(key_id)),
+            Action::FetchDecKey { key_id } => {
+                self.calls
+                    .request(name, &l.conf.kme, &l.conf.peer_sae_id, Some(key_id));
+            }
             Action::Send(m) => {
                 let dest = match l.conf.role {
                     rotate::Role::Master => l.conf.peer,
@@ -491,63 +473,6 @@ impl Keys {
             }
             Action::Ignored { why } => log::debug(format!("peer: {name}: {why}")),
         }
-    }
-
-    /// Starts the KME call of a round as a task; its answer comes back
-    /// through `answers`.
-    fn fetch(&mut self, name: &str, key_id: Option<peer::KeyId>) {
-        let Some(l) = self.links.get_mut(name) else {
-            return;
-        };
-        let Some(kme) = self.kmes.get(&l.conf.kme).cloned() else {
-            return;
-        };
-        if let Some(old) = l.fetch_task.take() {
-            old.abort();
-        }
-        let sae = l.conf.peer_sae_id.clone();
-        let tx = self.answers.clone();
-        let link = name.to_string();
-        l.fetch_task = Some(tokio::spawn(async move {
-            let input = fetch_key(&kme, &sae, key_id).await;
-            if let Input::KeyFailed { why, .. } = &input {
-                log::event(Prio::Warning, "kme_error")
-                    .kv("link", &link)
-                    .kv("kme", kme.name())
-                    .msg(why)
-                    .send();
-            }
-            let ok = matches!(input, Input::KeyReady { .. });
-            let _ = tx.send(KmeAnswer { link, input });
-            if ok {
-                // stored_key_count for `show link` and metrics; a failure
-                // here changes nothing.
-                let _ = kme.status(&sae).await;
-            }
-        }));
-    }
-}
-
-/// One `enc_keys` (no key_ID) or `dec_keys` call, as a rotation input.
-async fn fetch_key(kme: &KmeClient, peer_sae: &str, key_id: Option<peer::KeyId>) -> Input {
-    let failed = |key_id: Option<peer::KeyId>, why: String| Input::KeyFailed { key_id, why };
-    let got = match &key_id {
-        None => kme.enc_keys(peer_sae, 1, KEY_BITS).await,
-        Some(id) => match kme::KeyId::parse(id.as_str()) {
-            Ok(kid) => kme.dec_keys(peer_sae, &[kid], KEY_BITS).await,
-            Err(e) => return failed(key_id, format!("key_ID refused: {e:?}")),
-        },
-    };
-    let mut keys = match got {
-        Ok(k) => k,
-        Err(e) => return failed(key_id, e.to_string()),
-    };
-    let Some((id, key)) = keys.pop().filter(|_| keys.is_empty()) else {
-        return failed(key_id, "expected exactly one key".into());
-    };
-    match peer::KeyId::new(id.as_str()) {
-        Ok(k) => Input::KeyReady { key_id: k, key },
-        Err(_) => failed(key_id, "the KME's key_ID is not usable on the wire".into()),
     }
 }
 

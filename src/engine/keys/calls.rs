@@ -1,0 +1,319 @@
+//! The KME calls of key agreement (engine): one ETSI 014 client per
+//! `[kme.X]`, and a queue per KME that starts at most
+//! [`kme::IN_FLIGHT`] calls at a time. A `rotate all` on a hub asks for
+//! a thousand keys at once: queued requests are a few bytes each, where a
+//! thousand parked call futures were megabytes. A link has at most one
+//! request, queued or running: a new round's request replaces the old one
+//! (a running call is aborted), so a long KME outage cannot pile up work.
+//! Each call runs as a task; its answer comes back as a [`KmeAnswer`]
+//! carrying the request's ticket, and an answer whose ticket is no longer
+//! current is dropped.
+
+use super::KEY_BITS;
+use crate::engine::kme::{self, KmeClient, KmeSettings};
+use crate::engine::rotate::Input;
+use crate::imsg::KmeNet;
+use crate::log::{self, Prio};
+use crate::proto::peer;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A KME answer for one link, from its task.
+pub struct KmeAnswer {
+    pub link: String,
+    pub input: Input,
+    ticket: u64,
+}
+
+struct Request {
+    link: String,
+    /// The far SAE: the slave for `enc_keys`, the master for `dec_keys`.
+    peer_sae: String,
+    /// None: `enc_keys`; Some: `dec_keys` for this key_ID.
+    key_id: Option<peer::KeyId>,
+    ticket: u64,
+}
+
+/// What a link has asked of its KME.
+struct Current {
+    kme: String,
+    ticket: u64,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub(super) struct Calls {
+    clients: BTreeMap<String, Arc<KmeClient>>,
+    net: BTreeMap<String, KmeNet>,
+    queues: BTreeMap<String, VecDeque<Request>>,
+    running: BTreeMap<String, usize>,
+    current: HashMap<String, Current>,
+    next_ticket: u64,
+    answers: mpsc::UnboundedSender<KmeAnswer>,
+}
+
+impl Calls {
+    pub(super) fn new(answers: mpsc::UnboundedSender<KmeAnswer>) -> Calls {
+        Calls {
+            clients: BTreeMap::new(),
+            net: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            running: BTreeMap::new(),
+            current: HashMap::new(),
+            next_ticket: 1,
+            answers,
+        }
+    }
+
+    /// New clients when the parent's KME settings changed; requests in
+    /// flight then fail their rounds, which retry with the new clients.
+    pub(super) fn configure(&mut self, kmes: &BTreeMap<String, KmeNet>) -> Result<(), String> {
+        if self.net == *kmes {
+            return Ok(());
+        }
+        let mut clients = BTreeMap::new();
+        for (name, k) in kmes {
+            let client = KmeClient::new(name, &k.url, &k.ca, &k.cert, k.key.clone(), None)
+                .map_err(|e| e.to_string())?
+                .with_settings(KmeSettings {
+                    addr: Some(k.addr),
+                    ..KmeSettings::default()
+                });
+            clients.insert(name.clone(), Arc::new(client));
+        }
+        for (_, c) in self.current.drain() {
+            if let Some(t) = c.task {
+                t.abort();
+            }
+        }
+        self.queues.clear();
+        self.running.clear();
+        self.clients = clients;
+        self.net = kmes.clone();
+        Ok(())
+    }
+
+    pub(super) fn knows(&self, kme: &str) -> bool {
+        self.clients.contains_key(kme)
+    }
+
+    pub(super) fn stored_key_count(&self, kme: &str) -> Option<u64> {
+        self.clients.get(kme).and_then(|k| k.stored_key_count())
+    }
+
+    /// Asks `kme` for a key for `link`, replacing what the link asked before.
+    pub(super) fn request(
+        &mut self,
+        link: &str,
+        kme: &str,
+        peer_sae: &str,
+        key_id: Option<peer::KeyId>,
+    ) {
+        self.cancel(link);
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.current.insert(
+            link.to_string(),
+            Current {
+                kme: kme.to_string(),
+                ticket,
+                task: None,
+            },
+        );
+        self.queues
+            .entry(kme.to_string())
+            .or_default()
+            .push_back(Request {
+                link: link.to_string(),
+                peer_sae: peer_sae.to_string(),
+                key_id,
+                ticket,
+            });
+        self.pump(kme);
+    }
+
+    /// Takes an answer: Some(input) if it is the link's current request
+    /// (its slot is freed and the next queued call starts), None if stale.
+    pub(super) fn answered(&mut self, a: KmeAnswer) -> Option<(String, Input)> {
+        let live = self
+            .current
+            .get(&a.link)
+            .is_some_and(|c| c.ticket == a.ticket);
+        if !live {
+            return None;
+        }
+        let c = self.current.remove(&a.link).expect("checked");
+        self.release(&c.kme);
+        Some((a.link, a.input))
+    }
+
+    /// Forgets a link's request: dropped from the queue, or aborted.
+    fn cancel(&mut self, link: &str) {
+        let Some(c) = self.current.remove(link) else {
+            return;
+        };
+        match c.task {
+            Some(t) => {
+                t.abort();
+                self.release(&c.kme);
+            }
+            None => {
+                if let Some(q) = self.queues.get_mut(&c.kme) {
+                    q.retain(|r| r.ticket != c.ticket);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, kme: &str) {
+        if let Some(n) = self.running.get_mut(kme) {
+            *n = n.saturating_sub(1);
+        }
+        self.pump(kme);
+    }
+
+    /// Starts queued calls while the KME has a free slot.
+    fn pump(&mut self, kme: &str) {
+        let Some(client) = self.clients.get(kme).cloned() else {
+            return;
+        };
+        loop {
+            let running = self.running.get(kme).copied().unwrap_or(0);
+            if running >= kme::IN_FLIGHT {
+                return;
+            }
+            let Some(r) = self.queues.get_mut(kme).and_then(VecDeque::pop_front) else {
+                return;
+            };
+            let Some(c) = self.current.get_mut(&r.link) else {
+                continue;
+            };
+            *self.running.entry(kme.to_string()).or_default() += 1;
+            c.task = Some(tokio::spawn(call(client.clone(), r, self.answers.clone())));
+        }
+    }
+}
+
+/// One call and its answer; then `status` for `stored_key_count`.
+async fn call(kme: Arc<KmeClient>, r: Request, tx: mpsc::UnboundedSender<KmeAnswer>) {
+    let input = fetch_key(&kme, &r.peer_sae, r.key_id).await;
+    if let Input::KeyFailed { why, .. } = &input {
+        log::event(Prio::Warning, "kme_error")
+            .kv("link", &r.link)
+            .kv("kme", kme.name())
+            .msg(why)
+            .send();
+    }
+    let ok = matches!(input, Input::KeyReady { .. });
+    let _ = tx.send(KmeAnswer {
+        link: r.link,
+        input,
+        ticket: r.ticket,
+    });
+    if ok {
+        // For `show link` and the metrics; a failure here changes nothing.
+        let _ = kme.status(&r.peer_sae).await;
+    }
+}
+
+/// One `enc_keys` (no key_ID) or `dec_keys` call, as a rotation input.
+async fn fetch_key(kme: &KmeClient, peer_sae: &str, key_id: Option<peer::KeyId>) -> Input {
+    let failed = |key_id: Option<peer::KeyId>, why: String| Input::KeyFailed { key_id, why };
+    let got = match &key_id {
+        None => kme.enc_keys(peer_sae, 1, KEY_BITS).await,
+        Some(id) => match kme::KeyId::parse(id.as_str()) {
+            Ok(kid) => kme.dec_keys(peer_sae, &[kid], KEY_BITS).await,
+            Err(e) => return failed(key_id, format!("key_ID refused: {e:?}")),
+        },
+    };
+    let mut keys = match got {
+        Ok(k) => k,
+        Err(e) => return failed(key_id, e.to_string()),
+    };
+    let Some((id, key)) = keys.pop().filter(|_| keys.is_empty()) else {
+        return failed(key_id, "expected exactly one key".into());
+    };
+    match peer::KeyId::new(id.as_str()) {
+        Ok(k) => Input::KeyReady { key_id: k, key },
+        Err(_) => failed(key_id, "the KME's key_ID is not usable on the wire".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls to a KME that accepts connections and never answers: every
+    /// started call stays running for the test's duration.
+    fn silent_kme(dir: &std::path::Path) -> (std::net::TcpListener, BTreeMap<String, KmeNet>) {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        crate::sim::pki::create(dir, &names(&["a"]), &names(&["SAE-A"]), &[]).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        let net = KmeNet {
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            sae_id: "SAE-A".into(),
+            ca: read("ca.pem"),
+            cert: read("sae-SAE-A.pem"),
+            key: zeroize::Zeroizing::new(read("sae-SAE-A.key")),
+            addr,
+        };
+        (l, [("site".to_string(), net)].into_iter().collect())
+    }
+
+    fn running(c: &Calls) -> usize {
+        c.running.get("site").copied().unwrap_or(0)
+    }
+
+    fn queued(c: &Calls) -> usize {
+        c.queues.get("site").map_or(0, VecDeque::len)
+    }
+
+    #[tokio::test]
+    async fn a_burst_starts_at_most_in_flight_calls_and_a_link_has_one_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_kme, net) = silent_kme(dir.path());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut c = Calls::new(tx);
+        c.configure(&net).unwrap();
+        for i in 0..10 {
+            c.request(&format!("l{i}"), "site", "SAE-B", None);
+        }
+        assert_eq!(
+            (running(&c), queued(&c)),
+            (kme::IN_FLIGHT, 10 - kme::IN_FLIGHT)
+        );
+        // A new round on a running link: the old call is aborted, the slot
+        // goes to the next queued request, the new one queues.
+        c.request("l0", "site", "SAE-B", None);
+        assert_eq!(
+            (running(&c), queued(&c)),
+            (kme::IN_FLIGHT, 10 - kme::IN_FLIGHT)
+        );
+        assert_eq!(c.current.len(), 10);
+        // A new round on a queued link replaces its queued request.
+        c.request("l9", "site", "SAE-B", None);
+        assert_eq!(queued(&c), 10 - kme::IN_FLIGHT);
+        // An answer carrying an old ticket is stale: dropped, no slot freed.
+        let stale = KmeAnswer {
+            link: "l0".into(),
+            input: Input::Tick,
+            ticket: 1,
+        };
+        assert!(c.answered(stale).is_none());
+        assert_eq!(running(&c), kme::IN_FLIGHT);
+        // The current answer of a running link frees its slot for the queue.
+        let l1 = c.current["l1"].ticket;
+        let live = KmeAnswer {
+            link: "l1".into(),
+            input: Input::Tick,
+            ticket: l1,
+        };
+        assert_eq!(c.answered(live).map(|(l, _)| l), Some("l1".to_string()));
+        assert_eq!(
+            (running(&c), queued(&c)),
+            (kme::IN_FLIGHT, 10 - kme::IN_FLIGHT - 1)
+        );
+    }
+}
