@@ -16,6 +16,9 @@
 #[path = "../tests/common/bundle.rs"]
 #[allow(dead_code)]
 mod bundle;
+#[path = "../tests/common/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -114,14 +117,9 @@ impl Daemon {
     fn rss_kib(&self) -> (u64, u64) {
         // `ip netns exec` execs qkdpfd in place: the child pid is the parent.
         let parent = self.child.id();
-        let engine: u32 = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        (vm_rss(parent), vm_rss(engine))
+        let engine = procfs::engine_pid(parent);
+        let rss = |pid| procfs::status_kib(pid, "VmRSS");
+        (rss(parent), rss(engine))
     }
 }
 
@@ -132,15 +130,6 @@ impl Drop for Daemon {
             .status();
         let _ = self.child.wait();
     }
-}
-
-fn vm_rss(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {

@@ -25,6 +25,9 @@
 #[path = "../tests/common/bundle.rs"]
 #[allow(dead_code)]
 mod bundle;
+#[path = "../tests/common/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 
 use base64::Engine as _;
 use std::collections::HashSet;
@@ -179,14 +182,7 @@ impl Daemon {
     /// (parent, engine) pids.
     fn pids(&self) -> [u32; 2] {
         let p = self.proc.pid();
-        let engine = fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .expect("engine running")
-            .parse()
-            .unwrap();
-        [p, engine]
+        [p, procfs::engine_pid(p)]
     }
 }
 
@@ -419,14 +415,10 @@ fn cpu_secs(pid: u32) -> f64 {
 
 /// (VmRSS, VmHWM) in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        procfs::status_kib(pid, "VmRSS"),
+        procfs::status_kib(pid, "VmHWM"),
+    )
 }
 
 fn mib(kib: u64) -> f64 {

@@ -187,13 +187,7 @@ fn engine_killed_locks_every_link_and_parent_exits_nonzero() {
     assert_eq!(gw.pings(3), 3);
     let ip_pid = gw.daemon.as_ref().unwrap().id();
     // `ip netns exec` execs qkdpfd in place: the parent has ip's pid.
-    let engine = std::fs::read_to_string(format!("/proc/{ip_pid}/task/{ip_pid}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("engine pid")
-        .parse::<i32>()
-        .unwrap();
+    let engine = common::procfs::engine_pid(ip_pid) as i32;
     let cmdline = std::fs::read_to_string(format!("/proc/{engine}/cmdline")).unwrap();
     assert!(cmdline.contains("-P\0engine"), "{cmdline:?}");
     let status = std::fs::read_to_string(format!("/proc/{engine}/status")).unwrap();
@@ -500,13 +494,7 @@ fn parent_killed_engine_exits_kernel_state_kept() {
     gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
     gw.wait_state("open", Duration::from_secs(10));
     let parent = gw.daemon.as_ref().unwrap().id();
-    let engine: i32 = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let engine = common::procfs::engine_pid(parent) as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(parent as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -674,7 +662,12 @@ fn network_qber_source_from_qkdsim_locks_and_recovers() {
     // qkdctl's sim control is forwarded to qkdsim over the source's mTLS.
     let out = gw.ctl_ok(&["sim", "eve", "dr", "1"]);
     assert!(out.contains("dr: sim eve 1"), "{out}");
-    assert!(gw.log().contains("event=sim_control link=dr eve=1"));
+    // The engine's log line reaches the parent's log on its own path.
+    let t = std::time::Instant::now();
+    while !gw.log().contains("event=sim_control link=dr eve=1") {
+        assert!(t.elapsed() < Duration::from_secs(3), "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     gw.wait_state("lockdown", Duration::from_secs(5));
     assert_eq!(gw.pings(3), 0);
     let show = gw.ctl_ok(&["-j", "show", "link", "dr"]);

@@ -10,6 +10,7 @@
 mod common;
 
 use common::gateway::Gateway;
+use common::procfs::{engine_pid, status_field};
 use std::fs;
 use std::time::{Duration, Instant};
 
@@ -27,39 +28,6 @@ fn log_line(gw: &Gateway, what: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The pid of the parent's one child (the engine).
-fn engine_pid(parent: u32) -> u32 {
-    let mut kids = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces, split after ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            kids.push(pid);
-        }
-    }
-    assert_eq!(kids.len(), 1, "parent {parent} children: {kids:?}");
-    kids[0]
-}
-
-/// `Key:\tvalue` from /proc/<pid>/status.
-fn status_field(pid: u32, key: &str) -> String {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{s}"))
-        .trim()
-        .to_string()
 }
 
 #[test]

@@ -4,4 +4,5 @@
 pub mod bundle;
 pub mod gateway;
 pub mod pair;
+pub mod procfs;
 pub mod sim;

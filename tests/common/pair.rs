@@ -239,6 +239,24 @@ impl Pair {
         fs::read_to_string(self.path(end, "qkdpfd.log")).unwrap_or_default()
     }
 
+    /// Waits until `end`'s log holds `needle` (engine events reach the
+    /// log through the parent, after the engine's own answers).
+    pub fn wait_log(&self, end: usize, needle: &str, limit: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            let log = self.log(end);
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "no {needle:?} in the log of {}:\n{log}",
+                side(end)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn logs(&self) -> String {
         format!(
             "--- A:\n{}\n--- B:\n{}\n--- qkdsim:\n{}",

@@ -1,0 +1,35 @@
+//! Reading qkdpfd's processes from /proc (Linux), for the tests and the
+//! benchmarks (which include this file by path).
+
+use std::fs;
+
+/// The engine: the one child of the parent `parent` (`ip netns exec`
+/// execs qkdpfd in place, so the pid of the spawned `ip` is the parent's).
+/// Panics unless there is exactly one, so a test never reads the wrong process.
+pub fn engine_pid(parent: u32) -> u32 {
+    let kids: Vec<u32> = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(kids.len(), 1, "parent {parent} children: {kids:?}");
+    kids[0]
+}
+
+/// `Key:\tvalue` from /proc/<pid>/status, the value trimmed.
+pub fn status_field(pid: u32, key: &str) -> String {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status:\n{s}"))
+}
+
+/// A `kB` field of /proc/<pid>/status (VmRSS, VmHWM), in KiB.
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    let v = status_field(pid, key);
+    v.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} of {pid}: {v:?}"))
+}
