@@ -18,9 +18,10 @@ pub use answer::{KEY_ID_MAX, KeyId, Status};
 pub use backoff::Backoff;
 pub use error::{Call, KmeError, KmeErrorKind, printable};
 
+use super::https;
 use crate::secret::QkdKey;
 use answer::Expect;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use rustls_pki_types::ServerName;
@@ -375,34 +376,14 @@ impl KmeClient {
 
     async fn connect(&self, call: Call) -> Result<Conn, KmeError> {
         let rt = self.settings.read_timeout;
-        let tcp = match self.settings.addr {
-            Some(a) => timeout(rt, tokio::net::TcpStream::connect(a)).await,
-            None => {
-                timeout(
-                    rt,
-                    tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
-                )
-                .await
-            }
-        };
-        let tcp = match tcp {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(self.err(call, KmeErrorKind::Connect(e.to_string()))),
-            Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("connect"))),
-        };
-        let _ = tcp.set_nodelay(true);
-        let tls = match timeout(rt, self.tls.connect(self.server_name.clone(), tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(self.err(call, KmeErrorKind::Tls(e.to_string()))),
-            Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("TLS handshake"))),
-        };
-        let io = hyper_util::rt::TokioIo::new(tls);
-        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        let fail = |f| self.err(call, f);
+        let tcp = https::tcp(self.settings.addr, &self.host, self.port, rt)
             .await
-            .map_err(|e| self.err(call, KmeErrorKind::Http(e.to_string())))?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .map_err(|f| fail(f.into()))?;
+        let tls = https::tls(&self.tls, &self.server_name, tcp, rt)
+            .await
+            .map_err(|f| fail(f.into()))?;
+        let (sender, task) = https::http1(tls).await.map_err(|f| fail(f.into()))?;
         Ok(Conn { sender, task })
     }
 
@@ -413,11 +394,7 @@ impl KmeClient {
         path: &str,
         body: &Option<Vec<u8>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, KmeError> {
-        let authority = if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        };
+        let authority = https::authority(&self.host, self.port);
         let builder = hyper::Request::builder()
             .uri(path)
             .header(hyper::header::HOST, authority)
@@ -433,7 +410,7 @@ impl KmeClient {
                 .body(Full::new(Bytes::new())),
         }
         .map_err(|e| self.err(call, KmeErrorKind::Config(e.to_string())))?;
-        let http = |e: hyper::Error| self.err(call, classify(&e));
+        let http = |e: hyper::Error| self.err(call, https::classify(&e).into());
         let rt = self.settings.read_timeout;
         match timeout(rt, conn.sender.ready()).await {
             Ok(r) => r.map_err(http)?,
@@ -445,63 +422,32 @@ impl KmeClient {
         }
     }
 
-    /// Streams the body with the cap and the per-read timeout. The buffer
-    /// is allocated once (no copies of keys left behind by growth) and
-    /// zeroized on drop.
     async fn read_body(
         &self,
         call: Call,
         resp: hyper::Response<hyper::body::Incoming>,
     ) -> Result<Zeroizing<Vec<u8>>, KmeError> {
-        let limit = self.settings.max_body;
-        let too_large = || self.err(call, KmeErrorKind::BodyTooLarge { limit });
-        let declared = resp
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let mut buf = Zeroizing::new(Vec::with_capacity(limit));
-        let mut body = resp.into_body();
-        loop {
-            let frame = match timeout(self.settings.read_timeout, body.frame()).await {
-                Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("read"))),
-                Ok(None) => return Ok(buf),
-                Ok(Some(f)) => f.map_err(|e| self.err(call, classify(&e)))?,
+        let (limit, rt) = (self.settings.max_body, self.settings.read_timeout);
+        https::read_body(resp, limit, rt).await.map_err(|f| {
+            let kind = match f {
+                https::Failure::TooLarge => KmeErrorKind::BodyTooLarge { limit },
+                other => other.into(),
             };
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
+            self.err(call, kind)
+        })
     }
 }
 
-/// A broken exchange: `Tls` if rustls is behind it (with TLS 1.3 a KME
-/// that rejects our certificate says so only after the handshake, at the
-/// first read), else `Http`. The text follows the whole source chain.
-fn classify(e: &hyper::Error) -> KmeErrorKind {
-    let mut text = e.to_string();
-    let mut tls = false;
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        let inner = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref());
-        tls |= s.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>());
-        src = s.source();
-    }
-    let text = printable(&text, 200);
-    if tls {
-        KmeErrorKind::Tls(text)
-    } else {
-        KmeErrorKind::Http(text)
+impl From<https::Failure> for KmeErrorKind {
+    fn from(f: https::Failure) -> KmeErrorKind {
+        match f {
+            https::Failure::Connect(m) => KmeErrorKind::Connect(m),
+            https::Failure::Timeout(what) => KmeErrorKind::Timeout(what),
+            https::Failure::Tls(m) => KmeErrorKind::Tls(m),
+            https::Failure::Http(m) => KmeErrorKind::Http(m),
+            // Only a body read can be too large; read_body names the cap.
+            https::Failure::TooLarge => KmeErrorKind::Http("answer too large".into()),
+        }
     }
 }
 

@@ -18,7 +18,8 @@
 //! `qber_id`, percent-encoded, so one `[qber.X]` section can serve several
 //! links of a per-link API.
 
-use http_body_util::{BodyExt, Full};
+use crate::engine::https;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use rustls_pki_types::ServerName;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -206,11 +207,7 @@ impl Getter {
     }
 
     fn authority(&self) -> String {
-        if self.url.host.contains(':') {
-            format!("[{}]:{}", self.url.host, self.url.port)
-        } else {
-            format!("{}:{}", self.url.host, self.url.port)
-        }
+        https::authority(&self.url.host, self.url.port)
     }
 
     /// `scheme://host:port` of the source (its controls live under it).
@@ -262,27 +259,19 @@ impl Getter {
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, String> {
         let rt = self.settings.read_timeout;
-        let tcp = match (&self.tls, self.settings.addr) {
-            (Some(_), Some(a)) => timeout(rt, tokio::net::TcpStream::connect(a)).await,
-            _ => {
-                let host = self.url.host.as_str();
-                timeout(rt, tokio::net::TcpStream::connect((host, self.url.port))).await
-            }
-        };
-        let tcp = match tcp {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect: {e}")),
-            Err(_) => return Err("timeout (connect)".into()),
-        };
-        let _ = tcp.set_nodelay(true);
+        let (host, port) = (self.url.host.as_str(), self.url.port);
+        // Plain http (loopback only) connects to the literal itself.
+        let addr = self.tls.as_ref().and(self.settings.addr);
+        let limit = self.settings.max_body;
+        let tcp = https::tcp(addr, host, port, rt)
+            .await
+            .map_err(|f| text(f, limit))?;
         let Some((tls, name)) = &self.tls else {
             return self.request(tcp, path, accept, body).await;
         };
-        let stream = match timeout(rt, tls.connect(name.clone(), tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("TLS: {e}")),
-            Err(_) => return Err("timeout (TLS handshake)".into()),
-        };
+        let stream = https::tls(tls, name, tcp, rt)
+            .await
+            .map_err(|f| text(f, limit))?;
         self.request(stream, path, accept, body).await
     }
 
@@ -296,13 +285,9 @@ impl Getter {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-                .await
-                .map_err(|e| format!("HTTP: {}", chain(&e)))?;
-        let task = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
+        let limit = self.settings.max_body;
+        let (mut sender, task) = https::http1(io).await.map_err(|f| text(f, limit))?;
+        let task = AbortOnDrop(task);
         let req = match &body {
             None => hyper::Request::get(path),
             Some(_) => {
@@ -315,48 +300,19 @@ impl Getter {
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| format!("bad request: {e}"))?;
         let resp = match timeout(self.settings.read_timeout, sender.send_request(req)).await {
-            Ok(r) => r.map_err(|e| format!("HTTP: {}", chain(&e)))?,
+            Ok(r) => r.map_err(|e| text(https::classify(&e), limit))?,
             Err(_) => return Err("timeout (read)".into()),
         };
         let status = resp.status().as_u16();
-        let body = self.read_body(resp).await?;
+        let mut body = https::read_body(resp, limit, self.settings.read_timeout)
+            .await
+            .map_err(|f| text(f, limit))?;
         drop(task);
         if status != 200 {
             return Err(format!("HTTP {status}: {}", message(&body)));
         }
-        Ok(body)
-    }
-
-    /// Streams the body with the cap and the per-read timeout.
-    async fn read_body(
-        &self,
-        resp: hyper::Response<hyper::body::Incoming>,
-    ) -> Result<Vec<u8>, String> {
-        let limit = self.settings.max_body;
-        let too_large = || format!("answer larger than {limit} bytes");
-        let declared = resp
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let mut buf = Vec::new();
-        let mut body = resp.into_body();
-        loop {
-            let frame = match timeout(self.settings.read_timeout, body.frame()).await {
-                Err(_) => return Err("timeout (read)".into()),
-                Ok(None) => return Ok(buf),
-                Ok(Some(f)) => f.map_err(|e| format!("HTTP: {}", chain(&e)))?,
-            };
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
+        // A QBER reading is not secret: out of the zeroizing wrapper.
+        Ok(std::mem::take(&mut *body))
     }
 }
 
@@ -406,15 +362,15 @@ fn message(body: &[u8]) -> String {
 }
 
 /// The text of an error and every source below it.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        src = s.source();
+/// A failed step in this getter's words (`qber NAME: GET URL: ` precedes it).
+fn text(f: https::Failure, limit: usize) -> String {
+    match f {
+        https::Failure::Connect(e) => format!("connect: {e}"),
+        https::Failure::Timeout(what) => format!("timeout ({what})"),
+        https::Failure::Tls(e) => format!("TLS: {e}"),
+        https::Failure::Http(e) => format!("HTTP: {e}"),
+        https::Failure::TooLarge => format!("answer larger than {limit} bytes"),
     }
-    crate::engine::kme::printable(&text, 200)
 }
 
 #[cfg(test)]
