@@ -255,9 +255,7 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             let was_stale = p.links.links[&r.link]
                 .engine
                 .is_some_and(|e| e.contains(LockReason::KeyStale));
-            if r.reasons.contains(LockReason::KeyStale) && !was_stale {
-                keys::key_stale(p, &r.link);
-            }
+            let newly_stale = r.reasons.contains(LockReason::KeyStale) && !was_stale;
             p.links
                 .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
             let by = if r.by_operator {
@@ -274,6 +272,10 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                     .kv("to", to)
                     .kv("sample_to_kernel_us", us)
                     .send();
+            }
+            // The firewall first (it stops traffic now), then the PSK.
+            if newly_stale {
+                keys::key_stale(p, &r.link);
             }
             // Only this link changed: all states per report made start-up
             // with 1,000 links queue a million messages (BENCHMARKS.md).
