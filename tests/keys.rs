@@ -449,3 +449,31 @@ fn forged_replayed_and_stale_datagrams_are_dropped_and_logged() {
     assert_eq!(p.show(B)["keys"]["epoch"].as_u64(), Some(epoch));
     assert_eq!(p.pings(3), 3);
 }
+
+#[test]
+fn a_missing_wireguard_peer_fails_the_round_and_changes_nothing() {
+    let Some(p) = up("qkk7", MANUAL) else {
+        return;
+    };
+    let epoch = p.installed(A);
+    let before = p.psk(A);
+    // The far gateway's peer disappears from B's interface (netstart, an
+    // operator): update-only writes skip it, the read-back finds nothing.
+    let net = p.work.path().join("net");
+    let peer_a = std::fs::read_to_string(net.join(format!("{}.pub", p.ns(A)))).unwrap();
+    p.ns_must(
+        B,
+        &["wg", "set", &p.wg_if(B), "peer", peer_a.trim(), "remove"],
+    );
+    p.ctl_ok(A, &["rotate", "dr"]);
+    let log = p.wait_log(
+        B,
+        "event=key_rotation_failed link=dr reason=no-such-peer",
+        Duration::from_secs(10),
+    );
+    // Never re-created by qkdpfd, and no CONFIRM went out: A keeps its PSK.
+    assert_eq!(p.wg_show_peers(B), 0, "{log}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.installed(A), epoch);
+    assert_eq!(p.psk(A), before);
+}

@@ -339,6 +339,14 @@ impl Pair {
             .unwrap_or(0)
     }
 
+    /// How many peers a gateway's interface has.
+    pub fn wg_show_peers(&self, end: usize) -> usize {
+        self.wg_show(end, "peers")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+
     fn wg_show(&self, end: usize, what: &str) -> String {
         let o = Command::new("ip")
             .args([

@@ -487,10 +487,23 @@ fn send_install(parent: &mpsc::UnboundedSender<Vec<u8>>, link: &str, epoch: u64,
 
 /// The first word of a failure, for `reason=` (the rest goes in `msg=`).
 fn reason_word(why: &str) -> &'static str {
+    // A failed install carries the WireGuard backend's reason word
+    // (`install of epoch N: no-such-peer`, DESIGN §5).
+    const WG: &[&str] = &[
+        "no-such-peer",
+        "no-such-interface",
+        "wg-io",
+        "wg-protocol",
+        "psk-mismatch",
+    ];
     if why.starts_with("kme") {
         "kme"
-    } else if why.starts_with("install") {
-        "install"
+    } else if let Some(rest) = why.strip_prefix("install of epoch ") {
+        let word = rest.split_once(": ").map_or("", |(_, w)| w);
+        WG.iter()
+            .find(|w| **w == word)
+            .copied()
+            .unwrap_or("install")
     } else if why.contains("confirm") {
         "no-confirm"
     } else if why.contains("persist") {
@@ -554,5 +567,28 @@ pub async fn receive(sock: Arc<tokio::net::UdpSocket>, tx: mpsc::Sender<Datagram
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failure_reasons_name_the_wireguard_error() {
+        use super::reason_word;
+        assert_eq!(
+            reason_word("install of epoch 7: no-such-peer"),
+            "no-such-peer"
+        );
+        assert_eq!(
+            reason_word("install of epoch 7: psk-mismatch"),
+            "psk-mismatch"
+        );
+        assert_eq!(reason_word("install of epoch 7: something else"), "install");
+        assert_eq!(reason_word("kme: kme site: enc_keys: HTTP 503"), "kme");
+        assert_eq!(
+            reason_word("no confirm for epoch 3 after 6 offers"),
+            "no-confirm"
+        );
+        assert_eq!(reason_word("epoch 3 not persisted: state file"), "persist");
     }
 }
