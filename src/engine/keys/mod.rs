@@ -57,6 +57,9 @@ pub struct KeyView {
 
 struct KeyedLink {
     conf: LinkKeys,
+    /// Our peering public key when the rotation was made (a reload may
+    /// bring a new `[peering] key`: then the rotation is made anew).
+    ours: [u8; 32],
     rot: Rotation,
     /// Batches of actions not yet carried out, oldest first.
     queue: VecDeque<VecDeque<Action>>,
@@ -154,21 +157,23 @@ impl Keys {
                 .map_err(|_| format!("link {}: bad peer_pubkey", l.name))?;
             ring.add_link(LinkId(k.link_id), peer);
             self.by_id.insert(LinkId(k.link_id), l.name.clone());
+            let ours = sk.verifying_key().to_bytes();
             let same = |o: &KeyedLink| {
-                LinkKeys {
-                    epoch: 0,
-                    ..o.conf.clone()
-                } == LinkKeys {
-                    epoch: 0,
-                    ..k.clone()
-                }
+                o.ours == ours
+                    && LinkKeys {
+                        epoch: 0,
+                        ..o.conf.clone()
+                    } == LinkKeys {
+                        epoch: 0,
+                        ..k.clone()
+                    }
             };
             let keyed = match old.remove(&l.name) {
                 Some(o) if same(&o) => o,
                 _ => {
                     let params = Params {
                         link_id: LinkId(k.link_id),
-                        ours: sk.verifying_key().to_bytes(),
+                        ours,
                         peer: k.peer_pubkey,
                     };
                     let period = self.period(period_of(&l.name));
@@ -179,6 +184,7 @@ impl Keys {
                     };
                     KeyedLink {
                         conf: k.clone(),
+                        ours,
                         rot: Rotation::new(k.role, params, schedule, k.epoch, now),
                         queue: VecDeque::new(),
                         waiting: None,
