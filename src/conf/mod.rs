@@ -133,6 +133,16 @@ pub struct KmeConf {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub sae_id: String,
+    /// How enc_keys and dec_keys are asked: POST (ETSI 014's main form) or
+    /// GET with query parameters, for KMEs that only answer that.
+    pub method: KmeMethod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KmeMethod {
+    Post,
+    Get,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,11 @@ fn kme(out: &mut Out, name: &str, k: &KmeConf) {
     out.path("cert", &k.cert);
     out.path("key", &k.key);
     out.str("sae_id", &k.sae_id);
+    let method = match k.method {
+        crate::conf::KmeMethod::Post => "POST",
+        crate::conf::KmeMethod::Get => "GET",
+    };
+    out.raw("method", quote(method));
 }
 
 fn qber(out: &mut Out, name: &str, q: &QberConf) {

@@ -31,6 +31,8 @@ pub struct KmeNet {
     pub cert: Vec<u8>,
     pub key: Zeroizing<Vec<u8>>,
     pub addr: SocketAddr,
+    /// enc_keys and dec_keys as GET (`[kme.X] method = "GET"`).
+    pub get: bool,
 }
 
 /// Key agreement of one link, checked and resolved by the parent.
@@ -105,6 +107,7 @@ impl std::fmt::Debug for KmeNet {
             .field("cert", &self.cert.len())
             .field("key", &"<SECRET>")
             .field("addr", &self.addr)
+            .field("get", &self.get)
             .finish()
     }
 }
@@ -135,6 +138,7 @@ mod tests {
             cert: vec![2],
             key: Zeroizing::new(b"-----BEGIN PRIVATE KEY-----secret".to_vec()),
             addr: "127.0.0.1:8443".parse().unwrap(),
+            get: false,
         };
         let i = InstallPsk {
             link: "dr".into(),

@@ -88,6 +88,7 @@ fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
         cert: read("cert", &k.cert)?,
         key: zeroize::Zeroizing::new(read("key", &k.key)?),
         addr: super::resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
+        get: k.method == crate::conf::KmeMethod::Get,
     })
 }
 

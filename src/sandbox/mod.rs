@@ -277,6 +277,7 @@ mod tests {
             cert: Vec::new(),
             key: zeroize::Zeroizing::new(Vec::new()),
             addr: "192.0.2.9:9443".parse().unwrap(),
+            get: false,
         };
         cfg.kme.insert("site".into(), kme);
         assert_eq!(connect_ports(&cfg), vec![443, 8443, 9443]);

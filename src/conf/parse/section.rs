@@ -5,8 +5,9 @@
 use super::value::{self, End, account, choice, float, int, path, text};
 use super::{Errs, Got, Sect, item_at, title};
 use crate::conf::{
-    Config, DaemonConf, FirewallBackend, FirewallConf, KmeConf, LinkConf, OnStop, PeeringConf,
-    PolicyConf, QberConf, QberDriver, Role, SimLinkConf, WireguardBackend, WireguardConf,
+    Config, DaemonConf, FirewallBackend, FirewallConf, KmeConf, KmeMethod, LinkConf, OnStop,
+    PeeringConf, PolicyConf, QberConf, QberDriver, Role, SimLinkConf, WireguardBackend,
+    WireguardConf,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,7 +38,8 @@ const POLICY_KEYS: &[&str] = &["pubkeys", "dir", "incoming"];
 const FIREWALL_KEYS: &[&str] = &["backend", "anchor", "pfctl", "nft"];
 const WIREGUARD_KEYS: &[&str] = &["backend"];
 const PEERING_KEYS: &[&str] = &["listen", "key"];
-const KME_KEYS: &[&str] = &["url", "ca", "cert", "key", "sae_id"];
+const KME_KEYS: &[&str] = &["url", "ca", "cert", "key", "sae_id", "method"];
+const KME_METHODS: &[(&str, KmeMethod)] = &[("POST", KmeMethod::Post), ("GET", KmeMethod::Get)];
 const SIM_KEYS: &[&str] = &[
     "length_km",
     "loss_db_km",
@@ -407,7 +409,9 @@ fn kme(mut s: Sect) -> Option<KmeConf> {
     let cert = s.req("cert", path);
     let key = s.req("key", path);
     let sae_id = s.req("sae_id", value::sae_id);
+    let method = s.or("method", KmeMethod::Post, choice(KME_METHODS));
     Some(KmeConf {
+        method,
         url: url?,
         ca: ca?,
         cert: cert?,

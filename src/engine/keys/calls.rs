@@ -77,6 +77,8 @@ impl Calls {
                 .map_err(|e| e.to_string())?
                 .with_settings(KmeSettings {
                     addr: Some(k.addr),
+                    enc_keys_get: k.get,
+                    dec_keys_get: k.get,
                     ..KmeSettings::default()
                 });
             clients.insert(name.clone(), Arc::new(client));
@@ -258,6 +260,7 @@ mod tests {
             cert: read("sae-SAE-A.pem"),
             key: zeroize::Zeroizing::new(read("sae-SAE-A.key")),
             addr,
+            get: false,
         };
         (l, [("site".to_string(), net)].into_iter().collect())
     }
