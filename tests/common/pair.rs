@@ -93,9 +93,10 @@ impl Pair {
                 .nth(1)
                 .unwrap()
                 .to_string();
-            let (sae, peer_sae, role, port) = match end {
-                A => ("SAE-A", "SAE-B", "master", 8443),
-                _ => ("SAE-B", "SAE-A", "slave", 8444),
+            // B asks its KME with GET (ETSI 014's other form), A with POST.
+            let (sae, peer_sae, role, port, method) = match end {
+                A => ("SAE-A", "SAE-B", "master", 8443, "POST"),
+                _ => ("SAE-B", "SAE-A", "slave", 8444, "GET"),
             };
             let conf = format!(
                 "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/qkdpfd.sock\"\n\
@@ -104,7 +105,8 @@ impl Pair {
                  [firewall]\nbackend = \"nftables\"\n\n[wireguard]\nbackend = \"userspace\"\n\n\
                  [peering]\nlisten = \"{me}:8071\"\nkey = \"{d}/peer.sec\"\n\n\
                  [kme.site]\nurl = \"https://{kme}:{port}\"\nca = \"{p}/ca.pem\"\n\
-                 cert = \"{p}/sae-{sae}.pem\"\nkey = \"{p}/sae-{sae}.key\"\nsae_id = \"{sae}\"\n\n\
+                 cert = \"{p}/sae-{sae}.pem\"\nkey = \"{p}/sae-{sae}.key\"\nsae_id = \"{sae}\"\n\
+                 method = \"{method}\"\n\n\
                  [qber.sim]\ndriver = \"sim\"\npoll = \"200ms\"\nseed = {seed}\n\n\
                  [link.dr]\nqber = \"sim\"\nqber_id = \"t\"\nkme = \"site\"\npeer_sae_id = \"{peer_sae}\"\n\
                  role = \"{role}\"\npeer = \"{far_ip}:8071\"\npeer_pubkey = \"{peer_pubkey}\"\n\
