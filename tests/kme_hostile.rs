@@ -5,6 +5,7 @@
 //! never show key material.
 
 use base64::Engine as _;
+use qkdpfd::engine::https::HttpSettings;
 use qkdpfd::engine::kme::{KeyId, KmeClient, KmeError, KmeErrorKind, KmeSettings};
 use qkdpfd::sim::pki::Ca;
 use std::net::SocketAddr;
@@ -151,8 +152,11 @@ async fn plain_http() -> SocketAddr {
 fn client(p: &Pki, addr: SocketAddr) -> KmeClient {
     let url = format!("https://localhost:{}", addr.port());
     let settings = KmeSettings {
-        timeout: Duration::from_secs(3),
-        read_timeout: Duration::from_millis(1500),
+        http: HttpSettings {
+            timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_millis(1500),
+            ..HttpSettings::default()
+        },
         ..KmeSettings::default()
     };
     KmeClient::new(

@@ -138,7 +138,10 @@ fn client(dir: &Path, port: u16, sae: &str) -> KmeClient {
     )
     .unwrap();
     c.with_settings(qkdpfd::engine::kme::KmeSettings {
-        addr: Some(([127, 0, 0, 1], port).into()),
+        http: qkdpfd::engine::https::HttpSettings {
+            addr: Some(([127, 0, 0, 1], port).into()),
+            ..Default::default()
+        },
         ..Default::default()
     })
 }

@@ -16,6 +16,31 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use zeroize::Zeroizing;
 
+/// Limits of one client (a KME, a QBER source).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSettings {
+    /// The whole call: connect, TLS, request, answer.
+    pub timeout: Duration,
+    /// Connect, handshake, and each read of the answer.
+    pub read_timeout: Duration,
+    /// Largest answer body accepted.
+    pub max_body: usize,
+    /// Address resolved by the parent; `None` resolves the URL's host here
+    /// (which fails in a chroot without resolv.conf).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> HttpSettings {
+        HttpSettings {
+            timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(2),
+            max_body: 64 * 1024,
+            addr: None,
+        }
+    }
+}
+
 /// Why a step failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {

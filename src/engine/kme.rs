@@ -25,42 +25,30 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use rustls_pki_types::ServerName;
-use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
 use tokio::time::timeout;
 use zeroize::Zeroizing;
 
 /// Limits and options of one KME client.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KmeSettings {
-    /// The whole call: connect, TLS, request, answer.
-    pub timeout: Duration,
-    /// Connect, handshake, and each read of the answer.
-    pub read_timeout: Duration,
-    /// Largest answer body accepted.
-    pub max_body: usize,
+    /// Timeouts, body cap and the parent's resolved address.
+    pub http: https::HttpSettings,
     /// Most keys asked for (or accepted) in one call.
     pub max_keys: usize,
     /// Use `GET enc_keys?number=&size=` instead of POST.
     pub enc_keys_get: bool,
     /// Use `GET dec_keys?key_ID=` (one call per key) instead of POST.
     pub dec_keys_get: bool,
-    /// Address resolved by the parent; `None` resolves the URL's host here
-    /// (which fails in a chroot without resolv.conf).
-    pub addr: Option<SocketAddr>,
 }
 
 impl Default for KmeSettings {
     fn default() -> KmeSettings {
         KmeSettings {
-            timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(2),
-            max_body: 64 * 1024,
+            http: https::HttpSettings::default(),
             max_keys: 128,
             enc_keys_get: false,
             dec_keys_get: false,
-            addr: None,
         }
     }
 }
@@ -319,7 +307,7 @@ impl KmeClient {
             .acquire()
             .await
             .map_err(|_| self.err(call, KmeErrorKind::Config("client shut down".into())))?;
-        match timeout(self.settings.timeout, self.exchange(call, &path, body)).await {
+        match timeout(self.settings.http.timeout, self.exchange(call, &path, body)).await {
             Ok(r) => r,
             Err(_) => Err(self.err(call, KmeErrorKind::Timeout("request"))),
         }
@@ -375,9 +363,9 @@ impl KmeClient {
     }
 
     async fn connect(&self, call: Call) -> Result<Conn, KmeError> {
-        let rt = self.settings.read_timeout;
+        let rt = self.settings.http.read_timeout;
         let fail = |f| self.err(call, f);
-        let tcp = https::tcp(self.settings.addr, &self.host, self.port, rt)
+        let tcp = https::tcp(self.settings.http.addr, &self.host, self.port, rt)
             .await
             .map_err(|f| fail(f.into()))?;
         let tls = https::tls(&self.tls, &self.server_name, tcp, rt)
@@ -411,7 +399,7 @@ impl KmeClient {
         }
         .map_err(|e| self.err(call, KmeErrorKind::Config(e.to_string())))?;
         let http = |e: hyper::Error| self.err(call, https::classify(&e).into());
-        let rt = self.settings.read_timeout;
+        let rt = self.settings.http.read_timeout;
         match timeout(rt, conn.sender.ready()).await {
             Ok(r) => r.map_err(http)?,
             Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("connection busy"))),
@@ -427,7 +415,7 @@ impl KmeClient {
         call: Call,
         resp: hyper::Response<hyper::body::Incoming>,
     ) -> Result<Zeroizing<Vec<u8>>, KmeError> {
-        let (limit, rt) = (self.settings.max_body, self.settings.read_timeout);
+        let (limit, rt) = (self.settings.http.max_body, self.settings.http.read_timeout);
         https::read_body(resp, limit, rt).await.map_err(|f| {
             let kind = match f {
                 https::Failure::TooLarge => KmeErrorKind::BodyTooLarge { limit },

@@ -8,7 +8,7 @@
 //! If the parent goes away the engine exits at once.
 
 pub mod control;
-mod https;
+pub mod https;
 pub mod keys;
 pub mod kme;
 pub mod link;

@@ -76,7 +76,10 @@ impl Calls {
             let client = KmeClient::new(name, &k.url, &k.ca, &k.cert, k.key.clone(), None)
                 .map_err(|e| e.to_string())?
                 .with_settings(KmeSettings {
-                    addr: Some(k.addr),
+                    http: crate::engine::https::HttpSettings {
+                        addr: Some(k.addr),
+                        ..Default::default()
+                    },
                     enc_keys_get: k.get,
                     dec_keys_get: k.get,
                     ..KmeSettings::default()

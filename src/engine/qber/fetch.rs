@@ -18,13 +18,14 @@
 //! `qber_id`, percent-encoded, so one `[qber.X]` section can serve several
 //! links of a per-link API.
 
+pub use crate::engine::https::HttpSettings;
+
 use crate::engine::https;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use rustls_pki_types::ServerName;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use zeroize::Zeroizing;
@@ -51,31 +52,6 @@ impl std::fmt::Debug for TlsPems {
                 "none"
             }
         )
-    }
-}
-
-/// Limits of one source.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpSettings {
-    /// The whole poll: connect, TLS, request, answer.
-    pub timeout: Duration,
-    /// Connect, handshake, and each read of the answer.
-    pub read_timeout: Duration,
-    /// Largest answer body accepted.
-    pub max_body: usize,
-    /// Address resolved by the parent for an https host name; `None`
-    /// resolves here (which fails in a chroot without resolv.conf).
-    pub addr: Option<SocketAddr>,
-}
-
-impl Default for HttpSettings {
-    fn default() -> HttpSettings {
-        HttpSettings {
-            timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(2),
-            max_body: 64 * 1024,
-            addr: None,
-        }
     }
 }
 
