@@ -114,44 +114,12 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
         return Err("url must not hold user info, query, fragment or spaces".into());
     }
     let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or("unclosed [ in url")?;
-        (h, p.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("url has no host".into());
-    }
-    let port = match port {
-        None => 443,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or("bad port in url")?,
-    };
+    let (host, port) = https::host_port(authority, 443)?;
     Ok(BaseUrl {
-        host: host.to_string(),
+        host,
         port,
         prefix: prefix.trim_end_matches('/').to_string(),
     })
-}
-
-/// Percent-encodes a path segment or query value (SAE and key IDs).
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl KmeClient {
@@ -208,7 +176,7 @@ impl KmeClient {
     }
 
     fn path(&self, sae: &str, what: &str) -> String {
-        format!("{}/api/v1/keys/{}/{what}", self.prefix, encode(sae))
+        format!("{}/api/v1/keys/{}/{what}", self.prefix, https::encode(sae))
     }
 
     /// `GET /api/v1/keys/{slave_SAE_ID}/status`.
@@ -283,7 +251,7 @@ impl KmeClient {
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let q = format!("{path}?key_ID={}", encode(id.as_str()));
+            let q = format!("{path}?key_ID={}", https::encode(id.as_str()));
             let body = self.call(call, q, None).await?;
             let one = std::slice::from_ref(id);
             let mut got =
@@ -467,7 +435,7 @@ mod tests {
 
     #[test]
     fn encodes_path_segments() {
-        assert_eq!(encode("SAE-1_a.b~"), "SAE-1_a.b~");
-        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+        assert_eq!(https::encode("SAE-1_a.b~"), "SAE-1_a.b~");
+        assert_eq!(https::encode("a/b c"), "a%2Fb%20c");
     }
 }

@@ -77,27 +77,7 @@ fn parse_url(url: &str) -> Result<Url, String> {
     }
     let cut = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(cut);
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or("unclosed [ in url")?;
-        (h, p.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("url has no host".into());
-    }
-    let port = match port {
-        None if https => 443,
-        None => 80,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or("bad port in url")?,
-    };
+    let (host, port) = https::host_port(authority, if https { 443 } else { 80 })?;
     let path = match path {
         "" => "/".to_string(),
         p if p.starts_with('?') => format!("/{p}"),
@@ -105,7 +85,7 @@ fn parse_url(url: &str) -> Result<Url, String> {
     };
     let url = Url {
         https,
-        host: host.to_string(),
+        host,
         port,
         path,
     };
@@ -121,19 +101,6 @@ fn parse_url(url: &str) -> Result<Url, String> {
 fn loopback_literal(host: &str) -> bool {
     matches!(host.parse::<IpAddr>(), Ok(IpAddr::V4(a)) if a == Ipv4Addr::LOCALHOST)
         || matches!(host.parse::<IpAddr>(), Ok(IpAddr::V6(a)) if a == Ipv6Addr::LOCALHOST)
-}
-
-/// Percent-encodes a qber_id for a URL path.
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A GET client for one source.
@@ -179,7 +146,7 @@ impl Getter {
     }
 
     fn path(&self, qber_id: &str) -> String {
-        self.url.path.replace("{qber_id}", &encode(qber_id))
+        self.url.path.replace("{qber_id}", &https::encode(qber_id))
     }
 
     fn authority(&self) -> String {
