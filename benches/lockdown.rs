@@ -19,6 +19,8 @@ mod bundle;
 #[path = "../tests/common/procfs.rs"]
 #[allow(dead_code)]
 mod procfs;
+#[path = "common/stats.rs"]
+mod stats;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -132,10 +134,6 @@ impl Drop for Daemon {
     }
 }
 
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("lockdown bench: needs root (network namespace, nftables)");
@@ -195,13 +193,7 @@ fn main() {
         lock.len(),
         elapsed.as_secs_f64()
     );
-    println!(
-        "  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (target p99 < 20 ms)",
-        pct(&lock, 0.5) as f64 / 1000.0,
-        pct(&lock, 0.9) as f64 / 1000.0,
-        pct(&lock, 0.99) as f64 / 1000.0,
-        *lock.last().unwrap() as f64 / 1000.0
-    );
+    println!("  {}  (target p99 < 20 ms)", stats::percentiles_ms(&lock));
 
     // 2. Memory with 100 links.
     let work = tempfile::tempdir().unwrap();

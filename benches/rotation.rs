@@ -28,6 +28,8 @@ mod bundle;
 #[path = "../tests/common/procfs.rs"]
 #[allow(dead_code)]
 mod procfs;
+#[path = "common/stats.rs"]
+mod stats;
 
 use base64::Engine as _;
 use std::collections::HashSet;
@@ -392,10 +394,6 @@ fn count(text: &str, event: &str) -> usize {
     text.lines().filter(|l| l.starts_with(&tag)).count()
 }
 
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// utime + stime of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -471,13 +469,7 @@ fn latency(keys: &bundle::TestKeys, rounds: usize) {
         us.len(),
         elapsed.as_secs_f64()
     );
-    println!(
-        "  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        pct(&us, 0.5) as f64 / 1000.0,
-        pct(&us, 0.9) as f64 / 1000.0,
-        pct(&us, 0.99) as f64 / 1000.0,
-        *us.last().unwrap() as f64 / 1000.0
-    );
+    println!("  {}", stats::percentiles_ms(&us));
 }
 
 fn hub(keys: &bundle::TestKeys, links: usize) {
