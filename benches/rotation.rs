@@ -426,7 +426,7 @@ fn mib(kib: u64) -> f64 {
 fn latency(keys: &bundle::TestKeys, rounds: usize) {
     let setup = Setup::new(keys, 1);
     let [a, b] = setup.start(true);
-    let round_line = |epoch: u64| format!("event=round link=l0 epoch={epoch} ");
+    let round_line = |epoch: u64| format!("event=round proc=engine link=l0 epoch={epoch} ");
     wait_for(Duration::from_secs(20), "first rotation", || {
         a.log_from(0).contains(&round_line(1))
     });

@@ -14,6 +14,7 @@ use std::fmt;
 pub enum LockReason {
     Qber,
     SourceLost,
+    NoKey,
     KeyStale,
     PeerLost,
     PskDrift,
@@ -30,9 +31,10 @@ pub enum Owner {
 }
 
 impl LockReason {
-    pub const ALL: [LockReason; 8] = [
+    pub const ALL: [LockReason; 9] = [
         LockReason::Qber,
         LockReason::SourceLost,
+        LockReason::NoKey,
         LockReason::KeyStale,
         LockReason::PeerLost,
         LockReason::PskDrift,
@@ -45,6 +47,7 @@ impl LockReason {
         match self {
             LockReason::Qber => "qber",
             LockReason::SourceLost => "source-lost",
+            LockReason::NoKey => "no-key",
             LockReason::KeyStale => "key-stale",
             LockReason::PeerLost => "peer-lost",
             LockReason::PskDrift => "psk-drift",
@@ -58,10 +61,12 @@ impl LockReason {
         LockReason::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
-    /// DESIGN §6 table, column "owner".
+    /// DESIGN §6 table, column "owner". `no-key` is the parent's: it alone
+    /// installs PSKs and reads them back, so no engine can claim a key.
     pub fn owner(self) -> Owner {
         match self {
-            LockReason::PskDrift
+            LockReason::NoKey
+            | LockReason::PskDrift
             | LockReason::Operator
             | LockReason::NoPolicy
             | LockReason::ProcessFailure => Owner::Parent,
@@ -77,8 +82,8 @@ impl LockReason {
         )
     }
 
-    fn bit(self) -> u8 {
-        1 << (self as u8)
+    fn bit(self) -> u16 {
+        1 << (self as u16)
     }
 }
 
@@ -90,7 +95,7 @@ impl fmt::Display for LockReason {
 
 /// A set of lock reasons (a bit set; order of iteration is the table order).
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Reasons(u8);
+pub struct Reasons(u16);
 
 impl Reasons {
     pub const EMPTY: Reasons = Reasons(0);

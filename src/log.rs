@@ -5,6 +5,11 @@
 //!
 //! Where the line goes (stderr with `-d`, syslog otherwise, the parent for the
 //! engine on Linux) is set once per process with [`init`].
+//!
+//! `proc=parent` or `proc=engine` follows `event=`: the parent sets its own
+//! with [`set_proc`], and stamps every line the engine sends it with
+//! [`from_engine`], which also neutralises any `proc=` the engine wrote, so
+//! an engine cannot pass its lines off as the parent's.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -43,6 +48,39 @@ pub type Sink = Box<dyn Fn(Prio, &str) + Send + Sync>;
 
 static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 static VERBOSITY: AtomicU8 = AtomicU8::new(Prio::Info as u8);
+/// This process's `proc=` value; empty: none (the engine, qkdctl, qkdsim).
+static PROC: Mutex<&'static str> = Mutex::new("");
+
+/// Most bytes of one escaped value.
+pub const VALUE_MAX: usize = 256;
+
+/// Names this process in every event line it builds (`proc=parent`).
+pub fn set_proc(name: &'static str) {
+    *PROC.lock().unwrap_or_else(|e| e.into_inner()) = name;
+}
+
+/// An engine's line as the parent logs it: `event=<name> proc=engine …`,
+/// any `proc=` of the engine's own renamed `engine_proc=`; a line that is
+/// not an event is prefixed `engine: `. Bytes outside printable ASCII
+/// become `?` (the engine escapes its own values; this is the backstop).
+pub fn from_engine(line: &str) -> String {
+    let clean: String = line
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let Some(rest) = clean.strip_prefix("event=") else {
+        return format!("engine: {clean}");
+    };
+    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    let tail = format!(" {tail}").replace(" proc=", " engine_proc=");
+    format!("event={name} proc=engine{}", tail.trim_end())
+}
 
 /// Sets the process's sink (stderr, syslog, or forward to the parent).
 pub fn init(sink: Sink) {
@@ -81,6 +119,11 @@ pub struct Event {
 pub fn event(prio: Prio, name: &str) -> Event {
     let mut line = String::from("event=");
     push_value(&mut line, name);
+    let proc = *PROC.lock().unwrap_or_else(|e| e.into_inner());
+    if !proc.is_empty() {
+        line.push_str(" proc=");
+        line.push_str(proc);
+    }
     Event { prio, line }
 }
 
@@ -108,23 +151,26 @@ impl Event {
     }
 }
 
-/// Escapes one value; quotes it when it holds a space, `=` or `"`, or is empty.
+/// Escapes one value; quotes it when it holds a space, `=` or `"`, or is
+/// empty. At most [`VALUE_MAX`] bytes, cut between escapes, never inside one.
 fn push_value(out: &mut String, v: &str) {
     let mut esc = String::new();
+    let mut one = String::with_capacity(4);
     for b in v.bytes() {
-        if esc.len() >= 256 {
-            break;
-        }
+        one.clear();
         match b {
-            b'"' => esc.push_str("\\\""),
-            b'\\' => esc.push_str("\\\\"),
-            0x20..=0x7e => esc.push(b as char),
+            b'"' => one.push_str("\\\""),
+            b'\\' => one.push_str("\\\\"),
+            0x20..=0x7e => one.push(b as char),
             _ => {
-                let _ = write!(esc, "\\x{b:02x}");
+                let _ = write!(one, "\\x{b:02x}");
             }
         }
+        if esc.len() + one.len() > VALUE_MAX {
+            break;
+        }
+        esc.push_str(&one);
     }
-    esc.truncate(256);
     if esc.is_empty() || esc.contains([' ', '=', '"']) {
         out.push('"');
         out.push_str(&esc);
@@ -168,5 +214,61 @@ mod tests {
         let long = "a".repeat(1000);
         let e = event(Prio::Info, "x").kv("k", &long);
         assert_eq!(e.line().len(), "event=x k=".len() + 256);
+    }
+
+    proptest::proptest! {
+        /// Whatever the value, the capped text ends on a whole escape:
+        /// no dangling `\`, no half of `\xNN` (a SIEM would misparse it).
+        #[test]
+        fn truncation_never_cuts_an_escape(v in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let v = String::from_utf8_lossy(&v).into_owned();
+            let mut out = String::new();
+            push_value(&mut out, &v);
+            let body = out.strip_prefix('"').and_then(|o| o.strip_suffix('"')).unwrap_or(&out);
+            proptest::prop_assert!(body.len() <= VALUE_MAX);
+            let b = body.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'\\' {
+                    proptest::prop_assert!(i + 1 < b.len(), "dangling backslash: {body}");
+                    match b[i + 1] {
+                        b'\\' | b'"' => i += 2,
+                        b'x' => {
+                            proptest::prop_assert!(i + 3 < b.len(), "cut \\x escape: {body}");
+                            proptest::prop_assert!(b[i + 2].is_ascii_hexdigit() && b[i + 3].is_ascii_hexdigit());
+                            i += 4;
+                        }
+                        c => proptest::prop_assert!(false, "bad escape {c}"),
+                    }
+                } else {
+                    proptest::prop_assert!(b[i] != b'"', "unescaped quote");
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_lands_between_escapes() {
+        // 255 plain bytes, then a byte needing 4: the escape does not fit.
+        let v = format!("{}\u{1}", "a".repeat(255));
+        let mut out = String::new();
+        push_value(&mut out, &v);
+        assert_eq!(out, "a".repeat(255));
+    }
+
+    #[test]
+    fn engine_lines_are_stamped_by_the_parent() {
+        assert_eq!(
+            from_engine("event=lockdown link=dr reason=qber"),
+            "event=lockdown proc=engine link=dr reason=qber"
+        );
+        // An engine claiming to be the parent is not believed.
+        assert_eq!(
+            from_engine("event=unlock_forced proc=parent link=dr"),
+            "event=unlock_forced proc=engine engine_proc=parent link=dr"
+        );
+        assert_eq!(from_engine("event=x"), "event=x proc=engine");
+        assert_eq!(from_engine("a debug trace\n"), "engine: a debug trace?");
     }
 }

@@ -168,6 +168,22 @@ pub fn drop_privileges(to: &DropTo) -> Result<(), String> {
 
 /// Root in the initial user namespace (not `unshare -r`'s mapped root):
 /// only then is a privilege drop possible and required.
+/// No core file and (Linux) no ptrace or /proc peeking by the same uid:
+/// both processes hold keys in memory. Called first thing in each process
+/// (an exec resets the dumpable flag).
+pub fn no_core_dumps() {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack value; failure leaves the defaults.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
 pub fn is_real_root() -> bool {
     if !nix::unistd::geteuid().is_root() {
         return false;

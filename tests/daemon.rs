@@ -114,7 +114,7 @@ fn manual_unlock_holds_until_qkdctl_unlock() {
     let _ = monitor.wait();
     let streamed = std::fs::read_to_string(&mon_out).unwrap();
     assert!(
-        streamed.contains("event=lockdown link=dr reason=qber"),
+        streamed.contains("event=lockdown proc=parent link=dr reason=qber"),
         "monitor: {streamed}"
     );
     gw.ctl_ok(&["sim", "eve", "dr", "0"]);
@@ -145,12 +145,10 @@ fn blocked_before_start_and_without_bundle() {
         0,
         "daemon never started: protected traffic blocked"
     );
-    assert!(
-        gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"])
-            .lines()
-            .count()
-            <= 4
-    );
+    // The link's own chain holds qkdpfd's explicit drop (read back by -L).
+    let chain = gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"]);
+    assert!(chain.contains("drop comment \"qkdpfd drop\""), "{chain}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("link dr: locked"));
     gw.start();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(gw.state(), "lockdown");

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
-use qkdpfd::parent::fw::{self, Firewall, LinkTarget};
+use qkdpfd::parent::fw::{self, Firewall, LinkTarget, Observed};
 
 fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -108,8 +108,22 @@ fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
     }
 }
 
-/// The rules of `chain`, one per line, as nft lists them.
+/// What a read-back of all `links` shows for `name`.
+fn state(r: &mut Rig, links: &[LinkTarget], name: &str) -> Observed {
+    r.fw.observe(links, None).unwrap()[name].state.clone()
+}
+
+/// The rules of `chain` as nft lists them, without qkdpfd's own tag and
+/// drop rules (`comment "qkdpfd ..."`).
 fn rules(ns: &Netns, chain: &str) -> Vec<String> {
+    all_rules(ns, chain)
+        .into_iter()
+        .filter(|l| !l.contains("comment \"qkdpfd "))
+        .collect()
+}
+
+/// The rules of `chain`, one per line, as nft lists them.
+fn all_rules(ns: &Netns, chain: &str) -> Vec<String> {
     let out = ns.nft(&format!("list chain inet qkdpfd {chain}"));
     out.lines()
         .map(str::trim)
@@ -150,7 +164,16 @@ fn init_builds_skeleton_with_empty_link_chains() {
     }
     assert_eq!(rules(&r.ns, "link_dr"), Vec::<String>::new());
     assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
-    assert!(!r.fw.has_rules(&dr).unwrap());
+    // A new empty chain proves nothing: the base chain's drop holds it,
+    // the parent's first reconcile puts the explicit drop in.
+    let both = [dr.clone(), hq.clone()];
+    assert!(matches!(
+        state(&mut r, &both, "dr"),
+        Observed::Unknown {
+            skeleton: false,
+            ..
+        }
+    ));
     let set = r.ns.nft("list set inet qkdpfd peer4_dr");
     assert!(set.contains("elements = { 198.51.100.2 }"), "{set}");
     let set = r.ns.nft("list set inet qkdpfd peer6_hq");
@@ -180,12 +203,21 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
             "iifname \"wg0\" accept"
         ]
     );
-    assert!(r.fw.has_rules(&dr).unwrap());
+    assert_eq!(
+        all_rules(&r.ns, "link_dr")[0],
+        "counter packets 0 bytes 0 comment \"qkdpfd open n=2\""
+    );
+    let both = [dr.clone(), hq.clone()];
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Open);
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
     // Not staged: the lockdown chain is loaded and the link chain only diverts.
     assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
-    assert!(!r.fw.has_rules(&dr).unwrap());
+    assert_eq!(
+        all_rules(&r.ns, "lock_dr").last().unwrap(),
+        "drop comment \"qkdpfd drop\""
+    );
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
     assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
 
     // A reload (init again, new address) keeps both chains' contents.
@@ -199,8 +231,12 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     assert!(set.contains("elements = { 198.51.100.7 }"), "{set}");
 
     r.fw.clear(&hq).unwrap();
-    assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
-    assert!(!r.fw.has_rules(&hq).unwrap());
+    assert_eq!(
+        all_rules(&r.ns, "link_hq"),
+        ["drop comment \"qkdpfd drop\""]
+    );
+    let both = [dr2.clone(), hq.clone()];
+    assert_eq!(state(&mut r, &both, "hq"), Observed::Locked);
     assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
 }
 
@@ -221,11 +257,12 @@ fn staged_lockdown_flips_by_one_insert() {
         "staging changes nothing that passes"
     );
     assert_eq!(rules(&r.ns, "lock_dr"), ["counter packets 0 bytes 0 drop"]);
-    assert!(r.fw.has_rules(&dr).unwrap());
+    let one = [dr.clone()];
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr", "accept"]);
-    assert!(!r.fw.has_rules(&dr).unwrap());
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
     // Open replaces the link chain whole: the divert is gone.
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
@@ -233,9 +270,14 @@ fn staged_lockdown_flips_by_one_insert() {
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
     assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    // The fallback drop touches only the link chain.
     r.fw.clear(&dr).unwrap();
-    assert_eq!(rules(&r.ns, "link_dr"), Vec::<String>::new());
-    assert_eq!(rules(&r.ns, "lock_dr"), Vec::<String>::new());
+    assert_eq!(
+        all_rules(&r.ns, "link_dr"),
+        ["drop comment \"qkdpfd drop\""]
+    );
+    assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
 }
 
 #[test]
@@ -276,7 +318,10 @@ fn apply_before_init_fails() {
     let mut r = rig();
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
     assert!(r.fw.apply(&dr, Enforcement::Open, "accept").is_err());
-    assert!(!r.fw.has_rules(&dr).unwrap());
+    assert!(matches!(
+        state(&mut r, std::slice::from_ref(&dr), "dr"),
+        Observed::Unknown { skeleton: true, .. }
+    ));
 }
 
 #[test]
@@ -364,4 +409,91 @@ fn packets_follow_the_link_chain() {
     assert!(!ping(&r.ns, "10.99.0.2"), "no verdict must drop");
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert!(ping(&r.ns, "10.99.0.2"), "open again must pass");
+}
+
+/// Every way an admin script can undo a lockdown or the default-deny is
+/// seen by the read-back (DESIGN §5; the parent's tick then repairs it).
+#[test]
+fn read_back_sees_every_tampering() {
+    if !root_or_skip("read_back_sees_every_tampering") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    let unknown = |r: &mut Rig| match state(r, &one, "dr") {
+        Observed::Unknown { skeleton, .. } => Some(skeleton),
+        _ => None,
+    };
+    // The lockdown chain flushed: the goto leads nowhere that drops.
+    r.ns.nft("flush chain inet qkdpfd lock_dr");
+    assert_eq!(unknown(&mut r), Some(false));
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // The link chain flushed.
+    r.ns.nft("flush chain inet qkdpfd link_dr");
+    assert_eq!(unknown(&mut r), Some(false));
+    r.fw.clear(&dr).unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // A base chain's drop deleted.
+    let handles = r.ns.nft("-a list chain inet qkdpfd input");
+    let h = handles
+        .lines()
+        .find(|l| l.contains("iifname \"wg0\" drop"))
+        .and_then(|l| l.rsplit("handle ").next())
+        .unwrap()
+        .trim()
+        .to_string();
+    r.ns.nft(&format!("delete rule inet qkdpfd input handle {h}"));
+    assert_eq!(unknown(&mut r), Some(true));
+    r.fw.init(&one).unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // A foreign accept put ahead of our jumps.
+    r.ns.nft("insert rule inet qkdpfd output accept");
+    assert_eq!(unknown(&mut r), Some(true));
+    r.fw.init(&one).unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // `nft flush ruleset` (Debian's nftables.conf starts with it).
+    r.ns.nft("flush ruleset");
+    assert_eq!(unknown(&mut r), Some(true));
+    r.fw.init(&one).unwrap();
+    r.fw.clear(&dr).unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+}
+
+#[test]
+fn the_guard_drops_on_its_own_and_goes_away() {
+    if !root_or_skip("the_guard_drops_on_its_own_and_goes_away") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.set_guard(&one).unwrap();
+    let rb = &r.fw.observe(&one, None).unwrap()["dr"];
+    assert!(rb.guarded && rb.locked(), "{rb:?}");
+    let guard = r.ns.nft("list table inet qkdpfd_guard");
+    assert_eq!(
+        guard.matches(" drop comment \"qkdpfd guard dr\"").count(),
+        8,
+        "{guard}"
+    );
+    // Our own table deleted: the guard still holds.
+    r.ns.nft("delete table inet qkdpfd");
+    let rb = &r.fw.observe(&one, Some("dr")).unwrap()["dr"];
+    assert!(rb.guarded, "{rb:?}");
+    r.fw.set_guard(&[]).unwrap();
+    let tables = r.ns.nft("list tables");
+    assert!(!tables.contains("qkdpfd_guard"), "{tables}");
+    assert!(!r.fw.observe(&one, None).unwrap()["dr"].guarded);
 }

@@ -14,8 +14,11 @@ d='@DIR@'
 n=$(cat "$d/count" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$d/count"
 for a in "$@"; do printf '%s\n' "$a"; done > "$d/$n.argv"
 cat > "$d/$n.stdin"
+k=$(printf '%s_' "$@" | tr '/ ' '__')
+[ -f "$d/out.$k" ] && cat "$d/out.$k"
 [ -f "$d/stdout" ] && cat "$d/stdout"
 [ -f "$d/stderr" ] && cat "$d/stderr" >&2
+[ -f "$d/err.$k" ] && { cat "$d/err.$k" >&2; exit 1; }
 if [ -f "$d/fail_on" ] && [ "$*" = "$(cat "$d/fail_on")" ]; then
     echo "pfctl: DIOCKILLSTATES: Operation not permitted" >&2; exit 1
 fi
@@ -96,6 +99,11 @@ fn dr() -> LinkTarget {
 
 const OPEN: &str = "pass quick on $wg_if keep state (if-bound)\n";
 
+/// qkdpfd's own labelled block rules, after every lockdown ruleset.
+const LOCK_RULES: &str = "block drop quick proto udp to <qkd_peer> port $wg_port label \"qkdpfd-lockdown\"\n\
+block drop quick proto udp from <qkd_peer> port $wg_port label \"qkdpfd-lockdown\"\n\
+block drop quick on $wg_if label \"qkdpfd-lockdown\"\n";
+
 #[test]
 fn init_needs_pf_enabled() {
     let mut r = Rec::new();
@@ -165,8 +173,10 @@ fn apply_lockdown_loads_then_kills_states_both_ways() {
     );
     assert_eq!(
         calls[0].1,
-        "table <qkd_peer> const { 198.51.100.2 198.51.100.3 2001:db8::2 }\n\
-         block drop quick on $wg_if\n"
+        format!(
+            "table <qkd_peer> const {{ 198.51.100.2 198.51.100.3 2001:db8::2 }}\n\
+             block drop quick on $wg_if\n{LOCK_RULES}"
+        )
     );
     assert!(calls[1..].iter().all(|c| c.1.is_empty()));
 }
@@ -174,13 +184,15 @@ fn apply_lockdown_loads_then_kills_states_both_ways() {
 #[test]
 fn lockdown_fails_if_load_or_any_kill_fails() {
     let mut r = Rec::new();
-    // The load fails: no kills, an error naming the command and pfctl's words.
+    // The load fails: the kills still run (old states must not pass
+    // whatever the anchor holds), and the error names the command and
+    // pfctl's words.
     r.set("exit", "1");
     r.set("stderr", "stdin:2: syntax error\n");
     let e =
         r.fw.apply(&dr(), Enforcement::Lockdown, "block quick")
             .unwrap_err();
-    assert_eq!(r.take().len(), 1);
+    assert_eq!(r.take().len(), 7);
     assert!(e.command.ends_with("pfctl -a qkdpfd/dr -D link=dr -D wg_if=wg0 -D wg_port=51820 -D peer4=198.51.100.2 -D peer6=2001:db8::2 -f -"), "{e}");
     assert_eq!(e.status, "exit status 1");
     assert!(e.to_string().ends_with(": stdin:2: syntax error"), "{e}");
@@ -246,20 +258,28 @@ fn sample_rulesets_pass_check() {
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         let calls = r.take();
         assert_eq!(calls.len(), 1);
-        assert!(calls[0].1.ends_with(&text));
+        let input = match state {
+            Enforcement::Open => text.clone(),
+            // The lockdown is checked as it is loaded: with qkdpfd's rules.
+            Enforcement::Lockdown => format!("{text}{LOCK_RULES}"),
+        };
+        assert!(calls[0].1.ends_with(&input), "{}", calls[0].1);
     }
 }
 
 #[test]
-fn clear_flushes_rules_and_table_then_kills_states() {
+fn clear_loads_the_block_rules_then_kills_states() {
     let mut r = Rec::new();
     r.fw.clear(&dr()).unwrap();
-    let argvs: Vec<Vec<String>> = r.take().into_iter().map(|c| c.0).collect();
+    let calls = r.take();
+    let argvs: Vec<Vec<String>> = calls.iter().map(|c| c.0.clone()).collect();
     assert_eq!(
         argvs,
         [
-            args("-a|qkdpfd/dr|-F|rules"),
-            args("-a|qkdpfd/dr|-F|Tables"),
+            args(
+                "-a|qkdpfd/dr|-D|link=dr|-D|wg_if=wg0|-D|wg_port=51820\
+                 |-D|peer4=198.51.100.2|-D|peer6=2001:db8::2|-f|-"
+            ),
             args("-k|198.51.100.2"),
             args("-k|0.0.0.0/0|-k|198.51.100.2"),
             args("-k|2001:db8::2"),
@@ -268,24 +288,126 @@ fn clear_flushes_rules_and_table_then_kills_states() {
             args("-i|wg0|-k|::/0"),
         ]
     );
+    assert_eq!(
+        calls[0].1,
+        format!("table <qkd_peer> const {{ 198.51.100.2 2001:db8::2 }}\n{LOCK_RULES}")
+    );
+    // A load that fails (an anchor pfctl cannot create, say) still reaches
+    // the state kills: established flows must not keep passing.
+    r.set("exit", "1");
+    r.set("stderr", "pfctl: Anchor does not exist.\n");
+    assert!(r.fw.clear(&dr()).is_err());
+    assert_eq!(r.take().len(), 7);
+}
+
+/// What `pfctl -s rules` prints for pf.conf.example's data plane.
+const MAIN: &str = "block drop log all\n\
+pass out quick on egress proto udp from any to 198.51.100.2 port = 8071 keep state\n\
+anchor \"qkdpfd/*\" all\n\
+block drop log quick proto udp from any to 198.51.100.2 port = 51820\n\
+block drop log quick proto udp from 198.51.100.2 port = 51820 to any\n\
+block drop log quick on wg0 all\n";
+
+const ENABLED: &str = "Status: Enabled for 0 days 00:10:00           Debug: err\n";
+
+fn observed(r: &mut Rec) -> fw::Observed {
+    r.fw.observe(&[dr()], None).unwrap()["dr"].state.clone()
 }
 
 #[test]
-fn has_rules_lists_the_anchor() {
+fn observe_reads_status_main_ruleset_and_anchor() {
     let mut r = Rec::new();
+    r.set("out.-s_info_", ENABLED);
+    r.set("out.-s_rules_", MAIN);
+    // The lockdown as pfctl lists it: bundle rules, then ours.
     r.set(
-        "stdout",
+        "out.-a_qkdpfd_dr_-s_rules_",
+        "block drop log quick on wg0 all\n\
+         block drop quick proto udp from any to <qkd_peer> port = 51820 label \"qkdpfd-lockdown\"\n\
+         block drop quick proto udp from <qkd_peer> port = 51820 to any label \"qkdpfd-lockdown\"\n\
+         block drop quick on wg0 all label \"qkdpfd-lockdown\"\n",
+    );
+    assert_eq!(observed(&mut r), fw::Observed::Locked);
+    assert_eq!(
+        r.take().into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        [
+            args("-s|info"),
+            args("-s|rules"),
+            args("-a|qkdpfd/dr|-s|rules")
+        ]
+    );
+    // The open ruleset.
+    r.set(
+        "out.-a_qkdpfd_dr_-s_rules_",
         "pass quick on wg0 all flags S/SA keep state (if-bound)\n",
     );
-    assert!(r.fw.has_rules(&dr()).unwrap());
-    assert_eq!(r.take(), [(args("-a|qkdpfd/dr|-s|rules"), String::new())]);
-    r.set("stdout", "");
-    assert!(!r.fw.has_rules(&dr()).unwrap());
-    // An anchor never loaded: the kernel says EINVAL, which means no rules.
-    r.set("exit", "1");
-    r.set("stderr", "pfctl: Invalid argument\n");
-    assert!(!r.fw.has_rules(&dr()).unwrap());
-    // Anything else is an error for the caller to treat as locked.
-    r.set("stderr", "pfctl: /dev/pf: Permission denied\n");
-    assert!(r.fw.has_rules(&dr()).is_err());
+    assert_eq!(observed(&mut r), fw::Observed::Open);
+    // One of our block rules gone: neither.
+    r.set(
+        "out.-a_qkdpfd_dr_-s_rules_",
+        "block drop quick on wg0 all label \"qkdpfd-lockdown\"\n",
+    );
+    assert!(matches!(
+        observed(&mut r),
+        fw::Observed::Unknown {
+            skeleton: false,
+            ..
+        }
+    ));
+    // An anchor never loaded: the kernel says EINVAL; nothing proven.
+    r.unset("out.-a_qkdpfd_dr_-s_rules_");
+    r.set("err.-a_qkdpfd_dr_-s_rules_", "pfctl: Invalid argument\n");
+    assert!(matches!(
+        observed(&mut r),
+        fw::Observed::Unknown {
+            skeleton: false,
+            ..
+        }
+    ));
+    r.unset("err.-a_qkdpfd_dr_-s_rules_");
+    // pf disabled (`pfctl -d`): damaged, whatever the anchor says.
+    r.set("out.-s_info_", "Status: Disabled for 0 days 00:10:00\n");
+    assert!(matches!(
+        observed(&mut r),
+        fw::Observed::Unknown { skeleton: true, .. }
+    ));
+    r.set("out.-s_info_", ENABLED);
+    // pf.conf reloaded without the anchor, or without the link's block rules.
+    r.set(
+        "out.-s_rules_",
+        &MAIN.replace("anchor \"qkdpfd/*\" all\n", ""),
+    );
+    assert!(matches!(
+        observed(&mut r),
+        fw::Observed::Unknown { skeleton: true, .. }
+    ));
+    r.set(
+        "out.-s_rules_",
+        &MAIN.replace("block drop log quick on wg0 all\n", ""),
+    );
+    assert!(matches!(
+        observed(&mut r),
+        fw::Observed::Unknown { skeleton: true, .. }
+    ));
+    // Anything else from pfctl is an error for the caller (= not proven).
+    r.set("out.-s_rules_", MAIN);
+    r.set("err.-s_info_", "pfctl: /dev/pf: Permission denied\n");
+    assert!(r.fw.observe(&[dr()], None).is_err());
+}
+
+#[test]
+fn a_failed_state_kill_is_not_locked_until_a_kill_works() {
+    let mut r = Rec::new();
+    r.set("out.-s_info_", ENABLED);
+    r.set("out.-s_rules_", MAIN);
+    r.set(
+        "out.-a_qkdpfd_dr_-s_rules_",
+        &LOCK_RULES.replace("$wg_if", "wg0"),
+    );
+    r.set("fail_on", "-k 0.0.0.0/0 -k 198.51.100.2");
+    assert!(r.fw.apply(&dr(), Enforcement::Lockdown, "").is_err());
+    assert!(matches!(observed(&mut r), fw::Observed::Unknown { .. }));
+    r.unset("fail_on");
+    r.fw.clear(&dr()).unwrap();
+    assert_eq!(observed(&mut r), fw::Observed::Locked);
 }

@@ -60,10 +60,15 @@ qkd_key_generation_halted_total{link_id="hq-dr"} 1
 # TYPE qkdpfd_link_locked gauge
 qkdpfd_link_locked{link="hq-dr"} 0
 qkdpfd_link_locked{link="lab"} 1
+# HELP qkdpfd_lockdown_failed 1 if a lockdown is wanted and the kernel read back does not show it.
+# TYPE qkdpfd_lockdown_failed gauge
+qkdpfd_lockdown_failed{link="hq-dr"} 0
+qkdpfd_lockdown_failed{link="lab"} 0
 # HELP qkdpfd_link_lock_reason 1 for each lock reason the link currently has.
 # TYPE qkdpfd_link_lock_reason gauge
 qkdpfd_link_lock_reason{link="hq-dr",reason="qber"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="source-lost"} 0
+qkdpfd_link_lock_reason{link="hq-dr",reason="no-key"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="key-stale"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="peer-lost"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="psk-drift"} 0
@@ -72,6 +77,7 @@ qkdpfd_link_lock_reason{link="hq-dr",reason="no-policy"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="process-failure"} 0
 qkdpfd_link_lock_reason{link="lab",reason="qber"} 0
 qkdpfd_link_lock_reason{link="lab",reason="source-lost"} 1
+qkdpfd_link_lock_reason{link="lab",reason="no-key"} 0
 qkdpfd_link_lock_reason{link="lab",reason="key-stale"} 0
 qkdpfd_link_lock_reason{link="lab",reason="peer-lost"} 0
 qkdpfd_link_lock_reason{link="lab",reason="psk-drift"} 0
@@ -247,7 +253,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn golden_text_parses() {
     let samples = parse(GOLDEN);
-    assert_eq!(samples.len(), 38);
+    assert_eq!(samples.len(), 42);
     let hq = [("link_id", "hq-dr")];
     assert_eq!(value(&samples, "qkd_qber", &hq), Some(0.0312));
     assert_eq!(value(&samples, "qkd_qber", &[("link_id", "lab")]), None);

@@ -492,8 +492,14 @@ fn state_round_trip_and_floor() {
     let reasons: Reasons = [LockReason::Operator, LockReason::SourceLost]
         .into_iter()
         .collect();
-    st.links
-        .insert("dr".into(), LinkRecord { reasons, epoch: 0 });
+    st.links.insert(
+        "dr".into(),
+        LinkRecord {
+            reasons,
+            epoch: 0,
+            verifier: None,
+        },
+    );
     state::save(&path, &st).unwrap();
     assert_eq!(mode(&path), 0o600);
     let names: Vec<String> = fs::read_dir(d.path())
@@ -522,4 +528,40 @@ fn state_round_trip_and_floor() {
         state::floor(None, &Store::new(d.path().join("none"))).unwrap(),
         None
     );
+}
+
+/// The spool's files (fail-closed issue item 5): a symlink, a FIFO with no
+/// writer, an endless device, or an oversized file is refused at once,
+/// never followed, blocked on or read without end.
+#[test]
+fn spool_archives_are_opened_without_following_or_blocking() {
+    use qkdpfd::policy::read_archive_file;
+    let t = tempfile::tempdir().unwrap();
+    let real = t.path().join("real.tgz");
+    std::fs::write(&real, b"bytes").unwrap();
+    assert_eq!(read_archive_file(&real, 1 << 20).unwrap(), b"bytes");
+    let link = t.path().join("link.tgz");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert!(
+        read_archive_file(&link, 1 << 20).is_err(),
+        "symlink followed"
+    );
+    let fifo = t.path().join("fifo.tgz");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let e = read_archive_file(&fifo, 1 << 20).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "blocked on a FIFO"
+    );
+    assert!(
+        e.to_string().contains("fifo") || e.to_string().contains("regular"),
+        "{e}"
+    );
+    let zero = t.path().join("zero.tgz");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    assert!(read_archive_file(&zero, 1 << 20).is_err());
+    assert!(read_archive_file(std::path::Path::new("/dev/zero"), 1 << 20).is_err());
+    std::fs::write(&real, vec![0u8; 2048]).unwrap();
+    assert!(read_archive_file(&real, 1024).is_err(), "limit not kept");
 }

@@ -95,6 +95,7 @@ fn ok(msg: &str) -> Reply {
 
 fn link_dr() -> LinkInfo {
     LinkInfo {
+        lockdown_failed: false,
         name: "dr".into(),
         enforcement: Enforcement::Lockdown,
         reasons: [LockReason::Qber, LockReason::Operator]
@@ -124,6 +125,7 @@ fn link_dr() -> LinkInfo {
 
 fn link_hq() -> LinkInfo {
     LinkInfo {
+        lockdown_failed: false,
         name: "headquarters".into(),
         enforcement: Enforcement::Open,
         reasons: Reasons::EMPTY,

@@ -67,7 +67,7 @@ impl Output for Human {
         for l in links {
             rows.push(vec![
                 l.name.clone(),
-                l.enforcement.to_string(),
+                state_word(l),
                 l.reasons.to_string(),
                 opt(l.band),
                 qber(l.qber),
@@ -80,7 +80,7 @@ impl Output for Human {
     fn link(&self, w: &mut dyn Write, l: &LinkInfo) -> io::Result<()> {
         let mut pairs = vec![
             ("link", l.name.clone()),
-            ("state", l.enforcement.to_string()),
+            ("state", state_word(l)),
             ("reasons", l.reasons.to_string()),
             ("band", opt(l.band)),
             ("qber", qber(l.qber)),
@@ -383,6 +383,16 @@ fn span(s: u64) -> String {
 /// Unix seconds as RFC 3339 UTC (`2027-01-31T00:00:00Z`).
 pub fn rfc3339(unix: u64) -> String {
     crate::utc::format_utc(unix)
+}
+
+/// `open`, `lockdown`, or `LOCKDOWN-FAILED` when the kernel does not show
+/// a lockdown the link needs (loud on purpose: traffic may pass).
+fn state_word(l: &LinkInfo) -> String {
+    if l.lockdown_failed {
+        "LOCKDOWN-FAILED".to_string()
+    } else {
+        l.enforcement.to_string()
+    }
 }
 
 #[cfg(test)]

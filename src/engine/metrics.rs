@@ -66,6 +66,8 @@ pub struct LinkMetrics {
     pub threshold: Option<f64>,
     /// The firewall holds the link in lockdown (the parent's enforcement).
     pub locked: bool,
+    /// The parent could not make the kernel show a wanted lockdown.
+    pub lockdown_failed: bool,
     /// Engine and parent reasons together.
     pub reasons: Reasons,
     /// Trips since start (`LinkStatus::trips`).
@@ -114,6 +116,7 @@ impl LinkMetrics {
             band: None,
             threshold: None,
             locked: true,
+            lockdown_failed: false,
             reasons: Reasons::EMPTY,
             trips: 0,
             sample_age_secs: None,
@@ -139,7 +142,7 @@ impl Kind {
 }
 
 /// Every family [`render`] writes, in output order: name, type, help.
-pub const FAMILIES: [(&str, Kind, &str); 16] = [
+pub const FAMILIES: [(&str, Kind, &str); 17] = [
     (
         "qkd_qber",
         Kind::Gauge,
@@ -159,6 +162,11 @@ pub const FAMILIES: [(&str, Kind, &str); 16] = [
         "qkdpfd_link_locked",
         Kind::Gauge,
         "1 if the firewall holds the link in lockdown.",
+    ),
+    (
+        "qkdpfd_lockdown_failed",
+        Kind::Gauge,
+        "1 if a lockdown is wanted and the kernel read back does not show it.",
     ),
     (
         "qkdpfd_link_lock_reason",
@@ -289,6 +297,7 @@ fn link_samples(out: &mut String, l: &LinkMetrics, name: &str, extra: f64) {
             keys.map(|k| k.generation_halted.to_string()),
         ),
         "qkdpfd_link_locked" => sample(out, name, &link, flag(l.locked)),
+        "qkdpfd_lockdown_failed" => sample(out, name, &link, flag(l.lockdown_failed)),
         "qkdpfd_link_lock_reason" => lock_reasons(out, name, l),
         "qkdpfd_qber_band" => bands(out, name, l),
         "qkdpfd_qber_threshold" => opt(out, name, &link, l.threshold.map(float)),

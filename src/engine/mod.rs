@@ -90,6 +90,7 @@ fn fatal(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
+    crate::privsep::no_core_dumps();
     let chan = match crate::privsep::engine_channel() {
         Ok(c) => c,
         Err(e) => return fatal(e),
@@ -119,6 +120,11 @@ pub fn main() -> ExitCode {
             Ok(()) => true,
             Err(e) => return fatal(e),
         },
+        // Real root with no user to become: refuse rather than run the
+        // network-facing process with every privilege (DESIGN §2).
+        None if crate::privsep::is_real_root() => {
+            return fatal("refusing to run as root: no [daemon] user to drop to".to_string());
+        }
         None => false,
     };
     log::set_verbose(cfg.verbose);

@@ -203,6 +203,7 @@ impl Engine {
         LinkInfo {
             name: name.to_string(),
             enforcement: Self::enforcement(slot),
+            lockdown_failed: slot.parent.as_ref().is_some_and(|p| p.lockdown_failed),
             reasons: st.reasons.union(parent),
             band: st.band,
             qber: st.qber,
@@ -282,6 +283,7 @@ impl Engine {
             m.band = info.band;
             m.threshold = info.threshold;
             m.locked = info.enforcement == Enforcement::Lockdown;
+            m.lockdown_failed = info.lockdown_failed;
             m.reasons = info.reasons;
             m.trips = st.trips;
             m.sample_age_secs = info.sample_age_secs;

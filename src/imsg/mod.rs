@@ -152,7 +152,10 @@ pub struct ActivePolicy {
 #[serde(deny_unknown_fields)]
 pub struct LinkState {
     pub link: String,
+    /// What the kernel showed: open only when a read-back proved it.
     pub enforcement: Enforcement,
+    /// A lockdown is wanted and no fallback made the kernel show it.
+    pub lockdown_failed: bool,
     pub parent_reasons: Reasons,
 }
 

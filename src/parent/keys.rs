@@ -213,6 +213,24 @@ impl Wg {
         Ok(())
     }
 
+    /// Whether the PSK on the link's interface is the one whose verifier
+    /// the state file holds (a restart's proof of a QKD-derived key); if
+    /// so it becomes the installed PSK the drift check compares with.
+    pub fn verify_persisted(&mut self, link: &str, verifier: &str, now: Instant) -> bool {
+        let Some(w) = self.links.get_mut(link) else {
+            return false;
+        };
+        let Ok(psk) = self.backend.get_psk(&w.peer) else {
+            return false;
+        };
+        let same = wg::ct_eq_str(&psk.verifier(), verifier);
+        if same {
+            w.installed = Some(psk);
+            w.next_check = now;
+        }
+        same
+    }
+
     /// `key-stale`: no fresh key, so no key at all that anyone could know.
     pub fn randomize(&mut self, link: &str, now: Instant) -> Result<(), WgError> {
         self.install(link, Psk::random(), Duration::from_secs(60), now)
@@ -254,6 +272,29 @@ pub fn log_drift(link: &str, why: &str) {
 
 // What the parent answers the engine's key requests with (dispatched by
 // `run::dispatch_engine`), and its own periodic PSK re-read.
+
+/// How far past the persisted epoch the engine may ask to persist: room
+/// for a master jumping past its slave's NACK, never near u64::MAX.
+pub const EPOCH_WINDOW: u64 = 1 << 32;
+
+/// Answers a PersistEpoch beyond [`EPOCH_WINDOW`] with a refusal (the
+/// round fails; nothing is written).
+pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
+    log::event(Prio::Err, "epoch_refused")
+        .kv("link", link)
+        .kv("epoch", epoch)
+        .kv("persisted", floor)
+        .send();
+    let ack = KeyAck {
+        link: link.to_string(),
+        epoch,
+        step: KeyStep::Persist,
+        error: Some(format!(
+            "epoch {epoch} is more than {EPOCH_WINDOW} past the persisted {floor}"
+        )),
+    };
+    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+}
 
 /// Makes the epochs asked for since the last call durable in one write and
 /// answers each request; on failure every one of them is refused.
@@ -303,12 +344,9 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
         )
         .map_err(|e| e.reason().to_string())
     };
-    if result.is_ok() && p.links.links[&link].parent.contains(LockReason::PskDrift) {
-        p.links
-            .set_parent_reason(&link, LockReason::PskDrift, false);
-        p.links
-            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
-        super::run::send_state(p, tx, &link);
+    let psk = crate::secret::Psk::from_bytes(*psk);
+    if result.is_ok() {
+        installed(p, tx, &link, &psk);
     }
     let ack = KeyAck {
         link,
@@ -317,6 +355,30 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
         error: result.err(),
     };
     let _ = tx.send(ToEngine::KeyAck(ack).encode());
+}
+
+/// A QKD-derived PSK is on the interface and read back: `no-key` and
+/// `psk-drift` clear, and its verifier is made durable for a restart
+/// (if that write fails the restart holds `no-key` until the next round:
+/// closed, not open).
+fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
+    let l = &p.links.links[link];
+    let held = [LockReason::NoKey, LockReason::PskDrift]
+        .into_iter()
+        .any(|r| l.parent.contains(r));
+    if held {
+        p.links.set_parent_reason(link, LockReason::NoKey, false);
+        p.links.set_parent_reason(link, LockReason::PskDrift, false);
+        p.links
+            .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        super::run::send_state(p, tx, link);
+    }
+    if let Err(e) = p.links.persist_verifier(link, psk.verifier()) {
+        log::event(Prio::Crit, "state_write_failed")
+            .kv("path", p.links.state_path.display())
+            .msg(e)
+            .send();
+    }
 }
 
 /// The link's rotation period (policy `rotate`, or the test override).
@@ -330,6 +392,8 @@ fn rotate_period(p: &Parent, link: &str) -> Duration {
 
 /// `key-stale` newly set: the PSK becomes random bytes nobody knows.
 pub(super) fn key_stale(p: &mut Parent, link: &str) {
+    // Random bytes are no QKD key: no-key holds until the next install.
+    p.links.set_parent_reason(link, LockReason::NoKey, true);
     let r = p.wg.randomize(link, Instant::now());
     let mut ev = log::event(Prio::Alert, "key_stale").kv("link", link);
     ev = match &r {

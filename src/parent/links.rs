@@ -1,18 +1,27 @@
 //! The parent's per-link enforcement: combines the engine's reasons with
-//! the parent-owned ones, flips the firewall, persists (DESIGN §5, §6).
+//! the parent-owned ones, flips the firewall, reads the kernel back,
+//! persists (DESIGN §5, §6).
 //!
-//! Lock = apply, then persist; unlock = persist, then apply. A failed flip
-//! to lockdown is retried once, then the anchor/chain is emptied (= locked)
-//! and `lockdown_failed` is logged. A failed flip to open leaves the link
-//! locked; [`Links::reconcile`] retries it on the next tick.
+//! A link's record is what the kernel showed at the last read-back
+//! ([`Observed`]), never what was asked for. Lock = apply, then persist;
+//! unlock = persist, then apply. A lockdown walks a fallback ladder until a
+//! read-back shows the link locked: the bundle's lockdown; the link chain
+//! replaced by qkdpfd's own drop; the skeleton rebuilt and the drop again;
+//! a guard outside the link's chain. A step counts only if it returned
+//! success *and* the read-back shows it. When no step works the link is
+//! `lockdown_failed`, a state of its own (event, ctl, metrics), and the
+//! next tick ([`Links::reconcile`], every second) walks the ladder again.
+//! The same tick reads every link back and repairs what changed behind our
+//! back: a flushed or deleted chain, a removed jump or drop, the whole
+//! table gone, pf disabled.
 
 use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Prio};
-use crate::parent::fw::{Firewall, LinkTarget};
+use crate::parent::fw::{Firewall, FwError, LinkTarget, Observed, Readback};
 use crate::parent::state::{LinkRecord, State};
 use crate::policy::Bundle;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 /// One link as the parent sees it.
@@ -21,8 +30,10 @@ pub struct LinkCtl {
     /// Engine-owned reasons; None until the engine's first report.
     pub engine: Option<Reasons>,
     pub parent: Reasons,
-    /// What the kernel holds as far as we know; None = not touched since start.
-    pub applied: Option<Enforcement>,
+    /// What the kernel showed at the last read-back.
+    pub kernel: Readback,
+    /// A lockdown is wanted and the kernel does not show one.
+    pub lock_failed: bool,
     pub qber: Option<f64>,
     pub threshold: Option<f64>,
 }
@@ -33,7 +44,11 @@ impl LinkCtl {
             target: target_of(conf),
             engine: None,
             parent: Reasons::EMPTY,
-            applied: None,
+            kernel: Readback {
+                state: Observed::unknown("not read yet"),
+                guarded: false,
+            },
+            lock_failed: false,
             qber: None,
             threshold: None,
         }
@@ -52,6 +67,16 @@ impl LinkCtl {
             _ => Some(self.reasons().enforcement()),
         }
     }
+
+    /// What the kernel does for the link: open only when a read-back showed
+    /// the open ruleset and no guard drops it.
+    pub fn enforcement(&self) -> Enforcement {
+        if self.kernel.state == Observed::Open && !self.kernel.guarded {
+            Enforcement::Open
+        } else {
+            Enforcement::Lockdown
+        }
+    }
 }
 
 pub fn target_of(l: &LinkConf) -> LinkTarget {
@@ -65,6 +90,10 @@ pub struct Links {
     pub fw: Box<dyn Firewall>,
     pub state: State,
     pub state_path: PathBuf,
+    /// Links held by the firewall's guard until their own chain is repaired.
+    pub guard: BTreeSet<String>,
+    /// Never write the state file (`qkdpfd -L` with one it could not read).
+    pub persist_disabled: bool,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -75,17 +104,117 @@ pub enum OpenedBy {
 }
 
 impl Links {
-    /// Brings every link to its desired state; returns the links that changed.
+    pub fn new(
+        links: BTreeMap<String, LinkCtl>,
+        fw: Box<dyn Firewall>,
+        state: State,
+        state_path: PathBuf,
+    ) -> Links {
+        Links {
+            links,
+            fw,
+            state,
+            state_path,
+            guard: BTreeSet::new(),
+            persist_disabled: false,
+        }
+    }
+
+    fn targets(&self) -> Vec<LinkTarget> {
+        self.links.values().map(|l| l.target.clone()).collect()
+    }
+
+    /// Reads every link back (one listing); rebuilds the default-deny
+    /// skeleton first if any link's is damaged. Records what it saw.
+    pub fn observe_all(&mut self) {
+        let targets = self.targets();
+        let mut seen = self.fw.observe(&targets, None);
+        let damaged: Vec<String> = match &seen {
+            Ok(m) => m
+                .iter()
+                .filter_map(|(n, rb)| match &rb.state {
+                    Observed::Unknown {
+                        skeleton: true,
+                        why,
+                    } => Some(format!("{n}: {why}")),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if !damaged.is_empty() {
+            log::event(Prio::Alert, "firewall_lost")
+                .kv("firewall", self.fw.name())
+                .msg(format!(
+                    "default-deny damaged, rebuilding: {}",
+                    damaged.join("; ")
+                ))
+                .send();
+            if let Err(e) = self.fw.init(&targets) {
+                log::event(Prio::Alert, "firewall_rebuild_failed")
+                    .msg(e)
+                    .send();
+            }
+            seen = self.fw.observe(&targets, None);
+        }
+        match seen {
+            Ok(mut m) => {
+                for (name, l) in self.links.iter_mut() {
+                    l.kernel = m.remove(name).unwrap_or(Readback {
+                        state: Observed::unknown("not in the read-back"),
+                        guarded: false,
+                    });
+                }
+            }
+            Err(e) => {
+                log::event(Prio::Err, "firewall_check_failed")
+                    .msg(&e)
+                    .send();
+                for l in self.links.values_mut() {
+                    l.kernel.state = Observed::unknown(format!("read-back failed: {}", e.what));
+                }
+            }
+        }
+    }
+
+    /// Reads one link back right after a change.
+    fn observe_one(&mut self, name: &str) {
+        let targets = self.targets();
+        let rb = match self.fw.observe(&targets, Some(name)) {
+            Ok(mut m) => m.remove(name).unwrap_or(Readback {
+                state: Observed::unknown("not in the read-back"),
+                guarded: false,
+            }),
+            Err(e) => Readback {
+                state: Observed::unknown(format!("read-back failed: {}", e.what)),
+                guarded: self.guard.contains(name),
+            },
+        };
+        if let Some(l) = self.links.get_mut(name) {
+            l.kernel = rb;
+        }
+    }
+
+    /// The tick: reads every link back, then brings each to its desired
+    /// state; returns the links whose enforcement changed.
     pub fn reconcile(
         &mut self,
         bundle: Option<&Bundle>,
         by: OpenedBy,
     ) -> Vec<(String, Enforcement)> {
+        let before: BTreeMap<String, (Enforcement, bool)> = self
+            .links
+            .iter()
+            .map(|(n, l)| (n.clone(), (l.enforcement(), l.lock_failed)))
+            .collect();
+        self.observe_all();
         let names: Vec<String> = self.links.keys().cloned().collect();
         let mut changed = Vec::new();
         for name in names {
-            if let Some(e) = self.converge(&name, bundle, by, false) {
-                changed.push((name, e));
+            self.converge(&name, bundle, by, false);
+            let l = &self.links[&name];
+            if before.get(&name) != Some(&(l.enforcement(), l.lock_failed)) {
+                changed.push((name, l.enforcement()));
             }
         }
         changed
@@ -99,7 +228,9 @@ impl Links {
         }
     }
 
-    /// One link toward its desired state. Returns the new enforcement if it changed.
+    /// One link toward its desired state. Returns the new enforcement if it
+    /// changed. A link nothing has decided yet stays as the kernel holds
+    /// it, unless the kernel proves neither open nor locked: then it locks.
     pub fn converge(
         &mut self,
         name: &str,
@@ -108,26 +239,33 @@ impl Links {
         force: bool,
     ) -> Option<Enforcement> {
         let l = self.links.get(name)?;
-        let want = l.desired()?;
-        if l.applied == Some(want) && !force {
-            if want == Enforcement::Open {
-                // Open from before a restart: preload lockdown (a no-op once done).
-                self.stage_lockdown(name, bundle);
-            }
-            return None;
-        }
-        let before = l.applied;
+        let before = l.enforcement();
+        let want = match l.desired() {
+            Some(w) => w,
+            None if matches!(l.kernel.state, Observed::Unknown { .. }) => Enforcement::Lockdown,
+            None => return None,
+        };
         match want {
             Enforcement::Lockdown => {
+                if l.kernel.state == Observed::Locked && !force {
+                    self.release_guard(name);
+                    self.mark_locked(name, true);
+                    return None;
+                }
                 self.lock(name, bundle);
                 self.persist();
             }
             Enforcement::Open => {
+                if l.kernel.state == Observed::Open && !l.kernel.guarded && !force {
+                    // Open from before a restart: preload lockdown (a no-op once done).
+                    self.stage_lockdown(name, bundle);
+                    return None;
+                }
                 self.persist();
                 if !self.open(name, bundle) {
                     return None;
                 }
-                if before != Some(Enforcement::Open) {
+                if before != Enforcement::Open {
                     let by = match by {
                         OpenedBy::Auto => "auto",
                         OpenedBy::Operator => "operator",
@@ -139,59 +277,141 @@ impl Links {
                 }
             }
         }
-        (before != Some(want)).then_some(want)
+        let after = self.links[name].enforcement();
+        (before != after).then_some(after)
     }
 
+    /// The lockdown ladder (module docs). Stops at the first step the
+    /// kernel shows; otherwise the link is `lockdown_failed`.
     fn lock(&mut self, name: &str, bundle: Option<&Bundle>) {
-        let fw = &mut self.fw;
-        let l = self.links.get_mut(name).expect("known link");
-        let ruleset = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
-        let result = match ruleset {
-            Some(r) => fw
-                .apply(&l.target, Enforcement::Lockdown, r)
-                .or_else(|_| fw.apply(&l.target, Enforcement::Lockdown, r)),
-            // No policy: an empty anchor/chain is the lockdown.
-            None => fw.clear(&l.target),
-        };
-        if let Err(e) = result {
-            let cleared = fw.clear(&l.target);
-            log::event(Prio::Alert, "lockdown_failed")
-                .kv("link", name)
-                .kv("cleared", if cleared.is_ok() { "yes" } else { "no" })
-                .msg(e)
-                .send();
-        }
-        l.applied = Some(Enforcement::Lockdown);
-    }
-
-    fn open(&mut self, name: &str, bundle: Option<&Bundle>) -> bool {
-        let fw = &mut self.fw;
-        let l = self.links.get_mut(name).expect("known link");
-        let Some(r) = bundle.and_then(|b| b.ruleset(Enforcement::Open, fw.extension())) else {
-            return false;
-        };
-        match fw.apply(&l.target, Enforcement::Open, r) {
-            Ok(()) => {
-                l.applied = Some(Enforcement::Open);
-                // Preload the lockdown rules so the next flip is quick.
-                let lock = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
-                if let Some(Err(e)) = lock.map(|lr| fw.stage(&l.target, Enforcement::Lockdown, lr))
-                {
-                    log::event(Prio::Warning, "stage_failed")
+        let ruleset = bundle
+            .and_then(|b| b.ruleset(Enforcement::Lockdown, self.fw.extension()))
+            .map(str::to_string);
+        let target = self.links[name].target.clone();
+        let mut errors: Vec<String> = Vec::new();
+        for step in 0..4 {
+            let (what, r): (&str, Result<(), FwError>) = match step {
+                0 => match &ruleset {
+                    Some(r) => (
+                        "lockdown ruleset",
+                        self.fw.apply(&target, Enforcement::Lockdown, r),
+                    ),
+                    // No policy: qkdpfd's own drop is the lockdown.
+                    None => ("drop", self.fw.clear(&target)),
+                },
+                1 => ("drop", self.fw.clear(&target)),
+                2 => {
+                    let targets = self.targets();
+                    (
+                        "rebuild and drop",
+                        self.fw.init(&targets).and_then(|_| self.fw.clear(&target)),
+                    )
+                }
+                _ => {
+                    self.guard.insert(name.to_string());
+                    let g = self.guard_targets();
+                    ("guard", self.fw.set_guard(&g))
+                }
+            };
+            self.observe_one(name);
+            let kernel = &self.links[name].kernel;
+            let shown = if step == 3 {
+                kernel.locked()
+            } else {
+                kernel.state == Observed::Locked
+            };
+            if r.is_ok() && shown {
+                if step < 3 {
+                    self.release_guard(name);
+                }
+                if step > 0 || self.links[name].lock_failed {
+                    log::event(Prio::Warning, "lockdown_fallback")
                         .kv("link", name)
-                        .msg(e)
+                        .kv("step", what)
+                        .msg(errors.join("; "))
                         .send();
                 }
-                true
+                self.mark_locked(name, true);
+                return;
+            }
+            errors.push(match r {
+                Err(e) => format!("{what}: {e}"),
+                Ok(()) => format!("{what}: kernel shows {}", self.links[name].kernel.state),
+            });
+        }
+        self.mark_locked(name, false);
+        let l = &self.links[name];
+        log::event(Prio::Alert, "lockdown_failed")
+            .kv("link", name)
+            .kv("kernel", &l.kernel.state)
+            .msg(errors.join("; "))
+            .send();
+    }
+
+    fn mark_locked(&mut self, name: &str, locked: bool) {
+        if let Some(l) = self.links.get_mut(name) {
+            if l.lock_failed && locked {
+                log::event(Prio::Notice, "lockdown_repaired")
+                    .kv("link", name)
+                    .send();
+            }
+            l.lock_failed = !locked;
+        }
+    }
+
+    fn guard_targets(&self) -> Vec<LinkTarget> {
+        self.guard
+            .iter()
+            .filter_map(|n| self.links.get(n).map(|l| l.target.clone()))
+            .collect()
+    }
+
+    /// The link's own chain shows its state again: its guard goes.
+    fn release_guard(&mut self, name: &str) {
+        if !self.guard.remove(name) {
+            return;
+        }
+        let g = self.guard_targets();
+        match self.fw.set_guard(&g) {
+            Ok(()) => {
+                if let Some(l) = self.links.get_mut(name) {
+                    l.kernel.guarded = false;
+                }
             }
             Err(e) => {
-                log::event(Prio::Err, "unlock_failed")
+                // Keeps dropping: fail closed, try again next tick.
+                self.guard.insert(name.to_string());
+                log::event(Prio::Err, "guard_release_failed")
                     .kv("link", name)
                     .msg(e)
                     .send();
-                false
             }
         }
+    }
+
+    fn open(&mut self, name: &str, bundle: Option<&Bundle>) -> bool {
+        let ext = self.fw.extension();
+        let Some(r) = bundle.and_then(|b| b.ruleset(Enforcement::Open, ext)) else {
+            return false;
+        };
+        let target = self.links[name].target.clone();
+        let applied = self.fw.apply(&target, Enforcement::Open, r);
+        self.observe_one(name);
+        if applied.is_ok() && self.links[name].kernel.state == Observed::Open {
+            self.mark_locked(name, true);
+            self.release_guard(name);
+            self.stage_lockdown(name, bundle);
+            return self.links[name].enforcement() == Enforcement::Open;
+        }
+        let why = match applied {
+            Err(e) => e.to_string(),
+            Ok(()) => format!("kernel shows {}", self.links[name].kernel.state),
+        };
+        log::event(Prio::Err, "unlock_failed")
+            .kv("link", name)
+            .msg(why)
+            .send();
+        false
     }
 
     /// Preloads the link's lockdown rules so the next flip is quick.
@@ -216,12 +436,13 @@ impl Links {
             let rec = LinkRecord {
                 reasons: l.reasons().persisted(),
                 epoch: self.epoch(name),
+                verifier: self.state.links.get(name).and_then(|r| r.verifier.clone()),
             };
             if !rec.is_empty() {
                 links.insert(name.clone(), rec);
             }
         }
-        if links == self.state.links {
+        if links == self.state.links || self.persist_disabled {
             return;
         }
         self.state.links = links;
@@ -231,35 +452,6 @@ impl Links {
                 .msg(e)
                 .send();
         }
-    }
-
-    /// The firewall skeleton vanished (`nft flush ruleset`, an edited base
-    /// chain): rebuild it — every link chain comes back empty, that is locked —
-    /// then put each link back in the state its reasons call for.
-    pub fn rebuild_if_lost(&mut self, targets: &[LinkTarget], bundle: Option<&Bundle>) {
-        match self.fw.intact(targets) {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => {
-                log::event(Prio::Err, "firewall_check_failed").msg(e).send();
-                return;
-            }
-        }
-        log::event(Prio::Alert, "firewall_lost")
-            .kv("firewall", self.fw.name())
-            .msg("default-deny skeleton missing from the kernel: rebuilding")
-            .send();
-        if let Err(e) = self.fw.init(targets) {
-            log::event(Prio::Alert, "lockdown_failed")
-                .kv("link", "all")
-                .msg(e)
-                .send();
-            return;
-        }
-        for l in self.links.values_mut() {
-            l.applied = Some(Enforcement::Lockdown);
-        }
-        self.reapply_all(bundle);
     }
 
     /// The persisted key-agreement epoch of a link (0: none yet).
@@ -276,6 +468,15 @@ impl Links {
             let rec = next.links.entry(name.clone()).or_default();
             rec.epoch = rec.epoch.max(*epoch);
         }
+        crate::parent::state::save(&self.state_path, &next)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Records the verifier of a PSK just installed and read back.
+    pub fn persist_verifier(&mut self, name: &str, verifier: String) -> std::io::Result<()> {
+        let mut next = self.state.clone();
+        next.links.entry(name.to_string()).or_default().verifier = Some(verifier);
         crate::parent::state::save(&self.state_path, &next)?;
         self.state = next;
         Ok(())
@@ -336,185 +537,4 @@ impl Links {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::parent::fw::FwError;
-    use crate::parent::state;
-    use crate::policy::{ExpiredAction, Files, Policy, Rulesets};
-    use std::sync::{Arc, Mutex};
-
-    /// Records every call; fails the first `fail_applies` applies.
-    #[derive(Default)]
-    struct Fake {
-        calls: Arc<Mutex<Vec<String>>>,
-        fail_applies: usize,
-        fail_clear: bool,
-    }
-
-    impl Firewall for Fake {
-        fn name(&self) -> &'static str {
-            "fake"
-        }
-        fn extension(&self) -> &'static str {
-            "nft"
-        }
-        fn init(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
-            Ok(())
-        }
-        fn apply(&mut self, l: &LinkTarget, s: Enforcement, r: &str) -> Result<(), FwError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("apply {} {s} {}", l.name, r.trim()));
-            if self.fail_applies > 0 {
-                self.fail_applies -= 1;
-                return Err(FwError::refused("injected"));
-            }
-            Ok(())
-        }
-        fn clear(&mut self, l: &LinkTarget) -> Result<(), FwError> {
-            self.calls.lock().unwrap().push(format!("clear {}", l.name));
-            if self.fail_clear {
-                return Err(FwError::refused("injected"));
-            }
-            Ok(())
-        }
-        fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
-            Ok(())
-        }
-        fn has_rules(&mut self, _: &LinkTarget) -> Result<bool, FwError> {
-            Ok(false)
-        }
-    }
-
-    fn bundle() -> Bundle {
-        let mut m = BTreeMap::new();
-        m.insert("anchors/open.nft".to_string(), b"accept\n".to_vec());
-        m.insert("anchors/lockdown.nft".to_string(), b"drop\n".to_vec());
-        Bundle {
-            policy: Policy {
-                serial: 1,
-                not_after: None,
-                expired_action: ExpiredAction::Keep,
-                defaults: Default::default(),
-                links: BTreeMap::new(),
-                rulesets: Rulesets {
-                    open: "anchors/open".into(),
-                    lockdown: "anchors/lockdown".into(),
-                },
-            },
-            files: Files::from_map(m).unwrap(),
-            digest: [0; 32],
-            signer: "test".into(),
-            warnings: Vec::new(),
-        }
-    }
-
-    fn links(fw: Fake, dir: &std::path::Path) -> Links {
-        let conf = crate::conf::parse(
-            "t.conf",
-            "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n\
-             [link.dr]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg0\"\nwg_port = 51820\n\
-             addresses = [\"192.0.2.2\"]\n",
-        )
-        .unwrap();
-        let mut map = BTreeMap::new();
-        map.insert("dr".to_string(), LinkCtl::new(&conf.link["dr"]));
-        Links {
-            links: map,
-            fw: Box::new(fw),
-            state: State::default(),
-            state_path: dir.join("state"),
-        }
-    }
-
-    #[test]
-    fn failed_lockdown_is_retried_then_cleared() {
-        let t = tempfile::tempdir().unwrap();
-        let fake = Fake {
-            fail_applies: 2,
-            ..Fake::default()
-        };
-        let calls = fake.calls.clone();
-        let mut l = links(fake, t.path());
-        l.set_parent_reason("dr", LockReason::Operator, true);
-        let b = bundle();
-        assert_eq!(
-            l.converge("dr", Some(&b), OpenedBy::Auto, false),
-            Some(Enforcement::Lockdown)
-        );
-        assert_eq!(
-            *calls.lock().unwrap(),
-            [
-                "apply dr lockdown drop",
-                "apply dr lockdown drop",
-                "clear dr"
-            ]
-        );
-        // Lock = apply, then persist: the operator reason is on disk.
-        let st = state::load(&t.path().join("state")).unwrap().unwrap();
-        assert!(st.links["dr"].reasons.contains(LockReason::Operator));
-    }
-
-    #[test]
-    fn failed_open_stays_locked_and_is_retried() {
-        let t = tempfile::tempdir().unwrap();
-        let fake = Fake {
-            fail_applies: 1,
-            ..Fake::default()
-        };
-        let calls = fake.calls.clone();
-        let mut l = links(fake, t.path());
-        l.links.get_mut("dr").unwrap().applied = Some(Enforcement::Lockdown);
-        l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
-        let b = bundle();
-        assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
-        assert_eq!(l.links["dr"].applied, Some(Enforcement::Lockdown));
-        // The next tick's reconcile retries and opens.
-        let changed = l.reconcile(Some(&b), OpenedBy::Auto);
-        assert_eq!(changed, [("dr".to_string(), Enforcement::Open)]);
-        assert_eq!(
-            calls
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|c| c.starts_with("apply dr open"))
-                .count(),
-            2
-        );
-    }
-
-    #[test]
-    fn no_policy_means_cleared_and_never_opened() {
-        let t = tempfile::tempdir().unwrap();
-        let fake = Fake::default();
-        let calls = fake.calls.clone();
-        let mut l = links(fake, t.path());
-        l.set_engine_reasons("dr", Reasons::EMPTY, None, None);
-        l.set_parent_reason("dr", LockReason::NoPolicy, true);
-        l.reconcile(None, OpenedBy::Auto);
-        assert_eq!(*calls.lock().unwrap(), ["clear dr"]);
-        // Even with the reason gone, no bundle means no open ruleset: stays locked.
-        l.set_parent_reason("dr", LockReason::NoPolicy, false);
-        assert!(l.reconcile(None, OpenedBy::Auto).is_empty());
-        assert_eq!(l.links["dr"].applied, Some(Enforcement::Lockdown));
-    }
-
-    #[test]
-    fn silent_engine_keeps_kernel_state() {
-        let t = tempfile::tempdir().unwrap();
-        let fake = Fake::default();
-        let calls = fake.calls.clone();
-        let mut l = links(fake, t.path());
-        assert_eq!(l.links["dr"].desired(), None);
-        assert!(l.reconcile(Some(&bundle()), OpenedBy::Auto).is_empty());
-        assert!(
-            calls.lock().unwrap().is_empty(),
-            "nothing touched before the engine reports"
-        );
-        // Engine's first report clears process-failure (fresh state).
-        l.set_parent_reason("dr", LockReason::ProcessFailure, true);
-        l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), None);
-        assert!(!l.links["dr"].parent.contains(LockReason::ProcessFailure));
-    }
-}
+mod tests;

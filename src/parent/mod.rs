@@ -12,13 +12,14 @@ pub mod activate;
 pub mod fw;
 pub mod keys;
 pub mod links;
+mod lockdown;
 mod run;
 pub mod state;
 mod syslog;
 pub mod wg;
 
 use crate::conf::{self, Config};
-use crate::lock::{Enforcement, LockReason};
+use crate::lock::LockReason;
 use crate::log;
 use crate::parent::activate::Checker;
 use crate::parent::links::{LinkCtl, Links};
@@ -72,13 +73,21 @@ fn exit_err(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn main(opts: Opts) -> ExitCode {
+    crate::privsep::no_core_dumps();
     log::set_verbose(opts.verbose > 0);
+    log::set_proc("parent");
     let path = opts
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(conf::CONFFILE));
     let conf = match conf::load(&path) {
         Ok(c) => c,
+        Err(e) if opts.lockdown => {
+            // -L must lock even when the config does not parse: then every
+            // link chain found in the kernel is locked.
+            eprint!("{e}");
+            return lockdown::without_config(&path);
+        }
         Err(e) => {
             eprint!("{e}");
             return exit_err(format!("{}: configuration has errors", path.display()));
@@ -91,7 +100,7 @@ pub fn main(opts: Opts) -> ExitCode {
         return check(&conf, opts.verbose > 0);
     }
     if opts.lockdown {
-        return lockdown_and_exit(conf);
+        return lockdown::from_config(conf);
     }
     if let Err(e) = crate::privsep::check_argv0(&opts.argv0) {
         return exit_err(e);
@@ -234,32 +243,6 @@ pub fn targets(conf: &Config) -> BTreeMap<String, fw::LinkTarget> {
         .collect()
 }
 
-/// `qkdpfd -L`: lock every configured link, record `process-failure`, exit.
-fn lockdown_and_exit(conf: Config) -> ExitCode {
-    log::init(Box::new(|_, line| eprintln!("qkdpfd: {line}")));
-    let opts = Opts::default();
-    let mut p = match Parent::new(conf, opts) {
-        Ok(p) => p,
-        Err(e) => return exit_err(e),
-    };
-    let names: Vec<String> = p.links.links.keys().cloned().collect();
-    for n in &names {
-        p.links
-            .set_parent_reason(n, LockReason::ProcessFailure, true);
-    }
-    p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
-    let all_locked = p
-        .links
-        .links
-        .values()
-        .all(|l| l.applied == Some(Enforcement::Lockdown));
-    if all_locked {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 impl Parent {
     /// Loads state, keys and the active bundle and installs the firewall
     /// skeleton (every link default-deny). Fails closed: without a usable
@@ -296,26 +279,16 @@ impl Parent {
             if bundle.is_none() {
                 l.parent.insert(LockReason::NoPolicy);
             }
-            // An empty chain/anchor is locked; remember it so nothing is
-            // opened before the engine has fresh state.
-            // What the kernel holds now (empty chain/anchor = locked); nothing
-            // is changed before the engine has fresh state for the link.
-            // Non-empty is not proof of open (a pf anchor holds the lockdown
-            // rules too): then the engine's first report re-applies.
-            if let Ok(false) = fw.has_rules(&l.target) {
-                l.applied = Some(Enforcement::Lockdown);
-            }
             map.insert(name.clone(), l);
         }
         let qber_net = qber_net(&conf)?;
         let now = std::time::Instant::now();
-        let wg = keys::Wg::new(&conf, wg::new(&conf.wireguard, &conf.daemon.state_dir), now);
-        let links = Links {
-            links: map,
-            fw,
-            state: st,
-            state_path,
-        };
+        let mut wg = keys::Wg::new(&conf, wg::new(&conf.wireguard, &conf.daemon.state_dir), now);
+        // What the kernel holds now is the record; a link it shows neither
+        // open nor locked is locked by the first reconcile below, an open
+        // one stays open until the engine has fresh state for it.
+        let mut links = Links::new(map, fw, st, state_path);
+        hold_until_keyed(&mut links, &mut wg, now);
         let mut p = Parent {
             conf,
             opts,
@@ -400,6 +373,25 @@ impl Parent {
             }
         }
         run::run(self, engine)
+    }
+}
+
+/// `no-key` (DESIGN §6): a keyed link stays locked until a QKD-derived PSK
+/// is installed and read back on this end. After a restart that is proven
+/// by the PSK on the interface matching the state file's verifier.
+fn hold_until_keyed(links: &mut Links, wg: &mut keys::Wg, now: std::time::Instant) {
+    let names: Vec<String> = links
+        .links
+        .keys()
+        .filter(|n| wg.is_keyed(n))
+        .cloned()
+        .collect();
+    for name in &names {
+        let verifier = links.state.links.get(name).and_then(|r| r.verifier.clone());
+        let proven = verifier.is_some_and(|v| wg.verify_persisted(name, &v, now));
+        if !proven {
+            links.set_parent_reason(name, LockReason::NoKey, true);
+        }
     }
 }
 

@@ -135,8 +135,6 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
                 }
-                let targets: Vec<_> = super::targets(&p.conf).into_values().collect();
-                p.links.rebuild_if_lost(&targets, p.bundle.as_ref());
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
                 changed.extend(keys::check_drift(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
@@ -230,7 +228,8 @@ pub(super) fn send_state(p: &Parent, tx: &Tx, name: &str) {
     };
     let st = LinkState {
         link: name.to_string(),
-        enforcement: l.applied.unwrap_or(crate::lock::Enforcement::Lockdown),
+        enforcement: l.enforcement(),
+        lockdown_failed: l.lock_failed,
         parent_reasons: l.parent,
     };
     let _ = tx.send(ToEngine::LinkState(st).encode());
@@ -287,23 +286,19 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             if rec.line.len() > 4096 {
                 return Err("oversized log record".into());
             }
-            let clean: String = rec
-                .line
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_graphic() || c == ' ' {
-                        c
-                    } else {
-                        '?'
-                    }
-                })
-                .collect();
-            log::emit(prio, &clean);
+            log::emit(prio, &log::from_engine(&rec.line));
             Ok(())
         }
         ToParent::PersistEpoch(e) => {
             if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
                 return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
+            }
+            // Epochs only move forward, by less than a window: an engine
+            // asking for u64::MAX would end key agreement on the link for good.
+            let floor = p.links.epoch(&e.link);
+            if e.epoch > floor.saturating_add(keys::EPOCH_WINDOW) {
+                keys::refuse_epoch(tx, &e.link, e.epoch, floor);
+                return Ok(());
             }
             p.pending_epochs.push((e.link, e.epoch));
             Ok(())
@@ -377,6 +372,7 @@ fn operator_unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
             p.links
                 .set_parent_reason(n, LockReason::ProcessFailure, false);
             p.links.set_parent_reason(n, LockReason::PskDrift, false);
+            p.links.set_parent_reason(n, LockReason::NoKey, false);
             log::event(Prio::Alert, "unlock_forced")
                 .kv("link", n)
                 .send();
@@ -384,8 +380,8 @@ fn operator_unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
         p.links
             .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
         let l = &p.links.links[n];
-        lines.push(match l.applied {
-            Some(crate::lock::Enforcement::Open) => format!("{n}: open"),
+        lines.push(match l.enforcement() {
+            crate::lock::Enforcement::Open => format!("{n}: open"),
             _ => format!("{n}: locked ({})", l.reasons()),
         });
     }
@@ -523,6 +519,9 @@ fn activate_files(p: &mut Parent, tx: &Tx, files: &crate::policy::Files, source:
     }
 }
 
+/// Largest bundle archive taken from the spool.
+const SPOOL_MAX: u64 = 8 << 20;
+
 /// The GitOps spool: every regular file (tar/tgz) or directory not starting
 /// with "." is a bundle; it is removed after a decision (rejected ones are
 /// renamed `.rejected-<name>` so they are kept for inspection but not retried).
@@ -544,21 +543,14 @@ fn scan_spool(p: &mut Parent, tx: &Tx) {
         let Ok(md) = std::fs::symlink_metadata(&path) else {
             continue;
         };
+        // A directory is read entry by entry without following links; a
+        // file is opened O_NOFOLLOW|O_NONBLOCK and checked by fstat, so a
+        // symlink, FIFO or device swapped in after the lstat is refused.
         let files = if md.is_dir() {
             crate::policy::read_dir(&path)
-        } else if md.is_file() && md.len() <= 8 << 20 {
-            match std::fs::read(&path) {
-                Ok(b) => crate::policy::read_bytes(&b),
-                Err(e) => Err(crate::policy::Reject::Unreadable {
-                    what: s.clone(),
-                    msg: e.to_string(),
-                }),
-            }
         } else {
-            Err(crate::policy::Reject::Unreadable {
-                what: s.clone(),
-                msg: "not a regular file or directory (or over 8 MiB)".into(),
-            })
+            crate::policy::read_archive_file(&path, SPOOL_MAX)
+                .and_then(|b| crate::policy::read_bytes(&b))
         };
         let ok = match files {
             Ok(f) => matches!(activate_files(p, tx, &f, "incoming"), Reply::Ok { .. }),

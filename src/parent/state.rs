@@ -66,6 +66,11 @@ pub struct LinkRecord {
     /// last epoch accepted. Written (fsync) before the epoch is used.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub epoch: u64,
+    /// HMAC-SHA256(PSK, "qkdpfd-psk-verify-v1") of the last QKD-derived PSK
+    /// installed and read back, hex: after a restart the PSK on the
+    /// interface is compared with it before `no-key` clears. Never the PSK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -77,12 +82,13 @@ impl LinkRecord {
         LinkRecord {
             reasons: reasons.persisted(),
             epoch: 0,
+            verifier: None,
         }
     }
 
     /// Nothing worth a line in the file.
     pub fn is_empty(&self) -> bool {
-        self.reasons.is_empty() && self.epoch == 0
+        self.reasons.is_empty() && self.epoch == 0 && self.verifier.is_none()
     }
 }
 

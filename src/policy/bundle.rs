@@ -192,6 +192,33 @@ pub fn read_dir(path: &Path) -> Result<Files, Reject> {
     Ok(Files(map))
 }
 
+/// Reads a bundle archive from a path someone else may write to (the
+/// GitOps spool): opened without following a symlink and without blocking
+/// on a FIFO, checked with fstat to be a regular file, read with a limit
+/// (a device such as /dev/zero never ends).
+pub fn read_archive_file(path: &Path, max: u64) -> Result<Vec<u8>, Reject> {
+    let shown = path.display().to_string();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| unreadable(&shown, &e))?;
+    let meta = file.metadata().map_err(|e| unreadable(&shown, &e))?;
+    if !meta.is_file() {
+        return Err(Reject::NotRegular {
+            name: shown,
+            kind: kind_of(meta.file_type()).to_string(),
+        });
+    }
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut buf)
+        .map_err(|e| unreadable(&shown, &e))?;
+    if buf.len() as u64 > max {
+        return Err(unreadable(&shown, &format!("larger than {max} bytes")));
+    }
+    Ok(buf)
+}
+
 /// Names in `dir` (prefixed by `parent/`), checked, sorted.
 fn list_dir(dir: &Path, parent: Option<&str>) -> Result<Vec<(String, std::path::PathBuf)>, Reject> {
     let shown = dir.display().to_string();

@@ -19,7 +19,7 @@ pub mod signify;
 pub mod store;
 pub mod verify;
 
-pub use bundle::{Files, read_bytes, read_dir};
+pub use bundle::{Files, read_archive_file, read_bytes, read_dir};
 pub use document::{ExpiredAction, Policy, Rulesets};
 pub use reject::Reject;
 pub use signify::{PublicKey, parse_pubkey, read_pubkey};

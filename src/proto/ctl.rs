@@ -130,7 +130,11 @@ pub struct DaemonStatus {
 #[serde(deny_unknown_fields)]
 pub struct LinkInfo {
     pub name: String,
+    /// What the parent's last kernel read-back showed.
     pub enforcement: Enforcement,
+    /// A lockdown is wanted and the kernel does not show it (DESIGN §5).
+    #[serde(default)]
+    pub lockdown_failed: bool,
     /// Engine-owned and parent-owned, together.
     pub reasons: Reasons,
     pub band: Option<Band>,

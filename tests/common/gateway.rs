@@ -193,7 +193,13 @@ impl Gateway {
         }
     }
 
+    /// The daemon's log without the `proc=` stamps (tests match events by
+    /// their fields; [`Gateway::raw_log`] keeps them).
     pub fn log(&self) -> String {
+        unstamped(&self.raw_log())
+    }
+
+    pub fn raw_log(&self) -> String {
         fs::read_to_string(self.path("qkdpfd.log")).unwrap_or_default()
     }
 
@@ -343,6 +349,11 @@ pub fn reply_times(path: &Path) -> Vec<f64> {
         .filter(|l| l.contains("bytes from"))
         .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
         .collect()
+}
+
+/// A log with the `proc=parent|engine` stamp after each `event=` removed.
+pub fn unstamped(log: &str) -> String {
+    log.replace(" proc=parent", "").replace(" proc=engine", "")
 }
 
 pub fn unix_now() -> f64 {

@@ -237,7 +237,12 @@ impl Pair {
         }
     }
 
+    /// A daemon's log without the `proc=` stamps; [`Pair::raw_log`] keeps them.
     pub fn log(&self, end: usize) -> String {
+        super::gateway::unstamped(&self.raw_log(end))
+    }
+
+    pub fn raw_log(&self, end: usize) -> String {
         fs::read_to_string(self.path(end, "qkdpfd.log")).unwrap_or_default()
     }
 
@@ -457,8 +462,8 @@ impl Pair {
             .is_ok_and(|s| s.success())
     }
 
-    /// Runs a command in a gateway; it must succeed.
-    pub fn ns_must(&self, end: usize, argv: &[&str]) {
+    /// Runs a command in a gateway; it must succeed. Its stdout.
+    pub fn ns_must(&self, end: usize, argv: &[&str]) -> String {
         let o = Command::new("ip")
             .args(["netns", "exec", &self.ns(end)])
             .args(argv)
@@ -471,6 +476,7 @@ impl Pair {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// An nft script run in a gateway (for test-only drop rules).

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, check_names, nft, pf};
+use super::{Firewall, FwError, LinkTarget, Observed, Readback, check_names, nft, pf};
 use crate::lock::Enforcement;
 
 /// Which real backend's files and checks to imitate.
@@ -72,8 +72,18 @@ impl DryRun {
         match self.flavor {
             Flavor::Nft => {
                 let stmts = nft::render_statements(link, ruleset)?;
-                let script = nft::flip_script(&self.anchor, link, &stmts);
-                Ok((script, vec!["nft -f -".to_string()]))
+                let script = match state {
+                    Enforcement::Open => nft::flip_script(&self.anchor, link, &stmts),
+                    Enforcement::Lockdown => {
+                        let mut s = nft::stage_script(&self.anchor, link, &stmts);
+                        s.push_str(&nft::clear_script(&self.anchor, link).replace(
+                            &format!("drop comment \"{}\"", nft::readback::DROP_TAG),
+                            &format!("goto lock_{}", link.name),
+                        ));
+                        s
+                    }
+                };
+                Ok((marked(state, &script), vec!["nft -f -".to_string()]))
             }
             Flavor::Pf => {
                 pf::check_ruleset(ruleset)?;
@@ -81,17 +91,30 @@ impl DryRun {
                 if state == Enforcement::Lockdown {
                     cmds.extend(pf::kill_args(link).iter().map(|a| pfctl_line(a)));
                 }
-                Ok((pf::load_input(link, ruleset), cmds))
+                let input = match state {
+                    Enforcement::Open => pf::load_input(link, ruleset),
+                    Enforcement::Lockdown => pf::lockdown_input(link, ruleset),
+                };
+                Ok((marked(state, &input), cmds))
             }
         }
     }
 
     fn cleared(&self, link: &LinkTarget) -> String {
-        match self.flavor {
-            Flavor::Nft => nft::flip_script(&self.anchor, link, &[]),
-            Flavor::Pf => String::new(),
-        }
+        let body = match self.flavor {
+            Flavor::Nft => nft::clear_script(&self.anchor, link),
+            Flavor::Pf => pf::lockdown_input(link, ""),
+        };
+        marked(Enforcement::Lockdown, &body)
     }
+}
+
+/// The first line of every file written: the state it stands for, which
+/// is all a dry run can read back.
+const MARK: &str = "# qkdpfd dry-run state=";
+
+fn marked(state: Enforcement, body: &str) -> String {
+    format!("{MARK}{state}\n{body}")
 }
 
 fn pfctl_line(args: &[String]) -> String {
@@ -168,25 +191,40 @@ impl Firewall for DryRun {
             .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))
     }
 
-    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
-        check_names(&self.anchor, link)?;
-        let path = self.path(link);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => {
-                return Err(FwError::refused(format!(
-                    "dry-run: cannot read {}: {e}",
-                    path.display()
-                )));
-            }
-        };
-        Ok(text.lines().map(str::trim).any(|l| match self.flavor {
-            Flavor::Nft => l.starts_with("add rule "),
-            Flavor::Pf => {
-                !(l.is_empty() || l.starts_with('#') || l.starts_with("table <qkd_peer>"))
-            }
-        }))
+    fn observe(
+        &mut self,
+        links: &[LinkTarget],
+        only: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, Readback>, FwError> {
+        let mut out = std::collections::BTreeMap::new();
+        for link in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
+            check_names(&self.anchor, link)?;
+            let path = self.path(link);
+            let state = match fs::read_to_string(&path) {
+                Ok(t) => match t.lines().next().and_then(|l| l.strip_prefix(MARK)) {
+                    Some("open") => Observed::Open,
+                    Some("lockdown") => Observed::Locked,
+                    _ => Observed::unknown(format!("{} unmarked", path.display())),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Observed::unknown(format!("{} missing", path.display()))
+                }
+                Err(e) => {
+                    return Err(FwError::refused(format!(
+                        "dry-run: cannot read {}: {e}",
+                        path.display()
+                    )));
+                }
+            };
+            out.insert(
+                link.name.clone(),
+                Readback {
+                    state,
+                    guarded: false,
+                },
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -218,6 +256,10 @@ mod tests {
         }
     }
 
+    fn observed(fw: &mut DryRun) -> Observed {
+        fw.observe(&[dr()], None).unwrap()["dr"].state.clone()
+    }
+
     #[test]
     fn nft_flavor_writes_and_reads_back() {
         let tmp = tempfile::tempdir().unwrap();
@@ -226,23 +268,29 @@ mod tests {
         let path = tmp.path().join("dry-run/dr.nft");
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
-            "flush chain inet qkdpfd link_dr\n"
+            "# qkdpfd dry-run state=lockdown\nadd chain inet qkdpfd link_dr\n\
+             flush chain inet qkdpfd link_dr\n\
+             add rule inet qkdpfd link_dr drop comment \"qkdpfd drop\"\n"
         );
-        assert!(!fw.has_rules(&dr()).unwrap());
+        assert_eq!(observed(&mut fw), Observed::Locked);
         fw.apply(&dr(), Enforcement::Open, "ip saddr $peer4 accept\n")
             .unwrap();
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
-            "flush chain inet qkdpfd link_dr\nadd rule inet qkdpfd link_dr ip saddr @peer4_dr accept\n"
+            "# qkdpfd dry-run state=open\nflush chain inet qkdpfd link_dr\n\
+             add rule inet qkdpfd link_dr counter comment \"qkdpfd open n=1\"\n\
+             add rule inet qkdpfd link_dr ip saddr @peer4_dr accept\n"
         );
-        assert!(fw.has_rules(&dr()).unwrap());
+        assert_eq!(observed(&mut fw), Observed::Open);
         // init again keeps the link's rules; a refused ruleset changes nothing.
         fw.init(&[dr()]).unwrap();
         assert!(fw.apply(&dr(), Enforcement::Lockdown, "jump x").is_err());
-        assert!(fw.has_rules(&dr()).unwrap());
+        assert_eq!(observed(&mut fw), Observed::Open);
         assert!(fw.check(&dr(), Enforcement::Open, "$nope").is_err());
         fw.clear(&dr()).unwrap();
-        assert!(!fw.has_rules(&dr()).unwrap());
+        assert_eq!(observed(&mut fw), Observed::Locked);
+        fs::remove_file(&path).unwrap();
+        assert!(matches!(observed(&mut fw), Observed::Unknown { .. }));
     }
 
     #[test]
@@ -251,15 +299,16 @@ mod tests {
         let mut fw = DryRun::new(Flavor::Pf, "qkdpfd", tmp.path());
         assert_eq!(fw.extension(), "pf");
         fw.init(&[dr()]).unwrap();
-        assert!(!fw.has_rules(&dr()).unwrap());
-        fw.apply(&dr(), Enforcement::Lockdown, "block quick on $wg_if")
+        assert_eq!(observed(&mut fw), Observed::Locked);
+        fw.apply(&dr(), Enforcement::Open, "pass quick on $wg_if")
             .unwrap();
         assert_eq!(
             fs::read_to_string(tmp.path().join("dry-run/dr.pf")).unwrap(),
-            "table <qkd_peer> const { 198.51.100.2 2001:db8::2 }\nblock quick on $wg_if\n"
+            "# qkdpfd dry-run state=open\n\
+             table <qkd_peer> const { 198.51.100.2 2001:db8::2 }\npass quick on $wg_if\n"
         );
-        assert!(fw.has_rules(&dr()).unwrap());
+        assert_eq!(observed(&mut fw), Observed::Open);
         fw.clear(&dr()).unwrap();
-        assert!(!fw.has_rules(&dr()).unwrap());
+        assert_eq!(observed(&mut fw), Observed::Locked);
     }
 }

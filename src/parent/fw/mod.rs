@@ -123,7 +123,10 @@ pub trait Firewall: Send {
         state: Enforcement,
         ruleset: &str,
     ) -> Result<(), FwError>;
-    /// Empties the link's anchor/chain (= locked). Last resort after a failed lockdown.
+    /// Replaces the link's chain/anchor with qkdpfd's own explicit drop of
+    /// the link's traffic, independent of any bundle text and of the
+    /// preloaded lockdown chain (and, on pf, kills its states). The lockdown
+    /// without a policy, and the fallback after a failed one.
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError>;
     /// Loads `ruleset` ahead of time so that a later `apply` of the same
     /// text for `state` is quick (nft: the lockdown chain is preloaded and
@@ -140,17 +143,86 @@ pub trait Firewall: Send {
     }
     /// Renders for `link` and checks without applying (`nft -c`, `pfctl -n`).
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String>;
-    /// Whether the kernel holds an open ruleset for the link (a non-empty
-    /// anchor/chain not diverted to lockdown); false means locked.
-    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError>;
-    /// Whether the default-deny skeleton of [`Firewall::init`] is still in
-    /// the kernel. nftables: `nft flush ruleset` (Debian's nftables.conf
-    /// starts with it) deletes our table, and with it every drop: the
-    /// parent re-checks each second and rebuilds. pf: an empty or missing
-    /// anchor is locked by pf.conf's own block rules, nothing to watch.
-    fn intact(&mut self, links: &[LinkTarget]) -> Result<bool, FwError> {
-        let _ = links;
-        Ok(true)
+    /// Reads the kernel back (DESIGN §5 "enforcement is what the kernel
+    /// holds"): for each link, in the order given, what its own chain or
+    /// anchor holds now, and whether a guard (see [`Firewall::set_guard`])
+    /// holds its drops. Never from the backend's own bookkeeping alone.
+    /// `links` is every configured link (a base chain holding a rule for
+    /// none of them is damage); `only` limits the answer to one link.
+    fn observe(
+        &mut self,
+        links: &[LinkTarget],
+        only: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, Readback>, FwError>;
+    /// Last resort of a failing lockdown: holds drops for exactly `links`
+    /// outside the link's own chain (nftables: a separate table whose
+    /// drops are final), replacing any earlier guard; `&[]` removes it.
+    /// A backend without one says so.
+    fn set_guard(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        Err(FwError::refused(format!(
+            "{}: no guard outside the link's anchor",
+            self.name()
+        )))
+    }
+}
+
+/// What the kernel showed for one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// The link's own chain or anchor holds an explicit drop of its traffic
+    /// (the lockdown ruleset followed by qkdpfd's own drop, or that drop alone).
+    Locked,
+    /// The link's chain or anchor holds an open ruleset as qkdpfd loaded it
+    /// (its tag and rule count), and the default-deny around it is intact.
+    Open,
+    /// Neither could be proven; says what is missing or changed.
+    /// `skeleton` is set when the default-deny around the link is damaged
+    /// (a base chain, jump or drop gone; pf disabled or pf.conf without the
+    /// anchor or block rules): the cure is to rebuild it.
+    Unknown { skeleton: bool, why: String },
+}
+
+impl Observed {
+    pub fn unknown(why: impl Into<String>) -> Observed {
+        Observed::Unknown {
+            skeleton: false,
+            why: why.into(),
+        }
+    }
+
+    pub fn damaged(why: impl Into<String>) -> Observed {
+        Observed::Unknown {
+            skeleton: true,
+            why: why.into(),
+        }
+    }
+}
+
+impl fmt::Display for Observed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Observed::Locked => f.write_str("locked"),
+            Observed::Open => f.write_str("open"),
+            Observed::Unknown { why, .. } => write!(f, "unknown ({why})"),
+        }
+    }
+}
+
+/// One link's read-back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readback {
+    pub state: Observed,
+    /// A guard outside the link's chain drops its traffic.
+    pub guarded: bool,
+}
+
+impl Readback {
+    /// Whether nothing of the link's traffic can pass.
+    pub fn locked(&self) -> bool {
+        self.state == Observed::Locked || self.guarded
     }
 }
 

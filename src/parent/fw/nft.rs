@@ -45,10 +45,14 @@
 //! substituted here; anything that could leave the chain (`jump`, `goto`, `;`,
 //! a command word, a raw `@set`) is refused.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, TOOL_TIMEOUT, Tool, check_names};
+use super::{Firewall, FwError, LinkTarget, Readback, TOOL_TIMEOUT, Tool, check_names};
 use crate::lock::Enforcement;
+
+pub mod readback;
+use readback::{DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG};
 
 /// Words that start an nft command; a statement line must not begin with one.
 const COMMAND_WORDS: &[&str] = &[
@@ -66,6 +70,9 @@ pub struct Nft {
     table: String,
     /// Lockdown text known to be loaded in `lock_<link>`, per link.
     staged: std::collections::HashMap<String, String>,
+    /// The guard table may exist (a guard set by us, or left by an earlier
+    /// run): read-backs list it too.
+    guard_may_exist: bool,
 }
 
 impl Nft {
@@ -74,6 +81,70 @@ impl Nft {
             nft: nft.to_path_buf(),
             table: table.to_string(),
             staged: std::collections::HashMap::new(),
+            guard_may_exist: true,
+        }
+    }
+
+    fn guard_table(&self) -> String {
+        format!("{}_guard", self.table)
+    }
+
+    /// The read-back right after a flip: the link's own chains (small,
+    /// whatever the number of links), and the guard if one may exist.
+    fn observe_one(
+        &mut self,
+        links: &[LinkTarget],
+        name: &str,
+    ) -> Result<BTreeMap<String, Readback>, FwError> {
+        let Some(link) = links.iter().find(|l| l.name == name) else {
+            return Ok(BTreeMap::new());
+        };
+        let mut listing = readback::Listing::default();
+        for chain in [format!("link_{name}"), format!("lock_{name}")] {
+            if let Some(l) = self.list_chain(&chain)? {
+                listing.chains.extend(l.chains);
+            }
+        }
+        let guarded = if self.guard_may_exist {
+            let g = self.list(&self.guard_table())?;
+            readback::judge(std::slice::from_ref(link), None, g.as_ref())[name].guarded
+        } else {
+            false
+        };
+        if !readback::lock_chain_ok(&listing, name) {
+            self.staged.remove(name);
+        }
+        let state = readback::judge_chains(link, &listing);
+        Ok(BTreeMap::from([(
+            name.to_string(),
+            Readback { state, guarded },
+        )]))
+    }
+
+    /// `nft -j list chain inet <t> <chain>`; None when it does not exist.
+    fn list_chain(&self, chain: &str) -> Result<Option<readback::Listing>, FwError> {
+        let tool = Tool::new(
+            &self.nft,
+            &["-j", "list", "chain", "inet", &self.table, chain],
+        );
+        match tool.run(&format!("read back chain {chain}"), "", TOOL_TIMEOUT) {
+            Ok(out) => readback::parse(&out.stdout)
+                .map(Some)
+                .map_err(|e| FwError::refused(format!("read back chain {chain}: {e}"))),
+            Err(e) if e.stderr.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `nft -j list table inet <t>`; None when the table does not exist.
+    fn list(&self, table: &str) -> Result<Option<readback::Listing>, FwError> {
+        let tool = Tool::new(&self.nft, &["-j", "list", "table", "inet", table]);
+        match tool.run(&format!("read back table {table}"), "", TOOL_TIMEOUT) {
+            Ok(out) => readback::parse(&out.stdout)
+                .map(Some)
+                .map_err(|e| FwError::refused(format!("read back table {table}: {e}"))),
+            Err(e) if e.stderr.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -124,7 +195,10 @@ impl Firewall for Nft {
                     // Slow path: load the lockdown chain and leave the link
                     // chain holding only the goto.
                     let mut s = stage_script(&self.table, link, &stmts);
-                    s.push_str(&flip_script(&self.table, link, &[]));
+                    s.push_str(&format!(
+                        "flush chain inet {} link_{}\n",
+                        self.table, link.name
+                    ));
                     s.push_str(&divert_script(&self.table, link));
                     s
                 }
@@ -166,11 +240,13 @@ impl Firewall for Nft {
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.table, link)?;
-        self.staged.remove(&link.name);
-        let mut script = flip_script(&self.table, link, &[]);
-        script.push_str(&stage_script(&self.table, link, &[]));
-        self.run(&format!("empty chains of link {}", link.name), &script)
-            .map(drop)
+        // Touches only link_<l>: works with lock_<l> deleted or damaged.
+        let script = clear_script(&self.table, link);
+        self.run(
+            &format!("replace chain of link {} by a drop", link.name),
+            &script,
+        )
+        .map(drop)
     }
 
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
@@ -199,53 +275,65 @@ impl Firewall for Nft {
             .map_err(|e| e.to_string())
     }
 
-    fn intact(&mut self, links: &[LinkTarget]) -> Result<bool, FwError> {
-        let tool = Tool::new(&self.nft, &["list", "table", "inet", &self.table]);
-        match tool.run("list our table", "", TOOL_TIMEOUT) {
-            Ok(out) => Ok(skeleton_present(&out.stdout, links)),
-            Err(e) if e.stderr.contains("No such file or directory") => Ok(false),
-            Err(e) => Err(e),
+    fn observe(
+        &mut self,
+        links: &[LinkTarget],
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, Readback>, FwError> {
+        for l in links {
+            check_names(&self.table, l)?;
         }
+        if let Some(name) = only {
+            return self.observe_one(links, name);
+        }
+        let table = self.list(&self.table)?;
+        let guard = if self.guard_may_exist {
+            let g = self.list(&self.guard_table())?;
+            self.guard_may_exist = g.is_some();
+            g
+        } else {
+            None
+        };
+        for l in links {
+            if !table
+                .as_ref()
+                .is_some_and(|t| readback::lock_chain_ok(t, &l.name))
+            {
+                self.staged.remove(&l.name);
+            }
+        }
+        Ok(readback::judge(links, table.as_ref(), guard.as_ref()))
     }
 
-    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
-        check_names(&self.table, link)?;
-        let chain = format!("link_{}", link.name);
-        let tool = Tool::new(&self.nft, &["list", "chain", "inet", &self.table, &chain]);
-        match tool.run(
-            &format!("list chain of link {}", link.name),
-            "",
-            TOOL_TIMEOUT,
-        ) {
-            Ok(out) => Ok(listing_has_rules(&out.stdout)
-                && !out.stdout.contains(&format!("goto lock_{}", link.name))),
-            // No table or no chain: nothing passes, the link is locked.
-            Err(e) if e.stderr.contains("No such file or directory") => Ok(false),
-            Err(e) => Err(e),
+    fn set_guard(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
+        for l in links {
+            check_names(&self.table, l)?;
         }
+        if links.is_empty() && !self.guard_may_exist {
+            return Ok(());
+        }
+        let script = guard_script(&self.guard_table(), links);
+        self.guard_may_exist = true;
+        self.run("replace the guard table", &script).map(drop)
     }
 }
 
-/// Whether `nft list table` output still holds every jump-then-drop pair
-/// of the skeleton (a flushed base chain would pass the link's traffic).
-pub fn skeleton_present(listing: &str, links: &[LinkTarget]) -> bool {
-    let lines: Vec<&str> = listing.lines().map(str::trim).collect();
-    links.iter().all(|l| {
-        let jump = format!("jump link_{}", l.name);
-        let pairs = lines
-            .windows(2)
-            .filter(|w| w[0].ends_with(&jump) && w[1].ends_with("drop"))
-            .count();
-        pairs == protected_matches(l).len()
-    })
-}
-
-/// Whether `nft list chain` output holds any rule.
-pub fn listing_has_rules(listing: &str) -> bool {
-    listing
-        .lines()
-        .map(str::trim)
-        .any(|l| !(l.is_empty() || l == "}" || l.starts_with("table ") || l.starts_with("chain ")))
+/// The names of the links whose chains `link_<name>` are in our table:
+/// what `qkdpfd -L` locks when the config does not parse.
+pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
+    let n = Nft::new(nft, table);
+    let listing = n.list(table)?.ok_or_else(|| {
+        FwError::refused(format!("table inet {table} does not exist: no link found"))
+    })?;
+    let mut names: Vec<String> = listing
+        .chains
+        .keys()
+        .filter_map(|c| c.strip_prefix("link_"))
+        .filter(|n| super::valid_name(n))
+        .map(String::from)
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// The table, base chains and per-link sets, rebuilt in one transaction;
@@ -304,22 +392,75 @@ fn protected_matches(l: &LinkTarget) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Replaces the link chain's contents with `stmts` (none = locked).
+/// Replaces the link chain's contents with the open statements, behind a
+/// tag rule that lets a read-back count them ([`readback`]).
 pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
     let chain = format!("link_{}", link.name);
     let mut s = format!("flush chain inet {table} {chain}\n");
+    s.push_str(&format!(
+        "add rule inet {table} {chain} counter comment \"{OPEN_TAG}{}\"\n",
+        stmts.len()
+    ));
     for st in stmts {
         s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
     }
     s
 }
 
-/// Replaces the lockdown chain's contents (preloading; nothing diverts to it yet).
+/// Replaces the lockdown chain's contents (preloading; nothing diverts to
+/// it yet): tag, the bundle's statements, then qkdpfd's own drop, so the
+/// chain drops whatever the bundle's text says.
 pub fn stage_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
     let chain = format!("lock_{}", link.name);
     let mut s = format!("flush chain inet {table} {chain}\n");
+    s.push_str(&format!(
+        "add rule inet {table} {chain} counter comment \"{LOCK_TAG}{}\"\n",
+        stmts.len()
+    ));
     for st in stmts {
         s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
+    }
+    s.push_str(&format!(
+        "add rule inet {table} {chain} drop comment \"{DROP_TAG}\"\n"
+    ));
+    s
+}
+
+/// The link chain becomes one explicit drop: the lockdown without a
+/// policy, and the fallback that needs neither `lock_<l>` nor a bundle.
+pub fn clear_script(table: &str, link: &LinkTarget) -> String {
+    let chain = format!("link_{}", link.name);
+    format!(
+        "add chain inet {table} {chain}\nflush chain inet {table} {chain}\n\
+         add rule inet {table} {chain} drop comment \"{DROP_TAG}\"\n"
+    )
+}
+
+/// The guard table, rebuilt to drop exactly `links`' protected traffic at
+/// a priority before our own table; no links: the table is removed. A drop
+/// here is final whatever our table says.
+pub fn guard_script(guard: &str, links: &[LinkTarget]) -> String {
+    let mut s = format!("add table inet {guard}\ndelete table inet {guard}\n");
+    if links.is_empty() {
+        return s;
+    }
+    s.push_str(&format!("add table inet {guard}\n"));
+    for hook in ["input", "forward", "output"] {
+        s.push_str(&format!(
+            "add chain inet {guard} {hook} {{ type filter hook {hook} priority filter - 20; policy accept; }}\n"
+        ));
+    }
+    for l in links {
+        let n = &l.name;
+        let v4: Vec<String> = l.addrs4.iter().map(|a| a.to_string()).collect();
+        let v6: Vec<String> = l.addrs6.iter().map(|a| a.to_string()).collect();
+        push_set(&mut s, guard, &format!("peer4_{n}"), "ipv4_addr", &v4);
+        push_set(&mut s, guard, &format!("peer6_{n}"), "ipv6_addr", &v6);
+        for (hook, m) in protected_matches(l) {
+            s.push_str(&format!(
+                "add rule inet {guard} {hook} {m} drop comment \"{GUARD_TAG}{n}\"\n"
+            ));
+        }
     }
     s
 }
@@ -463,22 +604,6 @@ mod tests {
     }
 
     #[test]
-    fn skeleton_presence_needs_every_jump_and_drop() {
-        // What `nft list table` printed for the skeleton of link dr.
-        let mut listing = String::from("table inet qkdpfd {\n");
-        for (hook, m) in protected_matches(&dr()) {
-            listing += &format!("\tchain {hook}_x {{\n\t\t{m} jump link_dr\n\t\t{m} drop\n\t}}\n");
-        }
-        listing += "}\n";
-        assert!(skeleton_present(&listing, &[dr()]));
-        // One drop gone (a flushed or edited base chain): not intact.
-        let cut = listing.replacen("udp sport 51820 drop", "udp sport 51820 counter", 1);
-        assert!(!skeleton_present(&cut, &[dr()]));
-        assert!(!skeleton_present("table inet qkdpfd {\n}\n", &[dr()]));
-        assert!(!skeleton_present("", &[dr()]));
-    }
-
-    #[test]
     fn skeleton_jumps_then_drops() {
         let s = skeleton("qkdpfd", &[dr()]);
         assert!(s.contains(
@@ -489,13 +614,5 @@ mod tests {
         assert!(!s.contains("add element inet qkdpfd peer6_dr"));
         assert!(!s.contains("flush chain inet qkdpfd link_dr"));
         assert_eq!(s.matches(" drop\n").count(), 8);
-    }
-
-    #[test]
-    fn listing() {
-        let empty = "table inet qkdpfd {\n\tchain link_dr {\n\t}\n}\n";
-        assert!(!listing_has_rules(empty));
-        let full = "table inet qkdpfd {\n\tchain link_dr {\n\t\taccept\n\t}\n}\n";
-        assert!(listing_has_rules(full));
     }
 }

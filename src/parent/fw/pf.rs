@@ -24,10 +24,15 @@
 //! states with the peer's address (an underlay SSH session to it, say); the
 //! peer protocol is UDP and recovers with its next datagram.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, TOOL_TIMEOUT, Tool, check_names};
+use super::{Firewall, FwError, LinkTarget, Observed, Readback, TOOL_TIMEOUT, Tool, check_names};
 use crate::lock::Enforcement;
+
+/// The label of qkdpfd's own block rules, appended to every lockdown: a
+/// read-back finds them in the anchor whatever the bundle's rules say.
+pub const LOCK_LABEL: &str = "qkdpfd-lockdown";
 
 /// Macros pfctl gets with `-D`; a ruleset may use no other.
 const MACROS: &[&str] = &["link", "wg_if", "wg_port", "peer4", "peer6"];
@@ -39,6 +44,9 @@ const FORBIDDEN_WORDS: &[&str] = &["include", "load", "file"];
 pub struct Pf {
     pfctl: PathBuf,
     anchor: String,
+    /// Links whose last state kill failed: their states may still pass,
+    /// so a read-back does not call them locked until a kill succeeds.
+    kill_failed: BTreeSet<String>,
 }
 
 impl Pf {
@@ -46,6 +54,38 @@ impl Pf {
         Pf {
             pfctl: pfctl.to_path_buf(),
             anchor: anchor.to_string(),
+            kill_failed: BTreeSet::new(),
+        }
+    }
+
+    /// Kills the link's states and remembers whether that worked.
+    fn end_states(&mut self, link: &LinkTarget) -> Result<(), FwError> {
+        let r = self.kill_states(link);
+        if r.is_ok() {
+            self.kill_failed.remove(&link.name);
+        } else {
+            self.kill_failed.insert(link.name.clone());
+        }
+        r
+    }
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The anchor's rules as pfctl lists them; empty for an anchor that
+    /// does not exist (the kernel answers EINVAL, pfctl says so).
+    fn anchor_rules(&self, link: &LinkTarget) -> Result<String, FwError> {
+        let path = anchor_path(&self.anchor, link);
+        let args = Self::args(&["-a", &path, "-s", "rules"]);
+        match self.run(&format!("read back anchor {path}"), &args, "") {
+            Ok(out) => Ok(out),
+            Err(e)
+                if e.stderr.contains("Invalid argument") || e.stderr.contains("does not exist") =>
+            {
+                Ok(String::new())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -112,56 +152,121 @@ impl Firewall for Pf {
             FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
         })?;
         let what = format!("load {state} rules for link {}", link.name);
-        self.run(
-            &what,
-            &load_args(&self.anchor, link, false),
-            &load_input(link, ruleset),
-        )?;
-        if state == Enforcement::Lockdown {
-            self.kill_states(link)?;
+        let input = match state {
+            Enforcement::Open => load_input(link, ruleset),
+            Enforcement::Lockdown => lockdown_input(link, ruleset),
+        };
+        let loaded = self.run(&what, &load_args(&self.anchor, link, false), &input);
+        if state == Enforcement::Open {
+            return loaded.map(drop);
         }
-        Ok(())
+        // Even after a failed load the kill runs: whatever the anchor holds,
+        // old states must not keep passing.
+        let killed = self.end_states(link);
+        loaded.and(killed)
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.anchor, link)?;
-        let what = format!("empty anchor of link {}", link.name);
-        for args in clear_args(&self.anchor, link) {
-            self.run(&what, &args, "")?;
-        }
-        // Empty rules stop new flows; old states would still pass.
-        self.kill_states(link)
+        // A load, not a flush: it creates a missing anchor instead of
+        // failing on it ("Anchor does not exist"), and leaves qkdpfd's
+        // own block rules in it. The state kill runs whatever happened.
+        let what = format!("replace anchor of link {} by its block rules", link.name);
+        let loaded = self.run(
+            &what,
+            &load_args(&self.anchor, link, false),
+            &lockdown_input(link, ""),
+        );
+        let killed = self.end_states(link);
+        loaded.and(killed)
     }
 
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
         check_names(&self.anchor, link).map_err(|e| e.to_string())?;
         check_ruleset(ruleset).map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
         let what = format!("check {state} rules for link {}", link.name);
+        let input = match state {
+            Enforcement::Open => load_input(link, ruleset),
+            Enforcement::Lockdown => lockdown_input(link, ruleset),
+        };
         self.tool(&load_args(&self.anchor, link, true))
-            .run(&what, &load_input(link, ruleset), TOOL_TIMEOUT)
+            .run(&what, &input, TOOL_TIMEOUT)
             .map(drop)
             .map_err(|e| e.to_string())
     }
 
-    fn has_rules(&mut self, link: &LinkTarget) -> Result<bool, FwError> {
-        check_names(&self.anchor, link)?;
-        let args = vec![
-            "-a".to_string(),
-            anchor_path(&self.anchor, link),
-            "-s".to_string(),
-            "rules".to_string(),
-        ];
-        match self.run(&format!("list anchor of link {}", link.name), &args, "") {
-            Ok(out) => Ok(!out.trim().is_empty()),
-            // The kernel answers EINVAL for an anchor never loaded: no rules.
-            Err(e)
-                if e.stderr.contains("Invalid argument") || e.stderr.contains("does not exist") =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
+    fn observe(
+        &mut self,
+        links: &[LinkTarget],
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, Readback>, FwError> {
+        for l in links {
+            check_names(&self.anchor, l)?;
         }
+        let info = self.run("read pf status", &Self::args(&["-s", "info"]), "")?;
+        let main = self.run("read the main ruleset", &Self::args(&["-s", "rules"]), "")?;
+        let enabled = info.lines().any(|l| l.starts_with("Status: Enabled"));
+        let mut out = BTreeMap::new();
+        for link in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
+            let state = if !enabled {
+                Observed::damaged("pf is disabled")
+            } else if let Err(why) = main_guards(&main, &self.anchor, link) {
+                Observed::damaged(why)
+            } else {
+                judge_anchor(
+                    &self.anchor_rules(link)?,
+                    self.kill_failed.contains(&link.name),
+                )
+            };
+            out.insert(
+                link.name.clone(),
+                Readback {
+                    state,
+                    guarded: false,
+                },
+            );
+        }
+        Ok(out)
     }
+}
+
+/// What a link's anchor listing proves: qkdpfd's labelled block rules mean
+/// locked (if its states were killed), other rules open, none nothing.
+pub fn judge_anchor(rules: &str, kill_failed: bool) -> Observed {
+    let lines: Vec<&str> = rules
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let ours = lines
+        .iter()
+        .filter(|l| l.starts_with("block") && l.contains(&format!("label \"{LOCK_LABEL}\"")))
+        .count();
+    match (lines.is_empty(), ours) {
+        (true, _) => Observed::unknown("anchor empty (pf.conf's block rules hold)"),
+        (false, 3) if kill_failed => Observed::unknown("state kill failed"),
+        (false, 3) => Observed::Locked,
+        (false, 0) => Observed::Open,
+        (false, n) => Observed::unknown(format!("{n} of 3 lockdown rules")),
+    }
+}
+
+/// pf.conf as loaded must evaluate our anchors and then block the link's
+/// traffic: `anchor "<root>/*"`, and after it a `block ... quick on <wg_if>`.
+pub fn main_guards(main: &str, root: &str, link: &LinkTarget) -> Result<(), String> {
+    let anchor = format!("anchor \"{root}/*\"");
+    let mut lines = main.lines().map(str::trim);
+    if !lines.any(|l| l.starts_with(&anchor)) {
+        return Err(format!("the main ruleset lacks {anchor}"));
+    }
+    let on = format!("quick on {} ", link.wg_if);
+    if !lines.any(|l| l.starts_with("block") && (l.contains(&on) || l.ends_with(on.trim_end()))) {
+        return Err(format!(
+            "no block quick rule on {} after {anchor} in the main ruleset",
+            link.wg_if
+        ));
+    }
+    Ok(())
 }
 
 pub fn anchor_path(anchor: &str, link: &LinkTarget) -> String {
@@ -238,20 +343,19 @@ pub fn kill_args(link: &LinkTarget) -> Vec<Vec<String>> {
     out
 }
 
-/// Empties the anchor: its rules, then its table.
-pub fn clear_args(anchor: &str, link: &LinkTarget) -> Vec<Vec<String>> {
-    let path = anchor_path(anchor, link);
-    ["rules", "Tables"]
-        .iter()
-        .map(|what| {
-            vec![
-                "-a".to_string(),
-                path.clone(),
-                "-F".to_string(),
-                what.to_string(),
-            ]
-        })
-        .collect()
+/// The anchor's input for a lockdown: the bundle's rules, then qkdpfd's
+/// own labelled block rules for the link's traffic (never `block all`:
+/// the anchor sees every packet of the gateway).
+pub fn lockdown_input(link: &LinkTarget, ruleset: &str) -> String {
+    let mut s = load_input(link, ruleset);
+    for r in [
+        "block drop quick proto udp to <qkd_peer> port $wg_port",
+        "block drop quick proto udp from <qkd_peer> port $wg_port",
+        "block drop quick on $wg_if",
+    ] {
+        s.push_str(&format!("{r} label \"{LOCK_LABEL}\"\n"));
+    }
+    s
 }
 
 /// Refuses what would let a ruleset reach beyond its anchor: reading files

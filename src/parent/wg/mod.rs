@@ -169,6 +169,16 @@ pub fn verify(found: Option<Psk>, psk: &Psk) -> Result<(), WgError> {
     }
 }
 
+/// Constant-time equality of two strings of one length (hex verifiers).
+pub fn ct_eq_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let acc = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(acc) == 0
+}
+
 /// Constant-time equality of two keys: no early exit on the first
 /// differing byte.
 pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -1,0 +1,364 @@
+//! The enforcement logic against a fake kernel: every flip is judged by
+//! what the fake shows afterwards, so a backend that says "done" without
+//! doing it is caught, and the ladder's order is checked call by call.
+
+use super::*;
+use crate::parent::fw::FwError;
+use crate::parent::state;
+use crate::policy::{ExpiredAction, Files, Policy, Rulesets};
+use std::sync::{Arc, Mutex};
+
+/// A kernel in memory: what each link's chain holds and the guard, the
+/// calls made, and knobs that make steps fail or lie.
+#[derive(Default)]
+struct Kernel {
+    chain: BTreeMap<String, Observed>,
+    guard: BTreeSet<String>,
+    calls: Vec<String>,
+    /// The first N applies fail.
+    fail_applies: usize,
+    /// apply(lockdown) answers Ok but changes nothing (a lying tool).
+    lockdown_lies: bool,
+    fail_clear: bool,
+    fail_init: bool,
+    fail_guard: bool,
+}
+
+#[derive(Default)]
+struct Fake {
+    k: Arc<Mutex<Kernel>>,
+}
+
+fn fake(knobs: Kernel) -> Fake {
+    Fake {
+        k: Arc::new(Mutex::new(knobs)),
+    }
+}
+
+impl Firewall for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+    fn init(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
+        let mut k = self.k.lock().unwrap();
+        k.calls.push("init".into());
+        if k.fail_init {
+            return Err(FwError::refused("injected"));
+        }
+        Ok(())
+    }
+    fn apply(&mut self, l: &LinkTarget, s: Enforcement, r: &str) -> Result<(), FwError> {
+        let mut k = self.k.lock().unwrap();
+        k.calls.push(format!("apply {} {s} {}", l.name, r.trim()));
+        if k.fail_applies > 0 {
+            k.fail_applies -= 1;
+            return Err(FwError::refused("injected"));
+        }
+        match s {
+            Enforcement::Lockdown if k.lockdown_lies => {}
+            Enforcement::Lockdown => {
+                k.chain.insert(l.name.clone(), Observed::Locked);
+            }
+            Enforcement::Open => {
+                k.chain.insert(l.name.clone(), Observed::Open);
+            }
+        }
+        Ok(())
+    }
+    fn clear(&mut self, l: &LinkTarget) -> Result<(), FwError> {
+        let mut k = self.k.lock().unwrap();
+        k.calls.push(format!("clear {}", l.name));
+        if k.fail_clear {
+            return Err(FwError::refused("injected"));
+        }
+        k.chain.insert(l.name.clone(), Observed::Locked);
+        Ok(())
+    }
+    fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn observe(
+        &mut self,
+        links: &[LinkTarget],
+        only: Option<&str>,
+    ) -> Result<BTreeMap<String, Readback>, FwError> {
+        let k = self.k.lock().unwrap();
+        Ok(links
+            .iter()
+            .filter(|l| only.is_none_or(|o| o == l.name))
+            .map(|l| {
+                let state = k
+                    .chain
+                    .get(&l.name)
+                    .cloned()
+                    .unwrap_or(Observed::unknown("empty"));
+                let guarded = k.guard.contains(&l.name);
+                (l.name.clone(), Readback { state, guarded })
+            })
+            .collect())
+    }
+    fn set_guard(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
+        let mut k = self.k.lock().unwrap();
+        let names: Vec<String> = links.iter().map(|l| l.name.clone()).collect();
+        k.calls.push(format!("guard [{}]", names.join(" ")));
+        if k.fail_guard {
+            return Err(FwError::refused("injected"));
+        }
+        k.guard = names.into_iter().collect();
+        Ok(())
+    }
+}
+
+fn bundle() -> Bundle {
+    let mut m = BTreeMap::new();
+    m.insert("anchors/open.nft".to_string(), b"accept\n".to_vec());
+    m.insert("anchors/lockdown.nft".to_string(), b"drop\n".to_vec());
+    Bundle {
+        policy: Policy {
+            serial: 1,
+            not_after: None,
+            expired_action: ExpiredAction::Keep,
+            defaults: Default::default(),
+            links: BTreeMap::new(),
+            rulesets: Rulesets {
+                open: "anchors/open".into(),
+                lockdown: "anchors/lockdown".into(),
+            },
+        },
+        files: Files::from_map(m).unwrap(),
+        digest: [0; 32],
+        signer: "test".into(),
+        warnings: Vec::new(),
+    }
+}
+
+fn links(fw: Fake, dir: &std::path::Path) -> Links {
+    let conf = crate::conf::parse(
+        "t.conf",
+        "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n\
+         [link.dr]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg0\"\nwg_port = 51820\n\
+         addresses = [\"192.0.2.2\"]\n",
+    )
+    .unwrap();
+    let mut map = BTreeMap::new();
+    map.insert("dr".to_string(), LinkCtl::new(&conf.link["dr"]));
+    Links::new(map, Box::new(fw), State::default(), dir.join("state"))
+}
+
+fn calls(k: &Arc<Mutex<Kernel>>) -> Vec<String> {
+    std::mem::take(&mut k.lock().unwrap().calls)
+}
+
+/// An open link, as read back.
+fn opened(fake: Fake, dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
+    let k = fake.k.clone();
+    k.lock().unwrap().chain.insert("dr".into(), Observed::Open);
+    let mut l = links(fake, dir);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+    calls(&k);
+    (l, k)
+}
+
+#[test]
+fn failed_lockdown_falls_back_to_the_drop() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(
+        fake(Kernel {
+            fail_applies: 1,
+            ..Kernel::default()
+        }),
+        t.path(),
+    );
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    assert_eq!(
+        l.converge("dr", Some(&bundle()), OpenedBy::Auto, false),
+        Some(Enforcement::Lockdown)
+    );
+    assert_eq!(calls(&k), ["apply dr lockdown drop", "clear dr"]);
+    assert!(!l.links["dr"].lock_failed);
+    // Lock = apply, then persist: the operator reason is on disk.
+    let st = state::load(&t.path().join("state")).unwrap().unwrap();
+    assert!(st.links["dr"].reasons.contains(LockReason::Operator));
+}
+
+#[test]
+fn a_tool_that_lies_is_caught_by_the_read_back() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(
+        fake(Kernel {
+            lockdown_lies: true,
+            ..Kernel::default()
+        }),
+        t.path(),
+    );
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    // Ok from apply proved nothing: the drop was needed and was read back.
+    assert_eq!(calls(&k), ["apply dr lockdown drop", "clear dr"]);
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+}
+
+#[test]
+fn nothing_works_then_the_guard_holds_until_the_chain_is_repaired() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(
+        fake(Kernel {
+            fail_applies: usize::MAX,
+            fail_clear: true,
+            fail_init: true,
+            ..Kernel::default()
+        }),
+        t.path(),
+    );
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    assert_eq!(
+        calls(&k),
+        ["apply dr lockdown drop", "clear dr", "init", "guard [dr]"]
+    );
+    assert!(l.links["dr"].kernel.guarded);
+    assert!(!l.links["dr"].lock_failed);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    // Every tick walks the ladder again; once the chain shows the drop,
+    // the guard goes.
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(
+        k.lock().unwrap().guard.len(),
+        1,
+        "guard kept while unrepaired"
+    );
+    calls(&k);
+    {
+        let mut k = k.lock().unwrap();
+        (k.fail_applies, k.fail_clear, k.fail_init) = (0, false, false);
+    }
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+    assert!(k.lock().unwrap().guard.is_empty());
+    assert!(!l.links["dr"].kernel.guarded);
+}
+
+#[test]
+fn no_step_works_is_lockdown_failed_and_retried_every_tick() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(
+        fake(Kernel {
+            fail_applies: usize::MAX,
+            fail_clear: true,
+            fail_init: true,
+            fail_guard: true,
+            ..Kernel::default()
+        }),
+        t.path(),
+    );
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    assert!(l.links["dr"].lock_failed);
+    // Never reported as locked: the kernel shows it open.
+    assert_eq!(l.links["dr"].kernel.state, Observed::Open);
+    calls(&k);
+    let changed = l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert!(changed.is_empty());
+    assert_eq!(calls(&k).len(), 4, "the whole ladder again");
+    // The tool recovers: the next tick locks and clears the failure.
+    k.lock().unwrap().fail_applies = 0;
+    let changed = l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(changed, [("dr".to_string(), Enforcement::Lockdown)]);
+    assert!(!l.links["dr"].lock_failed);
+}
+
+#[test]
+fn tampering_is_found_by_the_tick_and_undone() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(Fake::default(), t.path());
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    calls(&k);
+    // Someone flushes the chain: the kernel no longer shows the lockdown.
+    k.lock()
+        .unwrap()
+        .chain
+        .insert("dr".into(), Observed::unknown("link_dr empty"));
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(calls(&k), ["apply dr lockdown drop"]);
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+}
+
+#[test]
+fn failed_open_stays_locked_and_is_retried() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel {
+        fail_applies: 1,
+        ..Kernel::default()
+    });
+    let k = fake.k.clone();
+    k.lock()
+        .unwrap()
+        .chain
+        .insert("dr".into(), Observed::Locked);
+    let mut l = links(fake, t.path());
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    let b = bundle();
+    l.observe_all();
+    assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    // The next tick's reconcile retries and opens.
+    let changed = l.reconcile(Some(&b), OpenedBy::Auto);
+    assert_eq!(changed, [("dr".to_string(), Enforcement::Open)]);
+    assert_eq!(
+        calls(&k)
+            .iter()
+            .filter(|c| c.starts_with("apply dr open"))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn no_policy_means_the_drop_and_never_opened() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let k = fake.k.clone();
+    let mut l = links(fake, t.path());
+    l.set_engine_reasons("dr", Reasons::EMPTY, None, None);
+    l.set_parent_reason("dr", LockReason::NoPolicy, true);
+    l.reconcile(None, OpenedBy::Auto);
+    assert_eq!(calls(&k), ["clear dr"]);
+    // Even with the reason gone, no bundle means no open ruleset: stays locked.
+    l.set_parent_reason("dr", LockReason::NoPolicy, false);
+    assert!(l.reconcile(None, OpenedBy::Auto).is_empty());
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+}
+
+#[test]
+fn silent_engine_keeps_a_proven_state_and_locks_an_unproven_one() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let k = fake.k.clone();
+    k.lock().unwrap().chain.insert("dr".into(), Observed::Open);
+    let mut l = links(fake, t.path());
+    assert_eq!(l.links["dr"].desired(), None);
+    // The first read-back is news (the record was "not read yet"), and
+    // nothing is touched: an open link is kept before the engine reports.
+    assert_eq!(
+        l.reconcile(Some(&bundle()), OpenedBy::Auto),
+        [("dr".to_string(), Enforcement::Open)]
+    );
+    assert!(calls(&k).is_empty());
+    // A chain that proves nothing is locked at once, reason or not.
+    k.lock()
+        .unwrap()
+        .chain
+        .insert("dr".into(), Observed::unknown("link_dr altered"));
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(calls(&k), ["apply dr lockdown drop"]);
+    // Engine's first report clears process-failure (fresh state).
+    l.set_parent_reason("dr", LockReason::ProcessFailure, true);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), None);
+    assert!(!l.links["dr"].parent.contains(LockReason::ProcessFailure));
+}

@@ -1,0 +1,127 @@
+//! `qkdpfd -L` (DESIGN §2, §5): lock every link from the kernel and local
+//! files alone, for watchdogs, rc.d and systemd's `ExecStopPost=`.
+//!
+//! Nothing here resolves a name, reads a TLS file, checks a bundle or
+//! touches the network: a DNS outage or a broken KME at the moment of a
+//! crash must not keep an open link open. The config gives the link list
+//! when it parses; when it does not, every link chain found in the kernel
+//! is locked (nftables; pf needs the config to know a link's addresses).
+//! The exit status is 0 only when reading the kernel back shows every link
+//! locked, and never when no link was found.
+
+use super::links::{LinkCtl, Links, OpenedBy};
+use crate::conf::{Config, FirewallBackend, FirewallConf};
+use crate::lock::LockReason;
+use crate::log;
+use crate::parent::fw::{self, LinkTarget};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn init_log() {
+    log::init(Box::new(|_, line| eprintln!("qkdpfd: {line}")));
+}
+
+/// With a parsed config: every configured link, `process-failure`
+/// recorded in the state file when that file is readable.
+pub fn from_config(conf: Config) -> ExitCode {
+    init_log();
+    let state_path = super::state_path(&conf);
+    let (state, persist) = match super::state::load(&state_path) {
+        Ok(s) => (s.unwrap_or_default(), true),
+        Err(e) => {
+            // Lock anyway; never overwrite a state file we could not read.
+            eprintln!("qkdpfd: state file: {e} (locking without recording it)");
+            (Default::default(), false)
+        }
+    };
+    let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
+    let mut map = BTreeMap::new();
+    for (name, lc) in &conf.link {
+        let mut l = LinkCtl::new(lc);
+        l.parent.insert(LockReason::ProcessFailure);
+        map.insert(name.clone(), l);
+    }
+    let mut links = Links::new(map, fw, state, state_path);
+    links.persist_disabled = !persist;
+    // Reads back, rebuilds a damaged skeleton, walks the lockdown ladder
+    // for every link not shown locked (no bundle: qkdpfd's own drop).
+    links.reconcile(None, OpenedBy::Auto);
+    links.persist();
+    links.observe_all();
+    let shown: Vec<(String, bool, String)> = links
+        .links
+        .iter()
+        .map(|(n, l)| (n.clone(), l.kernel.locked(), l.kernel.state.to_string()))
+        .collect();
+    verdict(&shown)
+}
+
+/// Without a config (it does not parse): the default table's link chains.
+pub fn without_config(path: &Path) -> ExitCode {
+    init_log();
+    let conf = FirewallConf {
+        backend: if cfg!(target_os = "openbsd") {
+            FirewallBackend::Pf
+        } else {
+            FirewallBackend::Nftables
+        },
+        anchor: "qkdpfd".into(),
+        pfctl: "/sbin/pfctl".into(),
+        nft: "/usr/sbin/nft".into(),
+    };
+    eprintln!(
+        "qkdpfd: {}: no usable configuration; locking every link found in the kernel",
+        path.display()
+    );
+    if conf.backend != FirewallBackend::Nftables {
+        eprintln!("qkdpfd: pf: a link's addresses come from the config: nothing locked");
+        return ExitCode::FAILURE;
+    }
+    let names = match fw::nft::link_chains(&conf.nft, &conf.anchor) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("qkdpfd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut nft = fw::new(&conf, Path::new("/nonexistent"));
+    let mut shown = Vec::new();
+    for name in names {
+        // Only the name matters to the drop and to reading the chain back.
+        let t = LinkTarget {
+            name: name.clone(),
+            wg_if: "lo".into(),
+            wg_port: 0,
+            addrs4: Vec::new(),
+            addrs6: Vec::new(),
+        };
+        let cleared = nft.clear(&t);
+        let rb = nft.observe(std::slice::from_ref(&t), Some(&name));
+        let (locked, what) = match (&cleared, rb.as_ref().map(|m| m.get(&name))) {
+            (Ok(()), Ok(Some(rb))) => (rb.locked(), rb.state.to_string()),
+            (Err(e), _) => (false, e.to_string()),
+            (_, Err(e)) => (false, e.to_string()),
+            (_, Ok(None)) => (false, "not read back".to_string()),
+        };
+        shown.push((name, locked, what));
+    }
+    verdict(&shown)
+}
+
+/// Prints what the kernel showed per link; 0 only if all locked, and some.
+fn verdict(shown: &[(String, bool, String)]) -> ExitCode {
+    for (name, locked, what) in shown {
+        let word = if *locked { "locked" } else { "NOT LOCKED" };
+        eprintln!("qkdpfd: link {name}: {word} (kernel: {what})");
+    }
+    if shown.is_empty() {
+        eprintln!("qkdpfd: no link found: nothing locked");
+        return ExitCode::FAILURE;
+    }
+    if shown.iter().all(|(_, l, _)| *l) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
