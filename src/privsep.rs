@@ -184,6 +184,20 @@ pub fn no_core_dumps() {
     }
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit: the caps on control
+/// connections, KME and QBER sockets then leave room below it (accounted
+/// in qkdpfd.8).
+pub fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a stack value.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 pub fn is_real_root() -> bool {
     if !nix::unistd::geteuid().is_root() {
         return false;

@@ -483,7 +483,7 @@ fn group_members_read_only_others_refused() {
 }
 
 #[test]
-fn parent_killed_engine_exits_kernel_state_kept() {
+fn parent_killed_engine_exits_and_a_restart_reopens() {
     let Some(mut gw) = Gateway::new("qkt9", "200ms", "") else {
         return;
     };
@@ -511,14 +511,13 @@ fn parent_killed_engine_exits_kernel_state_kept() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        gw.pings(3),
-        3,
-        "kernel state kept: the open link stays open"
-    );
-    // The next start restores from the state file and the kernel.
+    // The kernel state is kept only for the dead-man switch's window
+    // (a_killed_parent_locks_every_link_by_itself); the next start
+    // restores from the state file and the kernel, re-arms it, and the
+    // open link carries traffic again.
     gw.start();
     gw.wait_state("open", Duration::from_secs(10));
+    assert_eq!(gw.pings(3), 3, "open again after the restart");
 }
 
 #[test]
@@ -729,4 +728,153 @@ fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
     lost(2);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(gw.pings(3), 3, "{}", gw.log());
+}
+
+/// The dead-man switch (DESIGN §2; fail-closed issue item 2): a parent
+/// killed with SIGKILL, no supervisor, no `qkdpfd -L`: every link drops
+/// within the switch's timeout (3 s after the last heartbeat).
+#[test]
+fn a_killed_parent_locks_every_link_by_itself() {
+    let Some(mut gw) = Gateway::new("qkt13", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    assert_eq!(gw.pings(5), 5, "open link passes traffic");
+    let (mut ping, log) = gw.ping_stream();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut daemon = gw.daemon.take().unwrap();
+    let t_kill = unix_now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = daemon.wait();
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = ping.kill();
+    let _ = ping.wait();
+    let times = reply_times(&log);
+    let before = times.iter().filter(|t| **t < t_kill).count();
+    assert!(before >= 20, "traffic passed before the kill: {before}");
+    let last = times.iter().copied().fold(t_kill, f64::max);
+    eprintln!(
+        "last reply {:.0} ms after the parent's SIGKILL (bound 3100 ms)",
+        (last - t_kill) * 1000.0
+    );
+    assert!(
+        last - t_kill <= 3.1,
+        "a reply {:.3}s after the parent died",
+        last - t_kill
+    );
+    assert_eq!(gw.pings(3), 0, "traffic after the switch tripped");
+}
+
+/// A stop that keeps the kernel state (on_stop = "keep", SIGTERM) disarms
+/// the switch: restarts and upgrades do not lock every link.
+#[test]
+fn a_keeping_stop_disarms_the_switch() {
+    let Some(mut gw) = Gateway::new("qkt14", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    let armed = gw.nft(&["list", "set", "inet", "qkdpfd", "alive"]);
+    assert!(armed.contains("expires"), "armed with a timeout: {armed}");
+    gw.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(gw.pings(5), 5, "traffic 10 s after a keeping stop");
+    let set = gw.nft(&["list", "set", "inet", "qkdpfd", "alive"]);
+    assert!(
+        set.contains("ipv4") && set.contains("ipv6") && !set.contains("expires"),
+        "{set}"
+    );
+}
+
+/// A read-only member leaning on the control socket (fail-closed issue
+/// item 4): 2,000 connections held open. Its uid gets a few slots, the
+/// rest are closed at once; QBER polling goes on (no source-lost), and
+/// root's commands still get in.
+#[test]
+fn a_connection_flood_from_a_member_changes_nothing() {
+    let Some(mut gw) = Gateway::new("qkt15", "200ms", "socket_group = \"nogroup\"") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    let sock = gw.path("qkdpfd.sock");
+    // The flood runs in a thread that is nobody (the raw syscalls change
+    // only the calling thread's credentials, which SO_PEERCRED reports).
+    raise_nofile();
+    let flood = std::thread::spawn(move || {
+        // SAFETY: raw credential syscalls for this thread only.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        flood(&sock)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // During the flood: root gets in, the link stays open on fresh QBER.
+    for _ in 0..4 {
+        assert_eq!(gw.state(), "open", "{}", gw.log());
+        let show = gw.ctl_ok(&["-j", "show", "link", "dr"]);
+        assert!(!show.contains("source-lost"), "{show}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (connected, refused, served) = flood.join().unwrap();
+    eprintln!("flood: {connected} connected, {refused} refused, {served} still served after 6 s");
+    assert_eq!(connected + refused, 2000);
+    // At most the per-uid cap of them was still being served.
+    assert!(served <= 8, "{served} connections of one member served");
+    assert_eq!(gw.pings(3), 3);
+    assert!(!gw.log().contains("reason=source-lost"), "{}", gw.log());
+}
+
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a stack value.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+}
+
+/// Opens 2,000 connections to `sock`, holds them 6 s; how many connected,
+/// were refused, and were still being served (not closed by the daemon).
+fn flood(sock: &std::path::Path) -> (usize, usize, usize) {
+    use std::io::Read;
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..2000 {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => held.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let mut served = 0;
+    for s in &mut held {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => served += 1,
+            Ok(n) if n > 0 => served += 1,
+            _ => {}
+        }
+    }
+    (held.len(), refused, served)
 }

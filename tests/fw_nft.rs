@@ -154,10 +154,10 @@ fn init_builds_skeleton_with_empty_link_chains() {
         "type filter hook input priority filter - 10; policy accept;",
         "type filter hook output priority filter - 10; policy accept;",
         "type filter hook forward priority filter - 10; policy accept;",
-        "ip saddr @peer4_dr udp sport 51820 jump link_dr",
+        "ip saddr @peer4_dr udp sport 51820 meta nfproto @alive jump link_dr",
         "ip saddr @peer4_dr udp sport 51820 drop",
-        "ip6 daddr @peer6_hq udp dport 51820 jump link_hq",
-        "iifname \"wg0\" jump link_dr",
+        "ip6 daddr @peer6_hq udp dport 51820 meta nfproto @alive jump link_hq",
+        "iifname \"wg0\" meta nfproto @alive jump link_dr",
         "oifname \"wg1\" drop",
     ] {
         assert!(table.contains(want), "missing {want:?} in\n{table}");
@@ -395,6 +395,15 @@ fn packets_follow_the_link_chain() {
     let dr = link("dr", &a, [10, 99, 0, 2]);
     r.fw.init(std::slice::from_ref(&dr)).unwrap();
     assert!(!ping(&r.ns, "10.99.0.2"), "empty link chain must drop");
+    // The parent's heartbeat (its netlink goes to its own namespace; here
+    // the rig's nft adds the elements): without it no jump is taken.
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert!(!ping(&r.ns, "10.99.0.2"), "no heartbeat: dropped");
+    r.ns.nft("add element inet qkdpfd alive { ipv4 timeout 2s, ipv6 timeout 2s }");
+    assert!(ping(&r.ns, "10.99.0.2"), "heartbeat: open passes");
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert!(!ping(&r.ns, "10.99.0.2"), "heartbeat expired: dropped");
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
     r.fw.apply(
         &dr,
         Enforcement::Open,

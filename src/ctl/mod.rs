@@ -107,6 +107,12 @@ fn talk(inv: &Invocation) -> Result<(), Fail> {
     };
     let mut stream = UnixStream::connect(&socket)
         .map_err(|e| format!("connect {}: {}", socket.display(), io_msg(&e)))?;
+    // Deadlines are kept with poll(2) on a non-blocking socket, not with
+    // SO_SNDTIMEO/SO_RCVTIMEO: after pledge("stdio") OpenBSD kills a
+    // process that sets those (kern_pledge.c pledge_sockopt).
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| format!("connect {}: {}", socket.display(), io_msg(&e)))?;
     // Every file is read and the socket is open: nothing more to reach.
     pledge("stdio")?;
     let out = output::for_mode(inv.json);
@@ -142,22 +148,55 @@ fn socket_path(inv: &Invocation) -> Result<PathBuf, String> {
     }
 }
 
-/// Writes the request line in slices so the deadline holds for big bundles.
-fn send(stream: &mut UnixStream, line: &[u8], deadline: Instant) -> Result<(), String> {
-    for chunk in line.chunks(64 << 10) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timeout_msg());
+/// Writes the request line, waiting with poll(2) so the deadline holds
+/// for big bundles.
+fn send(stream: &mut UnixStream, mut line: &[u8], deadline: Instant) -> Result<(), String> {
+    while !line.is_empty() {
+        wait_ready(stream, libc::POLLOUT, Some(deadline))?;
+        match stream.write(line) {
+            Ok(n) => line = &line[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(format!("send request: {}", io_msg(&e))),
         }
-        stream
-            .set_write_timeout(Some(left))
-            .and_then(|()| stream.write_all(chunk))
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timeout_msg(),
-                _ => format!("send request: {}", io_msg(&e)),
-            })?;
     }
     Ok(())
+}
+
+/// Waits until `stream` is ready for `events` (POLLIN, POLLOUT) or the
+/// deadline passes; None waits without end (`monitor`). poll(2) is in
+/// every pledge.
+fn wait_ready(
+    stream: &UnixStream,
+    events: libc::c_short,
+    deadline: Option<Instant>,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => match d.saturating_duration_since(Instant::now()) {
+                left if left.is_zero() => return Err(timeout_msg()),
+                left => i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX),
+            },
+        };
+        let mut pfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match n {
+            n if n > 0 => return Ok(()),
+            0 => return Err(timeout_msg()),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(format!("poll: {}", io_msg(&io::Error::last_os_error()))),
+        }
+    }
 }
 
 fn timeout_msg() -> String {
@@ -272,32 +311,22 @@ impl LineReader {
 
     /// Reads more bytes; false at end of stream.
     fn fill(&mut self, deadline: Option<Instant>) -> Result<bool, String> {
-        let timeout = match deadline {
-            Some(d) => match d.saturating_duration_since(Instant::now()) {
-                left if left.is_zero() => return Err(timeout_msg()),
-                left => Some(left),
-            },
-            None => None,
-        };
-        self.stream
-            .set_read_timeout(timeout)
-            .map_err(|e| format!("read reply: {}", io_msg(&e)))?;
         let mut chunk = [0u8; 64 << 10];
         loop {
+            wait_ready(&self.stream, libc::POLLIN, deadline)?;
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
                     ) =>
                 {
-                    return Err(timeout_msg());
+                    continue;
                 }
                 Err(e) => return Err(format!("read reply: {}", io_msg(&e))),
             }

@@ -91,6 +91,7 @@ fn fatal(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn main() -> ExitCode {
     crate::privsep::no_core_dumps();
+    crate::privsep::raise_nofile();
     let chan = match crate::privsep::engine_channel() {
         Ok(c) => c,
         Err(e) => return fatal(e),

@@ -9,6 +9,7 @@
 //! or thread exists — then a current-thread tokio loop.
 
 pub mod activate;
+mod deadman;
 pub mod fw;
 pub mod keys;
 pub mod links;
@@ -261,6 +262,11 @@ impl Parent {
         let targets = targets(&conf);
         let tlist: Vec<_> = targets.values().cloned().collect();
         fw.init(&tlist).map_err(|e| format!("firewall init: {e}"))?;
+        // Armed before any slow work (bundle checks, DNS, TLS files): if
+        // start-up hangs or dies from here on, every link locks by itself.
+        if let Err(e) = fw.keep_alive(Some(deadman::TIMEOUT)) {
+            log::event(log::Prio::Alert, "deadman_failed").msg(e).send();
+        }
         let bundle = {
             let checker = Checker {
                 fw: fw.as_ref(),

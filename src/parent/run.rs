@@ -97,6 +97,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
         _ => return ExitCode::FAILURE,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut heartbeat = super::deadman::Heartbeat::new(Instant::now());
     let hello_deadline = Instant::now() + imsg::HELLO_TIMEOUT;
     let mut hello = false;
     let mut last_expiry_log: Option<Instant> = None;
@@ -132,6 +133,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             _ = term.recv() => return shutdown(&mut p, &mut child, "SIGTERM"),
             _ = int.recv() => return shutdown(&mut p, &mut child, "SIGINT"),
             _ = tick.tick() => {
+                // First: the heartbeat only this loop keeps alive.
+                heartbeat.beat(p.links.fw.as_mut(), Instant::now());
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
                 }
@@ -638,6 +641,9 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
                 .set_parent_reason(n, LockReason::ProcessFailure, true);
         }
         p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+    } else if let Err(e) = p.links.fw.keep_alive(None) {
+        // Armed, the switch would lock every link a few seconds from now.
+        log::event(Prio::Alert, "deadman_failed").msg(e).send();
     }
     stop_engine(child);
     let _ = std::fs::remove_file(&p.conf.daemon.socket);

@@ -154,6 +154,14 @@ pub trait Firewall: Send {
         links: &[LinkTarget],
         only: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, Readback>, FwError>;
+    /// The dead-man switch (nftables; DESIGN §2): `Some(t)` arms or
+    /// refreshes it so the links' jumps live for `t` more; `None` disarms
+    /// it (a stop that keeps the kernel state). Backends without one do
+    /// nothing.
+    fn keep_alive(&mut self, timeout: Option<Duration>) -> Result<(), FwError> {
+        let _ = timeout;
+        Ok(())
+    }
     /// Last resort of a failing lockdown: holds drops for exactly `links`
     /// outside the link's own chain (nftables: a separate table whose
     /// drops are final), replacing any earlier guard; `&[]` removes it.

@@ -51,6 +51,7 @@ use std::path::{Path, PathBuf};
 use super::{Firewall, FwError, LinkTarget, Readback, TOOL_TIMEOUT, Tool, check_names};
 use crate::lock::Enforcement;
 
+pub mod alive;
 pub mod readback;
 use readback::{DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG};
 
@@ -73,6 +74,11 @@ pub struct Nft {
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
+    /// The dead-man switch as last asked for: None until the parent arms
+    /// it; Some(None) disarmed; Some(Some(t)) armed with timeout t.
+    alive: Option<Option<std::time::Duration>>,
+    /// Netlink sequence numbers of the refreshes.
+    seq: u32,
 }
 
 impl Nft {
@@ -82,7 +88,15 @@ impl Nft {
             table: table.to_string(),
             staged: std::collections::HashMap::new(),
             guard_may_exist: true,
+            alive: None,
+            seq: 0,
         }
+    }
+
+    fn refresh_alive(&mut self, timeout: Option<std::time::Duration>) -> Result<(), FwError> {
+        self.seq = self.seq.wrapping_add(4);
+        alive::refresh(&self.table, self.seq, timeout)
+            .map_err(|e| FwError::refused(format!("dead-man switch: {e}")))
     }
 
     fn guard_table(&self) -> String {
@@ -171,8 +185,17 @@ impl Firewall for Nft {
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.staged.clear();
         let script = skeleton(&self.table, links);
-        self.run("create nftables table and base chains", &script)
-            .map(drop)
+        self.run("create nftables table and base chains", &script)?;
+        // A rebuilt set is empty: re-arm at once, not at the next tick.
+        match self.alive {
+            Some(t) => self.refresh_alive(t),
+            None => Ok(()),
+        }
+    }
+
+    fn keep_alive(&mut self, timeout: Option<std::time::Duration>) -> Result<(), FwError> {
+        self.alive = Some(timeout);
+        self.refresh_alive(timeout)
     }
 
     fn apply(
@@ -340,6 +363,12 @@ pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
 /// link chains are created if missing (empty = locked) and never flushed here.
 pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
     let mut s = format!("add table inet {table}\n");
+    // The dead-man switch's set: never flushed here (its elements are the
+    // parent's heartbeat; see `alive`).
+    s.push_str(&format!(
+        "add set inet {table} {} {{ type nf_proto; flags timeout; }}\n",
+        alive::SET
+    ));
     for hook in ["input", "forward", "output"] {
         s.push_str(&format!(
             "add chain inet {table} {hook} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n\
@@ -357,7 +386,9 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
     }
     for l in links {
         for (hook, m) in protected_matches(l) {
-            for verdict in [format!("jump link_{}", l.name), "drop".to_string()] {
+            // The jump needs a live heartbeat; the drop does not.
+            let jump = format!("meta nfproto @{} jump link_{}", alive::SET, l.name);
+            for verdict in [jump, "drop".to_string()] {
                 s.push_str(&format!("add rule inet {table} {hook} {m} {verdict}\n"));
             }
         }
@@ -607,7 +638,7 @@ mod tests {
     fn skeleton_jumps_then_drops() {
         let s = skeleton("qkdpfd", &[dr()]);
         assert!(s.contains(
-            "add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 jump link_dr\n\
+            "add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 meta nfproto @alive jump link_dr\n\
              add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 drop\n"
         ));
         assert!(s.contains("add element inet qkdpfd peer4_dr { 198.51.100.2 }\n"));

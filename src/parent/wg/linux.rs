@@ -420,9 +420,10 @@ impl WgBackend for Linux {
     }
 }
 
-/// The netlink socket itself: the only Linux-only code here.
+/// The netlink socket itself: the only Linux-only code here. Also used by
+/// the nftables dead-man switch (`fw::nft::alive`), with NETLINK_NETFILTER.
 #[cfg(target_os = "linux")]
-mod sys {
+pub(crate) mod sys {
     use std::io::Error;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -456,9 +457,13 @@ mod sys {
 
     impl Nl {
         pub fn open() -> Result<Nl, WgError> {
+            Nl::open_protocol(NETLINK_GENERIC)
+        }
+
+        pub fn open_protocol(protocol: i32) -> Result<Nl, WgError> {
             let ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
             // SAFETY: plain socket(2); the fd is owned at once.
-            let fd = unsafe { libc::socket(libc::AF_NETLINK, ty, NETLINK_GENERIC) };
+            let fd = unsafe { libc::socket(libc::AF_NETLINK, ty, protocol) };
             if fd < 0 {
                 return Err(io("socket"));
             }
@@ -551,7 +556,7 @@ mod sys {
 }
 
 #[cfg(not(target_os = "linux"))]
-mod sys {
+pub(crate) mod sys {
     use super::WgError;
 
     pub struct Nl {
@@ -561,6 +566,9 @@ mod sys {
     impl Nl {
         pub fn open() -> Result<Nl, WgError> {
             Err(WgError::Io("linux backend on non-Linux".into()))
+        }
+        pub fn open_protocol(_: i32) -> Result<Nl, WgError> {
+            Err(WgError::Io("netlink on non-Linux".into()))
         }
         pub fn send(&self, _: &[u8]) -> Result<(), WgError> {
             Err(WgError::Io("linux backend on non-Linux".into()))

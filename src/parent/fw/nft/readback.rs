@@ -91,6 +91,19 @@ fn jump_target<'a>(e: &'a Value, kind: &str) -> Option<&'a str> {
     e.get(kind)?.get("target")?.as_str()
 }
 
+/// `meta nfproto @alive`, as nft -j lists it.
+fn is_alive_match(e: &Value) -> bool {
+    let Some(m) = e.get("match") else {
+        return false;
+    };
+    m.get("left")
+        .and_then(|l| l.get("meta"))
+        .and_then(|k| k.get("key"))
+        .and_then(Value::as_str)
+        == Some("nfproto")
+        && m.get("right").and_then(Value::as_str) == Some(&format!("@{}", super::alive::SET))
+}
+
 /// A rule that is exactly `drop` (a counter before it is fine).
 fn bare_drop(r: &Rule) -> bool {
     match r.expr.as_slice() {
@@ -117,8 +130,10 @@ fn base_pairs(l: &Listing) -> (HashMap<(String, String), usize>, Vec<String>) {
             let pair = rules.get(i + 1).and_then(|next| {
                 let (jv, jm) = rules[i].expr.split_last()?;
                 let (dv, dm) = next.expr.split_last()?;
+                // The jump also needs the dead-man switch's heartbeat.
+                let (alive, jm) = jm.split_last()?;
                 let target = jump_target(jv, "jump")?;
-                (jm == dm && is_verdict(dv, "drop")).then_some(target)
+                (is_alive_match(alive) && jm == dm && is_verdict(dv, "drop")).then_some(target)
             });
             match pair.and_then(|t| t.strip_prefix("link_")) {
                 Some(link) => {
@@ -274,6 +289,7 @@ mod tests {
         )
     }
 
+    const ALIVE: &str = "{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@alive\"}}";
     const M: &str = "{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"iifname\"}}, \"right\": \"wg0\"}}";
 
     /// A listing as nft prints it: the skeleton for dr plus `link` and `lock` rules.
@@ -295,7 +311,7 @@ mod tests {
         for (hook, _) in super::super::protected_matches(&dr()) {
             items.push(rule(
                 hook,
-                &format!("{M}, {{\"jump\": {{\"target\": \"link_dr\"}}}}"),
+                &format!("{M}, {ALIVE}, {{\"jump\": {{\"target\": \"link_dr\"}}}}"),
                 None,
             ));
             items.push(rule(hook, &format!("{M}, {{\"drop\": null}}"), None));
