@@ -24,11 +24,16 @@ pub const CONTROL_FD: RawFd = 4;
 pub const METRICS_FD: RawFd = 5;
 /// The peering UDP socket (`[peering] listen`), bound by the parent.
 pub const PEERING_FD: RawFd = 6;
+/// The engine's end of the SOCK_SEQPACKET pair that carries control
+/// clients' connections to the parent ([`crate::imsg::creds`]).
+pub const CREDS_FD: RawFd = 7;
 
 /// The running engine as the parent sees it.
 pub struct EngineProc {
     pub child: Child,
     pub chan: UnixStream,
+    /// The parent's end of the credentials pair (non-blocking reads).
+    pub creds: OwnedFd,
 }
 
 pub use crate::imsg::DropTo;
@@ -72,6 +77,15 @@ pub fn spawn_engine(
     )
     .map_err(io::Error::from)?;
     let theirs = dup_high(theirs.as_raw_fd())?;
+    let (creds_ours, creds_theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let creds_theirs = dup_high(creds_theirs.as_raw_fd())?;
+    let creds_fd = creds_theirs.as_raw_fd();
     let ctl = dup_high(control.as_raw_fd())?;
     let met = metrics.map(|m| dup_high(m.as_raw_fd())).transpose()?;
     let (chan_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.as_raw_fd());
@@ -83,7 +97,10 @@ pub fn spawn_engine(
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(chan_fd, ENGINE_FD) < 0 || libc::dup2(ctl_fd, CONTROL_FD) < 0 {
+            if libc::dup2(chan_fd, ENGINE_FD) < 0
+                || libc::dup2(ctl_fd, CONTROL_FD) < 0
+                || libc::dup2(creds_fd, CREDS_FD) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             for (fd, to) in [(met_fd, METRICS_FD), (peer_fd, PEERING_FD)] {
@@ -97,16 +114,22 @@ pub fn spawn_engine(
         });
     }
     let child = cmd.spawn()?;
-    drop((theirs, ctl, met, peer));
+    drop((theirs, ctl, met, peer, creds_theirs));
     Ok(EngineProc {
         child,
         chan: UnixStream::from(ours),
+        creds: creds_ours,
     })
 }
 
 /// The engine's channel to the parent (fd 3), taken once at start-up.
 pub fn engine_channel() -> io::Result<UnixStream> {
     take_fd(ENGINE_FD).map(UnixStream::from)
+}
+
+/// The engine's end of the credentials pair (fd 7).
+pub fn creds_channel() -> io::Result<OwnedFd> {
+    take_fd(CREDS_FD)
 }
 
 /// The Prometheus listener (fd 5), when the parent bound one.

@@ -799,6 +799,7 @@ fn a_keeping_stop_disarms_the_switch() {
 /// item 4): 2,000 connections held open. Its uid gets a few slots, the
 /// rest are closed at once; QBER polling goes on (no source-lost), and
 /// root's commands still get in.
+#[cfg(target_os = "linux")]
 #[test]
 fn a_connection_flood_from_a_member_changes_nothing() {
     let Some(mut gw) = Gateway::new("qkt15", "200ms", "socket_group = \"nogroup\"") else {
@@ -841,6 +842,7 @@ fn a_connection_flood_from_a_member_changes_nothing() {
     assert!(!gw.log().contains("reason=source-lost"), "{}", gw.log());
 }
 
+#[cfg(target_os = "linux")]
 fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
@@ -854,6 +856,7 @@ fn raise_nofile() {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// Opens 2,000 connections to `sock`, holds them 6 s; how many connected,
 /// were refused, and were still being served (not closed by the daemon).
 fn flood(sock: &std::path::Path) -> (usize, usize, usize) {

@@ -24,6 +24,9 @@ pub struct CtlCall {
     pub uid: u32,
     pub request: Request,
     pub reply: oneshot::Sender<Reply>,
+    /// The client's connection (a duplicate), for a request the parent
+    /// runs: the parent asks the kernel who the client is.
+    pub client: Option<std::os::fd::OwnedFd>,
 }
 
 /// Who may use the socket read-only.
@@ -220,6 +223,11 @@ async fn connection(
     slots: Shared<Slots>,
 ) -> std::io::Result<()> {
     let level = access.level(uid, gid);
+    let client = if level == Level::Root {
+        std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok()
+    } else {
+        None
+    };
     let (rd, mut wr) = stream.into_split();
     if level == Level::None {
         // Decided before reading a byte: nothing of theirs is parsed.
@@ -307,6 +315,7 @@ async fn connection(
             uid,
             request,
             reply: tx,
+            client,
         })
         .await
         .is_err()

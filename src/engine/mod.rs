@@ -73,6 +73,8 @@ struct Engine {
     keys: keys::Keys,
     /// `[testing]` overrides of policy timing.
     testing: crate::conf::TestingConf,
+    /// Where control clients' connections go to the parent (fd 7).
+    creds: Option<std::os::fd::OwnedFd>,
 }
 
 impl LinkSlot {
@@ -98,6 +100,10 @@ pub fn main() -> ExitCode {
     };
     let listener = match crate::privsep::control_listener() {
         Ok(l) => l,
+        Err(e) => return fatal(e),
+    };
+    let creds = match crate::privsep::creds_channel() {
+        Ok(c) => c,
         Err(e) => return fatal(e),
     };
     let cfg = match imsg::read_frame_blocking(&mut &chan) {
@@ -161,7 +167,12 @@ pub fn main() -> ExitCode {
     // Logged once run() has installed the sink to the parent: a spawned
     // task first runs when run() awaits, after its hello.
     rt.spawn(async move { sandbox.log() });
-    rt.block_on(run(cfg, chan, listener, metrics, peering, dropped))
+    let sockets = Sockets {
+        chan,
+        listener,
+        creds,
+    };
+    rt.block_on(run(cfg, sockets, metrics, peering, dropped))
 }
 
 /// The engine checks what the parent sent too (names, references, ranges).
@@ -181,14 +192,26 @@ fn check_config(cfg: &EngineConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(
-    cfg: EngineConfig,
+/// The descriptors the parent handed over: channel (fd 3), control
+/// listener (fd 4), credentials pair (fd 7).
+struct Sockets {
     chan: std::os::unix::net::UnixStream,
     listener: std::os::unix::net::UnixListener,
+    creds: std::os::fd::OwnedFd,
+}
+
+async fn run(
+    cfg: EngineConfig,
+    sockets: Sockets,
     metrics_listener: Option<std::net::TcpListener>,
     peering: Option<std::net::UdpSocket>,
     dropped: bool,
 ) -> ExitCode {
+    let Sockets {
+        chan,
+        listener,
+        creds,
+    } = sockets;
     let setup = chan
         .set_nonblocking(true)
         .and_then(|_| listener.set_nonblocking(true));
@@ -282,6 +305,7 @@ async fn run(
         polls: polls_tx,
         keys: key_state,
         testing: cfg.testing.clone(),
+        creds: Some(creds),
     };
     if let Err(e) = eng.configure(cfg, Instant::now()) {
         return fatal(e);

@@ -23,6 +23,7 @@ impl Engine {
             uid,
             request,
             reply,
+            client,
         } = call;
         let now = Instant::now();
         let answer = match request {
@@ -38,7 +39,13 @@ impl Engine {
             Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
             Request::Log { verbose } => {
                 log::set_verbose(verbose);
-                return self.forward(uid, ParentRequest::Log { verbose }, Vec::new(), reply);
+                return self.forward(
+                    uid,
+                    client,
+                    ParentRequest::Log { verbose },
+                    Vec::new(),
+                    reply,
+                );
             }
             Request::SimEve { link, fraction } => {
                 return self.sim(&link, SimControl::Eve(fraction), reply);
@@ -47,7 +54,13 @@ impl Engine {
                 return self.sim(&link, SimControl::Noise(qber), reply);
             }
             Request::Lockdown { target } => {
-                return self.forward(uid, ParentRequest::Lockdown { target }, Vec::new(), reply);
+                return self.forward(
+                    uid,
+                    client,
+                    ParentRequest::Lockdown { target },
+                    Vec::new(),
+                    reply,
+                );
             }
             Request::Unlock { target, force } => {
                 let names = match self.target_names(&target) {
@@ -63,13 +76,22 @@ impl Engine {
                         notes.push(format!("{n}: qber hold kept: {why}"));
                     }
                 }
-                return self.forward(uid, ParentRequest::Unlock { target, force }, notes, reply);
+                return self.forward(
+                    uid,
+                    client,
+                    ParentRequest::Unlock { target, force },
+                    notes,
+                    reply,
+                );
             }
             Request::Rotate { target } => self.rotate(&target, now),
-            Request::Reload => return self.forward(uid, ParentRequest::Reload, Vec::new(), reply),
+            Request::Reload => {
+                return self.forward(uid, client, ParentRequest::Reload, Vec::new(), reply);
+            }
             Request::PolicyLoad { bundle_b64 } => {
                 return self.forward(
                     uid,
+                    client,
                     ParentRequest::PolicyLoad { bundle_b64 },
                     Vec::new(),
                     reply,
@@ -82,12 +104,27 @@ impl Engine {
     fn forward(
         &mut self,
         uid: u32,
+        client: Option<std::os::fd::OwnedFd>,
         request: ParentRequest,
         notes: Vec<String>,
         reply: oneshot::Sender<Reply>,
     ) {
         let id = self.next_id;
         self.next_id += 1;
+        // The client's connection goes first: the parent learns who asks
+        // from the kernel, not from us.
+        let passed = match (&self.creds, &client) {
+            (Some(chan), Some(c)) => {
+                use std::os::fd::AsFd;
+                crate::imsg::creds::send(chan.as_fd(), id, c.as_fd())
+            }
+            _ => Err("no client connection to pass to the parent".to_string()),
+        };
+        drop(client);
+        if let Err(e) = passed {
+            let _ = reply.send(Reply::error(ErrorCode::Failed, e));
+            return;
+        }
         self.pending.insert(id, (reply, notes));
         let _ = self
             .tx

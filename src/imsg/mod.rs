@@ -9,6 +9,7 @@
 //! parent then locks every link). Semantic checks (known link, ...) are done
 //! by the receiver's dispatcher against its own config.
 
+pub mod creds;
 mod keys;
 
 pub use keys::{InstallPsk, KeyAck, KeyStep, KmeNet, LinkKeys, PeeringNet, PersistEpoch};
@@ -179,6 +180,19 @@ pub enum ParentRequest {
     Log {
         verbose: bool,
     },
+}
+
+impl ParentRequest {
+    /// The command's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ParentRequest::Lockdown { .. } => "lockdown",
+            ParentRequest::Unlock { .. } => "unlock",
+            ParentRequest::Reload => "reload",
+            ParentRequest::PolicyLoad { .. } => "policy-load",
+            ParentRequest::Log { .. } => "log",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -62,6 +62,9 @@ pub struct Parent {
     pub wg: keys::Wg,
     /// Epochs the engine asked to persist, written together (group commit).
     pub pending_epochs: Vec<(String, u64)>,
+    /// Control clients' connections from the engine, and the uids the
+    /// kernel gave for them ([`crate::imsg::creds`]).
+    pub ctl_creds: Option<(OwnedFd, crate::imsg::creds::Creds)>,
 }
 
 pub fn state_path(conf: &Config) -> PathBuf {
@@ -307,6 +310,7 @@ impl Parent {
             key_net: keys::KeyNet::default(),
             wg,
             pending_epochs: Vec::new(),
+            ctl_creds: None,
         };
         p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
         Ok(p)

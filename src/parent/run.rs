@@ -54,7 +54,12 @@ fn install_sink(p: &Parent, tx: Tx) {
 }
 
 async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
-    let EngineProc { mut child, chan } = engine;
+    let EngineProc {
+        mut child,
+        chan,
+        creds,
+    } = engine;
+    p.ctl_creds = Some((creds, Default::default()));
     if let Err(e) = chan.set_nonblocking(true) {
         eprintln!("qkdpfd: {e}");
         return ExitCode::FAILURE;
@@ -314,9 +319,33 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             Ok(())
         }
         ToParent::CtlRequest(req) => {
-            if req.uid != 0 {
+            // Who asks is the kernel's word, from the client's own
+            // connection; the engine's `uid` is only checked against it.
+            let kernel_uid = p.ctl_creds.as_mut().and_then(|(chan, c)| {
+                c.drain(std::os::fd::AsFd::as_fd(chan));
+                c.take(req.id)
+            });
+            match kernel_uid {
+                None => {
+                    log::event(Prio::Warning, "ctl_denied")
+                        .kv("uid", "unknown")
+                        .kv("command", req.request.name())
+                        .msg("no client credentials from the kernel")
+                        .send();
+                    let reply =
+                        Reply::error(ErrorCode::Denied, "permission denied: no credentials");
+                    let _ = tx.send(ToEngine::CtlReply(CtlReply { id: req.id, reply }).encode());
+                    return Ok(());
+                }
+                Some(k) if k != req.uid => {
+                    return Err(format!(
+                        "engine said uid {} for a client the kernel says is uid {k}",
+                        req.uid
+                    ));
+                }
                 // The engine allows only read-only commands to non-root.
-                return Err(format!("mutating request for uid {}", req.uid));
+                Some(k) if k != 0 => return Err(format!("mutating request for uid {k}")),
+                Some(_) => {}
             }
             let reply = match req.request {
                 ParentRequest::Lockdown { target } => operator_lock(p, &target),
