@@ -10,6 +10,12 @@
 //!    next flip.
 //! 2. Memory: the daemon with 100 simulated links, a bundle active, after
 //!    5 s of polling: VmRSS of the parent and of the engine.
+//! 3. Lockdown while a bundle activates: the same 100 links; `qkdctl policy
+//!    load` of a new serial (200 `nft -c` checks on a worker thread, then
+//!    100 links re-applied one per loop turn) and, 100 ms into it, the
+//!    eavesdropper on l0. Reported: the flip's sample -> nft latency and
+//!    the whole activation's duration, which is what the flip waited
+//!    behind before the checks moved off the parent's loop.
 //!
 //! `cargo bench --bench lockdown` (QKD_BENCH_FLIPS=N to change N).
 
@@ -210,5 +216,68 @@ fn main() {
         (p + e) as f64 / 1024.0
     );
     drop(d);
+
+    // 3. Lockdown latency while a 100-link bundle activates.
+    let rounds: u64 = 10;
+    let work = tempfile::tempdir().unwrap();
+    let conf = config(work.path(), &keys.pubkey, 100);
+    let d = Daemon::start(work.path(), &conf, true);
+    assert!(d.ctl(&["policy", "load", bdir.to_str().unwrap()]).0);
+    d.wait("l99", "open");
+    let mut loads = Vec::new();
+    let mut keep = Vec::new();
+    for serial in 2..2 + rounds {
+        let policy = POLICY.replace("serial = 1", &format!("serial = {serial}"));
+        // A different open text each time: every link really re-applies.
+        let open = format!("accept comment \"serial {serial}\"\n");
+        let (tmp, b) = bundle::signed_bundle(
+            &keys,
+            &[
+                ("policy.toml", policy.as_str()),
+                ("anchors/open.nft", open.as_str()),
+                ("anchors/lockdown.nft", "counter drop\n"),
+            ],
+        );
+        keep.push(tmp);
+        let sock = work.path().join("sock");
+        let t0 = Instant::now();
+        let loader = std::thread::spawn(move || {
+            let ok = Command::new(QKDCTL)
+                .arg("-s")
+                .arg(&sock)
+                .args(["policy", "load", b.to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success();
+            (ok, t0.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(d.ctl(&["sim", "eve", "l0", "1"]).0);
+        d.wait("l0", "lockdown");
+        let (ok, took) = loader.join().unwrap();
+        assert!(ok, "policy load {serial} failed");
+        loads.push(took.as_micros() as u64);
+        assert!(d.ctl(&["sim", "eve", "l0", "0"]).0);
+        d.wait("l0", "open");
+        d.wait("l99", "open");
+    }
+    drop(d);
+    let log = fs::read_to_string(work.path().join("log")).unwrap();
+    let mut during: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("event=flip") && l.contains("link=l0") && l.contains("to=lockdown"))
+        .filter_map(|l| l.rsplit("sample_to_kernel_us=").next()?.trim().parse().ok())
+        .collect();
+    during.sort_unstable();
+    loads.sort_unstable();
+    println!(
+        "lockdown latency while a 100-link bundle activates ({} rounds):",
+        during.len()
+    );
+    println!("  flip: {}", stats::percentiles_ms(&during));
+    println!(
+        "  activation (qkdctl policy load, wall): {}",
+        stats::percentiles_ms(&loads)
+    );
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
 }

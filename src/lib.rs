@@ -6,15 +6,17 @@
 //! parent and an unprivileged engine, re-exec'd from one binary, talking over
 //! fd 3; `qkdctl` talks to the engine over the control socket.
 //!
-//! - [`parent`]: the privileged parent: enforcement ([`parent::links`]),
-//!   bundle activation, the state file, firewall backends ([`parent::fw`]),
+//! - [`parent`]: the privileged parent: enforcement as the kernel reads
+//!   back ([`parent::links`]), bundle activation, the state file, firewall
+//!   backends ([`parent::fw`]: `observe`, the nftables dead-man switch),
 //!   WireGuard PSK writers ([`parent::wg`]) and the key requests it answers
 //!   ([`parent::keys`]).
 //! - [`engine`]: the unprivileged engine: the pure link state machine
 //!   ([`engine::link`]), QBER sources, key agreement ([`engine::keys`] runs
 //!   the pure [`engine::rotate`] with the ETSI 014 client [`engine::kme`]),
 //!   the control socket server, the Prometheus endpoint.
-//! - [`imsg`]: every parent <-> engine message, its framing and checks.
+//! - [`imsg`]: every parent <-> engine message, its framing and checks, and
+//!   the control clients' connections the engine passes to the parent.
 //! - [`privsep`]: socketpair, re-exec, chroot and privilege drop.
 //! - [`sandbox`]: pledge/unveil (OpenBSD), landlock and seccomp (Linux).
 //! - [`proto`]: the wire protocols: control socket (engine <-> qkdctl) and

@@ -65,21 +65,87 @@ pub fn load(
     source: &str,
 ) -> Result<Outcome, Reject> {
     let floor = state::floor(Some(state), store).map_err(|e| unreadable("policy store", e))?;
+    let active = state.active.as_ref().map(|a| a.serial);
+    let verified = verify_against(files, keys, floor, active, checker, source)?;
+    finish(verified, store, state, state_path, source)
+}
+
+/// Every check of DESIGN §4 against `floor`. A bundle stored but never
+/// named active (activation cut off before the state file was written) is
+/// checked again without the floor: the same bundle completes it.
+fn verify_against(
+    files: &Files,
+    keys: &[PublicKey],
+    floor: Option<crate::policy::Floor>,
+    active: Option<u64>,
+    checker: &Checker<'_>,
+    source: &str,
+) -> Result<Verified, Reject> {
     let mut opts = VerifyOpts {
         now_unix: now_unix(),
         floor,
         check_expiry: true,
         links: checker.targets.keys().cloned().collect(),
     };
-    let mut verified = verify_logged(files, keys, &opts, checker, source)?;
-    // Stored but never named active (activation cut off before the state
-    // file was written): the same bundle again completes the activation.
+    let verified = verify_logged(files, keys, &opts, checker, source)?;
     if let Verified::Unchanged { serial } = verified {
-        if state.active.as_ref().map(|a| a.serial) != Some(serial) {
+        if active != Some(serial) {
             opts.floor = None;
-            verified = verify_logged(files, keys, &opts, checker, source)?;
+            return verify_logged(files, keys, &opts, checker, source);
         }
     }
+    Ok(verified)
+}
+
+/// What a background verification found.
+pub type Checked = Result<Verified, Reject>;
+
+/// Everything a verification needs, owned, for a thread of its own.
+pub struct VerifyJob {
+    pub files: Files,
+    pub keys: Vec<PublicKey>,
+    pub floor: Option<crate::policy::Floor>,
+    pub active: Option<u64>,
+    pub firewall: crate::conf::FirewallConf,
+    pub state_dir: std::path::PathBuf,
+    pub targets: BTreeMap<String, LinkTarget>,
+    pub source: String,
+}
+
+/// Runs the verification — signature, digests, and two tool checks per
+/// link (`nft -c`, `pfctl -n`) — on a thread with its own firewall
+/// backend, so the parent's loop goes on applying lockdowns meanwhile
+/// (DESIGN §5). Only [`finish`] then touches the store and the state file.
+pub fn verify_in_background(job: VerifyJob) -> tokio::sync::oneshot::Receiver<Checked> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let fw = crate::parent::fw::new(&job.firewall, &job.state_dir);
+        let checker = Checker {
+            fw: fw.as_ref(),
+            targets: &job.targets,
+        };
+        let r = verify_against(
+            &job.files,
+            &job.keys,
+            job.floor,
+            job.active,
+            &checker,
+            &job.source,
+        );
+        let _ = tx.send(r);
+    });
+    rx
+}
+
+/// The rest of an activation, after verification: the immutable
+/// `policy/<serial>/` copy, then the state file names it. Logs the result.
+pub fn finish(
+    verified: Verified,
+    store: &Store,
+    state: &mut State,
+    state_path: &std::path::Path,
+    source: &str,
+) -> Result<Outcome, Reject> {
     let bundle = match verified {
         Verified::Unchanged { serial } => {
             log::event(Prio::Info, "policy_unchanged")
@@ -90,6 +156,23 @@ pub fn load(
         }
         Verified::New(b) => b,
     };
+    // The floor may have moved while the worker ran (another bundle
+    // activated): never go back below it.
+    if let Some(a) = &state.active
+        && bundle.policy.serial < a.serial
+    {
+        let e = unreadable(
+            &format!("policy {}", bundle.policy.serial),
+            format!("serial {} became active meanwhile", a.serial),
+        );
+        log::event(Prio::Err, "policy_rejected")
+            .kv("reason", "rollback")
+            .kv("serial", bundle.policy.serial)
+            .kv("source", source)
+            .msg(&e)
+            .send();
+        return Err(e);
+    }
     if let Err(e) = store.install(&bundle) {
         log::event(Prio::Err, "policy_rejected")
             .kv("reason", "store")

@@ -220,12 +220,9 @@ impl Links {
         changed
     }
 
-    /// Re-applies every link's current state (a new bundle's rulesets).
-    pub fn reapply_all(&mut self, bundle: Option<&Bundle>) {
-        let names: Vec<String> = self.links.keys().cloned().collect();
-        for name in names {
-            self.converge(&name, bundle, OpenedBy::Auto, true);
-        }
+    /// Re-applies one link's current state (a new bundle's rulesets).
+    pub fn reapply(&mut self, name: &str, bundle: Option<&Bundle>) {
+        self.converge(name, bundle, OpenedBy::Auto, true);
     }
 
     /// One link toward its desired state. Returns the new enforcement if it

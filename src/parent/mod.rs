@@ -14,6 +14,7 @@ pub mod fw;
 pub mod keys;
 pub mod links;
 mod lockdown;
+mod policy_jobs;
 mod run;
 pub mod state;
 mod syslog;
@@ -65,6 +66,11 @@ pub struct Parent {
     /// Control clients' connections from the engine, and the uids the
     /// kernel gave for them ([`crate::imsg::creds`]).
     pub ctl_creds: Option<(OwnedFd, crate::imsg::creds::Creds)>,
+    /// The bundle being verified on a worker thread, and its answer.
+    pub job: Option<policy_jobs::Job>,
+    pub job_rx: Option<tokio::sync::oneshot::Receiver<activate::Checked>>,
+    /// Links still to re-apply after an activation, one per loop turn.
+    pub reapply: std::collections::VecDeque<String>,
 }
 
 pub fn state_path(conf: &Config) -> PathBuf {
@@ -311,6 +317,9 @@ impl Parent {
             wg,
             pending_epochs: Vec::new(),
             ctl_creds: None,
+            job: None,
+            job_rx: None,
+            reapply: Default::default(),
         };
         p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
         Ok(p)

@@ -106,8 +106,16 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let hello_deadline = Instant::now() + imsg::HELLO_TIMEOUT;
     let mut hello = false;
     let mut last_expiry_log: Option<Instant> = None;
+    // A bundle's verification answer (the worker thread's; policy_jobs).
+    let mut job_rx = None;
     loop {
+        if let Some(rx) = p.job_rx.take() {
+            job_rx = Some(rx);
+        }
         tokio::select! {
+            // Engine reports first: a lockdown never waits behind the
+            // re-application of a new bundle (the last branch).
+            biased;
             m = from_engine.recv() => {
                 let mut m = Some(m.unwrap_or_else(|| Err("engine reader ended".into())));
                 // Drain what is already queued so that the epochs of many
@@ -146,9 +154,14 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
                 changed.extend(keys::check_drift(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
-                scan_spool(&mut p, &tx);
+                super::policy_jobs::scan_spool(&mut p);
                 check_expiry(&mut p, &tx, &mut last_expiry_log);
             }
+            r = async { job_rx.as_mut().expect("guarded").await }, if job_rx.is_some() => {
+                job_rx = None;
+                super::policy_jobs::finish(&mut p, &tx, r);
+            }
+            _ = std::future::ready(()), if !p.reapply.is_empty() => p.reapply_next(&tx),
         }
     }
 }
@@ -209,7 +222,7 @@ fn engine_config(p: &Parent) -> EngineConfig {
     }
 }
 
-fn send_policy(p: &Parent, tx: &Tx) {
+pub(super) fn send_policy(p: &Parent, tx: &Tx) {
     let msg = p.bundle.as_ref().map(|b| ActivePolicy {
         serial: b.policy.serial,
         not_after: b.policy.not_after,
@@ -351,7 +364,13 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                 ParentRequest::Lockdown { target } => operator_lock(p, &target),
                 ParentRequest::Unlock { target, force } => operator_unlock(p, &target, force),
                 ParentRequest::Reload => reload(p, tx),
-                ParentRequest::PolicyLoad { bundle_b64 } => policy_load(p, tx, &bundle_b64),
+                ParentRequest::PolicyLoad { bundle_b64 } => {
+                    match super::policy_jobs::policy_load(p, &bundle_b64, req.id) {
+                        Some(r) => r,
+                        // Answered when the verification thread is done.
+                        None => return Ok(()),
+                    }
+                }
                 ParentRequest::Log { verbose } => {
                     log::set_verbose(verbose);
                     Reply::ok(if verbose {
@@ -489,123 +508,6 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
         .kv("config", path.display())
         .send();
     Reply::ok("reloaded")
-}
-
-fn policy_load(p: &mut Parent, tx: &Tx, b64: &str) -> Reply {
-    use base64::Engine as _;
-    if b64.len() > crate::proto::ctl::MAX_REQUEST {
-        return Reply::error(ErrorCode::BadRequest, "bundle too large");
-    }
-    let bytes = match base64::engine::general_purpose::STANDARD.decode(b64) {
-        Ok(b) => b,
-        Err(_) => return Reply::error(ErrorCode::BadRequest, "bundle is not valid base64"),
-    };
-    let files = match crate::policy::read_bytes(&bytes) {
-        Ok(f) => f,
-        Err(e) => {
-            log::event(Prio::Err, "policy_rejected")
-                .kv("reason", e.reason())
-                .kv("source", "qkdctl")
-                .msg(&e)
-                .send();
-            return Reply::error(ErrorCode::PolicyRejected, e.to_string());
-        }
-    };
-    activate_files(p, tx, &files, "qkdctl")
-}
-
-fn activate_files(p: &mut Parent, tx: &Tx, files: &crate::policy::Files, source: &str) -> Reply {
-    let targets = super::targets(&p.conf);
-    let result = {
-        let checker = activate::Checker {
-            fw: p.links.fw.as_ref(),
-            targets: &targets,
-        };
-        activate::load(
-            files,
-            &p.keys,
-            &p.store,
-            &mut p.links.state,
-            &p.links.state_path.clone(),
-            &checker,
-            source,
-        )
-    };
-    match result {
-        Ok(activate::Outcome::Unchanged(serial)) => {
-            Reply::ok(format!("policy_unchanged serial={serial}"))
-        }
-        Ok(activate::Outcome::Loaded(b)) => {
-            let serial = b.policy.serial;
-            p.bundle = Some(*b);
-            let names: Vec<String> = p.links.links.keys().cloned().collect();
-            for n in &names {
-                p.links.set_parent_reason(n, LockReason::NoPolicy, false);
-            }
-            send_policy(p, tx);
-            p.links.reapply_all(p.bundle.as_ref());
-            send_all_states(p, tx);
-            Reply::ok(format!("policy_loaded serial={serial}"))
-        }
-        Err(e) => Reply::error(ErrorCode::PolicyRejected, e.to_string()),
-    }
-}
-
-/// Largest bundle archive taken from the spool.
-const SPOOL_MAX: u64 = 8 << 20;
-
-/// The GitOps spool: every regular file (tar/tgz) or directory not starting
-/// with "." is a bundle; it is removed after a decision (rejected ones are
-/// renamed `.rejected-<name>` so they are kept for inspection but not retried).
-fn scan_spool(p: &mut Parent, tx: &Tx) {
-    let Some(dir) = p.conf.policy.incoming.clone() else {
-        return;
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    let mut names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
-    names.sort();
-    for name in names {
-        let s = name.to_string_lossy().to_string();
-        if s.starts_with('.') {
-            continue;
-        }
-        let path = dir.join(&name);
-        let Ok(md) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        // A directory is read entry by entry without following links; a
-        // file is opened O_NOFOLLOW|O_NONBLOCK and checked by fstat, so a
-        // symlink, FIFO or device swapped in after the lstat is refused.
-        let files = if md.is_dir() {
-            crate::policy::read_dir(&path)
-        } else {
-            crate::policy::read_archive_file(&path, SPOOL_MAX)
-                .and_then(|b| crate::policy::read_bytes(&b))
-        };
-        let ok = match files {
-            Ok(f) => matches!(activate_files(p, tx, &f, "incoming"), Reply::Ok { .. }),
-            Err(e) => {
-                log::event(Prio::Err, "policy_rejected")
-                    .kv("reason", e.reason())
-                    .kv("source", "incoming")
-                    .msg(&e)
-                    .send();
-                false
-            }
-        };
-        let done = if ok {
-            None
-        } else {
-            Some(dir.join(format!(".rejected-{s}")))
-        };
-        let _ = match (done, md.is_dir()) {
-            (None, true) => std::fs::remove_dir_all(&path),
-            (None, false) => std::fs::remove_file(&path),
-            (Some(to), _) => std::fs::rename(&path, to),
-        };
-    }
 }
 
 /// An active bundle past `not_after` stays in force with an hourly alert,

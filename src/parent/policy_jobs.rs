@@ -1,0 +1,244 @@
+//! Bundle activation without holding up a lockdown (DESIGN §5; fail-closed
+//! issue item 6). A pushed bundle — `qkdctl policy load` or the GitOps
+//! spool — is verified on a worker thread ([`activate::verify_in_background`]:
+//! signature, digests, two tool checks per link), while the parent's loop
+//! goes on taking engine reports. When the worker answers, the loop stores
+//! the bundle and names it active ([`activate::finish`]), then re-applies
+//! the links one per loop turn ([`Parent::reapply`]), engine messages
+//! first, so a QBER lockdown never waits behind 100 links' rulesets.
+//!
+//! One bundle at a time: a second `policy load` meanwhile is refused with
+//! a reason, and the spool waits for the next tick.
+
+use super::run::{Tx, send_all_states, send_policy};
+use super::{Parent, activate};
+use crate::imsg::{CtlReply, ToEngine};
+use crate::lock::LockReason;
+use crate::log::{self, Prio};
+use crate::policy::Files;
+use crate::proto::ctl::{ErrorCode, Reply};
+use std::path::PathBuf;
+use tokio::sync::oneshot;
+
+/// Largest bundle archive taken from the spool.
+const SPOOL_MAX: u64 = 8 << 20;
+
+/// A bundle being verified.
+pub struct Job {
+    source: &'static str,
+    /// The `qkdctl policy load` request to answer when done.
+    reply_to: Option<u64>,
+    /// The spool entry to remove (accepted) or rename (rejected) when done.
+    spool: Option<SpoolEntry>,
+}
+
+struct SpoolEntry {
+    dir: PathBuf,
+    name: String,
+    is_dir: bool,
+}
+
+impl SpoolEntry {
+    /// Removed after an activation, renamed `.rejected-<name>` otherwise
+    /// (kept for inspection, not retried).
+    fn done(&self, accepted: bool) {
+        let path = self.dir.join(&self.name);
+        let _ = match (accepted, self.is_dir) {
+            (true, true) => std::fs::remove_dir_all(&path),
+            (true, false) => std::fs::remove_file(&path),
+            (false, _) => std::fs::rename(&path, self.dir.join(format!(".rejected-{}", self.name))),
+        };
+    }
+}
+
+/// `qkdctl policy load`: starts the verification; the answer follows when
+/// it is done (None now), or at once if the bundle cannot even be read.
+pub fn policy_load(p: &mut Parent, b64: &str, id: u64) -> Option<Reply> {
+    use base64::Engine as _;
+    if b64.len() > crate::proto::ctl::MAX_REQUEST {
+        return Some(Reply::error(ErrorCode::BadRequest, "bundle too large"));
+    }
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+        return Some(Reply::error(
+            ErrorCode::BadRequest,
+            "bundle is not valid base64",
+        ));
+    };
+    let files = match crate::policy::read_bytes(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            rejected(&e, "qkdctl");
+            return Some(Reply::error(ErrorCode::PolicyRejected, e.to_string()));
+        }
+    };
+    if p.job.is_some() {
+        return Some(Reply::error(
+            ErrorCode::Refused,
+            "another bundle is being activated; try again in a moment",
+        ));
+    }
+    start(p, files, "qkdctl", Some(id), None).err()
+}
+
+fn rejected(e: &crate::policy::Reject, source: &str) {
+    log::event(Prio::Err, "policy_rejected")
+        .kv("reason", e.reason())
+        .kv("source", source)
+        .msg(e)
+        .send();
+}
+
+/// Hands `files` to a worker thread; the loop picks the answer up from
+/// `p.job_rx`.
+fn start(
+    p: &mut Parent,
+    files: Files,
+    source: &'static str,
+    reply_to: Option<u64>,
+    spool: Option<SpoolEntry>,
+) -> Result<(), Reply> {
+    let floor = match super::state::floor(Some(&p.links.state), &p.store) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(Reply::error(
+                ErrorCode::Failed,
+                format!("policy store: {e}"),
+            ));
+        }
+    };
+    let job = activate::VerifyJob {
+        files,
+        keys: p.keys.clone(),
+        floor,
+        active: p.links.state.active.as_ref().map(|a| a.serial),
+        firewall: p.conf.firewall.clone(),
+        state_dir: p.conf.daemon.state_dir.clone(),
+        targets: super::targets(&p.conf),
+        source: source.to_string(),
+    };
+    p.job_rx = Some(activate::verify_in_background(job));
+    p.job = Some(Job {
+        source,
+        reply_to,
+        spool,
+    });
+    Ok(())
+}
+
+/// The worker answered: activate (store, state file, links queued for
+/// re-application) or refuse; answer the qkdctl that asked.
+pub fn finish(
+    p: &mut Parent,
+    tx: &Tx,
+    checked: Result<activate::Checked, oneshot::error::RecvError>,
+) {
+    let Some(job) = p.job.take() else { return };
+    let outcome = match checked {
+        Ok(Ok(verified)) => activate::finish(
+            verified,
+            &p.store,
+            &mut p.links.state,
+            &p.links.state_path.clone(),
+            job.source,
+        ),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(crate::policy::Reject::Unreadable {
+            what: "bundle".into(),
+            msg: "the verification thread ended without an answer".into(),
+        }),
+    };
+    let reply = match outcome {
+        Ok(activate::Outcome::Unchanged(serial)) => {
+            Reply::ok(format!("policy_unchanged serial={serial}"))
+        }
+        Ok(activate::Outcome::Loaded(b)) => {
+            let serial = b.policy.serial;
+            p.bundle = Some(*b);
+            let names: Vec<String> = p.links.links.keys().cloned().collect();
+            for n in &names {
+                p.links.set_parent_reason(n, LockReason::NoPolicy, false);
+            }
+            send_policy(p, tx);
+            // Re-applied one link per loop turn, engine reports first.
+            p.reapply.extend(names);
+            Reply::ok(format!("policy_loaded serial={serial}"))
+        }
+        Err(e) => Reply::error(ErrorCode::PolicyRejected, e.to_string()),
+    };
+    if let Some(s) = &job.spool {
+        s.done(matches!(reply, Reply::Ok { .. }));
+    }
+    if let Some(id) = job.reply_to {
+        let _ = tx.send(ToEngine::CtlReply(CtlReply { id, reply }).encode());
+    }
+}
+
+impl Parent {
+    /// Re-applies the next queued link with the active bundle's rulesets.
+    pub fn reapply_next(&mut self, tx: &Tx) {
+        let Some(name) = self.reapply.pop_front() else {
+            return;
+        };
+        self.links.reapply(&name, self.bundle.as_ref());
+        super::run::send_state(self, tx, &name);
+        if self.reapply.is_empty() {
+            send_all_states(self, tx);
+        }
+    }
+}
+
+/// The GitOps spool: every regular file (tar/tgz) or directory not starting
+/// with "." is a bundle; the first one in name order is verified when no
+/// other bundle is. A directory is read entry by entry without following
+/// links; a file is opened O_NOFOLLOW|O_NONBLOCK and checked by fstat, so a
+/// symlink, FIFO or device swapped in after the listing is refused.
+pub fn scan_spool(p: &mut Parent) {
+    if p.job.is_some() {
+        return;
+    }
+    let Some(dir) = p.conf.policy.incoming.clone() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let Ok(md) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let entry = SpoolEntry {
+            dir: dir.clone(),
+            name: name.clone(),
+            is_dir: md.is_dir(),
+        };
+        let files = if md.is_dir() {
+            crate::policy::read_dir(&path)
+        } else {
+            crate::policy::read_archive_file(&path, SPOOL_MAX)
+                .and_then(|b| crate::policy::read_bytes(&b))
+        };
+        match files {
+            Ok(f) => {
+                if let Err(r) = start(p, f, "incoming", None, Some(entry)) {
+                    log::event(Prio::Err, "policy_rejected")
+                        .kv("reason", "store")
+                        .kv("source", "incoming")
+                        .msg(format!("{r:?}"))
+                        .send();
+                }
+                return;
+            }
+            Err(e) => {
+                rejected(&e, "incoming");
+                entry.done(false);
+            }
+        }
+    }
+}
