@@ -24,6 +24,9 @@ pub const CONTROL_FD: RawFd = 4;
 pub const METRICS_FD: RawFd = 5;
 /// The peering UDP socket (`[peering] listen`), bound by the parent.
 pub const PEERING_FD: RawFd = 6;
+/// The second peering socket, IPv4, when `listen` is `[::]` (one socket per
+/// address family: OpenBSD's IPv6 sockets never see IPv4).
+pub const PEERING4_FD: RawFd = 8;
 /// The engine's end of the SOCK_SEQPACKET pair that carries control
 /// clients' connections to the parent ([`crate::imsg::creds`]).
 pub const CREDS_FD: RawFd = 7;
@@ -67,7 +70,7 @@ pub fn spawn_engine(
     args: &[OsString],
     control: &OwnedFd,
     metrics: Option<&OwnedFd>,
-    peering: Option<&OwnedFd>,
+    peering: &[OwnedFd],
 ) -> io::Result<EngineProc> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -90,8 +93,16 @@ pub fn spawn_engine(
     let met = metrics.map(|m| dup_high(m.as_raw_fd())).transpose()?;
     let (chan_fd, ctl_fd) = (theirs.as_raw_fd(), ctl.as_raw_fd());
     let met_fd = met.as_ref().map(|m| m.as_raw_fd());
-    let peer = peering.map(|m| dup_high(m.as_raw_fd())).transpose()?;
+    let peer = peering
+        .first()
+        .map(|m| dup_high(m.as_raw_fd()))
+        .transpose()?;
     let peer_fd = peer.as_ref().map(|m| m.as_raw_fd());
+    let peer4 = peering
+        .get(1)
+        .map(|m| dup_high(m.as_raw_fd()))
+        .transpose()?;
+    let peer4_fd = peer4.as_ref().map(|m| m.as_raw_fd());
     let mut cmd = Command::new(argv0);
     cmd.arg("-P").arg("engine").args(args).env_clear();
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
@@ -103,7 +114,11 @@ pub fn spawn_engine(
             {
                 return Err(io::Error::last_os_error());
             }
-            for (fd, to) in [(met_fd, METRICS_FD), (peer_fd, PEERING_FD)] {
+            for (fd, to) in [
+                (met_fd, METRICS_FD),
+                (peer_fd, PEERING_FD),
+                (peer4_fd, PEERING4_FD),
+            ] {
                 if let Some(fd) = fd {
                     if libc::dup2(fd, to) < 0 {
                         return Err(io::Error::last_os_error());
@@ -114,7 +129,7 @@ pub fn spawn_engine(
         });
     }
     let child = cmd.spawn()?;
-    drop((theirs, ctl, met, peer, creds_theirs));
+    drop((theirs, ctl, met, peer, peer4, creds_theirs));
     Ok(EngineProc {
         child,
         chan: UnixStream::from(ours),
@@ -137,9 +152,65 @@ pub fn metrics_listener() -> io::Result<std::net::TcpListener> {
     take_fd(METRICS_FD).map(std::net::TcpListener::from)
 }
 
-/// The peering UDP socket (fd 6), when the config has `[peering]`.
-pub fn peering_socket() -> io::Result<std::net::UdpSocket> {
-    take_fd(PEERING_FD).map(std::net::UdpSocket::from)
+/// The `count` peering UDP sockets the parent passed: fd 6, then fd 8.
+pub fn peering_sockets(count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    [PEERING_FD, PEERING4_FD]
+        .into_iter()
+        .take(count)
+        .map(|fd| take_fd(fd).map(std::net::UdpSocket::from))
+        .collect()
+}
+
+/// How many sockets [`bind_peering`] binds for `listen`.
+pub fn peering_count(listen: std::net::SocketAddr) -> usize {
+    match listen.ip() {
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => 2,
+        _ => 1,
+    }
+}
+
+/// Binds the peering port, one socket per address family and never a
+/// v4-mapped one: `[::]:P` gives an IPv6-only socket on `[::]:P` and an
+/// IPv4 one on `0.0.0.0:P` (on OpenBSD IPv6 sockets are always IPv6-only,
+/// ip6(4); Linux is made to behave the same with IPV6_V6ONLY); any other
+/// address gives the one socket of its family.
+pub fn bind_peering(listen: std::net::SocketAddr) -> io::Result<Vec<OwnedFd>> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let mut out = vec![bind_udp(listen)?];
+    if peering_count(listen) == 2 {
+        let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), listen.port());
+        out.push(bind_udp(v4)?);
+    }
+    Ok(out)
+}
+
+fn bind_udp(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{SockaddrStorage, bind, socket};
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)?;
+    if addr.is_ipv6() {
+        let on: libc::c_int = 1;
+        // SAFETY: an int option of the stated length on our own socket.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(io::Error::from)?;
+    Ok(fd)
 }
 
 /// The listening control socket (fd 4).

@@ -477,3 +477,43 @@ fn a_missing_wireguard_peer_fails_the_round_and_changes_nothing() {
     assert_eq!(p.installed(A), epoch);
     assert_eq!(p.psk(A), before);
 }
+
+/// Sockets per address family (OpenBSD issue item 2): with `listen =
+/// "[::]:8071"` and IPv4 peers, and Linux made to behave as OpenBSD
+/// (IPv6 sockets never see IPv4: net.ipv6.bindv6only=1), the first key
+/// is still agreed: the parent bound an IPv4 socket beside the IPv6 one.
+#[test]
+fn a_wildcard_listen_reaches_ipv4_peers_as_on_openbsd() {
+    let Some(mut p) = Pair::new("qkk8", MANUAL) else {
+        return;
+    };
+    for end in [A, B] {
+        let _ = p.ns_must(end, &["sysctl", "-qw", "net.ipv6.bindv6only=1"]);
+        let path = p.path(end, "qkdpfd.conf");
+        let conf = std::fs::read_to_string(&path).unwrap();
+        let conf: String = conf
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    "listen = \"[::]:8071\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, conf + "\n").unwrap();
+    }
+    p.start_sim();
+    p.start_both(&policy(1, true, ""));
+    p.wait("first key over IPv4", Duration::from_secs(15), |a, b| {
+        a["keys"]["installed_epoch"].as_u64() >= Some(1)
+            && a["keys"]["installed_epoch"] == b["keys"]["installed_epoch"]
+            && a["enforcement"] == "open"
+            && b["enforcement"] == "open"
+    });
+    assert_eq!(p.psk(A), p.psk(B));
+    let ss = p.ns_must(A, &["ss", "-Hlun", "sport", "= :8071"]);
+    assert_eq!(ss.lines().count(), 2, "one socket per family: {ss}");
+    assert!(ss.contains("0.0.0.0:8071"), "{ss}");
+}

@@ -157,12 +157,9 @@ pub fn main() -> ExitCode {
         },
         false => None,
     };
-    let peering = match cfg.peering.is_some() {
-        true => match crate::privsep::peering_socket() {
-            Ok(s) => Some(s),
-            Err(e) => return fatal(e),
-        },
-        false => None,
+    let peering = match crate::privsep::peering_sockets(cfg.peering_sockets) {
+        Ok(s) => s,
+        Err(e) => return fatal(e),
     };
     // Logged once run() has installed the sink to the parent: a spawned
     // task first runs when run() awaits, after its hello.
@@ -204,7 +201,7 @@ async fn run(
     cfg: EngineConfig,
     sockets: Sockets,
     metrics_listener: Option<std::net::TcpListener>,
-    peering: Option<std::net::UdpSocket>,
+    peering: Vec<std::net::UdpSocket>,
     dropped: bool,
 ) -> ExitCode {
     let Sockets {
@@ -282,7 +279,7 @@ async fn run(
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
     let (dgram_tx, mut datagrams) = mpsc::channel::<keys::Datagram>(1024);
     let mut key_state = keys::Keys::new(tx.clone(), answers_tx);
-    if let Some(sock) = peering {
+    for sock in peering {
         let sock = match sock
             .set_nonblocking(true)
             .and_then(|_| tokio::net::UdpSocket::from_std(sock))
@@ -290,8 +287,8 @@ async fn run(
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => return fatal(format!("peering socket: {e}")),
         };
-        key_state.set_socket(sock.clone());
-        tokio::spawn(keys::receive(sock, dgram_tx));
+        key_state.add_socket(sock.clone());
+        tokio::spawn(keys::receive(sock, dgram_tx.clone()));
     }
     let mut eng = Engine {
         links: BTreeMap::new(),

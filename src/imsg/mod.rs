@@ -89,6 +89,8 @@ pub struct EngineConfig {
     pub qber_net: BTreeMap<String, QberNet>,
     /// Present when some link runs key agreement.
     pub peering: Option<PeeringNet>,
+    /// How many peering sockets the parent passed (fd 6, then fd 8).
+    pub peering_sockets: usize,
     /// Every `[kme.X]` a link uses.
     pub kme: BTreeMap<String, KmeNet>,
     /// `[testing]` (only a `testing` build parses it; default otherwise).

@@ -354,15 +354,15 @@ impl Parent {
                 return exit_err(format!("metrics: bind {:?}: {e}", self.conf.daemon.metrics));
             }
         };
-        // The peering port too (it may be privileged).
+        // The peering port too (it may be privileged), one socket per family.
         let peering = match self
             .conf
             .peering
             .as_ref()
-            .map(|p| std::net::UdpSocket::bind(p.listen))
+            .map(|p| crate::privsep::bind_peering(p.listen))
         {
-            None => None,
-            Some(Ok(s)) => Some(OwnedFd::from(s)),
+            None => Vec::new(),
+            Some(Ok(s)) => s,
             Some(Err(e)) => {
                 let at = self.conf.peering.as_ref().map(|p| p.listen);
                 return exit_err(format!("peering: bind {at:?}: {e}"));
@@ -376,7 +376,7 @@ impl Parent {
             &self.opts.args,
             &ctl,
             metrics.as_ref(),
-            peering.as_ref(),
+            &peering,
         ) {
             Ok(e) => e,
             Err(e) => return exit_err(format!("starting engine: {e}")),

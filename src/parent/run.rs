@@ -217,6 +217,11 @@ fn engine_config(p: &Parent) -> EngineConfig {
         metrics: p.conf.daemon.metrics.is_some(),
         qber_net: p.qber_net.clone(),
         peering: p.key_net.peering.clone(),
+        peering_sockets: p
+            .conf
+            .peering
+            .as_ref()
+            .map_or(0, |c| crate::privsep::peering_count(c.listen)),
         kme: p.key_net.kme.clone(),
         testing: p.conf.testing.clone(),
     }

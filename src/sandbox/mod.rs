@@ -258,6 +258,7 @@ mod tests {
             metrics: false,
             qber_net: Default::default(),
             peering: None,
+            peering_sockets: 0,
             kme: Default::default(),
             testing: Default::default(),
         };

@@ -82,7 +82,10 @@ struct KeyedLink {
 pub struct Keys {
     signing: Option<SigningKey>,
     ring: Option<Keyring>,
-    socket: Option<Arc<tokio::net::UdpSocket>>,
+    /// The peering sockets, one per address family (fd 6, fd 8).
+    sockets: Vec<Arc<tokio::net::UdpSocket>>,
+    /// Failed sends, logged once per destination a minute.
+    send_log: HashMap<SocketAddr, (Instant, u64)>,
     calls: calls::Calls,
     links: BTreeMap<String, KeyedLink>,
     by_id: HashMap<LinkId, String>,
@@ -102,7 +105,8 @@ impl Keys {
         Keys {
             signing: None,
             ring: None,
-            socket: None,
+            sockets: Vec::new(),
+            send_log: HashMap::new(),
             calls: calls::Calls::new(answers),
             links: BTreeMap::new(),
             by_id: HashMap::new(),
@@ -114,9 +118,47 @@ impl Keys {
         }
     }
 
-    /// The peering socket (taken from fd 6 once at start-up).
-    pub fn set_socket(&mut self, s: Arc<tokio::net::UdpSocket>) {
-        self.socket = Some(s);
+    /// A peering socket (fd 6, fd 8: taken once at start-up).
+    pub fn add_socket(&mut self, s: Arc<tokio::net::UdpSocket>) {
+        self.sockets.push(s);
+    }
+
+    /// Sends from the socket of `dest`'s address family; a failure is a
+    /// warning an operator sees, once per destination a minute.
+    fn send_to(&mut self, bytes: &[u8], dest: SocketAddr) {
+        let sock = self
+            .sockets
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dest.is_ipv4()));
+        let r = match sock {
+            Some(s) => s
+                .try_send_to(bytes, dest)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => Err(format!(
+                "no peering socket for {} (set [peering] listen to [::]:PORT or an address of that family)",
+                if dest.is_ipv4() { "IPv4" } else { "IPv6" }
+            )),
+        };
+        let Err(why) = r else { return };
+        let now = Instant::now();
+        let e = self
+            .send_log
+            .entry(dest)
+            .or_insert((now - Duration::from_secs(61), 0));
+        if now.duration_since(e.0) >= Duration::from_secs(60) {
+            let mut ev = log::event(Prio::Warning, "peer_send_failed").kv("to", dest);
+            if e.1 > 0 {
+                ev = ev.kv("suppressed", e.1);
+            }
+            ev.msg(why).send();
+            *e = (now, 0);
+        } else {
+            e.1 += 1;
+        }
+        if self.send_log.len() > 4096 {
+            self.send_log.clear();
+        }
     }
 
     pub fn is_keyed(&self, link: &str) -> bool {
@@ -429,11 +471,9 @@ impl Keys {
                     rotate::Role::Master => l.conf.peer,
                     rotate::Role::Slave => self.current_from.or(l.reply_to).unwrap_or(l.conf.peer),
                 };
-                if let (Some(sk), Some(sock)) = (&self.signing, &self.socket) {
-                    // Lost datagrams are what retransmits are for.
-                    if let Err(e) = sock.try_send_to(&m.encode(sk), dest) {
-                        log::debug(format!("peer: send to {dest}: {e}"));
-                    }
+                // Lost datagrams are what retransmits are for.
+                if let Some(bytes) = self.signing.as_ref().map(|sk| m.encode(sk)) {
+                    self.send_to(&bytes, dest);
                 }
             }
             Action::RoundDone { epoch, key_id } => {
