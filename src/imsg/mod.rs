@@ -305,16 +305,38 @@ impl From<io::Error> for Error {
     }
 }
 
-fn frame(ty: Type, body: &impl Serialize) -> Vec<u8> {
-    let payload = serde_json::to_vec(body).expect("imsg bodies always serialize");
-    assert!(payload.len() <= MAX_PAYLOAD, "imsg body too large");
+/// A frame, or why it cannot be one (a body over [`MAX_PAYLOAD`]: say a
+/// config naming megabytes of TLS files).
+fn try_frame(ty: Type, body: &impl Serialize) -> Result<Vec<u8>, String> {
+    let mut payload = serde_json::to_vec(body).map_err(|e| format!("{ty:?} message: {e}"))?;
+    if payload.len() > MAX_PAYLOAD {
+        let n = payload.len();
+        zeroize::Zeroize::zeroize(&mut payload);
+        return Err(format!(
+            "{ty:?} message of {n} bytes is over the channel's {MAX_PAYLOAD}"
+        ));
+    }
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.push(VERSION);
     out.push(0);
     out.extend_from_slice(&(ty as u16).to_be_bytes());
     out.extend_from_slice(&payload);
-    out
+    zeroize::Zeroize::zeroize(&mut payload);
+    Ok(out)
+}
+
+/// Never panics: a message that cannot be framed is logged and becomes
+/// nothing (the far side then misses it: a config never arriving fails
+/// the engine's start, closed). The config is checked first with
+/// [`ToEngine::try_encode`].
+fn frame(ty: Type, body: &impl Serialize) -> Vec<u8> {
+    try_frame(ty, body).unwrap_or_else(|e| {
+        crate::log::event(crate::log::Prio::Crit, "imsg_too_large")
+            .msg(e)
+            .send();
+        Vec::new()
+    })
 }
 
 fn body<T: DeserializeOwned>(ty: Type, payload: &[u8]) -> Result<T, Error> {
@@ -334,6 +356,14 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(usize, u16), Error> {
 }
 
 impl ToEngine {
+    /// The frame, or why it cannot be sent.
+    pub fn try_encode(&self) -> Result<Vec<u8>, String> {
+        match self {
+            ToEngine::Config(c) => try_frame(Type::Config, c),
+            other => Ok(other.encode()),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         match self {
             ToEngine::Config(c) => frame(Type::Config, c),

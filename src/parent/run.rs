@@ -76,7 +76,12 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let tx = imsg::spawn_writer(wr, || {});
     let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
-    let _ = tx.send(ToEngine::Config(engine_config(&p)).encode());
+    match ToEngine::Config(engine_config(&p)).try_encode() {
+        Ok(f) => {
+            let _ = tx.send(f);
+        }
+        Err(e) => return engine_lost(&mut p, &mut child, &format!("engine config: {e}")),
+    }
     install_sink(&p, tx.clone());
     log::event(Prio::Notice, "startup")
         .kv("version", env!("CARGO_PKG_VERSION"))
@@ -501,12 +506,26 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
             return Reply::error(ErrorCode::ConfigError, e);
         }
     };
-    p.key_net = key_net;
-    p.qber_net = net;
-    p.keys = keys;
-    p.store = crate::policy::Store::new(new.policy.dir.clone());
-    p.conf = new;
-    let _ = tx.send(ToEngine::Config(engine_config(p)).encode());
+    let old = (
+        std::mem::replace(&mut p.key_net, key_net),
+        std::mem::replace(&mut p.qber_net, net),
+        std::mem::replace(&mut p.keys, keys),
+        std::mem::replace(
+            &mut p.store,
+            crate::policy::Store::new(new.policy.dir.clone()),
+        ),
+        std::mem::replace(&mut p.conf, new),
+    );
+    match ToEngine::Config(engine_config(p)).try_encode() {
+        Ok(f) => {
+            let _ = tx.send(f);
+        }
+        Err(e) => {
+            (p.key_net, p.qber_net, p.keys, p.store, p.conf) = old;
+            log::event(Prio::Err, "reload_failed").msg(&e).send();
+            return Reply::error(ErrorCode::ConfigError, e);
+        }
+    }
     send_policy(p, tx);
     send_all_states(p, tx);
     log::event(Prio::Notice, "reload")

@@ -154,8 +154,23 @@ pub struct ParentPaths {
     pub socket: PathBuf,
 }
 
+/// What the resolver reads: a reload resolves the config's host names
+/// again, and a name only in /etc/hosts must still resolve then.
+pub const RESOLVER_FILES: &[&str] = if cfg!(target_os = "openbsd") {
+    &["/etc/hosts", "/etc/resolv.conf"]
+} else {
+    &[
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/nsswitch.conf",
+        "/etc/host.conf",
+        "/etc/gai.conf",
+    ]
+};
+
 pub fn parent_paths(conf: &Config) -> ParentPaths {
     let mut read = vec![conf.path.clone()];
+    read.extend(RESOLVER_FILES.iter().map(PathBuf::from));
     read.extend(conf.policy.pubkeys.iter().cloned());
     for k in conf.kme.values() {
         read.extend([k.ca.clone(), k.cert.clone(), k.key.clone()]);
@@ -239,6 +254,8 @@ mod tests {
         let conf = crate::conf::parse("/etc/qkdpfd.conf", text).unwrap();
         let p = parent_paths(&conf);
         assert!(p.read.contains(&PathBuf::from("/etc/qkdpfd.conf")));
+        assert!(p.read.contains(&PathBuf::from("/etc/hosts")));
+        assert!(p.read.contains(&PathBuf::from("/etc/resolv.conf")));
         assert!(p.read.contains(&PathBuf::from("/etc/signify/a.pub")));
         assert_eq!(p.rwc, ["/var/db/q", "/var/db/q/policy"].map(PathBuf::from));
         assert_eq!(p.incoming, Some(PathBuf::from("/var/spool/q")));

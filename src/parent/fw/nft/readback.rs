@@ -28,10 +28,23 @@ pub const LOCK_TAG: &str = "qkdpfd lockdown n=";
 pub const DROP_TAG: &str = "qkdpfd drop";
 pub const GUARD_TAG: &str = "qkdpfd guard ";
 
+/// One expression of a rule, as nft printed it (JSON text). Kept as text:
+/// a 100-link table lists as half a megabyte, and a tree of values for
+/// all of it every second would be ten times that; the few expressions a
+/// judgement looks into are parsed when it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expr(pub String);
+
+impl Expr {
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+}
+
 /// One rule as listed: its expressions and comment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
-    pub expr: Vec<Value>,
+    pub expr: Vec<Expr>,
     pub comment: Option<String>,
 }
 
@@ -43,57 +56,82 @@ pub struct Listing {
     pub hooks: HashMap<String, String>,
 }
 
+#[derive(serde::Deserialize)]
+struct Top<'a> {
+    #[serde(borrow)]
+    nftables: Vec<Item<'a>>,
+}
+
+/// One element of the listing; others (metainfo, table, set) are skipped.
+#[derive(serde::Deserialize)]
+struct Item<'a> {
+    #[serde(borrow)]
+    chain: Option<ChainJ<'a>>,
+    #[serde(borrow)]
+    rule: Option<RuleJ<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChainJ<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    hook: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleJ<'a> {
+    #[serde(borrow)]
+    chain: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    expr: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    comment: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// Parses `nft -j list table` output. Anything but the expected shape is
 /// an error: a listing we cannot read proves nothing.
 pub fn parse(json: &str) -> Result<Listing, String> {
-    let v: Value = serde_json::from_str(json).map_err(|e| format!("nft -j output: {e}"))?;
-    let items = v
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or("nft -j output: no \"nftables\" array")?;
+    let top: Top<'_> = serde_json::from_str(json).map_err(|e| format!("nft -j output: {e}"))?;
     let mut out = Listing::default();
-    for item in items {
-        if let Some(c) = item.get("chain") {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or("nft -j output: chain without a name")?;
-            out.chains.entry(name.to_string()).or_default();
-            if let Some(h) = c.get("hook").and_then(Value::as_str) {
-                out.hooks.insert(name.to_string(), h.to_string());
+    for item in top.nftables {
+        if let Some(c) = item.chain {
+            out.chains.entry(c.name.to_string()).or_default();
+            if let Some(h) = c.hook {
+                out.hooks.insert(c.name.to_string(), h.to_string());
             }
-        } else if let Some(r) = item.get("rule") {
-            let chain = r
-                .get("chain")
-                .and_then(Value::as_str)
-                .ok_or("nft -j output: rule without a chain")?;
-            let expr = r
-                .get("expr")
-                .and_then(Value::as_array)
-                .cloned()
-                .ok_or("nft -j output: rule without expressions")?;
-            let comment = r.get("comment").and_then(Value::as_str).map(String::from);
+        } else if let Some(r) = item.rule {
+            let expr = r.expr.iter().map(|e| Expr(e.get().to_string())).collect();
             out.chains
-                .entry(chain.to_string())
+                .entry(r.chain.to_string())
                 .or_default()
-                .push(Rule { expr, comment });
+                .push(Rule {
+                    expr,
+                    comment: r.comment.map(|c| c.to_string()),
+                });
         }
     }
     Ok(out)
 }
 
-fn is_verdict(e: &Value, verdict: &str) -> bool {
-    e.as_object()
+fn is_verdict(e: &Expr, verdict: &str) -> bool {
+    e.value()
+        .as_object()
         .is_some_and(|o| o.len() == 1 && o.get(verdict).is_some_and(Value::is_null))
 }
 
-fn jump_target<'a>(e: &'a Value, kind: &str) -> Option<&'a str> {
-    e.get(kind)?.get("target")?.as_str()
+fn jump_target(e: &Expr, kind: &str) -> Option<String> {
+    e.value()
+        .get(kind)?
+        .get("target")?
+        .as_str()
+        .map(String::from)
 }
 
 /// `meta nfproto @alive`, as nft -j lists it.
-fn is_alive_match(e: &Value) -> bool {
-    let Some(m) = e.get("match") else {
+fn is_alive_match(e: &Expr) -> bool {
+    let v = e.value();
+    let Some(m) = v.get("match") else {
         return false;
     };
     m.get("left")
@@ -108,7 +146,7 @@ fn is_alive_match(e: &Value) -> bool {
 fn bare_drop(r: &Rule) -> bool {
     match r.expr.as_slice() {
         [d] => is_verdict(d, "drop"),
-        [c, d] => c.get("counter").is_some() && is_verdict(d, "drop"),
+        [c, d] => c.value().get("counter").is_some() && is_verdict(d, "drop"),
         _ => false,
     }
 }
@@ -135,7 +173,7 @@ fn base_pairs(l: &Listing) -> (HashMap<(String, String), usize>, Vec<String>) {
                 let target = jump_target(jv, "jump")?;
                 (is_alive_match(alive) && jm == dm && is_verdict(dv, "drop")).then_some(target)
             });
-            match pair.and_then(|t| t.strip_prefix("link_")) {
+            match pair.as_deref().and_then(|t| t.strip_prefix("link_")) {
                 Some(link) => {
                     *pairs.entry((link.to_string(), hook.clone())).or_insert(0) += 1;
                     i += 2;
@@ -211,7 +249,9 @@ pub fn judge_chains(link: &LinkTarget, t: &Listing) -> Observed {
         return Observed::unknown(format!("{chain} empty"));
     };
     let lock = format!("lock_{}", link.name);
-    if first.expr.len() == 1 && jump_target(&first.expr[0], "goto") == Some(lock.as_str()) {
+    if first.expr.len() == 1
+        && jump_target(&first.expr[0], "goto").as_deref() == Some(lock.as_str())
+    {
         return match t.chains.get(&lock).map(|r| lock_chain_whole(r)) {
             Some(true) => Observed::Locked,
             Some(false) => Observed::unknown(format!("{lock} altered")),
