@@ -59,6 +59,9 @@ pub struct TestingConf {
     pub no_jitter: bool,
     /// Re-read installed PSKs this often instead of once per `rotate`.
     pub psk_check: Option<Duration>,
+    /// Executed as the engine instead of this binary (the hostile-engine
+    /// tests put their fake engine here).
+    pub engine: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -234,6 +234,9 @@ fn testing(out: &mut Out, t: &crate::conf::TestingConf) {
     if t.no_jitter {
         out.raw("no_jitter", "true".into());
     }
+    if let Some(e) = &t.engine {
+        out.raw("engine", quote(&e.display().to_string()));
+    }
     if let Some(d) = t.psk_check {
         out.raw("psk_check", quote(&crate::duration::format(d)));
     }

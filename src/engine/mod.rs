@@ -112,7 +112,7 @@ pub fn main() -> ExitCode {
             Ok(ToEngine::Config(c)) => {
                 // The config carries TLS keys: wipe the raw frame.
                 zeroize::Zeroize::zeroize(&mut payload);
-                c
+                *c
             }
             Ok(_) => return fatal("first message was not the config"),
             Err(e) => return fatal(e),
@@ -611,7 +611,7 @@ impl Engine {
         match msg {
             ToEngine::Config(c) => {
                 check_config(&c)?;
-                self.configure(c, now)?;
+                self.configure(*c, now)?;
             }
             ToEngine::Policy(p) => {
                 self.policy = p;

@@ -256,7 +256,7 @@ pub struct LogRecord {
 /// Every message, by direction.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ToEngine {
-    Config(EngineConfig),
+    Config(Box<EngineConfig>),
     Policy(Option<ActivePolicy>),
     LinkState(LinkState),
     CtlReply(CtlReply),
@@ -451,6 +451,12 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     Ok(Some((code, payload)))
 }
 
+/// Frames decoded but not yet taken by the receiving loop. Bounded: a
+/// peer that sends faster than the loop takes fills it, then the reader
+/// stops reading and the sender's writes block (the kernel's socket
+/// buffer is the rest of the bound), so nothing grows without end.
+pub const READ_QUEUE: usize = 1024;
+
 /// Reads frames in a task of their own (a half-read frame must not be lost
 /// to a `select!`), decodes them with `decode` and hands them on; the first
 /// error or EOF (`eof` says whose) is sent too and ends the task. Payloads
@@ -459,8 +465,8 @@ pub fn spawn_reader<T: Send + 'static>(
     mut rd: tokio::net::unix::OwnedReadHalf,
     decode: fn(u16, &[u8]) -> Result<T, Error>,
     eof: &'static str,
-) -> tokio::sync::mpsc::UnboundedReceiver<Result<T, String>> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+) -> tokio::sync::mpsc::Receiver<Result<T, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_QUEUE);
     tokio::spawn(async move {
         loop {
             let r = match read_frame(&mut rd).await {
@@ -473,7 +479,7 @@ pub fn spawn_reader<T: Send + 'static>(
                 Err(e) => Err(e.to_string()),
             };
             let stop = r.is_err();
-            if tx.send(r).is_err() || stop {
+            if tx.send(r).await.is_err() || stop {
                 break;
             }
         }

@@ -299,6 +299,7 @@ pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
 /// Makes the epochs asked for since the last call durable in one write and
 /// answers each request; on failure every one of them is refused.
 pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
+    flush_verifiers(p);
     if p.pending_epochs.is_empty() {
         return;
     }
@@ -373,7 +374,18 @@ fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
             .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
         super::run::send_state(p, tx, link);
     }
-    if let Err(e) = p.links.persist_verifier(link, psk.verifier()) {
+    // Written with the others of this batch (one fsync for a `rotate all`).
+    p.pending_verifiers.push((link.to_string(), psk.verifier()));
+}
+
+/// Makes the verifiers of the PSKs installed in this batch durable in one
+/// write; on failure a restart holds `no-key` until the next round.
+fn flush_verifiers(p: &mut Parent) {
+    if p.pending_verifiers.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(&mut p.pending_verifiers);
+    if let Err(e) = p.links.persist_verifiers(&batch) {
         log::event(Prio::Crit, "state_write_failed")
             .kv("path", p.links.state_path.display())
             .msg(e)

@@ -470,10 +470,13 @@ impl Links {
         Ok(())
     }
 
-    /// Records the verifier of a PSK just installed and read back.
-    pub fn persist_verifier(&mut self, name: &str, verifier: String) -> std::io::Result<()> {
+    /// Records the verifiers of PSKs just installed and read back, in one
+    /// write.
+    pub fn persist_verifiers(&mut self, batch: &[(String, String)]) -> std::io::Result<()> {
         let mut next = self.state.clone();
-        next.links.entry(name.to_string()).or_default().verifier = Some(verifier);
+        for (name, verifier) in batch {
+            next.links.entry(name.clone()).or_default().verifier = Some(verifier.clone());
+        }
         crate::parent::state::save(&self.state_path, &next)?;
         self.state = next;
         Ok(())

@@ -63,6 +63,8 @@ pub struct Parent {
     pub wg: keys::Wg,
     /// Epochs the engine asked to persist, written together (group commit).
     pub pending_epochs: Vec<(String, u64)>,
+    /// Verifiers of PSKs just installed, written together after the batch.
+    pub pending_verifiers: Vec<(String, String)>,
     /// Control clients' connections from the engine, and the uids the
     /// kernel gave for them ([`crate::imsg::creds`]).
     pub ctl_creds: Option<(OwnedFd, crate::imsg::creds::Creds)>,
@@ -115,6 +117,7 @@ pub fn main(opts: Opts) -> ExitCode {
     if let Err(e) = crate::privsep::check_argv0(&opts.argv0) {
         return exit_err(e);
     }
+    lock_on_panic(&conf);
     // Before touching the firewall: a live socket means another qkdpfd runs.
     if std::os::unix::net::UnixStream::connect(&conf.daemon.socket).is_ok() {
         return exit_err(format!(
@@ -316,6 +319,7 @@ impl Parent {
             key_net: keys::KeyNet::default(),
             wg,
             pending_epochs: Vec::new(),
+            pending_verifiers: Vec::new(),
             ctl_creds: None,
             job: None,
             job_rx: None,
@@ -371,8 +375,9 @@ impl Parent {
         if !self.opts.foreground && unsafe { libc::daemon(0, 0) } != 0 {
             return exit_err(format!("daemon: {}", std::io::Error::last_os_error()));
         }
+        let exe = self.conf.testing.engine.clone();
         let engine = match crate::privsep::spawn_engine(
-            &self.opts.argv0,
+            exe.as_deref().unwrap_or(&self.opts.argv0),
             &self.opts.args,
             &ctl,
             metrics.as_ref(),
@@ -393,6 +398,23 @@ impl Parent {
         }
         run::run(self, engine)
     }
+}
+
+/// A parent that panics locks what it can before it goes: every configured
+/// link gets qkdpfd's own drop (on nftables the dead-man switch would drop
+/// them within seconds anyway; pf has no such switch).
+fn lock_on_panic(conf: &Config) {
+    let fw_conf = conf.firewall.clone();
+    let state_dir = conf.daemon.state_dir.clone();
+    let targets: Vec<fw::LinkTarget> = targets(conf).into_values().collect();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let mut fw = fw::new(&fw_conf, &state_dir);
+        for t in &targets {
+            let _ = fw.clear(t);
+        }
+    }));
 }
 
 /// `no-key` (DESIGN §6): a keyed link stays locked until a QKD-derived PSK

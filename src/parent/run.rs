@@ -76,7 +76,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let tx = imsg::spawn_writer(wr, || {});
     let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
-    match ToEngine::Config(engine_config(&p)).try_encode() {
+    match ToEngine::Config(Box::new(engine_config(&p))).try_encode() {
         Ok(f) => {
             let _ = tx.send(f);
         }
@@ -516,7 +516,7 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
         ),
         std::mem::replace(&mut p.conf, new),
     );
-    match ToEngine::Config(engine_config(p)).try_encode() {
+    match ToEngine::Config(Box::new(engine_config(p))).try_encode() {
         Ok(f) => {
             let _ = tx.send(f);
         }

@@ -97,7 +97,7 @@ const LINK_KEYS: &[&str] = &[
     "addresses",
 ];
 #[cfg(feature = "testing")]
-const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter", "psk_check"];
+const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter", "psk_check", "engine"];
 
 const FACILITIES: &[(&str, &str)] = &[
     ("daemon", "daemon"),
@@ -228,6 +228,7 @@ fn testing(mut s: Sect) -> crate::conf::TestingConf {
         max_key_age: s.get("max_key_age", &short),
         no_jitter: s.or("no_jitter", false, value::boolean),
         psk_check: s.get("psk_check", &short),
+        engine: s.get("engine", path),
     }
 }
 
