@@ -136,8 +136,30 @@ fn blocked_before_start_and_without_bundle() {
     let Some(mut gw) = Gateway::new("qkt3", "200ms", "") else {
         return;
     };
-    assert_eq!(gw.pings(3), 3, "no qkdpfd at all: nothing installed yet");
-    // Boot: `qkdpfd -L` installs the table; the daemon never started.
+    assert_eq!(gw.pings(3), 3, "no firewall at all yet (the rig works)");
+    // Boot: nftables.service loads `qkdpfd -B`'s include before qkdpfd
+    // starts: every link is dropped before the daemon ever runs.
+    let boot = gw.qkdpfd(&["-B"]);
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &gw.ns_a(), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), &boot.stdout).unwrap();
+    assert!(nft.wait().unwrap().success());
+    assert_eq!(
+        gw.pings(5),
+        0,
+        "boot include: protected traffic blocked before qkdpfd runs"
+    );
+    let chain = gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"]);
+    assert!(chain.contains("drop comment \"qkdpfd drop\""), "{chain}");
+    // Then `qkdpfd -L` (a watchdog): still locked, read back.
     let o = gw.qkdpfd(&["-L"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(

@@ -169,7 +169,7 @@ fn every_qkdpfd_flag_is_in_qkdpfd_8() {
         .collect();
     flags.sort();
     flags.dedup();
-    assert_eq!(flags, ['L', 'P', 'd', 'f', 'n', 'v']);
+    assert_eq!(flags, ['B', 'L', 'P', 'd', 'f', 'n', 'v']);
     for f in flags {
         assert!(man.contains(&format!("Fl {f}")), "qkdpfd.8 lacks -{f}");
         if f != 'P' {

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: qkdpfd [-dLnv] [-f file]";
+const USAGE: &str = "usage: qkdpfd [-BdLnv] [-f file]";
 
 fn usage() -> ExitCode {
     eprintln!("{USAGE}");
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         let mut i = 0;
         while i < flags.len() {
             match flags[i] {
+                'B' => opts.boot = true,
                 'd' => opts.foreground = true,
                 'L' => opts.lockdown = true,
                 'n' => opts.check = true,

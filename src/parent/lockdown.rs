@@ -57,6 +57,23 @@ pub fn from_config(conf: Config) -> ExitCode {
     verdict(&shown)
 }
 
+/// `qkdpfd -B`: the nftables include that `nftables.service` loads at boot,
+/// before qkdpfd runs (DESIGN §5): qkdpfd's own table, base chains and
+/// sets, with every link's chain holding qkdpfd's drop. Not a table of its
+/// own: its drops would stay final after qkdpfd opens a link. Written to
+/// stdout; the systemd unit regenerates it at every start.
+pub fn boot_include(conf: &Config) -> ExitCode {
+    if conf.firewall.backend != FirewallBackend::Nftables {
+        eprintln!(
+            "qkdpfd: -B is for the nftables backend (pf.conf's block rules hold every link at boot)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let targets: Vec<LinkTarget> = super::targets(conf).into_values().collect();
+    print!("{}", fw::nft::boot_script(&conf.firewall.anchor, &targets));
+    ExitCode::SUCCESS
+}
+
 /// Without a config (it does not parse): the default table's link chains.
 pub fn without_config(path: &Path) -> ExitCode {
     init_log();

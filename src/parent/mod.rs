@@ -39,6 +39,8 @@ pub struct Opts {
     pub argv0: PathBuf,
     pub foreground: bool,
     pub lockdown: bool,
+    /// `-B`: print the nftables boot include and exit.
+    pub boot: bool,
     pub check: bool,
     pub verbose: u8,
     pub config: Option<PathBuf>,
@@ -113,6 +115,9 @@ pub fn main(opts: Opts) -> ExitCode {
     }
     if opts.lockdown {
         return lockdown::from_config(conf);
+    }
+    if opts.boot {
+        return lockdown::boot_include(&conf);
     }
     if let Err(e) = crate::privsep::check_argv0(&opts.argv0) {
         return exit_err(e);

@@ -359,6 +359,25 @@ pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
     Ok(names)
 }
 
+/// The boot include (`qkdpfd -B`): the skeleton, then every link chain
+/// with qkdpfd's drop. Loaded after Debian's `flush ruleset` it recreates
+/// the table locked; loaded over a live table it only appends drops after
+/// whatever a link chain holds.
+pub fn boot_script(table: &str, links: &[LinkTarget]) -> String {
+    let mut s = String::from(
+        "# qkdpfd -B: every protected link dropped until qkdpfd(8) runs.\n\
+         # Regenerated at each start; include it from /etc/nftables.conf.\n",
+    );
+    s.push_str(&skeleton(table, links));
+    for l in links {
+        s.push_str(&format!(
+            "add rule inet {table} link_{} drop comment \"{DROP_TAG}\"\n",
+            l.name
+        ));
+    }
+    s
+}
+
 /// The table, base chains and per-link sets, rebuilt in one transaction;
 /// link chains are created if missing (empty = locked) and never flushed here.
 pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
