@@ -903,3 +903,81 @@ fn flood(sock: &std::path::Path) -> (usize, usize, usize) {
     }
     (held.len(), refused, served)
 }
+
+/// The running daemon's read-back finds tampering behind its back within
+/// a tick or two, also when its tick skips unchanged listings (the
+/// nftables generation gate): a foreign accept put ahead of our jumps, and
+/// a flushed lockdown chain under a locked link.
+#[test]
+fn tampering_is_repaired_by_the_running_daemon() {
+    let Some(mut gw) = Gateway::new("qkt16", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    // A few quiet ticks: the gate is in use.
+    std::thread::sleep(Duration::from_secs(3));
+    let in_chain = |gw: &Gateway, chain: &str| gw.nft(&["list", "chain", "inet", "qkdpfd", chain]);
+    gw.nft(&["insert", "rule", "inet", "qkdpfd", "output", "accept"]);
+    let t = std::time::Instant::now();
+    while in_chain(&gw, "output")
+        .lines()
+        .any(|l| l.trim() == "accept")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "foreign accept kept\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.log().contains("event=firewall_lost"), "{}", gw.log());
+    // The far gateway's address taken out of the peer set: its traffic
+    // would skip the link's chain.
+    gw.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "qkdpfd",
+        "peer4_dr",
+        "{",
+        "192.0.2.2",
+        "}",
+    ]);
+    let t = std::time::Instant::now();
+    while !gw
+        .nft(&["list", "set", "inet", "qkdpfd", "peer4_dr"])
+        .contains("192.0.2.2")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "set not repaired\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gw.ctl_ok(&["lockdown", "dr"]);
+    gw.wait_state("lockdown", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
+    gw.nft(&["flush", "chain", "inet", "qkdpfd", "lock_dr"]);
+    let t = std::time::Instant::now();
+    loop {
+        let link = in_chain(&gw, "link_dr");
+        let lock = in_chain(&gw, "lock_dr");
+        let dropped = link.contains("drop comment \"qkdpfd drop\"")
+            || (link.contains("goto lock_dr") && lock.contains("drop comment \"qkdpfd drop\""));
+        if dropped {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "not re-locked\n{link}\n{lock}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.pings(3), 0);
+    assert_eq!(gw.state(), "lockdown");
+}

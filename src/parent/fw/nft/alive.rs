@@ -183,6 +183,67 @@ pub fn await_acks(
     Ok(())
 }
 
+const NFT_MSG_GETGEN: u16 = 16;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFTA_GEN_ID: u16 = 1;
+
+/// NFT_MSG_GETGEN: asks for the ruleset's generation number, which every
+/// committed nf_tables transaction increments by one.
+pub fn getgen_request(seq: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    Msg::new(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        0,
+    )
+    .finish(&mut out);
+    out
+}
+
+/// The generation number in a NFT_MSG_NEWGEN answer to request `seq`.
+pub fn parse_gen(buf: &[u8], seq: u32) -> Result<Option<u32>, String> {
+    use crate::parent::wg::linux::{attrs, errno_of, messages};
+    for m in messages(buf).map_err(|e| e.to_string())? {
+        if m.seq != seq {
+            continue;
+        }
+        if m.ty == NLMSG_ERROR {
+            let errno = errno_of(m.payload).map_err(|e| e.to_string())?;
+            return Err(format!(
+                "generation: {}",
+                std::io::Error::from_raw_os_error(-errno)
+            ));
+        }
+        if m.ty != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+            continue;
+        }
+        let body = m.payload.get(4..).ok_or("generation: short answer")?;
+        for (t, d) in attrs(body).map_err(|e| e.to_string())? {
+            if t == NFTA_GEN_ID && d.len() == 4 {
+                return Ok(Some(u32::from_be_bytes([d[0], d[1], d[2], d[3]])));
+            }
+        }
+        return Err("generation: answer without an id".into());
+    }
+    Ok(None)
+}
+
+/// The current generation (Linux; an error elsewhere).
+pub fn generation(seq: u32) -> Result<u32, String> {
+    use crate::parent::wg::linux::sys::Nl;
+    let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
+    nl.send(&getgen_request(seq)).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = nl.recv(&mut buf).map_err(|e| e.to_string())?;
+        if let Some(g) = parse_gen(&buf[..n], seq)? {
+            return Ok(g);
+        }
+    }
+}
+
 /// Sends one refresh and waits for its ACKs (Linux; an error elsewhere).
 pub fn refresh(table: &str, seq: u32, timeout: Option<Duration>) -> Result<(), String> {
     use crate::parent::wg::linux::sys::Nl;
@@ -228,6 +289,27 @@ mod tests {
         // Batch end, seq 103.
         assert_eq!(hex(&b[b.len() - 20..b.len() - 12]), "1400000011000100");
         assert_eq!(hex(&b[b.len() - 12..b.len() - 8]), "67000000");
+    }
+
+    #[test]
+    fn generation_request_and_answer() {
+        let r = getgen_request(9);
+        if cfg!(target_endian = "little") {
+            assert_eq!(hex(&r), "14000000100a0100090000000000000000000000");
+        }
+        // A NFT_MSG_NEWGEN answer: nfgenmsg, then NFTA_GEN_ID = 0x01020304 (be).
+        let mut m = Vec::new();
+        m.extend_from_slice(&28u32.to_ne_bytes());
+        m.extend_from_slice(&((10u16 << 8) | 15).to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&9u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m.extend_from_slice(&8u16.to_ne_bytes());
+        m.extend_from_slice(&1u16.to_ne_bytes());
+        m.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(parse_gen(&m, 9).unwrap(), Some(0x0102_0304));
+        assert_eq!(parse_gen(&m, 8).unwrap(), None, "another request's answer");
     }
 
     #[test]

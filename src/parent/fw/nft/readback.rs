@@ -54,6 +54,8 @@ pub struct Listing {
     pub chains: HashMap<String, Vec<Rule>>,
     /// Chain name -> hook, for base chains.
     pub hooks: HashMap<String, String>,
+    /// Set name -> its elements as nft prints them.
+    pub sets: HashMap<String, Vec<String>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -69,6 +71,18 @@ struct Item<'a> {
     chain: Option<ChainJ<'a>>,
     #[serde(borrow)]
     rule: Option<RuleJ<'a>>,
+    #[serde(borrow)]
+    set: Option<SetJ<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct SetJ<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    /// Plain addresses print as strings; anything else (a range, a
+    /// prefix) is kept as its JSON text and matches no configured address.
+    #[serde(borrow, default)]
+    elem: Vec<&'a serde_json::value::RawValue>,
 }
 
 #[derive(serde::Deserialize)]
@@ -100,6 +114,15 @@ pub fn parse(json: &str) -> Result<Listing, String> {
             if let Some(h) = c.hook {
                 out.hooks.insert(c.name.to_string(), h.to_string());
             }
+        } else if let Some(s) = item.set {
+            let elems = s
+                .elem
+                .iter()
+                .map(|e| {
+                    serde_json::from_str::<String>(e.get()).unwrap_or_else(|_| e.get().to_string())
+                })
+                .collect();
+            out.sets.insert(s.name.to_string(), elems);
         } else if let Some(r) = item.rule {
             let expr = r.expr.iter().map(|e| Expr(e.get().to_string())).collect();
             out.chains
@@ -235,6 +258,23 @@ fn judge_link(
             return Observed::damaged(format!("{hook}: a rule qkdpfd did not put there"));
         }
     }
+    // An address taken out of a peer set would take its traffic past the
+    // link's chain: the sets must hold exactly the configured addresses.
+    let want4: Vec<String> = link.addrs4.iter().map(|a| a.to_string()).collect();
+    let want6: Vec<String> = link.addrs6.iter().map(|a| a.to_string()).collect();
+    for (set, want) in [("peer4", want4), ("peer6", want6)] {
+        let name = format!("{set}_{}", link.name);
+        let mut have = match t.sets.get(&name) {
+            Some(h) => h.clone(),
+            None => return Observed::damaged(format!("set {name} missing")),
+        };
+        let mut want = want;
+        have.sort();
+        want.sort();
+        if have != want {
+            return Observed::damaged(format!("set {name} holds {have:?}, not {want:?}"));
+        }
+    }
     judge_chains(link, t)
 }
 
@@ -343,6 +383,8 @@ mod tests {
                 "{{\"chain\": {{\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"{hook}\", \"handle\": 1, \"type\": \"filter\", \"hook\": \"{hook}\", \"prio\": -10, \"policy\": \"accept\"}}}}"
             ));
         }
+        items.push("{\"set\": {\"family\": \"inet\", \"name\": \"peer4_dr\", \"table\": \"qkdpfd\", \"type\": \"ipv4_addr\", \"handle\": 1, \"elem\": [\"198.51.100.2\"]}}".into());
+        items.push("{\"set\": {\"family\": \"inet\", \"name\": \"peer6_dr\", \"table\": \"qkdpfd\", \"type\": \"ipv6_addr\", \"handle\": 2}}".into());
         items.push("{\"chain\": {\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"link_dr\", \"handle\": 2}}".into());
         items.push("{\"chain\": {\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"lock_dr\", \"handle\": 3}}".into());
         if let Some(x) = extra_base {
@@ -466,6 +508,13 @@ mod tests {
         l.chains.get_mut("output").unwrap().pop();
         assert!(matches!(
             judge(&[dr()], Some(&l), None)["dr"].state,
+            Observed::Unknown { skeleton: true, .. }
+        ));
+        // An address taken out of the peer set.
+        let json = listing(&open_rules(), &lock_rules(), None)
+            .replace(", \"elem\": [\"198.51.100.2\"]", "");
+        assert!(matches!(
+            state(&json),
             Observed::Unknown { skeleton: true, .. }
         ));
         // No table at all.
