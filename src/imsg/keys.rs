@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 #[serde(deny_unknown_fields)]
 pub struct PeeringNet {
     /// The Ed25519 seed of the signify secret key `[peering] key`.
+    #[serde(with = "super::bytes::secret32")]
     pub secret: Zeroizing<[u8; 32]>,
 }
 
@@ -27,8 +28,11 @@ pub struct PeeringNet {
 pub struct KmeNet {
     pub url: String,
     pub sae_id: String,
+    #[serde(with = "super::bytes::vec")]
     pub ca: Vec<u8>,
+    #[serde(with = "super::bytes::vec")]
     pub cert: Vec<u8>,
+    #[serde(with = "super::bytes::secret")]
     pub key: Zeroizing<Vec<u8>>,
     pub addr: SocketAddr,
     /// enc_keys and dec_keys as GET (`[kme.X] method = "GET"`).
@@ -69,6 +73,7 @@ pub struct PersistEpoch {
 pub struct InstallPsk {
     pub link: String,
     pub epoch: u64,
+    #[serde(with = "super::bytes::secret32")]
     pub psk: Zeroizing<[u8; 32]>,
 }
 
@@ -151,5 +156,46 @@ mod tests {
                 assert!(!d.to_lowercase().contains(needle), "{needle} in {d}");
             }
         }
+    }
+
+    #[test]
+    fn byte_fields_travel_as_base64_and_round_trip() {
+        let pem =
+            b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----\n"
+                .repeat(100);
+        let k = KmeNet {
+            url: "https://kme:8443".into(),
+            sae_id: "SAE-A".into(),
+            ca: pem.clone(),
+            cert: vec![],
+            key: Zeroizing::new(pem.clone()),
+            addr: "127.0.0.1:8443".parse().unwrap(),
+            get: false,
+        };
+        let json = serde_json::to_string(&k).unwrap();
+        // Not a JSON array of numbers, and about 4/3 of the bytes, not 3.5x.
+        assert!(!json.contains("[45,"), "{}", &json[..200]);
+        assert!(
+            json.len() < pem.len() * 2 * 3 / 2,
+            "{} for {}",
+            json.len(),
+            2 * pem.len()
+        );
+        let back: KmeNet = serde_json::from_str(&json).unwrap();
+        assert!(back == k);
+        let i = InstallPsk {
+            link: "dr".into(),
+            epoch: 7,
+            psk: Zeroizing::new([0xcd; 32]),
+        };
+        let json = serde_json::to_string(&i).unwrap();
+        let back: InstallPsk = serde_json::from_str(&json).unwrap();
+        assert!(back == i);
+        // A PSK of the wrong length is refused.
+        let short = json.replace(
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0xcd; 32]),
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0xcd; 31]),
+        );
+        assert!(serde_json::from_str::<InstallPsk>(&short).is_err());
     }
 }

@@ -9,6 +9,7 @@
 //! parent then locks every link). Semantic checks (known link, ...) are done
 //! by the receiver's dispatcher against its own config.
 
+pub mod bytes;
 pub mod creds;
 mod keys;
 
@@ -100,9 +101,12 @@ pub struct EngineConfig {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QberNet {
+    #[serde(with = "bytes::opt_vec")]
     pub ca: Option<Vec<u8>>,
+    #[serde(with = "bytes::opt_vec")]
     pub cert: Option<Vec<u8>>,
     /// Zeroized on drop; the frame that carried it is zeroized too.
+    #[serde(with = "bytes::opt_secret")]
     pub key: Option<zeroize::Zeroizing<Vec<u8>>>,
     pub addr: Option<std::net::SocketAddr>,
 }

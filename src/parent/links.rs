@@ -94,6 +94,9 @@ pub struct Links {
     pub guard: BTreeSet<String>,
     /// Never write the state file (`qkdpfd -L` with one it could not read).
     pub persist_disabled: bool,
+    /// When damage to the default-deny was last logged: once a minute
+    /// while it lasts (pf stays disabled until an operator enables it).
+    damage_logged: Option<std::time::Instant>,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -117,6 +120,7 @@ impl Links {
             state_path,
             guard: BTreeSet::new(),
             persist_disabled: false,
+            damage_logged: None,
         }
     }
 
@@ -142,18 +146,29 @@ impl Links {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if !damaged.is_empty() {
-            log::event(Prio::Alert, "firewall_lost")
-                .kv("firewall", self.fw.name())
-                .msg(format!(
-                    "default-deny damaged, rebuilding: {}",
-                    damaged.join("; ")
-                ))
-                .send();
-            if let Err(e) = self.fw.init(&targets) {
-                log::event(Prio::Alert, "firewall_rebuild_failed")
-                    .msg(e)
+        if damaged.is_empty() {
+            self.damage_logged = None;
+        } else {
+            let now = std::time::Instant::now();
+            let say = self
+                .damage_logged
+                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60));
+            if say {
+                self.damage_logged = Some(now);
+                log::event(Prio::Alert, "firewall_lost")
+                    .kv("firewall", self.fw.name())
+                    .msg(format!(
+                        "default-deny damaged, rebuilding: {}",
+                        damaged.join("; ")
+                    ))
                     .send();
+            }
+            if let Err(e) = self.fw.init(&targets) {
+                if say {
+                    log::event(Prio::Alert, "firewall_rebuild_failed")
+                        .msg(e)
+                        .send();
+                }
             }
             seen = self.fw.observe(&targets, None);
         }
