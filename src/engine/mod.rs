@@ -290,6 +290,9 @@ async fn run(
     let (polls_tx, mut polls) = mpsc::channel::<PollResult>(1024);
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
     let (dgram_tx, mut datagrams) = mpsc::channel::<keys::Datagram>(1024);
+    // Datagrams from addresses that are no configured peer's: a queue of
+    // their own, so a flood of them cannot crowd out the real ones.
+    let (other_tx, mut others) = mpsc::channel::<keys::Datagram>(256);
     let mut key_state = keys::Keys::new(tx.clone(), answers_tx);
     for sock in peering {
         let sock = match sock
@@ -300,7 +303,12 @@ async fn run(
             Err(e) => return fatal(format!("peering socket: {e}")),
         };
         key_state.add_socket(sock.clone());
-        tokio::spawn(keys::receive(sock, dgram_tx.clone()));
+        tokio::spawn(keys::receive(
+            sock,
+            key_state.known_peers(),
+            dgram_tx.clone(),
+            other_tx.clone(),
+        ));
     }
     let mut eng = Engine {
         links: BTreeMap::new(),
@@ -336,6 +344,11 @@ async fn run(
                 eng.feed_keys(inputs, now);
             }
             Some(d) = datagrams.recv() => {
+                let now = Instant::now();
+                let inputs = eng.keys.on_datagram(d, now);
+                eng.feed_keys(inputs, now);
+            }
+            Some(d) = others.recv() => {
                 let now = Instant::now();
                 let inputs = eng.keys.on_datagram(d, now);
                 eng.feed_keys(inputs, now);

@@ -86,6 +86,9 @@ pub struct Keys {
     sockets: Vec<Arc<tokio::net::UdpSocket>>,
     /// Failed sends, logged once per destination a minute.
     send_log: HashMap<SocketAddr, (Instant, u64)>,
+    /// The configured peers' addresses: the receive tasks queue their
+    /// datagrams apart from everyone else's (see [`receive`]).
+    known: Known,
     calls: calls::Calls,
     links: BTreeMap<String, KeyedLink>,
     by_id: HashMap<LinkId, String>,
@@ -107,6 +110,7 @@ impl Keys {
             ring: None,
             sockets: Vec::new(),
             send_log: HashMap::new(),
+            known: Known::default(),
             calls: calls::Calls::new(answers),
             links: BTreeMap::new(),
             by_id: HashMap::new(),
@@ -121,6 +125,11 @@ impl Keys {
     /// A peering socket (fd 6, fd 8: taken once at start-up).
     pub fn add_socket(&mut self, s: Arc<tokio::net::UdpSocket>) {
         self.sockets.push(s);
+    }
+
+    /// The configured peers' addresses, for the receive tasks.
+    pub fn known_peers(&self) -> Known {
+        self.known.clone()
     }
 
     /// Sends from the socket of `dest`'s address family; a failure is a
@@ -187,6 +196,16 @@ impl Keys {
             .as_ref()
             .map(|s| Keyring::new(&s.verifying_key()));
         self.by_id.clear();
+        {
+            let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+            known.clear();
+            known.extend(
+                cfg.links
+                    .iter()
+                    .filter_map(|l| l.keys.as_ref())
+                    .map(|k| k.peer.ip()),
+            );
+        }
         for l in &cfg.links {
             let Some(k) = &l.keys else { continue };
             let (Some(sk), Some(ring)) = (&self.signing, ring.as_mut()) else {
@@ -559,19 +578,47 @@ fn reason_word(why: &str) -> &'static str {
     }
 }
 
+/// Sources the auth log tracks one by one; past them, one budget for all.
+const AUTH_LOG_SOURCES: usize = 4096;
+
 /// `peer_auth_failed`: the first per source per minute, then one line with
-/// `suppressed=N` (DESIGN §8).
+/// `suppressed=N` (DESIGN §8). Constant cost per datagram: the table of
+/// sources is pruned once a minute, not per datagram, and sources past
+/// [`AUTH_LOG_SOURCES`] (a spoofed-source flood) share one line a minute
+/// (`from=*`).
 #[derive(Default)]
 struct AuthLog {
     seen: HashMap<IpAddr, (Instant, u64)>,
+    pruned: Option<Instant>,
+    /// The shared budget: when it last logged, and what it held back.
+    overflow: Option<(Instant, u64)>,
 }
 
 impl AuthLog {
     fn failed(&mut self, from: IpAddr, link: Option<&str>, why: &str, now: Instant) {
-        if self.seen.len() > 4096 {
-            // A spoofing flood must not grow this without bound.
+        let minute = Duration::from_secs(60);
+        if self.pruned.is_none_or(|t| now.duration_since(t) >= minute) {
             self.seen
-                .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
+                .retain(|_, (t, _)| now.duration_since(*t) < minute);
+            self.pruned = Some(now);
+        }
+        if !self.seen.contains_key(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
+            match &mut self.overflow {
+                Some((t, n)) if now.duration_since(*t) < minute => *n += 1,
+                slot => {
+                    let held = slot.map_or(0, |(_, n)| n);
+                    log::event(Prio::Warning, "peer_auth_failed")
+                        .kv("from", "*")
+                        .kv("reason", why)
+                        .kv("suppressed", held)
+                        .msg(format!(
+                            "over {AUTH_LOG_SOURCES} failing sources this minute (a spoofed-source flood?)"
+                        ))
+                        .send();
+                    *slot = Some((now, 0));
+                }
+            }
+            return;
         }
         match self.seen.get_mut(&from) {
             Some((t, n)) if now.duration_since(*t) < Duration::from_secs(60) => *n += 1,
@@ -593,9 +640,21 @@ impl AuthLog {
     }
 }
 
+/// The addresses of the configured peers (shared with the receive tasks).
+pub type Known = Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>;
+
 /// Reads the peering socket until it fails; datagrams of the wrong size
-/// are dropped here (the keyring checks everything else).
-pub async fn receive(sock: Arc<tokio::net::UdpSocket>, tx: mpsc::Sender<Datagram>) {
+/// are dropped here (the keyring checks everything else). Datagrams from a
+/// configured peer's address go to `known`, all others to `other`: each
+/// queue drops when full, so a flood from addresses we do not know (or
+/// spoof) can fill only its own queue and real OFFERs and CONFIRMs still
+/// get through (a peer behind NAT arrives in `other`, and is still heard).
+pub async fn receive(
+    sock: Arc<tokio::net::UdpSocket>,
+    peers: Known,
+    known: mpsc::Sender<Datagram>,
+    other: mpsc::Sender<Datagram>,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         match sock.recv_from(&mut buf).await {
@@ -605,7 +664,11 @@ pub async fn receive(sock: Arc<tokio::net::UdpSocket>, tx: mpsc::Sender<Datagram
                     bytes: buf[..n].to_vec(),
                 };
                 // A full queue drops the datagram, as a busy network would.
-                let _ = tx.try_send(d);
+                let ours = peers
+                    .read()
+                    .map(|p| p.contains(&from.ip()))
+                    .unwrap_or(false);
+                let _ = if ours { &known } else { &other }.try_send(d);
             }
             Ok(_) => {}
             Err(e) => {
@@ -618,6 +681,22 @@ pub async fn receive(sock: Arc<tokio::net::UdpSocket>, tx: mpsc::Sender<Datagram
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn auth_log_is_bounded_whatever_the_sources() {
+        let mut log = super::AuthLog::default();
+        let now = std::time::Instant::now();
+        for i in 0..20_000u32 {
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            log.failed(ip, None, "garbage", now);
+        }
+        assert_eq!(log.seen.len(), super::AUTH_LOG_SOURCES);
+        assert_eq!(log.overflow.map(|(_, n)| n), Some(20_000 - 4096 - 1));
+        // A minute on, the table is pruned once and sources are tracked again.
+        let later = now + std::time::Duration::from_secs(61);
+        log.failed("192.0.2.9".parse().unwrap(), None, "garbage", later);
+        assert_eq!(log.seen.len(), 1);
+    }
+
     #[test]
     fn failure_reasons_name_the_wireguard_error() {
         use super::reason_word;
