@@ -5,6 +5,7 @@
 mod common;
 
 use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy, reply_times, unix_now};
+use std::process::Command;
 use std::time::Duration;
 
 const POLL_MS: u64 = 200;
@@ -980,4 +981,62 @@ fn tampering_is_repaired_by_the_running_daemon() {
     }
     assert_eq!(gw.pings(3), 0);
     assert_eq!(gw.state(), "lockdown");
+}
+
+/// State file faults (FAULTS.md): a full disk under the state directory
+/// does not stop a lockdown (lock = apply, then persist: the kernel holds
+/// it, the failed write is logged), and a corrupt state file stops the
+/// start with the kernel left as it was (locked by the boot include).
+#[test]
+fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
+    let Some(mut gw) = Gateway::new("qkt17", "200ms", "") else {
+        return;
+    };
+    // The state directory on a small file system of its own, mounted
+    // before the start (the daemon's mount namespace copies it then).
+    let state = gw.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted);
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    // Now full.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=1024"])
+        .arg(format!("of={}/filler", state.display()))
+        .output();
+    gw.ctl_ok(&["lockdown", "dr"]);
+    gw.wait_state("lockdown", Duration::from_secs(3));
+    assert_eq!(gw.pings(3), 0, "the kernel holds the lockdown");
+    let chain = gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"]);
+    assert!(chain.contains("goto lock_dr"), "{chain}");
+    assert!(
+        gw.log().contains("event=state_write_failed"),
+        "{}",
+        gw.log()
+    );
+    gw.stop();
+    let _ = Command::new("umount").arg(&state).status();
+    // A corrupt state file: the start is refused, the kernel unchanged.
+    std::fs::write(state.join("state"), "{ not json").unwrap();
+    let boot = gw.qkdpfd(&["-B"]);
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &gw.ns_a(), "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), &boot.stdout).unwrap();
+    assert!(nft.wait().unwrap().success());
+    let o = gw.qkdpfd(&["-d"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("state file"), "{err}");
+    assert_eq!(gw.pings(3), 0, "still locked after the refused start");
 }
