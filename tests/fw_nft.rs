@@ -103,6 +103,7 @@ fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
         name: name.into(),
         wg_if: wg_if.into(),
         wg_port: 51820,
+        rdomain: 0,
         addrs4: vec![Ipv4Addr::from(addr)],
         addrs6: vec!["2001:db8::2".parse().unwrap()],
     }

@@ -92,6 +92,7 @@ fn dr() -> LinkTarget {
         name: "dr".into(),
         wg_if: "wg0".into(),
         wg_port: 51820,
+        rdomain: 0,
         addrs4: vec!["198.51.100.2".parse().unwrap()],
         addrs6: vec!["2001:db8::2".parse().unwrap()],
     }
@@ -410,4 +411,35 @@ fn a_failed_state_kill_is_not_locked_until_a_kill_works() {
     r.unset("fail_on");
     r.fw.clear(&dr()).unwrap();
     assert_eq!(observed(&mut r), fw::Observed::Locked);
+}
+
+/// OpenBSD issue item 3: the kills run in the link's routing domain (`-V`)
+/// and also end the states the open rules created, by their labels.
+#[test]
+fn kills_use_the_rdomain_and_the_open_rules_labels() {
+    let mut r = Rec::new();
+    let mut link = dr();
+    link.rdomain = 3;
+    let open = "pass quick on $wg_if keep state (if-bound) label \"qkd-dr\"\n\
+                pass quick proto udp to $peer4 label \"bad label\" # not plain: skipped\n";
+    r.fw.apply(&link, Enforcement::Open, open).unwrap();
+    r.take();
+    r.fw.apply(&link, Enforcement::Lockdown, "").unwrap();
+    let argvs: Vec<Vec<String>> = r.take().into_iter().skip(1).map(|c| c.0).collect();
+    assert_eq!(
+        argvs,
+        [
+            args("-V|3|-k|198.51.100.2"),
+            args("-V|3|-k|0.0.0.0/0|-k|198.51.100.2"),
+            args("-V|3|-k|2001:db8::2"),
+            args("-V|3|-k|::/0|-k|2001:db8::2"),
+            args("-V|3|-i|wg0|-k|0.0.0.0/0"),
+            args("-V|3|-i|wg0|-k|::/0"),
+            args("-V|3|-k|label|-k|qkd-dr"),
+        ]
+    );
+    assert_eq!(
+        fw::pf::rule_labels("pass label \"x;y\"\npass label \"$link\"\npass label \"ok.1\""),
+        ["ok.1"]
+    );
 }

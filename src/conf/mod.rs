@@ -235,6 +235,8 @@ pub struct LinkConf {
     /// read from the interface when absent (needed with the dry-run backend).
     pub wg_pubkey: Option<String>,
     pub wg_port: u16,
+    /// pf: the routing domain the link's states live in (`pfctl -V`).
+    pub rdomain: u32,
     pub addresses: Vec<IpAddr>,
 }
 

@@ -154,6 +154,9 @@ fn link(out: &mut Out, name: &str, l: &LinkConf) {
     opt(out, "wg_peer", &l.wg_peer);
     opt(out, "wg_pubkey", &l.wg_pubkey);
     out.raw("wg_port", l.wg_port.to_string());
+    if l.rdomain != 0 {
+        out.raw("rdomain", l.rdomain.to_string());
+    }
     let addrs: Vec<String> = l.addresses.iter().map(|a| quote(&a.to_string())).collect();
     out.raw("addresses", format!("[{}]", addrs.join(", ")));
 }

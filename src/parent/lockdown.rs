@@ -110,6 +110,7 @@ pub fn without_config(path: &Path) -> ExitCode {
             name: name.clone(),
             wg_if: "lo".into(),
             wg_port: 0,
+            rdomain: 0,
             addrs4: Vec::new(),
             addrs6: Vec::new(),
         };

@@ -95,6 +95,7 @@ const LINK_KEYS: &[&str] = &[
     "wg_pubkey",
     "wg_port",
     "addresses",
+    "rdomain",
 ];
 #[cfg(feature = "testing")]
 const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter", "psk_check", "engine"];
@@ -551,6 +552,7 @@ fn link(mut s: Sect, name: &str, qbers: &[&str], kmes: &[&str]) -> Option<(LinkC
     };
     let wg_interface = s.req("wg_interface", value::wg_interface);
     let wg_port = s.req("wg_port", int(1, 65535));
+    let rdomain = s.or("rdomain", 0, int(0, 255));
     let addresses = s.list("addresses", "IP address literals", value::ip);
     let mut seen = Vec::new();
     for (a, at) in addresses.iter().flatten() {
@@ -579,6 +581,7 @@ fn link(mut s: Sect, name: &str, qbers: &[&str], kmes: &[&str]) -> Option<(LinkC
         wg_peer,
         wg_pubkey,
         wg_port: u16::try_from(wg_port?).ok()?,
+        rdomain: u32::try_from(rdomain).ok()?,
         addresses: addresses?.into_iter().map(|(a, _)| a).collect(),
     };
     keyed_ok.then(|| (l, s.value_at("wg_peer")))

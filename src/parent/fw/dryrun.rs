@@ -89,7 +89,7 @@ impl DryRun {
                 pf::check_ruleset(ruleset)?;
                 let mut cmds = vec![pfctl_line(&pf::load_args(&self.anchor, link, false))];
                 if state == Enforcement::Lockdown {
-                    cmds.extend(pf::kill_args(link).iter().map(|a| pfctl_line(a)));
+                    cmds.extend(pf::kill_args(link, &[]).iter().map(|a| pfctl_line(a)));
                 }
                 let input = match state {
                     Enforcement::Open => pf::load_input(link, ruleset),
@@ -251,6 +251,7 @@ mod tests {
             name: "dr".into(),
             wg_if: "wg0".into(),
             wg_port: 51820,
+            rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec!["2001:db8::2".parse().unwrap()],
         }

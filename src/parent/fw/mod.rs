@@ -39,6 +39,8 @@ pub struct LinkTarget {
     pub wg_if: String,
     /// The far gateway's WireGuard UDP port.
     pub wg_port: u16,
+    /// pf: the routing domain of the link's states (`pfctl -V`); 0 default.
+    pub rdomain: u32,
     pub addrs4: Vec<Ipv4Addr>,
     pub addrs6: Vec<Ipv6Addr>,
 }
@@ -49,6 +51,7 @@ impl LinkTarget {
             name: link.name.clone(),
             wg_if: link.wg_interface.clone(),
             wg_port: link.wg_port,
+            rdomain: link.rdomain,
             addrs4: Vec::new(),
             addrs6: Vec::new(),
         };

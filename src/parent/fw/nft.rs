@@ -656,6 +656,7 @@ mod tests {
             name: "dr".into(),
             wg_if: "wg0".into(),
             wg_port: 51820,
+            rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec![],
         }

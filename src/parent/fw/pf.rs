@@ -47,6 +47,9 @@ pub struct Pf {
     /// Links whose last state kill failed: their states may still pass,
     /// so a read-back does not call them locked until a kill succeeds.
     kill_failed: BTreeSet<String>,
+    /// The labels of each link's open rules as last loaded: a lockdown
+    /// also kills the states those rules created (`pfctl -k label -k L`).
+    open_labels: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Pf {
@@ -55,6 +58,7 @@ impl Pf {
             pfctl: pfctl.to_path_buf(),
             anchor: anchor.to_string(),
             kill_failed: BTreeSet::new(),
+            open_labels: std::collections::HashMap::new(),
         }
     }
 
@@ -105,7 +109,12 @@ impl Pf {
     fn kill_states(&self, link: &LinkTarget) -> Result<(), FwError> {
         let what = format!("kill states of link {}", link.name);
         let mut first = None;
-        for args in kill_args(link) {
+        let labels = self
+            .open_labels
+            .get(&link.name)
+            .cloned()
+            .unwrap_or_default();
+        for args in kill_args(link, &labels) {
             if let Err(e) = self.run(&what, &args, "") {
                 first.get_or_insert(e);
             }
@@ -158,6 +167,10 @@ impl Firewall for Pf {
         };
         let loaded = self.run(&what, &load_args(&self.anchor, link, false), &input);
         if state == Enforcement::Open {
+            if loaded.is_ok() {
+                self.open_labels
+                    .insert(link.name.clone(), rule_labels(ruleset));
+            }
             return loaded.map(drop);
         }
         // Even after a failed load the kill runs: whatever the anchor holds,
@@ -325,9 +338,44 @@ pub fn load_input(link: &LinkTarget, ruleset: &str) -> String {
     s
 }
 
-/// The state kills for a lockdown, one pfctl argv each (see module docs).
-pub fn kill_args(link: &LinkTarget) -> Vec<Vec<String>> {
-    let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+/// The labels (`label "..."`) of a ruleset's rules, as written (pf.conf
+/// expands no macro inside quotes); only plain ones (`[A-Za-z0-9._-]`),
+/// so none reaches pfctl's argv as anything but a label.
+pub fn rule_labels(ruleset: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in ruleset.lines() {
+        let mut rest = strip_comment(line);
+        while let Some(at) = rest.find("label \"") {
+            let after = &rest[at + 7..];
+            let Some(end) = after.find('"') else { break };
+            let l = after[..end].to_string();
+            if !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+                && !out.contains(&l)
+            {
+                out.push(l);
+            }
+            rest = &after[end + 1..];
+        }
+    }
+    out
+}
+
+/// The state kills for a lockdown, one pfctl argv each (see module docs),
+/// in the link's routing domain (`-V`, when not 0), then by the labels of
+/// its open rules.
+pub fn kill_args(link: &LinkTarget, labels: &[String]) -> Vec<Vec<String>> {
+    let rd = link.rdomain.to_string();
+    let v = |xs: &[&str]| {
+        let mut a: Vec<String> = Vec::new();
+        if link.rdomain != 0 {
+            a.extend(["-V".to_string(), rd.clone()]);
+        }
+        a.extend(xs.iter().map(|s| s.to_string()));
+        a
+    };
     let mut out = Vec::new();
     let addrs = link
         .addrs4
@@ -340,6 +388,9 @@ pub fn kill_args(link: &LinkTarget) -> Vec<Vec<String>> {
     }
     out.push(v(&["-i", &link.wg_if, "-k", "0.0.0.0/0"]));
     out.push(v(&["-i", &link.wg_if, "-k", "::/0"]));
+    for l in labels {
+        out.push(v(&["-k", "label", "-k", l]));
+    }
     out
 }
 
