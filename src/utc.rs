@@ -3,6 +3,25 @@
 //! of it, and QBER sources' RFC 3339 time stamps. The calendar arithmetic
 //! (H. Hinnant's civil-day algorithms) lives here once.
 
+/// A step of the wall clock, for the fault tests (`[testing]
+/// wall_clock_offset`): every wall-clock reading of the daemon goes
+/// through [`now_unix`], so a test can move it without moving the host's.
+/// Timers are monotonic and never read it (DESIGN §2).
+static OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+pub fn set_offset(secs: i64) {
+    OFFSET.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Unix seconds now: bundle expiry and log stamps only.
+pub fn now_unix() -> u64 {
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    real.saturating_add_signed(OFFSET.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds; nothing else is accepted.
 pub fn parse_utc(s: &str) -> Option<u64> {
     let b = s.as_bytes();

@@ -1040,3 +1040,50 @@ fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
     assert!(err.contains("state file"), "{err}");
     assert_eq!(gw.pings(3), 0, "still locked after the refused start");
 }
+
+/// The wall clock stepped ±1 h (FAULTS.md) through the daemon's own seam
+/// (`[testing] wall_clock_offset`, taken by a reload), not the host's
+/// clock: forward past the bundle's `not_after` with `expired_action =
+/// "lockdown"` locks the link; back again opens nothing; the QBER timers
+/// (monotonic) never notice.
+#[test]
+fn a_wall_clock_step_moves_only_the_expiry() {
+    let Some(mut gw) = Gateway::new("qkt18", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let na = unix_now() as u64 + 1800;
+    let p = policy(1, true, "").replace(
+        "serial = 1\n",
+        &format!(
+            "serial = 1\nnot_after = \"{}\"\nexpired_action = \"lockdown\"\n",
+            qkdpfd::utc::format_utc(na)
+        ),
+    );
+    let b = gw.bundle("b1", &p, OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    let conf = gw.path("qkdpfd.conf");
+    let base = std::fs::read_to_string(&conf).unwrap();
+    let step = |gw: &Gateway, secs: i64| {
+        std::fs::write(
+            &conf,
+            format!("{base}\n[testing]\nwall_clock_offset = {secs}\n"),
+        )
+        .unwrap();
+        gw.ctl_ok(&["reload"]);
+    };
+    // An hour forward: the bundle is past not_after.
+    step(&gw, 3600);
+    gw.wait_state("lockdown", Duration::from_secs(4));
+    assert_eq!(gw.pings(3), 0);
+    let show = gw.ctl_ok(&["show", "link", "dr"]);
+    assert!(show.contains("no-policy"), "{show}");
+    assert!(!show.contains("source-lost"), "{show}");
+    assert!(gw.log().contains("event=policy_expired"), "{}", gw.log());
+    // And back: nothing reopens by itself.
+    step(&gw, -3600);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(gw.state(), "lockdown");
+    assert_eq!(gw.pings(3), 0);
+}

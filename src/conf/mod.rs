@@ -62,6 +62,9 @@ pub struct TestingConf {
     /// Executed as the engine instead of this binary (the hostile-engine
     /// tests put their fake engine here).
     pub engine: Option<PathBuf>,
+    /// Seconds added to every wall-clock reading (a clock step, for the
+    /// fault tests); 0: none.
+    pub wall_clock_offset: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

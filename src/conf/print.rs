@@ -237,6 +237,9 @@ fn testing(out: &mut Out, t: &crate::conf::TestingConf) {
     if t.no_jitter {
         out.raw("no_jitter", "true".into());
     }
+    if t.wall_clock_offset != 0 {
+        out.raw("wall_clock_offset", t.wall_clock_offset.to_string());
+    }
     if let Some(e) = &t.engine {
         out.raw("engine", quote(&e.display().to_string()));
     }

@@ -360,16 +360,14 @@ async fn run(
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::utc::now_unix()
 }
 
 impl Engine {
     /// (Re)builds the link set from the parent's config; links whose
     /// settings did not change keep their state machine.
     fn configure(&mut self, cfg: EngineConfig, now: Instant) -> Result<(), String> {
+        crate::utc::set_offset(cfg.testing.wall_clock_offset);
         log::set_verbose(cfg.verbose);
         self.testing = cfg.testing.clone();
         let policy = self.policy.clone();

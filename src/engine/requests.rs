@@ -287,10 +287,7 @@ impl Engine {
 
     fn policy_info(&self) -> Option<PolicyInfo> {
         let p = self.policy.as_ref()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::utc::now_unix();
         Some(PolicyInfo {
             serial: p.serial,
             not_after: p.not_after,

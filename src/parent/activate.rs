@@ -31,10 +31,7 @@ impl RulesetChecker for Checker<'_> {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::utc::now_unix()
 }
 
 fn hex(d: &[u8; 32]) -> String {

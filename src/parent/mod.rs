@@ -110,6 +110,7 @@ pub fn main(opts: Opts) -> ExitCode {
     if let Err(e) = check_supported(&conf) {
         return exit_err(e);
     }
+    crate::utc::set_offset(conf.testing.wall_clock_offset);
     if opts.check {
         return check(&conf, opts.verbose > 0);
     }

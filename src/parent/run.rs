@@ -518,6 +518,7 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
     );
     match ToEngine::Config(Box::new(engine_config(p))).try_encode() {
         Ok(f) => {
+            crate::utc::set_offset(p.conf.testing.wall_clock_offset);
             let _ = tx.send(f);
         }
         Err(e) => {

@@ -98,7 +98,14 @@ const LINK_KEYS: &[&str] = &[
     "rdomain",
 ];
 #[cfg(feature = "testing")]
-const TESTING_KEYS: &[&str] = &["rotate", "max_key_age", "no_jitter", "psk_check", "engine"];
+const TESTING_KEYS: &[&str] = &[
+    "rotate",
+    "max_key_age",
+    "no_jitter",
+    "psk_check",
+    "engine",
+    "wall_clock_offset",
+];
 
 const FACILITIES: &[(&str, &str)] = &[
     ("daemon", "daemon"),
@@ -230,6 +237,7 @@ fn testing(mut s: Sect) -> crate::conf::TestingConf {
         no_jitter: s.or("no_jitter", false, value::boolean),
         psk_check: s.get("psk_check", &short),
         engine: s.get("engine", path),
+        wall_clock_offset: s.or("wall_clock_offset", 0, int(-31_536_000, 31_536_000)),
     }
 }
 
