@@ -14,6 +14,7 @@ pub mod fw;
 pub mod keys;
 pub mod links;
 mod lockdown;
+mod operator;
 mod policy_jobs;
 mod run;
 pub mod state;

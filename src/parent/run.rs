@@ -10,7 +10,7 @@ use crate::imsg::{LinkKeys, ParentRequest, ToEngine, ToParent};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
-use crate::proto::ctl::{ErrorCode, Reply, Target};
+use crate::proto::ctl::{ErrorCode, Reply};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -371,8 +371,10 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
                 Some(_) => {}
             }
             let reply = match req.request {
-                ParentRequest::Lockdown { target } => operator_lock(p, &target),
-                ParentRequest::Unlock { target, force } => operator_unlock(p, &target, force),
+                ParentRequest::Lockdown { target } => super::operator::lock(p, &target),
+                ParentRequest::Unlock { target, force } => {
+                    super::operator::unlock(p, &target, force)
+                }
                 ParentRequest::Reload => reload(p, tx),
                 ParentRequest::PolicyLoad { bundle_b64 } => {
                     match super::policy_jobs::policy_load(p, &bundle_b64, req.id) {
@@ -395,58 +397,6 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             Ok(())
         }
     }
-}
-
-fn targets_of(p: &Parent, t: &Target) -> Result<Vec<String>, Reply> {
-    match t {
-        Target::All => Ok(p.links.links.keys().cloned().collect()),
-        Target::Link(l) if p.links.links.contains_key(l) => Ok(vec![l.clone()]),
-        Target::Link(l) => Err(Reply::error(
-            ErrorCode::NoSuchLink,
-            format!("no such link: {l}"),
-        )),
-    }
-}
-
-fn operator_lock(p: &mut Parent, t: &Target) -> Reply {
-    let names = match targets_of(p, t) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    for n in &names {
-        p.links.set_parent_reason(n, LockReason::Operator, true);
-        p.links
-            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
-    }
-    Reply::ok(format!("lockdown: {}", names.join(" ")))
-}
-
-fn operator_unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
-    let names = match targets_of(p, t) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let mut lines = Vec::new();
-    for n in &names {
-        p.links.set_parent_reason(n, LockReason::Operator, false);
-        if force {
-            p.links
-                .set_parent_reason(n, LockReason::ProcessFailure, false);
-            p.links.set_parent_reason(n, LockReason::PskDrift, false);
-            p.links.set_parent_reason(n, LockReason::NoKey, false);
-            log::event(Prio::Alert, "unlock_forced")
-                .kv("link", n)
-                .send();
-        }
-        p.links
-            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
-        let l = &p.links.links[n];
-        lines.push(match l.enforcement() {
-            crate::lock::Enforcement::Open => format!("{n}: open"),
-            _ => format!("{n}: locked ({})", l.reasons()),
-        });
-    }
-    Reply::ok(lines.join("\n"))
 }
 
 /// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is

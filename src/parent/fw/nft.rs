@@ -53,17 +53,12 @@ use crate::lock::Enforcement;
 
 pub mod alive;
 pub mod readback;
+mod render;
+#[cfg(test)]
+mod tests;
+
 use readback::{DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG};
-
-/// Words that start an nft command; a statement line must not begin with one.
-const COMMAND_WORDS: &[&str] = &[
-    "table", "chain", "flush", "delete", "add", "insert", "include", "define", "replace", "create",
-    "reset", "list", "rename", "destroy", "export", "import", "monitor", "describe", "set", "map",
-    "element", "rule",
-];
-
-/// Words refused anywhere in a statement: they leave the link's chain.
-const ESCAPE_WORDS: &[&str] = &["jump", "goto"];
+pub use render::render_statements;
 
 /// The nftables backend.
 pub struct Nft {
@@ -569,148 +564,4 @@ pub fn divert_script(table: &str, link: &LinkTarget) -> String {
         "insert rule inet {table} link_{n} goto lock_{n}\n",
         n = link.name
     )
-}
-
-/// Checks a `.nft` bundle file and substitutes the link's macros; one
-/// statement per returned line. Errors name the line.
-pub fn render_statements(link: &LinkTarget, ruleset: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for (i, raw) in ruleset.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let stmt = check_statement(link, line).map_err(|e| format!("line {}: {e}", i + 1))?;
-        out.push(stmt);
-    }
-    Ok(out)
-}
-
-fn check_statement(link: &LinkTarget, line: &str) -> Result<String, String> {
-    if let Some(c) = line
-        .chars()
-        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
-    {
-        return Err(format!("character {c:?} not allowed"));
-    }
-    for (c, why) in [
-        (';', "';' would start another command"),
-        ('\\', "backslash not allowed"),
-        ('@', "refer to sets with $peer4 / $peer6, not '@'"),
-    ] {
-        if line.contains(c) {
-            return Err(why.to_string());
-        }
-    }
-    let first = line.split_whitespace().next().unwrap_or("");
-    if COMMAND_WORDS.contains(&first.to_ascii_lowercase().as_str()) {
-        return Err(format!("a statement may not start with {first:?}"));
-    }
-    let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
-    if let Some(w) = words
-        .into_iter()
-        .find(|w| ESCAPE_WORDS.contains(&w.to_ascii_lowercase().as_str()))
-    {
-        return Err(format!("{w:?} would leave the link's chain"));
-    }
-    substitute(link, line)
-}
-
-/// Expands `$name` macros; an unknown one is an error, not left to nft.
-fn substitute(link: &LinkTarget, line: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(line.len() + 16);
-    let mut rest = line;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
-        let len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        let name = &after[..len];
-        let value = match name {
-            "link" => link.name.clone(),
-            "wg_if" => format!("\"{}\"", link.wg_if),
-            "wg_port" => link.wg_port.to_string(),
-            "peer4" => format!("@peer4_{}", link.name),
-            "peer6" => format!("@peer6_{}", link.name),
-            "" => return Err("'$' without a macro name".to_string()),
-            _ => {
-                return Err(format!(
-                    "unknown macro ${name} (known: $link $wg_if $wg_port $peer4 $peer6)"
-                ));
-            }
-        };
-        out.push_str(&value);
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dr() -> LinkTarget {
-        LinkTarget {
-            name: "dr".into(),
-            wg_if: "wg0".into(),
-            wg_port: 51820,
-            rdomain: 0,
-            addrs4: vec!["198.51.100.2".parse().unwrap()],
-            addrs6: vec![],
-        }
-    }
-
-    #[test]
-    fn macros_expand() {
-        let got = render_statements(
-            &dr(),
-            "# comment\n\n ip saddr $peer4 udp sport $wg_port iifname $wg_if counter accept\r\n\
-             ip6 daddr $peer6 log prefix \"qkd $link \" drop\n",
-        )
-        .unwrap();
-        assert_eq!(
-            got,
-            [
-                "ip saddr @peer4_dr udp sport 51820 iifname \"wg0\" counter accept",
-                "ip6 daddr @peer6_dr log prefix \"qkd dr \" drop",
-            ]
-        );
-    }
-
-    #[test]
-    fn forbidden_constructs() {
-        for (bad, why) in [
-            ("accept; add rule inet qkdpfd link_x accept", "';'"),
-            ("jump link_other", "leave"),
-            ("udp dport 1 goto x", "leave"),
-            ("meta l4proto vmap { udp : jump x }", "leave"),
-            ("ip saddr $unknown accept", "unknown macro $unknown"),
-            ("ip saddr $ accept", "without a macro"),
-            ("ip saddr @peer4_other accept", "'@'"),
-            ("table inet x { }", "may not start"),
-            ("flush ruleset", "may not start"),
-            ("include \"/etc/x\"", "may not start"),
-            ("accept \\", "backslash"),
-            ("accept\u{7}", "character"),
-        ] {
-            let e = render_statements(&dr(), &format!("accept\n{bad}\n")).unwrap_err();
-            assert!(e.starts_with("line 2: "), "{bad}: {e}");
-            assert!(e.contains(why), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn skeleton_jumps_then_drops() {
-        let s = skeleton("qkdpfd", &[dr()]);
-        assert!(s.contains(
-            "add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 meta nfproto @alive jump link_dr\n\
-             add rule inet qkdpfd input ip saddr @peer4_dr udp sport 51820 drop\n"
-        ));
-        assert!(s.contains("add element inet qkdpfd peer4_dr { 198.51.100.2 }\n"));
-        assert!(!s.contains("add element inet qkdpfd peer6_dr"));
-        assert!(!s.contains("flush chain inet qkdpfd link_dr"));
-        assert_eq!(s.matches(" drop\n").count(), 8);
-    }
 }

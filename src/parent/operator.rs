@@ -1,0 +1,66 @@
+//! The operator's word on a link (DESIGN §7): `qkdctl lockdown` and
+//! `qkdctl unlock [-f]`, run by the parent after it has asked the kernel
+//! who the client is (see `run::dispatch_engine`).
+
+use super::Parent;
+use super::links::OpenedBy;
+use crate::lock::LockReason;
+use crate::log::{self, Prio};
+use crate::proto::ctl::{ErrorCode, Reply, Target};
+
+/// The links a ctl target names.
+fn targets_of(p: &Parent, t: &Target) -> Result<Vec<String>, Reply> {
+    match t {
+        Target::All => Ok(p.links.links.keys().cloned().collect()),
+        Target::Link(l) if p.links.links.contains_key(l) => Ok(vec![l.clone()]),
+        Target::Link(l) => Err(Reply::error(
+            ErrorCode::NoSuchLink,
+            format!("no such link: {l}"),
+        )),
+    }
+}
+
+/// `qkdctl lockdown LINK|all`: the parent-owned reason `operator`.
+pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
+    let names = match targets_of(p, t) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    for n in &names {
+        p.links.set_parent_reason(n, LockReason::Operator, true);
+        p.links
+            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
+    }
+    Reply::ok(format!("lockdown: {}", names.join(" ")))
+}
+
+/// `qkdctl unlock [-f] LINK|all`: clears `operator`; `-f` also every
+/// other parent-owned reason but `no-policy` (logged at alert priority).
+/// Answers with what the kernel now shows for each link.
+pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
+    let names = match targets_of(p, t) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut lines = Vec::new();
+    for n in &names {
+        p.links.set_parent_reason(n, LockReason::Operator, false);
+        if force {
+            p.links
+                .set_parent_reason(n, LockReason::ProcessFailure, false);
+            p.links.set_parent_reason(n, LockReason::PskDrift, false);
+            p.links.set_parent_reason(n, LockReason::NoKey, false);
+            log::event(Prio::Alert, "unlock_forced")
+                .kv("link", n)
+                .send();
+        }
+        p.links
+            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
+        let l = &p.links.links[n];
+        lines.push(match l.enforcement() {
+            crate::lock::Enforcement::Open => format!("{n}: open"),
+            _ => format!("{n}: locked ({})", l.reasons()),
+        });
+    }
+    Reply::ok(lines.join("\n"))
+}
