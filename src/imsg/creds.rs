@@ -9,6 +9,11 @@
 //! end (SO_PEERCRED on Linux, getpeereid(2) on OpenBSD), keeps only the
 //! uid, and closes the descriptor at once. A request whose id came with no
 //! descriptor, or whose kernel uid is not root, is not run.
+//!
+//! Limit: the engine still reads the request, so a compromised engine
+//! that kept a duplicate of an earlier root client's connection could
+//! pass it with a request of its own. Closing that needs the parent to
+//! read the request from the passed connection itself.
 
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut};
