@@ -44,29 +44,35 @@ pub const WGPEER_F_UPDATE_ONLY: u32 = 1 << 2;
 const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 
-/// A netlink message under construction: header, generic netlink header,
-/// attributes. The buffer is zeroized when dropped.
-struct Msg {
+/// A netlink message under construction: header, a 4-byte family header
+/// (generic netlink's cmd/version here, nfnetlink's nfgenmsg for the
+/// nftables dead-man switch), attributes. The buffer is zeroized when
+/// dropped.
+pub(crate) struct Msg {
     buf: Zeroizing<Vec<u8>>,
     nests: Vec<usize>,
 }
 
 impl Msg {
     fn new(ty: u16, flags: u16, seq: u32, pid: u32, cmd: u8, version: u8) -> Msg {
+        Msg::with_header(ty, flags, seq, pid, [cmd, version, 0, 0])
+    }
+
+    pub(crate) fn with_header(ty: u16, flags: u16, seq: u32, pid: u32, head: [u8; 4]) -> Msg {
         let mut buf = Zeroizing::new(Vec::with_capacity(256));
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
         buf.extend_from_slice(&ty.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&seq.to_ne_bytes());
         buf.extend_from_slice(&pid.to_ne_bytes());
-        buf.extend_from_slice(&[cmd, version, 0, 0]);
+        buf.extend_from_slice(&head);
         Msg {
             buf,
             nests: Vec::new(),
         }
     }
 
-    fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Msg {
+    pub(crate) fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Msg {
         let len = (4 + data.len()) as u16;
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -77,26 +83,27 @@ impl Msg {
         self
     }
 
-    fn nest(&mut self, ty: u16) -> &mut Msg {
+    pub(crate) fn nest(&mut self, ty: u16) -> &mut Msg {
         self.nests.push(self.buf.len());
         self.attr(ty | NLA_F_NESTED, &[])
     }
 
-    fn end(&mut self) -> &mut Msg {
+    pub(crate) fn end(&mut self) -> &mut Msg {
         let at = self.nests.pop().expect("end() after nest()");
         let len = (self.buf.len() - at) as u16;
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
         self
     }
 
-    fn finish(mut self) -> Zeroizing<Vec<u8>> {
+    pub(crate) fn finish(mut self) -> Zeroizing<Vec<u8>> {
         let len = self.buf.len() as u32;
         self.buf[..4].copy_from_slice(&len.to_ne_bytes());
         std::mem::take(&mut self.buf)
     }
 }
 
-fn c_name(name: &str) -> Vec<u8> {
+/// A NUL-terminated string attribute value.
+pub(crate) fn c_name(name: &str) -> Vec<u8> {
     let mut v = name.as_bytes().to_vec();
     v.push(0);
     v

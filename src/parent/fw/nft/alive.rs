@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::parent::wg::linux::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR};
+use crate::parent::wg::linux::{Msg, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, c_name};
 
 pub const NETLINK_NETFILTER: i32 = 12;
 pub const SET: &str = "alive";
@@ -37,63 +37,11 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_DATA_VALUE: u16 = 1;
 
-/// One netfilter netlink message under construction.
-struct Msg {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-impl Msg {
-    fn new(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        // struct nfgenmsg: family, version NFNETLINK_V0, res_id (big endian).
-        buf.extend_from_slice(&[family, 0]);
-        buf.extend_from_slice(&res_id.to_be_bytes());
-        Msg {
-            buf,
-            nests: Vec::new(),
-        }
-    }
-
-    fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Msg {
-        self.buf
-            .extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
-        self
-    }
-
-    fn nest(&mut self, ty: u16) -> &mut Msg {
-        self.nests.push(self.buf.len());
-        self.attr(ty | NLA_F_NESTED, &[])
-    }
-
-    fn end(&mut self) -> &mut Msg {
-        let at = self.nests.pop().expect("end() after nest()");
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-        self
-    }
-
-    fn finish(mut self, out: &mut Vec<u8>) {
-        let len = self.buf.len() as u32;
-        self.buf[..4].copy_from_slice(&len.to_ne_bytes());
-        out.extend_from_slice(&self.buf);
-    }
-}
-
-fn c_name(name: &str) -> Vec<u8> {
-    let mut v = name.as_bytes().to_vec();
-    v.push(0);
-    v
+/// A netfilter netlink message: the shared builder with nfgenmsg as its
+/// family header (family, version NFNETLINK_V0, res_id big endian).
+fn msg(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
+    let r = res_id.to_be_bytes();
+    Msg::with_header(ty, flags, seq, 0, [family, 0, r[0], r[1]])
 }
 
 /// The refresh batch: begin, flush `<table> alive` (DELSETELEM without
@@ -102,16 +50,18 @@ fn c_name(name: &str) -> Vec<u8> {
 /// carry sequence numbers `seq + 1` and `seq + 2`.
 pub fn refresh_batch(table: &str, seq: u32, timeout: Option<Duration>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    Msg::new(
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-    )
-    .finish(&mut out);
+    out.extend_from_slice(
+        &msg(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
     let ty = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
-    let mut flush = Msg::new(
+    let mut flush = msg(
         ty(NFT_MSG_DELSETELEM),
         NLM_F_REQUEST | NLM_F_ACK,
         seq + 1,
@@ -120,8 +70,8 @@ pub fn refresh_batch(table: &str, seq: u32, timeout: Option<Duration>) -> Vec<u8
     );
     flush.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
     flush.attr(NFTA_SET_ELEM_LIST_SET, &c_name(SET));
-    flush.finish(&mut out);
-    let mut add = Msg::new(
+    out.extend_from_slice(&flush.finish());
+    let mut add = msg(
         ty(NFT_MSG_NEWSETELEM),
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
         seq + 2,
@@ -143,15 +93,17 @@ pub fn refresh_batch(table: &str, seq: u32, timeout: Option<Duration>) -> Vec<u8
         add.end();
     }
     add.end();
-    add.finish(&mut out);
-    Msg::new(
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        seq + 3,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-    )
-    .finish(&mut out);
+    out.extend_from_slice(&add.finish());
+    out.extend_from_slice(
+        &msg(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            seq + 3,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
     out
 }
 
@@ -190,16 +142,15 @@ const NFTA_GEN_ID: u16 = 1;
 /// NFT_MSG_GETGEN: asks for the ruleset's generation number, which every
 /// committed nf_tables transaction increments by one.
 pub fn getgen_request(seq: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20);
-    Msg::new(
+    msg(
         (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN,
         NLM_F_REQUEST,
         seq,
         0,
         0,
     )
-    .finish(&mut out);
-    out
+    .finish()
+    .to_vec()
 }
 
 /// The generation number in a NFT_MSG_NEWGEN answer to request `seq`.
