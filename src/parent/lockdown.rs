@@ -77,16 +77,7 @@ pub fn boot_include(conf: &Config) -> ExitCode {
 /// Without a config (it does not parse): the default table's link chains.
 pub fn without_config(path: &Path) -> ExitCode {
     init_log();
-    let conf = FirewallConf {
-        backend: if cfg!(target_os = "openbsd") {
-            FirewallBackend::Pf
-        } else {
-            FirewallBackend::Nftables
-        },
-        anchor: "qkdpfd".into(),
-        pfctl: "/sbin/pfctl".into(),
-        nft: "/usr/sbin/nft".into(),
-    };
+    let conf = FirewallConf::default();
     eprintln!(
         "qkdpfd: {}: no usable configuration; locking every link found in the kernel",
         path.display()

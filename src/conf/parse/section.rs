@@ -388,12 +388,25 @@ fn policy(mut s: Sect) -> Option<PolicyConf> {
 }
 
 fn firewall(mut s: Sect) -> FirewallConf {
-    let (backend, _) = default_backends();
+    let d = FirewallConf::default();
     FirewallConf {
-        backend: s.or("backend", backend, choice(FW_BACKENDS)),
-        anchor: s.or("anchor", "qkdpfd".into(), value::name),
-        pfctl: s.or("pfctl", "/sbin/pfctl".into(), path),
-        nft: s.or("nft", "/usr/sbin/nft".into(), path),
+        backend: s.or("backend", d.backend, choice(FW_BACKENDS)),
+        anchor: s.or("anchor", d.anchor, value::name),
+        pfctl: s.or("pfctl", d.pfctl, path),
+        nft: s.or("nft", d.nft, path),
+    }
+}
+
+impl Default for FirewallConf {
+    /// `[firewall]` when the config leaves it out, and what `qkdpfd -L`
+    /// assumes when the config does not parse.
+    fn default() -> FirewallConf {
+        FirewallConf {
+            backend: default_backends().0,
+            anchor: "qkdpfd".into(),
+            pfctl: "/sbin/pfctl".into(),
+            nft: "/usr/sbin/nft".into(),
+        }
     }
 }
 

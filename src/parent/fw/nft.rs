@@ -161,26 +161,23 @@ impl Nft {
 
     /// `nft -j list chain inet <t> <chain>`; None when it does not exist.
     fn list_chain(&self, chain: &str) -> Result<Option<readback::Listing>, FwError> {
-        let tool = Tool::new(
-            &self.nft,
-            &["-j", "list", "chain", "inet", &self.table, chain],
-        );
-        match tool.run(&format!("read back chain {chain}"), "", TOOL_TIMEOUT) {
-            Ok(out) => readback::parse(&out.stdout)
-                .map(Some)
-                .map_err(|e| FwError::refused(format!("read back chain {chain}: {e}"))),
-            Err(e) if e.stderr.contains("No such file or directory") => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.list_json(&["chain", "inet", &self.table, chain])
     }
 
     /// `nft -j list table inet <t>`; None when the table does not exist.
     fn list(&self, table: &str) -> Result<Option<readback::Listing>, FwError> {
-        let tool = Tool::new(&self.nft, &["-j", "list", "table", "inet", table]);
-        match tool.run(&format!("read back table {table}"), "", TOOL_TIMEOUT) {
+        self.list_json(&["table", "inet", table])
+    }
+
+    /// `nft -j list <what...>`, parsed; None when nft says it does not exist.
+    fn list_json(&self, what: &[&str]) -> Result<Option<readback::Listing>, FwError> {
+        let mut args = vec!["-j", "list"];
+        args.extend_from_slice(what);
+        let what = format!("read back {}", what.join(" "));
+        match Tool::new(&self.nft, &args).run(&what, "", TOOL_TIMEOUT) {
             Ok(out) => readback::parse(&out.stdout)
                 .map(Some)
-                .map_err(|e| FwError::refused(format!("read back table {table}: {e}"))),
+                .map_err(|e| FwError::refused(format!("{what}: {e}"))),
             Err(e) if e.stderr.contains("No such file or directory") => Ok(None),
             Err(e) => Err(e),
         }
