@@ -296,15 +296,27 @@ pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
     let _ = tx.send(ToEngine::KeyAck(ack).encode());
 }
 
-/// Makes the epochs asked for since the last call durable in one write and
-/// answers each request; on failure every one of them is refused.
+/// Makes the epochs asked for and the verifiers of the PSKs installed
+/// since the last call durable in one write, and answers each epoch
+/// request; on failure every one of them is refused (and a restart holds
+/// `no-key` until the next round).
 pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
-    flush_verifiers(p);
-    if p.pending_epochs.is_empty() {
+    if p.pending_epochs.is_empty() && p.pending_verifiers.is_empty() {
         return;
     }
     let batch = std::mem::take(&mut p.pending_epochs);
-    let error = p.links.persist_epochs(&batch).err().map(|e| {
+    let verifiers = std::mem::take(&mut p.pending_verifiers);
+    let written = p.links.update_state(|st| {
+        // Epochs only grow.
+        for (name, epoch) in &batch {
+            let rec = st.links.entry(name.clone()).or_default();
+            rec.epoch = rec.epoch.max(*epoch);
+        }
+        for (name, verifier) in verifiers {
+            st.links.entry(name).or_default().verifier = Some(verifier);
+        }
+    });
+    let error = written.err().map(|e| {
         log::event(Prio::Crit, "state_write_failed")
             .kv("path", p.links.state_path.display())
             .msg(&e)
@@ -323,11 +335,12 @@ pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
 }
 
 /// Installs a PSK the engine agreed on, if its epoch is durable; a
-/// successful install clears `psk-drift`.
+/// successful install clears `no-key` and `psk-drift`.
 pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
     let InstallPsk {
         link, epoch, psk, ..
     } = i;
+    let psk = crate::secret::Psk::from_bytes(*psk);
     // An epoch is persisted before it is used (DESIGN §6).
     let result = if epoch == 0 || epoch > p.links.epoch(&link) {
         Err(format!("epoch {epoch} was never persisted"))
@@ -337,15 +350,9 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
             .testing
             .psk_check
             .unwrap_or_else(|| rotate_period(p, &link));
-        p.wg.install(
-            &link,
-            crate::secret::Psk::from_bytes(*psk),
-            period,
-            Instant::now(),
-        )
-        .map_err(|e| e.reason().to_string())
+        p.wg.install(&link, psk.clone(), period, Instant::now())
+            .map_err(|e| e.reason().to_string())
     };
-    let psk = crate::secret::Psk::from_bytes(*psk);
     if result.is_ok() {
         installed(p, tx, &link, &psk);
     }
@@ -376,21 +383,6 @@ fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
     }
     // Written with the others of this batch (one fsync for a `rotate all`).
     p.pending_verifiers.push((link.to_string(), psk.verifier()));
-}
-
-/// Makes the verifiers of the PSKs installed in this batch durable in one
-/// write; on failure a restart holds `no-key` until the next round.
-fn flush_verifiers(p: &mut Parent) {
-    if p.pending_verifiers.is_empty() {
-        return;
-    }
-    let batch = std::mem::take(&mut p.pending_verifiers);
-    if let Err(e) = p.links.persist_verifiers(&batch) {
-        log::event(Prio::Crit, "state_write_failed")
-            .kv("path", p.links.state_path.display())
-            .msg(e)
-            .send();
-    }
 }
 
 /// The link's rotation period (policy `rotate`, or the test override).

@@ -471,27 +471,12 @@ impl Links {
         self.state.links.get(name).map_or(0, |r| r.epoch)
     }
 
-    /// Makes new epochs durable in one write (write, fsync, rename, fsync
-    /// the directory). Epochs only grow; on error the file is unchanged
-    /// on disk and so is the state in memory.
-    pub fn persist_epochs(&mut self, updates: &[(String, u64)]) -> std::io::Result<()> {
+    /// Changes the state file in one write (write, fsync, rename, fsync
+    /// the directory); on error the file is unchanged on disk and so is
+    /// the state in memory.
+    pub fn update_state(&mut self, change: impl FnOnce(&mut State)) -> std::io::Result<()> {
         let mut next = self.state.clone();
-        for (name, epoch) in updates {
-            let rec = next.links.entry(name.clone()).or_default();
-            rec.epoch = rec.epoch.max(*epoch);
-        }
-        crate::parent::state::save(&self.state_path, &next)?;
-        self.state = next;
-        Ok(())
-    }
-
-    /// Records the verifiers of PSKs just installed and read back, in one
-    /// write.
-    pub fn persist_verifiers(&mut self, batch: &[(String, String)]) -> std::io::Result<()> {
-        let mut next = self.state.clone();
-        for (name, verifier) in batch {
-            next.links.entry(name.clone()).or_default().verifier = Some(verifier.clone());
-        }
+        change(&mut next);
         crate::parent::state::save(&self.state_path, &next)?;
         self.state = next;
         Ok(())
