@@ -180,6 +180,60 @@ fn push_value(out: &mut String, v: &str) {
     }
 }
 
+/// The flood rule of DESIGN §8: the first event per key per minute, then,
+/// a minute or more later, the next one with the count held back meanwhile
+/// (`suppressed=N`). One rule for `ctl_denied`, `peer_auth_failed` and
+/// `peer_send_failed`.
+pub struct PerMinute<K> {
+    seen: std::collections::HashMap<K, (std::time::Instant, u64)>,
+}
+
+impl<K> Default for PerMinute<K> {
+    fn default() -> PerMinute<K> {
+        PerMinute {
+            seen: std::collections::HashMap::new(),
+        }
+    }
+}
+
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl<K: std::hash::Hash + Eq> PerMinute<K> {
+    /// Some(events held back since the last one logged) when this one is
+    /// to be logged; None when it is held back.
+    pub fn admit(&mut self, key: K, now: std::time::Instant) -> Option<u64> {
+        match self.seen.get_mut(&key) {
+            Some((t, n)) if now.duration_since(*t) < MINUTE => {
+                *n += 1;
+                None
+            }
+            _ => Some(self.seen.insert(key, (now, 0)).map_or(0, |(_, n)| n)),
+        }
+    }
+
+    /// Keys seen in the last minute are kept; the rest forgotten.
+    pub fn prune(&mut self, now: std::time::Instant) {
+        self.seen
+            .retain(|_, (t, _)| now.duration_since(*t) < MINUTE);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.seen.contains_key(key)
+    }
+
+    pub fn clear(&mut self) {
+        self.seen.clear();
+    }
+}
+
 /// Plain diagnostics that are not events (start-up errors, debug traces).
 pub fn info(msg: impl std::fmt::Display) {
     emit(Prio::Info, &msg.to_string());

@@ -58,27 +58,21 @@ impl Access {
 /// First `ctl_denied` per uid per minute, then one line with `suppressed=N`.
 #[derive(Default)]
 pub struct RateLimit {
-    seen: HashMap<u32, (Instant, u64)>,
+    seen: log::PerMinute<u32>,
 }
 
 impl RateLimit {
     pub fn denied(&mut self, uid: u32, command: &str, now: Instant) {
-        let e = self
-            .seen
-            .entry(uid)
-            .or_insert((now - Duration::from_secs(61), 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
-            let mut ev = log::event(Prio::Warning, "ctl_denied")
-                .kv("uid", uid)
-                .kv("command", command);
-            if e.1 > 0 {
-                ev = ev.kv("suppressed", e.1);
-            }
-            ev.send();
-            *e = (now, 0);
-        } else {
-            e.1 += 1;
+        let Some(held) = self.seen.admit(uid, now) else {
+            return;
+        };
+        let mut ev = log::event(Prio::Warning, "ctl_denied")
+            .kv("uid", uid)
+            .kv("command", command);
+        if held > 0 {
+            ev = ev.kv("suppressed", held);
         }
+        ev.send();
     }
 }
 

@@ -85,7 +85,7 @@ pub struct Keys {
     /// The peering sockets, one per address family (fd 6, fd 8).
     sockets: Vec<Arc<tokio::net::UdpSocket>>,
     /// Failed sends, logged once per destination a minute.
-    send_log: HashMap<SocketAddr, (Instant, u64)>,
+    send_log: log::PerMinute<SocketAddr>,
     /// The configured peers' addresses: the receive tasks queue their
     /// datagrams apart from everyone else's (see [`receive`]).
     known: Known,
@@ -109,7 +109,7 @@ impl Keys {
             signing: None,
             ring: None,
             sockets: Vec::new(),
-            send_log: HashMap::new(),
+            send_log: log::PerMinute::default(),
             known: Known::default(),
             calls: calls::Calls::new(answers),
             links: BTreeMap::new(),
@@ -150,23 +150,15 @@ impl Keys {
             )),
         };
         let Err(why) = r else { return };
-        let now = Instant::now();
-        let e = self
-            .send_log
-            .entry(dest)
-            .or_insert((now - Duration::from_secs(61), 0));
-        if now.duration_since(e.0) >= Duration::from_secs(60) {
-            let mut ev = log::event(Prio::Warning, "peer_send_failed").kv("to", dest);
-            if e.1 > 0 {
-                ev = ev.kv("suppressed", e.1);
-            }
-            ev.msg(why).send();
-            *e = (now, 0);
-        } else {
-            e.1 += 1;
-        }
         if self.send_log.len() > 4096 {
             self.send_log.clear();
+        }
+        if let Some(held) = self.send_log.admit(dest, Instant::now()) {
+            let mut ev = log::event(Prio::Warning, "peer_send_failed").kv("to", dest);
+            if held > 0 {
+                ev = ev.kv("suppressed", held);
+            }
+            ev.msg(why).send();
         }
     }
 
@@ -588,54 +580,45 @@ const AUTH_LOG_SOURCES: usize = 4096;
 /// (`from=*`).
 #[derive(Default)]
 struct AuthLog {
-    seen: HashMap<IpAddr, (Instant, u64)>,
+    seen: log::PerMinute<IpAddr>,
     pruned: Option<Instant>,
-    /// The shared budget: when it last logged, and what it held back.
-    overflow: Option<(Instant, u64)>,
+    /// The shared budget of every source past the table.
+    overflow: log::PerMinute<()>,
 }
 
 impl AuthLog {
     fn failed(&mut self, from: IpAddr, link: Option<&str>, why: &str, now: Instant) {
-        let minute = Duration::from_secs(60);
-        if self.pruned.is_none_or(|t| now.duration_since(t) >= minute) {
-            self.seen
-                .retain(|_, (t, _)| now.duration_since(*t) < minute);
+        if self
+            .pruned
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            self.seen.prune(now);
             self.pruned = Some(now);
         }
-        if !self.seen.contains_key(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
-            match &mut self.overflow {
-                Some((t, n)) if now.duration_since(*t) < minute => *n += 1,
-                slot => {
-                    let held = slot.map_or(0, |(_, n)| n);
-                    log::event(Prio::Warning, "peer_auth_failed")
-                        .kv("from", "*")
-                        .kv("reason", why)
-                        .kv("suppressed", held)
-                        .msg(format!(
-                            "over {AUTH_LOG_SOURCES} failing sources this minute (a spoofed-source flood?)"
-                        ))
-                        .send();
-                    *slot = Some((now, 0));
-                }
+        if !self.seen.contains(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
+            if let Some(held) = self.overflow.admit((), now) {
+                log::event(Prio::Warning, "peer_auth_failed")
+                    .kv("from", "*")
+                    .kv("reason", why)
+                    .kv("suppressed", held)
+                    .msg(format!(
+                        "over {AUTH_LOG_SOURCES} failing sources this minute (a spoofed-source flood?)"
+                    ))
+                    .send();
             }
             return;
         }
-        match self.seen.get_mut(&from) {
-            Some((t, n)) if now.duration_since(*t) < Duration::from_secs(60) => *n += 1,
-            slot => {
-                let suppressed = slot.map(|(_, n)| *n).unwrap_or(0);
-                let mut ev = log::event(Prio::Warning, "peer_auth_failed")
-                    .kv("from", from)
-                    .kv("reason", why);
-                if let Some(l) = link {
-                    ev = ev.kv("link", l);
-                }
-                if suppressed > 0 {
-                    ev = ev.kv("suppressed", suppressed);
-                }
-                ev.send();
-                self.seen.insert(from, (now, 0));
+        if let Some(held) = self.seen.admit(from, now) {
+            let mut ev = log::event(Prio::Warning, "peer_auth_failed")
+                .kv("from", from)
+                .kv("reason", why);
+            if let Some(l) = link {
+                ev = ev.kv("link", l);
             }
+            if held > 0 {
+                ev = ev.kv("suppressed", held);
+            }
+            ev.send();
         }
     }
 }
@@ -690,7 +673,13 @@ mod tests {
             log.failed(ip, None, "garbage", now);
         }
         assert_eq!(log.seen.len(), super::AUTH_LOG_SOURCES);
-        assert_eq!(log.overflow.map(|(_, n)| n), Some(20_000 - 4096 - 1));
+        // The overflow line logged once; every later one held back.
+        assert_eq!(log.overflow.admit((), now), None, "still within the minute");
+        assert_eq!(
+            log.overflow
+                .admit((), now + std::time::Duration::from_secs(60)),
+            Some(20_000 - 4096 - 1 + 1)
+        );
         // A minute on, the table is pruned once and sources are tracked again.
         let later = now + std::time::Duration::from_secs(61);
         log.failed("192.0.2.9".parse().unwrap(), None, "garbage", later);
