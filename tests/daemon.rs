@@ -140,19 +140,7 @@ fn blocked_before_start_and_without_bundle() {
     assert_eq!(gw.pings(3), 3, "no firewall at all yet (the rig works)");
     // Boot: nftables.service loads `qkdpfd -B`'s include before qkdpfd
     // starts: every link is dropped before the daemon ever runs.
-    let boot = gw.qkdpfd(&["-B"]);
-    assert!(
-        boot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&boot.stderr)
-    );
-    let mut nft = std::process::Command::new("ip")
-        .args(["netns", "exec", &gw.ns_a(), "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), &boot.stdout).unwrap();
-    assert!(nft.wait().unwrap().success());
+    gw.load_boot_include();
     assert_eq!(
         gw.pings(5),
         0,
@@ -1026,14 +1014,7 @@ fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
     let _ = Command::new("umount").arg(&state).status();
     // A corrupt state file: the start is refused, the kernel unchanged.
     std::fs::write(state.join("state"), "{ not json").unwrap();
-    let boot = gw.qkdpfd(&["-B"]);
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &gw.ns_a(), "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), &boot.stdout).unwrap();
-    assert!(nft.wait().unwrap().success());
+    gw.load_boot_include();
     let o = gw.qkdpfd(&["-d"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

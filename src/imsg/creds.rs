@@ -118,15 +118,20 @@ mod tests {
     use super::*;
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
-    #[test]
-    fn a_passed_connection_gives_the_kernels_uid_once() {
-        let (engine, parent) = socketpair(
+    /// The engine's and the parent's ends, as privsep makes them.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_passed_connection_gives_the_kernels_uid_once() {
+        let (engine, parent) = pair();
         let (client, _server) = std::os::unix::net::UnixStream::pair().unwrap();
         send(engine.as_fd(), 42, client.as_fd()).unwrap();
         // A message with no descriptor (a lying engine) gives no uid.
@@ -148,13 +153,7 @@ mod tests {
 
     #[test]
     fn pending_is_bounded() {
-        let (engine, parent) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (engine, parent) = pair();
         let (client, _server) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut c = Creds::default();
         for id in 0..(MAX_PENDING as u64 + 10) {

@@ -275,6 +275,27 @@ impl Gateway {
         (c, out)
     }
 
+    /// What `nftables.service` does at boot: loads `qkdpfd -B`'s include
+    /// into gateway A; both must succeed.
+    pub fn load_boot_include(&self) {
+        let boot = self.qkdpfd(&["-B"]);
+        assert!(
+            boot.status.success(),
+            "{}",
+            String::from_utf8_lossy(&boot.stderr)
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.ns_a(), "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), &boot.stdout).unwrap();
+        assert!(
+            nft.wait().unwrap().success(),
+            "nft refused the boot include"
+        );
+    }
+
     pub fn nft(&self, args: &[&str]) -> String {
         let o = Command::new("ip")
             .args(["netns", "exec", &self.ns_a(), "nft"])
