@@ -334,23 +334,8 @@ impl LineReader {
     }
 }
 
-/// pledge(2) on OpenBSD; elsewhere nothing (Linux has no equivalent that a
-/// short-lived client needs).
-#[cfg(target_os = "openbsd")]
 fn pledge(promises: &str) -> Result<(), String> {
-    let c = std::ffi::CString::new(promises).map_err(|_| "pledge: bad promises".to_string())?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; a
-    // null execpromises leaves those unchanged.
-    let rc = unsafe { libc::pledge(c.as_ptr(), std::ptr::null()) };
-    if rc == -1 {
-        return Err(format!("pledge: {}", io_msg(&io::Error::last_os_error())));
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "openbsd"))]
-fn pledge(_promises: &str) -> Result<(), String> {
-    Ok(())
+    crate::sandbox::pledge(promises)
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use landlock::{
 };
 use std::path::PathBuf;
 
+#[cfg(feature = "testing")]
+pub mod pledge;
 mod seccomp;
 
 /// The landlock ABI whose access rights we handle (see the module docs).
@@ -43,11 +45,37 @@ pub fn engine(limits: &EngineLimits) -> Result<Report, String> {
     let rules = seccomp::apply()?;
     report.kv("seccomp", format!("allow-list:{rules}"));
     report.kv("seccomp_default", "EPERM");
+    // The probe tries what OpenBSD's pledge would abort: before the
+    // emulation, as the OpenBSD probe reports promises instead of trying.
     #[cfg(feature = "sandbox-probe")]
     {
         report.probe = Some(format!("{before} {}", probe::seccomp()));
     }
+    // Stacked on the allow-list: its traps win over EPERM (seccomp takes
+    // the strictest answer of all filters).
+    if emulate_pledge(super::ENGINE_PROMISES)? {
+        report.kv("pledge_emulation", super::ENGINE_PROMISES.replace(' ', ","));
+    }
     Ok(report)
+}
+
+pub fn pledge(promises: &str) -> Result<(), String> {
+    emulate_pledge(promises).map(drop)
+}
+
+/// Installs the pledge emulation where the build has it and the
+/// environment does not switch it off; true when it did.
+#[cfg(feature = "testing")]
+fn emulate_pledge(promises: &str) -> Result<bool, String> {
+    if std::env::var_os(pledge::ENV).is_some_and(|v| v == "off") {
+        return Ok(false);
+    }
+    pledge::pledge(promises).map(|()| true)
+}
+
+#[cfg(not(feature = "testing"))]
+fn emulate_pledge(_promises: &str) -> Result<bool, String> {
+    Ok(false)
 }
 
 pub fn parent(paths: &ParentPaths) -> Result<Report, String> {

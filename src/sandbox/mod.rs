@@ -102,6 +102,20 @@ pub fn engine(limits: &EngineLimits) -> Result<Report, String> {
     os::engine(limits)
 }
 
+/// The engine's promises (DESIGN §2), as ntpd's engine pledges `stdio
+/// inet`: sockets it holds or is handed, new TCP connections, SCM_RIGHTS
+/// both ways (the ctl clients it passes to the parent).
+pub const ENGINE_PROMISES: &str = "stdio inet recvfd sendfd";
+
+/// pledge(2). OpenBSD: the real one. Linux, `testing` builds: an emulation
+/// from OpenBSD's own table (`linux/pledge.rs`), so that a call the real
+/// one would abort aborts in our tests too; off with
+/// `QKDPFD_PLEDGE_EMULATION=off`. Elsewhere, and in release builds on
+/// Linux: nothing.
+pub fn pledge(promises: &str) -> Result<(), String> {
+    os::pledge(promises)
+}
+
 /// Sandboxes the parent to [`parent_paths`] of `conf`. Call once, after
 /// the engine is spawned (the engine must not inherit it: it is exec'd from
 /// a path the parent no longer needs) and before the main loop.
@@ -236,6 +250,10 @@ mod os {
 
     pub fn parent(_paths: &ParentPaths) -> Result<Report, String> {
         Ok(none("parent"))
+    }
+
+    pub fn pledge(_promises: &str) -> Result<(), String> {
+        Ok(())
     }
 }
 

@@ -9,21 +9,14 @@
 //! WireGuard peer's PSK, is allowed under no pledge promise (kern_pledge.c),
 //! and the parent must set PSKs. relayd's parent is likewise only unveiled.
 
-use super::{EngineLimits, ParentPaths, Report, dir_of};
+use super::{ENGINE_PROMISES, EngineLimits, ParentPaths, Report, dir_of};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// The engine's promises (DESIGN §2).
-const ENGINE_PROMISES: &str = "stdio inet recvfd sendfd";
-
 pub fn engine(_limits: &EngineLimits) -> Result<Report, String> {
     // pledge has no per-port rule: the ports are the Linux landlock's.
-    let promises = CString::new(ENGINE_PROMISES).map_err(|e| e.to_string())?;
-    // SAFETY: a valid C string and a null execpromises.
-    if unsafe { libc::pledge(promises.as_ptr(), std::ptr::null()) } != 0 {
-        return Err(format!("pledge: {}", std::io::Error::last_os_error()));
-    }
+    pledge(ENGINE_PROMISES)?;
     let mut report = Report::new("engine");
     report.kv("pledge", ENGINE_PROMISES);
     #[cfg(feature = "sandbox-probe")]
@@ -58,6 +51,18 @@ pub fn parent(paths: &ParentPaths) -> Result<Report, String> {
     report.kv("unveil", n);
     report.kv("pledge", "none-SIOCSWG-is-in-no-promise");
     Ok(report)
+}
+
+pub fn pledge(promises: &str) -> Result<(), String> {
+    let c = CString::new(promises).map_err(|_| "pledge: NUL in promises".to_string())?;
+    // SAFETY: a valid C string and a null execpromises (left unchanged).
+    if unsafe { libc::pledge(c.as_ptr(), std::ptr::null()) } != 0 {
+        return Err(format!(
+            "pledge {promises:?}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// One unveil(2); a missing path is allowed (unveil accepts it when the

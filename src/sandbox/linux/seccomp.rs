@@ -153,12 +153,17 @@ fn allow_list() -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
     Ok(m)
 }
 
+/// This architecture's seccomp audit value, or an error naming the gap.
+pub fn arch() -> Result<TargetArch, String> {
+    ARCH.ok_or_else(|| "seccomp: no allow-list for this architecture".to_string())
+}
+
 fn compile(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,
     matched: SeccompAction,
 ) -> Result<BpfProgram, String> {
-    let arch = ARCH.ok_or("seccomp: no allow-list for this architecture")?;
+    let arch = arch()?;
     let filter = SeccompFilter::new(rules, mismatch, matched, arch).map_err(|e| e.to_string())?;
     BpfProgram::try_from(filter).map_err(|e| e.to_string())
 }
