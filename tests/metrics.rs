@@ -64,6 +64,10 @@ qkdpfd_link_locked{link="lab"} 1
 # TYPE qkdpfd_lockdown_failed gauge
 qkdpfd_lockdown_failed{link="hq-dr"} 0
 qkdpfd_lockdown_failed{link="lab"} 0
+# HELP qkdpfd_wg_peer_removed 1 if no firewall step held and the link's WireGuard peer was removed.
+# TYPE qkdpfd_wg_peer_removed gauge
+qkdpfd_wg_peer_removed{link="hq-dr"} 0
+qkdpfd_wg_peer_removed{link="lab"} 0
 # HELP qkdpfd_link_lock_reason 1 for each lock reason the link currently has.
 # TYPE qkdpfd_link_lock_reason gauge
 qkdpfd_link_lock_reason{link="hq-dr",reason="qber"} 0
@@ -253,7 +257,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn golden_text_parses() {
     let samples = parse(GOLDEN);
-    assert_eq!(samples.len(), 42);
+    assert_eq!(samples.len(), 44);
     let hq = [("link_id", "hq-dr")];
     assert_eq!(value(&samples, "qkd_qber", &hq), Some(0.0312));
     assert_eq!(value(&samples, "qkd_qber", &[("link_id", "lab")]), None);

@@ -96,6 +96,7 @@ fn ok(msg: &str) -> Reply {
 fn link_dr() -> LinkInfo {
     LinkInfo {
         lockdown_failed: false,
+        wg_peer_removed: false,
         name: "dr".into(),
         enforcement: Enforcement::Lockdown,
         reasons: [LockReason::Qber, LockReason::Operator]
@@ -126,6 +127,7 @@ fn link_dr() -> LinkInfo {
 fn link_hq() -> LinkInfo {
     LinkInfo {
         lockdown_failed: false,
+        wg_peer_removed: false,
         name: "headquarters".into(),
         enforcement: Enforcement::Open,
         reasons: Reasons::EMPTY,

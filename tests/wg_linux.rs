@@ -405,5 +405,28 @@ fn kernel_module_set_read_back_and_drift() {
         let mut b = linux::Linux::new();
         assert_eq!(wg::check_drift(&mut b, &peer, &k2), Ok(Drift::Changed));
         assert_eq!(b.get_psk(&peer).unwrap(), theirs);
+        // The lockdown ladder's last rung: gone, read back; twice is Ok.
+        b.remove_peer(&peer).unwrap();
+        assert_eq!(b.get_psk(&peer), Err(WgError::NoSuchPeer));
+        b.remove_peer(&peer).unwrap();
     });
+    let peers = ns.run(&["wg", "show", "qkdwgtest", "peers"], None).unwrap();
+    assert_eq!(peers.trim(), "");
+}
+
+#[cfg(target_endian = "little")]
+#[test]
+fn remove_peer_golden_bytes() {
+    let b = remove_peer_request(0x1b, 9, 0x1234, "wg0", &[0x11; 32]);
+    let want = [
+        "500000001b000500090000003412000001010000080002007767300034000880",
+        "3000008024000100",
+        &"11".repeat(32),
+        "0800030001000000",
+    ]
+    .concat();
+    // 80 bytes: header (REQUEST|ACK), SET_DEVICE v1, IFNAME "wg0",
+    // PEERS|NESTED { 0|NESTED { PUBLIC_KEY, FLAGS=REMOVE_ME } }: no PSK.
+    assert_eq!(b.len(), 80);
+    assert_eq!(hex(&b), want);
 }

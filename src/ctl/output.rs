@@ -390,6 +390,8 @@ pub fn rfc3339(unix: u64) -> String {
 fn state_word(l: &LinkInfo) -> String {
     if l.lockdown_failed {
         "LOCKDOWN-FAILED".to_string()
+    } else if l.wg_peer_removed {
+        format!("{} (wg peer removed)", l.enforcement)
     } else {
         l.enforcement.to_string()
     }

@@ -68,6 +68,8 @@ pub struct LinkMetrics {
     pub locked: bool,
     /// The parent could not make the kernel show a wanted lockdown.
     pub lockdown_failed: bool,
+    /// The ladder's last rung removed the link's WireGuard peer.
+    pub wg_peer_removed: bool,
     /// Engine and parent reasons together.
     pub reasons: Reasons,
     /// Trips since start (`LinkStatus::trips`).
@@ -117,6 +119,7 @@ impl LinkMetrics {
             threshold: None,
             locked: true,
             lockdown_failed: false,
+            wg_peer_removed: false,
             reasons: Reasons::EMPTY,
             trips: 0,
             sample_age_secs: None,
@@ -142,7 +145,7 @@ impl Kind {
 }
 
 /// Every family [`render`] writes, in output order: name, type, help.
-pub const FAMILIES: [(&str, Kind, &str); 17] = [
+pub const FAMILIES: [(&str, Kind, &str); 18] = [
     (
         "qkd_qber",
         Kind::Gauge,
@@ -167,6 +170,11 @@ pub const FAMILIES: [(&str, Kind, &str); 17] = [
         "qkdpfd_lockdown_failed",
         Kind::Gauge,
         "1 if a lockdown is wanted and the kernel read back does not show it.",
+    ),
+    (
+        "qkdpfd_wg_peer_removed",
+        Kind::Gauge,
+        "1 if no firewall step held and the link's WireGuard peer was removed.",
     ),
     (
         "qkdpfd_link_lock_reason",
@@ -298,6 +306,7 @@ fn link_samples(out: &mut String, l: &LinkMetrics, name: &str, extra: f64) {
         ),
         "qkdpfd_link_locked" => sample(out, name, &link, flag(l.locked)),
         "qkdpfd_lockdown_failed" => sample(out, name, &link, flag(l.lockdown_failed)),
+        "qkdpfd_wg_peer_removed" => sample(out, name, &link, flag(l.wg_peer_removed)),
         "qkdpfd_link_lock_reason" => lock_reasons(out, name, l),
         "qkdpfd_qber_band" => bands(out, name, l),
         "qkdpfd_qber_threshold" => opt(out, name, &link, l.threshold.map(float)),

@@ -241,6 +241,7 @@ impl Engine {
             name: name.to_string(),
             enforcement: Self::enforcement(slot),
             lockdown_failed: slot.parent.as_ref().is_some_and(|p| p.lockdown_failed),
+            wg_peer_removed: slot.parent.as_ref().is_some_and(|p| p.wg_peer_removed),
             reasons: st.reasons.union(parent),
             band: st.band,
             qber: st.qber,
@@ -318,6 +319,7 @@ impl Engine {
             m.threshold = info.threshold;
             m.locked = info.enforcement == Enforcement::Lockdown;
             m.lockdown_failed = info.lockdown_failed;
+            m.wg_peer_removed = info.wg_peer_removed;
             m.reasons = info.reasons;
             m.trips = st.trips;
             m.sample_age_secs = info.sample_age_secs;

@@ -163,6 +163,9 @@ pub struct LinkState {
     pub enforcement: Enforcement,
     /// A lockdown is wanted and no fallback made the kernel show it.
     pub lockdown_failed: bool,
+    /// The ladder's last rung removed the link's WireGuard peer.
+    #[serde(default)]
+    pub wg_peer_removed: bool,
     pub parent_reasons: Reasons,
 }
 

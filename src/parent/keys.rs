@@ -160,7 +160,7 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
 
 /// WireGuard as the parent drives it for keyed links.
 pub struct Wg {
-    backend: Box<dyn WgBackend>,
+    backend: wg::SharedBackend,
     links: BTreeMap<String, WgLink>,
 }
 
@@ -172,7 +172,7 @@ struct WgLink {
 }
 
 impl Wg {
-    pub fn new(conf: &Config, backend: Box<dyn WgBackend>, now: Instant) -> Wg {
+    pub fn new(conf: &Config, backend: wg::SharedBackend, now: Instant) -> Wg {
         let links = conf
             .link
             .values()
@@ -190,8 +190,8 @@ impl Wg {
         Wg { backend, links }
     }
 
-    pub fn backend(&mut self) -> &mut dyn WgBackend {
-        self.backend.as_mut()
+    pub fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn WgBackend>> {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn is_keyed(&self, link: &str) -> bool {
@@ -207,7 +207,10 @@ impl Wg {
         now: Instant,
     ) -> Result<(), WgError> {
         let w = self.links.get_mut(link).ok_or(WgError::NoSuchPeer)?;
-        self.backend.set_psk(&w.peer, &psk)?;
+        self.backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_psk(&w.peer, &psk)?;
         w.installed = Some(psk);
         w.next_check = now + period;
         Ok(())
@@ -220,7 +223,12 @@ impl Wg {
         let Some(w) = self.links.get_mut(link) else {
             return false;
         };
-        let Ok(psk) = self.backend.get_psk(&w.peer) else {
+        let got = self
+            .backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_psk(&w.peer);
+        let Ok(psk) = got else {
             return false;
         };
         let same = wg::ct_eq_str(&psk.verifier(), verifier);
@@ -252,7 +260,8 @@ impl Wg {
                 continue;
             }
             w.next_check = now + period_of(name);
-            match wg::check_drift(self.backend.as_mut(), &w.peer, installed) {
+            let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+            match wg::check_drift(b.as_mut(), &w.peer, installed) {
                 Ok(Drift::Same) => {}
                 Ok(Drift::Changed) => out.push((name.clone(), "changed".to_string())),
                 Err(e) => out.push((name.clone(), e.reason().to_string())),

@@ -7,10 +7,13 @@
 //! unlock = persist, then apply. A lockdown walks a fallback ladder until a
 //! read-back shows the link locked: the bundle's lockdown; the link chain
 //! replaced by qkdpfd's own drop; the skeleton rebuilt and the drop again;
-//! a guard outside the link's chain. A step counts only if it returned
-//! success *and* the read-back shows it. When no step works the link is
-//! `lockdown_failed`, a state of its own (event, ctl, metrics), and the
-//! next tick ([`Links::reconcile`], every second) walks the ladder again.
+//! a guard outside the link's chain; the link's WireGuard peer removed
+//! (`tunnel.rs`). A step counts only if it returned success *and* the
+//! read-back shows it. A tool that hung skips the remaining firewall
+//! steps: the next would hang too, and the main loop waits meanwhile.
+//! When no step works the link is `lockdown_failed`, a state of its own
+//! (event, ctl, metrics), and the next tick ([`Links::reconcile`], every
+//! second) walks the ladder again.
 //! The same tick reads every link back and repairs what changed behind our
 //! back: a flushed or deleted chain, a removed jump or drop, the whole
 //! table gone, pf disabled.
@@ -24,6 +27,9 @@ use crate::policy::Bundle;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+mod tunnel;
+pub use tunnel::Tunnel;
+
 /// One link as the parent sees it.
 pub struct LinkCtl {
     pub target: LinkTarget,
@@ -34,6 +40,9 @@ pub struct LinkCtl {
     pub kernel: Readback,
     /// A lockdown is wanted and the kernel does not show one.
     pub lock_failed: bool,
+    /// The ladder's last rung removed the link's WireGuard peer and it has
+    /// not been seen on the interface since (an operator restores it).
+    pub peer_removed: bool,
     pub qber: Option<f64>,
     pub threshold: Option<f64>,
 }
@@ -49,6 +58,7 @@ impl LinkCtl {
                 guarded: false,
             },
             lock_failed: false,
+            peer_removed: false,
             qber: None,
             threshold: None,
         }
@@ -69,9 +79,9 @@ impl LinkCtl {
     }
 
     /// What the kernel does for the link: open only when a read-back showed
-    /// the open ruleset and no guard drops it.
+    /// the open ruleset, no guard drops it and its peer is there.
     pub fn enforcement(&self) -> Enforcement {
-        if self.kernel.state == Observed::Open && !self.kernel.guarded {
+        if self.kernel.state == Observed::Open && !self.kernel.guarded && !self.peer_removed {
             Enforcement::Open
         } else {
             Enforcement::Lockdown
@@ -94,6 +104,9 @@ pub struct Links {
     pub guard: BTreeSet<String>,
     /// Never write the state file (`qkdpfd -L` with one it could not read).
     pub persist_disabled: bool,
+    /// The ladder's last rung; None where WireGuard is not reachable
+    /// (`qkdpfd -L`, which needs nothing but the firewall).
+    pub tunnel: Option<Tunnel>,
     /// When damage to the default-deny was last logged: once a minute
     /// while it lasts (pf stays disabled until an operator enables it).
     damage_logged: Option<std::time::Instant>,
@@ -120,6 +133,7 @@ impl Links {
             state_path,
             guard: BTreeSet::new(),
             persist_disabled: false,
+            tunnel: None,
             damage_logged: None,
         }
     }
@@ -223,6 +237,7 @@ impl Links {
             .map(|(n, l)| (n.clone(), (l.enforcement(), l.lock_failed)))
             .collect();
         self.observe_all();
+        self.check_restored_peers();
         let names: Vec<String> = self.links.keys().cloned().collect();
         let mut changed = Vec::new();
         for name in names {
@@ -325,6 +340,12 @@ impl Links {
                     ("guard", self.fw.set_guard(&g))
                 }
             };
+            if let Err(e) = &r {
+                if e.timed_out() {
+                    errors.push(format!("{what}: {e}"));
+                    break;
+                }
+            }
             self.observe_one(name);
             let kernel = &self.links[name].kernel;
             let shown = if step == 3 {
@@ -351,6 +372,13 @@ impl Links {
                 Ok(()) => format!("{what}: kernel shows {}", self.links[name].kernel.state),
             });
         }
+        match self.cut_tunnel(name) {
+            Ok(()) => {
+                self.mark_locked(name, true);
+                return;
+            }
+            Err(e) => errors.push(format!("remove WireGuard peer: {e}")),
+        }
         self.mark_locked(name, false);
         let l = &self.links[name];
         log::event(Prio::Alert, "lockdown_failed")
@@ -358,6 +386,49 @@ impl Links {
             .kv("kernel", &l.kernel.state)
             .msg(errors.join("; "))
             .send();
+    }
+
+    /// The last rung: the link's WireGuard peer removed and read back gone.
+    fn cut_tunnel(&mut self, name: &str) -> Result<(), String> {
+        let tunnel = self
+            .tunnel
+            .as_ref()
+            .filter(|t| t.has_peer(name))
+            .ok_or("no WireGuard peer configured for the link")?;
+        let was = self.links[name].peer_removed;
+        tunnel.cut(name)?;
+        if let Some(l) = self.links.get_mut(name) {
+            l.peer_removed = true;
+        }
+        if !was {
+            log::event(Prio::Alert, "wg_peer_removed")
+                .kv("link", name)
+                .msg(
+                    "no firewall step could lock the link: its WireGuard peer was removed; \
+                     restore the peer (ifconfig/wg) once the firewall is repaired",
+                )
+                .send();
+        }
+        Ok(())
+    }
+
+    /// A removed peer back on the interface (an operator restored it).
+    fn check_restored_peers(&mut self) {
+        let Some(t) = &self.tunnel else { return };
+        let mut back = Vec::new();
+        for (name, l) in &self.links {
+            if l.peer_removed && t.present(name) == Ok(true) {
+                back.push(name.clone());
+            }
+        }
+        for name in back {
+            if let Some(l) = self.links.get_mut(&name) {
+                l.peer_removed = false;
+            }
+            log::event(Prio::Notice, "wg_peer_restored")
+                .kv("link", &name)
+                .send();
+        }
     }
 
     fn mark_locked(&mut self, name: &str, locked: bool) {

@@ -308,11 +308,16 @@ impl Parent {
         }
         let qber_net = qber_net(&conf)?;
         let now = std::time::Instant::now();
-        let mut wg = keys::Wg::new(&conf, wg::new(&conf.wireguard, &conf.daemon.state_dir), now);
+        let backend: wg::SharedBackend = std::sync::Arc::new(std::sync::Mutex::new(wg::new(
+            &conf.wireguard,
+            &conf.daemon.state_dir,
+        )));
+        let mut wg = keys::Wg::new(&conf, backend.clone(), now);
         // What the kernel holds now is the record; a link it shows neither
         // open nor locked is locked by the first reconcile below, an open
         // one stays open until the engine has fresh state for it.
         let mut links = Links::new(map, fw, st, state_path);
+        links.tunnel = Some(links::Tunnel::new(&conf, backend));
         hold_until_keyed(&mut links, &mut wg, now);
         let mut p = Parent {
             conf,
@@ -338,7 +343,7 @@ impl Parent {
 
     /// Reads what key agreement needs (see [`keys::key_net`]).
     pub fn load_keys(&mut self) -> Result<(), String> {
-        self.key_net = keys::key_net(&self.conf, &self.keys, self.wg.backend())?;
+        self.key_net = keys::key_net(&self.conf, &self.keys, &mut **self.wg.backend())?;
         Ok(())
     }
 

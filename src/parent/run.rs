@@ -261,6 +261,7 @@ pub(super) fn send_state(p: &Parent, tx: &Tx, name: &str) {
         link: name.to_string(),
         enforcement: l.enforcement(),
         lockdown_failed: l.lock_failed,
+        wg_peer_removed: l.peer_removed,
         parent_reasons: l.parent,
     };
     let _ = tx.send(ToEngine::LinkState(st).encode());
@@ -449,7 +450,7 @@ fn reload(p: &mut Parent, tx: &Tx) -> Reply {
             return Reply::error(ErrorCode::ConfigError, e);
         }
     };
-    let key_net = match super::keys::key_net(&new, &keys, p.wg.backend()) {
+    let key_net = match super::keys::key_net(&new, &keys, &mut **p.wg.backend()) {
         Ok(k) => k,
         Err(e) => {
             log::event(Prio::Err, "reload_failed").msg(&e).send();

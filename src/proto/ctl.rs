@@ -135,6 +135,10 @@ pub struct LinkInfo {
     /// A lockdown is wanted and the kernel does not show it (DESIGN §5).
     #[serde(default)]
     pub lockdown_failed: bool,
+    /// No firewall step held, so the link's WireGuard peer was removed
+    /// (DESIGN §5); an operator restores it.
+    #[serde(default)]
+    pub wg_peer_removed: bool,
     /// Engine-owned and parent-owned, together.
     pub reasons: Reasons,
     pub band: Option<Band>,

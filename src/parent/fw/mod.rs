@@ -78,6 +78,11 @@ pub struct FwError {
 }
 
 impl FwError {
+    /// The tool was killed at its timeout (it hung).
+    pub fn timed_out(&self) -> bool {
+        self.status.starts_with("killed after")
+    }
+
     /// An error found before any command ran.
     pub fn refused(what: impl Into<String>) -> FwError {
         FwError {

@@ -362,3 +362,199 @@ fn silent_engine_keeps_a_proven_state_and_locks_an_unproven_one() {
     l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), None);
     assert!(!l.links["dr"].parent.contains(LockReason::ProcessFailure));
 }
+
+/// WireGuard in memory for the ladder's last rung: which peers exist.
+struct FakeWg {
+    present: Arc<Mutex<bool>>,
+    fail_remove: bool,
+}
+
+impl crate::parent::wg::WgBackend for FakeWg {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    fn set_psk(&mut self, _: &WgPeer, _: &crate::secret::Psk) -> Result<(), WgError> {
+        Err(WgError::NoSuchPeer)
+    }
+    fn get_psk(&mut self, _: &WgPeer) -> Result<crate::secret::Psk, WgError> {
+        match *self.present.lock().unwrap() {
+            true => Ok(crate::secret::Psk::from_bytes([0; 32])),
+            false => Err(WgError::NoSuchPeer),
+        }
+    }
+    fn public_key(&mut self, _: &str) -> Result<[u8; 32], WgError> {
+        Ok([1; 32])
+    }
+    fn remove_peer(&mut self, _: &WgPeer) -> Result<(), WgError> {
+        if self.fail_remove {
+            return Err(WgError::Io("injected".into()));
+        }
+        *self.present.lock().unwrap() = false;
+        Ok(())
+    }
+}
+
+use crate::parent::wg::{WgError, WgPeer};
+
+/// `links` with a WireGuard peer for `dr` behind the ladder's last rung.
+fn with_tunnel(l: &mut Links, fail_remove: bool) -> Arc<Mutex<bool>> {
+    let present = Arc::new(Mutex::new(true));
+    let wg: Box<dyn crate::parent::wg::WgBackend> = Box::new(FakeWg {
+        present: present.clone(),
+        fail_remove,
+    });
+    let peer = WgPeer {
+        interface: "wg0".into(),
+        public_key: [1; 32],
+    };
+    let peers = [("dr".to_string(), peer)].into_iter().collect();
+    l.tunnel = Some(Tunnel::from_peers(Arc::new(Mutex::new(wg)), peers));
+    present
+}
+
+fn nothing_works() -> Kernel {
+    Kernel {
+        fail_applies: usize::MAX,
+        fail_clear: true,
+        fail_init: true,
+        fail_guard: true,
+        ..Kernel::default()
+    }
+}
+
+#[test]
+fn no_firewall_step_works_then_the_peer_goes_and_is_never_recreated() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(fake(nothing_works()), t.path());
+    let present = with_tunnel(&mut l, false);
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    assert_eq!(
+        l.converge("dr", Some(&bundle()), OpenedBy::Auto, false),
+        Some(Enforcement::Lockdown)
+    );
+    // The four firewall steps, then the peer: removed and read back gone.
+    assert_eq!(calls(&k).len(), 4);
+    assert!(!*present.lock().unwrap());
+    let d = &l.links["dr"];
+    assert!(d.peer_removed && !d.lock_failed);
+    // The kernel's firewall still shows it open; the tunnel is what holds.
+    assert_eq!(d.kernel.state, Observed::Open);
+    assert_eq!(d.enforcement(), Enforcement::Lockdown);
+    // The firewall recovers: the chain locks, the peer stays gone.
+    {
+        let mut k = k.lock().unwrap();
+        let chain = std::mem::take(&mut k.chain);
+        *k = Kernel {
+            chain,
+            ..Kernel::default()
+        };
+    }
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+    assert!(l.links["dr"].peer_removed);
+    assert!(!*present.lock().unwrap(), "never re-created");
+    // An operator restores the peer: seen by the next tick; still locked.
+    *present.lock().unwrap() = true;
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert!(!l.links["dr"].peer_removed);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+}
+
+#[test]
+fn a_peer_that_cannot_be_removed_is_lockdown_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = opened(fake(nothing_works()), t.path());
+    let present = with_tunnel(&mut l, true);
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    assert!(*present.lock().unwrap());
+    assert!(l.links["dr"].lock_failed);
+    assert!(!l.links["dr"].peer_removed);
+}
+
+/// A firewall whose every tool hangs: killed at the timeout.
+struct Hung {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl Firewall for Hung {
+    fn name(&self) -> &'static str {
+        "hung"
+    }
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+    fn init(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
+        self.hang("init")
+    }
+    fn apply(&mut self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), FwError> {
+        self.hang("apply")
+    }
+    fn clear(&mut self, _: &LinkTarget) -> Result<(), FwError> {
+        self.hang("clear")
+    }
+    fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn observe(
+        &mut self,
+        links: &[LinkTarget],
+        _: Option<&str>,
+    ) -> Result<BTreeMap<String, Readback>, FwError> {
+        self.calls.lock().unwrap().push("observe".into());
+        Ok(links
+            .iter()
+            .map(|l| {
+                let rb = Readback {
+                    state: Observed::Open,
+                    guarded: false,
+                };
+                (l.name.clone(), rb)
+            })
+            .collect())
+    }
+    fn set_guard(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
+        self.hang("guard")
+    }
+}
+
+impl Hung {
+    fn hang(&self, what: &str) -> Result<(), FwError> {
+        self.calls.lock().unwrap().push(what.into());
+        Err(FwError {
+            what: what.into(),
+            command: "nft -f -".into(),
+            status: "killed after 10s".into(),
+            stderr: String::new(),
+        })
+    }
+}
+
+#[test]
+fn a_hung_tool_skips_the_other_firewall_steps_for_the_peer() {
+    let t = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut map = BTreeMap::new();
+    let conf = crate::conf::parse(
+        "t.conf",
+        "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n\
+         [link.dr]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg0\"\nwg_port = 51820\n\
+         addresses = [\"192.0.2.2\"]\n",
+    )
+    .unwrap();
+    map.insert("dr".to_string(), LinkCtl::new(&conf.link["dr"]));
+    let fw = Hung {
+        calls: seen.clone(),
+    };
+    let mut l = Links::new(map, Box::new(fw), State::default(), t.path().join("state"));
+    let present = with_tunnel(&mut l, false);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.observe_all();
+    seen.lock().unwrap().clear();
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    // One hung call, no read-back (it would hang too), then the peer.
+    assert_eq!(*seen.lock().unwrap(), ["apply"]);
+    assert!(!*present.lock().unwrap());
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+}

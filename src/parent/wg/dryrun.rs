@@ -21,6 +21,9 @@ pub struct DryRun {
     dir: PathBuf,
     /// interface -> peer public key -> PSK.
     psks: BTreeMap<String, BTreeMap<[u8; 32], Psk>>,
+    /// Peers "removed" by the last rung of the lockdown ladder: gone for
+    /// every later call, as on a real interface.
+    removed: std::collections::BTreeSet<(String, [u8; 32])>,
 }
 
 impl DryRun {
@@ -28,6 +31,7 @@ impl DryRun {
         DryRun {
             dir: state_dir.join("dry-run"),
             psks: BTreeMap::new(),
+            removed: Default::default(),
         }
     }
 
@@ -59,6 +63,7 @@ impl WgBackend for DryRun {
 
     fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
         check_ifname(&peer.interface)?;
+        self.present(peer)?;
         let ifpeers = self.psks.entry(peer.interface.clone()).or_default();
         let old = ifpeers.insert(peer.public_key, psk.clone());
         if let Err(e) = self.write(&peer.interface) {
@@ -81,6 +86,7 @@ impl WgBackend for DryRun {
 
     fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
         check_ifname(&peer.interface)?;
+        self.present(peer)?;
         Ok(self
             .psks
             .get(&peer.interface)
@@ -94,6 +100,33 @@ impl WgBackend for DryRun {
         Err(WgError::Protocol(
             "dry-run has no interface: set wg_pubkey for the link".into(),
         ))
+    }
+
+    fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError> {
+        check_ifname(&peer.interface)?;
+        self.removed
+            .insert((peer.interface.clone(), peer.public_key));
+        if let Some(m) = self.psks.get_mut(&peer.interface) {
+            m.remove(&peer.public_key);
+        }
+        log::warn(format!(
+            "dry-run: would remove peer {} from {}",
+            peer.public_b64(),
+            peer.interface
+        ));
+        self.write(&peer.interface)
+    }
+}
+
+impl DryRun {
+    fn present(&self, peer: &WgPeer) -> Result<(), WgError> {
+        match self
+            .removed
+            .contains(&(peer.interface.clone(), peer.public_key))
+        {
+            true => Err(WgError::NoSuchPeer),
+            false => Ok(()),
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub const WGDEVICE_A_PEERS: u16 = 8;
 pub const WGPEER_A_PUBLIC_KEY: u16 = 1;
 pub const WGPEER_A_PRESHARED_KEY: u16 = 2;
 pub const WGPEER_A_FLAGS: u16 = 3;
+pub const WGPEER_F_REMOVE_ME: u32 = 1 << 0;
 pub const WGPEER_F_UPDATE_ONLY: u32 = 1 << 2;
 
 const NLMSG_HDRLEN: usize = 16;
@@ -132,6 +133,25 @@ pub fn set_psk_request(
     m.attr(WGPEER_A_PUBLIC_KEY, public_key);
     m.attr(WGPEER_A_PRESHARED_KEY, psk.expose());
     m.attr(WGPEER_A_FLAGS, &WGPEER_F_UPDATE_ONLY.to_ne_bytes());
+    m.end().end();
+    m.finish()
+}
+
+/// WG_CMD_SET_DEVICE removing one peer, acknowledged. The kernel answers
+/// ENODEV for a peer that does not exist (it never creates one here).
+pub fn remove_peer_request(
+    family: u16,
+    seq: u32,
+    pid: u32,
+    ifname: &str,
+    public_key: &[u8; 32],
+) -> Zeroizing<Vec<u8>> {
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut m = Msg::new(family, flags, seq, pid, WG_CMD_SET_DEVICE, WG_GENL_VERSION);
+    m.attr(WGDEVICE_A_IFNAME, &c_name(ifname));
+    m.nest(WGDEVICE_A_PEERS).nest(0);
+    m.attr(WGPEER_A_PUBLIC_KEY, public_key);
+    m.attr(WGPEER_A_FLAGS, &WGPEER_F_REMOVE_ME.to_ne_bytes());
     m.end().end();
     m.finish()
 }
@@ -424,6 +444,22 @@ impl WgBackend for Linux {
         let mut found = None;
         self.dump(&nl, family, interface, |p| scan_public_key(p, &mut found))?;
         found.ok_or_else(super::no_private_key)
+    }
+
+    fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError> {
+        check_ifname(&peer.interface)?;
+        let nl = sys::Nl::open()?;
+        let family = self.family(&nl)?;
+        if self.get(&nl, family, peer)?.is_none() {
+            return Ok(());
+        }
+        let seq = self.next_seq();
+        let req = remove_peer_request(family, seq, nl.pid, &peer.interface, &peer.public_key);
+        self.transact(&nl, "WG_CMD_SET_DEVICE (remove)", &req, seq, |_| Ok(()))?;
+        match self.get(&nl, family, peer)? {
+            None => Ok(()),
+            Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
+        }
     }
 }
 

@@ -106,6 +106,11 @@ impl fmt::Display for WgError {
 
 impl std::error::Error for WgError {}
 
+/// One backend shared by the PSK installer and the lockdown ladder's
+/// last rung (links/tunnel.rs). The parent is one thread: the mutex only
+/// makes the sharing explicit, it is never contended.
+pub type SharedBackend = std::sync::Arc<std::sync::Mutex<Box<dyn WgBackend>>>;
+
 /// One way of reaching WireGuard.
 pub trait WgBackend: Send {
     fn name(&self) -> &'static str;
@@ -120,6 +125,13 @@ pub trait WgBackend: Send {
     /// interface): one half of the link_id (DESIGN §6). An interface
     /// without a private key is `Err(Protocol)`, never a made-up key.
     fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError>;
+    /// The last rung of the lockdown ladder (DESIGN §5), when no firewall
+    /// step holds: removes the peer, which ends every session through it
+    /// at once (a random PSK alone would not, for up to 180 s), then reads
+    /// back that it is gone. A peer already gone is Ok. qkdpfd never
+    /// re-creates a peer: the operator restores it (`ifconfig`, `wg`)
+    /// once the firewall is repaired.
+    fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError>;
 }
 
 /// The backend the config names. Kernel backends on the wrong OS are still
@@ -261,6 +273,10 @@ mod tests {
         fn get_psk(&mut self, _: &WgPeer) -> Result<Psk, WgError> {
             self.0.clone().ok_or(WgError::NoSuchPeer)
         }
+        fn remove_peer(&mut self, _: &WgPeer) -> Result<(), WgError> {
+            Ok(())
+        }
+
         fn public_key(&mut self, _: &str) -> Result<[u8; 32], WgError> {
             Err(no_private_key())
         }

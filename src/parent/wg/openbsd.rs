@@ -19,6 +19,7 @@ use crate::secret::Psk;
 
 pub const WG_PEER_HAS_PUBLIC: i32 = 1 << 0;
 pub const WG_PEER_HAS_PSK: i32 = 1 << 1;
+pub const WG_PEER_REMOVE: i32 = 1 << 5;
 pub const WG_PEER_UPDATE: i32 = 1 << 6;
 /// `i_flags`: the kernel filled `i_public` (the interface has a private
 /// key and the caller is root).
@@ -170,6 +171,27 @@ pub fn encode_set(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<Vec<u8>> {
     b
 }
 
+/// The SIOCSWG payload that removes one peer: `p_flags =
+/// HAS_PUBLIC|REMOVE`, no PSK, no allowed IPs (if_wg.c destroys a peer it
+/// finds and skips one it does not).
+pub fn encode_remove(public_key: &[u8; 32]) -> Vec<u8> {
+    let mut b = vec![0u8; IFACE + PEER];
+    put(
+        &mut b,
+        offset_of!(WgInterfaceIo, i_peers_count),
+        &1usize.to_ne_bytes(),
+    );
+    let p = IFACE;
+    let flags = WG_PEER_HAS_PUBLIC | WG_PEER_REMOVE;
+    put(
+        &mut b,
+        p + offset_of!(WgPeerIo, p_flags),
+        &flags.to_ne_bytes(),
+    );
+    put(&mut b, p + offset_of!(WgPeerIo, p_public), public_key);
+    b
+}
+
 /// `wgd_name`: the interface name, NUL-padded.
 pub fn ifname_bytes(name: &str) -> Result<[u8; 16], WgError> {
     check_ifname(name)?;
@@ -291,6 +313,18 @@ impl WgBackend for OpenBsd {
     fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError> {
         decode_public(&self.read(interface)?)
     }
+
+    fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError> {
+        if self.get(peer)?.is_none() {
+            return Ok(());
+        }
+        let name = ifname_bytes(&peer.interface)?;
+        ioctl_wg(SIOCSWG, &name, &mut encode_remove(&peer.public_key))?;
+        match self.get(peer)? {
+            None => Ok(()),
+            Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
+        }
+    }
 }
 
 /// One SIOCSWG/SIOCGWG; returns the `wgd_size` the kernel left.
@@ -402,6 +436,23 @@ mod tests {
         assert_eq!(b.len(), 288);
         let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
         assert_eq!(hex, GOLDEN.concat());
+    }
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn remove_request_golden_bytes() {
+        let b = encode_remove(&[0x11; 32]);
+        assert_eq!(b.len(), 288);
+        // i_peers_count = 1 at 72; p_flags = HAS_PUBLIC|REMOVE (0x21) at
+        // 80; p_public at 88; no PSK, no allowed IPs: zero elsewhere.
+        assert_eq!(&b[72..80], &1usize.to_ne_bytes());
+        assert_eq!(&b[80..84], &0x21i32.to_ne_bytes());
+        assert_eq!(&b[88..120], &[0x11; 32]);
+        let mut rest = b.clone();
+        rest[72..80].fill(0);
+        rest[80..84].fill(0);
+        rest[88..120].fill(0);
+        assert!(rest.iter().all(|&x| x == 0));
     }
 
     /// A reply as the kernel writes it: peer A with two allowed IPs (24

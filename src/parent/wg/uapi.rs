@@ -147,6 +147,21 @@ impl WgBackend for Uapi {
     fn public_key(&mut self, interface: &str) -> Result<[u8; 32], WgError> {
         self.own_public(interface)
     }
+
+    fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError> {
+        if self.get(peer)?.is_none() {
+            return Ok(());
+        }
+        let reply = self.exchange(&peer.interface, remove_request(&peer.public_key).as_bytes())?;
+        match errno_of(&reply)? {
+            0 => {}
+            n => return Err(WgError::Protocol(format!("remove refused: errno={n}"))),
+        }
+        match self.get(peer)? {
+            None => Ok(()),
+            Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Uapi {
@@ -174,6 +189,16 @@ pub fn set_request(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<String> {
     s.push_str("\nupdate_only=true\npreshared_key=");
     hex_into(&mut s, psk.expose());
     s.push_str("\n\n");
+    s
+}
+
+/// The set request that removes one peer; `update_only` first, so that a
+/// peer gone meanwhile is not created only to be removed.
+pub fn remove_request(public_key: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(120);
+    s.push_str("set=1\npublic_key=");
+    hex_into(&mut s, public_key);
+    s.push_str("\nupdate_only=true\nremove=true\n\n");
     s
 }
 
@@ -442,6 +467,36 @@ mod tests {
         assert_eq!(seen[0], "get=1\n\n");
         assert_eq!(seen[1], *set_request(&[1; 32], &psk));
         assert_eq!(seen[2], "get=1\n\n");
+    }
+
+    #[test]
+    fn remove_peer_removes_reads_back_and_never_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(
+            dir.path(),
+            "wgt2",
+            vec![
+                reply_with(&[([1; 32], [0x42; 32])]),
+                "errno=0\n\n".into(),
+                reply_with(&[]),
+            ],
+        );
+        let mut u = Uapi::new(dir.path());
+        u.remove_peer(&peer("wgt2")).unwrap();
+        let seen = srv.join().unwrap();
+        let hex1 = "01".repeat(32);
+        assert_eq!(
+            seen,
+            [
+                "get=1\n\n".to_string(),
+                format!("set=1\npublic_key={hex1}\nupdate_only=true\nremove=true\n\n"),
+                "get=1\n\n".to_string(),
+            ]
+        );
+        // Already gone: one read, nothing written.
+        let srv = fake(dir.path(), "wgt3", vec![reply_with(&[])]);
+        u.remove_peer(&peer("wgt3")).unwrap();
+        assert_eq!(srv.join().unwrap(), ["get=1\n\n".to_string()]);
     }
 
     #[test]

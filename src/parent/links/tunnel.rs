@@ -1,0 +1,62 @@
+//! The lockdown ladder's last rung (DESIGN §5): when no firewall step
+//! holds, the link's WireGuard peer is removed, which ends every session
+//! through it at once. "Works" is the read-back: the peer is gone from the
+//! interface. qkdpfd never re-creates a peer (it would not know its
+//! endpoint and allowed IPs, and the project never creates peers): the
+//! operator restores it once the firewall is repaired, and a restored peer
+//! is seen by the same read-back.
+
+use crate::conf::Config;
+use crate::parent::wg::{SharedBackend, WgError, WgPeer};
+use std::collections::BTreeMap;
+
+pub struct Tunnel {
+    wg: SharedBackend,
+    /// Links with a configured WireGuard peer (keyed links: `wg_peer`
+    /// goes with `kme`).
+    peers: BTreeMap<String, WgPeer>,
+}
+
+impl Tunnel {
+    pub fn new(conf: &Config, wg: SharedBackend) -> Tunnel {
+        let peers = conf
+            .link
+            .values()
+            .filter_map(|l| {
+                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
+                Some((l.name.clone(), peer))
+            })
+            .collect();
+        Tunnel::from_peers(wg, peers)
+    }
+
+    /// Links (by name) and their peers, as `new` finds them in a config.
+    pub fn from_peers(wg: SharedBackend, peers: BTreeMap<String, WgPeer>) -> Tunnel {
+        Tunnel { wg, peers }
+    }
+
+    pub fn has_peer(&self, link: &str) -> bool {
+        self.peers.contains_key(link)
+    }
+
+    /// Removes the link's peer and reads back that it is gone.
+    pub fn cut(&self, link: &str) -> Result<(), String> {
+        let peer = self.peers.get(link).ok_or("no WireGuard peer configured")?;
+        let mut wg = self.wg.lock().unwrap_or_else(|e| e.into_inner());
+        wg.remove_peer(peer).map_err(|e| e.to_string())
+    }
+
+    /// Whether the link's peer is (still, or again) on the interface;
+    /// Err when the interface cannot be read.
+    pub fn present(&self, link: &str) -> Result<bool, String> {
+        let Some(peer) = self.peers.get(link) else {
+            return Ok(false);
+        };
+        let mut wg = self.wg.lock().unwrap_or_else(|e| e.into_inner());
+        match wg.get_psk(peer) {
+            Ok(_) => Ok(true),
+            Err(WgError::NoSuchPeer) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
