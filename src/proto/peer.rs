@@ -322,6 +322,14 @@ impl Keyring {
     /// Every check of a received datagram, cheapest first; the signature
     /// is verified last, only for a known sender on its own link.
     pub fn open(&self, buf: &[u8]) -> Result<Message, WireError> {
+        self.check(buf)?.verify()
+    }
+
+    /// Every check but the signature: structure, receiver, sender, link.
+    /// The engine adds its own (source address, epoch, budgets) before it
+    /// spends an Ed25519 verification on [`Unverified::verify`], so a
+    /// datagram it would drop anyway costs a parse and a few lookups.
+    pub fn check<'a>(&'a self, buf: &'a [u8]) -> Result<Unverified<'a>, WireError> {
         let (m, sig) = parse(buf)?;
         if m.receiver != self.ours {
             return Err(WireError::NotForUs);
@@ -333,9 +341,37 @@ impl Keyring {
         if peer.to_bytes() != m.sender {
             return Err(WireError::WrongPeer);
         }
-        peer.verify_strict(&signed_message(&buf[5..buf.len() - SIG]), &sig)
+        Ok(Unverified {
+            msg: m,
+            sig,
+            covered: &buf[5..buf.len() - SIG],
+            peer,
+        })
+    }
+}
+
+/// A datagram that passed every [`Keyring`] check but its signature. Its
+/// fields are the sender's claims until [`Unverified::verify`]: good enough
+/// to refuse it on (an epoch nobody would send now), never to act on.
+pub struct Unverified<'a> {
+    msg: Message,
+    sig: Signature,
+    covered: &'a [u8],
+    peer: &'a VerifyingKey,
+}
+
+impl Unverified<'_> {
+    /// What the datagram claims.
+    pub fn claims(&self) -> &Message {
+        &self.msg
+    }
+
+    /// The one Ed25519 verification (`verify_strict`) a datagram gets.
+    pub fn verify(self) -> Result<Message, WireError> {
+        self.peer
+            .verify_strict(&signed_message(self.covered), &self.sig)
             .map_err(|_| WireError::BadSignature)?;
-        Ok(m)
+        Ok(self.msg)
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bundle;
+pub mod flood;
 pub mod gateway;
 pub mod pair;
 pub mod procfs;

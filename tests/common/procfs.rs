@@ -33,3 +33,20 @@ pub fn status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{key} of {pid}: {v:?}"))
 }
+
+/// utime + stime of a process (all its threads), in seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of proc(5); `rest` starts at 3.
+    let ticks = f[11] + f[12];
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap();
+    ticks as f64 / hz as f64
+}

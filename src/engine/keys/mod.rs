@@ -1,8 +1,9 @@
 //! Key agreement in the engine (DESIGN §6): one [`Rotation`] per keyed
 //! link, the KME calls (`calls.rs`: one ETSI 014 client per `[kme.X]`, a
 //! bounded queue of calls per KME), and the peering UDP
-//! socket (bound by the parent, fd 6) with the [`Keyring`] that checks
-//! every datagram before a rotation sees it.
+//! socket (bound by the parent, fd 6) with the [`Keyring`] and the door
+//! (`door.rs`: source, role, epoch, budgets) that check every datagram
+//! before a rotation sees it.
 //!
 //! The rotations are pure; this file carries out their actions **in
 //! order**. An action that needs the parent — persisting an epoch,
@@ -17,15 +18,18 @@
 //! links.
 
 mod calls;
+mod door;
 
 pub use calls::KmeAnswer;
+pub use door::{Datagram, Known, receive};
 
 use super::link;
 use super::rotate::{self, Action, Input, Params, Rotation, Schedule};
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Prio};
-use crate::proto::peer::{self, Keyring, LinkId};
+use crate::proto::peer::{Keyring, LinkId};
 use crate::secret::Psk;
+use door::{AuthLog, Gate, Verdict};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -37,12 +41,6 @@ use tokio::sync::mpsc;
 pub const KEY_BITS: u32 = 256;
 /// Period used until a policy says otherwise (DESIGN §4 default).
 pub const DEFAULT_ROTATE: Duration = Duration::from_secs(300);
-
-/// A received datagram, from the socket task.
-pub struct Datagram {
-    pub from: SocketAddr,
-    pub bytes: Vec<u8>,
-}
 
 /// What `qkdctl show link` and the metrics show of a keyed link.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +59,8 @@ struct KeyedLink {
     /// bring a new `[peering] key`: then the rotation is made anew).
     ours: [u8; 32],
     rot: Rotation,
+    /// What the door checks this link's datagrams against.
+    gate: Gate,
     /// Batches of actions not yet carried out, oldest first.
     queue: VecDeque<VecDeque<Action>>,
     /// The parent request the queue waits for.
@@ -195,7 +195,7 @@ impl Keys {
                 cfg.links
                     .iter()
                     .filter_map(|l| l.keys.as_ref())
-                    .map(|k| k.peer.ip()),
+                    .map(|k| k.peer.ip().to_canonical()),
             );
         }
         for l in &cfg.links {
@@ -239,6 +239,7 @@ impl Keys {
                         conf: k.clone(),
                         ours,
                         rot: Rotation::new(k.role, params, schedule, k.epoch, now),
+                        gate: Gate::new(k),
                         queue: VecDeque::new(),
                         waiting: None,
                         reply_to: None,
@@ -326,23 +327,47 @@ impl Keys {
         out
     }
 
-    /// A datagram from the socket: checked by the keyring, then given to
-    /// the link it names. Drops are logged, rate-limited per source.
+    /// A datagram from the socket: checked by the keyring, then by the
+    /// door (door.rs), and only then is its signature verified and the
+    /// link it names given it. Drops are logged within the auth log's
+    /// budgets.
     pub fn on_datagram(&mut self, d: Datagram, now: Instant) -> Vec<(String, link::Input)> {
         let mut out = Vec::new();
         let Some(ring) = &self.ring else {
             return out;
         };
-        let msg = match ring.open(&d.bytes) {
-            Ok(m) => m,
+        let from = d.from.ip();
+        let unverified = match ring.check(&d.bytes) {
+            Ok(u) => u,
             Err(e) => {
-                self.auth_log.failed(d.from.ip(), None, e.as_str(), now);
+                self.auth_log.failed(from, None, e.as_str(), now);
                 return out;
             }
         };
-        let Some(name) = self.by_id.get(&msg.link_id).cloned() else {
+        let claims = unverified.claims();
+        let Some((name, l)) = self
+            .by_id
+            .get(&claims.link_id)
+            .and_then(|n| Some((n, self.links.get_mut(n)?)))
+        else {
             return out;
         };
+        match l.gate.check(from, claims, l.rot.status().epoch, now) {
+            Verdict::Verify => {}
+            Verdict::Refuse(why) => {
+                self.auth_log.failed(from, Some(name), why, now);
+                return out;
+            }
+            Verdict::Drop => return out,
+        }
+        let msg = match unverified.verify() {
+            Ok(m) => m,
+            Err(e) => {
+                self.auth_log.failed(from, Some(name), e.as_str(), now);
+                return out;
+            }
+        };
+        let name = name.clone();
         self.current_from = Some(d.from);
         self.feed(&name, Input::Received(msg), now, &mut out);
         self.current_from = None;
@@ -464,11 +489,13 @@ impl Keys {
                 let _ = self.parent.send(ToParent::PersistEpoch(m).encode());
             }
             Action::InstallPsk { epoch, psk } => {
+                l.gate.settled();
                 l.waiting = Some((KeyStep::Install, epoch));
                 l.pending_fp = Some(psk.fingerprint());
                 send_install(&self.parent, name, epoch, &psk);
             }
             Action::FetchEncKey => {
+                l.gate.settled();
                 l.round_start_ns = Some(imsg::monotonic_ns());
                 self.calls
                     .request(name, &l.conf.kme, &l.conf.peer_sae_id, None);
@@ -482,6 +509,7 @@ impl Keys {
                     rotate::Role::Master => l.conf.peer,
                     rotate::Role::Slave => self.current_from.or(l.reply_to).unwrap_or(l.conf.peer),
                 };
+                l.gate.sent(&m);
                 // Lost datagrams are what retransmits are for.
                 if let Some(bytes) = self.signing.as_ref().map(|sk| m.encode(sk)) {
                     self.send_to(&bytes, dest);
@@ -507,6 +535,7 @@ impl Keys {
                 out.push((name.to_string(), link::Input::KeyInstalled));
             }
             Action::RoundFailed { why } => {
+                l.gate.settled();
                 log::event(Prio::Warning, "key_rotation_failed")
                     .kv("link", name)
                     .kv("reason", reason_word(&why))
@@ -570,122 +599,8 @@ fn reason_word(why: &str) -> &'static str {
     }
 }
 
-/// Sources the auth log tracks one by one; past them, one budget for all.
-const AUTH_LOG_SOURCES: usize = 4096;
-
-/// `peer_auth_failed`: the first per source per minute, then one line with
-/// `suppressed=N` (DESIGN §8). Constant cost per datagram: the table of
-/// sources is pruned once a minute, not per datagram, and sources past
-/// [`AUTH_LOG_SOURCES`] (a spoofed-source flood) share one line a minute
-/// (`from=*`).
-#[derive(Default)]
-struct AuthLog {
-    seen: log::PerMinute<IpAddr>,
-    pruned: Option<Instant>,
-    /// The shared budget of every source past the table.
-    overflow: log::PerMinute<()>,
-}
-
-impl AuthLog {
-    fn failed(&mut self, from: IpAddr, link: Option<&str>, why: &str, now: Instant) {
-        if self
-            .pruned
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
-        {
-            self.seen.prune(now);
-            self.pruned = Some(now);
-        }
-        if !self.seen.contains(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
-            if let Some(held) = self.overflow.admit((), now) {
-                log::event(Prio::Warning, "peer_auth_failed")
-                    .kv("from", "*")
-                    .kv("reason", why)
-                    .kv("suppressed", held)
-                    .msg(format!(
-                        "over {AUTH_LOG_SOURCES} failing sources this minute (a spoofed-source flood?)"
-                    ))
-                    .send();
-            }
-            return;
-        }
-        if let Some(held) = self.seen.admit(from, now) {
-            let mut ev = log::event(Prio::Warning, "peer_auth_failed")
-                .kv("from", from)
-                .kv("reason", why);
-            if let Some(l) = link {
-                ev = ev.kv("link", l);
-            }
-            if held > 0 {
-                ev = ev.kv("suppressed", held);
-            }
-            ev.send();
-        }
-    }
-}
-
-/// The addresses of the configured peers (shared with the receive tasks).
-pub type Known = Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>;
-
-/// Reads the peering socket until it fails; datagrams of the wrong size
-/// are dropped here (the keyring checks everything else). Datagrams from a
-/// configured peer's address go to `known`, all others to `other`: each
-/// queue drops when full, so a flood from addresses we do not know (or
-/// spoof) can fill only its own queue and real OFFERs and CONFIRMs still
-/// get through (a peer behind NAT arrives in `other`, and is still heard).
-pub async fn receive(
-    sock: Arc<tokio::net::UdpSocket>,
-    peers: Known,
-    known: mpsc::Sender<Datagram>,
-    other: mpsc::Sender<Datagram>,
-) {
-    let mut buf = vec![0u8; 2048];
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, from)) if n <= peer::MAX_DATAGRAM => {
-                let d = Datagram {
-                    from,
-                    bytes: buf[..n].to_vec(),
-                };
-                // A full queue drops the datagram, as a busy network would.
-                let ours = peers
-                    .read()
-                    .map(|p| p.contains(&from.ip()))
-                    .unwrap_or(false);
-                let _ = if ours { &known } else { &other }.try_send(d);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::warn(format!("peer: receive: {e}"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn auth_log_is_bounded_whatever_the_sources() {
-        let mut log = super::AuthLog::default();
-        let now = std::time::Instant::now();
-        for i in 0..20_000u32 {
-            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            log.failed(ip, None, "garbage", now);
-        }
-        assert_eq!(log.seen.len(), super::AUTH_LOG_SOURCES);
-        // The overflow line logged once; every later one held back.
-        assert_eq!(log.overflow.admit((), now), None, "still within the minute");
-        assert_eq!(
-            log.overflow
-                .admit((), now + std::time::Duration::from_secs(60)),
-            Some(20_000 - 4096 - 1 + 1)
-        );
-        // A minute on, the table is pruned once and sources are tracked again.
-        let later = now + std::time::Duration::from_secs(61);
-        log.failed("192.0.2.9".parse().unwrap(), None, "garbage", later);
-        assert_eq!(log.seen.len(), 1);
-    }
-
     #[test]
     fn failure_reasons_name_the_wireguard_error() {
         use super::reason_word;

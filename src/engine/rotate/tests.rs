@@ -362,3 +362,45 @@ fn a_failed_install_is_a_failed_round_and_never_confirmed() {
     assert_eq!((st.installed, st.rounds_ok, st.rounds_failed), (None, 0, 1));
     assert_eq!(m.next_deadline(), Some(t0 + MIN_BACKOFF));
 }
+
+/// The door (engine/keys/door.rs) lets replays of the current round
+/// through within its budget: they must change nothing.
+#[test]
+fn replays_of_a_finished_round_change_nothing() {
+    let t0 = Instant::now();
+    let (mut m, offer) = offering(t0);
+    let mut s = rot(Role::Slave, false, 2, t0);
+    s.handle(t0, Input::Received(offer.clone()));
+    s.handle(t0, key_ready("k1", 32));
+    let out = s.handle(t0, Input::Installed { epoch: 1 });
+    let [Action::Send(confirm), ..] = &out[..] else {
+        panic!("{out:?}");
+    };
+    m.handle(t0, Input::Received(confirm.clone()));
+    m.handle(t0, Input::Installed { epoch: 1 });
+    let (ms, ss) = (m.status(), s.status());
+    let (md, sd) = (m.next_deadline(), s.next_deadline());
+    let stale = Message {
+        epoch: 0,
+        ..offer.clone()
+    };
+    for i in 0..100 {
+        let t = t0 + Duration::from_millis(i);
+        // The slave: the cached CONFIRM again, or a NACK; never a fetch.
+        assert_eq!(
+            s.handle(t, Input::Received(offer.clone())),
+            [Action::Send(confirm.clone())]
+        );
+        let out = s.handle(t, Input::Received(stale.clone()));
+        assert!(
+            matches!(&out[..], [Action::AuthFailed { why: "stale-epoch" }, Action::Send(n)]
+                if n.body == Body::Nack { last: 1 }),
+            "{out:?}"
+        );
+        // The master: an answer to no OFFER in flight.
+        let out = m.handle(t, Input::Received(confirm.clone()));
+        assert!(matches!(&out[..], [Action::Ignored { .. }]), "{out:?}");
+    }
+    assert_eq!((m.status(), s.status()), (ms, ss));
+    assert_eq!((m.next_deadline(), s.next_deadline()), (md, sd));
+}

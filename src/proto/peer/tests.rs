@@ -190,3 +190,29 @@ fn error_names_are_distinct() {
     let names: HashSet<&str> = all.iter().map(|e| e.as_str()).collect();
     assert_eq!(names.len(), all.len());
 }
+
+#[test]
+fn check_passes_what_open_would_verify_and_defers_the_signature() {
+    let m = msg(Body::Nack { last: 4 });
+    let wire = m.encode(&key(1));
+    let r = ring();
+    let u = r.check(&wire).unwrap();
+    assert_eq!(u.claims(), &m);
+    assert_eq!(u.verify(), Ok(m.clone()));
+    // A bad signature passes check (it costs no verification) and fails
+    // verify: the engine refuses what it can in between.
+    let mut bad = wire.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    let u = r.check(&bad).unwrap();
+    assert_eq!(u.claims(), &m);
+    assert_eq!(u.verify(), Err(WireError::BadSignature));
+    // Everything else is refused by check itself, as by open.
+    let mut other = m.clone();
+    other.receiver = key(5).verifying_key().to_bytes();
+    assert_eq!(
+        r.check(&other.encode(&key(1))).err(),
+        Some(WireError::NotForUs)
+    );
+    assert_eq!(r.check(&wire[..n - 1]).err(), Some(WireError::Truncated));
+}

@@ -1,0 +1,488 @@
+//! The peer port's door (DESIGN §6, issue 8 item 4): the socket receive
+//! tasks, and every check a datagram passes before a rotation sees it.
+//!
+//! Each datagram costs the same small, bounded work whoever sends it: the
+//! [`Keyring`](crate::proto::peer::Keyring) checks (structure, receiver,
+//! sender, link), then this door's (source address, role, epoch, the
+//! answer budget), and only then the one Ed25519 verification. What is
+//! refused before it:
+//!
+//! - a source that is not the link's configured peer address (the port
+//!   may differ: answers go to the datagram's source, for NAT);
+//! - a datagram for the other role (an OFFER to the master, an answer to
+//!   the slave);
+//! - at the master, a CONFIRM or NACK that does not echo the OFFER in
+//!   flight (epoch and nonce): a replay, a late duplicate, an answer to an
+//!   old round — nothing in it could change the round;
+//! - at the slave, an OFFER whose epoch starts no round (≤ the last one
+//!   accepted) once the link's answer budget is spent: such an OFFER can
+//!   only earn a NACK or the cached CONFIRM, and those are what the budget
+//!   bounds. Until it is spent they are verified and answered, because a
+//!   master that lost its epoch learns the slave's only from a NACK.
+//!
+//! An OFFER above the slave's epoch is always verified: the master's epoch
+//! runs ahead by one per failed round for as long as the slave was away,
+//! and a slave that lost its state starts again at 0, so no upper window
+//! is safe; nor would one help, as a forger picks any epoch inside it.
+//!
+//! Datagrams from an address that is no configured peer's are refused
+//! already in the receive task, but for a sample of them a second that
+//! reaches the door to be logged. Drops are logged as `peer_auth_failed`
+//! within two budgets: the first per source per minute, and a line a
+//! second (after a burst) for all sources together, past which one
+//! `from=*` line a minute counts the rest.
+
+use super::rotate::Role;
+use crate::imsg::LinkKeys;
+use crate::log::{self, Prio};
+use crate::proto::peer::{self, Body, Message, Nonce};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A received datagram, from the socket task.
+pub struct Datagram {
+    pub from: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// The addresses of the configured peers (shared with the receive tasks).
+pub type Known = Arc<RwLock<HashSet<IpAddr>>>;
+
+/// Datagrams a second from addresses that are no configured peer's that
+/// the receive task passes on. The door refuses every one of them, so they
+/// only feed the auth log, which logs a line a second at most: the rest
+/// are dropped at the socket, before they cost an allocation or a turn of
+/// the engine's loop. (Their count in `suppressed=` is of this sample.)
+const STRANGERS_PER_SEC: u32 = 100;
+
+/// Reads the peering socket until it fails; datagrams of the wrong size
+/// are dropped here (the door checks everything else). Datagrams from a
+/// configured peer's address go to `known`, a sample of all others
+/// ([`STRANGERS_PER_SEC`]) to `other`: each queue drops when full, so a
+/// flood from addresses we do not know can fill only its own queue, and
+/// real OFFERs and CONFIRMs still get through.
+pub async fn receive(
+    sock: Arc<tokio::net::UdpSocket>,
+    peers: Known,
+    known: mpsc::Sender<Datagram>,
+    other: mpsc::Sender<Datagram>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut strangers = Budget::new(STRANGERS_PER_SEC, STRANGERS_PER_SEC);
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, from)) if n <= peer::MAX_DATAGRAM => {
+                let ours = peers
+                    .read()
+                    .map(|p| p.contains(&from.ip().to_canonical()))
+                    .unwrap_or(false);
+                let queue = if ours {
+                    &known
+                } else if strangers.take(Instant::now()) {
+                    &other
+                } else {
+                    continue;
+                };
+                // A full queue drops the datagram, as a busy network would.
+                let _ = queue.try_send(Datagram {
+                    from,
+                    bytes: buf[..n].to_vec(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::warn(format!("peer: receive: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// At most `per_sec` a second on average and `burst` at once, kept as one
+/// instant (GCRA: the time the next use is due), so a check is O(1).
+#[derive(Clone, Debug)]
+pub(super) struct Budget {
+    interval: Duration,
+    /// How far ahead of `now` the due time may run: `burst - 1` intervals.
+    slack: Duration,
+    due: Option<Instant>,
+}
+
+impl Budget {
+    pub(super) fn new(per_sec: u32, burst: u32) -> Budget {
+        let interval = Duration::from_secs(1) / per_sec.max(1);
+        Budget {
+            interval,
+            slack: interval * burst.max(1).saturating_sub(1),
+            due: None,
+        }
+    }
+
+    /// Spends one use; false when the budget is spent.
+    pub(super) fn take(&mut self, now: Instant) -> bool {
+        let due = self.due.map_or(now, |d| d.max(now));
+        if due.duration_since(now) > self.slack {
+            return false;
+        }
+        self.due = Some(due + self.interval);
+        true
+    }
+}
+
+/// Answers to OFFERs that start no round (a NACK, the cached CONFIRM), per
+/// link: a legitimate master retransmits at most once a second.
+const ANSWERS_PER_SEC: u32 = 4;
+
+/// What the door does with a datagram that passed the keyring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Worth an Ed25519 verification.
+    Verify,
+    /// Refused before it, logged as `peer_auth_failed reason=…`.
+    Refuse(&'static str),
+    /// Refused before it, silently: what duplicates and late answers look
+    /// like on a real network too.
+    Drop,
+}
+
+/// What the door keeps of one keyed link.
+pub(super) struct Gate {
+    /// The configured peer's address; the port is free (NAT).
+    peer: IpAddr,
+    role: Role,
+    /// Master: the OFFER on the wire (epoch, nonce), the only one an answer
+    /// may be about.
+    offered: Option<(u64, Nonce)>,
+    /// Slave: NACKs and repeated CONFIRMs, see [`ANSWERS_PER_SEC`].
+    answers: Budget,
+}
+
+impl Gate {
+    pub(super) fn new(conf: &LinkKeys) -> Gate {
+        Gate {
+            peer: conf.peer.ip().to_canonical(),
+            role: conf.role,
+            offered: None,
+            answers: Budget::new(ANSWERS_PER_SEC, ANSWERS_PER_SEC),
+        }
+    }
+
+    /// The engine sent `m` on this link.
+    pub(super) fn sent(&mut self, m: &Message) {
+        if m.body == Body::Offer {
+            self.offered = Some((m.epoch, m.nonce));
+        }
+    }
+
+    /// The master's round moved past its OFFER (a new fetch, the CONFIRM
+    /// accepted, the round failed): no answer is awaited any more.
+    pub(super) fn settled(&mut self) {
+        self.offered = None;
+    }
+
+    /// The checks before the signature. `epoch` is the rotation's: the
+    /// last one the slave accepted (unused for the master, which knows its
+    /// OFFER exactly).
+    pub(super) fn check(&mut self, from: IpAddr, m: &Message, epoch: u64, now: Instant) -> Verdict {
+        if from.to_canonical() != self.peer {
+            return Verdict::Refuse("wrong-source");
+        }
+        match (self.role, m.body) {
+            (Role::Master, Body::Offer)
+            | (Role::Slave, Body::Confirm { .. } | Body::Nack { .. }) => {
+                Verdict::Refuse("wrong-role")
+            }
+            (Role::Master, _) if self.offered == Some((m.epoch, m.nonce)) => Verdict::Verify,
+            (Role::Master, _) => Verdict::Drop,
+            (Role::Slave, _) if m.epoch > epoch => Verdict::Verify,
+            (Role::Slave, _) if self.answers.take(now) => Verdict::Verify,
+            (Role::Slave, _) => Verdict::Refuse("answer-budget"),
+        }
+    }
+}
+
+/// Sources the auth log tracks one by one; past them, one budget for all.
+const AUTH_LOG_SOURCES: usize = 4096;
+/// `peer_auth_failed` lines of all sources together: a burst, then one a
+/// second (the rest are counted in a `from=*` line once a minute).
+const AUTH_LINES_PER_SEC: u32 = 1;
+const AUTH_LINES_BURST: u32 = 20;
+
+/// `peer_auth_failed`: the first per source per minute, then one line with
+/// `suppressed=N` (DESIGN §8), within a budget of lines for all sources
+/// together. Constant cost per datagram: the table of sources is pruned
+/// once a minute, not per datagram; sources past [`AUTH_LOG_SOURCES`] (a
+/// spoofed-source flood) and lines past the shared budget are only
+/// counted, in one `from=*` line a minute.
+pub(super) struct AuthLog {
+    seen: log::PerMinute<IpAddr>,
+    pruned: Option<Instant>,
+    lines: Budget,
+    /// Failures counted but not logged since the last `from=*` line.
+    held: u64,
+    summarised: Option<Instant>,
+}
+
+impl Default for AuthLog {
+    fn default() -> AuthLog {
+        AuthLog {
+            seen: log::PerMinute::default(),
+            pruned: None,
+            lines: Budget::new(AUTH_LINES_PER_SEC, AUTH_LINES_BURST),
+            held: 0,
+            summarised: None,
+        }
+    }
+}
+
+impl AuthLog {
+    /// Logs (or counts) one dropped datagram.
+    pub(super) fn failed(&mut self, from: IpAddr, link: Option<&str>, why: &str, now: Instant) {
+        if let Some(ev) = self.line(from, link, why, now) {
+            ev.send();
+        }
+    }
+
+    /// The line to log for one drop, if any.
+    fn line(
+        &mut self,
+        from: IpAddr,
+        link: Option<&str>,
+        why: &str,
+        now: Instant,
+    ) -> Option<log::Event> {
+        let minute = Duration::from_secs(60);
+        let from = from.to_canonical();
+        let tracked = self.seen.contains(&from);
+        // Pruned only for a new source, which needs the room: a source we
+        // track keeps the count its next line reports.
+        if !tracked && self.pruned.is_none_or(|t| now.duration_since(t) >= minute) {
+            self.seen.prune(now);
+            self.pruned = Some(now);
+        }
+        let own = if !self.seen.contains(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
+            None
+        } else {
+            match self.seen.admit(from, now) {
+                // Counted against the source; its next line says how many.
+                None => return None,
+                Some(held) => Some(held),
+            }
+        };
+        match own {
+            Some(held) if self.lines.take(now) => {
+                let mut ev = log::event(Prio::Warning, "peer_auth_failed")
+                    .kv("from", from)
+                    .kv("reason", why);
+                if let Some(l) = link {
+                    ev = ev.kv("link", l);
+                }
+                if held > 0 {
+                    ev = ev.kv("suppressed", held);
+                }
+                return Some(ev);
+            }
+            Some(held) => self.held += 1 + held,
+            None => self.held += 1,
+        }
+        if self
+            .summarised
+            .is_some_and(|t| now.duration_since(t) < minute)
+        {
+            return None;
+        }
+        self.summarised = Some(now);
+        let n = std::mem::take(&mut self.held);
+        Some(
+            log::event(Prio::Warning, "peer_auth_failed")
+                .kv("from", "*")
+                .kv("reason", why)
+                .kv("suppressed", n)
+                .msg(format!(
+                    "more failing datagrams than {AUTH_LOG_SOURCES} sources or a line a second can tell (a flood?)"
+                )),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::peer::{KeyId, LinkId};
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    #[test]
+    fn a_budget_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(4, 4);
+        assert_eq!((0..10).filter(|_| b.take(t0)).count(), 4);
+        // A quarter second buys one more, not a burst.
+        let t = t0 + Duration::from_millis(250);
+        assert_eq!((0..10).filter(|_| b.take(t)).count(), 1);
+        // Over ten seconds of constant demand: the burst plus 4 a second.
+        let mut b = Budget::new(4, 4);
+        let taken = (0..10_000u64)
+            .filter(|i| b.take(t0 + Duration::from_millis(*i)))
+            .count();
+        assert!((40..=44).contains(&taken), "{taken}");
+        // Idle time refills only up to the burst.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..10).filter(|_| b.take(later)).count(), 4);
+    }
+
+    fn conf(role: Role) -> LinkKeys {
+        LinkKeys {
+            kme: "site".into(),
+            peer_sae_id: "SAE-B".into(),
+            role,
+            peer: "192.0.2.1:8071".parse().unwrap(),
+            peer_pubkey: [1; 32],
+            link_id: [9; 32],
+            epoch: 0,
+        }
+    }
+
+    fn msg(epoch: u64, body: Body) -> Message {
+        Message {
+            link_id: LinkId([9; 32]),
+            sender: [1; 32],
+            receiver: [2; 32],
+            epoch,
+            nonce: [7; 16],
+            key_id: KeyId::new("k1").unwrap(),
+            body,
+        }
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const NACK: Body = Body::Nack { last: 3 };
+
+    #[test]
+    fn only_the_configured_peer_address_gets_in_whatever_the_port() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(&conf(Role::Slave));
+        let offer = msg(5, Body::Offer);
+        assert_eq!(
+            g.check(ip(1), &offer, 4, t0),
+            Verdict::Refuse("wrong-source")
+        );
+        assert_eq!(g.check(PEER, &offer, 4, t0), Verdict::Verify);
+        // An IPv4-mapped IPv6 source is the same address.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(g.check(mapped, &offer, 4, t0), Verdict::Verify);
+    }
+
+    #[test]
+    fn the_master_verifies_only_answers_to_its_offer_on_the_wire() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(&conf(Role::Master));
+        let confirm = msg(5, Body::Confirm { tag: [0; 32] });
+        assert_eq!(
+            g.check(PEER, &msg(5, Body::Offer), 0, t0),
+            Verdict::Refuse("wrong-role")
+        );
+        // Nothing offered yet: a CONFIRM or NACK is a replay.
+        assert_eq!(g.check(PEER, &confirm, 5, t0), Verdict::Drop);
+        let offer = msg(5, Body::Offer);
+        g.sent(&offer);
+        assert_eq!(g.check(PEER, &confirm, 5, t0), Verdict::Verify);
+        assert_eq!(g.check(PEER, &msg(5, NACK), 5, t0), Verdict::Verify);
+        // Another epoch or nonce is about another OFFER.
+        assert_eq!(g.check(PEER, &msg(4, NACK), 5, t0), Verdict::Drop);
+        let mut other = confirm.clone();
+        other.nonce[0] ^= 1;
+        assert_eq!(g.check(PEER, &other, 5, t0), Verdict::Drop);
+        // Once the round moved on, even the right CONFIRM again is dropped:
+        // as often as it comes, it costs no verification.
+        g.settled();
+        for _ in 0..1000 {
+            assert_eq!(g.check(PEER, &confirm, 5, t0), Verdict::Drop);
+        }
+    }
+
+    #[test]
+    fn the_slave_answers_offers_that_start_no_round_within_the_budget() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(&conf(Role::Slave));
+        assert_eq!(
+            g.check(PEER, &msg(5, Body::Confirm { tag: [0; 32] }), 4, t0),
+            Verdict::Refuse("wrong-role")
+        );
+        assert_eq!(
+            g.check(PEER, &msg(5, NACK), 4, t0),
+            Verdict::Refuse("wrong-role")
+        );
+        // A new epoch: always verified (a master far ahead is legitimate).
+        for e in [5, 6, 1_000_000, u64::MAX] {
+            for _ in 0..100 {
+                assert_eq!(g.check(PEER, &msg(e, Body::Offer), 4, t0), Verdict::Verify);
+            }
+        }
+        // The current and older epochs: a retransmit or a replay, answered
+        // (NACK or cached CONFIRM) at most ANSWERS_PER_SEC a second.
+        let mut verified = 0;
+        for i in 0..10_000u64 {
+            let t = t0 + Duration::from_micros(i * 500);
+            let e = [4, 3, 0][i as usize % 3];
+            match g.check(PEER, &msg(e, Body::Offer), 4, t) {
+                Verdict::Verify => verified += 1,
+                v => assert_eq!(v, Verdict::Refuse("answer-budget")),
+            }
+        }
+        // 5 s of 2,000 a second: the burst of 4 and 4 a second.
+        assert!((20..=25).contains(&verified), "{verified}");
+    }
+
+    #[test]
+    fn auth_log_is_bounded_per_source_and_for_all_sources_together() {
+        let mut log = AuthLog::default();
+        let t0 = Instant::now();
+        // 20,000 spoofed sources in one instant: the table is capped, and
+        // the lines are the shared burst plus one `from=*` summary.
+        let lines: Vec<String> = (0..20_000u32)
+            .filter_map(|i| log.line(ip(i), None, "bad-magic", t0))
+            .map(|e| e.line().to_string())
+            .collect();
+        assert_eq!(log.seen.len(), AUTH_LOG_SOURCES);
+        assert_eq!(lines.len(), AUTH_LINES_BURST as usize + 1, "{lines:?}");
+        assert!(lines[AUTH_LINES_BURST as usize].contains("from=* "));
+        // A minute of a steady flood from the sources already seen costs
+        // nothing (each is within its minute), and from new sources at
+        // most a line a second, plus one summary.
+        let mut n = 0;
+        for s in 0..60u64 {
+            let t = t0 + Duration::from_secs(s) + Duration::from_millis(500);
+            for i in 0..1000u32 {
+                n += log.line(ip(i), None, "bad-magic", t).is_some() as u32;
+            }
+        }
+        assert_eq!(n, 0);
+        let mut n = 0;
+        for s in 0..60u32 {
+            let t = t0 + Duration::from_secs(60 + s as u64);
+            for i in 0..1000u32 {
+                let src = ip(1_000_000 + s * 1000 + i);
+                n += log.line(src, None, "bad-magic", t).is_some() as u32;
+            }
+        }
+        assert!(n <= AUTH_LINES_BURST + 60 + 2, "{n} lines");
+        // One source: one line a minute, the next says how many it held.
+        let mut log = AuthLog::default();
+        let one = ip(1);
+        assert!(log.line(one, Some("dr"), "stale-epoch", t0).is_some());
+        for _ in 0..99 {
+            assert!(log.line(one, Some("dr"), "stale-epoch", t0).is_none());
+        }
+        let next = log
+            .line(one, Some("dr"), "stale-epoch", t0 + Duration::from_secs(60))
+            .unwrap();
+        assert!(next.line().contains("link=dr"), "{}", next.line());
+        assert!(next.line().contains("suppressed=99"), "{}", next.line());
+    }
+}
