@@ -373,7 +373,16 @@ impl Links {
             });
         }
         match self.cut_tunnel(name) {
-            Ok(()) => {
+            Ok(newly) => {
+                // Once: every tick walks the firewall steps again until
+                // one holds, and the peer stays gone meanwhile.
+                if newly {
+                    log::event(Prio::Alert, "lockdown_fallback")
+                        .kv("link", name)
+                        .kv("step", "remove WireGuard peer")
+                        .msg(errors.join("; "))
+                        .send();
+                }
                 self.mark_locked(name, true);
                 return;
             }
@@ -389,7 +398,8 @@ impl Links {
     }
 
     /// The last rung: the link's WireGuard peer removed and read back gone.
-    fn cut_tunnel(&mut self, name: &str) -> Result<(), String> {
+    /// True when this call removed it (false: it was gone already).
+    fn cut_tunnel(&mut self, name: &str) -> Result<bool, String> {
         let tunnel = self
             .tunnel
             .as_ref()
@@ -409,7 +419,7 @@ impl Links {
                 )
                 .send();
         }
-        Ok(())
+        Ok(!was)
     }
 
     /// A removed peer back on the interface (an operator restored it).
