@@ -293,10 +293,10 @@ fn clear_loads_the_block_rules_then_kills_states() {
         calls[0].1,
         format!("table <qkd_peer> const {{ 198.51.100.2 2001:db8::2 }}\n{LOCK_RULES}")
     );
-    // A load that fails (an anchor pfctl cannot create, say) still reaches
+    // A load that fails (the kernel refuses the transaction) still reaches
     // the state kills: established flows must not keep passing.
     r.set("exit", "1");
-    r.set("stderr", "pfctl: Anchor does not exist.\n");
+    r.set("stderr", "pfctl: Unable to load rules into kernel\n");
     assert!(r.fw.clear(&dr()).is_err());
     assert_eq!(r.take().len(), 7);
 }
@@ -355,9 +355,13 @@ fn observe_reads_status_main_ruleset_and_anchor() {
             ..
         }
     ));
-    // An anchor never loaded: the kernel says EINVAL; nothing proven.
+    // An anchor never loaded: the kernel says EINVAL, pfctl prints "Anchor
+    // does not exist" and exits 0 with nothing on stdout; nothing proven.
     r.unset("out.-a_qkdpfd_dr_-s_rules_");
-    r.set("err.-a_qkdpfd_dr_-s_rules_", "pfctl: Invalid argument\n");
+    r.set(
+        "err.-a_qkdpfd_dr_-s_rules_",
+        "pfctl: Anchor does not exist\n",
+    );
     assert!(matches!(
         observed(&mut r),
         fw::Observed::Unknown {

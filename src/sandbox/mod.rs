@@ -2,7 +2,7 @@
 //!
 //! - [`engine`]: run by the engine right after chroot and the privilege
 //!   drop, before the tokio runtime (and so any thread) exists. OpenBSD:
-//!   `pledge("stdio inet recvfd sendfd")`. Linux: `no_new_privs`, a landlock
+//!   `pledge("stdio inet sendfd")`. Linux: `no_new_privs`, a landlock
 //!   ruleset that allows no file access at all and (landlock ABI >= 4) TCP
 //!   connect only to [`EngineLimits::tcp_connect_ports`] and no TCP bind,
 //!   then a seccomp allow-list whose default is `EPERM`, never a kill: a
@@ -103,9 +103,10 @@ pub fn engine(limits: &EngineLimits) -> Result<Report, String> {
 }
 
 /// The engine's promises (DESIGN §2), as ntpd's engine pledges `stdio
-/// inet`: sockets it holds or is handed, new TCP connections, SCM_RIGHTS
-/// both ways (the ctl clients it passes to the parent).
-pub const ENGINE_PROMISES: &str = "stdio inet recvfd sendfd";
+/// inet`: sockets it holds (inherited across exec, never received), new
+/// TCP connections, and SCM_RIGHTS to send each ctl client's connection to
+/// the parent. No `recvfd`: nothing hands the engine a descriptor.
+pub const ENGINE_PROMISES: &str = "stdio inet sendfd";
 
 /// pledge(2). OpenBSD: the real one. Linux, `testing` builds: an emulation
 /// from OpenBSD's own table (`linux/pledge.rs`), so that a call the real

@@ -1,13 +1,17 @@
 //! OpenBSD sandbox: pledge(2) for the engine, unveil(2) for the parent.
 //!
-//! The engine pledges `stdio inet recvfd sendfd` after chroot and the
+//! The engine pledges `stdio inet sendfd` after chroot and the
 //! privilege drop, as ntpd's engine pledges `stdio inet`: sockets it holds
-//! or is handed (control socket, fd 3, metrics, peering) and new TCP
-//! connections to the KME and QBER sources; no files, no exec.
+//! (control socket, fd 3, metrics, peering: inherited across exec), new
+//! TCP connections to the KME and QBER sources, and `sendfd` for passing
+//! ctl clients to the parent; no files, no exec, nothing received.
 //!
 //! The parent is unveiled, NOT pledged: `SIOCSWG`, the ioctl that sets a
 //! WireGuard peer's PSK, is allowed under no pledge promise (kern_pledge.c),
 //! and the parent must set PSKs. relayd's parent is likewise only unveiled.
+//!
+//! Every OpenBSD fact relied on here is listed, with the source revision
+//! it was checked against, in `src/OPENBSD-FACTS.md`.
 
 use super::{ENGINE_PROMISES, EngineLimits, ParentPaths, Report, dir_of};
 use std::ffi::CString;
@@ -37,8 +41,9 @@ pub fn parent(paths: &ParentPaths) -> Result<Report, String> {
     for t in &paths.exec {
         n += unveil(t, "x")?;
     }
-    // pfctl's device, and the control socket's directory (unlinked at exit).
-    n += unveil(Path::new("/dev/pf"), "rw")?;
+    // The control socket's directory (unlinked at exit). Not /dev/pf:
+    // pfctl opens it, and an exec without execpromises drops the unveil
+    // list (kern_exec.c), so pfctl never sees ours.
     n += unveil(&dir_of(&paths.socket), "rwc")?;
     // getpwnam/getgrnam again on reload (the engine's user, socket_group).
     n += unveil(Path::new("/etc/pwd.db"), "r")?;

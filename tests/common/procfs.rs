@@ -3,16 +3,21 @@
 
 use std::fs;
 
-/// The engine: the one child of the parent `parent` (`ip netns exec`
-/// execs qkdpfd in place, so the pid of the spawned `ip` is the parent's).
-/// Panics unless there is exactly one, so a test never reads the wrong process.
+/// The engine: the one child of the parent `parent` that runs qkdpfd's own
+/// binary (`ip netns exec` execs qkdpfd in place, so the pid of the spawned
+/// `ip` is the parent's; a firewall tool the parent runs meanwhile is a
+/// child too, for a moment). Panics unless there is exactly one, so a test
+/// never reads the wrong process.
 pub fn engine_pid(parent: u32) -> u32 {
+    let exe = |pid: u32| fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let ours = exe(parent);
     let kids: Vec<u32> = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
+        .filter(|&k| ours.is_some() && exe(k) == ours)
         .collect();
-    assert_eq!(kids.len(), 1, "parent {parent} children: {kids:?}");
+    assert_eq!(kids.len(), 1, "parent {parent} engine children: {kids:?}");
     kids[0]
 }
 

@@ -23,6 +23,9 @@
 //! pfctl cannot restrict `-k host` to a port, so a lockdown also resets other
 //! states with the peer's address (an underlay SSH session to it, say); the
 //! peer protocol is UDP and recovers with its next datagram.
+//!
+//! Every OpenBSD fact relied on here is listed, with the source revision
+//! it was checked against, in `src/OPENBSD-FACTS.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -78,7 +81,10 @@ impl Pf {
     }
 
     /// The anchor's rules as pfctl lists them; empty for an anchor that
-    /// does not exist (the kernel answers EINVAL, pfctl says so).
+    /// does not exist: the kernel answers EINVAL, pfctl prints "Anchor does
+    /// not exist" and still exits 0 (it ignores the result of `-s`,
+    /// pfctl.c 1.397), so stdout decides. An exit 1 with that message (an
+    /// older or patched pfctl) means the same.
     fn anchor_rules(&self, link: &LinkTarget) -> Result<String, FwError> {
         let path = anchor_path(&self.anchor, link);
         let args = Self::args(&["-a", &path, "-s", "rules"]);
@@ -140,8 +146,14 @@ impl Firewall for Pf {
         let args = vec!["-s".to_string(), "info".to_string()];
         let out = self.run("read pf status", &args, "")?;
         if !out.lines().any(|l| l.starts_with("Status: Enabled")) {
+            // pfctl exits 0 even when it could not read the status (it
+            // ignores the result of `-s`): say which of the two it was.
+            let what = match out.trim().is_empty() {
+                true => "pf status could not be read (pfctl -s info printed nothing)",
+                false => "pf is not enabled (pfctl -e, pf=YES in rc.conf.local)",
+            };
             return Err(FwError {
-                what: "pf is not enabled (pfctl -e, pf=YES in rc.conf.local)".to_string(),
+                what: what.to_string(),
                 command: self.tool(&args).line(),
                 status: "exit status 0".to_string(),
                 stderr: String::new(),
@@ -445,6 +457,12 @@ fn check_line(line: &str) -> Result<(), String> {
     if line.contains('\\') {
         return Err("line continuation (backslash) not allowed".to_string());
     }
+    // pfctl applies some options the moment it parses them, whatever `-a`
+    // says (`set skip on` reaches DIOCSETIFFLAG, `set limit`, `set debug`):
+    // they would change pf for every interface and outlive the anchor.
+    if line.split_whitespace().next() == Some("set") {
+        return Err("\"set\" options are global to pf and outlive the link's anchor".to_string());
+    }
     let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
     for w in words {
         if FORBIDDEN_WORDS.contains(&w.to_ascii_lowercase().as_str()) {
@@ -482,6 +500,8 @@ mod tests {
             ("pass \\", "continuation"),
             ("pass to $other", "unknown macro $other"),
             ("pass label \"a#\" load anchor", "\"load\""),
+            ("set skip on $wg_if", "global to pf"),
+            ("  set limit states 10", "global to pf"),
         ] {
             let e = check_ruleset(&format!("pass\n{bad}\n")).unwrap_err();
             assert!(e.starts_with("line 2: ") && e.contains(why), "{bad}: {e}");

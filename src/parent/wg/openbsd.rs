@@ -1,7 +1,9 @@
 //! `openbsd` WireGuard backend (DESIGN §5, reference/openbsd.md "wg(4)
 //! PSK"), run by the privileged parent: SIOCSWG/SIOCGWG on wg(4) through an
-//! AF_INET datagram socket. It touches only the PSK of one existing peer,
-//! and reads the interface's own public key (`i_public`, never `i_private`).
+//! AF_INET datagram socket. It touches only the PSK of one existing peer
+//! (or, as the lockdown ladder's last rung, removes that peer), and reads
+//! the interface's own public key (`i_public`, never `i_private`). The
+//! OpenBSD facts used are listed in `src/OPENBSD-FACTS.md` (W1-W14).
 //!
 //! The structures of sys/net/if_wg.h are plain `#[repr(C)]` Rust here, with
 //! OpenBSD's own sockaddr and timespec (sa_family_t is one byte there), so

@@ -31,10 +31,9 @@ use seccompiler::{
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// The kern_pledge.c this table was taken from (openbsd/src; the newest
-/// copy we could read). The promise classes used here did not change up
-/// to 1.333 as far as ../shared/reference/openbsd.md records.
-pub const KERN_PLEDGE_REV: &str = "1.247";
+/// The kern_pledge.c this table was taken from (openbsd/src, 2025-09-17;
+/// see src/OPENBSD-FACTS.md for what else we rely on and where).
+pub const KERN_PLEDGE_REV: &str = "1.333";
 
 /// Environment switch: `QKDPFD_PLEDGE_EMULATION=off` disables the
 /// emulation in a `testing` build (to compare with and without).
@@ -133,6 +132,9 @@ fn plain() -> Vec<(libc::c_long, u32)> {
         (SYS_getppid, STDIO),
         (SYS_getsid, STDIO),
         (SYS_getpid, STDIO),
+        // stdio since 1.3xx: naming one's own sockets.
+        (SYS_getsockname, STDIO),
+        (SYS_getpeername, STDIO),
         (SYS_gettid, STDIO),
         (SYS_getrusage, STDIO),
         (SYS_clock_gettime, STDIO),
@@ -208,11 +210,9 @@ fn plain() -> Vec<(libc::c_long, u32)> {
         // Address selection needs a network promise.
         (SYS_connect, INET | UNIX | DNS),
         (SYS_bind, INET | UNIX | DNS),
-        (SYS_getsockname, INET | UNIX | DNS),
         (SYS_listen, INET | UNIX),
         (SYS_accept, INET | UNIX),
         (SYS_accept4, INET | UNIX),
-        (SYS_getpeername, INET | UNIX),
         // proc, id, exec, settime.
         (SYS_setpgid, PROC),
         (SYS_setsid, PROC),
@@ -317,7 +317,13 @@ fn sockopt_rules(p: u32) -> Vec<SeccompRule> {
     use libc::*;
     let opt = |level: c_int, name: c_int| rule(vec![eq(1, level as u64), eq(2, name as u64)]);
     // "Too common to reject": under every pledge.
-    let mut v = vec![opt(SOL_SOCKET, SO_RCVBUF), opt(SOL_SOCKET, SO_ERROR)];
+    let mut v = vec![
+        opt(SOL_SOCKET, SO_RCVBUF),
+        opt(SOL_SOCKET, SO_ERROR),
+        opt(IPPROTO_TCP, TCP_NODELAY),
+        opt(IPPROTO_IP, IP_TOS),
+        opt(IPPROTO_IPV6, IPV6_TCLASS),
+    ];
     if p & (INET | UNIX | DNS) != 0 {
         v.push(opt(SOL_SOCKET, SO_TIMESTAMP));
     }
@@ -330,16 +336,16 @@ fn sockopt_rules(p: u32) -> Vec<SeccompRule> {
     }
     if p & INET != 0 {
         for (level, name) in [
-            (IPPROTO_TCP, TCP_NODELAY),
             (IPPROTO_TCP, TCP_MD5SIG),
             (IPPROTO_TCP, TCP_MAXSEG),
-            (IPPROTO_IP, IP_TOS),
+            (IPPROTO_TCP, TCP_INFO),
             (IPPROTO_IP, IP_TTL),
             (IPPROTO_IP, IP_MINTTL),
-            (IPPROTO_IPV6, IPV6_TCLASS),
+            (IPPROTO_IPV6, IPV6_DONTFRAG),
             (IPPROTO_IPV6, IPV6_UNICAST_HOPS),
             (IPPROTO_IPV6, IPV6_RECVHOPLIMIT),
             (IPPROTO_IPV6, IPV6_RECVPKTINFO),
+            (IPPROTO_IPV6, IPV6_RECVTCLASS),
             (IPPROTO_IPV6, IPV6_V6ONLY),
         ] {
             v.push(opt(level, name));
@@ -685,13 +691,14 @@ mod tests {
     #[test]
     fn stdio_alone_allows_only_the_common_socket_options() {
         let m = rules(STDIO);
-        // Present with rules: SO_RCVBUF and SO_ERROR only.
-        assert_eq!(m[&(libc::SYS_setsockopt as i64)].len(), 2);
+        // Present with rules: SO_RCVBUF, SO_ERROR, TCP_NODELAY, IP_TOS and
+        // IPV6_TCLASS only.
+        assert_eq!(m[&(libc::SYS_setsockopt as i64)].len(), 5);
         assert!(!m.contains_key(&(libc::SYS_connect as i64)));
         assert!(!m.contains_key(&(libc::SYS_execve as i64)));
         assert!(m[&(libc::SYS_read as i64)].is_empty());
         // A network promise opens SOL_SOCKET as a whole.
-        assert!(rules(STDIO | UNIX)[&(libc::SYS_setsockopt as i64)].len() > 2);
+        assert!(rules(STDIO | UNIX)[&(libc::SYS_setsockopt as i64)].len() > 5);
         assert!(rules(STDIO | INET).contains_key(&(libc::SYS_connect as i64)));
     }
 
