@@ -334,6 +334,18 @@ pub fn resolve_group(group: &str) -> Result<(u32, Vec<u32>), String> {
     Ok((g.gid.as_raw(), uids))
 }
 
+/// ps(1) shows `qkdpfd: engine` or `qkdpfd: guardian`, as OpenBSD daemons
+/// name their children (rc.d's default pexp then matches the parent
+/// alone, by design). Elsewhere nothing.
+#[cfg(target_os = "openbsd")]
+pub fn set_title(role: &std::ffi::CStr) {
+    // SAFETY: a constant format and a NUL-terminated argument.
+    unsafe { libc::setproctitle(c"%s".as_ptr(), role.as_ptr()) };
+}
+
+#[cfg(not(target_os = "openbsd"))]
+pub fn set_title(_role: &std::ffi::CStr) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
     match process.as_deref() {
         None => qkdpfd::parent::main(opts),
         Some("engine") => qkdpfd::engine::main(),
+        Some("guardian") => qkdpfd::parent::guardian_main(opts),
         Some(_) => usage(),
     }
 }

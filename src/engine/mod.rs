@@ -94,7 +94,7 @@ fn fatal(msg: impl std::fmt::Display) -> ExitCode {
 pub fn main() -> ExitCode {
     crate::privsep::no_core_dumps();
     crate::privsep::raise_nofile();
-    set_title();
+    crate::privsep::set_title(c"engine");
     let chan = match crate::privsep::engine_channel() {
         Ok(c) => c,
         Err(e) => return fatal(e),
@@ -172,17 +172,6 @@ pub fn main() -> ExitCode {
     };
     rt.block_on(run(cfg, sockets, metrics, peering, dropped))
 }
-
-/// ps(1) shows `qkdpfd: engine`, as OpenBSD daemons name their children
-/// (rc.d's default pexp then matches the parent alone, by design).
-#[cfg(target_os = "openbsd")]
-fn set_title() {
-    // SAFETY: a constant format and argument, both NUL-terminated.
-    unsafe { libc::setproctitle(c"%s".as_ptr(), c"engine".as_ptr()) };
-}
-
-#[cfg(not(target_os = "openbsd"))]
-fn set_title() {}
 
 /// The engine checks what the parent sent too (names, references, ranges).
 fn check_config(cfg: &EngineConfig) -> Result<(), String> {

@@ -26,6 +26,11 @@ fn init_log() {
 /// recorded in the state file when that file is readable.
 pub fn from_config(conf: Config) -> ExitCode {
     init_log();
+    lock_all(conf)
+}
+
+/// What `-L` does once its log is set up (the guardian has its own).
+pub fn lock_all(conf: Config) -> ExitCode {
     let state_path = super::state_path(&conf);
     let (state, persist) = match super::state::load(&state_path) {
         Ok(s) => (s.unwrap_or_default(), true),

@@ -11,6 +11,7 @@
 pub mod activate;
 mod deadman;
 pub mod fw;
+mod guardian;
 pub mod keys;
 pub mod links;
 mod lockdown;
@@ -76,6 +77,18 @@ pub struct Parent {
     pub job_rx: Option<tokio::sync::oneshot::Receiver<activate::Checked>>,
     /// Links still to re-apply after an activation, one per loop turn.
     pub reapply: std::collections::VecDeque<String>,
+    /// pf: the process that locks every link if this one dies unclean.
+    pub guardian: Option<guardian::Guardian>,
+}
+
+impl Parent {
+    /// A stop that leaves the links as `on_stop` wants (or as a failed
+    /// engine made them): the guardian goes without touching them.
+    pub fn release_guardian(&mut self) {
+        if let Some(g) = self.guardian.take() {
+            g.release();
+        }
+    }
 }
 
 pub fn state_path(conf: &Config) -> PathBuf {
@@ -151,6 +164,26 @@ pub fn main(opts: Opts) -> ExitCode {
         return exit_err(e);
     }
     parent.start()
+}
+
+/// `qkdpfd -P guardian` (pf): started by the parent with the config it
+/// runs on; see `guardian.rs`.
+pub fn guardian_main(opts: Opts) -> ExitCode {
+    crate::privsep::no_core_dumps();
+    let path = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(conf::CONFFILE));
+    match conf::load(&path) {
+        Ok(c) => guardian::main(c, opts.foreground),
+        Err(e) => {
+            eprint!("{e}");
+            exit_err(format!(
+                "guardian: {}: configuration has errors",
+                path.display()
+            ))
+        }
+    }
 }
 
 /// `qkdpfd -n`: config and active bundle; `-nv` also prints the config.
@@ -336,6 +369,7 @@ impl Parent {
             job: None,
             job_rx: None,
             reapply: Default::default(),
+            guardian: None,
         };
         p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
         Ok(p)
@@ -347,7 +381,7 @@ impl Parent {
         Ok(())
     }
 
-    fn start(self) -> ExitCode {
+    fn start(mut self) -> ExitCode {
         if crate::privsep::is_real_root() {
             // Started as root: the engine must be able to drop, or we do not start.
             if let Err(e) =
@@ -386,6 +420,17 @@ impl Parent {
         };
         if !self.opts.foreground && unsafe { libc::daemon(0, 0) } != 0 {
             return exit_err(format!("daemon: {}", std::io::Error::last_os_error()));
+        }
+        // pf has no dead-man switch in the kernel: a guardian process
+        // stands in for it (guardian.rs).
+        if self.conf.firewall.backend == conf::FirewallBackend::Pf {
+            match guardian::spawn(&self.opts.argv0, &self.opts.args) {
+                Ok(g) => {
+                    log::debug(format!("guardian started, pid {}", g.pid()));
+                    self.guardian = Some(g);
+                }
+                Err(e) => return exit_err(format!("starting guardian: {e}")),
+            }
         }
         let exe = self.conf.testing.engine.clone();
         let engine = match crate::privsep::spawn_engine(

@@ -532,6 +532,7 @@ fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> Ex
     }
     p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
     p.links.persist();
+    p.release_guardian();
     stop_engine(child);
     log::event(Prio::Crit, "shutdown")
         .kv("reason", "process-failure")
@@ -552,6 +553,7 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
         // Armed, the switch would lock every link a few seconds from now.
         log::event(Prio::Alert, "deadman_failed").msg(e).send();
     }
+    p.release_guardian();
     stop_engine(child);
     let _ = std::fs::remove_file(&p.conf.daemon.socket);
     log::event(Prio::Notice, "shutdown")
