@@ -56,8 +56,12 @@ fn recreate_b(p: &Pair) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // gateways.sh down kills the process named here.
+    // gateways.sh down kills the process named here; a thread reaps it.
     fs::write(net.join(format!("{ns}.wg.pid")), child.id().to_string()).unwrap();
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
     let t = Instant::now();
     while !p.ns_ok(B, &["wg", "show", &wif]) {
         assert!(
