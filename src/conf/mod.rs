@@ -65,6 +65,9 @@ pub struct TestingConf {
     /// Seconds added to every wall-clock reading (a clock step, for the
     /// fault tests); 0: none.
     pub wall_clock_offset: i64,
+    /// The running parent panics when a reload takes this config (the
+    /// fault tests prove the panic hook with it); never at start-up.
+    pub panic_on_reload: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

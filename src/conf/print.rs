@@ -246,6 +246,9 @@ fn testing(out: &mut Out, t: &crate::conf::TestingConf) {
     if let Some(d) = t.psk_check {
         out.raw("psk_check", quote(&crate::duration::format(d)));
     }
+    if t.panic_on_reload {
+        out.raw("panic_on_reload", "true".into());
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,9 @@ pub struct Links {
     /// When damage to the default-deny was last logged: once a minute
     /// while it lasts (pf stays disabled until an operator enables it).
     damage_logged: Option<std::time::Instant>,
+    /// When a failing state write was last logged, and what it failed to
+    /// write (each tick tries again; the same failure is said once a minute).
+    write_failing: Option<(std::time::Instant, BTreeMap<String, LinkRecord>)>,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -135,6 +138,7 @@ impl Links {
             persist_disabled: false,
             tunnel: None,
             damage_logged: None,
+            write_failing: None,
         }
     }
 
@@ -247,6 +251,8 @@ impl Links {
                 changed.push((name, l.enforcement()));
             }
         }
+        // A write that failed (a full or read-only disk) is retried here.
+        self.persist();
         changed
     }
 
@@ -277,6 +283,9 @@ impl Links {
                 if l.kernel.state == Observed::Locked && !force {
                     self.release_guard(name);
                     self.mark_locked(name, true);
+                    // Nothing to flip, but a new reason (an operator's
+                    // lockdown of a QBER-locked link) must survive a restart.
+                    self.persist();
                     return None;
                 }
                 self.lock(name, bundle);
@@ -536,14 +545,38 @@ impl Links {
             }
         }
         if links == self.state.links || self.persist_disabled {
+            self.write_failing = None;
             return;
         }
-        self.state.links = links;
-        if let Err(e) = crate::parent::state::save(&self.state_path, &self.state) {
-            log::event(Prio::Crit, "state_write_failed")
-                .kv("path", self.state_path.display())
-                .msg(e)
-                .send();
+        // Kept in memory only once it is on disk: a write that failed is
+        // tried again by the next call (every tick), not forgotten.
+        let mut next = self.state.clone();
+        next.links = links;
+        match crate::parent::state::save(&self.state_path, &next) {
+            Ok(()) => {
+                self.state = next;
+                if self.write_failing.take().is_some() {
+                    log::event(Prio::Notice, "state_write_recovered")
+                        .kv("path", self.state_path.display())
+                        .send();
+                }
+            }
+            Err(e) => {
+                // Said for every record that could not be written, and
+                // once a minute while the same one keeps failing.
+                let now = std::time::Instant::now();
+                let say = self.write_failing.as_ref().is_none_or(|(t, last)| {
+                    *last != next.links
+                        || now.duration_since(*t) >= std::time::Duration::from_secs(60)
+                });
+                if say {
+                    self.write_failing = Some((now, next.links.clone()));
+                    log::event(Prio::Crit, "state_write_failed")
+                        .kv("path", self.state_path.display())
+                        .msg(e)
+                        .send();
+                }
+            }
         }
     }
 

@@ -226,7 +226,15 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
 
 /// What the config may name but this release cannot run yet. Refused here
 /// rather than left unwatched in the engine. (Every QBER driver runs now.)
-pub fn check_supported(_conf: &Config) -> Result<(), String> {
+pub fn check_supported(conf: &Config) -> Result<(), String> {
+    // `[testing] panic_on_reload`: only a running parent (its loop is up:
+    // a reload, never start-up) panics, to prove `lock_on_panic`.
+    #[cfg(feature = "testing")]
+    if conf.testing.panic_on_reload && tokio::runtime::Handle::try_current().is_ok() {
+        panic!("[testing] panic_on_reload");
+    }
+    #[cfg(not(feature = "testing"))]
+    let _ = conf;
     Ok(())
 }
 
@@ -459,7 +467,10 @@ impl Parent {
 
 /// A parent that panics locks what it can before it goes: every configured
 /// link gets qkdpfd's own drop (on nftables the dead-man switch would drop
-/// them within seconds anyway; pf has no such switch).
+/// them within seconds anyway; on pf the guardian locks them again). Then
+/// it goes, whatever thread panicked: a panic in a task or a verification
+/// thread must not leave a parent running whose links were just locked
+/// behind its back (the next tick would reopen them).
 fn lock_on_panic(conf: &Config) {
     let fw_conf = conf.firewall.clone();
     let state_dir = conf.daemon.state_dir.clone();
@@ -471,6 +482,7 @@ fn lock_on_panic(conf: &Config) {
         for t in &targets {
             let _ = fw.clear(t);
         }
+        std::process::abort();
     }));
 }
 

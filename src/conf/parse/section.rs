@@ -105,6 +105,7 @@ const TESTING_KEYS: &[&str] = &[
     "psk_check",
     "engine",
     "wall_clock_offset",
+    "panic_on_reload",
 ];
 
 const FACILITIES: &[(&str, &str)] = &[
@@ -238,6 +239,7 @@ fn testing(mut s: Sect) -> crate::conf::TestingConf {
         psk_check: s.get("psk_check", &short),
         engine: s.get("engine", path),
         wall_clock_offset: s.or("wall_clock_offset", 0, int(-31_536_000, 31_536_000)),
+        panic_on_reload: s.or("panic_on_reload", false, value::boolean),
     }
 }
 
