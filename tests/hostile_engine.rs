@@ -1,10 +1,11 @@
 //! The parent trusts no engine (DESIGN §2; fail-closed issue item 3): a
 //! fake engine (`[testing] engine`, a small Python program speaking the
-//! fd-3 framing) sends what a compromised engine would — parent-owned
-//! reasons, a forged root `unlock -f`, a frame too large to exist, a
-//! flood — and the parent must keep every link it holds locked, never
-//! panic, and stay bounded in memory. Real nftables in a namespace; the
-//! kernel is read back after each.
+//! fd-3 framing and passing connections on fd 7) sends what a compromised
+//! engine would — parent-owned reasons, a forged root `unlock -f`, root
+//! connections replayed with no new request on them, a frame too large to
+//! exist, a flood — and the parent must keep every link it holds locked,
+//! never panic, and stay bounded in memory. Real nftables in a namespace;
+//! the kernel is read back after each.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 /// The fake engine. Its mode is in the file `mode` beside it (the parent
 /// starts the engine with an empty environment).
 const FAKE: &str = r#"
-import os, sys, json, struct, time
+import os, sys, json, struct, time, socket, array, select
 FD = 3
+VERSION = 2
 here = os.path.dirname(os.path.abspath(__file__))
 mode = open(os.path.join(here, "mode")).read().strip()
 
@@ -36,17 +38,51 @@ def read_frame():
 
 def send(t, obj):
     p = json.dumps(obj).encode()
-    os.write(FD, struct.pack(">IBBH", len(p), 1, 0, t) + p)
+    os.write(FD, struct.pack(">IBBH", len(p), VERSION, 0, t) + p)
 
 def garbage():
-    os.write(FD, struct.pack(">IBBH", 0xFFFFFFFF, 1, 0, 101))
+    os.write(FD, struct.pack(">IBBH", 0xFFFFFFFF, VERSION, 0, 101))
 
 def reasons(link, rs):
     send(101, {"link": link, "reasons": rs, "qber": None, "threshold": None,
                "by_operator": False, "sampled_ns": None})
 
+def replies(seconds):
+    # Prints the parent's answers to control requests (type 4) to stderr,
+    # which is the parent's log, for `seconds`.
+    end = time.time() + seconds
+    while time.time() < end:
+        r, _, _ = select.select([FD], [], [], max(0, end - time.time()))
+        if not r:
+            break
+        t, body = read_frame()
+        if t == 4:
+            print("REPLY " + body.decode(), file=sys.stderr, flush=True)
+
+ctl_listener = None
+def root_connection():
+    # A root client of the control socket and the engine's accepted end of
+    # it (this fake engine runs as root, as a real client would).
+    global ctl_listener
+    if ctl_listener is None:
+        ctl_listener = socket.socket(fileno=4)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(ctl_listener.getsockname())
+    s, _ = ctl_listener.accept()
+    return c, s
+
+creds = None
+def pass_client(id, fd, command):
+    # The connection first (fd 7), then the request naming its command.
+    global creds
+    if creds is None:
+        creds = socket.socket(fileno=7)
+    rights = array.array("i", [fd])
+    creds.sendmsg([struct.pack("<Q", id)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+    send(103, {"id": id, "uid": 0, "command": command})
+
 read_frame()                                   # the config
-send(100, {"version": 1, "pid": os.getpid()})  # hello
+send(100, {"version": VERSION, "pid": os.getpid()})  # hello
 if mode == "claim":
     # Clears its own reasons and claims a parent-owned one.
     reasons("dr", [])
@@ -54,8 +90,36 @@ if mode == "claim":
 elif mode == "forge-unlock":
     reasons("dr", [])
     # `unlock -f all` said to come from root, with no client behind it.
-    send(103, {"id": 1, "uid": 0, "request": {"unlock": {"target": "all", "force": True}}})
+    send(103, {"id": 1, "uid": 0, "command": "unlock"})
     time.sleep(1.5)
+    garbage()
+elif mode == "replay":
+    reasons("dr", [])
+    # 1: a finished root `qkdctl status`, its line taken: `unlock -f` on it.
+    c1, s1 = root_connection()
+    c1.sendall(b'"status"\n'); s1.recv(64); c1.close()
+    pass_client(1, s1.fileno(), "unlock")
+    # 2: a live root `qkdctl monitor`, its line taken, the client silent.
+    c2, s2 = root_connection()
+    c2.sendall(b'"monitor"\n'); s2.recv(64)
+    pass_client(2, s2.fileno(), "unlock")
+    # 3: a root client's own read-only request, unread, called an unlock.
+    c3, s3 = root_connection()
+    c3.sendall(b'"status"\n')
+    pass_client(3, s3.fileno(), "unlock")
+    # 4: the engine's own channel, with the parent (root) at its other end.
+    pass_client(4, FD, "unlock")
+    # 5: a root `unlock -f` whose first bytes the engine took: the rest.
+    c5, s5 = root_connection()
+    c5.sendall(b'{"unlock":{"target":"all","force":true}}\n'); s5.recv(11)
+    pass_client(5, s5.fileno(), "unlock")
+    # 6: a root client's own request, left unread as the engine must: run.
+    c6, s6 = root_connection()
+    c6.sendall(b'{"log":{"verbose":true}}\n')
+    pass_client(6, s6.fileno(), "log")
+    for s in (s1, s3, s5, s6):
+        s.close()
+    replies(2)
     garbage()
 elif mode == "oversized":
     reasons("dr", [])
@@ -206,6 +270,64 @@ fn a_forged_root_unlock_is_refused_by_the_kernels_word() {
     let st = std::fs::read_to_string(state.join("state")).unwrap();
     assert!(st.contains("operator"), "{st}");
     assert!(kernel_locked(&gw));
+}
+
+#[test]
+fn a_replayed_root_connection_carries_no_request_of_the_engines() {
+    let Some(gw) = gateway("qcrh5", "replay") else {
+        return;
+    };
+    // An operator lockdown from before, in the state file.
+    let state = gw.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("state"),
+        "{\"version\": 1, \"active\": null, \"links\": {\"dr\": {\"reasons\": [\"operator\"]}}}",
+    )
+    .unwrap();
+    let (code, log, hwm) = run(&gw);
+    assert_eq!(code, Some(1), "{log}");
+    let reply = |id: u64| {
+        log.lines()
+            .find(|l| l.starts_with(&format!("REPLY {{\"id\":{id},")))
+            .unwrap_or_else(|| panic!("no reply {id}:\n{log}"))
+            .to_string()
+    };
+    let denied = |id: u64, why: &str| {
+        let r = reply(id);
+        assert!(r.contains("\"denied\"") && r.contains(why), "{id}: {r}");
+    };
+    // The kept duplicate of a finished client: nothing on it.
+    denied(1, "no request on the client's connection");
+    // The client's own words are read, not the engine's.
+    denied(
+        3,
+        "the client asked for status, not a command the parent runs",
+    );
+    // The engine's channel is no control client, whatever its peer.
+    denied(4, "no credentials");
+    // What is left of a line is no request.
+    let r = reply(5);
+    assert!(
+        r.contains("\"bad-request\"") && r.contains("bad request"),
+        "{r}"
+    );
+    // The live monitor's connection is still being read (deadline 30 s)
+    // while the others were answered: the parent's loop never waited.
+    assert!(!log.contains("REPLY {\"id\":2,"), "{log}");
+    // A root client's own request, left unread, runs: the path is open.
+    let r = reply(6);
+    assert!(r.contains("logging verbose"), "{r}");
+    assert!(
+        log.contains("event=ctl_denied proc=parent uid=0 command=unlock"),
+        "{log}"
+    );
+    assert!(!log.contains("unlock_forced"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let st = std::fs::read_to_string(state.join("state")).unwrap();
+    assert!(st.contains("operator"), "{st}");
+    assert!(kernel_locked(&gw));
+    assert!(hwm < 64 * 1024, "parent peak {hwm} KiB");
 }
 
 #[test]

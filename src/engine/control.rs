@@ -10,23 +10,63 @@
 //! line; only root sends bundles) and for how long; root has connection
 //! slots of its own that no member can fill; each other uid has a few;
 //! `monitor` streams are capped and a reader that stops reading is dropped.
+//!
+//! A root client's request is peeked at, not read: a request the parent
+//! runs stays on the connection and the parent reads it from there
+//! ([`crate::imsg::creds`]); only what the engine runs itself is consumed.
 
+use crate::imsg::ParentCommand;
 use crate::log::{self, Prio};
-use crate::proto::ctl::{ErrorCode, MAX_REQUEST, Reply, Request};
+use crate::proto::ctl::{ErrorCode, POLICY_LOAD_PREFIX, Reply, Request};
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// A request handed to the engine's main loop, with the channel for its answer.
 pub struct CtlCall {
     pub uid: u32,
-    pub request: Request,
+    pub asked: Asked,
     pub reply: oneshot::Sender<Reply>,
-    /// The client's connection (a duplicate), for a request the parent
-    /// runs: the parent asks the kernel who the client is.
+    /// The client's connection (a duplicate) with a request the parent
+    /// runs still unread on it: the parent asks the kernel who the client
+    /// is and reads the request itself.
     pub client: Option<std::os::fd::OwnedFd>,
+}
+
+/// What a client asked.
+#[derive(Debug, PartialEq)]
+pub enum Asked {
+    /// A whole line: taken off the connection when the engine runs it,
+    /// left on it when the parent does.
+    Line(Request),
+    /// A `policy-load` longer than the engine looks: left whole on the
+    /// connection for the parent.
+    PolicyLoad,
+}
+
+impl Asked {
+    fn name(&self) -> &'static str {
+        match self {
+            Asked::Line(r) => r.name(),
+            Asked::PolicyLoad => ParentCommand::PolicyLoad.name(),
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        matches!(self, Asked::Line(r) if r.read_only())
+    }
+
+    /// The parent's command, when the parent runs it.
+    pub fn for_parent(&self) -> Option<ParentCommand> {
+        match self {
+            Asked::Line(r) => ParentCommand::of(r),
+            Asked::PolicyLoad => Some(ParentCommand::PolicyLoad),
+        }
+    }
 }
 
 /// Who may use the socket read-only.
@@ -85,6 +125,10 @@ pub const MAX_PER_UID: usize = 8;
 pub const MAX_MONITORS: usize = 16;
 /// A read-only request is one short line (`show link NAME`).
 pub const MAX_READONLY_REQUEST: usize = 4096;
+/// How far the engine looks into a root client's request: every request
+/// but a bundle is one short line, and a bundle shows what it is in its
+/// first bytes.
+pub const PEEK_WINDOW: usize = 64 << 10;
 /// How long a client may take to send its request: root may send a bundle.
 const READ_TIMEOUT_ROOT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT_OTHERS: Duration = Duration::from_secs(5);
@@ -217,12 +261,7 @@ async fn connection(
     slots: Shared<Slots>,
 ) -> std::io::Result<()> {
     let level = access.level(uid, gid);
-    let client = if level == Level::Root {
-        std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok()
-    } else {
-        None
-    };
-    let (rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.into_split();
     if level == Level::None {
         // Decided before reading a byte: nothing of theirs is parsed.
         lock(&limiter).denied(uid, "-", Instant::now());
@@ -232,61 +271,42 @@ async fn connection(
         )
         .await;
     }
-    let (max, wait) = match level {
-        Level::Root => (MAX_REQUEST, READ_TIMEOUT_ROOT),
-        _ => (MAX_READONLY_REQUEST, READ_TIMEOUT_OTHERS),
-    };
-    let mut line = String::new();
-    let n = tokio::time::timeout(
-        wait,
-        BufReader::new(rd.take(max as u64 + 1)).read_line(&mut line),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timeout"))??;
-    if n == 0 {
-        return Ok(());
-    }
-    if line.len() > max || !line.ends_with('\n') {
-        return send(
-            &mut wr,
-            &Reply::error(ErrorCode::BadRequest, "request too long"),
-        )
-        .await;
-    }
-    let request: Request = match serde_json::from_str(line.trim_end()) {
-        Ok(r) => r,
-        Err(e) => {
-            return send(
-                &mut wr,
-                &Reply::error(ErrorCode::BadRequest, format!("bad request: {e}")),
-            )
-            .await;
+    let got = match level {
+        Level::Root => {
+            tokio::time::timeout(READ_TIMEOUT_ROOT, root_request(&mut rd, PEEK_WINDOW)).await
         }
+        _ => {
+            let read = readonly_request(&mut rd, MAX_READONLY_REQUEST);
+            tokio::time::timeout(READ_TIMEOUT_OTHERS, read).await
+        }
+    };
+    let asked = match got
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timeout"))??
+    {
+        Ok(Some(a)) => a,
+        Ok(None) => return Ok(()),
+        Err(refusal) => return send(&mut wr, &refusal).await,
     };
     let allowed = match level {
         Level::Root => true,
-        Level::ReadOnly => request.read_only(),
+        Level::ReadOnly => asked.read_only(),
         Level::None => false,
     };
     if !allowed {
-        limiter.lock().unwrap_or_else(|e| e.into_inner()).denied(
-            uid,
-            request.name(),
-            Instant::now(),
-        );
+        lock(&limiter).denied(uid, asked.name(), Instant::now());
         return send(
             &mut wr,
             &Reply::error(ErrorCode::Denied, "permission denied"),
         )
         .await;
     }
-    if !request.read_only() {
+    if !asked.read_only() {
         log::event(Prio::Info, "ctl_command")
             .kv("uid", uid)
-            .kv("command", request.name())
+            .kv("command", asked.name())
             .send();
     }
-    if request == Request::Monitor {
+    if asked == Asked::Line(Request::Monitor) {
         let room = {
             let mut s = lock(&slots);
             let room = s.monitors < MAX_MONITORS;
@@ -303,11 +323,16 @@ async fn connection(
         lock(&slots).monitors -= 1;
         return r;
     }
+    // Only root gets this far with a request the parent runs.
+    let client = match asked.for_parent() {
+        Some(_) => AsFd::as_fd(rd.as_ref()).try_clone_to_owned().ok(),
+        None => None,
+    };
     let (tx, rx) = oneshot::channel();
     if calls
         .send(CtlCall {
             uid,
-            request,
+            asked,
             reply: tx,
             client,
         })
@@ -320,6 +345,128 @@ async fn connection(
         .await
         .unwrap_or_else(|_| Reply::error(ErrorCode::Failed, "engine shutting down"));
     send(&mut wr, &reply).await
+}
+
+/// What a connection's request came to: `Ok(None)` when the client left
+/// without a byte, `Err` with the answer for a request refused unparsed.
+type Got = Result<Option<Asked>, Reply>;
+
+/// A read-only member's request: one line of at most `max` bytes, read.
+async fn readonly_request(rd: &mut OwnedReadHalf, max: usize) -> std::io::Result<Got> {
+    let mut line = String::new();
+    let n = BufReader::new(rd.take(max as u64 + 1))
+        .read_line(&mut line)
+        .await?;
+    if n == 0 {
+        return Ok(Ok(None));
+    }
+    if line.len() > max || !line.ends_with('\n') {
+        return Ok(Err(Reply::error(ErrorCode::BadRequest, "request too long")));
+    }
+    Ok(parse(line.as_bytes()).map(|r| Some(Asked::Line(r))))
+}
+
+fn parse(line: &[u8]) -> Result<Request, Reply> {
+    serde_json::from_slice(line)
+        .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
+
+/// A root client's request, looked at within `window` bytes: what the
+/// engine runs is taken off the connection (exactly its line); what the
+/// parent runs is left there for the parent to read.
+async fn root_request(rd: &mut OwnedReadHalf, window: usize) -> std::io::Result<Got> {
+    let Some((peeked, bytes)) = peek_request(rd.as_ref(), window).await? else {
+        return Ok(Ok(None));
+    };
+    let (len, request) = match peeked {
+        Peeked::Line(len) => match parse(&bytes[..len]) {
+            Ok(r) => (len, r),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+        Peeked::PolicyLoad => return Ok(Ok(Some(Asked::PolicyLoad))),
+        Peeked::TooLong => {
+            return Ok(Err(Reply::error(ErrorCode::BadRequest, "request too long")));
+        }
+        Peeked::More => {
+            return Ok(Err(Reply::error(
+                ErrorCode::BadRequest,
+                "incomplete request",
+            )));
+        }
+    };
+    if ParentCommand::of(&request).is_none() {
+        // Ours to run: take the line off, and nothing after it.
+        rd.read_exact(&mut vec![0u8; len]).await?;
+    }
+    Ok(Ok(Some(Asked::Line(request))))
+}
+
+/// What a root client's connection holds, judged from the bytes peeked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peeked {
+    /// Not enough to say yet (at the client's end: an unfinished line).
+    More,
+    /// A whole line of this many bytes, its newline included.
+    Line(usize),
+    /// A `policy-load` with its end not yet in sight: the parent reads it
+    /// whole. Said as soon as the start shows it: a Unix socket may queue
+    /// less than the window (OpenBSD's buffers are small), so waiting for
+    /// a full window could wait for ever.
+    PolicyLoad,
+    /// No end of line within the window, and no bundle.
+    TooLong,
+}
+
+fn judge(peeked: &[u8], window: usize) -> Peeked {
+    if let Some(i) = peeked.iter().position(|&b| b == b'\n') {
+        return Peeked::Line(i + 1);
+    }
+    if peeked.trim_ascii_start().starts_with(POLICY_LOAD_PREFIX) {
+        return Peeked::PolicyLoad;
+    }
+    if peeked.len() >= window {
+        return Peeked::TooLong;
+    }
+    Peeked::More
+}
+
+/// Looks at what a client sent without taking it off the connection,
+/// until [`judge`] decides or the client ends (then [`Peeked::More`]).
+/// `None`: the client left without sending a byte.
+async fn peek_request(
+    stream: &UnixStream,
+    window: usize,
+) -> std::io::Result<Option<(Peeked, Vec<u8>)>> {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut buf = vec![0u8; window];
+    let mut seen = 0;
+    loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        let got = stream.try_io(Interest::READABLE, || {
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            let n = recv(stream.as_raw_fd(), &mut buf, flags).map_err(std::io::Error::from)?;
+            // Nothing new since the last look, and the client still there:
+            // WouldBlock clears the readiness, so the next wake-up is news.
+            if n == seen && n > 0 && !ready.is_read_closed() {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match got {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let verdict = judge(&buf[..n], window);
+        if verdict != Peeked::More || n == seen {
+            buf.truncate(n);
+            return Ok(Some((verdict, buf)));
+        }
+        seen = n;
+    }
 }
 
 async fn monitor(
@@ -349,40 +496,4 @@ async fn send(wr: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_keeps_its_slots_whatever_members_do() {
-        let mut s = Slots::default();
-        for _ in 0..MAX_PER_UID {
-            assert!(s.take(65534).is_some());
-        }
-        assert!(s.take(65534).is_none(), "per-uid cap");
-        let mut uid = 1000;
-        while s.take(uid).is_some() {
-            uid += 1;
-        }
-        assert_eq!(s.others, MAX_OTHERS);
-        for _ in 0..MAX_ROOT {
-            assert!(s.take(0).is_some(), "root crowded out");
-        }
-        assert!(s.take(0).is_none());
-        s.give(65534);
-        assert!(s.take(65534).is_some());
-        s.give(0);
-        assert!(s.take(0).is_some());
-    }
-
-    #[test]
-    fn access_levels() {
-        let a = Access {
-            readonly_uids: vec![1000],
-            readonly_gid: Some(50),
-        };
-        assert_eq!(a.level(0, 0), Level::Root);
-        assert_eq!(a.level(1000, 1000), Level::ReadOnly);
-        assert_eq!(a.level(1001, 50), Level::ReadOnly);
-        assert_eq!(a.level(1001, 1001), Level::None);
-    }
-}
+mod tests;

@@ -3,11 +3,11 @@
 //! only the parent may do (lockdown, unlock, reload, policy load, log level)
 //! is forwarded over fd 3 and answered when the parent replies.
 
-use super::control::CtlCall;
+use super::control::{Asked, CtlCall};
 use super::link::Input;
 use super::qber::SimControl;
 use super::{Engine, LinkSlot};
-use crate::imsg::{CtlRequest, ParentRequest, ToParent};
+use crate::imsg::{CtlRequest, ParentCommand, ToParent};
 use crate::lock::{Enforcement, LockReason};
 use crate::log::{self, Prio};
 use crate::policy::params::{OnQber, UnlockMode};
@@ -21,10 +21,17 @@ impl Engine {
     pub(super) fn control(&mut self, call: CtlCall) {
         let CtlCall {
             uid,
-            request,
+            asked,
             reply,
             client,
         } = call;
+        let request = match asked {
+            Asked::Line(r) => r,
+            Asked::PolicyLoad => {
+                let command = ParentCommand::PolicyLoad;
+                return self.forward(uid, client, command, Vec::new(), reply);
+            }
+        };
         let now = Instant::now();
         let answer = match request {
             Request::Status => Reply::Status(self.status(now)),
@@ -39,13 +46,7 @@ impl Engine {
             Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
             Request::Log { verbose } => {
                 log::set_verbose(verbose);
-                return self.forward(
-                    uid,
-                    client,
-                    ParentRequest::Log { verbose },
-                    Vec::new(),
-                    reply,
-                );
+                return self.forward(uid, client, ParentCommand::Log, Vec::new(), reply);
             }
             Request::SimEve { link, fraction } => {
                 return self.sim(&link, SimControl::Eve(fraction), reply);
@@ -53,14 +54,8 @@ impl Engine {
             Request::SimNoise { link, qber } => {
                 return self.sim(&link, SimControl::Noise(qber), reply);
             }
-            Request::Lockdown { target } => {
-                return self.forward(
-                    uid,
-                    client,
-                    ParentRequest::Lockdown { target },
-                    Vec::new(),
-                    reply,
-                );
+            Request::Lockdown { .. } => {
+                return self.forward(uid, client, ParentCommand::Lockdown, Vec::new(), reply);
             }
             Request::Unlock { target, force } => {
                 let names = match self.target_names(&target) {
@@ -76,43 +71,33 @@ impl Engine {
                         notes.push(format!("{n}: qber hold kept: {why}"));
                     }
                 }
-                return self.forward(
-                    uid,
-                    client,
-                    ParentRequest::Unlock { target, force },
-                    notes,
-                    reply,
-                );
+                return self.forward(uid, client, ParentCommand::Unlock, notes, reply);
             }
             Request::Rotate { target } => self.rotate(&target, now),
             Request::Reload => {
-                return self.forward(uid, client, ParentRequest::Reload, Vec::new(), reply);
+                return self.forward(uid, client, ParentCommand::Reload, Vec::new(), reply);
             }
-            Request::PolicyLoad { bundle_b64 } => {
-                return self.forward(
-                    uid,
-                    client,
-                    ParentRequest::PolicyLoad { bundle_b64 },
-                    Vec::new(),
-                    reply,
-                );
+            Request::PolicyLoad { .. } => {
+                let command = ParentCommand::PolicyLoad;
+                return self.forward(uid, client, command, Vec::new(), reply);
             }
         };
         let _ = reply.send(answer);
     }
 
+    /// Hands a request only the parent runs on: the client's connection,
+    /// with the request still unread on it, then the command's name. The
+    /// parent learns who asks from the kernel and what from the client.
     fn forward(
         &mut self,
         uid: u32,
         client: Option<std::os::fd::OwnedFd>,
-        request: ParentRequest,
+        command: ParentCommand,
         notes: Vec<String>,
         reply: oneshot::Sender<Reply>,
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        // The client's connection goes first: the parent learns who asks
-        // from the kernel, not from us.
         let passed = match (&self.creds, &client) {
             (Some(chan), Some(c)) => {
                 use std::os::fd::AsFd;
@@ -128,7 +113,7 @@ impl Engine {
         self.pending.insert(id, (reply, notes));
         let _ = self
             .tx
-            .send(ToParent::CtlRequest(CtlRequest { id, uid, request }).encode());
+            .send(ToParent::CtlRequest(CtlRequest { id, uid, command }).encode());
     }
 
     /// `qkdctl rotate`: a round now on every keyed link named (masters

@@ -18,14 +18,16 @@ pub use keys::{InstallPsk, KeyAck, KeyStep, KmeNet, LinkKeys, PeeringNet, Persis
 use crate::conf::{QberConf, TestingConf};
 use crate::lock::{Enforcement, Reasons};
 use crate::policy::params::LinkPolicy;
-use crate::proto::ctl::{Reply, Target};
+use crate::proto::ctl::{Reply, Request, Target};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-pub const VERSION: u8 = 1;
+/// 2: a `CtlRequest` names its command; the parent reads the request
+/// itself from the client's connection ([`creds`]).
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 8;
 /// Policy bundles travel in frames: 4 MiB of files, base64, plus slack.
 pub const MAX_PAYLOAD: usize = 8 << 20;
@@ -169,9 +171,54 @@ pub struct LinkState {
     pub parent_reasons: Reasons,
 }
 
-/// Control requests only the parent can answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// The commands only the parent can run, by name: what the engine tells the
+/// parent it saw a root client ask (for the log and a cross-check), never
+/// what the parent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParentCommand {
+    Lockdown,
+    Unlock,
+    Reload,
+    PolicyLoad,
+    Log,
+}
+
+impl ParentCommand {
+    /// The parent's command behind `r`; None for what the engine runs.
+    pub fn of(r: &Request) -> Option<ParentCommand> {
+        Some(match r {
+            Request::Lockdown { .. } => ParentCommand::Lockdown,
+            Request::Unlock { .. } => ParentCommand::Unlock,
+            Request::Reload => ParentCommand::Reload,
+            Request::PolicyLoad { .. } => ParentCommand::PolicyLoad,
+            Request::Log { .. } => ParentCommand::Log,
+            Request::Status
+            | Request::ShowLinks
+            | Request::ShowLink { .. }
+            | Request::ShowPolicy
+            | Request::Monitor
+            | Request::Rotate { .. }
+            | Request::SimEve { .. }
+            | Request::SimNoise { .. } => return None,
+        })
+    }
+
+    /// The command's name, for logs (as `ctl_command command=`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ParentCommand::Lockdown => "lockdown",
+            ParentCommand::Unlock => "unlock",
+            ParentCommand::Reload => "reload",
+            ParentCommand::PolicyLoad => "policy-load",
+            ParentCommand::Log => "log",
+        }
+    }
+}
+
+/// A control request the parent runs, as the parent read it from the
+/// client's own connection.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ParentRequest {
     Lockdown {
         target: Target,
@@ -192,24 +239,39 @@ pub enum ParentRequest {
 }
 
 impl ParentRequest {
-    /// The command's name, for logs.
-    pub fn name(&self) -> &'static str {
+    /// The parent's part of `r`; None for a request the engine runs.
+    pub fn from_request(r: Request) -> Option<ParentRequest> {
+        Some(match r {
+            Request::Lockdown { target } => ParentRequest::Lockdown { target },
+            Request::Unlock { target, force } => ParentRequest::Unlock { target, force },
+            Request::Reload => ParentRequest::Reload,
+            Request::PolicyLoad { bundle_b64 } => ParentRequest::PolicyLoad { bundle_b64 },
+            Request::Log { verbose } => ParentRequest::Log { verbose },
+            _ => return None,
+        })
+    }
+
+    pub fn command(&self) -> ParentCommand {
         match self {
-            ParentRequest::Lockdown { .. } => "lockdown",
-            ParentRequest::Unlock { .. } => "unlock",
-            ParentRequest::Reload => "reload",
-            ParentRequest::PolicyLoad { .. } => "policy-load",
-            ParentRequest::Log { .. } => "log",
+            ParentRequest::Lockdown { .. } => ParentCommand::Lockdown,
+            ParentRequest::Unlock { .. } => ParentCommand::Unlock,
+            ParentRequest::Reload => ParentCommand::Reload,
+            ParentRequest::PolicyLoad { .. } => ParentCommand::PolicyLoad,
+            ParentRequest::Log { .. } => ParentCommand::Log,
         }
     }
 }
 
+/// A root client asked for `command` on the connection the engine passed
+/// with this `id` (fd 7). The request itself is still unread on that
+/// connection: the parent reads it from there, so the engine can neither
+/// write it nor change it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CtlRequest {
     pub id: u64,
     pub uid: u32,
-    pub request: ParentRequest,
+    pub command: ParentCommand,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -519,98 +581,4 @@ pub fn spawn_writer(
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lock::LockReason;
-
-    #[test]
-    fn round_trip_every_type() {
-        let to_parent = [
-            ToParent::Hello(Hello {
-                version: VERSION,
-                pid: 7,
-            }),
-            ToParent::Reasons(LinkReasons {
-                link: "dr".into(),
-                reasons: [LockReason::Qber].into_iter().collect(),
-                qber: Some(0.25),
-                threshold: Some(0.08),
-                by_operator: false,
-                sampled_ns: Some(1),
-            }),
-            ToParent::Log(LogRecord {
-                prio: 6,
-                line: "event=x".into(),
-            }),
-            ToParent::CtlRequest(CtlRequest {
-                id: 3,
-                uid: 0,
-                request: ParentRequest::Unlock {
-                    target: Target::All,
-                    force: true,
-                },
-            }),
-        ];
-        for m in to_parent {
-            let f = m.encode();
-            let (code, payload) = read_frame_blocking(&mut &f[..]).unwrap().unwrap();
-            assert_eq!(ToParent::decode(code, &payload).unwrap(), m);
-            assert!(
-                ToEngine::decode(code, &payload).is_err(),
-                "direction is checked"
-            );
-        }
-        let m = ToEngine::Policy(None);
-        let f = m.encode();
-        let (code, payload) = read_frame_blocking(&mut &f[..]).unwrap().unwrap();
-        assert_eq!(ToEngine::decode(code, &payload).unwrap(), m);
-    }
-
-    #[test]
-    fn debug_hides_tls_key() {
-        let n = QberNet {
-            ca: Some(b"CA".to_vec()),
-            cert: None,
-            key: Some(zeroize::Zeroizing::new(
-                b"-----BEGIN PRIVATE KEY----- SECRETBYTES".to_vec(),
-            )),
-            addr: None,
-        };
-        let d = format!("{n:?}");
-        assert!(
-            d.contains("<SECRET>") && !d.contains("SECRETBYTES") && !d.contains("83"),
-            "{d}"
-        );
-    }
-
-    #[test]
-    fn refuses_bad_frames() {
-        let good = ToParent::Hello(Hello { version: 1, pid: 1 }).encode();
-        let mut v = good.clone();
-        v[4] = 2;
-        assert!(matches!(
-            read_frame_blocking(&mut &v[..]),
-            Err(Error::Version(2))
-        ));
-        let mut v = good.clone();
-        v[0..4].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_be_bytes());
-        assert!(matches!(
-            read_frame_blocking(&mut &v[..]),
-            Err(Error::TooLarge(_))
-        ));
-        assert!(matches!(
-            ToParent::decode(0, b"{}"),
-            Err(Error::UnknownType(0))
-        ));
-        assert!(matches!(
-            ToParent::decode(999, b"{}"),
-            Err(Error::UnknownType(999))
-        ));
-        // Unknown field: refused.
-        let r = ToParent::decode(100, br#"{"version":1,"pid":1,"extra":2}"#);
-        assert!(matches!(r, Err(Error::Body(Type::Hello, _))));
-        // Truncated frame is an error, not a silent EOF.
-        assert!(read_frame_blocking(&mut &good[..good.len() - 1]).is_err());
-        assert!(read_frame_blocking(&mut &good[..0]).unwrap().is_none());
-    }
-}
+mod tests;

@@ -9,6 +9,7 @@
 //! or thread exists — then a current-thread tokio loop.
 
 pub mod activate;
+mod ctl;
 mod deadman;
 pub mod fw;
 mod guardian;

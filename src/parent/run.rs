@@ -5,8 +5,9 @@
 //! link locked with `process-failure`, exit non-zero.
 
 use super::{Parent, activate, keys, links::OpenedBy};
-use crate::imsg::{self, ActivePolicy, CtlReply, EngineConfig, EngineLink, LinkState, LogRecord};
-use crate::imsg::{LinkKeys, ParentRequest, ToEngine, ToParent};
+use crate::imsg::creds::Readers;
+use crate::imsg::{self, ActivePolicy, EngineConfig, EngineLink, LinkState, LogRecord};
+use crate::imsg::{LinkKeys, ToEngine, ToParent};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
@@ -113,6 +114,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let mut last_expiry_log: Option<Instant> = None;
     // A bundle's verification answer (the worker thread's; policy_jobs).
     let mut job_rx = None;
+    // Control requests being read from their clients' own connections.
+    let mut readers = Readers::default();
     loop {
         if let Some(rx) = p.job_rx.take() {
             job_rx = Some(rx);
@@ -130,7 +133,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     match next {
                         Ok(ToParent::Hello(h)) if h.version == imsg::VERSION && !hello => hello = true,
                         Ok(msg) if hello => {
-                            if let Err(e) = dispatch_engine(&mut p, &tx, msg) {
+                            if let Err(e) = dispatch_engine(&mut p, &tx, &mut readers, msg) {
                                 return engine_lost(&mut p, &mut child, &e);
                             }
                         }
@@ -144,6 +147,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 }
                 keys::flush_epochs(&mut p, &tx);
             }
+            line = readers.next() => super::ctl::client_request(&mut p, &tx, line),
             _ = hup.recv() => {
                 let r = reload(&mut p, &tx);
                 log::debug(format!("SIGHUP: {r:?}"));
@@ -268,7 +272,12 @@ pub(super) fn send_state(p: &Parent, tx: &Tx, name: &str) {
 }
 
 /// Every engine message is checked against the parent's own config.
-fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String> {
+fn dispatch_engine(
+    p: &mut Parent,
+    tx: &Tx,
+    readers: &mut Readers,
+    msg: ToParent,
+) -> Result<(), String> {
     match msg {
         ToParent::Hello(_) => Err("second hello".into()),
         ToParent::Reasons(r) => {
@@ -342,67 +351,13 @@ fn dispatch_engine(p: &mut Parent, tx: &Tx, msg: ToParent) -> Result<(), String>
             keys::install_psk(p, tx, i);
             Ok(())
         }
-        ToParent::CtlRequest(req) => {
-            // Who asks is the kernel's word, from the client's own
-            // connection; the engine's `uid` is only checked against it.
-            let kernel_uid = p.ctl_creds.as_mut().and_then(|(chan, c)| {
-                c.drain(std::os::fd::AsFd::as_fd(chan));
-                c.take(req.id)
-            });
-            match kernel_uid {
-                None => {
-                    log::event(Prio::Warning, "ctl_denied")
-                        .kv("uid", "unknown")
-                        .kv("command", req.request.name())
-                        .msg("no client credentials from the kernel")
-                        .send();
-                    let reply =
-                        Reply::error(ErrorCode::Denied, "permission denied: no credentials");
-                    let _ = tx.send(ToEngine::CtlReply(CtlReply { id: req.id, reply }).encode());
-                    return Ok(());
-                }
-                Some(k) if k != req.uid => {
-                    return Err(format!(
-                        "engine said uid {} for a client the kernel says is uid {k}",
-                        req.uid
-                    ));
-                }
-                // The engine allows only read-only commands to non-root.
-                Some(k) if k != 0 => return Err(format!("mutating request for uid {k}")),
-                Some(_) => {}
-            }
-            let reply = match req.request {
-                ParentRequest::Lockdown { target } => super::operator::lock(p, &target),
-                ParentRequest::Unlock { target, force } => {
-                    super::operator::unlock(p, &target, force)
-                }
-                ParentRequest::Reload => reload(p, tx),
-                ParentRequest::PolicyLoad { bundle_b64 } => {
-                    match super::policy_jobs::policy_load(p, &bundle_b64, req.id) {
-                        Some(r) => r,
-                        // Answered when the verification thread is done.
-                        None => return Ok(()),
-                    }
-                }
-                ParentRequest::Log { verbose } => {
-                    log::set_verbose(verbose);
-                    Reply::ok(if verbose {
-                        "logging verbose"
-                    } else {
-                        "logging brief"
-                    })
-                }
-            };
-            send_all_states(p, tx);
-            let _ = tx.send(ToEngine::CtlReply(CtlReply { id: req.id, reply }).encode());
-            Ok(())
-        }
+        ToParent::CtlRequest(req) => super::ctl::ctl_request(p, tx, readers, req),
     }
 }
 
 /// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is
 /// valid and changes nothing a reload cannot apply.
-fn reload(p: &mut Parent, tx: &Tx) -> Reply {
+pub(super) fn reload(p: &mut Parent, tx: &Tx) -> Reply {
     let path = p.conf.path.clone();
     let new = match crate::conf::load(&path) {
         Ok(c) => c,

@@ -13,6 +13,11 @@ use std::collections::BTreeMap;
 /// Largest request line the server reads (a 4 MiB bundle in base64 plus slack).
 pub const MAX_REQUEST: usize = 6 << 20;
 
+/// How a `policy-load` request line starts (serde's externally tagged form,
+/// as qkdctl writes it): the only request longer than a short line, so the
+/// engine can tell it from its first bytes and leave the rest unread.
+pub const POLICY_LOAD_PREFIX: &[u8] = br#"{"policy-load":"#;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum Target {
@@ -238,6 +243,27 @@ mod tests {
             }
             .read_only()
         );
+    }
+
+    #[test]
+    fn a_policy_load_line_starts_with_its_prefix() {
+        let r = Request::PolicyLoad {
+            bundle_b64: "AAAA".into(),
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.as_bytes().starts_with(POLICY_LOAD_PREFIX), "{line}");
+        // No other request starts so.
+        for r in [
+            Request::Reload,
+            Request::Status,
+            Request::Unlock {
+                target: Target::All,
+                force: true,
+            },
+        ] {
+            let line = serde_json::to_string(&r).unwrap();
+            assert!(!line.as_bytes().starts_with(POLICY_LOAD_PREFIX), "{line}");
+        }
     }
 
     #[test]
