@@ -121,6 +121,10 @@ elif mode == "replay":
         s.close()
     replies(2)
     garbage()
+elif mode == "silent":
+    # Clears its reasons (the link may open), then stalls: no frame at all.
+    reasons("dr", [])
+    time.sleep(60)
 elif mode == "oversized":
     reasons("dr", [])
     garbage()
@@ -357,4 +361,25 @@ fn a_flooding_engine_keeps_the_parent_bounded() {
     assert!(!log.contains("panicked"));
     assert!(hwm < 64 * 1024, "parent peak {hwm} KiB");
     assert!(kernel_locked(&gw));
+}
+
+#[test]
+fn a_stalled_engine_is_a_failed_engine() {
+    let Some(gw) = gateway("qkh6", "silent") else {
+        return;
+    };
+    let t = Instant::now();
+    let (code, log, _) = run(&gw);
+    let took = t.elapsed();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("engine silent for"), "{log}");
+    assert!(
+        log.contains("event=lockdown proc=parent link=dr reason=process-failure"),
+        "{log}"
+    );
+    assert!(kernel_locked(&gw));
+    assert_eq!(gw.pings(3), 0);
+    // Silence of 5 s (imsg::ENGINE_SILENCE) and a tick; start-up included.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    eprintln!("stalled engine: parent gone {took:?} after its start");
 }

@@ -75,6 +75,8 @@ struct Engine {
     testing: crate::conf::TestingConf,
     /// Where control clients' connections go to the parent (fd 7).
     creds: Option<std::os::fd::OwnedFd>,
+    /// When the next [`ToParent::Alive`] is due.
+    alive_due: Instant,
 }
 
 impl LinkSlot {
@@ -312,6 +314,7 @@ async fn run(
         keys: key_state,
         testing: cfg.testing.clone(),
         creds: Some(creds),
+        alive_due: Instant::now(),
     };
     if let Err(e) = eng.configure(cfg, Instant::now()) {
         return fatal(e);
@@ -344,6 +347,7 @@ async fn run(
             }
             _ = tokio::time::sleep_until(wake.into()) => eng.tick(Instant::now()),
         }
+        eng.keep_alive(Instant::now());
         eng.publish_metrics(Instant::now());
     }
 }
@@ -464,8 +468,16 @@ impl Engine {
         }
     }
 
+    /// Tells the parent this loop turns (from the loop itself, never from
+    /// a task of its own: a stalled loop must fall silent).
+    fn keep_alive(&mut self, now: Instant) {
+        if now >= self.alive_due {
+            self.alive_due = now + imsg::ALIVE_EVERY;
+            let _ = self.tx.send(ToParent::Alive.encode());
+        }
+    }
+
     fn next_wakeup(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
         self.links
             .values()
             .flat_map(|s| {
@@ -476,8 +488,9 @@ impl Engine {
             })
             .flatten()
             .chain(self.keys.next_deadline())
+            .chain(std::iter::once(self.alive_due))
             .min()
-            .unwrap_or(far)
+            .unwrap_or(self.alive_due)
     }
 
     fn tick(&mut self, now: Instant) {

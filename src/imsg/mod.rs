@@ -51,6 +51,7 @@ pub enum Type {
     CtlRequest = 103,
     PersistEpoch = 104,
     InstallPsk = 105,
+    Alive = 106,
 }
 
 impl Type {
@@ -68,6 +69,7 @@ impl Type {
             103 => Type::CtlRequest,
             104 => Type::PersistEpoch,
             105 => Type::InstallPsk,
+            106 => Type::Alive,
             _ => return None,
         })
     }
@@ -342,6 +344,10 @@ pub enum ToParent {
     CtlRequest(CtlRequest),
     PersistEpoch(PersistEpoch),
     InstallPsk(InstallPsk),
+    /// Once a second from the engine's main loop: a loop that stalls stops
+    /// saying it, and the parent treats the engine as failed
+    /// ([`ENGINE_SILENCE`]).
+    Alive,
 }
 
 /// Framing or decoding failure: fatal for the channel.
@@ -467,6 +473,7 @@ impl ToParent {
             ToParent::CtlRequest(r) => frame(Type::CtlRequest, r),
             ToParent::PersistEpoch(p) => frame(Type::PersistEpoch, p),
             ToParent::InstallPsk(i) => frame(Type::InstallPsk, i),
+            ToParent::Alive => frame(Type::Alive, &()),
         }
     }
 
@@ -479,6 +486,10 @@ impl ToParent {
             Type::CtlRequest => ToParent::CtlRequest(body(ty, payload)?),
             Type::PersistEpoch => ToParent::PersistEpoch(body(ty, payload)?),
             Type::InstallPsk => ToParent::InstallPsk(body(ty, payload)?),
+            Type::Alive => {
+                body::<()>(ty, payload)?;
+                ToParent::Alive
+            }
             _ => return Err(Error::WrongDirection(code)),
         })
     }
@@ -579,6 +590,12 @@ pub fn spawn_writer(
 
 /// How long the parent waits for the engine's Hello before giving up.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the engine says [`ToParent::Alive`], and how long the parent
+/// hears nothing from it before the engine counts as failed (every link
+/// locked, `engine_lost`): a stalled engine watches no QBER.
+pub const ALIVE_EVERY: Duration = Duration::from_secs(1);
+pub const ENGINE_SILENCE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests;

@@ -111,6 +111,11 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let mut heartbeat = super::deadman::Heartbeat::new(Instant::now());
     let hello_deadline = Instant::now() + imsg::HELLO_TIMEOUT;
     let mut hello = false;
+    // The engine's last frame, and the last tick (a parent that was itself
+    // stuck, say in a hung tool, gives the engine's queued frames a turn
+    // before it calls the engine silent).
+    let mut last_heard = Instant::now();
+    let mut last_tick = Instant::now();
     let mut last_expiry_log: Option<Instant> = None;
     // A bundle's verification answer (the worker thread's; policy_jobs).
     let mut job_rx = None;
@@ -125,6 +130,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             // re-application of a new bundle (the last branch).
             biased;
             m = from_engine.recv() => {
+                last_heard = Instant::now();
                 let mut m = Some(m.unwrap_or_else(|| Err("engine reader ended".into())));
                 // Drain what is already queued so that the epochs of many
                 // links share one fsync of the state file (group commit).
@@ -159,6 +165,18 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 heartbeat.beat(p.links.fw.as_mut(), Instant::now());
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
+                }
+                let now = Instant::now();
+                if now.duration_since(last_tick) > 2 * imsg::ALIVE_EVERY {
+                    last_heard = last_heard.max(now - imsg::ALIVE_EVERY);
+                }
+                last_tick = now;
+                if hello && now.duration_since(last_heard) > imsg::ENGINE_SILENCE {
+                    let why = format!(
+                        "engine silent for {} (its loop stalled)",
+                        crate::duration::format(now.duration_since(last_heard))
+                    );
+                    return engine_lost(&mut p, &mut child, &why);
                 }
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
                 changed.extend(keys::check_drift(&mut p));
@@ -352,6 +370,8 @@ fn dispatch_engine(
             Ok(())
         }
         ToParent::CtlRequest(req) => super::ctl::ctl_request(p, tx, readers, req),
+        // Heard: the loop above keeps the time.
+        ToParent::Alive => Ok(()),
     }
 }
 
