@@ -383,22 +383,47 @@ impl From<io::Error> for Error {
 /// A frame, or why it cannot be one (a body over [`MAX_PAYLOAD`]: say a
 /// config naming megabytes of TLS files).
 fn try_frame(ty: Type, body: &impl Serialize) -> Result<Vec<u8>, String> {
-    let mut payload = serde_json::to_vec(body).map_err(|e| format!("{ty:?} message: {e}"))?;
-    if payload.len() > MAX_PAYLOAD {
-        let n = payload.len();
-        zeroize::Zeroize::zeroize(&mut payload);
+    // Measured first, then written once into a buffer of exactly that
+    // size: a growing Vec would leave copies of a key's text in the memory
+    // it gives back, and nothing would wipe them.
+    let mut counted = Counter(0);
+    serde_json::to_writer(&mut counted, body).map_err(|e| format!("{ty:?} message: {e}"))?;
+    let n = counted.0;
+    if n > MAX_PAYLOAD {
         return Err(format!(
             "{ty:?} message of {n} bytes is over the channel's {MAX_PAYLOAD}"
         ));
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    let mut out = Vec::with_capacity(HEADER_LEN + n);
+    out.extend_from_slice(&[0; 4]);
     out.push(VERSION);
     out.push(0);
     out.extend_from_slice(&(ty as u16).to_be_bytes());
-    out.extend_from_slice(&payload);
-    zeroize::Zeroize::zeroize(&mut payload);
+    serde_json::to_writer(&mut out, body).map_err(|e| format!("{ty:?} message: {e}"))?;
+    // The length as written (the same as measured: the body is unchanged).
+    let len = out.len() - HEADER_LEN;
+    if len > MAX_PAYLOAD {
+        zeroize::Zeroize::zeroize(&mut out);
+        return Err(format!(
+            "{ty:?} message of {len} bytes is over the channel's {MAX_PAYLOAD}"
+        ));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(out)
+}
+
+/// A writer that only counts.
+struct Counter(usize);
+
+impl io::Write for Counter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Never panics: a message that cannot be framed is logged and becomes

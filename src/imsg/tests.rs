@@ -25,9 +25,13 @@ fn round_trip_every_type() {
             uid: 0,
             command: ParentCommand::Unlock,
         }),
+        ToParent::Alive,
     ];
     for m in to_parent {
         let f = m.encode();
+        // Written once into a buffer of its exact size: no copy of a key's
+        // text left behind by a growing buffer.
+        assert_eq!(f.capacity(), f.len());
         let (code, payload) = read_frame_blocking(&mut &f[..]).unwrap().unwrap();
         assert_eq!(ToParent::decode(code, &payload).unwrap(), m);
         assert!(
