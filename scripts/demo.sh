@@ -289,7 +289,11 @@ done
 ping_pid=$(cat "$work/pings.pid")
 kill -INT "$ping_pid" && rm -f "$work/pings.pid"
 wait "$ping_pid" || true # ping prints its summary on SIGINT
-echo "   ping stream across the rotations: $(sed -n 's/^\([0-9]* packets transmitted, [0-9]* received\).*/\1/p' "$work/pings.txt")"
+# Lost = answers missing below the last one answered; an echo still in
+# flight when the stream was stopped is counted apart, not as lost.
+lost=$(awk -F'icmp_seq=' '/icmp_seq=/ { split($2, a, " "); n++; if (a[1] > m) m = a[1] }
+	END { print m - n + 0 }' "$work/pings.txt")
+echo "   ping stream across the rotations: $(sed -n 's/^\([0-9]* packets transmitted, [0-9]* received\).*/\1/p' "$work/pings.txt") ($lost lost before the last answer)"
 ctl a show link dr | grep -E '^ *(key role|epoch|installed epoch|psk fingerprint|key age|rotations|kme stored keys):' |
 	sed 's/^/   a: /'
 

@@ -46,8 +46,11 @@ fn demo_shows_rotation_lockdown_of_both_ends_and_recovery() {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
+    // Transmitted, received, lost before the last answer: no echo may be
+    // lost across the rotations; one still in flight when the stream was
+    // stopped (SIGINT) is no loss.
     assert!(
-        n.len() == 2 && n[0] > 0 && n[0] == n[1],
+        n.len() == 3 && n[1] > 0 && n[2] == 0 && n[0] - n[1] <= 1,
         "lost pings: {stream}"
     );
     for side in ["a", "b"] {

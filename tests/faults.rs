@@ -523,10 +523,24 @@ fn an_engine_config_over_the_channel_limit_is_refused() {
         t.elapsed()
     );
     assert_eq!(o.status.code(), Some(1), "{err}");
+    // Refused before the firewall is touched, naming the file and the limit.
     assert!(
-        err.contains("engine config") && err.contains(&limit) && !err.contains("panicked"),
+        err.contains("TLS files sent to the engine")
+            && err.contains(&limit)
+            && err.contains("[qber.big] ca")
+            && err.contains(&ca.display().to_string())
+            && !err.contains("panicked"),
         "{err}"
     );
+    // `qkdpfd -n` says the same, before any start.
+    let n = Command::new(common::gateway::BIN_QKDPFD)
+        .arg("-nf")
+        .arg(&gw.conf)
+        .output()
+        .unwrap();
+    let n_err = String::from_utf8_lossy(&n.stderr);
+    assert_eq!(n.status.code(), Some(1), "{n_err}");
+    assert!(n_err.contains("[qber.big] ca"), "{n_err}");
     assert!(
         locked_in_kernel(&gw, "dr"),
         "{:?}",

@@ -138,6 +138,10 @@ pub fn main(opts: Opts) -> ExitCode {
     if let Err(e) = crate::privsep::check_argv0(&opts.argv0) {
         return exit_err(e);
     }
+    // Before the firewall is touched: the kernel keeps what it holds.
+    if let Err(e) = engine_files_fit(&conf) {
+        return exit_err(e);
+    }
     lock_on_panic(&conf);
     // Before touching the firewall: a live socket means another qkdpfd runs.
     if std::os::unix::net::UnixStream::connect(&conf.daemon.socket).is_ok() {
@@ -198,6 +202,9 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
     };
     // What start-up would read: QBER sources' TLS files and host names,
     // the peering key, KME credentials and the WireGuard interfaces.
+    if let Err(e) = engine_files_fit(conf) {
+        return exit_err(e);
+    }
     if let Err(e) = qber_net(conf) {
         return exit_err(e);
     }
@@ -237,6 +244,48 @@ pub fn check_supported(conf: &Config) -> Result<(), String> {
     #[cfg(not(feature = "testing"))]
     let _ = conf;
     Ok(())
+}
+
+/// The files the parent reads and sends to the engine (TLS material of
+/// the KMEs and the network QBER sources): together they must fit the
+/// channel's frame, base64-encoded. Checked by `qkdpfd -n` and before the
+/// engine starts, naming the largest files; the exact frame is checked too
+/// when it is built.
+pub fn engine_files_fit(conf: &Config) -> Result<(), String> {
+    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+    let mut add = |what: String, p: &PathBuf| {
+        let n = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        files.push((what, p.clone(), n));
+    };
+    for (name, k) in &conf.kme {
+        add(format!("[kme.{name}] ca"), &k.ca);
+        add(format!("[kme.{name}] cert"), &k.cert);
+        add(format!("[kme.{name}] key"), &k.key);
+    }
+    for (name, q) in &conf.qber {
+        for (key, p) in [("ca", &q.ca), ("cert", &q.cert), ("key", &q.key)] {
+            if let Some(p) = p {
+                add(format!("[qber.{name}] {key}"), p);
+            }
+        }
+    }
+    // Base64 is 4 bytes for every 3; the rest of the config is small.
+    let total: u64 = files.iter().map(|(_, _, n)| n.div_ceil(3) * 4).sum();
+    let limit = crate::imsg::MAX_PAYLOAD as u64;
+    if total + (64 << 10) <= limit {
+        return Ok(());
+    }
+    files.sort_by_key(|f| std::cmp::Reverse(f.2));
+    let largest: Vec<String> = files
+        .iter()
+        .take(3)
+        .map(|(what, p, n)| format!("{what} = {} ({n} bytes)", p.display()))
+        .collect();
+    Err(format!(
+        "the TLS files sent to the engine come to about {total} bytes encoded, over the \
+         channel's {limit}: largest {}",
+        largest.join(", ")
+    ))
 }
 
 /// Reads the TLS files of every network `[qber.X]` and resolves its URL's
