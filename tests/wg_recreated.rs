@@ -125,9 +125,14 @@ fn a_recreated_interface_stays_locked_until_a_fresh_key() {
     assert!(b_chain_locked(&p));
     assert_eq!(p.pings(3), 0);
     // A rotation installs a fresh key on the new interface: open again.
+    // (A never locked: wait for both ends to install the new epoch.)
+    let before = p.installed(A);
     p.ctl_ok(A, &["rotate", "dr"]);
     p.wait("fresh key opens both", Duration::from_secs(15), |a, b| {
+        let epoch = |s: &serde_json::Value| s["keys"]["installed_epoch"].as_u64().unwrap_or(0);
         [a, b].iter().all(|s| s["enforcement"] == "open")
+            && epoch(a) > before
+            && epoch(a) == epoch(b)
     });
     assert_eq!(p.psk(A), p.psk(B));
     assert_ne!(p.psk(B), old_psk);
