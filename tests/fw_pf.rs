@@ -329,11 +329,14 @@ fn observe_reads_status_main_ruleset_and_anchor() {
          block drop quick on wg0 all label \"qkdpfd-lockdown\"\n",
     );
     assert_eq!(observed(&mut r), fw::Observed::Locked);
+    // One listing of every link's anchor first; a link missing from it is
+    // read on its own.
     assert_eq!(
         r.take().into_iter().map(|c| c.0).collect::<Vec<_>>(),
         [
             args("-s|info"),
             args("-s|rules"),
+            args("-a|qkdpfd/*|-s|rules"),
             args("-a|qkdpfd/dr|-s|rules")
         ]
     );
@@ -446,4 +449,63 @@ fn kills_use_the_rdomain_and_the_open_rules_labels() {
         fw::pf::rule_labels("pass label \"x;y\"\npass label \"$link\"\npass label \"ok.1\""),
         ["ok.1"]
     );
+}
+
+/// A tick costs three pfctl runs whatever the number of links: the child
+/// anchors come in one listing (`-a 'qkdpfd/*' -s rules`, pfctl.c 1.397's
+/// wildcard recursion), each link judged from its block.
+#[test]
+fn a_tick_reads_every_anchor_in_one_listing() {
+    let mut r = Rec::new();
+    r.set("out.-s_info_", ENABLED);
+    r.set(
+        "out.-s_rules_",
+        &format!("{MAIN}block drop log quick on wg1 all\n"),
+    );
+    r.set(
+        "out.-a_qkdpfd_*_-s_rules_",
+        "anchor \"dr\" all {\n  pass quick on wg0 all\n}\n\
+         anchor \"lab\" all {\n\
+           block drop quick proto udp from any to <qkd_peer> port = 51821 label \"qkdpfd-lockdown\"\n\
+           block drop quick proto udp from <qkd_peer> port = 51821 to any label \"qkdpfd-lockdown\"\n\
+           block drop quick on wg1 all label \"qkdpfd-lockdown\"\n\
+         }\n",
+    );
+    let lab = LinkTarget {
+        name: "lab".into(),
+        wg_if: "wg1".into(),
+        wg_port: 51821,
+        ..dr()
+    };
+    let seen = r.fw.observe(&[dr(), lab], None).unwrap();
+    assert_eq!(seen["dr"].state, fw::Observed::Open);
+    assert_eq!(seen["lab"].state, fw::Observed::Locked);
+    assert_eq!(
+        r.take().into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        [
+            args("-s|info"),
+            args("-s|rules"),
+            args("-a|qkdpfd/*|-s|rules")
+        ]
+    );
+    // A flushed anchor leaves the listing: read on its own, not locked.
+    r.set(
+        "out.-a_qkdpfd_*_-s_rules_",
+        "anchor \"dr\" all {\n  pass quick on wg0 all\n}\n",
+    );
+    let seen =
+        r.fw.observe(
+            &[
+                dr(),
+                LinkTarget {
+                    name: "lab".into(),
+                    wg_if: "wg1".into(),
+                    ..dr()
+                },
+            ],
+            None,
+        )
+        .unwrap();
+    assert!(matches!(seen["lab"].state, fw::Observed::Unknown { .. }));
+    assert_eq!(r.take().len(), 4);
 }

@@ -231,6 +231,20 @@ impl Firewall for Pf {
         let info = self.run("read pf status", &Self::args(&["-s", "info"]), "")?;
         let main = self.run("read the main ruleset", &Self::args(&["-s", "rules"]), "")?;
         let enabled = info.lines().any(|l| l.starts_with("Status: Enabled"));
+        // The tick reads every link: one listing of all the root's child
+        // anchors instead of one pfctl per link, so that a tick costs three
+        // processes whatever the number of links. A link missing from it
+        // (no anchor, or a pfctl that does not recurse) is read on its own.
+        let all = match only {
+            Some(_) => BTreeMap::new(),
+            None => {
+                let root = format!("{}/*", self.anchor);
+                let args = Self::args(&["-a", &root, "-s", "rules"]);
+                self.run("read back every link's anchor", &args, "")
+                    .map(|o| split_anchors(&o))
+                    .unwrap_or_default()
+            }
+        };
         let mut out = BTreeMap::new();
         for link in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
             let state = if !enabled {
@@ -238,10 +252,11 @@ impl Firewall for Pf {
             } else if let Err(why) = main_guards(&main, &self.anchor, link) {
                 Observed::damaged(why)
             } else {
-                judge_anchor(
-                    &self.anchor_rules(link)?,
-                    self.kill_failed.contains(&link.name),
-                )
+                let rules = match all.get(&link.name) {
+                    Some(r) => r.clone(),
+                    None => self.anchor_rules(link)?,
+                };
+                judge_anchor(&rules, self.kill_failed.contains(&link.name))
             };
             out.insert(
                 link.name.clone(),
@@ -253,6 +268,48 @@ impl Firewall for Pf {
         }
         Ok(out)
     }
+}
+
+/// `pfctl -a '<root>/*' -s rules` split per child anchor. pfctl (pfctl.c
+/// 1.397 `pfctl_show_rules`, wildcard with recursion) prints each child
+/// ruleset as `anchor "NAME" all {`, its rules indented, then `}`; an
+/// anchor inside a rule (`anchor "_1" { ... }`) nests the same way and
+/// stays part of its link's text, as it is in the link's own listing.
+pub fn split_anchors(listing: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut depth = 0usize;
+    for raw in listing.lines() {
+        let line = raw.trim();
+        match &mut current {
+            None => {
+                let name = line
+                    .strip_prefix("anchor \"")
+                    .and_then(|r| r.strip_suffix("\" all {"));
+                if let Some(name) = name.filter(|n| !n.contains('"')) {
+                    current = Some((name.to_string(), String::new()));
+                    depth = 1;
+                }
+            }
+            Some((name, text)) => {
+                if line == "}" {
+                    depth -= 1;
+                    if depth == 0 {
+                        out.insert(std::mem::take(name), std::mem::take(text));
+                        current = None;
+                        continue;
+                    }
+                } else if line.ends_with('{') {
+                    depth += 1;
+                }
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    // An unclosed block (a listing cut short) proves nothing: left out,
+    // so that link is read on its own.
+    out
 }
 
 /// What a link's anchor listing proves: qkdpfd's labelled block rules mean
@@ -489,6 +546,24 @@ fn check_line(line: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_listing_is_split_per_link_anchor() {
+        let listing = "anchor \"dr\" all {\n  pass quick on wg0 all\n  anchor \"_1\" all {\n    pass in all\n  }\n}\n\
+                       anchor \"lab\" all {\n  block drop quick on wg1 all label \"qkdpfd-lockdown\"\n}\n\
+                       anchor \"cut\" all {\n  pass all\n";
+        let m = split_anchors(listing);
+        assert_eq!(
+            m["dr"],
+            "pass quick on wg0 all\nanchor \"_1\" all {\npass in all\n}\n"
+        );
+        assert_eq!(
+            m["lab"],
+            "block drop quick on wg1 all label \"qkdpfd-lockdown\"\n"
+        );
+        assert!(!m.contains_key("cut"), "an unclosed block proves nothing");
+        assert!(split_anchors("").is_empty());
+    }
 
     #[test]
     fn ruleset_checks() {
