@@ -394,23 +394,6 @@ fn count(text: &str, event: &str) -> usize {
     text.lines().filter(|l| l.starts_with(&tag)).count()
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of stat(5); rest starts at 3.
-    let ticks = f[11] + f[12];
-    ticks as f64
-        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .unwrap()
-            .unwrap() as f64
-}
-
 /// (VmRSS, VmHWM) in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     (
@@ -492,9 +475,9 @@ fn hub(keys: &bundle::TestKeys, links: usize) {
     let procs = [a.pids(), b.pids()].concat();
     let mut all = procs.clone();
     all.push(setup.sim.pid());
-    let idle0: Vec<f64> = all.iter().map(|p| cpu_secs(*p)).collect();
+    let idle0: Vec<f64> = all.iter().map(|p| procfs::cpu_secs(*p)).collect();
     std::thread::sleep(Duration::from_secs(2));
-    let cpu0: Vec<f64> = all.iter().map(|p| cpu_secs(*p)).collect();
+    let cpu0: Vec<f64> = all.iter().map(|p| procfs::cpu_secs(*p)).collect();
     let offsets = [a.log_len(), b.log_len()];
     // From before qkdctl runs: starting 1,000 rounds is part of the work.
     let t = Instant::now();
@@ -504,7 +487,7 @@ fn hub(keys: &bundle::TestKeys, links: usize) {
         both(offsets) >= links
     });
     let took = t.elapsed();
-    let cpu1: Vec<f64> = all.iter().map(|p| cpu_secs(*p)).collect();
+    let cpu1: Vec<f64> = all.iter().map(|p| procfs::cpu_secs(*p)).collect();
     let (ta, tb) = (a.log_from(offsets[0]), b.log_from(offsets[1]));
     println!(
         "hub: qkdctl rotate all ({started} rounds started): every link rotated on both ends \

@@ -9,6 +9,7 @@
 mod common;
 
 use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy, unix_now};
+use common::pair::has_reason;
 use common::procfs;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -68,12 +69,6 @@ fn locked_in_kernel(gw: &Gateway, link: &str) -> bool {
 fn show(gw: &Gateway, link: &str) -> serde_json::Value {
     let out = gw.ctl_ok(&["-j", "show", "link", link]);
     serde_json::from_str(&out).unwrap_or_default()
-}
-
-fn has_reason(s: &serde_json::Value, r: &str) -> bool {
-    s["reasons"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x == r))
 }
 
 /// Waits until the daemon's log holds `n` lines with `what`.

@@ -81,13 +81,6 @@ fn wrap_nft(p: &Pair) -> PathBuf {
     flag
 }
 
-fn traffic_within(p: &Pair, limit: Duration) {
-    let t = Instant::now();
-    while p.pings(3) < 3 {
-        assert!(t.elapsed() < limit, "no traffic\n{}", p.logs());
-    }
-}
-
 /// An open keyed pair whose B runs `nft` through the wrapper.
 fn open_pair(prefix: &str) -> Option<(Pair, PathBuf)> {
     let mut p = Pair::new(prefix, MANUAL)?;
@@ -97,7 +90,7 @@ fn open_pair(prefix: &str) -> Option<(Pair, PathBuf)> {
     p.wait("both open", Duration::from_secs(20), |a, b| {
         [a, b].iter().all(|s| s["enforcement"] == "open")
     });
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
     Some((p, flag))
 }
 
@@ -184,7 +177,7 @@ fn a_firewall_that_refuses_everything_cuts_the_peer_and_recovers() {
     p.wait("B open again", Duration::from_secs(10), |_, b| {
         b["enforcement"] == "open" && b["wg_peer_removed"] == false
     });
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
 }
 
 #[test]

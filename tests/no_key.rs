@@ -8,24 +8,10 @@
 mod common;
 
 use common::gateway::policy;
-use common::pair::{A, B, Pair};
-use std::time::{Duration, Instant};
+use common::pair::{A, B, Pair, has_reason};
+use std::time::Duration;
 
 const MANUAL: &str = "rotate = \"1h\"\nmax_key_age = \"2h\"\nno_jitter = true";
-
-fn has_reason(s: &serde_json::Value, r: &str) -> bool {
-    s["reasons"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x == r))
-}
-
-/// Pings until 3 of 3 pass (WireGuard retries a handshake every 5 s).
-fn traffic_within(p: &Pair, limit: Duration) {
-    let t = Instant::now();
-    while p.pings(3) < 3 {
-        assert!(t.elapsed() < limit, "no traffic\n{}", p.logs());
-    }
-}
 
 #[test]
 fn kmes_unreachable_from_the_start_pass_nothing() {
@@ -69,7 +55,7 @@ fn kmes_unreachable_from_the_start_pass_nothing() {
             .all(|s| s["enforcement"] == "open" && !has_reason(s, "no-key"))
     });
     assert_eq!(p.psk(A), p.psk(B));
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
 }
 
 #[test]
@@ -82,7 +68,7 @@ fn a_restart_reopens_only_on_the_verified_psk() {
     p.wait("first rotation", Duration::from_secs(15), |a, b| {
         a["enforcement"] == "open" && b["enforcement"] == "open"
     });
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
     let psk = p.psk(A);
     // The state file keeps a verifier, never the key.
     let state = std::fs::read_to_string(p.path(A, "state/state")).unwrap();
@@ -106,7 +92,7 @@ fn a_restart_reopens_only_on_the_verified_psk() {
     });
     assert_eq!(p.log(A).matches("reason=no-key").count(), before);
     assert_eq!(p.psk(A), psk, "no round could have run");
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
 
     // The PSK changed while qkdpfd was down: it does not match the verifier.
     p.stop(A);
@@ -153,5 +139,5 @@ fn a_restart_reopens_only_on_the_verified_psk() {
         a["enforcement"] == "open" && b["enforcement"] == "open"
     });
     assert_eq!(p.psk(A), p.psk(B));
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
 }

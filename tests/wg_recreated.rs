@@ -10,25 +10,12 @@
 mod common;
 
 use common::gateway::policy;
-use common::pair::{A, B, Pair};
+use common::pair::{A, B, Pair, has_reason};
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TESTING: &str = "rotate = \"1h\"\nmax_key_age = \"2h\"\nno_jitter = true\npsk_check = \"1s\"";
-
-fn has_reason(s: &serde_json::Value, r: &str) -> bool {
-    s["reasons"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x == r))
-}
-
-fn traffic_within(p: &Pair, limit: Duration) {
-    let t = Instant::now();
-    while p.pings(3) < 3 {
-        assert!(t.elapsed() < limit, "no traffic\n{}", p.logs());
-    }
-}
 
 /// B's link chain as nftables holds it: locked means the bundle's
 /// lockdown (`goto lock_dr`) or qkdpfd's own drop.
@@ -106,7 +93,7 @@ fn a_recreated_interface_stays_locked_until_a_fresh_key() {
     p.wait("both open", Duration::from_secs(20), |a, b| {
         [a, b].iter().all(|s| s["enforcement"] == "open")
     });
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
     let old_psk = p.psk(B);
     // The interface goes (its wireguard-go with it).
     p.ns_must(B, &["ip", "link", "del", &p.wg_if(B)]);
@@ -136,5 +123,5 @@ fn a_recreated_interface_stays_locked_until_a_fresh_key() {
     });
     assert_eq!(p.psk(A), p.psk(B));
     assert_ne!(p.psk(B), old_psk);
-    traffic_within(&p, Duration::from_secs(15));
+    p.traffic_within(Duration::from_secs(15));
 }

@@ -433,6 +433,14 @@ impl Pair {
         super::gateway::pings_from(&self.ns(B), count)
     }
 
+    /// Pings until 3 of 3 pass (WireGuard retries a handshake every 5 s).
+    pub fn traffic_within(&self, limit: Duration) {
+        let t = Instant::now();
+        while self.pings(3) < 3 {
+            assert!(t.elapsed() < limit, "no traffic\n{}", self.logs());
+        }
+    }
+
     /// The Prometheus text of a gateway's qkdpfd (127.0.0.1:9107 in its namespace).
     pub fn metrics(&self, end: usize) -> String {
         let o = Command::new("ip")
@@ -522,4 +530,11 @@ fn run(c: &mut Command) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// Whether a `qkdctl -j show link` answer lists lock reason `r`.
+pub fn has_reason(s: &serde_json::Value, r: &str) -> bool {
+    s["reasons"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x == r))
 }
