@@ -44,5 +44,6 @@ pub mod proto;
 pub mod sandbox;
 pub mod secret;
 pub mod sim;
+pub mod text;
 pub mod tls;
 pub mod utc;

@@ -11,7 +11,6 @@
 //! [`from_engine`], which also neutralises any `proc=` the engine wrote, so
 //! an engine cannot pass its lines off as the parent's.
 
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -151,26 +150,12 @@ impl Event {
     }
 }
 
-/// Escapes one value; quotes it when it holds a space, `=` or `"`, or is
-/// empty. At most [`VALUE_MAX`] bytes, cut between escapes, never inside one.
+/// Escapes one value ([`crate::text`]'s rule); quotes it when it holds a
+/// space, `=` or `"`, or is empty. At most [`VALUE_MAX`] bytes, cut between
+/// escapes, never inside one.
 fn push_value(out: &mut String, v: &str) {
     let mut esc = String::new();
-    let mut one = String::with_capacity(4);
-    for b in v.bytes() {
-        one.clear();
-        match b {
-            b'"' => one.push_str("\\\""),
-            b'\\' => one.push_str("\\\\"),
-            0x20..=0x7e => one.push(b as char),
-            _ => {
-                let _ = write!(one, "\\x{b:02x}");
-            }
-        }
-        if esc.len() + one.len() > VALUE_MAX {
-            break;
-        }
-        esc.push_str(&one);
-    }
+    crate::text::push_bounded(&mut esc, v, VALUE_MAX);
     if esc.is_empty() || esc.contains([' ', '=', '"']) {
         out.push('"');
         out.push_str(&esc);

@@ -265,21 +265,10 @@ fn unescape(s: &[u8]) -> Option<(u8, usize)> {
     }
 }
 
-/// Text from the daemon as it may reach a terminal: control characters
-/// (other than newline) escaped, so no reply can drive the terminal.
+/// Text from the daemon as it may reach a terminal ([`crate::text`]):
+/// newline kept, so no reply can drive the terminal.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| c.is_control() && c != '\n') {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if c.is_control() && c != '\n' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
+    crate::text::for_terminal(s)
 }
 
 fn row(cells: &[&str]) -> Vec<String> {
@@ -439,7 +428,7 @@ mod tests {
     #[test]
     fn control_characters_escaped() {
         assert_eq!(printable("ok\nline"), "ok\nline");
-        assert_eq!(printable("a\x1b[2Jb\r"), "a\\u{1b}[2Jb\\r");
+        assert_eq!(printable("a\x1b[2Jb\r"), "a\\x1b[2Jb\\x0d");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::policy::PublicKey;
+use crate::policy::params::LinkPolicy;
 use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
 use crate::secret::Psk;
 use std::collections::BTreeMap;
@@ -400,7 +401,7 @@ fn rotate_period(p: &Parent, link: &str) -> Duration {
         .testing
         .rotate
         .or_else(|| p.bundle.as_ref().map(|b| b.policy.for_link(link).rotate))
-        .unwrap_or(Duration::from_secs(300))
+        .unwrap_or(LinkPolicy::DEFAULT.rotate)
 }
 
 /// `key-stale` newly set: the PSK becomes random bytes nobody knows.
@@ -433,7 +434,12 @@ pub(super) fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforceme
         })
         .collect();
     let drifted = p.wg.check_drift(
-        |n| periods.get(n).copied().unwrap_or(Duration::from_secs(300)),
+        |n| {
+            periods
+                .get(n)
+                .copied()
+                .unwrap_or(LinkPolicy::DEFAULT.rotate)
+        },
         Instant::now(),
     );
     let mut changed = Vec::new();

@@ -42,21 +42,26 @@ pub struct LinkPolicy {
     pub peer_timeout: Duration,
 }
 
+impl LinkPolicy {
+    /// The values DESIGN §4 shows, the one place each default is written;
+    /// a bundle may override every one.
+    pub const DEFAULT: LinkPolicy = LinkPolicy {
+        on_qber: OnQber::Lockdown,
+        bands: [0.03, 0.05, 0.08, 0.11],
+        rotate: Duration::from_secs(300),
+        max_key_age: Duration::from_secs(900),
+        qber_lockdown: 0.08,
+        trip_samples: 3,
+        recover_below: 0.05,
+        recover_after: Duration::from_secs(60),
+        unlock: UnlockMode::Auto,
+        qber_timeout: Duration::from_secs(10),
+        peer_timeout: Duration::from_secs(900),
+    };
+}
+
 impl Default for LinkPolicy {
-    /// The values DESIGN §4 shows; a bundle may override every one.
     fn default() -> LinkPolicy {
-        LinkPolicy {
-            on_qber: OnQber::Lockdown,
-            bands: [0.03, 0.05, 0.08, 0.11],
-            rotate: Duration::from_secs(300),
-            max_key_age: Duration::from_secs(900),
-            qber_lockdown: 0.08,
-            trip_samples: 3,
-            recover_below: 0.05,
-            recover_after: Duration::from_secs(60),
-            unlock: UnlockMode::Auto,
-            qber_timeout: Duration::from_secs(10),
-            peer_timeout: Duration::from_secs(900),
-        }
+        LinkPolicy::DEFAULT
     }
 }

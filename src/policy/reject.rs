@@ -173,18 +173,7 @@ impl std::error::Error for Reject {}
 
 /// Names from an archive are untrusted: show them escaped and bounded.
 pub(crate) fn printable(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars().take(128) {
-        if c.is_ascii_graphic() || c == ' ' {
-            out.push(c);
-        } else {
-            out.extend(c.escape_default());
-        }
-    }
-    if s.chars().count() > 128 {
-        out.push_str("...");
-    }
-    out
+    crate::text::printable(s, 128)
 }
 
 #[cfg(test)]
@@ -210,6 +199,6 @@ mod tests {
             r.to_string(),
             "serial: serial 41 is not greater than active 42"
         );
-        assert_eq!(printable("a\nb"), "a\\nb");
+        assert_eq!(printable("a\nb"), "a\\x0ab");
     }
 }

@@ -39,8 +39,6 @@ use tokio::sync::mpsc;
 
 /// Key size asked of the KME, in bits (DESIGN §6: shorter keys refused).
 pub const KEY_BITS: u32 = 256;
-/// Period used until a policy says otherwise (DESIGN §4 default).
-pub const DEFAULT_ROTATE: Duration = Duration::from_secs(300);
 
 /// What `qkdctl show link` and the metrics show of a keyed link.
 #[derive(Clone, Debug, PartialEq)]
@@ -258,7 +256,9 @@ impl Keys {
     }
 
     fn period(&self, policy: Option<Duration>) -> Duration {
-        self.rotate_override.or(policy).unwrap_or(DEFAULT_ROTATE)
+        self.rotate_override
+            .or(policy)
+            .unwrap_or(crate::policy::params::LinkPolicy::DEFAULT.rotate)
     }
 
     /// The policy changed: new periods apply from the next round.

@@ -126,31 +126,7 @@ impl fmt::Display for KmeError {
 
 impl std::error::Error for KmeError {}
 
-/// Text from the KME made safe to show: printable ASCII, others as `\xNN`,
-/// quotes and backslashes escaped, cut at `max` input characters.
-pub fn printable(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push_str("...");
-            break;
-        }
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("\\x{b:02x}"));
-                }
-            }
-        }
-    }
-    out
-}
+pub use crate::text::printable;
 
 #[cfg(test)]
 mod tests {
@@ -171,14 +147,5 @@ mod tests {
             "kme site: enc_keys: HTTP 503: keys exhausted"
         );
         assert_eq!(e.status(), Some(503));
-    }
-
-    #[test]
-    fn printable_escapes_and_cuts() {
-        assert_eq!(
-            printable("a\"b\\c\n\u{e9}", 100),
-            "a\\\"b\\\\c\\x0a\\xc3\\xa9"
-        );
-        assert_eq!(printable("abcdef", 3), "abc...");
     }
 }
