@@ -15,7 +15,9 @@
 #
 # Environment: PROFILE=debug (default release), SKIP_BUILD=1 (use the
 # binaries already in target/PROFILE, or BIN_DIR), FAST=1 (shorter waits and
-# fewer pings: the smoke test tests/demo.rs).
+# fewer pings: the smoke test tests/demo.rs), WG=linux (kernel WireGuard and
+# qkdpfd's netlink backend instead of wireguard-go: `make demo WG=linux`
+# runs it in Debian's kernel in a VM).
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -27,6 +29,12 @@ if [ "$(id -u)" != 0 ] && [ -z "${QKD_DEMO_UNSHARED:-}" ]; then
 fi
 
 profile=${PROFILE:-release}
+case ${WG:-userspace} in
+linux) wg_backend=linux wg_what="kernel WireGuard" wg_note="netlink to the kernel's WireGuard" ;;
+userspace) wg_backend=userspace wg_what=wireguard-go wg_note="wireguard-go's UAPI socket" ;;
+*) echo "demo.sh: WG=$WG: linux or userspace" >&2; exit 2 ;;
+esac
+export WG=$wg_backend
 bin=${BIN_DIR:-$top/target/$profile}
 work=/var/tmp/qkdpfd-demo
 SIGNIFY=${SIGNIFY:-signify-openbsd}
@@ -136,7 +144,7 @@ for side in a b; do
 	"$SIGNIFY" -G -n -c "qkdpfd demo peering key $side" -p "$work/$side/peer.pub" -s "$work/$side/peer.sec"
 done
 
-say "two gateways joined by a veth 'fibre' ($A <-> $B), wireguard-go tunnel 10.99.0.1 <-> 10.99.0.2"
+say "two gateways joined by a veth 'fibre' ($A <-> $B), $wg_what tunnel 10.99.0.1 <-> 10.99.0.2"
 "$top/scripts/gateways.sh" up qkdemo "$work/net"
 pinging "no qkdpfd yet"
 
@@ -195,7 +203,7 @@ dir = "$d/state/policy"
 backend = "nftables"
 
 [wireguard]
-backend = "userspace"                # wireguard-go's UAPI socket
+backend = "$wg_backend"                # $wg_note
 
 [peering]                            # OFFER/CONFIRM with the far qkdpfd, on the underlay
 listen = "$me:8071"
@@ -320,4 +328,4 @@ for side in a b; do
 		sed 's/^.*\(event=\)/\1/' | tail -n 8 | sed "s/^/   $side: /"
 done
 
-say "done: stopping qkdpfd, qkdsim and wireguard-go, removing the namespaces"
+say "done: stopping qkdpfd, qkdsim and $wg_what, removing the namespaces"

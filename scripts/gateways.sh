@@ -1,9 +1,13 @@
 #!/bin/sh
 # Two gateway network namespaces joined by a veth "fibre", with a real
-# wireguard-go tunnel between them. Used by the demo and the tests.
+# WireGuard tunnel between them. Used by the demo and the tests.
 #
 #   gateways.sh up   PREFIX WORKDIR   creates PREFIX-a (gateway A, runs qkdpfd) and PREFIX-b
 #   gateways.sh down PREFIX WORKDIR
+#
+# WG=linux makes the tunnel's interfaces kernel WireGuard (`ip link add type
+# wireguard`: Debian's kernel, as in the VM lane); otherwise (WG unset or
+# WG=userspace) they are wireguard-go's.
 #
 # Underlay: A 192.0.2.1/24 <-> B 192.0.2.2/24 (veth "fibre").
 # Tunnel:   PREFIX-wa in A (10.99.0.1/24), PREFIX-wb in B (10.99.0.2/24), UDP port
@@ -27,6 +31,15 @@ down() {
 
 wg_up() { # ns if addr
 	ns=$1 wif=$2 addr=$3
+	case ${WG:-userspace} in
+	linux)
+		ip -n "$ns" link add "$wif" type wireguard
+		ip -n "$ns" addr add "$addr" dev "$wif"
+		return
+		;;
+	userspace) ;;
+	*) echo "gateways.sh: WG=$WG: linux or userspace" >&2; exit 2 ;;
+	esac
 	# wireguard-go forks and keeps running; its socket lives in /var/run/wireguard.
 	mkdir -p /var/run/wireguard
 	ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go "$wif" >"$work/$ns.wg.log" 2>&1 &

@@ -9,7 +9,7 @@
 mod common;
 
 use common::gateway::{policy, reply_times, unix_now};
-use common::pair::{A, B, Pair};
+use common::pair::{A, B, Pair, has_reason};
 use std::time::Duration;
 
 /// A long period: the test drives rounds with `qkdctl rotate`.
@@ -522,4 +522,50 @@ fn a_wildcard_listen_reaches_ipv4_peers_as_on_openbsd() {
     let ss = p.ns_must(A, &["ss", "-Hlun", "sport", "= :8071"]);
     assert_eq!(ss.lines().count(), 2, "one socket per family: {ss}");
     assert!(ss.contains("0.0.0.0:8071"), "{ss}");
+}
+
+/// An eavesdropper on the fibre (both ends' QBER sources see it) locks
+/// BOTH ends for the QBER, and the tunnel carries nothing until it leaves,
+/// the QBER has stayed low for `recover_after` and a key agreed after the
+/// incident is installed (the recovery rule of a keyed link).
+#[test]
+fn an_eavesdropper_locks_both_ends_and_both_recover() {
+    let Some(p) = up("qkk9", MANUAL) else {
+        return;
+    };
+    assert!(p.pings(2) > 0, "no traffic before the eavesdropper");
+    let epoch = p.installed(A);
+    for end in [A, B] {
+        p.ctl_ok(end, &["sim", "eve", "dr", "1"]);
+    }
+    p.wait("both ends locked", Duration::from_secs(15), |a, b| {
+        [a, b]
+            .iter()
+            .all(|s| s["enforcement"] == "lockdown" && has_reason(s, "qber"))
+    });
+    assert_eq!(
+        p.pings(3),
+        0,
+        "traffic through a locked tunnel\n{}",
+        p.logs()
+    );
+    for end in [A, B] {
+        p.ctl_ok(end, &["sim", "eve", "dr", "0"]);
+    }
+    // Low QBER alone does not reopen: the key in force saw the incident.
+    std::thread::sleep(Duration::from_secs(3));
+    for s in [p.show(A), p.show(B)] {
+        assert!(has_reason(&s, "qber"), "reopened on the old key: {s}");
+    }
+    assert_eq!(p.pings(2), 0, "traffic on the incident's key\n{}", p.logs());
+    p.ctl_ok(A, &["rotate", "dr"]);
+    p.wait("both ends reopened", Duration::from_secs(30), |a, b| {
+        [a, b].iter().all(|s| {
+            s["enforcement"] == "open"
+                && !has_reason(s, "qber")
+                && s["keys"]["installed_epoch"].as_u64() > Some(epoch)
+        })
+    });
+    p.traffic_within(Duration::from_secs(10));
+    assert_eq!(p.psk(A), p.psk(B));
 }

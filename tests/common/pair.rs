@@ -1,6 +1,8 @@
-//! Two keyed gateways (DESIGN §10): the namespaces and wireguard-go tunnel
-//! of scripts/gateways.sh, a qkdpfd on EACH gateway (A master, B slave)
-//! with real nftables and the userspace WireGuard backend, and qkdsim's two
+//! Two keyed gateways (DESIGN §10): the namespaces and WireGuard tunnel of
+//! scripts/gateways.sh, a qkdpfd on EACH gateway (A master, B slave) with
+//! real nftables and wireguard-go through the userspace backend — or, with
+//! `WG=linux` (the kernel VM lane), kernel WireGuard through the netlink
+//! backend — and qkdsim's two
 //! ETSI 014 KMEs (SAE-A, SAE-B) in gateway A on the underlay. Helpers read
 //! PSKs and handshakes with `wg show`, bounce a tunnel, ping across it.
 
@@ -17,6 +19,16 @@ pub const BIN_QKDSIM: &str = env!("CARGO_BIN_EXE_qkdsim");
 pub const A: usize = 0;
 pub const B: usize = 1;
 const UNDERLAY: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
+
+/// The `[wireguard] backend` the gateways run: `WG=linux` is kernel
+/// WireGuard (scripts/gateways.sh makes the interfaces to match).
+pub fn wg_backend() -> &'static str {
+    match std::env::var("WG").as_deref() {
+        Ok("linux") => "linux",
+        Ok("userspace") | Err(_) => "userspace",
+        Ok(other) => panic!("WG={other}: linux or userspace"),
+    }
+}
 
 pub struct Pair {
     pub prefix: String,
@@ -102,7 +114,7 @@ impl Pair {
                 "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/qkdpfd.sock\"\n\
                  metrics = \"127.0.0.1:9107\"\n\n\
                  [policy]\npubkeys = [\"{pk}\"]\ndir = \"{d}/state/policy\"\n\n\
-                 [firewall]\nbackend = \"nftables\"\n\n[wireguard]\nbackend = \"userspace\"\n\n\
+                 [firewall]\nbackend = \"nftables\"\n\n[wireguard]\nbackend = \"{wg}\"\n\n\
                  [peering]\nlisten = \"{me}:8071\"\nkey = \"{d}/peer.sec\"\n\n\
                  [kme.site]\nurl = \"https://{kme}:{port}\"\nca = \"{p}/ca.pem\"\n\
                  cert = \"{p}/sae-{sae}.pem\"\nkey = \"{p}/sae-{sae}.key\"\nsae_id = \"{sae}\"\n\
@@ -119,6 +131,7 @@ impl Pair {
                 far_ip = UNDERLAY[far],
                 seed = 3 + end,
                 me_side = side(end),
+                wg = wg_backend(),
             );
             fs::write(d.join("qkdpfd.conf"), conf).unwrap();
         }
