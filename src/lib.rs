@@ -26,6 +26,8 @@
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
 //! - [`sim`]: the simulated QKD link model and `qkdsim`'s KMEs, PKI and QBER feed.
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
+//! - [`tool`]: one run of pfctl or nft with its stdin, a timeout and an
+//!   error naming the command (the parent's backends and ruleset checks).
 //! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
 //!   bands, the event log helper, durations, UTC dates, key types — shared
 //!   by every process.
@@ -46,4 +48,5 @@ pub mod secret;
 pub mod sim;
 pub mod text;
 pub mod tls;
+pub mod tool;
 pub mod utc;

@@ -21,9 +21,10 @@
 use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Prio};
-use crate::parent::fw::{Firewall, FwError, LinkTarget, Observed, Readback};
+use crate::parent::fw::{Firewall, LinkTarget, Observed, Readback};
 use crate::parent::state::{LinkRecord, State};
 use crate::policy::Bundle;
+use crate::tool::FwError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 

@@ -48,8 +48,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, Readback, TOOL_TIMEOUT, Tool, check_names};
+use super::{Firewall, LinkTarget, Readback, check_names};
 use crate::lock::Enforcement;
+use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 pub mod alive;
 pub mod readback;

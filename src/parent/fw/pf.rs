@@ -30,8 +30,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, Observed, Readback, TOOL_TIMEOUT, Tool, check_names};
+use super::{Firewall, LinkTarget, Observed, Readback, check_names};
 use crate::lock::Enforcement;
+use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 /// The label of qkdpfd's own block rules, appended to every lockdown: a
 /// read-back finds them in the anchor whatever the bundle's rules say.

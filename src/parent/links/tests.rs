@@ -3,9 +3,9 @@
 //! doing it is caught, and the ladder's order is checked call by call.
 
 use super::*;
-use crate::parent::fw::FwError;
 use crate::parent::state;
 use crate::policy::{ExpiredAction, Files, Policy, Rulesets};
+use crate::tool::FwError;
 use std::sync::{Arc, Mutex};
 
 /// A kernel in memory: what each link's chain holds and the guard, the
