@@ -7,8 +7,8 @@
 //! fd 3; `qkdctl` talks to the engine over the control socket.
 //!
 //! - [`parent`]: the privileged parent: enforcement as the kernel reads
-//!   back ([`parent::links`]), bundle activation, the state file, firewall
-//!   backends ([`parent::fw`]: `observe`, the nftables dead-man switch),
+//!   back ([`parent::links`]), bundle activation, firewall backends
+//!   ([`parent::fw`]: `observe`, the nftables dead-man switch),
 //!   WireGuard PSK writers ([`parent::wg`]) and the key requests it answers
 //!   ([`parent::keys`]).
 //! - [`engine`]: the unprivileged engine: the pure link state machine
@@ -23,6 +23,8 @@
 //!   the peer protocol between two gateways' engines.
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
+//! - [`state`]: the state file (active bundle, persisted lock reasons,
+//!   epochs): written by the parent, read by `qkdctl policy verify` too.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
 //! - [`sim`]: the simulated QKD link model and `qkdsim`'s KMEs, PKI and QBER feed.
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
@@ -46,6 +48,7 @@ pub mod proto;
 pub mod sandbox;
 pub mod secret;
 pub mod sim;
+pub mod state;
 pub mod text;
 pub mod tls;
 pub mod tool;

@@ -6,9 +6,11 @@
 
 use super::VerifyArgs;
 use crate::conf::{self, Config};
-use crate::parent::activate::{Checker, now_unix};
-use crate::parent::{fw, state};
+use crate::parent::activate::Checker;
+use crate::parent::fw;
 use crate::policy::{self, Files, Reject, Store, Verified, VerifyOpts};
+use crate::state;
+use crate::utc::now_unix;
 use std::collections::BTreeMap;
 use std::path::Path;
 

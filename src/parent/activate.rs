@@ -5,10 +5,10 @@
 use crate::lock::Enforcement;
 use crate::log::{self, Prio};
 use crate::parent::fw::{Firewall, LinkTarget};
-use crate::parent::state::{self, State};
 use crate::policy::{
     Bundle, Files, PublicKey, Reject, RulesetChecker, Store, Verified, VerifyOpts,
 };
+use crate::state::{self, State};
 use std::collections::BTreeMap;
 
 /// Adapts a firewall backend to the verifier: render for a link, check.
@@ -30,9 +30,9 @@ impl RulesetChecker for Checker<'_> {
     }
 }
 
-pub fn now_unix() -> u64 {
-    crate::utc::now_unix()
-}
+/// Re-exported, not defined: the one clock is [`crate::utc::now_unix`]
+/// (`run.rs` still names it by this path).
+pub use crate::utc::now_unix;
 
 fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
@@ -79,7 +79,7 @@ fn verify_against(
     source: &str,
 ) -> Result<Verified, Reject> {
     let mut opts = VerifyOpts {
-        now_unix: now_unix(),
+        now_unix: crate::utc::now_unix(),
         floor,
         check_expiry: true,
         links: checker.targets.keys().cloned().collect(),
@@ -233,7 +233,7 @@ pub fn restore(
     };
     let files = store.read(active.serial)?;
     let opts = VerifyOpts {
-        now_unix: now_unix(),
+        now_unix: crate::utc::now_unix(),
         floor: None,
         check_expiry: false,
         links: checker.targets.keys().cloned().collect(),

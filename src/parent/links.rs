@@ -22,8 +22,8 @@ use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Prio};
 use crate::parent::fw::{Firewall, LinkTarget, Observed, Readback};
-use crate::parent::state::{LinkRecord, State};
 use crate::policy::Bundle;
+use crate::state::{LinkRecord, State};
 use crate::tool::FwError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -553,7 +553,7 @@ impl Links {
         // tried again by the next call (every tick), not forgotten.
         let mut next = self.state.clone();
         next.links = links;
-        match crate::parent::state::save(&self.state_path, &next) {
+        match crate::state::save(&self.state_path, &next) {
             Ok(()) => {
                 self.state = next;
                 if self.write_failing.take().is_some() {
@@ -592,7 +592,7 @@ impl Links {
     pub fn update_state(&mut self, change: impl FnOnce(&mut State)) -> std::io::Result<()> {
         let mut next = self.state.clone();
         change(&mut next);
-        crate::parent::state::save(&self.state_path, &next)?;
+        crate::state::save(&self.state_path, &next)?;
         self.state = next;
         Ok(())
     }

@@ -32,7 +32,7 @@ pub fn from_config(conf: Config) -> ExitCode {
 /// What `-L` does once its log is set up (the guardian has its own).
 pub fn lock_all(conf: Config) -> ExitCode {
     let state_path = super::state_path(&conf);
-    let (state, persist) = match super::state::load(&state_path) {
+    let (state, persist) = match crate::state::load(&state_path) {
         Ok(s) => (s.unwrap_or_default(), true),
         Err(e) => {
             // Lock anyway; never overwrite a state file we could not read.

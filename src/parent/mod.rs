@@ -19,7 +19,6 @@ mod lockdown;
 mod operator;
 mod policy_jobs;
 mod run;
-pub mod state;
 mod syslog;
 pub mod wg;
 
@@ -29,6 +28,7 @@ use crate::log;
 use crate::parent::activate::Checker;
 use crate::parent::links::{LinkCtl, Links};
 use crate::policy::{Bundle, PublicKey, Store};
+use crate::state;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;

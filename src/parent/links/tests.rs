@@ -3,8 +3,8 @@
 //! doing it is caught, and the ladder's order is checked call by call.
 
 use super::*;
-use crate::parent::state;
 use crate::policy::{ExpiredAction, Files, Policy, Rulesets};
+use crate::state;
 use crate::tool::FwError;
 use std::sync::{Arc, Mutex};
 
