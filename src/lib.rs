@@ -23,6 +23,9 @@
 //!   the peer protocol between two gateways' engines.
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
+//! - [`ruleset`]: a bundle's pf or nft ruleset for one link ([`ruleset::LinkTarget`]),
+//!   checked and rendered as the parent's backends load it and as
+//!   `qkdctl policy verify` checks it.
 //! - [`state`]: the state file (active bundle, persisted lock reasons,
 //!   epochs): written by the parent, read by `qkdctl policy verify` too.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
@@ -45,6 +48,7 @@ pub mod parent;
 pub mod policy;
 pub mod privsep;
 pub mod proto;
+pub mod ruleset;
 pub mod sandbox;
 pub mod secret;
 pub mod sim;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
-use qkdpfd::parent::fw::{self, Firewall, LinkTarget};
+use qkdpfd::parent::fw::{self, Firewall};
+use qkdpfd::ruleset::LinkTarget;
 
 const RECORDER: &str = r#"#!/bin/sh
 d='@DIR@'

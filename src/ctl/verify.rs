@@ -81,7 +81,7 @@ pub fn run(a: &VerifyArgs) -> i32 {
             let floor = state::floor(st.as_ref(), &store).ok().flatten();
             (
                 Some(fw::new(&c.firewall, &c.daemon.state_dir)),
-                crate::parent::targets(c),
+                crate::ruleset::targets(c),
                 floor,
             )
         }

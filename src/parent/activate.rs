@@ -4,10 +4,11 @@
 
 use crate::lock::Enforcement;
 use crate::log::{self, Prio};
-use crate::parent::fw::{Firewall, LinkTarget};
+use crate::parent::fw::Firewall;
 use crate::policy::{
     Bundle, Files, PublicKey, Reject, RulesetChecker, Store, Verified, VerifyOpts,
 };
+use crate::ruleset::LinkTarget;
 use crate::state::{self, State};
 use std::collections::BTreeMap;
 

@@ -21,8 +21,9 @@
 use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Prio};
-use crate::parent::fw::{Firewall, LinkTarget, Observed, Readback};
+use crate::parent::fw::{Firewall, Observed, Readback};
 use crate::policy::Bundle;
+use crate::ruleset::LinkTarget;
 use crate::state::{LinkRecord, State};
 use crate::tool::FwError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,7 +52,7 @@ pub struct LinkCtl {
 impl LinkCtl {
     pub fn new(conf: &LinkConf) -> LinkCtl {
         LinkCtl {
-            target: target_of(conf),
+            target: LinkTarget::from_conf(conf),
             engine: None,
             parent: Reasons::EMPTY,
             kernel: Readback {
@@ -88,10 +89,6 @@ impl LinkCtl {
             Enforcement::Lockdown
         }
     }
-}
-
-pub fn target_of(l: &LinkConf) -> LinkTarget {
-    LinkTarget::from_conf(l)
 }
 
 /// All links plus what they need to flip: the firewall, the active bundle,

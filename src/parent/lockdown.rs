@@ -13,7 +13,8 @@ use super::links::{LinkCtl, Links, OpenedBy};
 use crate::conf::{Config, FirewallBackend, FirewallConf};
 use crate::lock::LockReason;
 use crate::log;
-use crate::parent::fw::{self, LinkTarget};
+use crate::parent::fw;
+use crate::ruleset::{self, LinkTarget};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
@@ -74,7 +75,7 @@ pub fn boot_include(conf: &Config) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let targets: Vec<LinkTarget> = super::targets(conf).into_values().collect();
+    let targets: Vec<LinkTarget> = ruleset::targets(conf).into_values().collect();
     print!("{}", fw::nft::boot_script(&conf.firewall.anchor, &targets));
     ExitCode::SUCCESS
 }

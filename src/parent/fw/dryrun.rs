@@ -10,8 +10,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, LinkTarget, Observed, Readback, check_names, nft, pf};
+use super::{Firewall, Observed, Readback, nft, pf};
 use crate::lock::Enforcement;
+use crate::ruleset::{LinkTarget, check_names};
 use crate::tool::FwError;
 
 /// Which real backend's files and checks to imitate.

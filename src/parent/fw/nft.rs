@@ -48,8 +48,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, LinkTarget, Readback, check_names};
+use super::{Firewall, Readback};
 use crate::lock::Enforcement;
+use crate::ruleset::{LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 pub mod alive;
@@ -392,7 +393,7 @@ pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
         .chains
         .keys()
         .filter_map(|c| c.strip_prefix("link_"))
-        .filter(|n| super::valid_name(n))
+        .filter(|n| valid_name(n))
         .map(String::from)
         .collect();
     names.sort();

@@ -30,8 +30,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, LinkTarget, Observed, Readback, check_names};
+use super::{Firewall, Observed, Readback};
 use crate::lock::Enforcement;
+use crate::ruleset::{LinkTarget, check_names};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 /// The label of qkdpfd's own block rules, appended to every lockdown: a

@@ -21,7 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::super::{LinkTarget, Observed, Readback};
+use super::super::{Observed, Readback};
+use crate::ruleset::LinkTarget;
 
 pub const OPEN_TAG: &str = "qkdpfd open n=";
 pub const LOCK_TAG: &str = "qkdpfd lockdown n=";

@@ -3,7 +3,7 @@
 //! command word, a raw `@set`) and the link's macros substituted. Pure
 //! text work: the parent's backend and `qkdctl policy verify` both use it.
 
-use super::super::LinkTarget;
+use crate::ruleset::LinkTarget;
 
 /// Words that start an nft command; a statement line must not begin with one.
 const COMMAND_WORDS: &[&str] = &[
