@@ -76,7 +76,10 @@ pub fn boot_include(conf: &Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let targets: Vec<LinkTarget> = ruleset::targets(conf).into_values().collect();
-    print!("{}", fw::nft::boot_script(&conf.firewall.anchor, &targets));
+    print!(
+        "{}",
+        ruleset::nft::boot_script(&conf.firewall.anchor, &targets)
+    );
     ExitCode::SUCCESS
 }
 

@@ -14,6 +14,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::conf::{Config, LinkConf};
 use crate::tool::FwError;
 
+pub mod nft;
+pub mod pf;
+
 /// One protected link, as the firewall sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkTarget {

@@ -10,9 +10,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, Observed, Readback, nft, pf};
+use super::{Firewall, Observed, Readback};
 use crate::lock::Enforcement;
-use crate::ruleset::{LinkTarget, check_names};
+use crate::ruleset::{LinkTarget, check_names, nft, pf};
 use crate::tool::FwError;
 
 /// Which real backend's files and checks to imitate.
@@ -79,7 +79,7 @@ impl DryRun {
                     Enforcement::Lockdown => {
                         let mut s = nft::stage_script(&self.anchor, link, &stmts);
                         s.push_str(&nft::clear_script(&self.anchor, link).replace(
-                            &format!("drop comment \"{}\"", nft::readback::DROP_TAG),
+                            &format!("drop comment \"{}\"", nft::DROP_TAG),
                             &format!("goto lock_{}", link.name),
                         ));
                         s
