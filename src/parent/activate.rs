@@ -2,34 +2,12 @@
 //! `policy/<serial>/` directory, name it active in the state file, then
 //! re-apply every link's rulesets. A rejected bundle changes nothing.
 
-use crate::lock::Enforcement;
 use crate::log::{self, Prio};
 use crate::parent::fw::Firewall;
-use crate::policy::{
-    Bundle, Files, PublicKey, Reject, RulesetChecker, Store, Verified, VerifyOpts,
-};
-use crate::ruleset::LinkTarget;
+use crate::policy::{Bundle, Files, PublicKey, Reject, Store, Verified, VerifyOpts};
+use crate::ruleset::{Checker, LinkTarget};
 use crate::state::{self, State};
 use std::collections::BTreeMap;
-
-/// Adapts a firewall backend to the verifier: render for a link, check.
-pub struct Checker<'a> {
-    pub fw: &'a dyn Firewall,
-    pub targets: &'a BTreeMap<String, LinkTarget>,
-}
-
-impl RulesetChecker for Checker<'_> {
-    fn extension(&self) -> &'static str {
-        self.fw.extension()
-    }
-    fn check(&self, link: &str, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        let t = self
-            .targets
-            .get(link)
-            .ok_or_else(|| format!("unknown link {link}"))?;
-        self.fw.check(t, state, ruleset)
-    }
-}
 
 /// Re-exported, not defined: the one clock is [`crate::utc::now_unix`]
 /// (`run.rs` still names it by this path).
@@ -59,7 +37,7 @@ pub fn load(
     store: &Store,
     state: &mut State,
     state_path: &std::path::Path,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Outcome, Reject> {
     let floor = state::floor(Some(state), store).map_err(|e| unreadable("policy store", e))?;
@@ -76,7 +54,7 @@ fn verify_against(
     keys: &[PublicKey],
     floor: Option<crate::policy::Floor>,
     active: Option<u64>,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Verified, Reject> {
     let mut opts = VerifyOpts {
@@ -209,7 +187,7 @@ fn verify_logged(
     files: &Files,
     keys: &[PublicKey],
     opts: &VerifyOpts,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Verified, Reject> {
     crate::policy::verify(files, keys, opts, checker).inspect_err(|e| {
@@ -227,7 +205,7 @@ pub fn restore(
     keys: &[PublicKey],
     store: &Store,
     state: &State,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
 ) -> Result<Option<Bundle>, Reject> {
     let Some(active) = &state.active else {
         return Ok(None);

@@ -1,7 +1,7 @@
 //! Bundle rulesets as pfctl and nft get them, for one link (DESIGN §4,
-//! §5): pure text work that the parent's firewall backends and `qkdctl
-//! policy verify` both need, so that the control tool never links the
-//! privileged parent.
+//! §5): the text work, and the tool's own check of it, that the parent's
+//! firewall backends and `qkdctl policy verify` both need, so that the
+//! control tool never links the privileged parent.
 //!
 //! The rulesets come from a verified policy bundle; the link facts come
 //! from the checked config ([`LinkTarget`]). Both are re-checked here
@@ -14,8 +14,37 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::conf::{Config, LinkConf};
 use crate::tool::FwError;
 
+mod check;
 pub mod nft;
 pub mod pf;
+
+pub use check::{Check, Checker, LinkCheck};
+
+/// Which firewall's ruleset language: a bundle holds both, a gateway loads one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Nft,
+    Pf,
+}
+
+impl Flavor {
+    /// pf on OpenBSD, nftables elsewhere.
+    pub fn native() -> Flavor {
+        if cfg!(target_os = "openbsd") {
+            Flavor::Pf
+        } else {
+            Flavor::Nft
+        }
+    }
+
+    /// Extension of the bundle's ruleset files: "nft" or "pf".
+    pub fn extension(self) -> &'static str {
+        match self {
+            Flavor::Nft => "nft",
+            Flavor::Pf => "pf",
+        }
+    }
+}
 
 /// One protected link, as the firewall sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

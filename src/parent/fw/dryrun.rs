@@ -12,29 +12,12 @@ use std::path::{Path, PathBuf};
 
 use super::{Firewall, Observed, Readback};
 use crate::lock::Enforcement;
-use crate::ruleset::{LinkTarget, check_names, nft, pf};
+use crate::ruleset::{Check, Flavor, LinkCheck, LinkTarget, check_names, nft, pf};
 use crate::tool::FwError;
-
-/// Which real backend's files and checks to imitate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    Nft,
-    Pf,
-}
-
-impl Flavor {
-    /// pf on OpenBSD, nftables elsewhere.
-    pub fn native() -> Flavor {
-        if cfg!(target_os = "openbsd") {
-            Flavor::Pf
-        } else {
-            Flavor::Nft
-        }
-    }
-}
 
 /// The dry-run backend.
 pub struct DryRun {
+    /// Which real backend's files and checks to imitate.
     flavor: Flavor,
     anchor: String,
     dir: PathBuf,
@@ -123,16 +106,20 @@ fn pfctl_line(args: &[String]) -> String {
     format!("pfctl {}", args.join(" "))
 }
 
+impl LinkCheck for DryRun {
+    fn extension(&self) -> &'static str {
+        self.flavor.extension()
+    }
+
+    /// The checks before any tool runs, the same as for a real apply here.
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        Check::render_only(self.flavor, &self.anchor).check(link, state, ruleset)
+    }
+}
+
 impl Firewall for DryRun {
     fn name(&self) -> &'static str {
         "dry-run"
-    }
-
-    fn extension(&self) -> &'static str {
-        match self.flavor {
-            Flavor::Nft => "nft",
-            Flavor::Pf => "pf",
-        }
     }
 
     fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
@@ -184,13 +171,6 @@ impl Firewall for DryRun {
         self.write(link, "clear", &self.cleared(link))?;
         crate::log::info(format!("dry-run: link {} cleared", link.name));
         Ok(())
-    }
-
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        check_names(&self.anchor, link).map_err(|e| e.to_string())?;
-        self.render(link, state, ruleset)
-            .map(drop)
-            .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))
     }
 
     fn observe(

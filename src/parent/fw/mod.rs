@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::conf::{FirewallBackend, FirewallConf};
 use crate::lock::Enforcement;
+use crate::ruleset::{Flavor, LinkCheck};
 use crate::tool::FwError;
 
 /// Re-exported for callers that name it by this path (`parent/mod.rs`).
@@ -22,10 +23,9 @@ pub mod nft;
 pub mod pf;
 
 /// One OS firewall. Every method touches only the link it is given.
-pub trait Firewall: Send {
+/// Its [`LinkCheck`] checks a ruleset without applying it.
+pub trait Firewall: LinkCheck + Send {
     fn name(&self) -> &'static str;
-    /// Extension of the bundle's ruleset files: "nft" or "pf".
-    fn extension(&self) -> &'static str;
     /// Makes every configured link default-deny without disturbing a link's
     /// current rules (nft: table, base chains and sets replaced atomically,
     /// missing link chains created empty; pf: pf.conf holds the block rules,
@@ -57,8 +57,6 @@ pub trait Firewall: Send {
         let _ = (link, state, ruleset);
         Ok(())
     }
-    /// Renders for `link` and checks without applying (`nft -c`, `pfctl -n`).
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String>;
     /// Reads the kernel back (DESIGN §5 "enforcement is what the kernel
     /// holds"): for each link, in the order given, what its own chain or
     /// anchor holds now, and whether a guard (see [`Firewall::set_guard`])
@@ -156,7 +154,7 @@ pub fn new(conf: &FirewallConf, state_dir: &Path) -> Box<dyn Firewall> {
         FirewallBackend::Pf => Box::new(pf::Pf::new(&conf.pfctl, &conf.anchor)),
         FirewallBackend::Nftables => Box::new(nft::Nft::new(&conf.nft, &conf.anchor)),
         FirewallBackend::DryRun => Box::new(dryrun::DryRun::new(
-            dryrun::Flavor::native(),
+            Flavor::native(),
             &conf.anchor,
             state_dir,
         )),

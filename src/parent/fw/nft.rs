@@ -26,7 +26,7 @@ use crate::ruleset::nft::{
     clear_script, divert_script, flip_script, guard_script, render_statements, skeleton,
     stage_script,
 };
-use crate::ruleset::{LinkTarget, check_names, valid_name};
+use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 pub mod alive;
@@ -162,13 +162,19 @@ impl Nft {
     }
 }
 
+impl LinkCheck for Nft {
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        Check::nft(&self.nft, &self.table).check(link, state, ruleset)
+    }
+}
+
 impl Firewall for Nft {
     fn name(&self) -> &'static str {
         "nftables"
-    }
-
-    fn extension(&self) -> &'static str {
-        "nft"
     }
 
     fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
@@ -263,32 +269,6 @@ impl Firewall for Nft {
             &script,
         )
         .map(drop)
-    }
-
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        check_names(&self.table, link).map_err(|e| e.to_string())?;
-        let stmts = render_statements(link, ruleset)
-            .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
-        let mut script = skeleton(&self.table, std::slice::from_ref(link));
-        match state {
-            Enforcement::Open => script.push_str(&flip_script(&self.table, link, &stmts)),
-            Enforcement::Lockdown => {
-                script.push_str(&stage_script(&self.table, link, &stmts));
-                script.push_str(&divert_script(&self.table, link));
-            }
-        }
-        // nft -c still asks the kernel; without root a private user and
-        // network namespace gives it one to ask, touching nothing real.
-        let tool = if nix::unistd::geteuid().is_root() {
-            Tool::new(&self.nft, &["-c", "-f", "-"])
-        } else {
-            let nft = self.nft.display().to_string();
-            Tool::new(Path::new("unshare"), &["-rn", &nft, "-c", "-f", "-"])
-        };
-        let what = format!("check {state} rules for link {}", link.name);
-        tool.run(&what, &script, TOOL_TIMEOUT)
-            .map(drop)
-            .map_err(|e| e.to_string())
     }
 
     fn observe(

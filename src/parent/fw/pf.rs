@@ -25,7 +25,7 @@ use crate::ruleset::pf::{
     LOCK_LABEL, anchor_path, check_ruleset, kill_args, load_args, load_input, lockdown_input,
     rule_labels,
 };
-use crate::ruleset::{LinkTarget, check_names};
+use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 /// The pf backend.
@@ -114,12 +114,18 @@ impl Pf {
     }
 }
 
-impl Firewall for Pf {
-    fn name(&self) -> &'static str {
+impl LinkCheck for Pf {
+    fn extension(&self) -> &'static str {
         "pf"
     }
 
-    fn extension(&self) -> &'static str {
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        Check::pf(&self.pfctl, &self.anchor).check(link, state, ruleset)
+    }
+}
+
+impl Firewall for Pf {
+    fn name(&self) -> &'static str {
         "pf"
     }
 
@@ -189,20 +195,6 @@ impl Firewall for Pf {
         );
         let killed = self.end_states(link);
         loaded.and(killed)
-    }
-
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        check_names(&self.anchor, link).map_err(|e| e.to_string())?;
-        check_ruleset(ruleset).map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
-        let what = format!("check {state} rules for link {}", link.name);
-        let input = match state {
-            Enforcement::Open => load_input(link, ruleset),
-            Enforcement::Lockdown => lockdown_input(link, ruleset),
-        };
-        self.tool(&load_args(&self.anchor, link, true))
-            .run(&what, &input, TOOL_TIMEOUT)
-            .map(drop)
-            .map_err(|e| e.to_string())
     }
 
     fn observe(
