@@ -7,8 +7,9 @@
 //! fd 3; `qkdctl` talks to the engine over the control socket.
 //!
 //! - [`parent`]: the privileged parent: enforcement as the kernel reads
-//!   back ([`parent::links`]), bundle activation, the state file, firewall
-//!   backends ([`parent::fw`]: `observe`, the nftables dead-man switch),
+//!   back ([`parent::links`]), bundle activation, firewall backends
+//!   ([`parent::fw`]: what touches the kernel: apply, `observe`, the
+//!   nftables dead-man switch; what they load comes from [`ruleset`]),
 //!   WireGuard PSK writers ([`parent::wg`]) and the key requests it answers
 //!   ([`parent::keys`]).
 //! - [`engine`]: the unprivileged engine: the pure link state machine
@@ -23,9 +24,18 @@
 //!   the peer protocol between two gateways' engines.
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
-//! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
+//! - [`ruleset`]: a bundle's pf or nft ruleset for one link
+//!   ([`ruleset::LinkTarget`]), checked and rendered as the parent's
+//!   backends load it, and [`ruleset::Check`], the tool's own check
+//!   (`nft -c`, `pfctl -n`) that `qkdctl policy verify` runs too.
+//! - [`state`]: the state file (active bundle, persisted lock reasons,
+//!   epochs): written by the parent, read by `qkdctl policy verify` too.
+//! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify` (which
+//!   uses [`ruleset`] and [`state`]: `qkdctl` links nothing of [`parent`]).
 //! - [`sim`]: the simulated QKD link model and `qkdsim`'s KMEs, PKI and QBER feed.
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
+//! - [`tool`]: one run of pfctl or nft with its stdin, a timeout and an
+//!   error naming the command (the parent's backends and ruleset checks).
 //! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
 //!   bands, the event log helper, durations, UTC dates, key types — shared
 //!   by every process.
@@ -41,9 +51,12 @@ pub mod parent;
 pub mod policy;
 pub mod privsep;
 pub mod proto;
+pub mod ruleset;
 pub mod sandbox;
 pub mod secret;
 pub mod sim;
+pub mod state;
 pub mod text;
 pub mod tls;
+pub mod tool;
 pub mod utc;

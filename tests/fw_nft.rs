@@ -9,7 +9,8 @@ use std::process::Command;
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
-use qkdpfd::parent::fw::{self, Firewall, LinkTarget, Observed};
+use qkdpfd::parent::fw::{self, Firewall, Observed};
+use qkdpfd::ruleset::LinkTarget;
 
 fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
-use qkdpfd::parent::fw::{self, Firewall, LinkTarget};
+use qkdpfd::parent::fw::{self, Firewall};
+use qkdpfd::ruleset::LinkTarget;
 
 const RECORDER: &str = r#"#!/bin/sh
 d='@DIR@'
@@ -446,7 +447,9 @@ fn kills_use_the_rdomain_and_the_open_rules_labels() {
         ]
     );
     assert_eq!(
-        fw::pf::rule_labels("pass label \"x;y\"\npass label \"$link\"\npass label \"ok.1\""),
+        qkdpfd::ruleset::pf::rule_labels(
+            "pass label \"x;y\"\npass label \"$link\"\npass label \"ok.1\""
+        ),
         ["ok.1"]
     );
 }

@@ -6,12 +6,12 @@ mod common;
 
 use common::bundle::*;
 use qkdpfd::lock::{Enforcement, LockReason, Reasons};
-use qkdpfd::parent::state::{self, ActivePolicy, LinkRecord, State};
 use qkdpfd::policy::verify::RejectWord;
 use qkdpfd::policy::{
     AcceptAll, Bundle, Files, Floor, Reject, Store, Verified, VerifyOpts, read_bytes, read_dir,
     verify,
 };
+use qkdpfd::state::{self, ActivePolicy, LinkRecord, State};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use qkdpfd::conf::{WireguardBackend, WireguardConf};
+use qkdpfd::conf::{UAPI_DIR, WireguardBackend, WireguardConf};
 use qkdpfd::parent::wg::{self, Drift, WgBackend, WgError, WgPeer, uapi::Uapi};
 use qkdpfd::secret::Psk;
 
@@ -174,7 +174,7 @@ impl Rig {
     }
 
     fn sock(&self) -> PathBuf {
-        Path::new(wg::UAPI_DIR).join(format!("{}.sock", self.ifname))
+        Path::new(UAPI_DIR).join(format!("{}.sock", self.ifname))
     }
 
     fn wg(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -215,7 +215,7 @@ impl Drop for Rig {
 }
 
 fn backend() -> Uapi {
-    Uapi::new(Path::new(wg::UAPI_DIR))
+    Uapi::new(Path::new(UAPI_DIR))
 }
 
 fn secrets_of(psk: &Psk) -> Vec<String> {

@@ -17,6 +17,11 @@ pub use parse::{ConfError, ConfErrors, load, parse};
 
 pub const CONFFILE: &str = "/etc/qkdpfd.conf";
 
+/// Where wireguard-go (and wireguard-tools) keep their UAPI sockets: the
+/// userspace WireGuard backend connects there, and the parent's sandbox
+/// keeps the directory readable.
+pub const UAPI_DIR: &str = "/var/run/wireguard";
+
 /// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor/table name. They end
 /// up inside pf anchors, nft chain names and log labels, so nothing else may
 /// pass. The one definition: the config, the bundle, the firewall and the

@@ -1,14 +1,16 @@
 //! `qkdctl policy verify [-p pubkey] PATH` (DESIGN §7): the daemon's own
 //! checks, run locally with no daemon. Keys come from `-p` or the config's
 //! `[policy] pubkeys`; with a config, every configured link's rulesets are
-//! rendered and checked by its firewall backend and the serial is compared
-//! with the local state file when it is readable.
+//! rendered and checked as its firewall backend would check them
+//! ([`crate::ruleset::Check`]) and the serial is compared with the local
+//! state file when it is readable.
 
 use super::VerifyArgs;
 use crate::conf::{self, Config};
-use crate::parent::activate::{Checker, now_unix};
-use crate::parent::{fw, state};
 use crate::policy::{self, Files, Reject, Store, Verified, VerifyOpts};
+use crate::ruleset::{self, Check, Checker};
+use crate::state;
+use crate::utc::now_unix;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -70,18 +72,14 @@ pub fn run(a: &VerifyArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(a.json, e.reason(), &e.to_string()),
     };
-    let (fw, targets, floor) = match &config {
+    let (check, targets, floor) = match &config {
         Some(c) => {
             let st = state::load(&c.daemon.state_dir.join("state"))
                 .ok()
                 .flatten();
             let store = Store::new(c.policy.dir.clone());
             let floor = state::floor(st.as_ref(), &store).ok().flatten();
-            (
-                Some(fw::new(&c.firewall, &c.daemon.state_dir)),
-                crate::parent::targets(c),
-                floor,
-            )
+            (Some(Check::new(&c.firewall)), ruleset::targets(c), floor)
         }
         None => (None, BTreeMap::new(), None),
     };
@@ -91,13 +89,13 @@ pub fn run(a: &VerifyArgs) -> i32 {
         check_expiry: true,
         links: targets.keys().cloned().collect(),
     };
-    let result = match &fw {
-        Some(fw) => policy::verify(
+    let result = match &check {
+        Some(check) => policy::verify(
             &files,
             &keys,
             &opts,
             &Checker {
-                fw: fw.as_ref(),
+                fw: check,
                 targets: &targets,
             },
         ),

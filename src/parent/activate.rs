@@ -2,37 +2,16 @@
 //! `policy/<serial>/` directory, name it active in the state file, then
 //! re-apply every link's rulesets. A rejected bundle changes nothing.
 
-use crate::lock::Enforcement;
 use crate::log::{self, Prio};
-use crate::parent::fw::{Firewall, LinkTarget};
-use crate::parent::state::{self, State};
-use crate::policy::{
-    Bundle, Files, PublicKey, Reject, RulesetChecker, Store, Verified, VerifyOpts,
-};
+use crate::parent::fw::Firewall;
+use crate::policy::{Bundle, Files, PublicKey, Reject, Store, Verified, VerifyOpts};
+use crate::ruleset::{Checker, LinkTarget};
+use crate::state::{self, State};
 use std::collections::BTreeMap;
 
-/// Adapts a firewall backend to the verifier: render for a link, check.
-pub struct Checker<'a> {
-    pub fw: &'a dyn Firewall,
-    pub targets: &'a BTreeMap<String, LinkTarget>,
-}
-
-impl RulesetChecker for Checker<'_> {
-    fn extension(&self) -> &'static str {
-        self.fw.extension()
-    }
-    fn check(&self, link: &str, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        let t = self
-            .targets
-            .get(link)
-            .ok_or_else(|| format!("unknown link {link}"))?;
-        self.fw.check(t, state, ruleset)
-    }
-}
-
-pub fn now_unix() -> u64 {
-    crate::utc::now_unix()
-}
+/// Re-exported, not defined: the one clock is [`crate::utc::now_unix`]
+/// (`run.rs` still names it by this path).
+pub use crate::utc::now_unix;
 
 fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
@@ -58,7 +37,7 @@ pub fn load(
     store: &Store,
     state: &mut State,
     state_path: &std::path::Path,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Outcome, Reject> {
     let floor = state::floor(Some(state), store).map_err(|e| unreadable("policy store", e))?;
@@ -75,11 +54,11 @@ fn verify_against(
     keys: &[PublicKey],
     floor: Option<crate::policy::Floor>,
     active: Option<u64>,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Verified, Reject> {
     let mut opts = VerifyOpts {
-        now_unix: now_unix(),
+        now_unix: crate::utc::now_unix(),
         floor,
         check_expiry: true,
         links: checker.targets.keys().cloned().collect(),
@@ -208,7 +187,7 @@ fn verify_logged(
     files: &Files,
     keys: &[PublicKey],
     opts: &VerifyOpts,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Verified, Reject> {
     crate::policy::verify(files, keys, opts, checker).inspect_err(|e| {
@@ -226,14 +205,14 @@ pub fn restore(
     keys: &[PublicKey],
     store: &Store,
     state: &State,
-    checker: &Checker<'_>,
+    checker: &Checker<'_, dyn Firewall>,
 ) -> Result<Option<Bundle>, Reject> {
     let Some(active) = &state.active else {
         return Ok(None);
     };
     let files = store.read(active.serial)?;
     let opts = VerifyOpts {
-        now_unix: now_unix(),
+        now_unix: crate::utc::now_unix(),
         floor: None,
         check_expiry: false,
         links: checker.targets.keys().cloned().collect(),

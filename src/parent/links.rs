@@ -21,9 +21,11 @@
 use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Prio};
-use crate::parent::fw::{Firewall, FwError, LinkTarget, Observed, Readback};
-use crate::parent::state::{LinkRecord, State};
+use crate::parent::fw::{Firewall, Observed, Readback};
 use crate::policy::Bundle;
+use crate::ruleset::LinkTarget;
+use crate::state::{LinkRecord, State};
+use crate::tool::FwError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -50,7 +52,7 @@ pub struct LinkCtl {
 impl LinkCtl {
     pub fn new(conf: &LinkConf) -> LinkCtl {
         LinkCtl {
-            target: target_of(conf),
+            target: LinkTarget::from_conf(conf),
             engine: None,
             parent: Reasons::EMPTY,
             kernel: Readback {
@@ -87,10 +89,6 @@ impl LinkCtl {
             Enforcement::Lockdown
         }
     }
-}
-
-pub fn target_of(l: &LinkConf) -> LinkTarget {
-    LinkTarget::from_conf(l)
 }
 
 /// All links plus what they need to flip: the firewall, the active bundle,
@@ -552,7 +550,7 @@ impl Links {
         // tried again by the next call (every tick), not forgotten.
         let mut next = self.state.clone();
         next.links = links;
-        match crate::parent::state::save(&self.state_path, &next) {
+        match crate::state::save(&self.state_path, &next) {
             Ok(()) => {
                 self.state = next;
                 if self.write_failing.take().is_some() {
@@ -591,7 +589,7 @@ impl Links {
     pub fn update_state(&mut self, change: impl FnOnce(&mut State)) -> std::io::Result<()> {
         let mut next = self.state.clone();
         change(&mut next);
-        crate::parent::state::save(&self.state_path, &next)?;
+        crate::state::save(&self.state_path, &next)?;
         self.state = next;
         Ok(())
     }

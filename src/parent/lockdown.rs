@@ -13,7 +13,8 @@ use super::links::{LinkCtl, Links, OpenedBy};
 use crate::conf::{Config, FirewallBackend, FirewallConf};
 use crate::lock::LockReason;
 use crate::log;
-use crate::parent::fw::{self, LinkTarget};
+use crate::parent::fw;
+use crate::ruleset::{self, LinkTarget};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
@@ -32,7 +33,7 @@ pub fn from_config(conf: Config) -> ExitCode {
 /// What `-L` does once its log is set up (the guardian has its own).
 pub fn lock_all(conf: Config) -> ExitCode {
     let state_path = super::state_path(&conf);
-    let (state, persist) = match super::state::load(&state_path) {
+    let (state, persist) = match crate::state::load(&state_path) {
         Ok(s) => (s.unwrap_or_default(), true),
         Err(e) => {
             // Lock anyway; never overwrite a state file we could not read.
@@ -74,8 +75,11 @@ pub fn boot_include(conf: &Config) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let targets: Vec<LinkTarget> = super::targets(conf).into_values().collect();
-    print!("{}", fw::nft::boot_script(&conf.firewall.anchor, &targets));
+    let targets: Vec<LinkTarget> = ruleset::targets(conf).into_values().collect();
+    print!(
+        "{}",
+        ruleset::nft::boot_script(&conf.firewall.anchor, &targets)
+    );
     ExitCode::SUCCESS
 }
 

@@ -19,16 +19,16 @@ mod lockdown;
 mod operator;
 mod policy_jobs;
 mod run;
-pub mod state;
 mod syslog;
 pub mod wg;
 
 use crate::conf::{self, Config};
 use crate::lock::LockReason;
 use crate::log;
-use crate::parent::activate::Checker;
 use crate::parent::links::{LinkCtl, Links};
 use crate::policy::{Bundle, PublicKey, Store};
+use crate::ruleset::{Checker, targets};
+use crate::state;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
@@ -344,13 +344,6 @@ pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
         .pubkeys
         .iter()
         .map(|p| crate::policy::read_pubkey(p).map_err(|e| format!("{}: {e}", p.display())))
-        .collect()
-}
-
-pub fn targets(conf: &Config) -> BTreeMap<String, fw::LinkTarget> {
-    conf.link
-        .iter()
-        .map(|(n, l)| (n.clone(), links::target_of(l)))
         .collect()
 }
 

@@ -182,7 +182,7 @@ fn parent_rules(paths: &ParentPaths) -> Result<(Vec<Rule>, Vec<PathBuf>), String
     rules.push(rule("/proc/self", read, Need::Optional));
     // wireguard-go's UAPI sockets (connect is not a file access before
     // landlock ABI 9; listed so the directory stays readable).
-    rules.push(rule(crate::parent::wg::UAPI_DIR, read, Need::Optional));
+    rules.push(rule(crate::conf::UAPI_DIR, read, Need::Optional));
     let mut missing = Vec::new();
     let mut kept = Vec::new();
     for r in rules {

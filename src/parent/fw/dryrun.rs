@@ -10,29 +10,14 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, Observed, Readback, check_names, nft, pf};
+use super::{Firewall, Observed, Readback};
 use crate::lock::Enforcement;
-
-/// Which real backend's files and checks to imitate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flavor {
-    Nft,
-    Pf,
-}
-
-impl Flavor {
-    /// pf on OpenBSD, nftables elsewhere.
-    pub fn native() -> Flavor {
-        if cfg!(target_os = "openbsd") {
-            Flavor::Pf
-        } else {
-            Flavor::Nft
-        }
-    }
-}
+use crate::ruleset::{Check, Flavor, LinkCheck, LinkTarget, check_names, nft, pf};
+use crate::tool::FwError;
 
 /// The dry-run backend.
 pub struct DryRun {
+    /// Which real backend's files and checks to imitate.
     flavor: Flavor,
     anchor: String,
     dir: PathBuf,
@@ -77,7 +62,7 @@ impl DryRun {
                     Enforcement::Lockdown => {
                         let mut s = nft::stage_script(&self.anchor, link, &stmts);
                         s.push_str(&nft::clear_script(&self.anchor, link).replace(
-                            &format!("drop comment \"{}\"", nft::readback::DROP_TAG),
+                            &format!("drop comment \"{}\"", nft::DROP_TAG),
                             &format!("goto lock_{}", link.name),
                         ));
                         s
@@ -121,16 +106,20 @@ fn pfctl_line(args: &[String]) -> String {
     format!("pfctl {}", args.join(" "))
 }
 
+impl LinkCheck for DryRun {
+    fn extension(&self) -> &'static str {
+        self.flavor.extension()
+    }
+
+    /// The checks before any tool runs, the same as for a real apply here.
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        Check::render_only(self.flavor, &self.anchor).check(link, state, ruleset)
+    }
+}
+
 impl Firewall for DryRun {
     fn name(&self) -> &'static str {
         "dry-run"
-    }
-
-    fn extension(&self) -> &'static str {
-        match self.flavor {
-            Flavor::Nft => "nft",
-            Flavor::Pf => "pf",
-        }
     }
 
     fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
@@ -182,13 +171,6 @@ impl Firewall for DryRun {
         self.write(link, "clear", &self.cleared(link))?;
         crate::log::info(format!("dry-run: link {} cleared", link.name));
         Ok(())
-    }
-
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        check_names(&self.anchor, link).map_err(|e| e.to_string())?;
-        self.render(link, state, ruleset)
-            .map(drop)
-            .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))
     }
 
     fn observe(

@@ -1,22 +1,11 @@
 //! nftables backend (DESIGN §5), run by the privileged parent on Linux. It
-//! renders nft(8) scripts and pipes each to one `nft -f -`, which the kernel
-//! applies as one transaction: a rejected script leaves every chain as it was.
+//! pipes each nft(8) script to one `nft -f -`, which the kernel applies as
+//! one transaction: a rejected script leaves every chain as it was.
 //! It touches only table `inet <anchor>`.
 //!
-//! Layout of the table, rebuilt by [`Nft::init`] except the link chains:
-//!
-//! ```text
-//! table inet qkdpfd
-//!   set peer4_<link> { type ipv4_addr }   set peer6_<link> { type ipv6_addr }
-//!   chain input   (hook input,   priority filter - 10, policy accept)
-//!     ip  saddr @peer4_<link> udp sport <wg_port> jump link_<link>   + same match: drop
-//!     ip6 saddr @peer6_<link> udp sport <wg_port> jump link_<link>   + drop
-//!     iifname "<wg_if>" jump link_<link>                               + drop
-//!   chain output  (daddr / dport / oifname, likewise)
-//!   chain forward (iifname and oifname "<wg_if>", likewise)
-//!   chain link_<link>   the open statements; when locked, first a `goto lock_<link>`
-//!   chain lock_<link>   the lockdown statements, preloaded ("staged")
-//! ```
+//! The table's layout, the scripts and the checks of a bundle's statements
+//! are [`crate::ruleset::nft`]'s; this backend decides which script runs
+//! when, and reads the kernel back ([`readback`]).
 //!
 //! Why the lockdown chain is preloaded: in nf_tables, a transaction that
 //! deletes rules or elements waits for an RCU grace period before it
@@ -27,38 +16,21 @@
 //! open replaces `link_<link>` as a whole (flush plus the statements: slow,
 //! and it may be). Unstaged or changed lockdown text is loaded in the same
 //! transaction as the goto.
-//!
-//! Every protected packet is sent to its link chain and dropped unless that
-//! chain reaches `accept`: an empty chain, a chain that returns, a missing
-//! rule, all mean locked. A drop in our table is final whatever other tables
-//! say. A flip to lockdown needs no conntrack flush: nftables evaluates every
-//! packet of a flow against the hooks, and an established flow skips our link
-//! chain only if a rule accepts it by `ct state established` *before* the
-//! jump, which this table never does. Bundle authors must not put `ct state
-//! established accept` ahead of their policy in `open.nft` believing it is a
-//! shortcut: it is harmless within the link chain (the flip replaces the whole
-//! chain) but such a rule in any base chain of ours would let old flows
-//! through. Flows offloaded to a flowtable skip the forward hook: unsupported.
-//!
-//! A `.nft` bundle file holds statements for the link chain only, one per
-//! line. Macros `$link`, `$wg_if`, `$wg_port`, `$peer4`, `$peer6` are
-//! substituted here; anything that could leave the chain (`jump`, `goto`, `;`,
-//! a command word, a raw `@set`) is refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, Readback, TOOL_TIMEOUT, Tool, check_names};
+use super::{Firewall, Readback};
 use crate::lock::Enforcement;
+use crate::ruleset::nft::{
+    clear_script, divert_script, flip_script, guard_script, render_statements, skeleton,
+    stage_script,
+};
+use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
+use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 pub mod alive;
 pub mod readback;
-mod render;
-#[cfg(test)]
-mod tests;
-
-use readback::{DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG};
-pub use render::render_statements;
 
 /// The nftables backend.
 pub struct Nft {
@@ -190,13 +162,19 @@ impl Nft {
     }
 }
 
+impl LinkCheck for Nft {
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        Check::nft(&self.nft, &self.table).check(link, state, ruleset)
+    }
+}
+
 impl Firewall for Nft {
     fn name(&self) -> &'static str {
         "nftables"
-    }
-
-    fn extension(&self) -> &'static str {
-        "nft"
     }
 
     fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
@@ -293,32 +271,6 @@ impl Firewall for Nft {
         .map(drop)
     }
 
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        check_names(&self.table, link).map_err(|e| e.to_string())?;
-        let stmts = render_statements(link, ruleset)
-            .map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
-        let mut script = skeleton(&self.table, std::slice::from_ref(link));
-        match state {
-            Enforcement::Open => script.push_str(&flip_script(&self.table, link, &stmts)),
-            Enforcement::Lockdown => {
-                script.push_str(&stage_script(&self.table, link, &stmts));
-                script.push_str(&divert_script(&self.table, link));
-            }
-        }
-        // nft -c still asks the kernel; without root a private user and
-        // network namespace gives it one to ask, touching nothing real.
-        let tool = if nix::unistd::geteuid().is_root() {
-            Tool::new(&self.nft, &["-c", "-f", "-"])
-        } else {
-            let nft = self.nft.display().to_string();
-            Tool::new(Path::new("unshare"), &["-rn", &nft, "-c", "-f", "-"])
-        };
-        let what = format!("check {state} rules for link {}", link.name);
-        tool.run(&what, &script, TOOL_TIMEOUT)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    }
-
     fn observe(
         &mut self,
         links: &[LinkTarget],
@@ -391,174 +343,9 @@ pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
         .chains
         .keys()
         .filter_map(|c| c.strip_prefix("link_"))
-        .filter(|n| super::valid_name(n))
+        .filter(|n| valid_name(n))
         .map(String::from)
         .collect();
     names.sort();
     Ok(names)
-}
-
-/// The boot include (`qkdpfd -B`): the skeleton, then every link chain
-/// with qkdpfd's drop. Loaded after Debian's `flush ruleset` it recreates
-/// the table locked; loaded over a live table it only appends drops after
-/// whatever a link chain holds.
-pub fn boot_script(table: &str, links: &[LinkTarget]) -> String {
-    let mut s = String::from(
-        "# qkdpfd -B: every protected link dropped until qkdpfd(8) runs.\n\
-         # Regenerated at each start; include it from /etc/nftables.conf.\n",
-    );
-    s.push_str(&skeleton(table, links));
-    for l in links {
-        s.push_str(&format!(
-            "add rule inet {table} link_{} drop comment \"{DROP_TAG}\"\n",
-            l.name
-        ));
-    }
-    s
-}
-
-/// The table, base chains and per-link sets, rebuilt in one transaction;
-/// link chains are created if missing (empty = locked) and never flushed here.
-pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
-    let mut s = format!("add table inet {table}\n");
-    // The dead-man switch's set: never flushed here (its elements are the
-    // parent's heartbeat; see `alive`).
-    s.push_str(&format!(
-        "add set inet {table} {} {{ type nf_proto; flags timeout; }}\n",
-        alive::SET
-    ));
-    for hook in ["input", "forward", "output"] {
-        s.push_str(&format!(
-            "add chain inet {table} {hook} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n\
-             flush chain inet {table} {hook}\n"
-        ));
-    }
-    for l in links {
-        let n = &l.name;
-        s.push_str(&format!("add chain inet {table} link_{n}\n"));
-        s.push_str(&format!("add chain inet {table} lock_{n}\n"));
-        let v4: Vec<String> = l.addrs4.iter().map(|a| a.to_string()).collect();
-        let v6: Vec<String> = l.addrs6.iter().map(|a| a.to_string()).collect();
-        push_set(&mut s, table, &format!("peer4_{n}"), "ipv4_addr", &v4);
-        push_set(&mut s, table, &format!("peer6_{n}"), "ipv6_addr", &v6);
-    }
-    for l in links {
-        for (hook, m) in protected_matches(l) {
-            // The jump needs a live heartbeat; the drop does not.
-            let jump = format!("meta nfproto @{} jump link_{}", alive::SET, l.name);
-            for verdict in [jump, "drop".to_string()] {
-                s.push_str(&format!("add rule inet {table} {hook} {m} {verdict}\n"));
-            }
-        }
-    }
-    s
-}
-
-fn push_set(s: &mut String, table: &str, set: &str, ty: &str, elems: &[String]) {
-    s.push_str(&format!(
-        "add set inet {table} {set} {{ type {ty}; }}\nflush set inet {table} {set}\n"
-    ));
-    if !elems.is_empty() {
-        s.push_str(&format!(
-            "add element inet {table} {set} {{ {} }}\n",
-            elems.join(", ")
-        ));
-    }
-}
-
-/// (base chain, match) for each kind of the link's protected traffic.
-fn protected_matches(l: &LinkTarget) -> Vec<(&'static str, String)> {
-    let (n, p, i) = (&l.name, l.wg_port, &l.wg_if);
-    vec![
-        ("input", format!("ip saddr @peer4_{n} udp sport {p}")),
-        ("input", format!("ip6 saddr @peer6_{n} udp sport {p}")),
-        ("input", format!("iifname \"{i}\"")),
-        ("output", format!("ip daddr @peer4_{n} udp dport {p}")),
-        ("output", format!("ip6 daddr @peer6_{n} udp dport {p}")),
-        ("output", format!("oifname \"{i}\"")),
-        ("forward", format!("iifname \"{i}\"")),
-        ("forward", format!("oifname \"{i}\"")),
-    ]
-}
-
-/// Replaces the link chain's contents with the open statements, behind a
-/// tag rule that lets a read-back count them ([`readback`]).
-pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
-    let chain = format!("link_{}", link.name);
-    let mut s = format!("flush chain inet {table} {chain}\n");
-    s.push_str(&format!(
-        "add rule inet {table} {chain} counter comment \"{OPEN_TAG}{}\"\n",
-        stmts.len()
-    ));
-    for st in stmts {
-        s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
-    }
-    s
-}
-
-/// Replaces the lockdown chain's contents (preloading; nothing diverts to
-/// it yet): tag, the bundle's statements, then qkdpfd's own drop, so the
-/// chain drops whatever the bundle's text says.
-pub fn stage_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
-    let chain = format!("lock_{}", link.name);
-    let mut s = format!("flush chain inet {table} {chain}\n");
-    s.push_str(&format!(
-        "add rule inet {table} {chain} counter comment \"{LOCK_TAG}{}\"\n",
-        stmts.len()
-    ));
-    for st in stmts {
-        s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
-    }
-    s.push_str(&format!(
-        "add rule inet {table} {chain} drop comment \"{DROP_TAG}\"\n"
-    ));
-    s
-}
-
-/// The link chain becomes one explicit drop: the lockdown without a
-/// policy, and the fallback that needs neither `lock_<l>` nor a bundle.
-pub fn clear_script(table: &str, link: &LinkTarget) -> String {
-    let chain = format!("link_{}", link.name);
-    format!(
-        "add chain inet {table} {chain}\nflush chain inet {table} {chain}\n\
-         add rule inet {table} {chain} drop comment \"{DROP_TAG}\"\n"
-    )
-}
-
-/// The guard table, rebuilt to drop exactly `links`' protected traffic at
-/// a priority before our own table; no links: the table is removed. A drop
-/// here is final whatever our table says.
-pub fn guard_script(guard: &str, links: &[LinkTarget]) -> String {
-    let mut s = format!("add table inet {guard}\ndelete table inet {guard}\n");
-    if links.is_empty() {
-        return s;
-    }
-    s.push_str(&format!("add table inet {guard}\n"));
-    for hook in ["input", "forward", "output"] {
-        s.push_str(&format!(
-            "add chain inet {guard} {hook} {{ type filter hook {hook} priority filter - 20; policy accept; }}\n"
-        ));
-    }
-    for l in links {
-        let n = &l.name;
-        let v4: Vec<String> = l.addrs4.iter().map(|a| a.to_string()).collect();
-        let v6: Vec<String> = l.addrs6.iter().map(|a| a.to_string()).collect();
-        push_set(&mut s, guard, &format!("peer4_{n}"), "ipv4_addr", &v4);
-        push_set(&mut s, guard, &format!("peer6_{n}"), "ipv6_addr", &v6);
-        for (hook, m) in protected_matches(l) {
-            s.push_str(&format!(
-                "add rule inet {guard} {hook} {m} drop comment \"{GUARD_TAG}{n}\"\n"
-            ));
-        }
-    }
-    s
-}
-
-/// The flip to lockdown: every packet of the link now takes the lockdown
-/// statements (an addition only: no RCU wait in the kernel).
-pub fn divert_script(table: &str, link: &LinkTarget) -> String {
-    format!(
-        "insert rule inet {table} link_{n} goto lock_{n}\n",
-        n = link.name
-    )
 }

@@ -10,19 +10,8 @@
 //! change together or not at all (on error the old anchor stays).
 //!
 //! pf passes packets that match an existing state without evaluating rules,
-//! so a lockdown also kills the link's states (pfctl.c
-//! `pfctl_net_kill_states`, pf_ioctl.c DIOCKILLSTATES):
-//! - `-k A` kills states whose initiator is A (A's connections to us);
-//! - `-k 0.0.0.0/0 -k A` (`::/0` for IPv6: the second host must have the
-//!   first one's address family) kills states towards A (ours to A);
-//! - `-i IF -k 0.0.0.0/0` and `-i IF -k ::/0` kill states bound to IF. The
-//!   kernel compares the state's interface, and floating states (pf's default
-//!   state-policy) belong to no interface: rulesets pass tunnel traffic with
-//!   `keep state (if-bound)` so these kills find them (see `open.pf`).
-//!
-//! pfctl cannot restrict `-k host` to a port, so a lockdown also resets other
-//! states with the peer's address (an underlay SSH session to it, say); the
-//! peer protocol is UDP and recovers with its next datagram.
+//! so a lockdown also kills the link's states (the pfctl argv come from
+//! [`crate::ruleset::pf::kill_args`]; that module says what each one kills).
 //!
 //! Every OpenBSD fact relied on here is listed, with the source revision
 //! it was checked against, in `src/OPENBSD-FACTS.md`.
@@ -30,18 +19,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::{Firewall, FwError, LinkTarget, Observed, Readback, TOOL_TIMEOUT, Tool, check_names};
+use super::{Firewall, Observed, Readback};
 use crate::lock::Enforcement;
-
-/// The label of qkdpfd's own block rules, appended to every lockdown: a
-/// read-back finds them in the anchor whatever the bundle's rules say.
-pub const LOCK_LABEL: &str = "qkdpfd-lockdown";
-
-/// Macros pfctl gets with `-D`; a ruleset may use no other.
-const MACROS: &[&str] = &["link", "wg_if", "wg_port", "peer4", "peer6"];
-
-/// Words that would make pfctl read other files or load other anchors.
-const FORBIDDEN_WORDS: &[&str] = &["include", "load", "file"];
+use crate::ruleset::pf::{
+    LOCK_LABEL, anchor_path, check_ruleset, kill_args, load_args, load_input, lockdown_input,
+    rule_labels,
+};
+use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names};
+use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 /// The pf backend.
 pub struct Pf {
@@ -129,12 +114,18 @@ impl Pf {
     }
 }
 
-impl Firewall for Pf {
-    fn name(&self) -> &'static str {
+impl LinkCheck for Pf {
+    fn extension(&self) -> &'static str {
         "pf"
     }
 
-    fn extension(&self) -> &'static str {
+    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
+        Check::pf(&self.pfctl, &self.anchor).check(link, state, ruleset)
+    }
+}
+
+impl Firewall for Pf {
+    fn name(&self) -> &'static str {
         "pf"
     }
 
@@ -204,20 +195,6 @@ impl Firewall for Pf {
         );
         let killed = self.end_states(link);
         loaded.and(killed)
-    }
-
-    fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
-        check_names(&self.anchor, link).map_err(|e| e.to_string())?;
-        check_ruleset(ruleset).map_err(|e| format!("link {}: {state} ruleset: {e}", link.name))?;
-        let what = format!("check {state} rules for link {}", link.name);
-        let input = match state {
-            Enforcement::Open => load_input(link, ruleset),
-            Enforcement::Lockdown => lockdown_input(link, ruleset),
-        };
-        self.tool(&load_args(&self.anchor, link, true))
-            .run(&what, &input, TOOL_TIMEOUT)
-            .map(drop)
-            .map_err(|e| e.to_string())
     }
 
     fn observe(
@@ -351,198 +328,6 @@ pub fn main_guards(main: &str, root: &str, link: &LinkTarget) -> Result<(), Stri
     Ok(())
 }
 
-pub fn anchor_path(anchor: &str, link: &LinkTarget) -> String {
-    format!("{anchor}/{}", link.name)
-}
-
-/// `pfctl [-n] -a <root>/<link> -D link=.. -D wg_if=.. -D wg_port=..
-/// [-D peer4=..] [-D peer6=..] -f -`
-pub fn load_args(anchor: &str, link: &LinkTarget, parse_only: bool) -> Vec<String> {
-    let mut a: Vec<String> = Vec::new();
-    if parse_only {
-        a.push("-n".into());
-    }
-    a.extend(["-a".into(), anchor_path(anchor, link)]);
-    let mut define = |k: &str, v: String| a.extend(["-D".to_string(), format!("{k}={v}")]);
-    define("link", link.name.clone());
-    define("wg_if", link.wg_if.clone());
-    define("wg_port", link.wg_port.to_string());
-    let v4: Vec<String> = link.addrs4.iter().map(|x| x.to_string()).collect();
-    let v6: Vec<String> = link.addrs6.iter().map(|x| x.to_string()).collect();
-    if !v4.is_empty() {
-        define("peer4", pf_list(&v4));
-    }
-    if !v6.is_empty() {
-        define("peer6", pf_list(&v6));
-    }
-    a.extend(["-f".into(), "-".into()]);
-    a
-}
-
-/// One address as is, several as a pf list `{ a b }`.
-fn pf_list(addrs: &[String]) -> String {
-    match addrs {
-        [one] => one.clone(),
-        many => format!("{{ {} }}", many.join(" ")),
-    }
-}
-
-/// The anchor's input: the link's table, then the bundle's rules.
-pub fn load_input(link: &LinkTarget, ruleset: &str) -> String {
-    let addrs: Vec<String> = link
-        .addrs4
-        .iter()
-        .map(|a| a.to_string())
-        .chain(link.addrs6.iter().map(|a| a.to_string()))
-        .collect();
-    let mut s = if addrs.is_empty() {
-        "table <qkd_peer> const persist\n".to_string()
-    } else {
-        format!("table <qkd_peer> const {{ {} }}\n", addrs.join(" "))
-    };
-    s.push_str(ruleset);
-    if !s.ends_with('\n') {
-        s.push('\n');
-    }
-    s
-}
-
-/// The labels (`label "..."`) of a ruleset's rules, as written (pf.conf
-/// expands no macro inside quotes); only plain ones (`[A-Za-z0-9._-]`),
-/// so none reaches pfctl's argv as anything but a label.
-pub fn rule_labels(ruleset: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in ruleset.lines() {
-        let mut rest = strip_comment(line);
-        while let Some(at) = rest.find("label \"") {
-            let after = &rest[at + 7..];
-            let Some(end) = after.find('"') else { break };
-            let l = after[..end].to_string();
-            if !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
-                && !out.contains(&l)
-            {
-                out.push(l);
-            }
-            rest = &after[end + 1..];
-        }
-    }
-    out
-}
-
-/// The state kills for a lockdown, one pfctl argv each (see module docs),
-/// in the link's routing domain (`-V`, when not 0), then by the labels of
-/// its open rules.
-pub fn kill_args(link: &LinkTarget, labels: &[String]) -> Vec<Vec<String>> {
-    let rd = link.rdomain.to_string();
-    let v = |xs: &[&str]| {
-        let mut a: Vec<String> = Vec::new();
-        if link.rdomain != 0 {
-            a.extend(["-V".to_string(), rd.clone()]);
-        }
-        a.extend(xs.iter().map(|s| s.to_string()));
-        a
-    };
-    let mut out = Vec::new();
-    let addrs = link
-        .addrs4
-        .iter()
-        .map(|a| (a.to_string(), "0.0.0.0/0"))
-        .chain(link.addrs6.iter().map(|a| (a.to_string(), "::/0")));
-    for (a, any) in addrs {
-        out.push(v(&["-k", &a]));
-        out.push(v(&["-k", any, "-k", &a]));
-    }
-    out.push(v(&["-i", &link.wg_if, "-k", "0.0.0.0/0"]));
-    out.push(v(&["-i", &link.wg_if, "-k", "::/0"]));
-    for l in labels {
-        out.push(v(&["-k", "label", "-k", l]));
-    }
-    out
-}
-
-/// The anchor's input for a lockdown: the bundle's rules, then qkdpfd's
-/// own labelled block rules for the link's traffic (never `block all`:
-/// the anchor sees every packet of the gateway).
-pub fn lockdown_input(link: &LinkTarget, ruleset: &str) -> String {
-    let mut s = load_input(link, ruleset);
-    for r in [
-        "block drop quick proto udp to <qkd_peer> port $wg_port",
-        "block drop quick proto udp from <qkd_peer> port $wg_port",
-        "block drop quick on $wg_if",
-    ] {
-        s.push_str(&format!("{r} label \"{LOCK_LABEL}\"\n"));
-    }
-    s
-}
-
-/// Refuses what would let a ruleset reach beyond its anchor: reading files
-/// (`include`, `load anchor`, `table ... file`), line continuations (which
-/// can glue a keyword together) and macros other than the link's own
-/// (a ruleset-defined macro can expand to a keyword). Comments are skipped;
-/// words inside quoted strings are refused too, to keep the rule simple.
-pub fn check_ruleset(ruleset: &str) -> Result<(), String> {
-    for (i, raw) in ruleset.lines().enumerate() {
-        let line = strip_comment(raw).trim();
-        check_line(line).map_err(|e| format!("line {}: {e}", i + 1))?;
-    }
-    Ok(())
-}
-
-/// Cuts a `#` comment, except inside a quoted string (pf keeps those).
-fn strip_comment(line: &str) -> &str {
-    let mut quoted = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            '#' if !quoted => return &line[..i],
-            _ => {}
-        }
-    }
-    line
-}
-
-fn check_line(line: &str) -> Result<(), String> {
-    if let Some(c) = line
-        .chars()
-        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
-    {
-        return Err(format!("character {c:?} not allowed"));
-    }
-    if line.contains('\\') {
-        return Err("line continuation (backslash) not allowed".to_string());
-    }
-    // pfctl applies some options the moment it parses them, whatever `-a`
-    // says (`set skip on` reaches DIOCSETIFFLAG, `set limit`, `set debug`):
-    // they would change pf for every interface and outlive the anchor.
-    if line.split_whitespace().next() == Some("set") {
-        return Err("\"set\" options are global to pf and outlive the link's anchor".to_string());
-    }
-    let words = line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
-    for w in words {
-        if FORBIDDEN_WORDS.contains(&w.to_ascii_lowercase().as_str()) {
-            return Err(format!("{w:?} would reach beyond the link's anchor"));
-        }
-    }
-    let mut rest = line;
-    while let Some(pos) = rest.find('$') {
-        let after = &rest[pos + 1..];
-        let len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        if !MACROS.contains(&&after[..len]) {
-            return Err(format!(
-                "unknown macro ${} (known: $link $wg_if $wg_port $peer4 $peer6)",
-                &after[..len]
-            ));
-        }
-        rest = &after[len..];
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,23 +348,5 @@ mod tests {
         );
         assert!(!m.contains_key("cut"), "an unclosed block proves nothing");
         assert!(split_anchors("").is_empty());
-    }
-
-    #[test]
-    fn ruleset_checks() {
-        assert!(check_ruleset("pass quick on $wg_if keep state (if-bound) # load\n").is_ok());
-        for (bad, why) in [
-            ("include \"/etc/x\"", "\"include\""),
-            ("load anchor x from \"/etc/x\"", "\"load\""),
-            ("table <t> file \"/etc/x\"", "\"file\""),
-            ("pass \\", "continuation"),
-            ("pass to $other", "unknown macro $other"),
-            ("pass label \"a#\" load anchor", "\"load\""),
-            ("set skip on $wg_if", "global to pf"),
-            ("  set limit states 10", "global to pf"),
-        ] {
-            let e = check_ruleset(&format!("pass\n{bad}\n")).unwrap_err();
-            assert!(e.starts_with("line 2: ") && e.contains(why), "{bad}: {e}");
-        }
     }
 }

@@ -3,9 +3,10 @@
 //! doing it is caught, and the ladder's order is checked call by call.
 
 use super::*;
-use crate::parent::fw::FwError;
-use crate::parent::state;
 use crate::policy::{ExpiredAction, Files, Policy, Rulesets};
+use crate::ruleset::LinkCheck;
+use crate::state;
+use crate::tool::FwError;
 use std::sync::{Arc, Mutex};
 
 /// A kernel in memory: what each link's chain holds and the guard, the
@@ -35,12 +36,18 @@ fn fake(knobs: Kernel) -> Fake {
     }
 }
 
+impl LinkCheck for Fake {
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+    fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 impl Firewall for Fake {
     fn name(&self) -> &'static str {
         "fake"
-    }
-    fn extension(&self) -> &'static str {
-        "nft"
     }
     fn init(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
         let mut k = self.k.lock().unwrap();
@@ -75,9 +82,6 @@ impl Firewall for Fake {
             return Err(FwError::refused("injected"));
         }
         k.chain.insert(l.name.clone(), Observed::Locked);
-        Ok(())
-    }
-    fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
         Ok(())
     }
     fn observe(
@@ -477,12 +481,18 @@ struct Hung {
     calls: Arc<Mutex<Vec<String>>>,
 }
 
+impl LinkCheck for Hung {
+    fn extension(&self) -> &'static str {
+        "nft"
+    }
+    fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 impl Firewall for Hung {
     fn name(&self) -> &'static str {
         "hung"
-    }
-    fn extension(&self) -> &'static str {
-        "nft"
     }
     fn init(&mut self, _: &[LinkTarget]) -> Result<(), FwError> {
         self.hang("init")
@@ -492,9 +502,6 @@ impl Firewall for Hung {
     }
     fn clear(&mut self, _: &LinkTarget) -> Result<(), FwError> {
         self.hang("clear")
-    }
-    fn check(&self, _: &LinkTarget, _: Enforcement, _: &str) -> Result<(), String> {
-        Ok(())
     }
     fn observe(
         &mut self,

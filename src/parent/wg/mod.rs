@@ -15,16 +15,13 @@ use std::path::Path;
 
 use base64::Engine;
 
-use crate::conf::{WireguardBackend, WireguardConf};
+use crate::conf::{UAPI_DIR, WireguardBackend, WireguardConf};
 use crate::secret::Psk;
 
 pub mod dryrun;
 pub mod linux;
 pub mod openbsd;
 pub mod uapi;
-
-/// Where wireguard-go (and wireguard-tools) keep their UAPI sockets.
-pub const UAPI_DIR: &str = "/var/run/wireguard";
 
 /// IFNAMSIZ on Linux and OpenBSD, including the terminating NUL.
 pub const IFNAMSIZ: usize = 16;

@@ -39,7 +39,7 @@ pub struct Uapi {
 }
 
 impl Uapi {
-    /// `dir` holds the `<if>.sock` sockets (normally [`super::UAPI_DIR`]).
+    /// `dir` holds the `<if>.sock` sockets (normally [`crate::conf::UAPI_DIR`]).
     pub fn new(dir: &Path) -> Uapi {
         Uapi::with_timeout(dir, TIMEOUT)
     }

@@ -17,9 +17,9 @@
 use std::time::Duration;
 
 use crate::parent::wg::linux::{Msg, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, c_name};
+use crate::ruleset::nft::ALIVE_SET;
 
 pub const NETLINK_NETFILTER: i32 = 12;
-pub const SET: &str = "alive";
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -69,7 +69,7 @@ pub fn refresh_batch(table: &str, seq: u32, timeout: Option<Duration>) -> Vec<u8
         0,
     );
     flush.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
-    flush.attr(NFTA_SET_ELEM_LIST_SET, &c_name(SET));
+    flush.attr(NFTA_SET_ELEM_LIST_SET, &c_name(ALIVE_SET));
     out.extend_from_slice(&flush.finish());
     let mut add = msg(
         ty(NFT_MSG_NEWSETELEM),
@@ -79,7 +79,7 @@ pub fn refresh_batch(table: &str, seq: u32, timeout: Option<Duration>) -> Vec<u8
         0,
     );
     add.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
-    add.attr(NFTA_SET_ELEM_LIST_SET, &c_name(SET));
+    add.attr(NFTA_SET_ELEM_LIST_SET, &c_name(ALIVE_SET));
     add.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
     for proto in [NFPROTO_IPV4, NFPROTO_IPV6] {
         add.nest(NFTA_LIST_ELEM);
@@ -125,7 +125,7 @@ pub fn await_acks(
             let errno = crate::parent::wg::linux::errno_of(m.payload).map_err(|e| e.to_string())?;
             if errno != 0 {
                 return Err(format!(
-                    "set {SET}: {}",
+                    "set {ALIVE_SET}: {}",
                     std::io::Error::from_raw_os_error(-errno)
                 ));
             }

@@ -11,7 +11,7 @@
 //!
 //! - locked: its chain starts with `goto lock_<l>` and `lock_<l>` is tagged,
 //!   whole and ends with the drop; or its chain starts with a bare `drop`
-//!   (the fallback, [`super::clear_script`]);
+//!   (the fallback, [`crate::ruleset::nft::clear_script`]);
 //! - open: its chain is tagged open and whole;
 //! - unknown otherwise — and "damaged" when a base-chain pair of the link is
 //!   missing or a base chain holds anything else (a foreign `accept` ahead
@@ -21,12 +21,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::super::{LinkTarget, Observed, Readback};
-
-pub const OPEN_TAG: &str = "qkdpfd open n=";
-pub const LOCK_TAG: &str = "qkdpfd lockdown n=";
-pub const DROP_TAG: &str = "qkdpfd drop";
-pub const GUARD_TAG: &str = "qkdpfd guard ";
+use super::super::{Observed, Readback};
+use crate::ruleset::LinkTarget;
+use crate::ruleset::nft::{ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, protected_matches};
 
 /// One expression of a rule, as nft printed it (JSON text). Kept as text:
 /// a 100-link table lists as half a megabyte, and a tree of values for
@@ -162,7 +159,7 @@ fn is_alive_match(e: &Expr) -> bool {
         .and_then(|k| k.get("key"))
         .and_then(Value::as_str)
         == Some("nfproto")
-        && m.get("right").and_then(Value::as_str) == Some(&format!("@{}", super::alive::SET))
+        && m.get("right").and_then(Value::as_str) == Some(&format!("@{ALIVE_SET}"))
 }
 
 /// A rule that is exactly `drop` (a counter before it is fine).
@@ -227,7 +224,7 @@ pub fn judge(
                 (Some(t), Some((pairs, foreign))) => judge_link(link, t, pairs, foreign),
                 _ => Observed::damaged("table missing"),
             };
-            let g = guarded.get(&link.name) == Some(&super::protected_matches(link).len());
+            let g = guarded.get(&link.name) == Some(&protected_matches(link).len());
             (link.name.clone(), Readback { state, guarded: g })
         })
         .collect()
@@ -240,7 +237,7 @@ fn judge_link(
     foreign: &[String],
 ) -> Observed {
     let mut want: HashMap<&str, usize> = HashMap::new();
-    for (hook, _) in super::protected_matches(link) {
+    for (hook, _) in protected_matches(link) {
         *want.entry(hook).or_insert(0) += 1;
     }
     for (hook, n) in &want {
@@ -391,7 +388,7 @@ mod tests {
         if let Some(x) = extra_base {
             items.push(x);
         }
-        for (hook, _) in super::super::protected_matches(&dr()) {
+        for (hook, _) in protected_matches(&dr()) {
             items.push(rule(
                 hook,
                 &format!("{M}, {ALIVE}, {{\"jump\": {{\"target\": \"link_dr\"}}}}"),
@@ -530,7 +527,7 @@ mod tests {
         let mut items = vec![
             "{\"chain\": {\"family\": \"inet\", \"table\": \"g\", \"name\": \"input\", \"hook\": \"input\"}}".to_string(),
         ];
-        let n = super::super::protected_matches(&dr()).len();
+        let n = protected_matches(&dr()).len();
         for _ in 0..n {
             items.push(rule(
                 "input",

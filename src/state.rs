@@ -1,6 +1,7 @@
 //! The state file (DESIGN §4, §6), kept by the parent in `state_dir`: which
 //! bundle is active and the persisted lock reasons of each link. It is the
-//! single source of truth at start-up.
+//! single source of truth at start-up. Outside the parent because
+//! `qkdctl policy verify` reads it too (the rollback floor).
 //!
 //! Written atomically (temp file in the same directory, fsync, rename, fsync
 //! the directory), mode 0600, JSON. A file that does not parse is an error,
