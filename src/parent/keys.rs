@@ -10,11 +10,11 @@
 //! line, in a log line or in an error.
 
 use super::Parent;
+use super::changed::Changed;
 use super::links::OpenedBy;
-use super::run::Tx;
 use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
 use crate::conf::{Config, LinkConf, Role};
-use crate::imsg::{InstallPsk, KeyAck, KeyStep, ToEngine};
+use crate::imsg::{InstallPsk, KeyAck, KeyStep};
 use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
@@ -289,7 +289,7 @@ pub const EPOCH_WINDOW: u64 = 1 << 32;
 
 /// Answers a PersistEpoch beyond [`EPOCH_WINDOW`] with a refusal (the
 /// round fails; nothing is written).
-pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
+pub(super) fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
     log::event(Prio::Err, "epoch_refused")
         .kv("link", link)
         .kv("epoch", epoch)
@@ -303,16 +303,19 @@ pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
             "epoch {epoch} is more than {EPOCH_WINDOW} past the persisted {floor}"
         )),
     };
-    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+    let mut out = Changed::none();
+    out.key_ack(ack);
+    out
 }
 
 /// Makes the epochs asked for and the verifiers of the PSKs installed
 /// since the last call durable in one write, and answers each epoch
 /// request; on failure every one of them is refused (and a restart holds
 /// `no-key` until the next round).
-pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
+pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
+    let mut out = Changed::none();
     if p.pending_epochs.is_empty() && p.pending_verifiers.is_empty() {
-        return;
+        return out;
     }
     let batch = std::mem::take(&mut p.pending_epochs);
     let verifiers = std::mem::take(&mut p.pending_verifiers);
@@ -340,13 +343,14 @@ pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
             step: KeyStep::Persist,
             error: error.clone(),
         };
-        let _ = tx.send(ToEngine::KeyAck(ack).encode());
+        out.key_ack(ack);
     }
+    out
 }
 
 /// Installs a PSK the engine agreed on, if its epoch is durable; a
 /// successful install clears `no-key` and `psk-drift`.
-pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
+pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Changed {
     let InstallPsk {
         link, epoch, psk, ..
     } = i;
@@ -363,8 +367,9 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
         p.wg.install(&link, psk.clone(), period, Instant::now())
             .map_err(|e| e.reason().to_string())
     };
+    let mut out = Changed::none();
     if result.is_ok() {
-        installed(p, tx, &link, &psk);
+        installed(p, &mut out, &link, &psk);
     }
     let ack = KeyAck {
         link,
@@ -372,14 +377,15 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
         step: KeyStep::Install,
         error: result.err(),
     };
-    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+    out.key_ack(ack);
+    out
 }
 
 /// A QKD-derived PSK is on the interface and read back: `no-key` and
 /// `psk-drift` clear, and its verifier is made durable for a restart
 /// (if that write fails the restart holds `no-key` until the next round:
 /// closed, not open).
-fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
+fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret::Psk) {
     let l = &p.links.links[link];
     let held = [LockReason::NoKey, LockReason::PskDrift]
         .into_iter()
@@ -389,7 +395,7 @@ fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
         p.links.set_parent_reason(link, LockReason::PskDrift, false);
         p.links
             .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
-        super::run::send_state(p, tx, link);
+        out.state(link);
     }
     // Written with the others of this batch (one fsync for a `rotate all`).
     p.pending_verifiers.push((link.to_string(), psk.verifier()));

@@ -9,6 +9,7 @@
 //! or thread exists — then a current-thread tokio loop.
 
 pub mod activate;
+mod changed;
 mod ctl;
 mod deadman;
 pub mod fw;
@@ -21,6 +22,7 @@ mod policy_jobs;
 mod run;
 pub mod state;
 mod syslog;
+mod to_engine;
 pub mod wg;
 
 use crate::conf::{self, Config};

@@ -4,9 +4,11 @@
 //! malformed or impossible one is treated like the engine's death: every
 //! link locked with `process-failure`, exit non-zero.
 
+use super::changed::Changed;
+use super::to_engine::{Tx, send, send_all_states, send_policy};
 use super::{Parent, activate, keys, links::OpenedBy};
 use crate::imsg::creds::Readers;
-use crate::imsg::{self, ActivePolicy, EngineConfig, EngineLink, LinkState, LogRecord};
+use crate::imsg::{self, EngineConfig, EngineLink, LogRecord};
 use crate::imsg::{LinkKeys, ToEngine, ToParent};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Prio};
@@ -15,9 +17,6 @@ use crate::proto::ctl::{ErrorCode, Reply};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-
-pub(super) type Tx = mpsc::UnboundedSender<Vec<u8>>;
 
 pub fn run(p: Parent, engine: EngineProc) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -138,11 +137,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 while let Some(next) = m.take() {
                     match next {
                         Ok(ToParent::Hello(h)) if h.version == imsg::VERSION && !hello => hello = true,
-                        Ok(msg) if hello => {
-                            if let Err(e) = dispatch_engine(&mut p, &tx, &mut readers, msg) {
-                                return engine_lost(&mut p, &mut child, &e);
-                            }
-                        }
+                        Ok(msg) if hello => match dispatch_engine(&mut p, &mut readers, msg) {
+                            Ok(changed) => send(&p, &tx, changed),
+                            Err(e) => return engine_lost(&mut p, &mut child, &e),
+                        },
                         Ok(_) => return engine_lost(&mut p, &mut child, "engine spoke before hello"),
                         Err(e) => return engine_lost(&mut p, &mut child, &e),
                     }
@@ -151,11 +149,16 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                         m = from_engine.try_recv().ok();
                     }
                 }
-                keys::flush_epochs(&mut p, &tx);
+                let changed = keys::flush_epochs(&mut p);
+                send(&p, &tx, changed);
             }
-            line = readers.next() => super::ctl::client_request(&mut p, &tx, line),
+            line = readers.next() => {
+                let changed = super::ctl::client_request(&mut p, line);
+                send(&p, &tx, changed);
+            }
             _ = hup.recv() => {
-                let r = reload(&mut p, &tx);
+                let (r, changed) = reload(&mut p);
+                send(&p, &tx, changed);
                 log::debug(format!("SIGHUP: {r:?}"));
             }
             _ = term.recv() => return shutdown(&mut p, &mut child, "SIGTERM"),
@@ -182,13 +185,18 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 changed.extend(keys::check_drift(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 super::policy_jobs::scan_spool(&mut p);
-                check_expiry(&mut p, &tx, &mut last_expiry_log);
+                let changed = check_expiry(&mut p, &mut last_expiry_log);
+                send(&p, &tx, changed);
             }
             r = async { job_rx.as_mut().expect("guarded").await }, if job_rx.is_some() => {
                 job_rx = None;
-                super::policy_jobs::finish(&mut p, &tx, r);
+                let changed = super::policy_jobs::finish(&mut p, r);
+                send(&p, &tx, changed);
             }
-            _ = std::future::ready(()), if !p.reapply.is_empty() => p.reapply_next(&tx),
+            _ = std::future::ready(()), if !p.reapply.is_empty() => {
+                let changed = p.reapply_next();
+                send(&p, &tx, changed);
+            }
         }
     }
 }
@@ -254,48 +262,12 @@ fn engine_config(p: &Parent) -> EngineConfig {
     }
 }
 
-pub(super) fn send_policy(p: &Parent, tx: &Tx) {
-    let msg = p.bundle.as_ref().map(|b| ActivePolicy {
-        serial: b.policy.serial,
-        not_after: b.policy.not_after,
-        signer: b.signer.clone(),
-        links: p
-            .conf
-            .link
-            .keys()
-            .map(|n| (n.clone(), b.policy.for_link(n)))
-            .collect(),
-    });
-    let _ = tx.send(ToEngine::Policy(msg).encode());
-}
-
-pub(super) fn send_all_states(p: &Parent, tx: &Tx) {
-    for name in p.links.links.keys() {
-        send_state(p, tx, name);
-    }
-}
-
-pub(super) fn send_state(p: &Parent, tx: &Tx, name: &str) {
-    let Some(l) = p.links.links.get(name) else {
-        return;
-    };
-    let st = LinkState {
-        link: name.to_string(),
-        enforcement: l.enforcement(),
-        lockdown_failed: l.lock_failed,
-        wg_peer_removed: l.peer_removed,
-        parent_reasons: l.parent,
-    };
-    let _ = tx.send(ToEngine::LinkState(st).encode());
-}
-
 /// Every engine message is checked against the parent's own config.
 fn dispatch_engine(
     p: &mut Parent,
-    tx: &Tx,
     readers: &mut Readers,
     msg: ToParent,
-) -> Result<(), String> {
+) -> Result<Changed, String> {
     match msg {
         ToParent::Hello(_) => Err("second hello".into()),
         ToParent::Reasons(r) => {
@@ -337,8 +309,9 @@ fn dispatch_engine(
             }
             // Only this link changed: all states per report made start-up
             // with 1,000 links queue a million messages (BENCHMARKS.md).
-            send_state(p, tx, &r.link);
-            Ok(())
+            let mut out = Changed::none();
+            out.state(&r.link);
+            Ok(out)
         }
         ToParent::Log(rec) => {
             let prio = Prio::from_u8(rec.prio).ok_or("bad log priority")?;
@@ -346,7 +319,7 @@ fn dispatch_engine(
                 return Err("oversized log record".into());
             }
             log::emit(prio, &log::from_engine(&rec.line));
-            Ok(())
+            Ok(Changed::none())
         }
         ToParent::PersistEpoch(e) => {
             if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
@@ -356,28 +329,36 @@ fn dispatch_engine(
             // asking for u64::MAX would end key agreement on the link for good.
             let floor = p.links.epoch(&e.link);
             if e.epoch > floor.saturating_add(keys::EPOCH_WINDOW) {
-                keys::refuse_epoch(tx, &e.link, e.epoch, floor);
-                return Ok(());
+                return Ok(keys::refuse_epoch(&e.link, e.epoch, floor));
             }
             p.pending_epochs.push((e.link, e.epoch));
-            Ok(())
+            Ok(Changed::none())
         }
         ToParent::InstallPsk(i) => {
             if !p.wg.is_keyed(&i.link) {
                 return Err(format!("PSK for unkeyed link {:?}", i.link));
             }
-            keys::install_psk(p, tx, i);
-            Ok(())
+            Ok(keys::install_psk(p, i))
         }
-        ToParent::CtlRequest(req) => super::ctl::ctl_request(p, tx, readers, req),
+        ToParent::CtlRequest(req) => super::ctl::ctl_request(p, readers, req),
         // Heard: the loop above keeps the time.
-        ToParent::Alive => Ok(()),
+        ToParent::Alive => Ok(Changed::none()),
     }
 }
 
 /// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is
 /// valid and changes nothing a reload cannot apply.
-pub(super) fn reload(p: &mut Parent, tx: &Tx) -> Reply {
+///
+/// Returns the answer, and the new config, policy and states for the
+/// engine (then the `reload` event) when it was swapped in.
+pub(super) fn reload(p: &mut Parent) -> (Reply, Changed) {
+    match swap_config(p) {
+        Ok(out) => (Reply::ok("reloaded"), out),
+        Err(r) => (r, Changed::none()),
+    }
+}
+
+fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     let path = p.conf.path.clone();
     let new = match crate::conf::load(&path) {
         Ok(c) => c,
@@ -386,13 +367,13 @@ pub(super) fn reload(p: &mut Parent, tx: &Tx) -> Reply {
                 .kv("config", path.display())
                 .msg(e.to_string().trim_end().replace('\n', "; "))
                 .send();
-            return Reply::error(
+            return Err(Reply::error(
                 ErrorCode::ConfigError,
                 format!(
                     "config file {} has errors, not reloading:\n{e}",
                     path.display()
                 ),
-            );
+            ));
         }
     };
     let listen = |c: &crate::conf::Config| c.peering.as_ref().map(|p| p.listen);
@@ -405,31 +386,31 @@ pub(super) fn reload(p: &mut Parent, tx: &Tx) -> Reply {
         let msg = "[daemon], [firewall], [wireguard], [link] and [peering] listen changes \
                    need a restart; not reloading";
         log::event(Prio::Err, "reload_failed").msg(msg).send();
-        return Reply::error(ErrorCode::Refused, msg);
+        return Err(Reply::error(ErrorCode::Refused, msg));
     }
     if let Err(e) = super::check_supported(&new) {
         log::event(Prio::Err, "reload_failed").msg(&e).send();
-        return Reply::error(ErrorCode::ConfigError, e);
+        return Err(Reply::error(ErrorCode::ConfigError, e));
     }
     let keys = match super::read_keys(&new) {
         Ok(k) => k,
         Err(e) => {
             log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
+            return Err(Reply::error(ErrorCode::ConfigError, e));
         }
     };
     let net = match super::qber_net(&new) {
         Ok(n) => n,
         Err(e) => {
             log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
+            return Err(Reply::error(ErrorCode::ConfigError, e));
         }
     };
     let key_net = match super::keys::key_net(&new, &keys, &mut **p.wg.backend()) {
         Ok(k) => k,
         Err(e) => {
             log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
+            return Err(Reply::error(ErrorCode::ConfigError, e));
         }
     };
     let old = (
@@ -442,32 +423,35 @@ pub(super) fn reload(p: &mut Parent, tx: &Tx) -> Reply {
         ),
         std::mem::replace(&mut p.conf, new),
     );
+    let mut out = Changed::none();
     match ToEngine::Config(Box::new(engine_config(p))).try_encode() {
         Ok(f) => {
             crate::utc::set_offset(p.conf.testing.wall_clock_offset);
-            let _ = tx.send(f);
+            out.frame(f);
         }
         Err(e) => {
             (p.key_net, p.qber_net, p.keys, p.store, p.conf) = old;
             log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
+            return Err(Reply::error(ErrorCode::ConfigError, e));
         }
     }
-    send_policy(p, tx);
-    send_all_states(p, tx);
-    log::event(Prio::Notice, "reload")
-        .kv("config", path.display())
-        .send();
-    Reply::ok("reloaded")
+    out.policy();
+    out.all_states();
+    // Logged once the engine has heard the new config (its line follows).
+    out.event(log::event(Prio::Notice, "reload").kv("config", path.display()));
+    Ok(out)
 }
 
 /// An active bundle past `not_after` stays in force with an hourly alert,
 /// unless it says `expired_action = "lockdown"`.
-fn check_expiry(p: &mut Parent, tx: &Tx, last: &mut Option<Instant>) {
-    let Some(b) = &p.bundle else { return };
-    let Some(na) = b.policy.not_after else { return };
+fn check_expiry(p: &mut Parent, last: &mut Option<Instant>) -> Changed {
+    let mut out = Changed::none();
+    let Some(b) = &p.bundle else { return out };
+    let Some(na) = b.policy.not_after else {
+        return out;
+    };
     if activate::now_unix() <= na {
-        return;
+        return out;
     }
     if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
         *last = Some(Instant::now());
@@ -485,8 +469,9 @@ fn check_expiry(p: &mut Parent, tx: &Tx, last: &mut Option<Instant>) {
                     .converge(n, p.bundle.as_ref(), OpenedBy::Auto, false);
             }
         }
-        send_all_states(p, tx);
+        out.all_states();
     }
+    out
 }
 
 fn stop_engine(child: &mut std::process::Child) {
