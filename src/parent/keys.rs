@@ -14,7 +14,7 @@ use super::changed::Changed;
 use super::links::OpenedBy;
 use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
 use crate::conf::{Config, LinkConf, Role};
-use crate::imsg::{InstallPsk, KeyAck, KeyStep};
+use crate::imsg::{InstallPsk, KeyAck, KeyStep, PersistEpoch};
 use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
@@ -287,9 +287,26 @@ pub fn log_drift(link: &str, why: &str) {
 /// for a master jumping past its slave's NACK, never near u64::MAX.
 pub const EPOCH_WINDOW: u64 = 1 << 32;
 
+/// The engine asks to make an epoch durable: queued for the next
+/// [`flush_epochs`] (one write for the batch), or refused when it is past
+/// the window. Only a keyed link has epochs.
+pub(super) fn persist_epoch(p: &mut Parent, e: PersistEpoch) -> Result<Changed, String> {
+    if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
+        return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
+    }
+    // Epochs only move forward, by less than a window: an engine
+    // asking for u64::MAX would end key agreement on the link for good.
+    let floor = p.links.epoch(&e.link);
+    if e.epoch > floor.saturating_add(EPOCH_WINDOW) {
+        return Ok(refuse_epoch(&e.link, e.epoch, floor));
+    }
+    p.pending_epochs.push((e.link, e.epoch));
+    Ok(Changed::none())
+}
+
 /// Answers a PersistEpoch beyond [`EPOCH_WINDOW`] with a refusal (the
 /// round fails; nothing is written).
-pub(super) fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
+fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
     log::event(Prio::Err, "epoch_refused")
         .kv("link", link)
         .kv("epoch", epoch)
@@ -349,8 +366,12 @@ pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
 }
 
 /// Installs a PSK the engine agreed on, if its epoch is durable; a
-/// successful install clears `no-key` and `psk-drift`.
-pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Changed {
+/// successful install clears `no-key` and `psk-drift`. Only a keyed link
+/// has a PSK.
+pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, String> {
+    if !p.wg.is_keyed(&i.link) {
+        return Err(format!("PSK for unkeyed link {:?}", i.link));
+    }
     let InstallPsk {
         link, epoch, psk, ..
     } = i;
@@ -378,7 +399,7 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Changed {
         error: result.err(),
     };
     out.key_ack(ack);
-    out
+    Ok(out)
 }
 
 /// A QKD-derived PSK is on the interface and read back: `no-key` and

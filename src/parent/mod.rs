@@ -19,6 +19,7 @@ pub mod links;
 mod lockdown;
 mod operator;
 mod policy_jobs;
+mod reports;
 mod run;
 pub mod state;
 mod syslog;

@@ -270,76 +270,10 @@ fn dispatch_engine(
 ) -> Result<Changed, String> {
     match msg {
         ToParent::Hello(_) => Err("second hello".into()),
-        ToParent::Reasons(r) => {
-            if !p.links.links.contains_key(&r.link) {
-                return Err(format!("reasons for unknown link {:?}", r.link));
-            }
-            if r.reasons.iter().any(|x| x.owner() != Owner::Engine) {
-                return Err(format!("engine claimed parent-owned reasons {}", r.reasons));
-            }
-            if r.qber.is_some_and(|q| !(0.0..=0.5).contains(&q))
-                || r.threshold.is_some_and(|t| !(0.0..=0.5).contains(&t))
-            {
-                return Err("qber out of range".into());
-            }
-            let was_stale = p.links.links[&r.link]
-                .engine
-                .is_some_and(|e| e.contains(LockReason::KeyStale));
-            let newly_stale = r.reasons.contains(LockReason::KeyStale) && !was_stale;
-            p.links
-                .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
-            let by = if r.by_operator {
-                OpenedBy::Operator
-            } else {
-                OpenedBy::Auto
-            };
-            let flipped = p.links.converge(&r.link, p.bundle.as_ref(), by, false);
-            if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
-                // Sample received by the engine -> firewall tool returned.
-                let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
-                log::event(Prio::Debug, "flip")
-                    .kv("link", &r.link)
-                    .kv("to", to)
-                    .kv("sample_to_kernel_us", us)
-                    .send();
-            }
-            // The firewall first (it stops traffic now), then the PSK.
-            if newly_stale {
-                keys::key_stale(p, &r.link);
-            }
-            // Only this link changed: all states per report made start-up
-            // with 1,000 links queue a million messages (BENCHMARKS.md).
-            let mut out = Changed::none();
-            out.state(&r.link);
-            Ok(out)
-        }
-        ToParent::Log(rec) => {
-            let prio = Prio::from_u8(rec.prio).ok_or("bad log priority")?;
-            if rec.line.len() > 4096 {
-                return Err("oversized log record".into());
-            }
-            log::emit(prio, &log::from_engine(&rec.line));
-            Ok(Changed::none())
-        }
-        ToParent::PersistEpoch(e) => {
-            if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
-                return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
-            }
-            // Epochs only move forward, by less than a window: an engine
-            // asking for u64::MAX would end key agreement on the link for good.
-            let floor = p.links.epoch(&e.link);
-            if e.epoch > floor.saturating_add(keys::EPOCH_WINDOW) {
-                return Ok(keys::refuse_epoch(&e.link, e.epoch, floor));
-            }
-            p.pending_epochs.push((e.link, e.epoch));
-            Ok(Changed::none())
-        }
-        ToParent::InstallPsk(i) => {
-            if !p.wg.is_keyed(&i.link) {
-                return Err(format!("PSK for unkeyed link {:?}", i.link));
-            }
-            Ok(keys::install_psk(p, i))
-        }
+        ToParent::Reasons(r) => super::reports::reasons(p, r),
+        ToParent::Log(rec) => super::reports::log_record(rec),
+        ToParent::PersistEpoch(e) => keys::persist_epoch(p, e),
+        ToParent::InstallPsk(i) => keys::install_psk(p, i),
         ToParent::CtlRequest(req) => super::ctl::ctl_request(p, readers, req),
         // Heard: the loop above keeps the time.
         ToParent::Alive => Ok(Changed::none()),
