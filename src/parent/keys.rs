@@ -1,9 +1,9 @@
 //! The parent's half of key agreement (DESIGN §5 "WireGuard", §6): it
-//! reads the peering key and KME credentials and computes each link's
-//! link_id for the engine; it persists epochs and installs PSKs when the
-//! engine asks (checking the link is keyed), re-reads every installed PSK
-//! once per rotation period (`psk-drift`), and replaces the PSK with random
-//! bytes when the engine reports `key-stale`.
+//! persists epochs and installs PSKs when the engine asks (checking the
+//! link is keyed), re-reads every installed PSK once per rotation period
+//! (`psk-drift`), and replaces the PSK with random bytes when the engine
+//! reports `key-stale`. What the engine needs to agree on keys (peering
+//! key, KME credentials, link_ids) is read in `engine_conf.rs`.
 //!
 //! Runs in the privileged parent; touches the state file and WireGuard
 //! through [`super::wg::WgBackend`] only, never with a key on a command
@@ -13,151 +13,14 @@ use super::Parent;
 use super::changed::Changed;
 use super::links::OpenedBy;
 use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
-use crate::conf::{Config, LinkConf, Role};
+use crate::conf::Config;
 use crate::imsg::{InstallPsk, KeyAck, KeyStep, PersistEpoch};
-use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
-use crate::policy::PublicKey;
 use crate::policy::params::LinkPolicy;
-use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
 use crate::secret::Psk;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
-
-/// What the engine needs for key agreement, read and resolved by the parent.
-#[derive(Clone, Debug, Default)]
-pub struct KeyNet {
-    pub peering: Option<PeeringNet>,
-    pub kme: BTreeMap<String, KmeNet>,
-    /// Per keyed link; `epoch` is filled from the state file when sent.
-    pub links: BTreeMap<String, LinkKeys>,
-}
-
-/// Reads `[peering] key`, every used `[kme.X]`'s TLS files, resolves hosts
-/// and computes each keyed link's link_id. Errors name the file or link.
-pub fn key_net(
-    conf: &Config,
-    policy_keys: &[PublicKey],
-    backend: &mut dyn WgBackend,
-) -> Result<KeyNet, String> {
-    let keyed: Vec<&LinkConf> = conf.link.values().filter(|l| l.kme.is_some()).collect();
-    if keyed.is_empty() {
-        return Ok(KeyNet::default());
-    }
-    let p = conf
-        .peering
-        .as_ref()
-        .ok_or("key agreement needs a [peering] section")?;
-    let secret = SecretKey::read(&p.key).map_err(|e| format!("[peering] key {e}"))?;
-    let ours = secret.verifying_key();
-    if policy_keys.iter().any(|k| k.key == ours) {
-        return Err(format!(
-            "[peering] key {}: the peering key must differ from every policy key",
-            p.key.display()
-        ));
-    }
-    let peering = PeeringNet {
-        secret: zeroize::Zeroizing::new(secret.signing_key().to_bytes()),
-    };
-    let mut kme = BTreeMap::new();
-    let mut links = BTreeMap::new();
-    for l in keyed {
-        let kname = l.kme.as_deref().expect("keyed");
-        let k = &conf.kme[kname];
-        if !kme.contains_key(kname) {
-            kme.insert(kname.to_string(), kme_net(kname, k)?);
-        }
-        links.insert(l.name.clone(), link_keys(l, &k.sae_id, ours, backend)?);
-    }
-    Ok(KeyNet {
-        peering: Some(peering),
-        kme,
-        links,
-    })
-}
-
-fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
-    let read = |what: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("[kme.{name}] {what} {}: {e}", p.display()))
-    };
-    Ok(KmeNet {
-        url: k.url.clone(),
-        sae_id: k.sae_id.clone(),
-        ca: read("ca", &k.ca)?,
-        cert: read("cert", &k.cert)?,
-        key: zeroize::Zeroizing::new(read("key", &k.key)?),
-        addr: super::resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
-        get: k.method == crate::conf::KmeMethod::Get,
-    })
-}
-
-fn link_keys(
-    l: &LinkConf,
-    our_sae: &str,
-    our_peering: ed25519_dalek::VerifyingKey,
-    backend: &mut dyn WgBackend,
-) -> Result<LinkKeys, String> {
-    let at = |e: String| format!("[link.{}] {e}", l.name);
-    let (Some(peer_sae), Some(role), Some(peer), Some(peer_pubkey), Some(wg_peer)) =
-        (&l.peer_sae_id, l.role, &l.peer, &l.peer_pubkey, &l.wg_peer)
-    else {
-        return Err(at("incomplete key agreement settings".into()));
-    };
-    let far = WgPeer::from_conf(&l.wg_interface, wg_peer).map_err(at)?;
-    let ours = own_wg_key(l, backend).map_err(at)?;
-    let peer_key = parse_pubkey_line(peer_pubkey).map_err(|e| at(format!("peer_pubkey: {e}")))?;
-    if peer_key.key == our_peering {
-        return Err(at("peer_pubkey is our own peering key".into()));
-    }
-    let peer_addr = resolve(peer).map_err(|e| at(format!("peer {peer}: {e}")))?;
-    let link_id = match role {
-        Role::Master => crate::proto::peer::link_id(our_sae, peer_sae, &ours, &far.public_key),
-        Role::Slave => crate::proto::peer::link_id(peer_sae, our_sae, &far.public_key, &ours),
-    }
-    .map_err(at)?;
-    Ok(LinkKeys {
-        kme: l.kme.clone().expect("keyed"),
-        peer_sae_id: peer_sae.clone(),
-        role,
-        peer: peer_addr,
-        peer_pubkey: peer_key.key.to_bytes(),
-        link_id: link_id.0,
-        epoch: 0,
-    })
-}
-
-/// This gateway's WireGuard public key: `wg_pubkey`, checked against the
-/// interface where there is one, else read from the interface.
-fn own_wg_key(l: &LinkConf, backend: &mut dyn WgBackend) -> Result<[u8; 32], String> {
-    let configured = l
-        .wg_pubkey
-        .as_deref()
-        .map(|k| WgPeer::from_conf(&l.wg_interface, k).map(|p| p.public_key))
-        .transpose()
-        .map_err(|e| format!("wg_pubkey: {e}"))?;
-    match (configured, backend.public_key(&l.wg_interface)) {
-        (Some(c), Ok(k)) if c != k => Err(format!(
-            "wg_pubkey differs from the public key of {}",
-            l.wg_interface
-        )),
-        (_, Ok(k)) => Ok(k),
-        (Some(c), Err(_)) if backend.name() == "dry-run" => Ok(c),
-        (_, Err(e)) => Err(format!(
-            "cannot read the public key of {}: {e} (set wg_pubkey?)",
-            l.wg_interface
-        )),
-    }
-}
-
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))?
-        .next()
-        .ok_or_else(|| "no address".to_string())
-}
 
 /// WireGuard as the parent drives it for keyed links.
 pub struct Wg {

@@ -12,6 +12,7 @@ pub mod activate;
 mod changed;
 mod ctl;
 mod deadman;
+mod engine_conf;
 pub mod fw;
 mod guardian;
 pub mod keys;
@@ -66,7 +67,7 @@ pub struct Parent {
     /// TLS bytes and resolved addresses of network QBER sources, for the engine.
     pub qber_net: BTreeMap<String, crate::imsg::QberNet>,
     /// Peering key, KME credentials and link_ids, for the engine.
-    pub key_net: keys::KeyNet,
+    pub key_net: engine_conf::KeyNet,
     /// WireGuard PSKs of keyed links.
     pub wg: keys::Wg,
     /// Epochs the engine asked to persist, written together (group commit).
@@ -142,7 +143,7 @@ pub fn main(opts: Opts) -> ExitCode {
         return exit_err(e);
     }
     // Before the firewall is touched: the kernel keeps what it holds.
-    if let Err(e) = engine_files_fit(&conf) {
+    if let Err(e) = engine_conf::engine_files_fit(&conf) {
         return exit_err(e);
     }
     lock_on_panic(&conf);
@@ -205,14 +206,14 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
     };
     // What start-up would read: QBER sources' TLS files and host names,
     // the peering key, KME credentials and the WireGuard interfaces.
-    if let Err(e) = engine_files_fit(conf) {
+    if let Err(e) = engine_conf::engine_files_fit(conf) {
         return exit_err(e);
     }
-    if let Err(e) = qber_net(conf) {
+    if let Err(e) = engine_conf::qber_net(conf) {
         return exit_err(e);
     }
     let mut backend = wg::new(&conf.wireguard, &conf.daemon.state_dir);
-    if let Err(e) = keys::key_net(conf, &keys, backend.as_mut()) {
+    if let Err(e) = engine_conf::key_net(conf, &keys, backend.as_mut()) {
         return exit_err(e);
     }
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
@@ -247,99 +248,6 @@ pub fn check_supported(conf: &Config) -> Result<(), String> {
     #[cfg(not(feature = "testing"))]
     let _ = conf;
     Ok(())
-}
-
-/// The files the parent reads and sends to the engine (TLS material of
-/// the KMEs and the network QBER sources): together they must fit the
-/// channel's frame, base64-encoded. Checked by `qkdpfd -n` and before the
-/// engine starts, naming the largest files; the exact frame is checked too
-/// when it is built.
-pub fn engine_files_fit(conf: &Config) -> Result<(), String> {
-    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
-    let mut add = |what: String, p: &PathBuf| {
-        let n = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        files.push((what, p.clone(), n));
-    };
-    for (name, k) in &conf.kme {
-        add(format!("[kme.{name}] ca"), &k.ca);
-        add(format!("[kme.{name}] cert"), &k.cert);
-        add(format!("[kme.{name}] key"), &k.key);
-    }
-    for (name, q) in &conf.qber {
-        for (key, p) in [("ca", &q.ca), ("cert", &q.cert), ("key", &q.key)] {
-            if let Some(p) = p {
-                add(format!("[qber.{name}] {key}"), p);
-            }
-        }
-    }
-    // Base64 is 4 bytes for every 3; the rest of the config is small.
-    let total: u64 = files.iter().map(|(_, _, n)| n.div_ceil(3) * 4).sum();
-    let limit = crate::imsg::MAX_PAYLOAD as u64;
-    if total + (64 << 10) <= limit {
-        return Ok(());
-    }
-    files.sort_by_key(|f| std::cmp::Reverse(f.2));
-    let largest: Vec<String> = files
-        .iter()
-        .take(3)
-        .map(|(what, p, n)| format!("{what} = {} ({n} bytes)", p.display()))
-        .collect();
-    Err(format!(
-        "the TLS files sent to the engine come to about {total} bytes encoded, over the \
-         channel's {limit}: largest {}",
-        largest.join(", ")
-    ))
-}
-
-/// Reads the TLS files of every network `[qber.X]` and resolves its URL's
-/// host (the engine is chrooted: no files, no resolver).
-pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, crate::imsg::QberNet>, String> {
-    let read = |what: &str, name: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
-        p.as_ref()
-            .map(|p| {
-                std::fs::read(p).map_err(|e| format!("[qber.{name}] {what} {}: {e}", p.display()))
-            })
-            .transpose()
-    };
-    let mut out = BTreeMap::new();
-    for (name, q) in &conf.qber {
-        if q.driver == crate::conf::QberDriver::Sim {
-            continue;
-        }
-        let url = q.url.as_deref().unwrap_or_default();
-        let addr = resolve_url(url).map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
-        out.insert(
-            name.clone(),
-            crate::imsg::QberNet {
-                ca: read("ca", name, &q.ca)?,
-                cert: read("cert", name, &q.cert)?,
-                key: read("key", name, &q.key)?.map(zeroize::Zeroizing::new),
-                addr: Some(addr),
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// `scheme://host[:port]/...` → the first address of host:port.
-pub(crate) fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let hostport = if authority.ends_with(']')
-        || !authority.contains(':')
-        || authority.matches(':').count() > 1 && !authority.starts_with('[')
-    {
-        format!("{authority}:{default_port}")
-    } else {
-        authority.to_string()
-    };
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport} has no address"))
 }
 
 pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
@@ -400,7 +308,7 @@ impl Parent {
             }
             map.insert(name.clone(), l);
         }
-        let qber_net = qber_net(&conf)?;
+        let qber_net = engine_conf::qber_net(&conf)?;
         let now = std::time::Instant::now();
         let backend: wg::SharedBackend = std::sync::Arc::new(std::sync::Mutex::new(wg::new(
             &conf.wireguard,
@@ -422,7 +330,7 @@ impl Parent {
             links,
             started: now,
             qber_net,
-            key_net: keys::KeyNet::default(),
+            key_net: engine_conf::KeyNet::default(),
             wg,
             pending_epochs: Vec::new(),
             pending_verifiers: Vec::new(),
@@ -436,9 +344,9 @@ impl Parent {
         Ok(p)
     }
 
-    /// Reads what key agreement needs (see [`keys::key_net`]).
+    /// Reads what key agreement needs (see [`engine_conf::key_net`]).
     pub fn load_keys(&mut self) -> Result<(), String> {
-        self.key_net = keys::key_net(&self.conf, &self.keys, &mut **self.wg.backend())?;
+        self.key_net = engine_conf::key_net(&self.conf, &self.keys, &mut **self.wg.backend())?;
         Ok(())
     }
 

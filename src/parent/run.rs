@@ -8,9 +8,8 @@ use super::changed::Changed;
 use super::to_engine::{Tx, send, send_all_states, send_policy};
 use super::{Parent, activate, keys, links::OpenedBy};
 use crate::imsg::creds::Readers;
-use crate::imsg::{self, EngineConfig, EngineLink, LogRecord};
-use crate::imsg::{LinkKeys, ToEngine, ToParent};
-use crate::lock::{LockReason, Owner};
+use crate::imsg::{self, LogRecord, ToEngine, ToParent};
+use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
 use crate::proto::ctl::{ErrorCode, Reply};
@@ -76,7 +75,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let tx = imsg::spawn_writer(wr, || {});
     let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
-    match ToEngine::Config(Box::new(engine_config(&p))).try_encode() {
+    match ToEngine::Config(Box::new(super::engine_conf::engine_config(&p))).try_encode() {
         Ok(f) => {
             let _ = tx.send(f);
         }
@@ -201,67 +200,6 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     }
 }
 
-fn engine_config(p: &Parent) -> EngineConfig {
-    let (gid, uids) = p
-        .conf
-        .daemon
-        .socket_group
-        .as_deref()
-        .and_then(|g| crate::privsep::resolve_group(g).ok())
-        .map(|(g, u)| (Some(g), u))
-        .unwrap_or((None, Vec::new()));
-    let drop_to = if crate::privsep::is_real_root() {
-        match crate::privsep::resolve_user(&p.conf.daemon.user, &p.conf.daemon.chroot) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // The engine refuses to run as root without a drop target.
-                log::event(Prio::Crit, "privdrop_unavailable").msg(e).send();
-                None
-            }
-        }
-    } else {
-        None
-    };
-    EngineConfig {
-        links: p
-            .conf
-            .link
-            .values()
-            .map(|l| EngineLink {
-                name: l.name.clone(),
-                qber: l.qber.clone(),
-                qber_id: l.qber_id.clone(),
-                persisted: p
-                    .links
-                    .state
-                    .links
-                    .get(&l.name)
-                    .map(|r| r.reasons.owned_by(Owner::Engine))
-                    .unwrap_or_default(),
-                keys: p.key_net.links.get(&l.name).map(|k| LinkKeys {
-                    epoch: p.links.epoch(&l.name),
-                    ..k.clone()
-                }),
-            })
-            .collect(),
-        qber: p.conf.qber.clone(),
-        ctl_readonly_uids: uids,
-        ctl_readonly_gid: gid,
-        verbose: log::verbose(),
-        drop_to,
-        metrics: p.conf.daemon.metrics.is_some(),
-        qber_net: p.qber_net.clone(),
-        peering: p.key_net.peering.clone(),
-        peering_sockets: p
-            .conf
-            .peering
-            .as_ref()
-            .map_or(0, |c| crate::privsep::peering_count(c.listen)),
-        kme: p.key_net.kme.clone(),
-        testing: p.conf.testing.clone(),
-    }
-}
-
 /// Every engine message is checked against the parent's own config.
 fn dispatch_engine(
     p: &mut Parent,
@@ -333,14 +271,14 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
             return Err(Reply::error(ErrorCode::ConfigError, e));
         }
     };
-    let net = match super::qber_net(&new) {
+    let net = match super::engine_conf::qber_net(&new) {
         Ok(n) => n,
         Err(e) => {
             log::event(Prio::Err, "reload_failed").msg(&e).send();
             return Err(Reply::error(ErrorCode::ConfigError, e));
         }
     };
-    let key_net = match super::keys::key_net(&new, &keys, &mut **p.wg.backend()) {
+    let key_net = match super::engine_conf::key_net(&new, &keys, &mut **p.wg.backend()) {
         Ok(k) => k,
         Err(e) => {
             log::event(Prio::Err, "reload_failed").msg(&e).send();
@@ -358,7 +296,7 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
         std::mem::replace(&mut p.conf, new),
     );
     let mut out = Changed::none();
-    match ToEngine::Config(Box::new(engine_config(p))).try_encode() {
+    match ToEngine::Config(Box::new(super::engine_conf::engine_config(p))).try_encode() {
         Ok(f) => {
             crate::utc::set_offset(p.conf.testing.wall_clock_offset);
             out.frame(f);
