@@ -88,7 +88,7 @@ pub(super) fn client_request(p: &mut Parent, line: ClientLine) -> Changed {
             (super::operator::unlock(p, &target, force), Changed::none())
         }
         // The new config, policy and states first, then the answer.
-        ParentRequest::Reload => super::run::reload(p),
+        ParentRequest::Reload => super::reload::reload(p),
         ParentRequest::PolicyLoad { bundle_b64 } => {
             match super::policy_jobs::policy_load(p, &bundle_b64, id) {
                 Some(r) => (r, Changed::none()),

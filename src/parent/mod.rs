@@ -20,6 +20,7 @@ pub mod links;
 mod lockdown;
 mod operator;
 mod policy_jobs;
+mod reload;
 mod reports;
 mod run;
 pub mod state;

@@ -12,7 +12,6 @@ use crate::imsg::{self, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
-use crate::proto::ctl::{ErrorCode, Reply};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
@@ -156,7 +155,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 send(&p, &tx, changed);
             }
             _ = hup.recv() => {
-                let (r, changed) = reload(&mut p);
+                let (r, changed) = super::reload::reload(&mut p);
                 send(&p, &tx, changed);
                 log::debug(format!("SIGHUP: {r:?}"));
             }
@@ -216,102 +215,6 @@ fn dispatch_engine(
         // Heard: the loop above keeps the time.
         ToParent::Alive => Ok(Changed::none()),
     }
-}
-
-/// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is
-/// valid and changes nothing a reload cannot apply.
-///
-/// Returns the answer, and the new config, policy and states for the
-/// engine (then the `reload` event) when it was swapped in.
-pub(super) fn reload(p: &mut Parent) -> (Reply, Changed) {
-    match swap_config(p) {
-        Ok(out) => (Reply::ok("reloaded"), out),
-        Err(r) => (r, Changed::none()),
-    }
-}
-
-fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
-    let path = p.conf.path.clone();
-    let new = match crate::conf::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed")
-                .kv("config", path.display())
-                .msg(e.to_string().trim_end().replace('\n', "; "))
-                .send();
-            return Err(Reply::error(
-                ErrorCode::ConfigError,
-                format!(
-                    "config file {} has errors, not reloading:\n{e}",
-                    path.display()
-                ),
-            ));
-        }
-    };
-    let listen = |c: &crate::conf::Config| c.peering.as_ref().map(|p| p.listen);
-    if new.daemon != p.conf.daemon
-        || new.firewall != p.conf.firewall
-        || new.wireguard != p.conf.wireguard
-        || new.link != p.conf.link
-        || listen(&new) != listen(&p.conf)
-    {
-        let msg = "[daemon], [firewall], [wireguard], [link] and [peering] listen changes \
-                   need a restart; not reloading";
-        log::event(Prio::Err, "reload_failed").msg(msg).send();
-        return Err(Reply::error(ErrorCode::Refused, msg));
-    }
-    if let Err(e) = super::check_supported(&new) {
-        log::event(Prio::Err, "reload_failed").msg(&e).send();
-        return Err(Reply::error(ErrorCode::ConfigError, e));
-    }
-    let keys = match super::read_keys(&new) {
-        Ok(k) => k,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    };
-    let net = match super::engine_conf::qber_net(&new) {
-        Ok(n) => n,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    };
-    let key_net = match super::engine_conf::key_net(&new, &keys, &mut **p.wg.backend()) {
-        Ok(k) => k,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    };
-    let old = (
-        std::mem::replace(&mut p.key_net, key_net),
-        std::mem::replace(&mut p.qber_net, net),
-        std::mem::replace(&mut p.keys, keys),
-        std::mem::replace(
-            &mut p.store,
-            crate::policy::Store::new(new.policy.dir.clone()),
-        ),
-        std::mem::replace(&mut p.conf, new),
-    );
-    let mut out = Changed::none();
-    match ToEngine::Config(Box::new(super::engine_conf::engine_config(p))).try_encode() {
-        Ok(f) => {
-            crate::utc::set_offset(p.conf.testing.wall_clock_offset);
-            out.frame(f);
-        }
-        Err(e) => {
-            (p.key_net, p.qber_net, p.keys, p.store, p.conf) = old;
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    }
-    out.policy();
-    out.all_states();
-    // Logged once the engine has heard the new config (its line follows).
-    out.event(log::event(Prio::Notice, "reload").kv("config", path.display()));
-    Ok(out)
 }
 
 /// An active bundle past `not_after` stays in force with an hourly alert,
