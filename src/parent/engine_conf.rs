@@ -20,6 +20,29 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+/// What the engine gets that the parent reads and resolves from a config.
+#[derive(Default)]
+pub struct EngineInputs {
+    /// TLS bytes and resolved addresses of network QBER sources.
+    pub qber_net: BTreeMap<String, QberNet>,
+    /// Peering key, KME credentials and link_ids.
+    pub key_net: KeyNet,
+}
+
+/// Reads and resolves what the engine gets from `conf`: network QBER
+/// sources ([`qber_net`]), then key agreement ([`key_net`]). The one
+/// derivation start-up ([`Parent::load_engine_inputs`]), reload and
+/// `qkdpfd -n` use; errors name the file, host or link.
+pub fn engine_inputs(
+    conf: &Config,
+    policy_keys: &[PublicKey],
+    backend: &mut dyn WgBackend,
+) -> Result<EngineInputs, String> {
+    let qber_net = qber_net(conf)?;
+    let key_net = key_net(conf, policy_keys, backend)?;
+    Ok(EngineInputs { qber_net, key_net })
+}
+
 /// The engine's config message: its links (with the epochs persisted
 /// here), QBER sources, control socket readers, privilege drop and the
 /// credentials below.
@@ -60,10 +83,15 @@ pub(super) fn engine_config(p: &Parent) -> EngineConfig {
                     .get(&l.name)
                     .map(|r| r.reasons.owned_by(Owner::Engine))
                     .unwrap_or_default(),
-                keys: p.key_net.links.get(&l.name).map(|k| LinkKeys {
-                    epoch: p.links.epoch(&l.name),
-                    ..k.clone()
-                }),
+                keys: p
+                    .engine_inputs
+                    .key_net
+                    .links
+                    .get(&l.name)
+                    .map(|k| LinkKeys {
+                        epoch: p.links.epoch(&l.name),
+                        ..k.clone()
+                    }),
             })
             .collect(),
         qber: p.conf.qber.clone(),
@@ -72,14 +100,14 @@ pub(super) fn engine_config(p: &Parent) -> EngineConfig {
         verbose: log::verbose(),
         drop_to,
         metrics: p.conf.daemon.metrics.is_some(),
-        qber_net: p.qber_net.clone(),
-        peering: p.key_net.peering.clone(),
+        qber_net: p.engine_inputs.qber_net.clone(),
+        peering: p.engine_inputs.key_net.peering.clone(),
         peering_sockets: p
             .conf
             .peering
             .as_ref()
             .map_or(0, |c| crate::privsep::peering_count(c.listen)),
-        kme: p.key_net.kme.clone(),
+        kme: p.engine_inputs.key_net.kme.clone(),
         testing: p.conf.testing.clone(),
     }
 }

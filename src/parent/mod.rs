@@ -65,10 +65,9 @@ pub struct Parent {
     pub bundle: Option<Bundle>,
     pub links: Links,
     pub started: std::time::Instant,
-    /// TLS bytes and resolved addresses of network QBER sources, for the engine.
-    pub qber_net: BTreeMap<String, crate::imsg::QberNet>,
-    /// Peering key, KME credentials and link_ids, for the engine.
-    pub key_net: engine_conf::KeyNet,
+    /// What the engine gets: network QBER sources' TLS bytes and
+    /// addresses, the peering key, KME credentials and link_ids.
+    pub engine_inputs: engine_conf::EngineInputs,
     /// WireGuard PSKs of keyed links.
     pub wg: keys::Wg,
     /// Epochs the engine asked to persist, written together (group commit).
@@ -168,9 +167,9 @@ pub fn main(opts: Opts) -> ExitCode {
         Ok(p) => p,
         Err(e) => return exit_err(e),
     };
-    // After the firewall skeleton (every link locked): a key file or
-    // interface we cannot read stops the start with the links locked.
-    if let Err(e) = parent.load_keys() {
+    // After the firewall skeleton (every link locked): a key or TLS file,
+    // host or interface we cannot read stops the start with the links locked.
+    if let Err(e) = parent.load_engine_inputs() {
         return exit_err(e);
     }
     parent.start()
@@ -210,11 +209,8 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
     if let Err(e) = engine_conf::engine_files_fit(conf) {
         return exit_err(e);
     }
-    if let Err(e) = engine_conf::qber_net(conf) {
-        return exit_err(e);
-    }
     let mut backend = wg::new(&conf.wireguard, &conf.daemon.state_dir);
-    if let Err(e) = engine_conf::key_net(conf, &keys, backend.as_mut()) {
+    if let Err(e) = engine_conf::engine_inputs(conf, &keys, backend.as_mut()) {
         return exit_err(e);
     }
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
@@ -309,7 +305,6 @@ impl Parent {
             }
             map.insert(name.clone(), l);
         }
-        let qber_net = engine_conf::qber_net(&conf)?;
         let now = std::time::Instant::now();
         let backend: wg::SharedBackend = std::sync::Arc::new(std::sync::Mutex::new(wg::new(
             &conf.wireguard,
@@ -330,8 +325,7 @@ impl Parent {
             bundle,
             links,
             started: now,
-            qber_net,
-            key_net: engine_conf::KeyNet::default(),
+            engine_inputs: Default::default(),
             wg,
             pending_epochs: Vec::new(),
             pending_verifiers: Vec::new(),
@@ -345,9 +339,11 @@ impl Parent {
         Ok(p)
     }
 
-    /// Reads what key agreement needs (see [`engine_conf::key_net`]).
-    pub fn load_keys(&mut self) -> Result<(), String> {
-        self.key_net = engine_conf::key_net(&self.conf, &self.keys, &mut **self.wg.backend())?;
+    /// Reads and resolves what the engine gets (see
+    /// [`engine_conf::engine_inputs`]).
+    pub fn load_engine_inputs(&mut self) -> Result<(), String> {
+        let backend = &mut **self.wg.backend();
+        self.engine_inputs = engine_conf::engine_inputs(&self.conf, &self.keys, backend)?;
         Ok(())
     }
 

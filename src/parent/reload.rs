@@ -53,33 +53,17 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
         return Err(Reply::error(ErrorCode::Refused, msg));
     }
     if let Err(e) = super::check_supported(&new) {
-        log::event(Prio::Err, "reload_failed").msg(&e).send();
-        return Err(Reply::error(ErrorCode::ConfigError, e));
+        return Err(failed(e));
     }
-    let keys = match super::read_keys(&new) {
-        Ok(k) => k,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    };
-    let net = match engine_conf::qber_net(&new) {
-        Ok(n) => n,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    };
-    let key_net = match engine_conf::key_net(&new, &keys, &mut **p.wg.backend()) {
-        Ok(k) => k,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
-        }
-    };
+    // What start-up derives from its config: the policy keys, then what
+    // the engine gets.
+    let derived = super::read_keys(&new).and_then(|keys| {
+        let inputs = engine_conf::engine_inputs(&new, &keys, &mut **p.wg.backend())?;
+        Ok((keys, inputs))
+    });
+    let (keys, inputs) = derived.map_err(failed)?;
     let old = (
-        std::mem::replace(&mut p.key_net, key_net),
-        std::mem::replace(&mut p.qber_net, net),
+        std::mem::replace(&mut p.engine_inputs, inputs),
         std::mem::replace(&mut p.keys, keys),
         std::mem::replace(
             &mut p.store,
@@ -94,9 +78,8 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
             out.frame(f);
         }
         Err(e) => {
-            (p.key_net, p.qber_net, p.keys, p.store, p.conf) = old;
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Err(Reply::error(ErrorCode::ConfigError, e));
+            (p.engine_inputs, p.keys, p.store, p.conf) = old;
+            return Err(failed(e));
         }
     }
     out.policy();
@@ -104,4 +87,10 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     // Logged once the engine has heard the new config (its line follows).
     out.event(log::event(Prio::Notice, "reload").kv("config", path.display()));
     Ok(out)
+}
+
+/// A config that cannot be swapped in: logged, and the answer.
+fn failed(e: String) -> Reply {
+    log::event(Prio::Err, "reload_failed").msg(&e).send();
+    Reply::error(ErrorCode::ConfigError, e)
 }
