@@ -5,143 +5,20 @@
 //! reports `key-stale`. What the engine needs to agree on keys (peering
 //! key, KME credentials, link_ids) is read in `engine_conf.rs`.
 //!
-//! Runs in the privileged parent; touches the state file and WireGuard
-//! through [`super::wg::WgBackend`] only, never with a key on a command
-//! line, in a log line or in an error.
+//! Runs in the privileged parent; touches the state file, and WireGuard
+//! through the PSK writer ([`super::wg::psk::PskWriter`]) only, never with
+//! a key on a command line, in a log line or in an error.
 
 use super::Parent;
 use super::changed::Changed;
 use super::links::OpenedBy;
-use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
 use crate::conf::Config;
 use crate::imsg::{InstallPsk, KeyAck, KeyStep, PersistEpoch};
-use crate::lock::LockReason;
+use crate::lock::{Enforcement, LockReason};
 use crate::log::{self, Prio};
+use crate::policy::Bundle;
 use crate::policy::params::LinkPolicy;
-use crate::secret::Psk;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// WireGuard as the parent drives it for keyed links.
-pub struct Wg {
-    backend: wg::SharedBackend,
-    links: BTreeMap<String, WgLink>,
-}
-
-struct WgLink {
-    peer: WgPeer,
-    /// What we last wrote (and read back): the drift check compares with it.
-    installed: Option<Psk>,
-    next_check: Instant,
-}
-
-impl Wg {
-    pub fn new(conf: &Config, backend: wg::SharedBackend, now: Instant) -> Wg {
-        let links = conf
-            .link
-            .values()
-            .filter(|l| l.kme.is_some())
-            .filter_map(|l| {
-                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
-                let w = WgLink {
-                    peer,
-                    installed: None,
-                    next_check: now,
-                };
-                Some((l.name.clone(), w))
-            })
-            .collect();
-        Wg { backend, links }
-    }
-
-    pub fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn WgBackend>> {
-        self.backend.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_keyed(&self, link: &str) -> bool {
-        self.links.contains_key(link)
-    }
-
-    /// Writes `psk` to the link's peer and reads it back.
-    pub fn install(
-        &mut self,
-        link: &str,
-        psk: Psk,
-        period: Duration,
-        now: Instant,
-    ) -> Result<(), WgError> {
-        let w = self.links.get_mut(link).ok_or(WgError::NoSuchPeer)?;
-        self.backend
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_psk(&w.peer, &psk)?;
-        w.installed = Some(psk);
-        w.next_check = now + period;
-        Ok(())
-    }
-
-    /// Whether the PSK on the link's interface is the one whose verifier
-    /// the state file holds (a restart's proof of a QKD-derived key); if
-    /// so it becomes the installed PSK the drift check compares with.
-    pub fn verify_persisted(&mut self, link: &str, verifier: &str, now: Instant) -> bool {
-        let Some(w) = self.links.get_mut(link) else {
-            return false;
-        };
-        let got = self
-            .backend
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_psk(&w.peer);
-        let Ok(psk) = got else {
-            return false;
-        };
-        let same = wg::ct_eq_str(&psk.verifier(), verifier);
-        if same {
-            w.installed = Some(psk);
-            w.next_check = now;
-        }
-        same
-    }
-
-    /// `key-stale`: no fresh key, so no key at all that anyone could know.
-    pub fn randomize(&mut self, link: &str, now: Instant) -> Result<(), WgError> {
-        self.install(link, Psk::random(), Duration::from_secs(60), now)
-    }
-
-    /// Re-reads the PSK of every link due (once per rotation period);
-    /// returns the links that drifted (or could not be read) and why.
-    pub fn check_drift(
-        &mut self,
-        period_of: impl Fn(&str) -> Duration,
-        now: Instant,
-    ) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for (name, w) in &mut self.links {
-            let Some(installed) = &w.installed else {
-                continue;
-            };
-            if now < w.next_check {
-                continue;
-            }
-            w.next_check = now + period_of(name);
-            let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
-            match wg::check_drift(b.as_mut(), &w.peer, installed) {
-                Ok(Drift::Same) => {}
-                Ok(Drift::Changed) => out.push((name.clone(), "changed".to_string())),
-                Err(e) => out.push((name.clone(), e.reason().to_string())),
-            }
-        }
-        out
-    }
-}
-
-/// Logs `psk_drift` (the caller sets the reason and flips the link).
-pub fn log_drift(link: &str, why: &str) {
-    log::event(Prio::Alert, "psk_drift")
-        .kv("link", link)
-        .kv("reason", why)
-        .send();
-}
 
 // What the parent answers the engine's key requests with (dispatched by
 // `run::dispatch_engine`), and its own periodic PSK re-read.
@@ -243,11 +120,7 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
     let result = if epoch == 0 || epoch > p.links.epoch(&link) {
         Err(format!("epoch {epoch} was never persisted"))
     } else {
-        let period = p
-            .conf
-            .testing
-            .psk_check
-            .unwrap_or_else(|| rotate_period(p, &link));
+        let period = check_period(&p.conf, p.bundle.as_ref(), &link);
         p.wg.install(&link, psk.clone(), period, Instant::now())
             .map_err(|e| e.reason().to_string())
     };
@@ -285,13 +158,16 @@ fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret:
     p.pending_verifiers.push((link.to_string(), psk.verifier()));
 }
 
-/// The link's rotation period (policy `rotate`, or the test override).
-fn rotate_period(p: &Parent, link: &str) -> Duration {
-    p.conf
-        .testing
-        .rotate
-        .or_else(|| p.bundle.as_ref().map(|b| b.policy.for_link(link).rotate))
-        .unwrap_or(LinkPolicy::DEFAULT.rotate)
+/// How often a link's installed PSK is re-read: the test override
+/// `psk_check`, else the link's rotation period (the test override
+/// `rotate`, else policy `rotate`, else the default).
+fn check_period(conf: &Config, bundle: Option<&Bundle>, link: &str) -> Duration {
+    conf.testing.psk_check.unwrap_or_else(|| {
+        conf.testing
+            .rotate
+            .or_else(|| bundle.map(|b| b.policy.for_link(link).rotate))
+            .unwrap_or(LinkPolicy::DEFAULT.rotate)
+    })
 }
 
 /// `key-stale` newly set: the PSK becomes random bytes nobody knows.
@@ -307,31 +183,15 @@ pub(super) fn key_stale(p: &mut Parent, link: &str) {
     ev.send();
 }
 
-/// The once-per-period re-read of every installed PSK: a change, or a
-/// peer that cannot be read, locks the link with `psk-drift`.
-pub(super) fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
-    let periods: std::collections::BTreeMap<String, Duration> = p
-        .conf
-        .link
-        .keys()
-        .map(|n| {
-            let every = p
-                .conf
-                .testing
-                .psk_check
-                .unwrap_or_else(|| rotate_period(p, n));
-            (n.clone(), every)
-        })
-        .collect();
-    let drifted = p.wg.check_drift(
-        |n| {
-            periods
-                .get(n)
-                .copied()
-                .unwrap_or(LinkPolicy::DEFAULT.rotate)
-        },
-        Instant::now(),
-    );
+/// The tick's drift check: every installed PSK due is re-read
+/// ([`super::wg::psk::PskWriter::reread_due`], each link every
+/// [`check_period`]); one changed behind our back, or a peer that cannot
+/// be read, locks the link with `psk-drift`. Returns the links whose
+/// enforcement changed.
+pub(super) fn lock_drifted(p: &mut Parent) -> Vec<(String, Enforcement)> {
+    let (conf, bundle) = (&p.conf, p.bundle.as_ref());
+    let drifted =
+        p.wg.reread_due(|n| check_period(conf, bundle, n), Instant::now());
     let mut changed = Vec::new();
     for (link, why) in drifted {
         log_drift(&link, &why);
@@ -344,4 +204,12 @@ pub(super) fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforceme
         }
     }
     changed
+}
+
+/// Logs `psk_drift` (the caller sets the reason and flips the link).
+fn log_drift(link: &str, why: &str) {
+    log::event(Prio::Alert, "psk_drift")
+        .kv("link", link)
+        .kv("reason", why)
+        .send();
 }

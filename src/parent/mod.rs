@@ -69,7 +69,7 @@ pub struct Parent {
     /// addresses, the peering key, KME credentials and link_ids.
     pub engine_inputs: engine_conf::EngineInputs,
     /// WireGuard PSKs of keyed links.
-    pub wg: keys::Wg,
+    pub wg: wg::psk::PskWriter,
     /// Epochs the engine asked to persist, written together (group commit).
     pub pending_epochs: Vec<(String, u64)>,
     /// Verifiers of PSKs just installed, written together after the batch.
@@ -310,7 +310,7 @@ impl Parent {
             &conf.wireguard,
             &conf.daemon.state_dir,
         )));
-        let mut wg = keys::Wg::new(&conf, backend.clone(), now);
+        let mut wg = wg::psk::PskWriter::new(&conf, backend.clone(), now);
         // What the kernel holds now is the record; a link it shows neither
         // open nor locked is locked by the first reconcile below, an open
         // one stays open until the engine has fresh state for it.
@@ -447,7 +447,7 @@ fn lock_on_panic(conf: &Config) {
 /// `no-key` (DESIGN §6): a keyed link stays locked until a QKD-derived PSK
 /// is installed and read back on this end. After a restart that is proven
 /// by the PSK on the interface matching the state file's verifier.
-fn hold_until_keyed(links: &mut Links, wg: &mut keys::Wg, now: std::time::Instant) {
+fn hold_until_keyed(links: &mut Links, wg: &mut wg::psk::PskWriter, now: std::time::Instant) {
     let names: Vec<String> = links
         .links
         .keys()

@@ -180,7 +180,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     return engine_lost(&mut p, &mut child, &why);
                 }
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
-                changed.extend(keys::check_drift(&mut p));
+                changed.extend(keys::lock_drifted(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 super::policy_jobs::scan_spool(&mut p);
                 let changed = check_expiry(&mut p, &mut last_expiry_log);
