@@ -43,10 +43,6 @@ impl Changed {
         Changed::default()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.tells.is_empty()
-    }
-
     /// An encoded frame (a config) to send as it is.
     pub fn frame(&mut self, f: Vec<u8>) {
         self.tells.push(Tell::Frame(zeroize::Zeroizing::new(f)));
@@ -80,12 +76,6 @@ impl Changed {
     /// A log event, sent (logged) after what is listed so far.
     pub fn event(&mut self, ev: log::Event) {
         self.tells.push(Tell::Event(ev));
-    }
-
-    /// What `more` lists, after this.
-    pub fn then(mut self, more: Changed) -> Changed {
-        self.tells.extend(more.tells);
-        self
     }
 
     pub fn into_tells(self) -> std::vec::IntoIter<Tell> {

@@ -341,7 +341,7 @@ impl Parent {
 
     /// Reads and resolves what the engine gets (see
     /// [`engine_conf::engine_inputs`]).
-    pub fn load_engine_inputs(&mut self) -> Result<(), String> {
+    fn load_engine_inputs(&mut self) -> Result<(), String> {
         let backend = &mut **self.wg.backend();
         self.engine_inputs = engine_conf::engine_inputs(&self.conf, &self.keys, backend)?;
         Ok(())

@@ -1,8 +1,12 @@
 //! The parent's event loop (current-thread tokio, started after the engine
 //! exists): engine messages, signals, the incoming spool, expiry, retries.
-//! `dispatch_engine` re-checks every engine message against the config; a
-//! malformed or impossible one is treated like the engine's death: every
-//! link locked with `process-failure`, exit non-zero.
+//! `dispatch_engine` hands every engine message to its handler, which
+//! re-checks it against the config; a malformed or impossible one is
+//! treated like the engine's death: every link locked with
+//! `process-failure`, exit non-zero.
+//!
+//! Handlers return what changed ([`Changed`]); only this loop tells the
+//! engine, right after each handler (`to_engine.rs`).
 
 use super::changed::Changed;
 use super::to_engine::{Tx, send, send_all_states, send_policy};
