@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 
 /// Re-exported, not defined: the one clock is [`crate::utc::now_unix`]
 /// (`run.rs` still names it by this path).
-pub use crate::utc::now_unix;
 
 fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()

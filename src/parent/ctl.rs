@@ -4,9 +4,9 @@
 //! by the parent itself (`imsg::creds`), never taken from the engine.
 
 use super::Parent;
-use super::run::Tx;
+use super::changed::Changed;
 use crate::imsg::creds::{ClientLine, Readers, Unread};
-use crate::imsg::{CtlReply, CtlRequest, ParentRequest, ToEngine};
+use crate::imsg::{CtlRequest, ParentRequest};
 use crate::log::{self, Prio};
 use crate::proto::ctl::{ErrorCode, Reply};
 
@@ -15,10 +15,9 @@ use crate::proto::ctl::{ErrorCode, Reply};
 /// only checked against it), and what is asked is read from there too.
 pub(super) fn ctl_request(
     p: &mut Parent,
-    tx: &Tx,
     readers: &mut Readers,
     req: CtlRequest,
-) -> Result<(), String> {
+) -> Result<Changed, String> {
     let control = &p.conf.daemon.socket;
     let client = p.ctl_creds.as_mut().and_then(|(chan, c)| {
         c.drain(std::os::fd::AsFd::as_fd(chan), control);
@@ -32,8 +31,9 @@ pub(super) fn ctl_request(
             .msg("no client credentials from the kernel")
             .send();
         let reply = Reply::error(ErrorCode::Denied, "permission denied: no credentials");
-        let _ = tx.send(ToEngine::CtlReply(CtlReply { id: req.id, reply }).encode());
-        return Ok(());
+        let mut out = Changed::none();
+        out.reply(req.id, reply);
+        return Ok(out);
     };
     if client.uid != req.uid {
         return Err(format!(
@@ -48,14 +48,14 @@ pub(super) fn ctl_request(
     let (id, uid) = (req.id, client.uid);
     if !readers.start(id, req.command, client) {
         let why = "too many control requests being read";
-        refuse(tx, id, uid, command, ErrorCode::Refused, why);
+        return Ok(refuse(id, uid, command, ErrorCode::Refused, why));
     }
-    Ok(())
+    Ok(Changed::none())
 }
 
 /// A request line read from a root client's connection: run when it is
 /// the parent's and what the engine said, refused otherwise (nothing runs).
-pub(super) fn client_request(p: &mut Parent, tx: &Tx, line: ClientLine) {
+pub(super) fn client_request(p: &mut Parent, line: ClientLine) -> Changed {
     let ClientLine {
         id,
         uid,
@@ -70,50 +70,57 @@ pub(super) fn client_request(p: &mut Parent, tx: &Tx, line: ClientLine) {
                 Unread::TooLong | Unread::Bad(_) => ErrorCode::BadRequest,
                 Unread::Ended | Unread::TimedOut | Unread::Failed(_) => ErrorCode::Denied,
             };
-            return refuse(tx, id, uid, said, code, &e.to_string());
+            return refuse(id, uid, said, code, &e.to_string());
         }
     };
     let asked = request.name();
     let Some(request) = ParentRequest::from_request(request) else {
         let why = format!("the client asked for {asked}, not a command the parent runs");
-        return refuse(tx, id, uid, said, ErrorCode::Denied, &why);
+        return refuse(id, uid, said, ErrorCode::Denied, &why);
     };
     if request.command() != command {
         let why = format!("the client asked for {asked}, the engine said {said}");
-        return refuse(tx, id, uid, said, ErrorCode::Denied, &why);
+        return refuse(id, uid, said, ErrorCode::Denied, &why);
     }
-    let reply = match request {
-        ParentRequest::Lockdown { target } => super::operator::lock(p, &target),
-        ParentRequest::Unlock { target, force } => super::operator::unlock(p, &target, force),
-        ParentRequest::Reload => super::run::reload(p, tx),
+    let (reply, mut out) = match request {
+        ParentRequest::Lockdown { target } => (super::operator::lock(p, &target), Changed::none()),
+        ParentRequest::Unlock { target, force } => {
+            (super::operator::unlock(p, &target, force), Changed::none())
+        }
+        // The new config, policy and states first, then the answer.
+        ParentRequest::Reload => super::reload::reload(p),
         ParentRequest::PolicyLoad { bundle_b64 } => {
             match super::policy_jobs::policy_load(p, &bundle_b64, id) {
-                Some(r) => r,
+                Some(r) => (r, Changed::none()),
                 // Answered when the verification thread is done.
-                None => return,
+                None => return Changed::none(),
             }
         }
         ParentRequest::Log { verbose } => {
             log::set_verbose(verbose);
-            Reply::ok(if verbose {
+            let reply = Reply::ok(if verbose {
                 "logging verbose"
             } else {
                 "logging brief"
-            })
+            });
+            (reply, Changed::none())
         }
     };
-    super::run::send_all_states(p, tx);
-    let _ = tx.send(ToEngine::CtlReply(CtlReply { id, reply }).encode());
+    out.all_states();
+    out.reply(id, reply);
+    out
 }
 
 /// A control request the parent runs nothing for: logged, and answered
 /// with the reason.
-fn refuse(tx: &Tx, id: u64, uid: u32, command: &str, code: ErrorCode, why: &str) {
+fn refuse(id: u64, uid: u32, command: &str, code: ErrorCode, why: &str) -> Changed {
     log::event(Prio::Warning, "ctl_denied")
         .kv("uid", uid)
         .kv("command", command)
         .msg(why)
         .send();
     let reply = Reply::error(code, format!("refused: {why}"));
-    let _ = tx.send(ToEngine::CtlReply(CtlReply { id, reply }).encode());
+    let mut out = Changed::none();
+    out.reply(id, reply);
+    out
 }

@@ -1,284 +1,24 @@
 //! The parent's half of key agreement (DESIGN §5 "WireGuard", §6): it
-//! reads the peering key and KME credentials and computes each link's
-//! link_id for the engine; it persists epochs and installs PSKs when the
-//! engine asks (checking the link is keyed), re-reads every installed PSK
-//! once per rotation period (`psk-drift`), and replaces the PSK with random
-//! bytes when the engine reports `key-stale`.
+//! persists epochs and installs PSKs when the engine asks (checking the
+//! link is keyed), re-reads every installed PSK once per rotation period
+//! (`psk-drift`), and replaces the PSK with random bytes when the engine
+//! reports `key-stale`. What the engine needs to agree on keys (peering
+//! key, KME credentials, link_ids) is read in `engine_conf.rs`.
 //!
-//! Runs in the privileged parent; touches the state file and WireGuard
-//! through [`super::wg::WgBackend`] only, never with a key on a command
-//! line, in a log line or in an error.
+//! Runs in the privileged parent; touches the state file, and WireGuard
+//! through the PSK writer ([`super::wg::psk::PskWriter`]) only, never with
+//! a key on a command line, in a log line or in an error.
 
 use super::Parent;
+use super::changed::Changed;
 use super::links::OpenedBy;
-use super::run::Tx;
-use super::wg::{self, Drift, WgBackend, WgError, WgPeer};
-use crate::conf::{Config, LinkConf, Role};
-use crate::imsg::{InstallPsk, KeyAck, KeyStep, ToEngine};
-use crate::imsg::{KmeNet, LinkKeys, PeeringNet};
-use crate::lock::LockReason;
+use crate::conf::Config;
+use crate::imsg::{InstallPsk, KeyAck, KeyStep, PersistEpoch};
+use crate::lock::{Enforcement, LockReason};
 use crate::log::{self, Prio};
-use crate::policy::PublicKey;
+use crate::policy::Bundle;
 use crate::policy::params::LinkPolicy;
-use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
-use crate::secret::Psk;
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
-
-/// What the engine needs for key agreement, read and resolved by the parent.
-#[derive(Clone, Debug, Default)]
-pub struct KeyNet {
-    pub peering: Option<PeeringNet>,
-    pub kme: BTreeMap<String, KmeNet>,
-    /// Per keyed link; `epoch` is filled from the state file when sent.
-    pub links: BTreeMap<String, LinkKeys>,
-}
-
-/// Reads `[peering] key`, every used `[kme.X]`'s TLS files, resolves hosts
-/// and computes each keyed link's link_id. Errors name the file or link.
-pub fn key_net(
-    conf: &Config,
-    policy_keys: &[PublicKey],
-    backend: &mut dyn WgBackend,
-) -> Result<KeyNet, String> {
-    let keyed: Vec<&LinkConf> = conf.link.values().filter(|l| l.kme.is_some()).collect();
-    if keyed.is_empty() {
-        return Ok(KeyNet::default());
-    }
-    let p = conf
-        .peering
-        .as_ref()
-        .ok_or("key agreement needs a [peering] section")?;
-    let secret = SecretKey::read(&p.key).map_err(|e| format!("[peering] key {e}"))?;
-    let ours = secret.verifying_key();
-    if policy_keys.iter().any(|k| k.key == ours) {
-        return Err(format!(
-            "[peering] key {}: the peering key must differ from every policy key",
-            p.key.display()
-        ));
-    }
-    let peering = PeeringNet {
-        secret: zeroize::Zeroizing::new(secret.signing_key().to_bytes()),
-    };
-    let mut kme = BTreeMap::new();
-    let mut links = BTreeMap::new();
-    for l in keyed {
-        let kname = l.kme.as_deref().expect("keyed");
-        let k = &conf.kme[kname];
-        if !kme.contains_key(kname) {
-            kme.insert(kname.to_string(), kme_net(kname, k)?);
-        }
-        links.insert(l.name.clone(), link_keys(l, &k.sae_id, ours, backend)?);
-    }
-    Ok(KeyNet {
-        peering: Some(peering),
-        kme,
-        links,
-    })
-}
-
-fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
-    let read = |what: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("[kme.{name}] {what} {}: {e}", p.display()))
-    };
-    Ok(KmeNet {
-        url: k.url.clone(),
-        sae_id: k.sae_id.clone(),
-        ca: read("ca", &k.ca)?,
-        cert: read("cert", &k.cert)?,
-        key: zeroize::Zeroizing::new(read("key", &k.key)?),
-        addr: super::resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
-        get: k.method == crate::conf::KmeMethod::Get,
-    })
-}
-
-fn link_keys(
-    l: &LinkConf,
-    our_sae: &str,
-    our_peering: ed25519_dalek::VerifyingKey,
-    backend: &mut dyn WgBackend,
-) -> Result<LinkKeys, String> {
-    let at = |e: String| format!("[link.{}] {e}", l.name);
-    let (Some(peer_sae), Some(role), Some(peer), Some(peer_pubkey), Some(wg_peer)) =
-        (&l.peer_sae_id, l.role, &l.peer, &l.peer_pubkey, &l.wg_peer)
-    else {
-        return Err(at("incomplete key agreement settings".into()));
-    };
-    let far = WgPeer::from_conf(&l.wg_interface, wg_peer).map_err(at)?;
-    let ours = own_wg_key(l, backend).map_err(at)?;
-    let peer_key = parse_pubkey_line(peer_pubkey).map_err(|e| at(format!("peer_pubkey: {e}")))?;
-    if peer_key.key == our_peering {
-        return Err(at("peer_pubkey is our own peering key".into()));
-    }
-    let peer_addr = resolve(peer).map_err(|e| at(format!("peer {peer}: {e}")))?;
-    let link_id = match role {
-        Role::Master => crate::proto::peer::link_id(our_sae, peer_sae, &ours, &far.public_key),
-        Role::Slave => crate::proto::peer::link_id(peer_sae, our_sae, &far.public_key, &ours),
-    }
-    .map_err(at)?;
-    Ok(LinkKeys {
-        kme: l.kme.clone().expect("keyed"),
-        peer_sae_id: peer_sae.clone(),
-        role,
-        peer: peer_addr,
-        peer_pubkey: peer_key.key.to_bytes(),
-        link_id: link_id.0,
-        epoch: 0,
-    })
-}
-
-/// This gateway's WireGuard public key: `wg_pubkey`, checked against the
-/// interface where there is one, else read from the interface.
-fn own_wg_key(l: &LinkConf, backend: &mut dyn WgBackend) -> Result<[u8; 32], String> {
-    let configured = l
-        .wg_pubkey
-        .as_deref()
-        .map(|k| WgPeer::from_conf(&l.wg_interface, k).map(|p| p.public_key))
-        .transpose()
-        .map_err(|e| format!("wg_pubkey: {e}"))?;
-    match (configured, backend.public_key(&l.wg_interface)) {
-        (Some(c), Ok(k)) if c != k => Err(format!(
-            "wg_pubkey differs from the public key of {}",
-            l.wg_interface
-        )),
-        (_, Ok(k)) => Ok(k),
-        (Some(c), Err(_)) if backend.name() == "dry-run" => Ok(c),
-        (_, Err(e)) => Err(format!(
-            "cannot read the public key of {}: {e} (set wg_pubkey?)",
-            l.wg_interface
-        )),
-    }
-}
-
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))?
-        .next()
-        .ok_or_else(|| "no address".to_string())
-}
-
-/// WireGuard as the parent drives it for keyed links.
-pub struct Wg {
-    backend: wg::SharedBackend,
-    links: BTreeMap<String, WgLink>,
-}
-
-struct WgLink {
-    peer: WgPeer,
-    /// What we last wrote (and read back): the drift check compares with it.
-    installed: Option<Psk>,
-    next_check: Instant,
-}
-
-impl Wg {
-    pub fn new(conf: &Config, backend: wg::SharedBackend, now: Instant) -> Wg {
-        let links = conf
-            .link
-            .values()
-            .filter(|l| l.kme.is_some())
-            .filter_map(|l| {
-                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
-                let w = WgLink {
-                    peer,
-                    installed: None,
-                    next_check: now,
-                };
-                Some((l.name.clone(), w))
-            })
-            .collect();
-        Wg { backend, links }
-    }
-
-    pub fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn WgBackend>> {
-        self.backend.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_keyed(&self, link: &str) -> bool {
-        self.links.contains_key(link)
-    }
-
-    /// Writes `psk` to the link's peer and reads it back.
-    pub fn install(
-        &mut self,
-        link: &str,
-        psk: Psk,
-        period: Duration,
-        now: Instant,
-    ) -> Result<(), WgError> {
-        let w = self.links.get_mut(link).ok_or(WgError::NoSuchPeer)?;
-        self.backend
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_psk(&w.peer, &psk)?;
-        w.installed = Some(psk);
-        w.next_check = now + period;
-        Ok(())
-    }
-
-    /// Whether the PSK on the link's interface is the one whose verifier
-    /// the state file holds (a restart's proof of a QKD-derived key); if
-    /// so it becomes the installed PSK the drift check compares with.
-    pub fn verify_persisted(&mut self, link: &str, verifier: &str, now: Instant) -> bool {
-        let Some(w) = self.links.get_mut(link) else {
-            return false;
-        };
-        let got = self
-            .backend
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_psk(&w.peer);
-        let Ok(psk) = got else {
-            return false;
-        };
-        let same = wg::ct_eq_str(&psk.verifier(), verifier);
-        if same {
-            w.installed = Some(psk);
-            w.next_check = now;
-        }
-        same
-    }
-
-    /// `key-stale`: no fresh key, so no key at all that anyone could know.
-    pub fn randomize(&mut self, link: &str, now: Instant) -> Result<(), WgError> {
-        self.install(link, Psk::random(), Duration::from_secs(60), now)
-    }
-
-    /// Re-reads the PSK of every link due (once per rotation period);
-    /// returns the links that drifted (or could not be read) and why.
-    pub fn check_drift(
-        &mut self,
-        period_of: impl Fn(&str) -> Duration,
-        now: Instant,
-    ) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for (name, w) in &mut self.links {
-            let Some(installed) = &w.installed else {
-                continue;
-            };
-            if now < w.next_check {
-                continue;
-            }
-            w.next_check = now + period_of(name);
-            let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
-            match wg::check_drift(b.as_mut(), &w.peer, installed) {
-                Ok(Drift::Same) => {}
-                Ok(Drift::Changed) => out.push((name.clone(), "changed".to_string())),
-                Err(e) => out.push((name.clone(), e.reason().to_string())),
-            }
-        }
-        out
-    }
-}
-
-/// Logs `psk_drift` (the caller sets the reason and flips the link).
-pub fn log_drift(link: &str, why: &str) {
-    log::event(Prio::Alert, "psk_drift")
-        .kv("link", link)
-        .kv("reason", why)
-        .send();
-}
 
 // What the parent answers the engine's key requests with (dispatched by
 // `run::dispatch_engine`), and its own periodic PSK re-read.
@@ -287,9 +27,26 @@ pub fn log_drift(link: &str, why: &str) {
 /// for a master jumping past its slave's NACK, never near u64::MAX.
 pub const EPOCH_WINDOW: u64 = 1 << 32;
 
+/// The engine asks to make an epoch durable: queued for the next
+/// [`flush_epochs`] (one write for the batch), or refused when it is past
+/// the window. Only a keyed link has epochs.
+pub(super) fn persist_epoch(p: &mut Parent, e: PersistEpoch) -> Result<Changed, String> {
+    if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
+        return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
+    }
+    // Epochs only move forward, by less than a window: an engine
+    // asking for u64::MAX would end key agreement on the link for good.
+    let floor = p.links.epoch(&e.link);
+    if e.epoch > floor.saturating_add(EPOCH_WINDOW) {
+        return Ok(refuse_epoch(&e.link, e.epoch, floor));
+    }
+    p.pending_epochs.push((e.link, e.epoch));
+    Ok(Changed::none())
+}
+
 /// Answers a PersistEpoch beyond [`EPOCH_WINDOW`] with a refusal (the
 /// round fails; nothing is written).
-pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
+fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
     log::event(Prio::Err, "epoch_refused")
         .kv("link", link)
         .kv("epoch", epoch)
@@ -303,16 +60,19 @@ pub(super) fn refuse_epoch(tx: &Tx, link: &str, epoch: u64, floor: u64) {
             "epoch {epoch} is more than {EPOCH_WINDOW} past the persisted {floor}"
         )),
     };
-    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+    let mut out = Changed::none();
+    out.key_ack(ack);
+    out
 }
 
 /// Makes the epochs asked for and the verifiers of the PSKs installed
 /// since the last call durable in one write, and answers each epoch
 /// request; on failure every one of them is refused (and a restart holds
 /// `no-key` until the next round).
-pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
+pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
+    let mut out = Changed::none();
     if p.pending_epochs.is_empty() && p.pending_verifiers.is_empty() {
-        return;
+        return out;
     }
     let batch = std::mem::take(&mut p.pending_epochs);
     let verifiers = std::mem::take(&mut p.pending_verifiers);
@@ -340,13 +100,18 @@ pub(super) fn flush_epochs(p: &mut Parent, tx: &Tx) {
             step: KeyStep::Persist,
             error: error.clone(),
         };
-        let _ = tx.send(ToEngine::KeyAck(ack).encode());
+        out.key_ack(ack);
     }
+    out
 }
 
 /// Installs a PSK the engine agreed on, if its epoch is durable; a
-/// successful install clears `no-key` and `psk-drift`.
-pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
+/// successful install clears `no-key` and `psk-drift`. Only a keyed link
+/// has a PSK.
+pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, String> {
+    if !p.wg.is_keyed(&i.link) {
+        return Err(format!("PSK for unkeyed link {:?}", i.link));
+    }
     let InstallPsk {
         link, epoch, psk, ..
     } = i;
@@ -355,16 +120,13 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
     let result = if epoch == 0 || epoch > p.links.epoch(&link) {
         Err(format!("epoch {epoch} was never persisted"))
     } else {
-        let period = p
-            .conf
-            .testing
-            .psk_check
-            .unwrap_or_else(|| rotate_period(p, &link));
+        let period = check_period(&p.conf, p.bundle.as_ref(), &link);
         p.wg.install(&link, psk.clone(), period, Instant::now())
             .map_err(|e| e.reason().to_string())
     };
+    let mut out = Changed::none();
     if result.is_ok() {
-        installed(p, tx, &link, &psk);
+        installed(p, &mut out, &link, &psk);
     }
     let ack = KeyAck {
         link,
@@ -372,14 +134,15 @@ pub(super) fn install_psk(p: &mut Parent, tx: &Tx, i: InstallPsk) {
         step: KeyStep::Install,
         error: result.err(),
     };
-    let _ = tx.send(ToEngine::KeyAck(ack).encode());
+    out.key_ack(ack);
+    Ok(out)
 }
 
 /// A QKD-derived PSK is on the interface and read back: `no-key` and
 /// `psk-drift` clear, and its verifier is made durable for a restart
 /// (if that write fails the restart holds `no-key` until the next round:
 /// closed, not open).
-fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
+fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret::Psk) {
     let l = &p.links.links[link];
     let held = [LockReason::NoKey, LockReason::PskDrift]
         .into_iter()
@@ -389,19 +152,22 @@ fn installed(p: &mut Parent, tx: &Tx, link: &str, psk: &crate::secret::Psk) {
         p.links.set_parent_reason(link, LockReason::PskDrift, false);
         p.links
             .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
-        super::run::send_state(p, tx, link);
+        out.state(link);
     }
     // Written with the others of this batch (one fsync for a `rotate all`).
     p.pending_verifiers.push((link.to_string(), psk.verifier()));
 }
 
-/// The link's rotation period (policy `rotate`, or the test override).
-fn rotate_period(p: &Parent, link: &str) -> Duration {
-    p.conf
-        .testing
-        .rotate
-        .or_else(|| p.bundle.as_ref().map(|b| b.policy.for_link(link).rotate))
-        .unwrap_or(LinkPolicy::DEFAULT.rotate)
+/// How often a link's installed PSK is re-read: the test override
+/// `psk_check`, else the link's rotation period (the test override
+/// `rotate`, else policy `rotate`, else the default).
+fn check_period(conf: &Config, bundle: Option<&Bundle>, link: &str) -> Duration {
+    conf.testing.psk_check.unwrap_or_else(|| {
+        conf.testing
+            .rotate
+            .or_else(|| bundle.map(|b| b.policy.for_link(link).rotate))
+            .unwrap_or(LinkPolicy::DEFAULT.rotate)
+    })
 }
 
 /// `key-stale` newly set: the PSK becomes random bytes nobody knows.
@@ -417,31 +183,15 @@ pub(super) fn key_stale(p: &mut Parent, link: &str) {
     ev.send();
 }
 
-/// The once-per-period re-read of every installed PSK: a change, or a
-/// peer that cannot be read, locks the link with `psk-drift`.
-pub(super) fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforcement)> {
-    let periods: std::collections::BTreeMap<String, Duration> = p
-        .conf
-        .link
-        .keys()
-        .map(|n| {
-            let every = p
-                .conf
-                .testing
-                .psk_check
-                .unwrap_or_else(|| rotate_period(p, n));
-            (n.clone(), every)
-        })
-        .collect();
-    let drifted = p.wg.check_drift(
-        |n| {
-            periods
-                .get(n)
-                .copied()
-                .unwrap_or(LinkPolicy::DEFAULT.rotate)
-        },
-        Instant::now(),
-    );
+/// The tick's drift check: every installed PSK due is re-read
+/// ([`super::wg::psk::PskWriter::reread_due`], each link every
+/// [`check_period`]); one changed behind our back, or a peer that cannot
+/// be read, locks the link with `psk-drift`. Returns the links whose
+/// enforcement changed.
+pub(super) fn lock_drifted(p: &mut Parent) -> Vec<(String, Enforcement)> {
+    let (conf, bundle) = (&p.conf, p.bundle.as_ref());
+    let drifted =
+        p.wg.reread_due(|n| check_period(conf, bundle, n), Instant::now());
     let mut changed = Vec::new();
     for (link, why) in drifted {
         log_drift(&link, &why);
@@ -454,4 +204,12 @@ pub(super) fn check_drift(p: &mut Parent) -> Vec<(String, crate::lock::Enforceme
         }
     }
     changed
+}
+
+/// Logs `psk_drift` (the caller sets the reason and flips the link).
+fn log_drift(link: &str, why: &str) {
+    log::event(Prio::Alert, "psk_drift")
+        .kv("link", link)
+        .kv("reason", why)
+        .send();
 }

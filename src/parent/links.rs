@@ -8,7 +8,7 @@
 //! read-back shows the link locked: the bundle's lockdown; the link chain
 //! replaced by qkdpfd's own drop; the skeleton rebuilt and the drop again;
 //! a guard outside the link's chain; the link's WireGuard peer removed
-//! (`tunnel.rs`). A step counts only if it returned success *and* the
+//! (`tunnel.rs`); the ladder is `ladder.rs`. A step counts only if it returned success *and* the
 //! read-back shows it. A tool that hung skips the remaining firewall
 //! steps: the next would hang too, and the main loop waits meanwhile.
 //! When no step works the link is `lockdown_failed`, a state of its own
@@ -25,10 +25,10 @@ use crate::parent::fw::{Firewall, Observed, Readback};
 use crate::policy::Bundle;
 use crate::ruleset::LinkTarget;
 use crate::state::{LinkRecord, State};
-use crate::tool::FwError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+mod ladder;
 mod tunnel;
 pub use tunnel::Tunnel;
 
@@ -313,180 +313,6 @@ impl Links {
         }
         let after = self.links[name].enforcement();
         (before != after).then_some(after)
-    }
-
-    /// The lockdown ladder (module docs). Stops at the first step the
-    /// kernel shows; otherwise the link is `lockdown_failed`.
-    fn lock(&mut self, name: &str, bundle: Option<&Bundle>) {
-        let ruleset = bundle
-            .and_then(|b| b.ruleset(Enforcement::Lockdown, self.fw.extension()))
-            .map(str::to_string);
-        let target = self.links[name].target.clone();
-        let mut errors: Vec<String> = Vec::new();
-        for step in 0..4 {
-            let (what, r): (&str, Result<(), FwError>) = match step {
-                0 => match &ruleset {
-                    Some(r) => (
-                        "lockdown ruleset",
-                        self.fw.apply(&target, Enforcement::Lockdown, r),
-                    ),
-                    // No policy: qkdpfd's own drop is the lockdown.
-                    None => ("drop", self.fw.clear(&target)),
-                },
-                1 => ("drop", self.fw.clear(&target)),
-                2 => {
-                    let targets = self.targets();
-                    (
-                        "rebuild and drop",
-                        self.fw.init(&targets).and_then(|_| self.fw.clear(&target)),
-                    )
-                }
-                _ => {
-                    self.guard.insert(name.to_string());
-                    let g = self.guard_targets();
-                    ("guard", self.fw.set_guard(&g))
-                }
-            };
-            if let Err(e) = &r {
-                if e.timed_out() {
-                    errors.push(format!("{what}: {e}"));
-                    break;
-                }
-            }
-            self.observe_one(name);
-            let kernel = &self.links[name].kernel;
-            let shown = if step == 3 {
-                kernel.locked()
-            } else {
-                kernel.state == Observed::Locked
-            };
-            if r.is_ok() && shown {
-                if step < 3 {
-                    self.release_guard(name);
-                }
-                if step > 0 || self.links[name].lock_failed {
-                    log::event(Prio::Warning, "lockdown_fallback")
-                        .kv("link", name)
-                        .kv("step", what)
-                        .msg(errors.join("; "))
-                        .send();
-                }
-                self.mark_locked(name, true);
-                return;
-            }
-            errors.push(match r {
-                Err(e) => format!("{what}: {e}"),
-                Ok(()) => format!("{what}: kernel shows {}", self.links[name].kernel.state),
-            });
-        }
-        match self.cut_tunnel(name) {
-            Ok(newly) => {
-                // Once: every tick walks the firewall steps again until
-                // one holds, and the peer stays gone meanwhile.
-                if newly {
-                    log::event(Prio::Alert, "lockdown_fallback")
-                        .kv("link", name)
-                        .kv("step", "remove WireGuard peer")
-                        .msg(errors.join("; "))
-                        .send();
-                }
-                self.mark_locked(name, true);
-                return;
-            }
-            Err(e) => errors.push(format!("remove WireGuard peer: {e}")),
-        }
-        self.mark_locked(name, false);
-        let l = &self.links[name];
-        log::event(Prio::Alert, "lockdown_failed")
-            .kv("link", name)
-            .kv("kernel", &l.kernel.state)
-            .msg(errors.join("; "))
-            .send();
-    }
-
-    /// The last rung: the link's WireGuard peer removed and read back gone.
-    /// True when this call removed it (false: it was gone already).
-    fn cut_tunnel(&mut self, name: &str) -> Result<bool, String> {
-        let tunnel = self
-            .tunnel
-            .as_ref()
-            .filter(|t| t.has_peer(name))
-            .ok_or("no WireGuard peer configured for the link")?;
-        let was = self.links[name].peer_removed;
-        tunnel.cut(name)?;
-        if let Some(l) = self.links.get_mut(name) {
-            l.peer_removed = true;
-        }
-        if !was {
-            log::event(Prio::Alert, "wg_peer_removed")
-                .kv("link", name)
-                .msg(
-                    "no firewall step could lock the link: its WireGuard peer was removed; \
-                     restore the peer (ifconfig/wg) once the firewall is repaired",
-                )
-                .send();
-        }
-        Ok(!was)
-    }
-
-    /// A removed peer back on the interface (an operator restored it).
-    fn check_restored_peers(&mut self) {
-        let Some(t) = &self.tunnel else { return };
-        let mut back = Vec::new();
-        for (name, l) in &self.links {
-            if l.peer_removed && t.present(name) == Ok(true) {
-                back.push(name.clone());
-            }
-        }
-        for name in back {
-            if let Some(l) = self.links.get_mut(&name) {
-                l.peer_removed = false;
-            }
-            log::event(Prio::Notice, "wg_peer_restored")
-                .kv("link", &name)
-                .send();
-        }
-    }
-
-    fn mark_locked(&mut self, name: &str, locked: bool) {
-        if let Some(l) = self.links.get_mut(name) {
-            if l.lock_failed && locked {
-                log::event(Prio::Notice, "lockdown_repaired")
-                    .kv("link", name)
-                    .send();
-            }
-            l.lock_failed = !locked;
-        }
-    }
-
-    fn guard_targets(&self) -> Vec<LinkTarget> {
-        self.guard
-            .iter()
-            .filter_map(|n| self.links.get(n).map(|l| l.target.clone()))
-            .collect()
-    }
-
-    /// The link's own chain shows its state again: its guard goes.
-    fn release_guard(&mut self, name: &str) {
-        if !self.guard.remove(name) {
-            return;
-        }
-        let g = self.guard_targets();
-        match self.fw.set_guard(&g) {
-            Ok(()) => {
-                if let Some(l) = self.links.get_mut(name) {
-                    l.kernel.guarded = false;
-                }
-            }
-            Err(e) => {
-                // Keeps dropping: fail closed, try again next tick.
-                self.guard.insert(name.to_string());
-                log::event(Prio::Err, "guard_release_failed")
-                    .kv("link", name)
-                    .msg(e)
-                    .send();
-            }
-        }
     }
 
     fn open(&mut self, name: &str, bundle: Option<&Bundle>) -> bool {

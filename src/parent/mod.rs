@@ -9,8 +9,10 @@
 //! or thread exists — then a current-thread tokio loop.
 
 pub mod activate;
+mod changed;
 mod ctl;
 mod deadman;
+mod engine_conf;
 pub mod fw;
 mod guardian;
 pub mod keys;
@@ -18,8 +20,11 @@ pub mod links;
 mod lockdown;
 mod operator;
 mod policy_jobs;
+mod reload;
+mod reports;
 mod run;
 mod syslog;
+mod to_engine;
 pub mod wg;
 
 use crate::conf::{self, Config};
@@ -60,12 +65,11 @@ pub struct Parent {
     pub bundle: Option<Bundle>,
     pub links: Links,
     pub started: std::time::Instant,
-    /// TLS bytes and resolved addresses of network QBER sources, for the engine.
-    pub qber_net: BTreeMap<String, crate::imsg::QberNet>,
-    /// Peering key, KME credentials and link_ids, for the engine.
-    pub key_net: keys::KeyNet,
+    /// What the engine gets: network QBER sources' TLS bytes and
+    /// addresses, the peering key, KME credentials and link_ids.
+    pub engine_inputs: engine_conf::EngineInputs,
     /// WireGuard PSKs of keyed links.
-    pub wg: keys::Wg,
+    pub wg: wg::psk::PskWriter,
     /// Epochs the engine asked to persist, written together (group commit).
     pub pending_epochs: Vec<(String, u64)>,
     /// Verifiers of PSKs just installed, written together after the batch.
@@ -139,7 +143,7 @@ pub fn main(opts: Opts) -> ExitCode {
         return exit_err(e);
     }
     // Before the firewall is touched: the kernel keeps what it holds.
-    if let Err(e) = engine_files_fit(&conf) {
+    if let Err(e) = engine_conf::engine_files_fit(&conf) {
         return exit_err(e);
     }
     lock_on_panic(&conf);
@@ -163,9 +167,9 @@ pub fn main(opts: Opts) -> ExitCode {
         Ok(p) => p,
         Err(e) => return exit_err(e),
     };
-    // After the firewall skeleton (every link locked): a key file or
-    // interface we cannot read stops the start with the links locked.
-    if let Err(e) = parent.load_keys() {
+    // After the firewall skeleton (every link locked): a key or TLS file,
+    // host or interface we cannot read stops the start with the links locked.
+    if let Err(e) = parent.load_engine_inputs() {
         return exit_err(e);
     }
     parent.start()
@@ -202,14 +206,11 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
     };
     // What start-up would read: QBER sources' TLS files and host names,
     // the peering key, KME credentials and the WireGuard interfaces.
-    if let Err(e) = engine_files_fit(conf) {
-        return exit_err(e);
-    }
-    if let Err(e) = qber_net(conf) {
+    if let Err(e) = engine_conf::engine_files_fit(conf) {
         return exit_err(e);
     }
     let mut backend = wg::new(&conf.wireguard, &conf.daemon.state_dir);
-    if let Err(e) = keys::key_net(conf, &keys, backend.as_mut()) {
+    if let Err(e) = engine_conf::engine_inputs(conf, &keys, backend.as_mut()) {
         return exit_err(e);
     }
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
@@ -244,99 +245,6 @@ pub fn check_supported(conf: &Config) -> Result<(), String> {
     #[cfg(not(feature = "testing"))]
     let _ = conf;
     Ok(())
-}
-
-/// The files the parent reads and sends to the engine (TLS material of
-/// the KMEs and the network QBER sources): together they must fit the
-/// channel's frame, base64-encoded. Checked by `qkdpfd -n` and before the
-/// engine starts, naming the largest files; the exact frame is checked too
-/// when it is built.
-pub fn engine_files_fit(conf: &Config) -> Result<(), String> {
-    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
-    let mut add = |what: String, p: &PathBuf| {
-        let n = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        files.push((what, p.clone(), n));
-    };
-    for (name, k) in &conf.kme {
-        add(format!("[kme.{name}] ca"), &k.ca);
-        add(format!("[kme.{name}] cert"), &k.cert);
-        add(format!("[kme.{name}] key"), &k.key);
-    }
-    for (name, q) in &conf.qber {
-        for (key, p) in [("ca", &q.ca), ("cert", &q.cert), ("key", &q.key)] {
-            if let Some(p) = p {
-                add(format!("[qber.{name}] {key}"), p);
-            }
-        }
-    }
-    // Base64 is 4 bytes for every 3; the rest of the config is small.
-    let total: u64 = files.iter().map(|(_, _, n)| n.div_ceil(3) * 4).sum();
-    let limit = crate::imsg::MAX_PAYLOAD as u64;
-    if total + (64 << 10) <= limit {
-        return Ok(());
-    }
-    files.sort_by_key(|f| std::cmp::Reverse(f.2));
-    let largest: Vec<String> = files
-        .iter()
-        .take(3)
-        .map(|(what, p, n)| format!("{what} = {} ({n} bytes)", p.display()))
-        .collect();
-    Err(format!(
-        "the TLS files sent to the engine come to about {total} bytes encoded, over the \
-         channel's {limit}: largest {}",
-        largest.join(", ")
-    ))
-}
-
-/// Reads the TLS files of every network `[qber.X]` and resolves its URL's
-/// host (the engine is chrooted: no files, no resolver).
-pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, crate::imsg::QberNet>, String> {
-    let read = |what: &str, name: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
-        p.as_ref()
-            .map(|p| {
-                std::fs::read(p).map_err(|e| format!("[qber.{name}] {what} {}: {e}", p.display()))
-            })
-            .transpose()
-    };
-    let mut out = BTreeMap::new();
-    for (name, q) in &conf.qber {
-        if q.driver == crate::conf::QberDriver::Sim {
-            continue;
-        }
-        let url = q.url.as_deref().unwrap_or_default();
-        let addr = resolve_url(url).map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
-        out.insert(
-            name.clone(),
-            crate::imsg::QberNet {
-                ca: read("ca", name, &q.ca)?,
-                cert: read("cert", name, &q.cert)?,
-                key: read("key", name, &q.key)?.map(zeroize::Zeroizing::new),
-                addr: Some(addr),
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// `scheme://host[:port]/...` → the first address of host:port.
-pub(crate) fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let hostport = if authority.ends_with(']')
-        || !authority.contains(':')
-        || authority.matches(':').count() > 1 && !authority.starts_with('[')
-    {
-        format!("{authority}:{default_port}")
-    } else {
-        authority.to_string()
-    };
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport} has no address"))
 }
 
 pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
@@ -390,13 +298,12 @@ impl Parent {
             }
             map.insert(name.clone(), l);
         }
-        let qber_net = qber_net(&conf)?;
         let now = std::time::Instant::now();
         let backend: wg::SharedBackend = std::sync::Arc::new(std::sync::Mutex::new(wg::new(
             &conf.wireguard,
             &conf.daemon.state_dir,
         )));
-        let mut wg = keys::Wg::new(&conf, backend.clone(), now);
+        let mut wg = wg::psk::PskWriter::new(&conf, backend.clone(), now);
         // What the kernel holds now is the record; a link it shows neither
         // open nor locked is locked by the first reconcile below, an open
         // one stays open until the engine has fresh state for it.
@@ -411,8 +318,7 @@ impl Parent {
             bundle,
             links,
             started: now,
-            qber_net,
-            key_net: keys::KeyNet::default(),
+            engine_inputs: Default::default(),
             wg,
             pending_epochs: Vec::new(),
             pending_verifiers: Vec::new(),
@@ -426,9 +332,11 @@ impl Parent {
         Ok(p)
     }
 
-    /// Reads what key agreement needs (see [`keys::key_net`]).
-    pub fn load_keys(&mut self) -> Result<(), String> {
-        self.key_net = keys::key_net(&self.conf, &self.keys, &mut **self.wg.backend())?;
+    /// Reads and resolves what the engine gets (see
+    /// [`engine_conf::engine_inputs`]).
+    fn load_engine_inputs(&mut self) -> Result<(), String> {
+        let backend = &mut **self.wg.backend();
+        self.engine_inputs = engine_conf::engine_inputs(&self.conf, &self.keys, backend)?;
         Ok(())
     }
 
@@ -517,7 +425,7 @@ impl Parent {
 fn lock_on_panic(conf: &Config) {
     let fw_conf = conf.firewall.clone();
     let state_dir = conf.daemon.state_dir.clone();
-    let targets: Vec<fw::LinkTarget> = targets(conf).into_values().collect();
+    let targets: Vec<crate::ruleset::LinkTarget> = targets(conf).into_values().collect();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
@@ -532,7 +440,7 @@ fn lock_on_panic(conf: &Config) {
 /// `no-key` (DESIGN §6): a keyed link stays locked until a QKD-derived PSK
 /// is installed and read back on this end. After a restart that is proven
 /// by the PSK on the interface matching the state file's verifier.
-fn hold_until_keyed(links: &mut Links, wg: &mut keys::Wg, now: std::time::Instant) {
+fn hold_until_keyed(links: &mut Links, wg: &mut wg::psk::PskWriter, now: std::time::Instant) {
     let names: Vec<String> = links
         .links
         .keys()

@@ -1,6 +1,6 @@
 //! The operator's word on a link (DESIGN §7): `qkdctl lockdown` and
 //! `qkdctl unlock [-f]`, run by the parent after it has asked the kernel
-//! who the client is (see `run::dispatch_engine`).
+//! who the client is (see `ctl.rs`).
 
 use super::Parent;
 use super::links::OpenedBy;

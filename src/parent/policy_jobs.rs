@@ -10,9 +10,8 @@
 //! One bundle at a time: a second `policy load` meanwhile is refused with
 //! a reason, and the spool waits for the next tick.
 
-use super::run::{Tx, send_all_states, send_policy};
+use super::changed::Changed;
 use super::{Parent, activate};
-use crate::imsg::{CtlReply, ToEngine};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::policy::Files;
@@ -129,10 +128,10 @@ fn start(
 /// re-application) or refuse; answer the qkdctl that asked.
 pub fn finish(
     p: &mut Parent,
-    tx: &Tx,
     checked: Result<activate::Checked, oneshot::error::RecvError>,
-) {
-    let Some(job) = p.job.take() else { return };
+) -> Changed {
+    let mut out = Changed::none();
+    let Some(job) = p.job.take() else { return out };
     let outcome = match checked {
         Ok(Ok(verified)) => activate::finish(
             verified,
@@ -158,7 +157,7 @@ pub fn finish(
             for n in &names {
                 p.links.set_parent_reason(n, LockReason::NoPolicy, false);
             }
-            send_policy(p, tx);
+            out.policy();
             // Re-applied one link per loop turn, engine reports first.
             p.reapply.extend(names);
             Reply::ok(format!("policy_loaded serial={serial}"))
@@ -169,21 +168,24 @@ pub fn finish(
         s.done(matches!(reply, Reply::Ok { .. }));
     }
     if let Some(id) = job.reply_to {
-        let _ = tx.send(ToEngine::CtlReply(CtlReply { id, reply }).encode());
+        out.reply(id, reply);
     }
+    out
 }
 
 impl Parent {
     /// Re-applies the next queued link with the active bundle's rulesets.
-    pub fn reapply_next(&mut self, tx: &Tx) {
+    pub fn reapply_next(&mut self) -> Changed {
+        let mut out = Changed::none();
         let Some(name) = self.reapply.pop_front() else {
-            return;
+            return out;
         };
         self.links.reapply(&name, self.bundle.as_ref());
-        super::run::send_state(self, tx, &name);
+        out.state(&name);
         if self.reapply.is_empty() {
-            send_all_states(self, tx);
+            out.all_states();
         }
+        out
     }
 }
 

@@ -1,23 +1,24 @@
 //! The parent's event loop (current-thread tokio, started after the engine
 //! exists): engine messages, signals, the incoming spool, expiry, retries.
-//! `dispatch_engine` re-checks every engine message against the config; a
-//! malformed or impossible one is treated like the engine's death: every
-//! link locked with `process-failure`, exit non-zero.
+//! `dispatch_engine` hands every engine message to its handler, which
+//! re-checks it against the config; a malformed or impossible one is
+//! treated like the engine's death: every link locked with
+//! `process-failure`, exit non-zero.
+//!
+//! Handlers return what changed ([`Changed`]); only this loop tells the
+//! engine, right after each handler (`to_engine.rs`).
 
-use super::{Parent, activate, keys, links::OpenedBy};
+use super::changed::Changed;
+use super::to_engine::{Tx, send, send_all_states, send_policy};
+use super::{Parent, keys, links::OpenedBy};
 use crate::imsg::creds::Readers;
-use crate::imsg::{self, ActivePolicy, EngineConfig, EngineLink, LinkState, LogRecord};
-use crate::imsg::{LinkKeys, ToEngine, ToParent};
-use crate::lock::{LockReason, Owner};
+use crate::imsg::{self, LogRecord, ToEngine, ToParent};
+use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::privsep::EngineProc;
-use crate::proto::ctl::{ErrorCode, Reply};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-
-pub(super) type Tx = mpsc::UnboundedSender<Vec<u8>>;
 
 pub fn run(p: Parent, engine: EngineProc) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -77,7 +78,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let tx = imsg::spawn_writer(wr, || {});
     let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
-    match ToEngine::Config(Box::new(engine_config(&p))).try_encode() {
+    match ToEngine::Config(Box::new(super::engine_conf::engine_config(&p))).try_encode() {
         Ok(f) => {
             let _ = tx.send(f);
         }
@@ -138,11 +139,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 while let Some(next) = m.take() {
                     match next {
                         Ok(ToParent::Hello(h)) if h.version == imsg::VERSION && !hello => hello = true,
-                        Ok(msg) if hello => {
-                            if let Err(e) = dispatch_engine(&mut p, &tx, &mut readers, msg) {
-                                return engine_lost(&mut p, &mut child, &e);
-                            }
-                        }
+                        Ok(msg) if hello => match dispatch_engine(&mut p, &mut readers, msg) {
+                            Ok(changed) => send(&p, &tx, changed),
+                            Err(e) => return engine_lost(&mut p, &mut child, &e),
+                        },
                         Ok(_) => return engine_lost(&mut p, &mut child, "engine spoke before hello"),
                         Err(e) => return engine_lost(&mut p, &mut child, &e),
                     }
@@ -151,11 +151,16 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                         m = from_engine.try_recv().ok();
                     }
                 }
-                keys::flush_epochs(&mut p, &tx);
+                let changed = keys::flush_epochs(&mut p);
+                send(&p, &tx, changed);
             }
-            line = readers.next() => super::ctl::client_request(&mut p, &tx, line),
+            line = readers.next() => {
+                let changed = super::ctl::client_request(&mut p, line);
+                send(&p, &tx, changed);
+            }
             _ = hup.recv() => {
-                let r = reload(&mut p, &tx);
+                let (r, changed) = super::reload::reload(&mut p);
+                send(&p, &tx, changed);
                 log::debug(format!("SIGHUP: {r:?}"));
             }
             _ = term.recv() => return shutdown(&mut p, &mut child, "SIGTERM"),
@@ -179,295 +184,53 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     return engine_lost(&mut p, &mut child, &why);
                 }
                 let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
-                changed.extend(keys::check_drift(&mut p));
+                changed.extend(keys::lock_drifted(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 super::policy_jobs::scan_spool(&mut p);
-                check_expiry(&mut p, &tx, &mut last_expiry_log);
+                let changed = check_expiry(&mut p, &mut last_expiry_log);
+                send(&p, &tx, changed);
             }
             r = async { job_rx.as_mut().expect("guarded").await }, if job_rx.is_some() => {
                 job_rx = None;
-                super::policy_jobs::finish(&mut p, &tx, r);
+                let changed = super::policy_jobs::finish(&mut p, r);
+                send(&p, &tx, changed);
             }
-            _ = std::future::ready(()), if !p.reapply.is_empty() => p.reapply_next(&tx),
-        }
-    }
-}
-
-fn engine_config(p: &Parent) -> EngineConfig {
-    let (gid, uids) = p
-        .conf
-        .daemon
-        .socket_group
-        .as_deref()
-        .and_then(|g| crate::privsep::resolve_group(g).ok())
-        .map(|(g, u)| (Some(g), u))
-        .unwrap_or((None, Vec::new()));
-    let drop_to = if crate::privsep::is_real_root() {
-        match crate::privsep::resolve_user(&p.conf.daemon.user, &p.conf.daemon.chroot) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // The engine refuses to run as root without a drop target.
-                log::event(Prio::Crit, "privdrop_unavailable").msg(e).send();
-                None
+            _ = std::future::ready(()), if !p.reapply.is_empty() => {
+                let changed = p.reapply_next();
+                send(&p, &tx, changed);
             }
         }
-    } else {
-        None
-    };
-    EngineConfig {
-        links: p
-            .conf
-            .link
-            .values()
-            .map(|l| EngineLink {
-                name: l.name.clone(),
-                qber: l.qber.clone(),
-                qber_id: l.qber_id.clone(),
-                persisted: p
-                    .links
-                    .state
-                    .links
-                    .get(&l.name)
-                    .map(|r| r.reasons.owned_by(Owner::Engine))
-                    .unwrap_or_default(),
-                keys: p.key_net.links.get(&l.name).map(|k| LinkKeys {
-                    epoch: p.links.epoch(&l.name),
-                    ..k.clone()
-                }),
-            })
-            .collect(),
-        qber: p.conf.qber.clone(),
-        ctl_readonly_uids: uids,
-        ctl_readonly_gid: gid,
-        verbose: log::verbose(),
-        drop_to,
-        metrics: p.conf.daemon.metrics.is_some(),
-        qber_net: p.qber_net.clone(),
-        peering: p.key_net.peering.clone(),
-        peering_sockets: p
-            .conf
-            .peering
-            .as_ref()
-            .map_or(0, |c| crate::privsep::peering_count(c.listen)),
-        kme: p.key_net.kme.clone(),
-        testing: p.conf.testing.clone(),
     }
-}
-
-pub(super) fn send_policy(p: &Parent, tx: &Tx) {
-    let msg = p.bundle.as_ref().map(|b| ActivePolicy {
-        serial: b.policy.serial,
-        not_after: b.policy.not_after,
-        signer: b.signer.clone(),
-        links: p
-            .conf
-            .link
-            .keys()
-            .map(|n| (n.clone(), b.policy.for_link(n)))
-            .collect(),
-    });
-    let _ = tx.send(ToEngine::Policy(msg).encode());
-}
-
-pub(super) fn send_all_states(p: &Parent, tx: &Tx) {
-    for name in p.links.links.keys() {
-        send_state(p, tx, name);
-    }
-}
-
-pub(super) fn send_state(p: &Parent, tx: &Tx, name: &str) {
-    let Some(l) = p.links.links.get(name) else {
-        return;
-    };
-    let st = LinkState {
-        link: name.to_string(),
-        enforcement: l.enforcement(),
-        lockdown_failed: l.lock_failed,
-        wg_peer_removed: l.peer_removed,
-        parent_reasons: l.parent,
-    };
-    let _ = tx.send(ToEngine::LinkState(st).encode());
 }
 
 /// Every engine message is checked against the parent's own config.
 fn dispatch_engine(
     p: &mut Parent,
-    tx: &Tx,
     readers: &mut Readers,
     msg: ToParent,
-) -> Result<(), String> {
+) -> Result<Changed, String> {
     match msg {
         ToParent::Hello(_) => Err("second hello".into()),
-        ToParent::Reasons(r) => {
-            if !p.links.links.contains_key(&r.link) {
-                return Err(format!("reasons for unknown link {:?}", r.link));
-            }
-            if r.reasons.iter().any(|x| x.owner() != Owner::Engine) {
-                return Err(format!("engine claimed parent-owned reasons {}", r.reasons));
-            }
-            if r.qber.is_some_and(|q| !(0.0..=0.5).contains(&q))
-                || r.threshold.is_some_and(|t| !(0.0..=0.5).contains(&t))
-            {
-                return Err("qber out of range".into());
-            }
-            let was_stale = p.links.links[&r.link]
-                .engine
-                .is_some_and(|e| e.contains(LockReason::KeyStale));
-            let newly_stale = r.reasons.contains(LockReason::KeyStale) && !was_stale;
-            p.links
-                .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
-            let by = if r.by_operator {
-                OpenedBy::Operator
-            } else {
-                OpenedBy::Auto
-            };
-            let flipped = p.links.converge(&r.link, p.bundle.as_ref(), by, false);
-            if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
-                // Sample received by the engine -> firewall tool returned.
-                let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
-                log::event(Prio::Debug, "flip")
-                    .kv("link", &r.link)
-                    .kv("to", to)
-                    .kv("sample_to_kernel_us", us)
-                    .send();
-            }
-            // The firewall first (it stops traffic now), then the PSK.
-            if newly_stale {
-                keys::key_stale(p, &r.link);
-            }
-            // Only this link changed: all states per report made start-up
-            // with 1,000 links queue a million messages (BENCHMARKS.md).
-            send_state(p, tx, &r.link);
-            Ok(())
-        }
-        ToParent::Log(rec) => {
-            let prio = Prio::from_u8(rec.prio).ok_or("bad log priority")?;
-            if rec.line.len() > 4096 {
-                return Err("oversized log record".into());
-            }
-            log::emit(prio, &log::from_engine(&rec.line));
-            Ok(())
-        }
-        ToParent::PersistEpoch(e) => {
-            if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
-                return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
-            }
-            // Epochs only move forward, by less than a window: an engine
-            // asking for u64::MAX would end key agreement on the link for good.
-            let floor = p.links.epoch(&e.link);
-            if e.epoch > floor.saturating_add(keys::EPOCH_WINDOW) {
-                keys::refuse_epoch(tx, &e.link, e.epoch, floor);
-                return Ok(());
-            }
-            p.pending_epochs.push((e.link, e.epoch));
-            Ok(())
-        }
-        ToParent::InstallPsk(i) => {
-            if !p.wg.is_keyed(&i.link) {
-                return Err(format!("PSK for unkeyed link {:?}", i.link));
-            }
-            keys::install_psk(p, tx, i);
-            Ok(())
-        }
-        ToParent::CtlRequest(req) => super::ctl::ctl_request(p, tx, readers, req),
+        ToParent::Reasons(r) => super::reports::reasons(p, r),
+        ToParent::Log(rec) => super::reports::log_record(rec),
+        ToParent::PersistEpoch(e) => keys::persist_epoch(p, e),
+        ToParent::InstallPsk(i) => keys::install_psk(p, i),
+        ToParent::CtlRequest(req) => super::ctl::ctl_request(p, readers, req),
         // Heard: the loop above keeps the time.
-        ToParent::Alive => Ok(()),
+        ToParent::Alive => Ok(Changed::none()),
     }
-}
-
-/// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is
-/// valid and changes nothing a reload cannot apply.
-pub(super) fn reload(p: &mut Parent, tx: &Tx) -> Reply {
-    let path = p.conf.path.clone();
-    let new = match crate::conf::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed")
-                .kv("config", path.display())
-                .msg(e.to_string().trim_end().replace('\n', "; "))
-                .send();
-            return Reply::error(
-                ErrorCode::ConfigError,
-                format!(
-                    "config file {} has errors, not reloading:\n{e}",
-                    path.display()
-                ),
-            );
-        }
-    };
-    let listen = |c: &crate::conf::Config| c.peering.as_ref().map(|p| p.listen);
-    if new.daemon != p.conf.daemon
-        || new.firewall != p.conf.firewall
-        || new.wireguard != p.conf.wireguard
-        || new.link != p.conf.link
-        || listen(&new) != listen(&p.conf)
-    {
-        let msg = "[daemon], [firewall], [wireguard], [link] and [peering] listen changes \
-                   need a restart; not reloading";
-        log::event(Prio::Err, "reload_failed").msg(msg).send();
-        return Reply::error(ErrorCode::Refused, msg);
-    }
-    if let Err(e) = super::check_supported(&new) {
-        log::event(Prio::Err, "reload_failed").msg(&e).send();
-        return Reply::error(ErrorCode::ConfigError, e);
-    }
-    let keys = match super::read_keys(&new) {
-        Ok(k) => k,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
-        }
-    };
-    let net = match super::qber_net(&new) {
-        Ok(n) => n,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
-        }
-    };
-    let key_net = match super::keys::key_net(&new, &keys, &mut **p.wg.backend()) {
-        Ok(k) => k,
-        Err(e) => {
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
-        }
-    };
-    let old = (
-        std::mem::replace(&mut p.key_net, key_net),
-        std::mem::replace(&mut p.qber_net, net),
-        std::mem::replace(&mut p.keys, keys),
-        std::mem::replace(
-            &mut p.store,
-            crate::policy::Store::new(new.policy.dir.clone()),
-        ),
-        std::mem::replace(&mut p.conf, new),
-    );
-    match ToEngine::Config(Box::new(engine_config(p))).try_encode() {
-        Ok(f) => {
-            crate::utc::set_offset(p.conf.testing.wall_clock_offset);
-            let _ = tx.send(f);
-        }
-        Err(e) => {
-            (p.key_net, p.qber_net, p.keys, p.store, p.conf) = old;
-            log::event(Prio::Err, "reload_failed").msg(&e).send();
-            return Reply::error(ErrorCode::ConfigError, e);
-        }
-    }
-    send_policy(p, tx);
-    send_all_states(p, tx);
-    log::event(Prio::Notice, "reload")
-        .kv("config", path.display())
-        .send();
-    Reply::ok("reloaded")
 }
 
 /// An active bundle past `not_after` stays in force with an hourly alert,
 /// unless it says `expired_action = "lockdown"`.
-fn check_expiry(p: &mut Parent, tx: &Tx, last: &mut Option<Instant>) {
-    let Some(b) = &p.bundle else { return };
-    let Some(na) = b.policy.not_after else { return };
-    if activate::now_unix() <= na {
-        return;
+fn check_expiry(p: &mut Parent, last: &mut Option<Instant>) -> Changed {
+    let mut out = Changed::none();
+    let Some(b) = &p.bundle else { return out };
+    let Some(na) = b.policy.not_after else {
+        return out;
+    };
+    if crate::utc::now_unix() <= na {
+        return out;
     }
     if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
         *last = Some(Instant::now());
@@ -485,8 +248,9 @@ fn check_expiry(p: &mut Parent, tx: &Tx, last: &mut Option<Instant>) {
                     .converge(n, p.bundle.as_ref(), OpenedBy::Auto, false);
             }
         }
-        send_all_states(p, tx);
+        out.all_states();
     }
+    out
 }
 
 fn stop_engine(child: &mut std::process::Child) {

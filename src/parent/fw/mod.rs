@@ -12,11 +12,8 @@ use std::time::Duration;
 
 use crate::conf::{FirewallBackend, FirewallConf};
 use crate::lock::Enforcement;
-use crate::ruleset::{Flavor, LinkCheck};
+use crate::ruleset::{Flavor, LinkCheck, LinkTarget};
 use crate::tool::FwError;
-
-/// Re-exported for callers that name it by this path (`parent/mod.rs`).
-pub use crate::ruleset::LinkTarget;
 
 pub mod dryrun;
 pub mod nft;

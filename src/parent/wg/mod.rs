@@ -9,6 +9,9 @@
 //! flags skip a missing peer silently, every write is read back and compared
 //! in constant time. Key bytes never reach an error, a log line or a Debug
 //! print: errors carry errno values and the tool's words, never a buffer.
+//!
+//! [`psk::PskWriter`] drives a backend for the keyed links: install,
+//! restart proof, `key-stale`, and the drift check ([`check_drift`]).
 
 use std::fmt;
 use std::path::Path;
@@ -21,7 +24,10 @@ use crate::secret::Psk;
 pub mod dryrun;
 pub mod linux;
 pub mod openbsd;
+pub mod psk;
 pub mod uapi;
+
+pub use psk::{Drift, check_drift};
 
 /// IFNAMSIZ on Linux and OpenBSD, including the terminating NUL.
 pub const IFNAMSIZ: usize = 16;
@@ -142,32 +148,6 @@ pub fn new(conf: &WireguardConf, state_dir: &Path) -> Box<dyn WgBackend> {
     }
 }
 
-/// What the periodic re-read found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drift {
-    /// The peer still has the PSK we installed.
-    Same,
-    /// Someone else changed it (`wg setconf`, netstart, another tool): lock
-    /// the link with `psk-drift`.
-    Changed,
-}
-
-/// The periodic drift check: re-reads the peer's PSK and compares it with
-/// the one installed, in constant time. Errors (peer gone, interface gone)
-/// are the caller's to treat as failures, not as "no drift".
-pub fn check_drift(
-    backend: &mut dyn WgBackend,
-    peer: &WgPeer,
-    installed: &Psk,
-) -> Result<Drift, WgError> {
-    let now = backend.get_psk(peer)?;
-    Ok(if ct_eq(now.expose(), installed.expose()) {
-        Drift::Same
-    } else {
-        Drift::Changed
-    })
-}
-
 /// The read-back every backend does after a write: the peer must exist
 /// (absent = `NoSuchPeer`) and hold exactly `psk`.
 pub fn verify(found: Option<Psk>, psk: &Psk) -> Result<(), WgError> {
@@ -257,7 +237,8 @@ pub(crate) fn hex_key(s: &str) -> Option<zeroize::Zeroizing<[u8; 32]>> {
 mod tests {
     use super::*;
 
-    struct Fake(Option<Psk>);
+    /// A backend holding one peer's PSK (None: no such peer).
+    pub(super) struct Fake(pub(super) Option<Psk>);
 
     impl WgBackend for Fake {
         fn name(&self) -> &'static str {
@@ -279,7 +260,7 @@ mod tests {
         }
     }
 
-    fn peer() -> WgPeer {
+    pub(super) fn peer() -> WgPeer {
         WgPeer::from_conf("wg0", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap()
     }
 
@@ -298,18 +279,6 @@ mod tests {
         assert!(WgPeer::from_conf("", &p.public_b64()).is_err());
         assert!(check_ifname("wg0").is_ok() && check_ifname("a.b-c_d").is_ok());
         assert!(check_ifname("..").is_err() && check_ifname("a/b").is_err());
-    }
-
-    #[test]
-    fn drift_compares_with_installed() {
-        let mut f = Fake(None);
-        let p = peer();
-        let k = Psk::from_bytes([5; 32]);
-        assert_eq!(check_drift(&mut f, &p, &k), Err(WgError::NoSuchPeer));
-        f.set_psk(&p, &k).unwrap();
-        assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Same));
-        f.0 = Some(Psk::from_bytes([6; 32]));
-        assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Changed));
     }
 
     #[test]

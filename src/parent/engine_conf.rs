@@ -1,0 +1,339 @@
+//! What the parent hands the engine, which has no files and no resolver
+//! in its chroot (DESIGN §2): the engine's config message, with the
+//! credentials the parent reads and resolves for it — the peering key, KME
+//! TLS material and addresses and each keyed link's link_id (key agreement,
+//! DESIGN §6), network QBER sources' TLS files and addresses — and the
+//! check that these fit the channel's frame.
+//!
+//! Key material goes into the message only: never a command line, a log
+//! line or an error.
+
+use super::Parent;
+use super::wg::{WgBackend, WgPeer};
+use crate::conf::{Config, LinkConf, Role};
+use crate::imsg::{EngineConfig, EngineLink, KmeNet, LinkKeys, PeeringNet, QberNet};
+use crate::lock::Owner;
+use crate::log::{self, Prio};
+use crate::policy::PublicKey;
+use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// What the engine gets that the parent reads and resolves from a config.
+#[derive(Default)]
+pub struct EngineInputs {
+    /// TLS bytes and resolved addresses of network QBER sources.
+    pub qber_net: BTreeMap<String, QberNet>,
+    /// Peering key, KME credentials and link_ids.
+    pub key_net: KeyNet,
+}
+
+/// Reads and resolves what the engine gets from `conf`: network QBER
+/// sources ([`qber_net`]), then key agreement ([`key_net`]). The one
+/// derivation start-up ([`Parent::load_engine_inputs`]), reload and
+/// `qkdpfd -n` use; errors name the file, host or link.
+pub fn engine_inputs(
+    conf: &Config,
+    policy_keys: &[PublicKey],
+    backend: &mut dyn WgBackend,
+) -> Result<EngineInputs, String> {
+    let qber_net = qber_net(conf)?;
+    let key_net = key_net(conf, policy_keys, backend)?;
+    Ok(EngineInputs { qber_net, key_net })
+}
+
+/// The engine's config message: its links (with the epochs persisted
+/// here), QBER sources, control socket readers, privilege drop and the
+/// credentials below.
+pub(super) fn engine_config(p: &Parent) -> EngineConfig {
+    let (gid, uids) = p
+        .conf
+        .daemon
+        .socket_group
+        .as_deref()
+        .and_then(|g| crate::privsep::resolve_group(g).ok())
+        .map(|(g, u)| (Some(g), u))
+        .unwrap_or((None, Vec::new()));
+    let drop_to = if crate::privsep::is_real_root() {
+        match crate::privsep::resolve_user(&p.conf.daemon.user, &p.conf.daemon.chroot) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // The engine refuses to run as root without a drop target.
+                log::event(Prio::Crit, "privdrop_unavailable").msg(e).send();
+                None
+            }
+        }
+    } else {
+        None
+    };
+    EngineConfig {
+        links: p
+            .conf
+            .link
+            .values()
+            .map(|l| EngineLink {
+                name: l.name.clone(),
+                qber: l.qber.clone(),
+                qber_id: l.qber_id.clone(),
+                persisted: p
+                    .links
+                    .state
+                    .links
+                    .get(&l.name)
+                    .map(|r| r.reasons.owned_by(Owner::Engine))
+                    .unwrap_or_default(),
+                keys: p
+                    .engine_inputs
+                    .key_net
+                    .links
+                    .get(&l.name)
+                    .map(|k| LinkKeys {
+                        epoch: p.links.epoch(&l.name),
+                        ..k.clone()
+                    }),
+            })
+            .collect(),
+        qber: p.conf.qber.clone(),
+        ctl_readonly_uids: uids,
+        ctl_readonly_gid: gid,
+        verbose: log::verbose(),
+        drop_to,
+        metrics: p.conf.daemon.metrics.is_some(),
+        qber_net: p.engine_inputs.qber_net.clone(),
+        peering: p.engine_inputs.key_net.peering.clone(),
+        peering_sockets: p
+            .conf
+            .peering
+            .as_ref()
+            .map_or(0, |c| crate::privsep::peering_count(c.listen)),
+        kme: p.engine_inputs.key_net.kme.clone(),
+        testing: p.conf.testing.clone(),
+    }
+}
+
+/// The files the parent reads and sends to the engine (TLS material of
+/// the KMEs and the network QBER sources): together they must fit the
+/// channel's frame, base64-encoded. Checked by `qkdpfd -n` and before the
+/// engine starts, naming the largest files; the exact frame is checked too
+/// when it is built.
+pub fn engine_files_fit(conf: &Config) -> Result<(), String> {
+    let mut files: Vec<(String, PathBuf, u64)> = Vec::new();
+    let mut add = |what: String, p: &PathBuf| {
+        let n = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        files.push((what, p.clone(), n));
+    };
+    for (name, k) in &conf.kme {
+        add(format!("[kme.{name}] ca"), &k.ca);
+        add(format!("[kme.{name}] cert"), &k.cert);
+        add(format!("[kme.{name}] key"), &k.key);
+    }
+    for (name, q) in &conf.qber {
+        for (key, p) in [("ca", &q.ca), ("cert", &q.cert), ("key", &q.key)] {
+            if let Some(p) = p {
+                add(format!("[qber.{name}] {key}"), p);
+            }
+        }
+    }
+    // Base64 is 4 bytes for every 3; the rest of the config is small.
+    let total: u64 = files.iter().map(|(_, _, n)| n.div_ceil(3) * 4).sum();
+    let limit = crate::imsg::MAX_PAYLOAD as u64;
+    if total + (64 << 10) <= limit {
+        return Ok(());
+    }
+    files.sort_by_key(|f| std::cmp::Reverse(f.2));
+    let largest: Vec<String> = files
+        .iter()
+        .take(3)
+        .map(|(what, p, n)| format!("{what} = {} ({n} bytes)", p.display()))
+        .collect();
+    Err(format!(
+        "the TLS files sent to the engine come to about {total} bytes encoded, over the \
+         channel's {limit}: largest {}",
+        largest.join(", ")
+    ))
+}
+
+/// Reads the TLS files of every network `[qber.X]` and resolves its URL's
+/// host (the engine is chrooted: no files, no resolver).
+pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, QberNet>, String> {
+    let read = |what: &str, name: &str, p: &Option<PathBuf>| -> Result<Option<Vec<u8>>, String> {
+        p.as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| format!("[qber.{name}] {what} {}: {e}", p.display()))
+            })
+            .transpose()
+    };
+    let mut out = BTreeMap::new();
+    for (name, q) in &conf.qber {
+        if q.driver == crate::conf::QberDriver::Sim {
+            continue;
+        }
+        let url = q.url.as_deref().unwrap_or_default();
+        let addr = resolve_url(url).map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
+        out.insert(
+            name.clone(),
+            QberNet {
+                ca: read("ca", name, &q.ca)?,
+                cert: read("cert", name, &q.cert)?,
+                key: read("key", name, &q.key)?.map(zeroize::Zeroizing::new),
+                addr: Some(addr),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `scheme://host[:port]/...` → the first address of host:port.
+pub(crate) fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let hostport = if authority.ends_with(']')
+        || !authority.contains(':')
+        || authority.matches(':').count() > 1 && !authority.starts_with('[')
+    {
+        format!("{authority}:{default_port}")
+    } else {
+        authority.to_string()
+    };
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport} has no address"))
+}
+
+/// What the engine needs for key agreement, read and resolved by the parent.
+#[derive(Clone, Debug, Default)]
+pub struct KeyNet {
+    pub peering: Option<PeeringNet>,
+    pub kme: BTreeMap<String, KmeNet>,
+    /// Per keyed link; `epoch` is filled from the state file when sent.
+    pub links: BTreeMap<String, LinkKeys>,
+}
+
+/// Reads `[peering] key`, every used `[kme.X]`'s TLS files, resolves hosts
+/// and computes each keyed link's link_id. Errors name the file or link.
+pub fn key_net(
+    conf: &Config,
+    policy_keys: &[PublicKey],
+    backend: &mut dyn WgBackend,
+) -> Result<KeyNet, String> {
+    let keyed: Vec<&LinkConf> = conf.link.values().filter(|l| l.kme.is_some()).collect();
+    if keyed.is_empty() {
+        return Ok(KeyNet::default());
+    }
+    let p = conf
+        .peering
+        .as_ref()
+        .ok_or("key agreement needs a [peering] section")?;
+    let secret = SecretKey::read(&p.key).map_err(|e| format!("[peering] key {e}"))?;
+    let ours = secret.verifying_key();
+    if policy_keys.iter().any(|k| k.key == ours) {
+        return Err(format!(
+            "[peering] key {}: the peering key must differ from every policy key",
+            p.key.display()
+        ));
+    }
+    let peering = PeeringNet {
+        secret: zeroize::Zeroizing::new(secret.signing_key().to_bytes()),
+    };
+    let mut kme = BTreeMap::new();
+    let mut links = BTreeMap::new();
+    for l in keyed {
+        let kname = l.kme.as_deref().expect("keyed");
+        let k = &conf.kme[kname];
+        if !kme.contains_key(kname) {
+            kme.insert(kname.to_string(), kme_net(kname, k)?);
+        }
+        links.insert(l.name.clone(), link_keys(l, &k.sae_id, ours, backend)?);
+    }
+    Ok(KeyNet {
+        peering: Some(peering),
+        kme,
+        links,
+    })
+}
+
+fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("[kme.{name}] {what} {}: {e}", p.display()))
+    };
+    Ok(KmeNet {
+        url: k.url.clone(),
+        sae_id: k.sae_id.clone(),
+        ca: read("ca", &k.ca)?,
+        cert: read("cert", &k.cert)?,
+        key: zeroize::Zeroizing::new(read("key", &k.key)?),
+        addr: resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
+        get: k.method == crate::conf::KmeMethod::Get,
+    })
+}
+
+fn link_keys(
+    l: &LinkConf,
+    our_sae: &str,
+    our_peering: ed25519_dalek::VerifyingKey,
+    backend: &mut dyn WgBackend,
+) -> Result<LinkKeys, String> {
+    let at = |e: String| format!("[link.{}] {e}", l.name);
+    let (Some(peer_sae), Some(role), Some(peer), Some(peer_pubkey), Some(wg_peer)) =
+        (&l.peer_sae_id, l.role, &l.peer, &l.peer_pubkey, &l.wg_peer)
+    else {
+        return Err(at("incomplete key agreement settings".into()));
+    };
+    let far = WgPeer::from_conf(&l.wg_interface, wg_peer).map_err(at)?;
+    let ours = own_wg_key(l, backend).map_err(at)?;
+    let peer_key = parse_pubkey_line(peer_pubkey).map_err(|e| at(format!("peer_pubkey: {e}")))?;
+    if peer_key.key == our_peering {
+        return Err(at("peer_pubkey is our own peering key".into()));
+    }
+    let peer_addr = resolve(peer).map_err(|e| at(format!("peer {peer}: {e}")))?;
+    let link_id = match role {
+        Role::Master => crate::proto::peer::link_id(our_sae, peer_sae, &ours, &far.public_key),
+        Role::Slave => crate::proto::peer::link_id(peer_sae, our_sae, &far.public_key, &ours),
+    }
+    .map_err(at)?;
+    Ok(LinkKeys {
+        kme: l.kme.clone().expect("keyed"),
+        peer_sae_id: peer_sae.clone(),
+        role,
+        peer: peer_addr,
+        peer_pubkey: peer_key.key.to_bytes(),
+        link_id: link_id.0,
+        epoch: 0,
+    })
+}
+
+/// This gateway's WireGuard public key: `wg_pubkey`, checked against the
+/// interface where there is one, else read from the interface.
+fn own_wg_key(l: &LinkConf, backend: &mut dyn WgBackend) -> Result<[u8; 32], String> {
+    let configured = l
+        .wg_pubkey
+        .as_deref()
+        .map(|k| WgPeer::from_conf(&l.wg_interface, k).map(|p| p.public_key))
+        .transpose()
+        .map_err(|e| format!("wg_pubkey: {e}"))?;
+    match (configured, backend.public_key(&l.wg_interface)) {
+        (Some(c), Ok(k)) if c != k => Err(format!(
+            "wg_pubkey differs from the public key of {}",
+            l.wg_interface
+        )),
+        (_, Ok(k)) => Ok(k),
+        (Some(c), Err(_)) if backend.name() == "dry-run" => Ok(c),
+        (_, Err(e)) => Err(format!(
+            "cannot read the public key of {}: {e} (set wg_pubkey?)",
+            l.wg_interface
+        )),
+    }
+}
+
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| "no address".to_string())
+}

@@ -1,0 +1,69 @@
+//! What the engine reports on its own: a link's engine-owned lock reasons
+//! (`Reasons`) and its log records (`Log`). Each is checked against the
+//! parent's config first; an impossible one is the engine's failure (the
+//! caller locks every link and exits).
+
+use super::Parent;
+use super::changed::Changed;
+use super::keys;
+use super::links::OpenedBy;
+use crate::imsg::{self, LinkReasons, LogRecord};
+use crate::lock::{LockReason, Owner};
+use crate::log::{self, Prio};
+
+/// A link's engine-owned reasons: the link converges on them, and a newly
+/// reported `key-stale` randomizes its PSK. Only this link's state is sent.
+pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String> {
+    if !p.links.links.contains_key(&r.link) {
+        return Err(format!("reasons for unknown link {:?}", r.link));
+    }
+    if r.reasons.iter().any(|x| x.owner() != Owner::Engine) {
+        return Err(format!("engine claimed parent-owned reasons {}", r.reasons));
+    }
+    if r.qber.is_some_and(|q| !(0.0..=0.5).contains(&q))
+        || r.threshold.is_some_and(|t| !(0.0..=0.5).contains(&t))
+    {
+        return Err("qber out of range".into());
+    }
+    let was_stale = p.links.links[&r.link]
+        .engine
+        .is_some_and(|e| e.contains(LockReason::KeyStale));
+    let newly_stale = r.reasons.contains(LockReason::KeyStale) && !was_stale;
+    p.links
+        .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
+    let by = if r.by_operator {
+        OpenedBy::Operator
+    } else {
+        OpenedBy::Auto
+    };
+    let flipped = p.links.converge(&r.link, p.bundle.as_ref(), by, false);
+    if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
+        // Sample received by the engine -> firewall tool returned.
+        let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
+        log::event(Prio::Debug, "flip")
+            .kv("link", &r.link)
+            .kv("to", to)
+            .kv("sample_to_kernel_us", us)
+            .send();
+    }
+    // The firewall first (it stops traffic now), then the PSK.
+    if newly_stale {
+        keys::key_stale(p, &r.link);
+    }
+    // Only this link changed: all states per report made start-up
+    // with 1,000 links queue a million messages (BENCHMARKS.md).
+    let mut out = Changed::none();
+    out.state(&r.link);
+    Ok(out)
+}
+
+/// One of the engine's log lines, logged by the parent (the engine has no
+/// syslog in its chroot).
+pub(super) fn log_record(rec: LogRecord) -> Result<Changed, String> {
+    let prio = Prio::from_u8(rec.prio).ok_or("bad log priority")?;
+    if rec.line.len() > 4096 {
+        return Err("oversized log record".into());
+    }
+    log::emit(prio, &log::from_engine(&rec.line));
+    Ok(Changed::none())
+}

@@ -1,0 +1,229 @@
+//! The PSK writer of keyed links (DESIGN §5 "WireGuard", §6): installs a
+//! PSK on a link's peer and reads it back, proves after a restart that the
+//! interface still holds the persisted one, replaces it with random bytes
+//! (`key-stale`), and re-reads every installed PSK once per period: the
+//! drift check. The parent's handlers (`parent/keys.rs`) decide what a
+//! drift or a failed install does to the link.
+
+use super::{SharedBackend, WgBackend, WgError, WgPeer, ct_eq, ct_eq_str};
+use crate::conf::Config;
+use crate::secret::Psk;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// WireGuard as the parent drives it for keyed links: the PSK of each
+/// keyed link's peer, what was last installed there, and when to re-read it.
+pub struct PskWriter {
+    backend: SharedBackend,
+    links: BTreeMap<String, WgLink>,
+}
+
+struct WgLink {
+    peer: WgPeer,
+    /// What we last wrote (and read back): the drift check compares with it.
+    installed: Option<Psk>,
+    next_check: Instant,
+}
+
+impl PskWriter {
+    pub fn new(conf: &Config, backend: SharedBackend, now: Instant) -> PskWriter {
+        let links = conf
+            .link
+            .values()
+            .filter(|l| l.kme.is_some())
+            .filter_map(|l| {
+                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
+                let w = WgLink {
+                    peer,
+                    installed: None,
+                    next_check: now,
+                };
+                Some((l.name.clone(), w))
+            })
+            .collect();
+        PskWriter { backend, links }
+    }
+
+    pub fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn WgBackend>> {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_keyed(&self, link: &str) -> bool {
+        self.links.contains_key(link)
+    }
+
+    /// Writes `psk` to the link's peer and reads it back.
+    pub fn install(
+        &mut self,
+        link: &str,
+        psk: Psk,
+        period: Duration,
+        now: Instant,
+    ) -> Result<(), WgError> {
+        let w = self.links.get_mut(link).ok_or(WgError::NoSuchPeer)?;
+        self.backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_psk(&w.peer, &psk)?;
+        w.installed = Some(psk);
+        w.next_check = now + period;
+        Ok(())
+    }
+
+    /// Whether the PSK on the link's interface is the one whose verifier
+    /// the state file holds (a restart's proof of a QKD-derived key); if
+    /// so it becomes the installed PSK the drift check compares with.
+    pub fn verify_persisted(&mut self, link: &str, verifier: &str, now: Instant) -> bool {
+        let Some(w) = self.links.get_mut(link) else {
+            return false;
+        };
+        let got = self
+            .backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_psk(&w.peer);
+        let Ok(psk) = got else {
+            return false;
+        };
+        let same = ct_eq_str(&psk.verifier(), verifier);
+        if same {
+            w.installed = Some(psk);
+            w.next_check = now;
+        }
+        same
+    }
+
+    /// `key-stale`: no fresh key, so no key at all that anyone could know.
+    pub fn randomize(&mut self, link: &str, now: Instant) -> Result<(), WgError> {
+        self.install(link, Psk::random(), Duration::from_secs(60), now)
+    }
+
+    /// Re-reads the PSK of every link due ([`check_drift`]; next due
+    /// `period_of(link)` from now); returns the links that drifted (or
+    /// could not be read) and why.
+    pub fn reread_due(
+        &mut self,
+        period_of: impl Fn(&str) -> Duration,
+        now: Instant,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, w) in &mut self.links {
+            let Some(installed) = &w.installed else {
+                continue;
+            };
+            if now < w.next_check {
+                continue;
+            }
+            w.next_check = now + period_of(name);
+            let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+            match check_drift(b.as_mut(), &w.peer, installed) {
+                Ok(Drift::Same) => {}
+                Ok(Drift::Changed) => out.push((name.clone(), "changed".to_string())),
+                Err(e) => out.push((name.clone(), e.reason().to_string())),
+            }
+        }
+        out
+    }
+}
+
+/// What the periodic re-read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drift {
+    /// The peer still has the PSK we installed.
+    Same,
+    /// Someone else changed it (`wg setconf`, netstart, another tool): lock
+    /// the link with `psk-drift`.
+    Changed,
+}
+
+/// The periodic drift check: re-reads the peer's PSK and compares it with
+/// the one installed, in constant time. Errors (peer gone, interface gone)
+/// are the caller's to treat as failures, not as "no drift".
+pub fn check_drift(
+    backend: &mut dyn WgBackend,
+    peer: &WgPeer,
+    installed: &Psk,
+) -> Result<Drift, WgError> {
+    let now = backend.get_psk(peer)?;
+    Ok(if ct_eq(now.expose(), installed.expose()) {
+        Drift::Same
+    } else {
+        Drift::Changed
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{Fake, peer};
+    use super::*;
+
+    #[test]
+    fn drift_compares_with_installed() {
+        let mut f = Fake(None);
+        let p = peer();
+        let k = Psk::from_bytes([5; 32]);
+        assert_eq!(check_drift(&mut f, &p, &k), Err(WgError::NoSuchPeer));
+        f.set_psk(&p, &k).unwrap();
+        assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Same));
+        f.0 = Some(Psk::from_bytes([6; 32]));
+        assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Changed));
+    }
+
+    fn writer(psk: Option<Psk>) -> PskWriter {
+        let backend: Box<dyn WgBackend> = Box::new(Fake(psk));
+        let links = [(
+            "dr".to_string(),
+            WgLink {
+                peer: peer(),
+                installed: None,
+                next_check: Instant::now(),
+            },
+        )];
+        PskWriter {
+            backend: std::sync::Arc::new(std::sync::Mutex::new(backend)),
+            links: links.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn reread_when_due_and_report_drift() {
+        let t0 = Instant::now();
+        let period = Duration::from_secs(300);
+        let mut w = writer(None);
+        assert!(w.is_keyed("dr") && !w.is_keyed("other"));
+        // Nothing installed: nothing to compare with.
+        assert!(w.reread_due(|_| period, t0).is_empty());
+        w.install("dr", Psk::from_bytes([5; 32]), period, t0)
+            .unwrap();
+        w.backend()
+            .set_psk(&peer(), &Psk::from_bytes([6; 32]))
+            .unwrap();
+        // Not due before the period is over.
+        assert!(w.reread_due(|_| period, t0 + period / 2).is_empty());
+        let at = t0 + period;
+        assert_eq!(
+            w.reread_due(|_| period, at),
+            [("dr".into(), "changed".into())]
+        );
+        // Next due a period later.
+        assert!(w.reread_due(|_| period, at + period / 2).is_empty());
+        assert_eq!(w.reread_due(|_| period, at + period).len(), 1);
+    }
+
+    #[test]
+    fn persisted_verifier_proves_the_installed_psk() {
+        let k = Psk::from_bytes([7; 32]);
+        let now = Instant::now();
+        let mut w = writer(Some(k.clone()));
+        assert!(!w.verify_persisted("dr", &Psk::from_bytes([8; 32]).verifier(), now));
+        assert!(w.verify_persisted("dr", &k.verifier(), now));
+        // Proven: it is what the drift check compares with, due at once.
+        assert!(w.reread_due(|_| Duration::from_secs(60), now).is_empty());
+        w.randomize("dr", now).unwrap();
+        assert!(!w.verify_persisted("dr", &k.verifier(), now));
+        assert_eq!(
+            w.install("other", k, Duration::ZERO, now),
+            Err(WgError::NoSuchPeer)
+        );
+    }
+}
