@@ -16,7 +16,7 @@ mod error;
 
 pub use answer::{KEY_ID_MAX, KeyId, Status};
 pub use backoff::Backoff;
-pub use error::{Call, KmeError, KmeErrorKind, printable};
+pub use error::{Call, KmeError, KmeErrorKind};
 
 use super::https;
 use crate::secret::QkdKey;

@@ -279,7 +279,7 @@ async fn handle(state: &SimState, kme: usize, sae: Option<&str>, req: Request<In
                 let who = sae.unwrap_or("(no CN)");
                 let m = format!(
                     "SAE {} is not served by this KME",
-                    crate::engine::kme::printable(who, 64)
+                    crate::text::printable(who, 64)
                 );
                 return etsi_error(401, "unauthorized", &[m]);
             };
@@ -335,7 +335,7 @@ fn keys(
     let Some((link, other)) = state.route(kme, sae_id) else {
         let m = format!(
             "no QKD link from this KME to SAE {}",
-            crate::engine::kme::printable(sae_id, 64)
+            crate::text::printable(sae_id, 64)
         );
         return etsi_error(400, "unknown SAE ID", &[m]);
     };

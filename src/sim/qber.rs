@@ -242,10 +242,7 @@ pub fn route(
 
 fn find<'a>(state: &'a SimState, name: &str) -> Result<&'a SimLink, Reply> {
     state.link(name).ok_or_else(|| {
-        let m = format!(
-            "no simulated link {}",
-            crate::engine::kme::printable(name, 64)
-        );
+        let m = format!("no simulated link {}", crate::text::printable(name, 64));
         error(404, "unknown link", &[m])
     })
 }

@@ -3,8 +3,9 @@
 //! before anything is returned, and the key container is walked by hand (not
 //! through serde's messages, which quote offending values — possibly keys).
 
-use super::error::{KmeErrorKind, printable};
+use super::error::KmeErrorKind;
 use crate::secret::QkdKey;
+use crate::text::printable;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;

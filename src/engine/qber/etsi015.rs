@@ -72,7 +72,7 @@ pub fn parse_time_stamp(s: &str) -> Result<u64, String> {
     let bad = || {
         format!(
             "time_stamp {} is not an RFC 3339 date-time",
-            crate::engine::kme::printable(s, 40)
+            crate::text::printable(s, 40)
         )
     };
     let b = s.as_bytes();

@@ -301,7 +301,7 @@ fn message(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v.get("message")?.as_str().map(str::to_string));
     let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    crate::engine::kme::printable(text.trim(), 120)
+    crate::text::printable(text.trim(), 120)
 }
 
 /// The text of an error and every source below it.

@@ -139,7 +139,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn shown(p: &str) -> String {
-    format!("\"{}\"", crate::engine::kme::printable(p, 80))
+    format!("\"{}\"", crate::text::printable(p, 80))
 }
 
 #[cfg(test)]
