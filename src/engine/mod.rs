@@ -269,8 +269,10 @@ async fn run(
         }
     });
     let metrics = metrics.map(|l| {
-        let (tx, rx) =
-            tokio::sync::watch::channel(metrics::Snapshot::empty(unix_now(), Instant::now()));
+        let (tx, rx) = tokio::sync::watch::channel(metrics::Snapshot::empty(
+            crate::utc::now_unix(),
+            Instant::now(),
+        ));
         tokio::spawn(async move {
             let e = metrics::serve(l, rx).await;
             log::warn(format!("metrics: stopped: {e}"));
@@ -350,10 +352,6 @@ async fn run(
         eng.keep_alive(Instant::now());
         eng.publish_metrics(Instant::now());
     }
-}
-
-fn unix_now() -> u64 {
-    crate::utc::now_unix()
 }
 
 impl Engine {

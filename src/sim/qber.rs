@@ -54,7 +54,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Shortest and longest `measure_interval` accepted.
 const INTERVAL_MIN: Duration = Duration::from_millis(10);
@@ -155,14 +155,6 @@ impl Feed {
     }
 }
 
-/// Wall-clock unix milliseconds now.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// An answer for the router: status, content type, body.
 #[derive(Debug, PartialEq)]
 pub struct Reply {
@@ -258,7 +250,7 @@ fn read(link: &SimLink, now: Instant) -> (Measurement, f64) {
 
 fn etsi015(link: &SimLink, now: Instant) -> Reply {
     let (m, skr) = read(link, now);
-    let stamp = crate::engine::qber::etsi015::format_time_stamp(m.measured_at_ms);
+    let stamp = crate::utc::format_rfc3339_ms(m.measured_at_ms);
     json_reply(
         200,
         &json!({ "qkdl_performance": {
@@ -384,7 +376,11 @@ fn set_model(
 
 /// A new link's feed, started now.
 pub fn new_feed(conf: &FeedConf) -> Mutex<Feed> {
-    Mutex::new(Feed::new(conf.measure_interval, Instant::now(), unix_ms()))
+    Mutex::new(Feed::new(
+        conf.measure_interval,
+        Instant::now(),
+        crate::utc::now_unix_ms(),
+    ))
 }
 
 #[cfg(test)]
