@@ -14,11 +14,12 @@ mod answer;
 mod backoff;
 mod error;
 
-pub use answer::{KEY_ID_MAX, KeyId, Status};
+pub use answer::Status;
 pub use backoff::Backoff;
 pub use error::{Call, KmeError, KmeErrorKind};
 
 use super::https;
+use crate::proto::peer::KeyId;
 use crate::secret::QkdKey;
 use answer::Expect;
 use http_body_util::Full;

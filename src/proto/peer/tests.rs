@@ -160,16 +160,6 @@ fn the_signature_is_domain_separated() {
 }
 
 #[test]
-fn key_ids() {
-    assert!(KeyId::new("abc-DEF-123").is_ok());
-    assert_eq!(KeyId::new(""), Err(WireError::KeyIdLength));
-    assert_eq!(KeyId::new(&"a".repeat(65)), Err(WireError::KeyIdLength));
-    assert_eq!(KeyId::new("a b"), Err(WireError::KeyIdCharset));
-    assert_eq!(KeyId::new("a/b"), Err(WireError::KeyIdCharset));
-    assert_eq!(KeyId::new("é"), Err(WireError::KeyIdCharset));
-}
-
-#[test]
 fn error_names_are_distinct() {
     use WireError::*;
     let all = [
