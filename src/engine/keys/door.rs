@@ -280,10 +280,7 @@ impl AuthLog {
                 if let Some(l) = link {
                     ev = ev.kv("link", l);
                 }
-                if held > 0 {
-                    ev = ev.kv("suppressed", held);
-                }
-                return Some(ev);
+                return Some(ev.suppressed(held));
             }
             Some(held) => self.held += 1 + held,
             None => self.held += 1,

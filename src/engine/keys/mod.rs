@@ -152,11 +152,11 @@ impl Keys {
             self.send_log.clear();
         }
         if let Some(held) = self.send_log.admit(dest, Instant::now()) {
-            let mut ev = log::event(Prio::Warning, "peer_send_failed").kv("to", dest);
-            if held > 0 {
-                ev = ev.kv("suppressed", held);
-            }
-            ev.msg(why).send();
+            log::event(Prio::Warning, "peer_send_failed")
+                .kv("to", dest)
+                .suppressed(held)
+                .msg(why)
+                .send();
         }
     }
 
