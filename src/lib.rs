@@ -24,7 +24,8 @@
 //! - [`conf`]: `qkdpfd.conf`, parsed and checked by the parent.
 //! - [`policy`]: signed policy bundles: reading, signatures, digests, parameters, store.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify`.
-//! - [`sim`]: the simulated QKD link model and `qkdsim`'s KMEs, PKI and QBER feed.
+//! - [`sim`]: the simulated QKD link model and `qkdsim`'s config, links
+//!   (key pool, QBER clock), KMEs, PKI and QBER feed.
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
 //! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
 //!   bands, the event log helper, durations, UTC dates, key types — shared
