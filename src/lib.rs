@@ -13,8 +13,9 @@
 //!   ([`parent::keys`]).
 //! - [`engine`]: the unprivileged engine: the pure link state machine
 //!   ([`engine::link`]), QBER sources, key agreement ([`engine::keys`] runs
-//!   the pure [`engine::rotate`] with the ETSI 014 client [`engine::kme`]),
-//!   the control socket server, the Prometheus endpoint.
+//!   the pure [`engine::rotate`] with the ETSI 014 client [`engine::kme`]
+//!   and the peering socket [`engine::peering`]: signing, the door, the
+//!   auth log), the control socket server, the Prometheus endpoint.
 //! - [`imsg`]: every parent <-> engine message, its framing and checks, and
 //!   the control clients' connections the engine passes to the parent.
 //! - [`privsep`]: socketpair, re-exec, chroot and privilege drop.

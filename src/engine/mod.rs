@@ -13,6 +13,7 @@ pub mod keys;
 pub mod kme;
 pub mod link;
 pub mod metrics;
+pub mod peering;
 pub mod qber;
 mod requests;
 pub mod rotate;
@@ -204,7 +205,7 @@ async fn run(
     cfg: EngineConfig,
     sockets: Sockets,
     metrics_listener: Option<std::net::TcpListener>,
-    peering: Vec<std::net::UdpSocket>,
+    peering_sockets: Vec<std::net::UdpSocket>,
     dropped: bool,
 ) -> ExitCode {
     let Sockets {
@@ -282,12 +283,12 @@ async fn run(
     // Sized for every link's poller to have a reading in flight.
     let (polls_tx, mut polls) = mpsc::channel::<PollResult>(1024);
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
-    let (dgram_tx, mut datagrams) = mpsc::channel::<keys::Datagram>(1024);
+    let (dgram_tx, mut datagrams) = mpsc::channel::<peering::Datagram>(1024);
     // Datagrams from addresses that are no configured peer's: a queue of
     // their own, so a flood of them cannot crowd out the real ones.
-    let (other_tx, mut others) = mpsc::channel::<keys::Datagram>(256);
-    let mut key_state = keys::Keys::new(tx.clone(), answers_tx);
-    for sock in peering {
+    let (other_tx, mut others) = mpsc::channel::<peering::Datagram>(256);
+    let mut peer = peering::Peering::default();
+    for sock in peering_sockets {
         let sock = match sock
             .set_nonblocking(true)
             .and_then(|_| tokio::net::UdpSocket::from_std(sock))
@@ -295,14 +296,15 @@ async fn run(
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => return fatal(format!("peering socket: {e}")),
         };
-        key_state.add_socket(sock.clone());
-        tokio::spawn(keys::receive(
+        peer.add_socket(sock.clone());
+        tokio::spawn(peering::receive(
             sock,
-            key_state.known_peers(),
+            peer.known_peers(),
             dgram_tx.clone(),
             other_tx.clone(),
         ));
     }
+    let key_state = keys::Keys::new(tx.clone(), answers_tx, peer);
     let mut eng = Engine {
         links: BTreeMap::new(),
         policy: None,

@@ -9,7 +9,6 @@
 //! carrying the request's ticket, and an answer whose ticket is no longer
 //! current is dropped.
 
-use super::KEY_BITS;
 use crate::engine::kme::{self, KmeClient, KmeSettings};
 use crate::engine::rotate::Input;
 use crate::imsg::KmeNet;
@@ -18,6 +17,9 @@ use crate::proto::peer::KeyId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Key size asked of the KME, in bits (DESIGN §6: shorter keys refused).
+pub const KEY_BITS: u32 = 256;
 
 /// A KME answer for one link, from its task.
 pub struct KmeAnswer {
