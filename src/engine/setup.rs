@@ -91,7 +91,7 @@ impl Engine {
                 Instant::now(),
             ));
             tokio::spawn(async move {
-                let e = metrics::serve(l, rx).await;
+                let e = metrics::http::serve(l, rx).await;
                 log::warn(format!("metrics: stopped: {e}"));
             });
             tx
