@@ -28,9 +28,10 @@
 //! - [`sim`]: the simulated QKD link model and `qkdsim`'s config, links
 //!   (key pool, QBER clock), KMEs, PKI and QBER feed.
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
-//! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
-//!   bands, the event log helper, durations, UTC dates, key types — shared
-//!   by every process.
+//! - [`lock`], [`log`], [`text`], [`duration`], [`utc`], [`secret`]: lock
+//!   reasons and bands, the event log helper and its flood rule, the text
+//!   escaper, durations, UTC dates (RFC 3339) and the wall clock, key types
+//!   — shared by every process.
 
 pub mod conf;
 pub mod ctl;

@@ -2,7 +2,7 @@
 //! bound (fd 6, fd 8) and their receive tasks, the `[peering]` signing key
 //! and the [`Keyring`] of the keyed links' peers, and the logs of the peer
 //! port (`peer_auth_failed`, `peer_send_failed`). Every received datagram
-//! passes the keyring, then the door ([`door`]: source, role, epoch,
+//! passes the keyring, then the door (`door.rs`: source, role, epoch,
 //! budgets), and only then one Ed25519 verification before a rotation
 //! sees it; every sent one is signed here. The rounds themselves are
 //! driven by [`crate::engine::keys`].
@@ -41,7 +41,7 @@ const STRANGERS_PER_SEC: u32 = 100;
 /// Reads the peering socket until it fails; datagrams of the wrong size
 /// are dropped here (the door checks everything else). Datagrams from a
 /// configured peer's address go to `known`, a sample of all others
-/// ([`STRANGERS_PER_SEC`]) to `other`: each queue drops when full, so a
+/// (`STRANGERS_PER_SEC`) to `other`: each queue drops when full, so a
 /// flood from addresses we do not know can fill only its own queue, and
 /// real OFFERs and CONFIRMs still get through.
 pub async fn receive(

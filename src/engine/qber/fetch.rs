@@ -10,7 +10,7 @@
 //! handshake and adds state to get wrong).
 //!
 //! `http://` is accepted only for the literal loopback addresses 127.0.0.1
-//! and [::1]: a QBER value decides whether a link stays open, so a value
+//! and `[::1]`: a QBER value decides whether a link stays open, so a value
 //! crossing any network must be authenticated (https with the configured
 //! CA); a local agent on the same host is the one exception.
 //!

@@ -39,7 +39,9 @@ pub struct Schedule {
 /// What the engine tells a link's rotation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
-    /// A deadline from [`Rotation::next_deadline`] has passed (or any time).
+    /// A deadline from
+    /// [`Rotation::next_deadline`](super::Rotation::next_deadline) has
+    /// passed (or any time).
     Tick,
     /// `qkdctl rotate LINK|all`: start a round now (master only).
     RotateNow,

@@ -1,3 +1,6 @@
+//! Tests of the peer protocol's wire format and keyring: encoding and
+//! parsing, every refusal, signatures and the checks before them.
+
 use super::*;
 
 fn key(b: u8) -> SigningKey {
