@@ -14,8 +14,9 @@
 //!   ([`parent::keys`]).
 //! - [`engine`]: the unprivileged engine: the pure link state machine
 //!   ([`engine::link`]), QBER sources, key agreement ([`engine::keys`] runs
-//!   the pure [`engine::rotate`] with the ETSI 014 client [`engine::kme`]),
-//!   the control socket server, the Prometheus endpoint.
+//!   the pure [`engine::rotate`] with the ETSI 014 client [`engine::kme`]
+//!   and the peering socket [`engine::peering`]: signing, the door, the
+//!   auth log), the control socket server, the Prometheus endpoint.
 //! - [`imsg`]: every parent <-> engine message, its framing and checks, and
 //!   the control clients' connections the engine passes to the parent.
 //! - [`privsep`]: socketpair, re-exec, chroot and privilege drop.
@@ -32,13 +33,18 @@
 //!   epochs): written by the parent, read by `qkdctl policy verify` too.
 //! - [`ctl`]: the control tool, `qkdctl`, and its `policy verify` (which
 //!   uses [`ruleset`] and [`state`]: `qkdctl` links nothing of [`parent`]).
-//! - [`sim`]: the simulated QKD link model and `qkdsim`'s KMEs, PKI and QBER feed.
+//! - [`sim`]: the simulated QKD link model and `qkdsim`'s config, links
+//!   (key pool, QBER clock), KMEs, PKI and QBER feed.
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
 //! - [`tool`]: one run of pfctl or nft with its stdin, a timeout and an
 //!   error naming the command (the parent's backends and ruleset checks).
-//! - [`lock`], [`log`], [`duration`], [`utc`], [`secret`]: lock reasons and
-//!   bands, the event log helper, durations, UTC dates, key types — shared
-//!   by every process.
+//! - [`lock`], [`log`], [`text`], [`duration`], [`utc`], [`secret`]: lock
+//!   reasons and bands, the event log helper and its flood rule, the text
+//!   escaper, durations, UTC dates (RFC 3339) and the wall clock, key types
+//!   — shared by every process.
+//!
+//! `tests/structure.rs` keeps this shape: no import cycle between these
+//! modules or between files.
 
 pub mod conf;
 pub mod ctl;

@@ -136,6 +136,16 @@ impl Event {
         self
     }
 
+    /// `suppressed=N` when a [`PerMinute`] held N events back (nothing
+    /// for 0): the second half of the flood rule, written one way.
+    pub fn suppressed(self, held: u64) -> Event {
+        if held > 0 {
+            self.kv("suppressed", held)
+        } else {
+            self
+        }
+    }
+
     /// Text from a remote party or free-form; must be the last pair.
     pub fn msg(self, text: impl std::fmt::Display) -> Event {
         self.kv("msg", text)
@@ -167,8 +177,9 @@ fn push_value(out: &mut String, v: &str) {
 
 /// The flood rule of DESIGN §8: the first event per key per minute, then,
 /// a minute or more later, the next one with the count held back meanwhile
-/// (`suppressed=N`). One rule for `ctl_denied`, `peer_auth_failed` and
-/// `peer_send_failed`.
+/// (`suppressed=N`, written by [`Event::suppressed`]). The one rate limiter
+/// of log lines: `ctl_denied` (per uid), `peer_auth_failed` (per source)
+/// and `peer_send_failed` (per destination).
 pub struct PerMinute<K> {
     seen: std::collections::HashMap<K, (std::time::Instant, u64)>,
 }
@@ -246,6 +257,20 @@ mod tests {
             e.line(),
             r#"event=kme_error link=dr status=503 msg="bad \"gateway\"\x0a\x7f\xc3\xa9=""#
         );
+    }
+
+    #[test]
+    fn the_flood_rule_logs_the_first_per_key_a_minute_then_the_count() {
+        let mut seen = PerMinute::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(seen.admit(7u32, t0), Some(0));
+        assert_eq!(seen.admit(7, t0 + MINUTE / 2), None);
+        assert_eq!(seen.admit(8, t0 + MINUTE / 2), Some(0));
+        assert_eq!(seen.admit(7, t0 + MINUTE / 2), None);
+        assert_eq!(seen.admit(7, t0 + MINUTE), Some(2));
+        let line = |held| event(Prio::Warning, "ctl_denied").suppressed(held);
+        assert_eq!(line(0).line(), "event=ctl_denied");
+        assert_eq!(line(2).line(), "event=ctl_denied suppressed=2");
     }
 
     #[test]

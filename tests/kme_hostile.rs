@@ -6,7 +6,8 @@
 
 use base64::Engine as _;
 use qkdpfd::engine::https::HttpSettings;
-use qkdpfd::engine::kme::{KeyId, KmeClient, KmeError, KmeErrorKind, KmeSettings};
+use qkdpfd::engine::kme::{KmeClient, KmeError, KmeErrorKind, KmeSettings};
+use qkdpfd::proto::peer::KeyId;
 use qkdpfd::sim::pki::Ca;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -331,7 +332,7 @@ async fn dec_keys_with_ids_not_requested() {
     let p = pki();
     let k = secret_b64();
     let addr = hostile(&p, keys_json(&[("k9", &k)])).await;
-    let ids = [KeyId::parse("k1").unwrap()];
+    let ids = [KeyId::new("k1").unwrap()];
     let e = client(&p, addr)
         .dec_keys("SAE-B", &ids, 256)
         .await

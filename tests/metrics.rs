@@ -3,9 +3,8 @@
 //! line, and the HTTP server over raw TCP — values follow the watch channel,
 //! 404/405/400, and a slow-loris client is dropped while others are served.
 
-use qkdpfd::engine::metrics::{
-    self, CONTENT_TYPE, KeyMetrics, Limits, LinkMetrics, Snapshot, render,
-};
+use qkdpfd::engine::metrics::http::{self, Limits};
+use qkdpfd::engine::metrics::{CONTENT_TYPE, KeyMetrics, LinkMetrics, Snapshot, render};
 use qkdpfd::lock::{Band, LockReason, Reasons};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -341,7 +340,7 @@ async fn start(limits: Limits) -> (SocketAddr, watch::Sender<Snapshot>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = watch::channel(fixed());
-    tokio::spawn(metrics::serve_with(listener, rx, limits));
+    tokio::spawn(http::serve_with(listener, rx, limits));
     (addr, tx)
 }
 

@@ -96,10 +96,7 @@ async fn the_three_drivers_read_the_same_measurement() {
     assert!((h.qber - e.qber).abs() < 1e-12, "{h:?} vs {e:?}");
     // Every feed's sequence is the measurement time in unix ms.
     assert_eq!((e.seq, h.seq), (p.seq, p.seq));
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now_ms = qkdpfd::utc::now_unix_ms();
     assert!(e.seq <= now_ms && e.seq + 60_000 > now_ms, "{}", e.seq);
 }
 

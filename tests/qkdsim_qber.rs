@@ -8,8 +8,8 @@ mod common;
 use common::sim::{self, Sim};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use qkdpfd::engine::qber::etsi015::parse_time_stamp;
 use qkdpfd::sim::pki::Ca;
+use qkdpfd::utc::parse_rfc3339_ms;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -116,7 +116,7 @@ async fn the_three_feeds_serve_one_measurement() {
     assert!(value > 0.01 && value < 0.06, "{value}");
     let stamp = entry["time_stamp"].as_str().unwrap();
     assert!(stamp.ends_with('Z') && stamp.len() == 24, "{stamp}");
-    let ms = parse_time_stamp(stamp).unwrap();
+    let ms = parse_rfc3339_ms(stamp).unwrap();
 
     let (status, text) = sim.call("GET", "/metrics", "").await;
     assert_eq!(status, 200);

@@ -1,5 +1,5 @@
 //! qkdsim: a simulated QKD link for demos and tests (the qkdsim process).
-//! Thin: argv here, the work in `qkdpfd::sim::{kme, pki}`.
+//! Thin: argv here, the work in `qkdpfd::sim::{conf, kme, pki}`.
 //!
 //!     qkdsim serve --config FILE [-v]
 //!         serve the config's ETSI 014 KMEs over mutual TLS until SIGINT/SIGTERM;
@@ -64,7 +64,7 @@ fn serve(args: &[String]) -> ExitCode {
         return fail(USAGE);
     };
     qkdpfd::log::set_verbose(opts.iter().any(|o| o.0 == "-v"));
-    let cfg = match qkdpfd::sim::kme::SimConfig::load(&path) {
+    let cfg = match qkdpfd::sim::conf::SimConfig::load(&path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -95,25 +95,17 @@ impl Access {
     }
 }
 
-/// First `ctl_denied` per uid per minute, then one line with `suppressed=N`.
-#[derive(Default)]
-pub struct RateLimit {
-    seen: log::PerMinute<u32>,
-}
-
-impl RateLimit {
-    pub fn denied(&mut self, uid: u32, command: &str, now: Instant) {
-        let Some(held) = self.seen.admit(uid, now) else {
-            return;
-        };
-        let mut ev = log::event(Prio::Warning, "ctl_denied")
-            .kv("uid", uid)
-            .kv("command", command);
-        if held > 0 {
-            ev = ev.kv("suppressed", held);
-        }
-        ev.send();
-    }
+/// Logs `ctl_denied` under the flood rule of DESIGN §8 ([`log::PerMinute`]:
+/// the first per uid per minute, then one line with `suppressed=N`).
+fn denied(seen: &Shared<log::PerMinute<u32>>, uid: u32, command: &str) {
+    let Some(held) = lock(seen).admit(uid, Instant::now()) else {
+        return;
+    };
+    log::event(Prio::Warning, "ctl_denied")
+        .kv("uid", uid)
+        .kv("command", command)
+        .suppressed(held)
+        .send();
 }
 
 /// Root's own connection slots: a lockdown always gets in.
@@ -200,7 +192,7 @@ pub async fn serve(
     calls: mpsc::Sender<CtlCall>,
     events: broadcast::Sender<String>,
 ) {
-    let limiter: Shared<RateLimit> = Default::default();
+    let limiter: Shared<log::PerMinute<u32>> = Default::default();
     let slots: Shared<Slots> = Default::default();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -218,7 +210,7 @@ pub async fn serve(
         };
         let uid = cred.uid();
         if lock(&slots).take(uid).is_none() {
-            lock(&limiter).denied(uid, "too-many-connections", Instant::now());
+            denied(&limiter, uid, "too-many-connections");
             continue;
         }
         let guard = SlotGuard {
@@ -257,14 +249,14 @@ async fn connection(
     access: Access,
     calls: mpsc::Sender<CtlCall>,
     events: broadcast::Sender<String>,
-    limiter: Shared<RateLimit>,
+    limiter: Shared<log::PerMinute<u32>>,
     slots: Shared<Slots>,
 ) -> std::io::Result<()> {
     let level = access.level(uid, gid);
     let (mut rd, mut wr) = stream.into_split();
     if level == Level::None {
         // Decided before reading a byte: nothing of theirs is parsed.
-        lock(&limiter).denied(uid, "-", Instant::now());
+        denied(&limiter, uid, "-");
         return send(
             &mut wr,
             &Reply::error(ErrorCode::Denied, "permission denied"),
@@ -293,7 +285,7 @@ async fn connection(
         Level::None => false,
     };
     if !allowed {
-        lock(&limiter).denied(uid, asked.name(), Instant::now());
+        denied(&limiter, uid, asked.name());
         return send(
             &mut wr,
             &Reply::error(ErrorCode::Denied, "permission denied"),

@@ -205,7 +205,7 @@ pub fn classify(e: &hyper::Error) -> Failure {
         tls |= s.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>());
         src = s.source();
     }
-    let text = super::kme::printable(&text, 200);
+    let text = crate::text::printable(&text, 200);
     if tls {
         Failure::Tls(text)
     } else {

@@ -5,7 +5,7 @@
 //!
 //! Hard limits against a hostile or broken KME: a whole-request timeout, a
 //! per-read timeout (slow-loris), a body cap (64 KiB by default, streamed),
-//! and a cap on keys per request. Every answer is checked ([`answer`]) before
+//! and a cap on keys per request. Every answer is checked (`answer.rs`) before
 //! anything is returned; a failure changes nothing and is a [`KmeError`]
 //! naming the KME, the call and the status/message, never key bytes. The
 //! caller retries with a [`Backoff`].
@@ -14,11 +14,12 @@ mod answer;
 mod backoff;
 mod error;
 
-pub use answer::{KEY_ID_MAX, KeyId, Status};
+pub use answer::Status;
 pub use backoff::Backoff;
-pub use error::{Call, KmeError, KmeErrorKind, printable};
+pub use error::{Call, KmeError, KmeErrorKind};
 
 use super::https;
+use crate::proto::peer::KeyId;
 use crate::secret::QkdKey;
 use answer::Expect;
 use http_body_util::Full;

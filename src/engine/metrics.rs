@@ -2,7 +2,7 @@
 //!
 //! The engine fills a [`Snapshot`] — plain numbers and link names — after
 //! each tick and each event that changes a link, and publishes it on a
-//! `tokio::sync::watch` channel; [`serve`] answers `GET /metrics` with
+//! `tokio::sync::watch` channel; [`http::serve`] answers `GET /metrics` with
 //! [`render`] of the latest one. Nothing here touches the engine's state,
 //! the parent, the firewall or a key: the endpoint is read-only and cannot
 //! change anything, and a `Snapshot` holds no key material (no PSK, no QKD
@@ -30,9 +30,7 @@
 //! A value the engine does not know (no reading yet, no policy, no key yet)
 //! is omitted, never rendered as NaN. Text exposition format 0.0.4.
 
-mod http;
-
-pub use http::{Limits, serve, serve_with};
+pub mod http;
 
 use crate::lock::{Band, LockReason, Reasons};
 use std::time::{Duration, Instant};

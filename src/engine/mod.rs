@@ -5,6 +5,10 @@
 //! ([`control`]) and asks the parent for everything that touches the kernel
 //! by reporting each link's engine-owned lock reasons.
 //!
+//! This file holds the process entry, the main loop and the link handling;
+//! `setup.rs` the start-up and (re)configuration, `requests.rs` the
+//! answers to control requests, `sources.rs` the opening of QBER sources.
+//!
 //! If the parent goes away the engine exits at once.
 
 pub mod control;
@@ -13,17 +17,19 @@ pub mod keys;
 pub mod kme;
 pub mod link;
 pub mod metrics;
+pub mod peering;
 pub mod qber;
 mod requests;
 pub mod rotate;
+mod setup;
 mod sources;
 
-use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord};
+use crate::imsg::{self, EngineConfig, LinkReasons};
 use crate::imsg::{ActivePolicy, LinkState, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Prio};
 use crate::proto::ctl::Reply;
-use control::{Access, CtlCall};
+use control::CtlCall;
 use link::{Action, Input, Link};
 use qber::poller::PollResult;
 use qber::{Freshness, Source};
@@ -200,147 +206,58 @@ struct Sockets {
     creds: std::os::fd::OwnedFd,
 }
 
+/// What the main loop waits on besides its timers (set up by
+/// [`Engine::start`]).
+struct Inbox {
+    from_parent: mpsc::Receiver<Result<ToEngine, String>>,
+    calls: mpsc::Receiver<CtlCall>,
+    /// Readings of the network QBER pollers.
+    polls: mpsc::Receiver<PollResult>,
+    answers: mpsc::UnboundedReceiver<keys::KmeAnswer>,
+    /// Datagrams from the configured peers' addresses.
+    datagrams: mpsc::Receiver<peering::Datagram>,
+    /// Datagrams from everyone else: a queue of their own, so a flood of
+    /// them cannot crowd out the real ones.
+    others: mpsc::Receiver<peering::Datagram>,
+}
+
+/// The engine: set up ([`Engine::start`], in `setup.rs`), then one loop
+/// over the parent, control clients, QBER readings, KME answers, peer
+/// datagrams and the links' deadlines, ending only with the engine.
 async fn run(
     cfg: EngineConfig,
     sockets: Sockets,
     metrics_listener: Option<std::net::TcpListener>,
-    peering: Vec<std::net::UdpSocket>,
+    peering_sockets: Vec<std::net::UdpSocket>,
     dropped: bool,
 ) -> ExitCode {
-    let Sockets {
-        chan,
-        listener,
-        creds,
-    } = sockets;
-    let setup = chan
-        .set_nonblocking(true)
-        .and_then(|_| listener.set_nonblocking(true));
-    if let Err(e) = setup {
-        return fatal(e);
-    }
-    let (chan, listener) = match (
-        tokio::net::UnixStream::from_std(chan),
-        tokio::net::UnixListener::from_std(listener),
-    ) {
-        (Ok(c), Ok(l)) => (c, l),
-        _ => return fatal("cannot register sockets"),
+    let started = Engine::start(cfg, sockets, metrics_listener, peering_sockets, dropped);
+    let (mut eng, mut inbox) = match started {
+        Ok(e) => e,
+        Err(e) => return fatal(e),
     };
-    let (rd, wr) = chan.into_split();
-    // The parent is gone: exit at once (DESIGN §2).
-    let tx = imsg::spawn_writer(wr, || std::process::exit(0));
-    // Every record goes to the parent, which owns syslog/stderr.
-    let log_tx = tx.clone();
-    log::init(Box::new(move |prio, line| {
-        let rec = LogRecord {
-            prio: prio as u8,
-            line: line.to_string(),
-        };
-        let _ = log_tx.send(ToParent::Log(rec).encode());
-    }));
-    let _ = tx.send(
-        ToParent::Hello(Hello {
-            version: imsg::VERSION,
-            pid: std::process::id(),
-        })
-        .encode(),
-    );
-    if !dropped {
-        log::warn("engine: privilege drop skipped (not started as root)");
-    }
-    let (events, _) = broadcast::channel(1024);
-    let (calls_tx, mut calls) = mpsc::channel::<CtlCall>(64);
-    let access = Access {
-        readonly_uids: cfg.ctl_readonly_uids.clone(),
-        readonly_gid: cfg.ctl_readonly_gid,
-    };
-    tokio::spawn(control::serve(listener, access, calls_tx, events.clone()));
-    let mut from_parent = imsg::spawn_reader(rd, ToEngine::decode, "parent closed the channel");
-    let metrics = metrics_listener.and_then(|l| {
-        let l = l
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::TcpListener::from_std(l));
-        match l {
-            Ok(l) => Some(l),
-            Err(e) => {
-                // Monitoring failing must not touch enforcement.
-                log::warn(format!("metrics: {e}"));
-                None
-            }
-        }
-    });
-    let metrics = metrics.map(|l| {
-        let (tx, rx) =
-            tokio::sync::watch::channel(metrics::Snapshot::empty(unix_now(), Instant::now()));
-        tokio::spawn(async move {
-            let e = metrics::serve(l, rx).await;
-            log::warn(format!("metrics: stopped: {e}"));
-        });
-        tx
-    });
-    // Sized for every link's poller to have a reading in flight.
-    let (polls_tx, mut polls) = mpsc::channel::<PollResult>(1024);
-    let (answers_tx, mut answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
-    let (dgram_tx, mut datagrams) = mpsc::channel::<keys::Datagram>(1024);
-    // Datagrams from addresses that are no configured peer's: a queue of
-    // their own, so a flood of them cannot crowd out the real ones.
-    let (other_tx, mut others) = mpsc::channel::<keys::Datagram>(256);
-    let mut key_state = keys::Keys::new(tx.clone(), answers_tx);
-    for sock in peering {
-        let sock = match sock
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::UdpSocket::from_std(sock))
-        {
-            Ok(s) => std::sync::Arc::new(s),
-            Err(e) => return fatal(format!("peering socket: {e}")),
-        };
-        key_state.add_socket(sock.clone());
-        tokio::spawn(keys::receive(
-            sock,
-            key_state.known_peers(),
-            dgram_tx.clone(),
-            other_tx.clone(),
-        ));
-    }
-    let mut eng = Engine {
-        links: BTreeMap::new(),
-        policy: None,
-        tx,
-        pending: HashMap::new(),
-        next_id: 1,
-        events,
-        started: Instant::now(),
-        metrics,
-        polls: polls_tx,
-        keys: key_state,
-        testing: cfg.testing.clone(),
-        creds: Some(creds),
-        alive_due: Instant::now(),
-    };
-    if let Err(e) = eng.configure(cfg, Instant::now()) {
-        return fatal(e);
-    }
     loop {
         let wake = eng.next_wakeup();
         tokio::select! {
-            m = from_parent.recv() => match m {
+            m = inbox.from_parent.recv() => match m {
                 Some(Ok(msg)) => if let Err(e) = eng.dispatch_parent(msg) { return fatal(e) },
                 // The parent is gone: exit at once (DESIGN §2).
                 Some(Err(e)) => return fatal(e),
                 None => return fatal("parent reader ended"),
             },
-            Some(call) = calls.recv() => eng.control(call),
-            Some(r) = polls.recv() => eng.on_poll(r, Instant::now()),
-            Some(a) = answers.recv() => {
+            Some(call) = inbox.calls.recv() => eng.control(call),
+            Some(r) = inbox.polls.recv() => eng.on_poll(r, Instant::now()),
+            Some(a) = inbox.answers.recv() => {
                 let now = Instant::now();
                 let inputs = eng.keys.on_kme(a, now);
                 eng.feed_keys(inputs, now);
             }
-            Some(d) = datagrams.recv() => {
+            Some(d) = inbox.datagrams.recv() => {
                 let now = Instant::now();
                 let inputs = eng.keys.on_datagram(d, now);
                 eng.feed_keys(inputs, now);
             }
-            Some(d) = others.recv() => {
+            Some(d) = inbox.others.recv() => {
                 let now = Instant::now();
                 let inputs = eng.keys.on_datagram(d, now);
                 eng.feed_keys(inputs, now);
@@ -352,103 +269,7 @@ async fn run(
     }
 }
 
-fn unix_now() -> u64 {
-    crate::utc::now_unix()
-}
-
 impl Engine {
-    /// (Re)builds the link set from the parent's config; links whose
-    /// settings did not change keep their state machine.
-    fn configure(&mut self, cfg: EngineConfig, now: Instant) -> Result<(), String> {
-        crate::utc::set_offset(cfg.testing.wall_clock_offset);
-        log::set_verbose(cfg.verbose);
-        self.testing = cfg.testing.clone();
-        let policy = self.policy.clone();
-        self.keys.configure(
-            &cfg,
-            |n| {
-                policy
-                    .as_ref()
-                    .and_then(|p| p.links.get(n))
-                    .map(|p| p.rotate)
-            },
-            now,
-        )?;
-        let mut old = std::mem::take(&mut self.links);
-        for l in cfg.links {
-            let qconf = &cfg.qber[&l.qber];
-            let kept = old.remove(&l.name);
-            if let Some(slot) = &kept {
-                if slot.qber_name == l.qber && slot.qconf == *qconf {
-                    self.links.insert(l.name.clone(), kept.expect("checked"));
-                    continue;
-                }
-            }
-            let opened = sources::open(
-                &l.name,
-                &l.qber,
-                &l.qber_id,
-                qconf,
-                &cfg.qber_net,
-                &self.polls,
-            );
-            let sim_control = sources::sim_control(&l.qber, qconf, &cfg.qber_net);
-            let (source, poller) = match opened {
-                Ok(s) => s,
-                Err(e) => {
-                    // Fail closed: a link we cannot watch is locked.
-                    log::event(Prio::Err, "qber_source_error")
-                        .kv("link", &l.name)
-                        .msg(e)
-                        .send();
-                    let m = LinkReasons {
-                        link: l.name.clone(),
-                        reasons: [LockReason::SourceLost].into_iter().collect(),
-                        qber: None,
-                        threshold: None,
-                        by_operator: false,
-                        sampled_ns: None,
-                    };
-                    let _ = self.tx.send(ToParent::Reasons(m).encode());
-                    continue;
-                }
-            };
-            // A changed source keeps the link's state machine (and its reasons).
-            let link = match kept {
-                Some(mut slot) => {
-                    slot.stop_poller();
-                    slot.link
-                }
-                None => {
-                    let policy = self.link_policy(&l.name);
-                    Link::new(&l.name, policy, l.keys.is_some(), l.persisted, now)
-                }
-            };
-            self.links.insert(
-                l.name.clone(),
-                LinkSlot {
-                    link,
-                    source,
-                    poller,
-                    fresh: Freshness::new(),
-                    poll: qconf.poll,
-                    next_poll: now,
-                    qber_name: l.qber.clone(),
-                    qber_id: l.qber_id.clone(),
-                    qconf: qconf.clone(),
-                    parent: None,
-                    source_errors: 0,
-                    sampled_ns: None,
-                    sim_control,
-                },
-            );
-        }
-        for (_, mut gone) in old {
-            gone.stop_poller();
-        }
-        Ok(())
-    }
-
     /// The policy of a link, with the `[testing]` timing overrides.
     fn link_policy(&self, name: &str) -> Option<crate::policy::params::LinkPolicy> {
         let mut p = self.policy.as_ref()?.links.get(name)?.clone();

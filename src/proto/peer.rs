@@ -32,10 +32,14 @@
 //! so the master can tell it is about its current round.
 
 mod crypto;
+mod error;
+mod ids;
 
 pub use crypto::{
     ConfirmKey, KDF_INFO, MIN_QKD_KEY, TAG_LABEL, check_tag, confirm_tag, derive, link_id,
 };
+pub use error::WireError;
+pub use ids::{KeyId, LinkId, MAX_KEY_ID, Nonce, PeerKey, hex};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::collections::{HashMap, HashSet};
@@ -44,66 +48,11 @@ pub const MAGIC: &[u8; 4] = b"QKDP";
 pub const VERSION: u8 = 1;
 /// Domain separation for the peer signatures.
 pub const SIG_CONTEXT: &[u8] = b"qkdpfd-peer-v1\0";
-pub const MAX_KEY_ID: usize = 64;
 /// Bytes before the key_ID.
 const HEADER: usize = 127;
 const SIG: usize = 64;
 /// The largest valid datagram (a CONFIRM with a 64-byte key_ID): 287.
 pub const MAX_DATAGRAM: usize = HEADER + MAX_KEY_ID + 32 + SIG;
-
-pub type Nonce = [u8; 16];
-/// An Ed25519 public key as it appears on the wire.
-pub type PeerKey = [u8; 32];
-
-/// Identifies a link on both ends (see [`link_id`]).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LinkId(pub [u8; 32]);
-
-impl LinkId {
-    pub fn hex(&self) -> String {
-        hex(&self.0)
-    }
-}
-
-impl std::fmt::Debug for LinkId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LinkId({})", self.hex())
-    }
-}
-
-/// A KME key_ID: opaque, 1..=64 bytes of `[A-Za-z0-9-]` (no RFC 4122
-/// version is insisted on).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(String);
-
-impl KeyId {
-    pub fn new(s: &str) -> Result<KeyId, WireError> {
-        KeyId::from_bytes(s.as_bytes())
-    }
-
-    fn from_bytes(b: &[u8]) -> Result<KeyId, WireError> {
-        if b.is_empty() || b.len() > MAX_KEY_ID {
-            return Err(WireError::KeyIdLength);
-        }
-        if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
-            return Err(WireError::KeyIdCharset);
-        }
-        Ok(KeyId(String::from_utf8(b.to_vec()).expect("ASCII")))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 /// The type-specific part of a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,53 +99,6 @@ pub struct Message {
     pub nonce: Nonce,
     pub key_id: KeyId,
     pub body: Body,
-}
-
-/// Why a received datagram was dropped; each is its own variant so the
-/// engine's rate-limited `peer_auth_failed` line can name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WireError {
-    Oversize,
-    Truncated,
-    TrailingBytes,
-    BadMagic,
-    BadVersion,
-    BadType,
-    KeyIdLength,
-    KeyIdCharset,
-    NotForUs,
-    UnknownSender,
-    UnknownLink,
-    /// The link exists but belongs to another peer.
-    WrongPeer,
-    BadSignature,
-}
-
-impl WireError {
-    /// The `why=` value of `peer_auth_failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WireError::Oversize => "oversize",
-            WireError::Truncated => "truncated",
-            WireError::TrailingBytes => "trailing-bytes",
-            WireError::BadMagic => "bad-magic",
-            WireError::BadVersion => "bad-version",
-            WireError::BadType => "bad-type",
-            WireError::KeyIdLength => "key-id-length",
-            WireError::KeyIdCharset => "key-id-charset",
-            WireError::NotForUs => "not-for-us",
-            WireError::UnknownSender => "unknown-sender",
-            WireError::UnknownLink => "unknown-link",
-            WireError::WrongPeer => "wrong-peer",
-            WireError::BadSignature => "bad-signature",
-        }
-    }
-}
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl Message {
@@ -373,10 +275,6 @@ impl Unverified<'_> {
             .map_err(|_| WireError::BadSignature)?;
         Ok(self.msg)
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

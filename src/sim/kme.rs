@@ -4,17 +4,16 @@
 //! caller's SAE ID is the subject commonName (CN) of that certificate. A
 //! KME answers only the SAEs in its `sae_ids` (else 401).
 //!
-//! Each `[link.X]` joins two KMEs through one simulated QKD link ([`store`]):
+//! Each `[link.X]` joins two KMEs through one simulated QKD link
+//! ([`super::link::store`]):
 //! keys accrue at the physics model's secret key rate, enc_keys on either
 //! KME moves keys out of the shared pool to the caller (the master), and the
 //! slave SAE on the other KME may fetch each of them once with dec_keys.
 //! Errors carry ETSI bodies `{"message": ..., "details": [...]}`.
 
-pub mod conf;
-pub mod store;
-
-pub use conf::{KmeSimConf, LinkSimConf, SimConfig};
-
+use super::conf::SimConfig;
+use super::link::store::{LinkStore, Refusal};
+use super::link::{KmeNode, SimLink, SimState, feed};
 use crate::log::{self, Prio};
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full, Limited};
@@ -26,7 +25,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use store::{LinkStore, Refusal};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
@@ -37,49 +35,6 @@ const MAX_REQUEST: usize = 64 * 1024;
 const CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 /// Connections served at once per KME.
 const MAX_CONNECTIONS: usize = 256;
-
-/// One simulated KME.
-pub struct KmeNode {
-    pub name: String,
-    pub kme_id: String,
-    pub sae_ids: Vec<String>,
-}
-
-/// One simulated link between KMEs `kmes[0]` and `kmes[1]` (indexes).
-pub struct SimLink {
-    pub name: String,
-    pub kmes: [usize; 2],
-    pub store: Mutex<LinkStore>,
-    /// The link's QBER measurement clock (`sim::qber`).
-    pub feed: Mutex<crate::sim::qber::Feed>,
-}
-
-/// Everything the KMEs share. Public so the QBER feed and eavesdropper
-/// controls (outside this module) can reach each link's model through
-/// [`SimState::link`] and [`LinkStore::model_mut`].
-pub struct SimState {
-    pub kmes: Vec<KmeNode>,
-    pub links: Vec<SimLink>,
-}
-
-impl SimState {
-    pub fn link(&self, name: &str) -> Option<&SimLink> {
-        self.links.iter().find(|l| l.name == name)
-    }
-
-    /// The link between KME `kme` and the KME serving `sae`, and that KME.
-    fn route(&self, kme: usize, sae: &str) -> Option<(&SimLink, usize)> {
-        let other = self
-            .kmes
-            .iter()
-            .position(|k| k.sae_ids.iter().any(|s| s == sae))?;
-        let link = self
-            .links
-            .iter()
-            .find(|l| l.kmes == [kme, other] || l.kmes == [other, kme])?;
-        Some((link, other))
-    }
-}
 
 /// The simulator, bound and ready to serve.
 pub struct Sim {
@@ -125,7 +80,7 @@ pub async fn bind(cfg: &SimConfig) -> Result<Sim, String> {
             name: name.clone(),
             kmes: [idx(&raw.kmes[0])?, idx(&raw.kmes[1])?],
             store: Mutex::new(LinkStore::new(conf, model, now)),
-            feed: crate::sim::qber::new_feed(&cfg.qber),
+            feed: Mutex::new(feed::start(&cfg.qber)),
         });
     }
     Ok(Sim {
@@ -279,7 +234,7 @@ async fn handle(state: &SimState, kme: usize, sae: Option<&str>, req: Request<In
                 let who = sae.unwrap_or("(no CN)");
                 let m = format!(
                     "SAE {} is not served by this KME",
-                    crate::engine::kme::printable(who, 64)
+                    crate::text::printable(who, 64)
                 );
                 return etsi_error(401, "unauthorized", &[m]);
             };
@@ -335,7 +290,7 @@ fn keys(
     let Some((link, other)) = state.route(kme, sae_id) else {
         let m = format!(
             "no QKD link from this KME to SAE {}",
-            crate::engine::kme::printable(sae_id, 64)
+            crate::text::printable(sae_id, 64)
         );
         return etsi_error(400, "unknown SAE ID", &[m]);
     };

@@ -49,119 +49,11 @@
 //! time stamp, so a consumer can tell a new measurement from a repeat. A
 //! stalled link keeps serving its last measurement (a hung agent).
 
-use super::kme::{SimLink, SimState};
-use serde::Deserialize;
+use super::link::feed::Measurement;
+use super::link::{SimLink, SimState};
 use serde_json::{Value, json};
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
-
-/// Shortest and longest `measure_interval` accepted.
-const INTERVAL_MIN: Duration = Duration::from_millis(10);
-const INTERVAL_MAX: Duration = Duration::from_secs(3600);
-
-/// `[qber]` of the qkdsim config.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeedConf {
-    #[serde(default = "default_interval", deserialize_with = "interval")]
-    pub measure_interval: Duration,
-}
-
-impl Default for FeedConf {
-    fn default() -> FeedConf {
-        FeedConf {
-            measure_interval: default_interval(),
-        }
-    }
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    let v = crate::duration::parse(&s).map_err(serde::de::Error::custom)?;
-    if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&v) {
-        return Err(serde::de::Error::custom(
-            "measure_interval must be between 10ms and 1h",
-        ));
-    }
-    Ok(v)
-}
-
-/// One QBER measurement as every feed serves it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Measurement {
-    /// Fraction, 0..=0.5.
-    pub qber: f64,
-    /// 1 for the first tick after start, then the tick count.
-    pub seq: u64,
-    /// Unix milliseconds of the tick.
-    pub measured_at_ms: u64,
-}
-
-/// The measurement clock of one link.
-#[derive(Debug)]
-pub struct Feed {
-    interval: Duration,
-    start: Instant,
-    start_ms: u64,
-    last: Option<Measurement>,
-    stalled: bool,
-}
-
-impl Feed {
-    /// `start_ms` is the wall-clock time (unix ms) of `start`.
-    pub fn new(interval: Duration, start: Instant, start_ms: u64) -> Feed {
-        Feed {
-            interval: interval.max(INTERVAL_MIN),
-            start,
-            start_ms,
-            last: None,
-            stalled: false,
-        }
-    }
-
-    /// The measurement to serve at `now`: a new one from `sample` if a tick
-    /// passed since the last (and the link is not stalled), else the last.
-    /// Measurements are taken lazily, only the latest tick counts.
-    pub fn current(&mut self, now: Instant, sample: impl FnOnce() -> f64) -> Measurement {
-        let elapsed = now.saturating_duration_since(self.start).as_nanos();
-        let tick = (elapsed / self.interval.as_nanos()) as u64;
-        let seq = tick + 1;
-        match self.last {
-            Some(m) if self.stalled || m.seq >= seq => m,
-            _ => {
-                let offset = self.interval.as_millis() as u64 * tick;
-                let m = Measurement {
-                    qber: sample(),
-                    seq,
-                    measured_at_ms: self.start_ms + offset,
-                };
-                self.last = Some(m);
-                m
-            }
-        }
-    }
-
-    pub fn set_stalled(&mut self, stalled: bool) {
-        self.stalled = stalled;
-    }
-
-    pub fn stalled(&self) -> bool {
-        self.stalled
-    }
-}
-
-/// Wall-clock unix milliseconds now.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::Instant;
 
 /// An answer for the router: status, content type, body.
 #[derive(Debug, PartialEq)]
@@ -242,10 +134,7 @@ pub fn route(
 
 fn find<'a>(state: &'a SimState, name: &str) -> Result<&'a SimLink, Reply> {
     state.link(name).ok_or_else(|| {
-        let m = format!(
-            "no simulated link {}",
-            crate::engine::kme::printable(name, 64)
-        );
+        let m = format!("no simulated link {}", crate::text::printable(name, 64));
         error(404, "unknown link", &[m])
     })
 }
@@ -261,7 +150,7 @@ fn read(link: &SimLink, now: Instant) -> (Measurement, f64) {
 
 fn etsi015(link: &SimLink, now: Instant) -> Reply {
     let (m, skr) = read(link, now);
-    let stamp = crate::engine::qber::etsi015::format_time_stamp(m.measured_at_ms);
+    let stamp = crate::utc::format_rfc3339_ms(m.measured_at_ms);
     json_reply(
         200,
         &json!({ "qkdl_performance": {
@@ -385,53 +274,9 @@ fn set_model(
     f(store.model_mut(now))
 }
 
-/// A new link's feed, started now.
-pub fn new_feed(conf: &FeedConf) -> Mutex<Feed> {
-    Mutex::new(Feed::new(conf.measure_interval, Instant::now(), unix_ms()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_measurement_holds_until_the_next_tick() {
-        let t0 = Instant::now();
-        let mut f = Feed::new(Duration::from_millis(100), t0, 1_000_000);
-        let mut n = 0.0;
-        let mut next = || {
-            n += 0.01;
-            n
-        };
-        let a = f.current(t0, &mut next);
-        assert_eq!((a.seq, a.measured_at_ms), (1, 1_000_000));
-        let b = f.current(t0 + Duration::from_millis(99), &mut next);
-        assert_eq!(a, b);
-        let c = f.current(t0 + Duration::from_millis(350), &mut next);
-        assert_eq!((c.seq, c.measured_at_ms), (4, 1_000_300));
-        assert!(c.qber > a.qber);
-        f.set_stalled(true);
-        let d = f.current(t0 + Duration::from_secs(5), &mut next);
-        assert_eq!(c, d);
-        f.set_stalled(false);
-        let e = f.current(t0 + Duration::from_secs(5), &mut next);
-        assert_eq!((e.seq, e.measured_at_ms), (51, 1_005_000));
-    }
-
-    #[test]
-    fn feed_conf_parses_and_checks_the_interval() {
-        let c: FeedConf = toml::from_str("measure_interval = \"250ms\"").unwrap();
-        assert_eq!(c.measure_interval, Duration::from_millis(250));
-        let d: FeedConf = toml::from_str("").unwrap();
-        assert_eq!(d, FeedConf::default());
-        for bad in [
-            "measure_interval = \"1ms\"",
-            "measure_interval = 5",
-            "x = 1",
-        ] {
-            assert!(toml::from_str::<FeedConf>(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -2,7 +2,8 @@
 //! 127.0.0.1:0 sharing link `ab`, with certificates from `qkdsim pki`'s
 //! code in a temporary directory. Stops when dropped.
 
-use qkdpfd::sim::kme::{SimConfig, SimState};
+use qkdpfd::sim::conf::SimConfig;
+use qkdpfd::sim::link::SimState;
 use qkdpfd::sim::pki;
 use std::collections::HashMap;
 use std::net::SocketAddr;

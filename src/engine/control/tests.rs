@@ -1,3 +1,7 @@
+//! Tests of the control socket server: connection slots per class, how
+//! much of a request the engine reads (a whole line, a bundle past the
+//! peek window, what it leaves for the parent), and access levels.
+
 use super::*;
 
 #[test]

@@ -9,15 +9,17 @@
 //! carrying the request's ticket, and an answer whose ticket is no longer
 //! current is dropped.
 
-use super::KEY_BITS;
 use crate::engine::kme::{self, KmeClient, KmeSettings};
 use crate::engine::rotate::Input;
 use crate::imsg::KmeNet;
 use crate::log::{self, Prio};
-use crate::proto::peer;
+use crate::proto::peer::KeyId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Key size asked of the KME, in bits (DESIGN §6: shorter keys refused).
+pub const KEY_BITS: u32 = 256;
 
 /// A KME answer for one link, from its task.
 pub struct KmeAnswer {
@@ -31,7 +33,7 @@ struct Request {
     /// The far SAE: the slave for `enc_keys`, the master for `dec_keys`.
     peer_sae: String,
     /// None: `enc_keys`; Some: `dec_keys` for this key_ID.
-    key_id: Option<peer::KeyId>,
+    key_id: Option<KeyId>,
     ticket: u64,
 }
 
@@ -107,13 +109,7 @@ impl Calls {
     }
 
     /// Asks `kme` for a key for `link`, replacing what the link asked before.
-    pub(super) fn request(
-        &mut self,
-        link: &str,
-        kme: &str,
-        peer_sae: &str,
-        key_id: Option<peer::KeyId>,
-    ) {
+    pub(super) fn request(&mut self, link: &str, kme: &str, peer_sae: &str, key_id: Option<KeyId>) {
         self.cancel(link);
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -222,25 +218,22 @@ async fn call(kme: Arc<KmeClient>, r: Request, tx: mpsc::UnboundedSender<KmeAnsw
 }
 
 /// One `enc_keys` (no key_ID) or `dec_keys` call, as a rotation input.
-async fn fetch_key(kme: &KmeClient, peer_sae: &str, key_id: Option<peer::KeyId>) -> Input {
-    let failed = |key_id: Option<peer::KeyId>, why: String| Input::KeyFailed { key_id, why };
+async fn fetch_key(kme: &KmeClient, peer_sae: &str, key_id: Option<KeyId>) -> Input {
+    let failed = |key_id: Option<KeyId>, why: String| Input::KeyFailed { key_id, why };
     let got = match &key_id {
         None => kme.enc_keys(peer_sae, 1, KEY_BITS).await,
-        Some(id) => match kme::KeyId::parse(id.as_str()) {
-            Ok(kid) => kme.dec_keys(peer_sae, &[kid], KEY_BITS).await,
-            Err(e) => return failed(key_id, format!("key_ID refused: {e:?}")),
-        },
+        Some(id) => {
+            kme.dec_keys(peer_sae, std::slice::from_ref(id), KEY_BITS)
+                .await
+        }
     };
     let mut keys = match got {
         Ok(k) => k,
         Err(e) => return failed(key_id, e.to_string()),
     };
-    let Some((id, key)) = keys.pop().filter(|_| keys.is_empty()) else {
-        return failed(key_id, "expected exactly one key".into());
-    };
-    match peer::KeyId::new(id.as_str()) {
-        Ok(k) => Input::KeyReady { key_id: k, key },
-        Err(_) => failed(key_id, "the KME's key_ID is not usable on the wire".into()),
+    match keys.pop().filter(|_| keys.is_empty()) {
+        Some((id, key)) => Input::KeyReady { key_id: id, key },
+        None => failed(key_id, "expected exactly one key".into()),
     }
 }
 

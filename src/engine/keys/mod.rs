@@ -1,9 +1,8 @@
-//! Key agreement in the engine (DESIGN §6): one [`Rotation`] per keyed
-//! link, the KME calls (`calls.rs`: one ETSI 014 client per `[kme.X]`, a
-//! bounded queue of calls per KME), and the peering UDP
-//! socket (bound by the parent, fd 6) with the [`Keyring`] and the door
-//! (`door.rs`: source, role, epoch, budgets) that check every datagram
-//! before a rotation sees it.
+//! Key agreement in the engine (DESIGN §6): the round driver. One
+//! [`Rotation`] per keyed link, the KME calls (`calls.rs`: one ETSI 014
+//! client per `[kme.X]`, a bounded queue of calls per KME), and the
+//! peering socket ([`Peering`]: signing, the keyring and the door that
+//! check every datagram before a rotation sees it, the auth log).
 //!
 //! The rotations are pure; this file carries out their actions **in
 //! order**. An action that needs the parent — persisting an epoch,
@@ -18,27 +17,20 @@
 //! links.
 
 mod calls;
-mod door;
 
 pub use calls::KmeAnswer;
-pub use door::{Datagram, Known, receive};
 
-use super::link;
-use super::rotate::{self, Action, Input, Params, Rotation, Schedule};
+use crate::engine::link;
+use crate::engine::peering::{Datagram, Gate, Peering};
+use crate::engine::rotate::{self, Action, Input, Params, Rotation, Schedule};
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Prio};
-use crate::proto::peer::{Keyring, LinkId};
+use crate::proto::peer::LinkId;
 use crate::secret::Psk;
-use door::{AuthLog, Gate, Verdict};
-use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// Key size asked of the KME, in bits (DESIGN §6: shorter keys refused).
-pub const KEY_BITS: u32 = 256;
 
 /// What `qkdctl show link` and the metrics show of a keyed link.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,20 +70,12 @@ struct KeyedLink {
 
 /// Every keyed link of the engine.
 pub struct Keys {
-    signing: Option<SigningKey>,
-    ring: Option<Keyring>,
-    /// The peering sockets, one per address family (fd 6, fd 8).
-    sockets: Vec<Arc<tokio::net::UdpSocket>>,
-    /// Failed sends, logged once per destination a minute.
-    send_log: log::PerMinute<SocketAddr>,
-    /// The configured peers' addresses: the receive tasks queue their
-    /// datagrams apart from everyone else's (see [`receive`]).
-    known: Known,
+    /// The peering sockets, keys and logs.
+    peer: Peering,
     calls: calls::Calls,
     links: BTreeMap<String, KeyedLink>,
     by_id: HashMap<LinkId, String>,
     parent: mpsc::UnboundedSender<Vec<u8>>,
-    auth_log: AuthLog,
     /// Source of the datagram being handled (answers go there: NAT-friendly).
     current_from: Option<SocketAddr>,
     no_jitter: bool,
@@ -102,61 +86,17 @@ impl Keys {
     pub fn new(
         parent: mpsc::UnboundedSender<Vec<u8>>,
         answers: mpsc::UnboundedSender<KmeAnswer>,
+        peer: Peering,
     ) -> Keys {
         Keys {
-            signing: None,
-            ring: None,
-            sockets: Vec::new(),
-            send_log: log::PerMinute::default(),
-            known: Known::default(),
+            peer,
             calls: calls::Calls::new(answers),
             links: BTreeMap::new(),
             by_id: HashMap::new(),
             parent,
-            auth_log: AuthLog::default(),
             current_from: None,
             no_jitter: false,
             rotate_override: None,
-        }
-    }
-
-    /// A peering socket (fd 6, fd 8: taken once at start-up).
-    pub fn add_socket(&mut self, s: Arc<tokio::net::UdpSocket>) {
-        self.sockets.push(s);
-    }
-
-    /// The configured peers' addresses, for the receive tasks.
-    pub fn known_peers(&self) -> Known {
-        self.known.clone()
-    }
-
-    /// Sends from the socket of `dest`'s address family; a failure is a
-    /// warning an operator sees, once per destination a minute.
-    fn send_to(&mut self, bytes: &[u8], dest: SocketAddr) {
-        let sock = self
-            .sockets
-            .iter()
-            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dest.is_ipv4()));
-        let r = match sock {
-            Some(s) => s
-                .try_send_to(bytes, dest)
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            None => Err(format!(
-                "no peering socket for {} (set [peering] listen to [::]:PORT or an address of that family)",
-                if dest.is_ipv4() { "IPv4" } else { "IPv6" }
-            )),
-        };
-        let Err(why) = r else { return };
-        if self.send_log.len() > 4096 {
-            self.send_log.clear();
-        }
-        if let Some(held) = self.send_log.admit(dest, Instant::now()) {
-            let mut ev = log::event(Prio::Warning, "peer_send_failed").kv("to", dest);
-            if held > 0 {
-                ev = ev.kv("suppressed", held);
-            }
-            ev.msg(why).send();
         }
     }
 
@@ -175,40 +115,22 @@ impl Keys {
     ) -> Result<(), String> {
         self.no_jitter = cfg.testing.no_jitter;
         self.rotate_override = cfg.testing.rotate;
-        self.signing = cfg
-            .peering
-            .as_ref()
-            .map(|p| SigningKey::from_bytes(&p.secret));
+        self.peer.configure(cfg);
         self.calls.configure(&cfg.kme)?;
         let mut old = std::mem::take(&mut self.links);
-        let mut ring = self
-            .signing
-            .as_ref()
-            .map(|s| Keyring::new(&s.verifying_key()));
         self.by_id.clear();
-        {
-            let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
-            known.clear();
-            known.extend(
-                cfg.links
-                    .iter()
-                    .filter_map(|l| l.keys.as_ref())
-                    .map(|k| k.peer.ip().to_canonical()),
-            );
-        }
         for l in &cfg.links {
             let Some(k) = &l.keys else { continue };
-            let (Some(sk), Some(ring)) = (&self.signing, ring.as_mut()) else {
+            let Some(ours) = self.peer.ours() else {
                 return Err(format!("link {} is keyed but [peering] is missing", l.name));
             };
             if !self.calls.knows(&k.kme) {
                 return Err(format!("link {} names unknown kme {}", l.name, k.kme));
             }
-            let peer = VerifyingKey::from_bytes(&k.peer_pubkey)
-                .map_err(|_| format!("link {}: bad peer_pubkey", l.name))?;
-            ring.add_link(LinkId(k.link_id), peer);
+            self.peer
+                .add_link(LinkId(k.link_id), &k.peer_pubkey)
+                .map_err(|e| format!("link {}: {e}", l.name))?;
             self.by_id.insert(LinkId(k.link_id), l.name.clone());
-            let ours = sk.verifying_key().to_bytes();
             let same = |o: &KeyedLink| {
                 o.ours == ours
                     && LinkKeys {
@@ -251,7 +173,6 @@ impl Keys {
             };
             self.links.insert(l.name.clone(), keyed);
         }
-        self.ring = ring;
         Ok(())
     }
 
@@ -327,47 +248,22 @@ impl Keys {
         out
     }
 
-    /// A datagram from the socket: checked by the keyring, then by the
-    /// door (door.rs), and only then is its signature verified and the
-    /// link it names given it. Drops are logged within the auth log's
-    /// budgets.
+    /// A datagram from the socket, once [`Peering::open`] passed it (the
+    /// keyring, the link's door, the signature).
     pub fn on_datagram(&mut self, d: Datagram, now: Instant) -> Vec<(String, link::Input)> {
         let mut out = Vec::new();
-        let Some(ring) = &self.ring else {
-            return out;
-        };
+        let (by_id, links) = (&self.by_id, &mut self.links);
         let from = d.from.ip();
-        let unverified = match ring.check(&d.bytes) {
-            Ok(u) => u,
-            Err(e) => {
-                self.auth_log.failed(from, None, e.as_str(), now);
-                return out;
-            }
-        };
-        let claims = unverified.claims();
-        let Some((name, l)) = self
-            .by_id
-            .get(&claims.link_id)
-            .and_then(|n| Some((n, self.links.get_mut(n)?)))
-        else {
+        let opened = self.peer.open(&d, now, |claims| {
+            let name = by_id.get(&claims.link_id)?;
+            let l = links.get_mut(name)?;
+            let verdict = l.gate.check(from, claims, l.rot.status().epoch, now);
+            Some((name.as_str(), verdict))
+        });
+        let Some((name, msg)) = opened else {
             return out;
         };
-        match l.gate.check(from, claims, l.rot.status().epoch, now) {
-            Verdict::Verify => {}
-            Verdict::Refuse(why) => {
-                self.auth_log.failed(from, Some(name), why, now);
-                return out;
-            }
-            Verdict::Drop => return out,
-        }
-        let msg = match unverified.verify() {
-            Ok(m) => m,
-            Err(e) => {
-                self.auth_log.failed(from, Some(name), e.as_str(), now);
-                return out;
-            }
-        };
-        let name = name.clone();
+        let name = name.to_string();
         self.current_from = Some(d.from);
         self.feed(&name, Input::Received(msg), now, &mut out);
         self.current_from = None;
@@ -510,10 +406,7 @@ impl Keys {
                     rotate::Role::Slave => self.current_from.or(l.reply_to).unwrap_or(l.conf.peer),
                 };
                 l.gate.sent(&m);
-                // Lost datagrams are what retransmits are for.
-                if let Some(bytes) = self.signing.as_ref().map(|sk| m.encode(sk)) {
-                    self.send_to(&bytes, dest);
-                }
+                self.peer.send(&m, dest);
             }
             Action::RoundDone { epoch, key_id } => {
                 log::event(Prio::Notice, "key_rotated")
@@ -550,12 +443,8 @@ impl Keys {
             }
             Action::AuthFailed { why } => {
                 let from = self.current_from.map(|a| a.ip());
-                self.auth_log.failed(
-                    from.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                    Some(name),
-                    why,
-                    now,
-                );
+                self.peer
+                    .auth_failed(from.unwrap_or(IpAddr::from([0, 0, 0, 0])), name, why, now);
             }
             Action::Ignored { why } => log::debug(format!("peer: {name}: {why}")),
         }

@@ -3,56 +3,18 @@
 //! before anything is returned, and the key container is walked by hand (not
 //! through serde's messages, which quote offending values — possibly keys).
 
-use super::error::{KmeErrorKind, printable};
+use super::error::KmeErrorKind;
+use crate::proto::peer::{KeyId, MAX_KEY_ID};
 use crate::secret::QkdKey;
+use crate::text::printable;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use zeroize::Zeroizing;
 
-/// Longest key_ID accepted (a UUID is 36).
-pub const KEY_ID_MAX: usize = 64;
-
-/// A key identifier: 1..=64 of `[A-Za-z0-9-]`. Not secret (it crosses the
-/// network in the peer protocol); not required to be an RFC 4122 UUID.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct KeyId(String);
-
-impl KeyId {
-    pub fn parse(s: &str) -> Result<KeyId, KmeErrorKind> {
-        let ok = !s.is_empty()
-            && s.len() <= KEY_ID_MAX
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if ok {
-            Ok(KeyId(s.to_string()))
-        } else {
-            Err(KmeErrorKind::MalformedKeyId(printable(s, KEY_ID_MAX)))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for KeyId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for KeyId {
-    type Error = String;
-    fn try_from(s: String) -> Result<KeyId, String> {
-        KeyId::parse(&s).map_err(|_| "malformed key_ID".to_string())
-    }
-}
-
-impl From<KeyId> for String {
-    fn from(k: KeyId) -> String {
-        k.0
-    }
+/// A key_ID from the KME, checked once here (the one [`KeyId`] rule).
+fn key_id(s: &str) -> Result<KeyId, KmeErrorKind> {
+    KeyId::new(s).map_err(|_| KmeErrorKind::MalformedKeyId(printable(s, MAX_KEY_ID)))
 }
 
 /// ETSI 014 Status (§6.1), every field typed.
@@ -145,21 +107,21 @@ pub fn parse_keys(
                 KmeErrorKind::BadShape(format!("keys[{i}] has no string \"{name}\""))
             })
         };
-        let id = KeyId::parse(field("key_ID")?)?;
+        let id = key_id(field("key_ID")?)?;
         if !seen.insert(id.clone()) {
-            return Err(KmeErrorKind::DuplicateKeyId(id.0));
+            return Err(KmeErrorKind::DuplicateKeyId(id.into()));
         }
         if let Expect::Ids(ids) = &expect {
             if !ids.contains(&id) {
-                return Err(KmeErrorKind::UnknownKeyId(id.0));
+                return Err(KmeErrorKind::UnknownKeyId(id.into()));
             }
         }
         let key = decode_key(field("key")?).ok_or_else(|| KmeErrorKind::BadBase64 {
-            key_id: id.0.clone(),
+            key_id: id.to_string(),
         })?;
         if key.len() != want {
             return Err(KmeErrorKind::KeySize {
-                key_id: id.0,
+                key_id: id.into(),
                 expected: want,
                 got: key.len(),
             });
@@ -206,17 +168,16 @@ mod tests {
     use super::*;
 
     fn ids(v: &[&str]) -> Vec<KeyId> {
-        v.iter().map(|s| KeyId::parse(s).unwrap()).collect()
+        v.iter().map(|s| KeyId::new(s).unwrap()).collect()
     }
 
     #[test]
-    fn key_ids() {
-        assert!(KeyId::parse("bc490419-7d60-487f-adc1-4ddcc177c139").is_ok());
-        assert!(KeyId::parse(&"a".repeat(64)).is_ok());
-        assert!(KeyId::parse(&"a".repeat(65)).is_err());
-        assert!(KeyId::parse("").is_err());
-        assert!(KeyId::parse("a/b").is_err());
-        assert!(serde_json::from_str::<KeyId>("\"x y\"").is_err());
+    fn malformed_key_ids_are_refused_printably() {
+        let bad = br#"{"keys":[{"key_ID":"a\nb","key":"AAECAw=="}]}"#;
+        assert_eq!(
+            parse_keys(bad, Expect::Count(1), 32).unwrap_err(),
+            KmeErrorKind::MalformedKeyId("a\\x0ab".into())
+        );
     }
 
     #[test]

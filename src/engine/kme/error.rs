@@ -126,8 +126,6 @@ impl fmt::Display for KmeError {
 
 impl std::error::Error for KmeError {}
 
-pub use crate::text::printable;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //! whole connection within `connection_timeout` (a client that never reads
 //! its answer), a 16 KiB read buffer, and no request bodies.
 
-use super::{CONTENT_TYPE, Snapshot, render_at};
+use crate::engine::metrics::{CONTENT_TYPE, Snapshot, render_at};
 use crate::log;
 
 use http_body_util::Full;

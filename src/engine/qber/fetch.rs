@@ -10,7 +10,7 @@
 //! handshake and adds state to get wrong).
 //!
 //! `http://` is accepted only for the literal loopback addresses 127.0.0.1
-//! and [::1]: a QBER value decides whether a link stays open, so a value
+//! and `[::1]`: a QBER value decides whether a link stays open, so a value
 //! crossing any network must be authenticated (https with the configured
 //! CA); a local agent on the same host is the one exception.
 //!
@@ -301,7 +301,7 @@ fn message(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v.get("message")?.as_str().map(str::to_string));
     let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    crate::engine::kme::printable(text.trim(), 120)
+    crate::text::printable(text.trim(), 120)
 }
 
 /// The text of an error and every source below it.

@@ -12,7 +12,6 @@
 //! its value changed. A configurable second pointer for the sequence would
 //! be better; it needs a config key (not added yet).
 
-use super::etsi015::parse_time_stamp;
 use serde_json::Value;
 
 /// Sibling keys read as the measurement's sequence, in order.
@@ -44,7 +43,7 @@ fn sequence(key: &str, v: &Value) -> Result<u64, String> {
         (_, Value::Number(n)) => n
             .as_u64()
             .ok_or_else(|| format!("{key} must be an unsigned integer")),
-        ("measured_at" | "time_stamp", Value::String(s)) => parse_time_stamp(s),
+        ("measured_at" | "time_stamp", Value::String(s)) => crate::utc::parse_rfc3339_ms(s),
         _ => Err(format!("{key} must be an unsigned integer or a time stamp")),
     }
 }
@@ -139,7 +138,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn shown(p: &str) -> String {
-    format!("\"{}\"", crate::engine::kme::printable(p, 80))
+    format!("\"{}\"", crate::text::printable(p, 80))
 }
 
 #[cfg(test)]

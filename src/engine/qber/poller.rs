@@ -5,7 +5,8 @@
 //! nothing but its driver's network connection and the channel; it ends
 //! when the receiver is dropped (also in the middle of a poll).
 
-use super::{Driver, Sample};
+use super::Driver;
+use super::sample::Sample;
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 

@@ -35,7 +35,7 @@ pub fn parse(body: &[u8], qber_id: &str) -> Result<(f64, Option<u64>), String> {
         if found.is_some() {
             return Err(format!(
                 "more than one qkd_qber sample for link_id {:?}",
-                crate::engine::kme::printable(qber_id, 64)
+                crate::text::printable(qber_id, 64)
             ));
         }
         found = Some((value, stamp));
@@ -43,7 +43,7 @@ pub fn parse(body: &[u8], qber_id: &str) -> Result<(f64, Option<u64>), String> {
     found.ok_or_else(|| {
         format!(
             "no qkd_qber sample for link_id \"{}\"",
-            crate::engine::kme::printable(qber_id, 64)
+            crate::text::printable(qber_id, 64)
         )
     })
 }
@@ -67,13 +67,13 @@ fn sample(rest: &str) -> Result<(Labels, f64, Option<u64>), String> {
             .parse::<f64>()
             .ok()
             .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("bad value {:?}", crate::engine::kme::printable(v, 40)))?,
+            .ok_or_else(|| format!("bad value {:?}", crate::text::printable(v, 40)))?,
     };
     let stamp = match fields.next() {
         None => None,
         Some(t) => Some(
             t.parse::<u64>()
-                .map_err(|_| format!("bad timestamp {:?}", crate::engine::kme::printable(t, 40)))?,
+                .map_err(|_| format!("bad timestamp {:?}", crate::text::printable(t, 40)))?,
         ),
     };
     if fields.next().is_some() {

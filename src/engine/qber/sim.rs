@@ -3,7 +3,7 @@
 //! Runs in the engine; no I/O. Each poll is one new measurement, so the
 //! sequence number advances on every call.
 
-use super::{Sample, SimControl};
+use super::sample::{Sample, SimControl};
 use crate::conf::SimLinkConf;
 use crate::sim::model::LinkModel;
 

@@ -2,7 +2,7 @@
 //! `enc_keys`, OFFERs and retransmits, checks the CONFIRM tag before it
 //! installs. Pure; see the parent module for the contract.
 
-use super::{Action, Ctx, Input, MIN_ROUND};
+use super::round::{Action, Ctx, Input, MIN_ROUND};
 use crate::proto::peer::{self, Body, ConfirmKey, Message};
 use crate::secret::{Psk, QkdKey};
 use std::time::Instant;

@@ -3,7 +3,7 @@
 //! `dec_keys` exactly once, installs, CONFIRMs, and answers retransmits of
 //! that OFFER from its cache. Pure; see the parent module for the contract.
 
-use super::{Action, Ctx, Input};
+use super::round::{Action, Ctx, Input};
 use crate::proto::peer::{self, Body, KeyId, Message, Nonce};
 use crate::secret::QkdKey;
 

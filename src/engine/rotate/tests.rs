@@ -1,8 +1,10 @@
 //! Action order and timing of one endpoint; the two-endpoint behaviour is
 //! in tests/peer_protocol.rs.
 
+use super::round::Ctx;
 use super::*;
-use crate::proto::peer::Body;
+use crate::proto::peer::{Body, LinkId};
+use crate::secret::QkdKey;
 
 const PERIOD: Duration = Duration::from_secs(300);
 

@@ -3,7 +3,7 @@
 //! Pure functions, used by the engine on both ends; the published test
 //! vectors (`tests/vectors/peer-v1.json`) pin every byte of them.
 
-use super::{KeyId, LinkId, Nonce};
+use super::ids::{KeyId, LinkId, Nonce};
 use crate::secret::{Psk, QkdKey};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};

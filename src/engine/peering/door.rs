@@ -1,5 +1,6 @@
-//! The peer port's door (DESIGN §6, issue 8 item 4): the socket receive
-//! tasks, and every check a datagram passes before a rotation sees it.
+//! The peer port's door (DESIGN §6, issue 8 item 4): every check a
+//! datagram passes before a rotation sees it, and the budgets of the
+//! `peer_auth_failed` log.
 //!
 //! Each datagram costs the same small, bounded work whoever sends it: the
 //! [`Keyring`](crate::proto::peer::Keyring) checks (structure, receiver,
@@ -32,74 +33,12 @@
 //! second (after a burst) for all sources together, past which one
 //! `from=*` line a minute counts the rest.
 
-use super::rotate::Role;
+use crate::engine::rotate::Role;
 use crate::imsg::LinkKeys;
 use crate::log::{self, Prio};
-use crate::proto::peer::{self, Body, Message, Nonce};
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use crate::proto::peer::{Body, Message, Nonce};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-
-/// A received datagram, from the socket task.
-pub struct Datagram {
-    pub from: SocketAddr,
-    pub bytes: Vec<u8>,
-}
-
-/// The addresses of the configured peers (shared with the receive tasks).
-pub type Known = Arc<RwLock<HashSet<IpAddr>>>;
-
-/// Datagrams a second from addresses that are no configured peer's that
-/// the receive task passes on. The door refuses every one of them, so they
-/// only feed the auth log, which logs a line a second at most: the rest
-/// are dropped at the socket, before they cost an allocation or a turn of
-/// the engine's loop. (Their count in `suppressed=` is of this sample.)
-const STRANGERS_PER_SEC: u32 = 100;
-
-/// Reads the peering socket until it fails; datagrams of the wrong size
-/// are dropped here (the door checks everything else). Datagrams from a
-/// configured peer's address go to `known`, a sample of all others
-/// ([`STRANGERS_PER_SEC`]) to `other`: each queue drops when full, so a
-/// flood from addresses we do not know can fill only its own queue, and
-/// real OFFERs and CONFIRMs still get through.
-pub async fn receive(
-    sock: Arc<tokio::net::UdpSocket>,
-    peers: Known,
-    known: mpsc::Sender<Datagram>,
-    other: mpsc::Sender<Datagram>,
-) {
-    let mut buf = vec![0u8; 2048];
-    let mut strangers = Budget::new(STRANGERS_PER_SEC, STRANGERS_PER_SEC);
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, from)) if n <= peer::MAX_DATAGRAM => {
-                let ours = peers
-                    .read()
-                    .map(|p| p.contains(&from.ip().to_canonical()))
-                    .unwrap_or(false);
-                let queue = if ours {
-                    &known
-                } else if strangers.take(Instant::now()) {
-                    &other
-                } else {
-                    continue;
-                };
-                // A full queue drops the datagram, as a busy network would.
-                let _ = queue.try_send(Datagram {
-                    from,
-                    bytes: buf[..n].to_vec(),
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                log::warn(format!("peer: receive: {e}"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
 
 /// At most `per_sec` a second on average and `burst` at once, kept as one
 /// instant (GCRA: the time the next use is due), so a check is O(1).
@@ -138,7 +77,7 @@ const ANSWERS_PER_SEC: u32 = 4;
 
 /// What the door does with a datagram that passed the keyring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub enum Verdict {
     /// Worth an Ed25519 verification.
     Verify,
     /// Refused before it, logged as `peer_auth_failed reason=…`.
@@ -149,7 +88,7 @@ pub(super) enum Verdict {
 }
 
 /// What the door keeps of one keyed link.
-pub(super) struct Gate {
+pub struct Gate {
     /// The configured peer's address; the port is free (NAT).
     peer: IpAddr,
     role: Role,
@@ -161,7 +100,7 @@ pub(super) struct Gate {
 }
 
 impl Gate {
-    pub(super) fn new(conf: &LinkKeys) -> Gate {
+    pub fn new(conf: &LinkKeys) -> Gate {
         Gate {
             peer: conf.peer.ip().to_canonical(),
             role: conf.role,
@@ -171,7 +110,7 @@ impl Gate {
     }
 
     /// The engine sent `m` on this link.
-    pub(super) fn sent(&mut self, m: &Message) {
+    pub fn sent(&mut self, m: &Message) {
         if m.body == Body::Offer {
             self.offered = Some((m.epoch, m.nonce));
         }
@@ -179,14 +118,14 @@ impl Gate {
 
     /// The master's round moved past its OFFER (a new fetch, the CONFIRM
     /// accepted, the round failed): no answer is awaited any more.
-    pub(super) fn settled(&mut self) {
+    pub fn settled(&mut self) {
         self.offered = None;
     }
 
     /// The checks before the signature. `epoch` is the rotation's: the
     /// last one the slave accepted (unused for the master, which knows its
     /// OFFER exactly).
-    pub(super) fn check(&mut self, from: IpAddr, m: &Message, epoch: u64, now: Instant) -> Verdict {
+    pub fn check(&mut self, from: IpAddr, m: &Message, epoch: u64, now: Instant) -> Verdict {
         if from.to_canonical() != self.peer {
             return Verdict::Refuse("wrong-source");
         }
@@ -280,10 +219,7 @@ impl AuthLog {
                 if let Some(l) = link {
                     ev = ev.kv("link", l);
                 }
-                if held > 0 {
-                    ev = ev.kv("suppressed", held);
-                }
-                return Some(ev);
+                return Some(ev.suppressed(held));
             }
             Some(held) => self.held += 1 + held,
             None => self.held += 1,

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +37,7 @@ pub struct SimConfig {
     pub link: BTreeMap<String, RawLink>,
     /// The QBER feed: `[qber] measure_interval = "1s"` (`sim::qber`).
     #[serde(default)]
-    pub qber: crate::sim::qber::FeedConf,
+    pub qber: FeedConf,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -48,6 +49,41 @@ pub struct KmeSimConf {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// Shortest and longest `measure_interval` accepted.
+pub const INTERVAL_MIN: Duration = Duration::from_millis(10);
+const INTERVAL_MAX: Duration = Duration::from_secs(3600);
+
+/// `[qber]` of the qkdsim config.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConf {
+    #[serde(default = "default_interval", deserialize_with = "interval")]
+    pub measure_interval: Duration,
+}
+
+impl Default for FeedConf {
+    fn default() -> FeedConf {
+        FeedConf {
+            measure_interval: default_interval(),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = crate::duration::parse(&s).map_err(serde::de::Error::custom)?;
+    if !(INTERVAL_MIN..=INTERVAL_MAX).contains(&v) {
+        return Err(serde::de::Error::custom(
+            "measure_interval must be between 10ms and 1h",
+        ));
+    }
+    Ok(v)
 }
 
 /// A `[link.X]` as written; [`LinkSimConf`] once checked.
@@ -265,6 +301,21 @@ length_km = 50
         ];
         for b in bad {
             assert!(SimConfig::parse(&b, Path::new("/")).is_err(), "{b}");
+        }
+    }
+
+    #[test]
+    fn feed_conf_parses_and_checks_the_interval() {
+        let c: FeedConf = toml::from_str("measure_interval = \"250ms\"").unwrap();
+        assert_eq!(c.measure_interval, Duration::from_millis(250));
+        let d: FeedConf = toml::from_str("").unwrap();
+        assert_eq!(d, FeedConf::default());
+        for bad in [
+            "measure_interval = \"1ms\"",
+            "measure_interval = 5",
+            "x = 1",
+        ] {
+            assert!(toml::from_str::<FeedConf>(bad).is_err(), "{bad}");
         }
     }
 }

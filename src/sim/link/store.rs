@@ -3,8 +3,8 @@
 //! `max_key_count` keys of `key_size`; enc_keys on either KME draws from the
 //! shared pool and hands each key to exactly one slave SAE, once.
 
-use super::conf::LinkSimConf;
 use crate::secret::QkdKey;
+use crate::sim::conf::LinkSimConf;
 use crate::sim::model::LinkModel;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;

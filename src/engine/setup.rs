@@ -1,0 +1,242 @@
+//! The engine's set-up, before and besides its main loop: from the
+//! descriptors and config the parent hands over to a running [`Engine`]
+//! (sockets registered, log sink and hello to the parent, control server,
+//! Prometheus endpoint, peering sockets, channels), and a config applied to
+//! the links (at start and on every reload).
+
+use super::control::{self, Access, CtlCall};
+use super::link::Link;
+use super::qber::Freshness;
+use super::qber::poller::PollResult;
+use super::{Engine, Inbox, LinkSlot, Sockets, keys, metrics, peering, sources};
+use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
+use crate::lock::LockReason;
+use crate::log::{self, Prio};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+use tokio::sync::{broadcast, mpsc};
+
+impl Engine {
+    /// Everything the main loop needs, set up in order: a failure is the
+    /// engine's end (the caller exits).
+    pub(super) fn start(
+        cfg: EngineConfig,
+        sockets: Sockets,
+        metrics_listener: Option<std::net::TcpListener>,
+        peering_sockets: Vec<std::net::UdpSocket>,
+        dropped: bool,
+    ) -> Result<(Engine, Inbox), String> {
+        let Sockets {
+            chan,
+            listener,
+            creds,
+        } = sockets;
+        let setup = chan
+            .set_nonblocking(true)
+            .and_then(|_| listener.set_nonblocking(true));
+        setup.map_err(|e| e.to_string())?;
+        let (chan, listener) = match (
+            tokio::net::UnixStream::from_std(chan),
+            tokio::net::UnixListener::from_std(listener),
+        ) {
+            (Ok(c), Ok(l)) => (c, l),
+            _ => return Err("cannot register sockets".into()),
+        };
+        let (rd, wr) = chan.into_split();
+        // The parent is gone: exit at once (DESIGN §2).
+        let tx = imsg::spawn_writer(wr, || std::process::exit(0));
+        // Every record goes to the parent, which owns syslog/stderr.
+        let log_tx = tx.clone();
+        log::init(Box::new(move |prio, line| {
+            let rec = LogRecord {
+                prio: prio as u8,
+                line: line.to_string(),
+            };
+            let _ = log_tx.send(ToParent::Log(rec).encode());
+        }));
+        let _ = tx.send(
+            ToParent::Hello(Hello {
+                version: imsg::VERSION,
+                pid: std::process::id(),
+            })
+            .encode(),
+        );
+        if !dropped {
+            log::warn("engine: privilege drop skipped (not started as root)");
+        }
+        let (events, _) = broadcast::channel(1024);
+        let (calls_tx, calls) = mpsc::channel::<CtlCall>(64);
+        let access = Access {
+            readonly_uids: cfg.ctl_readonly_uids.clone(),
+            readonly_gid: cfg.ctl_readonly_gid,
+        };
+        tokio::spawn(control::serve(listener, access, calls_tx, events.clone()));
+        let from_parent = imsg::spawn_reader(rd, ToEngine::decode, "parent closed the channel");
+        let metrics = metrics_listener.and_then(|l| {
+            let l = l
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpListener::from_std(l));
+            match l {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    // Monitoring failing must not touch enforcement.
+                    log::warn(format!("metrics: {e}"));
+                    None
+                }
+            }
+        });
+        let metrics = metrics.map(|l| {
+            let (tx, rx) = tokio::sync::watch::channel(metrics::Snapshot::empty(
+                crate::utc::now_unix(),
+                Instant::now(),
+            ));
+            tokio::spawn(async move {
+                let e = metrics::http::serve(l, rx).await;
+                log::warn(format!("metrics: stopped: {e}"));
+            });
+            tx
+        });
+        // Sized for every link's poller to have a reading in flight.
+        let (polls_tx, polls) = mpsc::channel::<PollResult>(1024);
+        let (answers_tx, answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
+        let (dgram_tx, datagrams) = mpsc::channel::<peering::Datagram>(1024);
+        // Datagrams from addresses that are no configured peer's: a queue of
+        // their own, so a flood of them cannot crowd out the real ones.
+        let (other_tx, others) = mpsc::channel::<peering::Datagram>(256);
+        let mut peer = peering::Peering::default();
+        for sock in peering_sockets {
+            let sock = match sock
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::UdpSocket::from_std(sock))
+            {
+                Ok(s) => std::sync::Arc::new(s),
+                Err(e) => return Err(format!("peering socket: {e}")),
+            };
+            peer.add_socket(sock.clone());
+            tokio::spawn(peering::receive(
+                sock,
+                peer.known_peers(),
+                dgram_tx.clone(),
+                other_tx.clone(),
+            ));
+        }
+        let key_state = keys::Keys::new(tx.clone(), answers_tx, peer);
+        let mut eng = Engine {
+            links: BTreeMap::new(),
+            policy: None,
+            tx,
+            pending: HashMap::new(),
+            next_id: 1,
+            events,
+            started: Instant::now(),
+            metrics,
+            polls: polls_tx,
+            keys: key_state,
+            testing: cfg.testing.clone(),
+            creds: Some(creds),
+            alive_due: Instant::now(),
+        };
+        eng.configure(cfg, Instant::now())?;
+        let inbox = Inbox {
+            from_parent,
+            calls,
+            polls,
+            answers,
+            datagrams,
+            others,
+        };
+        Ok((eng, inbox))
+    }
+
+    /// (Re)builds the link set from the parent's config; links whose
+    /// settings did not change keep their state machine.
+    pub(super) fn configure(&mut self, cfg: EngineConfig, now: Instant) -> Result<(), String> {
+        crate::utc::set_offset(cfg.testing.wall_clock_offset);
+        log::set_verbose(cfg.verbose);
+        self.testing = cfg.testing.clone();
+        let policy = self.policy.clone();
+        self.keys.configure(
+            &cfg,
+            |n| {
+                policy
+                    .as_ref()
+                    .and_then(|p| p.links.get(n))
+                    .map(|p| p.rotate)
+            },
+            now,
+        )?;
+        let mut old = std::mem::take(&mut self.links);
+        for l in cfg.links {
+            let qconf = &cfg.qber[&l.qber];
+            let kept = old.remove(&l.name);
+            if let Some(slot) = &kept {
+                if slot.qber_name == l.qber && slot.qconf == *qconf {
+                    self.links.insert(l.name.clone(), kept.expect("checked"));
+                    continue;
+                }
+            }
+            let opened = sources::open(
+                &l.name,
+                &l.qber,
+                &l.qber_id,
+                qconf,
+                &cfg.qber_net,
+                &self.polls,
+            );
+            let sim_control = sources::sim_control(&l.qber, qconf, &cfg.qber_net);
+            let (source, poller) = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    // Fail closed: a link we cannot watch is locked.
+                    log::event(Prio::Err, "qber_source_error")
+                        .kv("link", &l.name)
+                        .msg(e)
+                        .send();
+                    let m = LinkReasons {
+                        link: l.name.clone(),
+                        reasons: [LockReason::SourceLost].into_iter().collect(),
+                        qber: None,
+                        threshold: None,
+                        by_operator: false,
+                        sampled_ns: None,
+                    };
+                    let _ = self.tx.send(ToParent::Reasons(m).encode());
+                    continue;
+                }
+            };
+            // A changed source keeps the link's state machine (and its reasons).
+            let link = match kept {
+                Some(mut slot) => {
+                    slot.stop_poller();
+                    slot.link
+                }
+                None => {
+                    let policy = self.link_policy(&l.name);
+                    Link::new(&l.name, policy, l.keys.is_some(), l.persisted, now)
+                }
+            };
+            self.links.insert(
+                l.name.clone(),
+                LinkSlot {
+                    link,
+                    source,
+                    poller,
+                    fresh: Freshness::new(),
+                    poll: qconf.poll,
+                    next_poll: now,
+                    qber_name: l.qber.clone(),
+                    qber_id: l.qber_id.clone(),
+                    qconf: qconf.clone(),
+                    parent: None,
+                    source_errors: 0,
+                    sampled_ns: None,
+                    sim_control,
+                },
+            );
+        }
+        for (_, mut gone) in old {
+            gone.stop_poller();
+        }
+        Ok(())
+    }
+}

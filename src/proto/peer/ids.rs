@@ -1,0 +1,112 @@
+//! The identifiers of the peer protocol, shared with the engine's KME
+//! client: [`LinkId`], [`PeerKey`], [`Nonce`] and the one [`KeyId`], the
+//! ETSI GS QKD 014 `key_ID` that a KME hands out and the master OFFERs.
+
+use super::error::WireError;
+use serde::{Deserialize, Serialize};
+
+/// Longest key_ID accepted, on the wire and from a KME (a UUID is 36).
+pub const MAX_KEY_ID: usize = 64;
+
+pub type Nonce = [u8; 16];
+/// An Ed25519 public key as it appears on the wire.
+pub type PeerKey = [u8; 32];
+
+/// Identifies a link on both ends (see [`super::link_id`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkId(pub [u8; 32]);
+
+impl LinkId {
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl std::fmt::Debug for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkId({})", self.hex())
+    }
+}
+
+/// A KME key_ID: opaque, 1..=[`MAX_KEY_ID`] bytes of `[A-Za-z0-9-]` (no
+/// RFC 4122 version is insisted on). Not secret: it crosses the network
+/// in the peer protocol. Checked once where it enters the engine, a KME's
+/// answer (`engine::kme`) or a peer's datagram ([`super::parse`]), and
+/// carried as it is from there: what one end's KME gave, the other end's
+/// KME is asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn new(s: &str) -> Result<KeyId, WireError> {
+        KeyId::from_bytes(s.as_bytes())
+    }
+
+    /// The key_ID field of a datagram.
+    pub(super) fn from_bytes(b: &[u8]) -> Result<KeyId, WireError> {
+        if b.is_empty() || b.len() > MAX_KEY_ID {
+            return Err(WireError::KeyIdLength);
+        }
+        if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
+            return Err(WireError::KeyIdCharset);
+        }
+        Ok(KeyId(String::from_utf8(b.to_vec()).expect("ASCII")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for KeyId {
+    type Error = String;
+    fn try_from(s: String) -> Result<KeyId, String> {
+        KeyId::new(&s).map_err(|_| "malformed key_ID".to_string())
+    }
+}
+
+impl From<KeyId> for String {
+    fn from(k: KeyId) -> String {
+        k.0
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids() {
+        assert!(KeyId::new("abc-DEF-123").is_ok());
+        assert!(KeyId::new("bc490419-7d60-487f-adc1-4ddcc177c139").is_ok());
+        assert!(KeyId::new(&"a".repeat(64)).is_ok());
+        assert_eq!(KeyId::new(""), Err(WireError::KeyIdLength));
+        assert_eq!(KeyId::new(&"a".repeat(65)), Err(WireError::KeyIdLength));
+        assert_eq!(KeyId::new("a b"), Err(WireError::KeyIdCharset));
+        assert_eq!(KeyId::new("a/b"), Err(WireError::KeyIdCharset));
+        assert_eq!(KeyId::new("é"), Err(WireError::KeyIdCharset));
+        assert!(serde_json::from_str::<KeyId>("\"x y\"").is_err());
+        let k: KeyId = serde_json::from_str("\"k-1\"").unwrap();
+        assert_eq!(serde_json::to_string(&k).unwrap(), "\"k-1\"");
+    }
+}
