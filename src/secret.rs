@@ -31,20 +31,14 @@ impl Psk {
 
     /// DESIGN §7: first 4 bytes of HMAC-SHA256(PSK, "fp"), hex — safe to show.
     pub fn fingerprint(&self) -> String {
-        self.mac(b"fp")[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::text::hex(&self.mac(b"fp")[..4])
     }
 
     /// HMAC-SHA256(PSK, "qkdpfd-psk-verify-v1"), hex: what the state file
     /// keeps so a restart can tell the installed PSK from any other without
     /// storing it (DESIGN §6 `no-key`).
     pub fn verifier(&self) -> String {
-        self.mac(b"qkdpfd-psk-verify-v1")
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::text::hex(&self.mac(b"qkdpfd-psk-verify-v1"))
     }
 
     fn mac(&self, msg: &[u8]) -> [u8; 32] {

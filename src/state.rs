@@ -8,14 +8,14 @@
 //! never an empty state: a restart must not open a link that was locked.
 
 use crate::lock::Reasons;
-use crate::policy::signify::{hex, parse_hex32};
-use crate::policy::store::{Store, fsync_dir};
+use crate::policy::signify::parse_hex32;
+use crate::policy::store::Store;
 use crate::policy::verify::{Floor, signed_list_digest};
+use crate::text::hex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::Path;
 
 pub const VERSION: u32 = 1;
@@ -139,35 +139,7 @@ pub fn save(path: &Path, state: &State) -> io::Result<()> {
     }
     let mut json = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
     json.push(b'\n');
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| invalid(path, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let result = write_synced(&tmp, &json).and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fsync_dir(dir)
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+    crate::file::write_atomic(path, &json, 0o600)
 }
 
 /// The rollback floor: the larger of the active serial and the highest

@@ -9,12 +9,7 @@ use crate::ruleset::{Checker, LinkTarget};
 use crate::state::{self, State};
 use std::collections::BTreeMap;
 
-/// Re-exported, not defined: the one clock is [`crate::utc::now_unix`]
-/// (`run.rs` still names it by this path).
-
-fn hex(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::text::hex;
 
 fn unreadable(what: &str, msg: impl std::fmt::Display) -> Reject {
     Reject::Unreadable {

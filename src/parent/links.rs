@@ -105,9 +105,9 @@ pub struct Links {
     /// The ladder's last rung; None where WireGuard is not reachable
     /// (`qkdpfd -L`, which needs nothing but the firewall).
     pub tunnel: Option<Tunnel>,
-    /// When damage to the default-deny was last logged: once a minute
-    /// while it lasts (pf stays disabled until an operator enables it).
-    damage_logged: Option<std::time::Instant>,
+    /// Damage to the default-deny is logged once a minute (the flood
+    /// rule) while it lasts (pf stays disabled until an operator enables it).
+    damage_logged: log::PerMinute<()>,
     /// When a failing state write was last logged, and what it failed to
     /// write (each tick tries again; the same failure is said once a minute).
     write_failing: Option<(std::time::Instant, BTreeMap<String, LinkRecord>)>,
@@ -135,7 +135,7 @@ impl Links {
             guard: BTreeSet::new(),
             persist_disabled: false,
             tunnel: None,
-            damage_logged: None,
+            damage_logged: log::PerMinute::default(),
             write_failing: None,
         }
     }
@@ -163,14 +163,11 @@ impl Links {
             Err(_) => Vec::new(),
         };
         if damaged.is_empty() {
-            self.damage_logged = None;
+            self.damage_logged.clear();
         } else {
             let now = std::time::Instant::now();
-            let say = self
-                .damage_logged
-                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60));
+            let say = self.damage_logged.admit((), now).is_some();
             if say {
-                self.damage_logged = Some(now);
                 log::event(Prio::Alert, "firewall_lost")
                     .kv("firewall", self.fw.name())
                     .msg(format!(

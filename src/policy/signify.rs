@@ -218,10 +218,6 @@ pub fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

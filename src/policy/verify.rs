@@ -106,7 +106,7 @@ impl Bundle {
     }
 
     pub fn digest_hex(&self) -> String {
-        signify::hex(&self.digest)
+        crate::text::hex(&self.digest)
     }
 }
 

@@ -10,8 +10,6 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -180,24 +178,10 @@ pub fn create(
     Ok(written)
 }
 
-/// Write temp (with its final mode from the start), fsync, rename, fsync dir.
+/// One file of the PKI, written atomically with its final mode from the start.
 fn write_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<PathBuf, String> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(fail)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(fail)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)?;
+    crate::file::write_atomic(&path, data, mode).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 

@@ -7,7 +7,6 @@
 //! backend's, except the tool's own parse.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{Firewall, Observed, Readback};
@@ -210,18 +209,9 @@ impl Firewall for DryRun {
     }
 }
 
-/// Write temp, fsync, rename, fsync the directory: a reader sees the old file
-/// or the new one, never half of one.
+/// The dry-run files hold no secret but are written as the state file is.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
+    crate::file::write_atomic(path, data, 0o600)
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use super::Links;
 use crate::lock::Enforcement;
 use crate::log::{self, Prio};
 use crate::parent::fw::Observed;
+use crate::policy::Bundle;
 use crate::ruleset::LinkTarget;
 use crate::tool::FwError;
-use crate::policy::Bundle;
 
 impl Links {
     /// The lockdown ladder (links.rs's module docs). Stops at the first step the

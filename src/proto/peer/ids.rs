@@ -87,9 +87,7 @@ impl From<KeyId> for String {
     }
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::text::hex;
 
 #[cfg(test)]
 mod tests {

@@ -201,7 +201,7 @@ pub fn uuid_v4() -> String {
     rand::Rng::fill(&mut rand::thread_rng(), &mut b[..]);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = crate::text::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
