@@ -49,9 +49,19 @@ test:
 
 # The README's main command: the two-gateway demo. scripts/demo.sh builds
 # with --features testing (its configs shorten rotation in [testing]).
+# WG=linux runs it on kernel WireGuard in Debian's own kernel in a VM.
+WG ?=
 demo:
 	sh scripts/setup-debian.sh
-	sh scripts/demo.sh
+	if [ "$(WG)" = linux ]; then sh scripts/kernel-vm.sh demo; else sh scripts/demo.sh; fi
+
+# The kernel lane: Debian's stock kernel booted by QEMU (TCG) with the
+# host's files visible; kernel WireGuard and Debian 6.1's nf_tables under
+# the tests scripts/kernel-lane.sh names. Root; see scripts/kernel-vm.sh
+# for what it installs and touches.
+test-kernel:
+	sh scripts/setup-debian.sh
+	sh scripts/kernel-vm.sh test
 
 # As root (network namespaces). rotation needs the testing feature.
 bench:
@@ -67,6 +77,7 @@ check-openbsd:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --test structure
 	mandoc -Tlint -Wwarning man/*.[58]
 	sh -n rc.d/qkdpfd
 
@@ -147,4 +158,4 @@ uninstall:
 	Linux) rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service ;; \
 	esac
 
-.PHONY: all build test demo bench check-openbsd lint bundle install uninstall
+.PHONY: all build test test-kernel demo bench check-openbsd lint bundle install uninstall

@@ -39,10 +39,13 @@ bin=${BIN_DIR:-$top/target/$profile}
 work=/var/tmp/qkdpfd-demo
 SIGNIFY=${SIGNIFY:-signify-openbsd}
 A=192.0.2.1 B=192.0.2.2 # underlay ("fibre") addresses of the gateways
+# TEST_TIME_SCALE (an integer, default 1) stretches the rotation period and
+# every wait: the kernel VM lane runs under TCG, several times slower.
+scale=${TEST_TIME_SCALE:-1}
 if [ -n "${FAST:-}" ]; then
-	rotate=2s npings=3 rounds=2
+	rotate=$((2 * scale))s npings=3 rounds=2
 else
-	rotate=4s npings=10 rounds=3
+	rotate=$((4 * scale))s npings=10 rounds=3
 fi
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -74,12 +77,10 @@ logs() {
 	done
 }
 wait_for() { # seconds description command...: poll until the command succeeds
-	limit=$(($1 * 5)) what=$2
+	deadline=$(($(date +%s) + $1 * scale)) what=$2
 	shift 2
-	i=0
 	until "$@"; do
-		i=$((i + 1))
-		[ $i -lt $limit ] || { echo "timeout waiting for $what" >&2; logs >&2; exit 1; }
+		[ "$(date +%s)" -lt $deadline ] || { echo "timeout waiting for $what" >&2; logs >&2; exit 1; }
 		sleep 0.2
 	done
 }

@@ -20,6 +20,38 @@ pub const A: usize = 0;
 pub const B: usize = 1;
 const UNDERLAY: [&str; 2] = ["192.0.2.1", "192.0.2.2"];
 
+/// A time limit as the host needs it, stretched by `TEST_TIME_SCALE` (the
+/// kernel VM lane runs under TCG, several times slower): limits bound how
+/// long a test waits for an outcome, never the outcome itself.
+pub fn slow(limit: Duration) -> Duration {
+    let scale: f64 = std::env::var("TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s: &f64| *s >= 1.0)
+        .unwrap_or(1.0);
+    limit.mul_f64(scale)
+}
+
+/// The `[testing]` section with its `rotate` period stretched by
+/// `TEST_TIME_SCALE` as [`slow`] stretches limits: a round must fit in a
+/// period however slow the machine.
+fn scaled_testing(testing: &str) -> String {
+    testing
+        .lines()
+        .map(|l| {
+            let secs = l
+                .strip_prefix("rotate = \"")
+                .and_then(|v| v.strip_suffix("s\""))
+                .and_then(|v| v.parse::<u64>().ok());
+            match secs {
+                Some(n) => format!("rotate = \"{}s\"", slow(Duration::from_secs(n)).as_secs()),
+                None => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The `[wireguard] backend` the gateways run: `WG=linux` is kernel
 /// WireGuard (scripts/gateways.sh makes the interfaces to match).
 pub fn wg_backend() -> &'static str {
@@ -132,6 +164,7 @@ impl Pair {
                 seed = 3 + end,
                 me_side = side(end),
                 wg = wg_backend(),
+                testing = scaled_testing(testing),
             );
             fs::write(d.join("qkdpfd.conf"), conf).unwrap();
         }
@@ -182,7 +215,7 @@ impl Pair {
         let t = Instant::now();
         while !self.ns_ok(A, &["sh", "-c", "ss -ltn | grep -q ':8444 '"]) {
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                t.elapsed() < slow(Duration::from_secs(10)),
                 "qkdsim did not listen"
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -214,7 +247,7 @@ impl Pair {
         let t = Instant::now();
         while !self.ctl(end, &["status"]).status.success() {
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                t.elapsed() < slow(Duration::from_secs(10)),
                 "qkdpfd {} did not start:\n{}",
                 side(end),
                 self.log(end)
@@ -262,6 +295,7 @@ impl Pair {
     /// Waits until `end`'s log holds `needle` (engine events reach the
     /// log through the parent, after the engine's own answers).
     pub fn wait_log(&self, end: usize, needle: &str, limit: Duration) -> String {
+        let limit = slow(limit);
         let t = Instant::now();
         loop {
             let log = self.log(end);
@@ -328,6 +362,7 @@ impl Pair {
         limit: Duration,
         pred: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
     ) -> Duration {
+        let limit = slow(limit);
         let t = Instant::now();
         loop {
             if pred(&self.show(A), &self.show(B)) {
@@ -448,6 +483,7 @@ impl Pair {
 
     /// Pings until 3 of 3 pass (WireGuard retries a handshake every 5 s).
     pub fn traffic_within(&self, limit: Duration) {
+        let limit = slow(limit);
         let t = Instant::now();
         while self.pings(3) < 3 {
             assert!(t.elapsed() < limit, "no traffic\n{}", self.logs());
