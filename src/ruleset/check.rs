@@ -158,14 +158,7 @@ mod tests {
     use super::*;
 
     fn dr() -> LinkTarget {
-        LinkTarget {
-            name: "dr".into(),
-            wg_if: "wg0".into(),
-            wg_port: 51820,
-            rdomain: 0,
-            addrs4: vec!["198.51.100.2".parse().unwrap()],
-            addrs6: vec![],
-        }
+        LinkTarget::sample()
     }
 
     #[test]

@@ -61,6 +61,19 @@ pub struct LinkTarget {
 }
 
 impl LinkTarget {
+    /// Link "dr" on wg0, far gateway 198.51.100.2: the unit tests' link.
+    #[cfg(test)]
+    pub(crate) fn sample() -> LinkTarget {
+        LinkTarget {
+            name: "dr".into(),
+            wg_if: "wg0".into(),
+            wg_port: 51820,
+            rdomain: 0,
+            addrs4: vec!["198.51.100.2".parse().unwrap()],
+            addrs6: vec![],
+        }
+    }
+
     pub fn from_conf(link: &LinkConf) -> LinkTarget {
         let mut t = LinkTarget {
             name: link.name.clone(),

@@ -350,14 +350,7 @@ mod tests {
     use super::*;
 
     fn dr() -> LinkTarget {
-        LinkTarget {
-            name: "dr".into(),
-            wg_if: "wg0".into(),
-            wg_port: 51820,
-            rdomain: 0,
-            addrs4: vec!["198.51.100.2".parse().unwrap()],
-            addrs6: vec![],
-        }
+        LinkTarget::sample()
     }
 
     fn rule(chain: &str, expr: &str, comment: Option<&str>) -> String {
