@@ -33,7 +33,7 @@ group() { # label test-name [filter args...]
 	fi
 	start=$(date +%s)
 	echo "==== kernel-lane: $label"
-	if "$exe" --test-threads="${LANE_THREADS:-2}" "$@"; then
+	if "$exe" --test-threads="${LANE_THREADS:-3}" "$@"; then
 		echo "==== kernel-lane: $label: ok ($(($(date +%s) - start)) s)"
 	else
 		echo "==== kernel-lane: $label: FAILED ($(($(date +%s) - start)) s)"
@@ -42,7 +42,11 @@ group() { # label test-name [filter args...]
 }
 
 group "netlink backend against wireguard.ko" wg_linux
-group "two gateways on kernel WireGuard" keys
+# The key-agreement tests where the WireGuard implementation matters (the
+# peer protocol's own checks — a dropped CONFIRM, forged datagrams, the
+# IPv4 wildcard — run on the host, where the tunnel is wireguard-go).
+group "two gateways on kernel WireGuard" keys --skip a_dropped_confirm \
+	--skip forged_replayed --skip a_wildcard_listen
 group "nftables backend on Debian's nf_tables" fw_nft
 group "dead-man switch on Debian's nf_tables" daemon --exact a_killed_parent_locks_every_link_by_itself
 group "the demo on kernel WireGuard" demo

@@ -55,7 +55,15 @@ setup() {
 	mkdir -p "$VM_DIR"
 	# The package linux-image-amd64 depends on today (its name changes with
 	# Debian's security updates).
-	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
+	kernel_pkg() {
+		apt-cache depends linux-image-amd64 2>/dev/null |
+			sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1
+	}
+	pkg=$(kernel_pkg)
+	if [ -z "$pkg" ]; then # a fresh machine: no package lists yet
+		as_root apt-get update -qq
+		pkg=$(kernel_pkg)
+	fi
 	[ -n "$pkg" ] || die "apt-cache depends linux-image-amd64 names no kernel package (apt-get update?)"
 	ver=${pkg#linux-image-}
 	if [ ! -f "$VM_DIR/root/boot/vmlinuz-$ver" ]; then

@@ -32,21 +32,19 @@ pub fn slow(limit: Duration) -> Duration {
     limit.mul_f64(scale)
 }
 
-/// The `[testing]` section with its `rotate` period stretched by
-/// `TEST_TIME_SCALE` as [`slow`] stretches limits: a round must fit in a
-/// period however slow the machine.
+/// The `[testing]` section with its periods (`rotate = "2s"`,
+/// `max_key_age = "6s"`, ...) stretched by `TEST_TIME_SCALE` as [`slow`]
+/// stretches limits, all by the same factor so that their order holds: a
+/// round must fit in a period however slow the machine.
 fn scaled_testing(testing: &str) -> String {
     testing
         .lines()
         .map(|l| {
-            let secs = l
-                .strip_prefix("rotate = \"")
-                .and_then(|v| v.strip_suffix("s\""))
-                .and_then(|v| v.parse::<u64>().ok());
-            match secs {
-                Some(n) => format!("rotate = \"{}s\"", slow(Duration::from_secs(n)).as_secs()),
-                None => l.to_string(),
-            }
+            let scaled = l.split_once(" = \"").and_then(|(k, v)| {
+                let n = v.strip_suffix("s\"")?.parse::<u64>().ok()?;
+                Some(format!("{k} = \"{}s\"", slow(Duration::from_secs(n)).as_secs()))
+            });
+            scaled.unwrap_or_else(|| l.to_string())
         })
         .collect::<Vec<_>>()
         .join("\n")
