@@ -42,7 +42,10 @@ fn scaled_testing(testing: &str) -> String {
         .map(|l| {
             let scaled = l.split_once(" = \"").and_then(|(k, v)| {
                 let n = v.strip_suffix("s\"")?.parse::<u64>().ok()?;
-                Some(format!("{k} = \"{}s\"", slow(Duration::from_secs(n)).as_secs()))
+                Some(format!(
+                    "{k} = \"{}s\"",
+                    slow(Duration::from_secs(n)).as_secs()
+                ))
             });
             scaled.unwrap_or_else(|| l.to_string())
         })
