@@ -43,15 +43,7 @@ as_root() {
 }
 
 setup() {
-	missing=""
-	for p in qemu-system-x86 busybox-static kmod udev; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-	done
-	if [ -n "$missing" ]; then
-		echo "kernel-vm: installing:$missing"
-		as_root apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends $missing >/dev/null
-	fi
+	sh scripts/setup-debian.sh qemu-system-x86 busybox-static kmod udev
 	mkdir -p "$VM_DIR"
 	# The package linux-image-amd64 depends on today (its name changes with
 	# Debian's security updates).

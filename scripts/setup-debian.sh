@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what the demo and the tests need on a fresh Debian 12 machine.
 # Idempotent; needs root (or sudo) only when something is missing.
+# Arguments name further packages (the kernel lane's QEMU and friends).
 set -eu
-pkgs="nftables wireguard-go wireguard-tools signify-openbsd minisign mandoc iproute2 iputils-ping bmake curl"
+pkgs="nftables wireguard-go wireguard-tools signify-openbsd minisign mandoc iproute2 iputils-ping bmake curl $*"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

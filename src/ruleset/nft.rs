@@ -225,10 +225,15 @@ pub fn protected_matches(l: &LinkTarget) -> Vec<(&'static str, String)> {
 /// Replaces the link chain's contents with the open statements, behind a
 /// tag rule that lets a read-back count them.
 pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
-    let chain = format!("link_{}", link.name);
+    refill(table, &format!("link_{}", link.name), OPEN_TAG, stmts)
+}
+
+/// Flushes `chain` and adds the counting tag rule (`tag` + statement
+/// count), then the statements.
+fn refill(table: &str, chain: &str, tag: &str, stmts: &[String]) -> String {
     let mut s = format!("flush chain inet {table} {chain}\n");
     s.push_str(&format!(
-        "add rule inet {table} {chain} counter comment \"{OPEN_TAG}{}\"\n",
+        "add rule inet {table} {chain} counter comment \"{tag}{}\"\n",
         stmts.len()
     ));
     for st in stmts {
@@ -242,14 +247,7 @@ pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
 /// chain drops whatever the bundle's text says.
 pub fn stage_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
     let chain = format!("lock_{}", link.name);
-    let mut s = format!("flush chain inet {table} {chain}\n");
-    s.push_str(&format!(
-        "add rule inet {table} {chain} counter comment \"{LOCK_TAG}{}\"\n",
-        stmts.len()
-    ));
-    for st in stmts {
-        s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
-    }
+    let mut s = refill(table, &chain, LOCK_TAG, stmts);
     s.push_str(&format!(
         "add rule inet {table} {chain} drop comment \"{DROP_TAG}\"\n"
     ));
