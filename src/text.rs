@@ -24,19 +24,25 @@ fn push_byte(out: &mut String, b: u8, quotes: bool) {
     }
 }
 
-/// `text` made safe to show, quotes and backslashes escaped, cut after
-/// `max` characters of input with `...` appended.
+/// `text` made safe to show, quotes and backslashes escaped, cut with
+/// `...` appended after `max` characters of input or before the output
+/// would pass `4 * max` bytes (escaped non-ASCII text takes 4 to 16 bytes
+/// a character), whichever comes first. Never cut inside a character.
 pub fn printable(text: &str, max: usize) -> String {
+    let cap = max.saturating_mul(4);
     let mut out = String::with_capacity(text.len().min(max) + 3);
+    let mut one = String::with_capacity(16);
     for (i, c) in text.chars().enumerate() {
-        if i == max {
+        one.clear();
+        let mut buf = [0u8; 4];
+        for &b in c.encode_utf8(&mut buf).as_bytes() {
+            push_byte(&mut one, b, true);
+        }
+        if i == max || out.len() + one.len() > cap {
             out.push_str("...");
             break;
         }
-        let mut buf = [0u8; 4];
-        for &b in c.encode_utf8(&mut buf).as_bytes() {
-            push_byte(&mut out, b, true);
-        }
+        out.push_str(&one);
     }
     out
 }

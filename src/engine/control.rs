@@ -359,7 +359,7 @@ async fn readonly_request(rd: &mut OwnedReadHalf, max: usize) -> std::io::Result
 }
 
 fn parse(line: &[u8]) -> Result<Request, Reply> {
-    serde_json::from_slice(line)
+    crate::proto::ctl::parse_request(line)
         .map_err(|e| Reply::error(ErrorCode::BadRequest, format!("bad request: {e}")))
 }
 

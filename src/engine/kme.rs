@@ -10,7 +10,7 @@
 //! naming the KME, the call and the status/message, never key bytes. The
 //! caller retries with a [`Backoff`].
 
-mod answer;
+pub mod answer;
 mod backoff;
 mod error;
 

@@ -209,7 +209,7 @@ pub async fn read_request(
     if !line.ends_with(b"\n") {
         return Err(Unread::Ended);
     }
-    serde_json::from_slice(&line).map_err(|e| Unread::Bad(e.to_string()))
+    crate::proto::ctl::parse_request(&line).map_err(Unread::Bad)
 }
 
 /// A request line the parent read (or could not read) from a client.

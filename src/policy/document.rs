@@ -440,6 +440,16 @@ struct Problem {
     warning: bool,
 }
 
+/// The errors (not the warnings) the parser would report for `lp`: none
+/// for any policy [`parse`] returned (the fuzz target holds it to that).
+pub fn link_errors(lp: &LinkPolicy) -> Vec<String> {
+    check_link(lp)
+        .into_iter()
+        .filter(|p| !p.warning)
+        .map(|p| format!("{}: {}", p.key, p.msg))
+        .collect()
+}
+
 fn check_link(lp: &LinkPolicy) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut err = |key, msg: String| {

@@ -34,6 +34,13 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Parses one request line (its newline may be there or not): the one
+/// parser of both readers, the engine's control server and the parent's
+/// reader of a root client's line.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(line).map_err(|e| e.to_string())
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum Request {

@@ -14,7 +14,27 @@ use zeroize::Zeroizing;
 
 /// A key_ID from the KME, checked once here (the one [`KeyId`] rule).
 fn key_id(s: &str) -> Result<KeyId, KmeErrorKind> {
-    KeyId::new(s).map_err(|_| KmeErrorKind::MalformedKeyId(printable(s, MAX_KEY_ID)))
+    KeyId::new(s).map_err(|_| KmeErrorKind::MalformedKeyId(what_is_wrong(s)))
+}
+
+/// What is wrong with a key_ID, without quoting it: a KME that mixed up
+/// its fields would otherwise have a key written to the log (base64 is
+/// exactly what fails the key_ID rule). Its length and the first byte
+/// that breaks the rule are enough to tell a KME's vendor what it sent.
+fn what_is_wrong(s: &str) -> String {
+    let bad = s
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || b == b'-'));
+    match bad {
+        _ if s.is_empty() => "(empty)".into(),
+        Some(i) => format!(
+            "of {} bytes: byte {} is {}, not one of [A-Za-z0-9-]",
+            s.len(),
+            i + 1,
+            printable(&String::from_utf8_lossy(&[s.as_bytes()[i]]), 1)
+        ),
+        None => format!("of {} bytes (at most {MAX_KEY_ID})", s.len()),
+    }
 }
 
 /// ETSI 014 Status (§6.1), every field typed.
@@ -176,7 +196,9 @@ mod tests {
         let bad = br#"{"keys":[{"key_ID":"a\nb","key":"AAECAw=="}]}"#;
         assert_eq!(
             parse_keys(bad, Expect::Count(1), 32).unwrap_err(),
-            KmeErrorKind::MalformedKeyId("a\\x0ab".into())
+            KmeErrorKind::MalformedKeyId(
+                "of 3 bytes: byte 2 is \\x0a, not one of [A-Za-z0-9-]".into()
+            )
         );
     }
 

@@ -58,7 +58,8 @@ pub enum KmeErrorKind {
     DuplicateKeyId(String),
     /// dec_keys returned a key_ID we did not ask for.
     UnknownKeyId(String),
-    /// A key_ID that is not 1..=64 of [A-Za-z0-9-].
+    /// A key_ID that is not 1..=64 of [A-Za-z0-9-]: what is wrong with
+    /// it, never the key_ID itself.
     MalformedKeyId(String),
     /// A key that is not valid base64.
     BadBase64 { key_id: String },
@@ -118,7 +119,7 @@ impl fmt::Display for KmeError {
             } => write!(f, "key {key_id} is {got} bytes, expected {expected}"),
             KmeErrorKind::DuplicateKeyId(id) => write!(f, "duplicate key_ID {id}"),
             KmeErrorKind::UnknownKeyId(id) => write!(f, "key_ID {id} was not requested"),
-            KmeErrorKind::MalformedKeyId(id) => write!(f, "malformed key_ID {id}"),
+            KmeErrorKind::MalformedKeyId(why) => write!(f, "malformed key_ID {why}"),
             KmeErrorKind::BadBase64 { key_id } => write!(f, "key {key_id} is not valid base64"),
         }
     }

@@ -101,6 +101,15 @@ fn transient(e: &io::Error) -> bool {
 
 async fn connection(tcp: TcpStream, snapshots: watch::Receiver<Snapshot>, limits: Limits) {
     let _ = tcp.set_nodelay(true);
+    serve_connection(tcp, snapshots, limits).await
+}
+
+/// One connection's exchange on any byte stream: a TCP connection here,
+/// an in-memory pipe in the fuzz target. Never panics.
+pub async fn serve_connection<S>(io: S, snapshots: watch::Receiver<Snapshot>, limits: Limits)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let answer = metrics_answer(&req, &snapshots);
         async move { Ok::<_, Infallible>(answer) }
@@ -110,7 +119,7 @@ async fn connection(tcp: TcpStream, snapshots: watch::Receiver<Snapshot>, limits
         .header_read_timeout(limits.header_timeout)
         .keep_alive(false)
         .max_buf_size(READ_BUFFER)
-        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     match tokio::time::timeout(limits.connection_timeout, conn).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => log::debug(format!("metrics: connection: {e}")),

@@ -81,8 +81,13 @@ pub fn resolve<'a>(doc: &'a Value, pointer: &str) -> Result<&'a Value, String> {
     let mut at = doc;
     let mut walked = String::new();
     for raw in rest.split('/') {
-        let token = unescape(raw)
-            .ok_or_else(|| format!("JSON pointer {}: bad ~ escape in {raw:?}", shown(pointer)))?;
+        let token = unescape(raw).ok_or_else(|| {
+            format!(
+                "JSON pointer {}: bad ~ escape in {}",
+                shown(pointer),
+                shown(raw)
+            )
+        })?;
         walked.push('/');
         walked.push_str(raw);
         at = match at {

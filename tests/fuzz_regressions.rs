@@ -1,0 +1,48 @@
+//! Every input the fuzz targets (fuzz/, FUZZING.md) found a fault with,
+//! minimized, replayed through the same check in the normal suite.
+//! Inputs: tests/fuzz-regressions/TARGET-WHAT.
+
+use qkdpfd::engine::kme::answer::{Expect, error_message, parse_keys};
+use qkdpfd::engine::kme::{Call, KmeError};
+use qkdpfd::engine::qber::http_json;
+
+fn input(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fuzz-regressions/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A KME that put a key where its key_ID belongs had the key quoted in the
+/// error, and so in the log. The error now says what is wrong without it.
+#[test]
+fn etsi014_keys_never_quotes_a_key_given_as_key_id() {
+    let data = input("etsi014_keys-key-as-key_ID");
+    let body = &data[2..];
+    let kind = parse_keys(body, Expect::Count(1), 256).unwrap_err();
+    let shown = KmeError::new("kme", Call::EncKeys, kind).to_string();
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    assert!(!shown.contains(&key[..12]), "{shown}");
+    assert!(shown.contains("of 44 bytes: byte 44 is ="), "{shown}");
+}
+
+/// An error body of non-ASCII text gave an 1,600-byte "short excerpt"
+/// (200 characters, each escaped to 8 or more bytes). Now at most 4 bytes
+/// of output per character of the limit.
+#[test]
+fn etsi014_error_message_is_bounded_in_bytes() {
+    let msg = error_message(&input("etsi014_status-long-message"));
+    assert!(msg.len() <= 200 * 4 + 3, "{} bytes", msg.len());
+    assert!(msg.ends_with("..."), "{msg}");
+    assert!(msg.bytes().all(|b| (0x20..0x7f).contains(&b)), "{msg}");
+}
+
+/// A JSON pointer with a bad `~` escape was quoted whole, unescaped and
+/// unbounded ({:?}), in the error: 1,191 bytes for this one.
+#[test]
+fn qber_http_json_pointer_errors_are_bounded() {
+    let data = input("qber_http_json-long-error");
+    let nl = data.iter().position(|&b| b == b'\n').unwrap();
+    let pointer = std::str::from_utf8(&data[..nl]).unwrap();
+    let e = http_json::parse(&data[nl + 1..], pointer).unwrap_err();
+    assert!(e.len() <= 1024, "{} bytes: {e}", e.len());
+    assert!(e.contains("bad ~ escape"), "{e}");
+}
