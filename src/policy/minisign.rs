@@ -29,7 +29,9 @@ pub fn verify<'k>(
     // minisign itself refuses a first line without the prefix; the crate
     // below does not look at that line.
     if !text.starts_with(UNTRUSTED) {
-        return Err(bad("the first line does not start with \"untrusted comment: \""));
+        return Err(bad(
+            "the first line does not start with \"untrusted comment: \"",
+        ));
     }
     let keynum = key_id(text).ok_or_else(|| bad("not a minisign signature"))?;
     let sig = minisign_verify::Signature::decode(text)
@@ -102,7 +104,12 @@ YtVqovXVb49VjDF1cgFECGUqHIYaxyE6LzrgornsMtX022goFhGhYlPIz0qdOaIx0R6DEecPn12AtZnI
         let r = verify(LIST.as_bytes(), b"garbage", &keys).unwrap_err();
         assert_eq!(r.reason(), "bad-signature");
         // Found by tests/differential.rs: `minisign -V` refuses these.
-        for first in ["", " untrusted comment: x", "untrusted comment:x", "untrusted: x"] {
+        for first in [
+            "",
+            " untrusted comment: x",
+            "untrusted comment:x",
+            "untrusted: x",
+        ] {
             let sig = SIG.replacen(
                 "untrusted comment: signature from minisign secret key",
                 first,
