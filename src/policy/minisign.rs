@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 /// Largest `.minisig` accepted (4 short lines; trusted comments are small).
 const MAX_MINISIG: usize = 8192;
+const UNTRUSTED: &str = "untrusted comment: ";
 
 /// Verifies `minisig` (the text of `SHA256.minisig`) over `list` (the bytes
 /// of `SHA256`); returns the signer's key.
@@ -25,6 +26,13 @@ pub fn verify<'k>(
         return Err(bad("the signature file is too large"));
     }
     let text = std::str::from_utf8(minisig).map_err(|_| bad("not UTF-8"))?;
+    // minisign itself refuses a first line without the prefix; the crate
+    // below does not look at that line.
+    if !text.starts_with(UNTRUSTED) {
+        return Err(bad(
+            "the first line does not start with \"untrusted comment: \"",
+        ));
+    }
     let keynum = key_id(text).ok_or_else(|| bad("not a minisign signature"))?;
     let sig = minisign_verify::Signature::decode(text)
         .map_err(|e| bad(&format!("not a minisign signature ({e})")))?;
@@ -95,5 +103,20 @@ YtVqovXVb49VjDF1cgFECGUqHIYaxyE6LzrgornsMtX022goFhGhYlPIz0qdOaIx0R6DEecPn12AtZnI
         assert_eq!(r.reason(), "unknown-signer");
         let r = verify(LIST.as_bytes(), b"garbage", &keys).unwrap_err();
         assert_eq!(r.reason(), "bad-signature");
+        // Found by tests/differential.rs: `minisign -V` refuses these.
+        for first in [
+            "",
+            " untrusted comment: x",
+            "untrusted comment:x",
+            "untrusted: x",
+        ] {
+            let sig = SIG.replacen(
+                "untrusted comment: signature from minisign secret key",
+                first,
+                1,
+            );
+            let r = verify(LIST.as_bytes(), sig.as_bytes(), &keys).unwrap_err();
+            assert_eq!(r.reason(), "bad-signature", "{first:?}");
+        }
     }
 }

@@ -109,6 +109,11 @@ pub fn parse_embedded(data: &[u8]) -> Result<Embedded<'_>, Reject> {
     if !comment.starts_with(COMMENT.as_bytes()) || comment.len() > MAX_COMMENT {
         return Err(bad("the first line is not an untrusted comment"));
     }
+    // As signify -C: some text after the prefix, and no NUL (signify reads
+    // the line as a C string and then finds no end of line).
+    if comment.len() == COMMENT.len() || comment.contains(&0) {
+        return Err(bad("the untrusted comment is empty or holds a NUL byte"));
+    }
     let (line, message) = split_line(rest).ok_or_else(|| bad("no signature line"))?;
     let raw = B64
         .decode(line)
@@ -278,6 +283,15 @@ mod tests {
         let emb = parse_embedded(&tampered).unwrap();
         let r = verify_embedded(&emb, std::slice::from_ref(&pk)).unwrap_err();
         assert_eq!(r.reason(), "bad-signature");
+
+        // Found by tests/differential.rs: signify -C refuses these comments.
+        let good = b"untrusted comment: verify with k.pub\n";
+        for comment in [&b"untrusted comment: \n"[..], b"untrusted comment: a\0b\n"] {
+            let mut s = comment.to_vec();
+            s.extend_from_slice(&sig[good.len()..]);
+            let r = parse_embedded(&s).map(|_| ()).unwrap_err();
+            assert_eq!(r.reason(), "bad-signature", "{comment:?}");
+        }
 
         let other = embedded(&sk, [2; 8], msg);
         let r = verify_embedded(&parse_embedded(&other).unwrap(), &[pk]).unwrap_err();

@@ -264,3 +264,23 @@ fn tar_out(cmd: &mut Command) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// The keynum and Ed25519 signing key of a signify secret key made with
+/// `-G -n` (no passphrase, so the key is stored in the clear): the base64
+/// line holds "Ed" ‖ kdfalg[2] ‖ rounds[4] ‖ salt[16] ‖ checksum[8] ‖
+/// keynum[8] ‖ seed[32] ‖ public key[32]. Lets a test sign thousands of
+/// messages without spawning signify for each.
+pub fn signify_secret(keys: &TestKeys) -> ([u8; 8], ed25519_dalek::SigningKey) {
+    use base64::Engine as _;
+    let text = fs::read_to_string(&keys.seckey).unwrap();
+    let line = text.lines().nth(1).expect("a base64 line");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .unwrap();
+    assert_eq!(raw.len(), 104, "not a signify secret key");
+    assert_eq!(&raw[..2], b"Ed");
+    assert_eq!(&raw[4..8], &[0; 4], "the key has a passphrase (-n missing)");
+    let keynum: [u8; 8] = raw[32..40].try_into().unwrap();
+    let seed: [u8; 32] = raw[40..72].try_into().unwrap();
+    (keynum, ed25519_dalek::SigningKey::from_bytes(&seed))
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bundle;
+pub mod differential;
 #[cfg(target_os = "linux")]
 pub mod flood;
 pub mod gateway;

@@ -391,6 +391,80 @@ mod tests {
         assert_eq!(hex(&public_from_private(&k)), ALICE_PUBLIC);
     }
 
+    fn unhex(s: &str) -> [u8; 32] {
+        let v: Vec<u8> = (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    }
+
+    /// RFC 7748 §6.1, Bob's key pair (and the shared secret, to pin the
+    /// crate's scalar multiplication on both keys).
+    #[test]
+    fn rfc7748_bob_public_key() {
+        let bob = Zeroizing::new(unhex(
+            "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+        ));
+        let bob_public = public_from_private(&bob);
+        assert_eq!(
+            hex(&bob_public),
+            "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+        );
+        let shared = MontgomeryPoint(bob_public).mul_clamped(unhex(ALICE_PRIVATE));
+        assert_eq!(
+            hex(&shared.to_bytes()),
+            "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
+        );
+    }
+
+    /// RFC 7748 §5.2: X25519(k, u) for two (k, u), then the iterated test
+    /// after 1 and 1000 rounds (k ← X25519(k, u), u ← old k, from k = u = 9).
+    /// `public_from_private` is the base-point case of the same function.
+    #[test]
+    fn rfc7748_scalar_multiplication() {
+        let cases = [
+            (
+                "a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552",
+            ),
+            (
+                "4b66e9d4d1b4673c5ad22691957d6af5c11b6421e0ea01d42ca4169e7918ba0d",
+                "e5210f12786811d3f4b7959d0538ae2c31dbe7106fc03c3efc4cd549c715a493",
+                "95cbde9476e8907d7aade45cb4b873f88b595a68799fa152e6f8f7647aac7957",
+            ),
+        ];
+        for (k, u, want) in cases {
+            let got = MontgomeryPoint(unhex(u)).mul_clamped(unhex(k));
+            assert_eq!(hex(&got.to_bytes()), want);
+        }
+        let mut nine = [0u8; 32];
+        nine[0] = 9;
+        let (mut k, mut u) = (nine, nine);
+        for round in 1..=1000 {
+            let next = MontgomeryPoint(u).mul_clamped(k).to_bytes();
+            u = k;
+            k = next;
+            if round == 1 {
+                assert_eq!(
+                    hex(&k),
+                    "422c8e7a6227d7bca1350b3e2bb7279f7897b87bb6854b783c60e80311ae3079"
+                );
+            }
+        }
+        assert_eq!(
+            hex(&k),
+            "684cf59ba83309552800ef566f2f4d3c1c3887c49360e3875f2eb94d99532c51"
+        );
+        assert_eq!(
+            public_from_private(&Zeroizing::new(unhex(ALICE_PRIVATE))),
+            MontgomeryPoint(nine)
+                .mul_clamped(unhex(ALICE_PRIVATE))
+                .to_bytes()
+        );
+    }
+
     #[test]
     fn private_key_absent_zero_or_bad() {
         // No key, a zero key, or a "private_key" only among the peers: none.
