@@ -3,6 +3,7 @@
 
 use qkdpfd::conf::SimLinkConf;
 use qkdpfd::engine::kme::KmeClient;
+use qkdpfd::sim::keyrate::{self, KeyRateConf};
 use qkdpfd::sim::model::LinkModel;
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -169,7 +170,8 @@ fn serve_answers_over_mtls_at_the_model_rate() {
         let second = c.status("SAE-B").await.unwrap();
         let elapsed = t0.elapsed().as_secs_f64();
         let m = LinkModel::new(&SimLinkConf::default()).unwrap();
-        let expected = PULSE_RATE * m.sifted_rate_per_pulse() * m.secret_fraction() / 256.0;
+        let k = KeyRateConf::default();
+        let expected = PULSE_RATE * keyrate::rate_per_pulse(&m, &k) / 256.0;
         let got = (second.stored_key_count - first.stored_key_count) as f64 / elapsed;
         assert!(
             expected > 10.0,
