@@ -187,3 +187,72 @@ fn serve_answers_over_mtls_at_the_model_rate() {
         assert_eq!(b.status("SAE-A").await.unwrap().source_kme_id, "KME-B");
     });
 }
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(QKDSIM).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_explains_each_subcommand_and_exits_0() {
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let (ok, out, _) = run(args);
+        assert!(ok, "{args:?}");
+        for w in ["serve", "pki", "help", "--help", "qkdsim(1)"] {
+            assert!(out.contains(w), "{args:?} lacks {w}:\n{out}");
+        }
+    }
+    for args in [
+        &["help", "serve"][..],
+        &["serve", "--help"],
+        &["serve", "-h"],
+    ] {
+        let (ok, out, _) = run(args);
+        assert!(ok, "{args:?}");
+        for w in ["--config FILE", "-v", "/sim/LINK/eve", "SIGTERM"] {
+            assert!(out.contains(w), "{args:?} lacks {w}:\n{out}");
+        }
+    }
+    for args in [&["help", "pki"][..], &["pki", "--help"], &["pki", "-h"]] {
+        let (ok, out, _) = run(args);
+        assert!(ok, "{args:?}");
+        for w in [
+            "--dir DIR",
+            "--kme NAME",
+            "--sae NAME",
+            "--host NAME",
+            "0600",
+        ] {
+            assert!(out.contains(w), "{args:?} lacks {w}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn unknown_options_and_subcommands_are_named() {
+    for (args, named) in [
+        (&["--frobnicate"][..], "unknown option \"--frobnicate\""),
+        (
+            &["serve", "--config", "x", "--port"],
+            "unknown option \"--port\"",
+        ),
+        (&["pki", "--dir", "d", "-q"], "unknown option \"-q\""),
+        (&["pki", "extra"], "unknown argument \"extra\""),
+        (&["frob"], "unknown subcommand \"frob\""),
+        (&["help", "frob"], "no help for \"frob\""),
+        (&["serve"], "serve needs --config FILE"),
+        (&["serve", "--config"], "--config needs a value"),
+        (&["pki"], "pki needs --dir DIR"),
+    ] {
+        let (ok, out, err) = run(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run(&[]);
+    assert!(!ok && err.contains("usage: qkdsim serve"), "{err}");
+}
