@@ -25,6 +25,7 @@ BUNDLE_OUT ?= bundle-signed
 # Optional: the serial written into the signed copy's policy.toml.
 SERIAL ?=
 
+MAN1 = qkdsim.1
 MAN5 = qkdpfd.conf.5 qkdpfd-policy.5
 MAN8 = qkdpfd.8 qkdctl.8
 CONFS = qkdpfd.conf qkdpfd-sim.conf
@@ -78,7 +79,7 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --test structure
-	mandoc -Tlint -Wwarning man/*.[58]
+	mandoc -Tlint -Wwarning man/*.[158]
 	sh -n rc.d/qkdpfd
 
 # Sign the bundle source BUNDLE_SRC (default the sample) with signify(1) into
@@ -106,12 +107,13 @@ install:
 			echo "$(RELEASE)/$$b is missing: run make build first" >&2; exit 1; }; \
 	done
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) \
-		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(EXAMPLESDIR)/rc.d $(DESTDIR)$(EXAMPLESDIR)/systemd \
 		$(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/anchors
 	install -m 0555 $(RELEASE)/qkdpfd $(DESTDIR)$(SBINDIR)/qkdpfd
 	install -m 0555 $(RELEASE)/qkdctl $(DESTDIR)$(SBINDIR)/qkdctl
 	install -m 0555 $(RELEASE)/qkdsim $(DESTDIR)$(BINDIR)/qkdsim
+	for f in $(MAN1); do install -m 0444 man/$$f $(DESTDIR)$(MANDIR)/man1/$$f; done
 	for f in $(MAN5); do install -m 0444 man/$$f $(DESTDIR)$(MANDIR)/man5/$$f; done
 	for f in $(MAN8); do install -m 0444 man/$$f $(DESTDIR)$(MANDIR)/man8/$$f; done
 	for f in $(CONFS); do install -m 0444 etc/$$f $(DESTDIR)$(EXAMPLESDIR)/$$f; done
@@ -144,6 +146,7 @@ install:
 # Removes what install put there; configuration, keys and state stay.
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/qkdpfd $(DESTDIR)$(SBINDIR)/qkdctl $(DESTDIR)$(BINDIR)/qkdsim
+	for f in $(MAN1); do rm -f $(DESTDIR)$(MANDIR)/man1/$$f; done
 	for f in $(MAN5); do rm -f $(DESTDIR)$(MANDIR)/man5/$$f; done
 	for f in $(MAN8); do rm -f $(DESTDIR)$(MANDIR)/man8/$$f; done
 	for f in $(CONFS) rc.d/qkdpfd systemd/qkdpfd.service pf-anchors/pf.conf.example \

@@ -111,6 +111,7 @@ fn install_is_the_same_with_bsd_and_gnu_make() {
         ("usr/local/sbin/qkdpfd", 0o555),
         ("usr/local/sbin/qkdctl", 0o555),
         ("usr/local/bin/qkdsim", 0o555),
+        ("usr/local/man/man1/qkdsim.1", 0o444),
         ("usr/local/man/man8/qkdpfd.8", 0o444),
         ("usr/local/man/man8/qkdctl.8", 0o444),
         ("usr/local/man/man5/qkdpfd.conf.5", 0o444),

@@ -1,6 +1,7 @@
 //! The man pages against the code: `mandoc -Tlint -Wwarning` is clean, and
 //! every qkdpfd flag, config key, policy key, qkdctl command word and log
-//! event the sources name is documented. The names are read from the
+//! event, and every qkdsim option, config key and control, the sources
+//! name is documented. The names are read from the
 //! sources' own tables (section.rs's key lists, document.rs's match arms,
 //! parser.rs's keywords, every `event(Prio::…, "name")` call), so a new key
 //! or event without documentation fails here.
@@ -73,7 +74,13 @@ fn mandoc_lint_is_clean() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for want in ["qkdpfd.8", "qkdctl.8", "qkdpfd.conf.5", "qkdpfd-policy.5"] {
+    for want in [
+        "qkdpfd.8",
+        "qkdctl.8",
+        "qkdpfd.conf.5",
+        "qkdpfd-policy.5",
+        "qkdsim.1",
+    ] {
         assert!(names.iter().any(|n| n == want), "man/{want} missing");
     }
     let out = Command::new("mandoc")
@@ -107,6 +114,61 @@ fn every_config_key_is_in_qkdpfd_conf_5() {
     }
     assert!(keys.len() > 40, "too few keys found: {keys:?}");
     assert_documented("qkdpfd.conf.5", &keys);
+}
+
+/// The `pub name:` fields of `pub struct NAME { ... }` in `src`.
+fn struct_fields(src: &str, name: &str) -> Vec<String> {
+    let start = src
+        .find(&format!("pub struct {name} {{"))
+        .unwrap_or_else(|| panic!("struct {name} not found"));
+    let body = &src[start..];
+    let body = &body[..body.find("\n}").unwrap()];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
+        .map(|(f, _)| f.to_string())
+        .collect()
+}
+
+#[test]
+fn every_qkdsim_key_option_and_control_is_in_qkdsim_1() {
+    let conf = read("src/sim/conf.rs");
+    let mut keys = Vec::new();
+    for s in ["KmeSimConf", "RawLink", "FeedConf"] {
+        keys.extend(struct_fields(&conf, s));
+    }
+    for k in [
+        "listen",
+        "kmes",
+        "pulse_rate",
+        "ec_efficiency",
+        "measure_interval",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} not found in {keys:?}");
+    }
+    keys.retain(|k| k != "physics");
+    // [link.NAME.physics] takes the keys of a sim QBER source.
+    keys.extend(const_list(&read("src/conf/parse/section.rs"), "SIM_KEYS"));
+    assert_documented("qkdsim.1", &keys);
+
+    let man = read("man/qkdsim.1");
+    let bin = read("src/bin/qkdsim.rs");
+    let options: Vec<String> = quoted(&bin)
+        .into_iter()
+        .filter(|q| q.starts_with("--") && q.len() > 2 && !q.contains(' '))
+        .collect();
+    assert!(options.len() >= 5, "{options:?}");
+    for o in options.iter().map(|o| o.trim_start_matches('-')) {
+        assert!(man.contains(&format!("Fl -{o}")), "qkdsim.1 lacks --{o}");
+    }
+    for w in ["Cm serve", "Cm pki", "Cm help", "Fl v", "Fl h"] {
+        assert!(man.contains(w), "qkdsim.1 lacks {w}");
+    }
+    for knob in ["eve", "noise", "stall"] {
+        assert!(
+            man.contains(&format!("POST /sim/ Ns Ar link Ns Li /{knob}")),
+            "qkdsim.1 lacks POST /sim/LINK/{knob}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use qkdpfd::conf::SimLinkConf;
 use qkdpfd::engine::kme::KmeClient;
+use qkdpfd::sim::keyrate::{self, KeyRateConf};
 use qkdpfd::sim::model::LinkModel;
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -169,7 +170,8 @@ fn serve_answers_over_mtls_at_the_model_rate() {
         let second = c.status("SAE-B").await.unwrap();
         let elapsed = t0.elapsed().as_secs_f64();
         let m = LinkModel::new(&SimLinkConf::default()).unwrap();
-        let expected = PULSE_RATE * m.sifted_rate_per_pulse() * m.secret_fraction() / 256.0;
+        let k = KeyRateConf::default();
+        let expected = PULSE_RATE * keyrate::rate_per_pulse(&m, &k) / 256.0;
         let got = (second.stored_key_count - first.stored_key_count) as f64 / elapsed;
         assert!(
             expected > 10.0,
@@ -184,4 +186,73 @@ fn serve_answers_over_mtls_at_the_model_rate() {
         let b = client(dir.path(), ports["b"], "SAE-B");
         assert_eq!(b.status("SAE-A").await.unwrap().source_kme_id, "KME-B");
     });
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(QKDSIM).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_explains_each_subcommand_and_exits_0() {
+    for args in [&["--help"][..], &["-h"], &["help"]] {
+        let (ok, out, _) = run(args);
+        assert!(ok, "{args:?}");
+        for w in ["serve", "pki", "help", "--help", "qkdsim(1)"] {
+            assert!(out.contains(w), "{args:?} lacks {w}:\n{out}");
+        }
+    }
+    for args in [
+        &["help", "serve"][..],
+        &["serve", "--help"],
+        &["serve", "-h"],
+    ] {
+        let (ok, out, _) = run(args);
+        assert!(ok, "{args:?}");
+        for w in ["--config FILE", "-v", "/sim/LINK/eve", "SIGTERM"] {
+            assert!(out.contains(w), "{args:?} lacks {w}:\n{out}");
+        }
+    }
+    for args in [&["help", "pki"][..], &["pki", "--help"], &["pki", "-h"]] {
+        let (ok, out, _) = run(args);
+        assert!(ok, "{args:?}");
+        for w in [
+            "--dir DIR",
+            "--kme NAME",
+            "--sae NAME",
+            "--host NAME",
+            "0600",
+        ] {
+            assert!(out.contains(w), "{args:?} lacks {w}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn unknown_options_and_subcommands_are_named() {
+    for (args, named) in [
+        (&["--frobnicate"][..], "unknown option \"--frobnicate\""),
+        (
+            &["serve", "--config", "x", "--port"],
+            "unknown option \"--port\"",
+        ),
+        (&["pki", "--dir", "d", "-q"], "unknown option \"-q\""),
+        (&["pki", "extra"], "unknown argument \"extra\""),
+        (&["frob"], "unknown subcommand \"frob\""),
+        (&["help", "frob"], "no help for \"frob\""),
+        (&["serve"], "serve needs --config FILE"),
+        (&["serve", "--config"], "--config needs a value"),
+        (&["pki"], "pki needs --dir DIR"),
+    ] {
+        let (ok, out, err) = run(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run(&[]);
+    assert!(!ok && err.contains("usage: qkdsim serve"), "{err}");
 }

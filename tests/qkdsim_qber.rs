@@ -167,11 +167,17 @@ async fn eve_raises_the_qber_on_the_next_measurement() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["eve"], 1.0);
     assert!(v["expected_qber"].as_f64().unwrap() > 0.25, "{v}");
+    // Full intercept-resend leaves no secret key: the rate and the feed's
+    // skr drop to zero, e1 is past 25 %.
+    assert_eq!(v["skr"], 0, "{v}");
+    assert!(v["single_photon_error"].as_f64().unwrap() > 0.25, "{v}");
+    assert_eq!(sim.json(ETSI015).await["qkdl_performance"]["skr"], 0);
     let (q, s, _) = sim.next_after(seq).await;
     assert!(q > 0.24, "QBER {q} at seq {s} with full intercept-resend");
 
-    let (status, _) = sim.post("/sim/ab/eve", r#"{"fraction": 0}"#).await;
+    let (status, v) = sim.post("/sim/ab/eve", r#"{"fraction": 0}"#).await;
     assert_eq!(status, 200);
+    assert!(v["skr"].as_u64().unwrap() > 0, "{v}");
     let (q, _, _) = sim.next_after(s).await;
     assert!(q < 0.06, "QBER {q} after eve left");
 }

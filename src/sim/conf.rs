@@ -14,6 +14,8 @@
 //! pulse_rate = 1e9                  # Hz
 //! key_size = 256                    # bits; min_key_size, max_key_size,
 //! max_key_count = 1000              # max_key_per_request as in ETSI 014
+//! ec_efficiency = 1.22              # error-correction efficiency f (sim::keyrate)
+//! decoy = "infinite"                # or "vacuum+weak" (with weak_decoy = 0.1)
 //! [link.ab.physics]                 # crate::conf::SimLinkConf, GYS defaults
 //! length_km = 25
 //!
@@ -22,6 +24,7 @@
 //! ```
 
 use crate::conf::SimLinkConf;
+use crate::sim::keyrate::{self, Decoy, KeyRateConf};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -97,6 +100,11 @@ pub struct RawLink {
     pub max_key_size: u32,
     pub max_key_count: u64,
     pub max_key_per_request: u64,
+    pub ec_efficiency: f64,
+    /// `infinite` or `vacuum+weak`.
+    pub decoy: String,
+    /// The weak decoy's mean photon number (`vacuum+weak`).
+    pub weak_decoy: f64,
     pub physics: toml::Table,
 }
 
@@ -110,12 +118,15 @@ impl Default for RawLink {
             max_key_size: 4096,
             max_key_count: 1000,
             max_key_per_request: 128,
+            ec_efficiency: keyrate::EC_EFFICIENCY,
+            decoy: "infinite".into(),
+            weak_decoy: keyrate::WEAK_DECOY,
             physics: toml::Table::new(),
         }
     }
 }
 
-/// A checked link: limits plus physics.
+/// A checked link: limits, physics and the key rate's post-processing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinkSimConf {
     pub pulse_rate: f64,
@@ -125,16 +136,21 @@ pub struct LinkSimConf {
     pub max_key_count: u64,
     pub max_key_per_request: u64,
     pub physics: SimLinkConf,
+    pub key_rate: KeyRateConf,
 }
 
 impl Default for LinkSimConf {
     fn default() -> LinkSimConf {
-        LinkSimConf::from_raw(&RawLink::default(), SimLinkConf::default())
+        LinkSimConf::from_raw(
+            &RawLink::default(),
+            SimLinkConf::default(),
+            KeyRateConf::default(),
+        )
     }
 }
 
 impl LinkSimConf {
-    fn from_raw(l: &RawLink, physics: SimLinkConf) -> LinkSimConf {
+    fn from_raw(l: &RawLink, physics: SimLinkConf, key_rate: KeyRateConf) -> LinkSimConf {
         LinkSimConf {
             pulse_rate: l.pulse_rate,
             key_size: l.key_size,
@@ -143,6 +159,7 @@ impl LinkSimConf {
             max_key_count: l.max_key_count,
             max_key_per_request: l.max_key_per_request,
             physics,
+            key_rate,
         }
     }
 }
@@ -231,8 +248,28 @@ impl SimConfig {
         }
         let physics = physics(&l.physics)?;
         crate::sim::model::LinkModel::new(&physics)?;
-        Ok(LinkSimConf::from_raw(l, physics))
+        let key_rate = key_rate(l)?;
+        key_rate.check(physics.mean_photon)?;
+        Ok(LinkSimConf::from_raw(l, physics, key_rate))
     }
+}
+
+/// `ec_efficiency`, `decoy` and `weak_decoy` of a `[link.X]`.
+fn key_rate(l: &RawLink) -> Result<KeyRateConf, String> {
+    let decoy = match l.decoy.as_str() {
+        "infinite" => Decoy::Infinite,
+        "vacuum+weak" => Decoy::VacuumWeak { weak: l.weak_decoy },
+        other => {
+            return Err(format!(
+                "decoy must be \"infinite\" or \"vacuum+weak\", found \"{}\"",
+                crate::text::printable(other, 32)
+            ));
+        }
+    };
+    Ok(KeyRateConf {
+        ec_efficiency: l.ec_efficiency,
+        decoy,
+    })
 }
 
 /// `[link.X.physics]` over the defaults: only known keys, each optional.
@@ -287,6 +324,19 @@ length_km = 50
             l.physics.detector_efficiency,
             SimLinkConf::default().detector_efficiency
         );
+        assert_eq!(l.key_rate, KeyRateConf::default());
+        let weak = OK.replace(
+            "pulse_rate = 1e6",
+            "decoy = \"vacuum+weak\"\nweak_decoy = 0.05\nec_efficiency = 1.1",
+        );
+        let c = SimConfig::parse(&weak, Path::new("/")).unwrap();
+        assert_eq!(
+            c.link_conf("ab").unwrap().key_rate,
+            KeyRateConf {
+                ec_efficiency: 1.1,
+                decoy: Decoy::VacuumWeak { weak: 0.05 },
+            }
+        );
     }
 
     #[test]
@@ -298,6 +348,12 @@ length_km = 50
             OK.replace("kmes = [\"a\", \"b\"]", "kmes = [\"a\", \"a\"]"),
             OK.replace("SAE-B", "SAE-A"),
             OK.replace("kme_id = \"KME-A\"", "kme_id = \"KME-A\"\nextra = 1"),
+            OK.replace("pulse_rate = 1e6", "decoy = \"two\""),
+            OK.replace("pulse_rate = 1e6", "ec_efficiency = 0.5"),
+            OK.replace(
+                "pulse_rate = 1e6",
+                "decoy = \"vacuum+weak\"\nweak_decoy = 0.6",
+            ),
         ];
         for b in bad {
             assert!(SimConfig::parse(&b, Path::new("/")).is_err(), "{b}");

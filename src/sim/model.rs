@@ -1,6 +1,9 @@
 //! Physical model of a simulated QKD link (reference/qkd-physics.md):
 //! decoy-state BB84 over fibre, with an optional intercept-resend
-//! eavesdropper and extra channel noise.
+//! eavesdropper and extra channel noise. This module gives the measured
+//! figures (gains and QBERs of signal and decoy pulses) and the true
+//! single-photon yield and error rate; [`super::keyrate`] turns them into a
+//! secret key rate.
 //!
 //! Runs inside whichever process hosts the simulator (`qkdsim`, or the engine
 //! for `driver = "sim"`). Pure computation: no I/O, no clock; the only state
@@ -12,9 +15,7 @@ use rand::rngs::SmallRng;
 use rand_distr::{Binomial, Distribution};
 
 /// QBER of a detector click that carries no signal (a dark count): a coin.
-const E0: f64 = 0.5;
-/// Error-correction efficiency used for the secret fraction (qkd-physics.md).
-pub const EC_EFFICIENCY: f64 = 1.16;
+pub const E0: f64 = 0.5;
 /// Largest QBER any estimate may report: beyond it the bits are uncorrelated.
 const QBER_MAX: f64 = 0.5;
 
@@ -24,13 +25,6 @@ pub fn binary_entropy(x: f64) -> f64 {
         return 0.0;
     }
     -x * x.log2() - (1.0 - x) * (1.0 - x).log2()
-}
-
-/// Secure fraction of sifted bits at QBER `q`: r = 1 − f·h(Q) − h(Q), never
-/// below zero (no key can be distilled above about 9.8 % with f = 1.16).
-pub fn secret_fraction_at(q: f64) -> f64 {
-    let h = binary_entropy(q.clamp(0.0, QBER_MAX));
-    (1.0 - EC_EFFICIENCY * h - h).max(0.0)
 }
 
 /// Two independent bit-flip channels with rates a and b flip a bit with
@@ -91,29 +85,78 @@ impl LinkModel {
         c.detector_efficiency * 10f64.powf(-c.loss_db_km * c.length_km / 10.0)
     }
 
-    /// Probability that a signal photon is detected: 1 − e^(−ημ).
-    fn signal_detection(&self) -> f64 {
-        -(-self.transmittance() * self.conf.mean_photon).exp_m1()
+    /// The physical parameters the model was made from.
+    pub fn conf(&self) -> &SimLinkConf {
+        &self.conf
     }
 
-    /// Gain Q_μ = Y0 + 1 − e^(−ημ): detections per pulse, signal or dark.
-    fn gain(&self) -> f64 {
-        self.conf.dark_count + self.signal_detection()
+    /// Probability that a pulse of mean photon number `mu` gives a signal
+    /// click: 1 − e^(−ημ).
+    fn signal_detection(&self, mu: f64) -> f64 {
+        -(-self.transmittance() * mu).exp_m1()
     }
 
-    /// QBER from detector noise and misalignment alone.
-    pub fn detector_qber(&self) -> f64 {
+    /// Gain Q_x = Y0 + 1 − e^(−ηx): detections per pulse of mean photon
+    /// number `mu`, signal or dark.
+    pub fn gain_at(&self, mu: f64) -> f64 {
+        self.conf.dark_count + self.signal_detection(mu)
+    }
+
+    /// Gain of the signal pulses, Q_μ.
+    pub fn gain(&self) -> f64 {
+        self.gain_at(self.conf.mean_photon)
+    }
+
+    /// QBER of pulses of mean photon number `mu` from detector noise and
+    /// misalignment alone: E_x·Q_x = e0·Y0 + e_det·(1 − e^(−ηx)).
+    fn detector_qber_at(&self, mu: f64) -> f64 {
         let c = &self.conf;
-        (E0 * c.dark_count + c.misalignment * self.signal_detection()) / self.gain()
+        let gain = self.gain_at(mu);
+        if gain <= 0.0 {
+            return E0;
+        }
+        (E0 * c.dark_count + c.misalignment * self.signal_detection(mu)) / gain
     }
 
-    /// The QBER the link would show on an infinite sample.
-    pub fn expected_qber(&self) -> f64 {
-        let e = self.detector_qber();
-        // Eve's resent photon is in the wrong basis half the time, and then
-        // Bob's result is a coin: 0.25·p errors on bits that were right.
+    /// QBER of the signal pulses from detector noise and misalignment alone.
+    pub fn detector_qber(&self) -> f64 {
+        self.detector_qber_at(self.conf.mean_photon)
+    }
+
+    /// A detector-level error rate `e` as the link shows it: Eve's resent
+    /// photon is in the wrong basis half the time, and then Bob's result is
+    /// a coin (0.25·p errors on bits that were right), then channel noise.
+    fn disturbed(&self, e: f64) -> f64 {
         let with_eve = compose_flips(e, 0.25 * self.eve);
         compose_flips(with_eve, self.noise).clamp(0.0, QBER_MAX)
+    }
+
+    /// The QBER E_x pulses of mean photon number `mu` would show on an
+    /// infinite sample.
+    pub fn expected_qber_at(&self, mu: f64) -> f64 {
+        self.disturbed(self.detector_qber_at(mu))
+    }
+
+    /// The QBER the link (its signal pulses, E_μ) would show on an infinite
+    /// sample.
+    pub fn expected_qber(&self) -> f64 {
+        self.expected_qber_at(self.conf.mean_photon)
+    }
+
+    /// The true yield and error rate of single-photon pulses, (Y1, e1):
+    /// Y1 = Y0 + η − Y0·η (a dark count or the photon), e1·Y1 = e0·Y0 +
+    /// e_det·η, then Eve and noise as on every bit. Decoy states estimate
+    /// these; with infinitely many decoys the estimate is exact.
+    pub fn single_photon(&self) -> (f64, f64) {
+        let c = &self.conf;
+        let eta = self.transmittance();
+        let y1 = c.dark_count + eta - c.dark_count * eta;
+        let e1 = if y1 > 0.0 {
+            (E0 * c.dark_count + c.misalignment * eta) / y1
+        } else {
+            E0
+        };
+        (y1, self.disturbed(e1))
     }
 
     /// A QBER estimate from `sample_bits` sifted bits: errors are drawn from
@@ -128,16 +171,6 @@ impl LinkModel {
             Err(_) => return q,
         };
         (errors as f64 / n as f64).clamp(0.0, QBER_MAX)
-    }
-
-    /// Secure fraction of sifted bits at the expected QBER.
-    pub fn secret_fraction(&self) -> f64 {
-        secret_fraction_at(self.expected_qber())
-    }
-
-    /// Sifted bits per pulse: half the detections survive basis matching.
-    pub fn sifted_rate_per_pulse(&self) -> f64 {
-        self.gain() / 2.0
     }
 }
 
@@ -280,26 +313,31 @@ mod tests {
     }
 
     #[test]
-    fn secret_fraction_matches_reference() {
-        for (q, r) in [(0.01, 0.825), (0.03, 0.580), (0.05, 0.381), (0.08, 0.131)] {
-            let got = secret_fraction_at(q);
-            assert!(close(got, r, 0.001), "r({q}) = {got}, want {r}");
-        }
-        // The reference rounds the zero crossing (≈ 9.81 %) to 9.8 %.
-        assert!(secret_fraction_at(0.098) < 0.001);
-        for q in [0.0982, 0.1, 0.11, 0.25, 0.5, 0.7] {
-            assert_eq!(secret_fraction_at(q), 0.0, "r({q})");
-        }
+    fn gain_and_single_photon_yield_at_50_km() {
         let m = LinkModel::new(&gys(50.0)).unwrap();
-        assert!(m.secret_fraction() > 0.5);
+        // η·μ ≈ 1.92e-3 → Q_μ ≈ 1.93e-3; Y1 ≈ Y0 + η ≈ 4.01e-3.
+        assert!(close(m.gain(), 1.927e-3, 0.005e-3), "{}", m.gain());
+        let (y1, e1) = m.single_photon();
+        assert!(close(y1, 4.012e-3, 0.005e-3), "{y1}");
+        // Misalignment dominates; dark counts add a little.
+        assert!(close(e1, 0.0332, 0.0001), "{e1}");
+        // A weaker pulse has less gain and, with the same dark counts, a
+        // slightly higher QBER.
+        assert!(m.gain_at(0.1) < m.gain());
+        assert!(m.expected_qber_at(0.1) > m.expected_qber());
     }
 
     #[test]
-    fn sifted_rate_is_half_the_gain() {
-        let m = LinkModel::new(&gys(50.0)).unwrap();
-        // η·μ ≈ 1.92e-3 → gain ≈ 1.92e-3, sifted ≈ 9.6e-4 per pulse.
-        let s = m.sifted_rate_per_pulse();
-        assert!(close(s, 9.6e-4, 0.1e-4), "{s}");
+    fn eve_and_noise_raise_e1_as_they_raise_the_qber() {
+        let mut m = LinkModel::new(&gys(25.0)).unwrap();
+        let (_, e1) = m.single_photon();
+        m.set_eve(0.4).unwrap();
+        let (_, with_eve) = m.single_photon();
+        assert!(close(with_eve, e1 + 0.1 * (1.0 - 2.0 * e1), 1e-12));
+        m.set_eve(0.0).unwrap();
+        m.set_noise(0.02).unwrap();
+        let (_, noisy) = m.single_photon();
+        assert!(close(noisy, e1 + 0.02 - 2.0 * e1 * 0.02, 1e-12));
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //!   `phys_perf` list of `perf_type`/`value`/`time_stamp` (see
 //!   reference/etsi014.md). Simplifications: the top-level member is not
 //!   module-qualified, `perf_type` is the bare identity `QBER`, `skr` is the
-//!   model's secret key rate rounded to whole bit/s, and
+//!   link's secret key rate (`sim::keyrate`) rounded to whole bit/s, and
 //!   `expected_consumption` is 0 (the simulator has no application
 //!   bandwidth reservations). `time_stamp` is RFC 3339 UTC with
 //!   milliseconds.
@@ -40,7 +40,9 @@
 //! Controls (POST, JSON body; ETSI 014-style error bodies
 //! `{"message": ..., "details": [{"message": ...}]}`):
 //! `/sim/NAME/eve` `{"fraction": 0..=1}`, `/sim/NAME/noise` `{"qber":
-//! 0..=0.5}`, `/sim/NAME/stall` `{"stalled": bool}`.
+//! 0..=0.5}`, `/sim/NAME/stall` `{"stalled": bool}`. Each answers the
+//! link's settings and what they lead to: `{"link", "eve", "noise",
+//! "expected_qber", "single_photon_error" (e1), "skr" (bit/s), "stalled"}`.
 //!
 //! Measurements: every `measure_interval` (`[qber]` of the qkdsim config,
 //! default 1 s) the link takes one new QBER sample from its model, with
@@ -253,6 +255,7 @@ fn control(link: &SimLink, knob: &str, body: &[u8], now: Instant) -> Reply {
         .stalled();
     let store = link.store.lock().unwrap_or_else(|e| e.into_inner());
     let m = store.model();
+    let single = crate::sim::keyrate::estimate(m, store.conf.key_rate.decoy);
     json_reply(
         200,
         &json!({
@@ -260,6 +263,8 @@ fn control(link: &SimLink, knob: &str, body: &[u8], now: Instant) -> Reply {
             "eve": m.eve(),
             "noise": m.noise(),
             "expected_qber": m.expected_qber(),
+            "single_photon_error": single.single_error,
+            "skr": store.secret_bit_rate().round() as u64,
             "stalled": stalled,
         }),
     )

@@ -1,10 +1,11 @@
 //! Key store of one simulated QKD link (qkdsim process). Pure: the caller
-//! passes `now`. Secret bits accrue at the model's rate up to
+//! passes `now`. Secret bits accrue at the link's key rate up to
 //! `max_key_count` keys of `key_size`; enc_keys on either KME draws from the
 //! shared pool and hands each key to exactly one slave SAE, once.
 
 use crate::secret::QkdKey;
 use crate::sim::conf::LinkSimConf;
+use crate::sim::keyrate;
 use crate::sim::model::LinkModel;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -56,10 +57,11 @@ impl LinkStore {
         }
     }
 
-    /// Secret bits per second: pulse rate × sifted bits per pulse × secret
-    /// fraction at the current QBER (zero once Eve pushes QBER past ~10 %).
+    /// Secret bits per second: pulse rate × the decoy-state BB84 rate per
+    /// pulse (`sim::keyrate`); zero once Eve or noise push e1 and E_μ too
+    /// high, or the link is too long.
     pub fn secret_bit_rate(&self) -> f64 {
-        self.conf.pulse_rate * self.model.sifted_rate_per_pulse() * self.model.secret_fraction()
+        self.conf.pulse_rate * keyrate::rate_per_pulse(&self.model, &self.conf.key_rate)
     }
 
     fn capacity_bits(&self) -> f64 {
@@ -241,6 +243,26 @@ mod tests {
             .set_eve(1.0)
             .unwrap();
         assert_eq!(s.secret_bit_rate(), 0.0);
+    }
+
+    #[test]
+    fn the_rate_is_the_decoy_rate_and_stops_past_142_km() {
+        let (s, _) = store(1e9);
+        // tests/vectors/decoy_rate.py: 7.543932e-4 bits per pulse at 25 km.
+        let r = s.secret_bit_rate();
+        assert!((r - 754_393.2).abs() < 7_544.0, "{r}");
+        let far = LinkSimConf {
+            physics: crate::conf::SimLinkConf {
+                length_km: 145.0,
+                ..Default::default()
+            },
+            ..s.conf.clone()
+        };
+        let m = LinkModel::new(&far.physics).unwrap();
+        let t0 = Instant::now();
+        let mut s = LinkStore::new(far, m, t0);
+        assert_eq!(s.secret_bit_rate(), 0.0);
+        assert_eq!(s.stored_key_count(t0 + Duration::from_secs(3600)), 0);
     }
 
     #[test]
