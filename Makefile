@@ -64,6 +64,17 @@ test-kernel:
 	sh scripts/setup-debian.sh
 	sh scripts/kernel-vm.sh test
 
+# Coverage-guided fuzzing of every parser of untrusted bytes (FUZZING.md):
+# each target for FUZZ_SECONDS; fails on a crash. Needs the nightly
+# toolchain and cargo-fuzz. fuzz-smoke is CI's short run of every target.
+FUZZ_SECONDS ?= 60
+FUZZ_JOBS ?= 1
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) sh scripts/fuzz.sh
+
+fuzz-smoke:
+	FUZZ_SECONDS=15 FUZZ_JOBS=2 sh scripts/fuzz.sh
+
 # As root (network namespaces). rotation needs the testing feature.
 bench:
 	$(CARGO) bench --features testing --bench lockdown --bench rotation
@@ -161,4 +172,4 @@ uninstall:
 	Linux) rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service ;; \
 	esac
 
-.PHONY: all build test test-kernel demo bench check-openbsd lint bundle install uninstall
+.PHONY: all build test test-kernel demo bench check-openbsd fuzz fuzz-smoke lint bundle install uninstall

@@ -1,0 +1,34 @@
+//! ETSI 014 Status answers and error bodies. A parsed Status survives its
+//! own JSON round trip; an error body becomes a short printable message.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use qkdpfd::engine::kme::answer::{Status, error_message, parse_status};
+use qkdpfd::engine::kme::{Call, KmeError, KmeErrorKind};
+
+fuzz_target!(
+    init: qkdpfd_fuzz::set_cap(64 * qkdpfd_fuzz::MIB),
+    |data: &[u8]| {
+        match parse_status(data) {
+            Ok(s) => {
+                let json = serde_json::to_vec(&s).expect("serialises");
+                let back: Status = serde_json::from_slice(&json).expect("parses back");
+                assert_eq!(back, s);
+            }
+            Err(kind) => {
+                let shown = KmeError::new("fuzz", Call::Status, kind).to_string();
+                qkdpfd_fuzz::assert_printable("KME error", &shown);
+            }
+        }
+        let msg = error_message(data);
+        qkdpfd_fuzz::assert_printable("error body", &msg);
+        // printable(): at most 4 bytes of output a character of the 200, and "...".
+        assert!(msg.len() <= 200 * 4 + 3, "message of {} bytes", msg.len());
+        let shown = KmeError::new(
+            "fuzz",
+            Call::Status,
+            KmeErrorKind::Status { status: 503, message: msg },
+        )
+        .to_string();
+        qkdpfd_fuzz::assert_printable("KME error", &shown);
+    }
+);
