@@ -5,9 +5,14 @@
 use qkdpfd::engine::kme::answer::{Expect, error_message, parse_keys};
 use qkdpfd::engine::kme::{Call, KmeError};
 use qkdpfd::engine::qber::http_json;
+use qkdpfd::parent::wg::uapi;
+use qkdpfd::policy::document::{self, Policy};
 
 fn input(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fuzz-regressions/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fuzz-regressions/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -45,4 +50,28 @@ fn qber_http_json_pointer_errors_are_bounded() {
     let e = http_json::parse(&data[nl + 1..], pointer).unwrap_err();
     assert!(e.len() <= 1024, "{} bytes: {e}", e.len());
     assert!(e.contains("bad ~ escape"), "{e}");
+}
+
+/// A threshold written with 17 significant digits reached the engine one
+/// unit in the last place off: serde_json's default float parser is not
+/// exact (the policy_toml target's JSON round trip, on review). Exact now
+/// (serde_json's float_roundtrip).
+#[test]
+fn policy_toml_thresholds_cross_to_the_engine_exactly() {
+    let text = String::from_utf8(input("policy_toml-17-digit-threshold")).unwrap();
+    let (policy, _) = document::parse(&text).unwrap();
+    assert_eq!(policy.defaults.qber_lockdown, 0.09447223203838173);
+    let json = serde_json::to_string(&policy).unwrap();
+    let back: Policy = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, policy);
+}
+
+/// A UAPI reply ending in a long bad errno line was quoted whole in the
+/// error (wg_uapi's error-length check, on review). Now escaped and cut.
+#[test]
+fn wg_uapi_bad_errno_is_quoted_bounded() {
+    let reply = input("wg_uapi-long-errno");
+    let e = uapi::errno_of(&reply).unwrap_err().to_string();
+    assert!(e.len() <= 256, "{} bytes: {e}", e.len());
+    assert!(e.contains("bad errno value"), "{e}");
 }

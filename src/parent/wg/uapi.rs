@@ -214,8 +214,10 @@ pub fn errno_of(reply: &[u8]) -> Result<i64, WgError> {
     let Some(n) = last.strip_prefix("errno=") else {
         return Err(WgError::Protocol("reply does not end with errno=N".into()));
     };
-    n.parse()
-        .map_err(|_| WgError::Protocol(format!("bad errno value {n:?}")))
+    n.parse().map_err(|_| {
+        let shown = crate::text::printable(n, 32);
+        WgError::Protocol(format!("bad errno value \"{shown}\""))
+    })
 }
 
 /// The interface's `private_key=` from a get reply (the lines before the
