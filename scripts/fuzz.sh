@@ -1,11 +1,12 @@
 #!/bin/sh
-# Runs every fuzz target (or those named) with libFuzzer, without a
-# sanitizer (the code is safe Rust: the targets assert, and
-# fuzz/src/lib.rs caps allocations). Each starts from the committed seeds
-# (fuzz/seeds/TARGET) and its working corpus (fuzz/corpus/TARGET, not
-# committed). Fails when any target crashes, with the input left in
-# fuzz/artifacts/TARGET/. Needs the nightly toolchain and cargo-fuzz
-# (`cargo install cargo-fuzz`); see FUZZING.md.
+# Runs every fuzz target (or those named) with libFuzzer, with debug
+# assertions (overflow checks) and without a sanitizer (the code is safe
+# Rust: the targets assert, and fuzz/src/lib.rs caps allocations). Each
+# starts from the committed seeds (fuzz/seeds/TARGET) and its working
+# corpus (fuzz/corpus/TARGET, not committed). Fails when any target
+# crashes, with the input left in fuzz/artifacts/TARGET/. Needs the
+# nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`); see
+# FUZZING.md.
 #   sh scripts/fuzz.sh [TARGET...]
 # FUZZ_SECONDS  seconds per target (default 60)
 # FUZZ_RUNS     executions per target instead (a campaign: FUZZ_RUNS=10000000)
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/../fuzz"
 secs=${FUZZ_SECONDS:-60}
 jobs=${FUZZ_JOBS:-1}
 log=${FUZZ_LOG:-corpus/logs}
-cargo +nightly fuzz build -O -s none
+cargo +nightly fuzz build -O -a -s none
 targets=${*:-$(cargo +nightly fuzz list)}
 mkdir -p "$log"
 bin=target/x86_64-unknown-linux-gnu/release

@@ -2,15 +2,16 @@
 //! the fuzzer works past the signature on what a signer could be tricked
 //! into signing or a store could hold — lists with missing, extra,
 //! duplicated or wrong entries, files not listed, a plain `SHA256` beside
-//! the embedded one, odd names, odd policies. Whatever verifies has every
-//! file listed with its digest and every listed file present.
+//! the embedded one, odd names, odd policies, an active bundle's serial.
+//! Whatever verifies has every file listed with its digest and every listed
+//! file present, and is newer than the active bundle or that very bundle.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use qkdpfd::policy::bundle::Files;
 use qkdpfd::policy::document;
 use qkdpfd::policy::signify::{self, LIST_FILE, MINISIG_FILE, SIG_FILE};
-use qkdpfd::policy::verify::{AcceptAll, Verified, VerifyOpts, verify};
+use qkdpfd::policy::verify::{AcceptAll, Floor, Verified, VerifyOpts, verify};
 use qkdpfd_fuzz::keys;
 use qkdpfd_fuzz::wire::hex;
 use sha2::{Digest, Sha256};
@@ -75,6 +76,8 @@ struct Input {
     lines: Vec<Line>,
     no_newline_at_end: bool,
     plain: Plain,
+    /// The active bundle: its serial, and whether it is this very list.
+    floor: Option<(u64, bool)>,
 }
 
 fuzz_target!(
@@ -115,16 +118,31 @@ fuzz_target!(
             }
         }
         let Ok(files) = Files::from_map(map) else { return };
+        let list_digest: [u8; 32] = Sha256::digest(list.as_bytes()).into();
+        let floor = input.floor.map(|(serial, same)| Floor {
+            serial,
+            digest: if same { list_digest } else { [0x5a; 32] },
+        });
         let opts = VerifyOpts {
             now_unix: 1_800_000_000,
-            floor: None,
+            floor,
             check_expiry: true,
             links: vec!["dr".into()],
         };
-        let Ok(Verified::New(b)) = verify(&files, std::slice::from_ref(keys::bundle_pub()), &opts, &AcceptAll("nft"))
-        else {
-            return;
+        let keys = std::slice::from_ref(keys::bundle_pub());
+        let b = match verify(&files, keys, &opts, &AcceptAll("nft")) {
+            Ok(Verified::New(b)) => b,
+            Ok(Verified::Unchanged { serial }) => {
+                let f = floor.expect("unchanged from no active bundle");
+                assert_eq!((serial, f.digest), (f.serial, list_digest), "unchanged, but not");
+                return;
+            }
+            Err(_) => return,
         };
+        if let Some(f) = floor {
+            assert!(b.policy.serial > f.serial, "serial {} over {}: a rollback", b.policy.serial, f.serial);
+        }
+
         let parsed = signify::parse_list(list.as_bytes()).expect("a verified list parses");
         assert_eq!(b.digest, <[u8; 32]>::from(Sha256::digest(list.as_bytes())));
         for (name, body) in files.iter() {

@@ -11,6 +11,16 @@ use qkdpfd::engine::metrics::http::{Limits, serve_connection};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The path of a request target: origin form (`/metrics?x`) or absolute
+/// form (`http://host/metrics`).
+fn path_of(target: &str) -> &str {
+    let rest = match target.split_once("://") {
+        Some((_, after)) => after.find('/').map_or("", |i| &after[i..]),
+        None => target,
+    };
+    rest.split(['?', '#']).next().unwrap_or("")
+}
+
 thread_local! {
     /// One runtime for every input (building one is most of an input's
     /// cost); each input's connection task ends before the next starts.
@@ -65,8 +75,12 @@ fuzz_target!(
         );
         if status == 200 {
             // RFC 9112 §2.2: empty lines before the request line are ignored.
-            let request = data.trim_ascii_start();
-            assert!(request.starts_with(b"GET "), "200 for {:?}", String::from_utf8_lossy(data));
+            let request = String::from_utf8_lossy(data.trim_ascii_start());
+            let line = request.split("\r\n").next().unwrap_or("").split('\n').next().unwrap_or("");
+            let mut words = line.split(' ');
+            let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            assert_eq!(method, "GET", "200 for {line:?}");
+            assert_eq!(path_of(target), "/metrics", "200 for {line:?}");
             assert!(answer.windows(22).any(|w| w == b"qkdpfd_policy_serial 7"), "no page");
         }
     }

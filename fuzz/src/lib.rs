@@ -21,10 +21,20 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// growing many small buffers is caught as surely as one huge call.
 pub struct Capped;
 
-fn over_cap() -> ! {
+fn over_cap(live: usize) -> ! {
     // No formatting here: formatting allocates, and we are inside the
-    // allocator.
-    let msg = b"\n==qkdpfd-fuzz== allocation over the target's cap: aborting\n";
+    // allocator. The number is written by hand into a stack buffer.
+    let mut msg = *b"\n==qkdpfd-fuzz== over the target's allocation cap: 00000000000000000000 bytes live; aborting\n";
+    let mut at = 70;
+    let mut n = live;
+    loop {
+        msg[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || at == 51 {
+            break;
+        }
+        at -= 1;
+    }
     unsafe { libc_write(2, msg.as_ptr(), msg.len()) };
     std::process::abort()
 }
@@ -38,33 +48,45 @@ fn grow(n: usize) {
     let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
     PEAK.fetch_max(now, Ordering::Relaxed);
     if now > CAP.load(Ordering::Relaxed) {
-        over_cap();
+        over_cap(now);
     }
+}
+
+fn shrink(n: usize) {
+    LIVE.fetch_sub(n, Ordering::Relaxed);
 }
 
 unsafe impl GlobalAlloc for Capped {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         grow(l.size());
-        unsafe { System.alloc(l) }
+        let p = unsafe { System.alloc(l) };
+        if p.is_null() {
+            shrink(l.size());
+        }
+        p
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         grow(l.size());
-        unsafe { System.alloc_zeroed(l) }
+        let p = unsafe { System.alloc_zeroed(l) };
+        if p.is_null() {
+            shrink(l.size());
+        }
+        p
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        shrink(l.size());
         unsafe { System.dealloc(p, l) }
     }
 
+    /// Counted as a new block beside the old one (a moving realloc holds
+    /// both), then the old one given back.
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        if new > l.size() {
-            grow(new - l.size());
-        } else {
-            LIVE.fetch_sub(l.size() - new, Ordering::Relaxed);
-        }
-        unsafe { System.realloc(p, l, new) }
+        grow(new);
+        let q = unsafe { System.realloc(p, l, new) };
+        shrink(if q.is_null() { new } else { l.size() });
+        q
     }
 }
 
@@ -118,3 +140,31 @@ pub fn check_qber(raw: f64) {
 pub fn check_error(driver: &str, e: &str) {
     assert!(e.len() <= 1024, "{driver}: error of {} bytes", e.len());
 }
+
+/// A reading the fuzzer chose, for the QBER targets' built answers: any
+/// finite value (printed the shortest exact way) and, maybe, its sequence
+/// in Unix milliseconds before year 10000.
+#[derive(Debug)]
+pub struct Reading {
+    pub value: f64,
+    pub seq: Option<u64>,
+    /// Unrelated entries, lines or fields around the reading.
+    pub noise: Vec<u8>,
+}
+
+impl<'a> arbitrary::Arbitrary<'a> for Reading {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Reading> {
+        let value = f64::arbitrary(u)?;
+        let value = if value.is_finite() { value } else { 0.03 };
+        let seq = Option::<u64>::arbitrary(u)?.map(|s| s % 253_402_300_800_000);
+        Ok(Reading {
+            value,
+            seq,
+            noise: Vec::arbitrary(u)?,
+        })
+    }
+}
+
+/// Built answers start with this byte; anything else is raw bytes (and the
+/// seeds, which start with text, stay raw).
+pub const BUILT: u8 = 0xb1;

@@ -6,6 +6,10 @@
 /// A netlink attribute: type, then data (padded to 4 bytes on the wire).
 pub fn nla(ty: u16, data: &[u8]) -> Vec<u8> {
     let len = 4 + data.len();
+    assert!(
+        len <= u16::MAX as usize,
+        "an attribute of {len} bytes cannot be built"
+    );
     let mut out = Vec::with_capacity(len + 3);
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());
