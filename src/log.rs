@@ -58,9 +58,12 @@ pub fn set_proc(name: &'static str) {
     *PROC.lock().unwrap_or_else(|e| e.into_inner()) = name;
 }
 
-/// An engine's line as the parent logs it: `event=<name> proc=engine …`,
-/// any `proc=` of the engine's own renamed `engine_proc=`; a line that is
-/// not an event is prefixed `engine: `. Bytes outside printable ASCII
+/// An engine's line as the parent logs it: `event=<name> proc=engine …`;
+/// a line that is not an event is prefixed `engine: `. In both, any other
+/// `proc=` or `event=` the engine wrote is renamed `engine_proc=` /
+/// `engine_event=`, so a key=value reader (a SIEM's) finds exactly one
+/// `event` and one `proc` in an event line and neither in another line:
+/// the engine cannot speak as the parent. Bytes outside printable ASCII
 /// become `?` (the engine escapes its own values; this is the backstop).
 pub fn from_engine(line: &str) -> String {
     let clean: String = line
@@ -73,12 +76,16 @@ pub fn from_engine(line: &str) -> String {
             }
         })
         .collect();
+    let rename = |tail: &str| {
+        format!(" {tail}")
+            .replace(" proc=", " engine_proc=")
+            .replace(" event=", " engine_event=")
+    };
     let Some(rest) = clean.strip_prefix("event=") else {
-        return format!("engine: {clean}");
+        return format!("engine:{}", rename(&clean));
     };
     let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-    let tail = format!(" {tail}").replace(" proc=", " engine_proc=");
-    format!("event={name} proc=engine{}", tail.trim_end())
+    format!("event={name} proc=engine{}", rename(tail).trim_end())
 }
 
 /// Sets the process's sink (stderr, syslog, or forward to the parent).
@@ -334,5 +341,14 @@ mod tests {
         );
         assert_eq!(from_engine("event=x"), "event=x proc=engine");
         assert_eq!(from_engine("a debug trace\n"), "engine: a debug trace?");
+        // Not an event, but key=value readers would take it for one.
+        assert_eq!(
+            from_engine("proc=parent event=policy_activated serial=9"),
+            "engine: engine_proc=parent engine_event=policy_activated serial=9"
+        );
+        assert_eq!(
+            from_engine("event=x event=y proc=parent"),
+            "event=x proc=engine engine_event=y engine_proc=parent"
+        );
     }
 }

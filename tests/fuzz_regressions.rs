@@ -75,3 +75,18 @@ fn wg_uapi_bad_errno_is_quoted_bounded() {
     assert!(e.len() <= 256, "{} bytes: {e}", e.len());
     assert!(e.contains("bad errno value"), "{e}");
 }
+
+/// A line the engine sent that was not an event went to syslog as
+/// `engine: proc=parent event=...`: a key=value reader (a SIEM's) took it
+/// for the parent's event (the engine_log target's invariant). Any
+/// `proc=` or `event=` of the engine's is renamed now.
+#[test]
+fn engine_log_lines_never_speak_as_the_parent() {
+    let line = String::from_utf8(input("engine_log-forged-parent-line")).unwrap();
+    let out = qkdpfd::log::from_engine(&line);
+    assert!(
+        !out.split(' ')
+            .any(|t| t.starts_with("proc=") || t.starts_with("event=")),
+        "{out}"
+    );
+}
