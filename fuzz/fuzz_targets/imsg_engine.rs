@@ -11,7 +11,8 @@ fuzz_target!(
     // One frame's payload (8 MiB) read in, its JSON, and its re-encoding.
     init: qkdpfd_fuzz::set_cap(64 * qkdpfd_fuzz::MIB),
     |data: &[u8]| {
-        let mut r = data;
+        let framed = qkdpfd_fuzz::framed(data);
+        let mut r = framed.as_deref().unwrap_or(data);
         while let Ok(Some((code, payload))) = read_frame_blocking(&mut r) {
             assert!(payload.len() <= MAX_PAYLOAD);
             let Ok(m) = ToEngine::decode(code, &payload) else { break };

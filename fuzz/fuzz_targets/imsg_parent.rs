@@ -18,6 +18,8 @@ fuzz_target!(
     |data: &[u8]| {
         // The parent's reader task (imsg::spawn_reader) reads with the
         // async read_frame.
+        let framed = qkdpfd_fuzz::framed(data);
+        let data = framed.as_deref().unwrap_or(data);
         RT.with(|rt| {
             rt.block_on(async {
                 let mut r = data;
