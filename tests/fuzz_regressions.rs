@@ -90,3 +90,15 @@ fn engine_log_lines_never_speak_as_the_parent() {
         "{out}"
     );
 }
+
+/// A ruleset name of 252 bytes passed the policy's name check, but with
+/// `.nft` added it names a file no bundle can hold (255 bytes at most): the
+/// bundle was then refused as "ruleset missing", which misleads. The
+/// policy refuses such a name now, saying so.
+#[test]
+fn policy_toml_ruleset_names_fit_with_their_extension() {
+    let text =
+        String::from_utf8(input("policy_toml-ruleset-name-too-long-with-extension")).unwrap();
+    let e = document::parse(&text).unwrap_err().to_string();
+    assert!(e.contains("[rulesets] lockdown"), "{e}");
+}

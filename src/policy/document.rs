@@ -400,7 +400,7 @@ impl<'t> Parser<'t> {
                 }
             };
             match item.as_str() {
-                Some(s) if check_name(s).is_ok() => *slot = Some(s.to_string()),
+                Some(s) if ruleset_name_ok(s) => *slot = Some(s.to_string()),
                 Some(s) => {
                     let at = self.at(t, key);
                     self.invalid.push(format!("{at}: [rulesets] {key}: \"{s}\" is not a bundle file name such as \"anchors/open\""));
@@ -419,6 +419,15 @@ impl<'t> Parser<'t> {
             lockdown: lockdown?,
         })
     }
+}
+
+/// A ruleset name is a bundle file name with either backend's extension
+/// added (`.pf`, `.nft`): one that passes only bare would name a file no
+/// bundle can hold (the policy_toml fuzz target found one 252 bytes long).
+fn ruleset_name_ok(s: &str) -> bool {
+    ["", ".pf", ".nft"]
+        .iter()
+        .all(|ext| check_name(&format!("{s}{ext}")).is_ok())
 }
 
 fn set<T>(slot: &mut T, v: Option<T>) {
