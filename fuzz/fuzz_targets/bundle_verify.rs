@@ -5,10 +5,9 @@
 //! seeds' signed lists, and every file must be listed with its digest.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use qkdpfd::policy::signify::{self, LIST_FILE, MINISIG_FILE, SIG_FILE};
+use qkdpfd::policy::bundle;
+use qkdpfd::policy::signify::{self, LIST_FILE, SIG_FILE};
 use qkdpfd::policy::verify::{AcceptAll, Verified, VerifyOpts, signed_list_digest, verify};
-use qkdpfd::policy::{bundle, document};
-use sha2::{Digest, Sha256};
 
 const SIGNIFY_PUB: &str = include_str!("../seeds/keys/signify.pub");
 const MINISIGN_PUB: &str = include_str!("../seeds/keys/minisign.pub");
@@ -41,19 +40,6 @@ fuzz_target!(
         };
         assert!(SIGNED.contains(&list_bytes), "an unsigned list verified");
         assert_eq!(signed_list_digest(&files), Some(b.digest));
-        assert_eq!(b.digest, <[u8; 32]>::from(Sha256::digest(list_bytes)));
-        let list = signify::parse_list(list_bytes).expect("verified list parses");
-        for (name, body) in files.iter() {
-            if [SIG_FILE, LIST_FILE, MINISIG_FILE].contains(&name) {
-                continue;
-            }
-            let want = list.get(name).unwrap_or_else(|| panic!("{name} verified unlisted"));
-            assert_eq!(&<[u8; 32]>::from(Sha256::digest(body)), want, "{name}");
-        }
-        for name in list.keys() {
-            assert!(files.contains(name), "{name} listed, absent, verified");
-        }
-        let text = std::str::from_utf8(files.get("policy.toml").expect("listed")).unwrap();
-        assert_eq!(document::parse(text).expect("verified policy parses").0, b.policy);
+        qkdpfd_fuzz::assert_verified(&files, list_bytes, &b);
     }
 );

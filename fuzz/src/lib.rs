@@ -182,3 +182,59 @@ pub fn framed(data: &[u8]) -> Option<Vec<u8>> {
     f.extend_from_slice(body);
     Some(f)
 }
+
+/// An imsg message's round trip: `m`, decoded from a frame of type `code`,
+/// encodes to a frame whose header says its length and that type, and
+/// whose body decodes to `m` again. A message over the channel's limit
+/// encodes to nothing (it is never sent): nothing to check then.
+pub fn assert_reencodes<M: PartialEq + std::fmt::Debug, E: std::fmt::Debug>(
+    code: u16,
+    m: &M,
+    encode: impl Fn(&M) -> Vec<u8>,
+    decode: impl Fn(u16, &[u8]) -> Result<M, E>,
+) {
+    use qkdpfd::imsg::{HEADER_LEN, parse_header};
+    let frame = encode(m);
+    if frame.is_empty() {
+        return;
+    }
+    let h: &[u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().expect("a header");
+    let (len, code2) = parse_header(h).expect("our own header parses");
+    assert_eq!((len, code2), (frame.len() - HEADER_LEN, code));
+    let back = decode(code, &frame[HEADER_LEN..]).expect("our own frame decodes");
+    assert_eq!(&back, m);
+}
+
+/// What a verified bundle must be, whoever signed it: its digest is the
+/// signed list's, every file but the signature files it was verified with
+/// is listed with its SHA-256, every listed file is there, and its policy
+/// is what `policy.toml` says.
+pub fn assert_verified(
+    files: &qkdpfd::policy::bundle::Files,
+    list_bytes: &[u8],
+    b: &qkdpfd::policy::verify::Bundle,
+) {
+    use qkdpfd::policy::signify::{self, LIST_FILE, MINISIG_FILE, SIG_FILE};
+    use sha2::{Digest, Sha256};
+    assert_eq!(b.digest, <[u8; 32]>::from(Sha256::digest(list_bytes)));
+    let list = signify::parse_list(list_bytes).expect("a verified list parses");
+    let sig_files = match files.contains(SIG_FILE) {
+        true => [SIG_FILE, LIST_FILE],
+        false => [LIST_FILE, MINISIG_FILE],
+    };
+    for (name, body) in files.iter() {
+        if sig_files.contains(&name) {
+            continue;
+        }
+        let want = list
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} verified unlisted"));
+        assert_eq!(&<[u8; 32]>::from(Sha256::digest(body)), want, "{name}");
+    }
+    for name in list.keys() {
+        assert!(files.contains(name), "{name} listed, absent, verified");
+    }
+    let text = std::str::from_utf8(files.get("policy.toml").expect("listed")).unwrap();
+    let policy = qkdpfd::policy::document::parse(text).expect("a verified policy parses");
+    assert_eq!(policy.0, b.policy);
+}
