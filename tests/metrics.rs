@@ -30,6 +30,7 @@ fn fixed() -> Snapshot {
         rotations_ok: 16,
         rotations_failed: 3,
         kme_stored_keys: Some(250),
+        kme_keys_low: Some(10),
         generation_halted: 1,
     });
     let mut lab = LinkMetrics::new("lab");
@@ -41,6 +42,8 @@ fn fixed() -> Snapshot {
         started_unix: 1_767_225_600,
         policy_serial: Some(2026010101),
         policy_expired: false,
+        policy_not_after: Some(1_798_761_600),
+        policy_expiry_warning: Some(604_800),
         links: vec![hq, lab],
     }
 }
@@ -113,12 +116,21 @@ qkdpfd_rotations_total{link="hq-dr",result="failed"} 3
 # HELP qkdpfd_kme_stored_keys stored_key_count from the KME's last status answer.
 # TYPE qkdpfd_kme_stored_keys gauge
 qkdpfd_kme_stored_keys{link="hq-dr"} 250
+# HELP qkdpfd_kme_stored_keys_low keys_low of the link's KME: a stored_key_count below it is low.
+# TYPE qkdpfd_kme_stored_keys_low gauge
+qkdpfd_kme_stored_keys_low{link="hq-dr"} 10
 # HELP qkdpfd_policy_serial Serial of the active policy bundle.
 # TYPE qkdpfd_policy_serial gauge
 qkdpfd_policy_serial 2026010101
 # HELP qkdpfd_policy_expired 1 if the active policy bundle is past not_after.
 # TYPE qkdpfd_policy_expired gauge
 qkdpfd_policy_expired 0
+# HELP qkdpfd_policy_not_after_seconds not_after of the active policy bundle, seconds since the epoch.
+# TYPE qkdpfd_policy_not_after_seconds gauge
+qkdpfd_policy_not_after_seconds 1798761600
+# HELP qkdpfd_policy_expiry_warning_seconds expiry_warning: how long before not_after the daemon warns.
+# TYPE qkdpfd_policy_expiry_warning_seconds gauge
+qkdpfd_policy_expiry_warning_seconds 604800
 # HELP qkdpfd_start_time_seconds Start time of the daemon, seconds since the epoch.
 # TYPE qkdpfd_start_time_seconds gauge
 qkdpfd_start_time_seconds 1767225600

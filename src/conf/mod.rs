@@ -99,6 +99,9 @@ pub struct PolicyConf {
     pub pubkeys: Vec<PathBuf>,
     pub dir: PathBuf,
     pub incoming: Option<PathBuf>,
+    /// How long before the active bundle's `not_after` the daemon warns
+    /// (`policy_expiring`, daily); zero: never.
+    pub expiry_warning: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +153,9 @@ pub struct KmeConf {
     /// How enc_keys and dec_keys are asked: POST (ETSI 014's main form) or
     /// GET with query parameters, for KMEs that only answer that.
     pub method: KmeMethod,
+    /// `kme_keys_low` when the KME's stored_key_count for a link falls
+    /// below this; zero: never.
+    pub keys_low: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

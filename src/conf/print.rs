@@ -72,6 +72,7 @@ fn policy(out: &mut Out, c: &Config) {
     if let Some(i) = &p.incoming {
         out.path("incoming", i);
     }
+    out.str("expiry_warning", &crate::duration::format(p.expiry_warning));
 }
 
 fn kme(out: &mut Out, name: &str, k: &KmeConf) {
@@ -86,6 +87,7 @@ fn kme(out: &mut Out, name: &str, k: &KmeConf) {
         crate::conf::KmeMethod::Get => "GET",
     };
     out.raw("method", quote(method));
+    out.raw("keys_low", k.keys_low.to_string());
 }
 
 fn qber(out: &mut Out, name: &str, q: &QberConf) {

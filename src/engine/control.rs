@@ -16,7 +16,7 @@
 //! ([`crate::imsg::creds`]); only what the engine runs itself is consumed.
 
 use crate::imsg::ParentCommand;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::ctl::{ErrorCode, POLICY_LOAD_PREFIX, Reply, Request};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
@@ -101,7 +101,7 @@ fn denied(seen: &Shared<log::PerMinute<u32>>, uid: u32, command: &str) {
     let Some(held) = lock(seen).admit(uid, Instant::now()) else {
         return;
     };
-    log::event(Prio::Warning, "ctl_denied")
+    log::event(Event::CtlDenied)
         .kv("uid", uid)
         .kv("command", command)
         .suppressed(held)
@@ -293,7 +293,7 @@ async fn connection(
         .await;
     }
     if !asked.read_only() {
-        log::event(Prio::Info, "ctl_command")
+        log::event(Event::CtlCommand)
             .kv("uid", uid)
             .kv("command", asked.name())
             .send();

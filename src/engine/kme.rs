@@ -41,6 +41,8 @@ pub struct KmeSettings {
     pub enc_keys_get: bool,
     /// Use `GET dec_keys?key_ID=` (one call per key) instead of POST.
     pub dec_keys_get: bool,
+    /// A link's stock is low below this stored_key_count; zero: never.
+    pub keys_low: u64,
 }
 
 impl Default for KmeSettings {
@@ -49,6 +51,7 @@ impl Default for KmeSettings {
             http: https::HttpSettings::default(),
             max_keys: 128,
             enc_keys_get: false,
+            keys_low: 0,
             dec_keys_get: false,
         }
     }
@@ -87,6 +90,8 @@ pub struct KmeClient {
     idle: Mutex<Vec<Conn>>,
     in_flight: tokio::sync::Semaphore,
     stored_key_count: Mutex<Option<u64>>,
+    /// Links whose stock was last seen below `keys_low`.
+    low: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for KmeClient {
@@ -152,6 +157,7 @@ impl KmeClient {
             idle: Mutex::new(Vec::new()),
             in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
             stored_key_count: Mutex::new(None),
+            low: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -170,6 +176,18 @@ impl KmeClient {
             .stored_key_count
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes `link`'s stored_key_count; Some(threshold) when it has just
+    /// fallen below `keys_low` (said once until it is back at or above).
+    pub fn stock_fell_low(&self, link: &str, stored: u64) -> Option<u64> {
+        let low_at = self.settings.keys_low;
+        let mut low = self.low.lock().unwrap_or_else(|e| e.into_inner());
+        if stored >= low_at {
+            low.remove(link);
+            return None;
+        }
+        low.insert(link.to_string()).then_some(low_at)
     }
 
     fn err(&self, call: Call, kind: KmeErrorKind) -> KmeError {

@@ -49,6 +49,10 @@ pub struct Snapshot {
     pub policy_serial: Option<u64>,
     /// The active bundle is past its `not_after`.
     pub policy_expired: bool,
+    /// The active bundle's `not_after`, seconds since the epoch.
+    pub policy_not_after: Option<u64>,
+    /// `[policy] expiry_warning` in seconds (with an active bundle).
+    pub policy_expiry_warning: Option<u64>,
     pub links: Vec<LinkMetrics>,
 }
 
@@ -90,6 +94,8 @@ pub struct KeyMetrics {
     pub rotations_failed: u64,
     /// `stored_key_count` from the KME's last status answer.
     pub kme_stored_keys: Option<u64>,
+    /// The KME's `keys_low`.
+    pub kme_keys_low: Option<u64>,
     /// Holds and key-stale events since start.
     pub generation_halted: u64,
 }
@@ -102,6 +108,8 @@ impl Snapshot {
             started_unix,
             policy_serial: None,
             policy_expired: false,
+            policy_not_after: None,
+            policy_expiry_warning: None,
             links: Vec::new(),
         }
     }
@@ -143,7 +151,7 @@ impl Kind {
 }
 
 /// Every family [`render`] writes, in output order: name, type, help.
-pub const FAMILIES: [(&str, Kind, &str); 18] = [
+pub const FAMILIES: [(&str, Kind, &str); 21] = [
     (
         "qkd_qber",
         Kind::Gauge,
@@ -211,6 +219,11 @@ pub const FAMILIES: [(&str, Kind, &str); 18] = [
         "stored_key_count from the KME's last status answer.",
     ),
     (
+        "qkdpfd_kme_stored_keys_low",
+        Kind::Gauge,
+        "keys_low of the link's KME: a stored_key_count below it is low.",
+    ),
+    (
         "qkdpfd_policy_serial",
         Kind::Gauge,
         "Serial of the active policy bundle.",
@@ -219,6 +232,16 @@ pub const FAMILIES: [(&str, Kind, &str); 18] = [
         "qkdpfd_policy_expired",
         Kind::Gauge,
         "1 if the active policy bundle is past not_after.",
+    ),
+    (
+        "qkdpfd_policy_not_after_seconds",
+        Kind::Gauge,
+        "not_after of the active policy bundle, seconds since the epoch.",
+    ),
+    (
+        "qkdpfd_policy_expiry_warning_seconds",
+        Kind::Gauge,
+        "expiry_warning: how long before not_after the daemon warns.",
     ),
     (
         "qkdpfd_start_time_seconds",
@@ -276,6 +299,10 @@ fn family_samples(out: &mut String, s: &Snapshot, name: &str, extra: f64) {
             }
         }
         "qkdpfd_policy_expired" => sample(out, name, &[], flag(s.policy_expired)),
+        "qkdpfd_policy_not_after_seconds" => opt(out, name, &[], s.policy_not_after.map(int)),
+        "qkdpfd_policy_expiry_warning_seconds" => {
+            opt(out, name, &[], s.policy_expiry_warning.map(int))
+        }
         "qkdpfd_start_time_seconds" => sample(out, name, &[], &s.started_unix.to_string()),
         "qkdpfd_links" => sample(out, name, &[], &s.links.len().to_string()),
         _ => {
@@ -324,6 +351,9 @@ fn link_samples(out: &mut String, l: &LinkMetrics, name: &str, extra: f64) {
             &link,
             keys.and_then(|k| k.kme_stored_keys).map(int),
         ),
+        "qkdpfd_kme_stored_keys_low" => {
+            opt(out, name, &link, keys.and_then(|k| k.kme_keys_low).map(int))
+        }
         _ => {}
     }
 }

@@ -27,7 +27,7 @@ mod sources;
 use crate::imsg::{self, EngineConfig, LinkReasons};
 use crate::imsg::{ActivePolicy, LinkState, ToEngine, ToParent};
 use crate::lock::LockReason;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::ctl::Reply;
 use control::CtlCall;
 use link::{Action, Input, Link};
@@ -359,7 +359,7 @@ impl Engine {
             }
             Err(e) => {
                 slot.source_errors += 1;
-                log::event(Prio::Warning, "qber_source_error")
+                log::event(Event::QberSourceError)
                     .kv("link", &r.link)
                     .kv("source", &slot.qber_name)
                     .msg(e)
@@ -403,7 +403,7 @@ impl Engine {
                     let _ = self.tx.send(ToParent::Reasons(m).encode());
                 }
                 Action::Band { from, to, qber } => {
-                    log::event(Prio::Info, "band")
+                    log::event(Event::Band)
                         .kv("link", name)
                         .kv("from", from.map(|b| b.as_str()).unwrap_or("-"))
                         .kv("to", to)
@@ -427,9 +427,9 @@ impl Engine {
                     threshold.unwrap_or(0.0),
                     "hold",
                 ),
-                Action::Hold { on: false } => log::event(Prio::Notice, "hold_released")
-                    .kv("link", name)
-                    .send(),
+                Action::Hold { on: false } => {
+                    log::event(Event::HoldReleased).kv("link", name).send()
+                }
                 Action::UnlockRefused { why } => refused.push(why),
             }
         }
@@ -492,7 +492,7 @@ impl Engine {
 }
 
 fn qber_exceeded(link: &str, qber: f64, threshold: f64, action: &str) {
-    log::event(Prio::Alert, "qber_exceeded")
+    log::event(Event::QberExceeded)
         .kv("link", link)
         .kv("qber", format!("{qber:.4}"))
         .kv("threshold", threshold)

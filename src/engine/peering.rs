@@ -12,7 +12,7 @@ mod door;
 pub use door::{Gate, Verdict};
 
 use crate::imsg::EngineConfig;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::peer::{self, Keyring, LinkId, Message, PeerKey};
 use door::{AuthLog, Budget};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -174,7 +174,7 @@ impl Peering {
             self.send_log.clear();
         }
         if let Some(held) = self.send_log.admit(dest, Instant::now()) {
-            log::event(Prio::Warning, "peer_send_failed")
+            log::event(Event::PeerSendFailed)
                 .kv("to", dest)
                 .suppressed(held)
                 .msg(why)

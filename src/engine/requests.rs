@@ -9,7 +9,7 @@ use super::qber::SimControl;
 use super::{Engine, LinkSlot};
 use crate::imsg::{CtlRequest, ParentCommand, ToParent};
 use crate::lock::{Enforcement, LockReason};
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::policy::params::{OnQber, UnlockMode};
 use crate::proto::ctl::{
     DaemonStatus, ErrorCode, KeyInfo, LinkInfo, PolicyInfo, Reply, Request, Target,
@@ -178,7 +178,7 @@ impl Engine {
             let link = link.to_string();
             move |r: Result<(), String>| match r {
                 Ok(()) => {
-                    log::event(Prio::Notice, "sim_control")
+                    log::event(Event::SimControl)
                         .kv("link", &link)
                         .kv(what, v)
                         .send();
@@ -295,6 +295,8 @@ impl Engine {
         let mut snap = super::metrics::Snapshot::empty(tx.borrow().started_unix, now);
         snap.policy_serial = self.policy.as_ref().map(|p| p.serial);
         snap.policy_expired = self.policy_info().is_some_and(|p| p.expired);
+        snap.policy_not_after = self.policy.as_ref().and_then(|p| p.not_after);
+        snap.policy_expiry_warning = self.policy.as_ref().map(|p| p.expiry_warning);
         for name in self.links.keys() {
             let info = self.info(name, now);
             let st = self.links[name].link.status(now);
@@ -317,6 +319,7 @@ impl Engine {
                     rotations_ok: v.status.rounds_ok,
                     rotations_failed: v.status.rounds_failed,
                     kme_stored_keys: v.stored_key_count,
+                    kme_keys_low: v.keys_low,
                     generation_halted: v.halted,
                 });
             snap.links.push(m);

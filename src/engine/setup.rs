@@ -11,7 +11,7 @@ use super::qber::poller::PollResult;
 use super::{Engine, Inbox, LinkSlot, Sockets, keys, metrics, peering, sources};
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
-use crate::log::{self, Prio};
+use crate::log::{self, Event, Prio};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
@@ -188,7 +188,8 @@ impl Engine {
                 Ok(s) => s,
                 Err(e) => {
                     // Fail closed: a link we cannot watch is locked.
-                    log::event(Prio::Err, "qber_source_error")
+                    log::event(Event::QberSourceError)
+                        .at(Prio::Err)
                         .kv("link", &l.name)
                         .msg(e)
                         .send();

@@ -37,6 +37,8 @@ pub struct KmeNet {
     pub addr: SocketAddr,
     /// enc_keys and dec_keys as GET (`[kme.X] method = "GET"`).
     pub get: bool,
+    /// `kme_keys_low` below this stored_key_count (`[kme.X] keys_low`).
+    pub keys_low: u64,
 }
 
 /// Key agreement of one link, checked and resolved by the parent.
@@ -113,6 +115,7 @@ impl std::fmt::Debug for KmeNet {
             .field("key", &"<SECRET>")
             .field("addr", &self.addr)
             .field("get", &self.get)
+            .field("keys_low", &self.keys_low)
             .finish()
     }
 }
@@ -144,6 +147,7 @@ mod tests {
             key: Zeroizing::new(b"-----BEGIN PRIVATE KEY-----secret".to_vec()),
             addr: "127.0.0.1:8443".parse().unwrap(),
             get: false,
+            keys_low: 10,
         };
         let i = InstallPsk {
             link: "dr".into(),
@@ -171,6 +175,7 @@ mod tests {
             key: Zeroizing::new(pem.clone()),
             addr: "127.0.0.1:8443".parse().unwrap(),
             get: false,
+            keys_low: 10,
         };
         let json = serde_json::to_string(&k).unwrap();
         // Not a JSON array of numbers, and about 4/3 of the bytes, not 3.5x.

@@ -154,6 +154,9 @@ impl std::fmt::Debug for QberNet {
 pub struct ActivePolicy {
     pub serial: u64,
     pub not_after: Option<u64>,
+    /// `[policy] expiry_warning` in seconds: `policy_expiring` and the
+    /// metric an alert compares `not_after` with.
+    pub expiry_warning: u64,
     pub signer: String,
     pub links: BTreeMap<String, LinkPolicy>,
 }
@@ -432,7 +435,7 @@ impl io::Write for Counter {
 /// [`ToEngine::try_encode`].
 fn frame(ty: Type, body: &impl Serialize) -> Vec<u8> {
     try_frame(ty, body).unwrap_or_else(|e| {
-        crate::log::event(crate::log::Prio::Crit, "imsg_too_large")
+        crate::log::event(crate::log::Event::ImsgTooLarge)
             .msg(e)
             .send();
         Vec::new()

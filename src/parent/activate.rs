@@ -2,7 +2,7 @@
 //! `policy/<serial>/` directory, name it active in the state file, then
 //! re-apply every link's rulesets. A rejected bundle changes nothing.
 
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::parent::fw::Firewall;
 use crate::policy::{Bundle, Files, PublicKey, Reject, Store, Verified, VerifyOpts};
 use crate::ruleset::{Checker, LinkTarget};
@@ -118,7 +118,7 @@ pub fn finish(
 ) -> Result<Outcome, Reject> {
     let bundle = match verified {
         Verified::Unchanged { serial } => {
-            log::event(Prio::Info, "policy_unchanged")
+            log::event(Event::PolicyUnchanged)
                 .kv("serial", serial)
                 .kv("source", source)
                 .send();
@@ -135,7 +135,7 @@ pub fn finish(
             &format!("policy {}", bundle.policy.serial),
             format!("serial {} became active meanwhile", a.serial),
         );
-        log::event(Prio::Err, "policy_rejected")
+        log::event(Event::PolicyRejected)
             .kv("reason", "rollback")
             .kv("serial", bundle.policy.serial)
             .kv("source", source)
@@ -144,7 +144,7 @@ pub fn finish(
         return Err(e);
     }
     if let Err(e) = store.install(&bundle) {
-        log::event(Prio::Err, "policy_rejected")
+        log::event(Event::PolicyRejected)
             .kv("reason", "store")
             .kv("serial", bundle.policy.serial)
             .kv("source", source)
@@ -160,16 +160,16 @@ pub fn finish(
         &bundle.digest,
     ));
     if let Err(e) = state::save(state_path, state) {
-        log::event(Prio::Crit, "state_write_failed").msg(&e).send();
+        log::event(Event::StateWriteFailed).msg(&e).send();
         return Err(unreadable("writing the state file", e));
     }
     for w in &bundle.warnings {
-        log::event(Prio::Warning, "policy_warning")
+        log::event(Event::PolicyWarning)
             .kv("serial", bundle.policy.serial)
             .msg(w)
             .send();
     }
-    log::event(Prio::Notice, "policy_loaded")
+    log::event(Event::PolicyLoaded)
         .kv("serial", bundle.policy.serial)
         .kv("signer", &bundle.signer)
         .kv("source", source)
@@ -185,7 +185,7 @@ fn verify_logged(
     source: &str,
 ) -> Result<Verified, Reject> {
     crate::policy::verify(files, keys, opts, checker).inspect_err(|e| {
-        log::event(Prio::Err, "policy_rejected")
+        log::event(Event::PolicyRejected)
             .kv("reason", e.reason())
             .kv("source", source)
             .msg(e)

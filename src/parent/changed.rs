@@ -34,7 +34,7 @@ pub enum Tell {
     Msg(ToEngine),
     /// A log event that must come after what is listed before it (its line
     /// reaches the engine too, for `qkdctl monitor`).
-    Event(log::Event),
+    Event(log::Record),
 }
 
 impl Changed {
@@ -74,7 +74,7 @@ impl Changed {
     }
 
     /// A log event, sent (logged) after what is listed so far.
-    pub fn event(&mut self, ev: log::Event) {
+    pub fn event(&mut self, ev: log::Record) {
         self.tells.push(Tell::Event(ev));
     }
 

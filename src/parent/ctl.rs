@@ -7,7 +7,7 @@ use super::Parent;
 use super::changed::Changed;
 use crate::imsg::creds::{ClientLine, Readers, Unread};
 use crate::imsg::{CtlRequest, ParentRequest};
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::ctl::{ErrorCode, Reply};
 
 /// The engine says a root client asked for `req.command`: who asks is the
@@ -25,7 +25,7 @@ pub(super) fn ctl_request(
     });
     let command = req.command.name();
     let Some(client) = client else {
-        log::event(Prio::Warning, "ctl_denied")
+        log::event(Event::CtlDenied)
             .kv("uid", "unknown")
             .kv("command", command)
             .msg("no client credentials from the kernel")
@@ -114,7 +114,7 @@ pub(super) fn client_request(p: &mut Parent, line: ClientLine) -> Changed {
 /// A control request the parent runs nothing for: logged, and answered
 /// with the reason.
 fn refuse(id: u64, uid: u32, command: &str, code: ErrorCode, why: &str) -> Changed {
-    log::event(Prio::Warning, "ctl_denied")
+    log::event(Event::CtlDenied)
         .kv("uid", uid)
         .kv("command", command)
         .msg(why)

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::parent::fw::Firewall;
 
 /// How long the links' jumps live without a refresh. Three ticks: a
@@ -33,7 +33,7 @@ impl Heartbeat {
         match fw.keep_alive(Some(TIMEOUT)) {
             Ok(()) => {
                 if gap > TIMEOUT {
-                    log::event(Prio::Alert, "deadman_tripped")
+                    log::event(Event::DeadmanTripped)
                         .kv("gap_ms", gap.as_millis())
                         .msg("the parent did not refresh the dead-man switch in time: every link was dropped meanwhile")
                         .send();
@@ -43,7 +43,7 @@ impl Heartbeat {
             }
             Err(e) => {
                 if !self.failing {
-                    log::event(Prio::Alert, "deadman_failed").msg(e).send();
+                    log::event(Event::DeadmanFailed).msg(e).send();
                 }
                 self.failing = true;
             }

@@ -13,7 +13,7 @@ use super::wg::{WgBackend, WgPeer};
 use crate::conf::{Config, LinkConf, Role};
 use crate::imsg::{EngineConfig, EngineLink, KmeNet, LinkKeys, PeeringNet, QberNet};
 use crate::lock::Owner;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::policy::PublicKey;
 use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
 use std::collections::BTreeMap;
@@ -60,7 +60,7 @@ pub(super) fn engine_config(p: &Parent) -> EngineConfig {
             Ok(d) => Some(d),
             Err(e) => {
                 // The engine refuses to run as root without a drop target.
-                log::event(Prio::Crit, "privdrop_unavailable").msg(e).send();
+                log::event(Event::PrivdropUnavailable).msg(e).send();
                 None
             }
         }
@@ -269,6 +269,7 @@ fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
         key: zeroize::Zeroizing::new(read("key", &k.key)?),
         addr: resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
         get: k.method == crate::conf::KmeMethod::Get,
+        keys_low: k.keys_low,
     })
 }
 

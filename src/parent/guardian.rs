@@ -21,7 +21,7 @@
 //! does not match the parent's (`rcctl check` sees the parent only).
 
 use crate::conf::Config;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -100,12 +100,12 @@ pub fn main(conf: Config, foreground: bool) -> ExitCode {
     if said.starts_with(CLEAN) {
         return ExitCode::SUCCESS;
     }
-    log::event(Prio::Alert, "guardian_lockdown")
+    log::event(Event::GuardianLockdown)
         .msg("the parent ended without a clean stop: locking every link")
         .send();
     let code = super::lockdown::lock_all(conf);
     if code != ExitCode::SUCCESS {
-        log::event(Prio::Alert, "guardian_lockdown_failed")
+        log::event(Event::GuardianLockdownFailed)
             .msg("not every link reads back locked")
             .send();
     }

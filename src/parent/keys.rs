@@ -15,7 +15,7 @@ use super::links::OpenedBy;
 use crate::conf::Config;
 use crate::imsg::{InstallPsk, KeyAck, KeyStep, PersistEpoch};
 use crate::lock::{Enforcement, LockReason};
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::policy::Bundle;
 use crate::policy::params::LinkPolicy;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ pub(super) fn persist_epoch(p: &mut Parent, e: PersistEpoch) -> Result<Changed, 
 /// Answers a PersistEpoch beyond [`EPOCH_WINDOW`] with a refusal (the
 /// round fails; nothing is written).
 fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
-    log::event(Prio::Err, "epoch_refused")
+    log::event(Event::EpochRefused)
         .kv("link", link)
         .kv("epoch", epoch)
         .kv("persisted", floor)
@@ -87,7 +87,7 @@ pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
         }
     });
     let error = written.err().map(|e| {
-        log::event(Prio::Crit, "state_write_failed")
+        log::event(Event::StateWriteFailed)
             .kv("path", p.links.state_path.display())
             .msg(&e)
             .send();
@@ -175,7 +175,7 @@ pub(super) fn key_stale(p: &mut Parent, link: &str) {
     // Random bytes are no QKD key: no-key holds until the next install.
     p.links.set_parent_reason(link, LockReason::NoKey, true);
     let r = p.wg.randomize(link, Instant::now());
-    let mut ev = log::event(Prio::Alert, "key_stale").kv("link", link);
+    let mut ev = log::event(Event::KeyStale).kv("link", link);
     ev = match &r {
         Ok(()) => ev.kv("psk", "random"),
         Err(e) => ev.kv("psk", "unchanged").kv("reason", e.reason()),
@@ -208,7 +208,7 @@ pub(super) fn lock_drifted(p: &mut Parent) -> Vec<(String, Enforcement)> {
 
 /// Logs `psk_drift` (the caller sets the reason and flips the link).
 fn log_drift(link: &str, why: &str) {
-    log::event(Prio::Alert, "psk_drift")
+    log::event(Event::PskDrift)
         .kv("link", link)
         .kv("reason", why)
         .send();

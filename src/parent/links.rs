@@ -20,7 +20,7 @@
 
 use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::parent::fw::{Firewall, Observed, Readback};
 use crate::policy::Bundle;
 use crate::ruleset::LinkTarget;
@@ -168,7 +168,7 @@ impl Links {
             let now = std::time::Instant::now();
             let say = self.damage_logged.admit((), now).is_some();
             if say {
-                log::event(Prio::Alert, "firewall_lost")
+                log::event(Event::FirewallLost)
                     .kv("firewall", self.fw.name())
                     .msg(format!(
                         "default-deny damaged, rebuilding: {}",
@@ -178,9 +178,7 @@ impl Links {
             }
             if let Err(e) = self.fw.init(&targets) {
                 if say {
-                    log::event(Prio::Alert, "firewall_rebuild_failed")
-                        .msg(e)
-                        .send();
+                    log::event(Event::FirewallRebuildFailed).msg(e).send();
                 }
             }
             seen = self.fw.observe(&targets, None);
@@ -195,9 +193,7 @@ impl Links {
                 }
             }
             Err(e) => {
-                log::event(Prio::Err, "firewall_check_failed")
-                    .msg(&e)
-                    .send();
+                log::event(Event::FirewallCheckFailed).msg(&e).send();
                 for l in self.links.values_mut() {
                     l.kernel.state = Observed::unknown(format!("read-back failed: {}", e.what));
                 }
@@ -301,7 +297,7 @@ impl Links {
                         OpenedBy::Auto => "auto",
                         OpenedBy::Operator => "operator",
                     };
-                    log::event(Prio::Notice, "unlock")
+                    log::event(Event::Unlock)
                         .kv("link", name)
                         .kv("by", by)
                         .send();
@@ -330,7 +326,7 @@ impl Links {
             Err(e) => e.to_string(),
             Ok(()) => format!("kernel shows {}", self.links[name].kernel.state),
         };
-        log::event(Prio::Err, "unlock_failed")
+        log::event(Event::UnlockFailed)
             .kv("link", name)
             .msg(why)
             .send();
@@ -345,7 +341,7 @@ impl Links {
         };
         let lock = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
         if let Some(Err(e)) = lock.map(|r| fw.stage(&l.target, Enforcement::Lockdown, r)) {
-            log::event(Prio::Warning, "stage_failed")
+            log::event(Event::StageFailed)
                 .kv("link", name)
                 .msg(e)
                 .send();
@@ -377,7 +373,7 @@ impl Links {
             Ok(()) => {
                 self.state = next;
                 if self.write_failing.take().is_some() {
-                    log::event(Prio::Notice, "state_write_recovered")
+                    log::event(Event::StateWriteRecovered)
                         .kv("path", self.state_path.display())
                         .send();
                 }
@@ -392,7 +388,7 @@ impl Links {
                 });
                 if say {
                     self.write_failing = Some((now, next.links.clone()));
-                    log::event(Prio::Crit, "state_write_failed")
+                    log::event(Event::StateWriteFailed)
                         .kv("path", self.state_path.display())
                         .msg(e)
                         .send();
@@ -425,7 +421,7 @@ impl Links {
         };
         if on {
             if l.parent.insert(r) {
-                log::event(Prio::Alert, "lockdown")
+                log::event(Event::Lockdown)
                     .kv("link", name)
                     .kv("reason", r)
                     .send();
@@ -448,9 +444,7 @@ impl Links {
         };
         let before = l.engine.unwrap_or(Reasons::EMPTY);
         for r in reasons.iter().filter(|r| !before.contains(*r)) {
-            let mut ev = log::event(Prio::Alert, "lockdown")
-                .kv("link", name)
-                .kv("reason", r);
+            let mut ev = log::event(Event::Lockdown).kv("link", name).kv("reason", r);
             if r == LockReason::Qber {
                 if let Some(q) = qber {
                     ev = ev.kv("qber", format!("{q:.4}"));

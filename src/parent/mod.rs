@@ -29,7 +29,7 @@ pub mod wg;
 
 use crate::conf::{self, Config};
 use crate::lock::LockReason;
-use crate::log;
+use crate::log::{self, Event};
 use crate::parent::links::{LinkCtl, Links};
 use crate::policy::{Bundle, PublicKey, Store};
 use crate::ruleset::{Checker, targets};
@@ -276,7 +276,7 @@ impl Parent {
         // Armed before any slow work (bundle checks, DNS, TLS files): if
         // start-up hangs or dies from here on, every link locks by itself.
         if let Err(e) = fw.keep_alive(Some(deadman::TIMEOUT)) {
-            log::event(log::Prio::Alert, "deadman_failed").msg(e).send();
+            log::event(Event::DeadmanFailed).msg(e).send();
         }
         let bundle = {
             let checker = Checker {

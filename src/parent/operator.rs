@@ -5,7 +5,7 @@
 use super::Parent;
 use super::links::OpenedBy;
 use crate::lock::LockReason;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::ctl::{ErrorCode, Reply, Target};
 
 /// The links a ctl target names.
@@ -50,9 +50,7 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
                 .set_parent_reason(n, LockReason::ProcessFailure, false);
             p.links.set_parent_reason(n, LockReason::PskDrift, false);
             p.links.set_parent_reason(n, LockReason::NoKey, false);
-            log::event(Prio::Alert, "unlock_forced")
-                .kv("link", n)
-                .send();
+            log::event(Event::UnlockForced).kv("link", n).send();
         }
         p.links
             .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);

@@ -13,7 +13,7 @@
 use super::changed::Changed;
 use super::{Parent, activate};
 use crate::lock::LockReason;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::policy::Files;
 use crate::proto::ctl::{ErrorCode, Reply};
 use std::path::PathBuf;
@@ -80,7 +80,7 @@ pub fn policy_load(p: &mut Parent, b64: &str, id: u64) -> Option<Reply> {
 }
 
 fn rejected(e: &crate::policy::Reject, source: &str) {
-    log::event(Prio::Err, "policy_rejected")
+    log::event(Event::PolicyRejected)
         .kv("reason", e.reason())
         .kv("source", source)
         .msg(e)
@@ -229,7 +229,7 @@ pub fn scan_spool(p: &mut Parent) {
         match files {
             Ok(f) => {
                 if let Err(r) = start(p, f, "incoming", None, Some(entry)) {
-                    log::event(Prio::Err, "policy_rejected")
+                    log::event(Event::PolicyRejected)
                         .kv("reason", "store")
                         .kv("source", "incoming")
                         .msg(format!("{r:?}"))

@@ -7,7 +7,7 @@ use super::changed::Changed;
 use super::{Parent, engine_conf};
 use crate::conf::Config;
 use crate::imsg::ToEngine;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::ctl::{ErrorCode, Reply};
 
 /// SIGHUP / `qkdctl reload`: a fresh config is swapped in only if it is
@@ -27,7 +27,7 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     let new = match crate::conf::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            log::event(Prio::Err, "reload_failed")
+            log::event(Event::ReloadFailed)
                 .kv("config", path.display())
                 .msg(e.to_string().trim_end().replace('\n', "; "))
                 .send();
@@ -49,7 +49,7 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     {
         let msg = "[daemon], [firewall], [wireguard], [link] and [peering] listen changes \
                    need a restart; not reloading";
-        log::event(Prio::Err, "reload_failed").msg(msg).send();
+        log::event(Event::ReloadFailed).msg(msg).send();
         return Err(Reply::error(ErrorCode::Refused, msg));
     }
     if let Err(e) = super::check_supported(&new) {
@@ -85,12 +85,12 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     out.policy();
     out.all_states();
     // Logged once the engine has heard the new config (its line follows).
-    out.event(log::event(Prio::Notice, "reload").kv("config", path.display()));
+    out.event(log::event(Event::Reload).kv("config", path.display()));
     Ok(out)
 }
 
 /// A config that cannot be swapped in: logged, and the answer.
 fn failed(e: String) -> Reply {
-    log::event(Prio::Err, "reload_failed").msg(&e).send();
+    log::event(Event::ReloadFailed).msg(&e).send();
     Reply::error(ErrorCode::ConfigError, e)
 }

@@ -9,7 +9,7 @@ use super::keys;
 use super::links::OpenedBy;
 use crate::imsg::{self, LinkReasons, LogRecord};
 use crate::lock::{LockReason, Owner};
-use crate::log::{self, Prio};
+use crate::log::{self, Event, Prio};
 
 /// A link's engine-owned reasons: the link converges on them, and a newly
 /// reported `key-stale` randomizes its PSK. Only this link's state is sent.
@@ -40,7 +40,7 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
     if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
         // Sample received by the engine -> firewall tool returned.
         let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
-        log::event(Prio::Debug, "flip")
+        log::event(Event::Flip)
             .kv("link", &r.link)
             .kv("to", to)
             .kv("sample_to_kernel_us", us)

@@ -14,7 +14,7 @@ use super::{Parent, keys, links::OpenedBy};
 use crate::imsg::creds::Readers;
 use crate::imsg::{self, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
-use crate::log::{self, Prio};
+use crate::log::{self, Event, Prio};
 use crate::privsep::EngineProc;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
         Err(e) => return engine_lost(&mut p, &mut child, &format!("engine config: {e}")),
     }
     install_sink(&p, tx.clone());
-    log::event(Prio::Notice, "startup")
+    log::event(Event::Startup)
         .kv("version", env!("CARGO_PKG_VERSION"))
         .kv("links", p.links.links.len())
         .kv(
@@ -117,7 +117,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     // before it calls the engine silent).
     let mut last_heard = Instant::now();
     let mut last_tick = Instant::now();
-    let mut last_expiry_log: Option<Instant> = None;
+    let mut expiry_log = ExpiryLog::default();
     // A bundle's verification answer (the worker thread's; policy_jobs).
     let mut job_rx = None;
     // Control requests being read from their clients' own connections.
@@ -187,7 +187,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 changed.extend(keys::lock_drifted(&mut p));
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 super::policy_jobs::scan_spool(&mut p);
-                let changed = check_expiry(&mut p, &mut last_expiry_log);
+                let changed = check_expiry(&mut p, &mut expiry_log);
                 send(&p, &tx, changed);
             }
             r = async { job_rx.as_mut().expect("guarded").await }, if job_rx.is_some() => {
@@ -221,20 +221,55 @@ fn dispatch_engine(
     }
 }
 
-/// An active bundle past `not_after` stays in force with an hourly alert,
-/// unless it says `expired_action = "lockdown"`.
-fn check_expiry(p: &mut Parent, last: &mut Option<Instant>) -> Changed {
+/// When the expiry events were last said, for the active bundle's serial.
+#[derive(Default)]
+struct ExpiryLog {
+    serial: u64,
+    expiring: Option<Instant>,
+    expired: Option<Instant>,
+}
+
+const DAY: Duration = Duration::from_secs(86400);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A bundle within `[policy] expiry_warning` of its `not_after` is warned
+/// about daily (`policy_expiring`); past it, it stays in force with an
+/// hourly alert, unless it says `expired_action = "lockdown"`. A new
+/// bundle is told about at once.
+fn check_expiry(p: &mut Parent, log: &mut ExpiryLog) -> Changed {
     let mut out = Changed::none();
     let Some(b) = &p.bundle else { return out };
     let Some(na) = b.policy.not_after else {
         return out;
     };
-    if crate::utc::now_unix() <= na {
+    if log.serial != b.policy.serial {
+        *log = ExpiryLog {
+            serial: b.policy.serial,
+            ..ExpiryLog::default()
+        };
+    }
+    let due = |last: &mut Option<Instant>, every: Duration| {
+        let due = last.is_none_or(|t| t.elapsed() >= every);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
+    let now = crate::utc::now_unix();
+    if now <= na {
+        let left = na - now;
+        let warn = p.conf.policy.expiry_warning.as_secs();
+        if left < warn && due(&mut log.expiring, DAY) {
+            log::event(Event::PolicyExpiring)
+                .kv("serial", b.policy.serial)
+                .kv("not_after", na)
+                .kv("days_left", left / 86400)
+                .send();
+        }
         return out;
     }
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
-        *last = Some(Instant::now());
-        log::event(Prio::Alert, "policy_expired")
+    if due(&mut log.expired, HOUR) {
+        log::event(Event::PolicyExpired)
             .kv("serial", b.policy.serial)
             .kv("not_after", na)
             .send();
@@ -263,7 +298,7 @@ fn stop_engine(child: &mut std::process::Child) {
 
 /// The engine died or misbehaved: lock every link, record it, exit non-zero.
 fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> ExitCode {
-    log::event(Prio::Crit, "engine_lost").msg(why).send();
+    log::event(Event::EngineLost).msg(why).send();
     let names: Vec<String> = p.links.links.keys().cloned().collect();
     for n in &names {
         p.links
@@ -273,7 +308,8 @@ fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> Ex
     p.links.persist();
     p.release_guardian();
     stop_engine(child);
-    log::event(Prio::Crit, "shutdown")
+    log::event(Event::Shutdown)
+        .at(Prio::Crit)
         .kv("reason", "process-failure")
         .send();
     ExitCode::FAILURE
@@ -290,12 +326,12 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
         p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
     } else if let Err(e) = p.links.fw.keep_alive(None) {
         // Armed, the switch would lock every link a few seconds from now.
-        log::event(Prio::Alert, "deadman_failed").msg(e).send();
+        log::event(Event::DeadmanFailed).msg(e).send();
     }
     p.release_guardian();
     stop_engine(child);
     let _ = std::fs::remove_file(&p.conf.daemon.socket);
-    log::event(Prio::Notice, "shutdown")
+    log::event(Event::Shutdown)
         .kv("signal", sig)
         .kv("kernel_state", if lock { "lockdown" } else { "kept" })
         .send();

@@ -31,6 +31,7 @@ pub(super) fn send_policy(p: &Parent, tx: &Tx) {
     let msg = p.bundle.as_ref().map(|b| ActivePolicy {
         serial: b.policy.serial,
         not_after: b.policy.not_after,
+        expiry_warning: p.conf.policy.expiry_warning.as_secs(),
         signer: b.signer.clone(),
         links: p
             .conf

@@ -76,19 +76,19 @@ impl Report {
 
     /// Logs `event=sandbox process=... k=v ...` (and `event=sandbox_probe`).
     pub fn log(&self) {
-        use crate::log::{Prio, event};
+        use crate::log::{Event, Prio, event};
         let prio = if self.complete {
             Prio::Info
         } else {
             Prio::Warning
         };
-        let mut ev = event(prio, "sandbox").kv("process", self.process);
+        let mut ev = event(Event::Sandbox).at(prio).kv("process", self.process);
         for (k, v) in &self.kv {
             ev = ev.kv(k, v);
         }
         ev.send();
         if let Some(p) = &self.probe {
-            event(Prio::Notice, "sandbox_probe")
+            event(Event::SandboxProbe)
                 .kv("process", self.process)
                 .kv("result", p)
                 .send();
@@ -315,6 +315,7 @@ mod tests {
             key: zeroize::Zeroizing::new(Vec::new()),
             addr: "192.0.2.9:9443".parse().unwrap(),
             get: false,
+            keys_low: 10,
         };
         cfg.kme.insert("site".into(), kme);
         assert_eq!(connect_ports(&cfg), vec![443, 8443, 9443]);

@@ -14,7 +14,7 @@
 use super::conf::SimConfig;
 use super::link::store::{LinkStore, Refusal};
 use super::link::{KmeNode, SimLink, SimState, feed};
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -259,7 +259,7 @@ async fn handle(state: &SimState, kme: usize, sae: Option<&str>, req: Request<In
         }
         _ => etsi_error(404, "not found", &[]),
     };
-    log::event(Prio::Debug, "kme_request")
+    log::event(Event::KmeRequest)
         .kv("kme", &state.kmes[kme].name)
         .kv("sae", sae.unwrap_or("-"))
         .kv("method", &method)

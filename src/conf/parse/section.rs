@@ -34,11 +34,11 @@ const DAEMON_KEYS: &[&str] = &[
     "metrics",
     "on_stop",
 ];
-const POLICY_KEYS: &[&str] = &["pubkeys", "dir", "incoming"];
+const POLICY_KEYS: &[&str] = &["pubkeys", "dir", "incoming", "expiry_warning"];
 const FIREWALL_KEYS: &[&str] = &["backend", "anchor", "pfctl", "nft"];
 const WIREGUARD_KEYS: &[&str] = &["backend"];
 const PEERING_KEYS: &[&str] = &["listen", "key"];
-const KME_KEYS: &[&str] = &["url", "ca", "cert", "key", "sae_id", "method"];
+const KME_KEYS: &[&str] = &["url", "ca", "cert", "key", "sae_id", "method", "keys_low"];
 const KME_METHODS: &[(&str, KmeMethod)] = &[("POST", KmeMethod::Post), ("GET", KmeMethod::Get)];
 const SIM_KEYS: &[&str] = &[
     "length_km",
@@ -191,6 +191,7 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
             pubkeys: Vec::new(),
             dir: PathBuf::new(),
             incoming: None,
+            expiry_warning: EXPIRY_WARNING,
         }),
         firewall,
         wireguard,
@@ -378,14 +379,26 @@ fn daemon(mut s: Sect) -> DaemonConf {
     }
 }
 
+/// `[policy] expiry_warning`'s default: a week, time for a GitOps change.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86400);
+
+/// `[kme.*] keys_low`'s default: ten keys, a few rotation periods.
+const KEYS_LOW: i64 = 10;
+
 fn policy(mut s: Sect) -> Option<PolicyConf> {
     let pubkeys = s.list("pubkeys", "absolute paths of public keys", path);
     let dir = s.or("dir", "/var/db/qkdpfd/policy".into(), path);
     let incoming = s.get("incoming", path);
+    let expiry_warning = s.or(
+        "expiry_warning",
+        EXPIRY_WARNING,
+        value::duration(Duration::ZERO, Duration::from_secs(365 * 86400)),
+    );
     Some(PolicyConf {
         pubkeys: pubkeys?.into_iter().map(|(p, _)| p).collect(),
         dir,
         incoming,
+        expiry_warning,
     })
 }
 
@@ -435,8 +448,10 @@ fn kme(mut s: Sect) -> Option<KmeConf> {
     let key = s.req("key", path);
     let sae_id = s.req("sae_id", value::sae_id);
     let method = s.or("method", KmeMethod::Post, choice(KME_METHODS));
+    let keys_low = s.or("keys_low", KEYS_LOW, value::int(0, 1 << 31)) as u64;
     Some(KmeConf {
         method,
+        keys_low,
         url: url?,
         ca: ca?,
         cert: cert?,

@@ -12,7 +12,7 @@
 use crate::engine::kme::{self, KmeClient, KmeSettings};
 use crate::engine::rotate::Input;
 use crate::imsg::KmeNet;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::peer::KeyId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -84,6 +84,7 @@ impl Calls {
                     },
                     enc_keys_get: k.get,
                     dec_keys_get: k.get,
+                    keys_low: k.keys_low,
                     ..KmeSettings::default()
                 });
             clients.insert(name.clone(), Arc::new(client));
@@ -102,6 +103,10 @@ impl Calls {
 
     pub(super) fn knows(&self, kme: &str) -> bool {
         self.clients.contains_key(kme)
+    }
+
+    pub(super) fn keys_low(&self, kme: &str) -> Option<u64> {
+        self.net.get(kme).map(|k| k.keys_low)
     }
 
     pub(super) fn stored_key_count(&self, kme: &str) -> Option<u64> {
@@ -199,7 +204,7 @@ impl Calls {
 async fn call(kme: Arc<KmeClient>, r: Request, tx: mpsc::UnboundedSender<KmeAnswer>) {
     let input = fetch_key(&kme, &r.peer_sae, r.key_id).await;
     if let Input::KeyFailed { why, .. } = &input {
-        log::event(Prio::Warning, "kme_error")
+        log::event(Event::KmeError)
             .kv("link", &r.link)
             .kv("kme", kme.name())
             .msg(why)
@@ -207,13 +212,23 @@ async fn call(kme: Arc<KmeClient>, r: Request, tx: mpsc::UnboundedSender<KmeAnsw
     }
     let ok = matches!(input, Input::KeyReady { .. });
     let _ = tx.send(KmeAnswer {
-        link: r.link,
+        link: r.link.clone(),
         input,
         ticket: r.ticket,
     });
     if ok {
-        // For `show link` and the metrics; a failure here changes nothing.
-        let _ = kme.status(&r.peer_sae).await;
+        // For `show link`, the metrics and the stock warning; a failure
+        // here changes nothing.
+        if let Ok(st) = kme.status(&r.peer_sae).await
+            && let Some(threshold) = kme.stock_fell_low(&r.link, st.stored_key_count)
+        {
+            log::event(Event::KmeKeysLow)
+                .kv("link", &r.link)
+                .kv("kme", kme.name())
+                .kv("stored_key_count", st.stored_key_count)
+                .kv("threshold", threshold)
+                .send();
+        }
     }
 }
 
@@ -257,6 +272,7 @@ mod tests {
             key: zeroize::Zeroizing::new(read("sae-SAE-A.key")),
             addr,
             get: false,
+            keys_low: 10,
         };
         (l, [("site".to_string(), net)].into_iter().collect())
     }

@@ -24,7 +24,7 @@ use crate::engine::link;
 use crate::engine::peering::{Datagram, Gate, Peering};
 use crate::engine::rotate::{self, Action, Input, Params, Rotation, Schedule};
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::peer::LinkId;
 use crate::secret::Psk;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -39,6 +39,8 @@ pub struct KeyView {
     pub psk_fingerprint: Option<String>,
     pub key_age: Option<Duration>,
     pub stored_key_count: Option<u64>,
+    /// The KME's `keys_low` (`[kme.X]`): a stock below it is low.
+    pub keys_low: Option<u64>,
     /// Times fresh keys stopped (a QBER hold or key-stale) since start.
     pub halted: u64,
 }
@@ -325,6 +327,7 @@ impl Keys {
             psk_fingerprint: l.fingerprint.clone(),
             key_age: l.installed_at.map(|t| now.saturating_duration_since(t)),
             stored_key_count: self.calls.stored_key_count(&l.conf.kme),
+            keys_low: self.calls.keys_low(&l.conf.kme),
             halted: l.halted,
         })
     }
@@ -409,7 +412,7 @@ impl Keys {
                 self.peer.send(&m, dest);
             }
             Action::RoundDone { epoch, key_id } => {
-                log::event(Prio::Notice, "key_rotated")
+                log::event(Event::KeyRotated)
                     .kv("link", name)
                     .kv("epoch", epoch)
                     .kv("key_id", key_id.as_str())
@@ -419,7 +422,7 @@ impl Keys {
                     // The slave installed before it CONFIRMed, so the
                     // master's install answer (now) is the later of the two.
                     let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
-                    log::event(Prio::Debug, "round")
+                    log::event(Event::Round)
                         .kv("link", name)
                         .kv("epoch", epoch)
                         .kv("enc_keys_to_installed_us", us)
@@ -429,7 +432,7 @@ impl Keys {
             }
             Action::RoundFailed { why } => {
                 l.gate.settled();
-                log::event(Prio::Warning, "key_rotation_failed")
+                log::event(Event::KeyRotationFailed)
                     .kv("link", name)
                     .kv("reason", reason_word(&why))
                     .msg(why)

@@ -35,7 +35,7 @@
 
 use crate::engine::rotate::Role;
 use crate::imsg::LinkKeys;
-use crate::log::{self, Prio};
+use crate::log::{self, Event};
 use crate::proto::peer::{Body, Message, Nonce};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -192,7 +192,7 @@ impl AuthLog {
         link: Option<&str>,
         why: &str,
         now: Instant,
-    ) -> Option<log::Event> {
+    ) -> Option<log::Record> {
         let minute = Duration::from_secs(60);
         let from = from.to_canonical();
         let tracked = self.seen.contains(&from);
@@ -213,7 +213,7 @@ impl AuthLog {
         };
         match own {
             Some(held) if self.lines.take(now) => {
-                let mut ev = log::event(Prio::Warning, "peer_auth_failed")
+                let mut ev = log::event(Event::PeerAuthFailed)
                     .kv("from", from)
                     .kv("reason", why);
                 if let Some(l) = link {
@@ -233,7 +233,7 @@ impl AuthLog {
         self.summarised = Some(now);
         let n = std::mem::take(&mut self.held);
         Some(
-            log::event(Prio::Warning, "peer_auth_failed")
+            log::event(Event::PeerAuthFailed)
                 .kv("from", "*")
                 .kv("reason", why)
                 .kv("suppressed", n)

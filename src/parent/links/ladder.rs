@@ -6,7 +6,7 @@
 
 use super::Links;
 use crate::lock::Enforcement;
-use crate::log::{self, Prio};
+use crate::log::{self, Event, Prio};
 use crate::parent::fw::Observed;
 use crate::policy::Bundle;
 use crate::ruleset::LinkTarget;
@@ -63,7 +63,7 @@ impl Links {
                     self.release_guard(name);
                 }
                 if step > 0 || self.links[name].lock_failed {
-                    log::event(Prio::Warning, "lockdown_fallback")
+                    log::event(Event::LockdownFallback)
                         .kv("link", name)
                         .kv("step", what)
                         .msg(errors.join("; "))
@@ -82,7 +82,8 @@ impl Links {
                 // Once: every tick walks the firewall steps again until
                 // one holds, and the peer stays gone meanwhile.
                 if newly {
-                    log::event(Prio::Alert, "lockdown_fallback")
+                    log::event(Event::LockdownFallback)
+                        .at(Prio::Alert)
                         .kv("link", name)
                         .kv("step", "remove WireGuard peer")
                         .msg(errors.join("; "))
@@ -95,7 +96,7 @@ impl Links {
         }
         self.mark_locked(name, false);
         let l = &self.links[name];
-        log::event(Prio::Alert, "lockdown_failed")
+        log::event(Event::LockdownFailed)
             .kv("link", name)
             .kv("kernel", &l.kernel.state)
             .msg(errors.join("; "))
@@ -116,7 +117,7 @@ impl Links {
             l.peer_removed = true;
         }
         if !was {
-            log::event(Prio::Alert, "wg_peer_removed")
+            log::event(Event::WgPeerRemoved)
                 .kv("link", name)
                 .msg(
                     "no firewall step could lock the link: its WireGuard peer was removed; \
@@ -140,18 +141,14 @@ impl Links {
             if let Some(l) = self.links.get_mut(&name) {
                 l.peer_removed = false;
             }
-            log::event(Prio::Notice, "wg_peer_restored")
-                .kv("link", &name)
-                .send();
+            log::event(Event::WgPeerRestored).kv("link", &name).send();
         }
     }
 
     pub(super) fn mark_locked(&mut self, name: &str, locked: bool) {
         if let Some(l) = self.links.get_mut(name) {
             if l.lock_failed && locked {
-                log::event(Prio::Notice, "lockdown_repaired")
-                    .kv("link", name)
-                    .send();
+                log::event(Event::LockdownRepaired).kv("link", name).send();
             }
             l.lock_failed = !locked;
         }
@@ -179,7 +176,7 @@ impl Links {
             Err(e) => {
                 // Keeps dropping: fail closed, try again next tick.
                 self.guard.insert(name.to_string());
-                log::event(Prio::Err, "guard_release_failed")
+                log::event(Event::GuardReleaseFailed)
                     .kv("link", name)
                     .msg(e)
                     .send();

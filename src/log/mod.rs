@@ -14,6 +14,9 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+pub mod catalogue;
+pub use catalogue::Event;
+
 /// syslog priorities we use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -115,26 +118,50 @@ pub fn emit(prio: Prio, line: &str) {
     }
 }
 
-/// Builds one `event=name k=v ...` line.
-pub struct Event {
+/// One `event=name k=v ...` line being built.
+pub struct Record {
+    event: Event,
     prio: Prio,
     line: String,
 }
 
-/// Starts an event line: `log::event(Prio::Alert, "lockdown").kv("link", "dr").send()`.
-pub fn event(prio: Prio, name: &str) -> Event {
+/// Starts an event line at the catalogue's priority:
+/// `log::event(Event::Lockdown).kv("link", "dr").send()`.
+pub fn event(event: Event) -> Record {
     let mut line = String::from("event=");
-    push_value(&mut line, name);
+    line.push_str(event.name());
     let proc = *PROC.lock().unwrap_or_else(|e| e.into_inner());
     if !proc.is_empty() {
         line.push_str(" proc=");
         line.push_str(proc);
     }
-    Event { prio, line }
+    Record {
+        event,
+        prio: event.spec().prio,
+        line,
+    }
 }
 
-impl Event {
-    pub fn kv(mut self, key: &str, value: impl std::fmt::Display) -> Event {
+impl Record {
+    /// Another priority the catalogue lists for this event.
+    pub fn at(mut self, prio: Prio) -> Record {
+        let spec = self.event.spec();
+        debug_assert!(
+            prio == spec.prio || spec.also.contains(&prio),
+            "{} is not logged at {prio:?} (log/catalogue.rs)",
+            spec.name
+        );
+        self.prio = prio;
+        self
+    }
+
+    /// One field; the catalogue must list it for this event.
+    pub fn kv(mut self, key: &str, value: impl std::fmt::Display) -> Record {
+        debug_assert!(
+            self.event.spec().has_field(key),
+            "{} has no field {key} (log/catalogue.rs)",
+            self.event.name()
+        );
         let v = value.to_string();
         self.line.push(' ');
         self.line.push_str(key);
@@ -145,7 +172,7 @@ impl Event {
 
     /// `suppressed=N` when a [`PerMinute`] held N events back (nothing
     /// for 0): the second half of the flood rule, written one way.
-    pub fn suppressed(self, held: u64) -> Event {
+    pub fn suppressed(self, held: u64) -> Record {
         if held > 0 {
             self.kv("suppressed", held)
         } else {
@@ -154,7 +181,7 @@ impl Event {
     }
 
     /// Text from a remote party or free-form; must be the last pair.
-    pub fn msg(self, text: impl std::fmt::Display) -> Event {
+    pub fn msg(self, text: impl std::fmt::Display) -> Record {
         self.kv("msg", text)
     }
 
@@ -184,7 +211,7 @@ fn push_value(out: &mut String, v: &str) {
 
 /// The flood rule of DESIGN §8: the first event per key per minute, then,
 /// a minute or more later, the next one with the count held back meanwhile
-/// (`suppressed=N`, written by [`Event::suppressed`]). The one rate limiter
+/// (`suppressed=N`, written by [`Record::suppressed`]). The one rate limiter
 /// of log lines: `ctl_denied` (per uid), `peer_auth_failed` (per source)
 /// and `peer_send_failed` (per destination).
 pub struct PerMinute<K> {
@@ -256,13 +283,13 @@ mod tests {
 
     #[test]
     fn escapes_values() {
-        let e = event(Prio::Info, "kme_error")
+        let e = event(Event::KmeError)
             .kv("link", "dr")
-            .kv("status", 503)
+            .kv("kme", "site 2")
             .msg("bad \"gateway\"\n\u{7f}é=");
         assert_eq!(
             e.line(),
-            r#"event=kme_error link=dr status=503 msg="bad \"gateway\"\x0a\x7f\xc3\xa9=""#
+            r#"event=kme_error link=dr kme="site 2" msg="bad \"gateway\"\x0a\x7f\xc3\xa9=""#
         );
     }
 
@@ -275,7 +302,7 @@ mod tests {
         assert_eq!(seen.admit(8, t0 + MINUTE / 2), Some(0));
         assert_eq!(seen.admit(7, t0 + MINUTE / 2), None);
         assert_eq!(seen.admit(7, t0 + MINUTE), Some(2));
-        let line = |held| event(Prio::Warning, "ctl_denied").suppressed(held);
+        let line = |held| event(Event::CtlDenied).suppressed(held);
         assert_eq!(line(0).line(), "event=ctl_denied");
         assert_eq!(line(2).line(), "event=ctl_denied suppressed=2");
     }
@@ -283,8 +310,8 @@ mod tests {
     #[test]
     fn caps_value_length() {
         let long = "a".repeat(1000);
-        let e = event(Prio::Info, "x").kv("k", &long);
-        assert_eq!(e.line().len(), "event=x k=".len() + 256);
+        let e = event(Event::Band).kv("link", &long);
+        assert_eq!(e.line().len(), "event=band link=".len() + 256);
     }
 
     proptest::proptest! {
