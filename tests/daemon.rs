@@ -1025,7 +1025,8 @@ fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
 /// The wall clock stepped ±1 h (FAULTS.md) through the daemon's own seam
 /// (`[testing] wall_clock_offset`, taken by a reload), not the host's
 /// clock: forward past the bundle's `not_after` with `expired_action =
-/// "lockdown"` locks the link; back again opens nothing; the QBER timers
+/// "lockdown"` locks the link (the week before, `policy_expiring` warned);
+/// back again opens nothing; the QBER timers
 /// (monotonic) never notice.
 #[test]
 fn a_wall_clock_step_moves_only_the_expiry() {
@@ -1044,6 +1045,13 @@ fn a_wall_clock_step_moves_only_the_expiry() {
     let b = gw.bundle("b1", &p, OPEN_NFT, LOCKDOWN_NFT);
     gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
     gw.wait_state("open", Duration::from_secs(10));
+    // Within [policy] expiry_warning (a week by default): warned at once.
+    let warning = format!("event=policy_expiring serial=1 not_after={na} days_left=0");
+    let t = std::time::Instant::now();
+    while !gw.log().contains(&warning) {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let conf = gw.path("qkdpfd.conf");
     let base = std::fs::read_to_string(&conf).unwrap();
     let step = |gw: &Gateway, secs: i64| {

@@ -217,3 +217,29 @@ async fn a_server_from_another_ca_is_refused() {
         "{e}"
     );
 }
+
+/// `kme_keys_low` is said once per link when the KME's real stock falls
+/// below `keys_low`, again only after it was back at or above; 0 never.
+#[tokio::test]
+async fn a_low_stock_is_told_once_until_it_recovers() {
+    let sim = start(1e9).await;
+    sim.wait_keys(8).await;
+    let low_at = 1_000_000;
+    let c = sim.client("a", "SAE-A").with_settings(KmeSettings {
+        keys_low: low_at,
+        ..KmeSettings::default()
+    });
+    let n = c.status("SAE-B").await.unwrap().stored_key_count;
+    assert!((8..low_at).contains(&n), "{n}");
+    assert_eq!(c.stock_fell_low("dr", n), Some(low_at));
+    assert_eq!(c.stock_fell_low("dr", n), None, "said once");
+    assert_eq!(c.stock_fell_low("hq", n), Some(low_at), "per link");
+    assert_eq!(c.stock_fell_low("dr", low_at), None, "back at the mark");
+    assert_eq!(c.stock_fell_low("dr", n), Some(low_at), "fell again");
+    let never = sim.client("a", "SAE-A");
+    assert_eq!(
+        never.stock_fell_low("dr", 0),
+        None,
+        "keys_low 0 never warns"
+    );
+}
