@@ -107,17 +107,28 @@ fn manual_unlock_holds_until_qkdctl_unlock() {
         .stdout(std::fs::File::create(&mon_out).unwrap())
         .spawn()
         .unwrap();
+    let json_out = gw.path("monitor.jsonl");
+    let mut json_monitor = std::process::Command::new(common::gateway::BIN_QKDCTL)
+        .arg("-s")
+        .arg(gw.path("qkdpfd.sock"))
+        .args(["-j", "monitor"])
+        .stdout(std::fs::File::create(&json_out).unwrap())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     gw.ctl_ok(&["sim", "eve", "dr", "1"]);
     gw.wait_state("lockdown", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(200));
-    let _ = monitor.kill();
-    let _ = monitor.wait();
+    for m in [&mut monitor, &mut json_monitor] {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
     let streamed = std::fs::read_to_string(&mon_out).unwrap();
     assert!(
         streamed.contains("event=lockdown proc=parent link=dr reason=qber"),
         "monitor: {streamed}"
     );
+    monitor_json_is_the_catalogue(&std::fs::read_to_string(&json_out).unwrap());
     gw.ctl_ok(&["sim", "eve", "dr", "0"]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(gw.state(), "lockdown", "manual mode holds after recovery");
@@ -1075,4 +1086,36 @@ fn a_wall_clock_step_moves_only_the_expiry() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(gw.state(), "lockdown");
     assert_eq!(gw.pings(3), 0);
+}
+
+/// `qkdctl -j monitor`: one JSON object per line, each an event of the
+/// catalogue with `proc` and only the catalogue's fields, all strings; the
+/// lockdown among them.
+fn monitor_json_is_the_catalogue(text: &str) {
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
+        let name = obj["event"].as_str().unwrap();
+        let spec = qkdpfd::log::Event::by_name(name)
+            .unwrap_or_else(|| panic!("{name} is not in the catalogue: {line}"))
+            .spec();
+        assert!(
+            matches!(obj["proc"].as_str(), Some("parent" | "engine")),
+            "{line}"
+        );
+        for (k, val) in obj {
+            assert!(val.is_string(), "{line}");
+            assert!(
+                k == "event" || k == "proc" || spec.has_field(k),
+                "{name} has no {k}: {line}"
+            );
+        }
+        names.push(name.to_string());
+    }
+    assert!(names.iter().any(|n| n == "lockdown"), "{text}");
+    assert!(names.iter().any(|n| n == "band"), "{text}");
 }

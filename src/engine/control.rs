@@ -469,7 +469,13 @@ async fn monitor(
         let reply = match events.recv().await {
             Ok(line) => Reply::Event(line),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                Reply::Event(format!("event=monitor_lagged dropped={n}"))
+                // Said to this reader only, never to syslog.
+                Reply::Event(
+                    log::event(Event::MonitorLagged)
+                        .kv("dropped", n)
+                        .line()
+                        .into(),
+                )
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };

@@ -193,6 +193,8 @@ catalogue! {
         "a control command that changes something";
     CtlDenied "ctl_denied" Warning ("uid", "command", "[suppressed]", "[msg]")
         "a control command was refused; one per uid a minute; from the parent (uid from the kernel, or unknown) with msg, the reason it ran nothing";
+    MonitorLagged "monitor_lagged" Warning ("dropped")
+        "only on a qkdctl monitor stream, never in syslog: the reader was too slow and missed this many events";
     Flip "flip" Debug ("link", "to", "sample_to_kernel_us")
         "the kernel holds the link's new state; the time from the QBER sample";
     KmeRequest "kme_request" Debug ("kme", "sae", "method", "path", "status") qkdsim
