@@ -26,6 +26,7 @@ fn fixed() -> Snapshot {
     hq.sample_age_secs = Some(0.5);
     hq.keys = Some(KeyMetrics {
         age_secs: Some(42.25),
+        max_age_secs: Some(900.0),
         epoch: Some(17),
         rotations_ok: 16,
         rotations_failed: 3,
@@ -97,15 +98,18 @@ qkdpfd_qber_band{link="hq-dr",band="degraded"} 1
 qkdpfd_qber_band{link="hq-dr",band="warning"} 0
 qkdpfd_qber_band{link="hq-dr",band="critical"} 0
 qkdpfd_qber_band{link="hq-dr",band="compromised"} 0
-# HELP qkdpfd_qber_threshold qber_lockdown of the active policy.
-# TYPE qkdpfd_qber_threshold gauge
-qkdpfd_qber_threshold{link="hq-dr"} 0.11
+# HELP qkdpfd_qber_threshold_ratio qber_lockdown of the active policy (fraction).
+# TYPE qkdpfd_qber_threshold_ratio gauge
+qkdpfd_qber_threshold_ratio{link="hq-dr"} 0.11
 # HELP qkdpfd_qber_sample_age_seconds Seconds since the last fresh QBER reading.
 # TYPE qkdpfd_qber_sample_age_seconds gauge
 qkdpfd_qber_sample_age_seconds{link="hq-dr"} 0.5
 # HELP qkdpfd_key_age_seconds Seconds since the current PSK was installed.
 # TYPE qkdpfd_key_age_seconds gauge
 qkdpfd_key_age_seconds{link="hq-dr"} 42.25
+# HELP qkdpfd_key_max_age_seconds max_key_age of the active policy: the key age at which the link locks (key-stale).
+# TYPE qkdpfd_key_max_age_seconds gauge
+qkdpfd_key_max_age_seconds{link="hq-dr"} 900
 # HELP qkdpfd_key_epoch Epoch of the current PSK.
 # TYPE qkdpfd_key_epoch gauge
 qkdpfd_key_epoch{link="hq-dr"} 17
@@ -268,7 +272,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn golden_text_parses() {
     let samples = parse(GOLDEN);
-    assert_eq!(samples.len(), 44);
+    assert_eq!(samples.len(), 48);
     let hq = [("link_id", "hq-dr")];
     assert_eq!(value(&samples, "qkd_qber", &hq), Some(0.0312));
     assert_eq!(value(&samples, "qkd_qber", &[("link_id", "lab")]), None);
@@ -297,7 +301,8 @@ fn absent_values_are_omitted() {
     assert!(!text.contains("NaN"));
     for absent in [
         "qkd_qber",
-        "qkdpfd_qber_threshold",
+        "qkdpfd_qber_threshold_ratio",
+        "qkdpfd_key_max_age_seconds",
         "qkdpfd_qber_sample_age_seconds",
         "qkdpfd_key_age_seconds",
         "qkdpfd_rotations_total",

@@ -87,6 +87,8 @@ pub struct LinkMetrics {
 pub struct KeyMetrics {
     /// Age of the installed PSK, as of `Snapshot::taken`; None before the first.
     pub age_secs: Option<f64>,
+    /// `max_key_age` of the link's policy; None without a policy.
+    pub max_age_secs: Option<f64>,
     /// Epoch of the installed PSK (`RotateStatus::installed`): equal on both
     /// gateways once a rotation converged.
     pub epoch: Option<u64>,
@@ -151,7 +153,7 @@ impl Kind {
 }
 
 /// Every family [`render`] writes, in output order: name, type, help.
-pub const FAMILIES: [(&str, Kind, &str); 21] = [
+pub const FAMILIES: [(&str, Kind, &str); 22] = [
     (
         "qkd_qber",
         Kind::Gauge,
@@ -193,9 +195,9 @@ pub const FAMILIES: [(&str, Kind, &str); 21] = [
         "1 for the band of the last fresh QBER reading.",
     ),
     (
-        "qkdpfd_qber_threshold",
+        "qkdpfd_qber_threshold_ratio",
         Kind::Gauge,
-        "qber_lockdown of the active policy.",
+        "qber_lockdown of the active policy (fraction).",
     ),
     (
         "qkdpfd_qber_sample_age_seconds",
@@ -206,6 +208,11 @@ pub const FAMILIES: [(&str, Kind, &str); 21] = [
         "qkdpfd_key_age_seconds",
         Kind::Gauge,
         "Seconds since the current PSK was installed.",
+    ),
+    (
+        "qkdpfd_key_max_age_seconds",
+        Kind::Gauge,
+        "max_key_age of the active policy: the key age at which the link locks (key-stale).",
     ),
     ("qkdpfd_key_epoch", Kind::Gauge, "Epoch of the current PSK."),
     (
@@ -334,7 +341,7 @@ fn link_samples(out: &mut String, l: &LinkMetrics, name: &str, extra: f64) {
         "qkdpfd_wg_peer_removed" => sample(out, name, &link, flag(l.wg_peer_removed)),
         "qkdpfd_link_lock_reason" => lock_reasons(out, name, l),
         "qkdpfd_qber_band" => bands(out, name, l),
-        "qkdpfd_qber_threshold" => opt(out, name, &link, l.threshold.map(float)),
+        "qkdpfd_qber_threshold_ratio" => opt(out, name, &link, l.threshold.map(float)),
         "qkdpfd_qber_sample_age_seconds" => {
             let age = l.sample_age_secs.map(|a| float(a + extra));
             opt(out, name, &link, age)
@@ -343,6 +350,12 @@ fn link_samples(out: &mut String, l: &LinkMetrics, name: &str, extra: f64) {
             let age = keys.and_then(|k| k.age_secs).map(|a| float(a + extra));
             opt(out, name, &link, age)
         }
+        "qkdpfd_key_max_age_seconds" => opt(
+            out,
+            name,
+            &link,
+            keys.and_then(|k| k.max_age_secs).map(float),
+        ),
         "qkdpfd_key_epoch" => opt(out, name, &link, keys.and_then(|k| k.epoch).map(int)),
         "qkdpfd_rotations_total" => rotations(out, name, l),
         "qkdpfd_kme_stored_keys" => opt(
@@ -485,6 +498,66 @@ mod tests {
         // A `now` before `taken` adds nothing rather than going negative.
         let text = render_at(&s, t0.checked_sub(Duration::from_secs(1)).unwrap_or(t0));
         assert!(text.contains("qkdpfd_key_age_seconds{link=\"a\"} 10\n"));
+    }
+
+    /// HIP-71's names, kept exactly (DESIGN §8).
+    const HIP71: [&str; 3] = [
+        "qkd_qber",
+        "qkd_qber_threshold_exceeded_total",
+        "qkd_key_generation_halted_total",
+    ];
+
+    /// Prometheus' naming rules, for every family: snake case, our prefix
+    /// unless HIP-71 has the name, `_total` on counters and only on them,
+    /// base units (seconds, ratios) as suffixes, times and durations in
+    /// seconds, fractions as `_ratio`.
+    #[test]
+    fn names_follow_prometheus_rules() {
+        for h in HIP71 {
+            assert!(FAMILIES.iter().any(|(n, _, _)| *n == h), "{h} kept");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, kind, help) in FAMILIES {
+            assert!(seen.insert(name), "{name} twice");
+            let snake = name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            assert!(
+                snake && !name.contains("__") && !name.ends_with('_'),
+                "{name}"
+            );
+            let hip = HIP71.contains(&name);
+            assert!(hip || name.starts_with("qkdpfd_"), "{name}: prefix");
+            assert_eq!(kind == Kind::Counter, name.ends_with("_total"), "{name}");
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            let words: Vec<&str> = base.split('_').collect();
+            for bad in [
+                "ms",
+                "us",
+                "ns",
+                "milliseconds",
+                "microseconds",
+                "minutes",
+                "hours",
+                "days",
+                "percent",
+                "kb",
+                "mb",
+                "kilobytes",
+                "megabytes",
+                "bits",
+            ] {
+                assert!(!words.contains(&bad), "{name}: not a base unit: {bad}");
+            }
+            let timed = ["age", "time", "timeout", "interval", "duration", "after"];
+            if words.iter().any(|w| timed.contains(w)) {
+                assert!(base.ends_with("_seconds"), "{name}: a time is in seconds");
+            }
+            if help.contains("(fraction)") && !hip {
+                assert!(base.ends_with("_ratio"), "{name}: a fraction is a _ratio");
+            }
+            assert!(!help.is_empty() && help.ends_with('.'), "{name}: help");
+        }
     }
 
     #[test]

@@ -300,6 +300,7 @@ impl Engine {
         for name in self.links.keys() {
             let info = self.info(name, now);
             let st = self.links[name].link.status(now);
+            let policy = self.links[name].link.policy();
             let mut m = super::metrics::LinkMetrics::new(name);
             m.qber = info.qber;
             m.band = info.band;
@@ -315,6 +316,7 @@ impl Engine {
                 .view(name, now)
                 .map(|v| super::metrics::KeyMetrics {
                     age_secs: v.key_age.map(|d| d.as_secs_f64()),
+                    max_age_secs: policy.map(|p| p.max_key_age.as_secs_f64()),
                     epoch: v.status.installed.map(|(e, _)| e),
                     rotations_ok: v.status.rounds_ok,
                     rotations_failed: v.status.rounds_failed,
