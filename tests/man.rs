@@ -315,3 +315,27 @@ fn every_catalogue_event_is_logged() {
         assert!(qkdpfd::log::Event::by_name(n).is_some(), "{n}");
     }
 }
+
+/// Every Prometheus family the endpoint renders (metrics.rs's FAMILIES, the
+/// one list) has an entry in qkdpfd(8) METRICS with its type.
+#[test]
+fn every_metric_is_in_qkdpfd_8() {
+    use qkdpfd::engine::metrics::{FAMILIES, Kind};
+    let man = read("man/qkdpfd.8");
+    let section = man
+        .split("\n.Sh METRICS\n")
+        .nth(1)
+        .and_then(|s| s.split("\n.Sh ").next())
+        .expect("qkdpfd.8 has a METRICS section");
+    for (name, kind, _) in FAMILIES {
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        let entry = format!(".It Cm {name} No ({kind}");
+        assert!(
+            section.contains(&entry),
+            "qkdpfd.8 METRICS has no {entry:?}"
+        );
+    }
+}
