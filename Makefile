@@ -40,8 +40,10 @@ build:
 # Test-only features, never in `make build` or `make install`:
 #   testing        the [testing] config section (short rotation periods)
 #   sandbox-probe  the engine reports what its sandbox refused (tests/sandbox.rs)
+# prometheus: Debian's package brings prometheus and promtool for
+# tests/prometheus.rs (contrib/prometheus, contrib/grafana).
 test:
-	sh scripts/setup-debian.sh
+	sh scripts/setup-debian.sh prometheus
 	if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast --features testing,sandbox-probe; \
 	else \
