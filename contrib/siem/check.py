@@ -1,0 +1,685 @@
+#!/usr/bin/env python3
+"""Tests qkdpfd's Sigma rules and Wazuh decoder/rules against real logs.
+
+Usage: check.py [options] LOGDIR
+
+LOGDIR holds, for each scenario of expect.yml, the logs a real qkdpfd sent
+through rsyslog:
+  <scenario>.jsonl  one JSON object per line: rsyslog's parse of the
+                    message's key=value fields (event, proc, link, ...) and
+                    the syslog metadata (timestamp, host, program, ...)
+  <scenario>.log    the same messages as rsyslog's traditional lines
+                    ("Dec  3 11:00:00 gw1 qkdpfd[123]: event=lockdown ...")
+
+Sigma: every rule of sigma/*.yml is converted with pySigma's sqlite backend
+(correlation rules included) and the SQL is run on an sqlite table `logs`
+made of the scenario's .jsonl. Wazuh: every PCRE2 pattern of
+wazuh/qkdpfd_decoders.xml and wazuh/qkdpfd_rules.xml is run with PCRE2 on
+the scenario's .log lines, after the syslog header is taken off as Wazuh's
+pre-decoder does; the decoded fields must equal the .jsonl's fields of the
+same message. expect.yml says on which scenarios each rule must fire and
+where it may; a rule firing anywhere else (on `clean` above all) is a
+mismatch, and so is a rule that stays silent on its scenario.
+
+Prints a rule x scenario table of hit counts for each. Exit status: 0 when
+everything matched the expectations, 1 on any mismatch, 2 on a usage error
+or missing files or tools.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+
+
+def usage_error(msg):
+    print(f"check.py: {msg}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+try:
+    import pcre2
+    import yaml
+    from sigma.backends.sqlite import sqliteBackend
+    from sigma.collection import SigmaCollection
+except ImportError as e:  # pragma: no cover
+    usage_error(
+        f"{e}; run scripts/siem-venv.sh and use target/siem-venv/bin/python"
+    )
+
+
+class Mismatches:
+    def __init__(self):
+        self.items = []
+
+    def add(self, what):
+        self.items.append(what)
+        print(f"MISMATCH: {what}")
+
+
+# ---------------------------------------------------------------- the logs
+
+
+def parse_time(value):
+    """An rsyslog timestamp (RFC 3339, or the traditional 'Mmm dd hh:mm:ss')
+    as an aware datetime, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    s = str(value).strip()
+    try:
+        t = datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            t = datetime.datetime.strptime(
+                f"{datetime.date.today().year} {s}", "%Y %b %d %H:%M:%S"
+            )
+        except ValueError:
+            return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    return t
+
+
+def flatten(obj, out=None):
+    """Nested JSON objects (rsyslog's $! tree) flattened: inner keys win
+    over nothing, never over a key of the outer level."""
+    if out is None:
+        out = {}
+    nested = []
+    for k, v in obj.items():
+        if isinstance(v, dict):
+            nested.append(v)
+        elif isinstance(v, list):
+            out.setdefault(k, json.dumps(v))
+        else:
+            out.setdefault(k, v)
+    for v in nested:
+        flatten(v, out)
+    return out
+
+
+def load_jsonl(path, cfg):
+    """The records of one .jsonl, each with `timestamp` (UTC, ISO 8601 with
+    milliseconds: what the sqlite backend's correlations read) and `host`
+    set from whichever key this rsyslog template used."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                usage_error(f"{path}:{n}: not JSON: {e}")
+            if not isinstance(rec, dict):
+                usage_error(f"{path}:{n}: not a JSON object")
+            rec = flatten(rec)
+            t = None
+            for k in cfg["time_keys"]:
+                if k in rec:
+                    t = parse_time(rec[k])
+                    if t:
+                        break
+            if t is None:
+                usage_error(f"{path}:{n}: no timestamp in keys {cfg['time_keys']}")
+            rec["timestamp"] = (
+                t.astimezone(datetime.timezone.utc)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z")
+            )
+            if "host" not in rec:
+                for k in cfg["host_keys"]:
+                    if k in rec:
+                        rec["host"] = rec[k]
+                        break
+            rows.append(rec)
+    return rows
+
+
+def qkdpfd_records(rows, cfg):
+    """The records that are qkdpfd's (program name), in order."""
+    out = []
+    for r in rows:
+        prog = next((r[k] for k in cfg["program_keys"] if k in r), None)
+        if prog is None or str(prog) == "qkdpfd":
+            out.append(r)
+    return out
+
+
+def make_db(rows, numeric):
+    """An in-memory sqlite db with one table `logs`: one column per key of
+    any record (TEXT), the catalogue's numeric fields NUMERIC (as a SIEM
+    maps them, so `suppressed >= 10` compares numbers, not text)."""
+    cols = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    db = sqlite3.connect(":memory:")
+
+    def q(name):
+        return '"' + name.replace('"', '""') + '"'
+
+    decl = ", ".join(
+        f"{q(c)} {'NUMERIC' if c in numeric else 'TEXT'}" for c in cols
+    )
+    db.execute(f"CREATE TABLE logs ({decl})")
+    if cols:
+        marks = ", ".join("?" for _ in cols)
+        db.executemany(
+            f"INSERT INTO logs ({', '.join(q(c) for c in cols)}) VALUES ({marks})",
+            [[r.get(c) for c in cols] for r in rows],
+        )
+    return db, cols
+
+
+# -------------------------------------------------------------- expectations
+
+
+def check_expectations(kind, hits, expect, scenarios, quiet, mm, min_level=None):
+    """hits: {rule: {scenario: count}}. expect: {rule: {fires, may}}."""
+    untested = []
+    for rule in sorted(set(hits) | set(expect)):
+        if rule not in expect:
+            mm.add(f"{kind} rule {rule} has no entry in expect.yml")
+            continue
+        if rule not in hits:
+            mm.add(f"{kind} rule {rule} of expect.yml does not exist")
+            continue
+        e = expect[rule] or {}
+        fires = e.get("fires") or []
+        may = e.get("may") or []
+        for s in fires + may:
+            if s not in scenarios:
+                mm.add(f"{kind} rule {rule}: unknown scenario {s} in expect.yml")
+        if not fires:
+            untested.append((rule, e.get("untested", "no scenario")))
+        for s in scenarios:
+            n = hits[rule].get(s, 0)
+            if s in fires and n == 0:
+                mm.add(f"{kind} rule {rule} did not fire on {s}")
+            elif s in quiet and n > 0 and s not in fires + may:
+                if min_level is None or min_level(rule):
+                    mm.add(f"{kind} rule {rule} fired {n}x on {s}, which must stay quiet")
+            elif n > 0 and s not in fires + may:
+                if min_level is None or min_level(rule):
+                    mm.add(f"{kind} rule {rule} fired {n}x on {s}, not expected there")
+    return untested
+
+
+def print_table(title, rows, scenarios, labels=None):
+    names = [labels.get(r, r) if labels else r for r in rows]
+    w0 = max([len(title)] + [len(n) for n in names])
+    heads = [s for s in scenarios]
+    widths = [max(len(h), 4) for h in heads]
+    print()
+    print(title.ljust(w0) + " | " + " | ".join(h.rjust(w) for h, w in zip(heads, widths)))
+    print("-" * w0 + "-+-" + "-+-".join("-" * w for w in widths))
+    for r, name in zip(rows, names):
+        cells = [str(rows[r].get(s, 0)) for s in scenarios]
+        print(name.ljust(w0) + " | " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)))
+
+
+# --------------------------------------------------------------------- Sigma
+
+
+def sigma_rules(rules_dir):
+    """{rule name: (title, sql)} for every output rule of every file: the
+    file's stem names it (one output rule a file; a correlation's base rules
+    are not output)."""
+    backend = sqliteBackend()
+    out = {}
+    files = sorted(f for f in os.listdir(rules_dir) if f.endswith(".yml"))
+    if not files:
+        usage_error(f"no Sigma rules in {rules_dir}")
+    for f in files:
+        path = os.path.join(rules_dir, f)
+        with open(path, encoding="utf-8") as fh:
+            coll = SigmaCollection.from_yaml(fh.read())
+        queries = backend.convert(coll)
+        titles = [
+            r.title
+            for r in coll.rules
+            if getattr(r, "_output", True)
+        ]
+        if len(queries) != 1:
+            usage_error(f"{f}: {len(queries)} queries, expected one output rule a file")
+        out[f[: -len(".yml")]] = (titles[-1] if titles else f, queries[0])
+    return out
+
+
+def run_sigma_check(rules_dir, mm):
+    """sigma-cli's validation. The two validators that download MITRE data
+    (ATT&CK, D3FEND) cannot run offline and are left out."""
+    sigma = os.path.join(os.path.dirname(sys.executable), "sigma")
+    if not os.path.exists(sigma):
+        mm.add("sigma-cli is not installed next to this python")
+        return
+    cmd = [sigma, "check", "--fail-on-issues", "-x", "attacktag", "-x", "d3_fendtag", rules_dir]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    summary = [l for l in p.stdout.splitlines() if l.startswith("Found ")]
+    print(f"sigma check: exit {p.returncode}; {summary[0] if summary else p.stdout[-500:]}")
+    if p.returncode != 0:
+        print(p.stdout[-3000:])
+        print(p.stderr[-3000:], file=sys.stderr)
+        mm.add("sigma check found errors or issues")
+
+
+# --------------------------------------------------------------------- Wazuh
+
+# Wazuh's syslog pre-decoder, for the line formats rsyslog writes: the
+# traditional "Mmm dd hh:mm:ss host program[pid]: message" and an RFC 3339
+# time stamp in its place. What is left after ": " is the message that the
+# decoders and rules see (Wazuh's `log`); program_name and hostname are
+# separate fields.
+SYSLOG_HEADER = pcre2.compile(
+    r"^(?:(?<time>[A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})"
+    r"|(?<time3339>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(?:Z|[+-][0-9]{2}:[0-9]{2})))"
+    r" (?<host>\S+) (?<program>[^\[\]: ]+)(?:\[(?<pid>[0-9]+)\])?: (?<log>.*)$"
+)
+
+
+def predecode(line):
+    m = SYSLOG_HEADER.match(line)
+    if not m:
+        return None
+    t = m.group("time") or m.group("time3339")
+    return {
+        "time": parse_time(t),
+        "hostname": m.group("host"),
+        "program_name": m.group("program"),
+        "pid": m.group("pid"),
+        "log": m.group("log"),
+    }
+
+
+def xml_items(path):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    # A Wazuh file holds several top-level elements: wrap them.
+    return ET.fromstring("<root>" + text + "</root>")
+
+
+def compile_pcre2(el, where, mm):
+    if el is None:
+        return None
+    if el.get("type") != "pcre2":
+        mm.add(f"{where}: <{el.tag}> is not type=\"pcre2\"")
+        return None
+    try:
+        return pcre2.compile(el.text or "")
+    except Exception as e:  # the binding raises its own error types
+        mm.add(f"{where}: PCRE2 refused <{el.tag}>{el.text}</{el.tag}>: {e}")
+        return None
+
+
+class Decoders:
+    def __init__(self, path, mm):
+        root = xml_items(path)
+        self.roots = []
+        self.children = {}
+        self.patterns = 0
+        for i, d in enumerate(root.findall("decoder")):
+            name = d.get("name")
+            where = f"decoder #{i + 1} {name}"
+            dec = {
+                "name": name,
+                "program_name": compile_pcre2(d.find("program_name"), where, mm),
+                "prematch": compile_pcre2(d.find("prematch"), where, mm),
+                "regex": compile_pcre2(d.find("regex"), where, mm),
+                "order": [
+                    o.strip()
+                    for o in (d.findtext("order") or "").split(",")
+                    if o.strip()
+                ],
+            }
+            self.patterns += sum(
+                1 for k in ("program_name", "prematch", "regex") if d.find(k) is not None
+            )
+            if dec["regex"] is not None and dec["regex"].groups != len(dec["order"]):
+                mm.add(f"{where}: {dec['regex'].groups} groups but order {dec['order']}")
+            parent = d.findtext("parent")
+            if parent:
+                self.children.setdefault(parent, []).append(dec)
+            else:
+                self.roots.append(dec)
+
+    @staticmethod
+    def _matches(dec, pre):
+        if dec["program_name"] is not None and not dec["program_name"].search(
+            pre["program_name"] or ""
+        ):
+            return False
+        if dec["prematch"] is not None and not dec["prematch"].search(pre["log"]):
+            return False
+        return True
+
+    def decode(self, pre):
+        """(decoder name, fields) as Wazuh would decode it: the first root
+        decoder whose program_name and prematch match; then among its
+        children the first that matches, and every sibling of the same name
+        (Wazuh's sibling decoders) adding the fields its regex captures."""
+        for root in self.roots:
+            if not self._matches(root, pre):
+                continue
+            fields = {}
+            if root["regex"] is not None:
+                m = root["regex"].search(pre["log"])
+                if not m:
+                    continue
+                fields.update(zip(root["order"], m.groups()))
+            kids = self.children.get(root["name"], [])
+            first = next((k for k in kids if self._matches(k, pre)), None)
+            if first is not None:
+                for k in kids:
+                    if k["name"] != first["name"] or not self._matches(k, pre):
+                        continue
+                    if k["regex"] is None:
+                        continue
+                    m = k["regex"].search(pre["log"])
+                    if m:
+                        for name, value in zip(k["order"], m.groups()):
+                            if value is not None:
+                                fields.setdefault(name, value)
+            return root["name"], fields
+        return None, {}
+
+
+class WazuhRules:
+    def __init__(self, path, mm):
+        root = xml_items(path)
+        self.rules = {}
+        self.order = []
+        self.patterns = 0
+        for g in root.findall("group"):
+            gname = [x for x in (g.get("name") or "").split(",") if x]
+            for r in g.findall("rule"):
+                rid = r.get("id")
+                where = f"rule {rid}"
+                if rid in self.rules:
+                    mm.add(f"{where}: duplicate id")
+                if not (100000 <= int(rid) <= 120000):
+                    mm.add(f"{where}: id outside 100000-120000")
+                fields = []
+                for fe in r.findall("field"):
+                    fields.append((fe.get("name"), compile_pcre2(fe, where, mm)))
+                    self.patterns += 1
+                for tag in ("match", "regex"):
+                    if r.find(tag) is not None:
+                        compile_pcre2(r.find(tag), where, mm)
+                        mm.add(f"{where}: <{tag}> not emulated by check.py")
+                groups = list(gname)
+                for ge in r.findall("group"):
+                    groups += [x for x in (ge.text or "").split(",") if x.strip()]
+                rule = {
+                    "id": rid,
+                    "level": int(r.get("level")),
+                    "frequency": int(r.get("frequency")) if r.get("frequency") else None,
+                    "timeframe": int(r.get("timeframe")) if r.get("timeframe") else None,
+                    "decoded_as": r.findtext("decoded_as"),
+                    "if_sid": [s.strip() for s in (r.findtext("if_sid") or "").split(",") if s.strip()],
+                    "if_matched_sid": r.findtext("if_matched_sid"),
+                    "if_matched_group": r.findtext("if_matched_group"),
+                    "same_field": [e.text for e in r.findall("same_field")],
+                    "fields": fields,
+                    "groups": [x.strip() for x in groups],
+                    "description": r.findtext("description"),
+                }
+                if rule["frequency"] and not (
+                    rule["timeframe"] and (rule["if_matched_sid"] or rule["if_matched_group"])
+                ):
+                    mm.add(f"{where}: frequency without timeframe and if_matched_*")
+                self.rules[rid] = rule
+                self.order.append(rid)
+        for rid, rule in self.rules.items():
+            for s in rule["if_sid"] + ([rule["if_matched_sid"]] if rule["if_matched_sid"] else []):
+                if s not in self.rules:
+                    mm.add(f"rule {rid}: parent {s} is not defined here")
+
+    def run(self, events):
+        """events: [(time, decoder, fields)] in order. Returns {rule id:
+        hits}. Each rule is evaluated on its own (not only the one alert
+        Wazuh would pick per event: a conservative count for the clean run).
+        Frequency rules (if_matched_sid / if_matched_group + frequency +
+        timeframe + same_field), simply: the rule fires on an event that
+        matched the sid or a rule of the group when, counting that event,
+        at least `frequency` such events with equal same_field values fall
+        within the `timeframe` seconds up to it (Wazuh's own count keeps
+        more state: `ignore`, the alert that wins per event)."""
+        hits = {rid: 0 for rid in self.rules}
+        matched = []  # per event: set of rule ids (non-frequency)
+        for t, dec, fields in events:
+            got = set()
+            # Parents are defined before children in the file; iterate to a
+            # fixed point anyway.
+            changed = True
+            while changed:
+                changed = False
+                for rid in self.order:
+                    rule = self.rules[rid]
+                    if rid in got or rule["frequency"]:
+                        continue
+                    if rule["decoded_as"] and rule["decoded_as"] != dec:
+                        continue
+                    if rule["if_sid"] and not any(s in got for s in rule["if_sid"]):
+                        continue
+                    ok = True
+                    for name, pat in rule["fields"]:
+                        v = fields.get(name)
+                        if pat is None or v is None or not pat.search(v):
+                            ok = False
+                            break
+                    if ok and not rule["decoded_as"] and not rule["if_sid"]:
+                        ok = False  # a rule with no anchor: never emulated as "everything"
+                    if ok:
+                        got.add(rid)
+                        changed = True
+            matched.append(got)
+            for rid in got:
+                hits[rid] += 1
+        groups_of = {rid: set(r["groups"]) for rid, r in self.rules.items()}
+        for rid in self.order:
+            rule = self.rules[rid]
+            if not rule["frequency"]:
+                continue
+
+            def counts(i):
+                if rule["if_matched_sid"]:
+                    return rule["if_matched_sid"] in matched[i]
+                return any(rule["if_matched_group"] in groups_of[x] for x in matched[i])
+
+            for i, (t, dec, fields) in enumerate(events):
+                if not counts(i):
+                    continue
+                if any(fields.get(f) is None for f in rule["same_field"]):
+                    continue
+                key = [fields.get(f) for f in rule["same_field"]]
+                n = 0
+                for j in range(i, -1, -1):
+                    tj, _, fj = events[j]
+                    if (t - tj).total_seconds() > rule["timeframe"]:
+                        break
+                    if counts(j) and [fj.get(f) for f in rule["same_field"]] == key:
+                        n += 1
+                if n >= rule["frequency"]:
+                    hits[rid] += 1
+        return hits
+
+
+def wazuh_scenario(decoders, rules, scenario, log_path, records, cfg, mm):
+    """Decodes the scenario's .log lines, compares the fields with the
+    .jsonl records of the same messages, runs the rules."""
+    with open(log_path, encoding="utf-8", errors="surrogateescape") as f:
+        lines = [l.rstrip("\n") for l in f if l.strip()]
+    events = []
+    pre_ok = []
+    for n, line in enumerate(lines, 1):
+        pre = predecode(line)
+        if pre is None:
+            mm.add(f"{scenario}.log:{n}: no syslog header Wazuh's pre-decoder would take: {line[:120]}")
+            continue
+        if pre["program_name"] != "qkdpfd":
+            continue
+        pre_ok.append((n, line, pre))
+    if len(pre_ok) != len(records):
+        mm.add(
+            f"{scenario}: {len(pre_ok)} qkdpfd lines in .log but {len(records)} records in .jsonl"
+        )
+    meta = set(cfg["meta_keys"])
+    bad = 0
+    decoded = 0
+    for (n, line, pre), rec in zip(pre_ok, records):
+        name, fields = decoders.decode(pre)
+        want = {
+            k: str(v)
+            for k, v in rec.items()
+            if k not in meta and v is not None
+        }
+        if "event" not in want:
+            # Not an event line (e.g. "engine: ..."): it must not decode as one.
+            if name is not None:
+                mm.add(f"{scenario}.log:{n}: decoded as {name} but the JSON has no event: {line[:160]}")
+            continue
+        if name is None:
+            mm.add(f"{scenario}.log:{n}: qkdpfd event line not decoded: {line[:160]}")
+            bad += 1
+            continue
+        decoded += 1
+        if fields != want:
+            diff = {
+                k: (fields.get(k), want.get(k))
+                for k in sorted(set(fields) | set(want))
+                if fields.get(k) != want.get(k)
+            }
+            mm.add(f"{scenario}.log:{n}: decoded fields differ from the JSON (decoder, json): {diff}")
+            bad += 1
+        t = pre["time"] or parse_time(rec.get("timestamp"))
+        # The .log's traditional stamp has whole seconds; the JSON's is finer.
+        rt = parse_time(rec.get("timestamp"))
+        events.append((rt or t, name, fields))
+    return rules.run(events), decoded, bad
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="Test qkdpfd's Sigma and Wazuh rules on real logs (see the module doc)."
+    )
+    ap.add_argument("logdir", help="directory of <scenario>.jsonl and <scenario>.log")
+    ap.add_argument("--expect", default=os.path.join(HERE, "expect.yml"))
+    ap.add_argument("--sigma-dir", default=os.path.join(HERE, "sigma"))
+    ap.add_argument("--wazuh-dir", default=os.path.join(HERE, "wazuh"))
+    ap.add_argument("--no-sigma-check", action="store_true", help="skip `sigma check`")
+    ap.add_argument("--show-sql", action="store_true", help="print each converted query")
+    args = ap.parse_args()
+
+    if not os.path.isdir(args.logdir):
+        usage_error(f"{args.logdir}: not a directory")
+    try:
+        with open(args.expect, encoding="utf-8") as f:
+            expect = yaml.safe_load(f)
+    except OSError as e:
+        usage_error(f"{args.expect}: {e}")
+    cfg = expect["logs"]
+    scenarios = expect["scenarios"]
+    quiet = expect["quiet"]
+    missing = [
+        os.path.join(args.logdir, f"{s}.{ext}")
+        for s in scenarios
+        for ext in ("jsonl", "log")
+        if not os.path.isfile(os.path.join(args.logdir, f"{s}.{ext}"))
+    ]
+    if missing:
+        usage_error("missing log files: " + ", ".join(missing))
+
+    mm = Mismatches()
+    print(f"logs: {os.path.abspath(args.logdir)}")
+
+    # Sigma.
+    if not args.no_sigma_check:
+        run_sigma_check(args.sigma_dir, mm)
+    rules = sigma_rules(args.sigma_dir)
+    if args.show_sql:
+        for name, (_, sql) in rules.items():
+            print(f"-- {name}\n{sql}\n")
+    numeric = set(cfg["numeric_fields"])
+    records = {}
+    sigma_hits = {name: {} for name in rules}
+    for s in scenarios:
+        rows = qkdpfd_records(load_jsonl(os.path.join(args.logdir, f"{s}.jsonl"), cfg), cfg)
+        records[s] = rows
+        events = sum(1 for r in rows if "event" in r)
+        if events == 0:
+            mm.add(f"{s}.jsonl: no qkdpfd event")
+        db, _ = make_db(rows, numeric)
+        for name, (_, sql) in rules.items():
+            try:
+                n = len(db.execute(sql).fetchall())
+            except sqlite3.Error as e:
+                # A column no record of this scenario has: the rule cannot
+                # match here. Any other error is the rule's or the backend's.
+                if "no such column" in str(e):
+                    n = 0
+                else:
+                    mm.add(f"sigma {name} on {s}: {e}")
+                    n = 0
+            sigma_hits[name][s] = n
+        db.close()
+        print(f"{s}: {len(rows)} qkdpfd records, {events} events")
+    print_table("Sigma rule", sigma_hits, scenarios)
+    sigma_untested = check_expectations("sigma", sigma_hits, expect["sigma"], scenarios, quiet, mm)
+
+    # Wazuh.
+    decoders = Decoders(os.path.join(args.wazuh_dir, "qkdpfd_decoders.xml"), mm)
+    wrules = WazuhRules(os.path.join(args.wazuh_dir, "qkdpfd_rules.xml"), mm)
+    print(
+        f"\nwazuh: {decoders.patterns} decoder patterns, {wrules.patterns} rule field patterns, all PCRE2"
+    )
+    wazuh_hits = {rid: {} for rid in wrules.order}
+    for s in scenarios:
+        hits, decoded, bad = wazuh_scenario(
+            decoders, wrules, s, os.path.join(args.logdir, f"{s}.log"), records[s], cfg, mm
+        )
+        print(f"{s}: {decoded} event lines decoded, {bad} with wrong or missing fields")
+        for rid, n in hits.items():
+            wazuh_hits[rid][s] = n
+    labels = {
+        rid: f"{rid} L{r['level']:<2} {(r['description'] or '')[:40]}"
+        for rid, r in wrules.rules.items()
+    }
+    print_table("Wazuh rule", wazuh_hits, scenarios, labels)
+    high = lambda rid: wrules.rules[rid]["level"] >= 10  # noqa: E731
+    wexpect = {str(k): v for k, v in expect["wazuh"].items()}
+    # Rules below level 10 may fire anywhere (the record-only levels); the
+    # rest must follow expect.yml like the Sigma rules.
+    wazuh_untested = check_expectations(
+        "wazuh", wazuh_hits, wexpect, scenarios, quiet, mm, min_level=high
+    )
+
+    print()
+    for kind, lst in (("sigma", sigma_untested), ("wazuh", wazuh_untested)):
+        for rule, why in lst:
+            print(f"UNTESTED: {kind} rule {rule}: {why}")
+    if mm.items:
+        print(f"\n{len(mm.items)} mismatches")
+        return EXIT_MISMATCH
+    print("\nall rules matched their expectations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
