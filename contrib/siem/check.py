@@ -518,6 +518,32 @@ class WazuhRules:
         return hits
 
 
+def unescape(raw):
+    """A value as written in the line (qkdpfd's escapes: \\" \\\\ \\xNN) as
+    the JSON holds it when the rsyslog set-up decodes the escapes
+    (expect.yml logs.json_values: unescaped): \\xNN for 0x01-0x7f becomes
+    the byte, NUL and bytes above 0x7f stay as the text \\xNN."""
+    out = []
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "\\" and i + 1 < len(raw):
+            n = raw[i + 1]
+            if n in "\\\"":
+                out.append(n)
+                i += 2
+                continue
+            if n == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", raw[i + 2 : i + 4]):
+                b = int(raw[i + 2 : i + 4], 16)
+                if 0 < b < 0x80:
+                    out.append(chr(b))
+                    i += 4
+                    continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def wazuh_scenario(decoders, rules, scenario, log_path, records, cfg, mm):
     """Decodes the scenario's .log lines, compares the fields with the
     .jsonl records of the same messages, runs the rules."""
@@ -541,7 +567,13 @@ def wazuh_scenario(decoders, rules, scenario, log_path, records, cfg, mm):
     bad = 0
     decoded = 0
     for (n, line, pre), rec in zip(pre_ok, records):
-        name, fields = decoders.decode(pre)
+        name, raw_fields = decoders.decode(pre)
+        # Wazuh keeps the escapes as written; compare what they stand for
+        # when the JSON holds the decoded value.
+        if cfg.get("json_values") == "unescaped":
+            fields = {k: unescape(v) for k, v in raw_fields.items()}
+        else:
+            fields = raw_fields
         want = {
             k: str(v)
             for k, v in rec.items()
@@ -568,7 +600,7 @@ def wazuh_scenario(decoders, rules, scenario, log_path, records, cfg, mm):
         t = pre["time"] or parse_time(rec.get("timestamp"))
         # The .log's traditional stamp has whole seconds; the JSON's is finer.
         rt = parse_time(rec.get("timestamp"))
-        events.append((rt or t, name, fields))
+        events.append((rt or t, name, raw_fields))
     return rules.run(events), decoded, bad
 
 

@@ -32,8 +32,13 @@ CHECK = os.path.join(HERE, "check.py")
 T0 = datetime.datetime(2026, 12, 3, 11, 0, 0, tzinfo=datetime.timezone.utc)
 
 
+sys.path.insert(0, HERE)
+from check import unescape  # noqa: E402
+
+
 def kv_fields(msg):
-    """key=value pairs of a qkdpfd line: values unquoted, escapes kept."""
+    """key=value pairs of a qkdpfd line: values unquoted and unescaped, as
+    contrib/siem/rsyslog/qkdpfd.conf writes them."""
     out = {}
     i = 0
     while i < len(msg):
@@ -44,12 +49,12 @@ def kv_fields(msg):
             k = j + 1
             while msg[k] != '"':
                 k += 2 if msg[k] == "\\" else 1
-            out[key] = msg[j + 1 : k]
+            out[key] = unescape(msg[j + 1 : k])
             i = k + 2
         else:
             k = msg.find(" ", j)
             k = len(msg) if k < 0 else k
-            out[key] = msg[j:k]
+            out[key] = unescape(msg[j:k])
             i = k + 1
     return out
 
@@ -92,7 +97,7 @@ def scenarios():
         ]
     s["flapping"] = boot() + flap
     s["key_stale"] = boot() + [
-        (40, "warning", 'event=key_rotation_failed proc=engine link=dr reason=kme msg="connection refused"'),
+        (40, "warning", 'event=key_rotation_failed proc=engine link=dr reason=kme msg="kme: HTTP 503: \\"busy\\"\\x0a link=evil reason=qber"'),
         (70, "alert", "event=key_stale proc=parent link=dr"),
         (70, "alert", "event=lockdown proc=parent link=dr reason=key-stale"),
     ]
@@ -142,10 +147,11 @@ def write(dirname, data):
                 rec = {
                     "timestamp": t.isoformat(timespec="microseconds"),
                     "host": "gw-a",
-                    "programname": "qkdpfd",
+                    "program": "qkdpfd",
                     "pid": "4242",
                     "severity": sev,
                     "facility": "daemon",
+                    "message": msg,
                 }
                 rec.update(kv_fields(msg))
                 j.write(json.dumps(rec) + "\n")
