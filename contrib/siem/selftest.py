@@ -106,6 +106,9 @@ def scenarios():
         (40, "alert", "event=lockdown proc=parent link=dr reason=psk-drift"),
     ]
     s["peer_auth_flood"] = boot() + [
+        (20 + i * 0.05, "warning", f"event=peer_auth_failed proc=engine from=198.51.100.{i}:4500 reason=wrong-source")
+        for i in range(12)
+    ] + [
         (20, "warning", "event=peer_auth_failed proc=engine from=10.0.0.9:4500 reason=bad-signature link=dr"),
         (81, "warning", "event=peer_auth_failed proc=engine from=10.0.0.9:4500 reason=bad-signature link=dr suppressed=5999"),
     ]
