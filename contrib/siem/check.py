@@ -260,6 +260,50 @@ def sigma_rules(rules_dir):
     return out
 
 
+def rule_fields(rules_dir):
+    """{file stem: set of field names} its rules test or group by."""
+    out = {}
+
+    def walk(items, acc):
+        for it in items:
+            if hasattr(it, "detection_items"):
+                walk(it.detection_items, acc)
+            elif getattr(it, "field", None):
+                acc.add(it.field)
+                if it.field == "event":
+                    for v in it.value:
+                        acc.add("event=" + str(v))
+
+    for f in sorted(os.listdir(rules_dir)):
+        if not f.endswith(".yml"):
+            continue
+        with open(os.path.join(rules_dir, f), encoding="utf-8") as fh:
+            coll = SigmaCollection.from_yaml(fh.read())
+        acc = set()
+        for r in coll.rules:
+            for d in getattr(getattr(r, "detection", None), "detections", {}).values():
+                walk(d.detection_items, acc)
+            acc.update(getattr(r, "group_by", None) or [])
+            acc.update(getattr(r, "fields", None) or [])
+        out[f[: -len(".yml")]] = acc
+    return out
+
+
+def catalogue_fields(man_path):
+    """Every word of the fields column of qkdpfd.8's LOGGING table
+    (`.It Cm NAME Ta PRIO Ta fields`): a superset of the field names (prose
+    words come along), enough to catch a misspelt field in a rule."""
+    words = set()
+    names = set()
+    with open(man_path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^\.It Cm (\S+) Ta \S+ Ta (.*)$", line)
+            if m:
+                names.add(m.group(1))
+                words.update(re.findall(r"[a-z_][a-z0-9_]*", m.group(2)))
+    return names, words
+
+
 def run_sigma_check(rules_dir, mm):
     """sigma-cli's validation. The two validators that download MITRE data
     (ATT&CK, D3FEND) cannot run offline and are left out."""
@@ -616,6 +660,8 @@ def main():
     ap.add_argument("--sigma-dir", default=os.path.join(HERE, "sigma"))
     ap.add_argument("--wazuh-dir", default=os.path.join(HERE, "wazuh"))
     ap.add_argument("--no-sigma-check", action="store_true", help="skip `sigma check`")
+    ap.add_argument("--man", default=os.path.join(HERE, "..", "..", "man", "qkdpfd.8"),
+                    help="qkdpfd.8, whose LOGGING table names the fields")
     ap.add_argument("--show-sql", action="store_true", help="print each converted query")
     args = ap.parse_args()
 
@@ -645,6 +691,23 @@ def main():
     if not args.no_sigma_check:
         run_sigma_check(args.sigma_dir, mm)
     rules = sigma_rules(args.sigma_dir)
+    man = args.man
+    if os.path.isfile(man):
+        events, words = catalogue_fields(man)
+        known = words | set(cfg["meta_keys"]) | {"event", "proc"}
+        unknown = 0
+        for name, fields in rule_fields(args.sigma_dir).items():
+            for fld in sorted(fields):
+                if fld.startswith("event="):
+                    if fld[6:] not in events:
+                        unknown += 1
+                        mm.add(f"sigma {name}: {fld} is no event of qkdpfd.8's LOGGING table")
+                elif fld not in known:
+                    unknown += 1
+                    mm.add(f"sigma {name}: field {fld} is in no event of qkdpfd.8's LOGGING table")
+        print(f"catalogue (qkdpfd.8): {len(events)} events; {unknown} names in the Sigma rules not there")
+    else:
+        print(f"catalogue: {man} not found, rule fields not checked")
     if args.show_sql:
         for name, (_, sql) in rules.items():
             print(f"-- {name}\n{sql}\n")

@@ -165,8 +165,33 @@ def write(dirname, data):
             l.write(f"{t.strftime('%b %e %H:%M:%S')} gw-a kernel: wg0: peer 1 handshake\n")
 
 
+# Events announced for the catalogue (issue 12 item 1) that qkdpfd.8 may not
+# list yet: added to a copy of the man page for the self-test only when
+# missing. The real run (check.py on the daemon's logs) reads qkdpfd.8 as is.
+ANNOUNCED = [
+    ".It Cm policy_expiring Ta warning Ta serial, not_after, days_left\n",
+    ".It Cm kme_keys_low Ta warning Ta link, stored_key_count, threshold\n",
+]
+MAN = None
+
+
+def man_copy(work):
+    src = os.path.join(HERE, "..", "..", "man", "qkdpfd.8")
+    with open(src) as f:
+        lines = f.readlines()
+    have = {l.split()[2] for l in lines if l.startswith(".It Cm ")}
+    i = max(n for n, l in enumerate(lines) if l.startswith(".It Cm ")) + 1
+    for row in ANNOUNCED:
+        if row.split()[2] not in have:
+            lines.insert(i, row)
+    dst = os.path.join(work, "qkdpfd.8")
+    with open(dst, "w") as f:
+        f.writelines(lines)
+    return dst
+
+
 def run(dirname, *extra, sigma_dir=None):
-    cmd = [sys.executable, CHECK, "--no-sigma-check", dirname]
+    cmd = [sys.executable, CHECK, "--no-sigma-check", "--man", MAN, dirname]
     if sigma_dir:
         cmd[2:2] = ["--sigma-dir", sigma_dir]
     p = subprocess.run(cmd + list(extra), capture_output=True, text=True)
@@ -176,9 +201,14 @@ def run(dirname, *extra, sigma_dir=None):
 def main():
     work = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="siem-selftest-")
     failures = 0
+    runs = 0
+    global MAN
+    os.makedirs(work, exist_ok=True)
+    MAN = man_copy(work)
 
     def expect(label, rc_want, data, sigma_dir=None):
-        nonlocal failures
+        nonlocal failures, runs
+        runs += 1
         d = os.path.join(work, label)
         shutil.rmtree(d, ignore_errors=True)
         write(d, data)
@@ -214,6 +244,15 @@ def main():
         f.write(text.replace("event: policy_expiring", "event|contains: '_'"))
     expect("vacuous-sigma-rule", 1, scenarios(), sigma_dir=vac)
 
+    bad = os.path.join(work, "sigma-misspelt")
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(os.path.join(HERE, "sigma"), bad)
+    with open(os.path.join(bad, "qkdpfd_psk_drift.yml")) as f:
+        text = f.read()
+    with open(os.path.join(bad, "qkdpfd_psk_drift.yml"), "w") as f:
+        f.write(text.replace("    event: psk_drift", "    event: psk_drift\n    lnk|contains: ''"))
+    expect("misspelt-field", 1, scenarios(), sigma_dir=bad)
+
     # A .log line that says something else than its JSON record.
     d = os.path.join(work, "field-differs")
     shutil.rmtree(d, ignore_errors=True)
@@ -222,6 +261,7 @@ def main():
     text = open(p).read().replace("threshold=0.08", "threshold=0.09")
     open(p, "w").write(text)
     rc, out = run(d)
+    runs += 1
     print(f"{'ok  ' if rc == 1 else 'FAIL'} field-differs: exit {rc} (want 1)")
     failures += rc != 1
 
@@ -230,10 +270,11 @@ def main():
     write(d, scenarios())
     os.remove(os.path.join(d, "ctl_denied.log"))
     rc, out = run(d)
+    runs += 1
     print(f"{'ok  ' if rc == 2 else 'FAIL'} missing-file: exit {rc} (want 2)")
     failures += rc != 2
 
-    print(f"{7 - failures} passed, {failures} failed")
+    print(f"{runs - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 
