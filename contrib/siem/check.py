@@ -309,8 +309,7 @@ def run_sigma_check(rules_dir, mm):
     (ATT&CK, D3FEND) cannot run offline and are left out."""
     sigma = os.path.join(os.path.dirname(sys.executable), "sigma")
     if not os.path.exists(sigma):
-        mm.add("sigma-cli is not installed next to this python")
-        return
+        usage_error("sigma-cli is not installed next to this python (scripts/siem-venv.sh)")
     cmd = [sigma, "check", "--fail-on-issues", "-x", "attacktag", "-x", "d3_fendtag", rules_dir]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     summary = [l for l in p.stdout.splitlines() if l.startswith("Found ")]
