@@ -260,48 +260,68 @@ def sigma_rules(rules_dir):
     return out
 
 
-def rule_fields(rules_dir):
-    """{file stem: set of field names} its rules test or group by."""
-    out = {}
+def load_catalogue(path):
+    """{event name: set of field names} of qkdpfd's own events, read from
+    the catalogue in src/log/catalogue.rs (the one list the daemon, its man
+    page and these rules share; qkdsim's entries left out)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    body = text[text.index("catalogue! {") :]
+    entries = re.findall(
+        r'\b[A-Z]\w*\s+"([a-z0-9_]+)"\s+[A-Z]\w*(?:\s*\[[^\]]*\])?\s*'
+        r'\(((?:\s*"[^"]*"\s*,?)*)\)\s*(qkdsim)?',
+        body,
+    )
+    cat = {}
+    for name, fields, qkdsim in entries:
+        if qkdsim:
+            continue
+        cat[name] = {x.strip("[]") for x in re.findall(r'"([^"]*)"', fields)}
+    if not cat:
+        usage_error(f"{path}: no catalogue entries found")
+    return cat
 
-    def walk(items, acc):
-        for it in items:
+
+def check_sigma_names(rules_dir, cat, meta, mm):
+    """Every event a Sigma rule names is in the catalogue, and so is every
+    field: in a detection that names events, each other field must be a
+    field of one of those events (so a misspelt or misplaced field, which
+    would just never match, is caught). Returns the count of bad names."""
+    all_fields = set().union(*cat.values()) | {"event", "proc"} | set(meta)
+    bad = 0
+
+    def items(d):
+        for it in d.detection_items:
             if hasattr(it, "detection_items"):
-                walk(it.detection_items, acc)
-            elif getattr(it, "field", None):
-                acc.add(it.field)
-                if it.field == "event":
-                    for v in it.value:
-                        acc.add("event=" + str(v))
+                yield from items(it)
+            else:
+                yield it
 
     for f in sorted(os.listdir(rules_dir)):
         if not f.endswith(".yml"):
             continue
         with open(os.path.join(rules_dir, f), encoding="utf-8") as fh:
             coll = SigmaCollection.from_yaml(fh.read())
-        acc = set()
         for r in coll.rules:
-            for d in getattr(getattr(r, "detection", None), "detections", {}).values():
-                walk(d.detection_items, acc)
-            acc.update(getattr(r, "group_by", None) or [])
-            acc.update(getattr(r, "fields", None) or [])
-        out[f[: -len(".yml")]] = acc
-    return out
-
-
-def catalogue_fields(man_path):
-    """Every word of the fields column of qkdpfd.8's LOGGING table
-    (`.It Cm NAME Ta PRIO Ta fields`): a superset of the field names (prose
-    words come along), enough to catch a misspelt field in a rule."""
-    words = set()
-    names = set()
-    with open(man_path, encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"^\.It Cm (\S+) Ta \S+ Ta (.*)$", line)
-            if m:
-                names.add(m.group(1))
-                words.update(re.findall(r"[a-z_][a-z0-9_]*", m.group(2)))
-    return names, words
+            used = set(getattr(r, "group_by", None) or []) | set(getattr(r, "fields", None) or [])
+            for dname, d in getattr(getattr(r, "detection", None), "detections", {}).items():
+                its = list(items(d))
+                events = {str(v) for it in its if it.field == "event" for v in it.value}
+                for e in sorted(events - set(cat)):
+                    bad += 1
+                    mm.add(f"sigma {f}: event {e} is not in the catalogue")
+                for it in its:
+                    if it.field in (None, "event", "proc"):
+                        continue
+                    ok = [e for e in events if e in cat and it.field in cat[e]]
+                    if events and not ok:
+                        bad += 1
+                        mm.add(f"sigma {f} ({dname}): field {it.field} belongs to none of {sorted(events)}")
+                    used.add(it.field)
+            for u in sorted(used - all_fields):
+                bad += 1
+                mm.add(f"sigma {f}: field {u} is in no event of the catalogue")
+    return bad
 
 
 def run_sigma_check(rules_dir, mm):
@@ -457,7 +477,7 @@ class WazuhRules:
                     mm.add(f"{where}: id outside 100000-120000")
                 fields = []
                 for fe in r.findall("field"):
-                    fields.append((fe.get("name"), compile_pcre2(fe, where, mm)))
+                    fields.append((fe.get("name"), compile_pcre2(fe, where, mm), fe.text or ""))
                     self.patterns += 1
                 for tag in ("match", "regex"):
                     if r.find(tag) is not None:
@@ -519,7 +539,7 @@ class WazuhRules:
                     if rule["if_sid"] and not any(s in got for s in rule["if_sid"]):
                         continue
                     ok = True
-                    for name, pat in rule["fields"]:
+                    for name, pat, _ in rule["fields"]:
                         v = fields.get(name)
                         if pat is None or v is None or not pat.search(v):
                             ok = False
@@ -659,8 +679,8 @@ def main():
     ap.add_argument("--sigma-dir", default=os.path.join(HERE, "sigma"))
     ap.add_argument("--wazuh-dir", default=os.path.join(HERE, "wazuh"))
     ap.add_argument("--no-sigma-check", action="store_true", help="skip `sigma check`")
-    ap.add_argument("--man", default=os.path.join(HERE, "..", "..", "man", "qkdpfd.8"),
-                    help="qkdpfd.8, whose LOGGING table names the fields")
+    ap.add_argument("--catalogue", default=os.path.join(HERE, "..", "..", "src", "log", "catalogue.rs"),
+                    help="the event catalogue (src/log/catalogue.rs)")
     ap.add_argument("--show-sql", action="store_true", help="print each converted query")
     args = ap.parse_args()
 
@@ -690,23 +710,11 @@ def main():
     if not args.no_sigma_check:
         run_sigma_check(args.sigma_dir, mm)
     rules = sigma_rules(args.sigma_dir)
-    man = args.man
-    if os.path.isfile(man):
-        events, words = catalogue_fields(man)
-        known = words | set(cfg["meta_keys"]) | {"event", "proc"}
-        unknown = 0
-        for name, fields in rule_fields(args.sigma_dir).items():
-            for fld in sorted(fields):
-                if fld.startswith("event="):
-                    if fld[6:] not in events:
-                        unknown += 1
-                        mm.add(f"sigma {name}: {fld} is no event of qkdpfd.8's LOGGING table")
-                elif fld not in known:
-                    unknown += 1
-                    mm.add(f"sigma {name}: field {fld} is in no event of qkdpfd.8's LOGGING table")
-        print(f"catalogue (qkdpfd.8): {len(events)} events; {unknown} names in the Sigma rules not there")
-    else:
-        print(f"catalogue: {man} not found, rule fields not checked")
+    if not os.path.isfile(args.catalogue):
+        usage_error(f"{args.catalogue}: no event catalogue")
+    cat = load_catalogue(args.catalogue)
+    bad = check_sigma_names(args.sigma_dir, cat, ["host"], mm)
+    print(f"catalogue: {len(cat)} events; {bad} names in the Sigma rules not in it")
     if args.show_sql:
         for name, (_, sql) in rules.items():
             print(f"-- {name}\n{sql}\n")
@@ -740,6 +748,27 @@ def main():
     # Wazuh.
     decoders = Decoders(os.path.join(args.wazuh_dir, "qkdpfd_decoders.xml"), mm)
     wrules = WazuhRules(os.path.join(args.wazuh_dir, "qkdpfd_rules.xml"), mm)
+    # The decoder must take every field of the catalogue (a field it drops
+    # is one no Wazuh rule can test) and no other; the rules may test only
+    # decoded fields, and name only events of the catalogue.
+    decoded = {o for kids in decoders.children.values() for d in kids for o in d["order"]}
+    decoded |= {o for d in decoders.roots for o in d["order"]}
+    want = set().union(*cat.values()) | {"event", "proc", "engine_event", "engine_proc"}
+    for f in sorted(want - decoded):
+        mm.add(f"wazuh decoder: catalogue field {f} is not decoded")
+    for f in sorted(decoded - want):
+        mm.add(f"wazuh decoder: field {f} is not in the catalogue")
+    for rid, rule in wrules.rules.items():
+        for name, _, text in rule["fields"]:
+            if name not in decoded:
+                mm.add(f"wazuh rule {rid}: field {name} is not decoded")
+            if name == "event":
+                for e in re.findall(r"[a-z][a-z0-9_]*", text):
+                    if e not in cat:
+                        mm.add(f"wazuh rule {rid}: event {e} is not in the catalogue")
+        for f in rule["same_field"]:
+            if f not in decoded:
+                mm.add(f"wazuh rule {rid}: same_field {f} is not decoded")
     print(
         f"\nwazuh: {decoders.patterns} decoder patterns, {wrules.patterns} rule field patterns, all PCRE2"
     )

@@ -165,33 +165,8 @@ def write(dirname, data):
             l.write(f"{t.strftime('%b %e %H:%M:%S')} gw-a kernel: wg0: peer 1 handshake\n")
 
 
-# Events announced for the catalogue (issue 12 item 1) that qkdpfd.8 may not
-# list yet: added to a copy of the man page for the self-test only when
-# missing. The real run (check.py on the daemon's logs) reads qkdpfd.8 as is.
-ANNOUNCED = [
-    ".It Cm policy_expiring Ta warning Ta serial, not_after, days_left\n",
-    ".It Cm kme_keys_low Ta warning Ta link, stored_key_count, threshold\n",
-]
-MAN = None
-
-
-def man_copy(work):
-    src = os.path.join(HERE, "..", "..", "man", "qkdpfd.8")
-    with open(src) as f:
-        lines = f.readlines()
-    have = {l.split()[2] for l in lines if l.startswith(".It Cm ")}
-    i = max(n for n, l in enumerate(lines) if l.startswith(".It Cm ")) + 1
-    for row in ANNOUNCED:
-        if row.split()[2] not in have:
-            lines.insert(i, row)
-    dst = os.path.join(work, "qkdpfd.8")
-    with open(dst, "w") as f:
-        f.writelines(lines)
-    return dst
-
-
 def run(dirname, *extra, sigma_dir=None):
-    cmd = [sys.executable, CHECK, "--no-sigma-check", "--man", MAN, dirname]
+    cmd = [sys.executable, CHECK, "--no-sigma-check", dirname]
     if sigma_dir:
         cmd[2:2] = ["--sigma-dir", sigma_dir]
     p = subprocess.run(cmd + list(extra), capture_output=True, text=True)
@@ -202,9 +177,7 @@ def main():
     work = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="siem-selftest-")
     failures = 0
     runs = 0
-    global MAN
     os.makedirs(work, exist_ok=True)
-    MAN = man_copy(work)
 
     def expect(label, rc_want, data, sigma_dir=None):
         nonlocal failures, runs
