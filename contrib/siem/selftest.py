@@ -12,6 +12,9 @@ expects exit 1 for each:
   - the peer flood's suppressed count below the threshold
 and exit 2 for a missing scenario file.
 
+The flapping correlation is also held to its threshold, its window and
+its group-by (three lockdowns, five spread out, four links).
+
 These are fixtures, not the real daemon's logs: the real test is check.py
 on the logs of the syslog scenario test (README.md).
 
@@ -179,15 +182,16 @@ def main():
     runs = 0
     os.makedirs(work, exist_ok=True)
 
-    def expect(label, rc_want, data, sigma_dir=None):
+    def expect(label, rc_want, data, sigma_dir=None, why=None):
         nonlocal failures, runs
         runs += 1
         d = os.path.join(work, label)
         shutil.rmtree(d, ignore_errors=True)
         write(d, data)
         rc, out = run(d, sigma_dir=sigma_dir)
-        ok = rc == rc_want
-        print(f"{'ok  ' if ok else 'FAIL'} {label}: exit {rc} (want {rc_want})")
+        # A failing run must fail for the reason the case is about.
+        ok = rc == rc_want and (why is None or why in out)
+        print(f"{'ok  ' if ok else 'FAIL'} {label}: exit {rc} (want {rc_want}{', ' + repr(why) if why else ''})")
         if not ok:
             failures += 1
             print(out[-4000:])
@@ -198,15 +202,29 @@ def main():
 
     d = scenarios()
     d["clean"].append((220, "alert", "event=lockdown proc=parent link=dr reason=qber qber=0.1300 threshold=0.08"))
-    expect("qber-on-clean", 1, d)
+    expect("qber-on-clean", 1, d, why="sigma rule qkdpfd_qber_lockdown fired 1x on clean")
 
     d = scenarios()
     d["eavesdropper"] = [x for x in d["eavesdropper"] if "reason=qber" not in x[2]]
-    expect("eavesdropper-silent", 1, d)
+    expect("eavesdropper-silent", 1, d, why="sigma rule qkdpfd_qber_lockdown did not fire on eavesdropper")
 
     d = scenarios()
     d["peer_auth_flood"][-1] = (81, "warning", "event=peer_auth_failed proc=engine from=10.0.0.9:4500 reason=bad-signature link=dr suppressed=9")
-    expect("flood-below-threshold", 1, d)
+    expect("flood-below-threshold", 1, d, why="sigma rule qkdpfd_peer_auth_burst did not fire on peer_auth_flood")
+
+    # Flapping: three lockdowns in five minutes are not four...
+    lock = "event=lockdown proc=parent link=dr reason=qber qber=0.1250 threshold=0.08"
+    d = scenarios()
+    d["flapping"] = [(t, "alert", lock) for t in (0, 20, 40)]
+    expect("flapping-three-lockdowns", 1, d, why="sigma rule qkdpfd_link_flapping did not fire on flapping")
+    # ...and five lockdowns 110 s apart never put four in one window.
+    d = scenarios()
+    d["flapping"] = [(t, "alert", lock) for t in (0, 110, 220, 330, 440)]
+    expect("flapping-spread-out", 1, d, why="sigma rule qkdpfd_link_flapping did not fire on flapping")
+    # Four lockdowns of four different links are no flapping link.
+    d = scenarios()
+    d["flapping"] = [(t, "alert", lock.replace("link=dr", f"link=l{t}")) for t in (0, 20, 40, 60)]
+    expect("flapping-four-links", 1, d, why="sigma rule qkdpfd_link_flapping did not fire on flapping")
 
     vac = os.path.join(work, "sigma-vacuous")
     shutil.rmtree(vac, ignore_errors=True)
@@ -215,7 +233,7 @@ def main():
         text = f.read()
     with open(os.path.join(vac, "qkdpfd_policy_expiring.yml"), "w") as f:
         f.write(text.replace("event: policy_expiring", "event|contains: '_'"))
-    expect("vacuous-sigma-rule", 1, scenarios(), sigma_dir=vac)
+    expect("vacuous-sigma-rule", 1, scenarios(), sigma_dir=vac, why="sigma rule qkdpfd_policy_expiring fired 23x on clean, which must stay quiet")
 
     bad = os.path.join(work, "sigma-misspelt")
     shutil.rmtree(bad, ignore_errors=True)
@@ -224,7 +242,7 @@ def main():
         text = f.read()
     with open(os.path.join(bad, "qkdpfd_psk_drift.yml"), "w") as f:
         f.write(text.replace("    event: psk_drift", "    event: psk_drift\n    lnk|contains: ''"))
-    expect("misspelt-field", 1, scenarios(), sigma_dir=bad)
+    expect("misspelt-field", 1, scenarios(), sigma_dir=bad, why="field lnk")
 
     # A .log line that says something else than its JSON record.
     d = os.path.join(work, "field-differs")
