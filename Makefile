@@ -53,11 +53,13 @@ test:
 # The SIEM path (issue 12) alone: both daemons of two gateways log through
 # a real rsyslogd (contrib/siem/rsyslog/), each scenario's lines are left in
 # $QKDPFD_SIEM_LOGS (default target/siem-logs), then contrib/siem/check.py
-# runs the rules on them with the Python of target/siem-venv, made here
-# from contrib/siem/requirements.txt when that file exists. Root.
+# runs the rules on them with the Python of target/siem-venv (made by
+# scripts/siem-venv.sh from contrib/siem/requirements.txt). Root.
 siem-test:
 	sh scripts/setup-debian.sh rsyslog python3-venv
-	if [ -f contrib/siem/requirements.txt ]; then \
+	if [ -f scripts/siem-venv.sh ]; then \
+		sh scripts/siem-venv.sh; \
+	elif [ -f contrib/siem/requirements.txt ]; then \
 		[ -x target/siem-venv/bin/python3 ] || python3 -m venv target/siem-venv; \
 		target/siem-venv/bin/pip install -q -r contrib/siem/requirements.txt; \
 	fi

@@ -113,8 +113,20 @@ impl Syslog {
             "rsyslogd -N1: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let err = fs::File::create(dir.join("rsyslogd.err")).unwrap();
-        let child = s
+        s.run_rsyslogd();
+        s
+    }
+
+    /// rsyslogd in the foreground with its own config, pid file and work
+    /// directory; waits until `/dev/log` is its socket.
+    fn run_rsyslogd(&mut self) {
+        let dir = &self.dir;
+        let err = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("rsyslogd.err"))
+            .unwrap();
+        let child = self
             .command("rsyslogd")
             .args(["-n", "-f"])
             .arg(dir.join("rsyslog.conf"))
@@ -127,9 +139,9 @@ impl Syslog {
             .stderr(err)
             .spawn()
             .unwrap();
-        s.rsyslogd = Some(child);
+        self.rsyslogd = Some(child);
         let t = Instant::now();
-        while !s
+        while !self
             .command("test")
             .args(["-S", "/dev/log"])
             .status()
@@ -143,7 +155,17 @@ impl Syslog {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        s
+    }
+
+    /// Kills rsyslogd and starts a new one on the same files, as a log
+    /// rotation or an upgrade does: a daemon must reconnect to `/dev/log`.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.rsyslogd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.command("rm").args(["-f", "/dev/log"]).status();
+        self.run_rsyslogd();
     }
 
     /// rsyslog.conf: imuxsock on /dev/log (its default socket) without

@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 /// Forged datagrams come from these addresses, added to A's side of the
 /// fibre: more sources than the log's burst of 20 lines.
 const FORGERS: std::ops::RangeInclusive<u8> = 11..=40;
-/// Datagrams per source in the first wave.
-const PER_SOURCE: usize = 10;
+/// Datagrams per source in the first wave: a minute later each source's
+/// line says `suppressed=19` (the rules' burst is 10 or more).
+const PER_SOURCE: usize = 20;
 
 /// `clean` on A for [`CLEAN`]; meanwhile `peer_auth_flood` on B.
 pub fn clean_and_flood(s: &mut Siem, failures: &mut Vec<String>) {
     let (from, started) = s.begin(A);
     if super::chosen("peer_auth_flood") {
         play(failures, "peer_auth_flood", || peer_auth_flood(s));
+        play(failures, "syslog_restart", || syslog_restart(s));
     }
     if !super::chosen("clean") {
         return;
@@ -152,6 +154,19 @@ fn peer_auth_flood(s: &mut Siem) {
     assert_eq!(s.show(B)["enforcement"], "open");
 }
 
+/// B's rsyslogd is killed and started again (log rotation, an upgrade):
+/// B's parent must reconnect to `/dev/log` from inside its sandbox, so
+/// its next lines arrive. No scenario file: a check of the path.
+fn syslog_restart(s: &mut Siem) {
+    s.logs[B].restart();
+    let from = s.logs[B].mark();
+    let rotated = want("key_rotated", &[("link", "dr"), ("proc", "engine")]);
+    s.logs[B].wait_for(&from, &rotated, Duration::from_secs(15));
+    s.pair.ctl_ok(B, &["sim", "eve", "dr", "0"]);
+    let parent = want("sim_control", &[("link", "dr"), ("eve", "0")]);
+    s.logs[B].wait_for(&from, &parent, Duration::from_secs(5));
+}
+
 /// A read-only member and a uid outside the group try `lockdown dr`.
 pub fn ctl_denied(s: &mut Siem) {
     let (from, started) = s.begin(A);
@@ -239,7 +254,9 @@ pub fn policy_tampered(s: &mut Siem) {
     let quoted = objects
         .iter()
         .filter_map(|o| o["msg"].as_str())
-        .any(|m| m.contains("notes \"v2\" final.txt"));
+        .any(|m| m.contains(r#"name: "notes \"v2\" final.txt" has"#));
+    // The message quotes the name as Rust does: the line escapes it once
+    // more (`\\\"`), and rsyslog's value must be the message itself.
     assert!(quoted, "no msg with the name unescaped: {objects:?}");
 }
 
