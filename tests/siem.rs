@@ -273,3 +273,40 @@ fn every_scenario_through_rsyslog() {
         common::siem::run_checker(&dir);
     }
 }
+
+/// The check every rsyslog object passes ([`check_object`]) can fail: on
+/// a key in a line, on a field rsyslog would have parsed wrong, on a line
+/// that is no event but got fields. No root needed.
+#[test]
+fn the_object_check_refuses_keys_and_misparses() {
+    let object = |message: &str, fields: serde_json::Value| {
+        let mut o = serde_json::json!({
+            "timestamp": "2026-12-03T12:00:00+00:00", "host": "gw", "program": "qkdpfd",
+            "pid": "42", "severity": "alert", "facility": "daemon", "message": message,
+        });
+        o.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        o
+    };
+    let fails = |o: serde_json::Value| std::panic::catch_unwind(|| check_object(&o)).is_err();
+    let line = r#"event=kme_error proc=engine link=dr msg="a \"b\" c""#;
+    let good = serde_json::json!({"event": "kme_error", "proc": "engine", "link": "dr", "msg": "a \"b\" c"});
+    check_object(&object(line, good.clone()));
+    let mut wrong = good.clone();
+    wrong["msg"] = "a \\\"b\\\" c".into();
+    assert!(fails(object(line, wrong)));
+    let mut engine_as_parent = good;
+    engine_as_parent["proc"] = "parent".into();
+    assert!(fails(object(line, engine_as_parent)));
+    let psk = "event=x proc=parent k=AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    assert!(fails(object(
+        psk,
+        serde_json::json!({"event": "x", "proc": "parent", "k": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="})
+    )));
+    assert!(fails(object(
+        "engine: a trace",
+        serde_json::json!({"event": "x"})
+    )));
+    check_object(&object("engine: a trace", serde_json::json!({})));
+}

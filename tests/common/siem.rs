@@ -328,6 +328,15 @@ pub fn check_object(v: &serde_json::Value) {
     assert!(o["pid"].as_str().unwrap().parse::<u32>().is_ok(), "{v}");
     assert_eq!(o["facility"], "daemon", "{v}");
     let message = o["message"].as_str().unwrap();
+    // No key in any line: nothing shaped like a WireGuard PSK or key
+    // (32 bytes in base64), whatever its field
+    // (a base64 padding `=` splits the word: put it back).
+    for word in message.split([' ', '"', '=']) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = word.len() == 43 && b64.decode(format!("{word}=")).is_ok_and(|k| k.len() == 32);
+        assert!(!key, "a key in a log line: {message}");
+    }
     let meta = [
         "timestamp",
         "host",
