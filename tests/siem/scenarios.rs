@@ -187,8 +187,13 @@ pub fn ctl_denied(s: &mut Siem) {
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(1), "{ids:?}: {o:?}");
+        // A stranger is answered and dropped before its request is read:
+        // qkdctl may then fail to send it (EPIPE) before it reads the
+        // denial. The log line is what this scenario is about.
+        let err = String::from_utf8_lossy(&o.stderr);
+        let member = ids[0] == "--reuid=65534";
         assert!(
-            String::from_utf8_lossy(&o.stderr).contains("denied"),
+            err.contains("denied") || (!member && err.contains("Broken pipe")),
             "{o:?}"
         );
     }
