@@ -12,7 +12,9 @@
 //! Gateway A plays `clean` (several minutes of rotations, no incident)
 //! while B takes the forged datagrams of `peer_auth_flood` (its per-source
 //! `suppressed=N` line needs a minute); then A plays the rest in turn,
-//! `engine_failure` last.
+//! `engine_failure` last. Each daemon's whole log is kept beside LOGDIR,
+//! in `<LOGDIR>-full/`; `QKDPFD_SIEM_ONLY=name,...` plays only those
+//! scenarios (and skips the rule checker), while working on them.
 //! Linux only: namespaces; needs root (a failure under CI=true).
 #![cfg(target_os = "linux")]
 
@@ -28,7 +30,7 @@ use common::siem::{Mark, Syslog, Want, check_object, start_daemon, stop_daemon};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// How long `clean` runs: rotations every [`ROTATE`], no incident.
+/// How long `clean` runs: a rotation every 5 s ([`TESTING`]), no incident.
 pub const CLEAN: Duration = Duration::from_secs(180);
 const PREFIX: &str = "qs1";
 /// Short periods (the `[testing]` section): a rotation every 5 s, a key
