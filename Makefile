@@ -50,6 +50,25 @@ test:
 		$(CARGO) test --no-fail-fast --features testing,sandbox-probe; \
 	fi
 
+# The SIEM path (issue 12) alone: both daemons of two gateways log through
+# a real rsyslogd (contrib/siem/rsyslog/), each scenario's lines are left in
+# $QKDPFD_SIEM_LOGS (default target/siem-logs), then contrib/siem/check.py
+# runs the rules on them with the Python of target/siem-venv (made by
+# scripts/siem-venv.sh from contrib/siem/requirements.txt). Root.
+siem-test:
+	sh scripts/setup-debian.sh rsyslog python3-venv
+	if [ -f scripts/siem-venv.sh ]; then \
+		sh scripts/siem-venv.sh; \
+	elif [ -f contrib/siem/requirements.txt ]; then \
+		[ -x target/siem-venv/bin/python3 ] || python3 -m venv target/siem-venv; \
+		target/siem-venv/bin/pip install -q -r contrib/siem/requirements.txt; \
+	fi
+	if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --features testing,sandbox-probe --test siem; \
+	else \
+		$(CARGO) test --features testing,sandbox-probe --test siem; \
+	fi
+
 # The README's main command: the two-gateway demo. scripts/demo.sh builds
 # with --features testing (its configs shorten rotation in [testing]).
 # WG=linux runs it on kernel WireGuard in Debian's own kernel in a VM.
@@ -174,4 +193,4 @@ uninstall:
 	Linux) rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/qkdpfd.service ;; \
 	esac
 
-.PHONY: all build test test-kernel demo bench check-openbsd fuzz fuzz-smoke lint bundle install uninstall
+.PHONY: all build test siem-test test-kernel demo bench check-openbsd fuzz fuzz-smoke lint bundle install uninstall

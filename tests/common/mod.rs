@@ -8,4 +8,6 @@ pub mod flood;
 pub mod gateway;
 pub mod pair;
 pub mod procfs;
+#[cfg(target_os = "linux")]
+pub mod siem;
 pub mod sim;
