@@ -40,33 +40,35 @@ build:
 # Test-only features, never in `make build` or `make install`:
 #   testing        the [testing] config section (short rotation periods)
 #   sandbox-probe  the engine reports what its sandbox refused (tests/sandbox.rs)
-# prometheus: Debian's package brings prometheus and promtool for
-# tests/prometheus.rs (contrib/prometheus, contrib/grafana).
+# The SIEM and monitoring tests (part of the suite) need, beyond
+# setup-debian.sh's list: rsyslog (tests/siem.rs: the daemons log through a
+# real rsyslogd with contrib/siem/rsyslog/), prometheus (prometheus and
+# promtool: tests/prometheus.rs, contrib/prometheus, contrib/grafana) and a
+# venv from PyPI for contrib/siem/check.py (sigma-cli, pySigma's sqlite
+# backend, PCRE2: scripts/siem-venv.sh, target/siem-venv).
+SIEM_PKGS = rsyslog python3-venv prometheus
 test:
-	sh scripts/setup-debian.sh prometheus
+	sh scripts/setup-debian.sh $(SIEM_PKGS)
+	sh scripts/siem-venv.sh
 	if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast --features testing,sandbox-probe; \
 	else \
 		$(CARGO) test --no-fail-fast --features testing,sandbox-probe; \
 	fi
 
-# The SIEM path (issue 12) alone: both daemons of two gateways log through
-# a real rsyslogd (contrib/siem/rsyslog/), each scenario's lines are left in
-# $QKDPFD_SIEM_LOGS (default target/siem-logs), then contrib/siem/check.py
-# runs the rules on them with the Python of target/siem-venv (made by
-# scripts/siem-venv.sh from contrib/siem/requirements.txt). Root.
+# The SIEM path and the monitoring alone (issue 12): the scenarios through
+# rsyslog, their logs left in $QKDPFD_SIEM_LOGS (default target/siem-logs),
+# contrib/siem/check.py's Sigma and Wazuh checks on them; promtool and a
+# real Prometheus. Root.
 siem-test:
-	sh scripts/setup-debian.sh rsyslog python3-venv
-	if [ -f scripts/siem-venv.sh ]; then \
-		sh scripts/siem-venv.sh; \
-	elif [ -f contrib/siem/requirements.txt ]; then \
-		[ -x target/siem-venv/bin/python3 ] || python3 -m venv target/siem-venv; \
-		target/siem-venv/bin/pip install -q -r contrib/siem/requirements.txt; \
-	fi
+	sh scripts/setup-debian.sh $(SIEM_PKGS)
+	sh scripts/siem-venv.sh
 	if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --features testing,sandbox-probe --test siem; \
+		$(CARGO) nextest run --no-fail-fast --features testing,sandbox-probe \
+			--test siem --test prometheus; \
 	else \
-		$(CARGO) test --features testing,sandbox-probe --test siem; \
+		$(CARGO) test --no-fail-fast --features testing,sandbox-probe \
+			--test siem --test prometheus; \
 	fi
 
 # The README's main command: the two-gateway demo. scripts/demo.sh builds

@@ -22,6 +22,8 @@ mod common;
 
 #[path = "siem/scenarios.rs"]
 mod scenarios;
+#[path = "siem/stock.rs"]
+mod stock;
 
 use common::bundle::{make_bundle, sign};
 use common::gateway::{LOCKDOWN_NFT, OPEN_NFT, policy};
@@ -251,11 +253,13 @@ fn every_scenario_through_rsyslog() {
     if chosen("clean") || chosen("peer_auth_flood") {
         scenarios::clean_and_flood(&mut s, &mut failures);
     }
-    let sequence: [(&str, Scenario); 10] = [
+    let sequence: [(&str, Scenario); 12] = [
         ("ctl_denied", scenarios::ctl_denied),
         ("policy_tampered", scenarios::policy_tampered),
         ("policy_rollback", scenarios::policy_rollback),
         ("policy_expiring", scenarios::policy_expiring),
+        ("policy_expired", stock::policy_expired),
+        ("kme_keys_low", stock::kme_keys_low),
         ("psk_drift", scenarios::psk_drift),
         ("eavesdropper", scenarios::eavesdropper),
         ("flapping", scenarios::flapping),
@@ -317,4 +321,15 @@ fn the_object_check_refuses_keys_and_misparses() {
         serde_json::json!({"event": "x"})
     )));
     check_object(&object("engine: a trace", serde_json::json!({})));
+}
+
+/// contrib/siem/selftest.py: check.py passes synthetic logs of every
+/// scenario and fails each way it must (a rule firing on clean, a silent
+/// rule, a vacuous rule, a misspelt field, a decoded field differing from
+/// the JSON, a suppressed count under the threshold, the flapping
+/// correlation's count, window and group-by). No root needed.
+#[test]
+fn the_rule_checker_fails_where_it_must() {
+    let work = tempfile::tempdir().unwrap();
+    common::siem::run_contrib("selftest.py", work.path());
 }

@@ -136,6 +136,13 @@ def scenarios():
     s["policy_expiring"] = boot() + [
         (5, "warning", "event=policy_expiring proc=parent serial=7 not_after=1796000000 days_left=6"),
     ]
+    s["policy_expired"] = boot() + [
+        (5, "notice", "event=reload proc=parent config=/etc/qkdpfd.conf"),
+        (6, "alert", "event=policy_expired proc=parent serial=7 not_after=1796000000"),
+    ]
+    s["kme_keys_low"] = boot() + rotations(10, 2) + [
+        (31, "warning", "event=kme_keys_low proc=engine link=dr kme=site stored_key_count=12 threshold=20"),
+    ]
     return s
 
 

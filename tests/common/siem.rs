@@ -439,19 +439,25 @@ pub fn stop_daemon(pid: u32) {
     }
 }
 
-/// Runs `contrib/siem/check.py LOGDIR` with `QKDPFD_SIEM_PYTHON` (default
-/// `target/siem-venv/bin/python3`); must exit 0. Without check.py (or its
-/// Python) the step is skipped, except under `CI=true`.
+/// Runs `contrib/siem/check.py LOGDIR`: must exit 0 ([`run_contrib`]).
 pub fn run_checker(dir: &Path) {
+    run_contrib("check.py", dir);
+}
+
+/// Runs `contrib/siem/SCRIPT ARG` with `QKDPFD_SIEM_PYTHON` (default
+/// `target/siem-venv/bin/python3`, made by scripts/siem-venv.sh); must exit
+/// 0. Without the script or its Python the step is skipped loudly, except
+/// under `CI=true`, where that fails.
+pub fn run_contrib(script: &str, arg: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("contrib/siem/check.py");
+    let script = root.join("contrib/siem").join(script);
     let python = std::env::var_os("QKDPFD_SIEM_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/siem-venv/bin/python3"));
     let ci = std::env::var("CI").as_deref() == Ok("true");
     for (what, p) in [
-        ("contrib/siem/check.py", &script),
-        ("the rule checker's Python", &python),
+        (script.display().to_string(), &script),
+        ("the rule checker's Python".to_string(), &python),
     ] {
         if !p.exists() {
             assert!(!ci, "CI=true: {what} ({}) is missing", p.display());
@@ -465,20 +471,22 @@ pub fn run_checker(dir: &Path) {
     }
     let o = Command::new(&python)
         .arg(&script)
-        .arg(dir)
+        .arg(arg)
         .current_dir(root)
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "check.py {}: {}\n{}{}",
-        dir.display(),
+        "{} {}: {}\n{}{}",
+        script.display(),
+        arg.display(),
         o.status,
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
     eprintln!(
-        "check.py: {}",
+        "{}: {}",
+        script.display(),
         String::from_utf8_lossy(&o.stdout).trim_end()
     );
 }
