@@ -613,3 +613,35 @@ fn monitor_prints_streamed_events() {
     let r = run(&["monitor"], &[Reply::error(ErrorCode::Denied, "denied")]);
     assert_eq!((r.code, r.stderr.as_str()), (1, "qkdctl: denied\n"));
 }
+
+/// A daemon that answers (a denial) and closes before reading the request:
+/// qkdctl's write fails with EPIPE, and it still prints the denial.
+#[test]
+fn a_reply_sent_before_the_request_was_read_is_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("qkdpfd.sock");
+    let bundle = dir.path().join("big");
+    std::fs::create_dir(&bundle).unwrap();
+    // Far more than a socket buffer: the write blocks until the close.
+    std::fs::write(bundle.join("policy.toml"), "#".repeat(4 << 20)).unwrap();
+    let listener = UnixListener::bind(&sock).unwrap();
+    let denial =
+        serde_json::to_string(&Reply::error(ErrorCode::Denied, "denied: root only")).unwrap();
+    let server = thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.write_all(format!("{denial}\n").as_bytes()).unwrap();
+        thread::sleep(Duration::from_millis(200));
+        // Dropped unread.
+    });
+    let out = Command::new(BIN)
+        .args(["-s", sock.to_str().unwrap(), "policy", "load"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    server.join().unwrap();
+    let r = finish(out, None);
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (1, "qkdctl: denied: root only\n")
+    );
+}

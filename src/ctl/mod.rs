@@ -119,8 +119,16 @@ fn talk(inv: &Invocation) -> Result<(), Fail> {
     let mut line = serde_json::to_vec(&request).map_err(|e| format!("encode request: {e}"))?;
     line.push(b'\n');
     let deadline = Instant::now() + REPLY_TIMEOUT;
-    send(&mut stream, &line, deadline)?;
+    let sent = send(&mut stream, &line, deadline);
     let mut reader = LineReader::new(stream);
+    if let Err(e) = sent {
+        // The daemon may have answered and closed before reading the whole
+        // request (a denial): its reply says more than EPIPE does.
+        return match reader.next_line(Some(deadline)) {
+            Ok(Some(l)) => show(&request, decode(&l)?, out.as_ref()),
+            _ => Err(e.into()),
+        };
+    }
     if request == Request::Monitor {
         return monitor(&mut reader, out.as_ref());
     }

@@ -180,7 +180,7 @@ catalogue! {
     KeyStale "key_stale" Alert ("link", "psk", "[reason]")
         "the PSK is older than max_key_age; psk=random when a random PSK replaced it, unchanged (with reason) when that failed";
     PskDrift "psk_drift" Alert ("link", "reason")
-        "the interface's PSK is not the one qkdpfd installed (changed behind its back)";
+        "the interface's PSK is not the one qkdpfd installed (changed behind its back); said once: the link stays locked with psk-drift until a new PSK is installed";
     KmeError "kme_error" Warning ("link", "kme", "msg")
         "a KME call failed; msg holds the HTTP status and the KME's message";
     KmeKeysLow "kme_keys_low" Warning ("link", "kme", "stored_key_count", "threshold")
@@ -188,7 +188,7 @@ catalogue! {
     PeerSendFailed "peer_send_failed" Warning ("to", "[suppressed]", "msg")
         "a datagram to the far qkdpfd could not be sent (no socket of its address family, or the kernel refused); once per destination a minute";
     PeerAuthFailed "peer_auth_failed" Warning ("from", "reason", "[link]", "[suppressed]", "[msg]")
-        "a datagram was refused (reason: a wire error, wrong-source, wrong-role, answer-budget, bad-signature, ...); one per source a minute and at most one a second (after a burst of 20) for all sources together; past 4,096 failing sources in a minute or past the global budget, one line a minute for all the others with from=*. Datagrams from addresses that are no peer's are sampled (100 a second) before they are logged";
+        "a datagram was refused (reason: a wire error, wrong-source, wrong-role, answer-budget, bad-signature, ...); one per source a minute and at most one a second (after a burst of 20) for all sources together; past 4,096 failing sources in a minute or past the global budget, one line a minute for all the others with from=*. Datagrams from addresses that are no peer's are sampled (100 a second) before they are logged, so their suppressed is a lower bound";
     CtlCommand "ctl_command" Info ("uid", "command")
         "a control command that changes something";
     CtlDenied "ctl_denied" Warning ("uid", "command", "[suppressed]", "[msg]")

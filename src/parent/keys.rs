@@ -194,7 +194,16 @@ pub(super) fn lock_drifted(p: &mut Parent) -> Vec<(String, Enforcement)> {
         p.wg.reread_due(|n| check_period(conf, bundle, n), Instant::now());
     let mut changed = Vec::new();
     for (link, why) in drifted {
-        log_drift(&link, &why);
+        // Once per drift: the re-read finds it every psk_check until a new
+        // PSK is installed (or unlock -f), and the link stays locked.
+        let told = p
+            .links
+            .links
+            .get(&link)
+            .is_some_and(|l| l.parent.contains(LockReason::PskDrift));
+        if !told {
+            log_drift(&link, &why);
+        }
         p.links.set_parent_reason(&link, LockReason::PskDrift, true);
         if let Some(to) = p
             .links

@@ -330,7 +330,7 @@ pub fn psk_drift(s: &mut Siem) {
     // The next rotation clears it.
     s.logs[A].wait_for(&from, &want("psk_drift", &[]), Duration::from_secs(10));
     s.wait_enforcement(A, "open", Duration::from_secs(20));
-    s.finish(
+    let objects = s.finish(
         A,
         "psk_drift",
         &from,
@@ -350,6 +350,9 @@ pub fn psk_drift(s: &mut Siem) {
             ),
         ],
     );
+    // Re-read every second until the rotation, said once.
+    let drifts = objects.iter().filter(|o| o["event"] == "psk_drift").count();
+    assert_eq!(drifts, 1, "psk_drift once per drift");
 }
 
 /// The `n`th eavesdropper since `from`: `sim eve dr 0.5` on A until the
