@@ -30,6 +30,12 @@ MAN5 = qkdpfd.conf.5 qkdpfd-policy.5
 MAN8 = qkdpfd.8 qkdctl.8
 CONFS = qkdpfd.conf qkdpfd-sim.conf
 ANCHORS = open.pf lockdown.pf open.nft lockdown.nft
+# SIEM and monitoring files (contrib/), installed as examples; with the
+# Sigma rules of contrib/siem/sigma/.
+CONTRIB = siem/rsyslog/qkdpfd.conf siem/rsyslog/qkdpfd.rulebase \
+	siem/wazuh/qkdpfd_decoders.xml siem/wazuh/qkdpfd_rules.xml \
+	prometheus/qkdpfd.rules.yml grafana/qkdpfd.json
+CONTRIBDIRS = siem/sigma siem/rsyslog siem/wazuh siem prometheus grafana
 
 all: build
 
@@ -163,6 +169,10 @@ install:
 		install -m 0444 pf-anchors/bundle/anchors/$$f \
 			$(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/anchors/$$f; \
 	done
+	for d in $(CONTRIBDIRS); do install -d $(DESTDIR)$(EXAMPLESDIR)/contrib/$$d; done
+	for f in $(CONTRIB) `cd contrib && ls siem/sigma/*.yml`; do \
+		install -m 0444 contrib/$$f $(DESTDIR)$(EXAMPLESDIR)/contrib/$$f; \
+	done
 	os="$(OPSYS)"; [ -n "$$os" ] || os=`uname -s`; \
 	case "$$os" in \
 	OpenBSD) \
@@ -186,6 +196,9 @@ uninstall:
 	for f in $(CONFS) rc.d/qkdpfd systemd/qkdpfd.service pf-anchors/pf.conf.example \
 		pf-anchors/bundle/policy.toml; do rm -f $(DESTDIR)$(EXAMPLESDIR)/$$f; done
 	for f in $(ANCHORS); do rm -f $(DESTDIR)$(EXAMPLESDIR)/pf-anchors/bundle/anchors/$$f; done
+	for f in $(CONTRIB) `cd contrib && ls siem/sigma/*.yml`; do \
+		rm -f $(DESTDIR)$(EXAMPLESDIR)/contrib/$$f; done
+	for d in $(CONTRIBDIRS) ""; do rmdir $(DESTDIR)$(EXAMPLESDIR)/contrib/$$d 2>/dev/null || true; done
 	for d in pf-anchors/bundle/anchors pf-anchors/bundle pf-anchors rc.d systemd; do \
 		rmdir $(DESTDIR)$(EXAMPLESDIR)/$$d 2>/dev/null || true; done
 	rmdir $(DESTDIR)$(EXAMPLESDIR) 2>/dev/null || true

@@ -139,6 +139,26 @@ fn install_is_the_same_with_bsd_and_gnu_make() {
             "usr/local/share/examples/qkdpfd/pf-anchors/bundle/anchors/lockdown.nft",
             0o444,
         ),
+        (
+            "usr/local/share/examples/qkdpfd/contrib/siem/rsyslog/qkdpfd.conf",
+            0o444,
+        ),
+        (
+            "usr/local/share/examples/qkdpfd/contrib/siem/wazuh/qkdpfd_rules.xml",
+            0o444,
+        ),
+        (
+            "usr/local/share/examples/qkdpfd/contrib/siem/sigma/qkdpfd_qber_lockdown.yml",
+            0o444,
+        ),
+        (
+            "usr/local/share/examples/qkdpfd/contrib/prometheus/qkdpfd.rules.yml",
+            0o444,
+        ),
+        (
+            "usr/local/share/examples/qkdpfd/contrib/grafana/qkdpfd.json",
+            0o444,
+        ),
         // Linux: the unit is installed where systemd looks for local units.
         ("usr/local/lib/systemd/system/qkdpfd.service", 0o444),
     ];
