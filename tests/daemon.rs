@@ -1057,7 +1057,7 @@ fn a_wall_clock_step_moves_only_the_expiry() {
     gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
     gw.wait_state("open", Duration::from_secs(10));
     // Within [policy] expiry_warning (a week by default): warned at once.
-    let warning = format!("event=policy_expiring serial=1 not_after={na} days_left=0");
+    let warning = format!("event=policy_expiring serial=1 not_after={na} days_left=1");
     let t = std::time::Instant::now();
     while !gw.log().contains(&warning) {
         assert!(t.elapsed() < Duration::from_secs(5), "{}", gw.log());

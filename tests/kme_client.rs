@@ -52,7 +52,7 @@ impl Sim {
 async fn status_reports_every_field_and_is_tracked() {
     let sim = start(1e9).await;
     let c = sim.client("a", "SAE-A");
-    assert_eq!(c.stored_key_count(), None);
+    assert_eq!(c.stored_key_count("SAE-B"), None);
     let st = c.status("SAE-B").await.unwrap();
     assert_eq!(
         (st.source_kme_id.as_str(), st.target_kme_id.as_str()),
@@ -66,7 +66,8 @@ async fn status_reports_every_field_and_is_tracked() {
         (st.key_size, st.max_key_count, st.max_key_per_request),
         (256, 1000, 4)
     );
-    assert_eq!(c.stored_key_count(), Some(st.stored_key_count));
+    assert_eq!(c.stored_key_count("SAE-B"), Some(st.stored_key_count));
+    assert_eq!(c.stored_key_count("SAE-X"), None, "counted per far SAE");
     // The slave's KME reports the same shared link.
     let b = sim.client("b", "SAE-B").status("SAE-A").await.unwrap();
     assert_eq!(b.source_kme_id, "KME-B");

@@ -181,7 +181,7 @@ fn serve_answers_over_mtls_at_the_model_rate() {
             got > expected / 2.0 && got < expected * 2.0,
             "{got} keys/s, model {expected}"
         );
-        assert_eq!(c.stored_key_count(), Some(second.stored_key_count));
+        assert_eq!(c.stored_key_count("SAE-B"), Some(second.stored_key_count));
         // The slave's KME serves the same link.
         let b = client(dir.path(), ports["b"], "SAE-B");
         assert_eq!(b.status("SAE-A").await.unwrap().source_kme_id, "KME-B");

@@ -253,7 +253,7 @@ fn every_scenario_through_rsyslog() {
     if chosen("clean") || chosen("peer_auth_flood") {
         scenarios::clean_and_flood(&mut s, &mut failures);
     }
-    let sequence: [(&str, Scenario); 12] = [
+    let sequence: [(&str, Scenario); 13] = [
         ("ctl_denied", scenarios::ctl_denied),
         ("policy_tampered", scenarios::policy_tampered),
         ("policy_rollback", scenarios::policy_rollback),
@@ -266,6 +266,7 @@ fn every_scenario_through_rsyslog() {
         ("firewall_tampered", scenarios::firewall_tampered),
         ("key_stale", scenarios::key_stale),
         ("engine_failure", scenarios::engine_failure),
+        ("policy_damaged", stock::policy_damaged),
     ];
     for (name, f) in sequence.into_iter().filter(|(n, _)| chosen(n)) {
         play(&mut failures, name, || f(&mut s));

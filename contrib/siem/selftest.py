@@ -140,6 +140,11 @@ def scenarios():
         (5, "notice", "event=reload proc=parent config=/etc/qkdpfd.conf"),
         (6, "alert", "event=policy_expired proc=parent serial=7 not_after=1796000000"),
     ]
+    s["policy_damaged"] = [
+        (0, "notice", "event=startup proc=parent version=0.1.0 links=1 policy=none firewall=nftables"),
+        (0, "alert", 'event=policy_rejected proc=parent reason=digest-mismatch serial=7 source=startup msg="digest: policy.toml: SHA256 differs"'),
+        (1, "alert", "event=lockdown proc=parent link=dr reason=no-policy"),
+    ]
     s["kme_keys_low"] = boot() + rotations(10, 2) + [
         (31, "warning", "event=kme_keys_low proc=engine link=dr kme=site stored_key_count=12 threshold=20"),
     ]

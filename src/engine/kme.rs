@@ -89,7 +89,9 @@ pub struct KmeClient {
     settings: KmeSettings,
     idle: Mutex<Vec<Conn>>,
     in_flight: tokio::sync::Semaphore,
-    stored_key_count: Mutex<Option<u64>>,
+    /// `stored_key_count` by the far SAE it was asked for: one `[kme.X]`
+    /// may serve links to several.
+    stored_key_count: Mutex<std::collections::HashMap<String, u64>>,
     /// Links whose stock was last seen below `keys_low`.
     low: Mutex<std::collections::HashSet<String>>,
 }
@@ -156,7 +158,7 @@ impl KmeClient {
             settings: KmeSettings::default(),
             idle: Mutex::new(Vec::new()),
             in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
-            stored_key_count: Mutex::new(None),
+            stored_key_count: Mutex::new(std::collections::HashMap::new()),
             low: Mutex::new(std::collections::HashSet::new()),
         })
     }
@@ -170,12 +172,14 @@ impl KmeClient {
         &self.name
     }
 
-    /// `stored_key_count` from the last successful status call.
-    pub fn stored_key_count(&self) -> Option<u64> {
-        *self
-            .stored_key_count
+    /// `stored_key_count` from the last successful status call for
+    /// `slave_sae_id`.
+    pub fn stored_key_count(&self, slave_sae_id: &str) -> Option<u64> {
+        self.stored_key_count
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .get(slave_sae_id)
+            .copied()
     }
 
     /// Notes `link`'s stored_key_count; Some(threshold) when it has just
@@ -204,10 +208,11 @@ impl KmeClient {
             .call(Call::Status, self.path(slave_sae_id, "status"), None)
             .await?;
         let st = answer::parse_status(&body).map_err(|k| self.err(Call::Status, k))?;
-        *self
-            .stored_key_count
+        // Keyed by the SAEs of the config's links: bounded by the config.
+        self.stored_key_count
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(st.stored_key_count);
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slave_sae_id.to_string(), st.stored_key_count);
         Ok(st)
     }
 

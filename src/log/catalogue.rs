@@ -97,8 +97,9 @@ catalogue! {
         "the engine cannot drop privileges";
     Sandbox "sandbox" Info [Warning]
         ("process", "[no_new_privs]", "[tcp_connect]", "[seccomp]", "[seccomp_default]",
-         "[pledge_emulation]", "[missing]", "[landlock]", "[landlock_abi]", "[pledge]", "[unveil]")
-        "what the kernel enforces on process=engine|parent: landlock, landlock_abi, tcp_connect, seccomp (Linux) or pledge, unveil (OpenBSD); warning when the kernel enforced less";
+         "[pledge_emulation]", "[missing]", "[landlock]", "[landlock_abi]", "[pledge]", "[unveil]",
+         "[sandbox]")
+        "what the kernel enforces on process=engine|parent: landlock, landlock_abi, tcp_connect, seccomp (Linux) or pledge, unveil (OpenBSD), sandbox=unavailable-on-this-os elsewhere; warning when the kernel enforced less";
     SandboxProbe "sandbox_probe" Notice ("process", "result")
         "only in test builds (feature sandbox-probe): the errno of each access the engine tried after its sandbox";
     Reload "reload" Notice ("config")
@@ -106,15 +107,15 @@ catalogue! {
     ReloadFailed "reload_failed" Err ("[config]", "msg")
         "the new configuration was refused; the old one stays";
     PolicyLoaded "policy_loaded" Notice ("serial", "signer", "source")
-        "a verified bundle is active; source=qkdctl|incoming|startup";
+        "a verified bundle is active; source=qkdctl|incoming";
     PolicyUnchanged "policy_unchanged" Info ("serial", "source")
         "the bundle offered is the active one";
     PolicyRejected "policy_rejected" Err [Alert] ("reason", "[serial]", "source", "msg")
-        "a bundle failed a check (reason names it: signature, digest, rollback, expiry, ...) and the active policy stays; alert with source=startup";
+        "a bundle failed a check (reason names it: signature, digest, rollback, expiry, ...) and the active policy stays; alert with source=startup when the active bundle itself fails at start-up (missing, damaged or not the state file's): every link stays locked (no-policy)";
     PolicyWarning "policy_warning" Warning ("serial", "msg")
         "the bundle is active but something in it deserves a look";
     PolicyExpiring "policy_expiring" Warning ("serial", "not_after", "days_left")
-        "the active bundle's not_after (seconds since the epoch) is within [policy] expiry_warning; said at once and then daily until a new bundle is active";
+        "the active bundle's not_after (seconds since the epoch) is within [policy] expiry_warning; days_left is rounded up (1 on the last day); said at once and then daily until a new bundle is active";
     PolicyExpired "policy_expired" Alert ("serial", "not_after")
         "the active bundle is past not_after (seconds since the epoch); said hourly; with expired_action lockdown every link locks";
     StateWriteFailed "state_write_failed" Crit ("[path]", "msg")
@@ -184,7 +185,7 @@ catalogue! {
     KmeError "kme_error" Warning ("link", "kme", "msg")
         "a KME call failed; msg holds the HTTP status and the KME's message";
     KmeKeysLow "kme_keys_low" Warning ("link", "kme", "stored_key_count", "threshold")
-        "the KME's stored_key_count for the link fell below the KME's keys_low; said once until it is back at or above";
+        "the KME's stored_key_count for the link (asked after each key) fell below the KME's keys_low; said once until it is back at or above, or a reload changed the KME's settings";
     PeerSendFailed "peer_send_failed" Warning ("to", "[suppressed]", "msg")
         "a datagram to the far qkdpfd could not be sent (no socket of its address family, or the kernel refused); once per destination a minute";
     PeerAuthFailed "peer_auth_failed" Warning ("from", "reason", "[link]", "[suppressed]", "[msg]")
@@ -192,7 +193,7 @@ catalogue! {
     CtlCommand "ctl_command" Info ("uid", "command")
         "a control command that changes something";
     CtlDenied "ctl_denied" Warning ("uid", "command", "[suppressed]", "[msg]")
-        "a control command was refused; one per uid a minute; from the parent (uid from the kernel, or unknown) with msg, the reason it ran nothing";
+        "a control command was refused; from the engine one per uid a minute (then suppressed); from the parent, which re-checks the commands the engine passes it (uid from the kernel, or unknown), each time, with msg, the reason it ran nothing";
     MonitorLagged "monitor_lagged" Warning ("dropped")
         "only on a qkdctl monitor stream, never in syslog: the reader was too slow and missed this many events";
     Flip "flip" Debug ("link", "to", "sample_to_kernel_us")

@@ -211,7 +211,9 @@ pub fn restore(
         check_expiry: false,
         links: checker.targets.keys().cloned().collect(),
     };
-    match verify_logged(&files, keys, &opts, checker, "state")? {
+    // Not logged here: the caller says it (LOG_ALERT at start-up, stderr
+    // for qkdpfd -n).
+    match crate::policy::verify(&files, keys, &opts, checker)? {
         Verified::New(b) if hex(&b.digest) == active.digest && b.policy.serial == active.serial => {
             Ok(Some(b))
         }

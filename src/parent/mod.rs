@@ -283,9 +283,18 @@ impl Parent {
                 fw: fw.as_ref(),
                 targets: &targets,
             };
-            // A failure is logged as policy_rejected source=state; the links
-            // then stay locked by no-policy.
-            activate::restore(&keys, &store, &st, &checker).unwrap_or_default()
+            // A failure: every link stays locked by no-policy, and the
+            // operator must know at once (LOG_ALERT).
+            activate::restore(&keys, &store, &st, &checker).unwrap_or_else(|e| {
+                log::event(Event::PolicyRejected)
+                    .at(log::Prio::Alert)
+                    .kv("reason", e.reason())
+                    .kv("serial", st.active.as_ref().map_or(0, |a| a.serial))
+                    .kv("source", "startup")
+                    .msg(&e)
+                    .send();
+                None
+            })
         };
         let mut map = BTreeMap::new();
         for (name, lc) in &conf.link {

@@ -263,7 +263,7 @@ fn check_expiry(p: &mut Parent, log: &mut ExpiryLog) -> Changed {
             log::event(Event::PolicyExpiring)
                 .kv("serial", b.policy.serial)
                 .kv("not_after", na)
-                .kv("days_left", left / 86400)
+                .kv("days_left", left.div_ceil(86400))
                 .send();
         }
         return out;

@@ -1,7 +1,8 @@
-//! Two scenarios of tests/siem.rs on A's config, each undone after it:
-//! the KME's stock under `keys_low`, and the wall clock past the active
-//! bundle's `not_after` (the daemon's own seam, `[testing]
-//! wall_clock_offset`; the host's clock is left alone).
+//! Scenarios of tests/siem.rs on A's config or store: the KME's stock
+//! under `keys_low` and the wall clock past the active bundle's
+//! `not_after` (the daemon's own seam, `[testing] wall_clock_offset`; the
+//! host's clock is left alone), each undone after it; and, last, A's active
+//! bundle damaged while A is stopped.
 
 use super::Siem;
 use super::common::pair::A;
@@ -57,4 +58,44 @@ pub fn policy_expired(s: &mut Siem) {
         &[want("policy_expired", &[("proc", "parent")])],
     );
     reconfigure(s, &base, str::to_string);
+}
+
+/// After `engine_failure` (A stopped): a byte added to a file of A's
+/// active bundle in its store, then A started. The bundle fails its check
+/// at start-up: `policy_rejected source=startup` at LOG_ALERT, and the
+/// link stays locked (no-policy).
+pub fn policy_damaged(s: &mut Siem) {
+    assert!(s.pids[A].is_none(), "A is stopped by engine_failure");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.pair.path(A, "state/state")).unwrap())
+            .unwrap();
+    let serial = state["active"]["serial"]
+        .as_u64()
+        .expect("an active bundle");
+    let file = s
+        .pair
+        .path(A, &format!("state/policy/{serial}/policy.toml"));
+    let mut perm = std::fs::metadata(&file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+    std::fs::set_permissions(&file, perm).unwrap();
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("# changed on disk\n");
+    std::fs::write(&file, text).unwrap();
+    let (from, started) = s.begin(A);
+    s.start(A);
+    s.finish(
+        A,
+        "policy_damaged",
+        &from,
+        started,
+        &[want(
+            "policy_rejected",
+            &[
+                ("proc", "parent"),
+                ("source", "startup"),
+                ("severity", "alert"),
+            ],
+        )],
+    );
+    assert_eq!(s.show(A)["enforcement"], "lockdown", "no policy: locked");
 }

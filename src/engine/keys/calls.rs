@@ -109,8 +109,10 @@ impl Calls {
         self.net.get(kme).map(|k| k.keys_low)
     }
 
-    pub(super) fn stored_key_count(&self, kme: &str) -> Option<u64> {
-        self.clients.get(kme).and_then(|k| k.stored_key_count())
+    pub(super) fn stored_key_count(&self, kme: &str, peer_sae: &str) -> Option<u64> {
+        self.clients
+            .get(kme)
+            .and_then(|k| k.stored_key_count(peer_sae))
     }
 
     /// Asks `kme` for a key for `link`, replacing what the link asked before.

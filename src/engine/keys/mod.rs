@@ -326,7 +326,9 @@ impl Keys {
             status: l.rot.status(),
             psk_fingerprint: l.fingerprint.clone(),
             key_age: l.installed_at.map(|t| now.saturating_duration_since(t)),
-            stored_key_count: self.calls.stored_key_count(&l.conf.kme),
+            stored_key_count: self
+                .calls
+                .stored_key_count(&l.conf.kme, &l.conf.peer_sae_id),
             keys_low: self.calls.keys_low(&l.conf.kme),
             halted: l.halted,
         })
