@@ -35,13 +35,8 @@ fuzz_target!(
     init: qkdpfd_fuzz::set_cap(32 * qkdpfd_fuzz::MIB),
     |data: &[u8]| {
         let answer = RT.with(|rt| rt.block_on(async {
-            let snap = Snapshot {
-                taken: Instant::now(),
-                started_unix: 1_800_000_000,
-                policy_serial: Some(7),
-                policy_expired: false,
-                links: Vec::new(),
-            };
+            let mut snap = Snapshot::empty(1_800_000_000, Instant::now());
+            snap.policy_serial = Some(7);
             let (_tx, rx) = tokio::sync::watch::channel(snap);
             let limits = Limits {
                 max_connections: 1,
