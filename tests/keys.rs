@@ -283,21 +283,7 @@ fn psk_changed_behind_the_daemon_locks_until_the_next_rotation() {
     let Some(p) = up("qkk5", testing) else {
         return;
     };
-    let net = p.work.path().join("net");
-    let peer_b = std::fs::read_to_string(net.join(format!("{}.pub", p.ns(B)))).unwrap();
-    let other = p.work.path().join("other.psk");
-    std::fs::write(&other, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n").unwrap();
-    let wif = p.wg_if(A);
-    let set = [
-        "wg",
-        "set",
-        &wif,
-        "peer",
-        peer_b.trim(),
-        "preshared-key",
-        other.to_str().unwrap(),
-    ];
-    p.ns_must(A, &set);
+    p.set_psk_behind_qkdpfd(A, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
     // The periodic re-read finds it and locks the link at once.
     p.wait("psk-drift", Duration::from_secs(5), |a, _| {
         a["enforcement"] == "lockdown"

@@ -96,23 +96,7 @@ fn a_restart_reopens_only_on_the_verified_psk() {
 
     // The PSK changed while qkdpfd was down: it does not match the verifier.
     p.stop(A);
-    let net = p.work.path().join("net");
-    let peer_b = std::fs::read_to_string(net.join(format!("{}.pub", p.ns(B)))).unwrap();
-    let other = p.work.path().join("other.psk");
-    std::fs::write(&other, "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\n").unwrap();
-    let wif = p.wg_if(A);
-    let _ = p.ns_must(
-        A,
-        &[
-            "wg",
-            "set",
-            &wif,
-            "peer",
-            peer_b.trim(),
-            "preshared-key",
-            other.to_str().unwrap(),
-        ],
-    );
+    p.set_psk_behind_qkdpfd(A, "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=");
     p.start(A);
     p.wait("A held by no-key", Duration::from_secs(10), |a, _| {
         a["enforcement"] == "lockdown" && has_reason(a, "no-key")

@@ -520,6 +520,18 @@ impl Pair {
             .is_ok_and(|s| s.success())
     }
 
+    /// Sets `end`'s PSK for the far gateway's peer with `wg set`, behind
+    /// qkdpfd's back (a drift it must notice); `psk` is base64.
+    pub fn set_psk_behind_qkdpfd(&self, end: usize, psk: &str) {
+        let net = self.work.path().join("net");
+        let far = fs::read_to_string(net.join(format!("{}.pub", self.ns(1 - end)))).unwrap();
+        let file = self.work.path().join("other.psk");
+        fs::write(&file, format!("{psk}\n")).unwrap();
+        let wif = self.wg_if(end);
+        let set = ["wg", "set", &wif, "peer", far.trim(), "preshared-key"];
+        self.ns_must(end, &[&set[..], &[file.to_str().unwrap()]].concat());
+    }
+
     /// Runs a command in a gateway; it must succeed. Its stdout.
     pub fn ns_must(&self, end: usize, argv: &[&str]) -> String {
         let o = Command::new("ip")

@@ -308,20 +308,23 @@ impl Want {
     }
 }
 
+/// The syslog keys rsyslog adds to every object (contrib/siem/rsyslog/).
+const META: [&str; 7] = [
+    "timestamp",
+    "host",
+    "program",
+    "pid",
+    "severity",
+    "facility",
+    "message",
+];
+
 /// The checks every object rsyslog wrote must pass: the syslog fields are
 /// there, and the pairs rsyslog parsed are exactly those qkdpfd's own
 /// parser (`qkdctl -j monitor`'s) finds in the line.
 pub fn check_object(v: &serde_json::Value) {
     let o = v.as_object().unwrap();
-    for k in [
-        "timestamp",
-        "host",
-        "program",
-        "pid",
-        "severity",
-        "facility",
-        "message",
-    ] {
+    for k in META {
         assert!(o[k].is_string(), "no {k} in {v}");
     }
     assert_eq!(o["program"], "qkdpfd", "{v}");
@@ -337,18 +340,9 @@ pub fn check_object(v: &serde_json::Value) {
         let key = word.len() == 43 && b64.decode(format!("{word}=")).is_ok_and(|k| k.len() == 32);
         assert!(!key, "a key in a log line: {message}");
     }
-    let meta = [
-        "timestamp",
-        "host",
-        "program",
-        "pid",
-        "severity",
-        "facility",
-        "message",
-    ];
     let parsed: serde_json::Map<_, _> = o
         .iter()
-        .filter(|(k, _)| !meta.contains(&k.as_str()))
+        .filter(|(k, _)| !META.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     match qkdpfd::ctl::output::event_fields(message) {
@@ -357,7 +351,7 @@ pub fn check_object(v: &serde_json::Value) {
             if message.contains("\\x8") || message.bytes().any(|b| b >= 0x80) {
                 return;
             }
-            want.retain(|k, _| !meta.contains(&k.as_str()));
+            want.retain(|k, _| !META.contains(&k.as_str()));
             assert_eq!(
                 parsed, want,
                 "rsyslog's fields differ from the line's: {message}"

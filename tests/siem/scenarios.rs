@@ -312,21 +312,8 @@ pub fn policy_expiring(s: &mut Siem) {
 /// The PSK on A's interface changed behind qkdpfd's back.
 pub fn psk_drift(s: &mut Siem) {
     let (from, started) = s.begin(A);
-    let net = s.pair.work.path().join("net");
-    let peer_b = std::fs::read_to_string(net.join(format!("{}.pub", s.pair.ns(B)))).unwrap();
-    let other = s.pair.work.path().join("other.psk");
-    std::fs::write(&other, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n").unwrap();
-    let wif = s.pair.wg_if(A);
-    let set = [
-        "wg",
-        "set",
-        &wif,
-        "peer",
-        peer_b.trim(),
-        "preshared-key",
-        other.to_str().unwrap(),
-    ];
-    s.pair.ns_must(A, &set);
+    s.pair
+        .set_psk_behind_qkdpfd(A, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
     // The next rotation clears it.
     s.logs[A].wait_for(&from, &want("psk_drift", &[]), Duration::from_secs(10));
     s.wait_enforcement(A, "open", Duration::from_secs(20));
