@@ -22,6 +22,7 @@ exe_of() { # test name: its executable from the list
 }
 
 failed=""
+threads=
 group() { # label test-name [filter args...]
 	label=$1 name=$2
 	shift 2
@@ -33,7 +34,7 @@ group() { # label test-name [filter args...]
 	fi
 	start=$(date +%s)
 	echo "==== kernel-lane: $label"
-	if "$exe" --test-threads="${LANE_THREADS:-3}" "$@"; then
+	if "$exe" --test-threads="${threads:-${LANE_THREADS:-3}}" "$@"; then
 		echo "==== kernel-lane: $label: ok ($(($(date +%s) - start)) s)"
 	else
 		echo "==== kernel-lane: $label: FAILED ($(($(date +%s) - start)) s)"
@@ -45,8 +46,12 @@ group "netlink backend against wireguard.ko" wg_linux
 # The key-agreement tests where the WireGuard implementation matters (the
 # peer protocol's own checks — a dropped CONFIRM, forged datagrams, the
 # IPv4 wildcard — run on the host, where the tunnel is wireguard-go).
+# Two pairs at a time, not three: with three, a CI run under TCG saw one
+# round fail (the test prints both logs if one fails again).
+threads=2
 group "two gateways on kernel WireGuard" keys --skip a_dropped_confirm \
 	--skip forged_replayed --skip a_wildcard_listen
+threads=
 group "nftables backend on Debian's nf_tables" fw_nft
 group "dead-man switch on Debian's nf_tables" daemon --exact a_killed_parent_locks_every_link_by_itself
 group "the demo on kernel WireGuard" demo
