@@ -432,12 +432,7 @@ fn latency(keys: &bundle::TestKeys, rounds: usize) {
                 None => false,
             }
         });
-        us.push(
-            line.rsplit("enc_keys_to_installed_us=")
-                .next()
-                .and_then(|v| v.trim().parse().ok())
-                .expect("enc_keys_to_installed_us"),
-        );
+        us.push(stats::field(&line, "enc_keys_to_installed_us").expect("enc_keys_to_installed_us"));
         // Both ends hold the PSK of this epoch.
         let (ia, ib) = (a.installed("l0"), b.installed("l0"));
         assert_eq!(ia.0, epoch + 1);

@@ -13,3 +13,12 @@ pub fn percentiles_ms(sorted_us: &[u64]) -> String {
         ms(*sorted_us.last().expect("samples"))
     )
 }
+
+/// The number after ` key=` in a log line (the rotation benches).
+#[allow(dead_code)]
+pub fn field(line: &str, key: &str) -> Option<u64> {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}

@@ -174,8 +174,8 @@ catalogue! {
         "a qkdctl sim command was forwarded to the link's simulated source";
     KeyRotated "key_rotated" Notice ("link", "epoch", "key_id", "psk_fp")
         "a new PSK is installed; psk_fp is its fingerprint (the same on both ends)";
-    Round "round" Debug ("link", "epoch", "enc_keys_to_installed_us")
-        "on the master, from the round's enc_keys call to its own install (only with -v)";
+    Round "round" Debug ("link", "epoch", "role", "kme_us", "persist_us", "install_us", "[peer_us]", "[enc_keys_to_installed_us]", "[offer_to_installed_us]")
+        "where a completed round's time went (only with -v): the KME call, the parent's epoch persist and install; on the master peer_us (OFFER out to CONFIRM in) and enc_keys_to_installed_us (its enc_keys call to its own install, after the slave's), on the slave offer_to_installed_us";
     KeyRotationFailed "key_rotation_failed" Warning ("link", "reason", "[msg]")
         "a rotation round failed; the next is tried with backoff";
     KeyStale "key_stale" Alert ("link", "psk", "[reason]")

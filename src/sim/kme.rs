@@ -157,6 +157,10 @@ async fn connection(
     acceptor: TlsAcceptor,
 ) {
     let name = state.kmes[kme].name.clone();
+    // An answer is one small write after the client's request; Nagle would
+    // hold any second segment of it until the client's delayed ACK (40 ms
+    // on Linux). The client (src/engine/https.rs) sets the same.
+    let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(CLIENT_DEADLINE, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return log::debug(format!("kme {name}: TLS from {peer}: {e}")),

@@ -69,6 +69,8 @@ pub struct Pair {
     pub policy_keys: TestKeys,
     pub daemons: [Option<Child>; 2],
     pub sim: Option<Child>,
+    /// Start the daemons with `-v` (debug events such as `round`).
+    pub verbose: bool,
     _serial: Serial,
 }
 
@@ -175,6 +177,7 @@ impl Pair {
             policy_keys,
             daemons: [None, None],
             sim: None,
+            verbose: false,
             _serial: serial,
         })
     }
@@ -240,6 +243,7 @@ impl Pair {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(end), BIN_QKDPFD, "-d", "-f"])
             .arg(self.path(end, "qkdpfd.conf"))
+            .args(self.verbose.then_some("-v"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

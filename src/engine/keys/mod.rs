@@ -17,6 +17,7 @@
 //! links.
 
 mod calls;
+mod timing;
 
 pub use calls::KmeAnswer;
 
@@ -30,6 +31,7 @@ use crate::secret::Psk;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+use timing::{RoundTiming, Step};
 use tokio::sync::mpsc;
 
 /// What `qkdctl show link` and the metrics show of a keyed link.
@@ -65,9 +67,8 @@ struct KeyedLink {
     fingerprint: Option<String>,
     installed_at: Option<Instant>,
     halted: u64,
-    /// Master: CLOCK_MONOTONIC when this round's `enc_keys` started, for
-    /// the debug `event=round` line (BENCHMARKS.md).
-    round_start_ns: Option<u64>,
+    /// Where this round's time went, for the debug `event=round` line.
+    timing: RoundTiming,
 }
 
 /// Every keyed link of the engine.
@@ -169,7 +170,7 @@ impl Keys {
                         fingerprint: None,
                         installed_at: None,
                         halted: 0,
-                        round_start_ns: None,
+                        timing: RoundTiming::default(),
                     }
                 }
             };
@@ -245,6 +246,9 @@ impl Keys {
         let mut out = Vec::new();
         // An answer to a request a newer round replaced is dropped.
         if let Some((link, input)) = self.calls.answered(a) {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.timing.end(Step::Kme);
+            }
             self.feed(&link, input, now, &mut out);
         }
         out
@@ -290,6 +294,10 @@ impl Keys {
             return Ok(out);
         }
         l.waiting = None;
+        l.timing.end(match a.step {
+            KeyStep::Persist => Step::Persist,
+            KeyStep::Install => Step::Install,
+        });
         let input = match (a.step, a.error) {
             (KeyStep::Persist, None) => {
                 self.drain(&a.link, now, &mut out);
@@ -382,6 +390,12 @@ impl Keys {
         let l = self.links.get_mut(name).expect("known");
         match action {
             Action::PersistEpoch(epoch) => {
+                // The slave's round starts here, with the OFFER.
+                if l.timing.started() {
+                    l.timing.begin(Step::Persist);
+                } else {
+                    l.timing.start(Step::Persist);
+                }
                 l.waiting = Some((KeyStep::Persist, epoch));
                 let m = imsg::PersistEpoch {
                     link: name.to_string(),
@@ -391,17 +405,19 @@ impl Keys {
             }
             Action::InstallPsk { epoch, psk } => {
                 l.gate.settled();
+                l.timing.begin(Step::Install);
                 l.waiting = Some((KeyStep::Install, epoch));
                 l.pending_fp = Some(psk.fingerprint());
                 send_install(&self.parent, name, epoch, &psk);
             }
             Action::FetchEncKey => {
                 l.gate.settled();
-                l.round_start_ns = Some(imsg::monotonic_ns());
+                l.timing.start(Step::Kme);
                 self.calls
                     .request(name, &l.conf.kme, &l.conf.peer_sae_id, None);
             }
             Action::FetchDecKey { key_id } => {
+                l.timing.begin(Step::Kme);
                 self.calls
                     .request(name, &l.conf.kme, &l.conf.peer_sae_id, Some(key_id));
             }
@@ -420,20 +436,30 @@ impl Keys {
                     .kv("key_id", key_id.as_str())
                     .kv("psk_fp", l.fingerprint.as_deref().unwrap_or("-"))
                     .send();
-                if let Some(t0) = l.round_start_ns.take() {
-                    // The slave installed before it CONFIRMed, so the
-                    // master's install answer (now) is the later of the two.
-                    let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
-                    log::event(Event::Round)
+                if let Some(t) = l.timing.finish() {
+                    let master = l.conf.role == rotate::Role::Master;
+                    let r = log::event(Event::Round)
                         .kv("link", name)
                         .kv("epoch", epoch)
-                        .kv("enc_keys_to_installed_us", us)
-                        .send();
+                        .kv("role", if master { "master" } else { "slave" })
+                        .kv("kme_us", t.kme_us)
+                        .kv("persist_us", t.persist_us)
+                        .kv("install_us", t.install_us);
+                    // The master installs after the slave's CONFIRM, so its
+                    // install answer (now) is the later of the two.
+                    if master {
+                        r.kv("peer_us", t.other_us)
+                            .kv("enc_keys_to_installed_us", t.total_us)
+                            .send();
+                    } else {
+                        r.kv("offer_to_installed_us", t.total_us).send();
+                    }
                 }
                 out.push((name.to_string(), link::Input::KeyInstalled));
             }
             Action::RoundFailed { why } => {
                 l.gate.settled();
+                l.timing.reset();
                 log::event(Event::KeyRotationFailed)
                     .kv("link", name)
                     .kv("reason", reason_word(&why))
