@@ -375,7 +375,10 @@ fn errors_and_backends_print_no_keys() {
         WireguardBackend::Openbsd,
         WireguardBackend::DryRun,
     ] {
-        let conf = WireguardConf { backend };
+        let conf = WireguardConf {
+            backend,
+            new_session: true,
+        };
         let mut b = wg::new(&conf, tmp.path());
         if let Err(e) = b.set_psk(&peer, &psk) {
             texts.push(format!("{e} {e:?}"));

@@ -135,6 +135,10 @@ pub enum WireguardBackend {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WireguardConf {
     pub backend: WireguardBackend,
+    /// After each rotation the master re-creates its peer so that a new
+    /// session starts under the new PSK at once (issue 13); off, the PSK
+    /// protects traffic from WireGuard's own next rekey (up to 120 s).
+    pub new_session: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

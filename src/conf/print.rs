@@ -24,6 +24,7 @@ pub fn normalised(c: &Config) -> String {
     out.path("nft", &c.firewall.nft);
     out.header("wireguard", None);
     out.raw("backend", quote(wireguard_backend(c.wireguard.backend)));
+    out.raw("new_session", c.wireguard.new_session.to_string());
     if let Some(p) = &c.peering {
         out.header("peering", None);
         out.str("listen", &p.listen.to_string());

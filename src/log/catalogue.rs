@@ -178,6 +178,8 @@ catalogue! {
         "where a completed round's time went (only with -v): the KME call, the parent's epoch persist and install; on the master peer_us (OFFER out to CONFIRM in) and enc_keys_to_installed_us (its enc_keys call to its own install, after the slave's), on the slave offer_to_installed_us";
     KeyRotationFailed "key_rotation_failed" Warning ("link", "reason", "[msg]")
         "a rotation round failed; the next is tried with backoff";
+    WgSessionKept "wg_session_kept" Warning ("link", "epoch", "reason", "[msg]")
+        "the master installed a new PSK but could not re-create its WireGuard peer for a new session ([wireguard] new_session): traffic stays on the previous session's keys until WireGuard's own rekey (at most 120 s)";
     KeyStale "key_stale" Alert ("link", "psk", "[reason]")
         "the PSK is older than max_key_age; psk=random when a random PSK replaced it, unchanged (with reason) when that failed";
     PskDrift "psk_drift" Alert ("link", "reason")

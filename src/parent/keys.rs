@@ -127,6 +127,7 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
     let mut out = Changed::none();
     if result.is_ok() {
         installed(p, &mut out, &link, &psk);
+        new_session(p, &link, epoch);
     }
     let ack = KeyAck {
         link,
@@ -136,6 +137,26 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
     };
     out.key_ack(ack);
     Ok(out)
+}
+
+/// The master installs last (after the slave's CONFIRM says its end holds
+/// the PSK), so both ends have it now: the master re-creates its peer and
+/// the new session's handshake uses the new PSK on both ends. A failure
+/// changes nothing installed: the PSK is in force from WireGuard's next
+/// rekey, as without `new_session`.
+fn new_session(p: &mut Parent, link: &str, epoch: u64) {
+    let master = p.conf.link.get(link).and_then(|l| l.role) == Some(crate::conf::Role::Master);
+    if !master || !p.conf.wireguard.new_session {
+        return;
+    }
+    if let Err(e) = p.wg.new_session(link) {
+        log::event(Event::WgSessionKept)
+            .kv("link", link)
+            .kv("epoch", epoch)
+            .kv("reason", e.reason())
+            .msg(e.to_string())
+            .send();
+    }
 }
 
 /// A QKD-derived PSK is on the interface and read back: `no-key` and

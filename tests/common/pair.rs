@@ -390,6 +390,16 @@ impl Pair {
         out.split_whitespace().nth(1).unwrap_or("").to_string()
     }
 
+    /// Adds `line` to both configs' `[wireguard]` section (before start).
+    pub fn wireguard_conf(&self, line: &str) {
+        for end in [A, B] {
+            let path = self.path(end, "qkdpfd.conf");
+            let conf = fs::read_to_string(&path).unwrap();
+            let conf = conf.replacen("[wireguard]\n", &format!("[wireguard]\n{line}\n"), 1);
+            fs::write(&path, conf).unwrap();
+        }
+    }
+
     /// `wg show <if> latest-handshakes`: unix seconds of the last handshake.
     pub fn handshake(&self, end: usize) -> u64 {
         let out = self.wg_show(end, "latest-handshakes");
@@ -407,7 +417,7 @@ impl Pair {
             .count()
     }
 
-    fn wg_show(&self, end: usize, what: &str) -> String {
+    pub fn wg_show(&self, end: usize, what: &str) -> String {
         let o = Command::new("ip")
             .args([
                 "netns",

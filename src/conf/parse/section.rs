@@ -36,7 +36,7 @@ const DAEMON_KEYS: &[&str] = &[
 ];
 const POLICY_KEYS: &[&str] = &["pubkeys", "dir", "incoming", "expiry_warning"];
 const FIREWALL_KEYS: &[&str] = &["backend", "anchor", "pfctl", "nft"];
-const WIREGUARD_KEYS: &[&str] = &["backend"];
+const WIREGUARD_KEYS: &[&str] = &["backend", "new_session"];
 const PEERING_KEYS: &[&str] = &["listen", "key"];
 const KME_KEYS: &[&str] = &["url", "ca", "cert", "key", "sae_id", "method", "keys_low"];
 const KME_METHODS: &[(&str, KmeMethod)] = &[("POST", KmeMethod::Post), ("GET", KmeMethod::Get)];
@@ -427,8 +427,12 @@ impl Default for FirewallConf {
 
 fn wireguard(mut s: Sect) -> WireguardConf {
     let (_, backend) = default_backends();
+    let backend = s.or("backend", backend, choice(WG_BACKENDS));
+    // wg(4) cannot re-create a peer yet (parent/wg/openbsd.rs).
+    let supported = backend != WireguardBackend::Openbsd;
     WireguardConf {
-        backend: s.or("backend", backend, choice(WG_BACKENDS)),
+        backend,
+        new_session: s.or("new_session", supported, value::boolean),
     }
 }
 

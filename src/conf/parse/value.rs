@@ -61,7 +61,6 @@ pub(super) fn choice<T: Copy>(opts: &'static [(&'static str, T)]) -> impl Fn(Got
 }
 
 /// An integer in `lo..=hi`, written `lo..hi` as DESIGN does.
-#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(super) fn boolean(g: Got) -> Check<bool> {
     match g {
         Got::Bool(b) => Ok(b),

@@ -396,6 +396,13 @@ impl crate::parent::wg::WgBackend for FakeWg {
         *self.present.lock().unwrap() = false;
         Ok(())
     }
+    fn new_session(
+        &mut self,
+        _: &WgPeer,
+        _: u16,
+    ) -> Result<crate::parent::wg::PeerConfig, WgError> {
+        Err(WgError::Io("fake".into()))
+    }
 }
 
 use crate::parent::wg::{WgError, WgPeer};

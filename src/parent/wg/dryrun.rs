@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{WgBackend, WgError, WgPeer, check_ifname};
+use super::{PeerConfig, WgBackend, WgError, WgPeer, check_ifname};
 use crate::log;
 use crate::parent::fw::dryrun::write_atomic;
 use crate::secret::Psk;
@@ -115,6 +115,21 @@ impl WgBackend for DryRun {
             peer.interface
         ));
         self.write(&peer.interface)
+    }
+
+    fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError> {
+        let psk = self.get_psk(peer)?;
+        log::debug(format!(
+            "dry-run: would re-create peer {} on {} with keepalive {keepalive} for a new session",
+            peer.public_b64(),
+            peer.interface
+        ));
+        Ok(PeerConfig {
+            psk,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            keepalive: 0,
+        })
     }
 }
 

@@ -135,6 +135,56 @@ pub trait WgBackend: Send {
     /// re-creates a peer: the operator restores it (`ifconfig`, `wg`)
     /// once the firewall is repaired.
     fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError>;
+    /// Puts the PSK just installed in force (issue 13): a PSK change alone
+    /// starts no handshake, so traffic would stay on session keys made
+    /// with the previous PSK until WireGuard's own rekey (up to 120 s).
+    /// Reads the EXISTING peer back (endpoint, allowed IPs, PSK,
+    /// keepalive), then in one set call removes it and adds it again with
+    /// all of that and a persistent keepalive of `keepalive` seconds: the
+    /// new peer has no session, and the keepalive makes it handshake at
+    /// once. Its own keepalive is then restored. An absent peer is
+    /// `NoSuchPeer` and stays absent: a peer the lockdown ladder removed
+    /// is never brought back here. Returns what was read back.
+    fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError>;
+}
+
+/// What a peer is made of, as read back before it is re-created: all a
+/// re-added peer needs to carry the same traffic. `Debug` hides the PSK.
+#[derive(Clone, PartialEq)]
+pub struct PeerConfig {
+    pub psk: Psk,
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// (address, prefix length), in the order the OS listed them.
+    pub allowed_ips: Vec<(std::net::IpAddr, u8)>,
+    /// Persistent keepalive interval in seconds (0: off).
+    pub keepalive: u16,
+}
+
+impl fmt::Debug for PeerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("psk", &"<hidden>")
+            .field("endpoint", &self.endpoint)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
+/// The check after a re-creation: the peer is back with exactly what it
+/// had (its PSK compared in constant time).
+pub fn verify_recreated(before: &PeerConfig, after: Option<PeerConfig>) -> Result<(), WgError> {
+    let after = after.ok_or(WgError::NoSuchPeer)?;
+    verify(Some(after.psk.clone()), &before.psk)?;
+    let (mut a, mut b) = (before.allowed_ips.clone(), after.allowed_ips.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    if a != b || before.endpoint != after.endpoint || before.keepalive != after.keepalive {
+        return Err(WgError::Protocol(format!(
+            "re-created peer differs: {before:?} became {after:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// The backend the config names. Kernel backends on the wrong OS are still
@@ -253,6 +303,9 @@ mod tests {
         }
         fn remove_peer(&mut self, _: &WgPeer) -> Result<(), WgError> {
             Ok(())
+        }
+        fn new_session(&mut self, _: &WgPeer, _: u16) -> Result<PeerConfig, WgError> {
+            Err(WgError::Io("fake".into()))
         }
 
         fn public_key(&mut self, _: &str) -> Result<[u8; 32], WgError> {

@@ -327,6 +327,21 @@ impl WgBackend for OpenBsd {
             Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
         }
     }
+
+    /// Not yet: re-creating a wg(4) peer needs its endpoint and allowed
+    /// IPs decoded from SIOCGWG and two peers in one SIOCSWG, which are
+    /// not written. The PSK is installed and read back all the same; it
+    /// protects traffic from WireGuard's next rekey (at most 120 s).
+    fn new_session(
+        &mut self,
+        peer: &WgPeer,
+        _keepalive: u16,
+    ) -> Result<super::PeerConfig, WgError> {
+        ifname_bytes(&peer.interface)?;
+        Err(WgError::Io(
+            "new session: not implemented for wg(4); the PSK takes effect at the next rekey".into(),
+        ))
+    }
 }
 
 /// One SIOCSWG/SIOCGWG; returns the `wgd_size` the kernel left.

@@ -11,6 +11,11 @@ use crate::secret::Psk;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// The persistent keepalive (seconds) a re-created peer gets when it had
+/// none, until its own is restored in the next call: wg(8)'s usual value.
+/// Its first keepalive needs a session, so the peer handshakes at once.
+pub const SESSION_KEEPALIVE: u16 = 25;
+
 /// WireGuard as the parent drives it for keyed links: the PSK of each
 /// keyed link's peer, what was last installed there, and when to re-read it.
 pub struct PskWriter {
@@ -91,6 +96,18 @@ impl PskWriter {
             w.next_check = now;
         }
         same
+    }
+
+    /// Puts the link's installed PSK in force at once: its peer re-created
+    /// for a new session ([`WgBackend::new_session`]), with a keepalive
+    /// of [`SESSION_KEEPALIVE`] seconds for the moment if it has none.
+    pub fn new_session(&mut self, link: &str) -> Result<(), WgError> {
+        let w = self.links.get(link).ok_or(WgError::NoSuchPeer)?;
+        self.backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .new_session(&w.peer, SESSION_KEEPALIVE)
+            .map(|_| ())
     }
 
     /// `key-stale`: no fresh key, so no key at all that anyone could know.

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use zeroize::Zeroizing;
 
-use super::{WgBackend, WgError, WgPeer, check_ifname, hex_into, hex_key, no_private_key, verify};
+use super::{
+    PeerConfig, WgBackend, WgError, WgPeer, check_ifname, hex_into, hex_key, no_private_key,
+    verify, verify_recreated,
+};
 use crate::secret::Psk;
 
 /// Default per-read/per-write socket timeout.
@@ -162,6 +165,35 @@ impl WgBackend for Uapi {
             Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
         }
     }
+
+    fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError> {
+        let read = |me: &Self| {
+            let reply = me.exchange(&peer.interface, b"get=1\n\n")?;
+            parse_peer(&reply, &peer.public_key)
+        };
+        let before = read(self)?.ok_or(WgError::NoSuchPeer)?;
+        let set = |me: &Self, req: &[u8]| match errno_of(&me.exchange(&peer.interface, req)?)? {
+            0 => Ok(()),
+            n => Err(WgError::Protocol(format!("re-create refused: errno={n}"))),
+        };
+        let pka = if before.keepalive == 0 {
+            keepalive
+        } else {
+            before.keepalive
+        };
+        set(
+            self,
+            recreate_request(&peer.public_key, &before, pka).as_bytes(),
+        )?;
+        if pka != before.keepalive {
+            set(
+                self,
+                keepalive_request(&peer.public_key, before.keepalive).as_bytes(),
+            )?;
+        }
+        verify_recreated(&before, read(self)?)?;
+        Ok(before)
+    }
 }
 
 impl std::fmt::Debug for Uapi {
@@ -199,6 +231,53 @@ pub fn remove_request(public_key: &[u8; 32]) -> String {
     s.push_str("set=1\npublic_key=");
     hex_into(&mut s, public_key);
     s.push_str("\nupdate_only=true\nremove=true\n\n");
+    s
+}
+
+/// Removes the peer and adds it again, in one request (wireguard-go
+/// applies a set under one lock): the first block removes it (only if it
+/// exists), the second makes a new peer with what was read back and a
+/// persistent keepalive of `keepalive` seconds, which on an up interface
+/// sends a keepalive at once and so starts a handshake. Zeroized: the PSK.
+/// The peer vanishing between the read-back and this request would be
+/// re-created: the protocol has no "only if it exists" for the second
+/// block; the parent is the only writer that removes peers, and it runs
+/// this and its removals in one thread.
+pub fn recreate_request(
+    public_key: &[u8; 32],
+    c: &PeerConfig,
+    keepalive: u16,
+) -> Zeroizing<String> {
+    let mut s = Zeroizing::new(String::with_capacity(400 + 50 * c.allowed_ips.len()));
+    s.push_str("set=1\npublic_key=");
+    hex_into(&mut s, public_key);
+    s.push_str("\nupdate_only=true\nremove=true\npublic_key=");
+    hex_into(&mut s, public_key);
+    s.push_str("\npreshared_key=");
+    hex_into(&mut s, c.psk.expose());
+    if let Some(e) = c.endpoint {
+        // SocketAddr's Display is the form wireguard-go parses
+        // ("[v6]:port" for IPv6).
+        s.push_str(&format!("\nendpoint={e}"));
+    }
+    s.push_str(&format!(
+        "\npersistent_keepalive_interval={keepalive}\nreplace_allowed_ips=true"
+    ));
+    for (ip, len) in &c.allowed_ips {
+        s.push_str(&format!("\nallowed_ip={ip}/{len}"));
+    }
+    s.push_str("\n\n");
+    s
+}
+
+/// Sets one existing peer's persistent keepalive.
+pub fn keepalive_request(public_key: &[u8; 32], keepalive: u16) -> String {
+    let mut s = String::with_capacity(150);
+    s.push_str("set=1\npublic_key=");
+    hex_into(&mut s, public_key);
+    s.push_str(&format!(
+        "\nupdate_only=true\npersistent_keepalive_interval={keepalive}\n\n"
+    ));
     s
 }
 
@@ -301,19 +380,61 @@ pub fn parse_get(reply: &[u8], want: &[u8; 32]) -> Result<Option<Psk>, WgError> 
     Ok(found)
 }
 
+/// Finds `want` among the peers of a get reply with all a re-created peer
+/// needs, or `None`. Errors quote no line: lines hold keys.
+pub fn parse_peer(reply: &[u8], want: &[u8; 32]) -> Result<Option<PeerConfig>, WgError> {
+    let Some(psk) = parse_get(reply, want)? else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(reply).expect("checked by parse_get");
+    let mut c = PeerConfig {
+        psk,
+        endpoint: None,
+        allowed_ips: Vec::new(),
+        keepalive: 0,
+    };
+    let mut in_wanted = false;
+    for (i, line) in text.lines().enumerate() {
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        let bad = |what: &str| WgError::Protocol(format!("get reply line {}: bad {what}", i + 1));
+        match key {
+            "public_key" => {
+                in_wanted = hex_key(value).is_some_and(|k| *k == *want);
+            }
+            "endpoint" if in_wanted => {
+                c.endpoint = Some(value.parse().map_err(|_| bad("endpoint"))?);
+            }
+            "persistent_keepalive_interval" if in_wanted => {
+                c.keepalive = value.parse().map_err(|_| bad("keepalive"))?;
+            }
+            "allowed_ip" if in_wanted => {
+                let (ip, len) = value.split_once('/').ok_or_else(|| bad("allowed_ip"))?;
+                let ip: std::net::IpAddr = ip.parse().map_err(|_| bad("allowed_ip"))?;
+                let len: u8 = len.parse().map_err(|_| bad("allowed_ip"))?;
+                if len > if ip.is_ipv4() { 32 } else { 128 } {
+                    return Err(bad("allowed_ip"));
+                }
+                c.allowed_ips.push((ip, len));
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
     use std::thread;
 
-    fn hex(k: &[u8; 32]) -> String {
+    pub(super) fn hex(k: &[u8; 32]) -> String {
         let mut s = String::new();
         hex_into(&mut s, k);
         s
     }
 
-    fn reply_with(peers: &[([u8; 32], [u8; 32])]) -> String {
+    pub(super) fn reply_with(peers: &[([u8; 32], [u8; 32])]) -> String {
         let mut r = format!("private_key={}\nlisten_port=51820\n", hex(&[0xee; 32]));
         for (pk, psk) in peers {
             r += &format!(
@@ -499,7 +620,11 @@ mod tests {
 
     /// A one-shot fake wireguard-go: answers each connection with the next
     /// canned reply and hands back what it was sent.
-    fn fake(dir: &Path, ifname: &str, replies: Vec<String>) -> thread::JoinHandle<Vec<String>> {
+    pub(super) fn fake(
+        dir: &Path,
+        ifname: &str,
+        replies: Vec<String>,
+    ) -> thread::JoinHandle<Vec<String>> {
         let l = UnixListener::bind(dir.join(format!("{ifname}.sock"))).unwrap();
         thread::spawn(move || {
             let mut seen = Vec::new();
@@ -652,5 +777,142 @@ mod tests {
             "{e}"
         );
         t.join().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod new_session_tests {
+    use super::tests::{fake, hex, reply_with};
+    use super::*;
+
+    fn full_reply(keepalive: u16) -> String {
+        let mut r = format!("private_key={}\nlisten_port=51820\n", hex(&[0xee; 32]));
+        r += &format!(
+            "public_key={}\npreshared_key={}\nprotocol_version=1\nendpoint=192.0.2.2:51820\n\
+             last_handshake_time_sec=1\nlast_handshake_time_nsec=2\ntx_bytes=3\nrx_bytes=4\n\
+             persistent_keepalive_interval={keepalive}\nallowed_ip=10.99.0.2/32\nallowed_ip=fd00::/64\n",
+            hex(&[1; 32]),
+            hex(&[0x42; 32])
+        );
+        r + &format!(
+            "public_key={}\nendpoint=[2001:db8::1]:7\nallowed_ip=10.0.0.0/8\n",
+            hex(&[2; 32])
+        ) + "errno=0\n\n"
+    }
+
+    #[test]
+    fn parse_peer_reads_only_the_wanted_peer() {
+        let c = parse_peer(full_reply(0).as_bytes(), &[1; 32])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.psk.expose(), &[0x42; 32]);
+        assert_eq!(c.endpoint, Some("192.0.2.2:51820".parse().unwrap()));
+        assert_eq!(
+            c.allowed_ips,
+            vec![
+                ("10.99.0.2".parse().unwrap(), 32),
+                ("fd00::".parse().unwrap(), 64)
+            ]
+        );
+        assert_eq!(c.keepalive, 0);
+        let other = parse_peer(full_reply(0).as_bytes(), &[2; 32])
+            .unwrap()
+            .unwrap();
+        assert_eq!(other.endpoint, Some("[2001:db8::1]:7".parse().unwrap()));
+        assert!(
+            parse_peer(full_reply(0).as_bytes(), &[3; 32])
+                .unwrap()
+                .is_none()
+        );
+        let bad = full_reply(0).replace("10.99.0.2/32", "10.99.0.2/33");
+        assert!(parse_peer(bad.as_bytes(), &[1; 32]).is_err());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("42424242") && dbg.contains("hidden"), "{dbg}");
+    }
+
+    #[test]
+    fn new_session_removes_and_re_adds_in_one_set_then_restores_keepalive() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(
+            dir.path(),
+            "wgt9",
+            vec![
+                full_reply(0),
+                "errno=0\n\n".into(),
+                "errno=0\n\n".into(),
+                full_reply(0),
+            ],
+        );
+        let mut u = Uapi::with_timeout(dir.path(), Duration::from_secs(2));
+        let p = WgPeer {
+            interface: "wgt9".into(),
+            public_key: [1; 32],
+        };
+        let got = u.new_session(&p, 25).unwrap();
+        assert_eq!(got.keepalive, 0);
+        let seen = srv.join().unwrap();
+        let pk = hex(&[1; 32]);
+        assert_eq!(seen[0], "get=1\n\n");
+        assert_eq!(
+            seen[1],
+            format!(
+                "set=1\npublic_key={pk}\nupdate_only=true\nremove=true\npublic_key={pk}\n\
+                 preshared_key={}\nendpoint=192.0.2.2:51820\npersistent_keepalive_interval=25\n\
+                 replace_allowed_ips=true\nallowed_ip=10.99.0.2/32\nallowed_ip=fd00::/64\n\n",
+                hex(&[0x42; 32])
+            )
+        );
+        assert_eq!(
+            seen[2],
+            format!(
+                "set=1\npublic_key={pk}\nupdate_only=true\npersistent_keepalive_interval=0\n\n"
+            )
+        );
+        assert_eq!(seen[3], "get=1\n\n");
+    }
+
+    #[test]
+    fn new_session_keeps_an_own_keepalive_and_never_creates_an_absent_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(
+            dir.path(),
+            "wgt8",
+            vec![full_reply(15), "errno=0\n\n".into(), full_reply(15)],
+        );
+        let mut u = Uapi::with_timeout(dir.path(), Duration::from_secs(2));
+        let p = WgPeer {
+            interface: "wgt8".into(),
+            public_key: [1; 32],
+        };
+        u.new_session(&p, 25).unwrap();
+        let seen = srv.join().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen[1].contains("persistent_keepalive_interval=15\n"));
+        // Absent: one get, nothing written.
+        let dir = tempfile::tempdir().unwrap();
+        let srv = fake(dir.path(), "wgt7", vec![reply_with(&[([2; 32], [0; 32])])]);
+        let mut u = Uapi::with_timeout(dir.path(), Duration::from_secs(2));
+        let p = WgPeer {
+            interface: "wgt7".into(),
+            public_key: [1; 32],
+        };
+        assert_eq!(u.new_session(&p, 25).unwrap_err(), WgError::NoSuchPeer);
+        assert_eq!(srv.join().unwrap(), vec!["get=1\n\n".to_string()]);
+        // A read-back that differs (here the endpoint) is an error.
+        let dir = tempfile::tempdir().unwrap();
+        let moved = full_reply(15).replace("192.0.2.2:51820", "192.0.2.9:51820");
+        let srv = fake(
+            dir.path(),
+            "wgt6",
+            vec![full_reply(15), "errno=0\n\n".into(), moved],
+        );
+        let mut u = Uapi::with_timeout(dir.path(), Duration::from_secs(2));
+        let p = WgPeer {
+            interface: "wgt6".into(),
+            public_key: [1; 32],
+        };
+        let e = u.new_session(&p, 25).unwrap_err();
+        assert!(!format!("{e}").contains("4242"), "{e}");
+        assert_eq!(srv.join().unwrap().len(), 3);
     }
 }

@@ -12,8 +12,11 @@
 
 use zeroize::Zeroizing;
 
-use super::{WgBackend, WgError, WgPeer, check_ifname, verify};
+mod peer;
+
+use super::{PeerConfig, WgBackend, WgError, WgPeer, check_ifname, verify, verify_recreated};
 use crate::secret::Psk;
+use peer::{keepalive_request, recreate_request, scan_peer};
 
 pub const NETLINK_GENERIC: i32 = 16;
 pub const GENL_ID_CTRL: u16 = 0x10;
@@ -43,7 +46,7 @@ pub const WGPEER_F_REMOVE_ME: u32 = 1 << 0;
 pub const WGPEER_F_UPDATE_ONLY: u32 = 1 << 2;
 
 const NLMSG_HDRLEN: usize = 16;
-const GENL_HDRLEN: usize = 4;
+pub(crate) const GENL_HDRLEN: usize = 4;
 
 /// A netlink message under construction: header, a 4-byte family header
 /// (generic netlink's cmd/version here, nfnetlink's nfgenmsg for the
@@ -55,7 +58,7 @@ pub(crate) struct Msg {
 }
 
 impl Msg {
-    fn new(ty: u16, flags: u16, seq: u32, pid: u32, cmd: u8, version: u8) -> Msg {
+    pub(crate) fn new(ty: u16, flags: u16, seq: u32, pid: u32, cmd: u8, version: u8) -> Msg {
         Msg::with_header(ty, flags, seq, pid, [cmd, version, 0, 0])
     }
 
@@ -460,6 +463,37 @@ impl WgBackend for Linux {
             None => Ok(()),
             Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
         }
+    }
+
+    fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError> {
+        check_ifname(&peer.interface)?;
+        let nl = sys::Nl::open()?;
+        let family = self.family(&nl)?;
+        let read = |me: &mut Self| {
+            let mut found = None;
+            me.dump(&nl, family, &peer.interface, |p| {
+                scan_peer(p, &peer.public_key, &mut found)
+            })?;
+            Ok::<_, WgError>(found)
+        };
+        let before = read(self)?.ok_or(WgError::NoSuchPeer)?;
+        let pka = if before.keepalive == 0 {
+            keepalive
+        } else {
+            before.keepalive
+        };
+        let (pid, ifname, key) = (nl.pid, &peer.interface, &peer.public_key);
+        let seq = self.next_seq();
+        let req = recreate_request(family, seq, pid, ifname, key, &before, pka);
+        self.transact(&nl, "WG_CMD_SET_DEVICE (re-create)", &req, seq, |_| Ok(()))?;
+        drop(req);
+        if pka != before.keepalive {
+            let seq = self.next_seq();
+            let req = keepalive_request(family, seq, pid, ifname, key, before.keepalive);
+            self.transact(&nl, "WG_CMD_SET_DEVICE (keepalive)", &req, seq, |_| Ok(()))?;
+        }
+        verify_recreated(&before, read(self)?)?;
+        Ok(before)
     }
 }
 
