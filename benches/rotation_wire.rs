@@ -15,10 +15,15 @@
 //! on A the wait from OFFER out to CONFIRM in (`peer_us`). QKD_BENCH_GAP_MS
 //! waits between rounds (default 0: back to back).
 //! CPU seconds of every process over the rounds, qkdsim's beside the
-//! daemons' (issue 13 item 7).
+//! daemons' (issue 13 item 7). Run twice, side by side: `[wireguard]
+//! new_session = false` (WireGuard's own cadence), then true (the master's
+//! install also re-creates its peer), and with it the new-session phase
+//! (`sessions`): install -> next handshake, and packets lost per direction
+//! in a 100 pps stream.
 //!
 //! `cargo bench --features testing --bench rotation_wire`
-//! (QKD_BENCH_ROUNDS=N, default 200). Root: network namespaces.
+//! (QKD_BENCH_ROUNDS=N, default 200; QKD_BENCH_SESSIONS=N, default 100).
+//! Root: network namespaces.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -97,6 +102,151 @@ fn wait_for<T>(limit: Duration, what: &str, mut ok: impl FnMut() -> Option<T>) -
     }
 }
 
+/// Both gateways up, the first round done; `new_session` for both configs.
+fn pair(new_session: bool) -> Option<Pair> {
+    let mut p = Pair::new("qkbw", MANUAL)?;
+    p.wireguard_conf(&format!("new_session = {new_session}"));
+    p.verbose = true;
+    p.start_sim();
+    p.start_both(&policy(1, true, ""));
+    wait_for(Duration::from_secs(30), "first rotation", || {
+        round_of(&p, B, 1)?;
+        round_of(&p, A, 1)
+    });
+    Some(p)
+}
+
+/// One round by `qkdctl rotate`: A's and B's `round` lines once both ends
+/// agree; with the wall clock (ns) just before qkdctl ran.
+fn one_round(p: &Pair) -> (String, String, u128) {
+    let epoch = p.installed(A);
+    let t0 = wall_ns();
+    let out = p.ctl_ok(A, &["rotate", "dr"]);
+    assert!(out.contains("round started"), "{out}");
+    let a = wait_for(Duration::from_secs(10), "rotation", || {
+        round_of(p, A, epoch + 1)
+    });
+    let b = wait_for(Duration::from_secs(2), "B's round line", || {
+        round_of(p, B, epoch + 1)
+    });
+    let (sa, sb) = (p.show(A), p.show(B));
+    assert_eq!(sa["keys"]["installed_epoch"].as_u64(), Some(epoch + 1));
+    assert_eq!(
+        (
+            &sa["keys"]["installed_epoch"],
+            &sa["keys"]["psk_fingerprint"]
+        ),
+        (
+            &sb["keys"]["installed_epoch"],
+            &sb["keys"]["psk_fingerprint"]
+        ),
+        "A and B disagree after epoch {}",
+        epoch + 1
+    );
+    (a, b, t0)
+}
+
+fn wall_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The latest handshake of `end`'s one peer, in ns of the wall clock, from
+/// wireguard-go's UAPI (`wg show` has whole seconds only).
+fn handshake_ns(p: &Pair, end: usize) -> u128 {
+    use std::io::{Read, Write};
+    let path = format!("/var/run/wireguard/{}.sock", p.wg_if(end));
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(b"get=1\n\n").unwrap();
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !reply.ends_with(b"\n\n") {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "UAPI closed");
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    let get = |k: &str| -> u128 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    get("last_handshake_time_sec") * 1_000_000_000 + get("last_handshake_time_nsec")
+}
+
+/// ICMP echo requests arriving at A over the tunnel, echo replies at B.
+const COUNT_A: &str = "table inet qkbench {\n chain c {\n  type filter hook input priority -300;\n  iifname \"qkbw-wa\" icmp type echo-request counter\n }\n}\n";
+const COUNT_B: &str = "table inet qkbench {\n chain c {\n  type filter hook input priority -300;\n  iifname \"qkbw-wb\" icmp type echo-reply counter\n }\n}\n";
+
+fn counted(p: &Pair, end: usize) -> u64 {
+    let out = p.ns_must(end, &["nft", "list", "table", "inet", "qkbench"]);
+    out.split("packets ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
+}
+
+/// Issue 13 item 5: rounds with new_session on, each followed by a wait
+/// for A's next handshake (polled every ms); its time less the install's
+/// (qkdctl's start plus enc_keys_to_installed_us: an upper bound by the
+/// sub-ms before enc_keys starts). Meanwhile B pings A at 100 pps; nft
+/// counters in each gateway tell the direction a packet was lost in.
+fn sessions(p: &Pair, rounds: usize) {
+    p.nft(A, COUNT_A);
+    p.nft(B, COUNT_B);
+    let out = p.work.path().join("pings.txt");
+    let mut ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.ns(B)])
+        .args(["ping", "-n", "-q", "-i", "0.01", "10.99.0.1"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut us = Vec::with_capacity(rounds);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let before = handshake_ns(p, A);
+        let (a, _, t0) = one_round(p);
+        let installed = t0 + 1000 * stats::field(&a, "enc_keys_to_installed_us").unwrap() as u128;
+        let hs = wait_for(Duration::from_secs(10), "a new handshake", || {
+            let h = handshake_ns(p, A);
+            (h > before).then_some(h)
+        });
+        us.push((hs.saturating_sub(installed) / 1000) as u64);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ping.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = ping.wait();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let sent: u64 = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("ping summary");
+    let (at_a, at_b) = (counted(p, A), counted(p, B));
+    us.sort_unstable();
+    println!(
+        "new session (new_session on), {rounds} rounds in {elapsed:.1}s: A's install -> A's \
+         next handshake (UAPI ns): {}",
+        stats::percentiles_ms(&us)
+    );
+    println!(
+        "  100 pps B -> A across them: {sent} echo requests sent, {at_a} reached A \
+         (slave -> master lost {}), {at_b} replies reached B (master -> slave lost {}, \
+         of {at_a} A answered; the last in flight at the interrupt may count)",
+        sent.saturating_sub(at_a),
+        at_a.saturating_sub(at_b)
+    );
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("rotation_wire bench: needs root (network namespaces)");
@@ -110,17 +260,21 @@ fn main() {
     };
     let rounds = env("QKD_BENCH_ROUNDS", 200) as usize;
     let gap = Duration::from_millis(env("QKD_BENCH_GAP_MS", 0));
-    let Some(mut p) = Pair::new("qkbw", MANUAL) else {
-        eprintln!("rotation_wire bench: no signify-openbsd or not root");
-        return;
-    };
-    p.verbose = true;
-    p.start_sim();
-    p.start_both(&policy(1, true, ""));
-    wait_for(Duration::from_secs(30), "first rotation", || {
-        round_of(&p, B, 1)?;
-        round_of(&p, A, 1)
-    });
+    // Side by side: WireGuard's own cadence, then a new session per round
+    // (the master's install then also re-creates its peer).
+    for new_session in [false, true] {
+        let Some(p) = pair(new_session) else {
+            eprintln!("rotation_wire bench: no signify-openbsd or not root");
+            return;
+        };
+        latency(&p, rounds, gap, new_session);
+        if new_session {
+            sessions(&p, env("QKD_BENCH_SESSIONS", 100) as usize);
+        }
+    }
+}
+
+fn latency(p: &Pair, rounds: usize, gap: Duration, new_session: bool) {
     let pid = |c: &Option<std::process::Child>| c.as_ref().expect("running").id();
     let (pa, pb) = (pid(&p.daemons[A]), pid(&p.daemons[B]));
     let procs = [
@@ -135,40 +289,18 @@ fn main() {
     let t = Instant::now();
     for _ in 0..rounds {
         std::thread::sleep(gap);
-        let epoch = p.installed(A);
-        let out = p.ctl_ok(A, &["rotate", "dr"]);
-        assert!(out.contains("round started"), "{out}");
-        let a = wait_for(Duration::from_secs(10), "rotation", || {
-            round_of(&p, A, epoch + 1)
-        });
+        let (a, b, _) = one_round(p);
         parts.add(A, &a);
-        let b = wait_for(Duration::from_secs(2), "B's round line", || {
-            round_of(&p, B, epoch + 1)
-        });
         parts.add(B, &b);
-        let (sa, sb) = (p.show(A), p.show(B));
-        assert_eq!(sa["keys"]["installed_epoch"].as_u64(), Some(epoch + 1));
-        assert_eq!(
-            (
-                &sa["keys"]["installed_epoch"],
-                &sa["keys"]["psk_fingerprint"]
-            ),
-            (
-                &sb["keys"]["installed_epoch"],
-                &sb["keys"]["psk_fingerprint"]
-            ),
-            "A and B disagree after epoch {}",
-            epoch + 1
-        );
     }
     let elapsed = t.elapsed().as_secs_f64();
     assert_eq!(p.psk(A), p.psk(B), "wg show: the PSKs differ");
     let failed = p.log(A).matches("event=key_rotation_failed ").count();
     println!(
-        "rotation on the wire ({} WireGuard, nftables, qkdsim), enc_keys start -> PSK \
-         installed on both ends, {} rounds in {elapsed:.1}s ({failed} failed rounds):",
+        "rotation on the wire ({} WireGuard, nftables, qkdsim; new_session {new_session}), \
+         enc_keys start -> PSK installed on both ends, {rounds} rounds in {elapsed:.1}s \
+         ({failed} failed rounds):",
         common::pair::wg_backend(),
-        rounds
     );
     parts.print();
     let mut line = String::from("  CPU seconds over the rounds:");

@@ -385,6 +385,41 @@ fn kernel_module_set_read_back_and_drift() {
         assert_eq!(b.set_psk(&ghost, &k1), Err(WgError::NoSuchInterface));
     });
     assert_eq!(shown(), B64.encode(k2.expose()));
+    // A new session: the peer removed and added again in one set call with
+    // everything it had; its keepalive (off) restored; a stranger is not
+    // created.
+    ns.run(
+        &[
+            "wg",
+            "set",
+            "qkdwgtest",
+            "peer",
+            public,
+            "endpoint",
+            "192.0.2.9:51820",
+            "allowed-ips",
+            "10.9.0.2/32,fd00::/64",
+        ],
+        None,
+    )
+    .unwrap();
+    let dump = || ns.run(&["wg", "show", "qkdwgtest", "dump"], None).unwrap();
+    let before = dump();
+    ns.enter(|| {
+        let mut b = linux::Linux::new();
+        let read = b.new_session(&peer, 25).unwrap();
+        assert_eq!(read.psk, k2);
+        assert_eq!(read.endpoint, Some("192.0.2.9:51820".parse().unwrap()));
+        assert_eq!(read.allowed_ips.len(), 2);
+        assert_eq!(read.keepalive, 0);
+        let stranger = WgPeer {
+            public_key: [0x5c; 32],
+            ..peer.clone()
+        };
+        assert_eq!(b.new_session(&stranger, 25), Err(WgError::NoSuchPeer));
+    });
+    assert_eq!(dump(), before, "the re-created peer differs");
+    assert_eq!(shown(), B64.encode(k2.expose()));
     let peers = ns.run(&["wg", "show", "qkdwgtest", "peers"], None).unwrap();
     assert_eq!(peers.lines().collect::<Vec<_>>(), vec![public]);
     let theirs = Psk::random();

@@ -1,6 +1,7 @@
 //! WireGuard PSK writers (DESIGN §5 "WireGuard"). Run by the privileged
 //! parent only: the one place qkdpfd touches a WireGuard interface, and then
-//! only the pre-shared key of a peer that already exists.
+//! only a peer that already exists: its pre-shared key, or the whole peer
+//! removed and added back as it was for a new session ([`WgBackend::new_session`]).
 //!
 //! Each backend sits behind [`WgBackend`]: `uapi` (the text protocol of
 //! wireguard-go's socket), `linux` (generic netlink to the kernel module),
@@ -132,8 +133,8 @@ pub trait WgBackend: Send {
     /// step holds: removes the peer, which ends every session through it
     /// at once (a random PSK alone would not, for up to 180 s), then reads
     /// back that it is gone. A peer already gone is Ok. qkdpfd never
-    /// re-creates a peer: the operator restores it (`ifconfig`, `wg`)
-    /// once the firewall is repaired.
+    /// brings a removed peer back: the operator restores it (`ifconfig`,
+    /// `wg`) once the firewall is repaired.
     fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError>;
     /// Puts the PSK just installed in force (issue 13): a PSK change alone
     /// starts no handshake, so traffic would stay on session keys made
