@@ -127,7 +127,7 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
     let mut out = Changed::none();
     if result.is_ok() {
         installed(p, &mut out, &link, &psk);
-        new_session(p, &link, epoch);
+        p.pending_sessions.push((link.clone(), epoch));
     }
     let ack = KeyAck {
         link,
@@ -139,23 +139,26 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
     Ok(out)
 }
 
-/// The master installs last (after the slave's CONFIRM says its end holds
-/// the PSK), so both ends have it now: the master re-creates its peer and
-/// the new session's handshake uses the new PSK on both ends. A failure
-/// changes nothing installed: the PSK is in force from WireGuard's next
-/// rekey, as without `new_session`.
-fn new_session(p: &mut Parent, link: &str, epoch: u64) {
-    let master = p.conf.link.get(link).and_then(|l| l.role) == Some(crate::conf::Role::Master);
-    if !master || !p.conf.wireguard.new_session {
-        return;
-    }
-    if let Err(e) = p.wg.new_session(link) {
-        log::event(Event::WgSessionKept)
-            .kv("link", link)
-            .kv("epoch", epoch)
-            .kv("reason", e.reason())
-            .msg(e.to_string())
-            .send();
+/// The links installed in this batch, once their answers are out: the
+/// master installs last (after the slave's CONFIRM says its end holds the
+/// PSK), so both ends have it now, and the master re-creates its peer so
+/// that the new session's handshake uses the new PSK on both ends. A
+/// failure changes nothing installed: the PSK is in force from
+/// WireGuard's next rekey, as without `new_session`.
+pub(super) fn new_sessions(p: &mut Parent) {
+    for (link, epoch) in std::mem::take(&mut p.pending_sessions) {
+        let role = p.conf.link.get(&link).and_then(|l| l.role);
+        if role != Some(crate::conf::Role::Master) || !p.conf.wireguard.new_session {
+            continue;
+        }
+        if let Err(e) = p.wg.new_session(&link) {
+            log::event(Event::WgSessionKept)
+                .kv("link", &link)
+                .kv("epoch", epoch)
+                .kv("reason", e.reason())
+                .msg(e.to_string())
+                .send();
+        }
     }
 }
 

@@ -74,6 +74,9 @@ pub struct Parent {
     pub pending_epochs: Vec<(String, u64)>,
     /// Verifiers of PSKs just installed, written together after the batch.
     pub pending_verifiers: Vec<(String, String)>,
+    /// Links (and epochs) whose master just installed: their peers are
+    /// re-created for a new session once the install answers are out.
+    pub pending_sessions: Vec<(String, u64)>,
     /// Control clients' connections from the engine, and the uids the
     /// kernel gave for them ([`crate::imsg::creds`]).
     pub ctl_creds: Option<(OwnedFd, crate::imsg::creds::Creds)>,
@@ -331,6 +334,7 @@ impl Parent {
             wg,
             pending_epochs: Vec::new(),
             pending_verifiers: Vec::new(),
+            pending_sessions: Vec::new(),
             ctl_creds: None,
             job: None,
             job_rx: None,

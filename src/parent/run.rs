@@ -151,6 +151,14 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                         m = from_engine.try_recv().ok();
                     }
                 }
+                // The install answers sent above leave before what follows
+                // an install: an answer needs only the read-back, while a
+                // restart that finds the verifier unwritten holds no-key
+                // (closed), and a new session is a step after the install.
+                if !p.pending_verifiers.is_empty() || !p.pending_sessions.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                keys::new_sessions(&mut p);
                 let changed = keys::flush_epochs(&mut p);
                 send(&p, &tx, changed);
             }
