@@ -139,7 +139,7 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
     Ok(out)
 }
 
-/// The links installed in this batch, once their answers are out: the
+/// The open links installed in this batch, once their answers are out: the
 /// master installs last (after the slave's CONFIRM says its end holds the
 /// PSK), so both ends have it now, and the master re-creates its peer so
 /// that the new session's handshake uses the new PSK on both ends. A
@@ -149,6 +149,12 @@ pub(super) fn new_sessions(p: &mut Parent) {
     for (link, epoch) in std::mem::take(&mut p.pending_sessions) {
         let role = p.conf.link.get(&link).and_then(|l| l.role);
         if role != Some(crate::conf::Role::Master) || !p.conf.wireguard.new_session {
+            continue;
+        }
+        // A locked link's handshake would be dropped (and retried only
+        // after 5 s); its peer is re-created when it reopens (links.rs).
+        let open = p.links.links.get(&link).map(|l| l.enforcement());
+        if open != Some(Enforcement::Open) {
             continue;
         }
         if let Err(e) = p.wg.new_session(&link) {
