@@ -38,10 +38,6 @@ fn for_this_os(expected: String) -> String {
     if cfg!(target_os = "openbsd") {
         expected
             .replace("backend = \"nftables\"", "backend = \"pf\"")
-            .replace(
-                "backend = \"linux\"\nnew_session = true",
-                "backend = \"openbsd\"\nnew_session = false",
-            )
             .replace("backend = \"linux\"", "backend = \"openbsd\"")
     } else {
         expected

@@ -138,14 +138,12 @@ fn rotations_agree_and_the_tunnel_handshakes_with_each_psk() {
 /// two, with nobody bouncing the tunnel (issue 13).
 #[test]
 fn a_rotation_starts_a_new_session_under_the_new_psk() {
-    let Some(p) = up("qkk5", MANUAL) else {
+    let Some(p) = up_with("qkka", MANUAL, "new_session = true") else {
         return;
     };
-    assert!(
-        p.pings(3) == 3,
-        "no traffic after the first round\n{}",
-        p.logs()
-    );
+    // The first round's re-creation may have met B still locked (its
+    // policy loads after A's): its handshake is retried 5 s later.
+    p.traffic_within(Duration::from_secs(12));
     for round in 0..3 {
         let before = p.handshake(A).max(p.handshake(B));
         // latest-handshake has whole seconds.
@@ -183,9 +181,9 @@ fn a_rotation_starts_a_new_session_under_the_new_psk() {
 
 #[test]
 fn a_ping_stream_loses_nothing_across_rotations() {
-    // WireGuard's own cadence: the PSK changes under a running session
-    // (a new session on each rotation may drop the odd packet in flight
-    // to the re-created peer: BENCHMARKS.md counts those).
+    // WireGuard's own cadence (the default): the PSK changes under a
+    // running session (a new session on each rotation may drop the odd
+    // packet in flight to the re-created peer: BENCHMARKS.md counts those).
     let Some(p) = up_with(
         "qkk2",
         "rotate = \"2s\"\nmax_key_age = \"1h\"\nno_jitter = true",

@@ -136,8 +136,9 @@ pub enum WireguardBackend {
 pub struct WireguardConf {
     pub backend: WireguardBackend,
     /// After each rotation the master re-creates its peer so that a new
-    /// session starts under the new PSK at once (issue 13); off, the PSK
-    /// protects traffic from WireGuard's own next rekey (up to 120 s).
+    /// session starts under the new PSK at once (issue 13); off (the
+    /// default for now), the PSK protects traffic from WireGuard's own
+    /// next rekey (up to 120 s).
     pub new_session: bool,
 }
 

@@ -151,8 +151,10 @@ pub(super) fn new_sessions(p: &mut Parent) {
         if role != Some(crate::conf::Role::Master) || !p.conf.wireguard.new_session {
             continue;
         }
-        // A locked link's handshake would be dropped (and retried only
-        // after 5 s); its peer is re-created when it reopens (links.rs).
+        // A locked link's handshake would be dropped, and WireGuard retries
+        // only after 5 s: the demo's recovery then found no traffic. After
+        // a lockdown the session from before it may carry traffic until
+        // the next rotation (qkdpfd.conf.5; issue 13 has the fix to come).
         let open = p.links.links.get(&link).map(|l| l.enforcement());
         if open != Some(Enforcement::Open) {
             continue;

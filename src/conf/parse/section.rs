@@ -427,12 +427,12 @@ impl Default for FirewallConf {
 
 fn wireguard(mut s: Sect) -> WireguardConf {
     let (_, backend) = default_backends();
-    let backend = s.or("backend", backend, choice(WG_BACKENDS));
-    // wg(4) cannot re-create a peer yet (parent/wg/openbsd.rs).
-    let supported = backend != WireguardBackend::Openbsd;
+    // new_session is opt-in until a lockdown lets handshakes through: a
+    // re-created peer whose far end is locked just then is cut off until
+    // WireGuard's next try, 5 s later (qkdpfd.conf.5).
     WireguardConf {
-        backend,
-        new_session: s.or("new_session", supported, value::boolean),
+        backend: s.or("backend", backend, choice(WG_BACKENDS)),
+        new_session: s.or("new_session", false, value::boolean),
     }
 }
 

@@ -248,7 +248,10 @@ pub fn recreate_request(
     c: &PeerConfig,
     keepalive: u16,
 ) -> Zeroizing<String> {
-    let mut s = Zeroizing::new(String::with_capacity(400 + 50 * c.allowed_ips.len()));
+    // Room for the longest lines (an IPv6 endpoint with a scope, each
+    // allowed IP at most 55 bytes): a reallocation would leave a copy of
+    // the PSK in freed memory.
+    let mut s = Zeroizing::new(String::with_capacity(512 + 64 * c.allowed_ips.len()));
     s.push_str("set=1\npublic_key=");
     hex_into(&mut s, public_key);
     s.push_str("\nupdate_only=true\nremove=true\npublic_key=");
@@ -267,6 +270,7 @@ pub fn recreate_request(
         s.push_str(&format!("\nallowed_ip={ip}/{len}"));
     }
     s.push_str("\n\n");
+    debug_assert!(s.len() <= 512 + 64 * c.allowed_ips.len());
     s
 }
 
@@ -869,6 +873,30 @@ mod new_session_tests {
             )
         );
         assert_eq!(seen[3], "get=1\n\n");
+    }
+
+    /// Long lines everywhere: the request fits the room reserved before the
+    /// PSK went in (the debug assertion in recreate_request).
+    #[test]
+    fn recreate_request_fits_its_room() {
+        let mut c = parse_peer(full_reply(0).as_bytes(), &[1; 32])
+            .unwrap()
+            .unwrap();
+        c.endpoint = Some(
+            "[fe80::1234:5678:9abc:def0%4294967295]:65535"
+                .parse()
+                .unwrap(),
+        );
+        c.allowed_ips = (0..300u16)
+            .map(|i| {
+                let ip = std::net::Ipv6Addr::new(
+                    0xfd00, i, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff,
+                );
+                (std::net::IpAddr::V6(ip), 128)
+            })
+            .collect();
+        let r = recreate_request(&[1; 32], &c, 25);
+        assert_eq!(r.matches("allowed_ip=").count(), 300);
     }
 
     #[test]

@@ -76,6 +76,13 @@ impl Msg {
         }
     }
 
+    /// Room for `more` bytes, before a key is written: growing the buffer
+    /// later would leave a copy of the key in freed memory.
+    pub(crate) fn reserve(&mut self, more: usize) -> &mut Msg {
+        self.buf.reserve(more);
+        self
+    }
+
     pub(crate) fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Msg {
         let len = (4 + data.len()) as u16;
         self.buf.extend_from_slice(&len.to_ne_bytes());

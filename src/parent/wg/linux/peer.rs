@@ -174,6 +174,9 @@ pub fn recreate_request(
 ) -> Zeroizing<Vec<u8>> {
     let flags = NLM_F_REQUEST | NLM_F_ACK;
     let mut m = Msg::new(family, flags, seq, pid, WG_CMD_SET_DEVICE, WG_GENL_VERSION);
+    // 208 bytes and 40 per allowed IP: no reallocation once the PSK is in.
+    let room = 256 + 48 * c.allowed_ips.len();
+    m.reserve(room);
     m.attr(WGDEVICE_A_IFNAME, &c_name(ifname));
     m.nest(WGDEVICE_A_PEERS).nest(0);
     m.attr(WGPEER_A_PUBLIC_KEY, public_key);
@@ -202,7 +205,9 @@ pub fn recreate_request(
         m.end();
     }
     m.end().end().end();
-    m.finish()
+    let req = m.finish();
+    debug_assert!(req.len() <= room);
+    req
 }
 
 /// WG_CMD_SET_DEVICE setting one existing peer's keepalive, update-only.
@@ -327,6 +332,25 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// Many allowed IPs: the request fits the room reserved before the
+    /// PSK went in (the debug assertion), and reads back whole.
+    #[test]
+    fn many_allowed_ips_fit_the_reserved_room() {
+        let mut c = config();
+        c.endpoint = Some("[fe80::1234:5678:9abc:def0%7]:65535".parse().unwrap());
+        c.allowed_ips = (0..300u16)
+            .map(|i| {
+                let ip =
+                    std::net::Ipv6Addr::new(0xfd00, i, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, i);
+                (IpAddr::V6(ip), 128)
+            })
+            .collect();
+        let req = recreate_request(0x1c, 7, 9, "wg0", &[1; 32], &c, 25);
+        let mut found = None;
+        scan_peer(&req[16..], &[1; 32], &mut found).unwrap();
+        assert_eq!(found.unwrap().allowed_ips, c.allowed_ips);
     }
 
     #[test]
