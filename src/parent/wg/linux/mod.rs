@@ -1,8 +1,9 @@
 //! `linux` WireGuard backend (DESIGN §5), run by the privileged parent:
-//! generic netlink to the kernel's "wireguard" family. It touches only the
-//! PSK of one existing peer: WG_CMD_SET_DEVICE with WGPEER_F_UPDATE_ONLY,
-//! read back with a WG_CMD_GET_DEVICE dump. The same dump gives the
-//! interface's own public key (WGDEVICE_A_PUBLIC_KEY).
+//! generic netlink to the kernel's "wireguard" family. It touches only an
+//! existing peer: its PSK (WG_CMD_SET_DEVICE with WGPEER_F_UPDATE_ONLY,
+//! read back with a WG_CMD_GET_DEVICE dump), or the whole peer removed and
+//! added back as it was for a new session (`peer.rs`). The same dump gives
+//! the interface's own public key (WGDEVICE_A_PUBLIC_KEY).
 //!
 //! Messages are built by hand in byte buffers (host byte order, attributes
 //! padded to 4): the builders and parsers are pure and tested with golden
