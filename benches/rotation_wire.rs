@@ -196,14 +196,7 @@ fn counted(p: &Pair, end: usize) -> u64 {
 fn sessions(p: &Pair, rounds: usize) {
     p.nft(A, COUNT_A);
     p.nft(B, COUNT_B);
-    let out = p.work.path().join("pings.txt");
-    let mut ping = std::process::Command::new("ip")
-        .args(["netns", "exec", &p.ns(B)])
-        .args(["ping", "-n", "-q", "-i", "0.01", "10.99.0.1"])
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let ping = p.ping_stream("0.01");
     std::thread::sleep(Duration::from_millis(500));
     let mut us = Vec::with_capacity(rounds);
     let t = Instant::now();
@@ -220,17 +213,7 @@ fn sessions(p: &Pair, rounds: usize) {
     }
     let elapsed = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ping.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = ping.wait();
-    let text = std::fs::read_to_string(&out).unwrap();
-    let sent: u64 = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .and_then(|l| l.split(' ').next()?.parse().ok())
-        .expect("ping summary");
+    let (_, sent) = ping.stop();
     let (at_a, at_b) = (counted(p, A), counted(p, B));
     us.sort_unstable();
     println!(

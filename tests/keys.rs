@@ -191,18 +191,8 @@ fn a_ping_stream_loses_nothing_across_rotations() {
     ) else {
         return;
     };
-    let (mut ping, out) = {
-        let out = p.work.path().join("pings.txt");
-        let f = std::fs::File::create(&out).unwrap();
-        let c = std::process::Command::new("ip")
-            .args(["netns", "exec", &p.ns(B)])
-            .args(["ping", "-n", "-D", "-i", "0.05", "-W", "1", "10.99.0.1"])
-            .stdout(f)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        (c, out)
-    };
+    let ping = p.ping_stream("0.05");
+    let out = ping.out.clone();
     let t0 = unix_now();
     // The stream's own session first.
     let t = std::time::Instant::now();
@@ -217,22 +207,12 @@ fn a_ping_stream_loses_nothing_across_rotations() {
             && b["keys"]["installed_epoch"].as_u64() >= Some(start + 3)
     });
     std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(ping.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    );
-    let _ = ping.wait();
-    let text = std::fs::read_to_string(&out).unwrap();
+    let (text, sent) = ping.stop();
     let replies = reply_times(&out).len();
     let summary = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
         .unwrap_or("");
-    let sent: u64 = summary
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ping summary in\n{text}"));
     // Loss is a gap in the answered sequence numbers. The interrupt ends
     // ping with its last echoes still in flight (under TCG a reply may take
     // tens of ms): those, sent in the last second (ping's -W), are not lost.

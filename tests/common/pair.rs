@@ -491,6 +491,20 @@ impl Pair {
         }
     }
 
+    /// A ping stream from B to A's tunnel address every `interval` seconds
+    /// (`-n -D -W 1`), its output in `pings.txt`, until [`PingStream::stop`].
+    pub fn ping_stream(&self, interval: &str) -> PingStream {
+        let out = self.work.path().join("pings.txt");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(B)])
+            .args(["ping", "-n", "-D", "-i", interval, "-W", "1", "10.99.0.1"])
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        PingStream { child, out }
+    }
+
     /// Pings from B to A's tunnel address; replies received.
     pub fn pings(&self, count: u32) -> u32 {
         super::gateway::pings_from(&self.ns(B), count)
@@ -585,6 +599,30 @@ impl Drop for Pair {
             .args(["down", &self.prefix])
             .arg(self.work.path().join("net"))
             .status();
+    }
+}
+
+/// A running [`Pair::ping_stream`].
+pub struct PingStream {
+    child: Child,
+    /// ping's output so far.
+    pub out: PathBuf,
+}
+
+impl PingStream {
+    /// Interrupts ping (SIGINT: it prints its summary); its whole output
+    /// and the number of echoes it sent.
+    pub fn stop(mut self) -> (String, u64) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        let text = fs::read_to_string(&self.out).unwrap();
+        let sent = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| l.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no ping summary in\n{text}"));
+        (text, sent)
     }
 }
 

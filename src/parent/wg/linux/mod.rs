@@ -128,6 +128,28 @@ pub fn get_family_request(seq: u32, pid: u32) -> Zeroizing<Vec<u8>> {
     m.finish()
 }
 
+/// WG_CMD_SET_DEVICE about one peer, acknowledged: its public key, then
+/// `attrs` in order (the set requests below, `peer.rs`'s keepalive).
+pub(crate) fn one_peer_request(
+    family: u16,
+    seq: u32,
+    pid: u32,
+    ifname: &str,
+    public_key: &[u8; 32],
+    attrs: &[(u16, &[u8])],
+) -> Zeroizing<Vec<u8>> {
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut m = Msg::new(family, flags, seq, pid, WG_CMD_SET_DEVICE, WG_GENL_VERSION);
+    m.attr(WGDEVICE_A_IFNAME, &c_name(ifname));
+    m.nest(WGDEVICE_A_PEERS).nest(0);
+    m.attr(WGPEER_A_PUBLIC_KEY, public_key);
+    for (ty, data) in attrs {
+        m.attr(*ty, data);
+    }
+    m.end().end();
+    m.finish()
+}
+
 /// WG_CMD_SET_DEVICE setting one peer's PSK, update-only, acknowledged.
 pub fn set_psk_request(
     family: u16,
@@ -137,15 +159,12 @@ pub fn set_psk_request(
     public_key: &[u8; 32],
     psk: &Psk,
 ) -> Zeroizing<Vec<u8>> {
-    let flags = NLM_F_REQUEST | NLM_F_ACK;
-    let mut m = Msg::new(family, flags, seq, pid, WG_CMD_SET_DEVICE, WG_GENL_VERSION);
-    m.attr(WGDEVICE_A_IFNAME, &c_name(ifname));
-    m.nest(WGDEVICE_A_PEERS).nest(0);
-    m.attr(WGPEER_A_PUBLIC_KEY, public_key);
-    m.attr(WGPEER_A_PRESHARED_KEY, psk.expose());
-    m.attr(WGPEER_A_FLAGS, &WGPEER_F_UPDATE_ONLY.to_ne_bytes());
-    m.end().end();
-    m.finish()
+    let only = WGPEER_F_UPDATE_ONLY.to_ne_bytes();
+    let attrs = [
+        (WGPEER_A_PRESHARED_KEY, &psk.expose()[..]),
+        (WGPEER_A_FLAGS, &only[..]),
+    ];
+    one_peer_request(family, seq, pid, ifname, public_key, &attrs)
 }
 
 /// WG_CMD_SET_DEVICE removing one peer, acknowledged. The kernel answers
@@ -157,14 +176,9 @@ pub fn remove_peer_request(
     ifname: &str,
     public_key: &[u8; 32],
 ) -> Zeroizing<Vec<u8>> {
-    let flags = NLM_F_REQUEST | NLM_F_ACK;
-    let mut m = Msg::new(family, flags, seq, pid, WG_CMD_SET_DEVICE, WG_GENL_VERSION);
-    m.attr(WGDEVICE_A_IFNAME, &c_name(ifname));
-    m.nest(WGDEVICE_A_PEERS).nest(0);
-    m.attr(WGPEER_A_PUBLIC_KEY, public_key);
-    m.attr(WGPEER_A_FLAGS, &WGPEER_F_REMOVE_ME.to_ne_bytes());
-    m.end().end();
-    m.finish()
+    let remove = WGPEER_F_REMOVE_ME.to_ne_bytes();
+    let attrs = [(WGPEER_A_FLAGS, &remove[..])];
+    one_peer_request(family, seq, pid, ifname, public_key, &attrs)
 }
 
 /// WG_CMD_GET_DEVICE dump of one interface.
@@ -264,14 +278,13 @@ pub fn parse_family(payload: &[u8]) -> Result<u16, WgError> {
         .ok_or_else(|| WgError::Protocol("netlink: family reply without an id".into()))
 }
 
-/// Folds one WG_CMD_GET_DEVICE message into `found`: the PSK of `want`
-/// (all zero if the kernel sends none). A peer split over several messages
-/// repeats only its public key and allowed IPs, so a later fragment without
-/// a PSK does not overwrite the first.
-pub fn scan_device(
+/// Calls `each` with the attributes of every entry for `want` among the
+/// peers of one WG_CMD_GET_DEVICE message (a peer with many allowed IPs
+/// comes in several messages, each repeating its public key).
+pub(crate) fn for_peer(
     payload: &[u8],
     want: &[u8; 32],
-    found: &mut Option<Psk>,
+    mut each: impl FnMut(&[(u16, &[u8])]) -> Result<(), WgError>,
 ) -> Result<(), WgError> {
     let body = payload
         .get(GENL_HDRLEN..)
@@ -282,22 +295,41 @@ pub fn scan_device(
         }
         for (_, peer) in attrs(peers)? {
             let a = attrs(peer)?;
-            let key = |ty| a.iter().find(|(t, d)| *t == ty && d.len() == 32);
-            if key(WGPEER_A_PUBLIC_KEY).is_none_or(|(_, d)| *d != want) {
-                continue;
-            }
-            match key(WGPEER_A_PRESHARED_KEY) {
-                Some((_, d)) => {
-                    let mut k = Zeroizing::new([0u8; 32]);
-                    k.copy_from_slice(d);
-                    *found = Some(Psk::from_bytes(*k));
-                }
-                None if found.is_none() => *found = Some(Psk::from_bytes([0; 32])),
-                None => {}
+            let key = a
+                .iter()
+                .find(|(t, d)| *t == WGPEER_A_PUBLIC_KEY && d.len() == 32);
+            if key.is_some_and(|(_, d)| *d == want) {
+                each(&a)?;
             }
         }
     }
     Ok(())
+}
+
+/// Folds one WG_CMD_GET_DEVICE message into `found`: the PSK of `want`
+/// (all zero if the kernel sends none). A peer split over several messages
+/// repeats only its public key and allowed IPs, so a later fragment without
+/// a PSK does not overwrite the first.
+pub fn scan_device(
+    payload: &[u8],
+    want: &[u8; 32],
+    found: &mut Option<Psk>,
+) -> Result<(), WgError> {
+    for_peer(payload, want, |a| {
+        let psk = a
+            .iter()
+            .find(|(t, d)| *t == WGPEER_A_PRESHARED_KEY && d.len() == 32);
+        match psk {
+            Some((_, d)) => {
+                let mut k = Zeroizing::new([0u8; 32]);
+                k.copy_from_slice(d);
+                *found = Some(Psk::from_bytes(*k));
+            }
+            None if found.is_none() => *found = Some(Psk::from_bytes([0; 32])),
+            None => {}
+        }
+        Ok(())
+    })
 }
 
 /// Folds one WG_CMD_GET_DEVICE message into `found`: the interface's own

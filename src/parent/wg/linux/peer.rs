@@ -14,9 +14,9 @@ use zeroize::Zeroizing;
 
 use super::super::{PeerConfig, WgError};
 use super::{
-    GENL_HDRLEN, Msg, NLM_F_ACK, NLM_F_REQUEST, WG_CMD_SET_DEVICE, WG_GENL_VERSION,
-    WGDEVICE_A_IFNAME, WGDEVICE_A_PEERS, WGPEER_A_FLAGS, WGPEER_A_PRESHARED_KEY,
-    WGPEER_A_PUBLIC_KEY, WGPEER_F_REMOVE_ME, WGPEER_F_UPDATE_ONLY, attrs, c_name,
+    Msg, NLM_F_ACK, NLM_F_REQUEST, WG_CMD_SET_DEVICE, WG_GENL_VERSION, WGDEVICE_A_IFNAME,
+    WGDEVICE_A_PEERS, WGPEER_A_FLAGS, WGPEER_A_PRESHARED_KEY, WGPEER_A_PUBLIC_KEY,
+    WGPEER_F_REMOVE_ME, WGPEER_F_UPDATE_ONLY, attrs, c_name, for_peer, one_peer_request,
 };
 use crate::secret::Psk;
 
@@ -120,44 +120,32 @@ pub fn scan_peer(
     want: &[u8; 32],
     found: &mut Option<PeerConfig>,
 ) -> Result<(), WgError> {
-    let body = payload
-        .get(GENL_HDRLEN..)
-        .ok_or_else(|| WgError::Protocol("netlink: short generic header".into()))?;
-    for (t, peers) in attrs(body)? {
-        if t != WGDEVICE_A_PEERS {
-            continue;
+    for_peer(payload, want, |a| {
+        let get = |ty| a.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d);
+        let c = found.get_or_insert_with(|| PeerConfig {
+            psk: Psk::from_bytes([0; 32]),
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            keepalive: 0,
+        });
+        if let Some(d) = get(WGPEER_A_PRESHARED_KEY) {
+            let mut k = Zeroizing::new([0u8; 32]);
+            k.copy_from_slice(<&[u8; 32]>::try_from(d).map_err(|_| bad("PSK"))?);
+            c.psk = Psk::from_bytes(*k);
         }
-        for (_, peer) in attrs(peers)? {
-            let a = attrs(peer)?;
-            let get = |ty| a.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d);
-            if get(WGPEER_A_PUBLIC_KEY).is_none_or(|d| d != want) {
-                continue;
-            }
-            let c = found.get_or_insert_with(|| PeerConfig {
-                psk: Psk::from_bytes([0; 32]),
-                endpoint: None,
-                allowed_ips: Vec::new(),
-                keepalive: 0,
-            });
-            if let Some(d) = get(WGPEER_A_PRESHARED_KEY) {
-                let mut k = Zeroizing::new([0u8; 32]);
-                k.copy_from_slice(<&[u8; 32]>::try_from(d).map_err(|_| bad("PSK"))?);
-                c.psk = Psk::from_bytes(*k);
-            }
-            if let Some(d) = get(WGPEER_A_ENDPOINT) {
-                c.endpoint = Some(parse_sockaddr(d)?);
-            }
-            if let Some(d) = get(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL) {
-                c.keepalive = u16::from_ne_bytes(d.try_into().map_err(|_| bad("keepalive"))?);
-            }
-            if let Some(ips) = get(WGPEER_A_ALLOWEDIPS) {
-                for (_, ip) in attrs(ips)? {
-                    c.allowed_ips.push(allowed_ip(ip)?);
-                }
+        if let Some(d) = get(WGPEER_A_ENDPOINT) {
+            c.endpoint = Some(parse_sockaddr(d)?);
+        }
+        if let Some(d) = get(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL) {
+            c.keepalive = u16::from_ne_bytes(d.try_into().map_err(|_| bad("keepalive"))?);
+        }
+        if let Some(ips) = get(WGPEER_A_ALLOWEDIPS) {
+            for (_, ip) in attrs(ips)? {
+                c.allowed_ips.push(allowed_ip(ip)?);
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// WG_CMD_SET_DEVICE with two peers: the first removes `public_key`
@@ -219,22 +207,18 @@ pub fn keepalive_request(
     public_key: &[u8; 32],
     keepalive: u16,
 ) -> Zeroizing<Vec<u8>> {
-    let flags = NLM_F_REQUEST | NLM_F_ACK;
-    let mut m = Msg::new(family, flags, seq, pid, WG_CMD_SET_DEVICE, WG_GENL_VERSION);
-    m.attr(WGDEVICE_A_IFNAME, &c_name(ifname));
-    m.nest(WGDEVICE_A_PEERS).nest(0);
-    m.attr(WGPEER_A_PUBLIC_KEY, public_key);
-    m.attr(WGPEER_A_FLAGS, &WGPEER_F_UPDATE_ONLY.to_ne_bytes());
-    m.attr(
-        WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
-        &keepalive.to_ne_bytes(),
-    );
-    m.end().end();
-    m.finish()
+    let only = WGPEER_F_UPDATE_ONLY.to_ne_bytes();
+    let interval = keepalive.to_ne_bytes();
+    let attrs = [
+        (WGPEER_A_FLAGS, &only[..]),
+        (WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, &interval[..]),
+    ];
+    one_peer_request(family, seq, pid, ifname, public_key, &attrs)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::GENL_HDRLEN;
     use super::*;
 
     fn config() -> PeerConfig {
