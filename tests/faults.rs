@@ -52,17 +52,10 @@ fn verdicts(gw: &Gateway, chain: &str) -> Vec<(String, String)> {
     found
 }
 
-/// The kernel holds `link` locked: its chain's first verdict is qkdpfd's
-/// own drop, or a goto to its lockdown chain, which drops.
+/// The kernel holds `link` locked: its chain starts with qkdpfd's own
+/// drop, or switches into its lockdown chain, which drops.
 fn locked_in_kernel(gw: &Gateway, link: &str) -> bool {
-    let chain = verdicts(gw, &format!("link_{link}"));
-    match chain.first().map(|(v, c)| (v.as_str(), c.as_str())) {
-        Some(("drop", "qkdpfd drop")) => true,
-        Some((v, _)) if v == format!("goto lock_{link}") => verdicts(gw, &format!("lock_{link}"))
-            .iter()
-            .any(|(v, _)| v == "drop"),
-        _ => false,
-    }
+    gw.link_locked(link)
 }
 
 /// `show link LINK -j` of the running daemon.

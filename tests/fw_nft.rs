@@ -73,8 +73,24 @@ struct Rig {
     fw: Box<dyn Firewall>,
 }
 
+/// Moves this thread into `ns`: the backend's netlink (the flips, as the
+/// parent sends them from inside its namespace) then reaches the rig's
+/// nftables, never the host's.
+fn enter(ns: &Netns) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we own.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+    let _ = ns;
+}
+
 fn rig() -> Rig {
     let ns = Netns::new();
+    enter(&ns);
     let dir = tempfile::tempdir().unwrap();
     let wrapper = write_wrapper(dir.path(), &ns.name);
     let conf = FirewallConf {
@@ -92,7 +108,10 @@ fn write_wrapper(dir: &Path, ns: &str) -> PathBuf {
     let path = dir.join("nft");
     std::fs::write(
         &path,
-        format!("#!/bin/sh\nexec ip netns exec {ns} nft \"$@\"\n"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}/calls\nexec ip netns exec {ns} nft \"$@\"\n",
+            dir.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -110,13 +129,33 @@ fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
     }
 }
 
+/// How many times the backend ran nft so far.
+fn nft_runs(r: &Rig) -> usize {
+    std::fs::read_to_string(r._dir.path().join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
 /// What a read-back of all `links` shows for `name`.
 fn state(r: &mut Rig, links: &[LinkTarget], name: &str) -> Observed {
     r.fw.observe(links, None).unwrap()[name].state.clone()
 }
 
-/// The rules of `chain` as nft lists them, without qkdpfd's own tag and
-/// drop rules (`comment "qkdpfd ..."`).
+/// The elements of the link's `locked_` set as nft lists them ("" when
+/// empty): "ipv4, ipv6" while the switch sends it to its lockdown chain.
+fn locked(ns: &Netns, link: &str) -> String {
+    let out = ns.nft(&format!("list set inet qkdpfd locked_{link}"));
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("elements = { "))
+        .map(|l| l.trim_end_matches(" }").to_string())
+        .unwrap_or_default()
+}
+
+const SWITCH_DR: &str = "meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"";
+
+/// The rules of `chain` as nft lists them, without qkdpfd's own switch,
+/// tag and drop rules (`comment "qkdpfd ..."`).
 fn rules(ns: &Netns, chain: &str) -> Vec<String> {
     all_rules(ns, chain)
         .into_iter()
@@ -205,15 +244,19 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
             "iifname \"wg0\" accept"
         ]
     );
+    assert_eq!(all_rules(&r.ns, "link_dr")[0], SWITCH_DR);
     assert_eq!(
-        all_rules(&r.ns, "link_dr")[0],
+        all_rules(&r.ns, "link_dr")[1],
         "counter packets 0 bytes 0 comment \"qkdpfd open n=2\""
     );
+    assert_eq!(locked(&r.ns, "dr"), "");
     let both = [dr.clone(), hq.clone()];
     assert_eq!(state(&mut r, &both, "dr"), Observed::Open);
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
-    // Not staged: the lockdown chain is loaded and the link chain only diverts.
-    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    // Not staged: the lockdown chain is loaded, the link chain holds only
+    // the switch, and the switch is on.
+    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
+    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
     assert_eq!(
         all_rules(&r.ns, "lock_dr").last().unwrap(),
@@ -226,7 +269,8 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     let mut dr2 = dr.clone();
     dr2.addrs4 = vec![Ipv4Addr::new(198, 51, 100, 7)];
     r.fw.init(&[dr2.clone(), hq.clone()]).unwrap();
-    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
+    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6", "a reload keeps the set");
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
     assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
     let set = r.ns.nft("list set inet qkdpfd peer4_dr");
@@ -239,12 +283,12 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     );
     let both = [dr2.clone(), hq.clone()];
     assert_eq!(state(&mut r, &both, "hq"), Observed::Locked);
-    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
 }
 
 #[test]
-fn staged_lockdown_flips_by_one_insert() {
-    if !root_or_skip("staged_lockdown_flips_by_one_insert") {
+fn staged_lockdown_flips_by_set_elements() {
+    if !root_or_skip("staged_lockdown_flips_by_set_elements") {
         return;
     }
     let mut r = rig();
@@ -263,15 +307,32 @@ fn staged_lockdown_flips_by_one_insert() {
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
-    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr", "accept"]);
-    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
-    // Open replaces the link chain whole: the divert is gone.
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    // Only the set changed: the chains are as they were.
+    assert_eq!(all_rules(&r.ns, "link_dr")[0], SWITCH_DR);
     assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
+    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // Open with the same text only empties the set.
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert_eq!(locked(&r.ns, "dr"), "");
+    assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    // A different open text loads the chain whole.
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "counter accept")
+        .unwrap();
+    assert_eq!(
+        rules(&r.ns, "link_dr"),
+        ["counter packets 0 bytes 0 accept"]
+    );
+    assert_eq!(locked(&r.ns, "dr"), "");
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     // A different lockdown text takes the slow path and is loaded.
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
-    assert_eq!(rules(&r.ns, "link_dr"), ["goto lock_dr"]);
+    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
+    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
     // The fallback drop touches only the link chain.
     r.fw.clear(&dr).unwrap();
     assert_eq!(
@@ -413,6 +474,17 @@ fn packets_follow_the_link_chain() {
     )
     .unwrap();
     assert!(ping(&r.ns, "10.99.0.2"), "open ruleset must pass");
+    // The flips over netlink: the set filled, then emptied.
+    let open = "oifname $wg_if accept\niifname $wg_if accept";
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
+    assert!(!ping(&r.ns, "10.99.0.2"), "set filled: dropped");
+    r.fw.apply(&dr, Enforcement::Open, open).unwrap();
+    assert_eq!(locked(&r.ns, "dr"), "");
+    assert!(ping(&r.ns, "10.99.0.2"), "set emptied: passes");
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
     assert!(!ping(&r.ns, "10.99.0.2"), "lockdown must drop");
     // A chain that returns without a verdict is dropped by the base chain.
@@ -446,6 +518,20 @@ fn read_back_sees_every_tampering() {
     // The lockdown chain flushed: the goto leads nowhere that drops.
     r.ns.nft("flush chain inet qkdpfd lock_dr");
     assert_eq!(unknown(&mut r), Some(false));
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // One family taken out of the set: its traffic takes the open rules.
+    r.ns.nft("delete element inet qkdpfd locked_dr { ipv6 }");
+    assert_eq!(unknown(&mut r), Some(false));
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // The set deleted: the skeleton is damaged (and init rebuilds it).
+    r.ns.nft("flush chain inet qkdpfd link_dr");
+    r.ns.nft("delete set inet qkdpfd locked_dr");
+    assert_eq!(unknown(&mut r), Some(true));
+    r.fw.init(&one).unwrap();
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
@@ -507,4 +593,59 @@ fn the_guard_drops_on_its_own_and_goes_away() {
     let tables = r.ns.nft("list tables");
     assert!(!tables.contains("qkdpfd_guard"), "{tables}");
     assert!(!r.fw.observe(&one, None).unwrap()["dr"].guarded);
+}
+
+/// With the heartbeat armed (the ruleset generation then tells what
+/// changed), a flip right after a verified listing is read back without a
+/// process: the set over netlink. Anything else that changed the ruleset
+/// sends the read-back to the listing, which sees it.
+#[test]
+fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
+    if !root_or_skip("a_flip_after_a_verified_listing_is_read_back_over_netlink") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    let observe_one = |r: &mut Rig| r.fw.observe(&one, Some("dr")).unwrap()["dr"].state.clone();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    let runs = nft_runs(&r);
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(observe_one(&mut r), Observed::Locked);
+    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert_eq!(observe_one(&mut r), Observed::Open);
+    assert_eq!(nft_runs(&r), runs, "flips and read-backs without nft");
+    // The tick after them needs no listing either.
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    assert_eq!(nft_runs(&r), runs);
+
+    // The lockdown chain flushed behind the backend's back: the next
+    // flip's read-back lists the chains and finds it.
+    r.ns.nft("flush chain inet qkdpfd lock_dr");
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert!(matches!(observe_one(&mut r), Observed::Unknown { .. }));
+    assert!(nft_runs(&r) > runs);
+    // One family taken out after a verified listing: the flip to open
+    // goes by netlink, the set read back says what it holds.
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    r.ns.nft("add element inet qkdpfd locked_dr { ipv4 }");
+    assert!(matches!(
+        state(&mut r, &one, "dr"),
+        Observed::Unknown { .. }
+    ));
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(observe_one(&mut r), Observed::Locked);
 }

@@ -227,11 +227,10 @@ fn hwm_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// The link's own chain, read from the kernel: qkdpfd's drop, or a goto
-/// into the lockdown chain.
+/// The link's own chains, read from the kernel: qkdpfd's drop, or its
+/// lockdown chain switched on.
 fn kernel_locked(gw: &Gateway) -> bool {
-    let chain = gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"]);
-    chain.contains("drop comment \"qkdpfd drop\"") || chain.contains("goto lock_dr")
+    gw.link_locked("dr")
 }
 
 #[test]

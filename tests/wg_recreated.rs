@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 
 const TESTING: &str = "rotate = \"1h\"\nmax_key_age = \"2h\"\nno_jitter = true\npsk_check = \"1s\"";
 
-/// B's link chain as nftables holds it: locked means the bundle's
-/// lockdown (`goto lock_dr`) or qkdpfd's own drop.
+/// B's link chains as nftables holds them: locked means the bundle's
+/// lockdown switched on or qkdpfd's own drop.
 fn b_chain_locked(p: &Pair) -> bool {
-    let chain = p.ns_must(B, &["nft", "list", "chain", "inet", "qkdpfd", "link_dr"]);
-    chain.contains("goto lock_dr") || chain.contains("qkdpfd drop")
+    p.link_locked(B, "dr")
 }
 
 /// B's interface as scripts/gateways.sh makes it, again: a new

@@ -1,13 +1,15 @@
 //! Netlink replies the parent reads: the WireGuard genl family (GETFAMILY,
 //! GET_DEVICE dumps: the wanted peer's PSK, the device's public key) and
-//! nf_tables' NEWGEN (the dead-man switch's generation). Raw bytes must
+//! nf_tables' NEWGEN (the dead-man switch's generation) and NEWSETELEM
+//! (a link's `locked_` set, read back after a flip). Raw bytes must
 //! never read past a length; a dump built from peers the fuzzer chose —
 //! split over several messages as the kernel splits them — gives back
-//! exactly the PSK and public key put in.
+//! exactly the PSK and public key put in, and a set dump the keys put in.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use qkdpfd::parent::fw::nft::alive::parse_gen;
+use qkdpfd::parent::fw::nft::netlink::parse_elements;
 use qkdpfd::parent::wg::linux::{
     NLM_F_MULTI, WGDEVICE_A_IFNAME, WGDEVICE_A_PEERS, WGDEVICE_A_PUBLIC_KEY,
     WGPEER_A_PRESHARED_KEY, WGPEER_A_PUBLIC_KEY, errno_of, messages, parse_family, scan_device,
@@ -30,6 +32,8 @@ struct Dump {
     want: u8,
     absent: [u8; 32],
     gen_id: u32,
+    /// One-byte keys of a `locked_` set.
+    elems: Vec<u8>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -77,6 +81,9 @@ fuzz_target!(
     |input: Input| match input {
         Input::Raw(buf, want, seq) => {
             let _ = parse_gen(&buf, seq);
+            let mut keys = Vec::new();
+            let _ = parse_elements(&buf, seq, &mut keys);
+            assert!(keys.len() <= buf.len() / 8, "a key needs an attribute");
             let Ok(msgs) = messages(&buf) else { return };
             let mut psk = None;
             let mut public = None;
@@ -120,6 +127,24 @@ fuzz_target!(
             ]
             .concat();
             assert_eq!(parse_gen(&reply, 9), Ok(Some(d.gen_id)));
+            // A NEWSETELEM dump to request 11, then DONE (one attribute
+            // holds at most 4,095 elements of 16 bytes).
+            if d.elems.len() <= 4000 {
+                let list: Vec<Vec<u8>> = d
+                    .elems
+                    .iter()
+                    .map(|k| nested(1, &[nested(1, &[nla(1, &[*k])])]))
+                    .collect();
+                let body = [vec![1u8, 0, 0, 0], nla(1, b"qkdpfd\0"), nested(3, &list)].concat();
+                let dump = [
+                    nlmsg((10 << 8) | 12, NLM_F_MULTI, 11, &body),
+                    nlmsg(3, NLM_F_MULTI, 11, &0i32.to_ne_bytes()),
+                ]
+                .concat();
+                let mut keys = Vec::new();
+                assert_eq!(parse_elements(&dump, 11, &mut keys), Ok(true));
+                assert_eq!(keys, d.elems);
+            }
         }
     }
 );

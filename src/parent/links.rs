@@ -111,6 +111,9 @@ pub struct Links {
     /// When a failing state write was last logged, and what it failed to
     /// write (each tick tries again; the same failure is said once a minute).
     write_failing: Option<(std::time::Instant, BTreeMap<String, LinkRecord>)>,
+    /// CLOCK_MONOTONIC (ns) when the firewall last accepted a flip of a
+    /// link, before its read-back: when the kernel committed it.
+    pub committed_ns: Option<u64>,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -137,6 +140,14 @@ impl Links {
             tunnel: None,
             damage_logged: log::PerMinute::default(),
             write_failing: None,
+            committed_ns: None,
+        }
+    }
+
+    /// Notes when a flip the firewall accepted was committed.
+    fn stamp_commit<T, E>(&mut self, r: &Result<T, E>) {
+        if r.is_ok() {
+            self.committed_ns = Some(crate::imsg::monotonic_ns());
         }
     }
 
@@ -315,6 +326,7 @@ impl Links {
         };
         let target = self.links[name].target.clone();
         let applied = self.fw.apply(&target, Enforcement::Open, r);
+        self.stamp_commit(&applied);
         self.observe_one(name);
         if applied.is_ok() && self.links[name].kernel.state == Observed::Open {
             self.mark_locked(name, true);

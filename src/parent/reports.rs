@@ -36,14 +36,18 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
     } else {
         OpenedBy::Auto
     };
+    p.links.committed_ns = None;
     let flipped = p.links.converge(&r.link, p.bundle.as_ref(), by, false);
     if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
-        // Sample received by the engine -> firewall tool returned.
-        let us = imsg::monotonic_ns().saturating_sub(t0) / 1000;
+        // Sample received by the engine -> the kernel committed the flip,
+        // and -> read back and persisted.
+        let done = imsg::monotonic_ns();
+        let commit = p.links.committed_ns.unwrap_or(done);
         log::event(Event::Flip)
             .kv("link", &r.link)
             .kv("to", to)
-            .kv("sample_to_kernel_us", us)
+            .kv("sample_to_commit_us", commit.saturating_sub(t0) / 1000)
+            .kv("sample_to_kernel_us", done.saturating_sub(t0) / 1000)
             .send();
     }
     // The firewall first (it stops traffic now), then the PSK.

@@ -95,8 +95,7 @@ impl LinkCheck for Check {
                 match state {
                     Enforcement::Open => script.push_str(&nft::flip_script(table, link, &stmts)),
                     Enforcement::Lockdown => {
-                        script.push_str(&nft::stage_script(table, link, &stmts));
-                        script.push_str(&nft::divert_script(table, link));
+                        script.push_str(&nft::lock_script(table, link, &stmts))
                     }
                 }
                 // nft -c still asks the kernel; without root a private user and

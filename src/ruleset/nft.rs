@@ -14,9 +14,16 @@
 //!     iifname "<wg_if>" jump link_<link>                               + drop
 //!   chain output  (daddr / dport / oifname, likewise)
 //!   chain forward (iifname and oifname "<wg_if>", likewise)
-//!   chain link_<link>   the open statements; when locked, first a `goto lock_<link>`
+//!   set locked_<link> { type nf_proto }    empty: open; ipv4, ipv6: locked
+//!   chain link_<link>   `meta nfproto @locked_<link> goto lock_<link>` (the
+//!                       switch), then the open statements
 //!   chain lock_<link>   the lockdown statements, preloaded ("staged")
 //! ```
+//!
+//! A flip adds or flushes the elements of `locked_<link>` (over netlink,
+//! see `parent/fw/nft/netlink.rs`): no rule, no jump, no process. The switch
+//! and both chains are loaded with `nft -f` when a policy activates or a
+//! link's text changes.
 //!
 //! Every protected packet is sent to its link chain and dropped unless that
 //! chain reaches `accept`: an empty chain, a chain that returns, a missing
@@ -47,6 +54,8 @@ pub const OPEN_TAG: &str = "qkdpfd open n=";
 pub const LOCK_TAG: &str = "qkdpfd lockdown n=";
 /// Comment of qkdpfd's own drop, ending `lock_<link>` or alone in `link_<link>`.
 pub const DROP_TAG: &str = "qkdpfd drop";
+/// Comment of the switch heading `link_<link>` once qkdpfd loaded it.
+pub const SWITCH_TAG: &str = "qkdpfd switch";
 /// Comment of a guard table's drops (then the link's name).
 pub const GUARD_TAG: &str = "qkdpfd guard ";
 /// The dead-man switch's set (type nf_proto, flags timeout): every jump to
@@ -178,6 +187,11 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
         let n = &l.name;
         s.push_str(&format!("add chain inet {table} link_{n}\n"));
         s.push_str(&format!("add chain inet {table} lock_{n}\n"));
+        // The link's state: never flushed here (a reload keeps a lockdown).
+        s.push_str(&format!(
+            "add set inet {table} {} {{ type nf_proto; }}\n",
+            locked_set(l)
+        ));
         let v4: Vec<String> = l.addrs4.iter().map(|a| a.to_string()).collect();
         let v6: Vec<String> = l.addrs6.iter().map(|a| a.to_string()).collect();
         push_set(&mut s, table, &format!("peer4_{n}"), "ipv4_addr", &v4);
@@ -222,20 +236,62 @@ pub fn protected_matches(l: &LinkTarget) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Replaces the link chain's contents with the open statements, behind a
-/// tag rule that lets a read-back count them.
-pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
-    refill(table, &format!("link_{}", link.name), OPEN_TAG, stmts)
+/// The set whose elements (ipv4, ipv6) send all of the link's traffic to
+/// its lockdown chain.
+pub fn locked_set(link: &LinkTarget) -> String {
+    format!("locked_{}", link.name)
 }
 
-/// Flushes `chain` and adds the counting tag rule (`tag` + statement
-/// count), then the statements.
-fn refill(table: &str, chain: &str, tag: &str, stmts: &[String]) -> String {
+/// The switch heading `link_<link>`: while `locked_<link>` holds the
+/// packet's family, the lockdown chain decides, and with no verdict there
+/// the base chain's drop.
+fn switch_rule(table: &str, link: &LinkTarget) -> String {
+    let n = &link.name;
+    format!(
+        "add rule inet {table} link_{n} meta nfproto @{} goto lock_{n} comment \"{SWITCH_TAG}\"\n",
+        locked_set(link)
+    )
+}
+
+/// Opens the link: its chain becomes the switch, a tag rule that lets a
+/// read-back count the statements, and the statements; its `locked_` set
+/// is emptied in the same transaction.
+pub fn flip_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
+    let chain = format!("link_{}", link.name);
     let mut s = format!("flush chain inet {table} {chain}\n");
-    s.push_str(&format!(
+    s.push_str(&switch_rule(table, link));
+    s.push_str(&tagged_rules(table, &chain, OPEN_TAG, stmts));
+    s.push_str(&format!("flush set inet {table} {}\n", locked_set(link)));
+    s
+}
+
+/// Locks the link whatever its chains held: the lockdown chain loaded,
+/// the link chain reduced to the switch, the `locked_` set filled. The
+/// slow path, when the lockdown text is not preloaded or the link chain
+/// was not loaded by us.
+pub fn lock_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
+    let mut s = stage_script(table, link, stmts);
+    s.push_str(&format!("flush chain inet {table} link_{}\n", link.name));
+    s.push_str(&switch_rule(table, link));
+    s.push_str(&lock_elements(table, link));
+    s
+}
+
+/// The flip to lockdown as nft text (the daemon's fast path sends it over
+/// netlink instead).
+fn lock_elements(table: &str, link: &LinkTarget) -> String {
+    format!(
+        "add element inet {table} {} {{ ipv4, ipv6 }}\n",
+        locked_set(link)
+    )
+}
+
+/// The counting tag rule (`tag` + statement count), then the statements.
+fn tagged_rules(table: &str, chain: &str, tag: &str, stmts: &[String]) -> String {
+    let mut s = format!(
         "add rule inet {table} {chain} counter comment \"{tag}{}\"\n",
         stmts.len()
-    ));
+    );
     for st in stmts {
         s.push_str(&format!("add rule inet {table} {chain} {st}\n"));
     }
@@ -247,7 +303,8 @@ fn refill(table: &str, chain: &str, tag: &str, stmts: &[String]) -> String {
 /// chain drops whatever the bundle's text says.
 pub fn stage_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
     let chain = format!("lock_{}", link.name);
-    let mut s = refill(table, &chain, LOCK_TAG, stmts);
+    let mut s = format!("flush chain inet {table} {chain}\n");
+    s.push_str(&tagged_rules(table, &chain, LOCK_TAG, stmts));
     s.push_str(&format!(
         "add rule inet {table} {chain} drop comment \"{DROP_TAG}\"\n"
     ));
@@ -291,15 +348,6 @@ pub fn guard_script(guard: &str, links: &[LinkTarget]) -> String {
         }
     }
     s
-}
-
-/// The flip to lockdown: every packet of the link now takes the lockdown
-/// statements (an addition only: no RCU wait in the kernel).
-pub fn divert_script(table: &str, link: &LinkTarget) -> String {
-    format!(
-        "insert rule inet {table} link_{n} goto lock_{n}\n",
-        n = link.name
-    )
 }
 
 #[cfg(test)]
@@ -347,6 +395,33 @@ mod tests {
             assert!(e.starts_with("line 2: "), "{bad}: {e}");
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn open_and_lock_scripts_put_the_switch_first() {
+        let stmts = vec!["accept".to_string()];
+        let switch = "add rule inet qkdpfd link_dr meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"\n";
+        assert_eq!(
+            flip_script("qkdpfd", &dr(), &stmts),
+            format!(
+                "flush chain inet qkdpfd link_dr\n{switch}\
+                 add rule inet qkdpfd link_dr counter comment \"qkdpfd open n=1\"\n\
+                 add rule inet qkdpfd link_dr accept\n\
+                 flush set inet qkdpfd locked_dr\n"
+            )
+        );
+        let lock = lock_script("qkdpfd", &dr(), &["counter drop".to_string()]);
+        assert!(lock.starts_with(&stage_script("qkdpfd", &dr(), &["counter drop".into()])));
+        assert!(lock.ends_with(&format!(
+            "flush chain inet qkdpfd link_dr\n{switch}\
+             add element inet qkdpfd locked_dr {{ ipv4, ipv6 }}\n"
+        )));
+        let s = skeleton("qkdpfd", &[dr()]);
+        assert!(s.contains("add set inet qkdpfd locked_dr { type nf_proto; }\n"));
+        assert!(
+            !s.contains("flush set inet qkdpfd locked_dr"),
+            "a reload keeps the state"
+        );
     }
 
     #[test]

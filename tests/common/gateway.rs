@@ -305,6 +305,12 @@ impl Gateway {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Whether nftables drops the link's traffic by its own chains
+    /// ([`super::nft::link_locked`]).
+    pub fn link_locked(&self, link: &str) -> bool {
+        super::nft::link_locked(|a| self.nft(a), link)
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = nix::sys::signal::kill(

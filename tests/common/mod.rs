@@ -6,6 +6,7 @@ pub mod differential;
 #[cfg(target_os = "linux")]
 pub mod flood;
 pub mod gateway;
+pub mod nft;
 pub mod pair;
 pub mod procfs;
 #[cfg(target_os = "linux")]

@@ -560,6 +560,12 @@ impl Pair {
         self.ns_must(end, &[&set[..], &[file.to_str().unwrap()]].concat());
     }
 
+    /// Whether nftables in gateway `end` drops the link's traffic by its
+    /// own chains ([`super::nft::link_locked`]).
+    pub fn link_locked(&self, end: usize, link: &str) -> bool {
+        super::nft::link_locked(|a| self.ns_must(end, &[&["nft"][..], a].concat()), link)
+    }
+
     /// Runs a command in a gateway; it must succeed. Its stdout.
     pub fn ns_must(&self, end: usize, argv: &[&str]) -> String {
         let o = Command::new("ip")

@@ -58,14 +58,7 @@ impl DryRun {
                 let stmts = nft::render_statements(link, ruleset)?;
                 let script = match state {
                     Enforcement::Open => nft::flip_script(&self.anchor, link, &stmts),
-                    Enforcement::Lockdown => {
-                        let mut s = nft::stage_script(&self.anchor, link, &stmts);
-                        s.push_str(&nft::clear_script(&self.anchor, link).replace(
-                            &format!("drop comment \"{}\"", nft::DROP_TAG),
-                            &format!("goto lock_{}", link.name),
-                        ));
-                        s
-                    }
+                    Enforcement::Lockdown => nft::lock_script(&self.anchor, link, &stmts),
                 };
                 Ok((marked(state, &script), vec!["nft -f -".to_string()]))
             }
@@ -251,8 +244,10 @@ mod tests {
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             "# qkdpfd dry-run state=open\nflush chain inet qkdpfd link_dr\n\
+             add rule inet qkdpfd link_dr meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"\n\
              add rule inet qkdpfd link_dr counter comment \"qkdpfd open n=1\"\n\
-             add rule inet qkdpfd link_dr ip saddr @peer4_dr accept\n"
+             add rule inet qkdpfd link_dr ip saddr @peer4_dr accept\n\
+             flush set inet qkdpfd locked_dr\n"
         );
         assert_eq!(observed(&mut fw), Observed::Open);
         // init again keeps the link's rules; a refused ruleset changes nothing.

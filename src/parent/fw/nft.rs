@@ -7,29 +7,33 @@
 //! are [`crate::ruleset::nft`]'s; this backend decides which script runs
 //! when, and reads the kernel back ([`readback`]).
 //!
-//! Why the lockdown chain is preloaded: in nf_tables, a transaction that
-//! deletes rules or elements waits for an RCU grace period before it
-//! returns (about 15 ms on our test VMs), one that only adds does not (about
-//! 3 ms). So a flip to lockdown only inserts `goto lock_<link>` at the head of
-//! `link_<link>`: every packet from then on takes the lockdown statements and,
-//! with no verdict there, returns to the base chain and its drop. A flip to
-//! open replaces `link_<link>` as a whole (flush plus the statements: slow,
-//! and it may be). Unstaged or changed lockdown text is loaded in the same
-//! transaction as the goto.
+//! Why flips are set elements: in nf_tables, a transaction that adds a
+//! `jump` or `goto` makes the kernel re-validate the whole table (5 ms at
+//! 1,000 links), and one that deletes rules or elements waits for an RCU
+//! grace period before it returns. So each link chain is headed by a switch
+//! (`meta nfproto @locked_<link> goto lock_<link>`) loaded with its open
+//! statements, the lockdown statements are preloaded in `lock_<link>`, and
+//! a flip to lockdown only adds two elements to `locked_<link>` in one
+//! netlink transaction ([`netlink`]): no process, no rule. A flip to open
+//! flushes the set when the chain already holds the open text, and
+//! otherwise loads the chain whole with `nft -f`. Whatever our bookkeeping
+//! believes, the read-back after each flip decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::{Firewall, Readback};
 use crate::lock::Enforcement;
 use crate::ruleset::nft::{
-    clear_script, divert_script, flip_script, guard_script, render_statements, skeleton,
+    clear_script, flip_script, guard_script, lock_script, locked_set, render_statements, skeleton,
     stage_script,
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
+use netlink::{BOTH_FAMILIES, Change};
 
 pub mod alive;
+pub mod netlink;
 pub mod readback;
 
 /// The nftables backend.
@@ -37,7 +41,10 @@ pub struct Nft {
     nft: PathBuf,
     table: String,
     /// Lockdown text known to be loaded in `lock_<link>`, per link.
-    staged: std::collections::HashMap<String, String>,
+    staged: HashMap<String, String>,
+    /// Links whose chain we loaded headed by the switch, with the open
+    /// text that follows it (None: the switch alone).
+    switched: HashMap<String, Option<String>>,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -53,6 +60,11 @@ pub struct Nft {
     /// the nftables that `nft` lists.
     verified_gen: Option<u32>,
     verified: BTreeMap<String, Readback>,
+    /// The shape of each link's chains at `verified_gen` (headed by the
+    /// switch, `lock_<link>` whole).
+    shapes: HashMap<String, readback::Shape>,
+    /// The generations just before and after the last netlink flip.
+    last_flip: Option<(String, Option<u32>, Option<u32>)>,
 }
 
 impl Nft {
@@ -60,12 +72,15 @@ impl Nft {
         Nft {
             nft: nft.to_path_buf(),
             table: table.to_string(),
-            staged: std::collections::HashMap::new(),
+            staged: HashMap::new(),
+            switched: HashMap::new(),
             guard_may_exist: true,
             alive: None,
             seq: 0,
             verified_gen: None,
             verified: BTreeMap::new(),
+            shapes: HashMap::new(),
+            last_flip: None,
         }
     }
 
@@ -109,11 +124,23 @@ impl Nft {
         let Some(link) = links.iter().find(|l| l.name == name) else {
             return Ok(BTreeMap::new());
         };
+        if let Some(state) = self.observe_flip(link) {
+            let rb = Readback {
+                state,
+                guarded: false,
+            };
+            self.verified.insert(name.to_string(), rb.clone());
+            return Ok(BTreeMap::from([(name.to_string(), rb)]));
+        }
         let mut listing = readback::Listing::default();
         for chain in [format!("link_{name}"), format!("lock_{name}")] {
             if let Some(l) = self.list_chain(&chain)? {
                 listing.chains.extend(l.chains);
             }
+        }
+        let set = locked_set(link);
+        if let Some(l) = self.list_json(&["set", "inet", &self.table, &set])? {
+            listing.sets.extend(l.sets);
         }
         let guarded = if self.guard_may_exist {
             let g = self.list(&self.guard_table())?;
@@ -125,10 +152,43 @@ impl Nft {
             self.staged.remove(name);
         }
         let state = readback::judge_chains(link, &listing);
+        if !matches!(state, super::Observed::Open | super::Observed::Locked) {
+            self.switched.remove(name);
+        }
         Ok(BTreeMap::from([(
             name.to_string(),
             Readback { state, guarded },
         )]))
+    }
+
+    /// The read-back right after a netlink flip, without a listing: when
+    /// the generation before the flip is the verified one and the flip was
+    /// the only transaction since (exactly one generation more), the chains
+    /// are as verified and only the set changed; it is read back over
+    /// netlink. None when that cannot be shown (then the chains are listed).
+    fn observe_flip(&mut self, link: &LinkTarget) -> Option<super::Observed> {
+        let (name, before, after) = self.last_flip.take()?;
+        let shape = *self.shapes.get(&link.name)?;
+        let verified = self.verified_gen?;
+        if name != link.name
+            || self.guard_may_exist
+            || before != Some(verified)
+            || after != Some(verified.wrapping_add(1))
+        {
+            return None;
+        }
+        self.seq = self.seq.wrapping_add(4);
+        let keys = netlink::elements(&self.table, &locked_set(link), self.seq).ok()?;
+        // Nothing may have slipped in while the set was read.
+        if self.generation() != after {
+            return None;
+        }
+        self.verified_gen = after;
+        Some(readback::judge_shape(
+            link,
+            shape,
+            readback::Holds::of_keys(&keys),
+        ))
     }
 
     /// `nft -j list chain inet <t> <chain>`; None when it does not exist.
@@ -153,6 +213,24 @@ impl Nft {
             Err(e) if e.stderr.contains("No such file or directory") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// One netlink transaction on the link's `locked_` set: fill it with
+    /// `keys` (lockdown) or, with None, flush it (open).
+    fn flip(&mut self, link: &LinkTarget, keys: Option<&[u8]>) -> Result<(), FwError> {
+        let set = locked_set(link);
+        let change = match keys {
+            Some(k) => Change::Add(&set, k, None),
+            None => Change::Flush(&set),
+        };
+        let what = format!("set {set} of link {}", link.name);
+        crate::log::debug(format_args!("fw: netlink {change:?}"));
+        let before = self.generation();
+        self.seq = self.seq.wrapping_add(4);
+        netlink::transact(&self.table, self.seq, &[change], &what).map_err(FwError::refused)?;
+        let after = self.generation();
+        self.last_flip = Some((link.name.clone(), before, after));
+        Ok(())
     }
 
     fn run(&self, what: &str, script: &str) -> Result<String, FwError> {
@@ -183,6 +261,7 @@ impl Firewall for Nft {
         }
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.staged.clear();
+        self.switched.clear();
         let script = skeleton(&self.table, links);
         self.run("create nftables table and base chains", &script)?;
         // A rebuilt set is empty: re-arm at once, not at the next tick.
@@ -208,29 +287,39 @@ impl Firewall for Nft {
             FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
         })?;
         let what = format!("load {state} rules for link {}", link.name);
-        let script = match state {
-            Enforcement::Open => flip_script(&self.table, link, &stmts),
-            Enforcement::Lockdown => {
-                if self.staged.get(&link.name).map(String::as_str) == Some(ruleset) {
-                    divert_script(&self.table, link)
-                } else {
-                    // Slow path: load the lockdown chain and leave the link
-                    // chain holding only the goto.
-                    let mut s = stage_script(&self.table, link, &stmts);
-                    s.push_str(&format!(
-                        "flush chain inet {} link_{}\n",
-                        self.table, link.name
-                    ));
-                    s.push_str(&divert_script(&self.table, link));
-                    s
+        let name = &link.name;
+        // Whatever happens, only a success proves what the chains hold.
+        let switched = self.switched.remove(name);
+        let staged = self.staged.remove(name);
+        match state {
+            Enforcement::Open if switched.clone().flatten().as_deref() == Some(ruleset) => {
+                self.flip(link, None)?;
+                self.switched
+                    .insert(name.clone(), Some(ruleset.to_string()));
+                if let Some(text) = staged {
+                    self.staged.insert(name.clone(), text);
                 }
             }
-        };
-        // Whatever happens, only a success proves what lock_<link> holds.
-        self.staged.remove(&link.name);
-        self.run(&what, &script)?;
-        if state == Enforcement::Lockdown {
-            self.staged.insert(link.name.clone(), ruleset.to_string());
+            Enforcement::Open => {
+                self.run(&what, &flip_script(&self.table, link, &stmts))?;
+                self.switched
+                    .insert(name.clone(), Some(ruleset.to_string()));
+                if let Some(text) = staged {
+                    self.staged.insert(name.clone(), text);
+                }
+            }
+            Enforcement::Lockdown if switched.is_some() && staged.as_deref() == Some(ruleset) => {
+                self.flip(link, Some(&BOTH_FAMILIES))?;
+                self.switched.insert(name.clone(), switched.flatten());
+                self.staged.insert(name.clone(), ruleset.to_string());
+            }
+            Enforcement::Lockdown => {
+                // Slow path: load the lockdown chain, leave the link chain
+                // holding only the switch, fill the set.
+                self.run(&what, &lock_script(&self.table, link, &stmts))?;
+                self.switched.insert(name.clone(), None);
+                self.staged.insert(name.clone(), ruleset.to_string());
+            }
         }
         Ok(())
     }
@@ -263,6 +352,7 @@ impl Firewall for Nft {
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.table, link)?;
         // Touches only link_<l>: works with lock_<l> deleted or damaged.
+        self.switched.remove(&link.name);
         let script = clear_script(&self.table, link);
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
@@ -310,11 +400,23 @@ impl Firewall for Nft {
             }
         }
         let seen = readback::judge(links, table.as_ref(), guard.as_ref());
+        for (name, rb) in &seen {
+            if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
+                self.switched.remove(name);
+            }
+        }
         // Cached only if nothing changed while we listed.
         let gen_after = self.generation();
         if gen_before.is_some() && gen_before == gen_after {
             self.verified_gen = gen_after;
             self.verified = seen.clone();
+            self.shapes = match &table {
+                Some(t) => links
+                    .iter()
+                    .filter_map(|l| Some((l.name.clone(), readback::shape(l, t)?)))
+                    .collect(),
+                None => HashMap::new(),
+            };
         }
         Ok(seen)
     }

@@ -45,6 +45,7 @@ impl Links {
                     ("guard", self.fw.set_guard(&g))
                 }
             };
+            self.stamp_commit(&r);
             if let Err(e) = &r {
                 if e.timed_out() {
                     errors.push(format!("{what}: {e}"));

@@ -16,123 +16,24 @@
 
 use std::time::Duration;
 
-use crate::parent::wg::linux::{Msg, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, c_name};
+use super::netlink::{BOTH_FAMILIES, Change, NFNL_SUBSYS_NFTABLES, msg};
+use crate::parent::wg::linux::{NLM_F_REQUEST, NLMSG_ERROR};
 use crate::ruleset::nft::ALIVE_SET;
 
-pub const NETLINK_NETFILTER: i32 = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWSETELEM: u16 = 12;
-const NFT_MSG_DELSETELEM: u16 = 14;
-const NLM_F_CREATE: u16 = 0x400;
-const NFPROTO_INET: u8 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
-const NFTA_DATA_VALUE: u16 = 1;
+pub use super::netlink::NETLINK_NETFILTER;
 
-/// A netfilter netlink message: the shared builder with nfgenmsg as its
-/// family header (family, version NFNETLINK_V0, res_id big endian).
-fn msg(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
-    let r = res_id.to_be_bytes();
-    Msg::with_header(ty, flags, seq, 0, [family, 0, r[0], r[1]])
+/// The refresh: flush `<table> alive`, add `ipv4` and `ipv6` with
+/// `timeout` (None: no timeout, the switch disarmed), in one transaction.
+fn refresh_changes(timeout: Option<Duration>) -> [Change<'static>; 2] {
+    [
+        Change::Flush(ALIVE_SET),
+        Change::Add(ALIVE_SET, &BOTH_FAMILIES, timeout),
+    ]
 }
 
-/// The refresh batch: begin, flush `<table> alive` (DELSETELEM without
-/// elements), add `ipv4` and `ipv6` with `timeout` (None: no timeout, the
-/// switch disarmed), end. The two nf_tables messages ask for an ACK and
-/// carry sequence numbers `seq + 1` and `seq + 2`.
+/// The refresh batch: begin, the flush (seq + 1), the add (seq + 2), end.
 pub fn refresh_batch(table: &str, seq: u32, timeout: Option<Duration>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(
-        &msg(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            seq,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        )
-        .finish(),
-    );
-    let ty = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
-    let mut flush = msg(
-        ty(NFT_MSG_DELSETELEM),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq + 1,
-        NFPROTO_INET,
-        0,
-    );
-    flush.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
-    flush.attr(NFTA_SET_ELEM_LIST_SET, &c_name(ALIVE_SET));
-    out.extend_from_slice(&flush.finish());
-    let mut add = msg(
-        ty(NFT_MSG_NEWSETELEM),
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-        seq + 2,
-        NFPROTO_INET,
-        0,
-    );
-    add.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
-    add.attr(NFTA_SET_ELEM_LIST_SET, &c_name(ALIVE_SET));
-    add.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-    for proto in [NFPROTO_IPV4, NFPROTO_IPV6] {
-        add.nest(NFTA_LIST_ELEM);
-        add.nest(NFTA_SET_ELEM_KEY)
-            .attr(NFTA_DATA_VALUE, &[proto])
-            .end();
-        if let Some(t) = timeout {
-            let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
-            add.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
-        }
-        add.end();
-    }
-    add.end();
-    out.extend_from_slice(&add.finish());
-    out.extend_from_slice(
-        &msg(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            seq + 3,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-        )
-        .finish(),
-    );
-    out
-}
-
-/// Reads the kernel's answers to a refresh until both ACKs arrived; the
-/// first error's errno otherwise. `recv` returns one datagram.
-pub fn await_acks(
-    seq: u32,
-    mut recv: impl FnMut(&mut [u8]) -> Result<usize, String>,
-) -> Result<(), String> {
-    let mut pending = vec![seq + 1, seq + 2];
-    let mut buf = vec![0u8; 8192];
-    while !pending.is_empty() {
-        let n = recv(&mut buf)?;
-        let msgs = crate::parent::wg::linux::messages(&buf[..n]).map_err(|e| e.to_string())?;
-        for m in msgs {
-            if m.ty != NLMSG_ERROR || !pending.contains(&m.seq) {
-                continue;
-            }
-            let errno = crate::parent::wg::linux::errno_of(m.payload).map_err(|e| e.to_string())?;
-            if errno != 0 {
-                return Err(format!(
-                    "set {ALIVE_SET}: {}",
-                    std::io::Error::from_raw_os_error(-errno)
-                ));
-            }
-            pending.retain(|s| *s != m.seq);
-        }
-    }
-    Ok(())
+    super::netlink::batch(table, seq, &refresh_changes(timeout))
 }
 
 const NFT_MSG_GETGEN: u16 = 16;
@@ -197,11 +98,8 @@ pub fn generation(seq: u32) -> Result<u32, String> {
 
 /// Sends one refresh and waits for its ACKs (Linux; an error elsewhere).
 pub fn refresh(table: &str, seq: u32, timeout: Option<Duration>) -> Result<(), String> {
-    use crate::parent::wg::linux::sys::Nl;
-    let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-    nl.send(&refresh_batch(table, seq, timeout))
-        .map_err(|e| e.to_string())?;
-    await_acks(seq, |b| nl.recv(b).map_err(|e| e.to_string()))
+    let what = format!("set {ALIVE_SET}");
+    super::netlink::transact(table, seq, &refresh_changes(timeout), &what)
 }
 
 #[cfg(test)]
@@ -267,30 +165,5 @@ mod tests {
     fn disarmed_has_no_timeout() {
         let b = refresh_batch("qkdpfd", 1, None);
         assert!(!hex(&b).contains("0c000400"));
-    }
-
-    #[test]
-    fn acks_and_errors() {
-        let ack = |seq: u32, errno: i32| {
-            let mut m = Vec::new();
-            m.extend_from_slice(&36u32.to_ne_bytes());
-            m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-            m.extend_from_slice(&0u16.to_ne_bytes());
-            m.extend_from_slice(&seq.to_ne_bytes());
-            m.extend_from_slice(&0u32.to_ne_bytes());
-            m.extend_from_slice(&errno.to_ne_bytes());
-            m.extend_from_slice(&[0u8; 16]);
-            m
-        };
-        let mut q = vec![ack(11, 0), ack(12, 0)];
-        let feed = |q: &mut Vec<Vec<u8>>, b: &mut [u8]| {
-            let m = q.remove(0);
-            b[..m.len()].copy_from_slice(&m);
-            Ok(m.len())
-        };
-        assert!(await_acks(10, |b| feed(&mut q, b)).is_ok());
-        let mut q = vec![ack(11, 0), ack(12, -libc::ENOENT)];
-        let e = await_acks(10, |b| feed(&mut q, b)).unwrap_err();
-        assert!(e.contains("No such file"), "{e}");
     }
 }

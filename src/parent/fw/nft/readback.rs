@@ -9,10 +9,13 @@
 //! qkdpfd's own `drop`, and the base chains hold nothing but jump-then-drop
 //! pairs with identical matches. A link is:
 //!
-//! - locked: its chain starts with `goto lock_<l>` and `lock_<l>` is tagged,
-//!   whole and ends with the drop; or its chain starts with a bare `drop`
-//!   (the fallback, [`crate::ruleset::nft::clear_script`]);
-//! - open: its chain is tagged open and whole;
+//! - locked: its chain starts with the switch (`meta nfproto @locked_<l>
+//!   goto lock_<l>`), `locked_<l>` holds both families and `lock_<l>` is
+//!   tagged, whole and ends with the drop (an unconditional `goto lock_<l>`,
+//!   as earlier versions loaded it, counts the same); or its chain starts
+//!   with a bare `drop` (the fallback, [`crate::ruleset::nft::clear_script`]);
+//! - open: its chain is the switch, then tagged open and whole, and
+//!   `locked_<l>` is empty;
 //! - unknown otherwise — and "damaged" when a base-chain pair of the link is
 //!   missing or a base chain holds anything else (a foreign `accept` ahead
 //!   of our jump would pass the link's traffic).
@@ -23,7 +26,9 @@ use serde_json::Value;
 
 use super::super::{Observed, Readback};
 use crate::ruleset::LinkTarget;
-use crate::ruleset::nft::{ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, protected_matches};
+use crate::ruleset::nft::{
+    ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, locked_set, protected_matches,
+};
 
 /// One expression of a rule, as nft printed it (JSON text). Kept as text:
 /// a 100-link table lists as half a megabyte, and a tree of values for
@@ -148,18 +153,23 @@ fn jump_target(e: &Expr, kind: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// `meta nfproto @alive`, as nft -j lists it.
-fn is_alive_match(e: &Expr) -> bool {
+/// `meta nfproto @<set>`, as nft -j lists it.
+fn is_nfproto_match(e: &Expr, set: &str) -> bool {
     let v = e.value();
     let Some(m) = v.get("match") else {
         return false;
     };
-    m.get("left")
-        .and_then(|l| l.get("meta"))
-        .and_then(|k| k.get("key"))
-        .and_then(Value::as_str)
-        == Some("nfproto")
-        && m.get("right").and_then(Value::as_str) == Some(&format!("@{ALIVE_SET}"))
+    m.get("op").and_then(Value::as_str) == Some("==")
+        && m.get("left")
+            .and_then(|l| l.get("meta"))
+            .and_then(|k| k.get("key"))
+            .and_then(Value::as_str)
+            == Some("nfproto")
+        && m.get("right").and_then(Value::as_str) == Some(&format!("@{set}"))
+}
+
+fn is_alive_match(e: &Expr) -> bool {
+    is_nfproto_match(e, ALIVE_SET)
 }
 
 /// A rule that is exactly `drop` (a counter before it is fine).
@@ -272,6 +282,11 @@ fn judge_link(
             return Observed::damaged(format!("set {name} holds {have:?}, not {want:?}"));
         }
     }
+    // Without it the flip to lockdown has nothing to fill.
+    let set = locked_set(link);
+    if !t.sets.contains_key(&set) {
+        return Observed::damaged(format!("set {set} missing"));
+    }
     judge_chains(link, t)
 }
 
@@ -286,25 +301,125 @@ pub fn judge_chains(link: &LinkTarget, t: &Listing) -> Observed {
         return Observed::unknown(format!("{chain} empty"));
     };
     let lock = format!("lock_{}", link.name);
-    if first.expr.len() == 1
-        && jump_target(&first.expr[0], "goto").as_deref() == Some(lock.as_str())
-    {
-        return match t.chains.get(&lock).map(|r| lock_chain_whole(r)) {
-            Some(true) => Observed::Locked,
-            Some(false) => Observed::unknown(format!("{lock} altered")),
-            None => Observed::unknown(format!("{lock} missing")),
-        };
-    }
+    let lock_chain = || match t.chains.get(&lock).map(|r| lock_chain_whole(r)) {
+        Some(true) => Observed::Locked,
+        Some(false) => Observed::unknown(format!("{lock} altered")),
+        None => Observed::unknown(format!("{lock} missing")),
+    };
+    let goto_lock = |e: &Expr| jump_target(e, "goto").as_deref() == Some(lock.as_str());
     if bare_drop(first) {
         return Observed::Locked;
     }
-    match tagged(first, OPEN_TAG) {
-        Some(n) if rules.len() == n + 1 => Observed::Open,
-        Some(n) => Observed::unknown(format!(
+    if let [g] = first.expr.as_slice()
+        && goto_lock(g)
+    {
+        return lock_chain();
+    }
+    if !is_switch(link, first) {
+        return Observed::unknown(format!("{chain} altered"));
+    }
+    let set = locked_set(link);
+    let Some(elems) = t.sets.get(&set) else {
+        return Observed::damaged(format!("set {set} missing"));
+    };
+    let holds = Holds::of_names(elems);
+    if holds == Holds::Both {
+        return lock_chain();
+    }
+    match switch_shape(link, &rules[1..]) {
+        Ok(shape) => judge_shape(link, shape, holds),
+        Err(why) => why,
+    }
+}
+
+/// `meta nfproto @locked_<l> goto lock_<l>`: the link's switch.
+fn is_switch(link: &LinkTarget, r: &Rule) -> bool {
+    let lock = format!("lock_{}", link.name);
+    matches!(r.expr.as_slice(), [m, g]
+        if is_nfproto_match(m, &locked_set(link))
+            && jump_target(g, "goto").as_deref() == Some(lock.as_str()))
+}
+
+/// What a link's `locked_` set holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holds {
+    /// ipv4 and ipv6: every packet of the link takes its lockdown chain.
+    Both,
+    Empty,
+    /// Anything else (one family only: its traffic takes the open rules).
+    Other(String),
+}
+
+impl Holds {
+    fn of_names(elems: &[String]) -> Holds {
+        let mut e: Vec<&str> = elems.iter().map(String::as_str).collect();
+        e.sort_unstable();
+        match e.as_slice() {
+            ["ipv4", "ipv6"] => Holds::Both,
+            [] => Holds::Empty,
+            _ => Holds::Other(format!("{elems:?}")),
+        }
+    }
+
+    /// From the keys read over netlink (NFPROTO_IPV4 = 2, NFPROTO_IPV6 = 10).
+    pub fn of_keys(keys: &[u8]) -> Holds {
+        let mut k = keys.to_vec();
+        k.sort_unstable();
+        match k.as_slice() {
+            [2, 10] => Holds::Both,
+            [] => Holds::Empty,
+            _ => Holds::Other(format!("{keys:?}")),
+        }
+    }
+}
+
+/// A link chain headed by its switch, as a verified listing showed it,
+/// with `lock_<l>` whole: with the set read back, enough to judge the link
+/// after a transaction that changed nothing but the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The switch, then the open statements, tagged and whole.
+    SwitchOpen,
+    /// The switch alone (a lockdown's slow path).
+    SwitchOnly,
+}
+
+/// The shape of `link_<l>` in `t`, if it is headed by the switch and
+/// `lock_<l>` is whole; None otherwise.
+pub fn shape(link: &LinkTarget, t: &Listing) -> Option<Shape> {
+    let rules = t.chains.get(&format!("link_{}", link.name))?;
+    if !is_switch(link, rules.first()?) || !lock_chain_ok(t, &link.name) {
+        return None;
+    }
+    switch_shape(link, &rules[1..]).ok()
+}
+
+/// What follows the switch.
+fn switch_shape(link: &LinkTarget, rest: &[Rule]) -> Result<Shape, Observed> {
+    let chain = format!("link_{}", link.name);
+    match rest.first().and_then(|r| tagged(r, OPEN_TAG)) {
+        Some(n) if rest.len() == n + 1 => Ok(Shape::SwitchOpen),
+        Some(n) => Err(Observed::unknown(format!(
             "{chain} holds {} rules, tagged for {n}",
-            rules.len() - 1
-        )),
-        None => Observed::unknown(format!("{chain} altered")),
+            rest.len() - 1
+        ))),
+        None if rest.is_empty() => Ok(Shape::SwitchOnly),
+        None => Err(Observed::unknown(format!("{chain} altered"))),
+    }
+}
+
+/// A link whose chains have `shape` (and a whole `lock_<l>`) and whose
+/// set `holds` this.
+pub fn judge_shape(link: &LinkTarget, shape: Shape, holds: Holds) -> Observed {
+    match (holds, shape) {
+        (Holds::Both, _) => Observed::Locked,
+        (Holds::Empty, Shape::SwitchOpen) => Observed::Open,
+        (Holds::Empty, Shape::SwitchOnly) => {
+            Observed::unknown(format!("link_{} holds only the switch", link.name))
+        }
+        (Holds::Other(what), _) => {
+            Observed::unknown(format!("set {} holds {what}", locked_set(link)))
+        }
     }
 }
 
@@ -365,6 +480,16 @@ mod tests {
 
     /// A listing as nft prints it: the skeleton for dr plus `link` and `lock` rules.
     fn listing(link: &[String], lock: &[String], extra_base: Option<String>) -> String {
+        listing_with(link, lock, extra_base, &[])
+    }
+
+    /// The same with `locked_dr` holding `locked`.
+    fn listing_with(
+        link: &[String],
+        lock: &[String],
+        extra_base: Option<String>,
+        locked: &[&str],
+    ) -> String {
         let mut items = vec![
             "{\"metainfo\": {\"version\": \"1.0.6\"}}".to_string(),
             "{\"table\": {\"family\": \"inet\", \"name\": \"qkdpfd\", \"handle\": 1}}".to_string(),
@@ -376,6 +501,12 @@ mod tests {
         }
         items.push("{\"set\": {\"family\": \"inet\", \"name\": \"peer4_dr\", \"table\": \"qkdpfd\", \"type\": \"ipv4_addr\", \"handle\": 1, \"elem\": [\"198.51.100.2\"]}}".into());
         items.push("{\"set\": {\"family\": \"inet\", \"name\": \"peer6_dr\", \"table\": \"qkdpfd\", \"type\": \"ipv6_addr\", \"handle\": 2}}".into());
+        let elem = if locked.is_empty() {
+            String::new()
+        } else {
+            format!(", \"elem\": {}", serde_json::to_string(locked).unwrap())
+        };
+        items.push(format!("{{\"set\": {{\"family\": \"inet\", \"name\": \"locked_dr\", \"table\": \"qkdpfd\", \"type\": \"nf_proto\", \"handle\": 3{elem}}}}}"));
         items.push("{\"chain\": {\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"link_dr\", \"handle\": 2}}".into());
         items.push("{\"chain\": {\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"lock_dr\", \"handle\": 3}}".into());
         if let Some(x) = extra_base {
@@ -399,8 +530,11 @@ mod tests {
         judge(&[dr()], Some(&l), None)["dr"].state.clone()
     }
 
+    const SWITCH: &str = "{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@locked_dr\"}}, {\"goto\": {\"target\": \"lock_dr\"}}";
+
     fn open_rules() -> Vec<String> {
         vec![
+            rule("link_dr", SWITCH, Some("qkdpfd switch")),
             rule(
                 "link_dr",
                 "{\"counter\": {\"packets\": 0, \"bytes\": 0}}",
@@ -444,6 +578,101 @@ mod tests {
         );
         let dropped = vec![rule("link_dr", "{\"drop\": null}", Some(DROP_TAG))];
         assert_eq!(state(&listing(&dropped, &[], None)), Observed::Locked);
+        // The flip: both families in locked_dr, the chains untouched.
+        let both = ["ipv6", "ipv4"];
+        assert_eq!(
+            state(&listing_with(&open_rules(), &lock_rules(), None, &both)),
+            Observed::Locked
+        );
+        // The slow path's chain: the switch alone.
+        let switch = vec![rule("link_dr", SWITCH, Some("qkdpfd switch"))];
+        assert_eq!(
+            state(&listing_with(&switch, &lock_rules(), None, &both)),
+            Observed::Locked
+        );
+    }
+
+    #[test]
+    fn a_shape_and_the_set_alone_judge_a_link() {
+        let l = |link: &[String], lock: &[String]| parse(&listing(link, lock, None)).unwrap();
+        let switch = vec![rule("link_dr", SWITCH, Some("qkdpfd switch"))];
+        assert_eq!(
+            shape(&dr(), &l(&open_rules(), &lock_rules())),
+            Some(Shape::SwitchOpen)
+        );
+        assert_eq!(
+            shape(&dr(), &l(&switch, &lock_rules())),
+            Some(Shape::SwitchOnly)
+        );
+        assert_eq!(
+            shape(&dr(), &l(&open_rules(), &[])),
+            None,
+            "lock chain gone"
+        );
+        let mut extra = open_rules();
+        extra.push(rule("link_dr", "{\"accept\": null}", None));
+        assert_eq!(shape(&dr(), &l(&extra, &lock_rules())), None);
+        let dropped = vec![rule("link_dr", "{\"drop\": null}", Some(DROP_TAG))];
+        assert_eq!(shape(&dr(), &l(&dropped, &lock_rules())), None);
+        assert_eq!(Holds::of_keys(&[10, 2]), Holds::Both);
+        assert_eq!(Holds::of_keys(&[]), Holds::Empty);
+        assert!(matches!(Holds::of_keys(&[2]), Holds::Other(_)));
+        assert!(matches!(Holds::of_keys(&[2, 10, 10]), Holds::Other(_)));
+        let j = |s, h| judge_shape(&dr(), s, h);
+        assert_eq!(j(Shape::SwitchOpen, Holds::Both), Observed::Locked);
+        assert_eq!(j(Shape::SwitchOnly, Holds::Both), Observed::Locked);
+        assert_eq!(j(Shape::SwitchOpen, Holds::Empty), Observed::Open);
+        assert!(matches!(
+            j(Shape::SwitchOnly, Holds::Empty),
+            Observed::Unknown { .. }
+        ));
+        assert!(matches!(
+            j(Shape::SwitchOpen, Holds::of_keys(&[10])),
+            Observed::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn a_switch_proves_only_what_its_set_and_chains_hold() {
+        let unknown = |json: String| {
+            assert!(
+                matches!(state(&json), Observed::Unknown { .. }),
+                "{:?}",
+                state(&json)
+            )
+        };
+        // One family only: the other's traffic takes the open rules.
+        unknown(listing_with(&open_rules(), &lock_rules(), None, &["ipv4"]));
+        unknown(listing_with(&open_rules(), &lock_rules(), None, &["ipv6"]));
+        // Locked by the set into an emptied or damaged lockdown chain.
+        let both = ["ipv4", "ipv6"];
+        unknown(listing_with(&open_rules(), &[], None, &both));
+        let mut lock = lock_rules();
+        lock.pop();
+        unknown(listing_with(&open_rules(), &lock, None, &both));
+        // Open by the set, but the chain is only the switch.
+        let switch = vec![rule("link_dr", SWITCH, Some("qkdpfd switch"))];
+        unknown(listing(&switch, &lock_rules(), None));
+        // The switch looking at another set, or negated.
+        let other = open_rules()
+            .into_iter()
+            .map(|r| r.replace("@locked_dr", "@locked_hq"))
+            .collect::<Vec<_>>();
+        unknown(listing_with(&other, &lock_rules(), None, &both));
+        let negated = open_rules()
+            .into_iter()
+            .map(|r| r.replacen("\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@locked", "\"op\": \"!=\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@locked", 1))
+            .collect::<Vec<_>>();
+        assert!(negated[0].contains("!="));
+        unknown(listing(&negated, &lock_rules(), None));
+        // The set gone: the skeleton is damaged.
+        let json = listing(&open_rules(), &lock_rules(), None);
+        let mut l = parse(&json).unwrap();
+        l.sets.remove("locked_dr");
+        assert!(matches!(
+            judge(&[dr()], Some(&l), None)["dr"].state,
+            Observed::Unknown { skeleton: true, .. }
+        ));
     }
 
     #[test]
