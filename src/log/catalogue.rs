@@ -198,8 +198,8 @@ catalogue! {
         "a control command was refused; from the engine one per uid a minute (then suppressed); from the parent, which re-checks the commands the engine passes it (uid from the kernel, or unknown), each time, with msg, the reason it ran nothing";
     MonitorLagged "monitor_lagged" Warning ("dropped")
         "only on a qkdctl monitor stream, never in syslog: the reader was too slow and missed this many events";
-    Flip "flip" Debug ("link", "to", "sample_to_commit_us", "sample_to_kernel_us")
-        "the kernel holds the link's new state; the time from the QBER sample to the kernel's commit, and to the state read back and persisted";
+    Flip "flip" Debug ("link", "to", "commit_us", "sample_to_commit_us", "sample_to_kernel_us")
+        "the kernel holds the link's new state; the firewall call's own time, and the time from the QBER sample to the kernel's commit and to the state read back and persisted";
     KmeRequest "kme_request" Debug ("kme", "sae", "method", "path", "status") qkdsim
         "qkdsim: one ETSI 014 request and its status";
 }

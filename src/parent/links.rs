@@ -111,9 +111,10 @@ pub struct Links {
     /// When a failing state write was last logged, and what it failed to
     /// write (each tick tries again; the same failure is said once a minute).
     write_failing: Option<(std::time::Instant, BTreeMap<String, LinkRecord>)>,
-    /// CLOCK_MONOTONIC (ns) when the firewall last accepted a flip of a
-    /// link, before its read-back: when the kernel committed it.
-    pub committed_ns: Option<u64>,
+    /// CLOCK_MONOTONIC (ns) when the firewall call of the last flip it
+    /// accepted started and returned (the kernel had committed it then;
+    /// the read-back follows).
+    pub committed_ns: Option<(u64, u64)>,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -145,9 +146,9 @@ impl Links {
     }
 
     /// Notes when a flip the firewall accepted was committed.
-    fn stamp_commit<T, E>(&mut self, r: &Result<T, E>) {
+    fn stamp_commit<T, E>(&mut self, started_ns: u64, r: &Result<T, E>) {
         if r.is_ok() {
-            self.committed_ns = Some(crate::imsg::monotonic_ns());
+            self.committed_ns = Some((started_ns, crate::imsg::monotonic_ns()));
         }
     }
 
@@ -325,8 +326,9 @@ impl Links {
             return false;
         };
         let target = self.links[name].target.clone();
+        let started = crate::imsg::monotonic_ns();
         let applied = self.fw.apply(&target, Enforcement::Open, r);
-        self.stamp_commit(&applied);
+        self.stamp_commit(started, &applied);
         self.observe_one(name);
         if applied.is_ok() && self.links[name].kernel.state == Observed::Open {
             self.mark_locked(name, true);

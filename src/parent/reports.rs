@@ -41,11 +41,14 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
     if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
         // Sample received by the engine -> the kernel committed the flip,
         // and -> read back and persisted.
+        // The firewall call's own time is the kernel's share (and, on a
+        // slow path, the tool's).
         let done = imsg::monotonic_ns();
-        let commit = p.links.committed_ns.unwrap_or(done);
+        let (start, commit) = p.links.committed_ns.unwrap_or((done, done));
         log::event(Event::Flip)
             .kv("link", &r.link)
             .kv("to", to)
+            .kv("commit_us", commit.saturating_sub(start) / 1000)
             .kv("sample_to_commit_us", commit.saturating_sub(t0) / 1000)
             .kv("sample_to_kernel_us", done.saturating_sub(t0) / 1000)
             .send();

@@ -22,6 +22,7 @@ impl Links {
         let target = self.links[name].target.clone();
         let mut errors: Vec<String> = Vec::new();
         for step in 0..4 {
+            let started = crate::imsg::monotonic_ns();
             let (what, r): (&str, Result<(), FwError>) = match step {
                 0 => match &ruleset {
                     Some(r) => (
@@ -45,7 +46,7 @@ impl Links {
                     ("guard", self.fw.set_guard(&g))
                 }
             };
-            self.stamp_commit(&r);
+            self.stamp_commit(started, &r);
             if let Err(e) = &r {
                 if e.timed_out() {
                     errors.push(format!("{what}: {e}"));

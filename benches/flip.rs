@@ -1,0 +1,176 @@
+//! Flip latency at the kernel, side by side (BENCHMARKS.md). Needs root
+//! and nft: a private network namespace (this thread moves into it, so the
+//! backend's netlink reaches its nftables) holding qkdpfd's table for N
+//! links, each open with its lockdown preloaded. Then, F times, one link
+//! picked in turn is flipped to lockdown and back to open by each path:
+//!
+//! - exec (the path before set-element flips): `nft -f -` with
+//!   `insert rule ... link_<l> goto lock_<l>` for the lockdown — a new goto,
+//!   which makes the kernel re-validate the table — and the link chain
+//!   replaced whole for the open;
+//! - netlink: the nftables backend's `apply` — for the lockdown two
+//!   elements added to `locked_<l>`, for the open the set flushed, each one
+//!   netlink transaction; and the bare transaction (`netlink::transact`:
+//!   send, kernel commit, ACK), the kernel's share of it.
+//!
+//! Each flip's wall time is measured around the call; the read-back that
+//! follows a flip in the daemon is not included (the daemon bench
+//! `lockdown` measures sample -> commit and sample -> read back).
+//!
+//! `cargo bench --features testing --bench flip` (QKD_BENCH_LINKS=N,
+//! QKD_BENCH_FLIPS=F; defaults 100 and 200).
+
+#[path = "common/stats.rs"]
+mod stats;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use qkdpfd::conf::{FirewallBackend, FirewallConf};
+use qkdpfd::lock::Enforcement;
+use qkdpfd::parent::fw::{self, nft::netlink};
+use qkdpfd::ruleset::LinkTarget;
+use qkdpfd::ruleset::nft::{flip_script, locked_set, render_statements};
+
+const OPEN: &str = "ip saddr $peer4 udp sport $wg_port counter accept\niifname $wg_if accept\n\
+                    oifname $wg_if accept\n";
+const LOCKDOWN: &str = "counter drop\n";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn nft_f(script: &str) {
+    let mut c = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success(), "nft -f refused:\n{script}");
+}
+
+fn link(i: usize) -> LinkTarget {
+    LinkTarget {
+        name: format!("l{i}"),
+        wg_if: format!("wg{i}"),
+        wg_port: 51820,
+        rdomain: 0,
+        addrs4: vec![Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250 + 1) as u8)],
+        addrs6: vec![],
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("flip bench: needs root (network namespace, nftables)");
+        return;
+    }
+    let n = env_usize("QKD_BENCH_LINKS", 100);
+    let flips = env_usize("QKD_BENCH_FLIPS", 200);
+    let ns = format!("qkdflip{}", std::process::id());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    #[cfg(target_os = "linux")]
+    {
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we own.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    let conf = FirewallConf {
+        backend: FirewallBackend::Nftables,
+        anchor: "qkdpfd".into(),
+        pfctl: "/sbin/pfctl".into(),
+        nft: "nft".into(),
+    };
+    let tmp = std::env::temp_dir();
+    let mut fw = fw::new(&conf, Path::new(&tmp));
+    let links: Vec<LinkTarget> = (0..n).map(link).collect();
+    let t = Instant::now();
+    fw.init(&links).expect("init");
+    for l in &links {
+        fw.apply(l, Enforcement::Open, OPEN).expect("open");
+        fw.stage(l, Enforcement::Lockdown, LOCKDOWN).expect("stage");
+    }
+    println!(
+        "flip bench: {n} links, table loaded and every link opened in {:.1} s; {flips} flips each way per path",
+        t.elapsed().as_secs_f64()
+    );
+
+    let (mut exec_lock, mut exec_open) = (Vec::new(), Vec::new());
+    let (mut nl_lock, mut nl_open) = (Vec::new(), Vec::new());
+    let (mut tx_lock, mut tx_open) = (Vec::new(), Vec::new());
+    let us = |t: Instant| t.elapsed().as_micros() as u64;
+    for f in 0..flips {
+        let l = &links[f % n];
+        let name = &l.name;
+        // exec: a goto inserted, then the chain replaced whole.
+        let t = Instant::now();
+        nft_f(&format!(
+            "insert rule inet qkdpfd link_{name} goto lock_{name}\n"
+        ));
+        exec_lock.push(us(t));
+        let stmts = render_statements(l, OPEN).unwrap();
+        let t = Instant::now();
+        nft_f(&flip_script("qkdpfd", l, &stmts));
+        exec_open.push(us(t));
+        // netlink, through the backend (it re-learns the chain it loaded).
+        fw.apply(l, Enforcement::Open, OPEN).unwrap();
+        let t = Instant::now();
+        fw.apply(l, Enforcement::Lockdown, LOCKDOWN).unwrap();
+        nl_lock.push(us(t));
+        let t = Instant::now();
+        fw.apply(l, Enforcement::Open, OPEN).unwrap();
+        nl_open.push(us(t));
+        // The bare transactions.
+        let set = locked_set(l);
+        let seq = 1_000_000 + 8 * f as u32;
+        let t = Instant::now();
+        netlink::transact(
+            "qkdpfd",
+            seq,
+            &[netlink::Change::Add(&set, &netlink::BOTH_FAMILIES, None)],
+            "lock",
+        )
+        .unwrap();
+        tx_lock.push(us(t));
+        let t = Instant::now();
+        netlink::transact("qkdpfd", seq + 4, &[netlink::Change::Flush(&set)], "open").unwrap();
+        tx_open.push(us(t));
+    }
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let p99 = |v: &Vec<u64>| v[((v.len() as f64 - 1.0) * 0.99).round() as usize].max(1);
+    for (what, v) in [
+        ("lockdown, exec (nft -f, insert goto)", &mut exec_lock),
+        ("lockdown, netlink (apply)", &mut nl_lock),
+        ("lockdown, netlink transaction alone", &mut tx_lock),
+        ("open, exec (nft -f, chain replaced)", &mut exec_open),
+        ("open, netlink (apply)", &mut nl_open),
+        ("open, netlink transaction alone", &mut tx_open),
+    ] {
+        v.sort_unstable();
+        println!("  {what:<40} {}", stats::percentiles_ms(v));
+    }
+    println!(
+        "  p99 ratio exec / netlink: lockdown {:.0}x, open {:.1}x",
+        p99(&exec_lock) as f64 / p99(&nl_lock) as f64,
+        p99(&exec_open) as f64 / p99(&nl_open) as f64
+    );
+}
