@@ -143,6 +143,17 @@ impl Drop for Daemon {
     }
 }
 
+/// Field `key` of every lockdown `flip` line of link l0 in `log`, sorted.
+fn lockdown_field(log: &str, key: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("event=flip") && l.contains("link=l0 ") && l.contains("to=lockdown"))
+        .filter_map(|l| stats::field(l, key))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("lockdown bench: needs root (network namespace, nftables)");
@@ -191,18 +202,9 @@ fn main() {
     let elapsed = t.elapsed();
     drop(d);
     let log = fs::read_to_string(work.path().join("log")).unwrap();
-    let flip_field = |key: &str, link: &str| -> Vec<u64> {
-        let mut v: Vec<u64> = log
-            .lines()
-            .filter(|l| l.contains("event=flip") && l.contains(link) && l.contains("to=lockdown"))
-            .filter_map(|l| stats::field(l, key))
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    let commit = flip_field("sample_to_commit_us", "link=l0 ");
-    let kernel = flip_field("commit_us", "link=l0 ");
-    let lock = flip_field("sample_to_kernel_us", "link=l0 ");
+    let commit = lockdown_field(&log, "sample_to_commit_us");
+    let kernel = lockdown_field(&log, "commit_us");
+    let lock = lockdown_field(&log, "sample_to_kernel_us");
     assert!(
         lock.len() >= flips,
         "{} lockdown flips logged, wanted {flips}",
@@ -288,18 +290,8 @@ fn main() {
     }
     drop(d);
     let log = fs::read_to_string(work.path().join("log")).unwrap();
-    let during = |key: &str| -> Vec<u64> {
-        let mut v: Vec<u64> = log
-            .lines()
-            .filter(|l| {
-                l.contains("event=flip") && l.contains("link=l0 ") && l.contains("to=lockdown")
-            })
-            .filter_map(|l| stats::field(l, key))
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    let (during_commit, during) = (during("sample_to_commit_us"), during("sample_to_kernel_us"));
+    let during_commit = lockdown_field(&log, "sample_to_commit_us");
+    let during = lockdown_field(&log, "sample_to_kernel_us");
     loads.sort_unstable();
     println!(
         "lockdown latency while a 100-link bundle activates ({} rounds):",

@@ -3,6 +3,10 @@
 //! that `FirewallConf::nft` points at. Needs root: without it the tests are
 //! skipped loudly, unless CI=true, where they fail.
 
+#[path = "common/nft.rs"]
+#[allow(dead_code)]
+mod nft_listing;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -165,18 +169,7 @@ fn rules(ns: &Netns, chain: &str) -> Vec<String> {
 
 /// The rules of `chain`, one per line, as nft lists them.
 fn all_rules(ns: &Netns, chain: &str) -> Vec<String> {
-    let out = ns.nft(&format!("list chain inet qkdpfd {chain}"));
-    out.lines()
-        .map(str::trim)
-        .filter(|l| {
-            !(l.is_empty()
-                || *l == "}"
-                || l.starts_with("table ")
-                || l.starts_with("chain ")
-                || l.starts_with("type "))
-        })
-        .map(String::from)
-        .collect()
+    nft_listing::rules(&ns.nft(&format!("list chain inet qkdpfd {chain}")))
 }
 
 #[test]
