@@ -6,7 +6,7 @@
 //! every 200 ms, policy `trip_samples = 3`.
 //!
 //! Each round: B pings A's tunnel address 1,000 times a second
-//! (`ping -i 0.001 -D`); after 300 ms of steady traffic the eavesdropper is
+//! ([`Pair::ping_stream`], `ping -i 0.001 -D`); after 300 ms of steady traffic the eavesdropper is
 //! switched on in A's simulator (`qkdctl sim eve dr 1`), at a random phase
 //! of A's poll cycle; once A shows lockdown the stream runs 200 ms more and
 //! stops. The last echo answered is the last packet through: the first
@@ -27,9 +27,7 @@ mod common;
 mod stats;
 
 use common::gateway::policy;
-use common::pair::{A, B, Pair};
-use std::fs;
-use std::process::{Command, Stdio};
+use common::pair::{A, Pair};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MANUAL: &str = "rotate = \"1h\"\nmax_key_age = \"2h\"\nno_jitter = true";
@@ -84,14 +82,7 @@ fn main() {
     let (mut delays, mut ctl_us) = (Vec::new(), Vec::new());
     let mut rates = Vec::new();
     for round in 0..rounds {
-        let out = p.work.path().join("attack-pings.txt");
-        let mut ping = Command::new("ip")
-            .args(["netns", "exec", &p.ns(B)])
-            .args(["ping", "-n", "-D", "-i", "0.001", "-W", "1", "10.99.0.1"])
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let ping = p.ping_stream("0.001");
         // A random phase of A's poll cycle.
         std::thread::sleep(Duration::from_millis(300 + rand::random::<u64>() % POLL_MS));
         let on = now_s();
@@ -102,10 +93,7 @@ fn main() {
             a["enforcement"] == "lockdown"
         });
         std::thread::sleep(Duration::from_millis(200));
-        let pid = nix::unistd::Pid::from_raw(ping.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let _ = ping.wait();
-        let text = fs::read_to_string(&out).unwrap();
+        let (text, _) = ping.stop();
         let got = answers(&text);
         let Some(&(last_ts, last_seq)) = got.iter().max_by_key(|(_, s)| *s) else {
             panic!("round {round}: no echo answered\n{text}");

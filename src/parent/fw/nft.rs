@@ -63,8 +63,9 @@ pub struct Nft {
     /// The shape of each link's chains at `verified_gen` (headed by the
     /// switch, `lock_<link>` whole).
     shapes: HashMap<String, readback::Shape>,
-    /// The generations just before and after the last netlink flip.
-    last_flip: Option<(String, Option<u32>, Option<u32>)>,
+    /// The link of the last netlink flip and the generation read right
+    /// after it.
+    last_flip: Option<(String, Option<u32>)>,
 }
 
 impl Nft {
@@ -95,19 +96,26 @@ impl Nft {
     }
 
     fn refresh_alive(&mut self, timeout: Option<std::time::Duration>) -> Result<(), FwError> {
-        // Our own heartbeat touches only the `alive` set: if nothing else
-        // changed before it and nothing else slipped in with it (exactly one
-        // more generation), what was verified still holds.
-        let before = self.generation();
+        // Our own heartbeat touches only the `alive` set: if it was the
+        // only transaction since the listing, what was verified still holds.
         self.seq = self.seq.wrapping_add(4);
         let r = alive::refresh(&self.table, self.seq, timeout)
             .map_err(|e| FwError::refused(format!("dead-man switch: {e}")));
         let after = self.generation();
-        self.verified_gen = match (self.verified_gen, before, after, &r) {
-            (Some(v), Some(b), Some(a), Ok(())) if v == b && a == b.wrapping_add(1) => Some(a),
-            _ => None,
+        self.verified_gen = match r {
+            Ok(()) => self.only_ours_since_verified(after),
+            Err(_) => None,
         };
         r
+    }
+
+    /// `after`, read right after one transaction of ours committed, if it
+    /// was the only one since the verified listing: every committed
+    /// transaction adds one to the generation, ours included, so exactly
+    /// one more than the verified generation leaves room for no other.
+    fn only_ours_since_verified(&self, after: Option<u32>) -> Option<u32> {
+        let v = self.verified_gen?;
+        after.filter(|a| *a == v.wrapping_add(1))
     }
 
     fn guard_table(&self) -> String {
@@ -162,19 +170,16 @@ impl Nft {
     }
 
     /// The read-back right after a netlink flip, without a listing: when
-    /// the generation before the flip is the verified one and the flip was
-    /// the only transaction since (exactly one generation more), the chains
-    /// are as verified and only the set changed; it is read back over
-    /// netlink. None when that cannot be shown (then the chains are listed).
+    /// the generation right after the flip is the verified one plus one, the
+    /// flip (which committed, so counted one) was the only transaction
+    /// since, the chains are as verified and only the set changed; it is
+    /// read back over netlink. None when that cannot be shown (then the
+    /// chains are listed).
     fn observe_flip(&mut self, link: &LinkTarget) -> Option<super::Observed> {
-        let (name, before, after) = self.last_flip.take()?;
+        let (name, after) = self.last_flip.take()?;
         let shape = *self.shapes.get(&link.name)?;
-        let verified = self.verified_gen?;
-        if name != link.name
-            || self.guard_may_exist
-            || before != Some(verified)
-            || after != Some(verified.wrapping_add(1))
-        {
+        self.only_ours_since_verified(after)?;
+        if name != link.name || self.guard_may_exist {
             return None;
         }
         self.seq = self.seq.wrapping_add(4);
@@ -225,11 +230,10 @@ impl Nft {
         };
         let what = format!("set {set} of link {}", link.name);
         crate::log::debug(format_args!("fw: netlink {change:?}"));
-        let before = self.generation();
         self.seq = self.seq.wrapping_add(4);
         netlink::transact(&self.table, self.seq, &[change], &what).map_err(FwError::refused)?;
-        let after = self.generation();
-        self.last_flip = Some((link.name.clone(), before, after));
+        // Read after the commit only: nothing is added before it.
+        self.last_flip = Some((link.name.clone(), self.generation()));
         Ok(())
     }
 
@@ -292,18 +296,16 @@ impl Firewall for Nft {
         let switched = self.switched.remove(name);
         let staged = self.staged.remove(name);
         match state {
-            Enforcement::Open if switched.clone().flatten().as_deref() == Some(ruleset) => {
-                self.flip(link, None)?;
-                self.switched
-                    .insert(name.clone(), Some(ruleset.to_string()));
-                if let Some(text) = staged {
-                    self.staged.insert(name.clone(), text);
-                }
-            }
             Enforcement::Open => {
-                self.run(&what, &flip_script(&self.table, link, &stmts))?;
+                // The chain already holds this text: only the set changes.
+                if switched.flatten().as_deref() == Some(ruleset) {
+                    self.flip(link, None)?;
+                } else {
+                    self.run(&what, &flip_script(&self.table, link, &stmts))?;
+                }
                 self.switched
                     .insert(name.clone(), Some(ruleset.to_string()));
+                // An open leaves lock_<link> as it was.
                 if let Some(text) = staged {
                     self.staged.insert(name.clone(), text);
                 }

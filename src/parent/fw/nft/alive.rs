@@ -84,16 +84,7 @@ pub fn parse_gen(buf: &[u8], seq: u32) -> Result<Option<u32>, String> {
 
 /// The current generation (Linux; an error elsewhere).
 pub fn generation(seq: u32) -> Result<u32, String> {
-    use crate::parent::wg::linux::sys::Nl;
-    let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-    nl.send(&getgen_request(seq)).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = nl.recv(&mut buf).map_err(|e| e.to_string())?;
-        if let Some(g) = parse_gen(&buf[..n], seq)? {
-            return Ok(g);
-        }
-    }
+    super::netlink::request(&getgen_request(seq), |b| parse_gen(b, seq))
 }
 
 /// Sends one refresh and waits for its ACKs (Linux; an error elsewhere).

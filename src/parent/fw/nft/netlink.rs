@@ -215,20 +215,31 @@ pub fn parse_elements(buf: &[u8], seq: u32, keys: &mut Vec<u8>) -> Result<bool, 
     Ok(false)
 }
 
-/// The one-byte keys of `<table> <set>`, read from the kernel (Linux).
-pub fn elements(table: &str, set: &str, seq: u32) -> Result<Vec<u8>, String> {
+/// Sends one request and reads the kernel's answers, a datagram at a time,
+/// until `take` has what it wants (Linux; an error elsewhere).
+pub fn request<T>(
+    req: &[u8],
+    mut take: impl FnMut(&[u8]) -> Result<Option<T>, String>,
+) -> Result<T, String> {
     use crate::parent::wg::linux::sys::Nl;
     let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-    nl.send(&get_elements_request(table, set, seq))
-        .map_err(|e| e.to_string())?;
+    nl.send(req).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 8192];
-    let mut keys = Vec::new();
     loop {
         let n = nl.recv(&mut buf).map_err(|e| e.to_string())?;
-        if parse_elements(&buf[..n], seq, &mut keys)? {
-            return Ok(keys);
+        if let Some(t) = take(&buf[..n])? {
+            return Ok(t);
         }
     }
+}
+
+/// The one-byte keys of `<table> <set>`, read from the kernel (Linux).
+pub fn elements(table: &str, set: &str, seq: u32) -> Result<Vec<u8>, String> {
+    let mut keys = Vec::new();
+    request(&get_elements_request(table, set, seq), |b| {
+        Ok(parse_elements(b, seq, &mut keys)?.then_some(()))
+    })?;
+    Ok(keys)
 }
 
 #[cfg(test)]
