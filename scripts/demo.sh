@@ -87,10 +87,17 @@ wait_for() { # seconds description command...: poll until the command succeeds
 	done
 }
 keyed_open() { both_state open && both_epoch_at_least 1; }
+of() { # name: one value of the `qkdctl show link dr` output in $shown
+	printf '%s\n' "$shown" | sed -n "s/^ *$1: *//p"
+}
 snapshot() { # sets ea eb fa fb ha hb from both ends; fails unless one epoch held throughout
-	ea=$(field a "installed epoch") eb=$(field b "installed epoch")
-	[ "$ea" = "$eb" ] || return 1
-	fa=$(field a "psk fingerprint") fb=$(field b "psk fingerprint")
+	# Four qkdctl calls and two wg show: under TCG each costs about a second
+	# and the whole snapshot must fall between two rotations.
+	shown=$(ctl a show link dr 2>/dev/null) || shown=""
+	ea=$(of "installed epoch") fa=$(of "psk fingerprint")
+	shown=$(ctl b show link dr 2>/dev/null) || shown=""
+	eb=$(of "installed epoch") fb=$(of "psk fingerprint")
+	[ -n "$ea" ] && [ "$ea" = "$eb" ] || return 1
 	ha=$(psk_hash a) hb=$(psk_hash b)
 	[ "$(field a "installed epoch")" = "$ea" ] && [ "$(field b "installed epoch")" = "$eb" ]
 }
@@ -282,7 +289,8 @@ ip netns exec qkdemo-b ping -n -i 0.1 -W 1 10.99.0.1 >"$work/pings.txt" 2>&1 &
 echo $! >"$work/pings.pid"
 last="" r=0 differ=0
 while :; do
-	wait_for 10 "both ends on one epoch" snapshot
+	# Three rotation periods: a snapshot that a rotation cut is taken again.
+	wait_for $((10 + 3 * ${rotate%s} / scale)) "both ends on one epoch" snapshot
 	if [ "$fa" = "$fb" ] && [ "$ha" = "$hb" ]; then verdict="equal"; else
 		verdict="DIFFERENT" differ=$((differ + 1))
 	fi
