@@ -417,6 +417,10 @@ fn kernel_module_set_read_back_and_drift() {
             ..peer.clone()
         };
         assert_eq!(b.new_session(&stranger, 25), Err(WgError::NoSuchPeer));
+        // Nobody answers here: the re-created peer never handshook (a
+        // handshake's time is read by the kernel lane's key tests).
+        assert_eq!(b.last_handshake(&peer), Ok(None));
+        assert_eq!(b.last_handshake(&stranger), Err(WgError::NoSuchPeer));
     });
     assert_eq!(dump(), before, "the re-created peer differs");
     assert_eq!(shown(), B64.encode(k2.expose()));

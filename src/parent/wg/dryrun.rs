@@ -24,6 +24,9 @@ pub struct DryRun {
     /// Peers "removed" by the last rung of the lockdown ladder: gone for
     /// every later call, as on a real interface.
     removed: std::collections::BTreeSet<(String, [u8; 32])>,
+    /// Peers "re-created": a dry run's peer handshakes at once, so each
+    /// later look finds a handshake of that moment.
+    recreated: std::collections::BTreeSet<(String, [u8; 32])>,
 }
 
 impl DryRun {
@@ -32,6 +35,7 @@ impl DryRun {
             dir: state_dir.join("dry-run"),
             psks: BTreeMap::new(),
             removed: Default::default(),
+            recreated: Default::default(),
         }
     }
 
@@ -130,6 +134,19 @@ impl WgBackend for DryRun {
             allowed_ips: Vec::new(),
             keepalive: 0,
         })
+        .inspect(|_| {
+            self.recreated
+                .insert((peer.interface.clone(), peer.public_key));
+        })
+    }
+
+    fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
+        self.get_psk(peer)?;
+        let key = (peer.interface.clone(), peer.public_key);
+        Ok(self
+            .recreated
+            .contains(&key)
+            .then(std::time::SystemTime::now))
     }
 }
 

@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::time::SystemTime;
 
 use base64::Engine;
 
@@ -147,6 +148,31 @@ pub trait WgBackend: Send {
     /// `NoSuchPeer` and stays absent: a peer the lockdown ladder removed
     /// is never brought back here. Returns what was read back.
     fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError>;
+    /// When the peer's latest handshake completed, on the OS's wall clock
+    /// (CLOCK_REALTIME, as WireGuard keeps it), with its nanoseconds; None
+    /// when it never did. An absent peer is `NoSuchPeer`. What a link held
+    /// for `no-session` waits on after its peer was re-created.
+    fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<SystemTime>, WgError> {
+        let _ = peer;
+        Err(WgError::Io(format!(
+            "the {} backend does not read handshake times",
+            self.name()
+        )))
+    }
+}
+
+/// A handshake time as WireGuard reports it (seconds and nanoseconds since
+/// the epoch; both zero: never), checked.
+pub fn handshake_time(sec: i64, nsec: i64) -> Result<Option<SystemTime>, WgError> {
+    if sec == 0 && nsec == 0 {
+        return Ok(None);
+    }
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return Err(WgError::Protocol("bad last handshake time".into()));
+    }
+    Ok(Some(
+        SystemTime::UNIX_EPOCH + std::time::Duration::new(sec as u64, nsec as u32),
+    ))
 }
 
 /// What a peer is made of, as read back before it is re-created: all a

@@ -110,6 +110,15 @@ impl PskWriter {
             .map(|_| ())
     }
 
+    /// When the link's peer last completed a handshake (wall clock).
+    pub fn last_handshake(&mut self, link: &str) -> Result<Option<std::time::SystemTime>, WgError> {
+        let w = self.links.get(link).ok_or(WgError::NoSuchPeer)?;
+        self.backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_handshake(&w.peer)
+    }
+
     /// `key-stale`: no fresh key, so no key at all that anyone could know.
     pub fn randomize(&mut self, link: &str, now: Instant) -> Result<(), WgError> {
         self.install(link, Psk::random(), Duration::from_secs(60), now)

@@ -194,6 +194,17 @@ impl WgBackend for Uapi {
         verify_recreated(&before, read(self)?)?;
         Ok(before)
     }
+
+    fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
+        self.handshake_of(peer)
+    }
+}
+
+impl Uapi {
+    fn handshake_of(&self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
+        let reply = self.exchange(&peer.interface, b"get=1\n\n")?;
+        parse_handshake(&reply, &peer.public_key)?.ok_or(WgError::NoSuchPeer)
+    }
 }
 
 impl std::fmt::Debug for Uapi {
@@ -424,6 +435,31 @@ pub fn parse_peer(reply: &[u8], want: &[u8; 32]) -> Result<Option<PeerConfig>, W
         }
     }
     Ok(Some(c))
+}
+
+/// The latest handshake of `want` in a get reply: None when the reply has
+/// no such peer, Some(None) when it never handshook.
+pub fn parse_handshake(
+    reply: &[u8],
+    want: &[u8; 32],
+) -> Result<Option<Option<std::time::SystemTime>>, WgError> {
+    if parse_get(reply, want)?.is_none() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(reply).expect("checked by parse_get");
+    let (mut sec, mut nsec) = (0i64, 0i64);
+    let mut in_wanted = false;
+    for (i, line) in text.lines().enumerate() {
+        let (key, value) = line.split_once('=').unwrap_or((line, ""));
+        let bad = || WgError::Protocol(format!("get reply line {}: bad handshake time", i + 1));
+        match key {
+            "public_key" => in_wanted = hex_key(value).is_some_and(|k| *k == *want),
+            "last_handshake_time_sec" if in_wanted => sec = value.parse().map_err(|_| bad())?,
+            "last_handshake_time_nsec" if in_wanted => nsec = value.parse().map_err(|_| bad())?,
+            _ => {}
+        }
+    }
+    super::handshake_time(sec, nsec).map(Some)
 }
 
 #[cfg(test)]
@@ -788,6 +824,27 @@ mod tests {
 mod new_session_tests {
     use super::tests::{fake, hex, reply_with};
     use super::*;
+
+    #[test]
+    fn handshake_time_of_the_wanted_peer_only() {
+        let r = full_reply(0);
+        let t = parse_handshake(r.as_bytes(), &[1; 32]).unwrap().unwrap();
+        assert_eq!(
+            t,
+            Some(std::time::UNIX_EPOCH + Duration::new(1, 2)),
+            "peer 1's time"
+        );
+        // Peer 2 lists no time: it never handshook.
+        assert_eq!(parse_handshake(r.as_bytes(), &[2; 32]).unwrap(), Some(None));
+        assert_eq!(parse_handshake(r.as_bytes(), &[3; 32]).unwrap(), None);
+        let bad = r.replace(
+            "last_handshake_time_nsec=2",
+            "last_handshake_time_nsec=1000000000",
+        );
+        assert!(parse_handshake(bad.as_bytes(), &[1; 32]).is_err());
+        let bad = r.replace("last_handshake_time_sec=1", "last_handshake_time_sec=x");
+        assert!(parse_handshake(bad.as_bytes(), &[1; 32]).is_err());
+    }
 
     fn full_reply(keepalive: u16) -> String {
         let mut r = format!("private_key={}\nlisten_port=51820\n", hex(&[0xee; 32]));

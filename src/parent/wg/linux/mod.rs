@@ -535,6 +535,17 @@ impl WgBackend for Linux {
         verify_recreated(&before, read(self)?)?;
         Ok(before)
     }
+
+    fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
+        check_ifname(&peer.interface)?;
+        let nl = sys::Nl::open()?;
+        let family = self.family(&nl)?;
+        let mut found = None;
+        self.dump(&nl, family, &peer.interface, |p| {
+            peer::scan_handshake(p, &peer.public_key, &mut found)
+        })?;
+        found.ok_or(WgError::NoSuchPeer)
+    }
 }
 
 /// The netlink socket itself: the only Linux-only code here. Also used by

@@ -22,6 +22,7 @@ use crate::secret::Psk;
 
 pub const WGPEER_A_ENDPOINT: u16 = 4;
 pub const WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL: u16 = 5;
+pub const WGPEER_A_LAST_HANDSHAKE_TIME: u16 = 6;
 pub const WGPEER_A_ALLOWEDIPS: u16 = 9;
 pub const WGPEER_F_REPLACE_ALLOWEDIPS: u32 = 1 << 1;
 pub const WGALLOWEDIP_A_FAMILY: u16 = 1;
@@ -110,6 +111,26 @@ fn allowed_ip(d: &[u8]) -> Result<(IpAddr, u8), WgError> {
         _ => return Err(bad("allowed IP")),
     };
     Ok((ip, mask))
+}
+
+/// Folds one WG_CMD_GET_DEVICE message into `found`: `want`'s latest
+/// handshake (a `struct __kernel_timespec`, two native i64), once `want`
+/// is seen (Some(None): seen, never handshook).
+pub fn scan_handshake(
+    payload: &[u8],
+    want: &[u8; 32],
+    found: &mut Option<Option<std::time::SystemTime>>,
+) -> Result<(), WgError> {
+    for_peer(payload, want, |a| {
+        let seen = found.get_or_insert(None);
+        if let Some((_, d)) = a.iter().find(|(t, _)| *t == WGPEER_A_LAST_HANDSHAKE_TIME) {
+            let ts: &[u8; 16] = (*d).try_into().map_err(|_| bad("handshake time"))?;
+            let sec = i64::from_ne_bytes(ts[..8].try_into().expect("8 bytes"));
+            let nsec = i64::from_ne_bytes(ts[8..].try_into().expect("8 bytes"));
+            *seen = crate::parent::wg::handshake_time(sec, nsec)?;
+        }
+        Ok(())
+    })
 }
 
 /// Folds one WG_CMD_GET_DEVICE message into `found`: `want`'s whole
@@ -231,6 +252,45 @@ mod tests {
             ],
             keepalive: 0,
         }
+    }
+
+    /// A WG_CMD_GET_DEVICE message with two peers; the second has a
+    /// handshake time `ts` when given.
+    fn device_with(ts: Option<[u8; 16]>) -> Vec<u8> {
+        let mut m = super::super::Msg::new(0x1c, 0, 1, 0, super::super::WG_CMD_GET_DEVICE, 1);
+        m.nest(WGDEVICE_A_PEERS);
+        m.nest(0).attr(WGPEER_A_PUBLIC_KEY, &[1; 32]).end();
+        m.nest(1).attr(WGPEER_A_PUBLIC_KEY, &[2; 32]);
+        if let Some(ts) = ts {
+            m.attr(WGPEER_A_LAST_HANDSHAKE_TIME, &ts);
+        }
+        m.end().end();
+        m.finish()[16..].to_vec()
+    }
+
+    #[test]
+    fn handshake_time_is_a_kernel_timespec_of_the_wanted_peer() {
+        let mut ts = [0u8; 16];
+        ts[..8].copy_from_slice(&1_700_000_000i64.to_ne_bytes());
+        ts[8..].copy_from_slice(&5i64.to_ne_bytes());
+        let msg = device_with(Some(ts));
+        let mut found = None;
+        scan_handshake(&msg, &[2; 32], &mut found).unwrap();
+        let want = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5);
+        assert_eq!(found, Some(Some(want)));
+        // The other peer: seen, with no time of its own.
+        let mut found = None;
+        scan_handshake(&msg, &[1; 32], &mut found).unwrap();
+        assert_eq!(found, Some(None));
+        let mut found = None;
+        scan_handshake(&msg, &[3; 32], &mut found).unwrap();
+        assert_eq!(found, None);
+        // Zero: never; a bad nanosecond count or length: refused.
+        let mut found = None;
+        scan_handshake(&device_with(Some([0; 16])), &[2; 32], &mut found).unwrap();
+        assert_eq!(found, Some(None));
+        ts[8..].copy_from_slice(&1_000_000_000i64.to_ne_bytes());
+        assert!(scan_handshake(&device_with(Some(ts)), &[2; 32], &mut None).is_err());
     }
 
     #[test]
