@@ -99,6 +99,7 @@ fn main() {
         anchor: "qkdpfd".into(),
         pfctl: "/sbin/pfctl".into(),
         nft: "nft".into(),
+        handshakes: false,
     };
     let tmp = std::env::temp_dir();
     let mut fw = fw::new(&conf, Path::new(&tmp));

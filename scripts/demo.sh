@@ -313,6 +313,8 @@ wait "$ping_pid" || true # ping prints its summary on SIGINT
 lost=$(awk -F'icmp_seq=' '/icmp_seq=/ { split($2, a, " "); n++; if (a[1] > m) m = a[1] }
 	END { print m - n + 0 }' "$work/pings.txt")
 echo "   ping stream across the rotations: $(sed -n 's/^\([0-9]* packets transmitted, [0-9]* received\).*/\1/p' "$work/pings.txt") ($lost lost before the last answer)"
+echo "   (after each rotation gateway A re-creates its WireGuard peer, [wireguard] new_session, so a new"
+echo "   session starts under the new key at once; an echo B sent on the old one just then may be lost)"
 ctl a show link dr | grep -E '^ *(key role|epoch|installed epoch|psk fingerprint|key age|rotations|kme stored keys):' |
 	sed 's/^/   a: /'
 

@@ -21,6 +21,9 @@ pub enum LockReason {
     Operator,
     NoPolicy,
     ProcessFailure,
+    /// The link's WireGuard session may be older than the lockdown: held
+    /// until a handshake newer than the peer's re-creation (`new_session`).
+    NoSession,
 }
 
 /// The process that owns a reason.
@@ -31,7 +34,7 @@ pub enum Owner {
 }
 
 impl LockReason {
-    pub const ALL: [LockReason; 9] = [
+    pub const ALL: [LockReason; 10] = [
         LockReason::Qber,
         LockReason::SourceLost,
         LockReason::NoKey,
@@ -41,6 +44,7 @@ impl LockReason {
         LockReason::Operator,
         LockReason::NoPolicy,
         LockReason::ProcessFailure,
+        LockReason::NoSession,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl LockReason {
             LockReason::Operator => "operator",
             LockReason::NoPolicy => "no-policy",
             LockReason::ProcessFailure => "process-failure",
+            LockReason::NoSession => "no-session",
         }
     }
 
@@ -69,7 +74,8 @@ impl LockReason {
             | LockReason::PskDrift
             | LockReason::Operator
             | LockReason::NoPolicy
-            | LockReason::ProcessFailure => Owner::Parent,
+            | LockReason::ProcessFailure
+            | LockReason::NoSession => Owner::Parent,
             _ => Owner::Engine,
         }
     }

@@ -7,170 +7,15 @@
 #[allow(dead_code)]
 mod nft_listing;
 
+#[path = "fw_nft/rig.rs"]
+mod rig;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
-use qkdpfd::parent::fw::{self, Firewall, Observed};
-use qkdpfd::ruleset::LinkTarget;
-
-fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (CI=true)");
-    }
-    eprintln!("!!!!! SKIPPED {test}: needs root for network namespaces and nftables !!!!!");
-    false
-}
-
-fn sh(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A network namespace deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("qkdfw_{:08x}", rand::random::<u32>());
-        sh(&["ip", "netns", "add", &name]);
-        Netns { name }
-    }
-
-    fn exec(&self, cmd: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(cmd);
-        sh(&full)
-    }
-
-    fn nft(&self, args: &str) -> String {
-        let mut cmd = vec!["nft"];
-        cmd.extend(args.split_whitespace());
-        self.exec(&cmd)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A namespace, a wrapper script running nft inside it, and the backend.
-struct Rig {
-    ns: Netns,
-    _dir: tempfile::TempDir,
-    fw: Box<dyn Firewall>,
-}
-
-/// Moves this thread into `ns`: the backend's netlink (the flips, as the
-/// parent sends them from inside its namespace) then reaches the rig's
-/// nftables, never the host's.
-fn enter(ns: &Netns) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(format!("/run/netns/{}", ns.name)).unwrap();
-        // SAFETY: setns on this thread only, with a namespace fd we own.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-    let _ = ns;
-}
-
-fn rig() -> Rig {
-    let ns = Netns::new();
-    enter(&ns);
-    let dir = tempfile::tempdir().unwrap();
-    let wrapper = write_wrapper(dir.path(), &ns.name);
-    let conf = FirewallConf {
-        backend: FirewallBackend::Nftables,
-        anchor: "qkdpfd".into(),
-        pfctl: PathBuf::from("/sbin/pfctl"),
-        nft: wrapper,
-    };
-    let fw = fw::new(&conf, dir.path());
-    Rig { ns, _dir: dir, fw }
-}
-
-fn write_wrapper(dir: &Path, ns: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("nft");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> {}/calls\nexec ip netns exec {ns} nft \"$@\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
-    LinkTarget {
-        name: name.into(),
-        wg_if: wg_if.into(),
-        wg_port: 51820,
-        rdomain: 0,
-        addrs4: vec![Ipv4Addr::from(addr)],
-        addrs6: vec!["2001:db8::2".parse().unwrap()],
-    }
-}
-
-/// How many times the backend ran nft so far.
-fn nft_runs(r: &Rig) -> usize {
-    std::fs::read_to_string(r._dir.path().join("calls"))
-        .unwrap_or_default()
-        .lines()
-        .count()
-}
-
-/// What a read-back of all `links` shows for `name`.
-fn state(r: &mut Rig, links: &[LinkTarget], name: &str) -> Observed {
-    r.fw.observe(links, None).unwrap()[name].state.clone()
-}
-
-/// The elements of the link's `locked_` set as nft lists them ("" when
-/// empty): "ipv4, ipv6" while the switch sends it to its lockdown chain.
-fn locked(ns: &Netns, link: &str) -> String {
-    let out = ns.nft(&format!("list set inet qkdpfd locked_{link}"));
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix("elements = { "))
-        .map(|l| l.trim_end_matches(" }").to_string())
-        .unwrap_or_default()
-}
-
-const SWITCH_DR: &str = "meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"";
-
-/// The rules of `chain` as nft lists them, without qkdpfd's own switch,
-/// tag and drop rules (`comment "qkdpfd ..."`).
-fn rules(ns: &Netns, chain: &str) -> Vec<String> {
-    all_rules(ns, chain)
-        .into_iter()
-        .filter(|l| !l.contains("comment \"qkdpfd "))
-        .collect()
-}
-
-/// The rules of `chain`, one per line, as nft lists them.
-fn all_rules(ns: &Netns, chain: &str) -> Vec<String> {
-    nft_listing::rules(&ns.nft(&format!("list chain inet qkdpfd {chain}")))
-}
+use qkdpfd::parent::fw::Observed;
+use rig::*;
 
 #[test]
 fn init_builds_skeleton_with_empty_link_chains() {
@@ -414,17 +259,6 @@ fn check_accepts_samples_and_refuses_bad_statements() {
 }
 
 /// Pings `addr` once from inside `ns`; true if a reply came back.
-fn ping(ns: &Netns, addr: &str) -> bool {
-    Command::new("ip")
-        .args([
-            "netns", "exec", &ns.name, "ping", "-c", "1", "-W", "1", "-q", addr,
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
 #[test]
 fn packets_follow_the_link_chain() {
     if !root_or_skip("packets_follow_the_link_chain") {
@@ -641,4 +475,100 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(observe_one(&mut r), Observed::Locked);
+}
+
+/// What arrives of WireGuard-shaped datagrams sent across the link, in
+/// each direction: (first four bytes, length) of each one received.
+fn udp_across(
+    from: &std::net::UdpSocket,
+    to: &std::net::UdpSocket,
+    shapes: &[(u8, u8, usize)],
+) -> Vec<(u8, u8, usize)> {
+    let dest = to.local_addr().unwrap();
+    for &(ty, reserved, len) in shapes {
+        let mut b = vec![0u8; len];
+        b[0] = ty;
+        b[1] = reserved;
+        // A drop in the output hook fails the send with EPERM.
+        let _ = from.send_to(&b, dest);
+    }
+    to.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = to.recv(&mut buf) {
+        got.push((buf[0], buf[1], n));
+    }
+    got
+}
+
+/// With `new_session`, a lockdown lets WireGuard's handshake messages
+/// (types 1-3 at their own lengths) and keepalives (type 4 with nothing in
+/// it: 32 bytes) through between the peer and us, in both directions, and
+/// nothing else: no data message that could carry a packet (48 bytes or
+/// more), no odd length, no non-zero reserved byte. Open passes everything
+/// (the drops were the lockdown's).
+#[test]
+fn a_lockdown_lets_only_wireguard_handshakes_through() {
+    if !root_or_skip("a_lockdown_lets_only_wireguard_handshakes_through") {
+        return;
+    }
+    let mut r = rig_with(true);
+    let far = Netns::new();
+    let (a, b) = (
+        format!("qa{}", &r.ns.name[6..]),
+        format!("qb{}", &far.name[6..]),
+    );
+    sh(&[
+        "ip", "link", "add", &a, "netns", &r.ns.name, "type", "veth", "peer", "name", &b, "netns",
+        &far.name,
+    ]);
+    r.ns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", &a]);
+    r.ns.exec(&["ip", "link", "set", &a, "up"]);
+    far.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", &b]);
+    far.exec(&["ip", "link", "set", &b, "up"]);
+    let dr = link("dr", "qwg0", [192, 0, 2, 2]);
+    r.fw.init(std::slice::from_ref(&dr)).unwrap();
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert!(r.fw.passes_handshakes(&dr));
+    assert_eq!(
+        state(&mut r, std::slice::from_ref(&dr), "dr"),
+        Observed::Locked
+    );
+
+    let here = std::net::UdpSocket::bind("192.0.2.1:51820").unwrap();
+    let far_name = far.name.clone();
+    let there = std::thread::spawn(move || {
+        enter_name(&far_name);
+        std::net::UdpSocket::bind("192.0.2.2:51820").unwrap()
+    })
+    .join()
+    .unwrap();
+    let handshakes = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32)];
+    let others = [
+        (4, 0, 48),
+        (4, 0, 148),
+        (4, 1, 32),
+        (1, 0, 100),
+        (2, 0, 148),
+        (1, 1, 148),
+        (0, 0, 64),
+    ];
+    let all: Vec<_> = handshakes.iter().chain(&others).copied().collect();
+    assert_eq!(
+        udp_across(&there, &here, &all),
+        handshakes,
+        "in: only handshakes"
+    );
+    assert_eq!(
+        udp_across(&here, &there, &all),
+        handshakes,
+        "out: only handshakes"
+    );
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert_eq!(udp_across(&there, &here, &all), all, "open: everything");
 }

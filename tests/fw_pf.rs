@@ -47,6 +47,7 @@ impl Rec {
             anchor: "qkdpfd".into(),
             pfctl,
             nft: PathBuf::from("/usr/sbin/nft"),
+            handshakes: false,
         };
         let fw = fw::new(&conf, dir.path());
         Rec { dir, fw }

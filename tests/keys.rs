@@ -619,6 +619,11 @@ fn an_eavesdropper_locks_both_ends_and_both_recover() {
         assert!(has_reason(&s, "qber"), "reopened on the old key: {s}");
     }
     assert_eq!(p.pings(2), 0, "traffic on the incident's key\n{}", p.logs());
+    // Every session either end has now began before this instant.
+    let fresh_from = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     p.ctl_ok(A, &["rotate", "dr"]);
     p.wait("both ends reopened", Duration::from_secs(30), |a, b| {
         [a, b].iter().all(|s| {
@@ -627,6 +632,26 @@ fn an_eavesdropper_locks_both_ends_and_both_recover() {
                 && s["keys"]["installed_epoch"].as_u64() > Some(epoch)
         })
     });
+    // new_session (the default): each end reopened only on a session made
+    // after the incident, never on the one from before it.
+    for end in [A, B] {
+        let latest = p.wg_show(end, "latest-handshakes");
+        let secs: u64 = latest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            secs >= fresh_from,
+            "end {end} opened on a session from {secs}, before {fresh_from}\n{}",
+            p.logs()
+        );
+        assert!(
+            p.log(end).contains("event=session_made link=dr"),
+            "{}",
+            p.logs()
+        );
+    }
     p.traffic_within(Duration::from_secs(10));
     assert_eq!(p.psk(A), p.psk(B));
 }

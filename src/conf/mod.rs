@@ -121,6 +121,11 @@ pub struct FirewallConf {
     pub pfctl: PathBuf,
     /// Path of nft (default /usr/sbin/nft).
     pub nft: PathBuf,
+    /// A lockdown lets WireGuard's handshake messages through (never its
+    /// data), so that a link held for `no-session` can make a new session:
+    /// `[wireguard] new_session` with nftables. Not a config key.
+    #[serde(skip)]
+    pub handshakes: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,9 +141,10 @@ pub enum WireguardBackend {
 pub struct WireguardConf {
     pub backend: WireguardBackend,
     /// After each rotation the master re-creates its peer so that a new
-    /// session starts under the new PSK at once (issue 13); off (the
-    /// default for now), the PSK protects traffic from WireGuard's own
-    /// next rekey (up to 120 s).
+    /// session starts under the new PSK at once, and a link that was
+    /// locked opens only on a session made after its lockdown (issue 13);
+    /// off, the PSK protects traffic from WireGuard's own next rekey (up to
+    /// 120 s). Default on, except with the openbsd backend (not yet).
     pub new_session: bool,
 }
 

@@ -151,10 +151,9 @@ pub(super) fn new_sessions(p: &mut Parent) {
         if role != Some(crate::conf::Role::Master) || !p.conf.wireguard.new_session {
             continue;
         }
-        // A locked link's handshake would be dropped, and WireGuard retries
-        // only after 5 s: the demo's recovery then found no traffic. After
-        // a lockdown the session from before it may carry traffic until
-        // the next rotation (qkdpfd.conf.5; issue 13 has the fix to come).
+        // A locked link's peer is re-created when it is about to open
+        // (parent/session.rs), where the firewall lets handshakes through:
+        // doing it here too would only cost a second session.
         let open = p.links.links.get(&link).map(|l| l.enforcement());
         if open != Some(Enforcement::Open) {
             continue;

@@ -115,6 +115,15 @@ pub struct Links {
     /// accepted started and returned (the kernel had committed it then;
     /// the read-back follows).
     pub committed_ns: Option<(u64, u64)>,
+    /// Keyed links that open only on a WireGuard session made after they
+    /// were locked (`[wireguard] new_session` with a firewall that lets
+    /// handshakes through a lockdown); empty when that is off.
+    pub session_gate: BTreeSet<String>,
+    /// Links just held for `no-session`: the parent re-creates their peers
+    /// and waits for the handshake (`parent/session.rs`).
+    pub session_due: BTreeSet<String>,
+    /// The link whose new session was just seen, while it opens.
+    session_made: Option<String>,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -142,6 +151,9 @@ impl Links {
             damage_logged: log::PerMinute::default(),
             write_failing: None,
             committed_ns: None,
+            session_gate: BTreeSet::new(),
+            session_due: BTreeSet::new(),
+            session_made: None,
         }
     }
 
@@ -300,6 +312,9 @@ impl Links {
                     self.stage_lockdown(name, bundle);
                     return None;
                 }
+                if self.hold_for_session(name, before, bundle) {
+                    return None;
+                }
                 self.persist();
                 if !self.open(name, bundle) {
                     return None;
@@ -318,6 +333,46 @@ impl Links {
         }
         let after = self.links[name].enforcement();
         (before != after).then_some(after)
+    }
+
+    /// A gated link that is locked opens only on a new WireGuard session:
+    /// until one is seen it is held with `no-session`, under a lockdown that
+    /// lets handshakes through (the bundle's, loaded if the lock in place
+    /// is another), and the parent re-creates its peer (`session_due`).
+    /// Whatever session the peer had may be older than the lockdown.
+    fn hold_for_session(
+        &mut self,
+        name: &str,
+        before: Enforcement,
+        bundle: Option<&Bundle>,
+    ) -> bool {
+        if before == Enforcement::Open
+            || !self.session_gate.contains(name)
+            || self.session_made.as_deref() == Some(name)
+        {
+            return false;
+        }
+        // Not a new lockdown (the link is locked already): no `lockdown`
+        // event, which would count twice per incident in a SIEM; the wait
+        // ends with `session_made` or says `session_failed`.
+        let l = self.links.get_mut(name).expect("converge checked it");
+        l.parent.insert(LockReason::NoSession);
+        let target = l.target.clone();
+        if !self.fw.passes_handshakes(&target) {
+            self.lock(name, bundle);
+        }
+        self.session_due.insert(name.to_string());
+        true
+    }
+
+    /// The parent saw a handshake newer than the link's re-created peer:
+    /// `no-session` ends and the link opens if nothing else holds it.
+    pub fn session_made(&mut self, name: &str, bundle: Option<&Bundle>) -> Option<Enforcement> {
+        self.set_parent_reason(name, LockReason::NoSession, false);
+        self.session_made = Some(name.to_string());
+        let r = self.converge(name, bundle, OpenedBy::Auto, false);
+        self.session_made = None;
+        r
     }
 
     fn open(&mut self, name: &str, bundle: Option<&Bundle>) -> bool {

@@ -23,6 +23,7 @@ mod policy_jobs;
 mod reload;
 mod reports;
 mod run;
+mod session;
 mod syslog;
 mod to_engine;
 pub mod wg;
@@ -77,6 +78,8 @@ pub struct Parent {
     /// Links (and epochs) whose master just installed: their peers are
     /// re-created for a new session once the install answers are out.
     pub pending_sessions: Vec<(String, u64)>,
+    /// Links held for `no-session`, waiting for a new WireGuard session.
+    pub sessions: session::Waits,
     /// Control clients' connections from the engine, and the uids the
     /// kernel gave for them ([`crate::imsg::creds`]).
     pub ctl_creds: Option<(OwnedFd, crate::imsg::creds::Creds)>,
@@ -321,6 +324,14 @@ impl Parent {
         // one stays open until the engine has fresh state for it.
         let mut links = Links::new(map, fw, st, state_path);
         links.tunnel = Some(links::Tunnel::new(&conf, backend));
+        if conf.wireguard.new_session && conf.firewall.handshakes {
+            links.session_gate = conf
+                .link
+                .keys()
+                .filter(|n| wg.is_keyed(n))
+                .cloned()
+                .collect();
+        }
         hold_until_keyed(&mut links, &mut wg, now);
         let mut p = Parent {
             conf,
@@ -335,6 +346,7 @@ impl Parent {
             pending_epochs: Vec::new(),
             pending_verifiers: Vec::new(),
             pending_sessions: Vec::new(),
+            sessions: Default::default(),
             ctl_creds: None,
             job: None,
             job_rx: None,

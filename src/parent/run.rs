@@ -109,6 +109,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
         _ => return ExitCode::FAILURE,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut session_poll = tokio::time::interval(super::session::POLL);
+    session_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = super::deadman::Heartbeat::new(Instant::now());
     let hello_deadline = Instant::now() + imsg::HELLO_TIMEOUT;
     let mut hello = false;
@@ -196,6 +198,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if !changed.is_empty() { send_all_states(&p, &tx); }
                 super::policy_jobs::scan_spool(&mut p);
                 let changed = check_expiry(&mut p, &mut expiry_log);
+                send(&p, &tx, changed);
+            }
+            _ = session_poll.tick(), if !p.sessions.is_empty() || !p.links.session_due.is_empty() => {
+                let changed = super::session::poll(&mut p, Instant::now());
                 send(&p, &tx, changed);
             }
             r = async { job_rx.as_mut().expect("guarded").await }, if job_rx.is_some() => {

@@ -56,6 +56,8 @@ pub const LOCK_TAG: &str = "qkdpfd lockdown n=";
 pub const DROP_TAG: &str = "qkdpfd drop";
 /// Comment of the switch heading `link_<link>` once qkdpfd loaded it.
 pub const SWITCH_TAG: &str = "qkdpfd switch";
+/// Comment of the rules that let WireGuard handshakes through a lockdown.
+pub const HANDSHAKE_TAG: &str = "qkdpfd handshake";
 /// Comment of a guard table's drops (then the link's name).
 pub const GUARD_TAG: &str = "qkdpfd guard ";
 /// The dead-man switch's set (type nf_proto, flags timeout): every jump to
@@ -234,6 +236,33 @@ pub fn protected_matches(l: &LinkTarget) -> Vec<(&'static str, String)> {
         ("forward", format!("iifname \"{i}\"")),
         ("forward", format!("oifname \"{i}\"")),
     ]
+}
+
+/// WireGuard's handshake messages between the link's peer and us, by UDP
+/// length and first four bytes (message type, little-endian, then three
+/// reserved zero bytes): initiation (type 1, 148 bytes), response (2, 92),
+/// cookie reply (3, 64), and the keepalive: a data message (4) with nothing
+/// in it, 32 bytes (header and tag), where the smallest that carries a
+/// packet is 48. Never a packet: a session may be made while locked,
+/// nothing may be carried on it. The keepalive is what confirms a new
+/// session to its responder; without it the end that answered a handshake
+/// keeps sending on a session the other end no longer has (its peer was
+/// re-created) until WireGuard gives up on it. Heads `lock_<link>` when the
+/// lockdown lets handshakes through (`[wireguard] new_session`). Only
+/// underlay packets reach here with this shape: inner packets of a locked
+/// tunnel are data messages of 48 bytes or more on the underlay.
+pub fn handshake_statements(link: &LinkTarget) -> Vec<String> {
+    const SHAPES: &str = "udp length . @th,64,32 { 156 . 0x01000000, 100 . 0x02000000, 72 . 0x03000000, 40 . 0x04000000 }";
+    let (n, p) = (&link.name, link.wg_port);
+    [
+        format!("ip saddr @peer4_{n} udp sport {p}"),
+        format!("ip6 saddr @peer6_{n} udp sport {p}"),
+        format!("ip daddr @peer4_{n} udp dport {p}"),
+        format!("ip6 daddr @peer6_{n} udp dport {p}"),
+    ]
+    .into_iter()
+    .map(|m| format!("{m} {SHAPES} accept comment \"{HANDSHAKE_TAG}\""))
+    .collect()
 }
 
 /// The set whose elements (ipv4, ipv6) send all of the link's traffic to
@@ -422,6 +451,22 @@ mod tests {
             !s.contains("flush set inet qkdpfd locked_dr"),
             "a reload keeps the state"
         );
+    }
+
+    #[test]
+    fn handshakes_only_by_type_and_length_to_and_from_the_peer() {
+        let h = handshake_statements(&dr());
+        assert_eq!(h.len(), 4);
+        assert_eq!(
+            h[0],
+            "ip saddr @peer4_dr udp sport 51820 udp length . @th,64,32 \
+             { 156 . 0x01000000, 100 . 0x02000000, 72 . 0x03000000, 40 . 0x04000000 } \
+             accept comment \"qkdpfd handshake\""
+        );
+        assert!(h[3].starts_with("ip6 daddr @peer6_dr udp dport 51820 udp length"));
+        // Type 4 only at the keepalive's length: never a packet.
+        assert_eq!(h[0].matches("0x04000000").count(), 1);
+        assert!(h[0].contains("40 . 0x04000000"));
     }
 
     #[test]

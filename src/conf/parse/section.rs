@@ -174,6 +174,12 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
     };
     let firewall = firewall(fixed(root, &empty, "firewall", FIREWALL_KEYS, errs));
     let wireguard = wireguard(fixed(root, &empty, "wireguard", WIREGUARD_KEYS, errs));
+    // pf cannot tell a handshake from data (no payload match): there a
+    // lockdown drops both, and new_session re-creates only open links.
+    let firewall = FirewallConf {
+        handshakes: wireguard.new_session && firewall.backend != FirewallBackend::Pf,
+        ..firewall
+    };
     let peering = match root.contains_key("peering") {
         true => peering(fixed(root, &empty, "peering", PEERING_KEYS, errs)),
         false => None,
@@ -409,6 +415,7 @@ fn firewall(mut s: Sect) -> FirewallConf {
         anchor: s.or("anchor", d.anchor, value::name),
         pfctl: s.or("pfctl", d.pfctl, path),
         nft: s.or("nft", d.nft, path),
+        handshakes: false,
     }
 }
 
@@ -421,18 +428,22 @@ impl Default for FirewallConf {
             anchor: "qkdpfd".into(),
             pfctl: "/sbin/pfctl".into(),
             nft: "/usr/sbin/nft".into(),
+            handshakes: false,
         }
     }
 }
 
 fn wireguard(mut s: Sect) -> WireguardConf {
     let (_, backend) = default_backends();
-    // new_session is opt-in until a lockdown lets handshakes through: a
-    // re-created peer whose far end is locked just then is cut off until
-    // WireGuard's next try, 5 s later (qkdpfd.conf.5).
+    let backend = s.or("backend", backend, choice(WG_BACKENDS));
+    // wg(4) peers are not re-created yet (wg/openbsd.rs).
+    let on = matches!(
+        backend,
+        WireguardBackend::Linux | WireguardBackend::Userspace
+    );
     WireguardConf {
-        backend: s.or("backend", backend, choice(WG_BACKENDS)),
-        new_session: s.or("new_session", false, value::boolean),
+        backend,
+        new_session: s.or("new_session", on, value::boolean),
     }
 }
 

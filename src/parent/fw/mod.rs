@@ -86,6 +86,15 @@ pub trait Firewall: LinkCheck + Send {
             self.name()
         )))
     }
+    /// Whether the link's lockdown, as last loaded, lets WireGuard's
+    /// handshake messages through (never its data), so that a new session
+    /// can be made while it holds. A liveness fact, not a safety one: a
+    /// wrong answer only keeps a `no-session` link locked longer. pf has
+    /// no payload match: never.
+    fn passes_handshakes(&self, link: &LinkTarget) -> bool {
+        let _ = link;
+        false
+    }
 }
 
 /// What the kernel showed for one link.
@@ -149,7 +158,9 @@ impl Readback {
 pub fn new(conf: &FirewallConf, state_dir: &Path) -> Box<dyn Firewall> {
     match conf.backend {
         FirewallBackend::Pf => Box::new(pf::Pf::new(&conf.pfctl, &conf.anchor)),
-        FirewallBackend::Nftables => Box::new(nft::Nft::new(&conf.nft, &conf.anchor)),
+        FirewallBackend::Nftables => {
+            Box::new(nft::Nft::new(&conf.nft, &conf.anchor).with_handshakes(conf.handshakes))
+        }
         FirewallBackend::DryRun => Box::new(dryrun::DryRun::new(
             Flavor::native(),
             &conf.anchor,

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use super::{Firewall, Readback};
 use crate::lock::Enforcement;
 use crate::ruleset::nft::{
-    clear_script, flip_script, guard_script, lock_script, locked_set, render_statements, skeleton,
-    stage_script,
+    clear_script, flip_script, guard_script, handshake_statements, lock_script, locked_set,
+    render_statements, skeleton, stage_script,
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
@@ -66,6 +66,8 @@ pub struct Nft {
     /// The link of the last netlink flip and the generation read right
     /// after it.
     last_flip: Option<(String, Option<u32>)>,
+    /// `lock_<link>` lets WireGuard handshakes through (new_session).
+    handshakes: bool,
 }
 
 impl Nft {
@@ -82,7 +84,29 @@ impl Nft {
             verified: BTreeMap::new(),
             shapes: HashMap::new(),
             last_flip: None,
+            handshakes: false,
         }
+    }
+
+    /// Whether a lockdown lets WireGuard's handshake messages through
+    /// (FirewallConf::handshakes).
+    pub fn with_handshakes(mut self, on: bool) -> Nft {
+        self.handshakes = on;
+        self
+    }
+
+    /// The statements of `lock_<link>`: the handshakes' pass when asked
+    /// for, then the bundle's lockdown text.
+    fn lock_statements(&self, link: &LinkTarget, ruleset: &str) -> Result<Vec<String>, FwError> {
+        let mut stmts = match self.handshakes {
+            true => handshake_statements(link),
+            false => Vec::new(),
+        };
+        let text = render_statements(link, ruleset).map_err(|e| {
+            FwError::refused(format!("link {}: lockdown ruleset refused: {e}", link.name))
+        })?;
+        stmts.extend(text);
+        Ok(stmts)
     }
 
     /// The ruleset generation, once the heartbeat has shown that netlink
@@ -287,9 +311,12 @@ impl Firewall for Nft {
         ruleset: &str,
     ) -> Result<(), FwError> {
         check_names(&self.table, link)?;
-        let stmts = render_statements(link, ruleset).map_err(|e| {
-            FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
-        })?;
+        let stmts = match state {
+            Enforcement::Lockdown => self.lock_statements(link, ruleset)?,
+            Enforcement::Open => render_statements(link, ruleset).map_err(|e| {
+                FwError::refused(format!("link {}: open ruleset refused: {e}", link.name))
+            })?,
+        };
         let what = format!("load {state} rules for link {}", link.name);
         let name = &link.name;
         // Whatever happens, only a success proves what the chains hold.
@@ -338,9 +365,7 @@ impl Firewall for Nft {
             return Ok(());
         }
         check_names(&self.table, link)?;
-        let stmts = render_statements(link, ruleset).map_err(|e| {
-            FwError::refused(format!("link {}: lockdown ruleset refused: {e}", link.name))
-        })?;
+        let stmts = self.lock_statements(link, ruleset)?;
         self.staged.remove(&link.name);
         let script = stage_script(&self.table, link, &stmts);
         self.run(
@@ -349,6 +374,13 @@ impl Firewall for Nft {
         )?;
         self.staged.insert(link.name.clone(), ruleset.to_string());
         Ok(())
+    }
+
+    fn passes_handshakes(&self, link: &LinkTarget) -> bool {
+        // Our switch heads the link chain and lock_<link> holds our text.
+        self.handshakes
+            && self.switched.contains_key(&link.name)
+            && self.staged.contains_key(&link.name)
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {

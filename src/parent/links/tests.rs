@@ -23,6 +23,9 @@ struct Kernel {
     fail_clear: bool,
     fail_init: bool,
     fail_guard: bool,
+    /// Links whose lockdown was loaded from the bundle (not the drop):
+    /// it lets WireGuard handshakes through.
+    handshakes: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -68,6 +71,7 @@ impl Firewall for Fake {
             Enforcement::Lockdown if k.lockdown_lies => {}
             Enforcement::Lockdown => {
                 k.chain.insert(l.name.clone(), Observed::Locked);
+                k.handshakes.insert(l.name.clone());
             }
             Enforcement::Open => {
                 k.chain.insert(l.name.clone(), Observed::Open);
@@ -82,7 +86,11 @@ impl Firewall for Fake {
             return Err(FwError::refused("injected"));
         }
         k.chain.insert(l.name.clone(), Observed::Locked);
+        k.handshakes.remove(&l.name);
         Ok(())
+    }
+    fn passes_handshakes(&self, l: &LinkTarget) -> bool {
+        self.k.lock().unwrap().handshakes.contains(&l.name)
     }
     fn observe(
         &mut self,
@@ -320,6 +328,58 @@ fn failed_open_stays_locked_and_is_retried() {
             .filter(|c| c.starts_with("apply dr open"))
             .count(),
         2
+    );
+}
+
+/// A gated link that was locked opens only once the parent has seen a
+/// new WireGuard session: until then it is held with `no-session` under the
+/// bundle's lockdown (which lets handshakes through, where the drop did
+/// not), and its peer is due for re-creation. Every later open after a
+/// lockdown is gated again.
+#[test]
+fn a_locked_link_opens_only_on_a_new_session() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let k = fake.k.clone();
+    k.lock()
+        .unwrap()
+        .chain
+        .insert("dr".into(), Observed::Locked);
+    let mut l = links(fake, t.path());
+    l.session_gate.insert("dr".into());
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    let b = bundle();
+    l.observe_all();
+    assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
+    assert!(l.links["dr"].parent.contains(LockReason::NoSession));
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    assert_eq!(l.session_due, BTreeSet::from(["dr".to_string()]));
+    assert_eq!(calls(&k), ["apply dr lockdown drop"]);
+    // Ticks change nothing while no session is seen.
+    assert!(l.reconcile(Some(&b), OpenedBy::Auto).is_empty());
+    assert!(calls(&k).iter().all(|c| !c.starts_with("apply")));
+    assert_eq!(l.session_made("dr", Some(&b)), Some(Enforcement::Open));
+    assert!(!l.links["dr"].parent.contains(LockReason::NoSession));
+    assert_eq!(calls(&k)[0], "apply dr open accept");
+    // A lockdown, then its reason gone: held again.
+    l.session_due.clear();
+    l.set_engine_reasons(
+        "dr",
+        [LockReason::Qber].into_iter().collect(),
+        Some(0.2),
+        Some(0.08),
+    );
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
+    assert!(l.links["dr"].parent.contains(LockReason::NoSession));
+    assert!(l.session_due.contains("dr"));
+    // Without the gate the same link opens at once.
+    l.session_gate.clear();
+    l.set_parent_reason("dr", LockReason::NoSession, false);
+    assert_eq!(
+        l.converge("dr", Some(&b), OpenedBy::Auto, false),
+        Some(Enforcement::Open)
     );
 }
 

@@ -1,0 +1,192 @@
+//! The rig of the nftables backend tests: a network namespace per test,
+//! a wrapper script that runs nft inside it, the backend, and readers of
+//! what the kernel holds.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qkdpfd::conf::{FirewallBackend, FirewallConf};
+use qkdpfd::parent::fw::{self, Firewall, Observed};
+use qkdpfd::ruleset::LinkTarget;
+
+use super::nft_listing;
+
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs root (CI=true)");
+    }
+    eprintln!("!!!!! SKIPPED {test}: needs root for network namespaces and nftables !!!!!");
+    false
+}
+
+pub fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A network namespace deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Netns {
+        let name = format!("qkdfw_{:08x}", rand::random::<u32>());
+        sh(&["ip", "netns", "add", &name]);
+        Netns { name }
+    }
+
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    pub fn nft(&self, args: &str) -> String {
+        let mut cmd = vec!["nft"];
+        cmd.extend(args.split_whitespace());
+        self.exec(&cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A namespace, a wrapper script running nft inside it, and the backend.
+pub struct Rig {
+    pub ns: Netns,
+    pub _dir: tempfile::TempDir,
+    pub fw: Box<dyn Firewall>,
+}
+
+/// Moves this thread into `ns`: the backend's netlink (the flips, as the
+/// parent sends them from inside its namespace) then reaches the rig's
+/// nftables, never the host's.
+pub fn enter(ns: &Netns) {
+    enter_name(&ns.name)
+}
+
+/// Moves this thread into the namespace named `name`.
+pub fn enter_name(name: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we own.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+    let _ = name;
+}
+
+pub fn rig() -> Rig {
+    rig_with(false)
+}
+
+/// The rig, its lockdowns letting WireGuard handshakes through or not.
+pub fn rig_with(handshakes: bool) -> Rig {
+    let ns = Netns::new();
+    enter(&ns);
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = write_wrapper(dir.path(), &ns.name);
+    let conf = FirewallConf {
+        backend: FirewallBackend::Nftables,
+        anchor: "qkdpfd".into(),
+        pfctl: PathBuf::from("/sbin/pfctl"),
+        nft: wrapper,
+        handshakes,
+    };
+    let fw = fw::new(&conf, dir.path());
+    Rig { ns, _dir: dir, fw }
+}
+
+pub fn write_wrapper(dir: &Path, ns: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("nft");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}/calls\nexec ip netns exec {ns} nft \"$@\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+pub fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
+    LinkTarget {
+        name: name.into(),
+        wg_if: wg_if.into(),
+        wg_port: 51820,
+        rdomain: 0,
+        addrs4: vec![Ipv4Addr::from(addr)],
+        addrs6: vec!["2001:db8::2".parse().unwrap()],
+    }
+}
+
+/// How many times the backend ran nft so far.
+pub fn nft_runs(r: &Rig) -> usize {
+    std::fs::read_to_string(r._dir.path().join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// What a read-back of all `links` shows for `name`.
+pub fn state(r: &mut Rig, links: &[LinkTarget], name: &str) -> Observed {
+    r.fw.observe(links, None).unwrap()[name].state.clone()
+}
+
+/// The elements of the link's `locked_` set as nft lists them ("" when
+/// empty): "ipv4, ipv6" while the switch sends it to its lockdown chain.
+pub fn locked(ns: &Netns, link: &str) -> String {
+    let out = ns.nft(&format!("list set inet qkdpfd locked_{link}"));
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("elements = { "))
+        .map(|l| l.trim_end_matches(" }").to_string())
+        .unwrap_or_default()
+}
+
+pub const SWITCH_DR: &str = "meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"";
+
+/// The rules of `chain` as nft lists them, without qkdpfd's own switch,
+/// tag and drop rules (`comment "qkdpfd ..."`).
+pub fn rules(ns: &Netns, chain: &str) -> Vec<String> {
+    all_rules(ns, chain)
+        .into_iter()
+        .filter(|l| !l.contains("comment \"qkdpfd "))
+        .collect()
+}
+
+/// The rules of `chain`, one per line, as nft lists them.
+pub fn all_rules(ns: &Netns, chain: &str) -> Vec<String> {
+    nft_listing::rules(&ns.nft(&format!("list chain inet qkdpfd {chain}")))
+}
+
+pub fn ping(ns: &Netns, addr: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "ping", "-c", "1", "-W", "1", "-q", addr,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
