@@ -766,7 +766,16 @@ fn a_killed_parent_locks_every_link_by_itself() {
     gw.wait_state("open", Duration::from_secs(10));
     assert_eq!(gw.pings(5), 5, "open link passes traffic");
     let (mut ping, log) = gw.ping_stream();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Twenty replies first (a second on the host; TCG's guest is slower).
+    let t = std::time::Instant::now();
+    while reply_times(&log).len() < 20 {
+        assert!(
+            t.elapsed() < common::pair::slow(Duration::from_secs(5)),
+            "the open link passed {} replies",
+            reply_times(&log).len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut daemon = gw.daemon.take().unwrap();
     let t_kill = unix_now();
     nix::sys::signal::kill(

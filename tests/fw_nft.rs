@@ -572,3 +572,44 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert_eq!(udp_across(&there, &here, &all), all, "open: everything");
 }
+
+/// A netlink flip the kernel refuses is an error, never a lockdown taken
+/// for done: here the switch and its set were deleted behind the backend
+/// after it staged the lockdown, so its fast path (one NEWSETELEM) meets
+/// ENOENT. The link chain is unchanged (open, no switch), the read-back
+/// does not say locked, and the ladder's next steps (the skeleton rebuilt,
+/// qkdpfd's drop) lock it.
+#[test]
+fn a_refused_netlink_flip_is_an_error_and_the_drop_still_locks() {
+    if !root_or_skip("a_refused_netlink_flip_is_an_error_and_the_drop_still_locks") {
+        return;
+    }
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    let listing = r.ns.nft("-a list chain inet qkdpfd link_dr");
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("qkdpfd switch"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .expect("the switch rule")
+        .trim()
+        .to_string();
+    r.ns.nft(&format!("delete rule inet qkdpfd link_dr handle {handle}"));
+    r.ns.nft("delete set inet qkdpfd locked_dr");
+    let runs = nft_runs(&r);
+    let e =
+        r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+            .unwrap_err();
+    assert!(e.to_string().contains("locked_dr"), "{e}");
+    assert_eq!(nft_runs(&r), runs, "the fast path ran no nft");
+    assert_eq!(rules(&r.ns, "link_dr"), ["accept"], "unchanged");
+    assert_ne!(state(&mut r, &one, "dr"), Observed::Locked);
+    r.fw.init(&one).unwrap();
+    r.fw.clear(&dr).unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+}
