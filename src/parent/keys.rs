@@ -187,6 +187,7 @@ fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret:
     }
     // Written with the others of this batch (one fsync for a `rotate all`).
     p.pending_verifiers.push((link.to_string(), psk.verifier()));
+    p.sessions.psk_changed(link, std::time::Instant::now());
 }
 
 /// How often a link's installed PSK is re-read: the test override

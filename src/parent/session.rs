@@ -6,10 +6,13 @@
 //! newer than that re-creation has completed. Meanwhile its lockdown lets
 //! handshake messages through, never data (`ruleset::nft::handshake_statements`).
 //!
-//! The re-created peer handshakes at once (a keepalive set on it); if the
-//! far end is not ready (still locked by a firewall that drops handshakes,
-//! or not yet holding the new PSK), the peer is re-created again after 1 s,
-//! then 2 s, 4 s, 5 s... (WireGuard itself would retry only every 5 s).
+//! The master's re-created peer handshakes at once (a keepalive set on
+//! it); the slave waits for that handshake (a session newer than its hold)
+//! and re-creates its own peer only if none came within 1 s. If the far
+//! end is not ready (still locked by a firewall that drops handshakes, or
+//! not yet holding the new PSK), the peer is re-created again after 1 s,
+//! then 2 s, 4 s, 5 s... (WireGuard itself would retry only every 5 s);
+//! a new PSK installed meanwhile re-creates it at the next poll.
 //! While a wait runs the loop polls the handshake time every [`POLL`].
 //!
 //! [`Links::session_gate`]: crate::parent::links::Links::session_gate
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::Parent;
 use super::changed::Changed;
+use crate::conf::Role;
 use crate::lock::LockReason;
 use crate::log::{self, Event};
 
@@ -49,6 +53,16 @@ impl Waits {
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
     }
+
+    /// A new PSK was installed on a waiting link's peer: a handshake under
+    /// way used the old one and fails at whichever end has the new one
+    /// first, so the peer is re-created again at the next poll instead of
+    /// after the retry's second.
+    pub fn psk_changed(&mut self, link: &str, now: Instant) {
+        if let Some(w) = self.links.get_mut(link) {
+            w.next_try = now;
+        }
+    }
 }
 
 /// One poll: begins the waits the links asked for, re-creates the peers
@@ -56,10 +70,17 @@ impl Waits {
 pub fn poll(p: &mut Parent, now: Instant) -> Changed {
     let mut out = Changed::none();
     for name in std::mem::take(&mut p.links.session_due) {
+        // Only the master re-creates at once: were both ends to re-create
+        // and initiate together, each could end on a session the other
+        // dropped (seen: ~1 recovery in 35 stalled until WireGuard's own
+        // 15 s). The slave waits for the handshake the master's re-created
+        // peer starts (its answer to it completes when the master's
+        // keepalive arrives) and re-creates its own only on the retry.
+        let master = p.conf.link.get(&name).and_then(|l| l.role) == Some(Role::Master);
         p.sessions.links.entry(name).or_insert(Wait {
             began: now,
-            since: None,
-            next_try: now,
+            since: (!master).then(SystemTime::now),
+            next_try: if master { now } else { now + FIRST_RETRY },
             retry: FIRST_RETRY,
             tries: 0,
             failed_said: false,
