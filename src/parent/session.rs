@@ -2,9 +2,13 @@
 //! `no-session`). A session made before or during a lockdown may run on a
 //! PSK from before the incident, and WireGuard keeps using it for up to two
 //! minutes; so a gated link ([`Links::session_gate`]) that was locked opens
-//! only once its peer has been re-created (no session left) and a handshake
-//! newer than that re-creation has completed. Meanwhile its lockdown lets
-//! handshake messages through, never data (`ruleset::nft::handshake_statements`).
+//! only once a handshake newer than its hold has completed, and the master
+//! has re-created its peer for it (no session from before left at that
+//! end, so none can carry traffic: the slave's old keys find no partner).
+//! A handshake that completes needs the same PSK at both ends: after the
+//! hold, that is the key each end installed last. Meanwhile the lockdown
+//! lets handshake messages and empty keepalives through, never a packet
+//! (`ruleset::nft::handshake_statements`).
 //!
 //! The master's re-created peer handshakes at once (a keepalive set on
 //! it); the slave waits for that handshake (a session newer than its hold)
@@ -40,8 +44,8 @@ pub struct Waits {
 struct Wait {
     /// When the wait began (for `after_ms`).
     began: Instant,
-    /// The wall clock just before the last re-creation: a handshake after
-    /// it can only belong to the re-created peer.
+    /// The wall clock just before the last re-creation (the slave's hold,
+    /// until it re-creates): a handshake after it is a new session.
     since: Option<SystemTime>,
     next_try: Instant,
     retry: Duration,
