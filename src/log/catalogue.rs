@@ -181,7 +181,7 @@ catalogue! {
     WgSessionKept "wg_session_kept" Warning ("link", "epoch", "reason", "[msg]")
         "the master installed a new PSK but could not re-create its WireGuard peer for a new session ([wireguard] new_session): traffic stays on the previous session's keys until WireGuard's own rekey (at most 120 s)";
     SessionMade "session_made" Info ("link", "after_ms", "tries")
-        "a link held for no-session saw a WireGuard handshake newer than its re-created peer, after_ms after the first re-creation and tries re-creations: it opens unless another reason holds it";
+        "a link held for no-session saw a WireGuard handshake newer than its hold, after_ms after the hold began, its peer re-created tries times (the master once, the slave none unless the master's handshake did not come): it opens unless another reason holds it";
     SessionFailed "session_failed" Warning ("link", "reason", "[msg]")
         "a link held for no-session could not have its WireGuard peer re-created; it stays locked and is tried again (said once per wait)";
     KeyStale "key_stale" Alert ("link", "psk", "[reason]")
