@@ -267,19 +267,7 @@ fn packets_follow_the_link_chain() {
     // Gateway namespace (the rig's) and a far end, joined by a veth pair
     // that plays the link's wg interface.
     let mut r = rig();
-    let far = Netns::new();
-    let (a, b) = (
-        format!("qa{}", &r.ns.name[6..]),
-        format!("qb{}", &far.name[6..]),
-    );
-    sh(&[
-        "ip", "link", "add", &a, "netns", &r.ns.name, "type", "veth", "peer", "name", &b, "netns",
-        &far.name,
-    ]);
-    r.ns.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &a]);
-    r.ns.exec(&["ip", "link", "set", &a, "up"]);
-    far.exec(&["ip", "addr", "add", "10.99.0.2/24", "dev", &b]);
-    far.exec(&["ip", "link", "set", &b, "up"]);
+    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
     assert!(ping(&r.ns, "10.99.0.2"), "no path before any firewall");
 
     let dr = link("dr", &a, [10, 99, 0, 2]);
@@ -514,19 +502,7 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
         return;
     }
     let mut r = rig_with(true);
-    let far = Netns::new();
-    let (a, b) = (
-        format!("qa{}", &r.ns.name[6..]),
-        format!("qb{}", &far.name[6..]),
-    );
-    sh(&[
-        "ip", "link", "add", &a, "netns", &r.ns.name, "type", "veth", "peer", "name", &b, "netns",
-        &far.name,
-    ]);
-    r.ns.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", &a]);
-    r.ns.exec(&["ip", "link", "set", &a, "up"]);
-    far.exec(&["ip", "addr", "add", "192.0.2.2/24", "dev", &b]);
-    far.exec(&["ip", "link", "set", &b, "up"]);
+    let (far, _) = far_end(&r, "192.0.2.1/24", "192.0.2.2/24");
     let dr = link("dr", "qwg0", [192, 0, 2, 2]);
     r.fw.init(std::slice::from_ref(&dr)).unwrap();
     r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");

@@ -190,3 +190,23 @@ pub fn ping(ns: &Netns, addr: &str) -> bool {
         .status
         .success()
 }
+
+/// A far end for the rig: a namespace joined to the rig's by a veth pair,
+/// `here` and `there` (CIDR) on its two ends. Returns the far namespace
+/// and the name of the rig's end.
+pub fn far_end(r: &Rig, here: &str, there: &str) -> (Netns, String) {
+    let far = Netns::new();
+    let (a, b) = (
+        format!("qa{}", &r.ns.name[6..]),
+        format!("qb{}", &far.name[6..]),
+    );
+    sh(&[
+        "ip", "link", "add", &a, "netns", &r.ns.name, "type", "veth", "peer", "name", &b, "netns",
+        &far.name,
+    ]);
+    r.ns.exec(&["ip", "addr", "add", here, "dev", &a]);
+    r.ns.exec(&["ip", "link", "set", &a, "up"]);
+    far.exec(&["ip", "addr", "add", there, "dev", &b]);
+    far.exec(&["ip", "link", "set", &b, "up"]);
+    (far, a)
+}
