@@ -18,7 +18,7 @@ mod common;
 mod stats;
 
 use common::gateway::policy;
-use common::pair::{A, B, Pair, has_reason};
+use common::pair::{A, B, Pair};
 use std::time::Duration;
 
 /// Rounds are driven by hand: the period never fires.
@@ -90,17 +90,8 @@ fn main() {
 
 /// One incident and its recovery; the time from `rotate` to both open.
 fn one_round(p: &Pair) -> Duration {
-    for end in [A, B] {
-        p.ctl_ok(end, &["sim", "eve", "dr", "1"]);
-    }
-    p.wait("both ends locked", Duration::from_secs(15), |a, b| {
-        [a, b]
-            .iter()
-            .all(|s| s["enforcement"] == "lockdown" && has_reason(s, "qber"))
-    });
-    for end in [A, B] {
-        p.ctl_ok(end, &["sim", "eve", "dr", "0"]);
-    }
+    p.eavesdropper(true);
+    p.eavesdropper(false);
     // The QBER must have stayed low for recover_after before a new key
     // may clear `qber`: wait for the engine to say it is waiting for one.
     std::thread::sleep(Duration::from_secs(3));

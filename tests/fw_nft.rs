@@ -131,10 +131,7 @@ fn staged_lockdown_flips_by_set_elements() {
     }
     let mut r = rig();
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
-    r.fw.init(std::slice::from_ref(&dr)).unwrap();
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
+    open_and_staged(&mut r, &dr);
     assert_eq!(
         rules(&r.ns, "link_dr"),
         ["accept"],
@@ -319,10 +316,7 @@ fn read_back_sees_every_tampering() {
     let mut r = rig();
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
     let one = [dr.clone()];
-    r.fw.init(&one).unwrap();
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
+    open_and_staged(&mut r, &dr);
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
@@ -563,10 +557,7 @@ fn a_refused_netlink_flip_is_an_error_and_the_drop_still_locks() {
     let mut r = rig();
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
     let one = [dr.clone()];
-    r.fw.init(&one).unwrap();
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
+    open_and_staged(&mut r, &dr);
     let listing = r.ns.nft("-a list chain inet qkdpfd link_dr");
     let handle = listing
         .lines()

@@ -596,23 +596,14 @@ fn an_eavesdropper_locks_both_ends_and_both_recover() {
     };
     assert!(p.pings(2) > 0, "no traffic before the eavesdropper");
     let epoch = p.installed(A);
-    for end in [A, B] {
-        p.ctl_ok(end, &["sim", "eve", "dr", "1"]);
-    }
-    p.wait("both ends locked", Duration::from_secs(15), |a, b| {
-        [a, b]
-            .iter()
-            .all(|s| s["enforcement"] == "lockdown" && has_reason(s, "qber"))
-    });
+    p.eavesdropper(true);
     assert_eq!(
         p.pings(3),
         0,
         "traffic through a locked tunnel\n{}",
         p.logs()
     );
-    for end in [A, B] {
-        p.ctl_ok(end, &["sim", "eve", "dr", "0"]);
-    }
+    p.eavesdropper(false);
     // Low QBER alone does not reopen: the key in force saw the incident.
     std::thread::sleep(Duration::from_secs(3));
     for s in [p.show(A), p.show(B)] {

@@ -324,7 +324,8 @@ impl Parent {
         // one stays open until the engine has fresh state for it.
         let mut links = Links::new(map, fw, st, state_path);
         links.tunnel = Some(links::Tunnel::new(&conf, backend));
-        if conf.wireguard.new_session && conf.firewall.handshakes {
+        // handshakes: new_session with a firewall that passes them.
+        if conf.firewall.handshakes {
             links.session_gate = conf
                 .link
                 .keys()

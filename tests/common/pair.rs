@@ -510,6 +510,23 @@ impl Pair {
         super::gateway::pings_from(&self.ns(B), count)
     }
 
+    /// qkdsim's eavesdropper on the fibre, as both ends' simulated QBER
+    /// sees it: on (intercept-resend of every photon) until both ends are
+    /// locked for `qber`, or off.
+    pub fn eavesdropper(&self, on: bool) {
+        let fraction = if on { "1" } else { "0" };
+        for end in [A, B] {
+            self.ctl_ok(end, &["sim", "eve", "dr", fraction]);
+        }
+        if on {
+            self.wait("both ends locked", Duration::from_secs(15), |a, b| {
+                [a, b]
+                    .iter()
+                    .all(|s| s["enforcement"] == "lockdown" && has_reason(s, "qber"))
+            });
+        }
+    }
+
     /// Pings until 3 of 3 pass (WireGuard retries a handshake every 5 s).
     pub fn traffic_within(&self, limit: Duration) {
         let limit = slow(limit);

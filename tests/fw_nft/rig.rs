@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
+use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw::{self, Firewall, Observed};
 use qkdpfd::ruleset::LinkTarget;
 
@@ -209,4 +210,13 @@ pub fn far_end(r: &Rig, here: &str, there: &str) -> (Netns, String) {
     far.exec(&["ip", "addr", "add", there, "dev", &b]);
     far.exec(&["ip", "link", "set", &b, "up"]);
     (far, a)
+}
+
+/// The skeleton for `dr` alone, the link open on `accept` and the lockdown
+/// `counter drop` preloaded: where a netlink flip is the next step.
+pub fn open_and_staged(r: &mut Rig, dr: &LinkTarget) {
+    r.fw.init(std::slice::from_ref(dr)).unwrap();
+    r.fw.apply(dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
 }

@@ -301,6 +301,20 @@ fn tampering_is_found_by_the_tick_and_undone() {
     assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
 }
 
+/// A link the kernel shows locked, its engine reporting no reason, read
+/// back: a converge now wants it open.
+fn locked(fake: Fake, dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
+    let k = fake.k.clone();
+    k.lock()
+        .unwrap()
+        .chain
+        .insert("dr".into(), Observed::Locked);
+    let mut l = links(fake, dir);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.observe_all();
+    (l, k)
+}
+
 #[test]
 fn failed_open_stays_locked_and_is_retried() {
     let t = tempfile::tempdir().unwrap();
@@ -308,15 +322,8 @@ fn failed_open_stays_locked_and_is_retried() {
         fail_applies: 1,
         ..Kernel::default()
     });
-    let k = fake.k.clone();
-    k.lock()
-        .unwrap()
-        .chain
-        .insert("dr".into(), Observed::Locked);
-    let mut l = links(fake, t.path());
-    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    let (mut l, k) = locked(fake, t.path());
     let b = bundle();
-    l.observe_all();
     assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
     // The next tick's reconcile retries and opens.
@@ -339,17 +346,9 @@ fn failed_open_stays_locked_and_is_retried() {
 #[test]
 fn a_locked_link_opens_only_on_a_new_session() {
     let t = tempfile::tempdir().unwrap();
-    let fake = Fake::default();
-    let k = fake.k.clone();
-    k.lock()
-        .unwrap()
-        .chain
-        .insert("dr".into(), Observed::Locked);
-    let mut l = links(fake, t.path());
+    let (mut l, k) = locked(Fake::default(), t.path());
     l.session_gate.insert("dr".into());
-    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
     let b = bundle();
-    l.observe_all();
     assert_eq!(l.converge("dr", Some(&b), OpenedBy::Auto, false), None);
     assert!(l.links["dr"].parent.contains(LockReason::NoSession));
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
