@@ -106,7 +106,7 @@ fuzz-smoke:
 
 # As root (network namespaces). rotation needs the testing feature.
 bench:
-	$(CARGO) bench --features testing --bench attack_wire --bench flip --bench lockdown --bench rotation --bench rotation_wire
+	$(CARGO) bench --features testing --bench attack_wire --bench dispatch --bench flip --bench lockdown --bench rotation --bench rotation_wire
 
 # Type-check the whole crate for OpenBSD (needs nightly + rust-src; CI does
 # not depend on it: .ci/run runs it only where the toolchain is there).

@@ -8,8 +8,8 @@
 //!   `insert rule ... link_<l> goto lock_<l>` for the lockdown — a new goto,
 //!   which makes the kernel re-validate the table — and the link chain
 //!   replaced whole for the open;
-//! - netlink: the nftables backend's `apply` — for the lockdown two
-//!   elements added to `locked_<l>`, for the open the set flushed, each one
+//! - netlink: the nftables backend's `apply` — for the lockdown the link's
+//!   keys added to the `locked_` sets, for the open taken out, each one
 //!   netlink transaction; and the bare transaction (`netlink::transact`:
 //!   send, kernel commit, ACK), the kernel's share of it.
 //!
@@ -33,7 +33,8 @@ use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw::{self, nft::netlink};
 use qkdpfd::ruleset::LinkTarget;
-use qkdpfd::ruleset::nft::{flip_script, locked_set, render_statements};
+use qkdpfd::ruleset::nft::dispatch::{Kind, LinkKeys};
+use qkdpfd::ruleset::nft::{flip_script, render_statements};
 
 const OPEN: &str = "ip saddr $peer4 udp sport $wg_port counter accept\niifname $wg_if accept\n\
                     oifname $wg_if accept\n";
@@ -130,7 +131,7 @@ fn main() {
         exec_lock.push(us(t));
         let stmts = render_statements(l, OPEN).unwrap();
         let t = Instant::now();
-        nft_f(&flip_script("qkdpfd", l, &stmts));
+        nft_f(&flip_script("qkdpfd", l, &LinkKeys::all(l), &stmts));
         exec_open.push(us(t));
         // netlink, through the backend (it re-learns the chain it loaded).
         fw.apply(l, Enforcement::Open, OPEN).unwrap();
@@ -141,19 +142,24 @@ fn main() {
         fw.apply(l, Enforcement::Open, OPEN).unwrap();
         nl_open.push(us(t));
         // The bare transactions.
-        let set = locked_set(l);
-        let seq = 1_000_000 + 8 * f as u32;
+        let keys = LinkKeys::all(l);
+        let (v4, wg) = (keys.bytes(Kind::V4), keys.bytes(Kind::If));
+        let v4: Vec<&[u8]> = v4.iter().map(Vec::as_slice).collect();
+        let wg: Vec<&[u8]> = wg.iter().map(Vec::as_slice).collect();
+        let (s4, sif) = (Kind::V4.locked_set(), Kind::If.locked_set());
+        let add = [
+            netlink::Change::Add(&s4, &v4, None),
+            netlink::Change::Add(&sif, &wg, None),
+        ];
+        let seq = 1_000_000 + 16 * f as u32;
         let t = Instant::now();
-        netlink::transact(
-            "qkdpfd",
-            seq,
-            &[netlink::Change::Add(&set, &netlink::BOTH_FAMILIES, None)],
-            "lock",
-        )
-        .unwrap();
+        netlink::transact("qkdpfd", seq, &add, "lock").unwrap();
         tx_lock.push(us(t));
+        let mut open = add.to_vec();
+        open.push(netlink::Change::Delete(&s4, &v4));
+        open.push(netlink::Change::Delete(&sif, &wg));
         let t = Instant::now();
-        netlink::transact("qkdpfd", seq + 4, &[netlink::Change::Flush(&set)], "open").unwrap();
+        netlink::transact("qkdpfd", seq + 8, &open, "open").unwrap();
         tx_open.push(us(t));
     }
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();

@@ -943,26 +943,20 @@ fn tampering_is_repaired_by_the_running_daemon() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(gw.log().contains("event=firewall_lost"), "{}", gw.log());
-    // The far gateway's address taken out of the peer set: its traffic
-    // would skip the link's chain.
+    // The far gateway's key taken out of the dispatch map: its traffic
+    // would skip the link's chains.
+    let key = "192.0.2.2 . 51820";
     gw.nft(&[
-        "delete",
-        "element",
-        "inet",
-        "qkdpfd",
-        "peer4_dr",
-        "{",
-        "192.0.2.2",
-        "}",
+        "delete", "element", "inet", "qkdpfd", "open_4", "{", key, "}",
     ]);
     let t = std::time::Instant::now();
     while !gw
-        .nft(&["list", "set", "inet", "qkdpfd", "peer4_dr"])
-        .contains("192.0.2.2")
+        .nft(&["list", "map", "inet", "qkdpfd", "open_4"])
+        .contains(key)
     {
         assert!(
             t.elapsed() < Duration::from_secs(3),
-            "set not repaired\n{}",
+            "map not repaired\n{}",
             gw.log()
         );
         std::thread::sleep(Duration::from_millis(50));

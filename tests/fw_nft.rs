@@ -15,6 +15,7 @@ use std::path::Path;
 
 use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw::Observed;
+use qkdpfd::ruleset::LinkTarget;
 use rig::*;
 
 #[test]
@@ -33,18 +34,30 @@ fn init_builds_skeleton_with_empty_link_chains() {
         "type filter hook input priority filter - 10; policy accept;",
         "type filter hook output priority filter - 10; policy accept;",
         "type filter hook forward priority filter - 10; policy accept;",
-        "ip saddr @peer4_dr udp sport 51820 meta nfproto @alive jump link_dr",
-        "ip saddr @peer4_dr udp sport 51820 drop",
-        "ip6 daddr @peer6_hq udp dport 51820 meta nfproto @alive jump link_hq",
-        "iifname \"wg0\" meta nfproto @alive jump link_dr",
-        "oifname \"wg1\" drop",
+        "meta nfproto @alive ip saddr . udp sport @locked_4 ip saddr . udp sport vmap @lock_4",
+        "ip saddr . udp sport @locked_4 drop",
+        "meta nfproto @alive ip6 daddr . udp dport vmap @open_6",
+        "oifname @open_if drop",
+        "198.51.100.2 . 51820 : jump link_dr",
+        "203.0.113.9 . 51820 : jump lock_hq",
+        "\"wg1\" : jump link_hq",
     ] {
         assert!(table.contains(want), "missing {want:?} in\n{table}");
     }
+    // Both links share 2001:db8::2: the first one's.
+    assert!(
+        table.contains("2001:db8::2 . 51820 : jump link_dr"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("2001:db8::2 . 51820 : jump link_hq"),
+        "{table}"
+    );
     assert_eq!(rules(&r.ns, "link_dr"), Vec::<String>::new());
     assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
-    // A new empty chain proves nothing: the base chain's drop holds it,
-    // the parent's first reconcile puts the explicit drop in.
+    // Keys new to the maps start locked, into an empty lockdown chain:
+    // proves nothing until the parent's first reconcile.
+    assert_eq!(keys_locked(&r.ns, &dr), 3);
     let both = [dr.clone(), hq.clone()];
     assert!(matches!(
         state(&mut r, &both, "dr"),
@@ -53,11 +66,8 @@ fn init_builds_skeleton_with_empty_link_chains() {
             ..
         }
     ));
-    let set = r.ns.nft("list set inet qkdpfd peer4_dr");
-    assert!(set.contains("elements = { 198.51.100.2 }"), "{set}");
-    let set = r.ns.nft("list set inet qkdpfd peer6_hq");
-    assert!(set.contains("elements = { 2001:db8::2 }"), "{set}");
-    // Forward has exactly jump+drop for iifname and oifname per link.
+    // Forward: four rules for iifname and four for oifname, whatever the
+    // number of links.
     assert_eq!(rules(&r.ns, "forward").len(), 8);
 }
 
@@ -71,6 +81,10 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
         link("dr", "wg0", [198, 51, 100, 2]),
         link("hq", "wg1", [203, 0, 113, 9]),
     );
+    let hq = LinkTarget {
+        addrs6: vec!["2001:db8::9".parse().unwrap()],
+        ..hq
+    };
     r.fw.init(&[dr.clone(), hq.clone()]).unwrap();
     let open = "# open\nip saddr $peer4 udp sport $wg_port counter accept\niifname $wg_if accept\n";
     r.fw.apply(&dr, Enforcement::Open, open).unwrap();
@@ -78,23 +92,22 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     assert_eq!(
         rules(&r.ns, "link_dr"),
         [
-            "ip saddr @peer4_dr udp sport 51820 counter packets 0 bytes 0 accept",
+            "ip saddr 198.51.100.2 udp sport 51820 counter packets 0 bytes 0 accept",
             "iifname \"wg0\" accept"
         ]
     );
-    assert_eq!(all_rules(&r.ns, "link_dr")[0], SWITCH_DR);
     assert_eq!(
-        all_rules(&r.ns, "link_dr")[1],
+        all_rules(&r.ns, "link_dr")[0],
         "counter packets 0 bytes 0 comment \"qkdpfd open n=2\""
     );
-    assert_eq!(locked(&r.ns, "dr"), "");
+    assert_eq!(locked_keys(&r.ns), Vec::<String>::new());
     let both = [dr.clone(), hq.clone()];
     assert_eq!(state(&mut r, &both, "dr"), Observed::Open);
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
-    // Not staged: the lockdown chain is loaded, the link chain holds only
-    // the switch, and the switch is on.
-    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
-    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
+    // Not staged: the lockdown chain is loaded and the keys are locked;
+    // the link chain keeps its open text.
+    assert_eq!(keys_locked(&r.ns, &dr), 3);
+    assert_eq!(rules(&r.ns, "link_dr").len(), 2);
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
     assert_eq!(
         all_rules(&r.ns, "lock_dr").last().unwrap(),
@@ -102,26 +115,34 @@ fn apply_flips_only_that_link_and_init_keeps_chains() {
     );
     assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
     assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
+    assert_eq!(keys_locked(&r.ns, &hq), 0);
 
-    // A reload (init again, new address) keeps both chains' contents.
+    // A reload (init again, new address) keeps both chains' contents and
+    // the lockdown: the new address starts locked.
     let mut dr2 = dr.clone();
     dr2.addrs4 = vec![Ipv4Addr::new(198, 51, 100, 7)];
     r.fw.init(&[dr2.clone(), hq.clone()]).unwrap();
-    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
-    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6", "a reload keeps the set");
+    assert_eq!(keys_locked(&r.ns, &dr2), 3, "a reload keeps the lockdown");
+    assert_eq!(keys_locked(&r.ns, &hq), 0, "and the open link open");
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
     assert_eq!(rules(&r.ns, "link_hq"), ["accept"]);
-    let set = r.ns.nft("list set inet qkdpfd peer4_dr");
-    assert!(set.contains("elements = { 198.51.100.7 }"), "{set}");
+    let both = [dr2.clone(), hq.clone()];
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
+    assert_eq!(state(&mut r, &both, "hq"), Observed::Open);
+    let table = r.ns.nft("list table inet qkdpfd");
+    assert!(
+        table.contains("198.51.100.7 . 51820 : jump link_dr"),
+        "{table}"
+    );
+    assert!(!table.contains("198.51.100.2 . 51820 : jump"), "{table}");
 
     r.fw.clear(&hq).unwrap();
     assert_eq!(
         all_rules(&r.ns, "link_hq"),
         ["drop comment \"qkdpfd drop\""]
     );
-    let both = [dr2.clone(), hq.clone()];
     assert_eq!(state(&mut r, &both, "hq"), Observed::Locked);
-    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
 }
 
 #[test]
@@ -140,16 +161,17 @@ fn staged_lockdown_flips_by_set_elements() {
     assert_eq!(rules(&r.ns, "lock_dr"), ["counter packets 0 bytes 0 drop"]);
     let one = [dr.clone()];
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    let runs = nft_runs(&r);
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
-    // Only the set changed: the chains are as they were.
-    assert_eq!(all_rules(&r.ns, "link_dr")[0], SWITCH_DR);
+    assert_eq!(nft_runs(&r), runs, "the flip ran no nft");
+    // Only the sets changed: the chains are as they were.
     assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
-    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
+    assert_eq!(keys_locked(&r.ns, &dr), 3);
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
-    // Open with the same text only empties the set.
+    // Open with the same text only takes the keys out.
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    assert_eq!(locked(&r.ns, "dr"), "");
+    assert_eq!(keys_locked(&r.ns, &dr), 0);
     assert_eq!(rules(&r.ns, "link_dr"), ["accept"]);
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     // A different open text loads the chain whole.
@@ -161,20 +183,21 @@ fn staged_lockdown_flips_by_set_elements() {
         rules(&r.ns, "link_dr"),
         ["counter packets 0 bytes 0 accept"]
     );
-    assert_eq!(locked(&r.ns, "dr"), "");
+    assert_eq!(keys_locked(&r.ns, &dr), 0);
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    // An open of an open link: the keys were not there, still fine.
+    r.fw.apply(&dr, Enforcement::Open, "counter accept")
+        .unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     // A different lockdown text takes the slow path and is loaded.
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
     assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
-    assert_eq!(all_rules(&r.ns, "link_dr"), [SWITCH_DR]);
-    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
-    // The fallback drop touches only the link chain.
+    assert_eq!(keys_locked(&r.ns, &dr), 3);
+    // The fallback drop: both chains one drop.
     r.fw.clear(&dr).unwrap();
-    assert_eq!(
-        all_rules(&r.ns, "link_dr"),
-        ["drop comment \"qkdpfd drop\""]
-    );
-    assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
+    for chain in ["link_dr", "lock_dr"] {
+        assert_eq!(all_rules(&r.ns, chain), ["drop comment \"qkdpfd drop\""]);
+    }
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
 }
 
@@ -286,17 +309,25 @@ fn packets_follow_the_link_chain() {
     )
     .unwrap();
     assert!(ping(&r.ns, "10.99.0.2"), "open ruleset must pass");
-    // The flips over netlink: the set filled, then emptied.
+    // The flips over netlink: the keys locked, then taken out.
     let open = "oifname $wg_if accept\niifname $wg_if accept";
     r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
-    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
-    assert!(!ping(&r.ns, "10.99.0.2"), "set filled: dropped");
+    assert_eq!(keys_locked(&r.ns, &dr), 3);
+    assert!(!ping(&r.ns, "10.99.0.2"), "keys locked: dropped");
     r.fw.apply(&dr, Enforcement::Open, open).unwrap();
-    assert_eq!(locked(&r.ns, "dr"), "");
-    assert!(ping(&r.ns, "10.99.0.2"), "set emptied: passes");
+    assert_eq!(keys_locked(&r.ns, &dr), 0);
+    assert!(ping(&r.ns, "10.99.0.2"), "keys out: passes");
+    // The lockdown chain emptied behind our back: a locked key is still
+    // dropped by the base chain, never sent on to the open chain.
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.ns.nft("flush chain inet qkdpfd lock_dr");
+    assert!(!ping(&r.ns, "10.99.0.2"), "an empty lock chain still drops");
+    r.fw.apply(&dr, Enforcement::Open, open).unwrap();
+    assert!(ping(&r.ns, "10.99.0.2"));
     r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
     assert!(!ping(&r.ns, "10.99.0.2"), "lockdown must drop");
     // A chain that returns without a verdict is dropped by the base chain.
@@ -324,27 +355,34 @@ fn read_back_sees_every_tampering() {
         Observed::Unknown { skeleton, .. } => Some(skeleton),
         _ => None,
     };
-    // The lockdown chain flushed: the goto leads nowhere that drops.
+    // The lockdown chain flushed: nothing of the bundle's lockdown left.
     r.ns.nft("flush chain inet qkdpfd lock_dr");
     assert_eq!(unknown(&mut r), Some(false));
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
-    // One family taken out of the set: its traffic takes the open rules.
-    r.ns.nft("delete element inet qkdpfd locked_dr { ipv6 }");
+    // One key taken out of the set: its traffic takes the open rules.
+    r.ns.nft("delete element inet qkdpfd locked_if { \"wg0\" }");
     assert_eq!(unknown(&mut r), Some(false));
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
-    // The set deleted: the skeleton is damaged (and init rebuilds it).
-    r.ns.nft("flush chain inet qkdpfd link_dr");
-    r.ns.nft("delete set inet qkdpfd locked_dr");
+    // A set deleted (its rules first): the skeleton is damaged, and init
+    // rebuilds it.
+    r.ns.nft("flush chain inet qkdpfd input");
+    r.ns.nft("flush chain inet qkdpfd output");
+    r.ns.nft("delete set inet qkdpfd locked_6");
     assert_eq!(unknown(&mut r), Some(true));
     r.fw.init(&one).unwrap();
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
-    // The link chain flushed.
+    // The link chain flushed while locked: the locked keys never reach it.
+    r.ns.nft("flush chain inet qkdpfd link_dr");
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // The link chain flushed while open.
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     r.ns.nft("flush chain inet qkdpfd link_dr");
     assert_eq!(unknown(&mut r), Some(false));
     r.fw.clear(&dr).unwrap();
@@ -353,12 +391,19 @@ fn read_back_sees_every_tampering() {
     let handles = r.ns.nft("-a list chain inet qkdpfd input");
     let h = handles
         .lines()
-        .find(|l| l.contains("iifname \"wg0\" drop"))
+        .find(|l| l.contains("iifname @open_if drop"))
         .and_then(|l| l.rsplit("handle ").next())
         .unwrap()
         .trim()
         .to_string();
     r.ns.nft(&format!("delete rule inet qkdpfd input handle {h}"));
+    assert_eq!(unknown(&mut r), Some(true));
+    r.fw.init(&one).unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    // A key sent to another chain by the dispatch map.
+    r.ns.nft("add chain inet qkdpfd elsewhere");
+    r.ns.nft("delete element inet qkdpfd open_4 { 198.51.100.2 . 51820 }");
+    r.ns.nft("add element inet qkdpfd open_4 { 198.51.100.2 . 51820 : jump elsewhere }");
     assert_eq!(unknown(&mut r), Some(true));
     r.fw.init(&one).unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
@@ -390,10 +435,11 @@ fn the_guard_drops_on_its_own_and_goes_away() {
     assert!(rb.guarded && rb.locked(), "{rb:?}");
     let guard = r.ns.nft("list table inet qkdpfd_guard");
     assert_eq!(
-        guard.matches(" drop comment \"qkdpfd guard dr\"").count(),
+        guard.matches(" drop comment \"qkdpfd guard\"").count(),
         8,
         "{guard}"
     );
+    assert!(guard.contains("198.51.100.2 . 51820"), "{guard}");
     // Our own table deleted: the guard still holds.
     r.ns.nft("delete table inet qkdpfd");
     let rb = &r.fw.observe(&one, Some("dr")).unwrap()["dr"];
@@ -428,7 +474,7 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(observe_one(&mut r), Observed::Locked);
-    assert_eq!(locked(&r.ns, "dr"), "ipv4, ipv6");
+    assert_eq!(keys_locked(&r.ns, &dr), 3);
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert_eq!(observe_one(&mut r), Observed::Open);
     assert_eq!(nft_runs(&r), runs, "flips and read-backs without nft");
@@ -443,13 +489,12 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
         .unwrap();
     assert!(matches!(observe_one(&mut r), Observed::Unknown { .. }));
     assert!(nft_runs(&r) > runs);
-    // One family taken out after a verified listing: the flip to open
-    // goes by netlink, the set read back says what it holds.
+    // One key put back after a verified listing: the listing sees it.
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
-    r.ns.nft("add element inet qkdpfd locked_dr { ipv4 }");
+    r.ns.nft("add element inet qkdpfd locked_4 { 198.51.100.2 . 51820 }");
     assert!(matches!(
         state(&mut r, &one, "dr"),
         Observed::Unknown { .. }
@@ -544,11 +589,11 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
 }
 
 /// A netlink flip the kernel refuses is an error, never a lockdown taken
-/// for done: here the switch and its set were deleted behind the backend
-/// after it staged the lockdown, so its fast path (one NEWSETELEM) meets
-/// ENOENT. The link chain is unchanged (open, no switch), the read-back
-/// does not say locked, and the ladder's next steps (the skeleton rebuilt,
-/// qkdpfd's drop) lock it.
+/// for done: here a `locked_` set was deleted behind the backend (with the
+/// base rules that use it) after it staged the lockdown, so its fast path
+/// (one NEWSETELEM batch) meets ENOENT. The chains are unchanged, the
+/// read-back does not say locked, and the ladder's next steps (the
+/// skeleton rebuilt, qkdpfd's drop) lock it.
 #[test]
 fn a_refused_netlink_flip_is_an_error_and_the_drop_still_locks() {
     if !root_or_skip("a_refused_netlink_flip_is_an_error_and_the_drop_still_locks") {
@@ -558,23 +603,18 @@ fn a_refused_netlink_flip_is_an_error_and_the_drop_still_locks() {
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
     let one = [dr.clone()];
     open_and_staged(&mut r, &dr);
-    let listing = r.ns.nft("-a list chain inet qkdpfd link_dr");
-    let handle = listing
-        .lines()
-        .find(|l| l.contains("qkdpfd switch"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .expect("the switch rule")
-        .trim()
-        .to_string();
-    r.ns.nft(&format!("delete rule inet qkdpfd link_dr handle {handle}"));
-    r.ns.nft("delete set inet qkdpfd locked_dr");
+    r.ns.nft("flush chain inet qkdpfd input");
+    r.ns.nft("flush chain inet qkdpfd output");
+    r.ns.nft("flush chain inet qkdpfd forward");
+    r.ns.nft("delete set inet qkdpfd locked_if");
     let runs = nft_runs(&r);
     let e =
         r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
             .unwrap_err();
-    assert!(e.to_string().contains("locked_dr"), "{e}");
+    assert!(e.to_string().contains("locked_ sets for link dr"), "{e}");
     assert_eq!(nft_runs(&r), runs, "the fast path ran no nft");
     assert_eq!(rules(&r.ns, "link_dr"), ["accept"], "unchanged");
+    assert_eq!(keys_locked(&r.ns, &dr), 0, "all or nothing");
     assert_ne!(state(&mut r, &one, "dr"), Observed::Locked);
     r.fw.init(&one).unwrap();
     r.fw.clear(&dr).unwrap();

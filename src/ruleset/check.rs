@@ -93,10 +93,18 @@ impl LinkCheck for Check {
                 let table = &self.anchor;
                 let mut script = nft::skeleton(table, std::slice::from_ref(link));
                 match state {
-                    Enforcement::Open => script.push_str(&nft::flip_script(table, link, &stmts)),
-                    Enforcement::Lockdown => {
-                        script.push_str(&nft::lock_script(table, link, &stmts))
-                    }
+                    Enforcement::Open => script.push_str(&nft::flip_script(
+                        table,
+                        link,
+                        &nft::dispatch::LinkKeys::all(link),
+                        &stmts,
+                    )),
+                    Enforcement::Lockdown => script.push_str(&nft::lock_script(
+                        table,
+                        link,
+                        &nft::dispatch::LinkKeys::all(link),
+                        &stmts,
+                    )),
                 }
                 // nft -c still asks the kernel; without root a private user and
                 // network namespace gives it one to ask, touching nothing real.

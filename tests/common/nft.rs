@@ -1,32 +1,50 @@
 //! A link's enforcement as nftables holds it, read back as text: the
 //! tests' own judgement, independent of the daemon's read-back code.
 
-/// Whether `link`'s traffic is dropped by its own chains: `link_<link>`
-/// starts with qkdpfd's drop, or diverts into `lock_<link>` — always (an
-/// unconditional goto) or through the switch while `locked_<link>` holds
-/// both families — and `lock_<link>` ends with qkdpfd's drop.
+/// Whether `link`'s traffic is dropped by its own chains: every key the
+/// dispatch maps send to `link_<link>` is in the `locked_` sets and
+/// `lock_<link>` ends with qkdpfd's drop (or starts with it); or no key is
+/// there and `link_<link>` starts with qkdpfd's drop.
 /// `nft` runs `nft <args>` where the daemon's table is and returns stdout.
 pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
-    let list = |what: &str, name: String| nft(&["list", what, "inet", "qkdpfd", &name]);
-    let chain = list("chain", format!("link_{link}"));
-    let Some(first) = rules(&chain).into_iter().next() else {
-        return false;
-    };
-    if first == "drop comment \"qkdpfd drop\"" {
-        return true;
+    let list = |what: &str, name: &str| nft(&["list", what, "inet", "qkdpfd", name]);
+    let drop = "drop comment \"qkdpfd drop\"";
+    let target = format!(": jump link_{link}");
+    let mut keys = Vec::new();
+    let mut locked = Vec::new();
+    for kind in ["4", "6", "if"] {
+        keys.extend(
+            elements(&list("map", &format!("open_{kind}")))
+                .into_iter()
+                .filter_map(|e| e.strip_suffix(&target).map(|k| k.trim().to_string())),
+        );
+        locked.extend(elements(&list("set", &format!("locked_{kind}"))));
     }
-    let lock_ends_in_drop = || {
-        rules(&list("chain", format!("lock_{link}")))
-            .last()
-            .is_some_and(|r| r == "drop comment \"qkdpfd drop\"")
-    };
-    if first == format!("goto lock_{link}") {
-        return lock_ends_in_drop();
+    let held = keys.iter().filter(|k| locked.contains(k)).count();
+    let link_rules = rules(&list("chain", &format!("link_{link}")));
+    let lock_rules = rules(&list("chain", &format!("lock_{link}")));
+    let link_drops = link_rules.first().is_some_and(|r| r == drop);
+    let lock_drops = lock_rules.first().is_some_and(|r| r == drop)
+        || lock_rules.last().is_some_and(|r| r == drop);
+    match held {
+        0 => link_drops,
+        n if n == keys.len() => lock_drops,
+        _ => link_drops && lock_drops,
     }
-    let switch = format!("meta nfproto @locked_{link} goto lock_{link} comment \"qkdpfd switch\"");
-    first == switch
-        && list("set", format!("locked_{link}")).contains("elements = { ipv4, ipv6 }")
-        && lock_ends_in_drop()
+}
+
+/// The elements of one listed set or map, as nft prints them.
+pub fn elements(listing: &str) -> Vec<String> {
+    let flat = listing.replace('\n', " ");
+    let Some(start) = flat.find("elements = {") else {
+        return Vec::new();
+    };
+    let body = &flat[start + "elements = {".len()..];
+    let body = &body[..body.find('}').unwrap_or(body.len())];
+    body.split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 /// The rules of one listed chain, one per line.

@@ -155,20 +155,44 @@ pub fn state(r: &mut Rig, links: &[LinkTarget], name: &str) -> Observed {
     r.fw.observe(links, None).unwrap()[name].state.clone()
 }
 
-/// The elements of the link's `locked_` set as nft lists them ("" when
-/// empty): "ipv4, ipv6" while the switch sends it to its lockdown chain.
-pub fn locked(ns: &Netns, link: &str) -> String {
-    let out = ns.nft(&format!("list set inet qkdpfd locked_{link}"));
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix("elements = { "))
-        .map(|l| l.trim_end_matches(" }").to_string())
-        .unwrap_or_default()
+/// Every element of the three `locked_` sets, as nft lists them.
+pub fn locked_keys(ns: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for set in ["locked_4", "locked_6", "locked_if"] {
+        // A set deleted behind the backend lists as nothing.
+        let listed = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "nft", "list", "set", "inet", "qkdpfd", set,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listed.stdout);
+        let Some(start) = text.find("elements = {") else {
+            continue;
+        };
+        let body = &text[start + "elements = {".len()..];
+        let body = &body[..body.find('}').unwrap_or(body.len())];
+        out.extend(
+            body.split(',')
+                .map(|e| e.trim().trim_matches('"').to_string())
+                .filter(|e| !e.is_empty()),
+        );
+    }
+    out
 }
 
-pub const SWITCH_DR: &str = "meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"";
+/// How many of the link's keys (its addresses with port 51820, its
+/// interface) are in the `locked_` sets.
+pub fn keys_locked(ns: &Netns, l: &LinkTarget) -> usize {
+    let have = locked_keys(ns);
+    let mut want: Vec<String> = l.addrs4.iter().map(|a| format!("{a} . 51820")).collect();
+    want.extend(l.addrs6.iter().map(|a| format!("{a} . 51820")));
+    want.push(l.wg_if.clone());
+    want.iter().filter(|w| have.contains(w)).count()
+}
 
-/// The rules of `chain` as nft lists them, without qkdpfd's own switch,
-/// tag and drop rules (`comment "qkdpfd ..."`).
+/// The rules of `chain` as nft lists them, without qkdpfd's own tag and
+/// drop rules (`comment "qkdpfd ..."`).
 pub fn rules(ns: &Netns, chain: &str) -> Vec<String> {
     all_rules(ns, chain)
         .into_iter()

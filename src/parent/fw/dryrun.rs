@@ -57,8 +57,18 @@ impl DryRun {
             Flavor::Nft => {
                 let stmts = nft::render_statements(link, ruleset)?;
                 let script = match state {
-                    Enforcement::Open => nft::flip_script(&self.anchor, link, &stmts),
-                    Enforcement::Lockdown => nft::lock_script(&self.anchor, link, &stmts),
+                    Enforcement::Open => nft::flip_script(
+                        &self.anchor,
+                        link,
+                        &nft::dispatch::LinkKeys::all(link),
+                        &stmts,
+                    ),
+                    Enforcement::Lockdown => nft::lock_script(
+                        &self.anchor,
+                        link,
+                        &nft::dispatch::LinkKeys::all(link),
+                        &stmts,
+                    ),
                 };
                 Ok((marked(state, &script), vec!["nft -f -".to_string()]))
             }
@@ -236,7 +246,10 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "# qkdpfd dry-run state=lockdown\nadd chain inet qkdpfd link_dr\n\
              flush chain inet qkdpfd link_dr\n\
-             add rule inet qkdpfd link_dr drop comment \"qkdpfd drop\"\n"
+             add rule inet qkdpfd link_dr drop comment \"qkdpfd drop\"\n\
+             add chain inet qkdpfd lock_dr\n\
+             flush chain inet qkdpfd lock_dr\n\
+             add rule inet qkdpfd lock_dr drop comment \"qkdpfd drop\"\n"
         );
         assert_eq!(observed(&mut fw), Observed::Locked);
         fw.apply(&dr(), Enforcement::Open, "ip saddr $peer4 accept\n")
@@ -244,10 +257,14 @@ mod tests {
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             "# qkdpfd dry-run state=open\nflush chain inet qkdpfd link_dr\n\
-             add rule inet qkdpfd link_dr meta nfproto @locked_dr goto lock_dr comment \"qkdpfd switch\"\n\
              add rule inet qkdpfd link_dr counter comment \"qkdpfd open n=1\"\n\
-             add rule inet qkdpfd link_dr ip saddr @peer4_dr accept\n\
-             flush set inet qkdpfd locked_dr\n"
+             add rule inet qkdpfd link_dr ip saddr { 198.51.100.2 } accept\n\
+             add element inet qkdpfd locked_4 { 198.51.100.2 . 51820 }\n\
+             add element inet qkdpfd locked_6 { 2001:db8::2 . 51820 }\n\
+             add element inet qkdpfd locked_if { \"wg0\" }\n\
+             delete element inet qkdpfd locked_4 { 198.51.100.2 . 51820 }\n\
+             delete element inet qkdpfd locked_6 { 2001:db8::2 . 51820 }\n\
+             delete element inet qkdpfd locked_if { \"wg0\" }\n"
         );
         assert_eq!(observed(&mut fw), Observed::Open);
         // init again keeps the link's rules; a refused ruleset changes nothing.

@@ -10,12 +10,13 @@
 //! Why flips are set elements: in nf_tables, a transaction that adds a
 //! `jump` or `goto` makes the kernel re-validate the whole table (5 ms at
 //! 1,000 links), and one that deletes rules or elements waits for an RCU
-//! grace period before it returns. So each link chain is headed by a switch
-//! (`meta nfproto @locked_<link> goto lock_<link>`) loaded with its open
-//! statements, the lockdown statements are preloaded in `lock_<link>`, and
-//! a flip to lockdown only adds two elements to `locked_<link>` in one
+//! grace period before it returns. So the base chains send each link's
+//! keys through table-wide maps (`ruleset::nft::dispatch`): to
+//! `lock_<link>` while the keys are in the `locked_` sets, to `link_<link>`
+//! otherwise. The lockdown statements are preloaded in `lock_<link>`, and a
+//! flip to lockdown only adds the link's keys to the `locked_` sets in one
 //! netlink transaction ([`netlink`]): no process, no rule. A flip to open
-//! flushes the set when the chain already holds the open text, and
+//! deletes them when the link chain already holds the open text, and
 //! otherwise loads the chain whole with `nft -f`. Whatever our bookkeeping
 //! believes, the read-back after each flip decides.
 
@@ -24,13 +25,14 @@ use std::path::{Path, PathBuf};
 
 use super::{Firewall, Readback};
 use crate::lock::Enforcement;
+use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys};
 use crate::ruleset::nft::{
-    clear_script, flip_script, guard_script, handshake_statements, lock_script, locked_set,
+    clear_script, flip_script, guard_script, handshake_statements, lock_new_keys, lock_script,
     render_statements, skeleton, stage_script,
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
-use netlink::{BOTH_FAMILIES, Change};
+use netlink::Change;
 
 pub mod alive;
 pub mod netlink;
@@ -42,9 +44,10 @@ pub struct Nft {
     table: String,
     /// Lockdown text known to be loaded in `lock_<link>`, per link.
     staged: HashMap<String, String>,
-    /// Links whose chain we loaded headed by the switch, with the open
-    /// text that follows it (None: the switch alone).
-    switched: HashMap<String, Option<String>>,
+    /// Open text known to be loaded in `link_<link>`, per link.
+    opened: HashMap<String, String>,
+    /// The keys each link owns, as the skeleton's maps send them.
+    keys: BTreeMap<String, LinkKeys>,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -60,8 +63,7 @@ pub struct Nft {
     /// the nftables that `nft` lists.
     verified_gen: Option<u32>,
     verified: BTreeMap<String, Readback>,
-    /// The shape of each link's chains at `verified_gen` (headed by the
-    /// switch, `lock_<link>` whole).
+    /// The shape of each link's chains at `verified_gen`.
     shapes: HashMap<String, readback::Shape>,
     /// The link of the last netlink flip and the generation read right
     /// after it.
@@ -76,7 +78,8 @@ impl Nft {
             nft: nft.to_path_buf(),
             table: table.to_string(),
             staged: HashMap::new(),
-            switched: HashMap::new(),
+            opened: HashMap::new(),
+            keys: BTreeMap::new(),
             guard_may_exist: true,
             alive: None,
             seq: 0,
@@ -170,10 +173,6 @@ impl Nft {
                 listing.chains.extend(l.chains);
             }
         }
-        let set = locked_set(link);
-        if let Some(l) = self.list_json(&["set", "inet", &self.table, &set])? {
-            listing.sets.extend(l.sets);
-        }
         let guarded = if self.guard_may_exist {
             let g = self.list(&self.guard_table())?;
             readback::judge(std::slice::from_ref(link), None, g.as_ref())[name].guarded
@@ -183,14 +182,56 @@ impl Nft {
         if !readback::lock_chain_ok(&listing, name) {
             self.staged.remove(name);
         }
-        let state = readback::judge_chains(link, &listing);
+        let state = match self.locked_holds(link) {
+            Ok(holds) => readback::judge_shape(link, readback::shape(link, &listing), holds),
+            Err(e) => super::Observed::damaged(e),
+        };
         if !matches!(state, super::Observed::Open | super::Observed::Locked) {
-            self.switched.remove(name);
+            self.opened.remove(name);
         }
         Ok(BTreeMap::from([(
             name.to_string(),
             Readback { state, guarded },
         )]))
+    }
+
+    /// The link's keys against the `locked_` sets, read over netlink.
+    fn locked_holds(&mut self, link: &LinkTarget) -> Result<readback::Holds, String> {
+        let keys = self.link_keys(link)?;
+        let mut sets = HashMap::new();
+        for kind in Kind::ALL {
+            self.seq = self.seq.wrapping_add(4);
+            let set = kind.locked_set();
+            let have = netlink::elements(&self.table, &set, self.seq)
+                .map_err(|e| format!("set {set}: {e}"))?;
+            sets.insert(kind, have);
+        }
+        Ok(readback::Holds::of_bytes(&keys, |k| sets[&k].clone()))
+    }
+
+    /// Per link, its keys that the kernel's `open_` maps do not dispatch
+    /// yet (all of them when the maps cannot be read, as on a first load).
+    fn undispatched(&mut self) -> Vec<LinkKeys> {
+        let mut have = HashMap::new();
+        for kind in Kind::ALL {
+            self.seq = self.seq.wrapping_add(4);
+            let keys = netlink::elements(&self.table, &kind.open_map(), self.seq);
+            let set: std::collections::HashSet<Vec<u8>> =
+                keys.unwrap_or_default().into_iter().collect();
+            have.insert(kind, set);
+        }
+        self.keys
+            .values()
+            .map(|k| k.filter(|kind, b| !have[&kind].contains(b)))
+            .collect()
+    }
+
+    /// The keys `link` owns, as `init` dispatched them.
+    fn link_keys(&self, link: &LinkTarget) -> Result<LinkKeys, String> {
+        self.keys
+            .get(&link.name)
+            .cloned()
+            .ok_or_else(|| format!("link {} is not in the table's maps", link.name))
     }
 
     /// The read-back right after a netlink flip, without a listing: when
@@ -206,18 +247,13 @@ impl Nft {
         if name != link.name || self.guard_may_exist {
             return None;
         }
-        self.seq = self.seq.wrapping_add(4);
-        let keys = netlink::elements(&self.table, &locked_set(link), self.seq).ok()?;
-        // Nothing may have slipped in while the set was read.
+        let holds = self.locked_holds(link).ok()?;
+        // Nothing may have slipped in while the sets were read.
         if self.generation() != after {
             return None;
         }
         self.verified_gen = after;
-        Some(readback::judge_shape(
-            link,
-            shape,
-            readback::Holds::of_keys(&keys),
-        ))
+        Some(readback::judge_shape(link, shape, holds))
     }
 
     /// `nft -j list chain inet <t> <chain>`; None when it does not exist.
@@ -244,18 +280,31 @@ impl Nft {
         }
     }
 
-    /// One netlink transaction on the link's `locked_` set: fill it with
-    /// `keys` (lockdown) or, with None, flush it (open).
-    fn flip(&mut self, link: &LinkTarget, keys: Option<&[u8]>) -> Result<(), FwError> {
-        let set = locked_set(link);
-        let change = match keys {
-            Some(k) => Change::Add(&set, k, None),
-            None => Change::Flush(&set),
-        };
-        let what = format!("set {set} of link {}", link.name);
-        crate::log::debug(format_args!("fw: netlink {change:?}"));
-        self.seq = self.seq.wrapping_add(4);
-        netlink::transact(&self.table, self.seq, &[change], &what).map_err(FwError::refused)?;
+    /// One netlink transaction on the `locked_` sets: the link's keys
+    /// added (lockdown) or, for an open, taken out (added, then deleted:
+    /// a delete of a key that is not there would fail the transaction).
+    fn flip(&mut self, link: &LinkTarget, lock: bool) -> Result<(), FwError> {
+        let keys = self.link_keys(link).map_err(FwError::refused)?;
+        let sets: Vec<(String, Vec<Vec<u8>>)> = Kind::ALL
+            .into_iter()
+            .map(|k| (k.locked_set(), keys.bytes(k)))
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        let slices: Vec<(&str, Vec<&[u8]>)> = sets
+            .iter()
+            .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
+            .collect();
+        let mut changes: Vec<Change<'_>> = slices
+            .iter()
+            .map(|(set, k)| Change::Add(set, k, None))
+            .collect();
+        if !lock {
+            changes.extend(slices.iter().map(|(set, k)| Change::Delete(set, k)));
+        }
+        let what = format!("locked_ sets for link {}", link.name);
+        crate::log::debug(format_args!("fw: netlink {changes:?}"));
+        self.seq = self.seq.wrapping_add(4 + 2 * changes.len() as u32);
+        netlink::transact(&self.table, self.seq, &changes, &what).map_err(FwError::refused)?;
         // Read after the commit only: nothing is added before it.
         self.last_flip = Some((link.name.clone(), self.generation()));
         Ok(())
@@ -289,8 +338,11 @@ impl Firewall for Nft {
         }
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.staged.clear();
-        self.switched.clear();
-        let script = skeleton(&self.table, links);
+        self.opened.clear();
+        self.keys = dispatch::owned(links);
+        let mut script = skeleton(&self.table, links);
+        let new = self.undispatched();
+        script.push_str(&lock_new_keys(&self.table, &new));
         self.run("create nftables table and base chains", &script)?;
         // A rebuilt set is empty: re-arm at once, not at the next tick.
         match self.alive {
@@ -320,33 +372,38 @@ impl Firewall for Nft {
         let what = format!("load {state} rules for link {}", link.name);
         let name = &link.name;
         // Whatever happens, only a success proves what the chains hold.
-        let switched = self.switched.remove(name);
+        let opened = self.opened.remove(name);
         let staged = self.staged.remove(name);
         match state {
             Enforcement::Open => {
-                // The chain already holds this text: only the set changes.
-                if switched.flatten().as_deref() == Some(ruleset) {
-                    self.flip(link, None)?;
+                // The chain already holds this text: only the sets change.
+                if opened.as_deref() == Some(ruleset) {
+                    self.flip(link, false)?;
                 } else {
-                    self.run(&what, &flip_script(&self.table, link, &stmts))?;
+                    let keys = self.link_keys(link).map_err(FwError::refused)?;
+                    self.run(&what, &flip_script(&self.table, link, &keys, &stmts))?;
                 }
-                self.switched
-                    .insert(name.clone(), Some(ruleset.to_string()));
+                self.opened.insert(name.clone(), ruleset.to_string());
                 // An open leaves lock_<link> as it was.
                 if let Some(text) = staged {
                     self.staged.insert(name.clone(), text);
                 }
             }
-            Enforcement::Lockdown if switched.is_some() && staged.as_deref() == Some(ruleset) => {
-                self.flip(link, Some(&BOTH_FAMILIES))?;
-                self.switched.insert(name.clone(), switched.flatten());
+            Enforcement::Lockdown if staged.as_deref() == Some(ruleset) => {
+                self.flip(link, true)?;
+                if let Some(text) = opened {
+                    self.opened.insert(name.clone(), text);
+                }
                 self.staged.insert(name.clone(), ruleset.to_string());
             }
             Enforcement::Lockdown => {
-                // Slow path: load the lockdown chain, leave the link chain
-                // holding only the switch, fill the set.
-                self.run(&what, &lock_script(&self.table, link, &stmts))?;
-                self.switched.insert(name.clone(), None);
+                // Slow path: load the lockdown chain and add the keys; the
+                // link chain stays as it was.
+                let keys = self.link_keys(link).map_err(FwError::refused)?;
+                self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
+                if let Some(text) = opened {
+                    self.opened.insert(name.clone(), text);
+                }
                 self.staged.insert(name.clone(), ruleset.to_string());
             }
         }
@@ -377,16 +434,15 @@ impl Firewall for Nft {
     }
 
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
-        // Our switch heads the link chain and lock_<link> holds our text.
-        self.handshakes
-            && self.switched.contains_key(&link.name)
-            && self.staged.contains_key(&link.name)
+        // lock_<link> holds our text, handshakes first.
+        self.handshakes && self.staged.contains_key(&link.name)
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.table, link)?;
-        // Touches only link_<l>: works with lock_<l> deleted or damaged.
-        self.switched.remove(&link.name);
+        // Both chains become drops: works with either deleted or damaged.
+        self.opened.remove(&link.name);
+        self.staged.remove(&link.name);
         let script = clear_script(&self.table, link);
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
@@ -436,7 +492,7 @@ impl Firewall for Nft {
         let seen = readback::judge(links, table.as_ref(), guard.as_ref());
         for (name, rb) in &seen {
             if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
-                self.switched.remove(name);
+                self.opened.remove(name);
             }
         }
         // Cached only if nothing changed while we listed.
@@ -447,7 +503,7 @@ impl Firewall for Nft {
             self.shapes = match &table {
                 Some(t) => links
                     .iter()
-                    .filter_map(|l| Some((l.name.clone(), readback::shape(l, t)?)))
+                    .map(|l| (l.name.clone(), readback::shape(l, t)))
                     .collect(),
                 None => HashMap::new(),
             };

@@ -1,8 +1,9 @@
 //! nf_tables over netlink, for the changes that must not wait for a
-//! process: set elements added or flushed in one batched transaction
-//! (begin, the changes, end), each change acknowledged. The flips of a
-//! link (its `locked_<link>` set) and the dead-man switch's heartbeat
-//! (`alive`) are built here; chains and rules still load with `nft -f`.
+//! process: set elements added, deleted or flushed in one batched
+//! transaction (begin, the changes, end), each change acknowledged. The
+//! flips of a link (its keys in the `locked_` sets) and the dead-man
+//! switch's heartbeat (`alive`) are built here; chains and rules still load
+//! with `nft -f`.
 //!
 //! Why set elements: in nf_tables a transaction that adds a `jump` or
 //! `goto` makes the kernel re-validate every chain of the table (measured
@@ -31,8 +32,8 @@ const NFPROTO_INET: u8 = 1;
 /// The keys of a set of type nf_proto (`meta nfproto`): ipv4 and ipv6.
 pub const NFPROTO_IPV4: u8 = 2;
 pub const NFPROTO_IPV6: u8 = 10;
-/// Both families: what a link's `locked_<link>` set holds when locked.
-pub const BOTH_FAMILIES: [u8; 2] = [NFPROTO_IPV4, NFPROTO_IPV6];
+/// Both families: what the dead-man switch's `alive` set holds when armed.
+pub const BOTH_FAMILIES: [&[u8]; 2] = [&[NFPROTO_IPV4], &[NFPROTO_IPV6]];
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -53,9 +54,11 @@ pub(super) fn msg(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg
 pub enum Change<'a> {
     /// Remove every element (DELSETELEM without elements).
     Flush(&'a str),
-    /// Add these one-byte keys (nf_proto), each with `timeout` if given;
-    /// an element already there stays (and keeps its old expiry).
-    Add(&'a str, &'a [u8], Option<Duration>),
+    /// Add these keys (as the kernel stores them), each with `timeout` if
+    /// given; an element already there stays (and keeps its old expiry).
+    Add(&'a str, &'a [&'a [u8]], Option<Duration>),
+    /// Remove these keys; one that is not there fails the transaction.
+    Delete(&'a str, &'a [&'a [u8]]),
 }
 
 /// One transaction: begin, `changes` in order with sequence numbers
@@ -83,28 +86,15 @@ pub fn batch(table: &str, seq: u32, changes: &[Change<'_>]) -> Vec<u8> {
                 m
             }
             Change::Add(set, keys, timeout) => {
-                let mut m = msg(
-                    ty(NFT_MSG_NEWSETELEM),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-                    n,
-                    NFPROTO_INET,
-                    0,
-                );
-                m.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
-                m.attr(NFTA_SET_ELEM_LIST_SET, &c_name(set));
-                m.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
-                for key in keys {
-                    m.nest(NFTA_LIST_ELEM);
-                    m.nest(NFTA_SET_ELEM_KEY)
-                        .attr(NFTA_DATA_VALUE, &[*key])
-                        .end();
-                    if let Some(t) = timeout {
-                        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
-                        m.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
-                    }
-                    m.end();
-                }
-                m.end();
+                let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+                let mut m = msg(ty(NFT_MSG_NEWSETELEM), flags, n, NFPROTO_INET, 0);
+                push_elements(&mut m, table, set, keys, timeout);
+                m
+            }
+            Change::Delete(set, keys) => {
+                let flags = NLM_F_REQUEST | NLM_F_ACK;
+                let mut m = msg(ty(NFT_MSG_DELSETELEM), flags, n, NFPROTO_INET, 0);
+                push_elements(&mut m, table, set, keys, None);
                 m
             }
         };
@@ -112,6 +102,23 @@ pub fn batch(table: &str, seq: u32, changes: &[Change<'_>]) -> Vec<u8> {
     }
     out.extend_from_slice(&frame(NFNL_MSG_BATCH_END, n.wrapping_add(1)));
     out
+}
+
+/// Table, set and the element list of a NEWSETELEM / DELSETELEM.
+fn push_elements(m: &mut Msg, table: &str, set: &str, keys: &[&[u8]], timeout: Option<Duration>) {
+    m.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
+    m.attr(NFTA_SET_ELEM_LIST_SET, &c_name(set));
+    m.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+    for key in keys {
+        m.nest(NFTA_LIST_ELEM);
+        m.nest(NFTA_SET_ELEM_KEY).attr(NFTA_DATA_VALUE, key).end();
+        if let Some(t) = timeout {
+            let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+            m.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+        }
+        m.end();
+    }
+    m.end();
 }
 
 /// Reads the kernel's answers to a batch of `count` changes sent with
@@ -167,10 +174,10 @@ pub fn get_elements_request(table: &str, set: &str, seq: u32) -> Vec<u8> {
 }
 
 /// Reads one datagram of the answer to a GETSETELEM dump sent with `seq`:
-/// each element's one-byte key is pushed to `keys`. True once the dump is
-/// done. An error, a key of another size or an answer of another shape is
-/// an error: a set we cannot read proves nothing.
-pub fn parse_elements(buf: &[u8], seq: u32, keys: &mut Vec<u8>) -> Result<bool, String> {
+/// each element's key is pushed to `keys`. True once the dump is done. An
+/// error or an answer of another shape is an error: a set we cannot read
+/// proves nothing.
+pub fn parse_elements(buf: &[u8], seq: u32, keys: &mut Vec<Vec<u8>>) -> Result<bool, String> {
     use crate::parent::wg::linux::{attrs, errno_of, messages};
     let newsetelem = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM;
     let bad = |e: crate::parent::wg::WgError| format!("set elements: {e}");
@@ -206,7 +213,7 @@ pub fn parse_elements(buf: &[u8], seq: u32, keys: &mut Vec<u8>) -> Result<bool, 
                     .ok_or("set elements: an element without a key")?
                     .1;
                 match attrs(key).map_err(bad)?.as_slice() {
-                    [(NFTA_DATA_VALUE, [k])] => keys.push(*k),
+                    [(NFTA_DATA_VALUE, k)] if !k.is_empty() => keys.push(k.to_vec()),
                     _ => return Err("set elements: a key of another type".into()),
                 }
             }
@@ -233,8 +240,8 @@ pub fn request<T>(
     }
 }
 
-/// The one-byte keys of `<table> <set>`, read from the kernel (Linux).
-pub fn elements(table: &str, set: &str, seq: u32) -> Result<Vec<u8>, String> {
+/// The keys of `<table> <set>`, read from the kernel (Linux).
+pub fn elements(table: &str, set: &str, seq: u32) -> Result<Vec<Vec<u8>>, String> {
     let mut keys = Vec::new();
     request(&get_elements_request(table, set, seq), |b| {
         Ok(parse_elements(b, seq, &mut keys)?.then_some(()))
@@ -286,6 +293,18 @@ mod tests {
             hex(&b[b.len() - 20..b.len() - 8]),
             "14000000110001002a000000"
         );
+    }
+
+    #[test]
+    fn delete_batch_names_its_keys() {
+        let k: &[u8] = &[192, 0, 2, 1, 0xca, 0x6c, 0, 0];
+        let b = batch("qkdpfd", 7, &[Change::Delete("locked_4", &[k])]);
+        if cfg!(target_endian = "little") {
+            // DELSETELEM, REQUEST | ACK, no CREATE.
+            assert_eq!(hex(&b[24..32]), "0e0a050008000000");
+        }
+        // The key as a NFTA_DATA_VALUE of 8 bytes.
+        assert!(hex(&b).contains("0c000100c0000201ca6c0000"), "{}", hex(&b));
     }
 
     #[test]
@@ -346,7 +365,12 @@ mod tests {
         assert!(!parse_elements(&d, 5, &mut keys).unwrap());
         d = nlmsg(NLMSG_DONE, 5, &0i32.to_ne_bytes());
         assert!(parse_elements(&d, 5, &mut keys).unwrap());
-        assert_eq!(keys, [2, 10]);
+        assert_eq!(keys, [vec![2], vec![10]]);
+        // A concatenation's key (address, port, padding) as it came.
+        let mut wide = Vec::new();
+        let k4: &[u8] = &[192, 0, 2, 1, 0xca, 0x6c, 0, 0];
+        assert!(!parse_elements(&answer(5, &[k4]), 5, &mut wide).unwrap());
+        assert_eq!(wide, [k4.to_vec()]);
         // Another request's answer is not ours.
         let mut other = Vec::new();
         assert!(!parse_elements(&answer(4, &[&[2]]), 5, &mut other).unwrap());
@@ -355,9 +379,9 @@ mod tests {
         let mut none = Vec::new();
         assert!(parse_elements(&nlmsg(NLMSG_DONE, 5, &[0; 4]), 5, &mut none).unwrap());
         assert!(none.is_empty());
-        // A wider key, an error, a foreign type: errors.
+        // An empty key, an error, a foreign type: errors.
         let mut k = Vec::new();
-        assert!(parse_elements(&answer(5, &[&[2, 0]]), 5, &mut k).is_err());
+        assert!(parse_elements(&answer(5, &[&[]]), 5, &mut k).is_err());
         let e = parse_elements(
             &nlmsg(NLMSG_ERROR, 5, &(-libc::ENOENT).to_ne_bytes()),
             5,

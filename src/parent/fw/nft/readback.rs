@@ -1,33 +1,33 @@
 //! Reading nftables back (DESIGN §5 "enforcement is what the kernel
-//! holds"): `nft -j list table inet <t>` parsed into chains of rules, and
-//! each link judged against what qkdpfd must have put there.
+//! holds"): `nft -j list table inet <t>` parsed into chains of rules, sets
+//! and maps, and each link judged against what qkdpfd must have put there.
 //!
 //! nft prints rules in its own normal form, so the text we loaded is not
 //! compared with the text we read. Instead every chain qkdpfd loads carries
 //! a tag rule whose comment names its state and how many rules follow
 //! (`qkdpfd open n=4`, `qkdpfd lockdown n=1`), the lockdown chain ends with
-//! qkdpfd's own `drop`, and the base chains hold nothing but jump-then-drop
-//! pairs with identical matches. A link is:
+//! qkdpfd's own `drop`, and the base chains hold exactly the fixed rules of
+//! [`crate::ruleset::nft::dispatch::BaseRule`], compared expression by
+//! expression in nft's JSON. A link, by the keys it owns, is:
 //!
-//! - locked: its chain starts with the switch (`meta nfproto @locked_<l>
-//!   goto lock_<l>`), `locked_<l>` holds both families and `lock_<l>` is
-//!   tagged, whole and ends with the drop (an unconditional `goto lock_<l>`,
-//!   as earlier versions loaded it, counts the same); or its chain starts
-//!   with a bare `drop` (the fallback, [`crate::ruleset::nft::clear_script`]);
-//! - open: its chain is the switch, then tagged open and whole, and
-//!   `locked_<l>` is empty;
-//! - unknown otherwise — and "damaged" when a base-chain pair of the link is
-//!   missing or a base chain holds anything else (a foreign `accept` ahead
+//! - locked: every key in the `locked_` sets and `lock_<l>` tagged, whole
+//!   and ending with the drop (or a bare drop); or no key there and
+//!   `link_<l>` starting with a bare `drop` (the fallback,
+//!   [`crate::ruleset::nft::clear_script`], which makes both chains drops);
+//! - open: no key in the `locked_` sets and `link_<l>` tagged open and whole;
+//! - unknown otherwise — and "damaged" when a base chain, a dispatch
+//!   element or a `locked_` set is not as loaded (a foreign `accept` ahead
 //!   of our jump would pass the link's traffic).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::super::{Observed, Readback};
 use crate::ruleset::LinkTarget;
+use crate::ruleset::nft::dispatch::{self, BaseRule, KeyExpr, Kind, LinkKeys, Step};
 use crate::ruleset::nft::{
-    ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, locked_set, protected_matches,
+    ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, guard_set, protected_matches,
 };
 
 /// One expression of a rule, as nft printed it (JSON text). Kept as text:
@@ -56,8 +56,10 @@ pub struct Listing {
     pub chains: HashMap<String, Vec<Rule>>,
     /// Chain name -> hook, for base chains.
     pub hooks: HashMap<String, String>,
-    /// Set name -> its elements as nft prints them.
+    /// Set name -> its elements as [`element_text`] writes them.
     pub sets: HashMap<String, Vec<String>>,
+    /// Map name -> key (as [`element_text`]) -> verdict (`jump link_dr`).
+    pub maps: HashMap<String, HashMap<String, String>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -66,7 +68,7 @@ struct Top<'a> {
     nftables: Vec<Item<'a>>,
 }
 
-/// One element of the listing; others (metainfo, table, set) are skipped.
+/// One element of the listing; others (metainfo, table) are skipped.
 #[derive(serde::Deserialize)]
 struct Item<'a> {
     #[serde(borrow)]
@@ -75,14 +77,14 @@ struct Item<'a> {
     rule: Option<RuleJ<'a>>,
     #[serde(borrow)]
     set: Option<SetJ<'a>>,
+    #[serde(borrow)]
+    map: Option<SetJ<'a>>,
 }
 
 #[derive(serde::Deserialize)]
 struct SetJ<'a> {
     #[serde(borrow)]
     name: std::borrow::Cow<'a, str>,
-    /// Plain addresses print as strings; anything else (a range, a
-    /// prefix) is kept as its JSON text and matches no configured address.
     #[serde(borrow, default)]
     elem: Vec<&'a serde_json::value::RawValue>,
 }
@@ -105,6 +107,40 @@ struct RuleJ<'a> {
     comment: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// An element's key as text: a string or number as itself, a
+/// concatenation as its parts joined by " . " (`198.51.100.2 . 51820`);
+/// anything else (a range, a prefix, an element with a timeout) as its
+/// JSON, which matches no key of ours.
+pub fn element_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.len() == 1 && o.contains_key("concat") => match &o["concat"] {
+            Value::Array(parts) => parts
+                .iter()
+                .map(element_text)
+                .collect::<Vec<_>>()
+                .join(" . "),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// A map element's verdict as text (`jump link_dr`).
+fn verdict_text(v: &Value) -> String {
+    for kind in ["jump", "goto"] {
+        if let Some(t) = v
+            .get(kind)
+            .and_then(|j| j.get("target"))
+            .and_then(Value::as_str)
+        {
+            return format!("{kind} {t}");
+        }
+    }
+    v.to_string()
+}
+
 /// Parses `nft -j list table` output. Anything but the expected shape is
 /// an error: a listing we cannot read proves nothing.
 pub fn parse(json: &str) -> Result<Listing, String> {
@@ -120,11 +156,18 @@ pub fn parse(json: &str) -> Result<Listing, String> {
             let elems = s
                 .elem
                 .iter()
-                .map(|e| {
-                    serde_json::from_str::<String>(e.get()).unwrap_or_else(|_| e.get().to_string())
-                })
+                .map(|e| element_text(&serde_json::from_str(e.get()).unwrap_or(Value::Null)))
                 .collect();
             out.sets.insert(s.name.to_string(), elems);
+        } else if let Some(m) = item.map {
+            let mut elems = HashMap::new();
+            for e in &m.elem {
+                let v: Value = serde_json::from_str(e.get()).unwrap_or(Value::Null);
+                if let Some([k, d]) = v.as_array().map(Vec::as_slice) {
+                    elems.insert(element_text(k), verdict_text(d));
+                }
+            }
+            out.maps.insert(m.name.to_string(), elems);
         } else if let Some(r) = item.rule {
             let expr = r.expr.iter().map(|e| Expr(e.get().to_string())).collect();
             out.chains
@@ -145,33 +188,6 @@ fn is_verdict(e: &Expr, verdict: &str) -> bool {
         .is_some_and(|o| o.len() == 1 && o.get(verdict).is_some_and(Value::is_null))
 }
 
-fn jump_target(e: &Expr, kind: &str) -> Option<String> {
-    e.value()
-        .get(kind)?
-        .get("target")?
-        .as_str()
-        .map(String::from)
-}
-
-/// `meta nfproto @<set>`, as nft -j lists it.
-fn is_nfproto_match(e: &Expr, set: &str) -> bool {
-    let v = e.value();
-    let Some(m) = v.get("match") else {
-        return false;
-    };
-    m.get("op").and_then(Value::as_str) == Some("==")
-        && m.get("left")
-            .and_then(|l| l.get("meta"))
-            .and_then(|k| k.get("key"))
-            .and_then(Value::as_str)
-            == Some("nfproto")
-        && m.get("right").and_then(Value::as_str) == Some(&format!("@{set}"))
-}
-
-fn is_alive_match(e: &Expr) -> bool {
-    is_nfproto_match(e, ALIVE_SET)
-}
-
 /// A rule that is exactly `drop` (a counter before it is fine).
 fn bare_drop(r: &Rule) -> bool {
     match r.expr.as_slice() {
@@ -186,36 +202,66 @@ fn tagged(r: &Rule, prefix: &str) -> Option<usize> {
     r.comment.as_deref()?.strip_prefix(prefix)?.parse().ok()
 }
 
-/// The base-chain pairs per link: (link, hook) -> count of jump-then-drop
-/// pairs, and the hooks holding anything else.
-fn base_pairs(l: &Listing) -> (HashMap<(String, String), usize>, Vec<String>) {
-    let mut pairs = HashMap::new();
-    let mut foreign = Vec::new();
-    for (chain, hook) in &l.hooks {
-        let rules = &l.chains[chain];
-        let mut i = 0;
-        while i < rules.len() {
-            let pair = rules.get(i + 1).and_then(|next| {
-                let (jv, jm) = rules[i].expr.split_last()?;
-                let (dv, dm) = next.expr.split_last()?;
-                // The jump also needs the dead-man switch's heartbeat.
-                let (alive, jm) = jm.split_last()?;
-                let target = jump_target(jv, "jump")?;
-                (is_alive_match(alive) && jm == dm && is_verdict(dv, "drop")).then_some(target)
-            });
-            match pair.as_deref().and_then(|t| t.strip_prefix("link_")) {
-                Some(link) => {
-                    *pairs.entry((link.to_string(), hook.clone())).or_insert(0) += 1;
-                    i += 2;
-                }
-                None => {
-                    foreign.push(hook.clone());
-                    i += 1;
-                }
+/// A key expression as nft -j lists it.
+fn key_json(k: KeyExpr) -> Value {
+    let payload =
+        |proto: &str, field: &str| json!({"payload": {"protocol": proto, "field": field}});
+    let fam = |kind| if kind == Kind::V6 { "ip6" } else { "ip" };
+    match k {
+        KeyExpr::Source(kind) => {
+            json!({"concat": [payload(fam(kind), "saddr"), payload("udp", "sport")]})
+        }
+        KeyExpr::Dest(kind) => {
+            json!({"concat": [payload(fam(kind), "daddr"), payload("udp", "dport")]})
+        }
+        KeyExpr::Iif => json!({"meta": {"key": "iifname"}}),
+        KeyExpr::Oif => json!({"meta": {"key": "oifname"}}),
+    }
+}
+
+/// A base rule's expressions as nft -j lists them.
+pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
+    let key = key_json(r.key);
+    let kind = r.key.kind();
+    let lookup = |left: Value, set: String| json!({"match": {"op": "==", "left": left, "right": format!("@{set}")}});
+    let alive = lookup(json!({"meta": {"key": "nfproto"}}), ALIVE_SET.to_string());
+    let vmap = |map: String| json!({"vmap": {"key": key.clone(), "data": format!("@{map}")}});
+    let drop = json!({"drop": null});
+    match r.step {
+        Step::Lock => vec![
+            alive,
+            lookup(key.clone(), kind.locked_set()),
+            vmap(kind.lock_map()),
+        ],
+        Step::LockedDrop => vec![lookup(key.clone(), kind.locked_set()), drop],
+        Step::Open => vec![alive, vmap(kind.open_map())],
+        Step::OpenDrop => vec![lookup(key.clone(), kind.open_map()), drop],
+    }
+}
+
+/// Whether the base chains hold exactly the dispatch rules; why not.
+fn base_chains(l: &Listing) -> Result<(), String> {
+    for hook in ["input", "forward", "output"] {
+        if l.hooks.get(hook).map(String::as_str) != Some(hook) {
+            return Err(format!("base chain {hook} missing"));
+        }
+        let have = &l.chains[hook];
+        let want = BaseRule::of_hook(hook);
+        if have.len() != want.len() {
+            return Err(format!(
+                "{hook}: {} rules where qkdpfd loaded {}",
+                have.len(),
+                want.len()
+            ));
+        }
+        for (i, (h, w)) in have.iter().zip(want).enumerate() {
+            let h: Vec<Value> = h.expr.iter().map(Expr::value).collect();
+            if h != base_rule_json(w) {
+                return Err(format!("{hook}: rule {} is not qkdpfd's", i + 1));
             }
         }
     }
-    (pairs, foreign)
+    Ok(())
 }
 
 /// Judges every link of `links` against `table` (None: our table is gone)
@@ -225,201 +271,165 @@ pub fn judge(
     table: Option<&Listing>,
     guard: Option<&Listing>,
 ) -> BTreeMap<String, Readback> {
-    let guarded = guard.map(guarded_links).unwrap_or_default();
-    let base = table.map(base_pairs);
+    let owned = dispatch::owned(links);
+    let base = table.map(base_chains);
     links
         .iter()
         .map(|link| {
+            let keys = &owned[&link.name];
             let state = match (table, &base) {
-                (Some(t), Some((pairs, foreign))) => judge_link(link, t, pairs, foreign),
+                (Some(t), Some(Ok(()))) => judge_link(link, keys, t),
+                (Some(_), Some(Err(why))) => Observed::damaged(why.clone()),
                 _ => Observed::damaged("table missing"),
             };
-            let g = guarded.get(&link.name) == Some(&protected_matches(link).len());
+            let g = guard.is_some_and(|g| guarded(g, link));
             (link.name.clone(), Readback { state, guarded: g })
         })
         .collect()
 }
 
-fn judge_link(
-    link: &LinkTarget,
-    t: &Listing,
-    pairs: &HashMap<(String, String), usize>,
-    foreign: &[String],
-) -> Observed {
-    let mut want: HashMap<&str, usize> = HashMap::new();
-    for (hook, _) in protected_matches(link) {
-        *want.entry(hook).or_insert(0) += 1;
-    }
-    for (hook, n) in &want {
-        let have = pairs
-            .get(&(link.name.clone(), hook.to_string()))
-            .copied()
-            .unwrap_or(0);
-        if have != *n {
-            return Observed::damaged(format!(
-                "{hook}: {have} of {n} jump-and-drop rules for link_{}",
-                link.name
-            ));
+fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
+    // A key missing from a map would take its traffic past the link's
+    // chains; one sent elsewhere, to another link's.
+    for kind in Kind::ALL {
+        for (map, chain) in [(kind.open_map(), "link"), (kind.lock_map(), "lock")] {
+            let Some(elems) = t.maps.get(&map) else {
+                return Observed::damaged(format!("map {map} missing"));
+            };
+            let want = format!("jump {chain}_{}", link.name);
+            for key in keys.texts(kind) {
+                if elems.get(&key) != Some(&want) {
+                    return Observed::damaged(format!("map {map}: {key} does not {want}"));
+                }
+            }
         }
-        if foreign.iter().any(|f| f == hook) {
-            return Observed::damaged(format!("{hook}: a rule qkdpfd did not put there"));
+        let set = kind.locked_set();
+        if !t.sets.contains_key(&set) {
+            return Observed::damaged(format!("set {set} missing"));
         }
     }
-    // An address taken out of a peer set would take its traffic past the
-    // link's chain: the sets must hold exactly the configured addresses.
-    let want4: Vec<String> = link.addrs4.iter().map(|a| a.to_string()).collect();
-    let want6: Vec<String> = link.addrs6.iter().map(|a| a.to_string()).collect();
-    for (set, want) in [("peer4", want4), ("peer6", want6)] {
-        let name = format!("{set}_{}", link.name);
-        let mut have = match t.sets.get(&name) {
-            Some(h) => h.clone(),
-            None => return Observed::damaged(format!("set {name} missing")),
-        };
-        let mut want = want;
-        have.sort();
-        want.sort();
-        if have != want {
-            return Observed::damaged(format!("set {name} holds {have:?}, not {want:?}"));
-        }
-    }
-    // Without it the flip to lockdown has nothing to fill.
-    let set = locked_set(link);
-    if !t.sets.contains_key(&set) {
-        return Observed::damaged(format!("set {set} missing"));
-    }
-    judge_chains(link, t)
+    judge_link_chains(link, keys, t)
 }
 
-/// The link's own chains only (`link_<l>`, `lock_<l>`): what a read-back
-/// right after a flip looks at; the base chains are judged every tick.
-pub fn judge_chains(link: &LinkTarget, t: &Listing) -> Observed {
-    let chain = format!("link_{}", link.name);
-    let Some(rules) = t.chains.get(&chain) else {
-        return Observed::damaged(format!("{chain} missing"));
-    };
-    let Some(first) = rules.first() else {
-        return Observed::unknown(format!("{chain} empty"));
-    };
-    let lock = format!("lock_{}", link.name);
-    let lock_chain = || match t.chains.get(&lock).map(|r| lock_chain_whole(r)) {
-        Some(true) => Observed::Locked,
-        Some(false) => Observed::unknown(format!("{lock} altered")),
-        None => Observed::unknown(format!("{lock} missing")),
-    };
-    let goto_lock = |e: &Expr| jump_target(e, "goto").as_deref() == Some(lock.as_str());
-    if bare_drop(first) {
-        return Observed::Locked;
-    }
-    if let [g] = first.expr.as_slice()
-        && goto_lock(g)
+/// The link's own chains (`link_<l>`, `lock_<l>`) with its `locked_` keys
+/// as read: what a read-back right after a flip looks at; the base chains
+/// and the maps are judged every tick.
+pub fn judge_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
+    if let Some(kind) = Kind::ALL
+        .into_iter()
+        .find(|k| !t.sets.contains_key(&k.locked_set()))
     {
-        return lock_chain();
+        return Observed::damaged(format!("set {} missing", kind.locked_set()));
     }
-    if !is_switch(link, first) {
-        return Observed::unknown(format!("{chain} altered"));
-    }
-    let set = locked_set(link);
-    let Some(elems) = t.sets.get(&set) else {
-        return Observed::damaged(format!("set {set} missing"));
-    };
-    let holds = Holds::of_names(elems);
-    if holds == Holds::Both {
-        return lock_chain();
-    }
-    match switch_shape(link, &rules[1..]) {
-        Ok(shape) => judge_shape(link, shape, holds),
-        Err(why) => why,
-    }
+    judge_link_chains(link, keys, t)
 }
 
-/// `meta nfproto @locked_<l> goto lock_<l>`: the link's switch.
-fn is_switch(link: &LinkTarget, r: &Rule) -> bool {
-    let lock = format!("lock_{}", link.name);
-    matches!(r.expr.as_slice(), [m, g]
-        if is_nfproto_match(m, &locked_set(link))
-            && jump_target(g, "goto").as_deref() == Some(lock.as_str()))
+fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
+    let holds = Holds::of(keys, |kind| {
+        let have: HashSet<&str> = t.sets[&kind.locked_set()]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        keys.texts(kind)
+            .iter()
+            .filter(|k| have.contains(k.as_str()))
+            .count()
+    });
+    judge_shape(link, shape(link, t), holds)
 }
 
-/// What a link's `locked_` set holds.
+/// Which of a link's keys are in the `locked_` sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Holds {
-    /// ipv4 and ipv6: every packet of the link takes its lockdown chain.
-    Both,
-    Empty,
-    /// Anything else (one family only: its traffic takes the open rules).
-    Other(String),
+    /// Every key: all of the link's traffic takes its lockdown chain.
+    All,
+    None,
+    /// Some keys only (their traffic locked, the rest open), or the link
+    /// owns no key at all (its traffic is another link's).
+    Part(String),
 }
 
 impl Holds {
-    fn of_names(elems: &[String]) -> Holds {
-        let mut e: Vec<&str> = elems.iter().map(String::as_str).collect();
-        e.sort_unstable();
-        match e.as_slice() {
-            ["ipv4", "ipv6"] => Holds::Both,
-            [] => Holds::Empty,
-            _ => Holds::Other(format!("{elems:?}")),
+    /// From a count of the link's keys found, per kind.
+    fn of(keys: &LinkKeys, mut found: impl FnMut(Kind) -> usize) -> Holds {
+        let total: usize = Kind::ALL.iter().map(|k| keys.texts(*k).len()).sum();
+        let have: usize = Kind::ALL.into_iter().map(&mut found).sum();
+        match (total, have) {
+            (0, _) => Holds::Part("the link owns no key (each is an earlier link's)".into()),
+            (t, h) if t == h => Holds::All,
+            (_, 0) => Holds::None,
+            (t, h) => Holds::Part(format!("{h} of its {t} keys in the locked_ sets")),
         }
     }
 
-    /// From the keys read over netlink (NFPROTO_IPV4 = 2, NFPROTO_IPV6 = 10).
-    pub fn of_keys(keys: &[u8]) -> Holds {
-        let mut k = keys.to_vec();
-        k.sort_unstable();
-        match k.as_slice() {
-            [2, 10] => Holds::Both,
-            [] => Holds::Empty,
-            _ => Holds::Other(format!("{keys:?}")),
-        }
+    /// From the keys read over netlink, per kind.
+    pub fn of_bytes(keys: &LinkKeys, sets: impl Fn(Kind) -> Vec<Vec<u8>>) -> Holds {
+        Holds::of(keys, |kind| {
+            let have = sets(kind);
+            keys.bytes(kind).iter().filter(|k| have.contains(k)).count()
+        })
     }
 }
 
-/// A link chain headed by its switch, as a verified listing showed it,
-/// with `lock_<l>` whole: with the set read back, enough to judge the link
-/// after a transaction that changed nothing but the set.
+/// How one of a link's chains reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// The switch, then the open statements, tagged and whole.
-    SwitchOpen,
-    /// The switch alone (a lockdown's slow path).
-    SwitchOnly,
+pub enum Chain {
+    /// Tagged and whole: the open statements (`link_<l>`), or the lockdown
+    /// statements ending with qkdpfd's drop (`lock_<l>`).
+    Whole,
+    /// Starting with a bare drop (the fallback).
+    Drop,
+    /// Missing, empty or not as loaded.
+    Other,
 }
 
-/// The shape of `link_<l>` in `t`, if it is headed by the switch and
-/// `lock_<l>` is whole; None otherwise.
-pub fn shape(link: &LinkTarget, t: &Listing) -> Option<Shape> {
-    let rules = t.chains.get(&format!("link_{}", link.name))?;
-    if !is_switch(link, rules.first()?) || !lock_chain_ok(t, &link.name) {
-        return None;
+/// The link's two chains, as a listing showed them: with the `locked_`
+/// keys read back, enough to judge the link after a transaction that
+/// changed nothing but the sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub link: Chain,
+    pub lock: Chain,
+}
+
+/// The shape of the link's chains in `t`.
+pub fn shape(link: &LinkTarget, t: &Listing) -> Shape {
+    let starts_with_drop = |chain: String| {
+        t.chains
+            .get(&chain)
+            .and_then(|r| r.first())
+            .is_some_and(bare_drop)
+    };
+    let open_whole = t
+        .chains
+        .get(&format!("link_{}", link.name))
+        .and_then(|rules| Some((rules.len(), tagged(rules.first()?, OPEN_TAG)?)))
+        .is_some_and(|(len, n)| len == n + 1);
+    let read = |whole: bool, chain: String| match (whole, starts_with_drop(chain)) {
+        (true, _) => Chain::Whole,
+        (false, true) => Chain::Drop,
+        (false, false) => Chain::Other,
+    };
+    Shape {
+        link: read(open_whole, format!("link_{}", link.name)),
+        lock: read(lock_chain_ok(t, &link.name), format!("lock_{}", link.name)),
     }
-    switch_shape(link, &rules[1..]).ok()
 }
 
-/// What follows the switch.
-fn switch_shape(link: &LinkTarget, rest: &[Rule]) -> Result<Shape, Observed> {
-    let chain = format!("link_{}", link.name);
-    match rest.first().and_then(|r| tagged(r, OPEN_TAG)) {
-        Some(n) if rest.len() == n + 1 => Ok(Shape::SwitchOpen),
-        Some(n) => Err(Observed::unknown(format!(
-            "{chain} holds {} rules, tagged for {n}",
-            rest.len() - 1
-        ))),
-        None if rest.is_empty() => Ok(Shape::SwitchOnly),
-        None => Err(Observed::unknown(format!("{chain} altered"))),
-    }
-}
-
-/// A link whose chains have `shape` (and a whole `lock_<l>`) and whose
-/// set `holds` this.
+/// A link whose chains have `shape` and whose keys `holds` says.
 pub fn judge_shape(link: &LinkTarget, shape: Shape, holds: Holds) -> Observed {
-    match (holds, shape) {
-        (Holds::Both, _) => Observed::Locked,
-        (Holds::Empty, Shape::SwitchOpen) => Observed::Open,
-        (Holds::Empty, Shape::SwitchOnly) => {
-            Observed::unknown(format!("link_{} holds only the switch", link.name))
-        }
-        (Holds::Other(what), _) => {
-            Observed::unknown(format!("set {} holds {what}", locked_set(link)))
-        }
+    let n = &link.name;
+    let lock_closed = matches!(shape.lock, Chain::Whole | Chain::Drop);
+    match holds {
+        Holds::All if lock_closed => Observed::Locked,
+        Holds::All => Observed::unknown(format!("locked, but lock_{n} is not as loaded")),
+        Holds::None => match shape.link {
+            Chain::Whole => Observed::Open,
+            Chain::Drop => Observed::Locked,
+            Chain::Other => Observed::unknown(format!("link_{n} is not as loaded")),
+        },
+        Holds::Part(_) if shape.link == Chain::Drop && lock_closed => Observed::Locked,
+        Holds::Part(what) => Observed::unknown(format!("link {n}: {what}")),
     }
 }
 
@@ -441,23 +451,27 @@ fn lock_chain_whole(rules: &[Rule]) -> bool {
         && last.comment.as_deref() == Some(DROP_TAG)
 }
 
-/// Guard drops per link (each rule commented `qkdpfd guard <link>`).
-fn guarded_links(g: &Listing) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for (chain, rules) in &g.chains {
-        if !g.hooks.contains_key(chain) {
-            continue;
-        }
-        for r in rules {
-            let link = r.comment.as_deref().and_then(|c| c.strip_prefix(GUARD_TAG));
-            if let (Some(link), Some(v)) = (link, r.expr.last())
-                && is_verdict(v, "drop")
-            {
-                *out.entry(link.to_string()).or_insert(0) += 1;
-            }
-        }
-    }
-    out
+/// Whether the guard table drops every key of `link`: its drop rules all
+/// there, each kind's set holding the link's keys.
+fn guarded(g: &Listing, link: &LinkTarget) -> bool {
+    let drops = g
+        .chains
+        .iter()
+        .filter(|(c, _)| g.hooks.contains_key(*c))
+        .flat_map(|(_, rules)| rules)
+        .filter(|r| {
+            r.comment.as_deref() == Some(GUARD_TAG)
+                && r.expr.last().is_some_and(|v| is_verdict(v, "drop"))
+        })
+        .count();
+    let keys = LinkKeys::all(link);
+    drops == protected_matches().len()
+        && Kind::ALL.into_iter().all(|kind| {
+            let have = g.sets.get(&guard_set(kind));
+            keys.texts(kind)
+                .iter()
+                .all(|k| have.is_some_and(|h| h.contains(k)))
+        })
 }
 
 #[cfg(test)]
@@ -468,275 +482,222 @@ mod tests {
         LinkTarget::sample()
     }
 
-    fn rule(chain: &str, expr: &str, comment: Option<&str>) -> String {
-        let c = comment.map_or(String::new(), |c| format!(", \"comment\": \"{c}\""));
-        format!(
-            "{{\"rule\": {{\"family\": \"inet\", \"table\": \"qkdpfd\", \"chain\": \"{chain}\", \"handle\": 1{c}, \"expr\": [{expr}]}}}}"
-        )
+    fn rule(chain: &str, expr: &[Value], comment: Option<&str>) -> Value {
+        let mut r =
+            json!({"family": "inet", "table": "qkdpfd", "chain": chain, "handle": 1, "expr": expr});
+        if let Some(c) = comment {
+            r["comment"] = json!(c);
+        }
+        json!({ "rule": r })
     }
 
-    const ALIVE: &str = "{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@alive\"}}";
-    const M: &str = "{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"iifname\"}}, \"right\": \"wg0\"}}";
+    const KEY4: &str = "198.51.100.2";
 
-    /// A listing as nft prints it: the skeleton for dr plus `link` and `lock` rules.
-    fn listing(link: &[String], lock: &[String], extra_base: Option<String>) -> String {
-        listing_with(link, lock, extra_base, &[])
-    }
-
-    /// The same with `locked_dr` holding `locked`.
-    fn listing_with(
-        link: &[String],
-        lock: &[String],
-        extra_base: Option<String>,
-        locked: &[&str],
-    ) -> String {
-        let mut items = vec![
-            "{\"metainfo\": {\"version\": \"1.0.6\"}}".to_string(),
-            "{\"table\": {\"family\": \"inet\", \"name\": \"qkdpfd\", \"handle\": 1}}".to_string(),
-        ];
+    /// A table as nft -j lists it for link dr: base chains and maps as the
+    /// skeleton loads them, `locked` keys in the locked_ sets, then the
+    /// link's chains; `edit` may change anything before it is printed.
+    fn listing(
+        link: Vec<Value>,
+        lock: Vec<Value>,
+        locked: bool,
+        edit: impl FnOnce(&mut Vec<Value>),
+    ) -> Listing {
+        let mut items = vec![json!({"metainfo": {"version": "1.0.6"}})];
         for hook in ["input", "output", "forward"] {
-            items.push(format!(
-                "{{\"chain\": {{\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"{hook}\", \"handle\": 1, \"type\": \"filter\", \"hook\": \"{hook}\", \"prio\": -10, \"policy\": \"accept\"}}}}"
-            ));
+            items.push(json!({"chain": {"family": "inet", "table": "qkdpfd", "name": hook, "hook": hook, "prio": -10}}));
         }
-        items.push("{\"set\": {\"family\": \"inet\", \"name\": \"peer4_dr\", \"table\": \"qkdpfd\", \"type\": \"ipv4_addr\", \"handle\": 1, \"elem\": [\"198.51.100.2\"]}}".into());
-        items.push("{\"set\": {\"family\": \"inet\", \"name\": \"peer6_dr\", \"table\": \"qkdpfd\", \"type\": \"ipv6_addr\", \"handle\": 2}}".into());
-        let elem = if locked.is_empty() {
-            String::new()
-        } else {
-            format!(", \"elem\": {}", serde_json::to_string(locked).unwrap())
+        let key4 = json!({"concat": [KEY4, 51820]});
+        let elems = |kind: Kind| -> Vec<Value> {
+            match kind {
+                Kind::V4 => vec![key4.clone()],
+                Kind::V6 => vec![],
+                Kind::If => vec![json!("wg0")],
+            }
         };
-        items.push(format!("{{\"set\": {{\"family\": \"inet\", \"name\": \"locked_dr\", \"table\": \"qkdpfd\", \"type\": \"nf_proto\", \"handle\": 3{elem}}}}}"));
-        items.push("{\"chain\": {\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"link_dr\", \"handle\": 2}}".into());
-        items.push("{\"chain\": {\"family\": \"inet\", \"table\": \"qkdpfd\", \"name\": \"lock_dr\", \"handle\": 3}}".into());
-        if let Some(x) = extra_base {
-            items.push(x);
+        for kind in Kind::ALL {
+            let set: Vec<Value> = if locked { elems(kind) } else { vec![] };
+            items.push(json!({"set": {"name": kind.locked_set(), "elem": set}}));
+            for (map, chain) in [(kind.open_map(), "link_dr"), (kind.lock_map(), "lock_dr")] {
+                let e: Vec<Value> = elems(kind)
+                    .into_iter()
+                    .map(|k| json!([k, {"jump": {"target": chain}}]))
+                    .collect();
+                items.push(json!({"map": {"name": map, "map": "verdict", "elem": e}}));
+            }
         }
-        for (hook, _) in protected_matches(&dr()) {
-            items.push(rule(
-                hook,
-                &format!("{M}, {ALIVE}, {{\"jump\": {{\"target\": \"link_dr\"}}}}"),
-                None,
-            ));
-            items.push(rule(hook, &format!("{M}, {{\"drop\": null}}"), None));
+        for hook in ["input", "output", "forward"] {
+            for r in BaseRule::of_hook(hook) {
+                items.push(rule(hook, &base_rule_json(r), None));
+            }
         }
-        items.extend(link.iter().cloned());
-        items.extend(lock.iter().cloned());
-        format!("{{\"nftables\": [{}]}}", items.join(", "))
+        items.push(json!({"chain": {"name": "link_dr"}}));
+        items.push(json!({"chain": {"name": "lock_dr"}}));
+        items.extend(link);
+        items.extend(lock);
+        edit(&mut items);
+        parse(&json!({ "nftables": items }).to_string()).unwrap()
     }
 
-    fn state(json: &str) -> Observed {
-        let l = parse(json).unwrap();
-        judge(&[dr()], Some(&l), None)["dr"].state.clone()
+    fn state(l: &Listing) -> Observed {
+        judge(&[dr()], Some(l), None)["dr"].state.clone()
     }
 
-    const SWITCH: &str = "{\"match\": {\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@locked_dr\"}}, {\"goto\": {\"target\": \"lock_dr\"}}";
+    fn counter() -> Value {
+        json!({"counter": {"packets": 0, "bytes": 0}})
+    }
 
-    fn open_rules() -> Vec<String> {
+    fn open_rules() -> Vec<Value> {
         vec![
-            rule("link_dr", SWITCH, Some("qkdpfd switch")),
-            rule(
-                "link_dr",
-                "{\"counter\": {\"packets\": 0, \"bytes\": 0}}",
-                Some("qkdpfd open n=1"),
-            ),
-            rule("link_dr", &format!("{M}, {{\"accept\": null}}"), None),
+            rule("link_dr", &[counter()], Some("qkdpfd open n=1")),
+            rule("link_dr", &[json!({"accept": null})], None),
         ]
     }
 
-    fn lock_rules() -> Vec<String> {
+    fn lock_rules() -> Vec<Value> {
         vec![
-            rule(
-                "lock_dr",
-                "{\"counter\": {\"packets\": 0, \"bytes\": 0}}",
-                Some("qkdpfd lockdown n=1"),
-            ),
-            rule(
-                "lock_dr",
-                "{\"counter\": {\"packets\": 3, \"bytes\": 9}}, {\"drop\": null}",
-                None,
-            ),
-            rule("lock_dr", "{\"drop\": null}", Some(DROP_TAG)),
+            rule("lock_dr", &[counter()], Some("qkdpfd lockdown n=1")),
+            rule("lock_dr", &[counter(), json!({"drop": null})], None),
+            rule("lock_dr", &[json!({"drop": null})], Some(DROP_TAG)),
         ]
     }
 
-    fn goto() -> String {
-        rule("link_dr", "{\"goto\": {\"target\": \"lock_dr\"}}", None)
+    fn drop_rule(chain: &str) -> Vec<Value> {
+        vec![rule(chain, &[json!({"drop": null})], Some(DROP_TAG))]
     }
 
     #[test]
     fn open_locked_and_fallback_drop() {
-        assert_eq!(
-            state(&listing(&open_rules(), &lock_rules(), None)),
-            Observed::Open
-        );
-        let mut diverted = vec![goto()];
-        diverted.extend(open_rules());
-        assert_eq!(
-            state(&listing(&diverted, &lock_rules(), None)),
-            Observed::Locked
-        );
-        let dropped = vec![rule("link_dr", "{\"drop\": null}", Some(DROP_TAG))];
-        assert_eq!(state(&listing(&dropped, &[], None)), Observed::Locked);
-        // The flip: both families in locked_dr, the chains untouched.
-        let both = ["ipv6", "ipv4"];
-        assert_eq!(
-            state(&listing_with(&open_rules(), &lock_rules(), None, &both)),
-            Observed::Locked
-        );
-        // The slow path's chain: the switch alone.
-        let switch = vec![rule("link_dr", SWITCH, Some("qkdpfd switch"))];
-        assert_eq!(
-            state(&listing_with(&switch, &lock_rules(), None, &both)),
-            Observed::Locked
-        );
+        let l = |locked| listing(open_rules(), lock_rules(), locked, |_| {});
+        assert_eq!(state(&l(false)), Observed::Open);
+        assert_eq!(state(&l(true)), Observed::Locked, "the keys in locked_");
+        // The fallback: both chains a drop, whatever the sets hold.
+        for locked in [false, true] {
+            let f = listing(drop_rule("link_dr"), drop_rule("lock_dr"), locked, |_| {});
+            assert_eq!(state(&f), Observed::Locked);
+        }
+        // The boot script: the link chain a drop, nothing locked.
+        let boot = listing(drop_rule("link_dr"), vec![], false, |_| {});
+        assert_eq!(state(&boot), Observed::Locked);
     }
 
     #[test]
-    fn a_shape_and_the_set_alone_judge_a_link() {
-        let l = |link: &[String], lock: &[String]| parse(&listing(link, lock, None)).unwrap();
-        let switch = vec![rule("link_dr", SWITCH, Some("qkdpfd switch"))];
+    fn a_shape_and_the_keys_alone_judge_a_link() {
+        let l = listing(open_rules(), lock_rules(), false, |_| {});
+        let sh = shape(&dr(), &l);
         assert_eq!(
-            shape(&dr(), &l(&open_rules(), &lock_rules())),
-            Some(Shape::SwitchOpen)
+            sh,
+            Shape {
+                link: Chain::Whole,
+                lock: Chain::Whole
+            }
         );
-        assert_eq!(
-            shape(&dr(), &l(&switch, &lock_rules())),
-            Some(Shape::SwitchOnly)
-        );
-        assert_eq!(
-            shape(&dr(), &l(&open_rules(), &[])),
-            None,
-            "lock chain gone"
-        );
-        let mut extra = open_rules();
-        extra.push(rule("link_dr", "{\"accept\": null}", None));
-        assert_eq!(shape(&dr(), &l(&extra, &lock_rules())), None);
-        let dropped = vec![rule("link_dr", "{\"drop\": null}", Some(DROP_TAG))];
-        assert_eq!(shape(&dr(), &l(&dropped, &lock_rules())), None);
-        assert_eq!(Holds::of_keys(&[10, 2]), Holds::Both);
-        assert_eq!(Holds::of_keys(&[]), Holds::Empty);
-        assert!(matches!(Holds::of_keys(&[2]), Holds::Other(_)));
-        assert!(matches!(Holds::of_keys(&[2, 10, 10]), Holds::Other(_)));
-        let j = |s, h| judge_shape(&dr(), s, h);
-        assert_eq!(j(Shape::SwitchOpen, Holds::Both), Observed::Locked);
-        assert_eq!(j(Shape::SwitchOnly, Holds::Both), Observed::Locked);
-        assert_eq!(j(Shape::SwitchOpen, Holds::Empty), Observed::Open);
+        let keys = dispatch::owned(&[dr()]).remove("dr").unwrap();
+        let all = Holds::of_bytes(&keys, |k| keys.bytes(k));
+        assert_eq!(all, Holds::All);
+        let none = Holds::of_bytes(&keys, |_| vec![]);
+        assert_eq!(none, Holds::None);
+        let part = Holds::of_bytes(&keys, |k| match k {
+            Kind::If => keys.bytes(k),
+            _ => vec![],
+        });
+        assert!(matches!(part, Holds::Part(_)));
+        assert_eq!(judge_shape(&dr(), sh, all), Observed::Locked);
+        assert_eq!(judge_shape(&dr(), sh, none), Observed::Open);
         assert!(matches!(
-            j(Shape::SwitchOnly, Holds::Empty),
-            Observed::Unknown { .. }
+            judge_shape(&dr(), sh, part),
+            Observed::Unknown {
+                skeleton: false,
+                ..
+            }
         ));
-        assert!(matches!(
-            j(Shape::SwitchOpen, Holds::of_keys(&[10])),
-            Observed::Unknown { .. }
-        ));
-    }
-
-    #[test]
-    fn a_switch_proves_only_what_its_set_and_chains_hold() {
-        let unknown = |json: String| {
-            assert!(
-                matches!(state(&json), Observed::Unknown { .. }),
-                "{:?}",
-                state(&json)
-            )
+        let lock_gone = Shape {
+            lock: Chain::Other,
+            ..sh
         };
-        // One family only: the other's traffic takes the open rules.
-        unknown(listing_with(&open_rules(), &lock_rules(), None, &["ipv4"]));
-        unknown(listing_with(&open_rules(), &lock_rules(), None, &["ipv6"]));
-        // Locked by the set into an emptied or damaged lockdown chain.
-        let both = ["ipv4", "ipv6"];
-        unknown(listing_with(&open_rules(), &[], None, &both));
-        let mut lock = lock_rules();
-        lock.pop();
-        unknown(listing_with(&open_rules(), &lock, None, &both));
-        // Open by the set, but the chain is only the switch.
-        let switch = vec![rule("link_dr", SWITCH, Some("qkdpfd switch"))];
-        unknown(listing(&switch, &lock_rules(), None));
-        // The switch looking at another set, or negated.
-        let other = open_rules()
-            .into_iter()
-            .map(|r| r.replace("@locked_dr", "@locked_hq"))
-            .collect::<Vec<_>>();
-        unknown(listing_with(&other, &lock_rules(), None, &both));
-        let negated = open_rules()
-            .into_iter()
-            .map(|r| r.replacen("\"op\": \"==\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@locked", "\"op\": \"!=\", \"left\": {\"meta\": {\"key\": \"nfproto\"}}, \"right\": \"@locked", 1))
-            .collect::<Vec<_>>();
-        assert!(negated[0].contains("!="));
-        unknown(listing(&negated, &lock_rules(), None));
-        // The set gone: the skeleton is damaged.
-        let json = listing(&open_rules(), &lock_rules(), None);
-        let mut l = parse(&json).unwrap();
-        l.sets.remove("locked_dr");
         assert!(matches!(
-            judge(&[dr()], Some(&l), None)["dr"].state,
-            Observed::Unknown { skeleton: true, .. }
+            judge_shape(&dr(), lock_gone, Holds::All),
+            Observed::Unknown { .. }
         ));
     }
 
     #[test]
     fn tampering_is_not_locked() {
-        // goto into an emptied lock chain: the base chain's drop still
-        // holds, but the link's own chains no longer prove it.
-        let diverted = vec![goto()];
+        // The lock chain's drop taken away while locked.
+        let mut cut = lock_rules();
+        cut.pop();
         assert!(matches!(
-            state(&listing(&diverted, &[], None)),
-            Observed::Unknown {
-                skeleton: false,
-                ..
-            }
-        ));
-        // The lock chain's own drop removed.
-        let mut lock = lock_rules();
-        lock.pop();
-        assert!(matches!(
-            state(&listing(&diverted, &lock, None)),
+            state(&listing(open_rules(), cut, true, |_| {})),
             Observed::Unknown { .. }
         ));
-        // A rule added to an open chain.
-        let mut open = open_rules();
-        open.push(rule("link_dr", "{\"accept\": null}", None));
+        // One key only in the locked_ sets.
+        let part = listing(open_rules(), lock_rules(), false, |items| {
+            for i in items.iter_mut() {
+                if i["set"]["name"] == "locked_if" {
+                    i["set"]["elem"] = json!(["wg0"]);
+                }
+            }
+        });
         assert!(matches!(
-            state(&listing(&open, &lock_rules(), None)),
+            state(&part),
             Observed::Unknown {
                 skeleton: false,
                 ..
             }
         ));
-        // An empty link chain proves nothing by itself.
+        // An open chain with a rule added.
+        let mut more = open_rules();
+        more.push(rule("link_dr", &[json!({"accept": null})], None));
         assert!(matches!(
-            state(&listing(&[], &lock_rules(), None)),
-            Observed::Unknown {
-                skeleton: false,
-                ..
-            }
+            state(&listing(more, lock_rules(), false, |_| {})),
+            Observed::Unknown { .. }
         ));
     }
 
     #[test]
-    fn base_chain_damage() {
+    fn base_chain_and_map_damage() {
+        let damaged = |edit: &dyn Fn(&mut Vec<Value>)| {
+            let l = listing(open_rules(), lock_rules(), false, |i| edit(i));
+            match state(&l) {
+                Observed::Unknown { skeleton, why } => {
+                    assert!(skeleton, "{why}");
+                    why
+                }
+                other => panic!("{other:?}"),
+            }
+        };
         // A foreign accept in a base chain.
-        let extra = rule("input", "{\"accept\": null}", None);
-        assert!(matches!(
-            state(&listing(&open_rules(), &lock_rules(), Some(extra))),
-            Observed::Unknown { skeleton: true, .. }
-        ));
-        // A drop of the pairs gone.
-        let json = listing(&open_rules(), &lock_rules(), None);
-        let mut l = parse(&json).unwrap();
-        l.chains.get_mut("output").unwrap().pop();
-        assert!(matches!(
-            judge(&[dr()], Some(&l), None)["dr"].state,
-            Observed::Unknown { skeleton: true, .. }
-        ));
-        // An address taken out of the peer set.
-        let json = listing(&open_rules(), &lock_rules(), None)
-            .replace(", \"elem\": [\"198.51.100.2\"]", "");
-        assert!(matches!(
-            state(&json),
-            Observed::Unknown { skeleton: true, .. }
-        ));
+        let why = damaged(&|i| i.push(rule("input", &[json!({"accept": null})], None)));
+        assert!(why.contains("input: 13 rules"), "{why}");
+        // A base rule's key changed (daddr for saddr).
+        let why = damaged(&|i| {
+            for x in i.iter_mut() {
+                if x["rule"]["chain"] == "input" {
+                    let t = x.to_string().replace("saddr", "daddr");
+                    *x = serde_json::from_str(&t).unwrap();
+                }
+            }
+        });
+        assert!(why.contains("input: rule 1 is not qkdpfd's"), "{why}");
+        // A key taken out of the open map, or sent to another chain.
+        let why = damaged(&|i| {
+            for x in i.iter_mut() {
+                if x["map"]["name"] == "open_4" {
+                    x["map"]["elem"] = json!([]);
+                }
+            }
+        });
+        assert!(why.contains("map open_4: 198.51.100.2 . 51820"), "{why}");
+        let why = damaged(&|i| {
+            for x in i.iter_mut() {
+                if x["map"]["name"] == "lock_if" {
+                    x["map"]["elem"] = json!([["wg0", {"jump": {"target": "link_dr"}}]]);
+                }
+            }
+        });
+        assert!(why.contains("lock_if: wg0 does not jump lock_dr"), "{why}");
+        // A locked_ set deleted.
+        let why = damaged(&|i| i.retain(|x| x["set"]["name"] != "locked_6"));
+        assert!(why.contains("set locked_6 missing"), "{why}");
         // No table at all.
         assert!(matches!(
             judge(&[dr()], None, None)["dr"].state,
@@ -745,25 +706,23 @@ mod tests {
     }
 
     #[test]
-    fn guard_counts_every_match() {
-        let mut items = vec![
-            "{\"chain\": {\"family\": \"inet\", \"table\": \"g\", \"name\": \"input\", \"hook\": \"input\"}}".to_string(),
-        ];
-        let n = protected_matches(&dr()).len();
-        for _ in 0..n {
-            items.push(rule(
-                "input",
-                &format!("{M}, {{\"drop\": null}}"),
-                Some("qkdpfd guard dr"),
-            ));
+    fn guard_holds_every_key_and_every_drop() {
+        let mut items = Vec::new();
+        for hook in ["input", "output", "forward"] {
+            items.push(json!({"chain": {"name": hook, "hook": hook}}));
         }
-        let g = parse(&format!("{{\"nftables\": [{}]}}", items.join(", "))).unwrap();
-        let rb = judge(&[dr()], None, Some(&g));
-        assert!(rb["dr"].guarded);
-        assert!(rb["dr"].locked());
+        items.push(json!({"set": {"name": "guard_4", "elem": [{"concat": [KEY4, 51820]}]}}));
+        items.push(json!({"set": {"name": "guard_if", "elem": ["wg0"]}}));
+        for (hook, _) in protected_matches() {
+            items.push(rule(hook, &[json!({"drop": null})], Some(GUARD_TAG)));
+        }
+        let g = |items: &Vec<Value>| parse(&json!({ "nftables": items }).to_string()).unwrap();
+        assert!(guarded(&g(&items), &dr()));
+        let mut other = dr();
+        other.wg_if = "wg1".into();
+        assert!(!guarded(&g(&items), &other), "wg1 is not in guard_if");
         items.pop();
-        let g = parse(&format!("{{\"nftables\": [{}]}}", items.join(", "))).unwrap();
-        assert!(!judge(&[dr()], None, Some(&g))["dr"].guarded);
+        assert!(!guarded(&g(&items), &dr()), "a drop missing");
     }
 
     #[test]

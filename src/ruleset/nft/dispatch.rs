@@ -1,0 +1,352 @@
+//! How a packet finds its link, in O(1) whatever the number of links: the
+//! keys that identify a link's traffic, and the table-wide maps and sets
+//! keyed by them.
+//!
+//! A link's traffic is its underlay (the far gateway's address with its
+//! WireGuard port, as source or destination) and the traffic of its
+//! WireGuard interface. Three kinds of key cover both: `ipv4_addr .
+//! inet_service`, `ipv6_addr . inet_service` and `ifname`. For each kind the
+//! table holds
+//!
+//! - map `open_<k>`: key → `jump link_<link>`, loaded with the skeleton;
+//! - map `lock_<k>`: key → `jump lock_<link>`, loaded with the skeleton;
+//! - set `locked_<k>`: the keys of the links that are locked, the only
+//!   thing a flip changes (no verdict, so no table re-validation).
+//!
+//! Every base chain walks the same four rules per kind, whatever the
+//! number of links (see [`BaseRule`]). Why no set per link: nft and the
+//! kernel find a set by name in a list, so 30,000 per-link sets took a
+//! minute to load; chains cost a few microseconds each.
+//!
+//! A key belongs to the first link (in link order) that has it: two links
+//! on one interface share its inner traffic, which the first link's chains
+//! judge (as the per-link rules of earlier versions did, first match
+//! first); each still has its own underlay.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::ruleset::LinkTarget;
+
+/// A kind of key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    V4,
+    V6,
+    If,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::V4, Kind::V6, Kind::If];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::V4 => "4",
+            Kind::V6 => "6",
+            Kind::If => "if",
+        }
+    }
+
+    /// The nft type of the key.
+    pub fn nft_type(self) -> &'static str {
+        match self {
+            Kind::V4 => "ipv4_addr . inet_service",
+            Kind::V6 => "ipv6_addr . inet_service",
+            Kind::If => "ifname",
+        }
+    }
+
+    /// Map `open_<k>`: key → `jump link_<link>`.
+    pub fn open_map(self) -> String {
+        format!("open_{}", self.suffix())
+    }
+
+    /// Map `lock_<k>`: key → `jump lock_<link>`.
+    pub fn lock_map(self) -> String {
+        format!("lock_{}", self.suffix())
+    }
+
+    /// Set `locked_<k>`: the keys of locked links.
+    pub fn locked_set(self) -> String {
+        format!("locked_{}", self.suffix())
+    }
+}
+
+/// Where a base rule reads its key from the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyExpr {
+    /// `ip saddr . udp sport` (`ip6` for V6): traffic from the far gateway.
+    Source(Kind),
+    /// `ip daddr . udp dport`: traffic to the far gateway.
+    Dest(Kind),
+    Iif,
+    Oif,
+}
+
+impl KeyExpr {
+    pub fn kind(self) -> Kind {
+        match self {
+            KeyExpr::Source(k) | KeyExpr::Dest(k) => k,
+            KeyExpr::Iif | KeyExpr::Oif => Kind::If,
+        }
+    }
+
+    /// As nft text.
+    pub fn text(self) -> &'static str {
+        match self {
+            KeyExpr::Source(Kind::V6) => "ip6 saddr . udp sport",
+            KeyExpr::Source(_) => "ip saddr . udp sport",
+            KeyExpr::Dest(Kind::V6) => "ip6 daddr . udp dport",
+            KeyExpr::Dest(_) => "ip daddr . udp dport",
+            KeyExpr::Iif => "iifname",
+            KeyExpr::Oif => "oifname",
+        }
+    }
+
+    /// The keys of each base chain, in order.
+    pub fn of_hook(hook: &str) -> &'static [KeyExpr] {
+        use KeyExpr::*;
+        match hook {
+            "input" => &[Source(Kind::V4), Source(Kind::V6), Iif],
+            "output" => &[Dest(Kind::V4), Dest(Kind::V6), Oif],
+            "forward" => &[Iif, Oif],
+            _ => &[],
+        }
+    }
+}
+
+/// The four rules each base chain holds per key, in this order. A locked
+/// key takes its lockdown chain and is dropped whatever that chain does;
+/// an open key takes its link chain and is dropped unless that chain
+/// accepts. Both jumps also need the dead-man switch's heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `meta nfproto @alive <key> @locked_<k> <key> vmap @lock_<k>`
+    Lock,
+    /// `<key> @locked_<k> drop`
+    LockedDrop,
+    /// `meta nfproto @alive <key> vmap @open_<k>`
+    Open,
+    /// `<key> @open_<k> drop`
+    OpenDrop,
+}
+
+impl Step {
+    pub const ALL: [Step; 4] = [Step::Lock, Step::LockedDrop, Step::Open, Step::OpenDrop];
+}
+
+/// One rule of a base chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseRule {
+    pub key: KeyExpr,
+    pub step: Step,
+}
+
+impl BaseRule {
+    /// Every rule of `hook`'s chain, in order.
+    pub fn of_hook(hook: &str) -> Vec<BaseRule> {
+        KeyExpr::of_hook(hook)
+            .iter()
+            .flat_map(|&key| Step::ALL.map(|step| BaseRule { key, step }))
+            .collect()
+    }
+
+    /// The rule as nft text (after `add rule inet <t> <hook> `).
+    pub fn text(self, alive: &str) -> String {
+        let (k, kind) = (self.key.text(), self.key.kind());
+        match self.step {
+            Step::Lock => format!(
+                "meta nfproto @{alive} {k} @{} {k} vmap @{}",
+                kind.locked_set(),
+                kind.lock_map()
+            ),
+            Step::LockedDrop => format!("{k} @{} drop", kind.locked_set()),
+            Step::Open => format!("meta nfproto @{alive} {k} vmap @{}", kind.open_map()),
+            Step::OpenDrop => format!("{k} @{} drop", kind.open_map()),
+        }
+    }
+}
+
+/// The keys of one link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkKeys {
+    pub v4: Vec<(Ipv4Addr, u16)>,
+    pub v6: Vec<(Ipv6Addr, u16)>,
+    pub wg_if: Option<String>,
+}
+
+impl LinkKeys {
+    /// Every key of the link, owned or not (the guard drops them all).
+    pub fn all(link: &LinkTarget) -> LinkKeys {
+        LinkKeys {
+            v4: link.addrs4.iter().map(|a| (*a, link.wg_port)).collect(),
+            v6: link.addrs6.iter().map(|a| (*a, link.wg_port)).collect(),
+            wg_if: Some(link.wg_if.clone()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty() && self.wg_if.is_none()
+    }
+
+    /// The keys of `kind` as nft lists them in JSON, joined by " . "
+    /// (`198.51.100.2 . 51820`, `wg0`): what a read-back compares.
+    pub fn texts(&self, kind: Kind) -> Vec<String> {
+        match kind {
+            Kind::V4 => self.v4.iter().map(|(a, p)| format!("{a} . {p}")).collect(),
+            Kind::V6 => self.v6.iter().map(|(a, p)| format!("{a} . {p}")).collect(),
+            Kind::If => self.wg_if.iter().cloned().collect(),
+        }
+    }
+
+    /// The keys of `kind` as an nft script writes them.
+    pub fn script_elems(&self, kind: Kind) -> Vec<String> {
+        match kind {
+            Kind::If => self.wg_if.iter().map(|i| format!("\"{i}\"")).collect(),
+            _ => self.texts(kind),
+        }
+    }
+
+    /// The keys of `kind` as the kernel stores them: each field in 4-byte
+    /// registers (an address, then the port in network order and two zero
+    /// bytes); an interface name NUL-padded to IFNAMSIZ.
+    pub fn bytes(&self, kind: Kind) -> Vec<Vec<u8>> {
+        let port = |p: u16| {
+            let b = p.to_be_bytes();
+            [b[0], b[1], 0, 0]
+        };
+        match kind {
+            Kind::V4 => self
+                .v4
+                .iter()
+                .map(|(a, p)| [a.octets().as_slice(), &port(*p)].concat())
+                .collect(),
+            Kind::V6 => self
+                .v6
+                .iter()
+                .map(|(a, p)| [a.octets().as_slice(), &port(*p)].concat())
+                .collect(),
+            Kind::If => self
+                .wg_if
+                .iter()
+                .map(|i| {
+                    let mut b = i.as_bytes().to_vec();
+                    b.resize(16, 0);
+                    b
+                })
+                .collect(),
+        }
+    }
+}
+
+impl LinkKeys {
+    /// The keys for which `keep(kind, bytes)` holds.
+    pub fn filter(&self, keep: impl Fn(Kind, &[u8]) -> bool) -> LinkKeys {
+        let one = |k: LinkKeys, kind: Kind| k.bytes(kind).first().is_some_and(|b| keep(kind, b));
+        LinkKeys {
+            v4: (self.v4.iter().copied())
+                .filter(|x| {
+                    one(
+                        LinkKeys {
+                            v4: vec![*x],
+                            ..Default::default()
+                        },
+                        Kind::V4,
+                    )
+                })
+                .collect(),
+            v6: (self.v6.iter().copied())
+                .filter(|x| {
+                    one(
+                        LinkKeys {
+                            v6: vec![*x],
+                            ..Default::default()
+                        },
+                        Kind::V6,
+                    )
+                })
+                .collect(),
+            wg_if: self.wg_if.clone().filter(|_| one(self.clone(), Kind::If)),
+        }
+    }
+}
+
+/// The keys each link owns: a key belongs to the first link that has it.
+pub fn owned(links: &[LinkTarget]) -> BTreeMap<String, LinkKeys> {
+    let mut seen4 = HashSet::new();
+    let mut seen6 = HashSet::new();
+    let mut seen_if = HashSet::new();
+    let mut out = BTreeMap::new();
+    for l in links {
+        let all = LinkKeys::all(l);
+        let keys = LinkKeys {
+            v4: all.v4.into_iter().filter(|k| seen4.insert(*k)).collect(),
+            v6: all.v6.into_iter().filter(|k| seen6.insert(*k)).collect(),
+            wg_if: all.wg_if.filter(|i| seen_if.insert(i.clone())),
+        };
+        out.insert(l.name.clone(), keys);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, wg_if: &str, a: &str) -> LinkTarget {
+        LinkTarget {
+            name: name.into(),
+            wg_if: wg_if.into(),
+            wg_port: 51820,
+            rdomain: 0,
+            addrs4: vec![a.parse().unwrap()],
+            addrs6: vec!["2001:db8::2".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn the_first_link_owns_a_shared_key() {
+        let a = link("a", "wg0", "192.0.2.1");
+        let b = link("b", "wg0", "192.0.2.2");
+        let o = owned(&[a, b]);
+        assert_eq!(o["a"].wg_if.as_deref(), Some("wg0"));
+        assert_eq!(o["b"].wg_if, None, "wg0 is a's");
+        assert_eq!(o["b"].texts(Kind::V4), ["192.0.2.2 . 51820"]);
+        assert!(o["b"].v6.is_empty(), "the same v6 underlay is a's");
+        assert_eq!(o["a"].texts(Kind::V6), ["2001:db8::2 . 51820"]);
+    }
+
+    #[test]
+    fn keys_as_the_kernel_stores_them() {
+        let k = LinkKeys::all(&link("a", "wg0", "192.0.2.1"));
+        assert_eq!(k.bytes(Kind::V4), [vec![192, 0, 2, 1, 0xca, 0x6c, 0, 0]]);
+        let v6 = &k.bytes(Kind::V6)[0];
+        assert_eq!(v6.len(), 20);
+        assert_eq!(&v6[16..], &[0xca, 0x6c, 0, 0]);
+        let i = &k.bytes(Kind::If)[0];
+        assert_eq!(i.len(), 16);
+        assert_eq!(&i[..4], b"wg0\0");
+        assert_eq!(k.script_elems(Kind::If), ["\"wg0\""]);
+    }
+
+    #[test]
+    fn every_base_chain_has_four_rules_per_key() {
+        assert_eq!(BaseRule::of_hook("input").len(), 12);
+        assert_eq!(BaseRule::of_hook("forward").len(), 8);
+        let r = BaseRule::of_hook("input");
+        assert_eq!(
+            r[0].text("alive"),
+            "meta nfproto @alive ip saddr . udp sport @locked_4 ip saddr . udp sport vmap @lock_4"
+        );
+        assert_eq!(r[1].text("alive"), "ip saddr . udp sport @locked_4 drop");
+        assert_eq!(
+            r[2].text("alive"),
+            "meta nfproto @alive ip saddr . udp sport vmap @open_4"
+        );
+        assert_eq!(r[3].text("alive"), "ip saddr . udp sport @open_4 drop");
+        assert_eq!(
+            BaseRule::of_hook("output")[9].text("x"),
+            "oifname @locked_if drop"
+        );
+    }
+}
