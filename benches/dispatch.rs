@@ -94,6 +94,8 @@ fn legacy_table(links: &[LinkTarget]) -> String {
 }
 
 /// Runs `nft -f -` on `script`; wall seconds and the process's peak RSS.
+// wait4 reaps the child (std's wait would not give its rusage).
+#[allow(clippy::zombie_processes)]
 fn nft_load(script: &str) -> (f64, u64) {
     let t = Instant::now();
     let mut c = Command::new("nft")

@@ -37,7 +37,7 @@ fn init_builds_skeleton_with_empty_link_chains() {
         "meta nfproto @alive ip saddr . udp sport @locked_4 ip saddr . udp sport vmap @lock_4",
         "ip saddr . udp sport @locked_4 drop",
         "meta nfproto @alive ip6 daddr . udp dport vmap @open_6",
-        "oifname @open_if drop",
+        "oifname @keys_if drop",
         "198.51.100.2 . 51820 : jump link_dr",
         "203.0.113.9 . 51820 : jump lock_hq",
         "\"wg1\" : jump link_hq",
@@ -391,7 +391,7 @@ fn read_back_sees_every_tampering() {
     let handles = r.ns.nft("-a list chain inet qkdpfd input");
     let h = handles
         .lines()
-        .find(|l| l.contains("iifname @open_if drop"))
+        .find(|l| l.contains("iifname @keys_if drop"))
         .and_then(|l| l.rsplit("handle ").next())
         .unwrap()
         .trim()

@@ -10,6 +10,8 @@
 //!
 //! - map `open_<k>`: key → `jump link_<link>`, loaded with the skeleton;
 //! - map `lock_<k>`: key → `jump lock_<link>`, loaded with the skeleton;
+//! - set `keys_<k>`: every key of the maps, for the drop that follows the
+//!   jump (a lookup in a map itself is refused by Linux 6.1);
 //! - set `locked_<k>`: the keys of the links that are locked, the only
 //!   thing a flip changes (no verdict, so no table re-validation).
 //!
@@ -64,6 +66,11 @@ impl Kind {
     /// Map `lock_<k>`: key → `jump lock_<link>`.
     pub fn lock_map(self) -> String {
         format!("lock_{}", self.suffix())
+    }
+
+    /// Set `keys_<k>`: every key the maps dispatch.
+    pub fn keys_set(self) -> String {
+        format!("keys_{}", self.suffix())
     }
 
     /// Set `locked_<k>`: the keys of locked links.
@@ -127,7 +134,7 @@ pub enum Step {
     LockedDrop,
     /// `meta nfproto @alive <key> vmap @open_<k>`
     Open,
-    /// `<key> @open_<k> drop`
+    /// `<key> @keys_<k> drop`
     OpenDrop,
 }
 
@@ -162,7 +169,7 @@ impl BaseRule {
             ),
             Step::LockedDrop => format!("{k} @{} drop", kind.locked_set()),
             Step::Open => format!("meta nfproto @{alive} {k} vmap @{}", kind.open_map()),
-            Step::OpenDrop => format!("{k} @{} drop", kind.open_map()),
+            Step::OpenDrop => format!("{k} @{} drop", kind.keys_set()),
         }
     }
 }
@@ -343,7 +350,7 @@ mod tests {
             r[2].text("alive"),
             "meta nfproto @alive ip saddr . udp sport vmap @open_4"
         );
-        assert_eq!(r[3].text("alive"), "ip saddr . udp sport @open_4 drop");
+        assert_eq!(r[3].text("alive"), "ip saddr . udp sport @keys_4 drop");
         assert_eq!(
             BaseRule::of_hook("output")[9].text("x"),
             "oifname @locked_if drop"

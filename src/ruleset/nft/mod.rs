@@ -11,6 +11,7 @@
 //!   set alive    { type nf_proto; flags timeout }   the dead-man switch
 //!   map open_4   { type ipv4_addr . inet_service : verdict }  peer . port : jump link_<link>
 //!   map lock_4   (same keys)                                   peer . port : jump lock_<link>
+//!   set keys_4   (same type)    every key of the maps (for the drops)
 //!   set locked_4 (same type)    the keys of locked links: empty, every link open
 //!   ... _6 (ipv6_addr . inet_service), _if (ifname: the WireGuard interface)
 //!   chain input   (hook input,   priority filter - 10, policy accept)
@@ -226,21 +227,29 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
             "add set inet {table} {} {{ type {ty}; }}\n",
             kind.locked_set()
         ));
+        let keys: Vec<(&str, String)> = links
+            .iter()
+            .flat_map(|l| {
+                let n = l.name.as_str();
+                owned[n].script_elems(kind).into_iter().map(move |k| (n, k))
+            })
+            .collect();
         for (map, chain) in [(kind.open_map(), "link"), (kind.lock_map(), "lock")] {
             s.push_str(&format!(
                 "add map inet {table} {map} {{ type {ty} : verdict; }}\nflush map inet {table} {map}\n"
             ));
-            let elems: Vec<String> = links
+            let elems: Vec<String> = keys
                 .iter()
-                .flat_map(|l| {
-                    owned[&l.name]
-                        .script_elems(kind)
-                        .into_iter()
-                        .map(move |k| format!("{k} : jump {chain}_{}", l.name))
-                })
+                .map(|(n, k)| format!("{k} : jump {chain}_{n}"))
                 .collect();
             push_elements(&mut s, "add", table, &map, &elems);
         }
+        let set = kind.keys_set();
+        s.push_str(&format!(
+            "add set inet {table} {set} {{ type {ty}; }}\nflush set inet {table} {set}\n"
+        ));
+        let elems: Vec<String> = keys.into_iter().map(|(_, k)| k).collect();
+        push_elements(&mut s, "add", table, &set, &elems);
     }
     for hook in ["input", "forward", "output"] {
         for r in BaseRule::of_hook(hook) {
@@ -525,7 +534,11 @@ mod tests {
         ));
         let s = skeleton("qkdpfd", &[dr()]);
         assert!(s.contains("add set inet qkdpfd locked_4 { type ipv4_addr . inet_service; }\n"));
-        assert!(!s.contains("flush set"), "a reload keeps the state");
+        assert!(
+            !s.contains("flush set inet qkdpfd locked_"),
+            "a reload keeps the state"
+        );
+        assert!(s.contains("add element inet qkdpfd keys_if { \"wg0\" }\n"));
     }
 
     #[test]

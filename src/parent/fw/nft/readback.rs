@@ -235,7 +235,7 @@ pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
         ],
         Step::LockedDrop => vec![lookup(key.clone(), kind.locked_set()), drop],
         Step::Open => vec![alive, vmap(kind.open_map())],
-        Step::OpenDrop => vec![lookup(key.clone(), kind.open_map()), drop],
+        Step::OpenDrop => vec![lookup(key.clone(), kind.keys_set()), drop],
     }
 }
 
@@ -302,6 +302,14 @@ fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
                     return Observed::damaged(format!("map {map}: {key} does not {want}"));
                 }
             }
+        }
+        // A key missing from keys_ would pass when its jump is not taken.
+        let set = kind.keys_set();
+        let Some(have) = t.sets.get(&set) else {
+            return Observed::damaged(format!("set {set} missing"));
+        };
+        if let Some(k) = keys.texts(kind).into_iter().find(|k| !have.contains(k)) {
+            return Observed::damaged(format!("set {set} lacks {k}"));
         }
         let set = kind.locked_set();
         if !t.sets.contains_key(&set) {
@@ -517,6 +525,7 @@ mod tests {
         for kind in Kind::ALL {
             let set: Vec<Value> = if locked { elems(kind) } else { vec![] };
             items.push(json!({"set": {"name": kind.locked_set(), "elem": set}}));
+            items.push(json!({"set": {"name": kind.keys_set(), "elem": elems(kind)}}));
             for (map, chain) in [(kind.open_map(), "link_dr"), (kind.lock_map(), "lock_dr")] {
                 let e: Vec<Value> = elems(kind)
                     .into_iter()
@@ -695,6 +704,18 @@ mod tests {
             }
         });
         assert!(why.contains("lock_if: wg0 does not jump lock_dr"), "{why}");
+        // A key taken out of the drop's set.
+        let why = damaged(&|i| {
+            for x in i.iter_mut() {
+                if x["set"]["name"] == "keys_4" {
+                    x["set"]["elem"] = json!([]);
+                }
+            }
+        });
+        assert!(
+            why.contains("set keys_4 lacks 198.51.100.2 . 51820"),
+            "{why}"
+        );
         // A locked_ set deleted.
         let why = damaged(&|i| i.retain(|x| x["set"]["name"] != "locked_6"));
         assert!(why.contains("set locked_6 missing"), "{why}");
