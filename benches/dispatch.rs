@@ -31,7 +31,9 @@ use std::time::Instant;
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw;
+use qkdpfd::parent::fw::nft::netlink::{self, Change};
 use qkdpfd::ruleset::LinkTarget;
+use qkdpfd::ruleset::nft::dispatch::{Kind, LinkKeys};
 
 fn link(i: usize) -> LinkTarget {
     LinkTarget {
@@ -251,8 +253,37 @@ fn main() {
             fw.apply(l, Enforcement::Open, "accept").unwrap();
             open.push(t.elapsed().as_micros() as u64);
         }
-        lock.sort_unstable();
-        open.sort_unstable();
+        // The bare transactions, the kernel's share: the keys added, then
+        // added and deleted.
+        let (mut tx_lock, mut tx_open) = (Vec::new(), Vec::new());
+        for f in 0..200 {
+            let keys = LinkKeys::all(some[f % some.len()]);
+            let (v4, wg) = (keys.bytes(Kind::V4), keys.bytes(Kind::If));
+            let v4: Vec<&[u8]> = v4.iter().map(Vec::as_slice).collect();
+            let wg: Vec<&[u8]> = wg.iter().map(Vec::as_slice).collect();
+            let (s4, sif) = (Kind::V4.locked_set(), Kind::If.locked_set());
+            let add = [Change::Add(&s4, &v4, None), Change::Add(&sif, &wg, None)];
+            let seq = 2_000_000 + 16 * f as u32;
+            let t = Instant::now();
+            netlink::transact("qkdpfd", seq, &add, "lock").unwrap();
+            tx_lock.push(t.elapsed().as_micros() as u64);
+            let mut open = add.to_vec();
+            open.extend([Change::Delete(&s4, &v4), Change::Delete(&sif, &wg)]);
+            let t = Instant::now();
+            netlink::transact("qkdpfd", seq + 8, &open, "open").unwrap();
+            tx_open.push(t.elapsed().as_micros() as u64);
+        }
+        for v in [&mut lock, &mut open, &mut tx_lock, &mut tx_open] {
+            v.sort_unstable();
+        }
+        println!(
+            "  maps: lockdown, the transaction alone {}",
+            stats::percentiles_ms(&tx_lock)
+        );
+        println!(
+            "  maps: open, the transaction alone     {}",
+            stats::percentiles_ms(&tx_open)
+        );
         println!("  maps: lockdown (apply) {}", stats::percentiles_ms(&lock));
         println!("  maps: open (apply)     {}", stats::percentiles_ms(&open));
         sh(&["nft", "delete", "table", "inet", "qkdpfd"]);
