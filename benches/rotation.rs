@@ -139,9 +139,14 @@ impl Daemon {
             proc: Proc::spawn(&argv, &dir.join("log")),
             dir: dir.to_path_buf(),
         };
-        wait_for(Duration::from_secs(30), "daemon start", || {
+        let took = wait_for(Duration::from_secs(300), "daemon start", || {
             d.ctl(&["status"]).0
         });
+        eprintln!(
+            "daemon {} answers after {:.1} s",
+            dir.display(),
+            took.as_secs_f64()
+        );
         d
     }
 

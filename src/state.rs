@@ -19,8 +19,9 @@ use std::io;
 use std::path::Path;
 
 pub const VERSION: u32 = 1;
-/// A state file larger than this is corrupt, not big.
-const MAX_STATE_SIZE: u64 = 1 << 20;
+/// A state file larger than this is corrupt, not big (10,000 links write
+/// about 2 MiB).
+const MAX_STATE_SIZE: u64 = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

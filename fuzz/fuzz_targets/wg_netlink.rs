@@ -143,7 +143,8 @@ fuzz_target!(
                 .concat();
                 let mut keys = Vec::new();
                 assert_eq!(parse_elements(&dump, 11, &mut keys), Ok(true));
-                assert_eq!(keys, d.elems);
+                let want: Vec<Vec<u8>> = d.elems.iter().map(|k| vec![*k]).collect();
+                assert_eq!(keys, want);
             }
         }
     }

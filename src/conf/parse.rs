@@ -17,8 +17,9 @@ use std::fmt;
 use std::path::Path;
 use toml_edit::{ImDocument, Item, Key, TableLike, Value};
 
-/// Larger than any sane qkdpfd.conf; refused rather than read into memory.
-const MAX_CONF_BYTES: u64 = 1 << 20;
+/// Larger than any sane qkdpfd.conf (a 10,000-link hub's is about 4 MiB);
+/// refused rather than read into memory.
+const MAX_CONF_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfError {

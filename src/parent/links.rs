@@ -300,11 +300,11 @@ impl Links {
                     self.mark_locked(name, true);
                     // Nothing to flip, but a new reason (an operator's
                     // lockdown of a QBER-locked link) must survive a restart.
-                    self.persist();
+                    self.persist_link(name);
                     return None;
                 }
                 self.lock(name, bundle);
-                self.persist();
+                self.persist_link(name);
             }
             Enforcement::Open => {
                 if l.kernel.state == Observed::Open && !l.kernel.guarded && !force {
@@ -315,7 +315,7 @@ impl Links {
                 if self.hold_for_session(name, before, bundle) {
                     return None;
                 }
-                self.persist();
+                self.persist_link(name);
                 if !self.open(name, bundle) {
                     return None;
                 }
@@ -414,6 +414,28 @@ impl Links {
                 .kv("link", name)
                 .msg(e)
                 .send();
+        }
+    }
+
+    /// `persist` when `name`'s record differs from the one on disk (or the
+    /// last write failed): converge runs for every link, and building every
+    /// link's record for each of them cost O(n²) (10,000 links: longer than
+    /// the engine's hello deadline at start).
+    fn persist_link(&mut self, name: &str) {
+        let Some(l) = self.links.get(name) else {
+            return;
+        };
+        let rec = LinkRecord {
+            reasons: l.reasons().persisted(),
+            epoch: self.epoch(name),
+            verifier: self.state.links.get(name).and_then(|r| r.verifier.clone()),
+        };
+        let same = match self.state.links.get(name) {
+            Some(on_disk) => *on_disk == rec,
+            None => rec.is_empty(),
+        };
+        if !same || self.write_failing.is_some() {
+            self.persist();
         }
     }
 
