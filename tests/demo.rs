@@ -64,7 +64,17 @@ fn demo_shows_rotation_lockdown_of_both_ends_and_recovery() {
         assert!(out.contains(&reason), "{out}");
     }
     assert!(out.contains("both ends locked: 0/3 pings"), "{out}");
-    assert!(out.contains("recovered: 3/3 pings"), "{out}");
+    // Recovered: every echo answered, or one lost to a rotation (the key
+    // rotates every 2 s and re-creates A's peer) and all of a second try.
+    let first = out
+        .lines()
+        .find_map(|l| l.split("recovered: ").nth(1))
+        .and_then(|r| r.split('/').next()?.parse::<u32>().ok());
+    let again = out.contains("recovered (again: an echo lost to a rotation): 3/3 pings");
+    assert!(
+        first == Some(3) || (first == Some(2) && again),
+        "not recovered: {out}"
+    );
     // Only public keys (the config's wg_peer line) may look like a key.
     for line in out.lines().filter(|l| !l.contains("wg_peer = ")) {
         for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c))) {

@@ -319,19 +319,6 @@ fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
     judge_link_chains(link, keys, t)
 }
 
-/// The link's own chains (`link_<l>`, `lock_<l>`) with its `locked_` keys
-/// as read: what a read-back right after a flip looks at; the base chains
-/// and the maps are judged every tick.
-pub fn judge_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
-    if let Some(kind) = Kind::ALL
-        .into_iter()
-        .find(|k| !t.sets.contains_key(&k.locked_set()))
-    {
-        return Observed::damaged(format!("set {} missing", kind.locked_set()));
-    }
-    judge_link_chains(link, keys, t)
-}
-
 fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
     let holds = Holds::of(keys, |kind| {
         let have: HashSet<&str> = t.sets[&kind.locked_set()]
