@@ -19,13 +19,14 @@
 //! default "100,1000,10000"; QKD_BENCH_LEGACY=0 skips the per-link layout,
 //! which takes over a minute at 10,000).
 
+#[path = "common/nft.rs"]
+mod nft;
 #[path = "common/stats.rs"]
 mod stats;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
@@ -95,21 +96,12 @@ fn legacy_table(links: &[LinkTarget]) -> String {
     s
 }
 
-/// Runs `nft -f -` on `script`; wall seconds and the process's peak RSS.
-// wait4 reaps the child (std's wait would not give its rusage).
+/// Runs `nft -f -` on `script`; wall seconds and the process's peak RSS
+/// (wait4 reaps the child: std's wait would not give its rusage).
 #[allow(clippy::zombie_processes)]
 fn nft_load(script: &str) -> (f64, u64) {
     let t = Instant::now();
-    let mut c = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
+    let c = nft::spawn_nft(script);
     let (status, rss) = wait_rss(c.id());
     assert!(status == 0, "nft -f refused the table");
     (t.elapsed().as_secs_f64(), rss)

@@ -20,13 +20,14 @@
 //! `cargo bench --features testing --bench flip` (QKD_BENCH_LINKS=N,
 //! QKD_BENCH_FLIPS=F; defaults 100 and 200).
 
+#[path = "common/nft.rs"]
+mod nft;
 #[path = "common/stats.rs"]
 mod stats;
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use qkdpfd::conf::{FirewallBackend, FirewallConf};
@@ -48,17 +49,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn nft_f(script: &str) {
-    let mut c = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(c.wait().unwrap().success(), "nft -f refused:\n{script}");
+    let ok = nft::spawn_nft(script).wait().unwrap().success();
+    assert!(ok, "nft -f refused:\n{script}");
 }
 
 fn link(i: usize) -> LinkTarget {
