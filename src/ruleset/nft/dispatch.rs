@@ -218,64 +218,47 @@ impl LinkKeys {
     /// registers (an address, then the port in network order and two zero
     /// bytes); an interface name NUL-padded to IFNAMSIZ.
     pub fn bytes(&self, kind: Kind) -> Vec<Vec<u8>> {
-        let port = |p: u16| {
-            let b = p.to_be_bytes();
-            [b[0], b[1], 0, 0]
-        };
         match kind {
             Kind::V4 => self
                 .v4
                 .iter()
-                .map(|(a, p)| [a.octets().as_slice(), &port(*p)].concat())
+                .map(|(a, p)| addr_key(&a.octets(), *p))
                 .collect(),
             Kind::V6 => self
                 .v6
                 .iter()
-                .map(|(a, p)| [a.octets().as_slice(), &port(*p)].concat())
+                .map(|(a, p)| addr_key(&a.octets(), *p))
                 .collect(),
-            Kind::If => self
-                .wg_if
-                .iter()
-                .map(|i| {
-                    let mut b = i.as_bytes().to_vec();
-                    b.resize(16, 0);
-                    b
-                })
+            Kind::If => self.wg_if.iter().map(|i| if_key(i)).collect(),
+        }
+    }
+
+    /// The keys for which `keep(kind, bytes)` holds.
+    pub fn filter(&self, keep: impl Fn(Kind, &[u8]) -> bool) -> LinkKeys {
+        LinkKeys {
+            v4: (self.v4.iter().copied())
+                .filter(|(a, p)| keep(Kind::V4, &addr_key(&a.octets(), *p)))
                 .collect(),
+            v6: (self.v6.iter().copied())
+                .filter(|(a, p)| keep(Kind::V6, &addr_key(&a.octets(), *p)))
+                .collect(),
+            wg_if: self.wg_if.clone().filter(|i| keep(Kind::If, &if_key(i))),
         }
     }
 }
 
-impl LinkKeys {
-    /// The keys for which `keep(kind, bytes)` holds.
-    pub fn filter(&self, keep: impl Fn(Kind, &[u8]) -> bool) -> LinkKeys {
-        let one = |k: LinkKeys, kind: Kind| k.bytes(kind).first().is_some_and(|b| keep(kind, b));
-        LinkKeys {
-            v4: (self.v4.iter().copied())
-                .filter(|x| {
-                    one(
-                        LinkKeys {
-                            v4: vec![*x],
-                            ..Default::default()
-                        },
-                        Kind::V4,
-                    )
-                })
-                .collect(),
-            v6: (self.v6.iter().copied())
-                .filter(|x| {
-                    one(
-                        LinkKeys {
-                            v6: vec![*x],
-                            ..Default::default()
-                        },
-                        Kind::V6,
-                    )
-                })
-                .collect(),
-            wg_if: self.wg_if.clone().filter(|_| one(self.clone(), Kind::If)),
-        }
-    }
+/// An address key: the address, then the port in network order padded to
+/// a 4-byte register.
+fn addr_key(octets: &[u8], port: u16) -> Vec<u8> {
+    let p = port.to_be_bytes();
+    [octets, &[p[0], p[1], 0, 0]].concat()
+}
+
+/// An interface key: the name NUL-padded to IFNAMSIZ.
+fn if_key(name: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.resize(16, 0);
+    b
 }
 
 /// The keys each link owns: a key belongs to the first link that has it.

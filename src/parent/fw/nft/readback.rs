@@ -56,8 +56,9 @@ pub struct Listing {
     pub chains: HashMap<String, Vec<Rule>>,
     /// Chain name -> hook, for base chains.
     pub hooks: HashMap<String, String>,
-    /// Set name -> its elements as [`element_text`] writes them.
-    pub sets: HashMap<String, Vec<String>>,
+    /// Set name -> its elements as [`element_text`] writes them (a set:
+    /// every link's keys are looked up in the same few sets).
+    pub sets: HashMap<String, HashSet<String>>,
     /// Map name -> key (as [`element_text`]) -> verdict (`jump link_dr`).
     pub maps: HashMap<String, HashMap<String, String>>,
 }
@@ -321,13 +322,10 @@ fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
 
 fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
     let holds = Holds::of(keys, |kind| {
-        let have: HashSet<&str> = t.sets[&kind.locked_set()]
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let have = &t.sets[&kind.locked_set()];
         keys.texts(kind)
             .iter()
-            .filter(|k| have.contains(k.as_str()))
+            .filter(|k| have.contains(*k))
             .count()
     });
     judge_shape(link, shape(link, t), holds)
