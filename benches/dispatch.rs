@@ -29,7 +29,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw;
 use qkdpfd::parent::fw::nft::netlink::{self, Change};
@@ -174,26 +173,14 @@ fn main() {
         sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
         sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
-    #[cfg(target_os = "linux")]
-    {
-        let file = std::fs::File::open(format!("/run/netns/{a}")).unwrap();
-        // SAFETY: setns on this thread only, with a namespace fd we own.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
+    nft::enter_netns(&a);
     let pings = 1000;
     let base = rtts(&b, "10.98.0.1", pings);
     println!(
         "dispatch bench: unrelated ping B -> A, no table: {}",
         stats::percentiles_ms(&base)
     );
-    let conf = FirewallConf {
-        backend: FirewallBackend::Nftables,
-        anchor: "qkdpfd".into(),
-        pfctl: "/sbin/pfctl".into(),
-        nft: "nft".into(),
-        handshakes: false,
-    };
+    let conf = nft::nft_conf();
     let tmp = std::env::temp_dir();
     for n in sizes {
         let links: Vec<LinkTarget> = (0..n).map(link).collect();

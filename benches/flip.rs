@@ -30,7 +30,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use qkdpfd::conf::{FirewallBackend, FirewallConf};
 use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw::{self, nft::netlink};
 use qkdpfd::ruleset::LinkTarget;
@@ -79,21 +78,9 @@ fn main() {
             .unwrap()
             .success()
     );
-    #[cfg(target_os = "linux")]
-    {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        // SAFETY: setns on this thread only, with a namespace fd we own.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
+    nft::enter_netns(&ns);
 
-    let conf = FirewallConf {
-        backend: FirewallBackend::Nftables,
-        anchor: "qkdpfd".into(),
-        pfctl: "/sbin/pfctl".into(),
-        nft: "nft".into(),
-        handshakes: false,
-    };
+    let conf = nft::nft_conf();
     let tmp = std::env::temp_dir();
     let mut fw = fw::new(&conf, Path::new(&tmp));
     let links: Vec<LinkTarget> = (0..n).map(link).collect();
