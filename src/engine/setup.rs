@@ -123,6 +123,7 @@ impl Engine {
         let key_state = keys::Keys::new(tx.clone(), answers_tx, peer);
         let mut eng = Engine {
             links: BTreeMap::new(),
+            due: Default::default(),
             policy: None,
             tx,
             pending: HashMap::new(),
@@ -237,6 +238,10 @@ impl Engine {
         }
         for (_, mut gone) in old {
             gone.stop_poller();
+        }
+        self.due.clear();
+        for (n, slot) in &self.links {
+            self.due.set(n, slot.next_deadline());
         }
         Ok(())
     }

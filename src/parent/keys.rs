@@ -121,8 +121,9 @@ pub(super) fn install_psk(p: &mut Parent, i: InstallPsk) -> Result<Changed, Stri
         Err(format!("epoch {epoch} was never persisted"))
     } else {
         let period = check_period(&p.conf, p.bundle.as_ref(), &link);
+        // The reason word first (the engine's `reason=`), then what failed.
         p.wg.install(&link, psk.clone(), period, Instant::now())
-            .map_err(|e| e.reason().to_string())
+            .map_err(|e| format!("{}: {e}", e.reason()))
     };
     let mut out = Changed::none();
     if result.is_ok() {

@@ -95,6 +95,10 @@ impl LinkCtl {
 /// the state file.
 pub struct Links {
     pub links: BTreeMap<String, LinkCtl>,
+    /// Every link's target, in name order, for the firewall calls that
+    /// need them all: built once, as the set of links changes only with a
+    /// restart (a read-back after each flip copied them: O(links) per flip).
+    targets: Vec<LinkTarget>,
     pub fw: Box<dyn Firewall>,
     pub state: State,
     pub state_path: PathBuf,
@@ -141,6 +145,7 @@ impl Links {
         state_path: PathBuf,
     ) -> Links {
         Links {
+            targets: links.values().map(|l| l.target.clone()).collect(),
             links,
             fw,
             state,
@@ -164,15 +169,11 @@ impl Links {
         }
     }
 
-    fn targets(&self) -> Vec<LinkTarget> {
-        self.links.values().map(|l| l.target.clone()).collect()
-    }
-
     /// Reads every link back (one listing); rebuilds the default-deny
     /// skeleton first if any link's is damaged. Records what it saw.
     pub fn observe_all(&mut self) {
-        let targets = self.targets();
-        let mut seen = self.fw.observe(&targets, None);
+        debug_assert!(self.targets.iter().map(|t| &t.name).eq(self.links.keys()));
+        let mut seen = self.fw.observe(&self.targets, None);
         let damaged: Vec<String> = match &seen {
             Ok(m) => m
                 .iter()
@@ -200,12 +201,12 @@ impl Links {
                     ))
                     .send();
             }
-            if let Err(e) = self.fw.init(&targets) {
+            if let Err(e) = self.fw.init(&self.targets) {
                 if say {
                     log::event(Event::FirewallRebuildFailed).msg(e).send();
                 }
             }
-            seen = self.fw.observe(&targets, None);
+            seen = self.fw.observe(&self.targets, None);
         }
         match seen {
             Ok(mut m) => {
@@ -227,8 +228,7 @@ impl Links {
 
     /// Reads one link back right after a change.
     fn observe_one(&mut self, name: &str) {
-        let targets = self.targets();
-        let rb = match self.fw.observe(&targets, Some(name)) {
+        let rb = match self.fw.observe(&self.targets, Some(name)) {
             Ok(mut m) => m.remove(name).unwrap_or(Readback {
                 state: Observed::unknown("not in the read-back"),
                 guarded: false,

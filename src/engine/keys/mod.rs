@@ -21,6 +21,7 @@ mod timing;
 
 pub use calls::KmeAnswer;
 
+use crate::engine::deadlines::Deadlines;
 use crate::engine::link;
 use crate::engine::peering::{Datagram, Gate, Peering};
 use crate::engine::rotate::{self, Action, Input, Params, Rotation, Schedule};
@@ -77,6 +78,8 @@ pub struct Keys {
     peer: Peering,
     calls: calls::Calls,
     links: BTreeMap<String, KeyedLink>,
+    /// When each rotation is next due, sorted (kept by [`Keys::feed`]).
+    due: Deadlines,
     by_id: HashMap<LinkId, String>,
     parent: mpsc::UnboundedSender<Vec<u8>>,
     /// Source of the datagram being handled (answers go there: NAT-friendly).
@@ -95,6 +98,7 @@ impl Keys {
             peer,
             calls: calls::Calls::new(answers),
             links: BTreeMap::new(),
+            due: Deadlines::default(),
             by_id: HashMap::new(),
             parent,
             current_from: None,
@@ -176,6 +180,10 @@ impl Keys {
             };
             self.links.insert(l.name.clone(), keyed);
         }
+        self.due.clear();
+        for (n, l) in &self.links {
+            self.due.set(n, l.rot.next_deadline());
+        }
         Ok(())
     }
 
@@ -195,22 +203,22 @@ impl Keys {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.links
-            .values()
-            .filter_map(|l| l.rot.next_deadline())
-            .min()
+        let next = self.due.next();
+        // Every test run checks the index against a walk over the links.
+        debug_assert_eq!(
+            next,
+            self.links
+                .values()
+                .filter_map(|l| l.rot.next_deadline())
+                .min()
+        );
+        next
     }
 
     /// Ticks every rotation whose deadline passed.
     pub fn tick(&mut self, now: Instant) -> Vec<(String, link::Input)> {
-        let due: Vec<String> = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.rot.next_deadline().is_some_and(|d| d <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
         let mut out = Vec::new();
-        for n in due {
+        for n in self.due.due(now) {
             self.feed(&n, Input::Tick, now, &mut out);
         }
         out
@@ -354,6 +362,7 @@ impl Keys {
             return;
         };
         let actions = l.rot.handle(now, input);
+        self.due.set(name, l.rot.next_deadline());
         if !actions.is_empty() {
             l.queue.push_back(actions.into());
         }
@@ -505,7 +514,8 @@ fn reason_word(why: &str) -> &'static str {
     if why.starts_with("kme") {
         "kme"
     } else if let Some(rest) = why.strip_prefix("install of epoch ") {
-        let word = rest.split_once(": ").map_or("", |(_, w)| w);
+        // `install of epoch N: <word>: <what the backend said>`
+        let word = rest.split(": ").nth(1).unwrap_or("");
         WG.iter()
             .find(|w| **w == word)
             .copied()
@@ -533,6 +543,10 @@ mod tests {
             "psk-mismatch"
         );
         assert_eq!(reason_word("install of epoch 7: something else"), "install");
+        assert_eq!(
+            reason_word("install of epoch 7: wg-io: WireGuard I/O: disk full"),
+            "wg-io"
+        );
         assert_eq!(reason_word("kme: kme site: enc_keys: HTTP 503"), "kme");
         assert_eq!(
             reason_word("no confirm for epoch 3 after 6 offers"),

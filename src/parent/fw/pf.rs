@@ -202,7 +202,7 @@ impl Firewall for Pf {
         links: &[LinkTarget],
         only: Option<&str>,
     ) -> Result<BTreeMap<String, Readback>, FwError> {
-        for l in links {
+        for l in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
             check_names(&self.anchor, l)?;
         }
         let info = self.run("read pf status", &Self::args(&["-s", "info"]), "")?;

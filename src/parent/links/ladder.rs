@@ -33,13 +33,12 @@ impl Links {
                     None => ("drop", self.fw.clear(&target)),
                 },
                 1 => ("drop", self.fw.clear(&target)),
-                2 => {
-                    let targets = self.targets();
-                    (
-                        "rebuild and drop",
-                        self.fw.init(&targets).and_then(|_| self.fw.clear(&target)),
-                    )
-                }
+                2 => (
+                    "rebuild and drop",
+                    self.fw
+                        .init(&self.targets)
+                        .and_then(|_| self.fw.clear(&target)),
+                ),
                 _ => {
                     self.guard.insert(name.to_string());
                     let g = self.guard_targets();
