@@ -224,13 +224,13 @@ fn engine_killed_locks_every_link_and_parent_exits_nonzero() {
     let code = gw.daemon.take().unwrap().wait().unwrap();
     assert!(!code.success(), "parent must exit non-zero");
     assert_eq!(gw.pings(5), 0, "every link locked after the engine died");
-    let state = std::fs::read_to_string(gw.path("state/state")).unwrap();
+    let state = common::durable_state(&gw.path("state/state"));
     assert!(state.contains("process-failure"), "{state}");
     assert!(gw.log().contains("event=engine_lost"));
     // A restart keeps the link locked until the engine has fresh state.
     gw.start();
     gw.wait_state("open", Duration::from_secs(10));
-    let state = std::fs::read_to_string(gw.path("state/state")).unwrap();
+    let state = common::durable_state(&gw.path("state/state"));
     assert!(!state.contains("process-failure"), "{state}");
 }
 
@@ -419,7 +419,7 @@ fn bad_bundles_refused_active_policy_untouched() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(gw.path("state/policy/7").is_dir());
-    let state = fs::read_to_string(gw.path("state/state")).unwrap();
+    let state = common::durable_state(&gw.path("state/state"));
     assert!(
         state.contains("\"serial\": 7") || state.contains("\"serial\":7"),
         "{state}"

@@ -181,7 +181,7 @@ fn a_read_only_state_directory_still_locks_and_the_next_change_persists() {
     gw.wait_state("open", Duration::from_secs(10));
     assert_eq!(gw.pings(3), 3);
     let file = dir.join("state");
-    let written = fs::read_to_string(&file).unwrap();
+    let written = common::durable_state(&file);
 
     tmpfs.remount("ro");
     let probe = fs::write(dir.join("probe"), "x").unwrap_err();
@@ -229,7 +229,7 @@ fn a_read_only_state_directory_still_locks_and_the_next_change_persists() {
     let log = gw.log();
     assert!(log.contains("Read-only file system"), "{log}");
     assert_eq!(
-        fs::read_to_string(&file).unwrap(),
+        common::durable_state(&file),
         written,
         "nothing reached the read-only directory"
     );
@@ -241,7 +241,7 @@ fn a_read_only_state_directory_still_locks_and_the_next_change_persists() {
     gw.wait_state("open", Duration::from_secs(3));
     gw.ctl_ok(&["lockdown", "dr"]);
     gw.wait_state("lockdown", Duration::from_secs(3));
-    let st = fs::read_to_string(&file).unwrap();
+    let st = common::durable_state(&file);
     assert!(st.contains("operator"), "{st}");
     assert_eq!(
         gw.log().matches("event=state_write_failed").count(),
@@ -664,7 +664,7 @@ fn a_lockdown_not_written_to_a_read_only_disk_is_written_once_it_is_writable() {
     tmpfs.remount("rw");
     let file = dir.join("state");
     wait_for("operator reason on disk", Duration::from_secs(5), || {
-        fs::read_to_string(&file).is_ok_and(|s| s.contains("operator"))
+        common::durable_state(&file).contains("operator")
     });
     gw.stop();
     gw.start();

@@ -270,7 +270,7 @@ fn a_forged_root_unlock_is_refused_by_the_kernels_word() {
         "{log}"
     );
     assert!(!log.contains("unlock_forced"), "{log}");
-    let st = std::fs::read_to_string(state.join("state")).unwrap();
+    let st = common::durable_state(&state.join("state"));
     assert!(st.contains("operator"), "{st}");
     assert!(kernel_locked(&gw));
 }
@@ -327,7 +327,7 @@ fn a_replayed_root_connection_carries_no_request_of_the_engines() {
     );
     assert!(!log.contains("unlock_forced"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
-    let st = std::fs::read_to_string(state.join("state")).unwrap();
+    let st = common::durable_state(&state.join("state"));
     assert!(st.contains("operator"), "{st}");
     assert!(kernel_locked(&gw));
     assert!(hwm < 64 * 1024, "parent peak {hwm} KiB");

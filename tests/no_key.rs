@@ -70,16 +70,20 @@ fn a_restart_reopens_only_on_the_verified_psk() {
     });
     p.traffic_within(Duration::from_secs(15));
     let psk = p.psk(A);
-    // The state file keeps a verifier, never the key.
-    let state = std::fs::read_to_string(p.path(A, "state/state")).unwrap();
+    // The state file and its journal keep a verifier, never the key.
+    let file = p.path(A, "state/state");
+    let state = common::durable_state(&file);
     assert!(state.contains("\"verifier\""), "{state}");
-    assert!(!state.contains(&psk), "{state}");
+    let raw = [file.clone(), file.with_file_name("state.journal")]
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .concat();
+    assert!(!raw.contains(&psk), "{raw}");
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD
+    let key = base64::engine::general_purpose::STANDARD
         .decode(&psk)
         .unwrap();
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    assert!(!state.contains(&hex), "{state}");
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!raw.contains(&hex), "{raw}");
 
     // The KMEs go away, so no round can rekey what a restart finds.
     p.stop_sim();

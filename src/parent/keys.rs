@@ -18,6 +18,7 @@ use crate::lock::{Enforcement, LockReason};
 use crate::log::{self, Event};
 use crate::policy::Bundle;
 use crate::policy::params::LinkPolicy;
+use crate::state::journal::Entry;
 use std::time::{Duration, Instant};
 
 // What the parent answers the engine's key requests with (dispatched by
@@ -76,16 +77,27 @@ pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
     }
     let batch = std::mem::take(&mut p.pending_epochs);
     let verifiers = std::mem::take(&mut p.pending_verifiers);
-    let written = p.links.update_state(|st| {
-        // Epochs only grow.
-        for (name, epoch) in &batch {
-            let rec = st.links.entry(name.clone()).or_default();
-            rec.epoch = rec.epoch.max(*epoch);
-        }
-        for (name, verifier) in verifiers {
-            st.links.entry(name).or_default().verifier = Some(verifier);
-        }
-    });
+    // Journal entries: a `rotate all` on a large hub would otherwise write
+    // the whole state file per group commit.
+    let entries = batch
+        .iter()
+        .map(|(name, epoch)| Entry::epoch(name, *epoch))
+        .chain(verifiers.iter().map(|(name, v)| Entry::verifier(name, v)))
+        .collect();
+    let written = match p.links.journal(entries) {
+        true => Ok(()),
+        // The journal refused them: the whole file, with its own error.
+        false => p.links.update_state(|st| {
+            // Epochs only grow.
+            for (name, epoch) in &batch {
+                let rec = st.links.entry(name.clone()).or_default();
+                rec.epoch = rec.epoch.max(*epoch);
+            }
+            for (name, verifier) in verifiers {
+                st.links.entry(name).or_default().verifier = Some(verifier);
+            }
+        }),
+    };
     let error = written.err().map(|e| {
         log::event(Event::StateWriteFailed)
             .kv("path", p.links.state_path.display())

@@ -128,6 +128,8 @@ pub struct Links {
     pub session_due: BTreeSet<String>,
     /// The link whose new session was just seen, while it opens.
     session_made: Option<String>,
+    /// Entries appended to the state's journal since it was last emptied.
+    journaled: usize,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -159,6 +161,7 @@ impl Links {
             session_gate: BTreeSet::new(),
             session_due: BTreeSet::new(),
             session_made: None,
+            journaled: 0,
         }
     }
 
@@ -434,9 +437,35 @@ impl Links {
             Some(on_disk) => *on_disk == rec,
             None => rec.is_empty(),
         };
-        if !same || self.write_failing.is_some() {
+        if same && self.write_failing.is_none() {
+            return;
+        }
+        // One journal entry, not the whole file (`state/journal.rs`); if
+        // that fails, the whole write says so and the tick retries it.
+        let entry = crate::state::journal::Entry::record(name, &rec);
+        if self.persist_disabled || self.write_failing.is_some() || !self.journal(vec![entry]) {
             self.persist();
         }
+    }
+
+    /// Appends to the state's journal; true once the entries are durable
+    /// (and in `self.state`). Writes the state whole when the journal has
+    /// grown to about twice the links' records, so a change costs O(1)
+    /// amortised and a restart replays a bounded journal.
+    pub fn journal(&mut self, entries: Vec<crate::state::journal::Entry>) -> bool {
+        let n = entries.len();
+        if crate::state::journal::append(&self.state_path, &mut self.state, entries).is_err() {
+            return false;
+        }
+        self.journaled += n;
+        if self.journaled > 2 * self.links.len() + 1024 {
+            // The entries are durable already: a failure here only leaves
+            // the journal longer, and the next change tries again.
+            if crate::state::compact(&self.state_path, &self.state).is_ok() {
+                self.journaled = 0;
+            }
+        }
+        true
     }
 
     /// Writes the persisted reasons of every link (write, fsync, rename).
@@ -460,9 +489,10 @@ impl Links {
         // tried again by the next call (every tick), not forgotten.
         let mut next = self.state.clone();
         next.links = links;
-        match crate::state::save(&self.state_path, &next) {
+        match crate::state::compact(&self.state_path, &next) {
             Ok(()) => {
                 self.state = next;
+                self.journaled = 0;
                 if self.write_failing.take().is_some() {
                     log::event(Event::StateWriteRecovered)
                         .kv("path", self.state_path.display())
@@ -499,8 +529,9 @@ impl Links {
     pub fn update_state(&mut self, change: impl FnOnce(&mut State)) -> std::io::Result<()> {
         let mut next = self.state.clone();
         change(&mut next);
-        crate::state::save(&self.state_path, &next)?;
+        crate::state::compact(&self.state_path, &next)?;
         self.state = next;
+        self.journaled = 0;
         Ok(())
     }
 

@@ -6,6 +6,10 @@
 //! Written atomically (temp file in the same directory, fsync, rename, fsync
 //! the directory), mode 0600, JSON. A file that does not parse is an error,
 //! never an empty state: a restart must not open a link that was locked.
+//! Changes to one link between two such writes go to a journal beside it
+//! (`journal.rs`); [`load`] reads both.
+
+pub mod journal;
 
 use crate::lock::Reasons;
 use crate::policy::signify::parse_hex32;
@@ -29,6 +33,9 @@ pub struct State {
     pub version: u32,
     pub active: Option<ActivePolicy>,
     pub links: BTreeMap<String, LinkRecord>,
+    /// The last journal entry this state holds (`journal.rs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub journal: u64,
 }
 
 impl Default for State {
@@ -37,6 +44,7 @@ impl Default for State {
             version: VERSION,
             active: None,
             links: BTreeMap::new(),
+            journal: 0,
         }
     }
 }
@@ -104,6 +112,16 @@ fn invalid(path: &Path, msg: impl std::fmt::Display) -> io::Error {
 /// Reads the state file: `None` if it does not exist, an error if it exists
 /// but is unreadable, unparsable or of another version.
 pub fn load(path: &Path) -> io::Result<Option<State>> {
+    let mut state = load_whole(path)?;
+    let mut replayed = state.clone().unwrap_or_default();
+    if journal::replay(path, &mut replayed)? {
+        state = Some(replayed);
+    }
+    Ok(state)
+}
+
+/// The state file alone, as last written whole.
+fn load_whole(path: &Path) -> io::Result<Option<State>> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -141,6 +159,14 @@ pub fn save(path: &Path, state: &State) -> io::Result<()> {
     let mut json = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
     json.push(b'\n');
     crate::file::write_atomic(path, &json, 0o600)
+}
+
+/// Writes the state whole, then empties the journal it now holds. `state`
+/// must hold every journal entry (the parent's copy in memory does: it
+/// takes an entry only once it is in the journal).
+pub fn compact(path: &Path, state: &State) -> io::Result<()> {
+    save(path, state)?;
+    journal::clear(path)
 }
 
 /// The rollback floor: the larger of the active serial and the highest
