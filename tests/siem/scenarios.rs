@@ -513,7 +513,7 @@ pub fn engine_failure(s: &mut Siem) {
         std::thread::sleep(Duration::from_millis(20));
     }
     s.pids[A] = None;
-    let state = std::fs::read_to_string(s.pair.path(A, "state/state")).unwrap();
+    let state = super::common::durable_state(&s.pair.path(A, "state/state"));
     assert!(state.contains("process-failure"), "{state}");
     s.finish(
         A,

@@ -66,9 +66,10 @@ pub fn policy_expired(s: &mut Siem) {
 /// link stays locked (no-policy).
 pub fn policy_damaged(s: &mut Siem) {
     assert!(s.pids[A].is_none(), "A is stopped by engine_failure");
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.pair.path(A, "state/state")).unwrap())
-            .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&super::common::durable_state(
+        &s.pair.path(A, "state/state"),
+    ))
+    .unwrap();
     let serial = state["active"]["serial"]
         .as_u64()
         .expect("an active bundle");
