@@ -330,7 +330,13 @@ impl Setup {
         let b = Daemon::start(&self.work.path().join("b"), false);
         let a = Daemon::start(&self.work.path().join("a"), verbose_a);
         for d in [&a, &b] {
+            let t = Instant::now();
             d.ctl_ok(&["policy", "load", self.policy.to_str().unwrap()]);
+            eprintln!(
+                "daemon {}: policy load answered after {:.1} s",
+                d.dir.display(),
+                t.elapsed().as_secs_f64()
+            );
         }
         [a, b]
     }
@@ -492,6 +498,10 @@ fn hub(keys: &bundle::TestKeys, links: usize) {
     let setup = Setup::new(keys, links);
     let t = Instant::now();
     let [a, b] = setup.start(false);
+    eprintln!(
+        "hub: both daemons up with the policy after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let mut seen = [Rotated::since(&a, 0), Rotated::since(&b, 0)];
     wait_for(
         Duration::from_secs(120),
