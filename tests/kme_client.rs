@@ -244,3 +244,21 @@ async fn a_low_stock_is_told_once_until_it_recovers() {
         "keys_low 0 never warns"
     );
 }
+
+/// The stock is the SAE pair's: a status call per far SAE at most once
+/// per `STATUS_EVERY`, whatever the number of links asking.
+#[tokio::test]
+async fn status_is_asked_once_a_second_per_far_sae() {
+    use qkdpfd::engine::kme::STATUS_EVERY;
+    let sim = start(1e9).await;
+    let c = sim.client("a", "SAE-A");
+    let t0 = std::time::Instant::now();
+    assert!(c.status_due("SAE-B", t0));
+    let ms = std::time::Duration::from_millis;
+    for later in [ms(0), ms(1), STATUS_EVERY - ms(1)] {
+        assert!(!c.status_due("SAE-B", t0 + later), "{later:?}");
+    }
+    assert!(c.status_due("SAE-C", t0 + ms(1)), "another far SAE");
+    assert!(c.status_due("SAE-B", t0 + STATUS_EVERY));
+    assert!(!c.status_due("SAE-B", t0 + STATUS_EVERY + ms(500)));
+}

@@ -94,7 +94,14 @@ pub struct KmeClient {
     stored_key_count: Mutex<std::collections::HashMap<String, u64>>,
     /// Links whose stock was last seen below `keys_low`.
     low: Mutex<std::collections::HashSet<String>>,
+    /// When a status call for each far SAE was last started.
+    status_at: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// A status call per far SAE at most this often: the stock is the SAE
+/// pair's, and a hub's thousand links to one far SAE would otherwise ask
+/// it a thousand times in a `rotate all` (a third of the KME calls).
+pub const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for KmeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,6 +167,7 @@ impl KmeClient {
             in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
             stored_key_count: Mutex::new(std::collections::HashMap::new()),
             low: Mutex::new(std::collections::HashSet::new()),
+            status_at: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -180,6 +188,20 @@ impl KmeClient {
             .unwrap_or_else(|e| e.into_inner())
             .get(slave_sae_id)
             .copied()
+    }
+
+    /// Whether a status call for `slave_sae_id` is due at `now` (none in
+    /// the last [`STATUS_EVERY`]); if so, notes it as started.
+    pub fn status_due(&self, slave_sae_id: &str, now: std::time::Instant) -> bool {
+        let mut at = self.status_at.lock().unwrap_or_else(|e| e.into_inner());
+        match at.get(slave_sae_id) {
+            Some(t) if now.saturating_duration_since(*t) < STATUS_EVERY => false,
+            // Keyed by the SAEs of the config's links: bounded by the config.
+            _ => {
+                at.insert(slave_sae_id.to_string(), now);
+                true
+            }
+        }
     }
 
     /// Notes `link`'s stored_key_count; Some(threshold) when it has just

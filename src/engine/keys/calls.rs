@@ -220,14 +220,24 @@ async fn call(kme: Arc<KmeClient>, r: Request, tx: mpsc::UnboundedSender<KmeAnsw
     });
     if ok {
         // For `show link`, the metrics and the stock warning; a failure
-        // here changes nothing.
-        if let Ok(st) = kme.status(&r.peer_sae).await
-            && let Some(threshold) = kme.stock_fell_low(&r.link, st.stored_key_count)
+        // here changes nothing. The stock is the SAE pair's: asked once a
+        // second at most, the link's warning otherwise judged on the last
+        // answer.
+        let stored = match kme.status_due(&r.peer_sae, std::time::Instant::now()) {
+            true => kme
+                .status(&r.peer_sae)
+                .await
+                .ok()
+                .map(|st| st.stored_key_count),
+            false => kme.stored_key_count(&r.peer_sae),
+        };
+        if let Some(stored) = stored
+            && let Some(threshold) = kme.stock_fell_low(&r.link, stored)
         {
             log::event(Event::KmeKeysLow)
                 .kv("link", &r.link)
                 .kv("kme", kme.name())
-                .kv("stored_key_count", st.stored_key_count)
+                .kv("stored_key_count", stored)
                 .kv("threshold", threshold)
                 .send();
         }
