@@ -184,8 +184,8 @@ impl Firewall for DryRun {
         for link in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
             check_names(&self.anchor, link)?;
             let path = self.path(link);
-            let state = match fs::read_to_string(&path) {
-                Ok(t) => match t.lines().next().and_then(|l| l.strip_prefix(MARK)) {
+            let state = match first_line(&path) {
+                Ok(t) => match t.strip_prefix(MARK) {
                     Some("open") => Observed::Open,
                     Some("lockdown") => Observed::Locked,
                     _ => Observed::unknown(format!("{} unmarked", path.display())),
@@ -210,6 +210,24 @@ impl Firewall for DryRun {
         }
         Ok(out)
     }
+}
+
+/// The file's first line (its state mark), read alone: the reconcile tick
+/// reads every link's file each second, and the rules after the mark are
+/// the bulk of it. At most 64 bytes; a longer first line is no mark.
+fn first_line(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let mut have = 0;
+    let mut f = fs::File::open(path)?;
+    while have < buf.len() {
+        match f.read(&mut buf[have..])? {
+            0 => break,
+            n => have += n,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf[..have]);
+    Ok(text.split('\n').next().unwrap_or("").to_string())
 }
 
 /// The dry-run files hold no secret but are written as the state file is.
@@ -274,6 +292,21 @@ mod tests {
         assert!(fw.check(&dr(), Enforcement::Open, "$nope").is_err());
         fw.clear(&dr()).unwrap();
         assert_eq!(observed(&mut fw), Observed::Locked);
+        // Only a whole first line that is the mark counts.
+        for text in [
+            "# qkdpfd dry-run state=opened\n",
+            "# qkdpfd dry-run state=open and then some more words on the one line\n",
+            "# qkdpfd dry-run state=",
+            "",
+        ] {
+            fs::write(&path, text).unwrap();
+            assert!(
+                matches!(observed(&mut fw), Observed::Unknown { .. }),
+                "{text:?}"
+            );
+        }
+        fs::write(&path, "# qkdpfd dry-run state=open").unwrap();
+        assert_eq!(observed(&mut fw), Observed::Open, "no newline after it");
         fs::remove_file(&path).unwrap();
         assert!(matches!(observed(&mut fw), Observed::Unknown { .. }));
     }
