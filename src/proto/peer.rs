@@ -42,7 +42,7 @@ pub use error::WireError;
 pub use ids::{KeyId, LinkId, MAX_KEY_ID, Nonce, PeerKey, hex};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 pub const MAGIC: &[u8; 4] = b"QKDP";
 pub const VERSION: u8 = 1;
@@ -199,8 +199,10 @@ pub fn parse(buf: &[u8]) -> Result<(Message, Signature), WireError> {
 #[derive(Clone, Debug)]
 pub struct Keyring {
     ours: PeerKey,
-    links: HashMap<LinkId, VerifyingKey>,
-    peers: HashSet<PeerKey>,
+    /// Each link's far key, by its bytes: a hub's links mostly share one
+    /// far key, kept once in `peers` (a decompressed key is 192 bytes).
+    links: HashMap<LinkId, PeerKey>,
+    peers: HashMap<PeerKey, VerifyingKey>,
 }
 
 impl Keyring {
@@ -208,13 +210,14 @@ impl Keyring {
         Keyring {
             ours: ours.to_bytes(),
             links: HashMap::new(),
-            peers: HashSet::new(),
+            peers: HashMap::new(),
         }
     }
 
     pub fn add_link(&mut self, link_id: LinkId, peer: VerifyingKey) {
-        self.peers.insert(peer.to_bytes());
-        self.links.insert(link_id, peer);
+        let bytes = peer.to_bytes();
+        self.peers.entry(bytes).or_insert(peer);
+        self.links.insert(link_id, bytes);
     }
 
     pub fn ours(&self) -> &PeerKey {
@@ -236,11 +239,11 @@ impl Keyring {
         if m.receiver != self.ours {
             return Err(WireError::NotForUs);
         }
-        if !self.peers.contains(&m.sender) {
+        let Some(peer) = self.peers.get(&m.sender) else {
             return Err(WireError::UnknownSender);
-        }
-        let peer = self.links.get(&m.link_id).ok_or(WireError::UnknownLink)?;
-        if peer.to_bytes() != m.sender {
+        };
+        let theirs = self.links.get(&m.link_id).ok_or(WireError::UnknownLink)?;
+        if *theirs != m.sender {
             return Err(WireError::WrongPeer);
         }
         Ok(Unverified {

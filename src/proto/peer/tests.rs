@@ -2,6 +2,7 @@
 //! parsing, every refusal, signatures and the checks before them.
 
 use super::*;
+use std::collections::HashSet;
 
 fn key(b: u8) -> SigningKey {
     SigningKey::from_bytes(&[b; 32])
