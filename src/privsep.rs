@@ -174,14 +174,68 @@ pub fn peering_count(listen: std::net::SocketAddr) -> usize {
 /// IPv4 one on `0.0.0.0:P` (on OpenBSD IPv6 sockets are always IPv6-only,
 /// ip6(4); Linux is made to behave the same with IPV6_V6ONLY); any other
 /// address gives the one socket of its family.
-pub fn bind_peering(listen: std::net::SocketAddr) -> io::Result<Vec<OwnedFd>> {
+///
+/// Each socket's buffers are sized for `links` (see [`peering_buffer`]).
+pub fn bind_peering(listen: std::net::SocketAddr, links: usize) -> io::Result<Vec<OwnedFd>> {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     let mut out = vec![bind_udp(listen)?];
     if peering_count(listen) == 2 {
         let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), listen.port());
         out.push(bind_udp(v4)?);
     }
+    let want = peering_buffer(links);
+    for fd in &out {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+        #[cfg(target_os = "linux")]
+        let (rcv_force, snd_force) = (
+            |v: usize| setsockopt(fd, sockopt::RcvBufForce, &v).is_ok(),
+            |v: usize| setsockopt(fd, sockopt::SndBufForce, &v).is_ok(),
+        );
+        #[cfg(not(target_os = "linux"))]
+        let (rcv_force, snd_force) = (|_: usize| false, |_: usize| false);
+        grow_buffer(
+            want,
+            || getsockopt(fd, sockopt::RcvBuf).unwrap_or(0),
+            |v| rcv_force(v) || setsockopt(fd, sockopt::RcvBuf, &v).is_ok(),
+        );
+        grow_buffer(
+            want,
+            || getsockopt(fd, sockopt::SndBuf).unwrap_or(0),
+            |v| snd_force(v) || setsockopt(fd, sockopt::SndBuf, &v).is_ok(),
+        );
+    }
     Ok(out)
+}
+
+/// Bytes of socket buffer the peering port asks for: one datagram of
+/// every link in flight at once, at what the kernel charges for a small
+/// datagram (about a kilobyte of bookkeeping with it; Linux doubles the
+/// asked size for that, OpenBSD counts mbufs). Every master starts a round
+/// at the same moment after a policy activation or `rotate all`, so a hub
+/// receives (and sends) one OFFER or CONFIRM per link in a burst; with the
+/// systems' default (208 KiB on Linux, about 40 KiB for UDP on OpenBSD)
+/// most of a 10,000-link burst was dropped and waited for its retransmit
+/// (BENCHMARKS.md). Never below the default; at most 32 MiB.
+pub fn peering_buffer(links: usize) -> usize {
+    (links.saturating_mul(1280)).clamp(256 * 1024, 32 * 1024 * 1024)
+}
+
+/// Raises a socket buffer (`SO_RCVBUF` or `SO_SNDBUF`, read with `get`,
+/// set with `set`) towards `want`, never lowering it: the largest size the
+/// system allows, down to half of `want` at each refusal. Linux caps the
+/// plain option at net.core.[rw]mem_max; the parent is root, so `set`
+/// tries the `FORCE` variant first there. A buffer left smaller costs
+/// retransmits, not safety: failures are ignored.
+fn grow_buffer(want: usize, get: impl Fn() -> usize, set: impl Fn(usize) -> bool) {
+    let have = get();
+    let mut size = want;
+    while size > have {
+        // Linux reports twice what was set; a silent cap shows as less.
+        if set(size) && get() >= size {
+            return;
+        }
+        size /= 2;
+    }
 }
 
 fn bind_udp(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
@@ -258,6 +312,19 @@ pub fn drop_privileges(to: &DropTo) -> Result<(), String> {
         return Err("privilege drop failed: could regain root".into());
     }
     Ok(())
+}
+
+/// Gives the heap's free pages back to the system. glibc keeps what a
+/// burst freed (a 10,000-link config parsed, a policy rendered for every
+/// link: 36 of the parent's 76 MB at 10,000 links) until told; OpenBSD's
+/// malloc unmaps freed pages itself. Called after such bursts; costs a
+/// walk over the free lists.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: takes no pointer; glibc locks its arenas itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Root in the initial user namespace (not `unshare -r`'s mapped root):
@@ -355,6 +422,28 @@ mod tests {
         assert!(check_argv0(Path::new("/usr/sbin/qkdpfd")).is_ok());
         assert!(check_argv0(Path::new("qkdpfd")).is_err());
         assert!(check_argv0(Path::new("./target/qkdpfd")).is_err());
+    }
+
+    #[test]
+    fn peering_buffers_hold_a_burst_of_every_link() {
+        assert_eq!(peering_buffer(0), 256 * 1024, "never below the default");
+        assert_eq!(peering_buffer(10_000), 12_800_000);
+        assert_eq!(peering_buffer(usize::MAX), 32 * 1024 * 1024);
+        use nix::sys::socket::{getsockopt, sockopt};
+        let socks = bind_peering("127.0.0.1:0".parse().unwrap(), 10_000).unwrap();
+        let fd = &socks[0];
+        let (rcv, snd) = (
+            getsockopt(fd, sockopt::RcvBuf).unwrap(),
+            getsockopt(fd, sockopt::SndBuf).unwrap(),
+        );
+        if nix::unistd::geteuid().is_root() {
+            // Root goes past net.core.rmem_max (the parent binds as root).
+            assert!(rcv >= 12_800_000, "SO_RCVBUF {rcv}");
+            assert!(snd >= 12_800_000, "SO_SNDBUF {snd}");
+        }
+        // One link: never below 256 KiB.
+        let one = bind_peering("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        assert!(getsockopt(&one[0], sockopt::RcvBuf).unwrap() >= 256 * 1024);
     }
 
     #[test]

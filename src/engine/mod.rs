@@ -54,18 +54,21 @@ struct LinkSlot {
     qber_name: String,
     /// The link's id at its QBER source.
     qber_id: String,
-    qconf: crate::conf::QberConf,
+    /// Shared by the links of one `[qber.X]`.
+    qconf: std::sync::Arc<crate::conf::QberConf>,
     parent: Option<LinkState>,
     source_errors: u64,
     /// CLOCK_MONOTONIC when the last sample arrived (flip latency).
     sampled_ns: Option<u64>,
     /// A network source's `/sim/<qber_id>/...` controls (qkdsim serves
     /// them; `qkdctl sim` is forwarded there).
-    sim_control: Option<qber::fetch::Getter>,
+    sim_control: Option<Box<qber::fetch::Getter>>,
 }
 
 struct Engine {
-    links: BTreeMap<String, LinkSlot>,
+    /// Boxed: a B-tree leaf holds eleven values inline, a third of it
+    /// empty on average.
+    links: BTreeMap<String, Box<LinkSlot>>,
     /// When each link is next due: its poll or its state machine's timer
     /// (kept by [`Engine::feed`] and [`Engine::configure`]).
     due: deadlines::Deadlines,
@@ -87,6 +90,8 @@ struct Engine {
     creds: Option<std::os::fd::OwnedFd>,
     /// When the next [`ToParent::Alive`] is due.
     alive_due: Instant,
+    /// When free memory is next given back ([`Engine::return_memory`]).
+    trim_due: Instant,
 }
 
 impl LinkSlot {
@@ -275,6 +280,7 @@ async fn run(
             _ = tokio::time::sleep_until(wake.into()) => eng.tick(Instant::now()),
         }
         eng.keep_alive(Instant::now());
+        eng.return_memory(Instant::now());
         eng.publish_metrics(Instant::now());
     }
 }
@@ -308,15 +314,21 @@ impl Engine {
         }
     }
 
+    /// What a burst of rounds freed goes back to the system once a
+    /// minute (the loop turns at least once a second, for `keep_alive`).
+    fn return_memory(&mut self, now: Instant) {
+        if now >= self.trim_due {
+            self.trim_due = now + Duration::from_secs(60);
+            crate::privsep::return_free_memory();
+        }
+    }
+
     fn next_wakeup(&self) -> Instant {
         let next = self.due.next();
         // Every test run checks the index against a walk over the links.
         debug_assert_eq!(
             next,
-            self.links
-                .values()
-                .filter_map(LinkSlot::next_deadline)
-                .min()
+            self.links.values().filter_map(|s| s.next_deadline()).min()
         );
         next.into_iter()
             .chain(self.keys.next_deadline())
@@ -462,6 +474,7 @@ impl Engine {
             ToEngine::Config(c) => {
                 check_config(&c)?;
                 self.configure(*c, now)?;
+                crate::privsep::return_free_memory();
             }
             ToEngine::Policy(p) => {
                 self.policy = p;
@@ -477,6 +490,7 @@ impl Engine {
                     let lp = self.link_policy(&n);
                     self.feed(&n, now, Input::Policy(lp));
                 }
+                crate::privsep::return_free_memory();
             }
             ToEngine::KeyAck(a) => {
                 let inputs = self.keys.on_ack(a, now)?;

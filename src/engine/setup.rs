@@ -13,6 +13,7 @@ use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, T
 use crate::lock::LockReason;
 use crate::log::{self, Event, Prio};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
 
@@ -99,7 +100,10 @@ impl Engine {
         // Sized for every link's poller to have a reading in flight.
         let (polls_tx, polls) = mpsc::channel::<PollResult>(1024);
         let (answers_tx, answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
-        let (dgram_tx, datagrams) = mpsc::channel::<peering::Datagram>(1024);
+        // Room for a datagram of every link at once (the burst a `rotate
+        // all` or a policy activation brings), as the socket's buffer has.
+        let room = cfg.links.len().saturating_mul(2).max(1024);
+        let (dgram_tx, datagrams) = mpsc::channel::<peering::Datagram>(room);
         // Datagrams from addresses that are no configured peer's: a queue of
         // their own, so a flood of them cannot crowd out the real ones.
         let (other_tx, others) = mpsc::channel::<peering::Datagram>(256);
@@ -136,8 +140,10 @@ impl Engine {
             testing: cfg.testing.clone(),
             creds: Some(creds),
             alive_due: Instant::now(),
+            trim_due: Instant::now() + std::time::Duration::from_secs(60),
         };
         eng.configure(cfg, Instant::now())?;
+        crate::privsep::return_free_memory();
         let inbox = Inbox {
             from_parent,
             calls,
@@ -167,8 +173,13 @@ impl Engine {
             now,
         )?;
         let mut old = std::mem::take(&mut self.links);
+        let shared: BTreeMap<&String, Arc<crate::conf::QberConf>> = cfg
+            .qber
+            .iter()
+            .map(|(n, q)| (n, Arc::new(q.clone())))
+            .collect();
         for l in cfg.links {
-            let qconf = &cfg.qber[&l.qber];
+            let qconf = &shared[&l.qber];
             let kept = old.remove(&l.name);
             if let Some(slot) = &kept {
                 if slot.qber_name == l.qber && slot.qconf == *qconf {
@@ -219,7 +230,7 @@ impl Engine {
             };
             self.links.insert(
                 l.name.clone(),
-                LinkSlot {
+                Box::new(LinkSlot {
                     link,
                     source,
                     poller,
@@ -232,8 +243,8 @@ impl Engine {
                     parent: None,
                     source_errors: 0,
                     sampled_ns: None,
-                    sim_control,
-                },
+                    sim_control: sim_control.map(Box::new),
+                }),
             );
         }
         for (_, mut gone) in old {

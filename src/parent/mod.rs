@@ -394,7 +394,7 @@ impl Parent {
             .conf
             .peering
             .as_ref()
-            .map(|p| crate::privsep::bind_peering(p.listen))
+            .map(|p| crate::privsep::bind_peering(p.listen, self.conf.link.len()))
         {
             None => Vec::new(),
             Some(Ok(s)) => s,

@@ -99,6 +99,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
         .send();
     send_policy(&p, &tx);
     send_all_states(&p, &tx);
+    // What start-up freed (the config's text and tree, the first
+    // reconcile) goes back now; then after each burst, and once a minute.
+    crate::privsep::return_free_memory();
+    let mut ticks: u32 = 0;
 
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),
@@ -171,6 +175,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             _ = hup.recv() => {
                 let (r, changed) = super::reload::reload(&mut p);
                 send(&p, &tx, changed);
+                crate::privsep::return_free_memory();
                 log::debug(format!("SIGHUP: {r:?}"));
             }
             _ = term.recv() => return shutdown(&mut p, &mut child, "SIGTERM"),
@@ -199,6 +204,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 super::policy_jobs::scan_spool(&mut p);
                 let changed = check_expiry(&mut p, &mut expiry_log);
                 send(&p, &tx, changed);
+                ticks = ticks.wrapping_add(1);
+                if ticks % 60 == 0 {
+                    crate::privsep::return_free_memory();
+                }
             }
             _ = session_poll.tick(), if !p.sessions.is_empty() || !p.links.session_due.is_empty() => {
                 let changed = super::session::poll(&mut p, Instant::now());
@@ -208,10 +217,18 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 job_rx = None;
                 let changed = super::policy_jobs::finish(&mut p, r);
                 send(&p, &tx, changed);
+                // An activation queues its re-application: the memory goes
+                // back when that ends (below), not twice.
+                if p.reapply.is_empty() {
+                    crate::privsep::return_free_memory();
+                }
             }
             _ = std::future::ready(()), if !p.reapply.is_empty() => {
                 let changed = p.reapply_next();
                 send(&p, &tx, changed);
+                if p.reapply.is_empty() {
+                    crate::privsep::return_free_memory();
+                }
             }
         }
     }
