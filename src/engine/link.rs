@@ -17,13 +17,13 @@
 use crate::engine::qber;
 use crate::lock::{Band, LockReason, Reasons};
 use crate::policy::params::{LinkPolicy, OnQber, UnlockMode};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 #[cfg(test)]
 mod props;
 #[cfg(test)]
 mod tests;
+mod trailing;
 
 /// `trip_samples` above this is treated as this (policy checks bound it
 /// far lower); it caps the sample history a link keeps.
@@ -133,8 +133,8 @@ pub struct Link {
     determined: bool,
     trip: Option<OnQber>,
     trips: u64,
-    /// Last fresh readings, newest at the back.
-    history: VecDeque<f64>,
+    /// Last fresh readings, as much as a trip needs of them.
+    history: trailing::Trailing,
     qber: Option<f64>,
     band: Option<Band>,
     /// Start of the current run of fresh samples below `recover_below`.
@@ -170,7 +170,7 @@ impl Link {
             determined: false,
             trip: qber_held.then_some(OnQber::Lockdown),
             trips: 0,
-            history: VecDeque::new(),
+            history: trailing::Trailing::default(),
             qber: None,
             band: None,
             below_since: None,
@@ -265,10 +265,7 @@ impl Link {
         self.determined = true;
         self.last_sample = now;
         self.qber = Some(q);
-        if self.history.len() == MAX_TRIP_SAMPLES {
-            self.history.pop_front();
-        }
-        self.history.push_back(q);
+        self.history.push(q);
         self.update_band(out);
         self.clear(LockReason::SourceLost, UnlockBy::Auto, out);
         self.track_below(now, q);
@@ -384,13 +381,7 @@ impl Link {
 
     fn over_threshold(&self) -> u32 {
         let Some(p) = &self.policy else { return 0 };
-        let n = self
-            .history
-            .iter()
-            .rev()
-            .take_while(|q| **q >= p.qber_lockdown)
-            .count();
-        n as u32
+        self.history.at_or_above(p.qber_lockdown) as u32
     }
 
     fn check_trip(&mut self, out: &mut Vec<Action>) {
