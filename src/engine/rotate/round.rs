@@ -6,7 +6,7 @@
 
 use crate::proto::peer::{KeyId, LinkId, Message, PeerKey};
 use crate::secret::{Psk, QkdKey};
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use std::time::{Duration, Instant};
 
 /// First retransmit / retry delay; doubles up to [`MAX_BACKOFF`].
@@ -93,7 +93,7 @@ pub enum Action {
 pub(super) struct Ctx {
     pub(super) params: Params,
     pub(super) schedule: Schedule,
-    pub(super) rng: StdRng,
+    pub(super) rng: SmallRng,
     pub(super) now: Instant,
     pub(super) installed: Option<(u64, KeyId)>,
     pub(super) ok: u64,

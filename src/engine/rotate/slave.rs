@@ -21,12 +21,27 @@ struct Round {
     state: State,
 }
 
+impl Round {
+    fn confirm(&self, ctx: &Ctx, tag: [u8; 32]) -> Message {
+        ctx.message(
+            self.epoch,
+            self.nonce,
+            self.key_id.clone(),
+            Body::Confirm { tag },
+        )
+    }
+}
+
 enum State {
     Fetching,
-    /// The PSK is with the parent; the CONFIRM leaves once it is installed.
-    Installing(Message),
-    /// The cached CONFIRM for retransmitted OFFERs.
-    Confirmed(Message),
+    /// The PSK is with the parent; the CONFIRM, with this tag, leaves once
+    /// it is installed.
+    Installing([u8; 32]),
+    /// The CONFIRM's tag, for retransmitted OFFERs. Only the tag is kept
+    /// (the rest is the round's and the link's): every idle link of a hub
+    /// keeps its last CONFIRM, and a whole message made each link's
+    /// rotation twice its size.
+    Confirmed([u8; 32]),
     /// `dec_keys` (or persisting) failed: never asked again for this key.
     Failed,
 }
@@ -72,7 +87,7 @@ impl Slave {
                     });
                 }
             }
-            Input::Installed { epoch } => self.on_installed(epoch, out),
+            Input::Installed { epoch } => self.on_installed(ctx, epoch, out),
             Input::InstallFailed { epoch, why } => match self.round.as_mut() {
                 Some(r) if r.epoch == epoch && matches!(r.state, State::Installing(_)) => {
                     // Never CONFIRM a PSK the kernel does not hold.
@@ -101,7 +116,7 @@ impl Slave {
             if r.epoch == m.epoch && r.nonce == m.nonce && r.key_id == m.key_id {
                 // A retransmit: never a second dec_keys.
                 return out.push(match &r.state {
-                    State::Confirmed(c) => Action::Send(c.clone()),
+                    State::Confirmed(tag) => Action::Send(r.confirm(ctx, *tag)),
                     State::Fetching | State::Installing(_) => Action::Ignored {
                         why: "retransmit while fetching",
                     },
@@ -154,28 +169,26 @@ impl Slave {
             }
         };
         let tag = peer::confirm_tag(&ck, l, r.epoch, &r.nonce, &r.key_id);
-        let confirm = ctx.message(r.epoch, r.nonce, r.key_id.clone(), Body::Confirm { tag });
-        r.state = State::Installing(confirm);
+        r.state = State::Installing(tag);
         out.push(Action::InstallPsk {
             epoch: r.epoch,
             psk,
         });
     }
 
-    fn on_installed(&mut self, epoch: u64, out: &mut Vec<Action>) {
+    fn on_installed(&mut self, ctx: &Ctx, epoch: u64, out: &mut Vec<Action>) {
         let Some(r) = self.round.as_mut().filter(|r| r.epoch == epoch) else {
             return out.push(Action::Ignored {
                 why: "install answer for another epoch",
             });
         };
-        let State::Installing(confirm) = &r.state else {
+        let State::Installing(tag) = r.state else {
             return out.push(Action::Ignored {
                 why: "install answer for another epoch",
             });
         };
-        let confirm = confirm.clone();
-        r.state = State::Confirmed(confirm.clone());
-        out.push(Action::Send(confirm));
+        out.push(Action::Send(r.confirm(ctx, tag)));
+        r.state = State::Confirmed(tag);
         out.push(Action::RoundDone {
             epoch,
             key_id: r.key_id.clone(),
