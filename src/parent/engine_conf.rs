@@ -46,7 +46,16 @@ pub fn engine_inputs(
 /// The engine's config message: its links (with the epochs persisted
 /// here), QBER sources, control socket readers, privilege drop and the
 /// credentials below.
-pub(super) fn engine_config(p: &Parent) -> EngineConfig {
+pub(super) fn engine_config(p: &Parent, inputs: EngineInputs) -> EngineConfig {
+    let EngineInputs {
+        qber_net,
+        key_net:
+            KeyNet {
+                peering,
+                kme,
+                links: mut keys,
+            },
+    } = inputs;
     let (gid, uids) = p
         .conf
         .daemon
@@ -83,15 +92,10 @@ pub(super) fn engine_config(p: &Parent) -> EngineConfig {
                     .get(&l.name)
                     .map(|r| r.reasons.owned_by(Owner::Engine))
                     .unwrap_or_default(),
-                keys: p
-                    .engine_inputs
-                    .key_net
-                    .links
-                    .get(&l.name)
-                    .map(|k| LinkKeys {
-                        epoch: p.links.epoch(&l.name),
-                        ..k.clone()
-                    }),
+                keys: keys.remove(&l.name).map(|k| LinkKeys {
+                    epoch: p.links.epoch(&l.name),
+                    ..k
+                }),
             })
             .collect(),
         qber: p.conf.qber.clone(),
@@ -100,14 +104,14 @@ pub(super) fn engine_config(p: &Parent) -> EngineConfig {
         verbose: log::verbose(),
         drop_to,
         metrics: p.conf.daemon.metrics.is_some(),
-        qber_net: p.engine_inputs.qber_net.clone(),
-        peering: p.engine_inputs.key_net.peering.clone(),
+        qber_net,
+        peering,
         peering_sockets: p
             .conf
             .peering
             .as_ref()
             .map_or(0, |c| crate::privsep::peering_count(c.listen)),
-        kme: p.engine_inputs.key_net.kme.clone(),
+        kme,
         testing: p.conf.testing.clone(),
     }
 }

@@ -63,7 +63,6 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     });
     let (keys, inputs) = derived.map_err(failed)?;
     let old = (
-        std::mem::replace(&mut p.engine_inputs, inputs),
         std::mem::replace(&mut p.keys, keys),
         std::mem::replace(
             &mut p.store,
@@ -72,13 +71,13 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
         std::mem::replace(&mut p.conf, new),
     );
     let mut out = Changed::none();
-    match ToEngine::Config(Box::new(engine_conf::engine_config(p))).try_encode() {
+    match ToEngine::Config(Box::new(engine_conf::engine_config(p, inputs))).try_encode() {
         Ok(f) => {
             crate::utc::set_offset(p.conf.testing.wall_clock_offset);
             out.frame(f);
         }
         Err(e) => {
-            (p.engine_inputs, p.keys, p.store, p.conf) = old;
+            (p.keys, p.store, p.conf) = old;
             return Err(failed(e));
         }
     }

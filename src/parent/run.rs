@@ -78,7 +78,14 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let tx = imsg::spawn_writer(wr, || {});
     let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
-    match ToEngine::Config(Box::new(super::engine_conf::engine_config(&p))).try_encode() {
+    let Some(inputs) = p.engine_inputs.take() else {
+        return engine_lost(
+            &mut p,
+            &mut child,
+            "engine config: its inputs were not read",
+        );
+    };
+    match ToEngine::Config(Box::new(super::engine_conf::engine_config(&p, inputs))).try_encode() {
         Ok(f) => {
             let _ = tx.send(f);
         }
