@@ -19,8 +19,10 @@ use crate::secret::Psk;
 
 pub struct DryRun {
     dir: PathBuf,
-    /// interface -> peer public key -> PSK.
-    psks: BTreeMap<String, BTreeMap<[u8; 32], Psk>>,
+    /// (interface, peer public key) -> PSK. One flat map: a hub has an
+    /// interface per link, and a map per interface cost a B-tree node of
+    /// 700 bytes for its one peer.
+    psks: BTreeMap<(String, [u8; 32]), Psk>,
     /// Peers "removed" by the last rung of the lockdown ladder: gone for
     /// every later call, as on a real interface.
     removed: std::collections::BTreeSet<(String, [u8; 32])>,
@@ -46,7 +48,8 @@ impl DryRun {
 
     fn write(&self, ifname: &str) -> Result<(), WgError> {
         let mut text = String::new();
-        for (pk, psk) in self.psks.get(ifname).into_iter().flatten() {
+        let on_if = (ifname.to_string(), [0; 32])..=(ifname.to_string(), [0xff; 32]);
+        for ((_, pk), psk) in self.psks.range(on_if) {
             let peer = WgPeer {
                 interface: ifname.to_string(),
                 public_key: *pk,
@@ -68,14 +71,13 @@ impl WgBackend for DryRun {
     fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
         check_ifname(&peer.interface)?;
         self.present(peer)?;
-        let ifpeers = self.psks.entry(peer.interface.clone()).or_default();
-        let old = ifpeers.insert(peer.public_key, psk.clone());
+        let key = (peer.interface.clone(), peer.public_key);
+        let old = self.psks.insert(key.clone(), psk.clone());
         if let Err(e) = self.write(&peer.interface) {
             // The file is what a dry run shows: keep memory equal to it.
-            let ifpeers = self.psks.entry(peer.interface.clone()).or_default();
             match old {
-                Some(o) => ifpeers.insert(peer.public_key, o),
-                None => ifpeers.remove(&peer.public_key),
+                Some(o) => self.psks.insert(key, o),
+                None => self.psks.remove(&key),
             };
             return Err(e);
         }
@@ -93,8 +95,7 @@ impl WgBackend for DryRun {
         self.present(peer)?;
         Ok(self
             .psks
-            .get(&peer.interface)
-            .and_then(|m| m.get(&peer.public_key))
+            .get(&(peer.interface.clone(), peer.public_key))
             .cloned()
             .unwrap_or_else(|| Psk::from_bytes([0; 32])))
     }
@@ -110,9 +111,7 @@ impl WgBackend for DryRun {
         check_ifname(&peer.interface)?;
         self.removed
             .insert((peer.interface.clone(), peer.public_key));
-        if let Some(m) = self.psks.get_mut(&peer.interface) {
-            m.remove(&peer.public_key);
-        }
+        self.psks.remove(&(peer.interface.clone(), peer.public_key));
         log::warn(format!(
             "dry-run: would remove peer {} from {}",
             peer.public_b64(),
@@ -204,6 +203,24 @@ mod tests {
         );
         assert!(!text.contains("QUFB") && !text.contains("4141"));
         assert!(format!("{d:?}").starts_with("DryRun("));
+        // Each interface's file names its own peers only ("wg0" sorts
+        // before "wg00" and "wg1": neither may leak into wg0's file).
+        for ifname in ["wg00", "wg1"] {
+            let c = WgPeer {
+                interface: ifname.into(),
+                public_key: [0; 32],
+            };
+            d.set_psk(&c, &Psk::from_bytes([0x43; 32])).unwrap();
+            let theirs =
+                std::fs::read_to_string(tmp.path().join(format!("dry-run/wg-{ifname}.psk-fp")))
+                    .unwrap();
+            assert_eq!(theirs.lines().count(), 1, "{ifname}");
+        }
+        let again = std::fs::read_to_string(tmp.path().join("dry-run/wg-wg0.psk-fp")).unwrap();
+        assert_eq!(again, text);
+        d.set_psk(&a, &ka).unwrap();
+        let again = std::fs::read_to_string(tmp.path().join("dry-run/wg-wg0.psk-fp")).unwrap();
+        assert_eq!(again, text, "rewritten with its two peers only");
     }
 
     #[test]
