@@ -116,6 +116,7 @@ fn fatal(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn main() -> ExitCode {
     crate::privsep::no_core_dumps();
+    crate::privsep::tune_allocator();
     crate::privsep::raise_nofile();
     crate::privsep::set_title(c"engine");
     let chan = match crate::privsep::engine_channel() {
@@ -319,6 +320,7 @@ impl Engine {
     fn return_memory(&mut self, now: Instant) {
         if now >= self.trim_due {
             self.trim_due = now + Duration::from_secs(60);
+            self.keys.shrink();
             crate::privsep::return_free_memory();
         }
     }

@@ -204,6 +204,11 @@ impl Keys {
         }
     }
 
+    /// Gives back what a burst of rounds grew (see [`calls::Calls::shrink`]).
+    pub fn shrink(&mut self) {
+        self.calls.shrink();
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         let next = self.due.next();
         // Every test run checks the index against a walk over the links.
