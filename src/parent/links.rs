@@ -253,19 +253,17 @@ impl Links {
         bundle: Option<&Bundle>,
         by: OpenedBy,
     ) -> Vec<(String, Enforcement)> {
-        let before: BTreeMap<String, (Enforcement, bool)> = self
-            .links
-            .iter()
+        // In link order (the set of links never changes while we run).
+        let before: Vec<(String, (Enforcement, bool))> = (self.links.iter())
             .map(|(n, l)| (n.clone(), (l.enforcement(), l.lock_failed)))
             .collect();
         self.observe_all();
         self.check_restored_peers();
-        let names: Vec<String> = self.links.keys().cloned().collect();
         let mut changed = Vec::new();
-        for name in names {
+        for (name, was) in before {
             self.converge(&name, bundle, by, false);
             let l = &self.links[&name];
-            if before.get(&name) != Some(&(l.enforcement(), l.lock_failed)) {
+            if was != (l.enforcement(), l.lock_failed) {
                 changed.push((name, l.enforcement()));
             }
         }
@@ -470,6 +468,13 @@ impl Links {
 
     /// Writes the persisted reasons of every link (write, fsync, rename).
     pub fn persist(&mut self) {
+        // Every tick comes here: most find nothing to write, and knowing
+        // that must not cost a record per link (10,000 String keys built,
+        // sorted and compared each second).
+        if self.persist_disabled || self.records_match() {
+            self.write_failing = None;
+            return;
+        }
         let mut links = BTreeMap::new();
         for (name, l) in &self.links {
             let rec = LinkRecord {
@@ -519,6 +524,31 @@ impl Links {
     }
 
     /// The persisted key-agreement epoch of a link (0: none yet).
+    /// Whether the state in memory (what is on disk) already holds the
+    /// record `persist` would write for every link, and no other. A link
+    /// decides only its reasons: its epoch and verifier are taken from
+    /// that state. One walk over both maps, in name order.
+    fn records_match(&self) -> bool {
+        let mut on_disk = self.state.links.iter().peekable();
+        for (name, l) in &self.links {
+            let reasons = l.reasons().persisted();
+            match on_disk.peek() {
+                Some((n, r)) if *n == name => {
+                    // An empty record is left out of the file.
+                    if r.reasons != reasons || r.is_empty() {
+                        return false;
+                    }
+                    on_disk.next();
+                }
+                // A record of a link no longer configured.
+                Some((n, _)) if n.as_str() < name.as_str() => return false,
+                _ if !reasons.is_empty() => return false,
+                _ => {}
+            }
+        }
+        on_disk.next().is_none()
+    }
+
     pub fn epoch(&self, name: &str) -> u64 {
         self.state.links.get(name).map_or(0, |r| r.epoch)
     }

@@ -631,3 +631,69 @@ fn a_hung_tool_skips_the_other_firewall_steps_for_the_peer() {
     assert!(!*present.lock().unwrap());
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
 }
+
+#[test]
+fn records_match_agrees_with_building_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = links(fake(Kernel::default()), dir.path());
+    // What `persist` wrote before it had a cheaper test: every record.
+    let built = |l: &Links| -> BTreeMap<String, LinkRecord> {
+        (l.links.iter())
+            .map(|(n, c)| {
+                let rec = LinkRecord {
+                    reasons: c.reasons().persisted(),
+                    epoch: l.epoch(n),
+                    verifier: l.state.links.get(n).and_then(|r| r.verifier.clone()),
+                };
+                (n.clone(), rec)
+            })
+            .filter(|(_, r)| !r.is_empty())
+            .collect()
+    };
+    let rec = |reasons: Reasons, epoch: u64| LinkRecord {
+        reasons,
+        epoch,
+        verifier: None,
+    };
+    let operator = {
+        let mut r = Reasons::EMPTY;
+        r.insert(LockReason::Operator);
+        r
+    };
+    assert!(
+        !operator.persisted().is_empty(),
+        "operator survives a restart"
+    );
+    let mut seen = Vec::new();
+    for (link_reasons, on_disk) in [
+        (Reasons::EMPTY, vec![]),
+        (operator, vec![]),
+        (Reasons::EMPTY, vec![("dr", rec(Reasons::EMPTY, 7))]),
+        (operator, vec![("dr", rec(operator, 7))]),
+        (operator, vec![("dr", rec(Reasons::EMPTY, 7))]),
+        (Reasons::EMPTY, vec![("dr", rec(operator, 0))]),
+        // An empty record on disk (a journal entry) is left out of a write.
+        (Reasons::EMPTY, vec![("dr", rec(Reasons::EMPTY, 0))]),
+        // Records of links no longer configured, sorting either side.
+        (Reasons::EMPTY, vec![("a", rec(operator, 1))]),
+        (Reasons::EMPTY, vec![("zz", rec(operator, 1))]),
+        (
+            operator,
+            vec![("a", rec(operator, 1)), ("dr", rec(operator, 2))],
+        ),
+        (
+            operator,
+            vec![("dr", rec(operator, 2)), ("zz", rec(operator, 1))],
+        ),
+    ] {
+        l.links.get_mut("dr").unwrap().parent = link_reasons;
+        l.state.links = on_disk
+            .into_iter()
+            .map(|(n, r)| (n.to_string(), r))
+            .collect();
+        let want = built(&l) == l.state.links;
+        assert_eq!(l.records_match(), want, "{:?}", l.state.links);
+        seen.push(want);
+    }
+    assert!(seen.contains(&true) && seen.contains(&false));
+}
