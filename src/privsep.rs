@@ -248,20 +248,8 @@ fn bind_udp(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
     let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
         .map_err(io::Error::from)?;
     if addr.is_ipv6() {
-        let on: libc::c_int = 1;
-        // SAFETY: an int option of the stated length on our own socket.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_V6ONLY,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(io::Error::from)?;
     }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(io::Error::from)?;
     Ok(fd)
@@ -312,20 +300,6 @@ pub fn drop_privileges(to: &DropTo) -> Result<(), String> {
         return Err("privilege drop failed: could regain root".into());
     }
     Ok(())
-}
-
-/// Fixes glibc's mmap threshold at its 128 KiB default. Left alone, glibc
-/// raises it to the size of each large block freed (a 10,000-link
-/// config's 3.7 MB text, its parse tree, a rendered policy), up to 32 MiB,
-/// and every later block below that size is carved from the heap, where a
-/// long-lived allocation beside it keeps the heap's pages from going back.
-/// OpenBSD's malloc maps large blocks itself.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: takes no pointer; called before the process makes threads.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
 }
 
 /// Gives the heap's free pages back to the system. glibc keeps what a
@@ -454,6 +428,10 @@ mod tests {
             // Root goes past net.core.rmem_max (the parent binds as root).
             assert!(rcv >= 12_800_000, "SO_RCVBUF {rcv}");
             assert!(snd >= 12_800_000, "SO_SNDBUF {snd}");
+        }
+        // An IPv6 socket is IPv6-only, as on OpenBSD (ip6(4)).
+        if let Ok(v6) = bind_udp("[::1]:0".parse().unwrap()) {
+            assert!(getsockopt(&v6, sockopt::Ipv6V6Only).unwrap());
         }
         // One link: never below 256 KiB.
         let one = bind_peering("127.0.0.1:0".parse().unwrap(), 1).unwrap();

@@ -116,7 +116,6 @@ fn exit_err(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn main(opts: Opts) -> ExitCode {
     crate::privsep::no_core_dumps();
-    crate::privsep::tune_allocator();
     log::set_verbose(opts.verbose > 0);
     log::set_proc("parent");
     let path = opts
