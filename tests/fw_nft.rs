@@ -483,12 +483,13 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     assert_eq!(nft_runs(&r), runs);
 
     // The lockdown chain flushed behind the backend's back: the next
-    // flip's read-back lists the chains and finds it.
+    // flip's read-back reads the chains (a netlink dump of each, no nft)
+    // and finds it.
     r.ns.nft("flush chain inet qkdpfd lock_dr");
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert!(matches!(observe_one(&mut r), Observed::Unknown { .. }));
-    assert!(nft_runs(&r) > runs);
+    assert_eq!(nft_runs(&r), runs, "chains read over netlink");
     // One key put back after a verified listing: the listing sees it.
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
@@ -619,4 +620,64 @@ fn a_refused_netlink_flip_is_an_error_and_the_drop_still_locks() {
     r.fw.init(&one).unwrap();
     r.fw.clear(&dr).unwrap();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+}
+
+/// The read-back of one link reads its two chains over netlink once the
+/// heartbeat works: what that dump shows must judge as `nft -j list chain`
+/// does, for every state a chain can be in.
+#[test]
+fn netlink_and_nft_read_a_link_chain_alike() {
+    if !root_or_skip("netlink_and_nft_read_a_link_chain_alike") {
+        return;
+    }
+    use qkdpfd::parent::fw::nft::{chain, readback};
+    let mut r = rig();
+    let dr = link("dr", "wg0", [198, 51, 100, 2]);
+    r.fw.init(std::slice::from_ref(&dr)).unwrap();
+    let mut seq = 1000;
+    let mut compare = |r: &Rig, what: &str| {
+        let (mut by_netlink, mut by_nft) =
+            (readback::Listing::default(), readback::Listing::default());
+        for c in ["link_dr", "lock_dr"] {
+            seq += 4;
+            by_netlink
+                .chains
+                .insert(c.into(), chain::rules("qkdpfd", c, seq).unwrap());
+            let text = r.ns.nft(&format!("-j list chain inet qkdpfd {c}"));
+            by_nft.chains.extend(readback::parse(&text).unwrap().chains);
+            let comments = |l: &readback::Listing| -> Vec<Option<String>> {
+                l.chains[c].iter().map(|r| r.comment.clone()).collect()
+            };
+            assert_eq!(comments(&by_netlink), comments(&by_nft), "{what}: {c}");
+        }
+        let shape = readback::shape(&dr, &by_netlink);
+        assert_eq!(shape, readback::shape(&dr, &by_nft), "{what}");
+        assert_eq!(
+            readback::lock_chain_ok(&by_netlink, "dr"),
+            readback::lock_chain_ok(&by_nft, "dr"),
+            "{what}"
+        );
+        shape
+    };
+    use readback::Chain::*;
+    let shape = |link, lock| readback::Shape { link, lock };
+    assert_eq!(compare(&r, "empty after init"), shape(Other, Other));
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(compare(&r, "open, lockdown staged"), shape(Whole, Whole));
+    r.ns.nft("add rule inet qkdpfd link_dr accept");
+    assert_eq!(compare(&r, "a rule added"), shape(Other, Whole));
+    r.fw.clear(&dr).unwrap();
+    assert_eq!(compare(&r, "cleared"), shape(Drop, Drop));
+    r.ns.nft("flush chain inet qkdpfd lock_dr");
+    r.ns.nft("add rule inet qkdpfd lock_dr accept comment \"qkdpfd drop\"");
+    assert_eq!(
+        compare(&r, "an accept tagged as the drop"),
+        shape(Drop, Other)
+    );
+    // A chain that is not there reads as one with no rule (the maps'
+    // jumps keep a link's chains from being deleted).
+    seq += 4;
+    assert!(chain::rules("qkdpfd", "link_nope", seq).unwrap().is_empty());
 }
