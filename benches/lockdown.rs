@@ -20,7 +20,14 @@
 //!    the whole activation's duration, which is what the flip waited
 //!    behind before the checks moved off the parent's loop.
 //!
-//! `cargo bench --bench lockdown` (QKD_BENCH_FLIPS=N to change N).
+//! 4. The reconcile tick with nftables: QKD_BENCH_TICK_LINKS links (100
+//!    by default; BENCHMARKS.md says why not more yet) polled once a
+//!    second, all open, nothing happening; the
+//!    CPU time the parent (whose tick reads every link back and converges
+//!    it) and the engine use over 30 s, as a share of one core.
+//!
+//! `cargo bench --bench lockdown` (QKD_BENCH_FLIPS=N to change N;
+//! QKD_BENCH_TICK_ONLY=1 runs the fourth part alone).
 
 #[path = "../tests/common/bundle.rs"]
 #[allow(dead_code)]
@@ -41,12 +48,16 @@ const QKDCTL: &str = env!("CARGO_BIN_EXE_qkdctl");
 const NS: &str = "qkdbench";
 
 fn config(dir: &Path, pubkey: &Path, links: usize) -> PathBuf {
+    config_polled(dir, pubkey, links, "100ms")
+}
+
+fn config_polled(dir: &Path, pubkey: &Path, links: usize, poll: &str) -> PathBuf {
     let d = dir.display();
     let mut c = format!(
         "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\n\
          [policy]\npubkeys = [\"{}\"]\ndir = \"{d}/state/policy\"\n\n\
          [firewall]\nbackend = \"nftables\"\n\n[wireguard]\nbackend = \"dry-run\"\n\n\
-         [qber.sim]\ndriver = \"sim\"\npoll = \"100ms\"\n\n",
+         [qber.sim]\ndriver = \"sim\"\npoll = \"{poll}\"\n\n",
         pubkey.display()
     );
     for i in 0..links {
@@ -88,7 +99,8 @@ impl Daemon {
         let t = Instant::now();
         while !d.ctl(&["status"]).0 {
             assert!(
-                t.elapsed() < Duration::from_secs(10),
+                // A 10,000-link table takes a while to build.
+                t.elapsed() < Duration::from_secs(900),
                 "daemon did not start: {}",
                 fs::read_to_string(dir.join("log")).unwrap_or_default()
             );
@@ -104,23 +116,25 @@ impl Daemon {
             .args(args)
             .output()
             .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
+        let mut out = String::from_utf8_lossy(&o.stdout).into_owned();
+        if !o.status.success() {
+            out += &String::from_utf8_lossy(&o.stderr);
+        }
+        (o.status.success(), out)
     }
 
     fn wait(&self, link: &str, state: &str) {
+        self.wait_for(link, state, Duration::from_secs(10));
+    }
+
+    fn wait_for(&self, link: &str, state: &str, limit: Duration) {
         let t = Instant::now();
         loop {
             let (_, out) = self.ctl(&["-j", "show", "link", link]);
             if out.contains(&format!("\"enforcement\": \"{state}\"")) {
                 return;
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "{link} never {state}"
-            );
+            assert!(t.elapsed() < limit, "{link} never {state}");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -180,6 +194,12 @@ fn main() {
             ("anchors/lockdown.nft", "counter drop\n"),
         ],
     );
+
+    if std::env::var_os("QKD_BENCH_TICK_ONLY").is_some() {
+        tick_cpu(&keys, &bdir);
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+        return;
+    }
 
     // 1. Latency.
     let work = tempfile::tempdir().unwrap();
@@ -309,5 +329,53 @@ fn main() {
         "  activation (qkdctl policy load, wall): {}",
         stats::percentiles_ms(&loads)
     );
+
+    tick_cpu(&keys, &bdir);
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
+}
+
+/// 4. The reconcile tick with nftables, nothing happening.
+fn tick_cpu(keys: &bundle::TestKeys, bdir: &Path) {
+    let n: usize = std::env::var("QKD_BENCH_TICK_LINKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let work = tempfile::tempdir().unwrap();
+    let conf = config_polled(work.path(), &keys.pubkey, n, "1s");
+    let d = Daemon::start(
+        work.path(),
+        &conf,
+        std::env::var_os("QKD_BENCH_VERBOSE").is_some(),
+    );
+    let t = Instant::now();
+    let (ok, out) = d.ctl(&["policy", "load", bdir.to_str().unwrap()]);
+    assert!(ok, "policy load: {out}");
+    d.wait_for(&format!("l{}", n - 1), "open", Duration::from_secs(600));
+    let opened = t.elapsed();
+    // The activation's burst is over: let its last re-applies settle.
+    std::thread::sleep(Duration::from_secs(5));
+    let parent = d.child.id();
+    let engine = procfs::engine_pid(parent);
+    let before = (procfs::cpu_secs(parent), procfs::cpu_secs(engine));
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    let share = |s: f64| 100.0 * s / window.as_secs_f64();
+    let (p, e) = (
+        procfs::cpu_secs(parent) - before.0,
+        procfs::cpu_secs(engine) - before.1,
+    );
+    println!(
+        "reconcile tick, nftables, {n} links open, polled every second ({:.1} s to open them all): \
+         parent {:.1} % of a core, engine {:.1} % over {} s (target: parent <= 5 %)",
+        opened.as_secs_f64(),
+        share(p),
+        share(e),
+        window.as_secs()
+    );
+    let (_, out) = d.ctl(&["-j", "show", "link", &format!("l{}", n - 1)]);
+    assert!(
+        out.contains("\"enforcement\": \"open\""),
+        "nothing happened"
+    );
+    drop(d);
 }
