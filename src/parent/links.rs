@@ -523,7 +523,6 @@ impl Links {
         }
     }
 
-    /// The persisted key-agreement epoch of a link (0: none yet).
     /// Whether the state in memory (what is on disk) already holds the
     /// record `persist` would write for every link, and no other. A link
     /// decides only its reasons: its epoch and verifier are taken from
@@ -549,6 +548,7 @@ impl Links {
         on_disk.next().is_none()
     }
 
+    /// The persisted key-agreement epoch of a link (0: none yet).
     pub fn epoch(&self, name: &str) -> u64 {
         self.state.links.get(name).map_or(0, |r| r.epoch)
     }
