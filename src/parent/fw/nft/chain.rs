@@ -15,20 +15,18 @@
 //! The builder and parser are pure and tested with bytes everywhere; only
 //! the socket is Linux-only.
 
-use super::netlink::{NFNL_SUBSYS_NFTABLES, msg, request};
+use super::netlink::{
+    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, NLM_F_DUMP, NLMSG_DONE, msg, request,
+};
 use super::readback::{Expr, Rule};
 use crate::parent::wg::linux::{NLM_F_REQUEST, NLMSG_ERROR, attrs, c_name, errno_of, messages};
 
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_DONE: u16 = 3;
-const NFPROTO_INET: u8 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
