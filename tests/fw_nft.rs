@@ -681,3 +681,48 @@ fn netlink_and_nft_read_a_link_chain_alike() {
     seq += 4;
     assert!(chain::rules("qkdpfd", "link_nope", seq).unwrap().is_empty());
 }
+
+#[test]
+fn many_links_are_checked_in_one_nft_run() {
+    if !root_or_skip("many_links_are_checked_in_one_nft_run") {
+        return;
+    }
+    let r = rig();
+    let links: Vec<_> = (0..40u8)
+        .map(|i| link(&format!("l{i}"), &format!("wg{i}"), [198, 51, 100, i + 1]))
+        .collect();
+    let refs: Vec<_> = links.iter().collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors/bundle/anchors");
+    let runs = || {
+        std::fs::read_to_string(r._dir.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("-c"))
+            .count()
+    };
+    for (file, state) in [
+        ("open.nft", Enforcement::Open),
+        ("lockdown.nft", Enforcement::Lockdown),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let before = runs();
+        r.fw.check_links(&refs, state, &text)
+            .unwrap_or_else(|(l, e)| panic!("{file} for {l}: {e}"));
+        assert_eq!(runs() - before, 1, "{file}: one nft -c for 40 links");
+    }
+    // nft itself refuses it for every link: the first one is named, with
+    // nft's own words, after halving down to it.
+    let (l, e) =
+        r.fw.check_links(&refs, Enforcement::Open, "udp dport 70000 accept\n")
+            .unwrap_err();
+    assert_eq!(l, "l0");
+    assert!(
+        e.contains("check open rules for link l0") && e.contains("70000"),
+        "{e}"
+    );
+    let tables = r.ns.nft("list tables");
+    assert!(
+        !tables.contains("qkdpfd"),
+        "check touched nothing: {tables}"
+    );
+}

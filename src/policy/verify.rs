@@ -21,6 +21,21 @@ pub trait RulesetChecker {
     fn extension(&self) -> &'static str;
     /// `Err` carries the backend's message.
     fn check(&self, link: &str, state: Enforcement, ruleset: &str) -> Result<(), String>;
+    /// [`RulesetChecker::check`] for every link of `links`: the first
+    /// failing link and its message. Backends that check many links in one
+    /// tool run override it.
+    fn check_links(
+        &self,
+        links: &[String],
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(), (String, String)> {
+        for link in links {
+            self.check(link, state, ruleset)
+                .map_err(|msg| (link.clone(), msg))?;
+        }
+        Ok(())
+    }
 }
 
 /// Accepts everything (dry-run, or `qkdctl policy verify` without a backend).
@@ -257,16 +272,14 @@ fn check_rulesets(
             file: name.clone(),
             msg: "not UTF-8".into(),
         })?;
-        for link in links {
-            checker
-                .check(link, state, text)
-                .map_err(|msg| Reject::RulesetCheck {
-                    link: link.clone(),
-                    state: state.to_string(),
-                    file: name.clone(),
-                    msg,
-                })?;
-        }
+        checker
+            .check_links(links, state, text)
+            .map_err(|(link, msg)| Reject::RulesetCheck {
+                link,
+                state: state.to_string(),
+                file: name.clone(),
+                msg,
+            })?;
     }
     Ok(())
 }

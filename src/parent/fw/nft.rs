@@ -344,6 +344,15 @@ impl LinkCheck for Nft {
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
         Check::nft(&self.nft, &self.table).check(link, state, ruleset)
     }
+
+    fn check_links(
+        &self,
+        links: &[&LinkTarget],
+        state: Enforcement,
+        ruleset: &str,
+    ) -> Result<(), (String, String)> {
+        Check::nft(&self.nft, &self.table).check_links(links, state, ruleset)
+    }
 }
 
 impl Firewall for Nft {
