@@ -55,17 +55,14 @@ fn init_builds_skeleton_with_empty_link_chains() {
     );
     assert_eq!(rules(&r.ns, "link_dr"), Vec::<String>::new());
     assert_eq!(rules(&r.ns, "link_hq"), Vec::<String>::new());
-    // Keys new to the maps start locked, into an empty lockdown chain:
-    // proves nothing until the parent's first reconcile.
+    // Keys new to the maps start locked, into an empty lockdown chain,
+    // which the base chains' drop follows: locked from the skeleton's own
+    // transaction, with nothing loaded per link (packets:
+    // packets_follow_the_link_chain).
     assert_eq!(keys_locked(&r.ns, &dr), 3);
     let both = [dr.clone(), hq.clone()];
-    assert!(matches!(
-        state(&mut r, &both, "dr"),
-        Observed::Unknown {
-            skeleton: false,
-            ..
-        }
-    ));
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
+    assert_eq!(state(&mut r, &both, "hq"), Observed::Locked);
     // Forward: four rules for iifname and four for oifname, whatever the
     // number of links.
     assert_eq!(rules(&r.ns, "forward").len(), 8);
@@ -293,6 +290,13 @@ fn packets_follow_the_link_chain() {
     let dr = link("dr", &a, [10, 99, 0, 2]);
     r.fw.init(std::slice::from_ref(&dr)).unwrap();
     assert!(!ping(&r.ns, "10.99.0.2"), "empty link chain must drop");
+    // With the heartbeat too: the new link's keys take its empty lockdown
+    // chain, then the base chain's drop.
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
+    assert!(!ping(&r.ns, "10.99.0.2"), "a new link is locked");
+    let read = r.fw.observe(std::slice::from_ref(&dr), None).unwrap();
+    assert_eq!(read["dr"].state, Observed::Locked);
+    r.ns.nft("flush set inet qkdpfd alive");
     // The parent's heartbeat (its netlink goes to its own namespace; here
     // the rig's nft adds the elements): without it no jump is taken.
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();

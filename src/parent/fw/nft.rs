@@ -47,6 +47,10 @@ pub struct Nft {
     staged: HashMap<String, String>,
     /// Open text known to be loaded in `link_<link>`, per link.
     opened: HashMap<String, String>,
+    /// Links whose `lock_<link>` this process loaded since `init`: found
+    /// empty, it was emptied behind our back (a new link's is empty too,
+    /// and locked; see `readback::judge`).
+    lock_loaded: std::collections::HashSet<String>,
     /// The keys each link owns, as the skeleton's maps send them.
     keys: BTreeMap<String, LinkKeys>,
     /// The guard table may exist (a guard set by us, or left by an earlier
@@ -80,6 +84,7 @@ impl Nft {
             table: table.to_string(),
             staged: HashMap::new(),
             opened: HashMap::new(),
+            lock_loaded: Default::default(),
             keys: BTreeMap::new(),
             guard_may_exist: true,
             alive: None,
@@ -176,7 +181,7 @@ impl Nft {
         }
         let guarded = if self.guard_may_exist {
             let g = self.list(&self.guard_table())?;
-            readback::judge(std::slice::from_ref(link), None, g.as_ref())[name].guarded
+            readback::judge(std::slice::from_ref(link), None, g.as_ref(), &|_| true)[name].guarded
         } else {
             false
         };
@@ -367,6 +372,7 @@ impl Firewall for Nft {
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.staged.clear();
         self.opened.clear();
+        self.lock_loaded.clear();
         self.keys = dispatch::owned(links);
         let mut script = skeleton(&self.table, links);
         let new = self.undispatched();
@@ -428,6 +434,7 @@ impl Firewall for Nft {
                 // Slow path: load the lockdown chain and add the keys; the
                 // link chain stays as it was.
                 let keys = self.link_keys(link).map_err(FwError::refused)?;
+                self.lock_loaded.insert(name.clone());
                 self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
                 if let Some(text) = opened {
                     self.opened.insert(name.clone(), text);
@@ -452,6 +459,7 @@ impl Firewall for Nft {
         check_names(&self.table, link)?;
         let stmts = self.lock_statements(link, ruleset)?;
         self.staged.remove(&link.name);
+        self.lock_loaded.insert(link.name.clone());
         let script = stage_script(&self.table, link, &stmts);
         self.run(
             &format!("preload lockdown rules for link {}", link.name),
@@ -471,6 +479,7 @@ impl Firewall for Nft {
         // Both chains become drops: works with either deleted or damaged.
         self.opened.remove(&link.name);
         self.staged.remove(&link.name);
+        self.lock_loaded.insert(link.name.clone());
         let script = clear_script(&self.table, link);
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
@@ -518,7 +527,10 @@ impl Firewall for Nft {
                 self.staged.remove(&l.name);
             }
         }
-        let seen = readback::judge(links, table.as_ref(), guard.as_ref());
+        let loaded = &self.lock_loaded;
+        let seen = readback::judge(links, table.as_ref(), guard.as_ref(), &|n| {
+            loaded.contains(n)
+        });
         for (name, rb) in &seen {
             if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
                 self.opened.remove(name);

@@ -267,10 +267,16 @@ fn base_chains(l: &Listing) -> Result<(), String> {
 
 /// Judges every link of `links` against `table` (None: our table is gone)
 /// and `guard` (the guard table, when listed).
+///
+/// `loaded(link)`: qkdpfd loaded the link's lockdown chain since the
+/// table was last built. An empty lockdown chain then was emptied behind
+/// our back (not as loaded); otherwise it is a new link's, locked (see
+/// [`judge_link_chains`]).
 pub fn judge(
     links: &[LinkTarget],
     table: Option<&Listing>,
     guard: Option<&Listing>,
+    loaded: &dyn Fn(&str) -> bool,
 ) -> BTreeMap<String, Readback> {
     let owned = dispatch::owned(links);
     let base = table.map(base_chains);
@@ -279,7 +285,7 @@ pub fn judge(
         .map(|link| {
             let keys = &owned[&link.name];
             let state = match (table, &base) {
-                (Some(t), Some(Ok(()))) => judge_link(link, keys, t),
+                (Some(t), Some(Ok(()))) => judge_link(link, keys, t, loaded(&link.name)),
                 (Some(_), Some(Err(why))) => Observed::damaged(why.clone()),
                 _ => Observed::damaged("table missing"),
             };
@@ -289,7 +295,7 @@ pub fn judge(
         .collect()
 }
 
-fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
+fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> Observed {
     // A key missing from a map would take its traffic past the link's
     // chains; one sent elsewhere, to another link's.
     for kind in Kind::ALL {
@@ -317,10 +323,10 @@ fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
             return Observed::damaged(format!("set {set} missing"));
         }
     }
-    judge_link_chains(link, keys, t)
+    judge_link_chains(link, keys, t, loaded)
 }
 
-fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observed {
+fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> Observed {
     let holds = Holds::of(keys, |kind| {
         let have = &t.sets[&kind.locked_set()];
         keys.texts(kind)
@@ -328,7 +334,21 @@ fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing) -> Observe
             .filter(|k| have.contains(*k))
             .count()
     });
-    judge_shape(link, shape(link, t), holds)
+    let mut shape = shape(link, t);
+    // A link new to the table: its lockdown chain was made empty and every
+    // key put in the `locked_` sets, in the skeleton's transaction. An empty
+    // chain accepts nothing; the base chains' drop right after the jump,
+    // checked in this same listing, takes all of its traffic. Closed as a
+    // drop is, so the first start needs no load per link. One that
+    // qkdpfd loaded and finds empty was tampered with: not as loaded.
+    if !loaded
+        && t.chains
+            .get(&format!("lock_{}", link.name))
+            .is_some_and(Vec::is_empty)
+    {
+        shape.lock = Chain::Drop;
+    }
+    judge_shape(link, shape, holds)
 }
 
 /// Which of a link's keys are in the `locked_` sets.
@@ -533,7 +553,9 @@ mod tests {
     }
 
     fn state(l: &Listing) -> Observed {
-        judge(&[dr()], Some(l), None)["dr"].state.clone()
+        judge(&[dr()], Some(l), None, &|_| false)["dr"]
+            .state
+            .clone()
     }
 
     fn counter() -> Value {
@@ -572,6 +594,44 @@ mod tests {
         // The boot script: the link chain a drop, nothing locked.
         let boot = listing(drop_rule("link_dr"), vec![], false, |_| {});
         assert_eq!(state(&boot), Observed::Locked);
+    }
+
+    #[test]
+    fn a_new_link_is_locked_by_its_keys_and_an_empty_lock_chain() {
+        // As the skeleton leaves a link new to the table: both chains
+        // empty, every key in the locked_ sets.
+        assert_eq!(
+            state(&listing(vec![], vec![], true, |_| {})),
+            Observed::Locked
+        );
+        // Not without the keys: its traffic would take the empty link chain.
+        assert!(matches!(
+            state(&listing(vec![], vec![], false, |_| {})),
+            Observed::Unknown { .. }
+        ));
+        // Not once qkdpfd has loaded it: emptied behind its back.
+        let l = listing(vec![], vec![], true, |_| {});
+        assert!(matches!(
+            judge(&[dr()], Some(&l), None, &|n| n == "dr")["dr"].state,
+            Observed::Unknown { .. }
+        ));
+        // Not with anything in the lockdown chain but what qkdpfd loads.
+        let one = vec![rule("lock_dr", &[json!({"accept": null})], None)];
+        assert!(matches!(
+            state(&listing(vec![], one, true, |_| {})),
+            Observed::Unknown { .. }
+        ));
+        // Not when the base chains' drop after the jump is gone.
+        let cut = listing(vec![], vec![], true, |items| {
+            items.retain(|i| {
+                !(i["rule"]["chain"] == "input"
+                    && i["rule"]["expr"].to_string().contains("\"drop\""))
+            })
+        });
+        assert!(matches!(
+            state(&cut),
+            Observed::Unknown { skeleton: true, .. }
+        ));
     }
 
     #[test]
@@ -706,7 +766,7 @@ mod tests {
         assert!(why.contains("set locked_6 missing"), "{why}");
         // No table at all.
         assert!(matches!(
-            judge(&[dr()], None, None)["dr"].state,
+            judge(&[dr()], None, None, &|_| false)["dr"].state,
             Observed::Unknown { skeleton: true, .. }
         ));
     }
