@@ -222,6 +222,7 @@ fn main() {
             fw.stage(l, Enforcement::Lockdown, "counter drop")
                 .expect("stage");
         }
+        assert!(fw.settle().is_empty(), "stage");
         let (mut lock, mut open) = (Vec::new(), Vec::new());
         for f in 0..200 {
             let l = some[f % some.len()];

@@ -90,6 +90,7 @@ fn main() {
         fw.apply(l, Enforcement::Open, OPEN).expect("open");
         fw.stage(l, Enforcement::Lockdown, LOCKDOWN).expect("stage");
     }
+    assert!(fw.settle().is_empty(), "stage");
     println!(
         "flip bench: {n} links, table loaded and every link opened in {:.1} s; {flips} flips each way per path",
         t.elapsed().as_secs_f64()

@@ -317,6 +317,7 @@ fn packets_follow_the_link_chain() {
     let open = "oifname $wg_if accept\niifname $wg_if accept";
     r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
+    assert!(r.fw.settle().is_empty());
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert_eq!(keys_locked(&r.ns, &dr), 3);
@@ -472,6 +473,7 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
+    assert!(r.fw.settle().is_empty());
     let observe_one = |r: &mut Rig| r.fw.observe(&one, Some("dr")).unwrap()["dr"].state.clone();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     let runs = nft_runs(&r);
@@ -552,6 +554,7 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
     r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
     r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
+    assert!(r.fw.settle().is_empty());
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert!(r.fw.passes_handshakes(&dr));
@@ -669,6 +672,7 @@ fn netlink_and_nft_read_a_link_chain_alike() {
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
+    assert!(r.fw.settle().is_empty());
     assert_eq!(compare(&r, "open, lockdown staged"), shape(Whole, Whole));
     r.ns.nft("add rule inet qkdpfd link_dr accept");
     assert_eq!(compare(&r, "a rule added"), shape(Other, Whole));
@@ -684,49 +688,4 @@ fn netlink_and_nft_read_a_link_chain_alike() {
     // jumps keep a link's chains from being deleted).
     seq += 4;
     assert!(chain::rules("qkdpfd", "link_nope", seq).unwrap().is_empty());
-}
-
-#[test]
-fn many_links_are_checked_in_one_nft_run() {
-    if !root_or_skip("many_links_are_checked_in_one_nft_run") {
-        return;
-    }
-    let r = rig();
-    let links: Vec<_> = (0..40u8)
-        .map(|i| link(&format!("l{i}"), &format!("wg{i}"), [198, 51, 100, i + 1]))
-        .collect();
-    let refs: Vec<_> = links.iter().collect();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors/bundle/anchors");
-    let runs = || {
-        std::fs::read_to_string(r._dir.path().join("calls"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("-c"))
-            .count()
-    };
-    for (file, state) in [
-        ("open.nft", Enforcement::Open),
-        ("lockdown.nft", Enforcement::Lockdown),
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        let before = runs();
-        r.fw.check_links(&refs, state, &text)
-            .unwrap_or_else(|(l, e)| panic!("{file} for {l}: {e}"));
-        assert_eq!(runs() - before, 1, "{file}: one nft -c for 40 links");
-    }
-    // nft itself refuses it for every link: the first one is named, with
-    // nft's own words, after halving down to it.
-    let (l, e) =
-        r.fw.check_links(&refs, Enforcement::Open, "udp dport 70000 accept\n")
-            .unwrap_err();
-    assert_eq!(l, "l0");
-    assert!(
-        e.contains("check open rules for link l0") && e.contains("70000"),
-        "{e}"
-    );
-    let tables = r.ns.nft("list tables");
-    assert!(
-        !tables.contains("qkdpfd"),
-        "check touched nothing: {tables}"
-    );
 }

@@ -418,6 +418,17 @@ impl Links {
         }
     }
 
+    /// Loads what the firewall deferred (lockdown rules staged after opens)
+    /// for every link at once.
+    pub fn settle(&mut self) {
+        for (name, e) in self.fw.settle() {
+            log::event(Event::StageFailed)
+                .kv("link", &name)
+                .msg(e)
+                .send();
+        }
+    }
+
     /// `persist` when `name`'s record differs from the one on disk (or the
     /// last write failed): converge runs for every link, and building every
     /// link's record for each of them cost O(n²) (10,000 links: longer than

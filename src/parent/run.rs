@@ -238,6 +238,11 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 }
             }
         }
+        // The preloading the branch above deferred, for all its links in
+        // one go; a re-application's once it ends.
+        if p.reapply.is_empty() {
+            p.links.settle();
+        }
     }
 }
 

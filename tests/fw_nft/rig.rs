@@ -243,4 +243,5 @@ pub fn open_and_staged(r: &mut Rig, dr: &LinkTarget) {
     r.fw.apply(dr, Enforcement::Open, "accept").unwrap();
     r.fw.stage(dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
+    assert!(r.fw.settle().is_empty());
 }

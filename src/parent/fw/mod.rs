@@ -43,8 +43,8 @@ pub trait Firewall: LinkCheck + Send {
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError>;
     /// Loads `ruleset` ahead of time so that a later `apply` of the same
     /// text for `state` is quick (nft: the lockdown chain is preloaded and
-    /// the flip only adds one rule). Off the critical path; a backend without
-    /// a fast path does nothing.
+    /// the flip only adds one rule). Off the critical path, and may wait
+    /// for [`Firewall::settle`]; a backend without a fast path does nothing.
     fn stage(
         &mut self,
         link: &LinkTarget,
@@ -53,6 +53,12 @@ pub trait Firewall: LinkCheck + Send {
     ) -> Result<(), FwError> {
         let _ = (link, state, ruleset);
         Ok(())
+    }
+    /// Does the preloading `stage` deferred, for every link at once (nft:
+    /// one run for all). Off the critical path: the parent calls it when
+    /// a burst of events is handled. The links whose preloading failed.
+    fn settle(&mut self) -> Vec<(String, FwError)> {
+        Vec::new()
     }
     /// Reads the kernel back (DESIGN §5 "enforcement is what the kernel
     /// holds"): for each link, in the order given, what its own chain or

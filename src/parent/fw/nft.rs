@@ -28,13 +28,14 @@ use crate::lock::Enforcement;
 use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys};
 use crate::ruleset::nft::{
     clear_script, flip_script, guard_script, handshake_statements, lock_new_keys, lock_script,
-    render_statements, skeleton, stage_script,
+    render_statements, skeleton,
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 use netlink::Change;
 
 pub mod alive;
+mod batch;
 pub mod chain;
 pub mod netlink;
 pub mod readback;
@@ -53,6 +54,10 @@ pub struct Nft {
     lock_loaded: std::collections::HashSet<String>,
     /// The keys each link owns, as the skeleton's maps send them.
     keys: BTreeMap<String, LinkKeys>,
+    /// Every link of the last `init`, for loads that take many at once.
+    targets: BTreeMap<String, LinkTarget>,
+    /// Lockdown text `stage` was asked to preload, per link, until `settle`.
+    pending: BTreeMap<String, String>,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -86,6 +91,8 @@ impl Nft {
             opened: HashMap::new(),
             lock_loaded: Default::default(),
             keys: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            pending: BTreeMap::new(),
             guard_may_exist: true,
             alive: None,
             seq: 0,
@@ -334,6 +341,31 @@ impl Nft {
         Ok(())
     }
 
+    /// A slow open of `name`: its own script, with the open chains of the
+    /// links that may take the same text now ([`batch`]) in the same run;
+    /// if that run fails, its own script alone.
+    fn open_with_others(
+        &mut self,
+        what: &str,
+        name: &str,
+        ruleset: &str,
+        own: String,
+    ) -> Result<(), FwError> {
+        let (others, names) = self.open_others(name, ruleset);
+        if names.is_empty() {
+            return self.run(what, &own).map(drop);
+        }
+        let all = own.clone() + &others;
+        let many = format!("{what}, and the open rules of {} locked links", names.len());
+        if self.run_many(&many, &all, names.len() + 1).is_err() {
+            return self.run(what, &own).map(drop);
+        }
+        for n in names {
+            self.opened.insert(n, ruleset.to_string());
+        }
+        Ok(())
+    }
+
     fn run(&self, what: &str, script: &str) -> Result<String, FwError> {
         let tool = Tool::new(&self.nft, &["-f", "-"]);
         crate::log::debug(format_args!("fw: {} <<'EOF'\n{script}EOF", tool.line()));
@@ -373,7 +405,9 @@ impl Firewall for Nft {
         self.staged.clear();
         self.opened.clear();
         self.lock_loaded.clear();
+        self.pending.clear();
         self.keys = dispatch::owned(links);
+        self.targets = links.iter().map(|l| (l.name.clone(), l.clone())).collect();
         let mut script = skeleton(&self.table, links);
         let new = self.undispatched();
         script.push_str(&lock_new_keys(&self.table, &new));
@@ -408,6 +442,7 @@ impl Firewall for Nft {
         // Whatever happens, only a success proves what the chains hold.
         let opened = self.opened.remove(name);
         let staged = self.staged.remove(name);
+        self.pending.remove(name);
         match state {
             Enforcement::Open => {
                 // The chain already holds this text: only the sets change.
@@ -415,7 +450,8 @@ impl Firewall for Nft {
                     self.flip(link, false)?;
                 } else {
                     let keys = self.link_keys(link).map_err(FwError::refused)?;
-                    self.run(&what, &flip_script(&self.table, link, &keys, &stmts))?;
+                    let own = flip_script(&self.table, link, &keys, &stmts);
+                    self.open_with_others(&what, name, ruleset, own)?;
                 }
                 self.opened.insert(name.clone(), ruleset.to_string());
                 // An open leaves lock_<link> as it was.
@@ -457,16 +493,14 @@ impl Firewall for Nft {
             return Ok(());
         }
         check_names(&self.table, link)?;
-        let stmts = self.lock_statements(link, ruleset)?;
-        self.staged.remove(&link.name);
-        self.lock_loaded.insert(link.name.clone());
-        let script = stage_script(&self.table, link, &stmts);
-        self.run(
-            &format!("preload lockdown rules for link {}", link.name),
-            &script,
-        )?;
-        self.staged.insert(link.name.clone(), ruleset.to_string());
+        // Refused now, loaded by `settle` with the others.
+        self.lock_statements(link, ruleset)?;
+        self.pending.insert(link.name.clone(), ruleset.to_string());
         Ok(())
+    }
+
+    fn settle(&mut self) -> Vec<(String, FwError)> {
+        self.settle_stages()
     }
 
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
@@ -479,6 +513,7 @@ impl Firewall for Nft {
         // Both chains become drops: works with either deleted or damaged.
         self.opened.remove(&link.name);
         self.staged.remove(&link.name);
+        self.pending.remove(&link.name);
         self.lock_loaded.insert(link.name.clone());
         let script = clear_script(&self.table, link);
         self.run(

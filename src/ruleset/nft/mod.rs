@@ -352,10 +352,18 @@ fn locked_elements(table: &str, keys: &LinkKeys, lock: bool) -> String {
 /// count the statements, then the statements; its keys leave the
 /// `locked_` sets in the same transaction.
 pub fn flip_script(table: &str, link: &LinkTarget, keys: &LinkKeys, stmts: &[String]) -> String {
+    let mut s = open_chain_script(table, link, stmts);
+    s.push_str(&locked_elements(table, keys, false));
+    s
+}
+
+/// Replaces the link chain's contents with the open statements, and
+/// nothing else: preloading it while the link's keys take its lockdown
+/// chain changes nothing in force.
+pub fn open_chain_script(table: &str, link: &LinkTarget, stmts: &[String]) -> String {
     let chain = format!("link_{}", link.name);
     let mut s = format!("flush chain inet {table} {chain}\n");
     s.push_str(&tagged_rules(table, &chain, OPEN_TAG, stmts));
-    s.push_str(&locked_elements(table, keys, false));
     s
 }
 

@@ -375,6 +375,13 @@ impl Holds {
         }
     }
 
+    /// From a test of each of the link's keys, as the kernel stores them.
+    pub fn of_keys(keys: &LinkKeys, locked: impl Fn(Kind, &[u8]) -> bool) -> Holds {
+        Holds::of(keys, |kind| {
+            keys.bytes(kind).iter().filter(|k| locked(kind, k)).count()
+        })
+    }
+
     /// From the keys read over netlink, per kind.
     pub fn of_bytes(keys: &LinkKeys, sets: impl Fn(Kind) -> Vec<Vec<u8>>) -> Holds {
         Holds::of(keys, |kind| {

@@ -1,0 +1,177 @@
+//! The nftables backend's loads of many links in one nft run, against real
+//! nftables (as tests/fw_nft.rs: a network namespace per test, nft reached
+//! through a wrapper that also logs each run's arguments to `calls`). Needs
+//! root: without it the tests are skipped loudly, unless CI=true.
+
+#[path = "common/nft.rs"]
+#[allow(dead_code)]
+mod nft_listing;
+
+#[path = "fw_nft/rig.rs"]
+#[allow(dead_code)]
+mod rig;
+
+use std::path::Path;
+
+use qkdpfd::lock::Enforcement;
+use qkdpfd::parent::fw::Observed;
+use qkdpfd::ruleset::LinkTarget;
+use rig::*;
+
+fn links(n: u8) -> Vec<LinkTarget> {
+    (0..n)
+        .map(|i| link(&format!("l{i}"), &format!("wg{i}"), [198, 51, 100, i + 1]))
+        .collect()
+}
+
+/// How many nft runs (the wrapper's log) had arguments starting `first`.
+fn runs(r: &Rig, first: &str) -> usize {
+    std::fs::read_to_string(r._dir.path().join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(first))
+        .count()
+}
+
+const OPEN: &str = "ip saddr $peer4 accept\niifname $wg_if accept\n";
+
+/// The first slow open loads the same text into every locked link's open
+/// chain in its run: those chains are not taken while their keys are in
+/// the locked_ sets (the links stay locked), and each later open of that
+/// text is a netlink flip, no nft run. An open link's chain is left alone.
+#[test]
+fn a_slow_open_preloads_the_locked_links_open_chains() {
+    if !root_or_skip("a_slow_open_preloads_the_locked_links_open_chains") {
+        return;
+    }
+    let mut r = rig();
+    let ls = links(5);
+    r.fw.init(&ls).unwrap();
+    r.fw.apply(&ls[4], Enforcement::Open, "accept").unwrap();
+    let before = runs(&r, "-f");
+    r.fw.apply(&ls[0], Enforcement::Open, OPEN).unwrap();
+    assert_eq!(runs(&r, "-f") - before, 1, "one run for the open");
+    for l in &ls[1..4] {
+        assert_eq!(
+            rules(&r.ns, &format!("link_{}", l.name)),
+            [
+                format!("ip saddr {} accept", l.addrs4[0]),
+                format!("iifname \"{}\" accept", l.wg_if)
+            ]
+        );
+        // Its IPv4 address and interface (the IPv6 address all share is l0's).
+        assert_eq!(keys_locked(&r.ns, l), 2, "{} still locked", l.name);
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+    }
+    assert_eq!(rules(&r.ns, "link_l4"), ["accept"], "an open link's chain");
+    assert_eq!(keys_locked(&r.ns, &ls[4]), 0);
+    for l in &ls[1..4] {
+        r.fw.apply(l, Enforcement::Open, OPEN).unwrap();
+        assert_eq!(keys_locked(&r.ns, l), 0);
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open);
+    }
+    assert_eq!(runs(&r, "-f") - before, 1, "the other opens ran no nft");
+    // Another text for an open link: its own load only.
+    r.fw.apply(&ls[4], Enforcement::Open, OPEN).unwrap();
+    assert_eq!(runs(&r, "-f") - before, 2);
+    assert_eq!(state(&mut r, &ls, "l4"), Observed::Open);
+}
+
+/// `stage` defers; `settle` loads every open link's lockdown chain in one
+/// run, skips a link whose keys are locked by now (its lockdown chain is
+/// in force), and when one text is refused, loads the others alone and
+/// names only the refused one.
+#[test]
+fn settle_stages_every_open_link_in_one_run() {
+    if !root_or_skip("settle_stages_every_open_link_in_one_run") {
+        return;
+    }
+    let mut r = rig();
+    let ls = links(4);
+    r.fw.init(&ls).unwrap();
+    for l in &ls {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+    }
+    let before = runs(&r, "-f");
+    for l in &ls[..3] {
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert_eq!(runs(&r, "-f"), before, "stage alone runs nothing");
+    // l2's keys locked behind the backend's back: its chain is in force.
+    r.ns.nft("add element inet qkdpfd locked_if { \"wg2\" }");
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(runs(&r, "-f") - before, 1);
+    for l in &ls[..2] {
+        assert_eq!(
+            rules(&r.ns, &format!("lock_{}", l.name)),
+            ["counter packets 0 bytes 0 drop"]
+        );
+    }
+    assert_eq!(rules(&r.ns, "lock_l2"), Vec::<String>::new());
+    // Staged: the lockdown is a flip, no nft run.
+    r.fw.apply(&ls[0], Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(runs(&r, "-f") - before, 1);
+    assert_eq!(state(&mut r, &ls, "l0"), Observed::Locked);
+    // One refused by nft (not by qkdpfd's own checks).
+    r.fw.stage(&ls[1], Enforcement::Lockdown, "udp dport 70000 drop")
+        .unwrap();
+    r.fw.stage(&ls[3], Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    let failed = r.fw.settle();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "l1");
+    assert!(failed[0].1.to_string().contains("70000"), "{}", failed[0].1);
+    assert_eq!(rules(&r.ns, "lock_l3"), ["counter packets 0 bytes 0 drop"]);
+    assert_eq!(
+        rules(&r.ns, "lock_l1"),
+        ["counter packets 0 bytes 0 drop"],
+        "as before"
+    );
+    assert!(r.fw.settle().is_empty(), "nothing left");
+}
+#[test]
+fn many_links_are_checked_in_one_nft_run() {
+    if !root_or_skip("many_links_are_checked_in_one_nft_run") {
+        return;
+    }
+    let r = rig();
+    let links: Vec<_> = (0..40u8)
+        .map(|i| link(&format!("l{i}"), &format!("wg{i}"), [198, 51, 100, i + 1]))
+        .collect();
+    let refs: Vec<_> = links.iter().collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pf-anchors/bundle/anchors");
+    let runs = || {
+        std::fs::read_to_string(r._dir.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("-c"))
+            .count()
+    };
+    for (file, state) in [
+        ("open.nft", Enforcement::Open),
+        ("lockdown.nft", Enforcement::Lockdown),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let before = runs();
+        r.fw.check_links(&refs, state, &text)
+            .unwrap_or_else(|(l, e)| panic!("{file} for {l}: {e}"));
+        assert_eq!(runs() - before, 1, "{file}: one nft -c for 40 links");
+    }
+    // nft itself refuses it for every link: the first one is named, with
+    // nft's own words, after halving down to it.
+    let (l, e) =
+        r.fw.check_links(&refs, Enforcement::Open, "udp dport 70000 accept\n")
+            .unwrap_err();
+    assert_eq!(l, "l0");
+    assert!(
+        e.contains("check open rules for link l0") && e.contains("70000"),
+        "{e}"
+    );
+    let tables = r.ns.nft("list tables");
+    assert!(
+        !tables.contains("qkdpfd"),
+        "check touched nothing: {tables}"
+    );
+}
