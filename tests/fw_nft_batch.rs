@@ -175,3 +175,44 @@ fn many_links_are_checked_in_one_nft_run() {
         "check touched nothing: {tables}"
     );
 }
+
+/// The read-back's per-key lookups against the kernel: a key there, a key
+/// not there, a set not there, a table not there.
+#[test]
+fn lookups_tell_a_key_a_missing_key_and_a_missing_set() {
+    use qkdpfd::parent::fw::nft::netlink::{Lookup, exists};
+    if !root_or_skip("lookups_tell_a_key_a_missing_key_and_a_missing_set") {
+        return;
+    }
+    let mut r = rig();
+    let ls = links(2);
+    assert_eq!(
+        exists("qkdpfd", Lookup::Set("locked_4"), 1),
+        Ok(false),
+        "no table"
+    );
+    r.fw.init(&ls).unwrap();
+    r.fw.apply(&ls[1], Enforcement::Open, "accept").unwrap();
+    let key = |i: u8| [198, 51, 100, i + 1, 0xca, 0x6c, 0, 0];
+    let locked = exists("qkdpfd", Lookup::Element("locked_4", &key(0)), 2);
+    assert_eq!(locked, Ok(true), "l0 is locked");
+    let open = exists("qkdpfd", Lookup::Element("locked_4", &key(1)), 3);
+    assert_eq!(open, Ok(false), "l1 is not");
+    let mut wg0 = [0u8; 16];
+    wg0[..3].copy_from_slice(b"wg0");
+    assert_eq!(
+        exists("qkdpfd", Lookup::Element("locked_if", &wg0), 4),
+        Ok(true)
+    );
+    assert_eq!(exists("qkdpfd", Lookup::Set("locked_4"), 5), Ok(true));
+    assert_eq!(exists("qkdpfd", Lookup::Set("nope"), 6), Ok(false));
+    let e = exists("qkdpfd", Lookup::Element("nope", &key(0)), 7);
+    assert_eq!(e, Ok(false), "a missing set answers as a missing key");
+    // What the backend makes of it, reading one link right after a change.
+    let one = |r: &mut Rig, n: &str| r.fw.observe(&ls, Some(n)).unwrap()[n].state.clone();
+    assert_eq!(one(&mut r, "l1"), Observed::Open);
+    r.fw.apply(&ls[0], Enforcement::Lockdown, "drop").unwrap();
+    assert_eq!(one(&mut r, "l0"), Observed::Locked);
+    r.fw.apply(&ls[1], Enforcement::Lockdown, "drop").unwrap();
+    assert_eq!(one(&mut r, "l1"), Observed::Locked);
+}

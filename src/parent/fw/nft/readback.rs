@@ -381,14 +381,6 @@ impl Holds {
             keys.bytes(kind).iter().filter(|k| locked(kind, k)).count()
         })
     }
-
-    /// From the keys read over netlink, per kind.
-    pub fn of_bytes(keys: &LinkKeys, sets: impl Fn(Kind) -> Vec<Vec<u8>>) -> Holds {
-        Holds::of(keys, |kind| {
-            let have = sets(kind);
-            keys.bytes(kind).iter().filter(|k| have.contains(k)).count()
-        })
-    }
 }
 
 /// How one of a link's chains reads.
@@ -653,14 +645,11 @@ mod tests {
             }
         );
         let keys = dispatch::owned(&[dr()]).remove("dr").unwrap();
-        let all = Holds::of_bytes(&keys, |k| keys.bytes(k));
+        let all = Holds::of_keys(&keys, |_, _| true);
         assert_eq!(all, Holds::All);
-        let none = Holds::of_bytes(&keys, |_| vec![]);
+        let none = Holds::of_keys(&keys, |_, _| false);
         assert_eq!(none, Holds::None);
-        let part = Holds::of_bytes(&keys, |k| match k {
-            Kind::If => keys.bytes(k),
-            _ => vec![],
-        });
+        let part = Holds::of_keys(&keys, |k, _| k == Kind::If);
         assert!(matches!(part, Holds::Part(_)));
         assert_eq!(judge_shape(&dr(), sh, all), Observed::Locked);
         assert_eq!(judge_shape(&dr(), sh, none), Observed::Open);
