@@ -130,6 +130,14 @@ pub struct Links {
     session_made: Option<String>,
     /// Entries appended to the state's journal since it was last emptied.
     journaled: usize,
+    /// Links a tick found to open, when `defer_opens`: the main loop opens
+    /// them one per turn ([`Links::open_next`]). An open is a kernel
+    /// transaction that waits (about 10 ms at 10,000 links): a tick that
+    /// opened 10,000 links at once kept lockdowns and the dead-man switch's
+    /// heartbeat waiting for 2 minutes.
+    pub opening: BTreeSet<String>,
+    /// Set by the daemon's main loop; off, a tick opens links itself.
+    pub defer_opens: bool,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -162,6 +170,8 @@ impl Links {
             session_due: BTreeSet::new(),
             session_made: None,
             journaled: 0,
+            opening: BTreeSet::new(),
+            defer_opens: false,
         }
     }
 
@@ -261,6 +271,10 @@ impl Links {
         self.check_restored_peers();
         let mut changed = Vec::new();
         for (name, was) in before {
+            if self.defer_opens && self.would_open(&name) {
+                self.opening.insert(name);
+                continue;
+            }
             self.converge(&name, bundle, by, false);
             let l = &self.links[&name];
             if was != (l.enforcement(), l.lock_failed) {
@@ -270,6 +284,22 @@ impl Links {
         // A write that failed (a full or read-only disk) is retried here.
         self.persist();
         changed
+    }
+
+    /// Whether `converge` would open the link (or hold it for a session).
+    fn would_open(&self, name: &str) -> bool {
+        self.links.get(name).is_some_and(|l| {
+            l.desired() == Some(Enforcement::Open)
+                && (l.kernel.state != Observed::Open || l.kernel.guarded)
+        })
+    }
+
+    /// Converges the next link a tick queued to open; its name, and its
+    /// new enforcement if that changed.
+    pub fn open_next(&mut self, bundle: Option<&Bundle>) -> Option<(String, Option<Enforcement>)> {
+        let name = self.opening.pop_first()?;
+        let changed = self.converge(&name, bundle, OpenedBy::Auto, false);
+        Some((name, changed))
     }
 
     /// Re-applies one link's current state (a new bundle's rulesets).

@@ -135,6 +135,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let mut job_rx = None;
     // Control requests being read from their clients' own connections.
     let mut readers = Readers::default();
+    p.links.defer_opens = true;
     loop {
         if let Some(rx) = p.job_rx.take() {
             job_rx = Some(rx);
@@ -233,14 +234,29 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             _ = std::future::ready(()), if !p.reapply.is_empty() => {
                 let changed = p.reapply_next();
                 send(&p, &tx, changed);
+                // An always-ready branch must give the runtime its turn, or
+                // its timers and sockets wait (the tick and the dead-man
+                // switch's heartbeat, the engine's frames, our own writer):
+                // 10,000 opens in one go went 141 s without a heartbeat.
+                tokio::task::yield_now().await;
                 if p.reapply.is_empty() {
                     crate::privsep::return_free_memory();
                 }
             }
+            // The opens a tick queued, one per turn, after a re-application
+            // (which opens what it re-applies); yielding as above.
+            _ = std::future::ready(()), if !p.links.opening.is_empty() => {
+                if let Some((name, Some(_))) = p.links.open_next(p.bundle.as_ref()) {
+                    let mut changed = super::changed::Changed::none();
+                    changed.state(&name);
+                    send(&p, &tx, changed);
+                }
+                tokio::task::yield_now().await;
+            }
         }
         // The preloading the branch above deferred, for all its links in
-        // one go; a re-application's once it ends.
-        if p.reapply.is_empty() {
+        // one go; a re-application's and a tick's opens once they end.
+        if p.reapply.is_empty() && p.links.opening.is_empty() {
             p.links.settle();
         }
     }

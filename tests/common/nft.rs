@@ -26,10 +26,19 @@ pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
     let link_drops = link_rules.first().is_some_and(|r| r == drop);
     let lock_drops = lock_rules.first().is_some_and(|r| r == drop)
         || lock_rules.last().is_some_and(|r| r == drop);
+    // A link new to the table: its lockdown chain empty, its traffic
+    // dropped by the base chains' drop of locked keys right after the jump.
+    let base_drops = || {
+        ["input", "output", "forward"].iter().all(|hook| {
+            let l = list("chain", hook);
+            l.contains("@locked_if drop") && (*hook == "forward" || l.contains("@locked_4 drop"))
+        })
+    };
+    let lock_empty = lock_rules.is_empty() && base_drops();
     match held {
         0 => link_drops,
-        n if n == keys.len() => lock_drops,
-        _ => link_drops && lock_drops,
+        n if n == keys.len() => lock_drops || lock_empty,
+        _ => link_drops && (lock_drops || lock_empty),
     }
 }
 

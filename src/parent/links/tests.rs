@@ -697,3 +697,36 @@ fn records_match_agrees_with_building_every_record() {
     }
     assert!(seen.contains(&true) && seen.contains(&false));
 }
+
+/// With `defer_opens` (the daemon's loop), a tick queues the links it
+/// would open instead of opening them (each open is a kernel transaction
+/// that waits), while a lockdown is never deferred; `open_next` opens them
+/// one at a time.
+#[test]
+fn a_tick_defers_opens_but_never_a_lockdown() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = locked(fake(Kernel::default()), t.path());
+    l.defer_opens = true;
+    let b = bundle();
+    assert_eq!(l.reconcile(Some(&b), OpenedBy::Auto), []);
+    assert!(calls(&k).iter().all(|c| !c.starts_with("apply")));
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    assert!(l.opening.contains("dr"));
+    // Queued twice by two ticks, opened once.
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert_eq!(
+        l.open_next(Some(&b)),
+        Some(("dr".to_string(), Some(Enforcement::Open)))
+    );
+    assert_eq!(l.open_next(Some(&b)), None);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+    // A lockdown in a tick happens in it.
+    let mut qber = Reasons::EMPTY;
+    qber.insert(LockReason::Qber);
+    l.set_engine_reasons("dr", qber, Some(0.12), Some(0.08));
+    calls(&k);
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert!(calls(&k).iter().any(|c| c.starts_with("apply dr lockdown")));
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    assert!(l.opening.is_empty());
+}
