@@ -298,7 +298,7 @@ mod tests {
 
     /// A stand-in nft that refuses any script loading `link_l5`'s chain
     /// and counts its runs: the halving must find l5 among 16 links in a
-    /// handful of runs. (Real nft's check of many links: tests/fw_nft.rs.)
+    /// handful of runs. (Real nft's check of many links: tests/fw_nft_batch.rs.)
     #[test]
     fn a_failing_link_is_found_by_halves() {
         use std::os::unix::fs::PermissionsExt;
