@@ -31,12 +31,27 @@ pub trait LinkCheck {
         state: Enforcement,
         ruleset: &str,
     ) -> Result<(), (String, String)> {
-        for l in links {
-            self.check(l, state, ruleset)
-                .map_err(|e| (l.name.clone(), e))?;
-        }
-        Ok(())
+        check_each(self, links, state, ruleset)
     }
+}
+
+/// One [`LinkCheck::check`] per link; the first failing link and its message.
+fn check_each<C: LinkCheck + ?Sized>(
+    c: &C,
+    links: &[&LinkTarget],
+    state: Enforcement,
+    ruleset: &str,
+) -> Result<(), (String, String)> {
+    for l in links {
+        c.check(l, state, ruleset)
+            .map_err(|e| (l.name.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// A ruleset qkdpfd's own checks refuse for `link`, before any tool runs.
+fn refused(link: &LinkTarget, state: Enforcement, e: String) -> String {
+    format!("link {}: {state} ruleset: {e}", link.name)
 }
 
 /// The check the configured firewall backend makes.
@@ -101,7 +116,7 @@ impl LinkCheck for Check {
 
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
         check_names(&self.anchor, link).map_err(|e| e.to_string())?;
-        let refused = |e: String| format!("link {}: {state} ruleset: {e}", link.name);
+        let refused = |e| refused(link, state, e);
         let what = format!("check {state} rules for link {}", link.name);
         match &self.how {
             How::Nft(path) => {
@@ -139,20 +154,13 @@ impl LinkCheck for Check {
         ruleset: &str,
     ) -> Result<(), (String, String)> {
         let How::Nft(path) = &self.how else {
-            return links.iter().try_for_each(|l| {
-                self.check(l, state, ruleset)
-                    .map_err(|e| (l.name.clone(), e))
-            });
+            return check_each(self, links, state, ruleset);
         };
         let mut rendered = Vec::with_capacity(links.len());
         for l in links {
             check_names(&self.anchor, l).map_err(|e| (l.name.clone(), e.to_string()))?;
-            let stmts = nft::render_statements(l, ruleset).map_err(|e| {
-                (
-                    l.name.clone(),
-                    format!("link {}: {state} ruleset: {e}", l.name),
-                )
-            })?;
+            let stmts = nft::render_statements(l, ruleset)
+                .map_err(|e| (l.name.clone(), refused(l, state, e)))?;
             rendered.push((*l, stmts));
         }
         self.nft_bisect(path, &rendered, state)
