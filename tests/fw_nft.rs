@@ -63,9 +63,9 @@ fn init_builds_skeleton_with_empty_link_chains() {
     let both = [dr.clone(), hq.clone()];
     assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
     assert_eq!(state(&mut r, &both, "hq"), Observed::Locked);
-    // Forward: four rules for iifname and four for oifname, whatever the
+    // Forward: six rules for iifname and six for oifname, whatever the
     // number of links.
-    assert_eq!(rules(&r.ns, "forward").len(), 8);
+    assert_eq!(rules(&r.ns, "forward").len(), 12);
 }
 
 #[test]

@@ -216,3 +216,68 @@ fn lookups_tell_a_key_a_missing_key_and_a_missing_set() {
     r.fw.apply(&ls[1], Enforcement::Lockdown, "drop").unwrap();
     assert_eq!(one(&mut r, "l1"), Observed::Locked);
 }
+
+/// The site lock: every link locked by one transaction of two elements
+/// (the generation moves by one, the `locked_` sets are untouched), read
+/// back over netlink without a listing, proven by packets; it outlives a
+/// rebuilt skeleton; the next open ends it, every other link then locked
+/// on its own.
+#[test]
+fn a_site_lock_locks_every_link_in_one_transaction() {
+    use qkdpfd::parent::fw::nft::alive::generation;
+    if !root_or_skip("a_site_lock_locks_every_link_in_one_transaction") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
+    let mut ls = links(4);
+    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    r.fw.init(&ls).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    for l in &ls {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(r.fw.settle().is_empty());
+    for l in &ls {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open);
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
+
+    assert!(r.fw.lock_site().unwrap());
+    assert_eq!(
+        generation(2).unwrap(),
+        before.wrapping_add(1),
+        "one transaction"
+    );
+    assert!(locked_keys(&r.ns).is_empty(), "no link's keys moved");
+    assert!(!ping(&r.ns, "10.99.0.2"), "the site lock drops");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(
+        seen.values().all(|rb| rb.state == Observed::Locked),
+        "{seen:?}"
+    );
+    assert_eq!(nft_runs(&r), runs, "read back without a listing");
+    // The listing agrees, and so does a rebuilt skeleton (a restart).
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
+    r.fw.init(&ls).unwrap();
+    for l in &ls {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "kept by a restart");
+
+    // An open ends it: the other links locked on their own.
+    r.fw.apply(&ls[4], Enforcement::Open, "accept").unwrap();
+    assert!(ping(&r.ns, "10.99.0.2"), "dr opened");
+    assert!(nft_listing::elements(&r.ns.nft("list set inet qkdpfd site")).is_empty());
+    for l in &ls[..4] {
+        assert!(keys_locked(&r.ns, l) > 0, "{} locked on its own", l.name);
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+    }
+    assert_eq!(state(&mut r, &ls, "dr"), Observed::Open);
+    r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
+    assert_eq!(state(&mut r, &ls, "l0"), Observed::Open);
+}

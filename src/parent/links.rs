@@ -138,6 +138,9 @@ pub struct Links {
     pub opening: BTreeSet<String>,
     /// Set by the daemon's main loop; off, a tick opens links itself.
     pub defer_opens: bool,
+    /// While set, a link's change is not journaled on its own: the caller
+    /// writes every record at once (`lock_all`: 10,000 links, one write).
+    hold_writes: bool,
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -172,7 +175,46 @@ impl Links {
             journaled: 0,
             opening: BTreeSet::new(),
             defer_opens: false,
+            hold_writes: false,
         }
+    }
+
+    /// Locks every link for `reason` (parent-owned): first in one kernel
+    /// transaction where the firewall has a site lock (its size does not
+    /// grow with the links), then as a tick does, from a read-back of every
+    /// link; a link it does not show locked walks its ladder. The kernel
+    /// first, then the `lockdown` events and one write of the state file.
+    /// The engine lost, a stop that locks, `qkdctl lockdown all`.
+    pub fn lock_all(
+        &mut self,
+        reason: LockReason,
+        bundle: Option<&Bundle>,
+        by: OpenedBy,
+    ) -> Vec<(String, Enforcement)> {
+        debug_assert_eq!(reason.owner(), Owner::Parent);
+        let mut newly = Vec::new();
+        for (name, l) in self.links.iter_mut() {
+            if l.parent.insert(reason) {
+                newly.push(name.clone());
+            }
+        }
+        let started = crate::imsg::monotonic_ns();
+        let site = self.fw.lock_site();
+        self.stamp_commit(started, &site);
+        if let Err(e) = &site {
+            log::debug(format!("site lock: {e} (locking link by link)"));
+        }
+        for name in newly {
+            log::event(Event::Lockdown)
+                .kv("link", &name)
+                .kv("reason", reason)
+                .send();
+        }
+        // The tick's own write at its end takes every record at once.
+        self.hold_writes = true;
+        let changed = self.reconcile(bundle, by);
+        self.hold_writes = false;
+        changed
     }
 
     /// Notes when a flip the firewall accepted was committed.
@@ -464,7 +506,7 @@ impl Links {
     /// link's record for each of them cost O(n²) (10,000 links: longer than
     /// the engine's hello deadline at start).
     fn persist_link(&mut self, name: &str) {
-        let Some(l) = self.links.get(name) else {
+        let Some(l) = self.links.get(name).filter(|_| !self.hold_writes) else {
             return;
         };
         let rec = LinkRecord {

@@ -50,9 +50,11 @@ pub fn lock_all(conf: Config) -> ExitCode {
     }
     let mut links = Links::new(map, fw, state, state_path);
     links.persist_disabled = !persist;
-    // Reads back, rebuilds a damaged skeleton, walks the lockdown ladder
-    // for every link not shown locked (no bundle: qkdpfd's own drop).
-    links.reconcile(None, OpenedBy::Auto);
+    // The site lock where the firewall has one (one transaction for every
+    // link), then as a tick: reads back, rebuilds a damaged skeleton, walks
+    // the lockdown ladder for every link not shown locked (no bundle:
+    // qkdpfd's own drop).
+    links.lock_all(LockReason::ProcessFailure, None, OpenedBy::Auto);
     links.persist();
     links.observe_all();
     let shown: Vec<(String, bool, String)> = links

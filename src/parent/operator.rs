@@ -26,6 +26,11 @@ pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
         Ok(n) => n,
         Err(r) => return r,
     };
+    if *t == Target::All {
+        // One kernel transaction for all of them where the firewall can.
+        p.links
+            .lock_all(LockReason::Operator, p.bundle.as_ref(), OpenedBy::Operator);
+    }
     for n in &names {
         p.links.set_parent_reason(n, LockReason::Operator, true);
         p.links

@@ -333,15 +333,11 @@ fn check_expiry(p: &mut Parent, log: &mut ExpiryLog) -> Changed {
             .kv("not_after", na)
             .send();
     }
-    if b.policy.expired_action == crate::policy::ExpiredAction::Lockdown {
-        let names: Vec<String> = p.links.links.keys().cloned().collect();
-        for n in &names {
-            if !p.links.links[n].parent.contains(LockReason::NoPolicy) {
-                p.links.set_parent_reason(n, LockReason::NoPolicy, true);
-                p.links
-                    .converge(n, p.bundle.as_ref(), OpenedBy::Auto, false);
-            }
-        }
+    if b.policy.expired_action == crate::policy::ExpiredAction::Lockdown
+        && (p.links.links.values()).any(|l| !l.parent.contains(LockReason::NoPolicy))
+    {
+        p.links
+            .lock_all(LockReason::NoPolicy, p.bundle.as_ref(), OpenedBy::Auto);
         out.all_states();
     }
     out
@@ -358,12 +354,11 @@ fn stop_engine(child: &mut std::process::Child) {
 /// The engine died or misbehaved: lock every link, record it, exit non-zero.
 fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> ExitCode {
     log::event(Event::EngineLost).msg(why).send();
-    let names: Vec<String> = p.links.links.keys().cloned().collect();
-    for n in &names {
-        p.links
-            .set_parent_reason(n, LockReason::ProcessFailure, true);
-    }
-    p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+    p.links.lock_all(
+        LockReason::ProcessFailure,
+        p.bundle.as_ref(),
+        OpenedBy::Auto,
+    );
     p.links.persist();
     p.release_guardian();
     stop_engine(child);
@@ -377,12 +372,11 @@ fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> Ex
 fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitCode {
     let lock = p.conf.daemon.on_stop == crate::conf::OnStop::Lockdown;
     if lock {
-        let names: Vec<String> = p.links.links.keys().cloned().collect();
-        for n in &names {
-            p.links
-                .set_parent_reason(n, LockReason::ProcessFailure, true);
-        }
-        p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
+        p.links.lock_all(
+            LockReason::ProcessFailure,
+            p.bundle.as_ref(),
+            OpenedBy::Auto,
+        );
     } else if let Err(e) = p.links.fw.keep_alive(None) {
         // Armed, the switch would lock every link a few seconds from now.
         log::event(Event::DeadmanFailed).msg(e).send();

@@ -4,7 +4,8 @@
 /// Whether `link`'s traffic is dropped by its own chains: every key the
 /// dispatch maps send to `link_<link>` is in the `locked_` sets and
 /// `lock_<link>` ends with qkdpfd's drop (or starts with it); or no key is
-/// there and `link_<link>` starts with qkdpfd's drop.
+/// there and `link_<link>` starts with qkdpfd's drop. The site lock counts
+/// as every key in the `locked_` sets.
 /// `nft` runs `nft <args>` where the daemon's table is and returns stdout.
 pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
     let list = |what: &str, name: &str| nft(&["list", what, "inet", "qkdpfd", name]);
@@ -20,7 +21,14 @@ pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
         );
         locked.extend(elements(&list("set", &format!("locked_{kind}"))));
     }
-    let held = keys.iter().filter(|k| locked.contains(k)).count();
+    // The site lock (set `site` holding both families) sends every key to
+    // its lockdown chain, as if each were in the locked_ sets.
+    let site = elements(&list("set", "site"));
+    let site = site.iter().any(|e| e == "ipv4") && site.iter().any(|e| e == "ipv6");
+    let held = match site {
+        true => keys.len(),
+        false => keys.iter().filter(|k| locked.contains(k)).count(),
+    };
     let link_rules = rules(&list("chain", &format!("link_{link}")));
     let lock_rules = rules(&list("chain", &format!("lock_{link}")));
     let link_drops = link_rules.first().is_some_and(|r| r == drop);

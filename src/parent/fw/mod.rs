@@ -60,6 +60,14 @@ pub trait Firewall: LinkCheck + Send {
     fn settle(&mut self) -> Vec<(String, FwError)> {
         Vec::new()
     }
+    /// Locks every link in one transaction whose size does not grow with
+    /// their number (nft: two elements in set `site`), for a lockdown of
+    /// the whole gateway; the caller reads every link back after it. The
+    /// next open ends it, each link then locked on its own. Ok(false): this
+    /// backend has none, the caller locks link by link.
+    fn lock_site(&mut self) -> Result<bool, FwError> {
+        Ok(false)
+    }
     /// Reads the kernel back (DESIGN §5 "enforcement is what the kernel
     /// holds"): for each link, in the order given, what its own chain or
     /// anchor holds now, and whether a guard (see [`Firewall::set_guard`])

@@ -25,14 +25,14 @@ use std::path::{Path, PathBuf};
 
 use super::{Firewall, Readback};
 use crate::lock::Enforcement;
-use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys};
+use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys, SITE_SET};
 use crate::ruleset::nft::{
-    clear_script, flip_script, guard_script, handshake_statements, lock_new_keys, lock_script,
-    render_statements, skeleton,
+    clear_script, end_site_lock, flip_script, guard_script, handshake_statements, lock_new_keys,
+    lock_script, render_statements, skeleton,
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
-use netlink::{Change, Lookup};
+use netlink::{BOTH_FAMILIES, Change, Lookup};
 
 pub mod alive;
 mod batch;
@@ -80,6 +80,11 @@ pub struct Nft {
     last_flip: Option<(String, Option<u32>)>,
     /// `lock_<link>` lets WireGuard handshakes through (new_session).
     handshakes: bool,
+    /// Set `site` may hold elements (a site lock of ours, or one left by an
+    /// earlier run): an open ends it first, and read-backs look it up.
+    site_may_be_locked: bool,
+    /// The generation read right after our site lock, until the read-back.
+    site_flip: Option<Option<u32>>,
 }
 
 impl Nft {
@@ -101,6 +106,8 @@ impl Nft {
             shapes: HashMap::new(),
             last_flip: None,
             handshakes: false,
+            site_may_be_locked: true,
+            site_flip: None,
         }
     }
 
@@ -214,6 +221,9 @@ impl Nft {
     /// found counts as not locked only once its set is shown to be there.
     fn locked_holds(&mut self, link: &LinkTarget) -> Result<readback::Holds, String> {
         let keys = self.link_keys(link)?;
+        if self.site_locked()? {
+            return Ok(readback::Holds::of_keys(&keys, |_, _| true));
+        }
         let mut found = std::collections::HashSet::new();
         for kind in Kind::ALL {
             let set = kind.locked_set();
@@ -235,6 +245,84 @@ impl Nft {
         Ok(readback::Holds::of_keys(&keys, |kind, b| {
             found.contains(&(kind, b.to_vec()))
         }))
+    }
+
+    /// Whether set `site` holds both families (every link locked), looked
+    /// up over netlink; false without a lookup once it is known empty.
+    fn site_locked(&mut self) -> Result<bool, String> {
+        if !self.site_may_be_locked {
+            return Ok(false);
+        }
+        let mut both = true;
+        for family in BOTH_FAMILIES {
+            self.seq = self.seq.wrapping_add(4);
+            both &= netlink::exists(&self.table, Lookup::Element(SITE_SET, family), self.seq)
+                .map_err(|e| format!("set {SITE_SET}: {e}"))?;
+        }
+        Ok(both)
+    }
+
+    /// Ends a site lock before anything opens: every link's keys into the
+    /// `locked_` sets and `site` emptied, in one transaction, so that each
+    /// link stays locked on its own until its own open. Nothing in force
+    /// opens. One `nft -f` (its size grows with the links, but an open is
+    /// off the lockdown's path).
+    fn end_site_lock(&mut self) -> Result<(), FwError> {
+        if !self.site_may_be_locked {
+            return Ok(());
+        }
+        let mut any = false;
+        for family in BOTH_FAMILIES {
+            self.seq = self.seq.wrapping_add(4);
+            any |= netlink::exists(&self.table, Lookup::Element(SITE_SET, family), self.seq)
+                .map_err(|e| FwError::refused(format!("set {SITE_SET}: {e}")))?;
+        }
+        if any {
+            let keys: Vec<LinkKeys> = self.keys.values().cloned().collect();
+            let script = end_site_lock(&self.table, &keys);
+            self.run("end the site lock, every link locked on its own", &script)?;
+        }
+        self.site_may_be_locked = false;
+        Ok(())
+    }
+
+    /// The read-back of every link right after our site lock, without a
+    /// listing, as [`Nft::observe_flip`] does for one link: the lock was
+    /// the only transaction since the verified listing, so each link's
+    /// chains are as verified, and `site` is looked up. None when that
+    /// cannot be shown.
+    fn observe_site(
+        &mut self,
+        links: &[LinkTarget],
+        after: Option<u32>,
+    ) -> Option<BTreeMap<String, Readback>> {
+        self.only_ours_since_verified(after)?;
+        if self.guard_may_exist || !links.iter().all(|l| self.shapes.contains_key(&l.name)) {
+            return None;
+        }
+        if !self.site_locked().ok()? || self.generation() != after {
+            return None;
+        }
+        let seen: BTreeMap<String, Readback> = links
+            .iter()
+            .map(|l| {
+                let holds = match self.keys.get(&l.name) {
+                    Some(k) => readback::Holds::of_keys(k, |_, _| true),
+                    None => readback::Holds::Part("not in the table's maps".into()),
+                };
+                let state = readback::judge_shape(l, self.shapes[&l.name], holds);
+                (
+                    l.name.clone(),
+                    Readback {
+                        state,
+                        guarded: false,
+                    },
+                )
+            })
+            .collect();
+        self.verified_gen = after;
+        self.verified = seen.clone();
+        Some(seen)
     }
 
     /// Per link, its keys that the kernel's `open_` maps do not dispatch
@@ -421,6 +509,7 @@ impl Firewall for Nft {
         self.opened.clear();
         self.lock_loaded.clear();
         self.pending.clear();
+        self.site_flip = None;
         self.keys = dispatch::owned(links);
         self.targets = links.iter().map(|l| (l.name.clone(), l.clone())).collect();
         let mut script = skeleton(&self.table, links);
@@ -452,6 +541,9 @@ impl Firewall for Nft {
                 FwError::refused(format!("link {}: open ruleset refused: {e}", link.name))
             })?,
         };
+        if state == Enforcement::Open {
+            self.end_site_lock()?;
+        }
         let what = format!("load {state} rules for link {}", link.name);
         let name = &link.name;
         // Whatever happens, only a success proves what the chains hold.
@@ -523,6 +615,16 @@ impl Firewall for Nft {
         self.settle_stages()
     }
 
+    fn lock_site(&mut self) -> Result<bool, FwError> {
+        let change = [Change::Add(SITE_SET, &BOTH_FAMILIES, None)];
+        crate::log::debug(format_args!("fw: netlink {change:?}"));
+        self.seq = self.seq.wrapping_add(6);
+        self.site_may_be_locked = true;
+        netlink::transact(&self.table, self.seq, &change, "site lock").map_err(FwError::refused)?;
+        self.site_flip = Some(self.generation());
+        Ok(true)
+    }
+
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
         // lock_<link> holds our text, handshakes first.
         self.handshakes && self.staged.contains_key(&link.name)
@@ -554,6 +656,11 @@ impl Firewall for Nft {
         }
         if let Some(name) = only {
             return self.observe_one(links, name);
+        }
+        if let Some(after) = self.site_flip.take() {
+            if let Some(seen) = self.observe_site(links, after) {
+                return Ok(seen);
+            }
         }
         let gen_before = self.generation();
         if gen_before.is_some()

@@ -26,6 +26,11 @@ struct Kernel {
     /// Links whose lockdown was loaded from the bundle (not the drop):
     /// it lets WireGuard handshakes through.
     handshakes: BTreeSet<String>,
+    /// The backend has a site lock; it answers Ok but changes nothing.
+    site_lock: bool,
+    site_lies: bool,
+    /// The site lock holds: every link reads locked.
+    site: bool,
 }
 
 #[derive(Default)]
@@ -74,10 +79,25 @@ impl Firewall for Fake {
                 k.handshakes.insert(l.name.clone());
             }
             Enforcement::Open => {
+                // As nft's: an open ends the site lock, each link locked.
+                if std::mem::take(&mut k.site) {
+                    for s in k.chain.values_mut() {
+                        *s = Observed::Locked;
+                    }
+                }
                 k.chain.insert(l.name.clone(), Observed::Open);
             }
         }
         Ok(())
+    }
+    fn lock_site(&mut self) -> Result<bool, FwError> {
+        let mut k = self.k.lock().unwrap();
+        if !k.site_lock {
+            return Ok(false);
+        }
+        k.calls.push("site".into());
+        k.site |= !k.site_lies;
+        Ok(true)
     }
     fn clear(&mut self, l: &LinkTarget) -> Result<(), FwError> {
         let mut k = self.k.lock().unwrap();
@@ -102,11 +122,10 @@ impl Firewall for Fake {
             .iter()
             .filter(|l| only.is_none_or(|o| o == l.name))
             .map(|l| {
-                let state = k
-                    .chain
-                    .get(&l.name)
-                    .cloned()
-                    .unwrap_or(Observed::unknown("empty"));
+                let state = match k.site {
+                    true => Observed::Locked,
+                    false => (k.chain.get(&l.name).cloned()).unwrap_or(Observed::unknown("empty")),
+                };
                 let guarded = k.guard.contains(&l.name);
                 (l.name.clone(), Readback { state, guarded })
             })
@@ -729,4 +748,38 @@ fn a_tick_defers_opens_but_never_a_lockdown() {
     assert!(calls(&k).iter().any(|c| c.starts_with("apply dr lockdown")));
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
     assert!(l.opening.is_empty());
+}
+
+/// `lock_all`: one site lock, read back, and no flip per link; the
+/// `lockdown` events and the state file as for a link's own lockdown. A
+/// site lock that changed nothing, or none, is caught by the read-back
+/// and each link walks its ladder.
+#[test]
+fn lock_all_is_one_site_lock_proven_by_the_read_back() {
+    let b = bundle();
+    for (site_lock, site_lies, want) in [
+        (true, false, vec!["site"]),
+        (true, true, vec!["site", "apply dr lockdown drop"]),
+        (false, false, vec!["apply dr lockdown drop"]),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let knobs = Kernel {
+            site_lock,
+            site_lies,
+            ..Kernel::default()
+        };
+        let (mut l, k) = opened(fake(knobs), t.path());
+        let changed = l.lock_all(LockReason::Operator, Some(&b), OpenedBy::Operator);
+        assert_eq!(calls(&k), want, "site lock {site_lock}, lies {site_lies}");
+        assert_eq!(changed, [("dr".to_string(), Enforcement::Lockdown)]);
+        assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+        assert!(!l.links["dr"].lock_failed);
+        let st = state::load(&t.path().join("state")).unwrap().unwrap();
+        assert!(st.links["dr"].reasons.contains(LockReason::Operator));
+        // The operator's unlock opens it: the site lock ends first.
+        l.set_parent_reason("dr", LockReason::Operator, false);
+        l.converge("dr", Some(&b), OpenedBy::Operator, false);
+        assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+        assert!(!k.lock().unwrap().site);
+    }
 }

@@ -13,9 +13,12 @@
 //! - set `keys_<k>`: every key of the maps, for the drop that follows the
 //!   jump (a lookup in a map itself is refused by Linux 6.1);
 //! - set `locked_<k>`: the keys of the links that are locked, the only
-//!   thing a flip changes (no verdict, so no table re-validation).
+//!   thing a flip changes (no verdict, so no table re-validation);
 //!
-//! Every base chain walks the same four rules per kind, whatever the
+//! and set `site` (type nf_proto) locks every link while it holds `ipv4`
+//! and `ipv6`.
+//!
+//! Every base chain walks the same six rules per kind, whatever the
 //! number of links (see [`BaseRule`]). Why no set per link: nft and the
 //! kernel find a set by name in a list, so 30,000 per-link sets took a
 //! minute to load; chains cost a few microseconds each.
@@ -29,6 +32,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::ruleset::LinkTarget;
+
+/// The site lock's set: `ipv4` and `ipv6` in it lock every link.
+pub const SITE_SET: &str = "site";
 
 /// A kind of key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -122,12 +128,23 @@ impl KeyExpr {
     }
 }
 
-/// The four rules each base chain holds per key, in this order. A locked
-/// key takes its lockdown chain and is dropped whatever that chain does;
-/// an open key takes its link chain and is dropped unless that chain
-/// accepts. Both jumps also need the dead-man switch's heartbeat.
+/// The six rules each base chain holds per key, in this order. While the
+/// site is locked every key takes its lockdown chain and is dropped; a
+/// locked key likewise; an open key takes its link chain and is dropped
+/// unless that chain accepts. Every jump also needs the dead-man switch's
+/// heartbeat.
+///
+/// The site lock (set `site`, type nf_proto, holding `ipv4` and `ipv6`)
+/// locks every link in one transaction of two elements whatever the
+/// number of links: a lockdown of the whole gateway (the engine lost, a
+/// stop with `on_stop = "lockdown"`, `qkdctl lockdown all`) changes one
+/// set, not 10,000 links' keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// `meta nfproto @alive meta nfproto @site <key> vmap @lock_<k>`
+    SiteLock,
+    /// `meta nfproto @site <key> @keys_<k> drop`
+    SiteDrop,
     /// `meta nfproto @alive <key> @locked_<k> <key> vmap @lock_<k>`
     Lock,
     /// `<key> @locked_<k> drop`
@@ -139,7 +156,14 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 4] = [Step::Lock, Step::LockedDrop, Step::Open, Step::OpenDrop];
+    pub const ALL: [Step; 6] = [
+        Step::SiteLock,
+        Step::SiteDrop,
+        Step::Lock,
+        Step::LockedDrop,
+        Step::Open,
+        Step::OpenDrop,
+    ];
 }
 
 /// One rule of a base chain.
@@ -162,6 +186,11 @@ impl BaseRule {
     pub fn text(self, alive: &str) -> String {
         let (k, kind) = (self.key.text(), self.key.kind());
         match self.step {
+            Step::SiteLock => format!(
+                "meta nfproto @{alive} meta nfproto @{SITE_SET} {k} vmap @{}",
+                kind.lock_map()
+            ),
+            Step::SiteDrop => format!("meta nfproto @{SITE_SET} {k} @{} drop", kind.keys_set()),
             Step::Lock => format!(
                 "meta nfproto @{alive} {k} @{} {k} vmap @{}",
                 kind.locked_set(),
@@ -320,10 +349,19 @@ mod tests {
     }
 
     #[test]
-    fn every_base_chain_has_four_rules_per_key() {
-        assert_eq!(BaseRule::of_hook("input").len(), 12);
-        assert_eq!(BaseRule::of_hook("forward").len(), 8);
-        let r = BaseRule::of_hook("input");
+    fn every_base_chain_has_six_rules_per_key() {
+        assert_eq!(BaseRule::of_hook("input").len(), 18);
+        assert_eq!(BaseRule::of_hook("forward").len(), 12);
+        let all = BaseRule::of_hook("input");
+        assert_eq!(
+            all[0].text("alive"),
+            "meta nfproto @alive meta nfproto @site ip saddr . udp sport vmap @lock_4"
+        );
+        assert_eq!(
+            all[1].text("alive"),
+            "meta nfproto @site ip saddr . udp sport @keys_4 drop"
+        );
+        let r = &all[2..];
         assert_eq!(
             r[0].text("alive"),
             "meta nfproto @alive ip saddr . udp sport @locked_4 ip saddr . udp sport vmap @lock_4"
@@ -335,7 +373,7 @@ mod tests {
         );
         assert_eq!(r[3].text("alive"), "ip saddr . udp sport @keys_4 drop");
         assert_eq!(
-            BaseRule::of_hook("output")[9].text("x"),
+            BaseRule::of_hook("output")[15].text("x"),
             "oifname @locked_if drop"
         );
     }

@@ -13,9 +13,11 @@
 //!   map lock_4   (same keys)                                   peer . port : jump lock_<link>
 //!   set keys_4   (same type)    every key of the maps (for the drops)
 //!   set locked_4 (same type)    the keys of locked links: empty, every link open
+//!   set site     { type nf_proto }  ipv4 and ipv6 in it: every link locked
 //!   ... _6 (ipv6_addr . inet_service), _if (ifname: the WireGuard interface)
 //!   chain input   (hook input,   priority filter - 10, policy accept)
-//!     per key kind: locked -> jump lock_<link>, then drop;
+//!     per key kind: site locked -> jump lock_<link>, then drop;
+//!                   locked -> jump lock_<link>, then drop;
 //!                   otherwise -> jump link_<link>, then drop
 //!   chain output, chain forward: likewise
 //!   chain link_<link>   the open statements (tagged)
@@ -24,7 +26,9 @@
 //!
 //! A flip adds the link's keys to the `locked_` sets or deletes them (over
 //! netlink, see `parent/fw/nft/netlink.rs`): no rule, no jump, no process,
-//! and no set per link. The chains are loaded with `nft -f` when a policy
+//! and no set per link. A lockdown of every link adds two elements to
+//! `site`; it ends by moving every link's keys to the `locked_` sets and
+//! emptying `site`, in one transaction. The chains are loaded with `nft -f` when a policy
 //! activates or a link's text changes.
 //!
 //! Every protected packet is sent to its link chain and dropped unless that
@@ -55,7 +59,7 @@ use super::LinkTarget;
 
 pub mod dispatch;
 
-use dispatch::{BaseRule, KeyExpr, Kind, LinkKeys};
+use dispatch::{BaseRule, KeyExpr, Kind, LinkKeys, SITE_SET};
 
 /// Comment of the tag rule heading an open `link_<link>` (then the count).
 pub const OPEN_TAG: &str = "qkdpfd open n=";
@@ -200,7 +204,7 @@ const CHUNK: usize = 512;
 
 /// The table, base chains and dispatch maps, rebuilt in one transaction;
 /// link chains are created if missing (empty = locked) and never flushed
-/// here, nor are the `locked_` sets (a reload keeps a lockdown).
+/// here, nor are the `locked_` sets and `site` (a reload keeps a lockdown).
 pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
     let mut s = format!("add table inet {table}\n");
     // The dead-man switch's set: never flushed here (its elements are the
@@ -220,6 +224,11 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
             n = l.name
         ));
     }
+    // Like the `locked_` sets, never flushed here: a site lock outlives a
+    // restart (the engine lost, then `rcctl start`).
+    s.push_str(&format!(
+        "add set inet {table} {SITE_SET} {{ type nf_proto; }}\n"
+    ));
     let owned = dispatch::owned(links);
     for kind in Kind::ALL {
         let ty = kind.nft_type();
@@ -325,6 +334,15 @@ pub fn lock_new_keys(table: &str, new: &[LinkKeys]) -> String {
         let elems: Vec<String> = new.iter().flat_map(|k| k.script_elems(kind)).collect();
         push_elements(&mut s, "add", table, &kind.locked_set(), &elems);
     }
+    s
+}
+
+/// Ends a site lock without opening anything: every link's keys (`keys`,
+/// as each owns them) added to the `locked_` sets and `site` emptied, in
+/// one transaction.
+pub fn end_site_lock(table: &str, keys: &[LinkKeys]) -> String {
+    let mut s = lock_new_keys(table, keys);
+    s.push_str(&format!("flush set inet {table} {SITE_SET}\n"));
     s
 }
 
@@ -585,8 +603,13 @@ mod tests {
             .collect();
         let big = skeleton("qkdpfd", &many);
         let rules = |t: &str| t.lines().filter(|l| l.starts_with("add rule")).count();
-        assert_eq!(rules(&s), 32);
-        assert_eq!(rules(&big), 32, "the base chains do not grow with links");
+        assert_eq!(rules(&s), 48);
+        assert_eq!(rules(&big), 48, "the base chains do not grow with links");
+        assert!(s.contains("add set inet qkdpfd site { type nf_proto; }\n"));
+        assert!(
+            !s.contains("flush set inet qkdpfd site"),
+            "a site lock outlives a restart"
+        );
         // 1,000 links on one address: l0 owns it.
         assert_eq!(big.matches("198.51.100.2 . 51820 : jump").count(), 2);
         assert!(big.contains("\"wg999\" : jump link_l999"));

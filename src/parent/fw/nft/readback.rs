@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::super::{Observed, Readback};
 use crate::ruleset::LinkTarget;
-use crate::ruleset::nft::dispatch::{self, BaseRule, KeyExpr, Kind, LinkKeys, Step};
+use crate::ruleset::nft::dispatch::{self, BaseRule, KeyExpr, Kind, LinkKeys, SITE_SET, Step};
 use crate::ruleset::nft::{
     ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, guard_set, protected_matches,
 };
@@ -228,7 +228,10 @@ pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
     let alive = lookup(json!({"meta": {"key": "nfproto"}}), ALIVE_SET.to_string());
     let vmap = |map: String| json!({"vmap": {"key": key.clone(), "data": format!("@{map}")}});
     let drop = json!({"drop": null});
+    let site = lookup(json!({"meta": {"key": "nfproto"}}), SITE_SET.to_string());
     match r.step {
+        Step::SiteLock => vec![alive, site, vmap(kind.lock_map())],
+        Step::SiteDrop => vec![site, lookup(key.clone(), kind.keys_set()), drop],
         Step::Lock => vec![
             alive,
             lookup(key.clone(), kind.locked_set()),
@@ -327,13 +330,18 @@ fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> 
 }
 
 fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> Observed {
-    let holds = Holds::of(keys, |kind| {
-        let have = &t.sets[&kind.locked_set()];
-        keys.texts(kind)
-            .iter()
-            .filter(|k| have.contains(*k))
-            .count()
-    });
+    // The site lock sends every key of `keys_` (checked above) to its
+    // lockdown chain, then drops it, as if each were in `locked_`.
+    let holds = match site_locked(t) {
+        true => Holds::of(keys, |kind| keys.texts(kind).len()),
+        false => Holds::of(keys, |kind| {
+            let have = &t.sets[&kind.locked_set()];
+            keys.texts(kind)
+                .iter()
+                .filter(|k| have.contains(*k))
+                .count()
+        }),
+    };
     let mut shape = shape(link, t);
     // A link new to the table: its lockdown chain was made empty and every
     // key put in the `locked_` sets, in the skeleton's transaction. An empty
@@ -349,6 +357,15 @@ fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bo
         shape.lock = Chain::Drop;
     }
     judge_shape(link, shape, holds)
+}
+
+/// Whether set `site` holds both families: the base chains (checked in
+/// the same listing) then lock every link. One family alone locks only
+/// that family's traffic, which a link's own state does not depend on.
+pub fn site_locked(t: &Listing) -> bool {
+    t.sets
+        .get(SITE_SET)
+        .is_some_and(|s| s.contains("ipv4") && s.contains("ipv6"))
 }
 
 /// Which of a link's keys are in the `locked_` sets.
@@ -596,6 +613,49 @@ mod tests {
     }
 
     #[test]
+    fn the_site_lock_locks_an_open_link() {
+        let site = |elems: Value| {
+            move |items: &mut Vec<Value>| {
+                items.push(json!({"set": {"name": SITE_SET, "type": "nf_proto", "elem": elems}}))
+            }
+        };
+        let l = listing(
+            open_rules(),
+            lock_rules(),
+            false,
+            site(json!(["ipv4", "ipv6"])),
+        );
+        assert!(site_locked(&l));
+        assert_eq!(state(&l), Observed::Locked);
+        // One family only: the link's own state decides.
+        let l = listing(open_rules(), lock_rules(), false, site(json!(["ipv4"])));
+        assert_eq!(state(&l), Observed::Open);
+        let l = listing(open_rules(), lock_rules(), false, site(json!([])));
+        assert_eq!(state(&l), Observed::Open);
+        // A lockdown chain not as loaded proves nothing, site lock or not.
+        let tampered = vec![rule("lock_dr", &[json!({"accept": null})], None)];
+        let l = listing(open_rules(), tampered, false, site(json!(["ipv4", "ipv6"])));
+        assert!(
+            matches!(state(&l), Observed::Unknown { .. }),
+            "{}",
+            state(&l)
+        );
+        // Without its base rules the site set locks nothing: damaged.
+        let l = listing(open_rules(), lock_rules(), false, |items| {
+            site(json!(["ipv4", "ipv6"]))(items);
+            items.retain(|i| {
+                i["rule"]["expr"].to_string().matches("@site").count() == 0
+                    || i["rule"]["chain"] != "input"
+            });
+        });
+        assert!(
+            matches!(state(&l), Observed::Unknown { skeleton: true, .. }),
+            "{}",
+            state(&l)
+        );
+    }
+
+    #[test]
     fn a_new_link_is_locked_by_its_keys_and_an_empty_lock_chain() {
         // As the skeleton leaves a link new to the table: both chains
         // empty, every key in the locked_ sets.
@@ -717,7 +777,7 @@ mod tests {
         };
         // A foreign accept in a base chain.
         let why = damaged(&|i| i.push(rule("input", &[json!({"accept": null})], None)));
-        assert!(why.contains("input: 13 rules"), "{why}");
+        assert!(why.contains("input: 19 rules"), "{why}");
         // A base rule's key changed (daddr for saddr).
         let why = damaged(&|i| {
             for x in i.iter_mut() {
