@@ -253,6 +253,18 @@ fn operator_lockdown_survives_restart() {
     gw.ctl_ok(&["unlock", "dr"]);
     gw.wait_state("open", Duration::from_secs(2));
     assert_eq!(gw.pings(3), 3);
+    // `all` locks every link at once (the site lock) and opens them one
+    // per turn of the daemon's loop: the reply says "opening".
+    gw.ctl_ok(&["lockdown", "all"]);
+    assert_eq!(gw.pings(3), 0, "lockdown all drops");
+    let out = gw.ctl_ok(&["unlock", "all"]);
+    assert_eq!(out.trim(), "dr: opening", "{out}");
+    gw.wait_state("open", Duration::from_secs(2));
+    assert_eq!(gw.pings(3), 3);
+    assert_eq!(
+        gw.log().matches("event=unlock link=dr by=operator").count(),
+        2
+    );
     // A second instance refuses while the socket answers.
     let o = gw.qkdpfd(&["-d"]);
     assert!(!o.status.success());

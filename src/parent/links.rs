@@ -135,7 +135,8 @@ pub struct Links {
     /// transaction that waits (about 10 ms at 10,000 links): a tick that
     /// opened 10,000 links at once kept lockdowns and the dead-man switch's
     /// heartbeat waiting for 2 minutes.
-    pub opening: BTreeSet<String>,
+    /// Each with who asked for it, for the `unlock` event.
+    pub opening: BTreeMap<String, OpenedBy>,
     /// Set by the daemon's main loop; off, a tick opens links itself.
     pub defer_opens: bool,
     /// While set, a link's change is not journaled on its own: the caller
@@ -173,7 +174,7 @@ impl Links {
             session_due: BTreeSet::new(),
             session_made: None,
             journaled: 0,
-            opening: BTreeSet::new(),
+            opening: BTreeMap::new(),
             defer_opens: false,
             hold_writes: false,
         }
@@ -313,8 +314,7 @@ impl Links {
         self.check_restored_peers();
         let mut changed = Vec::new();
         for (name, was) in before {
-            if self.defer_opens && self.would_open(&name) {
-                self.opening.insert(name);
+            if self.queue_open(&name, by) {
                 continue;
             }
             self.converge(&name, bundle, by, false);
@@ -336,11 +336,21 @@ impl Links {
         })
     }
 
-    /// Converges the next link a tick queued to open; its name, and its
-    /// new enforcement if that changed.
+    /// With `defer_opens`, queues the link for [`Links::open_next`] if
+    /// `converge` would open it; whether it did.
+    pub fn queue_open(&mut self, name: &str, by: OpenedBy) -> bool {
+        if !self.defer_opens || !self.would_open(name) {
+            return false;
+        }
+        self.opening.entry(name.to_string()).or_insert(by);
+        true
+    }
+
+    /// Converges the next link queued to open; its name, and its new
+    /// enforcement if that changed.
     pub fn open_next(&mut self, bundle: Option<&Bundle>) -> Option<(String, Option<Enforcement>)> {
-        let name = self.opening.pop_first()?;
-        let changed = self.converge(&name, bundle, OpenedBy::Auto, false);
+        let (name, by) = self.opening.pop_first()?;
+        let changed = self.converge(&name, bundle, by, false);
         Some((name, changed))
     }
 

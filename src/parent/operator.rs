@@ -41,7 +41,9 @@ pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
 
 /// `qkdctl unlock [-f] LINK|all`: clears `operator`; `-f` also every
 /// other parent-owned reason but `no-policy` (logged at alert priority).
-/// Answers with what the kernel now shows for each link.
+/// Answers with what the kernel now shows for each link, or, for `all`,
+/// `opening` for a link the main loop opens next (its `unlock` event
+/// follows, or `unlock_failed`).
 pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
     let names = match targets_of(p, t) {
         Ok(n) => n,
@@ -56,6 +58,14 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
             p.links.set_parent_reason(n, LockReason::PskDrift, false);
             p.links.set_parent_reason(n, LockReason::NoKey, false);
             log::event(Event::UnlockForced).kv("link", n).send();
+        }
+        // `all`: each open waits for the kernel (about 10 ms at 10,000
+        // links), so they open one per turn of the main loop, as a tick's
+        // do; inline, `unlock all` at 10,000 links held the loop 137 s, the
+        // dead-man switch dropped everything and the engine was declared lost.
+        if *t == Target::All && p.links.queue_open(n, OpenedBy::Operator) {
+            lines.push(format!("{n}: opening"));
+            continue;
         }
         p.links
             .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);

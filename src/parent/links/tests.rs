@@ -730,7 +730,7 @@ fn a_tick_defers_opens_but_never_a_lockdown() {
     assert_eq!(l.reconcile(Some(&b), OpenedBy::Auto), []);
     assert!(calls(&k).iter().all(|c| !c.starts_with("apply")));
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
-    assert!(l.opening.contains("dr"));
+    assert!(l.opening.contains_key("dr"));
     // Queued twice by two ticks, opened once.
     l.reconcile(Some(&b), OpenedBy::Auto);
     assert_eq!(
