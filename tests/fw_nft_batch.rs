@@ -268,6 +268,16 @@ fn a_site_lock_locks_every_link_in_one_transaction() {
         assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
     }
     assert!(!ping(&r.ns, "10.99.0.2"), "kept by a restart");
+    // Every lockdown chain is in force: a preload waits.
+    r.fw.stage(&ls[1], Enforcement::Lockdown, "drop").unwrap();
+    assert!(r.fw.settle().is_empty());
+    assert!(
+        rules(&r.ns, "lock_l1")
+            .iter()
+            .any(|l| l.contains("counter")),
+        "{:?}",
+        rules(&r.ns, "lock_l1")
+    );
 
     // An open ends it: the other links locked on their own.
     r.fw.apply(&ls[4], Enforcement::Open, "accept").unwrap();

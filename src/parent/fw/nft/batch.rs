@@ -12,7 +12,8 @@
 //!   An open link's chain is in force: it changes only by its own apply;
 //! - the lockdown chains that `stage` asked for are loaded by `settle`, in
 //!   one run, for the links none of whose keys is in the `locked_` sets
-//!   (the chain is not taken).
+//!   (the chain is not taken), and none while the site lock holds (every
+//!   lockdown chain is taken then).
 
 use std::collections::{HashMap, HashSet};
 
@@ -78,6 +79,17 @@ impl Nft {
     pub(super) fn settle_stages(&mut self) -> Vec<(String, FwError)> {
         if self.pending.is_empty() {
             return Vec::new();
+        }
+        // Under a site lock every lockdown chain is in force: they wait
+        // for the next settle after it ends (the next open ends it).
+        match self.site_locked() {
+            Ok(false) => {}
+            Ok(true) => return Vec::new(),
+            Err(e) => {
+                let e = FwError::refused(format!("preload lockdown rules: {e}"));
+                let pending = std::mem::take(&mut self.pending);
+                return pending.into_keys().map(|n| (n, e.clone())).collect();
+            }
         }
         let pending = std::mem::take(&mut self.pending);
         let locked = match self.locked_now() {

@@ -1,0 +1,177 @@
+//! Every link locked at once, side by side (BENCHMARKS.md, issue 13 item
+//! 3). Needs root and nft: a private network namespace (this thread moves
+//! into it, so the backend's netlink reaches its nftables) holding qkdpfd's
+//! table for N links, all open with their lockdown preloaded. Then, each
+//! measured from the call to every link read back locked:
+//!
+//! - the site lock (`Firewall::lock_site`: two elements into set `site`,
+//!   one netlink transaction whatever N), then the read-back of every link
+//!   (`observe`), R rounds;
+//! - link by link, as the daemon locked every link before the site lock
+//!   (the engine lost, a stop, `lockdown all`): each link's `apply` (its
+//!   keys into the `locked_` sets, one transaction each) and its own
+//!   read-back, once;
+//! - every link's keys in one transaction (`nft -f`, what ending a site
+//!   lock runs), once: one commit, but its size grows with N.
+//!
+//! Between rounds the sets are emptied again behind the backend's back, and
+//! a full read-back (a listing) shows every link open before the next.
+//!
+//! `cargo bench --features testing --bench site` (QKD_BENCH_LINKS=a,b
+//! default "100,1000,10000"; QKD_BENCH_ROUNDS=R default 20).
+
+#[path = "common/nft.rs"]
+mod nft;
+#[path = "common/stats.rs"]
+mod stats;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qkdpfd::lock::Enforcement;
+use qkdpfd::parent::fw::nft::netlink::{self, Change};
+use qkdpfd::parent::fw::{self, Firewall, Observed};
+use qkdpfd::ruleset::LinkTarget;
+use qkdpfd::ruleset::nft::dispatch::{Kind, LinkKeys, SITE_SET};
+
+const OPEN: &str = "ip saddr $peer4 udp sport $wg_port counter accept\niifname $wg_if accept\n";
+const LOCKDOWN: &str = "counter drop\n";
+
+fn link(i: usize) -> LinkTarget {
+    LinkTarget {
+        name: format!("l{i}"),
+        wg_if: format!("wq{i}"),
+        wg_port: 51820,
+        rdomain: 0,
+        addrs4: vec![Ipv4Addr::from(0x0a40_0000 + i as u32)],
+        addrs6: vec![],
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Empties the `locked_` sets and `site` in one transaction, behind the
+/// backend's back: every link open again.
+fn open_all(seq: &mut u32) {
+    let sets: Vec<String> = Kind::ALL.iter().map(|k| k.locked_set()).collect();
+    let mut changes: Vec<Change<'_>> = sets.iter().map(|s| Change::Flush(s)).collect();
+    changes.push(Change::Flush(SITE_SET));
+    *seq += 16;
+    netlink::transact("qkdpfd", *seq, &changes, "open all").expect("open all");
+}
+
+/// Every link's state as the backend reads it back; panics unless all are `want`.
+fn all_are(fw: &mut Box<dyn Firewall>, links: &[LinkTarget], want: &Observed) {
+    let seen = fw.observe(links, None).expect("observe");
+    let bad: Vec<_> = seen.iter().filter(|(_, r)| r.state != *want).collect();
+    assert!(bad.is_empty(), "not {want}: {:?}", &bad[..bad.len().min(3)]);
+}
+
+fn micros(t: Instant) -> u64 {
+    t.elapsed().as_micros() as u64
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("site bench: needs root (a network namespace, nftables)");
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("QKD_BENCH_LINKS")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let rounds = env_usize("QKD_BENCH_ROUNDS", 20).max(1);
+    let ns = format!("qkdsite{}", std::process::id());
+    let ok = Command::new("ip").args(["netns", "add", &ns]).status();
+    assert!(ok.is_ok_and(|s| s.success()), "ip netns add");
+    nft::enter_netns(&ns);
+    let conf = nft::nft_conf();
+    let tmp = std::env::temp_dir();
+    let mut seq = 5_000_000u32;
+    for n in sizes {
+        let links: Vec<LinkTarget> = (0..n).map(link).collect();
+        let mut fw = fw::new(&conf, Path::new(&tmp));
+        fw.init(&links).expect("init");
+        fw.keep_alive(Some(Duration::from_secs(600)))
+            .expect("alive");
+        // One slow open loads the open text into every locked link's
+        // chain; emptying the sets then opens them all.
+        fw.apply(&links[0], Enforcement::Open, OPEN).expect("open");
+        open_all(&mut seq);
+        for l in &links {
+            fw.stage(l, Enforcement::Lockdown, LOCKDOWN).expect("stage");
+        }
+        assert!(fw.settle().is_empty(), "stage");
+        all_are(&mut fw, &links, &Observed::Open);
+        println!("{n} links:");
+
+        let (mut commit, mut proven) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = Instant::now();
+            assert!(fw.lock_site().expect("site lock"), "nft has a site lock");
+            commit.push(micros(t));
+            all_are(&mut fw, &links, &Observed::Locked);
+            proven.push(micros(t));
+            open_all(&mut seq);
+            all_are(&mut fw, &links, &Observed::Open);
+        }
+        commit.sort_unstable();
+        proven.sort_unstable();
+        println!(
+            "  site lock, the transaction ({rounds} rounds): {}",
+            stats::percentiles_ms(&commit)
+        );
+        println!(
+            "  site lock, every link read back locked:     {}",
+            stats::percentiles_ms(&proven)
+        );
+
+        // Link by link, each flip read back as the daemon does.
+        let t = Instant::now();
+        let mut flips = Vec::with_capacity(n);
+        for l in &links {
+            let f = Instant::now();
+            fw.apply(l, Enforcement::Lockdown, LOCKDOWN)
+                .expect("lockdown");
+            let rb = fw.observe(&links, Some(&l.name)).expect("read back");
+            assert_eq!(rb[&l.name].state, Observed::Locked, "{}", l.name);
+            flips.push(micros(f));
+        }
+        let total = t.elapsed();
+        all_are(&mut fw, &links, &Observed::Locked);
+        flips.sort_unstable();
+        println!(
+            "  link by link: every link locked and read back {:.3} s; one link {}",
+            total.as_secs_f64(),
+            stats::percentiles_ms(&flips)
+        );
+        open_all(&mut seq);
+        all_are(&mut fw, &links, &Observed::Open);
+
+        // Every key in one transaction: one commit, N links' elements.
+        let keys: Vec<LinkKeys> = links.iter().map(LinkKeys::all).collect();
+        let script = qkdpfd::ruleset::nft::lock_new_keys("qkdpfd", &keys);
+        let t = Instant::now();
+        let status = nft::spawn_nft(&script).wait().expect("nft");
+        let one = t.elapsed();
+        assert!(status.success(), "nft -f refused the keys");
+        all_are(&mut fw, &links, &Observed::Locked);
+        println!(
+            "  every link's keys in one nft -f: {:.3} s ({} KiB of script)",
+            one.as_secs_f64(),
+            script.len() / 1024
+        );
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "qkdpfd"])
+            .status();
+    }
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+}
