@@ -63,12 +63,6 @@ pub struct Listing {
     pub maps: HashMap<String, HashMap<String, String>>,
 }
 
-#[derive(serde::Deserialize)]
-struct Top<'a> {
-    #[serde(borrow)]
-    nftables: Vec<Item<'a>>,
-}
-
 /// One element of the listing; others (metainfo, table) are skipped.
 #[derive(serde::Deserialize)]
 struct Item<'a> {
@@ -144,14 +138,84 @@ fn verdict_text(v: &Value) -> String {
 
 /// Parses `nft -j list table` output. Anything but the expected shape is
 /// an error: a listing we cannot read proves nothing.
+///
+/// Item by item, never the whole list at once, and a rule of a chain that
+/// is not a base chain keeps its expressions only when it is a bare drop:
+/// judging a link chain needs its length, its tag comment and whether it
+/// starts or ends with a drop (see [`shape`]). At 10,000 links the whole
+/// parse held 40 MiB; the base chains are kept whole.
 pub fn parse(json: &str) -> Result<Listing, String> {
-    let top: Top<'_> = serde_json::from_str(json).map_err(|e| format!("nft -j output: {e}"))?;
+    use serde::de::DeserializeSeed;
     let mut out = Listing::default();
-    for item in top.nftables {
+    let mut de = serde_json::Deserializer::from_str(json);
+    Top(&mut out)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("nft -j output: {e}"))?;
+    Ok(out)
+}
+
+/// The top object: its `nftables` list goes item by item into the listing.
+struct Top<'l>(&'l mut Listing);
+
+/// The `nftables` list, item by item.
+struct Items<'l>(&'l mut Listing);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Top<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Top<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object with an nftables list")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "nftables" {
+                map.next_value_seed(Items(&mut *self.0))?;
+                seen = true;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        match seen {
+            true => Ok(()),
+            false => Err(serde::de::Error::missing_field("nftables")),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of nftables objects")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<Item<'de>>()? {
+            self.0.add(item);
+        }
+        Ok(())
+    }
+}
+
+impl Listing {
+    fn add(&mut self, item: Item<'_>) {
         if let Some(c) = item.chain {
-            out.chains.entry(c.name.to_string()).or_default();
+            self.chains.entry(c.name.to_string()).or_default();
             if let Some(h) = c.hook {
-                out.hooks.insert(c.name.to_string(), h.to_string());
+                self.hooks.insert(c.name.to_string(), h.to_string());
             }
         } else if let Some(s) = item.set {
             let elems = s
@@ -159,7 +223,7 @@ pub fn parse(json: &str) -> Result<Listing, String> {
                 .iter()
                 .map(|e| element_text(&serde_json::from_str(e.get()).unwrap_or(Value::Null)))
                 .collect();
-            out.sets.insert(s.name.to_string(), elems);
+            self.sets.insert(s.name.to_string(), elems);
         } else if let Some(m) = item.map {
             let mut elems = HashMap::new();
             for e in &m.elem {
@@ -168,19 +232,25 @@ pub fn parse(json: &str) -> Result<Listing, String> {
                     elems.insert(element_text(k), verdict_text(d));
                 }
             }
-            out.maps.insert(m.name.to_string(), elems);
+            self.maps.insert(m.name.to_string(), elems);
         } else if let Some(r) = item.rule {
-            let expr = r.expr.iter().map(|e| Expr(e.get().to_string())).collect();
-            out.chains
-                .entry(r.chain.to_string())
-                .or_default()
-                .push(Rule {
-                    expr,
-                    comment: r.comment.map(|c| c.to_string()),
-                });
+            let mut rule = Rule {
+                expr: r.expr.iter().map(|e| Expr(e.get().to_string())).collect(),
+                comment: r.comment.map(|c| c.to_string()),
+            };
+            // A chain declared without a hook (nft lists every chain
+            // before any rule): only its shape is judged.
+            let link_chain = self.chains.contains_key(r.chain.as_ref())
+                && !self.hooks.contains_key(r.chain.as_ref());
+            if link_chain && !bare_drop(&rule) {
+                rule.expr = Vec::new();
+            }
+            match self.chains.get_mut(r.chain.as_ref()) {
+                Some(rules) => rules.push(rule),
+                None => drop(self.chains.insert(r.chain.to_string(), vec![rule])),
+            }
         }
     }
-    Ok(out)
 }
 
 fn is_verdict(e: &Expr, verdict: &str) -> bool {
@@ -610,6 +680,27 @@ mod tests {
         // The boot script: the link chain a drop, nothing locked.
         let boot = listing(drop_rule("link_dr"), vec![], false, |_| {});
         assert_eq!(state(&boot), Observed::Locked);
+    }
+
+    #[test]
+    fn a_link_chain_keeps_its_shape_not_its_statements() {
+        let l = listing(open_rules(), lock_rules(), false, |_| {});
+        assert!(l.chains["input"].iter().all(|r| !r.expr.is_empty()));
+        let (open, lock) = (&l.chains["link_dr"], &l.chains["lock_dr"]);
+        assert_eq!((open.len(), lock.len()), (2, 3));
+        assert!(open[0].expr.is_empty(), "the tag: its comment is enough");
+        assert_eq!(open[0].comment.as_deref(), Some("qkdpfd open n=1"));
+        assert!(open[1].expr.is_empty(), "accept");
+        assert!(bare_drop(&lock[1]) && bare_drop(&lock[2]), "drops kept");
+        assert_eq!(
+            shape(&dr(), &l),
+            Shape {
+                link: Chain::Whole,
+                lock: Chain::Whole
+            }
+        );
+        assert!(parse(r#"{"other": 1}"#).is_err(), "no nftables list");
+        assert!(parse(r#"{"nftables": [{"rule": 1}]}"#).is_err());
     }
 
     #[test]
