@@ -201,9 +201,11 @@ impl Links {
         }
         let started = crate::imsg::monotonic_ns();
         let site = self.fw.lock_site();
-        self.stamp_commit(started, &site);
-        if let Err(e) = &site {
-            log::debug(format!("site lock: {e} (locking link by link)"));
+        match &site {
+            // A backend without one committed nothing.
+            Ok(true) => self.stamp_commit(started, &site),
+            Ok(false) => {}
+            Err(e) => log::debug(format!("site lock: {e} (locking link by link)")),
         }
         for name in newly {
             log::event(Event::Lockdown)

@@ -30,11 +30,12 @@ pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
         // One kernel transaction for all of them where the firewall can.
         p.links
             .lock_all(LockReason::Operator, p.bundle.as_ref(), OpenedBy::Operator);
-    }
-    for n in &names {
-        p.links.set_parent_reason(n, LockReason::Operator, true);
-        p.links
-            .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
+    } else {
+        for n in &names {
+            p.links.set_parent_reason(n, LockReason::Operator, true);
+            p.links
+                .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
+        }
     }
     Reply::ok(format!("lockdown: {}", names.join(" ")))
 }

@@ -81,7 +81,8 @@ pub struct Nft {
     /// `lock_<link>` lets WireGuard handshakes through (new_session).
     handshakes: bool,
     /// Set `site` may hold elements (a site lock of ours, or one left by an
-    /// earlier run): an open ends it first, and read-backs look it up.
+    /// earlier run, as `init` found it): an open ends it first, and
+    /// read-backs look it up.
     site_may_be_locked: bool,
     /// The generation read right after our site lock, until the read-back.
     site_flip: Option<Option<u32>>,
@@ -247,19 +248,24 @@ impl Nft {
         }))
     }
 
-    /// Whether set `site` holds both families (every link locked), looked
-    /// up over netlink; false without a lookup once it is known empty.
-    fn site_locked(&mut self) -> Result<bool, String> {
+    /// Which families set `site` holds (ipv4, ipv6), looked up over
+    /// netlink; neither, without a lookup, once it is known empty.
+    fn site_elements(&mut self) -> Result<[bool; 2], String> {
+        let mut have = [false; 2];
         if !self.site_may_be_locked {
-            return Ok(false);
+            return Ok(have);
         }
-        let mut both = true;
-        for family in BOTH_FAMILIES {
+        for (there, family) in have.iter_mut().zip(BOTH_FAMILIES) {
             self.seq = self.seq.wrapping_add(4);
-            both &= netlink::exists(&self.table, Lookup::Element(SITE_SET, family), self.seq)
+            *there = netlink::exists(&self.table, Lookup::Element(SITE_SET, family), self.seq)
                 .map_err(|e| format!("set {SITE_SET}: {e}"))?;
         }
-        Ok(both)
+        Ok(have)
+    }
+
+    /// Whether set `site` holds both families: every link locked.
+    fn site_locked(&mut self) -> Result<bool, String> {
+        Ok(self.site_elements()? == [true, true])
     }
 
     /// Ends a site lock before anything opens: every link's keys into the
@@ -268,16 +274,8 @@ impl Nft {
     /// opens. One `nft -f` (its size grows with the links, but an open is
     /// off the lockdown's path).
     fn end_site_lock(&mut self) -> Result<(), FwError> {
-        if !self.site_may_be_locked {
-            return Ok(());
-        }
-        let mut any = false;
-        for family in BOTH_FAMILIES {
-            self.seq = self.seq.wrapping_add(4);
-            any |= netlink::exists(&self.table, Lookup::Element(SITE_SET, family), self.seq)
-                .map_err(|e| FwError::refused(format!("set {SITE_SET}: {e}")))?;
-        }
-        if any {
+        let have = self.site_elements().map_err(FwError::refused)?;
+        if have.contains(&true) {
             let keys: Vec<LinkKeys> = self.keys.values().cloned().collect();
             let script = end_site_lock(&self.table, &keys);
             self.run("end the site lock, every link locked on its own", &script)?;
@@ -516,6 +514,11 @@ impl Firewall for Nft {
         let new = self.undispatched();
         script.push_str(&lock_new_keys(&self.table, &new));
         self.run("create nftables table and base chains", &script)?;
+        // A site lock (ours, or an earlier run's) is looked up after each
+        // flip only while one may be there: found empty now, only our own
+        // `lock_site` sets one again. Unknown stays "may be".
+        self.site_may_be_locked = true;
+        self.site_may_be_locked = self.site_elements() != Ok([false, false]);
         // A rebuilt set is empty: re-arm at once, not at the next tick.
         match self.alive {
             Some(t) => self.refresh_alive(t),

@@ -82,17 +82,13 @@ impl Nft {
         }
         // Under a site lock every lockdown chain is in force: they wait
         // for the next settle after it ends (the next open ends it).
-        match self.site_locked() {
-            Ok(false) => {}
+        let locked = match self.site_locked() {
             Ok(true) => return Vec::new(),
-            Err(e) => {
-                let e = FwError::refused(format!("preload lockdown rules: {e}"));
-                let pending = std::mem::take(&mut self.pending);
-                return pending.into_keys().map(|n| (n, e.clone())).collect();
-            }
-        }
+            Ok(false) => self.locked_now(),
+            Err(e) => Err(e),
+        };
         let pending = std::mem::take(&mut self.pending);
-        let locked = match self.locked_now() {
+        let locked = match locked {
             Ok(l) => l,
             Err(e) => {
                 let e = FwError::refused(format!("preload lockdown rules: {e}"));
