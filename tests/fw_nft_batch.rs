@@ -217,6 +217,41 @@ fn lookups_tell_a_key_a_missing_key_and_a_missing_set() {
     assert_eq!(one(&mut r, "l1"), Observed::Locked);
 }
 
+/// The netfilter socket is kept from one call to the next (closing it
+/// after a delete waits for an RCU grace period), so an answer a caller
+/// left unread must never pass for the answer to the next request: here a
+/// lookup stops at the object and leaves its ACK queued, with the very
+/// sequence number the next transaction's change carries. That change
+/// names a set that does not exist; the stale ACK would make it look
+/// committed.
+#[test]
+fn a_kept_socket_never_takes_an_old_answer_for_a_new_one() {
+    use qkdpfd::parent::fw::nft::netlink::{self, Change, Lookup};
+    if !root_or_skip("a_kept_socket_never_takes_an_old_answer_for_a_new_one") {
+        return;
+    }
+    let mut r = rig();
+    let ls = links(1);
+    r.fw.init(&ls).unwrap();
+    let req = netlink::lookup_request("qkdpfd", Lookup::Set("locked_4"), 10);
+    let mut datagrams = 0;
+    netlink::request(&req, |_| {
+        datagrams += 1;
+        Ok(Some(()))
+    })
+    .unwrap();
+    assert_eq!(datagrams, 1, "stopped before the ACK");
+    let change = [Change::Add("nope", &[&[2u8][..]], None)];
+    let e = netlink::transact("qkdpfd", 9, &change, "add to a missing set");
+    assert!(
+        e.as_ref().is_err_and(|e| e.contains("No such file")),
+        "{e:?}"
+    );
+    // After the error a new socket serves the next call.
+    let there = netlink::exists("qkdpfd", Lookup::Set("locked_4"), 11);
+    assert_eq!(there, Ok(true));
+}
+
 /// The site lock: every link locked by one transaction of two elements
 /// (the generation moves by one, the `locked_` sets are untouched), read
 /// back over netlink without a listing, proven by packets; it outlives a

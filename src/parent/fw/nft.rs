@@ -9,8 +9,9 @@
 //!
 //! Why flips are set elements: in nf_tables, a transaction that adds a
 //! `jump` or `goto` makes the kernel re-validate the whole table (5 ms at
-//! 1,000 links), and one that deletes rules or elements waits for an RCU
-//! grace period before it returns. So the base chains send each link's
+//! 1,000 links), and an `nft` run that deletes rules or elements waits for
+//! an RCU grace period when it closes its socket (ours is kept open: see
+//! [`netlink`]). So the base chains send each link's
 //! keys through table-wide maps (`ruleset::nft::dispatch`): to
 //! `lock_<link>` while the keys are in the `locked_` sets, to `link_<link>`
 //! otherwise. The lockdown statements are preloaded in `lock_<link>`, and a

@@ -1,15 +1,16 @@
 //! nf_tables over netlink, for the changes that must not wait for a
 //! process: set elements added, deleted or flushed in one batched
-//! transaction (begin, the changes, end), each change acknowledged. The
-//! flips of a link (its keys in the `locked_` sets) and the dead-man
-//! switch's heartbeat (`alive`) are built here; chains and rules still load
-//! with `nft -f`.
+//! transaction (begin, the changes, end), each change acknowledged, on one
+//! socket per thread kept open (see `SOCKET`). The flips of a link (its
+//! keys in the `locked_` sets) and the dead-man switch's heartbeat
+//! (`alive`) are built here; chains and rules still load with `nft -f`.
 //!
 //! Why set elements: in nf_tables a transaction that adds a `jump` or
 //! `goto` makes the kernel re-validate every chain of the table (measured
 //! here ~5 ms at 1,000 links), while a set element changes no chain. A
-//! transaction that only adds returns at once; one that deletes waits for
-//! an RCU grace period. So the flip to lockdown is an addition.
+//! transaction that only adds frees nothing; one that deletes leaves its
+//! frees to an RCU grace period, which whoever closes a netfilter socket
+//! next waits for. The flip to lockdown is an addition all the same.
 //!
 //! The builders are pure and tested with golden bytes on every platform;
 //! only the socket is Linux-only.
@@ -158,12 +159,47 @@ pub fn await_acks(
 /// Sends one transaction and waits until the kernel acknowledged every
 /// change (Linux; an error elsewhere). Returns once it is committed.
 pub fn transact(table: &str, seq: u32, changes: &[Change<'_>], what: &str) -> Result<(), String> {
+    with_socket(|nl| {
+        nl.send(&batch(table, seq, changes))
+            .map_err(|e| e.to_string())?;
+        await_acks(seq, changes.len(), what, |b| {
+            nl.recv(b).map_err(|e| e.to_string())
+        })
+    })
+}
+
+thread_local! {
+    /// This thread's netfilter socket, kept open. Closing one makes the
+    /// kernel first finish the clean-up that earlier transactions left for
+    /// later (nf_tables flushes its destroy work on NETLINK_URELEASE), and
+    /// after any transaction that deleted something that clean-up waits
+    /// for an RCU grace period: with a socket per call every open (a
+    /// delete from the `locked_` sets) and the lookup after it took
+    /// 10-30 ms in close(2). Kept, the clean-up runs in the kernel's own
+    /// worker and an open returns in the time an addition does.
+    static SOCKET: std::cell::RefCell<Option<crate::parent::wg::linux::sys::Nl>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's kept socket, opened on first use. Whatever an
+/// earlier caller left unread is dropped first; after an error the socket
+/// is closed (its state is unknown) and the next call opens another.
+fn with_socket<T>(
+    f: impl FnOnce(&crate::parent::wg::linux::sys::Nl) -> Result<T, String>,
+) -> Result<T, String> {
     use crate::parent::wg::linux::sys::Nl;
-    let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-    nl.send(&batch(table, seq, changes))
-        .map_err(|e| e.to_string())?;
-    await_acks(seq, changes.len(), what, |b| {
-        nl.recv(b).map_err(|e| e.to_string())
+    SOCKET.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let nl = match slot.take() {
+            Some(nl) => nl,
+            None => Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?,
+        };
+        nl.discard_pending().map_err(|e| e.to_string())?;
+        let r = f(&nl);
+        if r.is_ok() {
+            *slot = Some(nl);
+        }
+        r
     })
 }
 
@@ -231,16 +267,16 @@ pub fn request<T>(
     req: &[u8],
     mut take: impl FnMut(&[u8]) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
-    use crate::parent::wg::linux::sys::Nl;
-    let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-    nl.send(req).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = nl.recv(&mut buf).map_err(|e| e.to_string())?;
-        if let Some(t) = take(&buf[..n])? {
-            return Ok(t);
+    with_socket(|nl| {
+        nl.send(req).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = nl.recv(&mut buf).map_err(|e| e.to_string())?;
+            if let Some(t) = take(&buf[..n])? {
+                return Ok(t);
+            }
         }
-    }
+    })
 }
 
 /// One object of table `inet <table>` to look up, by its key: a set

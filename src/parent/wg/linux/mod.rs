@@ -680,6 +680,33 @@ pub(crate) mod sys {
                 }
             }
         }
+
+        /// Reads and drops whatever is queued (answers to an earlier request
+        /// that its caller stopped reading), without waiting: a socket kept
+        /// for many requests must not take an old answer for a new one.
+        pub fn discard_pending(&self) -> Result<(), WgError> {
+            let mut buf = [0u8; 512];
+            loop {
+                let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+                // SAFETY: `buf` is writable for its length; the datagram is dropped.
+                let n = unsafe {
+                    libc::recv(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        flags,
+                    )
+                };
+                if n >= 0 {
+                    continue;
+                }
+                match Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => return Ok(()),
+                    _ => return Err(io("recv")),
+                }
+            }
+        }
     }
 }
 
@@ -702,6 +729,9 @@ pub(crate) mod sys {
             Err(WgError::Io("linux backend on non-Linux".into()))
         }
         pub fn recv(&self, _: &mut [u8]) -> Result<usize, WgError> {
+            Err(WgError::Io("linux backend on non-Linux".into()))
+        }
+        pub fn discard_pending(&self) -> Result<(), WgError> {
             Err(WgError::Io("linux backend on non-Linux".into()))
         }
     }
