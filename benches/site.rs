@@ -18,7 +18,9 @@
 //! a full read-back (a listing) shows every link open before the next.
 //!
 //! `cargo bench --features testing --bench site` (QKD_BENCH_LINKS=a,b
-//! default "100,1000,10000"; QKD_BENCH_ROUNDS=R default 20).
+//! default "100,1000,10000"; QKD_BENCH_ROUNDS=R default 20). Last, a full
+//! listing of the table read whole and then parsed, against parsed from
+//! nft's pipe as it comes (R rounds each).
 
 #[path = "common/nft.rs"]
 mod nft;
@@ -72,6 +74,43 @@ fn all_are(fw: &mut Box<dyn Firewall>, links: &[LinkTarget], want: &Observed) {
     let seen = fw.observe(links, None).expect("observe");
     let bad: Vec<_> = seen.iter().filter(|(_, r)| r.state != *want).collect();
     assert!(bad.is_empty(), "not {want}: {:?}", &bad[..bad.len().min(3)]);
+}
+
+/// The listing a full read-back parses, both ways in turn: nft's output
+/// read whole, then parsed (before), and parsed from the pipe as it comes.
+fn listing_both_ways(rounds: usize) {
+    use qkdpfd::parent::fw::nft::readback;
+    use qkdpfd::tool::{TOOL_TIMEOUT, Tool};
+    let tool = Tool::new(Path::new("nft"), &["-j", "list", "table", "inet", "qkdpfd"]);
+    let (mut whole, mut piped) = (Vec::new(), Vec::new());
+    let mut size = 0;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let out = tool.run("list", "", TOOL_TIMEOUT).expect("nft list");
+        let a = readback::parse(&out.stdout).expect("parse");
+        whole.push(micros(t));
+        size = out.stdout.len();
+        let t = Instant::now();
+        let (b, _) = tool
+            .run_reading("list", "", TOOL_TIMEOUT, readback::parse_reader)
+            .expect("nft list");
+        piped.push(micros(t));
+        // The same chains and maps both ways (the heartbeat's element
+        // lists its expiry, which moves between the two listings).
+        let b = b.expect("parse");
+        assert!(a.chains == b.chains && a.maps == b.maps && a.hooks == b.hooks);
+    }
+    whole.sort_unstable();
+    piped.sort_unstable();
+    println!(
+        "  a full listing ({} KiB of JSON), read whole then parsed: {}",
+        size / 1024,
+        stats::percentiles_ms(&whole)
+    );
+    println!(
+        "  a full listing, parsed from nft's pipe as it comes:      {}",
+        stats::percentiles_ms(&piped)
+    );
 }
 
 fn micros(t: Instant) -> u64 {
@@ -169,6 +208,7 @@ fn main() {
             one.as_secs_f64(),
             script.len() / 1024
         );
+        listing_both_ways(rounds);
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", "qkdpfd"])
             .status();

@@ -98,6 +98,26 @@ impl Tool {
 
     /// Runs with `stdin`, kills it after `timeout`; Err unless it exits 0.
     pub fn run(&self, what: &str, stdin: &str, timeout: Duration) -> Result<ToolOutput, FwError> {
+        let (stdout, stderr) = self.run_reading(what, stdin, timeout, |r| {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            text(buf)
+        })?;
+        Ok(ToolOutput { stdout, stderr })
+    }
+
+    /// As [`Tool::run`], but hands the tool's stdout to `read` as it comes,
+    /// on the calling thread: nft's listing of a 10,000-link table is
+    /// 12.8 MB of JSON, which a parser reading the pipe never holds whole.
+    /// What `read` leaves unread is drained; its value comes back with the
+    /// tool's stderr only if the tool exits 0.
+    pub fn run_reading<T>(
+        &self,
+        what: &str,
+        stdin: &str,
+        timeout: Duration,
+        read: impl FnOnce(&mut dyn Read) -> T,
+    ) -> Result<(T, String), FwError> {
         let fail = |status: String, stderr: String| FwError {
             what: what.to_string(),
             command: self.line(),
@@ -123,30 +143,45 @@ impl Tool {
                 let _ = w.write_all(&data);
             }
         });
-        let out = drain(child.stdout.take());
+        let mut out = child.stdout.take();
         let err = drain(child.stderr.take());
         // Wait in a thread so the result arrives the moment the tool exits
-        // (a lockdown flip is timed in milliseconds), with a hard timeout.
+        // (a lockdown flip is timed in milliseconds), with a hard timeout
+        // that also ends a read of a tool that hangs: killed, its pipe closes.
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
+        let watch = std::thread::spawn(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let waiter = std::thread::spawn(move || {
+                let _ = tx.send(child.wait());
+            });
+            let status = match rx.recv_timeout(timeout) {
+                Ok(Ok(st)) => Ok(st),
+                Ok(Err(e)) => Err(format!("wait failed: {e}")),
+                Err(_) => {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = rx.recv();
+                    Err(format!("killed after {}", crate::duration::format(timeout)))
+                }
+            };
+            let _ = waiter.join();
+            status
         });
-        let status = match rx.recv_timeout(timeout) {
-            Ok(Ok(st)) => Ok(st),
-            Ok(Err(e)) => Err(format!("wait failed: {e}")),
-            Err(_) => {
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = rx.recv();
-                Err(format!("killed after {}", crate::duration::format(timeout)))
+        let value = match out.as_mut() {
+            Some(r) => {
+                let v = read(r);
+                let _ = std::io::copy(r, &mut std::io::sink());
+                v
             }
+            None => read(&mut std::io::empty()),
         };
-        let _ = waiter.join();
+        drop(out);
+        let status = watch
+            .join()
+            .unwrap_or_else(|_| Err("wait failed".to_string()));
         let _ = feeder.join();
-        let stdout = out.join().unwrap_or_default();
         let stderr = clip(err.join().unwrap_or_default());
         match status {
-            Ok(st) if st.success() => Ok(ToolOutput { stdout, stderr }),
+            Ok(st) if st.success() => Ok((value, stderr)),
             Ok(st) => Err(fail(describe_status(st), stderr)),
             Err(s) => Err(fail(s, stderr)),
         }
@@ -211,6 +246,43 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "load link dr: `/bin/sh -c echo oops >&2; exit 3`: exit status 3: oops"
+        );
+    }
+
+    #[test]
+    fn a_reader_gets_the_output_as_it_comes_and_the_timeout_still_holds() {
+        // A reader that stops early: the rest is drained, the tool exits 0.
+        let t = Tool::new(
+            Path::new("/bin/sh"),
+            &["-c", "yes | head -c 1000000; echo done >&2"],
+        );
+        let (first, stderr) = t
+            .run_reading("yes", "", TOOL_TIMEOUT, |r| {
+                let mut b = [0u8; 4];
+                r.read_exact(&mut b).map(|()| b)
+            })
+            .unwrap();
+        assert_eq!(first.unwrap(), *b"y\ny\n");
+        assert_eq!(stderr.trim(), "done");
+        // A tool that writes, then hangs with its pipe open: killed at the
+        // timeout, which ends the read too.
+        let t = Tool::new(Path::new("/bin/sh"), &["-c", "echo start; exec sleep 30"]);
+        let e = t
+            .run_reading("hang", "", Duration::from_millis(200), |r| {
+                let mut s = String::new();
+                r.read_to_string(&mut s).map(|_| s)
+            })
+            .unwrap_err();
+        assert_eq!(e.status, "killed after 200ms");
+        // A tool that fails: its status and stderr, whatever was read.
+        let t = Tool::new(
+            Path::new("/bin/sh"),
+            &["-c", "echo partial; echo no >&2; exit 2"],
+        );
+        let e = t.run_reading("fail", "", TOOL_TIMEOUT, |_| ()).unwrap_err();
+        assert_eq!(
+            (e.status.as_str(), e.stderr.trim()),
+            ("exit status 2", "no")
         );
     }
 

@@ -404,8 +404,9 @@ impl Nft {
         let mut args = vec!["-j", "list"];
         args.extend_from_slice(what);
         let what = format!("read back {}", what.join(" "));
-        match Tool::new(&self.nft, &args).run(&what, "", TOOL_TIMEOUT) {
-            Ok(out) => readback::parse(&out.stdout)
+        let tool = Tool::new(&self.nft, &args);
+        match tool.run_reading(&what, "", TOOL_TIMEOUT, readback::parse_reader) {
+            Ok((parsed, _)) => parsed
                 .map(Some)
                 .map_err(|e| FwError::refused(format!("{what}: {e}"))),
             Err(e) if e.stderr.contains("No such file or directory") => Ok(None),

@@ -176,7 +176,9 @@ thread_local! {
     /// for an RCU grace period: with a socket per call every open (a
     /// delete from the `locked_` sets) and the lookup after it took
     /// 10-30 ms in close(2). Kept, the clean-up runs in the kernel's own
-    /// worker and an open returns in the time an addition does.
+    /// worker and an open returns in the time an addition does. A socket
+    /// speaks to the network namespace it was opened in: no thread of
+    /// ours changes namespace after its first call.
     static SOCKET: std::cell::RefCell<Option<crate::parent::wg::linux::sys::Nl>> =
         const { std::cell::RefCell::new(None) };
 }

@@ -80,8 +80,8 @@ struct Item<'a> {
 struct SetJ<'a> {
     #[serde(borrow)]
     name: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    elem: Vec<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    elem: Vec<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -96,8 +96,7 @@ struct ChainJ<'a> {
 struct RuleJ<'a> {
     #[serde(borrow)]
     chain: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    expr: Vec<&'a serde_json::value::RawValue>,
+    expr: Vec<Box<serde_json::value::RawValue>>,
     #[serde(borrow)]
     comment: Option<std::borrow::Cow<'a, str>>,
 }
@@ -145,9 +144,16 @@ fn verdict_text(v: &Value) -> String {
 /// starts or ends with a drop (see [`shape`]). At 10,000 links the whole
 /// parse held 40 MiB; the base chains are kept whole.
 pub fn parse(json: &str) -> Result<Listing, String> {
+    parse_reader(&mut json.as_bytes())
+}
+
+/// [`parse`], reading `r` as it comes (nft's stdout): the JSON text is
+/// never held whole, only the listing it makes.
+pub fn parse_reader(r: &mut dyn std::io::Read) -> Result<Listing, String> {
     use serde::de::DeserializeSeed;
     let mut out = Listing::default();
-    let mut de = serde_json::Deserializer::from_str(json);
+    let buffered = std::io::BufReader::with_capacity(64 * 1024, r);
+    let mut de = serde_json::Deserializer::from_reader(buffered);
     Top(&mut out)
         .deserialize(&mut de)
         .and_then(|()| de.end())
