@@ -19,6 +19,8 @@
 //! default "100,1000,10000"; QKD_BENCH_LEGACY=0 skips the per-link layout,
 //! which takes over a minute at 10,000).
 
+#[path = "common/knobs.rs"]
+mod knobs;
 #[path = "common/nft.rs"]
 mod nft;
 #[path = "common/stats.rs"]
@@ -150,15 +152,10 @@ fn sh(args: &[&str]) {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("dispatch bench: needs root (network namespaces, nftables)");
+    if !knobs::root("dispatch", "network namespaces, nftables") {
         return;
     }
-    let sizes: Vec<usize> = std::env::var("QKD_BENCH_LINKS")
-        .unwrap_or_else(|_| "100,1000,10000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let sizes = knobs::sizes_or("QKD_BENCH_LINKS", "100,1000,10000");
     let legacy = std::env::var("QKD_BENCH_LEGACY").map_or(true, |v| v != "0");
     let id = std::process::id();
     let (a, b) = (format!("qkddisa{id}"), format!("qkddisb{id}"));

@@ -20,6 +20,8 @@
 //! `cargo bench --features testing --bench flip` (QKD_BENCH_LINKS=N,
 //! QKD_BENCH_FLIPS=F; defaults 100 and 200).
 
+#[path = "common/knobs.rs"]
+mod knobs;
 #[path = "common/nft.rs"]
 mod nft;
 #[path = "common/stats.rs"]
@@ -40,13 +42,6 @@ const OPEN: &str = "ip saddr $peer4 udp sport $wg_port counter accept\niifname $
                     oifname $wg_if accept\n";
 const LOCKDOWN: &str = "counter drop\n";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn nft_f(script: &str) {
     let ok = nft::spawn_nft(script).wait().unwrap().success();
     assert!(ok, "nft -f refused:\n{script}");
@@ -64,12 +59,11 @@ fn link(i: usize) -> LinkTarget {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("flip bench: needs root (network namespace, nftables)");
+    if !knobs::root("flip", "network namespace, nftables") {
         return;
     }
-    let n = env_usize("QKD_BENCH_LINKS", 100);
-    let flips = env_usize("QKD_BENCH_FLIPS", 200);
+    let n = knobs::usize_or("QKD_BENCH_LINKS", 100);
+    let flips = knobs::usize_or("QKD_BENCH_FLIPS", 200);
     let ns = format!("qkdflip{}", std::process::id());
     assert!(
         Command::new("ip")

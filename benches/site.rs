@@ -22,6 +22,8 @@
 //! listing of the table read whole and then parsed, against parsed from
 //! nft's pipe as it comes (R rounds each).
 
+#[path = "common/knobs.rs"]
+mod knobs;
 #[path = "common/nft.rs"]
 mod nft;
 #[path = "common/stats.rs"]
@@ -50,13 +52,6 @@ fn link(i: usize) -> LinkTarget {
         addrs4: vec![Ipv4Addr::from(0x0a40_0000 + i as u32)],
         addrs6: vec![],
     }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Empties the `locked_` sets and `site` in one transaction, behind the
@@ -118,16 +113,11 @@ fn micros(t: Instant) -> u64 {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("site bench: needs root (a network namespace, nftables)");
+    if !knobs::root("site", "a network namespace, nftables") {
         return;
     }
-    let sizes: Vec<usize> = std::env::var("QKD_BENCH_LINKS")
-        .unwrap_or_else(|_| "100,1000,10000".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    let rounds = env_usize("QKD_BENCH_ROUNDS", 20).max(1);
+    let sizes = knobs::sizes_or("QKD_BENCH_LINKS", "100,1000,10000");
+    let rounds = knobs::usize_or("QKD_BENCH_ROUNDS", 20).max(1);
     let ns = format!("qkdsite{}", std::process::id());
     let ok = Command::new("ip").args(["netns", "add", &ns]).status();
     assert!(ok.is_ok_and(|s| s.success()), "ip netns add");
