@@ -18,7 +18,10 @@
 //! `lockdown` measures sample -> commit and sample -> read back).
 //!
 //! `cargo bench --features testing --bench flip` (QKD_BENCH_LINKS=N,
-//! QKD_BENCH_FLIPS=F; defaults 100 and 200).
+//! QKD_BENCH_FLIPS=F; defaults 100 and 200). QKD_BENCH_IDLE_CHAINS=C adds
+//! a table of C empty chains that nothing jumps to: every nf_tables commit
+//! visits every chain of every table in the namespace (step 2 of
+//! `nf_tables_commit`), so this shows what a flip pays for chains alone.
 
 #[path = "common/knobs.rs"]
 mod knobs;
@@ -85,6 +88,14 @@ fn main() {
         fw.stage(l, Enforcement::Lockdown, LOCKDOWN).expect("stage");
     }
     assert!(fw.settle().is_empty(), "stage");
+    let idle = knobs::usize_or("QKD_BENCH_IDLE_CHAINS", 0);
+    if idle > 0 {
+        let chains: String = (0..idle)
+            .map(|i| format!("  chain c{i} {{\n  }}\n"))
+            .collect();
+        nft_f(&format!("table inet idle {{\n{chains}}}\n"));
+        println!("flip bench: {idle} empty chains in table inet idle beside qkdpfd's");
+    }
     println!(
         "flip bench: {n} links, table loaded and every link opened in {:.1} s; {flips} flips each way per path",
         t.elapsed().as_secs_f64()
