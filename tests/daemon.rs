@@ -593,12 +593,31 @@ fn prometheus_endpoint_follows_the_link() {
 }
 
 /// A network QBER source: qkdsim's feed on the far gateway over mutual TLS,
-/// read by the http-json driver (percent, scale 0.01); its eavesdropper
-/// control locks the link, and recovery reopens it.
+/// read by the http-json driver (percent, scale 0.01) at a URL of the
+/// link's own; its eavesdropper control locks the link, and recovery
+/// reopens it.
 #[test]
 fn network_qber_source_from_qkdsim_locks_and_recovers() {
+    network_qber_source(
+        "qkt11",
+        "driver = \"http-json\"\nurl = \"https://192.0.2.2:8443/qber/{qber_id}\"\n\
+         pointer = \"/links/0/qber\"\nscale = 0.01",
+    );
+}
+
+/// The same with the prometheus driver at qkdsim's `/metrics`: a document
+/// every link of the section reads, polled by one task for them all.
+#[test]
+fn a_shared_qber_document_locks_and_recovers() {
+    network_qber_source(
+        "qkt19",
+        "driver = \"prometheus\"\nurl = \"https://192.0.2.2:8443/metrics\"",
+    );
+}
+
+fn network_qber_source(ns: &str, source: &str) {
     use std::process::Command;
-    let Some(mut gw) = Gateway::new("qkt11", "200ms", "") else {
+    let Some(mut gw) = Gateway::new(ns, "200ms", "") else {
         return;
     };
     if !common::bundle::require_tool("curl") {
@@ -640,7 +659,7 @@ fn network_qber_source_from_qkdsim_locks_and_recovers() {
         .args([
             "netns",
             "exec",
-            "qkt11-b",
+            &format!("{ns}-b"),
             env!("CARGO_BIN_EXE_qkdsim"),
             "serve",
             "--config",
@@ -651,8 +670,7 @@ fn network_qber_source_from_qkdsim_locks_and_recovers() {
         .unwrap();
     gw.set_qber(
         &format!(
-            "[qber.net]\ndriver = \"http-json\"\nurl = \"https://192.0.2.2:8443/qber/{{qber_id}}\"\n\
-             pointer = \"/links/0/qber\"\nscale = 0.01\npoll = \"200ms\"\n\
+            "[qber.net]\n{source}\npoll = \"200ms\"\n\
              ca = \"{p}/ca.pem\"\ncert = \"{p}/sae-SAE-A.pem\"\nkey = \"{p}/sae-SAE-A.key\""
         ),
         "dr",
@@ -668,7 +686,7 @@ fn network_qber_source_from_qkdsim_locks_and_recovers() {
             .args([
                 "netns",
                 "exec",
-                "qkt11-a",
+                &format!("{ns}-a"),
                 "curl",
                 "-sS",
                 "--fail-with-body",

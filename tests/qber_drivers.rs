@@ -472,3 +472,127 @@ async fn the_poller_reports_errors_and_stops_mid_poll() {
         .expect("the poller did not stop")
         .unwrap();
 }
+
+/// A plain-HTTP server on 127.0.0.1 answering every GET with `body`
+/// (or, once `fail` is set, with a 503), counting the GETs.
+async fn counting(
+    body: String,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let gets = Arc::new(AtomicUsize::new(0));
+    let fail = Arc::new(AtomicBool::new(false));
+    let (g, f) = (gets.clone(), fail.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (g, f, body) = (g.clone(), f.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                g.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = match f.load(Ordering::SeqCst) {
+                    true => ("503 Service Unavailable", "down\n".to_string()),
+                    false => ("200 OK", body),
+                };
+                let a = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(a.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, gets, fail)
+}
+
+async fn next(rx: &mut mpsc::Receiver<PollResult>) -> PollResult {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the poller went quiet")
+        .expect("the poller stopped")
+}
+
+#[tokio::test]
+async fn links_that_read_one_document_share_one_get() {
+    use qkdpfd::engine::qber::SharedLink;
+    use std::sync::atomic::Ordering;
+    // 2,000 links in one exposition: about 80 KiB, over the 64 KiB one
+    // link's answer may hold.
+    let n = 2000;
+    let body: String = (0..n)
+        .map(|i| {
+            format!(
+                "qkd_qber{{link_id=\"q{i}\"}} 0.0{} {}\n",
+                1 + i % 9,
+                1000 + i
+            )
+        })
+        .collect();
+    assert!(body.len() > 64 * 1024);
+    let (addr, gets, fail) = counting(body).await;
+    let url = format!("http://127.0.0.1:{}/metrics", addr.port());
+    let c = qber_conf(QberDriver::Prometheus, &url, None, 1.0);
+    let d = Driver::open("p", &c, &TlsPems::default(), quick()).unwrap();
+    assert!(!d.per_link());
+    let links: Vec<SharedLink> = (0..n)
+        .map(|i| SharedLink::new(&format!("l{i}"), &format!("q{i}")))
+        .collect();
+    let (tx, mut rx) = mpsc::channel(4096);
+    let task = poller::spawn_shared("p".into(), links, d, Duration::from_millis(100), tx);
+    // Three polls: each link its own value, all of a poll at one moment.
+    for _ in 0..3 {
+        let mut round = Vec::new();
+        for _ in 0..n {
+            round.push(next(&mut rx).await);
+        }
+        for (i, r) in round.iter().enumerate() {
+            assert_eq!(r.link, format!("l{i}"));
+            let s = r.result.as_ref().unwrap();
+            assert_eq!(s.seq, 1000 + i as u64);
+            assert!(
+                (s.qber - (0.01 * (1 + i % 9) as f64)).abs() < 1e-12,
+                "{s:?}"
+            );
+            assert_eq!(r.sampled_ns, round[0].sampled_ns);
+            assert!(!r.whole);
+        }
+    }
+    let seen = gets.load(Ordering::SeqCst);
+    assert!(
+        (3..=4).contains(&seen),
+        "{seen} GETs for 3 polls of {n} links"
+    );
+    // The source fails: every link hears it from the same poll.
+    fail.store(true, Ordering::SeqCst);
+    let mut failed = 0;
+    while failed < n {
+        let r = next(&mut rx).await;
+        match &r.result {
+            Err(e) => {
+                assert!(e.contains("HTTP 503"), "{e}");
+                assert!(r.whole, "a failed GET is every link's");
+                failed += 1;
+            }
+            // What the poll in flight had read.
+            Ok(_) => assert_eq!(failed, 0, "a reading after a failure in one poll"),
+        }
+    }
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the poller did not stop")
+        .unwrap();
+}

@@ -69,6 +69,9 @@ struct Engine {
     /// Boxed: a B-tree leaf holds eleven values inline, a third of it
     /// empty on average.
     links: BTreeMap<String, Box<LinkSlot>>,
+    /// The pollers of the `[qber.X]` sections whose links read one
+    /// document, by section.
+    shared: BTreeMap<String, SharedPoller>,
     /// When each link is next due: its poll or its state machine's timer
     /// (kept by [`Engine::feed`] and [`Engine::configure`]).
     due: deadlines::Deadlines,
@@ -92,6 +95,16 @@ struct Engine {
     alive_due: Instant,
     /// When free memory is next given back ([`Engine::return_memory`]).
     trim_due: Instant,
+}
+
+/// The one poller of the links that read a section's shared document.
+struct SharedPoller {
+    conf: std::sync::Arc<crate::conf::QberConf>,
+    /// (link, qber_id), in the order the poller reads them.
+    links: Vec<(String, String)>,
+    task: tokio::task::JoinHandle<()>,
+    /// The poll (its `sampled_ns`) whose failure was last said for all.
+    logged: Option<u64>,
 }
 
 impl LinkSlot {
@@ -363,6 +376,7 @@ impl Engine {
                             link: name,
                             result,
                             sampled_ns,
+                            whole: false,
                         },
                         now,
                     );
@@ -387,11 +401,24 @@ impl Engine {
             }
             Err(e) => {
                 slot.source_errors += 1;
-                log::event(Event::QberSourceError)
-                    .kv("link", &r.link)
-                    .kv("source", &slot.qber_name)
-                    .msg(e)
-                    .send();
+                match self.shared.get_mut(&slot.qber_name).filter(|_| r.whole) {
+                    // A shared document's failure reaches every link from
+                    // one poll: said once, not once per link.
+                    Some(p) if p.logged == Some(r.sampled_ns) => {}
+                    Some(p) => {
+                        log::event(Event::QberSourceError)
+                            .kv("source", &slot.qber_name)
+                            .kv("links", p.links.len())
+                            .msg(e)
+                            .send();
+                        p.logged = Some(r.sampled_ns);
+                    }
+                    None => log::event(Event::QberSourceError)
+                        .kv("link", &r.link)
+                        .kv("source", &slot.qber_name)
+                        .msg(e)
+                        .send(),
+                }
                 Input::Tick
             }
         };

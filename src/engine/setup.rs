@@ -6,9 +6,9 @@
 
 use super::control::{self, Access, CtlCall};
 use super::link::Link;
-use super::qber::Freshness;
 use super::qber::poller::PollResult;
-use super::{Engine, Inbox, LinkSlot, Sockets, keys, metrics, peering, sources};
+use super::qber::{Freshness, SharedLink};
+use super::{Engine, Inbox, LinkSlot, SharedPoller, Sockets, keys, metrics, peering, sources};
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Event, Prio};
@@ -127,6 +127,7 @@ impl Engine {
         let key_state = keys::Keys::new(tx.clone(), answers_tx, peer);
         let mut eng = Engine {
             links: BTreeMap::new(),
+            shared: BTreeMap::new(),
             due: Default::default(),
             policy: None,
             tx,
@@ -178,8 +179,14 @@ impl Engine {
             .iter()
             .map(|(n, q)| (n, Arc::new(q.clone())))
             .collect();
+        // The links of each section whose links read one document.
+        let mut readers: BTreeMap<String, Vec<SharedLink>> = BTreeMap::new();
         for l in cfg.links {
             let qconf = &shared[&l.qber];
+            if sources::shares_document(qconf) {
+                (readers.entry(l.qber.clone()).or_default())
+                    .push(SharedLink::new(&l.name, &l.qber_id));
+            }
             let kept = old.remove(&l.name);
             if let Some(slot) = &kept {
                 if slot.qber_name == l.qber && slot.qconf == *qconf {
@@ -187,14 +194,18 @@ impl Engine {
                     continue;
                 }
             }
-            let opened = sources::open(
-                &l.name,
-                &l.qber,
-                &l.qber_id,
-                qconf,
-                &cfg.qber_net,
-                &self.polls,
-            );
+            // A shared document's poller is started below, for all its links.
+            let opened = match sources::shares_document(qconf) {
+                true => Ok((None, None)),
+                false => sources::open(
+                    &l.name,
+                    &l.qber,
+                    &l.qber_id,
+                    qconf,
+                    &cfg.qber_net,
+                    &self.polls,
+                ),
+            };
             let sim_control = sources::sim_control(&l.qber, qconf, &cfg.qber_net);
             let (source, poller) = match opened {
                 Ok(s) => s,
@@ -203,6 +214,7 @@ impl Engine {
                     log::event(Event::QberSourceError)
                         .at(Prio::Err)
                         .kv("link", &l.name)
+                        .kv("source", &l.qber)
                         .msg(e)
                         .send();
                     let m = LinkReasons {
@@ -250,10 +262,70 @@ impl Engine {
         for (_, mut gone) in old {
             gone.stop_poller();
         }
+        self.start_shared(readers, &shared, &cfg.qber_net);
         self.due.clear();
         for (n, slot) in &self.links {
             self.due.set(n, slot.next_deadline());
         }
         Ok(())
+    }
+
+    /// One poller per section whose links read one document, restarted
+    /// only when its settings or its links changed. A section whose driver
+    /// does not open locks its links, as [`Engine::configure`] does for one.
+    fn start_shared(
+        &mut self,
+        readers: BTreeMap<String, Vec<SharedLink>>,
+        confs: &BTreeMap<&String, Arc<crate::conf::QberConf>>,
+        net: &BTreeMap<String, imsg::QberNet>,
+    ) {
+        let mut old = std::mem::take(&mut self.shared);
+        for (qber, links) in readers {
+            let conf = confs[&qber].clone();
+            let names: Vec<(String, String)> = (links.iter())
+                .map(|l| (l.link.clone(), l.qber_id.clone()))
+                .collect();
+            if let Some(p) = old.remove(&qber) {
+                if p.conf == conf && p.links == names {
+                    self.shared.insert(qber, p);
+                    continue;
+                }
+                p.task.abort();
+            }
+            match sources::open_shared(&qber, links, &conf, net, &self.polls) {
+                Ok(task) => {
+                    let p = SharedPoller {
+                        conf,
+                        links: names,
+                        task,
+                        logged: None,
+                    };
+                    self.shared.insert(qber, p);
+                }
+                Err(e) => {
+                    log::event(Event::QberSourceError)
+                        .at(Prio::Err)
+                        .kv("source", &qber)
+                        .kv("links", names.len())
+                        .msg(e)
+                        .send();
+                    for (link, _) in names {
+                        self.links.remove(&link);
+                        let m = LinkReasons {
+                            link,
+                            reasons: [LockReason::SourceLost].into_iter().collect(),
+                            qber: None,
+                            threshold: None,
+                            by_operator: false,
+                            sampled_ns: None,
+                        };
+                        let _ = self.tx.send(ToParent::Reasons(m).encode());
+                    }
+                }
+            }
+        }
+        for (_, gone) in old {
+            gone.task.abort();
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Opening a link's QBER source in the engine: the built-in simulator
-//! (polled in line), or a network driver running as a poller task, and the
-//! `/sim/` control endpoint `qkdctl sim` is forwarded to.
+//! (polled in line), or a network driver running as a poller task (one per
+//! link, or one for all the links of a section that read one document),
+//! and the `/sim/` control endpoint `qkdctl sim` is forwarded to.
 
-use super::qber::{self, Source, poller::PollResult};
+use super::qber::{self, SharedLink, Source, poller::PollResult};
 use crate::imsg;
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
@@ -51,6 +52,38 @@ pub(super) fn open(
         polls.clone(),
     );
     Ok((None, Some(task)))
+}
+
+/// Whether the links of `[qber.X]` all read one document: a network
+/// driver whose URL does not name the link (`{qber_id}`).
+pub(super) fn shares_document(qconf: &crate::conf::QberConf) -> bool {
+    qconf.driver != crate::conf::QberDriver::Sim
+        && qconf
+            .url
+            .as_deref()
+            .is_some_and(|u| !u.contains("{qber_id}"))
+}
+
+/// The one poller task of the links that read `qber`'s shared document.
+pub(super) fn open_shared(
+    qber: &str,
+    links: Vec<SharedLink>,
+    qconf: &crate::conf::QberConf,
+    net: &BTreeMap<String, imsg::QberNet>,
+    polls: &mpsc::Sender<PollResult>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let n = net
+        .get(qber)
+        .ok_or_else(|| format!("qber {qber}: no TLS settings from the parent"))?;
+    let (tls, settings) = client_settings(n);
+    let driver = qber::Driver::open(qber, qconf, &tls, settings)?;
+    Ok(qber::poller::spawn_shared(
+        qber.to_string(),
+        links,
+        driver,
+        qconf.poll,
+        polls.clone(),
+    ))
 }
 
 /// TLS material and the resolved address of a network QBER source.

@@ -168,8 +168,8 @@ catalogue! {
         "the link could not be opened; it stays locked";
     StageFailed "stage_failed" Warning ("link", "msg")
         "a ruleset could not be staged for the link; it stays as it was";
-    QberSourceError "qber_source_error" Warning [Err] ("link", "[source]", "msg")
-        "a QBER reading failed; err without source: the source cannot be opened";
+    QberSourceError "qber_source_error" Warning [Err] ("[link]", "source", "[links]", "msg")
+        "a QBER reading failed: with link, that link's; without, the document all links of the source read (links: how many), said once per poll; err: the source cannot be opened";
     SimControl "sim_control" Notice ("link", "[eve]", "[noise]")
         "a qkdctl sim command was forwarded to the link's simulated source";
     KeyRotated "key_rotated" Notice ("link", "epoch", "key_id", "psk_fp")

@@ -145,6 +145,17 @@ impl Getter {
         &self.source
     }
 
+    /// Whether the path names one link (`{qber_id}`).
+    pub fn per_link(&self) -> bool {
+        self.url.path.contains("{qber_id}")
+    }
+
+    /// The same client with another cap on an answer's size.
+    pub fn with_max_body(mut self, max_body: usize) -> Getter {
+        self.settings.max_body = max_body;
+        self
+    }
+
     fn path(&self, qber_id: &str) -> String {
         self.url.path.replace("{qber_id}", &https::encode(qber_id))
     }

@@ -138,29 +138,123 @@ impl Driver {
         self.get.source()
     }
 
+    /// Whether the URL names one link (`{qber_id}` in its path): else
+    /// every link of the section reads the same document, and one GET per
+    /// poll serves them all ([`Driver::poll_shared`]).
+    pub fn per_link(&self) -> bool {
+        self.get.per_link()
+    }
+
+    /// Lets an answer hold one document for `links` links: the 64 KiB
+    /// cap, plus 256 bytes a link (a `/metrics` line is about 50).
+    pub fn for_links(mut self, links: usize) -> Driver {
+        self.get = self.get.with_max_body(64 * 1024 + 256 * links);
+        self
+    }
+
     /// One reading of `qber_id`: GET, parse, scale, range check. Errors
     /// name the source and URL (and the HTTP status when there was one).
     pub async fn poll(&mut self, qber_id: &str) -> Result<Sample, String> {
+        let body = self.fetch(qber_id).await?;
+        let parsed = match &self.kind {
+            Kind::Prometheus => prometheus::parse(&body, qber_id),
+            _ => self.parse_one(&body),
+        };
+        let mut changed = std::mem::take(&mut self.changed);
+        let s = self.sample(qber_id, parsed, &mut changed);
+        self.changed = changed;
+        s
+    }
+
+    /// One reading for each of `links` from one GET of the shared
+    /// document, in their order; Err when the document itself failed (the
+    /// GET, or an answer refused whole), which is every link's error.
+    pub async fn poll_shared(
+        &mut self,
+        links: &mut [SharedLink],
+    ) -> Result<Vec<Result<Sample, String>>, String> {
+        let Some(first) = links.first() else {
+            return Ok(Vec::new());
+        };
+        let body = self.fetch(&first.qber_id).await?;
+        let all = match &self.kind {
+            Kind::Prometheus => Reading::ById(prometheus::parse_all(&body).map_err(|e| {
+                format!("qber {}: {}: {e}", self.get.source(), self.get.display(""))
+            })?),
+            _ => Reading::Same(self.parse_one(&body)),
+        };
+        Ok(links
+            .iter_mut()
+            .map(|l| {
+                let parsed = match &all {
+                    Reading::ById(e) => e.get(&l.qber_id),
+                    Reading::Same(r) => r.clone(),
+                };
+                self.sample(&l.qber_id, parsed, &mut l.changed)
+            })
+            .collect())
+    }
+
+    async fn fetch(&mut self, qber_id: &str) -> Result<Vec<u8>, String> {
         let accept = match self.kind {
             Kind::Prometheus => "text/plain; version=0.0.4",
             _ => "application/json",
         };
-        let body = self.get.get(qber_id, accept).await?;
-        let parsed = match &self.kind {
-            Kind::Etsi015 => etsi015::parse(&body),
-            Kind::Prometheus => prometheus::parse(&body, qber_id),
-            Kind::HttpJson { pointer } => http_json::parse(&body, pointer),
-        };
+        self.get.get(qber_id, accept).await
+    }
+
+    /// The reading of a document that holds one link's value.
+    fn parse_one(&self, body: &[u8]) -> Result<(f64, Option<u64>), String> {
+        match &self.kind {
+            Kind::Etsi015 => etsi015::parse(body),
+            Kind::HttpJson { pointer } => http_json::parse(body, pointer),
+            Kind::Prometheus => Err("prometheus answers are read by link_id".into()),
+        }
+    }
+
+    /// A parsed reading made a sample: scaled, range-checked, sequenced.
+    fn sample(
+        &self,
+        qber_id: &str,
+        parsed: Result<(f64, Option<u64>), String>,
+        changed: &mut ChangedSeq,
+    ) -> Result<Sample, String> {
         let at = || format!("qber {}: {}", self.get.source(), self.get.display(qber_id));
         let (raw, stamp) = parsed.map_err(|e| format!("{}: {e}", at()))?;
         let qber = validate(raw * self.scale)
             .map_err(|e| format!("{}: {e} (value {raw} x scale {})", at(), self.scale))?;
         let seq = match stamp {
             Some(s) => s,
-            None => self.changed.seq(qber),
+            None => changed.seq(qber),
         };
         Ok(Sample { qber, seq })
     }
+}
+
+/// One link of a shared document: its id there, and its own
+/// changed-value sequence.
+#[derive(Clone, Debug)]
+pub struct SharedLink {
+    /// The `[link.X]` name.
+    pub link: String,
+    pub qber_id: String,
+    changed: ChangedSeq,
+}
+
+impl SharedLink {
+    pub fn new(link: &str, qber_id: &str) -> SharedLink {
+        SharedLink {
+            link: link.to_string(),
+            qber_id: qber_id.to_string(),
+            changed: ChangedSeq::default(),
+        }
+    }
+}
+
+/// A shared document, parsed once.
+enum Reading {
+    ById(prometheus::Exposition),
+    Same(Result<(f64, Option<u64>), String>),
 }
 
 fn driver_name(d: QberDriver) -> &'static str {

@@ -1,12 +1,15 @@
-//! Polls one link's network QBER source on its own schedule, in the engine:
-//! a tokio task per link that calls [`Driver::poll`] every `poll` interval
-//! and sends each outcome to the engine's main loop, which runs it through
-//! the link's [`super::Freshness`] and state machine. The task touches
-//! nothing but its driver's network connection and the channel; it ends
-//! when the receiver is dropped (also in the middle of a poll).
+//! Polls a network QBER source on its own schedule, in the engine: a tokio
+//! task that calls its [`Driver`] every `poll` interval and sends each
+//! outcome to the engine's main loop, which runs it through the link's
+//! [`super::Freshness`] and state machine. A source whose URL names the
+//! link (`{qber_id}`) has a task per link ([`spawn`]); one whose links all
+//! read one document has one task for them all ([`spawn_shared`]): one GET
+//! per poll, and every link's reading taken at the same moment. The task
+//! touches nothing but its driver's network connection and the channel;
+//! it ends when the receiver is dropped (also in the middle of a poll).
 
-use super::Driver;
 use super::sample::Sample;
+use super::{Driver, SharedLink};
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
@@ -19,6 +22,9 @@ pub struct PollResult {
     pub result: Result<Sample, String>,
     /// `crate::imsg::monotonic_ns()` when the answer arrived.
     pub sampled_ns: u64,
+    /// The error is a shared document's, the same for every link that
+    /// reads it (the links of one poll carry the same `sampled_ns`).
+    pub whole: bool,
 }
 
 /// Shortest poll period (the config allows 100 ms and up; this only keeps a
@@ -52,11 +58,60 @@ pub fn spawn(
                 link: link.clone(),
                 result,
                 sampled_ns: crate::imsg::monotonic_ns(),
+                whole: false,
             };
             if tx.send(msg).await.is_err() {
                 break;
             }
         }
         crate::log::debug(format!("qber {name}: poller of link {link} stopped"));
+    })
+}
+
+/// Starts the one poller of the links that read `[qber.NAME]`'s shared
+/// document; their readings go out in `links`' order after each GET.
+pub fn spawn_shared(
+    name: String,
+    mut links: Vec<SharedLink>,
+    driver: Driver,
+    every: Duration,
+    tx: Sender<PollResult>,
+) -> tokio::task::JoinHandle<()> {
+    let mut driver = driver.for_links(links.len());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(MIN_EVERY));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'polls: loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                _ = tick.tick() => {}
+            }
+            let results = tokio::select! {
+                _ = tx.closed() => break,
+                r = driver.poll_shared(&mut links) => r,
+            };
+            let sampled_ns = crate::imsg::monotonic_ns();
+            let whole = results.is_err();
+            let mut results = match results {
+                Ok(each) => each.into_iter(),
+                Err(e) => vec![Err(e); links.len()].into_iter(),
+            };
+            for l in &links {
+                let result = results.next().unwrap_or_else(|| Err("no reading".into()));
+                let msg = PollResult {
+                    link: l.link.clone(),
+                    result,
+                    sampled_ns,
+                    whole,
+                };
+                if tx.send(msg).await.is_err() {
+                    break 'polls;
+                }
+            }
+        }
+        crate::log::debug(format!(
+            "qber {name}: poller of its {} links stopped",
+            links.len()
+        ));
     })
 }

@@ -13,8 +13,38 @@
 
 /// The value and optional time stamp of `qkd_qber{link_id="<qber_id>"}`.
 pub fn parse(body: &[u8], qber_id: &str) -> Result<(f64, Option<u64>), String> {
+    parse_all(body)?.get(qber_id)
+}
+
+/// Every `qkd_qber` sample of one answer, by `link_id`: an exporter's
+/// `/metrics` lists all its links, and the links that read it share one
+/// GET and one parse per poll (parsing it once per link made a poll
+/// quadratic in the links).
+#[derive(Debug, Default)]
+pub struct Exposition {
+    /// `link_id` -> its sample; None when the answer has more than one.
+    by_id: std::collections::HashMap<String, Option<(f64, Option<u64>)>>,
+}
+
+impl Exposition {
+    /// The sample of `qber_id`: exactly one must be there.
+    pub fn get(&self, qber_id: &str) -> Result<(f64, Option<u64>), String> {
+        let id = || crate::text::printable(qber_id, 64);
+        match self.by_id.get(qber_id) {
+            Some(Some(s)) => Ok(*s),
+            Some(None) => Err(format!(
+                "more than one qkd_qber sample for link_id {:?}",
+                id()
+            )),
+            None => Err(format!("no qkd_qber sample for link_id \"{}\"", id())),
+        }
+    }
+}
+
+/// Parses every `qkd_qber` line; one malformed line refuses the answer.
+pub fn parse_all(body: &[u8]) -> Result<Exposition, String> {
     let text = std::str::from_utf8(body).map_err(|_| "answer is not UTF-8 text".to_string())?;
-    let mut found = None;
+    let mut out = Exposition::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_start();
         if line.is_empty() || line.starts_with('#') {
@@ -29,23 +59,15 @@ pub fn parse(body: &[u8], qber_id: &str) -> Result<(f64, Option<u64>), String> {
         }
         let (labels, value, stamp) =
             sample(&line[name_len..]).map_err(|e| format!("line {}: {e}", n + 1))?;
-        if !labels.iter().any(|(k, v)| k == "link_id" && v == qber_id) {
-            continue;
+        for (_, id) in labels.into_iter().filter(|(k, _)| k == "link_id") {
+            // A second sample for one link: neither is believed.
+            out.by_id
+                .entry(id)
+                .and_modify(|s| *s = None)
+                .or_insert(Some((value, stamp)));
         }
-        if found.is_some() {
-            return Err(format!(
-                "more than one qkd_qber sample for link_id {:?}",
-                crate::text::printable(qber_id, 64)
-            ));
-        }
-        found = Some((value, stamp));
     }
-    found.ok_or_else(|| {
-        format!(
-            "no qkd_qber sample for link_id \"{}\"",
-            crate::text::printable(qber_id, 64)
-        )
-    })
+    Ok(out)
 }
 
 type Labels = Vec<(String, String)>;
@@ -178,5 +200,19 @@ mod tests {
             assert!(e.contains(want), "{body:?}: {e}");
         }
         assert!(parse(b"\xff\xfe", "ab").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn one_parse_serves_every_link() {
+        let all = parse_all(BODY.as_bytes()).unwrap();
+        assert_eq!(all.get("ab"), Ok((0.031, Some(1_700_000_000_123))));
+        assert_eq!(all.get("a\"b"), Ok((0.02, None)));
+        assert!(all.get("cd").unwrap_err().starts_with("no qkd_qber sample"));
+        // A link given twice is refused; the others are still read.
+        let body = "qkd_qber{link_id=\"ab\"} 0.1\nqkd_qber{link_id=\"x\"} 0.3\n\
+                    qkd_qber{link_id=\"ab\"} 0.2\n";
+        let all = parse_all(body.as_bytes()).unwrap();
+        assert!(all.get("ab").unwrap_err().contains("more than one"));
+        assert_eq!(all.get("x"), Ok((0.3, None)));
     }
 }
