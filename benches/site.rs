@@ -7,6 +7,9 @@
 //! - the site lock (`Firewall::lock_site`: two elements into set `site`,
 //!   one netlink transaction whatever N), then the read-back of every link
 //!   (`observe`), R rounds;
+//! - the source lock of one QBER section that feeds half the links
+//!   (`Firewall::lock_source`: two elements into set `src0`), then the
+//!   read-back of every link (that half locked, the other open), R rounds;
 //! - link by link, as the daemon locked every link before the site lock
 //!   (the engine lost, a stop, `lockdown all`): each link's `apply` (its
 //!   keys into the `locked_` sets, one transaction each) and its own
@@ -51,15 +54,19 @@ fn link(i: usize) -> LinkTarget {
         rdomain: 0,
         addrs4: vec![Ipv4Addr::from(0x0a40_0000 + i as u32)],
         addrs6: vec![],
+        qber: String::new(),
     }
 }
 
-/// Empties the `locked_` sets and `site` in one transaction, behind the
+/// Empties the `locked_` sets, `site` and both sections' sets in one
+/// transaction, behind the
 /// backend's back: every link open again.
 fn open_all(seq: &mut u32) {
     let sets: Vec<String> = Kind::ALL.iter().map(|k| k.locked_set()).collect();
     let mut changes: Vec<Change<'_>> = sets.iter().map(|s| Change::Flush(s)).collect();
     changes.push(Change::Flush(SITE_SET));
+    changes.push(Change::Flush("src0"));
+    changes.push(Change::Flush("src1"));
     *seq += 16;
     netlink::transact("qkdpfd", *seq, &changes, "open all").expect("open all");
 }
@@ -126,7 +133,13 @@ fn main() {
     let tmp = std::env::temp_dir();
     let mut seq = 5_000_000u32;
     for n in sizes {
-        let links: Vec<LinkTarget> = (0..n).map(link).collect();
+        // Two QBER sections: "a" feeds the first half, "b" the rest.
+        let links: Vec<LinkTarget> = (0..n)
+            .map(|i| LinkTarget {
+                qber: if i < n / 2 { "a" } else { "b" }.into(),
+                ..link(i)
+            })
+            .collect();
         let mut fw = fw::new(&conf, Path::new(&tmp));
         fw.init(&links).expect("init");
         fw.keep_alive(Some(Duration::from_secs(600)))
@@ -160,6 +173,36 @@ fn main() {
         );
         println!(
             "  site lock, every link read back locked:     {}",
+            stats::percentiles_ms(&proven)
+        );
+
+        // One section's links (half of them) by its source lock.
+        let (mut commit, mut proven) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = Instant::now();
+            assert!(fw.lock_source("a").expect("source lock"), "a set");
+            commit.push(micros(t));
+            let seen = fw.observe(&links, None).expect("observe");
+            proven.push(micros(t));
+            for l in &links {
+                let want = match l.qber == "a" {
+                    true => Observed::Locked,
+                    false => Observed::Open,
+                };
+                assert_eq!(seen[&l.name].state, want, "{}", l.name);
+            }
+            open_all(&mut seq);
+            all_are(&mut fw, &links, &Observed::Open);
+        }
+        commit.sort_unstable();
+        proven.sort_unstable();
+        println!(
+            "  source lock of {} links, the transaction: {}",
+            n / 2,
+            stats::percentiles_ms(&commit)
+        );
+        println!(
+            "  source lock, every link read back:          {}",
             stats::percentiles_ms(&proven)
         );
 

@@ -729,7 +729,13 @@ fn network_qber_source(ns: &str, source: &str) {
     gw.wait_state("lockdown", Duration::from_secs(6));
     let show = gw.ctl_ok(&["show", "link", "dr"]);
     assert!(show.contains("source-lost"), "{show}");
-    assert!(gw.log().contains("event=qber_source_error"));
+    let log = gw.log();
+    assert!(log.contains("event=qber_source_error"), "{log}");
+    // Every link of the section (here its only one) lost it at once: locked
+    // by the section's set, before the link's own report.
+    let lost = log.find("event=source_lost source=net links=1 commit_us=");
+    let own = log.find("event=lockdown link=dr reason=source-lost");
+    assert!(lost.is_some() && lost < own, "{log}");
 }
 
 /// `nft flush ruleset` (Debian's nftables.conf starts with it) deletes

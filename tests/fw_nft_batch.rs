@@ -326,3 +326,119 @@ fn a_site_lock_locks_every_link_in_one_transaction() {
     r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
     assert_eq!(state(&mut r, &ls, "l0"), Observed::Open);
 }
+
+/// The links of one QBER section locked in one transaction of two
+/// elements (`src<i>`), the other sections' links untouched; read back
+/// without a listing, kept as locks of their own by a restart whose
+/// sections changed, and ended by the first open of one of them.
+#[test]
+fn a_source_lock_locks_its_sections_links_in_one_transaction() {
+    use qkdpfd::parent::fw::nft::alive::generation;
+    if !root_or_skip("a_source_lock_locks_its_sections_links_in_one_transaction") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
+    let mut ls = links(4);
+    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    // Section "b" feeds l2 and l3; "a" feeds l0, l1 and dr.
+    for (i, l) in ls.iter_mut().enumerate() {
+        l.qber = if i == 2 || i == 3 { "b" } else { "a" }.into();
+    }
+    r.fw.init(&ls).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    for l in &ls {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(r.fw.settle().is_empty());
+    for l in &ls {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open);
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
+
+    assert!(r.fw.lock_source("a").unwrap());
+    assert!(
+        !r.fw.lock_source("nowhere").unwrap(),
+        "no set: link by link"
+    );
+    assert_eq!(
+        generation(2).unwrap(),
+        before.wrapping_add(1),
+        "one transaction"
+    );
+    assert!(locked_keys(&r.ns).is_empty(), "no link's keys moved");
+    assert!(!ping(&r.ns, "10.99.0.2"), "the source lock drops dr");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    for (name, want) in [
+        ("l0", Observed::Locked),
+        ("l1", Observed::Locked),
+        ("l2", Observed::Open),
+        ("l3", Observed::Open),
+        ("dr", Observed::Locked),
+    ] {
+        assert_eq!(seen[name].state, want, "{name}: {seen:?}");
+    }
+    assert_eq!(nft_runs(&r), runs, "read back without a listing");
+    // A listing agrees; one link's own read-back too.
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
+    let listed = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|(n, rb)| (n, &rb.state))
+            .collect::<Vec<_>>(),
+        seen.iter()
+            .map(|(n, rb)| (n, &rb.state))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(state(&mut r, &ls, "l1"), Observed::Locked);
+    // Its lockdown chains are in force: a preload waits.
+    r.fw.stage(&ls[1], Enforcement::Lockdown, "drop").unwrap();
+    assert!(r.fw.settle().is_empty());
+    assert!(
+        rules(&r.ns, "lock_l1")
+            .iter()
+            .any(|l| l.contains("counter")),
+        "{:?}",
+        rules(&r.ns, "lock_l1")
+    );
+
+    // A restart with other sections: dr now alone in "c". Every link the
+    // lock covered is locked on its own; the set is emptied.
+    let mut again = ls.clone();
+    again[4].qber = "c".into();
+    r.fw.init(&again).unwrap();
+    assert!(nft_listing::elements(&r.ns.nft("list set inet qkdpfd src0")).is_empty());
+    for l in &again {
+        let want = if l.qber == "b" {
+            Observed::Open
+        } else {
+            Observed::Locked
+        };
+        assert_eq!(state(&mut r, &again, &l.name), want, "{}", l.name);
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "dr kept locked by the restart");
+
+    // Back to the first sections; lock "a" again, then open dr: the lock
+    // ends, l0 and l1 locked on their own, dr open.
+    r.fw.init(&ls).unwrap();
+    for l in &ls[..2] {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+    }
+    assert!(r.fw.lock_source("a").unwrap());
+    assert!(!ping(&r.ns, "10.99.0.2"));
+    r.fw.apply(&ls[4], Enforcement::Open, "accept").unwrap();
+    assert!(ping(&r.ns, "10.99.0.2"), "dr opened");
+    assert!(nft_listing::elements(&r.ns.nft("list set inet qkdpfd src0")).is_empty());
+    for l in &ls[..2] {
+        assert!(keys_locked(&r.ns, l) > 0, "{} locked on its own", l.name);
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+    }
+    for l in &ls[2..4] {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open, "{}", l.name);
+    }
+}

@@ -87,6 +87,10 @@ if mode == "claim":
     # Clears its own reasons and claims a parent-owned one.
     reasons("dr", [])
     reasons("dr", ["operator"])
+elif mode == "unknown-source":
+    # Says a QBER section that feeds no link lost its source.
+    reasons("dr", [])
+    send(107, {"source": "nowhere", "found_ns": 1})
 elif mode == "forge-unlock":
     reasons("dr", [])
     # `unlock -f all` said to come from root, with no client behind it.
@@ -245,6 +249,23 @@ fn an_engine_claiming_a_parent_reason_is_a_failed_engine() {
         log.contains("event=lockdown proc=parent link=dr reason=process-failure"),
         "{log}"
     );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(kernel_locked(&gw));
+    assert_eq!(gw.pings(3), 0);
+}
+
+#[test]
+fn an_engine_naming_a_source_no_link_reads_is_a_failed_engine() {
+    let Some(gw) = gateway("qkh7", "unknown-source") else {
+        return;
+    };
+    let (code, log, _) = run(&gw);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("source_lost for a section with no link \\\"nowhere\\\""),
+        "{log}"
+    );
+    assert!(!log.contains("event=source_lost"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     assert!(kernel_locked(&gw));
     assert_eq!(gw.pings(3), 0);

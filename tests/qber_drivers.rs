@@ -406,7 +406,7 @@ async fn changed_value_fallback_without_time_stamps() {
 #[tokio::test]
 async fn the_poller_delivers_on_its_schedule_and_stops_with_the_receiver() {
     let sim = start("100ms").await;
-    let (tx, mut rx) = mpsc::channel::<PollResult>(4);
+    let (tx, mut rx) = mpsc::channel::<Vec<PollResult>>(4);
     let every = Duration::from_millis(100);
     let task = poller::spawn(
         "src".into(),
@@ -422,7 +422,8 @@ async fn the_poller_delivers_on_its_schedule_and_stops_with_the_receiver() {
             .await
             .expect("the poller went quiet")
             .expect("the poller stopped");
-        got.push(r);
+        assert_eq!(r.len(), 1, "one link, one reading a poll");
+        got.extend(r);
     }
     for r in &got {
         assert_eq!(r.link, "dr");
@@ -460,7 +461,7 @@ async fn the_poller_reports_errors_and_stops_mid_poll() {
         .await
         .unwrap()
         .unwrap();
-    let e = r.result.unwrap_err();
+    let e = r[0].result.clone().unwrap_err();
     assert!(
         e.starts_with("qber h: GET http://127.0.0.1:") && e.contains(": timeout"),
         "{e}"
@@ -518,7 +519,7 @@ async fn counting(
     (addr, gets, fail)
 }
 
-async fn next(rx: &mut mpsc::Receiver<PollResult>) -> PollResult {
+async fn next(rx: &mut mpsc::Receiver<Vec<PollResult>>) -> Vec<PollResult> {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("the poller went quiet")
@@ -552,12 +553,11 @@ async fn links_that_read_one_document_share_one_get() {
         .collect();
     let (tx, mut rx) = mpsc::channel(4096);
     let task = poller::spawn_shared("p".into(), links, d, Duration::from_millis(100), tx);
-    // Three polls: each link its own value, all of a poll at one moment.
+    // Three polls, each in one message: each link its own value, all of
+    // a poll at one moment.
     for _ in 0..3 {
-        let mut round = Vec::new();
-        for _ in 0..n {
-            round.push(next(&mut rx).await);
-        }
+        let round = next(&mut rx).await;
+        assert_eq!(round.len(), n);
         for (i, r) in round.iter().enumerate() {
             assert_eq!(r.link, format!("l{i}"));
             let s = r.result.as_ref().unwrap();
@@ -577,18 +577,19 @@ async fn links_that_read_one_document_share_one_get() {
     );
     // The source fails: every link hears it from the same poll.
     fail.store(true, Ordering::SeqCst);
-    let mut failed = 0;
-    while failed < n {
-        let r = next(&mut rx).await;
-        match &r.result {
-            Err(e) => {
-                assert!(e.contains("HTTP 503"), "{e}");
-                assert!(r.whole, "a failed GET is every link's");
-                failed += 1;
-            }
-            // What the poll in flight had read.
-            Ok(_) => assert_eq!(failed, 0, "a reading after a failure in one poll"),
+    loop {
+        let round = next(&mut rx).await;
+        assert_eq!(round.len(), n);
+        // What a poll in flight had read is all readings, or none.
+        if round.iter().all(|r| r.result.is_ok()) {
+            continue;
         }
+        for r in &round {
+            let e = r.result.as_ref().unwrap_err();
+            assert!(e.contains("HTTP 503"), "{e}");
+            assert!(r.whole, "a failed GET is every link's");
+        }
+        break;
     }
     drop(rx);
     tokio::time::timeout(Duration::from_secs(5), task)

@@ -32,7 +32,7 @@ use crate::log::{self, Event};
 use crate::proto::ctl::Reply;
 use control::CtlCall;
 use link::{Action, Input, Link};
-use qber::poller::PollResult;
+use qber::poller::{PollResult, Polled};
 use qber::{Freshness, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -84,7 +84,7 @@ struct Engine {
     /// The Prometheus endpoint's view, when `[daemon] metrics` is set.
     metrics: Option<tokio::sync::watch::Sender<metrics::Snapshot>>,
     /// Where network QBER pollers send their readings.
-    polls: mpsc::Sender<PollResult>,
+    polls: mpsc::Sender<Polled>,
     /// Key agreement of the keyed links.
     keys: keys::Keys,
     /// `[testing]` overrides of policy timing.
@@ -95,6 +95,12 @@ struct Engine {
     alive_due: Instant,
     /// When free memory is next given back ([`Engine::return_memory`]).
     trim_due: Instant,
+    /// Reports to the parent held back while a turn's inputs are handled
+    /// ([`Engine::hold`]), so that a section lost by all its links at once
+    /// is said first.
+    held: Option<Vec<Vec<u8>>>,
+    /// Sections in which a link was found `source-lost` since [`Engine::hold`].
+    newly_lost: std::collections::BTreeSet<String>,
 }
 
 /// The one poller of the links that read a section's shared document.
@@ -240,7 +246,7 @@ struct Inbox {
     from_parent: mpsc::Receiver<Result<ToEngine, String>>,
     calls: mpsc::Receiver<CtlCall>,
     /// Readings of the network QBER pollers.
-    polls: mpsc::Receiver<PollResult>,
+    polls: mpsc::Receiver<Polled>,
     answers: mpsc::UnboundedReceiver<keys::KmeAnswer>,
     /// Datagrams from the configured peers' addresses.
     datagrams: mpsc::Receiver<peering::Datagram>,
@@ -274,7 +280,14 @@ async fn run(
                 None => return fatal("parent reader ended"),
             },
             Some(call) = inbox.calls.recv() => eng.control(call),
-            Some(r) = inbox.polls.recv() => eng.on_poll(r, Instant::now()),
+            Some(polled) = inbox.polls.recv() => {
+                let now = Instant::now();
+                eng.hold();
+                for r in polled {
+                    eng.on_poll(r, now);
+                }
+                eng.release();
+            }
             Some(a) = inbox.answers.recv() => {
                 let now = Instant::now();
                 let inputs = eng.keys.on_kme(a, now);
@@ -356,6 +369,13 @@ impl Engine {
     fn tick(&mut self, now: Instant) {
         let inputs = self.keys.tick(now);
         self.feed_keys(inputs, now);
+        self.hold();
+        self.tick_links(now);
+        self.release();
+    }
+
+    /// The links whose poll or timer is due.
+    fn tick_links(&mut self, now: Instant) {
         for name in self.due.due(now) {
             let Some(slot) = self.links.get_mut(&name) else {
                 self.due.set(&name, None);
@@ -456,7 +476,11 @@ impl Engine {
                         by_operator,
                         sampled_ns,
                     };
-                    let _ = self.tx.send(ToParent::Reasons(m).encode());
+                    let frame = ToParent::Reasons(m).encode();
+                    match self.held.as_mut() {
+                        Some(held) => held.push(frame),
+                        None => drop(self.tx.send(frame)),
+                    }
                 }
                 Action::Band { from, to, qber } => {
                     log::event(Event::Band)
@@ -469,6 +493,9 @@ impl Engine {
                 Action::Lock { reason, .. } => {
                     if reason == LockReason::KeyStale {
                         self.keys.halted(name);
+                    }
+                    if reason == LockReason::SourceLost && self.held.is_some() {
+                        self.newly_lost.insert(slot.qber_name.clone());
                     }
                     log::debug(format!("engine: {name}: set {reason}"))
                 }

@@ -6,7 +6,7 @@
 
 use super::control::{self, Access, CtlCall};
 use super::link::Link;
-use super::qber::poller::PollResult;
+use super::qber::poller::Polled;
 use super::qber::{Freshness, SharedLink};
 use super::{Engine, Inbox, LinkSlot, SharedPoller, Sockets, keys, metrics, peering, sources};
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
@@ -98,7 +98,7 @@ impl Engine {
             tx
         });
         // Sized for every link's poller to have a reading in flight.
-        let (polls_tx, polls) = mpsc::channel::<PollResult>(1024);
+        let (polls_tx, polls) = mpsc::channel::<Polled>(1024);
         let (answers_tx, answers) = mpsc::unbounded_channel::<keys::KmeAnswer>();
         // Room for a datagram of every link at once (the burst a `rotate
         // all` or a policy activation brings), as the socket's buffer has.
@@ -128,6 +128,8 @@ impl Engine {
         let mut eng = Engine {
             links: BTreeMap::new(),
             shared: BTreeMap::new(),
+            held: None,
+            newly_lost: Default::default(),
             due: Default::default(),
             policy: None,
             tx,

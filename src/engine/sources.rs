@@ -1,10 +1,13 @@
 //! Opening a link's QBER source in the engine: the built-in simulator
 //! (polled in line), or a network driver running as a poller task (one per
 //! link, or one for all the links of a section that read one document),
-//! and the `/sim/` control endpoint `qkdctl sim` is forwarded to.
+//! and the `/sim/` control endpoint `qkdctl sim` is forwarded to; and a
+//! section whose source every link lost at once, said to the parent as one.
 
-use super::qber::{self, SharedLink, Source, poller::PollResult};
-use crate::imsg;
+use super::Engine;
+use super::qber::{self, SharedLink, Source, poller::Polled};
+use crate::imsg::{self, ToParent};
+use crate::lock::LockReason;
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
@@ -30,7 +33,7 @@ pub(super) fn open(
     qber_id: &str,
     qconf: &crate::conf::QberConf,
     net: &BTreeMap<String, imsg::QberNet>,
-    polls: &mpsc::Sender<PollResult>,
+    polls: &mpsc::Sender<Polled>,
 ) -> Result<(Option<Source>, Option<tokio::task::JoinHandle<()>>), String> {
     if qconf.driver == crate::conf::QberDriver::Sim {
         let mut sim = qconf.sim.clone();
@@ -70,7 +73,7 @@ pub(super) fn open_shared(
     links: Vec<SharedLink>,
     qconf: &crate::conf::QberConf,
     net: &BTreeMap<String, imsg::QberNet>,
-    polls: &mpsc::Sender<PollResult>,
+    polls: &mpsc::Sender<Polled>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let n = net
         .get(qber)
@@ -104,4 +107,46 @@ fn fnv1a(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf29ce484222325u64, |h, x| {
         (h ^ *x as u64).wrapping_mul(0x100000001b3)
     })
+}
+
+impl Engine {
+    /// Starts holding reports back (see [`Engine::release`]).
+    pub(super) fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Sends what [`Engine::hold`] held back: first, for each section
+    /// whose every link is `source-lost` now, one of them newly, a
+    /// [`ToParent::SourceLost`] (the parent locks them together, in one
+    /// transaction where it can), then the links' own reports.
+    pub(super) fn release(&mut self) {
+        let held = self.held.take().unwrap_or_default();
+        for source in std::mem::take(&mut self.newly_lost) {
+            if self.every_link_lost(&source) {
+                let m = imsg::SourceLost {
+                    source,
+                    found_ns: imsg::monotonic_ns(),
+                };
+                let _ = self.tx.send(ToParent::SourceLost(m).encode());
+            }
+        }
+        for frame in held {
+            let _ = self.tx.send(frame);
+        }
+    }
+
+    /// Whether every link of section `source` is `source-lost`.
+    fn every_link_lost(&self, source: &str) -> bool {
+        let lost = |n: &str| {
+            self.links
+                .get(n)
+                .is_some_and(|s| s.link.reasons().contains(LockReason::SourceLost))
+        };
+        match self.shared.get(source) {
+            Some(p) => p.links.iter().all(|(n, _)| lost(n)),
+            None => (self.links.iter())
+                .filter(|(_, s)| s.qber_name == source)
+                .all(|(n, _)| lost(n)),
+        }
+    }
 }

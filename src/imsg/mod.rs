@@ -52,6 +52,7 @@ pub enum Type {
     PersistEpoch = 104,
     InstallPsk = 105,
     Alive = 106,
+    SourceLost = 107,
 }
 
 impl Type {
@@ -70,6 +71,7 @@ impl Type {
             104 => Type::PersistEpoch,
             105 => Type::InstallPsk,
             106 => Type::Alive,
+            107 => Type::SourceLost,
             _ => return None,
         })
     }
@@ -293,6 +295,17 @@ pub struct Hello {
     pub pid: u32,
 }
 
+/// Every link of QBER section `source` lost it at once (no fresh reading
+/// for their `qber_timeout`): the parent locks them together, in one
+/// transaction where the firewall can. Their own `Reasons` follow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLost {
+    pub source: String,
+    /// CLOCK_MONOTONIC (ns) of the tick that found it.
+    pub found_ns: u64,
+}
+
 /// The engine-owned reasons of one link (the whole set, not a delta).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +364,7 @@ pub enum ToParent {
     /// saying it, and the parent treats the engine as failed
     /// ([`ENGINE_SILENCE`]).
     Alive,
+    SourceLost(SourceLost),
 }
 
 /// Framing or decoding failure: fatal for the channel.
@@ -502,6 +516,7 @@ impl ToParent {
             ToParent::PersistEpoch(p) => frame(Type::PersistEpoch, p),
             ToParent::InstallPsk(i) => frame(Type::InstallPsk, i),
             ToParent::Alive => frame(Type::Alive, &()),
+            ToParent::SourceLost(s) => frame(Type::SourceLost, s),
         }
     }
 
@@ -518,6 +533,7 @@ impl ToParent {
                 body::<()>(ty, payload)?;
                 ToParent::Alive
             }
+            Type::SourceLost => ToParent::SourceLost(body(ty, payload)?),
             _ => return Err(Error::WrongDirection(code)),
         })
     }

@@ -168,6 +168,8 @@ catalogue! {
         "the link could not be opened; it stays locked";
     StageFailed "stage_failed" Warning ("link", "msg")
         "a ruleset could not be staged for the link; it stays as it was";
+    SourceLost "source_lost" Alert ("source", "links", "[commit_us]", "[found_to_commit_us]")
+        "every link of the QBER source lost it at once (no fresh reading for qber_timeout): locked together, in one transaction where the firewall can (commit_us: its time; found_to_commit_us: from the engine's finding to the commit); each link also logs lockdown reason=source-lost";
     QberSourceError "qber_source_error" Warning [Err] ("[link]", "source", "[links]", "msg")
         "a QBER reading failed: with link, that link's; without, the document all links of the source read (links: how many), said once per poll; err: the source cannot be opened";
     SimControl "sim_control" Notice ("link", "[eve]", "[noise]")

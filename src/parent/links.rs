@@ -220,6 +220,57 @@ impl Links {
         changed
     }
 
+    /// Locks every link of QBER section `source` for `source-lost`, which
+    /// the engine found for all of them at once: in one kernel transaction
+    /// where the firewall has a source lock, then as a tick does, from a
+    /// read-back of every link (a link not shown locked walks its ladder).
+    /// A link the engine has not reported on yet keeps its reasons: the
+    /// engine's own report for it follows. `found_ns`: when the engine
+    /// found it (CLOCK_MONOTONIC), for the event's timing.
+    pub fn lock_source(
+        &mut self,
+        source: &str,
+        found_ns: Option<u64>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Enforcement)> {
+        let names: Vec<String> = (self.links.iter())
+            .filter(|(_, l)| l.target.qber == source)
+            .map(|(n, _)| n.clone())
+            .collect();
+        // The kernel first, then what is said about it.
+        self.committed_ns = None;
+        let started = crate::imsg::monotonic_ns();
+        let locked = self.fw.lock_source(source);
+        match &locked {
+            Ok(true) => self.stamp_commit(started, &locked),
+            Ok(false) => {}
+            Err(e) => log::debug(format!("source lock {source}: {e} (locking link by link)")),
+        }
+        let mut ev = log::event(Event::SourceLost)
+            .kv("source", source)
+            .kv("links", names.len());
+        if let Some((start, commit)) = self.committed_ns {
+            ev = ev.kv("commit_us", commit.saturating_sub(start) / 1000);
+            if let Some(t0) = found_ns {
+                ev = ev.kv("found_to_commit_us", commit.saturating_sub(t0) / 1000);
+            }
+        }
+        ev.send();
+        for name in &names {
+            let l = &self.links[name];
+            if let Some(mut r) = l.engine {
+                if r.insert(LockReason::SourceLost) {
+                    let (q, t) = (l.qber, l.threshold);
+                    self.set_engine_reasons(name, r, q, t);
+                }
+            }
+        }
+        self.hold_writes = true;
+        let changed = self.reconcile(bundle, OpenedBy::Auto);
+        self.hold_writes = false;
+        changed
+    }
+
     /// Notes when a flip the firewall accepted was committed.
     fn stamp_commit<T, E>(&mut self, started_ns: u64, r: &Result<T, E>) {
         if r.is_ok() {

@@ -7,9 +7,30 @@ use super::Parent;
 use super::changed::Changed;
 use super::keys;
 use super::links::OpenedBy;
-use crate::imsg::{self, LinkReasons, LogRecord};
+use crate::imsg::{self, LinkReasons, LogRecord, SourceLost};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Event, Prio};
+
+/// Every link of a QBER section lost its source at once: locked together
+/// (one transaction where the firewall can), before their own reasons
+/// arrive. A section that feeds no link is the engine's failure.
+pub(super) fn source_lost(p: &mut Parent, s: SourceLost) -> Result<Changed, String> {
+    let feeds = (p.links.links.values()).any(|l| l.target.qber == s.source);
+    if !feeds {
+        return Err(format!(
+            "source_lost for a section with no link {:?}",
+            s.source
+        ));
+    }
+    let changed = p
+        .links
+        .lock_source(&s.source, Some(s.found_ns), p.bundle.as_ref());
+    let mut out = Changed::none();
+    for (name, _) in changed {
+        out.state(&name);
+    }
+    Ok(out)
+}
 
 /// A link's engine-owned reasons: the link converges on them, and a newly
 /// reported `key-stale` randomizes its PSK. Only this link's state is sent.

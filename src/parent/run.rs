@@ -271,6 +271,7 @@ fn dispatch_engine(
     match msg {
         ToParent::Hello(_) => Err("second hello".into()),
         ToParent::Reasons(r) => super::reports::reasons(p, r),
+        ToParent::SourceLost(s) => super::reports::source_lost(p, s),
         ToParent::Log(rec) => super::reports::log_record(rec),
         ToParent::PersistEpoch(e) => keys::persist_epoch(p, e),
         ToParent::InstallPsk(i) => keys::install_psk(p, i),

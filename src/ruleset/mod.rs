@@ -58,6 +58,9 @@ pub struct LinkTarget {
     pub rdomain: u32,
     pub addrs4: Vec<Ipv4Addr>,
     pub addrs6: Vec<Ipv6Addr>,
+    /// The `[qber.X]` section that feeds the link; empty for none. The
+    /// links of one section can be locked together (nft: one transaction).
+    pub qber: String,
 }
 
 impl LinkTarget {
@@ -71,6 +74,7 @@ impl LinkTarget {
             rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec![],
+            qber: String::new(),
         }
     }
 
@@ -82,6 +86,7 @@ impl LinkTarget {
             rdomain: link.rdomain,
             addrs4: Vec::new(),
             addrs6: Vec::new(),
+            qber: link.qber.clone(),
         };
         for a in &link.addresses {
             match a {

@@ -5,7 +5,8 @@
 /// dispatch maps send to `link_<link>` is in the `locked_` sets and
 /// `lock_<link>` ends with qkdpfd's drop (or starts with it); or no key is
 /// there and `link_<link>` starts with qkdpfd's drop. The site lock counts
-/// as every key in the `locked_` sets.
+/// as every key in the `locked_` sets; a QBER section's source lock as
+/// every key in its `src<i>_` sets.
 /// `nft` runs `nft <args>` where the daemon's table is and returns stdout.
 pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
     let list = |what: &str, name: &str| nft(&["list", what, "inet", "qkdpfd", name]);
@@ -25,6 +26,20 @@ pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
     // its lockdown chain, as if each were in the locked_ sets.
     let site = elements(&list("set", "site"));
     let site = site.iter().any(|e| e == "ipv4") && site.iter().any(|e| e == "ipv6");
+    // A source lock (set `src<i>` holding both families) likewise for the
+    // keys in its `src<i>_` sets.
+    for i in 0.. {
+        let set = list("set", &format!("src{i}"));
+        if !set.contains(&format!("set src{i}")) {
+            break;
+        }
+        let src = elements(&set);
+        if src.iter().any(|e| e == "ipv4") && src.iter().any(|e| e == "ipv6") {
+            for kind in ["4", "6", "if"] {
+                locked.extend(elements(&list("set", &format!("src{i}_{kind}"))));
+            }
+        }
+    }
     let held = match site {
         true => keys.len(),
         false => keys.iter().filter(|k| locked.contains(k)).count(),

@@ -13,6 +13,11 @@ use super::{Driver, SharedLink};
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
+/// What a poller sends after each poll: every reading of that poll, in one
+/// message (all links of a shared document together, so that the engine
+/// handles them in one turn).
+pub type Polled = Vec<PollResult>;
+
 /// One poll's outcome for `link`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollResult {
@@ -40,7 +45,7 @@ pub fn spawn(
     qber_id: String,
     mut driver: Driver,
     every: Duration,
-    tx: Sender<PollResult>,
+    tx: Sender<Polled>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(MIN_EVERY));
@@ -60,7 +65,7 @@ pub fn spawn(
                 sampled_ns: crate::imsg::monotonic_ns(),
                 whole: false,
             };
-            if tx.send(msg).await.is_err() {
+            if tx.send(vec![msg]).await.is_err() {
                 break;
             }
         }
@@ -69,19 +74,20 @@ pub fn spawn(
 }
 
 /// Starts the one poller of the links that read `[qber.NAME]`'s shared
-/// document; their readings go out in `links`' order after each GET.
+/// document; their readings go out together, in `links`' order, after
+/// each GET.
 pub fn spawn_shared(
     name: String,
     mut links: Vec<SharedLink>,
     driver: Driver,
     every: Duration,
-    tx: Sender<PollResult>,
+    tx: Sender<Polled>,
 ) -> tokio::task::JoinHandle<()> {
     let mut driver = driver.for_links(links.len());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(MIN_EVERY));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        'polls: loop {
+        loop {
             tokio::select! {
                 _ = tx.closed() => break,
                 _ = tick.tick() => {}
@@ -96,17 +102,16 @@ pub fn spawn_shared(
                 Ok(each) => each.into_iter(),
                 Err(e) => vec![Err(e); links.len()].into_iter(),
             };
-            for l in &links {
-                let result = results.next().unwrap_or_else(|| Err("no reading".into()));
-                let msg = PollResult {
+            let polled: Polled = (links.iter())
+                .map(|l| PollResult {
                     link: l.link.clone(),
-                    result,
+                    result: results.next().unwrap_or_else(|| Err("no reading".into())),
                     sampled_ns,
                     whole,
-                };
-                if tx.send(msg).await.is_err() {
-                    break 'polls;
-                }
+                })
+                .collect();
+            if tx.send(polled).await.is_err() {
+                break;
             }
         }
         crate::log::debug(format!(

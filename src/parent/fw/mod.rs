@@ -68,6 +68,13 @@ pub trait Firewall: LinkCheck + Send {
     fn lock_site(&mut self) -> Result<bool, FwError> {
         Ok(false)
     }
+    /// Locks every link fed by QBER section `source` in one transaction
+    /// whose size does not grow with them (nft: set `src<i>`); false when
+    /// the backend has none (the caller locks link by link). What the
+    /// kernel then holds is the next read-back's to say.
+    fn lock_source(&mut self, _source: &str) -> Result<bool, FwError> {
+        Ok(false)
+    }
     /// Reads the kernel back (DESIGN §5 "enforcement is what the kernel
     /// holds"): for each link, in the order given, what its own chain or
     /// anchor holds now, and whether a guard (see [`Firewall::set_guard`])

@@ -40,6 +40,7 @@ mod batch;
 pub mod chain;
 pub mod netlink;
 pub mod readback;
+mod source;
 
 /// The nftables backend.
 pub struct Nft {
@@ -87,6 +88,15 @@ pub struct Nft {
     site_may_be_locked: bool,
     /// The generation read right after our site lock, until the read-back.
     site_flip: Option<Option<u32>>,
+    /// The QBER sections of the links, in name order: section `i` is set
+    /// `src<i>` (see `source.rs`).
+    sources: Vec<String>,
+    /// Sections whose `src<i>` may hold elements (a lock of ours since
+    /// `init`): an open of one of their links ends it first.
+    sources_may_be_locked: std::collections::BTreeSet<usize>,
+    /// The section and the generation read right after our source lock,
+    /// until the read-back.
+    source_flip: Option<(usize, Option<u32>)>,
 }
 
 impl Nft {
@@ -110,6 +120,9 @@ impl Nft {
             handshakes: false,
             site_may_be_locked: true,
             site_flip: None,
+            sources: Vec::new(),
+            sources_may_be_locked: Default::default(),
+            source_flip: None,
         }
     }
 
@@ -226,14 +239,22 @@ impl Nft {
         if self.site_locked()? {
             return Ok(readback::Holds::of_keys(&keys, |_, _| true));
         }
+        // Under its section's lock, a key in `src<i>_` is locked too.
+        let by_source = self.source_locked(link)?;
         let mut found = std::collections::HashSet::new();
         for kind in Kind::ALL {
             let set = kind.locked_set();
             let mut missing = false;
             for key in keys.bytes(kind) {
                 self.seq = self.seq.wrapping_add(4);
-                let there = netlink::exists(&self.table, Lookup::Element(&set, &key), self.seq)
+                let mut there = netlink::exists(&self.table, Lookup::Element(&set, &key), self.seq)
                     .map_err(|e| format!("set {set}: {e}"))?;
+                if let (false, Some(i)) = (there, by_source) {
+                    let of = kind.source_keys_set(i);
+                    self.seq = self.seq.wrapping_add(4);
+                    there = netlink::exists(&self.table, Lookup::Element(&of, &key), self.seq)
+                        .map_err(|e| format!("set {of}: {e}"))?;
+                }
                 match there {
                     true => drop(found.insert((kind, key))),
                     false => missing = true,
@@ -252,16 +273,10 @@ impl Nft {
     /// Which families set `site` holds (ipv4, ipv6), looked up over
     /// netlink; neither, without a lookup, once it is known empty.
     fn site_elements(&mut self) -> Result<[bool; 2], String> {
-        let mut have = [false; 2];
         if !self.site_may_be_locked {
-            return Ok(have);
+            return Ok([false; 2]);
         }
-        for (there, family) in have.iter_mut().zip(BOTH_FAMILIES) {
-            self.seq = self.seq.wrapping_add(4);
-            *there = netlink::exists(&self.table, Lookup::Element(SITE_SET, family), self.seq)
-                .map_err(|e| format!("set {SITE_SET}: {e}"))?;
-        }
-        Ok(have)
+        self.families(SITE_SET)
     }
 
     /// Whether set `site` holds both families: every link locked.
@@ -510,12 +525,21 @@ impl Firewall for Nft {
         self.lock_loaded.clear();
         self.pending.clear();
         self.site_flip = None;
+        self.source_flip = None;
         self.keys = dispatch::owned(links);
         self.targets = links.iter().map(|l| (l.name.clone(), l.clone())).collect();
+        self.sources = dispatch::sources(links);
+        let held = self.held_source_locks();
         let mut script = skeleton(&self.table, links);
         let new = self.undispatched();
         script.push_str(&lock_new_keys(&self.table, &new));
+        script.push_str(&self.end_held(held.as_deref().ok()));
         self.run("create nftables table and base chains", &script)?;
+        // Every section's set is empty now, unless it could not be read.
+        self.sources_may_be_locked = match held {
+            Ok(_) => Default::default(),
+            Err(_) => (0..self.sources.len()).collect(),
+        };
         // A site lock (ours, or an earlier run's) is looked up after each
         // flip only while one may be there: found empty now, only our own
         // `lock_site` sets one again. Unknown stays "may be".
@@ -548,6 +572,7 @@ impl Firewall for Nft {
         };
         if state == Enforcement::Open {
             self.end_site_lock()?;
+            self.end_source_lock(link)?;
         }
         let what = format!("load {state} rules for link {}", link.name);
         let name = &link.name;
@@ -630,6 +655,10 @@ impl Firewall for Nft {
         Ok(true)
     }
 
+    fn lock_source(&mut self, source: &str) -> Result<bool, FwError> {
+        self.lock_source_set(source)
+    }
+
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
         // lock_<link> holds our text, handshakes first.
         self.handshakes && self.staged.contains_key(&link.name)
@@ -664,6 +693,11 @@ impl Firewall for Nft {
         }
         if let Some(after) = self.site_flip.take() {
             if let Some(seen) = self.observe_site(links, after) {
+                return Ok(seen);
+            }
+        }
+        if let Some((i, after)) = self.source_flip.take() {
+            if let Some(seen) = self.observe_source(links, i, after) {
                 return Ok(seen);
             }
         }

@@ -99,6 +99,16 @@ impl Firewall for Fake {
         k.site |= !k.site_lies;
         Ok(true)
     }
+    // The same knobs: the tests' links all read one QBER section.
+    fn lock_source(&mut self, source: &str) -> Result<bool, FwError> {
+        let mut k = self.k.lock().unwrap();
+        if !k.site_lock {
+            return Ok(false);
+        }
+        k.calls.push(format!("source {source}"));
+        k.site |= !k.site_lies;
+        Ok(true)
+    }
     fn clear(&mut self, l: &LinkTarget) -> Result<(), FwError> {
         let mut k = self.k.lock().unwrap();
         k.calls.push(format!("clear {}", l.name));
@@ -782,4 +792,48 @@ fn lock_all_is_one_site_lock_proven_by_the_read_back() {
         assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
         assert!(!k.lock().unwrap().site);
     }
+}
+
+/// `lock_source`: one source lock, then `source-lost` on the link, read
+/// back with no flip of its own; one that changed nothing, or none, is
+/// caught by the read-back and the link walks its ladder. A link the
+/// engine has not reported on keeps its reasons.
+#[test]
+fn lock_source_is_one_source_lock_proven_by_the_read_back() {
+    let b = bundle();
+    for (source_lock, lies, want) in [
+        (true, false, vec!["source s"]),
+        (true, true, vec!["source s", "apply dr lockdown drop"]),
+        (false, false, vec!["apply dr lockdown drop"]),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let knobs = Kernel {
+            site_lock: source_lock,
+            site_lies: lies,
+            ..Kernel::default()
+        };
+        let (mut l, k) = opened(fake(knobs), t.path());
+        assert_eq!(l.links["dr"].target.qber, "s");
+        let changed = l.lock_source("s", None, Some(&b));
+        assert_eq!(calls(&k), want, "source lock {source_lock}, lies {lies}");
+        assert_eq!(changed, [("dr".to_string(), Enforcement::Lockdown)]);
+        assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+        assert!(l.links["dr"].reasons().contains(LockReason::SourceLost));
+        // A fresh reading clears it: the open ends the source lock first.
+        l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+        l.converge("dr", Some(&b), OpenedBy::Auto, false);
+        assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+        assert!(!k.lock().unwrap().site);
+    }
+    // Not reported on yet: the kernel is locked, the reasons wait for the
+    // engine's own report.
+    let t = tempfile::tempdir().unwrap();
+    let knobs = Kernel {
+        site_lock: true,
+        ..Kernel::default()
+    };
+    let mut l = links(fake(knobs), t.path());
+    l.lock_source("s", None, Some(&b));
+    assert!(l.links["dr"].engine.is_none());
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
 }

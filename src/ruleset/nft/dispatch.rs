@@ -16,10 +16,12 @@
 //!   thing a flip changes (no verdict, so no table re-validation);
 //!
 //! and set `site` (type nf_proto) locks every link while it holds `ipv4`
-//! and `ipv6`.
+//! and `ipv6`. Each `[qber.X]` section that feeds links has the same pair
+//! for its own links: set `src<i>` (nf_proto) and sets `src<i>_<k>` of
+//! their keys (`i` its place among the sections in name order).
 //!
-//! Every base chain walks the same six rules per kind, whatever the
-//! number of links (see [`BaseRule`]). Why no set per link: nft and the
+//! Every base chain walks the same rules per kind, whatever the number of
+//! links: six, and two per QBER section (see [`BaseRule`]). Why no set per link: nft and the
 //! kernel find a set by name in a list, so 30,000 per-link sets took a
 //! minute to load; chains cost a few microseconds each.
 //!
@@ -35,6 +37,22 @@ use crate::ruleset::LinkTarget;
 
 /// The site lock's set: `ipv4` and `ipv6` in it lock every link.
 pub const SITE_SET: &str = "site";
+
+/// The `[qber.X]` sections that feed `links`, in name order: section `i`
+/// locks its links with set `src<i>` ([`source_set`]).
+pub fn sources(links: &[LinkTarget]) -> Vec<String> {
+    let names: std::collections::BTreeSet<&str> = (links.iter())
+        .map(|l| l.qber.as_str())
+        .filter(|q| !q.is_empty())
+        .collect();
+    names.into_iter().map(str::to_string).collect()
+}
+
+/// Set `src<i>` (nf_proto): `ipv4` and `ipv6` in it lock every link of
+/// QBER section `i`.
+pub fn source_set(i: usize) -> String {
+    format!("src{i}")
+}
 
 /// A kind of key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,6 +100,11 @@ impl Kind {
     /// Set `locked_<k>`: the keys of locked links.
     pub fn locked_set(self) -> String {
         format!("locked_{}", self.suffix())
+    }
+
+    /// Set `src<i>_<k>`: the keys of QBER section `i`'s links.
+    pub fn source_keys_set(self, i: usize) -> String {
+        format!("src{i}_{}", self.suffix())
     }
 }
 
@@ -138,13 +161,18 @@ impl KeyExpr {
 /// locks every link in one transaction of two elements whatever the
 /// number of links: a lockdown of the whole gateway (the engine lost, a
 /// stop with `on_stop = "lockdown"`, `qkdctl lockdown all`) changes one
-/// set, not 10,000 links' keys.
+/// set, not 10,000 links' keys. A source lock does the same for the links
+/// of one QBER section (its source lost for all of them at once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// `meta nfproto @alive meta nfproto @site <key> vmap @lock_<k>`
     SiteLock,
     /// `meta nfproto @site <key> @keys_<k> drop`
     SiteDrop,
+    /// `meta nfproto @alive meta nfproto @src<i> <key> @src<i>_<k> <key> vmap @lock_<k>`
+    SourceLock(usize),
+    /// `meta nfproto @src<i> <key> @src<i>_<k> drop`
+    SourceDrop(usize),
     /// `meta nfproto @alive <key> @locked_<k> <key> vmap @lock_<k>`
     Lock,
     /// `<key> @locked_<k> drop`
@@ -156,14 +184,13 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 6] = [
-        Step::SiteLock,
-        Step::SiteDrop,
-        Step::Lock,
-        Step::LockedDrop,
-        Step::Open,
-        Step::OpenDrop,
-    ];
+    /// The steps of one key, in order, with `sources` QBER sections.
+    pub fn all(sources: usize) -> Vec<Step> {
+        let mut v = vec![Step::SiteLock, Step::SiteDrop];
+        v.extend((0..sources).flat_map(|i| [Step::SourceLock(i), Step::SourceDrop(i)]));
+        v.extend([Step::Lock, Step::LockedDrop, Step::Open, Step::OpenDrop]);
+        v
+    }
 }
 
 /// One rule of a base chain.
@@ -174,11 +201,13 @@ pub struct BaseRule {
 }
 
 impl BaseRule {
-    /// Every rule of `hook`'s chain, in order.
-    pub fn of_hook(hook: &str) -> Vec<BaseRule> {
+    /// Every rule of `hook`'s chain, in order, with `sources` QBER
+    /// sections.
+    pub fn of_hook(hook: &str, sources: usize) -> Vec<BaseRule> {
+        let steps = Step::all(sources);
         KeyExpr::of_hook(hook)
             .iter()
-            .flat_map(|&key| Step::ALL.map(|step| BaseRule { key, step }))
+            .flat_map(|&key| steps.iter().map(move |&step| BaseRule { key, step }))
             .collect()
     }
 
@@ -191,6 +220,17 @@ impl BaseRule {
                 kind.lock_map()
             ),
             Step::SiteDrop => format!("meta nfproto @{SITE_SET} {k} @{} drop", kind.keys_set()),
+            Step::SourceLock(i) => format!(
+                "meta nfproto @{alive} meta nfproto @{} {k} @{} {k} vmap @{}",
+                source_set(i),
+                kind.source_keys_set(i),
+                kind.lock_map()
+            ),
+            Step::SourceDrop(i) => format!(
+                "meta nfproto @{} {k} @{} drop",
+                source_set(i),
+                kind.source_keys_set(i)
+            ),
             Step::Lock => format!(
                 "meta nfproto @{alive} {k} @{} {k} vmap @{}",
                 kind.locked_set(),
@@ -320,6 +360,7 @@ mod tests {
             rdomain: 0,
             addrs4: vec![a.parse().unwrap()],
             addrs6: vec!["2001:db8::2".parse().unwrap()],
+            qber: String::new(),
         }
     }
 
@@ -350,9 +391,9 @@ mod tests {
 
     #[test]
     fn every_base_chain_has_six_rules_per_key() {
-        assert_eq!(BaseRule::of_hook("input").len(), 18);
-        assert_eq!(BaseRule::of_hook("forward").len(), 12);
-        let all = BaseRule::of_hook("input");
+        assert_eq!(BaseRule::of_hook("input", 0).len(), 18);
+        assert_eq!(BaseRule::of_hook("forward", 0).len(), 12);
+        let all = BaseRule::of_hook("input", 0);
         assert_eq!(
             all[0].text("alive"),
             "meta nfproto @alive meta nfproto @site ip saddr . udp sport vmap @lock_4"
@@ -373,8 +414,35 @@ mod tests {
         );
         assert_eq!(r[3].text("alive"), "ip saddr . udp sport @keys_4 drop");
         assert_eq!(
-            BaseRule::of_hook("output")[15].text("x"),
+            BaseRule::of_hook("output", 0)[15].text("x"),
             "oifname @locked_if drop"
+        );
+    }
+
+    #[test]
+    fn each_qber_section_adds_two_rules_per_key() {
+        let mut a = link("a", "wg0", "192.0.2.1");
+        let mut b = link("b", "wg1", "192.0.2.2");
+        let c = link("c", "wg2", "192.0.2.3");
+        (a.qber, b.qber) = ("zeta".into(), "alpha".into());
+        // In name order; a link without a section is in none.
+        assert_eq!(sources(&[a, b.clone(), c, b]), ["alpha", "zeta"]);
+        let all = BaseRule::of_hook("input", 2);
+        assert_eq!(all.len(), 30);
+        let texts: Vec<String> = all[..10].iter().map(|r| r.text("alive")).collect();
+        assert_eq!(
+            texts[4],
+            "meta nfproto @alive meta nfproto @src1 ip saddr . udp sport @src1_4 \
+             ip saddr . udp sport vmap @lock_4"
+        );
+        assert_eq!(
+            texts[5],
+            "meta nfproto @src1 ip saddr . udp sport @src1_4 drop"
+        );
+        assert!(texts[6].contains("@locked_4 ip saddr"), "{}", texts[6]);
+        assert_eq!(
+            BaseRule::of_hook("output", 1)[19].text("x"),
+            "meta nfproto @src0 oifname @src0_if drop"
         );
     }
 }

@@ -14,9 +14,13 @@
 //!   set keys_4   (same type)    every key of the maps (for the drops)
 //!   set locked_4 (same type)    the keys of locked links: empty, every link open
 //!   set site     { type nf_proto }  ipv4 and ipv6 in it: every link locked
+//!   set src0     { type nf_proto }  the same for the links of the first
+//!   set src0_4   (keys_4's type)    [qber.X] section (name order) and its
+//!                                   links' keys; src1 ... for the next
 //!   ... _6 (ipv6_addr . inet_service), _if (ifname: the WireGuard interface)
 //!   chain input   (hook input,   priority filter - 10, policy accept)
 //!     per key kind: site locked -> jump lock_<link>, then drop;
+//!                   its section locked -> jump lock_<link>, then drop;
 //!                   locked -> jump lock_<link>, then drop;
 //!                   otherwise -> jump link_<link>, then drop
 //!   chain output, chain forward: likewise
@@ -28,7 +32,9 @@
 //! netlink, see `parent/fw/nft/netlink.rs`): no rule, no jump, no process,
 //! and no set per link. A lockdown of every link adds two elements to
 //! `site`; it ends by moving every link's keys to the `locked_` sets and
-//! emptying `site`, in one transaction. The chains are loaded with `nft -f` when a policy
+//! emptying `site`, in one transaction. A lockdown of the links of one
+//! QBER section (its source lost for all of them) does the same with
+//! `src<i>`. The chains are loaded with `nft -f` when a policy
 //! activates or a link's text changes.
 //!
 //! Every protected packet is sent to its link chain and dropped unless that
@@ -230,6 +236,26 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
         "add set inet {table} {SITE_SET} {{ type nf_proto; }}\n"
     ));
     let owned = dispatch::owned(links);
+    let sources = dispatch::sources(links);
+    for (i, source) in sources.iter().enumerate() {
+        // Never flushed here either; its key sets are rebuilt.
+        let set = dispatch::source_set(i);
+        s.push_str(&format!(
+            "add set inet {table} {set} {{ type nf_proto; }}\n"
+        ));
+        for kind in Kind::ALL {
+            let keys = kind.source_keys_set(i);
+            s.push_str(&format!(
+                "add set inet {table} {keys} {{ type {}; }}\nflush set inet {table} {keys}\n",
+                kind.nft_type()
+            ));
+            let elems: Vec<String> = (links.iter())
+                .filter(|l| l.qber == *source)
+                .flat_map(|l| owned[&l.name].script_elems(kind))
+                .collect();
+            push_elements(&mut s, "add", table, &keys, &elems);
+        }
+    }
     for kind in Kind::ALL {
         let ty = kind.nft_type();
         s.push_str(&format!(
@@ -261,7 +287,7 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
         push_elements(&mut s, "add", table, &set, &elems);
     }
     for hook in ["input", "forward", "output"] {
-        for r in BaseRule::of_hook(hook) {
+        for r in BaseRule::of_hook(hook, sources.len()) {
             s.push_str(&format!(
                 "add rule inet {table} {hook} {}\n",
                 r.text(ALIVE_SET)
@@ -341,8 +367,17 @@ pub fn lock_new_keys(table: &str, new: &[LinkKeys]) -> String {
 /// as each owns them) added to the `locked_` sets and `site` emptied, in
 /// one transaction.
 pub fn end_site_lock(table: &str, keys: &[LinkKeys]) -> String {
+    end_lock(table, keys, &[SITE_SET.to_string()])
+}
+
+/// Ends the locks of sets `sets` (`site`, `src<i>`) without opening
+/// anything: the keys of the links they locked (`keys`) added to the
+/// `locked_` sets and the sets emptied, in one transaction.
+pub fn end_lock(table: &str, keys: &[LinkKeys], sets: &[String]) -> String {
     let mut s = lock_new_keys(table, keys);
-    s.push_str(&format!("flush set inet {table} {SITE_SET}\n"));
+    for set in sets {
+        s.push_str(&format!("flush set inet {table} {set}\n"));
+    }
     s
 }
 

@@ -12,14 +12,15 @@
 //!   An open link's chain is in force: it changes only by its own apply;
 //! - the lockdown chains that `stage` asked for are loaded by `settle`, in
 //!   one run, for the links none of whose keys is in the `locked_` sets
-//!   (the chain is not taken), and none while the site lock holds (every
-//!   lockdown chain is taken then).
+//!   (the chain is not taken), nor for those of a section whose source
+//!   lock holds, and none while the site lock holds (every lockdown chain
+//!   is taken then).
 
 use std::collections::{HashMap, HashSet};
 
 use super::readback::Holds;
 use super::{Nft, netlink};
-use crate::ruleset::nft::dispatch::Kind;
+use crate::ruleset::nft::dispatch::{self, Kind};
 use crate::ruleset::nft::{open_chain_script, render_statements, stage_script};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
@@ -27,15 +28,30 @@ use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 pub(super) type Locked = HashMap<Kind, HashSet<Vec<u8>>>;
 
 impl Nft {
-    /// The `locked_` sets, read over netlink.
+    /// The `locked_` sets, read over netlink, with the keys of every
+    /// section whose source lock may hold (their lockdown chains are in
+    /// force as well).
     pub(super) fn locked_now(&mut self) -> Result<Locked, String> {
-        let mut sets = HashMap::new();
+        let mut sets: Locked = HashMap::new();
         for kind in Kind::ALL {
             self.seq = self.seq.wrapping_add(4);
             let set = kind.locked_set();
             let have = netlink::elements(&self.table, &set, self.seq)
                 .map_err(|e| format!("set {set}: {e}"))?;
             sets.insert(kind, have.into_iter().collect());
+        }
+        let sections: Vec<usize> = self.sources_may_be_locked.iter().copied().collect();
+        for i in sections {
+            if self.families(&dispatch::source_set(i))? == [false, false] {
+                continue;
+            }
+            for kind in Kind::ALL {
+                self.seq = self.seq.wrapping_add(4);
+                let set = kind.source_keys_set(i);
+                let have = netlink::elements(&self.table, &set, self.seq)
+                    .map_err(|e| format!("set {set}: {e}"))?;
+                sets.entry(kind).or_default().extend(have);
+            }
         }
         Ok(sets)
     }

@@ -308,6 +308,17 @@ pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
     match r.step {
         Step::SiteLock => vec![alive, site, vmap(kind.lock_map())],
         Step::SiteDrop => vec![site, lookup(key.clone(), kind.keys_set()), drop],
+        Step::SourceLock(i) => vec![
+            alive,
+            lookup(json!({"meta": {"key": "nfproto"}}), dispatch::source_set(i)),
+            lookup(key.clone(), kind.source_keys_set(i)),
+            vmap(kind.lock_map()),
+        ],
+        Step::SourceDrop(i) => vec![
+            lookup(json!({"meta": {"key": "nfproto"}}), dispatch::source_set(i)),
+            lookup(key.clone(), kind.source_keys_set(i)),
+            drop,
+        ],
         Step::Lock => vec![
             alive,
             lookup(key.clone(), kind.locked_set()),
@@ -319,14 +330,15 @@ pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
     }
 }
 
-/// Whether the base chains hold exactly the dispatch rules; why not.
-fn base_chains(l: &Listing) -> Result<(), String> {
+/// Whether the base chains hold exactly the dispatch rules (with
+/// `sources` QBER sections); why not.
+fn base_chains(l: &Listing, sources: usize) -> Result<(), String> {
     for hook in ["input", "forward", "output"] {
         if l.hooks.get(hook).map(String::as_str) != Some(hook) {
             return Err(format!("base chain {hook} missing"));
         }
         let have = &l.chains[hook];
-        let want = BaseRule::of_hook(hook);
+        let want = BaseRule::of_hook(hook, sources);
         if have.len() != want.len() {
             return Err(format!(
                 "{hook}: {} rules where qkdpfd loaded {}",
@@ -344,8 +356,9 @@ fn base_chains(l: &Listing) -> Result<(), String> {
     Ok(())
 }
 
-/// Judges every link of `links` against `table` (None: our table is gone)
-/// and `guard` (the guard table, when listed).
+/// Judges every link of `links` (all of the table's: their QBER sections
+/// are the base chains' source locks) against `table` (None: our table is
+/// gone) and `guard` (the guard table, when listed).
 ///
 /// `loaded(link)`: qkdpfd loaded the link's lockdown chain since the
 /// table was last built. An empty lockdown chain then was emptied behind
@@ -358,13 +371,15 @@ pub fn judge(
     loaded: &dyn Fn(&str) -> bool,
 ) -> BTreeMap<String, Readback> {
     let owned = dispatch::owned(links);
-    let base = table.map(base_chains);
+    let sources = dispatch::sources(links);
+    let base = table.map(|t| base_chains(t, sources.len()));
     links
         .iter()
         .map(|link| {
             let keys = &owned[&link.name];
+            let source = sources.iter().position(|s| *s == link.qber);
             let state = match (table, &base) {
-                (Some(t), Some(Ok(()))) => judge_link(link, keys, t, loaded(&link.name)),
+                (Some(t), Some(Ok(()))) => judge_link(link, keys, source, t, loaded(&link.name)),
                 (Some(_), Some(Err(why))) => Observed::damaged(why.clone()),
                 _ => Observed::damaged("table missing"),
             };
@@ -374,7 +389,13 @@ pub fn judge(
         .collect()
 }
 
-fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> Observed {
+fn judge_link(
+    link: &LinkTarget,
+    keys: &LinkKeys,
+    source: Option<usize>,
+    t: &Listing,
+    loaded: bool,
+) -> Observed {
     // A key missing from a map would take its traffic past the link's
     // chains; one sent elsewhere, to another link's.
     for kind in Kind::ALL {
@@ -401,20 +422,43 @@ fn judge_link(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> 
         if !t.sets.contains_key(&set) {
             return Observed::damaged(format!("set {set} missing"));
         }
+        // A key missing from its section's set would escape a source lock.
+        if let Some(i) = source {
+            let set = kind.source_keys_set(i);
+            let Some(have) = t.sets.get(&set) else {
+                return Observed::damaged(format!("set {set} missing"));
+            };
+            if let Some(k) = keys.texts(kind).into_iter().find(|k| !have.contains(k)) {
+                return Observed::damaged(format!("set {set} lacks {k}"));
+            }
+        }
     }
-    judge_link_chains(link, keys, t, loaded)
+    judge_link_chains(link, keys, source, t, loaded)
 }
 
-fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bool) -> Observed {
+fn judge_link_chains(
+    link: &LinkTarget,
+    keys: &LinkKeys,
+    source: Option<usize>,
+    t: &Listing,
+    loaded: bool,
+) -> Observed {
     // The site lock sends every key of `keys_` (checked above) to its
-    // lockdown chain, then drops it, as if each were in `locked_`.
+    // lockdown chain, then drops it, as if each were in `locked_`; a source
+    // lock likewise each key in its `src<i>_` sets.
+    let by_source = source.filter(|i| lock_set_holds(t, &dispatch::source_set(*i)));
     let holds = match site_locked(t) {
         true => Holds::of(keys, |kind| keys.texts(kind).len()),
         false => Holds::of(keys, |kind| {
-            let have = &t.sets[&kind.locked_set()];
+            let locked = &t.sets[&kind.locked_set()];
+            let empty = Default::default();
+            let of_source = match by_source {
+                Some(i) => t.sets.get(&kind.source_keys_set(i)).unwrap_or(&empty),
+                None => &empty,
+            };
             keys.texts(kind)
                 .iter()
-                .filter(|k| have.contains(*k))
+                .filter(|k| locked.contains(*k) || of_source.contains(*k))
                 .count()
         }),
     };
@@ -439,8 +483,13 @@ fn judge_link_chains(link: &LinkTarget, keys: &LinkKeys, t: &Listing, loaded: bo
 /// the same listing) then lock every link. One family alone locks only
 /// that family's traffic, which a link's own state does not depend on.
 pub fn site_locked(t: &Listing) -> bool {
+    lock_set_holds(t, SITE_SET)
+}
+
+/// Whether nf_proto set `set` (`site`, `src<i>`) holds both families.
+fn lock_set_holds(t: &Listing, set: &str) -> bool {
     t.sets
-        .get(SITE_SET)
+        .get(set)
         .is_some_and(|s| s.contains("ipv4") && s.contains("ipv6"))
 }
 
@@ -632,7 +681,7 @@ mod tests {
             }
         }
         for hook in ["input", "output", "forward"] {
-            for r in BaseRule::of_hook(hook) {
+            for r in BaseRule::of_hook(hook, 0) {
                 items.push(rule(hook, &base_rule_json(r), None));
             }
         }
