@@ -28,12 +28,11 @@ pub fn link_locked(nft: impl Fn(&[&str]) -> String, link: &str) -> bool {
     let site = site.iter().any(|e| e == "ipv4") && site.iter().any(|e| e == "ipv6");
     // A source lock (set `src<i>` holding both families) likewise for the
     // keys in its `src<i>_` sets.
-    for i in 0.. {
-        let set = list("set", &format!("src{i}"));
-        if !set.contains(&format!("set src{i}")) {
-            break;
-        }
-        let src = elements(&set);
+    // The sections are those the base chains name (listing a missing set
+    // is an error some callers do not allow).
+    let input = list("chain", "input");
+    for i in (0..).take_while(|i| input.contains(&format!("@src{i} "))) {
+        let src = elements(&list("set", &format!("src{i}")));
         if src.iter().any(|e| e == "ipv4") && src.iter().any(|e| e == "ipv6") {
             for kind in ["4", "6", "if"] {
                 locked.extend(elements(&list("set", &format!("src{i}_{kind}"))));
