@@ -21,9 +21,10 @@
 //! their keys (`i` its place among the sections in name order).
 //!
 //! Every base chain walks the same rules per kind, whatever the number of
-//! links: six, and two per QBER section (see [`BaseRule`]). Why no set per link: nft and the
-//! kernel find a set by name in a list, so 30,000 per-link sets took a
-//! minute to load; chains cost a few microseconds each.
+//! links: six, and two per QBER section (see [`BaseRule`]). Why no set per
+//! link: nft and the kernel find a set by name in a list, so 30,000
+//! per-link sets took a minute to load; chains cost a few microseconds
+//! each.
 //!
 //! A key belongs to the first link (in link order) that has it: two links
 //! on one interface share its inner traffic, which the first link's chains
