@@ -257,6 +257,24 @@ fn a_kept_socket_never_takes_an_old_answer_for_a_new_one() {
 /// back over netlink without a listing, proven by packets; it outlives a
 /// rebuilt skeleton; the next open ends it, every other link then locked
 /// on its own.
+/// The table for `ls` with the dead-man switch armed, every link open with
+/// its lockdown preloaded, read back open, and the far end answering.
+fn every_link_open_and_staged(r: &mut Rig, ls: &[LinkTarget]) {
+    r.fw.init(ls).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    for l in ls {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(r.fw.settle().is_empty());
+    for l in ls {
+        assert_eq!(state(r, ls, &l.name), Observed::Open);
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+}
+
 #[test]
 fn a_site_lock_locks_every_link_in_one_transaction() {
     use qkdpfd::parent::fw::nft::alive::generation;
@@ -267,19 +285,7 @@ fn a_site_lock_locks_every_link_in_one_transaction() {
     let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
     let mut ls = links(4);
     ls.push(link("dr", &a, [10, 99, 0, 2]));
-    r.fw.init(&ls).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    for l in &ls {
-        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
-        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
-            .unwrap();
-    }
-    assert!(r.fw.settle().is_empty());
-    for l in &ls {
-        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open);
-    }
-    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    every_link_open_and_staged(&mut r, &ls);
     let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
 
     assert!(r.fw.lock_site().unwrap());
@@ -345,19 +351,7 @@ fn a_source_lock_locks_its_sections_links_in_one_transaction() {
     for (i, l) in ls.iter_mut().enumerate() {
         l.qber = if i == 2 || i == 3 { "b" } else { "a" }.into();
     }
-    r.fw.init(&ls).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    for l in &ls {
-        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
-        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
-            .unwrap();
-    }
-    assert!(r.fw.settle().is_empty());
-    for l in &ls {
-        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open);
-    }
-    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    every_link_open_and_staged(&mut r, &ls);
     let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
 
     assert!(r.fw.lock_source("a").unwrap());

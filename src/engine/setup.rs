@@ -219,15 +219,7 @@ impl Engine {
                         .kv("source", &l.qber)
                         .msg(e)
                         .send();
-                    let m = LinkReasons {
-                        link: l.name.clone(),
-                        reasons: [LockReason::SourceLost].into_iter().collect(),
-                        qber: None,
-                        threshold: None,
-                        by_operator: false,
-                        sampled_ns: None,
-                    };
-                    let _ = self.tx.send(ToParent::Reasons(m).encode());
+                    self.lock_unwatched(l.name.clone());
                     continue;
                 }
             };
@@ -313,15 +305,7 @@ impl Engine {
                         .send();
                     for (link, _) in names {
                         self.links.remove(&link);
-                        let m = LinkReasons {
-                            link,
-                            reasons: [LockReason::SourceLost].into_iter().collect(),
-                            qber: None,
-                            threshold: None,
-                            by_operator: false,
-                            sampled_ns: None,
-                        };
-                        let _ = self.tx.send(ToParent::Reasons(m).encode());
+                        self.lock_unwatched(link);
                     }
                 }
             }
@@ -329,5 +313,19 @@ impl Engine {
         for (_, gone) in old {
             gone.task.abort();
         }
+    }
+
+    /// Fail closed: a link whose source cannot be opened is reported
+    /// `source-lost` (the engine does not run it).
+    fn lock_unwatched(&self, link: String) {
+        let m = LinkReasons {
+            link,
+            reasons: [LockReason::SourceLost].into_iter().collect(),
+            qber: None,
+            threshold: None,
+            by_operator: false,
+            sampled_ns: None,
+        };
+        let _ = self.tx.send(ToParent::Reasons(m).encode());
     }
 }

@@ -43,34 +43,16 @@ pub fn spawn(
     name: String,
     link: String,
     qber_id: String,
-    mut driver: Driver,
+    driver: Driver,
     every: Duration,
     tx: Sender<Polled>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every.max(MIN_EVERY));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => break,
-                _ = tick.tick() => {}
-            }
-            let result = tokio::select! {
-                _ = tx.closed() => break,
-                r = driver.poll(&qber_id) => r,
-            };
-            let msg = PollResult {
-                link: link.clone(),
-                result,
-                sampled_ns: crate::imsg::monotonic_ns(),
-                whole: false,
-            };
-            if tx.send(vec![msg]).await.is_err() {
-                break;
-            }
-        }
-        crate::log::debug(format!("qber {name}: poller of link {link} stopped"));
-    })
+    let reads = Reads::One {
+        driver,
+        link,
+        qber_id,
+    };
+    tokio::spawn(run(name, reads, every, tx))
 }
 
 /// Starts the one poller of the links that read `[qber.NAME]`'s shared
@@ -78,45 +60,95 @@ pub fn spawn(
 /// each GET.
 pub fn spawn_shared(
     name: String,
-    mut links: Vec<SharedLink>,
+    links: Vec<SharedLink>,
     driver: Driver,
     every: Duration,
     tx: Sender<Polled>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut driver = driver.for_links(links.len());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every.max(MIN_EVERY));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => break,
-                _ = tick.tick() => {}
+    let reads = Reads::Shared {
+        driver: driver.for_links(links.len()),
+        links,
+    };
+    tokio::spawn(run(name, reads, every, tx))
+}
+
+/// What one poller reads.
+enum Reads {
+    /// One link's document.
+    One {
+        driver: Driver,
+        link: String,
+        qber_id: String,
+    },
+    /// The document all of `links` read.
+    Shared {
+        driver: Driver,
+        links: Vec<SharedLink>,
+    },
+}
+
+impl Reads {
+    /// One poll: every reading it gives, stamped when the answer arrived.
+    async fn poll(&mut self) -> Polled {
+        match self {
+            Reads::One {
+                driver,
+                link,
+                qber_id,
+            } => {
+                let result = driver.poll(qber_id).await;
+                vec![PollResult {
+                    link: link.clone(),
+                    result,
+                    sampled_ns: crate::imsg::monotonic_ns(),
+                    whole: false,
+                }]
             }
-            let results = tokio::select! {
-                _ = tx.closed() => break,
-                r = driver.poll_shared(&mut links) => r,
-            };
-            let sampled_ns = crate::imsg::monotonic_ns();
-            let whole = results.is_err();
-            let mut results = match results {
-                Ok(each) => each.into_iter(),
-                Err(e) => vec![Err(e); links.len()].into_iter(),
-            };
-            let polled: Polled = (links.iter())
-                .map(|l| PollResult {
-                    link: l.link.clone(),
-                    result: results.next().unwrap_or_else(|| Err("no reading".into())),
-                    sampled_ns,
-                    whole,
-                })
-                .collect();
-            if tx.send(polled).await.is_err() {
-                break;
+            Reads::Shared { driver, links } => {
+                let results = driver.poll_shared(links).await;
+                let sampled_ns = crate::imsg::monotonic_ns();
+                let whole = results.is_err();
+                let mut results = match results {
+                    Ok(each) => each.into_iter(),
+                    Err(e) => vec![Err(e); links.len()].into_iter(),
+                };
+                (links.iter())
+                    .map(|l| PollResult {
+                        link: l.link.clone(),
+                        result: results.next().unwrap_or_else(|| Err("no reading".into())),
+                        sampled_ns,
+                        whole,
+                    })
+                    .collect()
             }
         }
-        crate::log::debug(format!(
-            "qber {name}: poller of its {} links stopped",
-            links.len()
-        ));
-    })
+    }
+
+    fn what(&self) -> String {
+        match self {
+            Reads::One { link, .. } => format!("link {link}"),
+            Reads::Shared { links, .. } => format!("its {} links", links.len()),
+        }
+    }
+}
+
+/// A poller's loop: a poll each `every`, its readings to `tx`, until the
+/// receiver is gone (also in the middle of a poll).
+async fn run(name: String, mut reads: Reads, every: Duration, tx: Sender<Polled>) {
+    let mut tick = tokio::time::interval(every.max(MIN_EVERY));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tx.closed() => break,
+            _ = tick.tick() => {}
+        }
+        let polled = tokio::select! {
+            _ = tx.closed() => break,
+            p = reads.poll() => p,
+        };
+        if tx.send(polled).await.is_err() {
+            break;
+        }
+    }
+    crate::log::debug(format!("qber {name}: poller of {} stopped", reads.what()));
 }

@@ -300,38 +300,49 @@ impl Nft {
         Ok(())
     }
 
-    /// The read-back of every link right after our site lock, without a
-    /// listing, as [`Nft::observe_flip`] does for one link: the lock was
-    /// the only transaction since the verified listing, so each link's
-    /// chains are as verified, and `site` is looked up. None when that
-    /// cannot be shown.
-    fn observe_site(
+    /// The read-back of every link right after our site lock (`section`
+    /// None) or the lock of QBER section `section`, without a listing, as
+    /// [`Nft::observe_flip`] does for one link: the lock was the only
+    /// transaction since the verified listing, so each link's chains, and
+    /// every link the lock does not cover, are as verified; the lock's set
+    /// is looked up. None when that cannot be shown.
+    fn observe_lock(
         &mut self,
         links: &[LinkTarget],
+        section: Option<usize>,
         after: Option<u32>,
     ) -> Option<BTreeMap<String, Readback>> {
         self.only_ours_since_verified(after)?;
-        if self.guard_may_exist || !links.iter().all(|l| self.shapes.contains_key(&l.name)) {
+        let covers = |n: &Nft, l: &LinkTarget| section.is_none_or(|i| n.source_of(l) == Some(i));
+        let known = |l: &LinkTarget| {
+            self.shapes.contains_key(&l.name)
+                && (covers(self, l) || self.verified.contains_key(&l.name))
+        };
+        if self.guard_may_exist || !links.iter().all(known) {
             return None;
         }
-        if !self.site_locked().ok()? || self.generation() != after {
+        let set = section.map_or(SITE_SET.to_string(), dispatch::source_set);
+        if self.families(&set).ok()? != [true, true] || self.generation() != after {
             return None;
         }
-        let seen: BTreeMap<String, Readback> = links
-            .iter()
+        let seen: BTreeMap<String, Readback> = (links.iter())
             .map(|l| {
+                if !covers(self, l) {
+                    return (l.name.clone(), self.verified[&l.name].clone());
+                }
+                // Each of its keys is in the lock's reach (the verified
+                // listing showed them in `keys_`, or in `src<i>_`), so all
+                // of them take the lockdown chain.
                 let holds = match self.keys.get(&l.name) {
                     Some(k) => readback::Holds::of_keys(k, |_, _| true),
                     None => readback::Holds::Part("not in the table's maps".into()),
                 };
                 let state = readback::judge_shape(l, self.shapes[&l.name], holds);
-                (
-                    l.name.clone(),
-                    Readback {
-                        state,
-                        guarded: false,
-                    },
-                )
+                let rb = Readback {
+                    state,
+                    guarded: false,
+                };
+                (l.name.clone(), rb)
             })
             .collect();
         self.verified_gen = after;
@@ -692,12 +703,12 @@ impl Firewall for Nft {
             return self.observe_one(links, name);
         }
         if let Some(after) = self.site_flip.take() {
-            if let Some(seen) = self.observe_site(links, after) {
+            if let Some(seen) = self.observe_lock(links, None, after) {
                 return Ok(seen);
             }
         }
         if let Some((i, after)) = self.source_flip.take() {
-            if let Some(seen) = self.observe_source(links, i, after) {
+            if let Some(seen) = self.observe_lock(links, Some(i), after) {
                 return Ok(seen);
             }
         }

@@ -32,26 +32,28 @@ impl Nft {
     /// section whose source lock may hold (their lockdown chains are in
     /// force as well).
     pub(super) fn locked_now(&mut self) -> Result<Locked, String> {
-        let mut sets: Locked = HashMap::new();
-        for kind in Kind::ALL {
-            self.seq = self.seq.wrapping_add(4);
-            let set = kind.locked_set();
-            let have = netlink::elements(&self.table, &set, self.seq)
-                .map_err(|e| format!("set {set}: {e}"))?;
-            sets.insert(kind, have.into_iter().collect());
-        }
+        let mut sets = self.key_sets(Kind::locked_set)?;
         let sections: Vec<usize> = self.sources_may_be_locked.iter().copied().collect();
         for i in sections {
             if self.families(&dispatch::source_set(i))? == [false, false] {
                 continue;
             }
-            for kind in Kind::ALL {
-                self.seq = self.seq.wrapping_add(4);
-                let set = kind.source_keys_set(i);
-                let have = netlink::elements(&self.table, &set, self.seq)
-                    .map_err(|e| format!("set {set}: {e}"))?;
-                sets.entry(kind).or_default().extend(have);
+            for (kind, keys) in self.key_sets(|k| k.source_keys_set(i))? {
+                sets.entry(kind).or_default().extend(keys);
             }
+        }
+        Ok(sets)
+    }
+
+    /// The keys of one set per kind (`name(kind)`), read over netlink.
+    pub(super) fn key_sets(&mut self, name: impl Fn(Kind) -> String) -> Result<Locked, String> {
+        let mut sets = HashMap::new();
+        for kind in Kind::ALL {
+            self.seq = self.seq.wrapping_add(4);
+            let set = name(kind);
+            let have = netlink::elements(&self.table, &set, self.seq)
+                .map_err(|e| format!("set {set}: {e}"))?;
+            sets.insert(kind, have.into_iter().collect());
         }
         Ok(sets)
     }

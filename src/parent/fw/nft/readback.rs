@@ -411,29 +411,29 @@ fn judge_link(
             }
         }
         // A key missing from keys_ would pass when its jump is not taken.
-        let set = kind.keys_set();
-        let Some(have) = t.sets.get(&set) else {
-            return Observed::damaged(format!("set {set} missing"));
-        };
-        if let Some(k) = keys.texts(kind).into_iter().find(|k| !have.contains(k)) {
-            return Observed::damaged(format!("set {set} lacks {k}"));
+        if let Some(damage) = lacks(t, &kind.keys_set(), keys, kind) {
+            return damage;
         }
         let set = kind.locked_set();
         if !t.sets.contains_key(&set) {
             return Observed::damaged(format!("set {set} missing"));
         }
         // A key missing from its section's set would escape a source lock.
-        if let Some(i) = source {
-            let set = kind.source_keys_set(i);
-            let Some(have) = t.sets.get(&set) else {
-                return Observed::damaged(format!("set {set} missing"));
-            };
-            if let Some(k) = keys.texts(kind).into_iter().find(|k| !have.contains(k)) {
-                return Observed::damaged(format!("set {set} lacks {k}"));
-            }
+        if let Some(damage) = source.and_then(|i| lacks(t, &kind.source_keys_set(i), keys, kind)) {
+            return damage;
         }
     }
     judge_link_chains(link, keys, source, t, loaded)
+}
+
+/// The damage when set `set` is missing or lacks one of the link's keys
+/// of `kind`.
+fn lacks(t: &Listing, set: &str, keys: &LinkKeys, kind: Kind) -> Option<Observed> {
+    let Some(have) = t.sets.get(set) else {
+        return Some(Observed::damaged(format!("set {set} missing")));
+    };
+    let k = keys.texts(kind).into_iter().find(|k| !have.contains(k))?;
+    Some(Observed::damaged(format!("set {set} lacks {k}")))
 }
 
 fn judge_link_chains(

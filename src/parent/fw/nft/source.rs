@@ -11,10 +11,8 @@
 //! sections and their links may have changed since), and empties them, in
 //! the skeleton's transaction. Nothing a source lock held opens on the way.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-
+use super::Nft;
 use super::netlink::{self, BOTH_FAMILIES, Change, Lookup};
-use super::{Nft, Readback, readback};
 use crate::ruleset::LinkTarget;
 use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys};
 use crate::ruleset::nft::end_lock;
@@ -23,7 +21,7 @@ use crate::tool::FwError;
 /// A source lock an earlier run left: its set, and the keys it covered.
 pub(super) struct Held {
     set: String,
-    keys: HashMap<Kind, HashSet<Vec<u8>>>,
+    keys: super::batch::Locked,
 }
 
 impl Nft {
@@ -73,14 +71,7 @@ impl Nft {
             if self.families(&set)? == [false, false] {
                 continue;
             }
-            let mut keys = HashMap::new();
-            for kind in Kind::ALL {
-                let name = kind.source_keys_set(i);
-                self.seq = self.seq.wrapping_add(4);
-                let have = netlink::elements(&self.table, &name, self.seq)
-                    .map_err(|e| format!("set {name}: {e}"))?;
-                keys.insert(kind, have.into_iter().collect());
-            }
+            let keys = self.key_sets(|k| k.source_keys_set(i))?;
             held.push(Held { set, keys });
         }
         Ok(held)
@@ -155,50 +146,5 @@ impl Nft {
             .map_err(FwError::refused)?;
         self.source_flip = Some((i, self.generation()));
         Ok(true)
-    }
-
-    /// The read-back of every link right after our source lock, without a
-    /// listing, as the site lock's: the lock was the only transaction
-    /// since the verified listing, so every chain and every other link is
-    /// as verified; `src<i>` is looked up. None when that cannot be shown.
-    pub(super) fn observe_source(
-        &mut self,
-        links: &[LinkTarget],
-        i: usize,
-        after: Option<u32>,
-    ) -> Option<BTreeMap<String, Readback>> {
-        self.only_ours_since_verified(after)?;
-        let known = |l: &LinkTarget| {
-            self.shapes.contains_key(&l.name) && self.verified.contains_key(&l.name)
-        };
-        if self.guard_may_exist || !links.iter().all(known) {
-            return None;
-        }
-        let set = dispatch::source_set(i);
-        if self.families(&set).ok()? != [true, true] || self.generation() != after {
-            return None;
-        }
-        let seen: BTreeMap<String, Readback> = (links.iter())
-            .map(|l| {
-                if self.source_of(l) != Some(i) {
-                    return (l.name.clone(), self.verified[&l.name].clone());
-                }
-                // Each of its keys is in `src<i>_` (the verified listing
-                // showed it), so all of them take the lockdown chain.
-                let holds = match self.keys.get(&l.name) {
-                    Some(k) => readback::Holds::of_keys(k, |_, _| true),
-                    None => readback::Holds::Part("not in the table's maps".into()),
-                };
-                let state = readback::judge_shape(l, self.shapes[&l.name], holds);
-                let rb = Readback {
-                    state,
-                    guarded: false,
-                };
-                (l.name.clone(), rb)
-            })
-            .collect();
-        self.verified_gen = after;
-        self.verified = seen.clone();
-        Some(seen)
     }
 }
