@@ -21,9 +21,13 @@
 //! a full read-back (a listing) shows every link open before the next.
 //!
 //! `cargo bench --features testing --bench site` (QKD_BENCH_LINKS=a,b
-//! default "100,1000,10000"; QKD_BENCH_ROUNDS=R default 20). Last, a full
-//! listing of the table read whole and then parsed, against parsed from
-//! nft's pipe as it comes (R rounds each).
+//! default "100,1000,10000"; QKD_BENCH_ROUNDS=R default 20). Then a
+//! reconcile tick's read-back of every link (`observe`) right after another
+//! tool's change to its own table (an element into its set, `nft` run
+//! beside us), against right after a change to ours (a chain added to it
+//! and removed by turns): R rounds and at most 5. Last, a full listing of
+//! the table read whole and then parsed, against parsed from nft's pipe as
+//! it comes (R rounds each).
 
 #[path = "common/knobs.rs"]
 mod knobs;
@@ -112,6 +116,52 @@ fn listing_both_ways(rounds: usize) {
     println!(
         "  a full listing, parsed from nft's pipe as it comes:      {}",
         stats::percentiles_ms(&piped)
+    );
+}
+
+/// A tick's read-back after another table's change, and after one to ours.
+fn tick_after_changes(fw: &mut Box<dyn Firewall>, links: &[LinkTarget], rounds: usize) {
+    let nft = |args: &str| {
+        let ok = Command::new("nft").args(args.split_whitespace()).status();
+        assert!(ok.is_ok_and(|s| s.success()), "nft {args}");
+    };
+    nft("add table inet other");
+    nft("add set inet other banned { type ipv4_addr ; }");
+    all_are(fw, links, &Observed::Open);
+    let (mut other, mut ours) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        nft(&format!(
+            "add element inet other banned {{ 192.0.2.{} }}",
+            i % 250 + 1
+        ));
+        let t = Instant::now();
+        all_are(fw, links, &Observed::Open);
+        other.push(micros(t));
+    }
+    for i in 0..rounds.min(5) {
+        match i % 2 {
+            0 => nft("add chain inet qkdpfd touched"),
+            _ => nft("delete chain inet qkdpfd touched"),
+        }
+        let t = Instant::now();
+        all_are(fw, links, &Observed::Open);
+        ours.push(micros(t));
+    }
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", "other"])
+        .status();
+    let _ = Command::new("nft")
+        .args(["delete", "chain", "inet", "qkdpfd", "touched"])
+        .status();
+    other.sort_unstable();
+    ours.sort_unstable();
+    println!(
+        "  tick read-back after another table's change: {}",
+        stats::percentiles_ms(&other)
+    );
+    println!(
+        "  tick read-back after a change to ours (listed): {}",
+        stats::percentiles_ms(&ours)
     );
 }
 
@@ -241,6 +291,8 @@ fn main() {
             one.as_secs_f64(),
             script.len() / 1024
         );
+        open_all(&mut seq);
+        tick_after_changes(&mut fw, &links, rounds);
         listing_both_ways(rounds);
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", "qkdpfd"])

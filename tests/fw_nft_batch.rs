@@ -436,3 +436,66 @@ fn a_source_lock_locks_its_sections_links_in_one_transaction() {
         assert_eq!(state(&mut r, &ls, &l.name), Observed::Open, "{}", l.name);
     }
 }
+
+/// Another tool's changes to its own table (sshguard's set, a container
+/// runtime's rules) do not make a read-back list ours: the kernel's
+/// notifications show they left it alone, so a flip, the heartbeat and a
+/// reconcile tick amid them still read back without a listing. A change
+/// that touches our table is listed, and the listing finds it.
+#[test]
+fn another_tables_changes_need_no_listing_ours_do() {
+    use qkdpfd::parent::fw::nft::alive::generation;
+    if !root_or_skip("another_tables_changes_need_no_listing_ours_do") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
+    let mut ls = links(3);
+    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    every_link_open_and_staged(&mut r, &ls);
+    let runs = nft_runs(&r);
+    let before = generation(1).unwrap();
+
+    r.ns.nft("add table inet other");
+    r.ns.nft("add set inet other banned { type ipv4_addr ; }");
+    for i in 1..=5 {
+        r.ns.nft(&format!("add element inet other banned {{ 192.0.2.{i} }}"));
+    }
+    assert_eq!(generation(2).unwrap(), before.wrapping_add(7));
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(
+        seen.values().all(|rb| rb.state == Observed::Open),
+        "{seen:?}"
+    );
+    assert_eq!(
+        nft_runs(&r),
+        runs,
+        "a tick amid other tables' changes lists nothing"
+    );
+
+    r.ns.nft("add element inet other banned { 192.0.2.9 }");
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    r.ns.nft("delete element inet other banned { 192.0.2.9 }");
+    r.fw.apply(&ls[3], Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    let seen = r.fw.observe(&ls, Some("dr")).unwrap();
+    assert_eq!(seen["dr"].state, Observed::Locked);
+    assert!(!ping(&r.ns, "10.99.0.2"), "locked");
+    r.ns.nft("add element inet other banned { 192.0.2.10 }");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(seen["dr"].state, Observed::Locked);
+    assert_eq!(seen["l0"].state, Observed::Open);
+    assert_eq!(
+        nft_runs(&r),
+        runs,
+        "the heartbeat and a flip amid them list nothing"
+    );
+
+    // Someone else empties one of our chains: listed, and seen.
+    r.ns.nft("flush chain inet qkdpfd link_l1");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_ne!(seen["l1"].state, Observed::Open, "{seen:?}");
+    assert_eq!(seen["l0"].state, Observed::Open);
+    assert!(nft_runs(&r) > runs, "a change to our table is listed");
+}

@@ -38,6 +38,7 @@ use netlink::{BOTH_FAMILIES, Change, Lookup};
 pub mod alive;
 mod batch;
 pub mod chain;
+pub mod monitor;
 pub mod netlink;
 pub mod readback;
 mod source;
@@ -69,11 +70,16 @@ pub struct Nft {
     /// Netlink sequence numbers of the refreshes.
     seq: u32,
     /// The ruleset generation at which `verified` was read, while it is
-    /// known that nothing but our own heartbeat has changed since: a tick
+    /// known that nothing but our own heartbeat, flips, and transactions
+    /// that left our tables alone ([`monitor`]) have committed since: a tick
     /// then skips the listing (half a megabyte at 100 links). Used only
     /// once the heartbeat works, which proves this process's netlink sees
     /// the nftables that `nft` lists.
     verified_gen: Option<u32>,
+    /// The kernel's notifications of nf_tables changes, read from the
+    /// first generation read on (None before, or where they cannot be had).
+    monitor: Option<monitor::Monitor>,
+    monitor_tried: bool,
     verified: BTreeMap<String, Readback>,
     /// The shape of each link's chains at `verified_gen`.
     shapes: HashMap<String, readback::Shape>,
@@ -114,6 +120,8 @@ impl Nft {
             alive: None,
             seq: 0,
             verified_gen: None,
+            monitor: None,
+            monitor_tried: false,
             verified: BTreeMap::new(),
             shapes: HashMap::new(),
             last_flip: None,
@@ -153,6 +161,7 @@ impl Nft {
         if !matches!(self.alive, Some(Some(_))) {
             return None;
         }
+        self.start_monitor();
         self.seq = self.seq.wrapping_add(4);
         alive::generation(self.seq).ok()
     }
@@ -164,20 +173,12 @@ impl Nft {
         let r = alive::refresh(&self.table, self.seq, timeout)
             .map_err(|e| FwError::refused(format!("dead-man switch: {e}")));
         let after = self.generation();
-        self.verified_gen = match r {
+        let verified = match r {
             Ok(()) => self.only_ours_since_verified(after),
             Err(_) => None,
         };
+        self.set_verified_gen(verified);
         r
-    }
-
-    /// `after`, read right after one transaction of ours committed, if it
-    /// was the only one since the verified listing: every committed
-    /// transaction adds one to the generation, ours included, so exactly
-    /// one more than the verified generation leaves room for no other.
-    fn only_ours_since_verified(&self, after: Option<u32>) -> Option<u32> {
-        let v = self.verified_gen?;
-        after.filter(|a| *a == v.wrapping_add(1))
     }
 
     fn guard_table(&self) -> String {
@@ -322,9 +323,11 @@ impl Nft {
             return None;
         }
         let set = section.map_or(SITE_SET.to_string(), dispatch::source_set);
-        if self.families(&set).ok()? != [true, true] || self.generation() != after {
+        if self.families(&set).ok()? != [true, true] {
             return None;
         }
+        // Nothing that touched our tables slipped in while the set was read.
+        let now = self.still(after?)?;
         let seen: BTreeMap<String, Readback> = (links.iter())
             .map(|l| {
                 if !covers(self, l) {
@@ -345,7 +348,7 @@ impl Nft {
                 (l.name.clone(), rb)
             })
             .collect();
-        self.verified_gen = after;
+        self.set_verified_gen(Some(now));
         self.verified = seen.clone();
         Some(seen)
     }
@@ -390,10 +393,8 @@ impl Nft {
         }
         let holds = self.locked_holds(link).ok()?;
         // Nothing may have slipped in while the sets were read.
-        if self.generation() != after {
-            return None;
-        }
-        self.verified_gen = after;
+        let now = self.still(after?)?;
+        self.set_verified_gen(Some(now));
         Some(readback::judge_shape(link, shape, holds))
     }
 
@@ -713,16 +714,18 @@ impl Firewall for Nft {
             }
         }
         let gen_before = self.generation();
-        if gen_before.is_some()
-            && gen_before == self.verified_gen
-            && links.iter().all(|l| self.verified.contains_key(&l.name))
-        {
+        let unchanged = match (self.verified_gen, gen_before) {
+            (Some(v), Some(now)) => self.untouched(v, now),
+            _ => false,
+        };
+        if unchanged && links.iter().all(|l| self.verified.contains_key(&l.name)) {
+            self.set_verified_gen(gen_before);
             return Ok(links
                 .iter()
                 .map(|l| (l.name.clone(), self.verified[&l.name].clone()))
                 .collect());
         }
-        self.verified_gen = None;
+        self.set_verified_gen(None);
         let table = self.list(&self.table)?;
         let guard = if self.guard_may_exist {
             let g = self.list(&self.guard_table())?;
@@ -748,10 +751,10 @@ impl Firewall for Nft {
                 self.opened.remove(name);
             }
         }
-        // Cached only if nothing changed while we listed.
-        let gen_after = self.generation();
-        if gen_before.is_some() && gen_before == gen_after {
-            self.verified_gen = gen_after;
+        // Cached only if nothing touched our tables while we listed.
+        let gen_after = gen_before.and_then(|before| self.still(before));
+        if gen_after.is_some() {
+            self.set_verified_gen(gen_after);
             self.verified = seen.clone();
             self.shapes = match &table {
                 Some(t) => links

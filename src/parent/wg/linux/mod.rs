@@ -681,6 +681,71 @@ pub(crate) mod sys {
             }
         }
 
+        /// Joins multicast `group` of the socket's protocol (the kernel's
+        /// notifications, e.g. nf_tables' NFNLGRP_NFTABLES), with a receive
+        /// buffer of `rcvbuf` bytes where root may set one that large.
+        pub fn subscribe(&self, group: u32, rcvbuf: usize) -> Result<(), WgError> {
+            let fd = self.fd.as_raw_fd();
+            let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
+            let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: an int of the stated length. FORCE passes the rmem_max
+            // cap for CAP_NET_ADMIN; without it the plain option is capped.
+            unsafe {
+                let p = (&size as *const libc::c_int).cast();
+                if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, p, int_len) < 0 {
+                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, p, int_len);
+                }
+            }
+            let g = group;
+            let p = (&g as *const u32).cast();
+            let len = std::mem::size_of::<u32>() as libc::socklen_t;
+            // SAFETY: a u32 group number of the stated length.
+            let r = unsafe {
+                libc::setsockopt(fd, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, p, len)
+            };
+            if r < 0 {
+                return Err(io("join group"));
+            }
+            Ok(())
+        }
+
+        /// One datagram from the kernel if one is queued, without waiting.
+        /// An overrun (notifications the kernel dropped: ENOBUFS) and a
+        /// datagram larger than `buf` are errors.
+        pub fn try_recv(&self, buf: &mut [u8]) -> Result<Option<usize>, WgError> {
+            loop {
+                let mut a = kernel_addr();
+                let mut len = ADDR_LEN;
+                let p = (&mut a as *mut libc::sockaddr_nl).cast();
+                let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+                // SAFETY: `buf` is writable for its length; `a` for `len` bytes.
+                let n = unsafe {
+                    libc::recvfrom(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        flags,
+                        p,
+                        &mut len,
+                    )
+                };
+                if n < 0 {
+                    match Error::last_os_error().raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EAGAIN) => return Ok(None),
+                        _ => return Err(io("recv")),
+                    }
+                }
+                let n = n as usize;
+                if n > buf.len() {
+                    return Err(WgError::Protocol("netlink datagram truncated".into()));
+                }
+                if a.nl_pid == 0 {
+                    return Ok(Some(n));
+                }
+            }
+        }
+
         /// Reads and drops whatever is queued (answers to an earlier request
         /// that its caller stopped reading), without waiting: a socket kept
         /// for many requests must not take an old answer for a new one.
@@ -733,6 +798,12 @@ pub(crate) mod sys {
         }
         pub fn discard_pending(&self) -> Result<(), WgError> {
             Err(WgError::Io("linux backend on non-Linux".into()))
+        }
+        pub fn subscribe(&self, _: u32, _: usize) -> Result<(), WgError> {
+            Err(WgError::Io("netlink on non-Linux".into()))
+        }
+        pub fn try_recv(&self, _: &mut [u8]) -> Result<Option<usize>, WgError> {
+            Err(WgError::Io("netlink on non-Linux".into()))
         }
     }
 }

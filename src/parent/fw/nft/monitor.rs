@@ -1,0 +1,372 @@
+//! Which nf_tables transactions touched our tables, from the kernel's own
+//! notifications (NFNLGRP_NFTABLES, what `nft monitor` reads).
+//!
+//! Why: the ruleset generation counts every committed transaction of the
+//! network namespace, not of our table. A read-back that trusts its last
+//! listing only while the generation stands still lists again after any
+//! other tool's change: on a gateway where sshguard or a container runtime
+//! adds an element a second, every reconcile tick listed our whole table
+//! (1.5 s of the parent's loop at 10,000 links, with lockdowns waiting).
+//!
+//! Each commit notifies every change it made, each naming its table
+//! (attribute 1 of every nf_tables object: NFTA_TABLE_NAME,
+//! NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE, ...), and then one
+//! NFT_MSG_NEWGEN with the new generation, in that order on one socket. So
+//! a generation whose NEWGEN was read, with no change before it naming our
+//! table or its guard, left both alone. Whatever cannot be shown that way
+//! counts as touched: a change without a table name, a message of another
+//! kind, notifications the kernel dropped for a full buffer (then the
+//! transaction being read is unknown and every earlier record is
+//! forgotten), a generation not read yet (its commit may still be
+//! notifying). The caller lists then, as before.
+//!
+//! The ledger is pure and tested on every platform; only the socket is
+//! Linux-only.
+
+use std::collections::BTreeMap;
+
+use super::netlink::NFNL_SUBSYS_NFTABLES;
+use crate::parent::wg::linux::{attrs, messages};
+
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFTA_GEN_ID: u16 = 1;
+/// The table-name attribute of every nf_tables object's message.
+const NFTA_TABLE: u16 = 1;
+/// nfnetlink's multicast group of nf_tables (NFNLGRP_NFTABLES).
+pub const NFNLGRP_NFTABLES: u32 = 7;
+/// Generations remembered at most; past that the ledger starts over (a
+/// caller that never asks lets it grow otherwise).
+const MAX_GENS: usize = 1 << 16;
+/// Longest span of generations [`Ledger::untouched`] walks.
+const MAX_SPAN: u32 = 1 << 16;
+
+/// What the notifications read so far say about each generation.
+#[derive(Debug)]
+pub struct Ledger {
+    /// Our table and its guard table.
+    tables: [Vec<u8>; 2],
+    /// Generation -> whether its transaction touched one of our tables,
+    /// for each generation whose NEWGEN was read.
+    gens: BTreeMap<u32, bool>,
+    /// A change read since the last NEWGEN touched one of our tables, or
+    /// may have (notifications were lost).
+    touching: bool,
+}
+
+impl Ledger {
+    /// A ledger for a socket subscribed just now: the transaction it may
+    /// have joined halfway is unknown, as after a loss.
+    pub fn new(table: &str, guard: &str) -> Ledger {
+        Ledger {
+            tables: [table.as_bytes().to_vec(), guard.as_bytes().to_vec()],
+            gens: BTreeMap::new(),
+            touching: true,
+        }
+    }
+
+    /// Takes one datagram of notifications.
+    pub fn feed(&mut self, datagram: &[u8]) {
+        let Ok(msgs) = messages(datagram) else {
+            return self.lost();
+        };
+        for m in msgs {
+            let (subsys, cmd) = (m.ty >> 8, m.ty & 0xff);
+            // The body starts with the 4-byte nfgenmsg.
+            let body = m.payload.get(4..).and_then(|b| attrs(b).ok());
+            if subsys != NFNL_SUBSYS_NFTABLES {
+                self.touching = true;
+                continue;
+            }
+            let Some(body) = body else {
+                self.touching = true;
+                continue;
+            };
+            let attr = |ty: u16| body.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d);
+            if cmd == NFT_MSG_NEWGEN {
+                match attr(NFTA_GEN_ID).and_then(|d| <[u8; 4]>::try_from(d).ok()) {
+                    Some(id) => {
+                        let touched = std::mem::take(&mut self.touching);
+                        if self.gens.len() >= MAX_GENS {
+                            self.gens.clear();
+                        }
+                        self.gens.insert(u32::from_be_bytes(id), touched);
+                    }
+                    None => self.lost(),
+                }
+                continue;
+            }
+            let name = attr(NFTA_TABLE).map(|d| d.split(|b| *b == 0).next().unwrap_or(d));
+            if name.is_none_or(|n| self.tables.iter().any(|t| t == n)) {
+                self.touching = true;
+            }
+        }
+    }
+
+    /// Notifications were dropped: the transaction being read is unknown,
+    /// and so is whatever generation no NEWGEN was read for.
+    pub fn lost(&mut self) {
+        self.gens.clear();
+        self.touching = true;
+    }
+
+    /// Every transaction after generation `from`, up to and including
+    /// `to`, was read and touched neither of our tables.
+    pub fn untouched(&self, from: u32, to: u32) -> bool {
+        let span = to.wrapping_sub(from);
+        span <= MAX_SPAN && (1..=span).all(|i| self.gens.get(&from.wrapping_add(i)) == Some(&false))
+    }
+
+    /// Forgets the generations up to `upto` (no one asks about them).
+    pub fn forget_through(&mut self, upto: u32) {
+        // Wrapping order: g is after `upto` when the difference, signed, is positive.
+        self.gens.retain(|g, _| (g.wrapping_sub(upto) as i32) > 0);
+    }
+}
+
+/// The ledger fed from a socket subscribed to the notifications.
+pub struct Monitor {
+    nl: crate::parent::wg::linux::sys::Nl,
+    pub ledger: Ledger,
+}
+
+impl Monitor {
+    /// Subscribes; an error where netlink or the group is not there (then
+    /// the caller goes on as without).
+    pub fn open(table: &str, guard: &str) -> Result<Monitor, String> {
+        let nl =
+            crate::parent::wg::linux::sys::Nl::open_protocol(super::netlink::NETLINK_NETFILTER)
+                .map_err(|e| e.to_string())?;
+        // Enough for the notifications of a few thousand changes between two
+        // reads; a larger burst (a whole skeleton loaded) overruns and is
+        // then simply unknown.
+        nl.subscribe(NFNLGRP_NFTABLES, 4 << 20)
+            .map_err(|e| e.to_string())?;
+        Ok(Monitor {
+            nl,
+            ledger: Ledger::new(table, guard),
+        })
+    }
+
+    /// Reads every notification queued, without waiting.
+    pub fn drain(&mut self) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.nl.try_recv(&mut buf) {
+                Ok(Some(n)) => self.ledger.feed(&buf[..n]),
+                Ok(None) => return,
+                Err(_) => {
+                    // An overrun is said once; the socket reads on after it.
+                    self.ledger.lost();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`Ledger::untouched`] after reading what is queued.
+    pub fn untouched(&mut self, from: u32, to: u32) -> bool {
+        if from == to {
+            return true;
+        }
+        self.drain();
+        self.ledger.untouched(from, to)
+    }
+}
+
+/// The generation checks of the read-backs.
+impl super::Nft {
+    /// Nothing that touched our tables committed after generation `from`,
+    /// up to `to` (our own transactions count as touching).
+    pub(super) fn untouched(&mut self, from: u32, to: u32) -> bool {
+        from == to || self.monitor.as_mut().is_some_and(|m| m.untouched(from, to))
+    }
+
+    /// The generation now, if nothing touched our tables since `since`.
+    pub(super) fn still(&mut self, since: u32) -> Option<u32> {
+        let now = self.generation()?;
+        self.untouched(since, now).then_some(now)
+    }
+
+    /// `after`, read right after one transaction of ours committed, if
+    /// nothing else that touched our tables committed since the verified
+    /// listing: every committed transaction adds one to the generation,
+    /// and the ones between were shown to leave our tables alone. (If
+    /// ours was not the last, it is among those between, and it touched
+    /// our table: no.)
+    pub(super) fn only_ours_since_verified(&mut self, after: Option<u32>) -> Option<u32> {
+        let (v, a) = (self.verified_gen?, after?);
+        self.untouched(v, a.wrapping_sub(1)).then_some(a)
+    }
+
+    /// Records the generation the verified read-back holds at; the
+    /// notifications of the ones up to it are no longer needed.
+    pub(super) fn set_verified_gen(&mut self, verified: Option<u32>) {
+        self.verified_gen = verified;
+        if let (Some(v), Some(m)) = (verified, self.monitor.as_mut()) {
+            m.ledger.forget_through(v);
+        }
+    }
+
+    /// Subscribes to the notifications, once: from before the first
+    /// generation is read, so that every later one can be accounted for.
+    pub(super) fn start_monitor(&mut self) {
+        if !std::mem::replace(&mut self.monitor_tried, true) {
+            let guard = self.guard_table();
+            self.monitor = monitor_or_log(&self.table, &guard);
+        }
+    }
+}
+
+fn monitor_or_log(table: &str, guard: &str) -> Option<Monitor> {
+    match Monitor::open(table, guard) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            crate::log::debug(format_args!(
+                "fw: nf_tables notifications unavailable ({e}): any change lists the table"
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parent::fw::nft::netlink::msg;
+    use crate::parent::wg::linux::c_name;
+
+    /// A notification of nf_tables command `cmd` naming `table` (none: no name).
+    fn change(cmd: u16, table: Option<&str>) -> Vec<u8> {
+        let mut m = msg((NFNL_SUBSYS_NFTABLES << 8) | cmd, 0, 0, 1, 0);
+        if let Some(t) = table {
+            m.attr(NFTA_TABLE, &c_name(t));
+        }
+        m.attr(2, &c_name("whatever"));
+        m.finish().to_vec()
+    }
+
+    fn newgen(id: u32) -> Vec<u8> {
+        let mut m = msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0, 0, 0);
+        m.attr(NFTA_GEN_ID, &id.to_be_bytes());
+        m.finish().to_vec()
+    }
+
+    const NEWRULE: u16 = 6;
+    const NEWSETELEM: u16 = 12;
+    const DELTABLE: u16 = 2;
+
+    /// A ledger that has read generation 0 (whose own transaction, joined
+    /// halfway, is unknown).
+    fn ledger() -> Ledger {
+        let mut l = Ledger::new("qkdpfd", "qkdpfd_guard");
+        l.feed(&newgen(0));
+        l
+    }
+
+    #[test]
+    fn the_transaction_read_first_is_unknown() {
+        let mut l = Ledger::new("qkdpfd", "qkdpfd_guard");
+        l.feed(&newgen(5));
+        l.feed(&newgen(6));
+        assert!(!l.untouched(4, 5));
+        assert!(l.untouched(5, 6));
+    }
+
+    #[test]
+    fn another_tables_changes_leave_ours_untouched() {
+        let mut l = ledger();
+        // One datagram may carry several notifications.
+        let mut d = change(NEWSETELEM, Some("sshguard"));
+        d.extend(change(NEWRULE, Some("filter")));
+        d.extend(newgen(41));
+        l.feed(&d);
+        l.feed(&newgen(42));
+        assert!(l.untouched(40, 42));
+        assert!(l.untouched(42, 42));
+        assert!(
+            !l.untouched(40, 43),
+            "43 not read yet: its commit may still be notifying"
+        );
+        assert!(!l.untouched(39, 42), "40 was never read");
+        assert!(!l.untouched(u32::MAX, 42), "0 was read first: unknown");
+    }
+
+    #[test]
+    fn a_change_naming_our_table_or_guard_or_none_touches_it() {
+        for table in [Some("qkdpfd"), Some("qkdpfd_guard"), None] {
+            let mut l = ledger();
+            l.feed(&newgen(1));
+            l.feed(&change(DELTABLE, table));
+            l.feed(&newgen(2));
+            l.feed(&newgen(3));
+            assert!(l.untouched(0, 1), "{table:?}");
+            assert!(!l.untouched(1, 2), "{table:?}");
+            assert!(!l.untouched(0, 3), "{table:?}");
+            assert!(l.untouched(2, 3), "{table:?}: only the one transaction");
+        }
+        // A prefix of our name is another table.
+        let mut l = ledger();
+        l.feed(&change(NEWRULE, Some("qkdpf")));
+        l.feed(&newgen(1));
+        assert!(l.untouched(0, 1));
+    }
+
+    #[test]
+    fn what_cannot_be_read_counts_as_touched() {
+        // A message of another subsystem, a NEWGEN without an id, a
+        // datagram that does not parse.
+        let mut l = ledger();
+        let mut other = msg((11 << 8) | NEWRULE, 0, 0, 1, 0);
+        other.attr(NFTA_TABLE, &c_name("filter"));
+        l.feed(&other.finish());
+        l.feed(&newgen(1));
+        assert!(!l.untouched(0, 1));
+
+        let mut l = ledger();
+        l.feed(&newgen(1));
+        l.feed(&msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0, 0, 0).finish());
+        l.feed(&newgen(2));
+        assert!(
+            !l.untouched(0, 2),
+            "a NEWGEN without an id loses what came before"
+        );
+        assert!(!l.untouched(1, 2), "and the transaction after it");
+
+        let mut l = ledger();
+        l.feed(&newgen(1));
+        l.feed(&[1, 2, 3]);
+        l.feed(&newgen(2));
+        assert!(!l.untouched(0, 1) && !l.untouched(1, 2));
+    }
+
+    #[test]
+    fn lost_notifications_forget_every_generation_before_the_next_newgen() {
+        let mut l = ledger();
+        l.feed(&newgen(7));
+        l.lost();
+        l.feed(&change(NEWRULE, Some("filter")));
+        l.feed(&newgen(8));
+        l.feed(&newgen(9));
+        assert!(!l.untouched(6, 7), "forgotten");
+        assert!(
+            !l.untouched(7, 8),
+            "the transaction read when the loss came"
+        );
+        assert!(l.untouched(8, 9));
+    }
+
+    #[test]
+    fn generations_wrap_and_are_forgotten_once_passed() {
+        let mut l = Ledger::new("qkdpfd", "qkdpfd_guard");
+        for g in [u32::MAX - 2, u32::MAX - 1, u32::MAX, 0, 1] {
+            l.feed(&newgen(g));
+        }
+        assert!(l.untouched(u32::MAX - 2, 1));
+        l.forget_through(u32::MAX);
+        assert!(!l.untouched(u32::MAX - 2, 1));
+        assert!(l.untouched(u32::MAX, 1));
+        assert_eq!(l.gens.len(), 2, "0 and 1 are left");
+        // A span past the walk's bound is not walked.
+        assert!(!l.untouched(1, 1 + MAX_SPAN + 1));
+    }
+}
