@@ -18,7 +18,6 @@
 //! back: a flushed or deleted chain, a removed jump or drop, the whole
 //! table gone, pf disabled.
 
-use crate::conf::LinkConf;
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Event};
 use crate::parent::fw::{Firewall, Observed, Readback};
@@ -32,9 +31,9 @@ mod ladder;
 mod tunnel;
 pub use tunnel::Tunnel;
 
-/// One link as the parent sees it.
+/// One link as the parent sees it (what the firewall knows it by is
+/// [`Links::target`]).
 pub struct LinkCtl {
-    pub target: LinkTarget,
     /// Engine-owned reasons; None until the engine's first report.
     pub engine: Option<Reasons>,
     pub parent: Reasons,
@@ -50,9 +49,9 @@ pub struct LinkCtl {
 }
 
 impl LinkCtl {
-    pub fn new(conf: &LinkConf) -> LinkCtl {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> LinkCtl {
         LinkCtl {
-            target: LinkTarget::from_conf(conf),
             engine: None,
             parent: Reasons::EMPTY,
             kernel: Readback {
@@ -96,9 +95,11 @@ impl LinkCtl {
 pub struct Links {
     pub links: BTreeMap<String, LinkCtl>,
     /// Every link's target, in name order, for the firewall calls that
-    /// need them all: built once, as the set of links changes only with a
-    /// restart (a read-back after each flip copied them: O(links) per flip).
-    targets: Vec<LinkTarget>,
+    /// need them all, and each link's by [`Links::target`]: built once, as
+    /// the set of links changes only with a restart (a read-back after each
+    /// flip copied them: O(links) per flip). Shared with the panic hook
+    /// (`parent::lock_on_panic`): one copy of the links' addresses.
+    targets: std::sync::Arc<[LinkTarget]>,
     pub fw: Box<dyn Firewall>,
     pub state: State,
     pub state_path: PathBuf,
@@ -144,6 +145,16 @@ pub struct Links {
     hold_writes: bool,
 }
 
+/// Link `name`'s target in `targets` (in name order), if it is one.
+fn find_target<'a>(targets: &'a [LinkTarget], name: &str) -> Option<&'a LinkTarget> {
+    (targets.binary_search_by(|t| t.name.as_str().cmp(name)).ok()).map(|i| &targets[i])
+}
+
+/// Link `name`'s target: the caller knows it is a link.
+fn target_of<'a>(targets: &'a [LinkTarget], name: &str) -> &'a LinkTarget {
+    find_target(targets, name).expect("a configured link")
+}
+
 /// How a link was opened, for the `unlock` event.
 #[derive(Clone, Copy)]
 pub enum OpenedBy {
@@ -152,14 +163,20 @@ pub enum OpenedBy {
 }
 
 impl Links {
+    /// `targets`: every link's, in name order: one for each of `links`.
     pub fn new(
         links: BTreeMap<String, LinkCtl>,
+        targets: std::sync::Arc<[LinkTarget]>,
         fw: Box<dyn Firewall>,
         state: State,
         state_path: PathBuf,
     ) -> Links {
+        assert!(
+            targets.iter().map(|t| &t.name).eq(links.keys()),
+            "a target for each link, in name order"
+        );
         Links {
-            targets: links.values().map(|l| l.target.clone()).collect(),
+            targets,
             links,
             fw,
             state,
@@ -233,9 +250,9 @@ impl Links {
         found_ns: Option<u64>,
         bundle: Option<&Bundle>,
     ) -> Vec<(String, Enforcement)> {
-        let names: Vec<String> = (self.links.iter())
-            .filter(|(_, l)| l.target.qber == source)
-            .map(|(n, _)| n.clone())
+        let names: Vec<String> = (self.targets.iter())
+            .filter(|t| t.qber == source)
+            .map(|t| t.name.clone())
             .collect();
         // The kernel first, then what is said about it.
         self.committed_ns = None;
@@ -276,6 +293,16 @@ impl Links {
         if r.is_ok() {
             self.committed_ns = Some((started_ns, crate::imsg::monotonic_ns()));
         }
+    }
+
+    /// The firewall's view of link `name`, if it is one.
+    pub fn target(&self, name: &str) -> Option<&LinkTarget> {
+        find_target(&self.targets, name)
+    }
+
+    /// Every link's target, in name order.
+    pub fn targets(&self) -> &[LinkTarget] {
+        &self.targets
     }
 
     /// Reads every link back (one listing); rebuilds the default-deny
@@ -493,8 +520,7 @@ impl Links {
         // ends with `session_made` or says `session_failed`.
         let l = self.links.get_mut(name).expect("converge checked it");
         l.parent.insert(LockReason::NoSession);
-        let target = l.target.clone();
-        if !self.fw.passes_handshakes(&target) {
+        if !self.fw.passes_handshakes(target_of(&self.targets, name)) {
             self.lock(name, bundle);
         }
         self.session_due.insert(name.to_string());
@@ -516,9 +542,9 @@ impl Links {
         let Some(r) = bundle.and_then(|b| b.ruleset(Enforcement::Open, ext)) else {
             return false;
         };
-        let target = self.links[name].target.clone();
+        let target = target_of(&self.targets, name);
         let started = crate::imsg::monotonic_ns();
-        let applied = self.fw.apply(&target, Enforcement::Open, r);
+        let applied = self.fw.apply(target, Enforcement::Open, r);
         self.stamp_commit(started, &applied);
         self.observe_one(name);
         if applied.is_ok() && self.links[name].kernel.state == Observed::Open {
@@ -541,11 +567,11 @@ impl Links {
     /// Preloads the link's lockdown rules so the next flip is quick.
     fn stage_lockdown(&mut self, name: &str, bundle: Option<&Bundle>) {
         let fw = &mut self.fw;
-        let Some(l) = self.links.get(name) else {
+        let Some(target) = find_target(&self.targets, name) else {
             return;
         };
         let lock = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, fw.extension()));
-        if let Some(Err(e)) = lock.map(|r| fw.stage(&l.target, Enforcement::Lockdown, r)) {
+        if let Some(Err(e)) = lock.map(|r| fw.stage(target, Enforcement::Lockdown, r)) {
             log::event(Event::StageFailed)
                 .kv("link", name)
                 .msg(e)

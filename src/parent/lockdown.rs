@@ -43,12 +43,13 @@ pub fn lock_all(conf: Config) -> ExitCode {
     };
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
     let mut map = BTreeMap::new();
-    for (name, lc) in &conf.link {
-        let mut l = LinkCtl::new(lc);
+    for name in conf.link.keys() {
+        let mut l = LinkCtl::new();
         l.parent.insert(LockReason::ProcessFailure);
         map.insert(name.clone(), l);
     }
-    let mut links = Links::new(map, fw, state, state_path);
+    let targets = crate::ruleset::targets(&conf).into_values().collect();
+    let mut links = Links::new(map, targets, fw, state, state_path);
     links.persist_disabled = !persist;
     // The site lock where the firewall has one (one transaction for every
     // link), then as a tick: reads back, rebuilds a damaged skeleton, walks

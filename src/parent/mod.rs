@@ -155,7 +155,7 @@ pub fn main(opts: Opts) -> ExitCode {
     if let Err(e) = engine_conf::engine_files_fit(&conf) {
         return exit_err(e);
     }
-    lock_on_panic(&conf);
+    let targets = lock_on_panic(&conf);
     // Before touching the firewall: a live socket means another qkdpfd runs.
     if std::os::unix::net::UnixStream::connect(&conf.daemon.socket).is_ok() {
         return exit_err(format!(
@@ -172,7 +172,7 @@ pub fn main(opts: Opts) -> ExitCode {
             syslog::write(prio, line);
         }));
     }
-    let mut parent = match Parent::new(conf, opts) {
+    let mut parent = match Parent::new(conf, opts, targets) {
         Ok(p) => p,
         Err(e) => return exit_err(e),
     };
@@ -267,8 +267,13 @@ pub fn read_keys(conf: &Config) -> Result<Vec<PublicKey>, String> {
 impl Parent {
     /// Loads state, keys and the active bundle and installs the firewall
     /// skeleton (every link default-deny). Fails closed: without a usable
-    /// bundle, links are held by `no-policy`.
-    pub fn new(conf: Config, opts: Opts) -> Result<Parent, String> {
+    /// bundle, links are held by `no-policy`. `tlist`: every link's
+    /// target, in name order (as [`lock_on_panic`] returns them).
+    pub fn new(
+        conf: Config,
+        opts: Opts,
+        tlist: std::sync::Arc<[crate::ruleset::LinkTarget]>,
+    ) -> Result<Parent, String> {
         let dir = &conf.daemon.state_dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
@@ -279,8 +284,6 @@ impl Parent {
             .unwrap_or_default();
         let store = Store::new(conf.policy.dir.clone());
         let mut fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
-        let targets = targets(&conf);
-        let tlist: Vec<_> = targets.values().cloned().collect();
         fw.init(&tlist).map_err(|e| format!("firewall init: {e}"))?;
         // Armed before any slow work (bundle checks, DNS, TLS files): if
         // start-up hangs or dies from here on, every link locks by itself.
@@ -288,6 +291,7 @@ impl Parent {
             log::event(Event::DeadmanFailed).msg(e).send();
         }
         let bundle = {
+            let targets = targets(&conf);
             let checker = Checker {
                 fw: fw.as_ref(),
                 targets: &targets,
@@ -306,8 +310,8 @@ impl Parent {
             })
         };
         let mut map = BTreeMap::new();
-        for (name, lc) in &conf.link {
-            let mut l = LinkCtl::new(lc);
+        for name in conf.link.keys() {
+            let mut l = LinkCtl::new();
             if let Some(rec) = st.links.get(name) {
                 l.parent = rec.reasons.owned_by(crate::lock::Owner::Parent);
             }
@@ -325,7 +329,7 @@ impl Parent {
         // What the kernel holds now is the record; a link it shows neither
         // open nor locked is locked by the first reconcile below, an open
         // one stays open until the engine has fresh state for it.
-        let mut links = Links::new(map, fw, st, state_path);
+        let mut links = Links::new(map, tlist, fw, st, state_path);
         links.tunnel = Some(links::Tunnel::new(&conf, backend));
         // handshakes: new_session with a firewall that passes them.
         if conf.firewall.handshakes {
@@ -451,19 +455,24 @@ impl Parent {
 /// it goes, whatever thread panicked: a panic in a task or a verification
 /// thread must not leave a parent running whose links were just locked
 /// behind its back (the next tick would reopen them).
-fn lock_on_panic(conf: &Config) {
+/// Every link's target, in name order: the hook's, and the one copy the
+/// parent keeps ([`Links::target`]).
+fn lock_on_panic(conf: &Config) -> std::sync::Arc<[crate::ruleset::LinkTarget]> {
     let fw_conf = conf.firewall.clone();
     let state_dir = conf.daemon.state_dir.clone();
-    let targets: Vec<crate::ruleset::LinkTarget> = targets(conf).into_values().collect();
+    let targets: std::sync::Arc<[crate::ruleset::LinkTarget]> =
+        targets(conf).into_values().collect();
+    let hooked = targets.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
         let mut fw = fw::new(&fw_conf, &state_dir);
-        for t in &targets {
+        for t in hooked.iter() {
             let _ = fw.clear(t);
         }
         std::process::abort();
     }));
+    targets
 }
 
 /// `no-key` (DESIGN §6): a keyed link stays locked until a QKD-derived PSK

@@ -19,7 +19,7 @@ impl Links {
         let ruleset = bundle
             .and_then(|b| b.ruleset(Enforcement::Lockdown, self.fw.extension()))
             .map(str::to_string);
-        let target = self.links[name].target.clone();
+        let target = super::target_of(&self.targets, name).clone();
         let mut errors: Vec<String> = Vec::new();
         for step in 0..4 {
             let started = crate::imsg::monotonic_ns();
@@ -158,7 +158,7 @@ impl Links {
     pub(super) fn guard_targets(&self) -> Vec<LinkTarget> {
         self.guard
             .iter()
-            .filter_map(|n| self.links.get(n).map(|l| l.target.clone()))
+            .filter_map(|n| super::find_target(&self.targets, n).cloned())
             .collect()
     }
 

@@ -185,8 +185,15 @@ fn links(fw: Fake, dir: &std::path::Path) -> Links {
     )
     .unwrap();
     let mut map = BTreeMap::new();
-    map.insert("dr".to_string(), LinkCtl::new(&conf.link["dr"]));
-    Links::new(map, Box::new(fw), State::default(), dir.join("state"))
+    map.insert("dr".to_string(), LinkCtl::new());
+    let targets = crate::ruleset::targets(&conf).into_values().collect();
+    Links::new(
+        map,
+        targets,
+        Box::new(fw),
+        State::default(),
+        dir.join("state"),
+    )
 }
 
 fn calls(k: &Arc<Mutex<Kernel>>) -> Vec<String> {
@@ -644,11 +651,18 @@ fn a_hung_tool_skips_the_other_firewall_steps_for_the_peer() {
          addresses = [\"192.0.2.2\"]\n",
     )
     .unwrap();
-    map.insert("dr".to_string(), LinkCtl::new(&conf.link["dr"]));
+    map.insert("dr".to_string(), LinkCtl::new());
     let fw = Hung {
         calls: seen.clone(),
     };
-    let mut l = Links::new(map, Box::new(fw), State::default(), t.path().join("state"));
+    let targets = crate::ruleset::targets(&conf).into_values().collect();
+    let mut l = Links::new(
+        map,
+        targets,
+        Box::new(fw),
+        State::default(),
+        t.path().join("state"),
+    );
     let present = with_tunnel(&mut l, false);
     l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
     l.observe_all();
@@ -813,7 +827,7 @@ fn lock_source_is_one_source_lock_proven_by_the_read_back() {
             ..Kernel::default()
         };
         let (mut l, k) = opened(fake(knobs), t.path());
-        assert_eq!(l.links["dr"].target.qber, "s");
+        assert_eq!(l.target("dr").unwrap().qber, "s");
         let changed = l.lock_source("s", None, Some(&b));
         assert_eq!(calls(&k), want, "source lock {source_lock}, lies {lies}");
         assert_eq!(changed, [("dr".to_string(), Enforcement::Lockdown)]);
