@@ -17,6 +17,7 @@
 use crate::engine::qber;
 use crate::lock::{Band, LockReason, Reasons};
 use crate::policy::params::{LinkPolicy, OnQber, UnlockMode};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(test)]
@@ -37,7 +38,7 @@ pub enum Input {
     /// A deadline from [`Link::next_deadline`] has passed (or any time).
     Tick,
     /// The active policy for this link changed (None: no active bundle).
-    Policy(Option<LinkPolicy>),
+    Policy(Option<Arc<LinkPolicy>>),
     /// `qkdctl unlock [-f] LINK`.
     Unlock { force: bool },
     /// A PSK from a fresh QKD key was installed.
@@ -123,7 +124,8 @@ pub struct LinkStatus {
 #[derive(Clone, Debug)]
 pub struct Link {
     name: String,
-    policy: Option<LinkPolicy>,
+    /// Shared with the links whose policy is the same ([`super::policy`]).
+    policy: Option<Arc<LinkPolicy>>,
     /// Key agreement runs on this link: key-stale, peer-lost and the
     /// fresh-key recovery condition apply.
     keys: bool,
@@ -151,7 +153,7 @@ impl Link {
     /// engine's, and it starts the link locked under the usual recovery rules.
     pub fn new(
         name: &str,
-        policy: Option<LinkPolicy>,
+        policy: Option<Arc<LinkPolicy>>,
         keys: bool,
         persisted: Reasons,
         now: Instant,
@@ -212,7 +214,7 @@ impl Link {
     }
 
     pub fn policy(&self) -> Option<&LinkPolicy> {
-        self.policy.as_ref()
+        self.policy.as_deref()
     }
 
     /// When the next [`Input::Tick`] is due; always later than the last `now`.
@@ -272,7 +274,7 @@ impl Link {
         self.check_trip(out);
     }
 
-    fn on_policy(&mut self, p: Option<LinkPolicy>, out: &mut Vec<Action>) {
+    fn on_policy(&mut self, p: Option<Arc<LinkPolicy>>, out: &mut Vec<Action>) {
         if p == self.policy {
             return;
         }

@@ -19,6 +19,7 @@ pub mod kme;
 pub mod link;
 pub mod metrics;
 pub mod peering;
+mod policy;
 pub mod qber;
 mod requests;
 pub mod rotate;
@@ -26,7 +27,7 @@ mod setup;
 mod sources;
 
 use crate::imsg::{self, EngineConfig, LinkReasons};
-use crate::imsg::{ActivePolicy, LinkState, ToEngine, ToParent};
+use crate::imsg::{LinkState, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Event};
 use crate::proto::ctl::Reply;
@@ -75,7 +76,7 @@ struct Engine {
     /// When each link is next due: its poll or its state machine's timer
     /// (kept by [`Engine::feed`] and [`Engine::configure`]).
     due: deadlines::Deadlines,
-    policy: Option<ActivePolicy>,
+    policy: Option<policy::Policy>,
     tx: Tx,
     pending: HashMap<u64, (oneshot::Sender<Reply>, Vec<String>)>,
     next_id: u64,
@@ -313,15 +314,19 @@ async fn run(
 
 impl Engine {
     /// The policy of a link, with the `[testing]` timing overrides.
-    fn link_policy(&self, name: &str) -> Option<crate::policy::params::LinkPolicy> {
-        let mut p = self.policy.as_ref()?.links.get(name)?.clone();
+    fn link_policy(&self, name: &str) -> Option<std::sync::Arc<crate::policy::params::LinkPolicy>> {
+        let p = self.policy.as_ref()?.links.get(name)?;
+        if self.testing.rotate.is_none() && self.testing.max_key_age.is_none() {
+            return Some(p.clone());
+        }
+        let mut p = (**p).clone();
         if let Some(r) = self.testing.rotate {
             p.rotate = r;
         }
         if let Some(a) = self.testing.max_key_age {
             p.max_key_age = a;
         }
-        Some(p)
+        Some(std::sync::Arc::new(p))
     }
 
     /// Inputs key agreement has for links (KeyInstalled, PeerRound).
@@ -532,8 +537,8 @@ impl Engine {
                 crate::privsep::return_free_memory();
             }
             ToEngine::Policy(p) => {
-                self.policy = p;
-                let policy = self.policy.clone();
+                self.policy = p.map(policy::Policy::from);
+                let policy = &self.policy;
                 self.keys.set_periods(|n| {
                     policy
                         .as_ref()

@@ -277,9 +277,11 @@ impl Engine {
         Some(PolicyInfo {
             serial: p.serial,
             not_after: p.not_after,
-            expired: p.not_after.is_some_and(|na| now > na),
+            expired: p.expired(now),
             signer: p.signer.clone(),
-            links: p.links.clone(),
+            links: (p.links.iter())
+                .map(|(n, lp)| (n.clone(), (**lp).clone()))
+                .collect(),
         })
     }
 }
@@ -294,7 +296,8 @@ impl Engine {
         let Some(tx) = &self.metrics else { return };
         let mut snap = super::metrics::Snapshot::empty(tx.borrow().started_unix, now);
         snap.policy_serial = self.policy.as_ref().map(|p| p.serial);
-        snap.policy_expired = self.policy_info().is_some_and(|p| p.expired);
+        let now_unix = crate::utc::now_unix();
+        snap.policy_expired = (self.policy.as_ref()).is_some_and(|p| p.expired(now_unix));
         snap.policy_not_after = self.policy.as_ref().and_then(|p| p.not_after);
         snap.policy_expiry_warning = self.policy.as_ref().map(|p| p.expiry_warning);
         for name in self.links.keys() {

@@ -164,7 +164,7 @@ impl Engine {
         crate::utc::set_offset(cfg.testing.wall_clock_offset);
         log::set_verbose(cfg.verbose);
         self.testing = cfg.testing.clone();
-        let policy = self.policy.clone();
+        let policy = &self.policy;
         self.keys.configure(
             &cfg,
             |n| {

@@ -72,6 +72,18 @@ struct KeyedLink {
     timing: RoundTiming,
 }
 
+impl KeyedLink {
+    /// Drops the oldest batch; an emptied queue gives its buffer back (a
+    /// link is idle between rounds nearly all the time: at 10,000 links
+    /// the buffers kept were 1.3 MB).
+    fn batch_done(&mut self) {
+        self.queue.pop_front();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+}
+
 /// Every keyed link of the engine.
 pub struct Keys {
     /// The peering sockets, keys and logs.
@@ -320,7 +332,7 @@ impl Keys {
             }
             (KeyStep::Persist, Some(why)) => {
                 // The rest of the batch must not happen without the epoch.
-                l.queue.pop_front();
+                l.batch_done();
                 Input::PersistFailed {
                     epoch: a.epoch,
                     why,
@@ -389,7 +401,7 @@ impl Keys {
                 return;
             };
             let Some(action) = batch.pop_front() else {
-                l.queue.pop_front();
+                l.batch_done();
                 continue;
             };
             self.carry_out(name, action, now, out);

@@ -73,7 +73,7 @@ fn input(op: &Op, ps: &[LinkPolicy; 3]) -> Input {
         Op::Peer => Input::PeerRound,
         Op::Unlock(force) => Input::Unlock { force: *force },
         Op::NoPolicy => Input::Policy(None),
-        Op::Policy(i) => Input::Policy(Some(ps[*i].clone())),
+        Op::Policy(i) => Input::Policy(Some(Arc::new(ps[*i].clone()))),
     }
 }
 
@@ -151,7 +151,7 @@ fn run_checked(
 ) -> Result<(), TestCaseError> {
     let t0 = Instant::now();
     let initial: Reasons = persisted.then_some(LockReason::Qber).into_iter().collect();
-    let mut link = Link::new("dr", Some(ps[0].clone()), keys, initial, t0);
+    let mut link = Link::new("dr", Some(Arc::new(ps[0].clone())), keys, initial, t0);
     let mut now = t0;
     let mut rec = Recovery {
         policy: true,
@@ -235,7 +235,7 @@ proptest! {
         let ps = policies(trip, UnlockMode::Manual, OnQber::Lockdown);
         let t0 = Instant::now();
         let initial: Reasons = persisted.then_some(LockReason::Qber).into_iter().collect();
-        let mut link = Link::new("dr", Some(ps[0].clone()), keys, initial, t0);
+        let mut link = Link::new("dr", Some(Arc::new(ps[0].clone())), keys, initial, t0);
         let mut now = t0;
         let mut held = persisted;
         for (dt, op) in &steps {
@@ -261,7 +261,13 @@ fn random_walks_reach_every_rule() {
     for _ in 0..200 {
         let steps = steps(true).new_tree(&mut runner).unwrap().current();
         let t0 = Instant::now();
-        let mut link = Link::new("dr", Some(ps[0].clone()), false, Reasons::EMPTY, t0);
+        let mut link = Link::new(
+            "dr",
+            Some(Arc::new(ps[0].clone())),
+            false,
+            Reasons::EMPTY,
+            t0,
+        );
         let mut now = t0;
         for (dt, op) in &steps {
             now += Duration::from_millis(*dt);

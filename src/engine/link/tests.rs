@@ -21,7 +21,7 @@ impl H {
     fn new(policy: Option<LinkPolicy>, keys: bool, persisted: Reasons) -> H {
         let t0 = Instant::now();
         H {
-            link: Link::new("dr", policy, keys, persisted, t0),
+            link: Link::new("dr", policy.map(Arc::new), keys, persisted, t0),
             t0,
         }
     }
@@ -378,7 +378,7 @@ fn a_lower_threshold_trips_from_recent_samples() {
         qber_lockdown: 0.06,
         ..policy()
     };
-    let a = h.at(3.5, Input::Policy(Some(p)));
+    let a = h.at(3.5, Input::Policy(Some(Arc::new(p))));
     assert_eq!(locks(&a), vec![Qber]);
     assert_eq!(reports(&a), vec![set(&[Qber])]);
 }
@@ -392,7 +392,7 @@ fn alert_to_lockdown_policy_locks_a_high_link() {
     let mut h = H::with(alert);
     h.run(1, 5, 0.2);
     assert!(h.link.reasons().is_empty());
-    let a = h.at(5.5, Input::Policy(Some(policy())));
+    let a = h.at(5.5, Input::Policy(Some(Arc::new(policy()))));
     assert_eq!(locks(&a), vec![Qber]);
 }
 
@@ -423,7 +423,7 @@ fn no_policy_holds_no_reasons_but_keeps_a_qber_trip() {
         }]
     );
     // The policy returns: the old silence counts.
-    let a = h.at(23.0, Input::Policy(Some(policy())));
+    let a = h.at(23.0, Input::Policy(Some(Arc::new(policy()))));
     assert_eq!(locks(&a), vec![SourceLost]);
 }
 
@@ -431,7 +431,10 @@ fn no_policy_holds_no_reasons_but_keeps_a_qber_trip() {
 fn the_same_policy_again_changes_nothing() {
     let mut h = tripped(policy(), false);
     h.run(4, 30, 0.01);
-    assert!(h.at(30.5, Input::Policy(Some(policy()))).is_empty());
+    assert!(
+        h.at(30.5, Input::Policy(Some(Arc::new(policy()))))
+            .is_empty()
+    );
     // The window from 4 survived: recovery at 64.
     h.run(31, 63, 0.01);
     assert_eq!(unlocks(&h.fresh(64.0, 0.01)), vec![(Qber, UnlockBy::Auto)]);
@@ -455,7 +458,7 @@ fn band_changes_are_reported() {
         bands: [0.05, 0.1, 0.15, 0.2],
         ..policy()
     };
-    let a = h.at(4.5, Input::Policy(Some(wide)));
+    let a = h.at(4.5, Input::Policy(Some(Arc::new(wide))));
     assert_eq!(a, vec![b(Some(Band::Compromised), Band::Warning, 0.12)]);
 }
 

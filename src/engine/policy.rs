@@ -1,0 +1,98 @@
+//! The active policy as the engine holds it: what `qkdctl show policy` and
+//! the metrics read, and each link's parameters. A bundle's links nearly
+//! always share a handful of parameter sets; each distinct one is held once
+//! (at 10,000 links the copies, in this map and in every link's state
+//! machine, were 2.7 MB of the engine's heap).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::imsg::ActivePolicy;
+use crate::policy::params::LinkPolicy;
+
+/// How many of the distinct sets seen last a link's is compared with
+/// before it is kept on its own (bounds the work for a bundle whose every
+/// link differs).
+const RECENT: usize = 8;
+
+pub struct Policy {
+    pub serial: u64,
+    pub not_after: Option<u64>,
+    pub expiry_warning: u64,
+    pub signer: String,
+    pub links: BTreeMap<String, Arc<LinkPolicy>>,
+}
+
+impl From<ActivePolicy> for Policy {
+    fn from(p: ActivePolicy) -> Policy {
+        let mut recent: Vec<Arc<LinkPolicy>> = Vec::with_capacity(RECENT);
+        let links = (p.links.into_iter())
+            .map(|(name, lp)| {
+                let shared = match recent.iter().rev().find(|r| ***r == lp) {
+                    Some(r) => r.clone(),
+                    None => {
+                        if recent.len() == RECENT {
+                            recent.remove(0);
+                        }
+                        recent.push(Arc::new(lp));
+                        recent.last().expect("pushed").clone()
+                    }
+                };
+                (name, shared)
+            })
+            .collect();
+        Policy {
+            serial: p.serial,
+            not_after: p.not_after,
+            expiry_warning: p.expiry_warning,
+            signer: p.signer,
+            links,
+        }
+    }
+}
+
+impl Policy {
+    /// Past its `not_after` at `now_unix`.
+    pub fn expired(&self, now_unix: u64) -> bool {
+        self.not_after.is_some_and(|na| now_unix > na)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_link_policies_are_held_once() {
+        let other = LinkPolicy {
+            qber_lockdown: 0.06,
+            ..LinkPolicy::DEFAULT
+        };
+        let links = (0..100)
+            .map(|i| {
+                let lp = match i % 10 {
+                    3 => other.clone(),
+                    _ => LinkPolicy::DEFAULT,
+                };
+                (format!("l{i:03}"), lp)
+            })
+            .collect();
+        let p = Policy::from(ActivePolicy {
+            serial: 7,
+            not_after: None,
+            expiry_warning: 0,
+            signer: "k".into(),
+            links,
+        });
+        assert_eq!(p.links.len(), 100);
+        let distinct: Vec<*const LinkPolicy> = {
+            let mut v: Vec<_> = p.links.values().map(Arc::as_ptr).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert_eq!(distinct.len(), 2);
+        assert_eq!(*p.links["l003"], other);
+        assert_eq!(*p.links["l004"], LinkPolicy::DEFAULT);
+    }
+}
