@@ -650,6 +650,15 @@ pub(crate) mod sys {
 
         /// One datagram from the kernel (port id 0); anything else is dropped.
         pub fn recv(&self, buf: &mut [u8]) -> Result<usize, WgError> {
+            self.recv_with(buf, 0)?
+                .ok_or_else(|| WgError::Io("netlink recv: timed out".into()))
+        }
+
+        /// One datagram from the kernel (port id 0), with recvfrom `flags`
+        /// besides MSG_TRUNC; None when none came (EAGAIN: nothing queued
+        /// with MSG_DONTWAIT, the receive timeout otherwise). A datagram
+        /// larger than `buf` is an error.
+        fn recv_with(&self, buf: &mut [u8], flags: i32) -> Result<Option<usize>, WgError> {
             loop {
                 let mut a = kernel_addr();
                 let mut len = ADDR_LEN;
@@ -660,23 +669,27 @@ pub(crate) mod sys {
                         self.fd.as_raw_fd(),
                         buf.as_mut_ptr().cast(),
                         buf.len(),
-                        libc::MSG_TRUNC,
+                        flags | libc::MSG_TRUNC,
                         p,
                         &mut len,
                     )
                 };
                 if n < 0 {
-                    if Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                        continue;
+                    match Error::last_os_error().raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EAGAIN) => return Ok(None),
+                        _ => return Err(io("recv")),
                     }
-                    return Err(io("recv"));
                 }
                 let n = n as usize;
                 if n > buf.len() {
-                    return Err(WgError::Protocol("netlink reply larger than 64 KiB".into()));
+                    return Err(WgError::Protocol(format!(
+                        "netlink datagram larger than {} bytes",
+                        buf.len()
+                    )));
                 }
                 if a.nl_pid == 0 {
-                    return Ok(n);
+                    return Ok(Some(n));
                 }
             }
         }
@@ -713,37 +726,7 @@ pub(crate) mod sys {
         /// An overrun (notifications the kernel dropped: ENOBUFS) and a
         /// datagram larger than `buf` are errors.
         pub fn try_recv(&self, buf: &mut [u8]) -> Result<Option<usize>, WgError> {
-            loop {
-                let mut a = kernel_addr();
-                let mut len = ADDR_LEN;
-                let p = (&mut a as *mut libc::sockaddr_nl).cast();
-                let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
-                // SAFETY: `buf` is writable for its length; `a` for `len` bytes.
-                let n = unsafe {
-                    libc::recvfrom(
-                        self.fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        flags,
-                        p,
-                        &mut len,
-                    )
-                };
-                if n < 0 {
-                    match Error::last_os_error().raw_os_error() {
-                        Some(libc::EINTR) => continue,
-                        Some(libc::EAGAIN) => return Ok(None),
-                        _ => return Err(io("recv")),
-                    }
-                }
-                let n = n as usize;
-                if n > buf.len() {
-                    return Err(WgError::Protocol("netlink datagram truncated".into()));
-                }
-                if a.nl_pid == 0 {
-                    return Ok(Some(n));
-                }
-            }
+            self.recv_with(buf, libc::MSG_DONTWAIT)
         }
 
         /// Reads and drops whatever is queued (answers to an earlier request
