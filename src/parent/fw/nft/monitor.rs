@@ -6,7 +6,7 @@
 //! listing only while the generation stands still lists again after any
 //! other tool's change: on a gateway where sshguard or a container runtime
 //! adds an element a second, every reconcile tick listed our whole table
-//! (1.5 s of the parent's loop at 10,000 links, with lockdowns waiting).
+//! (1.7 s of the parent's loop at 10,000 links, with lockdowns waiting).
 //!
 //! Each commit notifies every change it made, each naming its table
 //! (attribute 1 of every nf_tables object: NFTA_TABLE_NAME,
