@@ -10,35 +10,28 @@
 //! an input for it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Instant;
 
-/// A link's name is held once for both indexes, and kept while the link
-/// moves in time: a deadline moved allocates nothing.
 #[derive(Debug, Default)]
 pub struct Deadlines {
-    order: BTreeSet<(Instant, Arc<str>)>,
-    at: HashMap<Arc<str>, Instant>,
+    order: BTreeSet<(Instant, String)>,
+    at: HashMap<String, Instant>,
 }
 
 impl Deadlines {
     /// Sets (or, with `None`, clears) when `link` is next due.
     pub fn set(&mut self, link: &str, due: Option<Instant>) {
-        let old = self.at.get_key_value(link).map(|(k, t)| (k.clone(), *t));
-        if old.as_ref().map(|(_, t)| *t) == due {
+        let old = self.at.get(link).copied();
+        if old == due {
             return;
         }
-        let name = match old {
-            Some((name, t)) => {
-                self.order.remove(&(t, name.clone()));
-                self.at.remove(link);
-                name
-            }
-            None => Arc::from(link),
-        };
+        if let Some(t) = old {
+            self.order.remove(&(t, link.to_string()));
+            self.at.remove(link);
+        }
         if let Some(t) = due {
-            self.order.insert((t, name.clone()));
-            self.at.insert(name, t);
+            self.order.insert((t, link.to_string()));
+            self.at.insert(link.to_string(), t);
         }
     }
 
@@ -53,7 +46,7 @@ impl Deadlines {
         self.order
             .iter()
             .take_while(|(t, _)| *t <= now)
-            .map(|(_, l)| l.to_string())
+            .map(|(_, l)| l.clone())
             .collect()
     }
 
