@@ -313,7 +313,8 @@ async fn run(
 }
 
 impl Engine {
-    /// The policy of a link, with the `[testing]` timing overrides.
+    /// The policy of a link, with the `[testing]` timing overrides (a
+    /// copy of its own then: only tests and benches set them).
     fn link_policy(&self, name: &str) -> Option<std::sync::Arc<crate::policy::params::LinkPolicy>> {
         let p = self.policy.as_ref()?.links.get(name)?;
         if self.testing.rotate.is_none() && self.testing.max_key_age.is_none() {
