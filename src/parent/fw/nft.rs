@@ -167,6 +167,12 @@ impl Nft {
     }
 
     fn refresh_alive(&mut self, timeout: Option<std::time::Duration>) -> Result<(), FwError> {
+        // Once a second, off the flips' path: the notifications of our own
+        // transactions (the earlier heartbeats' among them) are read even while
+        // no check needs them, so they never fill the socket's buffer.
+        if let Some(m) = self.monitor.as_mut() {
+            m.drain();
+        }
         // Our own heartbeat touches only the `alive` set: if it was the
         // only transaction since the listing, what was verified still holds.
         self.seq = self.seq.wrapping_add(4);

@@ -165,9 +165,6 @@ impl Monitor {
 
     /// [`Ledger::untouched`] after reading what is queued.
     pub fn untouched(&mut self, from: u32, to: u32) -> bool {
-        if from == to {
-            return true;
-        }
         self.drain();
         self.ledger.untouched(from, to)
     }
