@@ -257,6 +257,15 @@ fn a_kept_socket_never_takes_an_old_answer_for_a_new_one() {
 /// back over netlink without a listing, proven by packets; it outlives a
 /// rebuilt skeleton; the next open ends it, every other link then locked
 /// on its own.
+/// `n` links and `dr`, whose far end (10.99.0.2, kept while the first
+/// value lives) answers pings.
+fn links_and_far_end(r: &Rig, n: u8) -> (Netns, Vec<LinkTarget>) {
+    let (far, a) = far_end(r, "10.99.0.1/24", "10.99.0.2/24");
+    let mut ls = links(n);
+    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    (far, ls)
+}
+
 /// The table for `ls` with the dead-man switch armed, every link open with
 /// its lockdown preloaded, read back open, and the far end answering.
 fn every_link_open_and_staged(r: &mut Rig, ls: &[LinkTarget]) {
@@ -282,9 +291,7 @@ fn a_site_lock_locks_every_link_in_one_transaction() {
         return;
     }
     let mut r = rig();
-    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
-    let mut ls = links(4);
-    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    let (_far, ls) = links_and_far_end(&r, 4);
     every_link_open_and_staged(&mut r, &ls);
     let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
 
@@ -344,9 +351,7 @@ fn a_source_lock_locks_its_sections_links_in_one_transaction() {
         return;
     }
     let mut r = rig();
-    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
-    let mut ls = links(4);
-    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    let (_far, mut ls) = links_and_far_end(&r, 4);
     // Section "b" feeds l2 and l3; "a" feeds l0, l1 and dr.
     for (i, l) in ls.iter_mut().enumerate() {
         l.qber = if i == 2 || i == 3 { "b" } else { "a" }.into();
@@ -449,9 +454,7 @@ fn another_tables_changes_need_no_listing_ours_do() {
         return;
     }
     let mut r = rig();
-    let (_far, a) = far_end(&r, "10.99.0.1/24", "10.99.0.2/24");
-    let mut ls = links(3);
-    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    let (_far, ls) = links_and_far_end(&r, 3);
     every_link_open_and_staged(&mut r, &ls);
     let runs = nft_runs(&r);
     let before = generation(1).unwrap();
