@@ -39,8 +39,6 @@ fn for_this_os(expected: String) -> String {
         expected
             .replace("backend = \"nftables\"", "backend = \"pf\"")
             .replace("backend = \"linux\"", "backend = \"openbsd\"")
-            // No re-created wg(4) peers yet: new_session is off by default.
-            .replace("new_session = true", "new_session = false")
     } else {
         expected
     }

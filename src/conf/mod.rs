@@ -144,7 +144,7 @@ pub struct WireguardConf {
     /// session starts under the new PSK at once, and a link that was
     /// locked opens only on a session made after its lockdown (issue 13);
     /// off, the PSK protects traffic from WireGuard's own next rekey (up to
-    /// 120 s). Default on, except with the openbsd backend (not yet).
+    /// 120 s). Default on, except with the dry-run backend.
     pub new_session: bool,
 }
 

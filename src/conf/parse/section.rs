@@ -436,11 +436,8 @@ impl Default for FirewallConf {
 fn wireguard(mut s: Sect) -> WireguardConf {
     let (_, backend) = default_backends();
     let backend = s.or("backend", backend, choice(WG_BACKENDS));
-    // wg(4) peers are not re-created yet (wg/openbsd.rs).
-    let on = matches!(
-        backend,
-        WireguardBackend::Linux | WireguardBackend::Userspace
-    );
+    // dry-run has no sessions to renew.
+    let on = backend != WireguardBackend::DryRun;
     WireguardConf {
         backend,
         new_session: s.or("new_session", on, value::boolean),

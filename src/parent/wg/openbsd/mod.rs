@@ -1,14 +1,16 @@
 //! `openbsd` WireGuard backend (DESIGN §5, reference/openbsd.md "wg(4)
 //! PSK"), run by the privileged parent: SIOCSWG/SIOCGWG on wg(4) through an
-//! AF_INET datagram socket. It touches only the PSK of one existing peer
-//! (or, as the lockdown ladder's last rung, removes that peer), and reads
+//! AF_INET datagram socket. It sets the PSK of one existing peer, re-creates
+//! that peer for a new session under it (`peer.rs`, issue 13), reads its
+//! last handshake, removes it as the lockdown ladder's last rung, and reads
 //! the interface's own public key (`i_public`, never `i_private`). The
-//! OpenBSD facts used are listed in `src/OPENBSD-FACTS.md` (W1-W14).
+//! OpenBSD facts used are listed in `src/OPENBSD-FACTS.md` (W1-W19).
 //!
 //! The structures of sys/net/if_wg.h are plain `#[repr(C)]` Rust here, with
 //! OpenBSD's own sockaddr and timespec (sa_family_t is one byte there), so
-//! the layout, the request encoder and the reply decoder compile and are
-//! tested on every platform. Only the `ioctl(2)` call is OpenBSD-only; on
+//! the layout, the request encoders and the reply decoders compile and are
+//! tested on every platform, and the backend's calls are tested against a
+//! model of wg(4) (`model.rs`). Only the `ioctl(2)` call is OpenBSD-only; on
 //! other systems the backend fails with `Io`. Request and reply buffers are
 //! zeroized (a SIOCGWG reply also holds the interface's private key).
 
@@ -16,13 +18,20 @@ use std::mem::{offset_of, size_of};
 
 use zeroize::Zeroizing;
 
-use super::{WgBackend, WgError, WgPeer, check_ifname, verify};
+use super::{PeerConfig, WgBackend, WgError, WgPeer, check_ifname, verify, verify_recreated};
 use crate::secret::Psk;
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod model;
+pub mod peer;
 
 pub const WG_PEER_HAS_PUBLIC: i32 = 1 << 0;
 pub const WG_PEER_HAS_PSK: i32 = 1 << 1;
+pub const WG_PEER_HAS_PKA: i32 = 1 << 2;
+pub const WG_PEER_HAS_ENDPOINT: i32 = 1 << 3;
 pub const WG_PEER_REMOVE: i32 = 1 << 5;
 pub const WG_PEER_UPDATE: i32 = 1 << 6;
+pub const WG_PEER_SET_DESCRIPTION: i32 = 1 << 7;
 /// `i_flags`: the kernel filled `i_public` (the interface has a private
 /// key and the caller is root).
 pub const WG_INTERFACE_HAS_PUBLIC: u8 = 1 << 0;
@@ -202,44 +211,10 @@ pub fn ifname_bytes(name: &str) -> Result<[u8; 16], WgError> {
     Ok(n)
 }
 
-fn read_usize(b: &[u8], off: usize) -> Result<usize, WgError> {
-    let raw = b
-        .get(off..off + size_of::<usize>())
-        .ok_or_else(|| WgError::Protocol("SIOCGWG reply truncated".into()))?;
-    Ok(usize::from_ne_bytes(
-        raw.try_into().expect("usize-sized slice"),
-    ))
-}
-
 /// Walks a SIOCGWG reply (the first `wgd_size` bytes) for `want`: its PSK
 /// (all zero when the kernel reports none) or `None` when it is no peer.
-/// Each peer takes 208 bytes plus `p_aips_count` × 24.
 pub fn decode_get(b: &[u8], want: &[u8; 32]) -> Result<Option<Psk>, WgError> {
-    let count = read_usize(b, offset_of!(WgInterfaceIo, i_peers_count))?;
-    let mut off = IFACE;
-    let mut found = None;
-    for _ in 0..count {
-        let peer = b
-            .get(off..off + PEER)
-            .ok_or_else(|| WgError::Protocol("SIOCGWG reply truncated in a peer".into()))?;
-        let aips = read_usize(peer, offset_of!(WgPeerIo, p_aips_count))?;
-        let at = |f: usize| &peer[f..f + 32];
-        if at(offset_of!(WgPeerIo, p_public)) == want {
-            let flags_at = offset_of!(WgPeerIo, p_flags);
-            let flags = i32::from_ne_bytes(peer[flags_at..flags_at + 4].try_into().expect("4"));
-            let mut k = Zeroizing::new([0u8; 32]);
-            if flags & WG_PEER_HAS_PSK != 0 {
-                k.copy_from_slice(at(offset_of!(WgPeerIo, p_psk)));
-            }
-            found = Some(Psk::from_bytes(*k));
-        }
-        off = aips
-            .checked_mul(AIP)
-            .and_then(|a| a.checked_add(off + PEER))
-            .filter(|&end| end <= b.len())
-            .ok_or_else(|| WgError::Protocol("SIOCGWG reply: allowed IPs past its end".into()))?;
-    }
-    Ok(found)
+    peer::find(b, want)?.map(|f| peer::psk(&f)).transpose()
 }
 
 /// The interface's own public key from a SIOCGWG reply: `i_public` when
@@ -257,28 +232,76 @@ pub fn decode_public(b: &[u8]) -> Result<[u8; 32], WgError> {
     Ok(public.try_into().expect("32 bytes"))
 }
 
+/// The ioctl(2) itself: the seam where the tests put a model of wg(4)
+/// (`model.rs`), so that the backend's whole sequence of calls is tested on
+/// every OS.
+pub trait WgIoctl: Send {
+    /// One SIOCSWG/SIOCGWG on `name` with `buf` as `wgd_interface`;
+    /// returns the `wgd_size` the kernel left.
+    fn ioctl(&mut self, req: u64, name: &[u8; 16], buf: &mut [u8]) -> Result<usize, WgError>;
+}
+
+/// The running kernel.
+struct Kernel;
+
+impl WgIoctl for Kernel {
+    fn ioctl(&mut self, req: u64, name: &[u8; 16], buf: &mut [u8]) -> Result<usize, WgError> {
+        ioctl_wg(req, name, buf)
+    }
+}
+
 /// The `openbsd` backend.
-#[derive(Debug, Default)]
-pub struct OpenBsd;
+pub struct OpenBsd {
+    kernel: Box<dyn WgIoctl>,
+}
+
+impl std::fmt::Debug for OpenBsd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenBsd")
+    }
+}
+
+impl Default for OpenBsd {
+    fn default() -> OpenBsd {
+        OpenBsd::new()
+    }
+}
 
 impl OpenBsd {
     pub fn new() -> OpenBsd {
-        OpenBsd
+        OpenBsd::with(Box::new(Kernel))
     }
 
-    fn get(&self, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
+    pub fn with(kernel: Box<dyn WgIoctl>) -> OpenBsd {
+        OpenBsd { kernel }
+    }
+
+    fn set(&mut self, ifname: &str, req: &mut [u8]) -> Result<(), WgError> {
+        let name = ifname_bytes(ifname)?;
+        self.kernel.ioctl(SIOCSWG, &name, req).map(|_| ())
+    }
+
+    fn get(&mut self, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
         decode_get(&self.read(&peer.interface)?, &peer.public_key)
     }
 
+    /// The whole peer, as re-creating it needs.
+    fn peer(&mut self, peer: &WgPeer) -> Result<Option<peer::Peer>, WgError> {
+        let reply = self.read(&peer.interface)?;
+        peer::find(&reply, &peer.public_key)?
+            .map(|f| peer::decode(&f))
+            .transpose()
+    }
+
     /// One whole SIOCGWG reply (its first `wgd_size` bytes).
-    fn read(&self, ifname: &str) -> Result<Zeroizing<Vec<u8>>, WgError> {
+    fn read(&mut self, ifname: &str) -> Result<Zeroizing<Vec<u8>>, WgError> {
         let name = ifname_bytes(ifname)?;
         let mut len = IFACE + 8 * PEER + 64 * AIP;
         // The kernel writes the size it needs when ours is too small; peers
         // may be added in between, so try a few times.
         for _ in 0..4 {
             let mut buf = Zeroizing::new(vec![0u8; len]);
-            let need = ioctl_wg(SIOCGWG, &name, &mut buf)?;
+            let need = self.kernel.ioctl(SIOCGWG, &name, &mut buf)?;
             if need <= len {
                 buf.truncate(need);
                 return Ok(buf);
@@ -301,9 +324,8 @@ impl WgBackend for OpenBsd {
         if self.get(peer)?.is_none() {
             return Err(WgError::NoSuchPeer);
         }
-        let name = ifname_bytes(&peer.interface)?;
         let mut req = encode_set(&peer.public_key, psk);
-        ioctl_wg(SIOCSWG, &name, &mut req)?;
+        self.set(&peer.interface, &mut req)?;
         drop(req);
         verify(self.get(peer)?, psk)
     }
@@ -320,27 +342,45 @@ impl WgBackend for OpenBsd {
         if self.get(peer)?.is_none() {
             return Ok(());
         }
-        let name = ifname_bytes(&peer.interface)?;
-        ioctl_wg(SIOCSWG, &name, &mut encode_remove(&peer.public_key))?;
+        self.set(&peer.interface, &mut encode_remove(&peer.public_key))?;
         match self.get(peer)? {
             None => Ok(()),
             Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
         }
     }
 
-    /// Not yet: re-creating a wg(4) peer needs its endpoint and allowed
-    /// IPs decoded from SIOCGWG and two peers in one SIOCSWG, which are
-    /// not written. The PSK is installed and read back all the same; it
-    /// protects traffic from WireGuard's next rekey (at most 120 s).
-    fn new_session(
-        &mut self,
-        peer: &WgPeer,
-        _keepalive: u16,
-    ) -> Result<super::PeerConfig, WgError> {
-        ifname_bytes(&peer.interface)?;
-        Err(WgError::Io(
-            "new session: not implemented for wg(4); the PSK takes effect at the next rekey".into(),
-        ))
+    /// One SIOCSWG removes the peer and adds it back with what it had and
+    /// a keepalive (`peer::encode_recreate`); then the read-back must show
+    /// it all again. The read and the set are two calls: a peer an
+    /// operator removes between them comes back, which no lockdown can
+    /// cause (the ladder's removal runs on this same thread, never between
+    /// them).
+    fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError> {
+        let before = self.peer(peer)?.ok_or(WgError::NoSuchPeer)?;
+        let pka = match before.config.keepalive {
+            0 => keepalive,
+            own => own,
+        };
+        let mut req = peer::encode_recreate(&peer.public_key, &before, pka);
+        self.set(&peer.interface, &mut req)?;
+        drop(req);
+        let after = self.peer(peer)?;
+        if after
+            .as_ref()
+            .is_some_and(|a| a.description != before.description)
+        {
+            return Err(WgError::Protocol(
+                "re-created peer lost its description".into(),
+            ));
+        }
+        verify_recreated(&before.config, after.map(|a| a.config))?;
+        Ok(before.config)
+    }
+
+    /// `p_last_handshake`: wg(4) stamps it with nanotime(9), the wall
+    /// clock, when a handshake completes (W18).
+    fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
+        Ok(self.peer(peer)?.ok_or(WgError::NoSuchPeer)?.handshake)
     }
 }
 
@@ -585,5 +625,8 @@ mod tests {
         assert_eq!(e, WgError::Io("openbsd backend on non-OpenBSD".into()));
         assert_eq!(o.get_psk(&p).unwrap_err(), e);
         assert_eq!(o.public_key("wg0").unwrap_err(), e);
+        assert_eq!(o.new_session(&p, 25).unwrap_err(), e);
+        assert_eq!(o.last_handshake(&p).unwrap_err(), e);
+        assert_eq!(o.remove_peer(&p).unwrap_err(), e);
     }
 }
