@@ -208,7 +208,10 @@ fn main() {
         let (mut commit, mut proven) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();
-            assert!(fw.lock_site().expect("site lock"), "nft has a site lock");
+            assert!(
+                fw.lock_site(&[], None).expect("site lock"),
+                "nft has a site lock"
+            );
             commit.push(micros(t));
             all_are(&mut fw, &links, &Observed::Locked);
             proven.push(micros(t));
@@ -230,7 +233,10 @@ fn main() {
         let (mut commit, mut proven) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();
-            assert!(fw.lock_source("a").expect("source lock"), "a set");
+            assert!(
+                fw.lock_source("a", &[], None).expect("source lock"),
+                "a set"
+            );
             commit.push(micros(t));
             let seen = fw.observe(&links, None).expect("observe");
             proven.push(micros(t));

@@ -295,7 +295,7 @@ fn a_site_lock_locks_every_link_in_one_transaction() {
     every_link_open_and_staged(&mut r, &ls);
     let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
 
-    assert!(r.fw.lock_site().unwrap());
+    assert!(r.fw.lock_site(&[], None).unwrap());
     assert_eq!(
         generation(2).unwrap(),
         before.wrapping_add(1),
@@ -359,9 +359,9 @@ fn a_source_lock_locks_its_sections_links_in_one_transaction() {
     every_link_open_and_staged(&mut r, &ls);
     let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
 
-    assert!(r.fw.lock_source("a").unwrap());
+    assert!(r.fw.lock_source("a", &[], None).unwrap());
     assert!(
-        !r.fw.lock_source("nowhere").unwrap(),
+        !r.fw.lock_source("nowhere", &[], None).unwrap(),
         "no set: link by link"
     );
     assert_eq!(
@@ -428,7 +428,7 @@ fn a_source_lock_locks_its_sections_links_in_one_transaction() {
     for l in &ls[..2] {
         r.fw.apply(l, Enforcement::Open, "accept").unwrap();
     }
-    assert!(r.fw.lock_source("a").unwrap());
+    assert!(r.fw.lock_source("a", &[], None).unwrap());
     assert!(!ping(&r.ns, "10.99.0.2"));
     r.fw.apply(&ls[4], Enforcement::Open, "accept").unwrap();
     assert!(ping(&r.ns, "10.99.0.2"), "dr opened");

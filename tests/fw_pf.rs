@@ -514,3 +514,115 @@ fn a_tick_reads_every_anchor_in_one_listing() {
     assert!(matches!(seen["lab"].state, fw::Observed::Unknown { .. }));
     assert_eq!(r.take().len(), 4);
 }
+
+/// Issue 13's OpenBSD paragraph: a site-wide lockdown (and a QBER source's
+/// links) is one anchor load for every link (`pfctl -a qkdpfd -f -`, each
+/// link a brace anchor with its own macros and table: one DIOCXCOMMIT),
+/// then the links' state kills, each distinct argv once.
+#[test]
+fn a_site_lock_is_one_load_for_every_link() {
+    let mut r = Rec::new();
+    let mut spoke = dr();
+    spoke.name = "spoke".into();
+    spoke.addrs4 = vec!["198.51.100.7".parse().unwrap()];
+    spoke.addrs6.clear();
+    let links = [dr(), spoke.clone()];
+    let lockdown = "block drop quick on $wg_if\n";
+    assert!(r.fw.lock_site(&links, Some(lockdown)).unwrap());
+    let calls = r.take();
+    assert_eq!(calls[0].0, args("-a|qkdpfd|-f|-"));
+    let table = |addrs: &str| format!("table <qkd_peer> const {{ {addrs} }}\n");
+    assert_eq!(
+        calls[0].1,
+        format!(
+            "link = \"dr\"\nwg_if = \"wg0\"\nwg_port = \"51820\"\n\
+             peer4 = \"198.51.100.2\"\npeer6 = \"2001:db8::2\"\n\
+             anchor \"dr\" {{\n{}{lockdown}{LOCK_RULES}}}\n\
+             link = \"spoke\"\nwg_if = \"wg0\"\nwg_port = \"51820\"\npeer4 = \"198.51.100.7\"\n\
+             anchor \"spoke\" {{\n{}{lockdown}{LOCK_RULES}}}\n",
+            table("198.51.100.2 2001:db8::2"),
+            table("198.51.100.7"),
+        )
+    );
+    let kills: Vec<Vec<String>> = calls[1..].iter().map(|c| c.0.clone()).collect();
+    assert_eq!(
+        kills,
+        [
+            args("-k|198.51.100.2"),
+            args("-k|0.0.0.0/0|-k|198.51.100.2"),
+            args("-k|2001:db8::2"),
+            args("-k|::/0|-k|2001:db8::2"),
+            args("-i|wg0|-k|0.0.0.0/0"),
+            args("-i|wg0|-k|::/0"),
+            // spoke shares wg0's kills with dr: not run twice.
+            args("-k|198.51.100.7"),
+            args("-k|0.0.0.0/0|-k|198.51.100.7"),
+        ]
+    );
+
+    // A source's links only; without a policy, qkdpfd's own drop alone.
+    let mut src = links.clone();
+    src[1].qber = "west".into();
+    assert!(r.fw.lock_source("west", &src, None).unwrap());
+    let calls = r.take();
+    // The load, then spoke's own four kills.
+    assert_eq!(calls.len(), 5);
+    assert!(
+        calls[0].1.starts_with("link = \"spoke\"\n"),
+        "{}",
+        calls[0].1
+    );
+    assert!(!calls[0].1.contains("\"dr\""));
+    assert!(
+        calls[0]
+            .1
+            .ends_with(&format!("{}{LOCK_RULES}}}\n", table("198.51.100.7")))
+    );
+    assert!(!r.fw.lock_source("east", &src, None).unwrap());
+    assert!(r.take().is_empty());
+}
+
+/// Where one load could differ from the per-link loads, or fails, nothing
+/// is killed and the caller locks link by link.
+#[test]
+fn a_site_lock_pf_cannot_do_in_one_load_is_left_to_each_link() {
+    let mut r = Rec::new();
+    let mut spoke = dr();
+    spoke.name = "spoke".into();
+    spoke.addrs6.clear();
+    let links = [dr(), spoke];
+    // spoke has no $peer6: the one load would give it dr's.
+    let e =
+        r.fw.lock_site(&links, Some("block to $peer6\n"))
+            .unwrap_err();
+    assert!(e.to_string().contains("$peer6"), "{e}");
+    let e =
+        r.fw.lock_site(&links, Some("include \"/etc/x\"\n"))
+            .unwrap_err();
+    assert!(e.to_string().contains("include"), "{e}");
+    assert!(r.take().is_empty());
+    // pfctl refuses the load: rolled back, no kills.
+    r.set("exit", "1");
+    r.set("stderr", "stdin:9: syntax error\n");
+    let e = r.fw.lock_site(&links, Some("block\n")).unwrap_err();
+    assert!(e.to_string().contains("syntax error"), "{e}");
+    assert_eq!(r.take().len(), 1);
+    // A failed kill: the load stands, the link is not read back locked.
+    r.unset("exit");
+    r.unset("stderr");
+    // (dr's own: spoke has no IPv6 address.)
+    r.set("fail_on", "-k ::/0 -k 2001:db8::2");
+    assert!(r.fw.lock_site(&links, Some("block\n")).unwrap());
+    r.take();
+    r.unset("fail_on");
+    r.set("out.-s_info_", ENABLED);
+    r.set("out.-s_rules_", MAIN);
+    let locked = "block drop quick proto udp from any to <qkd_peer> port = 51820 label \"qkdpfd-lockdown\"\n\
+         block drop quick proto udp from <qkd_peer> port = 51820 to any label \"qkdpfd-lockdown\"\n\
+         block drop quick on wg0 all label \"qkdpfd-lockdown\"\n";
+    r.set("out.-a_qkdpfd_dr_-s_rules_", locked);
+    r.set("out.-a_qkdpfd_spoke_-s_rules_", locked);
+    let seen = r.fw.observe(&links, None).unwrap();
+    assert_ne!(seen["dr"].state, fw::Observed::Locked);
+    assert_eq!(seen["spoke"].state, fw::Observed::Locked);
+}

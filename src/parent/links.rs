@@ -217,7 +217,8 @@ impl Links {
             }
         }
         let started = crate::imsg::monotonic_ns();
-        let site = self.fw.lock_site();
+        let lockdown = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, self.fw.extension()));
+        let site = self.fw.lock_site(&self.targets, lockdown);
         match &site {
             // A backend without one committed nothing.
             Ok(true) => self.stamp_commit(started, &site),
@@ -257,7 +258,8 @@ impl Links {
         // The kernel first, then what is said about it.
         self.committed_ns = None;
         let started = crate::imsg::monotonic_ns();
-        let locked = self.fw.lock_source(source);
+        let lockdown = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, self.fw.extension()));
+        let locked = self.fw.lock_source(source, &self.targets, lockdown);
         match &locked {
             Ok(true) => self.stamp_commit(started, &locked),
             Ok(false) => {}

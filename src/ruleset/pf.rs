@@ -48,20 +48,128 @@ pub fn load_args(anchor: &str, link: &LinkTarget, parse_only: bool) -> Vec<Strin
         a.push("-n".into());
     }
     a.extend(["-a".into(), anchor_path(anchor, link)]);
-    let mut define = |k: &str, v: String| a.extend(["-D".to_string(), format!("{k}={v}")]);
-    define("link", link.name.clone());
-    define("wg_if", link.wg_if.clone());
-    define("wg_port", link.wg_port.to_string());
-    let v4: Vec<String> = link.addrs4.iter().map(|x| x.to_string()).collect();
-    let v6: Vec<String> = link.addrs6.iter().map(|x| x.to_string()).collect();
-    if !v4.is_empty() {
-        define("peer4", pf_list(&v4));
-    }
-    if !v6.is_empty() {
-        define("peer6", pf_list(&v6));
+    for (k, v) in macros(link) {
+        a.extend(["-D".to_string(), format!("{k}={v}")]);
     }
     a.extend(["-f".into(), "-".into()]);
     a
+}
+
+/// The macros a link's rulesets may use, as `-D` sets them: `peer4` and
+/// `peer6` only when the link has such addresses.
+fn macros(link: &LinkTarget) -> Vec<(&'static str, String)> {
+    let mut m = vec![
+        ("link", link.name.clone()),
+        ("wg_if", link.wg_if.clone()),
+        ("wg_port", link.wg_port.to_string()),
+    ];
+    let v4: Vec<String> = link.addrs4.iter().map(|x| x.to_string()).collect();
+    let v6: Vec<String> = link.addrs6.iter().map(|x| x.to_string()).collect();
+    if !v4.is_empty() {
+        m.push(("peer4", pf_list(&v4)));
+    }
+    if !v6.is_empty() {
+        m.push(("peer6", pf_list(&v6)));
+    }
+    m
+}
+
+/// `pfctl -a <root> -f -`: several links' anchors in one load, as brace
+/// anchors (`many_lockdown_input`), which sets each link's macros itself.
+pub fn many_load_args(anchor: &str) -> Vec<String> {
+    ["-a", anchor, "-f", "-"].map(String::from).to_vec()
+}
+
+/// The input that locks `links` in one load, one transaction for all of
+/// them (OpenBSD facts F2, F22-F24): for each link its macros, set in the
+/// input as `-D` would set them, then `anchor "<link>" {`, the link's own
+/// lockdown input ([`lockdown_input`]) and `}`: pfctl loads each brace
+/// anchor into `<root>/<link>` with its table, as the link's own load
+/// would. Refused (the caller then locks link by link) where the one load
+/// could differ from the per-link loads: a macro set for one link stays
+/// set for the next, so a ruleset using `$peer4`/`$peer6` that a link
+/// lacks; braces that do not pair up (a `}` would end the link's anchor);
+/// and a root or link name with `_` then a digit, which pfctl's renaming
+/// of brace anchors' tables would match (F24).
+pub fn many_lockdown_input(
+    anchor: &str,
+    links: &[&LinkTarget],
+    ruleset: &str,
+) -> Result<String, String> {
+    let used = macros_used(ruleset);
+    if !braces_pair(ruleset) {
+        return Err("the lockdown ruleset's braces do not pair up".into());
+    }
+    let mut s = String::new();
+    for link in links {
+        for name in [anchor, &link.name] {
+            if name
+                .as_bytes()
+                .windows(2)
+                .any(|w| w[0] == b'_' && w[1].is_ascii_digit())
+            {
+                return Err(format!(
+                    "{name:?}: pfctl would confuse its brace anchors' tables (\"_\" then a digit)"
+                ));
+            }
+        }
+        let defined = macros(link);
+        if let Some(m) = used.iter().find(|u| !defined.iter().any(|(k, _)| k == *u)) {
+            return Err(format!(
+                "link {}: the lockdown ruleset uses ${m}, which the link does not have",
+                link.name
+            ));
+        }
+        for (k, v) in defined {
+            s.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+        s.push_str(&format!("anchor \"{}\" {{\n", link.name));
+        s.push_str(&lockdown_input(link, ruleset));
+        s.push_str("}\n");
+    }
+    Ok(s)
+}
+
+/// The macros (`$name`) a ruleset uses, comments skipped.
+fn macros_used(ruleset: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for line in ruleset.lines() {
+        let mut rest = strip_comment(line);
+        while let Some(pos) = rest.find('$') {
+            let after = &rest[pos + 1..];
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if !out.contains(&&after[..len]) {
+                out.push(&after[..len]);
+            }
+            rest = &after[len..];
+        }
+    }
+    out
+}
+
+/// Every `}` closes a `{` of the same ruleset, outside comments and
+/// quoted strings.
+fn braces_pair(ruleset: &str) -> bool {
+    let mut depth = 0i64;
+    for line in ruleset.lines() {
+        let mut quoted = false;
+        for c in strip_comment(line).chars() {
+            match c {
+                '"' => quoted = !quoted,
+                '{' if !quoted => depth += 1,
+                '}' if !quoted => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    depth == 0
 }
 
 /// One address as is, several as a pf list `{ a b }`.
@@ -231,6 +339,57 @@ fn check_line(line: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(name: &str, v4: &[&str], v6: &[&str]) -> LinkTarget {
+        LinkTarget {
+            name: name.into(),
+            wg_if: "wg0".into(),
+            wg_port: 51820,
+            rdomain: 0,
+            addrs4: v4.iter().map(|a| a.parse().unwrap()).collect(),
+            addrs6: v6.iter().map(|a| a.parse().unwrap()).collect(),
+            qber: String::new(),
+        }
+    }
+
+    #[test]
+    fn many_links_lock_in_one_input_with_their_own_macros() {
+        let a = target("a", &["192.0.2.1", "192.0.2.2"], &["2001:db8::1"]);
+        let b = target("b", &["192.0.2.9"], &[]);
+        let rules = "block drop quick on $wg_if from $peer4\n";
+        let s = many_lockdown_input("qkd", &[&a, &b], rules).unwrap();
+        let lock = |t: &LinkTarget| lockdown_input(t, rules);
+        let want = format!(
+            "link = \"a\"\nwg_if = \"wg0\"\nwg_port = \"51820\"\n\
+             peer4 = \"{{ 192.0.2.1 192.0.2.2 }}\"\npeer6 = \"2001:db8::1\"\n\
+             anchor \"a\" {{\n{}}}\n\
+             link = \"b\"\nwg_if = \"wg0\"\nwg_port = \"51820\"\npeer4 = \"192.0.2.9\"\n\
+             anchor \"b\" {{\n{}}}\n",
+            lock(&a),
+            lock(&b)
+        );
+        assert_eq!(s, want);
+        assert_eq!(many_load_args("qkd"), ["-a", "qkd", "-f", "-"]);
+    }
+
+    #[test]
+    fn one_load_is_refused_where_it_could_differ() {
+        let a = target("a", &["192.0.2.1"], &["2001:db8::1"]);
+        let b = target("b", &["192.0.2.9"], &[]);
+        // b has no peer6: the one load would give it a's.
+        let e = many_lockdown_input("qkd", &[&a, &b], "block from $peer6\n").unwrap_err();
+        assert!(e.contains("link b") && e.contains("$peer6"), "{e}");
+        // In a comment it is no use.
+        assert!(many_lockdown_input("qkd", &[&a, &b], "block # $peer6\n").is_ok());
+        let e = many_lockdown_input("qkd", &[&a], "block\n}\nanchor \"x\" {\n").unwrap_err();
+        assert!(e.contains("braces"), "{e}");
+        assert!(many_lockdown_input("qkd", &[&a], "pass to { $peer4 } label \"}\"\n").is_ok());
+        let c = target("site_1", &[], &[]);
+        let e = many_lockdown_input("qkd", &[&a, &c], "").unwrap_err();
+        assert!(e.contains("site_1"), "{e}");
+        assert!(many_lockdown_input("qkd_2", &[&a], "").is_err());
+        assert!(many_lockdown_input("qkd_x", &[&target("a_b", &[], &[])], "").is_ok());
+    }
 
     #[test]
     fn ruleset_checks() {

@@ -60,19 +60,28 @@ pub trait Firewall: LinkCheck + Send {
     fn settle(&mut self) -> Vec<(String, FwError)> {
         Vec::new()
     }
-    /// Locks every link in one transaction whose size does not grow with
-    /// their number (nft: two elements in set `site`), for a lockdown of
-    /// the whole gateway; the caller reads every link back after it. The
-    /// next open ends it, each link then locked on its own. Ok(false): this
-    /// backend has none, the caller locks link by link.
-    fn lock_site(&mut self) -> Result<bool, FwError> {
+    /// Locks every link (`links`: all of them) in one transaction, for a
+    /// lockdown of the whole gateway: nft with two elements in set `site`,
+    /// whatever the number of links; pf with one anchor load of every
+    /// link's `lockdown` ruleset (None: qkdpfd's own drop alone), as pf
+    /// allows. The caller reads every link back after it. The next open
+    /// ends it, each link then locked on its own. Ok(false): this backend
+    /// has none; Ok(false) or Err: the caller locks link by link.
+    fn lock_site(&mut self, links: &[LinkTarget], lockdown: Option<&str>) -> Result<bool, FwError> {
+        let _ = (links, lockdown);
         Ok(false)
     }
-    /// Locks every link fed by QBER section `source` in one transaction
-    /// whose size does not grow with them (nft: set `src<i>`); false when
-    /// the backend has none (the caller locks link by link). What the
-    /// kernel then holds is the next read-back's to say.
-    fn lock_source(&mut self, _source: &str) -> Result<bool, FwError> {
+    /// Locks every link fed by QBER section `source` (those of `links`
+    /// whose `qber` it is) in one transaction: nft with set `src<i>`, pf
+    /// with one anchor load, as [`Firewall::lock_site`]. What the kernel
+    /// then holds is the next read-back's to say.
+    fn lock_source(
+        &mut self,
+        source: &str,
+        links: &[LinkTarget],
+        lockdown: Option<&str>,
+    ) -> Result<bool, FwError> {
+        let _ = (source, links, lockdown);
         Ok(false)
     }
     /// Reads the kernel back (DESIGN §5 "enforcement is what the kernel

@@ -663,7 +663,9 @@ impl Firewall for Nft {
         self.settle_stages()
     }
 
-    fn lock_site(&mut self) -> Result<bool, FwError> {
+    // The site set locks every link whatever it holds: the links and the
+    // bundle's text are in the lockdown chains already.
+    fn lock_site(&mut self, _: &[LinkTarget], _: Option<&str>) -> Result<bool, FwError> {
         let change = [Change::Add(SITE_SET, &BOTH_FAMILIES, None)];
         crate::log::debug(format_args!("fw: netlink {change:?}"));
         self.seq = self.seq.wrapping_add(6);
@@ -673,7 +675,12 @@ impl Firewall for Nft {
         Ok(true)
     }
 
-    fn lock_source(&mut self, source: &str) -> Result<bool, FwError> {
+    fn lock_source(
+        &mut self,
+        source: &str,
+        _: &[LinkTarget],
+        _: Option<&str>,
+    ) -> Result<bool, FwError> {
         self.lock_source_set(source)
     }
 

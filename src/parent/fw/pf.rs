@@ -9,6 +9,13 @@
 //! table `<qkd_peer>` is rendered into the same input, so rules and addresses
 //! change together or not at all (on error the old anchor stays).
 //!
+//! A lockdown of every link (or of a QBER source's links) is one load too:
+//! `pfctl -a <root> -f -` with each link as a brace anchor, its macros set
+//! before it (`ruleset::pf::many_lockdown_input`), one DIOCXCOMMIT for all
+//! (OpenBSD facts F22-F24); then the links' state kills, each distinct
+//! argv once. Where that one load could differ from the links' own loads
+//! it is refused, and the links lock one by one.
+//!
 //! pf passes packets that match an existing state without evaluating rules,
 //! so a lockdown also kills the link's states (the pfctl argv come from
 //! [`crate::ruleset::pf::kill_args`]; that module says what each one kills).
@@ -23,7 +30,7 @@ use super::{Firewall, Observed, Readback};
 use crate::lock::Enforcement;
 use crate::ruleset::pf::{
     LOCK_LABEL, anchor_path, check_ruleset, kill_args, load_args, load_input, lockdown_input,
-    rule_labels,
+    many_load_args, many_lockdown_input, rule_labels,
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
@@ -50,15 +57,73 @@ impl Pf {
         }
     }
 
-    /// Kills the link's states and remembers whether that worked.
-    fn end_states(&mut self, link: &LinkTarget) -> Result<(), FwError> {
-        let r = self.kill_states(link);
-        if r.is_ok() {
-            self.kill_failed.remove(&link.name);
-        } else {
-            self.kill_failed.insert(link.name.clone());
+    /// Kills the states of `links` and remembers, per link, whether all of
+    /// its kills worked. Each distinct pfctl argv runs once: a hub's links
+    /// share their interface's kills and their open rules' labels. Every
+    /// kill is tried; the first failure is reported (a partial kill is
+    /// still better than none).
+    fn end_states(&mut self, links: &[&LinkTarget]) -> Result<(), FwError> {
+        let mut done: std::collections::HashMap<Vec<String>, bool> = Default::default();
+        let mut first = None;
+        for link in links {
+            let what = format!("kill states of link {}", link.name);
+            let labels = self
+                .open_labels
+                .get(&link.name)
+                .map_or(&[][..], Vec::as_slice);
+            let mut all = true;
+            for args in kill_args(link, labels) {
+                let worked = match done.get(&args) {
+                    Some(&w) => w,
+                    None => {
+                        let r = self.run(&what, &args, "");
+                        let w = r.is_ok();
+                        if let Err(e) = r {
+                            first.get_or_insert(e);
+                        }
+                        done.insert(args, w);
+                        w
+                    }
+                };
+                all &= worked;
+            }
+            if all {
+                self.kill_failed.remove(&link.name);
+            } else {
+                self.kill_failed.insert(link.name.clone());
+            }
         }
-        r
+        first.map_or(Ok(()), Err)
+    }
+
+    /// `lock_site` and `lock_source`: every one of `links` locked by one
+    /// anchor load (`many_lockdown_input`), then their states killed. A
+    /// refusal or a failed load changed nothing (pfctl rolls back, F2): Err,
+    /// and the caller locks link by link, whose ladder kills states too.
+    fn lock_many(
+        &mut self,
+        links: &[&LinkTarget],
+        lockdown: Option<&str>,
+    ) -> Result<bool, FwError> {
+        if links.is_empty() {
+            return Ok(false);
+        }
+        for l in links {
+            check_names(&self.anchor, l)?;
+        }
+        let ruleset = lockdown.unwrap_or("");
+        let input = check_ruleset(ruleset)
+            .and_then(|()| many_lockdown_input(&self.anchor, links, ruleset))
+            .map_err(|e| FwError::refused(format!("one load for {} links: {e}", links.len())))?;
+        let what = format!(
+            "load the lockdown of {} links in one transaction",
+            links.len()
+        );
+        self.run(&what, &many_load_args(&self.anchor), &input)?;
+        // Whatever the kills do, the load is in: a link whose kill failed
+        // is not read back as locked (`kill_failed`), and its ladder runs.
+        let _ = self.end_states(links);
+        Ok(true)
     }
 
     fn args(a: &[&str]) -> Vec<String> {
@@ -93,24 +158,6 @@ impl Pf {
         let tool = self.tool(args);
         crate::log::debug(format_args!("fw: {}", tool.line()));
         tool.run(what, stdin, TOOL_TIMEOUT).map(|o| o.stdout)
-    }
-
-    /// Runs every state kill for the link; reports the first failure after
-    /// trying them all (a partial kill is still better than none).
-    fn kill_states(&self, link: &LinkTarget) -> Result<(), FwError> {
-        let what = format!("kill states of link {}", link.name);
-        let mut first = None;
-        let labels = self
-            .open_labels
-            .get(&link.name)
-            .cloned()
-            .unwrap_or_default();
-        for args in kill_args(link, &labels) {
-            if let Err(e) = self.run(&what, &args, "") {
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
     }
 }
 
@@ -178,7 +225,7 @@ impl Firewall for Pf {
         }
         // Even after a failed load the kill runs: whatever the anchor holds,
         // old states must not keep passing.
-        let killed = self.end_states(link);
+        let killed = self.end_states(&[link]);
         loaded.and(killed)
     }
 
@@ -193,8 +240,22 @@ impl Firewall for Pf {
             &load_args(&self.anchor, link, false),
             &lockdown_input(link, ""),
         );
-        let killed = self.end_states(link);
+        let killed = self.end_states(&[link]);
         loaded.and(killed)
+    }
+
+    fn lock_site(&mut self, links: &[LinkTarget], lockdown: Option<&str>) -> Result<bool, FwError> {
+        self.lock_many(&links.iter().collect::<Vec<_>>(), lockdown)
+    }
+
+    fn lock_source(
+        &mut self,
+        source: &str,
+        links: &[LinkTarget],
+        lockdown: Option<&str>,
+    ) -> Result<bool, FwError> {
+        let of: Vec<&LinkTarget> = links.iter().filter(|l| l.qber == source).collect();
+        self.lock_many(&of, lockdown)
     }
 
     fn observe(

@@ -90,7 +90,7 @@ impl Firewall for Fake {
         }
         Ok(())
     }
-    fn lock_site(&mut self) -> Result<bool, FwError> {
+    fn lock_site(&mut self, _: &[LinkTarget], _: Option<&str>) -> Result<bool, FwError> {
         let mut k = self.k.lock().unwrap();
         if !k.site_lock {
             return Ok(false);
@@ -100,7 +100,12 @@ impl Firewall for Fake {
         Ok(true)
     }
     // The same knobs: the tests' links all read one QBER section.
-    fn lock_source(&mut self, source: &str) -> Result<bool, FwError> {
+    fn lock_source(
+        &mut self,
+        source: &str,
+        _: &[LinkTarget],
+        _: Option<&str>,
+    ) -> Result<bool, FwError> {
         let mut k = self.k.lock().unwrap();
         if !k.site_lock {
             return Ok(false);
