@@ -2,15 +2,21 @@
 //! wg_peer_io followed by its allowed IPs), raw or built from peers the
 //! fuzzer chose with the same struct layouts the backend uses. Raw bytes
 //! never read past the end; a built answer gives back exactly the PSK put
-//! in for the wanted peer and the interface's public key.
+//! in for the wanted peer and the interface's public key; a peer re-created
+//! by `encode_recreate` reads back, as the kernel would store it, as the
+//! same peer (endpoint, allowed IPs, PSK, keepalive, description).
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use qkdpfd::parent::wg::PeerConfig;
+use qkdpfd::parent::wg::openbsd::peer::{self, encode_recreate};
 use qkdpfd::parent::wg::openbsd::{
     WG_INTERFACE_HAS_PUBLIC, WG_PEER_HAS_PSK, WgAipIo, WgInterfaceIo, WgPeerIo, decode_get,
     decode_public,
 };
+use qkdpfd::secret::Psk;
 use std::mem::{offset_of, size_of};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 #[derive(Arbitrary, Debug)]
 struct Peer {
@@ -32,9 +38,78 @@ struct Answer {
 }
 
 #[derive(Arbitrary, Debug)]
+enum Endpoint {
+    None,
+    V4([u8; 4], u16),
+    V6([u8; 16], u16, u32, u32),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Recreated {
+    psk: [u8; 32],
+    endpoint: Endpoint,
+    /// (is IPv6, address bytes, prefix length before it is cut to fit).
+    aips: Vec<(bool, [u8; 16], u8)>,
+    keepalive: u16,
+    pka: u16,
+    description: [u8; 64],
+}
+
+#[derive(Arbitrary, Debug)]
 enum Input {
     Raw(Vec<u8>, [u8; 32]),
     Built(Answer),
+    Recreated(Recreated),
+}
+
+/// The add entry of a re-creation, as the reply that lists that peer alone.
+fn recreated(r: &Recreated) {
+    let endpoint = match r.endpoint {
+        Endpoint::None => None,
+        Endpoint::V4(a, port) => Some(SocketAddr::V4(SocketAddrV4::new(a.into(), port))),
+        Endpoint::V6(a, port, flow, scope) => Some(SocketAddr::V6(SocketAddrV6::new(
+            a.into(),
+            port,
+            flow,
+            scope,
+        ))),
+    };
+    let allowed_ips = r
+        .aips
+        .iter()
+        .map(|&(v6, a, cidr)| match v6 {
+            true => (IpAddr::from(a), cidr % 129),
+            false => (IpAddr::from([a[0], a[1], a[2], a[3]]), cidr % 33),
+        })
+        .collect();
+    let mut description = r.description;
+    description[63] = 0;
+    let was = peer::Peer {
+        config: PeerConfig {
+            psk: Psk::from_bytes(r.psk),
+            endpoint,
+            allowed_ips,
+            keepalive: r.keepalive,
+        },
+        description,
+        handshake: None,
+    };
+    let key = [0x11; 32];
+    let b = encode_recreate(&key, &was, r.pka);
+    let peers = usize::from_ne_bytes(b[72..80].try_into().unwrap());
+    assert_eq!(peers, if r.pka == r.keepalive { 2 } else { 3 });
+    let (iface, head) = (size_of::<WgInterfaceIo>(), size_of::<WgPeerIo>());
+    let add = iface + head;
+    let aips = was.config.allowed_ips.len() * size_of::<WgAipIo>();
+    let mut reply = b[..iface].to_vec();
+    reply[72..80].copy_from_slice(&1usize.to_ne_bytes());
+    reply.extend_from_slice(&b[add..add + head + aips]);
+    let found = peer::find(&reply, &key).unwrap().expect("the peer");
+    let got = peer::decode(&found).unwrap();
+    let mut want = was.config.clone();
+    want.keepalive = r.pka;
+    assert!(got.config == want, "{:?} != {:?}", got.config, want);
+    assert_eq!(got.description, was.description);
 }
 
 fn put(b: &mut [u8], at: usize, v: &[u8]) {
@@ -85,7 +160,11 @@ fuzz_target!(
         Input::Raw(b, want) => {
             let _ = decode_get(&b, &want);
             let _ = decode_public(&b);
+            if let Ok(Some(f)) = peer::find(&b, &want) {
+                let _ = peer::decode(&f);
+            }
         }
+        Input::Recreated(r) => recreated(&r),
         Input::Built(a) => {
             let mut keys: Vec<[u8; 32]> = a.peers.iter().map(|p| p.key).collect();
             keys.sort();
