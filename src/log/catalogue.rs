@@ -181,7 +181,7 @@ catalogue! {
     KeyRotationFailed "key_rotation_failed" Warning ("link", "reason", "[msg]")
         "a rotation round failed; the next is tried with backoff";
     WgSessionKept "wg_session_kept" Warning ("link", "epoch", "reason", "[msg]")
-        "the master installed a new PSK but could not re-create its WireGuard peer for a new session ([wireguard] new_session): traffic stays on the previous session's keys until WireGuard's own rekey (at most 120 s)";
+        "the master installed a new PSK but could not re-create its WireGuard peer for a new session ([wireguard] new_session): traffic stays on the previous session's keys until WireGuard's own rekey (at most 120 s); reason=no-such-peer: the peer is gone (nothing passes it), and the next tick's PSK re-read locks the link psk-drift";
     SessionMade "session_made" Info ("link", "after_ms", "tries")
         "a link held for no-session saw a WireGuard handshake newer than its hold, after_ms after the hold began, its peer re-created tries times (the master once, the slave none unless the master's handshake did not come): it opens unless another reason holds it";
     SessionFailed "session_failed" Warning ("link", "reason", "[msg]")

@@ -172,6 +172,9 @@ pub(super) fn new_sessions(p: &mut Parent) {
             continue;
         }
         if let Err(e) = p.wg.new_session(&link) {
+            // A peer removed and not added back carries nothing: the next
+            // tick's re-read finds it gone and locks the link psk-drift.
+            p.wg.recheck_soon(&link, Instant::now());
             log::event(Event::WgSessionKept)
                 .kv("link", &link)
                 .kv("epoch", epoch)

@@ -110,6 +110,14 @@ impl PskWriter {
             .map(|_| ())
     }
 
+    /// Has the link's PSK re-read at the next tick rather than after its
+    /// period: a re-creation that failed may have left the peer gone.
+    pub fn recheck_soon(&mut self, link: &str, now: Instant) {
+        if let Some(w) = self.links.get_mut(link) {
+            w.next_check = now;
+        }
+    }
+
     /// When the link's peer last completed a handshake (wall clock).
     pub fn last_handshake(&mut self, link: &str) -> Result<Option<std::time::SystemTime>, WgError> {
         let w = self.links.get(link).ok_or(WgError::NoSuchPeer)?;
@@ -234,6 +242,25 @@ mod tests {
         // Next due a period later.
         assert!(w.reread_due(|_| period, at + period / 2).is_empty());
         assert_eq!(w.reread_due(|_| period, at + period).len(), 1);
+    }
+
+    /// A re-creation that fails may leave the peer gone: its re-read is
+    /// then due at once, not a period later.
+    #[test]
+    fn a_failed_recreation_has_the_peer_reread_at_once() {
+        let t0 = Instant::now();
+        let period = Duration::from_secs(300);
+        let mut w = writer(None);
+        w.install("dr", Psk::from_bytes([5; 32]), period, t0)
+            .unwrap();
+        *w.backend() = Box::new(Fake(None));
+        assert!(w.reread_due(|_| period, t0 + period / 2).is_empty());
+        w.recheck_soon("dr", t0 + period / 2);
+        assert_eq!(
+            w.reread_due(|_| period, t0 + period / 2),
+            [("dr".into(), "no-such-peer".into())]
+        );
+        w.recheck_soon("other", t0);
     }
 
     #[test]
