@@ -309,17 +309,20 @@ impl Parent {
                 None
             })
         };
-        let mut map = BTreeMap::new();
-        for name in conf.link.keys() {
-            let mut l = LinkCtl::new();
-            if let Some(rec) = st.links.get(name) {
-                l.parent = rec.reasons.owned_by(crate::lock::Owner::Parent);
-            }
-            if bundle.is_none() {
-                l.parent.insert(LockReason::NoPolicy);
-            }
-            map.insert(name.clone(), l);
-        }
+        // Built at once, so that its B-tree nodes are packed (inserted one
+        // by one in name order they stay half empty).
+        let map: BTreeMap<String, LinkCtl> = (conf.link.keys())
+            .map(|name| {
+                let mut l = LinkCtl::new();
+                if let Some(rec) = st.links.get(name) {
+                    l.parent = rec.reasons.owned_by(crate::lock::Owner::Parent);
+                }
+                if bundle.is_none() {
+                    l.parent.insert(LockReason::NoPolicy);
+                }
+                (name.clone(), l)
+            })
+            .collect();
         let now = std::time::Instant::now();
         let backend: wg::SharedBackend = std::sync::Arc::new(std::sync::Mutex::new(wg::new(
             &conf.wireguard,

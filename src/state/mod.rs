@@ -117,6 +117,11 @@ pub fn load(path: &Path) -> io::Result<Option<State>> {
     if journal::replay(path, &mut replayed)? {
         state = Some(replayed);
     }
+    // Read record by record, the map's B-tree nodes are half empty: packed
+    // (journal.rs says why).
+    if let Some(s) = &mut state {
+        s.links = std::mem::take(&mut s.links).into_iter().collect();
+    }
     Ok(state)
 }
 

@@ -40,7 +40,8 @@ pub struct Found<'a> {
 }
 
 /// A peer as read back: what re-creating it must keep, and its last
-/// handshake. `Debug` is not derived: the config's own hides the PSK.
+/// handshake. No `Debug` of its own: print `config`, whose `Debug` hides
+/// the PSK.
 pub struct Peer {
     pub config: PeerConfig,
     /// `p_description`, NUL-terminated as the kernel wrote it.
@@ -49,7 +50,7 @@ pub struct Peer {
 }
 
 fn truncated(what: &str) -> WgError {
-    WgError::Protocol(format!("SIOCGWG reply truncated {what}"))
+    WgError::Protocol(format!("SIOCGWG reply truncated{what}"))
 }
 
 /// `N` bytes at `off`, or a truncated reply.
@@ -74,7 +75,7 @@ pub fn find<'a>(b: &'a [u8], want: &[u8; 32]) -> Result<Option<Found<'a>>, WgErr
     for _ in 0..count {
         let head = b
             .get(off..off + PEER)
-            .ok_or_else(|| truncated("in a peer"))?;
+            .ok_or_else(|| truncated(" in a peer"))?;
         let aips = usize_at(head, offset_of!(WgPeerIo, p_aips_count))?;
         let end = aips
             .checked_mul(AIP)
