@@ -101,6 +101,16 @@ fn dr() -> LinkTarget {
     }
 }
 
+/// `dr`'s state kills, in order: each address both ways, then wg0's.
+const DR_KILLS: [&str; 6] = [
+    "-k|198.51.100.2",
+    "-k|0.0.0.0/0|-k|198.51.100.2",
+    "-k|2001:db8::2",
+    "-k|::/0|-k|2001:db8::2",
+    "-i|wg0|-k|0.0.0.0/0",
+    "-i|wg0|-k|::/0",
+];
+
 const OPEN: &str = "pass quick on $wg_if keep state (if-bound)\n";
 
 /// qkdpfd's own labelled block rules, after every lockdown ruleset.
@@ -277,21 +287,12 @@ fn clear_loads_the_block_rules_then_kills_states() {
     r.fw.clear(&dr()).unwrap();
     let calls = r.take();
     let argvs: Vec<Vec<String>> = calls.iter().map(|c| c.0.clone()).collect();
-    assert_eq!(
-        argvs,
-        [
-            args(
-                "-a|qkdpfd/dr|-D|link=dr|-D|wg_if=wg0|-D|wg_port=51820\
-                 |-D|peer4=198.51.100.2|-D|peer6=2001:db8::2|-f|-"
-            ),
-            args("-k|198.51.100.2"),
-            args("-k|0.0.0.0/0|-k|198.51.100.2"),
-            args("-k|2001:db8::2"),
-            args("-k|::/0|-k|2001:db8::2"),
-            args("-i|wg0|-k|0.0.0.0/0"),
-            args("-i|wg0|-k|::/0"),
-        ]
-    );
+    let mut want = vec![args(
+        "-a|qkdpfd/dr|-D|link=dr|-D|wg_if=wg0|-D|wg_port=51820\
+         |-D|peer4=198.51.100.2|-D|peer6=2001:db8::2|-f|-",
+    )];
+    want.extend(DR_KILLS.map(args));
+    assert_eq!(argvs, want);
     assert_eq!(
         calls[0].1,
         format!("table <qkd_peer> const {{ 198.51.100.2 2001:db8::2 }}\n{LOCK_RULES}")
@@ -545,20 +546,13 @@ fn a_site_lock_is_one_load_for_every_link() {
         )
     );
     let kills: Vec<Vec<String>> = calls[1..].iter().map(|c| c.0.clone()).collect();
-    assert_eq!(
-        kills,
-        [
-            args("-k|198.51.100.2"),
-            args("-k|0.0.0.0/0|-k|198.51.100.2"),
-            args("-k|2001:db8::2"),
-            args("-k|::/0|-k|2001:db8::2"),
-            args("-i|wg0|-k|0.0.0.0/0"),
-            args("-i|wg0|-k|::/0"),
-            // spoke shares wg0's kills with dr: not run twice.
-            args("-k|198.51.100.7"),
-            args("-k|0.0.0.0/0|-k|198.51.100.7"),
-        ]
-    );
+    // spoke shares wg0's kills with dr: not run twice.
+    let mut want = DR_KILLS.map(args).to_vec();
+    want.extend([
+        args("-k|198.51.100.7"),
+        args("-k|0.0.0.0/0|-k|198.51.100.7"),
+    ]);
+    assert_eq!(kills, want);
 
     // A source's links only; without a policy, qkdpfd's own drop alone.
     let mut src = links.clone();

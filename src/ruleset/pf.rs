@@ -100,19 +100,19 @@ pub fn many_lockdown_input(
     if !braces_pair(ruleset) {
         return Err("the lockdown ruleset's braces do not pair up".into());
     }
+    let renamed_by_substring = |name: &str| {
+        let hit = (name.as_bytes().windows(2)).any(|w| w[0] == b'_' && w[1].is_ascii_digit());
+        match hit {
+            true => Err(format!(
+                "{name:?}: pfctl would confuse its brace anchors' tables (\"_\" then a digit)"
+            )),
+            false => Ok(()),
+        }
+    };
+    renamed_by_substring(anchor)?;
     let mut s = String::new();
     for link in links {
-        for name in [anchor, &link.name] {
-            if name
-                .as_bytes()
-                .windows(2)
-                .any(|w| w[0] == b'_' && w[1].is_ascii_digit())
-            {
-                return Err(format!(
-                    "{name:?}: pfctl would confuse its brace anchors' tables (\"_\" then a digit)"
-                ));
-            }
-        }
+        renamed_by_substring(&link.name)?;
         let defined = macros(link);
         if let Some(m) = used.iter().find(|u| !defined.iter().any(|(k, _)| k == *u)) {
             return Err(format!(
@@ -133,20 +133,22 @@ pub fn many_lockdown_input(
 /// The macros (`$name`) a ruleset uses, comments skipped.
 fn macros_used(ruleset: &str) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
-    for line in ruleset.lines() {
-        let mut rest = strip_comment(line);
-        while let Some(pos) = rest.find('$') {
-            let after = &rest[pos + 1..];
-            let len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            if !out.contains(&&after[..len]) {
-                out.push(&after[..len]);
-            }
-            rest = &after[len..];
+    for m in ruleset.lines().flat_map(|l| macro_names(strip_comment(l))) {
+        if !out.contains(&m) {
+            out.push(m);
         }
     }
     out
+}
+
+/// The name after each `$` of `line` (letters, digits, `_`; maybe empty).
+fn macro_names(line: &str) -> impl Iterator<Item = &str> {
+    line.split('$').skip(1).map(|after| {
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        &after[..len]
+    })
 }
 
 /// Every `}` closes a `{` of the same ruleset, outside comments and
@@ -319,19 +321,10 @@ fn check_line(line: &str) -> Result<(), String> {
             return Err(format!("{w:?} would reach beyond the link's anchor"));
         }
     }
-    let mut rest = line;
-    while let Some(pos) = rest.find('$') {
-        let after = &rest[pos + 1..];
-        let len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        if !MACROS.contains(&&after[..len]) {
-            return Err(format!(
-                "unknown macro ${} (known: $link $wg_if $wg_port $peer4 $peer6)",
-                &after[..len]
-            ));
-        }
-        rest = &after[len..];
+    if let Some(m) = macro_names(line).find(|m| !MACROS.contains(m)) {
+        return Err(format!(
+            "unknown macro ${m} (known: $link $wg_if $wg_port $peer4 $peer6)"
+        ));
     }
     Ok(())
 }

@@ -160,25 +160,30 @@ fn put(buf: &mut [u8], off: usize, bytes: &[u8]) {
     buf[off..off + bytes.len()].copy_from_slice(bytes);
 }
 
+/// A SIOCSWG payload's header: `i_flags = 0` (W7), `peers` entries.
+fn set_header(b: &mut [u8], peers: usize) {
+    put(
+        b,
+        offset_of!(WgInterfaceIo, i_peers_count),
+        &peers.to_ne_bytes(),
+    );
+}
+
+/// The entry at `at`: its flags and the peer's public key.
+fn peer_head(b: &mut [u8], at: usize, flags: i32, public_key: &[u8; 32]) {
+    put(b, at + offset_of!(WgPeerIo, p_flags), &flags.to_ne_bytes());
+    put(b, at + offset_of!(WgPeerIo, p_public), public_key);
+}
+
 /// The SIOCSWG payload that sets one existing peer's PSK and nothing else:
 /// `i_flags = 0`, one peer, `p_flags = HAS_PUBLIC|HAS_PSK|UPDATE`, no
 /// allowed IPs. Native byte order, padding zero. `wgd_size` = its length.
 pub fn encode_set(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<Vec<u8>> {
     let mut b = Zeroizing::new(vec![0u8; IFACE + PEER]);
-    put(
-        &mut b,
-        offset_of!(WgInterfaceIo, i_peers_count),
-        &1usize.to_ne_bytes(),
-    );
-    let p = IFACE;
+    set_header(&mut b, 1);
     let flags = WG_PEER_HAS_PUBLIC | WG_PEER_HAS_PSK | WG_PEER_UPDATE;
-    put(
-        &mut b,
-        p + offset_of!(WgPeerIo, p_flags),
-        &flags.to_ne_bytes(),
-    );
-    put(&mut b, p + offset_of!(WgPeerIo, p_public), public_key);
-    put(&mut b, p + offset_of!(WgPeerIo, p_psk), psk.expose());
+    peer_head(&mut b, IFACE, flags, public_key);
+    put(&mut b, IFACE + offset_of!(WgPeerIo, p_psk), psk.expose());
     b
 }
 
@@ -187,19 +192,13 @@ pub fn encode_set(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<Vec<u8>> {
 /// finds and skips one it does not).
 pub fn encode_remove(public_key: &[u8; 32]) -> Vec<u8> {
     let mut b = vec![0u8; IFACE + PEER];
-    put(
+    set_header(&mut b, 1);
+    peer_head(
         &mut b,
-        offset_of!(WgInterfaceIo, i_peers_count),
-        &1usize.to_ne_bytes(),
+        IFACE,
+        WG_PEER_HAS_PUBLIC | WG_PEER_REMOVE,
+        public_key,
     );
-    let p = IFACE;
-    let flags = WG_PEER_HAS_PUBLIC | WG_PEER_REMOVE;
-    put(
-        &mut b,
-        p + offset_of!(WgPeerIo, p_flags),
-        &flags.to_ne_bytes(),
-    );
-    put(&mut b, p + offset_of!(WgPeerIo, p_public), public_key);
     b
 }
 

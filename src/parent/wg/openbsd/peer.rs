@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use super::{
     AIP, IFACE, PEER, SockaddrIn, SockaddrIn6, Timespec, WG_PEER_HAS_ENDPOINT, WG_PEER_HAS_PKA,
     WG_PEER_HAS_PSK, WG_PEER_HAS_PUBLIC, WG_PEER_REMOVE, WG_PEER_SET_DESCRIPTION, WG_PEER_UPDATE,
-    WgAipIo, WgInterfaceIo, WgPeerIo, put,
+    WgAipIo, WgInterfaceIo, WgPeerIo, peer_head, put, set_header,
 };
 use crate::parent::wg::{PeerConfig, WgError, handshake_time};
 use crate::secret::Psk;
@@ -241,17 +241,9 @@ pub fn encode_recreate(public: &[u8; 32], was: &Peer, pka: u16) -> Zeroizing<Vec
     let restore = pka != c.keepalive;
     let peers = 2 + usize::from(restore);
     let mut b = Zeroizing::new(vec![0u8; IFACE + peers * PEER + c.allowed_ips.len() * AIP]);
-    put(
-        &mut b,
-        offset_of!(WgInterfaceIo, i_peers_count),
-        &peers.to_ne_bytes(),
-    );
-    let head = |b: &mut [u8], at: usize, flags: i32| {
-        put(b, at + offset_of!(WgPeerIo, p_flags), &flags.to_ne_bytes());
-        put(b, at + offset_of!(WgPeerIo, p_public), public);
-    };
+    set_header(&mut b, peers);
     let mut at = IFACE;
-    head(&mut b, at, WG_PEER_HAS_PUBLIC | WG_PEER_REMOVE);
+    peer_head(&mut b, at, WG_PEER_HAS_PUBLIC | WG_PEER_REMOVE, public);
     at += PEER;
 
     let mut flags =
@@ -264,7 +256,7 @@ pub fn encode_recreate(public: &[u8; 32], was: &Peer, pka: u16) -> Zeroizing<Vec
             &endpoint_bytes(e),
         );
     }
-    head(&mut b, at, flags);
+    peer_head(&mut b, at, flags, public);
     put(&mut b, at + offset_of!(WgPeerIo, p_psk), c.psk.expose());
     put(&mut b, at + offset_of!(WgPeerIo, p_pka), &pka.to_ne_bytes());
     put(
@@ -284,11 +276,8 @@ pub fn encode_recreate(public: &[u8; 32], was: &Peer, pka: u16) -> Zeroizing<Vec
     }
 
     if restore {
-        head(
-            &mut b,
-            at,
-            WG_PEER_HAS_PUBLIC | WG_PEER_HAS_PKA | WG_PEER_UPDATE,
-        );
+        let flags = WG_PEER_HAS_PUBLIC | WG_PEER_HAS_PKA | WG_PEER_UPDATE;
+        peer_head(&mut b, at, flags, public);
         put(
             &mut b,
             at + offset_of!(WgPeerIo, p_pka),
