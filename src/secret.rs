@@ -29,9 +29,10 @@ impl Psk {
         &self.0
     }
 
-    /// DESIGN §7: first 4 bytes of HMAC-SHA256(PSK, "fp"), hex — safe to show.
-    pub fn fingerprint(&self) -> String {
-        crate::text::hex(&self.mac(b"fp")[..4])
+    /// DESIGN §7: first 4 bytes of HMAC-SHA256(PSK, "fp") — safe to show.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mac = self.mac(b"fp");
+        Fingerprint([mac[0], mac[1], mac[2], mac[3]])
     }
 
     /// HMAC-SHA256(PSK, "qkdpfd-psk-verify-v1"), hex: what the state file
@@ -78,6 +79,17 @@ impl std::fmt::Debug for QkdKey {
     }
 }
 
+/// A PSK's fingerprint ([`Psk::fingerprint`]), shown in hex. Four bytes
+/// held as they are: each keyed link of a hub keeps one or two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint([u8; 4]);
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::text::hex(&self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,7 +106,7 @@ mod tests {
     #[test]
     fn fingerprint_is_stable_and_short() {
         let p = Psk::from_bytes([7; 32]);
-        assert_eq!(p.fingerprint().len(), 8);
+        assert_eq!(p.fingerprint().to_string().len(), 8);
         assert_eq!(p.fingerprint(), Psk::from_bytes([7; 32]).fingerprint());
         assert_ne!(p.fingerprint(), Psk::from_bytes([8; 32]).fingerprint());
         assert_ne!(Psk::random(), Psk::random());

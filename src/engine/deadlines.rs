@@ -7,65 +7,91 @@
 //! (the engine never answered `qkdctl policy load`). Here the earliest
 //! deadline is the first entry of a sorted set and a changed deadline costs
 //! O(log links); the owner re-sets a link's deadline each time it handles
-//! an input for it.
+//! an input for it. Each link keeps the deadline it has here in a field of
+//! its own (a [`Registered`]), so the index needs no second map by name
+//! (at 10,000 links that map and its names were 1.6 MB of each engine),
+//! and with it the one copy of its name the index uses: a name allocated
+//! anew at each move was a small long-lived chunk dropped somewhere in the
+//! heap at every round of every link, and such chunks keep whole pages of
+//! freed memory resident.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// The deadline a link has in a [`Deadlines`] and the name it has there;
+/// kept by the link, changed only by the index.
+#[derive(Debug, Default)]
+pub struct Registered {
+    at: Option<Instant>,
+    name: Option<Arc<str>>,
+}
 
 #[derive(Debug, Default)]
 pub struct Deadlines {
-    order: BTreeSet<(Instant, String)>,
-    at: HashMap<String, Instant>,
+    order: BTreeSet<(Instant, Arc<str>)>,
 }
 
 impl Deadlines {
-    /// Sets (or, with `None`, clears) when `link` is next due.
-    pub fn set(&mut self, link: &str, due: Option<Instant>) {
-        let old = self.at.get(link).copied();
-        if old == due {
+    /// Moves `link` from the deadline it has here to `due` (None: none).
+    pub fn set(&mut self, link: &str, registered: &mut Registered, due: Option<Instant>) {
+        if registered.at == due {
             return;
         }
-        if let Some(t) = old {
-            self.order.remove(&(t, link.to_string()));
-            self.at.remove(link);
+        let name = (registered.name)
+            .get_or_insert_with(|| Arc::from(link))
+            .clone();
+        debug_assert_eq!(&*name, link);
+        if let Some(t) = registered.at.take() {
+            self.order.remove(&(t, name.clone()));
         }
         if let Some(t) = due {
-            self.order.insert((t, link.to_string()));
-            self.at.insert(link.to_string(), t);
+            self.order.insert((t, name));
         }
+        registered.at = due;
     }
 
-    /// The earliest deadline of any link.
     pub fn next(&self) -> Option<Instant> {
         self.order.first().map(|(t, _)| *t)
     }
 
-    /// The links due at `now`, earliest first. They stay due until the
-    /// owner sets their next deadline.
+    /// The links due at `now`, earliest first.
     pub fn due(&self, now: Instant) -> Vec<String> {
         self.order
             .iter()
             .take_while(|(t, _)| *t <= now)
-            .map(|(_, l)| l.clone())
+            .map(|(_, l)| l.to_string())
             .collect()
     }
 
-    /// Forgets every link (before a reconfiguration sets them anew).
-    pub fn clear(&mut self) {
+    /// Every link's entry made anew: (name, what it keeps, its deadline).
+    pub fn rebuild<'a>(
+        &mut self,
+        links: impl IntoIterator<Item = (&'a str, &'a mut Registered, Option<Instant>)>,
+    ) {
         self.order.clear();
-        self.at.clear();
+        for (link, registered, due) in links {
+            registered.at = None;
+            self.set(link, registered, due);
+        }
+    }
+
+    /// Drops whatever `link` has here, found by a walk: for a link gone
+    /// without taking its entry along, which the owners never leave.
+    pub fn forget(&mut self, link: &str) {
+        self.order.retain(|(_, l)| &**l != link);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        debug_assert_eq!(self.order.len(), self.at.len());
-        self.at.len()
+        self.order.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Deadlines;
+    use super::{Deadlines, Registered};
+    use std::collections::HashMap;
     use std::time::{Duration, Instant};
 
     #[test]
@@ -73,26 +99,46 @@ mod tests {
         let t0 = Instant::now();
         let s = |n| t0 + Duration::from_secs(n);
         let mut d = Deadlines::default();
+        let mut r: HashMap<&str, Registered> = HashMap::new();
+        let mut set = |d: &mut Deadlines, l: &'static str, due| {
+            d.set(l, r.entry(l).or_default(), due);
+        };
         assert_eq!(d.next(), None);
-        d.set("b", Some(s(5)));
-        d.set("a", Some(s(3)));
-        d.set("c", Some(s(3)));
+        set(&mut d, "b", Some(s(5)));
+        set(&mut d, "a", Some(s(3)));
+        set(&mut d, "c", Some(s(3)));
         assert_eq!(d.next(), Some(s(3)));
         assert_eq!(d.due(s(2)), Vec::<String>::new());
         assert_eq!(d.due(s(3)), ["a", "c"]);
         // Moving a link leaves no stale entry behind.
-        d.set("a", Some(s(9)));
+        set(&mut d, "a", Some(s(9)));
         assert_eq!(d.len(), 3);
         assert_eq!(d.due(s(5)), ["c", "b"]);
-        d.set("c", None);
-        d.set("b", None);
+        set(&mut d, "c", None);
+        set(&mut d, "b", None);
         assert_eq!(d.next(), Some(s(9)));
         assert_eq!(d.len(), 1);
         // Unchanged and absent links are no-ops.
-        d.set("a", Some(s(9)));
-        d.set("zz", None);
+        set(&mut d, "a", Some(s(9)));
+        set(&mut d, "zz", None);
         assert_eq!(d.len(), 1);
-        d.clear();
+        d.forget("a");
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn a_rebuild_starts_every_link_afresh() {
+        let t0 = Instant::now();
+        let mut d = Deadlines::default();
+        let (mut a, mut b) = (Registered::default(), Registered::default());
+        d.set("a", &mut a, Some(t0));
+        d.set("b", &mut b, Some(t0));
+        // A link left out of the rebuild is gone; one kept moves.
+        let later = t0 + Duration::from_secs(1);
+        d.rebuild([("a", &mut a, Some(later))]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.due(later), ["a"]);
+        d.set("a", &mut a, None);
         assert_eq!(d.next(), None);
     }
 
@@ -101,17 +147,19 @@ mod tests {
         // Random moves against a plain map: the index must never drift.
         let t0 = Instant::now();
         let mut d = Deadlines::default();
-        let mut plain = std::collections::HashMap::new();
+        let mut kept: HashMap<String, Registered> = HashMap::new();
+        let mut plain = HashMap::new();
         for i in 0..5_000u32 {
             let r: u32 = rand::random();
             let link = format!("l{}", r % 50);
             let due = (r % 7 != 0).then(|| t0 + Duration::from_millis(u64::from(r % 1000)));
-            d.set(&link, due);
+            d.set(&link, kept.entry(link.clone()).or_default(), due);
             match due {
                 Some(t) => plain.insert(link, t),
                 None => plain.remove(&link),
             };
             assert_eq!(d.next(), plain.values().min().copied(), "step {i}");
+            assert_eq!(d.len(), plain.len(), "step {i}");
             let now = t0 + Duration::from_millis(500);
             let mut want: Vec<_> = plain.iter().filter(|(_, t)| **t <= now).collect();
             want.sort_by_key(|(l, t)| (**t, (*l).clone()));

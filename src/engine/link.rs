@@ -172,7 +172,7 @@ impl Link {
             determined: false,
             trip: qber_held.then_some(OnQber::Lockdown),
             trips: 0,
-            history: trailing::Trailing::default(),
+            history: trailing::Trailing::new(),
             qber: None,
             band: None,
             below_since: None,

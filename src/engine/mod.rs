@@ -25,11 +25,13 @@ mod requests;
 pub mod rotate;
 mod setup;
 mod sources;
+mod table;
 
 use crate::imsg::{self, EngineConfig, LinkReasons};
 use crate::imsg::{LinkState, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Event};
+use crate::policy::params::LinkPolicy;
 use crate::proto::ctl::Reply;
 use control::CtlCall;
 use link::{Action, Input, Link};
@@ -37,7 +39,9 @@ use qber::poller::{PollResult, Polled};
 use qber::{Freshness, Source};
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use table::LinkTable;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 type Tx = mpsc::UnboundedSender<Vec<u8>>;
@@ -46,17 +50,20 @@ type Tx = mpsc::UnboundedSender<Vec<u8>>;
 struct LinkSlot {
     link: Link,
     /// The built-in simulator, polled by [`Engine::tick`]; network sources
-    /// run as a poller task instead and arrive as [`PollResult`]s.
-    source: Option<Source>,
+    /// run as a poller task instead and arrive as [`PollResult`]s. Boxed:
+    /// inline, every network-polled link carried its 144 bytes.
+    source: Option<Box<Source>>,
     poller: Option<tokio::task::JoinHandle<()>>,
     fresh: Freshness,
     poll: Duration,
     next_poll: Instant,
-    qber_name: String,
+    /// Its `[qber.X]` section, one allocation for all the section's links.
+    qber_name: Arc<str>,
     /// The link's id at its QBER source.
     qber_id: String,
     /// Shared by the links of one `[qber.X]`.
-    qconf: std::sync::Arc<crate::conf::QberConf>,
+    qconf: Arc<crate::conf::QberConf>,
+    /// What the parent last said of the link (`link` left empty).
     parent: Option<LinkState>,
     source_errors: u64,
     /// CLOCK_MONOTONIC when the last sample arrived (flip latency).
@@ -64,12 +71,12 @@ struct LinkSlot {
     /// A network source's `/sim/<qber_id>/...` controls (qkdsim serves
     /// them; `qkdctl sim` is forwarded there).
     sim_control: Option<Box<qber::fetch::Getter>>,
+    /// Its entry in [`Engine::due`].
+    due_at: deadlines::Registered,
 }
 
 struct Engine {
-    /// Boxed: a B-tree leaf holds eleven values inline, a third of it
-    /// empty on average.
-    links: BTreeMap<String, Box<LinkSlot>>,
+    links: LinkTable<LinkSlot>,
     /// The pollers of the `[qber.X]` sections whose links read one
     /// document, by section.
     shared: BTreeMap<String, SharedPoller>,
@@ -90,6 +97,9 @@ struct Engine {
     keys: keys::Keys,
     /// `[testing]` overrides of policy timing.
     testing: crate::conf::TestingConf,
+    /// Each distinct policy with the `[testing]` overrides applied, once
+    /// (a copy per link was 1.5 MB of a 10,000-link bench's engine).
+    overridden: Vec<(Arc<LinkPolicy>, Arc<LinkPolicy>)>,
     /// Where control clients' connections go to the parent (fd 7).
     creds: Option<std::os::fd::OwnedFd>,
     /// When the next [`ToParent::Alive`] is due.
@@ -106,7 +116,7 @@ struct Engine {
 
 /// The one poller of the links that read a section's shared document.
 struct SharedPoller {
-    conf: std::sync::Arc<crate::conf::QberConf>,
+    conf: Arc<crate::conf::QberConf>,
     /// (link, qber_id), in the order the poller reads them.
     links: Vec<(String, String)>,
     task: tokio::task::JoinHandle<()>,
@@ -315,19 +325,25 @@ async fn run(
 impl Engine {
     /// The policy of a link, with the `[testing]` timing overrides (a
     /// copy of its own then: only tests and benches set them).
-    fn link_policy(&self, name: &str) -> Option<std::sync::Arc<crate::policy::params::LinkPolicy>> {
+    fn link_policy(&mut self, name: &str) -> Option<Arc<LinkPolicy>> {
         let p = self.policy.as_ref()?.links.get(name)?;
         if self.testing.rotate.is_none() && self.testing.max_key_age.is_none() {
             return Some(p.clone());
         }
-        let mut p = (**p).clone();
+        if let Some((_, o)) = self.overridden.iter().find(|(src, _)| Arc::ptr_eq(src, p)) {
+            return Some(o.clone());
+        }
+        let mut o = (**p).clone();
         if let Some(r) = self.testing.rotate {
-            p.rotate = r;
+            o.rotate = r;
         }
         if let Some(a) = self.testing.max_key_age {
-            p.max_key_age = a;
+            o.max_key_age = a;
         }
-        Some(std::sync::Arc::new(p))
+        let o = Arc::new(o);
+        // The source is held too, so that its address is never another's.
+        self.overridden.push((p.clone(), o.clone()));
+        Some(o)
     }
 
     /// Inputs key agreement has for links (KeyInstalled, PeerRound).
@@ -384,7 +400,7 @@ impl Engine {
     fn tick_links(&mut self, now: Instant) {
         for name in self.due.due(now) {
             let Some(slot) = self.links.get_mut(&name) else {
-                self.due.set(&name, None);
+                self.due.forget(&name);
                 continue;
             };
             match slot.source.as_mut().filter(|_| now >= slot.next_poll) {
@@ -427,7 +443,7 @@ impl Engine {
             }
             Err(e) => {
                 slot.source_errors += 1;
-                match self.shared.get_mut(&slot.qber_name).filter(|_| r.whole) {
+                match self.shared.get_mut(&*slot.qber_name).filter(|_| r.whole) {
                     // A shared document's failure reaches every link from
                     // one poll: said once, not once per link.
                     Some(p) if p.logged == Some(r.sampled_ns) => {}
@@ -462,7 +478,8 @@ impl Engine {
             _ => None,
         };
         let actions = slot.link.handle(now, input);
-        self.due.set(name, slot.next_deadline());
+        let next = slot.next_deadline();
+        self.due.set(name, &mut slot.due_at, next);
         let status = slot.link.status(now);
         // Rotation stops and resumes with the link's hold.
         let hold = actions.iter().find_map(|a| match a {
@@ -501,7 +518,7 @@ impl Engine {
                         self.keys.halted(name);
                     }
                     if reason == LockReason::SourceLost && self.held.is_some() {
-                        self.newly_lost.insert(slot.qber_name.clone());
+                        self.newly_lost.insert(slot.qber_name.to_string());
                     }
                     log::debug(format!("engine: {name}: set {reason}"))
                 }
@@ -539,6 +556,7 @@ impl Engine {
             }
             ToEngine::Policy(p) => {
                 self.policy = p.map(policy::Policy::from);
+                self.overridden.clear();
                 let policy = &self.policy;
                 self.keys.set_periods(|n| {
                     policy
@@ -546,7 +564,7 @@ impl Engine {
                         .and_then(|p| p.links.get(n))
                         .map(|p| p.rotate)
                 });
-                let names: Vec<String> = self.links.keys().cloned().collect();
+                let names: Vec<String> = self.links.keys().map(String::from).collect();
                 for n in names {
                     let lp = self.link_policy(&n);
                     self.feed(&n, now, Input::Policy(lp));
@@ -560,7 +578,13 @@ impl Engine {
             ToEngine::LinkState(s) => {
                 // A state for a link we do not run is ignored, not trusted.
                 if let Some(slot) = self.links.get_mut(&s.link) {
-                    slot.parent = Some(s);
+                    // Without its name: the slot's row has it, and a copy
+                    // made at each state would be one more small chunk
+                    // left in the heap per link and round.
+                    slot.parent = Some(LinkState {
+                        link: String::new(),
+                        ..s
+                    });
                 }
             }
             ToEngine::CtlReply(r) => {

@@ -157,7 +157,7 @@ impl Engine {
 
     fn target_names(&self, t: &Target) -> Result<Vec<String>, Reply> {
         match t {
-            Target::All => Ok(self.links.keys().cloned().collect()),
+            Target::All => Ok(self.links.keys().map(String::from).collect()),
             Target::Link(l) if self.links.contains_key(l) => Ok(vec![l.clone()]),
             Target::Link(l) => Err(no_such_link(l)),
         }
@@ -236,7 +236,7 @@ impl Engine {
             manual_hold: st.tripped == Some(OnQber::Lockdown)
                 && st.reasons.contains(LockReason::Qber)
                 && policy.is_some_and(|p| p.unlock == UnlockMode::Manual),
-            qber_source: slot.qber_name.clone(),
+            qber_source: slot.qber_name.to_string(),
             keys: self.keys.view(name, now).map(|v| KeyInfo {
                 role: match v.status.role {
                     crate::conf::Role::Master => "master".into(),

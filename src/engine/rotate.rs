@@ -150,6 +150,11 @@ impl Rotation {
     }
 
     /// A new `rotate` from the policy; it applies from the next round.
+    /// The link id and keys it was made with.
+    pub fn params(&self) -> &Params {
+        &self.ctx.params
+    }
+
     pub fn set_period(&mut self, period: Duration) {
         self.ctx.schedule.period = period;
     }

@@ -126,7 +126,7 @@ impl Engine {
         }
         let key_state = keys::Keys::new(tx.clone(), answers_tx, peer);
         let mut eng = Engine {
-            links: BTreeMap::new(),
+            links: Default::default(),
             shared: BTreeMap::new(),
             held: None,
             newly_lost: Default::default(),
@@ -141,6 +141,7 @@ impl Engine {
             polls: polls_tx,
             keys: key_state,
             testing: cfg.testing.clone(),
+            overridden: Vec::new(),
             creds: Some(creds),
             alive_due: Instant::now(),
             trim_due: Instant::now() + std::time::Duration::from_secs(60),
@@ -164,6 +165,7 @@ impl Engine {
         crate::utc::set_offset(cfg.testing.wall_clock_offset);
         log::set_verbose(cfg.verbose);
         self.testing = cfg.testing.clone();
+        self.overridden.clear();
         let policy = &self.policy;
         self.keys.configure(
             &cfg,
@@ -175,11 +177,18 @@ impl Engine {
             },
             now,
         )?;
-        let mut old = std::mem::take(&mut self.links);
+        let mut old = std::mem::take(&mut self.links).into_map();
+        let mut rows: Vec<(String, LinkSlot)> = Vec::with_capacity(cfg.links.len());
         let shared: BTreeMap<&String, Arc<crate::conf::QberConf>> = cfg
             .qber
             .iter()
             .map(|(n, q)| (n, Arc::new(q.clone())))
+            .collect();
+        // Each section's name once, for all its links.
+        let section: BTreeMap<&String, Arc<str>> = cfg
+            .qber
+            .keys()
+            .map(|n| (n, Arc::from(n.as_str())))
             .collect();
         // The links of each section whose links read one document.
         let mut readers: BTreeMap<String, Vec<SharedLink>> = BTreeMap::new();
@@ -189,10 +198,10 @@ impl Engine {
                 (readers.entry(l.qber.clone()).or_default())
                     .push(SharedLink::new(&l.name, &l.qber_id));
             }
-            let kept = old.remove(&l.name);
+            let kept = old.remove(l.name.as_str());
             if let Some(slot) = &kept {
-                if slot.qber_name == l.qber && slot.qconf == *qconf {
-                    self.links.insert(l.name.clone(), kept.expect("checked"));
+                if *slot.qber_name == *l.qber && slot.qconf == *qconf {
+                    rows.push((l.name.clone(), kept.expect("checked")));
                     continue;
                 }
             }
@@ -234,33 +243,36 @@ impl Engine {
                     Link::new(&l.name, policy, l.keys.is_some(), l.persisted, now)
                 }
             };
-            self.links.insert(
+            rows.push((
                 l.name.clone(),
-                Box::new(LinkSlot {
+                LinkSlot {
                     link,
                     source,
                     poller,
                     fresh: Freshness::new(),
                     poll: qconf.poll,
                     next_poll: now,
-                    qber_name: l.qber.clone(),
+                    qber_name: section[&l.qber].clone(),
                     qber_id: l.qber_id.clone(),
                     qconf: qconf.clone(),
                     parent: None,
                     source_errors: 0,
                     sampled_ns: None,
                     sim_control: sim_control.map(Box::new),
-                }),
-            );
+                    due_at: Default::default(),
+                },
+            ));
         }
+        self.links = rows.into_iter().collect();
         for (_, mut gone) in old {
             gone.stop_poller();
         }
         self.start_shared(readers, &shared, &cfg.qber_net);
-        self.due.clear();
-        for (n, slot) in &self.links {
-            self.due.set(n, slot.next_deadline());
-        }
+        let due = self.links.iter_mut().map(|(n, slot)| {
+            let next = slot.next_deadline();
+            (n, &mut slot.due_at, next)
+        });
+        self.due.rebuild(due);
         Ok(())
     }
 
@@ -304,7 +316,9 @@ impl Engine {
                         .msg(e)
                         .send();
                     for (link, _) in names {
-                        self.links.remove(&link);
+                        if let Some(mut gone) = self.links.remove(&link) {
+                            self.due.set(&link, &mut gone.due_at, None);
+                        }
                         self.lock_unwatched(link);
                     }
                 }

@@ -26,6 +26,9 @@ pub(super) fn sim_control(
     qber::fetch::Getter::new(qber, &control, &tls, settings).ok()
 }
 
+/// A link's built-in simulator, or the task polling its network source.
+type Opened = (Option<Box<Source>>, Option<tokio::task::JoinHandle<()>>);
+
 /// The sim source, or a network driver running as a poller task.
 pub(super) fn open(
     link: &str,
@@ -34,12 +37,12 @@ pub(super) fn open(
     qconf: &crate::conf::QberConf,
     net: &BTreeMap<String, imsg::QberNet>,
     polls: &mpsc::Sender<Polled>,
-) -> Result<(Option<Source>, Option<tokio::task::JoinHandle<()>>), String> {
+) -> Result<Opened, String> {
     if qconf.driver == crate::conf::QberDriver::Sim {
         let mut sim = qconf.sim.clone();
         // Links sharing a sim section must not see the same noise.
         sim.seed = sim.seed.wrapping_add(fnv1a(qber_id.as_bytes()));
-        return Ok((Some(Source::sim(&sim)?), None));
+        return Ok((Some(Box::new(Source::sim(&sim)?)), None));
     }
     let n = net
         .get(qber)
@@ -145,7 +148,7 @@ impl Engine {
         match self.shared.get(source) {
             Some(p) => p.links.iter().all(|(n, _)| lost(n)),
             None => (self.links.iter())
-                .filter(|(_, s)| s.qber_name == source)
+                .filter(|(_, s)| *s.qber_name == *source)
                 .all(|(n, _)| lost(n)),
         }
     }

@@ -21,16 +21,18 @@ mod timing;
 
 pub use calls::KmeAnswer;
 
-use crate::engine::deadlines::Deadlines;
+use crate::engine::deadlines::{Deadlines, Registered};
 use crate::engine::link;
 use crate::engine::peering::{Datagram, Gate, Peering};
 use crate::engine::rotate::{self, Action, Input, Params, Rotation, Schedule};
+use crate::engine::table::LinkTable;
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Event};
 use crate::proto::peer::LinkId;
-use crate::secret::Psk;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::secret::{Fingerprint, Psk};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timing::{RoundTiming, Step};
 use tokio::sync::mpsc;
@@ -48,11 +50,38 @@ pub struct KeyView {
     pub halted: u64,
 }
 
+/// Where a keyed link's KME calls and datagrams go: what of its
+/// [`LinkKeys`] its rotation's [`Params`] does not already hold. The
+/// names are shared by the links that have the same (a hub's links mostly
+/// have one KME and few far SAEs).
+#[derive(PartialEq)]
+struct Route {
+    kme: Arc<str>,
+    peer_sae_id: Arc<str>,
+    role: rotate::Role,
+    /// The far qkdpfd (masters send there; slaves answer each datagram's source).
+    peer: SocketAddr,
+}
+
+impl Route {
+    /// `names`: those already made during this configure.
+    fn of(k: &LinkKeys, names: &mut HashMap<String, Arc<str>>) -> Route {
+        let mut name = |n: &String| -> Arc<str> {
+            (names.entry(n.clone()))
+                .or_insert_with(|| Arc::from(n.as_str()))
+                .clone()
+        };
+        Route {
+            kme: name(&k.kme),
+            peer_sae_id: name(&k.peer_sae_id),
+            role: k.role,
+            peer: k.peer,
+        }
+    }
+}
+
 struct KeyedLink {
-    conf: LinkKeys,
-    /// Our peering public key when the rotation was made (a reload may
-    /// bring a new `[peering] key`: then the rotation is made anew).
-    ours: [u8; 32],
+    route: Route,
     rot: Rotation,
     /// What the door checks this link's datagrams against.
     gate: Gate,
@@ -64,12 +93,14 @@ struct KeyedLink {
     /// source of the OFFER it answers.
     reply_to: Option<SocketAddr>,
     /// Fingerprint of the PSK sent to the parent, shown once installed.
-    pending_fp: Option<String>,
-    fingerprint: Option<String>,
+    pending_fp: Option<Fingerprint>,
+    fingerprint: Option<Fingerprint>,
     installed_at: Option<Instant>,
     halted: u64,
     /// Where this round's time went, for the debug `event=round` line.
     timing: RoundTiming,
+    /// Its entry in [`Keys::due`].
+    due_at: Registered,
 }
 
 impl KeyedLink {
@@ -89,9 +120,7 @@ pub struct Keys {
     /// The peering sockets, keys and logs.
     peer: Peering,
     calls: calls::Calls,
-    /// Boxed: a B-tree leaf holds eleven values inline, and a third of a
-    /// leaf is empty on average (2 KiB a link where a box costs 1.3).
-    links: BTreeMap<String, Box<KeyedLink>>,
+    links: LinkTable<KeyedLink>,
     /// When each rotation is next due, sorted (kept by [`Keys::feed`]).
     due: Deadlines,
     by_id: HashMap<LinkId, String>,
@@ -111,7 +140,7 @@ impl Keys {
         Keys {
             peer,
             calls: calls::Calls::new(answers),
-            links: BTreeMap::new(),
+            links: Default::default(),
             due: Deadlines::default(),
             by_id: HashMap::new(),
             parent,
@@ -138,7 +167,9 @@ impl Keys {
         self.rotate_override = cfg.testing.rotate;
         self.peer.configure(cfg);
         self.calls.configure(&cfg.kme)?;
-        let mut old = std::mem::take(&mut self.links);
+        let mut old = std::mem::take(&mut self.links).into_map();
+        let mut rows: Vec<(String, KeyedLink)> = Vec::with_capacity(cfg.links.len());
+        let mut names = HashMap::new();
         self.by_id.clear();
         for l in &cfg.links {
             let Some(k) = &l.keys else { continue };
@@ -152,33 +183,25 @@ impl Keys {
                 .add_link(LinkId(k.link_id), &k.peer_pubkey)
                 .map_err(|e| format!("link {}: {e}", l.name))?;
             self.by_id.insert(LinkId(k.link_id), l.name.clone());
-            let same = |o: &KeyedLink| {
-                o.ours == ours
-                    && LinkKeys {
-                        epoch: 0,
-                        ..o.conf.clone()
-                    } == LinkKeys {
-                        epoch: 0,
-                        ..k.clone()
-                    }
+            // A reload may bring a new `[peering] key`: then the rotation
+            // is made anew. The persisted epoch is the rotation's own.
+            let params = Params {
+                link_id: LinkId(k.link_id),
+                ours,
+                peer: k.peer_pubkey,
             };
-            let keyed = match old.remove(&l.name) {
-                Some(o) if same(&o) => o,
+            let route = Route::of(k, &mut names);
+            let keyed = match old.remove(l.name.as_str()) {
+                Some(o) if o.route == route && *o.rot.params() == params => o,
                 _ => {
-                    let params = Params {
-                        link_id: LinkId(k.link_id),
-                        ours,
-                        peer: k.peer_pubkey,
-                    };
                     let period = self.period(period_of(&l.name));
                     let schedule = Schedule {
                         period,
                         jitter: !self.no_jitter,
                         seed: rand::random(),
                     };
-                    Box::new(KeyedLink {
-                        conf: k.clone(),
-                        ours,
+                    KeyedLink {
+                        route,
                         rot: Rotation::new(k.role, params, schedule, k.epoch, now),
                         gate: Gate::new(k),
                         queue: VecDeque::new(),
@@ -189,15 +212,18 @@ impl Keys {
                         installed_at: None,
                         halted: 0,
                         timing: RoundTiming::default(),
-                    })
+                        due_at: Registered::default(),
+                    }
                 }
             };
-            self.links.insert(l.name.clone(), keyed);
+            rows.push((l.name.clone(), keyed));
         }
-        self.due.clear();
-        for (n, l) in &self.links {
-            self.due.set(n, l.rot.next_deadline());
-        }
+        self.links = rows.into_iter().collect();
+        let due = self.links.iter_mut().map(|(n, l)| {
+            let next = l.rot.next_deadline();
+            (n, &mut l.due_at, next)
+        });
+        self.due.rebuild(due);
         Ok(())
     }
 
@@ -209,7 +235,7 @@ impl Keys {
 
     /// The policy changed: new periods apply from the next round.
     pub fn set_periods(&mut self, period_of: impl Fn(&str) -> Option<Duration>) {
-        let names: Vec<String> = self.links.keys().cloned().collect();
+        let names: Vec<String> = self.links.keys().map(String::from).collect();
         for n in names {
             let p = self.period(period_of(&n));
             self.links.get_mut(&n).expect("known").rot.set_period(p);
@@ -359,12 +385,12 @@ impl Keys {
         let l = self.links.get(name)?;
         Some(KeyView {
             status: l.rot.status(),
-            psk_fingerprint: l.fingerprint.clone(),
+            psk_fingerprint: l.fingerprint.map(|f| f.to_string()),
             key_age: l.installed_at.map(|t| now.saturating_duration_since(t)),
             stored_key_count: self
                 .calls
-                .stored_key_count(&l.conf.kme, &l.conf.peer_sae_id),
-            keys_low: self.calls.keys_low(&l.conf.kme),
+                .stored_key_count(&l.route.kme, &l.route.peer_sae_id),
+            keys_low: self.calls.keys_low(&l.route.kme),
             halted: l.halted,
         })
     }
@@ -381,7 +407,8 @@ impl Keys {
             return;
         };
         let actions = l.rot.handle(now, input);
-        self.due.set(name, l.rot.next_deadline());
+        let next = l.rot.next_deadline();
+        self.due.set(name, &mut l.due_at, next);
         if !actions.is_empty() {
             l.queue.push_back(actions.into());
         }
@@ -442,17 +469,17 @@ impl Keys {
                 l.gate.settled();
                 l.timing.start(Step::Kme);
                 self.calls
-                    .request(name, &l.conf.kme, &l.conf.peer_sae_id, None);
+                    .request(name, &l.route.kme, &l.route.peer_sae_id, None);
             }
             Action::FetchDecKey { key_id } => {
                 l.timing.begin(Step::Kme);
                 self.calls
-                    .request(name, &l.conf.kme, &l.conf.peer_sae_id, Some(key_id));
+                    .request(name, &l.route.kme, &l.route.peer_sae_id, Some(key_id));
             }
             Action::Send(m) => {
-                let dest = match l.conf.role {
-                    rotate::Role::Master => l.conf.peer,
-                    rotate::Role::Slave => self.current_from.or(l.reply_to).unwrap_or(l.conf.peer),
+                let dest = match l.route.role {
+                    rotate::Role::Master => l.route.peer,
+                    rotate::Role::Slave => self.current_from.or(l.reply_to).unwrap_or(l.route.peer),
                 };
                 l.gate.sent(&m);
                 self.peer.send(&m, dest);
@@ -462,10 +489,13 @@ impl Keys {
                     .kv("link", name)
                     .kv("epoch", epoch)
                     .kv("key_id", key_id.as_str())
-                    .kv("psk_fp", l.fingerprint.as_deref().unwrap_or("-"))
+                    .kv(
+                        "psk_fp",
+                        l.fingerprint.map_or("-".into(), |f| f.to_string()),
+                    )
                     .send();
                 if let Some(t) = l.timing.finish() {
-                    let master = l.conf.role == rotate::Role::Master;
+                    let master = l.route.role == rotate::Role::Master;
                     let r = log::event(Event::Round)
                         .kv("link", name)
                         .kv("epoch", epoch)

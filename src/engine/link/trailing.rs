@@ -23,7 +23,19 @@ pub(super) struct Trailing {
     len: usize,
 }
 
+/// Runs room is made for when the link is made: a handful is the rule,
+/// and a buffer grown later, during the first rounds, would lie among
+/// their short-lived allocations and keep freed pages resident.
+const RUNS_EXPECTED: usize = 8;
+
 impl Trailing {
+    pub(super) fn new() -> Trailing {
+        Trailing {
+            runs: Vec::with_capacity(RUNS_EXPECTED),
+            len: 0,
+        }
+    }
+
     /// Adds the newest sample; the oldest leaves once the window is full.
     pub(super) fn push(&mut self, q: f64) {
         let mut n: u16 = 1;

@@ -34,9 +34,17 @@ impl std::fmt::Debug for LinkId {
 /// answer (`engine::kme`) or a peer's datagram ([`super::parse`]), and
 /// carried as it is from there: what one end's KME gave, the other end's
 /// KME is asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// Held inline, not on the heap: every keyed link keeps its round's
+/// key_ID from one round to the next, and at 10,000 links those small
+/// chunks, each made during a round among that round's short-lived
+/// buffers, kept pages of freed heap resident.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct KeyId(String);
+pub struct KeyId {
+    len: u8,
+    bytes: [u8; MAX_KEY_ID],
+}
 
 impl KeyId {
     pub fn new(s: &str) -> Result<KeyId, WireError> {
@@ -51,26 +59,64 @@ impl KeyId {
         if !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
             return Err(WireError::KeyIdCharset);
         }
-        Ok(KeyId(String::from_utf8(b.to_vec()).expect("ASCII")))
+        let mut bytes = [0u8; MAX_KEY_ID];
+        bytes[..b.len()].copy_from_slice(b);
+        Ok(KeyId {
+            len: b.len() as u8,
+            bytes,
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(self.as_bytes()).expect("checked ASCII")
     }
     pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        &self.bytes[..usize::from(self.len)]
     }
     pub fn len(&self) -> usize {
-        self.0.len()
+        usize::from(self.len)
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
+    }
+}
+
+// As the text it is: the bytes past `len` are no part of it.
+impl PartialEq for KeyId {
+    fn eq(&self, other: &KeyId) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for KeyId {}
+
+impl std::hash::Hash for KeyId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h);
+    }
+}
+
+impl PartialOrd for KeyId {
+    fn partial_cmp(&self, other: &KeyId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for KeyId {
+    fn cmp(&self, other: &KeyId) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({:?})", self.as_str())
     }
 }
 
 impl std::fmt::Display for KeyId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -83,7 +129,7 @@ impl TryFrom<String> for KeyId {
 
 impl From<KeyId> for String {
     fn from(k: KeyId) -> String {
-        k.0
+        k.as_str().to_string()
     }
 }
 
@@ -106,5 +152,12 @@ mod tests {
         assert!(serde_json::from_str::<KeyId>("\"x y\"").is_err());
         let k: KeyId = serde_json::from_str("\"k-1\"").unwrap();
         assert_eq!(serde_json::to_string(&k).unwrap(), "\"k-1\"");
+        // Equal, ordered and shown as the text, whatever lies past it.
+        let long = KeyId::new("k-10").unwrap();
+        assert_eq!(k, KeyId::new("k-1").unwrap());
+        assert_ne!(k, long);
+        assert!(k < long && long < KeyId::new("k-2").unwrap());
+        assert_eq!(format!("{long} {long:?}"), "k-10 KeyId(\"k-10\")");
+        assert_eq!((long.len(), long.as_bytes()), (4, &b"k-10"[..]));
     }
 }
