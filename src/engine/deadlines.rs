@@ -64,14 +64,16 @@ impl Deadlines {
             .collect()
     }
 
-    /// Every link's entry made anew: (name, what it keeps, its deadline).
+    /// Every link's entry made anew: (its shared name, what it keeps, its
+    /// deadline).
     pub fn rebuild<'a>(
         &mut self,
-        links: impl IntoIterator<Item = (&'a str, &'a mut Registered, Option<Instant>)>,
+        links: impl IntoIterator<Item = (&'a Arc<str>, &'a mut Registered, Option<Instant>)>,
     ) {
         self.order.clear();
         for (link, registered, due) in links {
             registered.at = None;
+            registered.name = Some(link.clone());
             self.set(link, registered, due);
         }
     }
@@ -135,7 +137,10 @@ mod tests {
         d.set("b", &mut b, Some(t0));
         // A link left out of the rebuild is gone; one kept moves.
         let later = t0 + Duration::from_secs(1);
-        d.rebuild([("a", &mut a, Some(later))]);
+        let name: std::sync::Arc<str> = "a".into();
+        d.rebuild([(&name, &mut a, Some(later))]);
+        // The name given is the one kept: no copy of its own.
+        assert_eq!(std::sync::Arc::strong_count(&name), 3);
         assert_eq!(d.len(), 1);
         assert_eq!(d.due(later), ["a"]);
         d.set("a", &mut a, None);

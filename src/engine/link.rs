@@ -123,7 +123,8 @@ pub struct LinkStatus {
 /// One protected link.
 #[derive(Clone, Debug)]
 pub struct Link {
-    name: String,
+    /// Shared with the engine's other records of the link.
+    name: Arc<str>,
     /// Shared with the links whose policy is the same ([`super::policy`]).
     policy: Option<Arc<LinkPolicy>>,
     /// Key agreement runs on this link: key-stale, peer-lost and the
@@ -152,7 +153,7 @@ impl Link {
     /// `persisted`: reasons from the state file; only `qber` is the
     /// engine's, and it starts the link locked under the usual recovery rules.
     pub fn new(
-        name: &str,
+        name: impl Into<Arc<str>>,
         policy: Option<Arc<LinkPolicy>>,
         keys: bool,
         persisted: Reasons,
@@ -164,7 +165,7 @@ impl Link {
             reasons.insert(LockReason::Qber);
         }
         Link {
-            name: name.to_string(),
+            name: name.into(),
             policy,
             keys,
             reasons,
@@ -243,7 +244,7 @@ impl Link {
     pub fn status(&self, now: Instant) -> LinkStatus {
         let now = now.max(self.now);
         LinkStatus {
-            name: self.name.clone(),
+            name: self.name.to_string(),
             band: self.band,
             qber: self.qber,
             reasons: self.reasons,

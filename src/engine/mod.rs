@@ -555,7 +555,8 @@ impl Engine {
                 crate::privsep::return_free_memory();
             }
             ToEngine::Policy(p) => {
-                self.policy = p.map(policy::Policy::from);
+                let links = &self.links;
+                self.policy = p.map(|p| policy::Policy::new(p, |n| links.name(n).cloned()));
                 self.overridden.clear();
                 let policy = &self.policy;
                 self.keys.set_periods(|n| {

@@ -20,11 +20,15 @@ pub struct Policy {
     pub not_after: Option<u64>,
     pub expiry_warning: u64,
     pub signer: String,
-    pub links: BTreeMap<String, Arc<LinkPolicy>>,
+    /// By link name; a name the engine runs is its shared copy.
+    pub links: BTreeMap<Arc<str>, Arc<LinkPolicy>>,
 }
 
-impl From<ActivePolicy> for Policy {
-    fn from(p: ActivePolicy) -> Policy {
+impl Policy {
+    /// `name_of`: the engine's copy of a link's name, if it runs the link
+    /// (the names decoded with the bundle were one more small chunk a
+    /// link, left among the decoding's freed buffers).
+    pub fn new(p: ActivePolicy, name_of: impl Fn(&str) -> Option<Arc<str>>) -> Policy {
         let mut recent: Vec<Arc<LinkPolicy>> = Vec::with_capacity(RECENT);
         let links = (p.links.into_iter())
             .map(|(name, lp)| {
@@ -38,6 +42,7 @@ impl From<ActivePolicy> for Policy {
                         recent.last().expect("pushed").clone()
                     }
                 };
+                let name = name_of(&name).unwrap_or_else(|| Arc::from(name));
                 (name, shared)
             })
             .collect();
@@ -49,9 +54,7 @@ impl From<ActivePolicy> for Policy {
             links,
         }
     }
-}
 
-impl Policy {
     /// Past its `not_after` at `now_unix`.
     pub fn expired(&self, now_unix: u64) -> bool {
         self.not_after.is_some_and(|na| now_unix > na)
@@ -77,13 +80,17 @@ mod tests {
                 (format!("l{i:03}"), lp)
             })
             .collect();
-        let p = Policy::from(ActivePolicy {
-            serial: 7,
-            not_after: None,
-            expiry_warning: 0,
-            signer: "k".into(),
-            links,
-        });
+        let ours: Arc<str> = Arc::from("l004");
+        let p = Policy::new(
+            ActivePolicy {
+                serial: 7,
+                not_after: None,
+                expiry_warning: 0,
+                signer: "k".into(),
+                links,
+            },
+            |n| (n == "l004").then(|| ours.clone()),
+        );
         assert_eq!(p.links.len(), 100);
         let distinct: Vec<*const LinkPolicy> = {
             let mut v: Vec<_> = p.links.values().map(Arc::as_ptr).collect();
@@ -94,5 +101,8 @@ mod tests {
         assert_eq!(distinct.len(), 2);
         assert_eq!(*p.links["l003"], other);
         assert_eq!(*p.links["l004"], LinkPolicy::DEFAULT);
+        // A link the engine runs is named by the engine's own copy.
+        let (name, _) = p.links.get_key_value("l004").unwrap();
+        assert!(Arc::ptr_eq(name, &ours));
     }
 }

@@ -280,7 +280,7 @@ impl Engine {
             expired: p.expired(now),
             signer: p.signer.clone(),
             links: (p.links.iter())
-                .map(|(n, lp)| (n.clone(), (**lp).clone()))
+                .map(|(n, lp)| (n.to_string(), (**lp).clone()))
                 .collect(),
         })
     }

@@ -166,9 +166,19 @@ impl Engine {
         log::set_verbose(cfg.verbose);
         self.testing = cfg.testing.clone();
         self.overridden.clear();
+        // Each link's name once, shared by every record the engine keeps
+        // of it (a link that stays keeps its own).
+        let names: std::collections::HashSet<Arc<str>> = (cfg.links.iter())
+            .map(|l| match self.links.name(&l.name) {
+                Some(n) => n.clone(),
+                None => Arc::from(l.name.as_str()),
+            })
+            .collect();
+        let name_of = |n: &str| names.get(n).cloned().unwrap_or_else(|| Arc::from(n));
         let policy = &self.policy;
         self.keys.configure(
             &cfg,
+            name_of,
             |n| {
                 policy
                     .as_ref()
@@ -178,7 +188,7 @@ impl Engine {
             now,
         )?;
         let mut old = std::mem::take(&mut self.links).into_map();
-        let mut rows: Vec<(String, LinkSlot)> = Vec::with_capacity(cfg.links.len());
+        let mut rows: Vec<(Arc<str>, LinkSlot)> = Vec::with_capacity(cfg.links.len());
         let shared: BTreeMap<&String, Arc<crate::conf::QberConf>> = cfg
             .qber
             .iter()
@@ -201,7 +211,7 @@ impl Engine {
             let kept = old.remove(l.name.as_str());
             if let Some(slot) = &kept {
                 if *slot.qber_name == *l.qber && slot.qconf == *qconf {
-                    rows.push((l.name.clone(), kept.expect("checked")));
+                    rows.push((name_of(&l.name), kept.expect("checked")));
                     continue;
                 }
             }
@@ -240,11 +250,11 @@ impl Engine {
                 }
                 None => {
                     let policy = self.link_policy(&l.name);
-                    Link::new(&l.name, policy, l.keys.is_some(), l.persisted, now)
+                    Link::new(name_of(&l.name), policy, l.keys.is_some(), l.persisted, now)
                 }
             };
             rows.push((
-                l.name.clone(),
+                name_of(&l.name),
                 LinkSlot {
                     link,
                     source,

@@ -7,12 +7,14 @@
 //! one gets a mapping of its own, given back whole when it is replaced),
 //! sorted by name and found by binary search, as fast as the B-tree. Rows
 //! come and go only when the config changes, so a removal may move the
-//! rows after it.
+//! rows after it. A row's name is the link's one copy of it, shared by
+//! every other record the engine keeps of the link.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub struct LinkTable<V> {
-    rows: Vec<(Box<str>, V)>,
+    rows: Vec<(Arc<str>, V)>,
 }
 
 impl<V> Default for LinkTable<V> {
@@ -60,23 +62,26 @@ impl<V> LinkTable<V> {
         self.rows.iter().map(|(n, v)| (&**n, v))
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, &mut V)> {
-        self.rows.iter_mut().map(|(n, v)| (&**n, v))
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut V)> {
+        self.rows.iter_mut().map(|(n, v)| (&*n, v))
+    }
+
+    /// The shared name of a link in the table.
+    pub fn name(&self, name: &str) -> Option<&Arc<str>> {
+        self.find(name).ok().map(|i| &self.rows[i].0)
     }
 
     /// The rows by name, for a reconfiguration to take the links it keeps
     /// from (a removal from the vector would move every row after it).
-    pub fn into_map(self) -> HashMap<Box<str>, V> {
+    pub fn into_map(self) -> HashMap<Arc<str>, V> {
         self.rows.into_iter().collect()
     }
 }
 
-impl<V> FromIterator<(String, V)> for LinkTable<V> {
+impl<V> FromIterator<(Arc<str>, V)> for LinkTable<V> {
     /// As a map's `collect`: a name given twice keeps its last value.
-    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
-        let mut rows: Vec<(Box<str>, V)> = (iter.into_iter())
-            .map(|(n, v)| (n.into_boxed_str(), v))
-            .collect();
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, V)>>(iter: I) -> Self {
+        let mut rows: Vec<(Arc<str>, V)> = iter.into_iter().collect();
         // Stable: of equal names the later stays later.
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows.dedup_by(|later, earlier| {
@@ -103,11 +108,12 @@ impl<V> std::ops::Index<&str> for LinkTable<V> {
 mod tests {
     use super::LinkTable;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     #[test]
     fn behaves_as_a_map_by_name() {
         let pairs = [("l3", 3), ("l1", 1), ("l2", 2), ("l1", 10), ("l20", 20)];
-        let t: LinkTable<i32> = pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        let t: LinkTable<i32> = pairs.iter().map(|(n, v)| (Arc::from(*n), *v)).collect();
         let m: BTreeMap<&str, i32> = pairs.iter().copied().collect();
         assert_eq!(t.len(), m.len());
         assert!(t.iter().eq(m.iter().map(|(n, v)| (*n, v))));
@@ -116,11 +122,15 @@ mod tests {
         assert_eq!(t.get("l0"), None);
         assert_eq!(t.get("l4"), None);
         assert!(!t.contains_key("l"));
+        assert_eq!(t.name("l2").map(|n| &**n), Some("l2"));
+        assert_eq!(t.name("l4"), None);
     }
 
     #[test]
     fn changes_in_place_and_removes() {
-        let mut t: LinkTable<Vec<u8>> = (0..100).map(|i| (format!("l{i:03}"), vec![i])).collect();
+        let mut t: LinkTable<Vec<u8>> = (0..100)
+            .map(|i| (Arc::from(format!("l{i:03}")), vec![i]))
+            .collect();
         t.get_mut("l050").unwrap().push(7);
         assert_eq!(t["l050"], [50, 7]);
         for (_, v) in t.iter_mut() {

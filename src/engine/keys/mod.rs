@@ -123,7 +123,7 @@ pub struct Keys {
     links: LinkTable<KeyedLink>,
     /// When each rotation is next due, sorted (kept by [`Keys::feed`]).
     due: Deadlines,
-    by_id: HashMap<LinkId, String>,
+    by_id: HashMap<LinkId, Arc<str>>,
     parent: mpsc::UnboundedSender<Vec<u8>>,
     /// Source of the datagram being handled (answers go there: NAT-friendly).
     current_from: Option<SocketAddr>,
@@ -160,6 +160,7 @@ impl Keys {
     pub fn configure(
         &mut self,
         cfg: &EngineConfig,
+        name_of: impl Fn(&str) -> Arc<str>,
         period_of: impl Fn(&str) -> Option<Duration>,
         now: Instant,
     ) -> Result<(), String> {
@@ -168,7 +169,7 @@ impl Keys {
         self.peer.configure(cfg);
         self.calls.configure(&cfg.kme)?;
         let mut old = std::mem::take(&mut self.links).into_map();
-        let mut rows: Vec<(String, KeyedLink)> = Vec::with_capacity(cfg.links.len());
+        let mut rows: Vec<(Arc<str>, KeyedLink)> = Vec::with_capacity(cfg.links.len());
         let mut names = HashMap::new();
         self.by_id.clear();
         for l in &cfg.links {
@@ -182,7 +183,8 @@ impl Keys {
             self.peer
                 .add_link(LinkId(k.link_id), &k.peer_pubkey)
                 .map_err(|e| format!("link {}: {e}", l.name))?;
-            self.by_id.insert(LinkId(k.link_id), l.name.clone());
+            let name = name_of(&l.name);
+            self.by_id.insert(LinkId(k.link_id), name.clone());
             // A reload may bring a new `[peering] key`: then the rotation
             // is made anew. The persisted epoch is the rotation's own.
             let params = Params {
@@ -216,7 +218,7 @@ impl Keys {
                     }
                 }
             };
-            rows.push((l.name.clone(), keyed));
+            rows.push((name, keyed));
         }
         self.links = rows.into_iter().collect();
         let due = self.links.iter_mut().map(|(n, l)| {
@@ -317,7 +319,7 @@ impl Keys {
             let name = by_id.get(&claims.link_id)?;
             let l = links.get_mut(name)?;
             let verdict = l.gate.check(from, claims, l.rot.status().epoch, now);
-            Some((name.as_str(), verdict))
+            Some((&**name, verdict))
         });
         let Some((name, msg)) = opened else {
             return out;
