@@ -324,7 +324,7 @@ async fn run(
 
 impl Engine {
     /// The policy of a link, with the `[testing]` timing overrides (a
-    /// copy of its own then: only tests and benches set them).
+    /// copy then, one per distinct policy: only tests and benches set them).
     fn link_policy(&mut self, name: &str) -> Option<Arc<LinkPolicy>> {
         let p = self.policy.as_ref()?.links.get(name)?;
         if self.testing.rotate.is_none() && self.testing.max_key_age.is_none() {
