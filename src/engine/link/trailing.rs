@@ -23,7 +23,7 @@ pub(super) struct Trailing {
     len: usize,
 }
 
-/// Runs room is made for when the link is made: a handful is the rule,
+/// Room for this many runs is made with the link: a handful is the rule,
 /// and a buffer grown later, during the first rounds, would lie among
 /// their short-lived allocations and keep freed pages resident.
 const RUNS_EXPECTED: usize = 8;
