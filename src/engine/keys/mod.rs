@@ -30,7 +30,7 @@ use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Event};
 use crate::proto::peer::LinkId;
 use crate::secret::{Fingerprint, Psk};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,12 +64,16 @@ struct Route {
 }
 
 impl Route {
-    /// `names`: those already made during this configure.
-    fn of(k: &LinkKeys, names: &mut HashMap<String, Arc<str>>) -> Route {
-        let mut name = |n: &String| -> Arc<str> {
-            (names.entry(n.clone()))
-                .or_insert_with(|| Arc::from(n.as_str()))
-                .clone()
+    /// `names`: those already made during this configure (looked up by
+    /// `&str`: no copy is made to ask).
+    fn of(k: &LinkKeys, names: &mut HashSet<Arc<str>>) -> Route {
+        let mut name = |n: &str| -> Arc<str> {
+            if let Some(made) = names.get(n) {
+                return made.clone();
+            }
+            let made: Arc<str> = Arc::from(n);
+            names.insert(made.clone());
+            made
         };
         Route {
             kme: name(&k.kme),
@@ -170,7 +174,7 @@ impl Keys {
         self.calls.configure(&cfg.kme)?;
         let mut old = std::mem::take(&mut self.links).into_map();
         let mut rows: Vec<(Arc<str>, KeyedLink)> = Vec::with_capacity(cfg.links.len());
-        let mut names = HashMap::new();
+        let mut names = HashSet::new();
         self.by_id.clear();
         for l in &cfg.links {
             let Some(k) = &l.keys else { continue };
