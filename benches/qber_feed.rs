@@ -139,7 +139,10 @@ async fn main() {
 
         // One poller for all.
         let mut d = driver(port).for_links(n);
-        let mut links: Vec<SharedLink> = ids.iter().map(|id| SharedLink::new(id, id)).collect();
+        let mut links: Vec<SharedLink> = ids
+            .iter()
+            .map(|id| SharedLink::new(id.as_str(), id))
+            .collect();
         let (mut wall, mut cpu, mut failed) = (Vec::new(), Vec::new(), 0);
         for _ in 0..rounds {
             let (t, c) = (Instant::now(), cpu_us());

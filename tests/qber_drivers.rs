@@ -426,7 +426,7 @@ async fn the_poller_delivers_on_its_schedule_and_stops_with_the_receiver() {
         got.extend(r);
     }
     for r in &got {
-        assert_eq!(r.link, "dr");
+        assert_eq!(&*r.link, "dr");
         let s = r.result.as_ref().unwrap();
         assert!(s.qber > 0.0 && s.qber < 0.1, "{s:?}");
     }
@@ -549,7 +549,7 @@ async fn links_that_read_one_document_share_one_get() {
     let d = Driver::open("p", &c, &TlsPems::default(), quick()).unwrap();
     assert!(!d.per_link());
     let links: Vec<SharedLink> = (0..n)
-        .map(|i| SharedLink::new(&format!("l{i}"), &format!("q{i}")))
+        .map(|i| SharedLink::new(format!("l{i}"), &format!("q{i}")))
         .collect();
     let (tx, mut rx) = mpsc::channel(4096);
     let task = poller::spawn_shared("p".into(), links, d, Duration::from_millis(100), tx);
@@ -559,7 +559,7 @@ async fn links_that_read_one_document_share_one_get() {
         let round = next(&mut rx).await;
         assert_eq!(round.len(), n);
         for (i, r) in round.iter().enumerate() {
-            assert_eq!(r.link, format!("l{i}"));
+            assert_eq!(*r.link, format!("l{i}"));
             let s = r.result.as_ref().unwrap();
             assert_eq!(s.seq, 1000 + i as u64);
             assert!(

@@ -55,19 +55,18 @@ struct LinkSlot {
     source: Option<Box<Source>>,
     poller: Option<tokio::task::JoinHandle<()>>,
     fresh: Freshness,
-    poll: Duration,
     next_poll: Instant,
     /// Its `[qber.X]` section, one allocation for all the section's links.
     qber_name: Arc<str>,
     /// The link's id at its QBER source.
-    qber_id: String,
+    qber_id: Box<str>,
     /// Shared by the links of one `[qber.X]`.
     qconf: Arc<crate::conf::QberConf>,
     /// What the parent last said of the link (`link` left empty).
     parent: Option<LinkState>,
     source_errors: u64,
     /// CLOCK_MONOTONIC when the last sample arrived (flip latency).
-    sampled_ns: Option<u64>,
+    sampled_ns: Option<std::num::NonZeroU64>,
     /// A network source's `/sim/<qber_id>/...` controls (qkdsim serves
     /// them; `qkdctl sim` is forwarded there).
     sim_control: Option<Box<qber::fetch::Getter>>,
@@ -118,7 +117,7 @@ struct Engine {
 struct SharedPoller {
     conf: Arc<crate::conf::QberConf>,
     /// (link, qber_id), in the order the poller reads them.
-    links: Vec<(String, String)>,
+    links: Vec<(Arc<str>, String)>,
     task: tokio::task::JoinHandle<()>,
     /// The poll (its `sampled_ns`) whose failure was last said for all.
     logged: Option<u64>,
@@ -410,7 +409,7 @@ impl Engine {
                 // The simulator is read in line; its reading then takes the
                 // same path as a network poller's.
                 Some(source) => {
-                    slot.next_poll = now + slot.poll;
+                    slot.next_poll = now + slot.qconf.poll;
                     let result = source.poll();
                     let sampled_ns = imsg::monotonic_ns();
                     self.on_poll(
@@ -434,7 +433,7 @@ impl Engine {
         };
         let input = match r.result {
             Ok(s) => {
-                slot.sampled_ns = Some(r.sampled_ns);
+                slot.sampled_ns = std::num::NonZeroU64::new(r.sampled_ns);
                 let fresh = slot.fresh.is_fresh(&s);
                 Input::Sample {
                     qber: s.qber,
@@ -474,7 +473,7 @@ impl Engine {
             return Vec::new();
         };
         let sampled_ns = match input {
-            Input::Sample { .. } => slot.sampled_ns.take(),
+            Input::Sample { .. } => slot.sampled_ns.take().map(std::num::NonZeroU64::get),
             _ => None,
         };
         let actions = slot.link.handle(now, input);

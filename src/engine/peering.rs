@@ -51,7 +51,7 @@ pub async fn receive(
     other: mpsc::Sender<Datagram>,
 ) {
     let mut buf = vec![0u8; 2048];
-    let mut strangers = Budget::new(STRANGERS_PER_SEC, STRANGERS_PER_SEC);
+    let mut strangers = Budget::<STRANGERS_PER_SEC, STRANGERS_PER_SEC>::default();
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) if n <= peer::MAX_DATAGRAM => {

@@ -90,10 +90,12 @@ impl Rotation {
     ) -> Rotation {
         let mut ctx = Ctx {
             params,
-            schedule,
+            period: schedule.period,
+            jitter: schedule.jitter,
             rng: SmallRng::seed_from_u64(schedule.seed),
             now,
-            installed: None,
+            installed_epoch: 0,
+            installed_key: None,
             ok: 0,
             failed: 0,
             held: false,
@@ -125,10 +127,11 @@ impl Rotation {
         for a in &out {
             match a {
                 Action::RoundDone { epoch, key_id } => {
-                    self.ctx.installed = Some((*epoch, key_id.clone()));
-                    self.ctx.ok += 1;
+                    self.ctx.installed_epoch = *epoch;
+                    self.ctx.installed_key = Some(key_id.clone());
+                    self.ctx.ok = self.ctx.ok.saturating_add(1);
                 }
-                Action::RoundFailed { .. } => self.ctx.failed += 1,
+                Action::RoundFailed { .. } => self.ctx.failed = self.ctx.failed.saturating_add(1),
                 _ => {}
             }
         }
@@ -156,7 +159,7 @@ impl Rotation {
     }
 
     pub fn set_period(&mut self, period: Duration) {
-        self.ctx.schedule.period = period;
+        self.ctx.period = period;
     }
 
     /// When the next [`Input::Tick`] is due (None: only inputs matter).
@@ -175,9 +178,9 @@ impl Rotation {
         RotateStatus {
             role,
             epoch,
-            installed: self.ctx.installed.clone(),
-            rounds_ok: self.ctx.ok,
-            rounds_failed: self.ctx.failed,
+            installed: (self.ctx.installed_key.clone()).map(|k| (self.ctx.installed_epoch, k)),
+            rounds_ok: self.ctx.ok.into(),
+            rounds_failed: self.ctx.failed.into(),
             in_round,
             held: self.ctx.held,
         }

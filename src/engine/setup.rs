@@ -206,7 +206,7 @@ impl Engine {
             let qconf = &shared[&l.qber];
             if sources::shares_document(qconf) {
                 (readers.entry(l.qber.clone()).or_default())
-                    .push(SharedLink::new(&l.name, &l.qber_id));
+                    .push(SharedLink::new(name_of(&l.name), &l.qber_id));
             }
             let kept = old.remove(l.name.as_str());
             if let Some(slot) = &kept {
@@ -219,7 +219,7 @@ impl Engine {
             let opened = match sources::shares_document(qconf) {
                 true => Ok((None, None)),
                 false => sources::open(
-                    &l.name,
+                    name_of(&l.name),
                     &l.qber,
                     &l.qber_id,
                     qconf,
@@ -260,10 +260,9 @@ impl Engine {
                     source,
                     poller,
                     fresh: Freshness::new(),
-                    poll: qconf.poll,
                     next_poll: now,
                     qber_name: section[&l.qber].clone(),
-                    qber_id: l.qber_id.clone(),
+                    qber_id: l.qber_id.as_str().into(),
                     qconf: qconf.clone(),
                     parent: None,
                     source_errors: 0,
@@ -298,7 +297,7 @@ impl Engine {
         let mut old = std::mem::take(&mut self.shared);
         for (qber, links) in readers {
             let conf = confs[&qber].clone();
-            let names: Vec<(String, String)> = (links.iter())
+            let names: Vec<(Arc<str>, String)> = (links.iter())
                 .map(|l| (l.link.clone(), l.qber_id.clone()))
                 .collect();
             if let Some(p) = old.remove(&qber) {
@@ -329,7 +328,7 @@ impl Engine {
                         if let Some(mut gone) = self.links.remove(&link) {
                             self.due.set(&link, &mut gone.due_at, None);
                         }
-                        self.lock_unwatched(link);
+                        self.lock_unwatched(link.to_string());
                     }
                 }
             }

@@ -31,7 +31,7 @@ type Opened = (Option<Box<Source>>, Option<tokio::task::JoinHandle<()>>);
 
 /// The sim source, or a network driver running as a poller task.
 pub(super) fn open(
-    link: &str,
+    link: std::sync::Arc<str>,
     qber: &str,
     qber_id: &str,
     qconf: &crate::conf::QberConf,
@@ -51,7 +51,7 @@ pub(super) fn open(
     let driver = qber::Driver::open(qber, qconf, &tls, settings)?;
     let task = qber::poller::spawn(
         qber.to_string(),
-        link.to_string(),
+        link,
         qber_id.to_string(),
         driver,
         qconf.poll,

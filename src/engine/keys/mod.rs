@@ -209,7 +209,7 @@ impl Keys {
                     KeyedLink {
                         route,
                         rot: Rotation::new(k.role, params, schedule, k.epoch, now),
-                        gate: Gate::new(k),
+                        gate: Gate::default(),
                         queue: VecDeque::new(),
                         waiting: None,
                         reply_to: None,
@@ -322,7 +322,8 @@ impl Keys {
         let opened = self.peer.open(&d, now, |claims| {
             let name = by_id.get(&claims.link_id)?;
             let l = links.get_mut(name)?;
-            let verdict = l.gate.check(from, claims, l.rot.status().epoch, now);
+            let route = (l.route.peer.ip(), l.route.role);
+            let verdict = l.gate.check(route, from, claims, l.rot.status().epoch, now);
             Some((&**name, verdict))
         });
         let Some((name, msg)) = opened else {

@@ -13,16 +13,25 @@ pub enum Step {
     Install,
 }
 
-/// One round's stamps; reset when the round ends either way.
+/// One round's stamps; reset when the round ends either way. Steps are
+/// kept in microseconds from the round's start (32 bits: 71 minutes, far
+/// past any round's give-up): every keyed link has one.
 #[derive(Debug, Default)]
 pub struct RoundTiming {
+    started: bool,
     /// Master: its `enc_keys` call started. Slave: the OFFER arrived (its
     /// first action, the epoch persist, started).
-    start_ns: Option<u64>,
-    open: Option<(Step, u64)>,
-    kme_ns: u64,
-    persist_ns: u64,
-    install_ns: u64,
+    start_ns: u64,
+    /// The step waited on and when that began.
+    open: Option<(Step, u32)>,
+    kme_us: u32,
+    persist_us: u32,
+    install_us: u32,
+}
+
+/// Microseconds from `from` to `to`, saturating.
+fn us(from: u64, to: u64) -> u32 {
+    u32::try_from(to.saturating_sub(from) / 1000).unwrap_or(u32::MAX)
 }
 
 /// The durations of a finished round, in microseconds.
@@ -45,12 +54,13 @@ impl RoundTiming {
     }
 
     fn start_at(&mut self, step: Step, now: u64) {
-        self.start_ns = Some(now);
-        self.open = Some((step, now));
+        self.started = true;
+        self.start_ns = now;
+        self.open = Some((step, 0));
     }
 
     pub fn started(&self) -> bool {
-        self.start_ns.is_some()
+        self.started
     }
 
     /// The engine began waiting on `step`.
@@ -59,8 +69,8 @@ impl RoundTiming {
     }
 
     fn begin_at(&mut self, step: Step, now: u64) {
-        if self.start_ns.is_some() {
-            self.open = Some((step, now));
+        if self.started {
+            self.open = Some((step, us(self.start_ns, now)));
         }
     }
 
@@ -77,12 +87,13 @@ impl RoundTiming {
             return;
         }
         self.open = None;
-        let d = now.saturating_sub(t0);
-        match step {
-            Step::Kme => self.kme_ns += d,
-            Step::Persist => self.persist_ns += d,
-            Step::Install => self.install_ns += d,
-        }
+        let d = us(self.start_ns, now).saturating_sub(t0);
+        let spent = match step {
+            Step::Kme => &mut self.kme_us,
+            Step::Persist => &mut self.persist_us,
+            Step::Install => &mut self.install_us,
+        };
+        *spent = spent.saturating_add(d);
     }
 
     /// The round completed: its durations (None if it never started here,
@@ -93,14 +104,21 @@ impl RoundTiming {
 
     fn finish_at(&mut self, now: u64) -> Option<Spent> {
         let t = std::mem::take(self);
-        let total = now.saturating_sub(t.start_ns?);
-        let steps = t.kme_ns + t.persist_ns + t.install_ns;
+        if !t.started {
+            return None;
+        }
+        let total_us = now.saturating_sub(t.start_ns) / 1000;
+        let (kme_us, persist_us, install_us) = (
+            u64::from(t.kme_us),
+            u64::from(t.persist_us),
+            u64::from(t.install_us),
+        );
         Some(Spent {
-            total_us: total / 1000,
-            kme_us: t.kme_ns / 1000,
-            persist_us: t.persist_ns / 1000,
-            install_us: t.install_ns / 1000,
-            other_us: total.saturating_sub(steps) / 1000,
+            total_us,
+            kme_us,
+            persist_us,
+            install_us,
+            other_us: total_us.saturating_sub(kme_us + persist_us + install_us),
         })
     }
 

@@ -34,41 +34,39 @@
 //! `from=*` line a minute counts the rest.
 
 use crate::engine::rotate::Role;
-use crate::imsg::LinkKeys;
 use crate::log::{self, Event};
 use crate::proto::peer::{Body, Message, Nonce};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// At most `per_sec` a second on average and `burst` at once, kept as one
-/// instant (GCRA: the time the next use is due), so a check is O(1).
-#[derive(Clone, Debug)]
-pub(super) struct Budget {
-    interval: Duration,
-    /// How far ahead of `now` the due time may run: `burst - 1` intervals.
-    slack: Duration,
+/// At most `PER_SEC` a second on average and `BURST` at once, kept as one
+/// instant (GCRA: the time the next use is due), so a check is O(1). The
+/// rates are constants of the type: every keyed link has a budget, and
+/// two durations repeated in each were 32 bytes a link.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Budget<const PER_SEC: u32, const BURST: u32> {
     due: Option<Instant>,
 }
 
-impl Budget {
-    pub(super) fn new(per_sec: u32, burst: u32) -> Budget {
-        let interval = Duration::from_secs(1) / per_sec.max(1);
-        Budget {
-            interval,
-            slack: interval * burst.max(1).saturating_sub(1),
-            due: None,
-        }
-    }
+impl<const PER_SEC: u32, const BURST: u32> Budget<PER_SEC, BURST> {
+    const INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / max1(PER_SEC) as u64);
+    /// How far ahead of `now` the due time may run: `BURST - 1` intervals.
+    const SLACK: Duration =
+        Duration::from_nanos((1_000_000_000 / max1(PER_SEC) as u64) * (max1(BURST) as u64 - 1));
 
     /// Spends one use; false when the budget is spent.
     pub(super) fn take(&mut self, now: Instant) -> bool {
         let due = self.due.map_or(now, |d| d.max(now));
-        if due.duration_since(now) > self.slack {
+        if due.duration_since(now) > Self::SLACK {
             return false;
         }
-        self.due = Some(due + self.interval);
+        self.due = Some(due + Self::INTERVAL);
         true
     }
+}
+
+const fn max1(n: u32) -> u32 {
+    if n == 0 { 1 } else { n }
 }
 
 /// Answers to OFFERs that start no round (a NACK, the cached CONFIRM), per
@@ -87,28 +85,18 @@ pub enum Verdict {
     Drop,
 }
 
-/// What the door keeps of one keyed link.
+/// What the door keeps of one keyed link (its peer's address and its role
+/// are the link's route's, given at each check).
+#[derive(Default)]
 pub struct Gate {
-    /// The configured peer's address; the port is free (NAT).
-    peer: IpAddr,
-    role: Role,
     /// Master: the OFFER on the wire (epoch, nonce), the only one an answer
     /// may be about.
     offered: Option<(u64, Nonce)>,
     /// Slave: NACKs and repeated CONFIRMs, see [`ANSWERS_PER_SEC`].
-    answers: Budget,
+    answers: Budget<ANSWERS_PER_SEC, ANSWERS_PER_SEC>,
 }
 
 impl Gate {
-    pub fn new(conf: &LinkKeys) -> Gate {
-        Gate {
-            peer: conf.peer.ip().to_canonical(),
-            role: conf.role,
-            offered: None,
-            answers: Budget::new(ANSWERS_PER_SEC, ANSWERS_PER_SEC),
-        }
-    }
-
     /// The engine sent `m` on this link.
     pub fn sent(&mut self, m: &Message) {
         if m.body == Body::Offer {
@@ -122,14 +110,22 @@ impl Gate {
         self.offered = None;
     }
 
-    /// The checks before the signature. `epoch` is the rotation's: the
-    /// last one the slave accepted (unused for the master, which knows its
-    /// OFFER exactly).
-    pub fn check(&mut self, from: IpAddr, m: &Message, epoch: u64, now: Instant) -> Verdict {
-        if from.to_canonical() != self.peer {
+    /// The checks before the signature. `peer`: the configured peer's
+    /// address (the port is free: NAT); `role`: ours on the link. `epoch` is
+    /// the rotation's: the last one the slave accepted (unused for the
+    /// master, which knows its OFFER exactly).
+    pub fn check(
+        &mut self,
+        (peer, role): (IpAddr, Role),
+        from: IpAddr,
+        m: &Message,
+        epoch: u64,
+        now: Instant,
+    ) -> Verdict {
+        if from.to_canonical() != peer.to_canonical() {
             return Verdict::Refuse("wrong-source");
         }
-        match (self.role, m.body) {
+        match (role, m.body) {
             (Role::Master, Body::Offer)
             | (Role::Slave, Body::Confirm { .. } | Body::Nack { .. }) => {
                 Verdict::Refuse("wrong-role")
@@ -156,25 +152,14 @@ const AUTH_LINES_BURST: u32 = 20;
 /// once a minute, not per datagram; sources past [`AUTH_LOG_SOURCES`] (a
 /// spoofed-source flood) and lines past the shared budget are only
 /// counted, in one `from=*` line a minute.
+#[derive(Default)]
 pub(super) struct AuthLog {
     seen: log::PerMinute<IpAddr>,
     pruned: Option<Instant>,
-    lines: Budget,
+    lines: Budget<AUTH_LINES_PER_SEC, AUTH_LINES_BURST>,
     /// Failures counted but not logged since the last `from=*` line.
     held: u64,
     summarised: Option<Instant>,
-}
-
-impl Default for AuthLog {
-    fn default() -> AuthLog {
-        AuthLog {
-            seen: log::PerMinute::default(),
-            pruned: None,
-            lines: Budget::new(AUTH_LINES_PER_SEC, AUTH_LINES_BURST),
-            held: 0,
-            summarised: None,
-        }
-    }
 }
 
 impl AuthLog {
@@ -256,13 +241,13 @@ mod tests {
     #[test]
     fn a_budget_allows_its_burst_then_its_rate() {
         let t0 = Instant::now();
-        let mut b = Budget::new(4, 4);
+        let mut b = Budget::<4, 4>::default();
         assert_eq!((0..10).filter(|_| b.take(t0)).count(), 4);
         // A quarter second buys one more, not a burst.
         let t = t0 + Duration::from_millis(250);
         assert_eq!((0..10).filter(|_| b.take(t)).count(), 1);
         // Over ten seconds of constant demand: the burst plus 4 a second.
-        let mut b = Budget::new(4, 4);
+        let mut b = Budget::<4, 4>::default();
         let taken = (0..10_000u64)
             .filter(|i| b.take(t0 + Duration::from_millis(*i)))
             .count();
@@ -270,18 +255,6 @@ mod tests {
         // Idle time refills only up to the burst.
         let later = t0 + Duration::from_secs(3600);
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 4);
-    }
-
-    fn conf(role: Role) -> LinkKeys {
-        LinkKeys {
-            kme: "site".into(),
-            peer_sae_id: "SAE-B".into(),
-            role,
-            peer: "192.0.2.1:8071".parse().unwrap(),
-            peer_pubkey: [1; 32],
-            link_id: [9; 32],
-            epoch: 0,
-        }
     }
 
     fn msg(epoch: u64, body: Body) -> Message {
@@ -302,62 +275,68 @@ mod tests {
     #[test]
     fn only_the_configured_peer_address_gets_in_whatever_the_port() {
         let t0 = Instant::now();
-        let mut g = Gate::new(&conf(Role::Slave));
+        let route = (PEER, Role::Slave);
+        let mut g = Gate::default();
         let offer = msg(5, Body::Offer);
         assert_eq!(
-            g.check(ip(1), &offer, 4, t0),
+            g.check(route, ip(1), &offer, 4, t0),
             Verdict::Refuse("wrong-source")
         );
-        assert_eq!(g.check(PEER, &offer, 4, t0), Verdict::Verify);
+        assert_eq!(g.check(route, PEER, &offer, 4, t0), Verdict::Verify);
         // An IPv4-mapped IPv6 source is the same address.
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(g.check(mapped, &offer, 4, t0), Verdict::Verify);
+        assert_eq!(g.check(route, mapped, &offer, 4, t0), Verdict::Verify);
     }
 
     #[test]
     fn the_master_verifies_only_answers_to_its_offer_on_the_wire() {
         let t0 = Instant::now();
-        let mut g = Gate::new(&conf(Role::Master));
+        let route = (PEER, Role::Master);
+        let mut g = Gate::default();
         let confirm = msg(5, Body::Confirm { tag: [0; 32] });
         assert_eq!(
-            g.check(PEER, &msg(5, Body::Offer), 0, t0),
+            g.check(route, PEER, &msg(5, Body::Offer), 0, t0),
             Verdict::Refuse("wrong-role")
         );
         // Nothing offered yet: a CONFIRM or NACK is a replay.
-        assert_eq!(g.check(PEER, &confirm, 5, t0), Verdict::Drop);
+        assert_eq!(g.check(route, PEER, &confirm, 5, t0), Verdict::Drop);
         let offer = msg(5, Body::Offer);
         g.sent(&offer);
-        assert_eq!(g.check(PEER, &confirm, 5, t0), Verdict::Verify);
-        assert_eq!(g.check(PEER, &msg(5, NACK), 5, t0), Verdict::Verify);
+        assert_eq!(g.check(route, PEER, &confirm, 5, t0), Verdict::Verify);
+        assert_eq!(g.check(route, PEER, &msg(5, NACK), 5, t0), Verdict::Verify);
         // Another epoch or nonce is about another OFFER.
-        assert_eq!(g.check(PEER, &msg(4, NACK), 5, t0), Verdict::Drop);
+        assert_eq!(g.check(route, PEER, &msg(4, NACK), 5, t0), Verdict::Drop);
         let mut other = confirm.clone();
         other.nonce[0] ^= 1;
-        assert_eq!(g.check(PEER, &other, 5, t0), Verdict::Drop);
+        assert_eq!(g.check(route, PEER, &other, 5, t0), Verdict::Drop);
         // Once the round moved on, even the right CONFIRM again is dropped:
         // as often as it comes, it costs no verification.
         g.settled();
         for _ in 0..1000 {
-            assert_eq!(g.check(PEER, &confirm, 5, t0), Verdict::Drop);
+            assert_eq!(g.check(route, PEER, &confirm, 5, t0), Verdict::Drop);
         }
     }
 
     #[test]
     fn the_slave_answers_offers_that_start_no_round_within_the_budget() {
         let t0 = Instant::now();
-        let mut g = Gate::new(&conf(Role::Slave));
+        let route = (PEER, Role::Slave);
+        let mut g = Gate::default();
         assert_eq!(
-            g.check(PEER, &msg(5, Body::Confirm { tag: [0; 32] }), 4, t0),
+            g.check(route, PEER, &msg(5, Body::Confirm { tag: [0; 32] }), 4, t0),
             Verdict::Refuse("wrong-role")
         );
         assert_eq!(
-            g.check(PEER, &msg(5, NACK), 4, t0),
+            g.check(route, PEER, &msg(5, NACK), 4, t0),
             Verdict::Refuse("wrong-role")
         );
         // A new epoch: always verified (a master far ahead is legitimate).
         for e in [5, 6, 1_000_000, u64::MAX] {
             for _ in 0..100 {
-                assert_eq!(g.check(PEER, &msg(e, Body::Offer), 4, t0), Verdict::Verify);
+                assert_eq!(
+                    g.check(route, PEER, &msg(e, Body::Offer), 4, t0),
+                    Verdict::Verify
+                );
             }
         }
         // The current and older epochs: a retransmit or a replay, answered
@@ -366,7 +345,7 @@ mod tests {
         for i in 0..10_000u64 {
             let t = t0 + Duration::from_micros(i * 500);
             let e = [4, 3, 0][i as usize % 3];
-            match g.check(PEER, &msg(e, Body::Offer), 4, t) {
+            match g.check(route, PEER, &msg(e, Body::Offer), 4, t) {
                 Verdict::Verify => verified += 1,
                 v => assert_eq!(v, Verdict::Refuse("answer-budget")),
             }

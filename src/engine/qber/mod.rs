@@ -19,6 +19,7 @@ pub use fetch::{HttpSettings, TlsPems};
 pub use sample::{Freshness, Sample, SimControl, validate};
 
 use crate::conf::{QberConf, QberDriver, SimLinkConf};
+use std::sync::Arc;
 
 /// A configured QBER source.
 #[derive(Debug)]
@@ -235,16 +236,16 @@ impl Driver {
 /// changed-value sequence.
 #[derive(Clone, Debug)]
 pub struct SharedLink {
-    /// The `[link.X]` name.
-    pub link: String,
+    /// The `[link.X]` name (the engine's own copy of it, shared).
+    pub link: Arc<str>,
     pub qber_id: String,
     changed: ChangedSeq,
 }
 
 impl SharedLink {
-    pub fn new(link: &str, qber_id: &str) -> SharedLink {
+    pub fn new(link: impl Into<Arc<str>>, qber_id: &str) -> SharedLink {
         SharedLink {
-            link: link.to_string(),
+            link: link.into(),
             qber_id: qber_id.to_string(),
             changed: ChangedSeq::default(),
         }

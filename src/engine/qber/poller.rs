@@ -10,6 +10,7 @@
 
 use super::sample::Sample;
 use super::{Driver, SharedLink};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::Sender;
 
@@ -21,8 +22,8 @@ pub type Polled = Vec<PollResult>;
 /// One poll's outcome for `link`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollResult {
-    /// The `[link.X]` name.
-    pub link: String,
+    /// The `[link.X]` name (the engine's own copy of it, shared).
+    pub link: Arc<str>,
     /// The range-checked sample, or an error naming the source.
     pub result: Result<Sample, String>,
     /// `crate::imsg::monotonic_ns()` when the answer arrived.
@@ -41,7 +42,7 @@ const MIN_EVERY: Duration = Duration::from_millis(10);
 /// bunching them.
 pub fn spawn(
     name: String,
-    link: String,
+    link: Arc<str>,
     qber_id: String,
     driver: Driver,
     every: Duration,
@@ -77,7 +78,7 @@ enum Reads {
     /// One link's document.
     One {
         driver: Driver,
-        link: String,
+        link: Arc<str>,
         qber_id: String,
     },
     /// The document all of `links` read.

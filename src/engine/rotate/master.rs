@@ -44,9 +44,8 @@ struct Offer {
 impl Master {
     pub(super) fn new(ctx: &mut Ctx, epoch: u64) -> Master {
         // Spread a hub's restart over a tenth of the period.
-        let delay = if ctx.schedule.jitter {
-            ctx.schedule
-                .period
+        let delay = if ctx.jitter {
+            ctx.period
                 .mul_f64(rand::Rng::gen_range(&mut ctx.rng, 0.0..=0.1))
         } else {
             std::time::Duration::ZERO
@@ -224,7 +223,7 @@ impl Master {
     /// The CONFIRM checked out: install (the round is done once the
     /// parent says the PSK is in the kernel).
     fn done(&mut self, ctx: &mut Ctx, out: &mut Vec<Action>) {
-        let next = ctx.now + ctx.jittered(ctx.schedule.period);
+        let next = ctx.now + ctx.jittered(ctx.period);
         let Phase::Offering(o) = std::mem::replace(&mut self.phase, Phase::Idle { next }) else {
             return;
         };
@@ -272,5 +271,5 @@ impl Master {
 
 /// How long a round may take before it is abandoned.
 fn round_length(ctx: &Ctx) -> std::time::Duration {
-    ctx.schedule.period.max(MIN_ROUND)
+    ctx.period.max(MIN_ROUND)
 }

@@ -89,15 +89,21 @@ pub enum Action {
     Ignored { why: &'static str },
 }
 
-/// What both roles share.
+/// What both roles share. Every keyed link has one: the schedule is kept
+/// without the seed the generator was made from, the last install as its
+/// key_ID (align 1) beside its epoch, the counters in 32 bits (a round a
+/// second for 136 years).
 pub(super) struct Ctx {
     pub(super) params: Params,
-    pub(super) schedule: Schedule,
+    pub(super) period: Duration,
+    pub(super) jitter: bool,
     pub(super) rng: SmallRng,
     pub(super) now: Instant,
-    pub(super) installed: Option<(u64, KeyId)>,
-    pub(super) ok: u64,
-    pub(super) failed: u64,
+    /// The epoch and key_ID of the PSK this side installed last.
+    pub(super) installed_epoch: u64,
+    pub(super) installed_key: Option<KeyId>,
+    pub(super) ok: u32,
+    pub(super) failed: u32,
     pub(super) held: bool,
 }
 
@@ -112,7 +118,7 @@ impl Ctx {
 
     /// `period` ± 10 % (or exactly, with jitter off).
     pub(super) fn jittered(&mut self, period: Duration) -> Duration {
-        if !self.schedule.jitter {
+        if !self.jitter {
             return period;
         }
         let f: f64 = rand::Rng::gen_range(&mut self.rng, -0.1..=0.1);
