@@ -94,7 +94,13 @@ impl Entry {
     /// Applies the entry to a state (replay, or the parent's copy in memory).
     fn apply(&self, state: &mut State) {
         state.journal = self.seq;
-        let rec = state.links.entry(self.link.clone()).or_default();
+        // A record that is there keeps its name and its verifier's buffer:
+        // a copy made at every round of every link, among the round's
+        // short-lived buffers, is what keeps freed heap pages resident.
+        if !state.links.contains_key(&self.link) {
+            state.links.insert(self.link.clone(), Default::default());
+        }
+        let rec = state.links.get_mut(&self.link).expect("inserted above");
         if let Some(r) = self.reasons {
             rec.reasons = r.persisted();
         }
@@ -102,7 +108,10 @@ impl Entry {
             rec.epoch = rec.epoch.max(e);
         }
         if let Some(v) = &self.verifier {
-            rec.verifier = Some(v.clone());
+            match &mut rec.verifier {
+                Some(kept) => kept.clone_from(v),
+                None => rec.verifier = Some(v.clone()),
+            }
         }
         if rec.is_empty() {
             state.links.remove(&self.link);
