@@ -597,9 +597,16 @@ fn hub(keys: &bundle::TestKeys, links: usize) {
     println!("{line} (target < 30 MB per daemon)");
     // Both processes give free heap pages back once a minute: RSS at rest.
     std::thread::sleep(Duration::from_secs(61));
-    let mut line = String::from("hub: memory a minute later, VmRSS MiB:");
+    let mut line =
+        String::from("hub: memory a minute later, VmRSS (heap and stacks + mapped files) MiB:");
     for (i, pid) in procs.iter().enumerate() {
-        line += &format!(" {} {:.1};", names[i], mib(memory_kib(*pid).0));
+        line += &format!(
+            " {} {:.1} ({:.1} + {:.1});",
+            names[i],
+            mib(memory_kib(*pid).0),
+            mib(procfs::status_kib(*pid, "RssAnon")),
+            mib(procfs::status_kib(*pid, "RssFile")),
+        );
     }
     println!("{line}");
     let (received, dropped) = udp_counters();
