@@ -8,6 +8,7 @@ use super::control::{self, Access, CtlCall};
 use super::link::Link;
 use super::qber::poller::Polled;
 use super::qber::{Freshness, SharedLink};
+use super::table::Names;
 use super::{Engine, Inbox, LinkSlot, SharedPoller, Sockets, keys, metrics, peering, sources};
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
@@ -168,13 +169,17 @@ impl Engine {
         self.overridden.clear();
         // Each link's name once, shared by every record the engine keeps
         // of it (a link that stays keeps its own).
-        let names: std::collections::HashSet<Arc<str>> = (cfg.links.iter())
-            .map(|l| match self.links.name(&l.name) {
-                Some(n) => n.clone(),
-                None => Arc::from(l.name.as_str()),
-            })
-            .collect();
-        let name_of = |n: &str| names.get(n).cloned().unwrap_or_else(|| Arc::from(n));
+        let mut names = Names::default();
+        for l in &cfg.links {
+            match self.links.name(&l.name) {
+                Some(n) => names.adopt(n.clone()),
+                None => names.of(&l.name),
+            };
+        }
+        // Each section's name once, for all its links.
+        let section: BTreeMap<&String, Arc<str>> =
+            cfg.qber.keys().map(|n| (n, names.of(n))).collect();
+        let name_of = |n: &str| names.get(n).unwrap_or_else(|| Arc::from(n));
         let policy = &self.policy;
         self.keys.configure(
             &cfg,
@@ -193,12 +198,6 @@ impl Engine {
             .qber
             .iter()
             .map(|(n, q)| (n, Arc::new(q.clone())))
-            .collect();
-        // Each section's name once, for all its links.
-        let section: BTreeMap<&String, Arc<str>> = cfg
-            .qber
-            .keys()
-            .map(|n| (n, Arc::from(n.as_str())))
             .collect();
         // The links of each section whose links read one document.
         let mut readers: BTreeMap<String, Vec<SharedLink>> = BTreeMap::new();

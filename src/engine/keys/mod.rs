@@ -25,12 +25,12 @@ use crate::engine::deadlines::{Deadlines, Registered};
 use crate::engine::link;
 use crate::engine::peering::{Datagram, Gate, Peering};
 use crate::engine::rotate::{self, Action, Input, Params, Rotation, Schedule};
-use crate::engine::table::LinkTable;
+use crate::engine::table::{LinkTable, Names};
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Event};
 use crate::proto::peer::LinkId;
 use crate::secret::{Fingerprint, Psk};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,20 +64,11 @@ struct Route {
 }
 
 impl Route {
-    /// `names`: those already made during this configure (looked up by
-    /// `&str`: no copy is made to ask).
-    fn of(k: &LinkKeys, names: &mut HashSet<Arc<str>>) -> Route {
-        let mut name = |n: &str| -> Arc<str> {
-            if let Some(made) = names.get(n) {
-                return made.clone();
-            }
-            let made: Arc<str> = Arc::from(n);
-            names.insert(made.clone());
-            made
-        };
+    /// `names`: the KME and SAE names made during this configure.
+    fn of(k: &LinkKeys, names: &mut Names) -> Route {
         Route {
-            kme: name(&k.kme),
-            peer_sae_id: name(&k.peer_sae_id),
+            kme: names.of(&k.kme),
+            peer_sae_id: names.of(&k.peer_sae_id),
             role: k.role,
             peer: k.peer,
         }
@@ -174,7 +165,7 @@ impl Keys {
         self.calls.configure(&cfg.kme)?;
         let mut old = std::mem::take(&mut self.links).into_map();
         let mut rows: Vec<(Arc<str>, KeyedLink)> = Vec::with_capacity(cfg.links.len());
-        let mut names = HashSet::new();
+        let mut names = Names::default();
         self.by_id.clear();
         for l in &cfg.links {
             let Some(k) = &l.keys else { continue };
