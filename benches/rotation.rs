@@ -20,7 +20,8 @@
 //!    each parent and engine afterwards.
 //!
 //! `cargo bench --features testing --bench rotation` (QKD_BENCH_ROUNDS=N,
-//! QKD_BENCH_LINKS=N change the defaults 200 and 1000).
+//! QKD_BENCH_LINKS=N change the defaults 200 and 1000; QKD_BENCH_FW=nftables
+//! puts both ends on the real nftables backend instead of the dry run).
 
 #[path = "../tests/common/bundle.rs"]
 #[allow(dead_code)]
@@ -353,6 +354,13 @@ fn wg_keys(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The firewall backend of both ends: `QKD_BENCH_FW=nftables` runs the
+/// real one in the bench's namespace (each end its own table); dry-run
+/// otherwise.
+fn firewall() -> String {
+    std::env::var("QKD_BENCH_FW").unwrap_or_else(|_| "dry-run".into())
+}
+
 fn gateway_conf(
     w: &Path,
     keys: &bundle::TestKeys,
@@ -372,12 +380,15 @@ fn gateway_conf(
     let mut c = format!(
         "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\n\
          [policy]\npubkeys = [\"{pk}\"]\ndir = \"{d}/state/policy\"\n\n\
-         [firewall]\nbackend = \"dry-run\"\n\n[wireguard]\nbackend = \"dry-run\"\n\n\
+         [firewall]\nbackend = \"{fw}\"\nanchor = \"q{end}\"\n\n\
+         [wireguard]\nbackend = \"dry-run\"\n\n\
          [peering]\nlisten = \"127.0.0.1:{listen}\"\nkey = \"{d}/peer.sec\"\n\n\
          [kme.site]\nurl = \"https://127.0.0.1:{kme_port}\"\nca = \"{p}/ca.pem\"\n\
          cert = \"{p}/sae-{sae}.pem\"\nkey = \"{p}/sae-{sae}.key\"\nsae_id = \"{sae}\"\n\n\
          [qber.sim]\ndriver = \"sim\"\npoll = \"1s\"\n\n[testing]\n{TESTING}\n",
         pk = keys.pubkey.display(),
+        end = side(end),
+        fw = firewall(),
     );
     for (i, (own, peer)) in wg[end].iter().zip(&wg[far]).enumerate().take(links) {
         c += &format!(
