@@ -50,7 +50,7 @@ fn link(i: usize) -> LinkTarget {
             (i % 250 + 1) as u8,
         )],
         addrs6: vec![],
-        qber: String::new(),
+        qber: "".into(),
     }
 }
 

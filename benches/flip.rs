@@ -58,7 +58,7 @@ fn link(i: usize) -> LinkTarget {
         rdomain: 0,
         addrs4: vec![Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250 + 1) as u8)],
         addrs6: vec![],
-        qber: String::new(),
+        qber: "".into(),
     }
 }
 

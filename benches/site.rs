@@ -58,7 +58,7 @@ fn link(i: usize) -> LinkTarget {
         rdomain: 0,
         addrs4: vec![Ipv4Addr::from(0x0a40_0000 + i as u32)],
         addrs6: vec![],
-        qber: String::new(),
+        qber: "".into(),
     }
 }
 
@@ -241,7 +241,7 @@ fn main() {
             let seen = fw.observe(&links, None).expect("observe");
             proven.push(micros(t));
             for l in &links {
-                let want = match l.qber == "a" {
+                let want = match &*l.qber == "a" {
                     true => Observed::Locked,
                     false => Observed::Open,
                 };

@@ -38,10 +38,11 @@
 //! - [`tls`]: rustls client settings from PEM bytes (KME and QBER sources).
 //! - [`tool`]: one run of pfctl or nft with its stdin, a timeout and an
 //!   error naming the command (the parent's backends and ruleset checks).
-//! - [`lock`], [`log`], [`text`], [`file`], [`duration`], [`utc`], [`secret`]:
-//!   lock reasons and bands, the event log helper and its flood rule, the text
-//!   escaper and hex, the atomic file write, durations, UTC dates (RFC 3339) and the wall clock, key types
-//!   — shared by every process.
+//! - [`lock`], [`log`], [`names`], [`text`], [`file`], [`duration`], [`utc`],
+//!   [`secret`]: lock reasons and bands, the event log helper and its flood
+//!   rule, names held once, the text escaper and hex, the atomic file write,
+//!   durations, UTC dates (RFC 3339) and the wall clock, key types — shared
+//!   by every process.
 //!
 //! `tests/structure.rs` keeps this shape: no import cycle between these
 //! modules or between files.
@@ -54,6 +55,7 @@ pub mod file;
 pub mod imsg;
 pub mod lock;
 pub mod log;
+pub mod names;
 pub mod parent;
 pub mod policy;
 pub mod privsep;

@@ -413,7 +413,7 @@ fn a_source_lock_locks_its_sections_links_in_one_transaction() {
     r.fw.init(&again).unwrap();
     assert!(nft_listing::elements(&r.ns.nft("list set inet qkdpfd src0")).is_empty());
     for l in &again {
-        let want = if l.qber == "b" {
+        let want = if &*l.qber == "b" {
             Observed::Open
         } else {
             Observed::Locked

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod parse;
@@ -248,15 +249,17 @@ pub enum Role {
 pub struct LinkConf {
     /// `^[a-z][a-z0-9_]{0,30}$`
     pub name: String,
-    /// Name of a `[qber.X]` section.
-    pub qber: String,
+    /// Name of a `[qber.X]` section. This and the far end's names, address
+    /// and key are the same in many links of a hub: one shared copy each
+    /// ([`crate::names::Names`]).
+    pub qber: Arc<str>,
     pub qber_id: String,
     /// Key agreement (issue 3); optional until then, all-or-nothing.
-    pub kme: Option<String>,
-    pub peer_sae_id: Option<String>,
+    pub kme: Option<Arc<str>>,
+    pub peer_sae_id: Option<Arc<str>>,
     pub role: Option<Role>,
-    pub peer: Option<String>,
-    pub peer_pubkey: Option<String>,
+    pub peer: Option<Arc<str>>,
+    pub peer_pubkey: Option<Arc<str>>,
     pub wg_interface: String,
     pub wg_peer: Option<String>,
     /// This gateway's own WireGuard public key on `wg_interface` (base64);

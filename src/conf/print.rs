@@ -137,13 +137,13 @@ fn link(out: &mut Out, name: &str, l: &LinkConf) {
     out.header("link", Some(name));
     out.str("qber", &l.qber);
     out.str("qber_id", &l.qber_id);
-    let opt = |out: &mut Out, key: &str, v: &Option<String>| {
+    let opt = |out: &mut Out, key: &str, v: Option<&str>| {
         if let Some(v) = v {
             out.str(key, v);
         }
     };
-    opt(out, "kme", &l.kme);
-    opt(out, "peer_sae_id", &l.peer_sae_id);
+    opt(out, "kme", l.kme.as_deref());
+    opt(out, "peer_sae_id", l.peer_sae_id.as_deref());
     if let Some(r) = l.role {
         let role = match r {
             Role::Master => "master",
@@ -151,11 +151,11 @@ fn link(out: &mut Out, name: &str, l: &LinkConf) {
         };
         out.raw("role", quote(role));
     }
-    opt(out, "peer", &l.peer);
-    opt(out, "peer_pubkey", &l.peer_pubkey);
+    opt(out, "peer", l.peer.as_deref());
+    opt(out, "peer_pubkey", l.peer_pubkey.as_deref());
     out.str("wg_interface", &l.wg_interface);
-    opt(out, "wg_peer", &l.wg_peer);
-    opt(out, "wg_pubkey", &l.wg_pubkey);
+    opt(out, "wg_peer", l.wg_peer.as_deref());
+    opt(out, "wg_pubkey", l.wg_pubkey.as_deref());
     out.raw("wg_port", l.wg_port.to_string());
     if l.rdomain != 0 {
         out.raw("rdomain", l.rdomain.to_string());

@@ -10,7 +10,7 @@
 //! rows after it. A row's name is the link's one copy of it, shared by
 //! every other record the engine keeps of the link.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct LinkTable<V> {
@@ -78,39 +78,6 @@ impl<V> LinkTable<V> {
     }
 }
 
-/// One shared copy of each name a configure hands out many times (a link's
-/// name to every record of it; a QBER section's, KME's or far SAE's to
-/// every link that has it), asked by `&str` so that asking copies nothing.
-#[derive(Default)]
-pub struct Names(HashSet<Arc<str>>);
-
-impl Names {
-    /// The shared copy of `name`, made the first time it is asked for.
-    pub fn of(&mut self, name: &str) -> Arc<str> {
-        if let Some(made) = self.0.get(name) {
-            return made.clone();
-        }
-        self.adopt(Arc::from(name))
-    }
-
-    /// Takes `name` as the shared copy of its text (one the engine holds
-    /// already: a link that stays keeps its name), unless there is one.
-    pub fn adopt(&mut self, name: Arc<str>) -> Arc<str> {
-        match self.0.get(&name) {
-            Some(made) => made.clone(),
-            None => {
-                self.0.insert(name.clone());
-                name
-            }
-        }
-    }
-
-    /// The shared copy, if `name` was made or adopted.
-    pub fn get(&self, name: &str) -> Option<Arc<str>> {
-        self.0.get(name).cloned()
-    }
-}
-
 impl<V> FromIterator<(Arc<str>, V)> for LinkTable<V> {
     /// As a map's `collect`: a name given twice keeps its last value.
     fn from_iter<I: IntoIterator<Item = (Arc<str>, V)>>(iter: I) -> Self {
@@ -139,7 +106,7 @@ impl<V> std::ops::Index<&str> for LinkTable<V> {
 
 #[cfg(test)]
 mod tests {
-    use super::{LinkTable, Names};
+    use super::LinkTable;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -176,23 +143,5 @@ mod tests {
         let mut m = t.into_map();
         assert_eq!(m.len(), 99);
         assert_eq!(m.remove("l099"), Some(vec![99, 1]));
-    }
-
-    #[test]
-    fn names_are_made_once_and_shared() {
-        let mut n = Names::default();
-        let kept: Arc<str> = Arc::from("l1");
-        let a = n.adopt(kept.clone());
-        assert!(
-            Arc::ptr_eq(&a, &kept),
-            "an adopted name is the copy handed out"
-        );
-        assert!(Arc::ptr_eq(&n.of("l1"), &kept));
-        let b = n.of("site");
-        assert!(Arc::ptr_eq(&n.of("site"), &b), "asked twice, made once");
-        // A second copy offered later is not taken: the first stays shared.
-        assert!(Arc::ptr_eq(&n.adopt(Arc::from("site")), &b));
-        assert!(n.get("site").is_some_and(|g| Arc::ptr_eq(&g, &b)));
-        assert_eq!(n.get("l2"), None);
     }
 }

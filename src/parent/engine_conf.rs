@@ -83,7 +83,7 @@ pub(super) fn engine_config(p: &Parent, inputs: EngineInputs) -> EngineConfig {
             .values()
             .map(|l| EngineLink {
                 name: l.name.clone(),
-                qber: l.qber.clone(),
+                qber: l.qber.to_string(),
                 qber_id: l.qber_id.clone(),
                 persisted: p
                     .links
@@ -302,8 +302,8 @@ fn link_keys(
     }
     .map_err(at)?;
     Ok(LinkKeys {
-        kme: l.kme.clone().expect("keyed"),
-        peer_sae_id: peer_sae.clone(),
+        kme: l.kme.as_deref().expect("keyed").to_string(),
+        peer_sae_id: peer_sae.to_string(),
         role,
         peer: peer_addr,
         peer_pubkey: peer_key.key.to_bytes(),

@@ -252,7 +252,7 @@ impl Links {
         bundle: Option<&Bundle>,
     ) -> Vec<(String, Enforcement)> {
         let names: Vec<String> = (self.targets.iter())
-            .filter(|t| t.qber == source)
+            .filter(|t| *t.qber == *source)
             .map(|t| t.name.clone())
             .collect();
         // The kernel first, then what is said about it.

@@ -116,7 +116,7 @@ pub fn without_config(path: &Path) -> ExitCode {
             rdomain: 0,
             addrs4: Vec::new(),
             addrs6: Vec::new(),
-            qber: String::new(),
+            qber: "".into(),
         };
         let cleared = nft.clear(&t);
         let rb = nft.observe(std::slice::from_ref(&t), Some(&name));

@@ -15,7 +15,7 @@ use crate::log::{self, Event, Prio};
 /// (one transaction where the firewall can), before their own reasons
 /// arrive. A section that feeds no link is the engine's failure.
 pub(super) fn source_lost(p: &mut Parent, s: SourceLost) -> Result<Changed, String> {
-    let feeds = p.links.targets().iter().any(|t| t.qber == s.source);
+    let feeds = p.links.targets().iter().any(|t| *t.qber == *s.source);
     if !feeds {
         return Err(format!(
             "source_lost for a section with no link {:?}",

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::conf::{Config, LinkConf};
 use crate::tool::FwError;
@@ -60,7 +61,8 @@ pub struct LinkTarget {
     pub addrs6: Vec<Ipv6Addr>,
     /// The `[qber.X]` section that feeds the link; empty for none. The
     /// links of one section can be locked together (nft: one transaction).
-    pub qber: String,
+    /// The config's copy, shared.
+    pub qber: Arc<str>,
 }
 
 impl LinkTarget {
@@ -74,7 +76,7 @@ impl LinkTarget {
             rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec![],
-            qber: String::new(),
+            qber: "".into(),
         }
     }
 

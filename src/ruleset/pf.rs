@@ -341,7 +341,7 @@ mod tests {
             rdomain: 0,
             addrs4: v4.iter().map(|a| a.parse().unwrap()).collect(),
             addrs6: v6.iter().map(|a| a.parse().unwrap()).collect(),
-            qber: String::new(),
+            qber: "".into(),
         }
     }
 

@@ -139,7 +139,7 @@ pub fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
         rdomain: 0,
         addrs4: vec![Ipv4Addr::from(addr)],
         addrs6: vec!["2001:db8::2".parse().unwrap()],
-        qber: String::new(),
+        qber: "".into(),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::conf::{
     PeeringConf, PolicyConf, QberConf, QberDriver, Role, SimLinkConf, WireguardBackend,
     WireguardConf,
 };
+use crate::names::Names;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -268,13 +269,14 @@ fn links(
         );
     }
     let mut peers: HashMap<(String, String), &str> = HashMap::new();
+    let mut names = Names::default();
     for n in links {
         if !value::valid_name(n.name) {
             let msg = format!("link name {:?}: expected {}", n.name, value::NAME_RULE);
             errs.at(n.name_at, msg);
         }
         let s = Sect::new(n.t, title("link", Some(n.name)), n.at, errs, LINK_KEYS);
-        let Some((l, wg_peer_at)) = link(s, n.name, qbers, kmes) else {
+        let Some((l, wg_peer_at)) = link(s, n.name, qbers, kmes, &mut names) else {
             continue;
         };
         if let Some(wg_peer) = &l.wg_peer {
@@ -577,7 +579,13 @@ fn reference<'a>(kind: &'a str, names: &'a [&str]) -> impl Fn(Got) -> value::Che
 }
 
 /// A link, and where its `wg_peer` is written (for the duplicate check).
-fn link(mut s: Sect, name: &str, qbers: &[&str], kmes: &[&str]) -> Option<(LinkConf, usize)> {
+fn link(
+    mut s: Sect,
+    name: &str,
+    qbers: &[&str],
+    kmes: &[&str],
+    names: &mut Names,
+) -> Option<(LinkConf, usize)> {
     let qber = s.req("qber", reference("qber", qbers));
     let qber_id = s.req("qber_id", value::qber_id);
     let kme = s.get("kme", reference("kme", kmes));
@@ -623,13 +631,13 @@ fn link(mut s: Sect, name: &str, qbers: &[&str], kmes: &[&str]) -> Option<(LinkC
             && wg_peer.is_some());
     let l = LinkConf {
         name: name.to_string(),
-        qber: qber?,
+        qber: names.of(&qber?),
         qber_id: qber_id?,
-        kme,
-        peer_sae_id,
+        kme: kme.map(|n| names.of(&n)),
+        peer_sae_id: peer_sae_id.map(|n| names.of(&n)),
         role,
-        peer,
-        peer_pubkey,
+        peer: peer.map(|n| names.of(&n)),
+        peer_pubkey: peer_pubkey.map(|n| names.of(&n)),
         wg_interface: wg_interface?,
         wg_peer,
         wg_pubkey,

@@ -271,7 +271,7 @@ mod tests {
             rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec!["2001:db8::2".parse().unwrap()],
-            qber: String::new(),
+            qber: "".into(),
         }
     }
 

@@ -254,7 +254,7 @@ impl Firewall for Pf {
         links: &[LinkTarget],
         lockdown: Option<&str>,
     ) -> Result<bool, FwError> {
-        let of: Vec<&LinkTarget> = links.iter().filter(|l| l.qber == source).collect();
+        let of: Vec<&LinkTarget> = links.iter().filter(|l| *l.qber == *source).collect();
         self.lock_many(&of, lockdown)
     }
 

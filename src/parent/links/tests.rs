@@ -832,7 +832,7 @@ fn lock_source_is_one_source_lock_proven_by_the_read_back() {
             ..Kernel::default()
         };
         let (mut l, k) = opened(fake(knobs), t.path());
-        assert_eq!(l.target("dr").unwrap().qber, "s");
+        assert_eq!(&*l.target("dr").unwrap().qber, "s");
         let changed = l.lock_source("s", None, Some(&b));
         assert_eq!(calls(&k), want, "source lock {source_lock}, lies {lies}");
         assert_eq!(changed, [("dr".to_string(), Enforcement::Lockdown)]);

@@ -43,7 +43,7 @@ pub const SITE_SET: &str = "site";
 /// locks its links with set `src<i>` ([`source_set`]).
 pub fn sources(links: &[LinkTarget]) -> Vec<String> {
     let names: std::collections::BTreeSet<&str> = (links.iter())
-        .map(|l| l.qber.as_str())
+        .map(|l| &*l.qber)
         .filter(|q| !q.is_empty())
         .collect();
     names.into_iter().map(str::to_string).collect()
@@ -361,7 +361,7 @@ mod tests {
             rdomain: 0,
             addrs4: vec![a.parse().unwrap()],
             addrs6: vec!["2001:db8::2".parse().unwrap()],
-            qber: String::new(),
+            qber: "".into(),
         }
     }
 

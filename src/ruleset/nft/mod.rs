@@ -250,7 +250,7 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
                 kind.nft_type()
             ));
             let elems: Vec<String> = (links.iter())
-                .filter(|l| l.qber == *source)
+                .filter(|l| *l.qber == **source)
                 .flat_map(|l| owned[&l.name].script_elems(kind))
                 .collect();
             push_elements(&mut s, "add", table, &keys, &elems);

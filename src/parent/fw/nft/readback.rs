@@ -377,7 +377,7 @@ pub fn judge(
         .iter()
         .map(|link| {
             let keys = &owned[&link.name];
-            let source = sources.iter().position(|s| *s == link.qber);
+            let source = sources.iter().position(|s| **s == *link.qber);
             let state = match (table, &base) {
                 (Some(t), Some(Ok(()))) => judge_link(link, keys, source, t, loaded(&link.name)),
                 (Some(_), Some(Err(why))) => Observed::damaged(why.clone()),

@@ -27,7 +27,7 @@ pub(super) struct Held {
 impl Nft {
     /// The index of `link`'s section among the table's (`src<i>`).
     pub(super) fn source_of(&self, link: &LinkTarget) -> Option<usize> {
-        self.sources.iter().position(|s| *s == link.qber)
+        self.sources.iter().position(|s| **s == *link.qber)
     }
 
     /// Which families nf_proto set `set` holds, over netlink.

@@ -1,0 +1,64 @@
+//! Names a process holds many times, each allocated once: at 10,000 links
+//! a hub's config names the same QBER section, KME, far SAE and far
+//! gateway in every link, and each copy was a small long-lived chunk.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// One shared copy of each name held many times (a link's name by every
+/// record the engine keeps of it; a QBER section's, KME's, far SAE's or far
+/// gateway's by every link that has it), asked by `&str` so that asking
+/// copies nothing.
+#[derive(Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// The shared copy of `name`, made the first time it is asked for.
+    pub fn of(&mut self, name: &str) -> Arc<str> {
+        if let Some(made) = self.0.get(name) {
+            return made.clone();
+        }
+        self.adopt(Arc::from(name))
+    }
+
+    /// Takes `name` as the shared copy of its text (one held already: a
+    /// link that stays keeps its name), unless there is one.
+    pub fn adopt(&mut self, name: Arc<str>) -> Arc<str> {
+        match self.0.get(&name) {
+            Some(made) => made.clone(),
+            None => {
+                self.0.insert(name.clone());
+                name
+            }
+        }
+    }
+
+    /// The shared copy, if `name` was made or adopted.
+    pub fn get(&self, name: &str) -> Option<Arc<str>> {
+        self.0.get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Names;
+    use std::sync::Arc;
+
+    #[test]
+    fn names_are_made_once_and_shared() {
+        let mut n = Names::default();
+        let kept: Arc<str> = Arc::from("l1");
+        let a = n.adopt(kept.clone());
+        assert!(
+            Arc::ptr_eq(&a, &kept),
+            "an adopted name is the copy handed out"
+        );
+        assert!(Arc::ptr_eq(&n.of("l1"), &kept));
+        let b = n.of("site");
+        assert!(Arc::ptr_eq(&n.of("site"), &b), "asked twice, made once");
+        // A second copy offered later is not taken: the first stays shared.
+        assert!(Arc::ptr_eq(&n.adopt(Arc::from("site")), &b));
+        assert!(n.get("site").is_some_and(|g| Arc::ptr_eq(&g, &b)));
+        assert_eq!(n.get("l2"), None);
+    }
+}
