@@ -13,9 +13,10 @@ pub enum Step {
     Install,
 }
 
-/// One round's stamps; reset when the round ends either way. Steps are
-/// kept in microseconds from the round's start (32 bits: 71 minutes, far
-/// past any round's give-up): every keyed link has one.
+/// One round's stamps; reset when the round ends either way. Every keyed
+/// link has one, so steps are kept in microseconds from the round's start
+/// in 32 bits: 71 minutes, past which (a round that long needs a `rotate`
+/// as long) a step's time saturates; the total stays exact.
 #[derive(Debug, Default)]
 pub struct RoundTiming {
     started: bool,
