@@ -21,7 +21,8 @@
 //!
 //! `cargo bench --features testing --bench rotation` (QKD_BENCH_ROUNDS=N,
 //! QKD_BENCH_LINKS=N change the defaults 200 and 1000; QKD_BENCH_FW=nftables
-//! puts both ends on the real nftables backend instead of the dry run).
+//! puts the hub, QKD_BENCH_FW_FAR=nftables the far ends, on the real
+//! nftables backend instead of the dry run).
 
 #[path = "../tests/common/bundle.rs"]
 #[allow(dead_code)]
@@ -354,11 +355,13 @@ fn wg_keys(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// The firewall backend of both ends: `QKD_BENCH_FW=nftables` runs the
-/// real one in the bench's namespace (each end its own table); dry-run
-/// otherwise.
-fn firewall() -> String {
-    std::env::var("QKD_BENCH_FW").unwrap_or_else(|_| "dry-run".into())
+/// The firewall backend of an end: `QKD_BENCH_FW` the hub's (A),
+/// `QKD_BENCH_FW_FAR` the far ends' (B), each `dry-run` unless set
+/// (`nftables`: the real one in the bench's namespace, each end its own
+/// table).
+fn firewall(end: usize) -> String {
+    let var = ["QKD_BENCH_FW", "QKD_BENCH_FW_FAR"][end];
+    std::env::var(var).unwrap_or_else(|_| "dry-run".into())
 }
 
 fn gateway_conf(
@@ -388,7 +391,7 @@ fn gateway_conf(
          [qber.sim]\ndriver = \"sim\"\npoll = \"1s\"\n\n[testing]\n{TESTING}\n",
         pk = keys.pubkey.display(),
         end = side(end),
-        fw = firewall(),
+        fw = firewall(end),
     );
     for (i, (own, peer)) in wg[end].iter().zip(&wg[far]).enumerate().take(links) {
         c += &format!(
