@@ -249,9 +249,9 @@ pub enum Role {
 pub struct LinkConf {
     /// `^[a-z][a-z0-9_]{0,30}$`
     pub name: String,
-    /// Name of a `[qber.X]` section. This and the far end's names, address
-    /// and key are the same in many links of a hub: one shared copy each
-    /// ([`crate::names::Names`]).
+    /// Name of a `[qber.X]` section. This and the KME are the same in many
+    /// links of a site, the far end's SAE, address and key in every link to
+    /// one far gateway: one shared copy each ([`crate::names::Names`]).
     pub qber: Arc<str>,
     pub qber_id: String,
     /// Key agreement (issue 3); optional until then, all-or-nothing.
