@@ -1,6 +1,7 @@
 //! Names a process holds many times, each allocated once: at 10,000 links
-//! a hub's config names the same QBER section, KME, far SAE and far
-//! gateway in every link, and each copy was a small long-lived chunk.
+//! a hub's config names the same QBER section and KME in every link of a
+//! site (and the same far SAE and gateway in every link to one far end),
+//! and each copy was a small long-lived chunk.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ impl Names {
         if let Some(made) = self.0.get(name) {
             return made.clone();
         }
-        self.adopt(Arc::from(name))
+        let made: Arc<str> = Arc::from(name);
+        self.0.insert(made.clone());
+        made
     }
 
     /// Takes `name` as the shared copy of its text (one held already: a

@@ -107,11 +107,9 @@ impl Entry {
         if let Some(e) = self.epoch {
             rec.epoch = rec.epoch.max(e);
         }
-        if let Some(v) = &self.verifier {
-            match &mut rec.verifier {
-                Some(kept) => kept.clone_from(v),
-                None => rec.verifier = Some(v.clone()),
-            }
+        if self.verifier.is_some() {
+            // Into the kept buffer when there is one.
+            rec.verifier.clone_from(&self.verifier);
         }
         if rec.is_empty() {
             state.links.remove(&self.link);

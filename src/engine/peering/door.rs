@@ -51,8 +51,7 @@ pub(super) struct Budget<const PER_SEC: u32, const BURST: u32> {
 impl<const PER_SEC: u32, const BURST: u32> Budget<PER_SEC, BURST> {
     const INTERVAL: Duration = Duration::from_nanos(1_000_000_000 / max1(PER_SEC) as u64);
     /// How far ahead of `now` the due time may run: `BURST - 1` intervals.
-    const SLACK: Duration =
-        Duration::from_nanos((1_000_000_000 / max1(PER_SEC) as u64) * (max1(BURST) as u64 - 1));
+    const SLACK: Duration = Self::INTERVAL.saturating_mul(max1(BURST) - 1);
 
     /// Spends one use; false when the budget is spent.
     pub(super) fn take(&mut self, now: Instant) -> bool {
