@@ -19,7 +19,7 @@
 //!   element or a `locked_` set is not as loaded (a foreign `accept` ahead
 //!   of our jump would pass the link's traffic).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -358,7 +358,8 @@ fn base_chains(l: &Listing, sources: usize) -> Result<(), String> {
 
 /// Judges every link of `links` (all of the table's: their QBER sections
 /// are the base chains' source locks) against `table` (None: our table is
-/// gone) and `guard` (the guard table, when listed).
+/// gone) and `guard` (the guard table, when listed), in the order of
+/// `links`.
 ///
 /// `loaded(link)`: qkdpfd loaded the link's lockdown chain since the
 /// table was last built. An empty lockdown chain then was emptied behind
@@ -369,7 +370,7 @@ pub fn judge(
     table: Option<&Listing>,
     guard: Option<&Listing>,
     loaded: &dyn Fn(&str) -> bool,
-) -> BTreeMap<String, Readback> {
+) -> Vec<Readback> {
     let owned = dispatch::owned(links);
     let sources = dispatch::sources(links);
     let base = table.map(|t| base_chains(t, sources.len()));
@@ -384,7 +385,7 @@ pub fn judge(
                 _ => Observed::damaged("table missing"),
             };
             let g = guard.is_some_and(|g| guarded(g, link));
-            (link.name.clone(), Readback { state, guarded: g })
+            Readback { state, guarded: g }
         })
         .collect()
 }
@@ -694,9 +695,7 @@ mod tests {
     }
 
     fn state(l: &Listing) -> Observed {
-        judge(&[dr()], Some(l), None, &|_| false)["dr"]
-            .state
-            .clone()
+        judge(&[dr()], Some(l), None, &|_| false)[0].state.clone()
     }
 
     fn counter() -> Value {
@@ -817,7 +816,7 @@ mod tests {
         // Not once qkdpfd has loaded it: emptied behind its back.
         let l = listing(vec![], vec![], true, |_| {});
         assert!(matches!(
-            judge(&[dr()], Some(&l), None, &|n| n == "dr")["dr"].state,
+            judge(&[dr()], Some(&l), None, &|n| n == "dr")[0].state,
             Observed::Unknown { .. }
         ));
         // Not with anything in the lockdown chain but what qkdpfd loads.
@@ -968,7 +967,7 @@ mod tests {
         assert!(why.contains("set locked_6 missing"), "{why}");
         // No table at all.
         assert!(matches!(
-            judge(&[dr()], None, None, &|_| false)["dr"].state,
+            judge(&[dr()], None, None, &|_| false)[0].state,
             Observed::Unknown { skeleton: true, .. }
         ));
     }
