@@ -145,6 +145,7 @@ fn fatal(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn main() -> ExitCode {
     crate::privsep::no_core_dumps();
+    crate::privsep::fixed_heap_thresholds();
     crate::privsep::raise_nofile();
     crate::privsep::set_title(c"engine");
     let chan = match crate::privsep::engine_channel() {

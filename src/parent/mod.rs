@@ -116,6 +116,7 @@ fn exit_err(msg: impl std::fmt::Display) -> ExitCode {
 
 pub fn main(opts: Opts) -> ExitCode {
     crate::privsep::no_core_dumps();
+    crate::privsep::fixed_heap_thresholds();
     log::set_verbose(opts.verbose > 0);
     log::set_proc("parent");
     let path = opts
