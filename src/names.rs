@@ -36,6 +36,12 @@ impl Names {
         }
     }
 
+    /// Forgets the names no one else holds any more (a link gone, a
+    /// bundle's text replaced): they are made again if asked for.
+    pub fn forget_unheld(&mut self) {
+        self.0.retain(|n| Arc::strong_count(n) > 1);
+    }
+
     /// The shared copy, if `name` was made or adopted.
     pub fn get(&self, name: &str) -> Option<Arc<str>> {
         self.0.get(name).cloned()
@@ -63,5 +69,17 @@ mod tests {
         assert!(Arc::ptr_eq(&n.adopt(Arc::from("site")), &b));
         assert!(n.get("site").is_some_and(|g| Arc::ptr_eq(&g, &b)));
         assert_eq!(n.get("l2"), None);
+    }
+
+    #[test]
+    fn names_no_one_holds_are_forgotten() {
+        let mut n = Names::default();
+        let held = n.of("kept");
+        drop(n.of("gone"));
+        n.forget_unheld();
+        assert!(n.get("kept").is_some_and(|k| Arc::ptr_eq(&k, &held)));
+        assert_eq!(n.get("gone"), None, "only the interner held it");
+        let again = n.of("gone");
+        assert!(Arc::ptr_eq(&n.of("gone"), &again), "made again when asked");
     }
 }

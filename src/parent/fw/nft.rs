@@ -23,9 +23,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Firewall, Readback};
 use crate::lock::Enforcement;
+use crate::names::Names;
 use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys, SITE_SET};
 use crate::ruleset::nft::{
     clear_script, end_site_lock, flip_script, guard_script, handshake_statements, lock_new_keys,
@@ -47,20 +49,26 @@ mod source;
 pub struct Nft {
     nft: PathBuf,
     table: String,
+    /// One shared copy of each link's name, for the maps below (each name
+    /// is a key of five or more of them), and of each bundle text they hold
+    /// (every link of a bundle holds the same few): at 10,000 links a copy
+    /// per map and per link was 4 MB of the parent.
+    names: Names,
+    texts: Names,
     /// Lockdown text known to be loaded in `lock_<link>`, per link.
-    staged: HashMap<String, String>,
+    staged: HashMap<Arc<str>, Arc<str>>,
     /// Open text known to be loaded in `link_<link>`, per link.
-    opened: HashMap<String, String>,
+    opened: HashMap<Arc<str>, Arc<str>>,
     /// Links whose `lock_<link>` this process loaded since `init`: found
     /// empty, it was emptied behind our back (a new link's is empty too,
     /// and locked; see `readback::judge`).
-    lock_loaded: std::collections::HashSet<String>,
+    lock_loaded: std::collections::HashSet<Arc<str>>,
     /// The keys each link owns, as the skeleton's maps send them.
-    keys: BTreeMap<String, LinkKeys>,
+    keys: BTreeMap<Arc<str>, LinkKeys>,
     /// Every link of the last `init`, for loads that take many at once.
-    targets: BTreeMap<String, LinkTarget>,
+    targets: BTreeMap<Arc<str>, LinkTarget>,
     /// Lockdown text `stage` was asked to preload, per link, until `settle`.
-    pending: BTreeMap<String, String>,
+    pending: BTreeMap<Arc<str>, Arc<str>>,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -80,9 +88,9 @@ pub struct Nft {
     /// first generation read on (None before, or where they cannot be had).
     monitor: Option<monitor::Monitor>,
     monitor_tried: bool,
-    verified: BTreeMap<String, Readback>,
+    verified: BTreeMap<Arc<str>, Readback>,
     /// The shape of each link's chains at `verified_gen`.
-    shapes: HashMap<String, readback::Shape>,
+    shapes: HashMap<Arc<str>, readback::Shape>,
     /// The link of the last netlink flip and the generation read right
     /// after it.
     last_flip: Option<(String, Option<u32>)>,
@@ -110,6 +118,8 @@ impl Nft {
         Nft {
             nft: nft.to_path_buf(),
             table: table.to_string(),
+            names: Names::default(),
+            texts: Names::default(),
             staged: HashMap::new(),
             opened: HashMap::new(),
             lock_loaded: Default::default(),
@@ -206,7 +216,7 @@ impl Nft {
                 state,
                 guarded: false,
             };
-            self.verified.insert(name.to_string(), rb.clone());
+            self.verified.insert(self.names.of(name), rb.clone());
             return Ok(BTreeMap::from([(name.to_string(), rb)]));
         }
         let mut listing = readback::Listing::default();
@@ -322,8 +332,8 @@ impl Nft {
         self.only_ours_since_verified(after)?;
         let covers = |n: &Nft, l: &LinkTarget| section.is_none_or(|i| n.source_of(l) == Some(i));
         let known = |l: &LinkTarget| {
-            self.shapes.contains_key(&l.name)
-                && (covers(self, l) || self.verified.contains_key(&l.name))
+            self.shapes.contains_key(l.name.as_str())
+                && (covers(self, l) || self.verified.contains_key(l.name.as_str()))
         };
         if self.guard_may_exist || !links.iter().all(known) {
             return None;
@@ -337,16 +347,16 @@ impl Nft {
         let seen: BTreeMap<String, Readback> = (links.iter())
             .map(|l| {
                 if !covers(self, l) {
-                    return (l.name.clone(), self.verified[&l.name].clone());
+                    return (l.name.clone(), self.verified[l.name.as_str()].clone());
                 }
                 // Each of its keys is in the lock's reach (the verified
                 // listing showed them in `keys_`, or in `src<i>_`), so all
                 // of them take the lockdown chain.
-                let holds = match self.keys.get(&l.name) {
+                let holds = match self.keys.get(l.name.as_str()) {
                     Some(k) => readback::Holds::of_keys(k, |_, _| true),
                     None => readback::Holds::Part("not in the table's maps".into()),
                 };
-                let state = readback::judge_shape(l, self.shapes[&l.name], holds);
+                let state = readback::judge_shape(l, self.shapes[l.name.as_str()], holds);
                 let rb = Readback {
                     state,
                     guarded: false,
@@ -355,7 +365,10 @@ impl Nft {
             })
             .collect();
         self.set_verified_gen(Some(now));
-        self.verified = seen.clone();
+        let names = &mut self.names;
+        self.verified = (seen.iter())
+            .map(|(n, rb)| (names.of(n), rb.clone()))
+            .collect();
         Some(seen)
     }
 
@@ -379,7 +392,7 @@ impl Nft {
     /// The keys `link` owns, as `init` dispatched them.
     fn link_keys(&self, link: &LinkTarget) -> Result<LinkKeys, String> {
         self.keys
-            .get(&link.name)
+            .get(link.name.as_str())
             .cloned()
             .ok_or_else(|| format!("link {} is not in the table's maps", link.name))
     }
@@ -392,7 +405,7 @@ impl Nft {
     /// chains are listed).
     fn observe_flip(&mut self, link: &LinkTarget) -> Option<super::Observed> {
         let (name, after) = self.last_flip.take()?;
-        let shape = *self.shapes.get(&link.name)?;
+        let shape = *self.shapes.get(link.name.as_str())?;
         self.only_ours_since_verified(after)?;
         if name != link.name || self.guard_may_exist {
             return None;
@@ -496,8 +509,9 @@ impl Nft {
         if self.run_many(&many, &all, names.len() + 1).is_err() {
             return self.run(what, &own).map(drop);
         }
+        let text = self.texts.of(ruleset);
         for n in names {
-            self.opened.insert(n, ruleset.to_string());
+            self.opened.insert(n, text.clone());
         }
         Ok(())
     }
@@ -542,10 +556,19 @@ impl Firewall for Nft {
         self.opened.clear();
         self.lock_loaded.clear();
         self.pending.clear();
+        self.texts.forget_unheld();
         self.site_flip = None;
         self.source_flip = None;
-        self.keys = dispatch::owned(links);
-        self.targets = links.iter().map(|l| (l.name.clone(), l.clone())).collect();
+        // The names of links gone since, unless a read-back still holds them.
+        self.names.forget_unheld();
+        let names = &mut self.names;
+        self.keys = (dispatch::owned(links).into_iter())
+            .map(|(n, k)| (names.of(&n), k))
+            .collect();
+        self.targets = links
+            .iter()
+            .map(|l| (names.of(&l.name), l.clone()))
+            .collect();
         self.sources = dispatch::sources(links);
         let held = self.held_source_locks();
         let mut script = skeleton(&self.table, links);
@@ -593,11 +616,12 @@ impl Firewall for Nft {
             self.end_source_lock(link)?;
         }
         let what = format!("load {state} rules for link {}", link.name);
-        let name = &link.name;
+        let name = self.names.of(&link.name);
+        let text = self.texts.of(ruleset);
         // Whatever happens, only a success proves what the chains hold.
-        let opened = self.opened.remove(name);
-        let staged = self.staged.remove(name);
-        self.pending.remove(name);
+        let opened = self.opened.remove(&name);
+        let staged = self.staged.remove(&name);
+        self.pending.remove(&name);
         match state {
             Enforcement::Open => {
                 // The chain already holds this text: only the sets change,
@@ -611,20 +635,20 @@ impl Firewall for Nft {
                 } else {
                     let keys = self.link_keys(link).map_err(FwError::refused)?;
                     let own = flip_script(&self.table, link, &keys, &stmts);
-                    self.open_with_others(&what, name, ruleset, own)?;
+                    self.open_with_others(&what, &name, ruleset, own)?;
                 }
-                self.opened.insert(name.clone(), ruleset.to_string());
+                self.opened.insert(name.clone(), text);
                 // An open leaves lock_<link> as it was.
-                if let Some(text) = staged {
-                    self.staged.insert(name.clone(), text);
+                if let Some(was) = staged {
+                    self.staged.insert(name, was);
                 }
             }
             Enforcement::Lockdown if staged.as_deref() == Some(ruleset) => {
                 self.flip(link, true)?;
-                if let Some(text) = opened {
-                    self.opened.insert(name.clone(), text);
+                if let Some(was) = opened {
+                    self.opened.insert(name.clone(), was);
                 }
-                self.staged.insert(name.clone(), ruleset.to_string());
+                self.staged.insert(name, text);
             }
             Enforcement::Lockdown => {
                 // Slow path: load the lockdown chain and add the keys; the
@@ -632,10 +656,10 @@ impl Firewall for Nft {
                 let keys = self.link_keys(link).map_err(FwError::refused)?;
                 self.lock_loaded.insert(name.clone());
                 self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
-                if let Some(text) = opened {
-                    self.opened.insert(name.clone(), text);
+                if let Some(was) = opened {
+                    self.opened.insert(name.clone(), was);
                 }
-                self.staged.insert(name.clone(), ruleset.to_string());
+                self.staged.insert(name, text);
             }
         }
         Ok(())
@@ -648,14 +672,15 @@ impl Firewall for Nft {
         ruleset: &str,
     ) -> Result<(), FwError> {
         if state != Enforcement::Lockdown
-            || self.staged.get(&link.name).map(String::as_str) == Some(ruleset)
+            || self.staged.get(link.name.as_str()).map(|t| &**t) == Some(ruleset)
         {
             return Ok(());
         }
         check_names(&self.table, link)?;
         // Refused now, loaded by `settle` with the others.
         self.lock_statements(link, ruleset)?;
-        self.pending.insert(link.name.clone(), ruleset.to_string());
+        let (name, text) = (self.names.of(&link.name), self.texts.of(ruleset));
+        self.pending.insert(name, text);
         Ok(())
     }
 
@@ -686,16 +711,16 @@ impl Firewall for Nft {
 
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
         // lock_<link> holds our text, handshakes first.
-        self.handshakes && self.staged.contains_key(&link.name)
+        self.handshakes && self.staged.contains_key(link.name.as_str())
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.table, link)?;
         // Both chains become drops: works with either deleted or damaged.
-        self.opened.remove(&link.name);
-        self.staged.remove(&link.name);
-        self.pending.remove(&link.name);
-        self.lock_loaded.insert(link.name.clone());
+        self.opened.remove(link.name.as_str());
+        self.staged.remove(link.name.as_str());
+        self.pending.remove(link.name.as_str());
+        self.lock_loaded.insert(self.names.of(&link.name));
         let script = clear_script(&self.table, link);
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
@@ -731,11 +756,11 @@ impl Firewall for Nft {
             (Some(v), Some(now)) => self.untouched(v, now),
             _ => false,
         };
-        if unchanged && links.iter().all(|l| self.verified.contains_key(&l.name)) {
+        if unchanged && (links.iter()).all(|l| self.verified.contains_key(l.name.as_str())) {
             self.set_verified_gen(gen_before);
             return Ok(links
                 .iter()
-                .map(|l| (l.name.clone(), self.verified[&l.name].clone()))
+                .map(|l| (l.name.clone(), self.verified[l.name.as_str()].clone()))
                 .collect());
         }
         self.set_verified_gen(None);
@@ -764,7 +789,7 @@ impl Firewall for Nft {
         drop((table, guard));
         for (l, ok) in links.iter().zip(&lock_ok) {
             if !ok {
-                self.staged.remove(&l.name);
+                self.staged.remove(l.name.as_str());
             }
         }
         // Cloned: a damage's text was made among the listing's pieces.
@@ -774,17 +799,20 @@ impl Firewall for Nft {
         drop(judged);
         for (name, rb) in &seen {
             if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
-                self.opened.remove(name);
+                self.opened.remove(name.as_str());
             }
         }
         // Cached only if nothing touched our tables while we listed.
         let gen_after = gen_before.and_then(|before| self.still(before));
         if gen_after.is_some() {
             self.set_verified_gen(gen_after);
-            self.verified = seen.clone();
+            let names = &mut self.names;
+            self.verified = (seen.iter())
+                .map(|(n, rb)| (names.of(n), rb.clone()))
+                .collect();
             self.shapes = match shapes {
                 Some(s) => (links.iter().zip(s))
-                    .map(|(l, s)| (l.name.clone(), s))
+                    .map(|(l, s)| (names.of(&l.name), s))
                     .collect(),
                 None => HashMap::new(),
             };

@@ -17,6 +17,7 @@
 //!   is taken then).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::readback::Holds;
 use super::{Nft, netlink};
@@ -70,15 +71,15 @@ impl Nft {
     /// The open chains loaded along with `link`'s slow open of `ruleset`
     /// (see the module's doc): their script and their links. Nothing when
     /// the sets cannot be read.
-    pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<String>) {
+    pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<Arc<str>>) {
         let Ok(locked) = self.locked_now() else {
             return (String::new(), Vec::new());
         };
         let mut script = String::new();
         let mut names = Vec::new();
         for (name, target) in &self.targets {
-            let opened = self.opened.get(name).map(String::as_str);
-            if name == link || opened == Some(ruleset) {
+            let opened = self.opened.get(name).map(|t| &**t);
+            if **name == *link || opened == Some(ruleset) {
                 continue;
             }
             let unused = self.holds_in(&locked, name) == Some(Holds::All);
@@ -110,7 +111,9 @@ impl Nft {
             Ok(l) => l,
             Err(e) => {
                 let e = FwError::refused(format!("preload lockdown rules: {e}"));
-                return pending.into_keys().map(|n| (n, e.clone())).collect();
+                return (pending.into_keys())
+                    .map(|n| (n.to_string(), e.clone()))
+                    .collect();
             }
         };
         let mut errors = Vec::new();
@@ -130,7 +133,7 @@ impl Nft {
                     script.push_str(&stage_script(&self.table, target, &stmts));
                     loading.push((name, ruleset));
                 }
-                Err(e) => errors.push((name, e)),
+                Err(e) => errors.push((name.to_string(), e)),
             }
         }
         if loading.is_empty() {
@@ -146,7 +149,7 @@ impl Nft {
             // One link's text refused fails them all: each alone, so that
             // only the refused ones are said.
             Err(e) if loading.len() == 1 => {
-                errors.extend(loading.into_iter().map(|l| (l.0, e.clone())))
+                errors.extend(loading.into_iter().map(|l| (l.0.to_string(), e.clone())))
             }
             Err(_) => {
                 for (name, ruleset) in loading {
@@ -157,7 +160,7 @@ impl Nft {
                     });
                     match one {
                         Ok(_) => drop(self.staged.insert(name, ruleset)),
-                        Err(e) => errors.push((name, e)),
+                        Err(e) => errors.push((name.to_string(), e)),
                     }
                 }
             }

@@ -118,7 +118,7 @@ impl Nft {
         if have.contains(&true) {
             let keys: Vec<LinkKeys> = (self.targets.values())
                 .filter(|t| t.qber == link.qber)
-                .filter_map(|t| self.keys.get(&t.name).cloned())
+                .filter_map(|t| self.keys.get(t.name.as_str()).cloned())
                 .collect();
             let script = end_lock(&self.table, &keys, &[set]);
             let what = format!(
