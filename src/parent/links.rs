@@ -339,7 +339,7 @@ impl Links {
                     ))
                     .send();
             }
-            if let Err(e) = self.fw.init(&self.targets) {
+            if let Err(e) = self.fw.init_shared(&self.targets) {
                 if say {
                     log::event(Event::FirewallRebuildFailed).msg(e).send();
                 }

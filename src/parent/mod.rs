@@ -285,7 +285,8 @@ impl Parent {
             .unwrap_or_default();
         let store = Store::new(conf.policy.dir.clone());
         let mut fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
-        fw.init(&tlist).map_err(|e| format!("firewall init: {e}"))?;
+        fw.init_shared(&tlist)
+            .map_err(|e| format!("firewall init: {e}"))?;
         // Armed before any slow work (bundle checks, DNS, TLS files): if
         // start-up hangs or dies from here on, every link locks by itself.
         if let Err(e) = fw.keep_alive(Some(deadman::TIMEOUT)) {

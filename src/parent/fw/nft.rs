@@ -63,10 +63,11 @@ pub struct Nft {
     /// empty, it was emptied behind our back (a new link's is empty too,
     /// and locked; see `readback::judge`).
     lock_loaded: std::collections::HashSet<Arc<str>>,
-    /// The keys each link owns, as the skeleton's maps send them.
-    keys: BTreeMap<Arc<str>, LinkKeys>,
-    /// Every link of the last `init`, for loads that take many at once.
-    targets: BTreeMap<Arc<str>, LinkTarget>,
+    /// Every link of the last `init`, in name order (the parent's own
+    /// list), for loads that take many at once.
+    targets: Arc<[LinkTarget]>,
+    /// The keys each of `targets` owns, as the skeleton's maps send them.
+    keys: Vec<LinkKeys>,
     /// Lockdown text `stage` was asked to preload, per link, until `settle`.
     pending: BTreeMap<Arc<str>, Arc<str>>,
     /// The guard table may exist (a guard set by us, or left by an earlier
@@ -123,8 +124,8 @@ impl Nft {
             staged: HashMap::new(),
             opened: HashMap::new(),
             lock_loaded: Default::default(),
-            keys: BTreeMap::new(),
-            targets: BTreeMap::new(),
+            targets: Arc::from([]),
+            keys: Vec::new(),
             pending: BTreeMap::new(),
             guard_may_exist: true,
             alive: None,
@@ -309,7 +310,7 @@ impl Nft {
     fn end_site_lock(&mut self) -> Result<(), FwError> {
         let have = self.site_elements().map_err(FwError::refused)?;
         if have.contains(&true) {
-            let keys: Vec<LinkKeys> = self.keys.values().cloned().collect();
+            let keys = self.keys.clone();
             let script = end_site_lock(&self.table, &keys);
             self.run("end the site lock, every link locked on its own", &script)?;
         }
@@ -352,7 +353,7 @@ impl Nft {
                 // Each of its keys is in the lock's reach (the verified
                 // listing showed them in `keys_`, or in `src<i>_`), so all
                 // of them take the lockdown chain.
-                let holds = match self.keys.get(l.name.as_str()) {
+                let holds = match self.keys_of(&l.name) {
                     Some(k) => readback::Holds::of_keys(k, |_, _| true),
                     None => readback::Holds::Part("not in the table's maps".into()),
                 };
@@ -384,15 +385,31 @@ impl Nft {
             have.insert(kind, set);
         }
         self.keys
-            .values()
+            .iter()
             .map(|k| k.filter(|kind, b| !have[&kind].contains(b)))
             .collect()
     }
 
+    /// Where link `name` is in `targets` and `keys`.
+    fn index(&self, name: &str) -> Option<usize> {
+        (self.targets)
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+    }
+
+    /// The link of the last `init` named `name`.
+    fn target(&self, name: &str) -> Option<&LinkTarget> {
+        self.index(name).map(|i| &self.targets[i])
+    }
+
+    /// The keys link `name` owns, if it was in the last `init`.
+    fn keys_of(&self, name: &str) -> Option<&LinkKeys> {
+        self.index(name).map(|i| &self.keys[i])
+    }
+
     /// The keys `link` owns, as `init` dispatched them.
     fn link_keys(&self, link: &LinkTarget) -> Result<LinkKeys, String> {
-        self.keys
-            .get(link.name.as_str())
+        self.keys_of(&link.name)
             .cloned()
             .ok_or_else(|| format!("link {} is not in the table's maps", link.name))
     }
@@ -548,7 +565,11 @@ impl Firewall for Nft {
     }
 
     fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
-        for l in links {
+        self.init_shared(&Arc::from(links))
+    }
+
+    fn init_shared(&mut self, links: &Arc<[LinkTarget]>) -> Result<(), FwError> {
+        for l in links.iter() {
             check_names(&self.table, l)?;
         }
         // A rebuilt table may have lost the preloaded lockdown chains.
@@ -561,13 +582,20 @@ impl Firewall for Nft {
         self.source_flip = None;
         // The names of links gone since, unless a read-back still holds them.
         self.names.forget_unheld();
-        let names = &mut self.names;
-        self.keys = (dispatch::owned(links).into_iter())
-            .map(|(n, k)| (names.of(&n), k))
-            .collect();
-        self.targets = links
-            .iter()
-            .map(|l| (names.of(&l.name), l.clone()))
+        // Looked up by name (`Nft::index`): in name order, as the parent
+        // keeps them, or a sorted copy.
+        self.targets = match links.is_sorted_by(|a, b| a.name < b.name) {
+            true => links.clone(),
+            false => {
+                let mut sorted = links.to_vec();
+                sorted.sort_by(|a, b| a.name.cmp(&b.name));
+                sorted.dedup_by(|a, b| a.name == b.name);
+                Arc::from(sorted)
+            }
+        };
+        let mut owned = dispatch::owned(links);
+        self.keys = (self.targets.iter())
+            .map(|t| owned.remove(&t.name).unwrap_or_default())
             .collect();
         self.sources = dispatch::sources(links);
         let held = self.held_source_locks();

@@ -36,7 +36,7 @@ impl Links {
                 2 => (
                     "rebuild and drop",
                     self.fw
-                        .init(&self.targets)
+                        .init_shared(&self.targets)
                         .and_then(|_| self.fw.clear(&target)),
                 ),
                 _ => {

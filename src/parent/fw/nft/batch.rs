@@ -62,7 +62,7 @@ impl Nft {
     /// Which of `name`'s keys `locked` holds; None for a link not in the
     /// table's maps.
     fn holds_in(&self, locked: &Locked, name: &str) -> Option<Holds> {
-        let keys = self.keys.get(name)?;
+        let keys = self.keys_of(name)?;
         Some(Holds::of_keys(keys, |k, b| {
             locked.get(&k).is_some_and(|s| s.contains(b))
         }))
@@ -77,15 +77,17 @@ impl Nft {
         };
         let mut script = String::new();
         let mut names = Vec::new();
-        for (name, target) in &self.targets {
+        let targets = self.targets.clone();
+        for target in targets.iter() {
+            let name = target.name.as_str();
             let opened = self.opened.get(name).map(|t| &**t);
-            if **name == *link || opened == Some(ruleset) {
+            if name == link || opened == Some(ruleset) {
                 continue;
             }
             let unused = self.holds_in(&locked, name) == Some(Holds::All);
             if let (true, Ok(stmts)) = (unused, render_statements(target, ruleset)) {
                 script.push_str(&open_chain_script(&self.table, target, &stmts));
-                names.push(name.clone());
+                names.push(self.names.of(name));
             }
         }
         (script, names)
@@ -120,7 +122,7 @@ impl Nft {
         let mut script = String::new();
         let mut loading = Vec::new();
         for (name, ruleset) in pending {
-            let Some(target) = self.targets.get(&name) else {
+            let Some(target) = self.target(&name) else {
                 continue;
             };
             if self.staged.get(&name) == Some(&ruleset)
@@ -153,7 +155,9 @@ impl Nft {
             }
             Err(_) => {
                 for (name, ruleset) in loading {
-                    let target = self.targets[&name].clone();
+                    let Some(target) = self.target(&name).cloned() else {
+                        continue;
+                    };
                     let one = self.lock_statements(&target, &ruleset).and_then(|stmts| {
                         let what = format!("preload lockdown rules for link {name}");
                         self.run(&what, &stage_script(&self.table, &target, &stmts))

@@ -92,11 +92,11 @@ impl Nft {
                             .any(|kind| (k.bytes(*kind).iter()).any(|b| h.keys[kind].contains(b)))
                     })
                 };
-                let keys = self.keys.values().filter(|k| covered(k)).cloned();
+                let keys = self.keys.iter().filter(|k| covered(k)).cloned();
                 (keys.collect(), held.iter().map(|h| h.set.clone()).collect())
             }
             None => (
-                self.keys.values().cloned().collect(),
+                self.keys.clone(),
                 (0..self.sources.len()).map(dispatch::source_set).collect(),
             ),
         };
@@ -116,9 +116,9 @@ impl Nft {
         let set = dispatch::source_set(i);
         let have = self.families(&set).map_err(FwError::refused)?;
         if have.contains(&true) {
-            let keys: Vec<LinkKeys> = (self.targets.values())
+            let keys: Vec<LinkKeys> = (self.targets.iter())
                 .filter(|t| t.qber == link.qber)
-                .filter_map(|t| self.keys.get(t.name.as_str()).cloned())
+                .filter_map(|t| self.keys_of(&t.name).cloned())
                 .collect();
             let script = end_lock(&self.table, &keys, &[set]);
             let what = format!(
