@@ -49,27 +49,18 @@ mod source;
 pub struct Nft {
     nft: PathBuf,
     table: String,
-    /// One shared copy of each link's name, for the maps below (each name
-    /// is a key of five or more of them), and of each bundle text they hold
-    /// (every link of a bundle holds the same few): at 10,000 links a copy
-    /// per map and per link was 4 MB of the parent.
-    names: Names,
+    /// One shared copy of each bundle text the links hold (every link of a
+    /// bundle holds one of the same few).
     texts: Names,
-    /// Lockdown text known to be loaded in `lock_<link>`, per link.
-    staged: HashMap<Arc<str>, Arc<str>>,
-    /// Open text known to be loaded in `link_<link>`, per link.
-    opened: HashMap<Arc<str>, Arc<str>>,
-    /// Links whose `lock_<link>` this process loaded since `init`: found
-    /// empty, it was emptied behind our back (a new link's is empty too,
-    /// and locked; see `readback::judge`).
-    lock_loaded: std::collections::HashSet<Arc<str>>,
     /// Every link of the last `init`, in name order (the parent's own
     /// list), for loads that take many at once.
     targets: Arc<[LinkTarget]>,
-    /// The keys each of `targets` owns, as the skeleton's maps send them.
-    keys: Vec<LinkKeys>,
-    /// Lockdown text `stage` was asked to preload, per link, until `settle`.
-    pending: BTreeMap<Arc<str>, Arc<str>>,
+    /// What is known of each of `targets`, beside it: one row per link,
+    /// where eight maps keyed by name were 5 MB of the parent at 10,000.
+    known: Vec<Known>,
+    /// Lockdown text `stage` was asked to preload, per link (its place in
+    /// `targets`), until `settle`.
+    pending: BTreeMap<usize, Arc<str>>,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -89,9 +80,6 @@ pub struct Nft {
     /// first generation read on (None before, or where they cannot be had).
     monitor: Option<monitor::Monitor>,
     monitor_tried: bool,
-    verified: BTreeMap<Arc<str>, Readback>,
-    /// The shape of each link's chains at `verified_gen`.
-    shapes: HashMap<Arc<str>, readback::Shape>,
     /// The link of the last netlink flip and the generation read right
     /// after it.
     last_flip: Option<(String, Option<u32>)>,
@@ -114,18 +102,33 @@ pub struct Nft {
     source_flip: Option<(usize, Option<u32>)>,
 }
 
+/// What the backend knows of one link of the last `init`.
+#[derive(Default)]
+struct Known {
+    /// The keys the link owns, as the skeleton's maps send them.
+    keys: LinkKeys,
+    /// Lockdown text known to be loaded in `lock_<link>`.
+    staged: Option<Arc<str>>,
+    /// Open text known to be loaded in `link_<link>`.
+    opened: Option<Arc<str>>,
+    /// This process loaded `lock_<link>` since `init`: found empty, it was
+    /// emptied behind our back (a new link's is empty too, and locked; see
+    /// `readback::judge`).
+    lock_loaded: bool,
+    /// The link's read-back at `verified_gen`.
+    verified: Option<Readback>,
+    /// The shape of the link's chains at `verified_gen`.
+    shape: Option<readback::Shape>,
+}
+
 impl Nft {
     pub fn new(nft: &Path, table: &str) -> Nft {
         Nft {
             nft: nft.to_path_buf(),
             table: table.to_string(),
-            names: Names::default(),
             texts: Names::default(),
-            staged: HashMap::new(),
-            opened: HashMap::new(),
-            lock_loaded: Default::default(),
             targets: Arc::from([]),
-            keys: Vec::new(),
+            known: Vec::new(),
             pending: BTreeMap::new(),
             guard_may_exist: true,
             alive: None,
@@ -133,8 +136,6 @@ impl Nft {
             verified_gen: None,
             monitor: None,
             monitor_tried: false,
-            verified: BTreeMap::new(),
-            shapes: HashMap::new(),
             last_flip: None,
             handshakes: false,
             site_may_be_locked: true,
@@ -217,7 +218,9 @@ impl Nft {
                 state,
                 guarded: false,
             };
-            self.verified.insert(self.names.of(name), rb.clone());
+            if let Some(k) = self.known_mut(name) {
+                k.verified = Some(rb.clone());
+            }
             return Ok(BTreeMap::from([(name.to_string(), rb)]));
         }
         let mut listing = readback::Listing::default();
@@ -233,14 +236,14 @@ impl Nft {
             false
         };
         if !readback::lock_chain_ok(&listing, name) {
-            self.staged.remove(name);
+            self.forget_staged(name);
         }
         let state = match self.locked_holds(link) {
             Ok(holds) => readback::judge_shape(link, readback::shape(link, &listing), holds),
             Err(e) => super::Observed::damaged(e),
         };
         if !matches!(state, super::Observed::Open | super::Observed::Locked) {
-            self.opened.remove(name);
+            self.forget_opened(name);
         }
         Ok(BTreeMap::from([(
             name.to_string(),
@@ -310,7 +313,7 @@ impl Nft {
     fn end_site_lock(&mut self) -> Result<(), FwError> {
         let have = self.site_elements().map_err(FwError::refused)?;
         if have.contains(&true) {
-            let keys = self.keys.clone();
+            let keys = self.all_keys();
             let script = end_site_lock(&self.table, &keys);
             self.run("end the site lock, every link locked on its own", &script)?;
         }
@@ -333,8 +336,8 @@ impl Nft {
         self.only_ours_since_verified(after)?;
         let covers = |n: &Nft, l: &LinkTarget| section.is_none_or(|i| n.source_of(l) == Some(i));
         let known = |l: &LinkTarget| {
-            self.shapes.contains_key(l.name.as_str())
-                && (covers(self, l) || self.verified.contains_key(l.name.as_str()))
+            self.known_of(&l.name)
+                .is_some_and(|k| k.shape.is_some() && (covers(self, l) || k.verified.is_some()))
         };
         if self.guard_may_exist || !links.iter().all(known) {
             return None;
@@ -345,31 +348,27 @@ impl Nft {
         }
         // Nothing that touched our tables slipped in while the set was read.
         let now = self.still(after?)?;
+        // Every link is known, with its shape (checked above).
         let seen: BTreeMap<String, Readback> = (links.iter())
             .map(|l| {
+                let k = self.known_of(&l.name)?;
                 if !covers(self, l) {
-                    return (l.name.clone(), self.verified[l.name.as_str()].clone());
+                    return Some((l.name.clone(), k.verified.clone()?));
                 }
                 // Each of its keys is in the lock's reach (the verified
                 // listing showed them in `keys_`, or in `src<i>_`), so all
                 // of them take the lockdown chain.
-                let holds = match self.keys_of(&l.name) {
-                    Some(k) => readback::Holds::of_keys(k, |_, _| true),
-                    None => readback::Holds::Part("not in the table's maps".into()),
-                };
-                let state = readback::judge_shape(l, self.shapes[l.name.as_str()], holds);
+                let holds = readback::Holds::of_keys(&k.keys, |_, _| true);
+                let state = readback::judge_shape(l, k.shape?, holds);
                 let rb = Readback {
                     state,
                     guarded: false,
                 };
-                (l.name.clone(), rb)
+                Some((l.name.clone(), rb))
             })
-            .collect();
+            .collect::<Option<_>>()?;
         self.set_verified_gen(Some(now));
-        let names = &mut self.names;
-        self.verified = (seen.iter())
-            .map(|(n, rb)| (names.of(n), rb.clone()))
-            .collect();
+        self.keep_verified(&seen);
         Some(seen)
     }
 
@@ -384,9 +383,9 @@ impl Nft {
                 keys.unwrap_or_default().into_iter().collect();
             have.insert(kind, set);
         }
-        self.keys
+        self.known
             .iter()
-            .map(|k| k.filter(|kind, b| !have[&kind].contains(b)))
+            .map(|k| k.keys.filter(|kind, b| !have[&kind].contains(b)))
             .collect()
     }
 
@@ -397,14 +396,43 @@ impl Nft {
             .ok()
     }
 
-    /// The link of the last `init` named `name`.
-    fn target(&self, name: &str) -> Option<&LinkTarget> {
-        self.index(name).map(|i| &self.targets[i])
+    /// What is known of link `name`, if it was in the last `init`.
+    fn known_of(&self, name: &str) -> Option<&Known> {
+        self.index(name).map(|i| &self.known[i])
+    }
+
+    fn known_mut(&mut self, name: &str) -> Option<&mut Known> {
+        self.index(name).map(|i| &mut self.known[i])
     }
 
     /// The keys link `name` owns, if it was in the last `init`.
     fn keys_of(&self, name: &str) -> Option<&LinkKeys> {
-        self.index(name).map(|i| &self.keys[i])
+        self.known_of(name).map(|k| &k.keys)
+    }
+
+    /// The keys of every link of the last `init`.
+    fn all_keys(&self) -> Vec<LinkKeys> {
+        self.known.iter().map(|k| k.keys.clone()).collect()
+    }
+
+    /// What a read-back showed not as loaded is no longer known loaded.
+    fn forget_staged(&mut self, name: &str) {
+        if let Some(k) = self.known_mut(name) {
+            k.staged = None;
+        }
+    }
+
+    fn forget_opened(&mut self, name: &str) {
+        if let Some(k) = self.known_mut(name) {
+            k.opened = None;
+        }
+    }
+
+    /// `seen` is the verified read-back; nothing is, of the other links.
+    fn keep_verified(&mut self, seen: &BTreeMap<String, Readback>) {
+        for (t, k) in self.targets.iter().zip(self.known.iter_mut()) {
+            k.verified = seen.get(&t.name).cloned();
+        }
     }
 
     /// The keys `link` owns, as `init` dispatched them.
@@ -422,7 +450,7 @@ impl Nft {
     /// chains are listed).
     fn observe_flip(&mut self, link: &LinkTarget) -> Option<super::Observed> {
         let (name, after) = self.last_flip.take()?;
-        let shape = *self.shapes.get(link.name.as_str())?;
+        let shape = self.known_of(&link.name)?.shape?;
         self.only_ours_since_verified(after)?;
         if name != link.name || self.guard_may_exist {
             return None;
@@ -517,18 +545,21 @@ impl Nft {
         ruleset: &str,
         own: String,
     ) -> Result<(), FwError> {
-        let (others, names) = self.open_others(name, ruleset);
-        if names.is_empty() {
+        let (script, others) = self.open_others(name, ruleset);
+        if others.is_empty() {
             return self.run(what, &own).map(drop);
         }
-        let all = own.clone() + &others;
-        let many = format!("{what}, and the open rules of {} locked links", names.len());
-        if self.run_many(&many, &all, names.len() + 1).is_err() {
+        let all = own.clone() + &script;
+        let many = format!(
+            "{what}, and the open rules of {} locked links",
+            others.len()
+        );
+        if self.run_many(&many, &all, others.len() + 1).is_err() {
             return self.run(what, &own).map(drop);
         }
         let text = self.texts.of(ruleset);
-        for n in names {
-            self.opened.insert(n, text.clone());
+        for i in others {
+            self.known[i].opened = Some(text.clone());
         }
         Ok(())
     }
@@ -573,15 +604,11 @@ impl Firewall for Nft {
             check_names(&self.table, l)?;
         }
         // A rebuilt table may have lost the preloaded lockdown chains.
-        self.staged.clear();
-        self.opened.clear();
-        self.lock_loaded.clear();
+        self.known.clear();
         self.pending.clear();
         self.texts.forget_unheld();
         self.site_flip = None;
         self.source_flip = None;
-        // The names of links gone since, unless a read-back still holds them.
-        self.names.forget_unheld();
         // Looked up by name (`Nft::index`): in name order, as the parent
         // keeps them, or a sorted copy.
         self.targets = match links.is_sorted_by(|a, b| a.name < b.name) {
@@ -594,8 +621,11 @@ impl Firewall for Nft {
             }
         };
         let mut owned = dispatch::owned(links);
-        self.keys = (self.targets.iter())
-            .map(|t| owned.remove(&t.name).unwrap_or_default())
+        self.known = (self.targets.iter())
+            .map(|t| Known {
+                keys: owned.remove(&t.name).unwrap_or_default(),
+                ..Known::default()
+            })
             .collect();
         self.sources = dispatch::sources(links);
         let held = self.held_source_locks();
@@ -644,12 +674,25 @@ impl Firewall for Nft {
             self.end_source_lock(link)?;
         }
         let what = format!("load {state} rules for link {}", link.name);
-        let name = self.names.of(&link.name);
+        let i = self.index(&link.name);
         let text = self.texts.of(ruleset);
         // Whatever happens, only a success proves what the chains hold.
-        let opened = self.opened.remove(&name);
-        let staged = self.staged.remove(&name);
-        self.pending.remove(&name);
+        let (opened, staged) = match i {
+            Some(i) => {
+                self.pending.remove(&i);
+                let k = &mut self.known[i];
+                (k.opened.take(), k.staged.take())
+            }
+            // Not in the table's maps: refused below (no keys).
+            None => (None, None),
+        };
+        // Kept for the link when it is known: `link_keys` refuses it else.
+        let keep = |nft: &mut Nft, opened, staged| {
+            if let Some(k) = i.map(|i| &mut nft.known[i]) {
+                k.opened = opened;
+                k.staged = staged;
+            }
+        };
         match state {
             Enforcement::Open => {
                 // The chain already holds this text: only the sets change,
@@ -663,31 +706,24 @@ impl Firewall for Nft {
                 } else {
                     let keys = self.link_keys(link).map_err(FwError::refused)?;
                     let own = flip_script(&self.table, link, &keys, &stmts);
-                    self.open_with_others(&what, &name, ruleset, own)?;
+                    self.open_with_others(&what, &link.name, ruleset, own)?;
                 }
-                self.opened.insert(name.clone(), text);
                 // An open leaves lock_<link> as it was.
-                if let Some(was) = staged {
-                    self.staged.insert(name, was);
-                }
+                keep(self, Some(text), staged);
             }
             Enforcement::Lockdown if staged.as_deref() == Some(ruleset) => {
                 self.flip(link, true)?;
-                if let Some(was) = opened {
-                    self.opened.insert(name.clone(), was);
-                }
-                self.staged.insert(name, text);
+                keep(self, opened, Some(text));
             }
             Enforcement::Lockdown => {
                 // Slow path: load the lockdown chain and add the keys; the
                 // link chain stays as it was.
                 let keys = self.link_keys(link).map_err(FwError::refused)?;
-                self.lock_loaded.insert(name.clone());
-                self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
-                if let Some(was) = opened {
-                    self.opened.insert(name.clone(), was);
+                if let Some(k) = self.known_mut(&link.name) {
+                    k.lock_loaded = true;
                 }
-                self.staged.insert(name, text);
+                self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
+                keep(self, opened, Some(text));
             }
         }
         Ok(())
@@ -699,16 +735,18 @@ impl Firewall for Nft {
         state: Enforcement,
         ruleset: &str,
     ) -> Result<(), FwError> {
-        if state != Enforcement::Lockdown
-            || self.staged.get(link.name.as_str()).map(|t| &**t) == Some(ruleset)
-        {
+        let staged = self.known_of(&link.name).and_then(|k| k.staged.as_deref());
+        if state != Enforcement::Lockdown || staged == Some(ruleset) {
             return Ok(());
         }
         check_names(&self.table, link)?;
-        // Refused now, loaded by `settle` with the others.
+        // Refused now, loaded by `settle` with the others (a link not in the
+        // table's maps never is: nothing to preload).
         self.lock_statements(link, ruleset)?;
-        let (name, text) = (self.names.of(&link.name), self.texts.of(ruleset));
-        self.pending.insert(name, text);
+        if let Some(i) = self.index(&link.name) {
+            let text = self.texts.of(ruleset);
+            self.pending.insert(i, text);
+        }
         Ok(())
     }
 
@@ -739,16 +777,17 @@ impl Firewall for Nft {
 
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
         // lock_<link> holds our text, handshakes first.
-        self.handshakes && self.staged.contains_key(link.name.as_str())
+        self.handshakes && (self.known_of(&link.name)).is_some_and(|k| k.staged.is_some())
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.table, link)?;
         // Both chains become drops: works with either deleted or damaged.
-        self.opened.remove(link.name.as_str());
-        self.staged.remove(link.name.as_str());
-        self.pending.remove(link.name.as_str());
-        self.lock_loaded.insert(self.names.of(&link.name));
+        if let Some(i) = self.index(&link.name) {
+            self.pending.remove(&i);
+            let k = &mut self.known[i];
+            (k.opened, k.staged, k.lock_loaded) = (None, None, true);
+        }
         let script = clear_script(&self.table, link);
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
@@ -784,12 +823,16 @@ impl Firewall for Nft {
             (Some(v), Some(now)) => self.untouched(v, now),
             _ => false,
         };
-        if unchanged && (links.iter()).all(|l| self.verified.contains_key(l.name.as_str())) {
+        let verified = |l: &LinkTarget| {
+            let rb = self.known_of(&l.name)?.verified.clone()?;
+            Some((l.name.clone(), rb))
+        };
+        if let Some(seen) = unchanged
+            .then(|| links.iter().map(verified).collect())
+            .flatten()
+        {
             self.set_verified_gen(gen_before);
-            return Ok(links
-                .iter()
-                .map(|l| (l.name.clone(), self.verified[l.name.as_str()].clone()))
-                .collect());
+            return Ok(seen);
         }
         self.set_verified_gen(None);
         let table = self.list(&self.table)?;
@@ -807,7 +850,7 @@ impl Firewall for Nft {
         // and pinned the freed heap around them (the parent held 58 MiB
         // with 20 MB live).
         let judged = readback::judge(links, table.as_ref(), guard.as_ref(), &|n| {
-            self.lock_loaded.contains(n)
+            self.known_of(n).is_some_and(|k| k.lock_loaded)
         });
         let lock_ok: Vec<bool> = (links.iter())
             .map(|l| (table.as_ref()).is_some_and(|t| readback::lock_chain_ok(t, &l.name)))
@@ -817,7 +860,7 @@ impl Firewall for Nft {
         drop((table, guard));
         for (l, ok) in links.iter().zip(&lock_ok) {
             if !ok {
-                self.staged.remove(l.name.as_str());
+                self.forget_staged(&l.name);
             }
         }
         // Cloned: a damage's text was made among the listing's pieces.
@@ -827,23 +870,22 @@ impl Firewall for Nft {
         drop(judged);
         for (name, rb) in &seen {
             if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
-                self.opened.remove(name.as_str());
+                self.forget_opened(name);
             }
         }
         // Cached only if nothing touched our tables while we listed.
         let gen_after = gen_before.and_then(|before| self.still(before));
         if gen_after.is_some() {
             self.set_verified_gen(gen_after);
-            let names = &mut self.names;
-            self.verified = (seen.iter())
-                .map(|(n, rb)| (names.of(n), rb.clone()))
-                .collect();
-            self.shapes = match shapes {
-                Some(s) => (links.iter().zip(s))
-                    .map(|(l, s)| (names.of(&l.name), s))
-                    .collect(),
-                None => HashMap::new(),
-            };
+            self.keep_verified(&seen);
+            for k in &mut self.known {
+                k.shape = None;
+            }
+            for (l, s) in links.iter().zip(shapes.into_iter().flatten()) {
+                if let Some(k) = self.known_mut(&l.name) {
+                    k.shape = Some(s);
+                }
+            }
         }
         Ok(seen)
     }

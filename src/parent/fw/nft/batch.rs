@@ -17,7 +17,6 @@
 //!   is taken then).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use super::readback::Holds;
 use super::{Nft, netlink};
@@ -71,23 +70,21 @@ impl Nft {
     /// The open chains loaded along with `link`'s slow open of `ruleset`
     /// (see the module's doc): their script and their links. Nothing when
     /// the sets cannot be read.
-    pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<Arc<str>>) {
+    pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<usize>) {
         let Ok(locked) = self.locked_now() else {
             return (String::new(), Vec::new());
         };
         let mut script = String::new();
         let mut names = Vec::new();
-        let targets = self.targets.clone();
-        for target in targets.iter() {
+        for (i, (target, known)) in self.targets.iter().zip(&self.known).enumerate() {
             let name = target.name.as_str();
-            let opened = self.opened.get(name).map(|t| &**t);
-            if name == link || opened == Some(ruleset) {
+            if name == link || known.opened.as_deref() == Some(ruleset) {
                 continue;
             }
             let unused = self.holds_in(&locked, name) == Some(Holds::All);
             if let (true, Ok(stmts)) = (unused, render_statements(target, ruleset)) {
                 script.push_str(&open_chain_script(&self.table, target, &stmts));
-                names.push(self.names.of(name));
+                names.push(i);
             }
         }
         (script, names)
@@ -109,62 +106,64 @@ impl Nft {
             Err(e) => Err(e),
         };
         let pending = std::mem::take(&mut self.pending);
+        let targets = self.targets.clone();
+        let name = |i: usize| targets[i].name.clone();
         let locked = match locked {
             Ok(l) => l,
             Err(e) => {
                 let e = FwError::refused(format!("preload lockdown rules: {e}"));
                 return (pending.into_keys())
-                    .map(|n| (n.to_string(), e.clone()))
+                    .map(|i| (name(i), e.clone()))
                     .collect();
             }
         };
         let mut errors = Vec::new();
         let mut script = String::new();
         let mut loading = Vec::new();
-        for (name, ruleset) in pending {
-            let Some(target) = self.target(&name) else {
-                continue;
-            };
-            if self.staged.get(&name) == Some(&ruleset)
-                || self.holds_in(&locked, &name) != Some(Holds::None)
+        for (i, ruleset) in pending {
+            let target = &targets[i];
+            if self.known[i].staged.as_ref() == Some(&ruleset)
+                || self.holds_in(&locked, &target.name) != Some(Holds::None)
             {
                 continue;
             }
             match self.lock_statements(target, &ruleset) {
                 Ok(stmts) => {
                     script.push_str(&stage_script(&self.table, target, &stmts));
-                    loading.push((name, ruleset));
+                    loading.push((i, ruleset));
                 }
-                Err(e) => errors.push((name.to_string(), e)),
+                Err(e) => errors.push((name(i), e)),
             }
         }
         if loading.is_empty() {
             return errors;
         }
-        for (name, _) in &loading {
-            self.staged.remove(name);
-            self.lock_loaded.insert(name.clone());
+        for (i, _) in &loading {
+            let k = &mut self.known[*i];
+            (k.staged, k.lock_loaded) = (None, true);
         }
         let what = format!("preload lockdown rules for {} links", loading.len());
         match self.run_many(&what, &script, loading.len()) {
-            Ok(_) => self.staged.extend(loading),
+            Ok(_) => {
+                for (i, ruleset) in loading {
+                    self.known[i].staged = Some(ruleset);
+                }
+            }
             // One link's text refused fails them all: each alone, so that
             // only the refused ones are said.
             Err(e) if loading.len() == 1 => {
-                errors.extend(loading.into_iter().map(|l| (l.0.to_string(), e.clone())))
+                errors.extend(loading.into_iter().map(|(i, _)| (name(i), e.clone())))
             }
             Err(_) => {
-                for (name, ruleset) in loading {
-                    let Some(target) = self.target(&name).cloned() else {
-                        continue;
-                    };
-                    let one = self.lock_statements(&target, &ruleset).and_then(|stmts| {
-                        let what = format!("preload lockdown rules for link {name}");
-                        self.run(&what, &stage_script(&self.table, &target, &stmts))
+                for (i, ruleset) in loading {
+                    let target = &targets[i];
+                    let one = self.lock_statements(target, &ruleset).and_then(|stmts| {
+                        let what = format!("preload lockdown rules for link {}", target.name);
+                        self.run(&what, &stage_script(&self.table, target, &stmts))
                     });
                     match one {
-                        Ok(_) => drop(self.staged.insert(name, ruleset)),
-                        Err(e) => errors.push((name.to_string(), e)),
+                        Ok(_) => self.known[i].staged = Some(ruleset),
+                        Err(e) => errors.push((name(i), e)),
                     }
                 }
             }

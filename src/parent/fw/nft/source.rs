@@ -92,11 +92,16 @@ impl Nft {
                             .any(|kind| (k.bytes(*kind).iter()).any(|b| h.keys[kind].contains(b)))
                     })
                 };
-                let keys = self.keys.iter().filter(|k| covered(k)).cloned();
+                let keys = self
+                    .known
+                    .iter()
+                    .map(|k| &k.keys)
+                    .filter(|k| covered(k))
+                    .cloned();
                 (keys.collect(), held.iter().map(|h| h.set.clone()).collect())
             }
             None => (
-                self.keys.clone(),
+                self.all_keys(),
                 (0..self.sources.len()).map(dispatch::source_set).collect(),
             ),
         };
