@@ -330,12 +330,13 @@ impl Parent {
             &conf.wireguard,
             &conf.daemon.state_dir,
         )));
-        let mut wg = wg::psk::PskWriter::new(&conf, backend.clone(), now);
+        let peers = wg::Peers::of(&conf);
+        let mut wg = wg::psk::PskWriter::new(&conf, peers.clone(), backend.clone(), now);
         // What the kernel holds now is the record; a link it shows neither
         // open nor locked is locked by the first reconcile below, an open
         // one stays open until the engine has fresh state for it.
         let mut links = Links::new(map, tlist, fw, st, state_path);
-        links.tunnel = Some(links::Tunnel::new(&conf, backend));
+        links.tunnel = Some(links::Tunnel::new(backend, peers));
         // handshakes: new_session with a firewall that passes them.
         if conf.firewall.handshakes {
             links.session_gate = conf

@@ -518,8 +518,8 @@ fn with_tunnel(l: &mut Links, fail_remove: bool) -> Arc<Mutex<bool>> {
         interface: "wg0".into(),
         public_key: [1; 32],
     };
-    let peers = [("dr".to_string(), peer)].into_iter().collect();
-    l.tunnel = Some(Tunnel::from_peers(Arc::new(Mutex::new(wg)), peers));
+    let peers = crate::parent::wg::Peers::from_list(vec![("dr".to_string(), peer)]);
+    l.tunnel = Some(Tunnel::new(Arc::new(Mutex::new(wg)), peers));
     present
 }
 

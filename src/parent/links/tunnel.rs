@@ -6,37 +6,21 @@
 //! operator restores it once the firewall is repaired, and a restored peer
 //! is seen by the same read-back.
 
-use crate::conf::Config;
-use crate::parent::wg::{SharedBackend, WgError, WgPeer};
-use std::collections::BTreeMap;
+use crate::parent::wg::{Peers, SharedBackend, WgError};
 
 pub struct Tunnel {
     wg: SharedBackend,
-    /// Links with a configured WireGuard peer (keyed links: `wg_peer`
-    /// goes with `kme`).
-    peers: BTreeMap<String, WgPeer>,
+    /// Links with a configured WireGuard peer (every keyed link has one).
+    peers: Peers,
 }
 
 impl Tunnel {
-    pub fn new(conf: &Config, wg: SharedBackend) -> Tunnel {
-        let peers = conf
-            .link
-            .values()
-            .filter_map(|l| {
-                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
-                Some((l.name.clone(), peer))
-            })
-            .collect();
-        Tunnel::from_peers(wg, peers)
-    }
-
-    /// Links (by name) and their peers, as `new` finds them in a config.
-    pub fn from_peers(wg: SharedBackend, peers: BTreeMap<String, WgPeer>) -> Tunnel {
+    pub fn new(wg: SharedBackend, peers: Peers) -> Tunnel {
         Tunnel { wg, peers }
     }
 
     pub fn has_peer(&self, link: &str) -> bool {
-        self.peers.contains_key(link)
+        self.peers.position(link).is_some()
     }
 
     /// Removes the link's peer and reads back that it is gone.

@@ -116,6 +116,44 @@ impl std::error::Error for WgError {}
 /// makes the sharing explicit, it is never contended.
 pub type SharedBackend = std::sync::Arc<std::sync::Mutex<Box<dyn WgBackend>>>;
 
+/// Each link's WireGuard peer (the links with a `wg_peer`), in name order:
+/// made once from the config and shared by the PSK writer and the lockdown
+/// ladder's last rung (a copy each was ~1 MB of the parent at 10,000 links).
+#[derive(Clone)]
+pub struct Peers(std::sync::Arc<[(String, WgPeer)]>);
+
+impl Peers {
+    /// The peers a config names; a link whose `wg_peer` does not decode
+    /// has none (the config parser refused it already).
+    pub fn of(conf: &crate::conf::Config) -> Peers {
+        let peers = (conf.link.values()).filter_map(|l| {
+            let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
+            Some((l.name.clone(), peer))
+        });
+        Peers::from_list(peers.collect())
+    }
+
+    /// Links (by name) and their peers; the first of a name counts.
+    pub fn from_list(mut peers: Vec<(String, WgPeer)>) -> Peers {
+        peers.sort_by(|a, b| a.0.cmp(&b.0));
+        peers.dedup_by(|a, b| a.0 == b.0);
+        Peers(peers.into())
+    }
+
+    /// Where link `link` is in [`Peers::iter`].
+    pub fn position(&self, link: &str) -> Option<usize> {
+        self.0.binary_search_by(|(n, _)| n.as_str().cmp(link)).ok()
+    }
+
+    pub fn get(&self, link: &str) -> Option<&WgPeer> {
+        self.position(link).map(|i| &self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(String, WgPeer)> {
+        self.0.iter()
+    }
+}
+
 /// One way of reaching WireGuard.
 pub trait WgBackend: Send {
     fn name(&self) -> &'static str;

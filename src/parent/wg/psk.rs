@@ -5,10 +5,9 @@
 //! drift check. The parent's handlers (`parent/keys.rs`) decide what a
 //! drift or a failed install does to the link.
 
-use super::{SharedBackend, WgBackend, WgError, WgPeer, ct_eq, ct_eq_str};
+use super::{Peers, SharedBackend, WgBackend, WgError, WgPeer, ct_eq, ct_eq_str};
 use crate::conf::Config;
 use crate::secret::Psk;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// The persistent keepalive (seconds) a re-created peer gets when it had
@@ -20,33 +19,41 @@ pub const SESSION_KEEPALIVE: u16 = 25;
 /// keyed link's peer, what was last installed there, and when to re-read it.
 pub struct PskWriter {
     backend: SharedBackend,
-    links: BTreeMap<String, WgLink>,
+    peers: Peers,
+    /// Beside each of `peers`: its link's PSK state when the link is keyed.
+    links: Vec<Option<WgLink>>,
 }
 
 struct WgLink {
-    peer: WgPeer,
     /// What we last wrote (and read back): the drift check compares with it.
     installed: Option<Psk>,
     next_check: Instant,
 }
 
 impl PskWriter {
-    pub fn new(conf: &Config, backend: SharedBackend, now: Instant) -> PskWriter {
-        let links = conf
-            .link
-            .values()
-            .filter(|l| l.kme.is_some())
-            .filter_map(|l| {
-                let peer = WgPeer::from_conf(&l.wg_interface, l.wg_peer.as_deref()?).ok()?;
-                let w = WgLink {
-                    peer,
+    /// The keyed links (a `kme`) of `conf` among `peers`.
+    pub fn new(conf: &Config, peers: Peers, backend: SharedBackend, now: Instant) -> PskWriter {
+        let keyed = |name: &str| conf.link.get(name).is_some_and(|l| l.kme.is_some());
+        let links = (peers.iter())
+            .map(|(name, _)| {
+                keyed(name).then_some(WgLink {
                     installed: None,
                     next_check: now,
-                };
-                Some((l.name.clone(), w))
+                })
             })
             .collect();
-        PskWriter { backend, links }
+        PskWriter {
+            backend,
+            peers,
+            links,
+        }
+    }
+
+    /// A keyed link's peer and PSK state.
+    fn link(&mut self, link: &str) -> Option<(&WgPeer, &mut WgLink)> {
+        let i = self.peers.position(link)?;
+        let w = self.links[i].as_mut()?;
+        Some((self.peers.get(link)?, w))
     }
 
     pub fn backend(&self) -> std::sync::MutexGuard<'_, Box<dyn WgBackend>> {
@@ -54,7 +61,7 @@ impl PskWriter {
     }
 
     pub fn is_keyed(&self, link: &str) -> bool {
-        self.links.contains_key(link)
+        (self.peers.position(link)).is_some_and(|i| self.links[i].is_some())
     }
 
     /// Writes `psk` to the link's peer and reads it back.
@@ -65,11 +72,12 @@ impl PskWriter {
         period: Duration,
         now: Instant,
     ) -> Result<(), WgError> {
-        let w = self.links.get_mut(link).ok_or(WgError::NoSuchPeer)?;
-        self.backend
+        let backend = self.backend.clone();
+        let (peer, w) = self.link(link).ok_or(WgError::NoSuchPeer)?;
+        backend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .set_psk(&w.peer, &psk)?;
+            .set_psk(peer, &psk)?;
         w.installed = Some(psk);
         w.next_check = now + period;
         Ok(())
@@ -79,14 +87,14 @@ impl PskWriter {
     /// the state file holds (a restart's proof of a QKD-derived key); if
     /// so it becomes the installed PSK the drift check compares with.
     pub fn verify_persisted(&mut self, link: &str, verifier: &str, now: Instant) -> bool {
-        let Some(w) = self.links.get_mut(link) else {
+        let backend = self.backend.clone();
+        let Some((peer, w)) = self.link(link) else {
             return false;
         };
-        let got = self
-            .backend
+        let got = backend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_psk(&w.peer);
+            .get_psk(peer);
         let Ok(psk) = got else {
             return false;
         };
@@ -102,29 +110,31 @@ impl PskWriter {
     /// for a new session ([`WgBackend::new_session`]), with a keepalive
     /// of [`SESSION_KEEPALIVE`] seconds for the moment if it has none.
     pub fn new_session(&mut self, link: &str) -> Result<(), WgError> {
-        let w = self.links.get(link).ok_or(WgError::NoSuchPeer)?;
-        self.backend
+        let backend = self.backend.clone();
+        let (peer, _) = self.link(link).ok_or(WgError::NoSuchPeer)?;
+        backend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .new_session(&w.peer, SESSION_KEEPALIVE)
+            .new_session(peer, SESSION_KEEPALIVE)
             .map(|_| ())
     }
 
     /// Has the link's PSK re-read at the next tick rather than after its
     /// period: a re-creation that failed may have left the peer gone.
     pub fn recheck_soon(&mut self, link: &str, now: Instant) {
-        if let Some(w) = self.links.get_mut(link) {
+        if let Some((_, w)) = self.link(link) {
             w.next_check = now;
         }
     }
 
     /// When the link's peer last completed a handshake (wall clock).
     pub fn last_handshake(&mut self, link: &str) -> Result<Option<std::time::SystemTime>, WgError> {
-        let w = self.links.get(link).ok_or(WgError::NoSuchPeer)?;
-        self.backend
+        let backend = self.backend.clone();
+        let (peer, _) = self.link(link).ok_or(WgError::NoSuchPeer)?;
+        backend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last_handshake(&w.peer)
+            .last_handshake(peer)
     }
 
     /// `key-stale`: no fresh key, so no key at all that anyone could know.
@@ -141,7 +151,8 @@ impl PskWriter {
         now: Instant,
     ) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for (name, w) in &mut self.links {
+        let keyed = self.peers.iter().zip(&mut self.links);
+        for ((name, peer), w) in keyed.filter_map(|(p, w)| Some((p, w.as_mut()?))) {
             let Some(installed) = &w.installed else {
                 continue;
             };
@@ -150,7 +161,7 @@ impl PskWriter {
             }
             w.next_check = now + period_of(name);
             let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
-            match check_drift(b.as_mut(), &w.peer, installed) {
+            match check_drift(b.as_mut(), peer, installed) {
                 Ok(Drift::Same) => {}
                 Ok(Drift::Changed) => out.push((name.clone(), "changed".to_string())),
                 Err(e) => out.push((name.clone(), e.reason().to_string())),
@@ -205,17 +216,14 @@ mod tests {
 
     fn writer(psk: Option<Psk>) -> PskWriter {
         let backend: Box<dyn WgBackend> = Box::new(Fake(psk));
-        let links = [(
-            "dr".to_string(),
-            WgLink {
-                peer: peer(),
-                installed: None,
-                next_check: Instant::now(),
-            },
-        )];
+        let links = vec![Some(WgLink {
+            installed: None,
+            next_check: Instant::now(),
+        })];
         PskWriter {
             backend: std::sync::Arc::new(std::sync::Mutex::new(backend)),
-            links: links.into_iter().collect(),
+            peers: Peers::from_list(vec![("dr".to_string(), peer())]),
+            links,
         }
     }
 
