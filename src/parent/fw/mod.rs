@@ -30,7 +30,7 @@ pub trait Firewall: LinkCheck + Send {
     fn init(&mut self, links: &[LinkTarget]) -> Result<(), FwError>;
     /// [`Firewall::init`] with the parent's own shared list of the links,
     /// which a backend that keeps them holds rather than a copy of each
-    /// (nft: 1.8 MB at 10,000 links).
+    /// (nft: about 1.8 MB at 10,000 links).
     fn init_shared(&mut self, links: &std::sync::Arc<[LinkTarget]>) -> Result<(), FwError> {
         self.init(links)
     }

@@ -68,14 +68,14 @@ impl Nft {
     }
 
     /// The open chains loaded along with `link`'s slow open of `ruleset`
-    /// (see the module's doc): their script and their links. Nothing when
-    /// the sets cannot be read.
+    /// (see the module's doc): their script and their links' places in
+    /// `targets`. Nothing when the sets cannot be read.
     pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<usize>) {
         let Ok(locked) = self.locked_now() else {
             return (String::new(), Vec::new());
         };
         let mut script = String::new();
-        let mut names = Vec::new();
+        let mut others = Vec::new();
         for (i, (target, known)) in self.targets.iter().zip(&self.known).enumerate() {
             let name = target.name.as_str();
             if name == link || known.opened.as_deref() == Some(ruleset) {
@@ -84,10 +84,10 @@ impl Nft {
             let unused = self.holds_in(&locked, name) == Some(Holds::All);
             if let (true, Ok(stmts)) = (unused, render_statements(target, ruleset)) {
                 script.push_str(&open_chain_script(&self.table, target, &stmts));
-                names.push(i);
+                others.push(i);
             }
         }
-        (script, names)
+        (script, others)
     }
 
     /// Loads the lockdown chains `stage` deferred, in one run; the links
