@@ -108,6 +108,19 @@ pub fn targets(conf: &Config) -> BTreeMap<String, LinkTarget> {
         .collect()
 }
 
+/// `links` in name order, one of each name (the first), for a lookup by
+/// binary search: the list itself when it is so already (as the parent
+/// keeps it), else a sorted copy.
+pub fn in_name_order(links: &Arc<[LinkTarget]>) -> Arc<[LinkTarget]> {
+    if links.is_sorted_by(|a, b| a.name < b.name) {
+        return links.clone();
+    }
+    let mut sorted = links.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.dedup_by(|a, b| a.name == b.name);
+    Arc::from(sorted)
+}
+
 /// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor/table name. They end
 /// up inside pf and nft syntax, so nothing else may pass.
 pub fn valid_name(s: &str) -> bool {
@@ -162,5 +175,23 @@ mod tests {
         assert!(!valid_ifname("wg0\""));
         assert!(!valid_ifname("wg 0"));
         assert!(!valid_ifname(&"w".repeat(16)));
+    }
+
+    #[test]
+    fn links_in_name_order_are_shared_others_sorted_once() {
+        let named = |n: &str, port| LinkTarget {
+            name: n.into(),
+            wg_port: port,
+            ..LinkTarget::sample()
+        };
+        let ordered: Arc<[LinkTarget]> = Arc::from([named("a", 1), named("b", 2)]);
+        assert!(Arc::ptr_eq(&in_name_order(&ordered), &ordered));
+        let mixed: Arc<[LinkTarget]> = Arc::from([named("b", 2), named("a", 1), named("b", 3)]);
+        let sorted = in_name_order(&mixed);
+        let got: Vec<(&str, u16)> = sorted
+            .iter()
+            .map(|l| (l.name.as_str(), l.wg_port))
+            .collect();
+        assert_eq!(got, [("a", 1), ("b", 2)], "the first of a name counts");
     }
 }

@@ -390,7 +390,7 @@ impl Nft {
             .collect()
     }
 
-    /// Where link `name` is in `targets` and `keys`.
+    /// Where link `name` is in `targets` and `known`.
     fn index(&self, name: &str) -> Option<usize> {
         (self.targets)
             .binary_search_by(|t| t.name.as_str().cmp(name))
@@ -610,17 +610,8 @@ impl Firewall for Nft {
         self.texts.forget_unheld();
         self.site_flip = None;
         self.source_flip = None;
-        // Looked up by name (`Nft::index`): in name order, as the parent
-        // keeps them, or a sorted copy.
-        self.targets = match links.is_sorted_by(|a, b| a.name < b.name) {
-            true => links.clone(),
-            false => {
-                let mut sorted = links.to_vec();
-                sorted.sort_by(|a, b| a.name.cmp(&b.name));
-                sorted.dedup_by(|a, b| a.name == b.name);
-                Arc::from(sorted)
-            }
-        };
+        // Looked up by name (`Nft::index`).
+        self.targets = crate::ruleset::in_name_order(links);
         let mut owned = dispatch::owned(links);
         self.known = (self.targets.iter())
             .map(|t| Known {

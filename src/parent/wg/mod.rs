@@ -384,6 +384,23 @@ mod tests {
     }
 
     #[test]
+    fn peers_are_found_by_name_whatever_the_order_given() {
+        let p = |k| WgPeer {
+            interface: "wg0".into(),
+            public_key: [k; 32],
+        };
+        let given = vec![("b".into(), p(2)), ("a".into(), p(1)), ("b".into(), p(3))];
+        let peers = Peers::from_list(given);
+        let key = |l| peers.get(l).map(|x| x.public_key[0]);
+        assert_eq!(key("a"), Some(1));
+        assert_eq!(key("b"), Some(2), "the first of a name counts");
+        assert_eq!(peers.position("c"), None);
+        let names: Vec<&str> = peers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(peers.position("b"), Some(1));
+    }
+
+    #[test]
     fn peer_from_conf_checks_key_and_name() {
         let p = peer();
         assert_eq!(p.public_key, [1; 32]);
