@@ -853,35 +853,35 @@ impl Firewall for Nft {
         let shapes: Option<Vec<readback::Shape>> =
             (table.as_ref()).map(|t| links.iter().map(|l| readback::shape(l, t)).collect());
         drop((table, guard));
-        for (l, ok) in links.iter().zip(&lock_ok) {
-            if !ok {
-                self.forget_staged(&l.name);
-            }
-        }
-        // Cloned: a damage's text was made among the listing's pieces.
-        let seen: BTreeMap<String, Readback> = (links.iter().zip(&judged))
-            .map(|(l, rb)| (l.name.clone(), rb.clone()))
-            .collect();
-        drop(judged);
-        for (name, rb) in &seen {
-            if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
-                self.forget_opened(name);
-            }
-        }
         // Cached only if nothing touched our tables while we listed.
         let gen_after = gen_before.and_then(|before| self.still(before));
         if gen_after.is_some() {
             self.set_verified_gen(gen_after);
-            self.keep_verified(&seen);
             for k in &mut self.known {
-                k.shape = None;
-            }
-            for (l, s) in links.iter().zip(shapes.into_iter().flatten()) {
-                if let Some(k) = self.known_mut(&l.name) {
-                    k.shape = Some(s);
-                }
+                (k.verified, k.shape) = (None, None);
             }
         }
+        // Each link's row, found once. Cloned: a damage's text was made
+        // among the listing's pieces.
+        for (n, l) in links.iter().enumerate() {
+            let Some(k) = self.known_mut(&l.name) else {
+                continue;
+            };
+            let rb = &judged[n];
+            if !lock_ok[n] {
+                k.staged = None;
+            }
+            if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
+                k.opened = None;
+            }
+            if gen_after.is_some() {
+                k.verified = Some(rb.clone());
+                k.shape = shapes.as_ref().map(|s| s[n]);
+            }
+        }
+        let seen = (links.iter().zip(&judged))
+            .map(|(l, rb)| (l.name.clone(), rb.clone()))
+            .collect();
         Ok(seen)
     }
 
