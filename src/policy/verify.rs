@@ -36,6 +36,28 @@ pub trait RulesetChecker {
         }
         Ok(())
     }
+    /// [`RulesetChecker::check_links`] for each `(state, ruleset)` of
+    /// `sets`: the place in `sets` of the first failing one, its link and
+    /// message. Backends that can check the sets side by side override it.
+    fn check_sets(
+        &self,
+        links: &[String],
+        sets: &[(Enforcement, &str)],
+    ) -> Result<(), (usize, String, String)> {
+        sets_in_turn(self, links, sets)
+    }
+}
+
+/// [`RulesetChecker::check_sets`] one set after the other.
+pub fn sets_in_turn<C: RulesetChecker + ?Sized>(
+    c: &C,
+    links: &[String],
+    sets: &[(Enforcement, &str)],
+) -> Result<(), (usize, String, String)> {
+    for (i, (state, ruleset)) in sets.iter().enumerate() {
+        (c.check_links(links, *state, ruleset)).map_err(|(l, m)| (i, l, m))?;
+    }
+    Ok(())
 }
 
 /// Accepts everything (dry-run, or `qkdctl policy verify` without a backend).
@@ -257,6 +279,7 @@ fn check_rulesets(
     links: &[String],
     checker: &dyn RulesetChecker,
 ) -> Result<(), Reject> {
+    let mut sets = Vec::with_capacity(2);
     for state in [Enforcement::Open, Enforcement::Lockdown] {
         let name = format!(
             "{}.{}",
@@ -272,16 +295,22 @@ fn check_rulesets(
             file: name.clone(),
             msg: "not UTF-8".into(),
         })?;
-        checker
-            .check_links(links, state, text)
-            .map_err(|(link, msg)| Reject::RulesetCheck {
-                link,
-                state: state.to_string(),
-                file: name.clone(),
-                msg,
-            })?;
+        sets.push((name, state, text));
     }
-    Ok(())
+    let states: Vec<(Enforcement, &str)> = sets.iter().map(|(_, s, t)| (*s, *t)).collect();
+    checker
+        .check_sets(links, &states)
+        .map_err(|(i, link, msg)| {
+            let (file, state) = sets.get(i).map_or(("-".into(), "-".into()), |(f, s, _)| {
+                (f.clone(), s.to_string())
+            });
+            Reject::RulesetCheck {
+                link,
+                state,
+                file,
+                msg,
+            }
+        })
 }
 
 /// The identity of an already-verified bundle (e.g. a stored one): SHA-256

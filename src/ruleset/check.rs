@@ -33,6 +33,12 @@ pub trait LinkCheck {
     ) -> Result<(), (String, String)> {
         check_each(self, links, state, ruleset)
     }
+    /// The [`Check`] this backend's checks amount to, owned, so that the
+    /// bundle verifier can check both states side by side (each is a tool
+    /// run of seconds at 10,000 links). None: one state after the other.
+    fn shared_check(&self) -> Option<Check> {
+        None
+    }
 }
 
 /// One [`LinkCheck::check`] per link; the first failing link and its message.
@@ -165,9 +171,39 @@ impl LinkCheck for Check {
         }
         self.nft_bisect(path, &rendered, state)
     }
+
+    fn shared_check(&self) -> Option<Check> {
+        Some(self.clone())
+    }
 }
 
 impl Check {
+    /// [`LinkCheck::check_links`] for each `(state, ruleset)` of `sets`,
+    /// each on a thread of its own; the place in `sets` of the first
+    /// failing one, its link and message.
+    pub fn check_sets(
+        &self,
+        links: &[&LinkTarget],
+        sets: &[(Enforcement, &str)],
+    ) -> Result<(), (usize, String, String)> {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let threads: Vec<_> = (sets.iter())
+                .map(|(state, ruleset)| s.spawn(move || self.check_links(links, *state, ruleset)))
+                .collect();
+            (threads.into_iter())
+                .map(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(("-".to_string(), "the check's thread panicked".to_string()))
+                    })
+                })
+                .collect()
+        });
+        for (i, r) in results.into_iter().enumerate() {
+            r.map_err(|(l, m)| (i, l, m))?;
+        }
+        Ok(())
+    }
+
     /// Checks `rendered` in one run; on a failure, finds a failing link by
     /// halves (2·log2(n) more runs at most), whose own check is the answer.
     fn nft_bisect(
@@ -253,13 +289,31 @@ impl<C: LinkCheck + ?Sized> RulesetChecker for Checker<'_, C> {
         state: Enforcement,
         ruleset: &str,
     ) -> Result<(), (String, String)> {
+        let targets = self.targets_of(links)?;
+        self.fw.check_links(&targets, state, ruleset)
+    }
+    fn check_sets(
+        &self,
+        links: &[String],
+        sets: &[(Enforcement, &str)],
+    ) -> Result<(), (usize, String, String)> {
+        let Some(check) = self.fw.shared_check() else {
+            return crate::policy::verify::sets_in_turn(self, links, sets);
+        };
+        let targets = self.targets_of(links).map_err(|(l, m)| (0, l, m))?;
+        check.check_sets(&targets, sets)
+    }
+}
+
+impl<C: ?Sized> Checker<'_, C> {
+    fn targets_of(&self, links: &[String]) -> Result<Vec<&LinkTarget>, (String, String)> {
         let mut targets = Vec::with_capacity(links.len());
         for link in links {
             let t = (self.targets.get(link))
                 .ok_or_else(|| (link.clone(), format!("unknown link {link}")))?;
             targets.push(t);
         }
-        self.fw.check_links(&targets, state, ruleset)
+        Ok(targets)
     }
 }
 
@@ -349,5 +403,52 @@ mod tests {
             .check_links(&without, Enforcement::Open, "accept\n")
             .unwrap();
         assert_eq!(count(), 1);
+    }
+
+    /// Both states' checks run side by side (each is seconds of `nft` at
+    /// 10,000 links): a stand-in nft that takes a second logs both starts
+    /// before either end. The first failing set in order is the answer.
+    #[test]
+    fn both_states_are_checked_side_by_side() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("nft");
+        let log = dir.path().join("log");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\ncat >/dev/null\necho start >> {0}\nsleep 1\necho end >> {0}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let links = [dr()];
+        let refs: Vec<&LinkTarget> = links.iter().collect();
+        let sets = [
+            (Enforcement::Open, "accept\n"),
+            (Enforcement::Lockdown, "drop\n"),
+        ];
+        Check::nft(&fake, "qkdpfd")
+            .check_sets(&refs, &sets)
+            .unwrap();
+        let order = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(order, "start\nstart\nend\nend\n");
+
+        let check = Check::render_only(Flavor::Nft, "qkdpfd");
+        let bad_lock = [
+            (Enforcement::Open, "accept\n"),
+            (Enforcement::Lockdown, "jump x\n"),
+        ];
+        let (i, link, e) = check.check_sets(&refs, &bad_lock).unwrap_err();
+        assert_eq!((i, link.as_str()), (1, "dr"));
+        assert!(e.contains("lockdown ruleset"), "{e}");
+        let both_bad = [
+            (Enforcement::Open, "goto y\n"),
+            (Enforcement::Lockdown, "jump x\n"),
+        ];
+        let (i, _, e) = check.check_sets(&refs, &both_bad).unwrap_err();
+        assert_eq!(i, 0);
+        assert!(e.contains("open ruleset"), "{e}");
     }
 }

@@ -117,6 +117,10 @@ impl LinkCheck for DryRun {
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
         Check::render_only(self.flavor, &self.anchor).check(link, state, ruleset)
     }
+
+    fn shared_check(&self) -> Option<Check> {
+        Some(Check::render_only(self.flavor, &self.anchor))
+    }
 }
 
 impl Firewall for DryRun {

@@ -589,6 +589,10 @@ impl LinkCheck for Nft {
     ) -> Result<(), (String, String)> {
         Check::nft(&self.nft, &self.table).check_links(links, state, ruleset)
     }
+
+    fn shared_check(&self) -> Option<Check> {
+        Some(Check::nft(&self.nft, &self.table))
+    }
 }
 
 impl Firewall for Nft {

@@ -169,6 +169,10 @@ impl LinkCheck for Pf {
     fn check(&self, link: &LinkTarget, state: Enforcement, ruleset: &str) -> Result<(), String> {
         Check::pf(&self.pfctl, &self.anchor).check(link, state, ruleset)
     }
+
+    fn shared_check(&self) -> Option<Check> {
+        Some(Check::pf(&self.pfctl, &self.anchor))
+    }
 }
 
 impl Firewall for Pf {
