@@ -502,3 +502,165 @@ fn another_tables_changes_need_no_listing_ours_do() {
     assert_eq!(seen["l0"].state, Observed::Open);
     assert!(nft_runs(&r) > runs, "a change to our table is listed");
 }
+
+/// Many opens in one netlink transaction: the links whose chains hold the
+/// text already open together (the generation moves by one), each reads
+/// back open without a listing, and packets pass. A batch with a link not
+/// in the table's maps fails whole, opening nothing: each link is then
+/// opened alone, and only that one fails.
+#[test]
+fn many_opens_share_one_transaction() {
+    use qkdpfd::parent::fw::nft::alive::generation;
+    if !root_or_skip("many_opens_share_one_transaction") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = links_and_far_end(&r, 4);
+    r.fw.init(&ls).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    // l0's slow open loads the text into every locked link's chain.
+    r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
+    let rest: Vec<&LinkTarget> = ls[1..].iter().collect();
+    for l in &rest {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "dr locked");
+    let runs = nft_runs(&r);
+    let before = generation(1).unwrap();
+    let opened = r.fw.open_many(&rest, "accept");
+    assert!(opened.iter().all(Result::is_ok), "{opened:?}");
+    assert_eq!(generation(2).unwrap(), before.wrapping_add(1));
+    for l in &rest {
+        let seen = r.fw.observe(&ls, Some(&l.name)).unwrap();
+        assert_eq!(seen[&l.name].state, Observed::Open, "{}", l.name);
+        assert_eq!(keys_locked(&r.ns, l), 0, "{}", l.name);
+    }
+    assert_eq!(nft_runs(&r), runs, "no nft run, no listing");
+    assert!(ping(&r.ns, "10.99.0.2"), "dr open");
+
+    for l in &rest {
+        r.fw.apply(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "dr locked again");
+    let stranger = link("zz", "wgzz", [198, 51, 100, 99]);
+    let mut with: Vec<&LinkTarget> = rest.clone();
+    with.insert(1, &stranger);
+    let opened = r.fw.open_many(&with, "accept");
+    assert_eq!(opened.len(), with.len());
+    for (l, res) in with.iter().zip(&opened) {
+        match l.name.as_str() {
+            "zz" => {
+                let e = res.as_ref().unwrap_err().to_string();
+                assert!(e.contains("not in the table's maps"), "{e}");
+            }
+            _ => {
+                assert!(res.is_ok(), "{}: {res:?}", l.name);
+                assert_eq!(state(&mut r, &ls, &l.name), Observed::Open);
+            }
+        }
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "dr open, each alone");
+}
+
+/// Our own preload of lockdown chains (`settle`) needs no listing after
+/// it: those chains are read back one by one, the rest stays verified, and
+/// the lockdown that follows is a flip proven by packets. A change to one
+/// of those chains by anyone else is still listed and seen.
+#[test]
+fn a_settle_reads_back_only_the_chains_it_loaded() {
+    if !root_or_skip("a_settle_reads_back_only_the_chains_it_loaded") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = links_and_far_end(&r, 3);
+    r.fw.init(&ls).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    for l in &ls {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+    }
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(
+        seen.values().all(|rb| rb.state == Observed::Open),
+        "{seen:?}"
+    );
+    let runs = nft_runs(&r);
+    for l in &ls {
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(nft_runs(&r), runs + 1, "one run: the preload");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(
+        seen.values().all(|rb| rb.state == Observed::Open),
+        "{seen:?}"
+    );
+    assert_eq!(nft_runs(&r), runs + 1, "no listing after our own preload");
+    r.fw.apply(&ls[3], Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(nft_runs(&r), runs + 1, "the lockdown is a flip");
+    let seen = r.fw.observe(&ls, Some("dr")).unwrap();
+    assert_eq!(seen["dr"].state, Observed::Locked);
+    assert!(!ping(&r.ns, "10.99.0.2"), "locked");
+    // Someone else empties l1's preloaded chain, then l1 locks: listed,
+    // and l1 is not shown locked by a chain that drops nothing.
+    r.ns.nft("flush chain inet qkdpfd lock_l1");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(nft_runs(&r) > runs + 1, "a change to our table is listed");
+    assert_eq!(seen["l1"].state, Observed::Open);
+    r.fw.apply(&ls[1], Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_eq!(state(&mut r, &ls, "l1"), Observed::Locked);
+    assert_eq!(rules(&r.ns, "lock_l1"), ["counter packets 0 bytes 0 drop"]);
+}
+
+/// A re-application's lockdowns in one nft run: every chain loaded and
+/// every key locked by it, each link read back locked and the far end no
+/// longer answering. A run with a link not in the table's maps locks each
+/// link alone, and only that one fails.
+#[test]
+fn many_lockdowns_share_one_run() {
+    if !root_or_skip("many_lockdowns_share_one_run") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = links_and_far_end(&r, 3);
+    r.fw.init(&ls).unwrap();
+    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    for l in &ls {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    let refs: Vec<&LinkTarget> = ls.iter().collect();
+    let before = runs(&r, "-f");
+    let locked = r.fw.lock_many(&refs, "counter drop");
+    assert!(locked.iter().all(Result::is_ok), "{locked:?}");
+    assert_eq!(runs(&r, "-f") - before, 1, "one run for four links");
+    for l in &ls {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+        assert_eq!(
+            rules(&r.ns, &format!("lock_{}", l.name)),
+            ["counter packets 0 bytes 0 drop"]
+        );
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "locked");
+
+    let stranger = link("zz", "wgzz", [198, 51, 100, 99]);
+    let mut with = refs.clone();
+    with.insert(0, &stranger);
+    let locked = r.fw.lock_many(&with, "drop");
+    for (l, res) in with.iter().zip(&locked) {
+        match l.name.as_str() {
+            "zz" => assert!(res.is_err()),
+            _ => {
+                assert!(res.is_ok(), "{}: {res:?}", l.name);
+                assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+            }
+        }
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "still locked");
+}

@@ -197,8 +197,12 @@ fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret:
     if held {
         p.links.set_parent_reason(link, LockReason::NoKey, false);
         p.links.set_parent_reason(link, LockReason::PskDrift, false);
-        p.links
-            .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        // In the daemon's loop the open waits for the installs queued
+        // behind this one, to be made with theirs (`Links::open_queued`).
+        if !p.links.queue_open(link, OpenedBy::Auto) {
+            p.links
+                .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        }
         out.state(link);
     }
     // Written with the others of this batch (one fsync for a `rotate all`).

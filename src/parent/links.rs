@@ -131,11 +131,11 @@ pub struct Links {
     session_made: Option<String>,
     /// Entries appended to the state's journal since it was last emptied.
     journaled: usize,
-    /// Links a tick found to open, when `defer_opens`: the main loop opens
-    /// them one per turn ([`Links::open_next`]). An open is a kernel
-    /// transaction that waits (about 10 ms at 10,000 links): a tick that
-    /// opened 10,000 links at once kept lockdowns and the dead-man switch's
-    /// heartbeat waiting for 2 minutes.
+    /// Links a tick or an install found to open, when `defer_opens`: the
+    /// main loop opens a few per turn ([`Links::open_queued`]). An open is
+    /// a kernel transaction that waits (about 10 ms at 10,000 links): a
+    /// tick that opened 10,000 links at once kept lockdowns and the
+    /// dead-man switch's heartbeat waiting for 2 minutes.
     /// Each with who asked for it, for the `unlock` event.
     pub opening: BTreeMap<String, OpenedBy>,
     /// Set by the daemon's main loop; off, a tick opens links itself.
@@ -153,6 +153,18 @@ fn find_target<'a>(targets: &'a [LinkTarget], name: &str) -> Option<&'a LinkTarg
 /// Link `name`'s target: the caller knows it is a link.
 fn target_of<'a>(targets: &'a [LinkTarget], name: &str) -> &'a LinkTarget {
     find_target(targets, name).expect("a configured link")
+}
+
+/// The `unlock` event of a link that opened.
+fn say_opened(name: &str, by: OpenedBy) {
+    let by = match by {
+        OpenedBy::Auto => "auto",
+        OpenedBy::Operator => "operator",
+    };
+    log::event(Event::Unlock)
+        .kv("link", name)
+        .kv("by", by)
+        .send();
 }
 
 /// How a link was opened, for the `unlock` event.
@@ -418,7 +430,7 @@ impl Links {
         })
     }
 
-    /// With `defer_opens`, queues the link for [`Links::open_next`] if
+    /// With `defer_opens`, queues the link for [`Links::open_queued`] if
     /// `converge` would open it; whether it did.
     pub fn queue_open(&mut self, name: &str, by: OpenedBy) -> bool {
         if !self.defer_opens || !self.would_open(name) {
@@ -428,17 +440,182 @@ impl Links {
         true
     }
 
-    /// Converges the next link queued to open; its name, and its new
-    /// enforcement if that changed.
-    pub fn open_next(&mut self, bundle: Option<&Bundle>) -> Option<(String, Option<Enforcement>)> {
-        let (name, by) = self.opening.pop_first()?;
-        let changed = self.converge(&name, bundle, by, false);
-        Some((name, changed))
+    /// Converges the next queued links, [`Links::turn`] of them
+    /// ([`Links::converge_many`]).
+    pub fn open_queued(
+        &mut self,
+        bundle: Option<&Bundle>,
+        max: usize,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let n = self.turn(max, self.opening.keys(), false);
+        let queued = (0..n).filter_map(|_| self.opening.pop_first()).collect();
+        self.converge_many(queued, bundle, false)
     }
 
-    /// Re-applies one link's current state (a new bundle's rulesets).
-    pub fn reapply(&mut self, name: &str, bundle: Option<&Bundle>) {
-        self.converge(name, bundle, OpenedBy::Auto, true);
+    /// How many links from the front of a queue (`queued`, in order) to
+    /// converge in one turn: up to `max` that [`Links::converge`] would only
+    /// open, or (with `force`, a re-application) only lock, or one other
+    /// link alone (its lockdown ladder may be tool runs, which a QBER
+    /// lockdown must not wait behind many of).
+    pub fn turn<'a>(
+        &self,
+        max: usize,
+        queued: impl IntoIterator<Item = &'a String>,
+        force: bool,
+    ) -> usize {
+        let mut n = 0;
+        for name in queued.into_iter().take(max) {
+            let alone = !(self.opens_plainly(name) || force && self.relocks(name));
+            if alone {
+                return n.max(1);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether a forced [`Links::converge`] would lock the link again (a
+    /// new bundle's lockdown text): it is to be locked, and nothing failed.
+    fn relocks(&self, name: &str) -> bool {
+        (self.links.get(name))
+            .is_some_and(|l| l.desired() == Some(Enforcement::Lockdown) && !l.lock_failed)
+    }
+
+    /// Whether [`Links::converge`] would only open the link: it is locked
+    /// in the kernel, to be opened, and need not wait for a session.
+    fn opens_plainly(&self, name: &str) -> bool {
+        let before = self.links.get(name).map(LinkCtl::enforcement);
+        self.would_open(name) && before.is_some_and(|b| !self.waits_for_session(name, b))
+    }
+
+    /// Re-applies the current state of each of `names` (a new bundle's
+    /// rulesets; [`Links::converge_many`]).
+    pub fn reapply_many(
+        &mut self,
+        names: Vec<String>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let links = names.into_iter().map(|n| (n, OpenedBy::Auto)).collect();
+        self.converge_many(links, bundle, true)
+    }
+
+    /// [`Links::converge`] of each link, those it would only open together
+    /// ([`Firewall::open_many`]: at 10,000 links a transaction each kept
+    /// the loop busy for seconds), any other on its own. Each link's name
+    /// and its new enforcement if that changed.
+    fn converge_many(
+        &mut self,
+        links: Vec<(String, OpenedBy)>,
+        bundle: Option<&Bundle>,
+        force: bool,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let mut out = Vec::new();
+        let mut plain = Vec::new();
+        let mut relock = Vec::new();
+        for (name, by) in links {
+            let Some(before) = self.links.get(&name).map(LinkCtl::enforcement) else {
+                continue;
+            };
+            // Locked in the kernel and to be opened: `force` changes nothing.
+            if self.opens_plainly(&name) {
+                plain.push((name, by, before));
+            } else if force && self.relocks(&name) {
+                relock.push((name, before));
+            } else {
+                let changed = self.converge(&name, bundle, by, force);
+                out.push((name, changed));
+            }
+        }
+        out.extend(self.open_many(plain, bundle));
+        out.extend(self.lock_many(relock, bundle));
+        out
+    }
+
+    /// The lockdown half of a forced [`Links::converge`] for many links at
+    /// once: the bundle's lockdown loaded for all of them
+    /// ([`Firewall::lock_many`]), each read back; a link not shown locked
+    /// walks the whole ladder on its own.
+    fn lock_many(
+        &mut self,
+        links: Vec<(String, Enforcement)>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let ext = self.fw.extension();
+        let applied = match bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext)) {
+            Some(r) if !links.is_empty() => {
+                let targets: Vec<&LinkTarget> = (links.iter())
+                    .map(|(n, _)| target_of(&self.targets, n))
+                    .collect();
+                let started = crate::imsg::monotonic_ns();
+                let applied = self.fw.lock_many(&targets, r);
+                if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
+                    self.stamp_commit(started, ok);
+                }
+                applied
+            }
+            _ => Vec::new(),
+        };
+        let mut applied = applied.into_iter();
+        let mut out = Vec::with_capacity(links.len());
+        for (name, before) in links {
+            let locked = applied.next().is_some_and(|r| r.is_ok()) && {
+                self.observe_one(&name);
+                self.links[&name].kernel.state == Observed::Locked
+            };
+            match locked {
+                true => {
+                    self.release_guard(&name);
+                    self.mark_locked(&name, true);
+                }
+                false => self.lock(&name, bundle),
+            }
+            self.persist_link(&name);
+            let after = self.links[&name].enforcement();
+            out.push((name, (before != after).then_some(after)));
+        }
+        out
+    }
+
+    /// The open half of [`Links::converge`] for many links at once.
+    fn open_many(
+        &mut self,
+        links: Vec<(String, OpenedBy, Enforcement)>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        if links.is_empty() {
+            return Vec::new();
+        }
+        for (name, ..) in &links {
+            self.persist_link(name);
+        }
+        let ext = self.fw.extension();
+        let applied = match bundle.and_then(|b| b.ruleset(Enforcement::Open, ext)) {
+            Some(r) => {
+                let targets: Vec<&LinkTarget> = (links.iter())
+                    .map(|(n, ..)| target_of(&self.targets, n))
+                    .collect();
+                let started = crate::imsg::monotonic_ns();
+                let applied = self.fw.open_many(&targets, r);
+                if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
+                    self.stamp_commit(started, ok);
+                }
+                applied
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(links.len());
+        let mut applied = applied.into_iter();
+        for (name, by, before) in links {
+            // No open text: nothing to open, as `open` says.
+            if let Some(r) = applied.next() {
+                if self.read_open(&name, r, bundle) && before != Enforcement::Open {
+                    say_opened(&name, by);
+                }
+            }
+            let after = self.links[&name].enforcement();
+            out.push((name, (before != after).then_some(after)));
+        }
+        out
     }
 
     /// One link toward its desired state. Returns the new enforcement if it
@@ -485,14 +662,7 @@ impl Links {
                     return None;
                 }
                 if before != Enforcement::Open {
-                    let by = match by {
-                        OpenedBy::Auto => "auto",
-                        OpenedBy::Operator => "operator",
-                    };
-                    log::event(Event::Unlock)
-                        .kv("link", name)
-                        .kv("by", by)
-                        .send();
+                    say_opened(name, by);
                 }
             }
         }
@@ -511,10 +681,7 @@ impl Links {
         before: Enforcement,
         bundle: Option<&Bundle>,
     ) -> bool {
-        if before == Enforcement::Open
-            || !self.session_gate.contains(name)
-            || self.session_made.as_deref() == Some(name)
-        {
+        if !self.waits_for_session(name, before) {
             return false;
         }
         // Not a new lockdown (the link is locked already): no `lockdown`
@@ -527,6 +694,14 @@ impl Links {
         }
         self.session_due.insert(name.to_string());
         true
+    }
+
+    /// Whether opening the link must wait for a new WireGuard session
+    /// ([`Links::hold_for_session`]).
+    fn waits_for_session(&self, name: &str, before: Enforcement) -> bool {
+        before != Enforcement::Open
+            && self.session_gate.contains(name)
+            && self.session_made.as_deref() != Some(name)
     }
 
     /// The parent saw a handshake newer than the link's re-created peer:
@@ -548,6 +723,18 @@ impl Links {
         let started = crate::imsg::monotonic_ns();
         let applied = self.fw.apply(target, Enforcement::Open, r);
         self.stamp_commit(started, &applied);
+        self.read_open(name, applied, bundle)
+    }
+
+    /// After an open: the link read back; open in the kernel, it is
+    /// marked so and its lockdown staged; else `unlock_failed` says why.
+    /// Whether the link is open now.
+    fn read_open(
+        &mut self,
+        name: &str,
+        applied: Result<(), crate::tool::FwError>,
+        bundle: Option<&Bundle>,
+    ) -> bool {
         self.observe_one(name);
         if applied.is_ok() && self.links[name].kernel.state == Observed::Open {
             self.mark_locked(name, true);

@@ -231,6 +231,22 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     crate::privsep::return_free_memory();
                 }
             }
+            // The opens a tick or installs queued, as many per turn as the
+            // firewall opens at once, before a re-application's turn (else
+            // the re-application, reaching links whose keys are still on
+            // their way, loads a lockdown for each, one tool run apiece);
+            // yielding as below.
+            _ = std::future::ready(()), if !p.links.opening.is_empty() => {
+                let at_once = p.links.fw.opens_at_once();
+                let mut changed = super::changed::Changed::none();
+                for (name, c) in p.links.open_queued(p.bundle.as_ref(), at_once) {
+                    if c.is_some() {
+                        changed.state(&name);
+                    }
+                }
+                send(&p, &tx, changed);
+                tokio::task::yield_now().await;
+            }
             _ = std::future::ready(()), if !p.reapply.is_empty() => {
                 let changed = p.reapply_next();
                 send(&p, &tx, changed);
@@ -242,16 +258,6 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if p.reapply.is_empty() {
                     crate::privsep::return_free_memory();
                 }
-            }
-            // The opens a tick queued, one per turn, after a re-application
-            // (which opens what it re-applies); yielding as above.
-            _ = std::future::ready(()), if !p.links.opening.is_empty() => {
-                if let Some((name, Some(_))) = p.links.open_next(p.bundle.as_ref()) {
-                    let mut changed = super::changed::Changed::none();
-                    changed.state(&name);
-                    send(&p, &tx, changed);
-                }
-                tokio::task::yield_now().await;
             }
         }
         // The preloading the branch above deferred, for all its links in

@@ -42,6 +42,32 @@ pub trait Firewall: LinkCheck + Send {
         state: Enforcement,
         ruleset: &str,
     ) -> Result<(), FwError>;
+    /// [`Firewall::apply`] of `ruleset` (the bundle's open text) to each of
+    /// `links`, in as few transactions as the backend can (nft: the links
+    /// whose chains hold the text already, in one). One answer per link, in
+    /// order; the caller reads each link back.
+    fn open_many(&mut self, links: &[&LinkTarget], ruleset: &str) -> Vec<Result<(), FwError>> {
+        (links.iter())
+            .map(|l| self.apply(l, Enforcement::Open, ruleset))
+            .collect()
+    }
+    /// [`Firewall::apply`] of `ruleset` (the bundle's lockdown text) to
+    /// each of `links`, in as few tool runs as the backend can (nft: one
+    /// for every chain to load). One answer per link, in order; the caller
+    /// reads each link back and walks the lockdown ladder for any not shown
+    /// locked. For a new bundle's re-application, never a QBER lockdown.
+    fn lock_many(&mut self, links: &[&LinkTarget], ruleset: &str) -> Vec<Result<(), FwError>> {
+        (links.iter())
+            .map(|l| self.apply(l, Enforcement::Lockdown, ruleset))
+            .collect()
+    }
+    /// How many links the parent's loop hands [`Firewall::open_many`] (and a
+    /// re-application [`Firewall::lock_many`]) at once: one where each is a
+    /// transaction of its own (a QBER lockdown waits for at most one), more
+    /// where they share one.
+    fn opens_at_once(&self) -> usize {
+        1
+    }
     /// Replaces the link's chain/anchor with qkdpfd's own explicit drop of
     /// the link's traffic, independent of any bundle text and of the
     /// preloaded lockdown chain (and, on pf, kills its states). The lockdown

@@ -90,6 +90,20 @@ impl Firewall for Fake {
         }
         Ok(())
     }
+    fn open_many(&mut self, links: &[&LinkTarget], r: &str) -> Vec<Result<(), FwError>> {
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        (self.k.lock().unwrap().calls).push(format!("open_many {}", names.join(",")));
+        (links.iter())
+            .map(|l| self.apply(l, Enforcement::Open, r))
+            .collect()
+    }
+    fn lock_many(&mut self, links: &[&LinkTarget], r: &str) -> Vec<Result<(), FwError>> {
+        let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        (self.k.lock().unwrap().calls).push(format!("lock_many {}", names.join(",")));
+        (links.iter())
+            .map(|l| self.apply(l, Enforcement::Lockdown, r))
+            .collect()
+    }
     fn lock_site(&mut self, _: &[LinkTarget], _: Option<&str>) -> Result<bool, FwError> {
         let mut k = self.k.lock().unwrap();
         if !k.site_lock {
@@ -182,15 +196,23 @@ fn bundle() -> Bundle {
 }
 
 fn links(fw: Fake, dir: &std::path::Path) -> Links {
-    let conf = crate::conf::parse(
-        "t.conf",
-        "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n\
-         [link.dr]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg0\"\nwg_port = 51820\n\
-         addresses = [\"192.0.2.2\"]\n",
-    )
-    .unwrap();
-    let mut map = BTreeMap::new();
-    map.insert("dr".to_string(), LinkCtl::new());
+    links_named(fw, dir, &["dr"])
+}
+
+/// Links `names`, each on an interface and address of its own.
+fn links_named(fw: Fake, dir: &std::path::Path, names: &[&str]) -> Links {
+    let mut text = "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n".to_string();
+    for (i, n) in names.iter().enumerate() {
+        text.push_str(&format!(
+            "[link.{n}]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg{i}\"\n\
+             wg_port = 51820\naddresses = [\"192.0.2.{}\"]\n",
+            i + 2
+        ));
+    }
+    let conf = crate::conf::parse("t.conf", &text).unwrap();
+    let map = (names.iter())
+        .map(|n| (n.to_string(), LinkCtl::new()))
+        .collect();
     let targets = crate::ruleset::targets(&conf).into_values().collect();
     Links::new(
         map,
@@ -748,8 +770,8 @@ fn records_match_agrees_with_building_every_record() {
 
 /// With `defer_opens` (the daemon's loop), a tick queues the links it
 /// would open instead of opening them (each open is a kernel transaction
-/// that waits), while a lockdown is never deferred; `open_next` opens them
-/// one at a time.
+/// that waits), while a lockdown is never deferred; `open_queued` opens
+/// them, as many as it is asked for.
 #[test]
 fn a_tick_defers_opens_but_never_a_lockdown() {
     let t = tempfile::tempdir().unwrap();
@@ -763,10 +785,10 @@ fn a_tick_defers_opens_but_never_a_lockdown() {
     // Queued twice by two ticks, opened once.
     l.reconcile(Some(&b), OpenedBy::Auto);
     assert_eq!(
-        l.open_next(Some(&b)),
-        Some(("dr".to_string(), Some(Enforcement::Open)))
+        l.open_queued(Some(&b), 8),
+        [("dr".to_string(), Some(Enforcement::Open))]
     );
-    assert_eq!(l.open_next(Some(&b)), None);
+    assert_eq!(l.open_queued(Some(&b), 8), []);
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
     // A lockdown in a tick happens in it.
     let mut qber = Reasons::EMPTY;
@@ -783,6 +805,132 @@ fn a_tick_defers_opens_but_never_a_lockdown() {
 /// `lockdown` events and the state file as for a link's own lockdown. A
 /// site lock that changed nothing, or none, is caught by the read-back
 /// and each link walks its ladder.
+/// Queued opens go to the firewall together: the links `converge` would
+/// only open in one `open_many`, no more than asked for; a link that must
+/// wait for a new session (its lockdown may be a tool run) in a turn of
+/// its own. Each is read back, and one whose open failed stays locked and
+/// is queued again by the next tick.
+#[test]
+fn queued_opens_are_opened_together() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel {
+        fail_applies: 1,
+        ..Kernel::default()
+    });
+    let k = fake.k.clone();
+    let names = ["a", "b", "c", "d"];
+    for n in names {
+        k.lock().unwrap().chain.insert(n.into(), Observed::Locked);
+    }
+    let mut l = links_named(fake, t.path(), &names);
+    for n in names {
+        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
+    }
+    l.defer_opens = true;
+    l.session_gate.insert("c".into());
+    let b = bundle();
+    assert_eq!(l.reconcile(Some(&b), OpenedBy::Auto), []);
+    calls(&k);
+    assert_eq!(l.open_queued(Some(&b), 0), []);
+    assert_eq!(l.opening.len(), 4);
+    let out = l.open_queued(Some(&b), 8);
+    assert_eq!(
+        calls(&k),
+        [
+            "open_many a,b",
+            "apply a open accept",
+            "apply b open accept"
+        ]
+    );
+    assert_eq!(
+        out,
+        [
+            ("a".to_string(), None),
+            ("b".to_string(), Some(Enforcement::Open))
+        ]
+    );
+    assert_eq!(l.links["a"].enforcement(), Enforcement::Lockdown);
+    assert_eq!(l.open_queued(Some(&b), 8), [("c".to_string(), None)]);
+    assert_eq!(calls(&k), ["apply c lockdown drop"]);
+    assert!(l.links["c"].parent.contains(LockReason::NoSession));
+    assert_eq!(
+        l.open_queued(Some(&b), 8),
+        [("d".to_string(), Some(Enforcement::Open))]
+    );
+    assert!(l.opening.is_empty());
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert_eq!(l.opening.keys().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(
+        l.open_queued(Some(&b), 1),
+        [("a".to_string(), Some(Enforcement::Open))]
+    );
+}
+
+/// A re-application (`reapply_many`) locks the links it would only lock
+/// again in one `lock_many` and opens those it would only open in one
+/// `open_many`; a link whose lockdown the kernel does not show walks the
+/// ladder alone (here: the bundle's lockdown again, then the drop). The
+/// links QBER holds are open in the kernel still, as right after a sample.
+#[test]
+fn a_reapplication_locks_and_opens_in_bulk() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel::default());
+    let k = fake.k.clone();
+    let names = ["a", "b", "c", "d"];
+    for n in names {
+        let s = if n == "d" {
+            Observed::Locked
+        } else {
+            Observed::Open
+        };
+        k.lock().unwrap().chain.insert(n.into(), s);
+    }
+    let mut l = links_named(fake, t.path(), &names);
+    let mut qber = Reasons::EMPTY;
+    qber.insert(LockReason::Qber);
+    for n in names {
+        let r = if n == "d" { Reasons::EMPTY } else { qber };
+        l.set_engine_reasons(n, r, Some(0.02), Some(0.08));
+    }
+    l.observe_all();
+    calls(&k);
+    let b = bundle();
+    let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(l.turn(8, &all, true), 4);
+    assert_eq!(l.turn(8, &all, false), 1, "a lock is no open");
+    // b's bulk lockdown is a lie: the ladder takes it from there.
+    k.lock().unwrap().lockdown_lies = true;
+    let mut out = l.reapply_many(all, Some(&b));
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    let locked = Some(Enforcement::Lockdown);
+    assert_eq!(
+        out,
+        [
+            ("a".to_string(), locked),
+            ("b".to_string(), locked),
+            ("c".to_string(), locked),
+            ("d".to_string(), Some(Enforcement::Open))
+        ]
+    );
+    let c = calls(&k);
+    assert_eq!(
+        c[..5],
+        [
+            "open_many d",
+            "apply d open accept",
+            "lock_many a,b,c",
+            "apply a lockdown drop",
+            "apply b lockdown drop"
+        ]
+    );
+    // The lie is caught for every link; each then walks the ladder.
+    for n in ["a", "b", "c"] {
+        assert!(c.contains(&format!("clear {n}")), "{c:?}");
+        assert_eq!(l.links[n].enforcement(), Enforcement::Lockdown);
+        assert!(!l.links[n].lock_failed, "{n}");
+    }
+}
+
 #[test]
 fn lock_all_is_one_site_lock_proven_by_the_read_back() {
     let b = bundle();

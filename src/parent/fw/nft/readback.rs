@@ -567,7 +567,20 @@ pub fn shape(link: &LinkTarget, t: &Listing) -> Shape {
     };
     Shape {
         link: read(open_whole, format!("link_{}", link.name)),
-        lock: read(lock_chain_ok(t, &link.name), format!("lock_{}", link.name)),
+        lock: (t.chains.get(&format!("lock_{}", link.name)))
+            .map_or(Chain::Other, |r| lock_shape(r)),
+    }
+}
+
+/// How `lock_<l>` reads, from its rules.
+pub fn lock_shape(rules: &[Rule]) -> Chain {
+    match (
+        lock_chain_whole(rules),
+        rules.first().is_some_and(bare_drop),
+    ) {
+        (true, _) => Chain::Whole,
+        (false, true) => Chain::Drop,
+        (false, false) => Chain::Other,
     }
 }
 
