@@ -1,0 +1,196 @@
+//! Many links converged in one turn of the parent's loop (see `links.rs`):
+//! the links that would only open go to the firewall together
+//! ([`Firewall::open_many`]), and so do, in a new bundle's re-application,
+//! those that would only lock again ([`Firewall::lock_many`]); any other
+//! link converges on its own. At 10,000 links on nftables one transaction
+//! per open kept the loop busy for seconds (every commit walks every chain
+//! of the namespace), and one `nft` run per lockdown for each.
+
+use super::{LinkCtl, Links, OpenedBy, say_opened, target_of};
+use crate::lock::Enforcement;
+use crate::parent::fw::Observed;
+use crate::policy::Bundle;
+use crate::ruleset::LinkTarget;
+
+#[cfg(doc)]
+use crate::parent::fw::Firewall;
+
+impl Links {
+    /// Converges the next queued links, [`Links::turn`] of them
+    /// (`converge_many`).
+    pub fn open_queued(
+        &mut self,
+        bundle: Option<&Bundle>,
+        max: usize,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let n = self.turn(max, self.opening.keys(), false);
+        let queued = (0..n).filter_map(|_| self.opening.pop_first()).collect();
+        self.converge_many(queued, bundle, false)
+    }
+
+    /// How many links from the front of a queue (`queued`, in order) to
+    /// converge in one turn: up to `max` that [`Links::converge`] would only
+    /// open, or (with `force`, a re-application) only lock, or one other
+    /// link alone (its lockdown ladder may be tool runs, which a QBER
+    /// lockdown must not wait behind many of).
+    pub fn turn<'a>(
+        &self,
+        max: usize,
+        queued: impl IntoIterator<Item = &'a String>,
+        force: bool,
+    ) -> usize {
+        let mut n = 0;
+        for name in queued.into_iter().take(max) {
+            let alone = !(self.opens_plainly(name) || force && self.relocks(name));
+            if alone {
+                return n.max(1);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether a forced [`Links::converge`] would lock the link again (a
+    /// new bundle's lockdown text): it is to be locked, and nothing failed.
+    fn relocks(&self, name: &str) -> bool {
+        (self.links.get(name))
+            .is_some_and(|l| l.desired() == Some(Enforcement::Lockdown) && !l.lock_failed)
+    }
+
+    /// Whether [`Links::converge`] would only open the link: it is locked
+    /// in the kernel, to be opened, and need not wait for a session.
+    fn opens_plainly(&self, name: &str) -> bool {
+        let before = self.links.get(name).map(LinkCtl::enforcement);
+        self.would_open(name) && before.is_some_and(|b| !self.waits_for_session(name, b))
+    }
+
+    /// Re-applies the current state of each of `names` (a new bundle's
+    /// rulesets; `converge_many`).
+    pub fn reapply_many(
+        &mut self,
+        names: Vec<String>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let links = names.into_iter().map(|n| (n, OpenedBy::Auto)).collect();
+        self.converge_many(links, bundle, true)
+    }
+
+    /// [`Links::converge`] of each link, those it would only open together
+    /// ([`Firewall::open_many`]: at 10,000 links a transaction each kept
+    /// the loop busy for seconds), any other on its own. Each link's name
+    /// and its new enforcement if that changed.
+    fn converge_many(
+        &mut self,
+        links: Vec<(String, OpenedBy)>,
+        bundle: Option<&Bundle>,
+        force: bool,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let mut out = Vec::new();
+        let mut plain = Vec::new();
+        let mut relock = Vec::new();
+        for (name, by) in links {
+            let Some(before) = self.links.get(&name).map(LinkCtl::enforcement) else {
+                continue;
+            };
+            // Locked in the kernel and to be opened: `force` changes nothing.
+            if self.opens_plainly(&name) {
+                plain.push((name, by, before));
+            } else if force && self.relocks(&name) {
+                relock.push((name, before));
+            } else {
+                let changed = self.converge(&name, bundle, by, force);
+                out.push((name, changed));
+            }
+        }
+        out.extend(self.open_many(plain, bundle));
+        out.extend(self.lock_many(relock, bundle));
+        out
+    }
+
+    /// The lockdown half of a forced [`Links::converge`] for many links at
+    /// once: the bundle's lockdown loaded for all of them
+    /// ([`Firewall::lock_many`]), each read back; a link not shown locked
+    /// walks the whole ladder on its own.
+    fn lock_many(
+        &mut self,
+        links: Vec<(String, Enforcement)>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        let ext = self.fw.extension();
+        let applied = match bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext)) {
+            Some(r) if !links.is_empty() => {
+                let targets: Vec<&LinkTarget> = (links.iter())
+                    .map(|(n, _)| target_of(&self.targets, n))
+                    .collect();
+                let started = crate::imsg::monotonic_ns();
+                let applied = self.fw.lock_many(&targets, r);
+                if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
+                    self.stamp_commit(started, ok);
+                }
+                applied
+            }
+            _ => Vec::new(),
+        };
+        let mut applied = applied.into_iter();
+        let mut out = Vec::with_capacity(links.len());
+        for (name, before) in links {
+            let locked = applied.next().is_some_and(|r| r.is_ok()) && {
+                self.observe_one(&name);
+                self.links[&name].kernel.state == Observed::Locked
+            };
+            match locked {
+                true => {
+                    self.release_guard(&name);
+                    self.mark_locked(&name, true);
+                }
+                false => self.lock(&name, bundle),
+            }
+            self.persist_link(&name);
+            let after = self.links[&name].enforcement();
+            out.push((name, (before != after).then_some(after)));
+        }
+        out
+    }
+
+    /// The open half of [`Links::converge`] for many links at once.
+    fn open_many(
+        &mut self,
+        links: Vec<(String, OpenedBy, Enforcement)>,
+        bundle: Option<&Bundle>,
+    ) -> Vec<(String, Option<Enforcement>)> {
+        if links.is_empty() {
+            return Vec::new();
+        }
+        for (name, ..) in &links {
+            self.persist_link(name);
+        }
+        let ext = self.fw.extension();
+        let applied = match bundle.and_then(|b| b.ruleset(Enforcement::Open, ext)) {
+            Some(r) => {
+                let targets: Vec<&LinkTarget> = (links.iter())
+                    .map(|(n, ..)| target_of(&self.targets, n))
+                    .collect();
+                let started = crate::imsg::monotonic_ns();
+                let applied = self.fw.open_many(&targets, r);
+                if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
+                    self.stamp_commit(started, ok);
+                }
+                applied
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(links.len());
+        let mut applied = applied.into_iter();
+        for (name, by, before) in links {
+            // No open text: nothing to open, as `open` says.
+            if let Some(r) = applied.next() {
+                if self.read_open(&name, r, bundle) && before != Enforcement::Open {
+                    say_opened(&name, by);
+                }
+            }
+            let after = self.links[&name].enforcement();
+            out.push((name, (before != after).then_some(after)));
+        }
+        out
+    }
+}
