@@ -89,7 +89,8 @@ pub struct Parent {
     /// The bundle being verified on a worker thread, and its answer.
     pub job: Option<policy_jobs::Job>,
     pub job_rx: Option<tokio::sync::oneshot::Receiver<activate::Checked>>,
-    /// Links still to re-apply after an activation, one per loop turn.
+    /// Links still to re-apply after an activation, a few per loop turn
+    /// (`Links::turn`).
     pub reapply: std::collections::VecDeque<String>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,

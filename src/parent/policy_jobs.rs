@@ -4,7 +4,8 @@
 //! signature, digests, two tool checks per link), while the parent's loop
 //! goes on taking engine reports. When the worker answers, the loop stores
 //! the bundle and names it active ([`activate::finish`]), then re-applies
-//! the links one per loop turn ([`Parent::reapply`]), engine messages
+//! the links a few per loop turn ([`Parent::reapply`]: those that only
+//! open or only lock again together, any other alone), engine messages
 //! first, so a QBER lockdown never waits behind 100 links' rulesets.
 //!
 //! One bundle at a time: a second `policy load` meanwhile is refused with
@@ -158,7 +159,7 @@ pub fn finish(
                 p.links.set_parent_reason(n, LockReason::NoPolicy, false);
             }
             out.policy();
-            // Re-applied one link per loop turn, engine reports first.
+            // Re-applied a few links per loop turn, engine reports first.
             p.reapply.extend(names);
             Reply::ok(format!("policy_loaded serial={serial}"))
         }
