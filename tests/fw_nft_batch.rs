@@ -266,14 +266,21 @@ fn links_and_far_end(r: &Rig, n: u8) -> (Netns, Vec<LinkTarget>) {
     (far, ls)
 }
 
-/// The table for `ls` with the dead-man switch armed, every link open with
-/// its lockdown preloaded, read back open, and the far end answering.
-fn every_link_open_and_staged(r: &mut Rig, ls: &[LinkTarget]) {
+/// The table for `ls` with the dead-man switch armed and every link open.
+fn every_link_open(r: &mut Rig, ls: &[LinkTarget]) {
     r.fw.init(ls).unwrap();
     r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
         .unwrap();
     for l in ls {
         r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+    }
+}
+
+/// [`every_link_open`], each link's lockdown preloaded, read back open,
+/// and the far end answering.
+fn every_link_open_and_staged(r: &mut Rig, ls: &[LinkTarget]) {
+    every_link_open(r, ls);
+    for l in ls {
         r.fw.stage(l, Enforcement::Lockdown, "counter drop")
             .unwrap();
     }
@@ -575,12 +582,7 @@ fn a_settle_reads_back_only_the_chains_it_loaded() {
     }
     let mut r = rig();
     let (_far, ls) = links_and_far_end(&r, 3);
-    r.fw.init(&ls).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    for l in &ls {
-        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
-    }
+    every_link_open(&mut r, &ls);
     let seen = r.fw.observe(&ls, None).unwrap();
     assert!(
         seen.values().all(|rb| rb.state == Observed::Open),
@@ -628,12 +630,7 @@ fn many_lockdowns_share_one_run() {
     }
     let mut r = rig();
     let (_far, ls) = links_and_far_end(&r, 3);
-    r.fw.init(&ls).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    for l in &ls {
-        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
-    }
+    every_link_open(&mut r, &ls);
     assert!(ping(&r.ns, "10.99.0.2"), "open");
     let refs: Vec<&LinkTarget> = ls.iter().collect();
     let before = runs(&r, "-f");

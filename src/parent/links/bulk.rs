@@ -116,22 +116,10 @@ impl Links {
         links: Vec<(String, Enforcement)>,
         bundle: Option<&Bundle>,
     ) -> Vec<(String, Option<Enforcement>)> {
-        let ext = self.fw.extension();
-        let applied = match bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext)) {
-            Some(r) if !links.is_empty() => {
-                let targets: Vec<&LinkTarget> = (links.iter())
-                    .map(|(n, _)| target_of(&self.targets, n))
-                    .collect();
-                let started = crate::imsg::monotonic_ns();
-                let applied = self.fw.lock_many(&targets, r);
-                if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
-                    self.stamp_commit(started, ok);
-                }
-                applied
-            }
-            _ => Vec::new(),
-        };
-        let mut applied = applied.into_iter();
+        let names = links.iter().map(|(n, _)| n.as_str());
+        let mut applied = self
+            .apply_many(names, Enforcement::Lockdown, bundle)
+            .into_iter();
         let mut out = Vec::with_capacity(links.len());
         for (name, before) in links {
             let locked = applied.next().is_some_and(|r| r.is_ok()) && {
@@ -164,23 +152,11 @@ impl Links {
         for (name, ..) in &links {
             self.persist_link(name);
         }
-        let ext = self.fw.extension();
-        let applied = match bundle.and_then(|b| b.ruleset(Enforcement::Open, ext)) {
-            Some(r) => {
-                let targets: Vec<&LinkTarget> = (links.iter())
-                    .map(|(n, ..)| target_of(&self.targets, n))
-                    .collect();
-                let started = crate::imsg::monotonic_ns();
-                let applied = self.fw.open_many(&targets, r);
-                if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
-                    self.stamp_commit(started, ok);
-                }
-                applied
-            }
-            None => Vec::new(),
-        };
+        let names = links.iter().map(|(n, ..)| n.as_str());
+        let mut applied = self
+            .apply_many(names, Enforcement::Open, bundle)
+            .into_iter();
         let mut out = Vec::with_capacity(links.len());
-        let mut applied = applied.into_iter();
         for (name, by, before) in links {
             // No open text: nothing to open, as `open` says.
             if let Some(r) = applied.next() {
@@ -192,5 +168,34 @@ impl Links {
             out.push((name, (before != after).then_some(after)));
         }
         out
+    }
+
+    /// The bundle's `state` ruleset applied to every link of `names` at
+    /// once ([`Firewall::open_many`], [`Firewall::lock_many`]): one answer
+    /// per link, none when the bundle has no such ruleset or no link is
+    /// given.
+    fn apply_many<'a>(
+        &mut self,
+        names: impl Iterator<Item = &'a str>,
+        state: Enforcement,
+        bundle: Option<&Bundle>,
+    ) -> Vec<Result<(), crate::tool::FwError>> {
+        let ext = self.fw.extension();
+        let Some(r) = bundle.and_then(|b| b.ruleset(state, ext)) else {
+            return Vec::new();
+        };
+        let targets: Vec<&LinkTarget> = names.map(|n| target_of(&self.targets, n)).collect();
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let started = crate::imsg::monotonic_ns();
+        let applied = match state {
+            Enforcement::Open => self.fw.open_many(&targets, r),
+            Enforcement::Lockdown => self.fw.lock_many(&targets, r),
+        };
+        if let Some(ok) = applied.iter().find(|r| r.is_ok()) {
+            self.stamp_commit(started, ok);
+        }
+        applied
     }
 }
