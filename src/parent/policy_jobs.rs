@@ -176,11 +176,12 @@ pub fn finish(
 
 impl Parent {
     /// Re-applies the next queued links with the active bundle's rulesets:
-    /// as many as the firewall opens at once of those that only open, or
-    /// one other link alone ([`crate::parent::links::Links::turn`]).
+    /// as many as the firewall takes at once of those that only open or only
+    /// lock again, or one other link alone
+    /// ([`crate::parent::links::Links::turn`]).
     pub fn reapply_next(&mut self) -> Changed {
         let mut out = Changed::none();
-        let n = (self.links).turn(self.links.fw.opens_at_once(), &self.reapply, true);
+        let n = (self.links).turn(self.links.fw.links_at_once(), &self.reapply, true);
         let names: Vec<String> = self.reapply.drain(..n).collect();
         for (name, _) in self.links.reapply_many(names, self.bundle.as_ref()) {
             out.state(&name);

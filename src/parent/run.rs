@@ -232,12 +232,12 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 }
             }
             // The opens a tick or installs queued, as many per turn as the
-            // firewall opens at once, before a re-application's turn (else
+            // firewall takes at once, before a re-application's turn (else
             // the re-application, reaching links whose keys are still on
             // their way, loads a lockdown for each, one tool run apiece);
             // yielding as below.
             _ = std::future::ready(()), if !p.links.opening.is_empty() => {
-                let at_once = p.links.fw.opens_at_once();
+                let at_once = p.links.fw.links_at_once();
                 let mut changed = super::changed::Changed::none();
                 for (name, c) in p.links.open_queued(p.bundle.as_ref(), at_once) {
                     if c.is_some() {

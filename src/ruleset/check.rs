@@ -358,25 +358,30 @@ mod tests {
         assert_eq!(e, "unknown link lab");
     }
 
+    /// An executable `nft` in `dir` running the shell script `body`.
+    fn stand_in_nft(dir: &std::path::Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let fake = dir.join("nft");
+        std::fs::write(&fake, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fake
+    }
+
     /// A stand-in nft that refuses any script loading `link_l5`'s chain
     /// and counts its runs: the halving must find l5 among 16 links in a
     /// handful of runs. (Real nft's check of many links: tests/fw_nft_batch.rs.)
     #[test]
     fn a_failing_link_is_found_by_halves() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("nft");
         let runs = dir.path().join("runs");
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\necho run >> {}\nif grep -q 'link_l5 counter'; then \
+        let fake = stand_in_nft(
+            dir.path(),
+            &format!(
+                "echo run >> {}\nif grep -q 'link_l5 counter'; then \
                  echo 'Error: l5 is bad' >&2; exit 1; fi\n",
                 runs.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let links: Vec<LinkTarget> = (0..16)
             .map(|i| LinkTarget {
                 name: format!("l{i}"),
@@ -410,19 +415,15 @@ mod tests {
     /// before either end. The first failing set in order is the answer.
     #[test]
     fn both_states_are_checked_side_by_side() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("nft");
         let log = dir.path().join("log");
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\ncat >/dev/null\necho start >> {0}\nsleep 1\necho end >> {0}\n",
+        let fake = stand_in_nft(
+            dir.path(),
+            &format!(
+                "cat >/dev/null\necho start >> {0}\nsleep 1\necho end >> {0}\n",
                 log.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let links = [dr()];
         let refs: Vec<&LinkTarget> = links.iter().collect();
         let sets = [

@@ -65,7 +65,7 @@ pub trait Firewall: LinkCheck + Send {
     /// re-application [`Firewall::lock_many`]) at once: one where each is a
     /// transaction of its own (a QBER lockdown waits for at most one), more
     /// where they share one.
-    fn opens_at_once(&self) -> usize {
+    fn links_at_once(&self) -> usize {
         1
     }
     /// Replaces the link's chain/anchor with qkdpfd's own explicit drop of

@@ -783,7 +783,7 @@ impl Firewall for Nft {
     // or one nft run, which costs about the same for one link's lockdown
     // chain as for 64 (nft reads the whole table first): a QBER lockdown
     // waits no longer behind them than behind one link's.
-    fn opens_at_once(&self) -> usize {
+    fn links_at_once(&self) -> usize {
         64
     }
 

@@ -75,10 +75,11 @@ impl Links {
         self.converge_many(links, bundle, true)
     }
 
-    /// [`Links::converge`] of each link, those it would only open together
+    /// [`Links::converge`] of each link: those it would only open together
     /// ([`Firewall::open_many`]: at 10,000 links a transaction each kept
-    /// the loop busy for seconds), any other on its own. Each link's name
-    /// and its new enforcement if that changed.
+    /// the loop busy for seconds), with `force` those it would only lock
+    /// again together ([`Firewall::lock_many`]), any other on its own.
+    /// Each link's name and its new enforcement if that changed.
     fn converge_many(
         &mut self,
         links: Vec<(String, OpenedBy)>,
