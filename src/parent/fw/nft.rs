@@ -36,6 +36,7 @@ use crate::ruleset::nft::{
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 use netlink::{BOTH_FAMILIES, Change, Lookup};
+use reverify::Loaded;
 
 pub mod alive;
 mod batch;
@@ -43,6 +44,7 @@ pub mod chain;
 pub mod monitor;
 pub mod netlink;
 pub mod readback;
+mod reverify;
 mod source;
 
 /// The nftables backend.
@@ -472,8 +474,14 @@ impl Nft {
     /// chains are listed).
     fn observe_flip(&mut self, link: &LinkTarget) -> Option<super::Observed> {
         let mut flip = self.last_flip.take()?;
-        let i = self.index(&link.name)?;
-        let at = flip.links.binary_search(&i).ok()?;
+        // Another link's read-back (one applied alone in the same turn as
+        // the flip) leaves the flip to its own links.
+        let place = self.index(&link.name);
+        let Some((i, at)) = place.and_then(|i| Some((i, flip.links.binary_search(&i).ok()?)))
+        else {
+            self.last_flip = Some(flip);
+            return None;
+        };
         flip.links.remove(at);
         let shape = self.known[i].shape?;
         let after = match flip.checked {
@@ -583,21 +591,29 @@ impl Nft {
         own: String,
     ) -> Result<(), FwError> {
         let (script, others) = self.open_others(name, ruleset);
-        if others.is_empty() {
-            return self.run(what, &own).map(drop);
-        }
-        let all = own.clone() + &script;
+        let mut loaded: Vec<(usize, Loaded)> = self
+            .index(name)
+            .map(|i| (i, Loaded::Link))
+            .into_iter()
+            .collect();
         let many = format!(
             "{what}, and the open rules of {} locked links",
             others.len()
         );
-        if self.run_many(&many, &all, others.len() + 1).is_err() {
-            return self.run(what, &own).map(drop);
+        let together = |nft: &mut Nft| {
+            let all = own.clone() + &script;
+            nft.run_many(&many, &all, others.len() + 1).is_ok()
+        };
+        if others.is_empty() || !together(self) {
+            self.run(what, &own)?;
+        } else {
+            let text = self.texts.of(ruleset);
+            for &i in &others {
+                self.known[i].opened = Some(text.clone());
+            }
+            loaded.extend(others.into_iter().map(|i| (i, Loaded::Link)));
         }
-        let text = self.texts.of(ruleset);
-        for i in others {
-            self.known[i].opened = Some(text.clone());
-        }
+        self.reverify(&loaded);
         Ok(())
     }
 
@@ -766,6 +782,9 @@ impl Firewall for Nft {
                 }
                 self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
                 keep(self, opened, Some(text));
+                let loaded: Vec<(usize, Loaded)> =
+                    i.map(|i| (i, Loaded::Lock)).into_iter().collect();
+                self.reverify(&loaded);
             }
         }
         Ok(())
@@ -919,8 +938,12 @@ impl Firewall for Nft {
         let lock_ok: Vec<bool> = (links.iter())
             .map(|l| (table.as_ref()).is_some_and(|t| readback::lock_chain_ok(t, &l.name)))
             .collect();
-        let shapes: Option<Vec<readback::Shape>> =
-            (table.as_ref()).map(|t| links.iter().map(|l| readback::shape(l, t)).collect());
+        let shapes: Option<Vec<readback::Shape>> = (table.as_ref()).map(|t| {
+            let loaded = |l: &LinkTarget| self.known_of(&l.name).is_some_and(|k| k.lock_loaded);
+            (links.iter())
+                .map(|l| readback::shape_judged(l, t, loaded(l)))
+                .collect()
+        });
         drop((table, guard));
         // Cached only if nothing touched our tables while we listed.
         let gen_after = gen_before.and_then(|before| self.still(before));

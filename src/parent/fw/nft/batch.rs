@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::netlink::Change;
 use super::readback::Holds;
+use super::reverify::Loaded;
 use super::{Flipped, Nft, netlink};
 use crate::lock::Enforcement;
 use crate::parent::fw::Firewall;
@@ -73,7 +74,7 @@ impl Nft {
 
     /// Which of `name`'s keys `locked` holds; None for a link not in the
     /// table's maps.
-    fn holds_in(&self, locked: &Locked, name: &str) -> Option<Holds> {
+    pub(super) fn holds_in(&self, locked: &Locked, name: &str) -> Option<Holds> {
         let keys = self.keys_of(name)?;
         Some(Holds::of_keys(keys, |k, b| {
             locked.get(&k).is_some_and(|s| s.contains(b))
@@ -162,7 +163,9 @@ impl Nft {
                 for (i, ruleset) in loading {
                     self.known[i].staged = Some(ruleset);
                 }
-                self.reverify_lock_chains(&places);
+                let loaded: Vec<(usize, Loaded)> =
+                    places.iter().map(|i| (*i, Loaded::Lock)).collect();
+                self.reverify(&loaded);
             }
             // One link's text refused fails them all: each alone, so that
             // only the refused ones are said.
@@ -272,6 +275,11 @@ impl Nft {
                     false => self.apply(links[n], Enforcement::Lockdown, ruleset),
                 });
             }
+            if ok {
+                let loaded: Vec<(usize, Loaded)> =
+                    loading.iter().map(|(_, i)| (*i, Loaded::Lock)).collect();
+                self.reverify(&loaded);
+            }
         }
         (out.into_iter())
             .map(|r| r.unwrap_or_else(|| Err(FwError::refused("not locked"))))
@@ -317,44 +325,6 @@ impl Nft {
         netlink::transact(&self.table, self.seq, &changes, &what).map_err(FwError::refused)?;
         self.last_flip = Some(Flipped::new(places, self.generation()));
         Ok(())
-    }
-
-    /// After our own load of the lockdown chains of `places` (a settle):
-    /// when it was the only transaction since the verified read-back,
-    /// those chains are read back over netlink, one dump each, and the rest
-    /// of the table stays verified. A listing of it all takes 0.85-1.7 s at
-    /// 10,000 links, and while installs trickle in each one's settle made
-    /// the next tick list it. The link chains and the sets are as verified,
-    /// and so is each link's state (only open links are loaded, and an open
-    /// link's state does not depend on its lockdown chain); only that
-    /// chain's shape is new. Otherwise the next read-back lists the table,
-    /// as after any change.
-    fn reverify_lock_chains(&mut self, places: &[usize]) {
-        if !matches!(self.alive, Some(Some(_))) {
-            return;
-        }
-        let after = self.generation();
-        let Some(after) = self.only_ours_since_verified(after) else {
-            return;
-        };
-        for &i in places {
-            let Some(old) = self.known[i].shape else {
-                return;
-            };
-            let chain = format!("lock_{}", self.targets[i].name);
-            self.seq = self.seq.wrapping_add(4);
-            let Ok(rules) = super::chain::rules(&self.table, &chain, self.seq) else {
-                return;
-            };
-            let lock = super::readback::lock_shape(&rules);
-            if lock != super::readback::Chain::Whole {
-                self.known[i].staged = None;
-            }
-            self.known[i].shape = Some(super::readback::Shape { lock, ..old });
-        }
-        if let Some(now) = self.still(after) {
-            self.set_verified_gen(Some(now));
-        }
     }
 
     /// `nft -f -` of a script for `links` links: its timeout grows with

@@ -463,21 +463,13 @@ fn judge_link_chains(
                 .count()
         }),
     };
-    let mut shape = shape(link, t);
     // A link new to the table: its lockdown chain was made empty and every
     // key put in the `locked_` sets, in the skeleton's transaction. An empty
     // chain accepts nothing; the base chains' drop right after the jump,
     // checked in this same listing, takes all of its traffic. Closed as a
     // drop is, so the first start needs no load per link. One that
     // qkdpfd loaded and finds empty was tampered with: not as loaded.
-    if !loaded
-        && t.chains
-            .get(&format!("lock_{}", link.name))
-            .is_some_and(Vec::is_empty)
-    {
-        shape.lock = Chain::Drop;
-    }
-    judge_shape(link, shape, holds)
+    judge_shape(link, shape_judged(link, t, loaded), holds)
 }
 
 /// Whether set `site` holds both families: the base chains (checked in
@@ -549,38 +541,106 @@ pub struct Shape {
 
 /// The shape of the link's chains in `t`.
 pub fn shape(link: &LinkTarget, t: &Listing) -> Shape {
-    let starts_with_drop = |chain: String| {
-        t.chains
-            .get(&chain)
-            .and_then(|r| r.first())
-            .is_some_and(bare_drop)
-    };
-    let open_whole = t
-        .chains
-        .get(&format!("link_{}", link.name))
-        .and_then(|rules| Some((rules.len(), tagged(rules.first()?, OPEN_TAG)?)))
-        .is_some_and(|(len, n)| len == n + 1);
-    let read = |whole: bool, chain: String| match (whole, starts_with_drop(chain)) {
-        (true, _) => Chain::Whole,
-        (false, true) => Chain::Drop,
-        (false, false) => Chain::Other,
-    };
+    let chain = |prefix: &str| t.chains.get(&format!("{prefix}_{}", link.name));
     Shape {
-        link: read(open_whole, format!("link_{}", link.name)),
-        lock: (t.chains.get(&format!("lock_{}", link.name)))
-            .map_or(Chain::Other, |r| lock_shape(r)),
+        link: chain("link").map_or(Chain::Other, |r| Ends::of(r).link_chain()),
+        lock: chain("lock").map_or(Chain::Other, |r| lock_shape(r)),
     }
+}
+
+/// The shape of the link's chains in `t` as [`judge`] reads them: a
+/// lockdown chain that qkdpfd did not load (`loaded` false) and finds empty
+/// is a new link's, closed as a drop is (see [`judge_link_chains`]).
+pub fn shape_judged(link: &LinkTarget, t: &Listing, loaded: bool) -> Shape {
+    let mut shape = shape(link, t);
+    if !loaded
+        && t.chains
+            .get(&format!("lock_{}", link.name))
+            .is_some_and(Vec::is_empty)
+    {
+        shape.lock = Chain::Drop;
+    }
+    shape
 }
 
 /// How `lock_<l>` reads, from its rules.
 pub fn lock_shape(rules: &[Rule]) -> Chain {
-    match (
-        lock_chain_whole(rules),
-        rules.first().is_some_and(bare_drop),
-    ) {
-        (true, _) => Chain::Whole,
-        (false, true) => Chain::Drop,
-        (false, false) => Chain::Other,
+    Ends::of(rules).lock_chain()
+}
+
+/// What the judges of a link's chain read of it: how many rules it has,
+/// its first and its last (kept while a dump of a whole table streams by).
+#[derive(Clone, Copy, Default)]
+pub struct Ends<'a> {
+    len: usize,
+    first: Option<&'a Rule>,
+    last: Option<&'a Rule>,
+}
+
+impl<'a> Ends<'a> {
+    pub fn of(rules: &'a [Rule]) -> Ends<'a> {
+        Ends {
+            len: rules.len(),
+            first: rules.first(),
+            last: rules.last(),
+        }
+    }
+
+    /// `link_<l>`: tagged open and whole, or starting with a bare drop.
+    pub fn link_chain(&self) -> Chain {
+        let whole =
+            (self.first.and_then(|r| tagged(r, OPEN_TAG))).is_some_and(|n| self.len == n + 1);
+        self.read(whole)
+    }
+
+    /// `lock_<l>`: the tag, its `n` statements, then qkdpfd's drop; or
+    /// starting with a bare drop.
+    pub fn lock_chain(&self) -> Chain {
+        self.read(self.lock_whole())
+    }
+
+    fn lock_whole(&self) -> bool {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return false;
+        };
+        tagged(first, LOCK_TAG).is_some_and(|n| self.len == n + 2)
+            && bare_drop(last)
+            && last.comment.as_deref() == Some(DROP_TAG)
+    }
+
+    fn read(&self, whole: bool) -> Chain {
+        match (whole, self.first.is_some_and(bare_drop)) {
+            (true, _) => Chain::Whole,
+            (false, true) => Chain::Drop,
+            (false, false) => Chain::Other,
+        }
+    }
+}
+
+/// The ends of one chain read as a dump streams by: the rules themselves
+/// are dropped but for the first and the last.
+#[derive(Default)]
+pub struct OwnedEnds {
+    len: usize,
+    first: Option<Rule>,
+    last: Option<Rule>,
+}
+
+impl OwnedEnds {
+    pub fn push(&mut self, rule: Rule) {
+        self.len += 1;
+        match self.first {
+            None => self.first = Some(rule),
+            Some(_) => self.last = Some(rule),
+        }
+    }
+
+    pub fn ends(&self) -> Ends<'_> {
+        Ends {
+            len: self.len,
+            first: self.first.as_ref(),
+            last: self.last.as_ref().or(self.first.as_ref()),
+        }
     }
 }
 
@@ -606,17 +666,7 @@ pub fn judge_shape(link: &LinkTarget, shape: Shape, holds: Holds) -> Observed {
 pub fn lock_chain_ok(t: &Listing, name: &str) -> bool {
     t.chains
         .get(&format!("lock_{name}"))
-        .is_some_and(|r| lock_chain_whole(r))
-}
-
-/// `lock_<l>`: the tag, its `n` statements, then qkdpfd's drop.
-fn lock_chain_whole(rules: &[Rule]) -> bool {
-    let (Some(first), Some(last)) = (rules.first(), rules.last()) else {
-        return false;
-    };
-    tagged(first, LOCK_TAG).is_some_and(|n| rules.len() == n + 2)
-        && bare_drop(last)
-        && last.comment.as_deref() == Some(DROP_TAG)
+        .is_some_and(|r| Ends::of(r).lock_whole())
 }
 
 /// Whether the guard table drops every key of `link`: its drop rules all
@@ -648,6 +698,56 @@ mod tests {
 
     fn dr() -> LinkTarget {
         LinkTarget::sample()
+    }
+
+    /// A chain's ends kept as a dump streams by read as the whole chain
+    /// does, for every length a judge tells apart.
+    #[test]
+    fn ends_kept_from_a_stream_read_as_the_whole_chain() {
+        let r = |e: &str, c: Option<&str>| Rule {
+            expr: vec![Expr(e.to_string())],
+            comment: c.map(String::from),
+        };
+        let drop = r(r#"{"drop":null}"#, None);
+        let our_drop = r(r#"{"drop":null}"#, Some(DROP_TAG));
+        let accept = r(r#"{"accept":null}"#, None);
+        let lock1 = r(r#"{"counter":{}}"#, Some(&format!("{LOCK_TAG}1")));
+        let open1 = r(r#"{"counter":{}}"#, Some(&format!("{OPEN_TAG}1")));
+        let chains: Vec<Vec<Rule>> = vec![
+            vec![],
+            vec![drop.clone()],
+            vec![open1.clone(), accept.clone()],
+            vec![open1, accept.clone(), accept.clone()],
+            vec![lock1.clone(), accept.clone(), our_drop.clone()],
+            vec![lock1.clone(), accept.clone(), drop],
+            vec![lock1, our_drop.clone()],
+            vec![our_drop, accept],
+        ];
+        let mut read = Vec::new();
+        for rules in &chains {
+            let mut streamed = OwnedEnds::default();
+            for rule in rules {
+                streamed.push(rule.clone());
+            }
+            let (whole, kept) = (Ends::of(rules), streamed.ends());
+            assert_eq!(whole.link_chain(), kept.link_chain(), "{rules:?}");
+            assert_eq!(whole.lock_chain(), kept.lock_chain(), "{rules:?}");
+            read.push((kept.link_chain(), kept.lock_chain()));
+        }
+        use Chain::*;
+        assert_eq!(
+            read,
+            [
+                (Other, Other),
+                (Drop, Drop),
+                (Whole, Other),
+                (Other, Other),
+                (Other, Whole),
+                (Other, Other),
+                (Other, Other),
+                (Drop, Drop)
+            ]
+        );
     }
 
     fn rule(chain: &str, expr: &[Value], comment: Option<&str>) -> Value {

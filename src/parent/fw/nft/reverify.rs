@@ -1,0 +1,163 @@
+//! The read-back after one of our own `nft -f` runs, without a listing.
+//!
+//! A tick reads every link back; while nothing but our own netlink flips
+//! has touched our table since the last listing, it answers from that
+//! listing ([`super::monitor`]). Any `nft` run of ours used to end that: the
+//! next tick listed the whole table again, 0.85-1.7 s at 10,000 links, and
+//! while installs trickled in after a bundle's activation each slow open
+//! (which loads the open text of every locked link) or preload did so.
+//!
+//! When the run was the only transaction since the verified listing, what
+//! it could have changed is known: the chains it loaded and the keys of
+//! their links in the `locked_` sets. Those are read from the kernel (a
+//! dump per chain and a lookup per key for a few links; one dump of the
+//! table's rules and one of each `locked_` set for many), each such link is
+//! judged again from its chains' shapes and its keys as a flip's read-back
+//! is, and the rest of the table — base chains, maps, the other chain of
+//! each link, every other link — stays as listed. Otherwise, or when
+//! anything cannot be read, nothing is kept and the next tick lists it all.
+
+use super::Nft;
+use super::readback::{self, Chain, Ends, Holds, OwnedEnds};
+use crate::parent::fw::{Observed, Readback};
+
+/// Which of a link's chains one of our runs loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Loaded {
+    /// `link_<l>`, the open text.
+    Link,
+    /// `lock_<l>`, the lockdown text.
+    Lock,
+}
+
+impl Loaded {
+    fn prefix(self) -> &'static str {
+        match self {
+            Loaded::Link => "link_",
+            Loaded::Lock => "lock_",
+        }
+    }
+}
+
+/// Up to this many links are read back one by one (two chain dumps and a
+/// few lookups each); more from one dump of the table's rules and sets.
+const ONE_BY_ONE: usize = 64;
+
+impl Nft {
+    /// After one `nft -f` of ours that loaded the chains `loaded` (places in
+    /// `targets`): see the module's doc.
+    pub(super) fn reverify(&mut self, loaded: &[(usize, Loaded)]) {
+        if loaded.is_empty() || !matches!(self.alive, Some(Some(_))) {
+            return;
+        }
+        let after = self.generation();
+        let Some(after) = self.only_ours_since_verified(after) else {
+            return;
+        };
+        // What the last listing (or read-back since) showed of each.
+        let mut seen = Vec::with_capacity(loaded.len());
+        for &(i, _) in loaded {
+            let k = &self.known[i];
+            let (Some(rb), Some(shape)) = (k.verified.as_ref(), k.shape) else {
+                return;
+            };
+            seen.push((rb.guarded, shape));
+        }
+        let read = match loaded.len() <= ONE_BY_ONE {
+            true => self.chains_one_by_one(loaded),
+            false => self.chains_of_table(loaded),
+        };
+        let Some(read) = read else { return };
+        let Some(holds) = self.holds_of(loaded) else {
+            return;
+        };
+        for ((&(i, which), (guarded, mut shape)), (chain, holds)) in
+            loaded.iter().zip(seen).zip(read.into_iter().zip(holds))
+        {
+            match which {
+                Loaded::Link => shape.link = chain,
+                Loaded::Lock => shape.lock = chain,
+            }
+            let state = readback::judge_shape(&self.targets[i], shape, holds);
+            let k = &mut self.known[i];
+            if shape.lock != Chain::Whole {
+                k.staged = None;
+            }
+            if !matches!(state, Observed::Open | Observed::Locked) {
+                k.opened = None;
+            }
+            k.shape = Some(shape);
+            k.verified = Some(Readback { state, guarded });
+        }
+        // Nothing may have slipped in while they were read.
+        if let Some(now) = self.still(after) {
+            self.set_verified_gen(Some(now));
+        }
+    }
+
+    /// The loaded chains, a netlink dump each.
+    fn chains_one_by_one(&mut self, loaded: &[(usize, Loaded)]) -> Option<Vec<Chain>> {
+        let mut out = Vec::with_capacity(loaded.len());
+        for &(i, which) in loaded {
+            let chain = format!("{}{}", which.prefix(), self.targets[i].name);
+            self.seq = self.seq.wrapping_add(4);
+            let rules = super::chain::rules(&self.table, &chain, self.seq).ok()?;
+            out.push(shape_of(which, Ends::of(&rules)));
+        }
+        Some(out)
+    }
+
+    /// The loaded chains, from one dump of every rule of the table: only
+    /// each chain's first and last rule are kept as it streams by.
+    fn chains_of_table(&mut self, loaded: &[(usize, Loaded)]) -> Option<Vec<Chain>> {
+        // Where each loaded chain's ends go, by its link's place.
+        let mut slot: Vec<[Option<usize>; 2]> = vec![[None; 2]; self.targets.len()];
+        for (n, &(i, which)) in loaded.iter().enumerate() {
+            slot[i][which as usize] = Some(n);
+        }
+        let mut ends: Vec<OwnedEnds> = loaded.iter().map(|_| OwnedEnds::default()).collect();
+        self.seq = self.seq.wrapping_add(4);
+        let targets = &self.targets;
+        super::chain::table_rules(&self.table, self.seq, |chain, rule| {
+            let place = [Loaded::Link, Loaded::Lock].into_iter().find_map(|which| {
+                let name = chain.strip_prefix(which.prefix())?;
+                let i = (targets.binary_search_by(|t| t.name.as_str().cmp(name))).ok()?;
+                slot[i][which as usize]
+            });
+            if let Some(n) = place {
+                ends[n].push(rule);
+            }
+        })
+        .ok()?;
+        let shapes = (loaded.iter().zip(&ends))
+            .map(|(&(_, which), e)| shape_of(which, e.ends()))
+            .collect();
+        Some(shapes)
+    }
+
+    /// Each loaded link's keys against the `locked_` sets (and a site or
+    /// section lock), as a flip's read-back takes them.
+    fn holds_of(&mut self, loaded: &[(usize, Loaded)]) -> Option<Vec<Holds>> {
+        let targets = self.targets.clone();
+        if loaded.len() <= ONE_BY_ONE {
+            return (loaded.iter())
+                .map(|&(i, _)| self.locked_holds(&targets[i]).ok())
+                .collect();
+        }
+        if self.site_locked().ok()? {
+            let all = |i: usize| Holds::of_keys(&self.known[i].keys, |_, _| true);
+            return Some(loaded.iter().map(|&(i, _)| all(i)).collect());
+        }
+        let locked = self.locked_now().ok()?;
+        (loaded.iter())
+            .map(|&(i, _)| self.holds_in(&locked, &targets[i].name))
+            .collect()
+    }
+}
+
+fn shape_of(which: Loaded, ends: Ends<'_>) -> Chain {
+    match which {
+        Loaded::Link => ends.link_chain(),
+        Loaded::Lock => ends.lock_chain(),
+    }
+}

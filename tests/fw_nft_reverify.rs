@@ -1,0 +1,168 @@
+//! The read-back after the nftables backend's own `nft -f` runs, against
+//! real nftables (as tests/fw_nft.rs: a network namespace per test, nft
+//! reached through a wrapper that logs each run to `calls`): when the run
+//! was the only change since the last listing, the links it loaded are read
+//! from the kernel and the next tick lists nothing; a change by anyone else
+//! is still listed and seen. Needs root: without it the tests are skipped
+//! loudly, unless CI=true.
+
+#[path = "common/nft.rs"]
+#[allow(dead_code)]
+mod nft_listing;
+
+#[path = "fw_nft/rig.rs"]
+#[allow(dead_code)]
+mod rig;
+
+use std::time::Duration;
+
+use qkdpfd::lock::Enforcement;
+use qkdpfd::parent::fw::Observed;
+use qkdpfd::ruleset::LinkTarget;
+use rig::*;
+
+/// `n` locked links and `dr`, whose far end (10.99.0.2, kept while the
+/// first value lives) answers pings; the table built, the dead-man switch
+/// armed (netlink proven to reach it) and one listing made.
+fn locked_links(r: &mut Rig, n: u8) -> (Netns, Vec<LinkTarget>) {
+    let (far, a) = far_end(r, "10.99.0.1/24", "10.99.0.2/24");
+    let mut ls: Vec<LinkTarget> = (0..n)
+        .map(|i| link(&format!("l{i}"), &format!("wg{i}"), [198, 51, 100, i + 1]))
+        .collect();
+    ls.push(link("dr", &a, [10, 99, 0, 2]));
+    r.fw.init(&ls).unwrap();
+    r.fw.keep_alive(Some(Duration::from_secs(30))).unwrap();
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(seen.values().all(|rb| rb.state == Observed::Locked));
+    (far, ls)
+}
+
+/// What the parent does after an apply: that link read back on its own.
+fn apply(r: &mut Rig, ls: &[LinkTarget], n: usize, state: Enforcement, text: &str) -> Observed {
+    r.fw.apply(&ls[n], state, text).unwrap();
+    let name = &ls[n].name;
+    r.fw.observe(ls, Some(name)).unwrap()[name].state.clone()
+}
+
+/// A slow open (one run that also loads the open text of every locked
+/// link), a flip, a slow lockdown and bulk lockdowns: after each, a tick
+/// answers without listing, each link as the kernel holds it (packets
+/// agree). `n` = 3 reads the loaded links one by one, 80 from one dump of
+/// the table.
+fn loads_of_our_own(n: u8) {
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, n);
+    let runs = |r: &Rig| nft_runs(r);
+    let before = runs(&r);
+
+    let n = n as usize;
+    assert_eq!(
+        apply(&mut r, &ls, n, Enforcement::Open, "accept"),
+        Observed::Open
+    );
+    assert_eq!(runs(&r), before + 1, "one run: the slow open");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(runs(&r), before + 1, "n={n}: no listing after it");
+    assert_eq!(seen["dr"].state, Observed::Open);
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    for l in &ls[..n] {
+        assert_eq!(seen[&l.name].state, Observed::Locked, "{}", l.name);
+        assert_eq!(rules(&r.ns, &format!("link_{}", l.name)), ["accept"]);
+    }
+
+    // The others' chains hold the text: a flip, read back over netlink.
+    assert_eq!(
+        apply(&mut r, &ls, 0, Enforcement::Open, "accept"),
+        Observed::Open
+    );
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(seen["l0"].state, Observed::Open);
+    assert_eq!(runs(&r), before + 1, "a flip runs and lists nothing");
+
+    // A lockdown text not preloaded: its own run, then no listing.
+    let locked = apply(&mut r, &ls, n, Enforcement::Lockdown, "counter drop");
+    assert_eq!(locked, Observed::Locked);
+    assert_eq!(runs(&r), before + 2);
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(runs(&r), before + 2, "no listing after our lockdown");
+    assert_eq!(seen["dr"].state, Observed::Locked);
+    assert_eq!(seen["l0"].state, Observed::Open);
+    assert!(!ping(&r.ns, "10.99.0.2"), "locked");
+
+    // A re-application's lockdowns of every locked link, in one run.
+    let rest: Vec<&LinkTarget> = ls[1..n].iter().collect();
+    let locked = r.fw.lock_many(&rest, "drop");
+    assert!(locked.iter().all(Result::is_ok), "{locked:?}");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(runs(&r), before + 3, "one run, and no listing after it");
+    for l in &rest {
+        assert_eq!(seen[&l.name].state, Observed::Locked, "{}", l.name);
+        assert_eq!(rules(&r.ns, &format!("lock_{}", l.name)), ["drop"]);
+    }
+    assert_eq!(seen["l0"].state, Observed::Open);
+}
+
+#[test]
+fn our_own_loads_need_no_listing_few_links() {
+    if root_or_skip("our_own_loads_need_no_listing_few_links") {
+        loads_of_our_own(3);
+    }
+}
+
+#[test]
+fn our_own_loads_need_no_listing_many_links() {
+    if root_or_skip("our_own_loads_need_no_listing_many_links") {
+        loads_of_our_own(80);
+    }
+}
+
+/// A change by anyone else before our run: the run was not the only
+/// transaction since the listing, so the next tick lists the table, and
+/// sees the change.
+#[test]
+fn a_change_before_our_run_is_listed_and_seen() {
+    if !root_or_skip("a_change_before_our_run_is_listed_and_seen") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, 3);
+    r.fw.apply(&ls[3], Enforcement::Open, "accept").unwrap();
+    r.fw.apply(&ls[1], Enforcement::Open, "accept").unwrap();
+    r.fw.observe(&ls, None).unwrap();
+    let before = nft_runs(&r);
+    // l1's open chain emptied behind our back, then our own lockdown run.
+    r.ns.nft("flush chain inet qkdpfd link_l1");
+    r.fw.apply(&ls[3], Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(nft_runs(&r) > before + 1, "listed");
+    assert_ne!(seen["l1"].state, Observed::Open, "{seen:?}");
+    assert_eq!(seen["dr"].state, Observed::Locked);
+}
+
+/// A turn's opens as the parent makes them: the first link's chain lacks
+/// the text, so it opens alone (its run loads the text into the others'
+/// chains), and the rest open in one netlink transaction. The link opened
+/// alone is read back first: the flip's own links are still read back from
+/// the flip, and the next tick lists nothing.
+#[test]
+fn a_link_read_back_amid_a_flips_links_leaves_them_the_flip() {
+    if !root_or_skip("a_link_read_back_amid_a_flips_links_leaves_them_the_flip") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, 3);
+    let before = nft_runs(&r);
+    let order: Vec<&LinkTarget> = [1, 2, 3, 0].iter().map(|i| &ls[*i]).collect();
+    let opened = r.fw.open_many(&order, "accept");
+    assert!(opened.iter().all(Result::is_ok), "{opened:?}");
+    assert_eq!(nft_runs(&r), before + 1, "one run: l1's slow open");
+    for l in &order {
+        let seen = r.fw.observe(&ls, Some(&l.name)).unwrap();
+        assert_eq!(seen[&l.name].state, Observed::Open, "{}", l.name);
+    }
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(seen.values().all(|rb| rb.state == Observed::Open));
+    assert_eq!(nft_runs(&r), before + 1, "no listing");
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+}
