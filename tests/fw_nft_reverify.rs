@@ -166,3 +166,23 @@ fn a_link_read_back_amid_a_flips_links_leaves_them_the_flip() {
     assert_eq!(nft_runs(&r), before + 1, "no listing");
     assert!(ping(&r.ns, "10.99.0.2"), "open");
 }
+
+/// A link read back on its own after our load answers from what that load
+/// read back only while nothing else has touched the table: a lockdown
+/// chain emptied behind our back since is seen.
+#[test]
+fn a_change_after_our_run_is_seen_by_the_next_read_back() {
+    if !root_or_skip("a_change_after_our_run_is_seen_by_the_next_read_back") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, 3);
+    let locked = apply(&mut r, &ls, 3, Enforcement::Lockdown, "counter drop");
+    assert_eq!(locked, Observed::Locked);
+    r.ns.nft("flush chain inet qkdpfd lock_dr");
+    let seen = r.fw.observe(&ls, Some("dr")).unwrap();
+    assert!(
+        matches!(seen["dr"].state, Observed::Unknown { .. }),
+        "{seen:?}"
+    );
+}

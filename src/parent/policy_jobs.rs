@@ -181,7 +181,9 @@ impl Parent {
     /// ([`crate::parent::links::Links::turn`]).
     pub fn reapply_next(&mut self) -> Changed {
         let mut out = Changed::none();
-        let n = (self.links).turn(self.links.fw.links_at_once(), &self.reapply, true);
+        let fw = &self.links.fw;
+        let (opens, relocks) = (fw.links_at_once(), fw.relocks_at_once());
+        let n = (self.links).turn(opens, relocks, &self.reapply, true);
         let names: Vec<String> = self.reapply.drain(..n).collect();
         for (name, _) in self.links.reapply_many(names, self.bundle.as_ref()) {
             out.state(&name);

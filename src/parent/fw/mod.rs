@@ -68,6 +68,11 @@ pub trait Firewall: LinkCheck + Send {
     fn links_at_once(&self) -> usize {
         1
     }
+    /// How many of a re-application's lockdowns of locked links the loop
+    /// hands [`Firewall::lock_many`] at once (its opens: `links_at_once`).
+    fn relocks_at_once(&self) -> usize {
+        self.links_at_once()
+    }
     /// Replaces the link's chain/anchor with qkdpfd's own explicit drop of
     /// the link's traffic, independent of any bundle text and of the
     /// preloaded lockdown chain (and, on pf, kills its states). The lockdown

@@ -23,27 +23,37 @@ impl Links {
         bundle: Option<&Bundle>,
         max: usize,
     ) -> Vec<(String, Option<Enforcement>)> {
-        let n = self.turn(max, self.opening.keys(), false);
+        let n = self.turn(max, 0, self.opening.keys(), false);
         let queued = (0..n).filter_map(|_| self.opening.pop_first()).collect();
         self.converge_many(queued, bundle, false)
     }
 
     /// How many links from the front of a queue (`queued`, in order) to
-    /// converge in one turn: up to `max` that [`Links::converge`] would only
-    /// open, or (with `force`, a re-application) only lock, or one other
+    /// converge in one turn: those that [`Links::converge`] would only open
+    /// (up to `opens`) or, with `force` (a re-application), only lock again
+    /// (up to `relocks`), until a link beyond either bound; or one other
     /// link alone (its lockdown ladder may be tool runs, which a QBER
     /// lockdown must not wait behind many of).
     pub fn turn<'a>(
         &self,
-        max: usize,
+        opens: usize,
+        relocks: usize,
         queued: impl IntoIterator<Item = &'a String>,
         force: bool,
     ) -> usize {
-        let mut n = 0;
-        for name in queued.into_iter().take(max) {
-            let alone = !(self.opens_plainly(name) || force && self.relocks(name));
-            if alone {
+        let (mut n, mut opened, mut relocked) = (0, 0, 0);
+        for name in queued {
+            let room = if self.opens_plainly(name) {
+                opened += 1;
+                opened <= opens
+            } else if force && self.relocks(name) {
+                relocked += 1;
+                relocked <= relocks
+            } else {
                 return n.max(1);
+            };
+            if !room {
+                break;
             }
             n += 1;
         }

@@ -896,8 +896,9 @@ fn a_reapplication_locks_and_opens_in_bulk() {
     calls(&k);
     let b = bundle();
     let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    assert_eq!(l.turn(8, &all, true), 4);
-    assert_eq!(l.turn(8, &all, false), 1, "a lock is no open");
+    assert_eq!(l.turn(8, 8, &all, true), 4);
+    assert_eq!(l.turn(8, 2, &all, true), 2, "two relocks at most");
+    assert_eq!(l.turn(8, 8, &all, false), 1, "a lock is no open");
     // b's bulk lockdown is a lie: the ladder takes it from there.
     k.lock().unwrap().lockdown_lies = true;
     let mut out = l.reapply_many(all, Some(&b));
