@@ -824,7 +824,7 @@ impl Firewall for Nft {
     // Every one in one nft run: 64 to a run made a new bundle's
     // re-application at 10,000 links 157 runs (~75 ms each, the parent's
     // loop waiting on each, and with it every install and round) where one
-    // run of them all takes 0.3-0.5 s, about what the slow open that loads
+    // run of them all takes 0.3-0.6 s, about what the slow open that loads
     // every locked link's open chain already takes.
     fn relocks_at_once(&self) -> usize {
         usize::MAX
