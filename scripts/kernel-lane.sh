@@ -54,6 +54,7 @@ group "two gateways on kernel WireGuard" keys --skip a_dropped_confirm \
 threads=
 group "nftables backend on Debian's nf_tables" fw_nft
 group "nftables loads of many links on Debian's nf_tables" fw_nft_batch
+group "read-backs after our own nftables loads on Debian's nf_tables" fw_nft_reverify
 group "dead-man switch on Debian's nf_tables" daemon --exact a_killed_parent_locks_every_link_by_itself
 group "the demo on kernel WireGuard" demo
 

@@ -119,7 +119,8 @@ test)
 	# executables goes to the guest in a file.
 	list=$VM_DIR/tests.list
 	cargo test --no-run --features testing,sandbox-probe \
-		--test wg_linux --test keys --test fw_nft --test fw_nft_batch --test daemon --test demo \
+		--test wg_linux --test keys --test fw_nft --test fw_nft_batch --test fw_nft_reverify \
+		--test daemon --test demo \
 		--message-format=json |
 		sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >"$list"
 	[ -s "$list" ] || die "cargo test --no-run listed no test executable"

@@ -639,9 +639,11 @@ fn many_lockdowns_share_one_run() {
     assert_eq!(runs(&r, "-f") - before, 1, "one run for four links");
     for l in &ls {
         assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+        // Uncounted: the far end's own traffic (an IPv6 multicast listener
+        // report, say) may already have met dr's drop.
         assert_eq!(
-            rules(&r.ns, &format!("lock_{}", l.name)),
-            ["counter packets 0 bytes 0 drop"]
+            rules_uncounted(&r.ns, &format!("lock_{}", l.name)),
+            ["counter drop"]
         );
     }
     assert!(!ping(&r.ns, "10.99.0.2"), "locked");

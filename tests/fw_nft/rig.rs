@@ -201,6 +201,25 @@ pub fn rules(ns: &Netns, chain: &str) -> Vec<String> {
         .collect()
 }
 
+/// [`rules`] with each counter's figures left out: what was loaded,
+/// whatever traffic has met it since.
+pub fn rules_uncounted(ns: &Netns, chain: &str) -> Vec<String> {
+    (rules(ns, chain).into_iter())
+        .map(|r| {
+            let mut words = r.split(' ').peekable();
+            let mut out = Vec::new();
+            while let Some(w) = words.next() {
+                out.push(w);
+                if w == "counter" && words.peek() == Some(&"packets") {
+                    // "packets N bytes M"
+                    words.nth(3);
+                }
+            }
+            out.join(" ")
+        })
+        .collect()
+}
+
 /// The rules of `chain`, one per line, as nft lists them.
 pub fn all_rules(ns: &Netns, chain: &str) -> Vec<String> {
     nft_listing::rules(&ns.nft(&format!("list chain inet qkdpfd {chain}")))
