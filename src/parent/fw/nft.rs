@@ -821,13 +821,14 @@ impl Firewall for Nft {
         64
     }
 
-    // Every one in one nft run: 64 to a run made a new bundle's
-    // re-application at 10,000 links 157 runs (~75 ms each, the parent's
-    // loop waiting on each, and with it every install and round) where one
-    // run of them all takes 0.3-0.6 s, about what the slow open that loads
-    // every locked link's open chain already takes.
+    // 64 to a run made a new bundle's re-application at 10,000 links 157
+    // runs (~75 ms each, the parent's loop waiting on each, and with it
+    // every install and round); all in one run took 0.3-0.6 s, 2,048 take
+    // 0.14-0.18 s a run (five at 10,000 links), which a QBER lockdown may
+    // wait behind, less than the slow open that loads every locked link's
+    // open chain already costs.
     fn relocks_at_once(&self) -> usize {
-        usize::MAX
+        2048
     }
 
     fn stage(
