@@ -95,13 +95,12 @@ impl Nft {
         }
     }
 
-    /// The loaded chains, a netlink dump each.
+    /// The loaded chains, a netlink dump each (as a link's own read-back).
     fn chains_one_by_one(&mut self, loaded: &[(usize, Loaded)]) -> Option<Vec<Chain>> {
         let mut out = Vec::with_capacity(loaded.len());
         for &(i, which) in loaded {
             let chain = format!("{}{}", which.prefix(), self.targets[i].name);
-            self.seq = self.seq.wrapping_add(4);
-            let rules = super::chain::rules(&self.table, &chain, self.seq).ok()?;
+            let rules = self.chain_rules(&chain).ok()?.unwrap_or_default();
             out.push(shape_of(which, Ends::of(&rules)));
         }
         Some(out)
