@@ -62,8 +62,9 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
         }
         // `all`: each open waits for the kernel (about 10 ms at 10,000
         // links), so they open a few per turn of the main loop (together,
-        // in one transaction on nftables), as a tick's do; inline, `unlock all` at 10,000 links held the loop 137 s, the
-        // dead-man switch dropped everything and the engine was declared lost.
+        // in one transaction on nftables), as a tick's do; inline,
+        // `unlock all` at 10,000 links held the loop 137 s, the dead-man
+        // switch dropped everything and the engine was declared lost.
         if *t == Target::All && p.links.queue_open(n, OpenedBy::Operator) {
             lines.push(format!("{n}: opening"));
             continue;

@@ -6,7 +6,8 @@
 //! the bundle and names it active ([`activate::finish`]), then re-applies
 //! the links a few per loop turn ([`Parent::reapply`]: those that only
 //! open or only lock again together, any other alone), engine messages
-//! first, so a QBER lockdown never waits behind 100 links' rulesets.
+//! first, so a QBER lockdown waits behind at most one such turn (one tool
+//! run or one bulk transaction), never behind every link's rulesets.
 //!
 //! One bundle at a time: a second `policy load` meanwhile is refused with
 //! a reason, and the spool waits for the next tick.

@@ -234,7 +234,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             // The opens a tick or installs queued, as many per turn as the
             // firewall takes at once, before a re-application's turn (else
             // the re-application, reaching links whose keys are still on
-            // their way, loads a lockdown for each, one tool run apiece);
+            // their way, loads a lockdown for each that its open then undoes);
             // yielding as below.
             _ = std::future::ready(()), if !p.links.opening.is_empty() => {
                 let at_once = p.links.fw.links_at_once();
