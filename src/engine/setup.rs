@@ -129,7 +129,7 @@ impl Engine {
         let mut eng = Engine {
             links: Default::default(),
             shared: BTreeMap::new(),
-            held: None,
+            reports: Default::default(),
             newly_lost: Default::default(),
             due: Default::default(),
             policy: None,

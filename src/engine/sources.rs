@@ -115,15 +115,16 @@ fn fnv1a(b: &[u8]) -> u64 {
 impl Engine {
     /// Starts holding reports back (see [`Engine::release`]).
     pub(super) fn hold(&mut self) {
-        self.held.get_or_insert_with(Vec::new);
+        self.reports.hold();
     }
 
     /// Sends what [`Engine::hold`] held back: first, for each section
     /// whose every link is `source-lost` now, one of them newly, a
     /// [`ToParent::SourceLost`] (the parent locks them together, in one
-    /// transaction where it can), then the links' own reports.
+    /// transaction where it can), then the links' own reports still held
+    /// (a lockdown for another reason left at once: `reports.rs`).
     pub(super) fn release(&mut self) {
-        let held = self.held.take().unwrap_or_default();
+        let held = self.reports.release();
         for source in std::mem::take(&mut self.newly_lost) {
             if self.every_link_lost(&source) {
                 let m = imsg::SourceLost {
