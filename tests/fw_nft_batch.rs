@@ -131,6 +131,60 @@ fn settle_stages_every_open_link_in_one_run() {
     );
     assert!(r.fw.settle().is_empty(), "nothing left");
 }
+/// A settle loads at most 2,048 links' lockdown chains in one run and says
+/// it has more (`settling`): the parent's loop reads the engine's reports
+/// between runs, so a QBER lockdown waits behind one bounded run, not one
+/// for every link. The next settle loads the rest; every link's lockdown is
+/// then a flip (no nft run), read back locked.
+#[test]
+fn a_settle_loads_a_bounded_number_of_links_a_run() {
+    if !root_or_skip("a_settle_loads_a_bounded_number_of_links_a_run") {
+        return;
+    }
+    let mut r = rig();
+    let n = 2100u32;
+    let ls: Vec<LinkTarget> = (0..n)
+        .map(|i| {
+            let addr = [198, 18, (i / 250) as u8, (i % 250 + 1) as u8];
+            link(&format!("m{i}"), &format!("wm{i}"), addr)
+        })
+        .collect();
+    r.fw.init(&ls).unwrap();
+    r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
+    let rest: Vec<&LinkTarget> = ls[1..].iter().collect();
+    let opened = r.fw.open_many(&rest, "accept");
+    assert!(opened.iter().all(Result::is_ok));
+    for l in &ls {
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(!r.fw.settling(), "nothing loaded yet");
+    let before = runs(&r, "-f");
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(runs(&r, "-f") - before, 1);
+    assert!(r.fw.settling(), "more than one run's worth");
+    // The bundle's rule, once in each loaded lockdown chain and nowhere else.
+    let loaded = |r: &Rig| {
+        let table = r.ns.nft("list table inet qkdpfd");
+        (table.lines())
+            .filter(|l| l.trim() == "counter packets 0 bytes 0 drop")
+            .count()
+    };
+    assert_eq!(loaded(&r), 2048);
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(runs(&r, "-f") - before, 2);
+    assert!(!r.fw.settling(), "all loaded");
+    assert_eq!(loaded(&r), n as usize);
+    assert!(r.fw.settle().is_empty(), "nothing left");
+    assert_eq!(runs(&r, "-f") - before, 2);
+    for l in [&ls[0], &ls[n as usize - 1]] {
+        r.fw.apply(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+    }
+    assert_eq!(runs(&r, "-f") - before, 2, "the lockdowns are flips");
+}
+
 #[test]
 fn many_links_are_checked_in_one_nft_run() {
     if !root_or_skip("many_links_are_checked_in_one_nft_run") {
@@ -545,6 +599,27 @@ fn many_opens_share_one_transaction() {
     }
     assert_eq!(nft_runs(&r), runs, "no nft run, no listing");
     assert!(ping(&r.ns, "10.99.0.2"), "dr open");
+
+    // Open already (a re-application reaching them): nothing committed,
+    // each still read back open, packets pass. One of them locked: only
+    // it is in the transaction.
+    let before = generation(3).unwrap();
+    let again = r.fw.open_many(&rest, "accept");
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+    assert_eq!(generation(4).unwrap(), before, "no transaction");
+    let dr = *rest.last().unwrap();
+    r.fw.apply(dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert!(!ping(&r.ns, "10.99.0.2"), "dr locked");
+    let before = generation(5).unwrap();
+    let again = r.fw.open_many(&rest, "accept");
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+    assert_eq!(generation(6).unwrap(), before.wrapping_add(1));
+    for l in &rest {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open, "{}", l.name);
+        assert_eq!(keys_locked(&r.ns, l), 0, "{}", l.name);
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "dr open again");
 
     for l in &rest {
         r.fw.apply(l, Enforcement::Lockdown, "counter drop")

@@ -591,8 +591,13 @@ impl Links {
         }
     }
 
-    /// Loads what the firewall deferred (lockdown rules staged after opens)
-    /// for every link at once.
+    /// Whether [`Links::settle`] has more to load ([`Firewall::settling`]).
+    pub fn settling(&self) -> bool {
+        self.fw.settling()
+    }
+
+    /// Loads what the firewall deferred (lockdown rules staged after opens),
+    /// for many links at once.
     pub fn settle(&mut self) {
         for (name, e) in self.fw.settle() {
             log::event(Event::StageFailed)

@@ -259,9 +259,14 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     crate::privsep::return_free_memory();
                 }
             }
+            // Preloading left for a later turn (below), when nothing else
+            // is ready: each run bounded, reports read between them.
+            _ = std::future::ready(()), if p.links.settling() => {
+                tokio::task::yield_now().await;
+            }
         }
-        // The preloading the branch above deferred, for all its links in
-        // one go; a re-application's and a tick's opens once they end.
+        // The preloading the branches above deferred, many links a run; a
+        // re-application's and a tick's opens once they end.
         if p.reapply.is_empty() && p.links.opening.is_empty() {
             p.links.settle();
         }

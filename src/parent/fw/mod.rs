@@ -97,6 +97,13 @@ pub trait Firewall: LinkCheck + Send {
     fn settle(&mut self) -> Vec<(String, FwError)> {
         Vec::new()
     }
+    /// Whether the last [`Firewall::settle`] left preloading for the next
+    /// turn of the parent's loop (nft: a run loads a bounded number of
+    /// links, so that a lockdown waits behind one such run, not one for
+    /// every link).
+    fn settling(&self) -> bool {
+        false
+    }
     /// Locks every link (`links`: all of them) in one transaction, for a
     /// lockdown of the whole gateway: nft with two elements in set `site`,
     /// whatever the number of links; pf with one anchor load of every

@@ -64,6 +64,8 @@ pub struct Nft {
     /// Lockdown text `stage` was asked to preload, per link (its place in
     /// `targets`), until `settle`.
     pending: BTreeMap<usize, Arc<str>>,
+    /// `settle` left some of `pending` for the loop's next turn.
+    settling: bool,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -154,6 +156,7 @@ impl Nft {
             targets: Arc::from([]),
             known: Vec::new(),
             pending: BTreeMap::new(),
+            settling: false,
             guard_may_exist: true,
             alive: None,
             seq: 0,
@@ -850,6 +853,10 @@ impl Firewall for Nft {
             self.pending.insert(i, text);
         }
         Ok(())
+    }
+
+    fn settling(&self) -> bool {
+        self.settling
     }
 
     fn settle(&mut self) -> Vec<(String, FwError)> {
