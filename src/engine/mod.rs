@@ -404,15 +404,18 @@ impl Engine {
     /// A lockdown reported during a turn of many links goes to the parent
     /// now, not after the rest of the turn (~15 ms at 10,000 links): the
     /// writer is a task of this thread's runtime, so the turn yields to it.
-    /// Then this thread gives up its CPU once: the parent, woken by the
-    /// write, is often queued on this CPU (the waker's) and otherwise
-    /// waits there until the turn's time slice ends (measured at 10,000
-    /// links on a 2-core Linux 6.18: 2-4 ms of scheduling delay, p50 2.5
-    /// ms from sample to the parent reading the report).
+    /// Then, the first time in a turn, this thread gives up its CPU: the
+    /// parent, woken by the write, is often queued on this CPU (the
+    /// waker's) and otherwise waits there until the turn's time slice ends
+    /// (measured at 10,000 links on a 2-core Linux 6.18: 2-4 ms of
+    /// scheduling delay, p50 2.5 ms from sample to the parent reading the
+    /// report).
     async fn let_lockdown_out(&mut self) {
         if self.reports.left_early() {
             tokio::task::yield_now().await;
-            std::thread::yield_now();
+            if self.reports.first_to_leave() {
+                std::thread::yield_now();
+            }
         }
     }
 

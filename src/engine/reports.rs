@@ -19,12 +19,17 @@ pub(super) struct Reports {
     held: Option<Vec<(Box<str>, Vec<u8>)>>,
     /// A report left during the turn: the loop lets the writer run.
     early: bool,
+    /// The turn gave up its CPU for a report already (once is enough: the
+    /// parent runs then, and a mass lockdown yielding per link slowed the
+    /// turn).
+    yielded: bool,
 }
 
 impl Reports {
     /// Starts holding reports back.
     pub(super) fn hold(&mut self) {
         self.held.get_or_insert_with(Vec::new);
+        self.yielded = false;
     }
 
     /// Whether reports are being held (a turn of many links).
@@ -62,6 +67,12 @@ impl Reports {
     pub(super) fn left_early(&mut self) -> bool {
         std::mem::take(&mut self.early)
     }
+
+    /// Whether this is the turn's first report to leave early: the turn
+    /// then gives up its CPU once, for the parent.
+    pub(super) fn first_to_leave(&mut self) -> bool {
+        !std::mem::replace(&mut self.yielded, true)
+    }
 }
 
 #[cfg(test)]
@@ -98,9 +109,15 @@ mod tests {
         );
         assert!(r.left_early());
         assert!(!r.left_early(), "said once");
+        assert!(r.first_to_leave());
+        assert_eq!(r.report("l4", f("l4 qber"), true), vec![f("l4 qber")]);
+        assert!(r.left_early());
+        assert!(!r.first_to_leave(), "the CPU is given up once a turn");
         assert!(r.report("l3", f("l3 open"), false).is_empty());
         assert_eq!(r.release(), vec![f("l1 open"), f("l2 lost"), f("l3 open")]);
         assert!(!r.holding());
         assert_eq!(r.report("l1", f("later"), false), vec![f("later")]);
+        r.hold();
+        assert!(r.first_to_leave(), "a new turn");
     }
 }
