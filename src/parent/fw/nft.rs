@@ -856,7 +856,8 @@ impl Firewall for Nft {
     }
 
     fn settling(&self) -> bool {
-        self.settling
+        // What was left may have gone since (applied, or the table rebuilt).
+        self.settling && !self.pending.is_empty()
     }
 
     fn settle(&mut self) -> Vec<(String, FwError)> {

@@ -111,12 +111,12 @@ impl Nft {
     /// in the `locked_` sets by now is left: its lockdown chain is in force,
     /// and only an apply changes that.
     pub(super) fn settle_stages(&mut self) -> Vec<(String, FwError)> {
+        self.settling = false;
         if self.pending.is_empty() {
             return Vec::new();
         }
         // Under a site lock every lockdown chain is in force: they wait
         // for the next settle after it ends (the next open ends it).
-        self.settling = false;
         let locked = match self.site_locked() {
             Ok(true) => return Vec::new(),
             Ok(false) => self.locked_now(),
