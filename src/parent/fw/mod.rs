@@ -91,9 +91,11 @@ pub trait Firewall: LinkCheck + Send {
         let _ = (link, state, ruleset);
         Ok(())
     }
-    /// Does the preloading `stage` deferred, for every link at once (nft:
-    /// one run for all). Off the critical path: the parent calls it when
-    /// a burst of events is handled. The links whose preloading failed.
+    /// Does the preloading `stage` deferred, for many links at once (nft:
+    /// up to `relocks_at_once` links a run, the rest left for the next
+    /// call: [`Firewall::settling`]). Off the critical path: the parent
+    /// calls it when a burst of events is handled. The links whose
+    /// preloading failed.
     fn settle(&mut self) -> Vec<(String, FwError)> {
         Vec::new()
     }

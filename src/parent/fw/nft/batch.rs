@@ -10,8 +10,8 @@
 //!   `locked_` sets (the chain is not taken: nothing changes in force, and
 //!   that link's own open of the same text is then a flip over netlink).
 //!   An open link's chain is in force: it changes only by its own apply;
-//! - the lockdown chains that `stage` asked for are loaded by `settle`, in
-//!   one run, for the links none of whose keys is in the `locked_` sets
+//! - the lockdown chains that `stage` asked for are loaded by `settle`,
+//!   2,048 links a run, for the links none of whose keys is in the `locked_` sets
 //!   (the chain is not taken), nor for those of a section whose source
 //!   lock holds, and none while the site lock holds (every lockdown chain
 //!   is taken then).
