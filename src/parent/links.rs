@@ -12,8 +12,8 @@
 //! read-back shows it. A tool that hung skips the remaining firewall
 //! steps: the next would hang too, and the main loop waits meanwhile.
 //! When no step works the link is `lockdown_failed`, a state of its own
-//! (event, ctl, metrics), and the next tick ([`Links::reconcile`], every
-//! second) walks the ladder again.
+//! (event, ctl, metrics), and the next tick ([`Links::start_reconcile`],
+//! every second, `pass.rs`) walks the ladder again.
 //! The same tick reads every link back and repairs what changed behind our
 //! back: a flushed or deleted chain, a removed jump or drop, the whole
 //! table gone, pf disabled.
@@ -29,7 +29,9 @@ use std::path::PathBuf;
 
 mod bulk;
 mod ladder;
+mod pass;
 mod tunnel;
+pub use pass::RECONCILE_AT_ONCE;
 pub use tunnel::Tunnel;
 
 /// One link as the parent sees it (what the firewall knows it by is
@@ -144,6 +146,8 @@ pub struct Links {
     /// While set, a link's change is not journaled on its own: the caller
     /// writes every record at once (`lock_all`: 10,000 links, one write).
     hold_writes: bool,
+    /// The tick's reconcile under way, a slice of links a turn (`pass.rs`).
+    pass: Option<pass::Pass>,
 }
 
 /// Link `name`'s target in `targets` (in name order), if it is one.
@@ -207,6 +211,7 @@ impl Links {
             opening: BTreeMap::new(),
             defer_opens: false,
             hold_writes: false,
+            pass: None,
         }
     }
 
@@ -324,15 +329,14 @@ impl Links {
     /// skeleton first if any link's is damaged. Records what it saw.
     pub fn observe_all(&mut self) {
         debug_assert!(self.targets.iter().map(|t| &t.name).eq(self.links.keys()));
-        let mut seen = self.fw.observe(&self.targets, None);
+        let mut seen = self.observe_each();
         let damaged: Vec<String> = match &seen {
-            Ok(m) => m
-                .iter()
-                .filter_map(|(n, rb)| match &rb.state {
+            Ok(m) => (self.targets.iter().zip(m))
+                .filter_map(|(t, rb)| match &rb.state {
                     Observed::Unknown {
                         skeleton: true,
                         why,
-                    } => Some(format!("{n}: {why}")),
+                    } => Some(format!("{}: {why}", t.name)),
                     _ => None,
                 })
                 .collect(),
@@ -357,15 +361,12 @@ impl Links {
                     log::event(Event::FirewallRebuildFailed).msg(e).send();
                 }
             }
-            seen = self.fw.observe(&self.targets, None);
+            seen = self.observe_each();
         }
         match seen {
-            Ok(mut m) => {
-                for (name, l) in self.links.iter_mut() {
-                    l.kernel = m.remove(name).unwrap_or(Readback {
-                        state: Observed::unknown("not in the read-back"),
-                        guarded: false,
-                    });
+            Ok(m) => {
+                for (l, rb) in self.links.values_mut().zip(m) {
+                    l.kernel = rb;
                 }
             }
             Err(e) => {
@@ -375,6 +376,18 @@ impl Links {
                 }
             }
         }
+    }
+
+    /// Every link's read-back, in name order: one for each.
+    fn observe_each(&mut self) -> Result<Vec<Readback>, crate::tool::FwError> {
+        let seen = self.fw.observe_each(&self.targets)?;
+        if seen.len() != self.targets.len() {
+            // A backend's bug; a link left without a read-back would keep
+            // its last one.
+            let what = format!("{} read-backs for {} links", seen.len(), self.targets.len());
+            return Err(crate::tool::FwError::refused(what));
+        }
+        Ok(seen)
     }
 
     /// Reads one link back right after a change.
@@ -392,35 +405,6 @@ impl Links {
         if let Some(l) = self.links.get_mut(name) {
             l.kernel = rb;
         }
-    }
-
-    /// The tick: reads every link back, then brings each to its desired
-    /// state; returns the links whose enforcement changed.
-    pub fn reconcile(
-        &mut self,
-        bundle: Option<&Bundle>,
-        by: OpenedBy,
-    ) -> Vec<(String, Enforcement)> {
-        // In link order (the set of links never changes while we run).
-        let before: Vec<(String, (Enforcement, bool))> = (self.links.iter())
-            .map(|(n, l)| (n.clone(), (l.enforcement(), l.lock_failed)))
-            .collect();
-        self.observe_all();
-        self.check_restored_peers();
-        let mut changed = Vec::new();
-        for (name, was) in before {
-            if self.queue_open(&name, by) {
-                continue;
-            }
-            self.converge(&name, bundle, by, false);
-            let l = &self.links[&name];
-            if was != (l.enforcement(), l.lock_failed) {
-                changed.push((name, l.enforcement()));
-            }
-        }
-        // A write that failed (a full or read-only disk) is retried here.
-        self.persist();
-        changed
     }
 
     /// Whether `converge` would open the link (or hold it for a session).

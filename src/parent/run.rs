@@ -10,7 +10,7 @@
 
 use super::changed::Changed;
 use super::to_engine::{Tx, send, send_all_states, send_policy};
-use super::{Parent, keys, links::OpenedBy};
+use super::{Parent, keys, links, links::OpenedBy};
 use crate::imsg::creds::Readers;
 use crate::imsg::{self, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
@@ -135,6 +135,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     let mut job_rx = None;
     // Control requests being read from their clients' own connections.
     let mut readers = Readers::default();
+    // The tick's read-back of every link is next (`Links::start_reconcile`).
+    let mut listing_due = false;
     p.links.defer_opens = true;
     loop {
         if let Some(rx) = p.job_rx.take() {
@@ -206,9 +208,14 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     );
                     return engine_lost(&mut p, &mut child, &why);
                 }
-                let mut changed = p.links.reconcile(p.bundle.as_ref(), OpenedBy::Auto);
-                changed.extend(keys::lock_drifted(&mut p));
-                if !changed.is_empty() { send_all_states(&p, &tx); }
+                // The reconcile's listing has a turn of its own, then a
+                // slice of links a turn (below).
+                listing_due = true;
+                let mut changed = Changed::none();
+                for (name, _) in keys::lock_drifted(&mut p) {
+                    changed.state(&name);
+                }
+                send(&p, &tx, changed);
                 super::policy_jobs::scan_spool(&mut p);
                 let changed = check_expiry(&mut p, &mut expiry_log);
                 send(&p, &tx, changed);
@@ -230,6 +237,23 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 if p.reapply.is_empty() {
                     crate::privsep::return_free_memory();
                 }
+            }
+            // The tick's reconcile, a slice of links a turn, the engine's
+            // reports read between slices (a lockdown waited up to 30 ms
+            // for all 10,000 links); before the opens it queues.
+            _ = std::future::ready(()), if listing_due => {
+                listing_due = false;
+                p.links.start_reconcile();
+                tokio::task::yield_now().await;
+            }
+            _ = std::future::ready(()), if p.links.reconciling() => {
+                let slice = links::RECONCILE_AT_ONCE;
+                let mut changed = Changed::none();
+                for (name, _) in p.links.reconcile_more(p.bundle.as_ref(), OpenedBy::Auto, slice) {
+                    changed.state(&name);
+                }
+                send(&p, &tx, changed);
+                tokio::task::yield_now().await;
             }
             // The opens a tick or installs queued, as many per turn as the
             // firewall takes at once, before a re-application's turn (else
@@ -267,7 +291,11 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
         }
         // The preloading the branches above deferred, many links a run; a
         // re-application's and a tick's opens once they end.
-        if p.reapply.is_empty() && p.links.opening.is_empty() {
+        if p.reapply.is_empty()
+            && p.links.opening.is_empty()
+            && !listing_due
+            && !p.links.reconciling()
+        {
             p.links.settle();
         }
     }

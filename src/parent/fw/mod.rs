@@ -141,6 +141,21 @@ pub trait Firewall: LinkCheck + Send {
         links: &[LinkTarget],
         only: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, Readback>, FwError>;
+    /// [`Firewall::observe`] of every link in `links`, in their order (a
+    /// link the answer left out reads unknown): what a tick reads each
+    /// second, without a map keyed by every link's name where the backend
+    /// has the rows in order already.
+    fn observe_each(&mut self, links: &[LinkTarget]) -> Result<Vec<Readback>, FwError> {
+        let mut seen = self.observe(links, None)?;
+        Ok((links.iter())
+            .map(|l| {
+                seen.remove(&l.name).unwrap_or(Readback {
+                    state: Observed::unknown("not in the read-back"),
+                    guarded: false,
+                })
+            })
+            .collect())
+    }
     /// The dead-man switch (nftables; DESIGN §2): `Some(t)` arms or
     /// refreshes it so the links' jumps live for `t` more; `None` disarms
     /// it (a stop that keeps the kernel state). Backends without one do

@@ -41,6 +41,7 @@ use reverify::Loaded;
 pub mod alive;
 mod batch;
 pub mod chain;
+mod every;
 pub mod monitor;
 pub mod netlink;
 pub mod readback;
@@ -363,57 +364,6 @@ impl Nft {
         Ok(())
     }
 
-    /// The read-back of every link right after our site lock (`section`
-    /// None) or the lock of QBER section `section`, without a listing, as
-    /// [`Nft::observe_flip`] does for one link: the lock was the only
-    /// transaction since the verified listing, so each link's chains, and
-    /// every link the lock does not cover, are as verified; the lock's set
-    /// is looked up. None when that cannot be shown.
-    fn observe_lock(
-        &mut self,
-        links: &[LinkTarget],
-        section: Option<usize>,
-        after: Option<u32>,
-    ) -> Option<BTreeMap<String, Readback>> {
-        self.only_ours_since_verified(after)?;
-        let covers = |n: &Nft, l: &LinkTarget| section.is_none_or(|i| n.source_of(l) == Some(i));
-        let known = |l: &LinkTarget| {
-            self.known_of(&l.name)
-                .is_some_and(|k| k.shape.is_some() && (covers(self, l) || k.verified.is_some()))
-        };
-        if self.guard_may_exist || !links.iter().all(known) {
-            return None;
-        }
-        let set = section.map_or(SITE_SET.to_string(), dispatch::source_set);
-        if self.families(&set).ok()? != [true, true] {
-            return None;
-        }
-        // Nothing that touched our tables slipped in while the set was read.
-        let now = self.still(after?)?;
-        // Every link is known, with its shape (checked above).
-        let seen: BTreeMap<String, Readback> = (links.iter())
-            .map(|l| {
-                let k = self.known_of(&l.name)?;
-                if !covers(self, l) {
-                    return Some((l.name.clone(), k.verified.clone()?));
-                }
-                // Each of its keys is in the lock's reach (the verified
-                // listing showed them in `keys_`, or in `src<i>_`), so all
-                // of them take the lockdown chain.
-                let holds = readback::Holds::of_keys(&k.keys, |_, _| true);
-                let state = readback::judge_shape(l, k.shape?, holds);
-                let rb = Readback {
-                    state,
-                    guarded: false,
-                };
-                Some((l.name.clone(), rb))
-            })
-            .collect::<Option<_>>()?;
-        self.set_verified_gen(Some(now));
-        self.keep_verified(&seen);
-        Some(seen)
-    }
-
     /// Per link, its keys that the kernel's `open_` maps do not dispatch
     /// yet (all of them when the maps cannot be read, as on a first load).
     fn undispatched(&mut self) -> Vec<LinkKeys> {
@@ -467,13 +417,6 @@ impl Nft {
     fn forget_opened(&mut self, name: &str) {
         if let Some(k) = self.known_mut(name) {
             k.opened = None;
-        }
-    }
-
-    /// `seen` is the verified read-back; nothing is, of the other links.
-    fn keep_verified(&mut self, seen: &BTreeMap<String, Readback>) {
-        for (t, k) in self.targets.iter().zip(self.known.iter_mut()) {
-            k.verified = seen.get(&t.name).cloned();
         }
     }
 
@@ -921,93 +864,14 @@ impl Firewall for Nft {
             }
             return self.observe_one(links, name);
         }
-        for l in links {
-            check_names(&self.table, l)?;
-        }
-        if let Some(after) = self.site_flip.take() {
-            if let Some(seen) = self.observe_lock(links, None, after) {
-                return Ok(seen);
-            }
-        }
-        if let Some((i, after)) = self.source_flip.take() {
-            if let Some(seen) = self.observe_lock(links, Some(i), after) {
-                return Ok(seen);
-            }
-        }
-        let gen_before = self.generation();
-        let unchanged = match (self.verified_gen, gen_before) {
-            (Some(v), Some(now)) => self.untouched(v, now),
-            _ => false,
-        };
-        let verified = |l: &LinkTarget| {
-            let rb = self.known_of(&l.name)?.verified.clone()?;
-            Some((l.name.clone(), rb))
-        };
-        if let Some(seen) = unchanged
-            .then(|| links.iter().map(verified).collect())
-            .flatten()
-        {
-            self.set_verified_gen(gen_before);
-            return Ok(seen);
-        }
-        self.set_verified_gen(None);
-        let table = self.list(&self.table)?;
-        let guard = if self.guard_may_exist {
-            let g = self.list(&self.guard_table())?;
-            self.guard_may_exist = g.is_some();
-            g
-        } else {
-            None
-        };
-        // What the listings show goes into vectors in the links' order, and
-        // the listings are dropped before anything this backend keeps is
-        // made: kept names and maps made while a 10,000-link listing's
-        // hundreds of thousands of small pieces were live sat among them
-        // and pinned the freed heap around them (the parent held 58 MiB
-        // with 20 MB live).
-        let judged = readback::judge(links, table.as_ref(), guard.as_ref(), &|n| {
-            self.known_of(n).is_some_and(|k| k.lock_loaded)
-        });
-        let lock_ok: Vec<bool> = (links.iter())
-            .map(|l| (table.as_ref()).is_some_and(|t| readback::lock_chain_ok(t, &l.name)))
-            .collect();
-        let shapes: Option<Vec<readback::Shape>> = (table.as_ref()).map(|t| {
-            let loaded = |l: &LinkTarget| self.known_of(&l.name).is_some_and(|k| k.lock_loaded);
-            (links.iter())
-                .map(|l| readback::shape_judged(l, t, loaded(l)))
-                .collect()
-        });
-        drop((table, guard));
-        // Cached only if nothing touched our tables while we listed.
-        let gen_after = gen_before.and_then(|before| self.still(before));
-        if gen_after.is_some() {
-            self.set_verified_gen(gen_after);
-            for k in &mut self.known {
-                (k.verified, k.shape) = (None, None);
-            }
-        }
-        // Each link's row, found once. Cloned: a damage's text was made
-        // among the listing's pieces.
-        for (n, l) in links.iter().enumerate() {
-            let Some(k) = self.known_mut(&l.name) else {
-                continue;
-            };
-            let rb = &judged[n];
-            if !lock_ok[n] {
-                k.staged = None;
-            }
-            if !matches!(rb.state, super::Observed::Open | super::Observed::Locked) {
-                k.opened = None;
-            }
-            if gen_after.is_some() {
-                k.verified = Some(rb.clone());
-                k.shape = shapes.as_ref().map(|s| s[n]);
-            }
-        }
-        let seen = (links.iter().zip(&judged))
-            .map(|(l, rb)| (l.name.clone(), rb.clone()))
-            .collect();
-        Ok(seen)
+        let seen = self.observe_every(links)?;
+        Ok((links.iter().zip(seen))
+            .map(|(l, rb)| (l.name.clone(), rb))
+            .collect())
+    }
+
+    fn observe_each(&mut self, links: &[LinkTarget]) -> Result<Vec<Readback>, FwError> {
+        self.observe_every(links)
     }
 
     fn set_guard(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {

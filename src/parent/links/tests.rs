@@ -1045,3 +1045,102 @@ fn lock_source_is_one_source_lock_proven_by_the_read_back() {
     assert!(l.links["dr"].engine.is_none());
     assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
 }
+
+/// A tick's reconcile in slices: each slice converges only its links,
+/// from what the kernel holds when it comes (a flip between slices read
+/// its own link back), and the pass ends with the last link. A link the
+/// listing found changed is reported even if its slice leaves it so.
+#[test]
+fn a_tick_reconciles_a_slice_of_links_a_turn() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let k = fake.k.clone();
+    let b = bundle();
+    let mut l = links_named(fake, t.path(), &["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
+    }
+    for n in ["a", "b"] {
+        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
+    }
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert!(!l.reconciling());
+    calls(&k);
+    // Behind our back: every chain flushed, and c (the engine has not
+    // reported on it: kept as the kernel holds it) now reads locked.
+    for n in ["a", "b"] {
+        k.lock()
+            .unwrap()
+            .chain
+            .insert(n.into(), Observed::unknown("flushed"));
+    }
+    k.lock().unwrap().chain.insert("c".into(), Observed::Locked);
+    l.start_reconcile();
+    assert!(l.reconciling());
+    assert_eq!(calls(&k), [] as [String; 0], "the listing flips nothing");
+    // First slice: a alone, repaired.
+    assert_eq!(l.reconcile_more(Some(&b), OpenedBy::Auto, 1), []);
+    assert_eq!(calls(&k), ["apply a open accept"]);
+    assert!(l.reconciling());
+    // Between slices, b locks for QBER (its own flip, read back).
+    let mut qber = Reasons::EMPTY;
+    qber.insert(LockReason::Qber);
+    l.set_engine_reasons("b", qber, Some(0.12), Some(0.08));
+    l.converge("b", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(calls(&k), ["apply b lockdown drop"]);
+    // b's slice keeps it locked (the listing's "flushed" is not used);
+    // c, which the listing found locked, is reported.
+    assert_eq!(
+        l.reconcile_more(Some(&b), OpenedBy::Auto, 8),
+        [
+            ("b".to_string(), Enforcement::Lockdown),
+            ("c".to_string(), Enforcement::Lockdown)
+        ]
+    );
+    assert_eq!(calls(&k), [] as [String; 0]);
+    assert!(!l.reconciling());
+    assert_eq!(l.reconcile_more(Some(&b), OpenedBy::Auto, 8), []);
+}
+
+/// A tick that comes while a pass is under way reads every link back
+/// again and goes on from where the pass was: no link is left out when
+/// passes take longer than a tick.
+#[test]
+fn a_tick_during_a_pass_goes_on_from_where_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    let k = fake.k.clone();
+    let b = bundle();
+    let mut l = links_named(fake, t.path(), &["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
+        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
+    }
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    calls(&k);
+    for n in ["a", "b", "c"] {
+        k.lock()
+            .unwrap()
+            .chain
+            .insert(n.into(), Observed::unknown("flushed"));
+    }
+    l.start_reconcile();
+    l.reconcile_more(Some(&b), OpenedBy::Auto, 2);
+    assert_eq!(calls(&k), ["apply a open accept", "apply b open accept"]);
+    l.start_reconcile();
+    l.reconcile_more(Some(&b), OpenedBy::Auto, 2);
+    assert_eq!(calls(&k), ["apply c open accept"]);
+    assert!(!l.reconciling());
+    // A whole reconcile starts over: every link.
+    l.start_reconcile();
+    l.reconcile_more(Some(&b), OpenedBy::Auto, 1);
+    for n in ["a", "b", "c"] {
+        k.lock()
+            .unwrap()
+            .chain
+            .insert(n.into(), Observed::unknown("flushed"));
+    }
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert_eq!(calls(&k).len(), 3);
+    assert!(!l.reconciling());
+}
