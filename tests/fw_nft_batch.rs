@@ -131,7 +131,8 @@ fn settle_stages_every_open_link_in_one_run() {
     );
     assert!(r.fw.settle().is_empty(), "nothing left");
 }
-/// A settle loads at most 2,048 links' lockdown chains in one run and says
+/// A slow open takes at most 2,048 locked links' open chains along, and a
+/// settle loads at most 2,048 links' lockdown chains in one run and says
 /// it has more (`settling`): the parent's loop reads the engine's reports
 /// between runs, so a QBER lockdown waits behind one bounded run, not one
 /// for every link. The next settle loads the rest; every link's lockdown is
@@ -150,10 +151,22 @@ fn a_settle_loads_a_bounded_number_of_links_a_run() {
         })
         .collect();
     r.fw.init(&ls).unwrap();
+    // A lone line of `accept`: the open text, in a link chain.
+    let rule_count = |r: &Rig, rule: &str| {
+        let table = r.ns.nft("list table inet qkdpfd");
+        table.lines().filter(|l| l.trim() == rule).count()
+    };
+    let start = runs(&r, "-f");
     r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
+    // The slow open takes 2,048 locked links' open chains along, no more.
+    assert_eq!(runs(&r, "-f") - start, 1);
+    assert_eq!(rule_count(&r, "accept"), 1 + 2048);
     let rest: Vec<&LinkTarget> = ls[1..].iter().collect();
     let opened = r.fw.open_many(&rest, "accept");
     assert!(opened.iter().all(Result::is_ok));
+    // The first link beyond them took the rest along: one run more.
+    assert_eq!(runs(&r, "-f") - start, 2);
+    assert_eq!(rule_count(&r, "accept"), n as usize);
     for l in &ls {
         r.fw.stage(l, Enforcement::Lockdown, "counter drop")
             .unwrap();
@@ -164,12 +177,7 @@ fn a_settle_loads_a_bounded_number_of_links_a_run() {
     assert_eq!(runs(&r, "-f") - before, 1);
     assert!(r.fw.settling(), "more than one run's worth");
     // The bundle's rule, once in each loaded lockdown chain and nowhere else.
-    let loaded = |r: &Rig| {
-        let table = r.ns.nft("list table inet qkdpfd");
-        (table.lines())
-            .filter(|l| l.trim() == "counter packets 0 bytes 0 drop")
-            .count()
-    };
+    let loaded = |r: &Rig| rule_count(r, "counter packets 0 bytes 0 drop");
     assert_eq!(loaded(&r), 2048);
     assert!(r.fw.settle().is_empty());
     assert_eq!(runs(&r, "-f") - before, 2);

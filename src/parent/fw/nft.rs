@@ -770,11 +770,11 @@ impl Firewall for Nft {
     // 64 to a run made a new bundle's re-application at 10,000 links 157
     // runs (~75 ms each, the parent's loop waiting on each, and with it
     // every install and round); all in one run took 0.3-0.6 s, 2,048 take
-    // 0.14-0.18 s a run (five at 10,000 links), which a QBER lockdown may
-    // wait behind, less than the slow open that loads every locked link's
-    // open chain already costs.
+    // 0.14-0.18 s a run (five at 10,000 links; 0.22-0.28 s on a slower
+    // machine), which a QBER lockdown may wait behind: as long as any
+    // other run of ours (`batch::LINKS_A_RUN`).
     fn relocks_at_once(&self) -> usize {
-        2048
+        batch::LINKS_A_RUN
     }
 
     fn stage(
