@@ -131,7 +131,8 @@ fn settle_stages_every_open_link_in_one_run() {
     );
     assert!(r.fw.settle().is_empty(), "nothing left");
 }
-/// A slow open takes at most 2,048 locked links' open chains along, and a
+/// A slow open takes at most 2,048 locked links' open chains along (those
+/// after it in name order first), and a
 /// settle loads at most 2,048 links' lockdown chains in one run and says
 /// it has more (`settling`): the parent's loop reads the engine's reports
 /// between runs, so a QBER lockdown waits behind one bounded run, not one
@@ -157,11 +158,20 @@ fn a_settle_loads_a_bounded_number_of_links_a_run() {
         table.lines().filter(|l| l.trim() == rule).count()
     };
     let start = runs(&r, "-f");
-    r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
-    // The slow open takes 2,048 locked links' open chains along, no more.
+    r.fw.apply(&ls[100], Enforcement::Open, "accept").unwrap();
+    // The slow open takes 2,048 locked links' open chains along, no more:
+    // those after it in name order, then round to it.
     assert_eq!(runs(&r, "-f") - start, 1);
     assert_eq!(rule_count(&r, "accept"), 1 + 2048);
-    let rest: Vec<&LinkTarget> = ls[1..].iter().collect();
+    let mut names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
+    names.sort_unstable();
+    let at = names.iter().position(|n| *n == "m100").unwrap();
+    let after = |k: usize| format!("link_{}", names[(at + k) % names.len()]);
+    for (k, loaded) in [(1, true), (2048, true), (2049, false), (2099, false)] {
+        let chain = after(k);
+        assert_eq!(rules(&r.ns, &chain) == ["accept"], loaded, "{chain}");
+    }
+    let rest: Vec<&LinkTarget> = ls.iter().filter(|l| l.name != "m100").collect();
     let opened = r.fw.open_many(&rest, "accept");
     assert!(opened.iter().all(Result::is_ok));
     // The first link beyond them took the rest along: one run more.

@@ -239,8 +239,10 @@ pub(super) fn key_stale(p: &mut Parent, link: &str) {
 /// ([`super::wg::psk::PskWriter::reread_due`], each link every
 /// [`check_period`]); one changed behind our back, or a peer that cannot
 /// be read, locks the link with `psk-drift`. Returns the links whose
+/// state the engine must hear: each new drift (a new reason, even where
+/// the lockdown failed or the link was locked already) and each link whose
 /// enforcement changed.
-pub(super) fn lock_drifted(p: &mut Parent) -> Vec<(String, Enforcement)> {
+pub(super) fn lock_drifted(p: &mut Parent) -> Vec<String> {
     let (conf, bundle) = (&p.conf, p.bundle.as_ref());
     let drifted =
         p.wg.reread_due(|n| check_period(conf, bundle, n), Instant::now());
@@ -257,11 +259,11 @@ pub(super) fn lock_drifted(p: &mut Parent) -> Vec<(String, Enforcement)> {
             log_drift(&link, &why);
         }
         p.links.set_parent_reason(&link, LockReason::PskDrift, true);
-        if let Some(to) = p
+        let to = p
             .links
-            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false)
-        {
-            changed.push((link, to));
+            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        if !told || to.is_some() {
+            changed.push(link);
         }
     }
     changed

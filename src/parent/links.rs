@@ -31,7 +31,7 @@ mod bulk;
 mod ladder;
 mod pass;
 mod tunnel;
-pub use pass::RECONCILE_AT_ONCE;
+pub use pass::{RECONCILE_AT_ONCE, SLICE_TIME};
 pub use tunnel::Tunnel;
 
 /// One link as the parent sees it (what the firewall knows it by is

@@ -212,7 +212,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 // slice of links a turn (below).
                 listing_due = true;
                 let mut changed = Changed::none();
-                for (name, _) in keys::lock_drifted(&mut p) {
+                for name in keys::lock_drifted(&mut p) {
                     changed.state(&name);
                 }
                 send(&p, &tx, changed);
@@ -238,18 +238,21 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     crate::privsep::return_free_memory();
                 }
             }
-            // The tick's reconcile, a slice of links a turn, the engine's
-            // reports read between slices (a lockdown waited up to 30 ms
-            // for all 10,000 links); before the opens it queues.
+            // The tick's reconcile, a slice of links a turn (fewer once
+            // flips took their time), the engine's reports read between
+            // slices (a lockdown waited up to 30 ms for all 10,000 links);
+            // before the opens it queues.
             _ = std::future::ready(()), if listing_due => {
                 listing_due = false;
                 p.links.start_reconcile();
                 tokio::task::yield_now().await;
             }
             _ = std::future::ready(()), if p.links.reconciling() => {
-                let slice = links::RECONCILE_AT_ONCE;
+                let until = Some(Instant::now() + links::SLICE_TIME);
+                let at_once = links::RECONCILE_AT_ONCE;
                 let mut changed = Changed::none();
-                for (name, _) in p.links.reconcile_more(p.bundle.as_ref(), OpenedBy::Auto, slice) {
+                let done = p.links.reconcile_more(p.bundle.as_ref(), OpenedBy::Auto, at_once, until);
+                for (name, _) in done {
                     changed.state(&name);
                 }
                 send(&p, &tx, changed);

@@ -10,48 +10,80 @@
 use super::{Links, OpenedBy};
 use crate::lock::Enforcement;
 use crate::policy::Bundle;
+use std::time::{Duration, Instant};
 
 /// Links a turn of the main loop converges in a tick's reconcile: about
 /// a millisecond's work when nothing needs a flip.
 pub const RECONCILE_AT_ONCE: usize = 1024;
 
-/// A reconcile under way.
+/// How long a slice goes on converging links once one of them took a
+/// flip: a lockdown's own flip is ~2 ms at 10,000 links, an nft run tens
+/// of milliseconds, and a slice of links that each walk their ladder
+/// would keep the engine's reports (and the heartbeat) waiting for all.
+pub const SLICE_TIME: Duration = Duration::from_millis(2);
+
+/// A reconcile under way: it goes round every link once from `start`.
 pub(super) struct Pass {
-    /// The next link to converge, by its place in name order.
-    next: usize,
+    /// Where the pass started, by place in name order.
+    start: usize,
+    /// How many links it has converged.
+    done: usize,
     /// Each link's enforcement (and whether its lockdown failed) before the
     /// listing this pass converges from, in name order: a link the listing
-    /// found changed counts as changed even if its slice leaves it as the
-    /// listing showed it.
+    /// found changed counts as changed even if its slice leaves it so.
     before: Vec<(Enforcement, bool)>,
+}
+
+impl Pass {
+    /// Whether the pass has converged link `i` of `len`.
+    fn reached(&self, i: usize, len: usize) -> bool {
+        (i + len - self.start) % len < self.done
+    }
 }
 
 impl Links {
     /// The whole reconcile at once: reads every link back, then brings each
-    /// to its desired state; returns the links whose enforcement changed.
-    /// A tick's pass under way starts over (this one covers every link).
+    /// to its desired state; returns the links whose enforcement changed
+    /// (since the listing of a tick's pass it overtakes, for the links
+    /// that pass had not reached).
     pub fn reconcile(
         &mut self,
         bundle: Option<&Bundle>,
         by: OpenedBy,
     ) -> Vec<(String, Enforcement)> {
-        self.pass = None;
         self.start_reconcile();
-        self.reconcile_more(bundle, by, usize::MAX)
+        self.reconcile_more(bundle, by, usize::MAX, None)
     }
 
-    /// A tick: reads every link back and starts a pass over them (a pass
-    /// still under way goes on from where it is, so that every link is
-    /// reached even if passes took longer than a tick).
+    /// A tick: reads every link back and starts a pass that goes round
+    /// every link once. A pass still under way is taken over: the new one
+    /// starts where it was (links it had not reached come first), and
+    /// those links keep their state from before its listing, so that a
+    /// change that listing found is still reported.
     pub fn start_reconcile(&mut self) {
+        let len = self.targets.len();
         // In link order (the set of links never changes while we run).
-        let before = (self.links.values())
+        let mut before: Vec<(Enforcement, bool)> = (self.links.values())
             .map(|l| (l.enforcement(), l.lock_failed))
             .collect();
+        let mut start = 0;
+        if let Some(old) = self.pass.take() {
+            for (i, b) in before.iter_mut().enumerate() {
+                if !old.reached(i, len) {
+                    *b = old.before[i];
+                }
+            }
+            start = (old.start + old.done) % len.max(1);
+            // Its end would have retried a failed write: each tick does.
+            self.persist();
+        }
         self.observe_all();
         self.check_restored_peers();
-        let next = self.pass.as_ref().map_or(0, |p| p.next);
-        self.pass = Some(Pass { next, before });
+        self.pass = Some(Pass {
+            start,
+            done: 0,
+            before,
+        });
     }
 
     /// Whether a pass has links left ([`Links::reconcile_more`]).
@@ -59,21 +91,29 @@ impl Links {
         self.pass.is_some()
     }
 
-    /// Converges the pass's next `at_most` links; returns those whose
-    /// enforcement changed. The last slice ends the pass and writes the
-    /// state file if a record changed (or a write failed before).
+    /// Converges the pass's next links, `at_most` of them, and none after
+    /// `deadline` once one is done; returns those whose enforcement
+    /// changed. The last slice ends the pass and writes the state file if
+    /// a record changed (or a write failed before).
     pub fn reconcile_more(
         &mut self,
         bundle: Option<&Bundle>,
         by: OpenedBy,
         at_most: usize,
+        deadline: Option<Instant>,
     ) -> Vec<(String, Enforcement)> {
-        let Some(pass) = self.pass.take() else {
+        let Some(mut pass) = self.pass.take() else {
             return Vec::new();
         };
-        let end = pass.next.saturating_add(at_most).min(self.targets.len());
+        let len = self.targets.len();
         let mut changed = Vec::new();
-        for i in pass.next..end {
+        let mut n = 0;
+        while pass.done < len && n < at_most {
+            if n > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let i = (pass.start + pass.done) % len;
+            (pass.done, n) = (pass.done + 1, n + 1);
             let name = self.targets[i].name.clone();
             if self.queue_open(&name, by) {
                 continue;
@@ -84,8 +124,8 @@ impl Links {
                 changed.push((name, l.enforcement()));
             }
         }
-        if end < self.targets.len() {
-            self.pass = Some(Pass { next: end, ..pass });
+        if pass.done < len {
+            self.pass = Some(pass);
         } else {
             // A write that failed (a full or read-only disk) is retried here.
             self.persist();

@@ -89,19 +89,25 @@ impl Nft {
     }
 
     /// The open chains loaded along with `link`'s slow open of `ruleset`
-    /// (see the module's doc), [`LINKS_A_RUN`] at most: their script and
-    /// their links' places in `targets`. Nothing when the sets cannot be
-    /// read.
+    /// (see the module's doc), [`LINKS_A_RUN`] at most, the links after it
+    /// in name order first: their script and their links' places in
+    /// `targets`. Nothing when the sets cannot be read.
     pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<usize>) {
         let Ok(locked) = self.locked_now() else {
             return (String::new(), Vec::new());
         };
         let mut script = String::new();
         let mut others = Vec::new();
-        for (i, (target, known)) in self.targets.iter().zip(&self.known).enumerate() {
+        // From `link` on, round to it: the links queued with it (in name
+        // order) come along, not a first 2,048 that one of them would each
+        // load again in its own run.
+        let n = self.targets.len();
+        let from = self.index(link).unwrap_or(0);
+        for i in (from..n).chain(0..from) {
             if others.len() == LINKS_A_RUN {
                 break;
             }
+            let (target, known) = (&self.targets[i], &self.known[i]);
             let name = target.name.as_str();
             if name == link || known.opened.as_deref() == Some(ruleset) {
                 continue;
