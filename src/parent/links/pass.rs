@@ -115,10 +115,11 @@ impl Links {
             let i = (pass.start + pass.done) % len;
             (pass.done, n) = (pass.done + 1, n + 1);
             let name = self.targets[i].name.clone();
-            if self.queue_open(&name, by) {
-                continue;
+            // A link queued to open is reported as the listing found it
+            // (an open link found damaged reads locked until its open).
+            if !self.queue_open(&name, by) {
+                self.converge(&name, bundle, by, false);
             }
-            self.converge(&name, bundle, by, false);
             let l = &self.links[&name];
             if pass.before[i] != (l.enforcement(), l.lock_failed) {
                 changed.push((name, l.enforcement()));

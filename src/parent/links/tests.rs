@@ -1211,3 +1211,20 @@ fn a_slice_ends_when_its_time_is_up() {
     assert_eq!(calls(&k), ["apply b open accept"]);
     assert!(l.reconciling());
 }
+
+/// An open link the listing finds damaged is queued to open again (the
+/// loop's opens) and reported locked now: if the open then fails, the
+/// engine must not still hold it open.
+#[test]
+fn a_damaged_open_link_queued_to_open_again_is_reported_locked() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(Fake::default(), t.path());
+    l.defer_opens = true;
+    let b = bundle();
+    (k.lock().unwrap().chain).insert("dr".into(), Observed::unknown("flushed"));
+    l.start_reconcile();
+    let changed = l.reconcile_more(Some(&b), OpenedBy::Auto, 8, None);
+    assert_eq!(changed, [("dr".to_string(), Enforcement::Lockdown)]);
+    assert!(l.opening.contains_key("dr"));
+    assert!(calls(&k).iter().all(|c| !c.starts_with("apply")));
+}
