@@ -239,9 +239,8 @@ pub(super) fn key_stale(p: &mut Parent, link: &str) {
 /// ([`super::wg::psk::PskWriter::reread_due`], each link every
 /// [`check_period`]); one changed behind our back, or a peer that cannot
 /// be read, locks the link with `psk-drift`. Returns the links whose
-/// state the engine must hear: each new drift (a new reason, even where
-/// the lockdown failed or the link was locked already) and each link whose
-/// enforcement changed.
+/// state the engine has not heard (a new reason, a lockdown, a lockdown
+/// that failed or was repaired).
 pub(super) fn lock_drifted(p: &mut Parent) -> Vec<String> {
     let (conf, bundle) = (&p.conf, p.bundle.as_ref());
     let drifted =
@@ -259,10 +258,8 @@ pub(super) fn lock_drifted(p: &mut Parent) -> Vec<String> {
             log_drift(&link, &why);
         }
         p.links.set_parent_reason(&link, LockReason::PskDrift, true);
-        let to = p
-            .links
-            .converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
-        if !told || to.is_some() {
+        (p.links).converge(&link, p.bundle.as_ref(), OpenedBy::Auto, false);
+        if p.links.links.get(&link).is_some_and(|l| l.untold()) {
             changed.push(link);
         }
     }

@@ -49,6 +49,19 @@ pub struct LinkCtl {
     pub peer_removed: bool,
     pub qber: Option<f64>,
     pub threshold: Option<f64>,
+    /// What the engine was last told of the link (`to_engine.rs` sets it
+    /// when it sends the link's state): a tick reports every link whose
+    /// state differs from it, whatever changed it meanwhile.
+    pub told: std::cell::Cell<Option<Told>>,
+}
+
+/// A link's state as the engine hears it (`LinkState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Told {
+    pub enforcement: Enforcement,
+    pub lock_failed: bool,
+    pub peer_removed: bool,
+    pub parent: Reasons,
 }
 
 impl LinkCtl {
@@ -65,7 +78,23 @@ impl LinkCtl {
             peer_removed: false,
             qber: None,
             threshold: None,
+            told: std::cell::Cell::new(None),
         }
+    }
+
+    /// The link's state as the engine is to hear it.
+    pub fn state(&self) -> Told {
+        Told {
+            enforcement: self.enforcement(),
+            lock_failed: self.lock_failed,
+            peer_removed: self.peer_removed,
+            parent: self.parent,
+        }
+    }
+
+    /// Whether the engine was last told another state than the link's.
+    pub fn untold(&self) -> bool {
+        self.told.get() != Some(self.state())
     }
 
     pub fn reasons(&self) -> Reasons {

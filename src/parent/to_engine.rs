@@ -53,12 +53,14 @@ fn send_state(p: &Parent, tx: &Tx, name: &str) {
     let Some(l) = p.links.links.get(name) else {
         return;
     };
+    let now = l.state();
     let st = LinkState {
         link: name.to_string(),
-        enforcement: l.enforcement(),
-        lockdown_failed: l.lock_failed,
-        wg_peer_removed: l.peer_removed,
-        parent_reasons: l.parent,
+        enforcement: now.enforcement,
+        lockdown_failed: now.lock_failed,
+        wg_peer_removed: now.peer_removed,
+        parent_reasons: now.parent,
     };
+    l.told.set(Some(now));
     let _ = tx.send(ToEngine::LinkState(st).encode());
 }

@@ -5,7 +5,10 @@
 //! of links a turn ([`Links::reconcile_more`]) and reads the engine's
 //! reports between slices. A flip made between slices reads its own link
 //! back, so a slice converges from what the kernel holds, not from the
-//! listing alone.
+//! listing alone. What a slice reports is each link whose state differs
+//! from what the engine was last told ([`super::LinkCtl::untold`]), not a
+//! difference from a snapshot: other handlers report links between
+//! slices, and a second listing may come before the pass reaches a link.
 
 use super::{Links, OpenedBy};
 use crate::lock::Enforcement;
@@ -16,74 +19,47 @@ use std::time::{Duration, Instant};
 /// a millisecond's work when nothing needs a flip.
 pub const RECONCILE_AT_ONCE: usize = 1024;
 
-/// How long a slice goes on converging links once one of them took a
-/// flip: a lockdown's own flip is ~2 ms at 10,000 links, an nft run tens
-/// of milliseconds, and a slice of links that each walk their ladder
-/// would keep the engine's reports (and the heartbeat) waiting for all.
+/// How long a slice goes on once a link is done: a lockdown's own flip
+/// is ~2 ms at 10,000 links, an nft run tens of milliseconds, and a slice
+/// of links that each walk their ladder would keep the engine's reports
+/// (and the heartbeat) waiting for all of them.
 pub const SLICE_TIME: Duration = Duration::from_millis(2);
 
-/// A reconcile under way: it goes round every link once from `start`.
+/// A reconcile under way: the next link to converge, by its place in
+/// name order. It ends with the last link: a tick that comes meanwhile
+/// reads every link back and the pass goes on (links it passed wait for
+/// the next pass; one that went round instead never ended while passes
+/// took longer than a tick, and the loop's opens, re-applications and
+/// preloads, which come after it, never had their turn).
 pub(super) struct Pass {
-    /// Where the pass started, by place in name order.
-    start: usize,
-    /// How many links it has converged.
-    done: usize,
-    /// Each link's enforcement (and whether its lockdown failed) before the
-    /// listing this pass converges from, in name order: a link the listing
-    /// found changed counts as changed even if its slice leaves it so.
-    before: Vec<(Enforcement, bool)>,
-}
-
-impl Pass {
-    /// Whether the pass has converged link `i` of `len`.
-    fn reached(&self, i: usize, len: usize) -> bool {
-        (i + len - self.start) % len < self.done
-    }
+    next: usize,
 }
 
 impl Links {
     /// The whole reconcile at once: reads every link back, then brings each
-    /// to its desired state; returns the links whose enforcement changed
-    /// (since the listing of a tick's pass it overtakes, for the links
-    /// that pass had not reached).
+    /// to its desired state; returns the links whose state the engine was
+    /// not told. A tick's pass under way ends: this one covers every link.
     pub fn reconcile(
         &mut self,
         bundle: Option<&Bundle>,
         by: OpenedBy,
     ) -> Vec<(String, Enforcement)> {
+        self.pass = None;
         self.start_reconcile();
         self.reconcile_more(bundle, by, usize::MAX, None)
     }
 
-    /// A tick: reads every link back and starts a pass that goes round
-    /// every link once. A pass still under way is taken over: the new one
-    /// starts where it was (links it had not reached come first), and
-    /// those links keep their state from before its listing, so that a
-    /// change that listing found is still reported.
+    /// A tick: reads every link back and starts a pass over them (a pass
+    /// still under way goes on from where it is).
     pub fn start_reconcile(&mut self) {
-        let len = self.targets.len();
-        // In link order (the set of links never changes while we run).
-        let mut before: Vec<(Enforcement, bool)> = (self.links.values())
-            .map(|l| (l.enforcement(), l.lock_failed))
-            .collect();
-        let mut start = 0;
-        if let Some(old) = self.pass.take() {
-            for (i, b) in before.iter_mut().enumerate() {
-                if !old.reached(i, len) {
-                    *b = old.before[i];
-                }
-            }
-            start = (old.start + old.done) % len.max(1);
+        if self.pass.is_some() {
             // Its end would have retried a failed write: each tick does.
             self.persist();
         }
         self.observe_all();
         self.check_restored_peers();
-        self.pass = Some(Pass {
-            start,
-            done: 0,
-            before,
-        });
+        let next = self.pass.as_ref().map_or(0, |p| p.next);
+        self.pass = Some(Pass { next });
     }
 
     /// Whether a pass has links left ([`Links::reconcile_more`]).
@@ -92,9 +68,9 @@ impl Links {
     }
 
     /// Converges the pass's next links, `at_most` of them, and none after
-    /// `deadline` once one is done; returns those whose enforcement
-    /// changed. The last slice ends the pass and writes the state file if
-    /// a record changed (or a write failed before).
+    /// `deadline` once one is done; returns those whose state the engine
+    /// was not told. The last slice ends the pass and writes the state
+    /// file if a record changed (or a write failed before).
     pub fn reconcile_more(
         &mut self,
         bundle: Option<&Bundle>,
@@ -108,24 +84,23 @@ impl Links {
         let len = self.targets.len();
         let mut changed = Vec::new();
         let mut n = 0;
-        while pass.done < len && n < at_most {
+        while pass.next < len && n < at_most {
             if n > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            let i = (pass.start + pass.done) % len;
-            (pass.done, n) = (pass.done + 1, n + 1);
-            let name = self.targets[i].name.clone();
+            let name = self.targets[pass.next].name.clone();
+            (pass.next, n) = (pass.next + 1, n + 1);
             // A link queued to open is reported as the listing found it
             // (an open link found damaged reads locked until its open).
             if !self.queue_open(&name, by) {
                 self.converge(&name, bundle, by, false);
             }
             let l = &self.links[&name];
-            if pass.before[i] != (l.enforcement(), l.lock_failed) {
+            if l.untold() {
                 changed.push((name, l.enforcement()));
             }
         }
-        if pass.done < len {
+        if pass.next < len {
             self.pass = Some(pass);
         } else {
             // A write that failed (a full or read-only disk) is retried here.
