@@ -97,6 +97,13 @@ impl LinkCtl {
         self.told.get() != Some(self.state())
     }
 
+    /// The link's state, noted as told: what `to_engine.rs` sends.
+    pub fn tell(&self) -> Told {
+        let now = self.state();
+        self.told.set(Some(now));
+        now
+    }
+
     pub fn reasons(&self) -> Reasons {
         self.engine.unwrap_or(Reasons::EMPTY).union(self.parent)
     }

@@ -53,7 +53,7 @@ fn send_state(p: &Parent, tx: &Tx, name: &str) {
     let Some(l) = p.links.links.get(name) else {
         return;
     };
-    let now = l.state();
+    let now = l.tell();
     let st = LinkState {
         link: name.to_string(),
         enforcement: now.enforcement,
@@ -61,6 +61,5 @@ fn send_state(p: &Parent, tx: &Tx, name: &str) {
         wg_peer_removed: now.peer_removed,
         parent_reasons: now.parent,
     };
-    l.told.set(Some(now));
     let _ = tx.send(ToEngine::LinkState(st).encode());
 }

@@ -227,14 +227,13 @@ fn links_named(fw: Fake, dir: &std::path::Path, names: &[&str]) -> Links {
 /// handler make it (`to_engine.rs`).
 fn tell(l: &Links) {
     for c in l.links.values() {
-        c.told.set(Some(c.state()));
+        c.tell();
     }
 }
 
 /// The engine hears link `name`'s state (a handler's own send).
 fn tell_one(l: &Links, name: &str) {
-    let c = &l.links[name];
-    c.told.set(Some(c.state()));
+    l.links[name].tell();
 }
 
 fn calls(k: &Arc<Mutex<Kernel>>) -> Vec<String> {
