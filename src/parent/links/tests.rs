@@ -1122,6 +1122,22 @@ fn a_tick_reconciles_a_slice_of_links_a_turn() {
     assert_eq!(l.reconcile_more(Some(&b), OpenedBy::Auto, 8, None), []);
 }
 
+/// Links a, b and c, open, the engine reporting no reason, read back and
+/// told.
+fn open_abc(dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
+    let fake = Fake::default();
+    let k = fake.k.clone();
+    let mut l = links_named(fake, dir, &["a", "b", "c"]);
+    for n in ["a", "b", "c"] {
+        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
+        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
+    }
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    calls(&k);
+    tell(&l);
+    (l, k)
+}
+
 /// A tick that comes while a pass is under way reads every link back
 /// again and the pass goes on from where it was to its end (a pass that
 /// went round instead would never end while passes took longer than a
@@ -1130,16 +1146,8 @@ fn a_tick_reconciles_a_slice_of_links_a_turn() {
 #[test]
 fn a_tick_during_a_pass_goes_on_from_where_it_was() {
     let t = tempfile::tempdir().unwrap();
-    let fake = Fake::default();
-    let k = fake.k.clone();
+    let (mut l, k) = open_abc(t.path());
     let b = bundle();
-    let mut l = links_named(fake, t.path(), &["a", "b", "c"]);
-    for n in ["a", "b", "c"] {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
-        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
-    }
-    l.reconcile(Some(&b), OpenedBy::Auto);
-    calls(&k);
     let flush = |k: &Arc<Mutex<Kernel>>, n: &str| {
         (k.lock().unwrap().chain).insert(n.into(), Observed::unknown("flushed"));
     };
@@ -1207,16 +1215,8 @@ fn a_change_a_listing_found_is_reported_by_the_pass_that_takes_over() {
 #[test]
 fn a_slice_ends_when_its_time_is_up() {
     let t = tempfile::tempdir().unwrap();
-    let fake = Fake::default();
-    let k = fake.k.clone();
+    let (mut l, k) = open_abc(t.path());
     let b = bundle();
-    let mut l = links_named(fake, t.path(), &["a", "b", "c"]);
-    for n in ["a", "b", "c"] {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
-        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
-    }
-    l.reconcile(Some(&b), OpenedBy::Auto);
-    calls(&k);
     for n in ["a", "b", "c"] {
         (k.lock().unwrap().chain).insert(n.into(), Observed::unknown("flushed"));
     }
