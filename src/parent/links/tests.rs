@@ -223,6 +223,21 @@ fn links_named(fw: Fake, dir: &std::path::Path, names: &[&str]) -> Links {
     )
 }
 
+/// Links `chains` names, each chain as the kernel holds it: the fake
+/// kernel and the links over it.
+fn in_kernel(
+    fake: Fake,
+    dir: &std::path::Path,
+    chains: &[(&str, Observed)],
+) -> (Links, Arc<Mutex<Kernel>>) {
+    let k = fake.k.clone();
+    for (n, state) in chains {
+        k.lock().unwrap().chain.insert(n.to_string(), state.clone());
+    }
+    let names: Vec<&str> = chains.iter().map(|(n, _)| *n).collect();
+    (links_named(fake, dir, &names), k)
+}
+
 /// The engine hears every link's state, as the loop's sends after each
 /// handler make it (`to_engine.rs`).
 fn tell(l: &Links) {
@@ -835,12 +850,9 @@ fn queued_opens_are_opened_together() {
         fail_applies: 1,
         ..Kernel::default()
     });
-    let k = fake.k.clone();
     let names = ["a", "b", "c", "d"];
-    for n in names {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Locked);
-    }
-    let mut l = links_named(fake, t.path(), &names);
+    let chains = names.map(|n| (n, Observed::Locked));
+    let (mut l, k) = in_kernel(fake, t.path(), &chains);
     for n in names {
         l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
     }
@@ -893,13 +905,9 @@ fn queued_opens_are_opened_together() {
 #[test]
 fn a_reapplication_opens_again_in_bulk() {
     let t = tempfile::tempdir().unwrap();
-    let fake = fake(Kernel::default());
-    let k = fake.k.clone();
     let names = ["a", "b", "c"];
-    for n in names {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
-    }
-    let mut l = links_named(fake, t.path(), &names);
+    let chains = names.map(|n| (n, Observed::Open));
+    let (mut l, k) = in_kernel(fake(Kernel::default()), t.path(), &chains);
     for n in names {
         l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
     }
@@ -1073,13 +1081,9 @@ fn lock_source_is_one_source_lock_proven_by_the_read_back() {
 #[test]
 fn a_tick_reconciles_a_slice_of_links_a_turn() {
     let t = tempfile::tempdir().unwrap();
-    let fake = Fake::default();
-    let k = fake.k.clone();
+    let chains = ["a", "b", "c"].map(|n| (n, Observed::Open));
+    let (mut l, k) = in_kernel(Fake::default(), t.path(), &chains);
     let b = bundle();
-    let mut l = links_named(fake, t.path(), &["a", "b", "c"]);
-    for n in ["a", "b", "c"] {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
-    }
     for n in ["a", "b"] {
         l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
     }
@@ -1125,11 +1129,9 @@ fn a_tick_reconciles_a_slice_of_links_a_turn() {
 /// Links a, b and c, open, the engine reporting no reason, read back and
 /// told.
 fn open_abc(dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
-    let fake = Fake::default();
-    let k = fake.k.clone();
-    let mut l = links_named(fake, dir, &["a", "b", "c"]);
+    let chains = ["a", "b", "c"].map(|n| (n, Observed::Open));
+    let (mut l, k) = in_kernel(Fake::default(), dir, &chains);
     for n in ["a", "b", "c"] {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
         l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
     }
     l.reconcile(Some(&bundle()), OpenedBy::Auto);
@@ -1180,15 +1182,16 @@ fn a_tick_during_a_pass_goes_on_from_where_it_was() {
 fn a_change_a_listing_found_is_reported_by_the_pass_that_takes_over() {
     for whole in [false, true] {
         let t = tempfile::tempdir().unwrap();
-        let fake = Fake::default();
-        let k = fake.k.clone();
+        let chains = [
+            ("a", Observed::Open),
+            ("b", Observed::Open),
+            ("c", Observed::Locked),
+        ];
+        let (mut l, k) = in_kernel(Fake::default(), t.path(), &chains);
         let b = bundle();
-        let mut l = links_named(fake, t.path(), &["a", "b", "c"]);
         for n in ["a", "b"] {
-            k.lock().unwrap().chain.insert(n.into(), Observed::Open);
             l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
         }
-        k.lock().unwrap().chain.insert("c".into(), Observed::Locked);
         l.reconcile(Some(&b), OpenedBy::Auto);
         assert_eq!(l.links["c"].enforcement(), Enforcement::Lockdown);
         tell(&l);
@@ -1253,13 +1256,9 @@ fn a_damaged_open_link_queued_to_open_again_is_reported_locked() {
 #[test]
 fn a_link_told_open_meanwhile_and_found_damaged_is_reported() {
     let t = tempfile::tempdir().unwrap();
-    let fake = Fake::default();
-    let k = fake.k.clone();
+    let chains = ["a", "b", "x"].map(|n| (n, Observed::Locked));
+    let (mut l, k) = in_kernel(Fake::default(), t.path(), &chains);
     let b = bundle();
-    let mut l = links_named(fake, t.path(), &["a", "b", "x"]);
-    for n in ["a", "b", "x"] {
-        k.lock().unwrap().chain.insert(n.into(), Observed::Locked);
-    }
     let mut qber = Reasons::EMPTY;
     qber.insert(LockReason::Qber);
     for n in ["a", "b", "x"] {
