@@ -426,6 +426,8 @@ fn a_parent_panic_locks_every_link_before_it_goes() {
         .iter()
         .map(|l| (*l, verdicts(&gw, &format!("link_{l}"))))
         .collect();
+    // Every link was first locked by one transaction: set `site`.
+    let site = gw.nft(&["list", "set", "inet", "qkdpfd", "site"]);
     let pings = gw.pings(5);
     let log = gw.log();
     eprintln!(
@@ -445,6 +447,10 @@ fn a_parent_panic_locks_every_link_before_it_goes() {
             "link_{link} after the panic"
         );
     }
+    assert!(
+        site.contains("ipv4") && site.contains("ipv6"),
+        "site lock after the panic: {site}"
+    );
     assert_eq!(pings, 0, "traffic after the parent panicked");
     wait_for("engine exits", Duration::from_secs(3), || !alive(engine));
 }

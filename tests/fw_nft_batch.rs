@@ -212,6 +212,45 @@ fn a_settle_loads_a_bounded_number_of_links_a_run() {
     assert!(!r.fw.settling(), "nothing pending after a rebuild");
 }
 
+/// The panic hook's clear of every link: 2,048 links' drops a run, not a
+/// run a link (10,000 runs took minutes), each link's two chains then
+/// qkdpfd's drop alone, read back locked.
+#[test]
+fn many_links_are_cleared_a_bounded_number_a_run() {
+    if !root_or_skip("many_links_are_cleared_a_bounded_number_a_run") {
+        return;
+    }
+    let mut r = rig();
+    let n = 2100u32;
+    let ls: Vec<LinkTarget> = (0..n)
+        .map(|i| {
+            let addr = [198, 18, (i / 250) as u8, (i % 250 + 1) as u8];
+            link(&format!("m{i}"), &format!("wm{i}"), addr)
+        })
+        .collect();
+    r.fw.init(&ls).unwrap();
+    let all: Vec<&LinkTarget> = ls.iter().collect();
+    assert!(r.fw.open_many(&all, "accept").iter().all(Result::is_ok));
+    let count = |r: &Rig, rule: &str| {
+        let table = r.ns.nft("list table inet qkdpfd");
+        table.lines().filter(|l| l.trim() == rule).count()
+    };
+    assert_eq!(count(&r, "accept"), n as usize);
+    let before = runs(&r, "-f");
+    let cleared = r.fw.clear_many(&all);
+    assert_eq!(cleared.len(), ls.len());
+    assert!(cleared.iter().all(Result::is_ok));
+    assert_eq!(runs(&r, "-f") - before, 2, "2,100 links: two runs");
+    assert_eq!(count(&r, "accept"), 0);
+    assert_eq!(count(&r, "drop comment \"qkdpfd drop\""), 2 * n as usize);
+    for l in [&ls[0], &ls[2047], &ls[2048], &ls[2099]] {
+        for chain in [format!("link_{}", l.name), format!("lock_{}", l.name)] {
+            assert!(rules(&r.ns, &chain).is_empty(), "{chain}");
+        }
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+    }
+}
+
 #[test]
 fn many_links_are_checked_in_one_nft_run() {
     if !root_or_skip("many_links_are_checked_in_one_nft_run") {

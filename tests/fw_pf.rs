@@ -305,6 +305,42 @@ fn clear_loads_the_block_rules_then_kills_states() {
     assert_eq!(r.take().len(), 7);
 }
 
+/// Many links cleared (the panic hook) by one anchor load of qkdpfd's own
+/// block rules, then the state kills, as a site lock without a policy;
+/// a load that fails leaves it to each link's own clear.
+#[test]
+fn many_clears_are_one_load() {
+    let mut r = Rec::new();
+    let mut spoke = dr();
+    spoke.name = "spoke".into();
+    spoke.addrs4 = vec!["198.51.100.7".parse().unwrap()];
+    spoke.addrs6.clear();
+    let links = [dr(), spoke];
+    let all: Vec<&LinkTarget> = links.iter().collect();
+    let out = r.fw.clear_many(&all);
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let calls = r.take();
+    assert_eq!(calls[0].0, args("-a|qkdpfd|-f|-"));
+    assert!(calls[0].1.contains("anchor \"dr\" {\n"), "{}", calls[0].1);
+    assert!(
+        calls[0].1.contains("anchor \"spoke\" {\n"),
+        "{}",
+        calls[0].1
+    );
+    assert!(calls[0].1.ends_with(&format!("{LOCK_RULES}}}\n")));
+    // dr's kills and spoke's own two (wg0's are shared), as a site lock's.
+    assert_eq!(calls.len(), 1 + DR_KILLS.len() + 2);
+    // The one load refused: each link's own load and kills.
+    r.set("exit", "1");
+    r.set("stderr", "pfctl: Unable to load rules into kernel\n");
+    let out = r.fw.clear_many(&all);
+    assert!(out.iter().all(Result::is_err));
+    let loads = (r.take().into_iter())
+        .filter(|c| c.0.last().is_some_and(|a| a == "-"))
+        .count();
+    assert_eq!(loads, 1 + 2);
+}
+
 /// What `pfctl -s rules` prints for pf.conf.example's data plane.
 const MAIN: &str = "block drop log all\n\
 pass out quick on egress proto udp from any to 198.51.100.2 port = 8071 keep state\n\

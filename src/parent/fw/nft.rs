@@ -414,6 +414,16 @@ impl Nft {
         }
     }
 
+    /// Link `name`'s chains are (about to be) replaced by drops: neither
+    /// holds a bundle's text, and no preload is pending.
+    fn forget_loaded(&mut self, name: &str) {
+        if let Some(i) = self.index(name) {
+            self.pending.remove(&i);
+            let k = &mut self.known[i];
+            (k.opened, k.staged, k.lock_loaded) = (None, None, true);
+        }
+    }
+
     fn forget_opened(&mut self, name: &str) {
         if let Some(k) = self.known_mut(name) {
             k.opened = None;
@@ -759,6 +769,10 @@ impl Firewall for Nft {
         self.lock_links(links, ruleset)
     }
 
+    fn clear_many(&mut self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
+        self.clear_links(links)
+    }
+
     // One transaction and each link's read-back (a few netlink lookups),
     // or one nft run, which costs about the same for one link's lockdown
     // chain as for 64 (nft reads the whole table first): a QBER lockdown
@@ -839,11 +853,7 @@ impl Firewall for Nft {
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {
         check_names(&self.table, link)?;
         // Both chains become drops: works with either deleted or damaged.
-        if let Some(i) = self.index(&link.name) {
-            self.pending.remove(&i);
-            let k = &mut self.known[i];
-            (k.opened, k.staged, k.lock_loaded) = (None, None, true);
-        }
+        self.forget_loaded(&link.name);
         let script = clear_script(&self.table, link);
         self.run(
             &format!("replace chain of link {} by a drop", link.name),

@@ -248,6 +248,21 @@ impl Firewall for Pf {
         loaded.and(killed)
     }
 
+    // qkdpfd's own block rules in every anchor by one load, as a site lock
+    // without a bundle; a link whose states were not killed is not clear.
+    // A failed load changed nothing: then link by link.
+    fn clear_many(&mut self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
+        match self.lock_many(links, None) {
+            Ok(true) => (links.iter())
+                .map(|l| match self.kill_failed.contains(&l.name) {
+                    true => Err(FwError::refused(format!("kill states of link {}", l.name))),
+                    false => Ok(()),
+                })
+                .collect(),
+            _ => links.iter().map(|l| self.clear(l)).collect(),
+        }
+    }
+
     fn lock_site(&mut self, links: &[LinkTarget], lockdown: Option<&str>) -> Result<bool, FwError> {
         self.lock_many(&links.iter().collect::<Vec<_>>(), lockdown)
     }

@@ -32,7 +32,9 @@ use crate::lock::Enforcement;
 use crate::parent::fw::Firewall;
 use crate::ruleset::LinkTarget;
 use crate::ruleset::nft::dispatch::{self, Kind};
-use crate::ruleset::nft::{lock_script, open_chain_script, render_statements, stage_script};
+use crate::ruleset::nft::{
+    clear_script, lock_script, open_chain_script, render_statements, stage_script,
+};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
 
 /// Links whose chains one nft run loads at most, beside a link's own: a
@@ -330,6 +332,33 @@ impl Nft {
         (out.into_iter())
             .map(|r| r.unwrap_or_else(|| Err(FwError::refused("not locked"))))
             .collect()
+    }
+
+    /// [`Firewall::clear_many`]: [`LINKS_A_RUN`] links' drops a run. A run
+    /// that fails changes nothing: its links are then cleared one by one,
+    /// each succeeding or failing alone.
+    pub(super) fn clear_links(&mut self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
+        let mut out = Vec::with_capacity(links.len());
+        for run in links.chunks(LINKS_A_RUN) {
+            let named: Vec<Result<(), FwError>> = (run.iter())
+                .map(|l| super::check_names(&self.table, l))
+                .collect();
+            let mut script = String::new();
+            for (l, _) in run.iter().zip(&named).filter(|(_, n)| n.is_ok()) {
+                self.forget_loaded(&l.name);
+                script.push_str(&clear_script(&self.table, l));
+            }
+            let what = format!("replace the chains of {} links by drops", run.len());
+            let ok = script.is_empty() || self.run_many(&what, &script, run.len()).is_ok();
+            for (l, named) in run.iter().zip(named) {
+                out.push(match named {
+                    Ok(()) if ok => Ok(()),
+                    Ok(()) => self.clear(l),
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        out
     }
 
     /// One netlink transaction taking every key of `links` out of the
