@@ -22,6 +22,10 @@
 //! a table of C empty chains that nothing jumps to: every nf_tables commit
 //! visits every chain of every table in the namespace (step 2 of
 //! `nf_tables_commit`), so this shows what a flip pays for chains alone.
+//! QKD_BENCH_COLD_MIB=M writes over M MiB of memory before each bare
+//! transaction, so that it meets the chains out of the CPU's caches, as a
+//! daemon's flip does between other work; by default each follows the
+//! nft runs of the same loop, which have just walked the whole table.
 
 #[path = "common/knobs.rs"]
 mod knobs;
@@ -102,6 +106,13 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    let mut cold = vec![0u8; knobs::usize_or("QKD_BENCH_COLD_MIB", 0) << 20];
+    let mut evict = || {
+        for b in cold.iter_mut().step_by(64) {
+            *b = b.wrapping_add(1);
+        }
+        std::hint::black_box(&cold);
+    };
     let (mut exec_lock, mut exec_open) = (Vec::new(), Vec::new());
     let (mut nl_lock, mut nl_open) = (Vec::new(), Vec::new());
     let (mut tx_lock, mut tx_open) = (Vec::new(), Vec::new());
@@ -138,12 +149,14 @@ fn main() {
             netlink::Change::Add(&sif, &wg, None),
         ];
         let seq = 1_000_000 + 16 * f as u32;
+        evict();
         let t = Instant::now();
         netlink::transact("qkdpfd", seq, &add, "lock").unwrap();
         tx_lock.push(us(t));
         let mut open = add.to_vec();
         open.push(netlink::Change::Delete(&s4, &v4));
         open.push(netlink::Change::Delete(&sif, &wg));
+        evict();
         let t = Instant::now();
         netlink::transact("qkdpfd", seq + 8, &open, "open").unwrap();
         tx_open.push(us(t));

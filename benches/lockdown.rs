@@ -28,9 +28,12 @@
 //!
 //! `cargo bench --bench lockdown` (QKD_BENCH_FLIPS=N to change N;
 //! QKD_BENCH_TICK_ONLY=1 runs the fourth part alone, QKD_BENCH_LATENCY_ONLY=1
-//! the first; QKD_BENCH_WAIT=ctl makes the first wait for each lockdown by
-//! asking `qkdctl` every 5 ms, as it did before 2026-12-05, instead of
-//! reading the log).
+//! the first; QKD_BENCH_OTHERS_POLL=P polls every link but l0 at P from a
+//! QBER section of their own, l0 staying at 100 ms: at 10,000 links a
+//! 100 ms poll each is 100,000 samples a second for the engine, `1s` (as
+//! DESIGN's example) a tenth of that; QKD_BENCH_WAIT=ctl makes the first
+//! wait for each lockdown by asking `qkdctl` every 5 ms, as it did before
+//! 2026-12-05, instead of reading the log).
 
 #[path = "../tests/common/bundle.rs"]
 #[allow(dead_code)]
@@ -65,9 +68,18 @@ fn config_polled(dir: &Path, pubkey: &Path, links: usize, poll: &str) -> PathBuf
          [qber.sim]\ndriver = \"sim\"\npoll = \"{poll}\"\n\n",
         pubkey.display()
     );
+    let rest = std::env::var("QKD_BENCH_OTHERS_POLL").ok();
+    if let Some(r) = &rest {
+        c += &format!("[qber.rest]\ndriver = \"sim\"\npoll = \"{r}\"\n\n");
+    }
     for i in 0..links {
+        let q = if i > 0 && rest.is_some() {
+            "rest"
+        } else {
+            "sim"
+        };
         c += &format!(
-            "[link.l{i}]\nqber = \"sim\"\nqber_id = \"l{i}\"\nwg_interface = \"wg{i}\"\nwg_port = 51820\n\
+            "[link.l{i}]\nqber = \"{q}\"\nqber_id = \"l{i}\"\nwg_interface = \"wg{i}\"\nwg_port = 51820\n\
              addresses = [\"198.18.{}.{}\"]\n\n",
             i / 250,
             i % 250 + 1
