@@ -198,7 +198,7 @@ impl Firewall for DryRun {
                 )));
             }
         };
-        for link in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
+        for link in super::covered(links, only) {
             check_names(&self.anchor, link)?;
             let read = match &dir {
                 Some(d) => first_line(d, &format!("{}.{}", link.name, self.extension())),

@@ -595,14 +595,10 @@ impl Nft {
     }
 }
 
-/// Link `name` among `links`: by halves when they are in name order (the
-/// parent's are: one open's read-back compared 10,000 names twice), else
-/// one by one.
+/// Link `name` among `links` ([`super::covered`]: by halves when they are
+/// in name order).
 fn find<'a>(links: &'a [LinkTarget], name: &str) -> Option<&'a LinkTarget> {
-    match links.binary_search_by(|l| l.name.as_str().cmp(name)) {
-        Ok(i) => Some(&links[i]),
-        Err(_) => links.iter().find(|l| l.name == name),
-    }
+    super::covered(links, Some(name)).first()
 }
 
 impl LinkCheck for Nft {

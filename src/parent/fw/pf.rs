@@ -282,7 +282,7 @@ impl Firewall for Pf {
         links: &[LinkTarget],
         only: Option<&str>,
     ) -> Result<BTreeMap<String, Readback>, FwError> {
-        for l in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
+        for l in super::covered(links, only) {
             check_names(&self.anchor, l)?;
         }
         let info = self.run("read pf status", &Self::args(&["-s", "info"]), "")?;
@@ -303,7 +303,7 @@ impl Firewall for Pf {
             }
         };
         let mut out = BTreeMap::new();
-        for link in links.iter().filter(|l| only.is_none_or(|o| o == l.name)) {
+        for link in super::covered(links, only) {
             let state = if !enabled {
                 Observed::damaged("pf is disabled")
             } else if let Err(why) = main_guards(&main, &self.anchor, link) {
