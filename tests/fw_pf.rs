@@ -330,6 +330,13 @@ fn many_clears_are_one_load() {
     assert!(calls[0].1.ends_with(&format!("{LOCK_RULES}}}\n")));
     // dr's kills and spoke's own two (wg0's are shared), as a site lock's.
     assert_eq!(calls.len(), 1 + DR_KILLS.len() + 2);
+    // A site lock without a policy is this same load: the panic hook
+    // does that one and skips this.
+    assert!(r.fw.site_lock_clears());
+    assert!(r.fw.lock_site(&links, None).unwrap());
+    let site = r.take();
+    assert_eq!(site.len(), calls.len());
+    assert_eq!(site[0], calls[0]);
     // The one load refused: each link's own load and kills.
     r.set("exit", "1");
     r.set("stderr", "pfctl: Unable to load rules into kernel\n");

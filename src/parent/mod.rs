@@ -457,10 +457,11 @@ impl Parent {
 }
 
 /// A parent that panics locks what it can before it goes: every configured
-/// link locked in one transaction (nft: set `site`; pf: one anchor load),
-/// then given qkdpfd's own drop, as many links a run as the backend takes
-/// (one run a link took minutes at 10,000 links, and the parent answered
-/// no SIGTERM meanwhile). On nftables the dead-man switch would drop them
+/// link locked in one transaction (nft: set `site`; pf: one anchor load of
+/// qkdpfd's own block rules, which is already the next step), then given
+/// qkdpfd's own drop, as many links a run as the backend takes (one run a
+/// link took minutes at 10,000 links, and the parent answered no SIGTERM
+/// meanwhile). On nftables the dead-man switch would drop them
 /// within seconds anyway; on pf the guardian locks them again. Then it
 /// goes, whatever thread panicked: a panic in a task or a verification
 /// thread must not leave a parent running whose links were just locked
@@ -477,9 +478,11 @@ fn lock_on_panic(conf: &Config) -> std::sync::Arc<[crate::ruleset::LinkTarget]> 
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
         let mut fw = fw::new(&fw_conf, &state_dir);
-        let _ = fw.lock_site(&hooked, None);
-        let all: Vec<&crate::ruleset::LinkTarget> = hooked.iter().collect();
-        let _ = fw.clear_many(&all);
+        let site = fw.lock_site(&hooked, None);
+        if !(site.is_ok_and(|s| s) && fw.site_lock_clears()) {
+            let all: Vec<&crate::ruleset::LinkTarget> = hooked.iter().collect();
+            let _ = fw.clear_many(&all);
+        }
         std::process::abort();
     }));
     targets

@@ -124,6 +124,13 @@ pub trait Firewall: LinkCheck + Send {
         let _ = (links, lockdown);
         Ok(false)
     }
+    /// Whether [`Firewall::lock_site`] without a lockdown text gives every
+    /// link exactly what [`Firewall::clear`] does (pf: qkdpfd's own block
+    /// rules in every anchor, and the state kills), so that a
+    /// [`Firewall::clear_many`] after it would do it all again.
+    fn site_lock_clears(&self) -> bool {
+        false
+    }
     /// Locks every link fed by QBER section `source` (those of `links`
     /// whose `qber` it is) in one transaction: nft with set `src<i>`, pf
     /// with one anchor load, as [`Firewall::lock_site`]. What the kernel

@@ -263,6 +263,10 @@ impl Firewall for Pf {
         }
     }
 
+    fn site_lock_clears(&self) -> bool {
+        true
+    }
+
     fn lock_site(&mut self, links: &[LinkTarget], lockdown: Option<&str>) -> Result<bool, FwError> {
         self.lock_many(&links.iter().collect::<Vec<_>>(), lockdown)
     }

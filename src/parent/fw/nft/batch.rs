@@ -250,7 +250,11 @@ impl Nft {
         // of the hub's parent CPU in its first rounds at 10,000 links. More
         // read the sets once. On any error a link takes the transaction.
         // The caller reads each link back.
-        if quick.len() <= LOOKED_UP {
+        // (A section lock holding one family only counts as held when
+        // the sets are read whole, and not by the lookups: those links
+        // take the transaction, which ends it.)
+        let looked_up = quick.len() <= LOOKED_UP && self.sources_may_be_locked.is_empty();
+        if looked_up {
             quick.retain(|i| {
                 let open = self.locked_holds(links[*i]) == Ok(Holds::None);
                 if open {
@@ -259,7 +263,7 @@ impl Nft {
                 !open
             });
         }
-        let locked = match quick.len() > LOOKED_UP {
+        let locked = match !looked_up && !quick.is_empty() {
             true if self.site_locked() == Ok(false) => self.locked_now().ok(),
             _ => None,
         };

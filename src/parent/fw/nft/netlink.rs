@@ -191,7 +191,14 @@ fn with_socket<T>(
 ) -> Result<T, String> {
     use crate::parent::wg::linux::sys::Nl;
     SOCKET.with(|cell| {
-        let mut slot = cell.borrow_mut();
+        // A request made inside another's (the panic hook's lock, after a
+        // panic in a request's parse) gets a socket of its own: a second
+        // borrow would panic again, and a panic in the hook aborts before
+        // anything is locked.
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
+            return f(&nl);
+        };
         let nl = match slot.take() {
             Some(nl) => nl,
             None => Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?,
@@ -352,6 +359,16 @@ pub fn elements(table: &str, set: &str, seq: u32) -> Result<Vec<Vec<u8>>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request inside another's (the panic hook after a panic in a
+    /// request's parse) gets a socket of its own instead of a second
+    /// borrow of the kept one, which would panic in the hook.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_request_inside_another_has_its_own_socket() {
+        let inner = with_socket(|_| with_socket(|_| Ok(7)));
+        assert_eq!(inner, Ok(7));
+    }
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
