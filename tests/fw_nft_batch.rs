@@ -33,6 +33,23 @@ fn runs(r: &Rig, first: &str) -> usize {
         .count()
 }
 
+/// `n` links m0, m1, ... on interfaces wm0, wm1, ..., each its own address.
+fn many(n: u32) -> Vec<LinkTarget> {
+    (0..n)
+        .map(|i| {
+            let addr = [198, 18, (i / 250) as u8, (i % 250 + 1) as u8];
+            link(&format!("m{i}"), &format!("wm{i}"), addr)
+        })
+        .collect()
+}
+
+/// How many lines of the table's listing are exactly `rule` (a lone
+/// `accept` line is the open text in a link chain).
+fn rule_count(r: &Rig, rule: &str) -> usize {
+    let table = r.ns.nft("list table inet qkdpfd");
+    table.lines().filter(|l| l.trim() == rule).count()
+}
+
 const OPEN: &str = "ip saddr $peer4 accept\niifname $wg_if accept\n";
 
 /// The first slow open loads the same text into every locked link's open
@@ -145,18 +162,8 @@ fn a_settle_loads_a_bounded_number_of_links_a_run() {
     }
     let mut r = rig();
     let n = 2100u32;
-    let ls: Vec<LinkTarget> = (0..n)
-        .map(|i| {
-            let addr = [198, 18, (i / 250) as u8, (i % 250 + 1) as u8];
-            link(&format!("m{i}"), &format!("wm{i}"), addr)
-        })
-        .collect();
+    let ls = many(n);
     r.fw.init(&ls).unwrap();
-    // A lone line of `accept`: the open text, in a link chain.
-    let rule_count = |r: &Rig, rule: &str| {
-        let table = r.ns.nft("list table inet qkdpfd");
-        table.lines().filter(|l| l.trim() == rule).count()
-    };
     let start = runs(&r, "-f");
     r.fw.apply(&ls[100], Enforcement::Open, "accept").unwrap();
     // The slow open takes 2,048 locked links' open chains along, no more:
@@ -222,27 +229,21 @@ fn many_links_are_cleared_a_bounded_number_a_run() {
     }
     let mut r = rig();
     let n = 2100u32;
-    let ls: Vec<LinkTarget> = (0..n)
-        .map(|i| {
-            let addr = [198, 18, (i / 250) as u8, (i % 250 + 1) as u8];
-            link(&format!("m{i}"), &format!("wm{i}"), addr)
-        })
-        .collect();
+    let ls = many(n);
     r.fw.init(&ls).unwrap();
     let all: Vec<&LinkTarget> = ls.iter().collect();
     assert!(r.fw.open_many(&all, "accept").iter().all(Result::is_ok));
-    let count = |r: &Rig, rule: &str| {
-        let table = r.ns.nft("list table inet qkdpfd");
-        table.lines().filter(|l| l.trim() == rule).count()
-    };
-    assert_eq!(count(&r, "accept"), n as usize);
+    assert_eq!(rule_count(&r, "accept"), n as usize);
     let before = runs(&r, "-f");
     let cleared = r.fw.clear_many(&all);
     assert_eq!(cleared.len(), ls.len());
     assert!(cleared.iter().all(Result::is_ok));
     assert_eq!(runs(&r, "-f") - before, 2, "2,100 links: two runs");
-    assert_eq!(count(&r, "accept"), 0);
-    assert_eq!(count(&r, "drop comment \"qkdpfd drop\""), 2 * n as usize);
+    assert_eq!(rule_count(&r, "accept"), 0);
+    assert_eq!(
+        rule_count(&r, "drop comment \"qkdpfd drop\""),
+        2 * n as usize
+    );
     for l in [&ls[0], &ls[2047], &ls[2048], &ls[2099]] {
         for chain in [format!("link_{}", l.name), format!("lock_{}", l.name)] {
             assert!(rules(&r.ns, &chain).is_empty(), "{chain}");

@@ -337,6 +337,14 @@ fn many_clears_are_one_load() {
     let site = r.take();
     assert_eq!(site.len(), calls.len());
     assert_eq!(site[0], calls[0]);
+    // The load in, one of dr's kills refused: dr is not clear (its states
+    // may pass), spoke is.
+    r.set("fail_on", "-k 0.0.0.0/0 -k 198.51.100.2");
+    let out = r.fw.clear_many(&all);
+    assert!(out[0].is_err(), "{out:?}");
+    assert!(out[1].is_ok(), "{out:?}");
+    r.unset("fail_on");
+    r.take();
     // The one load refused: each link's own load and kills.
     r.set("exit", "1");
     r.set("stderr", "pfctl: Unable to load rules into kernel\n");

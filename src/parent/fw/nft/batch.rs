@@ -246,13 +246,12 @@ impl Nft {
         // key in the `locked_` sets, no site or section lock. Nothing to
         // change, and a transaction with a delete waits for the kernel
         // (~10 ms at 10,000 links). A loop turn's few links are looked up
-        // key by key: reading the sets whole for each turn of 64 was a sixth
-        // of the hub's parent CPU in its first rounds at 10,000 links. More
-        // read the sets once. On any error a link takes the transaction.
-        // The caller reads each link back.
-        // (A section lock holding one family only counts as held when
-        // the sets are read whole, and not by the lookups: those links
-        // take the transaction, which ends it.)
+        // key by key: reading the sets whole for each turn of 64 was 40 % of
+        // the hub parent's samples in its first rounds at 10,000 links. More
+        // links, or a section lock of ours that may hold (the lookups would
+        // not count one holding a single family), read the sets once. On
+        // any error a link takes the transaction. The caller reads each
+        // link back.
         let looked_up = quick.len() <= LOOKED_UP && self.sources_may_be_locked.is_empty();
         if looked_up {
             quick.retain(|i| {
