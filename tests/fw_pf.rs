@@ -89,6 +89,15 @@ fn args(s: &str) -> Vec<String> {
     s.split('|').map(String::from).collect()
 }
 
+/// A second link on dr's interface, with an IPv4 peer of its own only.
+fn spoke() -> LinkTarget {
+    let mut spoke = dr();
+    spoke.name = "spoke".into();
+    spoke.addrs4 = vec!["198.51.100.7".parse().unwrap()];
+    spoke.addrs6.clear();
+    spoke
+}
+
 fn dr() -> LinkTarget {
     LinkTarget {
         name: "dr".into(),
@@ -311,11 +320,7 @@ fn clear_loads_the_block_rules_then_kills_states() {
 #[test]
 fn many_clears_are_one_load() {
     let mut r = Rec::new();
-    let mut spoke = dr();
-    spoke.name = "spoke".into();
-    spoke.addrs4 = vec!["198.51.100.7".parse().unwrap()];
-    spoke.addrs6.clear();
-    let links = [dr(), spoke];
+    let links = [dr(), spoke()];
     let all: Vec<&LinkTarget> = links.iter().collect();
     let out = r.fw.clear_many(&all);
     assert!(out.iter().all(Result::is_ok), "{out:?}");
@@ -574,11 +579,7 @@ fn a_tick_reads_every_anchor_in_one_listing() {
 #[test]
 fn a_site_lock_is_one_load_for_every_link() {
     let mut r = Rec::new();
-    let mut spoke = dr();
-    spoke.name = "spoke".into();
-    spoke.addrs4 = vec!["198.51.100.7".parse().unwrap()];
-    spoke.addrs6.clear();
-    let links = [dr(), spoke.clone()];
+    let links = [dr(), spoke()];
     let lockdown = "block drop quick on $wg_if\n";
     assert!(r.fw.lock_site(&links, Some(lockdown)).unwrap());
     let calls = r.take();

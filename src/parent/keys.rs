@@ -249,12 +249,12 @@ pub(super) fn lock_drifted(p: &mut Parent) -> Vec<String> {
     for (link, why) in drifted {
         // Once per drift: the re-read finds it every psk_check until a new
         // PSK is installed (or unlock -f), and the link stays locked.
-        let told = p
+        let known = p
             .links
             .links
             .get(&link)
             .is_some_and(|l| l.parent.contains(LockReason::PskDrift));
-        if !told {
+        if !known {
             log_drift(&link, &why);
         }
         p.links.set_parent_reason(&link, LockReason::PskDrift, true);
