@@ -805,3 +805,108 @@ fn many_lockdowns_share_one_run() {
     }
     assert!(!ping(&r.ns, "10.99.0.2"), "still locked");
 }
+
+/// What nft's runs read (the wrapper keeps every script).
+fn scripts(r: &Rig) -> String {
+    std::fs::read_to_string(r._dir.path().join("scripts")).unwrap_or_default()
+}
+
+/// Links whose statements are the same text: nft compiles the first
+/// link's chain and the others get copies of its rules over netlink, which
+/// nft lists as it lists its own; a text with a rule that is not copied (an
+/// anonymous set, a limit) goes to a second run of the others' scripts;
+/// texts that differ per link (a macro) are all compiled in the one run.
+/// Lockdowns, preloads and slow opens alike, each read back.
+#[test]
+fn equal_texts_are_copied_and_the_rest_compiled_by_nft() {
+    if !root_or_skip("equal_texts_are_copied_and_the_rest_compiled_by_nft") {
+        return;
+    }
+    let mut r = rig();
+    let n = 100;
+    let ls = many(n);
+    r.fw.init(&ls).unwrap();
+    let all: Vec<&LinkTarget> = ls.iter().collect();
+    let chains = |r: &Rig, prefix: &str| -> Vec<Vec<String>> {
+        (ls.iter())
+            .map(|l| all_rules(&r.ns, &format!("{prefix}{}", l.name)))
+            .collect()
+    };
+    // Links whose chain `prefix<link>` a script gave rules to.
+    let compiled_once = |r: &Rig, prefix: &str| {
+        let s = scripts(r);
+        (ls.iter())
+            .filter(|l| s.contains(&format!("add rule inet qkdpfd {prefix}{} ", l.name)))
+            .count()
+    };
+    let lock = "tcp dport 22 ct state new,established counter accept\n\
+                meta l4proto icmp log prefix \"qkd \" drop\n\
+                ip saddr 192.0.2.0/24 reject\n";
+    let before = runs(&r, "-f");
+    assert!(r.fw.lock_many(&all, lock).iter().all(Result::is_ok));
+    assert_eq!(runs(&r, "-f") - before, 1);
+    assert_eq!(compiled_once(&r, "lock_"), 1, "one link's chain compiled");
+    let got = chains(&r, "lock_");
+    assert_eq!(got[0].len(), 3 + 2, "tag, three rules, drop: {:?}", got[0]);
+    assert!(got[0][2].contains("log prefix"), "{:?}", got[0]);
+    assert!(
+        got.iter().all(|c| *c == got[0]),
+        "every copy as nft lists the first"
+    );
+    for l in [&ls[0], &ls[50], &ls[99]] {
+        // Its IPv4 address, the IPv6 address all share, its interface.
+        assert_eq!(keys_locked(&r.ns, l), 3, "{}: keys locked", l.name);
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+    }
+
+    // A slow open copies its chain into the locked links'.
+    let open = "ip daddr 203.0.113.0/25 udp dport 53 accept\nmeta mark 0x10 accept\n";
+    let before = runs(&r, "-f");
+    r.fw.apply(&ls[0], Enforcement::Open, open).unwrap();
+    assert_eq!(runs(&r, "-f") - before, 1);
+    assert_eq!(compiled_once(&r, "link_"), 1);
+    let got = chains(&r, "link_");
+    assert!(
+        got.iter().all(|c| *c == got[0] && c.len() == 3),
+        "{:?}",
+        got[1]
+    );
+    let rest: Vec<&LinkTarget> = all[1..].to_vec();
+    assert!(r.fw.open_many(&rest, open).iter().all(Result::is_ok));
+    assert_eq!(runs(&r, "-f") - before, 1, "the other opens are flips");
+    for l in [&ls[1], &ls[99]] {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Open, "{}", l.name);
+    }
+
+    // Not copied: an anonymous set and a limit. The first link's chain,
+    // then the others' in a second run.
+    let uncopied = "ip saddr { 192.0.2.1, 192.0.2.7 } drop\nlimit rate 5/second accept\n";
+    for l in &ls {
+        r.fw.stage(l, Enforcement::Lockdown, uncopied).unwrap();
+    }
+    let before = runs(&r, "-f");
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(runs(&r, "-f") - before, 2);
+    let got = chains(&r, "lock_");
+    assert!(got[0][1].contains("192.0.2.7"), "{:?}", got[0]);
+    assert!(got.iter().all(|c| *c == got[0]));
+
+    // A macro: a text per link, all compiled in one run.
+    for l in &ls {
+        r.fw.stage(l, Enforcement::Lockdown, "log prefix \"q $link \" drop")
+            .unwrap();
+    }
+    let before = runs(&r, "-f");
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(runs(&r, "-f") - before, 1);
+    for (l, c) in ls.iter().zip(chains(&r, "lock_")) {
+        assert!(c[1].contains(&format!("\"q {} \"", l.name)), "{c:?}");
+    }
+    r.fw.apply(
+        &ls[7],
+        Enforcement::Lockdown,
+        "log prefix \"q $link \" drop",
+    )
+    .unwrap();
+    assert_eq!(state(&mut r, &ls, "m7"), Observed::Locked);
+}

@@ -121,9 +121,14 @@ pub fn write_wrapper(dir: &Path, ns: &str) -> PathBuf {
     let path = dir.join("nft");
     std::fs::write(
         &path,
+        // Each script read from stdin is kept (appended to `scripts`).
         format!(
-            "#!/bin/sh\necho \"$*\" >> {}/calls\nexec ip netns exec {ns} nft \"$@\"\n",
-            dir.display()
+            "#!/bin/sh\necho \"$*\" >> {d}/calls\n\
+             case \"$*\" in\n\
+             *'-f -'*) tee -a {d}/scripts | ip netns exec {ns} nft \"$@\" ;;\n\
+             *) exec ip netns exec {ns} nft \"$@\" ;;\n\
+             esac\n",
+            d = dir.display()
         ),
     )
     .unwrap();

@@ -41,6 +41,7 @@ use reverify::Loaded;
 pub mod alive;
 mod batch;
 pub mod chain;
+mod copy;
 mod every;
 pub mod monitor;
 pub mod netlink;
@@ -220,7 +221,7 @@ impl Nft {
             .map_err(|e| FwError::refused(format!("dead-man switch: {e}")));
         let after = self.generation();
         let verified = match r {
-            Ok(()) => self.only_ours_since_verified(after),
+            Ok(()) => self.only_ours_since_verified(after, 1),
             Err(_) => None,
         };
         self.set_verified_gen(verified);
@@ -457,7 +458,7 @@ impl Nft {
         let shape = self.known[i].shape?;
         let after = match flip.checked {
             true => flip.after,
-            false => self.only_ours_since_verified(flip.after),
+            false => self.only_ours_since_verified(flip.after, 1),
         }?;
         if self.guard_may_exist {
             return None;
@@ -551,40 +552,51 @@ impl Nft {
         Ok(())
     }
 
-    /// A slow open of `name`: its own script, with the open chains of the
-    /// links that may take the same text now ([`batch`]) in the same run;
-    /// if that run fails, its own script alone.
+    /// A slow open of `name`: its own script (`own`, loading `stmts`), with
+    /// the open chains of the links that may take the same text now
+    /// ([`batch`]) in the same run, or copied from its chain after it
+    /// ([`copy`]); if that run fails, its own script alone.
     fn open_with_others(
         &mut self,
         what: &str,
         name: &str,
         ruleset: &str,
         own: String,
+        stmts: Vec<String>,
     ) -> Result<(), FwError> {
-        let (script, others) = self.open_others(name, ruleset);
-        let mut loaded: Vec<(usize, Loaded)> = self
-            .index(name)
-            .map(|i| (i, Loaded::Link))
-            .into_iter()
-            .collect();
+        let others = self.open_others(name, ruleset);
+        let me = self.index(name);
+        let mut loaded: Vec<(usize, Loaded)> = me.map(|i| (i, Loaded::Link)).into_iter().collect();
+        let (Some(i), false) = (me, others.is_empty()) else {
+            self.run(what, &own)?;
+            self.reverify(&loaded, 1);
+            return Ok(());
+        };
         let many = format!(
             "{what}, and the open rules of {} locked links",
             others.len()
         );
-        let together = |nft: &mut Nft| {
-            let all = own.clone() + &script;
-            nft.run_many(&many, &all, others.len() + 1).is_ok()
-        };
-        if others.is_empty() || !together(self) {
+        let places: Vec<usize> = others.iter().map(|l| l.place).collect();
+        let mut loads = vec![batch::Load {
+            place: i,
+            stmts,
+            script: own.clone(),
+        }];
+        loads.extend(others);
+        let done = self.load_chains(&many, Loaded::Link, loads, false);
+        if done.failed.contains(&i) {
             self.run(what, &own)?;
-        } else {
-            let text = self.texts.of(ruleset);
-            for &i in &others {
-                self.known[i].opened = Some(text.clone());
-            }
-            loaded.extend(others.into_iter().map(|i| (i, Loaded::Link)));
+            self.reverify(&loaded, 1);
+            return Ok(());
         }
-        self.reverify(&loaded);
+        let text = self.texts.of(ruleset);
+        for p in places.into_iter().filter(|p| !done.failed.contains(p)) {
+            self.known[p].opened = Some(text.clone());
+            loaded.push((p, Loaded::Link));
+        }
+        if done.failed.is_empty() {
+            self.reverify(&loaded, done.commits);
+        }
         Ok(())
     }
 
@@ -731,7 +743,7 @@ impl Firewall for Nft {
                 } else {
                     let keys = self.link_keys(link).map_err(FwError::refused)?;
                     let own = flip_script(&self.table, link, &keys, &stmts);
-                    self.open_with_others(&what, &link.name, ruleset, own)?;
+                    self.open_with_others(&what, &link.name, ruleset, own, stmts)?;
                 }
                 // An open leaves lock_<link> as it was.
                 keep(self, Some(text), staged);
@@ -751,7 +763,7 @@ impl Firewall for Nft {
                 keep(self, opened, Some(text));
                 let loaded: Vec<(usize, Loaded)> =
                     i.map(|i| (i, Loaded::Lock)).into_iter().collect();
-                self.reverify(&loaded);
+                self.reverify(&loaded, 1);
             }
         }
         Ok(())

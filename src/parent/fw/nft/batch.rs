@@ -17,6 +17,10 @@
 //!   lock holds, and none while the site lock holds (every lockdown chain
 //!   is taken then).
 //!
+//! In a run, only the first link of each group whose statements are the
+//! same text has its chain compiled by nft: the others' are copies of it
+//! over netlink, after the run ([`super::copy`]).
+//!
 //! And many links opened in one netlink transaction: every commit walks
 //! every chain of the network namespace in the kernel (about 0.3 ms a
 //! commit at 10,000 links), so 10,000 opens one transaction each kept the
@@ -45,6 +49,22 @@ pub(super) const LINKS_A_RUN: usize = 2048;
 
 /// The keys in the `locked_` sets, per kind, as the kernel stores them.
 pub(super) type Locked = HashMap<Kind, HashSet<Vec<u8>>>;
+
+/// One link's chain to load: its place in `targets`, the statements it is
+/// to hold and the script that loads them.
+pub(super) struct Load {
+    pub place: usize,
+    pub stmts: Vec<String>,
+    pub script: String,
+}
+
+/// How [`Nft::load_chains`] went: our transactions that committed, and the
+/// links not loaded with why (the first run's error fails them all).
+pub(super) struct Loads {
+    pub commits: u32,
+    pub failed: HashSet<usize>,
+    pub error: Option<FwError>,
+}
 
 /// Links whose keys an open looks up one by one at most; more read the
 /// `locked_` sets whole.
@@ -96,13 +116,11 @@ impl Nft {
 
     /// The open chains loaded along with `link`'s slow open of `ruleset`
     /// (see the module's doc), [`LINKS_A_RUN`] at most, the links after it
-    /// in name order first: their script and their links' places in
-    /// `targets`. Nothing when the sets cannot be read.
-    pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> (String, Vec<usize>) {
+    /// in name order first. Nothing when the sets cannot be read.
+    pub(super) fn open_others(&mut self, link: &str, ruleset: &str) -> Vec<Load> {
         let Ok(locked) = self.locked_now() else {
-            return (String::new(), Vec::new());
+            return Vec::new();
         };
-        let mut script = String::new();
         let mut others = Vec::new();
         // From `link` on, round to it: the links queued with it (in name
         // order) come along, not a first 2,048 that one of them would each
@@ -120,11 +138,15 @@ impl Nft {
             }
             let unused = self.holds_in(&locked, name) == Some(Holds::All);
             if let (true, Ok(stmts)) = (unused, render_statements(target, ruleset)) {
-                script.push_str(&open_chain_script(&self.table, target, &stmts));
-                others.push(i);
+                let script = open_chain_script(&self.table, target, &stmts);
+                others.push(Load {
+                    place: i,
+                    stmts,
+                    script,
+                });
             }
         }
-        (script, others)
+        others
     }
 
     /// Loads the lockdown chains `stage` deferred, in one run of at most
@@ -165,7 +187,7 @@ impl Nft {
             }
         };
         let mut errors = Vec::new();
-        let mut script = String::new();
+        let mut loads = Vec::new();
         let mut loading = Vec::new();
         for (i, ruleset) in pending {
             let target = &targets[i];
@@ -176,7 +198,12 @@ impl Nft {
             }
             match self.lock_statements(target, &ruleset) {
                 Ok(stmts) => {
-                    script.push_str(&stage_script(&self.table, target, &stmts));
+                    let script = stage_script(&self.table, target, &stmts);
+                    loads.push(Load {
+                        place: i,
+                        stmts,
+                        script,
+                    });
                     loading.push((i, ruleset));
                 }
                 Err(e) => errors.push((name(i), e)),
@@ -190,23 +217,28 @@ impl Nft {
             (k.staged, k.lock_loaded) = (None, true);
         }
         let what = format!("preload lockdown rules for {} links", loading.len());
-        match self.run_many(&what, &script, loading.len()) {
-            Ok(_) => {
-                let places: Vec<usize> = loading.iter().map(|(i, _)| *i).collect();
-                for (i, ruleset) in loading {
+        let done = self.load_chains(&what, Loaded::Lock, loads, false);
+        let mut loaded: Vec<(usize, Loaded)> = Vec::new();
+        let mut failed = Vec::new();
+        for (i, ruleset) in loading {
+            match done.failed.contains(&i) {
+                false => {
                     self.known[i].staged = Some(ruleset);
+                    loaded.push((i, Loaded::Lock));
                 }
-                let loaded: Vec<(usize, Loaded)> =
-                    places.iter().map(|i| (*i, Loaded::Lock)).collect();
-                self.reverify(&loaded);
+                true => failed.push((i, ruleset)),
             }
+        }
+        if done.commits > 0 && done.failed.is_empty() {
+            self.reverify(&loaded, done.commits);
+        }
+        match (failed.len(), done.error) {
+            (0, _) | (_, None) => {}
             // One link's text refused fails them all: each alone, so that
             // only the refused ones are said.
-            Err(e) if loading.len() == 1 => {
-                errors.extend(loading.into_iter().map(|(i, _)| (name(i), e.clone())))
-            }
-            Err(_) => {
-                for (i, ruleset) in loading {
+            (1, Some(e)) => errors.extend(failed.into_iter().map(|(i, _)| (name(i), e.clone()))),
+            (_, Some(_)) => {
+                for (i, ruleset) in failed {
                     let target = &targets[i];
                     let one = self.lock_statements(target, &ruleset).and_then(|stmts| {
                         let what = format!("preload lockdown rules for link {}", target.name);
@@ -301,7 +333,7 @@ impl Nft {
         ruleset: &str,
     ) -> Vec<Result<(), FwError>> {
         let mut out: Vec<Option<Result<(), FwError>>> = links.iter().map(|_| None).collect();
-        let mut script = String::new();
+        let mut loads = Vec::new();
         let mut loading = Vec::new();
         for (n, l) in links.iter().enumerate() {
             let staged = self.known_of(&l.name).and_then(|k| k.staged.as_deref());
@@ -313,7 +345,12 @@ impl Nft {
             match load {
                 Some((stmts, i)) => {
                     let keys = &self.known[i].keys;
-                    script.push_str(&lock_script(&self.table, l, keys, &stmts));
+                    let script = lock_script(&self.table, l, keys, &stmts);
+                    loads.push(Load {
+                        place: i,
+                        stmts,
+                        script,
+                    });
                     loading.push((n, i));
                 }
                 // A flip, or refused: `apply` does it, or says why.
@@ -330,22 +367,22 @@ impl Nft {
                 opened.push(k.opened.take());
             }
             let what = format!("load lockdown rules for {} links", loading.len());
-            let ok = self.run_many(&what, &script, loading.len()).is_ok();
+            let done = self.load_chains(&what, Loaded::Lock, loads, true);
             let text = self.texts.of(ruleset);
+            let mut loaded: Vec<(usize, Loaded)> = Vec::new();
             for (&(n, i), was) in loading.iter().zip(opened) {
-                out[n] = Some(match ok {
-                    true => {
+                out[n] = Some(match done.failed.contains(&i) {
+                    false => {
                         let k = &mut self.known[i];
                         (k.staged, k.opened) = (Some(text.clone()), was);
+                        loaded.push((i, Loaded::Lock));
                         Ok(())
                     }
-                    false => self.apply(links[n], Enforcement::Lockdown, ruleset),
+                    true => self.apply(links[n], Enforcement::Lockdown, ruleset),
                 });
             }
-            if ok {
-                let loaded: Vec<(usize, Loaded)> =
-                    loading.iter().map(|(_, i)| (*i, Loaded::Lock)).collect();
-                self.reverify(&loaded);
+            if done.commits > 0 && done.failed.is_empty() {
+                self.reverify(&loaded, done.commits);
             }
         }
         (out.into_iter())
@@ -419,6 +456,73 @@ impl Nft {
         netlink::transact(&self.table, self.seq, &changes, &what).map_err(FwError::refused)?;
         self.last_flip = Some(Flipped::new(places, self.generation()));
         Ok(())
+    }
+
+    /// Loads chain `which` of each of `loads`: one nft run of the first
+    /// link of each group whose statements are equal, then the others'
+    /// chains copied from it over netlink ([`super::copy`]), with their
+    /// keys joining the `locked_` sets when `lock` (as their own scripts
+    /// would add them); a group that cannot be copied goes to a second
+    /// run of its links' own scripts.
+    pub(super) fn load_chains(
+        &mut self,
+        what: &str,
+        which: Loaded,
+        loads: Vec<Load>,
+        lock: bool,
+    ) -> Loads {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<&[String], usize> = HashMap::new();
+        let mut script = String::new();
+        for (n, l) in loads.iter().enumerate() {
+            match group_of.get(l.stmts.as_slice()) {
+                Some(&g) => groups[g].1.push(n),
+                None => {
+                    group_of.insert(&l.stmts, groups.len());
+                    groups.push((n, Vec::new()));
+                    script.push_str(&l.script);
+                }
+            }
+        }
+        let places = |ns: &[usize]| -> Vec<usize> { ns.iter().map(|&n| loads[n].place).collect() };
+        if let Err(e) = self.run_many(what, &script, groups.len()) {
+            return Loads {
+                commits: 0,
+                failed: loads.iter().map(|l| l.place).collect(),
+                error: Some(e),
+            };
+        }
+        let mut commits = 1;
+        let mut left: Vec<usize> = Vec::new();
+        for (first, others) in groups.iter().filter(|(_, o)| !o.is_empty()) {
+            let copied = self.copy_chain(which, loads[*first].place, &places(others), lock);
+            commits += copied.commits;
+            if let Some(e) = copied.error {
+                crate::log::debug(format_args!("fw: {what}: copies left to nft: {e}"));
+            }
+            left.extend(&others[copied.done..]);
+        }
+        if left.is_empty() {
+            return Loads {
+                commits,
+                failed: HashSet::new(),
+                error: None,
+            };
+        }
+        let rest: String = left.iter().map(|&n| loads[n].script.as_str()).collect();
+        let more = format!("{what}: {} links not copied", left.len());
+        match self.run_many(&more, &rest, left.len()) {
+            Ok(_) => Loads {
+                commits: commits + 1,
+                failed: HashSet::new(),
+                error: None,
+            },
+            Err(e) => Loads {
+                commits,
+                failed: places(&left).into_iter().collect(),
+                error: Some(e),
+            },
+        }
     }
 
     /// `nft -f -` of a script for `links` links: its timeout grows with

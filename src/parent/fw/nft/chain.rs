@@ -15,23 +15,24 @@
 //! The builder and parser are pure and tested with bytes everywhere; only
 //! the socket is Linux-only.
 
+use super::copy::Compiled;
 use super::netlink::{
     NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, NLM_F_DUMP, NLMSG_DONE, msg, request,
 };
 use super::readback::{Expr, Rule};
 use crate::parent::wg::linux::{NLM_F_REQUEST, NLMSG_ERROR, attrs, c_name, errno_of, messages};
 
-const NFT_MSG_NEWRULE: u16 = 6;
+pub(super) const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(super) const NFTA_RULE_USERDATA: u16 = 7;
+pub(super) const NFTA_EXPR_NAME: u16 = 1;
+pub(super) const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 /// The verdict register, and the verdict `drop` (NF_DROP), big endian.
 const NFT_REG_VERDICT: u32 = 0;
@@ -67,6 +68,43 @@ pub fn parse(buf: &[u8], seq: u32, rules: &mut Vec<Rule>) -> Result<bool, String
 /// [`parse`], each rule handed to `each` with the name of its chain (empty
 /// when the kernel did not say).
 fn parse_each(buf: &[u8], seq: u32, each: &mut dyn FnMut(&str, Rule)) -> Result<bool, String> {
+    let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
+    each_rule(buf, seq, &mut |a| {
+        let mut rule = Rule {
+            expr: Vec::new(),
+            comment: None,
+        };
+        let mut chain: &[u8] = &[];
+        for &(t, v) in a {
+            match t {
+                NFTA_RULE_CHAIN => chain = v.split(|b| *b == 0).next().unwrap_or(&[]),
+                NFTA_RULE_EXPRESSIONS => {
+                    for (t, e) in attrs(v).map_err(bad)? {
+                        if t == NFTA_LIST_ELEM {
+                            rule.expr.push(expression(e)?);
+                        }
+                    }
+                }
+                NFTA_RULE_USERDATA => rule.comment = comment(v),
+                _ => {}
+            }
+        }
+        each(std::str::from_utf8(chain).unwrap_or(""), rule);
+        Ok(())
+    })
+}
+
+/// One attribute of a rule message: its type and value.
+type Attr<'a> = (u16, &'a [u8]);
+
+/// Reads one datagram of a GETRULE dump sent with `seq`, each rule's
+/// attributes handed to `each`; true once the dump is done. An error or
+/// an answer of another shape is an error.
+fn each_rule(
+    buf: &[u8],
+    seq: u32,
+    each: &mut dyn FnMut(&[Attr<'_>]) -> Result<(), String>,
+) -> Result<bool, String> {
     let newrule = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
     let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
     for m in messages(buf).map_err(bad)? {
@@ -91,28 +129,24 @@ fn parse_each(buf: &[u8], seq: u32, each: &mut dyn FnMut(&str, Rule)) -> Result<
             t => return Err(format!("rules: unexpected message type {t:#x}")),
         }
         let body = m.payload.get(4..).ok_or("rules: short answer")?;
-        let mut rule = Rule {
-            expr: Vec::new(),
-            comment: None,
-        };
-        let mut chain: &[u8] = &[];
-        for (t, v) in attrs(body).map_err(bad)? {
-            match t {
-                NFTA_RULE_CHAIN => chain = v.split(|b| *b == 0).next().unwrap_or(&[]),
-                NFTA_RULE_EXPRESSIONS => {
-                    for (t, e) in attrs(v).map_err(bad)? {
-                        if t == NFTA_LIST_ELEM {
-                            rule.expr.push(expression(e)?);
-                        }
-                    }
-                }
-                NFTA_RULE_USERDATA => rule.comment = comment(v),
-                _ => {}
-            }
-        }
-        each(std::str::from_utf8(chain).unwrap_or(""), rule);
+        each(&attrs(body).map_err(bad)?)?;
     }
     Ok(false)
+}
+
+/// The rules of `inet <table> <chain>` as the kernel compiled them, each
+/// checked to be one that a copy re-creates ([`super::copy`]); a missing
+/// chain has none.
+pub fn compiled(table: &str, chain: &str, seq: u32) -> Result<Vec<Compiled>, String> {
+    let mut out = Vec::new();
+    request(&request_bytes(table, chain, seq), |b| {
+        let done = each_rule(b, seq, &mut |a| {
+            out.push(Compiled::of_rule(a)?);
+            Ok(())
+        })?;
+        Ok(done.then_some(()))
+    })?;
+    Ok(out)
 }
 
 /// The rules of `inet <table> <chain>`, in order, read from the kernel

@@ -184,15 +184,20 @@ impl super::Nft {
         self.untouched(since, now).then_some(now)
     }
 
-    /// `after`, read right after one transaction of ours committed, if
+    /// `after`, read right after `ours` transactions of ours committed, if
     /// nothing else that touched our tables committed since the verified
     /// listing: every committed transaction adds one to the generation,
-    /// and the ones between were shown to leave our tables alone. (If
-    /// ours was not the last, it is among those between, and it touched
-    /// our table: no.)
-    pub(super) fn only_ours_since_verified(&mut self, after: Option<u32>) -> Option<u32> {
+    /// and the ones before ours were shown to leave our tables alone. (If
+    /// ours were not the last ones, one of them is among those before,
+    /// and it touched our table: no. Counting fewer of ours than there were
+    /// can only say no.)
+    pub(super) fn only_ours_since_verified(
+        &mut self,
+        after: Option<u32>,
+        ours: u32,
+    ) -> Option<u32> {
         let (v, a) = (self.verified_gen?, after?);
-        self.untouched(v, a.wrapping_sub(1)).then_some(a)
+        (ours > 0 && self.untouched(v, a.wrapping_sub(ours))).then_some(a)
     }
 
     /// Records the generation the verified read-back holds at; the

@@ -3,7 +3,8 @@
 //! transaction (begin, the changes, end), each change acknowledged, on one
 //! socket per thread kept open (see `SOCKET`). The flips of a link (its
 //! keys in the `locked_` sets) and the dead-man switch's heartbeat
-//! (`alive`) are built here; chains and rules still load with `nft -f`.
+//! (`alive`) are built here; chains and rules load with `nft -f`, or as
+//! copies of rules nft compiled (`copy.rs`).
 //!
 //! Why set elements: in nf_tables a transaction that adds a `jump` or
 //! `goto` makes the kernel re-validate every chain of the table (measured
@@ -16,6 +17,8 @@
 //! only the socket is Linux-only.
 
 use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 use crate::parent::wg::linux::{Msg, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, c_name};
 
@@ -70,42 +73,66 @@ pub enum Change<'a> {
 /// none of them.
 pub fn batch(table: &str, seq: u32, changes: &[Change<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 96 * changes.len());
-    let frame = |ty, seq| msg(ty, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES).finish();
     out.extend_from_slice(&frame(NFNL_MSG_BATCH_BEGIN, seq));
-    let ty = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
     let mut n = seq;
     for change in changes {
         n = n.wrapping_add(1);
-        let m = match *change {
-            Change::Flush(set) => {
-                let mut m = msg(
-                    ty(NFT_MSG_DELSETELEM),
-                    NLM_F_REQUEST | NLM_F_ACK,
-                    n,
-                    NFPROTO_INET,
-                    0,
-                );
-                m.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
-                m.attr(NFTA_SET_ELEM_LIST_SET, &c_name(set));
-                m
-            }
-            Change::Add(set, keys, timeout) => {
-                let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
-                let mut m = msg(ty(NFT_MSG_NEWSETELEM), flags, n, NFPROTO_INET, 0);
-                push_elements(&mut m, table, set, keys, timeout);
-                m
-            }
-            Change::Delete(set, keys) => {
-                let flags = NLM_F_REQUEST | NLM_F_ACK;
-                let mut m = msg(ty(NFT_MSG_DELSETELEM), flags, n, NFPROTO_INET, 0);
-                push_elements(&mut m, table, set, keys, None);
-                m
-            }
-        };
-        out.extend_from_slice(&m.finish());
+        out.extend_from_slice(&change_message(table, n, change, true));
     }
     out.extend_from_slice(&frame(NFNL_MSG_BATCH_END, n.wrapping_add(1)));
     out
+}
+
+/// A batch's begin (`begin`: true) or end message.
+pub(super) fn batch_frame(begin: bool, seq: u32) -> Zeroizing<Vec<u8>> {
+    frame(
+        match begin {
+            true => NFNL_MSG_BATCH_BEGIN,
+            false => NFNL_MSG_BATCH_END,
+        },
+        seq,
+    )
+}
+
+fn frame(ty: u16, seq: u32) -> Zeroizing<Vec<u8>> {
+    msg(ty, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES).finish()
+}
+
+/// One change's message with sequence number `n`, asking for an ACK when
+/// `ack` (an error is answered either way).
+pub(super) fn change_message(
+    table: &str,
+    n: u32,
+    change: &Change<'_>,
+    ack: bool,
+) -> Zeroizing<Vec<u8>> {
+    let ty = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
+    let flags = NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 };
+    let m = match *change {
+        Change::Flush(set) => {
+            let mut m = msg(ty(NFT_MSG_DELSETELEM), flags, n, NFPROTO_INET, 0);
+            m.attr(NFTA_SET_ELEM_LIST_TABLE, &c_name(table));
+            m.attr(NFTA_SET_ELEM_LIST_SET, &c_name(set));
+            m
+        }
+        Change::Add(set, keys, timeout) => {
+            let mut m = msg(
+                ty(NFT_MSG_NEWSETELEM),
+                flags | NLM_F_CREATE,
+                n,
+                NFPROTO_INET,
+                0,
+            );
+            push_elements(&mut m, table, set, keys, timeout);
+            m
+        }
+        Change::Delete(set, keys) => {
+            let mut m = msg(ty(NFT_MSG_DELSETELEM), flags, n, NFPROTO_INET, 0);
+            push_elements(&mut m, table, set, keys, None);
+            m
+        }
+    };
+    m.finish()
 }
 
 /// Table, set and the element list of a NEWSETELEM / DELSETELEM.
@@ -127,7 +154,9 @@ fn push_elements(m: &mut Msg, table: &str, set: &str, keys: &[&[u8]], timeout: O
 
 /// Reads the kernel's answers to a batch of `count` changes sent with
 /// `seq` until every ACK arrived; the first error's errno otherwise,
-/// naming `what`. `recv` returns one datagram.
+/// naming `what`. An error for the batch's begin is a commit that failed
+/// (the kernel then still acknowledges each change). `recv` returns one
+/// datagram.
 pub fn await_acks(
     seq: u32,
     count: usize,
@@ -138,22 +167,62 @@ pub fn await_acks(
     let mut buf = vec![0u8; 8192];
     while !pending.is_empty() {
         let n = recv(&mut buf)?;
-        let msgs = crate::parent::wg::linux::messages(&buf[..n]).map_err(|e| e.to_string())?;
-        for m in msgs {
-            if m.ty != NLMSG_ERROR || !pending.contains(&m.seq) {
+        for (at, errno) in answers(&buf[..n])? {
+            if at != seq && !pending.contains(&at) {
                 continue;
             }
-            let errno = crate::parent::wg::linux::errno_of(m.payload).map_err(|e| e.to_string())?;
             if errno != 0 {
                 return Err(format!(
                     "{what}: {}",
                     std::io::Error::from_raw_os_error(-errno)
                 ));
             }
-            pending.retain(|s| *s != m.seq);
+            pending.retain(|s| *s != at);
         }
     }
     Ok(())
+}
+
+/// Reads the kernel's answers to a batch whose begin is `seq` and whose
+/// last message, `last`, alone asks for an ACK: done at that ACK, an error
+/// at any error answered for the begin (the commit) or a message of the
+/// batch. The kernel answers a batch's errors in the order of its
+/// messages and before the ACKs, so none can follow the last's ACK.
+pub fn await_last(
+    seq: u32,
+    last: u32,
+    what: &str,
+    mut recv: impl FnMut(&mut [u8]) -> Result<usize, String>,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; 8192];
+    let ours = |at: u32| at.wrapping_sub(seq) <= last.wrapping_sub(seq);
+    loop {
+        let n = recv(&mut buf)?;
+        for (at, errno) in answers(&buf[..n])? {
+            if !ours(at) {
+                continue;
+            }
+            if errno != 0 {
+                return Err(format!(
+                    "{what}: {}",
+                    std::io::Error::from_raw_os_error(-errno)
+                ));
+            }
+            if at == last {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The (sequence number, errno) of each NLMSG_ERROR in one datagram.
+fn answers(buf: &[u8]) -> Result<Vec<(u32, i32)>, String> {
+    use crate::parent::wg::linux::{errno_of, messages};
+    let msgs = messages(buf).map_err(|e| e.to_string())?;
+    (msgs.into_iter())
+        .filter(|m| m.ty == NLMSG_ERROR)
+        .map(|m| Ok((m.seq, errno_of(m.payload).map_err(|e| e.to_string())?)))
+        .collect()
 }
 
 /// Sends one transaction and waits until the kernel acknowledged every
@@ -165,6 +234,15 @@ pub fn transact(table: &str, seq: u32, changes: &[Change<'_>], what: &str) -> Re
         await_acks(seq, changes.len(), what, |b| {
             nl.recv(b).map_err(|e| e.to_string())
         })
+    })
+}
+
+/// Sends a batch built whole by the caller (see [`await_last`]) and waits
+/// until it is committed (Linux; an error elsewhere).
+pub fn transact_built(batch: &[u8], seq: u32, last: u32, what: &str) -> Result<(), String> {
+    with_socket(|nl| {
+        nl.send(batch).map_err(|e| e.to_string())?;
+        await_last(seq, last, what, |b| nl.recv(b).map_err(|e| e.to_string()))
     })
 }
 

@@ -7,8 +7,8 @@
 //! while installs trickled in after a bundle's activation each slow open
 //! (which loads the open text of every locked link) or preload did so.
 //!
-//! When the run was the only transaction since the verified listing, what
-//! it could have changed is known: the chains it loaded and the keys of
+//! When the run (and the copies after it) were the only transactions
+//! since the verified listing, what they could have changed is known: the chains it loaded and the keys of
 //! their links in the `locked_` sets. Those are read from the kernel (a
 //! dump per chain and a lookup per key for a few links; one dump of the
 //! table's rules and one of each `locked_` set for many), each such link is
@@ -31,7 +31,7 @@ pub(super) enum Loaded {
 }
 
 impl Loaded {
-    fn prefix(self) -> &'static str {
+    pub(super) fn prefix(self) -> &'static str {
         match self {
             Loaded::Link => "link_",
             Loaded::Lock => "lock_",
@@ -44,14 +44,15 @@ impl Loaded {
 const ONE_BY_ONE: usize = 64;
 
 impl Nft {
-    /// After one `nft -f` of ours that loaded the chains `loaded` (places in
-    /// `targets`): see the module's doc.
-    pub(super) fn reverify(&mut self, loaded: &[(usize, Loaded)]) {
+    /// After `ours` transactions of ours (an `nft -f` run and the copies
+    /// after it, [`super::copy`]) that loaded the chains `loaded` (places
+    /// in `targets`): see the module's doc.
+    pub(super) fn reverify(&mut self, loaded: &[(usize, Loaded)], ours: u32) {
         if loaded.is_empty() || !matches!(self.alive, Some(Some(_))) {
             return;
         }
         let after = self.generation();
-        let Some(after) = self.only_ours_since_verified(after) else {
+        let Some(after) = self.only_ours_since_verified(after, ours) else {
             return;
         };
         // What the last listing (or read-back since) showed of each.

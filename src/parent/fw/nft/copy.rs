@@ -1,0 +1,471 @@
+//! Link chains loaded by copying, over netlink, the rules the kernel holds
+//! for another link's chain that one of our `nft` runs loaded from the same
+//! statements.
+//!
+//! An `nft -f` run first reads the table (about 40 ms at 10,000 links,
+//! whatever the script) and then compiles every statement of every link:
+//! a bundle's re-application or a slow open at 10,000 links loads 2,048
+//! links' chains a run, 0.27-0.46 s each on a busy 2-core machine, and the
+//! parent's loop (with any QBER lockdown) waits behind each. When links'
+//! statements are the same text, nft would compile them to the same rules:
+//! it compiles the first link's, and the others get that chain's rules as
+//! the kernel holds them (an NFT_MSG_GETRULE dump, `chain.rs`), each
+//! chain's old rules deleted and the copies appended in one transaction.
+//!
+//! Only rules every expression of which is in [`COPIED`] are copied: those
+//! re-create exactly from their dump, hold no state a copy would share or
+//! lose (a counter starts again at zero) and name no set, chain or object
+//! (an anonymous set belongs to the rule that uses it, a `jump` would make
+//! the kernel re-validate the table). Any other rule sends its group to
+//! `nft -f`. What a copy loaded is read back as any load of ours is.
+//!
+//! The builders are pure and tested with bytes everywhere; only the socket
+//! is Linux-only.
+
+use super::chain::{
+    NFT_MSG_NEWRULE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
+    NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
+};
+use super::netlink::{
+    Change, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, batch_frame, change_message, msg,
+};
+use super::reverify::Loaded;
+use super::{Nft, chain, netlink};
+use crate::parent::wg::linux::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attrs, c_name};
+
+const NFT_MSG_DELRULE: u16 = 8;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFTA_VERDICT_CHAIN_ID: u16 = 3;
+/// NFT_JUMP and NFT_GOTO, as the kernel writes them (big endian).
+const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
+const NFTA_CT_SREG: u16 = 4;
+
+/// Expressions copied from their dump: loads, compares and arithmetic on
+/// registers, packet metadata, verdicts without a chain, counters (their
+/// counts left behind), log and reject. A `ct` expression only reads.
+pub const COPIED: &[&str] = &[
+    "payload",
+    "cmp",
+    "bitwise",
+    "byteorder",
+    "range",
+    "meta",
+    "ct",
+    "immediate",
+    "counter",
+    "log",
+    "reject",
+];
+
+/// One rule as the kernel compiled it, ready to be created in another
+/// chain: its expression list (each checked, counters without counts) and
+/// its user data (the comment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    exprs: Vec<u8>,
+    userdata: Option<Vec<u8>>,
+}
+
+impl Compiled {
+    /// From a dumped rule's attributes; an error names the first
+    /// expression that is not copied.
+    pub fn of_rule(rule: &[(u16, &[u8])]) -> Result<Compiled, String> {
+        let mut out = Compiled {
+            exprs: Vec::new(),
+            userdata: None,
+        };
+        for &(t, v) in rule {
+            match t {
+                NFTA_RULE_EXPRESSIONS => out.exprs = checked(v)?,
+                NFTA_RULE_USERDATA => out.userdata = Some(v.to_vec()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of its NEWRULE message for `chain`, an upper bound.
+    fn size(&self, table: &str, chain: &str) -> usize {
+        let ud = self.userdata.as_ref().map_or(0, Vec::len);
+        16 + 4 + 3 * 8 + table.len() + chain.len() + self.exprs.len() + ud
+    }
+}
+
+/// An attribute: length, type, value, padded to four bytes.
+fn nla(ty: u16, v: &[u8]) -> Vec<u8> {
+    let mut b = ((4 + v.len()) as u16).to_ne_bytes().to_vec();
+    b.extend(ty.to_ne_bytes());
+    b.extend(v);
+    b.resize(b.len().next_multiple_of(4), 0);
+    b
+}
+
+/// The expression list `list` as it is to be sent: each element kept
+/// byte for byte, but a counter's counts; an expression not in [`COPIED`],
+/// a verdict naming a chain, or a `ct` that writes refuses the rule.
+fn checked(list: &[u8]) -> Result<Vec<u8>, String> {
+    let bad = |e: crate::parent::wg::WgError| format!("rule: {e}");
+    let mut out = Vec::with_capacity(list.len());
+    for (t, elem) in attrs(list).map_err(bad)? {
+        if t != NFTA_LIST_ELEM {
+            return Err(format!("rule: attribute {t} in its expression list"));
+        }
+        let a = attrs(elem).map_err(bad)?;
+        let name = a
+            .iter()
+            .find(|(t, _)| *t == NFTA_EXPR_NAME)
+            .map(|(_, v)| v.split(|b| *b == 0).next().unwrap_or(&[]))
+            .ok_or("rule: an expression without a name")?;
+        let name = std::str::from_utf8(name).map_err(|_| "rule: an expression's name")?;
+        if !COPIED.contains(&name) {
+            return Err(format!("expression {name:?} is not copied"));
+        }
+        let data = a
+            .iter()
+            .find(|(t, _)| *t == NFTA_EXPR_DATA)
+            .map(|(_, v)| *v);
+        match (name, data) {
+            ("counter", _) => {
+                let e = nla(NFTA_EXPR_NAME, &c_name("counter"));
+                out.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, &e));
+                continue;
+            }
+            ("immediate", Some(d)) if names_a_chain(d)? => {
+                return Err("a verdict that names a chain is not copied".into());
+            }
+            ("ct", Some(d))
+                if attrs(d)
+                    .map_err(bad)?
+                    .iter()
+                    .any(|(t, _)| *t == NFTA_CT_SREG) =>
+            {
+                return Err("a ct expression that writes is not copied".into());
+            }
+            _ => {}
+        }
+        out.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, elem));
+    }
+    Ok(out)
+}
+
+/// Whether an immediate expression's data is a jump or goto (or names a
+/// chain at all).
+fn names_a_chain(d: &[u8]) -> Result<bool, String> {
+    let bad = |e: crate::parent::wg::WgError| format!("rule: {e}");
+    for (t, data) in attrs(d).map_err(bad)? {
+        if t != NFTA_IMMEDIATE_DATA {
+            continue;
+        }
+        for (t, verdict) in attrs(data).map_err(bad)? {
+            if t != NFTA_DATA_VERDICT {
+                continue;
+            }
+            for (t, v) in attrs(verdict).map_err(bad)? {
+                let code = v.try_into().ok().map(i32::from_be_bytes);
+                match t {
+                    NFTA_VERDICT_CHAIN | NFTA_VERDICT_CHAIN_ID => return Ok(true),
+                    NFTA_VERDICT_CODE if matches!(code, Some(NFT_JUMP | NFT_GOTO)) => {
+                        return Ok(true);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Links a copy transaction loads at most: their keys (a lockdown's) go
+/// in one element list per kind, which must stay under 64 KiB.
+pub const LINKS_A_TRANSACTION: usize = 256;
+
+/// A transaction's bytes at most: a batch goes to the kernel in one
+/// datagram, which the socket's default send buffer (208 KiB) bounds.
+pub const BYTES_A_TRANSACTION: usize = 128 * 1024;
+
+/// How many chains of `rules` one transaction loads.
+pub fn chains_a_transaction(table: &str, longest_chain: &str, rules: &[Compiled]) -> usize {
+    let per: usize = 64
+        + rules
+            .iter()
+            .map(|r| r.size(table, longest_chain))
+            .sum::<usize>();
+    (BYTES_A_TRANSACTION / per).clamp(1, LINKS_A_TRANSACTION)
+}
+
+/// One transaction beginning at `seq`: each chain of `chains` emptied and
+/// given `rules`, then `changes` (a lockdown's keys). Only the last
+/// message asks for an ACK (the kernel answers errors whatever the flags:
+/// ACKs for thousands of messages could overflow the socket's receive
+/// buffer). Returns the batch and the last message's sequence number.
+pub fn batch(
+    table: &str,
+    seq: u32,
+    chains: &[String],
+    rules: &[Compiled],
+    changes: &[Change<'_>],
+) -> (Vec<u8>, u32) {
+    let count = chains.len() * (1 + rules.len()) + changes.len();
+    let mut out = Vec::new();
+    out.extend_from_slice(&batch_frame(true, seq));
+    let mut n = seq;
+    let mut left = count;
+    let mut flags = |base: u16| {
+        left -= 1;
+        base | NLM_F_REQUEST | if left == 0 { NLM_F_ACK } else { 0 }
+    };
+    let ty = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
+    for chain in chains {
+        n = n.wrapping_add(1);
+        let mut m = msg(ty(NFT_MSG_DELRULE), flags(0), n, NFPROTO_INET, 0);
+        m.attr(NFTA_RULE_TABLE, &c_name(table));
+        m.attr(NFTA_RULE_CHAIN, &c_name(chain));
+        out.extend_from_slice(&m.finish());
+        for r in rules {
+            n = n.wrapping_add(1);
+            let f = flags(NLM_F_CREATE | NLM_F_APPEND);
+            let mut m = msg(ty(NFT_MSG_NEWRULE), f, n, NFPROTO_INET, 0);
+            m.attr(NFTA_RULE_TABLE, &c_name(table));
+            m.attr(NFTA_RULE_CHAIN, &c_name(chain));
+            m.attr(NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, &r.exprs);
+            if let Some(u) = &r.userdata {
+                m.attr(NFTA_RULE_USERDATA, u);
+            }
+            out.extend_from_slice(&m.finish());
+        }
+    }
+    for change in changes {
+        n = n.wrapping_add(1);
+        let ack = flags(0) & NLM_F_ACK != 0;
+        out.extend_from_slice(&change_message(table, n, change, ack));
+    }
+    out.extend_from_slice(&batch_frame(false, n.wrapping_add(1)));
+    (out, n)
+}
+
+/// What a copy did: the transactions that committed and how many of the
+/// links it was given it loaded (the first ones: transactions go in
+/// order), and why it stopped if it did.
+pub(super) struct Copied {
+    pub commits: u32,
+    pub done: usize,
+    pub error: Option<String>,
+}
+
+impl Nft {
+    /// Chain `which` of the links at `to` (places in `targets`) loaded with
+    /// the rules the kernel holds in link `from`'s, which one of our runs
+    /// loaded just before from the same statements; with `lock`, their keys
+    /// join the `locked_` sets in the same transactions.
+    pub(super) fn copy_chain(
+        &mut self,
+        which: Loaded,
+        from: usize,
+        to: &[usize],
+        lock: bool,
+    ) -> Copied {
+        let chain = |nft: &Nft, i: usize| format!("{}{}", which.prefix(), nft.targets[i].name);
+        let mut out = Copied {
+            commits: 0,
+            done: 0,
+            error: None,
+        };
+        self.seq = self.seq.wrapping_add(4);
+        let rules = match chain::compiled(&self.table, &chain(self, from), self.seq) {
+            Ok(r) if r.is_empty() => Err("the chain copied from is empty".to_string()),
+            r => r,
+        };
+        let rules = match rules {
+            Ok(r) => r,
+            Err(e) => {
+                out.error = Some(e);
+                return out;
+            }
+        };
+        let longest = (to.iter().map(|&i| chain(self, i)))
+            .max_by_key(String::len)
+            .unwrap_or_default();
+        let per = chains_a_transaction(&self.table, &longest, &rules);
+        for part in to.chunks(per) {
+            let chains: Vec<String> = part.iter().map(|&i| chain(self, i)).collect();
+            let mut keys: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+            if lock {
+                for kind in crate::ruleset::nft::dispatch::Kind::ALL {
+                    let mut b: Vec<Vec<u8>> = part
+                        .iter()
+                        .flat_map(|&i| self.known[i].keys.bytes(kind))
+                        .collect();
+                    b.sort_unstable();
+                    b.dedup();
+                    if !b.is_empty() {
+                        keys.push((kind.locked_set(), b));
+                    }
+                }
+            }
+            let slices: Vec<(&str, Vec<&[u8]>)> = (keys.iter())
+                .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
+                .collect();
+            let changes: Vec<Change<'_>> = (slices.iter())
+                .map(|(set, b)| Change::Add(set, b, None))
+                .collect();
+            self.seq = self.seq.wrapping_add(4);
+            let (bytes, last) = batch(&self.table, self.seq, &chains, &rules, &changes);
+            let what = format!("copy {} into {} chains", chain(self, from), chains.len());
+            crate::log::debug(format_args!("fw: netlink: {what} ({} bytes)", bytes.len()));
+            let r = netlink::transact_built(&bytes, self.seq, last, &what);
+            self.seq = last.wrapping_add(1);
+            if let Err(e) = r {
+                out.error = Some(e);
+                return out;
+            }
+            out.commits += 1;
+            out.done += part.len();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parent::wg::linux::messages;
+
+    fn expr(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut e = nla(NFTA_EXPR_NAME, &c_name(name));
+        e.extend(nla(NFTA_EXPR_DATA | NLA_F_NESTED, data));
+        nla(NFTA_LIST_ELEM | NLA_F_NESTED, &e)
+    }
+
+    fn verdict(code: i32, chain: Option<&str>) -> Vec<u8> {
+        let mut v = nla(NFTA_VERDICT_CODE, &code.to_be_bytes());
+        if let Some(c) = chain {
+            v.extend(nla(NFTA_VERDICT_CHAIN, &c_name(c)));
+        }
+        let data = nla(NFTA_DATA_VERDICT | NLA_F_NESTED, &v);
+        let mut d = nla(1, &0u32.to_be_bytes());
+        d.extend(nla(NFTA_IMMEDIATE_DATA | NLA_F_NESTED, &data));
+        expr("immediate", &d)
+    }
+
+    fn counter(packets: u64) -> Vec<u8> {
+        let mut d = nla(1, &(packets * 100).to_be_bytes());
+        d.extend(nla(2, &packets.to_be_bytes()));
+        expr("counter", &d)
+    }
+
+    fn rule(exprs: &[Vec<u8>], comment: Option<&[u8]>) -> Vec<(u16, Vec<u8>)> {
+        let mut r = vec![
+            (NFTA_RULE_TABLE, c_name("qkdpfd")),
+            (NFTA_RULE_CHAIN, c_name("lock_a")),
+            (NFTA_RULE_EXPRESSIONS, exprs.concat()),
+        ];
+        if let Some(c) = comment {
+            r.push((NFTA_RULE_USERDATA, c.to_vec()));
+        }
+        r
+    }
+
+    fn of(r: &[(u16, Vec<u8>)]) -> Result<Compiled, String> {
+        let a: Vec<(u16, &[u8])> = r.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+        Compiled::of_rule(&a)
+    }
+
+    #[test]
+    fn a_rule_is_copied_byte_for_byte_but_its_counts() {
+        let cmp = expr("cmp", &nla(1, &1u32.to_be_bytes()));
+        let drop = verdict(0, None);
+        let c = of(&rule(
+            &[counter(7), cmp.clone(), drop.clone()],
+            Some(b"\0\x05tag\0"),
+        ))
+        .unwrap();
+        let bare = nla(
+            NFTA_LIST_ELEM | NLA_F_NESTED,
+            &nla(NFTA_EXPR_NAME, &c_name("counter")),
+        );
+        assert_eq!(c.exprs, [bare, cmp, drop].concat());
+        assert_eq!(c.userdata.as_deref(), Some(&b"\0\x05tag\0"[..]));
+    }
+
+    #[test]
+    fn sets_chains_and_state_are_not_copied() {
+        for (e, why) in [
+            (expr("lookup", &nla(1, &c_name("__set0"))), "\"lookup\""),
+            (expr("limit", &nla(1, &1u64.to_be_bytes())), "\"limit\""),
+            (expr("dynset", &[]), "\"dynset\""),
+            (expr("match", &[]), "\"match\""),
+            (verdict(NFT_JUMP, Some("link_b")), "names a chain"),
+            (verdict(NFT_GOTO, None), "names a chain"),
+            (verdict(0, Some("x")), "names a chain"),
+            (
+                expr("ct", &nla(NFTA_CT_SREG, &1u32.to_be_bytes())),
+                "writes",
+            ),
+        ] {
+            let accept = verdict(1, None);
+            let e = of(&rule(&[accept, e], None)).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        // A ct that reads, a verdict without a chain: copied.
+        let ct = expr("ct", &nla(1, &1u32.to_be_bytes()));
+        assert!(of(&rule(&[ct, verdict(1, None)], None)).is_ok());
+    }
+
+    #[test]
+    fn a_batch_empties_each_chain_then_appends_and_asks_one_ack() {
+        let c = of(&rule(&[verdict(0, None)], Some(b"\0\x03ab\0"))).unwrap();
+        let chains = ["lock_a".to_string(), "lock_b".to_string()];
+        let key: &[u8] = &[1, 2, 3, 4];
+        let keys = [key];
+        let changes = [Change::Add("locked_4", &keys, None)];
+        let (b, last) = batch("qkdpfd", 100, &chains, &[c.clone(), c], &changes);
+        assert_eq!(last, 107);
+        let m = messages(&b).unwrap();
+        let types: Vec<u16> = m.iter().map(|m| m.ty & 0xff).collect();
+        assert_eq!(types, [0x10, 8, 6, 6, 8, 6, 6, 12, 0x11]);
+        let seqs: Vec<u32> = m.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (100..=108).collect::<Vec<u32>>());
+        for (i, m) in m.iter().enumerate() {
+            let acked = m.flags & NLM_F_ACK != 0;
+            assert_eq!(acked, m.seq == last, "message {i}");
+        }
+        // DELRULE names its table and chain, and no rule.
+        let del = attrs(&m[1].payload[4..]).unwrap();
+        assert_eq!(
+            del,
+            [
+                (NFTA_RULE_TABLE, &b"qkdpfd\0"[..]),
+                (NFTA_RULE_CHAIN, &b"lock_a\0"[..])
+            ]
+        );
+        // NEWRULE appends to the chain with the expressions and comment.
+        assert_eq!(m[2].flags, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND);
+        let new = attrs(&m[5].payload[4..]).unwrap();
+        assert_eq!(new[1], (NFTA_RULE_CHAIN, &b"lock_b\0"[..]));
+        assert_eq!(new[2].0, NFTA_RULE_EXPRESSIONS);
+        assert_eq!(new[3], (NFTA_RULE_USERDATA, &b"\0\x03ab\0"[..]));
+        assert_eq!(m[0].payload[2..4], NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    }
+
+    #[test]
+    fn a_transaction_stays_within_its_bounds() {
+        let c = of(&rule(&[verdict(0, None)], Some(&[0; 40]))).unwrap();
+        assert_eq!(
+            chains_a_transaction("qkdpfd", "lock_a", std::slice::from_ref(&c)),
+            LINKS_A_TRANSACTION
+        );
+        let big = vec![c; 100];
+        let n = chains_a_transaction("qkdpfd", "lock_a", &big);
+        let chains: Vec<String> = (0..n).map(|i| format!("lock_{i:05}")).collect();
+        let (b, _) = batch("qkdpfd", 1, &chains, &big, &[]);
+        assert!(
+            n < LINKS_A_TRANSACTION && b.len() <= BYTES_A_TRANSACTION,
+            "{n} {}",
+            b.len()
+        );
+    }
+}
