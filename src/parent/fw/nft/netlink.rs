@@ -651,5 +651,25 @@ mod tests {
         assert!(e.starts_with("set locked_dr: No such file"), "{e}");
         let mut q = vec![ack(11, 0)];
         assert!(await_acks(10, 1, "x", |b| feed(&mut q, b)).is_ok());
+        // A commit that failed: an error for the begin, then each ACK.
+        let mut q = vec![ack(10, -libc::ENOMEM), ack(11, 0), ack(12, 0)];
+        let e = await_acks(10, 2, "x", |b| feed(&mut q, b)).unwrap_err();
+        assert!(e.contains("memory"), "{e}");
+        // Only the last asks for an ACK: done at it, failed at any error
+        // of the batch (the begin's included) before it.
+        let mut q = vec![ack(9, -1), ack(15, 0)];
+        assert!(await_last(10, 15, "x", |b| feed(&mut q, b)).is_ok());
+        for bad in [10, 12, 15] {
+            let mut q = vec![ack(bad, -libc::ENOENT), ack(15, 0)];
+            assert!(
+                await_last(10, 15, "x", |b| feed(&mut q, b)).is_err(),
+                "{bad}"
+            );
+        }
+        // Sequence numbers that wrap.
+        let mut q = vec![ack(1, 0)];
+        assert!(await_last(u32::MAX - 1, 1, "x", |b| feed(&mut q, b)).is_ok());
+        let mut q = vec![ack(0, -libc::ENOENT), ack(1, 0)];
+        assert!(await_last(u32::MAX - 1, 1, "x", |b| feed(&mut q, b)).is_err());
     }
 }
