@@ -237,6 +237,12 @@ pub fn transact(table: &str, seq: u32, changes: &[Change<'_>], what: &str) -> Re
     })
 }
 
+/// Raises this thread's socket's send buffer towards `bytes`; the largest
+/// batch it now takes (Linux; an error elsewhere).
+pub fn raise_send_buffer(bytes: usize) -> Result<usize, String> {
+    with_socket(|nl| nl.raise_sndbuf(bytes).map_err(|e| e.to_string()))
+}
+
 /// Sends a batch built whole by the caller (see [`await_last`]) and waits
 /// until it is committed (Linux; an error elsewhere).
 pub fn transact_built(batch: &[u8], seq: u32, last: u32, what: &str) -> Result<(), String> {

@@ -694,6 +694,30 @@ pub(crate) mod sys {
             }
         }
 
+        /// Raises the send buffer to `bytes` where root may (a batch goes
+        /// to the kernel in one datagram, which it bounds); returns the
+        /// largest datagram it now takes.
+        pub fn raise_sndbuf(&self, bytes: usize) -> Result<usize, WgError> {
+            let fd = self.fd.as_raw_fd();
+            let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+            let mut int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: ints of the stated length. FORCE passes the wmem_max
+            // cap for CAP_NET_ADMIN; without it the plain option is capped.
+            unsafe {
+                let p = (&size as *const libc::c_int).cast();
+                if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, p, int_len) < 0 {
+                    libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, p, int_len);
+                }
+                let mut now: libc::c_int = 0;
+                let q = (&mut now as *mut libc::c_int).cast();
+                if libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, q, &mut int_len) < 0 {
+                    return Err(io("getsockopt"));
+                }
+                // netlink_sendmsg refuses a datagram over sk_sndbuf - 32.
+                Ok(usize::try_from(now).unwrap_or(0).saturating_sub(32))
+            }
+        }
+
         /// Joins multicast `group` of the socket's protocol (the kernel's
         /// notifications, e.g. nf_tables' NFNLGRP_NFTABLES), with a receive
         /// buffer of `rcvbuf` bytes where root may set one that large.
@@ -781,6 +805,9 @@ pub(crate) mod sys {
         }
         pub fn discard_pending(&self) -> Result<(), WgError> {
             Err(WgError::Io("linux backend on non-Linux".into()))
+        }
+        pub fn raise_sndbuf(&self, _: usize) -> Result<usize, WgError> {
+            Err(WgError::Io("netlink on non-Linux".into()))
         }
         pub fn subscribe(&self, _: u32, _: usize) -> Result<(), WgError> {
             Err(WgError::Io("netlink on non-Linux".into()))
