@@ -68,6 +68,9 @@ pub struct Nft {
     pending: BTreeMap<usize, Arc<str>>,
     /// `settle` left some of `pending` for the loop's next turn.
     settling: bool,
+    /// Rules the kernel compiled for statements lately, for copies
+    /// ([`copy`]).
+    compiled: copy::Kept,
     /// The guard table may exist (a guard set by us, or left by an earlier
     /// run): read-backs list it too.
     guard_may_exist: bool,
@@ -159,6 +162,7 @@ impl Nft {
             known: Vec::new(),
             pending: BTreeMap::new(),
             settling: false,
+            compiled: Default::default(),
             guard_may_exist: true,
             alive: None,
             seq: 0,
@@ -567,24 +571,32 @@ impl Nft {
         let others = self.open_others(name, ruleset);
         let me = self.index(name);
         let mut loaded: Vec<(usize, Loaded)> = me.map(|i| (i, Loaded::Link)).into_iter().collect();
-        let (Some(i), false) = (me, others.is_empty()) else {
+        let Some(i) = me else {
             self.run(what, &own)?;
             self.reverify(&loaded, 1);
             return Ok(());
         };
-        let many = format!(
-            "{what}, and the open rules of {} locked links",
-            others.len()
-        );
+        let alone = others.is_empty();
+        let many = match alone {
+            true => what.to_string(),
+            false => format!(
+                "{what}, and the open rules of {} locked links",
+                others.len()
+            ),
+        };
         let places: Vec<usize> = others.iter().map(|l| l.place).collect();
         let mut loads = vec![batch::Load {
             place: i,
             stmts,
             script: own.clone(),
+            keys: Some(Enforcement::Open),
         }];
         loads.extend(others);
-        let done = self.load_chains(&many, Loaded::Link, loads, false);
+        let done = self.load_chains(&many, Loaded::Link, loads);
         if done.failed.contains(&i) {
+            if let (true, Some(e)) = (alone, done.error) {
+                return Err(e);
+            }
             self.run(what, &own)?;
             self.reverify(&loaded, 1);
             return Ok(());
@@ -652,6 +664,7 @@ impl Firewall for Nft {
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.known.clear();
         self.pending.clear();
+        self.compiled.clear();
         self.texts.forget_unheld();
         self.site_flip = None;
         self.source_flip = None;
@@ -759,11 +772,28 @@ impl Firewall for Nft {
                 if let Some(k) = self.known_mut(&link.name) {
                     k.lock_loaded = true;
                 }
-                self.run(&what, &lock_script(&self.table, link, &keys, &stmts))?;
+                let script = lock_script(&self.table, link, &keys, &stmts);
+                // Copied where the text was compiled lately: no process.
+                let commits = match i {
+                    Some(place) => {
+                        let load = batch::Load {
+                            place,
+                            stmts,
+                            script,
+                            keys: Some(Enforcement::Lockdown),
+                        };
+                        let done = self.load_chains(&what, Loaded::Lock, vec![load]);
+                        if let Some(e) = done.error {
+                            return Err(e);
+                        }
+                        done.commits
+                    }
+                    None => self.run(&what, &script).map(|_| 1)?,
+                };
                 keep(self, opened, Some(text));
                 let loaded: Vec<(usize, Loaded)> =
                     i.map(|i| (i, Loaded::Lock)).into_iter().collect();
-                self.reverify(&loaded, 1);
+                self.reverify(&loaded, commits);
             }
         }
         Ok(())

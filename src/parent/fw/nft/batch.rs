@@ -27,6 +27,9 @@
 //! parent's loop busy for seconds after the first rounds.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::copy::Compiled;
 
 use super::netlink::Change;
 use super::readback::Holds;
@@ -51,11 +54,14 @@ pub(super) const LINKS_A_RUN: usize = 2048;
 pub(super) type Locked = HashMap<Kind, HashSet<Vec<u8>>>;
 
 /// One link's chain to load: its place in `targets`, the statements it is
-/// to hold and the script that loads them.
+/// to hold, the script that loads them and what that script does to the
+/// link's keys (a lockdown adds them to the `locked_` sets, an open takes
+/// them out, a preload leaves them).
 pub(super) struct Load {
     pub place: usize,
     pub stmts: Vec<String>,
     pub script: String,
+    pub keys: Option<Enforcement>,
 }
 
 /// How [`Nft::load_chains`] went: our transactions that committed, and the
@@ -143,6 +149,7 @@ impl Nft {
                     place: i,
                     stmts,
                     script,
+                    keys: None,
                 });
             }
         }
@@ -203,6 +210,7 @@ impl Nft {
                         place: i,
                         stmts,
                         script,
+                        keys: None,
                     });
                     loading.push((i, ruleset));
                 }
@@ -217,7 +225,7 @@ impl Nft {
             (k.staged, k.lock_loaded) = (None, true);
         }
         let what = format!("preload lockdown rules for {} links", loading.len());
-        let done = self.load_chains(&what, Loaded::Lock, loads, false);
+        let done = self.load_chains(&what, Loaded::Lock, loads);
         let mut loaded: Vec<(usize, Loaded)> = Vec::new();
         let mut failed = Vec::new();
         for (i, ruleset) in loading {
@@ -350,6 +358,7 @@ impl Nft {
                         place: i,
                         stmts,
                         script,
+                        keys: Some(Enforcement::Lockdown),
                     });
                     loading.push((n, i));
                 }
@@ -367,7 +376,7 @@ impl Nft {
                 opened.push(k.opened.take());
             }
             let what = format!("load lockdown rules for {} links", loading.len());
-            let done = self.load_chains(&what, Loaded::Lock, loads, true);
+            let done = self.load_chains(&what, Loaded::Lock, loads);
             let text = self.texts.of(ruleset);
             let mut loaded: Vec<(usize, Loaded)> = Vec::new();
             for (&(n, i), was) in loading.iter().zip(opened) {
@@ -458,49 +467,86 @@ impl Nft {
         Ok(())
     }
 
-    /// Loads chain `which` of each of `loads`: one nft run of the first
-    /// link of each group whose statements are equal, then the others'
-    /// chains copied from it over netlink ([`super::copy`]), with their
-    /// keys joining the `locked_` sets when `lock` (as their own scripts
-    /// would add them); a group that cannot be copied goes to a second
-    /// run of its links' own scripts.
-    pub(super) fn load_chains(
-        &mut self,
-        what: &str,
-        which: Loaded,
-        loads: Vec<Load>,
-        lock: bool,
-    ) -> Loads {
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    /// Loads chain `which` of each of `loads`. Links whose statements are
+    /// equal form a group: a group whose rules were compiled lately is
+    /// copied ([`super::copy`]), with no nft run; of every other group, the
+    /// first link's script goes to one nft run and the others' chains are
+    /// then copies of its chain. A copy also does to its link's keys what
+    /// the link's script would. Links that could not be copied go to a
+    /// second run of their own scripts.
+    pub(super) fn load_chains(&mut self, what: &str, which: Loaded, loads: Vec<Load>) -> Loads {
+        struct Group {
+            first: usize,
+            others: Vec<usize>,
+            kept: Option<Arc<[Compiled]>>,
+        }
+        let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<&[String], usize> = HashMap::new();
-        let mut script = String::new();
         for (n, l) in loads.iter().enumerate() {
             match group_of.get(l.stmts.as_slice()) {
-                Some(&g) => groups[g].1.push(n),
+                Some(&g) => groups[g].others.push(n),
                 None => {
                     group_of.insert(&l.stmts, groups.len());
-                    groups.push((n, Vec::new()));
-                    script.push_str(&l.script);
+                    let kept = self.kept(which, &l.stmts);
+                    groups.push(Group {
+                        first: n,
+                        others: Vec::new(),
+                        kept,
+                    });
                 }
             }
         }
-        let places = |ns: &[usize]| -> Vec<usize> { ns.iter().map(|&n| loads[n].place).collect() };
-        if let Err(e) = self.run_many(what, &script, groups.len()) {
-            return Loads {
-                commits: 0,
-                failed: loads.iter().map(|l| l.place).collect(),
-                error: Some(e),
-            };
+        let script: String = (groups.iter())
+            .filter(|g| g.kept.is_none())
+            .map(|g| loads[g.first].script.as_str())
+            .collect();
+        let mut commits = 0;
+        if !script.is_empty() {
+            let compiled = groups.iter().filter(|g| g.kept.is_none()).count();
+            if let Err(e) = self.run_many(what, &script, compiled) {
+                return Loads {
+                    commits: 0,
+                    failed: loads.iter().map(|l| l.place).collect(),
+                    error: Some(e),
+                };
+            }
+            commits = 1;
         }
-        let mut commits = 1;
         let mut left: Vec<usize> = Vec::new();
-        for (first, others) in groups.iter().filter(|(_, o)| !o.is_empty()) {
-            let copied = self.copy_chain(which, loads[*first].place, &places(others), lock);
+        for g in groups {
+            let (rules, to) = match g.kept {
+                Some(rules) => {
+                    let mut all = vec![g.first];
+                    all.extend(g.others);
+                    (Ok(rules), all)
+                }
+                None if g.others.is_empty() => continue,
+                None => {
+                    let first = &loads[g.first];
+                    (
+                        self.compiled_from(which, first.place, &first.stmts),
+                        g.others,
+                    )
+                }
+            };
+            let rules = match rules {
+                Ok(r) => r,
+                Err(e) => {
+                    crate::log::debug(format_args!("fw: {what}: copies left to nft: {e}"));
+                    left.extend(to);
+                    continue;
+                }
+            };
+            let targets: Vec<(usize, Option<Enforcement>)> = to
+                .iter()
+                .map(|&n| (loads[n].place, loads[n].keys))
+                .collect();
+            let copied = self.copy_rules(which, &rules, &targets);
             commits += copied.commits;
             if let Some(e) = copied.error {
                 crate::log::debug(format_args!("fw: {what}: copies left to nft: {e}"));
             }
-            left.extend(&others[copied.done..]);
+            left.extend(&to[copied.done..]);
         }
         if left.is_empty() {
             return Loads {
@@ -519,7 +565,7 @@ impl Nft {
             },
             Err(e) => Loads {
                 commits,
-                failed: places(&left).into_iter().collect(),
+                failed: left.iter().map(|&n| loads[n].place).collect(),
                 error: Some(e),
             },
         }

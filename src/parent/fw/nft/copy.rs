@@ -10,17 +10,27 @@
 //! statements are the same text, nft would compile them to the same rules:
 //! it compiles the first link's, and the others get that chain's rules as
 //! the kernel holds them (an NFT_MSG_GETRULE dump, `chain.rs`), each
-//! chain's old rules deleted and the copies appended in one transaction.
+//! chain's old rules deleted and the copies appended, with the keys the
+//! link's own script would have changed, in one transaction where the
+//! socket's send buffer takes it (every transaction that adds a rule with a
+//! verdict makes the kernel validate the whole table at its commit). The
+//! rules are kept a short while ([`Kept`]): a load of the same statements
+//! meanwhile (the next 2,048 links of a re-application, one link's slow
+//! lockdown) is a copy with no nft run at all.
 //!
 //! Only rules every expression of which is in [`COPIED`] are copied: those
 //! re-create exactly from their dump, hold no state a copy would share or
 //! lose (a counter starts again at zero) and name no set, chain or object
-//! (an anonymous set belongs to the rule that uses it, a `jump` would make
-//! the kernel re-validate the table). Any other rule sends its group to
-//! `nft -f`. What a copy loaded is read back as any load of ours is.
+//! (an anonymous set belongs to the rule that uses it, a jump names a
+//! chain). Any other rule sends its group to `nft -f`. What a copy loaded
+//! is read back as any load of ours is.
 //!
 //! The builders are pure and tested with bytes everywhere; only the socket
 //! is Linux-only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::chain::{
     NFT_MSG_NEWRULE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
@@ -31,7 +41,9 @@ use super::netlink::{
 };
 use super::reverify::Loaded;
 use super::{Nft, chain, netlink};
+use crate::lock::Enforcement;
 use crate::parent::wg::linux::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attrs, c_name};
+use crate::ruleset::nft::dispatch::Kind;
 
 const NFT_MSG_DELRULE: u16 = 8;
 const NLM_F_CREATE: u16 = 0x400;
@@ -262,6 +274,41 @@ pub fn batch(
     (out, n)
 }
 
+/// Compiled rules kept per chain kind and statements, each with when it
+/// was read. Kept a short while only: nft resolves some words when it
+/// compiles (an interface's index for `meta iif`, a user's id, a host
+/// name), and a copy must not carry a resolution older than a load of ours
+/// around it would.
+#[derive(Default)]
+pub(super) struct Kept(HashMap<Text, (Instant, Arc<[Compiled]>)>);
+
+/// A chain kind and the statements it holds.
+type Text = (Loaded, Vec<String>);
+
+/// How long compiled rules are kept, and how many texts at most.
+const KEPT_FOR: Duration = Duration::from_secs(30);
+const TEXTS_KEPT: usize = 16;
+
+impl Kept {
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn get(&self, which: Loaded, stmts: &[String]) -> Option<Arc<[Compiled]>> {
+        let (at, rules) = self.0.get(&(which, stmts.to_vec()))?;
+        (at.elapsed() < KEPT_FOR).then(|| rules.clone())
+    }
+
+    fn keep(&mut self, which: Loaded, stmts: &[String], rules: Arc<[Compiled]>) {
+        self.0.retain(|_, (at, _)| at.elapsed() < KEPT_FOR);
+        if self.0.len() >= TEXTS_KEPT {
+            self.0.clear();
+        }
+        self.0
+            .insert((which, stmts.to_vec()), (Instant::now(), rules));
+    }
+}
+
 /// What a copy did: the transactions that committed and how many of the
 /// links it was given it loaded (the first ones: transactions go in
 /// order), and why it stopped if it did.
@@ -272,16 +319,39 @@ pub(super) struct Copied {
 }
 
 impl Nft {
-    /// Chain `which` of the links at `to` (places in `targets`) loaded with
-    /// the rules the kernel holds in link `from`'s, which one of our runs
-    /// loaded just before from the same statements; with `lock`, their keys
-    /// join the `locked_` sets in the same transactions.
-    pub(super) fn copy_chain(
+    /// Rules kept for chain `which` holding `stmts`, compiled lately.
+    pub(super) fn kept(&self, which: Loaded, stmts: &[String]) -> Option<Arc<[Compiled]>> {
+        self.compiled.get(which, stmts)
+    }
+
+    /// The rules the kernel holds in chain `which` of the link at `from`,
+    /// which one of our runs loaded just before from `stmts`; kept for the
+    /// next loads of the same statements.
+    pub(super) fn compiled_from(
         &mut self,
         which: Loaded,
         from: usize,
-        to: &[usize],
-        lock: bool,
+        stmts: &[String],
+    ) -> Result<Arc<[Compiled]>, String> {
+        let chain = format!("{}{}", which.prefix(), self.targets[from].name);
+        self.seq = self.seq.wrapping_add(4);
+        let rules: Arc<[Compiled]> = chain::compiled(&self.table, &chain, self.seq)?.into();
+        if rules.is_empty() {
+            return Err(format!("{chain} is empty"));
+        }
+        self.compiled.keep(which, stmts, rules.clone());
+        Ok(rules)
+    }
+
+    /// Chain `which` of each link at `to` (its place in `targets`, and what
+    /// its load does to its keys: a lockdown adds them to the `locked_`
+    /// sets, an open takes them out, a preload leaves them) given `rules`,
+    /// in as few transactions as the socket's send buffer allows.
+    pub(super) fn copy_rules(
+        &mut self,
+        which: Loaded,
+        rules: &[Compiled],
+        to: &[(usize, Option<Enforcement>)],
     ) -> Copied {
         let chain = |nft: &Nft, i: usize| format!("{}{}", which.prefix(), nft.targets[i].name);
         let mut out = Copied {
@@ -289,50 +359,49 @@ impl Nft {
             done: 0,
             error: None,
         };
-        self.seq = self.seq.wrapping_add(4);
-        let rules = match chain::compiled(&self.table, &chain(self, from), self.seq) {
-            Ok(r) if r.is_empty() => Err("the chain copied from is empty".to_string()),
-            r => r,
-        };
-        let rules = match rules {
-            Ok(r) => r,
-            Err(e) => {
-                out.error = Some(e);
-                return out;
-            }
-        };
-        let longest = (to.iter().map(|&i| chain(self, i)))
+        let longest = (to.iter().map(|&(i, _)| chain(self, i)))
             .max_by_key(String::len)
             .unwrap_or_default();
         let budget = netlink::raise_send_buffer(SEND_BUFFER).unwrap_or(SMALL_TRANSACTION);
-        // A link's keys: an element of up to 16 bytes of key a few times.
-        let keys = if lock { 3 * 40 } else { 0 };
-        let per = chains_a_transaction(&self.table, &longest, &rules, keys, budget);
+        // A link's keys, twice for an open: an element of up to 16 bytes of
+        // key a few times.
+        let keys = match to.iter().any(|(_, k)| k.is_some()) {
+            true => 2 * 3 * 40,
+            false => 0,
+        };
+        let per = chains_a_transaction(&self.table, &longest, rules, keys, budget);
         for part in to.chunks(per) {
-            let chains: Vec<String> = part.iter().map(|&i| chain(self, i)).collect();
-            let mut keys: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
-            if lock {
-                for kind in crate::ruleset::nft::dispatch::Kind::ALL {
-                    let mut b: Vec<Vec<u8>> = part
-                        .iter()
-                        .flat_map(|&i| self.known[i].keys.bytes(kind))
+            let chains: Vec<String> = part.iter().map(|&(i, _)| chain(self, i)).collect();
+            // Per key change (add; add then delete), per kind: the keys.
+            let mut keys: Vec<(bool, String, Vec<Vec<u8>>)> = Vec::new();
+            for (state, delete) in [(Enforcement::Lockdown, false), (Enforcement::Open, true)] {
+                for kind in Kind::ALL {
+                    let mut b: Vec<Vec<u8>> = (part.iter())
+                        .filter(|(_, k)| *k == Some(state))
+                        .flat_map(|&(i, _)| self.known[i].keys.bytes(kind))
                         .collect();
                     b.sort_unstable();
                     b.dedup();
                     if !b.is_empty() {
-                        keys.push((kind.locked_set(), b));
+                        keys.push((delete, kind.locked_set(), b));
                     }
                 }
             }
-            let slices: Vec<(&str, Vec<&[u8]>)> = (keys.iter())
-                .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
+            let slices: Vec<(bool, &str, Vec<&[u8]>)> = (keys.iter())
+                .map(|(d, set, b)| (*d, set.as_str(), b.iter().map(Vec::as_slice).collect()))
                 .collect();
-            let changes: Vec<Change<'_>> = (slices.iter())
-                .flat_map(|(set, b)| b.chunks(KEYS_A_MESSAGE).map(|c| Change::Add(set, c, None)))
-                .collect();
+            // An open's keys are added, then deleted: a delete of a key
+            // that is not there would fail the transaction.
+            let mut changes: Vec<Change<'_>> = Vec::new();
+            for (_, set, b) in &slices {
+                changes.extend(b.chunks(KEYS_A_MESSAGE).map(|c| Change::Add(set, c, None)));
+            }
+            for (_, set, b) in slices.iter().filter(|(d, _, _)| *d) {
+                changes.extend(b.chunks(KEYS_A_MESSAGE).map(|c| Change::Delete(set, c)));
+            }
             self.seq = self.seq.wrapping_add(4);
-            let (bytes, last) = batch(&self.table, self.seq, &chains, &rules, &changes);
-            let what = format!("copy {} into {} chains", chain(self, from), chains.len());
+            let (bytes, last) = batch(&self.table, self.seq, &chains, rules, &changes);
+            let what = format!("copy {} rules into {} chains", rules.len(), chains.len());
             crate::log::debug(format_args!("fw: netlink: {what} ({} bytes)", bytes.len()));
             let r = netlink::transact_built(&bytes, self.seq, last, &what);
             self.seq = last.wrapping_add(1);

@@ -22,7 +22,7 @@ use super::readback::{self, Chain, Ends, Holds, OwnedEnds};
 use crate::parent::fw::{Observed, Readback};
 
 /// Which of a link's chains one of our runs loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Loaded {
     /// `link_<l>`, the open text.
     Link,
