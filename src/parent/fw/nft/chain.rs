@@ -159,16 +159,6 @@ pub fn rules(table: &str, chain: &str, seq: u32) -> Result<Vec<Rule>, String> {
     Ok(out)
 }
 
-/// Every rule of `inet <table>`, handed to `each` with its chain's name
-/// (each chain's rules in order), read from the kernel in one dump
-/// (Linux): at 10,000 links far cheaper than a dump per chain, and nothing
-/// is kept that `each` does not keep.
-pub fn table_rules(table: &str, seq: u32, mut each: impl FnMut(&str, Rule)) -> Result<(), String> {
-    request(&request_of(table, None, seq), |b| {
-        Ok(parse_each(b, seq, &mut each)?.then_some(()))
-    })
-}
-
 /// One expression as the judges read `nft -j`: a counter, the verdict
 /// `drop`, or something else (named, never mistaken for either).
 fn expression(e: &[u8]) -> Result<Expr, String> {

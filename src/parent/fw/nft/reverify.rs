@@ -8,17 +8,17 @@
 //! (which loads the open text of every locked link) or preload did so.
 //!
 //! When the run (and the copies after it) were the only transactions
-//! since the verified listing, what they could have changed is known: the chains it loaded and the keys of
-//! their links in the `locked_` sets. Those are read from the kernel (a
-//! dump per chain and a lookup per key for a few links; one dump of the
-//! table's rules and one of each `locked_` set for many), each such link is
+//! since the verified listing, what they could have changed is known: the
+//! chains they loaded and the keys of their links in the `locked_` sets.
+//! Those are read from the kernel (a dump per chain; a lookup per key for
+//! a few links, one dump of each `locked_` set for more), each such link is
 //! judged again from its chains' shapes and its keys as a flip's read-back
 //! is, and the rest of the table — base chains, maps, the other chain of
 //! each link, every other link — stays as listed. Otherwise, or when
 //! anything cannot be read, nothing is kept and the next tick lists it all.
 
 use super::Nft;
-use super::readback::{self, Chain, Ends, Holds, OwnedEnds};
+use super::readback::{self, Chain, Ends, Holds};
 use crate::parent::fw::{Observed, Readback};
 
 /// Which of a link's chains one of our runs loaded.
@@ -39,8 +39,8 @@ impl Loaded {
     }
 }
 
-/// Up to this many links are read back one by one (two chain dumps and a
-/// few lookups each); more from one dump of the table's rules and sets.
+/// Up to this many links' keys are looked up one by one; more are read
+/// from one dump of each set.
 const ONE_BY_ONE: usize = 64;
 
 impl Nft {
@@ -64,11 +64,13 @@ impl Nft {
             };
             seen.push((rb.guarded, shape));
         }
-        let read = match loaded.len() <= ONE_BY_ONE {
-            true => self.chains_one_by_one(loaded),
-            false => self.chains_of_table(loaded),
+        // A dump each: 8-28 µs a chain at 10,000 links here, where one
+        // dump of the table's rules grows with every rule of the table
+        // (19-506 ms at 10,000 links, the more the fuller the link chains)
+        // and a run of ours loads 2,049 links' chains at most.
+        let Some(read) = self.chains_one_by_one(loaded) else {
+            return;
         };
-        let Some(read) = read else { return };
         let Some(holds) = self.holds_of(loaded) else {
             return;
         };
@@ -105,34 +107,6 @@ impl Nft {
             out.push(shape_of(which, Ends::of(&rules)));
         }
         Some(out)
-    }
-
-    /// The loaded chains, from one dump of every rule of the table: only
-    /// each chain's first and last rule are kept as it streams by.
-    fn chains_of_table(&mut self, loaded: &[(usize, Loaded)]) -> Option<Vec<Chain>> {
-        // Where each loaded chain's ends go, by its link's place.
-        let mut slot: Vec<[Option<usize>; 2]> = vec![[None; 2]; self.targets.len()];
-        for (n, &(i, which)) in loaded.iter().enumerate() {
-            slot[i][which as usize] = Some(n);
-        }
-        let mut ends: Vec<OwnedEnds> = loaded.iter().map(|_| OwnedEnds::default()).collect();
-        self.seq = self.seq.wrapping_add(4);
-        let targets = &self.targets;
-        super::chain::table_rules(&self.table, self.seq, |chain, rule| {
-            let place = [Loaded::Link, Loaded::Lock].into_iter().find_map(|which| {
-                let name = chain.strip_prefix(which.prefix())?;
-                let i = (targets.binary_search_by(|t| t.name.as_str().cmp(name))).ok()?;
-                slot[i][which as usize]
-            });
-            if let Some(n) = place {
-                ends[n].push(rule);
-            }
-        })
-        .ok()?;
-        let shapes = (loaded.iter().zip(&ends))
-            .map(|(&(_, which), e)| shape_of(which, e.ends()))
-            .collect();
-        Some(shapes)
     }
 
     /// Each loaded link's keys against the `locked_` sets (and a site or
