@@ -156,8 +156,8 @@ impl Nft {
         others
     }
 
-    /// Loads the lockdown chains `stage` deferred, in one run of at most
-    /// [`LINKS_A_RUN`] links (at 10,000 links all in one run
+    /// Loads the lockdown chains `stage` deferred, in one load of at most
+    /// [`LINKS_A_RUN`] links (at 10,000 links all in one nft run
     /// took ~1.4 s, which a QBER lockdown arriving then waited behind); the links
     /// whose preloading failed, with why. A link whose keys are (partly)
     /// in the `locked_` sets by now is left: its lockdown chain is in force,
@@ -332,9 +332,10 @@ impl Nft {
 
     /// [`Firewall::lock_many`]: the lockdown chains of the links that do not
     /// hold `ruleset` yet loaded, and their keys added to the `locked_`
-    /// sets, in one run; a link whose chain holds it already is a flip of
-    /// its own (`apply`). A run that fails changes nothing: its links are
-    /// then applied one by one, each locking or failing alone.
+    /// sets, in one load ([`Nft::load_chains`]: an nft run and copies); a
+    /// link whose chain holds it already is a flip of its own (`apply`). A
+    /// link the load did not lock (a run or copy that failed changes
+    /// nothing for its links) is then applied alone, locking or failing.
     pub(super) fn lock_links(
         &mut self,
         links: &[&LinkTarget],

@@ -15,7 +15,6 @@
 //! The builder and parser are pure and tested with bytes everywhere; only
 //! the socket is Linux-only.
 
-use super::copy::Compiled;
 use super::netlink::{
     NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, NLM_F_DUMP, NLMSG_DONE, msg, request,
 };
@@ -95,12 +94,12 @@ fn parse_each(buf: &[u8], seq: u32, each: &mut dyn FnMut(&str, Rule)) -> Result<
 }
 
 /// One attribute of a rule message: its type and value.
-type Attr<'a> = (u16, &'a [u8]);
+pub(super) type Attr<'a> = (u16, &'a [u8]);
 
 /// Reads one datagram of a GETRULE dump sent with `seq`, each rule's
 /// attributes handed to `each`; true once the dump is done. An error or
 /// an answer of another shape is an error.
-fn each_rule(
+pub(super) fn each_rule(
     buf: &[u8],
     seq: u32,
     each: &mut dyn FnMut(&[Attr<'_>]) -> Result<(), String>,
@@ -132,21 +131,6 @@ fn each_rule(
         each(&attrs(body).map_err(bad)?)?;
     }
     Ok(false)
-}
-
-/// The rules of `inet <table> <chain>` as the kernel compiled them, each
-/// checked to be one that a copy re-creates ([`super::copy`]); a missing
-/// chain has none.
-pub fn compiled(table: &str, chain: &str, seq: u32) -> Result<Vec<Compiled>, String> {
-    let mut out = Vec::new();
-    request(&request_bytes(table, chain, seq), |b| {
-        let done = each_rule(b, seq, &mut |a| {
-            out.push(Compiled::of_rule(a)?);
-            Ok(())
-        })?;
-        Ok(done.then_some(()))
-    })?;
-    Ok(out)
 }
 
 /// The rules of `inet <table> <chain>`, in order, read from the kernel
