@@ -32,7 +32,7 @@ pub(super) const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
 pub(super) const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
 /// The verdict register, and the verdict `drop` (NF_DROP), big endian.
 const NFT_REG_VERDICT: u32 = 0;
 const NF_DROP: u32 = 0;
@@ -168,27 +168,37 @@ fn expression(e: &[u8]) -> Result<Expr, String> {
 /// An immediate expression's data: the verdict register set to NF_DROP.
 fn is_drop(d: &[u8]) -> Result<bool, String> {
     let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
-    let a = attrs(d).map_err(bad)?;
     let be32 = |v: &[u8]| v.try_into().ok().map(u32::from_be_bytes);
-    let dreg = a.iter().find(|(t, _)| *t == NFTA_IMMEDIATE_DREG);
+    let dreg = attrs(d)
+        .map_err(bad)?
+        .into_iter()
+        .find(|(t, _)| *t == NFTA_IMMEDIATE_DREG);
     if dreg.and_then(|(_, v)| be32(v)) != Some(NFT_REG_VERDICT) {
         return Ok(false);
     }
-    let Some((_, data)) = a.iter().find(|(t, _)| *t == NFTA_IMMEDIATE_DATA) else {
+    let Some(verdict) = verdict_of(d)? else {
         return Ok(false);
     };
-    for (t, verdict) in attrs(data).map_err(bad)? {
-        if t != NFTA_DATA_VERDICT {
-            continue;
-        }
-        let code = attrs(verdict)
-            .map_err(bad)?
-            .into_iter()
-            .find(|(t, _)| *t == NFTA_VERDICT_CODE)
-            .and_then(|(_, v)| be32(v));
-        return Ok(code == Some(NF_DROP));
+    let code = verdict.into_iter().find(|(t, _)| *t == NFTA_VERDICT_CODE);
+    Ok(code.and_then(|(_, v)| be32(v)) == Some(NF_DROP))
+}
+
+/// The attributes of an immediate expression's verdict (its code, and the
+/// chain of a jump or goto), if its data is one.
+pub(super) fn verdict_of(d: &[u8]) -> Result<Option<Vec<Attr<'_>>>, String> {
+    let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
+    let a = attrs(d).map_err(bad)?;
+    let Some((_, data)) = a.into_iter().find(|(t, _)| *t == NFTA_IMMEDIATE_DATA) else {
+        return Ok(None);
+    };
+    match attrs(data)
+        .map_err(bad)?
+        .into_iter()
+        .find(|(t, _)| *t == NFTA_DATA_VERDICT)
+    {
+        Some((_, verdict)) => Ok(Some(attrs(verdict).map_err(bad)?)),
+        None => Ok(None),
     }
-    Ok(false)
 }
 
 /// The comment in a rule's user data (libnftnl's TLVs: type, length,

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::chain::{
-    NFT_MSG_NEWRULE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
-    NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
+    NFT_MSG_NEWRULE, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
+    NFTA_RULE_TABLE, NFTA_RULE_USERDATA, NFTA_VERDICT_CODE,
 };
 use super::netlink::{
     Change, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, batch_frame, change_message, msg,
@@ -48,7 +48,6 @@ use crate::ruleset::nft::dispatch::Kind;
 const NFT_MSG_DELRULE: u16 = 8;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
-const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTA_VERDICT_CHAIN_ID: u16 = 3;
 /// NFT_JUMP and NFT_GOTO, as the kernel writes them (big endian).
@@ -182,28 +181,15 @@ fn checked(list: &[u8]) -> Result<Vec<u8>, String> {
 /// Whether an immediate expression's data is a jump or goto (or names a
 /// chain at all).
 fn names_a_chain(d: &[u8]) -> Result<bool, String> {
-    let bad = |e: crate::parent::wg::WgError| format!("rule: {e}");
-    for (t, data) in attrs(d).map_err(bad)? {
-        if t != NFTA_IMMEDIATE_DATA {
-            continue;
+    let verdict = chain::verdict_of(d)?.unwrap_or_default();
+    Ok(verdict.into_iter().any(|(t, v)| match t {
+        NFTA_VERDICT_CHAIN | NFTA_VERDICT_CHAIN_ID => true,
+        NFTA_VERDICT_CODE => {
+            let code = v.try_into().ok().map(i32::from_be_bytes);
+            matches!(code, Some(NFT_JUMP | NFT_GOTO))
         }
-        for (t, verdict) in attrs(data).map_err(bad)? {
-            if t != NFTA_DATA_VERDICT {
-                continue;
-            }
-            for (t, v) in attrs(verdict).map_err(bad)? {
-                let code = v.try_into().ok().map(i32::from_be_bytes);
-                match t {
-                    NFTA_VERDICT_CHAIN | NFTA_VERDICT_CHAIN_ID => return Ok(true),
-                    NFTA_VERDICT_CODE if matches!(code, Some(NFT_JUMP | NFT_GOTO)) => {
-                        return Ok(true);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    Ok(false)
+        _ => false,
+    }))
 }
 
 /// The send buffer asked for: one datagram carries a transaction, and
@@ -434,6 +420,7 @@ impl Nft {
 
 #[cfg(test)]
 mod tests {
+    use super::super::chain::{NFTA_DATA_VERDICT, NFTA_IMMEDIATE_DATA};
     use super::*;
     use crate::parent::wg::linux::messages;
 
