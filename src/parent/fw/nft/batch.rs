@@ -19,7 +19,8 @@
 //!
 //! In a run, only the first link of each group whose statements are the
 //! same text has its chain compiled by nft: the others' are copies of it
-//! over netlink, after the run ([`super::copy`]).
+//! over netlink, after the run, and a group whose rules were compiled in
+//! the last 30 s is all copies, with no run ([`super::copy`]).
 //!
 //! And many links opened in one netlink transaction: every commit walks
 //! every chain of the network namespace in the kernel (about 0.3 ms a
@@ -30,7 +31,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::copy::Compiled;
-
 use super::netlink::Change;
 use super::readback::Holds;
 use super::reverify::Loaded;
