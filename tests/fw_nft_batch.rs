@@ -818,11 +818,12 @@ fn scripts(r: &Rig) -> String {
 
 /// Links whose statements are the same text: nft compiles the first
 /// link's chain and the others get copies of its rules over netlink, which
-/// nft lists as it lists its own; a text with a rule that is not copied (an
-/// anonymous set, a limit) goes to a second run of the others' scripts;
-/// texts that differ per link (a macro) are all compiled in the one run.
-/// Lockdowns, preloads and slow opens alike, each read back; rules compiled
-/// lately are copied again without a run.
+/// nft lists as it lists its own; rules compiled lately are copied again
+/// with no run; a text with a rule that is not copied (an anonymous set, a
+/// limit) goes to a second run of the others' scripts, and once known so,
+/// to one run whole; texts that differ per link (a macro) are all compiled
+/// in the one run. Lockdowns, preloads and slow opens alike, each read
+/// back.
 #[test]
 fn equal_texts_are_copied_and_the_rest_compiled_by_nft() {
     if !root_or_skip("equal_texts_are_copied_and_the_rest_compiled_by_nft") {
@@ -838,20 +839,27 @@ fn equal_texts_are_copied_and_the_rest_compiled_by_nft() {
             .map(|l| all_rules(&r.ns, &format!("{prefix}{}", l.name)))
             .collect()
     };
-    // Links whose chain `prefix<link>` a script gave rules to.
-    let compiled_once = |r: &Rig, prefix: &str| {
+    // Links whose chain `prefix<link>` a script gave rules to since the
+    // scripts were `from` bytes long.
+    let compiled = |r: &Rig, from: usize, prefix: &str| {
         let s = scripts(r);
+        let s = s.get(from..).unwrap_or("");
         (ls.iter())
             .filter(|l| s.contains(&format!("add rule inet qkdpfd {prefix}{} ", l.name)))
             .count()
     };
+    let mark = |r: &Rig| (runs(r, "-f"), scripts(r).len());
+
+    // Lockdowns: the first half's load compiles one chain; the second
+    // half's, right after, compiles none.
     let lock = "tcp dport 22 ct state new,established counter accept\n\
                 meta l4proto icmp log prefix \"qkd \" drop\n\
                 ip saddr 192.0.2.0/24 reject\n";
-    let before = runs(&r, "-f");
-    assert!(r.fw.lock_many(&all, lock).iter().all(Result::is_ok));
-    assert_eq!(runs(&r, "-f") - before, 1);
-    assert_eq!(compiled_once(&r, "lock_"), 1, "one link's chain compiled");
+    let (runs0, from) = mark(&r);
+    assert!(r.fw.lock_many(&all[..50], lock).iter().all(Result::is_ok));
+    assert!(r.fw.lock_many(&all[50..], lock).iter().all(Result::is_ok));
+    assert_eq!(runs(&r, "-f") - runs0, 1, "the second half ran no nft");
+    assert_eq!(compiled(&r, from, "lock_"), 1, "one link's chain compiled");
     let got = chains(&r, "lock_");
     let first_lock = got[0].clone();
     assert_eq!(got[0].len(), 3 + 2, "tag, three rules, drop: {:?}", got[0]);
@@ -866,67 +874,93 @@ fn equal_texts_are_copied_and_the_rest_compiled_by_nft() {
         assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
     }
 
-    // A slow open copies its chain into the locked links'.
+    // A slow open copies its chain into the locked links', which stay
+    // locked; their opens are flips.
     let open = "ip daddr 203.0.113.0/25 udp dport 53 accept\nmeta mark 0x10 accept\n";
-    let before = runs(&r, "-f");
+    let (runs0, from) = mark(&r);
     r.fw.apply(&ls[0], Enforcement::Open, open).unwrap();
-    assert_eq!(runs(&r, "-f") - before, 1);
-    assert_eq!(compiled_once(&r, "link_"), 1);
+    assert_eq!(runs(&r, "-f") - runs0, 1);
+    assert_eq!(compiled(&r, from, "link_"), 1);
     let got = chains(&r, "link_");
     assert!(
         got.iter().all(|c| *c == got[0] && c.len() == 3),
         "{:?}",
         got[1]
     );
-    let rest: Vec<&LinkTarget> = all[1..].to_vec();
-    assert!(r.fw.open_many(&rest, open).iter().all(Result::is_ok));
-    assert_eq!(runs(&r, "-f") - before, 1, "the other opens are flips");
+    assert_eq!(state(&mut r, &ls, "m0"), Observed::Open);
+    for l in [&ls[1], &ls[99]] {
+        // Its own two keys; the IPv6 address all share is m0's, open.
+        assert_eq!(keys_locked(&r.ns, l), 2, "{}: still locked", l.name);
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+    }
+    assert!(r.fw.open_many(&all[1..], open).iter().all(Result::is_ok));
+    assert_eq!(runs(&r, "-f") - runs0, 1, "the other opens are flips");
     for l in [&ls[1], &ls[99]] {
         assert_eq!(state(&mut r, &ls, &l.name), Observed::Open, "{}", l.name);
     }
 
-    // Not copied: an anonymous set and a limit. The first link's chain,
-    // then the others' in a second run.
-    let uncopied = "ip saddr { 192.0.2.1, 192.0.2.7 } drop\nlimit rate 5/second accept\n";
+    // Preloads: one chain compiled, the rest copied.
     for l in &ls {
-        r.fw.stage(l, Enforcement::Lockdown, uncopied).unwrap();
+        r.fw.stage(l, Enforcement::Lockdown, "ip protocol icmp counter drop")
+            .unwrap();
     }
-    let before = runs(&r, "-f");
+    let (runs0, from) = mark(&r);
     assert!(r.fw.settle().is_empty());
-    assert_eq!(runs(&r, "-f") - before, 2);
+    assert_eq!(runs(&r, "-f") - runs0, 1);
+    assert_eq!(compiled(&r, from, "lock_"), 1);
     let got = chains(&r, "lock_");
-    assert!(got[0][1].contains("192.0.2.7"), "{:?}", got[0]);
+    assert!(got[0][1].contains("icmp"), "{:?}", got[0]);
     assert!(got.iter().all(|c| *c == got[0]));
+
+    // Not copied: an anonymous set; a limit. The first link's chain, then
+    // the others' in a second run; the next load of the text, one run.
+    for uncopied in [
+        "ip saddr { 192.0.2.1, 192.0.2.7 } drop",
+        "limit rate 5/second accept",
+    ] {
+        for l in &ls {
+            r.fw.stage(l, Enforcement::Lockdown, uncopied).unwrap();
+        }
+        let (runs0, from) = mark(&r);
+        assert!(r.fw.settle().is_empty());
+        assert_eq!(runs(&r, "-f") - runs0, 2, "{uncopied}");
+        assert_eq!(compiled(&r, from, "lock_"), n as usize, "{uncopied}");
+        let got = chains(&r, "lock_");
+        assert!(
+            got.iter().all(|c| *c == got[0] && c.len() == 3),
+            "{:?}",
+            got[0]
+        );
+        for l in &ls {
+            r.fw.stage(l, Enforcement::Lockdown, "drop").unwrap();
+        }
+        assert!(r.fw.settle().is_empty());
+        for l in &ls {
+            r.fw.stage(l, Enforcement::Lockdown, uncopied).unwrap();
+        }
+        let runs0 = runs(&r, "-f");
+        assert!(r.fw.settle().is_empty());
+        assert_eq!(runs(&r, "-f") - runs0, 1, "{uncopied}: known not to copy");
+    }
 
     // A macro: a text per link, all compiled in one run.
     for l in &ls {
         r.fw.stage(l, Enforcement::Lockdown, "log prefix \"q $link \" drop")
             .unwrap();
     }
-    let before = runs(&r, "-f");
+    let runs0 = runs(&r, "-f");
     assert!(r.fw.settle().is_empty());
-    assert_eq!(runs(&r, "-f") - before, 1);
+    assert_eq!(runs(&r, "-f") - runs0, 1);
     for (l, c) in ls.iter().zip(chains(&r, "lock_")) {
         assert!(c[1].contains(&format!("\"q {} \"", l.name)), "{c:?}");
     }
-    r.fw.apply(
-        &ls[7],
-        Enforcement::Lockdown,
-        "log prefix \"q $link \" drop",
-    )
-    .unwrap();
-    assert_eq!(state(&mut r, &ls, "m7"), Observed::Locked);
 
-    // Compiled lately: a later load of the same text is a copy with no nft
-    // run, one link's slow lockdown as well; a rebuilt table forgets.
-    let before = runs(&r, "-f");
-    r.fw.apply(&ls[3], Enforcement::Lockdown, lock).unwrap();
-    assert_eq!(runs(&r, "-f"), before);
-    assert_eq!(all_rules(&r.ns, "lock_m3"), first_lock);
-    assert_eq!(state(&mut r, &ls, "m3"), Observed::Locked);
+    // A rebuilt table forgets what was compiled: one link's slow lockdown
+    // runs nft again.
     r.fw.init(&ls).unwrap();
-    let before = runs(&r, "-f");
+    let runs0 = runs(&r, "-f");
     r.fw.apply(&ls[4], Enforcement::Lockdown, lock).unwrap();
-    assert_eq!(runs(&r, "-f") - before, 1);
+    assert_eq!(runs(&r, "-f") - runs0, 1);
     assert_eq!(all_rules(&r.ns, "lock_m4"), first_lock);
+    assert_eq!(state(&mut r, &ls, "m4"), Observed::Locked);
 }

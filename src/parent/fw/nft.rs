@@ -585,6 +585,11 @@ impl Nft {
             ),
         };
         let places: Vec<usize> = others.iter().map(|l| l.place).collect();
+        // Only a success proves what their chains hold: a load that fails
+        // part way may have replaced some of them.
+        for &p in &places {
+            self.known[p].opened = None;
+        }
         let mut loads = vec![batch::Load {
             place: i,
             stmts,

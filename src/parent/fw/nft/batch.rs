@@ -28,9 +28,8 @@
 //! parent's loop busy for seconds after the first rounds.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
-use super::copy::Compiled;
+use super::copy::Rules;
 use super::netlink::Change;
 use super::readback::Holds;
 use super::reverify::Loaded;
@@ -472,14 +471,16 @@ impl Nft {
     /// equal form a group: a group whose rules were compiled lately is
     /// copied ([`super::copy`]), with no nft run; of every other group, the
     /// first link's script goes to one nft run and the others' chains are
-    /// then copies of its chain. A copy also does to its link's keys what
-    /// the link's script would. Links that could not be copied go to a
-    /// second run of their own scripts.
+    /// then copies of its chain (a group whose rules were found lately not
+    /// to copy goes to that run whole). A copy also does to its link's keys
+    /// what the link's script would. Links that could not be copied go to
+    /// a second run of their own scripts.
     pub(super) fn load_chains(&mut self, what: &str, which: Loaded, loads: Vec<Load>) -> Loads {
         struct Group {
             first: usize,
             others: Vec<usize>,
-            kept: Option<Arc<[Compiled]>>,
+            // Some(None): found lately not to copy, all to nft.
+            kept: Option<Option<Rules>>,
         }
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<&[String], usize> = HashMap::new();
@@ -497,13 +498,24 @@ impl Nft {
                 }
             }
         }
-        let script: String = (groups.iter())
-            .filter(|g| g.kept.is_none())
-            .map(|g| loads[g.first].script.as_str())
-            .collect();
+        // Compiled by nft: the first link of each group without kept rules,
+        // every link of a group found not to copy.
+        let mut script = String::new();
+        let mut compiled = 0;
+        for g in &groups {
+            let all = match g.kept {
+                Some(Some(_)) => continue,
+                Some(None) => true,
+                None => false,
+            };
+            let others = g.others.iter().filter(|_| all);
+            for &n in std::iter::once(&g.first).chain(others) {
+                script.push_str(&loads[n].script);
+                compiled += 1;
+            }
+        }
         let mut commits = 0;
         if !script.is_empty() {
-            let compiled = groups.iter().filter(|g| g.kept.is_none()).count();
             if let Err(e) = self.run_many(what, &script, compiled) {
                 return Loads {
                     commits: 0,
@@ -516,11 +528,12 @@ impl Nft {
         let mut left: Vec<usize> = Vec::new();
         for g in groups {
             let (rules, to) = match g.kept {
-                Some(rules) => {
+                Some(Some(rules)) => {
                     let mut all = vec![g.first];
                     all.extend(g.others);
                     (Ok(rules), all)
                 }
+                Some(None) => continue,
                 None if g.others.is_empty() => continue,
                 None => {
                     let first = &loads[g.first];

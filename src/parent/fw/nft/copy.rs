@@ -281,11 +281,16 @@ pub fn batch(
 /// compiles (an interface's index for `meta iif`, a user's id, a host
 /// name), and a copy must not carry a resolution older than a load of ours
 /// around it would.
+/// A text found not to copy is kept as such (None): its next loads go
+/// to nft whole, not a first link and then the rest.
 #[derive(Default)]
-pub(super) struct Kept(HashMap<Text, (Instant, Arc<[Compiled]>)>);
+pub(super) struct Kept(HashMap<Text, (Instant, Option<Rules>)>);
 
 /// A chain kind and the statements it holds.
 type Text = (Loaded, Vec<String>);
+
+/// A chain's rules as compiled, shared by the loads that copy them.
+pub(super) type Rules = Arc<[Compiled]>;
 
 /// How long compiled rules are kept, and how many texts at most.
 const KEPT_FOR: Duration = Duration::from_secs(30);
@@ -296,12 +301,12 @@ impl Kept {
         self.0.clear();
     }
 
-    fn get(&self, which: Loaded, stmts: &[String]) -> Option<Arc<[Compiled]>> {
+    fn get(&self, which: Loaded, stmts: &[String]) -> Option<Option<Rules>> {
         let (at, rules) = self.0.get(&(which, stmts.to_vec()))?;
         (at.elapsed() < KEPT_FOR).then(|| rules.clone())
     }
 
-    fn keep(&mut self, which: Loaded, stmts: &[String], rules: Arc<[Compiled]>) {
+    fn keep(&mut self, which: Loaded, stmts: &[String], rules: Option<Rules>) {
         self.0.retain(|_, (at, _)| at.elapsed() < KEPT_FOR);
         if self.0.len() >= TEXTS_KEPT {
             self.0.clear();
@@ -321,8 +326,9 @@ pub(super) struct Copied {
 }
 
 impl Nft {
-    /// Rules kept for chain `which` holding `stmts`, compiled lately.
-    pub(super) fn kept(&self, which: Loaded, stmts: &[String]) -> Option<Arc<[Compiled]>> {
+    /// Rules kept for chain `which` holding `stmts`, compiled lately:
+    /// Some(None) when they were found not to copy.
+    pub(super) fn kept(&self, which: Loaded, stmts: &[String]) -> Option<Option<Rules>> {
         self.compiled.get(which, stmts)
     }
 
@@ -334,15 +340,17 @@ impl Nft {
         which: Loaded,
         from: usize,
         stmts: &[String],
-    ) -> Result<Arc<[Compiled]>, String> {
+    ) -> Result<Rules, String> {
         let chain = format!("{}{}", which.prefix(), self.targets[from].name);
         self.seq = self.seq.wrapping_add(4);
-        let rules: Arc<[Compiled]> = compiled(&self.table, &chain, self.seq)?.into();
-        if rules.is_empty() {
-            return Err(format!("{chain} is empty"));
-        }
-        self.compiled.keep(which, stmts, rules.clone());
-        Ok(rules)
+        let rules = match compiled(&self.table, &chain, self.seq) {
+            Ok(r) if r.is_empty() => Err(format!("{chain} is empty")),
+            r => r,
+        };
+        let rules = rules.map(Arc::<[Compiled]>::from);
+        self.compiled
+            .keep(which, stmts, rules.as_ref().ok().cloned());
+        rules
     }
 
     /// Chain `which` of each link at `to` (its place in `targets`, and what
@@ -365,12 +373,19 @@ impl Nft {
             .max_by_key(String::len)
             .unwrap_or_default();
         let budget = netlink::raise_send_buffer(SEND_BUFFER).unwrap_or(SMALL_TRANSACTION);
-        // A link's keys, twice for an open: an element of up to 16 bytes of
-        // key a few times.
-        let keys = match to.iter().any(|(_, k)| k.is_some()) {
-            true => 2 * 3 * 40,
-            false => 0,
-        };
+        // The most bytes of keys a link brings, twice for an open: an
+        // element's headers and its key.
+        let keys = (to.iter().filter(|(_, k)| k.is_some()))
+            .map(|&(i, _)| {
+                let keys = &self.known[i].keys;
+                let bytes: usize = (Kind::ALL.into_iter())
+                    .flat_map(|kind| keys.bytes(kind))
+                    .map(|k| 20 + k.len())
+                    .sum();
+                2 * bytes
+            })
+            .max()
+            .unwrap_or(0);
         let per = chains_a_transaction(&self.table, &longest, rules, keys, budget);
         for part in to.chunks(per) {
             let chains: Vec<String> = part.iter().map(|&(i, _)| chain(self, i)).collect();
