@@ -41,18 +41,10 @@ const UDATA_RULE_COMMENT: u8 = 0;
 
 /// NFT_MSG_GETRULE: a dump of `inet <table> <chain>`'s rules.
 pub fn request_bytes(table: &str, chain: &str, seq: u32) -> Vec<u8> {
-    request_of(table, Some(chain), seq)
-}
-
-/// NFT_MSG_GETRULE: a dump of the rules of `inet <table>`, or of one of
-/// its chains.
-fn request_of(table: &str, chain: Option<&str>, seq: u32) -> Vec<u8> {
     let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
     let mut m = msg(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0);
     m.attr(NFTA_RULE_TABLE, &c_name(table));
-    if let Some(chain) = chain {
-        m.attr(NFTA_RULE_CHAIN, &c_name(chain));
-    }
+    m.attr(NFTA_RULE_CHAIN, &c_name(chain));
     m.finish().to_vec()
 }
 
@@ -61,22 +53,14 @@ fn request_of(table: &str, chain: Option<&str>, seq: u32) -> Vec<u8> {
 /// answer of another shape is an error: a chain we cannot read proves
 /// nothing.
 pub fn parse(buf: &[u8], seq: u32, rules: &mut Vec<Rule>) -> Result<bool, String> {
-    parse_each(buf, seq, &mut |_, r| rules.push(r))
-}
-
-/// [`parse`], each rule handed to `each` with the name of its chain (empty
-/// when the kernel did not say).
-fn parse_each(buf: &[u8], seq: u32, each: &mut dyn FnMut(&str, Rule)) -> Result<bool, String> {
     let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
     each_rule(buf, seq, &mut |a| {
         let mut rule = Rule {
             expr: Vec::new(),
             comment: None,
         };
-        let mut chain: &[u8] = &[];
         for &(t, v) in a {
             match t {
-                NFTA_RULE_CHAIN => chain = v.split(|b| *b == 0).next().unwrap_or(&[]),
                 NFTA_RULE_EXPRESSIONS => {
                     for (t, e) in attrs(v).map_err(bad)? {
                         if t == NFTA_LIST_ELEM {
@@ -88,7 +72,7 @@ fn parse_each(buf: &[u8], seq: u32, each: &mut dyn FnMut(&str, Rule)) -> Result<
                 _ => {}
             }
         }
-        each(std::str::from_utf8(chain).unwrap_or(""), rule);
+        rules.push(rule);
         Ok(())
     })
 }
@@ -359,40 +343,6 @@ mod tests {
         let nameless = rule_msg(3, &[nla(NFTA_LIST_ELEM, &nla(NFTA_EXPR_DATA, b""))], None);
         assert!(parse(&nameless, 3, &mut rules).is_err());
         assert!(rules.is_empty());
-    }
-
-    #[test]
-    fn a_table_dump_names_no_chain_and_each_rule_says_its_own() {
-        let b = request_of("qkdpfd", None, 4);
-        let m = &messages(&b).unwrap()[0];
-        let a = attrs(&m.payload[4..]).unwrap();
-        assert_eq!(a, [(NFTA_RULE_TABLE, &b"qkdpfd\0"[..])]);
-
-        let mut buf = rule_msg(4, &[immediate(NF_DROP)], Some("qkdpfd drop"));
-        let mut other = msg(
-            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE,
-            0,
-            4,
-            NFPROTO_INET,
-            0,
-        );
-        other.attr(NFTA_RULE_TABLE, &c_name("qkdpfd"));
-        other.attr(NFTA_RULE_CHAIN, &c_name("lock_dr"));
-        other.attr(NFTA_RULE_EXPRESSIONS, &expr("counter", b""));
-        buf.extend(other.finish().to_vec());
-        buf.extend(done(4));
-        let mut seen = Vec::new();
-        let end = parse_each(&buf, 4, &mut |chain, r| {
-            seen.push((chain.to_string(), r.comment))
-        });
-        assert!(end.unwrap());
-        assert_eq!(
-            seen,
-            [
-                ("link_dr".to_string(), Some("qkdpfd drop".to_string())),
-                ("lock_dr".to_string(), None)
-            ]
-        );
     }
 
     #[test]
