@@ -252,6 +252,21 @@ pub struct LinkKeys {
     pub wg_if: Option<String>,
 }
 
+/// The keys of `links` per `locked_` set that any of them has a key for,
+/// each set's keys sorted and without repeats (links may share a key).
+pub fn locked_keys<'a>(
+    links: impl Iterator<Item = &'a LinkKeys> + Clone,
+) -> Vec<(String, Vec<Vec<u8>>)> {
+    (Kind::ALL.into_iter())
+        .filter_map(|kind| {
+            let mut b: Vec<Vec<u8>> = links.clone().flat_map(|k| k.bytes(kind)).collect();
+            b.sort_unstable();
+            b.dedup();
+            (!b.is_empty()).then(|| (kind.locked_set(), b))
+        })
+        .collect()
+}
+
 impl LinkKeys {
     /// Every key of the link, owned or not (the guard drops them all).
     pub fn all(link: &LinkTarget) -> LinkKeys {
@@ -352,6 +367,28 @@ pub fn owned(links: &[LinkTarget]) -> BTreeMap<String, LinkKeys> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locked_keys_are_per_set_sorted_once_each() {
+        let b = LinkKeys::all(&link("b", "wg1", "198.51.100.9"));
+        let a = LinkKeys::all(&link("a", "wg0", "198.51.100.1"));
+        let mut no_if = a.clone();
+        no_if.wg_if = None;
+        let sets = locked_keys([&b, &a].into_iter());
+        let names: Vec<&str> = sets.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["locked_4", "locked_6", "locked_if"]);
+        assert_eq!(
+            sets[0].1,
+            [a.bytes(Kind::V4), b.bytes(Kind::V4)].concat(),
+            "sorted"
+        );
+        assert_eq!(sets[1].1.len(), 1, "the IPv6 key both have, once");
+        let alone = locked_keys([&no_if].into_iter());
+        assert!(
+            alone.iter().all(|(s, _)| s != "locked_if"),
+            "no key, no set"
+        );
+    }
 
     fn link(name: &str, wg_if: &str, a: &str) -> LinkTarget {
         LinkTarget {

@@ -37,7 +37,7 @@ use super::{Flipped, Nft, netlink};
 use crate::lock::Enforcement;
 use crate::parent::fw::Firewall;
 use crate::ruleset::LinkTarget;
-use crate::ruleset::nft::dispatch::{self, Kind};
+use crate::ruleset::nft::dispatch::{self, Kind, locked_keys};
 use crate::ruleset::nft::{
     clear_script, lock_script, open_chain_script, render_statements, stage_script,
 };
@@ -433,23 +433,16 @@ impl Nft {
     fn flip_open(&mut self, links: &[&LinkTarget]) -> Result<(), FwError> {
         self.end_site_lock()?;
         let mut places = Vec::with_capacity(links.len());
-        let mut keys: HashMap<Kind, Vec<Vec<u8>>> = HashMap::new();
+        let mut owned = Vec::with_capacity(links.len());
         for l in links {
             super::check_names(&self.table, l)?;
             self.end_source_lock(l)?;
-            let own = self.link_keys(l).map_err(FwError::refused)?;
-            for kind in Kind::ALL {
-                keys.entry(kind).or_default().extend(own.bytes(kind));
-            }
+            owned.push(self.link_keys(l).map_err(FwError::refused)?);
             places.extend(self.index(&l.name));
         }
-        let sets: Vec<(String, Vec<&[u8]>)> = (Kind::ALL.into_iter())
-            .filter_map(|k| {
-                let mut b: Vec<&[u8]> = keys.get(&k)?.iter().map(Vec::as_slice).collect();
-                b.sort_unstable();
-                b.dedup();
-                (!b.is_empty()).then(|| (k.locked_set(), b))
-            })
+        let keys = locked_keys(owned.iter());
+        let sets: Vec<(&str, Vec<&[u8]>)> = (keys.iter())
+            .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
             .collect();
         let mut changes: Vec<Change<'_>> = (sets.iter())
             .map(|(set, b)| Change::Add(set, b, None))

@@ -43,7 +43,7 @@ use super::reverify::Loaded;
 use super::{Nft, chain, netlink};
 use crate::lock::Enforcement;
 use crate::parent::wg::linux::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attrs, c_name};
-use crate::ruleset::nft::dispatch::Kind;
+use crate::ruleset::nft::dispatch::{Kind, locked_keys};
 
 const NFT_MSG_DELRULE: u16 = 8;
 const NLM_F_CREATE: u16 = 0x400;
@@ -341,7 +341,7 @@ impl Nft {
         from: usize,
         stmts: &[String],
     ) -> Result<Rules, String> {
-        let chain = format!("{}{}", which.prefix(), self.targets[from].name);
+        let chain = which.chain(&self.targets[from].name);
         self.seq = self.seq.wrapping_add(4);
         let rules = match compiled(&self.table, &chain, self.seq) {
             Ok(r) if r.is_empty() => Err(format!("{chain} is empty")),
@@ -363,7 +363,7 @@ impl Nft {
         rules: &[Compiled],
         to: &[(usize, Option<Enforcement>)],
     ) -> Copied {
-        let chain = |nft: &Nft, i: usize| format!("{}{}", which.prefix(), nft.targets[i].name);
+        let chain = |nft: &Nft, i: usize| which.chain(&nft.targets[i].name);
         let mut out = Copied {
             commits: 0,
             done: 0,
@@ -389,20 +389,13 @@ impl Nft {
         let per = chains_a_transaction(&self.table, &longest, rules, keys, budget);
         for part in to.chunks(per) {
             let chains: Vec<String> = part.iter().map(|&(i, _)| chain(self, i)).collect();
-            // Per key change (add; add then delete), per kind: the keys.
+            // Per key change (add; add then delete), per set: the keys.
             let mut keys: Vec<(bool, String, Vec<Vec<u8>>)> = Vec::new();
             for (state, delete) in [(Enforcement::Lockdown, false), (Enforcement::Open, true)] {
-                for kind in Kind::ALL {
-                    let mut b: Vec<Vec<u8>> = (part.iter())
-                        .filter(|(_, k)| *k == Some(state))
-                        .flat_map(|&(i, _)| self.known[i].keys.bytes(kind))
-                        .collect();
-                    b.sort_unstable();
-                    b.dedup();
-                    if !b.is_empty() {
-                        keys.push((delete, kind.locked_set(), b));
-                    }
-                }
+                let of = (part.iter())
+                    .filter(|(_, k)| *k == Some(state))
+                    .map(|&(i, _)| &self.known[i].keys);
+                keys.extend(locked_keys(of).into_iter().map(|(set, b)| (delete, set, b)));
             }
             let slices: Vec<(bool, &str, Vec<&[u8]>)> = (keys.iter())
                 .map(|(d, set, b)| (*d, set.as_str(), b.iter().map(Vec::as_slice).collect()))

@@ -31,10 +31,11 @@ pub(super) enum Loaded {
 }
 
 impl Loaded {
-    pub(super) fn prefix(self) -> &'static str {
+    /// The name of this chain of link `link`.
+    pub(super) fn chain(self, link: &str) -> String {
         match self {
-            Loaded::Link => "link_",
-            Loaded::Lock => "lock_",
+            Loaded::Link => format!("link_{link}"),
+            Loaded::Lock => format!("lock_{link}"),
         }
     }
 }
@@ -102,7 +103,7 @@ impl Nft {
     fn chains_one_by_one(&mut self, loaded: &[(usize, Loaded)]) -> Option<Vec<Chain>> {
         let mut out = Vec::with_capacity(loaded.len());
         for &(i, which) in loaded {
-            let chain = format!("{}{}", which.prefix(), self.targets[i].name);
+            let chain = which.chain(&self.targets[i].name);
             let rules = self.chain_rules(&chain).ok()?.unwrap_or_default();
             out.push(shape_of(which, Ends::of(&rules)));
         }
