@@ -540,8 +540,11 @@ fn udp_across(
 /// (types 1-3 at their own lengths) and keepalives (type 4 with nothing in
 /// it: 32 bytes) through between the peer and us, in both directions, and
 /// nothing else: no data message that could carry a packet (48 bytes or
-/// more), no odd length, no non-zero reserved byte. Open passes everything
-/// (the drops were the lockdown's).
+/// more), no odd length, no non-zero reserved byte, and nothing that comes
+/// in on the link's WireGuard interface, though it claims the far
+/// gateway's address and port. Open passes everything (the drops were the
+/// lockdown's). `dr`'s lockdown chain is a copy of another link's, loaded
+/// in the same load: the handshake rules name no link.
 #[test]
 fn a_lockdown_lets_only_wireguard_handshakes_through() {
     if !root_or_skip("a_lockdown_lets_only_wireguard_handshakes_through") {
@@ -549,19 +552,34 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
     }
     let mut r = rig_with(true);
     let (far, _) = far_end(&r, "192.0.2.1/24", "192.0.2.2/24");
+    let first = link("da", "qwg1", [192, 0, 2, 3]);
     let dr = link("dr", "qwg0", [192, 0, 2, 2]);
-    r.fw.init(std::slice::from_ref(&dr)).unwrap();
+    let both = [first.clone(), dr.clone()];
+    r.fw.init(&both).unwrap();
     r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
-    assert!(r.fw.settle().is_empty());
+    let refs: Vec<&qkdpfd::ruleset::LinkTarget> = both.iter().collect();
+    assert!(
+        r.fw.lock_many(&refs, "counter drop")
+            .iter()
+            .all(Result::is_ok)
+    );
+    let scripts = std::fs::read_to_string(r._dir.path().join("scripts")).unwrap();
+    assert!(
+        scripts.contains("add rule inet qkdpfd lock_da "),
+        "da compiled"
+    );
+    assert!(
+        !scripts.contains("add rule inet qkdpfd lock_dr "),
+        "dr's chain is a copy: {scripts}"
+    );
+    assert_eq!(
+        rules_uncounted(&r.ns, "lock_dr"),
+        rules_uncounted(&r.ns, "lock_da")
+    );
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     assert!(r.fw.passes_handshakes(&dr));
-    assert_eq!(
-        state(&mut r, std::slice::from_ref(&dr), "dr"),
-        Observed::Locked
-    );
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
 
     let here = std::net::UdpSocket::bind("192.0.2.1:51820").unwrap();
     let far_name = far.name.clone();
@@ -592,8 +610,35 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
         handshakes,
         "out: only handshakes"
     );
+
+    // The tunnel's side: `qwg0` (a veth here), on which the far end sends
+    // from its underlay address and WireGuard port.
+    let peer_if = format!("qt{}", &far.name[6..]);
+    sh(&[
+        "ip", "link", "add", "qwg0", "netns", &r.ns.name, "type", "veth", "peer", "name", &peer_if,
+        "netns", &far.name,
+    ]);
+    r.ns.exec(&["ip", "addr", "add", "10.9.0.1/24", "dev", "qwg0"]);
+    r.ns.exec(&["ip", "link", "set", "qwg0", "up"]);
+    far.exec(&["ip", "addr", "add", "10.9.0.2/24", "dev", &peer_if]);
+    far.exec(&["ip", "link", "set", &peer_if, "up"]);
+    for c in ["all", "default", "qwg0"] {
+        r.ns.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{c}.rp_filter=0")]);
+    }
+    let inner = std::net::UdpSocket::bind("10.9.0.1:51820").unwrap();
+    assert_eq!(
+        udp_across(&there, &inner, &all),
+        [],
+        "in on the tunnel: nothing"
+    );
+
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert_eq!(udp_across(&there, &here, &all), all, "open: everything");
+    assert_eq!(
+        udp_across(&there, &inner, &all),
+        all,
+        "open, tunnel: everything"
+    );
 }
 
 /// A netlink flip the kernel refuses is an error, never a lockdown taken

@@ -190,7 +190,7 @@ impl Nft {
     /// for, then the bundle's lockdown text.
     fn lock_statements(&self, link: &LinkTarget, ruleset: &str) -> Result<Vec<String>, FwError> {
         let mut stmts = match self.handshakes {
-            true => handshake_statements(link),
+            true => handshake_statements(),
             false => Vec::new(),
         };
         let text = render_statements(link, ruleset).map_err(|e| {

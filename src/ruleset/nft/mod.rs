@@ -9,6 +9,7 @@
 //! ```text
 //! table inet qkdpfd
 //!   set alive    { type nf_proto; flags timeout }   the dead-man switch
+//!   set wg_handshakes { typeof udp length . @th,64,32 }  WireGuard's handshakes
 //!   map open_4   { type ipv4_addr . inet_service : verdict }  peer . port : jump link_<link>
 //!   map lock_4   (same keys)                                   peer . port : jump lock_<link>
 //!   set keys_4   (same type)    every key of the maps (for the drops)
@@ -25,7 +26,9 @@
 //!                   otherwise -> jump link_<link>, then drop
 //!   chain output, chain forward: likewise
 //!   chain link_<link>   the open statements (tagged)
-//!   chain lock_<link>   the lockdown statements, preloaded ("staged"), then a drop
+//!   chain lock_<link>   the lockdown statements, preloaded ("staged"), then a drop;
+//!                       with new_session first the handshakes' pass, the same
+//!                       for every link ([`handshake_statements`])
 //! ```
 //!
 //! A flip adds the link's keys to the `locked_` sets or deletes them (over
@@ -218,6 +221,11 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
     s.push_str(&format!(
         "add set inet {table} {ALIVE_SET} {{ type nf_proto; flags timeout; }}\n"
     ));
+    s.push_str(&format!(
+        "add set inet {table} {HANDSHAKE_SET} {{ typeof udp length . @th,64,32; }}\n\
+         flush set inet {table} {HANDSHAKE_SET}\n\
+         add element inet {table} {HANDSHAKE_SET} {{ {HANDSHAKE_SHAPES} }}\n"
+    ));
     for hook in ["input", "forward", "output"] {
         s.push_str(&format!(
             "add chain inet {table} {hook} {{ type filter hook {hook} priority filter - 10; policy accept; }}\n\
@@ -316,36 +324,48 @@ pub fn protected_matches() -> Vec<(&'static str, KeyExpr)> {
         .collect()
 }
 
-/// WireGuard's handshake messages between the link's peer and us, by UDP
-/// length and first four bytes (message type, little-endian, then three
-/// reserved zero bytes): initiation (type 1, 148 bytes), response (2, 92),
-/// cookie reply (3, 64), and the keepalive: a data message (4) with nothing
-/// in it, 32 bytes (header and tag), where the smallest that carries a
-/// packet is 48. Never a packet: a session may be made while locked,
-/// nothing may be carried on it. The keepalive is what confirms a new
-/// session to its responder; without it the end that answered a handshake
-/// keeps sending on a session the other end no longer has (its peer was
-/// re-created) until WireGuard gives up on it. Heads `lock_<link>` when the
-/// lockdown lets handshakes through (`[wireguard] new_session`). Only
-/// underlay packets reach here with this shape: inner packets of a locked
-/// tunnel are data messages of 48 bytes or more on the underlay. Two rules
-/// (from and to the peer) per family the link has an address of.
-pub fn handshake_statements(link: &LinkTarget) -> Vec<String> {
-    const SHAPES: &str = "udp length . @th,64,32 { 156 . 0x01000000, 100 . 0x02000000, 72 . 0x03000000, 40 . 0x04000000 }";
-    let p = link.wg_port;
-    let v4: Vec<String> = link.addrs4.iter().map(|a| a.to_string()).collect();
-    let v6: Vec<String> = link.addrs6.iter().map(|a| a.to_string()).collect();
-    let mut out = Vec::new();
-    for (fam, addrs) in [("ip", v4), ("ip6", v6)] {
-        if addrs.is_empty() {
-            continue;
-        }
-        let set = format!("{{ {} }}", addrs.join(", "));
-        out.push(format!("{fam} saddr {set} udp sport {p}"));
-        out.push(format!("{fam} daddr {set} udp dport {p}"));
-    }
-    out.into_iter()
-        .map(|m| format!("{m} {SHAPES} accept comment \"{HANDSHAKE_TAG}\""))
+/// WireGuard's handshake messages, by UDP length and first four bytes
+/// (message type, little-endian, then three reserved zero bytes):
+/// initiation (type 1, 148 bytes), response (2, 92), cookie reply (3, 64),
+/// and the keepalive: a data message (4) with nothing in it, 32 bytes
+/// (header and tag), where the smallest that carries a packet is 48. Never
+/// a packet: a session may be made while locked, nothing may be carried on
+/// it. The keepalive is what confirms a new session to its responder;
+/// without it the end that answered a handshake keeps sending on a session
+/// the other end no longer has (its peer was re-created) until WireGuard
+/// gives up on it. The skeleton's set [`HANDSHAKE_SET`] holds them.
+const HANDSHAKE_SHAPES: &str =
+    "156 . 0x01000000, 100 . 0x02000000, 72 . 0x03000000, 40 . 0x04000000";
+
+/// The skeleton's set of [`HANDSHAKE_SHAPES`] (`udp length . @th,64,32`).
+pub const HANDSHAKE_SET: &str = "wg_handshakes";
+
+/// The rules that head `lock_<link>` when the lockdown lets handshakes
+/// through (`[wireguard] new_session`): WireGuard's handshake messages
+/// from and to a far gateway's underlay address and port, the keys the
+/// skeleton's `keys_4`/`keys_6` sets hold. A packet reaches `lock_<link>`
+/// only by one of the link's own keys, so an underlay packet here is from
+/// or to the link's own far gateway, as when these rules named its
+/// addresses; and no packet that came in or goes out on a link's
+/// WireGuard interface (in `keys_if`) passes, whatever it claims to be: a
+/// locked tunnel carries nothing. The same text for every link: loads of
+/// many links' lockdown chains copy one compiled chain
+/// (`parent/fw/nft/copy.rs`) where per-link addresses made each chain an
+/// `nft` compile of its own.
+pub fn handshake_statements() -> Vec<String> {
+    let tunnel = Kind::If.keys_set();
+    let tunnel = tunnel.as_str();
+    [("ip", "4"), ("ip6", "6")]
+        .into_iter()
+        .flat_map(|(fam, k)| {
+            [("saddr", "sport"), ("daddr", "dport")].map(move |(a, p)| {
+                format!(
+                    "meta iifname != @{tunnel} meta oifname != @{tunnel} \
+                     {fam} {a} . udp {p} @keys_{k} udp length . @th,64,32 @{HANDSHAKE_SET} \
+                     accept comment \"{HANDSHAKE_TAG}\""
+                )
+            })
+        })
         .collect()
 }
 
@@ -603,19 +623,28 @@ mod tests {
     }
 
     #[test]
-    fn handshakes_only_by_type_and_length_to_and_from_the_peer() {
-        let h = handshake_statements(&dr());
-        assert_eq!(h.len(), 2, "no IPv6 address: no IPv6 rules");
+    fn handshakes_only_by_type_and_length_from_and_to_a_far_gateway() {
+        let h = handshake_statements();
+        assert_eq!(h.len(), 4, "from and to, IPv4 and IPv6");
         assert_eq!(
             h[0],
-            "ip saddr { 198.51.100.2 } udp sport 51820 udp length . @th,64,32 \
-             { 156 . 0x01000000, 100 . 0x02000000, 72 . 0x03000000, 40 . 0x04000000 } \
+            "meta iifname != @keys_if meta oifname != @keys_if \
+             ip saddr . udp sport @keys_4 udp length . @th,64,32 @wg_handshakes \
              accept comment \"qkdpfd handshake\""
         );
-        assert!(h[1].starts_with("ip daddr { 198.51.100.2 } udp dport 51820 udp length"));
+        assert!(h[1].contains(" ip daddr . udp dport @keys_4 "));
+        assert!(h[2].contains(" ip6 saddr . udp sport @keys_6 "));
+        assert!(h[3].contains(" ip6 daddr . udp dport @keys_6 "));
         // Type 4 only at the keepalive's length: never a packet.
-        assert_eq!(h[0].matches("0x04000000").count(), 1);
-        assert!(h[0].contains("40 . 0x04000000"));
+        assert_eq!(HANDSHAKE_SHAPES.matches("0x04000000").count(), 1);
+        assert!(HANDSHAKE_SHAPES.contains("40 . 0x04000000"));
+        let s = skeleton("qkdpfd", &[dr()]);
+        assert!(s.contains(
+            "add set inet qkdpfd wg_handshakes { typeof udp length . @th,64,32; }\n\
+             flush set inet qkdpfd wg_handshakes\n\
+             add element inet qkdpfd wg_handshakes { 156 . 0x01000000, 100 . 0x02000000, \
+             72 . 0x03000000, 40 . 0x04000000 }\n"
+        ));
     }
 
     #[test]

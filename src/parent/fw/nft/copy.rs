@@ -20,9 +20,9 @@
 //!
 //! Only rules every expression of which is in [`COPIED`] are copied: those
 //! re-create exactly from their dump, hold no state a copy would share or
-//! lose (a counter starts again at zero) and name no set, chain or object
-//! (an anonymous set belongs to the rule that uses it, a jump names a
-//! chain). Any other rule sends its group to `nft -f`. What a copy loaded
+//! lose (a counter starts again at zero) and name no chain, object or set
+//! but the skeleton's own (an anonymous set belongs to the rule that uses
+//! it, a jump names a chain). Any other rule sends its group to `nft -f`. What a copy loaded
 //! is read back as any load of ours is.
 //!
 //! The builders are pure and tested with bytes everywhere; only the socket
@@ -43,6 +43,7 @@ use super::reverify::Loaded;
 use super::{Nft, chain, netlink};
 use crate::lock::Enforcement;
 use crate::parent::wg::linux::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attrs, c_name};
+use crate::ruleset::nft::HANDSHAKE_SET;
 use crate::ruleset::nft::dispatch::{Kind, locked_keys};
 
 const NFT_MSG_DELRULE: u16 = 8;
@@ -54,11 +55,16 @@ const NFTA_VERDICT_CHAIN_ID: u16 = 3;
 const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 const NFTA_CT_SREG: u16 = 4;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_FLAGS: u16 = 5;
 
 /// Expressions copied from their dump: loads, compares and arithmetic on
 /// registers, packet metadata, verdicts without a chain, counters (their
-/// counts left behind), log and reject. A `ct` expression only reads.
+/// counts left behind), log and reject. A `ct` expression only reads; a
+/// `lookup` only in one of [`SHARED_SETS`].
 pub const COPIED: &[&str] = &[
+    "lookup",
     "payload",
     "cmp",
     "bitwise",
@@ -163,6 +169,7 @@ fn checked(list: &[u8]) -> Result<Vec<u8>, String> {
             ("immediate", Some(d)) if names_a_chain(d)? => {
                 return Err("a verdict that names a chain is not copied".into());
             }
+            ("lookup", d) => shared_set_lookup(d.unwrap_or_default())?,
             ("ct", Some(d))
                 if attrs(d)
                     .map_err(bad)?
@@ -176,6 +183,39 @@ fn checked(list: &[u8]) -> Result<Vec<u8>, String> {
         out.extend(nla(NFTA_LIST_ELEM | NLA_F_NESTED, elem));
     }
     Ok(out)
+}
+
+/// The skeleton's named sets that a copied rule may look a packet up in:
+/// table-wide, never anonymous (an anonymous set belongs to the rule that
+/// uses it), rebuilt only with the table. The lockdown chains' handshake
+/// rules use them (`ruleset::nft::handshake_statements`).
+fn shared_sets() -> Vec<String> {
+    let mut v: Vec<String> = Kind::ALL.iter().map(|k| k.keys_set()).collect();
+    v.push(HANDSHAKE_SET.to_string());
+    v
+}
+
+/// Refuses a lookup that is not a plain membership test (source register,
+/// optionally inverted) in one of [`shared_sets`]: a map's lookup writes a
+/// register, a set id names a set of the same transaction.
+fn shared_set_lookup(d: &[u8]) -> Result<(), String> {
+    let a = attrs(d).map_err(|e| format!("rule: {e}"))?;
+    let mut named = None;
+    for (t, v) in &a {
+        match *t {
+            NFTA_LOOKUP_SET => named = Some(v.split(|b| *b == 0).next().unwrap_or(&[])),
+            NFTA_LOOKUP_SREG | NFTA_LOOKUP_FLAGS => {}
+            t => return Err(format!("a lookup with attribute {t} is not copied")),
+        }
+    }
+    let named = named.ok_or("a lookup without a set")?;
+    match shared_sets().iter().any(|s| s.as_bytes() == named) {
+        true => Ok(()),
+        false => Err(format!(
+            "a lookup in set {:?} is not copied",
+            String::from_utf8_lossy(named)
+        )),
+    }
 }
 
 /// Whether an immediate expression's data is a jump or goto (or names a
@@ -490,9 +530,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_in_the_skeletons_sets_is_copied() {
+        for set in ["keys_4", "keys_6", "keys_if", "wg_handshakes"] {
+            let data = [
+                nla(NFTA_LOOKUP_SET, &c_name(set)),
+                nla(NFTA_LOOKUP_SREG, &1u32.to_be_bytes()),
+                nla(NFTA_LOOKUP_FLAGS, &1u32.to_be_bytes()),
+            ]
+            .concat();
+            let lookup = expr("lookup", &data);
+            let c = of(&rule(&[lookup.clone(), verdict(1, None)], None)).unwrap();
+            assert_eq!(c.exprs, [lookup, verdict(1, None)].concat(), "{set}");
+        }
+    }
+
+    #[test]
     fn sets_chains_and_state_are_not_copied() {
         for (e, why) in [
-            (expr("lookup", &nla(1, &c_name("__set0"))), "\"lookup\""),
+            (expr("lookup", &nla(1, &c_name("__set0"))), "set \"__set0\""),
+            (expr("lookup", &nla(1, &c_name("peers"))), "set \"peers\""),
+            (
+                expr(
+                    "lookup",
+                    &[nla(1, &c_name("keys_4")), nla(3, &1u32.to_be_bytes())].concat(),
+                ),
+                "attribute 3",
+            ),
+            (
+                expr(
+                    "lookup",
+                    &[nla(1, &c_name("keys_4")), nla(4, &1u32.to_be_bytes())].concat(),
+                ),
+                "attribute 4",
+            ),
             (expr("limit", &nla(1, &1u64.to_be_bytes())), "\"limit\""),
             (expr("dynset", &[]), "\"dynset\""),
             (expr("match", &[]), "\"match\""),
