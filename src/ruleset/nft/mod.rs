@@ -346,9 +346,14 @@ pub const HANDSHAKE_SET: &str = "wg_handshakes";
 /// skeleton's `keys_4`/`keys_6` sets hold. A packet reaches `lock_<link>`
 /// only by one of the link's own keys, so an underlay packet here is from
 /// or to the link's own far gateway, as when these rules named its
-/// addresses; and no packet that came in or goes out on a link's
-/// WireGuard interface (in `keys_if`) passes, whatever it claims to be: a
-/// locked tunnel carries nothing. The same text for every link: loads of
+/// addresses; and no packet that came in or goes out on any link's
+/// WireGuard interface (in `keys_if`) passes, whatever it claims to be:
+/// what a locked tunnel carries is not a handshake of the underlay (it was
+/// one before: the far gateway's address and port, claimed from inside the
+/// tunnel, let its handshake shapes cross). The price: a link whose
+/// underlay runs through another link's tunnel cannot make a session while
+/// locked, and with `new_session` it stays locked (`no-session`). The same
+/// text for every link: loads of
 /// many links' lockdown chains copy one compiled chain
 /// (`parent/fw/nft/copy.rs`) where per-link addresses made each chain an
 /// `nft` compile of its own.

@@ -22,8 +22,8 @@
 //! re-create exactly from their dump, hold no state a copy would share or
 //! lose (a counter starts again at zero) and name no chain, object or set
 //! but the skeleton's own (an anonymous set belongs to the rule that uses
-//! it, a jump names a chain). Any other rule sends its group to `nft -f`. What a copy loaded
-//! is read back as any load of ours is.
+//! it, a jump names a chain). Any other rule sends its group to `nft -f`.
+//! What a copy loaded is read back as any load of ours is.
 //!
 //! The builders are pure and tested with bytes everywhere; only the socket
 //! is Linux-only.
@@ -62,7 +62,7 @@ const NFTA_LOOKUP_FLAGS: u16 = 5;
 /// Expressions copied from their dump: loads, compares and arithmetic on
 /// registers, packet metadata, verdicts without a chain, counters (their
 /// counts left behind), log and reject. A `ct` expression only reads; a
-/// `lookup` only in one of [`SHARED_SETS`].
+/// `lookup` only in one of [`shared_sets`].
 pub const COPIED: &[&str] = &[
     "lookup",
     "payload",
