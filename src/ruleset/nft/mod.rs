@@ -224,7 +224,8 @@ pub fn skeleton(table: &str, links: &[LinkTarget]) -> String {
     s.push_str(&format!(
         "add set inet {table} {HANDSHAKE_SET} {{ typeof udp length . @th,64,32; }}\n\
          flush set inet {table} {HANDSHAKE_SET}\n\
-         add element inet {table} {HANDSHAKE_SET} {{ {HANDSHAKE_SHAPES} }}\n"
+         add element inet {table} {HANDSHAKE_SET} {{ {} }}\n",
+        handshake_shapes_script()
     ));
     for hook in ["input", "forward", "output"] {
         s.push_str(&format!(
@@ -333,9 +334,22 @@ pub fn protected_matches() -> Vec<(&'static str, KeyExpr)> {
 /// it. The keepalive is what confirms a new session to its responder;
 /// without it the end that answered a handshake keeps sending on a session
 /// the other end no longer has (its peer was re-created) until WireGuard
-/// gives up on it. The skeleton's set [`HANDSHAKE_SET`] holds them.
-const HANDSHAKE_SHAPES: &str =
-    "156 . 0x01000000, 100 . 0x02000000, 72 . 0x03000000, 40 . 0x04000000";
+/// gives up on it. The skeleton's set [`HANDSHAKE_SET`] holds them, each
+/// as UDP length . first word (big-endian, as the packet has it).
+pub const HANDSHAKE_SHAPES: [(u16, u32); 4] = [
+    (156, 0x0100_0000),
+    (100, 0x0200_0000),
+    (72, 0x0300_0000),
+    (40, 0x0400_0000),
+];
+
+/// [`HANDSHAKE_SHAPES`] as the elements of an nft script.
+fn handshake_shapes_script() -> String {
+    (HANDSHAKE_SHAPES.iter())
+        .map(|(len, word)| format!("{len} . {word:#010x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The skeleton's set of [`HANDSHAKE_SHAPES`] (`udp length . @th,64,32`).
 pub const HANDSHAKE_SET: &str = "wg_handshakes";
@@ -641,8 +655,11 @@ mod tests {
         assert!(h[2].contains(" ip6 saddr . udp sport @keys_6 "));
         assert!(h[3].contains(" ip6 daddr . udp dport @keys_6 "));
         // Type 4 only at the keepalive's length: never a packet.
-        assert_eq!(HANDSHAKE_SHAPES.matches("0x04000000").count(), 1);
-        assert!(HANDSHAKE_SHAPES.contains("40 . 0x04000000"));
+        let data: Vec<_> = HANDSHAKE_SHAPES
+            .iter()
+            .filter(|s| s.1 == 0x0400_0000)
+            .collect();
+        assert_eq!(data, [&(40, 0x0400_0000)]);
         let s = skeleton("qkdpfd", &[dr()]);
         assert!(s.contains(
             "add set inet qkdpfd wg_handshakes { typeof udp length . @th,64,32; }\n\

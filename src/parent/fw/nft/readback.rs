@@ -27,7 +27,8 @@ use super::super::{Observed, Readback};
 use crate::ruleset::LinkTarget;
 use crate::ruleset::nft::dispatch::{self, BaseRule, KeyExpr, Kind, LinkKeys, SITE_SET, Step};
 use crate::ruleset::nft::{
-    ALIVE_SET, DROP_TAG, GUARD_TAG, LOCK_TAG, OPEN_TAG, guard_set, protected_matches,
+    ALIVE_SET, DROP_TAG, GUARD_TAG, HANDSHAKE_SET, HANDSHAKE_SHAPES, LOCK_TAG, OPEN_TAG, guard_set,
+    protected_matches,
 };
 
 /// One expression of a rule, as nft printed it (JSON text). Kept as text:
@@ -331,8 +332,22 @@ pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
 }
 
 /// Whether the base chains hold exactly the dispatch rules (with
-/// `sources` QBER sections); why not.
+/// `sources` QBER sections) and set `wg_handshakes` exactly WireGuard's
+/// handshake shapes (every lockdown chain that lets handshakes through
+/// passes what it holds); why not.
 fn base_chains(l: &Listing, sources: usize) -> Result<(), String> {
+    let shapes: HashSet<String> = (HANDSHAKE_SHAPES.iter())
+        .map(|(len, word)| format!("{len} . {word}"))
+        .collect();
+    match l.sets.get(HANDSHAKE_SET) {
+        None => return Err(format!("set {HANDSHAKE_SET} missing")),
+        Some(have) if *have != shapes => {
+            return Err(format!(
+                "set {HANDSHAKE_SET} holds other than WireGuard's handshakes"
+            ));
+        }
+        Some(_) => {}
+    }
     for hook in ["input", "forward", "output"] {
         if l.hooks.get(hook).map(String::as_str) != Some(hook) {
             return Err(format!("base chain {hook} missing"));
@@ -740,6 +755,10 @@ mod tests {
         for hook in ["input", "output", "forward"] {
             items.push(json!({"chain": {"family": "inet", "table": "qkdpfd", "name": hook, "hook": hook, "prio": -10}}));
         }
+        let shapes: Vec<Value> = (HANDSHAKE_SHAPES.iter())
+            .map(|(len, word)| json!({"concat": [len, word]}))
+            .collect();
+        items.push(json!({"set": {"name": HANDSHAKE_SET, "elem": shapes}}));
         let key4 = json!({"concat": [KEY4, 51820]});
         let elems = |kind: Kind| -> Vec<Value> {
             match kind {
@@ -1012,6 +1031,18 @@ mod tests {
             }
         });
         assert!(why.contains("input: rule 1 is not qkdpfd's"), "{why}");
+        // A data message's shape added to the handshakes', or the set gone.
+        let why = damaged(&|i| {
+            for x in i.iter_mut() {
+                if x["set"]["name"] == "wg_handshakes" {
+                    let e = x["set"]["elem"].as_array_mut().unwrap();
+                    e.push(json!({"concat": [1440, 0x0400_0000]}));
+                }
+            }
+        });
+        assert!(why.contains("wg_handshakes holds other than"), "{why}");
+        let why = damaged(&|i| i.retain(|x| x["set"]["name"] != "wg_handshakes"));
+        assert!(why.contains("set wg_handshakes missing"), "{why}");
         // A key taken out of the open map, or sent to another chain.
         let why = damaged(&|i| {
             for x in i.iter_mut() {
