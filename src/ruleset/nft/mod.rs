@@ -373,17 +373,16 @@ pub const HANDSHAKE_SET: &str = "wg_handshakes";
 /// `nft` compile of its own.
 pub fn handshake_statements() -> Vec<String> {
     let tunnel = Kind::If.keys_set();
-    let tunnel = tunnel.as_str();
-    [("ip", "4"), ("ip6", "6")]
+    [Kind::V4, Kind::V6]
         .into_iter()
-        .flat_map(|(fam, k)| {
-            [("saddr", "sport"), ("daddr", "dport")].map(move |(a, p)| {
-                format!(
-                    "meta iifname != @{tunnel} meta oifname != @{tunnel} \
-                     {fam} {a} . udp {p} @keys_{k} udp length . @th,64,32 @{HANDSHAKE_SET} \
-                     accept comment \"{HANDSHAKE_TAG}\""
-                )
-            })
+        .flat_map(|kind| [KeyExpr::Source(kind), KeyExpr::Dest(kind)])
+        .map(|key| {
+            format!(
+                "meta iifname != @{tunnel} meta oifname != @{tunnel} {} @{} \
+                 udp length . @th,64,32 @{HANDSHAKE_SET} accept comment \"{HANDSHAKE_TAG}\"",
+                key.text(),
+                key.kind().keys_set()
+            )
         })
         .collect()
 }
