@@ -16,6 +16,15 @@ use std::time::Duration;
 /// How long one pfctl/nft invocation may take before it is killed.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a run whose work grows with the link count may take: the
+/// base timeout and 3 ms a link. A load of 10,000 links' chains, or the
+/// listing of a table that holds them, takes nft about 2 s on a quiet
+/// machine; a slow gateway (or an emulated one) must not see a run
+/// killed for the table's size alone.
+pub fn timeout_for(links: usize) -> Duration {
+    TOOL_TIMEOUT + Duration::from_millis(3 * links as u64)
+}
+
 /// Stderr kept in an error: enough for nft's caret diagnostics.
 const STDERR_MAX: usize = 4096;
 
@@ -231,6 +240,15 @@ fn clip(mut s: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_over_many_links_gets_time_for_them() {
+        assert_eq!(timeout_for(0), TOOL_TIMEOUT);
+        // A 2,100-link listing took an emulated 2-core guest 5 s alone and
+        // over 10 s beside other tests: the fixed 10 s killed it.
+        assert_eq!(timeout_for(2_100), Duration::from_millis(16_300));
+        assert_eq!(timeout_for(10_000), Duration::from_secs(40));
+    }
 
     #[test]
     fn output_is_kept_as_read_or_made_valid() {

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::{Flavor, LinkTarget, check_names, nft, pf};
 use crate::conf::{FirewallBackend, FirewallConf};
@@ -269,8 +268,7 @@ fn nft_check(
         Tool::new(Path::new("unshare"), &["-rn", &nft, "-c", "-f", "-"])
     };
     // A big script takes nft a while (about 2 s at 10,000 links).
-    let timeout = TOOL_TIMEOUT + Duration::from_millis(3 * links.len() as u64);
-    tool.run(what, &script, timeout)
+    tool.run(what, &script, crate::tool::timeout_for(links.len()))
         .map(drop)
         .map_err(|e| e.to_string())
 }

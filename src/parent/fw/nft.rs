@@ -266,7 +266,7 @@ impl Nft {
             }
         }
         let guarded = if self.guard_may_exist {
-            let g = self.list(&self.guard_table())?;
+            let g = self.list(&self.guard_table(), 1)?;
             readback::judge(std::slice::from_ref(link), None, g.as_ref(), &|_| true)[0].guarded
         } else {
             false
@@ -502,21 +502,27 @@ impl Nft {
 
     /// `nft -j list chain inet <t> <chain>`; None when it does not exist.
     fn list_chain(&self, chain: &str) -> Result<Option<readback::Listing>, FwError> {
-        self.list_json(&["chain", "inet", &self.table, chain])
+        self.list_json(&["chain", "inet", &self.table, chain], TOOL_TIMEOUT)
     }
 
-    /// `nft -j list table inet <t>`; None when the table does not exist.
-    fn list(&self, table: &str) -> Result<Option<readback::Listing>, FwError> {
-        self.list_json(&["table", "inet", table])
+    /// `nft -j list table inet <t>`, a table that holds about `links`
+    /// links' chains (the listing's time grows with them); None when the
+    /// table does not exist.
+    fn list(&self, table: &str, links: usize) -> Result<Option<readback::Listing>, FwError> {
+        self.list_json(&["table", "inet", table], crate::tool::timeout_for(links))
     }
 
     /// `nft -j list <what...>`, parsed; None when nft says it does not exist.
-    fn list_json(&self, what: &[&str]) -> Result<Option<readback::Listing>, FwError> {
+    fn list_json(
+        &self,
+        what: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<Option<readback::Listing>, FwError> {
         let mut args = vec!["-j", "list"];
         args.extend_from_slice(what);
         let what = format!("read back {}", what.join(" "));
         let tool = Tool::new(&self.nft, &args);
-        match tool.run_reading(&what, "", TOOL_TIMEOUT, readback::parse_reader) {
+        match tool.run_reading(&what, "", timeout, readback::parse_reader) {
             Ok((parsed, _)) => parsed
                 .map(Some)
                 .map_err(|e| FwError::refused(format!("{what}: {e}"))),
@@ -944,7 +950,10 @@ impl Firewall for Nft {
 /// what `qkdpfd -L` locks when the config does not parse.
 pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
     let n = Nft::new(nft, table);
-    let listing = n.list(table)?.ok_or_else(|| {
+    // How many links the table holds is what we are here to find: give the
+    // listing the time of the largest hub measured (10,000 links) rather
+    // than leave a big table's links open for its size.
+    let listing = n.list(table, 10_000)?.ok_or_else(|| {
         FwError::refused(format!("table inet {table} does not exist: no link found"))
     })?;
     let mut names: Vec<String> = listing

@@ -41,7 +41,7 @@ use crate::ruleset::nft::dispatch::{self, Kind, locked_keys};
 use crate::ruleset::nft::{
     clear_script, lock_script, open_chain_script, render_statements, stage_script,
 };
-use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
+use crate::tool::{FwError, Tool};
 
 /// Links whose chains one nft run loads at most, beside a link's own: a
 /// QBER lockdown waits behind one such run. At 10,000 links on a quiet
@@ -592,7 +592,7 @@ impl Nft {
             tool.line(),
             script.len()
         ));
-        let timeout = TOOL_TIMEOUT + std::time::Duration::from_millis(3 * links as u64);
-        tool.run(what, script, timeout).map(|o| o.stdout)
+        tool.run(what, script, crate::tool::timeout_for(links))
+            .map(|o| o.stdout)
     }
 }

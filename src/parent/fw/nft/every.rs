@@ -41,9 +41,12 @@ impl Nft {
             return Ok(seen);
         }
         self.set_verified_gen(None);
-        let table = self.list(&self.table)?;
+        // The table holds the chains of every link we know, and maybe of
+        // some we no longer do: its listing's time grows with them.
+        let held = links.len().max(self.known.len());
+        let table = self.list(&self.table, held)?;
         let guard = if self.guard_may_exist {
-            let g = self.list(&self.guard_table())?;
+            let g = self.list(&self.guard_table(), held)?;
             self.guard_may_exist = g.is_some();
             g
         } else {
