@@ -257,6 +257,33 @@ fn many_links_are_cleared_a_bounded_number_a_run() {
     }
 }
 
+/// A clear of many links whose one run fails falls back to each link's
+/// own clear: every link ends a drop, read back locked.
+#[test]
+fn a_failed_clear_of_many_links_clears_each_alone() {
+    if !root_or_skip("a_failed_clear_of_many_links_clears_each_alone") {
+        return;
+    }
+    let mut r = rig();
+    let ls = links(5);
+    r.fw.init(&ls).unwrap();
+    let all: Vec<&LinkTarget> = ls.iter().collect();
+    assert!(r.fw.open_many(&all, "accept").iter().all(Result::is_ok));
+    let before = runs(&r, "-f");
+    std::fs::write(r._dir.path().join("fail_next_load"), "").unwrap();
+    let cleared = r.fw.clear_many(&all);
+    assert!(cleared.iter().all(Result::is_ok), "{cleared:?}");
+    assert_eq!(
+        runs(&r, "-f") - before,
+        1 + ls.len(),
+        "the run, then one a link"
+    );
+    assert_eq!(rule_count(&r, "accept"), 0);
+    for l in &ls {
+        assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked, "{}", l.name);
+    }
+}
+
 #[test]
 fn many_links_are_checked_in_one_nft_run() {
     if !root_or_skip("many_links_are_checked_in_one_nft_run") {

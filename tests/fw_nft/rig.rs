@@ -121,11 +121,14 @@ pub fn write_wrapper(dir: &Path, ns: &str) -> PathBuf {
     let path = dir.join("nft");
     std::fs::write(
         &path,
-        // Each script read from stdin is kept (appended to `scripts`).
+        // Each script read from stdin is kept (appended to `scripts`); a
+        // file `fail_next_load` fails the next one (and is removed).
         format!(
             "#!/bin/sh\necho \"$*\" >> {d}/calls\n\
              case \"$*\" in\n\
-             *'-f -'*) tee -a {d}/scripts | ip netns exec {ns} nft \"$@\" ;;\n\
+             *'-f -'*) if rm {d}/fail_next_load 2>/dev/null; then cat >/dev/null; \
+             echo 'Error: failed by the test' >&2; exit 1; fi\n\
+             tee -a {d}/scripts | ip netns exec {ns} nft \"$@\" ;;\n\
              *) exec ip netns exec {ns} nft \"$@\" ;;\n\
              esac\n",
             d = dir.display()
