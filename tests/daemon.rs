@@ -271,6 +271,43 @@ fn operator_lockdown_survives_restart() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("already running"));
 }
 
+/// A restart finds the link locked by a lockdown an earlier run loaded,
+/// one that lets more through than this run's (ICMP and the tunnel's UDP
+/// here; an earlier version's handshake pass let more than handshakes
+/// through): the first tick's pass loads this run's lockdown over it, and
+/// the pings across the tunnel stop. The link reads locked throughout.
+#[test]
+fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
+    let Some(mut gw) = Gateway::new("qkt19", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    gw.ctl_ok(&["lockdown", "dr"]);
+    assert_eq!(gw.pings(3), 0);
+    gw.stop();
+    let earlier = "flush chain inet qkdpfd lock_dr ; \
+        add rule inet qkdpfd lock_dr counter comment \"qkdpfd lockdown n=1\" ; \
+        add rule inet qkdpfd lock_dr meta l4proto { udp, icmp } accept ; \
+        add rule inet qkdpfd lock_dr drop comment \"qkdpfd drop\"";
+    gw.nft(&[earlier]);
+    assert_eq!(gw.pings(3), 3, "the earlier lockdown lets pings through");
+    gw.start();
+    assert_eq!(gw.state(), "lockdown");
+    let start = std::time::Instant::now();
+    while gw.pings(1) > 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "still passes");
+    }
+    assert_eq!(gw.pings(3), 0);
+    assert_eq!(gw.state(), "lockdown");
+    let log = gw.log();
+    for bad in ["lockdown_failed", "lockdown_fallback", "stage_failed"] {
+        assert!(!log.contains(bad), "{bad}: {log}");
+    }
+}
+
 /// Every bad bundle is refused through the running daemon with its reason,
 /// and the active policy stays as it was.
 #[test]

@@ -641,6 +641,74 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
     );
 }
 
+/// A restart (into a new version) finds links locked by the lockdown an
+/// earlier run loaded: it reads locked, and the backend calls it inherited
+/// until it has loaded its own text (the parent then locks the link again).
+/// Here the earlier text let the far gateway's WireGuard port through
+/// whole, as an older handshake pass let more than handshakes through: a
+/// data message crosses until the new run's lockdown is loaded, then only
+/// handshakes do. A new link's empty lockdown chain is no one's text.
+#[test]
+fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
+    if !root_or_skip("a_restart_loads_its_own_lockdown_over_an_earlier_runs") {
+        return;
+    }
+    let mut r = rig_with(true);
+    let (far, _) = far_end(&r, "192.0.2.1/24", "192.0.2.2/24");
+    let (da, dr) = (
+        link("da", "qwg1", [192, 0, 2, 3]),
+        link("dr", "qwg0", [192, 0, 2, 2]),
+    );
+    let both = [da.clone(), dr.clone()];
+    r.fw.init(&both).unwrap();
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    r.ns.nft(
+        "flush chain inet qkdpfd lock_dr ; \
+         add rule inet qkdpfd lock_dr counter comment \"qkdpfd lockdown n=2\" ; \
+         add rule inet qkdpfd lock_dr ip saddr 192.0.2.2 udp sport 51820 accept ; \
+         add rule inet qkdpfd lock_dr ip daddr 192.0.2.2 udp dport 51820 accept ; \
+         add rule inet qkdpfd lock_dr drop comment \"qkdpfd drop\"",
+    );
+    let mut fw = restarted(&r, true);
+    fw.init(&both).unwrap();
+    let seen = fw.observe(&both, None).unwrap();
+    assert_eq!(seen["dr"].state, Observed::Locked);
+    assert!(fw.lock_inherited(&dr), "an earlier run's lockdown");
+    assert!(!fw.lock_inherited(&da), "a new link's empty chain");
+
+    let here = std::net::UdpSocket::bind("192.0.2.1:51820").unwrap();
+    let far_name = far.name.clone();
+    let there = std::thread::spawn(move || {
+        enter_name(&far_name);
+        std::net::UdpSocket::bind("192.0.2.2:51820").unwrap()
+    })
+    .join()
+    .unwrap();
+    let handshakes = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32)];
+    let all = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32), (4, 0, 148)];
+    assert_eq!(udp_across(&there, &here, &all), all, "the earlier text");
+
+    fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert!(!fw.lock_inherited(&dr), "loaded by this run");
+    assert_eq!(
+        fw.observe(&both, None).unwrap()["dr"].state,
+        Observed::Locked
+    );
+    assert!(!fw.lock_inherited(&dr), "and so after a listing");
+    // A rebuild (init again) keeps the chains, and they stay this run's.
+    fw.init(&both).unwrap();
+    assert_eq!(
+        fw.observe(&both, None).unwrap()["dr"].state,
+        Observed::Locked
+    );
+    assert!(!fw.lock_inherited(&dr), "and so after a rebuild");
+    assert_eq!(udp_across(&there, &here, &all), handshakes, "in");
+    assert_eq!(udp_across(&here, &there, &all), handshakes, "out");
+}
+
 /// A netlink flip the kernel refuses is an error, never a lockdown taken
 /// for done: here a `locked_` set was deleted behind the backend (with the
 /// base rules that use it) after it staged the lockdown, so its fast path

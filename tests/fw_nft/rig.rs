@@ -68,6 +68,19 @@ impl Drop for Netns {
     }
 }
 
+/// A second backend on the rig's namespace and wrapper, as a restarted
+/// (or upgraded) daemon's: it knows nothing the first one loaded.
+pub fn restarted(r: &Rig, handshakes: bool) -> Box<dyn Firewall> {
+    let conf = FirewallConf {
+        backend: FirewallBackend::Nftables,
+        anchor: "qkdpfd".into(),
+        pfctl: PathBuf::from("/sbin/pfctl"),
+        nft: r._dir.path().join("nft"),
+        handshakes,
+    };
+    fw::new(&conf, r._dir.path())
+}
+
 /// A namespace, a wrapper script running nft inside it, and the backend.
 pub struct Rig {
     pub ns: Netns,

@@ -200,6 +200,15 @@ pub trait Firewall: LinkCheck + Send {
         let _ = link;
         false
     }
+    /// Whether the link's lockdown, as the last read-back found it, was
+    /// loaded by an earlier run (or by another tool) and not by this one:
+    /// what a lockdown lets through may have changed since (a restart into
+    /// a new version), so a link locked by it is locked again with this
+    /// run's text. Only ever a reason to load a lockdown, never to open.
+    fn lock_inherited(&self, link: &LinkTarget) -> bool {
+        let _ = link;
+        false
+    }
 }
 
 /// What the kernel showed for one link.

@@ -21,7 +21,7 @@
 //! otherwise loads the chain whole with `nft -f`. Whatever our bookkeeping
 //! believes, the read-back after each flip decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -146,10 +146,23 @@ struct Known {
     /// emptied behind our back (a new link's is empty too, and locked; see
     /// `readback::judge`).
     lock_loaded: bool,
+    /// This process has written `lock_<link>` (loaded it, cleared it, or
+    /// tried to): kept across `init`, whose skeleton keeps the chains.
+    lock_written: bool,
+    /// The last listing showed rules in `lock_<link>`: unless this process
+    /// wrote them (`lock_written`), an earlier run's or another tool's.
+    lock_held_rules: bool,
     /// The link's read-back at `verified_gen`.
     verified: Option<Readback>,
     /// The shape of the link's chains at `verified_gen`.
     shape: Option<readback::Shape>,
+}
+
+impl Known {
+    /// `lock_<link>` is (about to be) written by this process.
+    fn lock_writing(&mut self) {
+        (self.lock_loaded, self.lock_written) = (true, true);
+    }
 }
 
 impl Nft {
@@ -271,8 +284,12 @@ impl Nft {
         } else {
             false
         };
-        if !readback::lock_chain_ok(&listing, name) {
+        let (whole, held_rules) = readback::lock_chain(&listing, name);
+        if !whole {
             self.forget_staged(name);
+        }
+        if let Some(k) = self.known_mut(name) {
+            k.lock_held_rules = held_rules;
         }
         let state = match self.locked_holds(link) {
             Ok(holds) => readback::judge_shape(link, readback::shape(link, &listing), holds),
@@ -425,7 +442,8 @@ impl Nft {
         if let Some(i) = self.index(name) {
             self.pending.remove(&i);
             let k = &mut self.known[i];
-            (k.opened, k.staged, k.lock_loaded) = (None, None, true);
+            (k.opened, k.staged) = (None, None);
+            k.lock_writing();
         }
     }
 
@@ -672,6 +690,11 @@ impl Firewall for Nft {
         for l in links.iter() {
             check_names(&self.table, l)?;
         }
+        // What this process wrote stays its own: the skeleton keeps chains.
+        let written: BTreeSet<String> = (self.targets.iter().zip(&self.known))
+            .filter(|(_, k)| k.lock_written)
+            .map(|(t, _)| t.name.clone())
+            .collect();
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.known.clear();
         self.pending.clear();
@@ -685,6 +708,7 @@ impl Firewall for Nft {
         self.known = (self.targets.iter())
             .map(|t| Known {
                 keys: owned.remove(&t.name).unwrap_or_default(),
+                lock_written: written.contains(&t.name),
                 ..Known::default()
             })
             .collect();
@@ -781,7 +805,7 @@ impl Firewall for Nft {
                 // link chain stays as it was.
                 let keys = self.link_keys(link).map_err(FwError::refused)?;
                 if let Some(k) = self.known_mut(&link.name) {
-                    k.lock_loaded = true;
+                    k.lock_writing();
                 }
                 let script = lock_script(&self.table, link, &keys, &stmts);
                 // Copied where the text was compiled lately: no process.
@@ -897,6 +921,10 @@ impl Firewall for Nft {
     fn passes_handshakes(&self, link: &LinkTarget) -> bool {
         // lock_<link> holds our text, handshakes first.
         self.handshakes && (self.known_of(&link.name)).is_some_and(|k| k.staged.is_some())
+    }
+
+    fn lock_inherited(&self, link: &LinkTarget) -> bool {
+        (self.known_of(&link.name)).is_some_and(|k| k.lock_held_rules && !k.lock_written)
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {

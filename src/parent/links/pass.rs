@@ -10,9 +10,13 @@
 //! difference from a snapshot: other handlers report links between
 //! slices, and a second listing may come before the pass reaches a link.
 
-use super::{Links, OpenedBy};
+use super::{Links, OpenedBy, target_of};
 use crate::lock::Enforcement;
+use crate::log::{self, Event};
+use crate::parent::fw::Observed;
 use crate::policy::Bundle;
+use crate::ruleset::LinkTarget;
+use crate::tool::FwError;
 use std::time::{Duration, Instant};
 
 /// Links a turn of the main loop converges in a tick's reconcile: about
@@ -83,8 +87,14 @@ impl Links {
         };
         let len = self.targets.len();
         let mut changed = Vec::new();
+        // Links locked by an earlier run's lockdown, locked again together
+        // with this run's at the slice's end (the slice ends when they are
+        // as many as the firewall takes at once). Only in a sliced pass: a
+        // whole reconcile (start-up, a site lock) does not wait for them.
+        let mut relock = Vec::new();
+        let relocks_at_once = self.fw.relocks_at_once();
         let mut n = 0;
-        while pass.next < len && n < at_most {
+        while pass.next < len && n < at_most && relock.len() < relocks_at_once {
             if n > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
@@ -94,7 +104,17 @@ impl Links {
             // (an open link found damaged reads locked until its open).
             if !self.queue_open(&name, by) {
                 self.converge(&name, bundle, by, false);
+                if deadline.is_some() && self.lock_inherited(&name) {
+                    relock.push(name);
+                    continue;
+                }
             }
+            let l = &self.links[&name];
+            if l.untold() {
+                changed.push((name, l.enforcement()));
+            }
+        }
+        for name in self.relock_inherited(relock, bundle) {
             let l = &self.links[&name];
             if l.untold() {
                 changed.push((name, l.enforcement()));
@@ -107,5 +127,54 @@ impl Links {
             self.persist();
         }
         changed
+    }
+
+    /// Whether the link is to stay locked, the kernel shows it locked, and
+    /// by a lockdown an earlier run loaded ([`crate::parent::fw::Firewall::lock_inherited`]).
+    fn lock_inherited(&self, name: &str) -> bool {
+        self.links.get(name).is_some_and(|l| {
+            l.desired() == Some(Enforcement::Lockdown)
+                && !l.lock_failed
+                && l.kernel.state == Observed::Locked
+        }) && self.fw.lock_inherited(target_of(&self.targets, name))
+    }
+
+    /// Loads this run's lockdown over an earlier run's for `names`, which
+    /// the kernel shows locked: the bundle's in one load
+    /// ([`crate::parent::fw::Firewall::lock_many`]), or without one qkdpfd's drop
+    /// ([`crate::parent::fw::Firewall::clear_many`]); each read back. One the load left locked
+    /// keeps what it had, said once (the backend does not try it again);
+    /// one it did not leave locked walks the lockdown ladder. Returns
+    /// `names`.
+    fn relock_inherited(&mut self, names: Vec<String>, bundle: Option<&Bundle>) -> Vec<String> {
+        if names.is_empty() {
+            return names;
+        }
+        let ext = self.fw.extension();
+        let ruleset = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext));
+        let targets: Vec<&LinkTarget> = names.iter().map(|n| target_of(&self.targets, n)).collect();
+        let loaded = match ruleset {
+            Some(r) => self.fw.lock_many(&targets, r),
+            None => self.fw.clear_many(&targets),
+        };
+        let mut loaded = loaded.into_iter();
+        for name in &names {
+            let r = loaded
+                .next()
+                .unwrap_or_else(|| Err(FwError::refused("not loaded")));
+            self.observe_one(name);
+            if self.links[name].kernel.state != Observed::Locked {
+                self.lock(name, bundle);
+                continue;
+            }
+            self.mark_locked(name, true);
+            if let Err(e) = r {
+                log::event(Event::StageFailed)
+                    .kv("link", name)
+                    .msg(format!("an earlier run's lockdown rules kept: {e}"))
+                    .send();
+            }
+        }
+        names
     }
 }

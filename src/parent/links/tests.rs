@@ -31,6 +31,8 @@ struct Kernel {
     site_lies: bool,
     /// The site lock holds: every link reads locked.
     site: bool,
+    /// Links whose lockdown an earlier run loaded.
+    inherited: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ impl Firewall for Fake {
             Enforcement::Lockdown => {
                 k.chain.insert(l.name.clone(), Observed::Locked);
                 k.handshakes.insert(l.name.clone());
+                k.inherited.remove(&l.name);
             }
             Enforcement::Open => {
                 // As nft's: an open ends the site lock, each link locked.
@@ -99,7 +102,13 @@ impl Firewall for Fake {
     }
     fn lock_many(&mut self, links: &[&LinkTarget], r: &str) -> Vec<Result<(), FwError>> {
         let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        (self.k.lock().unwrap().calls).push(format!("lock_many {}", names.join(",")));
+        let mut k = self.k.lock().unwrap();
+        k.calls.push(format!("lock_many {}", names.join(",")));
+        // As nft's: a chain this run tried to write is its own.
+        for n in &names {
+            k.inherited.remove(*n);
+        }
+        drop(k);
         (links.iter())
             .map(|l| self.apply(l, Enforcement::Lockdown, r))
             .collect()
@@ -136,10 +145,17 @@ impl Firewall for Fake {
         }
         k.chain.insert(l.name.clone(), Observed::Locked);
         k.handshakes.remove(&l.name);
+        k.inherited.remove(&l.name);
         Ok(())
     }
     fn passes_handshakes(&self, l: &LinkTarget) -> bool {
         self.k.lock().unwrap().handshakes.contains(&l.name)
+    }
+    fn lock_inherited(&self, l: &LinkTarget) -> bool {
+        self.k.lock().unwrap().inherited.contains(&l.name)
+    }
+    fn relocks_at_once(&self) -> usize {
+        2
     }
     fn observe(
         &mut self,
@@ -520,6 +536,94 @@ fn silent_engine_keeps_a_proven_state_and_locks_an_unproven_one() {
     l.set_parent_reason("dr", LockReason::ProcessFailure, true);
     l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), None);
     assert!(!l.links["dr"].parent.contains(LockReason::ProcessFailure));
+}
+
+/// Links `names`, each locked in the kernel by an earlier run's lockdown
+/// (du excepted: this run's) and to stay locked (QBER).
+fn inherited(fake: Fake, dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
+    let names = ["dr", "dt", "du", "dv"];
+    let locked: Vec<(&str, Observed)> = names.iter().map(|n| (*n, Observed::Locked)).collect();
+    let (mut l, k) = in_kernel(fake, dir, &locked);
+    k.lock().unwrap().inherited = ["dr".into(), "dt".into(), "dv".into()].into();
+    for n in names {
+        l.set_engine_reasons(n, [LockReason::Qber].into_iter().collect(), Some(0.2), None);
+    }
+    (l, k)
+}
+
+/// Sliced passes to the end, as the main loop runs a tick's.
+fn sliced_pass(l: &mut Links, bundle: Option<&Bundle>) -> Vec<(String, Enforcement)> {
+    let later = Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    l.start_reconcile();
+    let mut changed = Vec::new();
+    while l.reconciling() {
+        changed.extend(l.reconcile_more(bundle, OpenedBy::Auto, 1024, later));
+    }
+    changed
+}
+
+#[test]
+fn a_lockdown_an_earlier_run_loaded_is_loaded_again_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = inherited(Fake::default(), t.path());
+    // A whole reconcile (start-up, a site lock) does not wait for them.
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert!(calls(&k).is_empty());
+    tell(&l);
+    // A tick's pass locks them again together, as many at once as the
+    // firewall takes (here two), a slice each.
+    assert!(
+        sliced_pass(&mut l, Some(&bundle())).is_empty(),
+        "still locked"
+    );
+    assert_eq!(
+        calls(&k),
+        [
+            "lock_many dr,dt",
+            "apply dr lockdown drop",
+            "apply dt lockdown drop",
+            "lock_many dv",
+            "apply dv lockdown drop"
+        ]
+    );
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+    // This run's now: the next tick leaves them as they are.
+    sliced_pass(&mut l, Some(&bundle()));
+    assert!(calls(&k).is_empty());
+}
+
+#[test]
+fn without_a_policy_an_earlier_runs_lockdown_becomes_the_drop() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = inherited(Fake::default(), t.path());
+    sliced_pass(&mut l, None);
+    assert_eq!(calls(&k), ["clear dr", "clear dt", "clear dv"]);
+    sliced_pass(&mut l, None);
+    assert!(calls(&k).is_empty());
+}
+
+/// A load that fails leaves the link locked by what it had: said once,
+/// not tried again, and no further step of the ladder (the link is
+/// locked; removing its peer would only add an outage).
+#[test]
+fn a_failed_relock_keeps_the_earlier_lockdown_and_goes_no_further() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel {
+        fail_applies: 10,
+        ..Kernel::default()
+    });
+    let (mut l, k) = inherited(fake, t.path());
+    sliced_pass(&mut l, Some(&bundle()));
+    let seen = calls(&k);
+    assert!(
+        seen.iter()
+            .all(|c| c.starts_with("lock_many") || c.starts_with("apply")),
+        "{seen:?}"
+    );
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+    assert!(!l.links["dr"].lock_failed);
+    sliced_pass(&mut l, Some(&bundle()));
+    assert!(calls(&k).is_empty(), "tried once");
 }
 
 /// WireGuard in memory for the ladder's last rung: which peers exist.

@@ -221,7 +221,8 @@ impl Nft {
         }
         for (i, _) in &loading {
             let k = &mut self.known[*i];
-            (k.staged, k.lock_loaded) = (None, true);
+            k.staged = None;
+            k.lock_writing();
         }
         let what = format!("preload lockdown rules for {} links", loading.len());
         let done = self.load_chains(&what, Loaded::Lock, loads);
@@ -372,7 +373,8 @@ impl Nft {
             for &(_, i) in &loading {
                 self.pending.remove(&i);
                 let k = &mut self.known[i];
-                (k.staged, k.lock_loaded) = (None, true);
+                k.staged = None;
+                k.lock_writing();
                 opened.push(k.opened.take());
             }
             let what = format!("load lockdown rules for {} links", loading.len());

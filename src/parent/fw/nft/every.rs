@@ -61,9 +61,10 @@ impl Nft {
         let judged = readback::judge(links, table.as_ref(), guard.as_ref(), &|n| {
             self.known_of(n).is_some_and(|k| k.lock_loaded)
         });
-        let lock_ok: Vec<bool> = (links.iter())
-            .map(|l| (table.as_ref()).is_some_and(|t| readback::lock_chain_ok(t, &l.name)))
-            .collect();
+        // Whether each lockdown chain is whole, and whether it holds rules.
+        let (lock_ok, lock_rules): (Vec<bool>, Vec<bool>) = (links.iter())
+            .map(|l| (table.as_ref()).map_or((false, false), |t| readback::lock_chain(t, &l.name)))
+            .unzip();
         let shapes: Option<Vec<readback::Shape>> = (table.as_ref()).map(|t| {
             let loaded = |l: &LinkTarget| self.known_of(&l.name).is_some_and(|k| k.lock_loaded);
             (links.iter())
@@ -89,6 +90,7 @@ impl Nft {
             if !lock_ok[n] {
                 k.staged = None;
             }
+            k.lock_held_rules = lock_rules[n];
             if !matches!(rb.state, Observed::Open | Observed::Locked) {
                 k.opened = None;
             }
