@@ -278,7 +278,7 @@ fn operator_lockdown_survives_restart() {
 /// the pings across the tunnel stop. The link reads locked throughout.
 #[test]
 fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
-    let Some(mut gw) = Gateway::new("qkt19", "200ms", "") else {
+    let Some(mut gw) = Gateway::new("qkt20", "200ms", "") else {
         return;
     };
     gw.start();
@@ -805,10 +805,15 @@ fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
     gw.nft(&["flush", "ruleset"]);
     let took = lost(1);
     eprintln!("rebuilt {took:?} after the flush");
-    assert!(
-        gw.nft(&["list", "table", "inet", "qkdpfd"])
-            .contains("jump link_dr")
-    );
+    // The event is said before the rebuild's nft run: wait for the run.
+    let rebuilt = || {
+        let t = std::time::Instant::now();
+        while !(gw.nft(&["list", "table", "inet", "qkdpfd"])).contains("jump link_dr") {
+            assert!(t.elapsed() < Duration::from_secs(5), "no skeleton");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    rebuilt();
     assert_eq!(
         gw.pings(3),
         0,

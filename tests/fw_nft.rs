@@ -709,6 +709,75 @@ fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
     assert_eq!(udp_across(&here, &there, &all), handshakes, "out");
 }
 
+/// This run's lockdown loaded over locked links' (`reload_locks`) in one
+/// run; when that run fails, each link keeps what it had and no run is
+/// made for a link alone (nft reads the whole table each time). With no
+/// bundle, the drop.
+#[test]
+fn a_failed_reload_of_locks_keeps_them_and_runs_nothing_alone() {
+    if !root_or_skip("a_failed_reload_of_locks_keeps_them_and_runs_nothing_alone") {
+        return;
+    }
+    let mut r = rig_with(true);
+    let ls: Vec<LinkTarget> = (0..3u8)
+        .map(|i| link(&format!("l{i}"), &format!("wg{i}"), [198, 51, 100, i + 1]))
+        .collect();
+    let refs: Vec<&LinkTarget> = ls.iter().collect();
+    r.fw.init(&ls).unwrap();
+    assert!(
+        r.fw.lock_many(&refs, "counter drop")
+            .iter()
+            .all(Result::is_ok)
+    );
+    let mut fw = restarted(&r, true);
+    fw.init(&ls).unwrap();
+    fw.observe(&ls, None).unwrap();
+    assert!(ls.iter().all(|l| fw.lock_inherited(l)));
+    let before = nft_runs(&r);
+    std::fs::write(r._dir.path().join("fail_next_load"), "").unwrap();
+    let out = fw.reload_locks(&refs, Some("reject"));
+    assert!(out.iter().all(Result::is_err), "{out:?}");
+    assert_eq!(nft_runs(&r) - before, 1, "the load alone");
+    for l in &ls {
+        assert_eq!(
+            fw.observe(&ls, None).unwrap()[&l.name].state,
+            Observed::Locked
+        );
+        assert_eq!(
+            rules_uncounted(&r.ns, &format!("lock_{}", l.name))
+                .last()
+                .unwrap(),
+            "counter drop"
+        );
+    }
+    // The same without the failure: the new text, every link locked.
+    let out = fw.reload_locks(&refs, Some("reject"));
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    for l in &ls {
+        assert_eq!(
+            fw.observe(&ls, None).unwrap()[&l.name].state,
+            Observed::Locked
+        );
+        assert!(rules(&r.ns, &format!("lock_{}", l.name)).contains(&"reject".to_string()));
+    }
+    // No bundle: qkdpfd's drop, a failed run also left as it was.
+    std::fs::write(r._dir.path().join("fail_next_load"), "").unwrap();
+    let before = nft_runs(&r);
+    assert!(fw.reload_locks(&refs, None).iter().all(Result::is_err));
+    assert_eq!(nft_runs(&r) - before, 1, "the load alone");
+    assert!(fw.reload_locks(&refs, None).iter().all(Result::is_ok));
+    for l in &ls {
+        assert_eq!(
+            fw.observe(&ls, None).unwrap()[&l.name].state,
+            Observed::Locked
+        );
+        assert!(
+            rules(&r.ns, &format!("lock_{}", l.name)).is_empty(),
+            "the drop"
+        );
+    }
+}
+
 /// A netlink flip the kernel refuses is an error, never a lockdown taken
 /// for done: here a `locked_` set was deleted behind the backend (with the
 /// base rules that use it) after it staged the lockdown, so its fast path

@@ -184,6 +184,9 @@ pub struct Links {
     hold_writes: bool,
     /// The tick's reconcile under way, a slice of links a turn (`pass.rs`).
     pass: Option<pass::Pass>,
+    /// Links whose earlier run's lockdown this run has tried to load over
+    /// (`pass.rs`): once a run, whatever the backend remembers.
+    relocked: BTreeSet<String>,
 }
 
 /// Link `name`'s target in `targets` (in name order), if it is one.
@@ -248,6 +251,7 @@ impl Links {
             defer_opens: false,
             hold_writes: false,
             pass: None,
+            relocked: BTreeSet::new(),
         }
     }
 

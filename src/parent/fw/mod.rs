@@ -200,6 +200,23 @@ pub trait Firewall: LinkCheck + Send {
         let _ = link;
         false
     }
+    /// This run's lockdown loaded over the one in place for `links`, which
+    /// the kernel shows locked: `ruleset` (the bundle's lockdown text) as
+    /// [`Firewall::lock_many`] loads it, or without one qkdpfd's drop as
+    /// [`Firewall::clear_many`] does, but with no link's own run after a
+    /// load that fails: such links are locked already, and a run each (at
+    /// 10,000 links ~75 ms, up to the timeout when nft hangs) would hold
+    /// the loop, and every lockdown with it. One answer per link, in order.
+    fn reload_locks(
+        &mut self,
+        links: &[&LinkTarget],
+        ruleset: Option<&str>,
+    ) -> Vec<Result<(), FwError>> {
+        match ruleset {
+            Some(r) => self.lock_many(links, r),
+            None => self.clear_many(links),
+        }
+    }
     /// Whether the link's lockdown, as the last read-back found it, was
     /// loaded by an earlier run (or by another tool) and not by this one:
     /// what a lockdown lets through may have changed since (a restart into

@@ -839,11 +839,22 @@ impl Firewall for Nft {
     }
 
     fn lock_many(&mut self, links: &[&LinkTarget], ruleset: &str) -> Vec<Result<(), FwError>> {
-        self.lock_links(links, ruleset)
+        self.lock_links(links, ruleset, true)
+    }
+
+    fn reload_locks(
+        &mut self,
+        links: &[&LinkTarget],
+        ruleset: Option<&str>,
+    ) -> Vec<Result<(), FwError>> {
+        match ruleset {
+            Some(r) => self.lock_links(links, r, false),
+            None => self.clear_links(links, false),
+        }
     }
 
     fn clear_many(&mut self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
-        self.clear_links(links)
+        self.clear_links(links, true)
     }
 
     // One transaction and each link's read-back (a few netlink lookups),

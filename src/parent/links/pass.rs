@@ -132,20 +132,22 @@ impl Links {
     /// Whether the link is to stay locked, the kernel shows it locked, and
     /// by a lockdown an earlier run loaded ([`crate::parent::fw::Firewall::lock_inherited`]).
     fn lock_inherited(&self, name: &str) -> bool {
-        self.links.get(name).is_some_and(|l| {
-            l.desired() == Some(Enforcement::Lockdown)
-                && !l.lock_failed
-                && l.kernel.state == Observed::Locked
-        }) && self.fw.lock_inherited(target_of(&self.targets, name))
+        !self.relocked.contains(name)
+            && self.links.get(name).is_some_and(|l| {
+                l.desired() == Some(Enforcement::Lockdown)
+                    && !l.lock_failed
+                    && l.kernel.state == Observed::Locked
+            })
+            && self.fw.lock_inherited(target_of(&self.targets, name))
     }
 
     /// Loads this run's lockdown over an earlier run's for `names`, which
-    /// the kernel shows locked: the bundle's in one load
-    /// ([`crate::parent::fw::Firewall::lock_many`]), or without one qkdpfd's drop
-    /// ([`crate::parent::fw::Firewall::clear_many`]); each read back. One the load left locked
-    /// keeps what it had, said once (the backend does not try it again);
-    /// one it did not leave locked walks the lockdown ladder. Returns
-    /// `names`.
+    /// the kernel shows locked: the bundle's, or without one qkdpfd's drop,
+    /// in as few loads as the firewall can and none for a link alone
+    /// ([`crate::parent::fw::Firewall::reload_locks`]); each read back. One
+    /// left locked keeps what it had if the load failed, said once (it is
+    /// not tried again this run); one no longer shown locked walks the
+    /// lockdown ladder. Returns `names`.
     fn relock_inherited(&mut self, names: Vec<String>, bundle: Option<&Bundle>) -> Vec<String> {
         if names.is_empty() {
             return names;
@@ -153,12 +155,9 @@ impl Links {
         let ext = self.fw.extension();
         let ruleset = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext));
         let targets: Vec<&LinkTarget> = names.iter().map(|n| target_of(&self.targets, n)).collect();
-        let loaded = match ruleset {
-            Some(r) => self.fw.lock_many(&targets, r),
-            None => self.fw.clear_many(&targets),
-        };
-        let mut loaded = loaded.into_iter();
+        let mut loaded = self.fw.reload_locks(&targets, ruleset).into_iter();
         for name in &names {
+            self.relocked.insert(name.clone());
             let r = loaded
                 .next()
                 .unwrap_or_else(|| Err(FwError::refused("not loaded")));

@@ -20,6 +20,8 @@ struct Kernel {
     fail_applies: usize,
     /// apply(lockdown) answers Ok but changes nothing (a lying tool).
     lockdown_lies: bool,
+    /// apply(lockdown) answers Ok and leaves the chain proving nothing.
+    lockdown_breaks: bool,
     fail_clear: bool,
     fail_init: bool,
     fail_guard: bool,
@@ -76,6 +78,9 @@ impl Firewall for Fake {
         }
         match s {
             Enforcement::Lockdown if k.lockdown_lies => {}
+            Enforcement::Lockdown if k.lockdown_breaks => {
+                k.chain.insert(l.name.clone(), Observed::unknown("broken"));
+            }
             Enforcement::Lockdown => {
                 k.chain.insert(l.name.clone(), Observed::Locked);
                 k.handshakes.insert(l.name.clone());
@@ -102,13 +107,7 @@ impl Firewall for Fake {
     }
     fn lock_many(&mut self, links: &[&LinkTarget], r: &str) -> Vec<Result<(), FwError>> {
         let names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        let mut k = self.k.lock().unwrap();
-        k.calls.push(format!("lock_many {}", names.join(",")));
-        // As nft's: a chain this run tried to write is its own.
-        for n in &names {
-            k.inherited.remove(*n);
-        }
-        drop(k);
+        (self.k.lock().unwrap().calls).push(format!("lock_many {}", names.join(",")));
         (links.iter())
             .map(|l| self.apply(l, Enforcement::Lockdown, r))
             .collect()
@@ -140,12 +139,13 @@ impl Firewall for Fake {
     fn clear(&mut self, l: &LinkTarget) -> Result<(), FwError> {
         let mut k = self.k.lock().unwrap();
         k.calls.push(format!("clear {}", l.name));
+        // As nft's: a chain this run tried to write is its own.
+        k.inherited.remove(&l.name);
         if k.fail_clear {
             return Err(FwError::refused("injected"));
         }
         k.chain.insert(l.name.clone(), Observed::Locked);
         k.handshakes.remove(&l.name);
-        k.inherited.remove(&l.name);
         Ok(())
     }
     fn passes_handshakes(&self, l: &LinkTarget) -> bool {
@@ -624,6 +624,30 @@ fn a_failed_relock_keeps_the_earlier_lockdown_and_goes_no_further() {
     assert!(!l.links["dr"].lock_failed);
     sliced_pass(&mut l, Some(&bundle()));
     assert!(calls(&k).is_empty(), "tried once");
+}
+
+/// A load that leaves the link proving nothing (not locked as read back)
+/// walks the ladder: here the bundle's lockdown again, then the drop.
+#[test]
+fn a_relock_that_unlocks_walks_the_ladder() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel {
+        lockdown_breaks: true,
+        ..Kernel::default()
+    });
+    let (mut l, k) = inherited(fake, t.path());
+    k.lock().unwrap().inherited = ["dr".into()].into();
+    sliced_pass(&mut l, Some(&bundle()));
+    assert_eq!(
+        calls(&k),
+        [
+            "lock_many dr",
+            "apply dr lockdown drop",
+            "apply dr lockdown drop",
+            "clear dr"
+        ]
+    );
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
 }
 
 /// WireGuard in memory for the ladder's last rung: which peers exist.

@@ -335,11 +335,13 @@ impl Nft {
     /// sets, in one load ([`Nft::load_chains`]: an nft run and copies); a
     /// link whose chain holds it already is a flip of its own (`apply`). A
     /// link the load did not lock (a run or copy that failed changes
-    /// nothing for its links) is then applied alone, locking or failing.
+    /// nothing for its links) is then applied alone, locking or failing;
+    /// without `each_alone`, it is that load's error.
     pub(super) fn lock_links(
         &mut self,
         links: &[&LinkTarget],
         ruleset: &str,
+        each_alone: bool,
     ) -> Vec<Result<(), FwError>> {
         let mut out: Vec<Option<Result<(), FwError>>> = links.iter().map(|_| None).collect();
         let mut loads = Vec::new();
@@ -389,7 +391,9 @@ impl Nft {
                         loaded.push((i, Loaded::Lock));
                         Ok(())
                     }
-                    true => self.apply(links[n], Enforcement::Lockdown, ruleset),
+                    true if each_alone => self.apply(links[n], Enforcement::Lockdown, ruleset),
+                    true => Err((done.error.clone())
+                        .unwrap_or_else(|| FwError::refused("lockdown rules not loaded"))),
                 });
             }
             if done.commits > 0 && done.failed.is_empty() {
@@ -403,8 +407,13 @@ impl Nft {
 
     /// [`Firewall::clear_many`]: [`LINKS_A_RUN`] links' drops a run. A run
     /// that fails changes nothing: its links are then cleared one by one,
-    /// each succeeding or failing alone.
-    pub(super) fn clear_links(&mut self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
+    /// each succeeding or failing alone (without `each_alone`, each gets
+    /// the run's error).
+    pub(super) fn clear_links(
+        &mut self,
+        links: &[&LinkTarget],
+        each_alone: bool,
+    ) -> Vec<Result<(), FwError>> {
         let mut out = Vec::with_capacity(links.len());
         for run in links.chunks(LINKS_A_RUN) {
             let named: Vec<Result<(), FwError>> = (run.iter())
@@ -416,12 +425,16 @@ impl Nft {
                 script.push_str(&clear_script(&self.table, l));
             }
             let what = format!("replace the chains of {} links by drops", run.len());
-            let ok = script.is_empty() || self.run_many(&what, &script, run.len()).is_ok();
+            let ran = match script.is_empty() {
+                true => Ok(()),
+                false => self.run_many(&what, &script, run.len()).map(drop),
+            };
             for (l, named) in run.iter().zip(named) {
-                out.push(match named {
-                    Ok(()) if ok => Ok(()),
-                    Ok(()) => self.clear(l),
-                    Err(e) => Err(e),
+                out.push(match (named, &ran) {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Ok(()), Err(_)) if each_alone => self.clear(l),
+                    (Ok(()), Err(e)) => Err(e.clone()),
+                    (Err(e), _) => Err(e),
                 });
             }
         }
