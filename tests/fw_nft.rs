@@ -536,6 +536,24 @@ fn udp_across(
     got
 }
 
+/// WireGuard's handshake messages and the keepalive: (type, reserved
+/// byte, length).
+const HANDSHAKES: [(u8, u8, usize); 4] = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32)];
+
+/// UDP sockets on WireGuard's port at this end (192.0.2.1) and in `far`
+/// (192.0.2.2), as [`far_end`] addresses them.
+fn wireguard_ports(far: &Netns) -> (std::net::UdpSocket, std::net::UdpSocket) {
+    let here = std::net::UdpSocket::bind("192.0.2.1:51820").unwrap();
+    let far_name = far.name.clone();
+    let there = std::thread::spawn(move || {
+        enter_name(&far_name);
+        std::net::UdpSocket::bind("192.0.2.2:51820").unwrap()
+    })
+    .join()
+    .unwrap();
+    (here, there)
+}
+
 /// With `new_session`, a lockdown lets WireGuard's handshake messages
 /// (types 1-3 at their own lengths) and keepalives (type 4 with nothing in
 /// it: 32 bytes) through between the peer and us, in both directions, and
@@ -581,15 +599,8 @@ fn a_lockdown_lets_only_wireguard_handshakes_through() {
     assert!(r.fw.passes_handshakes(&dr));
     assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
 
-    let here = std::net::UdpSocket::bind("192.0.2.1:51820").unwrap();
-    let far_name = far.name.clone();
-    let there = std::thread::spawn(move || {
-        enter_name(&far_name);
-        std::net::UdpSocket::bind("192.0.2.2:51820").unwrap()
-    })
-    .join()
-    .unwrap();
-    let handshakes = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32)];
+    let (here, there) = wireguard_ports(&far);
+    let handshakes = HANDSHAKES;
     let others = [
         (4, 0, 48),
         (4, 0, 148),
@@ -678,15 +689,8 @@ fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
     assert!(fw.lock_inherited(&dr), "an earlier run's lockdown");
     assert!(!fw.lock_inherited(&da), "a new link's empty chain");
 
-    let here = std::net::UdpSocket::bind("192.0.2.1:51820").unwrap();
-    let far_name = far.name.clone();
-    let there = std::thread::spawn(move || {
-        enter_name(&far_name);
-        std::net::UdpSocket::bind("192.0.2.2:51820").unwrap()
-    })
-    .join()
-    .unwrap();
-    let handshakes = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32)];
+    let (here, there) = wireguard_ports(&far);
+    let handshakes = HANDSHAKES;
     let all = [(1, 0, 148), (2, 0, 92), (3, 0, 64), (4, 0, 32), (4, 0, 148)];
     assert_eq!(udp_across(&there, &here, &all), all, "the earlier text");
 
