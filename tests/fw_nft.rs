@@ -846,8 +846,8 @@ fn netlink_and_nft_read_a_link_chain_alike() {
         let shape = readback::shape(&dr, &by_netlink);
         assert_eq!(shape, readback::shape(&dr, &by_nft), "{what}");
         assert_eq!(
-            readback::lock_chain_ok(&by_netlink, "dr"),
-            readback::lock_chain_ok(&by_nft, "dr"),
+            readback::lock_chain(&by_netlink, "dr"),
+            readback::lock_chain(&by_nft, "dr"),
             "{what}"
         );
         shape

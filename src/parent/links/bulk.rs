@@ -63,7 +63,7 @@ impl Links {
 
     /// Whether a forced [`Links::converge`] would lock the link again (a
     /// new bundle's lockdown text): it is to be locked, and nothing failed.
-    fn relocks(&self, name: &str) -> bool {
+    pub(super) fn relocks(&self, name: &str) -> bool {
         (self.links.get(name))
             .is_some_and(|l| l.desired() == Some(Enforcement::Lockdown) && !l.lock_failed)
     }

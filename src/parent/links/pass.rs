@@ -133,11 +133,8 @@ impl Links {
     /// by a lockdown an earlier run loaded ([`crate::parent::fw::Firewall::lock_inherited`]).
     fn lock_inherited(&self, name: &str) -> bool {
         !self.relocked.contains(name)
-            && self.links.get(name).is_some_and(|l| {
-                l.desired() == Some(Enforcement::Lockdown)
-                    && !l.lock_failed
-                    && l.kernel.state == Observed::Locked
-            })
+            && self.relocks(name)
+            && self.links[name].kernel.state == Observed::Locked
             && self.fw.lock_inherited(target_of(&self.targets, name))
     }
 

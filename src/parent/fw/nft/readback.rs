@@ -649,14 +649,9 @@ pub fn judge_shape(link: &LinkTarget, shape: Shape, holds: Holds) -> Observed {
     }
 }
 
-/// Whether `lock_<name>` is listed and whole; a backend that preloaded it
-/// forgets what it loaded when it is not.
-pub fn lock_chain_ok(t: &Listing, name: &str) -> bool {
-    lock_chain(t, name).0
-}
-
-/// Whether `lock_<name>` in `t` is listed and whole ([`lock_chain_ok`]),
-/// and whether it holds any rule (a new link's is empty).
+/// Whether `lock_<name>` in `t` is listed and whole (a backend that
+/// preloaded it forgets what it loaded when it is not), and whether it
+/// holds any rule (a new link's is empty).
 pub fn lock_chain(t: &Listing, name: &str) -> (bool, bool) {
     t.chains
         .get(&format!("lock_{name}"))
