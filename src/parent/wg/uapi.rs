@@ -1,16 +1,20 @@
 //! `userspace` WireGuard backend (DESIGN §5), run by the privileged parent:
 //! the cross-platform configuration protocol spoken on
-//! `/var/run/wireguard/<if>.sock` by wireguard-go (and wireguard-tools).
+//! `/var/run/wireguard/<if>.sock` by wireguard-go (and wireguard-tools), and
+//! boringtun's reading of it ([`boringtun`]).
 //! It touches nothing but that socket, and on it only the PSK of one peer.
 //!
 //! A request is `get=1` or `set=1`, then `key=value` lines and a blank
 //! line; the reply ends with `errno=N` and a blank line. Keys are hex.
 //! `public_key=` in a set creates a missing peer; `update_only=true` right
-//! after it undoes that, which boringtun does not understand — so a set is
-//! always preceded by a get that finds the peer, and followed by a get that
-//! reads the PSK back. A get reply carries the interface's private key too:
+//! after it undoes that, which boringtun refuses — so every write is
+//! preceded by a get that finds the peer (and tells which of the two
+//! answers), and followed by a get that reads it back. On boringtun, which
+//! cannot change a peer in place, a PSK is installed by removing the peer
+//! and adding it back with what the get read, in one set.
+//! A get reply carries the interface's private key too (wireguard-go):
 //! every buffer holding a reply or a request is zeroized. That private key
-//! is also the only way to learn the interface's own public key here (the
+//! is also the only way to learn the interface's own public key there (the
 //! protocol has no `public_key` line for the interface): X25519 with the
 //! base point. The parsed key lives only in a `Zeroizing` buffer; the one
 //! by-value copy curve25519-dalek's `mul_base_clamped` takes is on its stack.
@@ -28,6 +32,9 @@ use super::{
     verify, verify_recreated,
 };
 use crate::secret::Psk;
+
+pub mod boringtun;
+pub use boringtun::Server;
 
 /// Default per-read/per-write socket timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -106,26 +113,38 @@ impl Uapi {
         Ok(reply)
     }
 
+    /// `get=1`: the whole reply (zeroized when dropped: it may hold the
+    /// interface's private key).
+    fn get_reply(&self, ifname: &str) -> Result<Zeroizing<Vec<u8>>, WgError> {
+        self.exchange(ifname, b"get=1\n\n")
+    }
+
     /// `get=1`: the peer's PSK, or `None` when the interface has no such peer.
     fn get(&self, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
-        let reply = self.exchange(&peer.interface, b"get=1\n\n")?;
-        parse_get(&reply, &peer.public_key)
+        parse_get(&self.get_reply(&peer.interface)?, &peer.public_key)
     }
 
-    /// `get=1`: the interface's own public key, derived from its private key.
+    /// `get=1`, then the peer as it is, or `NoSuchPeer`.
+    fn read_peer(&self, peer: &WgPeer) -> Result<PeerConfig, WgError> {
+        parse_peer(&self.get_reply(&peer.interface)?, &peer.public_key)?.ok_or(WgError::NoSuchPeer)
+    }
+
+    /// `get=1`: the interface's own public key, as boringtun lists it or
+    /// derived from the private key wireguard-go lists.
     fn own_public(&self, ifname: &str) -> Result<[u8; 32], WgError> {
-        let reply = self.exchange(ifname, b"get=1\n\n")?;
-        let private = parse_private_key(&reply)?.ok_or_else(no_private_key)?;
-        Ok(public_from_private(&private))
+        let reply = self.get_reply(ifname)?;
+        let key = match Server::of(&reply) {
+            Server::Boringtun => boringtun::own_public_key(&reply)?,
+            Server::WireguardGo => parse_private_key(&reply)?.map(|k| public_from_private(&k)),
+        };
+        key.ok_or_else(no_private_key)
     }
 
-    /// `set=1` for one existing peer's PSK, with `update_only=true`.
-    fn set(&self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
-        let req = set_request(&peer.public_key, psk);
-        let reply = self.exchange(&peer.interface, req.as_bytes())?;
-        match errno_of(&reply)? {
+    /// One `set=1`; anything but `errno=0` is "`what` refused".
+    fn set(&self, ifname: &str, req: &[u8], what: &str) -> Result<(), WgError> {
+        match errno_of(&self.exchange(ifname, req)?)? {
             0 => Ok(()),
-            n => Err(WgError::Protocol(format!("set refused: errno={n}"))),
+            n => Err(WgError::Protocol(format!("{what} refused: errno={n}"))),
         }
     }
 }
@@ -136,11 +155,35 @@ impl WgBackend for Uapi {
     }
 
     fn set_psk(&mut self, peer: &WgPeer, psk: &Psk) -> Result<(), WgError> {
-        if self.get(peer)?.is_none() {
-            return Err(WgError::NoSuchPeer);
+        let reply = self.get_reply(&peer.interface)?;
+        match Server::of(&reply) {
+            Server::WireguardGo => {
+                if parse_get(&reply, &peer.public_key)?.is_none() {
+                    return Err(WgError::NoSuchPeer);
+                }
+                let req = set_request(&peer.public_key, psk);
+                self.set(&peer.interface, req.as_bytes(), "set")?;
+                verify(self.get(peer)?, psk)
+            }
+            Server::Boringtun => {
+                // Changed in place, boringtun would panic: the peer goes and
+                // comes back with what it had and the new PSK, which also
+                // ends its sessions (the next packet either end sends makes
+                // a new one). The same PSK again changes nothing.
+                let before = parse_peer(&reply, &peer.public_key)?.ok_or(WgError::NoSuchPeer)?;
+                if super::ct_eq(before.psk.expose(), psk.expose()) {
+                    return Ok(());
+                }
+                let want = PeerConfig {
+                    psk: psk.clone(),
+                    ..before
+                };
+                let req =
+                    recreate_request(&peer.public_key, &want, want.keepalive, Server::Boringtun);
+                self.set(&peer.interface, req.as_bytes(), "set")?;
+                verify_recreated(&want, Some(self.read_peer(peer)?))
+            }
         }
-        self.set(peer, psk)?;
-        verify(self.get(peer)?, psk)
     }
 
     fn get_psk(&mut self, peer: &WgPeer) -> Result<Psk, WgError> {
@@ -152,14 +195,12 @@ impl WgBackend for Uapi {
     }
 
     fn remove_peer(&mut self, peer: &WgPeer) -> Result<(), WgError> {
-        if self.get(peer)?.is_none() {
+        let reply = self.get_reply(&peer.interface)?;
+        if parse_get(&reply, &peer.public_key)?.is_none() {
             return Ok(());
         }
-        let reply = self.exchange(&peer.interface, remove_request(&peer.public_key).as_bytes())?;
-        match errno_of(&reply)? {
-            0 => {}
-            n => return Err(WgError::Protocol(format!("remove refused: errno={n}"))),
-        }
+        let req = remove_request(&peer.public_key, Server::of(&reply));
+        self.set(&peer.interface, req.as_bytes(), "remove")?;
         match self.get(peer)? {
             None => Ok(()),
             Some(_) => Err(WgError::Protocol("peer still there after remove".into())),
@@ -167,42 +208,30 @@ impl WgBackend for Uapi {
     }
 
     fn new_session(&mut self, peer: &WgPeer, keepalive: u16) -> Result<PeerConfig, WgError> {
-        let read = |me: &Self| {
-            let reply = me.exchange(&peer.interface, b"get=1\n\n")?;
-            parse_peer(&reply, &peer.public_key)
+        let reply = self.get_reply(&peer.interface)?;
+        let server = Server::of(&reply);
+        let before = parse_peer(&reply, &peer.public_key)?.ok_or(WgError::NoSuchPeer)?;
+        drop(reply);
+        // boringtun could take its keepalive back only by another
+        // re-creation, which would end the session just made: its peer
+        // keeps its own, and handshakes with the first packet either end
+        // sends (or its own keepalive).
+        let pka = match server {
+            Server::WireguardGo if before.keepalive == 0 => keepalive,
+            _ => before.keepalive,
         };
-        let before = read(self)?.ok_or(WgError::NoSuchPeer)?;
-        let set = |me: &Self, req: &[u8]| match errno_of(&me.exchange(&peer.interface, req)?)? {
-            0 => Ok(()),
-            n => Err(WgError::Protocol(format!("re-create refused: errno={n}"))),
-        };
-        let pka = if before.keepalive == 0 {
-            keepalive
-        } else {
-            before.keepalive
-        };
-        set(
-            self,
-            recreate_request(&peer.public_key, &before, pka).as_bytes(),
-        )?;
+        let req = recreate_request(&peer.public_key, &before, pka, server);
+        self.set(&peer.interface, req.as_bytes(), "re-create")?;
         if pka != before.keepalive {
-            set(
-                self,
-                keepalive_request(&peer.public_key, before.keepalive).as_bytes(),
-            )?;
+            let req = keepalive_request(&peer.public_key, before.keepalive);
+            self.set(&peer.interface, req.as_bytes(), "re-create")?;
         }
-        verify_recreated(&before, read(self)?)?;
+        verify_recreated(&before, Some(self.read_peer(peer)?))?;
         Ok(before)
     }
 
     fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
-        self.handshake_of(peer)
-    }
-}
-
-impl Uapi {
-    fn handshake_of(&self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
-        let reply = self.exchange(&peer.interface, b"get=1\n\n")?;
+        let reply = self.get_reply(&peer.interface)?;
         parse_handshake(&reply, &peer.public_key)?.ok_or(WgError::NoSuchPeer)
     }
 }
@@ -235,13 +264,17 @@ pub fn set_request(public_key: &[u8; 32], psk: &Psk) -> Zeroizing<String> {
     s
 }
 
-/// The set request that removes one peer; `update_only` first, so that a
-/// peer gone meanwhile is not created only to be removed.
-pub fn remove_request(public_key: &[u8; 32]) -> String {
+/// The set request that removes one peer; for wireguard-go `update_only`
+/// first, so that a peer gone meanwhile is not created only to be removed
+/// (boringtun refuses that line, and removes nothing it does not have).
+pub fn remove_request(public_key: &[u8; 32], server: Server) -> String {
     let mut s = String::with_capacity(120);
     s.push_str("set=1\npublic_key=");
     hex_into(&mut s, public_key);
-    s.push_str("\nupdate_only=true\nremove=true\n\n");
+    if server == Server::WireguardGo {
+        s.push_str("\nupdate_only=true");
+    }
+    s.push_str("\nremove=true\n\n");
     s
 }
 
@@ -253,11 +286,14 @@ pub fn remove_request(public_key: &[u8; 32]) -> String {
 /// The peer vanishing between the read-back and this request would be
 /// re-created: the protocol has no "only if it exists" for the second
 /// block; the parent is the only writer that removes peers, and it runs
-/// this and its removals in one thread.
+/// this and its removals in one thread. For boringtun the first block has
+/// no `update_only` (refused) and the second ends the removal
+/// (`remove=false`: a block's settings hold for the next there).
 pub fn recreate_request(
     public_key: &[u8; 32],
     c: &PeerConfig,
     keepalive: u16,
+    server: Server,
 ) -> Zeroizing<String> {
     // Room for the longest lines (an IPv6 endpoint with a scope, each
     // allowed IP at most 55 bytes): a reallocation would leave a copy of
@@ -265,8 +301,14 @@ pub fn recreate_request(
     let mut s = Zeroizing::new(String::with_capacity(512 + 64 * c.allowed_ips.len()));
     s.push_str("set=1\npublic_key=");
     hex_into(&mut s, public_key);
-    s.push_str("\nupdate_only=true\nremove=true\npublic_key=");
+    s.push_str(match server {
+        Server::WireguardGo => "\nupdate_only=true\nremove=true\npublic_key=",
+        Server::Boringtun => "\nremove=true\npublic_key=",
+    });
     hex_into(&mut s, public_key);
+    if server == Server::Boringtun {
+        s.push_str("\nremove=false");
+    }
     s.push_str("\npreshared_key=");
     hex_into(&mut s, c.psk.expose());
     if let Some(e) = c.endpoint {
@@ -438,10 +480,20 @@ pub fn parse_peer(reply: &[u8], want: &[u8; 32]) -> Result<Option<PeerConfig>, W
 }
 
 /// The latest handshake of `want` in a get reply: None when the reply has
-/// no such peer, Some(None) when it never handshook.
+/// no such peer, Some(None) when it never handshook (or, on boringtun, has
+/// no session).
 pub fn parse_handshake(
     reply: &[u8],
     want: &[u8; 32],
+) -> Result<Option<Option<std::time::SystemTime>>, WgError> {
+    parse_handshake_at(reply, want, std::time::SystemTime::now())
+}
+
+/// [`parse_handshake`], with boringtun's times since taken back from `now`.
+pub fn parse_handshake_at(
+    reply: &[u8],
+    want: &[u8; 32],
+    now: std::time::SystemTime,
 ) -> Result<Option<Option<std::time::SystemTime>>, WgError> {
     if parse_get(reply, want)?.is_none() {
         return Ok(None);
@@ -459,7 +511,11 @@ pub fn parse_handshake(
             _ => {}
         }
     }
-    super::handshake_time(sec, nsec).map(Some)
+    match Server::of(reply) {
+        Server::WireguardGo => super::handshake_time(sec, nsec),
+        Server::Boringtun => boringtun::handshake_from_elapsed(sec, nsec, now),
+    }
+    .map(Some)
 }
 
 #[cfg(test)]
@@ -952,7 +1008,7 @@ mod new_session_tests {
                 (std::net::IpAddr::V6(ip), 128)
             })
             .collect();
-        let r = recreate_request(&[1; 32], &c, 25);
+        let r = recreate_request(&[1; 32], &c, 25, Server::WireguardGo);
         assert_eq!(r.matches("allowed_ip=").count(), 300);
     }
 
