@@ -51,11 +51,14 @@ build:
 # real rsyslogd with contrib/siem/rsyslog/), prometheus (prometheus and
 # promtool: tests/prometheus.rs, contrib/prometheus, contrib/grafana) and a
 # venv from PyPI for contrib/siem/check.py (sigma-cli, pySigma's sqlite
-# backend, PCRE2: scripts/siem-venv.sh, target/siem-venv).
+# backend, PCRE2: scripts/siem-venv.sh, target/siem-venv). tests/wg_boringtun.rs
+# needs boringtun-cli, built from crates.io into target/boringtun
+# (scripts/boringtun.sh).
 SIEM_PKGS = rsyslog python3-venv prometheus
 test:
 	sh scripts/setup-debian.sh $(SIEM_PKGS)
 	sh scripts/siem-venv.sh
+	sh scripts/boringtun.sh
 	if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast --features testing,sandbox-probe; \
 	else \
