@@ -7,7 +7,9 @@
 #
 # WG=linux makes the tunnel's interfaces kernel WireGuard (`ip link add type
 # wireguard`: Debian's kernel, as in the VM lane); otherwise (WG unset or
-# WG=userspace) they are wireguard-go's.
+# WG=userspace) they are wireguard-go's. WG_A=boringtun runs gateway A's on
+# boringtun-cli instead ($BORINGTUN, target/boringtun/bin or PATH: see
+# scripts/boringtun.sh), facing B's wireguard-go.
 #
 # Underlay: A 192.0.2.1/24 <-> B 192.0.2.2/24 (veth "fibre").
 # Tunnel:   PREFIX-wa in A (10.99.0.1/24), PREFIX-wb in B (10.99.0.2/24), UDP port
@@ -29,24 +31,32 @@ down() {
 	done
 }
 
-wg_up() { # ns if addr
-	ns=$1 wif=$2 addr=$3
-	case ${WG:-userspace} in
+wg_up() { # ns if addr impl
+	ns=$1 wif=$2 addr=$3 impl=$4
+	case $impl in
 	linux)
 		ip -n "$ns" link add "$wif" type wireguard
 		ip -n "$ns" addr add "$addr" dev "$wif"
 		return
 		;;
-	userspace) ;;
-	*) echo "gateways.sh: WG=$WG: linux or userspace" >&2; exit 2 ;;
+	userspace | boringtun) ;;
+	*) echo "gateways.sh: WG=$impl: linux or userspace (WG_A: also boringtun)" >&2; exit 2 ;;
 	esac
-	# wireguard-go forks and keeps running; its socket lives in /var/run/wireguard.
+	# The daemon runs in the foreground under our pid file; its socket lives
+	# in /var/run/wireguard.
 	mkdir -p /var/run/wireguard
-	ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go "$wif" >"$work/$ns.wg.log" 2>&1 &
+	if [ "$impl" = boringtun ]; then
+		bt=${BORINGTUN:-$(dirname "$0")/../target/boringtun/bin/boringtun-cli}
+		[ -x "$bt" ] || bt=$(command -v boringtun-cli) ||
+			{ echo "gateways.sh: no boringtun-cli (scripts/boringtun.sh)" >&2; exit 1; }
+		ip netns exec "$ns" "$bt" --disable-drop-privileges -f "$wif" >"$work/$ns.wg.log" 2>&1 &
+	else
+		ip netns exec "$ns" env WG_PROCESS_FOREGROUND=1 wireguard-go "$wif" >"$work/$ns.wg.log" 2>&1 &
+	fi
 	echo $! >"$work/$ns.wg.pid"
 	i=0
 	while ! ip netns exec "$ns" wg show "$wif" >/dev/null 2>&1; do
-		i=$((i + 1)); [ $i -lt 100 ] || { echo "wireguard-go did not start in $ns" >&2; exit 1; }
+		i=$((i + 1)); [ $i -lt 100 ] || { echo "$impl did not start in $ns" >&2; exit 1; }
 		sleep 0.05
 	done
 	ip netns exec "$ns" ip addr add "$addr" dev "$wif"
@@ -69,8 +79,8 @@ up() {
 		wg genkey >"$work/$ns.key"
 		wg pubkey <"$work/$ns.key" >"$work/$ns.pub"
 	done
-	wg_up "$A" "$prefix-wa" 10.99.0.1/24
-	wg_up "$B" "$prefix-wb" 10.99.0.2/24
+	wg_up "$A" "$prefix-wa" 10.99.0.1/24 "${WG_A:-${WG:-userspace}}"
+	wg_up "$B" "$prefix-wb" 10.99.0.2/24 "${WG:-userspace}"
 	ip netns exec "$A" wg set "$prefix-wa" listen-port 51820 private-key "$work/$A.key" \
 		peer "$(cat "$work/$B.pub")" endpoint 192.0.2.2:51820 allowed-ips 10.99.0.2/32 \
 		persistent-keepalive 1

@@ -10,6 +10,9 @@
 //! without them the test is skipped loudly, unless CI=true, where it fails.
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::gateway::boringtun;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,19 +24,6 @@ use qkdpfd::parent::wg::{WgBackend, WgError, WgPeer, uapi::Uapi};
 use qkdpfd::secret::Psk;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn boringtun() -> Option<PathBuf> {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boringtun/bin/boringtun-cli");
-    if built.exists() {
-        return Some(built);
-    }
-    let out = Command::new("sh")
-        .args(["-c", "command -v boringtun-cli"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8(out.stdout).ok()?;
-    (out.status.success() && !path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
-}
 
 fn have(tool: &str) -> bool {
     Command::new("sh")

@@ -28,6 +28,37 @@ pub fn require_root() -> bool {
     false
 }
 
+/// boringtun-cli: target/boringtun/bin's (scripts/boringtun.sh) or the
+/// one on PATH.
+pub fn boringtun() -> Option<PathBuf> {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/boringtun/bin/boringtun-cli");
+    if built.exists() {
+        return Some(built);
+    }
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v boringtun-cli"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    (out.status.success() && !path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
+}
+
+/// [`boringtun`], or None with a loud skip; with CI=true a missing one
+/// fails the test.
+pub fn boringtun_or_skip(test: &str) -> Option<PathBuf> {
+    let found = boringtun();
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: needs boringtun-cli (scripts/boringtun.sh) (CI=true)");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "!!!!! SKIPPED {test}: needs boringtun-cli (scripts/boringtun.sh) !!!!!"
+        );
+    }
+    found
+}
+
 /// Firewall tests run one at a time (DESIGN §10): a lock file shared by
 /// every test process, whatever the runner.
 pub struct Serial(nix::fcntl::Flock<fs::File>);

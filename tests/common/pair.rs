@@ -78,6 +78,18 @@ impl Pair {
     /// Namespaces, tunnel, keys, PKI and both configs; nothing running.
     /// `testing` is the body of each config's `[testing]` section.
     pub fn new(prefix: &str, testing: &str) -> Option<Pair> {
+        Pair::build(prefix, testing, None)
+    }
+
+    /// [`Pair::new`] with gateway A's tunnel on boringtun (the userspace
+    /// backend either way), B's on wireguard-go: None where the test is
+    /// skipped ([`super::gateway::boringtun_or_skip`]).
+    pub fn with_boringtun_at_a(prefix: &str, testing: &str) -> Option<Pair> {
+        let bt = super::gateway::boringtun_or_skip(prefix)?;
+        Pair::build(prefix, testing, Some(bt))
+    }
+
+    fn build(prefix: &str, testing: &str, boringtun: Option<PathBuf>) -> Option<Pair> {
         if !require_root() {
             return None;
         }
@@ -89,12 +101,14 @@ impl Pair {
             .unwrap();
         let w = work.path();
         fs::set_permissions(w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let up = Command::new("sh")
-            .arg(script("gateways.sh"))
+        let mut up = Command::new("sh");
+        up.arg(script("gateways.sh"))
             .args(["up", prefix])
-            .arg(w.join("net"))
-            .status()
-            .unwrap();
+            .arg(w.join("net"));
+        if let Some(bt) = &boringtun {
+            up.env("WG_A", "boringtun").env("BORINGTUN", bt);
+        }
+        let up = up.status().unwrap();
         assert!(up.success(), "gateways.sh up failed");
         let pki = w.join("pki");
         run(Command::new(BIN_QKDSIM)
