@@ -13,6 +13,9 @@ mod common;
 
 use common::gateway::policy;
 use common::pair::{A, B, Pair, has_reason};
+use qkdpfd::conf::UAPI_DIR;
+use qkdpfd::parent::wg::{WgBackend, WgPeer, uapi::Uapi};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// A long period: the test drives rounds with `qkdctl rotate`.
@@ -109,6 +112,20 @@ fn a_boringtun_gateway_rotates_locks_and_reopens_on_a_new_session() {
         .unwrap()
         .as_secs();
     assert!(b_secs >= from, "B's session from {b_secs}, before {from}");
+    // A's, as the backend reads it from boringtun (time since, counted
+    // back): after the incident too, within boringtun's 250 ms stamp.
+    let b_pub = std::fs::read_to_string(p.work.path().join("net").join(format!("{}.pub", p.ns(B))))
+        .unwrap();
+    let peer = WgPeer::from_conf(&p.wg_if(A), b_pub.trim()).unwrap();
+    let a_made = Uapi::new(Path::new(UAPI_DIR))
+        .last_handshake(&peer)
+        .unwrap()
+        .expect("A has a session");
+    let earliest = fresh_from - Duration::from_millis(300);
+    assert!(
+        a_made >= earliest,
+        "A's session from {a_made:?}, before {earliest:?}"
+    );
     p.traffic_within(Duration::from_secs(10));
     assert_eq!(p.psk(A), p.psk(B));
     assert!(boringtun_alive(&p));

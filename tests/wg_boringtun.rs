@@ -134,6 +134,8 @@ impl End {
         false
     }
 
+    /// The process is up. (A panicked configuration thread leaves it up:
+    /// the UAPI read that follows each check is what would see that.)
     fn alive(&mut self) -> bool {
         matches!(self.daemon.try_wait(), Ok(None))
     }
@@ -181,15 +183,16 @@ impl Tunnel {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let private = run(&["wg", "genkey"]);
-            let file = keys.path().join(side);
-            std::fs::write(&file, &private).unwrap();
-            let end = End {
+            let mut end = End {
                 ns,
                 ifname,
                 daemon,
-                public: pubkey(&private),
+                public: String::new(),
             };
+            let private = run(&["wg", "genkey"]);
+            let file = keys.path().join(side);
+            std::fs::write(&file, &private).unwrap();
+            end.public = pubkey(&private);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !end.sock().exists() {
                 assert!(Instant::now() < deadline, "{tool:?} made no socket");
@@ -200,11 +203,11 @@ impl Tunnel {
         let (b, bkey) = ends.pop().unwrap();
         let (a, akey) = ends.pop().unwrap();
         let (va, vb) = (format!("qbva{r:06x}"), format!("qbvb{r:06x}"));
+        // Made in the namespaces: nothing is left in the host's.
         run(&[
-            "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
+            "ip", "link", "add", &va, "netns", &a.ns, "type", "veth", "peer", "name", &vb, "netns",
+            &b.ns,
         ]);
-        run(&["ip", "link", "set", &va, "netns", &a.ns]);
-        run(&["ip", "link", "set", &vb, "netns", &b.ns]);
         for (end, veth, under, inner, far, far_under, key) in [
             (
                 &a,
@@ -255,20 +258,20 @@ impl Tunnel {
     }
 }
 
-impl Drop for Tunnel {
+/// Each end goes whole, whenever it is dropped: a set-up that fails half
+/// way leaves no daemon, socket or namespace behind.
+impl Drop for End {
     fn drop(&mut self) {
-        for end in [&mut self.a, &mut self.b] {
-            let pid = nix::unistd::Pid::from_raw(end.daemon.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while end.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = end.daemon.kill();
-            let _ = end.daemon.wait();
-            let _ = std::fs::remove_file(end.sock());
-            let _ = Command::new("ip").args(["netns", "del", &end.ns]).status();
+        let pid = nix::unistd::Pid::from_raw(self.daemon.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = std::fs::remove_file(self.sock());
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 
@@ -313,13 +316,17 @@ fn boringtun_takes_psks_new_sessions_and_removal() {
     assert_eq!(u.last_handshake(&pa).unwrap(), None, "no session yet");
     // boringtun stamps a session with its last timer turn (250 ms).
     std::thread::sleep(Duration::from_millis(600));
+    let pinged = SystemTime::now();
     assert!(
         t.a.pings_within("10.77.0.2", 10),
         "no session after re-creation"
     );
     let made = u.last_handshake(&pa).unwrap().expect("a session");
     assert!(made > since, "{made:?} not after {since:?}");
-    assert!(made <= SystemTime::now());
+    // The ping started the handshake: its time, counted back from
+    // boringtun's time since, is no earlier than a timer turn before it.
+    let earliest = pinged - Duration::from_millis(300);
+    assert!(made >= earliest, "{made:?} before {earliest:?}");
 
     // The PSK it holds already: nothing rewritten, the session kept (a
     // re-created peer has none; the time, counted back from now, may move

@@ -85,6 +85,12 @@ impl Pair {
     /// backend either way), B's on wireguard-go: None where the test is
     /// skipped ([`super::gateway::boringtun_or_skip`]).
     pub fn with_boringtun_at_a(prefix: &str, testing: &str) -> Option<Pair> {
+        if wg_backend() != "userspace" {
+            eprintln!(
+                "!!!!! SKIPPED {prefix}: boringtun needs the userspace backend, not WG=linux"
+            );
+            return None;
+        }
         let bt = super::gateway::boringtun_or_skip(prefix)?;
         Pair::build(prefix, testing, Some(bt))
     }
@@ -105,9 +111,10 @@ impl Pair {
         up.arg(script("gateways.sh"))
             .args(["up", prefix])
             .arg(w.join("net"));
-        if let Some(bt) = &boringtun {
-            up.env("WG_A", "boringtun").env("BORINGTUN", bt);
-        }
+        match &boringtun {
+            Some(bt) => up.env("WG_A", "boringtun").env("BORINGTUN", bt),
+            None => up.env_remove("WG_A"),
+        };
         let up = up.status().unwrap();
         assert!(up.success(), "gateways.sh up failed");
         let pki = w.join("pki");

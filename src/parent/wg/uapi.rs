@@ -231,8 +231,11 @@ impl WgBackend for Uapi {
     }
 
     fn last_handshake(&mut self, peer: &WgPeer) -> Result<Option<std::time::SystemTime>, WgError> {
+        // Read before the request: boringtun's time since is counted back
+        // from a moment no later than its own, so never made later.
+        let now = std::time::SystemTime::now();
         let reply = self.get_reply(&peer.interface)?;
-        parse_handshake(&reply, &peer.public_key)?.ok_or(WgError::NoSuchPeer)
+        parse_handshake_at(&reply, &peer.public_key, now)?.ok_or(WgError::NoSuchPeer)
     }
 }
 

@@ -13,7 +13,14 @@
 //!   (wireguard-go refuses that line: only boringtun gets it);
 //! - `last_handshake_time_sec`/`_nsec` are the time since the current
 //!   session's handshake, not a time since the epoch, and are left out
-//!   when the peer has no session.
+//!   when the peer has no session. A responder stamps that time when an
+//!   initiation arrives, before the initiator has confirmed the session,
+//!   and on its monotonic clock, which the wall clock here may have
+//!   stepped away from. Neither lets traffic resume on a session from
+//!   before an incident: a link opens on a new session only once the
+//!   master has re-created its peer (`parent/session.rs`), which then
+//!   holds no earlier session to accept such traffic with; at worst a
+//!   boringtun slave opens before the new session carries anything.
 //!
 //! Which of the two answers is known from each get reply, before every
 //! write ([`Server::of`]): no state, and a daemon swapped under a running
@@ -36,14 +43,15 @@ pub enum Server {
 impl Server {
     /// boringtun when the interface's lines (those before the first peer)
     /// name `own_public_key`.
+    /// Byte by byte: a text copy of a reply that is not UTF-8 would be a
+    /// copy of its keys that nothing zeroizes.
     pub fn of(reply: &[u8]) -> Server {
-        let text = String::from_utf8_lossy(reply);
-        for line in text.lines() {
-            let key = line.split_once('=').map_or(line, |(k, _)| k);
-            match key {
-                "public_key" => break,
-                "own_public_key" => return Server::Boringtun,
-                _ => {}
+        for line in reply.split(|&b| b == b'\n') {
+            if line.starts_with(b"public_key=") {
+                break;
+            }
+            if line.starts_with(b"own_public_key=") {
+                return Server::Boringtun;
             }
         }
         Server::WireguardGo
@@ -80,11 +88,13 @@ pub fn own_public_key(reply: &[u8]) -> Result<Option<[u8; 32]>, WgError> {
     Ok(found.filter(|k| *k != [0; 32]))
 }
 
-/// The wall-clock time of a handshake boringtun lists as `sec`/`nsec` ago
-/// at `now`; None when it lists none (no session). boringtun stamps a
+/// The wall-clock time of a handshake boringtun lists as `sec`/`nsec` ago;
+/// None when it lists none (no session). `now` is read before the request,
+/// so no later than boringtun's own reading, and boringtun stamps a
 /// session with the time of its last timer turn (every 250 ms) before the
-/// handshake, so the time found is never later than the real one: a
-/// session is never taken for newer than it is.
+/// handshake: the time found is never later than the real one (while the
+/// wall clock is not stepped), and a session is never taken for newer than
+/// it is.
 pub fn handshake_from_elapsed(
     sec: i64,
     nsec: i64,
@@ -127,6 +137,10 @@ mod tests {
         // Only the interface's lines count, not a peer's.
         let late = reply("").replace("rx_bytes=0\n", &own);
         assert_eq!(Server::of(late.as_bytes()), Server::WireguardGo);
+        // Not UTF-8: read as bytes all the same.
+        let mut bytes = own.into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe\n");
+        assert_eq!(Server::of(&bytes), Server::Boringtun);
     }
 
     #[test]
