@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::gateway::boringtun;
+use common::gateway::{boringtun, wireguard_go_or_skip};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,35 +25,11 @@ use qkdpfd::secret::Psk;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn ready_or_skip(test: &str) -> bool {
-    let missing: Vec<&str> = [
-        (!nix::unistd::geteuid().is_root()).then_some("root"),
-        boringtun()
-            .is_none()
-            .then_some("boringtun-cli (scripts/boringtun.sh)"),
-        (!have("wireguard-go")).then_some("wireguard-go"),
-        (!have("wg")).then_some("wg"),
-        (!Path::new("/dev/net/tun").exists()).then_some("/dev/net/tun"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs {} (CI=true)", missing.join(", "));
-    }
-    eprintln!("!!!!! SKIPPED {test}: needs {} !!!!!", missing.join(", "));
-    false
+    let boringtun = boringtun()
+        .is_none()
+        .then_some("boringtun-cli (scripts/boringtun.sh)");
+    wireguard_go_or_skip(test, &[boringtun])
 }
 
 fn run(cmd: &[&str]) -> String {

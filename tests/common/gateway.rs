@@ -28,6 +28,43 @@ pub fn require_root() -> bool {
     false
 }
 
+/// `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What a WireGuard test on wireguard-go needs (root, wireguard-go, wg,
+/// /dev/net/tun) and whatever `more` names as missing: true when nothing
+/// is; else a loud skip, or with CI=true a failure.
+pub fn wireguard_go_or_skip(test: &str, more: &[Option<&str>]) -> bool {
+    let missing: Vec<&str> = [
+        (!nix::unistd::geteuid().is_root()).then_some("root"),
+        (!have("wireguard-go")).then_some("wireguard-go"),
+        (!have("wg")).then_some("wg"),
+        (!Path::new("/dev/net/tun").exists()).then_some("/dev/net/tun"),
+    ]
+    .into_iter()
+    .chain(more.iter().copied())
+    .flatten()
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs {} (CI=true)", missing.join(", "));
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "!!!!! SKIPPED {test}: needs {} !!!!!",
+        missing.join(", ")
+    );
+    false
+}
+
 /// boringtun-cli: target/boringtun/bin's (scripts/boringtun.sh) or the
 /// one on PATH.
 pub fn boringtun() -> Option<PathBuf> {
