@@ -12,7 +12,7 @@
 mod common;
 
 use common::gateway::policy;
-use common::pair::{A, B, Pair, has_reason};
+use common::pair::{A, B, Pair};
 use qkdpfd::conf::UAPI_DIR;
 use qkdpfd::parent::wg::{WgBackend, WgPeer, uapi::Uapi};
 use std::path::Path;
@@ -70,28 +70,7 @@ fn a_boringtun_gateway_rotates_locks_and_reopens_on_a_new_session() {
     }
     assert_eq!(p.wg_show_peers(A), 1);
 
-    let epoch = p.installed(A);
-    p.eavesdropper(true);
-    assert_eq!(
-        p.pings(3),
-        0,
-        "traffic through a locked tunnel\n{}",
-        p.logs()
-    );
-    p.eavesdropper(false);
-    // The QBER stays low for the policy's recover_after; then a key agreed
-    // after the incident reopens.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(p.pings(2), 0, "traffic on the incident's key\n{}", p.logs());
-    let fresh_from = SystemTime::now();
-    p.ctl_ok(A, &["rotate", "dr"]);
-    p.wait("both ends reopened", Duration::from_secs(30), |a, b| {
-        [a, b].iter().all(|s| {
-            s["enforcement"] == "open"
-                && !has_reason(s, "qber")
-                && s["keys"]["installed_epoch"].as_u64() > Some(epoch)
-        })
-    });
+    let fresh_from = p.incident_and_recovery();
     for end in [A, B] {
         assert!(
             p.log(end).contains("event=session_made link=dr"),

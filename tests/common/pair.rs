@@ -548,6 +548,45 @@ impl Pair {
         }
     }
 
+    /// An incident and its end, as both ends must live them: qkdsim's
+    /// eavesdropper locks both for `qber` and nothing crosses; once it has
+    /// left, a low QBER alone reopens neither (the key in force saw the
+    /// incident) and nothing crosses; a rotation then reopens both on a key
+    /// agreed after it. Returns the instant before that rotation: every
+    /// session either end had then began before it.
+    pub fn incident_and_recovery(&self) -> std::time::SystemTime {
+        let epoch = self.installed(A);
+        self.eavesdropper(true);
+        assert_eq!(
+            self.pings(3),
+            0,
+            "traffic through a locked tunnel\n{}",
+            self.logs()
+        );
+        self.eavesdropper(false);
+        // The policy's recover_after passes, the QBER low all along.
+        std::thread::sleep(Duration::from_secs(3));
+        for s in [self.show(A), self.show(B)] {
+            assert!(has_reason(&s, "qber"), "reopened on the old key: {s}");
+        }
+        assert_eq!(
+            self.pings(2),
+            0,
+            "traffic on the incident's key\n{}",
+            self.logs()
+        );
+        let fresh_from = std::time::SystemTime::now();
+        self.ctl_ok(A, &["rotate", "dr"]);
+        self.wait("both ends reopened", Duration::from_secs(30), |a, b| {
+            [a, b].iter().all(|s| {
+                s["enforcement"] == "open"
+                    && !has_reason(s, "qber")
+                    && s["keys"]["installed_epoch"].as_u64() > Some(epoch)
+            })
+        });
+        fresh_from
+    }
+
     /// Pings until 3 of 3 pass (WireGuard retries a handshake every 5 s).
     pub fn traffic_within(&self, limit: Duration) {
         let limit = slow(limit);
