@@ -1,11 +1,16 @@
-//! WireGuard UAPI `get` answers (wireguard-go's control socket), raw or
-//! built from peers the fuzzer chose. For a built answer the PSK found for
-//! the wanted peer is exactly the one put in (all zero when the peer has
-//! none, nothing when it is absent); errors never quote a key.
+//! WireGuard UAPI `get` answers (wireguard-go's or boringtun's control
+//! socket), raw or built from peers the fuzzer chose. For a built answer
+//! the PSK found for the wanted peer is exactly the one put in (all zero
+//! when the peer has none, nothing when it is absent); an answer is
+//! boringtun's exactly when it lists `own_public_key` before the peers, and
+//! that key is given back; a handshake time counted back from now is never
+//! later than now; errors never quote a key.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use qkdpfd::parent::wg::uapi::{errno_of, parse_get};
+use qkdpfd::parent::wg::uapi::boringtun::{Server, own_public_key};
+use qkdpfd::parent::wg::uapi::{errno_of, parse_get, parse_handshake_at, parse_peer};
+use std::time::{Duration, SystemTime};
 use qkdpfd_fuzz::wire::hex;
 
 #[derive(Arbitrary, Debug)]
@@ -28,6 +33,8 @@ struct Peer {
 #[derive(Arbitrary, Debug)]
 struct Built {
     private: Option<[u8; 32]>,
+    /// boringtun's line in place of (or beside) wireguard-go's.
+    own: Option<[u8; 32]>,
     peers: Vec<Peer>,
     errno: i16,
     want: u8,
@@ -42,6 +49,9 @@ enum Input {
 
 fn render(b: &Built) -> String {
     let mut s = String::new();
+    if let Some(k) = b.own {
+        s += &format!("own_public_key={}\n", hex(&k));
+    }
     if let Some(k) = b.private {
         s += &format!("private_key={}\n", hex(&k));
     }
@@ -70,9 +80,22 @@ fuzz_target!(
     |input: Input| match input {
         Input::Raw(reply, want) => {
             let _ = errno_of(&reply);
-            if let Err(e) = parse_get(&reply, &want) {
+            let _ = Server::of(&reply);
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+            let errors = [
+                parse_get(&reply, &want).err(),
+                own_public_key(&reply).err(),
+                parse_peer(&reply, &want).err(),
+                parse_handshake_at(&reply, &want, now).err(),
+            ];
+            for e in errors.into_iter().flatten() {
                 let shown = e.to_string();
                 assert!(shown.len() <= 256, "{shown}");
+            }
+            if let Ok(Some(Some(t))) = parse_handshake_at(&reply, &want, now) {
+                if Server::of(&reply) == Server::Boringtun {
+                    assert!(t <= now && t > SystemTime::UNIX_EPOCH, "{t:?}");
+                }
             }
         }
         Input::Built(b) => {
@@ -88,6 +111,18 @@ fuzz_target!(
                 None => (b.absent, None),
             };
             let reply = render(&b);
+            let server = Server::of(reply.as_bytes());
+            match b.own {
+                Some(_) => assert_eq!(server, Server::Boringtun),
+                None => assert_eq!(server, Server::WireguardGo),
+            }
+            match own_public_key(reply.as_bytes()) {
+                Ok(k) => {
+                    assert_eq!(b.errno, 0, "errno={} accepted", b.errno);
+                    assert_eq!(k, b.own.filter(|k| *k != [0; 32]));
+                }
+                Err(_) => assert_ne!(b.errno, 0, "a good own_public_key refused"),
+            }
             match parse_get(reply.as_bytes(), &want) {
                 Ok(found) => {
                     assert_eq!(b.errno, 0, "errno={} accepted", b.errno);
