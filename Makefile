@@ -51,7 +51,7 @@ build:
 # real rsyslogd with contrib/siem/rsyslog/), prometheus (prometheus and
 # promtool: tests/prometheus.rs, contrib/prometheus, contrib/grafana) and a
 # venv from PyPI for contrib/siem/check.py (sigma-cli, pySigma's sqlite
-# backend, PCRE2: scripts/siem-venv.sh, target/siem-venv). tests/wg_boringtun.rs
+# backend, PCRE2: scripts/siem-venv.sh, target/siem-venv). tests/*boringtun.rs
 # needs boringtun-cli, built from crates.io into target/boringtun
 # (scripts/boringtun.sh).
 SIEM_PKGS = rsyslog python3-venv prometheus

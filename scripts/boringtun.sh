@@ -1,6 +1,7 @@
 #!/bin/sh
 # boringtun-cli (Cloudflare's userspace WireGuard, BSD-3-Clause) for
-# tests/wg_boringtun.rs: built from crates.io into target/boringtun, once.
+# tests/wg_boringtun.rs and tests/gateway_boringtun.rs: built from crates.io
+# into target/boringtun, once.
 # A boringtun-cli already on PATH is used as it is.
 set -eu
 cd "$(dirname "$0")/.."

@@ -43,6 +43,7 @@ pub enum Server {
 impl Server {
     /// boringtun when the interface's lines (those before the first peer)
     /// name `own_public_key`.
+    ///
     /// Byte by byte: a text copy of a reply that is not UTF-8 would be a
     /// copy of its keys that nothing zeroizes.
     pub fn of(reply: &[u8]) -> Server {
