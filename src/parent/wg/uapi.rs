@@ -359,10 +359,20 @@ pub fn errno_of(reply: &[u8]) -> Result<i64, WgError> {
     })
 }
 
-/// The interface's `private_key=` from a get reply (the lines before the
-/// first peer), or `None` when it has none: wireguard-go leaves the line
-/// out then, and an all-zero key counts as none too. Errors quote no line.
+/// The interface's `private_key=` from a get reply, or `None` when it has
+/// none: wireguard-go leaves the line out then.
 fn parse_private_key(reply: &[u8]) -> Result<Option<Zeroizing<[u8; 32]>>, WgError> {
+    interface_key(reply, "private_key")
+}
+
+/// The interface's key line `name` (`private_key`, boringtun's
+/// `own_public_key`) from a get reply (the lines before the first peer), or
+/// `None` when there is none; an all-zero key counts as none too. Listed
+/// twice or not 64 hex digits is an error; errors quote no line.
+pub(crate) fn interface_key(
+    reply: &[u8],
+    name: &str,
+) -> Result<Option<Zeroizing<[u8; 32]>>, WgError> {
     match errno_of(reply)? {
         0 => {}
         n => return Err(WgError::Protocol(format!("get refused: errno={n}"))),
@@ -371,20 +381,19 @@ fn parse_private_key(reply: &[u8]) -> Result<Option<Zeroizing<[u8; 32]>>, WgErro
     let mut found: Option<Zeroizing<[u8; 32]>> = None;
     for (i, line) in text.lines().enumerate() {
         let (key, value) = line.split_once('=').unwrap_or((line, ""));
-        match key {
-            // The peers start here; a private key past it is not ours.
-            "public_key" => break,
-            "private_key" if found.is_some() => {
-                return Err(WgError::Protocol("private_key listed twice".into()));
-            }
-            "private_key" => {
-                let k = hex_key(value).ok_or_else(|| {
-                    WgError::Protocol(format!("get reply line {}: bad private_key", i + 1))
-                })?;
-                found = Some(k);
-            }
-            _ => {}
+        // The peers start here; a key past it is not the interface's.
+        if key == "public_key" {
+            break;
         }
+        if key != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(WgError::Protocol(format!("{name} listed twice")));
+        }
+        let k = hex_key(value)
+            .ok_or_else(|| WgError::Protocol(format!("get reply line {}: bad {name}", i + 1)))?;
+        found = Some(k);
     }
     Ok(found.filter(|k| !super::ct_eq(k, &[0; 32])))
 }

@@ -28,7 +28,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::super::{WgError, hex_key};
+use super::super::WgError;
 
 /// Which implementation answers a socket, as far as a get reply tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,29 +64,7 @@ impl Server {
 /// the interface has no private key) or it is all zero. Errors quote no
 /// line.
 pub fn own_public_key(reply: &[u8]) -> Result<Option<[u8; 32]>, WgError> {
-    match super::errno_of(reply)? {
-        0 => {}
-        n => return Err(WgError::Protocol(format!("get refused: errno={n}"))),
-    }
-    let text = std::str::from_utf8(reply).expect("checked by errno_of");
-    let mut found = None;
-    for (i, line) in text.lines().enumerate() {
-        let (key, value) = line.split_once('=').unwrap_or((line, ""));
-        match key {
-            "public_key" => break,
-            "own_public_key" if found.is_some() => {
-                return Err(WgError::Protocol("own_public_key listed twice".into()));
-            }
-            "own_public_key" => {
-                let k = hex_key(value).ok_or_else(|| {
-                    WgError::Protocol(format!("get reply line {}: bad own_public_key", i + 1))
-                })?;
-                found = Some(*k);
-            }
-            _ => {}
-        }
-    }
-    Ok(found.filter(|k| *k != [0; 32]))
+    Ok(super::interface_key(reply, "own_public_key")?.map(|k| *k))
 }
 
 /// The wall-clock time of a handshake boringtun lists as `sec`/`nsec` ago;
