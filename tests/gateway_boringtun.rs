@@ -11,7 +11,6 @@
 
 mod common;
 
-use common::gateway::policy;
 use common::pair::{A, B, Pair};
 use qkdpfd::conf::UAPI_DIR;
 use qkdpfd::parent::wg::{WgBackend, WgPeer, uapi::Uapi};
@@ -42,14 +41,7 @@ fn a_boringtun_gateway_rotates_locks_and_reopens_on_a_new_session() {
     let Some(mut p) = Pair::with_boringtun_at_a("qkbt", MANUAL) else {
         return;
     };
-    p.start_sim();
-    p.start_both(&policy(1, true, ""));
-    p.wait("first rotation", Duration::from_secs(15), |a, b| {
-        a["keys"]["installed_epoch"].as_u64() >= Some(1)
-            && a["keys"]["installed_epoch"] == b["keys"]["installed_epoch"]
-            && a["enforcement"] == "open"
-            && b["enforcement"] == "open"
-    });
+    p.start_keyed();
     p.traffic_within(Duration::from_secs(10));
     let mut last = String::new();
     for round in 0..3 {

@@ -25,15 +25,7 @@ fn up_with(prefix: &str, testing: &str, wireguard: &str) -> Option<Pair> {
     if !wireguard.is_empty() {
         p.wireguard_conf(wireguard);
     }
-    p.start_sim();
-    p.start_both(&policy(1, true, ""));
-    // The first round starts at once (jitter off); both ends open.
-    p.wait("first rotation", Duration::from_secs(15), |a, b| {
-        a["keys"]["installed_epoch"].as_u64() >= Some(1)
-            && a["keys"]["installed_epoch"] == b["keys"]["installed_epoch"]
-            && a["enforcement"] == "open"
-            && b["enforcement"] == "open"
-    });
+    p.start_keyed();
     Some(p)
 }
 

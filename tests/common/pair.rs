@@ -309,6 +309,19 @@ impl Pair {
         }
     }
 
+    /// qkdsim, both daemons with the sample policy, and the first round:
+    /// it starts at once (jitter off), and both ends agree and open.
+    pub fn start_keyed(&mut self) {
+        self.start_sim();
+        self.start_both(&super::gateway::policy(1, true, ""));
+        self.wait("first rotation", Duration::from_secs(15), |a, b| {
+            a["keys"]["installed_epoch"].as_u64() >= Some(1)
+                && a["keys"]["installed_epoch"] == b["keys"]["installed_epoch"]
+                && a["enforcement"] == "open"
+                && b["enforcement"] == "open"
+        });
+    }
+
     /// A daemon's log without the `proc=` stamps; [`Pair::raw_log`] keeps them.
     pub fn log(&self, end: usize) -> String {
         super::gateway::unstamped(&self.raw_log(end))
