@@ -186,3 +186,109 @@ fn a_change_after_our_run_is_seen_by_the_next_read_back() {
         "{seen:?}"
     );
 }
+
+/// Link `name` read back on its own, as after a flip.
+fn one(r: &mut Rig, ls: &[LinkTarget], name: &str) -> Observed {
+    r.fw.observe(ls, Some(name)).unwrap()[name].state.clone()
+}
+
+/// A change to our table that changes no link (a chain added and
+/// deleted): the next tick lists the table.
+fn touch_table(ns: &Netns) {
+    ns.nft("add chain inet qkdpfd touched");
+    ns.nft("delete chain inet qkdpfd touched");
+}
+
+/// The handle of the rule of `chain` whose listing contains `text` and
+/// no comment of ours.
+fn handle_of(ns: &Netns, chain: &str, text: &str) -> String {
+    let listing = ns.nft(&format!("-a list chain inet qkdpfd {chain}"));
+    let line = (listing.lines())
+        .find(|l| l.contains(text) && !l.contains("comment"))
+        .unwrap_or_else(|| panic!("no rule with {text} in {listing}"));
+    line.rsplit("# handle ").next().unwrap().trim().to_string()
+}
+
+/// Someone replaces a rule of ours in place (`nft replace rule`: the
+/// count, the tags and the final drop as they were) with an accept, and
+/// pings cross a link that read back locked. Both read-backs see it now —
+/// the tick's listing of the table and the link's own — and the link's
+/// lockdown loaded again stops the pings. Traffic counted by our rules
+/// changes nothing: still locked.
+#[test]
+fn a_rule_replaced_in_place_is_seen_by_every_read_back() {
+    if !root_or_skip("a_rule_replaced_in_place_is_seen_by_every_read_back") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, 3);
+    let text = "icmp type echo-request counter drop\ncounter drop";
+    let locked = apply(&mut r, &ls, 3, Enforcement::Lockdown, text);
+    assert_eq!(locked, Observed::Locked);
+    assert!(!ping(&r.ns, "10.99.0.2"), "locked");
+    // Counted (the echo requests just dropped) and read from a listing.
+    touch_table(&r.ns);
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert_eq!(seen["dr"].state, Observed::Locked, "counts are not changes");
+    assert_eq!(one(&mut r, &ls, "dr"), Observed::Locked);
+
+    for tick in [true, false] {
+        let h = handle_of(&r.ns, "lock_dr", "echo-request");
+        r.ns.nft(&format!(
+            "replace rule inet qkdpfd lock_dr handle {h} accept"
+        ));
+        assert_eq!(all_rules(&r.ns, "lock_dr").len(), 4, "the same count");
+        assert!(ping(&r.ns, "10.99.0.2"), "the replaced rule lets pings by");
+        let seen = match tick {
+            true => r.fw.observe(&ls, None).unwrap()["dr"].state.clone(),
+            false => one(&mut r, &ls, "dr"),
+        };
+        assert!(
+            matches!(seen, Observed::Unknown { .. }),
+            "tick {tick}: {seen:?}"
+        );
+        // Not ours until we write it again: the other read-back agrees.
+        let other = match tick {
+            true => one(&mut r, &ls, "dr"),
+            false => r.fw.observe(&ls, None).unwrap()["dr"].state.clone(),
+        };
+        assert!(matches!(other, Observed::Unknown { .. }), "{other:?}");
+        // What the parent does then: the lockdown again, loaded anew.
+        let relocked = apply(&mut r, &ls, 3, Enforcement::Lockdown, text);
+        assert_eq!(relocked, Observed::Locked, "tick {tick}");
+        assert!(!ping(&r.ns, "10.99.0.2"), "tick {tick}: locked again");
+        touch_table(&r.ns);
+        let seen = r.fw.observe(&ls, None).unwrap();
+        assert_eq!(seen["dr"].state, Observed::Locked, "tick {tick}");
+    }
+}
+
+/// An open link's rule replaced in place by one that passes something
+/// else reads back as not open, by the tick's listing and on its own.
+#[test]
+fn an_open_rule_replaced_in_place_is_seen() {
+    if !root_or_skip("an_open_rule_replaced_in_place_is_seen") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, 3);
+    let opened = apply(&mut r, &ls, 3, Enforcement::Open, "ip protocol icmp accept");
+    assert_eq!(opened, Observed::Open);
+    assert!(ping(&r.ns, "10.99.0.2"), "open");
+    let h = handle_of(&r.ns, "link_dr", "icmp");
+    r.ns.nft(&format!(
+        "replace rule inet qkdpfd link_dr handle {h} ip protocol udp accept"
+    ));
+    assert!(!ping(&r.ns, "10.99.0.2"), "no longer what was loaded");
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(
+        matches!(seen["dr"].state, Observed::Unknown { .. }),
+        "{seen:?}"
+    );
+    assert!(matches!(one(&mut r, &ls, "dr"), Observed::Unknown { .. }));
+    assert_eq!(
+        seen["l1"].state,
+        Observed::Locked,
+        "the others as they were"
+    );
+}

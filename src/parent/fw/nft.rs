@@ -111,6 +111,10 @@ pub struct Nft {
     source_flip: Option<(usize, Option<u32>)>,
 }
 
+/// One chain's rules as read back, and their content when read over
+/// netlink (None from `nft -j`).
+type ChainRead = (Vec<readback::Rule>, Option<chain::Content>);
+
 /// The links one netlink flip changed (their places in `targets`, in
 /// order) and the generation read right after it: each link's read-back
 /// then needs no listing ([`Nft::observe_flip`]).
@@ -156,12 +160,40 @@ struct Known {
     verified: Option<Readback>,
     /// The shape of the link's chains at `verified_gen`.
     shape: Option<readback::Shape>,
+    /// What the first read over netlink of `link_<link>` after this
+    /// process last wrote it showed: a later read showing other rules
+    /// means someone else changed them (see [`Nft::as_loaded`]).
+    link_content: Option<chain::Content>,
+    /// The same for `lock_<link>`.
+    lock_content: Option<chain::Content>,
 }
 
 impl Known {
     /// `lock_<link>` is (about to be) written by this process.
     fn lock_writing(&mut self) {
         (self.lock_loaded, self.lock_written) = (true, true);
+        self.lock_content = None;
+    }
+
+    /// `link_<link>` is (about to be) written by this process.
+    fn link_writing(&mut self) {
+        self.link_content = None;
+    }
+
+    /// The link's chain `which` is not known to hold our text any more.
+    fn forget(&mut self, which: Loaded) {
+        match which {
+            Loaded::Link => self.opened = None,
+            Loaded::Lock => self.staged = None,
+        }
+    }
+
+    /// The content first read of the link's chain `which` since we wrote it.
+    fn content_mut(&mut self, which: Loaded) -> &mut Option<chain::Content> {
+        match which {
+            Loaded::Link => &mut self.link_content,
+            Loaded::Lock => &mut self.lock_content,
+        }
     }
 }
 
@@ -273,9 +305,14 @@ impl Nft {
             return Ok(BTreeMap::from([(name.to_string(), rb)]));
         }
         let mut listing = readback::Listing::default();
-        for chain in [format!("link_{name}"), format!("lock_{name}")] {
-            if let Some(rules) = self.chain_rules(&chain)? {
-                listing.chains.insert(chain, rules);
+        let i = self.index(name);
+        for which in [Loaded::Link, Loaded::Lock] {
+            let chain = which.chain(name);
+            if let Some((rules, content)) = self.chain_rules(&chain)? {
+                // Rules of ours replaced behind our back read as missing.
+                if i.is_none_or(|i| self.as_loaded(i, which, content)) {
+                    listing.chains.insert(chain, rules);
+                }
             }
         }
         let guarded = if self.guard_may_exist {
@@ -444,6 +481,7 @@ impl Nft {
             let k = &mut self.known[i];
             (k.opened, k.staged) = (None, None);
             k.lock_writing();
+            k.link_writing();
         }
     }
 
@@ -506,16 +544,57 @@ impl Nft {
     /// the whole table first (0.7 s a chain at 10,000 links). None when nft
     /// lists it as missing; netlink shows a missing chain as an empty one,
     /// and the judges take both for "not as loaded".
-    fn chain_rules(&mut self, chain: &str) -> Result<Option<Vec<readback::Rule>>, FwError> {
+    fn chain_rules(&mut self, chain: &str) -> Result<Option<ChainRead>, FwError> {
         if matches!(self.alive, Some(Some(_))) {
             self.seq = self.seq.wrapping_add(4);
-            return chain::rules(&self.table, chain, self.seq)
-                .map(Some)
+            return chain::read(&self.table, chain, self.seq)
+                .map(|(rules, content)| Some((rules, Some(content))))
                 .map_err(|e| FwError::refused(format!("read back chain {chain}: {e}")));
         }
         Ok(self
             .list_chain(chain)?
-            .and_then(|mut l| l.chains.remove(chain)))
+            .and_then(|mut l| l.chains.remove(chain))
+            .map(|rules| (rules, None)))
+    }
+
+    /// The content of every chain of our table that holds rules, from one
+    /// dump (at 10,000 links it grows with every rule, as the listing
+    /// does); None until the heartbeat has shown that netlink reaches it.
+    fn chain_contents(&mut self) -> Result<Option<HashMap<String, chain::Content>>, FwError> {
+        if !matches!(self.alive, Some(Some(_))) {
+            return Ok(None);
+        }
+        self.seq = self.seq.wrapping_add(4);
+        chain::contents(&self.table, self.seq)
+            .map(Some)
+            .map_err(|e| FwError::refused(format!("read back the rules of our table: {e}")))
+    }
+
+    /// Whether `content`, just read of chain `which` of link `place`, is
+    /// what the first read since our last write of it showed; the first
+    /// read is kept as that. A read by `nft -j` (None) has nothing to
+    /// compare: true.
+    ///
+    /// What the kernel dumps of a rule is what it compiled, so a rule
+    /// changed in place (`nft replace rule`, same count, tag copied) or a
+    /// rule deleted and another added reads differently; counters do not.
+    fn as_loaded(&mut self, place: usize, which: Loaded, content: Option<chain::Content>) -> bool {
+        let Some(now) = content else {
+            return true;
+        };
+        let k = &mut self.known[place];
+        match *k.content_mut(which) {
+            Some(was) if was != now => {
+                // Kept until we write the chain again: it is not ours.
+                k.forget(which);
+                false
+            }
+            Some(_) => true,
+            None => {
+                *k.content_mut(which) = Some(now);
+                true
+            }
+        }
     }
 
     /// `nft -j list chain inet <t> <chain>`; None when it does not exist.
@@ -594,6 +673,9 @@ impl Nft {
     ) -> Result<(), FwError> {
         let others = self.open_others(name, ruleset);
         let me = self.index(name);
+        for i in me.into_iter().chain(others.iter().map(|l| l.place)) {
+            self.known[i].link_writing();
+        }
         let mut loaded: Vec<(usize, Loaded)> = me.map(|i| (i, Loaded::Link)).into_iter().collect();
         let Some(i) = me else {
             self.run(what, &own)?;

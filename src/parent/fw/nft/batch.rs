@@ -484,6 +484,10 @@ impl Nft {
     /// what the link's script would. Links that could not be copied go to
     /// a second run of their own scripts.
     pub(super) fn load_chains(&mut self, what: &str, which: Loaded, loads: Vec<Load>) -> Loads {
+        // Whatever comes of it, what was read of these chains before is gone.
+        for l in &loads {
+            *self.known[l.place].content_mut(which) = None;
+        }
         struct Group {
             first: usize,
             others: Vec<usize>,

@@ -12,6 +12,12 @@
 //! are the ones the `nft -j` listing goes through. A chain that does not
 //! exist answers as an empty one: both prove nothing.
 //!
+//! Count and ends do not see a rule of ours replaced by another (`nft
+//! replace rule` keeps the count, and may copy the tag): so each read also
+//! gives the chain's [`Content`], a digest of every rule as the kernel
+//! dumped it, which the backend compares with what the first read after its
+//! own load of the chain gave.
+//!
 //! The builder and parser are pure and tested with bytes everywhere; only
 //! the socket is Linux-only.
 
@@ -48,13 +54,97 @@ pub fn request_bytes(table: &str, chain: &str, seq: u32) -> Vec<u8> {
     m.finish().to_vec()
 }
 
+/// NFT_MSG_GETRULE: a dump of every rule of `inet <table>`, chain by
+/// chain, each chain's rules in order.
+pub fn table_request_bytes(table: &str, seq: u32) -> Vec<u8> {
+    let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE;
+    let mut m = msg(ty, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0);
+    m.attr(NFTA_RULE_TABLE, &c_name(table));
+    m.finish().to_vec()
+}
+
+/// What one read showed of a chain's rules, digested: each rule's
+/// expressions (name and data) and user data (its comment), rule after
+/// rule. The data of the expressions that count what passes (`counter`,
+/// `quota`, `last`) is left out, so that traffic changes nothing; every
+/// other expression dumps what it was compiled with. Keyed per process: no
+/// one can make a rule that digests like another without reading our
+/// memory. Only equality means anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Content(u64);
+
+/// Expressions whose dumped data changes with the packets they see.
+const COUNTING: &[&str] = &["counter", "quota", "last"];
+
+fn keyed() -> &'static std::hash::RandomState {
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEY.get_or_init(std::hash::RandomState::new)
+}
+
+impl Content {
+    /// A chain without rules.
+    pub fn empty() -> Content {
+        Content(0x716b_6470_6664)
+    }
+
+    /// This content with `rule` (its attributes, as dumped) after it.
+    pub fn then(self, rule: &[Attr<'_>]) -> Result<Content, String> {
+        use std::hash::{BuildHasher, Hasher};
+        let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
+        let mut h = keyed().build_hasher();
+        h.write_u64(self.0);
+        for &(t, v) in rule {
+            match t {
+                NFTA_RULE_EXPRESSIONS => {
+                    for (t, e) in attrs(v).map_err(bad)? {
+                        if t != NFTA_LIST_ELEM {
+                            continue;
+                        }
+                        let a = attrs(e).map_err(bad)?;
+                        let name = a.iter().find(|(t, _)| *t == NFTA_EXPR_NAME);
+                        let name = name.map_or(&[][..], |(_, v)| *v);
+                        h.write_u8(1);
+                        h.write(name);
+                        let bare = name.split(|b| *b == 0).next().unwrap_or(&[]);
+                        let counting = COUNTING.iter().any(|c| c.as_bytes() == bare);
+                        for &(t, v) in a.iter().filter(|_| !counting) {
+                            h.write_u16(t);
+                            h.write_usize(v.len());
+                            h.write(v);
+                        }
+                    }
+                }
+                NFTA_RULE_USERDATA => {
+                    h.write_u8(2);
+                    h.write_usize(v.len());
+                    h.write(v);
+                }
+                _ => {}
+            }
+        }
+        h.write_u8(3);
+        Ok(Content(h.finish()))
+    }
+}
+
 /// Reads one datagram of the answer to [`request_bytes`] sent with `seq`,
 /// each rule pushed to `rules`; true once the dump is done. An error or an
 /// answer of another shape is an error: a chain we cannot read proves
 /// nothing.
 pub fn parse(buf: &[u8], seq: u32, rules: &mut Vec<Rule>) -> Result<bool, String> {
+    parse_digesting(buf, seq, rules, &mut Content::empty())
+}
+
+/// [`parse`], and each rule added to `content`.
+pub fn parse_digesting(
+    buf: &[u8],
+    seq: u32,
+    rules: &mut Vec<Rule>,
+    content: &mut Content,
+) -> Result<bool, String> {
     let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
     each_rule(buf, seq, &mut |a| {
+        *content = content.then(a)?;
         let mut rule = Rule {
             expr: Vec::new(),
             comment: None,
@@ -120,9 +210,37 @@ pub(super) fn each_rule(
 /// The rules of `inet <table> <chain>`, in order, read from the kernel
 /// (Linux); a missing chain has none.
 pub fn rules(table: &str, chain: &str, seq: u32) -> Result<Vec<Rule>, String> {
-    let mut out = Vec::new();
+    Ok(read(table, chain, seq)?.0)
+}
+
+/// [`rules`], and their [`Content`].
+pub fn read(table: &str, chain: &str, seq: u32) -> Result<(Vec<Rule>, Content), String> {
+    let (mut out, mut content) = (Vec::new(), Content::empty());
     request(&request_bytes(table, chain, seq), |b| {
-        Ok(parse(b, seq, &mut out)?.then_some(()))
+        Ok(parse_digesting(b, seq, &mut out, &mut content)?.then_some(()))
+    })?;
+    Ok((out, content))
+}
+
+/// Every chain of `inet <table>` that holds rules, with their [`Content`],
+/// from one dump (Linux). A chain without rules is not named.
+pub fn contents(
+    table: &str,
+    seq: u32,
+) -> Result<std::collections::HashMap<String, Content>, String> {
+    let mut out: std::collections::HashMap<String, Content> = Default::default();
+    request(&table_request_bytes(table, seq), |b| {
+        let done = each_rule(b, seq, &mut |a| {
+            let chain = a.iter().find(|(t, _)| *t == NFTA_RULE_CHAIN);
+            let Some(&(_, name)) = chain else {
+                return Err("rules: a rule without its chain".to_string());
+            };
+            let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[]));
+            let was = out.get(name.as_ref()).copied().unwrap_or(Content::empty());
+            out.insert(name.into_owned(), was.then(a)?);
+            Ok(())
+        })?;
+        Ok(done.then_some(()))
     })?;
     Ok(out)
 }
@@ -320,6 +438,73 @@ mod tests {
         b.extend(0u32.to_ne_bytes());
         b.extend(payload);
         b
+    }
+
+    /// The content of the chain whose rules are `msgs` (each a rule's
+    /// expressions and comment), as a read digests it.
+    fn content_of(msgs: &[(Vec<Vec<u8>>, Option<&str>)]) -> Content {
+        let mut buf = Vec::new();
+        for (exprs, comment) in msgs {
+            buf.extend(rule_msg(3, exprs, *comment));
+        }
+        buf.extend(done(3));
+        let (mut rules, mut content) = (Vec::new(), Content::empty());
+        assert!(parse_digesting(&buf, 3, &mut rules, &mut content).unwrap());
+        assert_eq!(rules.len(), msgs.len());
+        content
+    }
+
+    #[test]
+    fn a_chains_content_ignores_counts_and_sees_any_other_change() {
+        let counter = |n: u64| expr("counter", &nla(1, &n.to_be_bytes()));
+        let quota = |n: u64| expr("quota", &nla(3, &n.to_be_bytes()));
+        let port = |p: u16| expr("cmp", &nla(3, &p.to_be_bytes()));
+        let tag = Some("qkdpfd lockdown n=1");
+        let ours = || {
+            vec![
+                (vec![], tag),
+                (vec![port(51820), quota(0), immediate(1)], None),
+                (vec![counter(0), immediate(NF_DROP)], Some("qkdpfd drop")),
+            ]
+        };
+        let base = content_of(&ours());
+        assert_eq!(content_of(&ours()), base, "the same rules again");
+        let mut counted = ours();
+        counted[1].0[1] = quota(1 << 20);
+        counted[2].0[0] = counter(99);
+        assert_eq!(content_of(&counted), base, "only counts changed");
+        // A rule replaced by another: same count, same tags.
+        let mut replaced = ours();
+        replaced[1].0[0] = port(51821);
+        assert_ne!(content_of(&replaced), base, "a compared value");
+        let mut verdict = ours();
+        verdict[2].0[1] = immediate(1);
+        assert_ne!(content_of(&verdict), base, "drop made accept");
+        let mut retagged = ours();
+        retagged[2].1 = Some("qkdpfd drop ");
+        assert_ne!(content_of(&retagged), base, "a comment");
+        let mut swapped = ours();
+        swapped.swap(1, 2);
+        assert_ne!(content_of(&swapped), base, "the order");
+        let mut moved = ours();
+        let e = moved[1].0.pop().unwrap();
+        moved[2].0.push(e);
+        assert_ne!(content_of(&moved), base, "an expression moved on");
+        let mut more = ours();
+        more.push((vec![], None));
+        assert_ne!(content_of(&more), base, "a rule with nothing in it added");
+        assert_ne!(content_of(&[]), base);
+        assert_eq!(content_of(&[]), Content::empty());
+    }
+
+    #[test]
+    fn a_table_dump_names_the_table_only() {
+        let b = table_request_bytes("qkdpfd", 9);
+        let m = &messages(&b).unwrap()[0];
+        assert_eq!(m.ty, (10 << 8) | 7, "NFT_MSG_GETRULE");
+        assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_DUMP);
+        let a = attrs(&m.payload[4..]).unwrap();
+        assert_eq!(a, vec![(NFTA_RULE_TABLE, &b"qkdpfd\0"[..])]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! In the links' order, as vectors: a map keyed by 10,000 names, built
 //! and taken apart each second, was most of the tick's read-back.
 
-use super::{Nft, SITE_SET, readback};
+use super::reverify::Loaded;
+use super::{Nft, SITE_SET, chain, readback};
 use crate::parent::fw::{Observed, Readback};
 use crate::ruleset::nft::dispatch;
 use crate::ruleset::{LinkTarget, check_names};
@@ -44,7 +45,31 @@ impl Nft {
         // The table holds the chains of every link we know, and maybe of
         // some we no longer do: its listing's time grows with them.
         let held = links.len().max(self.known.len());
-        let table = self.list(&self.table, held)?;
+        let mut table = self.list(&self.table, held)?;
+        // What the listing's judges cannot tell (a rule of ours replaced by
+        // another of the same count): each link chain's content against
+        // what the first read since our last write of it showed. One that
+        // changed reads as missing. Chains read for the first time are
+        // kept as read once nothing touched the table meanwhile.
+        let mut first_reads = Vec::new();
+        if let (Some(t), Some(contents)) = (table.as_mut(), self.chain_contents()?) {
+            for (l, i) in links.iter().zip(&places) {
+                let Some(i) = *i else { continue };
+                for which in [Loaded::Link, Loaded::Lock] {
+                    let chain = which.chain(&l.name);
+                    let now = contents.get(&chain).copied();
+                    let now = now.unwrap_or_else(chain::Content::empty);
+                    match *self.known[i].content_mut(which) {
+                        Some(was) if was != now => {
+                            t.chains.remove(&chain);
+                            self.known[i].forget(which);
+                        }
+                        Some(_) => {}
+                        None => first_reads.push((i, which, now)),
+                    }
+                }
+            }
+        }
         let guard = if self.guard_may_exist {
             let g = self.list(&self.guard_table(), held)?;
             self.guard_may_exist = g.is_some();
@@ -78,6 +103,9 @@ impl Nft {
             self.set_verified_gen(gen_after);
             for k in &mut self.known {
                 (k.verified, k.shape) = (None, None);
+            }
+            for (i, which, now) in first_reads {
+                *self.known[i].content_mut(which) = Some(now);
             }
         }
         // Each link's row, found once. Cloned: a damage's text was made

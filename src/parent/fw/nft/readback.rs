@@ -18,6 +18,12 @@
 //! - unknown otherwise — and "damaged" when a base chain, a dispatch
 //!   element or a `locked_` set is not as loaded (a foreign `accept` ahead
 //!   of our jump would pass the link's traffic).
+//!
+//! Tag, count and ends do not show a rule of ours replaced in place by
+//! another. So once netlink is proven to reach the table, the backend also
+//! digests each link chain as the kernel dumps it (`chain::Content`) and
+//! compares it with the first such read since its own last write of that
+//! chain: a chain that changed is judged as missing, until we write it again.
 
 use std::collections::{HashMap, HashSet};
 

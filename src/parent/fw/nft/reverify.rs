@@ -104,8 +104,11 @@ impl Nft {
         let mut out = Vec::with_capacity(loaded.len());
         for &(i, which) in loaded {
             let chain = which.chain(&self.targets[i].name);
-            let rules = self.chain_rules(&chain).ok()?.unwrap_or_default();
-            out.push(shape_of(which, Ends::of(&rules)));
+            let (rules, content) = self.chain_rules(&chain).ok()?.unwrap_or_default();
+            out.push(match self.as_loaded(i, which, content) {
+                true => shape_of(which, Ends::of(&rules)),
+                false => Chain::Other,
+            });
         }
         Some(out)
     }
