@@ -993,8 +993,9 @@ fn flood(sock: &std::path::Path) -> (usize, usize, usize) {
 
 /// The running daemon's read-back finds tampering behind its back within
 /// a tick or two, also when its tick skips unchanged listings (the
-/// nftables generation gate): a foreign accept put ahead of our jumps, and
-/// a flushed lockdown chain under a locked link.
+/// nftables generation gate): a foreign accept put ahead of our jumps, a
+/// flushed lockdown chain under a locked link, and one of its rules
+/// replaced in place by an accept.
 #[test]
 fn tampering_is_repaired_by_the_running_daemon() {
     let Some(mut gw) = Gateway::new("qkt16", "200ms", "") else {
@@ -1057,6 +1058,32 @@ fn tampering_is_repaired_by_the_running_daemon() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(gw.pings(3), 0);
+    assert_eq!(gw.state(), "lockdown");
+    // A lockdown rule replaced in place by an accept: the same count, the
+    // tag and the final drop as they were. Loaded again.
+    std::thread::sleep(Duration::from_secs(2));
+    let listing = gw.nft(&["-a", "list", "chain", "inet", "qkdpfd", "lock_dr"]);
+    let ours = (listing.lines())
+        .find(|l| l.contains("counter") && !l.contains("comment"))
+        .unwrap_or_else(|| panic!("no counter rule in {listing}"));
+    let handle = ours.rsplit("# handle ").next().unwrap().trim();
+    gw.nft(&[
+        "replace", "rule", "inet", "qkdpfd", "lock_dr", "handle", handle, "accept",
+    ]);
+    let t = std::time::Instant::now();
+    while in_chain(&gw, "lock_dr")
+        .lines()
+        .any(|l| l.trim() == "accept")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "replaced rule kept\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.link_locked("dr"));
     assert_eq!(gw.pings(3), 0);
     assert_eq!(gw.state(), "lockdown");
 }

@@ -236,8 +236,10 @@ pub fn contents(
                 return Err("rules: a rule without its chain".to_string());
             };
             let name = String::from_utf8_lossy(name.split(|b| *b == 0).next().unwrap_or(&[]));
-            let was = out.get(name.as_ref()).copied().unwrap_or(Content::empty());
-            out.insert(name.into_owned(), was.then(a)?);
+            match out.get_mut(name.as_ref()) {
+                Some(c) => *c = c.then(a)?,
+                None => drop(out.insert(name.into_owned(), Content::empty().then(a)?)),
+            }
             Ok(())
         })?;
         Ok(done.then_some(()))
