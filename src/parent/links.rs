@@ -423,8 +423,15 @@ impl Links {
         let seen = self.fw.observe_each(&self.targets)?;
         if seen.len() != self.targets.len() {
             // A backend's bug; a link left without a read-back would keep
-            // its last one.
-            let what = format!("{} read-backs for {} links", seen.len(), self.targets.len());
+            // its last one. Said so: no setting of the operator's fixes it.
+            let what = format!(
+                "the {} backend answered {} read-backs for {} links (a bug in \
+                 qkdpfd: please report it); every link counts as unknown until \
+                 a read-back answers for each",
+                self.fw.name(),
+                seen.len(),
+                self.targets.len()
+            );
             return Err(crate::tool::FwError::refused(what));
         }
         Ok(seen)

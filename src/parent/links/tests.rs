@@ -35,6 +35,8 @@ struct Kernel {
     site: bool,
     /// Links whose lockdown an earlier run loaded.
     inherited: BTreeSet<String>,
+    /// observe_each answers one read-back fewer than asked (a backend's bug).
+    short_read_back: bool,
 }
 
 #[derive(Default)]
@@ -175,6 +177,14 @@ impl Firewall for Fake {
                 (l.name.clone(), Readback { state, guarded })
             })
             .collect())
+    }
+    fn observe_each(&mut self, links: &[LinkTarget]) -> Result<Vec<Readback>, FwError> {
+        // In name order, as the links are.
+        let mut seen: Vec<Readback> = self.observe(links, None)?.into_values().collect();
+        if self.k.lock().unwrap().short_read_back {
+            seen.pop();
+        }
+        Ok(seen)
     }
     fn set_guard(&mut self, links: &[LinkTarget]) -> Result<(), FwError> {
         let mut k = self.k.lock().unwrap();
@@ -423,6 +433,26 @@ fn locked(fake: Fake, dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
     l.observe_all();
     tell(&l);
     (l, k)
+}
+
+/// A backend answering fewer read-backs than links (a bug of ours) leaves
+/// no link with its last read-back: each counts as unknown, and the reason
+/// says that it is a bug to report, not a setting to change.
+#[test]
+fn a_short_read_back_leaves_every_link_unknown() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel {
+        short_read_back: true,
+        ..Kernel::default()
+    });
+    let (l, _k) = locked(fake, t.path());
+    match &l.links["dr"].kernel.state {
+        Observed::Unknown { why, .. } => {
+            assert!(why.contains("the fake backend answered 0 read-backs for 1 links"));
+            assert!(why.contains("please report it"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
