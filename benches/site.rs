@@ -27,7 +27,8 @@
 //! beside us), against right after a change to ours (a chain added to it
 //! and removed by turns): R rounds and at most 5. Last, a full listing of
 //! the table read whole and then parsed, against parsed from nft's pipe as
-//! it comes (R rounds each).
+//! it comes, and one netlink dump of every rule of the table digested per
+//! chain, what the listing's read-back adds (R rounds each).
 
 #[path = "common/knobs.rs"]
 mod knobs;
@@ -116,6 +117,22 @@ fn listing_both_ways(rounds: usize) {
     println!(
         "  a full listing, parsed from nft's pipe as it comes:      {}",
         stats::percentiles_ms(&piped)
+    );
+    // What the listing's read-back adds to compare each link chain with
+    // what was first read after our load: one dump of the table's rules.
+    let mut dumps = Vec::new();
+    let mut chains = 0;
+    for r in 0..rounds {
+        let t = Instant::now();
+        let seen = qkdpfd::parent::fw::nft::chain::contents("qkdpfd", 9_000_000 + 4 * r as u32)
+            .expect("rules dump");
+        dumps.push(micros(t));
+        chains = seen.len();
+    }
+    dumps.sort_unstable();
+    println!(
+        "  every rule of the table dumped and digested ({chains} chains with rules): {}",
+        stats::percentiles_ms(&dumps)
     );
 }
 

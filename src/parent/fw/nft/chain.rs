@@ -23,6 +23,7 @@
 
 use super::netlink::{
     NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, NLM_F_DUMP, NLMSG_DONE, msg, request,
+    request_dump,
 };
 use super::readback::{Expr, Rule};
 use crate::parent::wg::linux::{NLM_F_REQUEST, NLMSG_ERROR, attrs, c_name, errno_of, messages};
@@ -229,7 +230,7 @@ pub fn contents(
     seq: u32,
 ) -> Result<std::collections::HashMap<String, Content>, String> {
     let mut out: std::collections::HashMap<String, Content> = Default::default();
-    request(&table_request_bytes(table, seq), |b| {
+    request_dump(&table_request_bytes(table, seq), |b| {
         let done = each_rule(b, seq, &mut |a| {
             let chain = a.iter().find(|(t, _)| *t == NFTA_RULE_CHAIN);
             let Some(&(_, name)) = chain else {

@@ -372,6 +372,30 @@ pub fn request<T>(
     })
 }
 
+/// [`request`] for a long dump, on a socket of its own read with a buffer
+/// the kernel may fill to its limit (32 KiB a datagram, where the kept
+/// socket's reads take 8 KiB). A dump of every rule of a table starts each
+/// datagram by counting the rules up to where the last one stopped: at
+/// 10,000 links that walk, once a datagram, is most of the dump's time, so
+/// fewer, larger datagrams cost less. Its own socket: the kernel sizes a
+/// socket's datagrams by the largest read it has seen, which the kept
+/// socket's smaller reads would then refuse.
+pub fn request_dump<T>(
+    req: &[u8],
+    mut take: impl FnMut(&[u8]) -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    use crate::parent::wg::linux::sys::Nl;
+    let nl = Nl::open_protocol(NETLINK_NETFILTER).map_err(|e| e.to_string())?;
+    nl.send(req).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = nl.recv(&mut buf).map_err(|e| e.to_string())?;
+        if let Some(t) = take(&buf[..n])? {
+            return Ok(t);
+        }
+    }
+}
+
 /// One object of table `inet <table>` to look up, by its key: a set
 /// element or a set. A dump reads a whole set (its cost grows with the
 /// links); a lookup costs the same at 10 links and at 10,000.
