@@ -817,7 +817,8 @@ fn a_refused_netlink_flip_is_an_error_and_the_drop_still_locks() {
 
 /// The read-back of one link reads its two chains over netlink once the
 /// heartbeat works: what that dump shows must judge as `nft -j list chain`
-/// does, for every state a chain can be in.
+/// does, for every state a chain can be in; and a chain's own dump and the
+/// table's digest it alike.
 #[test]
 fn netlink_and_nft_read_a_link_chain_alike() {
     if !root_or_skip("netlink_and_nft_read_a_link_chain_alike") {
@@ -831,11 +832,19 @@ fn netlink_and_nft_read_a_link_chain_alike() {
     let mut compare = |r: &Rig, what: &str| {
         let (mut by_netlink, mut by_nft) =
             (readback::Listing::default(), readback::Listing::default());
+        seq += 4;
+        let contents = chain::contents("qkdpfd", seq).unwrap();
         for c in ["link_dr", "lock_dr"] {
             seq += 4;
-            by_netlink
-                .chains
-                .insert(c.into(), chain::rules("qkdpfd", c, seq).unwrap());
+            let (rules, content) = chain::read("qkdpfd", c, seq).unwrap();
+            // The table's dump digests each chain as its own dump does.
+            let in_table = contents.get(c).copied();
+            assert_eq!(
+                in_table.unwrap_or(chain::Content::empty()),
+                content,
+                "{what}: {c}"
+            );
+            by_netlink.chains.insert(c.into(), rules);
             let text = r.ns.nft(&format!("-j list chain inet qkdpfd {c}"));
             by_nft.chains.extend(readback::parse(&text).unwrap().chains);
             let comments = |l: &readback::Listing| -> Vec<Option<String>> {
