@@ -292,3 +292,49 @@ fn an_open_rule_replaced_in_place_is_seen() {
         "the others as they were"
     );
 }
+
+/// What was first read of a chain after our load stays what it must hold
+/// until a load of ours succeeds: not a rebuild of the table (which anyone
+/// can bring about by damaging a base chain), not a load that failed (it
+/// left the chain as it was).
+#[test]
+fn a_changed_chain_stays_changed_across_a_rebuild_and_a_failed_load() {
+    if !root_or_skip("a_changed_chain_stays_changed_across_a_rebuild_and_a_failed_load") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = locked_links(&mut r, 3);
+    let text = "icmp type echo-request counter drop\ncounter drop";
+    assert_eq!(
+        apply(&mut r, &ls, 3, Enforcement::Lockdown, text),
+        Observed::Locked
+    );
+    let h = handle_of(&r.ns, "lock_dr", "echo-request");
+    r.ns.nft(&format!(
+        "replace rule inet qkdpfd lock_dr handle {h} accept"
+    ));
+    // The parent's repair of a damaged skeleton, before any read.
+    r.fw.init(&ls).unwrap();
+    touch_table(&r.ns);
+    let seen = r.fw.observe(&ls, None).unwrap();
+    assert!(
+        matches!(seen["dr"].state, Observed::Unknown { .. }),
+        "after a rebuild: {seen:?}"
+    );
+    // A clear that fails changes nothing: still not ours.
+    std::fs::write(r._dir.path().join("fail_next_load"), "").unwrap();
+    assert!(r.fw.clear(&ls[3]).is_err());
+    assert!(ping(&r.ns, "10.99.0.2"), "the accept still in place");
+    // Read again, not answered from the last verified read-back.
+    touch_table(&r.ns);
+    assert!(matches!(one(&mut r, &ls, "dr"), Observed::Unknown { .. }));
+    touch_table(&r.ns);
+    assert!(matches!(
+        r.fw.observe(&ls, None).unwrap()["dr"].state,
+        Observed::Unknown { .. }
+    ));
+    // One that works is ours again.
+    r.fw.clear(&ls[3]).unwrap();
+    assert_eq!(one(&mut r, &ls, "dr"), Observed::Locked);
+    assert!(!ping(&r.ns, "10.99.0.2"));
+}

@@ -172,12 +172,6 @@ impl Known {
     /// `lock_<link>` is (about to be) written by this process.
     fn lock_writing(&mut self) {
         (self.lock_loaded, self.lock_written) = (true, true);
-        self.lock_content = None;
-    }
-
-    /// `link_<link>` is (about to be) written by this process.
-    fn link_writing(&mut self) {
-        self.link_content = None;
     }
 
     /// The link's chain `which` is not known to hold our text any more.
@@ -481,7 +475,22 @@ impl Nft {
             let k = &mut self.known[i];
             (k.opened, k.staged) = (None, None);
             k.lock_writing();
-            k.link_writing();
+        }
+    }
+
+    /// Our write of link `place`'s chain `which` succeeded: what the next
+    /// read shows is what we loaded. Only then: a write that failed left
+    /// the chain as it was (an `nft -f` run and a netlink batch are each
+    /// one transaction), and what was read of it before still holds.
+    fn wrote(&mut self, place: usize, which: Loaded) {
+        *self.known[place].content_mut(which) = None;
+    }
+
+    /// [`Nft::wrote`] both chains of link `name`.
+    fn wrote_both(&mut self, name: &str) {
+        if let Some(i) = self.index(name) {
+            self.wrote(i, Loaded::Link);
+            self.wrote(i, Loaded::Lock);
         }
     }
 
@@ -673,9 +682,6 @@ impl Nft {
     ) -> Result<(), FwError> {
         let others = self.open_others(name, ruleset);
         let me = self.index(name);
-        for i in me.into_iter().chain(others.iter().map(|l| l.place)) {
-            self.known[i].link_writing();
-        }
         let mut loaded: Vec<(usize, Loaded)> = me.map(|i| (i, Loaded::Link)).into_iter().collect();
         let Some(i) = me else {
             self.run(what, &own)?;
@@ -709,6 +715,7 @@ impl Nft {
                 return Err(e);
             }
             self.run(what, &own)?;
+            self.wrote(i, Loaded::Link);
             self.reverify(&loaded, 1);
             return Ok(());
         }
@@ -777,6 +784,15 @@ impl Firewall for Nft {
             .filter(|(_, k)| k.lock_written)
             .map(|(t, _)| t.name.clone())
             .collect();
+        // And what was first read of them stays what they must hold: a
+        // rebuild (after damage anyone can cause) must not take a chain
+        // changed meanwhile as loaded. A table made anew reads as changed,
+        // and each link's chains are loaded again.
+        let mut contents: HashMap<String, (Option<chain::Content>, Option<chain::Content>)> =
+            (self.targets.iter().zip(&self.known))
+                .filter(|(_, k)| k.link_content.is_some() || k.lock_content.is_some())
+                .map(|(t, k)| (t.name.clone(), (k.link_content, k.lock_content)))
+                .collect();
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.known.clear();
         self.pending.clear();
@@ -788,10 +804,15 @@ impl Firewall for Nft {
         self.targets = crate::ruleset::in_name_order(links);
         let mut owned = dispatch::owned(links);
         self.known = (self.targets.iter())
-            .map(|t| Known {
-                keys: owned.remove(&t.name).unwrap_or_default(),
-                lock_written: written.contains(&t.name),
-                ..Known::default()
+            .map(|t| {
+                let (link_content, lock_content) = contents.remove(&t.name).unwrap_or_default();
+                Known {
+                    keys: owned.remove(&t.name).unwrap_or_default(),
+                    lock_written: written.contains(&t.name),
+                    link_content,
+                    lock_content,
+                    ..Known::default()
+                }
             })
             .collect();
         self.sources = dispatch::sources(links);
@@ -1028,8 +1049,9 @@ impl Firewall for Nft {
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
             &script,
-        )
-        .map(drop)
+        )?;
+        self.wrote_both(&link.name);
+        Ok(())
     }
 
     fn observe(

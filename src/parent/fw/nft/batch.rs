@@ -253,7 +253,10 @@ impl Nft {
                         self.run(&what, &stage_script(&self.table, target, &stmts))
                     });
                     match one {
-                        Ok(_) => self.known[i].staged = Some(ruleset),
+                        Ok(_) => {
+                            self.wrote(i, Loaded::Lock);
+                            self.known[i].staged = Some(ruleset);
+                        }
                         Err(e) => errors.push((name(i), e)),
                     }
                 }
@@ -431,7 +434,10 @@ impl Nft {
             };
             for (l, named) in run.iter().zip(named) {
                 out.push(match (named, &ran) {
-                    (Ok(()), Ok(())) => Ok(()),
+                    (Ok(()), Ok(())) => {
+                        self.wrote_both(&l.name);
+                        Ok(())
+                    }
                     (Ok(()), Err(_)) if each_alone => self.clear(l),
                     (Ok(()), Err(e)) => Err(e.clone()),
                     (Err(e), _) => Err(e),
@@ -484,10 +490,15 @@ impl Nft {
     /// what the link's script would. Links that could not be copied go to
     /// a second run of their own scripts.
     pub(super) fn load_chains(&mut self, what: &str, which: Loaded, loads: Vec<Load>) -> Loads {
-        // Whatever comes of it, what was read of these chains before is gone.
-        for l in &loads {
-            *self.known[l.place].content_mut(which) = None;
+        let places: Vec<usize> = loads.iter().map(|l| l.place).collect();
+        let done = self.load_chains_of(what, which, loads);
+        for p in places.into_iter().filter(|p| !done.failed.contains(p)) {
+            self.wrote(p, which);
         }
+        done
+    }
+
+    fn load_chains_of(&mut self, what: &str, which: Loaded, loads: Vec<Load>) -> Loads {
         struct Group {
             first: usize,
             others: Vec<usize>,

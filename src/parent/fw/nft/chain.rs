@@ -75,7 +75,12 @@ pub fn table_request_bytes(table: &str, seq: u32) -> Vec<u8> {
 pub struct Content(u64);
 
 /// Expressions whose dumped data changes with the packets they see.
-const COUNTING: &[&str] = &["counter", "quota", "last"];
+const COUNTING: &[&str] = &["counter", "last"];
+/// A quota's attributes: its limit and flags are settings, what it has
+/// consumed (and the flag saying it is used up) change with the packets.
+const NFTA_QUOTA_FLAGS: u16 = 2;
+const NFTA_QUOTA_CONSUMED: u16 = 3;
+const NFT_QUOTA_F_DEPLETED: u32 = 2;
 
 fn keyed() -> &'static std::hash::RandomState {
     static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
@@ -110,8 +115,13 @@ impl Content {
                         let counting = COUNTING.iter().any(|c| c.as_bytes() == bare);
                         for &(t, v) in a.iter().filter(|_| !counting) {
                             h.write_u16(t);
-                            h.write_usize(v.len());
-                            h.write(v);
+                            match (bare, t) {
+                                (b"quota", NFTA_EXPR_DATA) => quota_settings(&mut h, v)?,
+                                _ => {
+                                    h.write_usize(v.len());
+                                    h.write(v);
+                                }
+                            }
                         }
                     }
                 }
@@ -126,6 +136,26 @@ impl Content {
         h.write_u8(3);
         Ok(Content(h.finish()))
     }
+}
+
+/// A quota's data without what it has consumed.
+fn quota_settings(h: &mut impl std::hash::Hasher, data: &[u8]) -> Result<(), String> {
+    let bad = |e: crate::parent::wg::WgError| format!("rules: {e}");
+    for (t, v) in attrs(data).map_err(bad)? {
+        match (t, <[u8; 4]>::try_from(v)) {
+            (NFTA_QUOTA_CONSUMED, _) => continue,
+            (NFTA_QUOTA_FLAGS, Ok(f)) => {
+                h.write_u16(t);
+                h.write_u32(u32::from_be_bytes(f) & !NFT_QUOTA_F_DEPLETED);
+            }
+            _ => {
+                h.write_u16(t);
+                h.write_usize(v.len());
+                h.write(v);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads one datagram of the answer to [`request_bytes`] sent with `seq`,
@@ -460,7 +490,14 @@ mod tests {
     #[test]
     fn a_chains_content_ignores_counts_and_sees_any_other_change() {
         let counter = |n: u64| expr("counter", &nla(1, &n.to_be_bytes()));
-        let quota = |n: u64| expr("quota", &nla(3, &n.to_be_bytes()));
+        // A quota of 1 MiB: its use and the depleted flag change, not its limit.
+        let quota = |used: u64| {
+            let flags: u32 = if used >= 1 << 20 { 2 } else { 0 };
+            let mut d = nla(1, &(1u64 << 20).to_be_bytes());
+            d.extend(nla(2, &flags.to_be_bytes()));
+            d.extend(nla(3, &used.to_be_bytes()));
+            expr("quota", &d)
+        };
         let port = |p: u16| expr("cmp", &nla(3, &p.to_be_bytes()));
         let tag = Some("qkdpfd lockdown n=1");
         let ours = || {
@@ -477,6 +514,12 @@ mod tests {
         counted[2].0[0] = counter(99);
         assert_eq!(content_of(&counted), base, "only counts changed");
         // A rule replaced by another: same count, same tags.
+        let mut bigger = ours();
+        let mut d = nla(1, &(1u64 << 40).to_be_bytes());
+        d.extend(nla(2, &0u32.to_be_bytes()));
+        d.extend(nla(3, &0u64.to_be_bytes()));
+        bigger[1].0[1] = expr("quota", &d);
+        assert_ne!(content_of(&bigger), base, "a quota's limit");
         let mut replaced = ours();
         replaced[1].0[0] = port(51821);
         assert_ne!(content_of(&replaced), base, "a compared value");
