@@ -400,11 +400,14 @@ fn observe_reads_status_main_ruleset_and_anchor() {
             args("-a|qkdpfd/dr|-s|rules")
         ]
     );
-    // The open ruleset.
+    // The open ruleset, put there by someone else: not ours, whatever it
+    // holds. Loaded by us, it is.
     r.set(
         "out.-a_qkdpfd_dr_-s_rules_",
         "pass quick on wg0 all flags S/SA keep state (if-bound)\n",
     );
+    assert!(matches!(observed(&mut r), fw::Observed::Unknown { .. }));
+    r.fw.apply(&dr(), Enforcement::Open, OPEN).unwrap();
     assert_eq!(observed(&mut r), fw::Observed::Open);
     // One of our block rules gone: neither.
     r.set(
@@ -671,4 +674,49 @@ fn a_site_lock_pf_cannot_do_in_one_load_is_left_to_each_link() {
     let seen = r.fw.observe(&links, None).unwrap();
     assert_ne!(seen["dr"].state, fw::Observed::Locked);
     assert_eq!(seen["spoke"].state, fw::Observed::Locked);
+}
+
+/// An anchor loaded again by someone else, qkdpfd's three labelled block
+/// rules still in it but a `pass quick` ahead of them: the label count
+/// alone reads it locked. The first listing after our own load is what
+/// later listings must show (the tick's wildcard listing and the link's
+/// own alike, whatever their indentation); anything else proves nothing
+/// until qkdpfd loads the anchor again.
+#[test]
+fn an_anchor_changed_by_someone_else_is_not_locked() {
+    let mut r = Rec::new();
+    r.set("out.-s_info_", ENABLED);
+    r.set("out.-s_rules_", MAIN);
+    let ours = LOCK_RULES
+        .replace("$wg_if", "wg0")
+        .replace("$wg_port", "51820");
+    r.fw.apply(&dr(), Enforcement::Lockdown, "").unwrap();
+    r.set(
+        "out.-a_qkdpfd_*_-s_rules_",
+        &format!(
+            "anchor \"dr\" all {{\n{}}}\n",
+            ours.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        ),
+    );
+    assert_eq!(observed(&mut r), fw::Observed::Locked, "the tick's listing");
+    r.set("out.-a_qkdpfd_dr_-s_rules_", &ours);
+    let one = r.fw.observe(&[dr()], Some("dr")).unwrap();
+    assert_eq!(one["dr"].state, fw::Observed::Locked, "its own listing");
+    r.unset("out.-a_qkdpfd_*_-s_rules_");
+    let tampered = format!("pass quick on wg0 all flags S/SA keep state\n{ours}");
+    r.set("out.-a_qkdpfd_dr_-s_rules_", &tampered);
+    assert_eq!(fw::pf::judge_anchor(&tampered, false), fw::Observed::Locked);
+    match observed(&mut r) {
+        fw::Observed::Unknown { why, .. } => {
+            assert!(why.contains("anchor qkdpfd/dr changed since qkdpfd loaded it"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Still not ours at the next read, and the link's own read agrees.
+    let one = r.fw.observe(&[dr()], Some("dr")).unwrap();
+    assert!(matches!(one["dr"].state, fw::Observed::Unknown { .. }));
+    // What the parent does then: the lockdown loaded again.
+    r.fw.apply(&dr(), Enforcement::Lockdown, "").unwrap();
+    r.set("out.-a_qkdpfd_dr_-s_rules_", &ours);
+    assert_eq!(observed(&mut r), fw::Observed::Locked);
 }

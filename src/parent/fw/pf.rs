@@ -20,6 +20,12 @@
 //! so a lockdown also kills the link's states (the pfctl argv come from
 //! [`crate::ruleset::pf::kill_args`]; that module says what each one kills).
 //!
+//! A read-back judges an anchor by qkdpfd's labelled block rules, which
+//! an anchor loaded by someone else with a `pass quick` ahead of those
+//! rules would still hold. So the first listing of a link's anchor after
+//! our own last load of it is kept (digested), and a later listing that
+//! differs proves nothing until we load the anchor again.
+//!
 //! Every OpenBSD fact relied on here is listed, with the source revision
 //! it was checked against, in `src/OPENBSD-FACTS.md`.
 
@@ -45,6 +51,23 @@ pub struct Pf {
     /// The labels of each link's open rules as last loaded: a lockdown
     /// also kills the states those rules created (`pfctl -k label -k L`).
     open_labels: std::collections::HashMap<String, Vec<String>>,
+    /// Per link, the digest of the first listing of its anchor since our
+    /// last load of it ([`listing_digest`]).
+    first_read: std::collections::HashMap<String, u64>,
+    /// The key of those digests, this process's own.
+    key: std::hash::RandomState,
+}
+
+/// A digest of an anchor's listing: its lines trimmed, blank ones left
+/// out (the wildcard listing indents what a link's own does not), keyed.
+fn listing_digest(key: &std::hash::RandomState, rules: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = key.build_hasher();
+    for line in rules.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        h.write(line.as_bytes());
+        h.write_u8(b'\n');
+    }
+    h.finish()
 }
 
 impl Pf {
@@ -54,7 +77,16 @@ impl Pf {
             anchor: anchor.to_string(),
             kill_failed: BTreeSet::new(),
             open_labels: std::collections::HashMap::new(),
+            first_read: std::collections::HashMap::new(),
+            key: std::hash::RandomState::new(),
         }
+    }
+
+    /// Whether the anchor listing `rules` of `link` is what the first
+    /// listing since our last load of it showed; the first one is kept.
+    fn as_loaded(&mut self, link: &str, rules: &str) -> bool {
+        let now = listing_digest(&self.key, rules);
+        *self.first_read.entry(link.to_string()).or_insert(now) == now
     }
 
     /// Kills the states of `links` and remembers, per link, whether all of
@@ -119,6 +151,9 @@ impl Pf {
             "load the lockdown of {} links in one transaction",
             links.len()
         );
+        for l in links {
+            self.first_read.remove(&l.name);
+        }
         self.run(&what, &many_load_args(&self.anchor), &input)?;
         // Whatever the kills do, the load is in: a link whose kill failed
         // is not read back as locked (`kill_failed`), and its ladder runs.
@@ -215,6 +250,7 @@ impl Firewall for Pf {
             FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
         })?;
         let what = format!("load {state} rules for link {}", link.name);
+        self.first_read.remove(&link.name);
         let input = match state {
             Enforcement::Open => load_input(link, ruleset),
             Enforcement::Lockdown => lockdown_input(link, ruleset),
@@ -239,6 +275,7 @@ impl Firewall for Pf {
         // failing on it ("Anchor does not exist"), and leaves qkdpfd's
         // own block rules in it. The state kill runs whatever happened.
         let what = format!("replace anchor of link {} by its block rules", link.name);
+        self.first_read.remove(&link.name);
         let loaded = self.run(
             &what,
             &load_args(&self.anchor, link, false),
@@ -317,7 +354,13 @@ impl Firewall for Pf {
                     Some(r) => r.clone(),
                     None => self.anchor_rules(link)?,
                 };
-                judge_anchor(&rules, self.kill_failed.contains(&link.name))
+                match self.as_loaded(&link.name, &rules) {
+                    true => judge_anchor(&rules, self.kill_failed.contains(&link.name)),
+                    false => Observed::unknown(format!(
+                        "anchor {} changed since qkdpfd loaded it",
+                        anchor_path(&self.anchor, link)
+                    )),
+                }
             };
             out.insert(
                 link.name.clone(),
