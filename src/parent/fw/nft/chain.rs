@@ -66,11 +66,12 @@ pub fn table_request_bytes(table: &str, seq: u32) -> Vec<u8> {
 
 /// What one read showed of a chain's rules, digested: each rule's
 /// expressions (name and data) and user data (its comment), rule after
-/// rule. The data of the expressions that count what passes (`counter`,
-/// `quota`, `last`) is left out, so that traffic changes nothing; every
-/// other expression dumps what it was compiled with. Keyed per process: no
-/// one can make a rule that digests like another without reading our
-/// memory. Only equality means anything.
+/// rule. What counts the packets that pass is left out (a `counter`'s and
+/// a `last`'s data, what a `quota` has used and its depleted flag), so
+/// that traffic changes nothing; every other expression dumps what it was
+/// compiled with. Keyed with this process's random key, which nothing
+/// outside it sees: a rule cannot be made to digest like another. Only
+/// equality means anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Content(u64);
 
