@@ -22,8 +22,9 @@
 //! Tag, count and ends do not show a rule of ours replaced in place by
 //! another. So once netlink is proven to reach the table, the backend also
 //! digests each link chain as the kernel dumps it (`chain::Content`) and
-//! compares it with the first such read since its own last write of that
-//! chain: a chain that changed is judged as missing, until we write it again.
+//! compares it with the first such read since its own last successful load
+//! of that chain: a chain that changed is judged as missing, until a load
+//! of ours succeeds.
 
 use std::collections::{HashMap, HashSet};
 
