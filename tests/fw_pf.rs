@@ -691,6 +691,8 @@ fn an_anchor_changed_by_someone_else_is_not_locked() {
         .replace("$wg_if", "wg0")
         .replace("$wg_port", "51820");
     r.fw.apply(&dr(), Enforcement::Lockdown, "").unwrap();
+    let load = r.take().remove(0).0.join(" ");
+    assert!(load.ends_with("-f -"), "{load}");
     r.set(
         "out.-a_qkdpfd_*_-s_rules_",
         &format!(
@@ -715,6 +717,12 @@ fn an_anchor_changed_by_someone_else_is_not_locked() {
     // Still not ours at the next read, and the link's own read agrees.
     let one = r.fw.observe(&[dr()], Some("dr")).unwrap();
     assert!(matches!(one["dr"].state, fw::Observed::Unknown { .. }));
+    // A load that fails (its kills work) leaves the anchor as it was:
+    // still not ours.
+    r.set("fail_on", &load);
+    assert!(r.fw.apply(&dr(), Enforcement::Lockdown, "").is_err());
+    r.unset("fail_on");
+    assert!(matches!(observed(&mut r), fw::Observed::Unknown { .. }));
     // What the parent does then: the lockdown loaded again.
     r.fw.apply(&dr(), Enforcement::Lockdown, "").unwrap();
     r.set("out.-a_qkdpfd_dr_-s_rules_", &ours);

@@ -52,7 +52,7 @@ pub struct Pf {
     /// also kills the states those rules created (`pfctl -k label -k L`).
     open_labels: std::collections::HashMap<String, Vec<String>>,
     /// Per link, the digest of the first listing of its anchor since our
-    /// last load of it ([`listing_digest`]).
+    /// last successful load of it ([`listing_digest`]).
     first_read: std::collections::HashMap<String, u64>,
     /// The key of those digests, this process's own.
     key: std::hash::RandomState,
@@ -80,6 +80,13 @@ impl Pf {
             first_read: std::collections::HashMap::new(),
             key: std::hash::RandomState::new(),
         }
+    }
+
+    /// Our load of `link`'s anchor succeeded: its next listing is what we
+    /// loaded. Only then: a load that failed left the anchor as it was
+    /// (one pf transaction), and what was listed of it before still holds.
+    fn loaded(&mut self, link: &str) {
+        self.first_read.remove(link);
     }
 
     /// Whether the anchor listing `rules` of `link` is what the first
@@ -151,10 +158,10 @@ impl Pf {
             "load the lockdown of {} links in one transaction",
             links.len()
         );
-        for l in links {
-            self.first_read.remove(&l.name);
-        }
         self.run(&what, &many_load_args(&self.anchor), &input)?;
+        for l in links {
+            self.loaded(&l.name);
+        }
         // Whatever the kills do, the load is in: a link whose kill failed
         // is not read back as locked (`kill_failed`), and its ladder runs.
         let _ = self.end_states(links);
@@ -250,12 +257,14 @@ impl Firewall for Pf {
             FwError::refused(format!("link {}: {state} ruleset refused: {e}", link.name))
         })?;
         let what = format!("load {state} rules for link {}", link.name);
-        self.first_read.remove(&link.name);
         let input = match state {
             Enforcement::Open => load_input(link, ruleset),
             Enforcement::Lockdown => lockdown_input(link, ruleset),
         };
         let loaded = self.run(&what, &load_args(&self.anchor, link, false), &input);
+        if loaded.is_ok() {
+            self.loaded(&link.name);
+        }
         if state == Enforcement::Open {
             if loaded.is_ok() {
                 self.open_labels
@@ -275,12 +284,14 @@ impl Firewall for Pf {
         // failing on it ("Anchor does not exist"), and leaves qkdpfd's
         // own block rules in it. The state kill runs whatever happened.
         let what = format!("replace anchor of link {} by its block rules", link.name);
-        self.first_read.remove(&link.name);
         let loaded = self.run(
             &what,
             &load_args(&self.anchor, link, false),
             &lockdown_input(link, ""),
         );
+        if loaded.is_ok() {
+            self.loaded(&link.name);
+        }
         let killed = self.end_states(&[link]);
         loaded.and(killed)
     }
