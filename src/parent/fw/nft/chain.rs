@@ -45,6 +45,14 @@ const NFT_REG_VERDICT: u32 = 0;
 const NF_DROP: u32 = 0;
 /// libnftnl's user-data TLV type of a rule's comment.
 const UDATA_RULE_COMMENT: u8 = 0;
+/// Set by the kernel on a dump's message when the ruleset changed since the
+/// dump began: a dump of many datagrams resumes by counting rules, so a
+/// rule may have been skipped or read twice.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// The error of a dump the kernel marked interrupted ([`NLM_F_DUMP_INTR`]).
+const INTERRUPTED: &str = "rules: the dump was interrupted by a change to the ruleset";
+/// Dumps read again after an interrupted one, at most.
+const AGAIN: usize = 3;
 
 /// NFT_MSG_GETRULE: a dump of `inet <table> <chain>`'s rules.
 pub fn request_bytes(table: &str, chain: &str, seq: u32) -> Vec<u8> {
@@ -216,6 +224,9 @@ pub(super) fn each_rule(
         if m.seq != seq {
             continue;
         }
+        if m.flags & NLM_F_DUMP_INTR != 0 {
+            return Err(INTERRUPTED.to_string());
+        }
         match m.ty {
             // A dump that failed part way says so in its DONE.
             NLMSG_DONE => match errno_of(m.payload).map_err(bad)? {
@@ -233,6 +244,7 @@ pub(super) fn each_rule(
             t if t == newrule => {}
             t => return Err(format!("rules: unexpected message type {t:#x}")),
         }
+
         let body = m.payload.get(4..).ok_or("rules: short answer")?;
         each(&attrs(body).map_err(bad)?)?;
     }
@@ -247,16 +259,39 @@ pub fn rules(table: &str, chain: &str, seq: u32) -> Result<Vec<Rule>, String> {
 
 /// [`rules`], and their [`Content`].
 pub fn read(table: &str, chain: &str, seq: u32) -> Result<(Vec<Rule>, Content), String> {
-    let (mut out, mut content) = (Vec::new(), Content::empty());
-    request(&request_bytes(table, chain, seq), |b| {
-        Ok(parse_digesting(b, seq, &mut out, &mut content)?.then_some(()))
-    })?;
-    Ok((out, content))
+    again(|| {
+        let (mut out, mut content) = (Vec::new(), Content::empty());
+        request(&request_bytes(table, chain, seq), |b| {
+            Ok(parse_digesting(b, seq, &mut out, &mut content)?.then_some(()))
+        })?;
+        Ok((out, content))
+    })
+}
+
+/// `dump`, done again while the kernel says it was interrupted by a change
+/// ([`AGAIN`] times at most): a rule skipped or read twice would make an
+/// unchanged chain read as changed.
+fn again<T>(mut dump: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match dump() {
+            Err(e) if e == INTERRUPTED && tries <= AGAIN => continue,
+            r => return r,
+        }
+    }
 }
 
 /// Every chain of `inet <table>` that holds rules, with their [`Content`],
 /// from one dump (Linux). A chain without rules is not named.
 pub fn contents(
+    table: &str,
+    seq: u32,
+) -> Result<std::collections::HashMap<String, Content>, String> {
+    again(|| contents_once(table, seq))
+}
+
+fn contents_once(
     table: &str,
     seq: u32,
 ) -> Result<std::collections::HashMap<String, Content>, String> {
@@ -575,6 +610,40 @@ mod tests {
         let nameless = rule_msg(3, &[nla(NFTA_LIST_ELEM, &nla(NFTA_EXPR_DATA, b""))], None);
         assert!(parse(&nameless, 3, &mut rules).is_err());
         assert!(rules.is_empty());
+    }
+
+    /// A dump the kernel marks interrupted (the ruleset changed while it
+    /// went on) proves nothing and is read again, a few times at most.
+    #[test]
+    fn an_interrupted_dump_is_read_again() {
+        let mut buf = rule_msg(3, &[immediate(NF_DROP)], None);
+        buf[6..8].copy_from_slice(&NLM_F_DUMP_INTR.to_ne_bytes());
+        let mut rules = Vec::new();
+        assert_eq!(parse(&buf, 3, &mut rules).unwrap_err(), INTERRUPTED);
+        let mut done_intr = done(3);
+        done_intr[6..8].copy_from_slice(&NLM_F_DUMP_INTR.to_ne_bytes());
+        assert_eq!(parse(&done_intr, 3, &mut rules).unwrap_err(), INTERRUPTED);
+        let mut calls = 0;
+        let r = again(|| {
+            calls += 1;
+            match calls {
+                1 | 2 => Err(INTERRUPTED.to_string()),
+                _ => Ok(calls),
+            }
+        });
+        assert_eq!(r, Ok(3));
+        calls = 0;
+        let r: Result<(), String> = again(|| {
+            calls += 1;
+            Err(INTERRUPTED.to_string())
+        });
+        assert_eq!((r.unwrap_err().as_str(), calls), (INTERRUPTED, AGAIN + 1));
+        calls = 0;
+        let r: Result<(), String> = again(|| {
+            calls += 1;
+            Err("rules: another".to_string())
+        });
+        assert_eq!((r.is_err(), calls), (true, 1), "other errors at once");
     }
 
     #[test]
