@@ -728,3 +728,42 @@ fn an_anchor_changed_by_someone_else_is_not_locked() {
     r.set("out.-a_qkdpfd_dr_-s_rules_", &ours);
     assert_eq!(observed(&mut r), fw::Observed::Locked);
 }
+
+/// A named anchor called from a link's anchor: the tick's wildcard listing
+/// expands it (`anchor "x" all {` ... `}`), the link's own listing does
+/// not. Each kind of listing is compared with its own first one, so reads
+/// of both kinds in turn never call the link changed.
+#[test]
+fn a_named_anchor_inside_reads_the_same_by_either_listing() {
+    let mut r = Rec::new();
+    r.set("out.-s_info_", ENABLED);
+    r.set("out.-s_rules_", MAIN);
+    let ours = LOCK_RULES
+        .replace("$wg_if", "wg0")
+        .replace("$wg_port", "51820");
+    r.fw.apply(&dr(), Enforcement::Lockdown, "anchor \"x\"")
+        .unwrap();
+    r.set(
+        "out.-a_qkdpfd_*_-s_rules_",
+        &format!(
+            "anchor \"dr\" all {{\n  anchor \"x\" all {{\n    pass on lo0 all\n  }}\n{}}}\n",
+            ours.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        ),
+    );
+    r.set(
+        "out.-a_qkdpfd_dr_-s_rules_",
+        &format!("anchor \"qkdpfd/dr/x\" all\n{ours}"),
+    );
+    for _ in 0..2 {
+        assert_eq!(observed(&mut r), fw::Observed::Locked, "the tick's");
+        let one = r.fw.observe(&[dr()], Some("dr")).unwrap();
+        assert_eq!(one["dr"].state, fw::Observed::Locked, "its own");
+    }
+    // A change shows in either.
+    r.set(
+        "out.-a_qkdpfd_dr_-s_rules_",
+        &format!("pass quick all\nanchor \"qkdpfd/dr/x\" all\n{ours}"),
+    );
+    let one = r.fw.observe(&[dr()], Some("dr")).unwrap();
+    assert!(matches!(one["dr"].state, fw::Observed::Unknown { .. }));
+}

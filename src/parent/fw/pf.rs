@@ -24,7 +24,9 @@
 //! an anchor loaded by someone else with a `pass quick` ahead of those
 //! rules would still hold. So the first listing of a link's anchor after
 //! our own last load of it is kept (digested), and a later listing that
-//! differs proves nothing until we load the anchor again.
+//! differs proves nothing until we load the anchor again. One first
+//! listing per kind: the tick's wildcard listing expands a named anchor
+//! called inside the link's anchor, the link's own listing does not.
 //!
 //! Every OpenBSD fact relied on here is listed, with the source revision
 //! it was checked against, in `src/OPENBSD-FACTS.md`.
@@ -51,15 +53,16 @@ pub struct Pf {
     /// The labels of each link's open rules as last loaded: a lockdown
     /// also kills the states those rules created (`pfctl -k label -k L`).
     open_labels: std::collections::HashMap<String, Vec<String>>,
-    /// Per link, the digest of the first listing of its anchor since our
-    /// last successful load of it ([`listing_digest`]).
-    first_read: std::collections::HashMap<String, u64>,
+    /// Per link and kind of listing (true: the tick's wildcard listing),
+    /// the digest of the first listing of its anchor since our last
+    /// successful load of it ([`listing_digest`]).
+    first_read: std::collections::HashMap<(String, bool), u64>,
     /// The key of those digests, this process's own.
     key: std::hash::RandomState,
 }
 
 /// A digest of an anchor's listing: its lines trimmed, blank ones left
-/// out (the wildcard listing indents what a link's own does not), keyed.
+/// out (the wildcard listing indents), keyed.
 fn listing_digest(key: &std::hash::RandomState, rules: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = key.build_hasher();
@@ -86,14 +89,18 @@ impl Pf {
     /// loaded. Only then: a load that failed left the anchor as it was
     /// (one pf transaction), and what was listed of it before still holds.
     fn loaded(&mut self, link: &str) {
-        self.first_read.remove(link);
+        for wildcard in [false, true] {
+            self.first_read.remove(&(link.to_string(), wildcard));
+        }
     }
 
-    /// Whether the anchor listing `rules` of `link` is what the first
-    /// listing since our last load of it showed; the first one is kept.
-    fn as_loaded(&mut self, link: &str, rules: &str) -> bool {
+    /// Whether the anchor listing `rules` of `link` (from the tick's
+    /// wildcard listing or not) is what the first listing of that kind
+    /// since our last load of it showed; the first one is kept.
+    fn as_loaded(&mut self, link: &str, wildcard: bool, rules: &str) -> bool {
         let now = listing_digest(&self.key, rules);
-        *self.first_read.entry(link.to_string()).or_insert(now) == now
+        let key = (link.to_string(), wildcard);
+        *self.first_read.entry(key).or_insert(now) == now
     }
 
     /// Kills the states of `links` and remembers, per link, whether all of
@@ -361,11 +368,11 @@ impl Firewall for Pf {
             } else if let Err(why) = main_guards(&main, &self.anchor, link) {
                 Observed::damaged(why)
             } else {
-                let rules = match all.get(&link.name) {
-                    Some(r) => r.clone(),
-                    None => self.anchor_rules(link)?,
+                let (rules, wildcard) = match all.get(&link.name) {
+                    Some(r) => (r.clone(), true),
+                    None => (self.anchor_rules(link)?, false),
                 };
-                match self.as_loaded(&link.name, &rules) {
+                match self.as_loaded(&link.name, wildcard, &rules) {
                     true => judge_anchor(&rules, self.kill_failed.contains(&link.name)),
                     false => Observed::unknown(format!(
                         "anchor {} changed since qkdpfd loaded it",
