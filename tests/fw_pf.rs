@@ -676,29 +676,38 @@ fn a_site_lock_pf_cannot_do_in_one_load_is_left_to_each_link() {
     assert_eq!(seen["spoke"].state, fw::Observed::Locked);
 }
 
-/// An anchor loaded again by someone else, qkdpfd's three labelled block
-/// rules still in it but a `pass quick` ahead of them: the label count
-/// alone reads it locked. The first listing after our own load is what
-/// later listings must show (the tick's wildcard listing and the link's
-/// own alike, whatever their indentation); anything else proves nothing
-/// until qkdpfd loads the anchor again.
-#[test]
-fn an_anchor_changed_by_someone_else_is_not_locked() {
+/// pf enabled, the main ruleset in place and `dr` locked with `lockdown`;
+/// with qkdpfd's block rules for `dr` as pfctl lists them.
+fn locked_dr(lockdown: &str) -> (Rec, String) {
     let mut r = Rec::new();
     r.set("out.-s_info_", ENABLED);
     r.set("out.-s_rules_", MAIN);
+    r.fw.apply(&dr(), Enforcement::Lockdown, lockdown).unwrap();
     let ours = LOCK_RULES
         .replace("$wg_if", "wg0")
         .replace("$wg_port", "51820");
-    r.fw.apply(&dr(), Enforcement::Lockdown, "").unwrap();
+    (r, ours)
+}
+
+/// `text`'s lines as the wildcard listing prints them inside an anchor.
+fn indented(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// An anchor loaded again by someone else, qkdpfd's three labelled block
+/// rules still in it but a `pass quick` ahead of them: the label count
+/// alone reads it locked. The first listing of each kind after our own
+/// load (the tick's wildcard listing, the link's own) is what later
+/// listings of that kind must show; anything else proves nothing until a
+/// load of ours succeeds.
+#[test]
+fn an_anchor_changed_by_someone_else_is_not_locked() {
+    let (mut r, ours) = locked_dr("");
     let load = r.take().remove(0).0.join(" ");
     assert!(load.ends_with("-f -"), "{load}");
     r.set(
         "out.-a_qkdpfd_*_-s_rules_",
-        &format!(
-            "anchor \"dr\" all {{\n{}}}\n",
-            ours.lines().map(|l| format!("  {l}\n")).collect::<String>()
-        ),
+        &format!("anchor \"dr\" all {{\n{}}}\n", indented(&ours)),
     );
     assert_eq!(observed(&mut r), fw::Observed::Locked, "the tick's listing");
     r.set("out.-a_qkdpfd_dr_-s_rules_", &ours);
@@ -735,19 +744,14 @@ fn an_anchor_changed_by_someone_else_is_not_locked() {
 /// of both kinds in turn never call the link changed.
 #[test]
 fn a_named_anchor_inside_reads_the_same_by_either_listing() {
-    let mut r = Rec::new();
-    r.set("out.-s_info_", ENABLED);
-    r.set("out.-s_rules_", MAIN);
-    let ours = LOCK_RULES
-        .replace("$wg_if", "wg0")
-        .replace("$wg_port", "51820");
-    r.fw.apply(&dr(), Enforcement::Lockdown, "anchor \"x\"")
-        .unwrap();
+    let (mut r, ours) = locked_dr("anchor \"x\"");
+    let x = "anchor \"x\" all {\n  pass on lo0 all\n}\n";
     r.set(
         "out.-a_qkdpfd_*_-s_rules_",
         &format!(
-            "anchor \"dr\" all {{\n  anchor \"x\" all {{\n    pass on lo0 all\n  }}\n{}}}\n",
-            ours.lines().map(|l| format!("  {l}\n")).collect::<String>()
+            "anchor \"dr\" all {{\n{}{}}}\n",
+            indented(x),
+            indented(&ours)
         ),
     );
     r.set(
