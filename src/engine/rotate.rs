@@ -162,6 +162,27 @@ impl Rotation {
         self.ctx.period = period;
     }
 
+    /// The epoch [`Rotation::status`] reports, without the rest of it.
+    pub fn epoch(&self) -> u64 {
+        match &self.side {
+            Side::Master(m) => m.epoch(),
+            Side::Slave(s) => s.epoch(),
+        }
+    }
+
+    /// Whether `m` repeats the OFFER of the slave's round that is still
+    /// fetching its key or installing it: handed in, it would be ignored
+    /// (the CONFIRM leaves once the PSK is installed), so the peer port's
+    /// door drops it before its signature is checked. A master retransmits
+    /// every second while a hub's slave works through thousands of
+    /// `dec_keys`, and each such check cost an Ed25519 verification.
+    pub fn repeats_busy_offer(&self, m: &Message) -> bool {
+        match &self.side {
+            Side::Master(_) => false,
+            Side::Slave(s) => s.busy_with(m),
+        }
+    }
+
     /// When the next [`Input::Tick`] is due (None: only inputs matter).
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.side {

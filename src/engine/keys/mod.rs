@@ -315,7 +315,8 @@ impl Keys {
             let name = by_id.get(&claims.link_id)?;
             let l = links.get_mut(name)?;
             let route = (l.route.peer.ip(), l.route.role);
-            let verdict = l.gate.check(route, from, claims, l.rot.status().epoch, now);
+            let rot = (l.rot.epoch(), l.rot.repeats_busy_offer(claims));
+            let verdict = l.gate.check(route, from, claims, rot, now);
             Some((&**name, verdict))
         });
         let Some((name, msg)) = opened else {

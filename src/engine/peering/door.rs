@@ -15,6 +15,11 @@
 //! - at the master, a CONFIRM or NACK that does not echo the OFFER in
 //!   flight (epoch and nonce): a replay, a late duplicate, an answer to an
 //!   old round — nothing in it could change the round;
+//! - at the slave, a repeat of the OFFER whose round is still fetching its
+//!   key or installing it (epoch, nonce and key_ID): the rotation ignores
+//!   it, the CONFIRM leaving once the PSK is installed. A hub's master
+//!   retransmits every second while its slave works through thousands of
+//!   `dec_keys` at start, and each repeat cost an Ed25519 verification;
 //! - at the slave, an OFFER whose epoch starts no round (≤ the last one
 //!   accepted) once the link's answer budget is spent: such an OFFER can
 //!   only earn a NACK or the cached CONFIRM, and those are what the budget
@@ -112,13 +117,15 @@ impl Gate {
     /// The checks before the signature. `peer`: the configured peer's
     /// address (the port is free: NAT); `role`: ours on the link. `epoch` is
     /// the rotation's: the last one the slave accepted (unused for the
-    /// master, which knows its OFFER exactly).
+    /// master, which knows its OFFER exactly); `busy`: `m` repeats the
+    /// OFFER of the slave's round in progress
+    /// ([`Rotation::repeats_busy_offer`](crate::engine::rotate::Rotation::repeats_busy_offer)).
     pub fn check(
         &mut self,
         (peer, role): (IpAddr, Role),
         from: IpAddr,
         m: &Message,
-        epoch: u64,
+        (epoch, busy): (u64, bool),
         now: Instant,
     ) -> Verdict {
         if from.to_canonical() != peer.to_canonical() {
@@ -131,6 +138,7 @@ impl Gate {
             }
             (Role::Master, _) if self.offered == Some((m.epoch, m.nonce)) => Verdict::Verify,
             (Role::Master, _) => Verdict::Drop,
+            (Role::Slave, _) if busy => Verdict::Drop,
             (Role::Slave, _) if m.epoch > epoch => Verdict::Verify,
             (Role::Slave, _) if self.answers.take(now) => Verdict::Verify,
             (Role::Slave, _) => Verdict::Refuse("answer-budget"),
@@ -278,13 +286,19 @@ mod tests {
         let mut g = Gate::default();
         let offer = msg(5, Body::Offer);
         assert_eq!(
-            g.check(route, ip(1), &offer, 4, t0),
+            g.check(route, ip(1), &offer, (4, false), t0),
             Verdict::Refuse("wrong-source")
         );
-        assert_eq!(g.check(route, PEER, &offer, 4, t0), Verdict::Verify);
+        assert_eq!(
+            g.check(route, PEER, &offer, (4, false), t0),
+            Verdict::Verify
+        );
         // An IPv4-mapped IPv6 source is the same address.
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(g.check(route, mapped, &offer, 4, t0), Verdict::Verify);
+        assert_eq!(
+            g.check(route, mapped, &offer, (4, false), t0),
+            Verdict::Verify
+        );
     }
 
     #[test]
@@ -294,25 +308,40 @@ mod tests {
         let mut g = Gate::default();
         let confirm = msg(5, Body::Confirm { tag: [0; 32] });
         assert_eq!(
-            g.check(route, PEER, &msg(5, Body::Offer), 0, t0),
+            g.check(route, PEER, &msg(5, Body::Offer), (0, false), t0),
             Verdict::Refuse("wrong-role")
         );
         // Nothing offered yet: a CONFIRM or NACK is a replay.
-        assert_eq!(g.check(route, PEER, &confirm, 5, t0), Verdict::Drop);
+        assert_eq!(
+            g.check(route, PEER, &confirm, (5, false), t0),
+            Verdict::Drop
+        );
         let offer = msg(5, Body::Offer);
         g.sent(&offer);
-        assert_eq!(g.check(route, PEER, &confirm, 5, t0), Verdict::Verify);
-        assert_eq!(g.check(route, PEER, &msg(5, NACK), 5, t0), Verdict::Verify);
+        assert_eq!(
+            g.check(route, PEER, &confirm, (5, false), t0),
+            Verdict::Verify
+        );
+        assert_eq!(
+            g.check(route, PEER, &msg(5, NACK), (5, false), t0),
+            Verdict::Verify
+        );
         // Another epoch or nonce is about another OFFER.
-        assert_eq!(g.check(route, PEER, &msg(4, NACK), 5, t0), Verdict::Drop);
+        assert_eq!(
+            g.check(route, PEER, &msg(4, NACK), (5, false), t0),
+            Verdict::Drop
+        );
         let mut other = confirm.clone();
         other.nonce[0] ^= 1;
-        assert_eq!(g.check(route, PEER, &other, 5, t0), Verdict::Drop);
+        assert_eq!(g.check(route, PEER, &other, (5, false), t0), Verdict::Drop);
         // Once the round moved on, even the right CONFIRM again is dropped:
         // as often as it comes, it costs no verification.
         g.settled();
         for _ in 0..1000 {
-            assert_eq!(g.check(route, PEER, &confirm, 5, t0), Verdict::Drop);
+            assert_eq!(
+                g.check(route, PEER, &confirm, (5, false), t0),
+                Verdict::Drop
+            );
         }
     }
 
@@ -322,18 +351,24 @@ mod tests {
         let route = (PEER, Role::Slave);
         let mut g = Gate::default();
         assert_eq!(
-            g.check(route, PEER, &msg(5, Body::Confirm { tag: [0; 32] }), 4, t0),
+            g.check(
+                route,
+                PEER,
+                &msg(5, Body::Confirm { tag: [0; 32] }),
+                (4, false),
+                t0
+            ),
             Verdict::Refuse("wrong-role")
         );
         assert_eq!(
-            g.check(route, PEER, &msg(5, NACK), 4, t0),
+            g.check(route, PEER, &msg(5, NACK), (4, false), t0),
             Verdict::Refuse("wrong-role")
         );
         // A new epoch: always verified (a master far ahead is legitimate).
         for e in [5, 6, 1_000_000, u64::MAX] {
             for _ in 0..100 {
                 assert_eq!(
-                    g.check(route, PEER, &msg(e, Body::Offer), 4, t0),
+                    g.check(route, PEER, &msg(e, Body::Offer), (4, false), t0),
                     Verdict::Verify
                 );
             }
@@ -344,13 +379,41 @@ mod tests {
         for i in 0..10_000u64 {
             let t = t0 + Duration::from_micros(i * 500);
             let e = [4, 3, 0][i as usize % 3];
-            match g.check(route, PEER, &msg(e, Body::Offer), 4, t) {
+            match g.check(route, PEER, &msg(e, Body::Offer), (4, false), t) {
                 Verdict::Verify => verified += 1,
                 v => assert_eq!(v, Verdict::Refuse("answer-budget")),
             }
         }
         // 5 s of 2,000 a second: the burst of 4 and 4 a second.
         assert!((20..=25).contains(&verified), "{verified}");
+    }
+
+    #[test]
+    fn the_slave_drops_a_repeat_of_the_offer_it_is_working_on_unverified() {
+        let t0 = Instant::now();
+        let route = (PEER, Role::Slave);
+        let mut g = Gate::default();
+        // Thousands of repeats while the key is fetched: none verified, and
+        // the answer budget is left for the NACKs and CONFIRMs it bounds.
+        for _ in 0..10_000 {
+            let v = g.check(route, PEER, &msg(5, Body::Offer), (5, true), t0);
+            assert_eq!(v, Verdict::Drop);
+        }
+        assert_eq!(
+            g.check(route, PEER, &msg(5, Body::Offer), (5, false), t0),
+            Verdict::Verify
+        );
+        // Still only from the peer, and only OFFERs.
+        let busy = (5, true);
+        let offer = msg(5, Body::Offer);
+        assert_eq!(
+            g.check(route, ip(1), &offer, busy, t0),
+            Verdict::Refuse("wrong-source")
+        );
+        assert_eq!(
+            g.check(route, PEER, &msg(5, NACK), busy, t0),
+            Verdict::Refuse("wrong-role")
+        );
     }
 
     #[test]

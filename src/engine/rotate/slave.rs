@@ -22,6 +22,11 @@ struct Round {
 }
 
 impl Round {
+    /// `m` is about this round: its epoch, nonce and key.
+    fn answers(&self, m: &Message) -> bool {
+        self.epoch == m.epoch && self.nonce == m.nonce && self.key_id == m.key_id
+    }
+
     fn confirm(&self, ctx: &Ctx, tag: [u8; 32]) -> Message {
         ctx.message(
             self.epoch,
@@ -63,6 +68,15 @@ impl Slave {
                 ..
             })
         )
+    }
+
+    /// `m` is the OFFER of the round in progress (fetching or
+    /// installing), which [`Slave::on_offer`] ignores.
+    pub(super) fn busy_with(&self, m: &Message) -> bool {
+        self.round.as_ref().is_some_and(|r| {
+            let busy = matches!(r.state, State::Fetching | State::Installing(_));
+            busy && m.body == Body::Offer && r.answers(m)
+        })
     }
 
     pub(super) fn handle(&mut self, ctx: &mut Ctx, input: Input, out: &mut Vec<Action>) {
@@ -113,7 +127,7 @@ impl Slave {
 
     fn on_offer(&mut self, ctx: &mut Ctx, m: Message, out: &mut Vec<Action>) {
         if let Some(r) = &self.round {
-            if r.epoch == m.epoch && r.nonce == m.nonce && r.key_id == m.key_id {
+            if r.answers(&m) {
                 // A retransmit: never a second dec_keys.
                 return out.push(match &r.state {
                     State::Confirmed(tag) => Action::Send(r.confirm(ctx, *tag)),

@@ -320,6 +320,41 @@ fn slave_never_fetches_twice_and_nacks_stale_epochs() {
 }
 
 #[test]
+fn a_repeat_of_the_offer_in_progress_is_known_until_it_is_confirmed() {
+    let t0 = Instant::now();
+    let (m, offer) = offering(t0);
+    // The master never takes an OFFER as its own round's.
+    assert!(!m.repeats_busy_offer(&offer));
+    let mut s = rot(Role::Slave, false, 2, t0);
+    assert!(!s.repeats_busy_offer(&offer));
+    s.handle(t0, Input::Received(offer.clone()));
+    assert!(s.repeats_busy_offer(&offer), "fetching");
+    // Only that OFFER: another nonce or key is a NACK's business.
+    let mut other = offer.clone();
+    other.nonce[0] ^= 1;
+    assert!(!s.repeats_busy_offer(&other));
+    let mut other = offer.clone();
+    other.key_id = key_id("k2");
+    assert!(!s.repeats_busy_offer(&other));
+    let out = s.handle(t0, key_ready("k1", 32));
+    assert!(
+        matches!(&out[..], [Action::InstallPsk { epoch: 1, .. }]),
+        "{out:?}"
+    );
+    assert!(s.repeats_busy_offer(&offer), "installing");
+    assert!(matches!(
+        &s.handle(t0, Input::Received(offer.clone()))[..],
+        [Action::Ignored { .. }]
+    ));
+    let out = s.handle(t0, Input::Installed { epoch: 1 });
+    assert!(out.iter().any(|a| matches!(a, Action::Send(_))), "{out:?}");
+    // Confirmed: a repeat now earns the cached CONFIRM, so it is checked.
+    assert!(!s.repeats_busy_offer(&offer));
+    let out = s.handle(t0, Input::Received(offer.clone()));
+    assert!(matches!(&out[..], [Action::Send(c)] if matches!(c.body, Body::Confirm { .. })));
+}
+
+#[test]
 fn a_failed_install_is_a_failed_round_and_never_confirmed() {
     let t0 = Instant::now();
     let (mut m, offer) = offering(t0);
