@@ -42,6 +42,11 @@ pub struct LinkStore {
     bits: f64,
     last: Instant,
     delivered: HashMap<String, Delivered>,
+    /// `delivered`'s key_IDs, oldest first, and some already given out: a
+    /// dec_keys takes its keys out of `delivered` alone (a scan of this
+    /// queue per dec_keys made a 10,000-link hub's first rounds quadratic
+    /// in the simulator), and the queue is compacted once it holds twice
+    /// as many as `delivered` (see [`LinkStore::give`]).
     order: VecDeque<String>,
 }
 
@@ -150,10 +155,12 @@ impl LinkStore {
     /// Keeps at most `max_key_count` undelivered keys; the oldest go first
     /// (a slave that never asks cannot grow the simulator without bound).
     fn remember(&mut self, id: &str, master: &str, slave: &str, key: QkdKey) {
-        while self.order.len() >= self.conf.max_key_count as usize {
-            if let Some(old) = self.order.pop_front() {
-                self.delivered.remove(&old);
-            }
+        while self.delivered.len() >= self.conf.max_key_count as usize {
+            // The oldest still held; a given-out one's entry goes with it.
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.delivered.remove(&old);
         }
         let d = Delivered {
             master: master.to_string(),
@@ -189,11 +196,16 @@ impl LinkStore {
         if !missing.is_empty() {
             return Err(refuse(400, NOT_FOUND, missing));
         }
-        self.order.retain(|o| !ids.contains(o));
-        Ok(ids
+        let out = ids
             .iter()
             .filter_map(|id| self.delivered.remove(id).map(|d| (id.clone(), d.key)))
-            .collect())
+            .collect();
+        // Amortised: each compaction drops at least half of the queue.
+        if self.order.len() > 2 * self.delivered.len() + 64 {
+            let held = &self.delivered;
+            self.order.retain(|o| held.contains_key(o));
+        }
+        Ok(out)
     }
 }
 
@@ -283,6 +295,40 @@ mod tests {
         let got = s.give("A", "B", &ids).unwrap();
         assert_eq!(got[0].1, keys[0].1);
         assert_eq!(s.give("A", "B", &ids[..1]).unwrap_err().message, NOT_FOUND);
+    }
+
+    #[test]
+    fn the_oldest_undelivered_keys_go_first_and_given_ones_are_not_kept() {
+        let (mut s, t0) = store(1e9);
+        // A second apart: the pool refills between takes.
+        let mut now = t0;
+        let mut take = |s: &mut LinkStore| {
+            now += Duration::from_secs(1);
+            s.take("A", "B", 1, 256, now).unwrap()[0].0.clone()
+        };
+        // Ten held (the cap), the first given out, then three more taken:
+        // the three oldest still held make room, the given one counts not.
+        let ids: Vec<String> = (0..10).map(|_| take(&mut s)).collect();
+        s.give("A", "B", &ids[..1]).unwrap();
+        for _ in 0..3 {
+            take(&mut s);
+        }
+        let gone =
+            |s: &mut LinkStore, id: &String| s.give("A", "B", std::slice::from_ref(id)).is_err();
+        assert!(gone(&mut s, &ids[1]) && gone(&mut s, &ids[2]));
+        assert!(!gone(&mut s, &ids[3]), "evicted while there was room");
+        assert_eq!(s.delivered.len(), 9);
+        // Keys taken and given one by one: the queue stays bounded.
+        for _ in 0..10_000 {
+            let id = take(&mut s);
+            s.give("A", "B", &[id]).unwrap();
+        }
+        assert!(
+            s.order.len() <= 2 * s.delivered.len() + 64,
+            "{}",
+            s.order.len()
+        );
+        assert!(!gone(&mut s, &ids[4]), "a held key lost to the compaction");
     }
 
     #[test]
