@@ -562,9 +562,20 @@ fn hub(keys: &bundle::TestKeys, links: usize) {
         .map(|(s, n)| format!("{}s {n}", s + 1))
         .collect();
     println!("hub: first rounds done by: {}", steps.join(", "));
+    // Two a round when none is retransmitted.
+    println!(
+        "hub: peering datagrams received by the first rounds: {}",
+        udp_counters().0
+    );
     let procs = [a.pids(), b.pids()].concat();
     let mut all = procs.clone();
     all.push(setup.sim.pid());
+    let names = ["A parent", "A engine", "B parent", "B engine", "qkdsim"];
+    let mut line = String::from("hub: CPU seconds from start to the last first round:");
+    for (name, pid) in names.iter().zip(&all) {
+        line += &format!(" {name} {:.2};", procfs::cpu_secs(*pid));
+    }
+    println!("{line}");
     let idle0: Vec<f64> = all.iter().map(|p| procfs::cpu_secs(*p)).collect();
     std::thread::sleep(Duration::from_secs(2));
     let cpu0: Vec<f64> = all.iter().map(|p| procfs::cpu_secs(*p)).collect();
@@ -592,7 +603,6 @@ fn hub(keys: &bundle::TestKeys, links: usize) {
         count(&ta, "kme_error"),
         count(&tb, "kme_error"),
     );
-    let names = ["A parent", "A engine", "B parent", "B engine", "qkdsim"];
     let mut line = String::from("hub: CPU seconds during rotate all (idle 2 s before):");
     for i in 0..all.len() {
         line += &format!(
