@@ -199,15 +199,22 @@ fn touch_table(ns: &Netns) {
     ns.nft("delete chain inet qkdpfd touched");
 }
 
-/// The handle of the rule of `chain` whose listing contains `text` and
-/// no comment of ours.
-fn handle_of(ns: &Netns, chain: &str, text: &str) -> String {
+/// Someone else replaces, in place (`nft replace rule`: same handle,
+/// same count), the rule of `chain` whose listing contains `text` and no
+/// comment of ours, with the statements `with`.
+fn replace_rule(ns: &Netns, chain: &str, text: &str, with: &str) {
     let listing = ns.nft(&format!("-a list chain inet qkdpfd {chain}"));
     let line = (listing.lines())
         .find(|l| l.contains(text) && !l.contains("comment"))
         .unwrap_or_else(|| panic!("no rule with {text} in {listing}"));
-    line.rsplit("# handle ").next().unwrap().trim().to_string()
+    let h = line.rsplit("# handle ").next().unwrap().trim();
+    ns.nft(&format!(
+        "replace rule inet qkdpfd {chain} handle {h} {with}"
+    ));
 }
+
+/// A lockdown whose first rule the tests below replace with an accept.
+const LOCKDOWN: &str = "icmp type echo-request counter drop\ncounter drop";
 
 /// Someone replaces a rule of ours in place (`nft replace rule`: the
 /// count, the tags and the final drop as they were) with an accept, and
@@ -222,8 +229,7 @@ fn a_rule_replaced_in_place_is_seen_by_every_read_back() {
     }
     let mut r = rig();
     let (_far, ls) = locked_links(&mut r, 3);
-    let text = "icmp type echo-request counter drop\ncounter drop";
-    let locked = apply(&mut r, &ls, 3, Enforcement::Lockdown, text);
+    let locked = apply(&mut r, &ls, 3, Enforcement::Lockdown, LOCKDOWN);
     assert_eq!(locked, Observed::Locked);
     assert!(!ping(&r.ns, "10.99.0.2"), "locked");
     // Counted (the echo requests just dropped) and read from a listing.
@@ -233,10 +239,7 @@ fn a_rule_replaced_in_place_is_seen_by_every_read_back() {
     assert_eq!(one(&mut r, &ls, "dr"), Observed::Locked);
 
     for tick in [true, false] {
-        let h = handle_of(&r.ns, "lock_dr", "echo-request");
-        r.ns.nft(&format!(
-            "replace rule inet qkdpfd lock_dr handle {h} accept"
-        ));
+        replace_rule(&r.ns, "lock_dr", "echo-request", "accept");
         assert_eq!(all_rules(&r.ns, "lock_dr").len(), 4, "the same count");
         assert!(ping(&r.ns, "10.99.0.2"), "the replaced rule lets pings by");
         let seen = match tick {
@@ -254,7 +257,7 @@ fn a_rule_replaced_in_place_is_seen_by_every_read_back() {
         };
         assert!(matches!(other, Observed::Unknown { .. }), "{other:?}");
         // What the parent does then: the lockdown again, loaded anew.
-        let relocked = apply(&mut r, &ls, 3, Enforcement::Lockdown, text);
+        let relocked = apply(&mut r, &ls, 3, Enforcement::Lockdown, LOCKDOWN);
         assert_eq!(relocked, Observed::Locked, "tick {tick}");
         assert!(!ping(&r.ns, "10.99.0.2"), "tick {tick}: locked again");
         touch_table(&r.ns);
@@ -275,10 +278,7 @@ fn an_open_rule_replaced_in_place_is_seen() {
     let opened = apply(&mut r, &ls, 3, Enforcement::Open, "ip protocol icmp accept");
     assert_eq!(opened, Observed::Open);
     assert!(ping(&r.ns, "10.99.0.2"), "open");
-    let h = handle_of(&r.ns, "link_dr", "icmp");
-    r.ns.nft(&format!(
-        "replace rule inet qkdpfd link_dr handle {h} ip protocol udp accept"
-    ));
+    replace_rule(&r.ns, "link_dr", "icmp", "ip protocol udp accept");
     assert!(!ping(&r.ns, "10.99.0.2"), "no longer what was loaded");
     let seen = r.fw.observe(&ls, None).unwrap();
     assert!(
@@ -304,15 +304,11 @@ fn a_changed_chain_stays_changed_across_a_rebuild_and_a_failed_load() {
     }
     let mut r = rig();
     let (_far, ls) = locked_links(&mut r, 3);
-    let text = "icmp type echo-request counter drop\ncounter drop";
     assert_eq!(
-        apply(&mut r, &ls, 3, Enforcement::Lockdown, text),
+        apply(&mut r, &ls, 3, Enforcement::Lockdown, LOCKDOWN),
         Observed::Locked
     );
-    let h = handle_of(&r.ns, "lock_dr", "echo-request");
-    r.ns.nft(&format!(
-        "replace rule inet qkdpfd lock_dr handle {h} accept"
-    ));
+    replace_rule(&r.ns, "lock_dr", "echo-request", "accept");
     // The parent's repair of a damaged skeleton, before any read.
     r.fw.init(&ls).unwrap();
     touch_table(&r.ns);
