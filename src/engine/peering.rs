@@ -134,6 +134,13 @@ impl Peering {
         self.signing.as_ref().map(|s| s.verifying_key().to_bytes())
     }
 
+    /// Room for `n` more links in the keyring, exactly.
+    pub fn reserve_links(&mut self, n: usize) {
+        if let Some(ring) = self.ring.as_mut() {
+            ring.reserve_links(n);
+        }
+    }
+
     /// Admits the datagrams of `link_id` signed by `peer` (the link's
     /// `peer_pubkey`); an error if that is no Ed25519 public key.
     pub fn add_link(&mut self, link_id: LinkId, peer: &PeerKey) -> Result<(), String> {

@@ -39,7 +39,7 @@ pub use crypto::{
     ConfirmKey, KDF_INFO, MIN_QKD_KEY, TAG_LABEL, check_tag, confirm_tag, derive, link_id,
 };
 pub use error::WireError;
-pub use ids::{KeyId, LinkId, MAX_KEY_ID, Nonce, PeerKey, hex};
+pub use ids::{ByLink, KeyId, LinkId, MAX_KEY_ID, Nonce, PeerKey, hex};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::collections::HashMap;
@@ -202,7 +202,7 @@ pub struct Keyring {
     /// Each link's far key, as its place in `peers`: a hub's links mostly
     /// share one far key, kept once (a decompressed key is 192 bytes, its
     /// bytes 32 where the place is 4, at 10,000 links 0.4 MB).
-    links: HashMap<LinkId, u32>,
+    links: ByLink<u32>,
     peers: Vec<VerifyingKey>,
     /// The place of each far key in `peers`, by its bytes.
     by_key: HashMap<PeerKey, u32>,
@@ -212,12 +212,19 @@ impl Keyring {
     pub fn new(ours: &VerifyingKey) -> Keyring {
         Keyring {
             ours: ours.to_bytes(),
-            links: HashMap::new(),
+            links: ByLink::default(),
             peers: Vec::new(),
             by_key: HashMap::new(),
         }
     }
 
+    /// Room for `n` more links, exactly.
+    pub fn reserve_links(&mut self, n: usize) {
+        self.links.reserve_exact(n);
+    }
+
+    /// Admits `link_id`'s datagrams signed by `peer`. Links added in id
+    /// order are added at the end of the map, without a search.
     pub fn add_link(&mut self, link_id: LinkId, peer: VerifyingKey) {
         let peers = &mut self.peers;
         let place = *self.by_key.entry(peer.to_bytes()).or_insert_with(|| {

@@ -29,9 +29,9 @@ use crate::engine::table::LinkTable;
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Event};
 use crate::names::Names;
-use crate::proto::peer::LinkId;
+use crate::proto::peer::{ByLink, LinkId};
 use crate::secret::{Fingerprint, Psk};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ pub struct Keys {
     links: LinkTable<KeyedLink>,
     /// When each rotation is next due, sorted (kept by [`Keys::feed`]).
     due: Deadlines,
-    by_id: HashMap<LinkId, Arc<str>>,
+    by_id: ByLink<Arc<str>>,
     parent: mpsc::UnboundedSender<Vec<u8>>,
     /// Source of the datagram being handled (answers go there: NAT-friendly).
     current_from: Option<SocketAddr>,
@@ -138,7 +138,7 @@ impl Keys {
             calls: calls::Calls::new(answers),
             links: Default::default(),
             due: Deadlines::default(),
-            by_id: HashMap::new(),
+            by_id: ByLink::default(),
             parent,
             current_from: None,
             no_jitter: false,
@@ -167,9 +167,15 @@ impl Keys {
         let mut old = std::mem::take(&mut self.links).into_map();
         let mut rows: Vec<(Arc<str>, KeyedLink)> = Vec::with_capacity(cfg.links.len());
         let mut names = Names::default();
-        self.by_id.clear();
-        for l in &cfg.links {
-            let Some(k) = &l.keys else { continue };
+        // In id order: each link then lands at the end of the maps by id.
+        let mut keyed: Vec<_> = (cfg.links.iter())
+            .filter_map(|l| Some((l, l.keys.as_ref()?)))
+            .collect();
+        keyed.sort_unstable_by_key(|(_, k)| k.link_id);
+        self.by_id = ByLink::default();
+        self.by_id.reserve_exact(keyed.len());
+        self.peer.reserve_links(keyed.len());
+        for (l, k) in keyed {
             let Some(ours) = self.peer.ours() else {
                 return Err(format!("link {} is keyed but [peering] is missing", l.name));
             };

@@ -28,6 +28,63 @@ impl std::fmt::Debug for LinkId {
     }
 }
 
+/// Values by [`LinkId`], in one vector sorted by id. A hash map of
+/// 10,000 links takes 16,384 buckets (hashbrown keeps an eighth free and
+/// rounds up to a power of two): 0.6-0.8 MB for each of the two maps an
+/// engine kept by link id, where the links fill this exactly. Links are
+/// added when the config changes, in id order by the engine (each then
+/// lands at the end), and found by binary search.
+#[derive(Clone, Debug)]
+pub struct ByLink<V> {
+    rows: Vec<(LinkId, V)>,
+}
+
+impl<V> Default for ByLink<V> {
+    fn default() -> Self {
+        ByLink { rows: Vec::new() }
+    }
+}
+
+impl<V> ByLink<V> {
+    /// As a map's insert: a link added again keeps its last value.
+    pub fn insert(&mut self, id: LinkId, v: V) {
+        // Sorted adds go to the end without a search.
+        if self.rows.last().is_none_or(|(last, _)| last.0 < id.0) {
+            return self.rows.push((id, v));
+        }
+        match self.find(&id) {
+            Ok(i) => self.rows[i].1 = v,
+            Err(i) => self.rows.insert(i, (id, v)),
+        }
+    }
+
+    pub fn get(&self, id: &LinkId) -> Option<&V> {
+        self.find(id).ok().map(|i| &self.rows[i].1)
+    }
+
+    pub fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// Room for `n` more links, exactly (a vector grown by pushes alone
+    /// ends with up to twice the room it needs).
+    pub fn reserve_exact(&mut self, n: usize) {
+        self.rows.reserve_exact(n);
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn find(&self, id: &LinkId) -> Result<usize, usize> {
+        self.rows.binary_search_by(|(k, _)| k.0.cmp(&id.0))
+    }
+}
+
 /// A KME key_ID: opaque, 1..=[`MAX_KEY_ID`] bytes of `[A-Za-z0-9-]` (no
 /// RFC 4122 version is insisted on). Not secret: it crosses the network
 /// in the peer protocol. Checked once where it enters the engine, a KME's
@@ -138,6 +195,31 @@ pub use crate::text::hex;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_are_found_in_any_order_of_adding_and_the_last_value_stays() {
+        let ids: Vec<LinkId> = [7u8, 3, 9, 1, 5].iter().map(|b| LinkId([*b; 32])).collect();
+        let mut m = ByLink::default();
+        for (i, id) in ids.iter().enumerate() {
+            m.insert(*id, i);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(m.get(id), Some(&i), "{id:?}");
+        }
+        assert_eq!(m.get(&LinkId([4; 32])), None);
+        m.insert(ids[2], 99);
+        assert_eq!((m.get(&ids[2]), m.len()), (Some(&99), 5));
+        // Added in id order, each at the end; and sorted either way.
+        let mut sorted = ByLink::default();
+        for b in 0..=255u8 {
+            sorted.insert(LinkId([b; 32]), b);
+        }
+        assert!(m.rows.windows(2).all(|w| w[0].0.0 < w[1].0.0));
+        assert!(sorted.rows.windows(2).all(|w| w[0].0.0 < w[1].0.0));
+        assert_eq!(sorted.get(&LinkId([200; 32])), Some(&200));
+        m.clear();
+        assert!(m.is_empty() && m.get(&ids[0]).is_none());
+    }
 
     #[test]
     fn key_ids() {
