@@ -35,6 +35,7 @@ use crate::ruleset::nft::{
 };
 use crate::ruleset::{Check, LinkCheck, LinkTarget, check_names, valid_name};
 use crate::tool::{FwError, TOOL_TIMEOUT, Tool};
+use first_read::{Baseline, Floor};
 use netlink::{BOTH_FAMILIES, Change, Lookup};
 use reverify::Loaded;
 
@@ -43,6 +44,7 @@ mod batch;
 pub mod chain;
 mod copy;
 mod every;
+mod first_read;
 pub mod monitor;
 pub mod netlink;
 pub mod readback;
@@ -89,6 +91,10 @@ pub struct Nft {
     /// The kernel's notifications of nf_tables changes, read from the
     /// first generation read on (None before, or where they cannot be had).
     monitor: Option<monitor::Monitor>,
+    /// The generation read after the read of our table being judged.
+    read_gen: Option<u32>,
+    /// What [`Nft::first_read`] found for each floor, for that read.
+    proofs: Vec<(Floor, bool)>,
     monitor_tried: bool,
     /// The links of the last netlink flip, until each is read back.
     last_flip: Option<Flipped>,
@@ -163,9 +169,9 @@ struct Known {
     /// What the first read over netlink of `link_<link>` after this
     /// process last wrote it showed: a later read showing other rules
     /// means someone else changed them (see [`Nft::as_loaded`]).
-    link_content: Option<chain::Content>,
+    link_content: Baseline,
     /// The same for `lock_<link>`.
-    lock_content: Option<chain::Content>,
+    lock_content: Baseline,
 }
 
 impl Known {
@@ -183,7 +189,7 @@ impl Known {
     }
 
     /// The content first read of the link's chain `which` since we wrote it.
-    fn content_mut(&mut self, which: Loaded) -> &mut Option<chain::Content> {
+    fn content_mut(&mut self, which: Loaded) -> &mut Baseline {
         match which {
             Loaded::Link => &mut self.link_content,
             Loaded::Lock => &mut self.lock_content,
@@ -207,6 +213,8 @@ impl Nft {
             seq: 0,
             verified_gen: None,
             monitor: None,
+            read_gen: None,
+            proofs: Vec::new(),
             monitor_tried: false,
             last_flip: None,
             handshakes: false,
@@ -482,15 +490,16 @@ impl Nft {
     /// read shows is what we loaded. Only then: a write that failed left
     /// the chain as it was (an `nft -f` run and a netlink batch are each
     /// one transaction), and what was read of it before still holds.
-    fn wrote(&mut self, place: usize, which: Loaded) {
-        *self.known[place].content_mut(which) = None;
+    /// `floor`: [`Nft::floor`] taken before the write began.
+    fn wrote(&mut self, place: usize, which: Loaded, floor: Option<Floor>) {
+        *self.known[place].content_mut(which) = Baseline::Unread(floor);
     }
 
     /// [`Nft::wrote`] both chains of link `name`.
-    fn wrote_both(&mut self, name: &str) {
+    fn wrote_both(&mut self, name: &str, floor: Option<Floor>) {
         if let Some(i) = self.index(name) {
-            self.wrote(i, Loaded::Link);
-            self.wrote(i, Loaded::Lock);
+            self.wrote(i, Loaded::Link, floor);
+            self.wrote(i, Loaded::Lock, floor);
         }
     }
 
@@ -555,6 +564,7 @@ impl Nft {
     /// and the judges take both for "not as loaded".
     fn chain_rules(&mut self, chain: &str) -> Result<Option<ChainRead>, FwError> {
         if matches!(self.alive, Some(Some(_))) {
+            self.reading();
             self.seq = self.seq.wrapping_add(4);
             return chain::read(&self.table, chain, self.seq)
                 .map(|(rules, content)| Some((rules, Some(content))))
@@ -573,6 +583,7 @@ impl Nft {
         if !matches!(self.alive, Some(Some(_))) {
             return Ok(None);
         }
+        self.reading();
         self.seq = self.seq.wrapping_add(4);
         chain::contents(&self.table, self.seq)
             .map(Some)
@@ -591,16 +602,20 @@ impl Nft {
         let Some(now) = content else {
             return true;
         };
-        let k = &mut self.known[place];
-        match *k.content_mut(which) {
-            Some(was) if was != now => {
+        match *self.known[place].content_mut(which) {
+            Baseline::Read(was) if was != now => {
                 // Kept until we write the chain again: it is not ours.
-                k.forget(which);
+                self.known[place].forget(which);
                 false
             }
-            Some(_) => true,
-            None => {
-                *k.content_mut(which) = Some(now);
+            Baseline::Read(_) => true,
+            Baseline::Unread(floor) => {
+                if !self.first_read(floor) {
+                    // Unread, so every read until our next write says so.
+                    self.known[place].forget(which);
+                    return false;
+                }
+                *self.known[place].content_mut(which) = Baseline::Read(now);
                 true
             }
         }
@@ -714,8 +729,9 @@ impl Nft {
             if let (true, Some(e)) = (alone, done.error) {
                 return Err(e);
             }
+            let floor = self.floor();
             self.run(what, &own)?;
-            self.wrote(i, Loaded::Link);
+            self.wrote(i, Loaded::Link, floor);
             self.reverify(&loaded, 1);
             return Ok(());
         }
@@ -733,7 +749,9 @@ impl Nft {
     fn run(&self, what: &str, script: &str) -> Result<String, FwError> {
         let tool = Tool::new(&self.nft, &["-f", "-"]);
         crate::log::debug(format_args!("fw: {} <<'EOF'\n{script}EOF", tool.line()));
-        tool.run(what, script, TOOL_TIMEOUT).map(|o| o.stdout)
+        let out = tool.run(what, script, TOOL_TIMEOUT)?;
+        netlink::committed();
+        Ok(out.stdout)
     }
 }
 
@@ -788,9 +806,11 @@ impl Firewall for Nft {
         // rebuild (after damage anyone can cause) must not take a chain
         // changed meanwhile as loaded. A table made anew reads as changed,
         // and each link's chains are loaded again.
-        let mut contents: HashMap<String, (Option<chain::Content>, Option<chain::Content>)> =
+        let mut contents: HashMap<String, (Baseline, Baseline)> =
             (self.targets.iter().zip(&self.known))
-                .filter(|(_, k)| k.link_content.is_some() || k.lock_content.is_some())
+                .filter(|(_, k)| {
+                    k.link_content != Baseline::default() || k.lock_content != Baseline::default()
+                })
                 .map(|(t, k)| (t.name.clone(), (k.link_content, k.lock_content)))
                 .collect();
         // A rebuilt table may have lost the preloaded lockdown chains.
@@ -1046,11 +1066,12 @@ impl Firewall for Nft {
         // Both chains become drops: works with either deleted or damaged.
         self.forget_loaded(&link.name);
         let script = clear_script(&self.table, link);
+        let floor = self.floor();
         self.run(
             &format!("replace chain of link {} by a drop", link.name),
             &script,
         )?;
-        self.wrote_both(&link.name);
+        self.wrote_both(&link.name, floor);
         Ok(())
     }
 

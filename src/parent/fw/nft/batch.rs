@@ -248,13 +248,14 @@ impl Nft {
             (_, Some(_)) => {
                 for (i, ruleset) in failed {
                     let target = &targets[i];
+                    let floor = self.floor();
                     let one = self.lock_statements(target, &ruleset).and_then(|stmts| {
                         let what = format!("preload lockdown rules for link {}", target.name);
                         self.run(&what, &stage_script(&self.table, target, &stmts))
                     });
                     match one {
                         Ok(_) => {
-                            self.wrote(i, Loaded::Lock);
+                            self.wrote(i, Loaded::Lock, floor);
                             self.known[i].staged = Some(ruleset);
                         }
                         Err(e) => errors.push((name(i), e)),
@@ -428,6 +429,7 @@ impl Nft {
                 script.push_str(&clear_script(&self.table, l));
             }
             let what = format!("replace the chains of {} links by drops", run.len());
+            let floor = self.floor();
             let ran = match script.is_empty() {
                 true => Ok(()),
                 false => self.run_many(&what, &script, run.len()).map(drop),
@@ -435,7 +437,7 @@ impl Nft {
             for (l, named) in run.iter().zip(named) {
                 out.push(match (named, &ran) {
                     (Ok(()), Ok(())) => {
-                        self.wrote_both(&l.name);
+                        self.wrote_both(&l.name, floor);
                         Ok(())
                     }
                     (Ok(()), Err(_)) if each_alone => self.clear(l),
@@ -491,9 +493,10 @@ impl Nft {
     /// a second run of their own scripts.
     pub(super) fn load_chains(&mut self, what: &str, which: Loaded, loads: Vec<Load>) -> Loads {
         let places: Vec<usize> = loads.iter().map(|l| l.place).collect();
+        let floor = self.floor();
         let done = self.load_chains_of(what, which, loads);
         for p in places.into_iter().filter(|p| !done.failed.contains(p)) {
-            self.wrote(p, which);
+            self.wrote(p, which, floor);
         }
         done
     }
@@ -622,7 +625,8 @@ impl Nft {
             tool.line(),
             script.len()
         ));
-        tool.run(what, script, crate::tool::timeout_for(links))
-            .map(|o| o.stdout)
+        let out = tool.run(what, script, crate::tool::timeout_for(links))?;
+        netlink::committed();
+        Ok(out.stdout)
     }
 }

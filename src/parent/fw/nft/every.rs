@@ -4,6 +4,7 @@
 //! In the links' order, as vectors: a map keyed by 10,000 names, built
 //! and taken apart each second, was most of the tick's read-back.
 
+use super::first_read::Baseline;
 use super::reverify::Loaded;
 use super::{Nft, SITE_SET, chain, readback};
 use crate::parent::fw::{Observed, Readback};
@@ -59,13 +60,15 @@ impl Nft {
                     let chain = which.chain(&l.name);
                     let now = contents.get(&chain).copied();
                     let now = now.unwrap_or_else(chain::Content::empty);
-                    match *self.known[i].content_mut(which) {
-                        Some(was) if was != now => {
-                            t.chains.remove(&chain);
-                            self.known[i].forget(which);
-                        }
-                        Some(_) => {}
-                        None => first_reads.push((i, which, now)),
+                    let changed = match *self.known[i].content_mut(which) {
+                        Baseline::Read(was) => was != now,
+                        Baseline::Unread(floor) => !self.first_read(floor),
+                    };
+                    if changed {
+                        t.chains.remove(&chain);
+                        self.known[i].forget(which);
+                    } else if !self.known[i].content_mut(which).is_read() {
+                        first_reads.push((i, which, now));
                     }
                 }
             }
@@ -105,7 +108,7 @@ impl Nft {
                 (k.verified, k.shape) = (None, None);
             }
             for (i, which, now) in first_reads {
-                *self.known[i].content_mut(which) = Some(now);
+                *self.known[i].content_mut(which) = Baseline::Read(now);
             }
         }
         // Each link's row, found once. Cloned: a damage's text was made

@@ -51,6 +51,20 @@ pub struct Ledger {
     /// A change read since the last NEWGEN touched one of our tables, or
     /// may have (notifications were lost).
     touching: bool,
+    /// The generation of the last NEWGEN read, since the last loss.
+    newest: Option<u32>,
+}
+
+/// What the ledger says of a span of generations ([`Ledger::touching_in`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// Every transaction of the span was read: this many touched our tables.
+    Touching(u32),
+    /// The span ends after the last NEWGEN read: its commit may still be
+    /// notifying.
+    NotYet,
+    /// A transaction of the span is unknown (lost, forgotten, never read).
+    Unknown,
 }
 
 impl Ledger {
@@ -61,6 +75,7 @@ impl Ledger {
             tables: [table.as_bytes().to_vec(), guard.as_bytes().to_vec()],
             gens: BTreeMap::new(),
             touching: true,
+            newest: None,
         }
     }
 
@@ -90,6 +105,7 @@ impl Ledger {
                             self.gens.clear();
                         }
                         self.gens.insert(u32::from_be_bytes(id), touched);
+                        self.newest = Some(u32::from_be_bytes(id));
                     }
                     None => self.lost(),
                 }
@@ -107,6 +123,29 @@ impl Ledger {
     pub fn lost(&mut self) {
         self.gens.clear();
         self.touching = true;
+        self.newest = None;
+    }
+
+    /// How many transactions after generation `from`, up to and including
+    /// `to`, touched our tables.
+    pub fn touching_in(&self, from: u32, to: u32) -> Count {
+        let span = to.wrapping_sub(from);
+        if span > MAX_SPAN {
+            return Count::Unknown;
+        }
+        let mut n = 0;
+        for i in 1..=span {
+            let g = from.wrapping_add(i);
+            match self.gens.get(&g) {
+                Some(t) => n += u32::from(*t),
+                // Past the newest NEWGEN read, and nothing lost since.
+                None if self.newest.is_some_and(|l| (g.wrapping_sub(l) as i32) > 0) => {
+                    return Count::NotYet;
+                }
+                None => return Count::Unknown,
+            }
+        }
+        Count::Touching(n)
     }
 
     /// Every transaction after generation `from`, up to and including
@@ -355,6 +394,37 @@ mod tests {
             "the transaction read when the loss came"
         );
         assert!(l.untouched(8, 9));
+    }
+
+    #[test]
+    fn touching_transactions_are_counted_over_a_span_read_whole() {
+        let mut l = ledger();
+        l.feed(&change(NEWSETELEM, Some("qkdpfd")));
+        l.feed(&newgen(1));
+        l.feed(&change(NEWRULE, Some("filter")));
+        l.feed(&newgen(2));
+        l.feed(&change(NEWRULE, Some("qkdpfd")));
+        l.feed(&newgen(3));
+        assert_eq!(l.touching_in(0, 3), Count::Touching(2));
+        assert_eq!(l.touching_in(1, 2), Count::Touching(0));
+        assert_eq!(l.touching_in(3, 3), Count::Touching(0));
+        assert_eq!(l.touching_in(2, 5), Count::NotYet, "4 and 5 not read yet");
+        assert_eq!(
+            l.touching_in(u32::MAX - 1, 3),
+            Count::Unknown,
+            "0 read first"
+        );
+        l.lost();
+        assert_eq!(l.touching_in(0, 3), Count::Unknown, "forgotten");
+        assert_eq!(
+            l.touching_in(3, 4),
+            Count::Unknown,
+            "after a loss, not just late"
+        );
+        l.feed(&newgen(4));
+        l.feed(&newgen(5));
+        assert_eq!(l.touching_in(4, 5), Count::Touching(0));
+        assert_eq!(l.touching_in(1, 1 + MAX_SPAN + 1), Count::Unknown);
     }
 
     #[test]

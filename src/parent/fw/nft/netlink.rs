@@ -225,6 +225,21 @@ fn answers(buf: &[u8]) -> Result<Vec<(u32, i32)>, String> {
         .collect()
 }
 
+/// The nf_tables transactions this process has committed, netlink and
+/// `nft -f` alike (a count that wraps): a read-back weighs it against the
+/// kernel's notifications of the transactions that touched our tables
+/// (`Nft::first_read`).
+static COMMITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub fn commits() -> u32 {
+    COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One more transaction of ours committed.
+pub fn committed() {
+    COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sends one transaction and waits until the kernel acknowledged every
 /// change (Linux; an error elsewhere). Returns once it is committed.
 pub fn transact(table: &str, seq: u32, changes: &[Change<'_>], what: &str) -> Result<(), String> {
@@ -235,6 +250,7 @@ pub fn transact(table: &str, seq: u32, changes: &[Change<'_>], what: &str) -> Re
             nl.recv(b).map_err(|e| e.to_string())
         })
     })
+    .inspect(|()| committed())
 }
 
 /// Raises this thread's socket's send buffer towards `bytes`; the largest
@@ -250,6 +266,7 @@ pub fn transact_built(batch: &[u8], seq: u32, last: u32, what: &str) -> Result<(
         nl.send(batch).map_err(|e| e.to_string())?;
         await_last(seq, last, what, |b| nl.recv(b).map_err(|e| e.to_string()))
     })
+    .inspect(|()| committed())
 }
 
 thread_local! {
