@@ -592,8 +592,10 @@ impl Nft {
 
     /// Whether `content`, just read of chain `which` of link `place`, is
     /// what the first read since our last write of it showed; the first
-    /// read is kept as that. A read by `nft -j` (None) has nothing to
-    /// compare: true.
+    /// read is kept as that, once the kernel's notifications do not show
+    /// anyone else's transaction on our tables since the write began
+    /// ([`first_read`]). A read by `nft -j` (None) has nothing to compare:
+    /// true.
     ///
     /// What the kernel dumps of a rule is what it compiled, so a rule
     /// changed in place (`nft replace rule`, same count, tag copied) or a

@@ -16,7 +16,8 @@
 //! replace rule` keeps the count, and may copy the tag): so each read also
 //! gives the chain's [`Content`], a digest of every rule as the kernel
 //! dumped it, which the backend compares with what the first read after its
-//! own load of the chain gave.
+//! own load of the chain gave (a first read the kernel shows to be ours:
+//! `first_read.rs`).
 //!
 //! The builder and parser are pure and tested with bytes everywhere; only
 //! the socket is Linux-only.
