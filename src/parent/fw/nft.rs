@@ -611,9 +611,10 @@ impl Nft {
                 false
             }
             Baseline::Read(_) => true,
+            Baseline::Theirs => false,
             Baseline::Unread(floor) => {
                 if !self.first_read(floor) {
-                    // Unread, so every read until our next write says so.
+                    *self.known[place].content_mut(which) = Baseline::Theirs;
                     self.known[place].forget(which);
                     return false;
                 }

@@ -62,7 +62,14 @@ impl Nft {
                     let now = now.unwrap_or_else(chain::Content::empty);
                     let changed = match *self.known[i].content_mut(which) {
                         Baseline::Read(was) => was != now,
-                        Baseline::Unread(floor) => !self.first_read(floor),
+                        Baseline::Theirs => true,
+                        Baseline::Unread(floor) => {
+                            let theirs = !self.first_read(floor);
+                            if theirs {
+                                *self.known[i].content_mut(which) = Baseline::Theirs;
+                            }
+                            theirs
+                        }
                     };
                     if changed {
                         t.chains.remove(&chain);

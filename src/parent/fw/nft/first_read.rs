@@ -17,8 +17,8 @@
 //! the commits counted when it was read. At the first read, with the
 //! generation read after the read: if more transactions touched our tables
 //! since the floor than we committed, someone else changed them, and the
-//! chain is not taken as ours (it reads as changed until we write it
-//! again). If as many did, they were all ours and the content is. Where the
+//! chain is not taken as ours ([`Baseline::Theirs`]: it reads as changed
+//! until we write it again). If as many did, they were all ours and the content is. Where the
 //! notifications cannot say (lost for a full buffer during a large load,
 //! or no monitor), or we counted more than touched (commits of ours that
 //! touched other tables), the first read is taken as before.
@@ -44,6 +44,11 @@ pub(super) enum Baseline {
     Unread(Option<Floor>),
     /// The first read since our last write showed this.
     Read(Content),
+    /// Someone else's transaction on our tables came between our last
+    /// write and its first read: not ours, whatever a later read shows,
+    /// until we write it again (kept here, not left to the ledger, which
+    /// forgets generations once they are verified).
+    Theirs,
 }
 
 impl Default for Baseline {
