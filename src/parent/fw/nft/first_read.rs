@@ -18,10 +18,12 @@
 //! generation read after the read: if more transactions touched our tables
 //! since the floor than we committed, someone else changed them, and the
 //! chain is not taken as ours ([`Baseline::Theirs`]: it reads as changed
-//! until we write it again). If as many did, they were all ours and the content is. Where the
-//! notifications cannot say (lost for a full buffer during a large load,
-//! or no monitor), or we counted more than touched (commits of ours that
-//! touched other tables), the first read is taken as before.
+//! until we write it again). If as many did, they were all ours, and so
+//! is the content. Where the notifications cannot say (lost for a full
+//! buffer, or no monitor), where the write had no generation to start from
+//! (the skeleton's chains, loaded before the dead-man heartbeat shows that
+//! netlink reaches the table), or where we counted more than touched (a
+//! commit of ours that changed nothing), the first read is taken as before.
 
 use super::Nft;
 use super::chain::Content;
@@ -40,7 +42,7 @@ pub(super) struct Floor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Baseline {
     /// Not read since our last write, which began after the floor (None:
-    /// not known, as for a chain written before the monitor ran).
+    /// not known, as for a chain written before the heartbeat was armed).
     Unread(Option<Floor>),
     /// The first read since our last write showed this.
     Read(Content),
