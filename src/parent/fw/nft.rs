@@ -753,7 +753,9 @@ impl Nft {
         let tool = Tool::new(&self.nft, &["-f", "-"]);
         crate::log::debug(format_args!("fw: {} <<'EOF'\n{script}EOF", tool.line()));
         let out = tool.run(what, script, TOOL_TIMEOUT)?;
-        netlink::committed();
+        if !script.trim().is_empty() {
+            netlink::committed();
+        }
         Ok(out.stdout)
     }
 }

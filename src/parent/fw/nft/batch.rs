@@ -626,7 +626,9 @@ impl Nft {
             script.len()
         ));
         let out = tool.run(what, script, crate::tool::timeout_for(links))?;
-        netlink::committed();
+        if !script.trim().is_empty() {
+            netlink::committed();
+        }
         Ok(out.stdout)
     }
 }

@@ -22,8 +22,11 @@
 //! is the content. Where the notifications cannot say (lost for a full
 //! buffer, or no monitor), where the write had no generation to start from
 //! (the skeleton's chains, loaded before the dead-man heartbeat shows that
-//! netlink reaches the table), or where we counted more than touched (a
-//! commit of ours that changed nothing), the first read is taken as before.
+//! netlink reaches the table), or where we counted more than touched, the
+//! first read is taken as before. We count a successful `nft -f` run of a
+//! script that is not empty as one commit; a run whose every command was
+//! a no-op (an `add` of what exists) commits nothing, and such a count
+//! could hide one transaction of someone else's in its span.
 
 use super::Nft;
 use super::chain::Content;

@@ -250,7 +250,12 @@ pub fn transact(table: &str, seq: u32, changes: &[Change<'_>], what: &str) -> Re
             nl.recv(b).map_err(|e| e.to_string())
         })
     })
-    .inspect(|()| committed())
+    // A batch of no change commits nothing (no generation either).
+    .inspect(|()| {
+        if !changes.is_empty() {
+            committed();
+        }
+    })
 }
 
 /// Raises this thread's socket's send buffer towards `bytes`; the largest
