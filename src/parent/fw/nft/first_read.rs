@@ -11,7 +11,7 @@
 //!
 //! Every committed transaction adds one to the ruleset's generation, and
 //! the kernel's notifications ([`super::monitor`]) tell which generations
-//! touched our tables. This process counts its own commits
+//! touched our tables. The backend's thread counts its own commits
 //! ([`super::netlink::commits`]). So each write of a chain notes a
 //! [`Floor`] first: the generation read right before the write began, and
 //! the commits counted when it was read. At the first read, with the

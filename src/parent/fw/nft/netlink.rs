@@ -225,19 +225,23 @@ fn answers(buf: &[u8]) -> Result<Vec<(u32, i32)>, String> {
         .collect()
 }
 
-/// The nf_tables transactions this process has committed, netlink and
-/// `nft -f` alike (a count that wraps): a read-back weighs it against the
-/// kernel's notifications of the transactions that touched our tables
-/// (`Nft::first_read`).
-static COMMITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-pub fn commits() -> u32 {
-    COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+thread_local! {
+    /// The nf_tables transactions this thread has committed, netlink and
+    /// `nft -f` alike (a count that wraps): a read-back weighs it against
+    /// the kernel's notifications of the transactions that touched our
+    /// tables (`Nft::first_read`). Per thread, as the sockets are: a
+    /// backend runs on one thread, and another thread's commits (another
+    /// backend's, in another namespace) are none of its own.
+    static COMMITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// One more transaction of ours committed.
+pub fn commits() -> u32 {
+    COMMITS.with(std::cell::Cell::get)
+}
+
+/// One more transaction of this thread committed.
 pub fn committed() {
-    COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    COMMITS.with(|c| c.set(c.get().wrapping_add(1)));
 }
 
 /// Sends one transaction and waits until the kernel acknowledged every
