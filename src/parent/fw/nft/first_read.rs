@@ -33,8 +33,8 @@ use super::chain::Content;
 use super::monitor::Count;
 use super::netlink;
 
-/// A ruleset generation read, and the commits of this process counted
-/// by then.
+/// A ruleset generation read, and the commits of this thread counted by
+/// then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Floor {
     generation: u32,
@@ -100,11 +100,7 @@ impl Nft {
         if let Some(&(_, ours)) = self.proofs.iter().find(|(f, _)| *f == floor) {
             return ours;
         }
-        let now = match self.read_gen {
-            Some(g) => Some(g),
-            None => self.generation(),
-        };
-        let Some(now) = now else {
+        let Some(now) = self.read_gen.or_else(|| self.generation()) else {
             return true;
         };
         self.read_gen = Some(now);

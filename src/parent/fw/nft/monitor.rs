@@ -151,8 +151,7 @@ impl Ledger {
     /// Every transaction after generation `from`, up to and including
     /// `to`, was read and touched neither of our tables.
     pub fn untouched(&self, from: u32, to: u32) -> bool {
-        let span = to.wrapping_sub(from);
-        span <= MAX_SPAN && (1..=span).all(|i| self.gens.get(&from.wrapping_add(i)) == Some(&false))
+        self.touching_in(from, to) == Count::Touching(0)
     }
 
     /// Forgets the generations up to `upto` (no one asks about them).
