@@ -247,9 +247,21 @@ fn operator_lockdown_survives_restart() {
     assert_eq!(gw.state(), "lockdown");
     gw.stop();
     assert_eq!(gw.pings(3), 0, "on_stop = keep: kernel state kept (locked)");
+    // A watchdog's `qkdpfd -L` (systemd's ExecStopPost=) adds its own
+    // reason and keeps the operator's for the next start.
+    let o = gw.qkdpfd(&["-L"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let state = common::durable_state(&gw.path("state/state"));
+    assert!(
+        state.contains("operator") && state.contains("process-failure"),
+        "{state}"
+    );
     gw.start();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(gw.state(), "lockdown", "operator reason persisted");
+    let show = gw.ctl_ok(&["show", "link", "dr"]);
+    assert!(show.contains("operator"), "{show}");
+    assert_eq!(gw.pings(3), 0);
     gw.ctl_ok(&["unlock", "dr"]);
     gw.wait_state("open", Duration::from_secs(2));
     assert_eq!(gw.pings(3), 3);

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 mod bulk;
+mod gate;
 mod ladder;
 mod pass;
 mod tunnel;
@@ -40,6 +41,20 @@ pub struct LinkCtl {
     /// Engine-owned reasons; None until the engine's first report.
     pub engine: Option<Reasons>,
     pub parent: Reasons,
+    /// Engine-owned reasons the state file held at start (`qber`), in
+    /// force until the engine's first report: until then the engine has
+    /// said nothing, and a write of the state file must not drop them
+    /// (DESIGN §6: a restart never opens a link that was locked).
+    pub inherited: Reasons,
+    /// The active policy says `unlock = "manual"` for the link.
+    pub manual: bool,
+    /// The manual-unlock gate (DESIGN §2): a QBER lockdown under manual
+    /// unlock stays until the parent itself runs an operator's unlock of
+    /// the link; no report of the engine's releases it.
+    pub held: bool,
+    /// Reasons added and not yet said in a `lockdown` event: said once the
+    /// kernel reads the link back locked, as the event promises.
+    unsaid: Reasons,
     /// What the kernel showed at the last read-back.
     pub kernel: Readback,
     /// A lockdown is wanted and the kernel does not show one.
@@ -70,6 +85,10 @@ impl LinkCtl {
         LinkCtl {
             engine: None,
             parent: Reasons::EMPTY,
+            inherited: Reasons::EMPTY,
+            manual: false,
+            held: false,
+            unsaid: Reasons::EMPTY,
             kernel: Readback {
                 state: Observed::unknown("not read yet"),
                 guarded: false,
@@ -82,13 +101,29 @@ impl LinkCtl {
         }
     }
 
+    /// A link as the state file left it: the parent's persisted reasons
+    /// back in force, the engine's held until it reports.
+    pub fn restored(rec: Option<&LinkRecord>) -> LinkCtl {
+        let mut l = LinkCtl::new();
+        if let Some(rec) = rec {
+            let kept = rec.reasons.persisted();
+            l.parent = kept.owned_by(Owner::Parent);
+            l.inherited = kept.owned_by(Owner::Engine);
+        }
+        l
+    }
+
     /// The link's state as the engine is to hear it.
     pub fn state(&self) -> Told {
+        let mut parent = self.parent;
+        if self.held {
+            parent.insert(LockReason::Qber);
+        }
         Told {
             enforcement: self.enforcement(),
             lock_failed: self.lock_failed,
             peer_removed: self.peer_removed,
-            parent: self.parent,
+            parent,
         }
     }
 
@@ -105,15 +140,20 @@ impl LinkCtl {
     }
 
     pub fn reasons(&self) -> Reasons {
-        self.engine.unwrap_or(Reasons::EMPTY).union(self.parent)
+        let mut r = self.engine.unwrap_or(self.inherited).union(self.parent);
+        if self.held {
+            r.insert(LockReason::Qber);
+        }
+        r
     }
 
     /// What the link should be: until the engine has reported, only a
-    /// parent reason changes anything (a restart neither opens a locked link
-    /// nor locks an open one without a reason).
+    /// reason the state file or the parent holds changes anything (a
+    /// restart neither opens a locked link nor locks an open one without
+    /// a reason).
     pub fn desired(&self) -> Option<Enforcement> {
         match self.engine {
-            None if self.parent.is_empty() => None,
+            None if self.reasons().is_empty() => None,
             _ => Some(self.reasons().enforcement()),
         }
     }
@@ -163,6 +203,10 @@ pub struct Links {
     /// were locked (`[wireguard] new_session` with a firewall that lets
     /// handshakes through a lockdown); empty when that is off.
     pub session_gate: BTreeSet<String>,
+    /// Links whose manual-unlock gate an operator's unlock releases at the
+    /// engine's next report, if that report no longer holds `qber` and
+    /// comes before the instant ([`Links::release_manual`]).
+    releasing: BTreeMap<String, std::time::Instant>,
     /// Links just held for `no-session`: the parent re-creates their peers
     /// and waits for the handshake (`parent/session.rs`).
     pub session_due: BTreeSet<String>,
@@ -246,6 +290,7 @@ impl Links {
             session_gate: BTreeSet::new(),
             session_due: BTreeSet::new(),
             session_made: None,
+            releasing: BTreeMap::new(),
             journaled: 0,
             opening: BTreeMap::new(),
             defer_opens: false,
@@ -284,10 +329,9 @@ impl Links {
             Err(e) => log::debug(format!("site lock: {e} (locking link by link)")),
         }
         for name in newly {
-            log::event(Event::Lockdown)
-                .kv("link", &name)
-                .kv("reason", reason)
-                .send();
+            if let Some(l) = self.links.get_mut(&name) {
+                l.unsaid.insert(reason);
+            }
         }
         // The tick's own write at its end takes every record at once.
         self.hold_writes = true;
@@ -785,7 +829,8 @@ impl Links {
         Ok(())
     }
 
-    /// Sets or clears parent-owned reasons; logs `lockdown` for each added one.
+    /// Sets or clears parent-owned reasons; an added one is said in a
+    /// `lockdown` event once the kernel shows the link locked.
     pub fn set_parent_reason(&mut self, name: &str, r: LockReason, on: bool) {
         debug_assert_eq!(r.owner(), Owner::Parent);
         let Some(l) = self.links.get_mut(name) else {
@@ -793,13 +838,11 @@ impl Links {
         };
         if on {
             if l.parent.insert(r) {
-                log::event(Event::Lockdown)
-                    .kv("link", name)
-                    .kv("reason", r)
-                    .send();
+                l.unsaid.insert(r);
             }
         } else {
             l.parent.remove(r);
+            l.unsaid.remove(r);
         }
     }
 
@@ -811,27 +854,33 @@ impl Links {
         qber: Option<f64>,
         threshold: Option<f64>,
     ) {
+        let releasing = self.releasing.remove(name);
         let Some(l) = self.links.get_mut(name) else {
             return;
         };
-        let before = l.engine.unwrap_or(Reasons::EMPTY);
+        let before = l.engine.unwrap_or(l.inherited);
         for r in reasons.iter().filter(|r| !before.contains(*r)) {
-            let mut ev = log::event(Event::Lockdown).kv("link", name).kv("reason", r);
-            if r == LockReason::Qber {
-                if let Some(q) = qber {
-                    ev = ev.kv("qber", format!("{q:.4}"));
-                }
-                if let Some(t) = threshold {
-                    ev = ev.kv("threshold", t);
-                }
-            }
-            ev.send();
+            l.unsaid.insert(r);
+        }
+        for r in before.iter().filter(|r| !reasons.contains(*r)) {
+            l.unsaid.remove(r);
         }
         // First fresh report: the engine has fresh state, process-failure ends.
         if l.engine.is_none() {
             l.parent.remove(LockReason::ProcessFailure);
         }
         l.engine = Some(reasons);
+        l.inherited = Reasons::EMPTY;
+        if l.manual && reasons.contains(LockReason::Qber) {
+            l.held = true;
+        }
+        if let Some(until) = releasing {
+            // The report that follows an operator's unlock the parent ran:
+            // the engine found the recovery condition held, or it did not.
+            if !reasons.contains(LockReason::Qber) && std::time::Instant::now() <= until {
+                l.held = false;
+            }
+        }
         l.qber = qber;
         l.threshold = threshold;
     }

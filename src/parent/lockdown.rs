@@ -44,7 +44,9 @@ pub fn lock_all(conf: Config) -> ExitCode {
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
     let mut map = BTreeMap::new();
     for name in conf.link.keys() {
-        let mut l = LinkCtl::new();
+        // The reasons the file holds stay in it (an operator's lockdown,
+        // a QBER lockdown): the next start must find them.
+        let mut l = LinkCtl::restored(state.links.get(name));
         l.parent.insert(LockReason::ProcessFailure);
         map.insert(name.clone(), l);
     }

@@ -316,10 +316,7 @@ impl Parent {
         // by one in name order they stay half empty).
         let map: BTreeMap<String, LinkCtl> = (conf.link.keys())
             .map(|name| {
-                let mut l = LinkCtl::new();
-                if let Some(rec) = st.links.get(name) {
-                    l.parent = rec.reasons.owned_by(crate::lock::Owner::Parent);
-                }
+                let mut l = LinkCtl::restored(st.links.get(name));
                 if bundle.is_none() {
                     l.parent.insert(LockReason::NoPolicy);
                 }
@@ -337,6 +334,7 @@ impl Parent {
         // open nor locked is locked by the first reconcile below, an open
         // one stays open until the engine has fresh state for it.
         let mut links = Links::new(map, tlist, fw, st, state_path);
+        links.set_policy(bundle.as_ref());
         links.tunnel = Some(links::Tunnel::new(backend, peers));
         // handshakes: new_session with a firewall that passes them.
         if conf.firewall.handshakes {

@@ -20,7 +20,8 @@ fn targets_of(p: &Parent, t: &Target) -> Result<Vec<String>, Reply> {
     }
 }
 
-/// `qkdctl lockdown LINK|all`: the parent-owned reason `operator`.
+/// `qkdctl lockdown LINK|all`: the parent-owned reason `operator`; an
+/// error when the kernel does not read back every link named locked.
 pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
     let names = match targets_of(p, t) {
         Ok(n) => n,
@@ -36,6 +37,25 @@ pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
             p.links
                 .converge(n, p.bundle.as_ref(), OpenedBy::Operator, false);
         }
+    }
+    // What the kernel shows, not what was asked: a lockdown it refused is
+    // `lockdown_failed`, retried every tick with the reason kept.
+    let failed: Vec<String> = (names.iter())
+        .filter_map(|n| {
+            let l = &p.links.links[n];
+            let shown = (l.kernel.locked() || l.peer_removed) && !l.lock_failed;
+            (!shown).then(|| format!("{n} (kernel shows {})", l.kernel.state))
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Reply::error(
+            ErrorCode::Failed,
+            format!(
+                "lockdown failed: {}; reason operator kept and the lockdown retried every \
+                 second (see lockdown_failed in the log)",
+                failed.join(", ")
+            ),
+        );
     }
     Reply::ok(format!("lockdown: {}", names.join(" ")))
 }
@@ -53,6 +73,7 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
     let mut lines = Vec::new();
     for n in &names {
         p.links.set_parent_reason(n, LockReason::Operator, false);
+        p.links.release_manual(n, force);
         if force {
             p.links
                 .set_parent_reason(n, LockReason::ProcessFailure, false);

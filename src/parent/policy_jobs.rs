@@ -155,6 +155,7 @@ pub fn finish(
         Ok(activate::Outcome::Loaded(b)) => {
             let serial = b.policy.serial;
             p.bundle = Some(*b);
+            p.links.set_policy(p.bundle.as_ref());
             let names: Vec<String> = p.links.links.keys().cloned().collect();
             for n in &names {
                 p.links.set_parent_reason(n, LockReason::NoPolicy, false);

@@ -5,7 +5,7 @@
 //! the guard's and the removed peer's bookkeeping.
 
 use super::Links;
-use crate::lock::Enforcement;
+use crate::lock::{Enforcement, LockReason, Reasons};
 use crate::log::{self, Event, Prio};
 use crate::parent::fw::Observed;
 use crate::policy::Bundle;
@@ -152,6 +152,29 @@ impl Links {
                 log::event(Event::LockdownRepaired).kv("link", name).send();
             }
             l.lock_failed = !locked;
+        }
+        if locked {
+            self.say_lockdowns(name);
+        }
+    }
+
+    /// The reasons added to `name` and not said yet, said now that the
+    /// kernel shows it locked.
+    fn say_lockdowns(&mut self, name: &str) {
+        let Some(l) = self.links.get_mut(name) else {
+            return;
+        };
+        for r in std::mem::replace(&mut l.unsaid, Reasons::EMPTY).iter() {
+            let mut ev = log::event(Event::Lockdown).kv("link", name).kv("reason", r);
+            if r == LockReason::Qber {
+                if let Some(q) = l.qber {
+                    ev = ev.kv("qber", format!("{q:.4}"));
+                }
+                if let Some(t) = l.threshold {
+                    ev = ev.kv("threshold", t);
+                }
+            }
+            ev.send();
         }
     }
 

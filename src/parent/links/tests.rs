@@ -1443,3 +1443,184 @@ fn a_link_told_open_meanwhile_and_found_damaged_is_reported() {
     );
     assert!(l.opening.contains_key("x"));
 }
+
+/// Every log line of this test binary from now on, for tests that look
+/// for a link's own lines (the sink is process-wide: each test names a
+/// link no other test uses).
+fn logged() -> &'static Mutex<Vec<String>> {
+    static LINES: std::sync::OnceLock<&'static Mutex<Vec<String>>> = std::sync::OnceLock::new();
+    LINES.get_or_init(|| {
+        let lines: &'static Mutex<Vec<String>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        crate::log::init(Box::new(move |_, line| {
+            lines.lock().unwrap().push(line.to_string())
+        }));
+        lines
+    })
+}
+
+fn lines_of(link: &str) -> Vec<String> {
+    let key = format!(" link={link} ");
+    (logged().lock().unwrap().iter())
+        .filter(|l| l.contains(&key) || l.ends_with(&format!(" link={link}")))
+        .cloned()
+        .collect()
+}
+
+fn qber() -> Reasons {
+    let mut r = Reasons::EMPTY;
+    r.insert(LockReason::Qber);
+    r
+}
+
+#[test]
+fn a_start_keeps_the_engines_persisted_reasons_until_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut l, k) = in_kernel(
+        fake(Kernel::default()),
+        dir.path(),
+        &[("dr", Observed::Locked)],
+    );
+    let rec = LinkRecord {
+        reasons: qber(),
+        epoch: 3,
+        verifier: None,
+    };
+    l.state.links.insert("dr".into(), rec.clone());
+    state::save(&dir.path().join("state"), &l.state).unwrap();
+    // As the parent starts: the state file's reasons, nothing from the engine.
+    *l.links.get_mut("dr").unwrap() = LinkCtl::restored(Some(&rec));
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].reasons(), qber());
+    assert_eq!(l.state.links.get("dr"), Some(&rec), "kept for the engine");
+    let on_disk = state::load(&dir.path().join("state")).unwrap().unwrap();
+    assert_eq!(on_disk.links.get("dr"), Some(&rec), "and on disk");
+    // The file says locked, the kernel shows open (a flushed ruleset at
+    // boot): the start locks it.
+    k.lock().unwrap().chain.insert("dr".into(), Observed::Open);
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+    // The engine's first report decides (auto unlock: it releases).
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+    assert!(l.state.links.get("dr").is_none_or(|r| r.reasons.is_empty()));
+}
+
+fn manual_bundle() -> Bundle {
+    let mut b = bundle();
+    b.policy.defaults.unlock = crate::policy::params::UnlockMode::Manual;
+    b
+}
+
+#[test]
+fn a_manual_hold_is_released_only_by_an_unlock_the_parent_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = opened(fake(Kernel::default()), t.path());
+    let b = manual_bundle();
+    l.set_policy(Some(&b));
+    l.set_engine_reasons("dr", qber(), Some(0.2), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    // The engine alone says the hold is over: the parent's gate stays.
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.01), Some(0.08));
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    assert_eq!(l.links["dr"].reasons(), qber());
+    assert!(l.links["dr"].state().parent.contains(LockReason::Qber));
+    // The operator's unlock, run by the parent after the engine's report.
+    l.release_manual("dr", false);
+    l.converge("dr", Some(&b), OpenedBy::Operator, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+
+    // The unlock's request first, the engine's report after it.
+    l.set_engine_reasons("dr", qber(), Some(0.2), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    l.release_manual("dr", false);
+    l.converge("dr", Some(&b), OpenedBy::Operator, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.01), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Operator, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+
+    // An unlock the engine refused (its hold kept, no report): a report
+    // after the window does not release the gate.
+    l.set_engine_reasons("dr", qber(), Some(0.2), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    l.release_manual("dr", false);
+    let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    l.releasing.insert("dr".into(), past);
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.01), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    // `unlock -f` releases it at once; auto unlock has no gate.
+    l.release_manual("dr", true);
+    l.converge("dr", Some(&b), OpenedBy::Operator, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+    l.set_engine_reasons("dr", qber(), Some(0.2), Some(0.08));
+    l.set_policy(Some(&bundle()));
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.01), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Open);
+}
+
+#[test]
+fn a_restart_under_manual_unlock_holds_a_persisted_qber_lockdown() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = in_kernel(
+        fake(Kernel::default()),
+        t.path(),
+        &[("dr", Observed::Locked)],
+    );
+    let rec = LinkRecord {
+        reasons: qber(),
+        epoch: 0,
+        verifier: None,
+    };
+    *l.links.get_mut("dr").unwrap() = LinkCtl::restored(Some(&rec));
+    let b = manual_bundle();
+    l.set_policy(Some(&b));
+    // An engine (or one that lost its state) says nothing holds the link.
+    l.set_engine_reasons("dr", Reasons::EMPTY, None, None);
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+}
+
+#[test]
+fn a_lockdown_is_said_once_the_kernel_shows_it() {
+    let t = tempfile::tempdir().unwrap();
+    logged();
+    let fake = fake(Kernel {
+        fail_applies: usize::MAX,
+        fail_clear: true,
+        fail_init: true,
+        fail_guard: true,
+        ..Kernel::default()
+    });
+    let k = fake.k.clone();
+    k.lock().unwrap().chain.insert("evx".into(), Observed::Open);
+    let mut l = links_named(fake, t.path(), &["evx"]);
+    l.set_engine_reasons("evx", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    l.set_engine_reasons("evx", qber(), Some(0.2), Some(0.08));
+    l.converge("evx", Some(&bundle()), OpenedBy::Auto, false);
+    assert!(l.links["evx"].lock_failed);
+    let said = lines_of("evx");
+    assert!(
+        said.iter().any(|s| s.starts_with("event=lockdown_failed ")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|s| s.starts_with("event=lockdown ")),
+        "{said:?}"
+    );
+    // The kernel takes it at a later tick: said then, with its QBER.
+    k.lock().unwrap().fail_applies = 0;
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    let said = lines_of("evx");
+    let lockdowns: Vec<&String> = said
+        .iter()
+        .filter(|s| s.starts_with("event=lockdown "))
+        .collect();
+    assert_eq!(lockdowns.len(), 1, "{said:?}");
+    assert!(lockdowns[0].contains("reason=qber") && lockdowns[0].contains("qber=0.2000"));
+}
