@@ -241,10 +241,27 @@ impl<K: std::hash::Hash + Eq> PerMinute<K> {
         }
     }
 
-    /// Keys seen in the last minute are kept; the rest forgotten.
+    /// Forgets the keys whose last line is a minute old and that hold
+    /// nothing back. A key holding a count keeps it: its next line owes
+    /// `suppressed=N`, and forgetting the key would drop N unsaid.
     pub fn prune(&mut self, now: std::time::Instant) {
         self.seen
-            .retain(|_, (t, _)| now.duration_since(*t) < MINUTE);
+            .retain(|_, (t, n)| *n > 0 || now.duration_since(*t) < MINUTE);
+    }
+
+    /// Forgets every key whose last line is a minute old, counts or not,
+    /// and returns the sum of the counts they held, for a caller that
+    /// needs the room and must still tell those counts some other way.
+    pub fn evict(&mut self, now: std::time::Instant) -> u64 {
+        let mut held = 0;
+        self.seen.retain(|_, (t, n)| {
+            let keep = now.duration_since(*t) < MINUTE;
+            if !keep {
+                held += *n;
+            }
+            keep
+        });
+        held
     }
 
     pub fn len(&self) -> usize {
@@ -302,6 +319,12 @@ mod tests {
         assert_eq!(seen.admit(8, t0 + MINUTE / 2), Some(0));
         assert_eq!(seen.admit(7, t0 + MINUTE / 2), None);
         assert_eq!(seen.admit(7, t0 + MINUTE), Some(2));
+        // Pruning keeps a count owed, not a key that owes nothing.
+        assert_eq!(seen.admit(7, t0 + MINUTE), None);
+        seen.prune(t0 + 3 * MINUTE);
+        assert!(seen.contains(&7) && !seen.contains(&8));
+        assert_eq!(seen.evict(t0 + 3 * MINUTE), 1);
+        assert!(seen.is_empty());
         let line = |held| event(Event::CtlDenied).suppressed(held);
         assert_eq!(line(0).line(), "event=ctl_denied");
         assert_eq!(line(2).line(), "event=ctl_denied suppressed=2");

@@ -189,9 +189,15 @@ impl AuthLog {
         let from = from.to_canonical();
         let tracked = self.seen.contains(&from);
         // Pruned only for a new source, which needs the room: a source we
-        // track keeps the count its next line reports.
+        // track keeps the count its next line reports, and so does an idle
+        // one holding a count (prune keeps it). Only a table still full
+        // lets those go, and their counts go to the `from=*` line: new
+        // sources get their own lines, and no count is dropped unsaid.
         if !tracked && self.pruned.is_none_or(|t| now.duration_since(t) >= minute) {
             self.seen.prune(now);
+            if self.seen.len() >= AUTH_LOG_SOURCES {
+                self.held += self.seen.evict(now);
+            }
             self.pruned = Some(now);
         }
         let own = if !self.seen.contains(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
@@ -461,5 +467,63 @@ mod tests {
             .unwrap();
         assert!(next.line().contains("link=dr"), "{}", next.line());
         assert!(next.line().contains("suppressed=99"), "{}", next.line());
+    }
+
+    #[test]
+    fn a_new_source_does_not_prune_away_a_count_another_source_holds() {
+        let mut log = AuthLog::default();
+        let t0 = Instant::now();
+        let (a, b) = (ip(1), ip(2));
+        assert!(log.line(a, None, "bad-signature", t0).is_some());
+        for _ in 0..5 {
+            assert!(log.line(a, None, "bad-signature", t0).is_none());
+        }
+        // A minute on, a new source makes the table prune: `a` holds 5.
+        let minute = Duration::from_secs(60);
+        assert!(log.line(b, None, "bad-signature", t0 + minute).is_some());
+        let next = log
+            .line(
+                a,
+                None,
+                "bad-signature",
+                t0 + minute + Duration::from_secs(1),
+            )
+            .unwrap();
+        assert!(next.line().contains("suppressed=5"), "{}", next.line());
+    }
+
+    #[test]
+    fn counts_a_full_table_must_let_go_of_go_to_the_summary() {
+        let mut log = AuthLog::default();
+        let t0 = Instant::now();
+        // Every source logged once and held once: the table is full of
+        // counts a line owes.
+        for i in 0..AUTH_LOG_SOURCES as u32 {
+            log.line(ip(i), None, "bad-magic", t0);
+            assert!(log.line(ip(i), None, "bad-magic", t0).is_none());
+        }
+        log.held = 0;
+        log.summarised = None;
+        let t = t0 + Duration::from_secs(61);
+        // A new source gets in (the idle sources make room) ...
+        assert!(log.line(ip(1_000_000), None, "bad-magic", t).is_some());
+        assert!(log.seen.len() < AUTH_LOG_SOURCES);
+        // ... and the counts they held are told in the next summary.
+        let mut summary = None;
+        for i in 0..AUTH_LINES_BURST * 2 {
+            if let Some(e) = log.line(ip(2_000_000 + i), None, "bad-magic", t) {
+                if e.line().contains("from=*") {
+                    summary = Some(e.line().to_string());
+                }
+            }
+        }
+        let summary = summary.expect("a from=* line");
+        let n: u64 = summary
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("suppressed="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(n >= AUTH_LOG_SOURCES as u64, "{summary}");
     }
 }
