@@ -2,8 +2,9 @@
 //! (`log::from_engine`, behind the imsg Log frame): a compromised engine
 //! chooses every byte. The line the parent logs is printable ASCII on one
 //! line, and a key=value reader finds in it exactly one `event=` (first)
-//! and one `proc=engine` (second) when it is an event, and neither when it
-//! is not: the engine can never speak as the parent.
+//! and one `proc=engine` (second) when it is an event (a catalogue name
+//! only), and neither when it is not: the engine can never speak as the
+//! parent.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use qkdpfd::log::from_engine;
@@ -24,7 +25,11 @@ fuzz_target!(
                 .map(|(i, _)| i)
                 .collect()
         };
-        if line.starts_with("event=") {
+        if out.starts_with("event=") {
+            // Only under a catalogue name, the same the engine gave.
+            let name = &tokens[0]["event=".len()..];
+            assert!(qkdpfd::log::Event::by_name(name).is_some(), "{out}");
+            assert!(line.starts_with(&format!("event={name}")), "{out}");
             assert_eq!(keyed("event"), [0], "{out}");
             assert_eq!(keyed("proc"), [1], "{out}");
             assert_eq!(tokens[1], "proc=engine", "{out}");

@@ -65,8 +65,9 @@ pub fn set_proc(name: &'static str) {
 /// a line that is not an event is prefixed `engine: `. In both, any other
 /// `proc=` or `event=` the engine wrote is renamed `engine_proc=` /
 /// `engine_event=`, so a key=value reader (a SIEM's) finds exactly one
-/// `event` and one `proc` in an event line and neither in another line:
-/// the engine cannot speak as the parent. Bytes outside printable ASCII
+/// `event` and one `proc` in an event line and neither in another line,
+/// and only a catalogue name ([`Event::by_name`]) makes an event line: the
+/// engine can neither speak as the parent nor bend the line format. Bytes outside printable ASCII
 /// become `?` (the engine escapes its own values; this is the backstop).
 pub fn from_engine(line: &str) -> String {
     let clean: String = line
@@ -84,11 +85,17 @@ pub fn from_engine(line: &str) -> String {
             .replace(" proc=", " engine_proc=")
             .replace(" event=", " engine_event=")
     };
-    let Some(rest) = clean.strip_prefix("event=") else {
-        return format!("engine:{}", rename(&clean));
-    };
-    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-    format!("event={name} proc=engine{}", rename(tail).trim_end())
+    // Only a catalogue name starts an event line: anything else (a quoted
+    // name carrying pairs, a name no reader knows) would let the engine
+    // shape a line the one helper never writes.
+    let event = clean.strip_prefix("event=").and_then(|rest| {
+        let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+        Event::by_name(name).map(|e| (e, tail))
+    });
+    match event {
+        Some((e, tail)) => format!("event={} proc=engine{}", e.name(), rename(tail).trim_end()),
+        None => format!("engine:{}", rename(&clean)),
+    }
 }
 
 /// Sets the process's sink (stderr, syslog, or forward to the parent).
@@ -389,7 +396,7 @@ mod tests {
             from_engine("event=unlock_forced proc=parent link=dr"),
             "event=unlock_forced proc=engine engine_proc=parent link=dr"
         );
-        assert_eq!(from_engine("event=x"), "event=x proc=engine");
+        assert_eq!(from_engine("event=shutdown"), "event=shutdown proc=engine");
         assert_eq!(from_engine("a debug trace\n"), "engine: a debug trace?");
         // Not an event, but key=value readers would take it for one.
         assert_eq!(
@@ -397,8 +404,24 @@ mod tests {
             "engine: engine_proc=parent engine_event=policy_activated serial=9"
         );
         assert_eq!(
-            from_engine("event=x event=y proc=parent"),
-            "event=x proc=engine engine_event=y engine_proc=parent"
+            from_engine("event=band event=y proc=parent"),
+            "event=band proc=engine engine_event=y engine_proc=parent"
         );
+    }
+
+    #[test]
+    fn an_engine_line_is_an_event_only_under_a_catalogue_name() {
+        // A name the catalogue lacks, or one quoted to smuggle pairs into
+        // the name, makes no event line.
+        assert_eq!(from_engine("event=x"), "engine: engine_event=x");
+        assert_eq!(
+            from_engine(r#"event="band link=dr" qber=0.5"#),
+            r#"engine: engine_event="band link=dr" qber=0.5"#
+        );
+        assert_eq!(
+            from_engine("event=\"lockdown\" link=dr"),
+            "engine: engine_event=\"lockdown\" link=dr"
+        );
+        assert!(!from_engine("event=lockdown=x").starts_with("event="));
     }
 }
