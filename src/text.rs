@@ -47,6 +47,19 @@ pub fn printable(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` cut short, as an error that quotes a remote party carries it: at
+/// most `max` characters, `...` appended when cut, never inside a
+/// character, and not escaped. Escaping is left to where the error is
+/// shown (the log's value rule, a ctl reply's [`printable`]), so that it
+/// happens there once: an error escaped here and again there would show
+/// `\\x0a` for a newline (DESIGN §8).
+pub fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// Appends `text` escaped, quotes included, at most `max_bytes` of output,
 /// cut between escapes and never inside one (the log's value rule).
 pub fn push_bounded(out: &mut String, text: &str, max_bytes: usize) {

@@ -190,8 +190,9 @@ pub async fn read_body(
 
 /// A broken exchange: `Tls` if rustls is behind it (with TLS 1.3 a server
 /// that rejects our certificate says so only after the handshake, at the
-/// first read), else `Http`. The text follows the whole source chain and
-/// is made printable (it may quote the far side).
+/// first read), else `Http`. The text follows the whole source chain, cut
+/// short; it may quote the far side, and is escaped where it is shown (the
+/// log's value rule), once ([`crate::text::excerpt`]).
 pub fn classify(e: &hyper::Error) -> Failure {
     let mut text = e.to_string();
     let mut tls = false;
@@ -205,7 +206,7 @@ pub fn classify(e: &hyper::Error) -> Failure {
         tls |= s.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>());
         src = s.source();
     }
-    let text = crate::text::printable(&text, 200);
+    let text = crate::text::excerpt(&text, 200);
     if tls {
         Failure::Tls(text)
     } else {

@@ -184,7 +184,10 @@ impl Engine {
                         .send();
                     Reply::ok(format!("{link}: sim {what} {v}"))
                 }
-                Err(e) => Reply::error(ErrorCode::Refused, e),
+                // A network source's error quotes qkdsim unescaped (the
+                // log escapes its own values); a reply is shown, so it is
+                // escaped here, once.
+                Err(e) => Reply::error(ErrorCode::Refused, crate::text::printable(&e, 512)),
             }
         };
         if let Some(source) = slot.source.as_mut() {

@@ -6,7 +6,7 @@
 use super::error::KmeErrorKind;
 use crate::proto::peer::{KeyId, MAX_KEY_ID};
 use crate::secret::QkdKey;
-use crate::text::printable;
+use crate::text::{excerpt, printable};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -84,7 +84,7 @@ impl Drop for Scrubbed {
 /// but still cut short and made printable.
 pub fn parse_status(body: &[u8]) -> Result<Status, KmeErrorKind> {
     let v = parse_json(body)?;
-    serde_json::from_value(v).map_err(|e| KmeErrorKind::BadShape(printable(&e.to_string(), 120)))
+    serde_json::from_value(v).map_err(|e| KmeErrorKind::BadShape(excerpt(&e.to_string(), 120)))
 }
 
 /// What the caller asked for, to check a key container against.
@@ -167,20 +167,21 @@ fn decode_key(b64: &str) -> Option<QkdKey> {
 }
 
 /// The message of an error answer: `message` from ETSI JSON (with `detail`
-/// for FastAPI 422s), else a short printable excerpt of the body.
+/// for FastAPI 422s), else a short excerpt of the body. Cut short but not
+/// escaped: the log escapes it, once ([`crate::text::excerpt`]).
 pub fn error_message(body: &[u8]) -> String {
     const MAX: usize = 200;
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
         for field in ["message", "detail"] {
             match v.get(field) {
-                Some(serde_json::Value::String(s)) => return printable(s, MAX),
-                Some(other) if !other.is_null() => return printable(&other.to_string(), MAX),
+                Some(serde_json::Value::String(s)) => return excerpt(s, MAX),
+                Some(other) if !other.is_null() => return excerpt(&other.to_string(), MAX),
                 _ => {}
             }
         }
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
-    printable(text.trim(), MAX)
+    excerpt(text.trim(), MAX)
 }
 
 #[cfg(test)]
@@ -251,12 +252,41 @@ mod tests {
         );
         assert_eq!(
             error_message(br#"{"detail":[{"msg":"x"}]}"#),
-            "[{\\\"msg\\\":\\\"x\\\"}]"
+            r#"[{"msg":"x"}]"#
         );
         assert_eq!(
             error_message(b"<html>\n oops </html>"),
-            "<html>\\x0a oops </html>"
+            "<html>\n oops </html>"
         );
+        let long = error_message("é".repeat(300).as_bytes());
+        assert_eq!(long, format!("{}...", "é".repeat(200)));
         assert_eq!(error_message(b""), "");
+    }
+
+    /// DESIGN §8: a value is escaped once, by the log; the message keeps
+    /// the KME's text, so the line's `msg=` unescapes to exactly it.
+    #[test]
+    fn a_kme_message_is_escaped_once_on_its_way_to_the_log() {
+        use super::super::error::{Call, KmeError};
+        use crate::log::{self, Event};
+        let message = error_message(br#"{"message":"no \"keys\" \\ left\n"}"#);
+        let e = KmeError::new(
+            "site",
+            Call::EncKeys,
+            KmeErrorKind::Status {
+                status: 503,
+                message,
+            },
+        );
+        let ev = log::event(Event::KmeError)
+            .kv("link", "dr")
+            .kv("kme", "site")
+            .msg(e);
+        assert!(
+            ev.line()
+                .ends_with(r#" msg="kme site: enc_keys: HTTP 503: no \"keys\" \\ left\x0a""#),
+            "{}",
+            ev.line()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Errors of the ETSI 014 client (engine). Every error names the KME and the
-//! call; text that came from the KME is cut short and made printable. No
+//! call; text that came from the KME is cut short, and escaped only where
+//! it is shown (the log's `msg=`), so that it is escaped once. No
 //! variant can carry key bytes: keys are never formatted, and bodies of
 //! successful answers (which hold keys) are never quoted.
 

@@ -306,13 +306,14 @@ fn connector(
 }
 
 /// The message of an error answer: an ETSI-style `message` if the body is
-/// such JSON, else the start of the body, made printable.
+/// such JSON, else the start of the body; cut short, escaped where it is
+/// shown ([`crate::text::excerpt`]).
 fn message(body: &[u8]) -> String {
     let from_json = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("message")?.as_str().map(str::to_string));
     let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    crate::text::printable(text.trim(), 120)
+    crate::text::excerpt(text.trim(), 120)
 }
 
 /// The text of an error and every source below it.
@@ -370,10 +371,15 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_are_printable() {
+    fn error_messages_are_cut_not_escaped() {
         assert_eq!(message(br#"{"message":"busy"}"#), "busy");
         assert_eq!(message(b"oops\n"), "oops");
-        assert_eq!(message(b"a\x01b"), "a\\x01b");
+        // The log escapes it, once.
+        assert_eq!(message(b"a\x01b"), "a\x01b");
+        assert_eq!(
+            message("x".repeat(200).as_bytes()),
+            format!("{}...", "x".repeat(120))
+        );
     }
 
     #[test]
