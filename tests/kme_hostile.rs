@@ -373,6 +373,27 @@ async fn oversized_bodies() {
 }
 
 #[tokio::test]
+async fn an_error_status_outlives_an_unreadable_body() {
+    // Declared over the cap: the body is never read, the status is told.
+    let big = "x".repeat(70_000);
+    let e = enc_fails(http("503 Service Unavailable", "text/plain", &big)).await;
+    assert_eq!(status_of(&e).0, 503, "{e}");
+    assert!(
+        e.to_string().contains("answer larger than 65536 bytes"),
+        "{e}"
+    );
+    // Cut short: 5 of 100 bytes, then the connection closes.
+    let raw = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\nConnection: close\r\n\r\nshort";
+    let e = enc_fails(Answer::Raw(raw.to_vec())).await;
+    assert_eq!(status_of(&e).0, 500, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("kme hostile: enc_keys: HTTP 500: (body unreadable: "),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn slow_loris_and_silence_time_out() {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
         .to_string();

@@ -350,13 +350,21 @@ impl KmeClient {
             r => r?,
         };
         let status = resp.status().as_u16();
-        let data = self.read_body(call, resp).await?;
-        self.put_idle(conn);
+        let read = self.read_body(call, resp).await;
+        if read.is_ok() {
+            self.put_idle(conn);
+        }
         if status != 200 {
-            let message = answer::error_message(&data);
+            // The status is the KME's answer whatever became of the body
+            // (too large, cut short, too slow): an unreadable body costs
+            // the message, never the status.
+            let message = match &read {
+                Ok(data) => answer::error_message(data),
+                Err(e) => format!("(body unreadable: {})", e.kind),
+            };
             return Err(self.err(call, KmeErrorKind::Status { status, message }));
         }
-        Ok(data)
+        read
     }
 
     fn take_idle(&self) -> Option<Conn> {

@@ -94,8 +94,15 @@ impl KmeError {
 
 impl fmt::Display for KmeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "kme {}: {}: ", self.kme, self.call)?;
-        match &self.kind {
+        write!(f, "kme {}: {}: {}", self.kme, self.call, self.kind)
+    }
+}
+
+/// What went wrong, without the KME and call (a status answer whose body
+/// could not be read quotes why).
+impl fmt::Display for KmeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             KmeErrorKind::Config(m) => write!(f, "configuration: {m}"),
             KmeErrorKind::Connect(m) => write!(f, "cannot connect: {m}"),
             KmeErrorKind::Tls(m) => write!(f, "TLS: {m}"),
