@@ -190,12 +190,25 @@ pub fn get_device_request(family: u16, seq: u32, pid: u32, ifname: &str) -> Zero
 }
 
 /// One received netlink message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct NlMsg<'a> {
     pub ty: u16,
     pub flags: u16,
     pub seq: u32,
     pub payload: &'a [u8],
+}
+
+/// The header and the payload's length only: a payload can hold a PSK (a
+/// set request) or the interface's private key (any get reply).
+impl std::fmt::Debug for NlMsg<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NlMsg")
+            .field("ty", &self.ty)
+            .field("flags", &self.flags)
+            .field("seq", &self.seq)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -815,5 +828,22 @@ pub(crate) mod sys {
         pub fn try_recv(&self, _: &mut [u8]) -> Result<Option<usize>, WgError> {
             Err(WgError::Io("netlink on non-Linux".into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_debug_shows_no_payload_byte() {
+        // A set request carries a PSK; its bytes must not reach Debug.
+        let psk = Psk::from_bytes([0xa7; 32]);
+        let req = set_psk_request(0x1b, 7, 0, "wg0", &[0x42; 32], &psk);
+        let m = messages(&req).unwrap();
+        let shown = format!("{:?}", m[0]);
+        assert!(!shown.contains("167"), "{shown}");
+        assert!(!shown.contains("66,"), "{shown}");
+        assert!(shown.contains("seq: 7"), "{shown}");
     }
 }
