@@ -167,8 +167,9 @@ pub fn set_psk_request(
     one_peer_request(family, seq, pid, ifname, public_key, &attrs)
 }
 
-/// WG_CMD_SET_DEVICE removing one peer, acknowledged. The kernel answers
-/// ENODEV for a peer that does not exist (it never creates one here).
+/// WG_CMD_SET_DEVICE removing one peer, acknowledged. The kernel skips a
+/// peer that does not exist and answers 0 (ENODEV means no interface);
+/// it never creates one here. `remove_peer` reads back either way.
 pub fn remove_peer_request(
     family: u16,
     seq: u32,
@@ -529,6 +530,9 @@ impl WgBackend for Linux {
             })?;
             Ok::<_, WgError>(found)
         };
+        // The read and the set are two calls: a peer removed by someone
+        // else between them comes back (`peer.rs`). Our own removal waits
+        // for the backend lock our caller holds, never between them.
         let before = read(self)?.ok_or(WgError::NoSuchPeer)?;
         let pka = if before.keepalive == 0 {
             keepalive

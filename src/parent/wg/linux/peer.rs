@@ -4,9 +4,17 @@
 //! and the one WG_CMD_SET_DEVICE that removes it and adds it again. Pure
 //! bytes, tested on every platform like the rest of this backend.
 //!
-//! The kernel handles the peers of one set in order under one lock, and
-//! answers ENODEV to WGPEER_F_REMOVE_ME for a peer that does not exist
-//! and stops there: a peer gone since the read-back is not re-created.
+//! The kernel handles the peers of one set in order under one lock, so
+//! nothing comes between the removal and the addition. But a
+//! WGPEER_F_REMOVE_ME for a peer that does not exist is no error: the
+//! kernel's `set_peer` skips that block with 0 and goes on, and the block
+//! after it creates the peer. So a peer that something else removed
+//! between our read-back and our set (an operator's `wg set ... remove`)
+//! comes back, with what we read. qkdpfd's own removal (the lockdown
+//! ladder's `remove_peer`) waits for the same backend lock as the whole
+//! `new_session`, never runs between the two, and so is not undone this
+//! way (the OpenBSD backend has the same window). Netlink has no removal that fails for an absent peer, so the
+//! window (one dump, then one set, nothing else between them) stays.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -170,8 +178,9 @@ pub fn scan_peer(
 }
 
 /// WG_CMD_SET_DEVICE with two peers: the first removes `public_key`
-/// (ENODEV if it is gone: nothing after it happens), the second adds it
-/// again with `c` and a persistent keepalive of `keepalive` seconds.
+/// (skipped if it is already gone, and the kernel goes on), the second
+/// adds it again with `c` and a persistent keepalive of `keepalive`
+/// seconds: it creates the peer whether or not the first found it.
 pub fn recreate_request(
     family: u16,
     seq: u32,
