@@ -8,8 +8,9 @@
 //! order**. An action that needs the parent — persisting an epoch,
 //! installing a PSK — suspends that link's queue until the parent's
 //! [`KeyAck`] arrives: nothing after a `PersistEpoch` happens before the
-//! epoch is durable, and the slave's CONFIRM leaves only once its PSK is in
-//! the kernel. KME calls run as tasks whose answers come back as inputs.
+//! epoch is durable, no OFFER of an epoch not durable ever leaves (not
+//! even a retransmit queued behind a persist that then failed), and the
+//! slave's CONFIRM leaves only once its PSK is in the kernel. KME calls run as tasks whose answers come back as inputs.
 //! The engine's main loop owns this; nothing here blocks.
 //!
 //! What it tells the link state machine ([`link::Input::KeyInstalled`],
@@ -29,7 +30,7 @@ use crate::engine::table::LinkTable;
 use crate::imsg::{self, EngineConfig, KeyAck, KeyStep, LinkKeys, ToParent};
 use crate::log::{self, Event};
 use crate::names::Names;
-use crate::proto::peer::{ByLink, LinkId};
+use crate::proto::peer::{Body, ByLink, LinkId};
 use crate::secret::{Fingerprint, Psk};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -85,6 +86,11 @@ struct KeyedLink {
     queue: VecDeque<VecDeque<Action>>,
     /// The parent request the queue waits for.
     waiting: Option<(KeyStep, u64)>,
+    /// The highest epoch the parent made durable (at start, the persisted
+    /// one). No OFFER of a later epoch leaves (DESIGN §6): a retransmit
+    /// queued while a persist was pending is in a later batch than the
+    /// persist, and outlives that batch when the persist fails.
+    durable: u64,
     /// Where a slave sends a CONFIRM that waited for the parent: the
     /// source of the OFFER it answers.
     reply_to: Option<SocketAddr>,
@@ -210,6 +216,7 @@ impl Keys {
                         gate: Gate::default(),
                         queue: VecDeque::new(),
                         waiting: None,
+                        durable: k.epoch,
                         reply_to: None,
                         pending_fp: None,
                         fingerprint: None,
@@ -359,6 +366,7 @@ impl Keys {
         });
         let input = match (a.step, a.error) {
             (KeyStep::Persist, None) => {
+                l.durable = l.durable.max(a.epoch);
                 self.drain(&a.link, now, &mut out);
                 return Ok(out);
             }
@@ -482,6 +490,12 @@ impl Keys {
                 self.calls
                     .request(name, &l.route.kme, &l.route.peer_sae_id, Some(key_id));
             }
+            Action::Send(m) if m.body == Body::Offer && m.epoch > l.durable => {
+                log::debug(format!(
+                    "peer: {name}: no offer for epoch {}: not persisted",
+                    m.epoch
+                ));
+            }
             Action::Send(m) => {
                 let dest = match l.route.role {
                     rotate::Role::Master => l.route.peer,
@@ -586,6 +600,136 @@ fn reason_word(why: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::imsg::PeeringNet;
+    use crate::proto::peer::{KeyId, Message};
+    use crate::secret::QkdKey;
+
+    /// Keys with one master link "dr" whose OFFERs go to `far`; no KME
+    /// (the test hands the rotation its key), the parent's end returned.
+    async fn one_master(far: SocketAddr, now: Instant) -> (Keys, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (parent, from_engine) = mpsc::unbounded_channel();
+        let (answers, _) = mpsc::unbounded_channel();
+        let mut peer = Peering::default();
+        let cfg = EngineConfig {
+            links: Vec::new(),
+            qber: Default::default(),
+            ctl_readonly_uids: Vec::new(),
+            ctl_readonly_gid: None,
+            verbose: false,
+            drop_to: None,
+            metrics: false,
+            qber_net: Default::default(),
+            peering: Some(PeeringNet {
+                secret: zeroize::Zeroizing::new([7; 32]),
+            }),
+            peering_sockets: 1,
+            kme: Default::default(),
+            testing: Default::default(),
+        };
+        peer.configure(&cfg);
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        peer.add_socket(Arc::new(sock));
+        let mut keys = Keys::new(parent, answers, peer);
+        let params = Params {
+            link_id: LinkId([1; 32]),
+            ours: keys.peer.ours().unwrap(),
+            peer: [2; 32],
+        };
+        let schedule = Schedule {
+            period: Duration::from_secs(3600),
+            jitter: false,
+            seed: 1,
+        };
+        let link = KeyedLink {
+            route: Route {
+                kme: "site".into(),
+                peer_sae_id: "SAE-B".into(),
+                role: rotate::Role::Master,
+                peer: far,
+            },
+            rot: Rotation::new(rotate::Role::Master, params, schedule, 4, now),
+            gate: Gate::default(),
+            queue: VecDeque::new(),
+            waiting: None,
+            durable: 4,
+            reply_to: None,
+            pending_fp: None,
+            fingerprint: None,
+            installed_at: None,
+            halted: 0,
+            timing: RoundTiming::default(),
+            due_at: Registered::default(),
+        };
+        keys.links = vec![(Arc::<str>::from("dr"), link)].into_iter().collect();
+        let due = keys.links.iter_mut().map(|(n, l)| {
+            let next = l.rot.next_deadline();
+            (n, &mut l.due_at, next)
+        });
+        keys.due.rebuild(due);
+        (keys, from_engine)
+    }
+
+    /// Every datagram `far` has received by now.
+    async fn received(far: &std::net::UdpSocket) -> Vec<Message> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = far.recv(&mut buf) {
+            got.push(crate::proto::peer::parse(&buf[..n]).unwrap().0);
+        }
+        got
+    }
+
+    /// DESIGN §6: an epoch is persisted before its OFFER leaves. A parent
+    /// slower than the first retransmit, then a failed persist: neither
+    /// the OFFER nor its retransmit leaves; the next epoch's does, once
+    /// persisted.
+    #[tokio::test]
+    async fn no_offer_leaves_for_an_epoch_whose_persist_failed() {
+        let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        far.set_nonblocking(true).unwrap();
+        let t0 = Instant::now();
+        let (mut keys, _parent) = one_master(far.local_addr().unwrap(), t0).await;
+        let mut out = Vec::new();
+        let key = || Input::KeyReady {
+            key_id: KeyId::new("k1").unwrap(),
+            key: QkdKey::new(vec![9; 32]),
+        };
+        keys.feed("dr", Input::RotateNow, t0, &mut out);
+        keys.feed("dr", key(), t0, &mut out);
+        // The parent takes two seconds: the OFFER's retransmit is due.
+        let t1 = t0 + Duration::from_secs(2);
+        keys.feed("dr", Input::Tick, t1, &mut out);
+        assert!(received(&far).await.is_empty());
+        let failed = KeyAck {
+            link: "dr".into(),
+            epoch: 5,
+            step: KeyStep::Persist,
+            error: Some("state file: disk full".into()),
+        };
+        keys.on_ack(failed, t1).unwrap();
+        let got = received(&far).await;
+        assert!(
+            got.is_empty(),
+            "OFFERs of an epoch never persisted: {got:?}"
+        );
+        // The next round: epoch 6, persisted, offered.
+        let t2 = t1 + Duration::from_secs(60);
+        keys.feed("dr", Input::RotateNow, t2, &mut out);
+        keys.feed("dr", key(), t2, &mut out);
+        let done = KeyAck {
+            link: "dr".into(),
+            epoch: 6,
+            step: KeyStep::Persist,
+            error: None,
+        };
+        keys.on_ack(done, t2).unwrap();
+        let got = received(&far).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].epoch, &got[0].body), (6, &Body::Offer));
+    }
+
     #[test]
     fn failure_reasons_name_the_wireguard_error() {
         use super::reason_word;
