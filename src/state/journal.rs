@@ -14,11 +14,13 @@
 //! (`journal`), and a replay skips every entry up to it. So a crash, or an
 //! error, between writing the state whole and emptying the journal changes
 //! nothing: an older entry never overrides what the state file says (an
-//! old unlock replayed over a newer lockdown would open a link). A last line without its
-//! newline is an append that never finished: its sync never returned, so
-//! nothing acted on it, and it is ignored. Any other line that does not
-//! parse makes the whole state unreadable, as a damaged state file does:
-//! a restart must not open a link that was locked.
+//! old unlock replayed over a newer lockdown would open a link). A last
+//! line without its newline is an append that never finished: its sync
+//! never returned, so nothing acted on it, and it is ignored; the next
+//! append cuts it off before writing (else the two would make one
+//! unreadable line). Any other line that does not parse makes the whole
+//! state unreadable, as a damaged state file does: a restart must not open
+//! a link that was locked.
 
 use super::{LinkRecord, MAX_STATE_SIZE, State, invalid};
 use crate::lock::Reasons;
@@ -152,17 +154,48 @@ fn write(state: &Path, text: &[u8]) -> io::Result<()> {
     let path = path(state);
     let new = !path.exists();
     let mut f = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)?;
+    // An append that never finished (a crash, a failed write) left a line
+    // without its newline, which replay ignores. Written after, this
+    // append would join it into one line no replay can read, and the
+    // daemon would not start: cut it first, durably, before writing.
+    let len = f.metadata()?.len();
+    let whole = whole_len(&f, len)?;
+    if whole < len {
+        f.set_len(whole)?;
+        f.sync_data()?;
+    }
     f.write_all(text)?;
     f.sync_data()?;
     if new && let Some(dir) = path.parent() {
         fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The length of the journal's whole lines: `len` when it ends with a
+/// newline (the usual case, one byte read), else just past its last one.
+fn whole_len(f: &fs::File, len: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    let mut want = 1;
+    while end > 0 {
+        let start = end.saturating_sub(want);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+        want = buf.len() as u64;
+    }
+    Ok(0)
 }
 
 /// Empties the journal (after the state was written whole).
@@ -326,5 +359,32 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
             assert!(e.to_string().contains("line "), "{e}");
         }
+    }
+
+    #[test]
+    fn an_append_after_an_unfinished_one_cuts_it_first() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state");
+        let mut mem = State::default();
+        super::super::save(&p, &mem).unwrap();
+        let torn = |p: &Path| {
+            let mut f = OpenOptions::new().append(true).open(path(p)).unwrap();
+            f.write_all(br#"{"seq":2,"link":"b","epo"#).unwrap();
+        };
+        append(&p, &mut mem, vec![Entry::epoch("a", 3)]).unwrap();
+        torn(&p);
+        let mut back = crate::state::load(&p).unwrap().unwrap();
+        assert_eq!(back, mem);
+        append(&p, &mut back, vec![Entry::epoch("b", 7)]).unwrap();
+        let again = crate::state::load(&p).unwrap().unwrap();
+        assert_eq!((again.links["a"].epoch, again.links["b"].epoch), (3, 7));
+        assert_eq!(again, back);
+        // The very first append unfinished: nothing of it is kept.
+        crate::state::compact(&p, &again).unwrap();
+        torn(&p);
+        let mut back = crate::state::load(&p).unwrap().unwrap();
+        append(&p, &mut back, vec![Entry::epoch("c", 1)]).unwrap();
+        assert_eq!(crate::state::load(&p).unwrap().unwrap(), back);
+        assert_eq!(back.links["c"].epoch, 1);
     }
 }
