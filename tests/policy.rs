@@ -565,3 +565,91 @@ fn spool_archives_are_opened_without_following_or_blocking() {
     std::fs::write(&real, vec![0u8; 2048]).unwrap();
     assert!(read_archive_file(&real, 1024).is_err(), "limit not kept");
 }
+
+/// The dry-run backend and the two sample links, as the parent holds them.
+struct Parent {
+    dir: tempfile::TempDir,
+    fw: Box<dyn qkdpfd::parent::fw::Firewall>,
+    targets: std::collections::BTreeMap<String, qkdpfd::ruleset::LinkTarget>,
+}
+
+impl Parent {
+    fn new() -> Parent {
+        use qkdpfd::conf::{FirewallBackend, FirewallConf};
+        let dir = tempfile::tempdir().unwrap();
+        let conf = FirewallConf {
+            backend: FirewallBackend::DryRun,
+            anchor: "qkdpfd".into(),
+            pfctl: "/sbin/pfctl".into(),
+            nft: "/usr/sbin/nft".into(),
+            handshakes: false,
+        };
+        let fw = qkdpfd::parent::fw::new(&conf, dir.path());
+        let targets = ["dr", "branch"]
+            .into_iter()
+            .map(|n| {
+                let t = qkdpfd::ruleset::LinkTarget {
+                    name: n.into(),
+                    wg_if: "wg0".into(),
+                    wg_port: 51820,
+                    rdomain: 0,
+                    addrs4: vec!["198.51.100.2".parse().unwrap()],
+                    addrs6: vec![],
+                    qber: "sim".into(),
+                };
+                (n.to_string(), t)
+            })
+            .collect();
+        Parent { dir, fw, targets }
+    }
+
+    fn load(
+        &self,
+        files: &Files,
+        keys: &TestKeys,
+        state: &mut State,
+        state_path: &Path,
+    ) -> Result<qkdpfd::parent::activate::Outcome, Reject> {
+        let checker = qkdpfd::ruleset::Checker {
+            fw: self.fw.as_ref(),
+            targets: &self.targets,
+        };
+        qkdpfd::parent::activate::load(
+            files,
+            &[keys.public_key()],
+            &Store::new(self.dir.path().join("policy")),
+            state,
+            state_path,
+            &checker,
+            "test",
+        )
+    }
+}
+
+/// DESIGN §4 "a rejected bundle changes nothing": a state file that cannot
+/// be written leaves the state in memory as it was, so a later write does
+/// not name the rejected bundle, and the same bundle pushed again is
+/// activated, not `policy_unchanged`.
+#[test]
+fn state_write_failure_changes_no_memory() {
+    use qkdpfd::parent::activate::Outcome;
+    let Some(keys) = TestKeys::signify() else {
+        return;
+    };
+    let (_tmp, dir) = sample_bundle(&keys);
+    let files = read_dir(&dir).unwrap();
+    let p = Parent::new();
+    let mut st = State::default();
+    let unwritable = p.dir.path().join("missing/state");
+    assert!(p.load(&files, &keys, &mut st, &unwritable).is_err());
+    assert_eq!(st, State::default());
+
+    let path = p.dir.path().join("state");
+    match p.load(&files, &keys, &mut st, &path) {
+        Ok(Outcome::Loaded(b)) => assert_eq!(b.policy.serial, 42),
+        Ok(Outcome::Unchanged(s)) => panic!("policy_unchanged serial={s}"),
+        Err(e) => panic!("{e}"),
+    }
+    assert_eq!(st.active.as_ref().map(|a| a.serial), Some(42));
+    assert_eq!(state::load(&path).unwrap().unwrap().active, st.active);
+}

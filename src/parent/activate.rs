@@ -155,14 +155,18 @@ pub fn finish(
             e,
         ));
     }
-    state.active = Some(state::ActivePolicy::new(
+    // Memory follows the file only once it is written: a rejected bundle
+    // must not be named active by the next, unrelated state write.
+    let mut next = state.clone();
+    next.active = Some(state::ActivePolicy::new(
         bundle.policy.serial,
         &bundle.digest,
     ));
-    if let Err(e) = state::save(state_path, state) {
+    if let Err(e) = state::save(state_path, &next) {
         log::event(Event::StateWriteFailed).msg(&e).send();
         return Err(unreadable("writing the state file", e));
     }
+    *state = next;
     for w in &bundle.warnings {
         log::event(Event::PolicyWarning)
             .kv("serial", bundle.policy.serial)
