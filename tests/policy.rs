@@ -609,6 +609,7 @@ impl Parent {
         keys: &TestKeys,
         state: &mut State,
         state_path: &Path,
+        in_force: Option<u64>,
     ) -> Result<qkdpfd::parent::activate::Outcome, Reject> {
         let checker = qkdpfd::ruleset::Checker {
             fw: self.fw.as_ref(),
@@ -620,6 +621,7 @@ impl Parent {
             &Store::new(self.dir.path().join("policy")),
             state,
             state_path,
+            in_force,
             &checker,
             "test",
         )
@@ -641,15 +643,54 @@ fn state_write_failure_changes_no_memory() {
     let p = Parent::new();
     let mut st = State::default();
     let unwritable = p.dir.path().join("missing/state");
-    assert!(p.load(&files, &keys, &mut st, &unwritable).is_err());
+    assert!(p.load(&files, &keys, &mut st, &unwritable, None).is_err());
     assert_eq!(st, State::default());
 
     let path = p.dir.path().join("state");
-    match p.load(&files, &keys, &mut st, &path) {
+    match p.load(&files, &keys, &mut st, &path, None) {
         Ok(Outcome::Loaded(b)) => assert_eq!(b.policy.serial, 42),
         Ok(Outcome::Unchanged(s)) => panic!("policy_unchanged serial={s}"),
         Err(e) => panic!("{e}"),
     }
     assert_eq!(st.active.as_ref().map(|a| a.serial), Some(42));
     assert_eq!(state::load(&path).unwrap().unwrap().active, st.active);
+}
+
+/// The bundle the state file names is `policy_unchanged` only while it is
+/// in force. With none in force (its start-up re-check failed), the same
+/// bundle is verified and activated again; an older one still is not.
+#[test]
+fn active_bundle_not_in_force_is_activated_again() {
+    use qkdpfd::parent::activate::Outcome;
+    let Some(keys) = TestKeys::signify() else {
+        return;
+    };
+    let (_tmp, dir) = sample_bundle(&keys);
+    let files = read_dir(&dir).unwrap();
+    let p = Parent::new();
+    let path = p.dir.path().join("state");
+    let mut st = State::default();
+    assert!(matches!(
+        p.load(&files, &keys, &mut st, &path, None),
+        Ok(Outcome::Loaded(_))
+    ));
+    // In force: a re-push is harmless.
+    assert!(matches!(
+        p.load(&files, &keys, &mut st, &path, Some(42)),
+        Ok(Outcome::Unchanged(42))
+    ));
+    // Not in force: applied again.
+    match p.load(&files, &keys, &mut st, &path, None) {
+        Ok(Outcome::Loaded(b)) => assert_eq!(b.policy.serial, 42),
+        Ok(Outcome::Unchanged(s)) => panic!("policy_unchanged serial={s}"),
+        Err(e) => panic!("{e}"),
+    }
+    // Nothing older, nor another bundle of the same serial, ever applies.
+    let (_t1, older) = variant(&keys, "policy.toml", &policy_with_serial(41));
+    let (_t2, same) = variant(&keys, "anchors/open.nft", "accept\ncounter\n");
+    for f in [&older, &same] {
+        let r = p.load(f, &keys, &mut st, &path, None);
+        assert!(matches!(&r, Err(Reject::Rollback { .. })), "{:?}", r.err());
+    }
+    assert_eq!(st.active.as_ref().map(|a| a.serial), Some(42));
 }

@@ -25,29 +25,34 @@ pub enum Outcome {
 }
 
 /// Verifies `files` against the floor and activates it. Logs the result.
+/// `in_force` is the serial of the bundle the links run under, which is
+/// not the state file's when its start-up re-check failed.
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     files: &Files,
     keys: &[PublicKey],
     store: &Store,
     state: &mut State,
     state_path: &std::path::Path,
+    in_force: Option<u64>,
     checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Outcome, Reject> {
     let floor = state::floor(Some(state), store).map_err(|e| unreadable("policy store", e))?;
-    let active = state.active.as_ref().map(|a| a.serial);
-    let verified = verify_against(files, keys, floor, active, checker, source)?;
+    let verified = verify_against(files, keys, floor, in_force, checker, source)?;
     finish(verified, store, state, state_path, source)
 }
 
-/// Every check of DESIGN §4 against `floor`. A bundle stored but never
-/// named active (activation cut off before the state file was written) is
-/// checked again without the floor: the same bundle completes it.
+/// Every check of DESIGN §4 against `floor`. The bundle the floor names is
+/// `policy_unchanged` only while it is in force; otherwise (activation cut
+/// off before the state file was written, or its start-up re-check failed)
+/// that same bundle — the same serial and signed list, never an older
+/// one — is checked again without the floor and activated.
 fn verify_against(
     files: &Files,
     keys: &[PublicKey],
     floor: Option<crate::policy::Floor>,
-    active: Option<u64>,
+    in_force: Option<u64>,
     checker: &Checker<'_, dyn Firewall>,
     source: &str,
 ) -> Result<Verified, Reject> {
@@ -59,7 +64,7 @@ fn verify_against(
     };
     let verified = verify_logged(files, keys, &opts, checker, source)?;
     if let Verified::Unchanged { serial } = verified {
-        if active != Some(serial) {
+        if in_force != Some(serial) {
             opts.floor = None;
             return verify_logged(files, keys, &opts, checker, source);
         }
@@ -75,7 +80,8 @@ pub struct VerifyJob {
     pub files: Files,
     pub keys: Vec<PublicKey>,
     pub floor: Option<crate::policy::Floor>,
-    pub active: Option<u64>,
+    /// The serial of the bundle in force (see [`load`]).
+    pub in_force: Option<u64>,
     pub firewall: crate::conf::FirewallConf,
     pub state_dir: std::path::PathBuf,
     pub targets: BTreeMap<String, LinkTarget>,
@@ -98,7 +104,7 @@ pub fn verify_in_background(job: VerifyJob) -> tokio::sync::oneshot::Receiver<Ch
             &job.files,
             &job.keys,
             job.floor,
-            job.active,
+            job.in_force,
             &checker,
             &job.source,
         );

@@ -111,7 +111,7 @@ fn start(
         files,
         keys: p.keys.clone(),
         floor,
-        active: p.links.state.active.as_ref().map(|a| a.serial),
+        in_force: p.bundle.as_ref().map(|b| b.policy.serial),
         firewall: p.conf.firewall.clone(),
         state_dir: p.conf.daemon.state_dir.clone(),
         targets: super::targets(&p.conf),
