@@ -180,12 +180,34 @@ fn substitute(link: &LinkTarget, line: &str) -> Result<Option<String>, String> {
     out.push_str(rest);
     match empty {
         None => Ok(Some(out)),
-        Some(m) if line.contains("!=") => Err(format!(
+        Some(m) if negates(line) => Err(format!(
             "${m} is empty for this link (no address of that family): \
              a negated match against it would match every packet"
         )),
         Some(_) => Ok(None),
     }
+}
+
+/// Whether a statement negates a match, in any of nft's spellings: `!=`
+/// and its keyword `ne` (both NEQ in nft's scanner) and a bare `!` (NOT).
+/// Quoted strings and a trailing `#` comment are not code; any other `!`
+/// counts, and `ne` counts as a whole word in either case, so that a
+/// spelling nft would refuse is refused here too rather than left out.
+fn negates(line: &str) -> bool {
+    let mut code = String::with_capacity(line.len());
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => break,
+            _ if quoted => code.push(' '),
+            _ => code.push(c),
+        }
+    }
+    code.contains('!')
+        || code
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w.eq_ignore_ascii_case("ne"))
 }
 
 /// The boot include (`qkdpfd -B`): the skeleton, then every link chain
@@ -608,6 +630,34 @@ mod tests {
         );
         let e = render_statements(&l, "ip6 saddr != $peer6 drop\n").unwrap_err();
         assert!(e.contains("$peer6 is empty"), "{e}");
+    }
+
+    #[test]
+    fn every_negation_of_an_empty_peer_macro_is_refused() {
+        // nft's scanner: "!=" and "ne" are NEQ, "!" alone is NOT.
+        for bad in [
+            "ip6 saddr ne $peer6 drop",
+            "ip6 saddr NE $peer6 drop",
+            "ip6 saddr!=$peer6 drop",
+            "ip6 saddr ! $peer6 drop",
+            "ip6 saddr !$peer6 drop",
+            "ip6 saddr $peer6 tcp dport ne 22 drop",
+        ] {
+            let e = render_statements(&dr(), &format!("{bad}\n")).unwrap_err();
+            assert!(e.contains("$peer6 is empty"), "{bad}: {e}");
+        }
+        // Not negations: a word that only contains "ne", a quoted or
+        // commented "!".
+        for left_out in [
+            "ip6 saddr $peer6 iifname \"ne\" drop",
+            "ip6 saddr $peer6 iifname \"wg!\" drop",
+            "ip6 saddr $peer6 drop comment \"never!\"",
+            "ip6 saddr $peer6 meta l4proto sctp drop",
+            "ip6 saddr $peer6 drop # ne !",
+        ] {
+            let got = render_statements(&dr(), &format!("{left_out}\n"));
+            assert_eq!(got.unwrap(), Vec::<String>::new(), "{left_out}");
+        }
     }
 
     #[test]
