@@ -1,10 +1,26 @@
-//! Names a process holds many times, each allocated once: at 10,000 links
+//! Link names: the one rule they follow ([`valid_link_name`]), a leaf that
+//! the config, the bundle, the firewall and the engine all check with.
+//!
+//! And names a process holds many times, each allocated once: at 10,000 links
 //! a hub's config names the same QBER section and KME in every link of a
 //! site (and the same far SAE and gateway in every link to one far end),
 //! and each copy was a small long-lived chunk.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor/table name. They end
+/// up inside pf anchors, nft chain names and log labels, so nothing else may
+/// pass. The one definition: the config, the bundle, the firewall and the
+/// engine all check names with this.
+pub fn valid_link_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 31
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
 
 /// One shared copy of each name held many times (a link's name by every
 /// record the engine keeps of it; a QBER section's, KME's, far SAE's or far

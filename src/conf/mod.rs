@@ -23,18 +23,7 @@ pub const CONFFILE: &str = "/etc/qkdpfd.conf";
 /// keeps the directory readable.
 pub const UAPI_DIR: &str = "/var/run/wireguard";
 
-/// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor/table name. They end
-/// up inside pf anchors, nft chain names and log labels, so nothing else may
-/// pass. The one definition: the config, the bundle, the firewall and the
-/// engine all check names with this.
-pub fn valid_link_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 31
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
-}
+pub use crate::names::valid_link_name;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {

@@ -438,7 +438,7 @@ fn set<T>(slot: &mut T, v: Option<T>) {
 
 /// `^[a-z][a-z0-9_]{0,30}$` (pf anchor, nft chain, label).
 pub fn valid_link_name(s: &str) -> bool {
-    crate::conf::valid_link_name(s)
+    crate::names::valid_link_name(s)
 }
 
 /// A range or consistency problem with one key of a merged link policy.

@@ -601,7 +601,7 @@ fn link(
     };
     let peer_sae_id = part(&mut s, "peer_sae_id", value::sae_id);
     let peer = part(&mut s, "peer", value::peer);
-    let peer_pubkey = part(&mut s, "peer_pubkey", value::non_empty);
+    let peer_pubkey = part(&mut s, "peer_pubkey", value::peer_pubkey);
     let wg_peer = part(&mut s, "wg_peer", value::wg_key);
     let wg_pubkey = match keyed {
         true => s.get("wg_pubkey", value::wg_key),

@@ -247,12 +247,17 @@ pub(super) fn wg_key(g: Got) -> Check<String> {
     }
 }
 
-pub(super) fn non_empty(g: Got) -> Check<String> {
-    match g {
-        Got::Str(s) if !s.trim().is_empty() && !s.chars().any(char::is_control) => {
-            Ok(s.to_string())
-        }
-        _ => Err("expected a non-empty string".into()),
+/// A far qkdpfd's peering key: the `.pub` line `signify -G` writes,
+/// decoded as the parent decodes it when it starts the link, so that a bad
+/// one is reported here with its position, with every other error.
+pub(super) fn peer_pubkey(g: Got) -> Check<String> {
+    let what = "a signify public key line (base64 of \"Ed\", key number and Ed25519 key)";
+    let Got::Str(s) = g else {
+        return Err(format!("expected {what}"));
+    };
+    match crate::policy::signify::pubkey_from_base64(s.trim()) {
+        Ok(_) => Ok(s.to_string()),
+        Err(e) => Err(format!("expected {what}, found {s:?}: {e}")),
     }
 }
 
