@@ -7,6 +7,7 @@
 
 use super::VerifyArgs;
 use crate::conf::{self, Config};
+use crate::policy::bundle::MAX_ARCHIVE;
 use crate::policy::{self, Files, Reject, Store, Verified, VerifyOpts};
 use crate::ruleset::{self, Check, Checker};
 use crate::state;
@@ -14,6 +15,10 @@ use crate::utc::now_unix;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A directory is read as `policy load` packs it; any other path is
+/// opened as the daemon opens its spool's archives: no final symlink
+/// followed, no FIFO blocked on, a regular file only, read up to
+/// [`MAX_ARCHIVE`] (a device such as /dev/zero never ends).
 fn read_bundle(path: &Path) -> Result<Files, Reject> {
     let md = std::fs::metadata(path).map_err(|e| Reject::Unreadable {
         what: path.display().to_string(),
@@ -22,16 +27,12 @@ fn read_bundle(path: &Path) -> Result<Files, Reject> {
     if md.is_dir() {
         return policy::read_dir(path);
     }
-    if md.len() > 8 << 20 {
+    if md.len() > MAX_ARCHIVE {
         return Err(Reject::TooLarge {
-            what: format!("{} (over 8 MiB)", path.display()),
+            what: format!("{} (over {} MiB)", path.display(), MAX_ARCHIVE >> 20),
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| Reject::Unreadable {
-        what: path.display().to_string(),
-        msg: e.to_string(),
-    })?;
-    policy::read_bytes(&bytes)
+    policy::read_bytes(&policy::read_archive_file(path, MAX_ARCHIVE)?)
 }
 
 fn fail(json: bool, reason: &str, msg: &str) -> i32 {
@@ -129,5 +130,39 @@ pub fn run(a: &VerifyArgs) -> i32 {
             0
         }
         Err(e) => fail(a.json, e.reason(), &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Reads `path` on a thread of its own: a read that blocks or never
+    /// ends is a failure, not a hung test.
+    fn read_within(path: &Path, limit: Duration) -> Result<Files, Reject> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_bundle(&p));
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("{} was not refused at once", path.display()))
+    }
+
+    /// As the daemon's spool: no FIFO blocked on, no final symlink
+    /// followed (one to /dev/zero never ends), no device read.
+    #[test]
+    fn bundle_path_is_opened_as_the_spool_opens_it() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo.tgz");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_within(&fifo, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.reason(), "not-regular", "{e}");
+        let zero = t.path().join("zero.tgz");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_within(&zero, Duration::from_secs(5)).is_err());
+        let e = read_within(Path::new("/dev/zero"), Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.reason(), "not-regular", "{e}");
     }
 }

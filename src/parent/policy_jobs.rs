@@ -21,9 +21,6 @@ use crate::proto::ctl::{ErrorCode, Reply};
 use std::path::PathBuf;
 use tokio::sync::oneshot;
 
-/// Largest bundle archive taken from the spool.
-const SPOOL_MAX: u64 = 8 << 20;
-
 /// A bundle being verified.
 pub struct Job {
     source: &'static str,
@@ -231,7 +228,7 @@ pub fn scan_spool(p: &mut Parent) {
         let files = if md.is_dir() {
             crate::policy::read_dir(&path)
         } else {
-            crate::policy::read_archive_file(&path, SPOOL_MAX)
+            crate::policy::read_archive_file(&path, crate::policy::bundle::MAX_ARCHIVE)
                 .and_then(|b| crate::policy::read_bytes(&b))
         };
         match files {

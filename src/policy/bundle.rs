@@ -19,6 +19,9 @@ pub const MAX_FILES: usize = 64;
 pub const MAX_FILE_SIZE: u64 = 1 << 20;
 /// At most this many bytes in all files together (after decompression).
 pub const MAX_TOTAL_SIZE: u64 = 4 << 20;
+/// Largest bundle archive read from a file (the GitOps spool, `qkdctl
+/// policy verify`), compressed or not.
+pub const MAX_ARCHIVE: u64 = 8 << 20;
 /// Directory, long-name and pax entries allowed in a tar besides the files.
 const MAX_OTHER_ENTRIES: usize = 64;
 /// Tar headers and padding on top of the file contents.
