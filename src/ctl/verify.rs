@@ -35,6 +35,13 @@ fn read_bundle(path: &Path) -> Result<Files, Reject> {
     policy::read_bytes(&policy::read_archive_file(path, MAX_ARCHIVE)?)
 }
 
+/// No config names a backend: the rulesets this system's own backend
+/// reads (pf on OpenBSD, nftables on Linux, as a fresh install's config
+/// would say) must be present, and are not checked.
+fn unchecked() -> policy::AcceptAll {
+    policy::AcceptAll(ruleset::Flavor::native().extension())
+}
+
 fn fail(json: bool, reason: &str, msg: &str) -> i32 {
     if json {
         let v = serde_json::json!({ "ok": false, "reason": reason, "message": msg });
@@ -100,7 +107,7 @@ pub fn run(a: &VerifyArgs) -> i32 {
                 targets: &targets,
             },
         ),
-        None => policy::verify(&files, &keys, &opts, &policy::AcceptAll("nft")),
+        None => policy::verify(&files, &keys, &opts, &unchecked()),
     };
     match result {
         Ok(Verified::New(b)) => {
@@ -148,6 +155,17 @@ mod tests {
         });
         rx.recv_timeout(limit)
             .unwrap_or_else(|_| panic!("{} was not refused at once", path.display()))
+    }
+
+    #[test]
+    fn without_a_config_the_native_rulesets_are_required() {
+        use crate::policy::RulesetChecker;
+        let want = if cfg!(target_os = "openbsd") {
+            "pf"
+        } else {
+            "nft"
+        };
+        assert_eq!(unchecked().extension(), want);
     }
 
     /// As the daemon's spool: no FIFO blocked on, no final symlink
