@@ -14,7 +14,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::Command;
+
+mod common;
 use std::time::Duration;
 
 const CASE: &str = "QKDPFD_PLEDGE_CASE";
@@ -26,10 +29,16 @@ enum Outcome {
 
 /// Runs `case` in a child; asserts the outcome; returns its stderr.
 fn run(case: &str, want: Outcome) -> String {
+    run_env(case, want, &[]).1
+}
+
+/// As [`run`], with more environment; returns stdout and stderr.
+fn run_env(case: &str, want: Outcome, env: &[(&str, &Path)]) -> (String, String) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "pledge_case_child", "--nocapture"])
         .args(["--test-threads", "1"])
         .env(CASE, case)
+        .envs(env.iter().copied())
         .env_remove("QKDPFD_PLEDGE_EMULATION")
         .output()
         .unwrap();
@@ -52,7 +61,7 @@ fn run(case: &str, want: Outcome) -> String {
             assert!(stderr.contains("pledge emulation"), "{case}: {stderr}");
         }
     }
-    stderr
+    (stdout, stderr)
 }
 
 fn pledge(p: &str) {
@@ -179,6 +188,24 @@ fn child(case: &str) {
             // SAFETY: signal 0 to ourselves.
             assert_eq!(unsafe { libc::kill(std::process::id() as i32, 0) }, 0);
         }
+        "ctl_verify_then_write" => {
+            // `qkdctl -p KEY policy verify BUNDLE`, in this process; then
+            // a write, which its promises do not hold.
+            let var = |k| std::env::var_os(k).map(std::path::PathBuf::from).unwrap();
+            let code = qkdpfd::ctl::verify::run(&qkdpfd::ctl::VerifyArgs {
+                pubkey: Some(var("PLEDGE_PUBKEY")),
+                config: None,
+                path: var("PLEDGE_BUNDLE"),
+                json: false,
+            });
+            println!("verify exit {code}");
+            let p = std::env::temp_dir().join(format!("pledge-v-{}", std::process::id()));
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p);
+        }
         other => panic!("unknown case {other}"),
     }
     println!("CASE-SURVIVED");
@@ -214,6 +241,24 @@ fn qkdctl_before_its_fix_would_abort_on_openbsd() {
     assert!(e.contains("syscall 54 "), "{e}");
     // Today's order: poll(2) deadlines on a non-blocking socket.
     run("ctl_poll_after_stdio", Outcome::Survives);
+}
+
+/// `qkdctl policy verify` parses a bundle anyone may have made: it does so
+/// pledged, and what it needs (reading the key and the bundle, checking
+/// the signature) is within its promises.
+#[test]
+fn policy_verify_runs_pledged() {
+    let Some(keys) = common::bundle::TestKeys::signify() else {
+        return;
+    };
+    let (_t, dir) = common::bundle::sample_bundle(&keys);
+    let env = [
+        ("PLEDGE_PUBKEY", keys.pubkey.as_path()),
+        ("PLEDGE_BUNDLE", &dir),
+    ];
+    let (stdout, stderr) = run_env("ctl_verify_then_write", Outcome::Aborts, &env);
+    assert!(stdout.contains("OK serial=42\nverify exit 0\n"), "{stdout}");
+    assert!(stderr.contains("stdio rpath"), "{stderr}");
 }
 
 #[test]

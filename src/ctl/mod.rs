@@ -6,7 +6,8 @@
 //!
 //! Exit status: 0 success, 1 the daemon or a check refused (or could not be
 //! reached), 2 usage error. `policy verify` never talks to the daemon: it
-//! runs the [`VerifyHook`] the binary passes in.
+//! runs the [`VerifyHook`] the binary passes in, which pledges itself
+//! (`verify.rs`).
 
 pub mod output;
 pub mod pack;

@@ -6,7 +6,7 @@
 //! state file when it is readable.
 
 use super::VerifyArgs;
-use crate::conf::{self, Config};
+use crate::conf::{self, Config, FirewallBackend};
 use crate::policy::bundle::MAX_ARCHIVE;
 use crate::policy::{self, Files, Reject, Store, Verified, VerifyOpts};
 use crate::ruleset::{self, Check, Checker};
@@ -33,6 +33,24 @@ fn read_bundle(path: &Path) -> Result<Files, Reject> {
         });
     }
     policy::read_bytes(&policy::read_archive_file(path, MAX_ARCHIVE)?)
+}
+
+/// pledge(2) before the bundle, which anyone may have made, is read:
+/// files to read (keys, state file, bundle) and, when the config's backend
+/// checks with a tool, `pfctl -n` or `nft -c` to run.
+fn pledge(config: Option<&Config>) -> Result<(), String> {
+    let tool = config.is_some_and(|c| !matches!(c.firewall.backend, FirewallBackend::DryRun));
+    if !tool {
+        return crate::sandbox::pledge("stdio rpath");
+    }
+    // OpenBSD runs the tool unpledged (no execpromises). The Linux test
+    // emulation is a seccomp filter, which would follow it across exec
+    // and kill it: there this case stays unpledged.
+    if cfg!(target_os = "openbsd") {
+        crate::sandbox::pledge("stdio rpath proc exec")
+    } else {
+        Ok(())
+    }
 }
 
 /// No config names a backend: the rulesets this system's own backend
@@ -64,6 +82,9 @@ pub fn run(a: &VerifyArgs) -> i32 {
         }
         Err(_) => None,
     };
+    if let Err(e) = pledge(config.as_ref()) {
+        return fail(a.json, "pledge", &e);
+    }
     let key_paths: Vec<std::path::PathBuf> = match (&a.pubkey, &config) {
         (Some(p), _) => vec![p.clone()],
         (None, Some(c)) => c.policy.pubkeys.clone(),
