@@ -388,9 +388,10 @@ fn read_tar(r: impl Read) -> Result<Files, Reject> {
             if parts.is_empty() {
                 return Err(Reject::bad_name(&path, "is not a file name"));
             }
-            let size = ent.header().size().map_err(|e| io_reject(&path, e))?;
-            limits.add_file(&path, size)?;
+            // Counted as read: a pax `size` record overrides the header's
+            // field, and the entry yields that many bytes.
             let data = read_limited(ent, &path, MAX_FILE_SIZE)?;
+            limits.add_file(&path, data.len() as u64)?;
             entries.push((parts, Entry::File(data)));
         } else {
             return Err(Reject::NotRegular {
@@ -574,6 +575,35 @@ mod tests {
             read_bytes(&tar_of(&ents)).unwrap_err().reason(),
             "too-large"
         );
+    }
+
+    /// The tar crate reads a pax `size` record over the header's size
+    /// field: the limits count what is read.
+    #[test]
+    fn pax_sizes_count_against_the_total() {
+        let mut b = tar::Builder::new(Vec::new());
+        let data = vec![b'x'; MAX_FILE_SIZE as usize];
+        for i in 0..5u64 {
+            let len = if i < 4 { data.len() } else { 64 << 10 };
+            let record = format!("size={len}\n");
+            let record = format!("{} {record}", record.len() + 3);
+            assert_eq!(Ok(record.len()), record.split(' ').next().unwrap().parse());
+            let mut h = tar::Header::new_ustar();
+            h.set_size(record.len() as u64);
+            h.set_entry_type(tar::EntryType::XHeader);
+            b.append_data(&mut h, format!("PaxHeaders/f{i}"), record.as_bytes())
+                .unwrap();
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, format!("f{i}"), &data[..len])
+                .unwrap();
+        }
+        let t = b.into_inner().unwrap();
+        assert!(t.len() as u64 <= MAX_TOTAL_SIZE + MAX_TAR_OVERHEAD);
+        let e = read_bytes(&t).unwrap_err();
+        assert_eq!(e.reason(), "too-large", "{e}");
+        assert!(e.to_string().contains("total"), "{e}");
     }
 
     #[test]
