@@ -107,6 +107,21 @@ fn locate(text: &str, offset: Option<usize>) -> String {
     format!("{POLICY_FILE}:{line}:{col}")
 }
 
+/// Where `key` of `t` is written, if it is.
+fn span_of(t: &dyn TableLike, key: &str) -> Option<usize> {
+    t.key(key).and_then(|k| k.span()).map(|s| s.start)
+}
+
+/// Where a table starts: its `[header]`, or an inline table's `{`.
+fn table_span(item: &Item) -> Option<usize> {
+    let span = match item {
+        Item::Table(t) => t.span(),
+        Item::Value(toml_edit::Value::InlineTable(t)) => t.span(),
+        _ => None,
+    };
+    span.map(|s| s.start)
+}
+
 struct Parser<'t> {
     text: &'t str,
     syntax: Vec<String>,
@@ -118,12 +133,14 @@ struct Parser<'t> {
 struct Section<'d> {
     name: String,
     table: &'d dyn TableLike,
+    /// Where it starts: the place of a problem with a key it
+    /// inherits (from `[defaults]` or the built-in values).
+    at: Option<usize>,
 }
 
 impl<'t> Parser<'t> {
     fn at(&self, t: &dyn TableLike, key: &str) -> String {
-        let span = t.key(key).and_then(|k| k.span()).map(|s| s.start);
-        locate(self.text, span)
+        locate(self.text, span_of(t, key))
     }
     fn syntax_err(&mut self, t: &dyn TableLike, key: &str, msg: String) {
         let at = self.at(t, key);
@@ -157,7 +174,8 @@ impl<'t> Parser<'t> {
             self.syntax
                 .push(format!("{POLICY_FILE}: serial is required"));
         }
-        let defaults = self.defaults(defaults);
+        let defaults_at = root.get("defaults").and_then(table_span);
+        let defaults = self.defaults(defaults, defaults_at);
         let links = self.links(links, &defaults);
         let rulesets = self.rulesets(rulesets);
         Some(Policy {
@@ -319,7 +337,11 @@ impl<'t> Parser<'t> {
 
     /// `[defaults]` over `LinkPolicy::default()`, checked; the problems found
     /// are returned so links that inherit them do not repeat them.
-    fn defaults(&mut self, table: Option<&dyn TableLike>) -> (LinkPolicy, Vec<Problem>) {
+    fn defaults(
+        &mut self,
+        table: Option<&dyn TableLike>,
+        at: Option<usize>,
+    ) -> (LinkPolicy, Vec<Problem>) {
         let mut lp = LinkPolicy::default();
         let Some(table) = table else {
             return (lp, Vec::new());
@@ -327,6 +349,7 @@ impl<'t> Parser<'t> {
         let sec = Section {
             name: "[defaults]".into(),
             table,
+            at,
         };
         self.link_keys(&sec, &mut lp);
         let problems = check_link(&lp);
@@ -358,6 +381,7 @@ impl<'t> Parser<'t> {
             let sec = Section {
                 name: format!("[link.{name}]"),
                 table: t,
+                at: table_span(item),
             };
             let mut lp = defaults.0.clone();
             self.link_keys(&sec, &mut lp);
@@ -371,7 +395,7 @@ impl<'t> Parser<'t> {
     /// Records problems not already reported for the defaults.
     fn report(&mut self, problems: &[Problem], sec: &Section<'_>, already: &[Problem]) {
         for p in problems.iter().filter(|p| !already.contains(p)) {
-            let at = self.at(sec.table, p.key);
+            let at = locate(self.text, span_of(sec.table, p.key).or(sec.at));
             let line = format!("{at}: {} {}", sec.name, p.msg);
             if p.warning {
                 self.warnings.push(line);

@@ -116,6 +116,18 @@ fn link_override_checked_after_merge() {
     assert_eq!(code, "policy-invalid");
     assert_eq!(errs.len(), 1);
     assert!(errs[0].contains("[link.dr] recover_below 0.05"), "{errs:?}");
+    // recover_below is inherited: the section's header is the place.
+    assert!(errs[0].starts_with("policy.toml:17:1: "), "{errs:?}");
+    // The same for a built-in default under [defaults].
+    let text = SAMPLE
+        .replace("recover_below = 0.05\n", "")
+        .replace("qber_lockdown = 0.08", "qber_lockdown = 0.04");
+    let (_, errs) = errors(parse(&text).unwrap_err());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("policy.toml:4:1: [defaults] recover_below"),
+        "{errs:?}"
+    );
     let text = SAMPLE.replace("[link.dr]", "[link.Dr]");
     assert_eq!(parse(&text).unwrap_err().reason(), "policy-syntax");
 }
