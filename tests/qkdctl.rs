@@ -113,6 +113,7 @@ fn link_dr() -> LinkInfo {
             role: "master".into(),
             epoch: 12,
             installed_epoch: Some(11),
+            installed_key_id: Some("bc490419-7d60-487f-adc1-4ddcc177c139".into()),
             psk_fingerprint: Some("a1b2c3d4".into()),
             key_age_secs: Some(42.0),
             rotations_ok: 11,
@@ -306,6 +307,7 @@ fn show_link_human_and_json() {
          key role:        master\n\
          epoch:           12\n\
          installed epoch: 11\n\
+         key id:          bc490419-7d60-487f-adc1-4ddcc177c139\n\
          psk fingerprint: a1b2c3d4\n\
          key age:         42s\n\
          rotations:       ok 11 failed 2\n\
@@ -318,6 +320,15 @@ fn show_link_human_and_json() {
         &[Reply::Links(vec![link_dr()])],
     );
     assert_eq!(json(&r.stdout), serde_json::to_value(link_dr()).unwrap());
+    assert_eq!(
+        json(&r.stdout)["keys"]["installed_key_id"],
+        "bc490419-7d60-487f-adc1-4ddcc177c139"
+    );
+    // An older daemon's reply has no key ID: still read.
+    let mut k = serde_json::to_value(link_dr().keys.unwrap()).unwrap();
+    k.as_object_mut().unwrap().remove("installed_key_id");
+    let k: KeyInfo = serde_json::from_value(k).unwrap();
+    assert_eq!(k.installed_key_id, None);
     // A reply for another link is the daemon's bug, never shown as this one.
     let r = run(&["show", "link", "dr"], &[Reply::Links(vec![link_hq()])]);
     assert_eq!(r.code, 1);

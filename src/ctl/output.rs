@@ -95,6 +95,7 @@ impl Output for Human {
                 ("key role", k.role.clone()),
                 ("epoch", k.epoch.to_string()),
                 ("installed epoch", opt(k.installed_epoch)),
+                ("key id", opt(k.installed_key_id.as_deref())),
                 ("psk fingerprint", opt(k.psk_fingerprint.clone())),
                 ("key age", age(k.key_age_secs)),
                 (

@@ -246,7 +246,9 @@ impl Engine {
                     crate::conf::Role::Slave => "slave".into(),
                 },
                 epoch: v.status.epoch,
-                installed_epoch: v.status.installed.map(|(e, _)| e),
+                installed_epoch: v.status.installed.as_ref().map(|(e, _)| *e),
+                installed_key_id: (v.status.installed.as_ref())
+                    .map(|(_, k)| k.as_str().to_string()),
                 psk_fingerprint: v.psk_fingerprint,
                 key_age_secs: v.key_age.map(|d| d.as_secs_f64()),
                 rotations_ok: v.status.rounds_ok,

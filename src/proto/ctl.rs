@@ -174,6 +174,10 @@ pub struct KeyInfo {
     pub epoch: u64,
     /// Epoch of the PSK installed last by this process.
     pub installed_epoch: Option<u64>,
+    /// Key ID of the QKD key behind that PSK: not secret (both ends send
+    /// it in OFFER and CONFIRM). Absent from an older daemon's reply.
+    #[serde(default)]
+    pub installed_key_id: Option<String>,
     /// First 4 bytes of HMAC(PSK, "fp"), hex: compare both ends.
     pub psk_fingerprint: Option<String>,
     /// Seconds since that PSK was installed.
