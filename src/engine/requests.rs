@@ -136,23 +136,24 @@ impl Engine {
         }
         let inputs = self.keys.rotate_now(&keyed, now);
         self.feed_keys(inputs, now);
-        let lines: Vec<String> = keyed
+        let done: Vec<(String, bool)> = keyed
             .iter()
             .map(|n| {
                 let st = self.keys.view(n, now).map(|v| v.status);
                 match st {
                     Some(s) if s.role == crate::conf::Role::Slave => {
-                        format!("{n}: slave (the master starts rounds)")
+                        (format!("{n}: slave (the master starts rounds)"), false)
                     }
-                    Some(s) if s.held => format!("{n}: held (on_qber = hold)"),
-                    Some(s) if s.in_round => {
-                        format!("{n}: round started (epoch after {})", s.epoch)
-                    }
-                    _ => format!("{n}: not started"),
+                    Some(s) if s.held => (format!("{n}: held (on_qber = hold)"), false),
+                    Some(s) if s.in_round => (
+                        format!("{n}: round started (epoch after {})", s.epoch),
+                        true,
+                    ),
+                    _ => (format!("{n}: not started"), false),
                 }
             })
             .collect();
-        Reply::ok(lines.join("\n"))
+        rotate_reply(done)
     }
 
     fn target_names(&self, t: &Target) -> Result<Vec<String>, Reply> {
@@ -335,5 +336,53 @@ impl Engine {
             snap.links.push(m);
         }
         tx.send_replace(snap);
+    }
+}
+
+/// `qkdctl rotate`'s answer from each link's line and whether its round
+/// started: refused (exit 1) when none did — a link named alone on the
+/// slave end, held or not ready — and for `all` a success as soon as one
+/// did, listing the others with why not (qkdctl.8).
+fn rotate_reply(done: Vec<(String, bool)>) -> Reply {
+    let started = done.iter().any(|(_, s)| *s);
+    let text: Vec<String> = done.into_iter().map(|(line, _)| line).collect();
+    match started {
+        true => Reply::ok(text.join("\n")),
+        false => Reply::error(ErrorCode::Refused, text.join("\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(l: &str, started: bool) -> (String, bool) {
+        (l.to_string(), started)
+    }
+
+    #[test]
+    fn rotate_is_refused_unless_a_round_started() {
+        let slave = line("dr: slave (the master starts rounds)", false);
+        let held = line("br: held (on_qber = hold)", false);
+        let started = line("hq: round started (epoch after 4)", true);
+        for alone in [&slave, &held] {
+            let r = rotate_reply(vec![alone.clone()]);
+            assert_eq!(r, Reply::error(ErrorCode::Refused, alone.0.clone()));
+        }
+        assert_eq!(
+            rotate_reply(vec![started.clone()]),
+            Reply::ok(started.0.clone())
+        );
+        // `all`: one round is enough; the others are listed.
+        let all = rotate_reply(vec![held.clone(), slave.clone(), started.clone()]);
+        assert_eq!(
+            all,
+            Reply::ok(format!("{}\n{}\n{}", held.0, slave.0, started.0))
+        );
+        let r = rotate_reply(vec![held.clone(), slave.clone()]);
+        assert_eq!(
+            r,
+            Reply::error(ErrorCode::Refused, format!("{}\n{}", held.0, slave.0))
+        );
     }
 }
