@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::gateway::Gateway;
+use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,12 @@ elif mode == "replay":
         s.close()
     replies(2)
     garbage()
+elif mode == "clear":
+    # Says nothing holds the link, as an engine taken over from the
+    # network would, then fails.
+    reasons("dr", [])
+    time.sleep(3)
+    garbage()
 elif mode == "silent":
     # Clears its reasons (the link may open), then stalls: no frame at all.
     reasons("dr", [])
@@ -154,13 +160,19 @@ fn python() -> Option<String> {
 /// A gateway whose qkdpfd runs the fake engine in `mode`.
 fn gateway(prefix: &str, mode: &str) -> Option<Gateway> {
     let gw = Gateway::new(prefix, "200ms", "")?;
+    fake_engine(&gw, mode).then_some(gw)
+}
+
+/// Makes `gw`'s qkdpfd run the fake engine in `mode` from its next start;
+/// false where python3 is missing (outside CI).
+fn fake_engine(gw: &Gateway, mode: &str) -> bool {
     let Some(py) = python() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true: python3 needed"
         );
         eprintln!("!!!!! SKIPPED: no python3 for the fake engine !!!!!");
-        return None;
+        return false;
     };
     let dir = gw.path("fake");
     std::fs::create_dir_all(&dir).unwrap();
@@ -182,7 +194,7 @@ fn gateway(prefix: &str, mode: &str) -> Option<Gateway> {
         wrapper.display()
     ));
     std::fs::write(&conf, text).unwrap();
-    Some(gw)
+    true
 }
 
 /// Runs qkdpfd -d to its end (the fake engine ends it); its exit code,
@@ -294,6 +306,33 @@ fn a_forged_root_unlock_is_refused_by_the_kernels_word() {
     let st = common::durable_state(&state.join("state"));
     assert!(st.contains("operator"), "{st}");
     assert!(kernel_locked(&gw));
+}
+
+/// DESIGN §2: under `unlock = "manual"` a QBER lockdown is held by the
+/// parent's gate. Restarted over it, an engine that says nothing holds the
+/// link (as one taken over from the network could) does not reopen it.
+#[test]
+fn an_engine_alone_never_reopens_a_manual_hold() {
+    let Some(mut gw) = Gateway::new("qkh8", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let p = policy(1, true, "unlock = \"manual\"");
+    let b = gw.bundle("b1", &p, OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    gw.ctl_ok(&["sim", "eve", "dr", "1"]);
+    gw.wait_state("lockdown", Duration::from_secs(5));
+    gw.stop();
+    if !fake_engine(&gw, "clear") {
+        return;
+    }
+    let (code, log, _) = run(&gw);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(!log.contains("event=unlock"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(kernel_locked(&gw));
+    assert_eq!(gw.pings(3), 0);
 }
 
 #[test]
