@@ -29,11 +29,12 @@ pub struct Exposition {
 impl Exposition {
     /// The sample of `qber_id`: exactly one must be there.
     pub fn get(&self, qber_id: &str) -> Result<(f64, Option<u64>), String> {
-        let id = || crate::text::printable(qber_id, 64);
+        // Quoted, cut short, not escaped: the log escapes it, once.
+        let id = || crate::text::excerpt(qber_id, 64);
         match self.by_id.get(qber_id) {
             Some(Some(s)) => Ok(*s),
             Some(None) => Err(format!(
-                "more than one qkd_qber sample for link_id {:?}",
+                "more than one qkd_qber sample for link_id \"{}\"",
                 id()
             )),
             None => Err(format!("no qkd_qber sample for link_id \"{}\"", id())),
@@ -89,13 +90,13 @@ fn sample(rest: &str) -> Result<(Labels, f64, Option<u64>), String> {
             .parse::<f64>()
             .ok()
             .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("bad value {:?}", crate::text::printable(v, 40)))?,
+            .ok_or_else(|| format!("bad value \"{}\"", crate::text::excerpt(v, 40)))?,
     };
     let stamp = match fields.next() {
         None => None,
         Some(t) => Some(
             t.parse::<u64>()
-                .map_err(|_| format!("bad timestamp {:?}", crate::text::printable(t, 40)))?,
+                .map_err(|_| format!("bad timestamp \"{}\"", crate::text::excerpt(t, 40)))?,
         ),
     };
     if fields.next().is_some() {
