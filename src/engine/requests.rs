@@ -45,8 +45,11 @@ impl Engine {
             Request::ShowPolicy => Reply::Policy(self.policy_info()),
             Request::Monitor => Reply::error(ErrorCode::BadRequest, "monitor is a stream"),
             Request::Log { verbose } => {
+                let Some((id, reply)) = self.pass(client, reply) else {
+                    return;
+                };
                 log::set_verbose(verbose);
-                return self.forward(uid, client, ParentCommand::Log, Vec::new(), reply);
+                return self.ask(id, uid, ParentCommand::Log, Vec::new(), reply);
             }
             Request::SimEve { link, fraction } => {
                 return self.sim(&link, SimControl::Eve(fraction), reply);
@@ -65,13 +68,18 @@ impl Engine {
                         return;
                     }
                 };
+                // The client's connection reaches the parent first: an
+                // unlock that cannot be handed on releases nothing here.
+                let Some((id, reply)) = self.pass(client, reply) else {
+                    return;
+                };
                 let mut notes = Vec::new();
                 for n in names {
                     for why in self.feed(&n, now, Input::Unlock { force }) {
                         notes.push(format!("{n}: qber hold kept: {why}"));
                     }
                 }
-                return self.forward(uid, client, ParentCommand::Unlock, notes, reply);
+                return self.ask(id, uid, ParentCommand::Unlock, notes, reply);
             }
             Request::Rotate { target } => self.rotate(&target, now),
             Request::Reload => {
@@ -96,6 +104,18 @@ impl Engine {
         notes: Vec<String>,
         reply: oneshot::Sender<Reply>,
     ) {
+        if let Some((id, reply)) = self.pass(client, reply) {
+            self.ask(id, uid, command, notes, reply);
+        }
+    }
+
+    /// Passes the client's connection to the parent under a new request
+    /// id; when it cannot be, answers the client and gives None.
+    fn pass(
+        &mut self,
+        client: Option<std::os::fd::OwnedFd>,
+        reply: oneshot::Sender<Reply>,
+    ) -> Option<(u64, oneshot::Sender<Reply>)> {
         let id = self.next_id;
         self.next_id += 1;
         let passed = match (&self.creds, &client) {
@@ -105,11 +125,25 @@ impl Engine {
             }
             _ => Err("no client connection to pass to the parent".to_string()),
         };
-        drop(client);
-        if let Err(e) = passed {
-            let _ = reply.send(Reply::error(ErrorCode::Failed, e));
-            return;
+        match passed {
+            Ok(()) => Some((id, reply)),
+            Err(e) => {
+                let _ = reply.send(Reply::error(ErrorCode::Failed, e));
+                None
+            }
         }
+    }
+
+    /// Names the command of the connection passed under `id`; the parent's
+    /// answer goes to `reply`.
+    fn ask(
+        &mut self,
+        id: u64,
+        uid: u32,
+        command: ParentCommand,
+        notes: Vec<String>,
+        reply: oneshot::Sender<Reply>,
+    ) {
         self.pending.insert(id, (reply, notes));
         let _ = self
             .tx
