@@ -425,6 +425,38 @@ fn read_back_sees_every_tampering() {
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
 }
 
+/// A dormant table (`flags dormant`) unhooks its base chains: every rule
+/// still lists as loaded and every packet passes. The read-back says the
+/// skeleton is damaged, and the rebuild wakes the table.
+#[test]
+fn a_dormant_table_reads_back_damaged_and_init_wakes_it() {
+    if !root_or_skip("a_dormant_table_reads_back_damaged_and_init_wakes_it") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.98.0.1/24", "10.98.0.2/24");
+    let dr = link("dr", &a, [10, 98, 0, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
+    r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
+    assert!(!ping(&r.ns, "10.98.0.2"), "locked");
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    r.ns.nft("add table inet qkdpfd { flags dormant; }");
+    assert!(ping(&r.ns, "10.98.0.2"), "a dormant table drops nothing");
+    match state(&mut r, &one, "dr") {
+        Observed::Unknown { skeleton, why } => {
+            assert!(skeleton && why.contains("dormant"), "{why}")
+        }
+        other => panic!("a dormant table read back {other}"),
+    }
+    r.fw.init(&one).unwrap();
+    assert!(!r.ns.nft("list table inet qkdpfd").contains("dormant"));
+    r.fw.apply(&dr, Enforcement::Lockdown, "drop").unwrap();
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    assert!(!ping(&r.ns, "10.98.0.2"), "locked again once awake");
+}
+
 #[test]
 fn the_guard_drops_on_its_own_and_goes_away() {
     if !root_or_skip("the_guard_drops_on_its_own_and_goes_away") {

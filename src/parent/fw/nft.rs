@@ -50,6 +50,7 @@ pub mod netlink;
 pub mod readback;
 mod reverify;
 mod source;
+mod table;
 
 /// The nftables backend.
 pub struct Nft {
@@ -318,7 +319,8 @@ impl Nft {
             }
         }
         let guarded = if self.guard_may_exist {
-            let g = self.list(&self.guard_table(), 1)?;
+            let guard = self.guard_table();
+            let g = self.list(&guard, 1)?;
             readback::judge(std::slice::from_ref(link), None, g.as_ref(), &|_| true)[0].guarded
         } else {
             false
@@ -630,10 +632,22 @@ impl Nft {
     }
 
     /// `nft -j list table inet <t>`, a table that holds about `links`
-    /// links' chains (the listing's time grows with them); None when the
-    /// table does not exist.
-    fn list(&self, table: &str, links: usize) -> Result<Option<readback::Listing>, FwError> {
-        self.list_json(&["table", "inet", table], crate::tool::timeout_for(links))
+    /// links' chains (the listing's time grows with them), with whether it
+    /// is dormant read after it; None when the table does not exist.
+    fn list(&mut self, table: &str, links: usize) -> Result<Option<readback::Listing>, FwError> {
+        let listed = self.list_json(&["table", "inet", table], crate::tool::timeout_for(links))?;
+        let Some(mut listing) = listed else {
+            return Ok(None);
+        };
+        self.seq = self.seq.wrapping_add(4);
+        let flags = table::flags(table, self.seq)
+            .map_err(|e| FwError::refused(format!("read back table {table}: {e}")))?;
+        // Gone since the listing: as nft would have said.
+        let Some(flags) = flags else {
+            return Ok(None);
+        };
+        listing.dormant = flags & table::DORMANT != 0;
+        Ok(Some(listing))
     }
 
     /// `nft -j list <what...>`, parsed; None when nft says it does not exist.
@@ -818,6 +832,15 @@ impl Firewall for Nft {
                 })
                 .map(|(t, k)| (t.name.clone(), (k.link_content, k.lock_content)))
                 .collect();
+        // A dormant table's base chains see no packet; nft's `add table`
+        // in the skeleton need not wake it.
+        self.seq = self.seq.wrapping_add(4);
+        if let Ok(Some(flags)) = table::flags(&self.table, self.seq) {
+            if flags & table::DORMANT != 0 {
+                self.seq = self.seq.wrapping_add(4);
+                table::wake(&self.table, self.seq).map_err(FwError::refused)?;
+            }
+        }
         // A rebuilt table may have lost the preloaded lockdown chains.
         self.known.clear();
         self.pending.clear();
@@ -1118,7 +1141,7 @@ impl Firewall for Nft {
 /// The names of the links whose chains `link_<name>` are in our table:
 /// what `qkdpfd -L` locks when the config does not parse.
 pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {
-    let n = Nft::new(nft, table);
+    let mut n = Nft::new(nft, table);
     // How many links the table holds is what we are here to find: give the
     // listing the time of the largest hub measured (10,000 links) rather
     // than leave a big table's links open for its size.

@@ -46,7 +46,8 @@ impl Nft {
         // The table holds the chains of every link we know, and maybe of
         // some we no longer do: its listing's time grows with them.
         let held = links.len().max(self.known.len());
-        let mut table = self.list(&self.table, held)?;
+        let ours = self.table.clone();
+        let mut table = self.list(&ours, held)?;
         // What the listing's judges cannot tell (a rule of ours replaced by
         // another of the same count): each link chain's content against
         // what the first read since our last write of it showed. One that
@@ -81,7 +82,8 @@ impl Nft {
             }
         }
         let guard = if self.guard_may_exist {
-            let g = self.list(&self.guard_table(), held)?;
+            let guard = self.guard_table();
+            let g = self.list(&guard, held)?;
             self.guard_may_exist = g.is_some();
             g
         } else {

@@ -69,6 +69,9 @@ pub struct Listing {
     pub sets: HashMap<String, HashSet<String>>,
     /// Map name -> key (as [`element_text`]) -> verdict (`jump link_dr`).
     pub maps: HashMap<String, HashMap<String, String>>,
+    /// The table is dormant: its base chains see no packet, whatever they
+    /// hold (read over netlink, [`super::table`]; nft's JSON garbles it).
+    pub dormant: bool,
 }
 
 /// One element of the listing; others (metainfo, table) are skipped.
@@ -343,6 +346,9 @@ pub fn base_rule_json(r: BaseRule) -> Vec<Value> {
 /// handshake shapes (every lockdown chain that lets handshakes through
 /// passes what it holds); why not.
 fn base_chains(l: &Listing, sources: usize) -> Result<(), String> {
+    if l.dormant {
+        return Err("the table is dormant: its base chains see no packet".into());
+    }
     let shapes: HashSet<String> = (HANDSHAKE_SHAPES.iter())
         .map(|(len, word)| format!("{len} . {word}"))
         .collect();
@@ -670,6 +676,9 @@ pub fn lock_chain(t: &Listing, name: &str) -> (bool, bool) {
 /// Whether the guard table drops every key of `link`: its drop rules all
 /// there, each kind's set holding the link's keys.
 fn guarded(g: &Listing, link: &LinkTarget) -> bool {
+    if g.dormant {
+        return false;
+    }
     let drops = g
         .chains
         .iter()
