@@ -420,10 +420,11 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
             p.bundle.as_ref(),
             OpenedBy::Auto,
         );
-    } else if let Err(e) = p.links.fw.keep_alive(None) {
-        // Armed, the switch would lock every link a few seconds from now.
-        log::event(Event::DeadmanFailed).msg(e).send();
     }
+    // With `keep` the dead-man switch stays armed (DESIGN §2): the kernel
+    // keeps every link as it is while a restart completes within the
+    // switch's timeout, and locks them all if none does. A stopped daemon
+    // watches no QBER and rotates no key: its links must not stay open.
     p.release_guardian();
     stop_engine(child);
     let _ = std::fs::remove_file(&p.conf.daemon.socket);

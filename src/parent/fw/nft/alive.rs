@@ -4,8 +4,9 @@
 //! and the parent refreshes them every second. When the parent dies, or its
 //! loop stalls, the elements expire, no jump matches and every protected
 //! packet meets the drop that follows the jump: every link locks within the
-//! timeout with no supervisor. A stop that keeps the kernel state disarms it
-//! (elements without a timeout).
+//! timeout with no supervisor. A stop that keeps the kernel state leaves it
+//! armed: the links stay as they are while a restart completes within the
+//! timeout, and lock if none does.
 //!
 //! The refresh is one netlink batch (flush the set, add both elements; a
 //! plain add of an existing element does not reset its expiry on Debian's
