@@ -343,6 +343,7 @@ mod tests {
             incoming: Some(p("incoming")),
             exec: Vec::new(),
             socket: p("qkdpfd.sock"),
+            connect: Vec::new(),
         };
         let err = parent_rules(&paths).err().unwrap();
         assert!(

@@ -167,6 +167,10 @@ pub struct ParentPaths {
     pub exec: Vec<PathBuf>,
     /// The control socket (unlinked at shutdown).
     pub socket: PathBuf,
+    /// Directories of Unix sockets the parent connects to: wireguard-go's
+    /// UAPI sockets with the userspace backend (OpenBSD's connect(2) needs
+    /// write on the path once unveil is in force).
+    pub connect: Vec<PathBuf>,
 }
 
 /// What the resolver reads: a reload resolves the config's host names
@@ -208,6 +212,10 @@ pub fn parent_paths(conf: &Config) -> ParentPaths {
         incoming: absolute(conf.policy.incoming.iter().cloned().collect()).pop(),
         exec: absolute(exec),
         socket: conf.daemon.socket.clone(),
+        connect: match conf.wireguard.backend {
+            crate::conf::WireguardBackend::Userspace => vec![PathBuf::from(crate::conf::UAPI_DIR)],
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -280,6 +288,15 @@ mod tests {
         assert_eq!(p.incoming, Some(PathBuf::from("/var/spool/q")));
         assert_eq!(p.exec, vec![conf.firewall.nft.clone()]);
         assert_eq!(p.socket, PathBuf::from("/var/run/q.sock"));
+        assert!(
+            p.connect.is_empty(),
+            "no UAPI socket with dry-run WireGuard"
+        );
+        // wireguard-go's sockets, whatever the control socket's directory.
+        let text = text.replace("backend = \"dry-run\"", "backend = \"userspace\"");
+        let conf = crate::conf::parse("/etc/qkdpfd.conf", &text).unwrap();
+        let p = parent_paths(&conf);
+        assert_eq!(p.connect, [PathBuf::from(crate::conf::UAPI_DIR)]);
     }
 
     #[test]

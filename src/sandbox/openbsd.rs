@@ -45,6 +45,11 @@ pub fn parent(paths: &ParentPaths) -> Result<Report, String> {
     // pfctl opens it, and an exec without execpromises drops the unveil
     // list (kern_exec.c), so pfctl never sees ours.
     n += unveil(&dir_of(&paths.socket), "rwc")?;
+    // wireguard-go's UAPI sockets: unp_connect asks the unveil list for
+    // write (the default control socket's /var/run hid that need).
+    for d in &paths.connect {
+        n += unveil(d, "rw")?;
+    }
     // getpwnam/getgrnam again on reload (the engine's user, socket_group).
     n += unveil(Path::new("/etc/pwd.db"), "r")?;
     n += unveil(Path::new("/etc/group"), "r")?;
