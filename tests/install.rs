@@ -370,6 +370,8 @@ fn rc_script_parses_and_follows_rcctl_conventions() {
     assert!(text.starts_with("#!/bin/ksh\n"));
     for line in [
         "daemon=\"/usr/local/sbin/qkdpfd\"",
+        // Set before rc.subr, which takes it as the default (30 s otherwise).
+        "daemon_timeout=\"120\"\n\n. /etc/rc.d/rc.subr",
         ". /etc/rc.d/rc.subr",
         "rc_exec \"${daemon} -n ${daemon_flags}\"",
         "rc_cmd $1",
