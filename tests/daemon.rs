@@ -234,6 +234,42 @@ fn engine_killed_locks_every_link_and_parent_exits_nonzero() {
     assert!(!state.contains("process-failure"), "{state}");
 }
 
+/// `qkdpfd -L` with a config that does not parse (a watchdog's, mid-edit):
+/// only the kernel says which links there are, and only a config which
+/// keys are a link's. It locks every key the table dispatches (the site
+/// lock) and makes each link chain found a drop; exit 0 only when the table
+/// reads back so, 1 when it cannot drop (its base chains flushed).
+#[test]
+fn lockdown_without_a_usable_config_locks_what_the_kernel_holds() {
+    let Some(mut gw) = Gateway::new("qkt21", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    gw.wait_state("open", Duration::from_secs(10));
+    assert_eq!(gw.pings(3), 3);
+    gw.stop();
+    let conf = gw.path("qkdpfd.conf");
+    let good = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{good}\n[daemon\n")).unwrap();
+    let o = gw.qkdpfd(&["-L"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("no usable configuration"), "{err}");
+    assert!(err.contains("link dr: locked"), "{err}");
+    assert_eq!(gw.pings(3), 0, "locked without a config");
+    // Nothing left to drop with: said, and exit 1.
+    for chain in ["input", "forward", "output"] {
+        gw.nft(&["flush", "chain", "inet", "qkdpfd", chain]);
+    }
+    let o = gw.qkdpfd(&["-L"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("link dr: NOT LOCKED"), "{err}");
+    std::fs::write(&conf, good).unwrap();
+}
+
 #[test]
 fn operator_lockdown_survives_restart() {
     let Some(mut gw) = Gateway::new("qkt5", "200ms", "") else {
@@ -918,7 +954,10 @@ fn a_keeping_stop_holds_while_a_restart_completes() {
     let times = reply_times(&out);
     let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     assert!(times.len() > 20, "{} replies", times.len());
-    assert!(gap < 1.0, "a {gap:.2} s gap in a restart within the timeout");
+    assert!(
+        gap < 1.0,
+        "a {gap:.2} s gap in a restart within the timeout"
+    );
     // A stop with no restart: kept, still armed, then locked.
     gw.stop();
     let set = gw.nft(&["list", "set", "inet", "qkdpfd", "alive"]);

@@ -108,28 +108,40 @@ pub fn without_config(path: &Path) -> ExitCode {
         }
     };
     let mut nft = fw::new(&conf, Path::new("/nonexistent"));
-    let mut shown = Vec::new();
-    for name in names {
-        // Only the name matters to the drop and to reading the chain back.
-        let t = LinkTarget {
-            name: name.clone(),
-            wg_if: "lo".into(),
-            wg_port: 0,
-            rdomain: 0,
-            addrs4: Vec::new(),
-            addrs6: Vec::new(),
-            qber: "".into(),
-        };
-        let cleared = nft.clear(&t);
-        let rb = nft.observe(std::slice::from_ref(&t), Some(&name));
-        let (locked, what) = match (&cleared, rb.as_ref().map(|m| m.get(&name))) {
-            (Ok(()), Ok(Some(rb))) => (rb.locked(), rb.state.to_string()),
-            (Err(e), _) => (false, e.to_string()),
-            (_, Err(e)) => (false, e.to_string()),
-            (_, Ok(None)) => (false, "not read back".to_string()),
-        };
-        shown.push((name, locked, what));
-    }
+    // Which keys are a link's only the config says: every key the table
+    // dispatches is locked at once (the site lock), and each chain found
+    // made a drop.
+    let site = nft.lock_site(&[], None);
+    let cleared: Vec<Result<(), String>> = (names.iter())
+        .map(|name| {
+            // Only the name matters to the drop.
+            let t = LinkTarget {
+                name: name.clone(),
+                wg_if: "lo".into(),
+                wg_port: 0,
+                rdomain: 0,
+                addrs4: Vec::new(),
+                addrs6: Vec::new(),
+                qber: "".into(),
+            };
+            nft.clear(&t).map_err(|e| e.to_string())
+        })
+        .collect();
+    let judged = fw::nft::site_drops_all(&conf.nft, &conf.anchor, &names);
+    let shown = (names.into_iter().zip(cleared))
+        .map(|(name, cleared)| {
+            let why = match (&site, cleared, &judged) {
+                (Err(e), _, _) => Some(format!("site lock: {e}")),
+                (_, Err(e), _) => Some(e),
+                (_, _, Err(e)) => Some(e.clone()),
+                _ => None,
+            };
+            match why {
+                None => (name, true, "site lock and drop read back".to_string()),
+                Some(why) => (name, false, why),
+            }
+        })
+        .collect::<Vec<_>>();
     verdict(&shown)
 }
 

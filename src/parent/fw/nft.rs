@@ -1138,6 +1138,17 @@ impl Firewall for Nft {
     }
 }
 
+/// Without a config (`qkdpfd -L`): whether the table, read back now, drops
+/// every packet it dispatches with `links`' chains ([`readback::site_drops_all`]).
+pub fn site_drops_all(nft: &Path, table: &str, links: &[String]) -> Result<(), String> {
+    let mut n = Nft::new(nft, table);
+    match n.list(table, links.len()) {
+        Ok(Some(listing)) => readback::site_drops_all(&listing, links),
+        Ok(None) => Err(format!("table inet {table} does not exist")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The names of the links whose chains `link_<name>` are in our table:
 /// what `qkdpfd -L` locks when the config does not parse.
 pub fn link_chains(nft: &Path, table: &str) -> Result<Vec<String>, FwError> {

@@ -503,6 +503,35 @@ fn judge_link_chains(
 /// Whether set `site` holds both families: the base chains (checked in
 /// the same listing) then lock every link. One family alone locks only
 /// that family's traffic, which a link's own state does not depend on.
+/// Without a config (`qkdpfd -L` when it does not parse): whether every
+/// packet the table dispatches is dropped, and why not. The table awake,
+/// its base chains exactly qkdpfd's (as many QBER sections as it has
+/// `src<i>` sets), the site lock in, and each of `links`' chains holding
+/// a drop alone: every key then takes its lockdown chain, which drops.
+/// Which keys are a link's, only a config can say.
+pub fn site_drops_all(t: &Listing, links: &[String]) -> Result<(), String> {
+    let sources = (t.sets.keys())
+        .filter(|s| {
+            s.strip_prefix("src")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count();
+    base_chains(t, sources)?;
+    if !site_locked(t) {
+        return Err(format!("set {SITE_SET} does not hold both families"));
+    }
+    for name in links {
+        for chain in [format!("link_{name}"), format!("lock_{name}")] {
+            match t.chains.get(&chain).map(Vec::as_slice) {
+                Some([rule]) if bare_drop(rule) => {}
+                Some(_) => return Err(format!("{chain} holds more than a drop")),
+                None => return Err(format!("{chain} missing")),
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn site_locked(t: &Listing) -> bool {
     lock_set_holds(t, SITE_SET)
 }
