@@ -43,6 +43,7 @@ fn link(i: usize) -> LinkTarget {
         wg_if: format!("wq{i}"),
         wg_port: 51820,
         rdomain: 0,
+        udp_rdomain: 0,
         addrs4: vec![Ipv4Addr::new(
             198,
             18 + (i / 62500) as u8,

@@ -60,6 +60,7 @@ fn link(i: usize) -> LinkTarget {
         wg_if: format!("wg{i}"),
         wg_port: 51820,
         rdomain: 0,
+        udp_rdomain: 0,
         addrs4: vec![Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250 + 1) as u8)],
         addrs6: vec![],
         qber: "".into(),

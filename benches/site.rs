@@ -57,6 +57,7 @@ fn link(i: usize) -> LinkTarget {
         wg_if: format!("wq{i}"),
         wg_port: 51820,
         rdomain: 0,
+        udp_rdomain: 0,
         addrs4: vec![Ipv4Addr::from(0x0a40_0000 + i as u32)],
         addrs6: vec![],
         qber: "".into(),

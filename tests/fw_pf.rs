@@ -104,6 +104,7 @@ fn dr() -> LinkTarget {
         wg_if: "wg0".into(),
         wg_port: 51820,
         rdomain: 0,
+        udp_rdomain: 0,
         addrs4: vec!["198.51.100.2".parse().unwrap()],
         addrs6: vec!["2001:db8::2".parse().unwrap()],
         qber: "".into(),
@@ -490,6 +491,7 @@ fn kills_use_the_rdomain_and_the_open_rules_labels() {
     let mut r = Rec::new();
     let mut link = dr();
     link.rdomain = 3;
+    link.udp_rdomain = 3;
     let open = "pass quick on $wg_if keep state (if-bound) label \"qkd-dr\"\n\
                 pass quick proto udp to $peer4 label \"bad label\" # not plain: skipped\n";
     r.fw.apply(&link, Enforcement::Open, open).unwrap();
@@ -506,6 +508,30 @@ fn kills_use_the_rdomain_and_the_open_rules_labels() {
             args("-V|3|-i|wg0|-k|0.0.0.0/0"),
             args("-V|3|-i|wg0|-k|::/0"),
             args("-V|3|-k|label|-k|qkd-dr"),
+        ]
+    );
+    // The tunnel's UDP in another routing domain (wg(4)'s wgrtable): the
+    // kills by address and label run there too, those on wg0 in its own.
+    link.udp_rdomain = 0;
+    r.fw.apply(&link, Enforcement::Open, open).unwrap();
+    r.take();
+    r.fw.apply(&link, Enforcement::Lockdown, "").unwrap();
+    let argvs: Vec<Vec<String>> = r.take().into_iter().skip(1).map(|c| c.0).collect();
+    assert_eq!(
+        argvs,
+        [
+            args("-V|3|-k|198.51.100.2"),
+            args("-V|3|-k|0.0.0.0/0|-k|198.51.100.2"),
+            args("-k|198.51.100.2"),
+            args("-k|0.0.0.0/0|-k|198.51.100.2"),
+            args("-V|3|-k|2001:db8::2"),
+            args("-V|3|-k|::/0|-k|2001:db8::2"),
+            args("-k|2001:db8::2"),
+            args("-k|::/0|-k|2001:db8::2"),
+            args("-V|3|-i|wg0|-k|0.0.0.0/0"),
+            args("-V|3|-i|wg0|-k|::/0"),
+            args("-V|3|-k|label|-k|qkd-dr"),
+            args("-k|label|-k|qkd-dr"),
         ]
     );
     assert_eq!(

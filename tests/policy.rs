@@ -593,6 +593,7 @@ impl Parent {
                     wg_if: "wg0".into(),
                     wg_port: 51820,
                     rdomain: 0,
+                    udp_rdomain: 0,
                     addrs4: vec!["198.51.100.2".parse().unwrap()],
                     addrs6: vec![],
                     qber: "sim".into(),

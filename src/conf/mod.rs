@@ -257,6 +257,9 @@ pub struct LinkConf {
     pub wg_port: u16,
     /// pf: the routing domain the link's states live in (`pfctl -V`).
     pub rdomain: u32,
+    /// pf: the routing domain of the tunnel's own UDP, that of wg(4)'s
+    /// `wgrtable` (0 unless set, whatever the interface's rdomain).
+    pub udp_rdomain: u32,
     pub addresses: Vec<IpAddr>,
 }
 

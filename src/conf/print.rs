@@ -160,6 +160,9 @@ fn link(out: &mut Out, name: &str, l: &LinkConf) {
     if l.rdomain != 0 {
         out.raw("rdomain", l.rdomain.to_string());
     }
+    if l.udp_rdomain != 0 {
+        out.raw("udp_rdomain", l.udp_rdomain.to_string());
+    }
     let addrs: Vec<String> = l.addresses.iter().map(|a| quote(&a.to_string())).collect();
     out.raw("addresses", format!("[{}]", addrs.join(", ")));
 }

@@ -120,6 +120,7 @@ pub fn without_config(path: &Path) -> ExitCode {
                 wg_if: "lo".into(),
                 wg_port: 0,
                 rdomain: 0,
+                udp_rdomain: 0,
                 addrs4: Vec::new(),
                 addrs6: Vec::new(),
                 qber: "".into(),

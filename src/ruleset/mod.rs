@@ -57,6 +57,9 @@ pub struct LinkTarget {
     pub wg_port: u16,
     /// pf: the routing domain of the link's states (`pfctl -V`); 0 default.
     pub rdomain: u32,
+    /// pf: the routing domain of the tunnel's UDP states (wg(4)'s
+    /// `wgrtable`); 0 default.
+    pub udp_rdomain: u32,
     pub addrs4: Vec<Ipv4Addr>,
     pub addrs6: Vec<Ipv6Addr>,
     /// The `[qber.X]` section that feeds the link; empty for none. The
@@ -74,6 +77,7 @@ impl LinkTarget {
             wg_if: "wg0".into(),
             wg_port: 51820,
             rdomain: 0,
+            udp_rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec![],
             qber: "".into(),
@@ -86,6 +90,7 @@ impl LinkTarget {
             wg_if: link.wg_interface.clone(),
             wg_port: link.wg_port,
             rdomain: link.rdomain,
+            udp_rdomain: link.udp_rdomain,
             addrs4: Vec::new(),
             addrs6: Vec::new(),
             qber: link.qber.clone(),

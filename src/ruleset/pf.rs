@@ -228,18 +228,25 @@ pub fn rule_labels(ruleset: &str) -> Vec<String> {
 }
 
 /// The state kills for a lockdown, one pfctl argv each (see module docs),
-/// in the link's routing domain (`-V`, when not 0), then by the labels of
-/// its open rules.
+/// then by the labels of its open rules. pfctl -k matches states of one
+/// routing domain (`-V`, when not 0; DIOCKILLSTATES compares it), and a
+/// link's states may live in two: the interface's (`rdomain`, the
+/// tunnel's inner traffic) and its UDP socket's (`udp_rdomain`, wg(4)'s
+/// `wgrtable`, 0 unless set). The kills by the peer's addresses and by
+/// label run in both; those on the interface in its own.
 pub fn kill_args(link: &LinkTarget, labels: &[String]) -> Vec<Vec<String>> {
-    let rd = link.rdomain.to_string();
-    let v = |xs: &[&str]| {
+    let v = |rd: u32, xs: &[&str]| {
         let mut a: Vec<String> = Vec::new();
-        if link.rdomain != 0 {
-            a.extend(["-V".to_string(), rd.clone()]);
+        if rd != 0 {
+            a.extend(["-V".to_string(), rd.to_string()]);
         }
         a.extend(xs.iter().map(|s| s.to_string()));
         a
     };
+    let mut domains = vec![link.rdomain];
+    if link.udp_rdomain != link.rdomain {
+        domains.push(link.udp_rdomain);
+    }
     let mut out = Vec::new();
     let addrs = link
         .addrs4
@@ -247,13 +254,17 @@ pub fn kill_args(link: &LinkTarget, labels: &[String]) -> Vec<Vec<String>> {
         .map(|a| (a.to_string(), "0.0.0.0/0"))
         .chain(link.addrs6.iter().map(|a| (a.to_string(), "::/0")));
     for (a, any) in addrs {
-        out.push(v(&["-k", &a]));
-        out.push(v(&["-k", any, "-k", &a]));
+        for &rd in &domains {
+            out.push(v(rd, &["-k", &a]));
+            out.push(v(rd, &["-k", any, "-k", &a]));
+        }
     }
-    out.push(v(&["-i", &link.wg_if, "-k", "0.0.0.0/0"]));
-    out.push(v(&["-i", &link.wg_if, "-k", "::/0"]));
+    out.push(v(link.rdomain, &["-i", &link.wg_if, "-k", "0.0.0.0/0"]));
+    out.push(v(link.rdomain, &["-i", &link.wg_if, "-k", "::/0"]));
     for l in labels {
-        out.push(v(&["-k", "label", "-k", l]));
+        for &rd in &domains {
+            out.push(v(rd, &["-k", "label", "-k", l]));
+        }
     }
     out
 }
@@ -339,6 +350,7 @@ mod tests {
             wg_if: "wg0".into(),
             wg_port: 51820,
             rdomain: 0,
+            udp_rdomain: 0,
             addrs4: v4.iter().map(|a| a.parse().unwrap()).collect(),
             addrs6: v6.iter().map(|a| a.parse().unwrap()).collect(),
             qber: "".into(),

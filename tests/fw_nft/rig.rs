@@ -158,6 +158,7 @@ pub fn link(name: &str, wg_if: &str, addr: [u8; 4]) -> LinkTarget {
         wg_if: wg_if.into(),
         wg_port: 51820,
         rdomain: 0,
+        udp_rdomain: 0,
         addrs4: vec![Ipv4Addr::from(addr)],
         addrs6: vec!["2001:db8::2".parse().unwrap()],
         qber: "".into(),

@@ -97,6 +97,7 @@ const LINK_KEYS: &[&str] = &[
     "wg_port",
     "addresses",
     "rdomain",
+    "udp_rdomain",
 ];
 #[cfg(feature = "testing")]
 const TESTING_KEYS: &[&str] = &[
@@ -224,7 +225,16 @@ pub(super) fn config(file: &str, root: &Table, errs: &mut Errs) -> Config {
             conf.qber.insert(n.name.to_string(), q);
         }
     }
-    conf.link = links(&link_sects, &qber_names, &kme_names, errs);
+    // A document that holds one link's value (etsi015, http-json, without
+    // the link's qber_id in its URL) is every link's reading alike.
+    let one_link: Vec<&str> = (conf.qber.iter())
+        .filter(|(_, q)| {
+            !matches!(q.driver, QberDriver::Sim | QberDriver::Prometheus)
+                && q.url.as_deref().is_some_and(|u| !u.contains("{qber_id}"))
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    conf.link = links(&link_sects, &qber_names, &one_link, &kme_names, errs);
     if !root.contains_key("peering") {
         if let Some(n) = link_sects.iter().find(|n| n.t.contains_key("kme")) {
             let msg = format!(
@@ -258,6 +268,7 @@ fn testing(mut s: Sect) -> crate::conf::TestingConf {
 fn links(
     links: &[Named],
     qbers: &[&str],
+    one_link: &[&str],
     kmes: &[&str],
     errs: &mut Errs,
 ) -> BTreeMap<String, LinkConf> {
@@ -269,6 +280,7 @@ fn links(
         );
     }
     let mut peers: HashMap<(String, String), &str> = HashMap::new();
+    let mut readers: HashMap<&str, &str> = HashMap::new();
     let mut names = Names::default();
     for n in links {
         if !value::valid_name(n.name) {
@@ -276,9 +288,20 @@ fn links(
             errs.at(n.name_at, msg);
         }
         let s = Sect::new(n.t, title("link", Some(n.name)), n.at, errs, LINK_KEYS);
-        let Some((l, wg_peer_at)) = link(s, n.name, qbers, kmes, &mut names) else {
+        let Some((l, wg_peer_at, qber_at)) = link(s, n.name, qbers, kmes, &mut names) else {
             continue;
         };
+        if let Some(section) = one_link.iter().find(|q| **q == &*l.qber) {
+            if let Some(other) = readers.insert(section, n.name) {
+                let msg = format!(
+                    "qber: [qber.{section}] reads one document holding one link's QBER \
+                     (its url has no {{qber_id}}), and {} reads it already: put \
+                     {{qber_id}} in the url, or give this link a section of its own",
+                    title("link", Some(other))
+                );
+                errs.at(qber_at, msg);
+            }
+        }
         if let Some(wg_peer) = &l.wg_peer {
             let pair = (l.wg_interface.clone(), wg_peer.clone());
             if let Some(other) = peers.insert(pair, n.name) {
@@ -585,7 +608,7 @@ fn link(
     qbers: &[&str],
     kmes: &[&str],
     names: &mut Names,
-) -> Option<(LinkConf, usize)> {
+) -> Option<(LinkConf, usize, usize)> {
     let qber = s.req("qber", reference("qber", qbers));
     let qber_id = s.req("qber_id", value::qber_id);
     let kme = s.get("kme", reference("kme", kmes));
@@ -614,6 +637,7 @@ fn link(
     let wg_interface = s.req("wg_interface", value::wg_interface);
     let wg_port = s.req("wg_port", int(1, 65535));
     let rdomain = s.or("rdomain", 0, int(0, 255));
+    let udp_rdomain = s.or("udp_rdomain", 0, int(0, 255));
     let addresses = s.list("addresses", "IP address literals", value::ip);
     let mut seen = Vec::new();
     for (a, at) in addresses.iter().flatten() {
@@ -643,7 +667,8 @@ fn link(
         wg_pubkey,
         wg_port: u16::try_from(wg_port?).ok()?,
         rdomain: u32::try_from(rdomain).ok()?,
+        udp_rdomain: u32::try_from(udp_rdomain).ok()?,
         addresses: addresses?.into_iter().map(|(a, _)| a).collect(),
     };
-    keyed_ok.then(|| (l, s.value_at("wg_peer")))
+    keyed_ok.then(|| (l, s.value_at("wg_peer"), s.value_at("qber")))
 }

@@ -273,6 +273,7 @@ mod tests {
             wg_if: "wg0".into(),
             wg_port: 51820,
             rdomain: 0,
+            udp_rdomain: 0,
             addrs4: vec!["198.51.100.2".parse().unwrap()],
             addrs6: vec!["2001:db8::2".parse().unwrap()],
             qber: "".into(),

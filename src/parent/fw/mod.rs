@@ -326,6 +326,7 @@ mod tests {
                 wg_if: "wg0".into(),
                 wg_port: 51820,
                 rdomain: 0,
+                udp_rdomain: 0,
                 addrs4: vec![],
                 addrs6: vec![],
                 qber: "".into(),

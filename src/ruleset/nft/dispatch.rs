@@ -396,6 +396,7 @@ mod tests {
             wg_if: wg_if.into(),
             wg_port: 51820,
             rdomain: 0,
+            udp_rdomain: 0,
             addrs4: vec![a.parse().unwrap()],
             addrs6: vec!["2001:db8::2".parse().unwrap()],
             qber: "".into(),
