@@ -3,7 +3,9 @@
 # Idempotent; needs root (or sudo) only when something is missing.
 # Arguments name further packages (the kernel lane's QEMU and friends).
 set -eu
-pkgs="nftables wireguard-go wireguard-tools signify-openbsd minisign mandoc iproute2 iputils-ping bmake curl $*"
+# make runs both README commands; procps has sysctl (the namespace tests);
+# systemd has systemd-analyze (the unit's verification).
+pkgs="nftables wireguard-go wireguard-tools signify-openbsd minisign mandoc iproute2 iputils-ping bmake make procps systemd curl $*"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
