@@ -23,8 +23,16 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 if [ "$(id -u)" != 0 ] && [ -z "${QKD_DEMO_UNSHARED:-}" ]; then
+	# Built out here: the private network inside cannot reach crates.io.
+	if [ -z "${SKIP_BUILD:-}" ]; then
+		echo "== building (--features testing) before entering the private namespaces"
+		case ${PROFILE:-release} in
+		release) cargo build --release --bins --features testing -q ;;
+		*) cargo build --bins --features testing -q ;;
+		esac
+	fi
 	echo "== not root: re-running inside unshare -rnm (private namespaces)"
-	exec unshare -rnm --propagation private env QKD_DEMO_UNSHARED=1 sh -c \
+	exec unshare -rnm --propagation private env QKD_DEMO_UNSHARED=1 SKIP_BUILD=1 sh -c \
 		'mount -t tmpfs tmpfs /run && mkdir -p /run/netns /run/wireguard && exec "$0"' "$0"
 fi
 
@@ -122,7 +130,8 @@ stop_pid() { # name: ends the process whose pid the demo wrote to $work/name.pid
 	rm -f "$work/$1.pid"
 }
 cleanup() {
-	for p in pings qkdpfd-a qkdpfd-b qkdsim; do stop_pid "$p"; done
+	for p in pings qkdpfd-a qkdpfd-b qkdpfd-s qkdsim; do stop_pid "$p"; done
+	ip netns del qkdemo-s 2>/dev/null || true
 	wait 2>/dev/null || true
 	"$top/scripts/gateways.sh" down qkdemo "$work/net" 2>/dev/null || true
 }
@@ -154,6 +163,24 @@ sed 's/^recover_after = .*/recover_after = "2s"/' pf-anchors/bundle/policy.toml 
 for side in a b; do
 	"$SIGNIFY" -G -n -c "qkdpfd demo peering key $side" -p "$work/$side/peer.pub" -s "$work/$side/peer.sec"
 done
+
+say "first one gateway alone on qkdpfd's built-in QKD simulator: etc/qkdpfd-sim.conf as shipped"
+# Its own namespace and the paths the file names (the key made above).
+ip netns add qkdemo-s
+ip netns exec qkdemo-s "$bin/qkdpfd" -d -f "$top/etc/qkdpfd-sim.conf" 2>"$work/sim.log" &
+echo $! >"$work/qkdpfd-s.pid"
+simctl() { "$bin/qkdctl" -s "$work/qkdpfd.sock" "$@"; }
+sim_state() { simctl show link dr 2>/dev/null | grep -q "^ *state: *$1\$"; }
+sim_lines() { simctl show link dr | grep -E '^ *(state|reasons|band|qber):' | sed "s/^ */   $1: /"; }
+wait_for 10 "qkdpfd on the simulator" sh -c "\"$bin/qkdctl\" -s \"$work/qkdpfd.sock\" status >/dev/null 2>&1"
+simctl policy load "$work/bundle" | sed 's/^/   /'
+wait_for 10 "the simulated link open" sim_state open
+sim_lines "25 km, no eavesdropper"
+simctl sim eve dr 1 >/dev/null
+wait_for 10 "the simulated link locked" sim_state lockdown
+sim_lines "25 km, eavesdropper"
+stop_pid qkdpfd-s
+ip netns del qkdemo-s
 
 say "two gateways joined by a veth 'fibre' ($A <-> $B), $wg_what tunnel 10.99.0.1 <-> 10.99.0.2"
 "$top/scripts/gateways.sh" up qkdemo "$work/net"

@@ -30,6 +30,18 @@ fn demo_shows_rotation_lockdown_of_both_ends_and_recovery() {
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "demo failed:\n{out}\n{err}");
+    // First the shipped simulator config, as it is: open, then locked.
+    assert!(out.contains("etc/qkdpfd-sim.conf as shipped"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("no eavesdropper: state:") && l.ends_with("open")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(", eavesdropper: state:") && l.ends_with("lockdown")),
+        "{out}"
+    );
     let rounds: Vec<&str> = out.lines().filter(|l| l.contains("-> equal")).collect();
     assert_eq!(rounds.len(), 3, "{out}");
     assert!(rounds[0].ends_with("equal (current key)"), "{out}");
