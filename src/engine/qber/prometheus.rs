@@ -126,6 +126,11 @@ fn labels(mut s: &str) -> Result<(Labels, &str), String> {
         s = s.trim_start();
         s = s.strip_prefix('"').ok_or("expected a quoted label value")?;
         let (value, rest) = label_value(s)?;
+        // The exposition format allows a label once per sample: a second
+        // link_id would have one value answer for two links.
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(format!("label {name} given twice"));
+        }
         out.push((name, value));
         s = rest.trim_start();
         if let Some(rest) = s.strip_prefix(',') {
@@ -164,6 +169,14 @@ mod tests {
         qkd_qber{node=\"x\",link_id=\"a\\\"b\",} 0.02\n\
         qkd_qber_total{link_id=\"ab\"} 9\n\
         qkd_skr{link_id=\"ab\"} 1200 1700000000123\n";
+
+    #[test]
+    fn a_label_given_twice_is_refused() {
+        let two = "qkd_qber{link_id=\"a\",link_id=\"b\"} 0.01\n";
+        assert!(parse(two.as_bytes(), "a").is_err());
+        assert!(parse(two.as_bytes(), "b").is_err());
+        assert!(parse_all(two.as_bytes()).is_err());
+    }
 
     #[test]
     fn finds_the_link_sample() {
