@@ -255,6 +255,10 @@ fn say_opened(name: &str, by: OpenedBy) {
         .send();
 }
 
+/// Links read back open from which a start after a lapsed dead-man switch
+/// locks them all in one transaction rather than one flip each.
+const SITE_LOCK_FROM: usize = 64;
+
 /// How a link was opened, for the `unlock` event.
 #[derive(Clone, Copy)]
 pub enum OpenedBy {
@@ -338,6 +342,37 @@ impl Links {
         let changed = self.reconcile(bundle, by);
         self.hold_writes = false;
         changed
+    }
+
+    /// At a start that found the dead-man switch lapsed: every link held
+    /// for `process-failure` until the engine reports (said by the links'
+    /// reasons, not by an event each: at boot the switch has always
+    /// lapsed), then converged as a start's reconcile does. Where many
+    /// links read back open (a crash of a hub), they lock together in one
+    /// transaction where the firewall can (set `site`), not one flip each;
+    /// a fresh table, all locked, costs no second read-back.
+    pub fn hold_after_lapse(&mut self, bundle: Option<&Bundle>) {
+        for l in self.links.values_mut() {
+            l.parent.insert(LockReason::ProcessFailure);
+        }
+        self.pass = None;
+        self.start_reconcile();
+        let open = (self.links.values())
+            .filter(|l| l.kernel.state == Observed::Open)
+            .count();
+        if open > SITE_LOCK_FROM {
+            let ext = self.fw.extension();
+            let lockdown = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext));
+            match self.fw.lock_site(&self.targets, lockdown) {
+                // Read back under it: the links lock without a flip each.
+                Ok(_) => self.start_reconcile(),
+                Err(e) => log::debug(format!("site lock: {e} (locking link by link)")),
+            }
+        }
+        self.hold_writes = true;
+        self.reconcile_more(bundle, OpenedBy::Auto, usize::MAX, None);
+        self.hold_writes = false;
+        self.persist();
     }
 
     /// Locks every link of QBER section `source` for `source-lost`, which

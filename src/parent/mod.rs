@@ -288,9 +288,27 @@ impl Parent {
         let mut fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
         fw.init_shared(&tlist)
             .map_err(|e| format!("firewall init: {e}"))?;
-        // Armed before any slow work (bundle checks, DNS, TLS files): if
-        // start-up hangs or dies from here on, every link locks by itself.
-        if let Err(e) = fw.keep_alive(Some(deadman::TIMEOUT)) {
+        // A switch that lapsed (no qkdpfd refreshed it: a stop with no
+        // restart in time, a crash, a boot) has dropped every link since.
+        // Such a start holds every link for process-failure until the
+        // engine reports fresh state (QBER may have risen meanwhile), and
+        // refreshes the switch only from its loop, once the first reconcile
+        // has locked the links the chains show open: refreshed here, they
+        // would pass traffic again through the bundle checks.
+        let lapsed = fw.switch_lapsed().unwrap_or_else(|e| {
+            log::event(Event::DeadmanFailed).msg(e).send();
+            true
+        });
+        if lapsed {
+            // At boot (the include's empty set) as after a crash: the links'
+            // process-failure says it, not an alert at every boot.
+            log::debug(
+                "fw: the dead-man switch had lapsed: every link held for process-failure until the engine reports",
+            );
+        } else if let Err(e) = fw.keep_alive(Some(deadman::TIMEOUT)) {
+            // Armed before any slow work (bundle checks, DNS, TLS files):
+            // if start-up hangs or dies from here on, every link locks by
+            // itself.
             log::event(Event::DeadmanFailed).msg(e).send();
         }
         let bundle = {
@@ -366,7 +384,11 @@ impl Parent {
             reapply: Default::default(),
             guardian: None,
         };
-        p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
+        if lapsed {
+            p.links.hold_after_lapse(p.bundle.as_ref());
+        } else {
+            p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
+        }
         Ok(p)
     }
 

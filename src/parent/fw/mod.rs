@@ -178,6 +178,13 @@ pub trait Firewall: LinkCheck + Send {
         let _ = timeout;
         Ok(())
     }
+    /// Whether the dead-man switch has lapsed (nftables: set `alive` lacks
+    /// a family), read at start before it is refreshed: every link's
+    /// traffic was dropped until now, whatever the chains hold. Backends
+    /// without one: never.
+    fn switch_lapsed(&mut self) -> Result<bool, FwError> {
+        Ok(false)
+    }
     /// Last resort of a failing lockdown: holds drops for exactly `links`
     /// outside the link's own chain (nftables: a separate table whose
     /// drops are final), replacing any earlier guard; `&[]` removes it.

@@ -892,6 +892,13 @@ impl Firewall for Nft {
         self.refresh_alive(timeout)
     }
 
+    fn switch_lapsed(&mut self) -> Result<bool, FwError> {
+        let have = self
+            .families(crate::ruleset::nft::ALIVE_SET)
+            .map_err(FwError::refused)?;
+        Ok(have != [true, true])
+    }
+
     fn apply(
         &mut self,
         link: &LinkTarget,

@@ -1624,3 +1624,48 @@ fn a_lockdown_is_said_once_the_kernel_shows_it() {
     assert_eq!(lockdowns.len(), 1, "{said:?}");
     assert!(lockdowns[0].contains("reason=qber") && lockdowns[0].contains("qber=0.2000"));
 }
+
+/// A start that found the dead-man switch lapsed holds every link for
+/// process-failure until the engine reports: the links the chains show
+/// open lock (together, where many do), and each opens again only on its
+/// engine report.
+#[test]
+fn a_start_after_a_lapsed_switch_holds_every_link_until_the_engine_reports() {
+    let t = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..70).map(|i| format!("l{i:02}")).collect();
+    let chains: Vec<(&str, Observed)> =
+        names.iter().map(|n| (n.as_str(), Observed::Open)).collect();
+    let (mut l, k) = in_kernel(
+        fake(Kernel {
+            site_lock: true,
+            ..Kernel::default()
+        }),
+        t.path(),
+        &chains,
+    );
+    l.hold_after_lapse(Some(&bundle()));
+    assert!(calls(&k).contains(&"site".to_string()), "one transaction");
+    for n in &names {
+        assert_eq!(l.links[n].enforcement(), Enforcement::Lockdown, "{n}");
+        assert!(l.links[n].reasons().contains(LockReason::ProcessFailure));
+    }
+    l.set_engine_reasons("l00", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.converge("l00", Some(&bundle()), OpenedBy::Auto, false);
+    assert_eq!(l.links["l00"].enforcement(), Enforcement::Open);
+    assert_eq!(l.links["l01"].enforcement(), Enforcement::Lockdown);
+
+    // A few links open: each locks on its own, no site lock.
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = in_kernel(
+        fake(Kernel {
+            site_lock: true,
+            ..Kernel::default()
+        }),
+        t.path(),
+        &[("dr", Observed::Open)],
+    );
+    l.hold_after_lapse(Some(&bundle()));
+    let made = calls(&k);
+    assert!(!made.contains(&"site".to_string()), "{made:?}");
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+}
