@@ -344,22 +344,24 @@ impl Links {
         changed
     }
 
-    /// At a start that found the dead-man switch lapsed: every link held
-    /// for `process-failure` until the engine reports (said by the links'
-    /// reasons, not by an event each: at boot the switch has always
-    /// lapsed), then converged as a start's reconcile does. Where many
-    /// links read back open (a crash of a hub), they lock together in one
-    /// transaction where the firewall can (set `site`), not one flip each;
-    /// a fresh table, all locked, costs no second read-back.
+    /// At a start that found the dead-man switch lapsed: every link whose
+    /// chains read back open is held for `process-failure` until the
+    /// engine reports (said by its reasons, not by an event each), then
+    /// all converge as a start's reconcile does; one read back locked stays
+    /// so until then anyway. Where many read back open (a crash of a hub),
+    /// they lock together in one transaction where the firewall can (set
+    /// `site`), not one flip each. A fresh table (a boot: every link
+    /// locked) holds nothing and writes nothing.
     pub fn hold_after_lapse(&mut self, bundle: Option<&Bundle>) {
-        for l in self.links.values_mut() {
-            l.parent.insert(LockReason::ProcessFailure);
-        }
         self.pass = None;
         self.start_reconcile();
-        let open = (self.links.values())
-            .filter(|l| l.kernel.state == Observed::Open)
-            .count();
+        let mut open = 0;
+        for l in self.links.values_mut() {
+            if l.kernel.state == Observed::Open {
+                l.parent.insert(LockReason::ProcessFailure);
+                open += 1;
+            }
+        }
         if open > SITE_LOCK_FROM {
             let ext = self.fw.extension();
             let lockdown = bundle.and_then(|b| b.ruleset(Enforcement::Lockdown, ext));
