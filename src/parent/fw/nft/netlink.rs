@@ -490,9 +490,47 @@ pub fn elements(table: &str, set: &str, seq: u32) -> Result<Vec<Vec<u8>>, String
     Ok(keys)
 }
 
+/// Kernel answers built by hand, for the tests of this backend's parsers.
+#[cfg(test)]
+pub(super) mod answers {
+    use super::NLMSG_ERROR;
+
+    /// One netlink message as the kernel sends it.
+    pub fn nlmsg(ty: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&2u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    pub fn nla(ty: u16, data: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&(4 + data.len() as u16).to_ne_bytes());
+        a.extend_from_slice(&ty.to_ne_bytes());
+        a.extend_from_slice(data);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    /// The kernel's answer to request `seq`: an ACK (`errno` 0) or an
+    /// error (a negative errno, as the kernel writes it).
+    pub fn ack(seq: u32, errno: i32) -> Vec<u8> {
+        let mut p = errno.to_ne_bytes().to_vec();
+        p.extend_from_slice(&[0u8; 16]);
+        nlmsg(NLMSG_ERROR, seq, &p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use answers::{nla, nlmsg};
 
     /// A request inside another's (the panic hook after a panic in a
     /// request's parse) gets a socket of its own instead of a second
@@ -586,11 +624,7 @@ mod tests {
 
     #[test]
     fn a_lookup_is_answered_by_its_ack_or_enoent() {
-        let err = |seq, errno: i32| {
-            let mut p = errno.to_ne_bytes().to_vec();
-            p.extend_from_slice(&[0u8; 16]);
-            nlmsg(NLMSG_ERROR, seq, &p)
-        };
+        let err = answers::ack;
         let elem = nlmsg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM, 9, &[0; 4]);
         assert_eq!(
             parse_lookup(&elem, 9),
@@ -601,29 +635,6 @@ mod tests {
         assert_eq!(parse_lookup(&err(9, -libc::ENOENT), 9), Ok(Some(false)));
         assert!(parse_lookup(&err(9, -libc::EPERM), 9).is_err());
         assert_eq!(parse_lookup(&err(8, 0), 9), Ok(None), "another request's");
-    }
-
-    /// One netlink message as the kernel sends it.
-    fn nlmsg(ty: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
-        m.extend_from_slice(&ty.to_ne_bytes());
-        m.extend_from_slice(&2u16.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(payload);
-        m
-    }
-
-    fn nla(ty: u16, data: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&(4 + data.len() as u16).to_ne_bytes());
-        a.extend_from_slice(&ty.to_ne_bytes());
-        a.extend_from_slice(data);
-        while a.len() % 4 != 0 {
-            a.push(0);
-        }
-        a
     }
 
     /// A NEWSETELEM answer holding elements with these keys.

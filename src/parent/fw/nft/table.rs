@@ -103,32 +103,7 @@ pub fn wake(table: &str, seq: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nla(ty: u16, data: &[u8]) -> Vec<u8> {
-        let len = 4 + data.len();
-        let mut v = (len as u16).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(data);
-        v.resize(len.div_ceil(4) * 4, 0);
-        v
-    }
-
-    fn nlmsg(ty: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let len = 16 + payload.len();
-        let mut v = (len as u32).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(&0u16.to_ne_bytes());
-        v.extend_from_slice(&seq.to_ne_bytes());
-        v.extend_from_slice(&0u32.to_ne_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
-    fn ack(seq: u32, errno: i32) -> Vec<u8> {
-        let mut p = (-errno).to_ne_bytes().to_vec();
-        p.extend_from_slice(&[0; 16]);
-        nlmsg(NLMSG_ERROR, seq, &p)
-    }
+    use crate::parent::fw::nft::netlink::answers::{ack, nla, nlmsg};
 
     fn table_answer(seq: u32, flags: u32) -> Vec<u8> {
         let mut p = vec![NFPROTO_INET, 0, 0, 0];
@@ -152,10 +127,10 @@ mod tests {
         one.extend(ack(8, 0));
         assert_eq!(parse_flags(&one, 8, &mut None), Ok(Some(Some(0))));
         assert_eq!(
-            parse_flags(&ack(9, libc::ENOENT), 9, &mut None),
+            parse_flags(&ack(9, -libc::ENOENT), 9, &mut None),
             Ok(Some(None))
         );
-        assert!(parse_flags(&ack(10, libc::EPERM), 10, &mut None).is_err());
+        assert!(parse_flags(&ack(10, -libc::EPERM), 10, &mut None).is_err());
         assert!(parse_flags(&ack(11, 0), 11, &mut None).is_err(), "no table");
         // Another request's answers are not ours.
         assert_eq!(parse_flags(&ack(12, 0), 13, &mut None), Ok(None));
