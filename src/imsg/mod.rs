@@ -78,6 +78,7 @@ impl Type {
 }
 
 /// The checked configuration the engine runs on (it reads no files).
+/// (Tests start from [`EngineConfig::empty`].)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
@@ -102,6 +103,27 @@ pub struct EngineConfig {
     pub kme: BTreeMap<String, KmeNet>,
     /// `[testing]` (only a `testing` build parses it; default otherwise).
     pub testing: TestingConf,
+}
+
+#[cfg(test)]
+impl EngineConfig {
+    /// No link, source, KME or peering: what a test adds to.
+    pub(crate) fn empty() -> EngineConfig {
+        EngineConfig {
+            links: Vec::new(),
+            qber: Default::default(),
+            ctl_readonly_uids: Vec::new(),
+            ctl_readonly_gid: None,
+            verbose: false,
+            drop_to: None,
+            metrics: false,
+            qber_net: Default::default(),
+            peering: None,
+            peering_sockets: 0,
+            kme: Default::default(),
+            testing: Default::default(),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -301,20 +301,7 @@ mod tests {
 
     #[test]
     fn connect_ports_are_the_qber_sources_and_kmes() {
-        let mut cfg = EngineConfig {
-            links: Vec::new(),
-            qber: Default::default(),
-            ctl_readonly_uids: Vec::new(),
-            ctl_readonly_gid: None,
-            verbose: false,
-            drop_to: None,
-            metrics: false,
-            qber_net: Default::default(),
-            peering: None,
-            peering_sockets: 0,
-            kme: Default::default(),
-            testing: Default::default(),
-        };
+        let mut cfg = EngineConfig::empty();
         let net = |addr: &str| crate::imsg::QberNet {
             ca: None,
             cert: None,

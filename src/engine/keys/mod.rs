@@ -106,6 +106,26 @@ struct KeyedLink {
 }
 
 impl KeyedLink {
+    /// A link reached by `route`, rotating with `rot`, whose epoch
+    /// `durable` is the one persisted: no round under way.
+    fn new(route: Route, rot: Rotation, durable: u64) -> KeyedLink {
+        KeyedLink {
+            route,
+            rot,
+            gate: Gate::default(),
+            queue: VecDeque::new(),
+            waiting: None,
+            durable,
+            reply_to: None,
+            pending_fp: None,
+            fingerprint: None,
+            installed_at: None,
+            halted: 0,
+            timing: RoundTiming::default(),
+            due_at: Registered::default(),
+        }
+    }
+
     /// Drops the oldest batch; an emptied queue gives its buffer back (a
     /// link is idle between rounds nearly all the time: at 10,000 links
     /// the buffers kept were 1.3 MB).
@@ -210,32 +230,24 @@ impl Keys {
                         jitter: !self.no_jitter,
                         seed: rand::random(),
                     };
-                    KeyedLink {
-                        route,
-                        rot: Rotation::new(k.role, params, schedule, k.epoch, now),
-                        gate: Gate::default(),
-                        queue: VecDeque::new(),
-                        waiting: None,
-                        durable: k.epoch,
-                        reply_to: None,
-                        pending_fp: None,
-                        fingerprint: None,
-                        installed_at: None,
-                        halted: 0,
-                        timing: RoundTiming::default(),
-                        due_at: Registered::default(),
-                    }
+                    let rot = Rotation::new(k.role, params, schedule, k.epoch, now);
+                    KeyedLink::new(route, rot, k.epoch)
                 }
             };
             rows.push((name, keyed));
         }
         self.links = rows.into_iter().collect();
+        self.index_deadlines();
+        Ok(())
+    }
+
+    /// Every link's next deadline indexed anew (after `links` changed).
+    fn index_deadlines(&mut self) {
         let due = self.links.iter_mut().map(|(n, l)| {
             let next = l.rot.next_deadline();
             (n, &mut l.due_at, next)
         });
         self.due.rebuild(due);
-        Ok(())
     }
 
     fn period(&self, policy: Option<Duration>) -> Duration {
@@ -612,20 +624,11 @@ mod tests {
         let (answers, _) = mpsc::unbounded_channel();
         let mut peer = Peering::default();
         let cfg = EngineConfig {
-            links: Vec::new(),
-            qber: Default::default(),
-            ctl_readonly_uids: Vec::new(),
-            ctl_readonly_gid: None,
-            verbose: false,
-            drop_to: None,
-            metrics: false,
-            qber_net: Default::default(),
             peering: Some(PeeringNet {
                 secret: zeroize::Zeroizing::new([7; 32]),
             }),
             peering_sockets: 1,
-            kme: Default::default(),
-            testing: Default::default(),
+            ..EngineConfig::empty()
         };
         peer.configure(&cfg);
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -641,32 +644,16 @@ mod tests {
             jitter: false,
             seed: 1,
         };
-        let link = KeyedLink {
-            route: Route {
-                kme: "site".into(),
-                peer_sae_id: "SAE-B".into(),
-                role: rotate::Role::Master,
-                peer: far,
-            },
-            rot: Rotation::new(rotate::Role::Master, params, schedule, 4, now),
-            gate: Gate::default(),
-            queue: VecDeque::new(),
-            waiting: None,
-            durable: 4,
-            reply_to: None,
-            pending_fp: None,
-            fingerprint: None,
-            installed_at: None,
-            halted: 0,
-            timing: RoundTiming::default(),
-            due_at: Registered::default(),
+        let route = Route {
+            kme: "site".into(),
+            peer_sae_id: "SAE-B".into(),
+            role: rotate::Role::Master,
+            peer: far,
         };
+        let rot = Rotation::new(rotate::Role::Master, params, schedule, 4, now);
+        let link = KeyedLink::new(route, rot, 4);
         keys.links = vec![(Arc::<str>::from("dr"), link)].into_iter().collect();
-        let due = keys.links.iter_mut().map(|(n, l)| {
-            let next = l.rot.next_deadline();
-            (n, &mut l.due_at, next)
-        });
-        keys.due.rebuild(due);
+        keys.index_deadlines();
         (keys, from_engine)
     }
 
