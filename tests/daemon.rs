@@ -16,10 +16,7 @@ fn eavesdropper_locks_within_bound_and_link_recovers() {
     let Some(mut gw) = Gateway::new("qkt1", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(5), 5, "open link passes traffic");
 
     let (mut ping, log) = gw.ping_stream();
@@ -200,10 +197,7 @@ fn engine_killed_locks_every_link_and_parent_exits_nonzero() {
     let Some(mut gw) = Gateway::new("qkt4", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(3), 3);
     let ip_pid = gw.daemon.as_ref().unwrap().id();
     // `ip netns exec` execs qkdpfd in place: the parent has ip's pid.
@@ -244,10 +238,7 @@ fn lockdown_without_a_usable_config_locks_what_the_kernel_holds() {
     let Some(mut gw) = Gateway::new("qkt21", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(3), 3);
     gw.stop();
     let conf = gw.path("qkdpfd.conf");
@@ -275,10 +266,7 @@ fn operator_lockdown_survives_restart() {
     let Some(mut gw) = Gateway::new("qkt5", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     gw.ctl_ok(&["lockdown", "all"]);
     assert_eq!(gw.state(), "lockdown");
     gw.stop();
@@ -329,10 +317,7 @@ fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
     let Some(mut gw) = Gateway::new("qkt20", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     gw.ctl_ok(&["lockdown", "dr"]);
     assert_eq!(gw.pings(3), 0);
     gw.stop();
@@ -606,10 +591,7 @@ fn parent_killed_engine_exits_and_a_restart_reopens() {
     let Some(mut gw) = Gateway::new("qkt9", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     let parent = gw.daemon.as_ref().unwrap().id();
     let engine = common::procfs::engine_pid(parent) as i32;
     nix::sys::signal::kill(
@@ -761,10 +743,7 @@ fn network_qber_source(ns: &str, source: &str) {
         "dr",
     );
     std::thread::sleep(Duration::from_millis(300));
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(3), 3);
     let eve = |f: &str| {
         let o = Command::new("ip")
@@ -831,10 +810,7 @@ fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
     let Some(mut gw) = Gateway::new("qkt12", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     gw.ctl_ok(&["lockdown", "dr"]);
     gw.wait_state("lockdown", Duration::from_secs(5));
     assert_eq!(gw.pings(3), 0);
@@ -886,10 +862,7 @@ fn a_killed_parent_locks_every_link_by_itself() {
     let Some(mut gw) = Gateway::new("qkt13", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(5), 5, "open link passes traffic");
     let (mut ping, log) = gw.ping_stream();
     // Twenty replies first (a second on the host; TCG's guest is slower).
@@ -938,10 +911,7 @@ fn a_keeping_stop_holds_while_a_restart_completes() {
     let Some(mut gw) = Gateway::new("qkt14", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     let unlocks = |gw: &Gateway| gw.log().matches("event=unlock link=dr").count();
     let opened = unlocks(&gw);
     // A restart at once: the new daemon refreshes the switch in time.
@@ -986,10 +956,7 @@ fn a_connection_flood_from_a_member_changes_nothing() {
     let Some(mut gw) = Gateway::new("qkt15", "200ms", "socket_group = \"nogroup\"") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     let sock = gw.path("qkdpfd.sock");
     // The flood runs in a thread that is nobody (the raw syscalls change
     // only the calling thread's credentials, which SO_PEERCRED reports).
@@ -1073,10 +1040,7 @@ fn tampering_is_repaired_by_the_running_daemon() {
     let Some(mut gw) = Gateway::new("qkt16", "200ms", "") else {
         return;
     };
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     // A few quiet ticks: the gate is in use.
     std::thread::sleep(Duration::from_secs(3));
     let in_chain = |gw: &Gateway, chain: &str| gw.nft(&["list", "chain", "inet", "qkdpfd", chain]);
@@ -1180,10 +1144,7 @@ fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
         .unwrap()
         .success();
     assert!(mounted);
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     // Now full.
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=4k", "count=1024"])

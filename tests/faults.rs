@@ -156,10 +156,7 @@ impl Drop for Tmpfs {
 /// An open link, a bundle active: gateway A with qkdpfd running.
 fn open_gateway(prefix: &str, conf_extra: &str) -> Option<Gateway> {
     let mut gw = Gateway::new(prefix, "200ms", conf_extra)?;
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(3), 3, "open link passes traffic");
     Some(gw)
 }
@@ -175,10 +172,7 @@ fn a_read_only_state_directory_still_locks_and_the_next_change_persists() {
     };
     let dir = gw.path("state");
     let tmpfs = Tmpfs::mount(&dir);
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(3), 3);
     let file = dir.join("state");
     let written = common::durable_state(&file);
@@ -392,10 +386,7 @@ fn a_parent_panic_locks_every_link_before_it_goes() {
         ),
     )
     .unwrap();
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     wait_for("dr2 open", Duration::from_secs(10), || {
         show(&gw, "dr2")["enforcement"] == "open"
     });
@@ -659,10 +650,7 @@ fn a_lockdown_not_written_to_a_read_only_disk_is_written_once_it_is_writable() {
     };
     let dir = gw.path("state");
     let tmpfs = Tmpfs::mount(&dir);
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     tmpfs.remount("ro");
     gw.ctl_ok(&["lockdown", "dr"]);
     gw.wait_state("lockdown", Duration::from_secs(3));

@@ -494,12 +494,16 @@ fn kills_use_the_rdomain_and_the_open_rules_labels() {
     link.udp_rdomain = 3;
     let open = "pass quick on $wg_if keep state (if-bound) label \"qkd-dr\"\n\
                 pass quick proto udp to $peer4 label \"bad label\" # not plain: skipped\n";
-    r.fw.apply(&link, Enforcement::Open, open).unwrap();
-    r.take();
-    r.fw.apply(&link, Enforcement::Lockdown, "").unwrap();
-    let argvs: Vec<Vec<String>> = r.take().into_iter().skip(1).map(|c| c.0).collect();
+    // The kills' argvs of a lockdown after an open with `open`'s labels
+    // (the first call of the lockdown is its anchor load).
+    let kills = |r: &mut Rec, link: &qkdpfd::ruleset::LinkTarget| -> Vec<Vec<String>> {
+        r.fw.apply(link, Enforcement::Open, open).unwrap();
+        r.take();
+        r.fw.apply(link, Enforcement::Lockdown, "").unwrap();
+        r.take().into_iter().skip(1).map(|c| c.0).collect()
+    };
     assert_eq!(
-        argvs,
+        kills(&mut r, &link),
         [
             args("-V|3|-k|198.51.100.2"),
             args("-V|3|-k|0.0.0.0/0|-k|198.51.100.2"),
@@ -513,12 +517,8 @@ fn kills_use_the_rdomain_and_the_open_rules_labels() {
     // The tunnel's UDP in another routing domain (wg(4)'s wgrtable): the
     // kills by address and label run there too, those on wg0 in its own.
     link.udp_rdomain = 0;
-    r.fw.apply(&link, Enforcement::Open, open).unwrap();
-    r.take();
-    r.fw.apply(&link, Enforcement::Lockdown, "").unwrap();
-    let argvs: Vec<Vec<String>> = r.take().into_iter().skip(1).map(|c| c.0).collect();
     assert_eq!(
-        argvs,
+        kills(&mut r, &link),
         [
             args("-V|3|-k|198.51.100.2"),
             args("-V|3|-k|0.0.0.0/0|-k|198.51.100.2"),

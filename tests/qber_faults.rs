@@ -10,7 +10,7 @@
 mod common;
 
 use common::flood::in_netns;
-use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy};
+use common::gateway::Gateway;
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -81,10 +81,7 @@ fn garbage_out_of_range_and_stalled_sources_lock_and_never_open() {
          pointer = \"/qber\"\npoll = \"200ms\"",
         "dr",
     );
-    gw.start();
-    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
-    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
-    gw.wait_state("open", Duration::from_secs(10));
+    gw.start_open();
     assert_eq!(gw.pings(3), 3);
     for (bad, what) in [
         (GARBAGE, "garbage"),

@@ -300,6 +300,16 @@ impl Gateway {
         v["enforcement"].as_str().unwrap_or("?").to_string()
     }
 
+    /// Starts the daemon, loads the sample bundle (serial 1, fast
+    /// polling, [`OPEN_NFT`] and [`LOCKDOWN_NFT`]) and waits until the
+    /// link is open: where most tests begin.
+    pub fn start_open(&mut self) {
+        self.start();
+        let b = self.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+        self.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+        self.wait_state("open", Duration::from_secs(10));
+    }
+
     pub fn wait_state(&self, want: &str, limit: Duration) -> Duration {
         let t = Instant::now();
         while self.state() != want {
