@@ -172,8 +172,8 @@ pub trait Firewall: LinkCheck + Send {
     }
     /// The dead-man switch (nftables; DESIGN §2): `Some(t)` arms or
     /// refreshes it so the links' jumps live for `t` more; `None` disarms
-    /// it (a stop that keeps the kernel state). Backends without one do
-    /// nothing.
+    /// it (nothing in the daemon does: a stop that keeps the kernel state
+    /// leaves it armed, DESIGN §2). Backends without one do nothing.
     fn keep_alive(&mut self, timeout: Option<Duration>) -> Result<(), FwError> {
         let _ = timeout;
         Ok(())
