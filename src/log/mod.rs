@@ -121,8 +121,21 @@ pub fn emit(prio: Prio, line: &str) {
     let sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
     match sink.as_ref() {
         Some(f) => f(prio, line),
-        None => eprintln!("{line}"),
+        None => to_stderr("", line),
     }
+}
+
+/// Writes `prefix`, `line` and its newline to stderr in one write(2).
+/// `eprintln!` writes the newline on its own: the children sharing our
+/// stderr (the engine, wireguard-go, nft) then land in the middle of our
+/// lines, and a reader of the log takes two lines for one.
+pub fn to_stderr(prefix: &str, line: &str) {
+    use std::io::Write;
+    let mut whole = String::with_capacity(prefix.len() + line.len() + 1);
+    whole.push_str(prefix);
+    whole.push_str(line);
+    whole.push('\n');
+    let _ = std::io::stderr().lock().write_all(whole.as_bytes());
 }
 
 /// One `event=name k=v ...` line being built.
@@ -304,6 +317,54 @@ pub fn debug(msg: impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With stderr a datagram socket each write(2) is one datagram: a line
+    /// and its newline must be one.
+    #[test]
+    fn a_stderr_line_is_one_write() {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair fills the two-element array.
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        // SAFETY: fd 2 is open for the whole test process; put it back below.
+        let saved = unsafe { libc::dup(2) };
+        assert!(saved >= 0);
+        unsafe { libc::dup2(fds[0], 2) };
+        to_stderr("qkdpfd: ", "event=one-write-probe a=1");
+        to_stderr("", "event=one-write-probe b=2");
+        unsafe { libc::dup2(saved, 2) };
+        unsafe { libc::close(saved) };
+        unsafe { libc::close(fds[0]) };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            // SAFETY: reads into buf; non-blocking, stops when empty.
+            let n = unsafe {
+                libc::recv(
+                    fds[1],
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            let d = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
+            // Other tests' threads may write to fd 2 meanwhile.
+            if d.contains("one-write-probe") || d == "\n" {
+                got.push(d);
+            }
+        }
+        unsafe { libc::close(fds[1]) };
+        assert_eq!(
+            got,
+            [
+                "qkdpfd: event=one-write-probe a=1\n",
+                "event=one-write-probe b=2\n"
+            ]
+        );
+    }
 
     #[test]
     fn escapes_values() {

@@ -78,7 +78,7 @@ pub fn main(conf: Config, foreground: bool) -> ExitCode {
         super::syslog::open(&conf.daemon.syslog_facility);
         log::init(Box::new(super::syslog::write));
     } else {
-        log::init(Box::new(|_, line| eprintln!("qkdpfd: {line}")));
+        log::init(Box::new(|_, line| log::to_stderr("qkdpfd: ", line)));
     }
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
         // SAFETY: SIG_IGN for a standard signal.

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn init_log() {
-    log::init(Box::new(|_, line| eprintln!("qkdpfd: {line}")));
+    log::init(Box::new(|_, line| log::to_stderr("qkdpfd: ", line)));
 }
 
 /// With a parsed config: every configured link, `process-failure`

@@ -170,7 +170,7 @@ pub fn main(opts: Opts) -> ExitCode {
         // must reach syslog too; the run loop replaces this sink.
         syslog::open(&conf.daemon.syslog_facility);
         log::init(Box::new(|prio, line| {
-            eprintln!("qkdpfd: {line}");
+            log::to_stderr("qkdpfd: ", line);
             syslog::write(prio, line);
         }));
     }

@@ -41,7 +41,7 @@ fn install_sink(p: &Parent, tx: Tx) {
     }
     log::init(Box::new(move |prio, line| {
         if foreground {
-            eprintln!("{line}");
+            log::to_stderr("", line);
         } else {
             super::syslog::write(prio, line);
         }
