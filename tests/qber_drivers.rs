@@ -414,6 +414,7 @@ async fn the_poller_delivers_on_its_schedule_and_stops_with_the_receiver() {
         "ab".into(),
         sim.etsi015(),
         every,
+        7,
         tx,
     );
     let mut got = Vec::new();
@@ -427,6 +428,7 @@ async fn the_poller_delivers_on_its_schedule_and_stops_with_the_receiver() {
     }
     for r in &got {
         assert_eq!(&*r.link, "dr");
+        assert_eq!(r.poller, 7, "each reading names its poller");
         let s = r.result.as_ref().unwrap();
         assert!(s.qber > 0.0 && s.qber < 0.1, "{s:?}");
     }
@@ -455,6 +457,7 @@ async fn the_poller_reports_errors_and_stops_mid_poll() {
         "ab".into(),
         d,
         Duration::from_millis(100),
+        1,
         tx,
     );
     let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -552,7 +555,7 @@ async fn links_that_read_one_document_share_one_get() {
         .map(|i| SharedLink::new(format!("l{i}"), &format!("q{i}")))
         .collect();
     let (tx, mut rx) = mpsc::channel(4096);
-    let task = poller::spawn_shared("p".into(), links, d, Duration::from_millis(100), tx);
+    let task = poller::spawn_shared("p".into(), links, d, Duration::from_millis(100), 9, tx);
     // Three polls, each in one message: each link its own value, all of
     // a poll at one moment.
     for _ in 0..3 {
@@ -568,6 +571,7 @@ async fn links_that_read_one_document_share_one_get() {
             );
             assert_eq!(r.sampled_ns, round[0].sampled_ns);
             assert!(!r.whole);
+            assert_eq!(r.poller, 9);
         }
     }
     let seen = gets.load(Ordering::SeqCst);

@@ -27,6 +27,8 @@ pub mod rotate;
 mod setup;
 mod sources;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use crate::imsg::{self, EngineConfig, LinkReasons};
 use crate::imsg::{LinkState, ToEngine, ToParent};
@@ -55,6 +57,10 @@ struct LinkSlot {
     /// inline, every network-polled link carried its 144 bytes.
     source: Option<Box<Source>>,
     poller: Option<tokio::task::JoinHandle<()>>,
+    /// The serial of the poller whose readings the link takes (its own or
+    /// its section's shared one): a reading a replaced poller left queued
+    /// would be judged by the new source's [`Freshness`].
+    reads_from: u64,
     fresh: Freshness,
     next_poll: Instant,
     /// Its `[qber.X]` section, one allocation for all the section's links.
@@ -106,6 +112,9 @@ struct Engine {
     alive_due: Instant,
     /// When free memory is next given back ([`Engine::return_memory`]).
     trim_due: Instant,
+    /// The last serial given to a poller (or a simulator) by
+    /// [`Engine::configure`].
+    pollers: u64,
     /// Reports to the parent held back while a turn's inputs are handled
     /// ([`Engine::hold`]), so that a section lost by all its links at once
     /// is said first; a lockdown leaves at once.
@@ -122,6 +131,8 @@ struct SharedPoller {
     task: tokio::task::JoinHandle<()>,
     /// The poll (its `sampled_ns`) whose failure was last said for all.
     logged: Option<u64>,
+    /// Stamped on its readings ([`LinkSlot::reads_from`]).
+    serial: u64,
 }
 
 impl LinkSlot {
@@ -435,12 +446,14 @@ impl Engine {
                 slot.next_poll = now + slot.qconf.poll;
                 let result = source.poll();
                 let sampled_ns = imsg::monotonic_ns();
+                let poller = slot.reads_from;
                 self.on_poll(
                     PollResult {
                         link: name,
                         result,
                         sampled_ns,
                         whole: false,
+                        poller,
                     },
                     now,
                 );
@@ -453,6 +466,12 @@ impl Engine {
         let Some(slot) = self.links.get_mut(&r.link) else {
             return;
         };
+        // Read before a reload replaced the link's source: not the source
+        // the link is watched by now (its sequence would set the new one's
+        // freshness).
+        if r.poller != slot.reads_from {
+            return;
+        }
         let input = match r.result {
             Ok(s) => {
                 slot.sampled_ns = std::num::NonZeroU64::new(r.sampled_ns);

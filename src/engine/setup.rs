@@ -8,7 +8,7 @@ use super::control::{self, Access, CtlCall};
 use super::link::Link;
 use super::qber::poller::Polled;
 use super::qber::{Freshness, SharedLink};
-use super::{Engine, Inbox, LinkSlot, SharedPoller, Sockets, keys, metrics, peering, sources};
+use super::{Engine, Inbox, LinkSlot, SharedPoller, Sockets, Tx, keys, metrics, peering, sources};
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Event, Prio};
@@ -126,27 +126,9 @@ impl Engine {
             ));
         }
         let key_state = keys::Keys::new(tx.clone(), answers_tx, peer);
-        let mut eng = Engine {
-            links: Default::default(),
-            shared: BTreeMap::new(),
-            reports: Default::default(),
-            newly_lost: Default::default(),
-            due: Default::default(),
-            policy: None,
-            tx,
-            pending: HashMap::new(),
-            next_id: 1,
-            events,
-            started: Instant::now(),
-            metrics,
-            polls: polls_tx,
-            keys: key_state,
-            testing: cfg.testing.clone(),
-            overridden: Vec::new(),
-            creds: Some(creds),
-            alive_due: Instant::now(),
-            trim_due: Instant::now() + std::time::Duration::from_secs(60),
-        };
+        let mut eng = Engine::new(tx, events, polls_tx, key_state);
+        eng.metrics = metrics;
+        eng.creds = Some(creds);
         eng.configure(cfg, Instant::now())?;
         crate::privsep::return_free_memory();
         let inbox = Inbox {
@@ -158,6 +140,37 @@ impl Engine {
             others,
         };
         Ok((eng, inbox))
+    }
+
+    /// An engine with no link, policy or control socket yet.
+    pub(super) fn new(
+        tx: Tx,
+        events: broadcast::Sender<String>,
+        polls: mpsc::Sender<Polled>,
+        keys: keys::Keys,
+    ) -> Engine {
+        Engine {
+            links: Default::default(),
+            shared: BTreeMap::new(),
+            pollers: 0,
+            reports: Default::default(),
+            newly_lost: Default::default(),
+            due: Default::default(),
+            policy: None,
+            tx,
+            pending: HashMap::new(),
+            next_id: 1,
+            events,
+            started: Instant::now(),
+            metrics: None,
+            polls,
+            keys,
+            testing: Default::default(),
+            overridden: Vec::new(),
+            creds: None,
+            alive_due: Instant::now(),
+            trim_due: Instant::now() + std::time::Duration::from_secs(60),
+        }
     }
 
     /// (Re)builds the link set from the parent's config; links whose
@@ -214,7 +227,10 @@ impl Engine {
                     continue;
                 }
             }
-            // A shared document's poller is started below, for all its links.
+            // A shared document's poller is started below, for all its
+            // links, and gives them its serial.
+            self.pollers += 1;
+            let serial = self.pollers;
             let opened = match sources::shares_document(qconf) {
                 true => Ok((None, None)),
                 false => sources::open(
@@ -223,6 +239,7 @@ impl Engine {
                     &l.qber_id,
                     qconf,
                     &cfg.qber_net,
+                    serial,
                     &self.polls,
                 ),
             };
@@ -258,6 +275,7 @@ impl Engine {
                     link,
                     source,
                     poller,
+                    reads_from: serial,
                     fresh: Freshness::new(),
                     next_poll: now,
                     qber_name: section[&l.qber].clone(),
@@ -301,18 +319,23 @@ impl Engine {
                 .collect();
             if let Some(p) = old.remove(&qber) {
                 if p.conf == conf && p.links == names {
+                    self.read_from(&names, p.serial);
                     self.shared.insert(qber, p);
                     continue;
                 }
                 p.task.abort();
             }
-            match sources::open_shared(&qber, links, &conf, net, &self.polls) {
+            self.pollers += 1;
+            let serial = self.pollers;
+            match sources::open_shared(&qber, links, &conf, net, serial, &self.polls) {
                 Ok(task) => {
+                    self.read_from(&names, serial);
                     let p = SharedPoller {
                         conf,
                         links: names,
                         task,
                         logged: None,
+                        serial,
                     };
                     self.shared.insert(qber, p);
                 }
@@ -334,6 +357,16 @@ impl Engine {
         }
         for (_, gone) in old {
             gone.task.abort();
+        }
+    }
+
+    /// `links` take the readings of poller `serial` (their section's shared
+    /// one) and no other's.
+    fn read_from(&mut self, links: &[(Arc<str>, String)], serial: u64) {
+        for (link, _) in links {
+            if let Some(slot) = self.links.get_mut(link) {
+                slot.reads_from = serial;
+            }
         }
     }
 

@@ -36,6 +36,7 @@ pub(super) fn open(
     qber_id: &str,
     qconf: &crate::conf::QberConf,
     net: &BTreeMap<String, imsg::QberNet>,
+    serial: u64,
     polls: &mpsc::Sender<Polled>,
 ) -> Result<Opened, String> {
     if qconf.driver == crate::conf::QberDriver::Sim {
@@ -55,6 +56,7 @@ pub(super) fn open(
         qber_id.to_string(),
         driver,
         qconf.poll,
+        serial,
         polls.clone(),
     );
     Ok((None, Some(task)))
@@ -76,6 +78,7 @@ pub(super) fn open_shared(
     links: Vec<SharedLink>,
     qconf: &crate::conf::QberConf,
     net: &BTreeMap<String, imsg::QberNet>,
+    serial: u64,
     polls: &mpsc::Sender<Polled>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let n = net
@@ -88,6 +91,7 @@ pub(super) fn open_shared(
         links,
         driver,
         qconf.poll,
+        serial,
         polls.clone(),
     ))
 }

@@ -31,6 +31,9 @@ pub struct PollResult {
     /// The error is a shared document's, the same for every link that
     /// reads it (the links of one poll carry the same `sampled_ns`).
     pub whole: bool,
+    /// The serial of the poller that read it: a reading a replaced poller
+    /// left in the channel is not the link's current source's.
+    pub poller: u64,
 }
 
 /// Shortest poll period (the config allows 100 ms and up; this only keeps a
@@ -46,6 +49,7 @@ pub fn spawn(
     qber_id: String,
     driver: Driver,
     every: Duration,
+    serial: u64,
     tx: Sender<Polled>,
 ) -> tokio::task::JoinHandle<()> {
     let reads = Reads::One {
@@ -53,7 +57,7 @@ pub fn spawn(
         link,
         qber_id,
     };
-    tokio::spawn(run(name, reads, every, tx))
+    tokio::spawn(run(name, reads, every, serial, tx))
 }
 
 /// Starts the one poller of the links that read `[qber.NAME]`'s shared
@@ -64,13 +68,14 @@ pub fn spawn_shared(
     links: Vec<SharedLink>,
     driver: Driver,
     every: Duration,
+    serial: u64,
     tx: Sender<Polled>,
 ) -> tokio::task::JoinHandle<()> {
     let reads = Reads::Shared {
         driver: driver.for_links(links.len()),
         links,
     };
-    tokio::spawn(run(name, reads, every, tx))
+    tokio::spawn(run(name, reads, every, serial, tx))
 }
 
 /// What one poller reads.
@@ -89,8 +94,9 @@ enum Reads {
 }
 
 impl Reads {
-    /// One poll: every reading it gives, stamped when the answer arrived.
-    async fn poll(&mut self) -> Polled {
+    /// One poll: every reading it gives, stamped when the answer arrived
+    /// and with the poller's `serial`.
+    async fn poll(&mut self, serial: u64) -> Polled {
         match self {
             Reads::One {
                 driver,
@@ -103,6 +109,7 @@ impl Reads {
                     result,
                     sampled_ns: crate::imsg::monotonic_ns(),
                     whole: false,
+                    poller: serial,
                 }]
             }
             Reads::Shared { driver, links } => {
@@ -119,6 +126,7 @@ impl Reads {
                         result: results.next().unwrap_or_else(|| Err("no reading".into())),
                         sampled_ns,
                         whole,
+                        poller: serial,
                     })
                     .collect()
             }
@@ -135,7 +143,7 @@ impl Reads {
 
 /// A poller's loop: a poll each `every`, its readings to `tx`, until the
 /// receiver is gone (also in the middle of a poll).
-async fn run(name: String, mut reads: Reads, every: Duration, tx: Sender<Polled>) {
+async fn run(name: String, mut reads: Reads, every: Duration, serial: u64, tx: Sender<Polled>) {
     let mut tick = tokio::time::interval(every.max(MIN_EVERY));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -145,7 +153,7 @@ async fn run(name: String, mut reads: Reads, every: Duration, tx: Sender<Polled>
         }
         let polled = tokio::select! {
             _ = tx.closed() => break,
-            p = reads.poll() => p,
+            p = reads.poll(serial) => p,
         };
         if tx.send(polled).await.is_err() {
             break;

@@ -1,0 +1,116 @@
+//! Tests of the engine's own bookkeeping around its links, without the
+//! parent's socket: an [`Engine`] fed its config and its inputs directly.
+
+use super::qber::Sample;
+use super::qber::poller::{PollResult, Polled};
+use super::*;
+use crate::conf::{QberConf, QberDriver, SimLinkConf};
+use crate::imsg::{EngineLink, QberNet};
+
+/// An engine with no sockets, and what it sends the parent.
+fn engine() -> (
+    Engine,
+    mpsc::UnboundedReceiver<Vec<u8>>,
+    mpsc::Receiver<Polled>,
+) {
+    let (tx, to_parent) = mpsc::unbounded_channel();
+    let (events, _) = broadcast::channel(16);
+    let (polls_tx, polls) = mpsc::channel(16);
+    let (answers, _) = mpsc::unbounded_channel();
+    let keys = keys::Keys::new(tx.clone(), answers, peering::Peering::default());
+    (Engine::new(tx, events, polls_tx, keys), to_parent, polls)
+}
+
+/// Link `dr` read from section `qber`, an http-json source per link on a
+/// loopback port nothing answers on.
+fn reading_from(qber: &str, port: u16) -> EngineConfig {
+    let mut cfg = EngineConfig::empty();
+    cfg.links.push(EngineLink {
+        name: "dr".into(),
+        qber: qber.into(),
+        qber_id: "dr".into(),
+        persisted: Default::default(),
+        keys: None,
+    });
+    let conf = QberConf {
+        driver: QberDriver::HttpJson,
+        url: Some(format!("http://127.0.0.1:{port}/{{qber_id}}")),
+        poll: Duration::from_secs(60),
+        pointer: Some("/v".into()),
+        scale: 1.0,
+        ca: None,
+        cert: None,
+        key: None,
+        sim: SimLinkConf::default(),
+    };
+    cfg.qber.insert(qber.into(), conf);
+    let net = QberNet {
+        ca: None,
+        cert: None,
+        key: None,
+        addr: None,
+    };
+    cfg.qber_net.insert(qber.into(), net);
+    cfg
+}
+
+fn reading(poller: u64, qber: f64, seq: u64) -> PollResult {
+    PollResult {
+        link: "dr".into(),
+        result: Ok(Sample { qber, seq }),
+        sampled_ns: 1,
+        whole: false,
+        poller,
+    }
+}
+
+/// A reading the replaced source's poller left queued is not the new
+/// source's: taken, its sequence number (1,000,000 here) would make the
+/// new source's readings (from 5) stale until they passed it.
+#[tokio::test]
+async fn a_reload_drops_the_replaced_sources_queued_reading() {
+    let (mut eng, _to_parent, _polls) = engine();
+    let now = Instant::now();
+    eng.configure(reading_from("a", 9), now).unwrap();
+    let old = eng.links.get("dr").unwrap().reads_from;
+    eng.configure(reading_from("b", 10), now).unwrap();
+    let new = eng.links.get("dr").unwrap().reads_from;
+    assert_ne!(old, new);
+    eng.on_poll(reading(old, 0.04, 1_000_000), now);
+    eng.on_poll(reading(new, 0.02, 5), now);
+    let status = eng.links.get("dr").unwrap().link.status(now);
+    assert_eq!(status.qber, Some(0.02));
+    // The same source kept across a reload keeps its poller and serial.
+    eng.configure(reading_from("b", 10), now).unwrap();
+    assert_eq!(eng.links.get("dr").unwrap().reads_from, new);
+}
+
+/// A section's shared poller restarted for a new link gives its new serial
+/// to the links it kept: the old poller's queued reading is dropped, the
+/// new one's taken.
+#[tokio::test]
+async fn a_restarted_shared_poller_is_the_one_its_kept_links_read() {
+    let (mut eng, _to_parent, _polls) = engine();
+    let now = Instant::now();
+    let mut cfg = reading_from("a", 9);
+    let url = cfg.qber.get_mut("a").unwrap().url.as_mut().unwrap();
+    *url = url.replace("{qber_id}", "all");
+    eng.configure(cfg.clone(), now).unwrap();
+    let old = eng.links.get("dr").unwrap().reads_from;
+    assert_eq!(eng.shared["a"].serial, old);
+    let mut second = cfg.links[0].clone();
+    second.name = "dr2".into();
+    second.qber_id = "dr2".into();
+    cfg.links.push(second);
+    eng.configure(cfg, now).unwrap();
+    let new = eng.shared["a"].serial;
+    assert_ne!(old, new);
+    assert_eq!(eng.links.get("dr").unwrap().reads_from, new);
+    assert_eq!(eng.links.get("dr2").unwrap().reads_from, new);
+    eng.on_poll(reading(old, 0.04, 9), now);
+    let status = eng.links.get("dr").unwrap().link.status(now);
+    assert_eq!(status.qber, None);
+    eng.on_poll(reading(new, 0.02, 10), now);
+    let status = eng.links.get("dr").unwrap().link.status(now);
+    assert_eq!(status.qber, Some(0.02));
+}
