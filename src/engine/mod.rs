@@ -112,6 +112,9 @@ struct Engine {
     alive_due: Instant,
     /// When free memory is next given back ([`Engine::return_memory`]).
     trim_due: Instant,
+    /// The TLS material and address of each network `[qber.X]`, as the
+    /// config in force gave them (what tells a renewed one).
+    qber_net: BTreeMap<String, imsg::QberNet>,
     /// The last serial given to a poller (or a simulator) by
     /// [`Engine::configure`].
     pollers: u64,

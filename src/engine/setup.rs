@@ -10,10 +10,10 @@ use super::qber::poller::Polled;
 use super::qber::{Freshness, SharedLink};
 use super::{Engine, Inbox, LinkSlot, SharedPoller, Sockets, Tx, keys, metrics, peering, sources};
 use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, ToParent};
-use crate::lock::LockReason;
+use crate::lock::{LockReason, Reasons};
 use crate::log::{self, Event, Prio};
 use crate::names::Names;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{broadcast, mpsc};
@@ -152,6 +152,7 @@ impl Engine {
         Engine {
             links: Default::default(),
             shared: BTreeMap::new(),
+            qber_net: BTreeMap::new(),
             pollers: 0,
             reports: Default::default(),
             newly_lost: Default::default(),
@@ -212,6 +213,13 @@ impl Engine {
             .iter()
             .map(|(n, q)| (n, Arc::new(q.clone())))
             .collect();
+        // Sections whose TLS material or address the parent read anew
+        // (a renewed certificate at the same path, a moved host): their
+        // pollers are opened again, as a changed section's are.
+        let renewed: BTreeSet<String> = (cfg.qber.keys())
+            .filter(|n| self.qber_net.get(*n) != cfg.qber_net.get(*n))
+            .cloned()
+            .collect();
         // The links of each section whose links read one document.
         let mut readers: BTreeMap<String, Vec<SharedLink>> = BTreeMap::new();
         for l in cfg.links {
@@ -222,7 +230,8 @@ impl Engine {
             }
             let kept = old.remove(l.name.as_str());
             if let Some(slot) = &kept {
-                if *slot.qber_name == *l.qber && slot.qconf == *qconf {
+                if *slot.qber_name == *l.qber && slot.qconf == *qconf && !renewed.contains(&l.qber)
+                {
                     rows.push((name_of(&l.name), kept.expect("checked")));
                     continue;
                 }
@@ -247,14 +256,22 @@ impl Engine {
             let (source, poller) = match opened {
                 Ok(s) => s,
                 Err(e) => {
-                    // Fail closed: a link we cannot watch is locked.
+                    // Fail closed: a link we cannot watch is locked, and
+                    // keeps what held it (a QBER trip stays on disk).
                     log::event(Event::QberSourceError)
                         .at(Prio::Err)
                         .kv("link", &l.name)
                         .kv("source", &l.qber)
                         .msg(e)
                         .send();
-                    self.lock_unwatched(l.name.clone());
+                    let held = match kept {
+                        Some(mut slot) => {
+                            slot.stop_poller();
+                            slot.link.reasons()
+                        }
+                        None => l.persisted,
+                    };
+                    self.lock_unwatched(l.name.clone(), held);
                     continue;
                 }
             };
@@ -293,7 +310,8 @@ impl Engine {
         for (_, mut gone) in old {
             gone.stop_poller();
         }
-        self.start_shared(readers, &shared, &cfg.qber_net);
+        self.start_shared(readers, &shared, &cfg.qber_net, &renewed);
+        self.qber_net = cfg.qber_net;
         let due = self.links.iter_mut().map(|(n, slot)| {
             let next = slot.next_deadline();
             (n, &mut slot.due_at, next)
@@ -310,6 +328,7 @@ impl Engine {
         readers: BTreeMap<String, Vec<SharedLink>>,
         confs: &BTreeMap<&String, Arc<crate::conf::QberConf>>,
         net: &BTreeMap<String, imsg::QberNet>,
+        renewed: &BTreeSet<String>,
     ) {
         let mut old = std::mem::take(&mut self.shared);
         for (qber, links) in readers {
@@ -318,7 +337,7 @@ impl Engine {
                 .map(|l| (l.link.clone(), l.qber_id.clone()))
                 .collect();
             if let Some(p) = old.remove(&qber) {
-                if p.conf == conf && p.links == names {
+                if p.conf == conf && p.links == names && !renewed.contains(&qber) {
                     self.read_from(&names, p.serial);
                     self.shared.insert(qber, p);
                     continue;
@@ -347,10 +366,12 @@ impl Engine {
                         .msg(e)
                         .send();
                     for (link, _) in names {
+                        let mut held = Reasons::EMPTY;
                         if let Some(mut gone) = self.links.remove(&link) {
                             self.due.set(&link, &mut gone.due_at, None);
+                            held = gone.link.reasons();
                         }
-                        self.lock_unwatched(link.to_string());
+                        self.lock_unwatched(link.to_string(), held);
                     }
                 }
             }
@@ -371,11 +392,15 @@ impl Engine {
     }
 
     /// Fail closed: a link whose source cannot be opened is reported
-    /// `source-lost` (the engine does not run it).
-    fn lock_unwatched(&self, link: String) {
+    /// `source-lost` (the engine does not run it), with the reasons `held`
+    /// it had: the parent keeps a `qber` trip in force and on disk, and the
+    /// next config that opens the source starts the link from it.
+    fn lock_unwatched(&self, link: String, held: Reasons) {
+        let mut reasons = held;
+        reasons.insert(LockReason::SourceLost);
         let m = LinkReasons {
             link,
-            reasons: [LockReason::SourceLost].into_iter().collect(),
+            reasons,
             qber: None,
             threshold: None,
             by_operator: false,

@@ -6,6 +6,7 @@ use super::qber::poller::{PollResult, Polled};
 use super::*;
 use crate::conf::{QberConf, QberDriver, SimLinkConf};
 use crate::imsg::{EngineLink, QberNet};
+use crate::lock::Reasons;
 
 /// An engine with no sockets, and what it sends the parent.
 fn engine() -> (
@@ -113,4 +114,83 @@ async fn a_restarted_shared_poller_is_the_one_its_kept_links_read() {
     eng.on_poll(reading(new, 0.02, 10), now);
     let status = eng.links.get("dr").unwrap().link.status(now);
     assert_eq!(status.qber, Some(0.02));
+}
+
+/// What the engine said to the parent about `link`'s reasons, last.
+fn said_reasons(to_parent: &mut mpsc::UnboundedReceiver<Vec<u8>>, link: &str) -> Option<Reasons> {
+    let mut last = None;
+    while let Ok(f) = to_parent.try_recv() {
+        let h: [u8; imsg::HEADER_LEN] = f[..imsg::HEADER_LEN].try_into().unwrap();
+        let (_, code) = imsg::parse_header(&h).unwrap();
+        if let Ok(ToParent::Reasons(r)) = ToParent::decode(code, &f[imsg::HEADER_LEN..]) {
+            if r.link == link {
+                last = Some(r.reasons);
+            }
+        }
+    }
+    last
+}
+
+/// A reload to a source that cannot be opened locks the link for
+/// `source-lost` and keeps its QBER trip: said to the parent (which keeps
+/// it on disk), so a later config that opens the source starts from it.
+#[tokio::test]
+async fn a_source_that_cannot_open_keeps_the_links_trip() {
+    let (mut eng, mut to_parent, _polls) = engine();
+    let now = Instant::now();
+    let mut cfg = reading_from("a", 9);
+    cfg.links[0].persisted = [LockReason::Qber].into_iter().collect();
+    eng.configure(cfg, now).unwrap();
+    assert!(
+        eng.links
+            .get("dr")
+            .unwrap()
+            .link
+            .reasons()
+            .contains(LockReason::Qber)
+    );
+    // Section b has no TLS settings from the parent: it cannot open.
+    let mut cfg = reading_from("b", 10);
+    cfg.qber_net.clear();
+    eng.configure(cfg, now).unwrap();
+    assert!(
+        eng.links.get("dr").is_none(),
+        "an unwatched link is not run"
+    );
+    let said = said_reasons(&mut to_parent, "dr").expect("reasons said");
+    assert!(said.contains(LockReason::SourceLost), "{said:?}");
+    assert!(
+        said.contains(LockReason::Qber),
+        "the trip was dropped: {said:?}"
+    );
+}
+
+/// New TLS material or a new address for the same section (a certificate
+/// renewed at the same path, a moved host) opens its poller again; the
+/// same material keeps it.
+#[tokio::test]
+async fn renewed_tls_material_opens_the_source_again() {
+    let (mut eng, _to_parent, _polls) = engine();
+    let now = Instant::now();
+    let cfg = reading_from("a", 9);
+    eng.configure(cfg.clone(), now).unwrap();
+    let first = eng.links.get("dr").unwrap().reads_from;
+    eng.configure(cfg.clone(), now).unwrap();
+    assert_eq!(eng.links.get("dr").unwrap().reads_from, first);
+    let mut renewed = cfg.clone();
+    renewed.qber_net.get_mut("a").unwrap().addr = Some("127.0.0.1:9".parse().unwrap());
+    eng.configure(renewed, now).unwrap();
+    let second = eng.links.get("dr").unwrap().reads_from;
+    assert_ne!(second, first, "the poller kept its old address");
+    // The same for a shared document's poller.
+    let mut shared = cfg;
+    let url = shared.qber.get_mut("a").unwrap().url.as_mut().unwrap();
+    *url = url.replace("{qber_id}", "all");
+    eng.configure(shared.clone(), now).unwrap();
+    let before = eng.shared["a"].serial;
+    eng.configure(shared.clone(), now).unwrap();
+    assert_eq!(eng.shared["a"].serial, before);
+    shared.qber_net.get_mut("a").unwrap().cert = Some(b"renewed".to_vec());
+    eng.configure(shared, now).unwrap();
+    assert_ne!(eng.shared["a"].serial, before);
 }
