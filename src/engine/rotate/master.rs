@@ -80,6 +80,16 @@ impl Master {
 
     pub(super) fn handle(&mut self, ctx: &mut Ctx, input: Input, out: &mut Vec<Action>) {
         match input {
+            Input::Hold(true) if matches!(self.phase, Phase::Fetching { .. }) => {
+                // No OFFER leaves after the trip: the key being fetched
+                // now may come from the incident (DESIGN §1: hold keeps
+                // the last good PSK). An OFFER already out completes, as
+                // the slave may have installed it.
+                self.phase = Phase::Idle { next: ctx.now };
+                out.push(Action::Ignored {
+                    why: "rotation held (on_qber = hold): the key fetched is not offered",
+                });
+            }
             Input::Tick | Input::Hold(_) => self.on_tick(ctx, out),
             Input::RotateNow => self.on_rotate_now(ctx, out),
             Input::KeyReady { key_id, key } => self.on_key(ctx, key_id, key, out),
@@ -212,10 +222,22 @@ impl Master {
                     self.fail(ctx, why, out);
                 }
             }
+            // Our own epoch back: the slave accepted the OFFER and its
+            // round failed (dec_keys, install, persist). A failed round,
+            // retried after the backoff with a new key.
+            Body::Nack { last } if last == o.msg.epoch => {
+                out.push(Action::PeerRound);
+                let why = format!("the peer's round for epoch {last} failed");
+                self.fail(ctx, why, out);
+            }
             Body::Nack { last } => {
                 out.push(Action::PeerRound);
                 self.epoch = self.epoch.max(last);
-                self.start(ctx, out);
+                match ctx.held {
+                    // The next round waits for the hold to end.
+                    true => self.phase = Phase::Idle { next: ctx.now },
+                    false => self.start(ctx, out),
+                }
             }
         }
     }

@@ -134,9 +134,13 @@ impl Slave {
                     State::Fetching | State::Installing(_) => Action::Ignored {
                         why: "retransmit while fetching",
                     },
-                    State::Failed => Action::Ignored {
-                        why: "retransmit of a failed round",
-                    },
+                    // Said, not left to the master's round timeout (the
+                    // whole period): it retries with a new key after its
+                    // backoff. Answers are rate-limited at the door.
+                    State::Failed => {
+                        let nack = Body::Nack { last: r.epoch };
+                        Action::Send(ctx.message(m.epoch, m.nonce, m.key_id, nack))
+                    }
                 });
             }
         }

@@ -265,6 +265,32 @@ fn hold_stops_new_rounds() {
     assert_eq!(m.handle(t0, Input::Hold(false)), [Action::FetchEncKey]);
 }
 
+/// A hold that comes while the master fetches its key: the key is never
+/// offered; a NACK under the hold starts no round; the hold's end does.
+#[test]
+fn hold_stops_the_round_before_its_offer() {
+    let t0 = Instant::now();
+    let mut m = rot(Role::Master, false, 1, t0);
+    assert_eq!(m.handle(t0, Input::Tick), [Action::FetchEncKey]);
+    assert!(matches!(
+        &m.handle(t0, Input::Hold(true))[..],
+        [Action::Ignored { .. }]
+    ));
+    let out = m.handle(t0, key_ready("k1", 32));
+    assert!(matches!(&out[..], [Action::Ignored { .. }]), "{out:?}");
+    assert!(!m.status().in_round);
+    assert_eq!(m.status().epoch, 0, "no epoch spent");
+    assert_eq!(m.handle(t0, Input::Hold(false)), [Action::FetchEncKey]);
+    // An OFFER already out completes under a hold; its NACK starts nothing.
+    let (mut m, offer) = offering(t0);
+    assert!(m.handle(t0, Input::Hold(true)).is_empty());
+    let nack = from_peer(offer, Body::Nack { last: 7 });
+    assert_eq!(m.handle(t0, Input::Received(nack)), [Action::PeerRound]);
+    assert!(!m.status().in_round);
+    assert_eq!(m.status().epoch, 7);
+    assert_eq!(m.handle(t0, Input::Hold(false)), [Action::FetchEncKey]);
+}
+
 #[test]
 fn rotate_now_during_a_round_is_ignored() {
     let t0 = Instant::now();
@@ -300,9 +326,10 @@ fn slave_never_fetches_twice_and_nacks_stale_epochs() {
         &s.handle(t0, failed)[..],
         [Action::RoundFailed { .. }]
     ));
+    // Its retransmit: no second dec_keys, a NACK of that epoch.
     assert!(matches!(
         &s.handle(t0, Input::Received(offer.clone()))[..],
-        [Action::Ignored { .. }]
+        [Action::Send(n)] if n.body == Body::Nack { last: 1 }
     ));
     // Same epoch, other nonce: the master lost its state; NACK(last).
     let mut again = offer;
@@ -370,14 +397,25 @@ fn a_failed_install_is_a_failed_round_and_never_confirmed() {
         },
     );
     assert!(matches!(&out[..], [Action::RoundFailed { why }] if why.contains("no-such-peer")));
-    // A retransmitted OFFER gets nothing: no CONFIRM for a PSK not installed.
-    assert_eq!(
-        s.handle(t0, Input::Received(offer.clone())),
-        [Action::Ignored {
-            why: "retransmit of a failed round"
-        }]
-    );
+    // A retransmitted OFFER gets no CONFIRM for a PSK not installed: a
+    // NACK of its own epoch, and the master counts the round failed at
+    // once and retries after its backoff, not after the whole period.
+    let out = s.handle(t0, Input::Received(offer.clone()));
+    let [Action::Send(nack)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(nack.body, Body::Nack { last: 1 });
     assert_eq!(s.status().installed, None);
+    let mut m2 = offering(t0).0;
+    let out = m2.handle(t0, Input::Received(nack.clone()));
+    assert!(
+        matches!(&out[..], [Action::PeerRound, Action::RoundFailed { why }] if why.contains("epoch 1")),
+        "{out:?}"
+    );
+    assert!(!m2.status().in_round);
+    let retry = m2.next_deadline().unwrap();
+    assert!(retry > t0 && retry <= t0 + MIN_BACKOFF, "{retry:?}");
+    assert_eq!(m2.handle(retry, Input::Tick), [Action::FetchEncKey]);
     // The master's side: a failed install retries with a new key later.
     let mut s2 = rot(Role::Slave, false, 2, t0);
     s2.handle(t0, Input::Received(offer.clone()));
