@@ -537,6 +537,58 @@ fn reload_keeps_old_config_on_errors() {
     gw.ctl_ok(&["reload"]);
 }
 
+/// New policy keys that no longer verify the bundle in force are refused
+/// (a restart would refuse that bundle and hold every link by no-policy);
+/// so is a new policy directory (the parent's sandbox was set at start: it
+/// could not be written). The refusals change nothing; keys that still
+/// verify it are taken.
+#[test]
+fn reload_refuses_what_a_restart_could_not_keep() {
+    let Some(mut gw) = Gateway::new("qkt22", "200ms", "") else {
+        return;
+    };
+    gw.start_open();
+    let other = common::bundle::TestKeys::signify().unwrap();
+    // Beside the first key: a directory the parent may read.
+    let second = gw.keys.pubkey.with_file_name("second.pub");
+    std::fs::copy(&other.pubkey, &second).unwrap();
+    let good = std::fs::read_to_string(&gw.conf).unwrap();
+    let first = format!("\"{}\"", gw.keys.pubkey.display());
+    let with = |keys: &str| {
+        good.replace(
+            &format!("pubkeys = [{first}]"),
+            &format!("pubkeys = [{keys}]"),
+        )
+    };
+    let only_second = with(&format!("\"{}\"", second.display()));
+    assert_ne!(only_second, good);
+    let refused = |gw: &Gateway, text: &str, why: &str| {
+        std::fs::write(&gw.conf, text).unwrap();
+        let o = gw.ctl(&["reload"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains(why), "{err}");
+        assert_eq!(gw.state(), "open");
+        assert_eq!(gw.pings(3), 3);
+    };
+    refused(&gw, &only_second, "signed by none of the new keys");
+    let moved = good.replace("/state/policy\"", "/state/policy2\"");
+    assert_ne!(moved, good);
+    refused(&gw, &moved, "[policy] dir or incoming changed");
+    // Both keys: the bundle in force still verifies.
+    std::fs::write(
+        &gw.conf,
+        with(&format!("{first}, \"{}\"", second.display())),
+    )
+    .unwrap();
+    gw.ctl_ok(&["reload"]);
+    // And a restart with them keeps it.
+    gw.stop();
+    gw.start();
+    gw.wait_state("open", Duration::from_secs(10));
+    assert!(!gw.log().contains("policy_rejected"), "{}", gw.log());
+}
+
 #[test]
 fn group_members_read_only_others_refused() {
     let Some(mut gw) = Gateway::new("qkt8", "200ms", "socket_group = \"nogroup\"") else {

@@ -628,3 +628,47 @@ fn an_eavesdropper_locks_both_ends_and_both_recover() {
     p.traffic_within(Duration::from_secs(10));
     assert_eq!(p.psk(A), p.psk(B));
 }
+
+/// A KME file the engine could not use, brought by a reload (a "renewed"
+/// CA that is no certificate): the reload is refused naming the section,
+/// and nothing changes: the engine runs on, the link stays open and
+/// rotates. Before, the parent took the config and the engine, failing to
+/// build its KME client, exited: every link locked, the daemon gone.
+#[test]
+fn a_reload_with_a_kme_file_the_engine_cannot_use_is_refused() {
+    let Some(p) = up("qkkb", MANUAL) else {
+        return;
+    };
+    let conf = p.path(A, "qkdpfd.conf");
+    let good = std::fs::read_to_string(&conf).unwrap();
+    let bad_ca = p.path(A, "bad-ca.pem");
+    std::fs::write(
+        &bad_ca,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let ca_line = good.lines().find(|l| l.starts_with("ca = ")).unwrap();
+    let bad = good.replace(ca_line, &format!("ca = \"{}\"", bad_ca.display()));
+    std::fs::write(&conf, bad).unwrap();
+    let o = p.ctl(A, &["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("[kme.site]"), "{err}");
+    // The engine that was running still rotates the link.
+    let epoch = p.installed(A);
+    p.ctl_ok(A, &["rotate", "dr"]);
+    p.wait(
+        "a rotation after the refused reload",
+        Duration::from_secs(10),
+        |a, b| {
+            a["keys"]["installed_epoch"].as_u64() == Some(epoch + 1)
+                && b["keys"]["installed_epoch"].as_u64() == Some(epoch + 1)
+        },
+    );
+    p.traffic_within(Duration::from_secs(10));
+    let log = p.log(A);
+    assert!(!log.contains("event=engine_lost"), "{log}");
+    assert!(log.contains("event=reload_failed"), "{log}");
+    std::fs::write(&conf, &good).unwrap();
+    p.ctl_ok(A, &["reload"]);
+}

@@ -25,7 +25,7 @@ mod reports;
 mod requests;
 pub mod rotate;
 mod setup;
-mod sources;
+pub(crate) mod sources;
 mod table;
 #[cfg(test)]
 mod tests;

@@ -62,6 +62,18 @@ pub(super) fn open(
     Ok((None, Some(task)))
 }
 
+/// Whether the engine can open network section `qber` with what the
+/// parent read for it: the parent's check before a config is taken (the
+/// engine, failing, would lock the section's links).
+pub(crate) fn opens(
+    qber: &str,
+    qconf: &crate::conf::QberConf,
+    net: &imsg::QberNet,
+) -> Result<(), String> {
+    let (tls, settings) = client_settings(net);
+    qber::Driver::open(qber, qconf, &tls, settings).map(|_| ())
+}
+
 /// Whether the links of `[qber.X]` all read one document: a network
 /// driver whose URL does not name the link (`{qber_id}`).
 pub(super) fn shares_document(qconf: &crate::conf::QberConf) -> bool {

@@ -175,15 +175,16 @@ pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, QberNet>, String> {
         }
         let url = q.url.as_deref().unwrap_or_default();
         let addr = resolve_url(url).map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
-        out.insert(
-            name.clone(),
-            QberNet {
-                ca: read("ca", name, &q.ca)?,
-                cert: read("cert", name, &q.cert)?,
-                key: read("key", name, &q.key)?.map(zeroize::Zeroizing::new),
-                addr: Some(addr),
-            },
-        );
+        let net = QberNet {
+            ca: read("ca", name, &q.ca)?,
+            cert: read("cert", name, &q.cert)?,
+            key: read("key", name, &q.key)?.map(zeroize::Zeroizing::new),
+            addr: Some(addr),
+        };
+        // Opened here as the engine will: a PEM it could not use would
+        // otherwise be found only there, after the config was swapped in.
+        crate::engine::sources::opens(name, q, &net).map_err(|e| format!("[qber.{name}] {e}"))?;
+        out.insert(name.clone(), net);
     }
     Ok(out)
 }
@@ -265,7 +266,7 @@ fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
     let read = |what: &str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| format!("[kme.{name}] {what} {}: {e}", p.display()))
     };
-    Ok(KmeNet {
+    let net = KmeNet {
         url: k.url.clone(),
         sae_id: k.sae_id.clone(),
         ca: read("ca", &k.ca)?,
@@ -274,7 +275,12 @@ fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
         addr: resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
         get: k.method == crate::conf::KmeMethod::Get,
         keys_low: k.keys_low,
-    })
+    };
+    // The engine's client, built here first: a PEM or URL it would refuse
+    // ends the engine (every link locked) if only it finds out.
+    crate::engine::kme::KmeClient::new(name, &net.url, &net.ca, &net.cert, net.key.clone(), None)
+        .map_err(|e| format!("[kme.{name}] {e}"))?;
+    Ok(net)
 }
 
 fn link_keys(

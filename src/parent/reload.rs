@@ -40,28 +40,26 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
             ));
         }
     };
-    let listen = |c: &Config| c.peering.as_ref().map(|p| p.listen);
-    if new.daemon != p.conf.daemon
-        || new.firewall != p.conf.firewall
-        || new.wireguard != p.conf.wireguard
-        || new.link != p.conf.link
-        || listen(&new) != listen(&p.conf)
-    {
-        let msg = "[daemon], [firewall], [wireguard], [link] and [peering] listen changes \
-                   need a restart; not reloading";
-        log::event(Event::ReloadFailed).msg(msg).send();
+    let needs_restart = restart_only(&p.conf, &new);
+    if !needs_restart.is_empty() {
+        let msg = format!(
+            "{} changed: that needs a restart; not reloading",
+            needs_restart.join(", ")
+        );
+        log::event(Event::ReloadFailed).msg(&msg).send();
         return Err(Reply::error(ErrorCode::Refused, msg));
     }
     if let Err(e) = super::check_supported(&new) {
         return Err(failed(e));
     }
     // What start-up derives from its config: the policy keys, then what
-    // the engine gets.
+    // the engine gets (its KME clients and QBER sources built as it will).
     let derived = super::read_keys(&new).and_then(|keys| {
         let inputs = engine_conf::engine_inputs(&new, &keys, &mut **p.wg.backend())?;
         Ok((keys, inputs))
     });
     let (keys, inputs) = derived.map_err(failed)?;
+    trusts_what_is_in_force(p, &keys).map_err(failed)?;
     let old = (
         std::mem::replace(&mut p.keys, keys),
         std::mem::replace(
@@ -86,6 +84,57 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     // Logged once the engine has heard the new config (its line follows).
     out.event(log::event(Event::Reload).kv("config", path.display()));
     Ok(out)
+}
+
+/// The sections whose change a reload cannot apply: the links and their
+/// firewall and WireGuard (the kernel's objects), the parent's own paths
+/// (fixed in its sandbox at start: a new policy directory or spool could
+/// not be opened) and the peering sockets.
+fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let listen = |c: &Config| c.peering.as_ref().map(|p| p.listen);
+    let paths = |c: &Config| (c.policy.dir.clone(), c.policy.incoming.clone());
+    [
+        ("[daemon]", old.daemon != new.daemon),
+        ("[firewall]", old.firewall != new.firewall),
+        ("[wireguard]", old.wireguard != new.wireguard),
+        ("[link]", old.link != new.link),
+        ("[peering] listen", listen(old) != listen(new)),
+        ("[policy] dir or incoming", paths(old) != paths(new)),
+    ]
+    .into_iter()
+    .filter_map(|(what, changed)| changed.then_some(what))
+    .collect()
+}
+
+/// New policy keys must still trust the bundle in force (a restart checks
+/// it against them: one signed by a removed key would be refused there and
+/// every link held), and cannot change under a bundle being verified with
+/// the old ones.
+fn trusts_what_is_in_force(
+    p: &Parent,
+    keys: &[crate::policy::signify::PublicKey],
+) -> Result<(), String> {
+    let same = |a: &[crate::policy::signify::PublicKey]| {
+        a.len() == keys.len() && a.iter().zip(keys).all(|(x, y)| x.key == y.key)
+    };
+    if same(&p.keys) {
+        return Ok(());
+    }
+    if p.job.is_some() {
+        return Err(
+            "[policy] pubkeys changed while a bundle is being verified with the present keys; \
+             reload again once it is done"
+                .into(),
+        );
+    }
+    match &p.bundle {
+        Some(b) if crate::policy::verify::signed_by(&b.files, keys).is_err() => Err(format!(
+            "[policy] pubkeys: the bundle in force (serial {}) is signed by none of the new \
+             keys; load one signed by a new key first",
+            b.policy.serial
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A config that cannot be swapped in: logged, and the answer.
