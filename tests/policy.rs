@@ -498,6 +498,7 @@ fn state_round_trip_and_floor() {
             reasons,
             epoch: 0,
             verifier: None,
+            installed_at: None,
         },
     );
     state::save(&path, &st).unwrap();

@@ -145,6 +145,9 @@ pub struct Link {
     key_since_below: bool,
     last_sample: Instant,
     last_key: Instant,
+    /// How old the installed key already was at `last_key` (a key installed
+    /// before a restart: [`Link::key_aged`]); zero once a key is installed.
+    key_age_then: Duration,
     last_peer: Instant,
     now: Instant,
 }
@@ -180,9 +183,22 @@ impl Link {
             key_since_below: false,
             last_sample: now,
             last_key: now,
+            key_age_then: Duration::ZERO,
             last_peer: now,
             now,
         }
+    }
+
+    /// The installed key was installed `age` before now (by the process
+    /// before a restart, as the state file says): `key-stale` comes when it
+    /// is `max_key_age` old, not `max_key_age` after this start.
+    pub fn key_aged(&mut self, age: Duration) {
+        self.key_age_then = age;
+    }
+
+    /// How long the key may still serve after `last_key`.
+    fn key_left(&self, max_key_age: Duration) -> Duration {
+        max_key_age.saturating_sub(self.key_age_then)
     }
 
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
@@ -226,7 +242,7 @@ impl Link {
             due.push(self.last_sample.checked_add(p.qber_timeout));
         }
         if self.keys && !self.reasons.contains(LockReason::KeyStale) {
-            due.push(self.last_key.checked_add(p.max_key_age));
+            due.push(self.last_key.checked_add(self.key_left(p.max_key_age)));
         }
         if self.keys && !self.reasons.contains(LockReason::PeerLost) {
             due.push(self.last_peer.checked_add(p.peer_timeout));
@@ -328,12 +344,14 @@ impl Link {
         self.below_since = None;
         self.last_sample = now;
         self.last_key = now;
+        self.key_age_then = Duration::ZERO;
         self.last_peer = now;
         self.determined = true;
     }
 
     fn on_key(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.last_key = now;
+        self.key_age_then = Duration::ZERO;
         if self.below_since.is_some() {
             self.key_since_below = true;
         }
@@ -454,7 +472,7 @@ impl Link {
 
     fn check_timers(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(p) = &self.policy else { return };
-        let (qt, ka, pt) = (p.qber_timeout, p.max_key_age, p.peer_timeout);
+        let (qt, ka, pt) = (p.qber_timeout, self.key_left(p.max_key_age), p.peer_timeout);
         if expired(self.last_sample, qt, now) {
             // A silent source is not "continuously below" either.
             self.below_since = None;

@@ -283,7 +283,12 @@ impl Engine {
                 }
                 None => {
                     let policy = self.link_policy(&l.name);
-                    Link::new(name_of(&l.name), policy, l.keys.is_some(), l.persisted, now)
+                    let mut link =
+                        Link::new(name_of(&l.name), policy, l.keys.is_some(), l.persisted, now);
+                    if let Some(age) = l.keys.as_ref().and_then(|k| k.key_age_secs) {
+                        link.key_aged(std::time::Duration::from_secs(age));
+                    }
+                    link
                 }
             };
             rows.push((

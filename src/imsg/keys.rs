@@ -58,6 +58,10 @@ pub struct LinkKeys {
     pub link_id: [u8; 32],
     /// The persisted epoch (master: last used; slave: last accepted).
     pub epoch: u64,
+    /// Seconds since the PSK the state file proves was installed (its
+    /// `installed_at`); `u64::MAX` when the wall clock is now before it.
+    #[serde(default)]
+    pub key_age_secs: Option<u64>,
 }
 
 /// Engine -> parent: make `epoch` durable for `link` (fsync) before the

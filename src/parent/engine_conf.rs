@@ -94,6 +94,7 @@ pub(super) fn engine_config(p: &Parent, inputs: EngineInputs) -> EngineConfig {
                     .unwrap_or_default(),
                 keys: keys.remove(&l.name).map(|k| LinkKeys {
                     epoch: p.links.epoch(&l.name),
+                    key_age_secs: key_age(p.links.state.links.get(&l.name)),
                     ..k
                 }),
             })
@@ -187,6 +188,18 @@ pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, QberNet>, String> {
         out.insert(name.clone(), net);
     }
     Ok(out)
+}
+
+/// How old the PSK the state file proves is, in seconds (the engine's
+/// `key-stale` counts from its install, not from this start); the most
+/// there is when the wall clock is now before its install (stepped back:
+/// its age is unknown). None without a record of it (a state file from
+/// before the time was kept counts from the start, as it did).
+fn key_age(rec: Option<&crate::state::LinkRecord>) -> Option<u64> {
+    let rec = rec.filter(|r| r.verifier.is_some())?;
+    let at = rec.installed_at?;
+    let now = crate::utc::now_unix();
+    Some(now.checked_sub(at).unwrap_or(u64::MAX))
 }
 
 /// `scheme://host[:port]/...` → the first address of host:port.
@@ -315,6 +328,7 @@ fn link_keys(
         peer_pubkey: peer_key.key.to_bytes(),
         link_id: link_id.0,
         epoch: 0,
+        key_age_secs: None,
     })
 }
 
@@ -347,4 +361,28 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve: {e}"))?
         .next()
         .ok_or_else(|| "no address".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::LinkRecord;
+
+    #[test]
+    fn a_proven_keys_age_counts_from_its_install() {
+        let now = crate::utc::now_unix();
+        let rec = |verifier: bool, at: Option<u64>| LinkRecord {
+            verifier: verifier.then(|| "ab".repeat(32)),
+            installed_at: at,
+            ..LinkRecord::default()
+        };
+        let age = key_age(Some(&rec(true, Some(now - 600)))).unwrap();
+        assert!((600..=602).contains(&age), "{age}");
+        // The clock now before the install: unknown, so as old as can be.
+        assert_eq!(key_age(Some(&rec(true, Some(now + 600)))), Some(u64::MAX));
+        // No proven key, or no time kept for it (an older state file).
+        assert_eq!(key_age(Some(&rec(false, Some(now)))), None);
+        assert_eq!(key_age(Some(&rec(true, None))), None);
+        assert_eq!(key_age(None), None);
+    }
 }

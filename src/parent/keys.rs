@@ -82,7 +82,7 @@ pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
     let entries = batch
         .iter()
         .map(|(name, epoch)| Entry::epoch(name, *epoch))
-        .chain(verifiers.iter().map(|(name, v)| Entry::verifier(name, v)))
+        .chain((verifiers.iter()).map(|(name, v, at)| Entry::verifier(name, v, *at)))
         .collect();
     let written = match p.links.journal(entries) {
         true => Ok(()),
@@ -93,8 +93,10 @@ pub(super) fn flush_epochs(p: &mut Parent) -> Changed {
                 let rec = st.links.entry(name.clone()).or_default();
                 rec.epoch = rec.epoch.max(*epoch);
             }
-            for (name, verifier) in verifiers {
-                st.links.entry(name).or_default().verifier = Some(verifier);
+            for (name, verifier, at) in verifiers {
+                let rec = st.links.entry(name).or_default();
+                rec.verifier = Some(verifier);
+                rec.installed_at = Some(at);
             }
         }),
     };
@@ -206,7 +208,9 @@ fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret:
         out.state(link);
     }
     // Written with the others of this batch (one fsync for a `rotate all`).
-    p.pending_verifiers.push((link.to_string(), psk.verifier()));
+    let at = crate::utc::now_unix();
+    p.pending_verifiers
+        .push((link.to_string(), psk.verifier(), at));
     p.sessions.psk_changed(link, std::time::Instant::now());
 }
 

@@ -727,10 +727,12 @@ impl Links {
         let Some(l) = self.links.get(name).filter(|_| !self.hold_writes) else {
             return;
         };
+        let on_disk = self.state.links.get(name);
         let rec = LinkRecord {
             reasons: l.reasons().persisted(),
             epoch: self.epoch(name),
-            verifier: self.state.links.get(name).and_then(|r| r.verifier.clone()),
+            verifier: on_disk.and_then(|r| r.verifier.clone()),
+            installed_at: on_disk.and_then(|r| r.installed_at),
         };
         let same = match self.state.links.get(name) {
             Some(on_disk) => *on_disk == rec,
@@ -778,10 +780,12 @@ impl Links {
         }
         let mut links = BTreeMap::new();
         for (name, l) in &self.links {
+            let on_disk = self.state.links.get(name);
             let rec = LinkRecord {
                 reasons: l.reasons().persisted(),
                 epoch: self.epoch(name),
-                verifier: self.state.links.get(name).and_then(|r| r.verifier.clone()),
+                verifier: on_disk.and_then(|r| r.verifier.clone()),
+                installed_at: on_disk.and_then(|r| r.installed_at),
             };
             if !rec.is_empty() {
                 links.insert(name.clone(), rec);

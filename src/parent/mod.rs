@@ -77,7 +77,8 @@ pub struct Parent {
     /// Epochs the engine asked to persist, written together (group commit).
     pub pending_epochs: Vec<(String, u64)>,
     /// Verifiers of PSKs just installed, written together after the batch.
-    pub pending_verifiers: Vec<(String, String)>,
+    /// (link, verifier, installed at in Unix seconds).
+    pub pending_verifiers: Vec<(String, String, u64)>,
     /// Links (and epochs) whose master just installed: their peers are
     /// re-created for a new session once the install answers are out.
     pub pending_sessions: Vec<(String, u64)>,

@@ -47,6 +47,9 @@ pub struct Entry {
     /// The verifier of the PSK last installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifier: Option<String>,
+    /// When it was installed (Unix seconds), with the verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<u64>,
 }
 
 impl Entry {
@@ -57,16 +60,19 @@ impl Entry {
             reasons: None,
             epoch: Some(epoch),
             verifier: None,
+            installed_at: None,
         }
     }
 
-    pub fn verifier(link: &str, verifier: &str) -> Entry {
+    /// The PSK of `verifier`, installed at `at` (Unix seconds).
+    pub fn verifier(link: &str, verifier: &str, at: u64) -> Entry {
         Entry {
             seq: 0,
             link: link.to_string(),
             reasons: None,
             epoch: None,
             verifier: Some(verifier.to_string()),
+            installed_at: Some(at),
         }
     }
 
@@ -78,6 +84,7 @@ impl Entry {
             reasons: Some(rec.reasons.persisted()),
             epoch: Some(rec.epoch),
             verifier: rec.verifier.clone(),
+            installed_at: rec.installed_at,
         }
     }
 
@@ -112,6 +119,7 @@ impl Entry {
         if self.verifier.is_some() {
             // Into the kept buffer when there is one.
             rec.verifier.clone_from(&self.verifier);
+            rec.installed_at = self.installed_at;
         }
         if rec.is_empty() {
             state.links.remove(&self.link);
@@ -278,7 +286,7 @@ mod tests {
         append(
             &p,
             &mut mem,
-            vec![Entry::epoch("a", 3), Entry::verifier("a", V1)],
+            vec![Entry::epoch("a", 3), Entry::verifier("a", V1, 100)],
         )
         .unwrap();
         let b_locked = LinkRecord::new(qber);
@@ -287,7 +295,7 @@ mod tests {
             &mut mem,
             vec![
                 Entry::epoch("a", 2),
-                Entry::verifier("a", V2),
+                Entry::verifier("a", V2, 200),
                 Entry::record("b", &b_locked),
             ],
         )
@@ -298,6 +306,7 @@ mod tests {
         // Epochs only grow; the later verifier wins; memory equals a replay.
         assert_eq!(mem.links["a"].epoch, 3);
         assert_eq!(mem.links["a"].verifier.as_deref(), Some(V2));
+        assert_eq!(mem.links["a"].installed_at, Some(200));
         assert_eq!(mem.links["b"].reasons, qber);
         assert_eq!(replayed(&p, &State::default()), mem);
         // A record with nothing left leaves the state.

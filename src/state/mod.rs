@@ -81,6 +81,10 @@ pub struct LinkRecord {
     /// interface is compared with it before `no-key` clears. Never the PSK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifier: Option<String>,
+    /// When that PSK was installed, Unix seconds: its age outlives a
+    /// restart (`key-stale` counts from it, not from the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<u64>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -93,6 +97,7 @@ impl LinkRecord {
             reasons: reasons.persisted(),
             epoch: 0,
             verifier: None,
+            installed_at: None,
         }
     }
 

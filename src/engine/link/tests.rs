@@ -488,6 +488,26 @@ fn key_stale_and_peer_lost_with_keys() {
     assert_eq!(h.link.next_deadline(), Some(h.t(250.0)));
 }
 
+/// A key installed before a restart keeps its age: 70 s old at start, it
+/// goes stale 30 s later (max_key_age 100 s), not 100 s later; a key that
+/// cannot be dated (the clock went back) is stale at once; a new key
+/// counts from its install again.
+#[test]
+fn a_key_from_before_a_restart_keeps_its_age() {
+    let mut h = H::new(Some(key_policy()), true, Reasons::EMPTY);
+    h.link.key_aged(Duration::from_secs(70));
+    h.fresh(1.0, 0.01);
+    assert_eq!(h.link.next_deadline(), Some(h.t(30.0)));
+    assert!(h.tick(29.0).is_empty());
+    assert_eq!(locks(&h.tick(30.0)), vec![KeyStale]);
+    let a = h.at(31.0, Input::KeyInstalled);
+    assert_eq!(unlocks(&a), vec![(KeyStale, UnlockBy::Auto)]);
+    assert_eq!(h.link.next_deadline(), Some(h.t(131.0)));
+    let mut h = H::new(Some(key_policy()), true, Reasons::EMPTY);
+    h.link.key_aged(Duration::from_secs(u64::MAX));
+    assert_eq!(locks(&h.tick(0.5)), vec![KeyStale]);
+}
+
 #[test]
 fn never_key_stale_or_peer_lost_without_keys() {
     let mut h = H::new(Some(key_policy()), false, Reasons::EMPTY);

@@ -905,6 +905,7 @@ fn records_match_agrees_with_building_every_record() {
                     reasons: c.reasons().persisted(),
                     epoch: l.epoch(n),
                     verifier: l.state.links.get(n).and_then(|r| r.verifier.clone()),
+                    installed_at: l.state.links.get(n).and_then(|r| r.installed_at),
                 };
                 (n.clone(), rec)
             })
@@ -915,6 +916,7 @@ fn records_match_agrees_with_building_every_record() {
         reasons,
         epoch,
         verifier: None,
+        installed_at: None,
     };
     let operator = {
         let mut r = Reasons::EMPTY;
@@ -1484,6 +1486,7 @@ fn a_start_keeps_the_engines_persisted_reasons_until_it_reports() {
         reasons: qber(),
         epoch: 3,
         verifier: None,
+        installed_at: None,
     };
     l.state.links.insert("dr".into(), rec.clone());
     state::save(&dir.path().join("state"), &l.state).unwrap();
@@ -1575,6 +1578,7 @@ fn a_restart_under_manual_unlock_holds_a_persisted_qber_lockdown() {
         reasons: qber(),
         epoch: 0,
         verifier: None,
+        installed_at: None,
     };
     *l.links.get_mut("dr").unwrap() = LinkCtl::restored(Some(&rec));
     let b = manual_bundle();
