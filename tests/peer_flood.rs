@@ -122,13 +122,13 @@ fn a_flood_of_garbage_and_replays_fails_no_round() {
         w.per_datagram_us()
     );
 
-    // What the door cannot refuse: OFFERs from A's address and port, for
-    // an epoch B has not seen, each worth a verification that fails (an
-    // OFFER seen on the wire with its epoch and nonce changed: its
-    // signature is well-formed, so the check runs to the end). Rounds
-    // may stall while the engine is busy with them; none may fail. (At
-    // this rate a debug build is saturated, and slow to answer qkdctl:
-    // an optimised one is not; see the report.)
+    // What the door cannot tell from a real OFFER: OFFERs from A's address
+    // and port, for an epoch B has not seen, each worth a verification
+    // that fails (an OFFER seen on the wire with its epoch and nonce
+    // changed: its signature is well-formed, so the check runs to the
+    // end). Past the link's budget of new-epoch OFFERs (4 a second, a
+    // burst of 8) they are refused before the check, A's real ones too:
+    // rounds may stall while the flood lasts; none may fail.
     let w = wave(
         &p,
         &flooder,

@@ -77,6 +77,14 @@ const fn max1(n: u32) -> u32 {
 /// link: a legitimate master retransmits at most once a second.
 const ANSWERS_PER_SEC: u32 = 4;
 
+/// OFFERs of a new epoch, per link: each costs an Ed25519 verification,
+/// and one who can send from the peer's address could make them without
+/// end (the link's ids travel in the clear). A real master starts a round
+/// or two a second at most (a NACK's new round follows a KME call); past
+/// the budget a flood holds back only the link it spoofs, not the engine.
+const OFFERS_PER_SEC: u32 = 4;
+const OFFERS_BURST: u32 = 8;
+
 /// What the door does with a datagram that passed the keyring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -98,6 +106,8 @@ pub struct Gate {
     offered: Option<(u64, Nonce)>,
     /// Slave: NACKs and repeated CONFIRMs, see [`ANSWERS_PER_SEC`].
     answers: Budget<ANSWERS_PER_SEC, ANSWERS_PER_SEC>,
+    /// Slave: OFFERs of a new epoch, see [`OFFERS_PER_SEC`].
+    offers: Budget<OFFERS_PER_SEC, OFFERS_BURST>,
 }
 
 impl Gate {
@@ -139,7 +149,8 @@ impl Gate {
             (Role::Master, _) if self.offered == Some((m.epoch, m.nonce)) => Verdict::Verify,
             (Role::Master, _) => Verdict::Drop,
             (Role::Slave, _) if busy => Verdict::Drop,
-            (Role::Slave, _) if m.epoch > epoch => Verdict::Verify,
+            (Role::Slave, _) if m.epoch > epoch && self.offers.take(now) => Verdict::Verify,
+            (Role::Slave, _) if m.epoch > epoch => Verdict::Refuse("offer-budget"),
             (Role::Slave, _) if self.answers.take(now) => Verdict::Verify,
             (Role::Slave, _) => Verdict::Refuse("answer-budget"),
         }
@@ -370,15 +381,24 @@ mod tests {
             g.check(route, PEER, &msg(5, NACK), (4, false), t0),
             Verdict::Refuse("wrong-role")
         );
-        // A new epoch: always verified (a master far ahead is legitimate).
-        for e in [5, 6, 1_000_000, u64::MAX] {
-            for _ in 0..100 {
-                assert_eq!(
-                    g.check(route, PEER, &msg(e, Body::Offer), (4, false), t0),
-                    Verdict::Verify
-                );
+        // A new epoch, however far ahead (a master far ahead is
+        // legitimate): verified within its own budget, which a flood of
+        // them spends without touching the answers' budget.
+        let mut fresh = 0;
+        for (i, e) in [5, 6, 1_000_000, u64::MAX]
+            .into_iter()
+            .cycle()
+            .take(400)
+            .enumerate()
+        {
+            let t = t0 + Duration::from_millis(i as u64 * 10);
+            match g.check(route, PEER, &msg(e, Body::Offer), (4, false), t) {
+                Verdict::Verify => fresh += 1,
+                v => assert_eq!(v, Verdict::Refuse("offer-budget")),
             }
         }
+        // 4 s of 100 a second: the burst of 8 and 4 a second.
+        assert!((20..=26).contains(&fresh), "{fresh}");
         // The current and older epochs: a retransmit or a replay, answered
         // (NACK or cached CONFIRM) at most ANSWERS_PER_SEC a second.
         let mut verified = 0;
