@@ -508,12 +508,15 @@ fn check_link(lp: &LinkPolicy) -> Vec<Problem> {
             ),
         );
     }
-    if lp.max_key_age < lp.rotate {
+    let floor = outlasts_a_round(lp.rotate);
+    if lp.max_key_age < floor {
         err(
             "max_key_age",
             format!(
-                "max_key_age {} must be at least rotate {}",
+                "max_key_age {} must be at least {} (rotate {} with its 10 % jitter and 30 s \
+                 for the round)",
                 fmt_d(lp.max_key_age),
+                fmt_d(floor),
                 fmt_d(lp.rotate)
             ),
         );
@@ -549,12 +552,14 @@ fn check_link(lp: &LinkPolicy) -> Vec<Problem> {
             ),
         );
     }
-    if lp.peer_timeout < lp.rotate {
+    if lp.peer_timeout < floor {
         err(
             "peer_timeout",
             format!(
-                "peer_timeout {} must be at least rotate {}",
+                "peer_timeout {} must be at least {} (rotate {} with its 10 % jitter and 30 s \
+                 for the round)",
                 fmt_d(lp.peer_timeout),
+                fmt_d(floor),
                 fmt_d(lp.rotate)
             ),
         );
@@ -567,6 +572,14 @@ fn check_link(lp: &LinkPolicy) -> Vec<Problem> {
         });
     }
     out
+}
+
+/// The shortest `max_key_age` or `peer_timeout` a period of `rotate`
+/// allows: a round comes up to 10 % after its period (the jitter) and takes
+/// its time; with no more than `rotate`, about half the rounds of a healthy
+/// link would lock it for `key-stale` or `peer-lost` first.
+fn outlasts_a_round(rotate: Duration) -> Duration {
+    rotate + rotate / 10 + Duration::from_secs(30)
 }
 
 fn fmt_d(d: Duration) -> String {

@@ -83,6 +83,35 @@ fn syntax_error_located() {
     assert!(errs[0].starts_with("policy.toml:1:"), "{errs:?}");
 }
 
+/// A key age or peer timeout no longer than a round's period plus its
+/// jitter and the round itself would lock a healthy link between rounds.
+#[test]
+fn key_age_and_peer_timeout_outlast_a_round() {
+    let at = |age: &str, peer: &str| {
+        SAMPLE
+            .replace(
+                "max_key_age = \"900s\"",
+                &format!("max_key_age = \"{age}\""),
+            )
+            .replace(
+                "peer_timeout = \"900s\"",
+                &format!("peer_timeout = \"{peer}\""),
+            )
+    };
+    let (_, errs) = errors(parse(&at("300s", "359s")).unwrap_err());
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].contains("max_key_age 5m must be at least 6m"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("peer_timeout 359s must be at least 6m"),
+        "{errs:?}"
+    );
+    // Rotate 300 s: 330 s of jitter, 30 s for the round.
+    assert!(parse(&at("360s", "360s")).is_ok());
+}
+
 #[test]
 fn every_error_reported() {
     let text = SAMPLE
