@@ -197,7 +197,7 @@ catalogue! {
     PeerSendFailed "peer_send_failed" Warning ("to", "[suppressed]", "msg")
         "a datagram to the far qkdpfd could not be sent (no socket of its address family, or the kernel refused); once per destination a minute";
     PeerAuthFailed "peer_auth_failed" Warning ("from", "reason", "[link]", "[suppressed]", "[msg]")
-        "a datagram was refused (reason: a wire error, wrong-source, wrong-role, answer-budget, bad-signature, ...); one per source a minute and at most one a second (after a burst of 20) for all sources together; past 4,096 failing sources in a minute or past the global budget, one line a minute for all the others with from=*. Datagrams from addresses that are no peer's are sampled (100 a second) before they are logged, so their suppressed is a lower bound";
+        "a datagram was refused (reason: a wire error, wrong-source, wrong-role, answer-budget, offer-budget, bad-signature, ...); one per source a minute and at most one a second (after a burst of 20) for all sources together; past 4,096 failing sources in a minute or past the global budget, one line a minute for all the others with from=*. Datagrams from addresses that are no peer's are sampled (100 a second) before they are logged, so their suppressed is a lower bound";
     CtlCommand "ctl_command" Info ("uid", "command")
         "a control command that changes something";
     CtlDenied "ctl_denied" Warning ("uid", "command", "[suppressed]", "[msg]")
