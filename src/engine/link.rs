@@ -221,6 +221,12 @@ impl Link {
         out
     }
 
+    /// Whether the link's QBER is known: a fresh reading came, its source
+    /// was found lost, or an operator's forced unlock set a baseline.
+    pub fn determined(&self) -> bool {
+        self.determined
+    }
+
     /// Engine-owned reasons only.
     pub fn reasons(&self) -> Reasons {
         self.reasons

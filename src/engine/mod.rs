@@ -34,7 +34,7 @@ use crate::imsg::{self, EngineConfig, LinkReasons};
 use crate::imsg::{LinkState, ToEngine, ToParent};
 use crate::lock::LockReason;
 use crate::log::{self, Event};
-use crate::policy::params::LinkPolicy;
+use crate::policy::params::{LinkPolicy, OnQber};
 use crate::proto::ctl::Reply;
 use control::CtlCall;
 use link::{Action, Input, Link};
@@ -79,6 +79,9 @@ struct LinkSlot {
     sim_control: Option<Box<qber::fetch::Getter>>,
     /// Its entry in [`Engine::due`].
     due_at: deadlines::Registered,
+    /// A master's rounds are held until the link's QBER is known
+    /// ([`keys::Keys::is_master`]); cleared then.
+    waits_for_qber: bool,
 }
 
 struct Engine {
@@ -529,6 +532,12 @@ impl Engine {
             Action::Hold { on } => Some(*on),
             _ => None,
         });
+        // A master's first round, once its link's QBER is known.
+        let qber_known = slot.waits_for_qber && slot.link.determined();
+        if qber_known {
+            slot.waits_for_qber = false;
+        }
+        let first_round = qber_known && status.tripped != Some(OnQber::Hold);
         let threshold = slot.link.policy().map(|p| p.qber_lockdown);
         // A lost source may be the whole section's (said as one at the
         // turn's end); any other lock is not held back.
@@ -587,6 +596,9 @@ impl Engine {
         }
         if let Some(on) = hold {
             let inputs = self.keys.hold(name, on, now);
+            self.feed_keys(inputs, now);
+        } else if first_round {
+            let inputs = self.keys.hold_rounds(name, false, now);
             self.feed_keys(inputs, now);
         }
         refused

@@ -188,6 +188,11 @@ impl Rotation {
         }
     }
 
+    /// Whether rounds are held ([`Input::Hold`]).
+    pub fn held(&self) -> bool {
+        self.ctx.held
+    }
+
     /// When the next [`Input::Tick`] is due (None: only inputs matter).
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.side {

@@ -13,6 +13,7 @@ use crate::imsg::{self, EngineConfig, Hello, LinkReasons, LogRecord, ToEngine, T
 use crate::lock::{LockReason, Reasons};
 use crate::log::{self, Event, Prio};
 use crate::names::Names;
+use crate::policy::params::OnQber;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -291,6 +292,8 @@ impl Engine {
                     link
                 }
             };
+            let waits_for_qber = !link.determined()
+                && (l.keys.as_ref()).is_some_and(|k| k.role == crate::conf::Role::Master);
             rows.push((
                 name_of(&l.name),
                 LinkSlot {
@@ -308,6 +311,7 @@ impl Engine {
                     sampled_ns: None,
                     sim_control: sim_control.map(Box::new),
                     due_at: Default::default(),
+                    waits_for_qber,
                 },
             ));
         }
@@ -317,6 +321,7 @@ impl Engine {
         }
         self.start_shared(readers, &shared, &cfg.qber_net, &renewed);
         self.qber_net = cfg.qber_net;
+        self.hold_rounds(now);
         let due = self.links.iter_mut().map(|(n, slot)| {
             let next = slot.next_deadline();
             (n, &mut slot.due_at, next)
@@ -383,6 +388,21 @@ impl Engine {
         }
         for (_, gone) in old {
             gone.task.abort();
+        }
+    }
+
+    /// Holds the rounds of every keyed link that must not rotate now: a
+    /// master whose link's QBER is not known yet, a link whose hold trip
+    /// stands. Idempotent for a rotation that is held already; a rotation
+    /// made anew (a reload's new peering key) starts unheld.
+    fn hold_rounds(&mut self, now: Instant) {
+        let held: Vec<String> = (self.links.iter())
+            .filter(|(_, s)| s.waits_for_qber || s.link.status(now).tripped == Some(OnQber::Hold))
+            .map(|(n, _)| n.to_string())
+            .collect();
+        for name in held {
+            let inputs = self.keys.hold_rounds(&name, true, now);
+            self.feed_keys(inputs, now);
         }
     }
 
