@@ -112,10 +112,38 @@ fn manual_unlock_holds_until_qkdctl_unlock() {
         .stdout(std::fs::File::create(&json_out).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both monitors subscribed: each has streamed an event said after
+    // they were started.
+    let streams = |path: &std::path::Path, needles: &[&str]| {
+        let t = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if needles.iter().all(|n| text.contains(n)) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{needles:?}: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&json_out)
+        .unwrap_or_default()
+        .contains("sim_control")
+        || !std::fs::read_to_string(&mon_out)
+            .unwrap_or_default()
+            .contains("sim_control")
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "monitors silent");
+        gw.ctl_ok(&["sim", "eve", "dr", "0"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
     gw.ctl_ok(&["sim", "eve", "dr", "1"]);
     gw.wait_state("lockdown", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200));
+    streams(
+        &mon_out,
+        &["event=lockdown proc=parent link=dr reason=qber"],
+    );
+    streams(&json_out, &["\"event\":\"lockdown\"", "\"event\":\"band\""]);
     for m in [&mut monitor, &mut json_monitor] {
         let _ = m.kill();
         let _ = m.wait();
@@ -902,7 +930,17 @@ fn flushed_ruleset_is_rebuilt_and_a_locked_link_stays_locked() {
     assert_eq!(gw.pings(3), 3);
     gw.nft(&["flush", "ruleset"]);
     lost(2);
-    std::thread::sleep(Duration::from_millis(300));
+    // The rebuild locks everything first; the open link's chain is
+    // reloaded on a later turn of the loop, a moment after.
+    let t = std::time::Instant::now();
+    while gw.pings(1) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the open link stayed shut after the rebuild\n{}",
+            gw.log()
+        );
+    }
+    eprintln!("open again {:?} after firewall_lost", t.elapsed());
     assert_eq!(gw.pings(3), 3, "{}", gw.log());
 }
 
@@ -942,12 +980,16 @@ fn a_killed_parent_locks_every_link_by_itself() {
     let before = times.iter().filter(|t| **t < t_kill).count();
     assert!(before >= 20, "traffic passed before the kill: {before}");
     let last = times.iter().copied().fold(t_kill, f64::max);
+    // The switch lapses at most 3 s after the kill (the last beat came
+    // before it); a reply let through just before then is stamped when the
+    // ping process reads it, which a loaded machine may delay: half a
+    // second for that, still short of the 5 s the stream ran on.
     eprintln!(
-        "last reply {:.0} ms after the parent's SIGKILL (bound 3100 ms)",
+        "last reply {:.0} ms after the parent's SIGKILL (bound 3500 ms)",
         (last - t_kill) * 1000.0
     );
     assert!(
-        last - t_kill <= 3.1,
+        last - t_kill <= 3.5,
         "a reply {:.3}s after the parent died",
         last - t_kill
     );
@@ -1092,6 +1134,8 @@ fn tampering_is_repaired_by_the_running_daemon() {
     let Some(mut gw) = Gateway::new("qkt16", "200ms", "") else {
         return;
     };
+    // A tick or two (1 s each) finds and mends it; more on a loaded machine.
+    const REPAIRED_WITHIN: Duration = Duration::from_secs(10);
     gw.start_open();
     // A few quiet ticks: the gate is in use.
     std::thread::sleep(Duration::from_secs(3));
@@ -1103,7 +1147,7 @@ fn tampering_is_repaired_by_the_running_daemon() {
         .any(|l| l.trim() == "accept")
     {
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < REPAIRED_WITHIN,
             "foreign accept kept\n{}",
             gw.log()
         );
@@ -1122,7 +1166,7 @@ fn tampering_is_repaired_by_the_running_daemon() {
         .contains(key)
     {
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < REPAIRED_WITHIN,
             "map not repaired\n{}",
             gw.log()
         );
@@ -1140,7 +1184,7 @@ fn tampering_is_repaired_by_the_running_daemon() {
         let link = in_chain(&gw, "link_dr");
         let lock = in_chain(&gw, "lock_dr");
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < REPAIRED_WITHIN,
             "not re-locked\n{link}\n{lock}\n{}",
             gw.log()
         );
@@ -1165,7 +1209,7 @@ fn tampering_is_repaired_by_the_running_daemon() {
         .any(|l| l.trim() == "accept")
     {
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < REPAIRED_WITHIN,
             "replaced rule kept\n{}",
             gw.log()
         );

@@ -301,9 +301,10 @@ fn packets_follow_the_link_chain() {
     // the rig's nft adds the elements): without it no jump is taken.
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     assert!(!ping(&r.ns, "10.99.0.2"), "no heartbeat: dropped");
-    r.ns.nft("add element inet qkdpfd alive { ipv4 timeout 2s, ipv6 timeout 2s }");
+    // Five seconds: room for the ping on a loaded machine.
+    r.ns.nft("add element inet qkdpfd alive { ipv4 timeout 5s, ipv6 timeout 5s }");
     assert!(ping(&r.ns, "10.99.0.2"), "heartbeat: open passes");
-    std::thread::sleep(std::time::Duration::from_millis(2200));
+    std::thread::sleep(std::time::Duration::from_millis(5200));
     assert!(!ping(&r.ns, "10.99.0.2"), "heartbeat expired: dropped");
     r.ns.nft("add element inet qkdpfd alive { ipv4, ipv6 }");
     r.fw.apply(
@@ -500,8 +501,7 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
     let one = [dr.clone()];
     r.fw.init(&one).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
     r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
     r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();

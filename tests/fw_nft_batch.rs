@@ -422,8 +422,7 @@ fn links_and_far_end(r: &Rig, n: u8) -> (Netns, Vec<LinkTarget>) {
 /// The table for `ls` with the dead-man switch armed and every link open.
 fn every_link_open(r: &mut Rig, ls: &[LinkTarget]) {
     r.fw.init(ls).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
     for l in ls {
         r.fw.apply(l, Enforcement::Open, "accept").unwrap();
     }
@@ -637,8 +636,7 @@ fn another_tables_changes_need_no_listing_ours_do() {
     );
 
     r.ns.nft("add element inet other banned { 192.0.2.9 }");
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
     r.ns.nft("delete element inet other banned { 192.0.2.9 }");
     r.fw.apply(&ls[3], Enforcement::Lockdown, "counter drop")
         .unwrap();
@@ -677,8 +675,7 @@ fn many_opens_share_one_transaction() {
     let mut r = rig();
     let (_far, ls) = links_and_far_end(&r, 4);
     r.fw.init(&ls).unwrap();
-    r.fw.keep_alive(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
     // l0's slow open loads the text into every locked link's chain.
     r.fw.apply(&ls[0], Enforcement::Open, "accept").unwrap();
     let rest: Vec<&LinkTarget> = ls[1..].iter().collect();

@@ -14,8 +14,6 @@ mod nft_listing;
 #[allow(dead_code)]
 mod rig;
 
-use std::time::Duration;
-
 use qkdpfd::lock::Enforcement;
 use qkdpfd::parent::fw::Observed;
 use qkdpfd::ruleset::LinkTarget;
@@ -31,7 +29,7 @@ fn locked_links(r: &mut Rig, n: u8) -> (Netns, Vec<LinkTarget>) {
         .collect();
     ls.push(link("dr", &a, [10, 99, 0, 2]));
     r.fw.init(&ls).unwrap();
-    r.fw.keep_alive(Some(Duration::from_secs(30))).unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
     let seen = r.fw.observe(&ls, None).unwrap();
     assert!(seen.values().all(|rb| rb.state == Observed::Locked));
     (far, ls)

@@ -47,17 +47,22 @@ def reasons(link, rs):
     send(101, {"link": link, "reasons": rs, "qber": None, "threshold": None,
                "by_operator": False, "sampled_ns": None})
 
-def replies(seconds):
+def replies(want, seconds):
     # Prints the parent's answers to control requests (type 4) to stderr,
-    # which is the parent's log, for `seconds`.
+    # which is the parent's log, until every id of `want` is answered (at
+    # most `seconds`), then for a second more.
     end = time.time() + seconds
-    while time.time() < end:
-        r, _, _ = select.select([FD], [], [], max(0, end - time.time()))
+    more = None
+    while time.time() < (more or end):
+        r, _, _ = select.select([FD], [], [], max(0, (more or end) - time.time()))
         if not r:
             break
         t, body = read_frame()
         if t == 4:
             print("REPLY " + body.decode(), file=sys.stderr, flush=True)
+            want.discard(json.loads(body).get("id"))
+            if not want and more is None:
+                more = time.time() + 1.0
 
 ctl_listener = None
 def root_connection():
@@ -123,7 +128,7 @@ elif mode == "replay":
     pass_client(6, s6.fileno(), "log")
     for s in (s1, s3, s5, s6):
         s.close()
-    replies(2)
+    replies({1, 3, 4, 5, 6}, 20)
     garbage()
 elif mode == "clear":
     # Says nothing holds the link, as an engine taken over from the

@@ -149,9 +149,8 @@ impl Siem {
         for w in wants {
             self.logs[end].wait_for(from, w, Duration::from_secs(10));
         }
-        // rsyslog has written what the daemon sent by now.
-        std::thread::sleep(Duration::from_millis(300));
-        let to = self.logs[end].mark();
+        // What the daemon sent after them, written too.
+        let to = self.logs[end].settled();
         let objects = self.logs[end].save(&self.dir, name, from, &to);
         self.last[end] = Some(to);
         self.took.push((name, started.elapsed()));

@@ -223,6 +223,24 @@ impl Syslog {
         }
     }
 
+    /// A [`Mark`] once rsyslog has written nothing for half a second (at
+    /// most 5 s): what the daemons said by now is in the files, not still
+    /// queued to land in the next scenario's slice.
+    pub fn settled(&self) -> Mark {
+        let t = Instant::now();
+        let mut last = self.mark();
+        let mut still = Instant::now();
+        while still.elapsed() < Duration::from_millis(500) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.mark();
+            if (now.json, now.raw) != (last.json, last.raw) {
+                last = now;
+                still = Instant::now();
+            }
+        }
+        last
+    }
+
     /// Every JSON object written since `from`.
     pub fn since(&self, from: &Mark) -> Vec<serde_json::Value> {
         parse_jsonl(&read(&self.json)[from.json..])

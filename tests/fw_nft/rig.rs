@@ -108,6 +108,12 @@ pub fn enter_name(name: &str) {
     let _ = name;
 }
 
+/// The dead-man switch's timeout where a test arms it without testing it:
+/// longer than any of these tests runs (the kernel lane's emulated VM ran
+/// one for over 30 s, and every link dropped mid-test when it lapsed).
+#[allow(dead_code)]
+pub const SWITCH: std::time::Duration = std::time::Duration::from_secs(600);
+
 pub fn rig() -> Rig {
     rig_with(false)
 }

@@ -520,6 +520,9 @@ pub fn engine_failure(s: &mut Siem) {
         "engine_failure",
         &from,
         started,
-        &[want("engine_lost", &[("proc", "parent")])],
+        &[
+            want("engine_lost", &[("proc", "parent")]),
+            want("shutdown", &[("reason", "process-failure")]),
+        ],
     );
 }
