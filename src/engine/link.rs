@@ -227,6 +227,11 @@ impl Link {
         self.determined
     }
 
+    /// The action of a trip not yet recovered or released.
+    pub fn tripped(&self) -> Option<OnQber> {
+        self.trip
+    }
+
     /// Engine-owned reasons only.
     pub fn reasons(&self) -> Reasons {
         self.reasons

@@ -79,8 +79,10 @@ struct LinkSlot {
     sim_control: Option<Box<qber::fetch::Getter>>,
     /// Its entry in [`Engine::due`].
     due_at: deadlines::Registered,
-    /// A master's rounds are held until the link's QBER is known
-    /// ([`keys::Keys::is_master`]); cleared then.
+    /// A master's rounds are held until its link's QBER is known (its
+    /// first fresh reading, or its source found lost); cleared then. A key
+    /// fetched before may come from an incident the process did not see:
+    /// a hold trip does not survive a restart (a `qber` lockdown does).
     waits_for_qber: bool,
 }
 
@@ -537,7 +539,7 @@ impl Engine {
         if qber_known {
             slot.waits_for_qber = false;
         }
-        let first_round = qber_known && status.tripped != Some(OnQber::Hold);
+        let first_round = qber_known && slot.link.tripped() != Some(OnQber::Hold);
         let threshold = slot.link.policy().map(|p| p.qber_lockdown);
         // A lost source may be the whole section's (said as one at the
         // turn's end); any other lock is not held back.

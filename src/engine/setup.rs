@@ -397,7 +397,7 @@ impl Engine {
     /// made anew (a reload's new peering key) starts unheld.
     fn hold_rounds(&mut self, now: Instant) {
         let held: Vec<String> = (self.links.iter())
-            .filter(|(_, s)| s.waits_for_qber || s.link.status(now).tripped == Some(OnQber::Hold))
+            .filter(|(_, s)| s.waits_for_qber || s.link.tripped() == Some(OnQber::Hold))
             .map(|(n, _)| n.to_string())
             .collect();
         for name in held {

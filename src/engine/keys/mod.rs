@@ -317,7 +317,7 @@ impl Keys {
     }
 
     /// Holds or resumes `name`'s rounds, uncounted: a master's first round
-    /// waits until its link's QBER is known (see [`Keys::is_master`]).
+    /// waits until its link's QBER is known (the engine's `waits_for_qber`).
     pub fn hold_rounds(
         &mut self,
         name: &str,
@@ -327,15 +327,6 @@ impl Keys {
         let mut out = Vec::new();
         self.feed(name, Input::Hold(on), now, &mut out);
         out
-    }
-
-    /// Whether this end starts `name`'s rounds. A master that has just
-    /// started waits for its link's first QBER reading (or its source's
-    /// loss) before its first round: a key fetched before the QBER is
-    /// known may come from an incident the process did not see (a hold
-    /// trip does not survive a restart; a `qber` lockdown does).
-    pub fn is_master(&self, name: &str) -> bool {
-        (self.links.get(name)).is_some_and(|l| l.route.role == rotate::Role::Master)
     }
 
     /// Whether `name`'s rounds are held now.
