@@ -641,19 +641,26 @@ fn a_reload_with_a_kme_file_the_engine_cannot_use_is_refused() {
     };
     let conf = p.path(A, "qkdpfd.conf");
     let good = std::fs::read_to_string(&conf).unwrap();
-    let bad_ca = p.path(A, "bad-ca.pem");
+    // Beside the good CA: a file the parent may read (its sandbox reads
+    // the directories of the files it read at start), so only its
+    // contents can be refused.
+    let ca_line = good.lines().find(|l| l.starts_with("ca = ")).unwrap();
+    let ca = std::path::PathBuf::from(ca_line.trim_start_matches("ca = ").trim_matches('"'));
+    let bad_ca = ca.with_file_name("bad-ca.pem");
     std::fs::write(
         &bad_ca,
         "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let ca_line = good.lines().find(|l| l.starts_with("ca = ")).unwrap();
     let bad = good.replace(ca_line, &format!("ca = \"{}\"", bad_ca.display()));
     std::fs::write(&conf, bad).unwrap();
     let o = p.ctl(A, &["reload"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
-    assert!(err.contains("[kme.site]"), "{err}");
+    assert!(
+        err.contains("[kme.site]") && err.contains("unusable CA certificate"),
+        "{err}"
+    );
     // The engine that was running still rotates the link.
     let epoch = p.installed(A);
     p.ctl_ok(A, &["rotate", "dr"]);

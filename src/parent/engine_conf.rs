@@ -368,6 +368,33 @@ mod tests {
     use super::*;
     use crate::state::LinkRecord;
 
+    /// A QBER source's CA that is no certificate is refused by the parent,
+    /// naming the section, before any engine could fail to open it.
+    #[test]
+    fn a_qber_ca_the_engine_could_not_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[policy]\npubkeys = [\"/k.pub\"]\n\n[qber.net]\ndriver = \"http-json\"\nurl = \"https://127.0.0.1:8443/q/{{qber_id}}\"\n\
+             pointer = \"/v\"\nca = \"{}\"\n\n\
+             [link.dr]\nqber = \"net\"\nqber_id = \"t\"\nwg_interface = \"wg0\"\nwg_port = 51820\n\
+             addresses = [\"192.0.2.2\"]\n",
+            ca.display()
+        );
+        let conf = crate::conf::parse("t.conf", &text).unwrap();
+        let e = qber_net(&conf).unwrap_err();
+        assert!(e.starts_with("[qber.net] ") && e.contains("ca"), "{e}");
+        // The same section with a real CA is taken.
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        crate::sim::pki::create(dir.path(), &names(&["a"]), &names(&["S"]), &[]).unwrap();
+        assert!(qber_net(&conf).is_ok());
+    }
+
     #[test]
     fn a_proven_keys_age_counts_from_its_install() {
         let now = crate::utc::now_unix();
