@@ -28,13 +28,16 @@
 //!   jittered; later rounds come every `rotate` ± 10 %.
 //! - The slave persists an epoch when it accepts the OFFER, before
 //!   `dec_keys`: an epoch, hence a key_ID, is never fetched twice, even
-//!   across a restart. A slave round that fails (`dec_keys`, install,
-//!   persist) is not retried for that OFFER: its retransmits are answered
-//!   with a NACK of that very epoch, which the master counts as a failed
-//!   round and retries after its backoff with a new key. Keys are
-//!   single-use at the KME.
-//! - Any other NACK jumps the master's epoch to `last` and starts a new
-//!   round at once; the next OFFER uses `last + 1`.
+//!   across a restart. A `dec_keys` that fails is not retried for that
+//!   OFFER (retransmits are ignored: a NACK would make a master that
+//!   follows DESIGN §6 start a round at once, a key spent at both KMEs per
+//!   retransmit while the slave keeps failing); the master's round times
+//!   out and the next round brings a new key. Keys are single-use at the
+//!   KME.
+//! - A NACK of the master's own epoch (a slave that accepted the OFFER,
+//!   then restarted before it confirmed) fails the round, retried after
+//!   the backoff; any other NACK jumps the master's epoch to `last` and
+//!   starts a new round at once; the next OFFER uses `last + 1`.
 //! - Under a hold (`on_qber = hold`) no OFFER leaves: a key being fetched
 //!   when the hold comes is dropped, and a NACK starts no round. An OFFER
 //!   already out completes (the slave may have installed it).

@@ -148,7 +148,7 @@ impl Master {
     fn on_rotate_now(&mut self, ctx: &mut Ctx, out: &mut Vec<Action>) {
         match self.phase {
             Phase::Idle { .. } if ctx.held => out.push(Action::Ignored {
-                why: "rotation held (on_qber = hold)",
+                why: "rotation held (on_qber = hold, or the link's QBER not known yet)",
             }),
             Phase::Idle { .. } => self.start(ctx, out),
             _ => out.push(Action::Ignored {
@@ -222,9 +222,9 @@ impl Master {
                     self.fail(ctx, why, out);
                 }
             }
-            // Our own epoch back: the slave accepted the OFFER and its
-            // round failed (dec_keys, install, persist). A failed round,
-            // retried after the backoff with a new key.
+            // Our own epoch back: the slave accepted the OFFER and lost its
+            // round (it restarted before it confirmed). A failed round,
+            // retried after the backoff with a new key, not at once.
             Body::Nack { last } if last == o.msg.epoch => {
                 out.push(Action::PeerRound);
                 let why = format!("the peer's round for epoch {last} failed");

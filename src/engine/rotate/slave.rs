@@ -134,13 +134,13 @@ impl Slave {
                     State::Fetching | State::Installing(_) => Action::Ignored {
                         why: "retransmit while fetching",
                     },
-                    // Said, not left to the master's round timeout (the
-                    // whole period): it retries with a new key after its
-                    // backoff. Answers are rate-limited at the door.
-                    State::Failed => {
-                        let nack = Body::Nack { last: r.epoch };
-                        Action::Send(ctx.message(m.epoch, m.nonce, m.key_id, nack))
-                    }
+                    // Not answered: a master that follows DESIGN §6 starts
+                    // a new round at once on any NACK, and a slave failing
+                    // for good (no such peer, a KME refusing) would then
+                    // cost a key at both KMEs every retransmit.
+                    State::Failed => Action::Ignored {
+                        why: "retransmit of a failed round",
+                    },
                 });
             }
         }
