@@ -508,15 +508,12 @@ fn check_link(lp: &LinkPolicy) -> Vec<Problem> {
             ),
         );
     }
-    let floor = outlasts_a_round(lp.rotate);
-    if lp.max_key_age < floor {
+    if lp.max_key_age < lp.rotate {
         err(
             "max_key_age",
             format!(
-                "max_key_age {} must be at least {} (rotate {} with its 10 % jitter and 30 s \
-                 for the round)",
+                "max_key_age {} must be at least rotate {}",
                 fmt_d(lp.max_key_age),
-                fmt_d(floor),
                 fmt_d(lp.rotate)
             ),
         );
@@ -552,17 +549,36 @@ fn check_link(lp: &LinkPolicy) -> Vec<Problem> {
             ),
         );
     }
-    if lp.peer_timeout < floor {
+    if lp.peer_timeout < lp.rotate {
         err(
             "peer_timeout",
             format!(
-                "peer_timeout {} must be at least {} (rotate {} with its 10 % jitter and 30 s \
-                 for the round)",
+                "peer_timeout {} must be at least rotate {}",
                 fmt_d(lp.peer_timeout),
-                fmt_d(floor),
                 fmt_d(lp.rotate)
             ),
         );
+    }
+    // A warning, not an error: bundles that were valid before this check
+    // must still be restored at start (an error there holds every link).
+    let floor = outlasts_a_round(lp.rotate);
+    for (key, value) in [
+        ("max_key_age", lp.max_key_age),
+        ("peer_timeout", lp.peer_timeout),
+    ] {
+        if value >= lp.rotate && value < floor {
+            out.push(Problem {
+                key,
+                msg: format!(
+                    "{key} {} is shorter than {} (rotate {} with its 10 % jitter and 30 s for \
+                     the round): a healthy link will lock between rounds",
+                    fmt_d(value),
+                    fmt_d(floor),
+                    fmt_d(lp.rotate)
+                ),
+                warning: true,
+            });
+        }
     }
     if q > QBER_WARN && q <= QBER_MAX {
         out.push(Problem {
