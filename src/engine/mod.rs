@@ -534,8 +534,13 @@ impl Engine {
             Action::Hold { on } => Some(*on),
             _ => None,
         });
-        // A master's first round, once its link's QBER is known.
-        let qber_known = slot.waits_for_qber && slot.link.determined();
+        // A master's first round, once its link's QBER is known: below the
+        // lockdown threshold, or a trip formed (a hold trip keeps it held),
+        // or the source found lost. A high first reading is no all-clear:
+        // the trip it may start needs trip_samples of them.
+        let qber_known = slot.waits_for_qber
+            && slot.link.determined()
+            && (status.over_threshold == 0 || slot.link.tripped().is_some());
         if qber_known {
             slot.waits_for_qber = false;
         }

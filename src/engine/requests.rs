@@ -178,7 +178,10 @@ impl Engine {
                     Some(s) if s.role == crate::conf::Role::Slave => {
                         (format!("{n}: slave (the master starts rounds)"), false)
                     }
-                    Some(s) if s.held => (format!("{n}: held (on_qber = hold)"), false),
+                    Some(s) if s.held => (
+                        format!("{n}: held (on_qber = hold, or its QBER not known yet)"),
+                        false,
+                    ),
                     Some(s) if s.in_round => (
                         format!("{n}: round started (epoch after {})", s.epoch),
                         true,
@@ -397,7 +400,10 @@ mod tests {
     #[test]
     fn rotate_is_refused_unless_a_round_started() {
         let slave = line("dr: slave (the master starts rounds)", false);
-        let held = line("br: held (on_qber = hold)", false);
+        let held = line(
+            "br: held (on_qber = hold, or its QBER not known yet)",
+            false,
+        );
         let started = line("hq: round started (epoch after 4)", true);
         for alone in [&slave, &held] {
             let r = rotate_reply(vec![alone.clone()]);

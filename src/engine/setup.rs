@@ -276,7 +276,9 @@ impl Engine {
                     continue;
                 }
             };
-            // A changed source keeps the link's state machine (and its reasons).
+            // A changed source keeps the link's state machine (and its
+            // reasons); its first reading is the new source's baseline.
+            let reopened = kept.is_some();
             let link = match kept {
                 Some(mut slot) => {
                     slot.stop_poller();
@@ -301,7 +303,10 @@ impl Engine {
                     source,
                     poller,
                     reads_from: serial,
-                    fresh: Freshness::new(),
+                    fresh: match reopened {
+                        true => Freshness::baseline(),
+                        false => Freshness::new(),
+                    },
                     next_poll: now,
                     qber_name: section[&l.qber].clone(),
                     qber_id: l.qber_id.as_str().into(),
@@ -391,17 +396,22 @@ impl Engine {
         }
     }
 
-    /// Holds the rounds of every keyed link that must not rotate now: a
+    /// Holds the rounds of every keyed link that must not rotate now (a
     /// master whose link's QBER is not known yet, a link whose hold trip
-    /// stands. Idempotent for a rotation that is held already; a rotation
-    /// made anew (a reload's new peering key) starts unheld.
+    /// stands) and resumes the others: a rotation made anew (a reload's
+    /// new peering key) starts unheld, and one held for a link the engine
+    /// stopped watching (its source could not open) must not stay held
+    /// once the link is watched again without a trip.
     fn hold_rounds(&mut self, now: Instant) {
-        let held: Vec<String> = (self.links.iter())
-            .filter(|(_, s)| s.waits_for_qber || s.link.tripped() == Some(OnQber::Hold))
-            .map(|(n, _)| n.to_string())
+        let changes: Vec<(String, bool)> = (self.links.iter())
+            .filter_map(|(n, s)| {
+                let want = s.waits_for_qber || s.link.tripped() == Some(OnQber::Hold);
+                let held = self.keys.rounds_held(n)?;
+                (held != want).then(|| (n.to_string(), want))
+            })
             .collect();
-        for name in held {
-            let inputs = self.keys.hold_rounds(&name, true, now);
+        for (name, want) in changes {
+            let inputs = self.keys.hold_rounds(&name, want, now);
             self.feed_keys(inputs, now);
         }
     }

@@ -7,6 +7,7 @@ use super::*;
 use crate::conf::{QberConf, QberDriver, SimLinkConf};
 use crate::imsg::{EngineLink, QberNet};
 use crate::lock::Reasons;
+use crate::policy::params::OnQber;
 
 /// An engine with no sockets, and what it sends the parent.
 fn engine() -> (
@@ -67,7 +68,9 @@ fn reading(poller: u64, qber: f64, seq: u64) -> PollResult {
 
 /// A reading the replaced source's poller left queued is not the new
 /// source's: taken, its sequence number (1,000,000 here) would make the
-/// new source's readings (from 5) stale until they passed it.
+/// new source's readings (from 5) stale until they passed it. The new
+/// source's first reading is its baseline (a stalled agent's repeat must
+/// not count once as fresh); the next one counts.
 #[tokio::test]
 async fn a_reload_drops_the_replaced_sources_queued_reading() {
     let (mut eng, _to_parent, _polls) = engine();
@@ -78,9 +81,17 @@ async fn a_reload_drops_the_replaced_sources_queued_reading() {
     let new = eng.links.get("dr").unwrap().reads_from;
     assert_ne!(old, new);
     eng.on_poll(reading(old, 0.04, 1_000_000), now);
-    eng.on_poll(reading(new, 0.02, 5), now);
-    let status = eng.links.get("dr").unwrap().link.status(now);
-    assert_eq!(status.qber, Some(0.02));
+    eng.on_poll(reading(new, 0.03, 5), now);
+    let qber = |eng: &Engine| eng.links.get("dr").unwrap().link.status(now).qber;
+    assert_eq!(
+        qber(&eng),
+        None,
+        "a reopened source's first reading counted"
+    );
+    eng.on_poll(reading(new, 0.03, 5), now);
+    assert_eq!(qber(&eng), None, "a repeat counted");
+    eng.on_poll(reading(new, 0.02, 6), now);
+    assert_eq!(qber(&eng), Some(0.02));
     // The same source kept across a reload keeps its poller and serial.
     eng.configure(reading_from("b", 10), now).unwrap();
     assert_eq!(eng.links.get("dr").unwrap().reads_from, new);
@@ -262,21 +273,113 @@ async fn a_masters_first_round_waits_for_the_links_qber() {
     let now = Instant::now();
     eng.configure(keyed(crate::conf::Role::Master, pki.path()), now)
         .unwrap();
-    assert!(
+    assert_eq!(
         eng.keys.rounds_held("dr"),
+        Some(true),
         "the first round went ahead blind"
     );
     // The simulator's first reading: known, and low.
     eng.tick_link("dr".into(), now);
     assert!(eng.links.get("dr").unwrap().link.determined());
-    assert!(!eng.keys.rounds_held("dr"));
+    assert_eq!(eng.keys.rounds_held("dr"), Some(false));
     // A reload changes nothing for a link whose QBER is known.
     eng.configure(keyed(crate::conf::Role::Master, pki.path()), now)
         .unwrap();
-    assert!(!eng.keys.rounds_held("dr"));
+    assert_eq!(eng.keys.rounds_held("dr"), Some(false));
 
     let (mut eng, _to_parent, _polls) = engine();
     eng.configure(keyed(crate::conf::Role::Slave, pki.path()), now)
         .unwrap();
-    assert!(!eng.keys.rounds_held("dr"));
+    assert_eq!(eng.keys.rounds_held("dr"), Some(false));
+}
+
+/// A high first reading is no all-clear: the master waits while the
+/// trailing readings are at or above the lockdown threshold (the trip they
+/// may form needs trip_samples of them), and rotates once they are not.
+#[tokio::test]
+async fn a_high_first_reading_keeps_the_master_waiting() {
+    use crate::engine::qber::SimControl;
+    use crate::policy::params::LinkPolicy;
+    let pki = tempfile::tempdir().unwrap();
+    let (mut eng, _to_parent, _polls) = engine();
+    let now = Instant::now();
+    eng.configure(keyed(crate::conf::Role::Master, pki.path()), now)
+        .unwrap();
+    let policy = crate::imsg::ActivePolicy {
+        serial: 1,
+        not_after: None,
+        expiry_warning: 0,
+        signer: "test".into(),
+        links: [("dr".to_string(), LinkPolicy::DEFAULT)]
+            .into_iter()
+            .collect(),
+    };
+    eng.dispatch_parent(ToEngine::Policy(Some(policy))).unwrap();
+    let sim = |eng: &mut Engine, eve: f64| {
+        let slot = eng.links.get_mut("dr").unwrap();
+        let source = slot.source.as_mut().unwrap();
+        source.control(SimControl::Eve(eve)).unwrap();
+    };
+    sim(&mut eng, 1.0);
+    let mut t = now;
+    eng.tick_link("dr".into(), t);
+    assert!(eng.links.get("dr").unwrap().link.determined());
+    assert_eq!(
+        eng.keys.rounds_held("dr"),
+        Some(true),
+        "released on a high reading"
+    );
+    // Readings low again: once none of the trailing ones is high, it rotates.
+    sim(&mut eng, 0.0);
+    for _ in 0..=LinkPolicy::DEFAULT.trip_samples {
+        t += Duration::from_secs(1);
+        eng.tick_link("dr".into(), t);
+    }
+    assert_eq!(eng.keys.rounds_held("dr"), Some(false));
+}
+
+/// A slave whose rotation a hold trip held, then whose source could not be
+/// opened on a reload (the engine stops running the link, the trip is
+/// kept on disk by the parent), then opened again without a trip: its
+/// rotation is not left held for good (it would ignore every OFFER).
+#[tokio::test]
+async fn a_link_watched_again_without_a_trip_rotates_again() {
+    use crate::engine::qber::SimControl;
+    use crate::policy::params::LinkPolicy;
+    let pki = tempfile::tempdir().unwrap();
+    let (mut eng, _to_parent, _polls) = engine();
+    let now = Instant::now();
+    let cfg = keyed(crate::conf::Role::Slave, pki.path());
+    eng.configure(cfg.clone(), now).unwrap();
+    let hold = LinkPolicy {
+        on_qber: OnQber::Hold,
+        ..LinkPolicy::DEFAULT
+    };
+    let policy = crate::imsg::ActivePolicy {
+        serial: 1,
+        not_after: None,
+        expiry_warning: 0,
+        signer: "test".into(),
+        links: [("dr".to_string(), hold)].into_iter().collect(),
+    };
+    eng.dispatch_parent(ToEngine::Policy(Some(policy))).unwrap();
+    let slot = eng.links.get_mut("dr").unwrap();
+    let source = slot.source.as_mut().unwrap();
+    source.control(SimControl::Eve(1.0)).unwrap();
+    let mut t = now;
+    for _ in 0..LinkPolicy::DEFAULT.trip_samples {
+        t += Duration::from_secs(1);
+        eng.tick_link("dr".into(), t);
+    }
+    assert_eq!(eng.keys.rounds_held("dr"), Some(true), "no hold trip");
+    // A source that cannot open (no TLS settings from the parent).
+    let mut unwatched = cfg.clone();
+    let mut net = reading_from("net", 9);
+    unwatched.links[0].qber = "net".into();
+    unwatched.qber.append(&mut net.qber);
+    eng.configure(unwatched, t).unwrap();
+    assert!(eng.links.get("dr").is_none());
+    // Watched again, its trip gone with the state machine.
+    eng.configure(cfg, t).unwrap();
+    assert_eq!(eng.keys.rounds_held("dr"), Some(false));
 }

@@ -329,9 +329,9 @@ impl Keys {
         out
     }
 
-    /// Whether `name`'s rounds are held now.
-    pub fn rounds_held(&self, name: &str) -> bool {
-        (self.links.get(name)).is_some_and(|l| l.rot.held())
+    /// Whether `name`'s rounds are held now; None for a link without keys.
+    pub fn rounds_held(&self, name: &str) -> Option<bool> {
+        self.links.get(name).map(|l| l.rot.held())
     }
 
     pub fn on_kme(&mut self, a: KmeAnswer, now: Instant) -> Vec<(String, link::Input)> {

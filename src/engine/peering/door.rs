@@ -26,10 +26,13 @@
 //!   bounds. Until it is spent they are verified and answered, because a
 //!   master that lost its epoch learns the slave's only from a NACK.
 //!
-//! An OFFER above the slave's epoch is always verified: the master's epoch
-//! runs ahead by one per failed round for as long as the slave was away,
-//! and a slave that lost its state starts again at 0, so no upper window
-//! is safe; nor would one help, as a forger picks any epoch inside it.
+//! An OFFER above the slave's epoch is verified within the link's budget of
+//! new-epoch OFFERs ([`OFFERS_PER_SEC`]), whatever its epoch: the master's
+//! epoch runs ahead by one per failed round for as long as the slave was
+//! away, and a slave that lost its state starts again at 0, so no upper
+//! window is safe; nor would one help, as a forger picks any epoch inside
+//! it. A flood of forged ones spends that link's budget (its rounds stall,
+//! fail closed), not the engine's time.
 //!
 //! Datagrams from an address that is no configured peer's are refused
 //! already in the receive task, but for a sample of them a second that

@@ -27,6 +27,8 @@ pub fn validate(qber: f64) -> Result<f64, String> {
 #[derive(Clone, Debug, Default)]
 pub struct Freshness {
     last: Option<u64>,
+    /// The next reading only sets the high mark ([`Freshness::baseline`]).
+    baseline: bool,
 }
 
 impl Freshness {
@@ -34,10 +36,25 @@ impl Freshness {
         Freshness::default()
     }
 
+    /// For a source opened again under a link that runs on (a reload
+    /// changed its section, its TLS files or its address): the first
+    /// reading only sets the high mark, as a stalled agent's repeated
+    /// value would otherwise count once as fresh and clear `source-lost`.
+    pub fn baseline() -> Freshness {
+        Freshness {
+            last: None,
+            baseline: true,
+        }
+    }
+
     /// True, and remembered, if `s.seq` advanced. A sequence that goes back
     /// (a restarted agent) is not fresh until it passes the old high mark or
     /// the driver calls [`Freshness::reset`] after reconnecting.
     pub fn is_fresh(&mut self, s: &Sample) -> bool {
+        if std::mem::take(&mut self.baseline) {
+            self.last = Some(s.seq);
+            return false;
+        }
         if self.last.is_some_and(|last| s.seq <= last) {
             return false;
         }
@@ -63,6 +80,16 @@ pub enum SimControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reopened_source_needs_a_reading_past_its_first() {
+        let mut f = Freshness::baseline();
+        let s = |seq| Sample { qber: 0.01, seq };
+        assert!(!f.is_fresh(&s(7)), "a stalled agent's repeat counted");
+        assert!(!f.is_fresh(&s(7)));
+        assert!(f.is_fresh(&s(8)));
+        assert!(Freshness::new().is_fresh(&s(7)));
+    }
 
     #[test]
     fn validate_refuses_out_of_range() {
