@@ -727,13 +727,7 @@ impl Links {
         let Some(l) = self.links.get(name).filter(|_| !self.hold_writes) else {
             return;
         };
-        let on_disk = self.state.links.get(name);
-        let rec = LinkRecord {
-            reasons: l.reasons().persisted(),
-            epoch: self.epoch(name),
-            verifier: on_disk.and_then(|r| r.verifier.clone()),
-            installed_at: on_disk.and_then(|r| r.installed_at),
-        };
+        let rec = self.record(name, l.reasons());
         let same = match self.state.links.get(name) {
             Some(on_disk) => *on_disk == rec,
             None => rec.is_empty(),
@@ -747,6 +741,15 @@ impl Links {
         if self.persist_disabled || self.write_failing.is_some() || !self.journal(vec![entry]) {
             self.persist();
         }
+    }
+
+    /// `name`'s record as it is to be written: the reasons that survive a
+    /// restart from `reasons`, the rest (key epoch, verifier, install
+    /// time) as the state holds it.
+    pub(super) fn record(&self, name: &str, reasons: Reasons) -> LinkRecord {
+        let mut rec = self.state.links.get(name).cloned().unwrap_or_default();
+        rec.reasons = reasons.persisted();
+        rec
     }
 
     /// Appends to the state's journal; true once the entries are durable
@@ -780,13 +783,7 @@ impl Links {
         }
         let mut links = BTreeMap::new();
         for (name, l) in &self.links {
-            let on_disk = self.state.links.get(name);
-            let rec = LinkRecord {
-                reasons: l.reasons().persisted(),
-                epoch: self.epoch(name),
-                verifier: on_disk.and_then(|r| r.verifier.clone()),
-                installed_at: on_disk.and_then(|r| r.installed_at),
-            };
+            let rec = self.record(name, l.reasons());
             if !rec.is_empty() {
                 links.insert(name.clone(), rec);
             }

@@ -900,15 +900,7 @@ fn records_match_agrees_with_building_every_record() {
     // What `persist` wrote before it had a cheaper test: every record.
     let built = |l: &Links| -> BTreeMap<String, LinkRecord> {
         (l.links.iter())
-            .map(|(n, c)| {
-                let rec = LinkRecord {
-                    reasons: c.reasons().persisted(),
-                    epoch: l.epoch(n),
-                    verifier: l.state.links.get(n).and_then(|r| r.verifier.clone()),
-                    installed_at: l.state.links.get(n).and_then(|r| r.installed_at),
-                };
-                (n.clone(), rec)
-            })
+            .map(|(n, c)| (n.clone(), l.record(n, c.reasons())))
             .filter(|(_, r)| !r.is_empty())
             .collect()
     };
