@@ -191,6 +191,25 @@ pub struct QberConf {
     pub sim: SimLinkConf,
 }
 
+#[cfg(test)]
+impl QberConf {
+    /// A `driver` section with no URL, TLS files or pointer, polled each
+    /// second: what a test adds to.
+    pub(crate) fn of(driver: QberDriver) -> QberConf {
+        QberConf {
+            driver,
+            url: None,
+            poll: std::time::Duration::from_secs(1),
+            pointer: None,
+            scale: 1.0,
+            ca: None,
+            cert: None,
+            key: None,
+            sim: SimLinkConf::default(),
+        }
+    }
+}
+
 /// Physical parameters of a simulated QKD link (reference/qkd-physics.md,
 /// decoy-state BB84 with the GYS parameter set as defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 use super::qber::Sample;
 use super::qber::poller::{PollResult, Polled};
 use super::*;
-use crate::conf::{QberConf, QberDriver, SimLinkConf};
+use crate::conf::{QberConf, QberDriver};
 use crate::imsg::{EngineLink, QberNet};
 use crate::lock::Reasons;
 use crate::policy::params::OnQber;
@@ -35,15 +35,10 @@ fn reading_from(qber: &str, port: u16) -> EngineConfig {
         keys: None,
     });
     let conf = QberConf {
-        driver: QberDriver::HttpJson,
         url: Some(format!("http://127.0.0.1:{port}/{{qber_id}}")),
         poll: Duration::from_secs(60),
         pointer: Some("/v".into()),
-        scale: 1.0,
-        ca: None,
-        cert: None,
-        key: None,
-        sim: SimLinkConf::default(),
+        ..QberConf::of(QberDriver::HttpJson)
     };
     cfg.qber.insert(qber.into(), conf);
     let net = QberNet {
@@ -54,6 +49,28 @@ fn reading_from(qber: &str, port: u16) -> EngineConfig {
     };
     cfg.qber_net.insert(qber.into(), net);
     cfg
+}
+
+/// Policy serial 1 with `lp` for link `dr`, as the parent sends it.
+fn set_policy(eng: &mut Engine, lp: crate::policy::params::LinkPolicy) {
+    let policy = crate::imsg::ActivePolicy {
+        serial: 1,
+        not_after: None,
+        expiry_warning: 0,
+        signer: "test".into(),
+        links: [("dr".to_string(), lp)].into_iter().collect(),
+    };
+    eng.dispatch_parent(ToEngine::Policy(Some(policy))).unwrap();
+}
+
+/// The simulator of link `dr` intercepts-and-resends `fraction` of its
+/// photons from its next reading on.
+fn eavesdropper(eng: &mut Engine, fraction: f64) {
+    let slot = eng.links.get_mut("dr").unwrap();
+    let source = slot.source.as_mut().unwrap();
+    source
+        .control(super::qber::SimControl::Eve(fraction))
+        .unwrap();
 }
 
 fn reading(poller: u64, qber: f64, seq: u64) -> PollResult {
@@ -247,18 +264,7 @@ fn keyed(role: crate::conf::Role, pki: &std::path::Path) -> EngineConfig {
             key_age_secs: None,
         }),
     });
-    let sim = QberConf {
-        driver: QberDriver::Sim,
-        url: None,
-        poll: Duration::from_secs(1),
-        pointer: None,
-        scale: 1.0,
-        ca: None,
-        cert: None,
-        key: None,
-        sim: SimLinkConf::default(),
-    };
-    cfg.qber.insert("sim".into(), sim);
+    cfg.qber.insert("sim".into(), QberConf::of(QberDriver::Sim));
     cfg
 }
 
@@ -298,29 +304,14 @@ async fn a_masters_first_round_waits_for_the_links_qber() {
 /// may form needs trip_samples of them), and rotates once they are not.
 #[tokio::test]
 async fn a_high_first_reading_keeps_the_master_waiting() {
-    use crate::engine::qber::SimControl;
     use crate::policy::params::LinkPolicy;
     let pki = tempfile::tempdir().unwrap();
     let (mut eng, _to_parent, _polls) = engine();
     let now = Instant::now();
     eng.configure(keyed(crate::conf::Role::Master, pki.path()), now)
         .unwrap();
-    let policy = crate::imsg::ActivePolicy {
-        serial: 1,
-        not_after: None,
-        expiry_warning: 0,
-        signer: "test".into(),
-        links: [("dr".to_string(), LinkPolicy::DEFAULT)]
-            .into_iter()
-            .collect(),
-    };
-    eng.dispatch_parent(ToEngine::Policy(Some(policy))).unwrap();
-    let sim = |eng: &mut Engine, eve: f64| {
-        let slot = eng.links.get_mut("dr").unwrap();
-        let source = slot.source.as_mut().unwrap();
-        source.control(SimControl::Eve(eve)).unwrap();
-    };
-    sim(&mut eng, 1.0);
+    set_policy(&mut eng, LinkPolicy::DEFAULT);
+    eavesdropper(&mut eng, 1.0);
     let mut t = now;
     eng.tick_link("dr".into(), t);
     assert!(eng.links.get("dr").unwrap().link.determined());
@@ -330,7 +321,7 @@ async fn a_high_first_reading_keeps_the_master_waiting() {
         "released on a high reading"
     );
     // Readings low again: once none of the trailing ones is high, it rotates.
-    sim(&mut eng, 0.0);
+    eavesdropper(&mut eng, 0.0);
     for _ in 0..=LinkPolicy::DEFAULT.trip_samples {
         t += Duration::from_secs(1);
         eng.tick_link("dr".into(), t);
@@ -344,7 +335,6 @@ async fn a_high_first_reading_keeps_the_master_waiting() {
 /// rotation is not left held for good (it would ignore every OFFER).
 #[tokio::test]
 async fn a_link_watched_again_without_a_trip_rotates_again() {
-    use crate::engine::qber::SimControl;
     use crate::policy::params::LinkPolicy;
     let pki = tempfile::tempdir().unwrap();
     let (mut eng, _to_parent, _polls) = engine();
@@ -355,17 +345,8 @@ async fn a_link_watched_again_without_a_trip_rotates_again() {
         on_qber: OnQber::Hold,
         ..LinkPolicy::DEFAULT
     };
-    let policy = crate::imsg::ActivePolicy {
-        serial: 1,
-        not_after: None,
-        expiry_warning: 0,
-        signer: "test".into(),
-        links: [("dr".to_string(), hold)].into_iter().collect(),
-    };
-    eng.dispatch_parent(ToEngine::Policy(Some(policy))).unwrap();
-    let slot = eng.links.get_mut("dr").unwrap();
-    let source = slot.source.as_mut().unwrap();
-    source.control(SimControl::Eve(1.0)).unwrap();
+    set_policy(&mut eng, hold);
+    eavesdropper(&mut eng, 1.0);
     let mut t = now;
     for _ in 0..LinkPolicy::DEFAULT.trip_samples {
         t += Duration::from_secs(1);

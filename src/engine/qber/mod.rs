@@ -270,20 +270,9 @@ fn driver_name(d: QberDriver) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn qber_conf(driver: QberDriver) -> QberConf {
-        QberConf {
-            driver,
-            url: None,
-            poll: Duration::from_secs(1),
-            pointer: None,
-            scale: 1.0,
-            ca: None,
-            cert: None,
-            key: None,
-            sim: SimLinkConf::default(),
-        }
+        QberConf::of(driver)
     }
 
     #[test]
