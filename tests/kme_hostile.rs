@@ -30,6 +30,8 @@ enum Answer {
     Trickle(String, Vec<u8>),
     /// Nothing at all.
     Silent,
+    /// These bytes after a wait longer than the read timeout.
+    Late(Duration, Vec<u8>),
 }
 
 fn http(status: &str, ctype: &str, body: &str) -> Answer {
@@ -105,6 +107,11 @@ async fn respond(s: &mut (impl AsyncWriteExt + Unpin), answer: &Answer) {
             }
         }
         Answer::Silent => tokio::time::sleep(Duration::from_secs(60)).await,
+        Answer::Late(wait, b) => {
+            tokio::time::sleep(*wait).await;
+            let _ = s.write_all(b).await;
+            let _ = s.flush().await;
+        }
     }
 }
 
@@ -211,10 +218,12 @@ fn status_of(e: &KmeError) -> (u16, String) {
 async fn error_statuses_with_and_without_bodies() {
     let etsi = r#"{"message":"size shall be a multiple of 8","details":[{"x":1}]}"#;
     let e = enc_fails(http("400 Bad Request", "application/json", etsi)).await;
-    assert_eq!(status_of(&e), (400, "size shall be a multiple of 8".into()));
+    // ETSI's `details` says which field: kept beside the message.
+    let shown = r#"size shall be a multiple of 8 (details: [{"x":1}])"#;
+    assert_eq!(status_of(&e), (400, shown.into()));
     assert_eq!(
         e.to_string(),
-        "kme hostile: enc_keys: HTTP 400: size shall be a multiple of 8"
+        format!("kme hostile: enc_keys: HTTP 400: {shown}")
     );
 
     let e = enc_fails(http("401 Unauthorized", "text/plain", "")).await;
@@ -404,8 +413,30 @@ async fn slow_loris_and_silence_time_out() {
     assert_eq!(e.kind, KmeErrorKind::Timeout("request"));
     assert!(started.elapsed() < Duration::from_secs(10));
     let e = enc_fails(Answer::Silent).await;
-    assert_eq!(e.kind, KmeErrorKind::Timeout("read"));
-    assert_eq!(e.to_string(), "kme hostile: enc_keys: timeout: read");
+    assert_eq!(e.kind, KmeErrorKind::Timeout("request"));
+    assert_eq!(e.to_string(), "kme hostile: enc_keys: timeout: request");
+}
+
+/// A KME that works before it answers (one that asks the far KME first)
+/// has the whole-request timeout (3 s here), not the read timeout (1.5 s).
+#[tokio::test]
+async fn a_kme_that_answers_late_within_the_request_timeout_is_heard() {
+    let Answer::Raw(good) = keys_json(&[("k1", &secret_b64())]) else {
+        unreachable!()
+    };
+    let p = pki();
+    let addr = hostile(&p, Answer::Late(Duration::from_millis(2000), good)).await;
+    let keys = client(&p, addr).enc_keys("SAE-B", 1, 256).await.unwrap();
+    assert_eq!(keys[0].1.expose(), SECRET);
+}
+
+/// A key container under another status than 200 is an error whose text
+/// never holds the key (DESIGN §5: no key in a log line).
+#[tokio::test]
+async fn a_key_container_with_a_wrong_status_shows_no_key() {
+    let body = serde_json::json!({"keys": [{"key_ID": "k1", "key": secret_b64()}]}).to_string();
+    let e = enc_fails(http("201 Created", "application/json", &body)).await;
+    assert_eq!(status_of(&e).0, 201, "{e}");
 }
 
 #[tokio::test]
@@ -439,4 +470,26 @@ async fn a_good_answer_still_works() {
     let addr = hostile(&p, e).await;
     let keys = client(&p, addr).enc_keys("SAE-B", 1, 256).await.unwrap();
     assert_eq!(keys[0].1.expose(), SECRET);
+}
+
+/// A failing status call is said once a streak (the stock warning cannot
+/// fire without it) and forgets the stock last seen.
+#[tokio::test]
+async fn a_failing_status_is_reported_once_and_forgets_the_stock() {
+    let p = pki();
+    let addr = hostile(&p, http("401 Unauthorized", "application/json", "{}")).await;
+    let c = client(&p, addr);
+    let first = c.status_for_stock("SAE-B").await;
+    assert!(
+        matches!(
+            first,
+            Err(KmeError {
+                kind: KmeErrorKind::Status { status: 401, .. },
+                ..
+            })
+        ),
+        "{first:?}"
+    );
+    assert!(matches!(c.status_for_stock("SAE-B").await, Ok(None)));
+    assert_eq!(c.stored_key_count("SAE-B"), None);
 }

@@ -96,6 +96,8 @@ pub struct KmeClient {
     low: Mutex<std::collections::HashSet<String>>,
     /// When a status call for each far SAE was last started.
     status_at: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Far SAEs whose last status call failed (logged once per streak).
+    status_failing: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A status call per far SAE at most this often: the stock is the SAE
@@ -168,6 +170,7 @@ impl KmeClient {
             stored_key_count: Mutex::new(std::collections::HashMap::new()),
             low: Mutex::new(std::collections::HashSet::new()),
             status_at: Mutex::new(std::collections::HashMap::new()),
+            status_failing: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -224,18 +227,50 @@ impl KmeClient {
         format!("{}/api/v1/keys/{}/{what}", self.prefix, https::encode(sae))
     }
 
-    /// `GET /api/v1/keys/{slave_SAE_ID}/status`.
+    /// `GET /api/v1/keys/{slave_SAE_ID}/status`. A failure forgets the
+    /// stock last seen (`show link` no longer shows it as current).
     pub async fn status(&self, slave_sae_id: &str) -> Result<Status, KmeError> {
-        let body = self
-            .call(Call::Status, self.path(slave_sae_id, "status"), None)
-            .await?;
-        let st = answer::parse_status(&body).map_err(|k| self.err(Call::Status, k))?;
-        // Keyed by the SAEs of the config's links: bounded by the config.
-        self.stored_key_count
+        let answer = async {
+            let body = (self.call(Call::Status, self.path(slave_sae_id, "status"), None)).await?;
+            answer::parse_status(&body).map_err(|k| self.err(Call::Status, k))
+        };
+        let st = answer.await;
+        let mut stock = self
+            .stored_key_count
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slave_sae_id.to_string(), st.stored_key_count);
-        Ok(st)
+            .unwrap_or_else(|e| e.into_inner());
+        let mut failing = self
+            .status_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &st {
+            // Keyed by the SAEs of the config's links: bounded by the config.
+            Ok(st) => {
+                stock.insert(slave_sae_id.to_string(), st.stored_key_count);
+                failing.remove(slave_sae_id);
+            }
+            Err(_) => {
+                stock.remove(slave_sae_id);
+                failing.insert(slave_sae_id.to_string());
+            }
+        }
+        st
+    }
+
+    /// `status` for `slave_sae_id` for the stock warning: its failure is
+    /// returned the first time only, until a status call succeeds again
+    /// (one log line per streak, however many rounds ask).
+    pub async fn status_for_stock(&self, slave_sae_id: &str) -> Result<Option<u64>, KmeError> {
+        let was_failing = (self
+            .status_failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
+        .contains(slave_sae_id);
+        match self.status(slave_sae_id).await {
+            Ok(st) => Ok(Some(st.stored_key_count)),
+            Err(_) if was_failing => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `enc_keys`: `number` new keys of `size` bits for `slave_sae_id`.
@@ -426,10 +461,10 @@ impl KmeClient {
             Ok(r) => r.map_err(http)?,
             Err(_) => return Err(self.err(call, KmeErrorKind::Timeout("connection busy"))),
         }
-        match timeout(rt, conn.sender.send_request(req)).await {
-            Ok(r) => r.map_err(http),
-            Err(_) => Err(self.err(call, KmeErrorKind::Timeout("read"))),
-        }
+        // No read timeout on the answer's head: a KME may work before it
+        // answers (some ask the far KME first), and the whole-request
+        // timeout around this call bounds the wait.
+        conn.sender.send_request(req).await.map_err(http)
     }
 
     async fn read_body(

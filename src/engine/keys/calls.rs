@@ -230,15 +230,19 @@ async fn call(kme: Arc<KmeClient>, r: Request, tx: mpsc::UnboundedSender<KmeAnsw
     });
     if ok {
         // For `show link`, the metrics and the stock warning; a failure
-        // here changes nothing. The stock is the SAE pair's: asked once a
+        // here changes no round. The stock is the SAE pair's: asked once a
         // second at most, the link's warning otherwise judged on the last
         // answer.
         let stored = match kme.status_due(&r.peer_sae, std::time::Instant::now()) {
-            true => kme
-                .status(&r.peer_sae)
-                .await
-                .ok()
-                .map(|st| st.stored_key_count),
+            true => kme.status_for_stock(&r.peer_sae).await.unwrap_or_else(|e| {
+                // Without it `kme_keys_low` cannot fire: said once a streak.
+                log::event(Event::KmeError)
+                    .kv("link", &r.link)
+                    .kv("kme", kme.name())
+                    .msg(e)
+                    .send();
+                None
+            }),
             false => kme.stored_key_count(&r.peer_sae),
         };
         if let Some(stored) = stored

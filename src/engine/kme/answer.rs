@@ -96,8 +96,11 @@ pub enum Expect<'a> {
 }
 
 /// Checks a key container: count, key_ID syntax, duplicates, requested IDs,
-/// base64 and length (`size_bits / 8` bytes). Keys come back in the KME's
-/// order for enc_keys and in the requested order for dec_keys.
+/// base64 and length (at least `size_bits / 8` bytes: DESIGN §6 refuses
+/// shorter keys only; a longer one, from a KME that reads `size` as bytes,
+/// is the same bytes at both ends and all of it goes into the HKDF). Keys
+/// come back in the KME's order for enc_keys and in the requested order
+/// for dec_keys.
 pub fn parse_keys(
     body: &[u8],
     expect: Expect<'_>,
@@ -139,7 +142,7 @@ pub fn parse_keys(
         let key = decode_key(field("key")?).ok_or_else(|| KmeErrorKind::BadBase64 {
             key_id: id.to_string(),
         })?;
-        if key.len() != want {
+        if key.len() < want {
             return Err(KmeErrorKind::KeySize {
                 key_id: id.into(),
                 expected: want,
@@ -166,21 +169,37 @@ fn decode_key(b64: &str) -> Option<QkdKey> {
     Some(QkdKey::new(bytes.to_vec()))
 }
 
-/// The message of an error answer: `message` from ETSI JSON (with `detail`
-/// for FastAPI 422s), else a short excerpt of the body. Cut short but not
-/// escaped: the log escapes it, once ([`crate::text::excerpt`]).
+/// The message of an error answer: `message` from ETSI JSON with its
+/// `details` (ETSI 014 §6.6; `detail` for FastAPI 422s), else a short
+/// excerpt of the body. Cut short but not escaped: the log escapes it,
+/// once ([`crate::text::excerpt`]). A body that may hold key material (JSON
+/// with neither field, or text naming a `"key`) is never quoted: a KME that
+/// sends a key container with an unexpected status must not put the key in
+/// a log line.
 pub fn error_message(body: &[u8]) -> String {
     const MAX: usize = 200;
+    let quote = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        for field in ["message", "detail"] {
-            match v.get(field) {
-                Some(serde_json::Value::String(s)) => return excerpt(s, MAX),
-                Some(other) if !other.is_null() => return excerpt(&other.to_string(), MAX),
-                _ => {}
+        let present = |f: &str| v.get(f).filter(|x| !x.is_null());
+        if let Some(m) = present("message") {
+            let mut text = quote(m);
+            if let Some(d) = present("details") {
+                text = format!("{text} (details: {})", quote(d));
             }
+            return excerpt(&text, MAX);
         }
+        if let Some(d) = present("detail") {
+            return excerpt(&quote(d), MAX);
+        }
+        return "(JSON answer without a message, not quoted)".to_string();
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
+    if text.to_ascii_lowercase().contains("\"key") {
+        return "(answer not quoted: it may hold a key)".to_string();
+    }
     excerpt(text.trim(), MAX)
 }
 
@@ -225,6 +244,9 @@ mod tests {
                 ..
             })
         ));
+        // Longer than asked (a KME that reads `size` as bytes): taken whole.
+        let long = parse_keys(ok, Expect::Count(2), 16).unwrap();
+        assert_eq!(long[0].1.expose(), &[0, 1, 2, 3]);
         assert!(matches!(
             parse_keys(ok, Expect::Ids(&ids(&["a-1", "c"])), 32),
             Err(KmeErrorKind::UnknownKeyId(id)) if id == "b"
@@ -258,9 +280,27 @@ mod tests {
             error_message(b"<html>\n oops </html>"),
             "<html>\n oops </html>"
         );
+        assert_eq!(
+            error_message(
+                br#"{"message":"bad request","details":[{"size":"shall be a multiple of 8"}]}"#
+            ),
+            r#"bad request (details: [{"size":"shall be a multiple of 8"}])"#
+        );
         let long = error_message("é".repeat(300).as_bytes());
         assert_eq!(long, format!("{}...", "é".repeat(200)));
         assert_eq!(error_message(b""), "");
+    }
+
+    /// A key container under a status other than 200, whole or cut
+    /// short, never reaches the message (and so never a log line).
+    #[test]
+    fn a_key_in_an_error_answer_is_not_quoted() {
+        let whole =
+            br#"{"keys":[{"key_ID":"a","key":"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU="}]}"#;
+        for body in [&whole[..], &whole[..60], br#"{"Key": "QUJDREVGR0hJSktM"#] {
+            let m = error_message(body);
+            assert!(!m.contains("QUJD"), "{m}");
+        }
     }
 
     /// DESIGN §8: a value is escaped once, by the log; the message keeps

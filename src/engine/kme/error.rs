@@ -49,7 +49,7 @@ pub enum KmeErrorKind {
     BadShape(String),
     /// More or fewer keys than asked for.
     KeyCount { expected: usize, got: usize },
-    /// A key whose decoded length is not size/8 bytes.
+    /// A key whose decoded length is under size/8 bytes.
     KeySize {
         key_id: String,
         expected: usize,
@@ -124,7 +124,10 @@ impl fmt::Display for KmeErrorKind {
                 key_id,
                 expected,
                 got,
-            } => write!(f, "key {key_id} is {got} bytes, expected {expected}"),
+            } => write!(
+                f,
+                "key {key_id} is {got} bytes, at least {expected} expected"
+            ),
             KmeErrorKind::DuplicateKeyId(id) => write!(f, "duplicate key_ID {id}"),
             KmeErrorKind::UnknownKeyId(id) => write!(f, "key_ID {id} was not requested"),
             KmeErrorKind::MalformedKeyId(why) => write!(f, "malformed key_ID {why}"),
