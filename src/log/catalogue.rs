@@ -147,7 +147,7 @@ catalogue! {
     FirewallLost "firewall_lost" Alert ("firewall", "msg")
         "the default-deny skeleton is damaged (a base chain, jump or drop gone, a foreign rule in a base chain, the table gone after nft flush ruleset; pf disabled or pf.conf without the anchor or block rules); nftables rebuilds it, then each link is put back in its state; logged once a minute while it lasts";
     DeadmanFailed "deadman_failed" Alert ("msg")
-        "the dead-man switch could not be armed, refreshed or disarmed (said once per failing streak)";
+        "the dead-man switch could not be armed, refreshed or disarmed (said once per failing streak), or is left lapsed after a start found it so while a link fails to lock";
     GuardianLockdown "guardian_lockdown" Alert ("msg")
         "the parent ended without a clean stop; the guardian locks every link (pf)";
     GuardianLockdownFailed "guardian_lockdown_failed" Alert ("msg")

@@ -26,6 +26,12 @@ impl Heartbeat {
         }
     }
 
+    /// No refresh, on purpose (the switch is left lapsed): its first
+    /// refresh after is no trip.
+    pub fn held(&mut self, now: Instant) {
+        self.last_ok = now;
+    }
+
     /// One refresh. A gap longer than [`TIMEOUT`] means the switch tripped
     /// (every link dropped meanwhile): said once, at alert priority.
     pub fn beat(&mut self, fw: &mut dyn Firewall, now: Instant) {

@@ -231,6 +231,9 @@ pub struct Links {
     /// Links whose earlier run's lockdown this run has tried to load over
     /// (`pass.rs`): once a run, whatever the backend remembers.
     relocked: BTreeSet<String>,
+    /// After a start that found the dead-man switch lapsed: the switch is
+    /// not refreshed while a link fails to lock (Some(whether said)).
+    lapse_held: Option<bool>,
 }
 
 /// Link `name`'s target in `targets` (in name order), if it is one.
@@ -301,6 +304,7 @@ impl Links {
             hold_writes: false,
             pass: None,
             relocked: BTreeSet::new(),
+            lapse_held: None,
         }
     }
 
@@ -375,6 +379,37 @@ impl Links {
         self.reconcile_more(bundle, OpenedBy::Auto, usize::MAX, None);
         self.hold_writes = false;
         self.persist();
+        self.lapse_held = Some(false);
+    }
+
+    /// Whether the main loop may refresh the dead-man switch. Not after a
+    /// lapse while a link fails to lock: the lapsed switch is what drops
+    /// its traffic, and a refresh would let its chains pass it again. Said
+    /// once; refreshed from the first tick at which every link is locked
+    /// or open by its own state.
+    pub fn may_refresh_switch(&mut self) -> bool {
+        let Some(said) = self.lapse_held else {
+            return true;
+        };
+        let failed: Vec<&str> = (self.links.iter())
+            .filter(|(_, l)| l.lock_failed)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if failed.is_empty() {
+            self.lapse_held = None;
+            return true;
+        }
+        if !said {
+            log::event(Event::DeadmanFailed)
+                .msg(format!(
+                    "not refreshed after its lapse: {} link(s) failed to lock ({}); the lapsed switch keeps dropping every link",
+                    failed.len(),
+                    failed.iter().take(8).copied().collect::<Vec<_>>().join(" ")
+                ))
+                .send();
+            self.lapse_held = Some(true);
+        }
+        false
     }
 
     /// Locks every link of QBER section `source` for `source-lost`, which

@@ -192,7 +192,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             _ = int.recv() => return shutdown(&mut p, &mut child, "SIGINT"),
             _ = tick.tick() => {
                 // First: the heartbeat only this loop keeps alive.
-                heartbeat.beat(p.links.fw.as_mut(), Instant::now());
+                match p.links.may_refresh_switch() {
+                    true => heartbeat.beat(p.links.fw.as_mut(), Instant::now()),
+                    false => heartbeat.held(Instant::now()),
+                }
                 if !hello && Instant::now() > hello_deadline {
                     return engine_lost(&mut p, &mut child, "engine did not say hello");
                 }

@@ -1665,3 +1665,30 @@ fn a_start_after_a_lapsed_switch_holds_every_link_until_the_engine_reports() {
     assert!(!made.contains(&"site".to_string()), "{made:?}");
     assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
 }
+
+/// After a lapse, a link the chains show open that then fails to lock
+/// keeps the switch from being refreshed (the lapsed switch is what drops
+/// its traffic); once it locks, the switch may be refreshed again.
+#[test]
+fn a_link_that_fails_to_lock_after_a_lapse_keeps_the_switch_lapsed() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = in_kernel(fake(nothing_works()), t.path(), &[("dr", Observed::Open)]);
+    // No tunnel to cut: the last rung fails too.
+    assert!(l.may_refresh_switch(), "no lapse: refreshed as always");
+    l.hold_after_lapse(Some(&bundle()));
+    assert!(l.links["dr"].lock_failed);
+    assert!(!l.may_refresh_switch());
+    assert!(!l.may_refresh_switch(), "every tick");
+    {
+        let mut k = k.lock().unwrap();
+        let chain = std::mem::take(&mut k.chain);
+        *k = Kernel {
+            chain,
+            ..Kernel::default()
+        };
+    }
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    assert!(!l.links["dr"].lock_failed);
+    assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
+    assert!(l.may_refresh_switch());
+}
