@@ -529,6 +529,7 @@ impl Links {
                 log::event(Event::FirewallCheckFailed).msg(&e).send();
                 for l in self.links.values_mut() {
                     l.kernel.state = Observed::unknown(format!("read-back failed: {}", e.what));
+                    l.kernel.guarded = false;
                 }
             }
         }
@@ -560,9 +561,11 @@ impl Links {
                 state: Observed::unknown("not in the read-back"),
                 guarded: false,
             }),
+            // Whether the guard holds is the kernel's to show too, not
+            // our record of having set it.
             Err(e) => Readback {
                 state: Observed::unknown(format!("read-back failed: {}", e.what)),
-                guarded: self.guard.contains(name),
+                guarded: false,
             },
         };
         if let Some(l) = self.links.get_mut(name) {

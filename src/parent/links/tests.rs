@@ -37,6 +37,8 @@ struct Kernel {
     inherited: BTreeSet<String>,
     /// observe_each answers one read-back fewer than asked (a backend's bug).
     short_read_back: bool,
+    /// Every read-back fails.
+    fail_observe: bool,
 }
 
 #[derive(Default)]
@@ -165,6 +167,9 @@ impl Firewall for Fake {
         only: Option<&str>,
     ) -> Result<BTreeMap<String, Readback>, FwError> {
         let k = self.k.lock().unwrap();
+        if k.fail_observe {
+            return Err(FwError::refused("injected read-back failure"));
+        }
         Ok(links
             .iter()
             .filter(|l| only.is_none_or(|o| o == l.name))
@@ -1691,4 +1696,27 @@ fn a_link_that_fails_to_lock_after_a_lapse_keeps_the_switch_lapsed() {
     assert!(!l.links["dr"].lock_failed);
     assert_eq!(l.links["dr"].kernel.state, Observed::Locked);
     assert!(l.may_refresh_switch());
+}
+
+/// A guard the kernel accepted but no read-back shows is no lock: the link
+/// is lockdown_failed, not locked on our word, after one link's change and
+/// after a tick's read-back of all.
+#[test]
+fn a_guard_no_read_back_shows_is_not_a_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = opened(fake(Kernel::default()), t.path());
+    {
+        let mut k = k.lock().unwrap();
+        k.fail_applies = usize::MAX;
+        k.fail_clear = true;
+        k.fail_observe = true;
+    }
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    assert!(k.lock().unwrap().guard.contains("dr"), "the guard was set");
+    let d = &l.links["dr"];
+    assert!(!d.kernel.locked(), "{:?}", d.kernel.state);
+    assert!(d.lock_failed);
+    l.observe_all();
+    assert!(!l.links["dr"].kernel.locked());
 }
