@@ -8,7 +8,8 @@
 //! SIGKILL of the parent with a link open: the guardian loads qkdpfd's
 //! labelled block rules into the link's anchor and kills its states. A
 //! clean stop (SIGTERM, `on_stop = "keep"`): the guardian goes and the
-//! link keeps its open rules.
+//! link keeps its open rules. A stop whose own lockdown pf refused leaves
+//! the guardian to lock.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -103,6 +104,12 @@ while [ $# -gt 0 ]; do
 	shift
 done
 if [ -n "$load" ]; then
+	# A pf that refuses every load from now on (the test's switch).
+	if [ -e {k}/refuse ] && [ -z "$parse" ]; then
+		while IFS= read -r l; do :; done
+		echo 'pfctl: refused' >&2
+		exit 1
+	fi
 	if [ -n "$parse" ] || [ -z "$anchor" ]; then
 		while IFS= read -r l; do :; done
 	elif [ "$path" = "$anchor" ]; then
@@ -299,6 +306,34 @@ fn a_clean_stop_sends_the_guardian_away_without_touching_pf() {
     );
     assert!(!d.anchor().contains("qkdpfd-lockdown"), "{}", d.anchor());
     assert!(!d.log().contains("guardian_lockdown"), "{}", d.log());
+}
+
+/// A stop that locks (`on_stop = "lockdown"`) but whose lockdown pf
+/// refuses does not send the guardian away: the parent's exit leaves it to
+/// lock the links on its own.
+#[test]
+fn a_lockdown_that_failed_at_the_stop_is_left_to_the_guardian() {
+    let Some(mut d) = open_daemon("lockdown") else {
+        return;
+    };
+    let mut child = d.child.take().unwrap();
+    let parent = child.id();
+    let guardian = guardian_pid(parent);
+    fs::write(d.path("state/refuse"), "").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(parent as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = child.wait().unwrap();
+    d.wait("the guardian tries", Duration::from_secs(10), |d| {
+        d.log().contains("event=guardian_lockdown")
+    });
+    d.wait("guardian exits", Duration::from_secs(10), |_| {
+        !alive(guardian)
+    });
+    let log = d.log();
+    assert!(log.contains("event=lockdown_failed"), "{log}");
 }
 
 impl Drop for Daemon {

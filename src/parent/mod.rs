@@ -105,6 +105,21 @@ impl Parent {
             g.release();
         }
     }
+
+    /// After locking every link on the way out: the guardian is released
+    /// only if no link's lockdown failed. Else the parent's exit closes its
+    /// pipe unannounced and it runs `-L` once more, on its own.
+    pub fn release_guardian_if_locked(&mut self) {
+        let failed = self.links.links.values().filter(|l| l.lock_failed).count();
+        if failed == 0 {
+            return self.release_guardian();
+        }
+        if self.guardian.is_some() {
+            log::debug(format!(
+                "{failed} link(s) failed to lock: the guardian is left to lock them"
+            ));
+        }
+    }
 }
 
 pub fn state_path(conf: &Config) -> PathBuf {

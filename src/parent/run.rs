@@ -406,7 +406,7 @@ fn engine_lost(p: &mut Parent, child: &mut std::process::Child, why: &str) -> Ex
         OpenedBy::Auto,
     );
     p.links.persist();
-    p.release_guardian();
+    p.release_guardian_if_locked();
     stop_engine(child);
     log::event(Event::Shutdown)
         .at(Prio::Crit)
@@ -428,7 +428,10 @@ fn shutdown(p: &mut Parent, child: &mut std::process::Child, sig: &str) -> ExitC
     // keeps every link as it is while a restart completes within the
     // switch's timeout, and locks them all if none does. A stopped daemon
     // watches no QBER and rotates no key: its links must not stay open.
-    p.release_guardian();
+    match lock {
+        true => p.release_guardian_if_locked(),
+        false => p.release_guardian(),
+    }
     stop_engine(child);
     let _ = std::fs::remove_file(&p.conf.daemon.socket);
     log::event(Event::Shutdown)
