@@ -135,8 +135,9 @@ pub fn path(state: &Path) -> PathBuf {
 
 /// Numbers the entries after `state`'s last, appends them in one write and
 /// syncs them (and, when the journal is new, the directory that holds it);
-/// then applies them to `state`. On error `state` is unchanged and nobody
-/// may rely on any of them.
+/// then applies them to `state`. On error `state` is unchanged, the lines
+/// written are cut off again where that can be done, and nobody may rely on
+/// any of them.
 pub fn append(state_path: &Path, state: &mut State, mut entries: Vec<Entry>) -> io::Result<()> {
     let mut text = Vec::with_capacity(entries.len() * 120);
     for (i, e) in entries.iter_mut().enumerate() {
@@ -178,8 +179,14 @@ fn write(state: &Path, text: &[u8]) -> io::Result<()> {
         f.set_len(whole)?;
         f.sync_data()?;
     }
-    f.write_all(text)?;
-    f.sync_data()?;
+    // Lines of a failed append are no entries: the next append numbers
+    // its own from the same seq, and a replay of both would refuse the
+    // journal (or apply a change the daemon reported as not made). Cut
+    // them off; where even that fails, replay keeps the later numbering.
+    if let Err(e) = f.write_all(text).and_then(|()| f.sync_data()) {
+        let _ = f.set_len(whole).and_then(|()| f.sync_data());
+        return Err(e);
+    }
     if new && let Some(dir) = path.parent() {
         fs::File::open(dir)?.sync_all()?;
     }
@@ -238,7 +245,7 @@ pub(super) fn replay(state_path: &Path, state: &mut State) -> io::Result<bool> {
     }
     // An unfinished last append is not part of the journal.
     let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let mut last = 0;
+    let mut entries: Vec<Entry> = Vec::new();
     for (n, line) in text[..whole].split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
@@ -247,16 +254,18 @@ pub(super) fn replay(state_path: &Path, state: &mut State) -> io::Result<bool> {
             .map_err(|e| invalid(&path, format!("line {}: {e}", n + 1)))?;
         e.check()
             .map_err(|why| invalid(&path, format!("line {}: {why}", n + 1)))?;
-        if e.seq <= last {
-            return Err(invalid(
-                &path,
-                format!("line {}: entries out of order", n + 1),
-            ));
+        // A seq at or below one before it: the earlier lines from that
+        // seq on were an append that failed (and could not be cut off),
+        // numbered again by the next append. Only the later ones count.
+        // (Kept increasing, so found by halves.)
+        if entries.last().is_some_and(|x| x.seq >= e.seq) {
+            entries.truncate(entries.partition_point(|x| x.seq < e.seq));
         }
-        last = e.seq;
-        if e.seq > state.journal {
-            e.apply(state);
-        }
+        entries.push(e);
+    }
+    let held = state.journal;
+    for e in entries.iter().filter(|e| e.seq > held) {
+        e.apply(state);
     }
     Ok(true)
 }
@@ -360,7 +369,6 @@ mod tests {
             b"{\"seq\":1,\"link\":\"a\",\"what\":1}\n",
             b"{\"seq\":1,\"link\":\"A b\",\"epoch\":1}\n",
             b"{\"seq\":1,\"link\":\"a\",\"verifier\":\"zz\"}\n",
-            b"{\"seq\":2,\"link\":\"a\"}\n{\"seq\":2,\"link\":\"a\"}\n",
             b"garbage\n",
         ] {
             fs::write(path(&p), bad).unwrap();
@@ -395,5 +403,29 @@ mod tests {
         append(&p, &mut back, vec![Entry::epoch("c", 1)]).unwrap();
         assert_eq!(crate::state::load(&p).unwrap().unwrap(), back);
         assert_eq!(back.links["c"].epoch, 1);
+    }
+
+    /// Whole lines of an append that failed (and could not be cut off)
+    /// are numbered again by the next append: a replay keeps the later
+    /// lines, never the failed append's change, and the daemon starts.
+    #[test]
+    fn a_failed_appends_lines_give_way_to_the_next_append() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state");
+        let mut mem = State::default();
+        super::super::save(&p, &mem).unwrap();
+        append(&p, &mut mem, vec![Entry::epoch("a", 3)]).unwrap();
+        // The failed append: whole lines written, not in memory.
+        let mut f = OpenOptions::new().append(true).open(path(&p)).unwrap();
+        f.write_all(
+            b"{\"seq\":2,\"link\":\"a\",\"epoch\":50}\n{\"seq\":3,\"link\":\"z\",\"epoch\":1}\n",
+        )
+        .unwrap();
+        append(&p, &mut mem, vec![Entry::epoch("b", 7)]).unwrap();
+        assert_eq!(mem.journal, 2);
+        let back = crate::state::load(&p).unwrap().unwrap();
+        assert_eq!(back, mem);
+        assert_eq!(back.links["a"].epoch, 3);
+        assert!(!back.links.contains_key("z"));
     }
 }
