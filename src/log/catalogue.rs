@@ -125,7 +125,7 @@ catalogue! {
     ImsgTooLarge "imsg_too_large" Crit ("msg")
         "a message between the processes would exceed the channel's 8 MiB (the engine's config with megabytes of TLS files is refused at start-up and on reload instead)";
     EpochRefused "epoch_refused" Err ("link", "epoch", "persisted")
-        "the engine asked to persist an epoch more than 2^32 past the persisted one; the round fails";
+        "the engine asked to persist an epoch past 2^63 and more than 2^32 past the persisted one; the round fails";
     Band "band" Info ("link", "from", "to", "qber")
         "the link's QBER moved into another band";
     Lockdown "lockdown" Alert ("link", "reason", "[qber]", "[threshold]")

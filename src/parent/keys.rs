@@ -24,9 +24,21 @@ use std::time::{Duration, Instant};
 // What the parent answers the engine's key requests with (dispatched by
 // `run::dispatch_engine`), and its own periodic PSK re-read.
 
-/// How far past the persisted epoch the engine may ask to persist: room
-/// for a master jumping past its slave's NACK, never near u64::MAX.
+/// How far past the persisted epoch the engine may ask to persist, once
+/// past [`EPOCH_FREE`]: room for a master jumping past its slave's NACK,
+/// never near u64::MAX.
 pub const EPOCH_WINDOW: u64 = 1 << 32;
+
+/// Epochs up to here are taken whatever the persisted one. A far master's
+/// epochs may start anywhere (DESIGN §6: u64, owned by the master; one may
+/// count from a clock in milliseconds or nanoseconds), and a slave that
+/// refused its first OFFER would never key; at least 2^63 epochs remain.
+pub const EPOCH_FREE: u64 = 1 << 63;
+
+/// Whether an engine may persist `epoch` over `floor` (the persisted one).
+fn epoch_allowed(floor: u64, epoch: u64) -> bool {
+    epoch <= floor.saturating_add(EPOCH_WINDOW).max(EPOCH_FREE)
+}
 
 /// The engine asks to make an epoch durable: queued for the next
 /// [`flush_epochs`] (one write for the batch), or refused when it is past
@@ -35,17 +47,17 @@ pub(super) fn persist_epoch(p: &mut Parent, e: PersistEpoch) -> Result<Changed, 
     if !p.wg.is_keyed(&e.link) || e.epoch == 0 {
         return Err(format!("epoch {} for unkeyed link {:?}", e.epoch, e.link));
     }
-    // Epochs only move forward, by less than a window: an engine
+    // Epochs past 2^63 only move forward by less than a window: an engine
     // asking for u64::MAX would end key agreement on the link for good.
     let floor = p.links.epoch(&e.link);
-    if e.epoch > floor.saturating_add(EPOCH_WINDOW) {
+    if !epoch_allowed(floor, e.epoch) {
         return Ok(refuse_epoch(&e.link, e.epoch, floor));
     }
     p.pending_epochs.push((e.link, e.epoch));
     Ok(Changed::none())
 }
 
-/// Answers a PersistEpoch beyond [`EPOCH_WINDOW`] with a refusal (the
+/// Answers a PersistEpoch [`epoch_allowed`] refuses with a refusal (the
 /// round fails; nothing is written).
 fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
     log::event(Event::EpochRefused)
@@ -58,7 +70,7 @@ fn refuse_epoch(link: &str, epoch: u64, floor: u64) -> Changed {
         epoch,
         step: KeyStep::Persist,
         error: Some(format!(
-            "epoch {epoch} is more than {EPOCH_WINDOW} past the persisted {floor}"
+            "epoch {epoch} is past 2^63 and more than {EPOCH_WINDOW} past the persisted {floor}"
         )),
     };
     let mut out = Changed::none();
@@ -276,4 +288,25 @@ fn log_drift(link: &str, why: &str) {
         .kv("link", link)
         .kv("reason", why)
         .send();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A far master's first epoch may be anywhere below 2^63 (a clock in
+    /// nanoseconds is 1.8e18); past it, epochs move by less than a window,
+    /// so u64::MAX is never reached in a step.
+    #[test]
+    fn epochs_are_free_below_two_to_the_63_and_windowed_above() {
+        let ns_clock = 1_800_000_000_000_000_000;
+        assert!(epoch_allowed(0, ns_clock));
+        assert!(epoch_allowed(0, EPOCH_FREE));
+        assert!(epoch_allowed(5, 6));
+        assert!(!epoch_allowed(0, EPOCH_FREE + 1));
+        assert!(epoch_allowed(EPOCH_FREE, EPOCH_FREE + EPOCH_WINDOW));
+        assert!(!epoch_allowed(EPOCH_FREE, EPOCH_FREE + EPOCH_WINDOW + 1));
+        assert!(!epoch_allowed(0, u64::MAX));
+        assert!(epoch_allowed(u64::MAX - 1, u64::MAX));
+    }
 }

@@ -158,6 +158,11 @@ impl Master {
     }
 
     fn start(&mut self, ctx: &mut Ctx, out: &mut Vec<Action>) {
+        // No epoch left (a NACK of u64::MAX): every round would spend a
+        // key at both KMEs for nothing. Found before the fetch, not after.
+        if self.epoch == u64::MAX {
+            return self.fail(ctx, "epoch space exhausted".into(), out);
+        }
         // The KME client has its own timeouts; this is the backstop.
         self.phase = Phase::Fetching {
             deadline: ctx.now + round_length(ctx),

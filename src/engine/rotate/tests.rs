@@ -291,6 +291,25 @@ fn hold_stops_the_round_before_its_offer() {
     assert_eq!(m.handle(t0, Input::Hold(false)), [Action::FetchEncKey]);
 }
 
+/// A NACK of the last epoch there is: no round fetches a key it could
+/// never offer (each would spend one at both KMEs).
+#[test]
+fn no_key_is_fetched_once_the_epochs_are_spent() {
+    let t0 = Instant::now();
+    let (mut m, offer) = offering(t0);
+    let nack = from_peer(offer, Body::Nack { last: u64::MAX });
+    let out = m.handle(t0, Input::Received(nack));
+    assert!(!out.contains(&Action::FetchEncKey), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::RoundFailed { why } if why.contains("exhausted"))),
+        "{out:?}"
+    );
+    let later = m.next_deadline().unwrap();
+    let out = m.handle(later, Input::Tick);
+    assert!(!out.contains(&Action::FetchEncKey), "{out:?}");
+}
+
 #[test]
 fn rotate_now_during_a_round_is_ignored() {
     let t0 = Instant::now();
