@@ -5,8 +5,9 @@
 mod common;
 
 use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy, reply_times, unix_now};
+use std::fs;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const POLL_MS: u64 = 200;
 const TRIP: u64 = 3;
@@ -1038,6 +1039,54 @@ fn a_keeping_stop_holds_while_a_restart_completes() {
     gw.wait_state("open", Duration::from_secs(10));
     assert_eq!(unlocks(&gw), opened + 1, "{}", gw.log());
     assert_eq!(gw.pings(3), 3, "open again once qkdpfd runs");
+}
+
+/// A restart finds a link's open chain as an older bundle left it (a
+/// stop in the middle of an activation's re-application): the active
+/// bundle is applied again, so the older bundle's rules do not stay in
+/// force behind a `show policy` that names the new one.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_restart_applies_the_active_bundle_again() {
+    let Some(mut gw) = Gateway::new("qkt16", "200ms", "") else {
+        return;
+    };
+    gw.start_open();
+    gw.stop();
+    // The older bundle's open chain, as qkdpfd writes one: the tag that
+    // counts its statements, then its one statement.
+    let older = gw.path("older.nft");
+    fs::write(
+        &older,
+        "flush chain inet qkdpfd link_dr
+         add rule inet qkdpfd link_dr counter comment \"qkdpfd open n=1\"
+         add rule inet qkdpfd link_dr meta nfproto ipv4 accept
+",
+    )
+    .unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &gw.ns_a(), "nft", "-f"])
+        .arg(&older)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    // Within the switch's timeout: the links are kept, never held.
+    gw.start();
+    gw.wait_state("open", Duration::from_secs(10));
+    let t = Instant::now();
+    loop {
+        let chain = gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"]);
+        if !chain.contains("nfproto ipv4") && chain.contains("udp sport") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the older bundle's chain stayed: {chain}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.pings(3), 3);
 }
 
 /// A read-only member leaning on the control socket (fail-closed issue

@@ -93,6 +93,9 @@ pub struct Parent {
     /// Links still to re-apply after an activation, a few per loop turn
     /// (`Links::turn`).
     pub reapply: std::collections::VecDeque<String>,
+    /// Links whose re-application at start waits for the engine's first
+    /// report on them (what they should be is unknown until then).
+    pub reapply_on_report: std::collections::BTreeSet<String>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
 }
@@ -398,12 +401,27 @@ impl Parent {
             job: None,
             job_rx: None,
             reapply: Default::default(),
+            reapply_on_report: Default::default(),
             guardian: None,
         };
         if lapsed {
             p.links.hold_after_lapse(p.bundle.as_ref());
         } else {
             p.links.reconcile(p.bundle.as_ref(), links::OpenedBy::Auto);
+        }
+        // The active bundle is applied again to every link (DESIGN §4): a
+        // stop or crash in the middle of an activation's re-application
+        // left links with the older bundle's chains, which read back open
+        // or locked as well as the new ones do. From the loop, a few links
+        // a turn, engine reports first, as after an activation; a link
+        // only once it is known whether it stays open.
+        if p.bundle.is_some() {
+            for (name, l) in &p.links.links {
+                match l.desired() {
+                    Some(_) => p.reapply.push_back(name.clone()),
+                    None => _ = p.reapply_on_report.insert(name.clone()),
+                }
+            }
         }
         Ok(p)
     }

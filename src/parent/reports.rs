@@ -78,6 +78,9 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
     if newly_stale {
         keys::key_stale(p, &r.link);
     }
+    if p.reapply_on_report.remove(&r.link) {
+        p.reapply.push_back(r.link.clone());
+    }
     // Only this link changed: all states per report made start-up
     // with 1,000 links queue a million messages (BENCHMARKS.md).
     let mut out = Changed::none();
