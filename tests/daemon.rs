@@ -1295,7 +1295,9 @@ fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
         .args(["if=/dev/zero", "bs=4k", "count=1024"])
         .arg(format!("of={}/filler", state.display()))
         .output();
-    gw.ctl_ok(&["lockdown", "dr"]);
+    // Locked, and answered as not yet kept across a restart.
+    let o = gw.ctl(&["lockdown", "dr"]);
+    assert!(!o.status.success(), "{o:?}");
     gw.wait_state("lockdown", Duration::from_secs(3));
     assert_eq!(gw.pings(3), 0, "the kernel holds the lockdown");
     assert!(gw.link_locked("dr"));

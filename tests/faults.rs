@@ -198,9 +198,16 @@ fn a_read_only_state_directory_still_locks_and_the_next_change_persists() {
     gw.wait_state("open", Duration::from_secs(10));
     assert_eq!(gw.pings(3), 3);
 
-    // The operator's lockdown: applied, read back, logged as not persisted.
+    // The operator's lockdown: applied, read back, logged as not persisted
+    // and answered so (a restart would not keep it).
     let failed = gw.log().matches("event=state_write_failed").count();
-    gw.ctl_ok(&["lockdown", "dr"]);
+    let o = gw.ctl(&["lockdown", "dr"]);
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{said}");
+    assert!(
+        said.contains("locked in the kernel, but the state file could not record"),
+        "{said}"
+    );
     gw.wait_state("lockdown", Duration::from_secs(3));
     let chain = verdicts(&gw, "lock_dr");
     assert_eq!(
@@ -652,7 +659,8 @@ fn a_lockdown_not_written_to_a_read_only_disk_is_written_once_it_is_writable() {
     let tmpfs = Tmpfs::mount(&dir);
     gw.start_open();
     tmpfs.remount("ro");
-    gw.ctl_ok(&["lockdown", "dr"]);
+    // Locked, and answered as not yet kept across a restart.
+    assert!(!gw.ctl(&["lockdown", "dr"]).status.success());
     gw.wait_state("lockdown", Duration::from_secs(3));
     wait_log(&gw, "event=state_write_failed", 1, Duration::from_secs(3));
     tmpfs.remount("rw");

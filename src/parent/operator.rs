@@ -57,6 +57,25 @@ pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
             ),
         );
     }
+    // Locked, but a restart keeps the reason only once it is on disk (the
+    // state in memory is what was written): said, so an operator whose
+    // disk is full does not count on a lock a restart would lose.
+    let unwritten: Vec<&str> = (names.iter())
+        .filter(|n| {
+            let on_disk = p.links.state.links.get(n.as_str());
+            !on_disk.is_some_and(|r| r.reasons.contains(LockReason::Operator))
+        })
+        .map(String::as_str)
+        .collect();
+    if !unwritten.is_empty() && !p.links.persist_disabled {
+        return Reply::error(
+            ErrorCode::Failed,
+            format!(
+                "locked in the kernel, but the state file could not record the operator                  reason for {} (see state_write_failed in the log): a restart before a                  write succeeds would not keep this lockdown; the write is retried every second",
+                unwritten.join(", ")
+            ),
+        );
+    }
     Reply::ok(format!("lockdown: {}", names.join(" ")))
 }
 
