@@ -1272,7 +1272,8 @@ fn tampering_is_repaired_by_the_running_daemon() {
 /// State file faults (FAULTS.md): a full disk under the state directory
 /// does not stop a lockdown (lock = apply, then persist: the kernel holds
 /// it, the failed write is logged), and a corrupt state file stops the
-/// start with the kernel left as it was (locked by the boot include).
+/// start with every link locked (by the boot include here, and by the
+/// failed start's own lockdown).
 #[test]
 fn a_full_disk_still_locks_and_a_corrupt_state_file_changes_nothing() {
     let Some(mut gw) = Gateway::new("qkt17", "200ms", "") else {

@@ -336,6 +336,40 @@ fn a_lockdown_that_failed_at_the_stop_is_left_to_the_guardian() {
     assert!(log.contains("event=lockdown_failed"), "{log}");
 }
 
+/// A restart after a stop that kept the links open (pf has no dead-man
+/// switch) fails on a state file it cannot read: it locks every link before
+/// it exits, and says how to start again.
+#[test]
+fn a_failed_start_locks_the_links_a_kept_stop_left_open() {
+    let Some(mut d) = open_daemon("keep") else {
+        return;
+    };
+    let mut child = d.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        d.anchor().contains("pass quick on $wg_if"),
+        "{}",
+        d.anchor()
+    );
+    fs::write(d.path("state/state"), "{ not json").unwrap();
+    let o = Command::new(BIN_QKDPFD)
+        .args(["-d", "-f"])
+        .arg(d.path("qkdpfd.conf"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("move it and its .journal aside"), "{err}");
+    assert!(err.contains("link dr: locked"), "{err}");
+    assert!(!d.anchor().contains("pass quick"), "{}", d.anchor());
+    assert!(d.anchor().contains("qkdpfd-lockdown"), "{}", d.anchor());
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -193,16 +193,28 @@ pub fn main(opts: Opts) -> ExitCode {
             syslog::write(prio, line);
         }));
     }
-    let mut parent = match Parent::new(conf, opts, targets) {
-        Ok(p) => p,
-        Err(e) => return exit_err(e),
-    };
-    // After the firewall skeleton (every link locked): a key or TLS file,
-    // host or interface we cannot read stops the start with the links locked.
-    if let Err(e) = parent.load_engine_inputs() {
-        return exit_err(e);
+    // A start that fails from here (a state file it cannot read, a key or
+    // TLS file, host or interface) leaves no daemon to watch the links:
+    // they are locked as `-L` locks them before the exit. On nftables the
+    // dead-man switch would lock them within seconds anyway; pf has
+    // nothing else, and rc.d runs no `-L` after a failed start.
+    let for_lockdown = conf.clone();
+    let started = Parent::new(conf, opts, targets).and_then(|mut p| {
+        p.load_engine_inputs()?;
+        Ok(p)
+    });
+    match started {
+        Ok(parent) => parent.start(),
+        Err(e) => failed_start(e, for_lockdown),
     }
-    parent.start()
+}
+
+/// The start failed with `e`: every link locked (`-L`), then exit 1.
+fn failed_start(e: String, conf: Config) -> ExitCode {
+    eprintln!("qkdpfd: {e}");
+    eprintln!("qkdpfd: the start failed: locking every link");
+    let _ = lockdown::lock_all(conf);
+    ExitCode::FAILURE
 }
 
 /// `qkdpfd -P guardian` (pf): started by the parent with the config it
@@ -301,7 +313,12 @@ impl Parent {
         let keys = read_keys(&conf)?;
         let state_path = state_path(&conf);
         let st = state::load(&state_path)
-            .map_err(|e| format!("state file {}: {e}", state_path.display()))?
+            .map_err(|e| {
+                format!(
+                    "state file {}: {e}; repair it, or move it and its .journal aside to                      start without them (links stay locked until the engine reports on                      them; the operator and QBER lockdowns and key epochs they recorded                      are lost)",
+                    state_path.display()
+                )
+            })?
             .unwrap_or_default();
         let store = Store::new(conf.policy.dir.clone());
         let mut fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
