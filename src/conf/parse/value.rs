@@ -272,10 +272,20 @@ pub(super) fn peer(g: Got) -> Check<String> {
         let c_ok = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
         !h.is_empty() && h.len() <= 253 && h.chars().all(c_ok)
     };
+    let v6 = |h: &str| h.parse::<std::net::Ipv6Addr>().ok();
+    // An IPv4-mapped address would pick the IPv6-only peering socket,
+    // which can never send to it.
+    if let Some(v4) = (s.strip_prefix('[').and_then(|r| r.split_once("]:")))
+        .and_then(|(h, _)| v6(h)?.to_ipv4_mapped())
+    {
+        return Err(format!(
+            "{expected}: write {v4} rather than the IPv4-mapped {s:?}"
+        ));
+    }
     let ok = match s.strip_prefix('[') {
         Some(rest) => rest
             .split_once("]:")
-            .is_some_and(|(h, p)| h.parse::<std::net::Ipv6Addr>().is_ok() && port_ok(p)),
+            .is_some_and(|(h, p)| v6(h).is_some() && port_ok(p)),
         None => s
             .rsplit_once(':')
             .is_some_and(|(h, p)| host_ok(h) && port_ok(p)),
@@ -349,6 +359,7 @@ mod tests {
             "h:0",
             ":80",
             "a b:1",
+            "[::ffff:198.51.100.2]:8071",
         ] {
             assert!(peer(Got::Str(bad)).is_err(), "{bad}");
         }
