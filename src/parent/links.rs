@@ -623,6 +623,12 @@ impl Links {
             }
             Enforcement::Open => {
                 if l.kernel.state == Observed::Open && !l.kernel.guarded && !force {
+                    // No lockdown is wanted any more: none has failed (a
+                    // link left lockdown_failed would keep the dead-man
+                    // switch from a refresh after a lapse, and show so).
+                    if let Some(l) = self.links.get_mut(name) {
+                        l.lock_failed = false;
+                    }
                     // Open from before a restart: preload lockdown (a no-op once done).
                     self.stage_lockdown(name, bundle);
                     return None;

@@ -1720,3 +1720,20 @@ fn a_guard_no_read_back_shows_is_not_a_lock() {
     l.observe_all();
     assert!(!l.links["dr"].kernel.locked());
 }
+
+/// A link whose lockdown failed and that is then wanted open again, the
+/// kernel showing it open, is no longer lockdown_failed (it would keep the
+/// dead-man switch lapsed after a start and be shown failed for ever).
+#[test]
+fn a_failed_lockdown_no_longer_wanted_is_not_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = in_kernel(fake(nothing_works()), t.path(), &[("dr", Observed::Open)]);
+    l.hold_after_lapse(Some(&bundle()));
+    assert!(l.links["dr"].lock_failed);
+    assert!(!l.may_refresh_switch());
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.set_parent_reason("dr", LockReason::ProcessFailure, false);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    assert!(!l.links["dr"].lock_failed);
+    assert!(l.may_refresh_switch());
+}
