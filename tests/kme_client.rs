@@ -89,16 +89,21 @@ async fn enc_keys_then_dec_keys_once() {
     assert_eq!(got[1].1, sent[1].1);
     assert_ne!(got[0].1, got[1].1);
     let again = slave.dec_keys("SAE-A", &ids[..1], 256).await.unwrap_err();
+    // ETSI's message, then its details (which key_ID).
+    let shown = format!(
+        "{NOT_FOUND} (details: [{{\"message\":\"key_ID {} not found\"}}])",
+        ids[0].as_str()
+    );
     match &again.kind {
         KmeErrorKind::Status {
             status: 400,
             message,
-        } => assert_eq!(message, NOT_FOUND),
+        } => assert_eq!(message, &shown),
         other => panic!("{other:?}"),
     }
     assert_eq!(
         again.to_string(),
-        format!("kme site: dec_keys: HTTP 400: {NOT_FOUND}")
+        format!("kme site: dec_keys: HTTP 400: {shown}")
     );
     // The master's own KME does not hand its keys out a second time either.
     assert!(master.dec_keys("SAE-B", &ids[..1], 256).await.is_err());
