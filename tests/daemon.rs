@@ -290,6 +290,37 @@ fn lockdown_without_a_usable_config_locks_what_the_kernel_holds() {
     std::fs::write(&conf, good).unwrap();
 }
 
+/// `qkdpfd -L` beside a running daemon (a watchdog that thinks it hung)
+/// locks the kernel but leaves the state file to the daemon that owns it:
+/// its whole write and the journal's truncation would lose the daemon's
+/// newer entries.
+#[test]
+fn lockdown_beside_a_running_daemon_leaves_its_state_alone() {
+    let Some(mut gw) = Gateway::new("qkt22", "200ms", "") else {
+        return;
+    };
+    gw.start_open();
+    gw.ctl_ok(&["lockdown", "dr"]);
+    let file = gw.path("state/state");
+    let before = common::durable_state(&file);
+    let o = gw.qkdpfd(&["-L"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("a running qkdpfd owns"), "{err}");
+    assert!(err.contains("link dr: locked"), "{err}");
+    assert_eq!(common::durable_state(&file), before);
+    assert!(!before.contains("process-failure"), "{before}");
+    gw.stop();
+    // Once the daemon is gone, -L records what it did.
+    let o = gw.qkdpfd(&["-L"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = common::durable_state(&file);
+    assert!(
+        after.contains("process-failure") && after.contains("operator"),
+        "{after}"
+    );
+}
+
 #[test]
 fn operator_lockdown_survives_restart() {
     let Some(mut gw) = Gateway::new("qkt5", "200ms", "") else {

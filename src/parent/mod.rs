@@ -98,6 +98,8 @@ pub struct Parent {
     pub reapply_on_report: std::collections::BTreeSet<String>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
+    /// The state directory's owner lock, held for the daemon's life.
+    _owner: Option<state::Owner>,
 }
 
 impl Parent {
@@ -193,13 +195,35 @@ pub fn main(opts: Opts) -> ExitCode {
             syslog::write(prio, line);
         }));
     }
+    // One daemon per state directory, checked before the firewall too.
+    let dir = &conf.daemon.state_dir;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return exit_err(format!("mkdir {}: {e}", dir.display()));
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let owner = match state::own(dir) {
+        Ok(Some(o)) => Some(o),
+        Ok(None) => {
+            return exit_err(format!(
+                "already running: another process holds {}",
+                dir.join("lock").display()
+            ));
+        }
+        Err(e) => {
+            log::debug(format!(
+                "state lock {}: {e} (started without it)",
+                dir.display()
+            ));
+            None
+        }
+    };
     // A start that fails from here (a state file it cannot read, a key or
     // TLS file, host or interface) leaves no daemon to watch the links:
     // they are locked as `-L` locks them before the exit. On nftables the
     // dead-man switch would lock them within seconds anyway; pf has
     // nothing else, and rc.d runs no `-L` after a failed start.
     let for_lockdown = conf.clone();
-    let started = Parent::new(conf, opts, targets).and_then(|mut p| {
+    let started = Parent::new(conf, opts, targets, owner).and_then(|mut p| {
         p.load_engine_inputs()?;
         Ok(p)
     });
@@ -306,10 +330,9 @@ impl Parent {
         conf: Config,
         opts: Opts,
         tlist: std::sync::Arc<[crate::ruleset::LinkTarget]>,
+        owner: Option<state::Owner>,
     ) -> Result<Parent, String> {
         let dir = &conf.daemon.state_dir;
-        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         let keys = read_keys(&conf)?;
         let state_path = state_path(&conf);
         let st = state::load(&state_path)
@@ -420,6 +443,7 @@ impl Parent {
             reapply: Default::default(),
             reapply_on_report: Default::default(),
             guardian: None,
+            _owner: owner,
         };
         if lapsed {
             p.links.hold_after_lapse(p.bundle.as_ref());

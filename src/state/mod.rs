@@ -22,6 +22,43 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+/// The state directory's owner: `state_dir/lock`, locked (flock) by the
+/// running daemon for its whole life, so that a second daemon does not
+/// start on the same state and `qkdpfd -L` run beside a live one locks the
+/// kernel without writing the state it journals into (its whole write and
+/// the journal's truncation would drop the live daemon's newer entries).
+/// Released by the kernel when the process ends, however it ends.
+pub struct Owner {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Takes the owner lock of `dir`; Ok(None) while another process holds it.
+pub fn own(dir: &Path) -> io::Result<Option<Owner>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    // Held read-only: a file open for writing for the daemon's whole life
+    // would keep its file system from being remounted read-only.
+    let open = || {
+        (fs::OpenOptions::new().read(true))
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+    };
+    let f = match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            (fs::OpenOptions::new().write(true).create(true).mode(0o600))
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            open()?
+        }
+        r => r?,
+    };
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(Owner { _lock: lock })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(io::Error::from(e)),
+    }
+}
+
 pub const VERSION: u32 = 1;
 /// A state file larger than this is corrupt, not big (10,000 links write
 /// about 2 MiB).
@@ -208,6 +245,22 @@ pub fn floor(state: Option<&State>, store: &Store) -> io::Result<Option<Floor>> 
                 .unwrap_or([0; 32]),
         })),
         (a, None) => Ok(a),
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    /// One owner at a time; the next takes it once the first is gone.
+    #[test]
+    fn the_state_has_one_owner_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let first = own(d.path()).unwrap();
+        assert!(first.is_some());
+        assert!(own(d.path()).unwrap().is_none());
+        drop(first);
+        assert!(own(d.path()).unwrap().is_some());
     }
 }
 
