@@ -338,7 +338,10 @@ impl Parent {
         let st = state::load(&state_path)
             .map_err(|e| {
                 format!(
-                    "state file {}: {e}; repair it, or move it and its .journal aside to                      start without them (links stay locked until the engine reports on                      them; the operator and QBER lockdowns and key epochs they recorded                      are lost)",
+                    "state file {}: {e}; repair it, or move it and its .journal aside to \
+                     start without them (links stay locked until the engine reports on \
+                     them; the operator and QBER lockdowns and key epochs they recorded \
+                     are lost)",
                     state_path.display()
                 )
             })?

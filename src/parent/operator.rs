@@ -71,7 +71,9 @@ pub(super) fn lock(p: &mut Parent, t: &Target) -> Reply {
         return Reply::error(
             ErrorCode::Failed,
             format!(
-                "locked in the kernel, but the state file could not record the operator                  reason for {} (see state_write_failed in the log): a restart before a                  write succeeds would not keep this lockdown; the write is retried every second",
+                "locked in the kernel, but the state file could not record the operator \
+                 reason for {} (see state_write_failed in the log): a restart before a \
+                 write succeeds would not keep this lockdown; the write is retried every second",
                 unwritten.join(", ")
             ),
         );
