@@ -5,9 +5,8 @@
 mod common;
 
 use common::gateway::{Gateway, LOCKDOWN_NFT, OPEN_NFT, policy, reply_times, unix_now};
-use std::fs;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const POLL_MS: u64 = 200;
 const TRIP: u64 = 3;
@@ -1087,7 +1086,7 @@ fn a_restart_applies_the_active_bundle_again() {
     // The older bundle's open chain, as qkdpfd writes one: the tag that
     // counts its statements, then its one statement.
     let older = gw.path("older.nft");
-    fs::write(
+    std::fs::write(
         &older,
         "flush chain inet qkdpfd link_dr
          add rule inet qkdpfd link_dr counter comment \"qkdpfd open n=1\"
@@ -1104,7 +1103,7 @@ fn a_restart_applies_the_active_bundle_again() {
     // Within the switch's timeout: the links are kept, never held.
     gw.start();
     gw.wait_state("open", Duration::from_secs(10));
-    let t = Instant::now();
+    let t = std::time::Instant::now();
     loop {
         let chain = gw.nft(&["list", "chain", "inet", "qkdpfd", "link_dr"]);
         if !chain.contains("nfproto ipv4") && chain.contains("udp sport") {

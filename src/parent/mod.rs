@@ -332,7 +332,6 @@ impl Parent {
         tlist: std::sync::Arc<[crate::ruleset::LinkTarget]>,
         owner: Option<state::Owner>,
     ) -> Result<Parent, String> {
-        let dir = &conf.daemon.state_dir;
         let keys = read_keys(&conf)?;
         let state_path = state_path(&conf);
         let st = state::load(&state_path)
