@@ -745,6 +745,48 @@ fn a_restart_loads_its_own_lockdown_over_an_earlier_runs() {
     assert_eq!(udp_across(&here, &there, &all), handshakes, "out");
 }
 
+/// A new bundle re-applied to an open link queues its lockdown's preload;
+/// a site lock before the preload, ended with the link's keys in the
+/// `locked_` sets, leaves the older lockdown in force: the backend says so
+/// (`lock_inherited`), and the tick's reload loads the bundle's over it.
+#[test]
+fn a_preload_a_site_lock_overtook_is_loaded_over_later() {
+    if !root_or_skip("a_preload_a_site_lock_overtook_is_loaded_over_later") {
+        return;
+    }
+    let mut r = rig();
+    let (da, dr) = (
+        link("da", "wg1", [198, 51, 100, 3]),
+        link("dr", "wg0", [198, 51, 100, 2]),
+    );
+    let both = [da.clone(), dr.clone()];
+    r.fw.init(&both).unwrap();
+    for l in &both {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+        r.fw.stage(l, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+    }
+    assert!(r.fw.settle().is_empty());
+    // The new bundle, for dr: open again, its lockdown queued.
+    r.fw.apply(&dr, Enforcement::Open, "counter accept")
+        .unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "drop").unwrap();
+    // A site lock; the next open (da) ends it, every link's keys locked.
+    assert!(r.fw.lock_site(&both, None).unwrap());
+    assert!(r.fw.settle().is_empty());
+    r.fw.apply(&da, Enforcement::Open, "accept").unwrap();
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
+    assert_eq!(rules_uncounted(&r.ns, "lock_dr"), ["counter drop"]);
+    assert!(r.fw.lock_inherited(&dr), "the older lockdown is in force");
+    assert!(!r.fw.lock_inherited(&da));
+    let loaded = r.fw.reload_locks(&[&dr], Some("drop"));
+    assert!(loaded.iter().all(|l| l.is_ok()), "{loaded:?}");
+    assert_eq!(rules(&r.ns, "lock_dr"), ["drop"]);
+    assert!(!r.fw.lock_inherited(&dr));
+    assert_eq!(state(&mut r, &both, "dr"), Observed::Locked);
+}
+
 /// This run's lockdown loaded over locked links' (`reload_locks`) in one
 /// run; when that run fails, each link keeps what it had and no run is
 /// made for a link alone (nft reads the whole table each time). With no

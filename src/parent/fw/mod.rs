@@ -228,7 +228,9 @@ pub trait Firewall: LinkCheck + Send {
     /// loaded by an earlier run (or by another tool) and not by this one:
     /// what a lockdown lets through may have changed since (a restart into
     /// a new version), so a link locked by it is locked again with this
-    /// run's text. Only ever a reason to load a lockdown, never to open.
+    /// run's text; also when this run's own text in it is older than the
+    /// bundle's (its preload found the chain in force, after a site or
+    /// source lock). Only ever a reason to load a lockdown, never to open.
     fn lock_inherited(&self, link: &LinkTarget) -> bool {
         let _ = link;
         false

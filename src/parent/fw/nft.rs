@@ -163,6 +163,9 @@ struct Known {
     /// The last listing showed rules in `lock_<link>`: unless this process
     /// wrote them (`lock_written`), an earlier run's or another tool's.
     lock_held_rules: bool,
+    /// `lock_<link>` holds an older text than the bundle's lockdown: its
+    /// preload was dropped because the chain was in force (`settle`).
+    lock_stale: bool,
     /// The link's read-back at `verified_gen`.
     verified: Option<Readback>,
     /// The shape of the link's chains at `verified_gen`.
@@ -179,6 +182,7 @@ impl Known {
     /// `lock_<link>` is (about to be) written by this process.
     fn lock_writing(&mut self) {
         (self.lock_loaded, self.lock_written) = (true, true);
+        self.lock_stale = false;
     }
 
     /// The link's chain `which` is not known to hold our text any more.
@@ -1093,7 +1097,8 @@ impl Firewall for Nft {
     }
 
     fn lock_inherited(&self, link: &LinkTarget) -> bool {
-        (self.known_of(&link.name)).is_some_and(|k| k.lock_held_rules && !k.lock_written)
+        (self.known_of(&link.name))
+            .is_some_and(|k| k.lock_stale || (k.lock_held_rules && !k.lock_written))
     }
 
     fn clear(&mut self, link: &LinkTarget) -> Result<(), FwError> {

@@ -16,6 +16,9 @@ impl Links {
     /// parent's gate too; under auto unlock the gate goes (the engine's
     /// recovery rules decide).
     pub fn set_policy(&mut self, bundle: Option<&Bundle>) {
+        // A new bundle's lockdown may be loaded over any link again
+        // (`pass.rs`'s once a run counts per bundle).
+        self.relocked.clear();
         for (name, l) in self.links.iter_mut() {
             l.manual = bundle.is_some_and(|b| b.policy.for_link(name).unlock == UnlockMode::Manual);
             if !l.manual {

@@ -160,7 +160,8 @@ impl Nft {
     /// took ~1.4 s, which a QBER lockdown arriving then waited behind); the links
     /// whose preloading failed, with why. A link whose keys are (partly)
     /// in the `locked_` sets by now is left: its lockdown chain is in force,
-    /// and only an apply changes that.
+    /// and only an apply or a reload of locks changes that (it is marked
+    /// for the latter).
     pub(super) fn settle_stages(&mut self) -> Vec<(String, FwError)> {
         self.settling = false;
         if self.pending.is_empty() {
@@ -197,9 +198,15 @@ impl Nft {
         let mut loading = Vec::new();
         for (i, ruleset) in pending {
             let target = &targets[i];
-            if self.known[i].staged.as_ref() == Some(&ruleset)
-                || self.holds_in(&locked, &target.name) != Some(Holds::None)
-            {
+            if self.known[i].staged.as_ref() == Some(&ruleset) {
+                continue;
+            }
+            // Its lockdown chain is in force (a site or source lock ended
+            // with its keys in the `locked_` sets): not loaded here, but
+            // its text is older than the bundle's, which `lock_inherited`
+            // says, so that the tick loads it over, read back.
+            if self.holds_in(&locked, &target.name) != Some(Holds::None) {
+                self.known[i].lock_stale = true;
                 continue;
             }
             match self.lock_statements(target, &ruleset) {
