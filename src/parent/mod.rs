@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Command-line options of `qkdpfd [-dLnv] [-f file]`.
@@ -222,22 +222,26 @@ pub fn main(opts: Opts) -> ExitCode {
     // they are locked as `-L` locks them before the exit. On nftables the
     // dead-man switch would lock them within seconds anyway; pf has
     // nothing else, and rc.d runs no `-L` after a failed start.
-    let for_lockdown = conf.clone();
     let started = Parent::new(conf, opts, targets, owner).and_then(|mut p| {
         p.load_engine_inputs()?;
         Ok(p)
     });
     match started {
         Ok(parent) => parent.start(),
-        Err(e) => failed_start(e, for_lockdown),
+        Err(e) => failed_start(e, &path),
     }
 }
 
-/// The start failed with `e`: every link locked (`-L`), then exit 1.
-fn failed_start(e: String, conf: Config) -> ExitCode {
+/// The start failed with `e`: every link locked (`-L`, the config read
+/// again: a copy kept for this would hold megabytes for the daemon's life
+/// at 10,000 links), then exit 1.
+fn failed_start(e: String, path: &Path) -> ExitCode {
     eprintln!("qkdpfd: {e}");
     eprintln!("qkdpfd: the start failed: locking every link");
-    let _ = lockdown::lock_all(conf);
+    let _ = match conf::load(path) {
+        Ok(conf) => lockdown::lock_all(conf),
+        Err(_) => lockdown::without_config(path),
+    };
     ExitCode::FAILURE
 }
 
