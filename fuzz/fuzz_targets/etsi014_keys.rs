@@ -49,7 +49,8 @@ fuzz_target!(
                 for (id, key) in &keys {
                     assert!(seen.insert(id.clone()), "duplicate {id}");
                     assert_eq!(KeyId::new(id.as_str()).as_ref(), Ok(id));
-                    assert_eq!(key.len(), size_bits as usize / 8);
+                    // At least the size asked (a longer key is taken whole).
+                    assert!(key.len() >= size_bits as usize / 8, "{} bytes", key.len());
                 }
                 if !ids.is_empty() {
                     let got: Vec<&KeyId> = keys.iter().map(|(id, _)| id).collect();
