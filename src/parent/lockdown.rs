@@ -36,20 +36,22 @@ pub fn lock_all(conf: Config) -> ExitCode {
     // A live qkdpfd owns the state (it journals into it): the kernel is
     // locked all the same, the state left to it. Held until the exit.
     let owner = crate::state::own(&conf.daemon.state_dir);
-    let (state, persist) = match (&owner, crate::state::load(&state_path)) {
-        (Ok(None), _) => {
+    let (state, persist) = match &owner {
+        Ok(None) => {
             eprintln!(
                 "qkdpfd: a running qkdpfd owns {}: locking without recording it",
                 conf.daemon.state_dir.display()
             );
             (Default::default(), false)
         }
-        (_, Ok(s)) => (s.unwrap_or_default(), true),
-        (_, Err(e)) => {
-            // Lock anyway; never overwrite a state file we could not read.
-            eprintln!("qkdpfd: state file: {e} (locking without recording it)");
-            (Default::default(), false)
-        }
+        _ => match crate::state::load(&state_path) {
+            Ok(s) => (s.unwrap_or_default(), true),
+            Err(e) => {
+                // Lock anyway; never overwrite a state file we could not read.
+                eprintln!("qkdpfd: state file: {e} (locking without recording it)");
+                (Default::default(), false)
+            }
+        },
     };
     let fw = fw::new(&conf.firewall, &conf.daemon.state_dir);
     let mut map = BTreeMap::new();
