@@ -16,6 +16,7 @@ mod common;
 
 use common::bundle::{TestKeys, make_bundle, sign};
 use common::gateway::{BIN_QKDCTL, BIN_QKDPFD, policy, require_root};
+use nix::sys::signal::Signal;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,12 @@ fn guardian_pid(parent: u32) -> u32 {
         .expect("no guardian child")
 }
 
+/// Signals the parent and waits for its end.
+fn end(parent: &mut Child, sig: Signal) -> std::process::ExitStatus {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(parent.id() as i32), sig).unwrap();
+    parent.wait().unwrap()
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -242,12 +249,7 @@ fn a_killed_parent_is_locked_by_the_guardian() {
     let parent = child.id();
     let guardian = guardian_pid(parent);
     let before = d.calls().lines().count();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(parent as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = child.wait();
+    let _ = end(&mut child, Signal::SIGKILL);
     let t = Instant::now();
     d.wait("guardian locks", Duration::from_secs(5), |d| {
         d.anchor().matches("label \"qkdpfd-lockdown\"").count() == 3
@@ -288,12 +290,7 @@ fn a_clean_stop_sends_the_guardian_away_without_touching_pf() {
     let mut child = d.child.take().unwrap();
     let parent = child.id();
     let guardian = guardian_pid(parent);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(parent as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
+    let status = end(&mut child, Signal::SIGTERM);
     assert!(status.success(), "{status:?}\n{}", d.log());
     d.wait("guardian exits", Duration::from_secs(5), |_| {
         !alive(guardian)
@@ -320,12 +317,7 @@ fn a_lockdown_that_failed_at_the_stop_is_left_to_the_guardian() {
     let parent = child.id();
     let guardian = guardian_pid(parent);
     fs::write(d.path("state/refuse"), "").unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(parent as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let _ = child.wait().unwrap();
+    let _ = end(&mut child, Signal::SIGTERM);
     d.wait("the guardian tries", Duration::from_secs(10), |d| {
         d.log().contains("event=guardian_lockdown")
     });
@@ -345,12 +337,7 @@ fn a_failed_start_locks_the_links_a_kept_stop_left_open() {
         return;
     };
     let mut child = d.child.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(end(&mut child, Signal::SIGTERM).success());
     assert!(
         d.anchor().contains("pass quick on $wg_if"),
         "{}",
