@@ -279,9 +279,22 @@ pub fn prepare_chroot(dir: &Path) -> Result<(), String> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
     }
-    let md = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    check_chroot(dir)
+}
+
+/// The chroot directory as [`prepare_chroot`] would accept it; a missing
+/// one is fine (the start creates it). `qkdpfd -n` checks this.
+pub fn check_chroot(dir: &Path) -> Result<(), String> {
+    let md = match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(|e| format!("{}: {e}", dir.display()))?,
+    };
     if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
-        return Err(format!("bad privsep dir {} permissions", dir.display()));
+        return Err(format!(
+            "bad privsep dir {} permissions (want a root-owned directory \
+             that neither group nor others may write)",
+            dir.display()
+        ));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ const QKDCTL: &str = env!("CARGO_BIN_EXE_qkdctl");
 fn config(dir: &std::path::Path, pubkey: &std::path::Path) -> std::path::PathBuf {
     let d = dir.display();
     let text = format!(
-        "[daemon]\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\
+        "[daemon]\nuser = \"nobody\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/sock\"\n\
          [policy]\npubkeys = [\"{}\"]\ndir = \"{d}/state/policy\"\n\
          [firewall]\nbackend = \"nftables\"\n\
          [qber.s]\ndriver = \"sim\"\n\
@@ -72,6 +72,19 @@ fn check_mode_accepts_shipped_demo_config_and_prints_normalised() {
         out.contains("[link.dr]") && out.contains("on_stop = \"keep\""),
         "normalised: {out}"
     );
+    // Run as root, -n checks the engine's user as the start does.
+    if nix::unistd::geteuid().is_root() {
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("\"nobody\"", "\"qkd_no_such_user\"")).unwrap();
+        let o = Command::new(QKDPFD)
+            .args(["-n", "-f"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("unknown user qkd_no_such_user"), "{err}");
+    }
 }
 
 #[test]

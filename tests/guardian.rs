@@ -357,6 +357,45 @@ fn a_failed_start_locks_the_links_a_kept_stop_left_open() {
     assert!(d.anchor().contains("qkdpfd-lockdown"), "{}", d.anchor());
 }
 
+/// The same after a failure of the start's last steps, before the engine
+/// runs (here the control socket's group is unknown): `-n` refuses the
+/// config, and the start locks every link before it exits.
+#[test]
+fn a_start_that_cannot_open_its_socket_locks_the_links() {
+    let Some(mut d) = open_daemon("keep") else {
+        return;
+    };
+    let mut child = d.child.take().unwrap();
+    assert!(end(&mut child, Signal::SIGTERM).success());
+    assert!(d.anchor().contains("pass quick"), "{}", d.anchor());
+    let conf = fs::read_to_string(d.path("qkdpfd.conf")).unwrap();
+    let conf = conf.replace(
+        "[daemon]\n",
+        "[daemon]\nsocket_group = \"qkd_no_such_group\"\n",
+    );
+    fs::write(d.path("qkdpfd.conf"), conf).unwrap();
+    let check = Command::new(BIN_QKDPFD)
+        .args(["-n", "-f"])
+        .arg(d.path("qkdpfd.conf"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown group qkd_no_such_group"), "{err}");
+    assert!(d.anchor().contains("pass quick"), "-n changed the firewall");
+    let o = Command::new(BIN_QKDPFD)
+        .args(["-d", "-f"])
+        .arg(d.path("qkdpfd.conf"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown group qkd_no_such_group"), "{err}");
+    assert!(err.contains("link dr: locked"), "{err}");
+    assert!(!d.anchor().contains("pass quick"), "{}", d.anchor());
+    assert!(d.anchor().contains("qkdpfd-lockdown"), "{}", d.anchor());
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

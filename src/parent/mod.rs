@@ -226,8 +226,8 @@ pub fn main(opts: Opts) -> ExitCode {
         p.load_engine_inputs()?;
         Ok(p)
     });
-    match started {
-        Ok(parent) => parent.start(),
+    match started.and_then(Parent::start) {
+        Ok(code) => code,
         Err(e) => failed_start(e, &path),
     }
 }
@@ -274,6 +274,11 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
         Ok(k) => k,
         Err(e) => return exit_err(e),
     };
+    // What the start refuses before the engine runs: a start that fails
+    // there locks every link, so rc.d's configtest must catch it first.
+    if let Err(e) = privsep_fits(conf) {
+        return exit_err(e);
+    }
     // What start-up would read: QBER sources' TLS files and host names,
     // the peering key, KME credentials and the WireGuard interfaces.
     if let Err(e) = engine_conf::engine_files_fit(conf) {
@@ -301,6 +306,19 @@ fn check(conf: &Config, verbose: bool) -> ExitCode {
     }
     println!("configuration OK");
     ExitCode::SUCCESS
+}
+
+/// The engine user and chroot (checked only when run as root, as the
+/// start drops privileges only then) and the control socket's group.
+fn privsep_fits(conf: &Config) -> Result<(), String> {
+    if crate::privsep::is_real_root() {
+        crate::privsep::check_chroot(&conf.daemon.chroot)?;
+        crate::privsep::resolve_user(&conf.daemon.user, &conf.daemon.chroot)?;
+    }
+    if let Some(g) = &conf.daemon.socket_group {
+        crate::privsep::resolve_group(g)?;
+    }
+    Ok(())
 }
 
 /// What the config may name but this release cannot run yet. Refused here
@@ -481,27 +499,23 @@ impl Parent {
         Ok(())
     }
 
-    fn start(mut self) -> ExitCode {
+    /// Runs the daemon. An `Err` is a start that failed before the engine
+    /// ran (an engine user or chroot, a socket, a bind): the caller locks
+    /// every link, as for a failure in [`Parent::new`].
+    fn start(mut self) -> Result<ExitCode, String> {
         if crate::privsep::is_real_root() {
             // Started as root: the engine must be able to drop, or we do not start.
-            if let Err(e) =
-                crate::privsep::prepare_chroot(&self.conf.daemon.chroot).and_then(|_| {
-                    crate::privsep::resolve_user(&self.conf.daemon.user, &self.conf.daemon.chroot)
-                })
-            {
-                return exit_err(e);
-            }
+            crate::privsep::prepare_chroot(&self.conf.daemon.chroot).and_then(|_| {
+                crate::privsep::resolve_user(&self.conf.daemon.user, &self.conf.daemon.chroot)
+            })?;
         }
-        let ctl = match open_control_socket(&self.conf) {
-            Ok(fd) => fd,
-            Err(e) => return exit_err(e),
-        };
+        let ctl = open_control_socket(&self.conf)?;
         // Bound here, before the drop: a bad address is a start-up error.
         let metrics = match self.conf.daemon.metrics.map(std::net::TcpListener::bind) {
             None => None,
             Some(Ok(l)) => Some(OwnedFd::from(l)),
             Some(Err(e)) => {
-                return exit_err(format!("metrics: bind {:?}: {e}", self.conf.daemon.metrics));
+                return Err(format!("metrics: bind {:?}: {e}", self.conf.daemon.metrics));
             }
         };
         // The peering port too (it may be privileged), one socket per family.
@@ -515,11 +529,11 @@ impl Parent {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 let at = self.conf.peering.as_ref().map(|p| p.listen);
-                return exit_err(format!("peering: bind {at:?}: {e}"));
+                return Err(format!("peering: bind {at:?}: {e}"));
             }
         };
         if !self.opts.foreground && unsafe { libc::daemon(0, 0) } != 0 {
-            return exit_err(format!("daemon: {}", std::io::Error::last_os_error()));
+            return Err(format!("daemon: {}", std::io::Error::last_os_error()));
         }
         // pf has no dead-man switch in the kernel: a guardian process
         // stands in for it (guardian.rs).
@@ -529,7 +543,7 @@ impl Parent {
                     log::debug(format!("guardian started, pid {}", g.pid()));
                     self.guardian = Some(g);
                 }
-                Err(e) => return exit_err(format!("starting guardian: {e}")),
+                Err(e) => return Err(format!("starting guardian: {e}")),
             }
         }
         let exe = self.conf.testing.engine.clone();
@@ -541,7 +555,7 @@ impl Parent {
             &peering,
         ) {
             Ok(e) => e,
-            Err(e) => return exit_err(format!("starting engine: {e}")),
+            Err(e) => return Err(format!("starting engine: {e}")),
         };
         drop((ctl, metrics, peering));
         // Every start-up file is read and the engine is exec'd: from here
@@ -550,10 +564,10 @@ impl Parent {
             Ok(r) => r.log(),
             Err(e) => {
                 stop_engine(engine);
-                return exit_err(format!("sandbox: {e}"));
+                return Err(format!("sandbox: {e}"));
             }
         }
-        run::run(self, engine)
+        Ok(run::run(self, engine))
     }
 }
 
