@@ -1119,6 +1119,47 @@ fn a_restart_applies_the_active_bundle_again() {
     assert_eq!(gw.pings(3), 3);
 }
 
+/// A first bundle activated while the QBER is already past its threshold:
+/// the link held for `no-policy` goes straight to its QBER lockdown. It
+/// was opened first, for as long as the engine took to judge it under
+/// the bundle (without a policy the engine checks no threshold).
+#[test]
+fn a_first_bundle_never_opens_a_link_its_qber_locks() {
+    let Some(mut gw) = Gateway::new("qkt23", "200ms", "") else {
+        return;
+    };
+    gw.start();
+    gw.ctl_ok(&["sim", "eve", "dr", "1"]);
+    // More than trip_samples polls: the engine's history is over the
+    // threshold when the bundle comes.
+    std::thread::sleep(Duration::from_secs(2));
+    let b = gw.bundle("b1", &policy(1, true, ""), OPEN_NFT, LOCKDOWN_NFT);
+    gw.ctl_ok(&["policy", "load", b.to_str().unwrap()]);
+    let t = std::time::Instant::now();
+    loop {
+        let show = gw.ctl_ok(&["show", "link", "dr"]);
+        if show.contains("qber") && !show.contains("no-policy") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{show}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = gw.log();
+    assert!(log.contains("event=lockdown link=dr reason=qber"), "{log}");
+    assert!(
+        !log.contains("event=unlock link=dr"),
+        "opened on the way: {log}"
+    );
+    assert!(!log.contains("to=open"), "opened on the way: {log}");
+    assert_eq!(gw.state(), "lockdown");
+    assert_eq!(gw.pings(3), 0);
+}
+
 /// A read-only member leaning on the control socket (fail-closed issue
 /// item 4): 2,000 connections held open. Its uid gets a few slots, the
 /// rest are closed at once; QBER polling goes on (no source-lost), and

@@ -635,6 +635,14 @@ impl Engine {
                     let lp = self.link_policy(&n);
                     self.feed(&n, now, Input::Policy(lp));
                 }
+                // After every report the new numbers caused (none is held
+                // outside a turn of many links): the parent opens links it
+                // held for `no-policy` only now.
+                debug_assert!(!self.reports.holding());
+                if let Some(serial) = self.policy.as_ref().map(|p| p.serial) {
+                    let taken = ToParent::PolicyTaken(imsg::PolicyTaken { serial });
+                    let _ = self.tx.send(taken.encode());
+                }
                 crate::privsep::return_free_memory();
             }
             ToEngine::KeyAck(a) => {

@@ -53,6 +53,7 @@ pub enum Type {
     InstallPsk = 105,
     Alive = 106,
     SourceLost = 107,
+    PolicyTaken = 108,
 }
 
 impl Type {
@@ -72,6 +73,7 @@ impl Type {
             105 => Type::InstallPsk,
             106 => Type::Alive,
             107 => Type::SourceLost,
+            108 => Type::PolicyTaken,
             _ => return None,
         })
     }
@@ -328,6 +330,15 @@ pub struct SourceLost {
     pub found_ns: u64,
 }
 
+/// The engine has judged every link under the bundle of `serial` and sent
+/// what it found (those reports come before this message): links the
+/// parent held for `no-policy` may open now, not before.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTaken {
+    pub serial: u64,
+}
+
 /// The engine-owned reasons of one link (the whole set, not a delta).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -387,6 +398,7 @@ pub enum ToParent {
     /// ([`ENGINE_SILENCE`]).
     Alive,
     SourceLost(SourceLost),
+    PolicyTaken(PolicyTaken),
 }
 
 /// Framing or decoding failure: fatal for the channel.
@@ -539,6 +551,7 @@ impl ToParent {
             ToParent::InstallPsk(i) => frame(Type::InstallPsk, i),
             ToParent::Alive => frame(Type::Alive, &()),
             ToParent::SourceLost(s) => frame(Type::SourceLost, s),
+            ToParent::PolicyTaken(t) => frame(Type::PolicyTaken, t),
         }
     }
 
@@ -556,6 +569,7 @@ impl ToParent {
                 ToParent::Alive
             }
             Type::SourceLost => ToParent::SourceLost(body(ty, payload)?),
+            Type::PolicyTaken => ToParent::PolicyTaken(body(ty, payload)?),
             _ => return Err(Error::WrongDirection(code)),
         })
     }

@@ -26,6 +26,7 @@ fn round_trip_every_type() {
             command: ParentCommand::Unlock,
         }),
         ToParent::Alive,
+        ToParent::PolicyTaken(PolicyTaken { serial: 9 }),
     ];
     for m in to_parent {
         let f = m.encode();

@@ -96,6 +96,10 @@ pub struct Parent {
     /// Links whose re-application at start waits for the engine's first
     /// report on them (what they should be is unknown until then).
     pub reapply_on_report: std::collections::BTreeSet<String>,
+    /// The serial of a bundle activated while links were held for
+    /// `no-policy`: they stay held until the engine has judged them under
+    /// it ([`policy_jobs::policy_taken`]).
+    pub awaiting_judgement: Option<u64>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
     /// The state directory's owner lock, held for the daemon's life.
@@ -466,6 +470,7 @@ impl Parent {
             job_rx: None,
             reapply: Default::default(),
             reapply_on_report: Default::default(),
+            awaiting_judgement: None,
             guardian: None,
             _owner: owner,
         };

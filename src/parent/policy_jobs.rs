@@ -153,13 +153,21 @@ pub fn finish(
             let serial = b.policy.serial;
             p.bundle = Some(*b);
             p.links.set_policy(p.bundle.as_ref());
-            let names: Vec<String> = p.links.links.keys().cloned().collect();
-            for n in &names {
-                p.links.set_parent_reason(n, LockReason::NoPolicy, false);
+            // A link held for `no-policy` has not been judged by the engine
+            // yet (without a policy it checks no threshold or timer): it
+            // stays held until the engine says it has judged every link
+            // under this bundle (`policy_taken`). The others are
+            // re-applied a few links per loop turn, engine reports first.
+            let mut held = false;
+            for (n, l) in &p.links.links {
+                if l.parent.contains(LockReason::NoPolicy) {
+                    held = true;
+                } else {
+                    p.reapply.push_back(n.clone());
+                }
             }
+            p.awaiting_judgement = held.then_some(serial);
             out.policy();
-            // Re-applied a few links per loop turn, engine reports first.
-            p.reapply.extend(names);
             Reply::ok(format!("policy_loaded serial={serial}"))
         }
         Err(e) => Reply::error(ErrorCode::PolicyRejected, e.to_string()),
@@ -171,6 +179,33 @@ pub fn finish(
         out.reply(id, reply);
     }
     out
+}
+
+/// The engine has judged every link under the bundle of `serial`
+/// ([`crate::imsg::PolicyTaken`]): if it is the active one, the links held
+/// for `no-policy` since before its activation are free of it and
+/// re-applied. An answer for another serial (an older bundle's, or one the
+/// engine never got) is not this one's.
+pub(super) fn policy_taken(p: &mut Parent, serial: u64) -> Result<Changed, String> {
+    let active = p.bundle.as_ref().map(|b| b.policy.serial);
+    if active.is_none_or(|a| serial > a) {
+        return Err(format!("policy_taken for serial {serial}, never sent"));
+    }
+    if p.awaiting_judgement != Some(serial) {
+        return Ok(Changed::none());
+    }
+    p.awaiting_judgement = None;
+    let mut out = Changed::none();
+    let names: Vec<String> = (p.links.links.iter())
+        .filter(|(_, l)| l.parent.contains(LockReason::NoPolicy))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for n in &names {
+        p.links.set_parent_reason(n, LockReason::NoPolicy, false);
+        out.state(n);
+    }
+    p.reapply.extend(names);
+    Ok(out)
 }
 
 impl Parent {

@@ -317,6 +317,7 @@ fn dispatch_engine(
         ToParent::Hello(_) => Err("second hello".into()),
         ToParent::Reasons(r) => super::reports::reasons(p, r),
         ToParent::SourceLost(s) => super::reports::source_lost(p, s),
+        ToParent::PolicyTaken(t) => super::policy_jobs::policy_taken(p, t.serial),
         ToParent::Log(rec) => super::reports::log_record(rec),
         ToParent::PersistEpoch(e) => keys::persist_epoch(p, e),
         ToParent::InstallPsk(i) => keys::install_psk(p, i),
