@@ -162,6 +162,12 @@ pub enum Unread {
     Ended,
     /// No whole line by the deadline: a live client with nothing new to ask.
     TimedOut,
+    /// A whole line, but the client had hung up: qkdctl keeps its
+    /// connection until the answer comes, so a request found on a closed
+    /// one was held back (an engine can keep a duplicate of a finished
+    /// client's connection and pass it on days later, under another
+    /// command's name), and is not run whatever it asks.
+    HungUp,
     /// Over [`MAX_REQUEST`] bytes with no end of line.
     TooLong,
     /// Reading failed (the descriptor is no connection, say).
@@ -175,6 +181,7 @@ impl std::fmt::Display for Unread {
         match self {
             Unread::Ended => f.write_str("no request on the client's connection"),
             Unread::TimedOut => f.write_str("no request from the client in time"),
+            Unread::HungUp => f.write_str("the client hung up before its request was read"),
             Unread::TooLong => f.write_str("request too long"),
             Unread::Failed(e) => write!(f, "reading the client's request: {e}"),
             Unread::Bad(e) => write!(f, "bad request: {e}"),
@@ -209,7 +216,15 @@ pub async fn read_request(
     if !line.ends_with(b"\n") {
         return Err(Unread::Ended);
     }
-    crate::proto::ctl::parse_request(&line).map_err(Unread::Bad)
+    let request = crate::proto::ctl::parse_request(&line).map_err(Unread::Bad)?;
+    // Nothing more to read and the end of the stream: the client is gone
+    // (a live one has nothing more to say, so the peek would block).
+    let fd = conn.get_ref().get_ref().as_raw_fd();
+    let peek = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    if conn.buffer().is_empty() && nix::sys::socket::recv(fd, &mut [0u8; 1], peek) == Ok(0) {
+        return Err(Unread::HungUp);
+    }
+    Ok(request)
 }
 
 /// A request line the parent read (or could not read) from a client.
@@ -434,9 +449,11 @@ mod tests {
             target: crate::proto::ctl::Target::All,
             force: true,
         };
-        assert_eq!(read_after(line, true, MAX_REQUEST), Ok(want.clone()));
         // A live client: the line is enough, the end is not awaited.
         assert_eq!(read_after(line, false, MAX_REQUEST), Ok(want));
+        // A client that hung up waits for no answer: its line, held back
+        // by an engine and passed on later, runs nothing.
+        assert_eq!(read_after(line, true, MAX_REQUEST), Err(Unread::HungUp));
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub(super) fn client_request(p: &mut Parent, line: ClientLine) -> Changed {
         Err(e) => {
             let code = match e {
                 Unread::TooLong | Unread::Bad(_) => ErrorCode::BadRequest,
-                Unread::Ended | Unread::TimedOut | Unread::Failed(_) => ErrorCode::Denied,
+                Unread::Ended | Unread::TimedOut | Unread::HungUp | Unread::Failed(_) => {
+                    ErrorCode::Denied
+                }
             };
             return refuse(id, uid, said, code, &e.to_string());
         }
