@@ -128,6 +128,8 @@ def scenarios():
         (30, "crit", 'event=engine_lost proc=parent msg="the engine exited: signal 9"'),
         (30, "alert", "event=lockdown proc=parent link=dr reason=process-failure"),
         (30, "crit", "event=shutdown proc=parent reason=process-failure"),
+        # pf: the guardian's own line after a parent that died unclean.
+        (31, "alert", 'event=guardian_lockdown proc=guardian msg="the parent ended without a clean stop"'),
     ]
     s["ctl_denied"] = boot() + [
         (30, "warning", "event=ctl_denied proc=engine uid=1001 command=lockdown"),

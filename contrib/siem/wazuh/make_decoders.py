@@ -18,7 +18,7 @@ HEADER = """<!--
 
   A line, once Wazuh's syslog pre-decoder has taken off the header
   ("Dec  3 11:00:00 gw1 qkdpfd[123]: ", program_name qkdpfd), is
-    event=NAME proc=parent|engine key=value ... [msg=...]
+    event=NAME proc=parent|engine|guardian key=value ... [msg=...]
   values quoted ("...") when they hold a space, = or ", with \\" and \\\\
   escaped inside; msg= is always last. Fields come out unquoted, escapes
   kept as written.
@@ -37,12 +37,12 @@ HEADER = """<!--
 
 <decoder name="qkdpfd">
   <program_name type="pcre2">^qkdpfd$</program_name>
-  <prematch type="pcre2">^event=[a-z0-9_]+ proc=(?:parent|engine)(?: |$)</prematch>
+  <prematch type="pcre2">^event=[a-z0-9_]+ proc=(?:parent|engine|guardian)(?: |$)</prematch>
 </decoder>
 
 <decoder name="qkdpfd-fields">
   <parent>qkdpfd</parent>
-  <regex type="pcre2">^event=([a-z0-9_]+) proc=(parent|engine)(?: |$)</regex>
+  <regex type="pcre2">^event=([a-z0-9_]+) proc=(parent|engine|guardian)(?: |$)</regex>
   <order>event,proc</order>
 </decoder>
 """
