@@ -97,8 +97,9 @@ impl Access {
 
 /// Logs `ctl_denied` under the flood rule of DESIGN §8 ([`log::PerMinute`]:
 /// the first per uid per minute, then one line with `suppressed=N`).
-fn denied(seen: &Shared<log::PerMinute<u32>>, uid: u32, command: &str) {
-    let Some(held) = lock(seen).admit(uid, Instant::now()) else {
+fn denied(seen: &Shared<log::PerMinute<u32, String>>, uid: u32, command: &str) {
+    let noted = || Some(command.to_string());
+    let Some(held) = lock(seen).admit_noting(uid, Instant::now(), noted) else {
         return;
     };
     log::event(Event::CtlDenied)
@@ -106,6 +107,23 @@ fn denied(seen: &Shared<log::PerMinute<u32>>, uid: u32, command: &str) {
         .kv("command", command)
         .suppressed(held)
         .send();
+}
+
+/// Says the `ctl_denied` counts no later refusal carried, a few seconds
+/// after their minute ends (a member who stops after a burst of refused
+/// commands is still told in full).
+async fn denied_overdue(seen: Shared<log::PerMinute<u32, String>>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let overdue = lock(&seen).overdue(Instant::now());
+        for (uid, n, command) in overdue {
+            log::event(Event::CtlDenied)
+                .kv("uid", uid)
+                .kv("command", command.unwrap_or_default())
+                .suppressed(n)
+                .send();
+        }
+    }
 }
 
 /// Root's own connection slots: a lockdown always gets in.
@@ -192,7 +210,8 @@ pub async fn serve(
     calls: mpsc::Sender<CtlCall>,
     events: broadcast::Sender<String>,
 ) {
-    let limiter: Shared<log::PerMinute<u32>> = Default::default();
+    let limiter: Shared<log::PerMinute<u32, String>> = Default::default();
+    tokio::spawn(denied_overdue(limiter.clone()));
     let slots: Shared<Slots> = Default::default();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -249,7 +268,7 @@ async fn connection(
     access: Access,
     calls: mpsc::Sender<CtlCall>,
     events: broadcast::Sender<String>,
-    limiter: Shared<log::PerMinute<u32>>,
+    limiter: Shared<log::PerMinute<u32, String>>,
     slots: Shared<Slots>,
 ) -> std::io::Result<()> {
     let level = access.level(uid, gid);

@@ -380,6 +380,8 @@ impl Engine {
         if now >= self.alive_due {
             self.alive_due = now + imsg::ALIVE_EVERY;
             let _ = self.tx.send(ToParent::Alive.encode());
+            // Once a second too: counts a flood left held back.
+            self.keys.log_overdue(now);
         }
     }
 

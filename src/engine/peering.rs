@@ -97,6 +97,13 @@ pub struct Peering {
 }
 
 impl Peering {
+    /// Logs the `peer_auth_failed` counts no later failure carried.
+    pub fn log_overdue(&mut self, now: Instant) {
+        for line in self.auth_log.overdue(now) {
+            line.send();
+        }
+    }
+
     /// A peering socket (fd 6, fd 8: taken once at start-up).
     pub fn add_socket(&mut self, s: Arc<tokio::net::UdpSocket>) {
         self.sockets.push(s);

@@ -197,11 +197,11 @@ catalogue! {
     PeerSendFailed "peer_send_failed" Warning ("to", "[suppressed]", "msg")
         "a datagram to the far qkdpfd could not be sent (no socket of its address family, or the kernel refused); once per destination a minute";
     PeerAuthFailed "peer_auth_failed" Warning ("from", "reason", "[link]", "[suppressed]", "[msg]")
-        "a datagram was refused (reason: a wire error, wrong-source, wrong-role, answer-budget, offer-budget, bad-signature, ...); one per source a minute and at most one a second (after a burst of 20) for all sources together; past 4,096 failing sources in a minute or past the global budget, one line a minute for all the others with from=*. Datagrams from addresses that are no peer's are sampled (100 a second) before they are logged, so their suppressed is a lower bound";
+        "a datagram was refused (reason: a wire error, wrong-source, wrong-role, answer-budget, offer-budget, bad-signature, ...); one per source a minute and at most one a second (after a burst of 20) for all sources together; past 4,096 failing sources in a minute or past the global budget, one line a minute for all the others with from=*. Datagrams from addresses that are no peer's are sampled (100 a second) before they are logged, so their suppressed is a lower bound. A count no later datagram carries is said on its own once its minute is over, with the last one's reason";
     CtlCommand "ctl_command" Info ("uid", "command")
         "a control command that changes something";
     CtlDenied "ctl_denied" Warning ("uid", "command", "[suppressed]", "[msg]")
-        "a control command was refused; from the engine one per uid a minute (then suppressed); from the parent, which re-checks the commands the engine passes it (uid from the kernel, or unknown), each time, with msg, the reason it ran nothing";
+        "a control command was refused; from the engine one per uid a minute (then suppressed, said on its own within seconds of the minute's end when no later refusal carries it); from the parent, which re-checks the commands the engine passes it (uid from the kernel, or unknown), each time, with msg, the reason it ran nothing";
     MonitorLagged "monitor_lagged" Warning ("dropped")
         "only on a qkdctl monitor stream, never in syslog: the reader was too slow and missed this many events";
     Flip "flip" Debug ("link", "to", "commit_us", "sample_to_commit_us", "sample_to_kernel_us")

@@ -231,15 +231,19 @@ fn push_value(out: &mut String, v: &str) {
 
 /// The flood rule of DESIGN §8: the first event per key per minute, then,
 /// a minute or more later, the next one with the count held back meanwhile
-/// (`suppressed=N`, written by [`Record::suppressed`]). The one rate limiter
-/// of log lines: `ctl_denied` (per uid), `peer_auth_failed` (per source)
-/// and `peer_send_failed` (per destination).
-pub struct PerMinute<K> {
-    seen: std::collections::HashMap<K, (std::time::Instant, u64)>,
+/// (`suppressed=N`, written by [`Record::suppressed`]), or, when no next
+/// one comes, a line of its own once the minute is over
+/// ([`PerMinute::overdue`]: a flood that stops must still be told). The
+/// one rate limiter of log lines: `ctl_denied` (per uid),
+/// `peer_auth_failed` (per source) and `peer_send_failed` (per
+/// destination). `V`: what the line owed for a held count says besides it
+/// (the last held event's).
+pub struct PerMinute<K, V = ()> {
+    seen: std::collections::HashMap<K, (std::time::Instant, u64, Option<V>)>,
 }
 
-impl<K> Default for PerMinute<K> {
-    fn default() -> PerMinute<K> {
+impl<K, V> Default for PerMinute<K, V> {
+    fn default() -> PerMinute<K, V> {
         PerMinute {
             seen: std::collections::HashMap::new(),
         }
@@ -248,17 +252,43 @@ impl<K> Default for PerMinute<K> {
 
 const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
-impl<K: std::hash::Hash + Eq> PerMinute<K> {
+impl<K: std::hash::Hash + Eq + Clone, V> PerMinute<K, V> {
     /// Some(events held back since the last one logged) when this one is
     /// to be logged; None when it is held back.
     pub fn admit(&mut self, key: K, now: std::time::Instant) -> Option<u64> {
+        self.admit_noting(key, now, || None)
+    }
+
+    /// [`PerMinute::admit`], noting what a held event would say in the
+    /// line [`PerMinute::overdue`] owes for it.
+    pub fn admit_noting(
+        &mut self,
+        key: K,
+        now: std::time::Instant,
+        detail: impl FnOnce() -> Option<V>,
+    ) -> Option<u64> {
         match self.seen.get_mut(&key) {
-            Some((t, n)) if now.duration_since(*t) < MINUTE => {
+            Some((t, n, d)) if now.duration_since(*t) < MINUTE => {
                 *n += 1;
+                *d = detail();
                 None
             }
-            _ => Some(self.seen.insert(key, (now, 0)).map_or(0, |(_, n)| n)),
+            _ => Some((self.seen.insert(key, (now, 0, None))).map_or(0, |(_, n, _)| n)),
         }
+    }
+
+    /// The counts held back for a minute or more with no event since to
+    /// carry them: each key's count and detail, said now by the caller
+    /// (the key's minute starts again, so its next event is held).
+    pub fn overdue(&mut self, now: std::time::Instant) -> Vec<(K, u64, Option<V>)> {
+        let mut out = Vec::new();
+        for (k, (t, n, d)) in self.seen.iter_mut() {
+            if *n > 0 && now.duration_since(*t) >= MINUTE {
+                out.push((k.clone(), std::mem::take(n), d.take()));
+                *t = now;
+            }
+        }
+        out
     }
 
     /// Forgets the keys whose last line is a minute old and that hold
@@ -266,7 +296,7 @@ impl<K: std::hash::Hash + Eq> PerMinute<K> {
     /// `suppressed=N`, and forgetting the key would drop N unsaid.
     pub fn prune(&mut self, now: std::time::Instant) {
         self.seen
-            .retain(|_, (t, n)| *n > 0 || now.duration_since(*t) < MINUTE);
+            .retain(|_, (t, n, _)| *n > 0 || now.duration_since(*t) < MINUTE);
     }
 
     /// Forgets every key whose last line is a minute old, counts or not,
@@ -274,7 +304,7 @@ impl<K: std::hash::Hash + Eq> PerMinute<K> {
     /// needs the room and must still tell those counts some other way.
     pub fn evict(&mut self, now: std::time::Instant) -> u64 {
         let mut held = 0;
-        self.seen.retain(|_, (t, n)| {
+        self.seen.retain(|_, (t, n, _)| {
             let keep = now.duration_since(*t) < MINUTE;
             if !keep {
                 held += *n;
@@ -380,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_flood_rule_logs_the_first_per_key_a_minute_then_the_count() {
-        let mut seen = PerMinute::default();
+        let mut seen: PerMinute<u32> = PerMinute::default();
         let t0 = std::time::Instant::now();
         assert_eq!(seen.admit(7u32, t0), Some(0));
         assert_eq!(seen.admit(7, t0 + MINUTE / 2), None);

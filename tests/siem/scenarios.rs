@@ -106,9 +106,8 @@ fn peer_auth_flood(s: &mut Siem) {
         ),
         Duration::from_secs(10),
     );
-    std::thread::sleep(Duration::from_secs(61));
-    forge(s, vec![11, 12, 13], 1);
-    // Each of the three says how many of its datagrams went unlogged.
+    // The flood stops. Once its minute is over, each of the three says how
+    // many of its datagrams went unlogged, with no datagram to carry it.
     let counted = |o: &serde_json::Value| {
         o["event"] == "peer_auth_failed"
             && ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
@@ -118,7 +117,7 @@ fn peer_auth_flood(s: &mut Siem) {
     let t = Instant::now();
     while s.logs[B].since(&from).iter().filter(|o| counted(o)).count() < 3 {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < Duration::from_secs(75),
             "no suppressed=N a minute later"
         );
         std::thread::sleep(Duration::from_millis(50));

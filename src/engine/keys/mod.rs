@@ -265,6 +265,11 @@ impl Keys {
         }
     }
 
+    /// Logs the flood counts no later event carried (DESIGN §8).
+    pub fn log_overdue(&mut self, now: Instant) {
+        self.peer.log_overdue(now);
+    }
+
     /// Gives back what a burst of rounds grew (see [`calls::Calls::shrink`]).
     pub fn shrink(&mut self) {
         self.calls.shrink();

@@ -175,11 +175,14 @@ const AUTH_LINES_BURST: u32 = 20;
 /// counted, in one `from=*` line a minute.
 #[derive(Default)]
 pub(super) struct AuthLog {
-    seen: log::PerMinute<IpAddr>,
+    /// Per source; a held count notes its last reason and link.
+    seen: log::PerMinute<IpAddr, (String, Option<String>)>,
     pruned: Option<Instant>,
     lines: Budget<AUTH_LINES_PER_SEC, AUTH_LINES_BURST>,
-    /// Failures counted but not logged since the last `from=*` line.
+    /// Failures counted but not logged since the last `from=*` line, and
+    /// the last one's reason.
     held: u64,
+    held_why: String,
     summarised: Option<Instant>,
 }
 
@@ -189,6 +192,44 @@ impl AuthLog {
         if let Some(ev) = self.line(from, link, why, now) {
             ev.send();
         }
+    }
+
+    /// The lines owed for counts a minute old that no later failure
+    /// carried (a flood that stopped): per source, then `from=*`.
+    pub(super) fn overdue(&mut self, now: Instant) -> Vec<log::Record> {
+        let mut out = Vec::new();
+        for (from, n, noted) in self.seen.overdue(now) {
+            let (why, link) = noted.unwrap_or_default();
+            let mut ev = log::event(Event::PeerAuthFailed)
+                .kv("from", from)
+                .kv("reason", why);
+            if let Some(l) = link {
+                ev = ev.kv("link", l);
+            }
+            out.push(ev.suppressed(n));
+        }
+        let minute = Duration::from_secs(60);
+        let summary_due = self
+            .summarised
+            .is_none_or(|t| now.duration_since(t) >= minute);
+        if self.held > 0 && summary_due {
+            let why = std::mem::take(&mut self.held_why);
+            out.push(self.summary(&why, now));
+        }
+        out
+    }
+
+    /// The `from=*` line: every failure counted for no source of its own.
+    fn summary(&mut self, why: &str, now: Instant) -> log::Record {
+        self.summarised = Some(now);
+        let n = std::mem::take(&mut self.held);
+        log::event(Event::PeerAuthFailed)
+            .kv("from", "*")
+            .kv("reason", why)
+            .kv("suppressed", n)
+            .msg(format!(
+                "more failing datagrams than {AUTH_LOG_SOURCES} sources or a line a second can tell (a flood?)"
+            ))
     }
 
     /// The line to log for one drop, if any.
@@ -217,7 +258,8 @@ impl AuthLog {
         let own = if !self.seen.contains(&from) && self.seen.len() >= AUTH_LOG_SOURCES {
             None
         } else {
-            match self.seen.admit(from, now) {
+            let noted = || Some((why.to_string(), link.map(str::to_string)));
+            match self.seen.admit_noting(from, now, noted) {
                 // Counted against the source; its next line says how many.
                 None => return None,
                 Some(held) => Some(held),
@@ -240,19 +282,10 @@ impl AuthLog {
             .summarised
             .is_some_and(|t| now.duration_since(t) < minute)
         {
+            why.clone_into(&mut self.held_why);
             return None;
         }
-        self.summarised = Some(now);
-        let n = std::mem::take(&mut self.held);
-        Some(
-            log::event(Event::PeerAuthFailed)
-                .kv("from", "*")
-                .kv("reason", why)
-                .kv("suppressed", n)
-                .msg(format!(
-                    "more failing datagrams than {AUTH_LOG_SOURCES} sources or a line a second can tell (a flood?)"
-                )),
-        )
+        Some(self.summary(why, now))
     }
 }
 
@@ -490,6 +523,64 @@ mod tests {
             .unwrap();
         assert!(next.line().contains("link=dr"), "{}", next.line());
         assert!(next.line().contains("suppressed=99"), "{}", next.line());
+    }
+
+    #[test]
+    fn a_flood_that_stops_is_still_told_once_its_minute_is_over() {
+        let mut log = AuthLog::default();
+        let t0 = Instant::now();
+        let one = ip(1);
+        // 100 forgeries from one source in 50 s, then silence.
+        for i in 0..100u64 {
+            let t = t0 + Duration::from_millis(500 * i);
+            let line = log.line(one, Some("dr"), "bad-signature", t);
+            assert_eq!(line.is_some(), i == 0);
+        }
+        assert!(log.overdue(t0 + Duration::from_secs(59)).is_empty());
+        let owed = log.overdue(t0 + Duration::from_secs(61));
+        let lines: Vec<&str> = owed.iter().map(|r| r.line()).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        for want in [
+            "from=10.0.0.1",
+            "reason=bad-signature",
+            "link=dr",
+            "suppressed=99",
+        ] {
+            assert!(lines[0].contains(want), "{want}: {lines:?}");
+        }
+        // Said once; a later failure starts a count of its own.
+        assert!(log.overdue(t0 + Duration::from_secs(200)).is_empty());
+        assert!(
+            log.line(one, None, "x", t0 + Duration::from_secs(62))
+                .is_none()
+        );
+        let owed = log.overdue(t0 + Duration::from_secs(122));
+        assert!(
+            owed[0].line().contains("suppressed=1"),
+            "{}",
+            owed[0].line()
+        );
+        // Past the table, the `from=*` count is told the same way.
+        let mut log = AuthLog::default();
+        for i in 0..(AUTH_LOG_SOURCES as u32 + 500) {
+            log.line(ip(i), None, "bad-magic", t0);
+        }
+        log.line(
+            ip(9_999_999),
+            None,
+            "wrong-source",
+            t0 + Duration::from_secs(1),
+        );
+        let owed = log.overdue(t0 + Duration::from_secs(61));
+        let lines: Vec<&str> = owed.iter().map(|r| r.line()).collect();
+        let star: Vec<&&str> = lines.iter().filter(|l| l.contains("from=* ")).collect();
+        assert_eq!(star.len(), 1, "{lines:?}");
+        // Every failure after the burst's summary at t0, the last one's reason.
+        assert!(
+            star[0].contains("reason=wrong-source suppressed=4576 "),
+            "{star:?}"
+        );
+        assert!(log.overdue(t0 + Duration::from_secs(62)).is_empty());
     }
 
     #[test]
