@@ -206,6 +206,12 @@ impl Link {
         let now = now.max(self.now);
         self.now = now;
         let mut out = Vec::new();
+        if let Input::Sample { .. } = input {
+            // A sample that ends a gap longer than qber_timeout (an engine
+            // that stalled, the deadline and the reading in one turn) must
+            // not hide it: the gap is no part of "continuously below".
+            self.check_timers(now, &mut out);
+        }
         match input {
             Input::Sample { qber, fresh } => self.on_sample(now, qber, fresh, &mut out),
             Input::Tick => {}

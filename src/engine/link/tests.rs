@@ -84,6 +84,23 @@ fn tripped(p: LinkPolicy, keys: bool) -> H {
     h
 }
 
+/// A gap of silence longer than qber_timeout ended by a sample below, with
+/// no tick in between: the gap is not "continuously below".
+#[test]
+fn a_late_sample_does_not_hide_a_silent_gap() {
+    let mut h = tripped(policy(), false);
+    h.fresh(4.0, 0.01);
+    let a = h.fresh(69.0, 0.01);
+    assert!(locks(&a).contains(&SourceLost), "{a:?}");
+    assert_eq!(h.link.reasons(), set(&[Qber]), "still tripped");
+    assert_eq!(h.link.status(h.t(69.0)).below_for, Some(Duration::ZERO));
+    // Recovery counts from the sample that ended the gap.
+    h.run(70, 128, 0.01);
+    assert_eq!(h.link.reasons(), set(&[Qber]));
+    h.run(129, 130, 0.01);
+    assert_eq!(h.link.reasons(), Reasons::EMPTY);
+}
+
 #[test]
 fn trips_after_exactly_trip_samples() {
     let mut h = H::with(policy());
