@@ -67,7 +67,7 @@ impl Policy {
 const QBER_MAX: f64 = 0.11;
 /// With real error correction (f = 1.22) the key runs out at 9.4 %.
 const QBER_WARN: f64 = 0.094;
-const MIN_ROTATE: Duration = Duration::from_secs(120);
+pub const MIN_ROTATE: Duration = Duration::from_secs(120);
 const MIN_QBER_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Parses and checks `policy.toml`; returns the policy and its warnings.

@@ -116,13 +116,16 @@ impl Ctx {
             .min(MAX_BACKOFF)
     }
 
-    /// `period` ± 10 % (or exactly, with jitter off).
+    /// `period` ± 10 % (or exactly, with jitter off), never below the
+    /// policy's least period (WireGuard's 120 s rekey, which the policy's
+    /// minimum is about): `rotate = "120s"` jitters upwards only.
     pub(super) fn jittered(&mut self, period: Duration) -> Duration {
         if !self.jitter {
             return period;
         }
         let f: f64 = rand::Rng::gen_range(&mut self.rng, -0.1..=0.1);
-        period.mul_f64(1.0 + f)
+        let floor = period.min(crate::policy::document::MIN_ROTATE);
+        period.mul_f64(1.0 + f).max(floor)
     }
 
     pub(super) fn nonce(&mut self) -> [u8; 16] {

@@ -174,6 +174,11 @@ fn jitter_is_seeded_and_bounded() {
         );
     }
     assert_eq!(rot(Role::Master, false, 3, t0).next_deadline(), Some(t0));
+    // The policy's least period is never jittered below itself.
+    let least = Duration::from_secs(120);
+    let periods: Vec<Duration> = (0..200).map(|_| ctx_rot.ctx.jittered(least)).collect();
+    assert!(periods.iter().all(|p| *p >= least), "{periods:?}");
+    assert!(periods.iter().any(|p| *p > least), "still jittered upwards");
 }
 
 #[test]
