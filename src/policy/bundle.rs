@@ -471,6 +471,15 @@ fn assemble(entries: Vec<(Vec<String>, Entry)>) -> Result<Files, Reject> {
             }
         }
     }
+    // No directory tree holds both (the store could never write it, and
+    // `signify -C` in the tree could never check it).
+    for name in map.keys() {
+        if let Some((dir, _)) = name.split_once('/')
+            && map.contains_key(dir)
+        {
+            return Err(Reject::bad_name(dir, "is both a file and a directory"));
+        }
+    }
     Ok(Files(map))
 }
 
@@ -569,6 +578,10 @@ mod tests {
     fn tar_duplicates_and_limits() {
         let t = tar_of(&[("a", b"x"), ("./a", b"y")]);
         assert_eq!(read_bytes(&t).unwrap_err().reason(), "bad-name");
+        let t = tar_of(&[("anchors", b"x"), ("anchors/open.nft", b"y")]);
+        let e = read_bytes(&t).unwrap_err();
+        assert_eq!(e.reason(), "bad-name");
+        assert!(e.to_string().contains("both a file and a directory"), "{e}");
         let names: Vec<String> = (0..=MAX_FILES).map(|i| format!("f{i}")).collect();
         let ents: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
         assert_eq!(
