@@ -542,7 +542,15 @@ fn bad_bundles_refused_active_policy_untouched() {
         "nothing stored for a rejected bundle"
     );
 
-    // GitOps spool: a tgz dropped in incoming/ is loaded.
+    // GitOps spool: a tgz dropped in incoming/ is loaded, after an unsigned
+    // bundle pushed under a name rejected before (its old rejection, a
+    // directory, gives way: it stuck in the spool, verified every tick,
+    // and hid every entry after it).
+    fs::create_dir_all(gw.path("incoming/.rejected-a/anchors")).unwrap();
+    fs::write(gw.path("incoming/.rejected-a/policy.toml"), "old").unwrap();
+    fs::create_dir_all(gw.path("incoming/.a")).unwrap();
+    fs::write(gw.path("incoming/.a/policy.toml"), policy(8, true, "")).unwrap();
+    fs::rename(gw.path("incoming/.a"), gw.path("incoming/a")).unwrap();
     let next = gw.bundle("next", &policy(7, true, ""), OPEN_NFT, LOCKDOWN_NFT);
     let tgz = common::bundle::tgz_of_dir(&next);
     fs::write(gw.path("incoming/.tmp"), tgz).unwrap();
@@ -560,6 +568,9 @@ fn bad_bundles_refused_active_policy_untouched() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(gw.path("state/policy/7").is_dir());
+    assert!(!gw.path("incoming/a").exists());
+    assert!(gw.path("incoming/.rejected-a/policy.toml").is_file());
+    assert!(!gw.path("incoming/.rejected-a/anchors").exists());
     let state = common::durable_state(&gw.path("state/state"));
     assert!(
         state.contains("\"serial\": 7") || state.contains("\"serial\":7"),

@@ -100,6 +100,8 @@ pub struct Parent {
     /// `no-policy`: they stay held until the engine has judged them under
     /// it ([`policy_jobs::policy_taken`]).
     pub awaiting_judgement: Option<u64>,
+    /// Spool entries that could not leave the spool, passed over.
+    pub spool: policy_jobs::Spool,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
     /// The state directory's owner lock, held for the daemon's life.
@@ -471,6 +473,7 @@ impl Parent {
             reapply: Default::default(),
             reapply_on_report: Default::default(),
             awaiting_judgement: None,
+            spool: Default::default(),
             guardian: None,
             _owner: owner,
         };

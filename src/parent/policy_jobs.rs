@@ -38,14 +38,71 @@ struct SpoolEntry {
 
 impl SpoolEntry {
     /// Removed after an activation, renamed `.rejected-<name>` otherwise
-    /// (kept for inspection, not retried).
-    fn done(&self, accepted: bool) {
+    /// (kept for inspection, not retried; an older rejection of the same
+    /// name gives way). An entry that cannot leave the spool would be
+    /// verified again every tick and hide every entry after it: it is
+    /// remembered and passed over until it changes ([`Spool`]).
+    fn done(&self, accepted: bool, spool: &mut Spool) {
         let path = self.dir.join(&self.name);
-        let _ = match (accepted, self.is_dir) {
-            (true, true) => std::fs::remove_dir_all(&path),
-            (true, false) => std::fs::remove_file(&path),
-            (false, _) => std::fs::rename(&path, self.dir.join(format!(".rejected-{}", self.name))),
+        let left = if accepted {
+            remove_any(&path, self.is_dir)
+        } else {
+            // The name keeps within NAME_MAX with the prefix added.
+            let mut keep = self.name.len().min(240);
+            while !self.name.is_char_boundary(keep) {
+                keep -= 1;
+            }
+            let to = self.dir.join(format!(".rejected-{}", &self.name[..keep]));
+            std::fs::rename(&path, &to).or_else(|_| {
+                let old_is_dir = std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir());
+                let _ = remove_any(&to, old_is_dir);
+                std::fs::rename(&path, &to)
+            })
         };
+        if let Err(e) = left {
+            log::warn(format!(
+                "incoming {}: cannot move it out of the spool ({e}); passed over until it changes",
+                path.display()
+            ));
+            spool.stuck(&path);
+        }
+    }
+}
+
+fn remove_any(path: &std::path::Path, is_dir: bool) -> std::io::Result<()> {
+    if is_dir {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Spool entries that could not be moved out once verified: each by its
+/// path, inode and change time, so a new push under the same name is read.
+#[derive(Default)]
+pub struct Spool {
+    stuck: std::collections::BTreeSet<(PathBuf, u64, i64, i64)>,
+}
+
+impl Spool {
+    fn identity(path: &std::path::Path) -> Option<(PathBuf, u64, i64, i64)> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(path).ok()?;
+        Some((path.to_path_buf(), md.ino(), md.ctime(), md.ctime_nsec()))
+    }
+
+    fn stuck(&mut self, path: &std::path::Path) {
+        if let Some(id) = Spool::identity(path) {
+            // Bounded: a spool is a handful of entries.
+            if self.stuck.len() >= 256 {
+                self.stuck.clear();
+            }
+            self.stuck.insert(id);
+        }
+    }
+
+    fn passed_over(&self, path: &std::path::Path) -> bool {
+        Spool::identity(path).is_some_and(|id| self.stuck.contains(&id))
     }
 }
 
@@ -173,7 +230,7 @@ pub fn finish(
         Err(e) => Reply::error(ErrorCode::PolicyRejected, e.to_string()),
     };
     if let Some(s) = &job.spool {
-        s.done(matches!(reply, Reply::Ok { .. }));
+        s.done(matches!(reply, Reply::Ok { .. }), &mut p.spool);
     }
     if let Some(id) = job.reply_to {
         out.reply(id, reply);
@@ -255,6 +312,9 @@ pub fn scan_spool(p: &mut Parent) {
         let Ok(md) = std::fs::symlink_metadata(&path) else {
             continue;
         };
+        if p.spool.passed_over(&path) {
+            continue;
+        }
         let entry = SpoolEntry {
             dir: dir.clone(),
             name: name.clone(),
@@ -279,7 +339,7 @@ pub fn scan_spool(p: &mut Parent) {
             }
             Err(e) => {
                 rejected(&e, "incoming");
-                entry.done(false);
+                entry.done(false, &mut p.spool);
             }
         }
     }
