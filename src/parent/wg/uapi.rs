@@ -36,8 +36,16 @@ use crate::secret::Psk;
 pub mod boringtun;
 pub use boringtun::Server;
 
-/// Default per-read/per-write socket timeout.
-pub const TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time for a whole request: connect, write, the whole reply. A
+/// userspace WireGuard answers in milliseconds; the parent's loop (and
+/// the nftables dead-man switch's 3 s) waits meanwhile.
+pub const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After an interface's server did not answer in time, it is not asked
+/// again for this long: every request fails at once instead, so that one
+/// hung wireguard-go costs the parent's loop one timeout, not one for
+/// each of its links due in a tick.
+const COOL_DOWN: Duration = Duration::from_secs(10);
 
 /// Largest reply accepted: a few thousand peers with their allowed IPs.
 const MAX_REPLY: usize = 4 << 20;
@@ -46,6 +54,8 @@ const MAX_REPLY: usize = 4 << 20;
 pub struct Uapi {
     dir: PathBuf,
     timeout: Duration,
+    /// Interfaces whose server timed out, and until when they rest.
+    silent: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 impl Uapi {
@@ -58,6 +68,7 @@ impl Uapi {
         Uapi {
             dir: dir.to_path_buf(),
             timeout,
+            silent: Default::default(),
         }
     }
 
@@ -70,10 +81,33 @@ impl Uapi {
     fn exchange(&self, ifname: &str, req: &[u8]) -> Result<Zeroizing<Vec<u8>>, WgError> {
         check_ifname(ifname)?;
         let path = self.socket_path(ifname);
-        let mut s = UnixStream::connect(&path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound | ErrorKind::ConnectionRefused => WgError::NoSuchInterface,
-            _ => WgError::Io(format!("connect {}: {e}", path.display())),
-        })?;
+        let now = Instant::now();
+        {
+            let mut silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+            silent.retain(|_, until| *until > now);
+            if let Some(until) = silent.get(ifname) {
+                return Err(WgError::Io(format!(
+                    "{}: did not answer in time; not asked again for {:?}",
+                    path.display(),
+                    until.duration_since(now)
+                )));
+            }
+        }
+        let r = self.exchange_within(&path, req, now + self.timeout);
+        if matches!(&r, Err(WgError::Io(m)) if m.contains("timed out")) {
+            let mut silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+            silent.insert(ifname.to_string(), Instant::now() + COOL_DOWN);
+        }
+        r
+    }
+
+    /// [`Uapi::exchange`] on `path`, all of it by `deadline`.
+    fn exchange_within(
+        &self,
+        path: &Path,
+        req: &[u8],
+        deadline: Instant,
+    ) -> Result<Zeroizing<Vec<u8>>, WgError> {
         let io = |what: &str, e: std::io::Error| match e.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => WgError::Io(format!(
                 "{}: {what} timed out after {:?}",
@@ -82,19 +116,27 @@ impl Uapi {
             )),
             _ => WgError::Io(format!("{}: {what}: {e}", path.display())),
         };
-        s.set_read_timeout(Some(self.timeout))
-            .and_then(|_| s.set_write_timeout(Some(self.timeout)))
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| std::io::Error::from(ErrorKind::TimedOut))
+        };
+        let mut s =
+            connect(path, left().map_err(|e| io("connect", e))?).map_err(|e| match e.kind() {
+                ErrorKind::NotFound | ErrorKind::ConnectionRefused => WgError::NoSuchInterface,
+                _ => io("connect", e),
+            })?;
+        s.set_write_timeout(Some(left().map_err(|e| io("write", e))?))
             .map_err(|e| io("setsockopt", e))?;
         s.write_all(req).map_err(|e| io("write", e))?;
-        // The read timeout is per read; a peer that dribbles bytes gets a
-        // deadline for the whole reply too.
-        let deadline = Instant::now() + self.timeout * 2;
+        // A peer that dribbles bytes gets the deadline for the whole reply.
         let mut reply = Zeroizing::new(Vec::with_capacity(4096));
         let mut chunk = Zeroizing::new([0u8; 4096]);
         while !reply.ends_with(b"\n\n") {
-            if Instant::now() > deadline {
-                return Err(io("read", ErrorKind::TimedOut.into()));
-            }
+            let wait = left().map_err(|e| io("read", e))?;
+            s.set_read_timeout(Some(wait))
+                .map_err(|e| io("setsockopt", e))?;
             let n = s.read(&mut chunk[..]).map_err(|e| io("read", e))?;
             if n == 0 {
                 return Err(WgError::Protocol(format!(
@@ -237,6 +279,23 @@ impl WgBackend for Uapi {
         let reply = self.get_reply(&peer.interface)?;
         parse_handshake_at(&reply, &peer.public_key, now)?.ok_or(WgError::NoSuchPeer)
     }
+}
+
+/// A connection to `path` that waits at most `wait`: a server whose
+/// accept queue is full makes a plain connect(2) wait for ever on Linux
+/// (the socket's send timeout bounds it, so it is set first).
+fn connect(path: &Path, wait: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let tv = nix::sys::time::TimeVal::new(wait.as_secs() as _, wait.subsec_micros() as _);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
 }
 
 impl std::fmt::Debug for Uapi {
@@ -884,7 +943,49 @@ mod tests {
             matches!(&e, WgError::Io(m) if m.contains("timed out")),
             "{e}"
         );
+        // Then it rests: the next request fails at once, not after another
+        // timeout (the parent's loop waits meanwhile).
+        let t0 = Instant::now();
+        let e = u.get_psk(&peer("mute0")).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_millis(100), "{e}");
+        assert!(
+            matches!(&e, WgError::Io(m) if m.contains("not asked again")),
+            "{e}"
+        );
         t.join().unwrap();
+    }
+
+    /// A server that accepts nothing and whose queue is full: connect(2)
+    /// alone would wait for ever.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_accept_queue_times_out() {
+        use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full0.sock");
+        let l = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&l),
+            &UnixAddr::new(&path).unwrap(),
+        )
+        .unwrap();
+        socket::listen(&l, Backlog::new(0).unwrap()).unwrap();
+        // Fills the queue (a backlog of 0 holds one).
+        let _queued = UnixStream::connect(&path).unwrap();
+        let mut u = Uapi::with_timeout(dir.path(), Duration::from_millis(300));
+        let t0 = Instant::now();
+        let e = u.get_psk(&peer("full0")).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{e}");
+        assert!(
+            matches!(&e, WgError::Io(m) if m.contains("timed out")),
+            "{e}"
+        );
     }
 }
 
