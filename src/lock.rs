@@ -80,11 +80,19 @@ impl LockReason {
         }
     }
 
-    /// DESIGN §6 table, column "persisted": survives a restart via the state file.
+    /// DESIGN §6 table, column "persisted": survives a restart via the state
+    /// file. Also `peer-lost`, which the table does not persist: a restart
+    /// cannot tell an unreachable peer from a live one until `peer_timeout`
+    /// (900 s by default) has passed again, and opening the link meanwhile
+    /// would break "a restart never opens a link that was locked". It goes
+    /// with the first authenticated round.
     pub fn persisted(self) -> bool {
         matches!(
             self,
-            LockReason::Qber | LockReason::Operator | LockReason::ProcessFailure
+            LockReason::Qber
+                | LockReason::PeerLost
+                | LockReason::Operator
+                | LockReason::ProcessFailure
         )
     }
 

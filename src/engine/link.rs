@@ -167,6 +167,10 @@ impl Link {
         if qber_held {
             reasons.insert(LockReason::Qber);
         }
+        // Until an authenticated round shows the peer is back.
+        if keys && persisted.contains(LockReason::PeerLost) {
+            reasons.insert(LockReason::PeerLost);
+        }
         Link {
             name: name.into(),
             policy,
@@ -261,7 +265,7 @@ impl Link {
         if self.keys && !self.reasons.contains(LockReason::KeyStale) {
             due.push(self.last_key.checked_add(self.key_left(p.max_key_age)));
         }
-        if self.keys && !self.reasons.contains(LockReason::PeerLost) {
+        if self.peer_watched() && !self.reasons.contains(LockReason::PeerLost) {
             due.push(self.last_peer.checked_add(p.peer_timeout));
         }
         if self.auto_recovers() {
@@ -482,9 +486,20 @@ impl Link {
     fn release_trip(&mut self, by: UnlockBy, out: &mut Vec<Action>) {
         match self.trip.take() {
             Some(OnQber::Lockdown) => self.clear(LockReason::Qber, by, out),
-            Some(OnQber::Hold) => out.push(Action::Hold { on: false }),
+            Some(OnQber::Hold) => {
+                // No round was due while held: the peer's silence counts
+                // from here.
+                self.last_peer = self.now;
+                out.push(Action::Hold { on: false })
+            }
             Some(OnQber::Alert) | None => {}
         }
+    }
+
+    /// A hold stops the rounds at both ends: the peer's silence then is
+    /// ours, not a lost peer.
+    fn peer_watched(&self) -> bool {
+        self.keys && self.trip != Some(OnQber::Hold)
     }
 
     fn check_timers(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -499,7 +514,7 @@ impl Link {
         if self.keys && expired(self.last_key, ka, now) {
             self.set(LockReason::KeyStale, None, None, out);
         }
-        if self.keys && expired(self.last_peer, pt, now) {
+        if self.peer_watched() && expired(self.last_peer, pt, now) {
             self.set(LockReason::PeerLost, None, None, out);
         }
     }

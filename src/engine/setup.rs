@@ -278,7 +278,6 @@ impl Engine {
             };
             // A changed source keeps the link's state machine (and its
             // reasons); its first reading is the new source's baseline.
-            let reopened = kept.is_some();
             let link = match kept {
                 Some(mut slot) => {
                     slot.stop_poller();
@@ -303,10 +302,10 @@ impl Engine {
                     source,
                     poller,
                     reads_from: serial,
-                    fresh: match reopened {
-                        true => Freshness::baseline(),
-                        false => Freshness::new(),
-                    },
+                    // At start too: a stalled agent's repeated value must
+                    // not count once as fresh, or a link it left locked
+                    // `source-lost` opens after a restart.
+                    fresh: Freshness::baseline(),
                     next_poll: now,
                     qber_name: section[&l.qber].clone(),
                     qber_id: l.qber_id.as_str().into(),

@@ -127,6 +127,8 @@ async fn a_restarted_shared_poller_is_the_one_its_kept_links_read() {
     eng.configure(cfg.clone(), now).unwrap();
     let old = eng.links.get("dr").unwrap().reads_from;
     assert_eq!(eng.shared["a"].serial, old);
+    // The first reading after a start only sets the high mark.
+    eng.on_poll(reading(old, 0.01, 8), now);
     let mut second = cfg.links[0].clone();
     second.name = "dr2".into();
     second.qber_id = "dr2".into();
@@ -284,8 +286,12 @@ async fn a_masters_first_round_waits_for_the_links_qber() {
         Some(true),
         "the first round went ahead blind"
     );
-    // The simulator's first reading: known, and low.
+    // The simulator's first reading sets the high mark; the next is
+    // known, and low.
     eng.tick_link("dr".into(), now);
+    assert!(!eng.links.get("dr").unwrap().link.determined());
+    assert_eq!(eng.keys.rounds_held("dr"), Some(true));
+    eng.tick_link("dr".into(), now + Duration::from_secs(1));
     assert!(eng.links.get("dr").unwrap().link.determined());
     assert_eq!(eng.keys.rounds_held("dr"), Some(false));
     // A reload changes nothing for a link whose QBER is known.
@@ -313,6 +319,8 @@ async fn a_high_first_reading_keeps_the_master_waiting() {
     set_policy(&mut eng, LinkPolicy::DEFAULT);
     eavesdropper(&mut eng, 1.0);
     let mut t = now;
+    eng.tick_link("dr".into(), t);
+    t += Duration::from_secs(1);
     eng.tick_link("dr".into(), t);
     assert!(eng.links.get("dr").unwrap().link.determined());
     assert_eq!(
@@ -348,6 +356,7 @@ async fn a_link_watched_again_without_a_trip_rotates_again() {
     set_policy(&mut eng, hold);
     eavesdropper(&mut eng, 1.0);
     let mut t = now;
+    eng.tick_link("dr".into(), t);
     for _ in 0..LinkPolicy::DEFAULT.trip_samples {
         t += Duration::from_secs(1);
         eng.tick_link("dr".into(), t);

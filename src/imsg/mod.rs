@@ -156,7 +156,7 @@ pub struct EngineLink {
     pub name: String,
     pub qber: String,
     pub qber_id: String,
-    /// Engine-owned reasons persisted in the state file (qber).
+    /// Engine-owned reasons persisted in the state file (qber, peer-lost).
     pub persisted: Reasons,
     /// Key agreement, for links with `kme`.
     pub keys: Option<LinkKeys>,

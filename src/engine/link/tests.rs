@@ -317,6 +317,49 @@ fn persisted_qber_starts_locked_and_recovers_under_the_rules() {
     assert_eq!(reports(&a), vec![Reasons::EMPTY]);
 }
 
+/// A link locked `peer-lost` before a restart stays locked until an
+/// authenticated round: the new process cannot tell an unreachable peer
+/// from a live one for another `peer_timeout`.
+#[test]
+fn persisted_peer_lost_holds_until_an_authenticated_round() {
+    let mut h = H::new(Some(policy()), true, set(&[PeerLost]));
+    assert_eq!(h.link.reasons(), set(&[PeerLost]));
+    assert_eq!(reports(&h.fresh(1.0, 0.01)), vec![set(&[PeerLost])]);
+    assert!(reports(&h.run(2, 30, 0.01)).is_empty());
+    let a = h.at(31.0, Input::PeerRound);
+    assert_eq!(unlocks(&a), vec![(PeerLost, UnlockBy::Auto)]);
+    assert_eq!(reports(&a), vec![Reasons::EMPTY]);
+    // A link without keys has no peer to lose.
+    let h = H::new(Some(policy()), false, set(&[PeerLost]));
+    assert!(h.link.reasons().is_empty());
+    assert!(LockReason::PeerLost.persisted());
+}
+
+/// A hold stops the rounds, so the peer's silence during it locks nothing;
+/// the key's age still does (`max_key_age` bounds how long the last good
+/// key serves, hold or not).
+#[test]
+fn a_hold_pauses_peer_lost_but_not_key_stale() {
+    let p = LinkPolicy {
+        on_qber: OnQber::Hold,
+        peer_timeout: Duration::from_secs(300),
+        max_key_age: Duration::from_secs(900),
+        ..policy()
+    };
+    let mut h = H::new(Some(p), true, Reasons::EMPTY);
+    assert!(h.run(1, 3, 0.2).contains(&Action::Hold { on: true }));
+    let a = h.run(4, 600, 0.2);
+    assert!(locks(&a).is_empty(), "{:?}", locks(&a));
+    // Released at 661 s: the peer's silence counts from the release.
+    let a = h.run(601, 661, 0.01);
+    assert!(a.contains(&Action::Hold { on: false }));
+    assert!(h.link.reasons().is_empty());
+    let a = h.run(662, 899, 0.01);
+    assert!(locks(&a).is_empty(), "{:?}", locks(&a));
+    assert_eq!(locks(&h.run(900, 900, 0.01)), vec![KeyStale]);
+    assert_eq!(locks(&h.run(901, 961, 0.01)), vec![PeerLost]);
+}
+
 #[test]
 fn hold_stops_rotation_without_a_lock() {
     let p = LinkPolicy {
