@@ -286,6 +286,11 @@ fn links(
         if !value::valid_name(n.name) {
             let msg = format!("link name {:?}: expected {}", n.name, value::NAME_RULE);
             errs.at(n.name_at, msg);
+        } else if n.name == "all" {
+            // qkdctl's word for every link: `qkdctl unlock -f all` must
+            // never be read as one link.
+            let msg = "link name \"all\": reserved (qkdctl's word for every link)";
+            errs.at(n.name_at, msg.into());
         }
         let s = Sect::new(n.t, title("link", Some(n.name)), n.at, errs, LINK_KEYS);
         let Some((l, wg_peer_at, qber_at)) = link(s, n.name, qbers, kmes, &mut names) else {

@@ -270,7 +270,20 @@ pub(super) fn peer(g: Got) -> Check<String> {
     let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
     let host_ok = |h: &str| {
         let c_ok = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
-        !h.is_empty() && h.len() <= 253 && h.chars().all(c_ok)
+        // getaddrinfo reads "198.51.100" as 198.51.0.100, "010.1.1.1" in
+        // octal and "0x7f.1" in hex: a host of numbers only must be a
+        // whole dotted quad, as written.
+        let number = |l: &str| {
+            let hex = l.strip_prefix("0x").or_else(|| l.strip_prefix("0X"));
+            !l.is_empty()
+                && (l.bytes().all(|b| b.is_ascii_digit())
+                    || hex.is_some_and(|x| x.bytes().all(|b| b.is_ascii_hexdigit())))
+        };
+        let numeric = h.split('.').all(number);
+        !h.is_empty()
+            && h.len() <= 253
+            && h.chars().all(c_ok)
+            && (!numeric || h.parse::<std::net::Ipv4Addr>().is_ok())
     };
     let v6 = |h: &str| h.parse::<std::net::Ipv6Addr>().ok();
     // An IPv4-mapped address would pick the IPv6-only peering socket,
@@ -349,11 +362,22 @@ mod tests {
 
     #[test]
     fn peers() {
-        for ok in ["198.51.100.2:8071", "gw.example:1", "[2001:db8::2]:8071"] {
+        for ok in [
+            "198.51.100.2:8071",
+            "gw.example:1",
+            "[2001:db8::2]:8071",
+            "a1.example:1",
+            "0xcafe.example:1",
+        ] {
             assert!(peer(Got::Str(ok)).is_ok(), "{ok}");
         }
         for bad in [
             "198.51.100.2",
+            // Numbers getaddrinfo would read other than as written.
+            "198.51.100:8071",
+            "3325256706:8071",
+            "010.0.0.1:8071",
+            "0x7f.1:8071",
             "2001:db8::2:8071",
             "[2001:db8::2]",
             "h:0",
