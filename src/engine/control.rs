@@ -131,8 +131,9 @@ pub const MAX_ROOT: usize = 32;
 /// Connections of every other uid together, and of one uid.
 pub const MAX_OTHERS: usize = 64;
 pub const MAX_PER_UID: usize = 8;
-/// `monitor` streams at once.
+/// `monitor` streams at once, and of them those only root may take.
 pub const MAX_MONITORS: usize = 16;
+pub const ROOT_MONITORS: usize = 4;
 /// A read-only request is one short line (`show link NAME`).
 pub const MAX_READONLY_REQUEST: usize = 4096;
 /// How far the engine looks into a root client's request: every request
@@ -144,6 +145,8 @@ const READ_TIMEOUT_ROOT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT_OTHERS: Duration = Duration::from_secs(5);
 /// A `monitor` reader that does not take a line for this long is dropped.
 const MONITOR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that does not take its reply in this long is dropped.
+const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections and monitor streams in use.
 #[derive(Default)]
@@ -320,7 +323,13 @@ async fn connection(
     if asked == Asked::Line(Request::Monitor) {
         let room = {
             let mut s = lock(&slots);
-            let room = s.monitors < MAX_MONITORS;
+            // Members fill at most MAX_MONITORS - ROOT_MONITORS streams:
+            // root can always watch.
+            let limit = match level {
+                Level::Root => MAX_MONITORS,
+                _ => MAX_MONITORS - ROOT_MONITORS,
+            };
+            let room = s.monitors < limit;
             if room {
                 s.monitors += 1;
             }
@@ -506,10 +515,16 @@ async fn monitor(
     }
 }
 
+/// Writes `reply`, within [`REPLY_WRITE_TIMEOUT`]: a client that never
+/// reads (a `show links` of a hub is megabytes, the socket buffer a few
+/// KiB) must not keep its connection slot and the reply for ever.
 async fn send(wr: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut s = serde_json::to_string(reply).expect("replies serialize");
     s.push('\n');
-    wr.write_all(s.as_bytes()).await
+    match tokio::time::timeout(REPLY_WRITE_TIMEOUT, wr.write_all(s.as_bytes())).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 #[cfg(test)]

@@ -175,3 +175,55 @@ fn access_levels() {
     assert_eq!(a.level(1001, 50), Level::ReadOnly);
     assert_eq!(a.level(1001, 1001), Level::None);
 }
+
+/// Members together take at most MAX_MONITORS - ROOT_MONITORS streams;
+/// root's `monitor` still gets in after them.
+#[test]
+fn members_cannot_take_roots_monitor_streams() {
+    let line = format!("{}\n", serde_json::to_string(&Request::Monitor).unwrap());
+    rt().block_on(async {
+        let access = Access {
+            readonly_uids: (1000..1100).collect(),
+            readonly_gid: None,
+        };
+        let (calls, _rx) = mpsc::channel(4);
+        let (events, _keep) = broadcast::channel(16);
+        let limiter: Shared<log::PerMinute<u32, String>> = Default::default();
+        let slots: Shared<Slots> = Default::default();
+        // Opens a monitor as `uid`; its first answer, if one comes at once.
+        let open = |uid: u32| {
+            let (client, server) = UnixStream::pair().unwrap();
+            let srv = connection(
+                server,
+                (uid, uid),
+                access.clone(),
+                calls.clone(),
+                events.clone(),
+                limiter.clone(),
+                slots.clone(),
+            );
+            let line = line.clone();
+            async move {
+                let task = tokio::spawn(srv);
+                let (rd, mut wr) = client.into_split();
+                wr.write_all(line.as_bytes()).await.unwrap();
+                let mut got = String::new();
+                let mut rd = BufReader::new(rd);
+                let read = rd.read_line(&mut got);
+                let _ = tokio::time::timeout(Duration::from_millis(200), read).await;
+                (got, task, wr, rd)
+            }
+        };
+        let mut kept = Vec::new();
+        for i in 0..(MAX_MONITORS - ROOT_MONITORS) as u32 {
+            let (got, task, wr, rd) = open(1000 + i).await;
+            assert!(got.is_empty(), "member {i} refused: {got}");
+            kept.push((task, wr, rd));
+        }
+        let (got, ..) = open(1099).await;
+        assert!(got.contains("too many monitor streams"), "{got}");
+        let (got, task, wr, rd) = open(0).await;
+        assert!(got.is_empty(), "root refused: {got}");
+        kept.push((task, wr, rd));
+    });
+}
