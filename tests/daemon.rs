@@ -645,6 +645,22 @@ fn reload_refuses_what_a_restart_could_not_keep() {
     let moved = good.replace("/state/policy\"", "/state/policy2\"");
     assert_ne!(moved, good);
     refused(&gw, &moved, "[policy] dir or incoming changed");
+    // A QBER source on a TCP port the engine's sandbox (landlock) did not
+    // allow at start: the engine could never reach it.
+    #[cfg(target_os = "linux")]
+    {
+        let net = good.replace(
+            "driver = \"sim\"\npoll = \"200ms\"\nseed = 3",
+            "driver = \"http-json\"\nurl = \"http://127.0.0.1:9/qber/{qber_id}\"\n\
+             pointer = \"/qber\"\npoll = \"200ms\"",
+        );
+        assert_ne!(net, good);
+        refused(
+            &gw,
+            &net,
+            "TCP port 9, which the engine's sandbox did not allow",
+        );
+    }
     // Both keys: the bundle in force still verifies.
     std::fs::write(
         &gw.conf,

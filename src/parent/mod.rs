@@ -102,6 +102,8 @@ pub struct Parent {
     pub awaiting_judgement: Option<u64>,
     /// Spool entries that could not leave the spool, passed over.
     pub spool: policy_jobs::Spool,
+    /// The TCP ports the engine's sandbox allows, fixed at its start.
+    pub engine_ports: Vec<u16>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
     /// The state directory's owner lock, held for the daemon's life.
@@ -474,6 +476,7 @@ impl Parent {
             reapply_on_report: Default::default(),
             awaiting_judgement: None,
             spool: Default::default(),
+            engine_ports: Vec::new(),
             guardian: None,
             _owner: owner,
         };

@@ -69,7 +69,16 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
         std::mem::replace(&mut p.conf, new),
     );
     let mut out = Changed::none();
-    match ToEngine::Config(Box::new(engine_conf::engine_config(p, inputs))).try_encode() {
+    let cfg = engine_conf::engine_config(p, inputs);
+    if let Some(port) = new_port(&p.engine_ports, &cfg) {
+        (p.keys, p.store, p.conf) = old;
+        return Err(failed(format!(
+            "a KME or QBER source on TCP port {port}, which the engine's sandbox did not \
+             allow at start (it allows {:?}): that needs a restart",
+            p.engine_ports
+        )));
+    }
+    match ToEngine::Config(Box::new(cfg)).try_encode() {
         Ok(f) => {
             crate::utc::set_offset(p.conf.testing.wall_clock_offset);
             out.frame(f);
@@ -84,6 +93,17 @@ fn swap_config(p: &mut Parent) -> Result<Changed, Reply> {
     // Logged once the engine has heard the new config (its line follows).
     out.event(log::event(Event::Reload).kv("config", path.display()));
     Ok(out)
+}
+
+/// A TCP port the new engine config connects to that the engine's sandbox
+/// (fixed at its start) does not allow: on Linux landlock would refuse the
+/// connection, and the link would lock `source-lost` or `key-stale` behind
+/// a reload that said "reloaded". pledge(2) does not restrict ports.
+fn new_port(allowed: &[u16], cfg: &crate::imsg::EngineConfig) -> Option<u16> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    (crate::sandbox::connect_ports(cfg).into_iter()).find(|p| !allowed.contains(p))
 }
 
 /// The sections whose change a reload cannot apply: the links and their

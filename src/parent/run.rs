@@ -85,7 +85,10 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
             "engine config: its inputs were not read",
         );
     };
-    match ToEngine::Config(Box::new(super::engine_conf::engine_config(&p, inputs))).try_encode() {
+    let cfg = super::engine_conf::engine_config(&p, inputs);
+    // The engine's sandbox fixes them at its start (Linux: landlock).
+    p.engine_ports = crate::sandbox::connect_ports(&cfg);
+    match ToEngine::Config(Box::new(cfg)).try_encode() {
         Ok(f) => {
             let _ = tx.send(f);
         }
