@@ -202,6 +202,8 @@ catalogue! {
         "a control command that changes something";
     CtlDenied "ctl_denied" Warning ("uid", "command", "[suppressed]", "[msg]")
         "a control command was refused; from the engine one per uid a minute (then suppressed, said on its own within seconds of the minute's end when no later refusal carries it); from the parent, which re-checks the commands the engine passes it (uid from the kernel, or unknown), each time, with msg, the reason it ran nothing";
+    LogDropped "log_dropped" Warning ("dropped")
+        "Linux: syslog did not take this many lines (its socket's queue was full: a stalled or slow syslogd or journald); they were dropped rather than stall enforcement. Said with the next line it takes";
     MonitorLagged "monitor_lagged" Warning ("dropped")
         "only on a qkdctl monitor stream, never in syslog: the reader was too slow and missed this many events";
     Flip "flip" Debug ("link", "to", "commit_us", "sample_to_commit_us", "sample_to_kernel_us")
