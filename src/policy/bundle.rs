@@ -42,6 +42,7 @@ impl Files {
             check_name(name)?;
             limits.add_file(name, data.len() as u64)?;
         }
+        no_file_is_a_directory(&map)?;
         Ok(Files(map))
     }
     pub fn get(&self, name: &str) -> Option<&[u8]> {
@@ -471,8 +472,14 @@ fn assemble(entries: Vec<(Vec<String>, Entry)>) -> Result<Files, Reject> {
             }
         }
     }
-    // No directory tree holds both (the store could never write it, and
-    // `signify -C` in the tree could never check it).
+    no_file_is_a_directory(&map)?;
+    Ok(Files(map))
+}
+
+/// No directory tree holds a name as both a file and a directory: the
+/// store could never write it, and `signify -C` in the tree could never
+/// check it.
+fn no_file_is_a_directory(map: &BTreeMap<String, Vec<u8>>) -> Result<(), Reject> {
     for name in map.keys() {
         if let Some((dir, _)) = name.split_once('/')
             && map.contains_key(dir)
@@ -480,7 +487,7 @@ fn assemble(entries: Vec<(Vec<String>, Entry)>) -> Result<Files, Reject> {
             return Err(Reject::bad_name(dir, "is both a file and a directory"));
         }
     }
-    Ok(Files(map))
+    Ok(())
 }
 
 fn common_top(entries: &[(Vec<String>, Entry)]) -> bool {
@@ -582,6 +589,12 @@ mod tests {
         let e = read_bytes(&t).unwrap_err();
         assert_eq!(e.reason(), "bad-name");
         assert!(e.to_string().contains("both a file and a directory"), "{e}");
+        // The same names handed over as files (the fuzz target's model).
+        let map = BTreeMap::from([
+            ("anchors".to_string(), b"x".to_vec()),
+            ("anchors/anchors".to_string(), Vec::new()),
+        ]);
+        assert_eq!(Files::from_map(map).unwrap_err().reason(), "bad-name");
         let names: Vec<String> = (0..=MAX_FILES).map(|i| format!("f{i}")).collect();
         let ents: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
         assert_eq!(
