@@ -281,6 +281,24 @@ impl WgBackend for Uapi {
     }
 }
 
+/// An endpoint as wireguard-go prints it: `ip:port`, `[ip6]:port`, or a
+/// link-local `[fe80::1%eth0]:port` whose zone is an interface name (Rust
+/// parses only a numeric zone; the name becomes its index, which the set
+/// that writes it back prints as a number wireguard-go accepts).
+fn endpoint(value: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(a) = value.parse() {
+        return Some(a);
+    }
+    let (host, port) = value.strip_prefix('[')?.split_once("]:")?;
+    let (ip, zone) = host.split_once('%')?;
+    let name = std::ffi::CString::new(zone).ok()?;
+    // SAFETY: a NUL-terminated name; 0 means no such interface.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(())?;
+    let a = std::net::SocketAddrV6::new(ip.parse().ok()?, port.parse().ok()?, 0, index);
+    Some(a.into())
+}
+
 /// A connection to `path` that waits at most `wait`: a server whose
 /// accept queue is full makes a plain connect(2) wait for ever on Linux
 /// (the socket's send timeout bounds it, so it is set first).
@@ -530,7 +548,7 @@ pub fn parse_peer(reply: &[u8], want: &[u8; 32]) -> Result<Option<PeerConfig>, W
                 in_wanted = hex_key(value).is_some_and(|k| *k == *want);
             }
             "endpoint" if in_wanted => {
-                c.endpoint = Some(value.parse().map_err(|_| bad("endpoint"))?);
+                c.endpoint = Some(endpoint(value).ok_or_else(|| bad("endpoint"))?);
             }
             "persistent_keepalive_interval" if in_wanted => {
                 c.keepalive = value.parse().map_err(|_| bad("keepalive"))?;
@@ -920,6 +938,23 @@ mod tests {
         assert_eq!(srv.join().unwrap(), vec!["get=1\n\n".to_string(); 3]);
         assert_eq!(u.public_key("nope1"), Err(WgError::NoSuchInterface));
         assert!(matches!(u.public_key("a/b"), Err(WgError::Protocol(_))));
+    }
+
+    #[test]
+    fn a_link_local_endpoint_with_a_named_zone_parses() {
+        let a = endpoint("[fe80::1%lo]:51820").unwrap();
+        let std::net::SocketAddr::V6(v6) = a else {
+            panic!("{a}")
+        };
+        assert_eq!(v6.port(), 51820);
+        assert_ne!(v6.scope_id(), 0);
+        assert_eq!(endpoint("[fe80::1%2]:7").unwrap().port(), 7);
+        assert_eq!(
+            endpoint("192.0.2.2:51820"),
+            Some("192.0.2.2:51820".parse().unwrap())
+        );
+        assert!(endpoint("[fe80::1%no_such_if0]:1").is_none());
+        assert!(endpoint("[fe80::1%lo]").is_none());
     }
 
     #[test]
