@@ -55,6 +55,29 @@ impl Daemon {
         fs::read_to_string(self.path("qkdpfd.log")).unwrap_or_default()
     }
 
+    /// `qkdpfd FLAG -f` on this daemon's config, run to its end: its exit
+    /// code and what it wrote on stderr.
+    fn qkdpfd(&self, flag: &str) -> (Option<i32>, String) {
+        let o = Command::new(BIN_QKDPFD)
+            .args([flag, "-f"])
+            .arg(self.path("qkdpfd.conf"))
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into())
+    }
+
+    /// A start that failed (its stderr `err`) locked link dr as `-L` does.
+    fn assert_locked_by_a_failed_start(&self, code: Option<i32>, err: &str) {
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("link dr: locked"), "{err}");
+        assert!(!self.anchor().contains("pass quick"), "{}", self.anchor());
+        assert!(
+            self.anchor().contains("qkdpfd-lockdown"),
+            "{}",
+            self.anchor()
+        );
+    }
+
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN_QKDCTL)
             .arg("-s")
@@ -344,17 +367,9 @@ fn a_failed_start_locks_the_links_a_kept_stop_left_open() {
         d.anchor()
     );
     fs::write(d.path("state/state"), "{ not json").unwrap();
-    let o = Command::new(BIN_QKDPFD)
-        .args(["-d", "-f"])
-        .arg(d.path("qkdpfd.conf"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let (code, err) = d.qkdpfd("-d");
     assert!(err.contains("move it and its .journal aside"), "{err}");
-    assert!(err.contains("link dr: locked"), "{err}");
-    assert!(!d.anchor().contains("pass quick"), "{}", d.anchor());
-    assert!(d.anchor().contains("qkdpfd-lockdown"), "{}", d.anchor());
+    d.assert_locked_by_a_failed_start(code, &err);
 }
 
 /// The same after a failure of the start's last steps, before the engine
@@ -374,26 +389,13 @@ fn a_start_that_cannot_open_its_socket_locks_the_links() {
         "[daemon]\nsocket_group = \"qkd_no_such_group\"\n",
     );
     fs::write(d.path("qkdpfd.conf"), conf).unwrap();
-    let check = Command::new(BIN_QKDPFD)
-        .args(["-n", "-f"])
-        .arg(d.path("qkdpfd.conf"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&check.stderr);
-    assert_eq!(check.status.code(), Some(1), "{err}");
+    let (code, err) = d.qkdpfd("-n");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("unknown group qkd_no_such_group"), "{err}");
     assert!(d.anchor().contains("pass quick"), "-n changed the firewall");
-    let o = Command::new(BIN_QKDPFD)
-        .args(["-d", "-f"])
-        .arg(d.path("qkdpfd.conf"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let (code, err) = d.qkdpfd("-d");
     assert!(err.contains("unknown group qkd_no_such_group"), "{err}");
-    assert!(err.contains("link dr: locked"), "{err}");
-    assert!(!d.anchor().contains("pass quick"), "{}", d.anchor());
-    assert!(d.anchor().contains("qkdpfd-lockdown"), "{}", d.anchor());
+    d.assert_locked_by_a_failed_start(code, &err);
 }
 
 impl Drop for Daemon {
