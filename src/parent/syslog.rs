@@ -213,15 +213,22 @@ mod tests {
     use crate::log::Prio;
     use std::os::unix::net::UnixDatagram;
 
+    /// A stand-in syslogd's socket and a sink connected to it (the
+    /// directory holds the socket).
+    fn syslogd() -> (tempfile::TempDir, UnixDatagram, DevLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let dev = DevLog::open(&path, libc::LOG_DAEMON);
+        (dir, server, dev)
+    }
+
     /// A syslogd that stopped reading: every write returns at once, the
     /// lines it had no room for are counted, and said with the next line
     /// it takes.
     #[test]
     fn a_full_syslog_queue_drops_lines_and_says_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let server = UnixDatagram::bind(&path).unwrap();
-        let mut dev = DevLog::open(&path, libc::LOG_DAEMON);
+        let (_dir, server, mut dev) = syslogd();
         let t0 = std::time::Instant::now();
         for i in 0..5000 {
             dev.write(Prio::Info, &format!("event=x n={i}"));
@@ -261,21 +268,12 @@ mod tests {
         );
         assert_eq!(dev.dropped, 0);
     }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod burst_tests {
-    use super::sink::DevLog;
-    use crate::log::Prio;
-    use std::os::unix::net::UnixDatagram;
 
     /// A burst longer than syslog's queue (10 lines by default), read by a
     /// syslogd that is only busy: no line is lost.
     #[test]
     fn a_burst_to_a_busy_syslog_loses_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let server = UnixDatagram::bind(&path).unwrap();
+        let (_dir, server, mut dev) = syslogd();
         let reader = std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
@@ -288,7 +286,6 @@ mod burst_tests {
             }
             n
         });
-        let mut dev = DevLog::open(&path, libc::LOG_DAEMON);
         for i in 0..300 {
             dev.write(Prio::Warning, &format!("event=x n={i}"));
         }
