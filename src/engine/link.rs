@@ -210,10 +210,15 @@ impl Link {
         let now = now.max(self.now);
         self.now = now;
         let mut out = Vec::new();
-        if let Input::Sample { .. } = input {
-            // A sample that ends a gap longer than qber_timeout (an engine
-            // that stalled, the deadline and the reading in one turn) must
-            // not hide it: the gap is no part of "continuously below".
+        // A sample's timers run before it: one that ends a gap longer than
+        // qber_timeout (an engine that stalled, the deadline and the
+        // reading in one turn) must not hide it, the gap is no part of
+        // "continuously below"; and it moves no other timer, so they need
+        // no second look after it. Every other input's run after it: a key
+        // or a round that comes as its timer expires clears that timer,
+        // never sets its lock first.
+        let sample = matches!(input, Input::Sample { .. });
+        if sample {
             self.check_timers(now, &mut out);
         }
         match input {
@@ -225,7 +230,9 @@ impl Link {
             Input::KeyInstalled => self.on_key(now, &mut out),
             Input::PeerRound => self.on_peer(now, &mut out),
         }
-        self.check_timers(now, &mut out);
+        if !sample {
+            self.check_timers(now, &mut out);
+        }
         self.check_recovery(now, &mut out);
         self.report(&mut out);
         out
