@@ -68,4 +68,5 @@ pub mod state;
 pub mod text;
 pub mod tls;
 pub mod tool;
+pub mod url;
 pub mod utc;

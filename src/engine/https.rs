@@ -53,41 +53,6 @@ pub enum Failure {
     TooLarge,
 }
 
-/// `host:port`, with brackets around an IPv6 literal (the Host header).
-pub fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// The host and port of a URL's authority, `host[:port]` or
-/// `[v6][:port]`, with `default_port` when it names none.
-pub fn host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or("unclosed [ in url")?;
-        (h, p.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("url has no host".into());
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or("bad port in url")?,
-    };
-    Ok((host.to_string(), port))
-}
-
 /// Percent-encodes a path segment or query value (SAE IDs, key_IDs,
 /// qber_ids): everything but RFC 3986's unreserved characters.
 pub fn encode(s: &str) -> String {
@@ -219,21 +184,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_port_and_encoding() {
-        assert_eq!(host_port("kme:8443", 443).unwrap(), ("kme".into(), 8443));
-        assert_eq!(host_port("[::1]", 443).unwrap(), ("::1".into(), 443));
-        assert_eq!(host_port("h", 80).unwrap(), ("h".into(), 80));
-        assert!(host_port(":9", 80).is_err());
-        assert!(host_port("h:0", 80).is_err());
-        assert!(host_port("[::1", 80).is_err());
+    fn encoding() {
         assert_eq!(encode("SAE A/1~x"), "SAE%20A%2F1~x");
-    }
-
-    #[test]
-    fn authorities_bracket_ipv6() {
-        assert_eq!(authority("kme.example", 8443), "kme.example:8443");
-        assert_eq!(authority("::1", 9), "[::1]:9");
-        assert_eq!(authority("192.0.2.1", 443), "192.0.2.1:443");
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ pub use error::{Call, KmeError, KmeErrorKind};
 use super::https;
 use crate::proto::peer::KeyId;
 use crate::secret::QkdKey;
+use crate::url::{Kind, Url};
 use answer::Expect;
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -115,30 +116,6 @@ impl std::fmt::Debug for KmeClient {
     }
 }
 
-/// A parsed `https://host[:port][/prefix]`.
-#[derive(Debug, PartialEq, Eq)]
-struct BaseUrl {
-    host: String,
-    port: u16,
-    prefix: String,
-}
-
-fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or("url must start with https://")?;
-    if rest.contains(['@', '?', '#', ' ']) {
-        return Err("url must not hold user info, query, fragment or spaces".into());
-    }
-    let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (host, port) = https::host_port(authority, 443)?;
-    Ok(BaseUrl {
-        host,
-        port,
-        prefix: prefix.trim_end_matches('/').to_string(),
-    })
-}
-
 impl KmeClient {
     /// `name` is the config's `[kme.NAME]`, used in every error. The server
     /// certificate must name `server_name` if given, else the URL's host.
@@ -151,7 +128,7 @@ impl KmeClient {
         server_name: Option<&str>,
     ) -> Result<KmeClient, KmeError> {
         let cfg_err = |m: String| KmeError::new(name, Call::Connect, KmeErrorKind::Config(m));
-        let url = parse_base_url(base_url).map_err(cfg_err)?;
+        let url = Url::parse(base_url, Kind::Kme).map_err(|e| cfg_err(format!("url: {e}")))?;
         let sni = server_name.unwrap_or(&url.host).to_string();
         let server_name = ServerName::try_from(sni.clone())
             .map_err(|_| cfg_err(format!("bad server name {sni:?}")))?;
@@ -161,7 +138,7 @@ impl KmeClient {
             name: name.to_string(),
             host: url.host,
             port: url.port,
-            prefix: url.prefix,
+            prefix: url.path,
             server_name,
             tls: tokio_rustls::TlsConnector::from(tls),
             settings: KmeSettings::default(),
@@ -439,7 +416,7 @@ impl KmeClient {
         path: &str,
         body: &Option<Vec<u8>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, KmeError> {
-        let authority = https::authority(&self.host, self.port);
+        let authority = crate::url::authority(&self.host, self.port);
         let builder = hyper::Request::builder()
             .uri(path)
             .header(hyper::header::HOST, authority)
@@ -499,28 +476,6 @@ impl From<https::Failure> for KmeErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_urls() {
-        let u = parse_base_url("https://kme.example:8443/a/").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.prefix.as_str()),
-            ("kme.example", 8443, "/a")
-        );
-        let u = parse_base_url("https://[::1]:9").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 9));
-        assert_eq!(parse_base_url("https://h").unwrap().port, 443);
-        for bad in [
-            "http://h",
-            "https://",
-            "https://h:0",
-            "https://h:x",
-            "https://u@h",
-            "https://h?q",
-        ] {
-            assert!(parse_base_url(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn encodes_path_segments() {

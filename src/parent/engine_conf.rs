@@ -175,7 +175,8 @@ pub fn qber_net(conf: &Config) -> Result<BTreeMap<String, QberNet>, String> {
             continue;
         }
         let url = q.url.as_deref().unwrap_or_default();
-        let addr = resolve_url(url).map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
+        let addr = resolve_url(url, crate::url::Kind::Qber)
+            .map_err(|e| format!("[qber.{name}] url {url}: {e}"))?;
         let net = QberNet {
             ca: read("ca", name, &q.ca)?,
             cert: read("cert", name, &q.cert)?,
@@ -202,21 +203,11 @@ fn key_age(rec: Option<&crate::state::LinkRecord>) -> Option<u64> {
     Some(now.checked_sub(at).unwrap_or(u64::MAX))
 }
 
-/// `scheme://host[:port]/...` → the first address of host:port.
-pub(crate) fn resolve_url(url: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    let (scheme, rest) = url.split_once("://").ok_or("no scheme")?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let hostport = if authority.ends_with(']')
-        || !authority.contains(':')
-        || authority.matches(':').count() > 1 && !authority.starts_with('[')
-    {
-        format!("{authority}:{default_port}")
-    } else {
-        authority.to_string()
-    };
-    hostport
+/// The first address of a URL's host and port.
+pub(crate) fn resolve_url(url: &str, kind: crate::url::Kind) -> Result<SocketAddr, String> {
+    let u = crate::url::Url::parse(url, kind)?;
+    let hostport = u.authority();
+    (u.host.as_str(), u.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
         .next()
@@ -285,7 +276,8 @@ fn kme_net(name: &str, k: &crate::conf::KmeConf) -> Result<KmeNet, String> {
         ca: read("ca", &k.ca)?,
         cert: read("cert", &k.cert)?,
         key: zeroize::Zeroizing::new(read("key", &k.key)?),
-        addr: resolve_url(&k.url).map_err(|e| format!("[kme.{name}] url: {e}"))?,
+        addr: resolve_url(&k.url, crate::url::Kind::Kme)
+            .map_err(|e| format!("[kme.{name}] url: {e}"))?,
         get: k.method == crate::conf::KmeMethod::Get,
         keys_low: k.keys_low,
     };

@@ -542,6 +542,21 @@ fn qber(mut s: Sect) -> Option<QberConf> {
         _ => s.get(key, path),
     };
     let (ca, cert, key) = (tls(&mut s, "ca"), tls(&mut s, "cert"), tls(&mut s, "key"));
+    // What the engine's client will need (`engine::qber::fetch`), said
+    // here at its line rather than by a start that fails.
+    if driver.is_some_and(|d| d != Sim) {
+        if (url.as_deref()).is_some_and(|u| u.starts_with("https://")) && !s.has("ca") {
+            s.bad(
+                "url",
+                "https needs ca, the CA that signed the source's certificate",
+            );
+        }
+        match (s.has("cert"), s.has("key")) {
+            (true, false) => s.bad("cert", "goes with key (a client certificate and its key)"),
+            (false, true) => s.bad("key", "goes with cert (a client certificate and its key)"),
+            _ => {}
+        }
+    }
     let sim = match driver {
         Some(Sim) | None => sim(&mut s),
         Some(_) => {

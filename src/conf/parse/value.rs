@@ -3,6 +3,7 @@
 //! caller prefixes the key and adds the position.
 
 use super::Got;
+use crate::url::{Kind, Url};
 use base64::Engine;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -164,26 +165,23 @@ pub(super) fn ip(g: Got) -> Check<IpAddr> {
     }
 }
 
-/// `scheme://host...`: a non-empty host, no blanks or control characters.
-fn url_with(g: Got, schemes: &[&str], expected: &str) -> Check<String> {
+/// A URL as [`crate::url`] checks it for the engine that will use it.
+fn url(g: Got, kind: Kind, expected: &str) -> Check<String> {
     let Got::Str(s) = g else {
         return Err(format!("expected {expected}"));
     };
-    let rest = schemes.iter().find_map(|p| s.strip_prefix(p));
-    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
-    let clean = s.chars().all(|c| c.is_ascii_graphic());
-    match host {
-        Some(h) if !h.is_empty() && clean => Ok(s.to_string()),
-        _ => Err(format!("expected {expected}, found {s:?}")),
+    match Url::parse(s, kind) {
+        Ok(_) => Ok(s.to_string()),
+        Err(e) => Err(format!("{s:?}: {e}")),
     }
 }
 
 pub(super) fn https_url(g: Got) -> Check<String> {
-    url_with(g, &["https://"], "an https:// URL")
+    url(g, Kind::Kme, "an https:// URL")
 }
 
 pub(super) fn http_url(g: Got) -> Check<String> {
-    url_with(g, &["http://", "https://"], "an http:// or https:// URL")
+    url(g, Kind::Qber, "an http:// or https:// URL")
 }
 
 /// `^[a-z][a-z0-9_]{0,30}$`: link names and the anchor, used in pf anchor
@@ -270,20 +268,7 @@ pub(super) fn peer(g: Got) -> Check<String> {
     let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
     let host_ok = |h: &str| {
         let c_ok = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
-        // getaddrinfo reads "198.51.100" as 198.51.0.100, "010.1.1.1" in
-        // octal and "0x7f.1" in hex: a host of numbers only must be a
-        // whole dotted quad, as written.
-        let number = |l: &str| {
-            let hex = l.strip_prefix("0x").or_else(|| l.strip_prefix("0X"));
-            !l.is_empty()
-                && (l.bytes().all(|b| b.is_ascii_digit())
-                    || hex.is_some_and(|x| x.bytes().all(|b| b.is_ascii_hexdigit())))
-        };
-        let numeric = h.split('.').all(number);
-        !h.is_empty()
-            && h.len() <= 253
-            && h.chars().all(c_ok)
-            && (!numeric || h.parse::<std::net::Ipv4Addr>().is_ok())
+        !h.is_empty() && h.len() <= 253 && h.chars().all(c_ok) && crate::url::read_as_written(h)
     };
     let v6 = |h: &str| h.parse::<std::net::Ipv6Addr>().ok();
     // An IPv4-mapped address would pick the IPv6-only peering socket,

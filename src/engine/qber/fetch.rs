@@ -21,10 +21,10 @@
 pub use crate::engine::https::HttpSettings;
 
 use crate::engine::https;
+use crate::url::{Kind, Url};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use rustls_pki_types::ServerName;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
@@ -55,54 +55,6 @@ impl std::fmt::Debug for TlsPems {
     }
 }
 
-/// `scheme://host[:port]/path?query`, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Url {
-    https: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
-fn parse_url(url: &str) -> Result<Url, String> {
-    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err("url must start with https:// (or http:// on loopback)".into());
-    };
-    if rest.contains(['@', '#']) || !rest.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("url must not hold user info, a fragment, spaces or controls".into());
-    }
-    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(cut);
-    let (host, port) = https::host_port(authority, if https { 443 } else { 80 })?;
-    let path = match path {
-        "" => "/".to_string(),
-        p if p.starts_with('?') => format!("/{p}"),
-        p => p.to_string(),
-    };
-    let url = Url {
-        https,
-        host,
-        port,
-        path,
-    };
-    if !https && !loopback_literal(&url.host) {
-        return Err(format!(
-            "http:// is only allowed for 127.0.0.1 and [::1], not {:?}; use https",
-            url.host
-        ));
-    }
-    Ok(url)
-}
-
-fn loopback_literal(host: &str) -> bool {
-    matches!(host.parse::<IpAddr>(), Ok(IpAddr::V4(a)) if a == Ipv4Addr::LOCALHOST)
-        || matches!(host.parse::<IpAddr>(), Ok(IpAddr::V6(a)) if a == Ipv6Addr::LOCALHOST)
-}
-
 /// A GET client for one source.
 #[derive(Clone)]
 pub struct Getter {
@@ -127,7 +79,7 @@ impl Getter {
         settings: HttpSettings,
     ) -> Result<Getter, String> {
         let err = |m: String| format!("qber {source}: {m}");
-        let url = parse_url(url).map_err(err)?;
+        let url = Url::parse(url, Kind::Qber).map_err(|e| err(format!("url: {e}")))?;
         let tls = if url.https {
             Some(connector(&url.host, pems).map_err(err)?)
         } else {
@@ -161,7 +113,7 @@ impl Getter {
     }
 
     fn authority(&self) -> String {
-        https::authority(&self.url.host, self.url.port)
+        self.url.authority()
     }
 
     /// `scheme://host:port` of the source (its controls live under it).
@@ -331,29 +283,6 @@ fn text(f: https::Failure, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        let u = parse_url("https://qkd.example:8443/a/{qber_id}?x=1").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("qkd.example", 8443));
-        assert_eq!(u.path, "/a/{qber_id}?x=1");
-        assert_eq!(parse_url("https://h").unwrap().path, "/");
-        assert_eq!(parse_url("http://127.0.0.1").unwrap().port, 80);
-        assert_eq!(parse_url("http://[::1]:9/m").unwrap().host, "::1");
-        for bad in [
-            "ftp://h",
-            "http://10.0.0.1/x",
-            "http://localhost/x",
-            "http://127.0.0.2/",
-            "https://",
-            "https://h:0",
-            "https://u@h/",
-            "https://h/a b",
-            "https://[::1/",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn qber_id_is_encoded_into_the_path() {
