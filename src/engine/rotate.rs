@@ -28,12 +28,10 @@
 //!   jittered; later rounds come every `rotate` ± 10 %.
 //! - The slave persists an epoch when it accepts the OFFER, before
 //!   `dec_keys`: an epoch, hence a key_ID, is never fetched twice, even
-//!   across a restart. A `dec_keys` that fails is not retried for that
-//!   OFFER (retransmits are ignored: a NACK would make a master that
-//!   follows DESIGN §6 start a round at once, a key spent at both KMEs per
-//!   retransmit while the slave keeps failing); the master's round times
-//!   out and the next round brings a new key. Keys are single-use at the
-//!   KME.
+//!   across a restart. A `dec_keys` (or install) that fails is not retried
+//!   for that OFFER: its retransmits are answered NACK(last), the master
+//!   counts the round failed and its backoff brings a new key (keys are
+//!   single-use at the KME).
 //! - A NACK of the master's own epoch (a slave that accepted the OFFER,
 //!   then restarted before it confirmed) fails the round, retried after
 //!   the backoff; any other NACK jumps the master's epoch to `last` and

@@ -134,13 +134,16 @@ impl Slave {
                     State::Fetching | State::Installing(_) => Action::Ignored {
                         why: "retransmit while fetching",
                     },
-                    // Not answered: a master that follows DESIGN §6 starts
-                    // a new round at once on any NACK, and a slave failing
-                    // for good (no such peer, a KME refusing) would then
-                    // cost a key at both KMEs every retransmit.
-                    State::Failed => Action::Ignored {
-                        why: "retransmit of a failed round",
-                    },
+                    // NACK(last), as DESIGN §6 answers an epoch not above
+                    // the last: the master counts its round failed and
+                    // retries after its 1 s to 30 s backoff. Unanswered,
+                    // it waited out the whole round (`rotate`, 300 s by
+                    // default) and two failed `dec_keys` in a row could
+                    // outlast `max_key_age`.
+                    State::Failed => {
+                        let nack = Body::Nack { last: self.last };
+                        Action::Send(ctx.message(m.epoch, m.nonce, m.key_id, nack))
+                    }
                 });
             }
         }

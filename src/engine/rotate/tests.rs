@@ -350,10 +350,13 @@ fn slave_never_fetches_twice_and_nacks_stale_epochs() {
         &s.handle(t0, failed)[..],
         [Action::RoundFailed { .. }]
     ));
-    assert!(matches!(
-        &s.handle(t0, Input::Received(offer.clone()))[..],
-        [Action::Ignored { .. }]
-    ));
+    // A retransmit of the failed round: NACK(1), and still no dec_keys.
+    let out = s.handle(t0, Input::Received(offer.clone()));
+    let [Action::Send(nack)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(nack.body, Body::Nack { last: 1 });
+    assert_eq!((nack.epoch, nack.nonce), (offer.epoch, offer.nonce));
     // Same epoch, other nonce: the master lost its state; NACK(last).
     let mut again = offer;
     again.nonce[0] ^= 1;
@@ -420,17 +423,17 @@ fn a_failed_install_is_a_failed_round_and_never_confirmed() {
         },
     );
     assert!(matches!(&out[..], [Action::RoundFailed { why }] if why.contains("no-such-peer")));
-    // A retransmitted OFFER gets nothing: no CONFIRM for a PSK not installed.
-    assert_eq!(
-        s.handle(t0, Input::Received(offer.clone())),
-        [Action::Ignored {
-            why: "retransmit of a failed round"
-        }]
-    );
+    // A retransmitted OFFER gets no CONFIRM for a PSK not installed, but
+    // NACK(1): the master counts the round failed and retries after its
+    // backoff, not at once and not after the whole round.
+    let out = s.handle(t0, Input::Received(offer.clone()));
+    let [Action::Send(nack)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(nack.body, Body::Nack { last: 1 });
     assert_eq!(s.status().installed, None);
     // A slave that accepted epoch 1 and restarted before it confirmed
-    // answers the retransmit with NACK(1): the master counts the round
-    // failed and retries after its backoff, not at once.
+    // answers the same.
     let mut restarted = Rotation::new(
         Role::Slave,
         params(false),
@@ -443,10 +446,10 @@ fn a_failed_install_is_a_failed_round_and_never_confirmed() {
         t0,
     );
     let out = restarted.handle(t0, Input::Received(offer.clone()));
-    let [Action::AuthFailed { .. }, Action::Send(nack)] = &out[..] else {
+    let [Action::AuthFailed { .. }, Action::Send(restarted_nack)] = &out[..] else {
         panic!("{out:?}");
     };
-    assert_eq!(nack.body, Body::Nack { last: 1 });
+    assert_eq!(restarted_nack.body, Body::Nack { last: 1 });
     let mut m2 = offering(t0).0;
     let out = m2.handle(t0, Input::Received(nack.clone()));
     assert!(
