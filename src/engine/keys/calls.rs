@@ -42,6 +42,9 @@ struct Current {
     kme: String,
     ticket: u64,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The request's own words, to ask again after a reload.
+    peer_sae: String,
+    key_id: Option<KeyId>,
 }
 
 pub(super) struct Calls {
@@ -67,8 +70,10 @@ impl Calls {
         }
     }
 
-    /// New clients when the parent's KME settings changed; requests in
-    /// flight then fail their rounds, which retry with the new clients.
+    /// New clients when the parent's KME settings changed. A request
+    /// queued or in flight is asked again of the new client (its round
+    /// waited otherwise for its whole deadline, `rotate` long, for an
+    /// answer no task would send); one whose KME is gone fails its round.
     pub(super) fn configure(&mut self, kmes: &BTreeMap<String, KmeNet>) -> Result<(), String> {
         if self.net == *kmes {
             return Ok(());
@@ -89,8 +94,10 @@ impl Calls {
                 });
             clients.insert(name.clone(), Arc::new(client));
         }
-        for (_, c) in self.current.drain() {
-            if let Some(t) = c.task {
+        let mut asked: Vec<(String, Current)> = self.current.drain().collect();
+        asked.sort_by_key(|(_, c)| c.ticket);
+        for (_, c) in &mut asked {
+            if let Some(t) = c.task.take() {
                 t.abort();
             }
         }
@@ -98,6 +105,25 @@ impl Calls {
         self.running.clear();
         self.clients = clients;
         self.net = kmes.clone();
+        for (link, c) in asked {
+            if self.clients.contains_key(&c.kme) {
+                self.request(&link, &c.kme, &c.peer_sae, c.key_id);
+                continue;
+            }
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            let why = format!("[kme.{}] is no longer configured", c.kme);
+            let input = Input::KeyFailed {
+                key_id: c.key_id.clone(),
+                why,
+            };
+            self.current.insert(link.clone(), Current { ticket, ..c });
+            let _ = self.answers.send(KmeAnswer {
+                link,
+                input,
+                ticket,
+            });
+        }
         Ok(())
     }
 
@@ -126,6 +152,8 @@ impl Calls {
                 kme: kme.to_string(),
                 ticket,
                 task: None,
+                peer_sae: peer_sae.to_string(),
+                key_id: key_id.clone(),
             },
         );
         self.queues
@@ -388,5 +416,50 @@ mod tests {
         };
         assert!(c.answered(answer).is_some());
         assert_eq!((running(&c), queued(&c)), (kme::IN_FLIGHT, 9));
+    }
+
+    #[tokio::test]
+    async fn a_reload_asks_again_what_was_asked_or_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_kme, net) = silent_kme(dir.path());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut c = Calls::new(tx);
+        c.configure(&net).unwrap();
+        for i in 0..10 {
+            c.request(
+                &format!("l{i}"),
+                "site",
+                "SAE-B",
+                Some(KeyId::new("k1").unwrap()),
+            );
+        }
+        let before = c.current["l0"].ticket;
+        // Another setting of the same KME: every request is asked again of
+        // the new client, under a new ticket, none lost and none doubled.
+        let mut changed = net.clone();
+        changed.get_mut("site").unwrap().keys_low += 1;
+        c.configure(&changed).unwrap();
+        assert_eq!(
+            (running(&c), queued(&c)),
+            (kme::IN_FLIGHT, 10 - kme::IN_FLIGHT)
+        );
+        assert_eq!(c.current.len(), 10);
+        assert!(c.current["l0"].ticket > before);
+        assert_eq!(c.current["l3"].key_id, Some(KeyId::new("k1").unwrap()));
+        assert!(rx.try_recv().is_err(), "nothing failed");
+        // The KME gone: each round is told at once that its key failed.
+        c.configure(&BTreeMap::new()).unwrap();
+        let mut failed = 0;
+        while let Ok(a) = rx.try_recv() {
+            match c.answered(a) {
+                Some((_, Input::KeyFailed { key_id, why })) => {
+                    assert_eq!(key_id, Some(KeyId::new("k1").unwrap()));
+                    assert!(why.contains("[kme.site]"), "{why}");
+                    failed += 1;
+                }
+                other => panic!("{:?}", other.map(|(l, _)| l)),
+            }
+        }
+        assert_eq!((failed, c.current.len()), (10, 0));
     }
 }
