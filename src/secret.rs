@@ -29,6 +29,13 @@ impl Psk {
         &self.0
     }
 
+    /// Every byte the same: all zeros is WireGuard's "no PSK" (the tunnel
+    /// then rests on its classical keys alone), and no HKDF output or
+    /// random draw is ever like it (odds 2^-248).
+    pub fn is_degenerate(&self) -> bool {
+        self.0.iter().all(|b| *b == self.0[0])
+    }
+
     /// DESIGN §7: first 4 bytes of HMAC-SHA256(PSK, "fp") — safe to show.
     pub fn fingerprint(&self) -> Fingerprint {
         let mac = self.mac(b"fp");

@@ -82,6 +82,8 @@ pub enum WgError {
     Protocol(String),
     /// The read-back differs from what was written.
     Mismatch,
+    /// A PSK of one byte repeated, refused before it is written.
+    WeakPsk,
 }
 
 impl WgError {
@@ -93,6 +95,7 @@ impl WgError {
             WgError::Io(_) => "wg-io",
             WgError::Protocol(_) => "wg-protocol",
             WgError::Mismatch => "psk-mismatch",
+            WgError::WeakPsk => "weak-psk",
         }
     }
 }
@@ -105,6 +108,9 @@ impl fmt::Display for WgError {
             WgError::Io(m) => write!(f, "WireGuard I/O: {m}"),
             WgError::Protocol(m) => write!(f, "WireGuard protocol: {m}"),
             WgError::Mismatch => f.write_str("PSK read back differs from the one written"),
+            WgError::WeakPsk => {
+                f.write_str("refused a PSK of one byte repeated (all zeros is no PSK)")
+            }
         }
     }
 }

@@ -64,7 +64,10 @@ impl PskWriter {
         (self.peers.position(link)).is_some_and(|i| self.links[i].is_some())
     }
 
-    /// Writes `psk` to the link's peer and reads it back.
+    /// Writes `psk` to the link's peer and reads it back. A PSK of one
+    /// byte repeated is refused: only a broken or hostile engine sends one,
+    /// and all zeros is WireGuard's "no PSK" (a tunnel on its classical
+    /// keys alone) that the install would count as a QKD key in force.
     pub fn install(
         &mut self,
         link: &str,
@@ -72,6 +75,9 @@ impl PskWriter {
         period: Duration,
         now: Instant,
     ) -> Result<(), WgError> {
+        if psk.is_degenerate() {
+            return Err(WgError::WeakPsk);
+        }
         let backend = self.backend.clone();
         let (peer, w) = self.link(link).ok_or(WgError::NoSuchPeer)?;
         backend
@@ -214,6 +220,11 @@ mod tests {
         assert_eq!(check_drift(&mut f, &p, &k), Ok(Drift::Changed));
     }
 
+    /// A PSK whose bytes differ (`install` refuses one byte repeated).
+    fn key(seed: u8) -> Psk {
+        Psk::from_bytes(std::array::from_fn(|i| seed.wrapping_add(i as u8)))
+    }
+
     fn writer(psk: Option<Psk>) -> PskWriter {
         let backend: Box<dyn WgBackend> = Box::new(Fake(psk));
         let links = vec![Some(WgLink {
@@ -235,8 +246,7 @@ mod tests {
         assert!(w.is_keyed("dr") && !w.is_keyed("other"));
         // Nothing installed: nothing to compare with.
         assert!(w.reread_due(|_| period, t0).is_empty());
-        w.install("dr", Psk::from_bytes([5; 32]), period, t0)
-            .unwrap();
+        w.install("dr", key(5), period, t0).unwrap();
         w.backend()
             .set_psk(&peer(), &Psk::from_bytes([6; 32]))
             .unwrap();
@@ -259,8 +269,7 @@ mod tests {
         let t0 = Instant::now();
         let period = Duration::from_secs(300);
         let mut w = writer(None);
-        w.install("dr", Psk::from_bytes([5; 32]), period, t0)
-            .unwrap();
+        w.install("dr", key(5), period, t0).unwrap();
         *w.backend() = Box::new(Fake(None));
         assert!(w.reread_due(|_| period, t0 + period / 2).is_empty());
         w.recheck_soon("dr", t0 + period / 2);
@@ -283,8 +292,30 @@ mod tests {
         w.randomize("dr", now).unwrap();
         assert!(!w.verify_persisted("dr", &k.verifier(), now));
         assert_eq!(
-            w.install("other", k, Duration::ZERO, now),
+            w.install("other", key(7), Duration::ZERO, now),
             Err(WgError::NoSuchPeer)
         );
+    }
+
+    /// No PSK (all zeros) or any byte repeated is never written: the
+    /// interface keeps what it had and nothing counts as installed.
+    #[test]
+    fn a_psk_of_one_byte_repeated_is_never_written() {
+        let now = Instant::now();
+        let mut w = writer(None);
+        for b in [0u8, 0xab, 0xff] {
+            let weak = Psk::from_bytes([b; 32]);
+            assert_eq!(
+                w.install("dr", weak, Duration::ZERO, now),
+                Err(WgError::WeakPsk)
+            );
+            assert_eq!(w.backend().get_psk(&peer()), Err(WgError::NoSuchPeer));
+        }
+        assert!(w.reread_due(|_| Duration::ZERO, now).is_empty());
+        let mut almost = [0u8; 32];
+        almost[31] = 1;
+        w.install("dr", Psk::from_bytes(almost), Duration::ZERO, now)
+            .unwrap();
+        assert_eq!(w.backend().get_psk(&peer()), Ok(Psk::from_bytes(almost)));
     }
 }
