@@ -543,6 +543,70 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     assert_eq!(observe_one(&mut r), Observed::Locked);
 }
 
+/// A lock that changes nothing (its keys, or the site's, held already)
+/// commits no transaction: an operator's change just before it must not be
+/// taken for ours. Before, the flip's read-back judged the link from the
+/// verified chains and said locked over a dormant table that dropped
+/// nothing, and every later tick believed it.
+#[test]
+fn a_lock_that_changes_nothing_never_vouches_for_anothers_change() {
+    if !root_or_skip("a_lock_that_changes_nothing_never_vouches_for_anothers_change") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.97.0.1/24", "10.97.0.2/24");
+    let dr = link("dr", &a, [10, 97, 0, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert!(r.fw.settle().is_empty());
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    let observe_one = |r: &mut Rig| r.fw.observe(&one, Some("dr")).unwrap()["dr"].state.clone();
+    assert_eq!(observe_one(&mut r), Observed::Locked);
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    assert!(!ping(&r.ns, "10.97.0.2"), "locked");
+    // One transaction of someone else's, then our lock again: its keys are
+    // held, so it commits nothing.
+    r.ns.nft("insert rule inet qkdpfd lock_dr accept");
+    assert!(ping(&r.ns, "10.97.0.2"), "the inserted accept passes");
+    r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert_ne!(observe_one(&mut r), Observed::Locked, "after a flip");
+    assert_ne!(state(&mut r, &one, "dr"), Observed::Locked, "at the tick");
+}
+
+/// [`a_lock_that_changes_nothing_never_vouches_for_anothers_change`] with
+/// the site lock, twice (the site's drop comes before the link's chains:
+/// a rule put before the dispatch passes instead).
+#[test]
+fn a_site_lock_that_changes_nothing_never_vouches_for_anothers_change() {
+    if !root_or_skip("a_site_lock_that_changes_nothing_never_vouches_for_anothers_change") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.97.0.1/24", "10.97.0.2/24");
+    let dr = link("dr", &a, [10, 97, 0, 2]);
+    let one = [dr.clone()];
+    r.fw.init(&one).unwrap();
+    r.fw.keep_alive(Some(SWITCH)).unwrap();
+    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+        .unwrap();
+    assert!(r.fw.settle().is_empty());
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
+    assert!(r.fw.lock_site(&one, None).unwrap());
+    assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
+    assert!(!ping(&r.ns, "10.97.0.2"), "locked by the site");
+    r.ns.nft("insert rule inet qkdpfd output accept; insert rule inet qkdpfd input accept");
+    assert!(r.fw.lock_site(&one, None).unwrap());
+    assert_ne!(state(&mut r, &one, "dr"), Observed::Locked, "site lock");
+    assert!(ping(&r.ns, "10.97.0.2"), "the accept still passes");
+}
+
 /// What arrives of WireGuard-shaped datagrams sent across the link, in
 /// each direction: (first four bytes, length) of each one received.
 fn udp_across(

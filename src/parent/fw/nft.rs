@@ -277,7 +277,7 @@ impl Nft {
             .map_err(|e| FwError::refused(format!("dead-man switch: {e}")));
         let after = self.generation();
         let verified = match r {
-            Ok(()) => self.only_ours_since_verified(after, 1),
+            Ok(()) => self.our_batch_since_verified(after),
             Err(_) => None,
         };
         self.set_verified_gen(verified);
@@ -542,7 +542,7 @@ impl Nft {
         let shape = self.known[i].shape?;
         let after = match flip.checked {
             true => flip.after,
-            false => self.only_ours_since_verified(flip.after, 1),
+            false => self.our_batch_since_verified(flip.after),
         }?;
         if self.guard_may_exist {
             return None;

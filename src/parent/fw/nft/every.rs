@@ -154,7 +154,7 @@ impl Nft {
         section: Option<usize>,
         after: Option<u32>,
     ) -> Option<Vec<Readback>> {
-        self.only_ours_since_verified(after, 1)?;
+        self.our_batch_since_verified(after)?;
         let covers = |n: &Nft, l: &LinkTarget| section.is_none_or(|i| n.source_of(l) == Some(i));
         let known = |l: &LinkTarget| {
             self.known_of(&l.name)

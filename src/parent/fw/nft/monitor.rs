@@ -30,6 +30,8 @@ use crate::parent::wg::linux::{attrs, messages};
 
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFTA_GEN_ID: u16 = 1;
+/// The thread that committed the generation (task_pid_nr(current)).
+const NFTA_GEN_PROC_PID: u16 = 2;
 /// The table-name attribute of every nf_tables object's message.
 const NFTA_TABLE: u16 = 1;
 /// nfnetlink's multicast group of nf_tables (NFNLGRP_NFTABLES).
@@ -46,8 +48,9 @@ pub struct Ledger {
     /// Our table and its guard table.
     tables: [Vec<u8>; 2],
     /// Generation -> whether its transaction touched one of our tables,
-    /// for each generation whose NEWGEN was read.
-    gens: BTreeMap<u32, bool>,
+    /// and the thread that committed it, for each generation whose NEWGEN
+    /// was read.
+    gens: BTreeMap<u32, (bool, Option<u32>)>,
     /// A change read since the last NEWGEN touched one of our tables, or
     /// may have (notifications were lost).
     touching: bool,
@@ -104,7 +107,10 @@ impl Ledger {
                         if self.gens.len() >= MAX_GENS {
                             self.gens.clear();
                         }
-                        self.gens.insert(u32::from_be_bytes(id), touched);
+                        let pid = attr(NFTA_GEN_PROC_PID)
+                            .and_then(|d| <[u8; 4]>::try_from(d).ok())
+                            .map(u32::from_be_bytes);
+                        self.gens.insert(u32::from_be_bytes(id), (touched, pid));
                         self.newest = Some(u32::from_be_bytes(id));
                     }
                     None => self.lost(),
@@ -137,7 +143,7 @@ impl Ledger {
         for i in 1..=span {
             let g = from.wrapping_add(i);
             match self.gens.get(&g) {
-                Some(t) => n += u32::from(*t),
+                Some((t, _)) => n += u32::from(*t),
                 // Past the newest NEWGEN read, and nothing lost since.
                 None if self.newest.is_some_and(|l| (g.wrapping_sub(l) as i32) > 0) => {
                     return Count::NotYet;
@@ -152,6 +158,12 @@ impl Ledger {
     /// `to`, was read and touched neither of our tables.
     pub fn untouched(&self, from: u32, to: u32) -> bool {
         self.touching_in(from, to) == Count::Touching(0)
+    }
+
+    /// Whether generation `g` was committed by thread `tid`; false when
+    /// its NEWGEN was not read or named no thread.
+    pub fn committed_by(&self, g: u32, tid: u32) -> bool {
+        self.gens.get(&g).is_some_and(|(_, pid)| *pid == Some(tid))
     }
 
     /// Forgets the generations up to `upto` (no one asks about them).
@@ -222,6 +234,22 @@ impl super::Nft {
         self.untouched(since, now).then_some(now)
     }
 
+    /// `after`, read right after one netlink batch of this thread, if that
+    /// batch committed generation `after` and nothing else that touched
+    /// our tables committed since the verified listing. A batch that
+    /// changes nothing (elements added that the sets hold already) commits
+    /// no generation: counted as ours, it took the generation of whatever
+    /// committed before it, say an operator's `nft` that flushed `input`,
+    /// for our own, and a read-back judged from the verified shapes called
+    /// the link locked. The kernel names the committing thread in NEWGEN.
+    pub(super) fn our_batch_since_verified(&mut self, after: Option<u32>) -> Option<u32> {
+        let a = self.only_ours_since_verified(after, 1)?;
+        let tid = this_thread()?;
+        let m = self.monitor.as_mut()?;
+        m.drain();
+        m.ledger.committed_by(a, tid).then_some(a)
+    }
+
     /// `after`, read right after `ours` transactions of ours committed, if
     /// nothing else that touched our tables committed since the verified
     /// listing: every committed transaction adds one to the generation,
@@ -257,6 +285,19 @@ impl super::Nft {
     }
 }
 
+/// The id the kernel gives this thread (NEWGEN's PROC_PID).
+fn this_thread() -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid(2) has no arguments and cannot fail.
+        u32::try_from(unsafe { libc::gettid() }).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 fn monitor_or_log(table: &str, guard: &str) -> Option<Monitor> {
     match Monitor::open(table, guard) {
         Ok(m) => Some(m),
@@ -286,9 +327,35 @@ mod tests {
     }
 
     fn newgen(id: u32) -> Vec<u8> {
+        newgen_by(id, 77)
+    }
+
+    /// As the kernel writes it: the id, the thread, its name.
+    fn newgen_by(id: u32, pid: u32) -> Vec<u8> {
         let mut m = msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0, 0, 0);
         m.attr(NFTA_GEN_ID, &id.to_be_bytes());
+        m.attr(NFTA_GEN_PROC_PID, &pid.to_be_bytes());
+        m.attr(3, &c_name("nft"));
         m.finish().to_vec()
+    }
+
+    /// A batch of ours that changed nothing committed no generation: the
+    /// one read after it is another thread's, which is not ours.
+    #[test]
+    fn the_committing_thread_is_kept() {
+        let mut l = ledger();
+        l.feed(&change(NEWRULE, Some("qkdpfd")));
+        l.feed(&newgen_by(1, 4242));
+        l.feed(&change(NEWSETELEM, Some("qkdpfd")));
+        l.feed(&newgen_by(2, 99));
+        assert!(l.committed_by(2, 99));
+        assert!(!l.committed_by(1, 99), "another thread's");
+        assert!(!l.committed_by(3, 99), "not read");
+        let mut bare = msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN, 0, 0, 0, 0);
+        bare.attr(NFTA_GEN_ID, &3u32.to_be_bytes());
+        l.feed(&bare.finish());
+        assert!(!l.committed_by(3, 99), "no thread named");
+        assert!(l.untouched(2, 3));
     }
 
     const NEWRULE: u16 = 6;
