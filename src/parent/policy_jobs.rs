@@ -253,6 +253,15 @@ pub(super) fn policy_taken(p: &mut Parent, serial: u64) -> Result<Changed, Strin
     }
     p.awaiting_judgement = None;
     let mut out = Changed::none();
+    // A bundle that expired while the engine judged it, with
+    // `expired_action = "lockdown"`: no-policy stays (the next tick's
+    // expiry check would lock the links again, after they opened).
+    if p.bundle
+        .as_ref()
+        .is_some_and(|b| super::run::expiry_locks(b, crate::utc::now_unix()))
+    {
+        return Ok(out);
+    }
     let names: Vec<String> = (p.links.links.iter())
         .filter(|(_, l)| l.parent.contains(LockReason::NoPolicy))
         .map(|(n, _)| n.clone())
