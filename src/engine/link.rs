@@ -41,8 +41,9 @@ pub enum Input {
     Policy(Option<Arc<LinkPolicy>>),
     /// `qkdctl unlock [-f] LINK`.
     Unlock { force: bool },
-    /// A PSK from a fresh QKD key was installed.
-    KeyInstalled,
+    /// A PSK from a fresh QKD key was installed; this end learned the key
+    /// at `fetched` (the master's `enc_keys` answer, the slave's OFFER).
+    KeyInstalled { fetched: Instant },
     /// An authenticated round with the far qkdpfd completed.
     PeerRound,
 }
@@ -227,7 +228,7 @@ impl Link {
             Input::Policy(p) => self.on_policy(p, &mut out),
             Input::Unlock { force: false } => self.on_unlock(now, &mut out),
             Input::Unlock { force: true } => self.on_forced_unlock(now, &mut out),
-            Input::KeyInstalled => self.on_key(now, &mut out),
+            Input::KeyInstalled { fetched } => self.on_key(now, fetched, &mut out),
             Input::PeerRound => self.on_peer(now, &mut out),
         }
         if !sample {
@@ -377,10 +378,13 @@ impl Link {
         self.determined = true;
     }
 
-    fn on_key(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn on_key(&mut self, now: Instant, fetched: Instant, out: &mut Vec<Action>) {
         self.last_key = now;
         self.key_age_then = Duration::ZERO;
-        if self.below_since.is_some() {
+        // Only a key learned after the QBER came down: an OFFER of a key
+        // fetched during the incident, held back on the path and let
+        // through after, installs now but is no post-incident key.
+        if self.below_since.is_some_and(|since| fetched >= since) {
             self.key_since_below = true;
         }
         self.clear(LockReason::KeyStale, UnlockBy::Auto, out);

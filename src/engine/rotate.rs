@@ -132,7 +132,7 @@ impl Rotation {
         }
         for a in &out {
             match a {
-                Action::RoundDone { epoch, key_id } => {
+                Action::RoundDone { epoch, key_id, .. } => {
                     self.ctx.installed_epoch = *epoch;
                     self.ctx.installed_key = Some(key_id.clone());
                     self.ctx.ok = self.ctx.ok.saturating_add(1);

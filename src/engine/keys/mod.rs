@@ -537,7 +537,11 @@ impl Keys {
                 l.gate.sent(&m);
                 self.peer.send(&m, dest);
             }
-            Action::RoundDone { epoch, key_id } => {
+            Action::RoundDone {
+                epoch,
+                key_id,
+                fetched,
+            } => {
                 log::event(Event::KeyRotated)
                     .kv("link", name)
                     .kv("epoch", epoch)
@@ -566,7 +570,7 @@ impl Keys {
                         r.kv("offer_to_installed_us", t.total_us).send();
                     }
                 }
-                out.push((name.to_string(), link::Input::KeyInstalled));
+                out.push((name.to_string(), link::Input::KeyInstalled { fetched }));
             }
             Action::RoundFailed { why } => {
                 l.gate.settled();

@@ -65,14 +65,14 @@ fn policies(trip: u32, unlock: UnlockMode, on_qber: OnQber) -> [LinkPolicy; 3] {
     ]
 }
 
-fn input(op: &Op, ps: &[LinkPolicy; 3]) -> Input {
+fn input(op: &Op, ps: &[LinkPolicy; 3], now: Instant) -> Input {
     match op {
         Op::Sample(q, f) => Input::Sample {
             qber: *q,
             fresh: *f,
         },
         Op::Tick => Input::Tick,
-        Op::Key => Input::KeyInstalled,
+        Op::Key => Input::KeyInstalled { fetched: now },
         Op::Peer => Input::PeerRound,
         Op::Unlock(force) => Input::Unlock { force: *force },
         Op::NoPolicy => Input::Policy(None),
@@ -165,7 +165,7 @@ fn run_checked(
         now += Duration::from_millis(*dt);
         let before = (link.reasons(), link.status(now).reporting);
         rec.see(now, op);
-        let acts = link.handle(now, input(op, ps));
+        let acts = link.handle(now, input(op, ps, now));
         check_step(&link, now, before, &acts)?;
         for a in &acts {
             match a {
@@ -243,7 +243,7 @@ proptest! {
         let mut held = persisted;
         for (dt, op) in &steps {
             now += Duration::from_millis(*dt);
-            let acts = link.handle(now, input(op, &ps));
+            let acts = link.handle(now, input(op, &ps, now));
             let unlocked = acts.iter().any(|a| matches!(a, Action::Unlock { reason: LockReason::Qber, .. }));
             prop_assert!(!unlocked, "{:?}", acts);
             held |= link.reasons().contains(LockReason::Qber);
@@ -274,7 +274,7 @@ fn random_walks_reach_every_rule() {
         let mut now = t0;
         for (dt, op) in &steps {
             now += Duration::from_millis(*dt);
-            for a in link.handle(now, input(op, &ps)) {
+            for a in link.handle(now, input(op, &ps, now)) {
                 match a {
                     Action::Lock {
                         reason: LockReason::Qber,

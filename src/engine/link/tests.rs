@@ -184,12 +184,29 @@ fn recovers_after_recover_after_below_and_window_restarts() {
 #[test]
 fn with_keys_recovery_waits_for_a_key_after_the_window_started() {
     let mut h = tripped(policy(), true);
-    h.at(3.5, Input::KeyInstalled); // before the window: does not count
+    h.at(3.5, Input::KeyInstalled { fetched: h.t(3.5) }); // before the window: does not count
     h.run(4, 70, 0.01);
     assert_eq!(h.link.reasons(), set(&[Qber]));
     let st = h.link.status(h.t(70.0));
     assert!(!st.releasable);
-    let a = h.at(70.5, Input::KeyInstalled);
+    let a = h.at(70.5, Input::KeyInstalled { fetched: h.t(70.5) });
+    assert_eq!(unlocks(&a), vec![(Qber, UnlockBy::Auto)]);
+}
+
+/// A key fetched during the incident, its OFFER held back on the path and
+/// let through once the QBER came down, installs after the window began:
+/// it is no post-incident key, and the trip stays until one comes.
+#[test]
+fn a_key_fetched_before_the_qber_came_down_does_not_count() {
+    let mut h = tripped(policy(), true);
+    h.run(4, 60, 0.01);
+    let late = h.at(60.5, Input::KeyInstalled { fetched: h.t(3.0) });
+    assert!(unlocks(&late).is_empty());
+    let a = h.run(61, 70, 0.01);
+    assert!(unlocks(&a).is_empty(), "{a:?}");
+    assert_eq!(h.link.reasons(), set(&[Qber]));
+    assert!(!h.link.status(h.t(70.0)).releasable);
+    let a = h.at(70.5, Input::KeyInstalled { fetched: h.t(70.2) });
     assert_eq!(unlocks(&a), vec![(Qber, UnlockBy::Auto)]);
 }
 
@@ -539,7 +556,12 @@ fn key_stale_and_peer_lost_with_keys() {
     let a = h.tick(100.0);
     assert_eq!(locks(&a), vec![KeyStale]);
     assert_eq!(reports(&a), vec![set(&[KeyStale])]);
-    let a = h.at(150.0, Input::KeyInstalled);
+    let a = h.at(
+        150.0,
+        Input::KeyInstalled {
+            fetched: h.t(150.0),
+        },
+    );
     assert_eq!(unlocks(&a), vec![(KeyStale, UnlockBy::Auto)]);
     assert_eq!(locks(&h.tick(200.0)), vec![PeerLost]);
     let a = h.at(201.0, Input::PeerRound);
@@ -560,7 +582,7 @@ fn a_key_from_before_a_restart_keeps_its_age() {
     assert_eq!(h.link.next_deadline(), Some(h.t(30.0)));
     assert!(h.tick(29.0).is_empty());
     assert_eq!(locks(&h.tick(30.0)), vec![KeyStale]);
-    let a = h.at(31.0, Input::KeyInstalled);
+    let a = h.at(31.0, Input::KeyInstalled { fetched: h.t(31.0) });
     assert_eq!(unlocks(&a), vec![(KeyStale, UnlockBy::Auto)]);
     assert_eq!(h.link.next_deadline(), Some(h.t(131.0)));
     let mut h = H::new(Some(key_policy()), true, Reasons::EMPTY);
@@ -574,7 +596,15 @@ fn never_key_stale_or_peer_lost_without_keys() {
     h.fresh(1.0, 0.01);
     assert_eq!(h.link.next_deadline(), Some(h.t(10_001.0)));
     assert!(h.tick(5000.0).is_empty());
-    assert!(h.at(5001.0, Input::KeyInstalled).is_empty());
+    assert!(
+        h.at(
+            5001.0,
+            Input::KeyInstalled {
+                fetched: h.t(5001.0)
+            }
+        )
+        .is_empty()
+    );
     assert!(h.link.reasons().is_empty());
 }
 

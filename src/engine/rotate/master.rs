@@ -27,6 +27,7 @@ enum Phase {
     Installing {
         epoch: u64,
         key_id: peer::KeyId,
+        fetched: Instant,
         next: Instant,
     },
 }
@@ -34,6 +35,8 @@ enum Phase {
 /// An OFFER in flight and what its CONFIRM must prove.
 struct Offer {
     msg: Message,
+    /// When `enc_keys` answered.
+    fetched: Instant,
     psk: Psk,
     ck: ConfirmKey,
     sends: u32,
@@ -194,6 +197,7 @@ impl Master {
         out.push(Action::Send(msg.clone()));
         self.phase = Phase::Offering(Box::new(Offer {
             msg,
+            fetched: now,
             psk,
             ck,
             sends: 1,
@@ -257,6 +261,7 @@ impl Master {
         self.phase = Phase::Installing {
             epoch: o.msg.epoch,
             key_id: o.msg.key_id,
+            fetched: o.fetched,
             next,
         };
         out.push(Action::PeerRound);
@@ -271,11 +276,13 @@ impl Master {
             Phase::Installing {
                 epoch: e,
                 key_id,
+                fetched,
                 next,
             } if *e == epoch => {
                 out.push(Action::RoundDone {
                     epoch,
                     key_id: key_id.clone(),
+                    fetched: *fetched,
                 });
                 self.failures = 0;
                 self.phase = Phase::Idle { next: *next };

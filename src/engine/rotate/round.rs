@@ -78,7 +78,14 @@ pub enum Action {
     /// only a PSK that is in the kernel.
     InstallPsk { epoch: u64, psk: Psk },
     /// The round completed (log `key_rotated`; the link gets KeyInstalled).
-    RoundDone { epoch: u64, key_id: KeyId },
+    RoundDone {
+        epoch: u64,
+        key_id: KeyId,
+        /// When this end learned the key: the master's `enc_keys` answer,
+        /// the slave's acceptance of the OFFER. A QBER recovery counts
+        /// only a key learned after the QBER came down.
+        fetched: Instant,
+    },
     /// The round failed; the previous PSK stays (log `key_rotation_failed`).
     RoundFailed { why: String },
     /// An authenticated, fresh exchange with the peer (feeds peer-lost).

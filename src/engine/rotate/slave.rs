@@ -18,6 +18,8 @@ struct Round {
     epoch: u64,
     nonce: Nonce,
     key_id: KeyId,
+    /// When the OFFER was accepted: all this end knows of the key's age.
+    accepted: std::time::Instant,
     state: State,
 }
 
@@ -164,6 +166,7 @@ impl Slave {
             epoch: m.epoch,
             nonce: m.nonce,
             key_id: m.key_id.clone(),
+            accepted: ctx.now,
             state: State::Fetching,
         });
         out.push(Action::PeerRound);
@@ -213,6 +216,7 @@ impl Slave {
         out.push(Action::RoundDone {
             epoch,
             key_id: r.key_id.clone(),
+            fetched: r.accepted,
         });
     }
 

@@ -106,7 +106,8 @@ fn slave_and_master_batches_are_ordered() {
         m.handle(t0, Input::Installed { epoch: 1 }),
         [Action::RoundDone {
             epoch: 1,
-            key_id: key_id("k1")
+            key_id: key_id("k1"),
+            fetched: t0,
         }]
     );
     assert_eq!(m.status().installed, Some((1, key_id("k1"))));
