@@ -143,6 +143,14 @@ elif mode == "silent":
 elif mode == "oversized":
     reasons("dr", [])
     garbage()
+elif mode == "flood-echo":
+    # Lines the parent logs and echoes back as events (a catalogue name,
+    # notice priority), and never a frame of the parent's read.
+    reasons("dr", [])
+    line = "event=startup " + "a" * 4000
+    for i in range(20000):
+        send(102, {"prio": 5, "line": line})
+    time.sleep(30)
 elif mode == "flood":
     reasons("dr", [])
     line = "event=x " + "a" * 4000
@@ -423,6 +431,27 @@ fn a_flooding_engine_keeps_the_parent_bounded() {
     );
     assert_eq!(code, Some(1), "{}", &log[log.len().saturating_sub(2000)..]);
     assert!(!log.contains("panicked"));
+    assert!(hwm < 64 * 1024, "parent peak {hwm} KiB");
+    assert!(kernel_locked(&gw));
+}
+
+/// An engine that floods lines the parent echoes back as events and reads
+/// none of them: the parent's queue towards it is bounded, and an engine
+/// that stopped reading is a failed engine (before, 80 MB queued).
+#[test]
+fn an_engine_that_stops_reading_is_a_failed_engine() {
+    let Some(gw) = gateway("qkh7", "flood-echo") else {
+        return;
+    };
+    let (code, log, hwm) = run(&gw);
+    eprintln!(
+        "parent VmHWM with an engine that stopped reading: {:.1} MiB",
+        hwm as f64 / 1024.0
+    );
+    let tail = &log[log.len().saturating_sub(2000)..];
+    assert_eq!(code, Some(1), "{tail}");
+    assert!(log.contains("engine stopped reading"), "{tail}");
+    assert!(log.contains("event=engine_lost"), "{tail}");
     assert!(hwm < 64 * 1024, "parent peak {hwm} KiB");
     assert!(kernel_locked(&gw));
 }

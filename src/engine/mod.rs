@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use table::LinkTable;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-type Tx = mpsc::UnboundedSender<Vec<u8>>;
+type Tx = imsg::Sender;
 
 /// One link in the engine: its state machine and its QBER source.
 struct LinkSlot {

@@ -15,7 +15,7 @@ fn engine() -> (
     mpsc::UnboundedReceiver<Vec<u8>>,
     mpsc::Receiver<Polled>,
 ) {
-    let (tx, to_parent) = mpsc::unbounded_channel();
+    let (tx, to_parent) = crate::imsg::channel(crate::imsg::MAX_QUEUED);
     let (events, _) = broadcast::channel(16);
     let (polls_tx, polls) = mpsc::channel(16);
     let (answers, _) = mpsc::unbounded_channel();

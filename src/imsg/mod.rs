@@ -647,25 +647,103 @@ pub fn spawn_reader<T: Send + 'static>(
     rx
 }
 
+/// Most bytes queued for the other process before it counts as one that
+/// stopped reading (DESIGN §2: every channel between the processes is
+/// bounded). Far above any burst a 10,000-link hub sends (its policy and
+/// every link's state are a few MB), far below what a stalled engine fed
+/// by a flood of its own log lines, each echoed back as an event, would
+/// pile up in the parent.
+pub const MAX_QUEUED: usize = 32 << 20;
+
+/// The sending end of a channel to the other process: frames queue for
+/// its writer task up to [`MAX_QUEUED`] bytes; past that a frame is
+/// dropped (zeroized) and the channel says [`Sender::overflowed`] for
+/// good, which the parent takes for a failed engine.
+#[derive(Clone)]
+pub struct Sender {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    overflowed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: usize,
+}
+
+/// A frame the channel did not take: its peer is gone or stopped reading.
+#[derive(Debug)]
+pub struct NotSent;
+
+impl Sender {
+    pub fn send(&self, mut frame: Vec<u8>) -> Result<(), NotSent> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = frame.len();
+        if self.queued.fetch_add(n, Relaxed).saturating_add(n) > self.limit {
+            self.queued.fetch_sub(n, Relaxed);
+            self.overflowed.store(true, Relaxed);
+            zeroize::Zeroize::zeroize(&mut frame);
+            return Err(NotSent);
+        }
+        self.tx.send(frame).map_err(|mut e| {
+            self.queued.fetch_sub(n, Relaxed);
+            zeroize::Zeroize::zeroize(&mut e.0);
+            NotSent
+        })
+    }
+
+    /// A frame was refused for the bytes already queued: the other process
+    /// stopped reading.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes queued and not written yet.
+    pub fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A [`Sender`] and the queue its frames go to, for a writer (or a test)
+/// to take them from. Taking a frame does not give its room back: the
+/// writer does once it is written.
+pub(crate) fn channel(limit: usize) -> (Sender, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let sender = Sender {
+        tx,
+        queued: Default::default(),
+        overflowed: Default::default(),
+        limit,
+    };
+    (sender, rx)
+}
+
 /// Writes queued frames in order; zeroizes each once written. `on_error`
 /// runs when the peer is gone.
-pub fn spawn_writer(
-    mut wr: tokio::net::unix::OwnedWriteHalf,
-    on_error: fn(),
-) -> tokio::sync::mpsc::UnboundedSender<Vec<u8>> {
+pub fn spawn_writer(wr: tokio::net::unix::OwnedWriteHalf, on_error: fn()) -> Sender {
+    spawn_writer_bounded(wr, on_error, MAX_QUEUED)
+}
+
+fn spawn_writer_bounded<W>(mut wr: W, on_error: fn(), limit: usize) -> Sender
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use tokio::io::AsyncWriteExt;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (sender, mut rx) = channel(limit);
+    let queued = sender.queued.clone();
     tokio::spawn(async move {
         while let Some(mut f) = rx.recv().await {
             let r = wr.write_all(&f).await;
+            queued.fetch_sub(f.len(), std::sync::atomic::Ordering::Relaxed);
             zeroize::Zeroize::zeroize(&mut f);
             if r.is_err() {
                 on_error();
                 break;
             }
         }
+        // Whatever is left is never written: wiped, not just freed.
+        rx.close();
+        while let Ok(mut f) = rx.try_recv() {
+            zeroize::Zeroize::zeroize(&mut f);
+        }
     });
-    tx
+    sender
 }
 
 /// How long the parent waits for the engine's Hello before giving up.

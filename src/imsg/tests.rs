@@ -164,3 +164,36 @@ fn refuses_bad_frames() {
     assert!(read_frame_blocking(&mut &good[..good.len() - 1]).is_err());
     assert!(read_frame_blocking(&mut &good[..0]).unwrap().is_none());
 }
+
+/// A peer that stops reading: frames queue up to the bound, then the
+/// channel refuses them and says so for good; written ones free their room.
+#[tokio::test]
+async fn a_channel_to_a_peer_that_stopped_reading_is_bounded() {
+    let (ours, mut theirs) = tokio::io::duplex(64);
+    let tx = super::spawn_writer_bounded(ours, || {}, 1000);
+    for _ in 0..9 {
+        tx.send(vec![7; 100]).unwrap();
+    }
+    assert!(!tx.overflowed());
+    // 64 bytes fit the pipe; the rest waits, counted.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(tx.queued() > 800, "{}", tx.queued());
+    let mut sent = 0;
+    while tx.send(vec![7; 100]).is_ok() {
+        sent += 1;
+        assert!(sent < 10, "never refused");
+    }
+    assert!(tx.overflowed());
+    assert!(tx.queued() <= 1000, "{}", tx.queued());
+    // Read out: the queue drains, the mark stays.
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    while got < 900 + sent * 100 {
+        got += tokio::io::AsyncReadExt::read(&mut theirs, &mut buf)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(tx.queued(), 0);
+    assert!(tx.overflowed());
+}

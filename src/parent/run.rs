@@ -214,6 +214,13 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                     );
                     return engine_lost(&mut p, &mut child, &why);
                 }
+                if tx.overflowed() {
+                    let why = format!(
+                        "engine stopped reading: {} bytes queued for it",
+                        tx.queued()
+                    );
+                    return engine_lost(&mut p, &mut child, &why);
+                }
                 // The reconcile's listing has a turn of its own, then a
                 // slice of links a turn (below).
                 listing_due = true;

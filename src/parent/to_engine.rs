@@ -5,9 +5,8 @@
 use super::Parent;
 use super::changed::{Changed, Tell};
 use crate::imsg::{ActivePolicy, LinkState, ToEngine};
-use tokio::sync::mpsc;
 
-pub(super) type Tx = mpsc::UnboundedSender<Vec<u8>>;
+pub(super) type Tx = crate::imsg::Sender;
 
 /// Tells the engine what a handler changed, in the handler's order.
 pub(super) fn send(p: &Parent, tx: &Tx, changed: Changed) {

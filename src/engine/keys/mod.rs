@@ -146,7 +146,7 @@ pub struct Keys {
     /// When each rotation is next due, sorted (kept by [`Keys::feed`]).
     due: Deadlines,
     by_id: ByLink<Arc<str>>,
-    parent: mpsc::UnboundedSender<Vec<u8>>,
+    parent: crate::imsg::Sender,
     /// Source of the datagram being handled (answers go there: NAT-friendly).
     current_from: Option<SocketAddr>,
     no_jitter: bool,
@@ -155,7 +155,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(
-        parent: mpsc::UnboundedSender<Vec<u8>>,
+        parent: crate::imsg::Sender,
         answers: mpsc::UnboundedSender<KmeAnswer>,
         peer: Peering,
     ) -> Keys {
@@ -597,7 +597,7 @@ impl Keys {
     }
 }
 
-fn send_install(parent: &mpsc::UnboundedSender<Vec<u8>>, link: &str, epoch: u64, psk: &Psk) {
+fn send_install(parent: &crate::imsg::Sender, link: &str, epoch: u64, psk: &Psk) {
     let m = imsg::InstallPsk {
         link: link.to_string(),
         epoch,
@@ -645,7 +645,7 @@ mod tests {
     /// Keys with one master link "dr" whose OFFERs go to `far`; no KME
     /// (the test hands the rotation its key), the parent's end returned.
     async fn one_master(far: SocketAddr, now: Instant) -> (Keys, mpsc::UnboundedReceiver<Vec<u8>>) {
-        let (parent, from_engine) = mpsc::unbounded_channel();
+        let (parent, from_engine) = crate::imsg::channel(crate::imsg::MAX_QUEUED);
         let (answers, _) = mpsc::unbounded_channel();
         let mut peer = Peering::default();
         let cfg = EngineConfig {
