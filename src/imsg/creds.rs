@@ -78,12 +78,38 @@ pub struct Creds {
     pending: BTreeMap<u64, Option<Client>>,
 }
 
+/// Closes a descriptor the engine passed without waiting: a TCP socket
+/// it set SO_LINGER on, to a host that stops ACKing, would otherwise hold
+/// close(2), and the parent's loop, for the linger time.
+fn close_at_once(fd: OwnedFd) {
+    let off = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    // SAFETY: a valid descriptor and a linger of the size passed; a
+    // descriptor that is not a socket just fails (ENOTSOCK).
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const off).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(fd);
+}
+
 impl Creds {
     /// Reads every message waiting on `chan` (non-blocking) and keeps each
     /// descriptor that is a connection accepted on the control socket
     /// `control`, with the uid behind it; any other is closed at once.
+    ///
+    /// At most [`MAX_PENDING`] messages a call: an engine that refills the
+    /// socket as fast as it is read (a thread of its own) does not keep
+    /// the parent's loop here; a later call reads on.
     pub fn drain(&mut self, chan: BorrowedFd<'_>, control: &Path) {
-        loop {
+        for _ in 0..MAX_PENDING {
             let mut bytes = [0u8; 8];
             let mut space = nix::cmsg_space!([RawFd; 4]);
             let (n, flags, mut fds) = {
@@ -117,13 +143,14 @@ impl Creds {
             let client = match (bytes_ok, truncated, fds.len()) {
                 (true, false, 1) => fds.pop().and_then(|conn| {
                     if !is_control_connection(conn.as_fd(), control) {
+                        close_at_once(conn);
                         return None;
                     }
                     peer_uid(conn.as_fd()).map(|uid| Client { uid, conn })
                 }),
                 _ => None,
             };
-            drop(fds);
+            fds.into_iter().for_each(close_at_once);
             if bytes_ok {
                 self.pending.insert(id, client);
                 while self.pending.len() > MAX_PENDING {
@@ -415,6 +442,47 @@ mod tests {
         assert_eq!(c.pending.len(), MAX_PENDING);
         assert!(c.take(0).is_none(), "the oldest were forgotten");
         assert!(c.take(MAX_PENDING as u64 + 9).is_some());
+    }
+
+    /// One call reads at most MAX_PENDING messages; the next reads on.
+    #[test]
+    fn a_drain_reads_a_bounded_number_of_messages() {
+        let ctl = Control::new();
+        let (engine, parent) = pair();
+        let (_client, accepted) = ctl.connect();
+        let total = MAX_PENDING as u64 + 20;
+        for id in 0..total {
+            send(engine.as_fd(), id, accepted.as_fd()).unwrap();
+        }
+        let mut c = Creds::default();
+        c.drain(parent.as_fd(), &ctl.path);
+        assert!(c.take(MAX_PENDING as u64).is_none(), "not read yet");
+        c.drain(parent.as_fd(), &ctl.path);
+        assert!(c.take(total - 1).is_some(), "read by the next call");
+    }
+
+    /// A socket the engine set to linger is closed without lingering: the
+    /// engine's own copy shows the setting cleared.
+    #[test]
+    fn a_passed_socket_is_closed_without_lingering() {
+        let ctl = Control::new();
+        let (engine, parent) = pair();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let linger = |fd: BorrowedFd<'_>| {
+            nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::Linger).unwrap()
+        };
+        let on = libc::linger {
+            l_onoff: 1,
+            l_linger: 30,
+        };
+        nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::Linger, &on).unwrap();
+        assert_eq!(linger(tcp.as_fd()).l_onoff, 1);
+        send(engine.as_fd(), 9, tcp.as_fd()).unwrap();
+        let mut c = Creds::default();
+        c.drain(parent.as_fd(), &ctl.path);
+        assert!(c.take(9).is_none());
+        assert_eq!(linger(tcp.as_fd()).l_onoff, 0);
     }
 
     fn rt() -> tokio::runtime::Runtime {
