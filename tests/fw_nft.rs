@@ -607,6 +607,42 @@ fn a_site_lock_that_changes_nothing_never_vouches_for_anothers_change() {
     assert!(ping(&r.ns, "10.97.0.2"), "the accept still passes");
 }
 
+/// The read-back right after a lock, when someone else changed the table
+/// since its last listing: a link's own chains and keys cannot show a
+/// dormant table or a flushed base chain, so the table is read whole.
+/// Before, both read back locked while every packet passed.
+#[test]
+fn a_lock_after_the_skeleton_changed_reads_the_table_whole() {
+    if !root_or_skip("a_lock_after_the_skeleton_changed_reads_the_table_whole") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, a) = far_end(&r, "10.96.0.1/24", "10.96.0.2/24");
+    let dr = link("dr", &a, [10, 96, 0, 2]);
+    let one = [dr.clone()];
+    let observe_one = |r: &mut Rig| r.fw.observe(&one, Some("dr")).unwrap()["dr"].state.clone();
+    for tamper in [
+        "add table inet qkdpfd { flags dormant; }",
+        "flush chain inet qkdpfd input; flush chain inet qkdpfd output",
+    ] {
+        r.fw.init(&one).unwrap();
+        r.fw.keep_alive(Some(SWITCH)).unwrap();
+        r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
+        r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+        assert!(r.fw.settle().is_empty());
+        assert_eq!(state(&mut r, &one, "dr"), Observed::Open, "{tamper}");
+        r.ns.nft(tamper);
+        r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
+            .unwrap();
+        assert!(ping(&r.ns, "10.96.0.2"), "{tamper}: passes");
+        match observe_one(&mut r) {
+            Observed::Unknown { skeleton: true, .. } => {}
+            other => panic!("{tamper}: read back {other}"),
+        }
+    }
+}
+
 /// What arrives of WireGuard-shaped datagrams sent across the link, in
 /// each direction: (first four bytes, length) of each one received.
 fn udp_across(

@@ -89,6 +89,11 @@ pub struct Nft {
     /// once the heartbeat works, which proves this process's netlink sees
     /// the nftables that `nft` lists.
     verified_gen: Option<u32>,
+    /// The generation at which a whole listing showed the table's skeleton
+    /// whole (flags, base chains, maps, key sets): while the notifications
+    /// show no change to it since ([`monitor::Ledger::skeleton_untouched`]),
+    /// a link's read-back may read its own chains and keys alone.
+    skeleton_gen: Option<u32>,
     /// The kernel's notifications of nf_tables changes, read from the
     /// first generation read on (None before, or where they cannot be had).
     monitor: Option<monitor::Monitor>,
@@ -217,6 +222,7 @@ impl Nft {
             alive: None,
             seq: 0,
             verified_gen: None,
+            skeleton_gen: None,
             monitor: None,
             read_gen: None,
             proofs: Vec::new(),
@@ -310,6 +316,16 @@ impl Nft {
         }
         if let Some(rb) = self.still_verified(name) {
             return Ok(BTreeMap::from([(name.to_string(), rb)]));
+        }
+        // A link's own chains and keys cannot show a dormant table, a base
+        // chain flushed or a map pointed elsewhere: read whole once the
+        // skeleton may have changed since it was.
+        if !self.skeleton_still() {
+            let all = self.observe_every(links)?;
+            let rb = (links.iter().zip(all))
+                .find(|(l, _)| l.name == name)
+                .map(|(_, rb)| rb);
+            return Ok(rb.map(|rb| (name.to_string(), rb)).into_iter().collect());
         }
         let mut listing = readback::Listing::default();
         let i = self.index(name);
@@ -852,6 +868,7 @@ impl Firewall for Nft {
         self.texts.forget_unheld();
         self.site_flip = None;
         self.source_flip = None;
+        self.skeleton_gen = None;
         // Looked up by name (`Nft::index`).
         self.targets = crate::ruleset::in_name_order(links);
         let mut owned = dispatch::owned(links);

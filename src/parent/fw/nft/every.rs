@@ -102,6 +102,7 @@ impl Nft {
         let (lock_ok, lock_rules): (Vec<bool>, Vec<bool>) = (links.iter())
             .map(|l| (table.as_ref()).map_or((false, false), |t| readback::lock_chain(t, &l.name)))
             .unzip();
+        let skeleton_whole = (table.as_ref()).is_some_and(|t| readback::skeleton_whole(links, t));
         let shapes: Option<Vec<readback::Shape>> = (table.as_ref()).map(|t| {
             let loaded = |l: &LinkTarget| self.known_of(&l.name).is_some_and(|k| k.lock_loaded);
             (links.iter())
@@ -111,6 +112,7 @@ impl Nft {
         drop((table, guard));
         // Cached only if nothing touched our tables while we listed.
         let gen_after = gen_before.and_then(|before| self.still(before));
+        self.skeleton_gen = gen_after.filter(|_| skeleton_whole);
         if gen_after.is_some() {
             self.set_verified_gen(gen_after);
             for k in &mut self.known {

@@ -56,6 +56,50 @@ pub struct Ledger {
     touching: bool,
     /// The generation of the last NEWGEN read, since the last loss.
     newest: Option<u32>,
+    /// A change read since the last NEWGEN touched our table's skeleton
+    /// (what a link's own read-back does not read: [`skeletal`]), or may
+    /// have.
+    skeleton_touching: bool,
+    /// The generation of the last transaction read that did.
+    skeleton_last: Option<u32>,
+    /// The next NEWGEN read ends a transaction that may have touched the
+    /// skeleton unseen (notifications lost, or the socket new), unless
+    /// [`Ledger::complete_after`] vouched for it.
+    skeleton_unknown: bool,
+}
+
+/// Whether a change to our table named by nf_tables command `cmd` and its
+/// attributes touches what a read-back of one link after a flip does not
+/// read: anything but the link chains (`link_*`, `lock_*`: read by it) and
+/// the sets a lock switches (`locked_*`: looked up by it; `site` and
+/// `src<i>`, the alive heartbeat: they only lock more, or less than our
+/// claim counts on). The table's flags, the base chains, the maps and
+/// the key sets are.
+fn skeletal(cmd: u16, attr: &dyn Fn(u16) -> Option<String>) -> bool {
+    const NEWCHAIN: u16 = 3;
+    const DELCHAIN: u16 = 5;
+    const NEWRULE: u16 = 6;
+    const DELRULE: u16 = 8;
+    const NEWSETELEM: u16 = 12;
+    const DELSETELEM: u16 = 14;
+    let link_chain =
+        |c: Option<String>| c.is_some_and(|c| c.starts_with("link_") || c.starts_with("lock_"));
+    match cmd {
+        // NFTA_RULE_CHAIN, NFTA_CHAIN_NAME
+        NEWRULE | DELRULE => !link_chain(attr(2)),
+        NEWCHAIN | DELCHAIN => !link_chain(attr(3)),
+        // NFTA_SET_ELEM_LIST_SET
+        NEWSETELEM | DELSETELEM => !attr(2).is_some_and(|set| {
+            let src = set
+                .strip_prefix("src")
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+            set.starts_with("locked_")
+                || set == crate::ruleset::nft::ALIVE_SET
+                || set == crate::ruleset::nft::dispatch::SITE_SET
+                || src
+        }),
+        _ => true,
+    }
 }
 
 /// What the ledger says of a span of generations ([`Ledger::touching_in`]).
@@ -79,6 +123,9 @@ impl Ledger {
             gens: BTreeMap::new(),
             touching: true,
             newest: None,
+            skeleton_touching: false,
+            skeleton_last: None,
+            skeleton_unknown: true,
         }
     }
 
@@ -92,11 +139,11 @@ impl Ledger {
             // The body starts with the 4-byte nfgenmsg.
             let body = m.payload.get(4..).and_then(|b| attrs(b).ok());
             if subsys != NFNL_SUBSYS_NFTABLES {
-                self.touching = true;
+                (self.touching, self.skeleton_touching) = (true, true);
                 continue;
             }
             let Some(body) = body else {
-                self.touching = true;
+                (self.touching, self.skeleton_touching) = (true, true);
                 continue;
             };
             let attr = |ty: u16| body.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d);
@@ -112,6 +159,11 @@ impl Ledger {
                             .map(u32::from_be_bytes);
                         self.gens.insert(u32::from_be_bytes(id), (touched, pid));
                         self.newest = Some(u32::from_be_bytes(id));
+                        let id = u32::from_be_bytes(id);
+                        let unknown = std::mem::take(&mut self.skeleton_unknown);
+                        if std::mem::take(&mut self.skeleton_touching) || unknown {
+                            self.skeleton_touched_at(id);
+                        }
                     }
                     None => self.lost(),
                 }
@@ -120,6 +172,14 @@ impl Ledger {
             let name = attr(NFTA_TABLE).map(|d| d.split(|b| *b == 0).next().unwrap_or(d));
             if name.is_none_or(|n| self.tables.iter().any(|t| t == n)) {
                 self.touching = true;
+            }
+            let text = |ty: u16| {
+                let d = attr(ty)?;
+                let d = d.split(|b| *b == 0).next().unwrap_or(d);
+                Some(String::from_utf8_lossy(d).into_owned())
+            };
+            if name.is_none_or(|n| *n == self.tables[0][..]) && skeletal(cmd, &text) {
+                self.skeleton_touching = true;
             }
         }
     }
@@ -130,6 +190,33 @@ impl Ledger {
         self.gens.clear();
         self.touching = true;
         self.newest = None;
+        self.skeleton_unknown = true;
+    }
+
+    /// The socket was subscribed before generation `g` was read: every
+    /// transaction after `g` was notified whole (the kernel counts the
+    /// generation up before it notifies), and what came before is unknown.
+    pub fn complete_after(&mut self, g: u32) {
+        self.skeleton_unknown = false;
+        self.skeleton_touched_at(g);
+    }
+
+    fn skeleton_touched_at(&mut self, g: u32) {
+        let later = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
+        if self.skeleton_last.is_none_or(|l| later(g, l)) {
+            self.skeleton_last = Some(g);
+        }
+    }
+
+    /// Every transaction up to generation `now` was read, and none after
+    /// generation `since` touched our table's skeleton ([`skeletal`]).
+    /// Unlike [`Ledger::untouched`], kept across [`Ledger::forget_through`].
+    pub fn skeleton_untouched(&self, since: u32, now: u32) -> bool {
+        let after = |a: u32, b: u32| (a.wrapping_sub(b) as i32) > 0;
+        match (self.newest, self.skeleton_last) {
+            (Some(newest), Some(last)) => !after(now, newest) && !after(last, since),
+            _ => false,
+        }
     }
 
     /// How many transactions after generation `from`, up to and including
@@ -266,6 +353,19 @@ impl super::Nft {
         (ours > 0 && self.untouched(v, a.wrapping_sub(ours))).then_some(a)
     }
 
+    /// Nothing changed our table's skeleton since a whole listing showed
+    /// it whole, as far as the notifications tell.
+    pub(super) fn skeleton_still(&mut self) -> bool {
+        let (Some(since), Some(now)) = (self.skeleton_gen, self.generation()) else {
+            return false;
+        };
+        let Some(m) = self.monitor.as_mut() else {
+            return false;
+        };
+        m.drain();
+        m.ledger.skeleton_untouched(since, now)
+    }
+
     /// Records the generation the verified read-back holds at; the
     /// notifications of the ones up to it are no longer needed.
     pub(super) fn set_verified_gen(&mut self, verified: Option<u32>) {
@@ -281,6 +381,15 @@ impl super::Nft {
         if !std::mem::replace(&mut self.monitor_tried, true) {
             let guard = self.guard_table();
             self.monitor = monitor_or_log(&self.table, &guard);
+            self.seq = self.seq.wrapping_add(4);
+            match super::alive::generation(self.seq) {
+                Ok(g) => {
+                    if let Some(m) = self.monitor.as_mut() {
+                        m.ledger.complete_after(g);
+                    }
+                }
+                Err(_) => self.monitor = None,
+            }
         }
     }
 }
@@ -339,6 +448,71 @@ mod tests {
         m.finish().to_vec()
     }
 
+    /// A notification naming `table` and, as attribute 2 (a rule's chain,
+    /// an element's set) or 3 (a chain's name), `name`.
+    fn naming(cmd: u16, table: &str, ty: u16, name: &str) -> Vec<u8> {
+        let mut m = msg((NFNL_SUBSYS_NFTABLES << 8) | cmd, 0, 0, 1, 0);
+        m.attr(NFTA_TABLE, &c_name(table));
+        m.attr(ty, &c_name(name));
+        m.finish().to_vec()
+    }
+
+    /// What a link's own read-back reads (its chains, the locked_ sets) and
+    /// what only locks more (site, src<i>, alive) leave the skeleton; the
+    /// table, base chains, maps and key sets do not. Kept past forgetting.
+    #[test]
+    fn changes_to_the_skeleton_are_told_apart() {
+        let mut l = ledger();
+        for (cmd, ty, name) in [
+            (NEWRULE, 2, "link_dr"),
+            (DELRULE, 2, "lock_dr"),
+            (NEWCHAIN, 3, "lock_dr"),
+            (NEWSETELEM, 2, "locked_4"),
+            (DELSETELEM, 2, "site"),
+            (NEWSETELEM, 2, "src0"),
+            (NEWSETELEM, 2, "alive"),
+        ] {
+            l.feed(&naming(cmd, "qkdpfd", ty, name));
+        }
+        l.feed(&naming(NEWRULE, "qkdpfd_guard", 2, "input"));
+        l.feed(&naming(NEWRULE, "filter", 2, "input"));
+        l.feed(&newgen(1));
+        assert!(l.skeleton_untouched(0, 1));
+        assert!(!l.untouched(0, 1), "but the table was touched");
+        for (i, (cmd, ty, name)) in [
+            (NEWRULE, 2, "input"),
+            (DELCHAIN, 3, "forward"),
+            (NEWSETELEM, 2, "lock_4"),
+            (DELSETELEM, 2, "keys_6"),
+            (NEWSETELEM, 2, "src0_4"),
+            (NEWSETELEM, 2, "wg_handshakes"),
+            (NEWTABLE, 1, "qkdpfd"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let g = 2 + i as u32;
+            l.feed(&naming(cmd, "qkdpfd", ty, name));
+            l.feed(&newgen(g));
+            assert!(!l.skeleton_untouched(g - 1, g), "{name}");
+            assert!(l.skeleton_untouched(g, g), "{name}");
+        }
+        assert!(!l.skeleton_untouched(8, 9), "9 not read yet");
+        l.forget_through(8);
+        assert!(l.skeleton_untouched(8, 8), "kept past forgetting");
+        assert!(!l.skeleton_untouched(7, 8));
+        l.lost();
+        l.feed(&newgen(9));
+        assert!(!l.skeleton_untouched(8, 9), "lost: unknown");
+        // A socket vouched for from generation 20 on.
+        let mut l = Ledger::new("qkdpfd", "qkdpfd_guard");
+        l.complete_after(20);
+        l.feed(&newgen(19));
+        l.feed(&newgen(21));
+        assert!(l.skeleton_untouched(20, 21));
+        assert!(!l.skeleton_untouched(19, 21), "before it: unknown");
+    }
+
     /// A batch of ours that changed nothing committed no generation: the
     /// one read after it is another thread's, which is not ours.
     #[test]
@@ -358,9 +532,14 @@ mod tests {
         assert!(l.untouched(2, 3));
     }
 
-    const NEWRULE: u16 = 6;
-    const NEWSETELEM: u16 = 12;
+    const NEWTABLE: u16 = 0;
     const DELTABLE: u16 = 2;
+    const NEWCHAIN: u16 = 3;
+    const DELCHAIN: u16 = 5;
+    const NEWRULE: u16 = 6;
+    const DELRULE: u16 = 8;
+    const NEWSETELEM: u16 = 12;
+    const DELSETELEM: u16 = 14;
 
     /// A ledger that has read generation 0 (whose own transaction, joined
     /// halfway, is unknown).

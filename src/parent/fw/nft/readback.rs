@@ -393,6 +393,12 @@ fn base_chains(l: &Listing, sources: usize) -> Result<(), String> {
 /// table was last built. An empty lockdown chain then was emptied behind
 /// our back (not as loaded); otherwise it is a new link's, locked (see
 /// [`judge_link_chains`]).
+/// Whether the table's skeleton (its flags, base chains and handshake set)
+/// is whole for `links`.
+pub fn skeleton_whole(links: &[LinkTarget], table: &Listing) -> bool {
+    base_chains(table, dispatch::sources(links).len()).is_ok()
+}
+
 pub fn judge(
     links: &[LinkTarget],
     table: Option<&Listing>,
