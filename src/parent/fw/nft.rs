@@ -703,12 +703,22 @@ impl Nft {
             .iter()
             .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
             .collect();
-        let mut changes: Vec<Change<'_>> = slices
-            .iter()
-            .map(|(set, k)| Change::Add(set, k, None))
-            .collect();
+        // A link of more than 1,024 addresses: lists a netlink attribute
+        // can hold (copy::KEYS_A_MESSAGE).
+        let mut changes: Vec<Change<'_>> = Vec::new();
+        for (set, k) in &slices {
+            changes.extend(
+                k.chunks(copy::KEYS_A_MESSAGE)
+                    .map(|c| Change::Add(set, c, None)),
+            );
+        }
         if !lock {
-            changes.extend(slices.iter().map(|(set, k)| Change::Delete(set, k)));
+            for (set, k) in &slices {
+                changes.extend(
+                    k.chunks(copy::KEYS_A_MESSAGE)
+                        .map(|c| Change::Delete(set, c)),
+                );
+            }
         }
         let what = format!("locked_ sets for link {}", link.name);
         crate::log::debug(format_args!("fw: netlink {changes:?}"));

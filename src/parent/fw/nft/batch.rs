@@ -474,10 +474,24 @@ impl Nft {
         let sets: Vec<(&str, Vec<&[u8]>)> = (keys.iter())
             .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
             .collect();
-        let mut changes: Vec<Change<'_>> = (sets.iter())
-            .map(|(set, b)| Change::Add(set, b, None))
-            .collect();
-        changes.extend(sets.iter().map(|(set, b)| Change::Delete(set, b)));
+        // Element lists of at most KEYS_A_MESSAGE keys: 256 links of eight
+        // IPv6 addresses each passed the 64 KiB a netlink attribute's
+        // length can say, and the kernel refused the wrapped batch.
+        let each = |b: &'_ Vec<&'_ [u8]>| b.len().div_ceil(super::copy::KEYS_A_MESSAGE);
+        let mut changes: Vec<Change<'_>> =
+            Vec::with_capacity(2 * sets.iter().map(|(_, b)| each(b)).sum::<usize>());
+        for (set, b) in &sets {
+            changes.extend(
+                b.chunks(super::copy::KEYS_A_MESSAGE)
+                    .map(|c| Change::Add(set, c, None)),
+            );
+        }
+        for (set, b) in &sets {
+            changes.extend(
+                b.chunks(super::copy::KEYS_A_MESSAGE)
+                    .map(|c| Change::Delete(set, c)),
+            );
+        }
         let what = format!("open {} links in one transaction", links.len());
         crate::log::debug(format_args!("fw: netlink: {what}"));
         // Whatever happens, only a success proves what the sets hold.

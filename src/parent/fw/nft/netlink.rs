@@ -546,6 +546,28 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
+    /// The most keys a list takes, of the longest key with a timeout: every
+    /// length fits its u16 (the builder's debug assertions) and the list
+    /// reads back whole.
+    #[test]
+    fn a_full_element_list_fits_its_attribute() {
+        let key = [0xfdu8; 20];
+        let keys: Vec<&[u8]> = vec![&key[..]; super::super::copy::KEYS_A_MESSAGE];
+        let timeout = Some(Duration::from_secs(3));
+        let b = batch("qkdpfd", 1, &[Change::Add("locked_6", &keys, timeout)]);
+        let msgs = crate::parent::wg::linux::messages(&b).unwrap();
+        assert_eq!(msgs.len(), 3, "begin, the change, end");
+        let body = crate::parent::wg::linux::attrs(&msgs[1].payload[4..]).unwrap();
+        let list = (body.iter())
+            .find(|(t, _)| *t == NFTA_SET_ELEM_LIST_ELEMENTS)
+            .map(|(_, d)| *d)
+            .unwrap();
+        assert_eq!(
+            crate::parent::wg::linux::attrs(list).unwrap().len(),
+            keys.len()
+        );
+    }
+
     #[test]
     fn lock_batch_golden_bytes() {
         if !cfg!(target_endian = "little") {

@@ -84,7 +84,13 @@ impl Msg {
         self
     }
 
+    /// An attribute; its length must fit the u16 netlink gives it (the
+    /// callers split what could not: `copy::KEYS_A_MESSAGE`).
     pub(crate) fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Msg {
+        debug_assert!(
+            4 + data.len() <= usize::from(u16::MAX),
+            "attribute too long"
+        );
         let len = (4 + data.len()) as u16;
         self.buf.extend_from_slice(&len.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -102,6 +108,10 @@ impl Msg {
 
     pub(crate) fn end(&mut self) -> &mut Msg {
         let at = self.nests.pop().expect("end() after nest()");
+        debug_assert!(
+            self.buf.len() - at <= usize::from(u16::MAX),
+            "nest too long"
+        );
         let len = (self.buf.len() - at) as u16;
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
         self
@@ -534,6 +544,18 @@ impl WgBackend for Linux {
         // else between them comes back (`peer.rs`). Our own removal waits
         // for the backend lock our caller holds, never between them.
         let before = read(self)?.ok_or(WgError::NoSuchPeer)?;
+        // Refused before anything is removed: its allowed IPs would pass
+        // the 64 KiB a netlink attribute's length can say (wg(8) splits
+        // them over several requests; ours must be one, remove and add).
+        if before.allowed_ips.len() > peer::RECREATE_MAX_ALLOWED_IPS {
+            return Err(WgError::Protocol(format!(
+                "the peer has {} allowed IPs, more than one request re-creates ({}): \
+                 the new PSK is in force from WireGuard's next handshake \
+                 (set new_session = false to leave it so)",
+                before.allowed_ips.len(),
+                peer::RECREATE_MAX_ALLOWED_IPS
+            )));
+        }
         let pka = if before.keepalive == 0 {
             keepalive
         } else {

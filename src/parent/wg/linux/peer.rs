@@ -177,6 +177,10 @@ pub fn scan_peer(
     })
 }
 
+/// The most allowed IPs [`recreate_request`] takes: 40 bytes each (an
+/// IPv6 one), under the 64 KiB of the nest that holds them all.
+pub const RECREATE_MAX_ALLOWED_IPS: usize = 1_600;
+
 /// WG_CMD_SET_DEVICE with two peers: the first removes `public_key`
 /// (skipped if it is already gone, and the kernel goes on), the second
 /// adds it again with `c` and a persistent keepalive of `keepalive`
@@ -404,6 +408,17 @@ mod tests {
         let mut found = None;
         scan_peer(&req[16..], &[1; 32], &mut found).unwrap();
         assert_eq!(found.unwrap().allowed_ips, c.allowed_ips);
+        // The most it takes: every length fits (the debug assertions).
+        c.allowed_ips = (0..RECREATE_MAX_ALLOWED_IPS)
+            .map(|i| {
+                let ip = std::net::Ipv6Addr::new(0xfd00, i as u16, 0, 0, 0, 0, 0, 1);
+                (IpAddr::V6(ip), 128)
+            })
+            .collect();
+        let req = recreate_request(0x1c, 7, 9, "wg0", &[1; 32], &c, 25);
+        let mut found = None;
+        scan_peer(&req[16..], &[1; 32], &mut found).unwrap();
+        assert_eq!(found.unwrap().allowed_ips.len(), RECREATE_MAX_ALLOWED_IPS);
     }
 
     #[test]
