@@ -14,7 +14,10 @@
 //!   the slave);
 //! - at the master, a CONFIRM or NACK that does not echo the OFFER in
 //!   flight (epoch and nonce): a replay, a late duplicate, an answer to an
-//!   old round — nothing in it could change the round;
+//!   old round — nothing in it could change the round; and one that does,
+//!   past the link's answer budget: the OFFER's epoch and nonce travel in
+//!   the clear, so forged answers to it from the slave's address cost a
+//!   verification each for as long as the round lasts;
 //! - at the slave, a repeat of the OFFER whose round is still fetching its
 //!   key or installing it (epoch, nonce and key_ID): the rotation ignores
 //!   it, the CONFIRM leaving once the PSK is installed. A hub's master
@@ -77,7 +80,9 @@ const fn max1(n: u32) -> u32 {
 }
 
 /// Answers to OFFERs that start no round (a NACK, the cached CONFIRM), per
-/// link: a legitimate master retransmits at most once a second.
+/// link: a legitimate master retransmits at most once a second. The
+/// master's budget of answers to its OFFER is the same: a real slave
+/// answers each send once.
 const ANSWERS_PER_SEC: u32 = 4;
 
 /// OFFERs of a new epoch, per link: each costs an Ed25519 verification,
@@ -107,7 +112,8 @@ pub struct Gate {
     /// Master: the OFFER on the wire (epoch, nonce), the only one an answer
     /// may be about.
     offered: Option<(u64, Nonce)>,
-    /// Slave: NACKs and repeated CONFIRMs, see [`ANSWERS_PER_SEC`].
+    /// Slave: NACKs and repeated CONFIRMs; master: answers to its OFFER;
+    /// see [`ANSWERS_PER_SEC`].
     answers: Budget<ANSWERS_PER_SEC, ANSWERS_PER_SEC>,
     /// Slave: OFFERs of a new epoch, see [`OFFERS_PER_SEC`].
     offers: Budget<OFFERS_PER_SEC, OFFERS_BURST>,
@@ -149,8 +155,9 @@ impl Gate {
             | (Role::Slave, Body::Confirm { .. } | Body::Nack { .. }) => {
                 Verdict::Refuse("wrong-role")
             }
-            (Role::Master, _) if self.offered == Some((m.epoch, m.nonce)) => Verdict::Verify,
-            (Role::Master, _) => Verdict::Drop,
+            (Role::Master, _) if self.offered != Some((m.epoch, m.nonce)) => Verdict::Drop,
+            (Role::Master, _) if self.answers.take(now) => Verdict::Verify,
+            (Role::Master, _) => Verdict::Refuse("answer-budget"),
             (Role::Slave, _) if busy => Verdict::Drop,
             (Role::Slave, _) if m.epoch > epoch && self.offers.take(now) => Verdict::Verify,
             (Role::Slave, _) if m.epoch > epoch => Verdict::Refuse("offer-budget"),
@@ -387,6 +394,21 @@ mod tests {
         let mut other = confirm.clone();
         other.nonce[0] ^= 1;
         assert_eq!(g.check(route, PEER, &other, (5, false), t0), Verdict::Drop);
+        // Answers to it past the budget (forged: its epoch and nonce are in
+        // the clear) are refused unverified; the budget comes back.
+        let verified = (0..10_000)
+            .filter(|_| g.check(route, PEER, &confirm, (5, false), t0) == Verdict::Verify)
+            .count();
+        assert_eq!(verified, ANSWERS_PER_SEC as usize - 2, "two spent above");
+        assert_eq!(
+            g.check(route, PEER, &confirm, (5, false), t0),
+            Verdict::Refuse("answer-budget")
+        );
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(
+            g.check(route, PEER, &confirm, (5, false), later),
+            Verdict::Verify
+        );
         // Once the round moved on, even the right CONFIRM again is dropped:
         // as often as it comes, it costs no verification.
         g.settled();
