@@ -106,7 +106,8 @@ pub fn parse_keys(
     expect: Expect<'_>,
     size_bits: u32,
 ) -> Result<Vec<(KeyId, QkdKey)>, KmeErrorKind> {
-    let v = Scrubbed(parse_json(body)?);
+    let body = unescape_solidus(body);
+    let v = Scrubbed(parse_json(&body)?);
     let keys =
         v.0.get("keys")
             .and_then(|k| k.as_array())
@@ -157,16 +158,47 @@ pub fn parse_keys(
     Ok(out)
 }
 
+/// The body with every `\/` (JSON's optional escape of `/`, PHP's
+/// default) written as `/`, which means the same. A key's base64 then has
+/// no escape left, and serde_json takes its string whole from the body: an
+/// escaped one it builds in a scratch buffer of its own that is freed, key
+/// and all, without being wiped.
+fn unescape_solidus(body: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(body.len()));
+    let mut i = 0;
+    while i < body.len() {
+        match (body[i], body.get(i + 1)) {
+            (b'\\', Some(b'/')) => {
+                out.push(b'/');
+                i += 2;
+            }
+            // Any other escape (`\\` among them) is kept whole.
+            (b'\\', Some(&next)) => {
+                out.extend_from_slice(&[b'\\', next]);
+                i += 2;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Standard base64 with padding (ETSI 014 §6.3); a decoder that also takes
-/// the unpadded form, as some KMEs send it.
+/// the unpadded form, as some KMEs send it. Decoded into a buffer that is
+/// wiped whatever happens: `decode` drops what it decoded so far unwiped
+/// when a later character is bad.
 fn decode_key(b64: &str) -> Option<QkdKey> {
     let e = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let bytes = Zeroizing::new(e.decode(b64).ok()?);
-    Some(QkdKey::new(bytes.to_vec()))
+    let mut buf = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(b64.len())]);
+    let n = e.decode_slice(b64, &mut buf[..]).ok()?;
+    Some(QkdKey::new(buf[..n].to_vec()))
 }
 
 /// The message of an error answer: `message` from ETSI JSON with its
@@ -182,7 +214,11 @@ pub fn error_message(body: &[u8]) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+    let body = unescape_solidus(body);
+    let body = &body[..];
+    // Scrubbed: a key container sent with an error status is wiped too.
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body).map(Scrubbed) {
+        let v = &v.0;
         let present = |f: &str| v.get(f).filter(|x| !x.is_null());
         if let Some(m) = present("message") {
             let mut text = quote(m);
@@ -196,8 +232,9 @@ pub fn error_message(body: &[u8]) -> String {
         }
         return "(JSON answer without a message, not quoted)".to_string();
     }
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]);
-    if text.to_ascii_lowercase().contains("\"key") {
+    let text =
+        Zeroizing::new(String::from_utf8_lossy(&body[..body.len().min(MAX * 4)]).into_owned());
+    if Zeroizing::new(text.to_ascii_lowercase()).contains("\"key") {
         return "(answer not quoted: it may hold a key)".to_string();
     }
     excerpt(text.trim(), MAX)
@@ -206,6 +243,23 @@ pub fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `\/` is `/`; every other escape, `\\` before a `/` among them,
+    /// means what it meant.
+    #[test]
+    fn an_escaped_solidus_is_written_plain_and_nothing_else_changes() {
+        let body = br#"{"keys":[{"key_ID":"a","key":"ab\/cd+\/=="}],"x":"\\/\u002f\"\\"}"#;
+        let clean = unescape_solidus(body);
+        assert_eq!(
+            &clean[..],
+            br#"{"keys":[{"key_ID":"a","key":"ab/cd+/=="}],"x":"\\/\u002f\"\\"}"#
+        );
+        let was: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let now: serde_json::Value = serde_json::from_slice(&clean).unwrap();
+        assert_eq!(was, now);
+        // A lone backslash at the end is kept.
+        assert_eq!(&unescape_solidus(b"a\\")[..], b"a\\");
+    }
 
     fn ids(v: &[&str]) -> Vec<KeyId> {
         v.iter().map(|s| KeyId::new(s).unwrap()).collect()
