@@ -98,8 +98,10 @@ elif mode == "unknown-source":
     send(107, {"source": "nowhere", "found_ns": 1})
 elif mode == "forge-unlock":
     reasons("dr", [])
-    # `unlock -f all` said to come from root, with no client behind it.
-    send(103, {"id": 1, "uid": 0, "command": "unlock"})
+    # `unlock -f all` said to come from root, with no client behind it,
+    # and a thousand more.
+    for i in range(1, 1001):
+        send(103, {"id": i, "uid": 0, "command": "unlock"})
     time.sleep(1.5)
     garbage()
 elif mode == "replay":
@@ -315,6 +317,8 @@ fn a_forged_root_unlock_is_refused_by_the_kernels_word() {
         log.contains("event=ctl_denied proc=parent uid=unknown command=unlock"),
         "{log}"
     );
+    // One line a minute for them all (DESIGN §8), the rest counted.
+    assert_eq!(log.matches("event=ctl_denied").count(), 1, "{log}");
     assert!(!log.contains("unlock_forced"), "{log}");
     let st = common::durable_state(&state.join("state"));
     assert!(st.contains("operator"), "{st}");

@@ -25,11 +25,11 @@ pub(super) fn ctl_request(
     });
     let command = req.command.name();
     let Some(client) = client else {
-        log::event(Event::CtlDenied)
-            .kv("uid", "unknown")
-            .kv("command", command)
-            .msg("no client credentials from the kernel")
-            .send();
+        let noted = || Some(command.to_string());
+        let now = std::time::Instant::now();
+        if let Some(held) = p.ctl_unknown.admit_noting((), now, noted) {
+            unknown_denied(command, held);
+        }
         let reply = Reply::error(ErrorCode::Denied, "permission denied: no credentials");
         let mut out = Changed::none();
         out.reply(req.id, reply);
@@ -51,6 +51,24 @@ pub(super) fn ctl_request(
         return Ok(refuse(id, uid, command, ErrorCode::Refused, why));
     }
     Ok(Changed::none())
+}
+
+/// `ctl_denied uid=unknown`, with the count held back before it.
+fn unknown_denied(command: &str, held: u64) {
+    log::event(Event::CtlDenied)
+        .kv("uid", "unknown")
+        .kv("command", command)
+        .suppressed(held)
+        .msg("no client credentials from the kernel")
+        .send();
+}
+
+/// The `ctl_denied uid=unknown` count no later request carried, once its
+/// minute is over (from the loop's tick).
+pub(super) fn unknown_overdue(p: &mut Parent) {
+    for ((), n, command) in p.ctl_unknown.overdue(std::time::Instant::now()) {
+        unknown_denied(&command.unwrap_or_default(), n);
+    }
 }
 
 /// A request line read from a root client's connection: run when it is

@@ -104,6 +104,9 @@ pub struct Parent {
     pub spool: policy_jobs::Spool,
     /// The TCP ports the engine's sandbox allows, fixed at its start.
     pub engine_ports: Vec<u16>,
+    /// `ctl_denied uid=unknown` (an engine's request with no client behind
+    /// it): one line a minute, the rest counted (DESIGN §8).
+    pub ctl_unknown: crate::log::PerMinute<(), String>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
     /// The state directory's owner lock, held for the daemon's life.
@@ -477,6 +480,7 @@ impl Parent {
             awaiting_judgement: None,
             spool: Default::default(),
             engine_ports: Vec::new(),
+            ctl_unknown: Default::default(),
             guardian: None,
             _owner: owner,
         };

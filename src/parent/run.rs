@@ -230,6 +230,7 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
                 }
                 send(&p, &tx, changed);
                 super::policy_jobs::scan_spool(&mut p);
+                super::ctl::unknown_overdue(&mut p);
                 let changed = check_expiry(&mut p, &mut expiry_log);
                 send(&p, &tx, changed);
                 ticks = ticks.wrapping_add(1);
