@@ -17,7 +17,7 @@ use crate::log::{self, Event};
 use crate::policy::PublicKey;
 use crate::proto::signify_key::{SecretKey, parse_pubkey_line};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 /// What the engine gets that the parent reads and resolves from a config.
@@ -257,7 +257,8 @@ pub fn key_net(
         if !kme.contains_key(kname) {
             kme.insert(kname.to_string(), kme_net(kname, k)?);
         }
-        links.insert(l.name.clone(), link_keys(l, &k.sae_id, ours, backend)?);
+        let keys = link_keys(l, &k.sae_id, ours, p.listen, backend)?;
+        links.insert(l.name.clone(), keys);
     }
     Ok(KeyNet {
         peering: Some(peering),
@@ -292,6 +293,7 @@ fn link_keys(
     l: &LinkConf,
     our_sae: &str,
     our_peering: ed25519_dalek::VerifyingKey,
+    listen: SocketAddr,
     backend: &mut dyn WgBackend,
 ) -> Result<LinkKeys, String> {
     let at = |e: String| format!("[link.{}] {e}", l.name);
@@ -306,7 +308,7 @@ fn link_keys(
     if peer_key.key == our_peering {
         return Err(at("peer_pubkey is our own peering key".into()));
     }
-    let peer_addr = resolve(peer).map_err(|e| at(format!("peer {peer}: {e}")))?;
+    let peer_addr = resolve_from(peer, listen).map_err(|e| at(format!("peer {peer}: {e}")))?;
     let link_id = match role {
         Role::Master => crate::proto::peer::link_id(our_sae, peer_sae, &ours, &far.public_key),
         Role::Slave => crate::proto::peer::link_id(peer_sae, our_sae, &far.public_key, &ours),
@@ -347,17 +349,50 @@ fn own_wg_key(l: &LinkConf, backend: &mut dyn WgBackend) -> Result<[u8; 32], Str
     }
 }
 
-fn resolve(hostport: &str) -> Result<SocketAddr, String> {
-    hostport
-        .to_socket_addrs()
+/// The first address of `hostport` that a peering socket bound to
+/// `listen` can send to: `[::]` binds an IPv6-only and an IPv4 socket,
+/// any other address one socket of its own family. Sending to another
+/// family failed at every round, with `-n` silent about it.
+fn resolve_from(hostport: &str, listen: SocketAddr) -> Result<SocketAddr, String> {
+    let reach = |a: &SocketAddr| match listen.ip() {
+        IpAddr::V6(v6) if v6.is_unspecified() => true,
+        ip => ip.is_ipv4() == a.is_ipv4(),
+    };
+    let all: Vec<SocketAddr> = (hostport.to_socket_addrs())
         .map_err(|e| format!("cannot resolve: {e}"))?
-        .next()
-        .ok_or_else(|| "no address".to_string())
+        .collect();
+    match all.iter().find(|a| reach(a)) {
+        Some(a) => Ok(*a),
+        None if all.is_empty() => Err("no address".to_string()),
+        None => Err(format!(
+            "{} has no address of the family [peering] listen = \"{listen}\" sends from",
+            all[0].ip()
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer is sent to from the socket `listen` binds: of its addresses,
+    /// the first of a family that socket has.
+    #[test]
+    fn a_peer_resolves_to_an_address_the_listen_sends_from() {
+        let l = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let v4 = "198.51.100.2:8071";
+        let v6 = "[2001:db8::2]:8071";
+        assert_eq!(resolve_from(v4, l("0.0.0.0:8071")), Ok(l(v4)));
+        assert_eq!(resolve_from(v4, l("[::]:8071")), Ok(l(v4)));
+        assert_eq!(resolve_from(v6, l("[::]:8071")), Ok(l(v6)));
+        assert_eq!(resolve_from(v6, l("[2001:db8::1]:8071")), Ok(l(v6)));
+        let e = resolve_from(v6, l("0.0.0.0:8071")).unwrap_err();
+        assert!(
+            e.contains("2001:db8::2") && e.contains("0.0.0.0:8071"),
+            "{e}"
+        );
+        assert!(resolve_from(v4, l("[2001:db8::1]:8071")).is_err());
+    }
     use crate::state::LinkRecord;
 
     /// A QBER source's CA that is no certificate is refused by the parent,

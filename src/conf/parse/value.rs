@@ -280,6 +280,17 @@ pub(super) fn peer(g: Got) -> Check<String> {
             "{expected}: write {v4} rather than the IPv4-mapped {s:?}"
         ));
     }
+    // A link-local address names no interface here (no zone): every
+    // datagram to it would fail to leave.
+    let link_local = |a: std::net::Ipv6Addr| (a.segments()[0] & 0xffc0) == 0xfe80;
+    if let Some(a) = (s.strip_prefix('[').and_then(|r| r.split_once("]:")))
+        .and_then(|(h, _)| v6(h))
+        .filter(|a| link_local(*a))
+    {
+        return Err(format!(
+            "{expected}: {a} is link-local, which names no interface; use a global or unique-local address"
+        ));
+    }
     let ok = match s.strip_prefix('[') {
         Some(rest) => rest
             .split_once("]:")
@@ -369,6 +380,8 @@ mod tests {
             ":80",
             "a b:1",
             "[::ffff:198.51.100.2]:8071",
+            "[fe80::2]:8071",
+            "[fe80::2%em0]:8071",
         ] {
             assert!(peer(Got::Str(bad)).is_err(), "{bad}");
         }
