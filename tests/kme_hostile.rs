@@ -493,3 +493,34 @@ async fn a_failing_status_is_reported_once_and_forgets_the_stock() {
     assert!(matches!(c.status_for_stock("SAE-B").await, Ok(None)));
     assert_eq!(c.stored_key_count("SAE-B"), None);
 }
+
+/// A status about another pair of SAEs is not this pair's stock: refused,
+/// named; the pair the other way round (a KME answering a slave's call) is.
+#[tokio::test]
+async fn a_status_about_another_pair_is_refused() {
+    let status = |master: &str, slave: &str| {
+        serde_json::json!({
+            "source_KME_ID": "A", "target_KME_ID": "B",
+            "master_SAE_ID": master, "slave_SAE_ID": slave,
+            "key_size": 256, "stored_key_count": 7, "max_key_count": 100,
+            "max_key_per_request": 1, "max_key_size": 1024, "min_key_size": 64,
+            "max_SAE_ID_count": 0
+        })
+        .to_string()
+    };
+    let p = pki();
+    let other = http("200 OK", "application/json", &status("SAE-A", "SAE-C"));
+    let c = client(&p, hostile(&p, other).await);
+    let e = c.status("SAE-B").await.unwrap_err();
+    assert!(
+        matches!(&e.kind, KmeErrorKind::BadShape(m) if m.contains("SAE-C") && m.contains("SAE-B")),
+        "{e:?}"
+    );
+    assert_eq!(c.stored_key_count("SAE-B"), None);
+    for (master, slave) in [("SAE-A", "SAE-B"), ("SAE-B", "SAE-A")] {
+        let ours = http("200 OK", "application/json", &status(master, slave));
+        let c = client(&p, hostile(&p, ours).await);
+        assert_eq!(c.status("SAE-B").await.unwrap().stored_key_count, 7);
+        assert_eq!(c.stored_key_count("SAE-B"), Some(7));
+    }
+}

@@ -209,7 +209,21 @@ impl KmeClient {
     pub async fn status(&self, slave_sae_id: &str) -> Result<Status, KmeError> {
         let answer = async {
             let body = (self.call(Call::Status, self.path(slave_sae_id, "status"), None)).await?;
-            answer::parse_status(&body).map_err(|k| self.err(Call::Status, k))
+            let st = answer::parse_status(&body).map_err(|k| self.err(Call::Status, k))?;
+            // Another pair's stock would show as this link's (and its
+            // kme_keys_low fire or not) on the KME's word alone. The SAE
+            // asked about is the pair's slave, or its master where a KME
+            // answers a slave's call with the pair the other way round.
+            if st.slave_sae_id != slave_sae_id && st.master_sae_id != slave_sae_id {
+                let why = format!(
+                    "status is about SAEs {} and {}, not {}",
+                    crate::text::printable(&st.master_sae_id, 64),
+                    crate::text::printable(&st.slave_sae_id, 64),
+                    crate::text::printable(slave_sae_id, 64)
+                );
+                return Err(self.err(Call::Status, KmeErrorKind::BadShape(why)));
+            }
+            Ok(st)
         };
         let st = answer.await;
         let mut stock = self
