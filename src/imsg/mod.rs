@@ -584,9 +584,10 @@ pub fn read_frame_blocking(r: &mut impl Read) -> Result<Option<(u16, Vec<u8>)>, 
         Err(e) => return Err(e.into()),
     }
     let (len, code) = parse_header(&h)?;
-    let mut payload = vec![0u8; len];
+    // Wiped if the read fails halfway (a PSK frame cut short).
+    let mut payload = zeroize::Zeroizing::new(vec![0u8; len]);
     r.read_exact(&mut payload)?;
-    Ok(Some((code, payload)))
+    Ok(Some((code, std::mem::take(&mut *payload))))
 }
 
 pub fn write_frame_blocking(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
@@ -606,9 +607,10 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
         Err(e) => return Err(e.into()),
     }
     let (len, code) = parse_header(&h)?;
-    let mut payload = vec![0u8; len];
+    // Wiped if the read fails halfway (a PSK frame cut short).
+    let mut payload = zeroize::Zeroizing::new(vec![0u8; len]);
     r.read_exact(&mut payload).await?;
-    Ok(Some((code, payload)))
+    Ok(Some((code, std::mem::take(&mut *payload))))
 }
 
 /// Frames decoded but not yet taken by the receiving loop. Bounded: a
