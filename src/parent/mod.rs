@@ -107,11 +107,19 @@ pub struct Parent {
     /// `ctl_denied uid=unknown` (an engine's request with no client behind
     /// it): one line a minute, the rest counted (DESIGN §8).
     pub ctl_unknown: crate::log::PerMinute<(), String>,
+    /// When the parent last ran `qkdctl unlock` for each link: only within
+    /// [`OPERATOR_REPORT_WINDOW`] of it is the engine's report of a release
+    /// "by the operator" logged so (an engine's word alone is not).
+    pub operator_unlocks: std::collections::HashMap<String, std::time::Instant>,
     /// pf: the process that locks every link if this one dies unclean.
     pub guardian: Option<guardian::Guardian>,
     /// The state directory's owner lock, held for the daemon's life.
     _owner: Option<state::Owner>,
 }
+
+/// How long after the parent ran an unlock the engine's report of it may
+/// say `by=operator`: the engine sends it in the same turn.
+pub const OPERATOR_REPORT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Parent {
     /// A stop that leaves the links as `on_stop` wants (or as a failed
@@ -481,6 +489,7 @@ impl Parent {
             spool: Default::default(),
             engine_ports: Vec::new(),
             ctl_unknown: Default::default(),
+            operator_unlocks: Default::default(),
             guardian: None,
             _owner: owner,
         };

@@ -92,7 +92,11 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
         Err(r) => return r,
     };
     let mut lines = Vec::new();
+    let now = std::time::Instant::now();
+    p.operator_unlocks
+        .retain(|_, t| now.duration_since(*t) < super::OPERATOR_REPORT_WINDOW);
     for n in &names {
+        p.operator_unlocks.insert(n.clone(), now);
         p.links.set_parent_reason(n, LockReason::Operator, false);
         p.links.release_manual(n, force);
         if force {

@@ -10,6 +10,7 @@ use super::links::OpenedBy;
 use crate::imsg::{self, LinkReasons, LogRecord, SourceLost};
 use crate::lock::{LockReason, Owner};
 use crate::log::{self, Event, Prio};
+use std::time::Instant;
 
 /// Every link of a QBER section lost its source at once: locked together
 /// (one transaction where the firewall can), before their own reasons
@@ -52,11 +53,8 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
     let newly_stale = r.reasons.contains(LockReason::KeyStale) && !was_stale;
     p.links
         .set_engine_reasons(&r.link, r.reasons, r.qber, r.threshold);
-    let by = if r.by_operator {
-        OpenedBy::Operator
-    } else {
-        OpenedBy::Auto
-    };
+    let ran = p.operator_unlocks.get(&r.link).copied();
+    let by = opened_by(r.by_operator, ran, Instant::now());
     p.links.committed_ns = None;
     let flipped = p.links.converge(&r.link, p.bundle.as_ref(), by, false);
     if let (Some(to), Some(t0)) = (flipped, r.sampled_ns) {
@@ -88,6 +86,17 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
     Ok(out)
 }
 
+/// Who opened a link the engine's report releases: the operator only if
+/// the engine says so and the parent ran an unlock for it just before
+/// (`ran`): the audit trail is the parent's record, not the engine's word.
+fn opened_by(engine_says_operator: bool, ran: Option<Instant>, now: Instant) -> OpenedBy {
+    let lately = ran.is_some_and(|t| now.duration_since(t) < super::OPERATOR_REPORT_WINDOW);
+    match engine_says_operator && lately {
+        true => OpenedBy::Operator,
+        false => OpenedBy::Auto,
+    }
+}
+
 /// One of the engine's log lines, logged by the parent (the engine has no
 /// syslog in its chroot).
 pub(super) fn log_record(rec: LogRecord) -> Result<Changed, String> {
@@ -97,4 +106,24 @@ pub(super) fn log_record(rec: LogRecord) -> Result<Changed, String> {
     }
     log::emit(prio, &log::from_engine(&rec.line));
     Ok(Changed::none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unlock_the_parent_ran_is_the_operators() {
+        let t0 = Instant::now();
+        let said = |says, ran, now| matches!(opened_by(says, ran, now), OpenedBy::Operator);
+        assert!(said(
+            true,
+            Some(t0),
+            t0 + std::time::Duration::from_millis(10)
+        ));
+        assert!(!said(true, None, t0), "the engine's word alone");
+        assert!(!said(false, Some(t0), t0), "the engine's own release");
+        let late = t0 + super::super::OPERATOR_REPORT_WINDOW;
+        assert!(!said(true, Some(t0), late), "an unlock long before");
+    }
 }
