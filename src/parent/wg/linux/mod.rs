@@ -31,6 +31,10 @@ pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 pub const NLA_F_NESTED: u16 = 0x8000;
+/// A dump the kernel's state changed under (netlink.h).
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// Dumps of an interface taken before one that nothing changed under.
+const DUMP_TRIES: usize = 3;
 const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
 
 pub const WG_GENL_NAME: &str = "wireguard";
@@ -408,6 +412,18 @@ impl Linux {
         seq: u32,
         mut each: impl FnMut(&[u8]) -> Result<(), WgError>,
     ) -> Result<(), WgError> {
+        self.transact_flags(nl, what, req, seq, |_, p| each(p))
+    }
+
+    /// [`Linux::transact`], with each data message's netlink flags.
+    fn transact_flags(
+        &self,
+        nl: &sys::Nl,
+        what: &str,
+        req: &[u8],
+        seq: u32,
+        mut each: impl FnMut(u16, &[u8]) -> Result<(), WgError>,
+    ) -> Result<(), WgError> {
         nl.send(req)?;
         let mut buf = Zeroizing::new(vec![0u8; 64 * 1024]);
         loop {
@@ -423,7 +439,7 @@ impl Linux {
                             e => Err(map_errno(what, e)),
                         };
                     }
-                    _ => each(m.payload)?,
+                    _ => each(m.flags, m.payload)?,
                 }
                 if m.flags & NLM_F_MULTI == 0 && req_wants_single(req) {
                     return Ok(());
@@ -449,17 +465,37 @@ impl Linux {
         id.ok_or_else(|| WgError::Protocol("GETFAMILY: no reply".into()))
     }
 
-    /// One WG_CMD_GET_DEVICE dump of `ifname`, each message to `each`.
+    /// One whole WG_CMD_GET_DEVICE dump of `ifname`, each message to
+    /// `each`. A dump of many peers spans several messages; one that the
+    /// interface changed under (the kernel marks it NLM_F_DUMP_INTR) may
+    /// miss a peer or show one twice, so it is taken again, at most
+    /// [`DUMP_TRIES`] times, and only a whole one is read.
     fn dump(
         &mut self,
         nl: &sys::Nl,
         family: u16,
         ifname: &str,
-        each: impl FnMut(&[u8]) -> Result<(), WgError>,
+        mut each: impl FnMut(&[u8]) -> Result<(), WgError>,
     ) -> Result<(), WgError> {
-        let seq = self.next_seq();
-        let req = get_device_request(family, seq, nl.pid, ifname);
-        self.transact(nl, "WG_CMD_GET_DEVICE", &req, seq, each)
+        for _ in 0..DUMP_TRIES {
+            let seq = self.next_seq();
+            let req = get_device_request(family, seq, nl.pid, ifname);
+            // Payloads hold PSKs: kept wiped-on-drop until read.
+            let mut got: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+            let mut interrupted = false;
+            let r = self.transact_flags(nl, "WG_CMD_GET_DEVICE", &req, seq, |flags, p| {
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
+                got.push(Zeroizing::new(p.to_vec()));
+                Ok(())
+            });
+            r?;
+            if !interrupted {
+                return got.iter().try_for_each(|p| each(p));
+            }
+        }
+        Err(WgError::Io(format!(
+            "WG_CMD_GET_DEVICE {ifname}: the interface changed under {DUMP_TRIES} dumps"
+        )))
     }
 
     fn get(&mut self, nl: &sys::Nl, family: u16, peer: &WgPeer) -> Result<Option<Psk>, WgError> {
