@@ -500,12 +500,7 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
     let mut r = rig();
     let dr = link("dr", "wg0", [198, 51, 100, 2]);
     let one = [dr.clone()];
-    r.fw.init(&one).unwrap();
-    r.fw.keep_alive(Some(SWITCH)).unwrap();
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
-    assert!(r.fw.settle().is_empty());
+    open_and_staged_with(&mut r, &dr, Some(SWITCH));
     let observe_one = |r: &mut Rig| r.fw.observe(&one, Some("dr")).unwrap()["dr"].state.clone();
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     let runs = nft_runs(&r);
@@ -546,8 +541,8 @@ fn a_flip_after_a_verified_listing_is_read_back_over_netlink() {
 /// A lock that changes nothing (its keys, or the site's, held already)
 /// commits no transaction: an operator's change just before it must not be
 /// taken for ours. Before, the flip's read-back judged the link from the
-/// verified chains and said locked over a dormant table that dropped
-/// nothing, and every later tick believed it.
+/// verified chains and said locked over an accept put before its drop,
+/// and every later tick believed it.
 #[test]
 fn a_lock_that_changes_nothing_never_vouches_for_anothers_change() {
     if !root_or_skip("a_lock_that_changes_nothing_never_vouches_for_anothers_change") {
@@ -557,12 +552,7 @@ fn a_lock_that_changes_nothing_never_vouches_for_anothers_change() {
     let (_far, a) = far_end(&r, "10.97.0.1/24", "10.97.0.2/24");
     let dr = link("dr", &a, [10, 97, 0, 2]);
     let one = [dr.clone()];
-    r.fw.init(&one).unwrap();
-    r.fw.keep_alive(Some(SWITCH)).unwrap();
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
-    assert!(r.fw.settle().is_empty());
+    open_and_staged_with(&mut r, &dr, Some(SWITCH));
     r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
     let observe_one = |r: &mut Rig| r.fw.observe(&one, Some("dr")).unwrap()["dr"].state.clone();
@@ -591,12 +581,7 @@ fn a_site_lock_that_changes_nothing_never_vouches_for_anothers_change() {
     let (_far, a) = far_end(&r, "10.97.0.1/24", "10.97.0.2/24");
     let dr = link("dr", &a, [10, 97, 0, 2]);
     let one = [dr.clone()];
-    r.fw.init(&one).unwrap();
-    r.fw.keep_alive(Some(SWITCH)).unwrap();
-    r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-    r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-        .unwrap();
-    assert!(r.fw.settle().is_empty());
+    open_and_staged_with(&mut r, &dr, Some(SWITCH));
     assert_eq!(state(&mut r, &one, "dr"), Observed::Open);
     assert!(r.fw.lock_site(&one, None).unwrap());
     assert_eq!(state(&mut r, &one, "dr"), Observed::Locked);
@@ -625,12 +610,7 @@ fn a_lock_after_the_skeleton_changed_reads_the_table_whole() {
         "add table inet qkdpfd { flags dormant; }",
         "flush chain inet qkdpfd input; flush chain inet qkdpfd output",
     ] {
-        r.fw.init(&one).unwrap();
-        r.fw.keep_alive(Some(SWITCH)).unwrap();
-        r.fw.apply(&dr, Enforcement::Open, "accept").unwrap();
-        r.fw.stage(&dr, Enforcement::Lockdown, "counter drop")
-            .unwrap();
-        assert!(r.fw.settle().is_empty());
+        open_and_staged_with(&mut r, &dr, Some(SWITCH));
         assert_eq!(state(&mut r, &one, "dr"), Observed::Open, "{tamper}");
         r.ns.nft(tamper);
         r.fw.apply(&dr, Enforcement::Lockdown, "counter drop")

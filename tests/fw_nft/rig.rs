@@ -287,7 +287,16 @@ pub fn far_end(r: &Rig, here: &str, there: &str) -> (Netns, String) {
 /// The skeleton for `dr` alone, the link open on `accept` and the lockdown
 /// `counter drop` preloaded: where a netlink flip is the next step.
 pub fn open_and_staged(r: &mut Rig, dr: &LinkTarget) {
+    open_and_staged_with(r, dr, None);
+}
+
+/// [`open_and_staged`], the dead-man switch armed for `switch` first when
+/// given (the generation checks of the read-backs then run).
+pub fn open_and_staged_with(r: &mut Rig, dr: &LinkTarget, switch: Option<std::time::Duration>) {
     r.fw.init(std::slice::from_ref(dr)).unwrap();
+    if switch.is_some() {
+        r.fw.keep_alive(switch).unwrap();
+    }
     r.fw.apply(dr, Enforcement::Open, "accept").unwrap();
     r.fw.stage(dr, Enforcement::Lockdown, "counter drop")
         .unwrap();
