@@ -17,7 +17,7 @@ mod peer;
 
 use super::{PeerConfig, WgBackend, WgError, WgPeer, check_ifname, verify, verify_recreated};
 use crate::secret::Psk;
-use peer::{keepalive_request, recreate_request, scan_peer};
+use peer::{recreate_request, scan_peer};
 
 pub const NETLINK_GENERIC: i32 = 16;
 pub const GENL_ID_CTRL: u16 = 0x10;
@@ -602,11 +602,6 @@ impl WgBackend for Linux {
         let req = recreate_request(family, seq, pid, ifname, key, &before, pka);
         self.transact(&nl, "WG_CMD_SET_DEVICE (re-create)", &req, seq, |_| Ok(()))?;
         drop(req);
-        if pka != before.keepalive {
-            let seq = self.next_seq();
-            let req = keepalive_request(family, seq, pid, ifname, key, before.keepalive);
-            self.transact(&nl, "WG_CMD_SET_DEVICE (keepalive)", &req, seq, |_| Ok(()))?;
-        }
         verify_recreated(&before, read(self)?)?;
         Ok(before)
     }

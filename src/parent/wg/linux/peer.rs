@@ -24,7 +24,7 @@ use super::super::{PeerConfig, WgError};
 use super::{
     Msg, NLM_F_ACK, NLM_F_REQUEST, WG_CMD_SET_DEVICE, WG_GENL_VERSION, WGDEVICE_A_IFNAME,
     WGDEVICE_A_PEERS, WGPEER_A_FLAGS, WGPEER_A_PRESHARED_KEY, WGPEER_A_PUBLIC_KEY,
-    WGPEER_F_REMOVE_ME, WGPEER_F_UPDATE_ONLY, attrs, c_name, for_peer, one_peer_request,
+    WGPEER_F_REMOVE_ME, WGPEER_F_UPDATE_ONLY, attrs, c_name, for_peer,
 };
 use crate::secret::Psk;
 
@@ -184,7 +184,11 @@ pub const RECREATE_MAX_ALLOWED_IPS: usize = 1_600;
 /// WG_CMD_SET_DEVICE with two peers: the first removes `public_key`
 /// (skipped if it is already gone, and the kernel goes on), the second
 /// adds it again with `c` and a persistent keepalive of `keepalive`
-/// seconds: it creates the peer whether or not the first found it.
+/// seconds: it creates the peer whether or not the first found it. When
+/// `keepalive` is not the peer's own, a third, update-only, gives its own
+/// back in the same request: the kernel sends the keepalive that starts
+/// the handshake when the second sets it (from none), and a restore in a
+/// request of its own could fail and leave ours as the peer's for good.
 pub fn recreate_request(
     family: u16,
     seq: u32,
@@ -226,28 +230,21 @@ pub fn recreate_request(
         m.attr(WGALLOWEDIP_A_CIDR_MASK, &[*mask]);
         m.end();
     }
-    m.end().end().end();
+    m.end().end();
+    if keepalive != c.keepalive {
+        m.nest(2);
+        m.attr(WGPEER_A_PUBLIC_KEY, public_key);
+        m.attr(WGPEER_A_FLAGS, &WGPEER_F_UPDATE_ONLY.to_ne_bytes());
+        m.attr(
+            WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
+            &c.keepalive.to_ne_bytes(),
+        );
+        m.end();
+    }
+    m.end();
     let req = m.finish();
     debug_assert!(req.len() <= room);
     req
-}
-
-/// WG_CMD_SET_DEVICE setting one existing peer's keepalive, update-only.
-pub fn keepalive_request(
-    family: u16,
-    seq: u32,
-    pid: u32,
-    ifname: &str,
-    public_key: &[u8; 32],
-    keepalive: u16,
-) -> Zeroizing<Vec<u8>> {
-    let only = WGPEER_F_UPDATE_ONLY.to_ne_bytes();
-    let interval = keepalive.to_ne_bytes();
-    let attrs = [
-        (WGPEER_A_FLAGS, &only[..]),
-        (WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, &interval[..]),
-    ];
-    one_peer_request(family, seq, pid, ifname, public_key, &attrs)
 }
 
 #[cfg(test)]
@@ -340,7 +337,7 @@ mod tests {
         let top = attrs(&body[GENL_HDRLEN..]).unwrap();
         assert_eq!(top[0], (WGDEVICE_A_IFNAME, &b"wg0\0"[..]));
         let peers = attrs(top[1].1).unwrap();
-        assert_eq!(peers.len(), 2);
+        assert_eq!(peers.len(), 3, "remove, add, the peer's own keepalive back");
         let first = attrs(peers[0].1).unwrap();
         assert_eq!(
             first,
@@ -355,12 +352,35 @@ mod tests {
         assert_eq!(got.psk.expose(), &[0x42; 32]);
         assert_eq!(got.endpoint, c.endpoint);
         assert_eq!(got.allowed_ips, c.allowed_ips);
-        assert_eq!(got.keepalive, 25);
+        assert_eq!(got.keepalive, 0, "the peer's own, once the request is done");
         let second = attrs(peers[1].1).unwrap();
         assert!(second.contains(&(
             WGPEER_A_FLAGS,
             &WGPEER_F_REPLACE_ALLOWEDIPS.to_ne_bytes()[..]
         )));
+        assert!(second.contains(&(
+            WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
+            &25u16.to_ne_bytes()[..]
+        )));
+        assert_eq!(
+            attrs(peers[2].1).unwrap(),
+            vec![
+                (WGPEER_A_PUBLIC_KEY, &[1u8; 32][..]),
+                (WGPEER_A_FLAGS, &WGPEER_F_UPDATE_ONLY.to_ne_bytes()[..]),
+                (
+                    WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
+                    &0u16.to_ne_bytes()[..]
+                ),
+            ]
+        );
+        // A peer with a keepalive of its own keeps it: two peers.
+        let own = PeerConfig {
+            keepalive: 25,
+            ..c.clone()
+        };
+        let req = recreate_request(0x1c, 7, 9, "wg0", &[1; 32], &own, 25);
+        let top = attrs(&req[16 + GENL_HDRLEN..]).unwrap();
+        assert_eq!(attrs(top[1].1).unwrap().len(), 2);
         // No endpoint read back: none sent.
         let mut c2 = c.clone();
         c2.endpoint = None;
@@ -371,24 +391,6 @@ mod tests {
         let mut other = None;
         scan_peer(&req[16..], &[2; 32], &mut other).unwrap();
         assert!(other.is_none());
-    }
-
-    #[test]
-    fn keepalive_request_is_update_only() {
-        let req = keepalive_request(0x1c, 8, 9, "wg0", &[1; 32], 0);
-        let top = attrs(&req[16 + GENL_HDRLEN..]).unwrap();
-        let peer = attrs(attrs(top[1].1).unwrap()[0].1).unwrap();
-        assert_eq!(
-            peer,
-            vec![
-                (WGPEER_A_PUBLIC_KEY, &[1u8; 32][..]),
-                (WGPEER_A_FLAGS, &WGPEER_F_UPDATE_ONLY.to_ne_bytes()[..]),
-                (
-                    WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
-                    &0u16.to_ne_bytes()[..]
-                ),
-            ]
-        );
     }
 
     /// Many allowed IPs: the request fits the room reserved before the
