@@ -150,6 +150,7 @@ impl Ledger {
             if cmd == NFT_MSG_NEWGEN {
                 match attr(NFTA_GEN_ID).and_then(|d| <[u8; 4]>::try_from(d).ok()) {
                     Some(id) => {
+                        let id = u32::from_be_bytes(id);
                         let touched = std::mem::take(&mut self.touching);
                         if self.gens.len() >= MAX_GENS {
                             self.gens.clear();
@@ -157,9 +158,8 @@ impl Ledger {
                         let pid = attr(NFTA_GEN_PROC_PID)
                             .and_then(|d| <[u8; 4]>::try_from(d).ok())
                             .map(u32::from_be_bytes);
-                        self.gens.insert(u32::from_be_bytes(id), (touched, pid));
-                        self.newest = Some(u32::from_be_bytes(id));
-                        let id = u32::from_be_bytes(id);
+                        self.gens.insert(id, (touched, pid));
+                        self.newest = Some(id);
                         let unknown = std::mem::take(&mut self.skeleton_unknown);
                         if std::mem::take(&mut self.skeleton_touching) || unknown {
                             self.skeleton_touched_at(id);
