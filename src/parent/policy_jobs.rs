@@ -258,7 +258,7 @@ pub(super) fn policy_taken(p: &mut Parent, serial: u64) -> Result<Changed, Strin
     // expiry check would lock the links again, after they opened).
     if p.bundle
         .as_ref()
-        .is_some_and(|b| super::run::expiry_locks(b, crate::utc::now_unix()))
+        .is_some_and(|b| b.expiry_locks(crate::utc::now_unix()))
     {
         return Ok(out);
     }

@@ -353,13 +353,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// about daily (`policy_expiring`); past it, it stays in force with an
 /// hourly alert, unless it says `expired_action = "lockdown"`. A new
 /// bundle is told about at once.
-/// Whether bundle `b` is past its `not_after` at `now` (Unix seconds)
-/// and says to lock every link then.
-pub(super) fn expiry_locks(b: &crate::policy::Bundle, now: u64) -> bool {
-    b.policy.expired_action == crate::policy::ExpiredAction::Lockdown
-        && b.policy.not_after.is_some_and(|na| now > na)
-}
-
 fn check_expiry(p: &mut Parent, log: &mut ExpiryLog) -> Changed {
     let mut out = Changed::none();
     let Some(b) = &p.bundle else { return out };
@@ -398,7 +391,7 @@ fn check_expiry(p: &mut Parent, log: &mut ExpiryLog) -> Changed {
             .kv("not_after", na)
             .send();
     }
-    if expiry_locks(b, now)
+    if b.expiry_locks(now)
         && (p.links.links.values()).any(|l| !l.parent.contains(LockReason::NoPolicy))
     {
         p.links

@@ -145,6 +145,13 @@ impl Bundle {
     pub fn digest_hex(&self) -> String {
         crate::text::hex(&self.digest)
     }
+
+    /// Past its `not_after` at `now` (Unix seconds), and saying to lock
+    /// every link then.
+    pub fn expiry_locks(&self, now: u64) -> bool {
+        self.policy.expired_action == super::ExpiredAction::Lockdown
+            && self.policy.not_after.is_some_and(|na| now > na)
+    }
 }
 
 /// Runs every check; see the module docs for the order.
