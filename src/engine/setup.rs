@@ -47,7 +47,9 @@ impl Engine {
         };
         let (rd, wr) = chan.into_split();
         // The parent is gone: exit at once (DESIGN §2).
-        let tx = imsg::spawn_writer(wr, || std::process::exit(0));
+        // A parent that stops reading: ending is the engine's only safe
+        // answer (a report it dropped may have been a lockdown).
+        let tx = imsg::spawn_writer(wr, || std::process::exit(0), || std::process::exit(1));
         // Every record goes to the parent, which owns syslog/stderr.
         let log_tx = tx.clone();
         log::init(Box::new(move |prio, line| {

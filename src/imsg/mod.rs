@@ -659,14 +659,17 @@ pub const MAX_QUEUED: usize = 32 << 20;
 
 /// The sending end of a channel to the other process: frames queue for
 /// its writer task up to [`MAX_QUEUED`] bytes; past that a frame is
-/// dropped (zeroized) and the channel says [`Sender::overflowed`] for
-/// good, which the parent takes for a failed engine.
+/// dropped (zeroized), `on_overflow` runs, and the channel says
+/// [`Sender::overflowed`] for good: the parent takes it for a failed
+/// engine, and the engine ends (a report it could not send may have been
+/// a lockdown; the parent locks every link for an engine that ends).
 #[derive(Clone)]
 pub struct Sender {
     tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     overflowed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     limit: usize,
+    on_overflow: fn(),
 }
 
 /// A frame the channel did not take: its peer is gone or stopped reading.
@@ -681,6 +684,7 @@ impl Sender {
             self.queued.fetch_sub(n, Relaxed);
             self.overflowed.store(true, Relaxed);
             zeroize::Zeroize::zeroize(&mut frame);
+            (self.on_overflow)();
             return Err(NotSent);
         }
         self.tx.send(frame).map_err(|mut e| {
@@ -712,14 +716,22 @@ pub(crate) fn channel(limit: usize) -> (Sender, tokio::sync::mpsc::UnboundedRece
         queued: Default::default(),
         overflowed: Default::default(),
         limit,
+        on_overflow: || {},
     };
     (sender, rx)
 }
 
 /// Writes queued frames in order; zeroizes each once written. `on_error`
-/// runs when the peer is gone.
-pub fn spawn_writer(wr: tokio::net::unix::OwnedWriteHalf, on_error: fn()) -> Sender {
-    spawn_writer_bounded(wr, on_error, MAX_QUEUED)
+/// runs when the peer is gone, `on_overflow` when it stopped reading
+/// ([`Sender`]).
+pub fn spawn_writer(
+    wr: tokio::net::unix::OwnedWriteHalf,
+    on_error: fn(),
+    on_overflow: fn(),
+) -> Sender {
+    let mut sender = spawn_writer_bounded(wr, on_error, MAX_QUEUED);
+    sender.on_overflow = on_overflow;
+    sender
 }
 
 fn spawn_writer_bounded<W>(mut wr: W, on_error: fn(), limit: usize) -> Sender

@@ -75,7 +75,8 @@ async fn main_loop(mut p: Parent, engine: EngineProc) -> ExitCode {
     };
     let (rd, wr) = chan.into_split();
     // Losing the writer shows up as EOF on the reader: nothing to do here.
-    let tx = imsg::spawn_writer(wr, || {});
+    // An engine that stops reading is found by the tick (`overflowed`).
+    let tx = imsg::spawn_writer(wr, || {}, || {});
     let mut from_engine = imsg::spawn_reader(rd, ToParent::decode, "lost connection to engine");
     // The config is the engine's first message; only then may events flow.
     let Some(inputs) = p.engine_inputs.take() else {
