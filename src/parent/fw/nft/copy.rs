@@ -46,7 +46,7 @@ use crate::parent::wg::linux::{NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, attrs, c_
 use crate::ruleset::nft::HANDSHAKE_SET;
 use crate::ruleset::nft::dispatch::{Kind, locked_keys};
 
-const NFT_MSG_DELRULE: u16 = 8;
+pub(super) const NFT_MSG_DELRULE: u16 = 8;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NFTA_VERDICT_CHAIN: u16 = 2;

@@ -25,9 +25,13 @@
 
 use std::collections::BTreeMap;
 
-use super::netlink::NFNL_SUBSYS_NFTABLES;
+use super::chain::NFT_MSG_NEWRULE;
+use super::copy::NFT_MSG_DELRULE;
+use super::netlink::{NFNL_SUBSYS_NFTABLES, NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM};
 use crate::parent::wg::linux::{attrs, messages};
 
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFTA_GEN_ID: u16 = 1;
 /// The thread that committed the generation (task_pid_nr(current)).
@@ -74,28 +78,22 @@ pub struct Ledger {
 /// the sets a lock switches (`locked_*`: looked up by it; `site` and
 /// `src<i>`, the alive heartbeat: they only lock more, or less than our
 /// claim counts on). The table's flags, the base chains, the maps and
-/// the key sets are.
-fn skeletal(cmd: u16, attr: &dyn Fn(u16) -> Option<String>) -> bool {
-    const NEWCHAIN: u16 = 3;
-    const DELCHAIN: u16 = 5;
-    const NEWRULE: u16 = 6;
-    const DELRULE: u16 = 8;
-    const NEWSETELEM: u16 = 12;
-    const DELSETELEM: u16 = 14;
+/// the key sets are. `attr(ty)`: the attribute's bytes up to its NUL.
+fn skeletal<'a>(cmd: u16, attr: &dyn Fn(u16) -> Option<&'a [u8]>) -> bool {
     let link_chain =
-        |c: Option<String>| c.is_some_and(|c| c.starts_with("link_") || c.starts_with("lock_"));
+        |c: Option<&[u8]>| c.is_some_and(|c| c.starts_with(b"link_") || c.starts_with(b"lock_"));
     match cmd {
         // NFTA_RULE_CHAIN, NFTA_CHAIN_NAME
-        NEWRULE | DELRULE => !link_chain(attr(2)),
-        NEWCHAIN | DELCHAIN => !link_chain(attr(3)),
+        NFT_MSG_NEWRULE | NFT_MSG_DELRULE => !link_chain(attr(2)),
+        NFT_MSG_NEWCHAIN | NFT_MSG_DELCHAIN => !link_chain(attr(3)),
         // NFTA_SET_ELEM_LIST_SET
-        NEWSETELEM | DELSETELEM => !attr(2).is_some_and(|set| {
+        NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM => !attr(2).is_some_and(|set| {
             let src = set
-                .strip_prefix("src")
-                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
-            set.starts_with("locked_")
-                || set == crate::ruleset::nft::ALIVE_SET
-                || set == crate::ruleset::nft::dispatch::SITE_SET
+                .strip_prefix(b"src")
+                .is_some_and(|i| !i.is_empty() && i.iter().all(u8::is_ascii_digit));
+            set.starts_with(b"locked_")
+                || set == crate::ruleset::nft::ALIVE_SET.as_bytes()
+                || set == crate::ruleset::nft::dispatch::SITE_SET.as_bytes()
                 || src
         }),
         _ => true,
@@ -147,6 +145,7 @@ impl Ledger {
                 continue;
             };
             let attr = |ty: u16| body.iter().find(|(t, _)| *t == ty).map(|(_, d)| *d);
+            let named = |ty: u16| attr(ty).map(|d| d.split(|b| *b == 0).next().unwrap_or(d));
             if cmd == NFT_MSG_NEWGEN {
                 match attr(NFTA_GEN_ID).and_then(|d| <[u8; 4]>::try_from(d).ok()) {
                     Some(id) => {
@@ -169,16 +168,11 @@ impl Ledger {
                 }
                 continue;
             }
-            let name = attr(NFTA_TABLE).map(|d| d.split(|b| *b == 0).next().unwrap_or(d));
+            let name = named(NFTA_TABLE);
             if name.is_none_or(|n| self.tables.iter().any(|t| t == n)) {
                 self.touching = true;
             }
-            let text = |ty: u16| {
-                let d = attr(ty)?;
-                let d = d.split(|b| *b == 0).next().unwrap_or(d);
-                Some(String::from_utf8_lossy(d).into_owned())
-            };
-            if name.is_none_or(|n| *n == self.tables[0][..]) && skeletal(cmd, &text) {
+            if name.is_none_or(|n| *n == self.tables[0][..]) && skeletal(cmd, &named) {
                 self.skeleton_touching = true;
             }
         }
@@ -534,12 +528,12 @@ mod tests {
 
     const NEWTABLE: u16 = 0;
     const DELTABLE: u16 = 2;
-    const NEWCHAIN: u16 = 3;
-    const DELCHAIN: u16 = 5;
-    const NEWRULE: u16 = 6;
-    const DELRULE: u16 = 8;
-    const NEWSETELEM: u16 = 12;
-    const DELSETELEM: u16 = 14;
+    const NEWCHAIN: u16 = NFT_MSG_NEWCHAIN;
+    const DELCHAIN: u16 = NFT_MSG_DELCHAIN;
+    const NEWRULE: u16 = NFT_MSG_NEWRULE;
+    const DELRULE: u16 = NFT_MSG_DELRULE;
+    const NEWSETELEM: u16 = NFT_MSG_NEWSETELEM;
+    const DELSETELEM: u16 = NFT_MSG_DELSETELEM;
 
     /// A ledger that has read generation 0 (whose own transaction, joined
     /// halfway, is unknown).
