@@ -29,6 +29,7 @@ use std::path::PathBuf;
 
 mod bulk;
 mod gate;
+pub(super) use gate::RELEASE_WINDOW;
 mod ladder;
 mod pass;
 mod tunnel;

@@ -108,7 +108,7 @@ pub struct Parent {
     /// it): one line a minute, the rest counted (DESIGN §8).
     pub ctl_unknown: crate::log::PerMinute<(), String>,
     /// When the parent last ran `qkdctl unlock` for each link: only within
-    /// [`OPERATOR_REPORT_WINDOW`] of it is the engine's report of a release
+    /// [`links::RELEASE_WINDOW`] of it is the engine's report of a release
     /// "by the operator" logged so (an engine's word alone is not).
     pub operator_unlocks: std::collections::HashMap<String, std::time::Instant>,
     /// pf: the process that locks every link if this one dies unclean.
@@ -116,10 +116,6 @@ pub struct Parent {
     /// The state directory's owner lock, held for the daemon's life.
     _owner: Option<state::Owner>,
 }
-
-/// How long after the parent ran an unlock the engine's report of it may
-/// say `by=operator`: the engine sends it in the same turn.
-pub const OPERATOR_REPORT_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Parent {
     /// A stop that leaves the links as `on_stop` wants (or as a failed

@@ -94,7 +94,7 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
     let mut lines = Vec::new();
     let now = std::time::Instant::now();
     p.operator_unlocks
-        .retain(|_, t| now.duration_since(*t) < super::OPERATOR_REPORT_WINDOW);
+        .retain(|_, t| now.duration_since(*t) < super::links::RELEASE_WINDOW);
     for n in &names {
         p.operator_unlocks.insert(n.clone(), now);
         p.links.set_parent_reason(n, LockReason::Operator, false);

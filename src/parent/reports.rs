@@ -90,7 +90,7 @@ pub(super) fn reasons(p: &mut Parent, r: LinkReasons) -> Result<Changed, String>
 /// the engine says so and the parent ran an unlock for it just before
 /// (`ran`): the audit trail is the parent's record, not the engine's word.
 fn opened_by(engine_says_operator: bool, ran: Option<Instant>, now: Instant) -> OpenedBy {
-    let lately = ran.is_some_and(|t| now.duration_since(t) < super::OPERATOR_REPORT_WINDOW);
+    let lately = ran.is_some_and(|t| now.duration_since(t) < super::links::RELEASE_WINDOW);
     match engine_says_operator && lately {
         true => OpenedBy::Operator,
         false => OpenedBy::Auto,
@@ -123,7 +123,7 @@ mod tests {
         ));
         assert!(!said(true, None, t0), "the engine's word alone");
         assert!(!said(false, Some(t0), t0), "the engine's own release");
-        let late = t0 + super::super::OPERATOR_REPORT_WINDOW;
+        let late = t0 + crate::parent::links::RELEASE_WINDOW;
         assert!(!said(true, Some(t0), late), "an unlock long before");
     }
 }

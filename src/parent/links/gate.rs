@@ -50,5 +50,6 @@ impl Links {
 }
 
 /// How long after an operator's unlock the engine's report may release the
-/// manual-unlock gate: the engine sends it in the same turn as the request.
-const RELEASE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+/// manual-unlock gate, or be logged as the operator's (`by=operator`): the
+/// engine sends it in the same turn as the request.
+pub(in crate::parent) const RELEASE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
