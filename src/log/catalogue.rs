@@ -92,7 +92,7 @@ catalogue! {
     Shutdown "shutdown" Notice [Crit] ("[signal]", "[kernel_state]", "[reason]")
         "notice on a signal, with kernel_state=kept|lockdown; crit with reason=process-failure when the engine died";
     EngineLost "engine_lost" Crit ("msg")
-        "the engine died, sent what it may not, or fell silent (it says it is alive every second from its main loop; 5 seconds without a word from it count as a stalled engine); every link is locked and the parent exits 1";
+        "the engine died, sent what it may not, fell silent (it says it is alive every second from its main loop; 5 seconds without a word from it count as a stalled engine), or stopped reading (32 MiB queued for it: msg=\"engine stopped reading\"); every link is locked and the parent exits 1";
     PrivdropUnavailable "privdrop_unavailable" Crit ("msg")
         "the engine cannot drop privileges";
     Sandbox "sandbox" Info [Warning]
@@ -179,7 +179,7 @@ catalogue! {
     Round "round" Debug ("link", "epoch", "role", "kme_us", "persist_us", "install_us", "[peer_us]", "[enc_keys_to_installed_us]", "[offer_to_installed_us]")
         "where a completed round's time went (only with -v): the KME call, the parent's epoch persist and install; on the master peer_us (OFFER out to CONFIRM in) and enc_keys_to_installed_us (its enc_keys call to its own install, after the slave's), on the slave offer_to_installed_us";
     KeyRotationFailed "key_rotation_failed" Warning ("link", "reason", "[msg]")
-        "a rotation round failed; the next is tried with backoff";
+        "a rotation round failed; the next is tried with backoff (reason=weak-psk: the engine handed the parent a PSK of one byte repeated, refused unwritten: a broken or hostile engine)";
     WgSessionKept "wg_session_kept" Warning ("link", "epoch", "reason", "[msg]")
         "the master installed a new PSK but could not re-create its WireGuard peer for a new session ([wireguard] new_session): traffic stays on the previous session's keys until WireGuard's own rekey (at most 120 s); reason=no-such-peer: the peer is gone (nothing passes it), and the next tick's PSK re-read locks the link psk-drift";
     SessionMade "session_made" Info ("link", "after_ms", "tries")

@@ -616,6 +616,7 @@ fn reason_word(why: &str) -> &'static str {
         "wg-io",
         "wg-protocol",
         "psk-mismatch",
+        "weak-psk",
     ];
     if why.starts_with("kme") {
         "kme"
@@ -754,6 +755,10 @@ mod tests {
             "psk-mismatch"
         );
         assert_eq!(reason_word("install of epoch 7: something else"), "install");
+        assert_eq!(
+            reason_word("install of epoch 7: weak-psk: refused a PSK of one byte repeated"),
+            "weak-psk"
+        );
         assert_eq!(
             reason_word("install of epoch 7: wg-io: WireGuard I/O: disk full"),
             "wg-io"
