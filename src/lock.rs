@@ -24,6 +24,10 @@ pub enum LockReason {
     /// The link's WireGuard session may be older than the lockdown: held
     /// until a handshake newer than the peer's re-creation (`new_session`).
     NoSession,
+    /// Another link on the link's WireGuard interface is locked by a reason
+    /// of its own: the interface's tunnels have one guard in the firewall
+    /// (`parent/links/shared.rs`).
+    Interface,
 }
 
 /// The process that owns a reason.
@@ -34,7 +38,7 @@ pub enum Owner {
 }
 
 impl LockReason {
-    pub const ALL: [LockReason; 10] = [
+    pub const ALL: [LockReason; 11] = [
         LockReason::Qber,
         LockReason::SourceLost,
         LockReason::NoKey,
@@ -45,6 +49,7 @@ impl LockReason {
         LockReason::NoPolicy,
         LockReason::ProcessFailure,
         LockReason::NoSession,
+        LockReason::Interface,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +64,7 @@ impl LockReason {
             LockReason::NoPolicy => "no-policy",
             LockReason::ProcessFailure => "process-failure",
             LockReason::NoSession => "no-session",
+            LockReason::Interface => "interface",
         }
     }
 
@@ -75,7 +81,8 @@ impl LockReason {
             | LockReason::Operator
             | LockReason::NoPolicy
             | LockReason::ProcessFailure
-            | LockReason::NoSession => Owner::Parent,
+            | LockReason::NoSession
+            | LockReason::Interface => Owner::Parent,
             _ => Owner::Engine,
         }
     }

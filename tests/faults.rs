@@ -680,3 +680,78 @@ fn a_lockdown_not_written_to_a_read_only_disk_is_written_once_it_is_writable() {
     );
     assert_eq!(gw.pings(3), 0, "the operator's lockdown lost in a restart");
 }
+
+/// Two links on one WireGuard interface: `aa` (a far end that does not
+/// exist) and `dr`, the tunnel's. Locked, `dr` once held only its far
+/// end's address: `aa`, first in name order, judges the interface's
+/// inner traffic, and it was open. The far end moves to another port, as
+/// behind a NAT that rebinds (WireGuard follows an authenticated packet to
+/// its new source, as for a roaming uplink): its pings passed while qkdpfd
+/// and the kernel read `dr` back locked (5 of 5 before the fix). Now `aa`
+/// is locked with it (reason `interface`), and the interface's traffic
+/// stops whatever address or port the far end sends from.
+#[test]
+fn a_far_end_that_moves_finds_its_locked_link_locked() {
+    let Some(mut gw) = Gateway::new("qft7", "200ms", "") else {
+        return;
+    };
+    let p = gw.prefix.clone();
+    let base = fs::read_to_string(&gw.conf).unwrap();
+    fs::write(
+        &gw.conf,
+        format!(
+            "{base}\n[link.aa]\nqber = \"sim\"\nqber_id = \"t2\"\nwg_interface = \"{p}-wa\"\n\
+             wg_port = 51821\naddresses = [\"192.0.2.9\"]\n"
+        ),
+    )
+    .unwrap();
+    gw.start_open();
+    wait_for("aa open", Duration::from_secs(10), || {
+        show(&gw, "aa")["enforcement"] == "open"
+    });
+    assert_eq!(gw.pings(3), 3, "open links pass traffic");
+
+    gw.ctl_ok(&["lockdown", "dr"]);
+    let aa = show(&gw, "aa");
+    assert_eq!(aa["enforcement"], "lockdown", "{aa}");
+    assert!(has_reason(&aa, "interface"), "{aa}");
+    assert!(
+        locked_in_kernel(&gw, "aa"),
+        "{:?}",
+        verdicts(&gw, "link_aa")
+    );
+    assert_eq!(gw.pings(3), 0, "traffic of a locked link");
+
+    // B's WireGuard moves to port 51830, as a NAT that rebinds does.
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{p}-b"),
+            "wg",
+            "set",
+            &format!("{p}-wb"),
+        ])
+        .args(["listen-port", "51830"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "wg set listen-port: {o:?}");
+    let pings = gw.pings(5);
+    let log = gw.log();
+    assert!(
+        log.contains("event=lockdown link=aa reason=interface"),
+        "{log}"
+    );
+    assert_eq!(pings, 0, "a locked link's far end from a new address");
+
+    // The hold ends with the lockdown that made it: both open again, the
+    // far end reached at its new port.
+    gw.ctl_ok(&["unlock", "dr"]);
+    wait_for("both open", Duration::from_secs(10), || {
+        ["aa", "dr"]
+            .iter()
+            .all(|l| show(&gw, l)["enforcement"] == "open")
+    });
+    assert!(!has_reason(&show(&gw, "aa"), "interface"));
+    assert!(gw.pings(5) >= 3, "open again");
+}

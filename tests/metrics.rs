@@ -83,6 +83,7 @@ qkdpfd_link_lock_reason{link="hq-dr",reason="operator"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="no-policy"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="process-failure"} 0
 qkdpfd_link_lock_reason{link="hq-dr",reason="no-session"} 0
+qkdpfd_link_lock_reason{link="hq-dr",reason="interface"} 0
 qkdpfd_link_lock_reason{link="lab",reason="qber"} 0
 qkdpfd_link_lock_reason{link="lab",reason="source-lost"} 1
 qkdpfd_link_lock_reason{link="lab",reason="no-key"} 0
@@ -93,6 +94,7 @@ qkdpfd_link_lock_reason{link="lab",reason="operator"} 0
 qkdpfd_link_lock_reason{link="lab",reason="no-policy"} 1
 qkdpfd_link_lock_reason{link="lab",reason="process-failure"} 0
 qkdpfd_link_lock_reason{link="lab",reason="no-session"} 0
+qkdpfd_link_lock_reason{link="lab",reason="interface"} 0
 # HELP qkdpfd_qber_band 1 for the band of the last fresh QBER reading.
 # TYPE qkdpfd_qber_band gauge
 qkdpfd_qber_band{link="hq-dr",band="nominal"} 0
@@ -274,7 +276,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 #[test]
 fn golden_text_parses() {
     let samples = parse(GOLDEN);
-    assert_eq!(samples.len(), 50);
+    assert_eq!(samples.len(), 52);
     let hq = [("link_id", "hq-dr")];
     assert_eq!(value(&samples, "qkd_qber", &hq), Some(0.0312));
     assert_eq!(value(&samples, "qkd_qber", &[("link_id", "lab")]), None);

@@ -213,7 +213,7 @@ fn installed(p: &mut Parent, out: &mut Changed, link: &str, psk: &crate::secret:
         p.links.set_parent_reason(link, LockReason::PskDrift, false);
         // In the daemon's loop the open waits for the installs queued
         // behind this one, to be made with theirs (`Links::open_queued`).
-        if !p.links.queue_open(link, OpenedBy::Auto) {
+        if !(p.links).queue_open(link, OpenedBy::Auto, p.bundle.as_ref()) {
             p.links
                 .converge(link, p.bundle.as_ref(), OpenedBy::Auto, false);
         }

@@ -32,6 +32,7 @@ mod gate;
 pub(super) use gate::RELEASE_WINDOW;
 mod ladder;
 mod pass;
+mod shared;
 mod tunnel;
 pub use pass::{RECONCILE_AT_ONCE, SLICE_TIME};
 pub use tunnel::Tunnel;
@@ -235,6 +236,9 @@ pub struct Links {
     /// After a start that found the dead-man switch lapsed: the switch is
     /// not refreshed while a link fails to lock (Some(whether said)).
     lapse_held: Option<bool>,
+    /// The links of each shared WireGuard interface, which lock together
+    /// (`shared.rs`).
+    shared: shared::Groups,
 }
 
 /// Link `name`'s target in `targets` (in name order), if it is one.
@@ -284,6 +288,7 @@ impl Links {
             "a target for each link, in name order"
         );
         Links {
+            shared: shared::Groups::of(&targets),
             targets,
             links,
             fw,
@@ -583,8 +588,16 @@ impl Links {
     }
 
     /// With `defer_opens`, queues the link for [`Links::open_queued`] if
-    /// `converge` would open it; whether it did.
-    pub fn queue_open(&mut self, name: &str, by: OpenedBy) -> bool {
+    /// `converge` would open it; whether it did. The links of its
+    /// interface whose `interface` that changed converge (or queue) too.
+    pub fn queue_open(&mut self, name: &str, by: OpenedBy, bundle: Option<&Bundle>) -> bool {
+        let moved = self.regroup(name);
+        let queued = self.queue_if_opening(name, by);
+        self.converge_moved(moved, bundle);
+        queued
+    }
+
+    fn queue_if_opening(&mut self, name: &str, by: OpenedBy) -> bool {
         if !self.defer_opens || !self.would_open(name) {
             return false;
         }
@@ -592,10 +605,35 @@ impl Links {
         true
     }
 
+    /// The links of a shared interface whose `interface` changed, each
+    /// toward its state: queued if it only opens, else converged now (a
+    /// lock must not wait).
+    fn converge_moved(&mut self, moved: Vec<String>, bundle: Option<&Bundle>) {
+        for name in moved {
+            if !self.queue_if_opening(&name, OpenedBy::Auto) {
+                self.converge_link(&name, bundle, OpenedBy::Auto, false);
+            }
+        }
+    }
+
     /// One link toward its desired state. Returns the new enforcement if it
     /// changed. A link nothing has decided yet stays as the kernel holds
     /// it, unless the kernel proves neither open nor locked: then it locks.
+    /// Then the links of its interface whose `interface` its change moved.
     pub fn converge(
+        &mut self,
+        name: &str,
+        bundle: Option<&Bundle>,
+        by: OpenedBy,
+        force: bool,
+    ) -> Option<Enforcement> {
+        let moved = self.regroup(name);
+        let changed = self.converge_link(name, bundle, by, force);
+        self.converge_moved(moved, bundle);
+        changed
+    }
+
+    fn converge_link(
         &mut self,
         name: &str,
         bundle: Option<&Bundle>,

@@ -111,7 +111,7 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
         // in one transaction on nftables), as a tick's do; inline,
         // `unlock all` at 10,000 links held the loop 137 s, the dead-man
         // switch dropped everything and the engine was declared lost.
-        if *t == Target::All && p.links.queue_open(n, OpenedBy::Operator) {
+        if *t == Target::All && p.links.queue_open(n, OpenedBy::Operator, p.bundle.as_ref()) {
             lines.push(format!("{n}: opening"));
             continue;
         }

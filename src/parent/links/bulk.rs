@@ -113,6 +113,12 @@ impl Links {
         let mut out = Vec::new();
         let mut plain = Vec::new();
         let mut relock = Vec::new();
+        // Every link's group first: a lock among them must hold the others
+        // of its interface before any of those is sorted to open.
+        let mut moved = Vec::new();
+        for (name, _) in &links {
+            moved.extend(self.regroup(name));
+        }
         for (name, by) in links {
             let Some(before) = self.links.get(&name).map(LinkCtl::enforcement) else {
                 continue;
@@ -128,6 +134,8 @@ impl Links {
                 out.push((name, changed));
             }
         }
+        // Those whose hold changed first: a new hold locks now.
+        self.converge_moved(moved, bundle);
         out.extend(self.open_many(plain, bundle));
         out.extend(self.lock_many(relock, bundle));
         out

@@ -102,7 +102,7 @@ impl Links {
             (pass.next, n) = (pass.next + 1, n + 1);
             // A link queued to open is reported as the listing found it
             // (an open link found damaged reads locked until its open).
-            if !self.queue_open(&name, by) {
+            if !self.queue_open(&name, by, bundle) {
                 self.converge(&name, bundle, by, false);
                 if deadline.is_some() && self.lock_inherited(&name) {
                     relock.push(name);

@@ -232,10 +232,22 @@ fn links(fw: Fake, dir: &std::path::Path) -> Links {
 
 /// Links `names`, each on an interface and address of its own.
 fn links_named(fw: Fake, dir: &std::path::Path, names: &[&str]) -> Links {
+    let ifs: Vec<String> = (0..names.len()).map(|i| format!("wg{i}")).collect();
+    let on: Vec<(&str, &str)> = names
+        .iter()
+        .copied()
+        .zip(ifs.iter().map(|s| &**s))
+        .collect();
+    links_on(fw, dir, &on)
+}
+
+/// Links (name, WireGuard interface), each with an address of its own.
+fn links_on(fw: Fake, dir: &std::path::Path, on: &[(&str, &str)]) -> Links {
+    let names: Vec<&str> = on.iter().map(|(n, _)| *n).collect();
     let mut text = "[policy]\npubkeys = [\"/k.pub\"]\n[qber.s]\ndriver = \"sim\"\n".to_string();
-    for (i, n) in names.iter().enumerate() {
+    for (i, (n, wg)) in on.iter().enumerate() {
         text.push_str(&format!(
-            "[link.{n}]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"wg{i}\"\n\
+            "[link.{n}]\nqber = \"s\"\nqber_id = \"x\"\nwg_interface = \"{wg}\"\n\
              wg_port = 51820\naddresses = [\"192.0.2.{}\"]\n",
             i + 2
         ));
@@ -1736,4 +1748,148 @@ fn a_failed_lockdown_no_longer_wanted_is_not_failed() {
     l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
     assert!(!l.links["dr"].lock_failed);
     assert!(l.may_refresh_switch());
+}
+
+/// Links aa, dr and zz on wg0 and "own" on wg1, all open.
+fn sharing(dir: &std::path::Path) -> (Links, Arc<Mutex<Kernel>>) {
+    let fake = fake(Kernel::default());
+    let k = fake.k.clone();
+    let on = [("aa", "wg0"), ("dr", "wg0"), ("own", "wg1"), ("zz", "wg0")];
+    for (n, _) in on {
+        k.lock().unwrap().chain.insert(n.into(), Observed::Open);
+    }
+    let mut l = links_on(fake, dir, &on);
+    for (n, _) in on {
+        l.set_engine_reasons(n, Reasons::EMPTY, Some(0.02), Some(0.08));
+    }
+    l.reconcile(Some(&bundle()), OpenedBy::Auto);
+    calls(&k);
+    (l, k)
+}
+
+fn enforcement(l: &Links) -> Vec<(&str, Enforcement, String)> {
+    (l.links.iter())
+        .map(|(n, c)| (n.as_str(), c.enforcement(), c.reasons().to_string()))
+        .collect()
+}
+
+/// A lockdown of one link on a shared interface locks the others of that
+/// interface with `interface`, at once and in the kernel, and none
+/// elsewhere; the hold lasts while any of them is held by a reason of its
+/// own, and ends with the last.
+#[test]
+fn links_on_one_interface_lock_together() {
+    use Enforcement::{Lockdown, Open};
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, k) = sharing(t.path());
+    let b = bundle();
+    l.set_parent_reason("dr", LockReason::Operator, true);
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(
+        enforcement(&l),
+        [
+            ("aa", Lockdown, "interface".into()),
+            ("dr", Lockdown, "operator".into()),
+            ("own", Open, "-".into()),
+            ("zz", Lockdown, "interface".into()),
+        ]
+    );
+    let flips: Vec<String> = calls(&k)
+        .into_iter()
+        .filter(|c| c.starts_with("apply"))
+        .collect();
+    assert_eq!(
+        flips
+            .iter()
+            .map(|c| &c[..c.find(" lockdown").unwrap()])
+            .collect::<Vec<_>>(),
+        ["apply dr", "apply aa", "apply zz"]
+    );
+
+    // A second holder: the first one's unlock leaves the group locked.
+    l.set_engine_reasons(
+        "zz",
+        [LockReason::Qber].into_iter().collect(),
+        Some(0.2),
+        Some(0.08),
+    );
+    l.converge("zz", Some(&b), OpenedBy::Auto, false);
+    l.set_parent_reason("dr", LockReason::Operator, false);
+    l.converge("dr", Some(&b), OpenedBy::Operator, false);
+    assert_eq!(
+        enforcement(&l),
+        [
+            ("aa", Lockdown, "interface".into()),
+            ("dr", Lockdown, "interface".into()),
+            ("own", Open, "-".into()),
+            ("zz", Lockdown, "qber".into()),
+        ]
+    );
+    // The last holder's recovery opens them all.
+    l.set_engine_reasons("zz", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.converge("zz", Some(&b), OpenedBy::Auto, false);
+    assert!(
+        (l.links.values()).all(|c| c.enforcement() == Open && c.reasons().is_empty()),
+        "{:?}",
+        enforcement(&l)
+    );
+    // Derived, never written: a restart works it out again.
+    let st = state::load(&t.path().join("state")).unwrap().unwrap();
+    assert!(
+        st.links
+            .values()
+            .all(|r| !r.reasons.contains(LockReason::Interface))
+    );
+}
+
+/// `no-session`, which a gated link takes as it reopens, does not hold
+/// the others: a sibling's session is not what they wait for, and
+/// counting it would pass the hold round the group for ever.
+#[test]
+fn a_wait_for_a_new_session_does_not_hold_the_interface() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = sharing(t.path());
+    l.set_parent_reason("dr", LockReason::NoSession, true);
+    l.converge("dr", Some(&bundle()), OpenedBy::Auto, false);
+    assert_eq!(l.links["dr"].enforcement(), Enforcement::Lockdown);
+    for n in ["aa", "zz"] {
+        assert!(
+            l.links[n].reasons().is_empty(),
+            "{n}: {}",
+            l.links[n].reasons()
+        );
+        assert_eq!(l.links[n].enforcement(), Enforcement::Open, "{n}");
+    }
+}
+
+/// The daemon's loop opens in turns (`defer_opens`): the end of a hold
+/// queues the others of the interface with the link that ended it, and a
+/// tick's pass locks a sibling whose holder changed without a converge.
+#[test]
+fn deferred_opens_and_the_tick_keep_the_interface_together() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = sharing(t.path());
+    let b = bundle();
+    l.defer_opens = true;
+    l.set_parent_reason("zz", LockReason::Operator, true);
+    l.converge("zz", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(l.links["aa"].enforcement(), Enforcement::Lockdown);
+    l.set_parent_reason("zz", LockReason::Operator, false);
+    assert!(l.queue_open("zz", OpenedBy::Operator, Some(&b)));
+    let queued: Vec<&String> = l.opening.keys().collect();
+    assert_eq!(queued, ["aa", "dr", "zz"]);
+    l.open_queued(Some(&b), 16);
+    assert!(
+        l.links
+            .values()
+            .all(|c| c.enforcement() == Enforcement::Open)
+    );
+
+    // A reason set with no converge of its own: the tick's pass finds it.
+    l.set_parent_reason("aa", LockReason::Operator, true);
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    for n in ["aa", "dr", "zz"] {
+        assert_eq!(l.links[n].enforcement(), Enforcement::Lockdown, "{n}");
+    }
+    assert_eq!(l.links["own"].enforcement(), Enforcement::Open);
 }

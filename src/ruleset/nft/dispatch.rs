@@ -29,7 +29,8 @@
 //! A key belongs to the first link (in link order) that has it: two links
 //! on one interface share its inner traffic, which the first link's chains
 //! judge (as the per-link rules of earlier versions did, first match
-//! first); each still has its own underlay.
+//! first); each still has its own underlay. Such links therefore lock
+//! together (reason `interface`, `parent/links/shared.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
