@@ -835,6 +835,58 @@ fn many_lockdowns_share_one_run() {
     assert!(!ping(&r.ns, "10.99.0.2"), "still locked");
 }
 
+/// Links whose lockdown is preloaded lock together in one netlink
+/// transaction (the others of a shared interface, which a lockdown holds
+/// with it), with no nft run: each read back locked without a listing,
+/// the far end no longer answering. A batch with a link not in the
+/// table's maps locks each link alone, and only that one fails.
+#[test]
+fn many_staged_lockdowns_share_one_transaction() {
+    use qkdpfd::parent::fw::nft::alive::generation;
+    if !root_or_skip("many_staged_lockdowns_share_one_transaction") {
+        return;
+    }
+    let mut r = rig();
+    let (_far, ls) = links_and_far_end(&r, 4);
+    every_link_open_and_staged(&mut r, &ls);
+    let refs: Vec<&LinkTarget> = ls[1..].iter().collect();
+    let (before, runs) = (generation(1).unwrap(), nft_runs(&r));
+    let locked = r.fw.lock_many(&refs, "counter drop");
+    assert!(locked.iter().all(Result::is_ok), "{locked:?}");
+    assert_eq!(
+        generation(2).unwrap(),
+        before.wrapping_add(1),
+        "one transaction"
+    );
+    for l in &refs {
+        let seen = r.fw.observe(&ls, Some(&l.name)).unwrap();
+        assert_eq!(seen[&l.name].state, Observed::Locked, "{}", l.name);
+        assert!(keys_locked(&r.ns, l) > 0, "{}", l.name);
+    }
+    assert_eq!(nft_runs(&r), runs, "no nft run, no listing");
+    assert_eq!(state(&mut r, &ls, "l0"), Observed::Open, "l0 not asked");
+    assert!(!ping(&r.ns, "10.99.0.2"), "dr locked");
+
+    for l in &refs {
+        r.fw.apply(l, Enforcement::Open, "accept").unwrap();
+    }
+    assert!(ping(&r.ns, "10.99.0.2"), "dr open");
+    let stranger = link("zz", "wgzz", [198, 51, 100, 99]);
+    let mut with = refs.clone();
+    with.insert(1, &stranger);
+    let locked = r.fw.lock_many(&with, "counter drop");
+    for (l, res) in with.iter().zip(&locked) {
+        match l.name.as_str() {
+            "zz" => assert!(res.is_err()),
+            _ => {
+                assert!(res.is_ok(), "{}: {res:?}", l.name);
+                assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+            }
+        }
+    }
+    assert!(!ping(&r.ns, "10.99.0.2"), "dr locked, each alone");
+}
+
 /// Every chain's rules in a listing of the table, as [`all_rules`] reads
 /// one chain's.
 fn table_chains(listing: &str) -> std::collections::HashMap<String, Vec<String>> {

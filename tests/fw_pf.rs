@@ -362,6 +362,43 @@ fn many_clears_are_one_load() {
     assert_eq!(loads, 1 + 2);
 }
 
+/// A new bundle's re-application, or the links of a shared interface a
+/// lockdown holds with it: the lockdown of every link in one load, then
+/// each link's kills; a link whose kill failed is not locked; a refused
+/// load is each link's own load and kills.
+#[test]
+fn many_lockdowns_are_one_load() {
+    let mut r = Rec::new();
+    let links = [dr(), spoke()];
+    let all: Vec<&LinkTarget> = links.iter().collect();
+    let lockdown = "block drop quick on $wg_if\n";
+    let out = r.fw.lock_many(&all, lockdown);
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let calls = r.take();
+    assert_eq!(calls[0].0, args("-a|qkdpfd|-f|-"));
+    for anchor in ["anchor \"dr\" {\n", "anchor \"spoke\" {\n"] {
+        assert!(calls[0].1.contains(anchor), "{}", calls[0].1);
+    }
+    assert_eq!(calls[0].1.matches(lockdown).count(), 2, "{}", calls[0].1);
+    assert_eq!(calls.len(), 1 + DR_KILLS.len() + 2);
+
+    r.set("fail_on", "-k 0.0.0.0/0 -k 198.51.100.2");
+    let out = r.fw.lock_many(&all, lockdown);
+    assert!(out[0].is_err(), "{out:?}");
+    assert!(out[1].is_ok(), "{out:?}");
+    r.unset("fail_on");
+    r.take();
+
+    r.set("exit", "1");
+    r.set("stderr", "pfctl: Unable to load rules into kernel\n");
+    let out = r.fw.lock_many(&all, lockdown);
+    assert!(out.iter().all(Result::is_err));
+    let loads = (r.take().into_iter())
+        .filter(|c| c.0.last().is_some_and(|a| a == "-"))
+        .count();
+    assert_eq!(loads, 1 + 2);
+}
+
 /// What `pfctl -s rules` prints for pf.conf.example's data plane.
 const MAIN: &str = "block drop log all\n\
 pass out quick on egress proto udp from any to 198.51.100.2 port = 8071 keep state\n\

@@ -53,9 +53,11 @@ pub trait Firewall: LinkCheck + Send {
     }
     /// [`Firewall::apply`] of `ruleset` (the bundle's lockdown text) to
     /// each of `links`, in as few tool runs as the backend can (nft: one
-    /// for every chain to load). One answer per link, in order; the caller
-    /// reads each link back and walks the lockdown ladder for any not shown
-    /// locked. For a new bundle's re-application, never a QBER lockdown.
+    /// for every chain to load, one transaction for the links whose chain
+    /// holds it already). One answer per link, in order; the caller reads
+    /// each link back and walks the lockdown ladder for any not shown
+    /// locked. For a new bundle's re-application and for the links a
+    /// lockdown holds with it (a shared interface), never a QBER lockdown.
     fn lock_many(&mut self, links: &[&LinkTarget], ruleset: &str) -> Vec<Result<(), FwError>> {
         (links.iter())
             .map(|l| self.apply(l, Enforcement::Lockdown, ruleset))

@@ -142,11 +142,22 @@ impl Pf {
         first.map_or(Ok(()), Err)
     }
 
-    /// `lock_site` and `lock_source`: every one of `links` locked by one
+    /// After one load of `links`: each link's answer, an error where its
+    /// states were not all killed (they may pass).
+    fn kills_of(&self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
+        (links.iter())
+            .map(|l| match self.kill_failed.contains(&l.name) {
+                true => Err(FwError::refused(format!("kill states of link {}", l.name))),
+                false => Ok(()),
+            })
+            .collect()
+    }
+
+    /// `lock_site`, `lock_source` and `lock_many`: every one of `links` locked by one
     /// anchor load (`many_lockdown_input`), then their states killed. A
     /// refusal or a failed load changed nothing (pfctl rolls back, F2): Err,
     /// and the caller locks link by link, whose ladder kills states too.
-    fn lock_many(
+    fn lock_together(
         &mut self,
         links: &[&LinkTarget],
         lockdown: Option<&str>,
@@ -307,14 +318,24 @@ impl Firewall for Pf {
     // without a bundle; a link whose states were not killed is not clear.
     // A failed load changed nothing: then link by link.
     fn clear_many(&mut self, links: &[&LinkTarget]) -> Vec<Result<(), FwError>> {
-        match self.lock_many(links, None) {
-            Ok(true) => (links.iter())
-                .map(|l| match self.kill_failed.contains(&l.name) {
-                    true => Err(FwError::refused(format!("kill states of link {}", l.name))),
-                    false => Ok(()),
-                })
-                .collect(),
+        match self.lock_together(links, None) {
+            Ok(true) => self.kills_of(links),
             _ => links.iter().map(|l| self.clear(l)).collect(),
+        }
+    }
+
+    // The bundle's lockdown in every anchor by one load (a new bundle's
+    // re-application; the links of a shared interface, which a lockdown
+    // holds with it: one pfctl run each kept the loop waiting); a link
+    // whose states were not killed has failed. A failed load changed
+    // nothing: then link by link.
+    fn lock_many(&mut self, links: &[&LinkTarget], ruleset: &str) -> Vec<Result<(), FwError>> {
+        let together = links.len() > 1 && self.lock_together(links, Some(ruleset)) == Ok(true);
+        match together {
+            true => self.kills_of(links),
+            false => (links.iter())
+                .map(|l| self.apply(l, Enforcement::Lockdown, ruleset))
+                .collect(),
         }
     }
 
@@ -323,7 +344,7 @@ impl Firewall for Pf {
     }
 
     fn lock_site(&mut self, links: &[LinkTarget], lockdown: Option<&str>) -> Result<bool, FwError> {
-        self.lock_many(&links.iter().collect::<Vec<_>>(), lockdown)
+        self.lock_together(&links.iter().collect::<Vec<_>>(), lockdown)
     }
 
     fn lock_source(
@@ -333,7 +354,7 @@ impl Firewall for Pf {
         lockdown: Option<&str>,
     ) -> Result<bool, FwError> {
         let of: Vec<&LinkTarget> = links.iter().filter(|l| *l.qber == *source).collect();
-        self.lock_many(&of, lockdown)
+        self.lock_together(&of, lockdown)
     }
 
     fn observe(
