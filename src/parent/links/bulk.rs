@@ -142,10 +142,11 @@ impl Links {
     }
 
     /// The lockdown half of a forced [`Links::converge`] for many links at
-    /// once: the bundle's lockdown loaded for all of them
+    /// once (and of the links of a shared interface that a lockdown holds
+    /// with it): the bundle's lockdown loaded for all of them
     /// ([`Firewall::lock_many`]), each read back; a link not shown locked
     /// walks the whole ladder on its own.
-    fn lock_many(
+    pub(super) fn lock_many(
         &mut self,
         links: Vec<(String, Enforcement)>,
         bundle: Option<&Bundle>,

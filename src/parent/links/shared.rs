@@ -12,8 +12,8 @@
 //! Conversely the first link's lockdown stopped every tunnel of the
 //! interface while the others said open.
 //!
-//! So while any link of an interface is held by a reason of its own, every
-//! other link of that interface is held by `interface`: the lockdown is
+//! So while any link of an interface is held by a reason of its own ([`holds`]),
+//! every other link of that interface is held by `interface`: the lockdown is
 //! the one the kernel can give, and what each link reports is what its
 //! traffic meets. `interface` and `no-session` are not reasons of a
 //! link's own here: the first would hold the group by itself, and the
@@ -21,8 +21,9 @@
 //! round the group for ever (a sibling's session, not the link's, is what
 //! it waits for; the lockdown it waits under still stops its data).
 
-use super::Links;
+use super::{LinkCtl, Links};
 use crate::lock::{LockReason, Reasons};
+use crate::parent::fw::Observed;
 use crate::ruleset::LinkTarget;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,6 +72,16 @@ pub(super) fn own(reasons: Reasons) -> Reasons {
     r
 }
 
+/// Whether a link holds its group: a reason of its own, or, until the
+/// engine's first report on it, a lockdown the kernel holds. After a
+/// restart a link locked for a reason not written to the state file
+/// (`source-lost`, say) has no reason until that report; its lockdown
+/// stays, and so must its interface's, or a sibling reopened by its own
+/// report would pass the link's traffic meanwhile.
+fn holds(l: &LinkCtl) -> bool {
+    !own(l.reasons()).is_empty() || (l.engine.is_none() && l.kernel.state != Observed::Open)
+}
+
 impl Links {
     /// Brings `interface` on the links of `name`'s group in line with
     /// whether `name` holds a reason of its own now. Returns the other
@@ -84,7 +95,7 @@ impl Links {
         let Some(&g) = self.shared.of.get(name) else {
             return Vec::new();
         };
-        let holds = (self.links.get(name)).is_some_and(|l| !own(l.reasons()).is_empty());
+        let holds = self.links.get(name).is_some_and(holds);
         let group = &mut self.shared.groups[g];
         let before = group.holding.len();
         let changed = match holds {

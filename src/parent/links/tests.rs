@@ -1794,10 +1794,10 @@ fn links_on_one_interface_lock_together() {
             ("zz", Lockdown, "interface".into()),
         ]
     );
-    let flips: Vec<String> = calls(&k)
-        .into_iter()
-        .filter(|c| c.starts_with("apply"))
-        .collect();
+    let calls = calls(&k);
+    // The others of the interface together (one transaction on nftables).
+    assert!(calls.contains(&"lock_many aa,zz".to_string()), "{calls:?}");
+    let flips: Vec<&String> = calls.iter().filter(|c| c.starts_with("apply")).collect();
     assert_eq!(
         flips
             .iter()
@@ -1892,4 +1892,30 @@ fn deferred_opens_and_the_tick_keep_the_interface_together() {
         assert_eq!(l.links[n].enforcement(), Enforcement::Lockdown, "{n}");
     }
     assert_eq!(l.links["own"].enforcement(), Enforcement::Open);
+}
+
+/// After a restart a link locked in the kernel for a reason the state
+/// file does not keep (`source-lost`) has no reason until the engine's
+/// first report on it: until then it holds its interface, and a sibling
+/// the engine reports first stays locked.
+#[test]
+fn until_its_first_report_a_locked_link_holds_its_interface() {
+    let t = tempfile::tempdir().unwrap();
+    let fake = fake(Kernel::default());
+    let k = fake.k.clone();
+    for n in ["aa", "dr"] {
+        k.lock().unwrap().chain.insert(n.into(), Observed::Locked);
+    }
+    let mut l = links_on(fake, t.path(), &[("aa", "wg0"), ("dr", "wg0")]);
+    let b = bundle();
+    l.reconcile(Some(&b), OpenedBy::Auto);
+    l.set_engine_reasons("aa", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.converge("aa", Some(&b), OpenedBy::Auto, false);
+    assert_eq!(l.links["aa"].enforcement(), Enforcement::Lockdown);
+    assert_eq!(l.links["aa"].reasons().to_string(), "interface");
+    l.set_engine_reasons("dr", Reasons::EMPTY, Some(0.02), Some(0.08));
+    l.converge("dr", Some(&b), OpenedBy::Auto, false);
+    for n in ["aa", "dr"] {
+        assert_eq!(l.links[n].enforcement(), Enforcement::Open, "{n}");
+    }
 }
