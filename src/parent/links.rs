@@ -239,6 +239,9 @@ pub struct Links {
     /// The links of each shared WireGuard interface, which lock together
     /// (`shared.rs`).
     shared: shared::Groups,
+    /// Links whose `interface` a change of another link's moved, for the
+    /// loop to tell the engine with that link ([`Links::take_moved`]).
+    moved: std::cell::RefCell<Vec<String>>,
 }
 
 /// Link `name`'s target in `targets` (in name order), if it is one.
@@ -289,6 +292,7 @@ impl Links {
         );
         Links {
             shared: shared::Groups::of(&targets),
+            moved: Default::default(),
             targets,
             links,
             fw,
@@ -612,6 +616,7 @@ impl Links {
     /// a transaction each took seconds for a 10,000-link interface, and
     /// the loop, the dead-man switch's heartbeat with it, waited).
     fn converge_moved(&mut self, moved: Vec<String>, bundle: Option<&Bundle>) {
+        self.moved.borrow_mut().extend(moved.iter().cloned());
         let mut locks = Vec::new();
         for name in moved {
             if self.queue_if_opening(&name, OpenedBy::Auto) {
@@ -634,6 +639,13 @@ impl Links {
                 self.lock_many(locks, bundle);
             }
         }
+    }
+
+    /// The links [`Links::converge`] moved with another since the last
+    /// call: the loop tells the engine their state with that link's (a
+    /// handler names only the link it was about).
+    pub fn take_moved(&self) -> Vec<String> {
+        std::mem::take(&mut *self.moved.borrow_mut())
     }
 
     /// One link toward its desired state. Returns the new enforcement if it

@@ -24,6 +24,12 @@ pub(super) fn send(p: &Parent, tx: &Tx, changed: Changed) {
             Tell::Event(ev) => ev.send(),
         }
     }
+    // The links of a shared interface that a handler's link moved.
+    for name in p.links.take_moved() {
+        if p.links.links.get(&name).is_some_and(|l| l.untold()) {
+            send_state(p, tx, &name);
+        }
+    }
 }
 
 pub(super) fn send_policy(p: &Parent, tx: &Tx) {

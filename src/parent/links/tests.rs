@@ -1794,6 +1794,9 @@ fn links_on_one_interface_lock_together() {
             ("zz", Lockdown, "interface".into()),
         ]
     );
+    // The loop tells the engine of them with dr.
+    assert_eq!(l.take_moved(), ["aa", "zz"]);
+    assert!(l.take_moved().is_empty());
     let calls = calls(&k);
     // The others of the interface together (one transaction on nftables).
     assert!(calls.contains(&"lock_many aa,zz".to_string()), "{calls:?}");
