@@ -16,7 +16,8 @@
 //! every second, `pass.rs`) walks the ladder again.
 //! The same tick reads every link back and repairs what changed behind our
 //! back: a flushed or deleted chain, a removed jump or drop, the whole
-//! table gone, pf disabled.
+//! table gone, pf disabled. Links that share a WireGuard interface lock
+//! together (reason `interface`, `shared.rs`).
 
 use crate::lock::{Enforcement, LockReason, Owner, Reasons};
 use crate::log::{self, Event};

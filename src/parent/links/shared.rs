@@ -6,7 +6,7 @@
 //! (the first in name order that has it, `ruleset/nft/dispatch.rs`), and
 //! pf passes what any link's open anchor passes. A locked link on a
 //! shared interface therefore held only its endpoint addresses: a far end
-//! that sent from another address (NAT, a roaming endpoint: WireGuard
+//! that sent from another address or port (NAT, a roaming endpoint: WireGuard
 //! follows an authenticated packet to its new source) reached the open
 //! guard of the interface and passed, while the link read back locked.
 //! Conversely the first link's lockdown stopped every tunnel of the
@@ -65,7 +65,7 @@ impl Groups {
 }
 
 /// A link's reasons that hold its group ([module docs](self)).
-pub(super) fn own(reasons: Reasons) -> Reasons {
+fn own(reasons: Reasons) -> Reasons {
     let mut r = reasons;
     r.remove(LockReason::Interface);
     r.remove(LockReason::NoSession);
