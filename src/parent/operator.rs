@@ -95,6 +95,9 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
     let now = std::time::Instant::now();
     p.operator_unlocks
         .retain(|_, t| now.duration_since(*t) < super::links::RELEASE_WINDOW);
+    // Every named link's reasons first, and their interfaces' holds: with
+    // `all`, a link whose interface another one shares is then judged
+    // without the reasons this same request clears from that one.
     for n in &names {
         p.operator_unlocks.insert(n.clone(), now);
         p.links.set_parent_reason(n, LockReason::Operator, false);
@@ -106,6 +109,9 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
             p.links.set_parent_reason(n, LockReason::NoKey, false);
             log::event(Event::UnlockForced).kv("link", n).send();
         }
+    }
+    p.links.regroup_all(&names, p.bundle.as_ref());
+    for n in &names {
         // `all`: each open waits for the kernel (about 10 ms at 10,000
         // links), so they open a few per turn of the main loop (together,
         // in one transaction on nftables), as a tick's do; inline,

@@ -83,6 +83,18 @@ fn holds(l: &LinkCtl) -> bool {
 }
 
 impl Links {
+    /// [`Links::regroup`] of each of `names` (a request that changed all
+    /// their reasons at once: `unlock all`), then the others moved,
+    /// converged or queued: none is judged on a reason the same request
+    /// cleared from another.
+    pub fn regroup_all(&mut self, names: &[String], bundle: Option<&crate::policy::Bundle>) {
+        let mut moved = Vec::new();
+        for n in names {
+            moved.extend(self.regroup(n));
+        }
+        self.converge_moved(moved, bundle);
+    }
+
     /// Brings `interface` on the links of `name`'s group in line with
     /// whether `name` holds a reason of its own now. Returns the other
     /// links whose `interface` changed: the caller converges them.

@@ -1922,3 +1922,29 @@ fn until_its_first_report_a_locked_link_holds_its_interface() {
         assert_eq!(l.links[n].enforcement(), Enforcement::Open, "{n}");
     }
 }
+
+/// `unlock all` clears every link's reasons, then brings their interfaces'
+/// holds up to date at once: the first link it converges is not held by
+/// a reason the same request cleared from a later one.
+#[test]
+fn a_request_that_clears_many_links_judges_none_on_the_others_old_reasons() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut l, _k) = sharing(t.path());
+    let b = bundle();
+    for n in ["aa", "dr"] {
+        l.set_parent_reason(n, LockReason::Operator, true);
+        l.converge(n, Some(&b), OpenedBy::Auto, false);
+    }
+    let names: Vec<String> = l.links.keys().cloned().collect();
+    for n in &names {
+        l.set_parent_reason(n, LockReason::Operator, false);
+    }
+    l.regroup_all(&names, Some(&b));
+    l.converge("aa", Some(&b), OpenedBy::Operator, false);
+    assert_eq!(
+        l.links["aa"].enforcement(),
+        Enforcement::Open,
+        "{}",
+        l.links["aa"].reasons()
+    );
+}
