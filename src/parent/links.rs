@@ -598,7 +598,7 @@ impl Links {
     pub fn queue_open(&mut self, name: &str, by: OpenedBy, bundle: Option<&Bundle>) -> bool {
         let moved = self.regroup(name);
         let queued = self.queue_if_opening(name, by);
-        self.converge_moved(moved, bundle);
+        self.converge_moved(moved, bundle, by);
         queued
     }
 
@@ -611,30 +611,31 @@ impl Links {
     }
 
     /// The links of a shared interface whose `interface` changed, each
-    /// toward its state: queued if it only opens, else converged now (a
+    /// toward its state (an open said as `by`'s, whose change it follows):
+    /// queued if it only opens, else converged now (a
     /// lock must not wait); those to lock, together
     /// ([`Firewall::lock_many`](crate::parent::fw::Firewall::lock_many):
     /// a transaction each took seconds for a 10,000-link interface, and
     /// the loop, the dead-man switch's heartbeat with it, waited).
-    fn converge_moved(&mut self, moved: Vec<String>, bundle: Option<&Bundle>) {
+    fn converge_moved(&mut self, moved: Vec<String>, bundle: Option<&Bundle>, by: OpenedBy) {
         self.moved.borrow_mut().extend(moved.iter().cloned());
         let mut locks = Vec::new();
         for name in moved {
-            if self.queue_if_opening(&name, OpenedBy::Auto) {
+            if self.queue_if_opening(&name, by) {
                 continue;
             }
             let l = &self.links[&name];
             match l.desired() == Some(Enforcement::Lockdown) && l.kernel.state != Observed::Locked {
                 true => locks.push((name, l.enforcement())),
                 false => {
-                    self.converge_link(&name, bundle, OpenedBy::Auto, false);
+                    self.converge_link(&name, bundle, by, false);
                 }
             }
         }
         match locks.len() {
             0 => {}
             1 => {
-                self.converge_link(&locks[0].0, bundle, OpenedBy::Auto, false);
+                self.converge_link(&locks[0].0, bundle, by, false);
             }
             _ => {
                 self.lock_many(locks, bundle);
@@ -664,7 +665,7 @@ impl Links {
         let changed = self.converge_link(name, bundle, by, force);
         // The flip's commit time is this link's, not its siblings'.
         let committed = self.committed_ns;
-        self.converge_moved(moved, bundle);
+        self.converge_moved(moved, bundle, by);
         self.committed_ns = committed;
         changed
     }

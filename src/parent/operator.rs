@@ -110,7 +110,7 @@ pub(super) fn unlock(p: &mut Parent, t: &Target, force: bool) -> Reply {
             log::event(Event::UnlockForced).kv("link", n).send();
         }
     }
-    p.links.regroup_all(&names, p.bundle.as_ref());
+    (p.links).regroup_all(&names, p.bundle.as_ref(), OpenedBy::Operator);
     for n in &names {
         // `all`: each open waits for the kernel (about 10 ms at 10,000
         // links), so they open a few per turn of the main loop (together,

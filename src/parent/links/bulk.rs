@@ -135,7 +135,7 @@ impl Links {
             }
         }
         // Those whose hold changed first: a new hold locks now.
-        self.converge_moved(moved, bundle);
+        self.converge_moved(moved, bundle, OpenedBy::Auto);
         out.extend(self.open_many(plain, bundle));
         out.extend(self.lock_many(relock, bundle));
         out

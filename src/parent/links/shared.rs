@@ -87,12 +87,17 @@ impl Links {
     /// their reasons at once: `unlock all`), then the others moved,
     /// converged or queued: none is judged on a reason the same request
     /// cleared from another.
-    pub fn regroup_all(&mut self, names: &[String], bundle: Option<&crate::policy::Bundle>) {
+    pub fn regroup_all(
+        &mut self,
+        names: &[String],
+        bundle: Option<&crate::policy::Bundle>,
+        by: super::OpenedBy,
+    ) {
         let mut moved = Vec::new();
         for n in names {
             moved.extend(self.regroup(n));
         }
-        self.converge_moved(moved, bundle);
+        self.converge_moved(moved, bundle, by);
     }
 
     /// Brings `interface` on the links of `name`'s group in line with

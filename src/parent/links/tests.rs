@@ -1939,7 +1939,7 @@ fn a_request_that_clears_many_links_judges_none_on_the_others_old_reasons() {
     for n in &names {
         l.set_parent_reason(n, LockReason::Operator, false);
     }
-    l.regroup_all(&names, Some(&b));
+    l.regroup_all(&names, Some(&b), OpenedBy::Operator);
     l.converge("aa", Some(&b), OpenedBy::Operator, false);
     assert_eq!(
         l.links["aa"].enforcement(),
