@@ -327,7 +327,7 @@ fn the_object_check_refuses_keys_and_misparses() {
 /// scenario and fails each way it must (a rule firing on clean, a silent
 /// rule, a vacuous rule, a misspelt field, a decoded field differing from
 /// the JSON, a suppressed count under the threshold, the flapping
-/// correlation's count, window and group-by). No root needed.
+/// correlation's count, window, group-by and reasons). No root needed.
 #[test]
 fn the_rule_checker_fails_where_it_must() {
     let work = tempfile::tempdir().unwrap();

@@ -13,7 +13,8 @@ expects exit 1 for each:
 and exit 2 for a missing scenario file.
 
 The flapping correlation is also held to its threshold, its window and
-its group-by (three lockdowns, five spread out, four links).
+its group-by (three lockdowns, five spread out, four links), and to
+lockdowns of a link's own (four holds by another link of its interface).
 
 These are fixtures, not the real daemon's logs: the real test is check.py
 on the logs of the syslog scenario test (README.md).
@@ -239,6 +240,12 @@ def main():
     d = scenarios()
     d["flapping"] = [(t, "alert", lock.replace("link=dr", f"link=l{t}")) for t in (0, 20, 40, 60)]
     expect("flapping-four-links", 1, d, why="sigma rule qkdpfd_link_flapping did not fire on flapping")
+    # Four holds of one link by another link of its interface are that
+    # link's lockdowns, not this one's.
+    d = scenarios()
+    held = "event=lockdown proc=parent link=dr reason=interface"
+    d["flapping"] = [(t, "alert", held) for t in (0, 20, 40, 60)]
+    expect("flapping-held-by-another", 1, d, why="sigma rule qkdpfd_link_flapping did not fire on flapping")
 
     vac = os.path.join(work, "sigma-vacuous")
     shutil.rmtree(vac, ignore_errors=True)
