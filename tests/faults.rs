@@ -1,9 +1,10 @@
 //! Rows of the fault matrix (FAULTS.md) that had no test: a read-only state
-//! directory, a SIGHUP storm, a parent panic, and an engine config too large
-//! for the fd-3 channel. Two gateway namespaces, a wireguard-go tunnel and
-//! real nftables (tests/common/gateway.rs); every test ends on packets
-//! across the tunnel or on the kernel read back with `nft -j`, never only on
-//! qkdpfd's own word.
+//! directory, a SIGHUP storm, a parent panic, an engine config too large
+//! for the fd-3 channel, and a far end that moves while its link, on an
+//! interface another link shares, is locked. Two gateway namespaces, a
+//! wireguard-go tunnel and real nftables (tests/common/gateway.rs); every
+//! test ends on packets across the tunnel or on the kernel read back with
+//! `nft -j`, never only on qkdpfd's own word.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -742,7 +743,7 @@ fn a_far_end_that_moves_finds_its_locked_link_locked() {
         log.contains("event=lockdown link=aa reason=interface"),
         "{log}"
     );
-    assert_eq!(pings, 0, "a locked link's far end from a new address");
+    assert_eq!(pings, 0, "a locked link's far end from a new port");
 
     // The hold ends with the lockdown that made it: both open again, the
     // far end reached at its new port.
