@@ -690,44 +690,13 @@ impl Nft {
     }
 
     /// One netlink transaction on the `locked_` sets: the link's keys
-    /// added (lockdown) or, for an open, taken out (added, then deleted:
-    /// a delete of a key that is not there would fail the transaction).
+    /// added (lockdown) or, for an open, taken out
+    /// ([`Nft::commit_locked`]).
     fn flip(&mut self, link: &LinkTarget, lock: bool) -> Result<(), FwError> {
         let keys = self.link_keys(link).map_err(FwError::refused)?;
-        let sets: Vec<(String, Vec<Vec<u8>>)> = Kind::ALL
-            .into_iter()
-            .map(|k| (k.locked_set(), keys.bytes(k)))
-            .filter(|(_, b)| !b.is_empty())
-            .collect();
-        let slices: Vec<(&str, Vec<&[u8]>)> = sets
-            .iter()
-            .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
-            .collect();
-        // A link of more than 1,024 addresses: lists a netlink attribute
-        // can hold (copy::KEYS_A_MESSAGE).
-        let mut changes: Vec<Change<'_>> = Vec::new();
-        for (set, k) in &slices {
-            changes.extend(
-                k.chunks(copy::KEYS_A_MESSAGE)
-                    .map(|c| Change::Add(set, c, None)),
-            );
-        }
-        if !lock {
-            for (set, k) in &slices {
-                changes.extend(
-                    k.chunks(copy::KEYS_A_MESSAGE)
-                        .map(|c| Change::Delete(set, c)),
-                );
-            }
-        }
         let what = format!("locked_ sets for link {}", link.name);
-        crate::log::debug(format_args!("fw: netlink {changes:?}"));
-        self.seq = self.seq.wrapping_add(4 + 2 * changes.len() as u32);
-        netlink::transact(&self.table, self.seq, &changes, &what).map_err(FwError::refused)?;
-        // Read after the commit only: nothing is added before it.
-        let flipped = self.index(&link.name).into_iter().collect();
-        self.last_flip = Some(Flipped::new(flipped, self.generation()));
-        Ok(())
+        let places = self.index(&link.name).into_iter().collect();
+        self.commit_locked(&[keys], places, lock, &what)
     }
 
     /// A slow open of `name`: its own script (`own`, loading `stmts`), with

@@ -37,7 +37,7 @@ use super::{Flipped, Nft, netlink};
 use crate::lock::Enforcement;
 use crate::parent::fw::Firewall;
 use crate::ruleset::LinkTarget;
-use crate::ruleset::nft::dispatch::{self, Kind, locked_keys};
+use crate::ruleset::nft::dispatch::{self, Kind, LinkKeys, locked_keys};
 use crate::ruleset::nft::{
     clear_script, lock_script, open_chain_script, render_statements, stage_script,
 };
@@ -483,30 +483,13 @@ impl Nft {
             owned.push(self.link_keys(l).map_err(FwError::refused)?);
             places.extend(self.index(&l.name));
         }
-        let keys = locked_keys(owned.iter());
-        let sets: Vec<(&str, Vec<&[u8]>)> = (keys.iter())
-            .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
-            .collect();
-        let changes: Vec<Change<'_>> = (sets.iter())
-            .flat_map(|(set, b)| {
-                (b.chunks(super::copy::KEYS_A_MESSAGE)).map(|c| Change::Add(set, c, None))
-            })
-            .collect();
         let what = format!("lock {} links in one transaction", links.len());
-        crate::log::debug(format_args!("fw: netlink: {what}"));
-        for i in &places {
-            self.pending.remove(i);
-        }
-        self.seq = self.seq.wrapping_add(4 + 2 * changes.len() as u32);
-        netlink::transact(&self.table, self.seq, &changes, &what).map_err(FwError::refused)?;
-        self.last_flip = Some(Flipped::new(places, self.generation()));
-        Ok(())
+        self.commit_locked(&owned, places, true, &what)
     }
 
     /// One netlink transaction taking every key of `links` out of the
-    /// `locked_` sets (added, then deleted: a delete of a key that is not
-    /// there would fail it), after ending a site lock and their sections'
-    /// locks as an open does. Their chains hold the open text already.
+    /// `locked_` sets, after ending a site lock and their sections' locks
+    /// as an open does. Their chains hold the open text already.
     fn flip_open(&mut self, links: &[&LinkTarget]) -> Result<(), FwError> {
         self.end_site_lock()?;
         let mut places = Vec::with_capacity(links.len());
@@ -517,36 +500,52 @@ impl Nft {
             owned.push(self.link_keys(l).map_err(FwError::refused)?);
             places.extend(self.index(&l.name));
         }
+        let what = format!("open {} links in one transaction", links.len());
+        self.commit_locked(&owned, places, false, &what)
+    }
+
+    /// One netlink transaction on the `locked_` sets for the links at
+    /// `places`, whose keys are `owned`: every key added (a lockdown) or,
+    /// for an open, added and then deleted (a delete of a key that is not
+    /// there would fail the transaction). Element lists of at most
+    /// KEYS_A_MESSAGE keys: 256 links of eight IPv6 addresses each passed
+    /// the 64 KiB a netlink attribute's length can say, and the kernel
+    /// refused the wrapped batch.
+    pub(super) fn commit_locked(
+        &mut self,
+        owned: &[LinkKeys],
+        places: Vec<usize>,
+        lock: bool,
+        what: &str,
+    ) -> Result<(), FwError> {
         let keys = locked_keys(owned.iter());
         let sets: Vec<(&str, Vec<&[u8]>)> = (keys.iter())
             .map(|(set, b)| (set.as_str(), b.iter().map(Vec::as_slice).collect()))
             .collect();
-        // Element lists of at most KEYS_A_MESSAGE keys: 256 links of eight
-        // IPv6 addresses each passed the 64 KiB a netlink attribute's
-        // length can say, and the kernel refused the wrapped batch.
-        let each = |b: &'_ Vec<&'_ [u8]>| b.len().div_ceil(super::copy::KEYS_A_MESSAGE);
-        let mut changes: Vec<Change<'_>> =
-            Vec::with_capacity(2 * sets.iter().map(|(_, b)| each(b)).sum::<usize>());
+        let chunks = |b: &'_ Vec<&'_ [u8]>| b.len().div_ceil(super::copy::KEYS_A_MESSAGE);
+        let n: usize = sets.iter().map(|(_, b)| chunks(b)).sum();
+        let mut changes: Vec<Change<'_>> = Vec::with_capacity(if lock { n } else { 2 * n });
         for (set, b) in &sets {
             changes.extend(
                 b.chunks(super::copy::KEYS_A_MESSAGE)
                     .map(|c| Change::Add(set, c, None)),
             );
         }
-        for (set, b) in &sets {
-            changes.extend(
-                b.chunks(super::copy::KEYS_A_MESSAGE)
-                    .map(|c| Change::Delete(set, c)),
-            );
+        if !lock {
+            for (set, b) in &sets {
+                changes.extend(
+                    b.chunks(super::copy::KEYS_A_MESSAGE)
+                        .map(|c| Change::Delete(set, c)),
+                );
+            }
         }
-        let what = format!("open {} links in one transaction", links.len());
         crate::log::debug(format_args!("fw: netlink: {what}"));
         // Whatever happens, only a success proves what the sets hold.
         for i in &places {
             self.pending.remove(i);
         }
         self.seq = self.seq.wrapping_add(4 + 2 * changes.len() as u32);
-        netlink::transact(&self.table, self.seq, &changes, &what).map_err(FwError::refused)?;
+        netlink::transact(&self.table, self.seq, &changes, what).map_err(FwError::refused)?;
         self.last_flip = Some(Flipped::new(places, self.generation()));
         Ok(())
     }
