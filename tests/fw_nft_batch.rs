@@ -819,20 +819,32 @@ fn many_lockdowns_share_one_run() {
     }
     assert!(!ping(&r.ns, "10.99.0.2"), "locked");
 
+    locks_each_alone_beside_a_stranger(&mut r, &ls, &refs, 0, "drop");
+    assert!(!ping(&r.ns, "10.99.0.2"), "still locked");
+}
+
+/// `lock_many` of `refs` with a link not in the table's maps put at `at`:
+/// only that one fails, every other link reads back locked.
+fn locks_each_alone_beside_a_stranger(
+    r: &mut Rig,
+    ls: &[LinkTarget],
+    refs: &[&LinkTarget],
+    at: usize,
+    ruleset: &str,
+) {
     let stranger = link("zz", "wgzz", [198, 51, 100, 99]);
-    let mut with = refs.clone();
-    with.insert(0, &stranger);
-    let locked = r.fw.lock_many(&with, "drop");
+    let mut with = refs.to_vec();
+    with.insert(at, &stranger);
+    let locked = r.fw.lock_many(&with, ruleset);
     for (l, res) in with.iter().zip(&locked) {
         match l.name.as_str() {
             "zz" => assert!(res.is_err()),
             _ => {
                 assert!(res.is_ok(), "{}: {res:?}", l.name);
-                assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
+                assert_eq!(state(r, ls, &l.name), Observed::Locked);
             }
         }
     }
-    assert!(!ping(&r.ns, "10.99.0.2"), "still locked");
 }
 
 /// Links whose lockdown is preloaded lock together in one netlink
@@ -871,19 +883,7 @@ fn many_staged_lockdowns_share_one_transaction() {
         r.fw.apply(l, Enforcement::Open, "accept").unwrap();
     }
     assert!(ping(&r.ns, "10.99.0.2"), "dr open");
-    let stranger = link("zz", "wgzz", [198, 51, 100, 99]);
-    let mut with = refs.clone();
-    with.insert(1, &stranger);
-    let locked = r.fw.lock_many(&with, "counter drop");
-    for (l, res) in with.iter().zip(&locked) {
-        match l.name.as_str() {
-            "zz" => assert!(res.is_err()),
-            _ => {
-                assert!(res.is_ok(), "{}: {res:?}", l.name);
-                assert_eq!(state(&mut r, &ls, &l.name), Observed::Locked);
-            }
-        }
-    }
+    locks_each_alone_beside_a_stranger(&mut r, &ls, &refs, 1, "counter drop");
     assert!(!ping(&r.ns, "10.99.0.2"), "dr locked, each alone");
 }
 

@@ -343,18 +343,25 @@ fn many_clears_are_one_load() {
     let site = r.take();
     assert_eq!(site.len(), calls.len());
     assert_eq!(site[0], calls[0]);
-    // The load in, one of dr's kills refused: dr is not clear (its states
-    // may pass), spoke is.
+    failed_kill_then_refused_load(&mut r, |r| r.fw.clear_many(&all));
+}
+
+/// After one load of [dr, spoke] by `many`: one of dr's kills refused,
+/// then the one load refused. dr is then not done (its states may pass)
+/// and spoke is; with the load refused, each link's own load and kills.
+fn failed_kill_then_refused_load(
+    r: &mut Rec,
+    mut many: impl FnMut(&mut Rec) -> Vec<Result<(), qkdpfd::tool::FwError>>,
+) {
     r.set("fail_on", "-k 0.0.0.0/0 -k 198.51.100.2");
-    let out = r.fw.clear_many(&all);
+    let out = many(r);
     assert!(out[0].is_err(), "{out:?}");
     assert!(out[1].is_ok(), "{out:?}");
     r.unset("fail_on");
     r.take();
-    // The one load refused: each link's own load and kills.
     r.set("exit", "1");
     r.set("stderr", "pfctl: Unable to load rules into kernel\n");
-    let out = r.fw.clear_many(&all);
+    let out = many(r);
     assert!(out.iter().all(Result::is_err));
     let loads = (r.take().into_iter())
         .filter(|c| c.0.last().is_some_and(|a| a == "-"))
@@ -381,22 +388,7 @@ fn many_lockdowns_are_one_load() {
     }
     assert_eq!(calls[0].1.matches(lockdown).count(), 2, "{}", calls[0].1);
     assert_eq!(calls.len(), 1 + DR_KILLS.len() + 2);
-
-    r.set("fail_on", "-k 0.0.0.0/0 -k 198.51.100.2");
-    let out = r.fw.lock_many(&all, lockdown);
-    assert!(out[0].is_err(), "{out:?}");
-    assert!(out[1].is_ok(), "{out:?}");
-    r.unset("fail_on");
-    r.take();
-
-    r.set("exit", "1");
-    r.set("stderr", "pfctl: Unable to load rules into kernel\n");
-    let out = r.fw.lock_many(&all, lockdown);
-    assert!(out.iter().all(Result::is_err));
-    let loads = (r.take().into_iter())
-        .filter(|c| c.0.last().is_some_and(|a| a == "-"))
-        .count();
-    assert_eq!(loads, 1 + 2);
+    failed_kill_then_refused_load(&mut r, |r| r.fw.lock_many(&all, lockdown));
 }
 
 /// What `pfctl -s rules` prints for pf.conf.example's data plane.
